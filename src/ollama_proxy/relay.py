@@ -1,0 +1,140 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+Moving an upstream body to the client as it arrives.
+
+This is the only module that sees both sides of a stream.  It feeds each
+socket read from C{treq.collect} through a pure transform (SSE to NDJSON, or
+identity for passthrough) and writes the result once per read.  The upstream
+transport is registered as the client request's push producer, so a slow
+client pauses reading from the backend (back-pressure) and a client that
+leaves closes the backend connection at once (no tokens burnt for nobody).
+An idle timer bounds a stalled stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, cast
+
+import treq
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.web.iweb import IResponse
+from twisted.web.server import Request
+
+from ollama_proxy.errors import UpstreamError, UpstreamTimeout
+from ollama_proxy.sse import SSELineTooLong
+from ollama_proxy.upstream import failureToError
+
+
+class _ProducerCapture:
+    """
+    A stand-in for an L{IResponse} that remembers the transport handed to
+    the body protocol.
+
+    C{treq.collect} hides its protocol; its transport (a
+    C{TransportProxyProducer}) is the handle that pauses, resumes and closes
+    the upstream connection, so we catch it on the way through
+    C{deliverBody}.
+    """
+
+    def __init__(self, response: IResponse) -> None:
+        self._response = response
+        self.producer: IPushProducer | None = None
+
+    def deliverBody(self, protocol: Any) -> None:
+        """
+        Deliver to C{protocol} and keep its transport.
+
+        @param protocol: treq's body collector.
+        """
+        self._response.deliverBody(protocol)
+        self.producer = protocol.transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._response, name)
+
+
+class ClientState:
+    """
+    Whether the downstream client is still there.
+
+    @ivar gone: set once C{notifyFinish} fired (finished or disconnected).
+    """
+
+    def __init__(self, request: Request) -> None:
+        self.gone = False
+        self.request = request
+        request.notifyFinish().addBoth(self._finished)
+
+    def _finished(self, result: object) -> None:
+        self.gone = True
+
+
+async def consume(
+    response: IResponse,
+    collector: Callable[[bytes], None],
+    clock: IReactorTime,
+    idleTimeout: float | None = None,
+    client: ClientState | None = None,
+) -> None:
+    """
+    Read an upstream body to its end, one C{collector} call per socket read.
+
+    @param response: the upstream response (unbuffered).
+    @param collector: called with each read; an exception it raises closes
+        the upstream connection and is re-raised here.
+    @param clock: for the idle timer.
+    @param idleTimeout: seconds of upstream silence after which the body is
+        abandoned with L{UpstreamTimeout}; C{None} for no limit.
+    @param client: when given, the upstream transport is registered as the
+        client request's producer for back-pressure and disconnect.
+    @raise UpstreamError: if the connection broke or went idle.
+    @raise CancelledError: if the caller was cancelled; the upstream
+        connection is closed first.
+    """
+    capture = _ProducerCapture(response)
+    idle: IDelayedCall | None = None
+    timedOut = False
+
+    def expire() -> None:
+        nonlocal timedOut
+        timedOut = True
+        if capture.producer is not None:
+            capture.producer.stopProducing()
+
+    def onData(data: bytes) -> None:
+        if idle is not None and idle.active():
+            idle.reset(idleTimeout)  # type: ignore[arg-type]
+        collector(data)
+
+    d = treq.collect(cast(Any, capture), onData)
+    producer = capture.producer
+    registered = False
+    if client is not None and producer is not None and not client.gone:
+        client.request.registerProducer(producer, True)
+        registered = True
+    if idleTimeout is not None and not d.called:
+        idle = clock.callLater(idleTimeout, expire)
+    try:
+        await d
+    except CancelledError:
+        if producer is not None:
+            producer.stopProducing()
+        raise
+    except UpstreamError:
+        raise
+    except Exception as e:
+        if timedOut:
+            raise UpstreamTimeout(
+                f"backend sent nothing for {idleTimeout:g} seconds"
+            ) from None
+        if client is not None and client.gone:
+            raise CancelledError() from None
+        if isinstance(e, SSELineTooLong):
+            raise UpstreamError(str(e)) from None
+        raise failureToError(e, "the backend") from None
+    finally:
+        if idle is not None and idle.active():
+            idle.cancel()
+        if registered and not client.gone:  # type: ignore[union-attr]
+            client.request.unregisterProducer()  # type: ignore[union-attr]

@@ -1,0 +1,217 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd plugin's command line and service wiring.
+
+C{twistd -n ollama-proxy --target http://127.0.0.1:4000} parses L{Options}
+and calls L{makeService}, the only place that imports the global reactor.
+Everything below it receives the reactor, the HTTP client and the clock as
+arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.python import usage
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from ollama_proxy import __version__
+from ollama_proxy.resources import DEFAULT_VERSION, Fallback, ProxyContext, buildRoot
+from ollama_proxy.site import DEFAULT_MAX_BODY, makeSite
+from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH
+from ollama_proxy.upstream import Backend
+
+DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
+DEFAULT_FALLBACK = "http://127.0.0.1:11505"
+DEMO_LISTEN = "tcp:11435:interface=127.0.0.1"
+API_KEY_ENV = "OLLAMA_PROXY_API_KEY"
+
+
+def _checkURL(value: str, option: str) -> str:
+    """
+    Validate a base URL option.
+
+    @param value: the URL.
+    @param option: the option name, for the message.
+    @return: C{value} without a trailing slash.
+    @raise usage.UsageError: unless the scheme is http/https and a host is set.
+    """
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise usage.UsageError(
+            f"{option} must be an http:// or https:// URL with a host, got {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def _positive(value: str) -> float:
+    """
+    @param value: text from the command line.
+    @return: the number.
+    @raise ValueError: unless it is a positive number.
+    """
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"must be positive, got {value}")
+    return number
+
+
+class Options(usage.Options):
+    """
+    Command-line options for C{twistd ollama-proxy}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve the Ollama REST API and forward to an OpenAI-compatible backend "
+        "(LiteLLM, vLLM, OpenAI, OpenRouter). Use --demo for a built-in fake backend."
+    )
+
+    optFlags = [
+        ["debug", None, "Log requests, upstream payloads and chunks (secrets redacted)."],
+        ["demo", None, f"Start the built-in fake OpenAI backend on {DEMO_LISTEN} and target it."],
+    ]
+
+    optParameters = [
+        ["target", "t", None, "Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:4000."],
+        ["api-key", None, None, f"API key for the backend (prefer ${API_KEY_ENV} or --api-key-file)."],
+        ["api-key-file", None, None, "Read the backend API key from this file."],
+        ["fallback", None, DEFAULT_FALLBACK,
+         "Base URL of a real Ollama for paths the proxy cannot answer; empty disables it."],
+        ["tag", None, "proxy", "Tag appended to backend model ids without one in /api/tags."],
+        ["ollama-version", None, DEFAULT_VERSION, "Version reported by /api/version."],
+        ["connect-timeout", None, 10.0, "Seconds to wait for a TCP connection upstream.", _positive],
+        ["header-timeout", None, 600.0, "Seconds to wait for upstream response headers.", _positive],
+        ["idle-timeout", None, 300.0, "Seconds of upstream silence before a stream is abandoned.", _positive],
+        ["client-timeout", None, 60.0, "Seconds an idle client connection is kept open.", _positive],
+        ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body in bytes.", int],
+        ["max-line", None, DEFAULT_MAX_LINE_LENGTH, "Largest accepted upstream SSE line in bytes.", int],
+        ["pool-size", None, 64, "Persistent upstream connections kept per host.", int],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Listen on this strports description (repeatable), e.g.
+        tcp:11434:interface=127.0.0.1, unix:/run/ollama.sock, systemd:domain=INET:index=0.
+        Default: tcp:11434:interface=127.0.0.1.
+        """
+        self["listen"].append(description)
+
+    def opt_version(self) -> None:
+        """
+        Print the ollama-proxy version and exit.
+        """
+        print(f"ollama-proxy {__version__.public()}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        """
+        Fill defaults and validate.
+
+        @raise usage.UsageError: for a missing or malformed URL, or an
+            unreadable key file.
+        """
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        if self["demo"] and not self["target"]:
+            port = DEMO_LISTEN.split(":")[1]
+            self["target"] = f"http://127.0.0.1:{port}"
+        if not self["target"]:
+            raise usage.UsageError(
+                "--target is required (the OpenAI-compatible server, e.g. "
+                "http://127.0.0.1:4000), or use --demo"
+            )
+        self["target"] = _checkURL(self["target"], "--target")
+        if self["fallback"]:
+            self["fallback"] = _checkURL(self["fallback"], "--fallback")
+        else:
+            self["fallback"] = None
+        if self["api-key-file"]:
+            try:
+                with open(self["api-key-file"], encoding="utf-8") as f:
+                    self["api-key"] = f.read().strip()
+            except OSError as e:
+                raise usage.UsageError(f"cannot read --api-key-file: {e.strerror}")
+        elif not self["api-key"]:
+            self["api-key"] = os.environ.get(API_KEY_ENV) or None
+        for name in ("max-body", "max-line", "pool-size"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be positive")
+
+
+class PoolService(Service):
+    """
+    Owns the upstream connection pool and closes it on shutdown, so
+    twistd exits without dangling sockets.
+    """
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self.pool = pool
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        @return: fires when every cached connection is closed.
+        """
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
+def makeService(config: Options, reactor: Any = None) -> IService:
+    """
+    Build the proxy: one listening service per C{--listen} plus the pool owner.
+
+    @param config: parsed L{Options}.
+    @param reactor: the reactor; the global one when C{None}.
+    @return: a L{MultiService}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    import treq.client
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = config["pool-size"]
+    pool.retryAutomatically = False
+    agent = Agent(reactor, connectTimeout=config["connect-timeout"], pool=pool)
+    http = treq.client.HTTPClient(agent)
+    backend = Backend(
+        http,
+        config["target"],
+        reactor,
+        apiKey=config["api-key"],
+        headerTimeout=config["header-timeout"],
+    )
+    fallback = Fallback(http, config["fallback"]) if config["fallback"] else None
+    ctx = ProxyContext(
+        backend=backend,
+        clock=reactor,
+        fallback=fallback,
+        tag=config["tag"],
+        debug=config["debug"],
+        idleTimeout=config["idle-timeout"],
+        maxLineLength=config["max-line"],
+        version=config["ollama-version"],
+    )
+    site = makeSite(
+        buildRoot(ctx), reactor, timeout=config["client-timeout"], maxBody=config["max-body"]
+    )
+    service = MultiService()
+    for description in config["listen"]:
+        strports.service(description, site, reactor=reactor).setServiceParent(service)
+    PoolService(pool).setServiceParent(service)
+    if config["demo"]:
+        from ollama_proxy.testing.fake_openai import FakeOpenAI
+
+        demoSite = makeSite(FakeOpenAI(reactor), reactor)
+        strports.service(DEMO_LISTEN, demoSite, reactor=reactor).setServiceParent(service)
+    return service

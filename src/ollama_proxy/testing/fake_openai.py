@@ -1,0 +1,278 @@
+# -*- test-case-name: tests.test_fake_openai -*-
+"""
+A small, deterministic OpenAI-compatible server for try-outs, tests and
+benchmarks.
+
+It answers C{/v1/models}, C{/v1/chat/completions} (streamed and not),
+C{/v1/completions} and C{/v1/embeddings} with canned data, records what it
+received (C{GET /_fake/requests}), and needs no network and no API key.  Run
+it on its own with C{twistd -n fake-openai}, or inside the proxy with
+C{twistd -n ollama-proxy --demo}.
+
+Models:
+  - C{fake-model}: echoes a canned sentence word by word.
+  - C{fake-reasoner}: streams C{reasoning_content} before its answer.
+  - C{fake-tools}: calls the first tool in the request, with its arguments
+    split across chunks as real backends do.
+  - C{fake-embed}: for C{/v1/embeddings}.
+C{max_tokens} limits the reply to that many words (cycling the sentence), and
+ends it with C{finish_reason: "length"} when it cut something.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from ollama_proxy import codec
+
+MODELS = ("fake-model", "fake-reasoner", "fake-tools", "fake-embed")
+REPLY = "Hello! I am the ollama-proxy fake backend, and this reply was streamed to you word by word."
+REASONING = "The user greeted me. I should answer politely."
+
+
+def _words(text: str) -> list[str]:
+    """
+    Split C{text} into stream deltas that join back to C{text}.
+    """
+    parts = text.split(" ")
+    return [p if i == 0 else " " + p for i, p in enumerate(parts)]
+
+
+def replyTokens(maxTokens: Any) -> tuple[list[str], str]:
+    """
+    The deltas of a canned reply and its finish reason.
+
+    @param maxTokens: the request's C{max_tokens}, if any.
+    @return: C{(deltas, finish_reason)}.
+    """
+    words = _words(REPLY)
+    if isinstance(maxTokens, int) and not isinstance(maxTokens, bool) and maxTokens > 0:
+        tokens = [words[i % len(words)] for i in range(maxTokens)]
+        return tokens, "length" if maxTokens != len(words) else "stop"
+    return words, "stop"
+
+
+def embedding(text: str, dimensions: int = 8) -> list[float]:
+    """
+    A deterministic unit vector for C{text}.
+
+    @param text: the input.
+    @param dimensions: the vector length.
+    @return: the L2-normalised vector.
+    """
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    raw = [(digest[i % len(digest)] - 127.5) / 127.5 for i in range(dimensions)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
+
+
+class FakeOpenAI(Resource):
+    """
+    The fake server's whole resource tree in one class.
+
+    @ivar requests: C{(method, path, headers, body)} of every request
+        received, newest last (the last 1,000 are kept).
+    @ivar delay: seconds between streamed chunks; 0 writes them all at once.
+    @ivar apiKey: if set, requests must carry C{Authorization: Bearer <key>}.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, reactor: IReactorTime, delay: float = 0.0, apiKey: str | None = None
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.delay = delay
+        self.apiKey = apiKey
+        self.requests: list[dict[str, Any]] = []
+
+    def render(self, request: Request) -> Any:  # type: ignore[override]
+        path = request.path.decode("latin-1").rstrip("/")
+        if path.startswith("/v1"):
+            path = path[3:]
+        method = (request.method or b"").decode("ascii")
+        body = request.content.read() if request.content is not None else b""
+        if path == "/_fake/requests":
+            return self._json(request, {"requests": self.requests})
+        headers = {
+            k.decode("latin-1").lower(): v[0].decode("latin-1")
+            for k, v in request.requestHeaders.getAllRawHeaders()
+        }
+        decoded: Any = None
+        if body:
+            try:
+                decoded = codec.loads(body)
+            except codec.JSONDecodeError:
+                return self._error(request, 400, "body is not JSON")
+        self.requests.append({"method": method, "path": path, "headers": headers, "body": decoded})
+        del self.requests[:-1000]
+        if self.apiKey and headers.get("authorization") != f"Bearer {self.apiKey}":
+            return self._error(request, 401, "invalid API key", "authentication_error")
+        if path == "/models" and method == "GET":
+            return self._json(
+                request,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"}
+                        for m in MODELS
+                    ],
+                },
+            )
+        if method != "POST" or not isinstance(decoded, dict):
+            return self._error(request, 404, f"no route {method} {path}")
+        model = decoded.get("model")
+        if model not in MODELS:
+            return self._error(request, 404, f"The model `{model}` does not exist", "not_found_error")
+        if path == "/chat/completions":
+            return self._chat(request, decoded)
+        if path == "/completions":
+            return self._completion(request, decoded)
+        if path == "/embeddings":
+            return self._embeddings(request, decoded)
+        return self._error(request, 404, f"no route {method} {path}")
+
+    def _json(self, request: Request, obj: Any, status: int = 200) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/json")
+        return codec.dumps(obj)
+
+    def _error(
+        self, request: Request, status: int, message: str, kind: str = "invalid_request_error"
+    ) -> bytes:
+        return self._json(
+            request,
+            {"error": {"message": message, "type": kind, "param": None, "code": None}},
+            status,
+        )
+
+    def _events(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, dict[str, int]]:
+        """
+        The deltas of a chat reply, its finish reason and usage.
+        """
+        deltas: list[dict[str, Any]] = []
+        model = body["model"]
+        tools = body.get("tools")
+        if model == "fake-tools" and tools:
+            name = tools[0].get("function", {}).get("name", "tool")
+            arguments = codec.dumps({"city": "Paris", "unit": "celsius"}).decode()
+            half = len(arguments) // 2
+            deltas.append(
+                {"tool_calls": [{"index": 0, "id": "call_fake_0", "type": "function",
+                                 "function": {"name": name, "arguments": ""}}]}
+            )
+            deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]})
+            deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]})
+            return deltas, "tool_calls", {"prompt_tokens": 12, "completion_tokens": 3}
+        if model == "fake-reasoner":
+            deltas.extend({"reasoning_content": w} for w in _words(REASONING))
+        tokens, finish = replyTokens(body.get("max_tokens"))
+        deltas.extend({"content": t} for t in tokens)
+        prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
+        return deltas, finish, {"prompt_tokens": prompt, "completion_tokens": len(tokens)}
+
+    def _chat(self, request: Request, body: dict[str, Any]) -> Any:
+        deltas, finish, usage = self._events(body)
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        created = int(time.time())
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": ""}
+            for delta in deltas:
+                if "content" in delta:
+                    message["content"] += delta["content"]
+                if "reasoning_content" in delta:
+                    message["reasoning_content"] = message.get("reasoning_content", "") + delta["reasoning_content"]
+            if any("tool_calls" in d for d in deltas):
+                first = deltas[0]["tool_calls"][0]
+                arguments = "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas)
+                message["content"] = None
+                message["tool_calls"] = [{"id": first["id"], "type": "function",
+                                          "function": {"name": first["function"]["name"], "arguments": arguments}}]
+            return self._json(request, {
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": created,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": usage,
+            })
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                "model": body["model"]}
+        events: list[bytes] = []
+        first = True
+        for delta in deltas:
+            if first:
+                delta = {"role": "assistant", **delta}
+                first = False
+            events.append(self._sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
+        events.append(self._sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append(self._sse({**base, "choices": [], "usage": usage}))
+        events.append(b"data: [DONE]\n\n")
+        return self._stream(request, events)
+
+    def _completion(self, request: Request, body: dict[str, Any]) -> Any:
+        tokens, finish = replyTokens(body.get("max_tokens"))
+        base = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+                "model": body["model"]}
+        if not body.get("stream"):
+            return self._json(request, {**base, "choices": [
+                {"index": 0, "text": "".join(tokens), "finish_reason": finish}]})
+        events = [self._sse({**base, "choices": [{"index": 0, "text": t, "finish_reason": None}]})
+                  for t in tokens]
+        events.append(self._sse({**base, "choices": [{"index": 0, "text": "", "finish_reason": finish}]}))
+        events.append(b"data: [DONE]\n\n")
+        return self._stream(request, events)
+
+    def _embeddings(self, request: Request, body: dict[str, Any]) -> Any:
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            return self._error(request, 400, "input must be a string or a list of strings")
+        dimensions = body.get("dimensions") or 8
+        data = [{"object": "embedding", "index": i, "embedding": embedding(text, dimensions)}
+                for i, text in enumerate(inputs)]
+        tokens = sum(len(text.split()) for text in inputs)
+        return self._json(request, {"object": "list", "data": data, "model": body["model"],
+                                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    @staticmethod
+    def _sse(obj: Any) -> bytes:
+        return b"data: " + codec.dumps(obj) + b"\n\n"
+
+    def _stream(self, request: Request, events: list[bytes]) -> Any:
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"text/event-stream")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        if self.delay <= 0:
+            request.write(b"".join(events))
+            request.finish()
+            return NOT_DONE_YET
+        state = {"gone": False, "call": None}
+
+        def gone(_: object) -> None:
+            state["gone"] = True
+            call = state["call"]
+            if call is not None and call.active():  # type: ignore[attr-defined]
+                call.cancel()  # type: ignore[attr-defined]
+
+        request.notifyFinish().addErrback(gone)
+
+        def step(i: int) -> None:
+            if state["gone"]:
+                return
+            request.write(events[i])
+            if i + 1 < len(events):
+                state["call"] = self.reactor.callLater(self.delay, step, i + 1)
+            else:
+                request.finish()
+
+        step(0)
+        return NOT_DONE_YET

@@ -1,0 +1,43 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd -n fake-openai}: the built-in fake backend as a service of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from ollama_proxy.site import makeSite
+from ollama_proxy.testing.fake_openai import FakeOpenAI
+
+
+class Options(usage.Options):
+    """
+    Command-line options for C{twistd fake-openai}.
+    """
+
+    optParameters = [
+        ["listen", None, "tcp:4000:interface=127.0.0.1", "strports description to listen on."],
+        ["delay", None, 0.0, "Seconds between streamed chunks.", float],
+        ["api-key", None, None, "Require this bearer token."],
+    ]
+
+
+def makeService(config: Options, reactor: Any = None) -> IService:
+    """
+    @param config: parsed L{Options}.
+    @param reactor: the reactor; the global one when C{None}.
+    @return: the listening service.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    service = MultiService()
+    site = makeSite(FakeOpenAI(reactor, config["delay"], config["api-key"]), reactor)
+    strports.service(config["listen"], site, reactor=reactor).setServiceParent(service)
+    return service

@@ -1,0 +1,1009 @@
+# -*- test-case-name: tests.test_translate -*-
+"""
+Pure translation between the Ollama and OpenAI wire formats.
+
+Everything here takes dicts (or bytes) and returns dicts (or bytes): no
+reactor, no request, no I/O.  The clock is passed in as a function so the
+durations Ollama clients expect can be asserted exactly.  The Twisted code in
+L{ollama_proxy.resources} and L{ollama_proxy.relay} only moves bytes and calls
+into this module.
+
+The mapping follows C{ollama-api.md} section 14: requests go from Ollama's
+C{/api/chat} and C{/api/generate} to OpenAI's C{/v1/chat/completions};
+streamed OpenAI chunks come back as Ollama NDJSON lines that always end with
+a C{done: true} object (or an error line, never a fake C{done}).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import time
+from typing import Any, Callable, Iterable, Literal, Mapping
+
+from ollama_proxy import codec
+from ollama_proxy.errors import BadRequest, UpstreamError
+from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH, SSEDecoder
+
+JSON = dict[str, Any]
+Kind = Literal["chat", "generate"]
+Clock = Callable[[], int]
+"""A function returning the current wall-clock time in nanoseconds."""
+
+DEFAULT_TAG = "proxy"
+"""The tag the seed appends to untagged backend ids in C{/api/tags}."""
+
+# ---------------------------------------------------------------------------
+# Time
+
+
+class TimestampFormatter:
+    """
+    Format nanosecond timestamps as RFC 3339 UTC with nine fractional digits.
+
+    Ollama clients parse C{created_at}/C{modified_at} strictly (OllamaKit
+    uses a fixed nine-digit format), so the fraction is always present.
+    The C{strftime} part is cached per second because a stream formats one
+    timestamp per socket read.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, ns: int) -> str:
+        """
+        @param ns: nanoseconds since the epoch.
+        @return: e.g. C{"2025-07-07T20:22:19.184789000Z"}.
+        """
+        second, frac = divmod(ns, 1_000_000_000)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{frac:09d}Z"
+
+
+formatTimestamp = TimestampFormatter()
+
+
+def wallClock() -> int:
+    """
+    The default L{Clock}: C{time.time_ns()}.
+
+    @return: nanoseconds since the epoch.
+    """
+    return time.time_ns()
+
+
+# ---------------------------------------------------------------------------
+# Model names
+
+
+def backendModel(
+    name: str, known: Iterable[str] | None = None, tag: str = DEFAULT_TAG
+) -> str:
+    """
+    Map the model name a client sent to the backend's model id.
+
+    Clients see C{x:proxy} (the seed's suffix) or add C{:latest} themselves
+    (Open WebUI, LangChain); backends know only C{x}.  Ids that really
+    contain a colon (C{qwen3:8b}, C{openrouter/foo:free}) pass through.
+
+    @param name: the client's C{model} string.
+    @param known: the backend's ids, when the proxy has a recent list; a name
+        found there verbatim is never rewritten.
+    @param tag: the suffix the proxy adds in C{/api/tags}.
+    @return: the id to send upstream.
+    """
+    if known is not None and name in known:
+        return name
+    for suffix in (":" + tag, ":latest"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def clientModelName(modelId: str, tag: str = DEFAULT_TAG) -> str:
+    """
+    The name under which a backend id is listed to Ollama clients.
+
+    @param modelId: a backend model id.
+    @param tag: the suffix for ids without a colon.
+    @return: C{modelId} if it already has a tag, else C{modelId:tag}.
+    """
+    return modelId if ":" in modelId else f"{modelId}:{tag}"
+
+
+def modelDigest(name: str) -> str:
+    """
+    A stable, distinct 64-hex digest for a model name.
+
+    Clients such as the C{llm} CLI group models by digest, so every model
+    needs its own.
+
+    @param name: the listed model name.
+    @return: the SHA-256 of the name, in hex.
+    """
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()
+
+
+def modelDetails(family: str = "openai") -> JSON:
+    """
+    The C{details} object of C{/api/tags} and C{/api/show}.
+
+    Every string is non-null: Swift clients (OllamaKit) decode them as
+    non-optional and fail on C{null}.
+
+    @param family: the model family to report.
+    @return: a fresh dict.
+    """
+    return {
+        "parent_model": "",
+        "format": "openai",
+        "family": family,
+        "families": [family],
+        "parameter_size": "",
+        "quantization_level": "",
+    }
+
+
+def modelIds(models: Any) -> list[str]:
+    """
+    Extract the ids from an OpenAI C{GET /v1/models} body, in order, without
+    duplicates.
+
+    @param models: the decoded JSON body.
+    @return: the model ids.
+    @raise UpstreamError: if the body does not look like a model list.
+    """
+    data = models.get("data") if isinstance(models, dict) else None
+    if data is None and isinstance(models, dict) and "data" in models:
+        data = []  # Ollama's own /v1/models says "data": null when empty.
+    if not isinstance(data, list):
+        raise UpstreamError("backend /v1/models did not return a model list")
+    seen: dict[str, None] = {}
+    for entry in data:
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            seen.setdefault(entry["id"], None)
+    return list(seen)
+
+
+def tagsFromModels(models: Any, nowNs: int, tag: str = DEFAULT_TAG) -> JSON:
+    """
+    Build the C{/api/tags} body from an OpenAI model list.
+
+    @param models: the decoded C{GET /v1/models} body.
+    @param nowNs: the time to use when the backend gives no C{created}.
+    @param tag: the suffix for untagged ids.
+    @return: C{{"models": [...]}} in Ollama's list shape.
+    """
+    created: dict[str, int] = {}
+    for entry in models.get("data") or [] if isinstance(models, dict) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("created"), int):
+            if entry["created"] > 0:
+                created.setdefault(entry.get("id"), entry["created"])  # type: ignore[arg-type]
+    result = []
+    for modelId in modelIds(models):
+        name = clientModelName(modelId, tag)
+        stamp = created.get(modelId)
+        result.append(
+            {
+                "name": name,
+                "model": name,
+                "modified_at": formatTimestamp(
+                    stamp * 1_000_000_000 if stamp else nowNs
+                ),
+                "size": 0,
+                "digest": modelDigest(name),
+                "details": modelDetails(),
+            }
+        )
+    return {"models": result}
+
+
+# ---------------------------------------------------------------------------
+# Request validation helpers
+
+
+def requireObject(body: Any) -> JSON:
+    """
+    @param body: a decoded request body.
+    @return: C{body} if it is a JSON object.
+    @raise BadRequest: otherwise.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def requireModel(body: JSON) -> str:
+    """
+    @param body: a request object.
+    @return: its non-empty C{model} (or legacy C{name}) string.
+    @raise BadRequest: C{model is required} when missing or not a string.
+    """
+    model = body.get("model") or body.get("name")
+    if model is None or model == "":
+        raise BadRequest("model is required")
+    if not isinstance(model, str):
+        raise BadRequest("model must be a string")
+    return model
+
+
+def streamFlag(body: JSON) -> bool:
+    """
+    Ollama's C{stream} defaults to true when absent.
+
+    @param body: a request object.
+    @return: whether to stream.
+    @raise BadRequest: if C{stream} is not a boolean or null.
+    """
+    value = body.get("stream", True)
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise BadRequest("stream must be a boolean")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Requests: Ollama -> OpenAI
+
+_IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+
+def sniffImageType(raw: bytes) -> str:
+    """
+    Guess an image's MIME type from its magic bytes.
+
+    @param raw: the decoded image bytes (only the first few are read).
+    @return: the MIME type; C{image/jpeg} when unknown, the most common
+        camera/web format and what most backends assume.
+    """
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, mime in _IMAGE_MAGIC:
+        if raw.startswith(magic):
+            return mime
+    return "image/jpeg"
+
+
+def imagePart(image: Any) -> JSON:
+    """
+    Turn one Ollama C{images} entry (raw base64) into an OpenAI content part.
+
+    @param image: the base64 string.
+    @return: an C{image_url} part with a C{data:} URL.
+    @raise BadRequest: if C{image} is not valid base64.
+    """
+    if not isinstance(image, str):
+        raise BadRequest("images must be base64 strings")
+    if image.startswith("data:"):
+        # Lenient: some clients send data URLs although Ollama does not.
+        return {"type": "image_url", "image_url": {"url": image}}
+    try:
+        head = base64.b64decode(image[:64].strip() + "==", validate=False)
+        base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("invalid image input: images must be base64 encoded")
+    return {
+        "type": "image_url",
+        "image_url": {"url": f"data:{sniffImageType(head)};base64,{image}"},
+    }
+
+
+def _toolCallId(messageIndex: int, callIndex: int) -> str:
+    """
+    A stable synthetic id for a tool call that came without one.
+
+    @param messageIndex: the position of the assistant message.
+    @param callIndex: the position of the call in that message.
+    """
+    return f"call_{messageIndex}_{callIndex}"
+
+
+def _argumentsString(arguments: Any) -> str:
+    """
+    OpenAI wants tool-call arguments as a JSON string; Ollama sends objects.
+
+    @param arguments: an object, a string, or nothing.
+    @return: a JSON string.
+    """
+    if isinstance(arguments, str):
+        return arguments
+    if arguments is None:
+        return "{}"
+    return codec.dumps(arguments).decode("utf-8")
+
+
+def messagesToOpenAI(messages: Any) -> list[JSON]:
+    """
+    Translate an Ollama C{messages} list to OpenAI chat messages.
+
+    Images become C{image_url} parts, assistant tool calls get string
+    arguments and ids, and tool results are paired with those ids (the given
+    C{tool_call_id}, else by C{tool_name}, else in order).  Assistant
+    C{thinking} is dropped: most backends reject or ignore it.
+
+    @param messages: the decoded C{messages} value.
+    @return: the OpenAI messages.
+    @raise BadRequest: for anything that is not a list of message objects.
+    """
+    if messages is None:
+        return []
+    if not isinstance(messages, list):
+        raise BadRequest("messages must be a list")
+    out: list[JSON] = []
+    pending: list[tuple[str, str]] = []  # (id, name) of unanswered tool calls
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{index}] must be an object")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise BadRequest(f"messages[{index}].role must be a non-empty string")
+        role = role.lower()
+        content = message.get("content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise BadRequest(f"messages[{index}].content must be a string")
+        translated: JSON = {"role": role}
+        images = message.get("images")
+        if images:
+            if not isinstance(images, list):
+                raise BadRequest(f"messages[{index}].images must be a list")
+            parts: list[JSON] = [{"type": "text", "text": content}] if content else []
+            parts.extend(imagePart(image) for image in images)
+            translated["content"] = parts
+        else:
+            translated["content"] = content
+        toolCalls = message.get("tool_calls")
+        if role == "assistant" and toolCalls:
+            if not isinstance(toolCalls, list):
+                raise BadRequest(f"messages[{index}].tool_calls must be a list")
+            calls = []
+            pending = []
+            for callIndex, call in enumerate(toolCalls):
+                if not isinstance(call, dict) or not isinstance(
+                    call.get("function"), dict
+                ):
+                    raise BadRequest(
+                        f"messages[{index}].tool_calls[{callIndex}] must have a function"
+                    )
+                function = call["function"]
+                name = function.get("name")
+                if not isinstance(name, str):
+                    raise BadRequest(
+                        f"messages[{index}].tool_calls[{callIndex}].function.name must be a string"
+                    )
+                callId = call.get("id")
+                if not isinstance(callId, str) or not callId:
+                    callId = _toolCallId(index, callIndex)
+                calls.append(
+                    {
+                        "id": callId,
+                        "type": "function",
+                        "function": {
+                            "name": name,
+                            "arguments": _argumentsString(function.get("arguments")),
+                        },
+                    }
+                )
+                pending.append((callId, name))
+            translated["tool_calls"] = calls
+            if not content:
+                translated["content"] = None
+        elif role == "tool":
+            translated["tool_call_id"] = _pairToolResult(message, pending, index)
+        out.append(translated)
+    return out
+
+
+def _pairToolResult(
+    message: JSON, pending: list[tuple[str, str]], index: int
+) -> str:
+    """
+    Choose the C{tool_call_id} for an Ollama tool-result message.
+
+    @param message: the C{role: tool} message.
+    @param pending: unanswered C{(id, name)} calls; the chosen one is removed.
+    @param index: the message position, for a synthetic id of last resort.
+    @return: the id.
+    """
+    given = message.get("tool_call_id")
+    if isinstance(given, str) and given:
+        for i, (callId, _) in enumerate(pending):
+            if callId == given:
+                del pending[i]
+                break
+        return given
+    name = message.get("tool_name") or message.get("name")
+    for i, (callId, callName) in enumerate(pending):
+        if callName == name:
+            del pending[i]
+            return callId
+    if pending:
+        return pending.pop(0)[0]
+    return f"call_{index}"
+
+
+_THINK_EFFORT = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
+
+
+def thinkValue(body: JSON) -> bool | str | None:
+    """
+    Validate Ollama's C{think} field.
+
+    @param body: the request object.
+    @return: C{None} when absent, else the bool or level string.
+    @raise BadRequest: for any other value (Ollama's own message).
+    """
+    think = body.get("think")
+    if think is None or isinstance(think, bool):
+        return think
+    if isinstance(think, str) and think in _THINK_EFFORT:
+        return think
+    raise BadRequest(
+        f"invalid think value: {codec.dumps(think).decode()} "
+        '(must be "high", "medium", "low", "max", true, or false)'
+    )
+
+
+def optionsToOpenAI(options: Any, target: JSON) -> None:
+    """
+    Copy the Ollama C{options} that have an OpenAI equivalent into C{target}.
+
+    Runner options (C{num_ctx}, C{num_gpu}, ...) have no equivalent and are
+    accepted and not forwarded.
+
+    @param options: the decoded C{options} value.
+    @param target: the OpenAI request being built; updated in place.
+    @raise BadRequest: if C{options} is not an object or a value has the
+        wrong type.
+    """
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise BadRequest("options must be an object")
+    numPredict = options.get("num_predict")
+    if numPredict is not None:
+        if not isinstance(numPredict, int) or isinstance(numPredict, bool):
+            raise BadRequest('option "num_predict" must be of type integer')
+        if numPredict > 0:
+            target["max_tokens"] = numPredict
+    for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        value = options.get(key)
+        if value is not None:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise BadRequest(f'option "{key}" must be of type number')
+            target[key] = value
+    seed = options.get("seed")
+    if seed is not None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise BadRequest('option "seed" must be of type integer')
+        if seed >= 0:
+            target["seed"] = seed
+    stop = options.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise BadRequest('option "stop" must be of type array of strings')
+        if stop:
+            target["stop"] = stop
+
+
+def formatToOpenAI(fmt: Any) -> JSON | None:
+    """
+    Map Ollama's C{format} to OpenAI's C{response_format}.
+
+    @param fmt: C{"json"}, a JSON schema object, or empty.
+    @return: the C{response_format} value, or C{None} for free text.
+    @raise BadRequest: for any other value.
+    """
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return {"type": "json_object"}
+    if isinstance(fmt, dict):
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "response", "schema": fmt},
+        }
+    raise BadRequest('format must be "json" or a JSON schema object')
+
+
+def chatRequestToOpenAI(body: JSON, backendId: str, stream: bool) -> JSON:
+    """
+    Translate an Ollama C{/api/chat} body to an OpenAI chat request.
+
+    @param body: the validated request object.
+    @param backendId: the upstream model id (see L{backendModel}).
+    @param stream: whether to stream (Ollama default true).
+    @return: the C{/v1/chat/completions} body.
+    @raise BadRequest: for malformed fields.
+    """
+    request: JSON = {
+        "model": backendId,
+        "messages": messagesToOpenAI(body.get("messages")),
+        "stream": stream,
+    }
+    return _commonRequestFields(body, request, stream)
+
+
+def generateRequestToOpenAI(body: JSON, backendId: str, stream: bool) -> JSON:
+    """
+    Translate an Ollama C{/api/generate} body to an OpenAI chat request:
+    C{system} and C{prompt} (with C{images}) become a one-turn chat.
+
+    @param body: the validated request object.
+    @param backendId: the upstream model id.
+    @param stream: whether to stream.
+    @return: the C{/v1/chat/completions} body.
+    @raise BadRequest: for malformed fields.
+    """
+    prompt = body.get("prompt")
+    system = body.get("system")
+    if prompt is not None and not isinstance(prompt, str):
+        raise BadRequest("prompt must be a string")
+    if system is not None and not isinstance(system, str):
+        raise BadRequest("system must be a string")
+    user: JSON = {"role": "user", "content": prompt or ""}
+    if body.get("images"):
+        user["images"] = body["images"]
+    messages = ([{"role": "system", "content": system}] if system else []) + [user]
+    request: JSON = {
+        "model": backendId,
+        "messages": messagesToOpenAI(messages),
+        "stream": stream,
+    }
+    return _commonRequestFields(body, request, stream)
+
+
+def _commonRequestFields(body: JSON, request: JSON, stream: bool) -> JSON:
+    """
+    Add the fields chat and generate share: options, format, tools, think,
+    usage reporting.
+
+    @param body: the Ollama request object.
+    @param request: the OpenAI request being built.
+    @param stream: whether streaming was requested.
+    @return: C{request}, completed.
+    """
+    if stream:
+        request["stream_options"] = {"include_usage": True}
+    optionsToOpenAI(body.get("options"), request)
+    responseFormat = formatToOpenAI(body.get("format"))
+    if responseFormat is not None:
+        request["response_format"] = responseFormat
+    tools = body.get("tools")
+    if tools:
+        if not isinstance(tools, list):
+            raise BadRequest("tools must be a list")
+        request["tools"] = tools
+    think = thinkValue(body)
+    if think is True:
+        request["reasoning_effort"] = "medium"
+    elif isinstance(think, str):
+        request["reasoning_effort"] = _THINK_EFFORT[think]
+    return request
+
+
+# ---------------------------------------------------------------------------
+# Responses: OpenAI -> Ollama
+
+
+def doneReason(finishReason: Any) -> str:
+    """
+    Map an OpenAI C{finish_reason} onto Ollama's vocabulary.
+
+    Ollama only knows C{stop} and C{length} for generation; tool calls and
+    content filters end with C{stop}.
+
+    @param finishReason: the OpenAI value (or C{None}).
+    @return: C{"length"} or C{"stop"}.
+    """
+    return "length" if finishReason == "length" else "stop"
+
+
+def toolCallsFromOpenAI(calls: Iterable[Mapping[str, Any]]) -> list[JSON]:
+    """
+    Convert complete OpenAI tool calls into Ollama's shape, with the
+    arguments as a JSON object.
+
+    @param calls: OpenAI C{tool_calls} with string arguments.
+    @return: Ollama C{tool_calls}.
+    @raise UpstreamError: if arguments are not a JSON object; reporting it is
+        better than calling a tool with C{{}}.
+    """
+    out = []
+    for index, call in enumerate(calls):
+        function = call.get("function") or {}
+        raw = function.get("arguments")
+        if isinstance(raw, dict):
+            arguments = raw
+        elif raw is None or raw == "":
+            arguments = {}
+        else:
+            try:
+                arguments = codec.loads(raw)
+            except codec.JSONDecodeError:
+                arguments = None
+            if not isinstance(arguments, dict):
+                raise UpstreamError(
+                    f"backend returned tool call {function.get('name')!r} "
+                    f"with arguments that are not a JSON object: {raw!r}"
+                )
+        entry: JSON = {
+            "function": {
+                "index": index,
+                "name": function.get("name") or "",
+                "arguments": arguments,
+            }
+        }
+        if call.get("id"):
+            entry["id"] = call["id"]
+        out.append(entry)
+    return out
+
+
+def _errorMessage(payload: JSON) -> str:
+    """
+    Extract a message from an OpenAI-style error object.
+
+    @param payload: a decoded body with an C{error} key.
+    @return: the most specific text available.
+    """
+    error = payload.get("error")
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("msg") or error
+        return message if isinstance(message, str) else codec.dumps(message).decode()
+    if isinstance(error, str):
+        return error
+    return codec.dumps(payload).decode()
+
+
+def errorFromBody(body: bytes, status: int) -> str:
+    """
+    The message to show for an upstream non-2xx response.
+
+    @param body: the raw upstream body.
+    @param status: the upstream status code.
+    @return: the upstream's own message when it sent JSON, else its text.
+    """
+    try:
+        decoded = codec.loads(body)
+    except codec.JSONDecodeError:
+        decoded = None
+    if isinstance(decoded, dict) and ("error" in decoded or "detail" in decoded):
+        if "error" in decoded:
+            return _errorMessage(decoded)
+        detail = decoded["detail"]
+        return detail if isinstance(detail, str) else codec.dumps(detail).decode()
+    text = body.decode("utf-8", "replace").strip()
+    return text[:2000] or f"backend returned HTTP {status}"
+
+
+class StreamTranslator:
+    """
+    Turn decoded OpenAI stream chunks into Ollama chunk objects.
+
+    Content and reasoning deltas become one Ollama chunk each; tool-call
+    fragments are accumulated per C{index} and released as one chunk with
+    object arguments at the end; C{finish_reason} and C{usage} (which may
+    arrive in a later chunk) go into the final C{done: true} object.
+
+    @ivar model: the model name exactly as the client sent it.
+    @ivar kind: C{"chat"} (C{message.content}) or C{"generate"} (C{response}).
+    @ivar sawDone: whether C{[DONE]} or a C{finish_reason} has been seen, i.e.
+        whether the stream may end normally.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        kind: Kind = "chat",
+        startNs: int | None = None,
+        clock: Clock = wallClock,
+        dropThinking: bool = False,
+    ) -> None:
+        self.model = model
+        self.kind = kind
+        self._clock = clock
+        self._start = clock() if startNs is None else startNs
+        self._firstToken: int | None = None
+        self._dropThinking = dropThinking
+        self._finishReason: Any = None
+        self._usage: JSON | None = None
+        self._tools: dict[int, JSON] = {}
+        self.sawDone = False
+        self.sawFinish = False
+
+    def _chunk(self, createdAt: str, content: str, thinking: str | None) -> JSON:
+        """
+        Build one C{done: false} chunk.
+
+        @param createdAt: the formatted timestamp.
+        @param content: the text delta.
+        @param thinking: the reasoning delta, if any.
+        """
+        if self.kind == "chat":
+            message: JSON = {"role": "assistant", "content": content}
+            if thinking:
+                message["thinking"] = thinking
+            return {
+                "model": self.model,
+                "created_at": createdAt,
+                "message": message,
+                "done": False,
+            }
+        chunk: JSON = {
+            "model": self.model,
+            "created_at": createdAt,
+            "response": content,
+            "done": False,
+        }
+        if thinking:
+            chunk["thinking"] = thinking
+        return chunk
+
+    def feed(self, payloads: list[bytes], createdAt: str | None = None) -> list[JSON]:
+        """
+        Translate the SSE payloads of one socket read.
+
+        @param payloads: C{data:} payloads from L{SSEDecoder.feed}.
+        @param createdAt: the timestamp for every chunk of this read; computed
+            from the clock when omitted.
+        @return: the Ollama chunks to send now, in order.
+        @raise UpstreamError: on an upstream error event or non-JSON data.
+        """
+        out: list[JSON] = []
+        for payload in payloads:
+            if payload == b"[DONE]":
+                self.sawDone = True
+                continue
+            try:
+                event = codec.loads(payload)
+            except codec.JSONDecodeError:
+                raise UpstreamError(
+                    "backend sent a stream event that is not JSON: "
+                    + payload[:200].decode("utf-8", "replace")
+                )
+            if not isinstance(event, dict):
+                raise UpstreamError("backend sent a stream event that is not an object")
+            if "error" in event:
+                raise UpstreamError(_errorMessage(event))
+            usage = event.get("usage")
+            if isinstance(usage, dict):
+                self._usage = usage
+            choices = event.get("choices")
+            if not choices or not isinstance(choices, list):
+                continue
+            choice = choices[0]
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("finish_reason"):
+                self._finishReason = choice["finish_reason"]
+                self.sawFinish = True
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
+            content = delta.get("content")
+            thinking = delta.get("reasoning_content") or delta.get("reasoning")
+            if self._dropThinking or not isinstance(thinking, str):
+                thinking = None
+            fragments = delta.get("tool_calls")
+            if fragments:
+                self._accumulateTools(fragments)
+            if content or thinking:
+                if self._firstToken is None:
+                    self._firstToken = self._clock()
+                if createdAt is None:
+                    createdAt = formatTimestamp(self._clock())
+                out.append(
+                    self._chunk(createdAt, content if isinstance(content, str) else "", thinking)
+                )
+        return out
+
+    def _accumulateTools(self, fragments: Any) -> None:
+        """
+        Merge streamed tool-call fragments by C{index}.
+
+        @param fragments: the C{delta.tool_calls} list.
+        """
+        if not isinstance(fragments, list):
+            return
+        for position, fragment in enumerate(fragments):
+            if not isinstance(fragment, dict):
+                continue
+            index = fragment.get("index", position)
+            if not isinstance(index, int):
+                index = position
+            slot = self._tools.setdefault(
+                index, {"id": None, "function": {"name": "", "arguments": ""}}
+            )
+            if fragment.get("id"):
+                slot["id"] = fragment["id"]
+            function = fragment.get("function")
+            if isinstance(function, dict):
+                if function.get("name"):
+                    slot["function"]["name"] += function["name"]
+                arguments = function.get("arguments")
+                if isinstance(arguments, str):
+                    slot["function"]["arguments"] += arguments
+                elif isinstance(arguments, dict):
+                    slot["function"]["arguments"] = arguments
+        if self._firstToken is None:
+            self._firstToken = self._clock()
+
+    def finish(self) -> list[JSON]:
+        """
+        The stream ended normally: release accumulated tool calls and the
+        final C{done: true} object.
+
+        @return: the last chunks to send.
+        @raise UpstreamError: if the backend ended the stream before saying it
+            was done, or sent unusable tool-call arguments.
+        """
+        if not (self.sawDone or self.sawFinish):
+            raise UpstreamError("backend closed the stream before it was complete")
+        now = self._clock()
+        createdAt = formatTimestamp(now)
+        out: list[JSON] = []
+        if self._tools:
+            calls = toolCallsFromOpenAI(
+                self._tools[index] for index in sorted(self._tools)
+            )
+            chunk = self._chunk(createdAt, "", None)
+            if self.kind == "chat":
+                chunk["message"]["tool_calls"] = calls
+            else:
+                chunk["tool_calls"] = calls
+            out.append(chunk)
+        final = self._chunk(createdAt, "", None)
+        final["done"] = True
+        final["done_reason"] = doneReason(self._finishReason)
+        final.update(metrics(self._start, self._firstToken, now, self._usage))
+        if self.kind == "generate":
+            final["context"] = []
+        out.append(final)
+        return out
+
+
+def metrics(start: int, firstToken: int | None, end: int, usage: Any) -> JSON:
+    """
+    Ollama's timing and token fields for a final object.
+
+    The OpenAI backend reports no timings, so they are measured by the proxy:
+    prompt evaluation is the time to the first token, evaluation the rest.
+    C{eval_duration} is never zero because UIs divide by it.
+
+    @param start: when the request arrived (ns).
+    @param firstToken: when the first token arrived (ns), if any.
+    @param end: now (ns).
+    @param usage: the OpenAI C{usage} object, if one was sent.
+    @return: the metric fields.
+    """
+    first = firstToken if firstToken is not None else end
+    result: JSON = {
+        "total_duration": max(1, end - start),
+        "load_duration": 0,
+        "prompt_eval_count": 0,
+        "prompt_eval_duration": max(1, first - start),
+        "eval_count": 0,
+        "eval_duration": max(1, end - first),
+    }
+    if isinstance(usage, dict):
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            result["prompt_eval_count"] = prompt
+        if isinstance(completion, int):
+            result["eval_count"] = completion
+    return result
+
+
+def responseFromOpenAI(
+    completion: Any,
+    model: str,
+    kind: Kind,
+    start: int,
+    end: int,
+    dropThinking: bool = False,
+) -> JSON:
+    """
+    Translate a non-streamed OpenAI chat completion into one Ollama object.
+
+    @param completion: the decoded upstream body.
+    @param model: the client's model name, echoed back.
+    @param kind: C{"chat"} or C{"generate"}.
+    @param start: request start (ns).
+    @param end: now (ns).
+    @param dropThinking: whether the client asked for C{think: false}.
+    @return: the aggregated Ollama response.
+    @raise UpstreamError: if the body has no choices.
+    """
+    if not isinstance(completion, dict):
+        raise UpstreamError("backend returned a completion that is not an object")
+    if "error" in completion:
+        raise UpstreamError(_errorMessage(completion))
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamError("backend returned a completion without choices")
+    choice = choices[0]
+    message = choice.get("message") or {}
+    content = message.get("content") or ""
+    if not isinstance(content, str):
+        content = codec.dumps(content).decode()
+    thinking = message.get("reasoning_content") or message.get("reasoning")
+    createdAt = formatTimestamp(end)
+    result: JSON
+    if kind == "chat":
+        ollamaMessage: JSON = {"role": "assistant", "content": content}
+        if thinking and not dropThinking:
+            ollamaMessage["thinking"] = thinking
+        if message.get("tool_calls"):
+            ollamaMessage["tool_calls"] = toolCallsFromOpenAI(message["tool_calls"])
+        result = {"model": model, "created_at": createdAt, "message": ollamaMessage}
+    else:
+        result = {"model": model, "created_at": createdAt, "response": content}
+        if thinking and not dropThinking:
+            result["thinking"] = thinking
+    result["done"] = True
+    result["done_reason"] = doneReason(choice.get("finish_reason"))
+    result.update(metrics(start, None, end, completion.get("usage")))
+    if kind == "generate":
+        result["context"] = []
+    return result
+
+
+class NDJSONStream:
+    """
+    The whole streaming pipeline as one pure object: SSE bytes in, Ollama
+    NDJSON bytes out, one call per socket read.
+
+    The Twisted side calls L{feed} from each C{treq.collect} callback and
+    writes the result with a single C{request.write}, so a read that carried
+    ten tokens costs one HTTP chunk, while each token is still its own line.
+    """
+
+    def __init__(
+        self,
+        translator: StreamTranslator,
+        maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
+        clock: Clock = wallClock,
+    ) -> None:
+        self.translator = translator
+        self.decoder = SSEDecoder(maxLineLength)
+        self._clock = clock
+
+    def feed(self, data: bytes) -> bytes:
+        """
+        @param data: one upstream read.
+        @return: zero or more complete NDJSON lines.
+        @raise UpstreamError: on upstream error events or garbage.
+        @raise ollama_proxy.sse.SSELineTooLong: on an oversized line.
+        """
+        payloads = self.decoder.feed(data)
+        if not payloads:
+            return b""
+        chunks = self.translator.feed(payloads)
+        return b"".join(map(codec.dumpLine, chunks))
+
+    def end(self) -> bytes:
+        """
+        The upstream body ended cleanly.
+
+        @return: the remaining lines, ending with the C{done: true} object.
+        @raise UpstreamError: if the stream was truncated.
+        """
+        chunks = self.translator.feed(self.decoder.close())
+        chunks.extend(self.translator.finish())
+        return b"".join(map(codec.dumpLine, chunks))

@@ -1,0 +1,274 @@
+# -*- test-case-name: tests.test_resources -*-
+"""
+The OpenAI-compatible backend as seen from the proxy.
+
+L{Backend} wraps an injected treq-style HTTP client (a real
+C{treq.client.HTTPClient} in production, a C{treq.testing.StubTreq} in tests)
+and knows URLs, the API key, timeouts and how upstream failures map to
+L{ollama_proxy.errors}.  It knows nothing about C{twisted.web} requests.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import attrs
+import treq
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectingCancelledError,
+    DNSLookupError,
+    TimeoutError as ConnectTimeoutError,
+)
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.iweb import IResponse
+
+from ollama_proxy import codec
+from ollama_proxy.errors import (
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamTimeout,
+)
+from ollama_proxy.translate import errorFromBody
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+    }
+)
+"""Headers that describe one connection and must not be forwarded."""
+
+
+class HTTPClient(Protocol):
+    """
+    The part of treq's client API the proxy uses; satisfied by
+    C{treq.client.HTTPClient} and C{treq.testing.StubTreq}.
+    """
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """
+        Start a request; returns a C{Deferred} firing with a response.
+        """
+
+
+def apiBase(target: str) -> str:
+    """
+    The OpenAI API root for a C{--target}.
+
+    The seed takes a server root (C{http://127.0.0.1:4000}) and calls
+    C{/v1/models}; OpenAI-style URLs often already end in C{/v1}
+    (C{https://api.openai.com/v1}, C{https://openrouter.ai/api/v1}).  Both
+    are accepted.
+
+    @param target: the configured base URL.
+    @return: the base, without a trailing slash, ending in C{/v1}.
+    """
+    base = target.rstrip("/")
+    return base if base.endswith("/v1") else base + "/v1"
+
+
+def redactHeaders(headers: dict[bytes, list[bytes]]) -> dict[str, list[str]]:
+    """
+    A loggable copy of headers with secrets replaced.
+
+    @param headers: raw header names and values.
+    @return: text headers; C{Authorization}, C{X-API-Key} and cookies are
+        C{"<redacted>"}.
+    """
+    secret = {b"authorization", b"x-api-key", b"proxy-authorization", b"cookie", b"api-key"}
+    return {
+        name.decode("latin-1"): (
+            ["<redacted>"] if name.lower() in secret else [v.decode("latin-1") for v in values]
+        )
+        for name, values in headers.items()
+    }
+
+
+def failureToError(reason: BaseException, what: str) -> UpstreamError:
+    """
+    Map a client-side exception from treq/Agent to a proxy error.
+
+    @param reason: the exception.
+    @param what: a short description of the upstream, for the message.
+    @return: a 504 for timeouts, a 502 for everything else.
+    """
+    if isinstance(reason, (ResponseNeverReceived, ResponseFailed)):
+        inner = [f.value for f in reason.reasons]
+        if any(isinstance(e, CancelledError) for e in inner):
+            return UpstreamTimeout(f"timed out waiting for {what}")
+        detail = "; ".join(str(e) or type(e).__name__ for e in inner)
+        return UpstreamError(f"connection to {what} failed: {detail}")
+    if isinstance(reason, (CancelledError, ConnectTimeoutError, ConnectingCancelledError)):
+        return UpstreamTimeout(f"timed out connecting to {what}")
+    if isinstance(reason, DNSLookupError):
+        return UpstreamError(f"cannot resolve {what}: {reason}")
+    if isinstance(reason, ConnectError):
+        return UpstreamError(f"cannot connect to {what}: {reason}")
+    return UpstreamError(f"request to {what} failed: {reason}")
+
+
+@attrs.define
+class Backend:
+    """
+    One OpenAI-compatible server.
+
+    @ivar http: the injected treq-style client.
+    @ivar target: the base URL as configured.
+    @ivar reactor: the clock for timeouts.
+    @ivar apiKey: sent as C{Authorization: Bearer}; never logged.
+    @ivar headerTimeout: seconds to wait for response headers.
+    """
+
+    http: HTTPClient
+    target: str
+    reactor: IReactorTime
+    apiKey: str | None = attrs.field(default=None, repr=False)
+    headerTimeout: float = 600.0
+    base: str = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.base = apiBase(self.target)
+
+    def url(self, path: str) -> str:
+        """
+        @param path: an API path below C{/v1}, e.g. C{"chat/completions"}.
+        @return: the absolute URL.
+        """
+        return f"{self.base}/{path.lstrip('/')}"
+
+    def headers(self, extra: dict[bytes, list[bytes]] | None = None) -> dict[bytes, list[bytes]]:
+        """
+        The headers for an upstream request.
+
+        @param extra: headers to forward (hop-by-hop and auth already removed
+            by the caller).
+        @return: C{extra} plus C{Authorization} when a key is configured.
+        """
+        headers = dict(extra or {})
+        if self.apiKey:
+            headers[b"Authorization"] = [b"Bearer " + self.apiKey.encode("utf-8")]
+        return headers
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        headers: dict[bytes, list[bytes]] | None = None,
+        what: str = "the backend",
+    ) -> IResponse:
+        """
+        Send a request and wait for the response headers.
+
+        The response body is not read: the caller streams it.
+
+        @return: the response, whatever its status.
+        @raise UpstreamError: if no response arrived.
+        """
+        try:
+            response: IResponse = await self.http.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                unbuffered=True,
+                timeout=self.headerTimeout,
+                reactor=self.reactor,
+            )
+        except CancelledError:
+            raise
+        except Exception as e:
+            raise failureToError(e, what) from None
+        return response
+
+    async def postJSON(self, path: str, body: Any) -> IResponse:
+        """
+        POST a JSON body to the backend and check the status.
+
+        @param path: the API path below C{/v1}.
+        @param body: the JSON-compatible request body.
+        @return: a 2xx response with its body unread.
+        @raise UpstreamHTTPError: for a non-2xx answer, with the backend's
+            status and message.
+        """
+        response = await self.request(
+            "POST",
+            self.url(path),
+            codec.dumps(body),
+            self.headers({b"Content-Type": [b"application/json"]}),
+        )
+        await raiseForStatus(response)
+        return response
+
+    async def getJSON(self, path: str) -> Any:
+        """
+        GET a JSON document from the backend.
+
+        @param path: the API path below C{/v1}.
+        @return: the decoded body.
+        @raise UpstreamError: on connection problems, non-2xx, or non-JSON.
+        """
+        response = await self.request("GET", self.url(path), headers=self.headers())
+        await raiseForStatus(response)
+        return await readJSON(response)
+
+
+async def readBody(response: IResponse) -> bytes:
+    """
+    Read a whole (small) upstream body.
+
+    @param response: a treq response.
+    @return: the bytes.
+    @raise UpstreamError: if the connection broke.
+    """
+    try:
+        body: bytes = await treq.content(response)
+    except CancelledError:
+        raise
+    except Exception as e:
+        raise failureToError(e, "the backend") from None
+    return body
+
+
+async def readJSON(response: IResponse) -> Any:
+    """
+    Read and decode a JSON upstream body.
+
+    @param response: a treq response.
+    @return: the decoded value.
+    @raise UpstreamError: if the body is not JSON.
+    """
+    body = await readBody(response)
+    try:
+        return codec.loads(body)
+    except codec.JSONDecodeError:
+        raise UpstreamError(
+            "backend returned a body that is not JSON: "
+            + body[:200].decode("utf-8", "replace")
+        ) from None
+
+
+async def raiseForStatus(response: IResponse) -> None:
+    """
+    Turn a non-2xx upstream answer into an error carrying its status and
+    message (read from the body).
+
+    @param response: the upstream response.
+    @raise UpstreamHTTPError: if the status is not 2xx.
+    """
+    if 200 <= response.code < 300:
+        return
+    body = await readBody(response)
+    raise UpstreamHTTPError(errorFromBody(body, response.code), response.code)
