@@ -236,7 +236,9 @@ class ProxyResource(Resource):
                 "request {method} {uri} headers={headers} body={body}",
                 method=method,
                 uri=request.uri.decode("latin-1"),
-                headers=redactHeaders(dict(request.requestHeaders.getAllRawHeaders())),
+                headers=redactHeaders(
+                    {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}
+                ),
                 body=body[:4096].decode("utf-8", "replace"),
             )
         d = Deferred.fromCoroutine(self._run(handler, ex))

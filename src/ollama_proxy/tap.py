@@ -162,7 +162,8 @@ class PoolService(Service):
         @return: fires when every cached connection is closed.
         """
         super().stopService()
-        return self.pool.closeCachedConnections()
+        closed: Deferred[None] = self.pool.closeCachedConnections()
+        return closed
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:

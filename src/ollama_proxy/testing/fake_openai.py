@@ -26,7 +26,7 @@ import math
 import time
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -255,22 +255,23 @@ class FakeOpenAI(Resource):
             request.write(b"".join(events))
             request.finish()
             return NOT_DONE_YET
-        state = {"gone": False, "call": None}
+        calls: list[IDelayedCall] = []
+        gone: list[object] = []
 
-        def gone(_: object) -> None:
-            state["gone"] = True
-            call = state["call"]
-            if call is not None and call.active():  # type: ignore[attr-defined]
-                call.cancel()  # type: ignore[attr-defined]
+        def stop(reason: object) -> None:
+            gone.append(reason)
+            if calls and calls[-1].active():
+                calls[-1].cancel()
 
-        request.notifyFinish().addErrback(gone)
+        request.notifyFinish().addErrback(stop)
 
         def step(i: int) -> None:
-            if state["gone"]:
+            if gone:
                 return
             request.write(events[i])
             if i + 1 < len(events):
-                state["call"] = self.reactor.callLater(self.delay, step, i + 1)
+                calls.append(self.reactor.callLater(self.delay, step, i + 1))
+                del calls[:-1]
             else:
                 request.finish()
 

@@ -1,0 +1,249 @@
+"""
+Test doubles: a scriptable OpenAI backend and a harness that puts the proxy
+between two C{treq.testing.StubTreq}s.
+
+How the pumping works: L{ProxyHarness.client} drives the proxy's resource
+tree and L{ProxyHarness.upstream} drives L{ScriptedOpenAI}; both run over
+C{iosim} on in-memory transports.  After anything happens on one side (a
+request sent, a chunk written by the fake backend) call
+L{ProxyHarness.pump}, which flushes both stubs until nothing moves.  Time
+only passes when a test advances L{ProxyHarness.clock}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from ollama_proxy import codec
+from ollama_proxy.resources import Fallback, ProxyContext, buildRoot
+from ollama_proxy.upstream import Backend
+
+TARGET = "http://backend.test:4000"
+FALLBACK = "http://ollama.test:11505"
+
+
+class Counter:
+    """
+    A fake wall clock for Ollama timestamps: each call advances 1 ms.
+    """
+
+    def __init__(self, start: int = 1_700_000_000_000_000_000) -> None:
+        self.value = start
+
+    def __call__(self) -> int:
+        self.value += 1_000_000
+        return self.value
+
+
+@attrs.define
+class Received:
+    """
+    One request the fake backend got, kept open so a test can answer it.
+
+    @ivar request: the live twisted.web request.
+    @ivar method: e.g. C{"POST"}.
+    @ivar path: e.g. C{"/v1/chat/completions"}.
+    @ivar headers: lower-cased header names to their first value.
+    @ivar body: the raw body.
+    """
+
+    request: Request
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    lost: list[Any] = attrs.field(factory=list)
+
+    def json(self) -> Any:
+        """
+        @return: the decoded body.
+        """
+        return codec.loads(self.body)
+
+    def respond(self, status: int, body: Any, contentType: bytes = b"application/json") -> None:
+        """
+        Answer in one go.
+
+        @param status: HTTP status.
+        @param body: bytes, or a value to encode as JSON.
+        @param contentType: the C{Content-Type}.
+        """
+        self.request.setResponseCode(status)
+        self.request.setHeader(b"Content-Type", contentType)
+        self.request.write(body if isinstance(body, bytes) else codec.dumps(body))
+        self.request.finish()
+
+    def startSSE(self) -> None:
+        """
+        Send 200 and the C{text/event-stream} header; events follow.
+        """
+        self.request.setResponseCode(200)
+        self.request.setHeader(b"Content-Type", b"text/event-stream")
+
+    def write(self, data: bytes) -> None:
+        """
+        Write raw bytes of the response body.
+        """
+        self.request.write(data)
+
+    def event(self, obj: Any) -> None:
+        """
+        Write one SSE event with C{obj} as JSON data.
+        """
+        self.request.write(b"data: " + codec.dumps(obj) + b"\n\n")
+
+    def finish(self) -> None:
+        """
+        End the response body.
+        """
+        self.request.finish()
+
+
+class ScriptedOpenAI(Resource):
+    """
+    A backend that records every request and answers only when the test
+    tells it to (through the L{Received} objects in L{received}).
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[Received] = []
+
+    def render(self, request: Request) -> Any:  # type: ignore[override]
+        headers = {
+            k.decode().lower(): v[0].decode()
+            for k, v in request.requestHeaders.getAllRawHeaders()
+        }
+        assert request.content is not None
+        entry = Received(
+            request,
+            (request.method or b"").decode(),
+            request.path.decode(),
+            headers,
+            request.content.read(),
+        )
+        request.notifyFinish().addErrback(entry.lost.append)
+        self.received.append(entry)
+        return NOT_DONE_YET
+
+
+def delta(content: str | None = None, **fields: Any) -> dict[str, Any]:
+    """
+    An OpenAI stream chunk with one choice.
+
+    @param content: C{delta.content}, if any.
+    @param fields: other C{delta} fields, or C{finish_reason=}.
+    @return: the chunk object.
+    """
+    finish = fields.pop("finish_reason", None)
+    d: dict[str, Any] = dict(fields)
+    if content is not None:
+        d["content"] = content
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": d, "finish_reason": finish}],
+    }
+
+
+class ProxyHarness:
+    """
+    The proxy wired to a L{ScriptedOpenAI} backend (and optionally a
+    scripted fallback Ollama), driven through L{client}.
+    """
+
+    def __init__(self, fallback: bool = True, **contextArgs: Any) -> None:
+        self.clock = MemoryReactorClock()
+        self.backend = ScriptedOpenAI()
+        self.upstream: Any = StubTreq(self.backend)
+        self.ollama = ScriptedOpenAI()
+        self.fallbackStub: Any = StubTreq(self.ollama)
+        self.now = Counter()
+        self.ctx = ProxyContext(
+            backend=Backend(self.upstream, TARGET, self.clock, apiKey="sk-secret"),
+            clock=self.clock,
+            now=self.now,
+            fallback=Fallback(self.fallbackStub, FALLBACK) if fallback else None,
+            **contextArgs,
+        )
+        self.root = buildRoot(self.ctx)
+        self.client: Any = StubTreq(self.root)
+
+    def pump(self) -> None:
+        """
+        Move bytes on both sides until nothing is left to deliver.
+        """
+        for _ in range(20):
+            self.client.flush()
+            self.upstream.flush()
+            self.fallbackStub.flush()
+        self.client.flush()
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        POST to the proxy.
+
+        @param path: e.g. C{"/api/chat"}.
+        @param body: bytes, or a value to send as JSON.
+        @return: the client's response Deferred (unbuffered).
+        """
+        data = body if isinstance(body, bytes) else codec.dumps(body)
+        d: Deferred[Any] = self.client.post(
+            "http://proxy.test" + path, data=data, unbuffered=True, **kwargs
+        )
+        self.pump()
+        return d
+
+    def get(self, path: str, **kwargs: Any) -> Deferred[Any]:
+        """
+        GET from the proxy.
+        """
+        d: Deferred[Any] = self.client.get(
+            "http://proxy.test" + path, unbuffered=True, **kwargs
+        )
+        self.pump()
+        return d
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Deferred[Any]:
+        """
+        Any method.
+        """
+        d: Deferred[Any] = self.client.request(
+            method, "http://proxy.test" + path, unbuffered=True, **kwargs
+        )
+        self.pump()
+        return d
+
+
+class BodyReader:
+    """
+    Collects a response body as it streams, so tests can look at it before
+    it ends.
+    """
+
+    def __init__(self, harness: ProxyHarness, response: Any) -> None:
+        self.chunks: list[bytes] = []
+        self.done = harness.client.collect(response, self.chunks.append)
+
+    @property
+    def data(self) -> bytes:
+        """
+        Everything received so far.
+        """
+        return b"".join(self.chunks)
+
+    def lines(self) -> list[Any]:
+        """
+        The complete NDJSON lines received so far, decoded.
+        """
+        data = self.data
+        return [codec.loads(line) for line in data.split(b"\n")[:-1]]
