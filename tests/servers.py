@@ -1,0 +1,152 @@
+"""
+Real processes on real sockets, for the few end-to-end tests: start
+C{twistd -n fake-openai} and C{twistd -n ollama-proxy} on free loopback
+ports, wait until they accept connections, stop them afterwards.
+
+Everything listens on 127.0.0.1 and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Sequence
+
+
+def freePort() -> int:
+    """
+    @return: a TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def twistdCommand() -> list[str]:
+    """
+    @return: the argv prefix that runs this environment's twistd.
+    """
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class Twistd:
+    """
+    One C{twistd -n} child process.
+
+    @ivar port: the TCP port it listens on.
+    @ivar logPath: where its log goes.
+    """
+
+    def __init__(self, plugin: str, args: Sequence[str], port: int) -> None:
+        self.port = port
+        self.dir = tempfile.mkdtemp(prefix="ollama-proxy-test-")
+        self.logPath = os.path.join(self.dir, "twistd.log")
+        self.process = subprocess.Popen(
+            [*twistdCommand(), "-n", "--pidfile=", f"--logfile={self.logPath}", plugin, *args],
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        self._waitForPort()
+
+    def _waitForPort(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"twistd exited early:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"twistd did not listen on {self.port}:\n{self.log()}")
+
+    def log(self) -> str:
+        """
+        @return: the process's log so far.
+        """
+        try:
+            with open(self.logPath, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """
+        SIGTERM, then wait (bounded), then SIGKILL.
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+class Stack:
+    """
+    The fake backend plus the proxy in front of it.
+
+    @ivar backend: the C{fake-openai} process.
+    @ivar proxy: the C{ollama-proxy} process.
+    @ivar url: the proxy's base URL.
+    """
+
+    def __init__(self, proxyArgs: Sequence[str] = (), backendArgs: Sequence[str] = ()) -> None:
+        backendPort = freePort()
+        self.backend = Twistd(
+            "fake-openai", ["--listen", f"tcp:{backendPort}:interface=127.0.0.1", *backendArgs],
+            backendPort,
+        )
+        self.backendURL = f"http://127.0.0.1:{backendPort}"
+        proxyPort = freePort()
+        try:
+            self.proxy = Twistd(
+                "ollama-proxy",
+                ["--listen", f"tcp:{proxyPort}:interface=127.0.0.1", "--target",
+                 self.backendURL, "--fallback", "", *proxyArgs],
+                proxyPort,
+            )
+        except Exception:
+            self.backend.stop()
+            raise
+        self.url = f"http://127.0.0.1:{proxyPort}"
+
+    def stop(self) -> None:
+        """
+        Stop both processes.
+        """
+        self.proxy.stop()
+        self.backend.stop()
+
+
+_shared: dict[tuple[tuple[str, ...], tuple[str, ...]], Stack] = {}
+
+
+def sharedStack(proxyArgs: Sequence[str] = (), backendArgs: Sequence[str] = ()) -> Stack:
+    """
+    A L{Stack} shared by every test that asks for the same arguments, started
+    on first use and stopped when the test process exits (trial has no
+    class-level fixtures for synchronous tests).
+
+    @return: the running stack.
+    """
+    key = (tuple(proxyArgs), tuple(backendArgs))
+    if key not in _shared:
+        stack = Stack(proxyArgs, backendArgs)
+        _shared[key] = stack
+        atexit.register(stack.stop)
+    return _shared[key]
