@@ -85,3 +85,57 @@ class OllamaClientTests(SynchronousTestCase):
             self.client().chat(model="nope", messages=[{"role": "user", "content": "x"}])
         self.assertEqual(e.exception.status_code, 404)
         self.assertIn("nope", e.exception.error)
+
+
+class DaemonTests(SynchronousTestCase):
+    """
+    twistd's own daemon mode: pid file, log file, clean stop on SIGTERM.
+    """
+
+    def test_daemonized(self) -> None:
+        """
+        C{twistd --pidfile=P --logfile=L ollama-proxy ...} detaches, writes
+        its pid, serves, logs requests to L, and removes P when stopped.
+        """
+        import os
+        import signal
+        import socket
+        import subprocess
+        import time
+
+        from tests.servers import freePort, twistdCommand
+
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        pidfile = os.path.join(base, "proxy.pid")
+        logfile = os.path.join(base, "proxy.log")
+        port = freePort()
+        subprocess.run(
+            [*twistdCommand(), f"--pidfile={pidfile}", f"--logfile={logfile}", "ollama-proxy",
+             "--target", "http://127.0.0.1:9", "--fallback", "",
+             "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            cwd=base, check=True, timeout=30, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while not os.path.exists(pidfile) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=10) as r:
+                self.assertEqual(codec.loads(r.read()), {"version": "0.13.5"})
+        finally:
+            os.kill(pid, signal.SIGTERM)
+        while os.path.exists(pidfile) and time.monotonic() < deadline + 10:
+            time.sleep(0.05)
+        self.assertFalse(os.path.exists(pidfile))
+        with open(logfile) as f:
+            log = f.read()
+        self.assertIn("GET /api/version model=- status=200", log)
+        self.assertIn("Main loop terminated", log)
