@@ -25,7 +25,37 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy import codec
-from ollama_proxy.errors import BadRequest, NotFound, ProxyError, UpstreamError
+from ollama_proxy.catalog import (
+    ModelCatalog,
+    ModelMeta,
+    buildCatalog,
+    findModel,
+    psResponse,
+    showResponse,
+)
+from ollama_proxy.completions import (
+    CompletionStreamTranslator,
+    completionAsChat,
+    completionRequestToOpenAI,
+    wantsCompletion,
+)
+from ollama_proxy.cors import CORSResource, OriginPolicy
+from ollama_proxy.embeddings import (
+    dimensionsValue,
+    embedInputs,
+    embedRequestToOpenAI,
+    embedResponse,
+    emptyEmbedResponse,
+    legacyPrompt,
+    vectorsFromOpenAI,
+)
+from ollama_proxy.errors import (
+    BadRequest,
+    NotFound,
+    ProxyError,
+    UpstreamError,
+    UpstreamHTTPError,
+)
 from ollama_proxy.relay import ClientState, consume
 from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.translate import (
@@ -92,6 +122,11 @@ class ProxyContext:
     @ivar version: what C{/api/version} reports.
     @ivar knownIds: the backend's model ids as last listed, used to resolve
         names; C{None} until the first listing.
+    @ivar catalog: the cached model metadata behind C{/api/show},
+        C{/api/ps} and the management routes; by default reused for a
+        minute, timed by C{clock}.
+    @ivar corsOrigins: origin globs allowed in addition to Ollama's
+        built-in list.
     """
 
     backend: Backend
@@ -104,6 +139,10 @@ class ProxyContext:
     maxLineLength: int = DEFAULT_MAX_LINE_LENGTH
     version: str = DEFAULT_VERSION
     knownIds: set[str] | None = None
+    catalog: ModelCatalog = attrs.field(
+        default=attrs.Factory(lambda self: ModelCatalog(self.clock.seconds), takes_self=True)
+    )
+    corsOrigins: tuple[str, ...] = ()
 
     def resolve(self, name: str) -> str:
         """
@@ -121,6 +160,38 @@ class ProxyContext:
         models = await self.backend.getJSON("models")
         self.knownIds = set(modelIds(models))
         return models
+
+    async def models(self) -> dict[str, ModelMeta]:
+        """
+        The served models with their metadata, from the cache when fresh.
+
+        @return: metadata per backend id.
+        @raise ProxyError: if the backend's model list cannot be fetched.
+        """
+        return await self.catalog.get(self._fetchCatalog)
+
+    async def served(self, name: str) -> ModelMeta | None:
+        """
+        @param name: a client's model name.
+        @return: the model's metadata if the backend serves it, else C{None}.
+        """
+        return findModel(await self.models(), name, self.tag)
+
+    async def _fetchCatalog(self) -> dict[str, ModelMeta]:
+        """
+        Fetch C{/v1/models}, then LiteLLM's C{/v1/model/info} (any failure of
+        the latter just means "not LiteLLM"), and merge them with the
+        overrides.
+
+        @return: a fresh catalog.
+        """
+        models = await self.listModels()
+        info: Any = None
+        try:
+            info = await self.backend.getJSON("model/info")
+        except ProxyError:
+            pass
+        return buildCatalog(models, info, self.catalog.overrides)
 
 
 @attrs.define
@@ -434,6 +505,37 @@ class Passthrough(ProxyResource):
     handle_POST = _forward
 
 
+async def forwardToFallback(ctx: ProxyContext, ex: Exchange) -> None:
+    """
+    Relay a request to the fallback Ollama as it is (method, path, query,
+    headers, body), streaming its answer back.
+
+    @param ctx: the shared context; C{ctx.fallback} must not be C{None}.
+    @param ex: the exchange, body already read.
+    @raise UpstreamError: if the fallback cannot be reached.
+    """
+    request = ex.request
+    fallback = ctx.fallback
+    assert fallback is not None
+    path = request.uri.decode("latin-1")
+    what = f"the fallback Ollama at {fallback.base}"
+    try:
+        response = await fallback.http.request(
+            (request.method or b"GET").decode("ascii"),
+            fallback.base.rstrip("/") + path,
+            data=ex.body or None,
+            headers=requestHeaders(request),
+            unbuffered=True,
+            reactor=ctx.clock,
+            timeout=ctx.backend.headerTimeout,
+        )
+    except CancelledError:
+        raise
+    except Exception as e:
+        raise failureToError(e, what) from None
+    await relayResponse(ctx, ex, response)
+
+
 class FallbackResource(ProxyResource):
     """
     Everything the proxy cannot answer: forwarded to a real Ollama (method,
@@ -441,27 +543,9 @@ class FallbackResource(ProxyResource):
     """
 
     async def _forward(self, ex: Exchange) -> None:
-        request = ex.request
-        fallback = self.ctx.fallback
-        path = request.uri.decode("latin-1")
-        if fallback is None:
-            raise NotFound(f"{request.path.decode('latin-1')} is not served by this proxy")
-        what = f"the fallback Ollama at {fallback.base}"
-        try:
-            response = await fallback.http.request(
-                (request.method or b"GET").decode("ascii"),
-                fallback.base.rstrip("/") + path,
-                data=ex.body or None,
-                headers=requestHeaders(request),
-                unbuffered=True,
-                reactor=self.ctx.clock,
-                timeout=self.ctx.backend.headerTimeout,
-            )
-        except CancelledError:
-            raise
-        except Exception as e:
-            raise failureToError(e, what) from None
-        await relayResponse(self.ctx, ex, response)
+        if self.ctx.fallback is None:
+            raise NotFound(f"{ex.request.path.decode('latin-1')} is not served by this proxy")
+        await forwardToFallback(self.ctx, ex)
 
     handle_GET = _forward
     handle_POST = _forward
@@ -477,7 +561,17 @@ class Tags(ProxyResource):
 
     async def handle_GET(self, ex: Exchange) -> JSON:
         models = await self.ctx.listModels()
-        return tagsFromModels(models, self.ctx.now(), self.ctx.tag)
+        tags = tagsFromModels(models, self.ctx.now(), self.ctx.tag)
+        # Backend ids "x" and "x:proxy" would both be listed as "x:proxy":
+        # list each name once.
+        seen: set[str] = set()
+        unique = []
+        for entry in tags["models"]:
+            if entry["name"] not in seen:
+                seen.add(entry["name"])
+                unique.append(entry)
+        tags["models"] = unique
+        return tags
 
 
 class Version(ProxyResource):
@@ -538,6 +632,8 @@ class Completion(ProxyResource):
                 return loadResponse(
                     model, "generate", body.get("keep_alive") == 0, self.ctx.now()
                 )
+            if wantsCompletion(body):
+                return await self._textCompletion(ex, body, model, backendId, stream)
             upstreamBody = generateRequestToOpenAI(body, backendId, stream)
         if self.ctx.debug:
             self.log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
@@ -568,6 +664,49 @@ class Completion(ProxyResource):
         ex.write(tail)
         return None
 
+    async def _textCompletion(
+        self, ex: Exchange, body: JSON, model: str, backendId: str, stream: bool
+    ) -> JSON | None:
+        """
+        C{/api/generate} with C{raw} or C{suffix}: sent to C{/v1/completions}.
+
+        A backend without that route (404/405/501) gets a raw prompt as a
+        one-turn chat instead; a C{suffix} cannot be expressed as a chat, so
+        then the backend's error is returned.
+
+        @return: the generate object, or C{None} after streaming.
+        """
+        upstreamBody = completionRequestToOpenAI(body, backendId, stream)
+        if self.ctx.debug:
+            self.log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
+        try:
+            response = await self.ctx.backend.postJSON("completions", upstreamBody)
+        except UpstreamHTTPError as e:
+            if e.status not in (404, 405, 501) or body.get("suffix"):
+                raise
+            self.log.info(
+                "backend refused /v1/completions ({status}); sending the raw prompt as a chat",
+                status=e.status,
+            )
+            chatBody = {k: v for k, v in body.items() if k != "raw"}
+            response = await self.ctx.backend.postJSON(
+                "chat/completions", generateRequestToOpenAI(chatBody, backendId, stream)
+            )
+            translator = StreamTranslator(model, "generate", ex.start, self.ctx.now)
+        else:
+            translator = CompletionStreamTranslator(model, ex.start, self.ctx.now)
+        if not stream:
+            completion = completionAsChat(await readJSON(response))
+            return responseFromOpenAI(completion, model, "generate", ex.start, self.ctx.now())
+        pipeline = NDJSONStream(translator, self.ctx.maxLineLength)
+        ex.startStream()
+        await consume(
+            response, lambda data: ex.write(pipeline.feed(data)), self.ctx.clock,
+            self.ctx.idleTimeout, ex.client,
+        )
+        ex.write(pipeline.end())
+        return None
+
     def _debugWriter(self, ex: Exchange, pipeline: NDJSONStream) -> Callable[[bytes], None]:
         """
         A collector that logs each raw upstream read and what it became.
@@ -583,9 +722,199 @@ class Completion(ProxyResource):
         return write
 
 
+class Show(ProxyResource):
+    """
+    C{POST /api/show}: the model's metadata (see L{ollama_proxy.catalog}).
+    """
+
+    async def handle_POST(self, ex: Exchange) -> JSON:
+        body = ex.json()
+        model = requireModel(body)
+        ex.model = model
+        meta = await self.ctx.served(model)
+        if meta is None:
+            raise NotFound(f"model '{model}' not found")
+        return showResponse(meta, self.ctx.now())
+
+
+class Ps(ProxyResource):
+    """
+    C{GET /api/ps}: every served model, as if loaded.
+    """
+
+    async def handle_GET(self, ex: Exchange) -> JSON:
+        models = await self.ctx.models()
+        return psResponse(models.values(), self.ctx.now(), self.ctx.tag)
+
+
+class Embed(ProxyResource):
+    """
+    C{POST /api/embed}: batch embeddings through C{/v1/embeddings}.
+    """
+
+    async def handle_POST(self, ex: Exchange) -> JSON:
+        body = ex.json()
+        model = requireModel(body)
+        ex.model = model
+        inputs = embedInputs(body)
+        dimensions = dimensionsValue(body)
+        if not inputs:
+            return emptyEmbedResponse(model)
+        response = await self.ctx.backend.postJSON(
+            "embeddings", embedRequestToOpenAI(self.ctx.resolve(model), inputs, dimensions)
+        )
+        vectors, tokens = vectorsFromOpenAI(await readJSON(response), len(inputs))
+        return embedResponse(model, vectors, tokens, dimensions, ex.start, self.ctx.now())
+
+
+class LegacyEmbeddings(ProxyResource):
+    """
+    C{POST /api/embeddings}: one C{prompt}, one C{embedding}, as the backend
+    computed it (Ollama does not normalise on this route).
+    """
+
+    async def handle_POST(self, ex: Exchange) -> JSON:
+        body = ex.json()
+        model = requireModel(body)
+        ex.model = model
+        prompt = legacyPrompt(body)
+        if not prompt:
+            return {"embedding": []}
+        response = await self.ctx.backend.postJSON(
+            "embeddings", embedRequestToOpenAI(self.ctx.resolve(model), [prompt], None)
+        )
+        [vector], _ = vectorsFromOpenAI(await readJSON(response), 1)
+        return {"embedding": vector}
+
+
+class ModelManagement(ProxyResource):
+    """
+    Base for Ollama's model-management routes.  The proxy answers what it
+    can for the models it serves; the fallback Ollama (when configured) gets
+    what it cannot; otherwise the client gets a clear JSON error.
+    """
+
+    async def _modelOrFallback(self, ex: Exchange, model: str) -> ModelMeta | None:
+        """
+        @param ex: the exchange.
+        @param model: the requested name.
+        @return: the served model, or C{None} after the request was
+            forwarded to the fallback.
+        @raise NotFound: for a model neither served nor forwardable.
+        """
+        meta = await self.ctx.served(model)
+        if meta is not None:
+            return meta
+        if self.ctx.fallback is None:
+            raise NotFound(f"model '{model}' not found")
+        await forwardToFallback(self.ctx, ex)
+        return None
+
+    async def _fallbackOnly(self, ex: Exchange, what: str) -> None:
+        """
+        Forward to the fallback, or explain that nothing can do C{what}.
+
+        @raise ProxyError: 501 without a fallback.
+        """
+        if self.ctx.fallback is None:
+            raise ProxyError(
+                f"{what} is not supported by ollama-proxy: models live on the "
+                "OpenAI-compatible backend (start the proxy with --fallback to "
+                "send this to a local Ollama)",
+                501,
+            )
+        await forwardToFallback(self.ctx, ex)
+
+
+class Pull(ModelManagement):
+    """
+    C{POST /api/pull}: a served model is "pulled" at once (Home Assistant
+    pulls any model it does not find in the list).
+    """
+
+    async def handle_POST(self, ex: Exchange) -> JSON | None:
+        body = ex.json()
+        model = requireModel(body)
+        ex.model = model
+        stream = streamFlag(body)
+        if await self._modelOrFallback(ex, model) is None:
+            return None
+        if not stream:
+            return {"status": "success"}
+        ex.startStream()
+        ex.write(codec.dumpLine({"status": "pulling manifest"}) + codec.dumpLine({"status": "success"}))
+        return None
+
+
+class Delete(ModelManagement):
+    """
+    C{DELETE /api/delete}: served models cannot be deleted from here.
+    """
+
+    async def handle_DELETE(self, ex: Exchange) -> None:
+        model = requireModel(ex.json())
+        ex.model = model
+        if await self._modelOrFallback(ex, model) is not None:
+            raise BadRequest(
+                f"model '{model}' is served by the OpenAI-compatible backend and "
+                "cannot be deleted through ollama-proxy"
+            )
+
+
+class Copy(ModelManagement):
+    """
+    C{POST /api/copy}: served models cannot be copied; others go to the
+    fallback.
+    """
+
+    async def handle_POST(self, ex: Exchange) -> None:
+        body = ex.json()
+        source, destination = body.get("source"), body.get("destination")
+        if not isinstance(source, str) or not source:
+            raise BadRequest("source is required")
+        if not isinstance(destination, str) or not destination:
+            raise BadRequest("destination is required")
+        ex.model = source
+        if await self._modelOrFallback(ex, source) is not None:
+            raise BadRequest(
+                f"model '{source}' is served by the OpenAI-compatible backend and "
+                "cannot be copied through ollama-proxy"
+            )
+
+
+class Create(ModelManagement):
+    """
+    C{POST /api/create}: only a real Ollama can create models.
+    """
+
+    async def handle_POST(self, ex: Exchange) -> None:
+        await self._fallbackOnly(ex, "creating models")
+
+
+class Push(ModelManagement):
+    """
+    C{POST /api/push}: only a real Ollama can push models.
+    """
+
+    async def handle_POST(self, ex: Exchange) -> None:
+        await self._fallbackOnly(ex, "pushing models")
+
+
+class Blobs(ModelManagement):
+    """
+    C{HEAD}/C{POST /api/blobs/<digest>}: blob uploads for C{/api/create}.
+    """
+
+    async def handle_POST(self, ex: Exchange) -> None:
+        await self._fallbackOnly(ex, "uploading blobs")
+
+    async def handle_HEAD(self, ex: Exchange) -> None:
+        await self._fallbackOnly(ex, "uploading blobs")
+
+
 def buildRoot(ctx: ProxyContext) -> IResource:
     """
-    Assemble the resource tree.
+    Assemble the resource tree, wrapped in Ollama's CORS policy.
 
     @param ctx: the shared context.
     @return: the root resource for a L{twisted.web.server.Site}.
@@ -598,11 +927,30 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     api.putChild(b"generate", Completion(ctx, "generate"))
     api.putChild(b"tags", Tags(ctx))
     api.putChild(b"version", Version(ctx))
+    api.putChild(b"show", Show(ctx))
+    api.putChild(b"ps", Ps(ctx))
+    api.putChild(b"embed", Embed(ctx))
+    api.putChild(b"embeddings", LegacyEmbeddings(ctx))
+    api.putChild(b"pull", Pull(ctx))
+    api.putChild(b"delete", Delete(ctx))
+    api.putChild(b"copy", Copy(ctx))
+    api.putChild(b"create", Create(ctx))
+    api.putChild(b"push", Push(ctx))
+    api.putChild(b"blobs", Blobs(ctx))
+    # OpenAI routes, under /v1 and (as some Copilot builds and Open WebUI
+    # call them) at the root.
+    chatCompletions = Passthrough(ctx, "chat/completions")
+    models = Passthrough(ctx, "models")
     v1 = Directory(fallback)
     root.putChild(b"v1", v1)
-    v1.putChild(b"models", Passthrough(ctx, "models"))
+    v1.putChild(b"models", models)
     v1.putChild(b"completions", Passthrough(ctx, "completions"))
+    v1.putChild(b"embeddings", Passthrough(ctx, "embeddings"))
     chat = Directory(fallback)
     v1.putChild(b"chat", chat)
-    chat.putChild(b"completions", Passthrough(ctx, "chat/completions"))
-    return root
+    chat.putChild(b"completions", chatCompletions)
+    root.putChild(b"models", models)
+    rootChat = Directory(fallback)
+    root.putChild(b"chat", rootChat)
+    rootChat.putChild(b"completions", chatCompletions)
+    return CORSResource(root, OriginPolicy(ctx.corsOrigins))

@@ -21,6 +21,7 @@ from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from ollama_proxy import __version__
+from ollama_proxy.catalog import ModelCatalog, loadOverrides
 from ollama_proxy.resources import DEFAULT_VERSION, Fallback, ProxyContext, buildRoot
 from ollama_proxy.site import DEFAULT_MAX_BODY, makeSite
 from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH
@@ -85,6 +86,10 @@ class Options(usage.Options):
          "Base URL of a real Ollama for paths the proxy cannot answer; empty disables it."],
         ["tag", None, "proxy", "Tag appended to backend model ids without one in /api/tags."],
         ["ollama-version", None, DEFAULT_VERSION, "Version reported by /api/version."],
+        ["model-info", None, None,
+         "JSON (or .toml) file of per-model metadata overrides for /api/show, e.g. "
+         '{"my-model": {"context_length": 131072, "capabilities": ["completion", "tools"]}}; '
+         'key "*" applies to every model.'],
         ["connect-timeout", None, 10.0, "Seconds to wait for a TCP connection upstream.", _positive],
         ["header-timeout", None, 600.0, "Seconds to wait for upstream response headers.", _positive],
         ["idle-timeout", None, 300.0, "Seconds of upstream silence before a stream is abandoned.", _positive],
@@ -97,6 +102,16 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["cors-origin"] = []
+
+    def opt_cors_origin(self, pattern: str) -> None:
+        """
+        Also allow browser requests from this origin (repeatable; globs like
+        OLLAMA_ORIGINS, e.g. chrome-extension://*). localhost, 127.0.0.1,
+        0.0.0.0, app://, file://, tauri://, vscode-webview:// and
+        vscode-file:// are always allowed.
+        """
+        self["cors-origin"].append(pattern)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -143,6 +158,12 @@ class Options(usage.Options):
                 raise usage.UsageError(f"cannot read --api-key-file: {e.strerror}")
         elif not self["api-key"]:
             self["api-key"] = os.environ.get(API_KEY_ENV) or None
+        self["model-overrides"] = {}
+        if self["model-info"]:
+            try:
+                self["model-overrides"] = loadOverrides(self["model-info"])
+            except ValueError as e:
+                raise usage.UsageError(f"--model-info: {e}")
         for name in ("max-body", "max-line", "pool-size"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
@@ -202,6 +223,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         idleTimeout=config["idle-timeout"],
         maxLineLength=config["max-line"],
         version=config["ollama-version"],
+        catalog=ModelCatalog(reactor.seconds, overrides=config["model-overrides"]),
+        corsOrigins=tuple(config["cors-origin"]),
     )
     site = makeSite(
         buildRoot(ctx), reactor, timeout=config["client-timeout"], maxBody=config["max-body"]

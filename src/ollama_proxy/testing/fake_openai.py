@@ -4,7 +4,8 @@ A small, deterministic OpenAI-compatible server for try-outs, tests and
 benchmarks.
 
 It answers C{/v1/models}, C{/v1/chat/completions} (streamed and not),
-C{/v1/completions} and C{/v1/embeddings} with canned data, records what it
+C{/v1/completions} and C{/v1/embeddings} with canned data, describes its
+models like LiteLLM does at C{/v1/model/info} (and C{/model/info}), records what it
 received (C{GET /_fake/requests}), and needs no network and no API key.  Run
 it on its own with C{twistd -n fake-openai}, or inside the proxy with
 C{twistd -n ollama-proxy --demo}.
@@ -35,6 +36,16 @@ from ollama_proxy import codec
 MODELS = ("fake-model", "fake-reasoner", "fake-tools", "fake-embed")
 REPLY = "Hello! I am the ollama-proxy fake backend, and this reply was streamed to you word by word."
 REASONING = "The user greeted me. I should answer politely."
+MODEL_INFO: dict[str, dict[str, Any]] = {
+    "fake-model": {"max_input_tokens": 16384, "supports_function_calling": False,
+                   "supports_vision": True, "mode": "chat"},
+    "fake-reasoner": {"max_input_tokens": 65536, "supports_function_calling": False,
+                      "supports_reasoning": True, "mode": "chat"},
+    "fake-tools": {"max_input_tokens": 131072, "supports_function_calling": True,
+                   "mode": "chat"},
+    "fake-embed": {"max_input_tokens": 512, "output_vector_size": 8, "mode": "embedding"},
+}
+"""What C{/v1/model/info} says about each model, in LiteLLM's field names."""
 
 
 def _words(text: str) -> list[str]:
@@ -125,6 +136,17 @@ class FakeOpenAI(Resource):
                         {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"}
                         for m in MODELS
                     ],
+                },
+            )
+        if path == "/model/info" and method == "GET":
+            return self._json(
+                request,
+                {
+                    "data": [
+                        {"model_name": m, "litellm_params": {"model": f"openai/{m}"},
+                         "model_info": {"id": f"fake-{i}", "key": m, **MODEL_INFO[m]}}
+                        for i, m in enumerate(MODELS)
+                    ]
                 },
             )
         if method != "POST" or not isinstance(decoded, dict):

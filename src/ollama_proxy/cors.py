@@ -1,0 +1,153 @@
+# -*- test-case-name: tests.test_surface -*-
+"""
+Cross-origin requests, allowed the way Ollama allows them (C{OLLAMA_ORIGINS}
+plus its built-in list), so browser-based clients -- Obsidian
+(C{app://obsidian.md}), VS Code webviews, Tauri apps, pages on localhost --
+work against the proxy as they do against Ollama.
+
+L{CORSResource} wraps the root resource: it adds the C{Access-Control-*}
+headers to responses for allowed origins, answers preflight C{OPTIONS}
+itself, and leaves everything else to the wrapped tree.  A disallowed
+origin simply gets no CORS headers (the browser then blocks the page);
+its preflight is refused with a 403.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Iterable
+
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
+
+from ollama_proxy import codec
+
+DEFAULT_ORIGINS: tuple[str, ...] = tuple(
+    origin
+    for host in ("localhost", "127.0.0.1", "0.0.0.0")
+    for scheme in ("http", "https")
+    for origin in (f"{scheme}://{host}", f"{scheme}://{host}:*")
+) + ("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
+"""Ollama's always-allowed origins (C{envconfig.AllowedOrigins})."""
+
+ALLOW_METHODS = b"GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+ALLOW_HEADERS = b", ".join(
+    [
+        b"Authorization",
+        b"Content-Type",
+        b"User-Agent",
+        b"Accept",
+        b"X-Requested-With",
+        b"Origin",
+        b"Content-Length",
+        b"OpenAI-Beta",
+    ]
+    + [
+        b"x-stainless-" + name
+        for name in (
+            b"arch", b"async", b"custom-poll-interval", b"helper-method", b"lang",
+            b"os", b"package-version", b"poll-helper", b"retry-count", b"runtime",
+            b"runtime-version", b"timeout",
+        )
+    ]
+)
+"""The request headers Ollama accepts cross-origin (its list, plus the
+gin-contrib/cors defaults)."""
+
+MAX_AGE = b"43200"
+"""Seconds a browser may cache a preflight answer (gin-contrib/cors' 12 h)."""
+
+
+class OriginPolicy:
+    """
+    Which C{Origin} values may call the proxy from a browser.
+
+    @ivar patterns: glob patterns (C{*} matches anything, as in
+        C{OLLAMA_ORIGINS}), compared case-insensitively.
+    """
+
+    def __init__(self, extra: Iterable[str] = ()) -> None:
+        self.patterns = tuple(p.lower() for p in (*DEFAULT_ORIGINS, *extra) if p)
+
+    def allows(self, origin: str) -> bool:
+        """
+        @param origin: the request's C{Origin} header.
+        @return: whether it matches one of the patterns.
+        """
+        origin = origin.lower()
+        return any(fnmatch.fnmatchcase(origin, pattern) for pattern in self.patterns)
+
+
+def _forbidden(request: Request) -> bytes:
+    request.setResponseCode(403)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    return codec.dumps({"error": "origin not allowed"})
+
+
+class Preflight(Resource):
+    """
+    The answer to C{OPTIONS}: 204 with the C{Allow-*} headers for an allowed
+    origin, 403 for a disallowed one, a plain 204 without an C{Origin}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, allowed: bool | None) -> None:
+        super().__init__()
+        self.allowed = allowed
+
+    def render(self, request: Request) -> Any:  # type: ignore[override]
+        if self.allowed is False:
+            return _forbidden(request)
+        request.setResponseCode(204)
+        if self.allowed:
+            request.setHeader(b"Access-Control-Allow-Methods", ALLOW_METHODS)
+            # The full list: the browser checks each requested header
+            # against it and refuses the request if one is missing.
+            request.setHeader(b"Access-Control-Allow-Headers", ALLOW_HEADERS)
+            request.setHeader(b"Access-Control-Max-Age", MAX_AGE)
+        else:
+            request.setHeader(b"Allow", ALLOW_METHODS)
+        return b""
+
+
+class CORSResource(Resource):
+    """
+    Wraps the root: every request passes through L{getChildWithDefault}
+    once, which is where the headers are added.
+
+    @ivar wrapped: the real root resource.
+    @ivar policy: the allowed origins.
+    """
+
+    def __init__(self, wrapped: IResource, policy: OriginPolicy) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+        self.policy = policy
+
+    def _decorate(self, request: Request) -> bool | None:
+        """
+        Add the response headers for the request's origin.
+
+        @return: C{None} without an C{Origin}, else whether it is allowed.
+        """
+        origin = request.getHeader(b"Origin")
+        if origin is None:
+            return None
+        request.responseHeaders.addRawHeader(b"Vary", b"Origin")
+        if not self.policy.allows(origin.decode("latin-1")):
+            return False
+        request.setHeader(b"Access-Control-Allow-Origin", origin)
+        return True
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+        allowed = self._decorate(request)
+        if request.method == b"OPTIONS":
+            return Preflight(allowed)
+        child: IResource = self.wrapped.getChildWithDefault(path, request)
+        return child
+
+    def render(self, request: Request) -> Any:  # type: ignore[override]
+        # Only reached for a request with an empty path list, which HTTP
+        # cannot produce; delegate all the same.
+        return self.wrapped.render(request)
