@@ -76,6 +76,7 @@ from ollama_proxy.translate import (
     tagsFromModels,
     thinkValue,
     wallClock,
+    withoutRejectedExtras,
 )
 from ollama_proxy.upstream import (
     HOP_BY_HOP,
@@ -623,10 +624,11 @@ class Completion(ProxyResource):
         stream = streamFlag(body)
         think = thinkValue(body)
         backendId = self.ctx.resolve(model)
+        flavor = self.ctx.backend.flavor
         if self.kind == "chat":
             if not body.get("messages"):
                 return loadResponse(model, "chat", body.get("keep_alive") == 0, self.ctx.now())
-            upstreamBody = chatRequestToOpenAI(body, backendId, stream)
+            upstreamBody = chatRequestToOpenAI(body, backendId, stream, flavor)
         else:
             if not body.get("prompt") and not body.get("images"):
                 return loadResponse(
@@ -634,10 +636,20 @@ class Completion(ProxyResource):
                 )
             if wantsCompletion(body):
                 return await self._textCompletion(ex, body, model, backendId, stream)
-            upstreamBody = generateRequestToOpenAI(body, backendId, stream)
+            upstreamBody = generateRequestToOpenAI(body, backendId, stream, flavor)
         if self.ctx.debug:
             self.log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
-        response = await self.ctx.backend.postJSON("chat/completions", upstreamBody)
+        try:
+            response = await self.ctx.backend.postJSON("chat/completions", upstreamBody)
+        except UpstreamHTTPError as e:
+            retryBody = withoutRejectedExtras(upstreamBody, e.status, e.message)
+            if retryBody is None:
+                raise
+            self.log.info(
+                "backend rejected sampling extras ({error}); retrying without them",
+                error=e.message,
+            )
+            response = await self.ctx.backend.postJSON("chat/completions", retryBody)
         if not stream:
             completion = await readJSON(response)
             return responseFromOpenAI(
@@ -690,7 +702,8 @@ class Completion(ProxyResource):
             )
             chatBody = {k: v for k, v in body.items() if k != "raw"}
             response = await self.ctx.backend.postJSON(
-                "chat/completions", generateRequestToOpenAI(chatBody, backendId, stream)
+                "chat/completions",
+                generateRequestToOpenAI(chatBody, backendId, stream, self.ctx.backend.flavor),
             )
             translator = StreamTranslator(model, "generate", ex.start, self.ctx.now)
         else:
