@@ -1146,7 +1146,8 @@ class StreamTranslator:
         self._dropThinking = dropThinking
         self._finishReason: Any = None
         self._usage: JSON | None = None
-        self._tools: dict[int, JSON] = {}
+        self._tools: list[JSON] = []
+        self._toolSlots: dict[int, int] = {}
         self._tags = ThinkTagSplitter()
         self._logprobs: list[JSON] = []
         self.sawDone = False
@@ -1260,28 +1261,29 @@ class StreamTranslator:
         string).  A name is appended only when it is not a repeat: some
         backends send the whole name in every fragment.  A fragment with a
         different C{id} at an occupied index (backends that number every
-        call 0) starts a new call.
+        call 0) starts a new call, which later fragments without an id at
+        that index continue.  Calls keep the order in which they began.
 
         @param fragments: the C{delta.tool_calls} list.
         """
         if not isinstance(fragments, list):
             return
-        for position, fragment in enumerate(fragments):
+        for offset, fragment in enumerate(fragments):
             if not isinstance(fragment, dict):
                 continue
-            index = fragment.get("index", position)
+            index = fragment.get("index", offset)
             if not isinstance(index, int):
-                index = position
+                index = offset
             fragmentId = fragment.get("id")
-            slot = self._tools.get(index)
-            if slot is not None and fragmentId and slot["id"] and fragmentId != slot["id"]:
-                index = max(self._tools) + 1
-                slot = None
-            if slot is None:
-                slot = self._tools[index] = {
-                    "id": None,
-                    "function": {"name": "", "arguments": ""},
-                }
+            position = self._toolSlots.get(index)
+            if position is not None:
+                slot = self._tools[position]
+                if fragmentId and slot["id"] and fragmentId != slot["id"]:
+                    position = None
+            if position is None:
+                self._toolSlots[index] = len(self._tools)
+                slot = {"id": None, "function": {"name": "", "arguments": ""}}
+                self._tools.append(slot)
             if fragmentId:
                 slot["id"] = fragmentId
             function = fragment.get("function")
@@ -1324,9 +1326,7 @@ class StreamTranslator:
                 out[0]["logprobs"] = self._logprobs
                 self._logprobs = []
         if self._tools:
-            calls = toolCallsFromOpenAI(
-                self._tools[index] for index in sorted(self._tools)
-            )
+            calls = toolCallsFromOpenAI(self._tools)
             chunk = self._chunk(createdAt, "", None)
             if self.kind == "chat":
                 chunk["message"]["tool_calls"] = calls
