@@ -1149,6 +1149,7 @@ class StreamTranslator:
         self._tools: list[JSON] = []
         self._toolSlots: dict[int, int] = {}
         self._tags = ThinkTagSplitter()
+        self._seekingTags = True
         self._logprobs: list[JSON] = []
         self.sawDone = False
         self.sawFinish = False
@@ -1227,20 +1228,20 @@ class StreamTranslator:
                 continue
             content = delta.get("content")
             thinking = delta.get("reasoning_content") or delta.get("reasoning")
-            if not isinstance(thinking, str):
+            if self._dropThinking or not isinstance(thinking, str):
                 thinking = ""
             fragments = delta.get("tool_calls")
             if fragments:
                 self._accumulateTools(fragments)
             if not isinstance(content, str):
                 content = ""
-            elif content and not self._tags.passing:
-                tagged, content = self._tags.feed(content)
-                thinking += tagged
+            elif self._seekingTags and content:
                 if self._firstToken is None:
                     self._firstToken = self._clock()
-            if self._dropThinking:
-                thinking = ""
+                tagged, content = self._tags.feed(content)
+                self._seekingTags = not self._tags.passing
+                if not self._dropThinking:
+                    thinking += tagged
             if content or thinking:
                 if self._firstToken is None:
                     self._firstToken = self._clock()
