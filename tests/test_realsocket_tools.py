@@ -76,7 +76,7 @@ class ToolsAndThinkingTests(SynchronousTestCase):
         self.assertEqual(dict(call.function.arguments), ARGUMENTS)
         self.assertEqual(first.done_reason, "stop")
 
-        history = [
+        history: list[Any] = [
             QUESTION,
             first.message,
             {"role": "tool", "content": "11 degrees celsius", "tool_name": "get_weather"},
