@@ -12,9 +12,15 @@ import base64
 from typing import Any
 
 from hypothesis import given, settings, strategies as st
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy import codec
+from ollama_proxy.completions import (
+    CompletionStreamTranslator,
+    completionAsChat,
+    completionRequestToOpenAI,
+)
 from ollama_proxy.errors import BadRequest, UpstreamError
 from ollama_proxy.tap import Options
 from ollama_proxy.translate import (
@@ -657,8 +663,6 @@ class FlavorTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--target", "http://127.0.0.1:8000", "--backend-flavor", "vllm"])
         self.assertEqual(options["backend-flavor"], "vllm")
-        from twisted.python.usage import UsageError
-
         e = self.assertRaises(
             UsageError, Options().parseOptions, ["--target", "http://a", "--backend-flavor", "x"]
         )
@@ -1247,3 +1251,68 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(received["repetition_penalty"], 1.2)
         for absent in ("reasoning_effort", "chat_template_kwargs", "reasoning"):
             self.assertNotIn(absent, received)
+
+
+class TextCompletionInterplayTests(SynchronousTestCase):
+    """
+    The flavor and the C{<think>} splitting on the C{raw}/C{suffix} route to
+    C{/v1/completions} (built for issue 4): extras follow the flavor, the
+    legacy route always gets C{max_tokens}, and raw text is never split.
+    """
+
+    def test_request(self) -> None:
+        """
+        Sampling extras follow the flavor; C{num_predict} is C{max_tokens}
+        even for OpenAI (the legacy route has no C{max_completion_tokens}).
+        """
+        body = {"model": "m", "prompt": "def f(", "suffix": "):", "options": {"top_k": 3, "num_predict": 9}}
+        cases: list[tuple[str, JSON]] = [
+            ("generic", {"top_k": 3, "max_tokens": 9}),
+            ("openai", {"max_tokens": 9}),
+            ("vllm", {"top_k": 3, "max_tokens": 9}),
+        ]
+        for flavor, expected in cases:
+            request = completionRequestToOpenAI(body, "m", False, FLAVORS[flavor])
+            self.assertEqual(
+                {k: request[k] for k in ("top_k", "max_tokens", "max_completion_tokens") if k in request},
+                expected,
+                flavor,
+            )
+
+    def test_rawTextNotSplit(self) -> None:
+        """
+        A completion whose text starts with C{<think>} stays C{response} text,
+        streamed or not.
+        """
+        text = "<think>x</think>y"
+        stream = sse({"choices": [{"index": 0, "text": text, "finish_reason": None}]},
+                     {"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
+        pipeline = NDJSONStream(CompletionStreamTranslator("m", T0, constant), clock=constant)
+        out = lines(pipeline.feed(stream) + pipeline.end())
+        self.assertEqual(out[0]["response"], text)
+        self.assertFalse(any("thinking" in l for l in out))
+        completion = completionAsChat({"choices": [{"index": 0, "text": text, "finish_reason": "stop"}]})
+        result = responseFromOpenAI(completion, "m", "generate", T0, T0, thinkTags=False)
+        self.assertEqual((result["response"], result.get("thinking")), (text, None))
+
+    def test_rawRetryWithoutExtras(self) -> None:
+        """
+        Through the proxy, a raw generate whose C{top_k} the backend refuses
+        by name is retried once on C{/v1/completions} without it, and the
+        answer's leading C{<think>} is left alone.
+        """
+        h = ProxyHarness()
+        d = h.post("/api/generate", {"model": "m", "prompt": "<p>", "raw": True, "stream": False,
+                                      "options": {"top_k": 7}})
+        first = h.backend.received[0]
+        self.assertEqual((first.path, first.json()["top_k"]), ("/v1/completions", 7))
+        first.respond(400, {"error": {"message": "Unrecognized request argument supplied: top_k"}})
+        h.pump()
+        second = h.backend.received[1]
+        self.assertEqual(second.path, "/v1/completions")
+        self.assertNotIn("top_k", second.json())
+        second.respond(200, {"choices": [{"index": 0, "text": "<think>a</think>b", "finish_reason": "stop"}]})
+        h.pump()
+        body = self.successResultOf(h.client.json_content(self.successResultOf(d)))
+        self.assertEqual(body["response"], "<think>a</think>b")
+        self.assertNotIn("thinking", body)

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
+from twisted.web.iweb import IResponse
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy import codec
@@ -639,17 +640,7 @@ class Completion(ProxyResource):
             upstreamBody = generateRequestToOpenAI(body, backendId, stream, flavor)
         if self.ctx.debug:
             self.log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
-        try:
-            response = await self.ctx.backend.postJSON("chat/completions", upstreamBody)
-        except UpstreamHTTPError as e:
-            retryBody = withoutRejectedExtras(upstreamBody, e.status, e.message)
-            if retryBody is None:
-                raise
-            self.log.info(
-                "backend rejected sampling extras ({error}); retrying without them",
-                error=e.message,
-            )
-            response = await self.ctx.backend.postJSON("chat/completions", retryBody)
+        response = await self._post("chat/completions", upstreamBody)
         if not stream:
             completion = await readJSON(response)
             return responseFromOpenAI(
@@ -676,6 +667,28 @@ class Completion(ProxyResource):
         ex.write(tail)
         return None
 
+    async def _post(self, path: str, upstreamBody: JSON) -> IResponse:
+        """
+        POST to the backend; if it refuses the sampling extras by name, once
+        more without them (see L{withoutRejectedExtras}).
+
+        @param path: the API path below C{/v1}.
+        @param upstreamBody: the translated request.
+        @return: a 2xx response, body unread.
+        @raise UpstreamHTTPError: for any other non-2xx answer.
+        """
+        try:
+            return await self.ctx.backend.postJSON(path, upstreamBody)
+        except UpstreamHTTPError as e:
+            retryBody = withoutRejectedExtras(upstreamBody, e.status, e.message)
+            if retryBody is None:
+                raise
+            self.log.info(
+                "backend rejected sampling extras ({error}); retrying without them",
+                error=e.message,
+            )
+            return await self.ctx.backend.postJSON(path, retryBody)
+
     async def _textCompletion(
         self, ex: Exchange, body: JSON, model: str, backendId: str, stream: bool
     ) -> JSON | None:
@@ -688,11 +701,13 @@ class Completion(ProxyResource):
 
         @return: the generate object, or C{None} after streaming.
         """
-        upstreamBody = completionRequestToOpenAI(body, backendId, stream)
+        flavor = self.ctx.backend.flavor
+        upstreamBody = completionRequestToOpenAI(body, backendId, stream, flavor)
         if self.ctx.debug:
             self.log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
+        thinkTags = False  # raw text and code: a leading <think> is the user's
         try:
-            response = await self.ctx.backend.postJSON("completions", upstreamBody)
+            response = await self._post("completions", upstreamBody)
         except UpstreamHTTPError as e:
             if e.status not in (404, 405, 501) or body.get("suffix"):
                 raise
@@ -701,16 +716,18 @@ class Completion(ProxyResource):
                 status=e.status,
             )
             chatBody = {k: v for k, v in body.items() if k != "raw"}
-            response = await self.ctx.backend.postJSON(
-                "chat/completions",
-                generateRequestToOpenAI(chatBody, backendId, stream, self.ctx.backend.flavor),
+            response = await self._post(
+                "chat/completions", generateRequestToOpenAI(chatBody, backendId, stream, flavor)
             )
             translator = StreamTranslator(model, "generate", ex.start, self.ctx.now)
+            thinkTags = True
         else:
             translator = CompletionStreamTranslator(model, ex.start, self.ctx.now)
         if not stream:
             completion = completionAsChat(await readJSON(response))
-            return responseFromOpenAI(completion, model, "generate", ex.start, self.ctx.now())
+            return responseFromOpenAI(
+                completion, model, "generate", ex.start, self.ctx.now(), thinkTags=thinkTags
+            )
         pipeline = NDJSONStream(translator, self.ctx.maxLineLength)
         ex.startStream()
         await consume(

@@ -1137,7 +1137,17 @@ class StreamTranslator:
         startNs: int | None = None,
         clock: Clock = wallClock,
         dropThinking: bool = False,
+        thinkTags: bool = True,
     ) -> None:
+        """
+        @param model: the client's model name.
+        @param kind: C{"chat"} or C{"generate"}.
+        @param startNs: when the request arrived; now when omitted.
+        @param clock: the wall clock (ns).
+        @param dropThinking: whether the client sent C{think: false}.
+        @param thinkTags: whether a leading C{<think>} block in the content is
+            thinking (off for raw and fill-in-the-middle text completions).
+        """
         self.model = model
         self.kind = kind
         self._clock = clock
@@ -1149,7 +1159,7 @@ class StreamTranslator:
         self._tools: list[JSON] = []
         self._toolSlots: dict[int, int] = {}
         self._tags = ThinkTagSplitter()
-        self._seekingTags = True
+        self._seekingTags = thinkTags
         self._logprobs: list[JSON] = []
         self.sawDone = False
         self.sawFinish = False
@@ -1387,6 +1397,7 @@ def responseFromOpenAI(
     start: int,
     end: int,
     dropThinking: bool = False,
+    thinkTags: bool = True,
 ) -> JSON:
     """
     Translate a non-streamed OpenAI chat completion into one Ollama object
@@ -1401,6 +1412,8 @@ def responseFromOpenAI(
     @param start: request start (ns).
     @param end: now (ns).
     @param dropThinking: whether the client asked for C{think: false}.
+    @param thinkTags: whether a leading C{<think>} block in the content is
+        thinking.
     @return: the aggregated Ollama response.
     @raise UpstreamError: if the body has no choices, or tool-call arguments
         are not a JSON object.
@@ -1422,8 +1435,9 @@ def responseFromOpenAI(
     thinking = message.get("reasoning_content") or message.get("reasoning")
     if not isinstance(thinking, str):
         thinking = ""
-    tagged, content = splitThinkTags(content)
-    thinking += tagged
+    if thinkTags:
+        tagged, content = splitThinkTags(content)
+        thinking += tagged
     if dropThinking:
         thinking = ""
     toolCalls = (
