@@ -12,6 +12,11 @@ The mapping follows C{ollama-api.md} section 14: requests go from Ollama's
 C{/api/chat} and C{/api/generate} to OpenAI's C{/v1/chat/completions};
 streamed OpenAI chunks come back as Ollama NDJSON lines that always end with
 a C{done: true} object (or an error line, never a fake C{done}).
+
+Backends differ in what they accept beyond plain OpenAI (sampling extras,
+how thinking is switched on and off, whether earlier reasoning must be sent
+back); a L{Flavor} captures that, chosen per backend with
+C{--backend-flavor}.
 """
 
 from __future__ import annotations
