@@ -387,9 +387,10 @@ class ThinkRequestTests(SynchronousTestCase):
         Each flavor gets its own spelling of each C{think} value, and nothing
         else: generic backends get no switch for C{false} (non-reasoning
         models reject C{reasoning_effort: none}), vLLM the chat-template
-        argument, OpenRouter its C{reasoning} object.  C{"max"} is C{"high"}.
+        argument, OpenRouter its C{reasoning} object, DeepSeek its
+        C{thinking} type.  C{"max"} is C{"high"}.
         """
-        fields = ("reasoning_effort", "chat_template_kwargs", "reasoning")
+        fields = ("reasoning_effort", "chat_template_kwargs", "reasoning", "thinking")
         cases: list[tuple[str, Any, JSON]] = [
             ("generic", None, {}),
             ("generic", True, {"reasoning_effort": "medium"}),
@@ -400,7 +401,10 @@ class ThinkRequestTests(SynchronousTestCase):
             ("openai", True, {"reasoning_effort": "medium"}),
             ("openai", False, {}),
             ("litellm", "medium", {"reasoning_effort": "medium"}),
-            ("deepseek", False, {}),
+            ("deepseek", None, {}),
+            ("deepseek", False, {"thinking": {"type": "disabled"}}),
+            ("deepseek", True, {"thinking": {"type": "enabled"}}),
+            ("deepseek", "max", {"thinking": {"type": "enabled"}, "reasoning_effort": "high"}),
             ("vllm", None, {}),
             ("vllm", True, {"chat_template_kwargs": {"enable_thinking": True}}),
             ("vllm", False, {"chat_template_kwargs": {"enable_thinking": False}}),

@@ -258,7 +258,7 @@ def streamFlag(body: JSON) -> bool:
 # ---------------------------------------------------------------------------
 # Backend flavors
 
-ThinkStyle = Literal["effort", "vllm", "openrouter"]
+ThinkStyle = Literal["effort", "vllm", "openrouter", "deepseek"]
 
 
 @attrs.frozen
@@ -279,8 +279,9 @@ class Flavor:
     @ivar samplingExtras: whether C{top_k}, C{min_p} and
         C{repetition_penalty} are sent.
     @ivar thinkStyle: how C{think} is spelled: C{"effort"} (only
-        C{reasoning_effort}), C{"vllm"} (C{chat_template_kwargs}) or
-        C{"openrouter"} (the C{reasoning} object).
+        C{reasoning_effort}), C{"vllm"} (C{chat_template_kwargs}),
+        C{"openrouter"} (the C{reasoning} object) or C{"deepseek"} (the
+        C{thinking: {type}} switch, on by default there).
     @ivar historyThinking: the assistant-message field that carries earlier
         C{thinking} back to the backend (DeepSeek's C{reasoning_content},
         which its thinking mode requires), or C{None} to drop it.
@@ -303,7 +304,12 @@ FLAVORS: dict[str, Flavor] = {
         Flavor("vllm", thinkStyle="vllm"),
         Flavor("litellm"),
         Flavor("openrouter", thinkStyle="openrouter"),
-        Flavor("deepseek", samplingExtras=False, historyThinking="reasoning_content"),
+        Flavor(
+            "deepseek",
+            samplingExtras=False,
+            thinkStyle="deepseek",
+            historyThinking="reasoning_content",
+        ),
     )
 }
 """The known flavors by name."""
@@ -680,8 +686,9 @@ def thinkToOpenAI(think: bool | str | None, target: JSON, flavor: Flavor = GENER
     C{"medium"}; C{"max"} becomes C{"high"}, the highest level every
     reasoning backend accepts).  C{false} is sent only where there is a
     switch that non-reasoning models tolerate (vLLM's chat template
-    argument, OpenRouter's C{reasoning.enabled}); elsewhere it is not
-    forwarded and the reply's reasoning is dropped instead.
+    argument, OpenRouter's C{reasoning.enabled}, DeepSeek's C{thinking}
+    type); elsewhere it is not forwarded and the reply's reasoning is
+    dropped instead.
 
     @param think: the validated value from L{thinkValue}.
     @param target: the OpenAI request being built; updated in place.
@@ -698,6 +705,10 @@ def thinkToOpenAI(think: bool | str | None, target: JSON, flavor: Flavor = GENER
         target["reasoning"] = (
             {"effort": effort} if effort is not None else {"enabled": think is True}
         )
+    elif flavor.thinkStyle == "deepseek":
+        target["thinking"] = {"type": "disabled" if think is False else "enabled"}
+        if effort is not None:
+            target["reasoning_effort"] = effort
     elif think is True:
         target["reasoning_effort"] = "medium"
     elif effort is not None:
