@@ -17,9 +17,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from ollama_proxy import codec
 from ollama_proxy.errors import BadRequest
-from ollama_proxy.translate import JSON, Clock, StreamTranslator, optionsToOpenAI, wallClock
+from ollama_proxy.translate import (
+    GENERIC,
+    JSON,
+    Clock,
+    Flavor,
+    StreamTranslator,
+    optionsToOpenAI,
+    wallClock,
+)
 
 
 def wantsCompletion(body: JSON) -> bool:
@@ -31,13 +41,17 @@ def wantsCompletion(body: JSON) -> bool:
     return body.get("raw") is True or bool(body.get("suffix"))
 
 
-def completionRequestToOpenAI(body: JSON, backendId: str, stream: bool) -> JSON:
+def completionRequestToOpenAI(
+    body: JSON, backendId: str, stream: bool, flavor: Flavor = GENERIC
+) -> JSON:
     """
     Translate a raw or fill-in-the-middle C{/api/generate} body.
 
     @param body: the validated request object.
     @param backendId: the upstream model id.
     @param stream: whether to stream.
+    @param flavor: the backend's flavor (sampling extras); the legacy route
+        only knows C{max_tokens}, whatever the flavor uses for chat.
     @return: the C{/v1/completions} body.
     @raise BadRequest: for malformed fields, and Ollama's C{raw mode does not
         support template, system, or context}.
@@ -57,7 +71,7 @@ def completionRequestToOpenAI(body: JSON, backendId: str, stream: bool) -> JSON:
         request["suffix"] = suffix
     if stream:
         request["stream_options"] = {"include_usage": True}
-    optionsToOpenAI(body.get("options"), request)
+    optionsToOpenAI(body.get("options"), request, attrs.evolve(flavor, maxTokensKey="max_tokens"))
     return request
 
 
@@ -105,7 +119,7 @@ class CompletionStreamTranslator(StreamTranslator):
     def __init__(
         self, model: str, startNs: int | None = None, clock: Clock = wallClock
     ) -> None:
-        super().__init__(model, "generate", startNs, clock)
+        super().__init__(model, "generate", startNs, clock, thinkTags=False)
 
     def feed(self, payloads: list[bytes], createdAt: str | None = None) -> list[JSON]:
         """

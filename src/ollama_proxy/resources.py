@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
+from twisted.web.iweb import IResponse
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy import codec
@@ -76,6 +77,7 @@ from ollama_proxy.translate import (
     tagsFromModels,
     thinkValue,
     wallClock,
+    withoutRejectedExtras,
 )
 from ollama_proxy.upstream import (
     HOP_BY_HOP,
@@ -623,10 +625,11 @@ class Completion(ProxyResource):
         stream = streamFlag(body)
         think = thinkValue(body)
         backendId = self.ctx.resolve(model)
+        flavor = self.ctx.backend.flavor
         if self.kind == "chat":
             if not body.get("messages"):
                 return loadResponse(model, "chat", body.get("keep_alive") == 0, self.ctx.now())
-            upstreamBody = chatRequestToOpenAI(body, backendId, stream)
+            upstreamBody = chatRequestToOpenAI(body, backendId, stream, flavor)
         else:
             if not body.get("prompt") and not body.get("images"):
                 return loadResponse(
@@ -634,10 +637,10 @@ class Completion(ProxyResource):
                 )
             if wantsCompletion(body):
                 return await self._textCompletion(ex, body, model, backendId, stream)
-            upstreamBody = generateRequestToOpenAI(body, backendId, stream)
+            upstreamBody = generateRequestToOpenAI(body, backendId, stream, flavor)
         if self.ctx.debug:
             self.log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
-        response = await self.ctx.backend.postJSON("chat/completions", upstreamBody)
+        response = await self._post("chat/completions", upstreamBody)
         if not stream:
             completion = await readJSON(response)
             return responseFromOpenAI(
@@ -664,6 +667,28 @@ class Completion(ProxyResource):
         ex.write(tail)
         return None
 
+    async def _post(self, path: str, upstreamBody: JSON) -> IResponse:
+        """
+        POST to the backend; if it refuses the sampling extras by name, once
+        more without them (see L{withoutRejectedExtras}).
+
+        @param path: the API path below C{/v1}.
+        @param upstreamBody: the translated request.
+        @return: a 2xx response, body unread.
+        @raise UpstreamHTTPError: for any other non-2xx answer.
+        """
+        try:
+            return await self.ctx.backend.postJSON(path, upstreamBody)
+        except UpstreamHTTPError as e:
+            retryBody = withoutRejectedExtras(upstreamBody, e.status, e.message)
+            if retryBody is None:
+                raise
+            self.log.info(
+                "backend rejected sampling extras ({error}); retrying without them",
+                error=e.message,
+            )
+            return await self.ctx.backend.postJSON(path, retryBody)
+
     async def _textCompletion(
         self, ex: Exchange, body: JSON, model: str, backendId: str, stream: bool
     ) -> JSON | None:
@@ -676,11 +701,13 @@ class Completion(ProxyResource):
 
         @return: the generate object, or C{None} after streaming.
         """
-        upstreamBody = completionRequestToOpenAI(body, backendId, stream)
+        flavor = self.ctx.backend.flavor
+        upstreamBody = completionRequestToOpenAI(body, backendId, stream, flavor)
         if self.ctx.debug:
             self.log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
+        thinkTags = False  # raw text and code: a leading <think> is the user's
         try:
-            response = await self.ctx.backend.postJSON("completions", upstreamBody)
+            response = await self._post("completions", upstreamBody)
         except UpstreamHTTPError as e:
             if e.status not in (404, 405, 501) or body.get("suffix"):
                 raise
@@ -689,15 +716,18 @@ class Completion(ProxyResource):
                 status=e.status,
             )
             chatBody = {k: v for k, v in body.items() if k != "raw"}
-            response = await self.ctx.backend.postJSON(
-                "chat/completions", generateRequestToOpenAI(chatBody, backendId, stream)
+            response = await self._post(
+                "chat/completions", generateRequestToOpenAI(chatBody, backendId, stream, flavor)
             )
             translator = StreamTranslator(model, "generate", ex.start, self.ctx.now)
+            thinkTags = True
         else:
             translator = CompletionStreamTranslator(model, ex.start, self.ctx.now)
         if not stream:
             completion = completionAsChat(await readJSON(response))
-            return responseFromOpenAI(completion, model, "generate", ex.start, self.ctx.now())
+            return responseFromOpenAI(
+                completion, model, "generate", ex.start, self.ctx.now(), thinkTags=thinkTags
+            )
         pipeline = NDJSONStream(translator, self.ctx.maxLineLength)
         ex.startStream()
         await consume(

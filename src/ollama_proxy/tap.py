@@ -25,6 +25,7 @@ from ollama_proxy.catalog import ModelCatalog, loadOverrides
 from ollama_proxy.resources import DEFAULT_VERSION, Fallback, ProxyContext, buildRoot
 from ollama_proxy.site import DEFAULT_MAX_BODY, makeSite
 from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH
+from ollama_proxy.translate import FLAVOR_NAMES, flavorFor
 from ollama_proxy.upstream import Backend
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
@@ -97,6 +98,10 @@ class Options(usage.Options):
         ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body in bytes.", int],
         ["max-line", None, DEFAULT_MAX_LINE_LENGTH, "Largest accepted upstream SSE line in bytes.", int],
         ["pool-size", None, 64, "Persistent upstream connections kept per host.", int],
+        ["backend-flavor", None, "auto",
+         "Which non-OpenAI fields the backend takes (top_k/min_p/repetition_penalty, how think "
+         f"is spelled): {'|'.join(FLAVOR_NAMES)}. auto: by host (OpenAI, OpenRouter, DeepSeek), "
+         "else generic."],
     ]
 
     def __init__(self) -> None:
@@ -167,6 +172,10 @@ class Options(usage.Options):
         for name in ("max-body", "max-line", "pool-size"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
+        try:
+            flavorFor(self["backend-flavor"], self["target"])
+        except ValueError as e:
+            raise usage.UsageError(f"--backend-flavor: {e}")
 
 
 class PoolService(Service):
@@ -212,6 +221,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         reactor,
         apiKey=config["api-key"],
         headerTimeout=config["header-timeout"],
+        flavor=flavorFor(config["backend-flavor"], config["target"]),
     )
     fallback = Fallback(http, config["fallback"]) if config["fallback"] else None
     ctx = ProxyContext(

@@ -12,6 +12,11 @@ The mapping follows C{ollama-api.md} section 14: requests go from Ollama's
 C{/api/chat} and C{/api/generate} to OpenAI's C{/v1/chat/completions};
 streamed OpenAI chunks come back as Ollama NDJSON lines that always end with
 a C{done: true} object (or an error line, never a fake C{done}).
+
+Backends differ in what they accept beyond plain OpenAI (sampling extras,
+how thinking is switched on and off, whether earlier reasoning must be sent
+back); a L{Flavor} captures that, chosen per backend with
+C{--backend-flavor}.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import binascii
 import hashlib
 import time
 from typing import Any, Callable, Iterable, Literal, Mapping
+from urllib.parse import urlsplit
+
+import attrs
 
 from ollama_proxy import codec
 from ollama_proxy.errors import BadRequest, UpstreamError
@@ -248,6 +256,140 @@ def streamFlag(body: JSON) -> bool:
 
 
 # ---------------------------------------------------------------------------
+# Backend flavors
+
+ThinkStyle = Literal["effort", "vllm", "openrouter", "deepseek"]
+
+
+@attrs.frozen
+class Flavor:
+    """
+    What one kind of OpenAI-compatible backend accepts beyond the plain
+    OpenAI chat API, so that requests use every knob the backend has without
+    sending a field it rejects.
+
+    OpenAI proper answers 400 to unknown fields (C{top_k}); vLLM, LiteLLM
+    and OpenRouter take the sampling extras.  Turning thinking off has no
+    portable spelling: vLLM reads C{chat_template_kwargs.enable_thinking},
+    OpenRouter C{reasoning.enabled}, and C{reasoning_effort: "none"} is
+    rejected by most non-reasoning models, so the generic flavor sends
+    nothing for C{think: false} and drops any reasoning from the reply.
+
+    @ivar name: the name used on the command line.
+    @ivar samplingExtras: whether C{top_k}, C{min_p} and
+        C{repetition_penalty} are sent.
+    @ivar thinkStyle: how C{think} is spelled: C{"effort"} (only
+        C{reasoning_effort}), C{"vllm"} (C{chat_template_kwargs}),
+        C{"openrouter"} (the C{reasoning} object) or C{"deepseek"} (the
+        C{thinking: {type}} switch, on by default there).
+    @ivar historyThinking: the assistant-message field that carries earlier
+        C{thinking} back to the backend (DeepSeek's C{reasoning_content},
+        which its thinking mode requires), or C{None} to drop it.
+    @ivar maxTokensKey: C{max_tokens}, or C{max_completion_tokens} for
+        OpenAI, whose reasoning models reject C{max_tokens}.
+    """
+
+    name: str
+    samplingExtras: bool = True
+    thinkStyle: ThinkStyle = "effort"
+    historyThinking: str | None = None
+    maxTokensKey: str = "max_tokens"
+
+
+FLAVORS: dict[str, Flavor] = {
+    flavor.name: flavor
+    for flavor in (
+        Flavor("generic"),
+        Flavor("openai", samplingExtras=False, maxTokensKey="max_completion_tokens"),
+        Flavor("vllm", thinkStyle="vllm"),
+        Flavor("litellm"),
+        Flavor("openrouter", thinkStyle="openrouter"),
+        Flavor(
+            "deepseek",
+            samplingExtras=False,
+            thinkStyle="deepseek",
+            historyThinking="reasoning_content",
+        ),
+    )
+}
+"""The known flavors by name."""
+
+GENERIC = FLAVORS["generic"]
+"""For unknown backends: sampling extras on (withdrawn by
+L{withoutRejectedExtras} if the backend refuses them), thinking as
+C{reasoning_effort}."""
+
+FLAVOR_NAMES = ("auto", *FLAVORS)
+"""What C{--backend-flavor} accepts."""
+
+_AUTO_HOSTS = (
+    ("api.openai.com", "openai"),
+    ("openrouter.ai", "openrouter"),
+    ("api.deepseek.com", "deepseek"),
+)
+
+SAMPLING_EXTRAS: tuple[tuple[str, str, type | tuple[type, ...]], ...] = (
+    ("top_k", "top_k", int),
+    ("min_p", "min_p", (int, float)),
+    ("repeat_penalty", "repetition_penalty", (int, float)),
+)
+"""C{(Ollama option, backend field, type)} for the non-OpenAI sampling
+parameters."""
+
+_EXTRA_FIELDS = frozenset(field for _, field, _ in SAMPLING_EXTRAS)
+
+
+def flavorFor(name: str, target: str) -> Flavor:
+    """
+    Resolve a C{--backend-flavor} value.
+
+    @param name: a key of L{FLAVORS}, or C{"auto"} to guess from the host of
+        C{target} (OpenAI, OpenRouter and DeepSeek have well-known hosts;
+        anything else, including local vLLM and LiteLLM, is generic).
+    @param target: the backend base URL.
+    @return: the flavor.
+    @raise ValueError: for an unknown name.
+    """
+    if name == "auto":
+        host = (urlsplit(target).hostname or "").lower()
+        for domain, flavorName in _AUTO_HOSTS:
+            if host == domain or host.endswith("." + domain):
+                return FLAVORS[flavorName]
+        return GENERIC
+    try:
+        return FLAVORS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown backend flavor {name!r}; choose one of {', '.join(FLAVOR_NAMES)}"
+        ) from None
+
+
+def withoutRejectedExtras(request: JSON, status: int, message: str) -> JSON | None:
+    """
+    Decide whether a failed request is worth one retry without the sampling
+    extras.
+
+    Backends that do not know C{top_k} and friends say so by name in a 400
+    (OpenAI: C{Unrecognized request argument supplied: top_k}; pydantic
+    servers: C{extra_forbidden ... min_p}).  Then the request is repeated
+    without them rather than failing a client that only set C{top_k}.
+
+    @param request: the OpenAI request that failed.
+    @param status: the backend's status.
+    @param message: the backend's error text.
+    @return: a copy of C{request} without the extras, or C{None} when the
+        error is about something else.
+    """
+    if status not in (400, 422):
+        return None
+    sent = _EXTRA_FIELDS.intersection(request)
+    lowered = message.lower()
+    if not any(field in lowered for field in sent):
+        return None
+    return {key: value for key, value in request.items() if key not in _EXTRA_FIELDS}
+
+
+# ---------------------------------------------------------------------------
 # Requests: Ollama -> OpenAI
 
 _IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -279,23 +421,32 @@ def imagePart(image: Any) -> JSON:
     """
     Turn one Ollama C{images} entry (raw base64) into an OpenAI content part.
 
+    The whole string is decoded strictly, as Ollama's Go JSON decoder does
+    for C{[]byte}: standard alphabet, padding required, line breaks
+    tolerated (some clients wrap base64 at 76 columns).  A bad image is the
+    client's mistake and must be a 400 here, not a confusing error from the
+    backend later.
+
     @param image: the base64 string.
     @return: an C{image_url} part with a C{data:} URL.
-    @raise BadRequest: if C{image} is not valid base64.
+    @raise BadRequest: if C{image} is empty or not valid base64.
     """
     if not isinstance(image, str):
         raise BadRequest("images must be base64 strings")
     if image.startswith("data:"):
         # Lenient: some clients send data URLs although Ollama does not.
         return {"type": "image_url", "image_url": {"url": image}}
+    if "\n" in image or "\r" in image:
+        image = image.replace("\r", "").replace("\n", "")
     try:
-        head = base64.b64decode(image[:64].strip() + "==", validate=False)
-        base64.b64decode(image, validate=True)
+        raw = base64.b64decode(image, validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest("invalid image input: images must be base64 encoded")
+        raise BadRequest("invalid image input: images must be base64 encoded") from None
+    if not raw:
+        raise BadRequest("invalid image input: image is empty")
     return {
         "type": "image_url",
-        "image_url": {"url": f"data:{sniffImageType(head)};base64,{image}"},
+        "image_url": {"url": f"data:{sniffImageType(raw[:16])};base64,{image}"},
     }
 
 
@@ -323,16 +474,18 @@ def _argumentsString(arguments: Any) -> str:
     return codec.dumps(arguments).decode("utf-8")
 
 
-def messagesToOpenAI(messages: Any) -> list[JSON]:
+def messagesToOpenAI(messages: Any, flavor: Flavor = GENERIC) -> list[JSON]:
     """
     Translate an Ollama C{messages} list to OpenAI chat messages.
 
     Images become C{image_url} parts, assistant tool calls get string
     arguments and ids, and tool results are paired with those ids (the given
     C{tool_call_id}, else by C{tool_name}, else in order).  Assistant
-    C{thinking} is dropped: most backends reject or ignore it.
+    C{thinking} is dropped (most backends reject or ignore it) unless the
+    flavor names a field for it (DeepSeek's C{reasoning_content}).
 
     @param messages: the decoded C{messages} value.
+    @param flavor: the backend's flavor.
     @return: the OpenAI messages.
     @raise BadRequest: for anything that is not a list of message objects.
     """
@@ -402,6 +555,10 @@ def messagesToOpenAI(messages: Any) -> list[JSON]:
                 translated["content"] = None
         elif role == "tool":
             translated["tool_call_id"] = _pairToolResult(message, pending, index)
+        if role == "assistant" and flavor.historyThinking:
+            thinking = message.get("thinking")
+            if isinstance(thinking, str) and thinking:
+                translated[flavor.historyThinking] = thinking
         out.append(translated)
     return out
 
@@ -456,15 +613,39 @@ def thinkValue(body: JSON) -> bool | str | None:
     )
 
 
-def optionsToOpenAI(options: Any, target: JSON) -> None:
+def _number(options: JSON, key: str, kind: type | tuple[type, ...]) -> Any:
+    """
+    Read one typed option.
+
+    @param options: the C{options} object.
+    @param key: the option name.
+    @param kind: C{int}, or C{(int, float)} for numbers.
+    @return: the value, or C{None} when absent.
+    @raise BadRequest: for a value of the wrong type, with Ollama's wording.
+    """
+    value = options.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        typeName = "integer" if kind is int else "number"
+        raise BadRequest(f'option "{key}" must be of type {typeName}')
+    return value
+
+
+def optionsToOpenAI(options: Any, target: JSON, flavor: Flavor = GENERIC) -> None:
     """
     Copy the Ollama C{options} that have an OpenAI equivalent into C{target}.
 
-    Runner options (C{num_ctx}, C{num_gpu}, ...) have no equivalent and are
+    C{top_k}, C{min_p} and C{repeat_penalty} (as C{repetition_penalty}) go
+    only to flavors that accept them, but are type-checked for every
+    backend, as Ollama does.  Runner options (C{num_ctx}, C{num_gpu},
+    C{num_thread}, ...) and the other sampling options (C{typical_p},
+    C{repeat_last_n}, C{mirostat}, ...) have no equivalent: they are
     accepted and not forwarded.
 
     @param options: the decoded C{options} value.
     @param target: the OpenAI request being built; updated in place.
+    @param flavor: the backend's flavor.
     @raise BadRequest: if C{options} is not an object or a value has the
         wrong type.
     """
@@ -472,24 +653,17 @@ def optionsToOpenAI(options: Any, target: JSON) -> None:
         return
     if not isinstance(options, dict):
         raise BadRequest("options must be an object")
-    numPredict = options.get("num_predict")
-    if numPredict is not None:
-        if not isinstance(numPredict, int) or isinstance(numPredict, bool):
-            raise BadRequest('option "num_predict" must be of type integer')
-        if numPredict > 0:
-            target["max_tokens"] = numPredict
+    numPredict = _number(options, "num_predict", int)
+    if numPredict is not None and numPredict > 0:
+        # -1 (unlimited) and -2 (fill the context) have no OpenAI spelling.
+        target[flavor.maxTokensKey] = numPredict
     for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-        value = options.get(key)
+        value = _number(options, key, (int, float))
         if value is not None:
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise BadRequest(f'option "{key}" must be of type number')
             target[key] = value
-    seed = options.get("seed")
-    if seed is not None:
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise BadRequest('option "seed" must be of type integer')
-        if seed >= 0:
-            target["seed"] = seed
+    seed = _number(options, "seed", int)
+    if seed is not None and seed >= 0:
+        target["seed"] = seed
     stop = options.get("stop")
     if stop is not None:
         if isinstance(stop, str):
@@ -498,6 +672,74 @@ def optionsToOpenAI(options: Any, target: JSON) -> None:
             raise BadRequest('option "stop" must be of type array of strings')
         if stop:
             target["stop"] = stop
+    for key, field, kind in SAMPLING_EXTRAS:
+        value = _number(options, key, kind)
+        if value is not None and flavor.samplingExtras:
+            target[field] = value
+
+
+def thinkToOpenAI(think: bool | str | None, target: JSON, flavor: Flavor = GENERIC) -> None:
+    """
+    Spell Ollama's C{think} the way the backend understands it.
+
+    C{true} and the levels become C{reasoning_effort} (C{true} is Ollama's
+    C{"medium"}; C{"max"} becomes C{"high"}, the highest level every
+    reasoning backend accepts).  C{false} is sent only where there is a
+    switch that non-reasoning models tolerate (vLLM's chat template
+    argument, OpenRouter's C{reasoning.enabled}, DeepSeek's C{thinking}
+    type); elsewhere it is not forwarded and the reply's reasoning is
+    dropped instead.
+
+    @param think: the validated value from L{thinkValue}.
+    @param target: the OpenAI request being built; updated in place.
+    @param flavor: the backend's flavor.
+    """
+    if think is None:
+        return
+    effort = _THINK_EFFORT[think] if isinstance(think, str) else None
+    if flavor.thinkStyle == "vllm":
+        target["chat_template_kwargs"] = {"enable_thinking": think is not False}
+        if effort is not None:
+            target["reasoning_effort"] = effort
+    elif flavor.thinkStyle == "openrouter":
+        target["reasoning"] = (
+            {"effort": effort} if effort is not None else {"enabled": think is True}
+        )
+    elif flavor.thinkStyle == "deepseek":
+        target["thinking"] = {"type": "disabled" if think is False else "enabled"}
+        if effort is not None:
+            target["reasoning_effort"] = effort
+    elif think is True:
+        target["reasoning_effort"] = "medium"
+    elif effort is not None:
+        target["reasoning_effort"] = effort
+
+
+def logprobsToOpenAI(body: JSON, target: JSON) -> None:
+    """
+    Forward Ollama's C{logprobs}/C{top_logprobs}.
+
+    OpenAI rejects C{top_logprobs} without C{logprobs}, and Ollama ignores
+    it then, so it is only sent together with C{logprobs: true}.
+
+    @param body: the Ollama request object.
+    @param target: the OpenAI request being built; updated in place.
+    @raise BadRequest: for wrong types, or C{top_logprobs} outside 0..20
+        (Ollama's own check and message).
+    """
+    logprobs = body.get("logprobs")
+    top = body.get("top_logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise BadRequest("logprobs must be a boolean")
+    if top is not None:
+        if not isinstance(top, int) or isinstance(top, bool):
+            raise BadRequest("top_logprobs must be an integer")
+        if not 0 <= top <= 20:
+            raise BadRequest("top_logprobs must be between 0 and 20")
+    if logprobs:
+        target["logprobs"] = True
+        if top:
+            target["top_logprobs"] = top
 
 
 def formatToOpenAI(fmt: Any) -> JSON | None:
@@ -520,25 +762,30 @@ def formatToOpenAI(fmt: Any) -> JSON | None:
     raise BadRequest('format must be "json" or a JSON schema object')
 
 
-def chatRequestToOpenAI(body: JSON, backendId: str, stream: bool) -> JSON:
+def chatRequestToOpenAI(
+    body: JSON, backendId: str, stream: bool, flavor: Flavor = GENERIC
+) -> JSON:
     """
     Translate an Ollama C{/api/chat} body to an OpenAI chat request.
 
     @param body: the validated request object.
     @param backendId: the upstream model id (see L{backendModel}).
     @param stream: whether to stream (Ollama default true).
+    @param flavor: the backend's flavor.
     @return: the C{/v1/chat/completions} body.
     @raise BadRequest: for malformed fields.
     """
     request: JSON = {
         "model": backendId,
-        "messages": messagesToOpenAI(body.get("messages")),
+        "messages": messagesToOpenAI(body.get("messages"), flavor),
         "stream": stream,
     }
-    return _commonRequestFields(body, request, stream)
+    return _commonRequestFields(body, request, stream, flavor)
 
 
-def generateRequestToOpenAI(body: JSON, backendId: str, stream: bool) -> JSON:
+def generateRequestToOpenAI(
+    body: JSON, backendId: str, stream: bool, flavor: Flavor = GENERIC
+) -> JSON:
     """
     Translate an Ollama C{/api/generate} body to an OpenAI chat request:
     C{system} and C{prompt} (with C{images}) become a one-turn chat.
@@ -546,6 +793,7 @@ def generateRequestToOpenAI(body: JSON, backendId: str, stream: bool) -> JSON:
     @param body: the validated request object.
     @param backendId: the upstream model id.
     @param stream: whether to stream.
+    @param flavor: the backend's flavor.
     @return: the C{/v1/chat/completions} body.
     @raise BadRequest: for malformed fields.
     """
@@ -561,25 +809,32 @@ def generateRequestToOpenAI(body: JSON, backendId: str, stream: bool) -> JSON:
     messages = ([{"role": "system", "content": system}] if system else []) + [user]
     request: JSON = {
         "model": backendId,
-        "messages": messagesToOpenAI(messages),
+        "messages": messagesToOpenAI(messages, flavor),
         "stream": stream,
     }
-    return _commonRequestFields(body, request, stream)
+    return _commonRequestFields(body, request, stream, flavor)
 
 
-def _commonRequestFields(body: JSON, request: JSON, stream: bool) -> JSON:
+def _commonRequestFields(
+    body: JSON, request: JSON, stream: bool, flavor: Flavor = GENERIC
+) -> JSON:
     """
     Add the fields chat and generate share: options, format, tools, think,
-    usage reporting.
+    logprobs, usage reporting.
+
+    C{keep_alive}, C{truncate}, C{shift}, C{template}, C{context} and the
+    runner options have no OpenAI equivalent and are never copied (the
+    request is built field by field, not passed through).
 
     @param body: the Ollama request object.
     @param request: the OpenAI request being built.
     @param stream: whether streaming was requested.
+    @param flavor: the backend's flavor.
     @return: C{request}, completed.
     """
     if stream:
         request["stream_options"] = {"include_usage": True}
-    optionsToOpenAI(body.get("options"), request)
+    optionsToOpenAI(body.get("options"), request, flavor)
     responseFormat = formatToOpenAI(body.get("format"))
     if responseFormat is not None:
         request["response_format"] = responseFormat
@@ -588,11 +843,8 @@ def _commonRequestFields(body: JSON, request: JSON, stream: bool) -> JSON:
         if not isinstance(tools, list):
             raise BadRequest("tools must be a list")
         request["tools"] = tools
-    think = thinkValue(body)
-    if think is True:
-        request["reasoning_effort"] = "medium"
-    elif isinstance(think, str):
-        request["reasoning_effort"] = _THINK_EFFORT[think]
+    thinkToOpenAI(thinkValue(body), request, flavor)
+    logprobsToOpenAI(body, request)
     return request
 
 
@@ -621,7 +873,8 @@ def toolCallsFromOpenAI(calls: Iterable[Mapping[str, Any]]) -> list[JSON]:
     @param calls: OpenAI C{tool_calls} with string arguments.
     @return: Ollama C{tool_calls}.
     @raise UpstreamError: if arguments are not a JSON object; reporting it is
-        better than calling a tool with C{{}}.
+        better than calling a tool with C{{}}.  The message names the tool
+        and quotes the arguments, so the user can see what the model wrote.
     """
     out = []
     for index, call in enumerate(calls):
@@ -641,17 +894,34 @@ def toolCallsFromOpenAI(calls: Iterable[Mapping[str, Any]]) -> list[JSON]:
                     f"backend returned tool call {function.get('name')!r} "
                     f"with arguments that are not a JSON object: {raw!r}"
                 )
-        entry: JSON = {
-            "function": {
-                "index": index,
-                "name": function.get("name") or "",
-                "arguments": arguments,
+        name = function.get("name") or ""
+        callId = call.get("id")
+        if not isinstance(callId, str) or not callId:
+            callId = _responseCallId(index, name, raw)
+        out.append(
+            {
+                "id": callId,
+                "function": {"index": index, "name": name, "arguments": arguments},
             }
-        }
-        if call.get("id"):
-            entry["id"] = call["id"]
-        out.append(entry)
+        )
     return out
+
+
+def _responseCallId(index: int, name: str, arguments: Any) -> str:
+    """
+    An id for a tool call the backend sent without one.
+
+    Ollama gives every call an id and clients echo it back with the result;
+    deriving it from the call keeps this module pure and repeatable while
+    still differing between calls.
+
+    @param index: the call's position.
+    @param name: the function name.
+    @param arguments: the raw arguments.
+    @return: C{call_} and eight hex digits.
+    """
+    digest = hashlib.sha256(f"{index}\0{name}\0{arguments}".encode("utf-8"))
+    return "call_" + digest.hexdigest()[:8]
 
 
 def _errorMessage(payload: JSON) -> str:
@@ -691,19 +961,189 @@ def errorFromBody(body: bytes, status: int) -> str:
     return text[:2000] or f"backend returned HTTP {status}"
 
 
+_OPEN_TAG = "<think>"
+_CLOSE_TAG = "</think>"
+_SEEKING, _OPENED, _THINKING, _CLOSED, _PASSING = range(5)
+
+
+class ThinkTagSplitter:
+    """
+    Split inline C{<think>...</think>} at the start of a reply's content into
+    thinking and content, as Ollama's own parser does for models whose
+    template has no separate reasoning channel (some vLLM and Fireworks
+    set-ups stream DeepSeek-R1 and Qwen3 that way).
+
+    Stateful, because the tags arrive in arbitrary pieces (C{"<thi"},
+    C{"nk>"}): text that might still turn into a tag is held back until it
+    is decided.  Whitespace around the tags is trimmed like Ollama does, so
+    the result does not depend on how the text was split.  Only a tag at the
+    very start (after whitespace) counts; once real content has been seen
+    the splitter only passes text through, at the cost of one comparison per
+    delta.
+    """
+
+    def __init__(self) -> None:
+        self._state = _SEEKING
+        self._held = ""
+
+    @property
+    def passing(self) -> bool:
+        """
+        Whether the decision is made and all further text is content.
+        """
+        return self._state == _PASSING
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """
+        @param text: the next piece of content.
+        @return: C{(thinking, content)} that can be released now.
+        """
+        state = self._state
+        if state == _PASSING:
+            return "", text
+        held = self._held + text
+        if state == _SEEKING:
+            stripped = held.lstrip()
+            if stripped.startswith(_OPEN_TAG):
+                held = stripped[len(_OPEN_TAG) :]
+                state = _OPENED
+            elif _OPEN_TAG.startswith(stripped):
+                # Only whitespace, or a prefix of the tag: undecided.
+                self._held = held
+                return "", ""
+            else:
+                self._state = _PASSING
+                self._held = ""
+                return "", held
+        if state == _OPENED:
+            held = held.lstrip()
+            if not held:
+                self._state = _OPENED
+                self._held = ""
+                return "", ""
+            state = _THINKING
+        if state == _THINKING:
+            end = held.find(_CLOSE_TAG)
+            if end < 0:
+                cut = _undecidedTail(held)
+                self._state = _THINKING
+                self._held = held[cut:]
+                return held[:cut], ""
+            thinking = held[:end].rstrip()
+            held = held[end + len(_CLOSE_TAG) :]
+            state = _CLOSED
+        else:
+            thinking = ""
+        content = held.lstrip()
+        self._held = ""
+        self._state = _PASSING if content else _CLOSED
+        return thinking, content
+
+    def flush(self) -> tuple[str, str]:
+        """
+        The reply ended: release what was held back.  An unclosed think
+        block (the model hit its token limit while thinking) is thinking.
+
+        @return: C{(thinking, content)}.
+        """
+        held, state = self._held, self._state
+        self._held = ""
+        self._state = _PASSING
+        if state == _SEEKING:
+            return "", held
+        if state == _THINKING:
+            return held.rstrip(), ""
+        return "", ""
+
+
+def _undecidedTail(text: str) -> int:
+    """
+    Where the part of thinking text that might belong to C{</think>} begins:
+    a trailing prefix of the tag and the whitespace before it.
+
+    @param text: thinking text without a complete closing tag.
+    @return: the index from which to hold C{text} back.
+    """
+    cut = len(text)
+    for size in range(min(len(_CLOSE_TAG) - 1, len(text)), 0, -1):
+        if text.endswith(_CLOSE_TAG[:size]):
+            cut -= size
+            break
+    while cut and text[cut - 1].isspace():
+        cut -= 1
+    return cut
+
+
+def splitThinkTags(text: str) -> tuple[str, str]:
+    """
+    Split a whole reply's leading C{<think>} block (see L{ThinkTagSplitter}).
+
+    @param text: the complete content.
+    @return: C{(thinking, content)}.
+    """
+    splitter = ThinkTagSplitter()
+    thinking, content = splitter.feed(text)
+    moreThinking, moreContent = splitter.flush()
+    return thinking + moreThinking, content + moreContent
+
+
+def _tokenLogprob(entry: Mapping[str, Any]) -> JSON:
+    """
+    One OpenAI token log-probability in Ollama's shape.
+
+    @param entry: C{{"token", "logprob", "bytes"}}.
+    @return: C{{"token", "logprob"}} plus C{bytes} when present (Ollama
+        omits it when empty).
+    """
+    out: JSON = {"token": entry.get("token") or "", "logprob": entry.get("logprob", 0.0)}
+    raw = entry.get("bytes")
+    if raw:
+        out["bytes"] = raw
+    return out
+
+
+def logprobsFromOpenAI(logprobs: Any) -> list[JSON]:
+    """
+    Translate an OpenAI choice's C{logprobs} into Ollama's chunk-level
+    C{logprobs} list.
+
+    @param logprobs: C{choices[0].logprobs}: C{{"content": [{"token",
+        "logprob", "bytes", "top_logprobs": [...]}]}} or C{None}.
+    @return: C{[{"token", "logprob", "bytes"?, "top_logprobs"?}]}, empty when
+        there is nothing.
+    """
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list):
+        return []
+    out = []
+    for entry in content:
+        if not isinstance(entry, dict):
+            continue
+        item = _tokenLogprob(entry)
+        top = entry.get("top_logprobs")
+        if isinstance(top, list) and top:
+            item["top_logprobs"] = [_tokenLogprob(t) for t in top if isinstance(t, dict)]
+        out.append(item)
+    return out
+
+
 class StreamTranslator:
     """
     Turn decoded OpenAI stream chunks into Ollama chunk objects.
 
-    Content and reasoning deltas become one Ollama chunk each; tool-call
-    fragments are accumulated per C{index} and released as one chunk with
-    object arguments at the end; C{finish_reason} and C{usage} (which may
-    arrive in a later chunk) go into the final C{done: true} object.
+    Content and reasoning deltas become one Ollama chunk each (reasoning from
+    C{reasoning_content}, C{reasoning} or a leading C{<think>} block, all as
+    C{thinking}, or dropped for C{think: false}); token log-probabilities ride
+    on the chunk of their text.  Tool-call fragments are accumulated per
+    C{index} and released as one chunk with object arguments at the end;
+    C{finish_reason} and C{usage} (which may arrive in a later chunk) go into
+    the final C{done: true} object.
 
     @ivar model: the model name exactly as the client sent it.
     @ivar kind: C{"chat"} (C{message.content}) or C{"generate"} (C{response}).
-    @ivar sawDone: whether C{[DONE]} or a C{finish_reason} has been seen, i.e.
-        whether the stream may end normally.
+    @ivar sawDone: whether C{[DONE]} has been seen.
+    @ivar sawFinish: whether a C{finish_reason} has been seen; with
+        C{sawDone}, whether the stream may end normally.
     """
 
     def __init__(
@@ -713,7 +1153,17 @@ class StreamTranslator:
         startNs: int | None = None,
         clock: Clock = wallClock,
         dropThinking: bool = False,
+        thinkTags: bool = True,
     ) -> None:
+        """
+        @param model: the client's model name.
+        @param kind: C{"chat"} or C{"generate"}.
+        @param startNs: when the request arrived; now when omitted.
+        @param clock: the wall clock (ns).
+        @param dropThinking: whether the client sent C{think: false}.
+        @param thinkTags: whether a leading C{<think>} block in the content is
+            thinking (off for raw and fill-in-the-middle text completions).
+        """
         self.model = model
         self.kind = kind
         self._clock = clock
@@ -722,7 +1172,11 @@ class StreamTranslator:
         self._dropThinking = dropThinking
         self._finishReason: Any = None
         self._usage: JSON | None = None
-        self._tools: dict[int, JSON] = {}
+        self._tools: list[JSON] = []
+        self._toolSlots: dict[int, int] = {}
+        self._tags = ThinkTagSplitter()
+        self._seekingTags = thinkTags
+        self._logprobs: list[JSON] = []
         self.sawDone = False
         self.sawFinish = False
 
@@ -792,52 +1246,83 @@ class StreamTranslator:
             if choice.get("finish_reason"):
                 self._finishReason = choice["finish_reason"]
                 self.sawFinish = True
+            logprobs = choice.get("logprobs")
+            if logprobs:
+                self._logprobs.extend(logprobsFromOpenAI(logprobs))
             delta = choice.get("delta")
             if not isinstance(delta, dict):
                 continue
             content = delta.get("content")
             thinking = delta.get("reasoning_content") or delta.get("reasoning")
             if self._dropThinking or not isinstance(thinking, str):
-                thinking = None
+                thinking = ""
             fragments = delta.get("tool_calls")
             if fragments:
                 self._accumulateTools(fragments)
+            if not isinstance(content, str):
+                content = ""
+            elif self._seekingTags and content:
+                if self._firstToken is None:
+                    self._firstToken = self._clock()
+                tagged, content = self._tags.feed(content)
+                self._seekingTags = not self._tags.passing
+                if not self._dropThinking:
+                    thinking += tagged
             if content or thinking:
                 if self._firstToken is None:
                     self._firstToken = self._clock()
                 if createdAt is None:
                     createdAt = formatTimestamp(self._clock())
-                out.append(
-                    self._chunk(createdAt, content if isinstance(content, str) else "", thinking)
-                )
+                chunk = self._chunk(createdAt, content, thinking)
+                if self._logprobs:
+                    chunk["logprobs"] = self._logprobs
+                    self._logprobs = []
+                out.append(chunk)
         return out
 
     def _accumulateTools(self, fragments: Any) -> None:
         """
         Merge streamed tool-call fragments by C{index}.
 
+        Arguments are concatenated (they are split anywhere, even inside a
+        string).  A name is appended only when it is not a repeat: some
+        backends send the whole name in every fragment.  A fragment with a
+        different C{id} at an occupied index (backends that number every
+        call 0) starts a new call, which later fragments without an id at
+        that index continue.  Calls keep the order in which they began.
+
         @param fragments: the C{delta.tool_calls} list.
         """
         if not isinstance(fragments, list):
             return
-        for position, fragment in enumerate(fragments):
+        for offset, fragment in enumerate(fragments):
             if not isinstance(fragment, dict):
                 continue
-            index = fragment.get("index", position)
+            index = fragment.get("index", offset)
             if not isinstance(index, int):
-                index = position
-            slot = self._tools.setdefault(
-                index, {"id": None, "function": {"name": "", "arguments": ""}}
-            )
-            if fragment.get("id"):
-                slot["id"] = fragment["id"]
+                index = offset
+            fragmentId = fragment.get("id")
+            position = self._toolSlots.get(index)
+            if position is not None:
+                slot = self._tools[position]
+                if fragmentId and slot["id"] and fragmentId != slot["id"]:
+                    position = None
+            if position is None:
+                self._toolSlots[index] = len(self._tools)
+                slot = {"id": None, "function": {"name": "", "arguments": ""}}
+                self._tools.append(slot)
+            if fragmentId:
+                slot["id"] = fragmentId
             function = fragment.get("function")
             if isinstance(function, dict):
-                if function.get("name"):
-                    slot["function"]["name"] += function["name"]
+                name = function.get("name")
+                if name and isinstance(name, str):
+                    known = slot["function"]["name"]
+                    slot["function"]["name"] = name if name.startswith(known) else known + name
                 arguments = function.get("arguments")
                 if isinstance(arguments, str):
-                    slot["function"]["arguments"] += arguments
+                    if isinstance(slot["function"]["arguments"], str):
+                        slot["function"]["arguments"] += arguments
                 elif isinstance(arguments, dict):
                     slot["function"]["arguments"] = arguments
         if self._firstToken is None:
@@ -845,22 +1330,30 @@ class StreamTranslator:
 
     def finish(self) -> list[JSON]:
         """
-        The stream ended normally: release accumulated tool calls and the
-        final C{done: true} object.
+        The stream ended normally: release held-back text, accumulated tool
+        calls and the final C{done: true} object.
 
         @return: the last chunks to send.
         @raise UpstreamError: if the backend ended the stream before saying it
-            was done, or sent unusable tool-call arguments.
+            was done, or sent tool-call arguments that are not a JSON object
+            (the client then gets an error line instead of C{done: true}: a
+            tool call with made-up arguments would be worse).
         """
         if not (self.sawDone or self.sawFinish):
             raise UpstreamError("backend closed the stream before it was complete")
         now = self._clock()
         createdAt = formatTimestamp(now)
         out: list[JSON] = []
+        thinking, content = self._tags.flush()
+        if self._dropThinking:
+            thinking = ""
+        if content or thinking:
+            out.append(self._chunk(createdAt, content, thinking))
+            if self._logprobs:
+                out[0]["logprobs"] = self._logprobs
+                self._logprobs = []
         if self._tools:
-            calls = toolCallsFromOpenAI(
-                self._tools[index] for index in sorted(self._tools)
-            )
+            calls = toolCallsFromOpenAI(self._tools)
             chunk = self._chunk(createdAt, "", None)
             if self.kind == "chat":
                 chunk["message"]["tool_calls"] = calls
@@ -870,6 +1363,9 @@ class StreamTranslator:
         final = self._chunk(createdAt, "", None)
         final["done"] = True
         final["done_reason"] = doneReason(self._finishReason)
+        if self._logprobs:
+            final["logprobs"] = self._logprobs
+            self._logprobs = []
         final.update(metrics(self._start, self._firstToken, now, self._usage))
         if self.kind == "generate":
             final["context"] = []
@@ -917,18 +1413,26 @@ def responseFromOpenAI(
     start: int,
     end: int,
     dropThinking: bool = False,
+    thinkTags: bool = True,
 ) -> JSON:
     """
-    Translate a non-streamed OpenAI chat completion into one Ollama object.
+    Translate a non-streamed OpenAI chat completion into one Ollama object
+    with the same fields a stream would have carried, aggregated:
+    C{thinking} (from the reasoning fields or a leading C{<think>} block),
+    C{tool_calls} with object arguments, C{logprobs}, counts and durations.
 
     @param completion: the decoded upstream body.
     @param model: the client's model name, echoed back.
-    @param kind: C{"chat"} or C{"generate"}.
+    @param kind: C{"chat"} or C{"generate"} (text in C{response}, thinking
+        and tool calls at the top level).
     @param start: request start (ns).
     @param end: now (ns).
     @param dropThinking: whether the client asked for C{think: false}.
+    @param thinkTags: whether a leading C{<think>} block in the content is
+        thinking.
     @return: the aggregated Ollama response.
-    @raise UpstreamError: if the body has no choices.
+    @raise UpstreamError: if the body has no choices, or tool-call arguments
+        are not a JSON object.
     """
     if not isinstance(completion, dict):
         raise UpstreamError("backend returned a completion that is not an object")
@@ -938,26 +1442,43 @@ def responseFromOpenAI(
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise UpstreamError("backend returned a completion without choices")
     choice = choices[0]
-    message = choice.get("message") or {}
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        message = {}
     content = message.get("content") or ""
     if not isinstance(content, str):
         content = codec.dumps(content).decode()
     thinking = message.get("reasoning_content") or message.get("reasoning")
+    if not isinstance(thinking, str):
+        thinking = ""
+    if thinkTags:
+        tagged, content = splitThinkTags(content)
+        thinking += tagged
+    if dropThinking:
+        thinking = ""
+    toolCalls = (
+        toolCallsFromOpenAI(message["tool_calls"]) if message.get("tool_calls") else None
+    )
     createdAt = formatTimestamp(end)
     result: JSON
     if kind == "chat":
         ollamaMessage: JSON = {"role": "assistant", "content": content}
-        if thinking and not dropThinking:
+        if thinking:
             ollamaMessage["thinking"] = thinking
-        if message.get("tool_calls"):
-            ollamaMessage["tool_calls"] = toolCallsFromOpenAI(message["tool_calls"])
+        if toolCalls:
+            ollamaMessage["tool_calls"] = toolCalls
         result = {"model": model, "created_at": createdAt, "message": ollamaMessage}
     else:
         result = {"model": model, "created_at": createdAt, "response": content}
-        if thinking and not dropThinking:
+        if thinking:
             result["thinking"] = thinking
+        if toolCalls:
+            result["tool_calls"] = toolCalls
     result["done"] = True
     result["done_reason"] = doneReason(choice.get("finish_reason"))
+    logprobs = logprobsFromOpenAI(choice.get("logprobs"))
+    if logprobs:
+        result["logprobs"] = logprobs
     result.update(metrics(start, None, end, completion.get("usage")))
     if kind == "generate":
         result["context"] = []

@@ -31,7 +31,7 @@ from ollama_proxy.errors import (
     UpstreamHTTPError,
     UpstreamTimeout,
 )
-from ollama_proxy.translate import errorFromBody
+from ollama_proxy.translate import GENERIC, Flavor, errorFromBody
 
 HOP_BY_HOP = frozenset(
     {
@@ -126,6 +126,8 @@ class Backend:
     @ivar reactor: the clock for timeouts.
     @ivar apiKey: sent as C{Authorization: Bearer}; never logged.
     @ivar headerTimeout: seconds to wait for response headers.
+    @ivar flavor: which non-OpenAI request fields the server accepts (see
+        L{ollama_proxy.translate.Flavor}).
     """
 
     http: HTTPClient
@@ -133,6 +135,7 @@ class Backend:
     reactor: IReactorTime
     apiKey: str | None = attrs.field(default=None, repr=False)
     headerTimeout: float = 600.0
+    flavor: Flavor = GENERIC
     base: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:

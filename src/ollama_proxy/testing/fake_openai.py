@@ -15,7 +15,12 @@ Models:
   - C{fake-reasoner}: streams C{reasoning_content} before its answer.
   - C{fake-tools}: calls the first tool in the request, with its arguments
     split across chunks as real backends do.
+  - C{fake-thinktags}: reasons inline, C{<think>...</think>} at the start of
+    C{content} with the tags split across deltas (as some vLLM set-ups
+    stream DeepSeek-R1), then answers.
   - C{fake-embed}: for C{/v1/embeddings}.
+With C{logprobs: true}, every content delta carries
+C{choices[0].logprobs.content} (and C{top_logprobs} alternatives when asked).
 C{max_tokens} limits the reply to that many words (cycling the sentence), and
 ends it with C{finish_reason: "length"} when it cut something.
 """
@@ -33,7 +38,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy import codec
 
-MODELS = ("fake-model", "fake-reasoner", "fake-tools", "fake-embed")
+MODELS = ("fake-model", "fake-reasoner", "fake-tools", "fake-thinktags", "fake-embed")
 REPLY = "Hello! I am the ollama-proxy fake backend, and this reply was streamed to you word by word."
 REASONING = "The user greeted me. I should answer politely."
 MODEL_INFO: dict[str, dict[str, Any]] = {
@@ -43,9 +48,14 @@ MODEL_INFO: dict[str, dict[str, Any]] = {
                       "supports_reasoning": True, "mode": "chat"},
     "fake-tools": {"max_input_tokens": 131072, "supports_function_calling": True,
                    "mode": "chat"},
+    "fake-thinktags": {"max_input_tokens": 32768, "supports_function_calling": False,
+                       "supports_reasoning": True, "mode": "chat"},
     "fake-embed": {"max_input_tokens": 512, "output_vector_size": 8, "mode": "embedding"},
 }
 """What C{/v1/model/info} says about each model, in LiteLLM's field names."""
+THINK_TAG_DELTAS = ("<thi", "nk>\n", "The user greeted me.", " I should answer politely.\n</th", "ink>\n\n")
+"""C{fake-thinktags}'s reasoning as streamed: L{REASONING} inside tags cut
+mid-tag."""
 
 
 def _words(text: str) -> list[str]:
@@ -196,13 +206,32 @@ class FakeOpenAI(Resource):
             return deltas, "tool_calls", {"prompt_tokens": 12, "completion_tokens": 3}
         if model == "fake-reasoner":
             deltas.extend({"reasoning_content": w} for w in _words(REASONING))
+        if model == "fake-thinktags":
+            deltas.extend({"content": piece} for piece in THINK_TAG_DELTAS)
         tokens, finish = replyTokens(body.get("max_tokens"))
         deltas.extend({"content": t} for t in tokens)
         prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
         return deltas, finish, {"prompt_tokens": prompt, "completion_tokens": len(tokens)}
 
+    @staticmethod
+    def _logprobs(token: str, top: Any) -> dict[str, Any]:
+        """
+        Deterministic C{logprobs} for one content delta.
+
+        @param token: the delta's text.
+        @param top: the request's C{top_logprobs}.
+        """
+        entry: dict[str, Any] = {"token": token, "logprob": -0.25, "bytes": list(token.encode("utf-8"))}
+        count = top if isinstance(top, int) and not isinstance(top, bool) else 0
+        entry["top_logprobs"] = [
+            {"token": token, "logprob": -0.25, "bytes": list(token.encode("utf-8"))},
+            {"token": "?", "logprob": -3.5, "bytes": [63]},
+        ][:count]
+        return {"content": [entry]}
+
     def _chat(self, request: Request, body: dict[str, Any]) -> Any:
         deltas, finish, usage = self._events(body)
+        withLogprobs = body.get("logprobs") is True
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         created = int(time.time())
         if not body.get("stream"):
@@ -218,10 +247,16 @@ class FakeOpenAI(Resource):
                 message["content"] = None
                 message["tool_calls"] = [{"id": first["id"], "type": "function",
                                           "function": {"name": first["function"]["name"], "arguments": arguments}}]
+            choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+            if withLogprobs:
+                choice["logprobs"] = {"content": [
+                    self._logprobs(d["content"], body.get("top_logprobs"))["content"][0]
+                    for d in deltas if d.get("content")
+                ]}
             return self._json(request, {
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": created,
                 "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "choices": [choice],
                 "usage": usage,
             })
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
@@ -232,7 +267,10 @@ class FakeOpenAI(Resource):
             if first:
                 delta = {"role": "assistant", **delta}
                 first = False
-            events.append(self._sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
+            streamed: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+            if withLogprobs and delta.get("content"):
+                streamed["logprobs"] = self._logprobs(delta["content"], body.get("top_logprobs"))
+            events.append(self._sse({**base, "choices": [streamed]}))
         events.append(self._sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}))
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append(self._sse({**base, "choices": [], "usage": usage}))
