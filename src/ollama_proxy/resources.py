@@ -642,7 +642,7 @@ class Completion(ProxyResource):
             self.log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
         response = await self._post("chat/completions", upstreamBody)
         if not stream:
-            completion = await readJSON(response)
+            completion = await readJSON(response, self.ctx.clock, self.ctx.idleTimeout)
             return responseFromOpenAI(
                 completion, model, self.kind, ex.start, self.ctx.now(), think is False
             )

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import treq
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import (
     ConnectError,
@@ -225,32 +224,48 @@ class Backend:
         return await readJSON(response)
 
 
-async def readBody(response: IResponse) -> bytes:
+async def readBody(
+    response: IResponse,
+    clock: IReactorTime | None = None,
+    idleTimeout: float | None = None,
+) -> bytes:
     """
     Read a whole (small) upstream body.
 
+    The body is read with L{ollama_proxy.relay.consume}, so a cancelled
+    read (the client left while a non-streaming answer was being generated)
+    closes the upstream connection instead of letting it run to its end.
+
     @param response: a treq response.
+    @param clock: the clock for the idle timer.
+    @param idleTimeout: seconds of upstream silence after which the read is
+        abandoned with a 504; C{None} (or no C{clock}) for no limit.
     @return: the bytes.
-    @raise UpstreamError: if the connection broke.
+    @raise UpstreamError: if the connection broke or went idle.
     """
-    try:
-        body: bytes = await treq.content(response)
-    except CancelledError:
-        raise
-    except Exception as e:
-        raise failureToError(e, "the backend") from None
-    return body
+    # relay imports this module for failureToError, hence the late import.
+    from ollama_proxy.relay import consume
+
+    chunks: list[bytes] = []
+    await consume(response, chunks.append, clock, idleTimeout)
+    return b"".join(chunks)
 
 
-async def readJSON(response: IResponse) -> Any:
+async def readJSON(
+    response: IResponse,
+    clock: IReactorTime | None = None,
+    idleTimeout: float | None = None,
+) -> Any:
     """
     Read and decode a JSON upstream body.
 
     @param response: a treq response.
+    @param clock: see L{readBody}.
+    @param idleTimeout: see L{readBody}.
     @return: the decoded value.
     @raise UpstreamError: if the body is not JSON.
     """
-    body = await readBody(response)
+    body = await readBody(response, clock, idleTimeout)
     try:
         return codec.loads(body)
     except codec.JSONDecodeError:
