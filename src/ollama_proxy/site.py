@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -22,60 +22,105 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 """Default request body cap: large enough for several base64 images."""
 
 
+_REASONS = {413: b"Payload Too Large", 408: b"Request Timeout"}
+
+
 class LimitedRequest(Request):
     """
-    A request that refuses bodies larger than L{maxBody} bytes with 413.
+    A request that refuses bodies larger than L{maxBody} bytes with 413, and
+    (optionally) bodies that take longer than L{bodyTimeout} seconds with 408.
+
+    twisted.web only hands a request to the resource once the whole body is
+    in, and until then the request is not wired to its channel for writing.
+    So a rejection is written straight to the transport as a complete
+    C{Connection: close} response, the connection is closed, and
+    L{requestReceived} never renders the (truncated) body, even when the
+    rest of it, or a pipelined request, sits in the same read buffer.
 
     @ivar maxBody: the cap in bytes, set per site by L{makeSite}.
+    @ivar bodyTimeout: seconds from the end of the headers to the end of the
+        body, or C{None} for no deadline (the site's idle timeout still
+        applies); set per site by L{makeSite}.
     """
 
     maxBody: int = DEFAULT_MAX_BODY
-    _tooLarge = False
+    bodyTimeout: float | None = None
+    _rejected = False
+    _deadline: IDelayedCall | None = None
 
     def gotLength(self, length: int | None) -> None:
         """
-        Reject early when the declared C{Content-Length} is over the cap.
+        Reject early when the declared C{Content-Length} is over the cap, and
+        arm the body deadline.
         """
         super().gotLength(length)
         if length is not None and length > self.maxBody:
-            self._reject()
+            self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
+            return
+        if self.bodyTimeout is not None and length != 0:
+            clock: IReactorTime = self.channel.site.reactor
+            self._deadline = clock.callLater(
+                self.bodyTimeout,
+                self._reject,
+                408,
+                f"request body not received within {self.bodyTimeout:g} seconds",
+            )
 
     def handleContentChunk(self, data: bytes) -> None:
         """
         Count the body as it arrives; stop buffering at the cap.
         """
-        if self._tooLarge:
+        if self._rejected:
             return
         if self.content is not None and self.content.tell() + len(data) > self.maxBody:
-            self._reject()
+            self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
             return
         super().handleContentChunk(data)
 
-    def _reject(self) -> None:
+    def _reject(self, status: int, message: str) -> None:
         """
-        Answer 413 and close the connection; the body is never rendered.
-        """
-        if self._tooLarge:
-            return
-        self._tooLarge = True
-        body = codec.dumps(
-            {"error": f"request body is larger than the limit of {self.maxBody} bytes"}
-        )
-        self.setResponseCode(413)
-        self.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        self.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
-        self.setHeader(b"Connection", b"close")
-        self.write(body)
-        self.finish()
-        if self.channel is not None:
-            self.channel.loseConnection()
+        Answer C{status} with Ollama's JSON error and close the connection;
+        the body is never rendered.
 
-    def process(self) -> None:
+        @param status: 413 or 408.
+        @param message: the C{error} text.
         """
-        Render only complete bodies.
+        if self._rejected:
+            return
+        self._rejected = True
+        self._cancelDeadline()
+        body = codec.dumps({"error": message})
+        channel = self.channel
+        if channel is None or channel.transport is None:
+            return
+        channel.transport.write(
+            b"HTTP/1.1 %d %s\r\n"
+            b"Content-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (status, _REASONS[status], len(body))
+            + body
+        )
+        channel.loseConnection()
+
+    def _cancelDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """
-        if not self._tooLarge:
-            super().process()
+        Render only complete, accepted bodies.
+        """
+        self._cancelDeadline()
+        if not self._rejected:
+            super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        """
+        Drop the body deadline with the connection.
+        """
+        self._cancelDeadline()
+        super().connectionLost(reason)
 
 
 class ProxySite(Site):
@@ -96,6 +141,7 @@ def makeSite(
     reactor: IReactorTime | None = None,
     timeout: float | None = 60.0,
     maxBody: int = DEFAULT_MAX_BODY,
+    bodyTimeout: float | None = None,
 ) -> Site:
     """
     Build the site for the proxy.
@@ -105,8 +151,14 @@ def makeSite(
     @param timeout: seconds a client connection may stay idle (slow headers
         or body, keep-alive); never applies to a response being streamed.
     @param maxBody: the request body cap in bytes.
+    @param bodyTimeout: seconds a client may take to send a whole body
+        (bounds slow uploads that the idle C{timeout} cannot), or C{None}.
     @return: the site.
     """
-    requestFactory = type("LimitedRequest", (LimitedRequest,), {"maxBody": maxBody})
+    requestFactory = type(
+        "LimitedRequest",
+        (LimitedRequest,),
+        {"maxBody": maxBody, "bodyTimeout": bodyTimeout},
+    )
     site = ProxySite(root, requestFactory=requestFactory, timeout=timeout, reactor=reactor)
     return site
