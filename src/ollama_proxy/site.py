@@ -58,7 +58,7 @@ class LimitedRequest(Request):
             self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
             return
         if self.bodyTimeout is not None and length != 0:
-            clock: IReactorTime = self.channel.site.reactor
+            clock: IReactorTime = self.channel.site.reactor  # type: ignore[attr-defined]
             self._deadline = clock.callLater(
                 self.bodyTimeout,
                 self._reject,
