@@ -315,3 +315,222 @@ class ConnectFailureTests(SynchronousTestCase):
         code, body = self.answer(ConnectionRefusedError("127.0.0.1"), "/api/tags")
         self.assertEqual(code, 502)
         self.assertEqual(list(body), ["error"])
+
+
+class StreamFaultTests(SynchronousTestCase):
+    """
+    A backend that breaks the stream protocol yields an error line after
+    the last good one (or a JSON error before the first), never a crash or a
+    hang.
+    """
+
+    def setUp(self) -> None:
+        self.h = ProxyHarness(maxLineLength=1000)
+        self.d = self.h.post("/api/chat", CHAT)
+        [self.upstream] = self.h.backend.received
+        self.upstream.startSSE()
+
+    def read(self) -> BodyReader:
+        self.h.pump()
+        reader = BodyReader(self.h, self.successResultOf(self.d))
+        self.h.pump()
+        self.successResultOf(reader.done)
+        return reader
+
+    def test_nonJSONDataLine(self) -> None:
+        """
+        A C{data:} line that is not JSON, after good lines: the good lines,
+        then an error line quoting the garbage; the upstream is closed.
+        """
+        self.upstream.event(delta("a"))
+        self.upstream.write(b"data: {oops\n\n")
+        lines = self.read().lines()
+        self.assertEqual(lines[0]["message"]["content"], "a")
+        self.assertEqual(lines[1:], [{"error": "backend sent a stream event that is not JSON: {oops"}])
+        self.assertEqual(len(self.upstream.lost), 1)
+
+    def test_nonJSONFirst(self) -> None:
+        """
+        Garbage before anything was sent: a 502 with a JSON error body.
+        """
+        self.upstream.write(b"data: <html>\n\n")
+        self.h.pump()
+        response = self.successResultOf(self.d)
+        self.assertEqual(response.code, 502)
+        body = codec.loads(self.successResultOf(self.h.client.content(response)))
+        self.assertIn("not JSON", body["error"])
+
+    def test_nonObjectEvent(self) -> None:
+        """
+        A JSON event that is not an object (C{data: 42}) is an error line.
+        """
+        self.upstream.event(delta("a"))
+        self.upstream.write(b"data: 42\n\n")
+        lines = self.read().lines()
+        self.assertEqual(lines[1:], [{"error": "backend sent a stream event that is not an object"}])
+
+    def test_lineTooLong(self) -> None:
+        """
+        A line longer than C{--max-line} ends the stream with an error line
+        naming the limit, as soon as the cap is passed (no waiting for a
+        newline that may never come); the upstream is closed.
+        """
+        self.upstream.event(delta("a"))
+        self.upstream.write(b"data: " + b"x" * 2000)
+        lines = self.read().lines()
+        self.assertEqual(lines[0]["message"]["content"], "a")
+        [error] = lines[1:]
+        self.assertIn("1000", error["error"])
+        self.assertEqual(len(self.upstream.lost), 1)
+
+    def test_resetMidStream(self) -> None:
+        """
+        The backend connection drops mid-stream: the lines so far, then one
+        error line naming the broken connection, no C{done: true}.
+        """
+        self.upstream.event(delta("a"))
+        self.h.pump()
+        reader = BodyReader(self.h, self.successResultOf(self.d))
+        self.upstream.request.channel.transport.abortConnection()
+        self.h.pump()
+        self.successResultOf(reader.done)
+        lines = reader.lines()
+        self.assertEqual(len(lines), 2)
+        self.assertTrue(lines[1]["error"].startswith("connection to the backend failed"))
+        self.assertNotIn("done", lines[1])
+
+    def test_garbageNotSSE(self) -> None:
+        """
+        A body with no SSE framing at all (an HTML page with a 200) ends as
+        an error, not as an empty successful answer.
+        """
+        self.upstream.write(b"<html><body>gateway</body></html>")
+        self.upstream.finish()
+        self.h.pump()
+        response = self.successResultOf(self.d)
+        body = self.successResultOf(self.h.client.content(response))
+        lines = [codec.loads(line) for line in body.splitlines()]
+        self.assertEqual(list(lines[-1]), ["error"])
+        self.assertNotIn(True, [l.get("done") for l in lines])
+
+
+class UpstreamHTTPErrorTests(SynchronousTestCase):
+    """
+    Non-2xx backend answers keep their status and the backend's message.
+    """
+
+    def answer(self, status: int, body: Any, stream: bool = True, contentType: bytes = b"application/json") -> tuple[int, Any]:
+        h = ProxyHarness()
+        d = h.post("/api/chat", {**CHAT, "stream": stream})
+        h.backend.received[0].respond(status, body, contentType)
+        h.pump()
+        response = self.successResultOf(d)
+        return response.code, codec.loads(self.successResultOf(h.client.content(response)))
+
+    def test_openAIErrorNonStreaming(self) -> None:
+        """
+        C{stream: false} with a 401 OpenAI error object: 401 and its message.
+        """
+        code, body = self.answer(
+            401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}},
+            stream=False,
+        )
+        self.assertEqual((code, body), (401, {"error": "Incorrect API key provided"}))
+
+    def test_plainTextError(self) -> None:
+        """
+        A 503 with a text body: 503 and the text.
+        """
+        code, body = self.answer(503, b"upstream overloaded", contentType=b"text/plain")
+        self.assertEqual((code, body), (503, {"error": "upstream overloaded"}))
+
+    def test_fastAPIDetail(self) -> None:
+        """
+        A 422 with a FastAPI C{detail} (vLLM's validation errors): 422 and
+        the detail.
+        """
+        code, body = self.answer(422, {"detail": "messages: field required"})
+        self.assertEqual((code, body), (422, {"error": "messages: field required"}))
+
+    def test_redirectIsBadGateway(self) -> None:
+        """
+        A 3xx (a misconfigured C{--target}) is not passed on as a status the
+        client would try to follow: 502 with the backend's status named.
+        """
+        code, body = self.answer(301, b"", contentType=b"text/html")
+        self.assertEqual(code, 502)
+        self.assertIn("301", body["error"])
+
+
+class ContentEncodingTests(SynchronousTestCase):
+    """
+    treq asks for and decodes gzip; the proxy must stay correct (lines,
+    cancellation, back-pressure) when a backend uses it.
+    """
+
+    def startGzipStream(self) -> tuple[ProxyHarness, Any, Any, Any]:
+        import zlib
+
+        h = ProxyHarness()
+        d = h.post("/api/chat", CHAT)
+        [upstream] = h.backend.received
+        self.assertIn("gzip", upstream.headers.get("accept-encoding", ""))
+        upstream.startSSE()
+        upstream.request.setHeader(b"Content-Encoding", b"gzip")
+        compressor = zlib.compressobj(wbits=31)
+        upstream.write(
+            compressor.compress(b"data: " + codec.dumps(delta("a")) + b"\n\n")
+            + compressor.flush(zlib.Z_SYNC_FLUSH)
+        )
+        h.pump()
+        return h, d, upstream, compressor
+
+    def test_gzipStream(self) -> None:
+        """
+        A gzip-encoded SSE stream is decoded and translated as it arrives.
+        """
+        import zlib
+
+        h, d, upstream, compressor = self.startGzipStream()
+        response = self.successResultOf(d)
+        # (Twisted's ContentDecoderAgent on the test client turns an absent
+        # header into an empty one.)
+        self.assertIn(response.headers.getRawHeaders(b"content-encoding"), (None, [b""]))
+        reader = BodyReader(h, response)
+        h.pump()
+        self.assertEqual(reader.lines()[0]["message"]["content"], "a")
+        upstream.write(
+            compressor.compress(b"data: " + codec.dumps(delta("b", finish_reason="stop")) + b"\n\ndata: [DONE]\n\n")
+            + compressor.flush(zlib.Z_FINISH)
+        )
+        upstream.finish()
+        h.pump()
+        self.successResultOf(reader.done)
+        lines = reader.lines()
+        self.assertEqual([l["message"]["content"] for l in lines], ["a", "b", ""])
+        self.assertIs(lines[-1]["done"], True)
+
+    def test_gzipStreamCancel(self) -> None:
+        """
+        Cancellation still closes the upstream connection through the gzip
+        decoder.
+        """
+        h, d, upstream, _ = self.startGzipStream()
+        reader = BodyReader(h, self.successResultOf(d))
+        h.dropClients()
+        self.failureResultOf(reader.done)
+        self.assertEqual(len(upstream.lost), 1)
+
+    def test_gzipStreamBackPressure(self) -> None:
+        """
+        A paused client pauses the upstream transport through the gzip
+        decoder too.
+        """
+        h, d, upstream, _ = self.startGzipStream()
+        self.successResultOf(d)
+        [upstreamTransport] = h.upstreamTransports()
+        recorder = Recorder(upstreamTransport)
+        [channel] = h.proxyChannels()
+        channel.pauseProducing()
+        channel.resumeProducing()
+        self.assertEqual(recorder.calls, ["pause", "resume"])
