@@ -534,3 +534,51 @@ class ContentEncodingTests(SynchronousTestCase):
         channel.pauseProducing()
         channel.resumeProducing()
         self.assertEqual(recorder.calls, ["pause", "resume"])
+
+
+class ContentTypeTests(SynchronousTestCase):
+    """
+    A backend that answers a streaming request with plain JSON.
+    """
+
+    def test_jsonAnswerToStreamingRequest(self) -> None:
+        """
+        Some gateways ignore C{stream: true} and send one
+        C{chat.completion}: the client still gets valid NDJSON, one
+        C{done: true} line with the whole message, rather than an error.
+        """
+        h = ProxyHarness()
+        d = h.post("/api/chat", CHAT)
+        h.backend.received[0].respond(
+            200,
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "whole"}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+            },
+        )
+        h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/x-ndjson"])
+        body = self.successResultOf(h.client.content(response))
+        [line] = [codec.loads(l) for l in body.splitlines()]
+        self.assertEqual(line["message"], {"role": "assistant", "content": "whole"})
+        self.assertIs(line["done"], True)
+        self.assertEqual(line["done_reason"], "stop")
+        self.assertEqual(line["eval_count"], 1)
+
+    def test_jsonWithoutChoices(self) -> None:
+        """
+        A JSON answer that is not a completion gives a 502 JSON error, not
+        a crash.
+        """
+        h = ProxyHarness()
+        d = h.post("/api/chat", CHAT)
+        h.backend.received[0].respond(200, {"unexpected": True})
+        h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 502)
+        self.assertEqual(list(codec.loads(self.successResultOf(h.client.content(response)))), ["error"])

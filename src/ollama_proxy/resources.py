@@ -606,6 +606,16 @@ def loadResponse(model: str, kind: Kind, unload: bool, nowNs: int) -> JSON:
     return result
 
 
+def isJSONResponse(response: Any) -> bool:
+    """
+    @param response: an upstream response.
+    @return: whether its C{Content-Type} is JSON (rather than an event
+        stream).
+    """
+    values = response.headers.getRawHeaders(b"content-type") or [b""]
+    return bool(values[0].split(b";")[0].strip().lower() == b"application/json")
+
+
 class Completion(ProxyResource):
     """
     C{POST /api/chat} and C{POST /api/generate}: translated to
@@ -646,6 +656,18 @@ class Completion(ProxyResource):
             return responseFromOpenAI(
                 completion, model, self.kind, ex.start, self.ctx.now(), think is False
             )
+        if isJSONResponse(response):
+            # A backend that ignores "stream": true (some gateways do) sends
+            # one chat.completion; it becomes a single done:true line.
+            completion = await readJSON(response, self.ctx.clock, self.ctx.idleTimeout)
+            line = codec.dumpLine(
+                responseFromOpenAI(
+                    completion, model, self.kind, ex.start, self.ctx.now(), think is False
+                )
+            )
+            ex.startStream()
+            ex.write(line)
+            return None
         translator = StreamTranslator(
             model, self.kind, ex.start, self.ctx.now, dropThinking=think is False
         )
