@@ -391,7 +391,7 @@ class StreamFaultTests(SynchronousTestCase):
         self.upstream.event(delta("a"))
         self.h.pump()
         reader = BodyReader(self.h, self.successResultOf(self.d))
-        self.upstream.request.channel.transport.abortConnection()
+        self.upstream.request.channel.transport.abortConnection()  # type: ignore[union-attr]
         self.h.pump()
         self.successResultOf(reader.done)
         lines = reader.lines()
