@@ -21,7 +21,9 @@ from twisted.internet.error import (
     TimeoutError as ConnectTimeoutError,
 )
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.http import stringToDatetime
 from twisted.web.iweb import IResponse
 
 from ollama_proxy import codec
@@ -127,6 +129,10 @@ class Backend:
     @ivar headerTimeout: seconds to wait for response headers.
     @ivar flavor: which non-OpenAI request fields the server accepts (see
         L{ollama_proxy.translate.Flavor}).
+    @ivar retries: how many times a C{429 Too Many Requests} is retried by
+        L{postJSON} (before any byte reached the client); 0 disables.
+    @ivar maxRetryWait: the longest C{Retry-After} honoured; a backend that
+        asks for a longer pause gets its 429 passed on at once.
     """
 
     http: HTTPClient
@@ -135,6 +141,8 @@ class Backend:
     apiKey: str | None = attrs.field(default=None, repr=False)
     headerTimeout: float = 600.0
     flavor: Flavor = GENERIC
+    retries: int = 0
+    maxRetryWait: float = 10.0
     base: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -202,12 +210,17 @@ class Backend:
         @raise UpstreamHTTPError: for a non-2xx answer, with the backend's
             status and message.
         """
-        response = await self.request(
-            "POST",
-            self.url(path),
-            codec.dumps(body),
-            self.headers({b"Content-Type": [b"application/json"]}),
-        )
+        data = codec.dumps(body)
+        headers = self.headers({b"Content-Type": [b"application/json"]})
+        for attempt in range(self.retries + 1):
+            response = await self.request("POST", self.url(path), data, headers)
+            if response.code != 429 or attempt == self.retries:
+                break
+            wait = retryDelay(response, self.reactor.seconds())
+            if wait is None or wait > self.maxRetryWait:
+                break
+            await readBody(response)
+            await deferLater(self.reactor, wait)
         await raiseForStatus(response)
         return response
 
@@ -222,6 +235,31 @@ class Backend:
         response = await self.request("GET", self.url(path), headers=self.headers())
         await raiseForStatus(response)
         return await readJSON(response)
+
+
+DEFAULT_RETRY_DELAY = 1.0
+"""Seconds to wait before retrying a 429 that has no C{Retry-After}."""
+
+
+def retryDelay(response: IResponse, now: float) -> float | None:
+    """
+    How long a 429 response asks us to wait.
+
+    @param response: the upstream response.
+    @param now: the current POSIX time, for an HTTP-date value.
+    @return: seconds (L{DEFAULT_RETRY_DELAY} when the header is absent), or
+        C{None} when the header cannot be understood.
+    """
+    values = response.headers.getRawHeaders(b"retry-after")
+    if not values:
+        return DEFAULT_RETRY_DELAY
+    value = values[0].strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, float(stringToDatetime(value)) - now)
+    except ValueError:
+        return None
 
 
 async def readBody(
