@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
+from twisted.python.failure import Failure
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -186,7 +188,7 @@ class ClientTimeoutTests(SiteTestCase):
         protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n01")
         self.clock.advance(5.1)
         self.assertTrue(transport.disconnecting)
-        protocol.connectionLost(None)  # type: ignore[arg-type]
+        protocol.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(self.resource.bodies, [])
 
 
@@ -238,5 +240,97 @@ class BodyDeadlineTests(SiteTestCase):
         """
         protocol, transport = self.connect(timeout=None, bodyTimeout=10)
         protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab")
-        protocol.connectionLost(None)  # type: ignore[arg-type]
+        protocol.connectionLost(Failure(ConnectionLost()))
         self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+
+
+class DrainTests(SynchronousTestCase):
+    """
+    Graceful shutdown (C{--shutdown-grace}): L{ProxySite.drain} lets
+    in-flight streams finish, then disconnects what is left.
+    """
+
+    def setUp(self) -> None:
+        from tests.fakes import ProxyHarness
+
+        self.h = ProxyHarness()
+        self.site = makeSite(self.h.root, self.h.clock, timeout=None)
+
+    def startChat(self) -> tuple[Any, StringTransport]:
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        body = codec.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        protocol.dataReceived(
+            b"POST /api/chat HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        self.h.pump()
+        return protocol, transport
+
+    def test_idleDrainsAtOnce(self) -> None:
+        """
+        With nothing in flight, draining completes immediately.
+        """
+        self.successResultOf(self.site.drain(10))
+
+    def test_streamFinishesWithinGrace(self) -> None:
+        """
+        A stream in flight when draining starts runs to its end; the drain
+        completes when it does, and the pending grace timer is cancelled.
+        """
+        from tests.fakes import delta
+
+        protocol, transport = self.startChat()
+        [upstream] = self.h.backend.received
+        upstream.startSSE()
+        upstream.event(delta("a"))
+        self.h.pump()
+        d = self.site.drain(10)
+        self.assertNoResult(d)
+        self.h.clock.advance(5)
+        upstream.event(delta("b", finish_reason="stop"))
+        upstream.write(b"data: [DONE]\n\n")
+        upstream.finish()
+        self.h.pump()
+        self.successResultOf(d)
+        self.assertIn(b'"done":true', transport.value())
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual([c for c in self.h.clock.getDelayedCalls() if c.active()], [])
+        self.assertEqual(upstream.lost, [])
+
+    def test_graceExpires(self) -> None:
+        """
+        A stream still running after the grace period is cut: the client
+        connection is aborted and the backend sees its connection closed.
+        """
+        from tests.fakes import delta
+
+        protocol, transport = self.startChat()
+        [upstream] = self.h.backend.received
+        upstream.startSSE()
+        upstream.event(delta("a"))
+        self.h.pump()
+        d = self.site.drain(10)
+        self.h.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.h.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.h.pump()
+        self.successResultOf(d)
+        self.assertEqual(len(upstream.lost), 1)
+
+    def test_newRequestRefused(self) -> None:
+        """
+        A new request on a kept-alive connection while draining gets a 503
+        JSON error and C{Connection: close}; nothing goes upstream.
+        """
+        self.successResultOf(self.site.drain(10))
+        protocol, transport = self.startChat()
+        status, headers, body = parseResponse(transport.value())
+        self.assertEqual(status, 503)
+        self.assertEqual(codec.loads(body), {"error": "the proxy is shutting down"})
+        self.assertEqual(headers["connection"], "close")
+        self.assertEqual(self.h.backend.received, [])

@@ -26,6 +26,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy import codec
+from ollama_proxy.auth import clientKey, presentedKey
 from ollama_proxy.catalog import (
     ModelCatalog,
     ModelMeta,
@@ -326,6 +327,9 @@ class ProxyResource(Resource):
         @param ex: the exchange.
         """
         request = ex.request
+        # This coroutine runs in its own copy of the context, so the key is
+        # seen only by this request's upstream calls.
+        clientKey.set(presentedKey(request))
         try:
             result = await handler(ex)
             if result is not None and not ex.client.gone:

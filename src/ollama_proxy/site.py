@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -122,6 +123,25 @@ class LimitedRequest(Request):
         self._cancelDeadline()
         super().connectionLost(reason)
 
+    def process(self) -> None:
+        """
+        Track the request as in flight until it finishes (for a graceful
+        shutdown), or refuse it with 503 if the site is draining.
+        """
+        site = self.channel.site  # type: ignore[attr-defined]
+        if isinstance(site, ProxySite):
+            if site.draining:
+                body = codec.dumps({"error": "the proxy is shutting down"})
+                self.setResponseCode(503)
+                self.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+                self.setHeader(b"Content-Length", b"%d" % len(body))
+                self.setHeader(b"Connection", b"close")
+                self.write(body)
+                self.finish()
+                return
+            site.track(self)
+        super().process()
+
 
 class ProxySite(Site):
     """
@@ -130,10 +150,68 @@ class ProxySite(Site):
     combined-log lines.
     """
 
+    draining = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inFlight: set[Request] = set()
+        self._idle: list[Deferred[None]] = []
+
     def log(self, request: Any) -> None:
         """
         Do nothing; see L{ollama_proxy.resources.ProxyResource._logRequest}.
         """
+
+    def track(self, request: Request) -> None:
+        """
+        Count C{request} as in flight until it finishes or its client leaves.
+
+        @param request: a request about to be rendered.
+        """
+        self.inFlight.add(request)
+        request.notifyFinish().addBoth(self._done, request)
+
+    def _done(self, result: object, request: Request) -> None:
+        self.inFlight.discard(request)
+        if not self.inFlight:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def drain(self, grace: float) -> Deferred[None]:
+        """
+        Stop taking new requests and wait for the ones in flight.
+
+        New requests on kept-alive connections get a 503 JSON error.  After
+        C{grace} seconds the remaining clients are disconnected, which
+        cancels their handlers and closes their upstream connections.
+
+        @param grace: seconds to let in-flight requests (streams) finish.
+        @return: fires when no request is in flight any more.
+        """
+        self.draining = True
+        if not self.inFlight:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        clock: IReactorTime = self.reactor
+        timer = clock.callLater(grace, self._abortInFlight)
+
+        def stopTimer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addCallback(stopTimer)
+        return d
+
+    def _abortInFlight(self) -> None:
+        """
+        Disconnect every client still being served.
+        """
+        for request in list(self.inFlight):
+            if request.channel is not None:
+                request.channel.forceAbortClient()
 
 
 def makeSite(
@@ -142,7 +220,7 @@ def makeSite(
     timeout: float | None = 60.0,
     maxBody: int = DEFAULT_MAX_BODY,
     bodyTimeout: float | None = None,
-) -> Site:
+) -> ProxySite:
     """
     Build the site for the proxy.
 

@@ -27,6 +27,7 @@ from twisted.web.http import stringToDatetime
 from twisted.web.iweb import IResponse
 
 from ollama_proxy import codec
+from ollama_proxy.auth import clientKey
 from ollama_proxy.errors import (
     UpstreamError,
     UpstreamHTTPError,
@@ -131,6 +132,9 @@ class Backend:
         L{ollama_proxy.translate.Flavor}).
     @ivar retries: how many times a C{429 Too Many Requests} is retried by
         L{postJSON} (before any byte reached the client); 0 disables.
+    @ivar forwardClientKey: send the client's own key (see
+        L{ollama_proxy.auth.clientKey}) upstream instead of L{apiKey} when the
+        client presented one.
     @ivar maxRetryWait: the longest C{Retry-After} honoured; a backend that
         asks for a longer pause gets its 429 passed on at once.
     """
@@ -143,6 +147,7 @@ class Backend:
     flavor: Flavor = GENERIC
     retries: int = 0
     maxRetryWait: float = 10.0
+    forwardClientKey: bool = False
     base: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -161,11 +166,15 @@ class Backend:
 
         @param extra: headers to forward (hop-by-hop and auth already removed
             by the caller).
-        @return: C{extra} plus C{Authorization} when a key is configured.
+        @return: C{extra} plus C{Authorization} when a key is configured (or
+            the client's key, with L{forwardClientKey}).
         """
         headers = dict(extra or {})
-        if self.apiKey:
-            headers[b"Authorization"] = [b"Bearer " + self.apiKey.encode("utf-8")]
+        key = clientKey.get() if self.forwardClientKey else None
+        if key is None and self.apiKey:
+            key = self.apiKey.encode("utf-8")
+        if key is not None:
+            headers[b"Authorization"] = [b"Bearer " + key]
         return headers
 
     async def request(
