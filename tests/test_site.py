@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -271,9 +271,24 @@ class DrainTests(SynchronousTestCase):
 
     def test_idleDrainsAtOnce(self) -> None:
         """
-        With nothing in flight, draining completes immediately.
+        With no connection, draining completes immediately.
         """
         self.successResultOf(self.site.drain(10))
+
+    def test_idleConnectionClosed(self) -> None:
+        """
+        An idle kept-alive connection is closed at once; the drain completes
+        when it is gone.
+        """
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        d = self.site.drain(10)
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(d)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(d)
 
     def test_streamFinishesWithinGrace(self) -> None:
         """
@@ -294,9 +309,13 @@ class DrainTests(SynchronousTestCase):
         upstream.write(b"data: [DONE]\n\n")
         upstream.finish()
         self.h.pump()
-        self.successResultOf(d)
         self.assertIn(b'"done":true', transport.value())
-        self.assertFalse(transport.disconnecting)
+        self.assertTrue(transport.value().endswith(b"0\r\n\r\n"))
+        # Closed once the response is written; done once the close is.
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(d)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(d)
         self.assertEqual([c for c in self.h.clock.getDelayedCalls() if c.active()], [])
         self.assertEqual(upstream.lost, [])
 
@@ -317,6 +336,7 @@ class DrainTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         self.h.clock.advance(0.1)
         self.assertTrue(transport.disconnecting)
+        self.assertNoResult(d)
         protocol.connectionLost(Failure(ConnectionLost()))
         self.h.pump()
         self.successResultOf(d)
@@ -327,7 +347,7 @@ class DrainTests(SynchronousTestCase):
         A new request on a kept-alive connection while draining gets a 503
         JSON error and C{Connection: close}; nothing goes upstream.
         """
-        self.successResultOf(self.site.drain(10))
+        self.site.drain(10)
         protocol, transport = self.startChat()
         status, headers, body = parseResponse(transport.value())
         self.assertEqual(status, 503)

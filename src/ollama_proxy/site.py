@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -143,11 +143,24 @@ class LimitedRequest(Request):
         super().process()
 
 
+def _channelOf(protocol: Any) -> Any:
+    """
+    @param protocol: what L{Site.buildProtocol} returned (a wrapper that
+        picks HTTP/1.1 or HTTP/2).
+    @return: the channel inside, which owns the transport.
+    """
+    return getattr(protocol, "_channel", protocol)
+
+
 class ProxySite(Site):
     """
-    A L{Site} that does not write an access log: the proxy logs one
+    A L{Site} that does not write an access log (the proxy logs one
     structured line per request itself, off the hot path of formatting
-    combined-log lines.
+    combined-log lines) and that can drain for a graceful shutdown.
+
+    @ivar inFlight: requests being rendered.
+    @ivar connections: open client connections (their protocols).
+    @ivar draining: set by L{drain}; new requests get a 503.
     """
 
     draining = False
@@ -155,12 +168,34 @@ class ProxySite(Site):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.inFlight: set[Request] = set()
-        self._idle: list[Deferred[None]] = []
+        self.connections: set[Any] = set()
+        self._busy: dict[Any, int] = {}
+        self._drained: list[Deferred[None]] = []
+        self._graceTimer: IDelayedCall | None = None
 
     def log(self, request: Any) -> None:
         """
         Do nothing; see L{ollama_proxy.resources.ProxyResource._logRequest}.
         """
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        Build a channel and keep track of it until its connection is lost,
+        so that L{drain} knows when every response has been flushed.
+        """
+        protocol = super().buildProtocol(addr)
+        if protocol is None:
+            return None
+        self.connections.add(protocol)
+        lost = protocol.connectionLost
+
+        def connectionLost(reason: Any) -> None:
+            self.connections.discard(protocol)
+            lost(reason)
+            self._maybeDrained()
+
+        protocol.connectionLost = connectionLost
+        return protocol
 
     def track(self, request: Request) -> None:
         """
@@ -169,49 +204,63 @@ class ProxySite(Site):
         @param request: a request about to be rendered.
         """
         self.inFlight.add(request)
-        request.notifyFinish().addBoth(self._done, request)
+        channel = request.channel
+        self._busy[channel] = self._busy.get(channel, 0) + 1
+        request.notifyFinish().addBoth(self._done, request, channel)
 
-    def _done(self, result: object, request: Request) -> None:
+    def _done(self, result: object, request: Request, channel: Any) -> None:
         self.inFlight.discard(request)
-        if not self.inFlight:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                d.callback(None)
+        self._busy[channel] -= 1
+        if not self._busy[channel]:
+            del self._busy[channel]
+            if self.draining and channel.transport is not None:
+                # Flush the end of the response, then close.
+                channel.transport.loseConnection()
 
     def drain(self, grace: float) -> Deferred[None]:
         """
         Stop taking new requests and wait for the ones in flight.
 
-        New requests on kept-alive connections get a 503 JSON error.  After
-        C{grace} seconds the remaining clients are disconnected, which
-        cancels their handlers and closes their upstream connections.
+        Idle kept-alive connections are closed at once; a connection whose
+        request is still running is closed (after its last byte is flushed)
+        when the request ends.  New requests that still arrive get a 503
+        JSON error.  After C{grace} seconds the remaining connections are
+        aborted, which cancels their handlers and closes their upstream
+        connections.
 
         @param grace: seconds to let in-flight requests (streams) finish.
-        @return: fires when no request is in flight any more.
+        @return: fires when every client connection is closed.
         """
         self.draining = True
-        if not self.inFlight:
-            return succeed(None)
         d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        clock: IReactorTime = self.reactor
-        timer = clock.callLater(grace, self._abortInFlight)
-
-        def stopTimer(result: None) -> None:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        d.addCallback(stopTimer)
+        self._drained.append(d)
+        for protocol in list(self.connections):
+            channel = _channelOf(protocol)
+            if channel not in self._busy and channel.transport is not None:
+                channel.transport.loseConnection()
+        if self._graceTimer is None and self.connections:
+            clock: IReactorTime = self.reactor
+            self._graceTimer = clock.callLater(grace, self._abortAll)
+        self._maybeDrained()
         return d
 
-    def _abortInFlight(self) -> None:
+    def _maybeDrained(self) -> None:
+        if not self.draining or self.connections:
+            return
+        if self._graceTimer is not None and self._graceTimer.active():
+            self._graceTimer.cancel()
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(None)
+
+    def _abortAll(self) -> None:
         """
-        Disconnect every client still being served.
+        The grace period is over: abort every connection still open.
         """
-        for request in list(self.inFlight):
-            if request.channel is not None:
-                request.channel.forceAbortClient()
+        for protocol in list(self.connections):
+            channel = _channelOf(protocol)
+            if channel.transport is not None:
+                channel.transport.abortConnection()
 
 
 def makeSite(
