@@ -182,6 +182,30 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertEqual(lines[2:], [{"error": "backend sent nothing for 5 seconds"}])
         self.assertEqual(len(upstream.lost), 1)
 
+    def test_silentNonStreamingBody(self) -> None:
+        """
+        With C{stream: false}, a backend that sends headers and then stalls
+        mid-body gives a 504 JSON error (nothing was sent to the client
+        yet) and its connection is closed.
+        """
+        h = ProxyHarness(idleTimeout=5.0)
+        d = h.post("/api/chat", {**CHAT, "stream": False})
+        [upstream] = h.backend.received
+        upstream.request.setResponseCode(200)
+        upstream.request.setHeader(b"Content-Type", b"application/json")
+        upstream.write(b'{"id": "x", "choices": [')
+        h.pump()
+        self.assertNoResult(d)
+        h.clock.advance(5)
+        h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 504)
+        self.assertEqual(
+            codec.loads(self.successResultOf(h.client.content(response))),
+            {"error": "backend sent nothing for 5 seconds"},
+        )
+        self.assertEqual(len(upstream.lost), 1)
+
     def test_noTimerLeftBehind(self) -> None:
         """
         A stream that ends normally leaves no pending timer on the clock.
