@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-time", type=float, default=600.0, help="give up after this many seconds")
     parser.add_argument("--delay", type=float, default=0.005, help="fake backend's seconds between chunks")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kinds", help="comma-separated subset of: " + ", ".join(n for n, _ in KINDS))
     parser.add_argument("--proxy", help="use a running proxy at this URL instead of starting one")
     parser.add_argument("--proxy-pid", type=int, help="its pid, for RSS")
     parser.add_argument("--backend-port", type=int, help="the running backend's port, for the leak check")
@@ -270,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         proxyPid = processes[-1].pid
     try:
         soak = Soak(host, proxyPort, timeout=30)
-        names = [name for name, _ in KINDS]
-        weights = [weight for _, weight in KINDS]
+        chosen = [(n, w) for n, w in KINDS if not args.kinds or n in args.kinds.split(",")]
+        names = [name for name, _ in chosen]
+        weights = [weight for _, weight in chosen]
         warmup = random.choices(names, weights, k=min(500, args.requests))
         soak.run(warmup, args.concurrency, args.max_time)
         rssBefore = rssKiB(proxyPid) if proxyPid else -1

@@ -15,11 +15,14 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError as ConnectTimeoutError,
 )
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web._newclient import HTTP11ClientProtocol, Request
+from twisted.web.http_headers import Headers
 
 from ollama_proxy import codec
 from ollama_proxy.resources import ProxyContext, buildRoot
-from ollama_proxy.upstream import Backend
+from ollama_proxy.upstream import Backend, ConnectionPool
 from tests.fakes import BodyReader, Counter, ProxyHarness, TARGET, delta
 
 CHAT = {"model": "m:proxy", "messages": [{"role": "user", "content": "hi"}]}
@@ -704,3 +707,64 @@ class RetryTests(SynchronousTestCase):
         h.clock.advance(10)
         h.pump()
         self.assertEqual(len(h.backend.received), 1)
+
+
+class PoolRaceTests(SynchronousTestCase):
+    """
+    L{ollama_proxy.upstream.ConnectionPool} does not cache a connection that
+    is already closing (found by the soak: spurious 502s after aborted
+    streams).
+    """
+
+    poolFactory: Any = ConnectionPool
+
+    def finishResponse(self, closeFirst: bool) -> list[Any]:
+        pool = self.poolFactory(MemoryReactorClock(), persistent=True)
+        key = ("http", b"backend", 4000)
+        protocol = HTTP11ClientProtocol(lambda p: pool._putConnection(key, p))
+        # Lenient like a TCP transport, which accepts resumeProducing while
+        # it is closing.
+        transport = StringTransport(lenient=True)
+        protocol.makeConnection(transport)
+        d = protocol.request(
+            Request(b"GET", b"/", Headers({b"host": [b"backend"]}), None, persistent=True)
+        )
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        response = self.successResultOf(d)
+        response.deliverBody(_Discard())
+        if closeFirst:
+            # What stopProducing does when the client leaves: a lazy close.
+            transport.loseConnection()
+        # ...while the rest of the body was already in the socket buffer.
+        protocol.dataReceived(b"ok")
+        self.assertEqual(protocol.state, "QUIESCENT")
+        cached: list[Any] = pool._connections.get(key, [])
+        return cached
+
+    def test_closingConnectionNotCached(self) -> None:
+        """
+        A response that completes after its transport was told to close
+        does not put the connection back in the pool.
+        """
+        self.assertEqual(self.finishResponse(closeFirst=True), [])
+
+    def test_healthyConnectionCached(self) -> None:
+        """
+        A normal keep-alive connection is still reused.
+        """
+        self.assertEqual(len(self.finishResponse(closeFirst=False)), 1)
+
+
+class _Discard:
+    """
+    A body protocol that ignores everything.
+    """
+
+    def makeConnection(self, transport: Any) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        pass

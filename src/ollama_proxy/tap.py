@@ -27,7 +27,7 @@ from ollama_proxy.resources import DEFAULT_VERSION, Fallback, ProxyContext, buil
 from ollama_proxy.site import DEFAULT_MAX_BODY, ProxySite, makeSite
 from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.translate import FLAVOR_NAMES, flavorFor
-from ollama_proxy.upstream import Backend
+from ollama_proxy.upstream import Backend, ConnectionPool
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
 DEFAULT_FALLBACK = "http://127.0.0.1:11505"
@@ -272,7 +272,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         reactor = globalReactor
     import treq.client
 
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = ConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = config["pool-size"]
     pool.retryAutomatically = False
     agent = Agent(reactor, connectTimeout=config["connect-timeout"], pool=pool)

@@ -22,7 +22,7 @@ from twisted.internet.error import (
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
 from twisted.web.http import stringToDatetime
 from twisted.web.iweb import IResponse
 
@@ -93,6 +93,29 @@ def redactHeaders(headers: dict[bytes, list[bytes]]) -> dict[str, list[str]]:
         )
         for name, values in headers.items()
     }
+
+
+class ConnectionPool(HTTPConnectionPool):
+    """
+    An L{HTTPConnectionPool} that never keeps a connection that is already
+    closing.
+
+    The race it closes (found by C{bench/soak.py}, Twisted 26.10): a client
+    disconnects, so the upstream transport is told to C{loseConnection()}
+    (twisted.web forwards C{stopProducing} to the request's producer).  TCP
+    closes lazily, and in the same reactor iteration the read that was
+    already reported ready delivers the last bytes of the response.
+    C{HTTP11ClientProtocol} then sees a complete response and returns the
+    connection to the pool, where the next request picks it up and fails
+    with C{ConnectionDone} (a spurious 502).  Here a closing transport is
+    simply not cached; it finishes closing on its own.
+    """
+
+    def _putConnection(self, key: Any, connection: Any) -> None:
+        transport = connection.transport
+        if transport is None or transport.disconnecting:
+            return
+        super()._putConnection(key, connection)
 
 
 def failureToError(reason: BaseException, what: str) -> UpstreamError:
