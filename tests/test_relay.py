@@ -748,6 +748,13 @@ class PoolRaceTests(SynchronousTestCase):
         """
         self.assertEqual(self.finishResponse(closeFirst=True), [])
 
+    def test_quietFactory(self) -> None:
+        """
+        Upstream connections are not announced with "Starting factory" /
+        "Stopping factory" log lines (two per connection under load).
+        """
+        self.assertFalse(ConnectionPool._factory.noisy)
+
     def test_healthyConnectionCached(self) -> None:
         """
         A normal keep-alive connection is still reused.

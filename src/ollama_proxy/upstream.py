@@ -22,7 +22,12 @@ from twisted.internet.error import (
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.web.client import HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    HTTPConnectionPool,
+    ResponseFailed,
+    ResponseNeverReceived,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http import stringToDatetime
 from twisted.web.iweb import IResponse
 
@@ -95,6 +100,16 @@ def redactHeaders(headers: dict[bytes, list[bytes]]) -> dict[str, list[str]]:
     }
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory without the two "Starting/Stopping
+    factory" log lines per upstream connection (most of the log volume
+    under load).
+    """
+
+    noisy = False
+
+
 class ConnectionPool(HTTPConnectionPool):
     """
     An L{HTTPConnectionPool} that never keeps a connection that is already
@@ -110,6 +125,8 @@ class ConnectionPool(HTTPConnectionPool):
     with C{ConnectionDone} (a spurious 502).  Here a closing transport is
     simply not cached; it finishes closing on its own.
     """
+
+    _factory = _QuietClientFactory
 
     def _putConnection(self, key: Any, connection: Any) -> None:
         transport = connection.transport
