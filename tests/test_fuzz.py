@@ -32,34 +32,52 @@ from tests.fakes import Counter, TARGET
 
 class CannedOpenAI(Resource):
     """
-    A backend that answers every request at once: a model list for GETs, a
-    streamed chat completion when the body asks for C{"stream": true}, a
-    plain one otherwise.
+    A backend that answers every request at once with a well-formed answer
+    for its route: a model list for GETs, embeddings, and (legacy or chat)
+    completions, streamed when the body asks for C{"stream": true}.
     """
 
     isLeaf = True
 
     def render(self, request: Request) -> bytes:  # type: ignore[override]
+        request.setHeader(b"Content-Type", b"application/json")
         if request.method == b"GET":
-            request.setHeader(b"Content-Type", b"application/json")
             return codec.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]})
         assert request.content is not None
         try:
             body = codec.loads(request.content.read())
         except codec.JSONDecodeError:
             body = None
-        if isinstance(body, dict) and body.get("stream") is True:
+        if not isinstance(body, dict):
+            body = {}
+        path = request.path.rstrip(b"/")
+        if path.endswith(b"/embeddings"):
+            inputs = body.get("input")
+            count = len(inputs) if isinstance(inputs, list) else 1
+            return codec.dumps(
+                {
+                    "object": "list",
+                    "data": [{"object": "embedding", "index": i, "embedding": [0.5, 0.5]} for i in range(count)],
+                    "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                }
+            )
+        legacy = path.endswith(b"/v1/completions")
+        choice: dict[str, Any] = (
+            {"index": 0, "text": "hi", "finish_reason": "stop"}
+            if legacy
+            else {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+        )
+        if body.get("stream") is True:
             request.setHeader(b"Content-Type", b"text/event-stream")
-            chunk = {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}
+            if not legacy:
+                choice = {"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}
+            chunk = {"choices": [choice]}
             return b"data: " + codec.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
-        request.setHeader(b"Content-Type", b"application/json")
         return codec.dumps(
             {
                 "id": "c",
-                "object": "chat.completion",
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
-                ],
+                "object": "text_completion" if legacy else "chat.completion",
+                "choices": [choice],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1},
             }
         )
@@ -73,6 +91,8 @@ def postRoutes(resource: IResource, prefix: bytes = b"") -> Iterator[tuple[str, 
     @param prefix: the path so far.
     @return: C{(path, resource)} pairs.
     """
+    while hasattr(resource, "wrapped"):  # CORS (or key) wrappers
+        resource = resource.wrapped
     children: dict[bytes, IResource] = getattr(resource, "children", {})
     for name, child in sorted(children.items()):
         path = prefix + b"/" + name
@@ -183,7 +203,10 @@ bodies = st.one_of(
 
 EXAMPLES = int(os.environ.get("OLLAMA_PROXY_FUZZ_EXAMPLES", "300"))
 """Examples per property: small by default to keep the suite fast; set
-C{OLLAMA_PROXY_FUZZ_EXAMPLES=5000} for a deep run (see docs/reliability.md)."""
+C{OLLAMA_PROXY_FUZZ_EXAMPLES=4000} for a deep run (see docs/reliability.md)."""
+DERANDOMIZE = "OLLAMA_PROXY_FUZZ_EXAMPLES" not in os.environ
+"""The default run draws the same examples every time (a CI run cannot flake);
+a deep run explores new ones."""
 
 
 class FuzzTests(SynchronousTestCase):
@@ -211,7 +234,9 @@ class FuzzTests(SynchronousTestCase):
             client.flush()
         response = self.successResultOf(d)
         data = self.successResultOf(client.content(response))
-        self.assertLess(response.code, 500, (path, body, data))
+        # 501 is a deliberate answer (management routes the proxy does not
+        # serve without --fallback); anything else 5xx is a proxy failure.
+        self.assertTrue(response.code < 500 or response.code == 501, (path, body, data))
         self.assertNotIn(b"Traceback", data)
         self.assertNotIn(b"sk-secret", data)
         [contentType] = response.headers.getRawHeaders(b"content-type", [b""])
@@ -224,24 +249,32 @@ class FuzzTests(SynchronousTestCase):
             self.assertEqual(response.code, 200)
             lines = [codec.loads(line) for line in data.splitlines()]
             self.assertTrue(lines)
-            self.assertTrue(lines[-1].get("done") is True or "error" in lines[-1])
+            last = lines[-1]
+            # A generation ends with done:true, a progress stream (pull,
+            # push, create) with status "success"; or either with an error.
+            self.assertTrue(
+                last.get("done") is True or last.get("status") == "success" or "error" in last,
+                (path, body, data),
+            )
         else:
             # Only an OpenAI passthrough relays a non-JSON body (the
             # backend's event stream) as it is.
             self.assertNotIn(path, NATIVE, (path, body, data, contentType))
             self.assertEqual(contentType, b"text/event-stream")
 
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=EXAMPLES, derandomize=DERANDOMIZE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(path=st.sampled_from(ROUTES), body=bodies)
     def test_neverServerError(self, path: str, body: bytes) -> None:
         """
-        Any body, any route: the status is below 500; JSON errors carry a
+        Any body, any route: the status is below 500 (or the deliberate 501
+        of unsupported management routes); JSON errors carry a
         non-empty C{error} string; NDJSON streams are whole lines ending in
-        C{done: true} or an error; nothing leaks a traceback or the key.
+        C{done: true}, a progress C{success} or an error; nothing leaks a
+        traceback or the key.
         """
         self.check(path, body)
 
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=EXAMPLES, derandomize=DERANDOMIZE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(path=st.sampled_from(NATIVE), body=requests.map(dumps))
     def test_nativeRoutesStructured(self, path: str, body: bytes) -> None:
         """
