@@ -160,3 +160,29 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+class RealSocketAuthTests(SynchronousTestCase):
+    """
+    C{--require-key} with the official C{ollama} client over a real socket.
+    """
+
+    def test_officialClientWithKey(self) -> None:
+        """
+        The client configured with the key (as its C{Authorization} header)
+        chats; without it, it gets a 401 error; the health check stays open.
+        """
+        import ollama
+
+        stack = Stack(["--require-key", "k-123"], [])
+        self.addCleanup(stack.stop)
+        keyed = ollama.Client(host=stack.url, timeout=20, headers={"Authorization": "Bearer k-123"})
+        reply = keyed.chat(model="fake-model:proxy", messages=[{"role": "user", "content": "hi"}])
+        self.assertTrue(reply.done)
+        with self.assertRaises(ollama.ResponseError) as e:
+            ollama.Client(host=stack.url, timeout=20).list()
+        self.assertEqual(e.exception.status_code, 401)
+        self.assertEqual(e.exception.error, "unauthorized")
+        connection = http.client.HTTPConnection("127.0.0.1", stack.proxy.port, timeout=10)
+        connection.request("GET", "/")
+        self.assertEqual(connection.getresponse().read(), b"Ollama is running")
