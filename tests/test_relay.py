@@ -775,3 +775,71 @@ class _Discard:
 
     def connectionLost(self, reason: Any) -> None:
         pass
+
+
+class BackendBodyTests(SynchronousTestCase):
+    """
+    Bodies that L{Backend} reads whole (model lists, error bodies,
+    non-streamed answers) are bounded in time and size.
+    """
+
+    def stall(self, h: ProxyHarness, upstream: Any, status: int) -> None:
+        upstream.request.setResponseCode(status)
+        upstream.request.setHeader(b"Content-Type", b"application/json")
+        upstream.write(b'{"partial": ')
+        h.pump()
+
+    def test_modelListStalls(self) -> None:
+        """
+        C{/api/tags} whose backend sends headers and then nothing: 504 after
+        the idle timeout, upstream closed.
+        """
+        h = ProxyHarness()
+        h.ctx.backend.idleTimeout = 5.0
+        d = h.get("/api/tags")
+        [upstream] = h.backend.received
+        self.stall(h, upstream, 200)
+        self.assertNoResult(d)
+        h.clock.advance(5)
+        h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 504)
+        self.assertEqual(len(upstream.lost), 1)
+
+    def test_errorBodyStalls(self) -> None:
+        """
+        A 500 whose error body never ends: 504 after the idle timeout rather
+        than a request that hangs.
+        """
+        h = ProxyHarness()
+        h.ctx.backend.idleTimeout = 5.0
+        d = h.post("/api/chat", CHAT)
+        [upstream] = h.backend.received
+        self.stall(h, upstream, 500)
+        h.clock.advance(5)
+        h.pump()
+        self.assertEqual(self.successResultOf(d).code, 504)
+        self.assertEqual(len(upstream.lost), 1)
+
+    def test_oversizedBody(self) -> None:
+        """
+        A non-streamed answer larger than C{MAX_RESPONSE_BODY} is a 502 and
+        the upstream connection is closed, instead of unbounded memory.
+        """
+        from ollama_proxy import upstream as upstreamModule
+
+        self.patch(upstreamModule, "MAX_RESPONSE_BODY", 1000)
+        h = ProxyHarness()
+        d = h.post("/api/chat", {**CHAT, "stream": False})
+        [upstream] = h.backend.received
+        upstream.request.setResponseCode(200)
+        upstream.request.setHeader(b"Content-Type", b"application/json")
+        upstream.write(b'{"choices": [' + b" " * 2000)
+        h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 502)
+        self.assertEqual(
+            codec.loads(self.successResultOf(h.client.content(response))),
+            {"error": "backend response is larger than 1000 bytes"},
+        )
+        self.assertEqual(len(upstream.lost), 1)

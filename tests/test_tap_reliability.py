@@ -111,7 +111,7 @@ class WiringTests(SynchronousTestCase):
 
     def test_backendOptions(self) -> None:
         """
-        Retry and forwarding options reach the backend.
+        Retry, forwarding and idle-timeout options reach the backend.
         """
         _, site = self.build("--retry-429", "2", "--retry-max-wait", "5", "--forward-client-key")
         resource: Any = site.resource
@@ -119,6 +119,7 @@ class WiringTests(SynchronousTestCase):
             resource = resource.wrapped  # a CORS or key wrapper
         backend = resource.ctx.backend
         self.assertEqual((backend.retries, backend.maxRetryWait, backend.forwardClientKey), (2, 5.0, True))
+        self.assertEqual(backend.idleTimeout, 300.0)
 
     def test_drainOnStop(self) -> None:
         """

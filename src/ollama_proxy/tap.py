@@ -284,6 +284,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         apiKey=config["api-key"],
         headerTimeout=config["header-timeout"],
         flavor=flavorFor(config["backend-flavor"], config["target"]),
+        idleTimeout=config["idle-timeout"],
         retries=config["retry-429"],
         maxRetryWait=config["retry-max-wait"],
         forwardClientKey=config["forward-client-key"],

@@ -170,6 +170,9 @@ class Backend:
     @ivar headerTimeout: seconds to wait for response headers.
     @ivar flavor: which non-OpenAI request fields the server accepts (see
         L{ollama_proxy.translate.Flavor}).
+    @ivar idleTimeout: seconds of silence after which the bodies that
+        L{Backend} reads itself (error bodies, L{getJSON}) are abandoned;
+        C{None} for no limit.
     @ivar retries: how many times a C{429 Too Many Requests} is retried by
         L{postJSON} (before any byte reached the client); 0 disables.
     @ivar forwardClientKey: send the client's own key (see
@@ -187,6 +190,7 @@ class Backend:
     flavor: Flavor = GENERIC
     retries: int = 0
     maxRetryWait: float = 10.0
+    idleTimeout: float | None = None
     forwardClientKey: bool = False
     base: str = attrs.field(init=False)
 
@@ -268,9 +272,9 @@ class Backend:
             wait = retryDelay(response, self.reactor.seconds())
             if wait is None or wait > self.maxRetryWait:
                 break
-            await readBody(response)
+            await readBody(response, self.reactor, self.idleTimeout)
             await deferLater(self.reactor, wait)
-        await raiseForStatus(response)
+        await raiseForStatus(response, self.reactor, self.idleTimeout)
         return response
 
     async def getJSON(self, path: str) -> Any:
@@ -282,9 +286,13 @@ class Backend:
         @raise UpstreamError: on connection problems, non-2xx, or non-JSON.
         """
         response = await self.request("GET", self.url(path), headers=self.headers())
-        await raiseForStatus(response)
-        return await readJSON(response)
+        await raiseForStatus(response, self.reactor, self.idleTimeout)
+        return await readJSON(response, self.reactor, self.idleTimeout)
 
+
+MAX_RESPONSE_BODY = 64 * 1024 * 1024
+"""The largest non-streamed upstream body read into memory (a completion,
+an embedding list, an error page); a larger one is a 502."""
 
 DEFAULT_RETRY_DELAY = 1.0
 """Seconds to wait before retrying a 429 that has no C{Retry-After}."""
@@ -328,13 +336,26 @@ async def readBody(
     @param idleTimeout: seconds of upstream silence after which the read is
         abandoned with a 504; C{None} (or no C{clock}) for no limit.
     @return: the bytes.
-    @raise UpstreamError: if the connection broke or went idle.
+    @raise UpstreamError: if the connection broke or went idle, or the body
+        is larger than L{MAX_RESPONSE_BODY}.
     """
     # relay imports this module for failureToError, hence the late import.
     from ollama_proxy.relay import consume
 
     chunks: list[bytes] = []
-    await consume(response, chunks.append, clock, idleTimeout)
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > MAX_RESPONSE_BODY:
+            # Raised inside treq's collector: the connection is closed.
+            raise UpstreamError(
+                f"backend response is larger than {MAX_RESPONSE_BODY} bytes"
+            )
+        chunks.append(data)
+
+    await consume(response, collect, clock, idleTimeout)
     return b"".join(chunks)
 
 
@@ -362,15 +383,21 @@ async def readJSON(
         ) from None
 
 
-async def raiseForStatus(response: IResponse) -> None:
+async def raiseForStatus(
+    response: IResponse,
+    clock: IReactorTime | None = None,
+    idleTimeout: float | None = None,
+) -> None:
     """
     Turn a non-2xx upstream answer into an error carrying its status and
     message (read from the body).
 
     @param response: the upstream response.
+    @param clock: see L{readBody}.
+    @param idleTimeout: see L{readBody}.
     @raise UpstreamHTTPError: if the status is not 2xx.
     """
     if 200 <= response.code < 300:
         return
-    body = await readBody(response)
+    body = await readBody(response, clock, idleTimeout)
     raise UpstreamHTTPError(errorFromBody(body, response.code), response.code)
