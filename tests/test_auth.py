@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
 
 from ollama_proxy import codec
-from ollama_proxy.auth import KeyGate, readKeys
+from ollama_proxy.auth import KeyGate, readKeys, requireKeys
+from ollama_proxy.resources import buildRoot
 from tests.fakes import BodyReader, ProxyHarness, delta
 
 CHAT = {"model": "m:proxy", "messages": [{"role": "user", "content": "hi"}]}
@@ -247,3 +248,54 @@ class SecretsTests(SynchronousTestCase):
         h = ProxyHarness()
         self.assertNotIn("sk-secret", repr(h.ctx.backend))
         self.assertNotIn("sk-secret", repr(h.ctx))
+
+
+class CORSOrderTests(SynchronousTestCase):
+    """
+    L{requireKeys} puts the gate behind the CORS layer.
+    """
+
+    def setUp(self) -> None:
+        self.h = ProxyHarness(corsOrigins=("https://app.example",))
+        self.h.client = StubTreq(requireKeys(buildRoot(self.h.ctx), [KEY]))
+
+    def test_unauthorizedCarriesCORS(self) -> None:
+        """
+        A cross-origin request without a key gets a 401 that the browser
+        can read (C{Access-Control-Allow-Origin} is set).
+        """
+        d = self.h.get("/api/tags", headers={b"Origin": [b"https://app.example"]})
+        self.h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 401)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"access-control-allow-origin"), [b"https://app.example"]
+        )
+
+    def test_preflightAnsweredWithoutKey(self) -> None:
+        """
+        A preflight (no credentials) is answered by the CORS layer and
+        allows the C{Authorization} header.
+        """
+        d = self.h.request(
+            "OPTIONS",
+            "/api/chat",
+            headers={
+                b"Origin": [b"https://app.example"],
+                b"Access-Control-Request-Method": [b"POST"],
+                b"Access-Control-Request-Headers": [b"authorization"],
+            },
+        )
+        self.h.pump()
+        response = self.successResultOf(d)
+        self.assertLess(response.code, 300)
+        [allowed] = response.headers.getRawHeaders(b"access-control-allow-headers")
+        self.assertIn(b"Authorization", allowed)
+
+    def test_keyedRequestServed(self) -> None:
+        """
+        With the key, the request goes through both layers.
+        """
+        d = self.h.get("/api/version", headers={b"Origin": [b"https://app.example"], b"X-API-Key": [KEY.encode()]})
+        self.h.pump()
+        self.assertEqual(self.successResultOf(d).code, 200)

@@ -13,6 +13,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.auth import KeyGate
+from ollama_proxy.cors import CORSResource
 from ollama_proxy.site import ProxySite
 from ollama_proxy.tap import REQUIRE_KEY_ENV, DrainService, Options, makeService
 
@@ -102,12 +103,14 @@ class WiringTests(SynchronousTestCase):
 
     def test_keyGate(self) -> None:
         """
-        With C{--require-key} the site's root is a L{KeyGate}.
+        With C{--require-key} a L{KeyGate} guards the tree, inside the CORS
+        wrapper.
         """
         _, site = self.build("--require-key", "k")
-        self.assertIsInstance(site.resource, KeyGate)
+        self.assertIsInstance(site.resource, CORSResource)
+        self.assertIsInstance(site.resource.wrapped, KeyGate)  # type: ignore[attr-defined]
         _, site = self.build()
-        self.assertNotIsInstance(site.resource, KeyGate)
+        self.assertNotIsInstance(site.resource.wrapped, KeyGate)  # type: ignore[attr-defined]
 
     def test_backendOptions(self) -> None:
         """

@@ -132,3 +132,22 @@ class KeyGate(Resource):
         has at least one segment); refuse to be safe.
         """
         return self._unauthorized.render(request)
+
+
+def requireKeys(root: IResource, keys: Iterable[str]) -> IResource:
+    """
+    Put a L{KeyGate} in front of C{root}'s resources, but behind a CORS
+    wrapper if there is one (L{ollama_proxy.cors.CORSResource}): preflights
+    are then answered by the CORS layer, and a 401 still carries the CORS
+    headers, so a browser sees the real error rather than a CORS failure.
+
+    @param root: what L{ollama_proxy.resources.buildRoot} returned.
+    @param keys: the accepted keys.
+    @return: the root to serve.
+    """
+    from ollama_proxy.cors import CORSResource
+
+    if isinstance(root, CORSResource):
+        root.wrapped = KeyGate(root.wrapped, keys)
+        return root
+    return KeyGate(root, keys)

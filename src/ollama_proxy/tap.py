@@ -21,7 +21,7 @@ from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from ollama_proxy import __version__
-from ollama_proxy.auth import KeyGate, readKeys
+from ollama_proxy.auth import readKeys, requireKeys
 from ollama_proxy.catalog import ModelCatalog, loadOverrides
 from ollama_proxy.resources import DEFAULT_VERSION, Fallback, ProxyContext, buildRoot
 from ollama_proxy.site import DEFAULT_MAX_BODY, ProxySite, makeSite
@@ -304,7 +304,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     )
     root = buildRoot(ctx)
     if config["require-key"]:
-        root = KeyGate(root, config["require-key"])
+        root = requireKeys(root, config["require-key"])
     site = makeSite(
         root,
         reactor,
