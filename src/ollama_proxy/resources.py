@@ -750,7 +750,9 @@ class Completion(ProxyResource):
         else:
             translator = CompletionStreamTranslator(model, ex.start, self.ctx.now)
         if not stream:
-            completion = completionAsChat(await readJSON(response, self.ctx.clock, self.ctx.idleTimeout))
+            completion = completionAsChat(
+                await readJSON(response, self.ctx.clock, self.ctx.idleTimeout)
+            )
             return responseFromOpenAI(
                 completion, model, "generate", ex.start, self.ctx.now(), thinkTags=thinkTags
             )
@@ -819,7 +821,9 @@ class Embed(ProxyResource):
         response = await self.ctx.backend.postJSON(
             "embeddings", embedRequestToOpenAI(self.ctx.resolve(model), inputs, dimensions)
         )
-        vectors, tokens = vectorsFromOpenAI(await readJSON(response, self.ctx.clock, self.ctx.idleTimeout), len(inputs))
+        vectors, tokens = vectorsFromOpenAI(
+            await readJSON(response, self.ctx.clock, self.ctx.idleTimeout), len(inputs)
+        )
         return embedResponse(model, vectors, tokens, dimensions, ex.start, self.ctx.now())
 
 
@@ -839,7 +843,9 @@ class LegacyEmbeddings(ProxyResource):
         response = await self.ctx.backend.postJSON(
             "embeddings", embedRequestToOpenAI(self.ctx.resolve(model), [prompt], None)
         )
-        [vector], _ = vectorsFromOpenAI(await readJSON(response, self.ctx.clock, self.ctx.idleTimeout), 1)
+        [vector], _ = vectorsFromOpenAI(
+            await readJSON(response, self.ctx.clock, self.ctx.idleTimeout), 1
+        )
         return {"embedding": vector}
 
 
