@@ -223,6 +223,33 @@ class ProxyHarness:
         self.pump()
         return d
 
+    def dropClients(self) -> None:
+        """
+        Disconnect every client connection to the proxy, as a client that
+        closes its socket mid-request does, and deliver the disconnect.
+        """
+        for pump in list(self.client._agent._pumps):
+            pump.clientIO.abortConnection()
+        self.pump()
+
+    def proxyChannels(self) -> list[Any]:
+        """
+        @return: the proxy's server-side C{HTTPChannel}s, one per client
+            connection still open (to simulate a slow client's full socket
+            buffer with C{pauseProducing}).
+        """
+        return [
+            getattr(pump.server, "_channel", pump.server)
+            for pump in self.client._agent._pumps
+        ]
+
+    def upstreamTransports(self) -> list[Any]:
+        """
+        @return: the proxy's client-side transports to the backend, one per
+            upstream connection still open.
+        """
+        return [pump.clientIO for pump in self.upstream._agent._pumps]
+
 
 class BodyReader:
     """

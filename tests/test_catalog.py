@@ -180,6 +180,16 @@ class ModelCatalogTests(SynchronousTestCase):
         self.clock = Clock()
         self.catalog = ModelCatalog(self.clock.seconds, ttl=10)
         self.fetches: list[Deferred[dict[str, ModelMeta]]] = []
+        self.addCleanup(self.settle)
+
+    def settle(self) -> None:
+        """
+        Finish the fetches a test left pending, so that no suspended
+        coroutine is garbage-collected (and reported) during a later test.
+        """
+        for d in self.fetches:
+            if not d.called:
+                d.callback({})
 
     async def fetch(self) -> dict[str, ModelMeta]:
         d: Deferred[dict[str, ModelMeta]] = Deferred()

@@ -15,7 +15,7 @@ from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.tap import API_KEY_ENV, Options, PoolService, makeService
+from ollama_proxy.tap import API_KEY_ENV, DrainService, Options, PoolService, makeService
 
 DEFAULTS: dict[str, Any] = {
     "listen": ["tcp:11434:interface=127.0.0.1"],
@@ -184,7 +184,8 @@ class ServiceTests(SynchronousTestCase):
 
     def test_shape(self) -> None:
         """
-        One listening service per C{--listen}, plus the pool owner.
+        One listening service per C{--listen}, plus the pool owner and the
+        drain on shutdown.
         """
         options = parse(
             "--target", "http://a", "--listen", "tcp:0:interface=127.0.0.1",
@@ -195,7 +196,7 @@ class ServiceTests(SynchronousTestCase):
         children = list(service)  # type: ignore[call-overload]
         self.assertEqual(
             [type(c) for c in children],
-            [StreamServerEndpointService, StreamServerEndpointService, PoolService],
+            [StreamServerEndpointService, StreamServerEndpointService, PoolService, DrainService],
         )
 
     def test_listens(self) -> None:

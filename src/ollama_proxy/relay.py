@@ -73,7 +73,7 @@ class ClientState:
 async def consume(
     response: IResponse,
     collector: Callable[[bytes], None],
-    clock: IReactorTime,
+    clock: IReactorTime | None,
     idleTimeout: float | None = None,
     client: ClientState | None = None,
 ) -> None:
@@ -83,7 +83,7 @@ async def consume(
     @param response: the upstream response (unbuffered).
     @param collector: called with each read; an exception it raises closes
         the upstream connection and is re-raised here.
-    @param clock: for the idle timer.
+    @param clock: for the idle timer (unused without C{idleTimeout}).
     @param idleTimeout: seconds of upstream silence after which the body is
         abandoned with L{UpstreamTimeout}; C{None} for no limit.
     @param client: when given, the upstream transport is registered as the
@@ -113,7 +113,7 @@ async def consume(
     if client is not None and producer is not None and not client.gone:
         client.request.registerProducer(producer, True)
         registered = True
-    if idleTimeout is not None and not d.called:
+    if idleTimeout is not None and clock is not None and not d.called:
         idle = clock.callLater(idleTimeout, expire)
     try:
         await d

@@ -26,6 +26,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy import codec
+from ollama_proxy.auth import clientKey, presentedKey
 from ollama_proxy.catalog import (
     ModelCatalog,
     ModelMeta,
@@ -326,6 +327,9 @@ class ProxyResource(Resource):
         @param ex: the exchange.
         """
         request = ex.request
+        # This coroutine runs in its own copy of the context, so the key is
+        # seen only by this request's upstream calls.
+        clientKey.set(presentedKey(request))
         try:
             result = await handler(ex)
             if result is not None and not ex.client.gone:
@@ -606,6 +610,16 @@ def loadResponse(model: str, kind: Kind, unload: bool, nowNs: int) -> JSON:
     return result
 
 
+def isJSONResponse(response: Any) -> bool:
+    """
+    @param response: an upstream response.
+    @return: whether its C{Content-Type} is JSON (rather than an event
+        stream).
+    """
+    values = response.headers.getRawHeaders(b"content-type") or [b""]
+    return bool(values[0].split(b";")[0].strip().lower() == b"application/json")
+
+
 class Completion(ProxyResource):
     """
     C{POST /api/chat} and C{POST /api/generate}: translated to
@@ -642,10 +656,22 @@ class Completion(ProxyResource):
             self.log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
         response = await self._post("chat/completions", upstreamBody)
         if not stream:
-            completion = await readJSON(response)
+            completion = await readJSON(response, self.ctx.clock, self.ctx.idleTimeout)
             return responseFromOpenAI(
                 completion, model, self.kind, ex.start, self.ctx.now(), think is False
             )
+        if isJSONResponse(response):
+            # A backend that ignores "stream": true (some gateways do) sends
+            # one chat.completion; it becomes a single done:true line.
+            completion = await readJSON(response, self.ctx.clock, self.ctx.idleTimeout)
+            line = codec.dumpLine(
+                responseFromOpenAI(
+                    completion, model, self.kind, ex.start, self.ctx.now(), think is False
+                )
+            )
+            ex.startStream()
+            ex.write(line)
+            return None
         translator = StreamTranslator(
             model, self.kind, ex.start, self.ctx.now, dropThinking=think is False
         )
@@ -724,7 +750,9 @@ class Completion(ProxyResource):
         else:
             translator = CompletionStreamTranslator(model, ex.start, self.ctx.now)
         if not stream:
-            completion = completionAsChat(await readJSON(response))
+            completion = completionAsChat(
+                await readJSON(response, self.ctx.clock, self.ctx.idleTimeout)
+            )
             return responseFromOpenAI(
                 completion, model, "generate", ex.start, self.ctx.now(), thinkTags=thinkTags
             )
@@ -793,7 +821,9 @@ class Embed(ProxyResource):
         response = await self.ctx.backend.postJSON(
             "embeddings", embedRequestToOpenAI(self.ctx.resolve(model), inputs, dimensions)
         )
-        vectors, tokens = vectorsFromOpenAI(await readJSON(response), len(inputs))
+        vectors, tokens = vectorsFromOpenAI(
+            await readJSON(response, self.ctx.clock, self.ctx.idleTimeout), len(inputs)
+        )
         return embedResponse(model, vectors, tokens, dimensions, ex.start, self.ctx.now())
 
 
@@ -813,7 +843,9 @@ class LegacyEmbeddings(ProxyResource):
         response = await self.ctx.backend.postJSON(
             "embeddings", embedRequestToOpenAI(self.ctx.resolve(model), [prompt], None)
         )
-        [vector], _ = vectorsFromOpenAI(await readJSON(response), 1)
+        [vector], _ = vectorsFromOpenAI(
+            await readJSON(response, self.ctx.clock, self.ctx.idleTimeout), 1
+        )
         return {"embedding": vector}
 
 

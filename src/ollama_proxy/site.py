@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -22,73 +23,244 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 """Default request body cap: large enough for several base64 images."""
 
 
+_REASONS = {413: b"Payload Too Large", 408: b"Request Timeout"}
+
+
 class LimitedRequest(Request):
     """
-    A request that refuses bodies larger than L{maxBody} bytes with 413.
+    A request that refuses bodies larger than L{maxBody} bytes with 413, and
+    (optionally) bodies that take longer than L{bodyTimeout} seconds with 408.
+
+    twisted.web only hands a request to the resource once the whole body is
+    in, and until then the request is not wired to its channel for writing.
+    So a rejection is written straight to the transport as a complete
+    C{Connection: close} response, the connection is closed, and
+    L{requestReceived} never renders the (truncated) body, even when the
+    rest of it, or a pipelined request, sits in the same read buffer.
 
     @ivar maxBody: the cap in bytes, set per site by L{makeSite}.
+    @ivar bodyTimeout: seconds from the end of the headers to the end of the
+        body, or C{None} for no deadline (the site's idle timeout still
+        applies); set per site by L{makeSite}.
     """
 
     maxBody: int = DEFAULT_MAX_BODY
-    _tooLarge = False
+    bodyTimeout: float | None = None
+    _rejected = False
+    _deadline: IDelayedCall | None = None
 
     def gotLength(self, length: int | None) -> None:
         """
-        Reject early when the declared C{Content-Length} is over the cap.
+        Reject early when the declared C{Content-Length} is over the cap, and
+        arm the body deadline.
         """
         super().gotLength(length)
         if length is not None and length > self.maxBody:
-            self._reject()
+            self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
+            return
+        if self.bodyTimeout is not None and length != 0:
+            clock: IReactorTime = self.channel.site.reactor  # type: ignore[attr-defined]
+            self._deadline = clock.callLater(
+                self.bodyTimeout,
+                self._reject,
+                408,
+                f"request body not received within {self.bodyTimeout:g} seconds",
+            )
 
     def handleContentChunk(self, data: bytes) -> None:
         """
         Count the body as it arrives; stop buffering at the cap.
         """
-        if self._tooLarge:
+        if self._rejected:
             return
         if self.content is not None and self.content.tell() + len(data) > self.maxBody:
-            self._reject()
+            self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
             return
         super().handleContentChunk(data)
 
-    def _reject(self) -> None:
+    def _reject(self, status: int, message: str) -> None:
         """
-        Answer 413 and close the connection; the body is never rendered.
+        Answer C{status} with Ollama's JSON error and close the connection;
+        the body is never rendered.
+
+        @param status: 413 or 408.
+        @param message: the C{error} text.
         """
-        if self._tooLarge:
+        if self._rejected:
             return
-        self._tooLarge = True
-        body = codec.dumps(
-            {"error": f"request body is larger than the limit of {self.maxBody} bytes"}
+        self._rejected = True
+        self._cancelDeadline()
+        body = codec.dumps({"error": message})
+        channel = self.channel
+        if channel is None or channel.transport is None:
+            return
+        channel.transport.write(
+            b"HTTP/1.1 %d %s\r\n"
+            b"Content-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (status, _REASONS[status], len(body))
+            + body
         )
-        self.setResponseCode(413)
-        self.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        self.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
-        self.setHeader(b"Connection", b"close")
-        self.write(body)
-        self.finish()
-        if self.channel is not None:
-            self.channel.loseConnection()
+        channel.loseConnection()
+
+    def _cancelDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        Render only complete, accepted bodies.
+        """
+        self._cancelDeadline()
+        if not self._rejected:
+            super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        """
+        Drop the body deadline with the connection.
+        """
+        self._cancelDeadline()
+        super().connectionLost(reason)
 
     def process(self) -> None:
         """
-        Render only complete bodies.
+        Track the request as in flight until it finishes (for a graceful
+        shutdown), or refuse it with 503 if the site is draining.
         """
-        if not self._tooLarge:
-            super().process()
+        site = self.channel.site  # type: ignore[attr-defined]
+        if isinstance(site, ProxySite):
+            if site.draining:
+                body = codec.dumps({"error": "the proxy is shutting down"})
+                self.setResponseCode(503)
+                self.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+                self.setHeader(b"Content-Length", b"%d" % len(body))
+                self.setHeader(b"Connection", b"close")
+                self.write(body)
+                self.finish()
+                return
+            site.track(self)
+        super().process()
+
+
+def _channelOf(protocol: Any) -> Any:
+    """
+    @param protocol: what L{Site.buildProtocol} returned (a wrapper that
+        picks HTTP/1.1 or HTTP/2).
+    @return: the channel inside, which owns the transport.
+    """
+    return getattr(protocol, "_channel", protocol)
 
 
 class ProxySite(Site):
     """
-    A L{Site} that does not write an access log: the proxy logs one
+    A L{Site} that does not write an access log (the proxy logs one
     structured line per request itself, off the hot path of formatting
-    combined-log lines.
+    combined-log lines) and that can drain for a graceful shutdown.
+
+    @ivar inFlight: requests being rendered.
+    @ivar connections: open client connections (their protocols).
+    @ivar draining: set by L{drain}; new requests get a 503.
     """
+
+    draining = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inFlight: set[Request] = set()
+        self.connections: set[Any] = set()
+        self._busy: dict[Any, int] = {}
+        self._drained: list[Deferred[None]] = []
+        self._graceTimer: IDelayedCall | None = None
 
     def log(self, request: Any) -> None:
         """
         Do nothing; see L{ollama_proxy.resources.ProxyResource._logRequest}.
         """
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        Build a channel and keep track of it until its connection is lost,
+        so that L{drain} knows when every response has been flushed.
+        """
+        protocol = super().buildProtocol(addr)
+        if protocol is None:
+            return None
+        self.connections.add(protocol)
+        lost = protocol.connectionLost
+
+        def connectionLost(reason: Any) -> None:
+            self.connections.discard(protocol)
+            lost(reason)
+            self._maybeDrained()
+
+        protocol.connectionLost = connectionLost
+        return protocol
+
+    def track(self, request: Request) -> None:
+        """
+        Count C{request} as in flight until it finishes or its client leaves.
+
+        @param request: a request about to be rendered.
+        """
+        self.inFlight.add(request)
+        channel = request.channel
+        self._busy[channel] = self._busy.get(channel, 0) + 1
+        request.notifyFinish().addBoth(self._done, request, channel)
+
+    def _done(self, result: object, request: Request, channel: Any) -> None:
+        self.inFlight.discard(request)
+        self._busy[channel] -= 1
+        if not self._busy[channel]:
+            del self._busy[channel]
+            if self.draining and channel.transport is not None:
+                # Flush the end of the response, then close.
+                channel.transport.loseConnection()
+
+    def drain(self, grace: float) -> Deferred[None]:
+        """
+        Stop taking new requests and wait for the ones in flight.
+
+        Idle kept-alive connections are closed at once; a connection whose
+        request is still running is closed (after its last byte is flushed)
+        when the request ends.  New requests that still arrive get a 503
+        JSON error.  After C{grace} seconds the remaining connections are
+        aborted, which cancels their handlers and closes their upstream
+        connections.
+
+        @param grace: seconds to let in-flight requests (streams) finish.
+        @return: fires when every client connection is closed.
+        """
+        self.draining = True
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        for protocol in list(self.connections):
+            channel = _channelOf(protocol)
+            if channel not in self._busy and channel.transport is not None:
+                channel.transport.loseConnection()
+        if self._graceTimer is None and self.connections:
+            clock: IReactorTime = self.reactor
+            self._graceTimer = clock.callLater(grace, self._abortAll)
+        self._maybeDrained()
+        return d
+
+    def _maybeDrained(self) -> None:
+        if not self.draining or self.connections:
+            return
+        if self._graceTimer is not None and self._graceTimer.active():
+            self._graceTimer.cancel()
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(None)
+
+    def _abortAll(self) -> None:
+        """
+        The grace period is over: abort every connection still open.
+        """
+        for protocol in list(self.connections):
+            channel = _channelOf(protocol)
+            if channel.transport is not None:
+                channel.transport.abortConnection()
 
 
 def makeSite(
@@ -96,7 +268,8 @@ def makeSite(
     reactor: IReactorTime | None = None,
     timeout: float | None = 60.0,
     maxBody: int = DEFAULT_MAX_BODY,
-) -> Site:
+    bodyTimeout: float | None = None,
+) -> ProxySite:
     """
     Build the site for the proxy.
 
@@ -105,8 +278,14 @@ def makeSite(
     @param timeout: seconds a client connection may stay idle (slow headers
         or body, keep-alive); never applies to a response being streamed.
     @param maxBody: the request body cap in bytes.
+    @param bodyTimeout: seconds a client may take to send a whole body
+        (bounds slow uploads that the idle C{timeout} cannot), or C{None}.
     @return: the site.
     """
-    requestFactory = type("LimitedRequest", (LimitedRequest,), {"maxBody": maxBody})
+    requestFactory = type(
+        "LimitedRequest",
+        (LimitedRequest,),
+        {"maxBody": maxBody, "bodyTimeout": bodyTimeout},
+    )
     site = ProxySite(root, requestFactory=requestFactory, timeout=timeout, reactor=reactor)
     return site

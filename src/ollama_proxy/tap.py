@@ -21,17 +21,19 @@ from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from ollama_proxy import __version__
+from ollama_proxy.auth import readKeys, requireKeys
 from ollama_proxy.catalog import ModelCatalog, loadOverrides
 from ollama_proxy.resources import DEFAULT_VERSION, Fallback, ProxyContext, buildRoot
-from ollama_proxy.site import DEFAULT_MAX_BODY, makeSite
+from ollama_proxy.site import DEFAULT_MAX_BODY, ProxySite, makeSite
 from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.translate import FLAVOR_NAMES, flavorFor
-from ollama_proxy.upstream import Backend
+from ollama_proxy.upstream import Backend, ConnectionPool
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
 DEFAULT_FALLBACK = "http://127.0.0.1:11505"
 DEMO_LISTEN = "tcp:11435:interface=127.0.0.1"
 API_KEY_ENV = "OLLAMA_PROXY_API_KEY"
+REQUIRE_KEY_ENV = "OLLAMA_PROXY_REQUIRE_KEY"
 
 
 def _checkURL(value: str, option: str) -> str:
@@ -63,6 +65,18 @@ def _positive(value: str) -> float:
     return number
 
 
+def _nonNegative(value: str) -> float:
+    """
+    @param value: text from the command line.
+    @return: the number.
+    @raise ValueError: if it is negative.
+    """
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    return number
+
+
 class Options(usage.Options):
     """
     Command-line options for C{twistd ollama-proxy}.
@@ -77,6 +91,8 @@ class Options(usage.Options):
     optFlags = [
         ["debug", None, "Log requests, upstream payloads and chunks (secrets redacted)."],
         ["demo", None, f"Start the built-in fake OpenAI backend on {DEMO_LISTEN} and target it."],
+        ["forward-client-key", None,
+         "Send the client's own bearer token (or X-API-Key) upstream instead of --api-key."],
     ]
 
     optParameters = [
@@ -102,6 +118,19 @@ class Options(usage.Options):
          "Which non-OpenAI fields the backend takes (top_k/min_p/repetition_penalty, how think "
          f"is spelled): {'|'.join(FLAVOR_NAMES)}. auto: by host (OpenAI, OpenRouter, DeepSeek), "
          "else generic."],
+        ["body-timeout", None, 300.0,
+         "Seconds a client may take to send a whole request body (408 after).", _positive],
+        ["shutdown-grace", None, 10.0,
+         "Seconds in-flight requests may run after SIGTERM before they are cut.", _nonNegative],
+        ["retry-429", None, 0,
+         "Retry a backend 429 this many times (before any byte is sent; 0 disables).", int],
+        ["retry-max-wait", None, 10.0,
+         "Longest Retry-After honoured by --retry-429, in seconds.", _positive],
+        ["require-key", None, None,
+         f"Require this key from clients, as 'Authorization: Bearer' or 'X-API-Key' "
+         f"(comma-separated for several; prefer ${REQUIRE_KEY_ENV} or --require-key-file)."],
+        ["require-key-file", None, None,
+         "Read the accepted client keys from this file (one per line)."],
     ]
 
     def __init__(self) -> None:
@@ -176,6 +205,19 @@ class Options(usage.Options):
             flavorFor(self["backend-flavor"], self["target"])
         except ValueError as e:
             raise usage.UsageError(f"--backend-flavor: {e}")
+        if self["retry-429"] < 0:
+            raise usage.UsageError("--retry-429 must not be negative")
+        if self["require-key-file"]:
+            try:
+                with open(self["require-key-file"], encoding="utf-8") as f:
+                    keys = readKeys(f.read())
+            except OSError as e:
+                raise usage.UsageError(f"cannot read --require-key-file: {e.strerror}")
+            if not keys:
+                raise usage.UsageError("--require-key-file holds no key")
+        else:
+            keys = readKeys(self["require-key"] or os.environ.get(REQUIRE_KEY_ENV) or "")
+        self["require-key"] = keys or None
 
 
 class PoolService(Service):
@@ -196,6 +238,26 @@ class PoolService(Service):
         return closed
 
 
+class DrainService(Service):
+    """
+    Lets requests in flight finish when twistd stops (SIGTERM): the
+    listening ports close at once (their services stop alongside), this
+    service's C{stopService} waits up to the grace period for the site to
+    drain, then cuts what is left, which closes the upstream connections.
+    """
+
+    def __init__(self, site: ProxySite, grace: float) -> None:
+        self.site = site
+        self.grace = grace
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        @return: fires when no request is in flight.
+        """
+        super().stopService()
+        return self.site.drain(self.grace)
+
+
 def makeService(config: Options, reactor: Any = None) -> IService:
     """
     Build the proxy: one listening service per C{--listen} plus the pool owner.
@@ -210,7 +272,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         reactor = globalReactor
     import treq.client
 
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = ConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = config["pool-size"]
     pool.retryAutomatically = False
     agent = Agent(reactor, connectTimeout=config["connect-timeout"], pool=pool)
@@ -222,6 +284,10 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         apiKey=config["api-key"],
         headerTimeout=config["header-timeout"],
         flavor=flavorFor(config["backend-flavor"], config["target"]),
+        idleTimeout=config["idle-timeout"],
+        retries=config["retry-429"],
+        maxRetryWait=config["retry-max-wait"],
+        forwardClientKey=config["forward-client-key"],
     )
     fallback = Fallback(http, config["fallback"]) if config["fallback"] else None
     ctx = ProxyContext(
@@ -236,13 +302,21 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         catalog=ModelCatalog(reactor.seconds, overrides=config["model-overrides"]),
         corsOrigins=tuple(config["cors-origin"]),
     )
+    root = buildRoot(ctx)
+    if config["require-key"]:
+        root = requireKeys(root, config["require-key"])
     site = makeSite(
-        buildRoot(ctx), reactor, timeout=config["client-timeout"], maxBody=config["max-body"]
+        root,
+        reactor,
+        timeout=config["client-timeout"],
+        maxBody=config["max-body"],
+        bodyTimeout=config["body-timeout"],
     )
     service = MultiService()
     for description in config["listen"]:
         strports.service(description, site, reactor=reactor).setServiceParent(service)
     PoolService(pool).setServiceParent(service)
+    DrainService(site, config["shutdown-grace"]).setServiceParent(service)
     if config["demo"]:
         from ollama_proxy.testing.fake_openai import FakeOpenAI
 

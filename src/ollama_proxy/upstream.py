@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import treq
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import (
     ConnectError,
@@ -22,10 +21,18 @@ from twisted.internet.error import (
     TimeoutError as ConnectTimeoutError,
 )
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.internet.task import deferLater
+from twisted.web.client import (
+    HTTPConnectionPool,
+    ResponseFailed,
+    ResponseNeverReceived,
+    _HTTP11ClientFactory,
+)
+from twisted.web.http import stringToDatetime
 from twisted.web.iweb import IResponse
 
 from ollama_proxy import codec
+from ollama_proxy.auth import clientKey
 from ollama_proxy.errors import (
     UpstreamError,
     UpstreamHTTPError,
@@ -93,6 +100,41 @@ def redactHeaders(headers: dict[bytes, list[bytes]]) -> dict[str, list[str]]:
     }
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory without the two "Starting/Stopping
+    factory" log lines per upstream connection (most of the log volume
+    under load).
+    """
+
+    noisy = False
+
+
+class ConnectionPool(HTTPConnectionPool):
+    """
+    An L{HTTPConnectionPool} that never keeps a connection that is already
+    closing.
+
+    The race it closes (found by C{bench/soak.py}, Twisted 26.10): a client
+    disconnects, so the upstream transport is told to C{loseConnection()}
+    (twisted.web forwards C{stopProducing} to the request's producer).  TCP
+    closes lazily, and in the same reactor iteration the read that was
+    already reported ready delivers the last bytes of the response.
+    C{HTTP11ClientProtocol} then sees a complete response and returns the
+    connection to the pool, where the next request picks it up and fails
+    with C{ConnectionDone} (a spurious 502).  Here a closing transport is
+    simply not cached; it finishes closing on its own.
+    """
+
+    _factory = _QuietClientFactory
+
+    def _putConnection(self, key: Any, connection: Any) -> None:
+        transport = connection.transport
+        if transport is None or transport.disconnecting:
+            return
+        super()._putConnection(key, connection)
+
+
 def failureToError(reason: BaseException, what: str) -> UpstreamError:
     """
     Map a client-side exception from treq/Agent to a proxy error.
@@ -128,6 +170,16 @@ class Backend:
     @ivar headerTimeout: seconds to wait for response headers.
     @ivar flavor: which non-OpenAI request fields the server accepts (see
         L{ollama_proxy.translate.Flavor}).
+    @ivar idleTimeout: seconds of silence after which the bodies that
+        L{Backend} reads itself (error bodies, L{getJSON}) are abandoned;
+        C{None} for no limit.
+    @ivar retries: how many times a C{429 Too Many Requests} is retried by
+        L{postJSON} (before any byte reached the client); 0 disables.
+    @ivar forwardClientKey: send the client's own key (see
+        L{ollama_proxy.auth.clientKey}) upstream instead of L{apiKey} when the
+        client presented one.
+    @ivar maxRetryWait: the longest C{Retry-After} honoured; a backend that
+        asks for a longer pause gets its 429 passed on at once.
     """
 
     http: HTTPClient
@@ -136,6 +188,10 @@ class Backend:
     apiKey: str | None = attrs.field(default=None, repr=False)
     headerTimeout: float = 600.0
     flavor: Flavor = GENERIC
+    retries: int = 0
+    maxRetryWait: float = 10.0
+    idleTimeout: float | None = None
+    forwardClientKey: bool = False
     base: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -154,11 +210,15 @@ class Backend:
 
         @param extra: headers to forward (hop-by-hop and auth already removed
             by the caller).
-        @return: C{extra} plus C{Authorization} when a key is configured.
+        @return: C{extra} plus C{Authorization} when a key is configured (or
+            the client's key, with L{forwardClientKey}).
         """
         headers = dict(extra or {})
-        if self.apiKey:
-            headers[b"Authorization"] = [b"Bearer " + self.apiKey.encode("utf-8")]
+        key = clientKey.get() if self.forwardClientKey else None
+        if key is None and self.apiKey:
+            key = self.apiKey.encode("utf-8")
+        if key is not None:
+            headers[b"Authorization"] = [b"Bearer " + key]
         return headers
 
     async def request(
@@ -203,13 +263,18 @@ class Backend:
         @raise UpstreamHTTPError: for a non-2xx answer, with the backend's
             status and message.
         """
-        response = await self.request(
-            "POST",
-            self.url(path),
-            codec.dumps(body),
-            self.headers({b"Content-Type": [b"application/json"]}),
-        )
-        await raiseForStatus(response)
+        data = codec.dumps(body)
+        headers = self.headers({b"Content-Type": [b"application/json"]})
+        for attempt in range(self.retries + 1):
+            response = await self.request("POST", self.url(path), data, headers)
+            if response.code != 429 or attempt == self.retries:
+                break
+            wait = retryDelay(response, self.reactor.seconds())
+            if wait is None or wait > self.maxRetryWait:
+                break
+            await readBody(response, self.reactor, self.idleTimeout)
+            await deferLater(self.reactor, wait)
+        await raiseForStatus(response, self.reactor, self.idleTimeout)
         return response
 
     async def getJSON(self, path: str) -> Any:
@@ -221,36 +286,94 @@ class Backend:
         @raise UpstreamError: on connection problems, non-2xx, or non-JSON.
         """
         response = await self.request("GET", self.url(path), headers=self.headers())
-        await raiseForStatus(response)
-        return await readJSON(response)
+        await raiseForStatus(response, self.reactor, self.idleTimeout)
+        return await readJSON(response, self.reactor, self.idleTimeout)
 
 
-async def readBody(response: IResponse) -> bytes:
+MAX_RESPONSE_BODY = 64 * 1024 * 1024
+"""The largest non-streamed upstream body read into memory (a completion,
+an embedding list, an error page); a larger one is a 502."""
+
+DEFAULT_RETRY_DELAY = 1.0
+"""Seconds to wait before retrying a 429 that has no C{Retry-After}."""
+
+
+def retryDelay(response: IResponse, now: float) -> float | None:
+    """
+    How long a 429 response asks us to wait.
+
+    @param response: the upstream response.
+    @param now: the current POSIX time, for an HTTP-date value.
+    @return: seconds (L{DEFAULT_RETRY_DELAY} when the header is absent), or
+        C{None} when the header cannot be understood.
+    """
+    values = response.headers.getRawHeaders(b"retry-after")
+    if not values:
+        return DEFAULT_RETRY_DELAY
+    value = values[0].strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, float(stringToDatetime(value)) - now)
+    except ValueError:
+        return None
+
+
+async def readBody(
+    response: IResponse,
+    clock: IReactorTime | None = None,
+    idleTimeout: float | None = None,
+) -> bytes:
     """
     Read a whole (small) upstream body.
 
+    The body is read with L{ollama_proxy.relay.consume}, so a cancelled
+    read (the client left while a non-streaming answer was being generated)
+    closes the upstream connection instead of letting it run to its end.
+
     @param response: a treq response.
+    @param clock: the clock for the idle timer.
+    @param idleTimeout: seconds of upstream silence after which the read is
+        abandoned with a 504; C{None} (or no C{clock}) for no limit.
     @return: the bytes.
-    @raise UpstreamError: if the connection broke.
+    @raise UpstreamError: if the connection broke or went idle, or the body
+        is larger than L{MAX_RESPONSE_BODY}.
     """
-    try:
-        body: bytes = await treq.content(response)
-    except CancelledError:
-        raise
-    except Exception as e:
-        raise failureToError(e, "the backend") from None
-    return body
+    # relay imports this module for failureToError, hence the late import.
+    from ollama_proxy.relay import consume
+
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > MAX_RESPONSE_BODY:
+            # Raised inside treq's collector: the connection is closed.
+            raise UpstreamError(
+                f"backend response is larger than {MAX_RESPONSE_BODY} bytes"
+            )
+        chunks.append(data)
+
+    await consume(response, collect, clock, idleTimeout)
+    return b"".join(chunks)
 
 
-async def readJSON(response: IResponse) -> Any:
+async def readJSON(
+    response: IResponse,
+    clock: IReactorTime | None = None,
+    idleTimeout: float | None = None,
+) -> Any:
     """
     Read and decode a JSON upstream body.
 
     @param response: a treq response.
+    @param clock: see L{readBody}.
+    @param idleTimeout: see L{readBody}.
     @return: the decoded value.
     @raise UpstreamError: if the body is not JSON.
     """
-    body = await readBody(response)
+    body = await readBody(response, clock, idleTimeout)
     try:
         return codec.loads(body)
     except codec.JSONDecodeError:
@@ -260,15 +383,21 @@ async def readJSON(response: IResponse) -> Any:
         ) from None
 
 
-async def raiseForStatus(response: IResponse) -> None:
+async def raiseForStatus(
+    response: IResponse,
+    clock: IReactorTime | None = None,
+    idleTimeout: float | None = None,
+) -> None:
     """
     Turn a non-2xx upstream answer into an error carrying its status and
     message (read from the body).
 
     @param response: the upstream response.
+    @param clock: see L{readBody}.
+    @param idleTimeout: see L{readBody}.
     @raise UpstreamHTTPError: if the status is not 2xx.
     """
     if 200 <= response.code < 300:
         return
-    body = await readBody(response)
+    body = await readBody(response, clock, idleTimeout)
     raise UpstreamHTTPError(errorFromBody(body, response.code), response.code)

@@ -1,0 +1,153 @@
+# -*- test-case-name: tests.test_auth -*-
+"""
+Inbound authentication and the per-request client key.
+
+L{KeyGate} wraps the root resource: every request must carry one of the
+configured keys as C{Authorization: Bearer <key>} or C{X-API-Key: <key>},
+except C{GET /} and C{HEAD /} (health checks) and C{OPTIONS} (CORS
+preflights, which browsers send without credentials).  Keys are compared
+with L{hmac.compare_digest} against every configured key, so the time taken
+does not reveal how much of a guess was right.
+
+L{clientKey} carries the key a client presented to the code that builds the
+upstream request (see L{ollama_proxy.upstream.Backend.headers}) without
+threading it through every handler: it is set once per request inside the
+request's own coroutine context, so concurrent requests never see each
+other's keys.
+"""
+
+from __future__ import annotations
+
+import hmac
+from contextvars import ContextVar
+from typing import Iterable
+
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
+
+from ollama_proxy import codec
+
+clientKey: ContextVar[bytes | None] = ContextVar("clientKey", default=None)
+"""The key the current request presented, if any (never logged)."""
+
+
+def presentedKey(request: Request) -> bytes | None:
+    """
+    The key a client sent.
+
+    @param request: the client request.
+    @return: the token of C{Authorization: Bearer <token>}, else the value
+        of C{X-API-Key}, else C{None}.
+    """
+    headers = request.requestHeaders
+    authorization = headers.getRawHeaders(b"authorization")
+    if authorization:
+        scheme, _, token = authorization[0].strip().partition(b" ")
+        if scheme.lower() == b"bearer" and token.strip():
+            return token.strip()
+    apiKey = headers.getRawHeaders(b"x-api-key")
+    if apiKey and apiKey[0].strip():
+        return apiKey[0].strip()
+    return None
+
+
+def readKeys(text: str) -> list[str]:
+    """
+    Parse keys from a file or an option: one per line or comma-separated,
+    blank entries and C{#} comment lines ignored.
+
+    @param text: the raw text.
+    @return: the keys.
+    """
+    keys: list[str] = []
+    for line in text.splitlines():
+        if line.strip().startswith("#"):
+            continue
+        keys.extend(part.strip() for part in line.split(",") if part.strip())
+    return keys
+
+
+class Unauthorized(Resource):
+    """
+    The answer to a request without a valid key: 401 with Ollama's JSON
+    error shape and a C{WWW-Authenticate} challenge.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:  # type: ignore[override]
+        """
+        @return: C{{"error": "unauthorized"}}.
+        """
+        request.setResponseCode(401)
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"WWW-Authenticate", b'Bearer realm="ollama-proxy"')
+        return codec.dumps({"error": "unauthorized"})
+
+
+class KeyGate(Resource):
+    """
+    A root resource that admits only requests carrying an accepted key and
+    otherwise delegates traversal to the wrapped root.
+
+    @ivar wrapped: the real root.
+    @ivar keys: the accepted keys (bytes).
+    """
+
+    def __init__(self, wrapped: IResource, keys: Iterable[str]) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+        self.keys = [key.encode("utf-8") for key in keys]
+        if not self.keys:
+            raise ValueError("KeyGate needs at least one key")
+        self._unauthorized = Unauthorized()
+
+    def allowed(self, request: Request) -> bool:
+        """
+        @param request: the client request.
+        @return: whether it carries one of L{keys}.
+        """
+        presented = presentedKey(request)
+        if presented is None:
+            return False
+        # Compare against every key, without short-circuiting.
+        matches = [hmac.compare_digest(presented, key) for key in self.keys]
+        return any(matches)
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+        """
+        Check the key at the first path segment; health checks and CORS
+        preflights pass without one.
+        """
+        method = request.method
+        isHealthCheck = path == b"" and not request.postpath and method in (b"GET", b"HEAD")
+        if method == b"OPTIONS" or isHealthCheck or self.allowed(request):
+            child: IResource = self.wrapped.getChildWithDefault(path, request)
+            return child
+        return self._unauthorized
+
+    def render(self, request: Request) -> bytes:  # type: ignore[override]
+        """
+        Not reached through a L{twisted.web.server.Site} (traversal always
+        has at least one segment); refuse to be safe.
+        """
+        return self._unauthorized.render(request)
+
+
+def requireKeys(root: IResource, keys: Iterable[str]) -> IResource:
+    """
+    Put a L{KeyGate} in front of C{root}'s resources, but behind a CORS
+    wrapper if there is one (L{ollama_proxy.cors.CORSResource}): preflights
+    are then answered by the CORS layer, and a 401 still carries the CORS
+    headers, so a browser sees the real error rather than a CORS failure.
+
+    @param root: what L{ollama_proxy.resources.buildRoot} returned.
+    @param keys: the accepted keys.
+    @return: the root to serve.
+    """
+    from ollama_proxy.cors import CORSResource
+
+    if isinstance(root, CORSResource):
+        root.wrapped = KeyGate(root.wrapped, keys)
+        return root
+    return KeyGate(root, keys)

@@ -1,0 +1,137 @@
+"""
+The reliability and security options of the twistd plugin and how
+L{ollama_proxy.tap.makeService} wires them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.auth import KeyGate
+from ollama_proxy.cors import CORSResource
+from ollama_proxy.site import ProxySite
+from ollama_proxy.tap import REQUIRE_KEY_ENV, DrainService, Options, makeService
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(["--target", "http://127.0.0.1:4000", *args])
+    return options
+
+
+class OptionTests(SynchronousTestCase):
+    """
+    Parsing and defaults.
+    """
+
+    def setUp(self) -> None:
+        saved = os.environ.pop(REQUIRE_KEY_ENV, None)
+        if saved is not None:
+            self.addCleanup(os.environ.__setitem__, REQUIRE_KEY_ENV, saved)
+
+    def test_defaults(self) -> None:
+        """
+        The documented defaults: no inbound key, no client-key forwarding,
+        no 429 retries, a 300 s body deadline and a 10 s shutdown grace.
+        """
+        options = parse()
+        self.assertIsNone(options["require-key"])
+        self.assertFalse(options["forward-client-key"])
+        self.assertEqual(options["retry-429"], 0)
+        self.assertEqual(options["retry-max-wait"], 10.0)
+        self.assertEqual(options["body-timeout"], 300.0)
+        self.assertEqual(options["shutdown-grace"], 10.0)
+
+    def test_requireKeyList(self) -> None:
+        """
+        C{--require-key} takes one or several comma-separated keys.
+        """
+        self.assertEqual(parse("--require-key", "a, b")["require-key"], ["a", "b"])
+
+    def test_requireKeyEnvironment(self) -> None:
+        """
+        The key may come from C{$OLLAMA_PROXY_REQUIRE_KEY}, keeping it out
+        of the process list.
+        """
+        os.environ[REQUIRE_KEY_ENV] = "from-env"
+        self.addCleanup(os.environ.pop, REQUIRE_KEY_ENV, None)
+        self.assertEqual(parse()["require-key"], ["from-env"])
+
+    def test_requireKeyFile(self) -> None:
+        """
+        C{--require-key-file} reads one key per line; an empty file is an
+        error rather than silently turning authentication off.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("# keys\nk1\nk2\n")
+        self.assertEqual(parse("--require-key-file", path)["require-key"], ["k1", "k2"])
+        with open(path, "w") as f:
+            f.write("\n")
+        self.assertRaises(usage.UsageError, parse, "--require-key-file", path)
+        self.assertRaises(usage.UsageError, parse, "--require-key-file", path + ".missing")
+
+    def test_invalidNumbers(self) -> None:
+        """
+        Negative or zero values are refused where they make no sense.
+        """
+        for args in (
+            ("--retry-429", "-1"),
+            ("--shutdown-grace", "-1"),
+            ("--body-timeout", "0"),
+            ("--retry-max-wait", "0"),
+        ):
+            self.assertRaises(usage.UsageError, parse, *args)
+        self.assertEqual(parse("--shutdown-grace", "0")["shutdown-grace"], 0.0)
+
+
+class WiringTests(SynchronousTestCase):
+    """
+    L{makeService} applies the options.
+    """
+
+    def build(self, *args: str) -> tuple[Any, ProxySite]:
+        reactor = MemoryReactorClock()
+        service: Any = makeService(parse("--listen", "tcp:0:interface=127.0.0.1", *args), reactor)
+        [drain] = [s for s in service if isinstance(s, DrainService)]
+        return service, drain.site
+
+    def test_keyGate(self) -> None:
+        """
+        With C{--require-key} a L{KeyGate} guards the tree, inside the CORS
+        wrapper.
+        """
+        _, site = self.build("--require-key", "k")
+        self.assertIsInstance(site.resource, CORSResource)
+        self.assertIsInstance(site.resource.wrapped, KeyGate)  # type: ignore[attr-defined]
+        _, site = self.build()
+        self.assertNotIsInstance(site.resource.wrapped, KeyGate)  # type: ignore[attr-defined]
+
+    def test_backendOptions(self) -> None:
+        """
+        Retry, forwarding and idle-timeout options reach the backend.
+        """
+        _, site = self.build("--retry-429", "2", "--retry-max-wait", "5", "--forward-client-key")
+        resource: Any = site.resource
+        while not hasattr(resource, "ctx"):
+            resource = resource.wrapped  # a CORS or key wrapper
+        backend = resource.ctx.backend
+        self.assertEqual((backend.retries, backend.maxRetryWait, backend.forwardClientKey), (2, 5.0, True))
+        self.assertEqual(backend.idleTimeout, 300.0)
+
+    def test_drainOnStop(self) -> None:
+        """
+        Stopping the service drains the site with the configured grace.
+        """
+        service, site = self.build("--shutdown-grace", "3", "--body-timeout", "7")
+        bodyTimeout = site.requestFactory.bodyTimeout  # type: ignore[attr-defined]
+        self.assertEqual(bodyTimeout, 7.0)
+        service.startService()
+        d = service.stopService()
+        self.assertTrue(site.draining)
+        self.successResultOf(d)
