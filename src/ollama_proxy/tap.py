@@ -18,11 +18,12 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.python import usage
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 
 from ollama_proxy import __version__
 from ollama_proxy.auth import readKeys, requireKeys
 from ollama_proxy.catalog import ModelCatalog, loadOverrides
+from ollama_proxy.client import makeClient
 from ollama_proxy.resources import DEFAULT_VERSION, Fallback, ProxyContext, buildRoot
 from ollama_proxy.site import DEFAULT_MAX_BODY, ProxySite, makeSite
 from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH
@@ -270,13 +271,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
-    import treq.client
-
-    pool = ConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = config["pool-size"]
-    pool.retryAutomatically = False
-    agent = Agent(reactor, connectTimeout=config["connect-timeout"], pool=pool)
-    http = treq.client.HTTPClient(agent)
+    http, pool = makeClient(
+        reactor, config["pool-size"], config["connect-timeout"], ConnectionPool
+    )
     backend = Backend(
         http,
         config["target"],

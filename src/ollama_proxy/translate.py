@@ -1485,6 +1485,19 @@ def responseFromOpenAI(
     return result
 
 
+class StreamFailed(UpstreamError):
+    """
+    The upstream stream failed part-way through one read.
+
+    @ivar output: the NDJSON lines translated from that read before the
+        failing event; the relay writes them before the error line.
+    """
+
+    def __init__(self, message: str, output: bytes) -> None:
+        super().__init__(message)
+        self.output = output
+
+
 class NDJSONStream:
     """
     The whole streaming pipeline as one pure object: SSE bytes in, Ollama
@@ -1515,7 +1528,14 @@ class NDJSONStream:
         payloads = self.decoder.feed(data)
         if not payloads:
             return b""
-        chunks = self.translator.feed(payloads)
+        chunks: list[JSON] = []
+        try:
+            for payload in payloads:
+                chunks.extend(self.translator.feed([payload]))
+        except UpstreamError as e:
+            # The relay joins the reads of one reactor turn; lines translated
+            # before the failing event still belong to the client.
+            raise StreamFailed(e.message, b"".join(map(codec.dumpLine, chunks))) from None
         return b"".join(map(codec.dumpLine, chunks))
 
     def end(self) -> bytes:
