@@ -421,7 +421,13 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    if args.path == "/api/chat":
+    if args.path == "/api/chat" and args.chunks == 0:
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        check = lambda b: verifyJSON(b, "message")  # noqa: E731
+    elif args.path == "/api/tags":
+        body = None
+        check = lambda b: verifyJSON(b, "models")  # noqa: E731
+    elif args.path == "/api/chat":
         body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}],
                 "options": {"num_predict": args.chunks}}
         check = lambda b: verifyNDJSON(b, args.chunks, True)  # noqa: E731
@@ -429,7 +435,7 @@ def main() -> None:
         body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}],
                 "max_tokens": args.chunks, "stream": True}
         check = lambda b: verifySSE(b, args.chunks, True)  # noqa: E731
-    spec = Spec("manual", args.port, buildRequest("POST", args.path, body), check)
+    spec = Spec("manual", args.port, buildRequest("POST" if body is not None else "GET", args.path, body), check)
     result = asyncio.run(run(spec, args.concurrency, args.duration, watchPids=args.pid))
     print(json.dumps(result.summary(), indent=2))
 

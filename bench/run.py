@@ -292,7 +292,9 @@ async def main(args: argparse.Namespace) -> None:
     backend = Server("direct", [backendPy, os.path.join(HERE, "leanbackend.py"), "--port", str(backendPort)],
                      backendPort, BENCH_CORE)
     targets: list[tuple[Server, str]] = [(backend, "direct")]
-    proxyPython = args.proxy_python
+    proxyPython = os.path.abspath(args.proxy_python)
+    if args.pypy:
+        args.pypy = os.path.abspath(args.pypy)
     for spec in args.proxy or ["proxy="]:
         name, _, pythonpath = spec.partition("=")
         env = {"PYTHONPATH": pythonpath} if pythonpath else {}
@@ -301,7 +303,12 @@ async def main(args: argparse.Namespace) -> None:
         targets.append((proxyServer(f"proxy --workers {args.workers}", proxyPython, backendPort,
                                     [*args.proxy_arg, "--workers", str(args.workers)], core="0-1"), "ours"))
     if args.pypy:
-        targets.append((proxyServer("proxy (PyPy)", args.pypy, backendPort, args.proxy_arg), "ours"))
+        # PyPy 7.3 (Debian) is Python 3.9: orjson cannot build for it, so a
+        # stdlib-json stand-in is put first on the path; the source tree is
+        # used directly (the package itself declares Python >= 3.10).
+        repo = os.path.dirname(HERE)
+        path = os.pathsep.join([os.path.join(HERE, "pypy_shim"), os.path.join(repo, "src"), repo])
+        targets.append((proxyServer("proxy (PyPy)", args.pypy, backendPort, args.proxy_arg, {"PYTHONPATH": path}), "ours"))
     if not args.no_peers:
         targets += peerServers(backendPort)
     started: list[Server] = []
