@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -233,3 +234,81 @@ class FormParsingTests(SynchronousTestCase):
         )
         self.assertEqual(resource.seen, [({}, b"a=b")])
         self.assertIn(b"200 OK", transport.value())
+
+
+def anyStream(kind: str = "chat") -> NDJSONStream:
+    return NDJSONStream(StreamTranslator("m", kind, 0, lambda: 0))  # type: ignore[arg-type]
+
+
+jsonScalars = st.none() | st.booleans() | st.integers() | st.text()
+
+
+class TemplateEncodingTests(SynchronousTestCase):
+    """
+    L{NDJSONStream.encode} writes the common chunk from a template; every
+    line must be byte-identical to L{codec.dumpLine} of the same dict.
+    """
+
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.text(), st.text(), st.text(), st.sampled_from(["chat", "generate"]))
+    def test_plainChunkIdentical(self, model: str, createdAt: str, content: str, kind: str) -> None:
+        """
+        Chunks built by the translator itself, with any model name,
+        timestamp and content (quotes, control characters, non-BMP text).
+        """
+        translator = StreamTranslator(model, kind, 0, lambda: 0)  # type: ignore[arg-type]
+        chunk = translator._chunk(createdAt, content, None)
+        stream = NDJSONStream(translator)
+        self.assertEqual(stream.encode([chunk]), codec.dumpLine(chunk))
+        # The cached template is reused for the next chunk of the same read.
+        again = translator._chunk(createdAt, content + "x", None)
+        self.assertEqual(stream.encode([chunk, again]), codec.dumpLine(chunk) + codec.dumpLine(again))
+
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.dictionaries(st.sampled_from(["model", "created_at", "message", "response", "done", "thinking", "logprobs"]),
+                        jsonScalars | st.dictionaries(st.sampled_from(["role", "content", "thinking", "tool_calls"]), jsonScalars),
+                        max_size=7),
+        st.sampled_from(["chat", "generate"]),
+    )
+    def test_anyDictIdentical(self, chunk: dict[str, Any], kind: str) -> None:
+        """
+        Arbitrary dicts (other key orders, extra keys, C{done: true}, other
+        roles, non-string content) fall back to L{codec.dumpLine} or match it.
+        """
+        try:
+            expected = codec.dumpLine(chunk)
+        except TypeError:
+            return
+        try:
+            self.assertEqual(anyStream(kind).encode([chunk]), expected)
+        except TypeError:
+            # Only the template rejects a non-string model or timestamp;
+            # orjson would have encoded it, so the template must not apply.
+            self.fail(f"template applied to {chunk!r}")
+
+    def test_keyOrderMatters(self) -> None:
+        """
+        The same keys in another order are encoded in that order.
+        """
+        chunk = {"created_at": "t", "model": "m", "message": {"role": "assistant", "content": "c"}, "done": False}
+        self.assertEqual(anyStream().encode([chunk]), codec.dumpLine(chunk))
+        swapped = {"model": "m", "created_at": "t", "message": {"content": "c", "role": "assistant"}, "done": False}
+        self.assertEqual(anyStream().encode([swapped]), codec.dumpLine(swapped))
+
+    def test_wholeStreamIdentical(self) -> None:
+        """
+        A translated stream (content, thinking, final object) encodes as
+        the dicts would.
+        """
+        translator = StreamTranslator("m:proxy", "chat", 0, lambda: 1_000_000_000)
+        stream = NDJSONStream(translator)
+        payloads = [
+            codec.dumps({"choices": [{"delta": {"reasoning_content": "hmm"}}]}),
+            codec.dumps({"choices": [{"delta": {"content": "Hi \"there\"\n"}}]}),
+            codec.dumps({"choices": [{"delta": {}, "finish_reason": "stop"}]}),
+        ]
+        reference = StreamTranslator("m:proxy", "chat", 0, lambda: 1_000_000_000)
+        expected = b"".join(map(codec.dumpLine, reference.feed(payloads) + reference.finish()))
+        body = b"".join(b"data: " + p + b"\n\n" for p in payloads) + b"data: [DONE]\n\n"
+        self.assertEqual(stream.feed(body) + stream.end(), expected)

@@ -1127,6 +1127,24 @@ def logprobsFromOpenAI(logprobs: Any) -> list[JSON]:
     return out
 
 
+class StreamFailed(UpstreamError):
+    """
+    The upstream stream failed part-way through one read.
+
+    The relay joins the reads of one reactor turn, so a read can hold good
+    events before the failing one; their lines still belong to the client,
+    before the error line.
+
+    @ivar chunks: the Ollama chunks translated before the failing event.
+    @ivar output: the same as NDJSON, filled in by L{NDJSONStream}.
+    """
+
+    def __init__(self, message: str, chunks: list[JSON]) -> None:
+        super().__init__(message)
+        self.chunks = chunks
+        self.output = b""
+
+
 class StreamTranslator:
     """
     Turn decoded OpenAI stream chunks into Ollama chunk objects.
@@ -1216,9 +1234,22 @@ class StreamTranslator:
         @param createdAt: the timestamp for every chunk of this read; computed
             from the clock when omitted.
         @return: the Ollama chunks to send now, in order.
-        @raise UpstreamError: on an upstream error event or non-JSON data.
+        @raise StreamFailed: (an L{UpstreamError}) on an upstream error event
+            or non-JSON data, with the chunks translated before it.
         """
         out: list[JSON] = []
+        try:
+            self._feedInto(payloads, createdAt, out)
+        except StreamFailed:
+            raise
+        except UpstreamError as e:
+            raise StreamFailed(e.message, out) from None
+        return out
+
+    def _feedInto(self, payloads: list[bytes], createdAt: str | None, out: list[JSON]) -> None:
+        """
+        L{feed}'s work: append the chunks to C{out} as they are made.
+        """
         for payload in payloads:
             if payload == b"[DONE]":
                 self.sawDone = True
@@ -1278,7 +1309,6 @@ class StreamTranslator:
                     chunk["logprobs"] = self._logprobs
                     self._logprobs = []
                 out.append(chunk)
-        return out
 
     def _accumulateTools(self, fragments: Any) -> None:
         """
@@ -1485,17 +1515,9 @@ def responseFromOpenAI(
     return result
 
 
-class StreamFailed(UpstreamError):
-    """
-    The upstream stream failed part-way through one read.
-
-    @ivar output: the NDJSON lines translated from that read before the
-        failing event; the relay writes them before the error line.
-    """
-
-    def __init__(self, message: str, output: bytes) -> None:
-        super().__init__(message)
-        self.output = output
+_CHAT_KEYS = ("model", "created_at", "message", "done")
+_GENERATE_KEYS = ("model", "created_at", "response", "done")
+_MESSAGE_KEYS = ("role", "content")
 
 
 class NDJSONStream:
@@ -1517,26 +1539,85 @@ class NDJSONStream:
         self.translator = translator
         self.decoder = SSEDecoder(maxLineLength)
         self._clock = clock
+        self._templateKey: tuple[Any, Any, bytes] | None = None
+        self._templateBytes = b""
 
     def feed(self, data: bytes) -> bytes:
         """
         @param data: one upstream read.
         @return: zero or more complete NDJSON lines.
-        @raise UpstreamError: on upstream error events or garbage.
+        @raise StreamFailed: on upstream error events or garbage, carrying
+            the lines of this read before the failure in C{output}.
         @raise ollama_proxy.sse.SSELineTooLong: on an oversized line.
         """
         payloads = self.decoder.feed(data)
         if not payloads:
             return b""
-        chunks: list[JSON] = []
         try:
-            for payload in payloads:
-                chunks.extend(self.translator.feed([payload]))
-        except UpstreamError as e:
-            # The relay joins the reads of one reactor turn; lines translated
-            # before the failing event still belong to the client.
-            raise StreamFailed(e.message, b"".join(map(codec.dumpLine, chunks))) from None
-        return b"".join(map(codec.dumpLine, chunks))
+            chunks = self.translator.feed(payloads)
+        except StreamFailed as e:
+            e.output = self.encode(e.chunks)
+            raise
+        return self.encode(chunks)
+
+    def encode(self, chunks: list[JSON]) -> bytes:
+        """
+        Encode chunks as NDJSON, byte for byte as L{codec.dumpLine} would.
+
+        The common chunk, C{{"model", "created_at", "message": {"role":
+        "assistant", "content"}, "done": false}} (or C{response} for
+        generate), is written from a template made once per model and
+        timestamp, so only its content string is encoded per token; any
+        other chunk goes through L{codec.dumpLine}.
+
+        @param chunks: Ollama chunk objects.
+        @return: one line per chunk.
+        """
+        lines = []
+        for chunk in chunks:
+            lines.append(self._line(chunk))
+        return b"".join(lines)
+
+    def _line(self, chunk: JSON) -> bytes:
+        """
+        One chunk as one line; see L{encode}.
+        """
+        keys = tuple(chunk)
+        if keys == _CHAT_KEYS:
+            message = chunk["message"]
+            if (
+                chunk["done"] is False
+                and type(message) is dict
+                and tuple(message) == _MESSAGE_KEYS
+                and message["role"] == "assistant"
+                and type(message["content"]) is str
+            ):
+                return self._template(chunk, b',"message":{"role":"assistant","content":') + (
+                    codec.dumps(message["content"]) + b'},"done":false}\n'
+                )
+        elif keys == _GENERATE_KEYS:
+            if chunk["done"] is False and type(chunk["response"]) is str:
+                return self._template(chunk, b',"response":') + (
+                    codec.dumps(chunk["response"]) + b',"done":false}\n'
+                )
+        return codec.dumpLine(chunk)
+
+    def _template(self, chunk: JSON, middle: bytes) -> bytes:
+        """
+        The line's start up to the content, cached for the last model and
+        timestamp (one per socket read).
+        """
+        key = (chunk["model"], chunk["created_at"], middle)
+        if key != self._templateKey:
+            model, createdAt = chunk["model"], chunk["created_at"]
+            if type(model) is not str or type(createdAt) is not str:
+                raise TypeError("model and created_at must be strings")
+            self._templateKey = key
+            self._templateBytes = (
+                b'{"model":' + codec.dumps(model) + b',"created_at":'
+                + codec.dumps(createdAt) + middle
+            )
+        return self._templateBytes
 
     def end(self) -> bytes:
         """
@@ -1545,6 +1626,10 @@ class NDJSONStream:
         @return: the remaining lines, ending with the C{done: true} object.
         @raise UpstreamError: if the stream was truncated.
         """
-        chunks = self.translator.feed(self.decoder.close())
+        try:
+            chunks = self.translator.feed(self.decoder.close())
+        except StreamFailed as e:
+            e.output = self.encode(e.chunks)
+            raise
         chunks.extend(self.translator.finish())
-        return b"".join(map(codec.dumpLine, chunks))
+        return self.encode(chunks)
