@@ -175,6 +175,29 @@ class PartialFailureTests(SynchronousTestCase):
         lines = [codec.loads(line) for line in exc.output.splitlines()]
         self.assertEqual([line["message"]["content"] for line in lines], ["a", "b"])
 
+    def test_tooLongTailAfterEvents(self) -> None:
+        """
+        Complete events then an over-long unfinished line in one read: the
+        events' lines are kept in the failure, whose message names the cap.
+        """
+        stream = NDJSONStream(StreamTranslator("m", "chat", 0, lambda: 0), maxLineLength=100)
+        exc = self.assertRaises(StreamFailed, stream.feed, sse("a") + b"data: " + b"x" * 200)
+        self.assertIn("100", exc.message)
+        [line] = [codec.loads(line) for line in exc.output.splitlines()]
+        self.assertEqual(line["message"]["content"], "a")
+
+    def test_splitReadStillStreams(self) -> None:
+        """
+        A read ending inside an event is translated up to the last complete
+        event; the rest completes with the next read.
+        """
+        stream = NDJSONStream(StreamTranslator("m", "chat", 0, lambda: 0))
+        event = sse("b")
+        first = stream.feed(sse("a") + event[:10])
+        second = stream.feed(event[10:])
+        self.assertEqual(codec.loads(first)["message"]["content"], "a")
+        self.assertEqual(codec.loads(second)["message"]["content"], "b")
+
     def test_relayWritesEarlierLinesBeforeRaising(self) -> None:
         """
         Through L{consume}, the client receives the lines translated before

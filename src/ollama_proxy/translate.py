@@ -32,7 +32,7 @@ import attrs
 
 from ollama_proxy import codec
 from ollama_proxy.errors import BadRequest, UpstreamError
-from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH, SSEDecoder
+from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH, SSEDecoder, SSELineTooLong
 
 JSON = dict[str, Any]
 Kind = Literal["chat", "generate"]
@@ -1515,6 +1515,15 @@ def responseFromOpenAI(
     return result
 
 
+def _failedAfter(message: str, output: bytes) -> StreamFailed:
+    """
+    A L{StreamFailed} whose earlier lines are already encoded.
+    """
+    failure = StreamFailed(message, [])
+    failure.output = output
+    return failure
+
+
 _CHAT_KEYS = ("model", "created_at", "message", "done")
 _GENERATE_KEYS = ("model", "created_at", "response", "done")
 _MESSAGE_KEYS = ("role", "content")
@@ -1550,6 +1559,20 @@ class NDJSONStream:
             the lines of this read before the failure in C{output}.
         @raise ollama_proxy.sse.SSELineTooLong: on an oversized line.
         """
+        cut = data.rfind(b"\n") + 1
+        if 0 < cut < len(data):
+            # An unfinished line follows complete events (the relay joins the
+            # reads of a turn): translate the events before the decoder can
+            # refuse the tail as too long, so their lines are not lost.
+            tail = data[cut:]
+            head = self.feed(data[:cut])
+            try:
+                return head + self.feed(tail)
+            except SSELineTooLong as e:
+                raise _failedAfter(str(e), head) from None
+            except StreamFailed as e:
+                e.output = head + e.output
+                raise
         payloads = self.decoder.feed(data)
         if not payloads:
             return b""
