@@ -186,6 +186,9 @@ class ProxyHarness:
             self.client.flush()
             self.upstream.flush()
             self.fallbackStub.flush()
+            # The relay joins the reads of one reactor turn and flushes
+            # them at the end of the turn (callLater(0)).
+            self.clock.advance(0)
         self.client.flush()
 
     def post(self, path: str, body: Any, **kwargs: Any) -> Deferred[Any]:

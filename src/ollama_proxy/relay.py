@@ -23,6 +23,7 @@ from twisted.web.server import Request
 
 from ollama_proxy.errors import UpstreamError, UpstreamTimeout
 from ollama_proxy.sse import SSELineTooLong
+from ollama_proxy.translate import StreamFailed
 from ollama_proxy.upstream import failureToError
 
 
@@ -80,10 +81,20 @@ async def consume(
     """
     Read an upstream body to its end, one C{collector} call per socket read.
 
+    Twisted's chunked-encoding decoder hands C{treq.collect} one callback per
+    HTTP chunk, and OpenAI-style servers send one chunk per SSE event, so a
+    single socket read can carry a hundred callbacks.  They are joined and
+    passed to C{collector} once, at the end of the reactor turn
+    (C{clock.callLater(0)}), so the pipeline translates and the client gets
+    one write per read, not one per token.  Nothing is held across turns:
+    the last piece is delivered before this returns.
+
     @param response: the upstream response (unbuffered).
-    @param collector: called with each read; an exception it raises closes
-        the upstream connection and is re-raised here.
-    @param clock: for the idle timer (unused without C{idleTimeout}).
+    @param collector: called with the bytes of each read; an exception it
+        raises closes the upstream connection and is re-raised here.
+    @param clock: for the idle timer and the end-of-turn flush; without
+        one, every callback goes to C{collector} at once and there is no
+        idle timer.
     @param idleTimeout: seconds of upstream silence after which the body is
         abandoned with L{UpstreamTimeout}; C{None} for no limit.
     @param client: when given, the upstream transport is registered as the
@@ -95,6 +106,9 @@ async def consume(
     capture = _ProducerCapture(response)
     idle: IDelayedCall | None = None
     timedOut = False
+    pending: list[bytes] = []
+    flushCall: IDelayedCall | None = None
+    failed: list[BaseException] = []
 
     def expire() -> None:
         nonlocal timedOut
@@ -102,10 +116,34 @@ async def consume(
         if capture.producer is not None:
             capture.producer.stopProducing()
 
-    def onData(data: bytes) -> None:
+    def flush() -> None:
+        nonlocal flushCall
+        flushCall = None
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
         if idle is not None and idle.active():
             idle.reset(idleTimeout)  # type: ignore[arg-type]
         collector(data)
+
+    def flushAtEndOfTurn() -> None:
+        try:
+            flush()
+        except BaseException as e:
+            failed.append(e)
+            if capture.producer is not None:
+                capture.producer.stopProducing()
+
+    def onData(data: bytes) -> None:
+        nonlocal flushCall
+        if failed:
+            return
+        pending.append(data)
+        if clock is None:
+            flush()
+        elif flushCall is None:
+            flushCall = clock.callLater(0, flushAtEndOfTurn)
 
     d = treq.collect(cast(Any, capture), onData)
     producer = capture.producer
@@ -116,7 +154,28 @@ async def consume(
     if idleTimeout is not None and clock is not None and not d.called:
         idle = clock.callLater(idleTimeout, expire)
     try:
-        await d
+        error: BaseException | None = None
+        try:
+            await d
+        except BaseException as e:
+            error = e
+        if flushCall is not None and flushCall.active():
+            flushCall.cancel()
+        flushCall = None
+        if not failed and not isinstance(error, CancelledError):
+            # What arrived before the end (or the failure) still goes out.
+            try:
+                flush()
+            except BaseException as e:
+                failed.append(e)
+        if failed:
+            # The collector failed on earlier bytes: that is the cause.
+            error = failed[0]
+            if isinstance(error, StreamFailed) and client is not None and not client.gone:
+                if error.output:
+                    client.request.write(error.output)
+        if error is not None:
+            raise error
     except CancelledError:
         if producer is not None:
             producer.stopProducing()

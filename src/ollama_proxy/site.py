@@ -10,10 +10,12 @@ with Ollama's JSON error shape instead of rendering a truncated body.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -21,6 +23,8 @@ from ollama_proxy import codec
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 """Default request body cap: large enough for several base64 images."""
+
+_CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
 
 
 _REASONS = {413: b"Payload Too Large", 408: b"Request Timeout"}
@@ -48,6 +52,16 @@ class LimitedRequest(Request):
     bodyTimeout: float | None = None
     _rejected = False
     _deadline: IDelayedCall | None = None
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        """
+        Turn off form parsing: every body here is JSON, and C{Request} would
+        otherwise parse each POST's C{Content-Type} with C{email.message}
+        (about 5 % of the CPU of a streamed chat under load).
+        """
+        if _CAN_SKIP_FORMS:
+            kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(channel, *args, **kwargs)
 
     def gotLength(self, length: int | None) -> None:
         """

@@ -11,6 +11,7 @@ arguments.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,16 +19,24 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.python import usage
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 
 from ollama_proxy import __version__
 from ollama_proxy.auth import readKeys, requireKeys
 from ollama_proxy.catalog import ModelCatalog, loadOverrides
+from ollama_proxy.client import makeClient
 from ollama_proxy.resources import DEFAULT_VERSION, Fallback, ProxyContext, buildRoot
 from ollama_proxy.site import DEFAULT_MAX_BODY, ProxySite, makeSite
 from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.translate import FLAVOR_NAMES, flavorFor
 from ollama_proxy.upstream import Backend, ConnectionPool
+from ollama_proxy.workers import (
+    ParentWatch,
+    ReusePortService,
+    WorkerPool,
+    childArguments,
+    parseTCP,
+)
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
 DEFAULT_FALLBACK = "http://127.0.0.1:11505"
@@ -114,6 +123,9 @@ class Options(usage.Options):
         ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body in bytes.", int],
         ["max-line", None, DEFAULT_MAX_LINE_LENGTH, "Largest accepted upstream SSE line in bytes.", int],
         ["pool-size", None, 64, "Persistent upstream connections kept per host.", int],
+        ["workers", None, 1,
+         "Processes serving the tcp: ports together (SO_REUSEPORT; one per core).", int],
+        ["worker-of", None, None, "(internal) run as an extra worker of this parent pid.", int],
         ["backend-flavor", None, "auto",
          "Which non-OpenAI fields the backend takes (top_k/min_p/repetition_penalty, how think "
          f"is spelled): {'|'.join(FLAVOR_NAMES)}. auto: by host (OpenAI, OpenRouter, DeepSeek), "
@@ -146,6 +158,15 @@ class Options(usage.Options):
         vscode-file:// are always allowed.
         """
         self["cors-origin"].append(pattern)
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Keep the arguments as given: extra workers are started with them.
+        """
+        import sys
+
+        self.rawArgs = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -198,9 +219,14 @@ class Options(usage.Options):
                 self["model-overrides"] = loadOverrides(self["model-info"])
             except ValueError as e:
                 raise usage.UsageError(f"--model-info: {e}")
-        for name in ("max-body", "max-line", "pool-size"):
+        for name in ("max-body", "max-line", "pool-size", "workers"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
+        if self["workers"] > 1 or self["worker-of"] is not None:
+            if not hasattr(socket, "SO_REUSEPORT"):
+                raise usage.UsageError("--workers needs SO_REUSEPORT (Linux, BSD, macOS)")
+            for description in self["listen"]:
+                parseTCP(description)
         try:
             flavorFor(self["backend-flavor"], self["target"])
         except ValueError as e:
@@ -270,13 +296,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
-    import treq.client
-
-    pool = ConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = config["pool-size"]
-    pool.retryAutomatically = False
-    agent = Agent(reactor, connectTimeout=config["connect-timeout"], pool=pool)
-    http = treq.client.HTTPClient(agent)
+    http, pool = makeClient(
+        reactor, config["pool-size"], config["connect-timeout"], ConnectionPool
+    )
     backend = Backend(
         http,
         config["target"],
@@ -313,10 +335,21 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         bodyTimeout=config["body-timeout"],
     )
     service = MultiService()
+    shared = config["workers"] > 1 or config["worker-of"] is not None
     for description in config["listen"]:
-        strports.service(description, site, reactor=reactor).setServiceParent(service)
+        if shared:
+            ReusePortService(reactor, description, site).setServiceParent(service)
+        else:
+            strports.service(description, site, reactor=reactor).setServiceParent(service)
     PoolService(pool).setServiceParent(service)
     DrainService(site, config["shutdown-grace"]).setServiceParent(service)
+    if config["workers"] > 1:
+        childArgs = childArguments(
+            getattr(config, "rawArgs", []), os.getpid(), config["target"]
+        )
+        WorkerPool(reactor, config["workers"] - 1, childArgs).setServiceParent(service)
+    if config["worker-of"] is not None:
+        ParentWatch(reactor, config["worker-of"]).setServiceParent(service)
     if config["demo"]:
         from ollama_proxy.testing.fake_openai import FakeOpenAI
 

@@ -32,7 +32,7 @@ import attrs
 
 from ollama_proxy import codec
 from ollama_proxy.errors import BadRequest, UpstreamError
-from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH, SSEDecoder
+from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH, SSEDecoder, SSELineTooLong
 
 JSON = dict[str, Any]
 Kind = Literal["chat", "generate"]
@@ -1127,6 +1127,24 @@ def logprobsFromOpenAI(logprobs: Any) -> list[JSON]:
     return out
 
 
+class StreamFailed(UpstreamError):
+    """
+    The upstream stream failed part-way through one read.
+
+    The relay joins the reads of one reactor turn, so a read can hold good
+    events before the failing one; their lines still belong to the client,
+    before the error line.
+
+    @ivar chunks: the Ollama chunks translated before the failing event.
+    @ivar output: the same as NDJSON, filled in by L{NDJSONStream}.
+    """
+
+    def __init__(self, message: str, chunks: list[JSON]) -> None:
+        super().__init__(message)
+        self.chunks = chunks
+        self.output = b""
+
+
 class StreamTranslator:
     """
     Turn decoded OpenAI stream chunks into Ollama chunk objects.
@@ -1216,9 +1234,22 @@ class StreamTranslator:
         @param createdAt: the timestamp for every chunk of this read; computed
             from the clock when omitted.
         @return: the Ollama chunks to send now, in order.
-        @raise UpstreamError: on an upstream error event or non-JSON data.
+        @raise StreamFailed: (an L{UpstreamError}) on an upstream error event
+            or non-JSON data, with the chunks translated before it.
         """
         out: list[JSON] = []
+        try:
+            self._feedInto(payloads, createdAt, out)
+        except StreamFailed:
+            raise
+        except UpstreamError as e:
+            raise StreamFailed(e.message, out) from None
+        return out
+
+    def _feedInto(self, payloads: list[bytes], createdAt: str | None, out: list[JSON]) -> None:
+        """
+        L{feed}'s work: append the chunks to C{out} as they are made.
+        """
         for payload in payloads:
             if payload == b"[DONE]":
                 self.sawDone = True
@@ -1278,7 +1309,6 @@ class StreamTranslator:
                     chunk["logprobs"] = self._logprobs
                     self._logprobs = []
                 out.append(chunk)
-        return out
 
     def _accumulateTools(self, fragments: Any) -> None:
         """
@@ -1485,6 +1515,20 @@ def responseFromOpenAI(
     return result
 
 
+def _failedAfter(message: str, output: bytes) -> StreamFailed:
+    """
+    A L{StreamFailed} whose earlier lines are already encoded.
+    """
+    failure = StreamFailed(message, [])
+    failure.output = output
+    return failure
+
+
+_CHAT_KEYS = ("model", "created_at", "message", "done")
+_GENERATE_KEYS = ("model", "created_at", "response", "done")
+_MESSAGE_KEYS = ("role", "content")
+
+
 class NDJSONStream:
     """
     The whole streaming pipeline as one pure object: SSE bytes in, Ollama
@@ -1504,19 +1548,99 @@ class NDJSONStream:
         self.translator = translator
         self.decoder = SSEDecoder(maxLineLength)
         self._clock = clock
+        self._templateKey: tuple[Any, Any, bytes] | None = None
+        self._templateBytes = b""
 
     def feed(self, data: bytes) -> bytes:
         """
         @param data: one upstream read.
         @return: zero or more complete NDJSON lines.
-        @raise UpstreamError: on upstream error events or garbage.
+        @raise StreamFailed: on upstream error events or garbage, carrying
+            the lines of this read before the failure in C{output}.
         @raise ollama_proxy.sse.SSELineTooLong: on an oversized line.
         """
+        cut = data.rfind(b"\n") + 1
+        if 0 < cut < len(data):
+            # An unfinished line follows complete events (the relay joins the
+            # reads of a turn): translate the events before the decoder can
+            # refuse the tail as too long, so their lines are not lost.
+            tail = data[cut:]
+            head = self.feed(data[:cut])
+            try:
+                return head + self.feed(tail)
+            except SSELineTooLong as e:
+                raise _failedAfter(str(e), head) from None
+            except StreamFailed as e:
+                e.output = head + e.output
+                raise
         payloads = self.decoder.feed(data)
         if not payloads:
             return b""
-        chunks = self.translator.feed(payloads)
-        return b"".join(map(codec.dumpLine, chunks))
+        try:
+            chunks = self.translator.feed(payloads)
+        except StreamFailed as e:
+            e.output = self.encode(e.chunks)
+            raise
+        return self.encode(chunks)
+
+    def encode(self, chunks: list[JSON]) -> bytes:
+        """
+        Encode chunks as NDJSON, byte for byte as L{codec.dumpLine} would.
+
+        The common chunk, C{{"model", "created_at", "message": {"role":
+        "assistant", "content"}, "done": false}} (or C{response} for
+        generate), is written from a template made once per model and
+        timestamp, so only its content string is encoded per token; any
+        other chunk goes through L{codec.dumpLine}.
+
+        @param chunks: Ollama chunk objects.
+        @return: one line per chunk.
+        """
+        lines = []
+        for chunk in chunks:
+            lines.append(self._line(chunk))
+        return b"".join(lines)
+
+    def _line(self, chunk: JSON) -> bytes:
+        """
+        One chunk as one line; see L{encode}.
+        """
+        keys = tuple(chunk)
+        if keys == _CHAT_KEYS:
+            message = chunk["message"]
+            if (
+                chunk["done"] is False
+                and type(message) is dict
+                and tuple(message) == _MESSAGE_KEYS
+                and message["role"] == "assistant"
+                and type(message["content"]) is str
+            ):
+                return self._template(chunk, b',"message":{"role":"assistant","content":') + (
+                    codec.dumps(message["content"]) + b'},"done":false}\n'
+                )
+        elif keys == _GENERATE_KEYS:
+            if chunk["done"] is False and type(chunk["response"]) is str:
+                return self._template(chunk, b',"response":') + (
+                    codec.dumps(chunk["response"]) + b',"done":false}\n'
+                )
+        return codec.dumpLine(chunk)
+
+    def _template(self, chunk: JSON, middle: bytes) -> bytes:
+        """
+        The line's start up to the content, cached for the last model and
+        timestamp (one per socket read).
+        """
+        key = (chunk["model"], chunk["created_at"], middle)
+        if key != self._templateKey:
+            model, createdAt = chunk["model"], chunk["created_at"]
+            if type(model) is not str or type(createdAt) is not str:
+                raise TypeError("model and created_at must be strings")
+            self._templateKey = key
+            self._templateBytes = (
+                b'{"model":' + codec.dumps(model) + b',"created_at":'
+                + codec.dumps(createdAt) + middle
+            )
+        return self._templateBytes
 
     def end(self) -> bytes:
         """
@@ -1525,6 +1649,10 @@ class NDJSONStream:
         @return: the remaining lines, ending with the C{done: true} object.
         @raise UpstreamError: if the stream was truncated.
         """
-        chunks = self.translator.feed(self.decoder.close())
+        try:
+            chunks = self.translator.feed(self.decoder.close())
+        except StreamFailed as e:
+            e.output = self.encode(e.chunks)
+            raise
         chunks.extend(self.translator.finish())
-        return b"".join(map(codec.dumpLine, chunks))
+        return self.encode(chunks)

@@ -1,0 +1,158 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+The upstream HTTP client: one persistent connection pool, one agent, one
+treq client, built once per process.
+
+treq turns a C{bytes} body into a C{FileBodyProducer}, which writes the body
+from a cooperator task on a later reactor turn.  The request head and body
+then leave in two TCP segments, and Nagle's algorithm holds the second one
+until the backend acknowledges the first: with a delayed ACK that stalled
+every upstream request by about 10 ms on loopback (measured in
+C{bench/RESULTS.md}).  L{BytesProducer} writes the body synchronously, so
+head and body go out in one send.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import treq.client
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, URI
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
+from zope.interface import implementer
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    An L{IBodyProducer} for a body already in memory: it writes everything
+    in L{startProducing}, before the reactor runs again.
+
+    @ivar length: the body length, so the agent sends C{Content-Length}.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        """
+        Write the whole body.
+
+        @param consumer: the request's body consumer.
+        @return: an already-fired L{Deferred}.
+        """
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """
+        Nothing to pause: the body was written at once.
+        """
+
+    def resumeProducing(self) -> None:
+        """
+        Nothing to resume.
+        """
+
+    def stopProducing(self) -> None:
+        """
+        Nothing to stop.
+        """
+
+
+def bodyProducer(data: Any) -> IBodyProducer:
+    """
+    treq's C{data_to_body_producer}: in-memory bytes are written
+    synchronously; anything else gets treq's default adaptation.
+
+    @param data: a request body as given to treq.
+    @return: a body producer.
+    """
+    if isinstance(data, bytes):
+        return BytesProducer(data)
+    return IBodyProducer(data)
+
+
+@implementer(IAgentEndpointFactory)
+class CachingEndpointFactory:
+    """
+    The agent's endpoints, built once per C{(scheme, host, port)}.
+
+    L{Agent} otherwise builds a new L{HostnameEndpoint} (and IDNA-encodes
+    the host) for every request, although the proxy talks to one or two
+    hosts for its whole life.  The cache is bounded because a fallback URL
+    is fixed too; nothing here is per-client.
+
+    @ivar maxSize: endpoints kept; past it, new ones are built uncached.
+    """
+
+    maxSize = 64
+
+    def __init__(
+        self,
+        reactor: Any,
+        connectTimeout: float | None = None,
+        policy: IPolicyForHTTPS | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._connectTimeout = connectTimeout
+        self._policy = policy if policy is not None else BrowserLikePolicyForHTTPS()
+        self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        """
+        TCP for C{http}, TLS over TCP for C{https}, like L{Agent}'s own.
+
+        @param uri: the request URI.
+        @return: the (cached) endpoint.
+        @raise ValueError: for another scheme.
+        """
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is not None:
+            return endpoint
+        if uri.scheme not in (b"http", b"https"):
+            raise ValueError(f"unsupported scheme {uri.scheme!r}")
+        host = uri.host.decode("ascii")
+        kwargs: dict[str, Any] = {}
+        if self._connectTimeout is not None:
+            kwargs["timeout"] = self._connectTimeout
+        endpoint = HostnameEndpoint(self._reactor, host, uri.port, **kwargs)
+        if uri.scheme == b"https":
+            creator = self._policy.creatorForNetloc(uri.host, uri.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        if len(self._cache) < self.maxSize:
+            self._cache[key] = endpoint
+        return endpoint
+
+
+def makeClient(
+    reactor: Any,
+    poolSize: int,
+    connectTimeout: float,
+    poolFactory: type[HTTPConnectionPool] = HTTPConnectionPool,
+) -> tuple[treq.client.HTTPClient, HTTPConnectionPool]:
+    """
+    Build the process's upstream client.
+
+    @param reactor: the reactor.
+    @param poolSize: persistent connections kept per upstream host; with
+        fewer than the concurrent streams, each extra stream pays a TCP
+        connect and the pool churns.
+    @param connectTimeout: seconds to wait for a TCP connection.
+    @param poolFactory: the pool class (the proxy uses
+        L{ollama_proxy.upstream.ConnectionPool}).
+    @return: the treq client and its pool (the caller closes the pool on
+        shutdown).
+    """
+    pool = poolFactory(reactor, persistent=True)
+    pool.maxPersistentPerHost = poolSize
+    pool.retryAutomatically = False
+    agent = Agent.usingEndpointFactory(
+        reactor, CachingEndpointFactory(reactor, connectTimeout), pool=pool
+    )
+    return treq.client.HTTPClient(agent, data_to_body_producer=bodyProducer), pool

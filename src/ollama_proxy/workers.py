@@ -1,0 +1,266 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+Several proxy processes on one machine, sharing the listening ports.
+
+One Twisted process uses one core.  With C{--workers N} (Linux, or any
+system with C{SO_REUSEPORT}), the twistd process binds each C{tcp:} port
+with C{SO_REUSEPORT} and starts N-1 copies of itself (C{twist ollama-proxy}
+with the same options) that bind the same ports the same way; the kernel
+then spreads new connections over the N listening sockets.  Every worker is
+a complete, independent proxy (its own upstream pool); nothing is shared, so
+nothing needs locking.  The workers stop when the parent stops, and stop on
+their own if the parent dies.
+
+The alternative without this option is C{systemd} socket activation: one
+socket unit and several service instances each listening on
+C{systemd:domain=INET:index=0} (see C{docs/performance.md}).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+log = Logger()
+
+
+def parseTCP(description: str) -> tuple[str, int, int]:
+    """
+    Read a C{tcp:} strports description.
+
+    @param description: e.g. C{tcp:11434:interface=127.0.0.1:backlog=1024}
+        or C{tcp:port=11434}.
+    @return: C{(interface, port, backlog)}; the interface defaults to all
+        IPv4 addresses and the backlog to Twisted's 50.
+    @raise usage.UsageError: for any other kind of description.
+    """
+    kind, _, rest = description.partition(":")
+    if kind != "tcp" or not rest or "\\" in rest:
+        raise usage.UsageError(
+            f"--workers needs tcp: listen descriptions, got {description!r}"
+        )
+    interface, port, backlog = "", None, 50
+    for index, part in enumerate(rest.split(":")):
+        key, sep, value = part.partition("=")
+        try:
+            if not sep and index == 0:
+                port = int(part)
+            elif key == "port":
+                port = int(value)
+            elif key == "interface":
+                interface = value
+            elif key == "backlog":
+                backlog = int(value)
+            else:
+                raise ValueError(part)
+        except ValueError:
+            raise usage.UsageError(
+                f"--workers cannot read {part!r} in {description!r}"
+            ) from None
+    if port is None:
+        raise usage.UsageError(f"no port in {description!r}")
+    return interface, port, backlog
+
+
+def reusePortSocket(interface: str, port: int, backlog: int) -> socket.socket:
+    """
+    A listening TCP socket that other processes may bind as well.
+
+    @raise OSError: if the address is taken by a socket without
+        C{SO_REUSEPORT}, or the system has no C{SO_REUSEPORT}.
+    """
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ReusePortService(Service):
+    """
+    Serve C{factory} on a C{SO_REUSEPORT} socket.
+
+    @ivar port: the listening port while running.
+    """
+
+    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.address = parseTCP(description)
+        self.factory = factory
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        """
+        Bind and hand the socket to the reactor (which keeps its own copy).
+        """
+        super().startService()
+        sock = reusePortSocket(*self.address)
+        try:
+            self.port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
+        finally:
+            sock.close()
+
+    def stopService(self) -> Deferred[None] | None:  # type: ignore[override]
+        """
+        @return: fires when the port is closed.
+        """
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
+        return stopped
+
+
+def childArguments(rawArgs: Sequence[str], parentPid: int, target: str | None = None) -> list[str]:
+    """
+    The plugin options for a worker: the parent's, without C{--workers}
+    and C{--demo} (only the parent runs the demo backend), with
+    C{--worker-of} naming the parent.
+
+    @param rawArgs: the parent's plugin arguments as given.
+    @param parentPid: the parent's process id.
+    @param target: the resolved C{--target}, passed when C{--demo} chose it.
+    @return: the worker's plugin arguments.
+    """
+    out: list[str] = []
+    skip = False
+    for arg in rawArgs:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workers":
+            skip = True
+            continue
+        if arg.startswith("--workers=") or arg == "--demo":
+            continue
+        out.append(arg)
+    if target is not None and "--demo" in rawArgs:
+        out += ["--target", target]
+    return out + ["--worker-of", str(parentPid)]
+
+
+class _Worker(ProcessProtocol):
+    """Watches one worker process."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.ended: Deferred[None] = Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+
+
+class WorkerPool(Service):
+    """
+    Start the extra workers with the parent, stop them with it.
+
+    @ivar argv: the command line of a worker.
+    @ivar count: how many workers to start.
+    @ivar stopTimeout: seconds a worker gets to stop before C{SIGKILL}.
+    """
+
+    stopTimeout = 10.0
+
+    def __init__(self, reactor: Any, count: int, pluginArgs: Sequence[str]) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.argv = [sys.executable, "-m", "twisted", "--log-format=text", "ollama-proxy", *pluginArgs]
+        self.processes: list[tuple[Any, _Worker]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        for index in range(self.count):
+            protocol = _Worker(index + 1)
+            process = self.reactor.spawnProcess(
+                protocol, self.argv[0], self.argv, env=os.environ.copy(),
+                childFDs={0: "w", 1: 1, 2: 2},
+            )
+            protocol.ended.addCallback(self._ended, protocol, process)
+            self.processes.append((process, protocol))
+        log.info("started {n} extra worker(s)", n=self.count)
+
+    def _ended(self, result: None, protocol: _Worker, process: Any) -> None:
+        if self.running:
+            log.error("worker {index} (pid {pid}) exited", index=protocol.index, pid=process.pid)
+
+    def stopService(self) -> Deferred[Any]:  # type: ignore[override]
+        """
+        @return: fires when every worker has exited.
+        """
+        super().stopService()
+        waits = []
+        for process, protocol in self.processes:
+            if protocol.ended.called:
+                continue
+            try:
+                process.signalProcess("TERM")
+            except Exception:  # already gone
+                continue
+            kill = self.reactor.callLater(self.stopTimeout, self._kill, process)
+            protocol.ended.addBoth(self._cancel, kill)
+            waits.append(protocol.ended)
+        return DeferredList(waits)
+
+    @staticmethod
+    def _cancel(result: object, call: Any) -> object:
+        if call.active():
+            call.cancel()
+        return result
+
+    @staticmethod
+    def _kill(process: Any) -> None:
+        try:
+            process.signalProcess("KILL")
+        except Exception:
+            pass
+
+
+class ParentWatch(Service):
+    """
+    In a worker: stop when the parent process is gone (its pid is no longer
+    our parent), so a killed parent does not leave workers behind.
+    """
+
+    interval = 1.0
+
+    def __init__(self, reactor: Any, parentPid: int) -> None:
+        self.reactor = reactor
+        self.parentPid = parentPid
+        self._loop = LoopingCall(self._check)
+        self._loop.clock = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:  # type: ignore[override]
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def _check(self) -> None:
+        if os.getppid() != self.parentPid:
+            log.warn("parent {pid} is gone; stopping", pid=self.parentPid)
+            self._loop.stop()
+            self.reactor.stop()
+
