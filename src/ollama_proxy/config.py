@@ -81,7 +81,7 @@ class ConfigError(Exception):
 def formatKey(path: KeyPath) -> str:
     """
     @param path: a key path.
-    @return: its readable form, e.g. C{backend[1].overrides."gpt-4o".options}.
+    @return: its readable form, e.g. C{backend[1].overrides."openai/gpt-4o".options}.
     """
     out = ""
     for part in path:
