@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.config import BackendConfig, ModelOverride
@@ -68,14 +68,13 @@ class LogCapture:
     """
 
     def __init__(self, case: SynchronousTestCase) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.observer = EventLoggingObserver.createWithCleanup(case, globalLogPublisher)
 
-    def errors(self) -> list[dict[str, Any]]:
-        from twisted.logger import LogLevel
-
-        return [e for e in self.events if e.get("log_level") in (LogLevel.error, LogLevel.warn)]
+    def errors(self) -> list[Any]:
+        """
+        @return: the events logged at warning level or above.
+        """
+        return [e for e in self.observer if e.get("log_level") in (LogLevel.error, LogLevel.warn)]
 
 
 class ModelListCacheTests(SynchronousTestCase):
