@@ -68,7 +68,9 @@ class LogCapture:
     """
 
     def __init__(self, case: SynchronousTestCase) -> None:
-        self.observer = EventLoggingObserver.createWithCleanup(case, globalLogPublisher)
+        self.observer = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.observer)
+        case.addCleanup(globalLogPublisher.removeObserver, self.observer)
 
     def errors(self) -> list[Any]:
         """
