@@ -47,6 +47,8 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 
+from ollama_proxy.translate import FLAVOR_NAMES
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -237,6 +239,9 @@ class BackendConfig:
     @ivar models: ids always offered, listed or not.
     @ivar aliases: client-visible alias to backend model id.
     @ivar overrides: backend model id to its L{ModelOverride}.
+    @ivar flavor: which non-OpenAI request fields it takes (a name of
+        L{ollama_proxy.translate.FLAVOR_NAMES}); C{None} for the
+        C{--backend-flavor} option's choice.
     """
 
     name: str
@@ -248,6 +253,7 @@ class BackendConfig:
     models: tuple[str, ...] = ()
     aliases: Mapping[str, str] = attrs.field(factory=dict)
     overrides: Mapping[str, ModelOverride] = attrs.field(factory=dict)
+    flavor: str | None = None
 
     def offers(self, modelId: str) -> bool:
         """
@@ -360,7 +366,7 @@ def _typeName(value: Any) -> str:
 
 _BACKEND_KEYS = (
     "name", "url", "api_key", "api_key_file", "api_key_env",
-    "discover", "allow", "deny", "models", "aliases", "overrides",
+    "discover", "allow", "deny", "models", "aliases", "overrides", "flavor",
 )
 _OVERRIDE_KEYS = ("context_length", "capabilities", "extra", "options")
 
@@ -456,6 +462,13 @@ def _parseBackend(
         if not environ.get(variable):
             raise check.fail(key + ("api_key_env",), f"environment variable {variable} is not set")
         apiKey = environ[variable]
+    flavor = None
+    if "flavor" in table:
+        flavor = check.string(table["flavor"], key + ("flavor",))
+        if flavor not in FLAVOR_NAMES:
+            raise check.fail(
+                key + ("flavor",), f"unknown flavor (expected one of: {', '.join(FLAVOR_NAMES)})"
+            )
     discover = check.boolean(table.get("discover", True), key + ("discover",))
     allow = check.strings(table.get("allow", []), key + ("allow",))
     deny = check.strings(table.get("deny", []), key + ("deny",))
@@ -482,6 +495,7 @@ def _parseBackend(
         models=models,
         aliases=aliases,
         overrides=overrides,
+        flavor=flavor,
     )
 
 

@@ -331,7 +331,10 @@ class Router:
         out: list[tuple[BackendModels, Entry]] = []
         seen: set[str] = set()
         for backend, entries in lists:
-            for entry in entries or []:
+            if entries is None:
+                # Down and never listed: its aliases would only fail.
+                continue
+            for entry in entries:
                 name = clientModelName(entry["id"], self.tag)
                 if name not in seen:
                     seen.add(name)

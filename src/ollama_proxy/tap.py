@@ -19,6 +19,7 @@ import attrs
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import HTTPConnectionPool
 
@@ -27,6 +28,8 @@ from ollama_proxy.auth import readKeys, requireKeys
 from ollama_proxy.catalog import ModelCatalog, loadOverrides
 from ollama_proxy.client import makeClient
 from ollama_proxy.config import BackendConfig, Config, ConfigError, loadConfig
+from ollama_proxy.metrics import Metrics
+from ollama_proxy.models import BackendModels, ModelListCache, Router, makeFetcher
 from ollama_proxy.resources import DEFAULT_VERSION, Fallback, ProxyContext, buildRoot
 from ollama_proxy.site import DEFAULT_MAX_BODY, ProxySite, makeSite
 from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH
@@ -411,6 +414,66 @@ def _evolve(backend: BackendConfig, url: str, apiKey: str | None) -> BackendConf
     return attrs.evolve(backend, url=url, apiKey=apiKey)
 
 
+def makeRouter(
+    backends: Sequence[BackendConfig],
+    http: Any,
+    reactor: Any,
+    ttl: float,
+    tag: str,
+    flavor: str = "auto",
+    **options: Any,
+) -> Router:
+    """
+    One L{Backend} and model-list cache per configured backend.
+
+    @param backends: from L{Options}, in order.
+    @param http: the shared treq client.
+    @param reactor: the reactor.
+    @param ttl: the model-list cache lifetime.
+    @param tag: the C{/api/tags} suffix.
+    @param flavor: C{--backend-flavor}, for backends whose table has no
+        C{flavor} key.
+    @param options: further L{Backend} arguments shared by all backends
+        (timeouts, retries).
+    @return: the router.
+    """
+    entries = []
+    for backend in backends:
+        client = Backend(http, backend.url, reactor, apiKey=backend.apiKey, name=backend.name,
+                         flavor=flavorFor(backend.flavor or flavor, backend.url), **options)
+        cache = ModelListCache(makeFetcher(client, backend), reactor, ttl, backend.name)
+        entries.append(BackendModels(backend, client, cache))
+    return Router(entries, tag)
+
+
+class ModelListing(Service):
+    """
+    Lists every backend's models once at start-up, so that a backend that
+    is down, or a model name that two backends offer, is in the log at once
+    rather than at the first request.
+    """
+
+    log = Logger()
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def startService(self) -> None:
+        """
+        Start the listing; the service does not wait for it.
+        """
+        super().startService()
+        d = Deferred.fromCoroutine(self.router.lists())
+        d.addCallback(self._report)
+        d.addErrback(lambda f: self.log.failure("listing models at start-up failed", f))
+
+    def _report(self, lists: list[tuple[BackendModels, list[Any] | None]]) -> None:
+        for backend, entries in lists:
+            if entries is not None:
+                self.log.info("backend {backend} at {url} offers {count} models",
+                              backend=backend.name, url=backend.config.url, count=len(entries))
+
+
 class PoolService(Service):
     """
     Owns the upstream connection pool and closes it on shutdown, so
@@ -464,13 +527,10 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     http, pool = makeClient(
         reactor, config["pool-size"], config["connect-timeout"], ConnectionPool
     )
-    backend = Backend(
-        http,
-        config["target"],
-        reactor,
-        apiKey=config["api-key"],
+    router = makeRouter(
+        config["backends"], http, reactor, config["models-ttl"], config["tag"],
+        config["backend-flavor"],
         headerTimeout=config["header-timeout"],
-        flavor=flavorFor(config["backend-flavor"], config["target"]),
         idleTimeout=config["idle-timeout"],
         retries=config["retry-429"],
         maxRetryWait=config["retry-max-wait"],
@@ -478,7 +538,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     )
     fallback = Fallback(http, config["fallback"]) if config["fallback"] else None
     ctx = ProxyContext(
-        backend=backend,
+        backend=router.backends[0].backend,
         clock=reactor,
         fallback=fallback,
         tag=config["tag"],
@@ -486,8 +546,10 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         idleTimeout=config["idle-timeout"],
         maxLineLength=config["max-line"],
         version=config["ollama-version"],
-        catalog=ModelCatalog(reactor.seconds, overrides=config["model-overrides"]),
+        catalog=ModelCatalog(reactor.seconds, ttl=config["models-ttl"], overrides=config["model-overrides"]),
         corsOrigins=tuple(config["cors-origin"]),
+        router=router,
+        metrics=None if config["no-metrics"] else Metrics(),
     )
     root = buildRoot(ctx)
     if config["require-key"]:
@@ -515,6 +577,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         WorkerPool(reactor, config["workers"] - 1, childArgs).setServiceParent(service)
     if config["worker-of"] is not None:
         ParentWatch(reactor, config["worker-of"]).setServiceParent(service)
+    ModelListing(router).setServiceParent(service)
     if config["demo"]:
         from ollama_proxy.testing.fake_openai import FakeOpenAI
 
