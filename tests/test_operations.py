@@ -8,8 +8,10 @@ configuration file that stops twistd before it listens.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
+import time
 import urllib.request
 
 import ollama
@@ -155,3 +157,57 @@ class BrokenConfigTests(SynchronousTestCase):
         )
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(f"{path}:3: backend[0].discovr: unknown key", result.stdout + result.stderr)
+
+
+ACTIVATE = shutil.which("systemd-socket-activate")
+
+
+class SocketActivationTests(SynchronousTestCase):
+    """
+    C{--listen systemd:domain=INET:index=0} serves on a socket that systemd
+    (here its C{systemd-socket-activate} test tool) opened and passed on.
+    """
+
+    skip = None if ACTIVATE else "systemd-socket-activate is not installed"
+
+    def test_inheritedSocket(self) -> None:
+        """
+        The first request, made before twistd even started, is answered on
+        the inherited socket.  (Twisted needs C{LISTEN_FDNAMES}, which
+        systemd 227 and later always set; the test tool only with
+        C{--fdname}.)
+        """
+        assert ACTIVATE is not None
+        port = freePort()
+        directory = tempfile.mkdtemp(prefix="ollama-proxy-sd-")
+        process = subprocess.Popen(
+            [ACTIVATE, "--fdname=ollama-proxy", "-l", f"127.0.0.1:{port}",
+             *twistdCommand(), "-n", "--pidfile=", "--logfile=proxy.log", "ollama-proxy",
+             "--target", "http://127.0.0.1:9", "--fallback", "", "--listen",
+             "systemd:domain=INET:index=0"],
+            cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+
+        def stop() -> None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version",
+                                            timeout=20) as r:
+                    self.assertEqual(codec.loads(r.read()), {"version": "0.13.5"})
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with open(os.path.join(directory, "proxy.log"), encoding="utf-8") as f:
+            self.assertIn(f"ProxySite starting on {port}", f.read())
