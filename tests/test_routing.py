@@ -31,8 +31,11 @@ def configs() -> list[BackendConfig]:
         BackendConfig(
             name="a", url="http://a.test:4000", apiKey="sk-a",
             aliases={"fast": "small"},
-            overrides={"small": ModelOverride(options={"temperature": 0.1},
-                                              extra={"user": "proxy-a"})},
+            overrides={
+                "small": ModelOverride(contextLength=4096, options={"temperature": 0.1},
+                                       extra={"user": "proxy-a"}),
+                "big": ModelOverride(contextLength=131072, capabilities=("completion", "vision")),
+            },
         ),
         BackendConfig(name="b", url="http://b.test:8000/v1", apiKey="sk-b", models=("static",)),
     ]
@@ -159,6 +162,80 @@ class RoutingTests(SynchronousTestCase):
         d = h.get("/v1/models")
         ids = [m["id"] for m in h.json(d)["data"]]
         self.assertEqual(ids, ["big", "small", "shared", "fast", "other", "static"])
+
+
+class MetadataTests(SynchronousTestCase):
+    """
+    C{/api/show} and C{/api/embed} across backends.
+    """
+
+    def show(self, h: Harness, name: str) -> tuple[int, Any]:
+        """
+        C{POST /api/show}, answering the listings and, for each backend,
+        LiteLLM's C{/v1/model/info} with a 404 (not LiteLLM).
+        """
+        d = h.post("/api/show", {"model": name})
+        h.listModels()
+        for fake in h.backends.values():
+            for received in fake.received:
+                if received.path.endswith("/model/info") and not received.request.finished:
+                    received.respond(404, {"error": "not found"})
+                    h.pump()
+        return h.result(d)
+
+    def test_configuredMetadata(self) -> None:
+        """
+        A model's C{context_length} and C{capabilities} from the
+        configuration file reach C{/api/show}; an alias shows its model's
+        metadata under its own name; a model of the second backend gets the
+        defaults.
+        """
+        h = Harness(self)
+        status, big = self.show(h, "big:proxy")
+        self.assertEqual(status, 200)
+        arch = big["model_info"]["general.architecture"]
+        self.assertEqual(big["model_info"][f"{arch}.context_length"], 131072)
+        self.assertEqual(big["capabilities"], ["completion", "vision"])
+        status, fast = self.show(h, "fast")
+        self.assertEqual((status, fast["model_info"]["general.basename"]), (200, "fast"))
+        self.assertEqual(fast["model_info"][f"{arch}.context_length"], 4096)
+        status, other = self.show(h, "other")
+        self.assertEqual(other["model_info"][f"{arch}.context_length"], 32768)
+        self.assertEqual(other["capabilities"], ["completion", "tools"])
+        status, missing = self.show(h, "nope")
+        self.assertEqual(status, 404)
+
+    def test_showCached(self) -> None:
+        """
+        Repeated C{/api/show} calls within the TTL ask no backend again.
+        """
+        h = Harness(self)
+        self.show(h, "big")
+        before = sum(len(fake.received) for fake in h.backends.values())
+        d = h.post("/api/show", {"model": "other"})
+        self.assertEqual(h.result(d)[0], 200)
+        self.assertEqual(sum(len(fake.received) for fake in h.backends.values()), before)
+
+    def test_embedRouted(self) -> None:
+        """
+        C{/api/embed} goes to the backend that offers the model, with its
+        id and key, and counts the prompt tokens.
+        """
+        h = Harness(self)
+        d = h.post("/api/embed", {"model": "other:proxy", "input": ["a", "b"]})
+        h.listModels()
+        [upstream] = [r for r in h.backends["b"].received if r.path.endswith("/embeddings")]
+        self.assertEqual((upstream.json()["model"], upstream.json()["input"]), ("other", ["a", "b"]))
+        self.assertEqual(upstream.headers["authorization"], "Bearer sk-b")
+        upstream.respond(200, {"data": [{"index": 0, "embedding": [1.0, 0.0]},
+                                        {"index": 1, "embedding": [0.0, 1.0]}],
+                               "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+        h.pump()
+        status, result = h.result(d)
+        self.assertEqual((status, len(result["embeddings"])), (200, 2))
+        samples = h.samples()
+        self.assertEqual(samples[("ollama_proxy_tokens_total", (("backend", "b"), ("direction", "in"),
+                                                                ("model", "other")))], 4.0)
 
 
 class CacheTests(SynchronousTestCase):
