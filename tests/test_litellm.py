@@ -239,3 +239,13 @@ class LiteLLMTests(SynchronousTestCase):
         with self.assertRaises(ollama.ResponseError) as e:
             self.chat("mock-500", stream=False)
         self.assertEqual(e.exception.status_code, 500)
+
+    def test_show(self) -> None:
+        """
+        C{show()} of a LiteLLM model answers with metadata (the proxy also
+        asks LiteLLM's C{/v1/model/info}, and the fake backend's missing
+        route does not break it).
+        """
+        response = self.client.show("mock-gpt:proxy")
+        self.assertEqual((response.modelinfo or {}).get("general.basename"), "mock-gpt")
+        self.assertIn("completion", response.capabilities or [])
