@@ -60,7 +60,7 @@ quick = "fake-model"
 [[backend]]
 name = "beta"
 url = "http://127.0.0.1:{ports[1]}/v1"
-deny = ["fake-model", "fake-embed"]
+allow = ["fake-reasoner", "fake-tools"]
 """
             )
         self.proxy = Twistd(
