@@ -50,6 +50,7 @@ GOOD = textwrap.dedent(
     name = "vllm"
     url = "http://127.0.0.1:8000/v1"
     api_key = "sk-vllm"
+    flavor = "vllm"
     discover = false
     models = ["qwen3-8b", "qwen3-32b"]
     """
@@ -89,6 +90,7 @@ class GoodFileTests(SynchronousTestCase):
         self.assertEqual((second.name, second.url, second.apiKey, second.discover, second.models),
                          ("vllm", "http://127.0.0.1:8000/v1", "sk-vllm", False,
                           ("qwen3-8b", "qwen3-32b")))
+        self.assertEqual((first.flavor, second.flavor), (None, "vllm"))
 
     def test_aliasesAndOverrides(self) -> None:
         """
@@ -238,6 +240,16 @@ class BadFileTests(SynchronousTestCase):
         """
         e = errorOf('[[backend]]\nurl = "http://a:1"\napi_key = "a"\napi_key_env = "LITELLM_KEY"\n')
         self.assertEqual((e.line, e.key), (4, "backend[0].api_key_env"))
+
+    def test_unknownFlavor(self) -> None:
+        """
+        A flavor the translation does not know is refused, listing the
+        known ones.
+        """
+        e = errorOf(GOOD.replace('flavor = "vllm"', 'flavor = "vllmm"'))
+        self.assertEqual((e.key, e.line), ("backend[1].flavor",
+                                           GOOD.splitlines().index('flavor = "vllm"') + 1))
+        self.assertIn("openrouter", e.reason)
 
     def test_unknownCapability(self) -> None:
         """
@@ -395,6 +407,37 @@ class OptionsTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as e:
             Options().parseOptions(["--config", path])
         self.assertIn(f"{path}:2: server.idle-timeout: must be positive", str(e.exception))
+
+    def test_serviceUsesEveryBackend(self) -> None:
+        """
+        L{makeService} builds one upstream client per backend, each with its
+        name, URL, key and flavor (the table's, else C{--backend-flavor},
+        else guessed from the host), and a model-list cache with
+        C{--models-ttl}.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ollama_proxy.resources import ProxyContext
+        from ollama_proxy.tap import makeService
+
+        path = self.writeConfig(
+            '[server]\nmodels-ttl = 12\n'
+            '[[backend]]\nname = "a"\nurl = "http://127.0.0.1:1"\napi_key = "ka"\n'
+            'flavor = "litellm"\n'
+            '[[backend]]\nname = "b"\nurl = "https://api.openai.com/v1"\n'
+        )
+        options = Options()
+        options.parseOptions(["--config", path])
+        service = makeService(options, reactor=MemoryReactorClock())
+        [site] = [s for s in service if hasattr(s, "endpoint")]  # type: ignore[attr-defined]
+        root = site.factory.resource
+        ctx = getattr(root, "wrapped", root).ctx
+        self.assertIsInstance(ctx, ProxyContext)
+        clients = [(b.name, b.backend.target, b.backend.apiKey, b.backend.flavor.name,
+                    b.cache.ttl) for b in ctx.router.backends]
+        self.assertEqual(clients, [("a", "http://127.0.0.1:1", "ka", "litellm", 12.0),
+                                   ("b", "https://api.openai.com/v1", None, "openai", 12.0)])
+        self.assertIsNotNone(ctx.metrics)
 
     def test_noBackendAtAll(self) -> None:
         """
