@@ -394,9 +394,10 @@ class MetricsTests(SynchronousTestCase):
         """
         first, second = Harness(self), Harness(self)
         first.get("/api/version")
-        self.assertNotIn(("ollama_proxy_requests_total",
-                          (("model", "other"), ("route", "/api/version"), ("status", "200"))),
-                         second.samples())
+        key = ("ollama_proxy_requests_total",
+               (("model", ""), ("route", "/api/version"), ("status", "200")))
+        self.assertEqual(first.samples()[key], 1.0)
+        self.assertNotIn(key, second.samples())
 
     def test_disabled(self) -> None:
         """

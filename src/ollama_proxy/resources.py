@@ -179,6 +179,7 @@ class ProxyContext:
         @raise ProxyError: when no backend offers the name.
         """
         ex.model = name
+        ex.modelLabel = OTHER
         route = await self.router.route(name)
         ex.backend = route.name
         ex.modelLabel = route.modelId if route.known else OTHER
@@ -255,13 +256,21 @@ class ProxyContext:
         merged = await self.router.models()
         models = {"object": "list", "data": [entry for _, entry in merged]}
         self.knownIds = set(modelIds(models))
+        # Asked of every backend at once, and only of those that just
+        # listed their models: one that is down would cost a connect
+        # timeout for nothing.
+        asks = [
+            Deferred.fromCoroutine(candidate.backend.getJSON("model/info"))
+            for candidate in self.router.backends
+            if candidate.config.discover and candidate.cache.error is None
+            and candidate.cache.entries is not None
+        ]
         infos: list[Any] = []
-        for candidate in self.router.backends:
-            if candidate.config.discover:
-                try:
-                    infos.append(await candidate.backend.getJSON("model/info"))
-                except ProxyError:
-                    pass
+        for ask in asks:
+            try:
+                infos.append(await ask)
+            except ProxyError:
+                pass
         info: Any = None
         if infos:
             info = {"data": [item for one in infos if isinstance(one, dict)
@@ -294,7 +303,8 @@ class Exchange:
     @ivar model: the model named by the request, for the log line.
     @ivar backend: the name of the backend it went to.
     @ivar modelLabel: the model's metrics label: a model some backend offers,
-        or C{"other"}, so that clients cannot create label values at will.
+        C{"other"} for any other name (so that clients cannot create label
+        values at will), empty for requests that name no model.
     @ivar tokensIn: prompt tokens reported by the backend.
     @ivar tokensOut: completion tokens reported by the backend.
     @ivar firstToken: ns from arrival to the first generated token (streams).
@@ -306,7 +316,7 @@ class Exchange:
     client: ClientState
     model: str | None = None
     backend: str | None = None
-    modelLabel: str = OTHER
+    modelLabel: str = ""
     tokensIn: int | None = None
     tokensOut: int | None = None
     firstToken: int | None = None
