@@ -152,8 +152,9 @@ class RoutingTests(SynchronousTestCase):
 
     def test_passthroughRoutes(self) -> None:
         """
-        An OpenAI request is relayed to the backend of its model, and
-        C{GET /v1/models} with several backends is their merged list.
+        An OpenAI request is relayed to the backend of its model;
+        C{GET /v1/models} with several backends is their merged list, and
+        C{GET /v1/models/{id}} goes to the backend of that model.
         """
         h = Harness(self)
         h.post("/v1/chat/completions", {"model": "static", "messages": []})
@@ -162,6 +163,9 @@ class RoutingTests(SynchronousTestCase):
         d = h.get("/v1/models")
         ids = [m["id"] for m in h.json(d)["data"]]
         self.assertEqual(ids, ["big", "small", "shared", "fast", "other", "static"])
+        h.get("/v1/models/other:proxy")
+        [retrieve] = [r for r in h.backends["b"].received if r.path.startswith("/v1/models/")]
+        self.assertEqual((retrieve.method, retrieve.path), ("GET", "/v1/models/other"))
 
 
 class MetadataTests(SynchronousTestCase):

@@ -692,17 +692,19 @@ class Passthrough(ProxyResource):
                     decoded["model"] = route.modelId
                     body = codec.dumps(decoded)
         request = ex.request
+        postpath = [p.decode("latin-1") for p in request.postpath or []]
         if backend is None:
             if self.path == "models" and len(self.ctx.router.backends) > 1:
-                # Several backends: their merged list, not the first one's.
-                return await self.ctx.listModels()
-            first = self.ctx.router.backends[0]
-            backend, ex.backend = first.backend, first.name
-        url = backend.url(
-            "/".join([self.path, *(p.decode("latin-1") for p in request.postpath)])
-            if request.postpath
-            else self.path
-        )
+                if not postpath:
+                    # Several backends: their merged list, not the first one's.
+                    return await self.ctx.listModels()
+                # GET /v1/models/{id}: ask the backend that has the model.
+                route = await self.ctx.route(ex, "/".join(postpath))
+                backend, postpath = route.backend, [route.modelId]
+            else:
+                first = self.ctx.router.backends[0]
+                backend, ex.backend = first.backend, first.name
+        url = backend.url("/".join([self.path, *postpath]))
         query = request.uri.partition(b"?")[2]
         if query:
             url += "?" + query.decode("latin-1")
