@@ -439,6 +439,17 @@ class OptionsTests(SynchronousTestCase):
                                    ("b", "https://api.openai.com/v1", None, "openai", 12.0)])
         self.assertIsNotNone(ctx.metrics)
 
+    def test_abbreviationRefused(self) -> None:
+        """
+        getopt would take C{--conf} for C{--config}, but the file is read
+        before getopt runs: the abbreviation is refused rather than the file
+        silently ignored.
+        """
+        path = self.writeConfig('[[backend]]\nurl = "http://127.0.0.1:2"\n')
+        with self.assertRaises(usage.UsageError) as e:
+            Options().parseOptions(["--conf", path])
+        self.assertIn("--config in full", str(e.exception))
+
     def test_noBackendAtAll(self) -> None:
         """
         Without C{--target}, C{--demo} or a C{[[backend]]}, nothing can be

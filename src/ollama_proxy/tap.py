@@ -84,7 +84,8 @@ def _configArgument(argv: Sequence[str]) -> str | None:
     """
     Find C{--config FILE} (or C{--config=FILE}) before the full parse, so
     that the file's values can become the defaults the command line
-    overrides.
+    overrides.  (This is why the option has no short form and must be
+    spelt in full.)
 
     @param argv: the plugin's arguments.
     @return: the file name, or C{None}.
@@ -188,7 +189,7 @@ class Options(usage.Options):
          f"(comma-separated for several; prefer ${REQUIRE_KEY_ENV} or --require-key-file)."],
         ["require-key-file", None, None,
          "Read the accepted client keys from this file (one per line)."],
-        ["config", "c", None, "TOML file with backends, aliases, model overrides and any of "
+        ["config", None, None, "TOML file with backends, aliases, model overrides and any of "
          "these options in [server]; the command line wins."],
         ["models-ttl", None, 60.0, "Seconds a backend's model list is reused; 0 lists on "
          "every /api/tags call.", _nonNegative],
@@ -295,6 +296,10 @@ class Options(usage.Options):
         @raise usage.UsageError: for a missing or malformed URL, or an
             unreadable key file.
         """
+        if self["config"] and self.fileConfig is None:
+            # getopt accepted an abbreviation (--conf) that the early scan
+            # for --config did not see.
+            raise usage.UsageError("spell the option --config in full")
         if not self["listen"]:
             self["listen"] = self._fileListen or [DEFAULT_LISTEN]
         if self["demo"] and not self["target"]:
