@@ -444,3 +444,103 @@ class LogLineTests(SynchronousTestCase):
         from twisted.logger import formatEvent
 
         self.assertIn("model=other:proxy status=200 backend=b tokens=3/2", formatEvent(event))
+
+
+class ErrorKindTests(SynchronousTestCase):
+    """
+    Upstream failures that never produced a response.
+    """
+
+    def proxy(self, client: Any) -> Any:
+        """
+        @return: a proxy with metrics whose only backend uses C{client}.
+        """
+        from treq.testing import StubTreq
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ollama_proxy.metrics import Metrics
+        from ollama_proxy.resources import ProxyContext, buildRoot
+        from ollama_proxy.upstream import Backend
+
+        self.clock = MemoryReactorClock()
+        self.ctx = ProxyContext(backend=Backend(client, "http://backend.test", self.clock,
+                                                headerTimeout=5),
+                                clock=self.clock, metrics=Metrics())
+        return StubTreq(buildRoot(self.ctx))
+
+    def errors(self) -> dict[str, float]:
+        """
+        @return: C{upstream_errors_total} by kind.
+        """
+        out = {}
+        assert self.ctx.metrics is not None
+        for family in self.ctx.metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name == "ollama_proxy_upstream_errors_total":
+                    out[sample.labels["kind"]] = sample.value
+        return out
+
+    def test_connectionRefused(self) -> None:
+        """
+        A refused connection is a 502 counted as C{connection}.
+        """
+        from twisted.internet.defer import fail
+        from twisted.internet.error import ConnectionRefusedError
+
+        class Refusing:
+            def request(self, method: str, url: str, **kwargs: Any) -> Any:
+                return fail(ConnectionRefusedError("127.0.0.1"))
+
+        client = self.proxy(Refusing())
+        d = client.post("http://proxy.test/api/chat", data=codec.dumps({**CHAT, "stream": False}))
+        client.flush()
+        self.assertEqual(self.successResultOf(d).code, 502)
+        self.assertEqual(self.errors(), {"connection": 1.0})
+
+    def test_headerTimeout(self) -> None:
+        """
+        A backend that never answers is a 504 counted as C{timeout} once the
+        header timeout passes.
+        """
+        from treq.testing import StubTreq
+
+        from tests.fakes import ScriptedOpenAI
+
+        client = self.proxy(StubTreq(ScriptedOpenAI()))
+        d = client.post("http://proxy.test/api/chat", data=codec.dumps({**CHAT, "stream": False}))
+        client.flush()
+        self.clock.advance(6)
+        client.flush()
+        self.assertEqual(self.successResultOf(d).code, 504)
+        self.assertEqual(self.errors(), {"timeout": 1.0})
+
+
+class StartupListingTests(SynchronousTestCase):
+    """
+    L{ollama_proxy.tap.ModelListing}.
+    """
+
+    def test_duplicatesAndCountsLogged(self) -> None:
+        """
+        Starting the service lists every backend: the log says how many
+        models each offers and warns, naming both backends, about a model
+        that both list.
+        """
+        from twisted.logger import LogLevel
+
+        from ollama_proxy.tap import ModelListing
+
+        events = EventLoggingObserver()
+        globalLogPublisher.addObserver(events)
+        self.addCleanup(globalLogPublisher.removeObserver, events)
+        h = Harness(self)
+        service = ModelListing(h.router)
+        service.startService()
+        self.addCleanup(service.stopService)
+        h.pump()
+        h.listModels()
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual([(e["model"], e["first"], e["second"]) for e in warnings],
+                         [("shared:proxy", "a", "b")])
+        counts = [(e["backend"], e["count"]) for e in events if "count" in e]
+        self.assertEqual(counts, [("a", 3), ("b", 3)])
