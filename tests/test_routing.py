@@ -403,6 +403,25 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(first.samples()[key], 1.0)
         self.assertNotIn(key, second.samples())
 
+    def test_guardedByInboundKey(self) -> None:
+        """
+        With an inbound key required (C{--require-key}), C{/metrics} needs
+        it too: 401 without, 200 with.
+        """
+        from treq.testing import StubTreq
+
+        from ollama_proxy.auth import requireKeys
+
+        h = Harness(self)
+        client: Any = StubTreq(requireKeys(h.root, ["sk-inbound"]))
+        response = self.successResultOf(client.get("http://proxy.test/metrics"))
+        self.assertEqual(response.code, 401)
+        response = self.successResultOf(client.get(
+            "http://proxy.test/metrics", headers={"Authorization": "Bearer sk-inbound"}))
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"ollama_proxy_requests_total",
+                      self.successResultOf(client.content(response)))
+
     def test_disabled(self) -> None:
         """
         Without metrics, C{/metrics} is not served by the proxy (it goes to

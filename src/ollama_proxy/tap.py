@@ -551,7 +551,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         idleTimeout=config["idle-timeout"],
         maxLineLength=config["max-line"],
         version=config["ollama-version"],
-        catalog=ModelCatalog(reactor.seconds, ttl=config["models-ttl"], overrides=config["model-overrides"]),
+        catalog=ModelCatalog(
+            reactor.seconds, ttl=config["models-ttl"], overrides=config["model-overrides"]
+        ),
         corsOrigins=tuple(config["cors-origin"]),
         router=router,
         metrics=None if config["no-metrics"] else Metrics(),
