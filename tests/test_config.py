@@ -412,8 +412,8 @@ class OptionsTests(SynchronousTestCase):
         """
         L{makeService} builds one upstream client per backend, each with its
         name, URL, key and flavor (the table's, else C{--backend-flavor},
-        else guessed from the host), and a model-list cache with
-        C{--models-ttl}.
+        else guessed from the host), a model-list cache with
+        C{--models-ttl}, and (with several backends) the start-up listing.
         """
         from twisted.internet.testing import MemoryReactorClock
 
@@ -438,6 +438,10 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(clients, [("a", "http://127.0.0.1:1", "ka", "litellm", 12.0),
                                    ("b", "https://api.openai.com/v1", None, "openai", 12.0)])
         self.assertIsNotNone(ctx.metrics)
+        from ollama_proxy.tap import ModelListing
+
+        self.assertEqual([type(s) for s in service if isinstance(s, ModelListing)],  # type: ignore[attr-defined]
+                         [ModelListing])
 
     def test_abbreviationRefused(self) -> None:
         """

@@ -297,20 +297,23 @@ class RouterTests(SynchronousTestCase):
         self.fa.fail("nope")
         self.assertEqual(self.failureResultOf(d, UpstreamError).value.message, "nope")
 
-    def test_singleBackendNeverWaitsForList(self) -> None:
+    def test_singleBackendNeverLists(self) -> None:
         """
-        With one backend no request waits for a listing: any name is sent to
-        it, with C{:proxy}/C{:latest} removed and aliases applied, as the
-        seed did (a configured alias counts as known).  A stale list is refreshed in the background, once, for
-        later requests, which then resolve listed names and count as known.
+        With one backend, routing never lists models (a chat costs one
+        upstream connection, as in the seed): any name is sent to it, with
+        C{:proxy}/C{:latest} removed and aliases applied; names resolve
+        against a list fetched earlier (by C{/api/tags}), and only then count
+        as known (for the metrics' C{model} label).
         """
         router = Router([self.a])
         for name, expected, known in [("x:proxy", "x", False), ("x:latest", "x", False),
                                       ("fast", "small", True), ("qwen3:8b", "qwen3:8b", False)]:
             route = self.successResultOf(Deferred.fromCoroutine(router.route(name)))
             self.assertEqual((route.name, route.modelId, route.known), ("a", expected, known))
-        self.assertEqual(len(self.fa.calls), 1)
+        self.assertEqual(self.fa.calls, [])
+        d = Deferred.fromCoroutine(router.models())
         self.fa.answer("qwen3:8b")
+        self.successResultOf(d)
         route = self.successResultOf(Deferred.fromCoroutine(router.route("qwen3:8b")))
         self.assertEqual((route.modelId, route.known), ("qwen3:8b", True))
         self.assertEqual(len(self.fa.calls), 1)

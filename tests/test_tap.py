@@ -15,14 +15,7 @@ from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.tap import (
-    API_KEY_ENV,
-    DrainService,
-    ModelListing,
-    Options,
-    PoolService,
-    makeService,
-)
+from ollama_proxy.tap import API_KEY_ENV, DrainService, Options, PoolService, makeService
 
 DEFAULTS: dict[str, Any] = {
     "listen": ["tcp:11434:interface=127.0.0.1"],
@@ -192,7 +185,7 @@ class ServiceTests(SynchronousTestCase):
     def test_shape(self) -> None:
         """
         One listening service per C{--listen}, plus the pool owner and the
-        drain on shutdown and the start-up model listing.
+        drain on shutdown.
         """
         options = parse(
             "--target", "http://a", "--listen", "tcp:0:interface=127.0.0.1",
@@ -203,8 +196,7 @@ class ServiceTests(SynchronousTestCase):
         children = list(service)  # type: ignore[call-overload]
         self.assertEqual(
             [type(c) for c in children],
-            [StreamServerEndpointService, StreamServerEndpointService, PoolService,
-             DrainService, ModelListing],
+            [StreamServerEndpointService, StreamServerEndpointService, PoolService, DrainService],
         )
 
     def test_listens(self) -> None:

@@ -364,11 +364,6 @@ class Router:
             # made; what is known from earlier listings still resolves
             # names such as "x:proxy" or an id that contains a colon.
             only = self.backends[0]
-            if only.cache.ttl > 0 and not only.cache.fresh():
-                # Refresh in the background for the next requests' names and
-                # metrics labels; this one does not wait (errors are logged
-                # by the cache).
-                Deferred.fromCoroutine(only.cache.get()).addErrback(lambda _: None)
             self._reindex([(only, only.known())])
             found = self._index.get(name)
             if found is not None:

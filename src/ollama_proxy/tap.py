@@ -455,7 +455,8 @@ class ModelListing(Service):
     """
     Lists every backend's models once at start-up, so that a backend that
     is down, or a model name that two backends offer, is in the log at once
-    rather than at the first request.
+    rather than at the first request.  Only used with several backends: a
+    single one has no names to share, and is listed on first use as before.
     """
 
     log = Logger()
@@ -584,7 +585,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         WorkerPool(reactor, config["workers"] - 1, childArgs).setServiceParent(service)
     if config["worker-of"] is not None:
         ParentWatch(reactor, config["worker-of"]).setServiceParent(service)
-    ModelListing(router).setServiceParent(service)
+    if len(router.backends) > 1:
+        ModelListing(router).setServiceParent(service)
     if config["demo"]:
         from ollama_proxy.testing.fake_openai import FakeOpenAI
 
