@@ -346,6 +346,9 @@ class MultiBackendHarness(ProxyHarness):
             for stub in self.stubs:
                 stub.flush()
             self.fallbackStub.flush()
+            # As in ProxyHarness.pump: the relay flushes a turn's reads with
+            # callLater(0).
+            self.clock.advance(0)
         self.client.flush()
 
     def answerModels(self, name: str, *ids: str) -> None:
