@@ -443,6 +443,20 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual([type(s) for s in service if isinstance(s, ModelListing)],  # type: ignore[attr-defined]
                          [ModelListing])
 
+    def test_workerIgnoresFileWorkers(self) -> None:
+        """
+        An extra worker (C{--worker-of}) reads the same file; its
+        C{workers} value must not make the worker start workers itself.
+        """
+        path = self.writeConfig('[server]\nworkers = 4\nlisten = "tcp:11434"\n'
+                                '[[backend]]\nurl = "http://127.0.0.1:2"\n')
+        parent = Options()
+        parent.parseOptions(["--config", path])
+        self.assertEqual(parent["workers"], 4)
+        worker = Options()
+        worker.parseOptions(["--config", path, "--worker-of", "123"])
+        self.assertEqual(worker["workers"], 1)
+
     def test_abbreviationRefused(self) -> None:
         """
         getopt would take C{--conf} for C{--config}, but the file is read
