@@ -12,7 +12,7 @@ only passes when a test advances L{ProxyHarness.clock}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 from treq.testing import StubTreq
@@ -24,6 +24,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 from ollama_proxy import codec
 from ollama_proxy.resources import Fallback, ProxyContext, buildRoot
 from ollama_proxy.upstream import Backend
+
+if TYPE_CHECKING:
+    from ollama_proxy.config import BackendConfig
 
 TARGET = "http://backend.test:4000"
 FALLBACK = "http://ollama.test:11505"
@@ -277,3 +280,87 @@ class BodyReader:
         """
         data = self.data
         return [codec.loads(line) for line in data.split(b"\n")[:-1]]
+
+
+class MultiBackendHarness(ProxyHarness):
+    """
+    The proxy routing between two L{ScriptedOpenAI} backends, C{a} (also
+    L{ProxyHarness.backend}) and C{b}, through a L{Router} whose model lists
+    are cached for C{ttl} seconds of L{ProxyHarness.clock}.
+
+    @ivar backends: the fake backends by name.
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[BackendConfig] | None = None,
+        ttl: float = 60.0,
+        metrics: bool = True,
+        **contextArgs: Any,
+    ) -> None:
+        from ollama_proxy.config import BackendConfig
+        from ollama_proxy.metrics import Metrics
+        from ollama_proxy.models import BackendModels, ModelListCache, Router, makeFetcher
+
+        self.clock = MemoryReactorClock()
+        self.now = Counter()
+        self.ollama = ScriptedOpenAI()
+        self.fallbackStub = StubTreq(self.ollama)
+        if configs is None:
+            configs = [
+                BackendConfig(name="a", url="http://a.test:4000"),
+                BackendConfig(name="b", url="http://b.test:8000/v1"),
+            ]
+        self.backends: dict[str, ScriptedOpenAI] = {}
+        self.stubs: list[Any] = []
+        entries = []
+        for config in configs:
+            fake = ScriptedOpenAI()
+            stub: Any = StubTreq(fake)
+            self.backends[config.name] = fake
+            self.stubs.append(stub)
+            client = Backend(stub, config.url, self.clock, apiKey=config.apiKey, name=config.name)
+            cache = ModelListCache(makeFetcher(client, config), self.clock, ttl, config.name)
+            entries.append(BackendModels(config, client, cache))
+        self.backend = self.backends[configs[0].name]
+        self.upstream = self.stubs[0]
+        self.router = Router(entries, "proxy")
+        self.ctx = ProxyContext(
+            backend=entries[0].backend,
+            clock=self.clock,
+            now=self.now,
+            fallback=Fallback(self.fallbackStub, FALLBACK),
+            router=self.router,
+            metrics=Metrics() if metrics else None,
+            **contextArgs,
+        )
+        self.root = buildRoot(self.ctx)
+        self.client = StubTreq(self.root)
+
+    def pump(self) -> None:
+        """
+        Move bytes on every side until nothing is left to deliver.
+        """
+        for _ in range(20):
+            self.client.flush()
+            for stub in self.stubs:
+                stub.flush()
+            self.fallbackStub.flush()
+            # As in ProxyHarness.pump: the relay flushes a turn's reads with
+            # callLater(0).
+            self.clock.advance(0)
+        self.client.flush()
+
+    def answerModels(self, name: str, *ids: str) -> None:
+        """
+        Answer every pending C{GET /v1/models} of backend C{name}.
+
+        @param name: the backend.
+        @param ids: the model ids to list.
+        """
+        for received in self.backends[name].received:
+            if received.path.endswith("/models") and not received.request.finished:
+                received.respond(200, {"object": "list", "data": [
+                    {"id": i, "object": "model", "created": 1700000000, "owned_by": name}
+                    for i in ids]})
+        self.pump()

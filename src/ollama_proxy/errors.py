@@ -60,6 +60,14 @@ class UpstreamError(ProxyError):
     status = 502
 
 
+class UpstreamConnectError(UpstreamError):
+    """
+    The connection to the backend failed or broke (502): refused, DNS,
+    reset.  A subclass only so that metrics can tell it from a backend that
+    answered garbage.
+    """
+
+
 class UpstreamTimeout(UpstreamError):
     """
     The backend did not answer in time (504).

@@ -14,7 +14,8 @@ leaves, and one log line per request.
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from contextlib import contextmanager
+from typing import Any, Awaitable, Callable, Iterator
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -51,13 +52,18 @@ from ollama_proxy.embeddings import (
     legacyPrompt,
     vectorsFromOpenAI,
 )
+from ollama_proxy.config import CAPABILITIES, ModelOverride
 from ollama_proxy.errors import (
     BadRequest,
     NotFound,
     ProxyError,
+    UpstreamConnectError,
     UpstreamError,
     UpstreamHTTPError,
+    UpstreamTimeout,
 )
+from ollama_proxy.metrics import OTHER, Metrics
+from ollama_proxy.models import Route, Router, applyExtra, applyOverride
 from ollama_proxy.relay import ClientState, consume
 from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.translate import (
@@ -130,6 +136,11 @@ class ProxyContext:
         minute, timed by C{clock}.
     @ivar corsOrigins: origin globs allowed in addition to Ollama's
         built-in list.
+    @ivar router: maps model names to backends; by default one built around
+        C{backend} alone, listing its models on every C{/api/tags} (no
+        cache), as the seed did.
+    @ivar metrics: the Prometheus metrics, or C{None} for none (and no
+        C{/metrics}).
     """
 
     backend: Backend
@@ -146,6 +157,54 @@ class ProxyContext:
         default=attrs.Factory(lambda self: ModelCatalog(self.clock.seconds), takes_self=True)
     )
     corsOrigins: tuple[str, ...] = ()
+    router: Router = attrs.field(default=None)
+    metrics: Metrics | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.router is None:
+            self.router = Router.single(self.backend, self.clock, ttl=0.0, tag=self.tag)
+        if self.metrics is not None:
+            for entry in self.router.backends:
+                if entry.backend.onResponse is None:
+                    entry.backend.onResponse = self._observeUpstream
+
+    async def route(self, ex: Exchange, name: str) -> Route:
+        """
+        Choose the backend for a request and note it on the exchange (for
+        the log line and the metrics).
+
+        @param ex: the exchange.
+        @param name: the client's model name.
+        @return: the route.
+        @raise ProxyError: when no backend offers the name.
+        """
+        ex.model = name
+        ex.modelLabel = OTHER
+        route = await self.router.route(name)
+        ex.backend = route.name
+        ex.modelLabel = route.modelId if route.known else OTHER
+        return route
+
+    @contextmanager
+    def streaming(self) -> Iterator[None]:
+        """
+        Count a response being streamed in the C{active_streams} gauge.
+        """
+        if self.metrics is None:
+            yield
+            return
+        self.metrics.activeStreams.inc()
+        try:
+            yield
+        finally:
+            self.metrics.activeStreams.dec()
+
+    def _observeUpstream(self, backend: str, seconds: float) -> None:
+        """
+        Record the time an upstream took to send its response headers.
+        """
+        if self.metrics is not None:
+            self.metrics.upstreamLatency.labels(backend).observe(seconds)
 
     def resolve(self, name: str) -> str:
         """
@@ -156,11 +215,15 @@ class ProxyContext:
 
     async def listModels(self) -> Any:
         """
-        Fetch the backend's model list and remember its ids.
+        Every backend's models (each list cached per C{--models-ttl}),
+        merged in configuration order, aliases included, in the shape of an
+        OpenAI C{/v1/models} body.
 
-        @return: the decoded C{/v1/models} body.
+        @return: C{{"object": "list", "data": [...]}}.
+        @raise ProxyError: when no backend can be listed.
         """
-        models = await self.backend.getJSON("models")
+        merged = await self.router.models()
+        models = {"object": "list", "data": [entry for _, entry in merged]}
         self.knownIds = set(modelIds(models))
         return models
 
@@ -182,19 +245,50 @@ class ProxyContext:
 
     async def _fetchCatalog(self) -> dict[str, ModelMeta]:
         """
-        Fetch C{/v1/models}, then LiteLLM's C{/v1/model/info} (any failure of
-        the latter just means "not LiteLLM"), and merge them with the
-        overrides.
+        Fetch the merged model list, then each backend's LiteLLM
+        C{/v1/model/info} (any failure of the latter just means "not
+        LiteLLM"), and merge them with the overrides: the C{--model-info}
+        file, then the configuration file's per-model C{context_length} and
+        C{capabilities}.  An alias gets the metadata of its model.
 
         @return: a fresh catalog.
         """
-        models = await self.listModels()
+        merged = await self.router.models()
+        models = {"object": "list", "data": [entry for _, entry in merged]}
+        self.knownIds = set(modelIds(models))
+        # Asked of every backend at once, and only of those that just
+        # listed their models: one that is down would cost a connect
+        # timeout for nothing.
+        asks = [
+            Deferred.fromCoroutine(candidate.backend.getJSON("model/info"))
+            for candidate in self.router.backends
+            if candidate.config.discover and candidate.cache.error is None
+            and candidate.cache.entries is not None
+        ]
+        infos: list[Any] = []
+        for ask in asks:
+            try:
+                infos.append(await ask)
+            except ProxyError:
+                pass
         info: Any = None
-        try:
-            info = await self.backend.getJSON("model/info")
-        except ProxyError:
-            pass
-        return buildCatalog(models, info, self.catalog.overrides)
+        if infos:
+            info = {"data": [item for one in infos if isinstance(one, dict)
+                             and isinstance(one.get("data"), list) for item in one["data"]]}
+        overrides = dict(self.catalog.overrides)
+        for backend, entry in merged:
+            target = entry.get("alias_of", entry["id"])
+            facts = overrideFacts(backend.config.override(str(target)))
+            if facts:
+                overrides[entry["id"]] = {**overrides.get(entry["id"], {}), **facts}
+        catalog = buildCatalog(models, info, overrides)
+        for backend, entry in merged:
+            target = entry.get("alias_of")
+            if target is not None and target in catalog:
+                catalog[entry["id"]] = ModelMeta(
+                    entry["id"], {**catalog[target].facts, **overrides.get(entry["id"], {})}
+                )
+        return catalog
 
 
 @attrs.define
@@ -207,6 +301,13 @@ class Exchange:
     @ivar start: arrival time in ns (from L{ProxyContext.now}).
     @ivar client: whether the client is still connected.
     @ivar model: the model named by the request, for the log line.
+    @ivar backend: the name of the backend it went to.
+    @ivar modelLabel: the model's metrics label: a model some backend offers,
+        C{"other"} for any other name (so that clients cannot create label
+        values at will), empty for requests that name no model.
+    @ivar tokensIn: prompt tokens reported by the backend.
+    @ivar tokensOut: completion tokens reported by the backend.
+    @ivar firstToken: ns from arrival to the first generated token (streams).
     """
 
     request: Request
@@ -214,6 +315,24 @@ class Exchange:
     start: int
     client: ClientState
     model: str | None = None
+    backend: str | None = None
+    modelLabel: str = ""
+    tokensIn: int | None = None
+    tokensOut: int | None = None
+    firstToken: int | None = None
+
+    def noteFinal(self, final: Any) -> None:
+        """
+        Take the token counts from the final Ollama object of a response.
+
+        @param final: the C{done: true} object.
+        """
+        if not isinstance(final, dict):
+            return
+        if isinstance(final.get("prompt_eval_count"), int):
+            self.tokensIn = final["prompt_eval_count"]
+        if isinstance(final.get("eval_count"), int):
+            self.tokensOut = final["eval_count"]
 
     def json(self) -> JSON:
         """
@@ -338,6 +457,9 @@ class ProxyResource(Resource):
         except CancelledError:
             pass
         except ProxyError as e:
+            if isinstance(e, UpstreamError) and self.ctx.metrics is not None:
+                kind = upstreamErrorKind(e, bool(request.startedWriting))
+                self.ctx.metrics.upstreamErrors.labels(ex.backend or "-", kind).inc()
             self._fail(ex, e.status, e.message)
         except Exception:
             self.log.failure("unexpected error handling {uri}", uri=request.uri)
@@ -365,23 +487,95 @@ class ProxyResource(Resource):
         else:
             request.write(jsonError(request, status, message))
 
+    def routeLabel(self, request: Request) -> str:
+        """
+        @param request: the request this resource serves.
+        @return: the route for logs and metrics: the resource's own path
+            (not the client's, which may carry anything after it).
+        """
+        return "/" + "/".join(p.decode("latin-1") for p in request.prepath or [])
+
     def _logRequest(self, ex: Exchange) -> None:
         """
-        One info line per request, without bodies or secrets.
+        One info line per request, without bodies or secrets, and the
+        request metrics.  The fields are also event keys, so that a JSON log
+        (L{ollama_proxy.logging}) carries them as values.
 
         @param ex: the finished exchange.
         """
         request = ex.request
+        route = self.routeLabel(request)
+        durationMs = (self.ctx.now() - ex.start) / 1e6
+        ttftMs = ex.firstToken / 1e6 if ex.firstToken is not None else None
+        gone = bool(ex.client.gone and not request.finished)
         self.log.info(
-            "{method} {path} model={model} status={status} duration={duration:.1f}ms"
-            "{gone}",
+            "{method} {path} model={model} status={status} backend={backend} "
+            "tokens={tokens} ttft={ttft} duration={duration_ms:.1f}ms{gone}",
             method=(request.method or b"").decode("ascii", "replace"),
             path=request.path.decode("latin-1"),
+            route=route,
             model=ex.model or "-",
+            backend=ex.backend or "-",
             status=request.code,
-            duration=(self.ctx.now() - ex.start) / 1e6,
-            gone=" (client disconnected)" if ex.client.gone and not request.finished else "",
+            tokens=f"{ex.tokensIn}/{ex.tokensOut}" if ex.tokensIn is not None else "-",
+            tokens_in=ex.tokensIn,
+            tokens_out=ex.tokensOut,
+            ttft=f"{ttftMs:.1f}ms" if ttftMs is not None else "-",
+            ttft_ms=ttftMs,
+            duration_ms=durationMs,
+            client_gone=gone,
+            gone=" (client disconnected)" if gone else "",
         )
+        metrics = self.ctx.metrics
+        if metrics is None:
+            return
+        status = "499" if gone else str(request.code)
+        metrics.requests.labels(route, ex.modelLabel, status).inc()
+        metrics.requestDuration.labels(route).observe(durationMs / 1000)
+        backend = ex.backend or "-"
+        if ex.tokensIn:
+            metrics.tokens.labels(backend, ex.modelLabel, "in").inc(ex.tokensIn)
+        if ex.tokensOut:
+            metrics.tokens.labels(backend, ex.modelLabel, "out").inc(ex.tokensOut)
+        if ex.firstToken is not None:
+            metrics.firstToken.labels(backend, ex.modelLabel).observe(ex.firstToken / 1e9)
+
+
+def upstreamErrorKind(error: UpstreamError, midStream: bool) -> str:
+    """
+    The C{kind} label of an upstream failure.
+
+    @param error: the error.
+    @param midStream: whether the client had already received bytes.
+    @return: C{stream}, C{timeout}, C{http_4xx}, C{http_5xx}, C{connection}
+        or C{protocol} (the backend answered something unusable).
+    """
+    if midStream:
+        return "stream"
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamHTTPError):
+        return "http_4xx" if error.status < 500 else "http_5xx"
+    if isinstance(error, UpstreamConnectError):
+        return "connection"
+    return "protocol"
+
+
+def overrideFacts(override: ModelOverride) -> dict[str, Any]:
+    """
+    The catalog facts (L{ollama_proxy.catalog.Facts}) of a configuration
+    file's per-model override.
+
+    @param override: the model's settings.
+    @return: C{context_length} and the capability flags it sets.
+    """
+    facts: dict[str, Any] = {}
+    if override.contextLength is not None:
+        facts["context_length"] = override.contextLength
+    if override.capabilities is not None:
+        for flag in sorted(CAPABILITIES - {"completion"}):
+            facts[flag] = flag in override.capabilities
+    return facts
 
 
 class Root(ProxyResource):
@@ -466,6 +660,10 @@ async def relayResponse(ctx: ProxyContext, ex: Exchange, response: Any) -> None:
     await consume(response, ex.write, ctx.clock, ctx.idleTimeout, ex.client)
 
 
+GENERATING = frozenset({"chat/completions", "completions"})
+"""The OpenAI routes that get a model's configured C{extra} fields."""
+
+
 class Passthrough(ProxyResource):
     """
     An OpenAI route (C{/v1/models}, C{/v1/chat/completions}, ...) relayed to
@@ -477,35 +675,52 @@ class Passthrough(ProxyResource):
         super().__init__(ctx)
         self.path = path
 
-    async def _forward(self, ex: Exchange) -> None:
+    async def _forward(self, ex: Exchange) -> Any:
         body = ex.body
+        backend: Backend | None = None
         if body:
             try:
                 decoded = codec.loads(body)
             except codec.JSONDecodeError:
                 decoded = None
             if isinstance(decoded, dict) and isinstance(decoded.get("model"), str):
-                ex.model = decoded["model"]
-                backendId = self.ctx.resolve(ex.model)
-                if backendId != ex.model:
-                    decoded["model"] = backendId
+                route = await self.ctx.route(ex, decoded["model"])
+                backend = route.backend
+                extra = route.override.extra if self.path in GENERATING else {}
+                if route.modelId != ex.model or extra:
+                    decoded.update(extra)
+                    decoded["model"] = route.modelId
                     body = codec.dumps(decoded)
         request = ex.request
-        url = self.ctx.backend.url(
-            "/".join([self.path, *(p.decode("latin-1") for p in request.postpath)])
-            if request.postpath
-            else self.path
-        )
+        postpath = [p.decode("latin-1") for p in request.postpath or []]
+        if backend is None:
+            if self.path == "models" and len(self.ctx.router.backends) > 1:
+                if not postpath:
+                    # Several backends: their merged list, not the first one's.
+                    return await self.ctx.listModels()
+                # GET /v1/models/{id}: ask the backend that has the model.
+                route = await self.ctx.route(ex, "/".join(postpath))
+                backend, postpath = route.backend, [route.modelId]
+            else:
+                first = self.ctx.router.backends[0]
+                backend, ex.backend = first.backend, first.name
+        url = backend.url("/".join([self.path, *postpath]))
         query = request.uri.partition(b"?")[2]
         if query:
             url += "?" + query.decode("latin-1")
-        headers = self.ctx.backend.headers(
+        headers = backend.headers(
             requestHeaders(request, frozenset({b"content-type", b"accept", b"user-agent"}))
         )
-        response = await self.ctx.backend.request(
+        response = await backend.request(
             (request.method or b"GET").decode("ascii"), url, body or None, headers
         )
-        await relayResponse(self.ctx, ex, response)
+        contentType = response.headers.getRawHeaders(b"content-type") or [b""]
+        if contentType[0].startswith(b"text/event-stream"):
+            with self.ctx.streaming():
+                await relayResponse(self.ctx, ex, response)
+        else:
+            await relayResponse(self.ctx, ex, response)
+        return None
 
     handle_GET = _forward
     handle_POST = _forward
@@ -548,7 +763,15 @@ class FallbackResource(ProxyResource):
     path, query, headers, body, streamed back).  Without one, a JSON 404.
     """
 
+    def routeLabel(self, request: Request) -> str:
+        """
+        @return: C{"fallback"}: the paths that end here are whatever
+            clients ask for, too many for a label.
+        """
+        return "fallback"
+
     async def _forward(self, ex: Exchange) -> None:
+        ex.backend = "fallback"
         if self.ctx.fallback is None:
             raise NotFound(f"{ex.request.path.decode('latin-1')} is not served by this proxy")
         await forwardToFallback(self.ctx, ex)
@@ -638,8 +861,10 @@ class Completion(ProxyResource):
         ex.model = model
         stream = streamFlag(body)
         think = thinkValue(body)
-        backendId = self.ctx.resolve(model)
-        flavor = self.ctx.backend.flavor
+        route = await self.ctx.route(ex, model)
+        body = applyOverride(body, route.override)
+        backendId = route.modelId
+        flavor = route.backend.flavor
         if self.kind == "chat":
             if not body.get("messages"):
                 return loadResponse(model, "chat", body.get("keep_alive") == 0, self.ctx.now())
@@ -650,28 +875,43 @@ class Completion(ProxyResource):
                     model, "generate", body.get("keep_alive") == 0, self.ctx.now()
                 )
             if wantsCompletion(body):
-                return await self._textCompletion(ex, body, model, backendId, stream)
+                return await self._textCompletion(ex, body, model, route, stream)
             upstreamBody = generateRequestToOpenAI(body, backendId, stream, flavor)
+        applyExtra(upstreamBody, route.override)
         if self.ctx.debug:
             self.log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
-        response = await self._post("chat/completions", upstreamBody)
+        response = await self._post(route.backend, "chat/completions", upstreamBody)
         if not stream:
             completion = await readJSON(response, self.ctx.clock, self.ctx.idleTimeout)
-            return responseFromOpenAI(
+            result = responseFromOpenAI(
                 completion, model, self.kind, ex.start, self.ctx.now(), think is False
             )
+            ex.noteFinal(result)
+            return result
         if isJSONResponse(response):
             # A backend that ignores "stream": true (some gateways do) sends
             # one chat.completion; it becomes a single done:true line.
             completion = await readJSON(response, self.ctx.clock, self.ctx.idleTimeout)
-            line = codec.dumpLine(
-                responseFromOpenAI(
-                    completion, model, self.kind, ex.start, self.ctx.now(), think is False
-                )
+            result = responseFromOpenAI(
+                completion, model, self.kind, ex.start, self.ctx.now(), think is False
             )
+            ex.noteFinal(result)
             ex.startStream()
-            ex.write(line)
+            ex.write(codec.dumpLine(result))
             return None
+        with self.ctx.streaming():
+            await self._stream(ex, response, model, think)
+        return None
+
+    async def _stream(self, ex: Exchange, response: Any, model: str, think: Any) -> None:
+        """
+        Relay a streamed chat completion as NDJSON.
+
+        @param ex: the exchange.
+        @param response: the upstream response, body unread.
+        @param model: the client's model name.
+        @param think: the client's C{think} value.
+        """
         translator = StreamTranslator(
             model, self.kind, ex.start, self.ctx.now, dropThinking=think is False
         )
@@ -691,20 +931,21 @@ class Completion(ProxyResource):
         if self.ctx.debug:
             self.log.debug("translated {lines}", lines=tail.decode("utf-8", "replace"))
         ex.write(tail)
-        return None
+        noteStreamEnd(ex, tail)
 
-    async def _post(self, path: str, upstreamBody: JSON) -> IResponse:
+    async def _post(self, backend: Backend, path: str, upstreamBody: JSON) -> IResponse:
         """
         POST to the backend; if it refuses the sampling extras by name, once
         more without them (see L{withoutRejectedExtras}).
 
+        @param backend: the routed backend.
         @param path: the API path below C{/v1}.
         @param upstreamBody: the translated request.
         @return: a 2xx response, body unread.
         @raise UpstreamHTTPError: for any other non-2xx answer.
         """
         try:
-            return await self.ctx.backend.postJSON(path, upstreamBody)
+            return await backend.postJSON(path, upstreamBody)
         except UpstreamHTTPError as e:
             retryBody = withoutRejectedExtras(upstreamBody, e.status, e.message)
             if retryBody is None:
@@ -713,10 +954,10 @@ class Completion(ProxyResource):
                 "backend rejected sampling extras ({error}); retrying without them",
                 error=e.message,
             )
-            return await self.ctx.backend.postJSON(path, retryBody)
+            return await backend.postJSON(path, retryBody)
 
     async def _textCompletion(
-        self, ex: Exchange, body: JSON, model: str, backendId: str, stream: bool
+        self, ex: Exchange, body: JSON, model: str, route: Route, stream: bool
     ) -> JSON | None:
         """
         C{/api/generate} with C{raw} or C{suffix}: sent to C{/v1/completions}.
@@ -727,13 +968,17 @@ class Completion(ProxyResource):
 
         @return: the generate object, or C{None} after streaming.
         """
-        flavor = self.ctx.backend.flavor
-        upstreamBody = completionRequestToOpenAI(body, backendId, stream, flavor)
+        backend = route.backend
+        backendId = route.modelId
+        flavor = backend.flavor
+        upstreamBody = applyExtra(
+            completionRequestToOpenAI(body, backendId, stream, flavor), route.override
+        )
         if self.ctx.debug:
             self.log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
         thinkTags = False  # raw text and code: a leading <think> is the user's
         try:
-            response = await self._post("completions", upstreamBody)
+            response = await self._post(backend, "completions", upstreamBody)
         except UpstreamHTTPError as e:
             if e.status not in (404, 405, 501) or body.get("suffix"):
                 raise
@@ -743,7 +988,11 @@ class Completion(ProxyResource):
             )
             chatBody = {k: v for k, v in body.items() if k != "raw"}
             response = await self._post(
-                "chat/completions", generateRequestToOpenAI(chatBody, backendId, stream, flavor)
+                backend,
+                "chat/completions",
+                applyExtra(
+                    generateRequestToOpenAI(chatBody, backendId, stream, flavor), route.override
+                ),
             )
             translator = StreamTranslator(model, "generate", ex.start, self.ctx.now)
             thinkTags = True
@@ -753,16 +1002,21 @@ class Completion(ProxyResource):
             completion = completionAsChat(
                 await readJSON(response, self.ctx.clock, self.ctx.idleTimeout)
             )
-            return responseFromOpenAI(
+            result = responseFromOpenAI(
                 completion, model, "generate", ex.start, self.ctx.now(), thinkTags=thinkTags
             )
+            ex.noteFinal(result)
+            return result
         pipeline = NDJSONStream(translator, self.ctx.maxLineLength)
         ex.startStream()
-        await consume(
-            response, lambda data: ex.write(pipeline.feed(data)), self.ctx.clock,
-            self.ctx.idleTimeout, ex.client,
-        )
-        ex.write(pipeline.end())
+        with self.ctx.streaming():
+            await consume(
+                response, lambda data: ex.write(pipeline.feed(data)), self.ctx.clock,
+                self.ctx.idleTimeout, ex.client,
+            )
+            tail = pipeline.end()
+            ex.write(tail)
+        noteStreamEnd(ex, tail)
         return None
 
     def _debugWriter(self, ex: Exchange, pipeline: NDJSONStream) -> Callable[[bytes], None]:
@@ -780,6 +1034,25 @@ class Completion(ProxyResource):
         return write
 
 
+def noteStreamEnd(ex: Exchange, tail: bytes) -> None:
+    """
+    Take the token counts and the time to first token from the last NDJSON
+    line of a stream (the C{done: true} object).  The proxy measures prompt
+    evaluation as the time to the first token (see
+    L{ollama_proxy.translate.metrics}), so C{prompt_eval_duration} is it.
+
+    @param ex: the exchange.
+    @param tail: the stream's last bytes, ending with that line.
+    """
+    try:
+        final = codec.loads(tail.rstrip(b"\n").rpartition(b"\n")[2])
+    except codec.JSONDecodeError:
+        return
+    ex.noteFinal(final)
+    if isinstance(final, dict) and isinstance(final.get("prompt_eval_duration"), int):
+        ex.firstToken = final["prompt_eval_duration"]
+
+
 class Show(ProxyResource):
     """
     C{POST /api/show}: the model's metadata (see L{ollama_proxy.catalog}).
@@ -792,6 +1065,7 @@ class Show(ProxyResource):
         meta = await self.ctx.served(model)
         if meta is None:
             raise NotFound(f"model '{model}' not found")
+        ex.modelLabel = meta.id
         return showResponse(meta, self.ctx.now())
 
 
@@ -818,13 +1092,16 @@ class Embed(ProxyResource):
         dimensions = dimensionsValue(body)
         if not inputs:
             return emptyEmbedResponse(model)
-        response = await self.ctx.backend.postJSON(
-            "embeddings", embedRequestToOpenAI(self.ctx.resolve(model), inputs, dimensions)
+        route = await self.ctx.route(ex, model)
+        response = await route.backend.postJSON(
+            "embeddings", embedRequestToOpenAI(route.modelId, inputs, dimensions)
         )
         vectors, tokens = vectorsFromOpenAI(
             await readJSON(response, self.ctx.clock, self.ctx.idleTimeout), len(inputs)
         )
-        return embedResponse(model, vectors, tokens, dimensions, ex.start, self.ctx.now())
+        result = embedResponse(model, vectors, tokens, dimensions, ex.start, self.ctx.now())
+        ex.noteFinal(result)
+        return result
 
 
 class LegacyEmbeddings(ProxyResource):
@@ -840,8 +1117,9 @@ class LegacyEmbeddings(ProxyResource):
         prompt = legacyPrompt(body)
         if not prompt:
             return {"embedding": []}
-        response = await self.ctx.backend.postJSON(
-            "embeddings", embedRequestToOpenAI(self.ctx.resolve(model), [prompt], None)
+        route = await self.ctx.route(ex, model)
+        response = await route.backend.postJSON(
+            "embeddings", embedRequestToOpenAI(route.modelId, [prompt], None)
         )
         [vector], _ = vectorsFromOpenAI(
             await readJSON(response, self.ctx.clock, self.ctx.idleTimeout), 1
@@ -974,6 +1252,23 @@ class Blobs(ModelManagement):
         await self._fallbackOnly(ex, "uploading blobs")
 
 
+class MetricsPage(ProxyResource):
+    """
+    C{GET /metrics}: the Prometheus exposition of L{ProxyContext.metrics}.
+
+    A L{ProxyResource}, so that whatever guards the others (an inbound API
+    key) guards it too.
+    """
+
+    async def handle_GET(self, ex: Exchange) -> None:
+        metrics = self.ctx.metrics
+        assert metrics is not None
+        accept = ex.request.getHeader(b"accept")
+        body, contentType = metrics.render(accept.decode("latin-1") if accept else None)
+        ex.request.setHeader(b"Content-Type", contentType.encode("ascii"))
+        ex.write(body)
+
+
 def buildRoot(ctx: ProxyContext) -> IResource:
     """
     Assemble the resource tree, wrapped in Ollama's CORS policy.
@@ -1015,4 +1310,6 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     rootChat = Directory(fallback)
     root.putChild(b"chat", rootChat)
     rootChat.putChild(b"completions", chatCompletions)
+    if ctx.metrics is not None:
+        root.putChild(b"metrics", MetricsPage(ctx))
     return CORSResource(root, OriginPolicy(ctx.corsOrigins))

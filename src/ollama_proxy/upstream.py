@@ -10,7 +10,7 @@ L{ollama_proxy.errors}.  It knows nothing about C{twisted.web} requests.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from twisted.internet.defer import CancelledError
@@ -34,6 +34,7 @@ from twisted.web.iweb import IResponse
 from ollama_proxy import codec
 from ollama_proxy.auth import clientKey
 from ollama_proxy.errors import (
+    UpstreamConnectError,
     UpstreamError,
     UpstreamHTTPError,
     UpstreamTimeout,
@@ -148,13 +149,13 @@ def failureToError(reason: BaseException, what: str) -> UpstreamError:
         if any(isinstance(e, CancelledError) for e in inner):
             return UpstreamTimeout(f"timed out waiting for {what}")
         detail = "; ".join(str(e) or type(e).__name__ for e in inner)
-        return UpstreamError(f"connection to {what} failed: {detail}")
+        return UpstreamConnectError(f"connection to {what} failed: {detail}")
     if isinstance(reason, (CancelledError, ConnectTimeoutError, ConnectingCancelledError)):
         return UpstreamTimeout(f"timed out connecting to {what}")
     if isinstance(reason, DNSLookupError):
-        return UpstreamError(f"cannot resolve {what}: {reason}")
+        return UpstreamConnectError(f"cannot resolve {what}: {reason}")
     if isinstance(reason, ConnectError):
-        return UpstreamError(f"cannot connect to {what}: {reason}")
+        return UpstreamConnectError(f"cannot connect to {what}: {reason}")
     return UpstreamError(f"request to {what} failed: {reason}")
 
 
@@ -180,6 +181,9 @@ class Backend:
         client presented one.
     @ivar maxRetryWait: the longest C{Retry-After} honoured; a backend that
         asks for a longer pause gets its 429 passed on at once.
+    @ivar name: the backend's configured name, for logs and metrics.
+    @ivar onResponse: called with C{(name, seconds)} each time response
+        headers arrive (the metrics' upstream latency), if set.
     """
 
     http: HTTPClient
@@ -192,6 +196,8 @@ class Backend:
     maxRetryWait: float = 10.0
     idleTimeout: float | None = None
     forwardClientKey: bool = False
+    name: str = "default"
+    onResponse: Callable[[str, float], None] | None = attrs.field(default=None, repr=False)
     base: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -237,6 +243,7 @@ class Backend:
         @return: the response, whatever its status.
         @raise UpstreamError: if no response arrived.
         """
+        started = self.reactor.seconds()
         try:
             response: IResponse = await self.http.request(
                 method,
@@ -251,6 +258,8 @@ class Backend:
             raise
         except Exception as e:
             raise failureToError(e, what) from None
+        if self.onResponse is not None:
+            self.onResponse(self.name, self.reactor.seconds() - started)
         return response
 
     async def postJSON(self, path: str, body: Any) -> IResponse:

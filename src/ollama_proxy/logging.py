@@ -1,0 +1,128 @@
+# -*- test-case-name: tests.test_jsonlog -*-
+"""
+JSON log lines for log shippers (Loki, Vector, Fluent Bit, journald's
+JSON readers): one object per line with the time, level, namespace, the
+formatted message and every field of the C{twisted.logger} event, so that
+C{model}, C{backend}, C{status} or C{ttft_ms} of the per-request line can be
+queried without parsing text.
+
+Two ways to turn it on:
+
+    - C{twistd --logger ollama_proxy.logging.jsonLogger ollama-proxy ...}:
+      twistd's own option for a log observer factory.  The factory receives
+      no arguments, so it writes to standard output (what systemd and
+      container runtimes collect);
+    - C{twistd --logfile=/var/log/ollama-proxy.json ollama-proxy --log-format json ...}:
+      the plugin option; it honours twistd's C{--logfile} (a file that
+      rotates at 1,000,000 bytes and on C{SIGUSR1}, like twistd's own text
+      log) or standard output with C{-n}.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import IO, Any
+
+from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
+from twisted.python.logfile import LogFile
+
+from ollama_proxy import codec
+
+_destination: tuple[str | None, bool] = (None, True)
+"""Where L{jsonLogger} writes: (twistd's C{--logfile}, C{--nodaemon})."""
+
+
+def _jsonable(value: Any) -> Any:
+    """
+    @param value: an event field.
+    @return: C{value} if orjson can encode it, else its C{repr}.
+    """
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    try:
+        codec.dumps(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
+def eventAsJSONLine(event: LogEvent) -> str:
+    """
+    Format one event as a flat JSON object and a newline.
+
+    @param event: a C{twisted.logger} event.
+    @return: the line.
+    """
+    stamp = event.get("log_time") or time.time()
+    level = event.get("log_level")
+    out: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp))
+        + f".{int(stamp * 1000) % 1000:03d}Z",
+        "level": level.name if level is not None else "info",
+        "namespace": event.get("log_namespace", ""),
+        "message": formatEvent(event),
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        out["traceback"] = failure.getTraceback()
+    for key, value in event.items():
+        if not key.startswith("log_") and key not in out and not key.startswith("_"):
+            out[key] = _jsonable(value)
+    return codec.dumps(out).decode("utf-8") + "\n"
+
+
+def jsonObserver(outFile: IO[Any]) -> ILogObserver:
+    """
+    @param outFile: a text or binary file.
+    @return: an observer writing one JSON line per event to it.
+    """
+    return FileLogObserver(outFile, eventAsJSONLine)
+
+
+def jsonObserverFor(logfile: str | None, nodaemon: bool) -> ILogObserver:
+    """
+    An observer for twistd's C{--logfile} / C{--nodaemon} pair, chosen as
+    twistd chooses its text log: standard output for C{-} or for C{-n}
+    without a file, else a L{LogFile} that rotates by size and on
+    C{SIGUSR1}.
+
+    @param logfile: twistd's C{--logfile}, or C{None}.
+    @param nodaemon: twistd's C{--nodaemon}.
+    @return: the observer.
+    """
+    if logfile == "-" or (nodaemon and not logfile):
+        return jsonObserver(sys.stdout)
+    logFile = LogFile.fromFullPath(logfile or "twistd.log")
+    if not signal.getsignal(signal.SIGUSR1):
+
+        def rotate(signum: int, frame: Any) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(logFile.rotate)  # type: ignore[attr-defined]
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return jsonObserver(logFile)
+
+
+def useJSON(logfile: str | None, nodaemon: bool) -> None:
+    """
+    Make L{jsonLogger} write where twistd would have written its text log.
+
+    @param logfile: twistd's C{--logfile}.
+    @param nodaemon: twistd's C{--nodaemon}.
+    """
+    global _destination
+    _destination = (logfile, nodaemon)
+
+
+def jsonLogger() -> ILogObserver:
+    """
+    The log observer factory for C{twistd --logger
+    ollama_proxy.logging.jsonLogger}: JSON lines on standard output, or
+    where L{useJSON} said (the plugin's C{--log-format json} does that).
+
+    @return: the observer.
+    """
+    return jsonObserverFor(*_destination)

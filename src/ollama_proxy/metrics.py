@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Prometheus metrics, in a registry of their own.
+
+Each L{Metrics} owns a C{CollectorRegistry} rather than using
+C{prometheus_client}'s global one, so that two proxies in one process (the
+tests build dozens) never share counters.  C{GET /metrics} renders it with
+C{prometheus_client}'s own exposition code (L{render}).
+
+C{prometheus_client.twisted.MetricsResource} is not used: it imports the
+global reactor when its module is imported and serves a WSGI app from the
+reactor's thread pool, which the memory reactor of the tests cannot run;
+the exposition it wraps (C{choose_encoder} + the registry) is what L{render}
+calls, on the reactor thread, in microseconds.
+
+Label values are bounded: C{route} is one of the proxy's own paths, C{model}
+is a model name some backend offers (anything else a client sends is
+counted as C{"other"}), C{backend} a configured name, C{kind} one of a few
+error kinds.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0, 300.0)
+"""Seconds: from a local vLLM's first byte to a slow hosted model's answer."""
+
+OTHER = "other"
+"""The C{model} label of names no backend offers."""
+
+
+class Metrics:
+    """
+    The proxy's counters, gauges and histograms.
+
+    @ivar registry: the registry they are in, rendered by L{render}.
+    """
+
+    def __init__(self, namespace: str = "ollama_proxy") -> None:
+        """
+        @param namespace: the metric name prefix.
+        """
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "requests", "Client requests by route, model and final HTTP status.",
+            ["route", "model", "status"], namespace=namespace, registry=r,
+        )
+        self.requestDuration = Histogram(
+            "request_duration_seconds", "Time from a client request to its last byte.",
+            ["route"], namespace=namespace, registry=r, buckets=LATENCY_BUCKETS,
+        )
+        self.upstreamLatency = Histogram(
+            "upstream_latency_seconds", "Time from sending an upstream request to its "
+            "response headers.", ["backend"], namespace=namespace, registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.firstToken = Histogram(
+            "time_to_first_token_seconds", "Time from a client request to the first "
+            "generated token.", ["backend", "model"], namespace=namespace, registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.tokens = Counter(
+            "tokens", "Tokens reported by the backends: in = prompt, out = completion.",
+            ["backend", "model", "direction"], namespace=namespace, registry=r,
+        )
+        self.activeStreams = Gauge(
+            "active_streams", "Responses being streamed to clients now.",
+            namespace=namespace, registry=r,
+        )
+        self.upstreamErrors = Counter(
+            "upstream_errors", "Upstream failures by backend and kind (connect, "
+            "timeout, http_4xx, http_5xx, stream, protocol).",
+            ["backend", "kind"], namespace=namespace, registry=r,
+        )
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """
+        The exposition for a scrape.
+
+        @param accept: the scraper's C{Accept} header (OpenMetrics or the
+            classic text format are negotiated from it).
+        @return: the body and its content type.
+        """
+        encoder, contentType = choose_encoder(accept or "")
+        return encoder(self.registry), contentType

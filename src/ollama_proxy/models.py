@@ -1,0 +1,473 @@
+# -*- test-case-name: tests.test_models -*-
+"""
+Which backend serves which model: the per-backend model-list cache and the
+router that maps a client's model name to a backend, a backend model id and
+that model's configured overrides.
+
+Each backend's C{/v1/models} list is cached for C{ttl} seconds
+(L{ModelListCache}), so C{/api/tags}, C{/api/show} and every chat request do
+not each cost an upstream round trip.  A backend that fails keeps serving
+its last good list (and is retried only after C{ttl}), so one backend that
+is down never empties the list of the others.
+
+The L{Router} merges the lists in configuration order.  A name that two
+backends offer goes to the first one; the clash is logged as a warning
+once, when it is first seen (at start-up for the lists fetched then).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Iterable, Sequence
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ollama_proxy.config import NO_OVERRIDE, BackendConfig, ModelOverride
+from ollama_proxy.errors import NotFound, ProxyError, UpstreamError
+from ollama_proxy.translate import JSON, backendModel, clientModelName, modelIds
+from ollama_proxy.upstream import Backend
+
+DEFAULT_TTL = 60.0
+"""Seconds a backend's model list is reused before it is fetched again."""
+
+log = Logger()
+
+Entry = JSON
+"""One entry of an OpenAI model list: C{{"id": ..., "created": ..., ...}}."""
+
+
+class ModelListCache:
+    """
+    One backend's model list, fetched at most once per C{ttl}.
+
+    Concurrent callers share one fetch.  A failed fetch is logged and, when
+    an earlier list exists, that list is served until the next try (C{ttl}
+    later); without one, the error is raised and the next call tries again.
+
+    @ivar entries: the last good list, or C{None} before the first success.
+    @ivar error: the error of the last fetch, or C{None} if it worked.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[list[Entry]]],
+        clock: IReactorTime,
+        ttl: float = DEFAULT_TTL,
+        name: str = "backend",
+    ) -> None:
+        """
+        @param fetch: returns the backend's current list; raises a
+            L{ProxyError} when it cannot.
+        @param clock: for the age of the list.
+        @param ttl: seconds a list (or a failure, when a list exists) is
+            reused; C{0} fetches on every call.
+        @param name: the backend's name, for log lines.
+        """
+        self._fetch = fetch
+        self._clock = clock
+        self.ttl = ttl
+        self.name = name
+        self.entries: list[Entry] | None = None
+        self.error: ProxyError | None = None
+        self._checked: float | None = None
+        self._waiting: list[Deferred[list[Entry]]] | None = None
+
+    def fresh(self) -> bool:
+        """
+        @return: whether the last check is younger than C{ttl}.
+        """
+        return (
+            self._checked is not None
+            and self.ttl > 0
+            and self._clock.seconds() - self._checked < self.ttl
+        )
+
+    def invalidate(self) -> None:
+        """
+        Make the next L{get} fetch again.
+        """
+        self._checked = None
+
+    async def get(self) -> list[Entry]:
+        """
+        @return: the list, fresh or cached.
+        @raise ProxyError: if the fetch failed and no earlier list exists.
+        """
+        if self.fresh():
+            if self.entries is not None:
+                return self.entries
+            if self.error is not None:
+                raise self.error
+        waiter: Deferred[list[Entry]] = Deferred()
+        if self._waiting is not None:
+            self._waiting.append(waiter)
+        else:
+            self._waiting = [waiter]
+            Deferred.fromCoroutine(self._refresh())
+        return await waiter
+
+    async def _refresh(self) -> None:
+        """
+        Fetch once and hand the outcome to everyone waiting.  Runs on its
+        own, so a client that leaves does not cancel a fetch others share.
+        """
+        result: list[Entry] | ProxyError
+        try:
+            result = await self._fetch()
+        except ProxyError as e:
+            result = e
+        except CancelledError:
+            result = UpstreamError(f"listing models of backend {self.name} was cancelled")
+        except Exception as e:
+            log.failure("listing models of backend {backend} failed", backend=self.name)
+            result = UpstreamError(f"listing models of backend {self.name} failed: {e}")
+        self._checked = self._clock.seconds()
+        waiting, self._waiting = self._waiting or [], None
+        if isinstance(result, ProxyError):
+            self.error = result
+            log.error(
+                "cannot list the models of backend {backend}: {error}; {action}",
+                backend=self.name,
+                error=result.message,
+                action="keeping its last list" if self.entries is not None else "it offers none",
+            )
+            if self.entries is None:
+                # No list to fall back on: let the next call try at once.
+                self._checked = None
+                for waiter in waiting:
+                    waiter.errback(result)
+                return
+        else:
+            self.error = None
+            self.entries = result
+        entries = self.entries
+        assert entries is not None
+        for waiter in waiting:
+            waiter.callback(entries)
+
+
+@attrs.frozen
+class Route:
+    """
+    Where one request goes.
+
+    @ivar name: the backend's name (for logs and metrics).
+    @ivar backend: the upstream client.
+    @ivar modelId: the id to send upstream.
+    @ivar override: the configured settings of that model.
+    @ivar known: whether a model list (or the configuration) named the
+        model; C{False} when the request is sent on a guess.
+    """
+
+    name: str
+    backend: Backend
+    modelId: str
+    override: ModelOverride = NO_OVERRIDE
+    known: bool = True
+
+
+@attrs.define
+class BackendModels:
+    """
+    One configured backend with its client and its list cache.
+    """
+
+    config: BackendConfig
+    backend: Backend
+    cache: ModelListCache
+    _offeredFrom: list[Entry] | None = attrs.field(default=None, init=False)
+    _offered: list[Entry] | None = attrs.field(default=None, init=False)
+
+    @property
+    def name(self) -> str:
+        """
+        @return: the configured name.
+        """
+        return self.config.name
+
+    def offered(self, entries: list[Entry] | None) -> list[Entry] | None:
+        """
+        Apply the allow/deny globs to a discovered list and append the static
+        models.  The result is reused while the cache returns the same list,
+        so that the router re-indexes only when a list really changed.
+
+        @param entries: the entries from C{/v1/models}, or C{None} when the
+            backend could not be listed.
+        @return: the entries to offer, without duplicates, in order; C{None}
+            when nothing is known (no list and no static models).
+        """
+        if entries is None:
+            if not self.config.models:
+                return None
+            entries = []
+        if entries is self._offeredFrom and self._offered is not None:
+            return self._offered
+        out: dict[str, Entry] = {}
+        for entry in entries:
+            modelId = entry["id"]
+            if self.config.offers(modelId):
+                out.setdefault(modelId, entry)
+        for modelId in self.config.models:
+            out.setdefault(modelId, {"id": modelId, "object": "model", "owned_by": self.name})
+        self._offeredFrom, self._offered = entries, list(out.values())
+        return self._offered
+
+    def known(self) -> list[Entry] | None:
+        """
+        @return: what the backend offers as far as known now, without
+            fetching.
+        """
+        return self.offered(self.cache.entries)
+
+
+def discoveredEntries(models: Any) -> list[Entry]:
+    """
+    The usable entries of a C{/v1/models} body, in order, one per id.
+
+    @param models: the decoded body.
+    @return: entry dicts with a string C{id}.
+    @raise UpstreamError: if the body is not a model list.
+    """
+    ids = set(modelIds(models))
+    out: dict[str, Entry] = {}
+    for entry in models.get("data") or []:
+        if isinstance(entry, dict) and entry.get("id") in ids:
+            out.setdefault(entry["id"], entry)
+    return list(out.values())
+
+
+def makeFetcher(backend: Backend, config: BackendConfig) -> Callable[[], Awaitable[list[Entry]]]:
+    """
+    @param backend: the upstream client.
+    @param config: its configuration.
+    @return: the fetch function for its L{ModelListCache}: C{GET /v1/models}
+        when discovery is on, else the static list alone.
+    """
+
+    async def fetch() -> list[Entry]:
+        if not config.discover:
+            return []
+        return discoveredEntries(await backend.getJSON("models"))
+
+    return fetch
+
+
+class Router:
+    """
+    Maps client model names to backends.
+
+    A name is looked up, in this order, among: the names C{/api/tags} lists
+    (C{id}, or C{id:tag} for ids without a colon), the bare ids, the ids
+    with C{:latest}, and the aliases (bare, C{:latest} or C{:tag}).  The
+    first backend in configuration order that offers a name gets it.
+    """
+
+    def __init__(self, backends: Sequence[BackendModels], tag: str = "proxy") -> None:
+        """
+        @param backends: in configuration order; at least one.
+        @param tag: the suffix added to untagged ids in C{/api/tags}.
+        """
+        if not backends:
+            raise ValueError("a router needs at least one backend")
+        self.backends = list(backends)
+        self.tag = tag
+        self._reported: set[tuple[str, str, str]] = set()
+        self._index: dict[str, Route] = {}
+        self._indexedFrom: list[list[Entry] | None] = []
+
+    @classmethod
+    def single(cls, backend: Backend, clock: IReactorTime, ttl: float = 0.0, tag: str = "proxy",
+               name: str = "default") -> Router:
+        """
+        A router for one backend with no configuration file (C{--target}).
+
+        @param backend: the upstream client.
+        @param clock: for the cache.
+        @param ttl: the cache lifetime.
+        @param tag: the C{/api/tags} suffix.
+        @param name: the backend's name in logs and metrics.
+        @return: the router.
+        """
+        config = BackendConfig(name=name, url=backend.target)
+        cache = ModelListCache(makeFetcher(backend, config), clock, ttl, name)
+        return cls([BackendModels(config, backend, cache)], tag)
+
+    async def lists(self) -> list[tuple[BackendModels, list[Entry] | None]]:
+        """
+        Every backend's offered entries, fetching those that are stale.
+
+        @return: C{(backend, entries)} in configuration order; C{entries}
+            is C{None} for a backend that failed and has no earlier list.
+        """
+        waits = [Deferred.fromCoroutine(b.cache.get()) for b in self.backends]
+        out: list[tuple[BackendModels, list[Entry] | None]] = []
+        for backend, wait in zip(self.backends, waits):
+            entries: list[Entry] | None
+            try:
+                entries = backend.offered(await wait)
+            except ProxyError:
+                entries = backend.known()
+            out.append((backend, entries))
+        self._reindex(out)
+        return out
+
+    async def models(self) -> list[tuple[BackendModels, Entry]]:
+        """
+        The merged model list for C{/api/tags} and C{/v1/models}: every
+        backend's entries and aliases, each client name once (first backend
+        wins).
+
+        @return: C{(backend, entry)} pairs; an alias appears as an entry
+            whose C{id} is the alias.
+        @raise ProxyError: the first backend's error when no backend has a
+            list at all.
+        """
+        lists = await self.lists()
+        if all(entries is None for _, entries in lists):
+            error = self.backends[0].cache.error
+            raise error if error is not None else UpstreamError("no backend could be listed")
+        out: list[tuple[BackendModels, Entry]] = []
+        seen: set[str] = set()
+        for backend, entries in lists:
+            if entries is None:
+                # Down and never listed: its aliases would only fail.
+                continue
+            for entry in entries:
+                name = clientModelName(entry["id"], self.tag)
+                if name not in seen:
+                    seen.add(name)
+                    out.append((backend, entry))
+            for alias, target in backend.config.aliases.items():
+                name = clientModelName(alias, self.tag)
+                if name not in seen:
+                    seen.add(name)
+                    out.append((backend, {"id": alias, "object": "model", "owned_by": backend.name,
+                                          "alias_of": target}))
+        return out
+
+    async def route(self, name: str) -> Route:
+        """
+        Find the backend for a client's model name.
+
+        @param name: the C{model} the client sent.
+        @return: the route.
+        @raise NotFound: when no backend offers the name (with several
+            backends; a single backend is sent any name, as the seed did, and
+            answers for itself).
+        @raise UpstreamError: when the name is unknown and some backend could
+            not be listed, so it may be that one's.
+        """
+        if len(self.backends) == 1:
+            # One backend: no listing is needed to choose it, so none is
+            # made; what is known from earlier listings still resolves
+            # names such as "x:proxy" or an id that contains a colon.
+            only = self.backends[0]
+            self._reindex([(only, only.known())])
+            found = self._index.get(name)
+            if found is not None:
+                return found
+            modelId = backendModel(name, None, self.tag)
+            modelId = only.config.aliases.get(modelId, modelId)
+            return Route(only.name, only.backend, modelId, only.config.override(modelId), False)
+        lists = await self.lists()
+        found = self._index.get(name)
+        if found is not None:
+            return found
+        down = [b for b, entries in lists if entries is None]
+        if down:
+            raise UpstreamError(
+                f'model "{name}" not found; backend(s) '
+                + ", ".join(
+                    f"{b.name} ({b.cache.error.message if b.cache.error else 'unlisted'})"
+                    for b in down
+                )
+                + " could not be listed"
+            )
+        raise NotFound(f'model "{name}" not found')
+
+    def _reindex(self, lists: list[tuple[BackendModels, list[Entry] | None]]) -> None:
+        """
+        Rebuild the name index when any list changed, and warn once about
+        every name that two backends offer.
+
+        @param lists: from L{lists}.
+        """
+        current = [entries for _, entries in lists]
+        if len(current) == len(self._indexedFrom) and all(
+            a is b for a, b in zip(current, self._indexedFrom)
+        ):
+            return
+        self._indexedFrom = current
+        index: dict[str, Route] = {}
+        owners: dict[str, str] = {}
+
+        def claim(key: str, route: Route, shown: str) -> None:
+            owner = owners.get(key)
+            if owner is None:
+                owners[key] = route.name
+                index[key] = route
+            elif owner != route.name and (shown, owner, route.name) not in self._reported:
+                self._reported.add((shown, owner, route.name))
+                log.warn(
+                    "model {model} is offered by backends {first} and {second}; "
+                    "requests go to {first}",
+                    model=shown, first=owner, second=route.name,
+                )
+
+        def routeFor(backend: BackendModels, modelId: str) -> Route:
+            return Route(backend.name, backend.backend, modelId, backend.config.override(modelId))
+
+        # Listed names, bare ids and aliases first, over every backend, then
+        # the ":latest" forms, so that one backend's "x:latest" cannot shadow
+        # another's listed "x:latest".
+        for backend, entries in lists:
+            for entry in entries or []:
+                modelId = entry["id"]
+                listed = clientModelName(modelId, self.tag)
+                claim(listed, routeFor(backend, modelId), listed)
+                index.setdefault(modelId, routeFor(backend, modelId))
+            for alias, target in backend.config.aliases.items():
+                listed = clientModelName(alias, self.tag)
+                claim(listed, routeFor(backend, target), listed)
+                index.setdefault(alias, routeFor(backend, target))
+        for backend, entries in lists:
+            for entry in entries or []:
+                if ":" not in entry["id"]:
+                    index.setdefault(f"{entry['id']}:latest", routeFor(backend, entry["id"]))
+            for alias, target in backend.config.aliases.items():
+                if ":" not in alias:
+                    index.setdefault(f"{alias}:latest", routeFor(backend, target))
+        self._index = index
+
+
+def applyOverride(body: JSON, override: ModelOverride) -> JSON:
+    """
+    Merge a model's default options into an Ollama request body (the
+    client's own options win).
+
+    @param body: the decoded Ollama request.
+    @param override: the model's settings.
+    @return: C{body}, or a copy with the merged C{options}.
+    """
+    if not override.options:
+        return body
+    options = body.get("options")
+    merged = dict(override.options)
+    if isinstance(options, dict):
+        merged.update(options)
+    return {**body, "options": merged}
+
+
+def applyExtra(upstream: JSON, override: ModelOverride) -> JSON:
+    """
+    Merge a model's extra request fields into the OpenAI body (the
+    configuration wins: these are fields the operator wants on every call).
+
+    @param upstream: the translated request body.
+    @param override: the model's settings.
+    @return: C{upstream}, updated in place.
+    """
+    upstream.update(override.extra)
+    return upstream

@@ -1,0 +1,134 @@
+"""
+JSON log output: the line format, the observer factory for twistd's
+C{--logger}, and the plugin's C{--log-format json} under twistd's own
+option parser.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import tempfile
+
+from twisted.application.app import ServerOptions
+from twisted.logger import LogLevel, Logger, LogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy import codec, logging as proxylogging
+from ollama_proxy.logging import eventAsJSONLine, jsonLogger, jsonObserver, jsonObserverFor
+
+
+class JSONLineTests(SynchronousTestCase):
+    """
+    L{eventAsJSONLine} and L{jsonObserver}.
+    """
+
+    def test_flatObject(self) -> None:
+        """
+        An event becomes one line holding time, level, namespace, the
+        formatted message and the event's own fields with their types.
+        """
+        out = io.StringIO()
+        publisher = LogPublisher(jsonObserver(out))
+        log = Logger(namespace="ollama_proxy.test", observer=publisher)
+        log.info("POST {path} status={status}", path="/api/chat", status=200, tokens_in=None,
+                 backend="a")
+        [line] = out.getvalue().splitlines()
+        record = codec.loads(line)
+        self.assertEqual(
+            {k: record[k] for k in ("level", "namespace", "message", "path", "status",
+                                    "tokens_in", "backend")},
+            {"level": "info", "namespace": "ollama_proxy.test",
+             "message": "POST /api/chat status=200", "path": "/api/chat", "status": 200,
+             "tokens_in": None, "backend": "a"},
+        )
+        self.assertRegex(record["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        self.assertFalse(any(key.startswith("log_") for key in record))
+
+    def test_failureAndOddValues(self) -> None:
+        """
+        A logged failure adds its traceback; a value JSON cannot hold is
+        written as its repr rather than breaking the line.
+        """
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            failure = Failure()
+        line = eventAsJSONLine({"log_format": "oops", "log_level": LogLevel.error,
+                                "log_namespace": "n", "log_time": 0.5, "log_failure": failure,
+                                "thing": object()})
+        record = codec.loads(line)
+        self.assertEqual((record["level"], record["time"]), ("error", "1970-01-01T00:00:00.500Z"))
+        self.assertIn("ZeroDivisionError", record["traceback"])
+        self.assertTrue(record["thing"].startswith("<object object"))
+        self.assertTrue(line.endswith("}\n"))
+
+
+class FactoryTests(SynchronousTestCase):
+    """
+    Where the JSON goes.
+    """
+
+    def setUp(self) -> None:
+        self.addCleanup(proxylogging.useJSON, None, True)
+        self.addCleanup(signal.signal, signal.SIGUSR1, signal.getsignal(signal.SIGUSR1))
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+    def test_rotationHandlerInstalled(self) -> None:
+        """
+        A JSON log file gets twistd's C{SIGUSR1} rotation, as its text log
+        would.
+        """
+        path = os.path.join(tempfile.mkdtemp(), "proxy.json")
+        jsonObserverFor(path, False)
+        self.assertTrue(callable(signal.getsignal(signal.SIGUSR1)))
+
+    def test_fileDestination(self) -> None:
+        """
+        With a log file, L{jsonObserverFor} writes JSON lines into it.
+        """
+        directory = tempfile.mkdtemp()
+        path = os.path.join(directory, "proxy.json")
+        observer = jsonObserverFor(path, False)
+        Logger(namespace="t", observer=observer).info("hello {who}", who="ops")
+        with open(path, encoding="utf-8") as f:
+            record = codec.loads(f.readline())
+        self.assertEqual((record["message"], record["who"]), ("hello ops", "ops"))
+
+    def test_loggerFactoryDefaultsToStdout(self) -> None:
+        """
+        C{jsonLogger()} (for C{twistd --logger}) writes to standard output
+        until told otherwise.
+        """
+        out = io.StringIO()
+        self.patch(proxylogging.sys, "stdout", out)
+        Logger(namespace="t", observer=jsonLogger()).info("x")
+        self.assertEqual(codec.loads(out.getvalue())["message"], "x")
+
+    def test_logFormatOptionUnderTwistd(self) -> None:
+        """
+        C{twistd --logfile F ollama-proxy --log-format json} makes twistd's
+        log observer factory the JSON one, writing to F.
+        """
+        directory = tempfile.mkdtemp()
+        path = os.path.join(directory, "proxy.json")
+        config = ServerOptions()
+        config.parseOptions(["--logfile", path, "ollama-proxy", "--target",
+                             "http://127.0.0.1:1", "--log-format", "json"])
+        self.assertIs(config["logger"], jsonLogger)
+        Logger(namespace="t", observer=config["logger"]()).info("to file")
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(codec.loads(f.readline())["message"], "to file")
+
+    def test_explicitLoggerWins(self) -> None:
+        """
+        A C{--logger} given to twistd is left alone.
+        """
+        config = ServerOptions()
+        config.parseOptions(["--logger", "twisted.logger.textFileLogObserver", "ollama-proxy",
+                             "--target", "http://127.0.0.1:1", "--log-format", "json"])
+        from twisted.logger import textFileLogObserver
+
+        self.assertIs(config["logger"], textFileLogObserver)

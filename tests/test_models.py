@@ -1,0 +1,343 @@
+"""
+The model-list cache and the router, with scripted fetch functions and a
+memory clock: freshness, shared fetches, a backend that goes down keeping
+its last list, and name resolution across backends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.config import BackendConfig, ModelOverride
+from ollama_proxy.errors import NotFound, UpstreamError
+from ollama_proxy.models import (
+    BackendModels,
+    ModelListCache,
+    Router,
+    applyExtra,
+    applyOverride,
+)
+from ollama_proxy.upstream import Backend
+
+
+class ScriptedFetch:
+    """
+    A fetch function whose calls wait until the test answers them.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[Deferred[list[dict[str, Any]]]] = []
+
+    async def __call__(self) -> list[dict[str, Any]]:
+        d: Deferred[list[dict[str, Any]]] = Deferred()
+        self.calls.append(d)
+        return await d
+
+    def answer(self, *ids: str) -> None:
+        """
+        Answer the latest call with these ids.
+        """
+        self.calls[-1].callback([{"id": i, "object": "model"} for i in ids])
+
+    def fail(self, message: str = "connection refused") -> None:
+        """
+        Fail the latest call.
+        """
+        self.calls[-1].errback(UpstreamError(message))
+
+
+def get(cache: ModelListCache) -> Deferred[list[dict[str, Any]]]:
+    """
+    @return: L{ModelListCache.get} as a Deferred.
+    """
+    return Deferred.fromCoroutine(cache.get())
+
+
+def ids(result: list[dict[str, Any]]) -> list[str]:
+    return [e["id"] for e in result]
+
+
+class LogCapture:
+    """
+    Collects global log events for one test.
+    """
+
+    def __init__(self, case: SynchronousTestCase) -> None:
+        self.observer = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.observer)
+        case.addCleanup(globalLogPublisher.removeObserver, self.observer)
+
+    def errors(self) -> list[Any]:
+        """
+        @return: the events logged at warning level or above.
+        """
+        return [e for e in self.observer if e.get("log_level") in (LogLevel.error, LogLevel.warn)]
+
+
+class ModelListCacheTests(SynchronousTestCase):
+    """
+    L{ModelListCache}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.fetch = ScriptedFetch()
+        self.cache = ModelListCache(self.fetch, self.clock, ttl=60, name="a")
+        self.logs = LogCapture(self)
+
+    def test_reusedWithinTTL(self) -> None:
+        """
+        A second call within C{ttl} seconds is answered without fetching;
+        after C{ttl} the list is fetched again.
+        """
+        d = get(self.cache)
+        self.fetch.answer("m1")
+        self.assertEqual(ids(self.successResultOf(d)), ["m1"])
+        self.clock.advance(59)
+        self.assertEqual(ids(self.successResultOf(get(self.cache))), ["m1"])
+        self.assertEqual(len(self.fetch.calls), 1)
+        self.clock.advance(1)
+        d = get(self.cache)
+        self.assertEqual(len(self.fetch.calls), 2)
+        self.fetch.answer("m1", "m2")
+        self.assertEqual(ids(self.successResultOf(d)), ["m1", "m2"])
+
+    def test_concurrentCallersShareOneFetch(self) -> None:
+        """
+        Callers that arrive while a fetch runs wait for it instead of
+        starting their own.
+        """
+        first, second = get(self.cache), get(self.cache)
+        self.assertEqual(len(self.fetch.calls), 1)
+        self.assertNoResult(first)
+        self.fetch.answer("m")
+        self.assertEqual(ids(self.successResultOf(first)), ["m"])
+        self.assertEqual(ids(self.successResultOf(second)), ["m"])
+
+    def test_cancelledCallerDoesNotCancelFetch(self) -> None:
+        """
+        A caller that goes away (client disconnect) leaves the shared fetch
+        running for the others.
+        """
+        first, second = get(self.cache), get(self.cache)
+        first.cancel()
+        self.failureResultOf(first)
+        self.fetch.answer("m")
+        self.assertEqual(ids(self.successResultOf(second)), ["m"])
+
+    def test_failureKeepsLastList(self) -> None:
+        """
+        When a later fetch fails, the last good list is served, the error is
+        logged with the backend's name, and no new fetch is tried before
+        C{ttl} has passed again.
+        """
+        d = get(self.cache)
+        self.fetch.answer("m1")
+        self.successResultOf(d)
+        self.clock.advance(60)
+        d = get(self.cache)
+        self.fetch.fail()
+        self.assertEqual(ids(self.successResultOf(d)), ["m1"])
+        self.assertIsInstance(self.cache.error, UpstreamError)
+        (event,) = self.logs.errors()
+        self.assertEqual((event["backend"], event["error"]), ("a", "connection refused"))
+        self.clock.advance(30)
+        self.assertEqual(ids(self.successResultOf(get(self.cache))), ["m1"])
+        self.assertEqual(len(self.fetch.calls), 2)
+
+    def test_failureWithoutListRaisesAndRetries(self) -> None:
+        """
+        Without an earlier list the error reaches the caller, and the next
+        call tries again at once.
+        """
+        d = get(self.cache)
+        self.fetch.fail("boom")
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.message, "boom")
+        get(self.cache)
+        self.assertEqual(len(self.fetch.calls), 2)
+
+    def test_zeroTTLAlwaysFetches(self) -> None:
+        """
+        C{ttl = 0} fetches on every call.
+        """
+        cache = ModelListCache(self.fetch, self.clock, ttl=0)
+        get(cache)
+        self.fetch.answer("m")
+        get(cache)
+        self.assertEqual(len(self.fetch.calls), 2)
+
+
+def backendModels(clock: MemoryReactorClock, fetch: ScriptedFetch, **config: Any) -> BackendModels:
+    """
+    @return: a L{BackendModels} whose list comes from C{fetch}.
+    """
+    backendConfig = BackendConfig(**config)
+    backend = Backend(None, backendConfig.url, clock)
+    return BackendModels(backendConfig, backend, ModelListCache(fetch, clock, 60, backendConfig.name))
+
+
+class RouterTests(SynchronousTestCase):
+    """
+    L{Router} over two backends.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.fa, self.fb = ScriptedFetch(), ScriptedFetch()
+        self.a = backendModels(
+            self.clock, self.fa, name="a", url="http://a:1", deny=["secret-*"],
+            aliases={"fast": "small"},
+            overrides={"big": ModelOverride(contextLength=8192)},
+        )
+        self.b = backendModels(self.clock, self.fb, name="b", url="http://b:1", models=("static",))
+        self.router = Router([self.a, self.b], tag="proxy")
+        self.logs = LogCapture(self)
+
+    def route(self, name: str) -> Any:
+        """
+        @return: the route's (backend name, model id), with lists answered.
+        """
+        d = Deferred.fromCoroutine(self.router.route(name))
+        if self.fa.calls and not self.fa.calls[-1].called:
+            self.fa.answer("big", "small", "shared", "qwen3:8b", "secret-x")
+        if self.fb.calls and not self.fb.calls[-1].called:
+            self.fb.answer("shared", "other")
+        route = self.successResultOf(d)
+        return (route.name, route.modelId)
+
+    def test_namesResolve(self) -> None:
+        """
+        Listed names (C{x:proxy}), bare ids, C{:latest}, ids with their own
+        tag, aliases and static models go to the backend that offers them.
+        """
+        self.assertEqual(self.route("big:proxy"), ("a", "big"))
+        self.assertEqual(self.route("big"), ("a", "big"))
+        self.assertEqual(self.route("big:latest"), ("a", "big"))
+        self.assertEqual(self.route("qwen3:8b"), ("a", "qwen3:8b"))
+        self.assertEqual(self.route("other:proxy"), ("b", "other"))
+        self.assertEqual(self.route("fast:latest"), ("a", "small"))
+        self.assertEqual(self.route("static"), ("b", "static"))
+
+    def test_overrideTravelsWithRoute(self) -> None:
+        """
+        The route carries the configured override of the model.
+        """
+        self.route("big")
+        route = self.successResultOf(Deferred.fromCoroutine(self.router.route("big:proxy")))
+        self.assertEqual(route.override.contextLength, 8192)
+
+    def test_duplicateFirstWinsAndWarnsOnce(self) -> None:
+        """
+        A name both backends list goes to the first; one warning names both
+        backends, however often the lists are read.
+        """
+        self.assertEqual(self.route("shared"), ("a", "shared"))
+        self.clock.advance(61)
+        self.assertEqual(self.route("shared:proxy"), ("a", "shared"))
+        warnings = [e for e in self.logs.errors() if "offered by backends" in e["log_format"]]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual((warnings[0]["model"], warnings[0]["first"], warnings[0]["second"]),
+                         ("shared:proxy", "a", "b"))
+
+    def test_deniedAndUnknown(self) -> None:
+        """
+        A model hidden by a deny glob, or listed nowhere, is a 404 naming it.
+        """
+        d = Deferred.fromCoroutine(self.router.route("secret-x"))
+        self.fa.answer("secret-x")
+        self.fb.answer()
+        self.assertEqual(self.failureResultOf(d, NotFound).value.message,
+                         'model "secret-x" not found')
+
+    def test_unknownWhileBackendDown(self) -> None:
+        """
+        An unknown name while one backend cannot be listed is a 502 that says
+        which backend is down (the model may be that one's), and the other
+        backend's models still resolve.
+        """
+        d = Deferred.fromCoroutine(self.router.route("nowhere"))
+        self.fa.fail("connection refused")
+        self.fb.answer("other")
+        failure = self.failureResultOf(d, UpstreamError)
+        self.assertIn("a (connection refused)", failure.value.message)
+        d = Deferred.fromCoroutine(self.router.route("other"))
+        self.fa.fail("connection refused")
+        self.assertEqual(self.successResultOf(d).name, "b")
+
+    def test_mergedListSurvivesOneBackendDown(self) -> None:
+        """
+        The merged list keeps the first backend's last good list when it
+        goes down, and still has the second backend's.
+        """
+        d = Deferred.fromCoroutine(self.router.models())
+        self.fa.answer("big")
+        self.fb.answer("other")
+        self.assertEqual([e["id"] for _, e in self.successResultOf(d)],
+                         ["big", "fast", "other", "static"])
+        self.clock.advance(61)
+        d = Deferred.fromCoroutine(self.router.models())
+        self.fa.fail()
+        self.fb.answer("other", "new")
+        self.assertEqual([e["id"] for _, e in self.successResultOf(d)],
+                         ["big", "fast", "other", "new", "static"])
+
+    def test_allDown(self) -> None:
+        """
+        When no backend has a list at all, the merged list fails with the
+        first backend's error (static models alone do not hide an outage
+        of discovery).
+        """
+        router = Router([self.a])
+        d = Deferred.fromCoroutine(router.models())
+        self.fa.fail("nope")
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.message, "nope")
+
+    def test_singleBackendNeverLists(self) -> None:
+        """
+        With one backend, routing never lists models (a chat costs one
+        upstream connection, as in the seed): any name is sent to it, with
+        C{:proxy}/C{:latest} removed and aliases applied; names resolve
+        against a list fetched earlier (by C{/api/tags}), and only then count
+        as known (for the metrics' C{model} label).
+        """
+        router = Router([self.a])
+        for name, expected, known in [("x:proxy", "x", False), ("x:latest", "x", False),
+                                      ("fast", "small", True), ("qwen3:8b", "qwen3:8b", False)]:
+            route = self.successResultOf(Deferred.fromCoroutine(router.route(name)))
+            self.assertEqual((route.name, route.modelId, route.known), ("a", expected, known))
+        self.assertEqual(self.fa.calls, [])
+        d = Deferred.fromCoroutine(router.models())
+        self.fa.answer("qwen3:8b")
+        self.successResultOf(d)
+        route = self.successResultOf(Deferred.fromCoroutine(router.route("qwen3:8b")))
+        self.assertEqual((route.modelId, route.known), ("qwen3:8b", True))
+        self.assertEqual(len(self.fa.calls), 1)
+
+
+class OverrideTests(SynchronousTestCase):
+    """
+    L{applyOverride} and L{applyExtra}.
+    """
+
+    def test_defaultOptionsLoseToClient(self) -> None:
+        """
+        Configured options fill in; the client's options win.
+        """
+        override = ModelOverride(options={"temperature": 0.2, "num_ctx": 8192})
+        body = applyOverride({"model": "m", "options": {"temperature": 0.9}}, override)
+        self.assertEqual(body["options"], {"temperature": 0.9, "num_ctx": 8192})
+        self.assertEqual(applyOverride({"model": "m"}, override)["options"],
+                         {"temperature": 0.2, "num_ctx": 8192})
+
+    def test_extraWins(self) -> None:
+        """
+        Extra fields are set on the upstream body over the translated ones.
+        """
+        upstream = applyExtra({"model": "m", "user": "x"},
+                              ModelOverride(extra={"user": "proxy", "seed": 1}))
+        self.assertEqual(upstream, {"model": "m", "user": "proxy", "seed": 1})
