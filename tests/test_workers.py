@@ -235,6 +235,27 @@ class WorkerPoolTests(SynchronousTestCase):
         self.successResultOf(d)
 
 
+    def test_parentPidTakenAtStart(self) -> None:
+        """
+        Given a function of the parent's pid, the workers' arguments are
+        computed again when the service starts: a daemonizing twistd builds
+        the service, then forks, and the workers must watch the process
+        that actually runs (not the one that exited after the fork).
+        """
+        reactor = FakeProcessReactor()
+        pids: list[int] = []
+
+        def args(pid: int) -> list[str]:
+            pids.append(pid)
+            return ["--worker-of", str(pid + len(pids))]
+
+        pool = WorkerPool(reactor, 1, args)
+        pool.startService()
+        self.assertEqual(pids, [os.getpid(), os.getpid()])
+        self.assertEqual(reactor.spawned[0][2][-1], str(os.getpid() + 2))
+        pool.stopService()
+
+
 class ParentWatchTests(SynchronousTestCase):
     """
     L{ParentWatch} stops a worker whose parent is gone.

@@ -579,10 +579,12 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     PoolService(pool).setServiceParent(service)
     DrainService(site, config["shutdown-grace"]).setServiceParent(service)
     if config["workers"] > 1:
-        childArgs = childArguments(
-            getattr(config, "rawArgs", []), os.getpid(), config["target"]
-        )
-        WorkerPool(reactor, config["workers"] - 1, childArgs).setServiceParent(service)
+        rawArgs = getattr(config, "rawArgs", [])
+        WorkerPool(
+            reactor,
+            config["workers"] - 1,
+            lambda parentPid: childArguments(rawArgs, parentPid, config["target"]),
+        ).setServiceParent(service)
     if config["worker-of"] is not None:
         ParentWatch(reactor, config["worker-of"]).setServiceParent(service)
     if len(router.backends) > 1:

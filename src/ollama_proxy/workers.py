@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -181,14 +181,35 @@ class WorkerPool(Service):
 
     stopTimeout = 10.0
 
-    def __init__(self, reactor: Any, count: int, pluginArgs: Sequence[str]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        count: int,
+        pluginArgs: Sequence[str] | Callable[[int], Sequence[str]],
+    ) -> None:
+        """
+        @param pluginArgs: the workers' plugin arguments, or a function of
+            the parent's pid returning them.  A function is called again in
+            L{startService}: under C{twistd} without C{-n} the service is
+            built before twistd forks into the background, so only then is
+            the parent's pid the one the workers must watch.
+        """
         self.reactor = reactor
         self.count = count
-        self.argv = [sys.executable, "-m", "twisted", "--log-format=text", "ollama-proxy", *pluginArgs]
+        self.pluginArgs = pluginArgs
+        self.argv = self._argv()
         self.processes: list[tuple[Any, _Worker]] = []
+
+    def _argv(self) -> list[str]:
+        """
+        @return: a worker's command line, for the current process as parent.
+        """
+        args = self.pluginArgs(os.getpid()) if callable(self.pluginArgs) else self.pluginArgs
+        return [sys.executable, "-m", "twisted", "--log-format=text", "ollama-proxy", *args]
 
     def startService(self) -> None:
         super().startService()
+        self.argv = self._argv()
         for index in range(self.count):
             protocol = _Worker(index + 1)
             process = self.reactor.spawnProcess(
