@@ -39,7 +39,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 KINDS: list[tuple[str, float]] = [

@@ -15,7 +15,7 @@ from zope.interface import provider
 from ollama_proxy import codec
 from ollama_proxy.auth import KeyGate, readKeys, requireKeys
 from ollama_proxy.resources import buildRoot
-from tests.fakes import BodyReader, ProxyHarness, delta
+from tests.fakes import ProxyHarness, delta
 
 CHAT = {"model": "m:proxy", "messages": [{"role": "user", "content": "hi"}]}
 KEY = "in-key-7d1c0ffee"

@@ -27,6 +27,7 @@ from ollama_proxy.translate import (
     Clock,
     Flavor,
     StreamTranslator,
+    optionalString,
     optionsToOpenAI,
     wallClock,
 )
@@ -56,12 +57,8 @@ def completionRequestToOpenAI(
     @raise BadRequest: for malformed fields, and Ollama's C{raw mode does not
         support template, system, or context}.
     """
-    prompt = body.get("prompt")
-    suffix = body.get("suffix")
-    if prompt is not None and not isinstance(prompt, str):
-        raise BadRequest("prompt must be a string")
-    if suffix is not None and not isinstance(suffix, str):
-        raise BadRequest("suffix must be a string")
+    prompt = optionalString(body, "prompt")
+    suffix = optionalString(body, "suffix")
     if body.get("raw") is True and (
         body.get("template") or body.get("system") or body.get("context")
     ):

@@ -17,7 +17,7 @@ once, when it is first seen (at start-up for the lists fetched then).
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred

@@ -13,7 +13,6 @@ leaves, and one log line per request.
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from typing import Any, Awaitable, Callable, Iterator
 
@@ -21,7 +20,6 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.iweb import IResponse
 from twisted.web.server import NOT_DONE_YET, Request
@@ -1150,6 +1148,23 @@ class ModelManagement(ProxyResource):
         await forwardToFallback(self.ctx, ex)
         return None
 
+    async def _refuseServed(self, ex: Exchange, model: str, done: str) -> None:
+        """
+        Forward an operation on a model the proxy does not serve; refuse it
+        for one it serves (those live on the backend).
+
+        @param ex: the exchange.
+        @param model: the requested name.
+        @param done: the operation's past participle, for the message.
+        @raise BadRequest: for a served model.
+        @raise NotFound: for a model neither served nor forwardable.
+        """
+        if await self._modelOrFallback(ex, model) is not None:
+            raise BadRequest(
+                f"model '{model}' is served by the OpenAI-compatible backend and "
+                f"cannot be {done} through ollama-proxy"
+            )
+
     async def _fallbackOnly(self, ex: Exchange, what: str) -> None:
         """
         Forward to the fallback, or explain that nothing can do C{what}.
@@ -1194,11 +1209,7 @@ class Delete(ModelManagement):
     async def handle_DELETE(self, ex: Exchange) -> None:
         model = requireModel(ex.json())
         ex.model = model
-        if await self._modelOrFallback(ex, model) is not None:
-            raise BadRequest(
-                f"model '{model}' is served by the OpenAI-compatible backend and "
-                "cannot be deleted through ollama-proxy"
-            )
+        await self._refuseServed(ex, model, "deleted")
 
 
 class Copy(ModelManagement):
@@ -1215,11 +1226,7 @@ class Copy(ModelManagement):
         if not isinstance(destination, str) or not destination:
             raise BadRequest("destination is required")
         ex.model = source
-        if await self._modelOrFallback(ex, source) is not None:
-            raise BadRequest(
-                f"model '{source}' is served by the OpenAI-compatible backend and "
-                "cannot be copied through ollama-proxy"
-            )
+        await self._refuseServed(ex, source, "copied")
 
 
 class Create(ModelManagement):

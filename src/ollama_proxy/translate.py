@@ -239,6 +239,19 @@ def requireModel(body: JSON) -> str:
     return model
 
 
+def optionalString(body: JSON, key: str) -> str | None:
+    """
+    @param body: a request object.
+    @param key: a field that may be absent or null.
+    @return: its string value, or C{None}.
+    @raise BadRequest: C{<key> must be a string} for any other type.
+    """
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string")
+    return value
+
+
 def streamFlag(body: JSON) -> bool:
     """
     Ollama's C{stream} defaults to true when absent.
@@ -797,12 +810,8 @@ def generateRequestToOpenAI(
     @return: the C{/v1/chat/completions} body.
     @raise BadRequest: for malformed fields.
     """
-    prompt = body.get("prompt")
-    system = body.get("system")
-    if prompt is not None and not isinstance(prompt, str):
-        raise BadRequest("prompt must be a string")
-    if system is not None and not isinstance(system, str):
-        raise BadRequest("system must be a string")
+    prompt = optionalString(body, "prompt")
+    system = optionalString(body, "system")
     user: JSON = {"role": "user", "content": prompt or ""}
     if body.get("images"):
         user["images"] = body["images"]
