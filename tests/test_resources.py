@@ -452,6 +452,22 @@ class FallbackTests(SynchronousTestCase):
         response = self.successResultOf(d)
         self.assertEqual(self.successResultOf(h.client.content(response)), b'{"status":"success"}\n')
 
+    def test_clientKeysNotForwarded(self) -> None:
+        """
+        The key a client presents to the proxy (C{Authorization} or its
+        equivalent C{X-API-Key}, see L{ollama_proxy.auth.presentedKey}) is
+        the proxy's credential and never reaches the fallback Ollama.
+        """
+        h = ProxyHarness()
+        h.post(
+            "/api/create",
+            {"model": "new"},
+            headers={b"Authorization": [b"Bearer client"], b"X-API-Key": [b"client-key"]},
+        )
+        [received] = h.ollama.received
+        self.assertNotIn("authorization", received.headers)
+        self.assertNotIn("x-api-key", received.headers)
+
     def test_disabled(self) -> None:
         """
         Without a fallback, unknown paths get a JSON 404.

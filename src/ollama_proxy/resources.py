@@ -621,13 +621,19 @@ class Directory(Resource):
         return self.fallback.render(request)
 
 
+CLIENT_ONLY = frozenset({b"authorization", b"x-api-key", b"accept-encoding"})
+"""Client headers that concern the proxy alone: the client's key for the
+proxy (either spelling L{ollama_proxy.auth.presentedKey} accepts) and the
+encodings the client can decode."""
+
+
 def requestHeaders(request: Request, keep: frozenset[bytes] | None = None) -> dict[bytes, list[bytes]]:
     """
     The client's headers that may travel upstream.
 
     @param request: the client request.
     @param keep: when given, only these (lower-case) names; otherwise all
-        but hop-by-hop and auth headers.
+        but hop-by-hop and L{CLIENT_ONLY} headers.
     @return: raw headers.
     """
     out: dict[bytes, list[bytes]] = {}
@@ -636,7 +642,7 @@ def requestHeaders(request: Request, keep: frozenset[bytes] | None = None) -> di
         if keep is not None:
             if lower in keep:
                 out[name] = list(values)
-        elif lower not in HOP_BY_HOP and lower not in (b"authorization", b"accept-encoding"):
+        elif lower not in HOP_BY_HOP and lower not in CLIENT_ONLY:
             out[name] = list(values)
     return out
 
