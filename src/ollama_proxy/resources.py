@@ -650,7 +650,8 @@ def requestHeaders(request: Request, keep: frozenset[bytes] | None = None) -> di
 async def relayResponse(ctx: ProxyContext, ex: Exchange, response: Any) -> None:
     """
     Send an upstream response to the client as it is: status, end-to-end
-    headers, and the body as it arrives.
+    headers (but not the upstream's CORS headers, and its C{Vary} added to
+    the proxy's), and the body as it arrives.
 
     @param ctx: the shared context.
     @param ex: the exchange.
@@ -659,8 +660,19 @@ async def relayResponse(ctx: ProxyContext, ex: Exchange, response: Any) -> None:
     request = ex.request
     request.setResponseCode(response.code)
     for name, values in response.headers.getAllRawHeaders():
-        if name.lower() not in HOP_BY_HOP and name.lower() != b"content-encoding":
-            request.responseHeaders.setRawHeaders(name, values)
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower == b"content-encoding":
+            continue
+        if lower.startswith(b"access-control-"):
+            # The proxy's CORS policy (L{CORSResource}) answers for the
+            # proxy; an upstream's own (say C{*}) must not widen it.
+            continue
+        if lower == b"vary":
+            # Added to, not replaced: C{Vary: Origin} is the CORS layer's.
+            for value in values:
+                request.responseHeaders.addRawHeader(name, value)
+            continue
+        request.responseHeaders.setRawHeaders(name, values)
     await consume(response, ex.write, ctx.clock, ctx.idleTimeout, ex.client)
 
 
