@@ -7,8 +7,9 @@ Handlers are coroutines that receive an L{Exchange} and either return a
 JSON-compatible value (sent as C{application/json}), return C{None} after
 streaming the body themselves, or raise a L{ProxyError}.  L{ProxyResource}
 turns all of that into HTTP: statuses and C{{"error": ...}} bodies before the
-first byte, an NDJSON error line after it, cancellation when the client
-leaves, and one log line per request.
+first byte, an NDJSON error line after it (an SSE error event in a relayed
+OpenAI stream), cancellation when the client leaves, and one log line per
+request.
 """
 
 from __future__ import annotations
@@ -479,6 +480,14 @@ class ProxyResource(Resource):
             return
         request = ex.request
         if request.startedWriting:
+            contentType = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
+            if contentType[0].startswith(b"text/event-stream"):
+                # A relayed OpenAI stream: an error event, as Ollama's own
+                # /v1 routes send it (OpenAI SDKs raise on it), after a
+                # blank line that ends any event the backend left unfinished.
+                error = {"message": message, "type": "api_error", "param": None, "code": None}
+                request.write(b"\n\ndata: " + codec.dumps({"error": error}) + b"\n\n")
+                return
             # Mid-stream: Ollama ends the NDJSON with an error line, never a
             # fake done:true.
             request.write(codec.dumpLine({"error": message}))
