@@ -104,6 +104,9 @@ class LimitedRequest(Request):
             return
         self._rejected = True
         self._cancelDeadline()
+        # Refused from gotLength, the channel would next answer an
+        # "Expect: 100-continue" with a 100 after this final response.
+        self.requestHeaders.removeHeader(b"expect")
         body = codec.dumps({"error": message})
         channel = self.channel
         if channel is None or channel.transport is None:
