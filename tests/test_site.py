@@ -369,3 +369,17 @@ class DrainTests(SynchronousTestCase):
         self.assertEqual(codec.loads(body), {"error": "the proxy is shutting down"})
         self.assertEqual(headers["connection"], "close")
         self.assertEqual(self.h.backend.received, [])
+
+    def test_refusedConnectionClosed(self) -> None:
+        """
+        The connection that got the draining 503 is closed as its
+        C{Connection: close} says (twisted.web only looks at the request's
+        header), so the drain need not wait for the client, or the grace
+        period, to close it.
+        """
+        d = self.site.drain(10)
+        protocol, transport = self.startChat()
+        self.assertEqual(parseResponse(transport.value())[0], 503)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(d)
