@@ -392,6 +392,20 @@ class MetricsTests(SynchronousTestCase):
                         .startswith(b"application/openmetrics-text"))
         self.assertTrue(self.successResultOf(h.client.content(response)).endswith(b"# EOF\n"))
 
+    def test_rootRouteLabelBounded(self) -> None:
+        """
+        Extra slashes (C{//}, C{///}, ...) reach the root resource again and
+        again; they are all counted under the route C{/}, so that clients
+        cannot mint C{route} label values (one series set per count of
+        slashes).
+        """
+        h = Harness(self)
+        for path in ("/", "//", "///", "/////"):
+            self.successResultOf(h.get(path))
+        routes = {dict(labels).get("route") for (name, labels) in h.samples()
+                  if name == "ollama_proxy_requests_total"}
+        self.assertEqual(routes, {"/"})
+
     def test_registriesAreSeparate(self) -> None:
         """
         Two proxies in one process do not share counters.

@@ -605,6 +605,13 @@ class Root(ProxyResource):
             return self
         return self.fallback
 
+    def routeLabel(self, request: Request) -> str:
+        """
+        @return: C{"/"}, however many empty segments (C{//}, C{///}) led
+            here: the client's count of slashes is no label value.
+        """
+        return "/"
+
     async def handle_GET(self, ex: Exchange) -> None:
         """
         @return: nothing; writes C{Ollama is running} as text.
