@@ -456,7 +456,14 @@ class ProxyResource(Resource):
         except CancelledError:
             pass
         except ProxyError as e:
-            if isinstance(e, UpstreamError) and self.ctx.metrics is not None:
+            # A client that leaves before the response headers cancels the
+            # upstream request, which then fails with a "timeout" of its
+            # own making: not an upstream error.
+            if (
+                isinstance(e, UpstreamError)
+                and self.ctx.metrics is not None
+                and not ex.client.gone
+            ):
                 kind = upstreamErrorKind(e, bool(request.startedWriting))
                 self.ctx.metrics.upstreamErrors.labels(ex.backend or "-", kind).inc()
             self._fail(ex, e.status, e.message)
