@@ -682,6 +682,28 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).code, 429)
         self.assertEqual(len(h.backend.received), 1)
 
+    def test_unreadableRetryAfter(self) -> None:
+        """
+        A C{Retry-After} that is neither seconds nor an HTTP date (here
+        empty, which C{stringToDatetime} fails on with C{IndexError} rather
+        than C{ValueError}) is not waited for: the 429 is passed on as a
+        JSON error, not a 500.
+        """
+        for value in (b"", b"soon", b"Wed, 21 Oct 2015 07:28 GMT"):
+            with self.subTest(value=value):
+                h = ProxyHarness()
+                h.ctx.backend.retries = 2
+                d = h.post("/api/chat", CHAT)
+                self.rateLimit(h.backend.received[0], value)
+                h.pump()
+                response = self.successResultOf(d)
+                self.assertEqual(response.code, 429)
+                self.assertEqual(
+                    codec.loads(self.successResultOf(h.client.content(response))),
+                    {"error": "slow down"},
+                )
+                self.assertEqual(len(h.backend.received), 1)
+
     def test_offByDefault(self) -> None:
         """
         Without C{--retry-429} a 429 is passed on at once.

@@ -409,6 +409,34 @@ class PassthroughTests(SynchronousTestCase):
         self.successResultOf(reader.done)
         self.assertEqual(reader.data, b"data: 1\n\ndata: [DONE]\n\n")
 
+    def test_streamFailureIsAnSSEError(self) -> None:
+        """
+        A passthrough SSE stream whose backend connection breaks ends with
+        an OpenAI-style C{data: {"error": {...}}} event, as Ollama's own
+        C{/v1} routes end theirs (OpenAI SDKs raise on it), not with an
+        Ollama NDJSON line that SSE parsers skip as noise (the client would
+        see a silently truncated answer).  A partial event from the backend
+        is terminated first, so the error is an event of its own.
+        """
+        h = ProxyHarness()
+        d = h.post("/v1/chat/completions", {"model": "m", "stream": True, "messages": []})
+        [upstream] = h.backend.received
+        upstream.startSSE()
+        upstream.write(b'data: {"a": 1}\n\ndata: {"trunc')
+        h.pump()
+        reader = BodyReader(h, self.successResultOf(d))
+        upstream.request.channel.transport.abortConnection()  # type: ignore[union-attr]
+        h.pump()
+        self.successResultOf(reader.done)
+        events = reader.data.split(b"\n\n")
+        self.assertEqual(events[0], b'data: {"a": 1}')
+        self.assertEqual(events[1], b'data: {"trunc')
+        self.assertEqual(events[-1], b"")
+        self.assertTrue(events[-2].startswith(b"data: "), events)
+        error = codec.loads(events[-2][len(b"data: "):])["error"]
+        self.assertTrue(error["message"].startswith("connection to the backend failed"), error)
+        self.assertEqual(error["type"], "api_error")
+
     def test_modelsGet(self) -> None:
         """
         C{GET /v1/models} is forwarded with its status and body.
@@ -451,6 +479,22 @@ class FallbackTests(SynchronousTestCase):
         h.pump()
         response = self.successResultOf(d)
         self.assertEqual(self.successResultOf(h.client.content(response)), b'{"status":"success"}\n')
+
+    def test_clientKeysNotForwarded(self) -> None:
+        """
+        The key a client presents to the proxy (C{Authorization} or its
+        equivalent C{X-API-Key}, see L{ollama_proxy.auth.presentedKey}) is
+        the proxy's credential and never reaches the fallback Ollama.
+        """
+        h = ProxyHarness()
+        h.post(
+            "/api/create",
+            {"model": "new"},
+            headers={b"Authorization": [b"Bearer client"], b"X-API-Key": [b"client-key"]},
+        )
+        [received] = h.ollama.received
+        self.assertNotIn("authorization", received.headers)
+        self.assertNotIn("x-api-key", received.headers)
 
     def test_disabled(self) -> None:
         """

@@ -392,6 +392,41 @@ class MetricsTests(SynchronousTestCase):
                         .startswith(b"application/openmetrics-text"))
         self.assertTrue(self.successResultOf(h.client.content(response)).endswith(b"# EOF\n"))
 
+    def test_clientLeavingIsNoUpstreamError(self) -> None:
+        """
+        A client that leaves before the backend's response headers cancels
+        the upstream request; that is no upstream failure (no
+        C{upstream_errors} sample, in particular no C{timeout}), and the
+        request counts as 499.
+        """
+        h = Harness(self)
+        d = h.post("/api/chat", {**CHAT, "model": "big"})
+        h.listModels()
+        upstream = h.lastChat("a")
+        h.dropClients()
+        self.failureResultOf(d)
+        self.assertEqual(len(upstream.lost), 1)
+        samples = h.samples()
+        errors = {labels for (name, labels) in samples
+                  if name == "ollama_proxy_upstream_errors_total"}
+        self.assertEqual(errors, set())
+        self.assertEqual(samples[("ollama_proxy_requests_total", (
+            ("model", "big"), ("route", "/api/chat"), ("status", "499")))], 1.0)
+
+    def test_rootRouteLabelBounded(self) -> None:
+        """
+        Extra slashes (C{//}, C{///}, ...) reach the root resource again and
+        again; they are all counted under the route C{/}, so that clients
+        cannot mint C{route} label values (one series set per count of
+        slashes).
+        """
+        h = Harness(self)
+        for path in ("/", "//", "///", "/////"):
+            self.successResultOf(h.get(path))
+        routes = {dict(labels).get("route") for (name, labels) in h.samples()
+                  if name == "ollama_proxy_requests_total"}
+        self.assertEqual(routes, {"/"})
+
     def test_registriesAreSeparate(self) -> None:
         """
         Two proxies in one process do not share counters.

@@ -96,6 +96,21 @@ class BodyLimitTests(SiteTestCase):
         )
         self.assert413(transport, 10)
 
+    def test_expectContinueOverCap(self) -> None:
+        """
+        A client that asks C{Expect: 100-continue} for a body over the cap
+        gets the 413 as the only response: no C{100 Continue} after it
+        (which would invite it to send the body it was just refused, and is
+        a stray response on the wire).
+        """
+        protocol, transport = self.connect(maxBody=10)
+        protocol.dataReceived(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        self.assert413(transport, 10)
+        self.assertNotIn(b"100 Continue", transport.value())
+
     def test_bodyInSameBuffer(self) -> None:
         """
         When the whole oversized body arrives in the same read as the
@@ -354,3 +369,17 @@ class DrainTests(SynchronousTestCase):
         self.assertEqual(codec.loads(body), {"error": "the proxy is shutting down"})
         self.assertEqual(headers["connection"], "close")
         self.assertEqual(self.h.backend.received, [])
+
+    def test_refusedConnectionClosed(self) -> None:
+        """
+        The connection that got the draining 503 is closed as its
+        C{Connection: close} says (twisted.web only looks at the request's
+        header), so the drain need not wait for the client, or the grace
+        period, to close it.
+        """
+        d = self.site.drain(10)
+        protocol, transport = self.startChat()
+        self.assertEqual(parseResponse(transport.value())[0], 503)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(d)

@@ -1022,6 +1022,39 @@ class CORSTests(SynchronousTestCase):
         response = self.successResultOf(h.get("/", headers={"Origin": "https://example.com"}))
         self.assertIsNone(response.headers.getRawHeaders(b"access-control-allow-origin"))
 
+    def test_relayedResponsesKeepProxyPolicy(self) -> None:
+        """
+        A relayed answer (OpenAI passthrough, fallback Ollama) cannot widen
+        the proxy's CORS policy: an upstream C{Access-Control-Allow-Origin:
+        *} is not passed on, a disallowed origin still gets no CORS header,
+        an allowed one gets its own origin, and C{Vary: Origin} survives
+        the upstream's C{Vary}.
+        """
+        for path, side in (("/v1/models", "backend"), ("/api/other", "ollama")):
+            for origin, expected in (
+                ("http://evil.example", None),
+                ("http://localhost:3000", [b"http://localhost:3000"]),
+            ):
+                with self.subTest(path=path, origin=origin):
+                    h = ProxyHarness()
+                    d = h.get(path, headers={"Origin": origin})
+                    [upstream] = getattr(h, side).received
+                    upstream.request.setHeader(b"Access-Control-Allow-Origin", b"*")
+                    upstream.request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+                    upstream.request.setHeader(b"Vary", b"Accept-Encoding")
+                    upstream.respond(200, {"data": []})
+                    h.pump()
+                    response = self.successResultOf(d)
+                    self.assertEqual(response.code, 200)
+                    headers = response.headers
+                    self.assertEqual(
+                        headers.getRawHeaders(b"access-control-allow-origin"), expected
+                    )
+                    self.assertIsNone(headers.getRawHeaders(b"access-control-allow-credentials"))
+                    vary = b", ".join(headers.getRawHeaders(b"vary") or [])
+                    self.assertIn(b"Origin", vary)
+                    self.assertIn(b"Accept-Encoding", vary)
+
     def test_streamingResponseCarriesHeaders(self) -> None:
         """
         The CORS headers are on streamed responses too (set before the first

@@ -7,8 +7,9 @@ Handlers are coroutines that receive an L{Exchange} and either return a
 JSON-compatible value (sent as C{application/json}), return C{None} after
 streaming the body themselves, or raise a L{ProxyError}.  L{ProxyResource}
 turns all of that into HTTP: statuses and C{{"error": ...}} bodies before the
-first byte, an NDJSON error line after it, cancellation when the client
-leaves, and one log line per request.
+first byte, an NDJSON error line after it (an SSE error event in a relayed
+OpenAI stream), cancellation when the client leaves, and one log line per
+request.
 """
 
 from __future__ import annotations
@@ -455,7 +456,14 @@ class ProxyResource(Resource):
         except CancelledError:
             pass
         except ProxyError as e:
-            if isinstance(e, UpstreamError) and self.ctx.metrics is not None:
+            # A client that leaves before the response headers cancels the
+            # upstream request, which then fails with a "timeout" of its
+            # own making: not an upstream error.
+            if (
+                isinstance(e, UpstreamError)
+                and self.ctx.metrics is not None
+                and not ex.client.gone
+            ):
                 kind = upstreamErrorKind(e, bool(request.startedWriting))
                 self.ctx.metrics.upstreamErrors.labels(ex.backend or "-", kind).inc()
             self._fail(ex, e.status, e.message)
@@ -479,6 +487,14 @@ class ProxyResource(Resource):
             return
         request = ex.request
         if request.startedWriting:
+            contentType = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
+            if contentType[0].startswith(b"text/event-stream"):
+                # A relayed OpenAI stream: an error event, as Ollama's own
+                # /v1 routes send it (OpenAI SDKs raise on it), after a
+                # blank line that ends any event the backend left unfinished.
+                error = {"message": message, "type": "api_error", "param": None, "code": None}
+                request.write(b"\n\ndata: " + codec.dumps({"error": error}) + b"\n\n")
+                return
             # Mid-stream: Ollama ends the NDJSON with an error line, never a
             # fake done:true.
             request.write(codec.dumpLine({"error": message}))
@@ -596,6 +612,13 @@ class Root(ProxyResource):
             return self
         return self.fallback
 
+    def routeLabel(self, request: Request) -> str:
+        """
+        @return: C{"/"}, however many empty segments (C{//}, C{///}) led
+            here: the client's count of slashes is no label value.
+        """
+        return "/"
+
     async def handle_GET(self, ex: Exchange) -> None:
         """
         @return: nothing; writes C{Ollama is running} as text.
@@ -621,13 +644,19 @@ class Directory(Resource):
         return self.fallback.render(request)
 
 
+CLIENT_ONLY = frozenset({b"authorization", b"x-api-key", b"accept-encoding"})
+"""Client headers that concern the proxy alone: the client's key for the
+proxy (either spelling L{ollama_proxy.auth.presentedKey} accepts) and the
+encodings the client can decode."""
+
+
 def requestHeaders(request: Request, keep: frozenset[bytes] | None = None) -> dict[bytes, list[bytes]]:
     """
     The client's headers that may travel upstream.
 
     @param request: the client request.
     @param keep: when given, only these (lower-case) names; otherwise all
-        but hop-by-hop and auth headers.
+        but hop-by-hop and L{CLIENT_ONLY} headers.
     @return: raw headers.
     """
     out: dict[bytes, list[bytes]] = {}
@@ -636,7 +665,7 @@ def requestHeaders(request: Request, keep: frozenset[bytes] | None = None) -> di
         if keep is not None:
             if lower in keep:
                 out[name] = list(values)
-        elif lower not in HOP_BY_HOP and lower not in (b"authorization", b"accept-encoding"):
+        elif lower not in HOP_BY_HOP and lower not in CLIENT_ONLY:
             out[name] = list(values)
     return out
 
@@ -644,7 +673,8 @@ def requestHeaders(request: Request, keep: frozenset[bytes] | None = None) -> di
 async def relayResponse(ctx: ProxyContext, ex: Exchange, response: Any) -> None:
     """
     Send an upstream response to the client as it is: status, end-to-end
-    headers, and the body as it arrives.
+    headers (but not the upstream's CORS headers, and its C{Vary} added to
+    the proxy's), and the body as it arrives.
 
     @param ctx: the shared context.
     @param ex: the exchange.
@@ -653,8 +683,19 @@ async def relayResponse(ctx: ProxyContext, ex: Exchange, response: Any) -> None:
     request = ex.request
     request.setResponseCode(response.code)
     for name, values in response.headers.getAllRawHeaders():
-        if name.lower() not in HOP_BY_HOP and name.lower() != b"content-encoding":
-            request.responseHeaders.setRawHeaders(name, values)
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower == b"content-encoding":
+            continue
+        if lower.startswith(b"access-control-"):
+            # The proxy's CORS policy (L{CORSResource}) answers for the
+            # proxy; an upstream's own (say C{*}) must not widen it.
+            continue
+        if lower == b"vary":
+            # Added to, not replaced: C{Vary: Origin} is the CORS layer's.
+            for value in values:
+                request.responseHeaders.addRawHeader(name, value)
+            continue
+        request.responseHeaders.setRawHeaders(name, values)
     await consume(response, ex.write, ctx.clock, ctx.idleTimeout, ex.client)
 
 

@@ -104,6 +104,9 @@ class LimitedRequest(Request):
             return
         self._rejected = True
         self._cancelDeadline()
+        # Refused from gotLength, the channel would next answer an
+        # "Expect: 100-continue" with a 100 after this final response.
+        self.requestHeaders.removeHeader(b"expect")
         body = codec.dumps({"error": message})
         channel = self.channel
         if channel is None or channel.transport is None:
@@ -150,6 +153,9 @@ class LimitedRequest(Request):
                 self.setHeader(b"Content-Type", b"application/json; charset=utf-8")
                 self.setHeader(b"Content-Length", b"%d" % len(body))
                 self.setHeader(b"Connection", b"close")
+                # twisted.web decides persistence from the request's headers
+                # only: make it close the connection as the header says.
+                self.channel.persistent = False  # type: ignore[attr-defined]
                 self.write(body)
                 self.finish()
                 return

@@ -324,7 +324,8 @@ def retryDelay(response: IResponse, now: float) -> float | None:
         return float(value)
     try:
         return max(0.0, float(stringToDatetime(value)) - now)
-    except ValueError:
+    except (ValueError, IndexError):
+        # stringToDatetime fails on an empty value with IndexError.
         return None
 
 
