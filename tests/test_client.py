@@ -5,6 +5,7 @@ built once per host.
 """
 
 from __future__ import annotations
+from http.cookiejar import CookieJar
 
 import io
 
@@ -141,3 +142,35 @@ class MakeClientTests(SynchronousTestCase):
         self.assertTrue(written.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n"))
         self.assertIn(b"Content-Length: 7\r\n", written)
         self.assertTrue(written.endswith(b'\r\n\r\n{"a":1}'))
+
+
+class CookieTests(SynchronousTestCase):
+    """
+    The shared upstream client keeps no cookies.
+    """
+
+    def storeFrom(self, jar: "CookieJar") -> list[object]:
+        """
+        Offer C{jar} a C{Set-Cookie} from the backend; return what it kept.
+        """
+        import email
+        from urllib.request import Request as URLRequest
+
+        class Reply:
+            def info(self) -> email.message.Message:
+                return email.message_from_string("Set-Cookie: session=abc; Path=/\n\n")
+
+        jar.extract_cookies(Reply(), URLRequest("http://backend.test/v1/models"))  # type: ignore[arg-type]
+        return list(jar)
+
+    def test_refused(self) -> None:
+        """
+        A backend's C{Set-Cookie} is not stored (a default jar would keep it
+        and replay it on every user's later requests).
+        """
+        from http.cookiejar import CookieJar
+
+        from ollama_proxy.client import refusingCookieJar
+
+        self.assertEqual(len(self.storeFrom(CookieJar())), 1)
+        self.assertEqual(self.storeFrom(refusingCookieJar()), [])

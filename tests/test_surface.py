@@ -957,14 +957,32 @@ class CORSTests(SynchronousTestCase):
 
     def test_disallowedOrigins(self) -> None:
         """
-        Other origins get no CORS headers (the request itself is answered;
-        the browser withholds it from the page).
+        Requests from other origins are refused with a 403 JSON error and no
+        CORS headers, as Ollama does.
         """
         h = ProxyHarness()
         for origin in DISALLOWED_ORIGINS:
             response = self.successResultOf(h.get("/api/version", headers={"Origin": origin}))
-            self.assertEqual(response.code, 200)
+            self.assertEqual(response.code, 403, origin)
+            self.assertIn("error", codec.loads(self.successResultOf(h.client.content(response))))
             self.assertIsNone(response.headers.getRawHeaders(b"access-control-allow-origin"), origin)
+
+    def test_disallowedSimplePostNeverReachesBackend(self) -> None:
+        """
+        A page on another origin cannot spend the backend's tokens with a
+        preflight-free C{text/plain} POST: it is refused before any upstream
+        call.
+        """
+        h = ProxyHarness()
+        response = self.successResultOf(
+            h.post(
+                "/api/chat",
+                {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"Origin": "http://evil.example", "Content-Type": "text/plain"},
+            )
+        )
+        self.assertEqual(response.code, 403)
+        self.assertEqual(h.backend.received, [])
 
     def test_preflight(self) -> None:
         """
@@ -1026,13 +1044,13 @@ class CORSTests(SynchronousTestCase):
         """
         A relayed answer (OpenAI passthrough, fallback Ollama) cannot widen
         the proxy's CORS policy: an upstream C{Access-Control-Allow-Origin:
-        *} is not passed on, a disallowed origin still gets no CORS header,
-        an allowed one gets its own origin, and C{Vary: Origin} survives
-        the upstream's C{Vary}.
+        *} is not passed on, an allowed origin gets its own origin, and
+        C{Vary: Origin} survives the upstream's C{Vary}.  (A disallowed
+        origin never reaches the upstream: see
+        L{test_disallowedSimplePostNeverReachesBackend}.)
         """
         for path, side in (("/v1/models", "backend"), ("/api/other", "ollama")):
             for origin, expected in (
-                ("http://evil.example", None),
                 ("http://localhost:3000", [b"http://localhost:3000"]),
             ):
                 with self.subTest(path=path, origin=origin):

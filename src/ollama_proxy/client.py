@@ -14,9 +14,11 @@ head and body go out in one send.
 
 from __future__ import annotations
 
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
 import treq.client
+from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
@@ -155,4 +157,20 @@ def makeClient(
     agent = Agent.usingEndpointFactory(
         reactor, CachingEndpointFactory(reactor, connectTimeout), pool=pool
     )
-    return treq.client.HTTPClient(agent, data_to_body_producer=bodyProducer), pool
+    client = treq.client.HTTPClient(
+        agent, cookiejar=refusingCookieJar(), data_to_body_producer=bodyProducer
+    )
+    return client, pool
+
+
+def refusingCookieJar() -> IndexableCookieJar:
+    """
+    A cookie jar that stores nothing.
+
+    One client serves every user of the proxy: a C{Set-Cookie} from the
+    backend or the fallback answering one user's request must not be
+    replayed on everybody's later requests.
+
+    @return: the jar for the upstream client.
+    """
+    return IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))

@@ -87,7 +87,8 @@ def _forbidden(request: Request) -> bytes:
 class Preflight(Resource):
     """
     The answer to C{OPTIONS}: 204 with the C{Allow-*} headers for an allowed
-    origin, 403 for a disallowed one, a plain 204 without an C{Origin}.
+    origin, a plain 204 without an C{Origin}; and 403 for any request from a
+    disallowed origin.
     """
 
     isLeaf = True
@@ -142,7 +143,11 @@ class CORSResource(Resource):
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
         allowed = self._decorate(request)
-        if request.method == b"OPTIONS":
+        if request.method == b"OPTIONS" or allowed is False:
+            # Like Ollama, refuse any request from a disallowed origin, not
+            # only its preflight: a page may send a "simple" POST (text/plain)
+            # without one, and it would spend the backend's tokens even
+            # though the browser hides the answer.
             return Preflight(allowed)
         child: IResource = self.wrapped.getChildWithDefault(path, request)
         return child
