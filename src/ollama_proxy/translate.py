@@ -75,6 +75,32 @@ class TimestampFormatter:
 formatTimestamp = TimestampFormatter()
 
 
+_LAST_SECOND = 253_402_300_799
+"""9999-12-31T23:59:59Z: the last second with a four-digit year, which
+RFC 3339 requires and Go's and pydantic's parsers insist on."""
+
+
+def createdTimestamp(created: Any, nowNs: int) -> str:
+    """
+    C{modified_at} from a backend's C{created} (Unix seconds).
+
+    Backends that report milliseconds, or nonsense, would give a year past
+    9999 that no client parses, or overflow C{time_t}; then, as when there
+    is no C{created}, the current time is used.
+
+    @param created: the C{created} value, if any.
+    @param nowNs: the current time (ns).
+    @return: the formatted timestamp.
+    """
+    if (
+        isinstance(created, int)
+        and not isinstance(created, bool)
+        and 0 < created <= _LAST_SECOND
+    ):
+        return formatTimestamp(created * 1_000_000_000)
+    return formatTimestamp(nowNs)
+
+
 def wallClock() -> int:
     """
     The default L{Clock}: C{time.time_ns()}.
@@ -194,14 +220,11 @@ def tagsFromModels(models: Any, nowNs: int, tag: str = DEFAULT_TAG) -> JSON:
     result = []
     for modelId in modelIds(models):
         name = clientModelName(modelId, tag)
-        stamp = created.get(modelId)
         result.append(
             {
                 "name": name,
                 "model": name,
-                "modified_at": formatTimestamp(
-                    stamp * 1_000_000_000 if stamp else nowNs
-                ),
+                "modified_at": createdTimestamp(created.get(modelId), nowNs),
                 "size": 0,
                 "digest": modelDigest(name),
                 "details": modelDetails(),
