@@ -6,11 +6,13 @@ contract: odd but valid inputs, each pinned by the output a client needs.
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.catalog import buildCatalog, showResponse
-from ollama_proxy.translate import tagsFromModels
+from ollama_proxy.errors import UpstreamError
+from ollama_proxy.translate import responseFromOpenAI, tagsFromModels
 
 NOW = 1_750_000_000_123_456_789
 
@@ -61,3 +63,27 @@ class CreatedTimestampTests(SynchronousTestCase):
             catalog = buildCatalog({"data": [{"id": "m", "created": created}]}, None)
             stamp = showResponse(catalog["m"], NOW)["modified_at"]
             self.assertEqual(_parseable(stamp).year, 2025)
+
+
+def _completion(message: Any) -> dict[str, Any]:
+    return {"choices": [{"message": message, "finish_reason": "tool_calls"}]}
+
+
+class MalformedToolCallTests(SynchronousTestCase):
+    """
+    A backend's malformed C{tool_calls} in a non-streamed reply is an
+    upstream error (502), never a crash (500).
+    """
+
+    def test_malformedShapes(self) -> None:
+        """
+        C{tool_calls} that is an object, holds a string, or has a non-object
+        C{function} raises L{UpstreamError}.
+        """
+        for calls in ({"a": 1}, ["x"], [{"function": "x"}], [{"function": ["f"]}]):
+            completion = _completion({"role": "assistant", "content": "", "tool_calls": calls})
+            for kind in ("chat", "generate"):
+                with self.subTest(calls=calls, kind=kind):
+                    self.assertRaises(
+                        UpstreamError, responseFromOpenAI, completion, "m", kind, 0, 1
+                    )

@@ -897,20 +897,30 @@ def doneReason(finishReason: Any) -> str:
     return "length" if finishReason == "length" else "stop"
 
 
-def toolCallsFromOpenAI(calls: Iterable[Mapping[str, Any]]) -> list[JSON]:
+def toolCallsFromOpenAI(calls: Any) -> list[JSON]:
     """
     Convert complete OpenAI tool calls into Ollama's shape, with the
     arguments as a JSON object.
 
-    @param calls: OpenAI C{tool_calls} with string arguments.
+    @param calls: OpenAI C{tool_calls} with string arguments, as the backend
+        sent them.
     @return: Ollama C{tool_calls}.
     @raise UpstreamError: if arguments are not a JSON object; reporting it is
         better than calling a tool with C{{}}.  The message names the tool
         and quotes the arguments, so the user can see what the model wrote.
+        Also if C{calls} is not a list of objects with object C{function}s
+        (a non-streamed reply's C{tool_calls} come straight from the
+        backend).
     """
+    if not isinstance(calls, list):
+        raise UpstreamError("backend returned tool_calls that are not a list")
     out = []
     for index, call in enumerate(calls):
-        function = call.get("function") or {}
+        function = call.get("function") if isinstance(call, dict) else None
+        if function is None and isinstance(call, dict):
+            function = {}
+        if not isinstance(function, dict):
+            raise UpstreamError("backend returned a malformed tool call")
         raw = function.get("arguments")
         if isinstance(raw, dict):
             arguments = raw
