@@ -10,9 +10,11 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from ollama_proxy import codec
 from ollama_proxy.catalog import buildCatalog, showResponse
+from ollama_proxy.completions import completionAsChat
 from ollama_proxy.errors import UpstreamError
-from ollama_proxy.translate import responseFromOpenAI, tagsFromModels
+from ollama_proxy.translate import StreamTranslator, responseFromOpenAI, tagsFromModels
 
 NOW = 1_750_000_000_123_456_789
 
@@ -87,3 +89,54 @@ class MalformedToolCallTests(SynchronousTestCase):
                     self.assertRaises(
                         UpstreamError, responseFromOpenAI, completion, "m", kind, 0, 1
                     )
+
+
+class NullErrorTests(SynchronousTestCase):
+    """
+    Some OpenAI-compatible servers send C{"error": null} beside a good
+    result; a null error is no error.
+    """
+
+    def test_aggregated(self) -> None:
+        """
+        A completion with C{"error": null} is translated normally.
+        """
+        completion = {
+            "error": None,
+            "choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        }
+        result = responseFromOpenAI(completion, "m", "chat", 0, 1)
+        self.assertEqual(result["message"], {"role": "assistant", "content": "hi"})
+
+    def test_stream(self) -> None:
+        """
+        A stream event with C{"error": null} carries its delta.
+        """
+        translator = StreamTranslator("m", "chat", 0, lambda: 5)
+        events = [
+            {"error": None, "choices": [{"index": 0, "delta": {"content": "hi"}}]},
+            {"error": None, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        ]
+        chunks = translator.feed([codec.dumps(e) for e in events] + [b"[DONE]"])
+        chunks += translator.finish()
+        self.assertEqual(chunks[0]["message"], {"role": "assistant", "content": "hi"})
+        self.assertEqual(chunks[-1]["done"], True)
+        self.assertEqual(chunks[-1]["done_reason"], "stop")
+
+    def test_errorStillFails(self) -> None:
+        """
+        A real error object still fails the stream.
+        """
+        translator = StreamTranslator("m", "chat", 0, lambda: 5)
+        self.assertRaises(
+            UpstreamError, translator.feed, [codec.dumps({"error": {"message": "boom"}})]
+        )
+
+    def test_textCompletion(self) -> None:
+        """
+        A C{/v1/completions} reply with C{"error": null} is still rewritten
+        into the chat shape, so its text is not lost.
+        """
+        completion = {"error": None, "choices": [{"text": "hi", "finish_reason": "stop"}]}
+        result = responseFromOpenAI(completionAsChat(completion), "m", "generate", 0, 1)
+        self.assertEqual(result["response"], "hi")

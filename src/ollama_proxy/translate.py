@@ -1305,7 +1305,7 @@ class StreamTranslator:
                 )
             if not isinstance(event, dict):
                 raise UpstreamError("backend sent a stream event that is not an object")
-            if "error" in event:
+            if event.get("error") is not None:
                 raise UpstreamError(_errorMessage(event))
             usage = event.get("usage")
             if isinstance(usage, dict):
@@ -1508,7 +1508,7 @@ def responseFromOpenAI(
     """
     if not isinstance(completion, dict):
         raise UpstreamError("backend returned a completion that is not an object")
-    if "error" in completion:
+    if completion.get("error") is not None:
         raise UpstreamError(_errorMessage(completion))
     choices = completion.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
