@@ -14,7 +14,7 @@ from ollama_proxy import codec
 from ollama_proxy.catalog import buildCatalog, showResponse
 from ollama_proxy.completions import completionAsChat
 from ollama_proxy.errors import UpstreamError
-from ollama_proxy.translate import StreamTranslator, responseFromOpenAI, tagsFromModels
+from ollama_proxy.translate import Kind, StreamTranslator, responseFromOpenAI, tagsFromModels
 
 NOW = 1_750_000_000_123_456_789
 
@@ -140,3 +140,49 @@ class NullErrorTests(SynchronousTestCase):
         completion = {"error": None, "choices": [{"text": "hi", "finish_reason": "stop"}]}
         result = responseFromOpenAI(completionAsChat(completion), "m", "generate", 0, 1)
         self.assertEqual(result["response"], "hi")
+
+
+MAGISTRAL_PARTS = [
+    {"type": "text", "text": "Hel"},
+    {"type": "image_url", "image_url": {"url": "data:,"}},
+    {"type": "text", "text": "lo"},
+]
+
+
+class ContentPartsTests(SynchronousTestCase):
+    """
+    Some OpenAI-compatible servers (Mistral's reasoning models) send
+    C{content} as a list of parts; the text parts are the reply text, in
+    both the streamed and the aggregated translation.
+    """
+
+    def test_stream(self) -> None:
+        """
+        A delta whose C{content} is a list of parts is not dropped: its text
+        parts become the chunk's content.
+        """
+        translator = StreamTranslator("m", "chat", 0, lambda: 5)
+        events = [
+            {"choices": [{"index": 0, "delta": {"content": MAGISTRAL_PARTS}}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        ]
+        chunks = translator.feed([codec.dumps(e) for e in events] + [b"[DONE]"])
+        chunks += translator.finish()
+        text = "".join(c["message"]["content"] for c in chunks)
+        self.assertEqual(text, "Hello")
+
+    def test_aggregated(self) -> None:
+        """
+        A message whose C{content} is a list of parts gives their text, not
+        the parts' JSON.
+        """
+        cases: tuple[tuple[Kind, str | None], ...] = (("chat", None), ("generate", "response"))
+        for kind, field in cases:
+            completion = {
+                "choices": [
+                    {"message": {"role": "assistant", "content": MAGISTRAL_PARTS}, "finish_reason": "stop"}
+                ]
+            }
+            result = responseFromOpenAI(completion, "m", kind, 0, 1)
+            text = result["message"]["content"] if field is None else result[field]
+            self.assertEqual(text, "Hello")

@@ -897,6 +897,28 @@ def doneReason(finishReason: Any) -> str:
     return "length" if finishReason == "length" else "stop"
 
 
+def contentText(content: Any) -> str:
+    """
+    The text of an OpenAI C{content} that is not a plain string.
+
+    Some servers (Mistral's reasoning models) send a list of parts,
+    C{[{"type": "text", "text": ...}, ...]}, as chat requests may; the text
+    parts, joined, are the reply.
+
+    @param content: C{message.content} or C{delta.content}.
+    @return: the joined text parts; C{""} for C{null} or anything else.
+    """
+    if not isinstance(content, list):
+        return ""
+    return "".join(
+        part["text"]
+        for part in content
+        if isinstance(part, dict)
+        and part.get("type") == "text"
+        and isinstance(part.get("text"), str)
+    )
+
+
 def toolCallsFromOpenAI(calls: Any) -> list[JSON]:
     """
     Convert complete OpenAI tool calls into Ollama's shape, with the
@@ -1333,8 +1355,8 @@ class StreamTranslator:
             if fragments:
                 self._accumulateTools(fragments)
             if not isinstance(content, str):
-                content = ""
-            elif self._seekingTags and content:
+                content = contentText(content)
+            if self._seekingTags and content:
                 if self._firstToken is None:
                     self._firstToken = self._clock()
                 tagged, content = self._tags.feed(content)
@@ -1517,9 +1539,9 @@ def responseFromOpenAI(
     message = choice.get("message")
     if not isinstance(message, dict):
         message = {}
-    content = message.get("content") or ""
+    content = message.get("content")
     if not isinstance(content, str):
-        content = codec.dumps(content).decode()
+        content = contentText(content)
     thinking = message.get("reasoning_content") or message.get("reasoning")
     if not isinstance(thinking, str):
         thinking = ""
