@@ -90,6 +90,28 @@ class MalformedToolCallTests(SynchronousTestCase):
                         UpstreamError, responseFromOpenAI, completion, "m", kind, 0, 1
                     )
 
+    def test_nameNotString(self) -> None:
+        """
+        A tool name that is not a string would reach the client as is, and
+        ollama-python's pydantic C{ToolCall} rejects the whole reply: it is
+        an upstream error instead.
+        """
+        for name in (5, ["f"], {"n": "f"}, True):
+            completion = _completion(
+                {"content": "", "tool_calls": [{"id": "c", "function": {"name": name, "arguments": "{}"}}]}
+            )
+            with self.subTest(name=name):
+                self.assertRaises(UpstreamError, responseFromOpenAI, completion, "m", "chat", 0, 1)
+
+    def test_nameMissing(self) -> None:
+        """
+        A missing or null name stays the empty string, as before.
+        """
+        for function in ({"arguments": "{}"}, {"name": None, "arguments": "{}"}):
+            completion = _completion({"content": "", "tool_calls": [{"id": "c", "function": function}]})
+            result = responseFromOpenAI(completion, "m", "chat", 0, 1)
+            self.assertEqual(result["message"]["tool_calls"][0]["function"]["name"], "")
+
 
 class NullErrorTests(SynchronousTestCase):
     """

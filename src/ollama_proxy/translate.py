@@ -958,7 +958,11 @@ def toolCallsFromOpenAI(calls: Any) -> list[JSON]:
                     f"backend returned tool call {function.get('name')!r} "
                     f"with arguments that are not a JSON object: {raw!r}"
                 )
-        name = function.get("name") or ""
+        name = function.get("name")
+        if name is None:
+            name = ""
+        elif not isinstance(name, str):
+            raise UpstreamError("backend returned a tool call whose name is not a string")
         callId = call.get("id")
         if not isinstance(callId, str) or not callId:
             callId = _responseCallId(index, name, raw)
