@@ -15,7 +15,13 @@ from ollama_proxy import codec
 from ollama_proxy.catalog import buildCatalog, showResponse
 from ollama_proxy.completions import CompletionStreamTranslator, completionAsChat
 from ollama_proxy.errors import ProxyError, UpstreamError
-from ollama_proxy.translate import Kind, NDJSONStream, StreamTranslator, responseFromOpenAI, tagsFromModels
+from ollama_proxy.translate import (
+    Kind,
+    NDJSONStream,
+    StreamTranslator,
+    responseFromOpenAI,
+    tagsFromModels,
+)
 
 NOW = 1_750_000_000_123_456_789
 
@@ -69,6 +75,9 @@ class CreatedTimestampTests(SynchronousTestCase):
 
 
 def _completion(message: Any) -> dict[str, Any]:
+    """
+    A non-streamed completion with one choice carrying C{message}.
+    """
     return {"choices": [{"message": message, "finish_reason": "tool_calls"}]}
 
 
