@@ -43,7 +43,7 @@ from ollama_proxy.translate import (
     DEFAULT_TAG,
     backendModel,
     clientModelName,
-    formatTimestamp,
+    createdTimestamp,
     modelDetails,
     modelDigest,
     modelIds,
@@ -407,8 +407,7 @@ def findModel(
 
 
 def _modifiedAt(meta: ModelMeta, nowNs: int) -> str:
-    created = meta.facts.get("created")
-    return formatTimestamp(created * 1_000_000_000 if created else nowNs)
+    return createdTimestamp(meta.facts.get("created"), nowNs)
 
 
 def details(meta: ModelMeta) -> JSON:

@@ -99,7 +99,7 @@ def completionAsChat(completion: Any, streaming: bool = False) -> Any:
     @return: the chat-shaped object (anything unexpected passes through for
         the translator to reject or ignore).
     """
-    if not isinstance(completion, dict) or "error" in completion:
+    if not isinstance(completion, dict) or completion.get("error") is not None:
         return completion
     choices = completion.get("choices")
     if not isinstance(choices, list):

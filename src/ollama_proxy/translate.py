@@ -75,6 +75,32 @@ class TimestampFormatter:
 formatTimestamp = TimestampFormatter()
 
 
+_LAST_SECOND = 253_402_300_799
+"""9999-12-31T23:59:59Z: the last second with a four-digit year, which
+RFC 3339 requires and Go's and pydantic's parsers insist on."""
+
+
+def createdTimestamp(created: Any, nowNs: int) -> str:
+    """
+    C{modified_at} from a backend's C{created} (Unix seconds).
+
+    Backends that report milliseconds, or nonsense, would give a year past
+    9999 that no client parses, or overflow C{time_t}; then, as when there
+    is no C{created}, the current time is used.
+
+    @param created: the C{created} value, if any.
+    @param nowNs: the current time (ns).
+    @return: the formatted timestamp.
+    """
+    if (
+        isinstance(created, int)
+        and not isinstance(created, bool)
+        and 0 < created <= _LAST_SECOND
+    ):
+        return formatTimestamp(created * 1_000_000_000)
+    return formatTimestamp(nowNs)
+
+
 def wallClock() -> int:
     """
     The default L{Clock}: C{time.time_ns()}.
@@ -194,14 +220,11 @@ def tagsFromModels(models: Any, nowNs: int, tag: str = DEFAULT_TAG) -> JSON:
     result = []
     for modelId in modelIds(models):
         name = clientModelName(modelId, tag)
-        stamp = created.get(modelId)
         result.append(
             {
                 "name": name,
                 "model": name,
-                "modified_at": formatTimestamp(
-                    stamp * 1_000_000_000 if stamp else nowNs
-                ),
+                "modified_at": createdTimestamp(created.get(modelId), nowNs),
                 "size": 0,
                 "digest": modelDigest(name),
                 "details": modelDetails(),
@@ -874,20 +897,52 @@ def doneReason(finishReason: Any) -> str:
     return "length" if finishReason == "length" else "stop"
 
 
-def toolCallsFromOpenAI(calls: Iterable[Mapping[str, Any]]) -> list[JSON]:
+def contentText(content: Any) -> str:
+    """
+    The text of an OpenAI C{content} that is not a plain string.
+
+    Some servers (Mistral's reasoning models) send a list of parts,
+    C{[{"type": "text", "text": ...}, ...]}, as chat requests may; the text
+    parts, joined, are the reply.
+
+    @param content: C{message.content} or C{delta.content}.
+    @return: the joined text parts; C{""} for C{null} or anything else.
+    """
+    if not isinstance(content, list):
+        return ""
+    return "".join(
+        part["text"]
+        for part in content
+        if isinstance(part, dict)
+        and part.get("type") == "text"
+        and isinstance(part.get("text"), str)
+    )
+
+
+def toolCallsFromOpenAI(calls: Any) -> list[JSON]:
     """
     Convert complete OpenAI tool calls into Ollama's shape, with the
     arguments as a JSON object.
 
-    @param calls: OpenAI C{tool_calls} with string arguments.
+    @param calls: OpenAI C{tool_calls} with string arguments, as the backend
+        sent them.
     @return: Ollama C{tool_calls}.
     @raise UpstreamError: if arguments are not a JSON object; reporting it is
         better than calling a tool with C{{}}.  The message names the tool
         and quotes the arguments, so the user can see what the model wrote.
+        Also if C{calls} is not a list of objects with object C{function}s
+        (a non-streamed reply's C{tool_calls} come straight from the
+        backend).
     """
+    if not isinstance(calls, list):
+        raise UpstreamError("backend returned tool_calls that are not a list")
     out = []
     for index, call in enumerate(calls):
-        function = call.get("function") or {}
+        function = call.get("function") if isinstance(call, dict) else None
+        if function is None and isinstance(call, dict):
+            function = {}
+        if not isinstance(function, dict):
+            raise UpstreamError("backend returned a malformed tool call")
         raw = function.get("arguments")
         if isinstance(raw, dict):
             arguments = raw
@@ -903,7 +958,11 @@ def toolCallsFromOpenAI(calls: Iterable[Mapping[str, Any]]) -> list[JSON]:
                     f"backend returned tool call {function.get('name')!r} "
                     f"with arguments that are not a JSON object: {raw!r}"
                 )
-        name = function.get("name") or ""
+        name = function.get("name")
+        if name is None:
+            name = ""
+        elif not isinstance(name, str):
+            raise UpstreamError("backend returned a tool call whose name is not a string")
         callId = call.get("id")
         if not isinstance(callId, str) or not callId:
             callId = _responseCallId(index, name, raw)
@@ -1272,7 +1331,7 @@ class StreamTranslator:
                 )
             if not isinstance(event, dict):
                 raise UpstreamError("backend sent a stream event that is not an object")
-            if "error" in event:
+            if event.get("error") is not None:
                 raise UpstreamError(_errorMessage(event))
             usage = event.get("usage")
             if isinstance(usage, dict):
@@ -1300,8 +1359,8 @@ class StreamTranslator:
             if fragments:
                 self._accumulateTools(fragments)
             if not isinstance(content, str):
-                content = ""
-            elif self._seekingTags and content:
+                content = contentText(content)
+            if self._seekingTags and content:
                 if self._firstToken is None:
                     self._firstToken = self._clock()
                 tagged, content = self._tags.feed(content)
@@ -1475,7 +1534,7 @@ def responseFromOpenAI(
     """
     if not isinstance(completion, dict):
         raise UpstreamError("backend returned a completion that is not an object")
-    if "error" in completion:
+    if completion.get("error") is not None:
         raise UpstreamError(_errorMessage(completion))
     choices = completion.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -1484,9 +1543,9 @@ def responseFromOpenAI(
     message = choice.get("message")
     if not isinstance(message, dict):
         message = {}
-    content = message.get("content") or ""
+    content = message.get("content")
     if not isinstance(content, str):
-        content = codec.dumps(content).decode()
+        content = contentText(content)
     thinking = message.get("reasoning_content") or message.get("reasoning")
     if not isinstance(thinking, str):
         thinking = ""
