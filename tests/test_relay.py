@@ -158,6 +158,37 @@ class IdleTimeoutTests(SynchronousTestCase):
     line after the last good one, and the upstream connection is closed.
     """
 
+    def test_pausedClientIsNotIdleBackend(self) -> None:
+        """
+        While a slow client keeps the stream paused, the idle timer does not
+        run: the backend is silent because we stopped reading.  After the
+        client resumes, the timer runs again.
+        """
+        h = ProxyHarness(idleTimeout=5)
+        d = h.post("/api/chat", CHAT)
+        [upstream] = h.backend.received
+        upstream.startSSE()
+        upstream.event(delta("a"))
+        h.pump()
+        reader = BodyReader(h, self.successResultOf(d))
+        h.pump()
+        [upstreamTransport] = h.upstreamTransports()
+        Recorder(upstreamTransport)
+        [channel] = h.proxyChannels()
+        channel.pauseProducing()
+        h.clock.advance(60)
+        h.pump()
+        self.assertEqual(upstream.lost, [])
+        self.assertEqual([l.get("error") for l in reader.lines()], [None])
+        channel.resumeProducing()
+        upstream.event(delta("b"))
+        h.pump()
+        self.assertEqual([l["message"]["content"] for l in reader.lines()], ["a", "b"])
+        h.clock.advance(5)
+        h.pump()
+        self.assertEqual(reader.lines()[-1], {"error": "backend sent nothing for 5 seconds"})
+        self.assertEqual(len(upstream.lost), 1)
+
     def test_silentBackend(self) -> None:
         """
         After C{idleTimeout} seconds without a byte, the client gets the

@@ -20,6 +20,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from ollama_proxy.errors import UpstreamError, UpstreamTimeout
 from ollama_proxy.sse import SSELineTooLong
@@ -53,6 +54,33 @@ class _ProducerCapture:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._response, name)
+
+
+@implementer(IPushProducer)
+class _IdlePausingProducer:
+    """
+    The upstream transport as the client request's producer, telling the
+    idle timer when the client pauses and resumes the stream, so a slow
+    client is never reported as a silent backend.
+    """
+
+    def __init__(
+        self, producer: IPushProducer, paused: Callable[[], None], resumed: Callable[[], None]
+    ) -> None:
+        self._producer = producer
+        self._paused = paused
+        self._resumed = resumed
+
+    def pauseProducing(self) -> None:
+        self._producer.pauseProducing()
+        self._paused()
+
+    def resumeProducing(self) -> None:
+        self._producer.resumeProducing()
+        self._resumed()
+
+    def stopProducing(self) -> None:
+        self._producer.stopProducing()
 
 
 class ClientState:
@@ -145,11 +173,22 @@ async def consume(
         elif flushCall is None:
             flushCall = clock.callLater(0, flushAtEndOfTurn)
 
+    def paused() -> None:
+        # The client cannot take more: the backend's silence from now on is
+        # ours, not the backend's, so the idle timer waits too.
+        if idle is not None and idle.active():
+            idle.cancel()
+
+    def resumed() -> None:
+        nonlocal idle
+        if idle is not None and not idle.active() and not d.called and clock is not None:
+            idle = clock.callLater(idleTimeout, expire)  # type: ignore[arg-type]
+
     d = treq.collect(cast(Any, capture), onData)
     producer = capture.producer
     registered = False
     if client is not None and producer is not None and not client.gone:
-        client.request.registerProducer(producer, True)
+        client.request.registerProducer(_IdlePausingProducer(producer, paused, resumed), True)
         registered = True
     if idleTimeout is not None and clock is not None and not d.called:
         idle = clock.callLater(idleTimeout, expire)
