@@ -16,6 +16,7 @@ from ollama_proxy.translate import (
     chatRequestToOpenAI,
     clientModelName,
     formatTimestamp,
+    generateRequestToOpenAI,
     tagsFromModels,
 )
 
@@ -183,6 +184,16 @@ class RequestTests(SynchronousTestCase):
                 "stop": ["\n"],
             },
         )
+
+    def test_generateImagesNotAList(self) -> None:
+        """
+        A generate request's C{images} of the wrong type is a 400 naming
+        C{images}, not the chat message it is turned into.
+        """
+        e = self.assertRaises(
+            BadRequest, generateRequestToOpenAI, {"prompt": "x", "images": "abc"}, "m", True
+        )
+        self.assertEqual(e.message, "images must be a list of base64 strings")
 
     def test_badOptions(self) -> None:
         """

@@ -837,6 +837,10 @@ def generateRequestToOpenAI(
     system = optionalString(body, "system")
     user: JSON = {"role": "user", "content": prompt or ""}
     if body.get("images"):
+        if not isinstance(body["images"], list):
+            # Checked here so the message names the generate field, not the
+            # chat message it becomes.
+            raise BadRequest("images must be a list of base64 strings")
         user["images"] = body["images"]
     messages = ([{"role": "system", "content": system}] if system else []) + [user]
     request: JSON = {
