@@ -108,6 +108,14 @@ class Received:
         """
         self.request.finish()
 
+    def done(self) -> None:
+        """
+        End an SSE stream the way OpenAI servers do: C{data: [DONE]}, then
+        the end of the body.
+        """
+        self.write(b"data: [DONE]\n\n")
+        self.finish()
+
 
 class ScriptedOpenAI(Resource):
     """

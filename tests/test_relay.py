@@ -249,8 +249,7 @@ class IdleTimeoutTests(SynchronousTestCase):
         upstream = h.backend.received[0]
         upstream.startSSE()
         upstream.event(delta("a", finish_reason="stop"))
-        upstream.write(b"data: [DONE]\n\n")
-        upstream.finish()
+        upstream.done()
         h.pump()
         reader = BodyReader(h, self.successResultOf(d))
         h.pump()
@@ -675,8 +674,7 @@ class RetryTests(SynchronousTestCase):
         second = h.backend.received[1]
         second.startSSE()
         second.event(delta("ok", finish_reason="stop"))
-        second.write(b"data: [DONE]\n\n")
-        second.finish()
+        second.done()
         h.pump()
         response = self.successResultOf(d)
         self.assertEqual(response.code, 200)
