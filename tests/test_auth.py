@@ -8,14 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.logger import formatEvent, globalLogPublisher, ILogObserver, LogEvent
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
 
-from ollama_proxy import codec
-from ollama_proxy.auth import KeyGate, readKeys, requireKeys
-from ollama_proxy.resources import buildRoot
-from tests.fakes import ProxyHarness, delta
+from ollama_proxy.protocol import codec
+from ollama_proxy.testing.harness import ProxyHarness, delta
+from ollama_proxy.web.auth import KeyGate, readKeys, requireKeys
+from ollama_proxy.web.tree import buildRoot
 
 CHAT = {"model": "m:proxy", "messages": [{"role": "user", "content": "hi"}]}
 KEY = "in-key-7d1c0ffee"
@@ -156,7 +156,7 @@ class ForwardClientKeyTests(SynchronousTestCase):
         are in flight at once.
         """
         h = ProxyHarness()
-        h.ctx.backend.forwardClientKey = True
+        h.backendClient.forwardClientKey = True
         h.post("/api/chat", CHAT, headers={b"Authorization": [b"Bearer client-a"]})
         h.post("/api/chat", CHAT, headers={b"X-API-Key": [b"client-b"]})
         a, b = h.backend.received
@@ -168,7 +168,7 @@ class ForwardClientKeyTests(SynchronousTestCase):
         A client without a key gets the configured C{--api-key}.
         """
         h = ProxyHarness()
-        h.ctx.backend.forwardClientKey = True
+        h.backendClient.forwardClientKey = True
         h.post("/api/chat", CHAT)
         self.assertEqual(h.backend.received[0].headers["authorization"], "Bearer sk-secret")
 
@@ -187,7 +187,7 @@ class ForwardClientKeyTests(SynchronousTestCase):
         The switch applies to OpenAI passthrough routes too.
         """
         h = ProxyHarness()
-        h.ctx.backend.forwardClientKey = True
+        h.backendClient.forwardClientKey = True
         h.get("/v1/models", headers={b"Authorization": [b"Bearer client-a"]})
         self.assertEqual(h.backend.received[0].headers["authorization"], "Bearer client-a")
 
@@ -246,7 +246,7 @@ class SecretsTests(SynchronousTestCase):
         The backend's repr (which may end up in a traceback) hides its key.
         """
         h = ProxyHarness()
-        self.assertNotIn("sk-secret", repr(h.ctx.backend))
+        self.assertNotIn("sk-secret", repr(h.backendClient))
         self.assertNotIn("sk-secret", repr(h.ctx))
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy import codec
-from tests.fakes import ProxyHarness
+from ollama_proxy.protocol import codec
+from ollama_proxy.testing.harness import ProxyHarness
 
 M = [{"role": "user", "content": "hi"}]
 

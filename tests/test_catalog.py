@@ -9,22 +9,23 @@ import datetime
 import os
 import shutil
 import tempfile
+
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.catalog import (
-    ModelCatalog,
+from ollama_proxy.protocol.catalog import (
     ModelMeta,
     buildCatalog,
     factsFromLiteLLM,
     isoTimestamp,
-    loadOverrides,
     parseOverrides,
 )
-from ollama_proxy.errors import UpstreamError
-from ollama_proxy.tap import Options
+from ollama_proxy.protocol.errors import UpstreamError
+from ollama_proxy.service.overrides import loadOverrides
+from ollama_proxy.service.tap import Options
+from ollama_proxy.upstream.cache import TTLCache
 
 
 class FactsTests(SynchronousTestCase):
@@ -146,7 +147,7 @@ class OverrideFileTests(SynchronousTestCase):
             ["--target", "http://127.0.0.1:1", "--model-info", path,
              "--cors-origin", "chrome-extension://*", "--cors-origin", "https://x.example"]
         )
-        self.assertEqual(config["model-overrides"], {"m": {"context_length": 1000}})
+        self.assertEqual(config.settings.modelOverrides, {"m": {"context_length": 1000}})
         self.assertEqual(config["cors-origin"], ["chrome-extension://*", "https://x.example"])
         bad = self.write("bad.json", '{"m": {"size": 1}}')
         with self.assertRaises(usage.UsageError) as e:
@@ -171,14 +172,15 @@ class TimestampTests(SynchronousTestCase):
         )
 
 
-class ModelCatalogTests(SynchronousTestCase):
+class TTLCacheSharingTests(SynchronousTestCase):
     """
-    The cache in front of the backend's listing.
+    The one TTL cache (L{TTLCache}) in front of a backend's listing and
+    metadata: sharing, failures and expiry.
     """
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.catalog = ModelCatalog(self.clock.seconds, ttl=10)
+        self.catalog: TTLCache[dict[str, ModelMeta]] = TTLCache(self.fetch, self.clock, ttl=10)
         self.fetches: list[Deferred[dict[str, ModelMeta]]] = []
         self.addCleanup(self.settle)
 
@@ -197,7 +199,7 @@ class ModelCatalogTests(SynchronousTestCase):
         return await d
 
     def get(self) -> Deferred[dict[str, ModelMeta]]:
-        return Deferred.fromCoroutine(self.catalog.get(self.fetch))
+        return Deferred.fromCoroutine(self.catalog.get())
 
     def test_waiterCancelledOthersServed(self) -> None:
         """
@@ -222,17 +224,6 @@ class ModelCatalogTests(SynchronousTestCase):
         self.fetches[0].errback(UpstreamError("down"))
         self.failureResultOf(first, UpstreamError)
         self.failureResultOf(second, UpstreamError)
-        self.get()
-        self.assertEqual(len(self.fetches), 2)
-
-    def test_invalidate(self) -> None:
-        """
-        L{ModelCatalog.invalidate} forces the next call to fetch.
-        """
-        d = self.get()
-        self.fetches[0].callback({})
-        self.successResultOf(d)
-        self.catalog.invalidate()
         self.get()
         self.assertEqual(len(self.fetches), 2)
 

@@ -5,9 +5,9 @@ built once per host.
 """
 
 from __future__ import annotations
-from http.cookiejar import CookieJar
 
 import io
+from http.cookiejar import CookieJar
 
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -15,7 +15,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI, FileBodyProducer, HTTPConnectionPool
 from twisted.web.iweb import IBodyProducer
 
-from ollama_proxy.client import BytesProducer, CachingEndpointFactory, bodyProducer, makeClient
+from ollama_proxy.upstream.pool import (
+    BytesProducer,
+    CachingEndpointFactory,
+    bodyProducer,
+    makeClient,
+)
 
 
 class BytesProducerTests(SynchronousTestCase):
@@ -170,7 +175,7 @@ class CookieTests(SynchronousTestCase):
         """
         from http.cookiejar import CookieJar
 
-        from ollama_proxy.client import refusingCookieJar
+        from ollama_proxy.upstream.pool import refusingCookieJar
 
         self.assertEqual(len(self.storeFrom(CookieJar())), 1)
         self.assertEqual(self.storeFrom(refusingCookieJar()), [])

@@ -17,7 +17,7 @@ import ollama
 import openai
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from ollama_proxy import codec
+from ollama_proxy.protocol import codec
 from ollama_proxy.testing.fake_openai import MODEL_INFO, REPLY, embedding
 from tests.servers import sharedStack
 

@@ -13,14 +13,14 @@ import textwrap
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.config import (
+from ollama_proxy.service.config import (
     ConfigError,
     ModelOverride,
     keyLines,
     loadConfig,
     parseConfig,
 )
-from ollama_proxy.tap import Options
+from ollama_proxy.service.tap import Options
 
 GOOD = textwrap.dedent(
     """\
@@ -327,9 +327,9 @@ class OptionsTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--config", path])
         self.assertEqual(options["models-ttl"], 5.0)
-        self.assertEqual(options["listen"], ["tcp:9999"])
+        self.assertEqual(options.settings.listen, ("tcp:9999",))
         self.assertTrue(options["debug"])
-        self.assertEqual([b.name for b in options["backends"]], ["a"])
+        self.assertEqual([b.name for b in options.settings.backends], ["a"])
 
     def test_commandLineWins(self) -> None:
         """
@@ -343,7 +343,7 @@ class OptionsTests(SynchronousTestCase):
         options = Options()
         options.parseOptions([f"--config={path}", "--models-ttl", "7", "--listen", "tcp:1234"])
         self.assertEqual(options["models-ttl"], 7.0)
-        self.assertEqual(options["listen"], ["tcp:1234"])
+        self.assertEqual(options.settings.listen, ("tcp:1234",))
 
     def test_targetAddsDefaultBackend(self) -> None:
         """
@@ -354,7 +354,7 @@ class OptionsTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--config", path, "--target", "http://127.0.0.1:1/",
                               "--api-key", "sk-cli"])
-        names = [(b.name, b.url, b.apiKey) for b in options["backends"]]
+        names = [(b.name, b.url, b.apiKey) for b in options.settings.backends]
         self.assertEqual(names, [("default", "http://127.0.0.1:1", "sk-cli"),
                                  ("b", "http://127.0.0.1:2", None)])
 
@@ -368,7 +368,7 @@ class OptionsTests(SynchronousTestCase):
         )
         options = Options()
         options.parseOptions(["--config", path, "--target", "http://127.0.0.1:1"])
-        (backend,) = options["backends"]
+        (backend,) = options.settings.backends
         self.assertEqual((backend.url, backend.models), ("http://127.0.0.1:1", ("m",)))
 
     def test_apiKeyWithoutTarget(self) -> None:
@@ -417,8 +417,8 @@ class OptionsTests(SynchronousTestCase):
         """
         from twisted.internet.testing import MemoryReactorClock
 
-        from ollama_proxy.resources import ProxyContext
-        from ollama_proxy.tap import makeService
+        from ollama_proxy.service.tap import makeService
+        from ollama_proxy.web.context import ProxyContext
 
         path = self.writeConfig(
             '[server]\nmodels-ttl = 12\n'
@@ -434,11 +434,11 @@ class OptionsTests(SynchronousTestCase):
         ctx = getattr(root, "wrapped", root).ctx
         self.assertIsInstance(ctx, ProxyContext)
         clients = [(b.name, b.backend.target, b.backend.apiKey, b.backend.flavor.name,
-                    b.cache.ttl) for b in ctx.router.backends]
+                    b.cache.ttl) for b in ctx.models.router.backends]
         self.assertEqual(clients, [("a", "http://127.0.0.1:1", "ka", "litellm", 12.0),
                                    ("b", "https://api.openai.com/v1", None, "openai", 12.0)])
         self.assertIsNotNone(ctx.metrics)
-        from ollama_proxy.tap import ModelListing
+        from ollama_proxy.service.tap import ModelListing
 
         self.assertEqual([type(s) for s in service if isinstance(s, ModelListing)],  # type: ignore[attr-defined]
                          [ModelListing])
@@ -455,7 +455,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(parent["workers"], 4)
         worker = Options()
         worker.parseOptions(["--config", path, "--worker-of", "123"])
-        self.assertEqual(worker["workers"], 1)
+        self.assertEqual(worker.settings.workers, 1)
 
     def test_abbreviationRefused(self) -> None:
         """

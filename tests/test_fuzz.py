@@ -17,17 +17,20 @@ import json
 import os
 from typing import Any, Iterator
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from ollama_proxy import codec
-from ollama_proxy.resources import Passthrough, ProxyContext, ProxyResource, buildRoot
-from ollama_proxy.upstream import Backend
-from tests.fakes import Counter, TARGET
+from ollama_proxy.protocol import codec
+from ollama_proxy.testing.harness import TARGET, Counter, contextFor
+from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.web.bridge import ProxyResource
+from ollama_proxy.web.passthrough import Passthrough
+from ollama_proxy.web.tree import buildRoot
 
 
 class CannedOpenAI(Resource):
@@ -107,8 +110,7 @@ def makeProxy() -> tuple[Any, Any]:
         root.
     """
     clock = MemoryReactorClock()
-    ctx = ProxyContext(
-        backend=Backend(StubTreq(CannedOpenAI()), TARGET, clock, apiKey="sk-secret"),
+    ctx = contextFor(Backend(StubTreq(CannedOpenAI()), TARGET, clock, apiKey="sk-secret"),
         clock=clock,
         now=Counter(),
     )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -18,11 +19,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from ollama_proxy import codec
-from ollama_proxy.errors import UpstreamError
-from ollama_proxy.relay import ClientState, consume
-from ollama_proxy.site import makeSite
-from ollama_proxy.translate import NDJSONStream, StreamFailed, StreamTranslator
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.errors import StreamFailed, UpstreamError
+from ollama_proxy.protocol.ollama import NDJSONStream
+from ollama_proxy.protocol.openai import StreamTranslator
+from ollama_proxy.upstream.body import BodyReader
+from ollama_proxy.web.bridge import ClientState, Exchange
+from ollama_proxy.web.relay import relayBody
+from ollama_proxy.web.site import makeSite
 
 
 class FakeResponse:
@@ -80,7 +84,7 @@ def sse(content: str) -> bytes:
 
 class ConsumeBatchingTests(SynchronousTestCase):
     """
-    L{consume} hands the collector one call per reactor turn.
+    L{BodyReader} hands the collector one call per reactor turn.
     """
 
     def setUp(self) -> None:
@@ -90,7 +94,9 @@ class ConsumeBatchingTests(SynchronousTestCase):
 
     def consume(self, collector: Any = None, **kwargs: Any) -> Deferred[None]:
         return ensureDeferred(
-            consume(self.response, collector or self.calls.append, self.clock, **kwargs)  # type: ignore[arg-type]
+            BodyReader(collector or self.calls.append, self.clock, **kwargs).read(
+                self.response  # type: ignore[arg-type]
+            )
         )
 
     def test_piecesOfOneTurnJoined(self) -> None:
@@ -113,7 +119,7 @@ class ConsumeBatchingTests(SynchronousTestCase):
     def test_lastPiecesDeliveredBeforeTheEnd(self) -> None:
         """
         Pieces that arrive in the same turn as the end of the body are
-        delivered before L{consume} returns, without waiting for the turn.
+        delivered before L{BodyReader} returns, without waiting for the turn.
         """
         d = self.consume()
         self.response.piece(b"x")
@@ -125,7 +131,7 @@ class ConsumeBatchingTests(SynchronousTestCase):
     def test_collectorFailureAtEndOfTurnClosesUpstream(self) -> None:
         """
         An exception from the collector at the end of a turn closes the
-        upstream connection and is what L{consume} raises.
+        upstream connection and is what L{BodyReader} raises.
         """
 
         def collector(data: bytes) -> None:
@@ -200,16 +206,16 @@ class PartialFailureTests(SynchronousTestCase):
 
     def test_relayWritesEarlierLinesBeforeRaising(self) -> None:
         """
-        Through L{consume}, the client receives the lines translated before
+        Through L{BodyReader}, the client receives the lines translated before
         the failing event; the error is then raised for the error line.
         """
         clock = MemoryReactorClock()
         response = FakeResponse()
         request = FakeRequest()
-        client = ClientState(request)  # type: ignore[arg-type]
+        ex = Exchange(request, b"", 0, ClientState(request))  # type: ignore[arg-type]
         pipeline = self.pipeline()
         d = ensureDeferred(
-            consume(response, lambda data: request.write(pipeline.feed(data)), clock, client=client)  # type: ignore[arg-type]
+            relayBody(ex, response, lambda data: request.write(pipeline.feed(data)), clock, None)  # type: ignore[arg-type]
         )
         response.piece(sse("hello"))
         response.piece(b'data: {"error": {"message": "overloaded"}}\n\n')

@@ -12,12 +12,18 @@ import signal
 import tempfile
 
 from twisted.application.app import ServerOptions
-from twisted.logger import LogLevel, Logger, LogPublisher
+from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy import codec, logging as proxylogging
-from ollama_proxy.logging import eventAsJSONLine, jsonLogger, jsonObserver, jsonObserverFor
+from ollama_proxy.protocol import codec
+from ollama_proxy.service import logging as proxylogging
+from ollama_proxy.service.logging import (
+    eventAsJSONLine,
+    jsonLogger,
+    jsonObserver,
+    jsonObserverFor,
+)
 
 
 class JSONLineTests(SynchronousTestCase):

@@ -9,7 +9,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.fakes import BodyReader, ProxyHarness, delta
+from ollama_proxy.testing.harness import BodyReader, ProxyHarness, delta
 
 CHAT = {"model": "m:proxy", "messages": [{"role": "user", "content": "hi"}]}
 

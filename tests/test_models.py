@@ -13,16 +13,16 @@ from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.config import BackendConfig, ModelOverride
-from ollama_proxy.errors import NotFound, UpstreamError
-from ollama_proxy.models import (
+from ollama_proxy.protocol.errors import NotFound, UpstreamError
+from ollama_proxy.service.config import BackendConfig, ModelOverride
+from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.upstream.cache import TTLCache
+from ollama_proxy.upstream.routing import (
     BackendModels,
-    ModelListCache,
     Router,
     applyExtra,
     applyOverride,
 )
-from ollama_proxy.upstream import Backend
 
 
 class ScriptedFetch:
@@ -51,9 +51,9 @@ class ScriptedFetch:
         self.calls[-1].errback(UpstreamError(message))
 
 
-def get(cache: ModelListCache) -> Deferred[list[dict[str, Any]]]:
+def get(cache: TTLCache[list[dict[str, Any]]]) -> Deferred[list[dict[str, Any]]]:
     """
-    @return: L{ModelListCache.get} as a Deferred.
+    @return: L{TTLCache.get} as a Deferred.
     """
     return Deferred.fromCoroutine(cache.get())
 
@@ -79,15 +79,15 @@ class LogCapture:
         return [e for e in self.observer if e.get("log_level") in (LogLevel.error, LogLevel.warn)]
 
 
-class ModelListCacheTests(SynchronousTestCase):
+class TTLCacheTests(SynchronousTestCase):
     """
-    L{ModelListCache}.
+    L{TTLCache}.
     """
 
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.fetch = ScriptedFetch()
-        self.cache = ModelListCache(self.fetch, self.clock, ttl=60, name="a")
+        self.cache = TTLCache(self.fetch, self.clock, ttl=60, name="a")
         self.logs = LogCapture(self)
 
     def test_reusedWithinTTL(self) -> None:
@@ -165,7 +165,7 @@ class ModelListCacheTests(SynchronousTestCase):
         """
         C{ttl = 0} fetches on every call.
         """
-        cache = ModelListCache(self.fetch, self.clock, ttl=0)
+        cache = TTLCache(self.fetch, self.clock, ttl=0)
         get(cache)
         self.fetch.answer("m")
         get(cache)
@@ -178,7 +178,7 @@ def backendModels(clock: MemoryReactorClock, fetch: ScriptedFetch, **config: Any
     """
     backendConfig = BackendConfig(**config)
     backend = Backend(None, backendConfig.url, clock)
-    return BackendModels(backendConfig, backend, ModelListCache(fetch, clock, 60, backendConfig.name))
+    return BackendModels(backendConfig, backend, TTLCache(fetch, clock, 60, backendConfig.name))
 
 
 class RouterTests(SynchronousTestCase):

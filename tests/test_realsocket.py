@@ -11,7 +11,7 @@ import urllib.request
 import ollama
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy import codec
+from ollama_proxy.protocol import codec
 from tests.servers import sharedStack
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy import codec
+from ollama_proxy.protocol import codec
 from tests.servers import Stack, Twistd, freePort
 
 CHAT = codec.dumps(

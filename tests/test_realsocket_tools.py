@@ -19,7 +19,7 @@ from typing import Any
 import ollama
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy import codec
+from ollama_proxy.protocol import codec
 from ollama_proxy.testing.fake_openai import REASONING, REPLY
 from tests.servers import sharedStack
 

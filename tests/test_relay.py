@@ -13,6 +13,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import (
     ConnectionRefusedError,
     DNSLookupError,
+)
+from twisted.internet.error import (
     TimeoutError as ConnectTimeoutError,
 )
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -20,10 +22,18 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._newclient import HTTP11ClientProtocol, Request
 from twisted.web.http_headers import Headers
 
-from ollama_proxy import codec
-from ollama_proxy.resources import ProxyContext, buildRoot
-from ollama_proxy.upstream import Backend, ConnectionPool
-from tests.fakes import BodyReader, Counter, ProxyHarness, TARGET, delta
+from ollama_proxy.protocol import codec
+from ollama_proxy.testing.harness import (
+    TARGET,
+    BodyReader,
+    Counter,
+    ProxyHarness,
+    contextFor,
+    delta,
+)
+from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.upstream.pool import ConnectionPool
+from ollama_proxy.web.tree import buildRoot
 
 CHAT = {"model": "m:proxy", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -269,7 +279,7 @@ class HeaderTimeoutTests(SynchronousTestCase):
         error, and the upstream request is aborted.
         """
         h = ProxyHarness()
-        h.ctx.backend.headerTimeout = 30.0
+        h.backendClient.headerTimeout = 30.0
         d = h.post("/api/chat", CHAT)
         [upstream] = h.backend.received
         h.clock.advance(29)
@@ -289,7 +299,7 @@ class HeaderTimeoutTests(SynchronousTestCase):
         stream outlives it (only the idle timer applies).
         """
         h = ProxyHarness(idleTimeout=None)
-        h.ctx.backend.headerTimeout = 30.0
+        h.backendClient.headerTimeout = 30.0
         d = h.post("/api/chat", CHAT)
         [upstream] = h.backend.received
         upstream.startSSE()
@@ -323,12 +333,11 @@ class ConnectFailureTests(SynchronousTestCase):
 
     def answer(self, exception: Exception, path: str = "/api/chat") -> tuple[int, Any]:
         clock = Counter()
-        from twisted.internet.testing import MemoryReactorClock
         from treq.testing import StubTreq
+        from twisted.internet.testing import MemoryReactorClock
 
         reactor = MemoryReactorClock()
-        ctx = ProxyContext(
-            backend=Backend(FailingClient(exception), TARGET, reactor),
+        ctx = contextFor(Backend(FailingClient(exception), TARGET, reactor),
             clock=reactor,
             now=clock,
         )
@@ -660,7 +669,7 @@ class RetryTests(SynchronousTestCase):
         client sees only the successful stream.
         """
         h = ProxyHarness()
-        h.ctx.backend.retries = 2
+        h.backendClient.retries = 2
         d = h.post("/api/chat", CHAT)
         self.rateLimit(h.backend.received[0], b"2")
         h.pump()
@@ -686,7 +695,7 @@ class RetryTests(SynchronousTestCase):
         After C{retries} retries the last 429 is passed on with its message.
         """
         h = ProxyHarness()
-        h.ctx.backend.retries = 1
+        h.backendClient.retries = 1
         d = h.post("/api/chat", CHAT)
         self.rateLimit(h.backend.received[0], None)
         h.pump()
@@ -704,7 +713,7 @@ class RetryTests(SynchronousTestCase):
         A C{Retry-After} longer than C{maxRetryWait} is not waited for.
         """
         h = ProxyHarness()
-        h.ctx.backend.retries = 3
+        h.backendClient.retries = 3
         d = h.post("/api/chat", CHAT)
         self.rateLimit(h.backend.received[0], b"3600")
         h.pump()
@@ -721,7 +730,7 @@ class RetryTests(SynchronousTestCase):
         for value in (b"", b"soon", b"Wed, 21 Oct 2015 07:28 GMT"):
             with self.subTest(value=value):
                 h = ProxyHarness()
-                h.ctx.backend.retries = 2
+                h.backendClient.retries = 2
                 d = h.post("/api/chat", CHAT)
                 self.rateLimit(h.backend.received[0], value)
                 h.pump()
@@ -749,7 +758,7 @@ class RetryTests(SynchronousTestCase):
         retry: the backend gets no second request.
         """
         h = ProxyHarness()
-        h.ctx.backend.retries = 2
+        h.backendClient.retries = 2
         d = h.post("/api/chat", CHAT)
         self.rateLimit(h.backend.received[0], b"5")
         h.pump()
@@ -846,7 +855,7 @@ class BackendBodyTests(SynchronousTestCase):
         the idle timeout, upstream closed.
         """
         h = ProxyHarness()
-        h.ctx.backend.idleTimeout = 5.0
+        h.backendClient.idleTimeout = 5.0
         d = h.get("/api/tags")
         [upstream] = h.backend.received
         self.stall(h, upstream, 200)
@@ -863,7 +872,7 @@ class BackendBodyTests(SynchronousTestCase):
         than a request that hangs.
         """
         h = ProxyHarness()
-        h.ctx.backend.idleTimeout = 5.0
+        h.backendClient.idleTimeout = 5.0
         d = h.post("/api/chat", CHAT)
         [upstream] = h.backend.received
         self.stall(h, upstream, 500)
@@ -877,7 +886,7 @@ class BackendBodyTests(SynchronousTestCase):
         A non-streamed answer larger than C{MAX_RESPONSE_BODY} is a 502 and
         the upstream connection is closed, instead of unbounded memory.
         """
-        from ollama_proxy import upstream as upstreamModule
+        from ollama_proxy.upstream import body as upstreamModule
 
         self.patch(upstreamModule, "MAX_RESPONSE_BODY", 1000)
         h = ProxyHarness()

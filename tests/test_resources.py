@@ -7,14 +7,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy import codec
-from ollama_proxy.resources import ProxyContext, buildRoot
-from ollama_proxy.upstream import Backend
-from tests.fakes import BodyReader, ProxyHarness, TARGET, delta
+from ollama_proxy.protocol import codec
+from ollama_proxy.testing.harness import (
+    TARGET,
+    BodyReader,
+    ProxyHarness,
+    contextFor,
+    delta,
+)
+from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.web.tree import buildRoot
 
 CHAT = {"model": "m:proxy", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -335,7 +341,7 @@ class UpstreamDownTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
 
         clock = MemoryReactorClock()
-        ctx = ProxyContext(backend=Backend(RefusingClient(), TARGET, clock), clock=clock)
+        ctx = contextFor(Backend(RefusingClient(), TARGET, clock), clock=clock)
         client: Any = StubTreq(buildRoot(ctx))
         d = client.post("http://proxy.test/api/chat", data=codec.dumps(CHAT))
         client.flush()

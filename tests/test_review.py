@@ -8,20 +8,20 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy import codec
-from ollama_proxy.catalog import buildCatalog, showResponse
-from ollama_proxy.completions import CompletionStreamTranslator, completionAsChat
-from ollama_proxy.errors import ProxyError, UpstreamError
-from ollama_proxy.translate import (
-    Kind,
-    NDJSONStream,
-    StreamTranslator,
-    responseFromOpenAI,
-    tagsFromModels,
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.catalog import buildCatalog, showResponse
+from ollama_proxy.protocol.completions import (
+    CompletionStreamTranslator,
+    completionAsChat,
 )
+from ollama_proxy.protocol.errors import ProxyError, UpstreamError
+from ollama_proxy.protocol.ollama import NDJSONStream, tagsFromModels
+from ollama_proxy.protocol.openai import StreamTranslator, responseFromOpenAI
+from ollama_proxy.protocol.requests import Kind
 
 NOW = 1_750_000_000_123_456_789
 

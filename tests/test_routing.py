@@ -15,9 +15,9 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy import codec
-from ollama_proxy.config import BackendConfig, ModelOverride
-from tests.fakes import BodyReader, MultiBackendHarness, delta
+from ollama_proxy.protocol import codec
+from ollama_proxy.service.config import BackendConfig, ModelOverride
+from ollama_proxy.testing.harness import BodyReader, MultiBackendHarness, delta
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -444,7 +444,7 @@ class MetricsTests(SynchronousTestCase):
         """
         from treq.testing import StubTreq
 
-        from ollama_proxy.auth import requireKeys
+        from ollama_proxy.web.auth import requireKeys
 
         h = Harness(self)
         client: Any = StubTreq(requireKeys(h.root, ["sk-inbound"]))
@@ -511,12 +511,13 @@ class ErrorKindTests(SynchronousTestCase):
         from treq.testing import StubTreq
         from twisted.internet.testing import MemoryReactorClock
 
-        from ollama_proxy.metrics import Metrics
-        from ollama_proxy.resources import ProxyContext, buildRoot
-        from ollama_proxy.upstream import Backend
+        from ollama_proxy.testing.harness import contextFor
+        from ollama_proxy.upstream.backend import Backend
+        from ollama_proxy.web.metrics import Metrics
+        from ollama_proxy.web.tree import buildRoot
 
         self.clock = MemoryReactorClock()
-        self.ctx = ProxyContext(backend=Backend(client, "http://backend.test", self.clock,
+        self.ctx = contextFor(Backend(client, "http://backend.test", self.clock,
                                                 headerTimeout=5),
                                 clock=self.clock, metrics=Metrics())
         return StubTreq(buildRoot(self.ctx))
@@ -557,7 +558,7 @@ class ErrorKindTests(SynchronousTestCase):
         """
         from treq.testing import StubTreq
 
-        from tests.fakes import ScriptedOpenAI
+        from ollama_proxy.testing.harness import ScriptedOpenAI
 
         client = self.proxy(StubTreq(ScriptedOpenAI()))
         d = client.post("http://proxy.test/api/chat", data=codec.dumps({**CHAT, "stream": False}))
@@ -581,7 +582,7 @@ class StartupListingTests(SynchronousTestCase):
         """
         from twisted.logger import LogLevel
 
-        from ollama_proxy.tap import ModelListing
+        from ollama_proxy.service.tap import ModelListing
 
         events = EventLoggingObserver()
         globalLogPublisher.addObserver(events)

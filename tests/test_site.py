@@ -9,14 +9,14 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.python.failure import Failure
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from ollama_proxy import codec
-from ollama_proxy.site import makeSite
+from ollama_proxy.protocol import codec
+from ollama_proxy.web.site import makeSite
 
 
 class Recording(Resource):
@@ -266,7 +266,7 @@ class DrainTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        from tests.fakes import ProxyHarness
+        from ollama_proxy.testing.harness import ProxyHarness
 
         self.h = ProxyHarness()
         self.site = makeSite(self.h.root, self.h.clock, timeout=None)
@@ -310,7 +310,7 @@ class DrainTests(SynchronousTestCase):
         A stream in flight when draining starts runs to its end; the drain
         completes when it does, and the pending grace timer is cancelled.
         """
-        from tests.fakes import delta
+        from ollama_proxy.testing.harness import delta
 
         protocol, transport = self.startChat()
         [upstream] = self.h.backend.received
@@ -338,7 +338,7 @@ class DrainTests(SynchronousTestCase):
         A stream still running after the grace period is cut: the client
         connection is aborted and the backend sees its connection closed.
         """
-        from tests.fakes import delta
+        from ollama_proxy.testing.harness import delta
 
         protocol, transport = self.startChat()
         [upstream] = self.h.backend.received

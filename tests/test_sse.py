@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.sse import SSEDecoder, SSELineTooLong
+from ollama_proxy.protocol.sse import SSEDecoder, SSELineTooLong
 
 RECORDED = (
     b": keep-alive comment\n"

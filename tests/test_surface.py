@@ -14,9 +14,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy import codec
-from ollama_proxy.catalog import DEFAULT_TTL, ModelCatalog
-from tests.fakes import BodyReader, ProxyHarness, delta
+from ollama_proxy.protocol import codec
+from ollama_proxy.testing.harness import BodyReader, ProxyHarness, delta
+from ollama_proxy.upstream.cache import DEFAULT_TTL
 
 CONTINUE_PARAMETER = re.compile(r'^(\S+)\s+((?:".*")|\S+)$')
 """Continue's parser for the lines of C{/api/show} C{parameters}."""
@@ -222,14 +222,12 @@ class ShowTests(SynchronousTestCase):
         A per-model override from configuration beats what the backend says,
         and C{"*"} sets defaults below the backend's facts.
         """
-        catalog = ModelCatalog(
-            lambda: 0.0,
+        h = ProxyHarness(
             overrides={
                 "gpt-4o": {"context_length": 64000, "family": "gpt"},
                 "*": {"context_length": 4096, "insert": True},
             },
         )
-        h = ProxyHarness(catalog=catalog)
         data = [{"id": "gpt-4o"}, {"id": "plain"}]
         gpt = body(h, self.show(h, {"model": "gpt-4o"}, data, LITELLM_INFO))
         self.assertEqual(gpt["model_info"]["general.architecture"], "gpt")

@@ -15,7 +15,13 @@ from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.tap import API_KEY_ENV, DrainService, Options, PoolService, makeService
+from ollama_proxy.service.options import API_KEY_ENV
+from ollama_proxy.service.tap import (
+    DrainService,
+    Options,
+    PoolService,
+    makeService,
+)
 
 DEFAULTS: dict[str, Any] = {
     "listen": ["tcp:11434:interface=127.0.0.1"],
@@ -40,9 +46,20 @@ def parse(*argv: str) -> Options:
 
 def subset(options: Options) -> dict[str, Any]:
     """
-    The options named in L{DEFAULTS}, as a plain dict.
+    The settings named in L{DEFAULTS}, as a plain dict with the options'
+    names.
     """
-    return {key: options[key] for key in DEFAULTS}
+    settings = options.settings
+    return {
+        "listen": list(settings.listen),
+        "target": settings.target,
+        "api-key": settings.backends[0].apiKey,
+        "api-key-file": options["api-key-file"],
+        "fallback": settings.fallback,
+        "tag": settings.tag,
+        "debug": int(settings.debug),
+        "demo": int(settings.demo),
+    }
 
 
 class PluginTests(SynchronousTestCase):
@@ -139,7 +156,7 @@ class OptionsTests(SynchronousTestCase):
         """
         C{--demo} targets the built-in fake backend.
         """
-        self.assertEqual(parse("--demo")["target"], "http://127.0.0.1:11435")
+        self.assertEqual(parse("--demo").settings.target, "http://127.0.0.1:11435")
 
     def test_keyFromEnvironment(self) -> None:
         """
@@ -147,7 +164,7 @@ class OptionsTests(SynchronousTestCase):
         C{ps} output.
         """
         os.environ[API_KEY_ENV] = "sk-env"
-        self.assertEqual(parse("--target", "http://a")["api-key"], "sk-env")
+        self.assertEqual(parse("--target", "http://a").settings.backends[0].apiKey, "sk-env")
 
     def test_keyFromFile(self) -> None:
         """
@@ -158,7 +175,7 @@ class OptionsTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("sk-file\n")
-        self.assertEqual(parse("--target", "http://a", "--api-key-file", path)["api-key"], "sk-file")
+        self.assertEqual(parse("--target", "http://a", "--api-key-file", path).settings.backends[0].apiKey, "sk-file")
 
     def test_keyFileMissing(self) -> None:
         """

@@ -12,10 +12,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.auth import KeyGate
-from ollama_proxy.cors import CORSResource
-from ollama_proxy.site import ProxySite
-from ollama_proxy.tap import REQUIRE_KEY_ENV, DrainService, Options, makeService
+from ollama_proxy.service.options import REQUIRE_KEY_ENV
+from ollama_proxy.service.tap import DrainService, Options, makeService
+from ollama_proxy.web.auth import KeyGate
+from ollama_proxy.web.cors import CORSResource
+from ollama_proxy.web.site import ProxySite
 
 
 def parse(*args: str) -> Options:
@@ -40,7 +41,7 @@ class OptionTests(SynchronousTestCase):
         no 429 retries, a 300 s body deadline and a 10 s shutdown grace.
         """
         options = parse()
-        self.assertIsNone(options["require-key"])
+        self.assertEqual(options.settings.requireKeys, ())
         self.assertFalse(options["forward-client-key"])
         self.assertEqual(options["retry-429"], 0)
         self.assertEqual(options["retry-max-wait"], 10.0)
@@ -51,7 +52,7 @@ class OptionTests(SynchronousTestCase):
         """
         C{--require-key} takes one or several comma-separated keys.
         """
-        self.assertEqual(parse("--require-key", "a, b")["require-key"], ["a", "b"])
+        self.assertEqual(parse("--require-key", "a, b").settings.requireKeys, ("a", "b"))
 
     def test_requireKeyEnvironment(self) -> None:
         """
@@ -60,7 +61,7 @@ class OptionTests(SynchronousTestCase):
         """
         os.environ[REQUIRE_KEY_ENV] = "from-env"
         self.addCleanup(os.environ.pop, REQUIRE_KEY_ENV, None)
-        self.assertEqual(parse()["require-key"], ["from-env"])
+        self.assertEqual(parse().settings.requireKeys, ("from-env",))
 
     def test_requireKeyFile(self) -> None:
         """
@@ -70,7 +71,7 @@ class OptionTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("# keys\nk1\nk2\n")
-        self.assertEqual(parse("--require-key-file", path)["require-key"], ["k1", "k2"])
+        self.assertEqual(parse("--require-key-file", path).settings.requireKeys, ("k1", "k2"))
         with open(path, "w") as f:
             f.write("\n")
         self.assertRaises(usage.UsageError, parse, "--require-key-file", path)
@@ -120,7 +121,7 @@ class WiringTests(SynchronousTestCase):
         resource: Any = site.resource
         while not hasattr(resource, "ctx"):
             resource = resource.wrapped  # a CORS or key wrapper
-        backend = resource.ctx.backend
+        backend = resource.ctx.models.router.backends[0].backend
         self.assertEqual((backend.retries, backend.maxRetryWait, backend.forwardClientKey), (2, 5.0, True))
         self.assertEqual(backend.idleTimeout, 300.0)
 

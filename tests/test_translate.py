@@ -11,40 +11,44 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy import codec
-from ollama_proxy.completions import (
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.chatbody import (
+    chatRequestToOpenAI,
+    generateRequestToOpenAI,
+    imagePart,
+    messagesToOpenAI,
+    sniffImageType,
+)
+from ollama_proxy.protocol.clock import formatTimestamp
+from ollama_proxy.protocol.completions import (
     CompletionStreamTranslator,
     completionAsChat,
     completionRequestToOpenAI,
 )
-from ollama_proxy.errors import BadRequest, UpstreamError
-from ollama_proxy.tap import Options
-from ollama_proxy.translate import (
+from ollama_proxy.protocol.errors import BadRequest, UpstreamError
+from ollama_proxy.protocol.flavors import (
     FLAVORS,
     GENERIC,
-    JSON,
-    NDJSONStream,
-    StreamTranslator,
-    ThinkTagSplitter,
-    chatRequestToOpenAI,
-    doneReason,
     flavorFor,
-    formatTimestamp,
-    generateRequestToOpenAI,
-    imagePart,
-    logprobsFromOpenAI,
-    messagesToOpenAI,
-    responseFromOpenAI,
-    sniffImageType,
-    splitThinkTags,
-    toolCallsFromOpenAI,
     withoutRejectedExtras,
 )
-from tests.fakes import BodyReader, ProxyHarness, delta
+from ollama_proxy.protocol.ollama import NDJSONStream
+from ollama_proxy.protocol.openai import (
+    StreamTranslator,
+    doneReason,
+    logprobsFromOpenAI,
+    responseFromOpenAI,
+    toolCallsFromOpenAI,
+)
+from ollama_proxy.protocol.requests import JSON
+from ollama_proxy.protocol.thinktags import ThinkTagSplitter, splitThinkTags
+from ollama_proxy.service.tap import Options
+from ollama_proxy.testing.harness import BodyReader, ProxyHarness, delta
 
 T0 = 1_750_000_000_123_456_789
 STAMP = formatTimestamp(T0)
@@ -1080,7 +1084,7 @@ class EndToEndTests(SynchronousTestCase):
         chat-template thinking switch, logprobs, string tool arguments and
         paired ids, and none of the Ollama-only fields.
         """
-        self.h.ctx.backend.flavor = FLAVORS["vllm"]
+        self.h.backendClient.flavor = FLAVORS["vllm"]
         self.h.post("/api/chat", {
             "model": "m:proxy",
             "messages": [
@@ -1116,7 +1120,7 @@ class EndToEndTests(SynchronousTestCase):
         With the OpenRouter flavor, C{think: false} on C{/api/generate} is
         C{reasoning: {enabled: false}}.
         """
-        self.h.ctx.backend.flavor = FLAVORS["openrouter"]
+        self.h.backendClient.flavor = FLAVORS["openrouter"]
         self.h.post("/api/generate", {"model": "m", "prompt": "hi", "think": False, "stream": False})
         self.assertEqual(self.h.backend.received[0].json()["reasoning"], {"enabled": False})
 
@@ -1248,7 +1252,7 @@ class EndToEndTests(SynchronousTestCase):
         A backend built without a flavor is generic: extras are sent and
         C{think: false} sends no switch.
         """
-        self.assertIs(self.h.ctx.backend.flavor, GENERIC)
+        self.assertIs(self.h.backendClient.flavor, GENERIC)
         self.h.post("/api/chat", chat(think=False, options={"repeat_penalty": 1.2}))
         received = self.h.backend.received[0].json()
         self.assertEqual(received["repetition_penalty"], 1.2)

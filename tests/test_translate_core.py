@@ -7,18 +7,13 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy import codec
-from ollama_proxy.errors import BadRequest, UpstreamError
-from ollama_proxy.translate import (
-    NDJSONStream,
-    StreamTranslator,
-    backendModel,
-    chatRequestToOpenAI,
-    clientModelName,
-    formatTimestamp,
-    generateRequestToOpenAI,
-    tagsFromModels,
-)
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.chatbody import chatRequestToOpenAI, generateRequestToOpenAI
+from ollama_proxy.protocol.clock import formatTimestamp
+from ollama_proxy.protocol.errors import BadRequest, UpstreamError
+from ollama_proxy.protocol.names import backendModel, clientModelName
+from ollama_proxy.protocol.ollama import NDJSONStream, tagsFromModels
+from ollama_proxy.protocol.openai import StreamTranslator
 
 T0 = 1_750_000_000_123_456_789
 

@@ -20,11 +20,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
-from twisted.web.server import Site
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
-from ollama_proxy.tap import DrainService, Options, PoolService, makeService
-from ollama_proxy.workers import (
+from ollama_proxy.service.tap import DrainService, Options, PoolService, makeService
+from ollama_proxy.service.workers import (
     ParentWatch,
     ReusePortService,
     WorkerPool,
@@ -80,8 +80,8 @@ class OptionsTests(SynchronousTestCase):
         One process unless asked; the raw arguments are kept.
         """
         options = parse("--target", "http://127.0.0.1:4000")
-        self.assertEqual(options["workers"], 1)
-        self.assertIsNone(options["worker-of"])
+        self.assertEqual(options.settings.workers, 1)
+        self.assertIsNone(options.settings.workerOf)
         self.assertEqual(options.rawArgs, ["--target", "http://127.0.0.1:4000"])
 
     def test_workersParsed(self) -> None:

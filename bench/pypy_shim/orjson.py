@@ -1,5 +1,6 @@
 """Bench-only stand-in for orjson on PyPy (orjson cannot build for PyPy 3.9): stdlib json, compact."""
 import json
+
 JSONDecodeError = json.JSONDecodeError
 OPT_APPEND_NEWLINE = 1
 _enc = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

@@ -10,7 +10,7 @@ from twisted.application.service import ServiceMaker
 
 ollamaProxy = ServiceMaker(
     "Ollama proxy",
-    "ollama_proxy.tap",
+    "ollama_proxy.service.tap",
     "Serve the Ollama API in front of an OpenAI-compatible backend.",
     "ollama-proxy",
 )

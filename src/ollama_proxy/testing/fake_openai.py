@@ -36,7 +36,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ollama_proxy import codec
+from ollama_proxy.protocol import codec
 
 MODELS = ("fake-model", "fake-reasoner", "fake-tools", "fake-thinktags", "fake-embed")
 REPLY = "Hello! I am the ollama-proxy fake backend, and this reply was streamed to you word by word."

@@ -11,8 +11,8 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from ollama_proxy.site import makeSite
 from ollama_proxy.testing.fake_openai import FakeOpenAI
+from ollama_proxy.web.site import makeSite
 
 
 class Options(usage.Options):

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from ollama_proxy import codec
+from ollama_proxy.protocol import codec
 
 DEFAULT_ORIGINS: tuple[str, ...] = tuple(
     origin

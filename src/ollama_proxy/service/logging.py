@@ -28,7 +28,7 @@ from typing import IO, Any
 from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
 from twisted.python.logfile import LogFile
 
-from ollama_proxy import codec
+from ollama_proxy.protocol import codec
 
 _destination: tuple[str | None, bool] = (None, True)
 """Where L{jsonLogger} writes: (twistd's C{--logfile}, C{--nodaemon})."""

@@ -25,7 +25,7 @@ from typing import Iterable
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from ollama_proxy import codec
+from ollama_proxy.protocol import codec
 
 clientKey: ContextVar[bytes | None] = ContextVar("clientKey", default=None)
 """The key the current request presented, if any (never logged)."""
@@ -145,7 +145,7 @@ def requireKeys(root: IResource, keys: Iterable[str]) -> IResource:
     @param keys: the accepted keys.
     @return: the root to serve.
     """
-    from ollama_proxy.cors import CORSResource
+    from ollama_proxy.web.cors import CORSResource
 
     if isinstance(root, CORSResource):
         root.wrapped = KeyGate(root.wrapped, keys)

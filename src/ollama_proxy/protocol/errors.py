@@ -10,6 +10,8 @@ mapping lives next to the place that knows what went wrong.
 
 from __future__ import annotations
 
+from ollama_proxy.protocol.codec import JSON
+
 
 class ProxyError(Exception):
     """
@@ -81,3 +83,33 @@ class UpstreamHTTPError(UpstreamError):
     The backend answered with a non-2xx status; we keep its status and
     message so the client sees the real reason.
     """
+
+
+from ollama_proxy.protocol.errors import UpstreamError
+
+
+class StreamFailed(UpstreamError):
+    """
+    The upstream stream failed part-way through one read.
+
+    The relay joins the reads of one reactor turn, so a read can hold good
+    events before the failing one; their lines still belong to the client,
+    before the error line.
+
+    @ivar chunks: the Ollama chunks translated before the failing event.
+    @ivar output: the same as NDJSON, filled in by L{NDJSONStream}.
+    """
+
+    def __init__(self, message: str, chunks: list[JSON]) -> None:
+        super().__init__(message)
+        self.chunks = chunks
+        self.output = b""
+
+
+def _failedAfter(message: str, output: bytes) -> StreamFailed:
+    """
+    A L{StreamFailed} whose earlier lines are already encoded.
+    """
+    failure = StreamFailed(message, [])
+    failure.output = output
+    return failure

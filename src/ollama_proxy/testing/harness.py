@@ -1,6 +1,7 @@
+# -*- test-case-name: tests.testing.test_harness -*-
 """
-Test doubles: a scriptable OpenAI backend and a harness that puts the proxy
-between two C{treq.testing.StubTreq}s.
+Test doubles, public like C{treq.testing}: a scriptable OpenAI backend and a
+harness that puts the proxy between two C{treq.testing.StubTreq}s.
 
 How the pumping works: L{ProxyHarness.client} drives the proxy's resource
 tree and L{ProxyHarness.upstream} drives L{ScriptedOpenAI}; both run over
@@ -12,21 +13,27 @@ only passes when a test advances L{ProxyHarness.clock}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import attrs
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ollama_proxy import codec
-from ollama_proxy.resources import Fallback, ProxyContext, buildRoot
-from ollama_proxy.upstream import Backend
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.catalog import Facts
+from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.upstream.cache import DEFAULT_TTL, TTLCache
+from ollama_proxy.upstream.catalog import ModelDirectory
+from ollama_proxy.upstream.routing import Router
+from ollama_proxy.web.context import Fallback, ProxyContext
+from ollama_proxy.web.tree import buildRoot
 
 if TYPE_CHECKING:
-    from ollama_proxy.config import BackendConfig
+    from ollama_proxy.service.config import BackendConfig
 
 TARGET = "http://backend.test:4000"
 FALLBACK = "http://ollama.test:11505"
@@ -172,15 +179,29 @@ class ProxyHarness:
     scripted fallback Ollama), driven through L{client}.
     """
 
-    def __init__(self, fallback: bool = True, **contextArgs: Any) -> None:
+    def __init__(
+        self,
+        fallback: bool = True,
+        ttl: float = DEFAULT_TTL,
+        overrides: Mapping[str, Facts] | None = None,
+        **contextArgs: Any,
+    ) -> None:
+        """
+        @param fallback: whether a (scripted) fallback Ollama is configured.
+        @param ttl: how long model lists and metadata are reused.
+        @param overrides: per-model metadata overrides (C{--model-info}).
+        @param contextArgs: further L{ProxyContext} arguments.
+        """
         self.clock = MemoryReactorClock()
         self.backend = ScriptedOpenAI()
         self.upstream: Any = StubTreq(self.backend)
         self.ollama = ScriptedOpenAI()
         self.fallbackStub: Any = StubTreq(self.ollama)
         self.now = Counter()
+        self.backendClient = Backend(self.upstream, TARGET, self.clock, apiKey="sk-secret")
+        self.router = Router.single(self.backendClient, self.clock, ttl=ttl)
         self.ctx = ProxyContext(
-            backend=Backend(self.upstream, TARGET, self.clock, apiKey="sk-secret"),
+            models=ModelDirectory(self.router, overrides or {}),
             clock=self.clock,
             now=self.now,
             fallback=Fallback(self.fallbackStub, FALLBACK) if fallback else None,
@@ -306,9 +327,9 @@ class MultiBackendHarness(ProxyHarness):
         metrics: bool = True,
         **contextArgs: Any,
     ) -> None:
-        from ollama_proxy.config import BackendConfig
-        from ollama_proxy.metrics import Metrics
-        from ollama_proxy.models import BackendModels, ModelListCache, Router, makeFetcher
+        from ollama_proxy.service.config import BackendConfig
+        from ollama_proxy.upstream.routing import BackendModels, makeFetcher
+        from ollama_proxy.web.metrics import Metrics
 
         self.clock = MemoryReactorClock()
         self.now = Counter()
@@ -328,17 +349,17 @@ class MultiBackendHarness(ProxyHarness):
             self.backends[config.name] = fake
             self.stubs.append(stub)
             client = Backend(stub, config.url, self.clock, apiKey=config.apiKey, name=config.name)
-            cache = ModelListCache(makeFetcher(client, config), self.clock, ttl, config.name)
+            cache = TTLCache(makeFetcher(client, config), self.clock, ttl, config.name)
             entries.append(BackendModels(config, client, cache))
         self.backend = self.backends[configs[0].name]
         self.upstream = self.stubs[0]
         self.router = Router(entries, "proxy")
+        self.backendClient = entries[0].backend
         self.ctx = ProxyContext(
-            backend=entries[0].backend,
+            models=ModelDirectory(self.router, {}),
             clock=self.clock,
             now=self.now,
             fallback=Fallback(self.fallbackStub, FALLBACK),
-            router=self.router,
             metrics=Metrics() if metrics else None,
             **contextArgs,
         )
@@ -372,3 +393,19 @@ class MultiBackendHarness(ProxyHarness):
                     {"id": i, "object": "model", "created": 1700000000, "owned_by": name}
                     for i in ids]})
         self.pump()
+
+
+def contextFor(
+    backend: Backend, clock: IReactorTime, ttl: float = DEFAULT_TTL, **contextArgs: Any
+) -> ProxyContext:
+    """
+    A L{ProxyContext} around one backend client, as C{--target} builds it.
+
+    @param backend: the upstream client.
+    @param clock: the reactor's clock.
+    @param ttl: how long model lists and metadata are reused.
+    @param contextArgs: further L{ProxyContext} arguments.
+    @return: the context.
+    """
+    router = Router.single(backend, clock, ttl=ttl)
+    return ProxyContext(models=ModelDirectory(router, {}), clock=clock, **contextArgs)

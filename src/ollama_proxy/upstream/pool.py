@@ -1,28 +1,60 @@
-# -*- test-case-name: tests.test_client -*-
 """
-The upstream HTTP client: one persistent connection pool, one agent, one
-treq client, built once per process.
-
-treq turns a C{bytes} body into a C{FileBodyProducer}, which writes the body
-from a cooperator task on a later reactor turn.  The request head and body
-then leave in two TCP segments, and Nagle's algorithm holds the second one
-until the backend acknowledges the first: with a delayed ACK that stalled
-every upstream request by about 10 ms on loopback (measured in
-C{bench/RESULTS.md}).  L{BytesProducer} writes the body synchronously, so
-head and body go out in one send.
+TODO
 """
 
 from __future__ import annotations
 
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any
+
+from twisted.web.client import (
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory without the two "Starting/Stopping
+    factory" log lines per upstream connection (most of the log volume
+    under load).
+    """
+
+    noisy = False
+
+
+class ConnectionPool(HTTPConnectionPool):
+    """
+    An L{HTTPConnectionPool} that never keeps a connection that is already
+    closing.
+
+    The race it closes (found by C{bench/soak.py}, Twisted 26.10): a client
+    disconnects, so the upstream transport is told to C{loseConnection()}
+    (twisted.web forwards C{stopProducing} to the request's producer).  TCP
+    closes lazily, and in the same reactor iteration the read that was
+    already reported ready delivers the last bytes of the response.
+    C{HTTP11ClientProtocol} then sees a complete response and returns the
+    connection to the pool, where the next request picks it up and fails
+    with C{ConnectionDone} (a spurious 502).  Here a closing transport is
+    simply not cached; it finishes closing on its own.
+    """
+
+    _factory = _QuietClientFactory
+
+    def _putConnection(self, key: Any, connection: Any) -> None:
+        transport = connection.transport
+        if transport is None or transport.disconnecting:
+            return
+        super()._putConnection(key, connection)
+
+
+from http.cookiejar import DefaultCookiePolicy
 
 import treq.client
 from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, URI
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 

@@ -1,11 +1,5 @@
-# -*- test-case-name: tests.test_resources -*-
 """
-The OpenAI-compatible backend as seen from the proxy.
-
-L{Backend} wraps an injected treq-style HTTP client (a real
-C{treq.client.HTTPClient} in production, a C{treq.testing.StubTreq} in tests)
-and knows URLs, the API key, timeouts and how upstream failures map to
-L{ollama_proxy.errors}.  It knows nothing about C{twisted.web} requests.
+TODO
 """
 
 from __future__ import annotations
@@ -14,32 +8,16 @@ from typing import Any, Callable
 
 import attrs
 from twisted.internet.defer import CancelledError
-from twisted.internet.error import (
-    ConnectError,
-    ConnectingCancelledError,
-    DNSLookupError,
-    TimeoutError as ConnectTimeoutError,
-)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.web.client import (
-    HTTPConnectionPool,
-    ResponseFailed,
-    ResponseNeverReceived,
-    _HTTP11ClientFactory,
-)
 from twisted.web.http import stringToDatetime
 from twisted.web.iweb import IResponse
 
-from ollama_proxy import codec
-from ollama_proxy.auth import clientKey
-from ollama_proxy.errors import (
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamHTTPError,
-    UpstreamTimeout,
-)
-from ollama_proxy.translate import GENERIC, Flavor, errorFromBody
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.flavors import GENERIC, Flavor
+from ollama_proxy.upstream.body import raiseForStatus, readBody, readJSON
+from ollama_proxy.upstream.failures import failureToError
+from ollama_proxy.web.auth import clientKey
 
 HOP_BY_HOP = frozenset(
     {
@@ -56,10 +34,14 @@ HOP_BY_HOP = frozenset(
         b"host",
     }
 )
+
+
 """Headers that describe one connection and must not be forwarded."""
 
 
 HTTPClient = Any
+
+
 """
 A treq-style client: C{treq.client.HTTPClient} in production,
 C{treq.testing.StubTreq} in tests.  Only its C{request(method, url, **kw)}
@@ -99,64 +81,6 @@ def redactHeaders(headers: dict[bytes, list[bytes]]) -> dict[str, list[str]]:
         )
         for name, values in headers.items()
     }
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """
-    The pool's connection factory without the two "Starting/Stopping
-    factory" log lines per upstream connection (most of the log volume
-    under load).
-    """
-
-    noisy = False
-
-
-class ConnectionPool(HTTPConnectionPool):
-    """
-    An L{HTTPConnectionPool} that never keeps a connection that is already
-    closing.
-
-    The race it closes (found by C{bench/soak.py}, Twisted 26.10): a client
-    disconnects, so the upstream transport is told to C{loseConnection()}
-    (twisted.web forwards C{stopProducing} to the request's producer).  TCP
-    closes lazily, and in the same reactor iteration the read that was
-    already reported ready delivers the last bytes of the response.
-    C{HTTP11ClientProtocol} then sees a complete response and returns the
-    connection to the pool, where the next request picks it up and fails
-    with C{ConnectionDone} (a spurious 502).  Here a closing transport is
-    simply not cached; it finishes closing on its own.
-    """
-
-    _factory = _QuietClientFactory
-
-    def _putConnection(self, key: Any, connection: Any) -> None:
-        transport = connection.transport
-        if transport is None or transport.disconnecting:
-            return
-        super()._putConnection(key, connection)
-
-
-def failureToError(reason: BaseException, what: str) -> UpstreamError:
-    """
-    Map a client-side exception from treq/Agent to a proxy error.
-
-    @param reason: the exception.
-    @param what: a short description of the upstream, for the message.
-    @return: a 504 for timeouts, a 502 for everything else.
-    """
-    if isinstance(reason, (ResponseNeverReceived, ResponseFailed)):
-        inner = [f.value for f in reason.reasons]
-        if any(isinstance(e, CancelledError) for e in inner):
-            return UpstreamTimeout(f"timed out waiting for {what}")
-        detail = "; ".join(str(e) or type(e).__name__ for e in inner)
-        return UpstreamConnectError(f"connection to {what} failed: {detail}")
-    if isinstance(reason, (CancelledError, ConnectTimeoutError, ConnectingCancelledError)):
-        return UpstreamTimeout(f"timed out connecting to {what}")
-    if isinstance(reason, DNSLookupError):
-        return UpstreamConnectError(f"cannot resolve {what}: {reason}")
-    if isinstance(reason, ConnectError):
-        return UpstreamConnectError(f"cannot connect to {what}: {reason}")
-    return UpstreamError(f"request to {what} failed: {reason}")
 
 
 @attrs.define
@@ -299,11 +223,9 @@ class Backend:
         return await readJSON(response, self.reactor, self.idleTimeout)
 
 
-MAX_RESPONSE_BODY = 64 * 1024 * 1024
-"""The largest non-streamed upstream body read into memory (a completion,
-an embedding list, an error page); a larger one is a 502."""
-
 DEFAULT_RETRY_DELAY = 1.0
+
+
 """Seconds to wait before retrying a 429 that has no C{Retry-After}."""
 
 
@@ -327,87 +249,3 @@ def retryDelay(response: IResponse, now: float) -> float | None:
     except (ValueError, IndexError):
         # stringToDatetime fails on an empty value with IndexError.
         return None
-
-
-async def readBody(
-    response: IResponse,
-    clock: IReactorTime | None = None,
-    idleTimeout: float | None = None,
-) -> bytes:
-    """
-    Read a whole (small) upstream body.
-
-    The body is read with L{ollama_proxy.relay.consume}, so a cancelled
-    read (the client left while a non-streaming answer was being generated)
-    closes the upstream connection instead of letting it run to its end.
-
-    @param response: a treq response.
-    @param clock: the clock for the idle timer.
-    @param idleTimeout: seconds of upstream silence after which the read is
-        abandoned with a 504; C{None} (or no C{clock}) for no limit.
-    @return: the bytes.
-    @raise UpstreamError: if the connection broke or went idle, or the body
-        is larger than L{MAX_RESPONSE_BODY}.
-    """
-    # relay imports this module for failureToError, hence the late import.
-    from ollama_proxy.relay import consume
-
-    chunks: list[bytes] = []
-    size = 0
-
-    def collect(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > MAX_RESPONSE_BODY:
-            # Raised inside treq's collector: the connection is closed.
-            raise UpstreamError(
-                f"backend response is larger than {MAX_RESPONSE_BODY} bytes"
-            )
-        chunks.append(data)
-
-    await consume(response, collect, clock, idleTimeout)
-    return b"".join(chunks)
-
-
-async def readJSON(
-    response: IResponse,
-    clock: IReactorTime | None = None,
-    idleTimeout: float | None = None,
-) -> Any:
-    """
-    Read and decode a JSON upstream body.
-
-    @param response: a treq response.
-    @param clock: see L{readBody}.
-    @param idleTimeout: see L{readBody}.
-    @return: the decoded value.
-    @raise UpstreamError: if the body is not JSON.
-    """
-    body = await readBody(response, clock, idleTimeout)
-    try:
-        return codec.loads(body)
-    except codec.JSONDecodeError:
-        raise UpstreamError(
-            "backend returned a body that is not JSON: "
-            + body[:200].decode("utf-8", "replace")
-        ) from None
-
-
-async def raiseForStatus(
-    response: IResponse,
-    clock: IReactorTime | None = None,
-    idleTimeout: float | None = None,
-) -> None:
-    """
-    Turn a non-2xx upstream answer into an error carrying its status and
-    message (read from the body).
-
-    @param response: the upstream response.
-    @param clock: see L{readBody}.
-    @param idleTimeout: see L{readBody}.
-    @raise UpstreamHTTPError: if the status is not 2xx.
-    """
-    if 200 <= response.code < 300:
-        return
-    body = await readBody(response, clock, idleTimeout)
-    raise UpstreamHTTPError(errorFromBody(body, response.code), response.code)

@@ -15,6 +15,9 @@ from typing import Any
 
 import orjson
 
+JSON = dict[str, Any]
+"""A decoded JSON object."""
+
 JSONDecodeError = orjson.JSONDecodeError
 
 

@@ -19,7 +19,7 @@ from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from ollama_proxy import codec
+from ollama_proxy.protocol import codec
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 """Default request body cap: large enough for several base64 images."""

@@ -1,55 +1,28 @@
-# -*- test-case-name: tests.test_catalog -*-
 """
-Model metadata: what C{/api/show} and C{/api/ps} report for each model the
-backend serves, and where it comes from.
-
-Clients gate features on this metadata (Copilot reads C{capabilities} and
-C{model_info["<arch>.context_length"]}, Continue parses C{parameters}, the
-C{llm} CLI keeps only models with C{completion}), so it should be right
-without hand configuration.  Sources, in increasing precedence:
-
-  1. built-in defaults (L{DEFAULT_CONTEXT_LENGTH}, L{DEFAULT_CAPABILITIES});
-  2. the C{"*"} entry of the override file (site-wide defaults);
-  3. what the backend says about itself:
-     - fields of its C{/v1/models} entries: vLLM's C{max_model_len},
-       OpenRouter's C{context_length}, C{supported_parameters} and
-       C{architecture.input_modalities}, Groq's C{context_window},
-       llama.cpp's C{meta.n_ctx_train}/C{meta.n_embd};
-     - LiteLLM's C{GET /v1/model/info} (C{max_input_tokens},
-       C{supports_function_calling}, C{supports_vision},
-       C{supports_reasoning}, C{mode: "embedding"}, C{output_vector_size}),
-       which wins over the C{/v1/models} fields because it is explicit;
-  4. the per-model entries of the override file (C{--model-info FILE}): an
-     operator who writes a value for a model means it, so it wins.
-
-Everything here is pure (dicts in, dicts out) except L{ModelCatalog}, which
-caches the fetched listing with an injected clock and coalesces concurrent
-refreshes, and L{loadOverrides}, which reads the file at start-up.
+TODO
 """
 
 from __future__ import annotations
 
 import datetime
-import json
-import sys
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import attrs
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
-from ollama_proxy.translate import (
-    JSON,
+from ollama_proxy.protocol.clock import createdTimestamp
+from ollama_proxy.protocol.names import (
     DEFAULT_TAG,
     backendModel,
     clientModelName,
-    createdTimestamp,
-    modelDetails,
     modelDigest,
     modelIds,
 )
+from ollama_proxy.protocol.ollama import modelDetails
+from ollama_proxy.protocol.requests import JSON
 
 DEFAULT_CONTEXT_LENGTH = 32768
+
+
 """
 The context length reported when no source knows better: what Copilot
 assumes when C{model_info} says nothing (since 2026-01), and Ollama's own
@@ -58,7 +31,10 @@ prompts that the backend would accept; larger would make them send prompts
 that it refuses.
 """
 
+
 DEFAULT_CAPABILITIES = ("completion", "tools")
+
+
 """
 The capabilities of a chat model when no source knows better.  C{tools} is
 on by default because nearly every OpenAI-compatible chat backend supports
@@ -69,19 +45,24 @@ C{insert} are only claimed when a source says so: claiming C{thinking} makes
 clients send C{think}, claiming C{insert} makes Continue send C{suffix}.
 """
 
-DEFAULT_TTL = 60.0
-"""Seconds a fetched model listing is reused before the backend is asked
-again."""
 
 KEEP_ALIVE_NS = 300 * 1_000_000_000
+
+
 """What C{/api/ps} reports as time left before unloading: Ollama's default
 C{keep_alive} of five minutes, counted from now (backend models never
 unload)."""
 
+
 ARCHITECTURE = "openai"
+
+
 """C{general.architecture} and C{details.family} when no source names one."""
 
+
 _CAPABILITY_FLAGS = ("tools", "vision", "thinking", "embedding", "insert")
+
+
 _FACT_TYPES: dict[str, type] = {
     "context_length": int,
     "embedding_length": int,
@@ -92,6 +73,8 @@ _FACT_TYPES: dict[str, type] = {
 
 
 Facts = dict[str, Any]
+
+
 """
 What one source knows about one model: any of C{context_length},
 C{embedding_length}, C{family}, C{parameter_size}, C{license}, C{created}
@@ -251,37 +234,6 @@ def parseOverrides(document: Any) -> dict[str, Facts]:
     if not isinstance(document, dict):
         raise ValueError("model-info file must contain a table/object of models")
     return {str(key): factsFromOverride(value, str(key)) for key, value in document.items()}
-
-
-def loadOverrides(path: str) -> dict[str, Facts]:
-    """
-    Read the C{--model-info} file: JSON, or TOML when the name ends in
-    C{.toml} (Python 3.11+).
-
-    @param path: the file name.
-    @return: the validated overrides.
-    @raise ValueError: for unreadable or malformed files.
-    """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from None
-    if path.endswith(".toml"):
-        if sys.version_info < (3, 11):
-            raise ValueError("TOML model-info files need Python 3.11; use JSON")
-        import tomllib
-
-        try:
-            document = tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: {e}") from None
-    else:
-        try:
-            document = json.loads(raw)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-    return parseOverrides(document)
 
 
 @attrs.frozen
@@ -526,80 +478,3 @@ def psResponse(catalog: Iterable[ModelMeta], nowNs: int, tag: str = DEFAULT_TAG)
             }
         )
     return {"models": models}
-
-
-Fetch = Callable[[], Awaitable[dict[str, ModelMeta]]]
-
-
-class ModelCatalog:
-    """
-    The served models' metadata, fetched on demand and reused for L{ttl}
-    seconds, so that a client calling C{/api/show} for each of forty models
-    costs the backend one listing, not forty.
-
-    Concurrent callers share one refresh; a caller that goes away does not
-    cancel it for the others.  A failed refresh is not cached.
-
-    @ivar seconds: the clock (C{IReactorTime.seconds}).
-    @ivar ttl: how long a listing is reused.
-    @ivar overrides: the validated override file.
-    """
-
-    def __init__(
-        self,
-        seconds: Callable[[], float],
-        ttl: float = DEFAULT_TTL,
-        overrides: Mapping[str, Facts] | None = None,
-    ) -> None:
-        self.seconds = seconds
-        self.ttl = ttl
-        self.overrides: Mapping[str, Facts] = overrides or {}
-        self._models: dict[str, ModelMeta] | None = None
-        self._fetchedAt = 0.0
-        self._waiting: list[Deferred[dict[str, ModelMeta]]] | None = None
-
-    def invalidate(self) -> None:
-        """
-        Forget the cached listing.
-        """
-        self._models = None
-
-    async def get(self, fetch: Fetch) -> dict[str, ModelMeta]:
-        """
-        The catalog, from the cache when fresh, else from C{fetch}.
-
-        @param fetch: builds a fresh catalog (see L{buildCatalog}).
-        @return: metadata per backend id.
-        @raise ollama_proxy.errors.ProxyError: if the refresh failed.
-        """
-        if self._models is not None and self.seconds() - self._fetchedAt < self.ttl:
-            return self._models
-        mine: Deferred[dict[str, ModelMeta]] = Deferred()
-        if self._waiting is None:
-            self._waiting = [mine]
-            Deferred.fromCoroutine(self._refresh(fetch))
-        else:
-            self._waiting.append(mine)
-        return await mine
-
-    async def _refresh(self, fetch: Fetch) -> None:
-        """
-        Run one fetch and hand its outcome to every waiter.
-
-        @param fetch: the fetch function.
-        """
-        result: dict[str, ModelMeta] | Failure
-        try:
-            result = await fetch()
-        except BaseException:
-            result = Failure()
-        else:
-            self._models = result
-            self._fetchedAt = self.seconds()
-        waiting, self._waiting = self._waiting or [], None
-        for d in waiting:
-            if not d.called:  # a cancelled waiter is already called
-                if isinstance(result, Failure):
-                    d.errback(result)
-                else:
-                    d.callback(result)

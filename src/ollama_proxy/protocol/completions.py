@@ -19,18 +19,13 @@ from typing import Any
 
 import attrs
 
-from ollama_proxy import codec
-from ollama_proxy.errors import BadRequest
-from ollama_proxy.translate import (
-    GENERIC,
-    JSON,
-    Clock,
-    Flavor,
-    StreamTranslator,
-    optionalString,
-    optionsToOpenAI,
-    wallClock,
-)
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.chatbody import optionsToOpenAI
+from ollama_proxy.protocol.clock import Clock, wallClock
+from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.flavors import GENERIC, Flavor
+from ollama_proxy.protocol.openai import StreamTranslator
+from ollama_proxy.protocol.requests import JSON, optionalString
 
 
 def wantsCompletion(body: JSON) -> bool:

@@ -47,7 +47,7 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 
-from ollama_proxy.translate import FLAVOR_NAMES
+from ollama_proxy.protocol.flavors import FLAVOR_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -5,7 +5,7 @@ router that maps a client's model name to a backend, a backend model id and
 that model's configured overrides.
 
 Each backend's C{/v1/models} list is cached for C{ttl} seconds
-(L{ModelListCache}), so C{/api/tags}, C{/api/show} and every chat request do
+(L{TTLCache}), so C{/api/tags}, C{/api/show} and every chat request do
 not each cost an upstream round trip.  A backend that fails keeps serving
 its last good list (and is retried only after C{ttl}), so one backend that
 is down never empties the list of the others.
@@ -20,132 +20,21 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Sequence
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ollama_proxy.config import NO_OVERRIDE, BackendConfig, ModelOverride
-from ollama_proxy.errors import NotFound, ProxyError, UpstreamError
-from ollama_proxy.translate import JSON, backendModel, clientModelName, modelIds
-from ollama_proxy.upstream import Backend
-
-DEFAULT_TTL = 60.0
-"""Seconds a backend's model list is reused before it is fetched again."""
+from ollama_proxy.protocol.errors import NotFound, ProxyError, UpstreamError
+from ollama_proxy.protocol.names import NameIndex, clientModelName, modelIds
+from ollama_proxy.protocol.requests import JSON
+from ollama_proxy.service.config import NO_OVERRIDE, BackendConfig, ModelOverride
+from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.upstream.cache import TTLCache
 
 log = Logger()
 
 Entry = JSON
 """One entry of an OpenAI model list: C{{"id": ..., "created": ..., ...}}."""
-
-
-class ModelListCache:
-    """
-    One backend's model list, fetched at most once per C{ttl}.
-
-    Concurrent callers share one fetch.  A failed fetch is logged and, when
-    an earlier list exists, that list is served until the next try (C{ttl}
-    later); without one, the error is raised and the next call tries again.
-
-    @ivar entries: the last good list, or C{None} before the first success.
-    @ivar error: the error of the last fetch, or C{None} if it worked.
-    """
-
-    def __init__(
-        self,
-        fetch: Callable[[], Awaitable[list[Entry]]],
-        clock: IReactorTime,
-        ttl: float = DEFAULT_TTL,
-        name: str = "backend",
-    ) -> None:
-        """
-        @param fetch: returns the backend's current list; raises a
-            L{ProxyError} when it cannot.
-        @param clock: for the age of the list.
-        @param ttl: seconds a list (or a failure, when a list exists) is
-            reused; C{0} fetches on every call.
-        @param name: the backend's name, for log lines.
-        """
-        self._fetch = fetch
-        self._clock = clock
-        self.ttl = ttl
-        self.name = name
-        self.entries: list[Entry] | None = None
-        self.error: ProxyError | None = None
-        self._checked: float | None = None
-        self._waiting: list[Deferred[list[Entry]]] | None = None
-
-    def fresh(self) -> bool:
-        """
-        @return: whether the last check is younger than C{ttl}.
-        """
-        return (
-            self._checked is not None
-            and self.ttl > 0
-            and self._clock.seconds() - self._checked < self.ttl
-        )
-
-    def invalidate(self) -> None:
-        """
-        Make the next L{get} fetch again.
-        """
-        self._checked = None
-
-    async def get(self) -> list[Entry]:
-        """
-        @return: the list, fresh or cached.
-        @raise ProxyError: if the fetch failed and no earlier list exists.
-        """
-        if self.fresh():
-            if self.entries is not None:
-                return self.entries
-            if self.error is not None:
-                raise self.error
-        waiter: Deferred[list[Entry]] = Deferred()
-        if self._waiting is not None:
-            self._waiting.append(waiter)
-        else:
-            self._waiting = [waiter]
-            Deferred.fromCoroutine(self._refresh())
-        return await waiter
-
-    async def _refresh(self) -> None:
-        """
-        Fetch once and hand the outcome to everyone waiting.  Runs on its
-        own, so a client that leaves does not cancel a fetch others share.
-        """
-        result: list[Entry] | ProxyError
-        try:
-            result = await self._fetch()
-        except ProxyError as e:
-            result = e
-        except CancelledError:
-            result = UpstreamError(f"listing models of backend {self.name} was cancelled")
-        except Exception as e:
-            log.failure("listing models of backend {backend} failed", backend=self.name)
-            result = UpstreamError(f"listing models of backend {self.name} failed: {e}")
-        self._checked = self._clock.seconds()
-        waiting, self._waiting = self._waiting or [], None
-        if isinstance(result, ProxyError):
-            self.error = result
-            log.error(
-                "cannot list the models of backend {backend}: {error}; {action}",
-                backend=self.name,
-                error=result.message,
-                action="keeping its last list" if self.entries is not None else "it offers none",
-            )
-            if self.entries is None:
-                # No list to fall back on: let the next call try at once.
-                self._checked = None
-                for waiter in waiting:
-                    waiter.errback(result)
-                return
-        else:
-            self.error = None
-            self.entries = result
-        entries = self.entries
-        assert entries is not None
-        for waiter in waiting:
-            waiter.callback(entries)
 
 
 @attrs.frozen
@@ -159,6 +48,8 @@ class Route:
     @ivar override: the configured settings of that model.
     @ivar known: whether a model list (or the configuration) named the
         model; C{False} when the request is sent on a guess.
+    @ivar listed: the id the name resolved to as listed: the alias for an
+        alias (whose C{modelId} is its target), else C{modelId}.
     """
 
     name: str
@@ -166,6 +57,7 @@ class Route:
     modelId: str
     override: ModelOverride = NO_OVERRIDE
     known: bool = True
+    listed: str = ""
 
 
 @attrs.define
@@ -176,7 +68,16 @@ class BackendModels:
 
     config: BackendConfig
     backend: Backend
-    cache: ModelListCache
+    cache: TTLCache[list[Entry]]
+    info: TTLCache[Any] = attrs.field(
+        default=attrs.Factory(
+            lambda self: TTLCache(
+                makeInfoFetcher(self.backend, self.config), self.cache.clock,
+                self.cache.ttl, self.config.name, "the model metadata",
+            ),
+            takes_self=True,
+        )
+    )
     _offeredFrom: list[Entry] | None = attrs.field(default=None, init=False)
     _offered: list[Entry] | None = attrs.field(default=None, init=False)
 
@@ -219,7 +120,7 @@ class BackendModels:
         @return: what the backend offers as far as known now, without
             fetching.
         """
-        return self.offered(self.cache.entries)
+        return self.offered(self.cache.value)
 
 
 def discoveredEntries(models: Any) -> list[Entry]:
@@ -242,7 +143,7 @@ def makeFetcher(backend: Backend, config: BackendConfig) -> Callable[[], Awaitab
     """
     @param backend: the upstream client.
     @param config: its configuration.
-    @return: the fetch function for its L{ModelListCache}: C{GET /v1/models}
+    @return: the fetch function for its L{TTLCache}: C{GET /v1/models}
         when discovery is on, else the static list alone.
     """
 
@@ -250,6 +151,26 @@ def makeFetcher(backend: Backend, config: BackendConfig) -> Callable[[], Awaitab
         if not config.discover:
             return []
         return discoveredEntries(await backend.getJSON("models"))
+
+    return fetch
+
+
+def makeInfoFetcher(backend: Backend, config: BackendConfig) -> Callable[[], Awaitable[Any]]:
+    """
+    @param backend: the upstream client.
+    @param config: its configuration.
+    @return: the fetch function for its metadata L{TTLCache}: LiteLLM's
+        C{GET /v1/model/info}, or C{{}} when the backend has none (any
+        failure just means "not LiteLLM") or discovery is off.
+    """
+
+    async def fetch() -> Any:
+        if not config.discover:
+            return {}
+        try:
+            return await backend.getJSON("model/info")
+        except ProxyError:
+            return {}
 
     return fetch
 
@@ -274,7 +195,7 @@ class Router:
         self.backends = list(backends)
         self.tag = tag
         self._reported: set[tuple[str, str, str]] = set()
-        self._index: dict[str, Route] = {}
+        self._index: NameIndex[Route] = NameIndex(tag)
         self._indexedFrom: list[list[Entry] | None] = []
 
     @classmethod
@@ -291,7 +212,7 @@ class Router:
         @return: the router.
         """
         config = BackendConfig(name=name, url=backend.target)
-        cache = ModelListCache(makeFetcher(backend, config), clock, ttl, name)
+        cache = TTLCache(makeFetcher(backend, config), clock, ttl, name)
         return cls([BackendModels(config, backend, cache)], tag)
 
     async def lists(self) -> list[tuple[BackendModels, list[Entry] | None]]:
@@ -365,14 +286,14 @@ class Router:
             # names such as "x:proxy" or an id that contains a colon.
             only = self.backends[0]
             self._reindex([(only, only.known())])
-            found = self._index.get(name)
+            found = self._index.resolve(name)
             if found is not None:
                 return found
-            modelId = backendModel(name, None, self.tag)
+            modelId = self._index.guess(name)
             modelId = only.config.aliases.get(modelId, modelId)
             return Route(only.name, only.backend, modelId, only.config.override(modelId), False)
         lists = await self.lists()
-        found = self._index.get(name)
+        found = self._index.resolve(name)
         if found is not None:
             return found
         down = [b for b, entries in lists if entries is None]
@@ -387,6 +308,15 @@ class Router:
             )
         raise NotFound(f'model "{name}" not found')
 
+    def lookup(self, name: str) -> Route | None:
+        """
+        Resolve a name against the lists as last fetched (no fetching).
+
+        @param name: the client's model name.
+        @return: the route, or C{None} when no listed model has the name.
+        """
+        return self._index.resolve(name)
+
     def _reindex(self, lists: list[tuple[BackendModels, list[Entry] | None]]) -> None:
         """
         Rebuild the name index when any list changed, and warn once about
@@ -400,46 +330,33 @@ class Router:
         ):
             return
         self._indexedFrom = current
-        index: dict[str, Route] = {}
-        owners: dict[str, str] = {}
+        backends = [backend for backend, _ in lists]
 
-        def claim(key: str, route: Route, shown: str) -> None:
-            owner = owners.get(key)
-            if owner is None:
-                owners[key] = route.name
-                index[key] = route
-            elif owner != route.name and (shown, owner, route.name) not in self._reported:
-                self._reported.add((shown, owner, route.name))
+        def make(position: int, listed: str, modelId: str) -> Route:
+            backend = backends[position]
+            return Route(
+                backend.name, backend.backend, modelId, backend.config.override(modelId),
+                listed=listed,
+            )
+
+        def clash(name: str, first: str, second: str) -> None:
+            if (name, first, second) not in self._reported:
+                self._reported.add((name, first, second))
                 log.warn(
                     "model {model} is offered by backends {first} and {second}; "
                     "requests go to {first}",
-                    model=shown, first=owner, second=route.name,
+                    model=name, first=first, second=second,
                 )
 
-        def routeFor(backend: BackendModels, modelId: str) -> Route:
-            return Route(backend.name, backend.backend, modelId, backend.config.override(modelId))
-
-        # Listed names, bare ids and aliases first, over every backend, then
-        # the ":latest" forms, so that one backend's "x:latest" cannot shadow
-        # another's listed "x:latest".
-        for backend, entries in lists:
-            for entry in entries or []:
-                modelId = entry["id"]
-                listed = clientModelName(modelId, self.tag)
-                claim(listed, routeFor(backend, modelId), listed)
-                index.setdefault(modelId, routeFor(backend, modelId))
-            for alias, target in backend.config.aliases.items():
-                listed = clientModelName(alias, self.tag)
-                claim(listed, routeFor(backend, target), listed)
-                index.setdefault(alias, routeFor(backend, target))
-        for backend, entries in lists:
-            for entry in entries or []:
-                if ":" not in entry["id"]:
-                    index.setdefault(f"{entry['id']}:latest", routeFor(backend, entry["id"]))
-            for alias, target in backend.config.aliases.items():
-                if ":" not in alias:
-                    index.setdefault(f"{alias}:latest", routeFor(backend, target))
-        self._index = index
+        self._index = NameIndex.build(
+            [
+                (backend.name, [entry["id"] for entry in entries or []], backend.config.aliases)
+                for backend, entries in lists
+            ],
+            make,
+            self.tag,
+            clash,
+        )
 
 
 def applyOverride(body: JSON, override: ModelOverride) -> JSON:

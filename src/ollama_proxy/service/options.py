@@ -1,11 +1,8 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.service.test_options -*-
 """
-The twistd plugin's command line and service wiring.
-
-C{twistd -n ollama-proxy --target http://127.0.0.1:4000} parses L{Options}
-and calls L{makeService}, the only place that imports the global reactor.
-Everything below it receives the reactor, the HTTP client and the clock as
-arguments.
+The twistd plugin's command line: L{Options} parses C{twistd ollama-proxy}'s
+arguments (and a C{--config} file's C{[server]} table under them), and
+C{postOptions} validates them into one frozen L{Settings}.
 """
 
 from __future__ import annotations
@@ -16,32 +13,21 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 import attrs
-from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.client import HTTPConnectionPool
 
 from ollama_proxy import __version__
-from ollama_proxy.auth import readKeys, requireKeys
-from ollama_proxy.catalog import ModelCatalog, loadOverrides
-from ollama_proxy.client import makeClient
-from ollama_proxy.config import BackendConfig, Config, ConfigError, loadConfig
-from ollama_proxy.metrics import Metrics
-from ollama_proxy.models import BackendModels, ModelListCache, Router, makeFetcher
-from ollama_proxy.resources import DEFAULT_VERSION, Fallback, ProxyContext, buildRoot
-from ollama_proxy.site import DEFAULT_MAX_BODY, ProxySite, makeSite
-from ollama_proxy.sse import DEFAULT_MAX_LINE_LENGTH
-from ollama_proxy.translate import FLAVOR_NAMES, flavorFor
-from ollama_proxy.upstream import Backend, ConnectionPool
-from ollama_proxy.workers import (
-    ParentWatch,
-    ReusePortService,
-    WorkerPool,
-    childArguments,
+from ollama_proxy.protocol.catalog import Facts
+from ollama_proxy.protocol.flavors import FLAVOR_NAMES, flavorFor
+from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
+from ollama_proxy.service.config import BackendConfig, Config, ConfigError, loadConfig
+from ollama_proxy.service.overrides import loadOverrides
+from ollama_proxy.service.settings import Settings
+from ollama_proxy.service.workers import (
     parseTCP,
 )
+from ollama_proxy.web.auth import readKeys
+from ollama_proxy.web.context import DEFAULT_VERSION
+from ollama_proxy.web.site import DEFAULT_MAX_BODY
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
 DEFAULT_FALLBACK = "http://127.0.0.1:11505"
@@ -291,7 +277,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Fill defaults and validate.
+        Validate, and gather the result in L{settings}.  The parsed values
+        themselves are left as given.
 
         @raise usage.UsageError: for a missing or malformed URL, or an
             unreadable key file.
@@ -300,38 +287,34 @@ class Options(usage.Options):
             # getopt accepted an abbreviation (--conf) that the early scan
             # for --config did not see.
             raise usage.UsageError("spell the option --config in full")
-        if not self["listen"]:
-            self["listen"] = self._fileListen or [DEFAULT_LISTEN]
-        if self["demo"] and not self["target"]:
+        listen = tuple(self["listen"] or self._fileListen or [DEFAULT_LISTEN])
+        target: str | None = self["target"]
+        if self["demo"] and not target:
             port = DEMO_LISTEN.split(":")[1]
-            self["target"] = f"http://127.0.0.1:{port}"
+            target = f"http://127.0.0.1:{port}"
         fileBackends = self.fileConfig.backends if self.fileConfig is not None else ()
-        if not self["target"] and not fileBackends:
+        if not target and not fileBackends:
             raise usage.UsageError(
                 "--target is required (the OpenAI-compatible server, e.g. "
                 "http://127.0.0.1:4000), or --config with [[backend]] tables, or --demo"
             )
-        if self["fallback"]:
-            self["fallback"] = _checkURL(self["fallback"], "--fallback")
-        else:
-            self["fallback"] = None
-        self["model-overrides"] = {}
+        fallback = _checkURL(self["fallback"], "--fallback") if self["fallback"] else None
+        overrides: dict[str, Facts] = {}
         if self["model-info"]:
             try:
-                self["model-overrides"] = loadOverrides(self["model-info"])
+                overrides = loadOverrides(self["model-info"])
             except ValueError as e:
                 raise usage.UsageError(f"--model-info: {e}")
         for name in ("max-body", "max-line", "pool-size", "workers"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
-        if self["worker-of"] is not None:
-            # A worker reads the same --config; its "workers" must not make
-            # it start workers of its own.
-            self["workers"] = 1
-        if self["workers"] > 1 or self["worker-of"] is not None:
+        # A worker reads the same --config; its "workers" must not make it
+        # start workers of its own.
+        workers = 1 if self["worker-of"] is not None else self["workers"]
+        if workers > 1 or self["worker-of"] is not None:
             if not hasattr(socket, "SO_REUSEPORT"):
                 raise usage.UsageError("--workers needs SO_REUSEPORT (Linux, BSD, macOS)")
-            for description in self["listen"]:
+            for description in listen:
                 parseTCP(description)
         try:
             flavorFor(self["backend-flavor"], "http://localhost")
@@ -349,53 +332,65 @@ class Options(usage.Options):
                 raise usage.UsageError("--require-key-file holds no key")
         else:
             keys = readKeys(self["require-key"] or os.environ.get(REQUIRE_KEY_ENV) or "")
-        self["require-key"] = keys or None
-        if self["target"]:
-            self["target"] = _checkURL(self["target"], "--target")
-            self._readKey()
+        apiKey: str | None = None
+        if target:
+            target = _checkURL(target, "--target")
+            apiKey = self._readKey()
         elif self["api-key"] or self["api-key-file"]:
             raise usage.UsageError(
                 "--api-key and --api-key-file go with --target; with --config, set "
                 "api_key, api_key_file or api_key_env in the [[backend]] table"
             )
-        self["backends"] = self._backends(fileBackends)
-        self["target"] = self["backends"][0].url
+        self.settings = Settings(
+            listen=listen,
+            backends=_backends(fileBackends, target, apiKey),
+            fallback=fallback,
+            tag=self["tag"],
+            version=self["ollama-version"],
+            modelOverrides=overrides,
+            connectTimeout=self["connect-timeout"],
+            headerTimeout=self["header-timeout"],
+            idleTimeout=self["idle-timeout"],
+            clientTimeout=self["client-timeout"],
+            bodyTimeout=self["body-timeout"],
+            shutdownGrace=self["shutdown-grace"],
+            maxBody=self["max-body"],
+            maxLine=self["max-line"],
+            poolSize=self["pool-size"],
+            workers=workers,
+            workerOf=self["worker-of"],
+            backendFlavor=self["backend-flavor"],
+            retries=self["retry-429"],
+            retryMaxWait=self["retry-max-wait"],
+            requireKeys=tuple(keys),
+            forwardClientKey=bool(self["forward-client-key"]),
+            debug=bool(self["debug"]),
+            demo=bool(self["demo"]),
+            metrics=not self["no-metrics"],
+            corsOrigins=tuple(self["cors-origin"]),
+            modelsTTL=self["models-ttl"],
+            logFormat=self["log-format"],
+            rawArgs=tuple(self.rawArgs),
+        )
         if self["log-format"] == "json":
             self._useJSONLog()
 
-    def _readKey(self) -> None:
+    def _readKey(self) -> str | None:
         """
         Resolve the C{--target} backend's key: C{--api-key-file}, then
         C{--api-key}, then C{$OLLAMA_PROXY_API_KEY}.
 
+        @return: the key, or C{None} for none.
         @raise usage.UsageError: for an unreadable key file.
         """
         if self["api-key-file"]:
             try:
                 with open(self["api-key-file"], encoding="utf-8") as f:
-                    self["api-key"] = f.read().strip()
+                    return f.read().strip()
             except OSError as e:
                 raise usage.UsageError(f"cannot read --api-key-file: {e.strerror}")
-        elif not self["api-key"]:
-            self["api-key"] = os.environ.get(API_KEY_ENV) or None
-
-    def _backends(self, fileBackends: Sequence[BackendConfig]) -> tuple[BackendConfig, ...]:
-        """
-        The backends to serve: the file's, with C{--target} (and its key)
-        as the backend named C{default}: it replaces the URL and key of a
-        file backend of that name, or comes first.
-
-        @param fileBackends: from the file, in order.
-        @return: at least one backend.
-        """
-        if not self["target"]:
-            return tuple(fileBackends)
-        out = list(fileBackends)
-        for i, backend in enumerate(out):
-            if backend.name == DEFAULT_BACKEND:
-                out[i] = _evolve(backend, self["target"], self["api-key"] or backend.apiKey)
-                return tuple(out)
-        return (BackendConfig(DEFAULT_BACKEND, self["target"], self["api-key"]), *out)
+        key: str | None = self["api-key"] or os.environ.get(API_KEY_ENV) or None
+        return key
 
     def _useJSONLog(self) -> None:
         """
@@ -406,192 +401,32 @@ class Options(usage.Options):
         parent = self.parent
         if parent is None or "logger" not in parent or parent["logger"] is not None:
             return
-        from ollama_proxy.logging import useJSON
+        from ollama_proxy.service.logging import useJSON
 
         useJSON(parent.get("logfile"), bool(parent.get("nodaemon")))
-        parent["logger"] = "ollama_proxy.logging.jsonLogger"
+        parent["logger"] = "ollama_proxy.service.logging.jsonLogger"
 
 
-def _evolve(backend: BackendConfig, url: str, apiKey: str | None) -> BackendConfig:
+def _backends(
+    fileBackends: Sequence[BackendConfig], target: str | None, apiKey: str | None
+) -> tuple[BackendConfig, ...]:
     """
-    @return: C{backend} with another URL and key.
+    The backends to serve: the file's, with C{--target} (and its key) as the
+    backend named C{default}: it replaces the URL and key of a file backend
+    of that name, or comes first.
+
+    @param fileBackends: from the file, in order.
+    @param target: the C{--target} URL, if any.
+    @param apiKey: its key.
+    @return: at least one backend.
     """
-    return attrs.evolve(backend, url=url, apiKey=apiKey)
+    if not target:
+        return tuple(fileBackends)
+    out = list(fileBackends)
+    for i, backend in enumerate(out):
+        if backend.name == DEFAULT_BACKEND:
+            out[i] = attrs.evolve(backend, url=target, apiKey=apiKey or backend.apiKey)
+            return tuple(out)
+    return (BackendConfig(DEFAULT_BACKEND, target, apiKey), *out)
 
 
-def makeRouter(
-    backends: Sequence[BackendConfig],
-    http: Any,
-    reactor: Any,
-    ttl: float,
-    tag: str,
-    flavor: str = "auto",
-    **options: Any,
-) -> Router:
-    """
-    One L{Backend} and model-list cache per configured backend.
-
-    @param backends: from L{Options}, in order.
-    @param http: the shared treq client.
-    @param reactor: the reactor.
-    @param ttl: the model-list cache lifetime.
-    @param tag: the C{/api/tags} suffix.
-    @param flavor: C{--backend-flavor}, for backends whose table has no
-        C{flavor} key.
-    @param options: further L{Backend} arguments shared by all backends
-        (timeouts, retries).
-    @return: the router.
-    """
-    entries = []
-    for backend in backends:
-        client = Backend(http, backend.url, reactor, apiKey=backend.apiKey, name=backend.name,
-                         flavor=flavorFor(backend.flavor or flavor, backend.url), **options)
-        cache = ModelListCache(makeFetcher(client, backend), reactor, ttl, backend.name)
-        entries.append(BackendModels(backend, client, cache))
-    return Router(entries, tag)
-
-
-class ModelListing(Service):
-    """
-    Lists every backend's models once at start-up, so that a backend that
-    is down, or a model name that two backends offer, is in the log at once
-    rather than at the first request.  Only used with several backends: a
-    single one has no names to share, and is listed on first use as before.
-    """
-
-    log = Logger()
-
-    def __init__(self, router: Router) -> None:
-        self.router = router
-
-    def startService(self) -> None:
-        """
-        Start the listing; the service does not wait for it.
-        """
-        super().startService()
-        d = Deferred.fromCoroutine(self.router.lists())
-        d.addCallback(self._report)
-        d.addErrback(lambda f: self.log.failure("listing models at start-up failed", f))
-
-    def _report(self, lists: list[tuple[BackendModels, list[Any] | None]]) -> None:
-        for backend, entries in lists:
-            if entries is not None:
-                self.log.info("backend {backend} at {url} offers {count} models",
-                              backend=backend.name, url=backend.config.url, count=len(entries))
-
-
-class PoolService(Service):
-    """
-    Owns the upstream connection pool and closes it on shutdown, so
-    twistd exits without dangling sockets.
-    """
-
-    def __init__(self, pool: HTTPConnectionPool) -> None:
-        self.pool = pool
-
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
-        """
-        @return: fires when every cached connection is closed.
-        """
-        super().stopService()
-        closed: Deferred[None] = self.pool.closeCachedConnections()
-        return closed
-
-
-class DrainService(Service):
-    """
-    Lets requests in flight finish when twistd stops (SIGTERM): the
-    listening ports close at once (their services stop alongside), this
-    service's C{stopService} waits up to the grace period for the site to
-    drain, then cuts what is left, which closes the upstream connections.
-    """
-
-    def __init__(self, site: ProxySite, grace: float) -> None:
-        self.site = site
-        self.grace = grace
-
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
-        """
-        @return: fires when no request is in flight.
-        """
-        super().stopService()
-        return self.site.drain(self.grace)
-
-
-def makeService(config: Options, reactor: Any = None) -> IService:
-    """
-    Build the proxy: one listening service per C{--listen} plus the pool owner.
-
-    @param config: parsed L{Options}.
-    @param reactor: the reactor; the global one when C{None}.
-    @return: a L{MultiService}.
-    """
-    if reactor is None:
-        from twisted.internet import reactor as globalReactor
-
-        reactor = globalReactor
-    http, pool = makeClient(
-        reactor, config["pool-size"], config["connect-timeout"], ConnectionPool
-    )
-    router = makeRouter(
-        config["backends"], http, reactor, config["models-ttl"], config["tag"],
-        config["backend-flavor"],
-        headerTimeout=config["header-timeout"],
-        idleTimeout=config["idle-timeout"],
-        retries=config["retry-429"],
-        maxRetryWait=config["retry-max-wait"],
-        forwardClientKey=config["forward-client-key"],
-    )
-    fallback = Fallback(http, config["fallback"]) if config["fallback"] else None
-    ctx = ProxyContext(
-        backend=router.backends[0].backend,
-        clock=reactor,
-        fallback=fallback,
-        tag=config["tag"],
-        debug=config["debug"],
-        idleTimeout=config["idle-timeout"],
-        maxLineLength=config["max-line"],
-        version=config["ollama-version"],
-        catalog=ModelCatalog(
-            reactor.seconds, ttl=config["models-ttl"], overrides=config["model-overrides"]
-        ),
-        corsOrigins=tuple(config["cors-origin"]),
-        router=router,
-        metrics=None if config["no-metrics"] else Metrics(),
-    )
-    root = buildRoot(ctx)
-    if config["require-key"]:
-        root = requireKeys(root, config["require-key"])
-    site = makeSite(
-        root,
-        reactor,
-        timeout=config["client-timeout"],
-        maxBody=config["max-body"],
-        bodyTimeout=config["body-timeout"],
-    )
-    service = MultiService()
-    shared = config["workers"] > 1 or config["worker-of"] is not None
-    for description in config["listen"]:
-        if shared:
-            ReusePortService(reactor, description, site).setServiceParent(service)
-        else:
-            strports.service(description, site, reactor=reactor).setServiceParent(service)
-    PoolService(pool).setServiceParent(service)
-    DrainService(site, config["shutdown-grace"]).setServiceParent(service)
-    if config["workers"] > 1:
-        rawArgs = getattr(config, "rawArgs", [])
-        WorkerPool(
-            reactor,
-            config["workers"] - 1,
-            lambda parentPid: childArguments(rawArgs, parentPid, config["target"]),
-        ).setServiceParent(service)
-    if config["worker-of"] is not None:
-        ParentWatch(reactor, config["worker-of"]).setServiceParent(service)
-    if len(router.backends) > 1:
-        ModelListing(router).setServiceParent(service)
-    if config["demo"]:
-        from ollama_proxy.testing.fake_openai import FakeOpenAI
-
-        demoSite = makeSite(FakeOpenAI(reactor), reactor)
-        strports.service(DEMO_LISTEN, demoSite, reactor=reactor).setServiceParent(service)
-    return service

@@ -1,0 +1,194 @@
+# -*- test-case-name: tests.protocol.test_names -*-
+"""
+Model names: the one resolver from what a client sends to a backend id.
+
+Clients see C{x:proxy} (the proxy's tag on an untagged id) in C{/api/tags},
+or add C{:latest} themselves (Open WebUI, LangChain); backends know only
+C{x}.  Every route that takes a model name (chat, generate, embed, show,
+pull, delete, copy, the OpenAI passthrough) resolves it through
+L{NameIndex}, so a name is found everywhere or nowhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar
+
+from ollama_proxy.protocol.errors import UpstreamError
+
+T = TypeVar("T")
+
+DEFAULT_TAG = "proxy"
+"""The tag the proxy appends to untagged backend ids in C{/api/tags}."""
+
+
+def stripTag(name: str, tag: str = DEFAULT_TAG) -> str:
+    """
+    The name without the suffix a client may have added to a backend id.
+
+    @param name: the client's C{model} string.
+    @param tag: the suffix the proxy adds in C{/api/tags}.
+    @return: C{name} without a trailing C{:<tag>} or C{:latest}; C{name}
+        itself when it has neither (ids such as C{qwen3:8b} or
+        C{openrouter/foo:free} pass through).
+    """
+    for suffix in (":" + tag, ":latest"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def backendModel(
+    name: str, known: Iterable[str] | None = None, tag: str = DEFAULT_TAG
+) -> str:
+    """
+    The backend id to try for a name no listing resolves (see
+    L{NameIndex.guess}).
+
+    @param name: the client's C{model} string.
+    @param known: the backend's ids, when the proxy has a recent list; a name
+        found there verbatim is never rewritten.
+    @param tag: the suffix the proxy adds in C{/api/tags}.
+    @return: the id to send upstream.
+    """
+    if known is not None and name in known:
+        return name
+    return stripTag(name, tag)
+
+
+class NameIndex(Generic[T]):
+    """
+    Client names to whatever owns them (a route, a catalog entry), built
+    from the backends' listings in configuration order.
+
+    A name is looked up, in this order, among: the names C{/api/tags} lists
+    (C{id}, or C{id:tag} for ids without a colon), the bare ids and aliases,
+    the ids and aliases with C{:latest}; failing all of those, the name
+    without a trailing C{:<tag>} or C{:latest} is looked up the same way
+    (so C{qwen3:8b:latest} finds C{qwen3:8b}).  The first backend to offer a
+    listed name gets it; every other claim is reported once through
+    C{onClash}.
+    """
+
+    def __init__(self, tag: str = DEFAULT_TAG) -> None:
+        """
+        @param tag: the suffix added to untagged ids in C{/api/tags}.
+        """
+        self.tag = tag
+        self._index: dict[str, T] = {}
+
+    @classmethod
+    def build(
+        cls,
+        offers: Sequence[tuple[str, Iterable[str], Mapping[str, str]]],
+        make: Callable[[int, str, str], T],
+        tag: str = DEFAULT_TAG,
+        onClash: Callable[[str, str, str], None] | None = None,
+    ) -> NameIndex[T]:
+        """
+        @param offers: per backend, in configuration order: its name, its
+            model ids, and its aliases (alias to model id).
+        @param make: builds the value for C{(backend position, listed id,
+            model id)}; the listed id is the alias for an alias.
+        @param tag: the C{/api/tags} suffix.
+        @param onClash: called with C{(name, first owner, other owner)} for a
+            listed name two backends offer.
+        @return: the index.
+        """
+        index: NameIndex[T] = cls(tag)
+        table = index._index
+        owners: dict[str, str] = {}
+
+        def claim(key: str, owner: str, value: T) -> None:
+            first = owners.get(key)
+            if first is None:
+                owners[key] = owner
+                table[key] = value
+            elif first != owner and onClash is not None:
+                onClash(key, first, owner)
+
+        # Listed names, bare ids and aliases first, over every backend, then
+        # the ":latest" forms, so that one backend's "x:latest" cannot shadow
+        # another's listed "x:latest".
+        for position, (owner, ids, aliases) in enumerate(offers):
+            for modelId in ids:
+                claim(clientModelName(modelId, tag), owner, make(position, modelId, modelId))
+                table.setdefault(modelId, make(position, modelId, modelId))
+            for alias, target in aliases.items():
+                claim(clientModelName(alias, tag), owner, make(position, alias, target))
+                table.setdefault(alias, make(position, alias, target))
+        for position, (owner, ids, aliases) in enumerate(offers):
+            for modelId in ids:
+                if ":" not in modelId:
+                    table.setdefault(f"{modelId}:latest", make(position, modelId, modelId))
+            for alias, target in aliases.items():
+                if ":" not in alias:
+                    table.setdefault(f"{alias}:latest", make(position, alias, target))
+        return index
+
+    def resolve(self, name: str) -> T | None:
+        """
+        @param name: the client's C{model} string.
+        @return: what the name belongs to, or C{None}.
+        """
+        found = self._index.get(name)
+        if found is None:
+            stripped = stripTag(name, self.tag)
+            if stripped != name:
+                found = self._index.get(stripped)
+        return found
+
+    def guess(self, name: str) -> str:
+        """
+        @param name: a name L{resolve} does not know.
+        @return: the backend id to try for it.
+        """
+        return stripTag(name, self.tag)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+def clientModelName(modelId: str, tag: str = DEFAULT_TAG) -> str:
+    """
+    The name under which a backend id is listed to Ollama clients.
+
+    @param modelId: a backend model id.
+    @param tag: the suffix for ids without a colon.
+    @return: C{modelId} if it already has a tag, else C{modelId:tag}.
+    """
+    return modelId if ":" in modelId else f"{modelId}:{tag}"
+
+
+def modelDigest(name: str) -> str:
+    """
+    A stable, distinct 64-hex digest for a model name.
+
+    Clients such as the C{llm} CLI group models by digest, so every model
+    needs its own.
+
+    @param name: the listed model name.
+    @return: the SHA-256 of the name, in hex.
+    """
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()
+
+
+def modelIds(models: Any) -> list[str]:
+    """
+    Extract the ids from an OpenAI C{GET /v1/models} body, in order, without
+    duplicates.
+
+    @param models: the decoded JSON body.
+    @return: the model ids.
+    @raise UpstreamError: if the body does not look like a model list.
+    """
+    data = models.get("data") if isinstance(models, dict) else None
+    if data is None and isinstance(models, dict) and "data" in models:
+        data = []  # Ollama's own /v1/models says "data": null when empty.
+    if not isinstance(data, list):
+        raise UpstreamError("backend /v1/models did not return a model list")
+    seen: dict[str, None] = {}
+    for entry in data:
+        if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+            seen.setdefault(entry["id"], None)
+    return list(seen)

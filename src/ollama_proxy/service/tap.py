@@ -1,0 +1,216 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd plugin's service wiring.
+
+C{twistd -n ollama-proxy --target http://127.0.0.1:4000} parses
+L{Options} (L{ollama_proxy.service.options}) into L{Settings} and calls
+L{makeService}, the only place that imports the global reactor.
+Everything below it receives the reactor, the HTTP client and the clock as
+arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool
+
+from ollama_proxy.protocol.flavors import flavorFor
+from ollama_proxy.service.config import BackendConfig
+from ollama_proxy.service.options import DEMO_LISTEN, Options
+from ollama_proxy.service.settings import Settings
+from ollama_proxy.service.workers import (
+    ParentWatch,
+    ReusePortService,
+    WorkerPool,
+    childArguments,
+)
+from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.upstream.cache import TTLCache
+from ollama_proxy.upstream.catalog import ModelDirectory
+from ollama_proxy.upstream.pool import ConnectionPool, makeClient
+from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
+from ollama_proxy.web.auth import requireKeys
+from ollama_proxy.web.context import Fallback, ProxyContext
+from ollama_proxy.web.metrics import Metrics
+from ollama_proxy.web.site import ProxySite, makeSite
+from ollama_proxy.web.tree import buildRoot
+
+__all__ = ["Options", "Settings", "makeService"]
+
+def makeRouter(
+    backends: Sequence[BackendConfig],
+    http: Any,
+    reactor: Any,
+    ttl: float,
+    tag: str,
+    flavor: str = "auto",
+    **options: Any,
+) -> Router:
+    """
+    One L{Backend} and model-list cache per configured backend.
+
+    @param backends: from L{Options}, in order.
+    @param http: the shared treq client.
+    @param reactor: the reactor.
+    @param ttl: the model-list cache lifetime.
+    @param tag: the C{/api/tags} suffix.
+    @param flavor: C{--backend-flavor}, for backends whose table has no
+        C{flavor} key.
+    @param options: further L{Backend} arguments shared by all backends
+        (timeouts, retries).
+    @return: the router.
+    """
+    entries = []
+    for backend in backends:
+        client = Backend(http, backend.url, reactor, apiKey=backend.apiKey, name=backend.name,
+                         flavor=flavorFor(backend.flavor or flavor, backend.url), **options)
+        cache = TTLCache(makeFetcher(client, backend), reactor, ttl, backend.name)
+        entries.append(BackendModels(backend, client, cache))
+    return Router(entries, tag)
+
+
+class ModelListing(Service):
+    """
+    Lists every backend's models once at start-up, so that a backend that
+    is down, or a model name that two backends offer, is in the log at once
+    rather than at the first request.  Only used with several backends: a
+    single one has no names to share, and is listed on first use as before.
+    """
+
+    log = Logger()
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def startService(self) -> None:
+        """
+        Start the listing; the service does not wait for it.
+        """
+        super().startService()
+        d = Deferred.fromCoroutine(self.router.lists())
+        d.addCallback(self._report)
+        d.addErrback(lambda f: self.log.failure("listing models at start-up failed", f))
+
+    def _report(self, lists: list[tuple[BackendModels, list[Any] | None]]) -> None:
+        for backend, entries in lists:
+            if entries is not None:
+                self.log.info("backend {backend} at {url} offers {count} models",
+                              backend=backend.name, url=backend.config.url, count=len(entries))
+
+
+class PoolService(Service):
+    """
+    Owns the upstream connection pool and closes it on shutdown, so
+    twistd exits without dangling sockets.
+    """
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self.pool = pool
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        @return: fires when every cached connection is closed.
+        """
+        super().stopService()
+        closed: Deferred[None] = self.pool.closeCachedConnections()
+        return closed
+
+
+class DrainService(Service):
+    """
+    Lets requests in flight finish when twistd stops (SIGTERM): the
+    listening ports close at once (their services stop alongside), this
+    service's C{stopService} waits up to the grace period for the site to
+    drain, then cuts what is left, which closes the upstream connections.
+    """
+
+    def __init__(self, site: ProxySite, grace: float) -> None:
+        self.site = site
+        self.grace = grace
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """
+        @return: fires when no request is in flight.
+        """
+        super().stopService()
+        return self.site.drain(self.grace)
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """
+    Build the proxy: one listening service per C{--listen} plus the pool
+    owner, the drain, and (as configured) workers and the demo backend.
+
+    @param options: parsed L{Options} (their L{Settings}).
+    @param reactor: the reactor; the global one when C{None}.
+    @return: a L{MultiService}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    settings = options.settings
+    http, pool = makeClient(reactor, settings.poolSize, settings.connectTimeout, ConnectionPool)
+    router = makeRouter(
+        settings.backends, http, reactor, settings.modelsTTL, settings.tag,
+        settings.backendFlavor,
+        headerTimeout=settings.headerTimeout,
+        idleTimeout=settings.idleTimeout,
+        retries=settings.retries,
+        maxRetryWait=settings.retryMaxWait,
+        forwardClientKey=settings.forwardClientKey,
+    )
+    fallback = (
+        Fallback(http, settings.fallback, settings.headerTimeout) if settings.fallback else None
+    )
+    ctx = ProxyContext(
+        models=ModelDirectory(router, settings.modelOverrides),
+        clock=reactor,
+        fallback=fallback,
+        debug=settings.debug,
+        idleTimeout=settings.idleTimeout,
+        maxLineLength=settings.maxLine,
+        version=settings.version,
+        corsOrigins=settings.corsOrigins,
+        metrics=Metrics() if settings.metrics else None,
+    )
+    root = buildRoot(ctx)
+    if settings.requireKeys:
+        root = requireKeys(root, list(settings.requireKeys))
+    site = makeSite(
+        root,
+        reactor,
+        timeout=settings.clientTimeout,
+        maxBody=settings.maxBody,
+        bodyTimeout=settings.bodyTimeout,
+    )
+    service = MultiService()
+    shared = settings.workers > 1 or settings.workerOf is not None
+    for description in settings.listen:
+        if shared:
+            ReusePortService(reactor, description, site).setServiceParent(service)
+        else:
+            strports.service(description, site, reactor=reactor).setServiceParent(service)
+    PoolService(pool).setServiceParent(service)
+    DrainService(site, settings.shutdownGrace).setServiceParent(service)
+    if settings.workers > 1:
+        WorkerPool(
+            reactor,
+            settings.workers - 1,
+            lambda parentPid: childArguments(list(settings.rawArgs), parentPid, settings.target),
+        ).setServiceParent(service)
+    if settings.workerOf is not None:
+        ParentWatch(reactor, settings.workerOf).setServiceParent(service)
+    if len(router.backends) > 1:
+        ModelListing(router).setServiceParent(service)
+    if settings.demo:
+        from ollama_proxy.testing.fake_openai import FakeOpenAI
+
+        demoSite = makeSite(FakeOpenAI(reactor), reactor)
+        strports.service(DEMO_LISTEN, demoSite, reactor=reactor).setServiceParent(service)
+    return service

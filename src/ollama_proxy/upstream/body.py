@@ -1,0 +1,303 @@
+# -*- test-case-name: tests.upstream.test_body -*-
+"""
+Reading an upstream body as it arrives.
+
+L{BodyReader} is the one place that reads a response body: it feeds treq's
+C{collect()} callbacks, joined per reactor turn (one delivery per socket
+read), to a collector, runs the idle timer, and exposes the upstream
+transport as a push producer so the web layer can register it on the client
+request (back-pressure, and closing the upstream when the client leaves).
+L{readBody}, L{readJSON} and L{raiseForStatus} are the small-body helpers
+built on it.  Nothing here knows about C{twisted.web} server requests.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import treq
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.components import proxyForInterface
+from twisted.web.iweb import IResponse
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.errors import (
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamTimeout,
+)
+from ollama_proxy.protocol.openai import errorFromBody
+from ollama_proxy.protocol.sse import SSELineTooLong
+from ollama_proxy.upstream.failures import failureToError
+
+MAX_RESPONSE_BODY = 64 * 1024 * 1024
+"""The largest non-streamed upstream body read into memory (a completion,
+an embedding list, an error page); a larger one is a 502."""
+
+
+async def readBody(
+    response: IResponse,
+    clock: IReactorTime | None = None,
+    idleTimeout: float | None = None,
+) -> bytes:
+    """
+    Read a whole (small) upstream body.
+
+    The body is read with L{BodyReader}, so a cancelled
+    read (the client left while a non-streaming answer was being generated)
+    closes the upstream connection instead of letting it run to its end.
+
+    @param response: a treq response.
+    @param clock: the clock for the idle timer.
+    @param idleTimeout: seconds of upstream silence after which the read is
+        abandoned with a 504; C{None} (or no C{clock}) for no limit.
+    @return: the bytes.
+    @raise UpstreamError: if the connection broke or went idle, or the body
+        is larger than L{MAX_RESPONSE_BODY}.
+    """
+    # relay imports this module for failureToError, hence the late import.
+
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > MAX_RESPONSE_BODY:
+            # Raised inside treq's collector: the connection is closed.
+            raise UpstreamError(
+                f"backend response is larger than {MAX_RESPONSE_BODY} bytes"
+            )
+        chunks.append(data)
+
+    await BodyReader(collect, clock, idleTimeout).read(response)
+    return b"".join(chunks)
+
+
+async def readJSON(
+    response: IResponse,
+    clock: IReactorTime | None = None,
+    idleTimeout: float | None = None,
+) -> Any:
+    """
+    Read and decode a JSON upstream body.
+
+    @param response: a treq response.
+    @param clock: see L{readBody}.
+    @param idleTimeout: see L{readBody}.
+    @return: the decoded value.
+    @raise UpstreamError: if the body is not JSON.
+    """
+    body = await readBody(response, clock, idleTimeout)
+    try:
+        return codec.loads(body)
+    except codec.JSONDecodeError:
+        raise UpstreamError(
+            "backend returned a body that is not JSON: "
+            + body[:200].decode("utf-8", "replace")
+        ) from None
+
+
+async def raiseForStatus(
+    response: IResponse,
+    clock: IReactorTime | None = None,
+    idleTimeout: float | None = None,
+) -> None:
+    """
+    Turn a non-2xx upstream answer into an error carrying its status and
+    message (read from the body).
+
+    @param response: the upstream response.
+    @param clock: see L{readBody}.
+    @param idleTimeout: see L{readBody}.
+    @raise UpstreamHTTPError: if the status is not 2xx.
+    """
+    if 200 <= response.code < 300:
+        return
+    body = await readBody(response, clock, idleTimeout)
+    raise UpstreamHTTPError(errorFromBody(body, response.code), response.code)
+
+
+class _TransportCapture(proxyForInterface(IResponse)):  # type: ignore[misc]
+    """
+    The response as treq's C{collect()} sees it, remembering the transport
+    that Twisted hands the body protocol: the handle that pauses, resumes
+    and closes the upstream connection (treq keeps its protocol private).
+
+    @ivar producer: that transport, once C{deliverBody} was called.
+    """
+
+    producer: IPushProducer | None = None
+
+    def deliverBody(self, protocol: Protocol) -> None:
+        """
+        Deliver to C{protocol} and keep its transport.
+        """
+        self.original.deliverBody(protocol)
+        self.producer = protocol.transport  # type: ignore[assignment]
+
+
+class BodyReader:
+    """
+    Read one upstream body to its end, one C{collector} call per socket read.
+
+    Twisted's chunked-encoding decoder hands C{treq.collect} one callback per
+    HTTP chunk, and OpenAI-style servers send one chunk per SSE event, so a
+    single socket read can carry a hundred callbacks.  They are joined and
+    passed to C{collector} once, at the end of the reactor turn
+    (C{clock.callLater(0)}), so the pipeline translates and the client gets
+    one write per read, not one per token.  Nothing is held across turns:
+    the last piece is delivered before L{read} returns.
+
+    @ivar producer: the upstream transport, set by L{read} before its first
+        C{await}; the web layer registers it on the client request.
+    """
+
+    def __init__(
+        self,
+        collector: Callable[[bytes], None],
+        clock: IReactorTime | None,
+        idleTimeout: float | None = None,
+        isGone: Callable[[], bool] | None = None,
+    ) -> None:
+        """
+        @param collector: called with the bytes of each read; an exception it
+            raises closes the upstream connection and is re-raised by L{read}.
+        @param clock: for the idle timer and the end-of-turn flush; without
+            one, every callback goes to C{collector} at once and there is no
+            idle timer.
+        @param idleTimeout: seconds of upstream silence after which the body is
+            abandoned with L{UpstreamTimeout}; C{None} for no limit.
+        @param isGone: whether the client this body is for has left (a
+            broken upstream is then the client's doing, not the backend's).
+        """
+        self._collector = collector
+        self._clock = clock
+        self._idleTimeout = idleTimeout
+        self._isGone = isGone
+        self._idle: IDelayedCall | None = None
+        self._timedOut = False
+        self._pending: list[bytes] = []
+        self._flushCall: IDelayedCall | None = None
+        self._failed: list[BaseException] = []
+        self._ended = False
+        self.producer: IPushProducer | None = None
+
+    def _expire(self) -> None:
+        self._timedOut = True
+        if self.producer is not None:
+            self.producer.stopProducing()
+
+    def _flush(self) -> None:
+        self._flushCall = None
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        idle = self._idle
+        if idle is not None and idle.active():
+            idle.reset(self._idleTimeout)  # type: ignore[arg-type]
+        self._collector(data)
+
+    def _flushAtEndOfTurn(self) -> None:
+        try:
+            self._flush()
+        except BaseException as e:
+            self._failed.append(e)
+            if self.producer is not None:
+                self.producer.stopProducing()
+
+    def _onData(self, data: bytes) -> None:
+        if self._failed:
+            return
+        self._pending.append(data)
+        if self._clock is None:
+            self._flush()
+        elif self._flushCall is None:
+            self._flushCall = self._clock.callLater(0, self._flushAtEndOfTurn)
+
+    def pauseIdle(self) -> None:
+        """
+        The client cannot take more: the backend's silence from now on is
+        ours, not the backend's, so the idle timer waits too.
+        """
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+
+    def resumeIdle(self) -> None:
+        """
+        The client takes data again: restart the idle timer.
+        """
+        idle = self._idle
+        if (
+            idle is not None and not idle.active() and not self._ended
+            and self._clock is not None and self._idleTimeout is not None
+        ):
+            self._idle = self._clock.callLater(self._idleTimeout, self._expire)
+
+    async def read(
+        self, response: IResponse, started: Callable[[IPushProducer], None] | None = None
+    ) -> None:
+        """
+        Read C{response}'s body to its end.
+
+        @param response: the upstream response (unbuffered).
+        @param started: called with the upstream transport once the body is
+            being read, before any data is delivered (to register it as the
+            client's producer).
+        @raise UpstreamError: if the connection broke or went idle; a
+            L{StreamFailed} raised by the collector as it is.
+        @raise CancelledError: if the caller was cancelled (or the client
+            left); the upstream connection is closed first.
+        """
+        capture = _TransportCapture(response)
+        d = treq.collect(capture, self._onData)
+        self.producer = capture.producer
+        if started is not None and self.producer is not None:
+            started(self.producer)
+        clock, idleTimeout = self._clock, self._idleTimeout
+        if idleTimeout is not None and clock is not None and not d.called:
+            self._idle = clock.callLater(idleTimeout, self._expire)
+        try:
+            error: BaseException | None = None
+            try:
+                await d
+            except BaseException as e:
+                error = e
+            if self._flushCall is not None and self._flushCall.active():
+                self._flushCall.cancel()
+            self._flushCall = None
+            if not self._failed and not isinstance(error, CancelledError):
+                # What arrived before the end (or the failure) still goes out.
+                try:
+                    self._flush()
+                except BaseException as e:
+                    self._failed.append(e)
+            if self._failed:
+                # The collector failed on earlier bytes: that is the cause.
+                error = self._failed[0]
+            if error is not None:
+                raise error
+        except CancelledError:
+            if self.producer is not None:
+                self.producer.stopProducing()
+            raise
+        except UpstreamError:
+            raise
+        except Exception as e:
+            if self._timedOut:
+                raise UpstreamTimeout(
+                    f"backend sent nothing for {idleTimeout:g} seconds"
+                ) from None
+            if self._isGone is not None and self._isGone():
+                raise CancelledError() from None
+            if isinstance(e, SSELineTooLong):
+                raise UpstreamError(str(e)) from None
+            raise failureToError(e, "the backend") from None
+        finally:
+            self._ended = True
+            if self._idle is not None and self._idle.active():
+                self._idle.cancel()

@@ -1,0 +1,154 @@
+# -*- test-case-name: tests.upstream.test_catalog -*-
+"""
+What the backends serve, as the resources ask for it: the merged model
+list, the metadata catalog, and the route for a name.
+
+Everything comes from the per-backend L{ollama_proxy.upstream.cache.TTLCache}s
+held by the L{Router}'s L{BackendModels}: the model lists and LiteLLM's
+C{/v1/model/info}.  The catalog is a pure function of those values and the
+configured overrides (L{ollama_proxy.protocol.catalog.buildCatalog}); it is
+rebuilt only when one of them changed, and is never older than the TTL.
+Names are resolved by the router's one L{ollama_proxy.protocol.names.NameIndex}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from ollama_proxy.protocol.catalog import Facts, ModelMeta, buildCatalog
+from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.errors import ProxyError
+from ollama_proxy.service.config import CAPABILITIES, ModelOverride
+from ollama_proxy.upstream.routing import BackendModels, Entry, Route, Router
+
+
+def overrideFacts(override: ModelOverride) -> Facts:
+    """
+    The catalog facts (L{ollama_proxy.protocol.catalog.Facts}) of a
+    configuration file's per-model override.
+
+    @param override: the model's settings.
+    @return: C{context_length} and the capability flags it sets.
+    """
+    facts: Facts = {}
+    if override.contextLength is not None:
+        facts["context_length"] = override.contextLength
+    if override.capabilities is not None:
+        for flag in sorted(CAPABILITIES - {"completion"}):
+            facts[flag] = flag in override.capabilities
+    return facts
+
+
+@attrs.define
+class ModelDirectory:
+    """
+    The served models, for the resources.
+
+    @ivar router: the backends and their caches.
+    @ivar overrides: the validated C{--model-info} file (model id, or
+        C{"*"}, to facts).
+    """
+
+    router: Router
+    overrides: Mapping[str, Facts] = attrs.field(factory=dict)
+    _builtFrom: tuple[Any, ...] | None = attrs.field(default=None, init=False)
+    _catalog: dict[str, ModelMeta] = attrs.field(factory=dict, init=False)
+
+    @property
+    def tag(self) -> str:
+        """
+        The suffix added to untagged ids in C{/api/tags}.
+        """
+        return self.router.tag
+
+    async def route(self, name: str) -> Route:
+        """
+        @param name: the client's model name.
+        @return: where a request for it goes.
+        @raise ProxyError: when no backend offers the name.
+        """
+        return await self.router.route(name)
+
+    async def listModels(self) -> JSON:
+        """
+        Every backend's models (each list cached per C{--models-ttl}),
+        merged in configuration order, aliases included, in the shape of an
+        OpenAI C{/v1/models} body.
+
+        @return: C{{"object": "list", "data": [...]}}.
+        @raise ProxyError: when no backend can be listed.
+        """
+        merged = await self.router.models()
+        return {"object": "list", "data": [entry for _, entry in merged]}
+
+    async def catalog(self) -> dict[str, ModelMeta]:
+        """
+        The served models with their metadata: each backend's list, then
+        its LiteLLM C{/v1/model/info} (asked only of backends whose list is
+        good: one that is down would cost a connect timeout for nothing),
+        merged with the overrides: the C{--model-info} file, then the
+        configuration file's per-model C{context_length} and
+        C{capabilities}.  An alias gets the metadata of its model.
+
+        @return: metadata per model id (aliases included), in listing order.
+        @raise ProxyError: if no backend's model list can be fetched.
+        """
+        merged = await self.router.models()
+        asking = [
+            candidate for candidate in self.router.backends
+            if candidate.config.discover and candidate.cache.error is None
+            and candidate.cache.value is not None
+        ]
+        asks = [Deferred.fromCoroutine(candidate.info.get()) for candidate in asking]
+        infos: list[Any] = []
+        for ask in asks:
+            try:
+                infos.append(await ask)
+            except ProxyError:
+                infos.append(None)
+        key = (tuple(id(entry) for _, entry in merged), tuple(id(info) for info in infos))
+        if key != self._builtFrom:
+            self._catalog = self._build(merged, infos)
+            self._builtFrom = key
+        return self._catalog
+
+    def _build(
+        self, merged: list[tuple[BackendModels, Entry]], infos: list[Any]
+    ) -> dict[str, ModelMeta]:
+        """
+        The pure merge behind L{catalog}.
+        """
+        models = {"object": "list", "data": [entry for _, entry in merged]}
+        info: Any = None
+        present = [one for one in infos if isinstance(one, dict)]
+        if present:
+            info = {"data": [item for one in present if isinstance(one.get("data"), list)
+                             for item in one["data"]]}
+        overrides = dict(self.overrides)
+        for backend, entry in merged:
+            target = entry.get("alias_of", entry["id"])
+            facts = overrideFacts(backend.config.override(str(target)))
+            if facts:
+                overrides[entry["id"]] = {**overrides.get(entry["id"], {}), **facts}
+        catalog = buildCatalog(models, info, overrides)
+        for backend, entry in merged:
+            target = entry.get("alias_of")
+            if target is not None and target in catalog:
+                catalog[entry["id"]] = ModelMeta(
+                    entry["id"], {**catalog[target].facts, **overrides.get(entry["id"], {})}
+                )
+        return catalog
+
+    async def served(self, name: str) -> ModelMeta | None:
+        """
+        @param name: a client's model name.
+        @return: the model's metadata if a backend serves it, else C{None}.
+        """
+        catalog = await self.catalog()
+        route = self.router.lookup(name)
+        if route is None:
+            return None
+        return catalog.get(route.listed or route.modelId)

@@ -1,0 +1,293 @@
+# -*- test-case-name: tests.web.test_resources -*-
+"""
+The async bridge and the error funnel, shared by every resource.
+
+Handlers are coroutines that receive an L{Exchange} and either return a
+JSON-compatible value (sent as C{application/json}), return C{None} after
+streaming the body themselves, or raise a L{ProxyError}.  L{ProxyResource}
+turns all of that into HTTP: statuses and C{{"error": ...}} bodies before the
+first byte, an NDJSON error line after it (an SSE error event in a relayed
+OpenAI stream), cancellation when the client leaves.  What happened is noted
+on the exchange and observed afterwards by L{ollama_proxy.web.observe}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.errors import (
+    BadRequest,
+    ProxyError,
+    UpstreamError,
+)
+from ollama_proxy.protocol.requests import (
+    JSON,
+    requireObject,
+)
+from ollama_proxy.upstream.backend import redactHeaders
+from ollama_proxy.upstream.routing import Route
+from ollama_proxy.web.auth import clientKey, presentedKey
+from ollama_proxy.web.context import ProxyContext
+from ollama_proxy.web.metrics import OTHER
+from ollama_proxy.web.observe import logRequest, modelLabel, upstreamErrorKind
+
+NDJSON = b"application/x-ndjson"
+JSON_TYPE = b"application/json; charset=utf-8"
+
+
+class ClientState:
+    """
+    Whether the downstream client is still there.
+
+    @ivar gone: set once C{notifyFinish} fired (finished or disconnected).
+    """
+
+    def __init__(self, request: Request) -> None:
+        self.gone = False
+        self.request = request
+        request.notifyFinish().addBoth(self._finished)
+
+    def _finished(self, result: object) -> None:
+        self.gone = True
+
+
+@attrs.define
+class Exchange:
+    """
+    One client request in flight.
+
+    @ivar request: the twisted.web request.
+    @ivar body: the request body, read before the first C{await}.
+    @ivar start: arrival time in ns (from L{ProxyContext.now}).
+    @ivar client: whether the client is still connected.
+    @ivar model: the model named by the request, for the log line.
+    @ivar backend: the name of the backend it went to.
+    @ivar modelLabel: the model's metrics label: a model some backend offers,
+        C{"other"} for any other name (so that clients cannot create label
+        values at will), empty for requests that name no model.
+    @ivar tokensIn: prompt tokens reported by the backend.
+    @ivar tokensOut: completion tokens reported by the backend.
+    @ivar firstToken: ns from arrival to the first generated token (streams).
+    @ivar upstreamError: the kind of upstream failure that ended the
+        request (see L{ollama_proxy.web.observe.upstreamErrorKind}), if any.
+    """
+
+    request: Request
+    body: bytes
+    start: int
+    client: ClientState
+    model: str | None = None
+    backend: str | None = None
+    modelLabel: str = ""
+    tokensIn: int | None = None
+    tokensOut: int | None = None
+    firstToken: int | None = None
+    upstreamError: str | None = None
+
+    def noteFinal(self, final: Any) -> None:
+        """
+        Take the token counts from the final Ollama object of a response.
+
+        @param final: the C{done: true} object.
+        """
+        if not isinstance(final, dict):
+            return
+        if isinstance(final.get("prompt_eval_count"), int):
+            self.tokensIn = final["prompt_eval_count"]
+        if isinstance(final.get("eval_count"), int):
+            self.tokensOut = final["eval_count"]
+
+    def json(self) -> JSON:
+        """
+        Decode the body as a JSON object.
+
+        @return: the object.
+        @raise BadRequest: for an empty, malformed or non-object body.
+        """
+        if not self.body.strip():
+            raise BadRequest("missing request body")
+        try:
+            decoded = codec.loads(self.body)
+        except codec.JSONDecodeError as e:
+            raise BadRequest(f"invalid JSON in request body: {e}") from None
+        return requireObject(decoded)
+
+    def startStream(self, contentType: bytes = NDJSON) -> None:
+        """
+        Send a 200 with C{contentType}; the body follows in pieces.
+
+        @param contentType: the media type of the stream.
+        """
+        self.request.setResponseCode(200)
+        self.request.setHeader(b"Content-Type", contentType)
+
+    def write(self, data: bytes) -> None:
+        """
+        Write to the client if it is still there.
+
+        @param data: bytes of the body.
+        """
+        if data and not self.client.gone:
+            self.request.write(data)
+
+
+Handler = Callable[[Exchange], Awaitable[Any]]
+
+
+def jsonError(request: Request, status: int, message: str) -> bytes:
+    """
+    Prepare an Ollama-style error response.
+
+    @param request: the request to answer.
+    @param status: the HTTP status.
+    @param message: the C{error} text.
+    @return: the body to write.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_TYPE)
+    return codec.dumps({"error": message})
+
+
+class ProxyResource(Resource):
+    """
+    Base class for the endpoints: the async bridge and the error funnel.
+
+    Subclasses define C{async def handle_GET(self, ex)} (and C{POST}, ...).
+    C{HEAD} uses C{handle_GET}; twisted.web drops the body.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    async def route(self, ex: Exchange, name: str) -> Route:
+        """
+        Choose the backend for a request and note it on the exchange (for
+        the log line and the metrics).
+
+        @param ex: the exchange.
+        @param name: the client's model name.
+        @return: the route.
+        @raise ProxyError: when no backend offers the name.
+        """
+        ex.model = name
+        ex.modelLabel = OTHER
+        route = await self.ctx.models.route(name)
+        ex.backend = route.name
+        ex.modelLabel = modelLabel(route.known, route.modelId)
+        return route
+
+    def _handler(self, method: str) -> Handler | None:
+        handler = getattr(self, "handle_" + method, None)
+        if handler is None and method == "HEAD":
+            handler = getattr(self, "handle_GET", None)
+        return handler
+
+    def render(self, request: Request) -> Any:  # type: ignore[override]
+        """
+        Start the handler coroutine and return C{NOT_DONE_YET}.
+
+        The body is read synchronously: twisted.web closes it when the client
+        disconnects.  A disconnect cancels the coroutine, which closes the
+        upstream connection.
+        """
+        method = (request.method or b"GET").decode("ascii", "replace")
+        handler = self._handler(method)
+        if handler is None:
+            allowed = sorted(
+                name[len("handle_") :] for name in dir(self) if name.startswith("handle_")
+            )
+            request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
+            return jsonError(request, 405, f"method {method} not allowed")
+        body = request.content.read() if request.content is not None else b""
+        ex = Exchange(request, body, self.ctx.now(), ClientState(request))
+        if self.ctx.debug:
+            self.log.debug(
+                "request {method} {uri} headers={headers} body={body}",
+                method=method,
+                uri=request.uri.decode("latin-1"),
+                headers=redactHeaders(
+                    {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}
+                ),
+                body=body[:4096].decode("utf-8", "replace"),
+            )
+        d = Deferred.fromCoroutine(self._run(handler, ex))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        return NOT_DONE_YET
+
+    async def _run(self, handler: Handler, ex: Exchange) -> None:
+        """
+        Run C{handler} and turn its outcome into a response.
+
+        @param handler: the bound C{handle_*} method.
+        @param ex: the exchange.
+        """
+        request = ex.request
+        # This coroutine runs in its own copy of the context, so the key is
+        # seen only by this request's upstream calls.
+        clientKey.set(presentedKey(request))
+        try:
+            result = await handler(ex)
+            if result is not None and not ex.client.gone:
+                request.setHeader(b"Content-Type", JSON_TYPE)
+                request.write(codec.dumps(result))
+        except CancelledError:
+            pass
+        except ProxyError as e:
+            # A client that leaves before the response headers cancels the
+            # upstream request, which then fails with a "timeout" of its
+            # own making: not an upstream error.
+            if isinstance(e, UpstreamError) and not ex.client.gone:
+                ex.upstreamError = upstreamErrorKind(e, bool(request.startedWriting))
+            self._fail(ex, e.status, e.message)
+        except Exception:
+            self.log.failure("unexpected error handling {uri}", uri=request.uri)
+            self._fail(ex, 500, "internal proxy error; see the proxy log")
+        finally:
+            if not ex.client.gone:
+                request.finish()
+            logRequest(ex, self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
+
+    def _fail(self, ex: Exchange, status: int, message: str) -> None:
+        """
+        Report an error in the only way still possible.
+
+        @param ex: the exchange.
+        @param status: the status to use if nothing was sent yet.
+        @param message: the error text.
+        """
+        if ex.client.gone:
+            return
+        request = ex.request
+        if request.startedWriting:
+            contentType = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
+            if contentType[0].startswith(b"text/event-stream"):
+                # A relayed OpenAI stream: an error event, as Ollama's own
+                # /v1 routes send it (OpenAI SDKs raise on it), after a
+                # blank line that ends any event the backend left unfinished.
+                error = {"message": message, "type": "api_error", "param": None, "code": None}
+                request.write(b"\n\ndata: " + codec.dumps({"error": error}) + b"\n\n")
+                return
+            # Mid-stream: Ollama ends the NDJSON with an error line, never a
+            # fake done:true.
+            request.write(codec.dumpLine({"error": message}))
+        else:
+            request.write(jsonError(request, status, message))
+
+    def routeLabel(self, request: Request) -> str:
+        """
+        @param request: the request this resource serves.
+        @return: the route for logs and metrics: the resource's own path
+            (not the client's, which may carry anything after it).
+        """
+        return "/" + "/".join(p.decode("latin-1") for p in request.prepath or [])

@@ -1,0 +1,82 @@
+# -*- test-case-name: tests.web.test_resources -*-
+"""
+What the resources share: a plain container, built once by
+L{ollama_proxy.service.tap.makeService} (or a test harness) and handed to
+L{ollama_proxy.web.tree.buildRoot}.  It holds values and collaborators, no
+behaviour: model lookups live in L{ollama_proxy.upstream.catalog}, request
+observation in L{ollama_proxy.web.observe}.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from ollama_proxy.protocol.clock import Clock, wallClock
+from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
+from ollama_proxy.upstream.backend import HTTPClient
+from ollama_proxy.upstream.catalog import ModelDirectory
+from ollama_proxy.web.metrics import Metrics
+from ollama_proxy.web.observe import watchUpstream
+
+DEFAULT_VERSION = "0.13.5"
+"""What C{/api/version} reports: a current-looking Ollama release (Copilot
+refuses anything below 0.6.4)."""
+
+
+@attrs.frozen
+class Fallback:
+    """
+    A real Ollama that receives what the proxy cannot answer itself.
+
+    @ivar http: the treq-style client.
+    @ivar base: its base URL, e.g. C{http://127.0.0.1:11505}.
+    @ivar headerTimeout: seconds to wait for its response headers.
+    """
+
+    http: HTTPClient
+    base: str
+    headerTimeout: float = 600.0
+
+
+@attrs.define
+class ProxyContext:
+    """
+    Everything the resources share.
+
+    @ivar models: the backends, their routes and the model catalog.
+    @ivar clock: the reactor's clock, for timers.
+    @ivar now: wall-clock nanoseconds, for Ollama's timestamps and durations.
+    @ivar fallback: the Ollama for unknown paths, or C{None}.
+    @ivar debug: whether to log payloads and chunks.
+    @ivar idleTimeout: seconds of upstream silence before a stream is given up.
+    @ivar maxLineLength: the SSE line cap.
+    @ivar version: what C{/api/version} reports.
+    @ivar corsOrigins: origin globs allowed in addition to Ollama's
+        built-in list.
+    @ivar metrics: the Prometheus metrics, or C{None} for none (and no
+        C{/metrics}); when set, every backend reports its header latency to
+        them.
+    """
+
+    models: ModelDirectory
+    clock: IReactorTime
+    now: Clock = wallClock
+    fallback: Fallback | None = None
+    debug: bool = False
+    idleTimeout: float | None = 300.0
+    maxLineLength: int = DEFAULT_MAX_LINE_LENGTH
+    version: str = DEFAULT_VERSION
+    corsOrigins: tuple[str, ...] = ()
+    metrics: Metrics | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.metrics is not None:
+            watchUpstream(self.metrics, [entry.backend for entry in self.models.router.backends])
+
+    @property
+    def tag(self) -> str:
+        """
+        The suffix added to untagged model ids in C{/api/tags}.
+        """
+        return self.models.tag

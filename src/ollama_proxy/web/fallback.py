@@ -1,0 +1,73 @@
+"""
+TODO
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import CancelledError
+from twisted.web.server import Request
+
+from ollama_proxy.protocol.errors import (
+    NotFound,
+)
+from ollama_proxy.upstream.failures import failureToError
+from ollama_proxy.web.bridge import Exchange, ProxyResource
+from ollama_proxy.web.context import ProxyContext
+from ollama_proxy.web.relay import relayResponse, requestHeaders
+
+
+async def forwardToFallback(ctx: ProxyContext, ex: Exchange) -> None:
+    """
+    Relay a request to the fallback Ollama as it is (method, path, query,
+    headers, body), streaming its answer back.
+
+    @param ctx: the shared context; C{ctx.fallback} must not be C{None}.
+    @param ex: the exchange, body already read.
+    @raise UpstreamError: if the fallback cannot be reached.
+    """
+    request = ex.request
+    fallback = ctx.fallback
+    assert fallback is not None
+    path = request.uri.decode("latin-1")
+    what = f"the fallback Ollama at {fallback.base}"
+    try:
+        response = await fallback.http.request(
+            (request.method or b"GET").decode("ascii"),
+            fallback.base.rstrip("/") + path,
+            data=ex.body or None,
+            headers=requestHeaders(request),
+            unbuffered=True,
+            reactor=ctx.clock,
+            timeout=fallback.headerTimeout,
+        )
+    except CancelledError:
+        raise
+    except Exception as e:
+        raise failureToError(e, what) from None
+    await relayResponse(ctx, ex, response)
+
+
+class FallbackResource(ProxyResource):
+    """
+    Everything the proxy cannot answer: forwarded to a real Ollama (method,
+    path, query, headers, body, streamed back).  Without one, a JSON 404.
+    """
+
+    def routeLabel(self, request: Request) -> str:
+        """
+        @return: C{"fallback"}: the paths that end here are whatever
+            clients ask for, too many for a label.
+        """
+        return "fallback"
+
+    async def _forward(self, ex: Exchange) -> None:
+        ex.backend = "fallback"
+        if self.ctx.fallback is None:
+            raise NotFound(f"{ex.request.path.decode('latin-1')} is not served by this proxy")
+        await forwardToFallback(self.ctx, ex)
+
+    handle_GET = _forward
+    handle_POST = _forward
+    handle_DELETE = _forward
+    handle_PUT = _forward
+    handle_HEAD = _forward

@@ -1,0 +1,205 @@
+"""
+TODO
+"""
+
+from __future__ import annotations
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.catalog import (
+    ModelMeta,
+    psResponse,
+    showResponse,
+)
+from ollama_proxy.protocol.errors import (
+    BadRequest,
+    NotFound,
+    ProxyError,
+)
+from ollama_proxy.protocol.ollama import tagsFromModels
+from ollama_proxy.protocol.requests import (
+    JSON,
+    requireModel,
+    streamFlag,
+)
+from ollama_proxy.web.bridge import Exchange, ProxyResource
+from ollama_proxy.web.fallback import forwardToFallback
+
+
+class Tags(ProxyResource):
+    """
+    C{GET /api/tags}: the backend's C{/v1/models} in Ollama's list shape.
+    """
+
+    async def handle_GET(self, ex: Exchange) -> JSON:
+        models = await self.ctx.models.listModels()
+        tags = tagsFromModels(models, self.ctx.now(), self.ctx.tag)
+        # Backend ids "x" and "x:proxy" would both be listed as "x:proxy":
+        # list each name once.
+        seen: set[str] = set()
+        unique = []
+        for entry in tags["models"]:
+            if entry["name"] not in seen:
+                seen.add(entry["name"])
+                unique.append(entry)
+        tags["models"] = unique
+        return tags
+
+
+class Show(ProxyResource):
+    """
+    C{POST /api/show}: the model's metadata (see L{ollama_proxy.catalog}).
+    """
+
+    async def handle_POST(self, ex: Exchange) -> JSON:
+        body = ex.json()
+        model = requireModel(body)
+        ex.model = model
+        meta = await self.ctx.models.served(model)
+        if meta is None:
+            raise NotFound(f"model '{model}' not found")
+        ex.modelLabel = meta.id
+        return showResponse(meta, self.ctx.now())
+
+
+class Ps(ProxyResource):
+    """
+    C{GET /api/ps}: every served model, as if loaded.
+    """
+
+    async def handle_GET(self, ex: Exchange) -> JSON:
+        models = await self.ctx.models.catalog()
+        return psResponse(models.values(), self.ctx.now(), self.ctx.tag)
+
+
+class ModelManagement(ProxyResource):
+    """
+    Base for Ollama's model-management routes.  The proxy answers what it
+    can for the models it serves; the fallback Ollama (when configured) gets
+    what it cannot; otherwise the client gets a clear JSON error.
+    """
+
+    async def _modelOrFallback(self, ex: Exchange, model: str) -> ModelMeta | None:
+        """
+        @param ex: the exchange.
+        @param model: the requested name.
+        @return: the served model, or C{None} after the request was
+            forwarded to the fallback.
+        @raise NotFound: for a model neither served nor forwardable.
+        """
+        meta = await self.ctx.models.served(model)
+        if meta is not None:
+            return meta
+        if self.ctx.fallback is None:
+            raise NotFound(f"model '{model}' not found")
+        await forwardToFallback(self.ctx, ex)
+        return None
+
+    async def _refuseServed(self, ex: Exchange, model: str, done: str) -> None:
+        """
+        Forward an operation on a model the proxy does not serve; refuse it
+        for one it serves (those live on the backend).
+
+        @param ex: the exchange.
+        @param model: the requested name.
+        @param done: the operation's past participle, for the message.
+        @raise BadRequest: for a served model.
+        @raise NotFound: for a model neither served nor forwardable.
+        """
+        if await self._modelOrFallback(ex, model) is not None:
+            raise BadRequest(
+                f"model '{model}' is served by the OpenAI-compatible backend and "
+                f"cannot be {done} through ollama-proxy"
+            )
+
+    async def _fallbackOnly(self, ex: Exchange, what: str) -> None:
+        """
+        Forward to the fallback, or explain that nothing can do C{what}.
+
+        @raise ProxyError: 501 without a fallback.
+        """
+        if self.ctx.fallback is None:
+            raise ProxyError(
+                f"{what} is not supported by ollama-proxy: models live on the "
+                "OpenAI-compatible backend (start the proxy with --fallback to "
+                "send this to a local Ollama)",
+                501,
+            )
+        await forwardToFallback(self.ctx, ex)
+
+
+class Pull(ModelManagement):
+    """
+    C{POST /api/pull}: a served model is "pulled" at once (Home Assistant
+    pulls any model it does not find in the list).
+    """
+
+    async def handle_POST(self, ex: Exchange) -> JSON | None:
+        body = ex.json()
+        model = requireModel(body)
+        ex.model = model
+        stream = streamFlag(body)
+        if await self._modelOrFallback(ex, model) is None:
+            return None
+        if not stream:
+            return {"status": "success"}
+        ex.startStream()
+        ex.write(codec.dumpLine({"status": "pulling manifest"}) + codec.dumpLine({"status": "success"}))
+        return None
+
+
+class Delete(ModelManagement):
+    """
+    C{DELETE /api/delete}: served models cannot be deleted from here.
+    """
+
+    async def handle_DELETE(self, ex: Exchange) -> None:
+        model = requireModel(ex.json())
+        ex.model = model
+        await self._refuseServed(ex, model, "deleted")
+
+
+class Copy(ModelManagement):
+    """
+    C{POST /api/copy}: served models cannot be copied; others go to the
+    fallback.
+    """
+
+    async def handle_POST(self, ex: Exchange) -> None:
+        body = ex.json()
+        source, destination = body.get("source"), body.get("destination")
+        if not isinstance(source, str) or not source:
+            raise BadRequest("source is required")
+        if not isinstance(destination, str) or not destination:
+            raise BadRequest("destination is required")
+        ex.model = source
+        await self._refuseServed(ex, source, "copied")
+
+
+class Create(ModelManagement):
+    """
+    C{POST /api/create}: only a real Ollama can create models.
+    """
+
+    async def handle_POST(self, ex: Exchange) -> None:
+        await self._fallbackOnly(ex, "creating models")
+
+
+class Push(ModelManagement):
+    """
+    C{POST /api/push}: only a real Ollama can push models.
+    """
+
+    async def handle_POST(self, ex: Exchange) -> None:
+        await self._fallbackOnly(ex, "pushing models")
+
+
+class Blobs(ModelManagement):
+    """
+    C{HEAD}/C{POST /api/blobs/<digest>}: blob uploads for C{/api/create}.
+    """
+
+    async def handle_POST(self, ex: Exchange) -> None:
+        await self._fallbackOnly(ex, "uploading blobs")
+
+    async def handle_HEAD(self, ex: Exchange) -> None:
+        await self._fallbackOnly(ex, "uploading blobs")

@@ -1,0 +1,81 @@
+"""
+TODO
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.web.bridge import Exchange, ProxyResource
+from ollama_proxy.web.context import ProxyContext
+from ollama_proxy.web.observe import streaming
+from ollama_proxy.web.relay import relayResponse, requestHeaders
+
+GENERATING = frozenset({"chat/completions", "completions"})
+
+
+"""The OpenAI routes that get a model's configured C{extra} fields."""
+
+
+class Passthrough(ProxyResource):
+    """
+    An OpenAI route (C{/v1/models}, C{/v1/chat/completions}, ...) relayed to
+    the backend as it is, with the configured API key, and with C{:proxy} /
+    C{:latest} stripped from C{model} so that names from C{/api/tags} work.
+    """
+
+    def __init__(self, ctx: ProxyContext, path: str) -> None:
+        super().__init__(ctx)
+        self.path = path
+
+    async def _forward(self, ex: Exchange) -> Any:
+        body = ex.body
+        backend: Backend | None = None
+        if body:
+            try:
+                decoded = codec.loads(body)
+            except codec.JSONDecodeError:
+                decoded = None
+            if isinstance(decoded, dict) and isinstance(decoded.get("model"), str):
+                route = await self.route(ex, decoded["model"])
+                backend = route.backend
+                extra = route.override.extra if self.path in GENERATING else {}
+                if route.modelId != ex.model or extra:
+                    decoded.update(extra)
+                    decoded["model"] = route.modelId
+                    body = codec.dumps(decoded)
+        request = ex.request
+        postpath = [p.decode("latin-1") for p in request.postpath or []]
+        if backend is None:
+            if self.path == "models" and len(self.ctx.models.router.backends) > 1:
+                if not postpath:
+                    # Several backends: their merged list, not the first one's.
+                    return await self.ctx.models.listModels()
+                # GET /v1/models/{id}: ask the backend that has the model.
+                route = await self.route(ex, "/".join(postpath))
+                backend, postpath = route.backend, [route.modelId]
+            else:
+                first = self.ctx.models.router.backends[0]
+                backend, ex.backend = first.backend, first.name
+        url = backend.url("/".join([self.path, *postpath]))
+        query = request.uri.partition(b"?")[2]
+        if query:
+            url += "?" + query.decode("latin-1")
+        headers = backend.headers(
+            requestHeaders(request, frozenset({b"content-type", b"accept", b"user-agent"}))
+        )
+        response = await backend.request(
+            (request.method or b"GET").decode("ascii"), url, body or None, headers
+        )
+        contentType = response.headers.getRawHeaders(b"content-type") or [b""]
+        if contentType[0].startswith(b"text/event-stream"):
+            with streaming(self.ctx.metrics):
+                await relayResponse(self.ctx, ex, response)
+        else:
+            await relayResponse(self.ctx, ex, response)
+        return None
+
+    handle_GET = _forward
+    handle_POST = _forward

@@ -1,0 +1,143 @@
+"""
+TODO
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
+
+from ollama_proxy.web.bridge import Exchange, ProxyResource
+from ollama_proxy.web.context import ProxyContext
+from ollama_proxy.web.cors import CORSResource, OriginPolicy
+from ollama_proxy.web.fallback import FallbackResource
+from ollama_proxy.web.models import (
+    Blobs,
+    Copy,
+    Create,
+    Delete,
+    Ps,
+    Pull,
+    Push,
+    Show,
+    Tags,
+)
+from ollama_proxy.web.ollama import Completion, Embed, LegacyEmbeddings, Version
+from ollama_proxy.web.passthrough import Passthrough
+
+
+class Root(ProxyResource):
+    """
+    C{/}: Ollama's health check (C{Ollama is running}); unknown children go
+    to the fallback.
+    """
+
+    isLeaf = False
+
+    def __init__(self, ctx: ProxyContext, fallback: IResource) -> None:
+        super().__init__(ctx)
+        self.fallback = fallback
+
+    def getChild(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+        """
+        Anything not registered goes to the fallback.
+        """
+        if path == b"":
+            return self
+        return self.fallback
+
+    def routeLabel(self, request: Request) -> str:
+        """
+        @return: C{"/"}, however many empty segments (C{//}, C{///}) led
+            here: the client's count of slashes is no label value.
+        """
+        return "/"
+
+    async def handle_GET(self, ex: Exchange) -> None:
+        """
+        @return: nothing; writes C{Ollama is running} as text.
+        """
+        ex.request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        ex.write(b"Ollama is running")
+
+
+class Directory(Resource):
+    """
+    A path segment such as C{/api} or C{/v1}: registered children are served,
+    everything else (and the directory itself) goes to the fallback.
+    """
+
+    def __init__(self, fallback: IResource) -> None:
+        super().__init__()
+        self.fallback = fallback
+
+    def getChild(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+        return self.fallback
+
+    def render(self, request: Request) -> Any:  # type: ignore[override]
+        return self.fallback.render(request)
+
+
+class MetricsPage(ProxyResource):
+    """
+    C{GET /metrics}: the Prometheus exposition of L{ProxyContext.metrics}.
+
+    A L{ProxyResource}, so that whatever guards the others (an inbound API
+    key) guards it too.
+    """
+
+    async def handle_GET(self, ex: Exchange) -> None:
+        metrics = self.ctx.metrics
+        assert metrics is not None
+        accept = ex.request.getHeader(b"accept")
+        body, contentType = metrics.render(accept.decode("latin-1") if accept else None)
+        ex.request.setHeader(b"Content-Type", contentType.encode("ascii"))
+        ex.write(body)
+
+
+def buildRoot(ctx: ProxyContext) -> IResource:
+    """
+    Assemble the resource tree, wrapped in Ollama's CORS policy.
+
+    @param ctx: the shared context.
+    @return: the root resource for a L{twisted.web.server.Site}.
+    """
+    fallback = FallbackResource(ctx)
+    root = Root(ctx, fallback)
+    api = Directory(fallback)
+    root.putChild(b"api", api)
+    api.putChild(b"chat", Completion(ctx, "chat"))
+    api.putChild(b"generate", Completion(ctx, "generate"))
+    api.putChild(b"tags", Tags(ctx))
+    api.putChild(b"version", Version(ctx))
+    api.putChild(b"show", Show(ctx))
+    api.putChild(b"ps", Ps(ctx))
+    api.putChild(b"embed", Embed(ctx))
+    api.putChild(b"embeddings", LegacyEmbeddings(ctx))
+    api.putChild(b"pull", Pull(ctx))
+    api.putChild(b"delete", Delete(ctx))
+    api.putChild(b"copy", Copy(ctx))
+    api.putChild(b"create", Create(ctx))
+    api.putChild(b"push", Push(ctx))
+    api.putChild(b"blobs", Blobs(ctx))
+    # OpenAI routes, under /v1 and (as some Copilot builds and Open WebUI
+    # call them) at the root.
+    chatCompletions = Passthrough(ctx, "chat/completions")
+    models = Passthrough(ctx, "models")
+    v1 = Directory(fallback)
+    root.putChild(b"v1", v1)
+    v1.putChild(b"models", models)
+    v1.putChild(b"completions", Passthrough(ctx, "completions"))
+    v1.putChild(b"embeddings", Passthrough(ctx, "embeddings"))
+    chat = Directory(fallback)
+    v1.putChild(b"chat", chat)
+    chat.putChild(b"completions", chatCompletions)
+    root.putChild(b"models", models)
+    rootChat = Directory(fallback)
+    root.putChild(b"chat", rootChat)
+    rootChat.putChild(b"completions", chatCompletions)
+    if ctx.metrics is not None:
+        root.putChild(b"metrics", MetricsPage(ctx))
+    return CORSResource(root, OriginPolicy(ctx.corsOrigins))
