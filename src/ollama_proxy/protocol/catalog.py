@@ -10,6 +10,7 @@ from typing import Any, Iterable, Mapping
 import attrs
 
 from ollama_proxy.protocol.clock import createdTimestamp
+from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.names import (
     DEFAULT_TAG,
     backendModel,
@@ -17,8 +18,6 @@ from ollama_proxy.protocol.names import (
     modelDigest,
     modelIds,
 )
-from ollama_proxy.protocol.ollama import modelDetails
-from ollama_proxy.protocol.requests import JSON
 
 DEFAULT_CONTEXT_LENGTH = 32768
 
@@ -478,3 +477,53 @@ def psResponse(catalog: Iterable[ModelMeta], nowNs: int, tag: str = DEFAULT_TAG)
             }
         )
     return {"models": models}
+
+
+def modelDetails(family: str = "openai") -> JSON:
+    """
+    The C{details} object of C{/api/tags} and C{/api/show}.
+
+    Every string is non-null: Swift clients (OllamaKit) decode them as
+    non-optional and fail on C{null}.
+
+    @param family: the model family to report.
+    @return: a fresh dict.
+    """
+    return {
+        "parent_model": "",
+        "format": "openai",
+        "family": family,
+        "families": [family],
+        "parameter_size": "",
+        "quantization_level": "",
+    }
+
+
+def tagsFromModels(models: Any, nowNs: int, tag: str = DEFAULT_TAG) -> JSON:
+    """
+    Build the C{/api/tags} body from an OpenAI model list.
+
+    @param models: the decoded C{GET /v1/models} body.
+    @param nowNs: the time to use when the backend gives no C{created}.
+    @param tag: the suffix for untagged ids.
+    @return: C{{"models": [...]}} in Ollama's list shape.
+    """
+    created: dict[str, int] = {}
+    for entry in models.get("data") or [] if isinstance(models, dict) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("created"), int):
+            if entry["created"] > 0:
+                created.setdefault(entry.get("id"), entry["created"])  # type: ignore[arg-type]
+    result = []
+    for modelId in modelIds(models):
+        name = clientModelName(modelId, tag)
+        result.append(
+            {
+                "name": name,
+                "model": name,
+                "modified_at": createdTimestamp(created.get(modelId), nowNs),
+                "size": 0,
+                "digest": modelDigest(name),
+                "details": modelDetails(),
+            }
+        )
+    return {"models": result}

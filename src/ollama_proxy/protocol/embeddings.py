@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest, UpstreamError
-from ollama_proxy.protocol.requests import JSON
 
 
 def embedInputs(body: JSON) -> list[str]:

@@ -1,16 +1,19 @@
-# -*- test-case-name: tests.test_resources -*-
+# -*- test-case-name: tests.web.test_chat -*-
 """
-The exceptions that become Ollama-style C{{"error": ...}} responses.
+The exceptions that become error answers in the client's dialect.
 
-Handlers raise these; one funnel in L{ollama_proxy.resources} turns them into
-a JSON body with the right status before streaming, or an NDJSON error line
-after streaming has begun.  Keeping the status on the exception means the
+Handlers raise these; one funnel in L{ollama_proxy.web.bridge} turns them
+into an error body with the right status before streaming, or the dialect's
+mid-stream error after streaming has begun.  Keeping the status on the exception means the
 mapping lives next to the place that knows what went wrong.
 """
 
 from __future__ import annotations
 
-from ollama_proxy.protocol.codec import JSON
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from ollama_proxy.protocol.events import Event
 
 
 class ProxyError(Exception):
@@ -46,14 +49,6 @@ class NotFound(ProxyError):
     status = 404
 
 
-class PayloadTooLarge(ProxyError):
-    """
-    The request body is larger than the configured cap (413).
-    """
-
-    status = 413
-
-
 class UpstreamError(ProxyError):
     """
     The backend could not be reached or answered garbage (502).
@@ -85,31 +80,20 @@ class UpstreamHTTPError(UpstreamError):
     """
 
 
-from ollama_proxy.protocol.errors import UpstreamError
-
-
 class StreamFailed(UpstreamError):
     """
     The upstream stream failed part-way through one read.
 
     The relay joins the reads of one reactor turn, so a read can hold good
-    events before the failing one; their lines still belong to the client,
-    before the error line.
+    events before the failing one; what they encode to still belongs to the
+    client, before the error.
 
-    @ivar chunks: the Ollama chunks translated before the failing event.
-    @ivar output: the same as NDJSON, filled in by L{NDJSONStream}.
+    @ivar events: the events read before the failing one.
+    @ivar output: the same, encoded for the client (filled in by the
+        pipeline, L{ollama_proxy.protocol.stream.TranslatedStream}).
     """
 
-    def __init__(self, message: str, chunks: list[JSON]) -> None:
+    def __init__(self, message: str, events: Sequence[Event] = (), output: bytes = b"") -> None:
         super().__init__(message)
-        self.chunks = chunks
-        self.output = b""
-
-
-def _failedAfter(message: str, output: bytes) -> StreamFailed:
-    """
-    A L{StreamFailed} whose earlier lines are already encoded.
-    """
-    failure = StreamFailed(message, [])
-    failure.output = output
-    return failure
+        self.events = list(events)
+        self.output = output

@@ -1,212 +1,296 @@
+# -*- test-case-name: tests.protocol.test_stream -*-
 """
-TODO
+The Ollama dialect's reply side: events to C{/api/chat} and
+C{/api/generate} NDJSON, a whole reply to the aggregated C{stream: false}
+object, and the load/unload answer.
+
+Streams always end with a C{done: true} object carrying C{done_reason},
+token counts and durations (or, after a failure, an C{{"error"}} line,
+never a fake C{done}).  The backend reports no timings, so they are
+measured by the proxy: prompt evaluation is the time to the first token,
+evaluation the rest.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal, Sequence
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.clock import Clock, createdTimestamp, wallClock
+from ollama_proxy.protocol.clock import Clock, formatTimestamp, wallClock
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import StreamFailed, _failedAfter
-from ollama_proxy.protocol.names import (
-    DEFAULT_TAG,
-    clientModelName,
-    modelDigest,
-    modelIds,
-)
-from ollama_proxy.protocol.openai import StreamTranslator
-from ollama_proxy.protocol.sse import (
-    DEFAULT_MAX_LINE_LENGTH,
-    SSEDecoder,
-    SSELineTooLong,
+from ollama_proxy.protocol.events import (
+    Delta,
+    Event,
+    Finish,
+    Reply,
+    ToolCall,
+    ToolCalls,
+    Usage,
 )
 
+Kind = Literal["chat", "generate"]
+"""Which Ollama route: C{message.content} (chat) or C{response} (generate)."""
 
-def modelDetails(family: str = "openai") -> JSON:
+NDJSON = b"application/x-ndjson"
+
+
+def doneReason(finishReason: object) -> str:
     """
-    The C{details} object of C{/api/tags} and C{/api/show}.
+    Map an OpenAI C{finish_reason} onto Ollama's vocabulary.
 
-    Every string is non-null: Swift clients (OllamaKit) decode them as
-    non-optional and fail on C{null}.
+    Ollama only knows C{stop} and C{length} for generation; tool calls and
+    content filters end with C{stop}.
 
-    @param family: the model family to report.
-    @return: a fresh dict.
+    @param finishReason: the OpenAI value (or C{None}).
+    @return: C{"length"} or C{"stop"}.
     """
+    return "length" if finishReason == "length" else "stop"
+
+
+def metrics(start: int, firstToken: int | None, end: int, usage: Usage) -> JSON:
+    """
+    Ollama's timing and token fields for a final object.
+
+    C{eval_duration} is never zero because UIs divide by it.
+
+    @param start: when the request arrived (ns).
+    @param firstToken: when the first token arrived (ns), if any.
+    @param end: now (ns).
+    @param usage: the backend's token counts.
+    @return: the metric fields.
+    """
+    first = firstToken if firstToken is not None else end
     return {
-        "parent_model": "",
-        "format": "openai",
-        "family": family,
-        "families": [family],
-        "parameter_size": "",
-        "quantization_level": "",
+        "total_duration": max(1, end - start),
+        "load_duration": 0,
+        "prompt_eval_count": usage.promptTokens if usage.promptTokens is not None else 0,
+        "prompt_eval_duration": max(1, first - start),
+        "eval_count": usage.completionTokens if usage.completionTokens is not None else 0,
+        "eval_duration": max(1, end - first),
     }
 
 
-def tagsFromModels(models: Any, nowNs: int, tag: str = DEFAULT_TAG) -> JSON:
+def toolCallsJSON(calls: Sequence[ToolCall]) -> list[JSON]:
     """
-    Build the C{/api/tags} body from an OpenAI model list.
-
-    @param models: the decoded C{GET /v1/models} body.
-    @param nowNs: the time to use when the backend gives no C{created}.
-    @param tag: the suffix for untagged ids.
-    @return: C{{"models": [...]}} in Ollama's list shape.
+    @param calls: complete tool calls.
+    @return: Ollama's C{tool_calls}, with object arguments.
     """
-    created: dict[str, int] = {}
-    for entry in models.get("data") or [] if isinstance(models, dict) else []:
-        if isinstance(entry, dict) and isinstance(entry.get("created"), int):
-            if entry["created"] > 0:
-                created.setdefault(entry.get("id"), entry["created"])  # type: ignore[arg-type]
-    result = []
-    for modelId in modelIds(models):
-        name = clientModelName(modelId, tag)
-        result.append(
-            {
-                "name": name,
-                "model": name,
-                "modified_at": createdTimestamp(created.get(modelId), nowNs),
-                "size": 0,
-                "digest": modelDigest(name),
-                "details": modelDetails(),
-            }
-        )
-    return {"models": result}
+    return [
+        {
+            "id": call.id,
+            "function": {"index": call.position, "name": call.name, "arguments": call.arguments},
+        }
+        for call in calls
+    ]
 
 
-_CHAT_KEYS = ("model", "created_at", "message", "done")
-
-
-_GENERATE_KEYS = ("model", "created_at", "response", "done")
-
-
-_MESSAGE_KEYS = ("role", "content")
-
-
-class NDJSONStream:
+class NDJSONEncoder:
     """
-    The whole streaming pipeline as one pure object: SSE bytes in, Ollama
-    NDJSON bytes out, one call per socket read.
+    Events to Ollama NDJSON lines, one line per event.
 
-    The Twisted side calls L{feed} from each C{treq.collect} callback and
-    writes the result with a single C{request.write}, so a read that carried
-    ten tokens costs one HTTP chunk, while each token is still its own line.
+    The common line, C{{"model", "created_at", "message": {"role":
+    "assistant", "content"}, "done": false}} (or C{response} for generate),
+    is written from a template made once per timestamp (one per socket
+    read), so only its content string is encoded per token; any other line
+    goes through L{codec.dumpLine}.
     """
 
-    def __init__(
-        self,
-        translator: StreamTranslator,
-        maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
-        clock: Clock = wallClock,
-    ) -> None:
-        self.translator = translator
-        self.decoder = SSEDecoder(maxLineLength)
-        self._clock = clock
-        self._templateKey: tuple[Any, Any, bytes] | None = None
-        self._templateBytes = b""
+    contentType = NDJSON
 
-    def feed(self, data: bytes) -> bytes:
+    def __init__(self, model: str, kind: Kind, start: int, now: Clock = wallClock) -> None:
         """
-        @param data: one upstream read.
-        @return: zero or more complete NDJSON lines.
-        @raise StreamFailed: on upstream error events or garbage, carrying
-            the lines of this read before the failure in C{output}.
-        @raise ollama_proxy.sse.SSELineTooLong: on an oversized line.
+        @param model: the client's model name, echoed on every line.
+        @param kind: C{"chat"} or C{"generate"}.
+        @param start: when the request arrived (ns).
+        @param now: the wall clock, for C{created_at}.
         """
-        cut = data.rfind(b"\n") + 1
-        if 0 < cut < len(data):
-            # An unfinished line follows complete events (the relay joins the
-            # reads of a turn): translate the events before the decoder can
-            # refuse the tail as too long, so their lines are not lost.
-            tail = data[cut:]
-            head = self.feed(data[:cut])
-            try:
-                return head + self.feed(tail)
-            except SSELineTooLong as e:
-                raise _failedAfter(str(e), head) from None
-            except StreamFailed as e:
-                e.output = head + e.output
-                raise
-        payloads = self.decoder.feed(data)
-        if not payloads:
-            return b""
-        try:
-            chunks = self.translator.feed(payloads)
-        except StreamFailed as e:
-            e.output = self.encode(e.chunks)
-            raise
-        return self.encode(chunks)
+        self.model = model
+        self.kind = kind
+        self.start = start
+        self._now = now
+        self._stamp = ""
+        self._prefix = b""
+        self._modelJSON = codec.dumps(model)
+        if kind == "chat":
+            self._middle = b',"message":{"role":"assistant","content":'
+            self._suffix = b'},"done":false}\n'
+        else:
+            self._middle = b',"response":'
+            self._suffix = b',"done":false}\n'
 
-    def encode(self, chunks: list[JSON]) -> bytes:
-        """
-        Encode chunks as NDJSON, byte for byte as L{codec.dumpLine} would.
-
-        The common chunk, C{{"model", "created_at", "message": {"role":
-        "assistant", "content"}, "done": false}} (or C{response} for
-        generate), is written from a template made once per model and
-        timestamp, so only its content string is encoded per token; any
-        other chunk goes through L{codec.dumpLine}.
-
-        @param chunks: Ollama chunk objects.
-        @return: one line per chunk.
-        """
-        lines = []
-        for chunk in chunks:
-            lines.append(self._line(chunk))
-        return b"".join(lines)
-
-    def _line(self, chunk: JSON) -> bytes:
-        """
-        One chunk as one line; see L{encode}.
-        """
-        keys = tuple(chunk)
-        if keys == _CHAT_KEYS:
-            message = chunk["message"]
-            if (
-                chunk["done"] is False
-                and type(message) is dict
-                and tuple(message) == _MESSAGE_KEYS
-                and message["role"] == "assistant"
-                and type(message["content"]) is str
-            ):
-                return self._template(chunk, b',"message":{"role":"assistant","content":') + (
-                    codec.dumps(message["content"]) + b'},"done":false}\n'
-                )
-        elif keys == _GENERATE_KEYS:
-            if chunk["done"] is False and type(chunk["response"]) is str:
-                return self._template(chunk, b',"response":') + (
-                    codec.dumps(chunk["response"]) + b',"done":false}\n'
-                )
-        return codec.dumpLine(chunk)
-
-    def _template(self, chunk: JSON, middle: bytes) -> bytes:
-        """
-        The line's start up to the content, cached for the last model and
-        timestamp (one per socket read).
-        """
-        key = (chunk["model"], chunk["created_at"], middle)
-        if key != self._templateKey:
-            model, createdAt = chunk["model"], chunk["created_at"]
-            if type(model) is not str or type(createdAt) is not str:
-                raise TypeError("model and created_at must be strings")
-            self._templateKey = key
-            self._templateBytes = (
-                b'{"model":' + codec.dumps(model) + b',"created_at":'
-                + codec.dumps(createdAt) + middle
+    def _prefixFor(self, createdAt: str) -> bytes:
+        if createdAt != self._stamp:
+            self._stamp = createdAt
+            self._prefix = (
+                b'{"model":' + self._modelJSON + b',"created_at":'
+                + codec.dumps(createdAt) + self._middle
             )
-        return self._templateBytes
+        return self._prefix
 
-    def end(self) -> bytes:
+    def _line(self, createdAt: str, content: str, thinking: str = "") -> JSON:
         """
-        The upstream body ended cleanly.
+        One C{done: false} object.
+        """
+        if self.kind == "chat":
+            message: JSON = {"role": "assistant", "content": content}
+            if thinking:
+                message["thinking"] = thinking
+            return {"model": self.model, "created_at": createdAt, "message": message,
+                    "done": False}
+        line: JSON = {"model": self.model, "created_at": createdAt, "response": content,
+                      "done": False}
+        if thinking:
+            line["thinking"] = thinking
+        return line
 
-        @return: the remaining lines, ending with the C{done: true} object.
-        @raise UpstreamError: if the stream was truncated.
+    def encode(self, events: Sequence[Event]) -> bytes:
         """
-        try:
-            chunks = self.translator.feed(self.decoder.close())
-        except StreamFailed as e:
-            e.output = self.encode(e.chunks)
-            raise
-        chunks.extend(self.translator.finish())
-        return self.encode(chunks)
+        @param events: the events of one read.
+        @return: one line per event.
+        """
+        if not events:
+            return b""
+        last = events[-1]
+        createdAt = formatTimestamp(last.end) if type(last) is Finish else None
+        out = []
+        for event in events:
+            if createdAt is None:
+                createdAt = formatTimestamp(self._now())
+            if type(event) is Delta:
+                if not event.thinking and event.logprobs is None:
+                    out.append(self._prefixFor(createdAt) + codec.dumps(event.content)
+                               + self._suffix)
+                    continue
+                line = self._line(createdAt, event.content, event.thinking)
+                if event.logprobs:
+                    line["logprobs"] = event.logprobs
+                out.append(codec.dumpLine(line))
+            elif type(event) is ToolCalls:
+                line = self._line(createdAt, "")
+                if self.kind == "chat":
+                    line["message"]["tool_calls"] = toolCallsJSON(event.calls)
+                else:
+                    line["tool_calls"] = toolCallsJSON(event.calls)
+                out.append(codec.dumpLine(line))
+            elif type(event) is Finish:
+                out.append(codec.dumpLine(self._final(createdAt, event)))
+        return b"".join(out)
+
+    def _final(self, createdAt: str, finish: Finish) -> JSON:
+        """
+        The C{done: true} object.
+        """
+        final = self._line(createdAt, "")
+        final["done"] = True
+        final["done_reason"] = doneReason(finish.reason)
+        if finish.logprobs:
+            final["logprobs"] = finish.logprobs
+        final.update(metrics(self.start, finish.firstToken, finish.end, finish.usage))
+        if self.kind == "generate":
+            final["context"] = []
+        return final
+
+    def error(self, message: str) -> bytes:
+        """
+        @param message: why the stream failed.
+        @return: Ollama's mid-stream error line.
+        """
+        return codec.dumpLine({"error": message})
+
+
+class OllamaDialect:
+    """
+    The Ollama reply dialect of C{/api/chat} or C{/api/generate}
+    (L{ollama_proxy.protocol.events.Dialect}).
+    """
+
+    contentType = NDJSON
+
+    def __init__(self, kind: Kind, now: Clock = wallClock) -> None:
+        """
+        @param kind: C{"chat"} or C{"generate"}.
+        @param now: the wall clock (ns).
+        """
+        self.kind = kind
+        self._now = now
+
+    def streamEncoder(self, model: str, start: int) -> NDJSONEncoder:
+        """
+        @return: an encoder for one stream.
+        """
+        return NDJSONEncoder(model, self.kind, start, self._now)
+
+    def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
+        """
+        @return: the aggregated C{stream: false} object.
+        """
+        return ollamaReply(reply, model, self.kind, start, end)
+
+    def replyAsStream(self, reply: Reply, model: str, start: int, end: int) -> bytes:
+        """
+        A whole reply where a stream was asked for (a backend that ignored
+        C{"stream": true}): the aggregated object as the only line.
+
+        @return: the bytes of the stream.
+        """
+        return codec.dumpLine(self.reply(reply, model, start, end))
+
+
+def ollamaReply(reply: Reply, model: str, kind: Kind, start: int, end: int) -> JSON:
+    """
+    One Ollama object with the same fields a stream would have carried,
+    aggregated: C{thinking}, C{tool_calls} with object arguments,
+    C{logprobs}, counts and durations.
+
+    @param reply: the whole answer.
+    @param model: the client's model name, echoed back.
+    @param kind: C{"chat"} or C{"generate"} (text in C{response}, thinking
+        and tool calls at the top level).
+    @param start: request start (ns).
+    @param end: now (ns).
+    @return: the aggregated Ollama response.
+    """
+    createdAt = formatTimestamp(end)
+    result: JSON
+    if kind == "chat":
+        message: JSON = {"role": "assistant", "content": reply.content}
+        if reply.thinking:
+            message["thinking"] = reply.thinking
+        if reply.toolCalls:
+            message["tool_calls"] = toolCallsJSON(reply.toolCalls)
+        result = {"model": model, "created_at": createdAt, "message": message}
+    else:
+        result = {"model": model, "created_at": createdAt, "response": reply.content}
+        if reply.thinking:
+            result["thinking"] = reply.thinking
+        if reply.toolCalls:
+            result["tool_calls"] = toolCallsJSON(reply.toolCalls)
+    result["done"] = True
+    result["done_reason"] = doneReason(reply.reason)
+    if reply.logprobs:
+        result["logprobs"] = reply.logprobs
+    result.update(metrics(start, None, end, reply.usage))
+    if kind == "generate":
+        result["context"] = []
+    return result
+
+
+def loadResponse(model: str, kind: Kind, unload: bool, nowNs: int) -> JSON:
+    """
+    Ollama's reply to a request with nothing to generate (it loads or unloads
+    the model); clients use it as a warm-up and rely on C{done_reason}.
+
+    @param model: the client's model name.
+    @param kind: C{"chat"} or C{"generate"}.
+    @param unload: whether C{keep_alive} was 0.
+    @param nowNs: the timestamp.
+    @return: the C{done: true} object.
+    """
+    result: JSON = {"model": model, "created_at": formatTimestamp(nowNs)}
+    if kind == "chat":
+        result["message"] = {"role": "assistant", "content": ""}
+    else:
+        result["response"] = ""
+    result["done"] = True
+    result["done_reason"] = "unload" if unload else "load"
+    return result

@@ -1,5 +1,15 @@
+# -*- test-case-name: tests.protocol.test_stream -*-
 """
-TODO
+The backend's side of the hub: reading OpenAI chat (and legacy text)
+completions, streamed or not, into the dialect-neutral events of
+L{ollama_proxy.protocol.events}.
+
+Content and reasoning deltas become L{Delta}s (reasoning from
+C{reasoning_content}, C{reasoning} or a leading C{<think>} block; dropped
+when the client turned thinking off); token log-probabilities ride on the
+delta of their text.  Tool-call fragments are accumulated per C{index} and
+released as one L{ToolCalls} at the end; C{finish_reason} and C{usage}
+(which may arrive in a later chunk) go into the L{Finish}.
 """
 
 from __future__ import annotations
@@ -8,24 +18,19 @@ import hashlib
 from typing import Any, Mapping
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.clock import Clock, formatTimestamp, wallClock
+from ollama_proxy.protocol.clock import Clock, wallClock
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import StreamFailed, UpstreamError
-from ollama_proxy.protocol.requests import Kind
+from ollama_proxy.protocol.events import (
+    Delta,
+    Event,
+    Finish,
+    Reply,
+    ToolCall,
+    ToolCalls,
+    Usage,
+)
 from ollama_proxy.protocol.thinktags import ThinkTagSplitter, splitThinkTags
-
-
-def doneReason(finishReason: Any) -> str:
-    """
-    Map an OpenAI C{finish_reason} onto Ollama's vocabulary.
-
-    Ollama only knows C{stop} and C{length} for generation; tool calls and
-    content filters end with C{stop}.
-
-    @param finishReason: the OpenAI value (or C{None}).
-    @return: C{"length"} or C{"stop"}.
-    """
-    return "length" if finishReason == "length" else "stop"
 
 
 def contentText(content: Any) -> str:
@@ -50,14 +55,13 @@ def contentText(content: Any) -> str:
     )
 
 
-def toolCallsFromOpenAI(calls: Any) -> list[JSON]:
+def toolCallsFromOpenAI(calls: Any) -> tuple[ToolCall, ...]:
     """
-    Convert complete OpenAI tool calls into Ollama's shape, with the
-    arguments as a JSON object.
+    Read complete OpenAI tool calls, with the arguments as a JSON object.
 
     @param calls: OpenAI C{tool_calls} with string arguments, as the backend
         sent them.
-    @return: Ollama C{tool_calls}.
+    @return: the calls.
     @raise UpstreamError: if arguments are not a JSON object; reporting it is
         better than calling a tool with C{{}}.  The message names the tool
         and quotes the arguments, so the user can see what the model wrote.
@@ -67,7 +71,7 @@ def toolCallsFromOpenAI(calls: Any) -> list[JSON]:
     """
     if not isinstance(calls, list):
         raise UpstreamError("backend returned tool_calls that are not a list")
-    out = []
+    out: list[ToolCall] = []
     for index, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if function is None and isinstance(call, dict):
@@ -81,14 +85,15 @@ def toolCallsFromOpenAI(calls: Any) -> list[JSON]:
             arguments = {}
         else:
             try:
-                arguments = codec.loads(raw)
+                decoded = codec.loads(raw)
             except codec.JSONDecodeError:
-                arguments = None
-            if not isinstance(arguments, dict):
+                decoded = None
+            if not isinstance(decoded, dict):
                 raise UpstreamError(
                     f"backend returned tool call {function.get('name')!r} "
                     f"with arguments that are not a JSON object: {raw!r}"
                 )
+            arguments = decoded
         name = function.get("name")
         if name is None:
             name = ""
@@ -97,13 +102,8 @@ def toolCallsFromOpenAI(calls: Any) -> list[JSON]:
         callId = call.get("id")
         if not isinstance(callId, str) or not callId:
             callId = _responseCallId(index, name, raw)
-        out.append(
-            {
-                "id": callId,
-                "function": {"index": index, "name": name, "arguments": arguments},
-            }
-        )
-    return out
+        out.append(ToolCall(callId, name, arguments, index))
+    return tuple(out)
 
 
 def _responseCallId(index: int, name: str, arguments: Any) -> str:
@@ -200,110 +200,66 @@ def logprobsFromOpenAI(logprobs: Any) -> list[JSON]:
     return out
 
 
-class StreamTranslator:
+class ChatStreamReader:
     """
-    Turn decoded OpenAI stream chunks into Ollama chunk objects.
+    Read the SSE payloads of an OpenAI chat (or text) completion stream as
+    events, one socket read at a time.
 
-    Content and reasoning deltas become one Ollama chunk each (reasoning from
-    C{reasoning_content}, C{reasoning} or a leading C{<think>} block, all as
-    C{thinking}, or dropped for C{think: false}); token log-probabilities ride
-    on the chunk of their text.  Tool-call fragments are accumulated per
-    C{index} and released as one chunk with object arguments at the end;
-    C{finish_reason} and C{usage} (which may arrive in a later chunk) go into
-    the final C{done: true} object.
-
-    @ivar model: the model name exactly as the client sent it.
-    @ivar kind: C{"chat"} (C{message.content}) or C{"generate"} (C{response}).
     @ivar sawDone: whether C{[DONE]} has been seen.
     @ivar sawFinish: whether a C{finish_reason} has been seen; with
         C{sawDone}, whether the stream may end normally.
+    @ivar firstToken: when the first generated token arrived (ns), if yet.
+    @ivar usage: the token counts reported so far.
     """
 
     def __init__(
         self,
-        model: str,
-        kind: Kind = "chat",
-        startNs: int | None = None,
         clock: Clock = wallClock,
         dropThinking: bool = False,
         thinkTags: bool = True,
+        text: bool = False,
     ) -> None:
         """
-        @param model: the client's model name.
-        @param kind: C{"chat"} or C{"generate"}.
-        @param startNs: when the request arrived; now when omitted.
-        @param clock: the wall clock (ns).
-        @param dropThinking: whether the client sent C{think: false}.
+        @param clock: the wall clock (ns), for the first token and the end.
+        @param dropThinking: whether the client turned thinking off.
         @param thinkTags: whether a leading C{<think>} block in the content is
             thinking (off for raw and fill-in-the-middle text completions).
+        @param text: whether the backend streams legacy C{/v1/completions}
+            events (C{choices[0].text}) rather than chat deltas.
         """
-        self.model = model
-        self.kind = kind
         self._clock = clock
-        self._start = clock() if startNs is None else startNs
-        self._firstToken: int | None = None
         self._dropThinking = dropThinking
-        self._finishReason: Any = None
-        self._usage: JSON | None = None
+        self._text = text
+        self._finishReason: str | None = None
         self._tools: list[JSON] = []
         self._toolSlots: dict[int, int] = {}
         self._tags = ThinkTagSplitter()
         self._seekingTags = thinkTags
         self._logprobs: list[JSON] = []
+        self.firstToken: int | None = None
+        self.usage = Usage()
         self.sawDone = False
         self.sawFinish = False
 
-    def _chunk(self, createdAt: str, content: str, thinking: str | None) -> JSON:
+    def feed(self, payloads: list[bytes]) -> list[Event]:
         """
-        Build one C{done: false} chunk.
-
-        @param createdAt: the formatted timestamp.
-        @param content: the text delta.
-        @param thinking: the reasoning delta, if any.
-        """
-        if self.kind == "chat":
-            message: JSON = {"role": "assistant", "content": content}
-            if thinking:
-                message["thinking"] = thinking
-            return {
-                "model": self.model,
-                "created_at": createdAt,
-                "message": message,
-                "done": False,
-            }
-        chunk: JSON = {
-            "model": self.model,
-            "created_at": createdAt,
-            "response": content,
-            "done": False,
-        }
-        if thinking:
-            chunk["thinking"] = thinking
-        return chunk
-
-    def feed(self, payloads: list[bytes], createdAt: str | None = None) -> list[JSON]:
-        """
-        Translate the SSE payloads of one socket read.
+        Read the SSE payloads of one socket read.
 
         @param payloads: C{data:} payloads from L{SSEDecoder.feed}.
-        @param createdAt: the timestamp for every chunk of this read; computed
-            from the clock when omitted.
-        @return: the Ollama chunks to send now, in order.
+        @return: the events to deliver now, in order.
         @raise StreamFailed: (an L{UpstreamError}) on an upstream error event
-            or non-JSON data, with the chunks translated before it.
+            or non-JSON data, with the events read before it.
         """
-        out: list[JSON] = []
+        out: list[Event] = []
         try:
-            self._feedInto(payloads, createdAt, out)
-        except StreamFailed:
-            raise
+            self._feedInto(payloads, out)
         except UpstreamError as e:
             raise StreamFailed(e.message, out) from None
         return out
 
-    def _feedInto(self, payloads: list[bytes], createdAt: str | None, out: list[JSON]) -> None:
+    def _feedInto(self, payloads: list[bytes], out: list[Event]) -> None:
         """
-        L{feed}'s work: append the chunks to C{out} as they are made.
+        L{feed}'s work: append the events to C{out} as they are made.
         """
         for payload in payloads:
             if payload == b"[DONE]":
@@ -322,22 +278,26 @@ class StreamTranslator:
                 raise UpstreamError(_errorMessage(event))
             usage = event.get("usage")
             if isinstance(usage, dict):
-                self._usage = usage
+                self.usage = usageFromOpenAI(usage)
             choices = event.get("choices")
             if not choices or not isinstance(choices, list):
                 continue
             choice = choices[0]
             if not isinstance(choice, dict):
                 continue
-            if choice.get("finish_reason"):
-                self._finishReason = choice["finish_reason"]
+            finish = choice.get("finish_reason")
+            if finish:
+                self._finishReason = finish if isinstance(finish, str) else str(finish)
                 self.sawFinish = True
             logprobs = choice.get("logprobs")
             if logprobs:
                 self._logprobs.extend(logprobsFromOpenAI(logprobs))
-            delta = choice.get("delta")
-            if not isinstance(delta, dict):
-                continue
+            if self._text and "text" in choice:
+                delta: Any = {"content": choice.get("text")}
+            else:
+                delta = choice.get("delta")
+                if not isinstance(delta, dict):
+                    continue
             content = delta.get("content")
             thinking = delta.get("reasoning_content") or delta.get("reasoning")
             if self._dropThinking or not isinstance(thinking, str):
@@ -348,22 +308,20 @@ class StreamTranslator:
             if not isinstance(content, str):
                 content = contentText(content)
             if self._seekingTags and content:
-                if self._firstToken is None:
-                    self._firstToken = self._clock()
+                if self.firstToken is None:
+                    self.firstToken = self._clock()
                 tagged, content = self._tags.feed(content)
                 self._seekingTags = not self._tags.passing
                 if not self._dropThinking:
                     thinking += tagged
             if content or thinking:
-                if self._firstToken is None:
-                    self._firstToken = self._clock()
-                if createdAt is None:
-                    createdAt = formatTimestamp(self._clock())
-                chunk = self._chunk(createdAt, content, thinking)
+                if self.firstToken is None:
+                    self.firstToken = self._clock()
                 if self._logprobs:
-                    chunk["logprobs"] = self._logprobs
+                    out.append(Delta(content, thinking, self._logprobs))
                     self._logprobs = []
-                out.append(chunk)
+                else:
+                    out.append(Delta(content, thinking))
 
     def _accumulateTools(self, fragments: Any) -> None:
         """
@@ -410,112 +368,73 @@ class StreamTranslator:
                         slot["function"]["arguments"] += arguments
                 elif isinstance(arguments, dict):
                     slot["function"]["arguments"] = arguments
-        if self._firstToken is None:
-            self._firstToken = self._clock()
+        if self.firstToken is None:
+            self.firstToken = self._clock()
 
-    def finish(self) -> list[JSON]:
+    def finish(self) -> list[Event]:
         """
-        The stream ended normally: release held-back text, accumulated tool
-        calls and the final C{done: true} object.
+        The stream ended normally: release held-back text, the accumulated
+        tool calls and the L{Finish}.
 
-        @return: the last chunks to send.
+        @return: the last events.
         @raise UpstreamError: if the backend ended the stream before saying it
             was done, or sent tool-call arguments that are not a JSON object
-            (the client then gets an error line instead of C{done: true}: a
-            tool call with made-up arguments would be worse).
+            (the client then gets an error instead of a success: a tool call
+            with made-up arguments would be worse).
         """
         if not (self.sawDone or self.sawFinish):
             raise UpstreamError("backend closed the stream before it was complete")
         now = self._clock()
-        createdAt = formatTimestamp(now)
-        out: list[JSON] = []
+        out: list[Event] = []
         thinking, content = self._tags.flush()
         if self._dropThinking:
             thinking = ""
         if content or thinking:
-            out.append(self._chunk(createdAt, content, thinking))
-            if self._logprobs:
-                out[0]["logprobs"] = self._logprobs
-                self._logprobs = []
-        if self._tools:
-            calls = toolCallsFromOpenAI(self._tools)
-            chunk = self._chunk(createdAt, "", None)
-            if self.kind == "chat":
-                chunk["message"]["tool_calls"] = calls
-            else:
-                chunk["tool_calls"] = calls
-            out.append(chunk)
-        final = self._chunk(createdAt, "", None)
-        final["done"] = True
-        final["done_reason"] = doneReason(self._finishReason)
-        if self._logprobs:
-            final["logprobs"] = self._logprobs
+            out.append(Delta(content, thinking, self._logprobs or None))
             self._logprobs = []
-        final.update(metrics(self._start, self._firstToken, now, self._usage))
-        if self.kind == "generate":
-            final["context"] = []
-        out.append(final)
+        if self._tools:
+            out.append(ToolCalls(toolCallsFromOpenAI(self._tools)))
+        out.append(
+            Finish(self._finishReason, self.usage, self.firstToken, now, self._logprobs or None)
+        )
+        self._logprobs = []
         return out
 
 
-def metrics(start: int, firstToken: int | None, end: int, usage: Any) -> JSON:
+def usageFromOpenAI(usage: Any) -> Usage:
     """
-    Ollama's timing and token fields for a final object.
-
-    The OpenAI backend reports no timings, so they are measured by the proxy:
-    prompt evaluation is the time to the first token, evaluation the rest.
-    C{eval_duration} is never zero because UIs divide by it.
-
-    @param start: when the request arrived (ns).
-    @param firstToken: when the first token arrived (ns), if any.
-    @param end: now (ns).
-    @param usage: the OpenAI C{usage} object, if one was sent.
-    @return: the metric fields.
+    @param usage: an OpenAI C{usage} object (or anything).
+    @return: its prompt and completion token counts, where they are integers.
     """
-    first = firstToken if firstToken is not None else end
-    result: JSON = {
-        "total_duration": max(1, end - start),
-        "load_duration": 0,
-        "prompt_eval_count": 0,
-        "prompt_eval_duration": max(1, first - start),
-        "eval_count": 0,
-        "eval_duration": max(1, end - first),
-    }
-    if isinstance(usage, dict):
-        prompt = usage.get("prompt_tokens")
-        completion = usage.get("completion_tokens")
-        if isinstance(prompt, int):
-            result["prompt_eval_count"] = prompt
-        if isinstance(completion, int):
-            result["eval_count"] = completion
-    return result
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    return Usage(
+        prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None,
+        completion if isinstance(completion, int) and not isinstance(completion, bool) else None,
+    )
 
 
-def responseFromOpenAI(
+def readReply(
     completion: Any,
-    model: str,
-    kind: Kind,
-    start: int,
-    end: int,
     dropThinking: bool = False,
     thinkTags: bool = True,
-) -> JSON:
+    text: bool = False,
+) -> Reply:
     """
-    Translate a non-streamed OpenAI chat completion into one Ollama object
-    with the same fields a stream would have carried, aggregated:
-    C{thinking} (from the reasoning fields or a leading C{<think>} block),
-    C{tool_calls} with object arguments, C{logprobs}, counts and durations.
+    Read a non-streamed OpenAI chat (or text) completion: the same content a
+    stream would have carried, aggregated: C{thinking} (from the reasoning
+    fields or a leading C{<think>} block), tool calls with object
+    arguments, log-probabilities, counts.
 
     @param completion: the decoded upstream body.
-    @param model: the client's model name, echoed back.
-    @param kind: C{"chat"} or C{"generate"} (text in C{response}, thinking
-        and tool calls at the top level).
-    @param start: request start (ns).
-    @param end: now (ns).
-    @param dropThinking: whether the client asked for C{think: false}.
+    @param dropThinking: whether the client turned thinking off.
     @param thinkTags: whether a leading C{<think>} block in the content is
         thinking.
-    @return: the aggregated Ollama response.
+    @param text: whether this is a legacy C{/v1/completions} body
+        (C{choices[0].text}).
+    @return: the reply.
     @raise UpstreamError: if the body has no choices, or tool-call arguments
         are not a JSON object.
     """
@@ -527,7 +446,10 @@ def responseFromOpenAI(
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise UpstreamError("backend returned a completion without choices")
     choice = choices[0]
-    message = choice.get("message")
+    if text and "text" in choice:
+        message: Any = {"content": choice.get("text")}
+    else:
+        message = choice.get("message")
     if not isinstance(message, dict):
         message = {}
     content = message.get("content")
@@ -541,30 +463,13 @@ def responseFromOpenAI(
         thinking += tagged
     if dropThinking:
         thinking = ""
-    toolCalls = (
-        toolCallsFromOpenAI(message["tool_calls"]) if message.get("tool_calls") else None
+    toolCalls = toolCallsFromOpenAI(message["tool_calls"]) if message.get("tool_calls") else ()
+    finish = choice.get("finish_reason")
+    return Reply(
+        content,
+        thinking,
+        toolCalls,
+        finish if isinstance(finish, str) else None,
+        usageFromOpenAI(completion.get("usage")),
+        logprobsFromOpenAI(choice.get("logprobs")),
     )
-    createdAt = formatTimestamp(end)
-    result: JSON
-    if kind == "chat":
-        ollamaMessage: JSON = {"role": "assistant", "content": content}
-        if thinking:
-            ollamaMessage["thinking"] = thinking
-        if toolCalls:
-            ollamaMessage["tool_calls"] = toolCalls
-        result = {"model": model, "created_at": createdAt, "message": ollamaMessage}
-    else:
-        result = {"model": model, "created_at": createdAt, "response": content}
-        if thinking:
-            result["thinking"] = thinking
-        if toolCalls:
-            result["tool_calls"] = toolCalls
-    result["done"] = True
-    result["done_reason"] = doneReason(choice.get("finish_reason"))
-    logprobs = logprobsFromOpenAI(choice.get("logprobs"))
-    if logprobs:
-        result["logprobs"] = logprobs
-    result.update(metrics(start, None, end, completion.get("usage")))
-    if kind == "generate":
-        result["context"] = []
-    return result

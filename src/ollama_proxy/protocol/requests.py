@@ -1,108 +1,132 @@
+# -*- test-case-name: tests.protocol.test_requests -*-
 """
-TODO
+The typed requests of the hub: what every client dialect's parser produces
+(validated once, frozen), and what the OpenAI request builder
+(L{ollama_proxy.protocol.openai_request}) reads.
+
+Nothing here knows a wire format.  Tools travel in OpenAI's function shape
+(C{{"type": "function", "function": {...}}}), which Ollama clients already
+send and other dialects convert to; they are forwarded as given.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
-from ollama_proxy.protocol import codec
+import attrs
+
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import BadRequest
 
-Kind = Literal["chat", "generate"]
+Think = Union[bool, Literal["low", "medium", "high", "max"], None]
+"""Reasoning: off, on, a level, or unspecified."""
+
+THINK_LEVELS = ("low", "medium", "high", "max")
+"""The reasoning levels a client may ask for."""
 
 
-def requireObject(body: Any) -> JSON:
+@attrs.frozen
+class ToolCallRequest:
     """
-    @param body: a decoded request body.
-    @return: C{body} if it is a JSON object.
-    @raise BadRequest: otherwise.
+    A tool call the assistant made earlier in the conversation.
+
+    @ivar id: the call's id, if the client kept it.
+    @ivar name: the function name.
+    @ivar arguments: the arguments as JSON text.
     """
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
+
+    id: str | None
+    name: str
+    arguments: str
 
 
-def requireModel(body: JSON) -> str:
+@attrs.frozen
+class Message:
     """
-    @param body: a request object.
-    @return: its non-empty C{model} (or legacy C{name}) string.
-    @raise BadRequest: C{model is required} when missing or not a string.
+    One turn of the conversation.
+
+    @ivar role: C{system}, C{user}, C{assistant}, C{tool} (lower case).
+    @ivar content: its text.
+    @ivar images: images as URLs (C{data:} URLs for inline images).
+    @ivar toolCalls: an assistant turn's tool calls.
+    @ivar toolCallId: a tool result's call id, if the client gave one.
+    @ivar toolName: a tool result's function name, if the client gave one.
+    @ivar thinking: an assistant turn's reasoning, if the client kept it.
     """
-    model = body.get("model") or body.get("name")
-    if model is None or model == "":
-        raise BadRequest("model is required")
-    if not isinstance(model, str):
-        raise BadRequest("model must be a string")
-    return model
+
+    role: str
+    content: str
+    images: tuple[str, ...] = ()
+    toolCalls: tuple[ToolCallRequest, ...] = ()
+    toolCallId: str | None = None
+    toolName: str | None = None
+    thinking: str | None = None
 
 
-def optionalString(body: JSON, key: str) -> str | None:
+@attrs.frozen
+class Sampling:
     """
-    @param body: a request object.
-    @param key: a field that may be absent or null.
-    @return: its string value, or C{None}.
-    @raise BadRequest: C{<key> must be a string} for any other type.
+    Generation options (C{None}: not set).
+
+    C{topK}, C{minP} and C{repeatPenalty} are not OpenAI's; the builder
+    sends them only to backends that take them (see
+    L{ollama_proxy.protocol.flavors.Flavor}).
     """
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise BadRequest(f"{key} must be a string")
-    return value
+
+    maxTokens: int | None = None
+    temperature: float | None = None
+    topP: float | None = None
+    presencePenalty: float | None = None
+    frequencyPenalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    topK: int | None = None
+    minP: float | None = None
+    repeatPenalty: float | None = None
 
 
-def streamFlag(body: JSON) -> bool:
+@attrs.frozen
+class ChatRequest:
     """
-    Ollama's C{stream} defaults to true when absent.
+    A chat to generate, in any dialect.
 
-    @param body: a request object.
-    @return: whether to stream.
-    @raise BadRequest: if C{stream} is not a boolean or null.
+    @ivar model: the model name as the client sent it.
+    @ivar messages: the conversation.
+    @ivar stream: whether to stream the reply.
+    @ivar think: reasoning on, off, a level, or unspecified.
+    @ivar sampling: generation options.
+    @ivar format: C{"json"}, a JSON schema, or C{None} for free text.
+    @ivar tools: OpenAI-shaped tool definitions, forwarded as given.
+    @ivar toolChoice: OpenAI's C{tool_choice} value, if the client set one.
+    @ivar logprobs: whether token log-probabilities are wanted.
+    @ivar topLogprobs: how many alternatives per token (0..20), if any.
     """
-    value = body.get("stream", True)
-    if value is None:
-        return True
-    if not isinstance(value, bool):
-        raise BadRequest("stream must be a boolean")
-    return value
+
+    model: str
+    messages: tuple[Message, ...]
+    stream: bool = True
+    think: Think = None
+    sampling: Sampling = Sampling()
+    format: str | JSON | None = None
+    tools: tuple[Any, ...] = ()
+    toolChoice: str | JSON | None = None
+    logprobs: bool = False
+    topLogprobs: int | None = None
 
 
-_THINK_EFFORT = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
-
-
-def thinkValue(body: JSON) -> bool | str | None:
+@attrs.frozen
+class TextRequest:
     """
-    Validate Ollama's C{think} field.
+    A raw or fill-in-the-middle text completion (C{/v1/completions}).
 
-    @param body: the request object.
-    @return: C{None} when absent, else the bool or level string.
-    @raise BadRequest: for any other value (Ollama's own message).
+    @ivar model: the model name as the client sent it.
+    @ivar prompt: the text to continue.
+    @ivar suffix: the text after the gap, for fill-in-the-middle.
+    @ivar stream: whether to stream.
+    @ivar sampling: generation options.
     """
-    think = body.get("think")
-    if think is None or isinstance(think, bool):
-        return think
-    if isinstance(think, str) and think in _THINK_EFFORT:
-        return think
-    raise BadRequest(
-        f"invalid think value: {codec.dumps(think).decode()} "
-        '(must be "high", "medium", "low", "max", true, or false)'
-    )
 
-
-def _number(options: JSON, key: str, kind: type | tuple[type, ...]) -> Any:
-    """
-    Read one typed option.
-
-    @param options: the C{options} object.
-    @param key: the option name.
-    @param kind: C{int}, or C{(int, float)} for numbers.
-    @return: the value, or C{None} when absent.
-    @raise BadRequest: for a value of the wrong type, with Ollama's wording.
-    """
-    value = options.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        typeName = "integer" if kind is int else "number"
-        raise BadRequest(f'option "{key}" must be of type {typeName}')
-    return value
+    model: str
+    prompt: str
+    suffix: str | None
+    stream: bool = True
+    sampling: Sampling = Sampling()

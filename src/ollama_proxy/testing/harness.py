@@ -286,7 +286,7 @@ class ProxyHarness:
         return [pump.clientIO for pump in self.upstream._agent._pumps]
 
 
-class BodyReader:
+class BodyCollector:
     """
     Collects a response body as it streams, so tests can look at it before
     it ends.

@@ -1,23 +1,41 @@
+# -*- test-case-name: tests.web.test_relay -*-
 """
-TODO
+The OpenAI-compatible backend as seen from the proxy.
+
+L{Backend} wraps an injected treq-style HTTP client (a real
+C{treq.client.HTTPClient} in production, a C{treq.testing.StubTreq} in tests)
+and knows URLs, the API key, timeouts, and the backend-level decisions of a
+request: retrying a 429, retrying once without sampling extras the backend
+refused, falling back from C{/v1/completions} to chat.  It knows nothing
+about the client's request or dialect.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any, Callable
 
 import attrs
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.web.http import stringToDatetime
 from twisted.web.iweb import IResponse
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.flavors import GENERIC, Flavor
+from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.errors import UpstreamHTTPError
+from ollama_proxy.protocol.flavors import GENERIC, Flavor, withoutRejectedExtras
 from ollama_proxy.upstream.body import raiseForStatus, readBody, readJSON
 from ollama_proxy.upstream.failures import failureToError
-from ollama_proxy.web.auth import clientKey
+
+clientKey: ContextVar[bytes | None] = ContextVar("clientKey", default=None)
+"""The key the current client request presented, if any (never logged):
+set by the web layer in each request's own coroutine context, read by
+L{Backend.headers} for C{--forward-client-key}."""
+
+log = Logger()
 
 HOP_BY_HOP = frozenset(
     {
@@ -34,8 +52,6 @@ HOP_BY_HOP = frozenset(
         b"host",
     }
 )
-
-
 """Headers that describe one connection and must not be forwarded."""
 
 
@@ -209,6 +225,55 @@ class Backend:
             await deferLater(self.reactor, wait)
         await raiseForStatus(response, self.reactor, self.idleTimeout)
         return response
+
+    async def postChat(self, body: JSON, path: str = "chat/completions") -> IResponse:
+        """
+        POST a generation request; if the backend refuses the sampling
+        extras by name, once more without them (see
+        L{withoutRejectedExtras}).
+
+        @param body: the OpenAI request.
+        @param path: the API path below C{/v1}.
+        @return: a 2xx response, body unread.
+        @raise UpstreamHTTPError: for any other non-2xx answer.
+        """
+        try:
+            return await self.postJSON(path, body)
+        except UpstreamHTTPError as e:
+            retryBody = withoutRejectedExtras(body, e.status, e.message)
+            if retryBody is None:
+                raise
+            log.info(
+                "backend rejected sampling extras ({error}); retrying without them",
+                error=e.message,
+            )
+            return await self.postJSON(path, retryBody)
+
+    async def postText(
+        self, body: JSON, chatFallback: Callable[[], JSON] | None = None
+    ) -> tuple[IResponse, bool]:
+        """
+        POST a legacy text completion (raw prompt, fill-in-the-middle).
+
+        A backend without C{/v1/completions} (404/405/501) gets the chat
+        that C{chatFallback} builds instead; without one (a C{suffix} cannot
+        be expressed as a chat) the backend's error stands.
+
+        @param body: the C{/v1/completions} request.
+        @param chatFallback: builds the equivalent chat request, if any.
+        @return: a 2xx response, body unread, and whether it is a chat.
+        @raise UpstreamHTTPError: for a non-2xx answer.
+        """
+        try:
+            return await self.postChat(body, "completions"), False
+        except UpstreamHTTPError as e:
+            if e.status not in (404, 405, 501) or chatFallback is None:
+                raise
+            log.info(
+                "backend refused /v1/completions ({status}); sending the raw prompt as a chat",
+                status=e.status,
+            )
+            return await self.postChat(chatFallback()), True
 
     async def getJSON(self, path: str) -> Any:
         """

@@ -24,9 +24,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import NotFound, ProxyError, UpstreamError
 from ollama_proxy.protocol.names import NameIndex, clientModelName, modelIds
-from ollama_proxy.protocol.requests import JSON
 from ollama_proxy.service.config import NO_OVERRIDE, BackendConfig, ModelOverride
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache

@@ -10,7 +10,7 @@ with L{hmac.compare_digest} against every configured key, so the time taken
 does not reveal how much of a guess was right.
 
 L{clientKey} carries the key a client presented to the code that builds the
-upstream request (see L{ollama_proxy.upstream.Backend.headers}) without
+upstream request (see L{ollama_proxy.upstream.backend.Backend.headers}) without
 threading it through every handler: it is set once per request inside the
 request's own coroutine context, so concurrent requests never see each
 other's keys.
@@ -19,16 +19,12 @@ other's keys.
 from __future__ import annotations
 
 import hmac
-from contextvars import ContextVar
 from typing import Iterable
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
-
-clientKey: ContextVar[bytes | None] = ContextVar("clientKey", default=None)
-"""The key the current request presented, if any (never logged)."""
 
 
 def presentedKey(request: Request) -> bytes | None:

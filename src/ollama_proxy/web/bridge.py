@@ -22,18 +22,17 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import (
     BadRequest,
     ProxyError,
     UpstreamError,
 )
-from ollama_proxy.protocol.requests import (
-    JSON,
-    requireObject,
-)
-from ollama_proxy.upstream.backend import redactHeaders
+from ollama_proxy.protocol.events import Finish, Usage
+from ollama_proxy.protocol.ollama_request import requireObject
+from ollama_proxy.upstream.backend import clientKey, redactHeaders
 from ollama_proxy.upstream.routing import Route
-from ollama_proxy.web.auth import clientKey, presentedKey
+from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.metrics import OTHER
 from ollama_proxy.web.observe import logRequest, modelLabel, upstreamErrorKind
@@ -77,6 +76,9 @@ class Exchange:
     @ivar firstToken: ns from arrival to the first generated token (streams).
     @ivar upstreamError: the kind of upstream failure that ended the
         request (see L{ollama_proxy.web.observe.upstreamErrorKind}), if any.
+    @ivar streamError: encodes a mid-stream error in the dialect being
+        streamed (set by L{ollama_proxy.web.chat.answer}); without it the
+        funnel goes by the response's content type.
     """
 
     request: Request
@@ -90,19 +92,29 @@ class Exchange:
     tokensOut: int | None = None
     firstToken: int | None = None
     upstreamError: str | None = None
+    streamError: Callable[[str], bytes] | None = None
 
-    def noteFinal(self, final: Any) -> None:
+    def noteUsage(self, usage: Usage) -> None:
         """
-        Take the token counts from the final Ollama object of a response.
+        Take the token counts of a reply (0 where the backend reported
+        none, as the Ollama answer says).
 
-        @param final: the C{done: true} object.
+        @param usage: the backend's counts.
         """
-        if not isinstance(final, dict):
-            return
-        if isinstance(final.get("prompt_eval_count"), int):
-            self.tokensIn = final["prompt_eval_count"]
-        if isinstance(final.get("eval_count"), int):
-            self.tokensOut = final["eval_count"]
+        self.tokensIn = usage.promptTokens if usage.promptTokens is not None else 0
+        self.tokensOut = usage.completionTokens if usage.completionTokens is not None else 0
+
+    def noteFinish(self, finish: Finish) -> None:
+        """
+        Take the token counts and the time to first token of a streamed
+        reply.  The proxy measures prompt evaluation as the time to the
+        first token (see L{ollama_proxy.protocol.ollama.metrics}).
+
+        @param finish: the reply's end.
+        """
+        self.noteUsage(finish.usage)
+        first = finish.firstToken if finish.firstToken is not None else finish.end
+        self.firstToken = max(1, first - self.start)
 
     def json(self) -> JSON:
         """
@@ -270,6 +282,9 @@ class ProxyResource(Resource):
             return
         request = ex.request
         if request.startedWriting:
+            if ex.streamError is not None:
+                request.write(ex.streamError(message))
+                return
             contentType = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
             if contentType[0].startswith(b"text/event-stream"):
                 # A relayed OpenAI stream: an error event, as Ollama's own

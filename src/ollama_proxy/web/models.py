@@ -9,18 +9,15 @@ from ollama_proxy.protocol.catalog import (
     ModelMeta,
     psResponse,
     showResponse,
+    tagsFromModels,
 )
+from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import (
     BadRequest,
     NotFound,
     ProxyError,
 )
-from ollama_proxy.protocol.ollama import tagsFromModels
-from ollama_proxy.protocol.requests import (
-    JSON,
-    requireModel,
-    streamFlag,
-)
+from ollama_proxy.protocol.ollama_request import requireModel, streamFlag
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.fallback import forwardToFallback
 

@@ -1,0 +1,166 @@
+# -*- test-case-name: tests.protocol.test_stream -*-
+"""
+The events of a generated reply, whatever dialect the client speaks.
+
+The OpenAI reader (L{ollama_proxy.protocol.openai}) turns a backend's
+stream into these; each client dialect's encoder turns them into its own
+wire format (L{ollama_proxy.protocol.ollama} for Ollama NDJSON).  A
+non-streamed answer is one L{Reply}, the same content aggregated.
+
+Events are C{NamedTuple}s: typed, immutable, and as cheap to build as a
+tuple, because a stream makes one L{Delta} per token.  A consumer tells them
+apart with C{type(event) is Delta} (the common case) or C{isinstance}.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol, Sequence, Union
+
+from ollama_proxy.protocol.codec import JSON
+
+
+class Delta(NamedTuple):
+    """
+    Generated text: one backend delta's content and reasoning.
+
+    @ivar content: answer text (may be empty).
+    @ivar thinking: reasoning text (may be empty).
+    @ivar logprobs: token log-probabilities in Ollama's shape, riding on
+        this text, if the client asked for them.
+    """
+
+    content: str
+    thinking: str = ""
+    logprobs: list[JSON] | None = None
+
+
+class ToolCall(NamedTuple):
+    """
+    One complete tool call.
+
+    @ivar id: the call's id (the backend's, or a stable derived one).
+    @ivar name: the function name.
+    @ivar arguments: the arguments, a JSON object.
+    @ivar position: the call's index in the reply.
+    """
+
+    id: str
+    name: str
+    arguments: JSON
+    position: int
+
+
+class ToolCalls(NamedTuple):
+    """
+    The reply's tool calls, complete, released together at the end of the
+    stream (fragments are accumulated by the reader).
+
+    @ivar calls: in the order they began.
+    """
+
+    calls: tuple[ToolCall, ...]
+
+
+class Usage(NamedTuple):
+    """
+    Token counts as the backend reported them (C{None}: not reported).
+    """
+
+    promptTokens: int | None = None
+    completionTokens: int | None = None
+
+
+class Finish(NamedTuple):
+    """
+    The reply is complete.
+
+    @ivar reason: the backend's C{finish_reason} (C{stop}, C{length},
+        C{tool_calls}, C{content_filter}, ...), or C{None}.
+    @ivar usage: the token counts.
+    @ivar firstToken: when the first generated token arrived (ns), if any.
+    @ivar end: when the reply ended (ns).
+    @ivar logprobs: log-probabilities that arrived without text of their own.
+    """
+
+    reason: str | None
+    usage: Usage
+    firstToken: int | None
+    end: int
+    logprobs: list[JSON] | None = None
+
+
+Event = Union[Delta, ToolCalls, Finish]
+"""Anything a reader yields."""
+
+
+class Reply(NamedTuple):
+    """
+    A whole non-streamed answer.
+
+    @ivar content: the answer text.
+    @ivar thinking: the reasoning text.
+    @ivar toolCalls: the tool calls.
+    @ivar reason: the backend's C{finish_reason}.
+    @ivar usage: the token counts.
+    @ivar logprobs: token log-probabilities in Ollama's shape.
+    """
+
+    content: str
+    thinking: str
+    toolCalls: tuple[ToolCall, ...]
+    reason: str | None
+    usage: Usage
+    logprobs: list[JSON]
+
+
+class StreamEncoder(Protocol):
+    """
+    A client dialect's writer for one streamed reply.
+    """
+
+    contentType: bytes
+    """The response's C{Content-Type}."""
+
+    def encode(self, events: Sequence[Event]) -> bytes:
+        """
+        @param events: the events of one upstream read, in order.
+        @return: the bytes to write to the client now.
+        """
+
+    def error(self, message: str) -> bytes:
+        """
+        @param message: why the stream failed after it began.
+        @return: the dialect's mid-stream error (never a fake success).
+        """
+
+
+class Dialect(Protocol):
+    """
+    A client dialect's side of the hub: how a reply is written to it.
+    (Its request side is a parser that returns a
+    L{ollama_proxy.protocol.requests.ChatRequest}.)
+    """
+
+    def streamEncoder(self, model: str, start: int) -> StreamEncoder:
+        """
+        @param model: the model name as the client sent it.
+        @param start: when the request arrived (ns).
+        @return: a fresh encoder for one stream.
+        """
+
+    def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
+        """
+        @param reply: the whole answer.
+        @param model: the model name as the client sent it.
+        @param start: when the request arrived (ns).
+        @param end: now (ns).
+        @return: the non-streamed answer object.
+        """
+
+    def replyAsStream(self, reply: Reply, model: str, start: int, end: int) -> bytes:
+        """
+        A whole answer where the client asked for a stream (the backend
+        ignored C{"stream": true}).
+
+        @return: the complete stream's bytes, success included.
+        """

@@ -1,0 +1,457 @@
+# -*- test-case-name: tests.protocol.test_requests -*-
+"""
+The Ollama dialect's request side: C{/api/chat} and C{/api/generate}
+bodies validated, once, into the hub's typed requests
+(L{ollama_proxy.protocol.requests}), with Ollama's own error messages.
+
+C{keep_alive}, C{truncate}, C{shift}, C{template}, C{context} and the
+runner options (C{num_ctx}, C{num_gpu}, ...) have no OpenAI equivalent; they
+are accepted and not carried.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Mapping
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.requests import (
+    THINK_LEVELS,
+    ChatRequest,
+    Message,
+    Sampling,
+    TextRequest,
+    Think,
+    ToolCallRequest,
+)
+
+
+def requireObject(body: Any) -> JSON:
+    """
+    @param body: a decoded request body.
+    @return: C{body} if it is a JSON object.
+    @raise BadRequest: otherwise.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def requireModel(body: JSON) -> str:
+    """
+    @param body: a request object.
+    @return: its non-empty C{model} (or legacy C{name}) string.
+    @raise BadRequest: C{model is required} when missing or not a string.
+    """
+    model = body.get("model") or body.get("name")
+    if model is None or model == "":
+        raise BadRequest("model is required")
+    if not isinstance(model, str):
+        raise BadRequest("model must be a string")
+    return model
+
+
+def optionalString(body: JSON, key: str) -> str | None:
+    """
+    @param body: a request object.
+    @param key: a field that may be absent or null.
+    @return: its string value, or C{None}.
+    @raise BadRequest: C{<key> must be a string} for any other type.
+    """
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string")
+    return value
+
+
+def streamFlag(body: JSON) -> bool:
+    """
+    Ollama's C{stream} defaults to true when absent.
+
+    @param body: a request object.
+    @return: whether to stream.
+    @raise BadRequest: if C{stream} is not a boolean or null.
+    """
+    value = body.get("stream", True)
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise BadRequest("stream must be a boolean")
+    return value
+
+
+
+
+def thinkValue(body: JSON) -> Think:
+    """
+    Validate Ollama's C{think} field.
+
+    @param body: the request object.
+    @return: C{None} when absent, else the bool or level string.
+    @raise BadRequest: for any other value (Ollama's own message).
+    """
+    think = body.get("think")
+    if think is None or isinstance(think, bool):
+        return think
+    if isinstance(think, str) and think in THINK_LEVELS:
+        return think  # type: ignore[return-value]
+    raise BadRequest(
+        f"invalid think value: {codec.dumps(think).decode()} "
+        '(must be "high", "medium", "low", "max", true, or false)'
+    )
+
+
+def _number(options: JSON, key: str, kind: type | tuple[type, ...]) -> Any:
+    """
+    Read one typed option.
+
+    @param options: the C{options} object.
+    @param key: the option name.
+    @param kind: C{int}, or C{(int, float)} for numbers.
+    @return: the value, or C{None} when absent.
+    @raise BadRequest: for a value of the wrong type, with Ollama's wording.
+    """
+    value = options.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        typeName = "integer" if kind is int else "number"
+        raise BadRequest(f'option "{key}" must be of type {typeName}')
+    return value
+
+
+_IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+
+def sniffImageType(raw: bytes) -> str:
+    """
+    Guess an image's MIME type from its magic bytes.
+
+    @param raw: the decoded image bytes (only the first few are read).
+    @return: the MIME type; C{image/jpeg} when unknown, the most common
+        camera/web format and what most backends assume.
+    """
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, mime in _IMAGE_MAGIC:
+        if raw.startswith(magic):
+            return mime
+    return "image/jpeg"
+
+
+def imageURL(image: Any) -> str:
+    """
+    Turn one Ollama C{images} entry (raw base64) into a C{data:} URL.
+
+    The whole string is decoded strictly, as Ollama's Go JSON decoder does
+    for C{[]byte}: standard alphabet, padding required, line breaks
+    tolerated (some clients wrap base64 at 76 columns).  A bad image is the
+    client's mistake and must be a 400 here, not a confusing error from the
+    backend later.
+
+    @param image: the base64 string.
+    @return: the C{data:} URL, with the type sniffed from the bytes.
+    @raise BadRequest: if C{image} is empty or not valid base64.
+    """
+    if not isinstance(image, str):
+        raise BadRequest("images must be base64 strings")
+    if image.startswith("data:"):
+        # Lenient: some clients send data URLs although Ollama does not.
+        return image
+    if "\n" in image or "\r" in image:
+        image = image.replace("\r", "").replace("\n", "")
+    try:
+        raw = base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("invalid image input: images must be base64 encoded") from None
+    if not raw:
+        raise BadRequest("invalid image input: image is empty")
+    return f"data:{sniffImageType(raw[:16])};base64,{image}"
+
+
+def _argumentsString(arguments: Any) -> str:
+    """
+    Tool-call arguments as JSON text; Ollama sends objects.
+
+    @param arguments: an object, a string, or nothing.
+    @return: a JSON string.
+    """
+    if isinstance(arguments, str):
+        return arguments
+    if arguments is None:
+        return "{}"
+    return codec.dumps(arguments).decode("utf-8")
+
+
+def parseMessages(messages: Any) -> tuple[Message, ...]:
+    """
+    Validate an Ollama C{messages} list.
+
+    @param messages: the decoded C{messages} value.
+    @return: the typed messages.
+    @raise BadRequest: for anything that is not a list of message objects,
+        naming the offending field.
+    """
+    if messages is None:
+        return ()
+    if not isinstance(messages, list):
+        raise BadRequest("messages must be a list")
+    out: list[Message] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{index}] must be an object")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise BadRequest(f"messages[{index}].role must be a non-empty string")
+        role = role.lower()
+        content = message.get("content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise BadRequest(f"messages[{index}].content must be a string")
+        images: tuple[str, ...] = ()
+        raw = message.get("images")
+        if raw:
+            if not isinstance(raw, list):
+                raise BadRequest(f"messages[{index}].images must be a list")
+            images = tuple(imageURL(image) for image in raw)
+        calls: list[ToolCallRequest] = []
+        toolCalls = message.get("tool_calls")
+        if role == "assistant" and toolCalls:
+            if not isinstance(toolCalls, list):
+                raise BadRequest(f"messages[{index}].tool_calls must be a list")
+            for callIndex, call in enumerate(toolCalls):
+                if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+                    raise BadRequest(
+                        f"messages[{index}].tool_calls[{callIndex}] must have a function"
+                    )
+                function = call["function"]
+                name = function.get("name")
+                if not isinstance(name, str):
+                    raise BadRequest(
+                        f"messages[{index}].tool_calls[{callIndex}].function.name must be a string"
+                    )
+                callId = call.get("id")
+                calls.append(
+                    ToolCallRequest(
+                        callId if isinstance(callId, str) and callId else None,
+                        name,
+                        _argumentsString(function.get("arguments")),
+                    )
+                )
+        toolCallId = message.get("tool_call_id")
+        toolName = message.get("tool_name") or message.get("name")
+        thinking = message.get("thinking")
+        out.append(
+            Message(
+                role,
+                content,
+                images,
+                tuple(calls),
+                toolCallId if role == "tool" and isinstance(toolCallId, str) and toolCallId
+                else None,
+                toolName if role == "tool" and isinstance(toolName, str) else None,
+                thinking if role == "assistant" and isinstance(thinking, str) and thinking
+                else None,
+            )
+        )
+    return tuple(out)
+
+
+def parseOptions(options: Any) -> Sampling:
+    """
+    Validate Ollama's C{options}, as Ollama does: every known option is
+    type-checked, even those the backend will not receive.
+
+    @param options: the decoded C{options} value.
+    @return: the sampling options with an OpenAI-style meaning.
+    @raise BadRequest: if C{options} is not an object or a value has the
+        wrong type.
+    """
+    if options is None:
+        return Sampling()
+    if not isinstance(options, dict):
+        raise BadRequest("options must be an object")
+    numPredict = _number(options, "num_predict", int)
+    numbers = {
+        key: _number(options, key, (int, float))
+        for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+    }
+    seed = _number(options, "seed", int)
+    stop = options.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise BadRequest('option "stop" must be of type array of strings')
+    return Sampling(
+        # -1 (unlimited) and -2 (fill the context) have no OpenAI spelling.
+        maxTokens=numPredict if numPredict is not None and numPredict > 0 else None,
+        temperature=numbers["temperature"],
+        topP=numbers["top_p"],
+        presencePenalty=numbers["presence_penalty"],
+        frequencyPenalty=numbers["frequency_penalty"],
+        seed=seed if seed is not None and seed >= 0 else None,
+        stop=tuple(stop or ()),
+        topK=_number(options, "top_k", int),
+        minP=_number(options, "min_p", (int, float)),
+        repeatPenalty=_number(options, "repeat_penalty", (int, float)),
+    )
+
+
+def formatValue(fmt: Any) -> str | JSON | None:
+    """
+    Validate Ollama's C{format}.
+
+    @param fmt: C{"json"}, a JSON schema object, or empty.
+    @return: C{"json"}, the schema, or C{None} for free text.
+    @raise BadRequest: for any other value.
+    """
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json" or isinstance(fmt, dict):
+        return fmt  # type: ignore[no-any-return]
+    raise BadRequest('format must be "json" or a JSON schema object')
+
+
+def logprobsValue(body: JSON) -> tuple[bool, int | None]:
+    """
+    Validate Ollama's C{logprobs}/C{top_logprobs}.
+
+    @param body: the request object.
+    @return: whether log-probabilities are wanted, and how many
+        alternatives.
+    @raise BadRequest: for wrong types, or C{top_logprobs} outside 0..20
+        (Ollama's own check and message).
+    """
+    logprobs = body.get("logprobs")
+    top = body.get("top_logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise BadRequest("logprobs must be a boolean")
+    if top is not None:
+        if not isinstance(top, int) or isinstance(top, bool):
+            raise BadRequest("top_logprobs must be an integer")
+        if not 0 <= top <= 20:
+            raise BadRequest("top_logprobs must be between 0 and 20")
+    return bool(logprobs), top
+
+
+def _chat(body: JSON, messages: tuple[Message, ...], stream: bool) -> ChatRequest:
+    """
+    The fields chat and generate share: options, format, tools, think,
+    logprobs.
+    """
+    sampling = parseOptions(body.get("options"))
+    fmt = formatValue(body.get("format"))
+    tools = body.get("tools")
+    if tools and not isinstance(tools, list):
+        raise BadRequest("tools must be a list")
+    think = thinkValue(body)
+    logprobs, top = logprobsValue(body)
+    return ChatRequest(
+        model=requireModel(body),
+        messages=messages,
+        stream=stream,
+        think=think,
+        sampling=sampling,
+        format=fmt,
+        tools=tuple(tools or ()),
+        logprobs=logprobs,
+        topLogprobs=top,
+    )
+
+
+def withDefaults(body: JSON, defaults: Mapping[str, Any]) -> JSON:
+    """
+    Merge a model's configured default options into a request (the
+    client's own options win).
+
+    @param body: the decoded Ollama request.
+    @param defaults: the model's default options.
+    @return: C{body}, or a copy with the merged C{options}.
+    """
+    if not defaults:
+        return body
+    options = body.get("options")
+    merged = dict(defaults)
+    if isinstance(options, dict):
+        merged.update(options)
+    return {**body, "options": merged}
+
+
+def parseChat(body: JSON, defaults: Mapping[str, Any] = {}) -> ChatRequest:
+    """
+    Validate an Ollama C{/api/chat} body.
+
+    @param body: the request object.
+    @param defaults: the model's configured default options.
+    @return: the typed request.
+    @raise BadRequest: for malformed fields.
+    """
+    body = withDefaults(body, defaults)
+    return _chat(body, parseMessages(body.get("messages")), streamFlag(body))
+
+
+def parseGenerate(body: JSON, defaults: Mapping[str, Any] = {}) -> ChatRequest:
+    """
+    Validate an Ollama C{/api/generate} body as a one-turn chat: C{system}
+    and C{prompt} (with C{images}).
+
+    @param body: the request object.
+    @param defaults: the model's configured default options.
+    @return: the typed request.
+    @raise BadRequest: for malformed fields.
+    """
+    body = withDefaults(body, defaults)
+    prompt = optionalString(body, "prompt")
+    system = optionalString(body, "system")
+    user: JSON = {"role": "user", "content": prompt or ""}
+    if body.get("images"):
+        if not isinstance(body["images"], list):
+            # Checked here so the message names the generate field, not the
+            # chat message it becomes.
+            raise BadRequest("images must be a list of base64 strings")
+        user["images"] = body["images"]
+    messages = ([{"role": "system", "content": system}] if system else []) + [user]
+    return _chat(body, parseMessages(messages), streamFlag(body))
+
+
+def wantsCompletion(body: JSON) -> bool:
+    """
+    @param body: a C{/api/generate} request object.
+    @return: whether it needs C{/v1/completions} (C{raw: true} or a
+        non-empty C{suffix}).
+    """
+    return body.get("raw") is True or bool(body.get("suffix"))
+
+
+def parseTextCompletion(body: JSON, defaults: Mapping[str, Any] = {}) -> TextRequest:
+    """
+    Validate a raw or fill-in-the-middle C{/api/generate} body.
+
+    @param body: the request object.
+    @param defaults: the model's configured default options.
+    @return: the typed request.
+    @raise BadRequest: for malformed fields, and Ollama's C{raw mode does not
+        support template, system, or context}.
+    """
+    body = withDefaults(body, defaults)
+    prompt = optionalString(body, "prompt")
+    suffix = optionalString(body, "suffix")
+    if body.get("raw") is True and (
+        body.get("template") or body.get("system") or body.get("context")
+    ):
+        raise BadRequest("raw mode does not support template, system, or context")
+    return TextRequest(
+        requireModel(body), prompt or "", suffix or None, streamFlag(body),
+        parseOptions(body.get("options")),
+    )

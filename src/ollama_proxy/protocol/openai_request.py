@@ -1,0 +1,251 @@
+# -*- test-case-name: tests.protocol.test_requests -*-
+"""
+The hub's typed requests as OpenAI request bodies: C{/v1/chat/completions}
+for L{ChatRequest}s, C{/v1/completions} for L{TextRequest}s, spelled for
+the backend's L{Flavor}.
+
+Bodies are built field by field from the typed request, never passed
+through, so nothing a client sends reaches the backend unless it has a
+meaning there.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+
+from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.flavors import GENERIC, Flavor
+from ollama_proxy.protocol.requests import (
+    ChatRequest,
+    Message,
+    Sampling,
+    TextRequest,
+    Think,
+)
+
+EFFORT = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
+"""Reasoning levels as C{reasoning_effort}: C{max} is C{high}, the highest
+level every reasoning backend accepts."""
+
+
+def _toolCallId(messageIndex: int, callIndex: int) -> str:
+    """
+    A stable synthetic id for a tool call that came without one.
+
+    @param messageIndex: the position of the assistant message.
+    @param callIndex: the position of the call in that message.
+    """
+    return f"call_{messageIndex}_{callIndex}"
+
+
+def messagesToOpenAI(messages: Sequence[Message], flavor: Flavor = GENERIC) -> list[JSON]:
+    """
+    The conversation as OpenAI chat messages.
+
+    Images become C{image_url} parts, assistant tool calls get ids (a
+    stable synthetic one when the client kept none), and tool results are
+    paired with those ids (the given C{tool_call_id}, else by tool name,
+    else in order).  Assistant C{thinking} is dropped (most backends reject
+    or ignore it) unless the flavor names a field for it (DeepSeek's
+    C{reasoning_content}).
+
+    @param messages: the typed messages.
+    @param flavor: the backend's flavor.
+    @return: the OpenAI messages.
+    """
+    out: list[JSON] = []
+    pending: list[tuple[str, str]] = []  # (id, name) of unanswered tool calls
+    for index, message in enumerate(messages):
+        translated: JSON = {"role": message.role}
+        if message.images:
+            parts: list[JSON] = [{"type": "text", "text": message.content}] if message.content else []
+            parts.extend({"type": "image_url", "image_url": {"url": url}} for url in message.images)
+            translated["content"] = parts
+        else:
+            translated["content"] = message.content
+        if message.toolCalls:
+            calls = []
+            pending = []
+            for callIndex, call in enumerate(message.toolCalls):
+                callId = call.id or _toolCallId(index, callIndex)
+                calls.append(
+                    {
+                        "id": callId,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
+                )
+                pending.append((callId, call.name))
+            translated["tool_calls"] = calls
+            if not message.content:
+                translated["content"] = None
+        elif message.role == "tool":
+            translated["tool_call_id"] = _pairToolResult(message, pending, index)
+        if message.role == "assistant" and flavor.historyThinking and message.thinking:
+            translated[flavor.historyThinking] = message.thinking
+        out.append(translated)
+    return out
+
+
+def _pairToolResult(message: Message, pending: list[tuple[str, str]], index: int) -> str:
+    """
+    Choose the C{tool_call_id} for a tool-result message.
+
+    @param message: the C{role: tool} message.
+    @param pending: unanswered C{(id, name)} calls; the chosen one is removed.
+    @param index: the message position, for a synthetic id of last resort.
+    @return: the id.
+    """
+    given = message.toolCallId
+    if given:
+        for i, (callId, _) in enumerate(pending):
+            if callId == given:
+                del pending[i]
+                break
+        return given
+    name = message.toolName
+    for i, (callId, callName) in enumerate(pending):
+        if callName == name:
+            del pending[i]
+            return callId
+    if pending:
+        return pending.pop(0)[0]
+    return f"call_{index}"
+
+
+def samplingToOpenAI(sampling: Sampling, target: JSON, flavor: Flavor = GENERIC) -> None:
+    """
+    Copy the generation options into C{target}.
+
+    C{top_k}, C{min_p} and C{repeat_penalty} (as C{repetition_penalty}) go
+    only to flavors that accept them.
+
+    @param sampling: the options.
+    @param target: the OpenAI request being built; updated in place.
+    @param flavor: the backend's flavor.
+    """
+    if sampling.maxTokens is not None:
+        target[flavor.maxTokensKey] = sampling.maxTokens
+    for key, value in (
+        ("temperature", sampling.temperature),
+        ("top_p", sampling.topP),
+        ("presence_penalty", sampling.presencePenalty),
+        ("frequency_penalty", sampling.frequencyPenalty),
+        ("seed", sampling.seed),
+    ):
+        if value is not None:
+            target[key] = value
+    if sampling.stop:
+        target["stop"] = list(sampling.stop)
+    if flavor.samplingExtras:
+        for key, value in (
+            ("top_k", sampling.topK),
+            ("min_p", sampling.minP),
+            ("repetition_penalty", sampling.repeatPenalty),
+        ):
+            if value is not None:
+                target[key] = value
+
+
+def thinkToOpenAI(think: Think, target: JSON, flavor: Flavor = GENERIC) -> None:
+    """
+    Spell Ollama's C{think} the way the backend understands it.
+
+    C{true} and the levels become C{reasoning_effort} (C{true} is Ollama's
+    C{"medium"}; C{"max"} becomes C{"high"}, the highest level every
+    reasoning backend accepts).  C{false} is sent only where there is a
+    switch that non-reasoning models tolerate (vLLM's chat template
+    argument, OpenRouter's C{reasoning.enabled}, DeepSeek's C{thinking}
+    type); elsewhere it is not forwarded and the reply's reasoning is
+    dropped instead.
+
+    @param think: the validated value.
+    @param target: the OpenAI request being built; updated in place.
+    @param flavor: the backend's flavor.
+    """
+    if think is None:
+        return
+    effort = EFFORT[think] if isinstance(think, str) else None
+    if flavor.thinkStyle == "vllm":
+        target["chat_template_kwargs"] = {"enable_thinking": think is not False}
+        if effort is not None:
+            target["reasoning_effort"] = effort
+    elif flavor.thinkStyle == "openrouter":
+        target["reasoning"] = (
+            {"effort": effort} if effort is not None else {"enabled": think is True}
+        )
+    elif flavor.thinkStyle == "deepseek":
+        target["thinking"] = {"type": "disabled" if think is False else "enabled"}
+        if effort is not None:
+            target["reasoning_effort"] = effort
+    elif think is True:
+        target["reasoning_effort"] = "medium"
+    elif effort is not None:
+        target["reasoning_effort"] = effort
+
+
+def formatToOpenAI(fmt: str | JSON | None) -> JSON | None:
+    """
+    @param fmt: C{"json"}, a JSON schema, or C{None}.
+    @return: the C{response_format} value, or C{None} for free text.
+    """
+    if fmt is None:
+        return None
+    if fmt == "json":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "response", "schema": fmt}}
+
+
+def chatBody(request: ChatRequest, backendId: str, flavor: Flavor = GENERIC) -> JSON:
+    """
+    The C{/v1/chat/completions} body for a chat.
+
+    @param request: the typed request.
+    @param backendId: the upstream model id.
+    @param flavor: the backend's flavor.
+    @return: the body; a stream asks for usage in its last chunk.
+    """
+    body: JSON = {
+        "model": backendId,
+        "messages": messagesToOpenAI(request.messages, flavor),
+        "stream": request.stream,
+    }
+    if request.stream:
+        body["stream_options"] = {"include_usage": True}
+    samplingToOpenAI(request.sampling, body, flavor)
+    responseFormat = formatToOpenAI(request.format)
+    if responseFormat is not None:
+        body["response_format"] = responseFormat
+    if request.tools:
+        body["tools"] = list(request.tools)
+    if request.toolChoice is not None:
+        body["tool_choice"] = request.toolChoice
+    thinkToOpenAI(request.think, body, flavor)
+    if request.logprobs:
+        # OpenAI rejects top_logprobs without logprobs, and Ollama ignores it
+        # then, so it only goes with logprobs: true.
+        body["logprobs"] = True
+        if request.topLogprobs:
+            body["top_logprobs"] = request.topLogprobs
+    return body
+
+
+def textBody(request: TextRequest, backendId: str, flavor: Flavor = GENERIC) -> JSON:
+    """
+    The C{/v1/completions} body for a raw or fill-in-the-middle prompt.
+
+    @param request: the typed request.
+    @param backendId: the upstream model id.
+    @param flavor: the backend's flavor (sampling extras); the legacy route
+        only knows C{max_tokens}, whatever the flavor uses for chat.
+    @return: the body.
+    """
+    body: JSON = {"model": backendId, "prompt": request.prompt, "stream": request.stream}
+    if request.suffix:
+        body["suffix"] = request.suffix
+    if request.stream:
+        body["stream_options"] = {"include_usage": True}
+    samplingToOpenAI(request.sampling, body, attrs.evolve(flavor, maxTokensKey="max_tokens"))
+    return body

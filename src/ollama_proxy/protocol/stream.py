@@ -1,0 +1,105 @@
+# -*- test-case-name: tests.protocol.test_stream -*-
+"""
+The streaming pipeline as one pure object: SSE bytes from the backend in,
+the client dialect's bytes out, one call per socket read.
+
+    SSE bytes -> L{SSEDecoder} -> L{ChatStreamReader} -> events -> encoder -> bytes
+
+The web layer calls L{TranslatedStream.feed} from each upstream read and
+writes the result with a single C{request.write}, so a read that carried ten
+tokens costs one write, while each token is still its own line or event.
+"""
+
+from __future__ import annotations
+
+from ollama_proxy.protocol.errors import StreamFailed
+from ollama_proxy.protocol.events import Finish, StreamEncoder, Usage
+from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.sse import (
+    DEFAULT_MAX_LINE_LENGTH,
+    SSEDecoder,
+    SSELineTooLong,
+)
+
+
+class TranslatedStream:
+    """
+    One streamed reply, from the backend's SSE to the client's dialect.
+
+    @ivar reader: reads the backend's events.
+    @ivar encoder: writes the client's dialect.
+    @ivar finished: the reply's L{Finish}, once the stream ended cleanly.
+    """
+
+    def __init__(
+        self,
+        reader: ChatStreamReader,
+        encoder: StreamEncoder,
+        maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
+    ) -> None:
+        self.reader = reader
+        self.encoder = encoder
+        self.decoder = SSEDecoder(maxLineLength)
+        self.finished: Finish | None = None
+
+    @property
+    def usage(self) -> Usage:
+        """
+        The token counts the backend reported (for the request log).
+        """
+        return self.reader.usage
+
+    @property
+    def firstToken(self) -> int | None:
+        """
+        When the first token arrived (ns), if it did.
+        """
+        return self.reader.firstToken
+
+    def feed(self, data: bytes) -> bytes:
+        """
+        @param data: one upstream read.
+        @return: the encoded events of the complete SSE events in it.
+        @raise StreamFailed: on upstream error events or garbage, carrying
+            the encoded events of this read before the failure in C{output}.
+        @raise ollama_proxy.protocol.sse.SSELineTooLong: on an oversized line.
+        """
+        cut = data.rfind(b"\n") + 1
+        if 0 < cut < len(data):
+            # An unfinished line follows complete events (the relay joins the
+            # reads of a turn): translate the events before the decoder can
+            # refuse the tail as too long, so their output is not lost.
+            head = self.feed(data[:cut])
+            try:
+                return head + self.feed(data[cut:])
+            except SSELineTooLong as e:
+                raise StreamFailed(str(e), output=head) from None
+            except StreamFailed as e:
+                e.output = head + e.output
+                raise
+        payloads = self.decoder.feed(data)
+        if not payloads:
+            return b""
+        try:
+            events = self.reader.feed(payloads)
+        except StreamFailed as e:
+            e.output = self.encoder.encode(e.events)
+            raise
+        return self.encoder.encode(events)
+
+    def end(self) -> bytes:
+        """
+        The upstream body ended cleanly.
+
+        @return: the remaining output, ending with the dialect's end of reply.
+        @raise UpstreamError: if the stream was truncated.
+        """
+        try:
+            events = self.reader.feed(self.decoder.close())
+        except StreamFailed as e:
+            e.output = self.encoder.encode(e.events)
+            raise
+        last = self.reader.finish()
+        self.finished = last[-1]  # type: ignore[assignment]
+        events.extend(last)
+        return self.encoder.encode(events)

@@ -1,0 +1,140 @@
+# -*- test-case-name: tests.web.test_hub -*-
+"""
+The web side of the translation hub: one way to answer a generation
+request in any client dialect.
+
+A dialect's resource parses its request into the hub's typed request, posts
+the OpenAI body the builder makes, and hands the backend's response here
+with its L{Dialect}.  L{answer} then reads the reply (streamed through the
+relay, or whole), has the dialect encode it, and notes the token counts on
+the exchange for the log line and the metrics.  A new dialect adds nothing
+here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+from twisted.logger import Logger
+from twisted.web.iweb import IResponse
+
+from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.events import Dialect
+from ollama_proxy.protocol.openai import ChatStreamReader, readReply
+from ollama_proxy.protocol.stream import TranslatedStream
+from ollama_proxy.upstream.body import readJSON
+from ollama_proxy.web.bridge import Exchange
+from ollama_proxy.web.context import ProxyContext
+from ollama_proxy.web.observe import streaming
+from ollama_proxy.web.relay import relayBody
+
+log = Logger()
+
+
+@attrs.frozen
+class ReadOptions:
+    """
+    How to read the backend's reply.
+
+    @ivar dropThinking: the client turned thinking off.
+    @ivar thinkTags: a leading C{<think>} block in the content is thinking.
+    @ivar text: the backend answers a legacy C{/v1/completions} request.
+    """
+
+    dropThinking: bool = False
+    thinkTags: bool = True
+    text: bool = False
+
+
+def isJSONResponse(response: IResponse) -> bool:
+    """
+    @param response: an upstream response.
+    @return: whether its C{Content-Type} is JSON (rather than an event
+        stream).
+    """
+    values = response.headers.getRawHeaders(b"content-type") or [b""]
+    return bool(values[0].split(b";")[0].strip().lower() == b"application/json")
+
+
+async def answer(
+    ctx: ProxyContext,
+    ex: Exchange,
+    response: IResponse,
+    dialect: Dialect,
+    stream: bool,
+    options: ReadOptions = ReadOptions(),
+) -> JSON | None:
+    """
+    Answer the client from the backend's (2xx) response, in its dialect.
+
+    @param ctx: the shared context.
+    @param ex: the exchange; C{ex.model} is the client's model name.
+    @param response: the backend's response, body unread.
+    @param dialect: the client's dialect.
+    @param stream: whether the client asked for a stream.
+    @param options: how to read the reply.
+    @return: the object to send, or C{None} after streaming.
+    @raise ollama_proxy.protocol.errors.UpstreamError: if the backend's
+        answer is unusable (before or after the stream began).
+    """
+    model = ex.model or ""
+    if not stream or isJSONResponse(response):
+        # A backend that ignores "stream": true (some gateways do) sends
+        # one completion: the dialect writes it as a stream of its own.
+        reply = readReply(
+            await readJSON(response, ctx.clock, ctx.idleTimeout),
+            options.dropThinking, options.thinkTags, options.text,
+        )
+        ex.noteUsage(reply.usage)
+        if not stream:
+            return dialect.reply(reply, model, ex.start, ctx.now())
+        encoder = dialect.streamEncoder(model, ex.start)
+        ex.startStream(encoder.contentType)
+        ex.write(dialect.replyAsStream(reply, model, ex.start, ctx.now()))
+        return None
+    encoder = dialect.streamEncoder(model, ex.start)
+    pipeline = TranslatedStream(
+        ChatStreamReader(ctx.now, options.dropThinking, options.thinkTags, options.text),
+        encoder,
+        ctx.maxLineLength,
+    )
+    ex.startStream(encoder.contentType)
+    ex.streamError = encoder.error
+    with streaming(ctx.metrics):
+        collector = _debugWriter(ex, pipeline) if ctx.debug else _writer(ex, pipeline)
+        await relayBody(ex, response, collector, ctx.clock, ctx.idleTimeout)
+        tail = pipeline.end()
+        if ctx.debug:
+            log.debug("translated {lines}", lines=tail.decode("utf-8", "replace"))
+        ex.write(tail)
+    if pipeline.finished is not None:
+        ex.noteFinish(pipeline.finished)
+    return None
+
+
+def _writer(ex: Exchange, pipeline: TranslatedStream) -> Callable[[bytes], None]:
+    """
+    A collector that translates each upstream read and writes the result.
+    """
+    feed, write = pipeline.feed, ex.write
+
+    def collect(data: bytes) -> None:
+        write(feed(data))
+
+    return collect
+
+
+def _debugWriter(ex: Exchange, pipeline: TranslatedStream) -> Callable[[bytes], None]:
+    """
+    A collector that also logs each raw upstream read and what it became.
+    """
+
+    def collect(data: bytes) -> None:
+        log.debug("upstream chunk {raw!r}", raw=data)
+        out = pipeline.feed(data)
+        if out:
+            log.debug("translated {lines}", lines=out.decode("utf-8", "replace"))
+        ex.write(out)
+
+    return collect

@@ -1,0 +1,213 @@
+"""
+Operations end to end over real loopback sockets: C{twistd -n ollama-proxy
+--config FILE} in front of two C{fake-openai} processes, driven by the
+official C{ollama} client; its JSON log file and C{/metrics}; and a broken
+configuration file that stops twistd before it listens.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import ollama
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.protocol import codec
+from tests.integration.servers import Twistd, freePort, twistdCommand
+
+_stack: dict[str, object] = {}
+
+
+class TwoBackends:
+    """
+    Two fake backends and the proxy configured for both.
+    """
+
+    def __init__(self) -> None:
+        self.backends = []
+        ports = []
+        for _ in range(2):
+            port = freePort()
+            self.backends.append(
+                Twistd("fake-openai", ["--listen", f"tcp:{port}:interface=127.0.0.1"], port)
+            )
+            ports.append(port)
+        self.dir = tempfile.mkdtemp(prefix="ollama-proxy-ops-")
+        self.config = os.path.join(self.dir, "proxy.toml")
+        self.jsonLog = os.path.join(self.dir, "proxy.json")
+        proxyPort = freePort()
+        with open(self.config, "w", encoding="utf-8") as f:
+            f.write(
+                f"""\
+[server]
+fallback = ""
+listen = "tcp:{proxyPort}:interface=127.0.0.1"
+models-ttl = 30
+
+[[backend]]
+name = "alpha"
+url = "http://127.0.0.1:{ports[0]}"
+allow = ["fake-model"]
+
+[backend.aliases]
+quick = "fake-model"
+
+[[backend]]
+name = "beta"
+url = "http://127.0.0.1:{ports[1]}/v1"
+allow = ["fake-reasoner", "fake-tools"]
+"""
+            )
+        self.proxy = Twistd(
+            "ollama-proxy", ["--config", self.config, "--log-format", "json"], proxyPort
+        )
+        self.url = f"http://127.0.0.1:{proxyPort}"
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        for backend in self.backends:
+            backend.stop()
+
+
+def stack() -> TwoBackends:
+    """
+    @return: the shared L{TwoBackends}, started on first use.
+    """
+    if "two" not in _stack:
+        import atexit
+
+        running = TwoBackends()
+        atexit.register(running.stop)
+        _stack["two"] = running
+    result = _stack["two"]
+    assert isinstance(result, TwoBackends)
+    return result
+
+
+class ConfiguredProxyTests(SynchronousTestCase):
+    """
+    The official client against a proxy with two configured backends.
+    """
+
+    def setUp(self) -> None:
+        self.stack = stack()
+        self.client = ollama.Client(host=self.stack.url, timeout=20)
+
+    def test_listMerged(self) -> None:
+        """
+        C{list()} shows what each backend's globs let through, and the
+        alias.
+        """
+        names = [m.model for m in self.client.list().models]
+        self.assertEqual(names, ["fake-model:proxy", "quick:proxy", "fake-reasoner:proxy",
+                                 "fake-tools:proxy"])
+
+    def test_chatThroughAliasAndSecondBackend(self) -> None:
+        """
+        A chat through the alias and a streamed chat to the second backend
+        both answer, and C{/metrics} counts them under each backend.
+        """
+        reply = self.client.chat(model="quick", messages=[{"role": "user", "content": "hi"}])
+        self.assertIn("word by word", reply.message.content or "")
+        parts = list(self.client.chat(model="fake-reasoner:proxy",
+                                      messages=[{"role": "user", "content": "hi"}], stream=True))
+        self.assertTrue(parts[-1].done)
+        with urllib.request.urlopen(self.stack.url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        self.assertIn('ollama_proxy_tokens_total{backend="alpha",direction="out",'
+                      'model="fake-model"}', text)
+        self.assertIn('ollama_proxy_time_to_first_token_seconds_count{backend="beta",'
+                      'model="fake-reasoner"} ', text)
+
+    def test_jsonLog(self) -> None:
+        """
+        C{--log-format json} writes the proxy's log, request lines included,
+        as one JSON object per line into twistd's C{--logfile}.
+        """
+        self.client.chat(model="quick", messages=[{"role": "user", "content": "log me"}])
+        with open(self.stack.proxy.logPath, encoding="utf-8") as f:
+            records = [codec.loads(line) for line in f if line.strip()]
+        requests = [r for r in records if r.get("route") == "/api/chat"]
+        self.assertTrue(requests)
+        self.assertEqual((requests[-1]["backend"], requests[-1]["model"], requests[-1]["status"]),
+                         ("alpha", "quick", 200))
+
+
+class BrokenConfigTests(SynchronousTestCase):
+    """
+    An invalid file stops the service before it starts.
+    """
+
+    def test_twistdRefuses(self) -> None:
+        """
+        twistd exits non-zero and prints the file, line and key.
+        """
+        directory = tempfile.mkdtemp(prefix="ollama-proxy-bad-")
+        path = os.path.join(directory, "proxy.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write('[[backend]]\nurl = "http://127.0.0.1:1"\ndiscovr = false\n')
+        result = subprocess.run(
+            [*twistdCommand(), "-n", "--pidfile=", "ollama-proxy", "--config", path],
+            cwd=directory, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn(f"{path}:3: backend[0].discovr: unknown key", result.stdout + result.stderr)
+
+
+ACTIVATE = shutil.which("systemd-socket-activate")
+
+
+class SocketActivationTests(SynchronousTestCase):
+    """
+    C{--listen systemd:domain=INET:index=0} serves on a socket that systemd
+    (here its C{systemd-socket-activate} test tool) opened and passed on.
+    """
+
+    skip = None if ACTIVATE else "systemd-socket-activate is not installed"
+
+    def test_inheritedSocket(self) -> None:
+        """
+        The first request, made before twistd even started, is answered on
+        the inherited socket.  (Twisted needs C{LISTEN_FDNAMES}, which
+        systemd 227 and later always set; the test tool only with
+        C{--fdname}.)
+        """
+        assert ACTIVATE is not None
+        port = freePort()
+        directory = tempfile.mkdtemp(prefix="ollama-proxy-sd-")
+        process = subprocess.Popen(
+            [ACTIVATE, "--fdname=ollama-proxy", "-l", f"127.0.0.1:{port}",
+             *twistdCommand(), "-n", "--pidfile=", "--logfile=proxy.log", "ollama-proxy",
+             "--target", "http://127.0.0.1:9", "--fallback", "", "--listen",
+             "systemd:domain=INET:index=0"],
+            cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+
+        def stop() -> None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+        self.addCleanup(stop)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version",
+                                            timeout=20) as r:
+                    self.assertEqual(codec.loads(r.read()), {"version": "0.13.5"})
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with open(os.path.join(directory, "proxy.log"), encoding="utf-8") as f:
+            self.assertIn(f"ProxySite starting on {port}", f.read())

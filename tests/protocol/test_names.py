@@ -1,0 +1,59 @@
+"""
+TODO
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.protocol.catalog import tagsFromModels
+from ollama_proxy.protocol.errors import UpstreamError
+from ollama_proxy.protocol.names import backendModel, clientModelName
+from tests.protocol.helpers import T0
+
+
+class NameTests(SynchronousTestCase):
+    """
+    Client names to backend ids and back.
+    """
+
+    def test_backendModel(self) -> None:
+        """
+        The proxy's tag and C{:latest} are stripped; real tags and ids known
+        to the backend are kept.
+        """
+        cases = [
+            ("gpt-4o:proxy", None, "gpt-4o"),
+            ("gpt-4o:latest", None, "gpt-4o"),
+            ("gpt-4o", None, "gpt-4o"),
+            ("qwen3:8b", None, "qwen3:8b"),
+            ("openrouter/deepseek:free", None, "openrouter/deepseek:free"),
+            ("llama:latest", {"llama:latest"}, "llama:latest"),
+            (":proxy", None, ":proxy"),
+        ]
+        for name, known, expected in cases:
+            self.assertEqual(backendModel(name, known), expected, name)
+
+    def test_clientModelName(self) -> None:
+        """
+        Untagged ids get the tag; tagged ids are listed as they are.
+        """
+        self.assertEqual(clientModelName("gpt-4o"), "gpt-4o:proxy")
+        self.assertEqual(clientModelName("qwen3:8b"), "qwen3:8b")
+        self.assertEqual(clientModelName("a/b", "latest"), "a/b:latest")
+
+    def test_tagsOncePerModel(self) -> None:
+        """
+        Duplicate ids from the backend are listed once, with distinct digests
+        per model.
+        """
+        tags = tagsFromModels({"data": [{"id": "a"}, {"id": "a"}, {"id": "b"}]}, T0)
+        self.assertEqual([m["name"] for m in tags["models"]], ["a:proxy", "b:proxy"])
+        self.assertNotEqual(tags["models"][0]["digest"], tags["models"][1]["digest"])
+
+    def test_tagsRejectsGarbage(self) -> None:
+        """
+        A backend answer that is not a model list is an upstream error.
+        """
+        self.assertRaises(UpstreamError, tagsFromModels, {"nope": 1}, T0)
+        self.assertEqual(tagsFromModels({"data": None}, T0), {"models": []})

@@ -1,0 +1,239 @@
+"""
+The twistd plugin: discovery, option parsing (compared as whole dicts, so
+every changed default shows up), validation and the service shape.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.service.options import API_KEY_ENV
+from ollama_proxy.service.tap import (
+    DrainService,
+    Options,
+    PoolService,
+    makeService,
+)
+
+DEFAULTS: dict[str, Any] = {
+    "listen": ["tcp:11434:interface=127.0.0.1"],
+    "target": "http://127.0.0.1:4000",
+    "api-key": None,
+    "api-key-file": None,
+    "fallback": "http://127.0.0.1:11505",
+    "tag": "proxy",
+    "debug": 0,
+    "demo": 0,
+}
+
+
+def parse(*argv: str) -> Options:
+    """
+    Parse C{argv} as twistd would after the subcommand.
+    """
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def subset(options: Options) -> dict[str, Any]:
+    """
+    The settings named in L{DEFAULTS}, as a plain dict with the options'
+    names.
+    """
+    settings = options.settings
+    return {
+        "listen": list(settings.listen),
+        "target": settings.target,
+        "api-key": settings.backends[0].apiKey,
+        "api-key-file": options["api-key-file"],
+        "fallback": settings.fallback,
+        "tag": settings.tag,
+        "debug": int(settings.debug),
+        "demo": int(settings.demo),
+    }
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    twistd finds the plugins.
+    """
+
+    def test_discovered(self) -> None:
+        """
+        C{ollama-proxy} and C{fake-openai} are among the installed twistd
+        plugins and point at their tap modules.
+        """
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("ollama-proxy", makers)
+        self.assertIn("fake-openai", makers)
+        self.assertIs(makers["ollama-proxy"].options, Options)
+
+    def test_noPluginsPackageInit(self) -> None:
+        """
+        The dropin directory has no C{__init__.py}: shipping one would
+        overwrite Twisted's own C{twisted/plugins/__init__.py}.
+        """
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        plugins = os.path.join(root, "twisted", "plugins")
+        self.assertTrue(os.path.exists(os.path.join(plugins, "ollama_proxy_plugin.py")))
+        self.assertFalse(os.path.exists(os.path.join(plugins, "__init__.py")))
+        self.assertFalse(os.path.exists(os.path.join(root, "twisted", "__init__.py")))
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Parsing and validating the command line.
+    """
+
+    def setUp(self) -> None:
+        self.savedKey = os.environ.pop(API_KEY_ENV, None)
+
+    def tearDown(self) -> None:
+        os.environ.pop(API_KEY_ENV, None)
+        if self.savedKey is not None:
+            os.environ[API_KEY_ENV] = self.savedKey
+
+    def test_defaults(self) -> None:
+        """
+        Only C{--target} given: everything else is the documented default.
+        """
+        self.assertEqual(subset(parse("--target", "http://127.0.0.1:4000/")), DEFAULTS)
+
+    def test_everything(self) -> None:
+        """
+        Repeated C{--listen}, a key, no fallback, debug.
+        """
+        options = parse(
+            "--listen", "tcp:1:interface=127.0.0.1", "--listen", "unix:/tmp/x.sock",
+            "--target", "https://api.example.com/v1", "--api-key", "sk-1",
+            "--fallback", "", "--tag", "latest", "--debug",
+        )
+        self.assertEqual(
+            subset(options),
+            {
+                **DEFAULTS,
+                "listen": ["tcp:1:interface=127.0.0.1", "unix:/tmp/x.sock"],
+                "target": "https://api.example.com/v1",
+                "api-key": "sk-1",
+                "fallback": None,
+                "tag": "latest",
+                "debug": 1,
+            },
+        )
+
+    def test_targetRequired(self) -> None:
+        """
+        Without C{--target} (and without C{--demo}) the error says what to do.
+        """
+        e = self.assertRaises(UsageError, parse)
+        self.assertIn("--target is required", str(e))
+
+    def test_targetValidated(self) -> None:
+        """
+        Only http/https URLs with a host are accepted.
+        """
+        for bad in ("localhost:4000", "ftp://x", "http://", "http:///v1"):
+            e = self.assertRaises(UsageError, parse, "--target", bad)
+            self.assertIn("--target must be an http:// or https:// URL", str(e))
+
+    def test_fallbackValidated(self) -> None:
+        """
+        A malformed fallback URL is refused too.
+        """
+        e = self.assertRaises(UsageError, parse, "--target", "http://a", "--fallback", "nope")
+        self.assertIn("--fallback", str(e))
+
+    def test_demo(self) -> None:
+        """
+        C{--demo} targets the built-in fake backend.
+        """
+        self.assertEqual(parse("--demo").settings.target, "http://127.0.0.1:11435")
+
+    def test_keyFromEnvironment(self) -> None:
+        """
+        The API key can come from C{$OLLAMA_PROXY_API_KEY}, so it is not in
+        C{ps} output.
+        """
+        os.environ[API_KEY_ENV] = "sk-env"
+        self.assertEqual(parse("--target", "http://a").settings.backends[0].apiKey, "sk-env")
+
+    def test_keyFromFile(self) -> None:
+        """
+        Or from a file, stripped of its newline; the file wins over the
+        environment.
+        """
+        os.environ[API_KEY_ENV] = "sk-env"
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("sk-file\n")
+        self.assertEqual(parse("--target", "http://a", "--api-key-file", path).settings.backends[0].apiKey, "sk-file")
+
+    def test_keyFileMissing(self) -> None:
+        """
+        An unreadable key file is a usage error, not a traceback.
+        """
+        e = self.assertRaises(
+            UsageError, parse, "--target", "http://a", "--api-key-file", "/nonexistent/key"
+        )
+        self.assertIn("cannot read --api-key-file", str(e))
+
+    def test_positiveNumbers(self) -> None:
+        """
+        Timeouts must be positive numbers.
+        """
+        self.assertRaises(UsageError, parse, "--target", "http://a", "--idle-timeout", "0")
+        self.assertRaises(UsageError, parse, "--target", "http://a", "--max-body", "-1")
+
+
+class ServiceTests(SynchronousTestCase):
+    """
+    L{makeService} wiring.
+    """
+
+    def test_shape(self) -> None:
+        """
+        One listening service per C{--listen}, plus the pool owner and the
+        drain on shutdown.
+        """
+        options = parse(
+            "--target", "http://a", "--listen", "tcp:0:interface=127.0.0.1",
+            "--listen", "tcp:0:interface=127.0.0.1",
+        )
+        service = makeService(options, reactor=MemoryReactorClock())
+        self.assertIsInstance(service, MultiService)
+        children = list(service)  # type: ignore[call-overload]
+        self.assertEqual(
+            [type(c) for c in children],
+            [StreamServerEndpointService, StreamServerEndpointService, PoolService, DrainService],
+        )
+
+    def test_listens(self) -> None:
+        """
+        Starting the service listens where C{--listen} says, on loopback by
+        default, and stopping it closes the pool.
+        """
+        reactor = MemoryReactorClock()
+        service = makeService(parse("--target", "http://a"), reactor=reactor)
+        service.startService()
+        [(port, factory, backlog, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (11434, "127.0.0.1"))
+        self.successResultOf(service.stopService())
+
+    def test_demoAddsBackend(self) -> None:
+        """
+        C{--demo} also listens for the fake backend.
+        """
+        reactor = MemoryReactorClock()
+        service = makeService(parse("--demo"), reactor=reactor)
+        service.startService()
+        self.assertEqual(sorted(s[0] for s in reactor.tcpServers), [11434, 11435])
+        self.successResultOf(service.stopService())

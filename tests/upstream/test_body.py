@@ -1,0 +1,167 @@
+"""
+TODO
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.errors import UpstreamError
+from ollama_proxy.testing.harness import ProxyHarness
+from ollama_proxy.upstream.body import BodyReader
+from tests.upstream.fakes import FakeResponse
+from tests.web.helpers import CHAT
+
+
+class ConsumeBatchingTests(SynchronousTestCase):
+    """
+    L{BodyReader} hands the collector one call per reactor turn.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.response = FakeResponse()
+        self.calls: list[bytes] = []
+
+    def consume(self, collector: Any = None, **kwargs: Any) -> Deferred[None]:
+        return ensureDeferred(
+            BodyReader(collector or self.calls.append, self.clock, **kwargs).read(
+                self.response  # type: ignore[arg-type]
+            )
+        )
+
+    def test_piecesOfOneTurnJoined(self) -> None:
+        """
+        Three pieces delivered in one turn reach the collector as one call,
+        at the end of the turn, in order.
+        """
+        d = self.consume()
+        for piece in (b"a", b"b", b"c"):
+            self.response.piece(piece)
+        self.assertEqual(self.calls, [])
+        self.clock.advance(0)
+        self.assertEqual(self.calls, [b"abc"])
+        self.response.piece(b"d")
+        self.clock.advance(0)
+        self.assertEqual(self.calls, [b"abc", b"d"])
+        self.response.end()
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_lastPiecesDeliveredBeforeTheEnd(self) -> None:
+        """
+        Pieces that arrive in the same turn as the end of the body are
+        delivered before L{BodyReader} returns, without waiting for the turn.
+        """
+        d = self.consume()
+        self.response.piece(b"x")
+        self.response.piece(b"y")
+        self.response.end()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.calls, [b"xy"])
+
+    def test_collectorFailureAtEndOfTurnClosesUpstream(self) -> None:
+        """
+        An exception from the collector at the end of a turn closes the
+        upstream connection and is what L{BodyReader} raises.
+        """
+
+        def collector(data: bytes) -> None:
+            raise UpstreamError("bad event")
+
+        d = self.consume(collector)
+        self.response.piece(b"data: x\n\n")
+        self.clock.advance(0)
+        self.assertEqual(self.response.transport.producerState, "stopped")
+        self.response.protocol.connectionLost(Failure(ConnectionError("closed")))
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.message, "bad event")
+
+    def test_idleTimerResetPerTurn(self) -> None:
+        """
+        Data within the idle timeout keeps the stream alive; silence past it
+        ends the stream with a timeout.
+        """
+        d = self.consume(idleTimeout=5.0)
+        self.clock.advance(4)
+        self.response.piece(b"a")
+        self.clock.advance(0)
+        self.clock.advance(4)
+        self.assertNoResult(d)
+        self.clock.advance(1.5)
+        self.response.protocol.connectionLost(Failure(ConnectionError("closed")))
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.status, 504)
+
+
+
+
+class BackendBodyTests(SynchronousTestCase):
+    """
+    Bodies that L{Backend} reads whole (model lists, error bodies,
+    non-streamed answers) are bounded in time and size.
+    """
+
+    def stall(self, h: ProxyHarness, upstream: Any, status: int) -> None:
+        upstream.request.setResponseCode(status)
+        upstream.request.setHeader(b"Content-Type", b"application/json")
+        upstream.write(b'{"partial": ')
+        h.pump()
+
+    def test_modelListStalls(self) -> None:
+        """
+        C{/api/tags} whose backend sends headers and then nothing: 504 after
+        the idle timeout, upstream closed.
+        """
+        h = ProxyHarness()
+        h.backendClient.idleTimeout = 5.0
+        d = h.get("/api/tags")
+        [upstream] = h.backend.received
+        self.stall(h, upstream, 200)
+        self.assertNoResult(d)
+        h.clock.advance(5)
+        h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 504)
+        self.assertEqual(len(upstream.lost), 1)
+
+    def test_errorBodyStalls(self) -> None:
+        """
+        A 500 whose error body never ends: 504 after the idle timeout rather
+        than a request that hangs.
+        """
+        h = ProxyHarness()
+        h.backendClient.idleTimeout = 5.0
+        d = h.post("/api/chat", CHAT)
+        [upstream] = h.backend.received
+        self.stall(h, upstream, 500)
+        h.clock.advance(5)
+        h.pump()
+        self.assertEqual(self.successResultOf(d).code, 504)
+        self.assertEqual(len(upstream.lost), 1)
+
+    def test_oversizedBody(self) -> None:
+        """
+        A non-streamed answer larger than C{MAX_RESPONSE_BODY} is a 502 and
+        the upstream connection is closed, instead of unbounded memory.
+        """
+        from ollama_proxy.upstream import body as upstreamModule
+
+        self.patch(upstreamModule, "MAX_RESPONSE_BODY", 1000)
+        h = ProxyHarness()
+        d = h.post("/api/chat", {**CHAT, "stream": False})
+        [upstream] = h.backend.received
+        upstream.request.setResponseCode(200)
+        upstream.request.setHeader(b"Content-Type", b"application/json")
+        upstream.write(b'{"choices": [' + b" " * 2000)
+        h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 502)
+        self.assertEqual(
+            codec.loads(self.successResultOf(h.client.content(response))),
+            {"error": "backend response is larger than 1000 bytes"},
+        )
+        self.assertEqual(len(upstream.lost), 1)

@@ -1,0 +1,194 @@
+"""
+TODO
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.protocol.errors import NotFound, UpstreamError
+from ollama_proxy.service.config import BackendConfig, ModelOverride
+from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.upstream.cache import TTLCache
+from ollama_proxy.upstream.routing import (
+    BackendModels,
+    Router,
+    applyExtra,
+    applyOverride,
+)
+from tests.upstream.helpers import LogCapture, ScriptedFetch
+
+
+def backendModels(clock: MemoryReactorClock, fetch: ScriptedFetch, **config: Any) -> BackendModels:
+    """
+    @return: a L{BackendModels} whose list comes from C{fetch}.
+    """
+    backendConfig = BackendConfig(**config)
+    backend = Backend(None, backendConfig.url, clock)
+    return BackendModels(backendConfig, backend, TTLCache(fetch, clock, 60, backendConfig.name))
+
+
+class RouterTests(SynchronousTestCase):
+    """
+    L{Router} over two backends.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.fa, self.fb = ScriptedFetch(), ScriptedFetch()
+        self.a = backendModels(
+            self.clock, self.fa, name="a", url="http://a:1", deny=["secret-*"],
+            aliases={"fast": "small"},
+            overrides={"big": ModelOverride(contextLength=8192)},
+        )
+        self.b = backendModels(self.clock, self.fb, name="b", url="http://b:1", models=("static",))
+        self.router = Router([self.a, self.b], tag="proxy")
+        self.logs = LogCapture(self)
+
+    def route(self, name: str) -> Any:
+        """
+        @return: the route's (backend name, model id), with lists answered.
+        """
+        d = Deferred.fromCoroutine(self.router.route(name))
+        if self.fa.calls and not self.fa.calls[-1].called:
+            self.fa.answer("big", "small", "shared", "qwen3:8b", "secret-x")
+        if self.fb.calls and not self.fb.calls[-1].called:
+            self.fb.answer("shared", "other")
+        route = self.successResultOf(d)
+        return (route.name, route.modelId)
+
+    def test_namesResolve(self) -> None:
+        """
+        Listed names (C{x:proxy}), bare ids, C{:latest}, ids with their own
+        tag, aliases and static models go to the backend that offers them.
+        """
+        self.assertEqual(self.route("big:proxy"), ("a", "big"))
+        self.assertEqual(self.route("big"), ("a", "big"))
+        self.assertEqual(self.route("big:latest"), ("a", "big"))
+        self.assertEqual(self.route("qwen3:8b"), ("a", "qwen3:8b"))
+        self.assertEqual(self.route("other:proxy"), ("b", "other"))
+        self.assertEqual(self.route("fast:latest"), ("a", "small"))
+        self.assertEqual(self.route("static"), ("b", "static"))
+
+    def test_overrideTravelsWithRoute(self) -> None:
+        """
+        The route carries the configured override of the model.
+        """
+        self.route("big")
+        route = self.successResultOf(Deferred.fromCoroutine(self.router.route("big:proxy")))
+        self.assertEqual(route.override.contextLength, 8192)
+
+    def test_duplicateFirstWinsAndWarnsOnce(self) -> None:
+        """
+        A name both backends list goes to the first; one warning names both
+        backends, however often the lists are read.
+        """
+        self.assertEqual(self.route("shared"), ("a", "shared"))
+        self.clock.advance(61)
+        self.assertEqual(self.route("shared:proxy"), ("a", "shared"))
+        warnings = [e for e in self.logs.errors() if "offered by backends" in e["log_format"]]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual((warnings[0]["model"], warnings[0]["first"], warnings[0]["second"]),
+                         ("shared:proxy", "a", "b"))
+
+    def test_deniedAndUnknown(self) -> None:
+        """
+        A model hidden by a deny glob, or listed nowhere, is a 404 naming it.
+        """
+        d = Deferred.fromCoroutine(self.router.route("secret-x"))
+        self.fa.answer("secret-x")
+        self.fb.answer()
+        self.assertEqual(self.failureResultOf(d, NotFound).value.message,
+                         'model "secret-x" not found')
+
+    def test_unknownWhileBackendDown(self) -> None:
+        """
+        An unknown name while one backend cannot be listed is a 502 that says
+        which backend is down (the model may be that one's), and the other
+        backend's models still resolve.
+        """
+        d = Deferred.fromCoroutine(self.router.route("nowhere"))
+        self.fa.fail("connection refused")
+        self.fb.answer("other")
+        failure = self.failureResultOf(d, UpstreamError)
+        self.assertIn("a (connection refused)", failure.value.message)
+        d = Deferred.fromCoroutine(self.router.route("other"))
+        self.fa.fail("connection refused")
+        self.assertEqual(self.successResultOf(d).name, "b")
+
+    def test_mergedListSurvivesOneBackendDown(self) -> None:
+        """
+        The merged list keeps the first backend's last good list when it
+        goes down, and still has the second backend's.
+        """
+        d = Deferred.fromCoroutine(self.router.models())
+        self.fa.answer("big")
+        self.fb.answer("other")
+        self.assertEqual([e["id"] for _, e in self.successResultOf(d)],
+                         ["big", "fast", "other", "static"])
+        self.clock.advance(61)
+        d = Deferred.fromCoroutine(self.router.models())
+        self.fa.fail()
+        self.fb.answer("other", "new")
+        self.assertEqual([e["id"] for _, e in self.successResultOf(d)],
+                         ["big", "fast", "other", "new", "static"])
+
+    def test_allDown(self) -> None:
+        """
+        When no backend has a list at all, the merged list fails with the
+        first backend's error (static models alone do not hide an outage
+        of discovery).
+        """
+        router = Router([self.a])
+        d = Deferred.fromCoroutine(router.models())
+        self.fa.fail("nope")
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.message, "nope")
+
+    def test_singleBackendNeverLists(self) -> None:
+        """
+        With one backend, routing never lists models (a chat costs one
+        upstream connection, as in the seed): any name is sent to it, with
+        C{:proxy}/C{:latest} removed and aliases applied; names resolve
+        against a list fetched earlier (by C{/api/tags}), and only then count
+        as known (for the metrics' C{model} label).
+        """
+        router = Router([self.a])
+        for name, expected, known in [("x:proxy", "x", False), ("x:latest", "x", False),
+                                      ("fast", "small", True), ("qwen3:8b", "qwen3:8b", False)]:
+            route = self.successResultOf(Deferred.fromCoroutine(router.route(name)))
+            self.assertEqual((route.name, route.modelId, route.known), ("a", expected, known))
+        self.assertEqual(self.fa.calls, [])
+        d = Deferred.fromCoroutine(router.models())
+        self.fa.answer("qwen3:8b")
+        self.successResultOf(d)
+        route = self.successResultOf(Deferred.fromCoroutine(router.route("qwen3:8b")))
+        self.assertEqual((route.modelId, route.known), ("qwen3:8b", True))
+        self.assertEqual(len(self.fa.calls), 1)
+
+
+class OverrideTests(SynchronousTestCase):
+    """
+    L{applyOverride} and L{applyExtra}.
+    """
+
+    def test_defaultOptionsLoseToClient(self) -> None:
+        """
+        Configured options fill in; the client's options win.
+        """
+        override = ModelOverride(options={"temperature": 0.2, "num_ctx": 8192})
+        body = applyOverride({"model": "m", "options": {"temperature": 0.9}}, override)
+        self.assertEqual(body["options"], {"temperature": 0.9, "num_ctx": 8192})
+        self.assertEqual(applyOverride({"model": "m"}, override)["options"],
+                         {"temperature": 0.2, "num_ctx": 8192})
+
+    def test_extraWins(self) -> None:
+        """
+        Extra fields are set on the upstream body over the translated ones.
+        """
+        upstream = applyExtra({"model": "m", "user": "x"},
+                              ModelOverride(extra={"user": "proxy", "seed": 1}))
+        self.assertEqual(upstream, {"model": "m", "user": "proxy", "seed": 1})

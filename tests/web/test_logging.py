@@ -1,0 +1,84 @@
+"""
+What the proxy logs: one info line per request normally; payloads and raw
+chunks with C{--debug}; secrets never.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.testing.harness import BodyCollector, ProxyHarness, delta
+from tests.web.helpers import CHAT
+
+
+def runChat(harness: ProxyHarness) -> list[bytes]:
+    """
+    One streamed chat through the harness, sent with a client Authorization
+    header.
+
+    @return: the NDJSON lines the client got.
+    """
+    d = harness.post("/api/chat", CHAT, headers={"Authorization": "Bearer client-token-123"})
+    [upstream] = harness.backend.received
+    upstream.startSSE()
+    upstream.event(delta("Hi"))
+    upstream.event(delta(finish_reason="stop"))
+    upstream.done()
+    harness.pump()
+    reader = BodyCollector(harness, d.result)
+    harness.pump()
+    return reader.data.splitlines()
+
+
+class LoggingTests(SynchronousTestCase):
+    """
+    Log content with and without C{--debug}.
+    """
+
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.events)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events)
+
+    def texts(self) -> list[str]:
+        return [formatEvent(e) for e in self.events]
+
+    def test_oneLinePerRequest(self) -> None:
+        """
+        Without debug: exactly one info event for the request, with method,
+        path, model and status; no debug events, no payloads.
+        """
+        lines = runChat(ProxyHarness())
+        self.assertEqual(len(lines), 2)
+        ours = [e for e in self.events if e.get("log_namespace", "").startswith("ollama_proxy")]
+        self.assertEqual(len(ours), 1)
+        self.assertEqual(ours[0]["log_level"], LogLevel.info)
+        text = formatEvent(ours[0])
+        self.assertIn("POST /api/chat model=m:proxy status=200", text)
+        self.assertNotIn("hi", text.replace("/api/chat", ""))
+
+    def test_debugShowsPayloadsAndChunks(self) -> None:
+        """
+        With debug: the incoming request, the outgoing payload, raw upstream
+        chunks and the translated lines are logged.
+        """
+        runChat(ProxyHarness(debug=True))
+        text = "\n".join(self.texts())
+        self.assertIn("request POST /api/chat", text)
+        self.assertIn('upstream request {"model":"m"', text)
+        self.assertIn("upstream chunk", text)
+        self.assertIn('data: {"id":"chatcmpl-1"', text)
+        self.assertIn('translated {"model":"m:proxy"', text)
+
+    def test_secretsNeverLogged(self) -> None:
+        """
+        Neither the backend API key nor the client's Authorization value
+        appears in any log event, even with debug on.
+        """
+        runChat(ProxyHarness(debug=True))
+        text = "\n".join(self.texts()) + "\n".join(repr(e) for e in self.events)
+        self.assertNotIn("sk-secret", text)
+        self.assertNotIn("client-token-123", text)
+        self.assertIn("<redacted>", text)
