@@ -298,6 +298,12 @@ async def main(args: argparse.Namespace) -> None:
         args.pypy = os.path.abspath(args.pypy)
     for spec in args.proxy or ["proxy="]:
         name, _, pythonpath = spec.partition("=")
+        if pythonpath.startswith("@"):
+            # Another venv's interpreter, with that build installed: needed
+            # when the builds' twistd dropins name different modules.
+            targets.append((proxyServer(name, os.path.abspath(pythonpath[1:]), backendPort,
+                                        args.proxy_arg), "ours"))
+            continue
         env = {"PYTHONPATH": pythonpath} if pythonpath else {}
         targets.append((proxyServer(name, proxyPython, backendPort, args.proxy_arg, env), "ours"))
     if args.workers:
@@ -356,7 +362,8 @@ if __name__ == "__main__":
     parser.add_argument("--proxy-python", default=os.path.join(os.path.dirname(HERE), "..", "venv-i7", "bin", "python"),
                         help="python of the venv with ollama-proxy installed")
     parser.add_argument("--proxy", action="append",
-                        help="NAME=PYTHONPATH: a proxy build to measure (repeatable); default: the installed one")
+                        help="NAME=PYTHONPATH or NAME=@PYTHON (a venv with that build installed): a proxy "
+                             "build to measure (repeatable); default: the installed one")
     parser.add_argument("--proxy-arg", action="append", default=[], help="extra argument for every proxy")
     parser.add_argument("--workers", type=int, default=0, help="also measure --workers N (not pinned)")
     parser.add_argument("--pypy", help="a PyPy python with ollama-proxy installed, measured as another target")

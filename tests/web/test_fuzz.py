@@ -22,68 +22,15 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request
+from twisted.web.resource import IResource
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.testing.fake_openai import FakeOpenAI
 from ollama_proxy.testing.harness import TARGET, Counter, contextFor
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.web.bridge import ProxyResource
 from ollama_proxy.web.passthrough import Passthrough
 from ollama_proxy.web.tree import buildRoot
-
-
-class CannedOpenAI(Resource):
-    """
-    A backend that answers every request at once with a well-formed answer
-    for its route: a model list for GETs, embeddings, and (legacy or chat)
-    completions, streamed when the body asks for C{"stream": true}.
-    """
-
-    isLeaf = True
-
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
-        request.setHeader(b"Content-Type", b"application/json")
-        if request.method == b"GET":
-            return codec.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]})
-        assert request.content is not None
-        try:
-            body = codec.loads(request.content.read())
-        except codec.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
-            body = {}
-        path = request.path.rstrip(b"/")
-        if path.endswith(b"/embeddings"):
-            inputs = body.get("input")
-            count = len(inputs) if isinstance(inputs, list) else 1
-            return codec.dumps(
-                {
-                    "object": "list",
-                    "data": [{"object": "embedding", "index": i, "embedding": [0.5, 0.5]} for i in range(count)],
-                    "usage": {"prompt_tokens": 1, "total_tokens": 1},
-                }
-            )
-        legacy = path.endswith(b"/v1/completions")
-        choice: dict[str, Any] = (
-            {"index": 0, "text": "hi", "finish_reason": "stop"}
-            if legacy
-            else {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
-        )
-        if body.get("stream") is True:
-            request.setHeader(b"Content-Type", b"text/event-stream")
-            if not legacy:
-                choice = {"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}
-            chunk = {"choices": [choice]}
-            return b"data: " + codec.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
-        return codec.dumps(
-            {
-                "id": "c",
-                "object": "text_completion" if legacy else "chat.completion",
-                "choices": [choice],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1},
-            }
-        )
 
 
 def postRoutes(resource: IResource, prefix: bytes = b"") -> Iterator[tuple[str, ProxyResource]]:
@@ -106,11 +53,11 @@ def postRoutes(resource: IResource, prefix: bytes = b"") -> Iterator[tuple[str, 
 
 def makeProxy() -> tuple[Any, Any]:
     """
-    @return: a client for a fresh proxy in front of L{CannedOpenAI}, and its
-        root.
+    @return: a client for a fresh proxy in front of the built-in fake backend
+        (L{FakeOpenAI}, the one every test uses), and its root.
     """
     clock = MemoryReactorClock()
-    ctx = contextFor(Backend(StubTreq(CannedOpenAI()), TARGET, clock, apiKey="sk-secret"),
+    ctx = contextFor(Backend(StubTreq(FakeOpenAI(clock)), TARGET, clock, apiKey="sk-secret"),
         clock=clock,
         now=Counter(),
     )
@@ -170,7 +117,7 @@ messages = st.one_of(
 requests = st.fixed_dictionaries(
     {},
     optional={
-        "model": st.one_of(st.sampled_from(["m", "m:proxy", "m:latest", ""]), jsonValues),
+        "model": st.one_of(st.sampled_from(["fake-model", "fake-model:proxy", "fake-tools:latest", "fake-reasoner", ""]), jsonValues),
         "messages": messages,
         "prompt": st.one_of(st.text(max_size=30), jsonValues),
         "system": jsonValues,
@@ -245,8 +192,12 @@ class FuzzTests(SynchronousTestCase):
         if contentType.startswith(b"application/json"):
             decoded = codec.loads(data)
             if response.code >= 400:
-                self.assertIsInstance(decoded.get("error"), str, (path, body, data))
-                self.assertTrue(decoded["error"])
+                error = decoded.get("error")
+                if path not in NATIVE and isinstance(error, dict):
+                    # An OpenAI route: the backend's error object, relayed.
+                    error = error.get("message")
+                self.assertIsInstance(error, str, repr((path, body, data)))
+                self.assertTrue(error)
         elif contentType.startswith(b"application/x-ndjson"):
             self.assertEqual(response.code, 200)
             lines = [codec.loads(line) for line in data.splitlines()]

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fake_openai -*-
+# -*- test-case-name: tests.testing.test_fake_openai -*-
 """
 A small, deterministic OpenAI-compatible server for try-outs, tests and
 benchmarks.
@@ -32,6 +32,7 @@ import math
 import time
 from typing import Any
 
+import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -94,6 +95,99 @@ def embedding(text: str, dimensions: int = 8) -> list[float]:
     return [x / norm for x in raw]
 
 
+def _chatProblem(body: dict[str, Any]) -> str | None:
+    """
+    What a real server would refuse in a chat request, as its 400 message
+    (the fake must answer malformed input as a backend does, not crash).
+
+    @param body: the decoded request.
+    @return: the reason, or C{None} when the request is well formed.
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return "messages must be a list of objects"
+    tools = body.get("tools")
+    if tools is not None and (
+        not isinstance(tools, list)
+        or not all(isinstance(t, dict) and isinstance(t.get("function", {}), dict) for t in tools)
+    ):
+        return "tools must be a list of function objects"
+    return None
+
+
+@attrs.define
+class Received:
+    """
+    One request the fake backend got, kept open so a test can answer it.
+
+    @ivar request: the live twisted.web request.
+    @ivar method: e.g. C{"POST"}.
+    @ivar path: e.g. C{"/v1/chat/completions"}.
+    @ivar headers: lower-cased header names to their first value.
+    @ivar body: the raw body.
+    """
+
+    request: Request
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    lost: list[Any] = attrs.field(factory=list)
+
+    def json(self) -> Any:
+        """
+        @return: the decoded body.
+        """
+        return codec.loads(self.body)
+
+    def respond(self, status: int, body: Any, contentType: bytes = b"application/json") -> None:
+        """
+        Answer in one go.
+
+        @param status: HTTP status.
+        @param body: bytes, or a value to encode as JSON.
+        @param contentType: the C{Content-Type}.
+        """
+        self.request.setResponseCode(status)
+        self.request.setHeader(b"Content-Type", contentType)
+        self.request.write(body if isinstance(body, bytes) else codec.dumps(body))
+        self.request.finish()
+
+    def startSSE(self) -> None:
+        """
+        Send 200 and the C{text/event-stream} header; events follow.
+        """
+        self.request.setResponseCode(200)
+        self.request.setHeader(b"Content-Type", b"text/event-stream")
+
+    def write(self, data: bytes) -> None:
+        """
+        Write raw bytes of the response body.
+        """
+        self.request.write(data)
+
+    def event(self, obj: Any) -> None:
+        """
+        Write one SSE event with C{obj} as JSON data.
+        """
+        self.request.write(b"data: " + codec.dumps(obj) + b"\n\n")
+
+    def finish(self) -> None:
+        """
+        End the response body.
+        """
+        self.request.finish()
+
+    def done(self) -> None:
+        """
+        End an SSE stream the way OpenAI servers do: C{data: [DONE]}, then
+        the end of the body.
+        """
+        self.write(b"data: [DONE]\n\n")
+        self.finish()
+
+
+
 class FakeOpenAI(Resource):
     """
     The fake server's whole resource tree in one class.
@@ -102,20 +196,34 @@ class FakeOpenAI(Resource):
         received, newest last (the last 1,000 are kept).
     @ivar delay: seconds between streamed chunks; 0 writes them all at once.
     @ivar apiKey: if set, requests must carry C{Authorization: Bearer <key>}.
+    @ivar scripted: whether to answer nothing by itself: every request is
+        kept open in L{received} for a test to answer step by step (the mode
+        L{ollama_proxy.testing.harness.ProxyHarness} uses).
+    @ivar received: the requests held open in scripted mode.
     """
 
     isLeaf = True
 
     def __init__(
-        self, reactor: IReactorTime, delay: float = 0.0, apiKey: str | None = None
+        self,
+        reactor: IReactorTime | None = None,
+        delay: float = 0.0,
+        apiKey: str | None = None,
+        scripted: bool = False,
     ) -> None:
         super().__init__()
+        if delay and reactor is None:
+            raise ValueError("a delay needs a reactor")
         self.reactor = reactor
+        self.scripted = scripted
+        self.received: list[Received] = []
         self.delay = delay
         self.apiKey = apiKey
         self.requests: list[dict[str, Any]] = []
 
     def render(self, request: Request) -> Any:  # type: ignore[override]
+        if self.scripted:
+            return self._hold(request)
         path = request.path.decode("latin-1").rstrip("/")
         if path.startswith("/v1"):
             path = path[3:]
@@ -165,12 +273,34 @@ class FakeOpenAI(Resource):
         if model not in MODELS:
             return self._error(request, 404, f"The model `{model}` does not exist", "not_found_error")
         if path == "/chat/completions":
+            problem = _chatProblem(decoded)
+            if problem is not None:
+                return self._error(request, 400, problem)
             return self._chat(request, decoded)
         if path == "/completions":
             return self._completion(request, decoded)
         if path == "/embeddings":
             return self._embeddings(request, decoded)
         return self._error(request, 404, f"no route {method} {path}")
+
+    def _hold(self, request: Request) -> Any:
+        """
+        Scripted mode: record the request and leave it open.
+        """
+        headers = {
+            k.decode().lower(): v[0].decode()
+            for k, v in request.requestHeaders.getAllRawHeaders()
+        }
+        entry = Received(
+            request,
+            (request.method or b"").decode(),
+            request.path.decode(),
+            headers,
+            request.content.read() if request.content is not None else b"",
+        )
+        request.notifyFinish().addErrback(entry.lost.append)
+        self.received.append(entry)
+        return NOT_DONE_YET
 
     def _json(self, request: Request, obj: Any, status: int = 200) -> bytes:
         request.setResponseCode(status)
@@ -330,7 +460,7 @@ class FakeOpenAI(Resource):
                 return
             request.write(events[i])
             if i + 1 < len(events):
-                calls.append(self.reactor.callLater(self.delay, step, i + 1))
+                calls.append(self.reactor.callLater(self.delay, step, i + 1))  # type: ignore[union-attr]
                 del calls[:-1]
             else:
                 request.finish()

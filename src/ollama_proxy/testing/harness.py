@@ -15,16 +15,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import attrs
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.testing import MemoryReactorClock
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import Facts
+from ollama_proxy.testing.fake_openai import FakeOpenAI
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import DEFAULT_TTL, TTLCache
 from ollama_proxy.upstream.catalog import ModelDirectory
@@ -52,106 +50,13 @@ class Counter:
         return self.value
 
 
-@attrs.define
-class Received:
+def ScriptedOpenAI() -> FakeOpenAI:
     """
-    One request the fake backend got, kept open so a test can answer it.
-
-    @ivar request: the live twisted.web request.
-    @ivar method: e.g. C{"POST"}.
-    @ivar path: e.g. C{"/v1/chat/completions"}.
-    @ivar headers: lower-cased header names to their first value.
-    @ivar body: the raw body.
+    The fake backend in scripted mode: it records every request and answers
+    only when the test tells it to (through the L{Received} objects in its
+    C{received} list).
     """
-
-    request: Request
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    lost: list[Any] = attrs.field(factory=list)
-
-    def json(self) -> Any:
-        """
-        @return: the decoded body.
-        """
-        return codec.loads(self.body)
-
-    def respond(self, status: int, body: Any, contentType: bytes = b"application/json") -> None:
-        """
-        Answer in one go.
-
-        @param status: HTTP status.
-        @param body: bytes, or a value to encode as JSON.
-        @param contentType: the C{Content-Type}.
-        """
-        self.request.setResponseCode(status)
-        self.request.setHeader(b"Content-Type", contentType)
-        self.request.write(body if isinstance(body, bytes) else codec.dumps(body))
-        self.request.finish()
-
-    def startSSE(self) -> None:
-        """
-        Send 200 and the C{text/event-stream} header; events follow.
-        """
-        self.request.setResponseCode(200)
-        self.request.setHeader(b"Content-Type", b"text/event-stream")
-
-    def write(self, data: bytes) -> None:
-        """
-        Write raw bytes of the response body.
-        """
-        self.request.write(data)
-
-    def event(self, obj: Any) -> None:
-        """
-        Write one SSE event with C{obj} as JSON data.
-        """
-        self.request.write(b"data: " + codec.dumps(obj) + b"\n\n")
-
-    def finish(self) -> None:
-        """
-        End the response body.
-        """
-        self.request.finish()
-
-    def done(self) -> None:
-        """
-        End an SSE stream the way OpenAI servers do: C{data: [DONE]}, then
-        the end of the body.
-        """
-        self.write(b"data: [DONE]\n\n")
-        self.finish()
-
-
-class ScriptedOpenAI(Resource):
-    """
-    A backend that records every request and answers only when the test
-    tells it to (through the L{Received} objects in L{received}).
-    """
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[Received] = []
-
-    def render(self, request: Request) -> Any:  # type: ignore[override]
-        headers = {
-            k.decode().lower(): v[0].decode()
-            for k, v in request.requestHeaders.getAllRawHeaders()
-        }
-        assert request.content is not None
-        entry = Received(
-            request,
-            (request.method or b"").decode(),
-            request.path.decode(),
-            headers,
-            request.content.read(),
-        )
-        request.notifyFinish().addErrback(entry.lost.append)
-        self.received.append(entry)
-        return NOT_DONE_YET
+    return FakeOpenAI(scripted=True)
 
 
 def delta(content: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -340,7 +245,7 @@ class MultiBackendHarness(ProxyHarness):
                 BackendConfig(name="a", url="http://a.test:4000"),
                 BackendConfig(name="b", url="http://b.test:8000/v1"),
             ]
-        self.backends: dict[str, ScriptedOpenAI] = {}
+        self.backends: dict[str, FakeOpenAI] = {}
         self.stubs: list[Any] = []
         entries = []
         for config in configs:
