@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real-LiteLLM end-to-end tests (tests/test_litellm.py): install
+# The real-LiteLLM end-to-end tests (tests/integration/test_litellm.py): install
 # litellm[proxy] into a venv of its own (pinned: newer releases need a
 # package the registry does not serve; ~50-90 s and ~755 MB on a 2-core
 # machine), then run that test module with the project's test venv.
@@ -39,5 +39,5 @@ if [ ! -x "$litellm_venv/bin/litellm" ]; then
   echo "installed in $(( $(date +%s) - start )) s, $(du -sh "$litellm_venv" | cut -f1)"
 fi
 
-echo "== tests against a real LiteLLM (python -m twisted.trial tests.test_litellm)"
-OLLAMA_PROXY_LITELLM="$litellm_venv/bin/litellm" "$project/bin/python" -m twisted.trial tests.test_litellm
+echo "== tests against a real LiteLLM (python -m twisted.trial tests.integration.test_litellm)"
+OLLAMA_PROXY_LITELLM="$litellm_venv/bin/litellm" "$project/bin/python" -m twisted.trial tests.integration.test_litellm

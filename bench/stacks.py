@@ -6,8 +6,8 @@ own: collections.Counter[str] = collections.Counter()
 incl: collections.Counter[str] = collections.Counter()
 total = 0
 AREAS = {
-    "translate (NDJSONStream.feed/end)": ("feed (ollama_proxy/translate.py", "end (ollama_proxy/translate.py"),
-    "SSE decoder": ("(ollama_proxy/sse.py",),
+    "translate (TranslatedStream.feed/end)": ("feed (ollama_proxy/protocol/stream.py", "end (ollama_proxy/protocol/stream.py", "(ollama_proxy/protocol/openai.py", "(ollama_proxy/protocol/ollama.py"),
+    "SSE decoder": ("(ollama_proxy/protocol/sse.py",),
     "chunked decoding (client)": ("_ChunkedTransferDecoder", "_dataReceived_CHUNK", "_dataReceived_BODY", "_dataReceived_CRLF"),
     "treq.request (URL, agent, pool, write request)": ("request (treq/client.py",),
     "server request parsing + render": ("requestReceived (twisted/web/http.py",),

@@ -34,9 +34,7 @@ from ollama_proxy.protocol.stream import TranslatedStream
 
 T0 = 1_750_000_000_123_456_789
 
-
 STAMP = formatTimestamp(T0)
-
 
 USER = {"role": "user", "content": "hi"}
 
@@ -59,15 +57,11 @@ WEATHER_TOOL = {
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
-
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 16
-
 
 GIF = b"GIF89a" + b"\x00" * 16
 
-
 WEBP = b"RIFF\x24\x00\x00\x00WEBPVP8 " + b"\x00" * 8
-
 
 BMP = b"BM" + b"\x00" * 16
 

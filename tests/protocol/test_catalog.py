@@ -1,5 +1,5 @@
 """
-TODO
+Model metadata: facts from each source and their precedence.
 """
 
 from __future__ import annotations

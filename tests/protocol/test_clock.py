@@ -1,5 +1,5 @@
 """
-TODO
+Timestamps: C{modified_at} from a backend's C{created}, however odd.
 """
 
 from __future__ import annotations

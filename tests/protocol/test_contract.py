@@ -1,5 +1,7 @@
 """
-TODO
+Property tests: arbitrary backend JSON (streamed and aggregated, chat,
+generate, text completion) gives a L{ProxyError} or objects in the shape
+Ollama clients validate.
 """
 
 from __future__ import annotations
@@ -117,8 +119,6 @@ _WELL_FORMED = st.fixed_dictionaries(
     },
     optional={"usage": _ANY, "error": st.none()},
 )
-
-
 """Events that get past the first checks, so the deeper fields are
 exercised."""
 

@@ -1,5 +1,5 @@
 """
-TODO
+Backend flavors: chosen by name or host, and what each sends.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-TODO
+Model names: the tag and C{:latest} forms, and C{/api/tags} names.
 """
 
 from __future__ import annotations

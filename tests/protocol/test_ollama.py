@@ -1,5 +1,7 @@
 """
-TODO
+The Ollama encoder: golden NDJSON for recorded streams at every byte
+split, the aggregated C{stream: false} object, and byte-identical template
+lines.
 """
 
 from __future__ import annotations

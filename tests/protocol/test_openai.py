@@ -1,5 +1,6 @@
 """
-TODO
+Reading OpenAI replies: malformed tool calls, C{"error": null}, content
+as a list of parts.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """
-TODO
+Requests: Ollama bodies parsed into the typed request and built into
+OpenAI bodies: tools, images, thinking, options, formats.
 """
 
 from __future__ import annotations

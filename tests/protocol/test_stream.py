@@ -1,5 +1,6 @@
 """
-TODO
+The streaming pipeline: SSE bytes in, dialect bytes out, the same at
+every split of the input; what a read that fails part-way still delivers.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-TODO
+Splitting a leading C{<think>} block, at every split of the text.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-TODO
+The C{--model-info} file: loaded and validated at start-up.
 """
 
 from __future__ import annotations

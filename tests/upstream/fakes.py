@@ -1,5 +1,6 @@
 """
-TODO
+Hand-driven stand-ins for an upstream response and a client request, to
+feed the body reader piece by piece as Twisted's chunked decoder does.
 """
 
 from __future__ import annotations

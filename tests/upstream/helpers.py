@@ -1,5 +1,6 @@
 """
-TODO
+Helpers for the upstream tests: a fetch function the test completes by
+hand, and a log capture.
 """
 
 from __future__ import annotations

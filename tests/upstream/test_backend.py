@@ -1,5 +1,6 @@
 """
-TODO
+The backend client's own decisions: 429 retries before any byte reached
+the client.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """
-TODO
+Reading upstream bodies: one delivery per reactor turn, the idle timer,
+collector failures, and the size cap of non-streamed bodies.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """
-TODO
+The one TTL cache behind model lists and metadata: freshness, sharing one
+fetch, failures, a caller that leaves.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """
-TODO
+The router: lists merged in configuration order, one name index, routes
+with overrides.
 """
 
 from __future__ import annotations

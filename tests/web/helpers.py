@@ -1,5 +1,6 @@
 """
-TODO
+Helpers for the web tests: reading answers, serving the catalog refresh,
+recorded LiteLLM metadata, and the requests several tests send.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.testing.harness import ProxyHarness
 
 CONTINUE_PARAMETER = re.compile(r'^(\S+)\s+((?:".*")|\S+)$')
-
-
 """Continue's parser for the lines of C{/api/show} C{parameters}."""
 
 

@@ -1,5 +1,7 @@
 """
-TODO
+C{/api/chat} and C{/api/generate} through the proxy: streamed and not,
+bad requests, a backend that is down, text completions, and end-to-end
+checks of what the backend really received.
 """
 
 from __future__ import annotations

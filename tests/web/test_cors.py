@@ -1,5 +1,5 @@
 """
-TODO
+Ollama's CORS policy: allowed and refused origins, preflights.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-TODO
+C{/api/embed} and C{/api/embeddings}.
 """
 
 from __future__ import annotations

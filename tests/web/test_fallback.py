@@ -1,5 +1,5 @@
 """
-TODO
+Unknown paths go to the fallback Ollama, or get a JSON 404 without one.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """
-TODO
+The model routes through the proxy: C{/api/tags}, C{/api/show},
+C{/api/ps}, C{HEAD}, the management routes, and name resolution.
 """
 
 from __future__ import annotations

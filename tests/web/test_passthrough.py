@@ -1,5 +1,5 @@
 """
-TODO
+The OpenAI routes relayed to the backend.
 """
 
 from __future__ import annotations

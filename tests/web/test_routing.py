@@ -242,6 +242,44 @@ class MetadataTests(SynchronousTestCase):
                                                                 ("model", "other")))], 4.0)
 
 
+class OneResolverTests(SynchronousTestCase):
+    """
+    Every route resolves a model name the same way (one
+    L{ollama_proxy.protocol.names.NameIndex}).
+    """
+
+    def test_taggedIdWithLatest(self) -> None:
+        """
+        Regression: with two backends, C{qwen3:8b:latest} (a client adding
+        C{:latest} to an id that already has a tag) was found by
+        C{/api/show} and was a 404 on C{/api/chat}.  Both now resolve it to
+        backend C{b}'s C{qwen3:8b}.
+        """
+        h = MultiBackendHarness()
+        show = h.post("/api/show", {"model": "qwen3:8b:latest"})
+        h.answerModels("a", "llama")
+        h.answerModels("b", "qwen3:8b")
+        for fake in h.backends.values():
+            for received in fake.received:
+                if received.path.endswith("/model/info") and not received.request.finished:
+                    received.respond(404, {"error": "not found"})
+        h.pump()
+        response = self.successResultOf(show)
+        self.assertEqual(response.code, 200)
+        shown = codec.loads(self.successResultOf(h.client.content(response)))
+        self.assertEqual(shown["model_info"]["general.basename"], "qwen3:8b")
+        chat = h.post("/api/chat", {**CHAT, "model": "qwen3:8b:latest", "stream": False})
+        [upstream] = [r for r in h.backends["b"].received if r.path.endswith("chat/completions")]
+        self.assertEqual(upstream.json()["model"], "qwen3:8b")
+        upstream.respond(200, {"choices": [{"message": {"role": "assistant", "content": "ok"},
+                                            "finish_reason": "stop"}]})
+        h.pump()
+        response = self.successResultOf(chat)
+        self.assertEqual(response.code, 200)
+        answer = codec.loads(self.successResultOf(h.client.content(response)))
+        self.assertEqual(answer["model"], "qwen3:8b:latest")
+
+
 class CacheTests(SynchronousTestCase):
     """
     C{/api/tags} from the cached lists.

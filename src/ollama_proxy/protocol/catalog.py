@@ -1,5 +1,31 @@
+# -*- test-case-name: tests.protocol.test_catalog -*-
 """
-TODO
+Model metadata: what C{/api/show} and C{/api/ps} report for each model the
+backend serves, and where it comes from.
+
+Clients gate features on this metadata (Copilot reads C{capabilities} and
+C{model_info["<arch>.context_length"]}, Continue parses C{parameters}, the
+C{llm} CLI keeps only models with C{completion}), so it should be right
+without hand configuration.  Sources, in increasing precedence:
+
+  1. built-in defaults (L{DEFAULT_CONTEXT_LENGTH}, L{DEFAULT_CAPABILITIES});
+  2. the C{"*"} entry of the override file (site-wide defaults);
+  3. what the backend says about itself:
+     - fields of its C{/v1/models} entries: vLLM's C{max_model_len},
+       OpenRouter's C{context_length}, C{supported_parameters} and
+       C{architecture.input_modalities}, Groq's C{context_window},
+       llama.cpp's C{meta.n_ctx_train}/C{meta.n_embd};
+     - LiteLLM's C{GET /v1/model/info} (C{max_input_tokens},
+       C{supports_function_calling}, C{supports_vision},
+       C{supports_reasoning}, C{mode: "embedding"}, C{output_vector_size}),
+       which wins over the C{/v1/models} fields because it is explicit;
+  4. the per-model entries of the override file (C{--model-info FILE}): an
+     operator who writes a value for a model means it, so it wins.
+
+Everything here is pure (dicts in, dicts out), including the builders of
+the C{/api/tags}, C{/api/show} and C{/api/ps} answers.  The fetching and the
+one TTL cache live in L{ollama_proxy.upstream.catalog}; the override file is
+read by L{ollama_proxy.service.overrides}.
 """
 
 from __future__ import annotations
@@ -20,8 +46,6 @@ from ollama_proxy.protocol.names import (
 )
 
 DEFAULT_CONTEXT_LENGTH = 32768
-
-
 """
 The context length reported when no source knows better: what Copilot
 assumes when C{model_info} says nothing (since 2026-01), and Ollama's own
@@ -32,8 +56,6 @@ that it refuses.
 
 
 DEFAULT_CAPABILITIES = ("completion", "tools")
-
-
 """
 The capabilities of a chat model when no source knows better.  C{tools} is
 on by default because nearly every OpenAI-compatible chat backend supports
@@ -46,16 +68,12 @@ clients send C{think}, claiming C{insert} makes Continue send C{suffix}.
 
 
 KEEP_ALIVE_NS = 300 * 1_000_000_000
-
-
 """What C{/api/ps} reports as time left before unloading: Ollama's default
 C{keep_alive} of five minutes, counted from now (backend models never
 unload)."""
 
 
 ARCHITECTURE = "openai"
-
-
 """C{general.architecture} and C{details.family} when no source names one."""
 
 
@@ -72,8 +90,6 @@ _FACT_TYPES: dict[str, type] = {
 
 
 Facts = dict[str, Any]
-
-
 """
 What one source knows about one model: any of C{context_length},
 C{embedding_length}, C{family}, C{parameter_size}, C{license}, C{created}

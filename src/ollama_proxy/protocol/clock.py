@@ -1,5 +1,8 @@
+# -*- test-case-name: tests.protocol.test_clock -*-
 """
-TODO
+Time as Ollama clients read it: nanosecond wall-clock values formatted as
+RFC 3339 with nine fractional digits.  The clock itself is passed in as a
+function, so durations can be asserted exactly.
 """
 
 from __future__ import annotations
@@ -8,8 +11,6 @@ import time
 from typing import Any, Callable
 
 Clock = Callable[[], int]
-
-
 """A function returning the current wall-clock time in nanoseconds."""
 
 
@@ -41,10 +42,7 @@ class TimestampFormatter:
 
 formatTimestamp = TimestampFormatter()
 
-
 _LAST_SECOND = 253_402_300_799
-
-
 """9999-12-31T23:59:59Z: the last second with a four-digit year, which
 RFC 3339 requires and Go's and pydantic's parsers insist on."""
 

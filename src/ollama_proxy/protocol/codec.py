@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_translate -*-
+# -*- test-case-name: tests.protocol.test_ollama -*-
 """
 One place that encodes and decodes JSON.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_embeddings -*-
+# -*- test-case-name: tests.web.test_embed -*-
 """
 Pure translation of Ollama's embedding routes to OpenAI's
 C{POST /v1/embeddings}.

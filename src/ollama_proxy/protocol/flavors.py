@@ -1,5 +1,8 @@
+# -*- test-case-name: tests.protocol.test_flavors -*-
 """
-TODO
+Backend flavors: what one kind of OpenAI-compatible server accepts beyond
+the plain OpenAI chat API (sampling extras, how thinking is switched, where
+earlier reasoning goes back), chosen per backend with C{--backend-flavor}.
 """
 
 from __future__ import annotations
@@ -65,22 +68,16 @@ FLAVORS: dict[str, Flavor] = {
         ),
     )
 }
-
-
 """The known flavors by name."""
 
 
 GENERIC = FLAVORS["generic"]
-
-
 """For unknown backends: sampling extras on (withdrawn by
 L{withoutRejectedExtras} if the backend refuses them), thinking as
 C{reasoning_effort}."""
 
 
 FLAVOR_NAMES = ("auto", *FLAVORS)
-
-
 """What C{--backend-flavor} accepts."""
 
 
@@ -96,8 +93,6 @@ SAMPLING_EXTRAS: tuple[tuple[str, str, type | tuple[type, ...]], ...] = (
     ("min_p", "min_p", (int, float)),
     ("repeat_penalty", "repetition_penalty", (int, float)),
 )
-
-
 """C{(Ollama option, backend field, type)} for the non-OpenAI sampling
 parameters."""
 

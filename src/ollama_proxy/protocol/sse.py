@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_sse -*-
+# -*- test-case-name: tests.protocol.test_sse -*-
 """
 A sans-IO decoder for Server-Sent Events.
 

@@ -1,11 +1,13 @@
+# -*- test-case-name: tests.protocol.test_thinktags -*-
 """
-TODO
+Inline C{<think>...</think>} at the start of a reply's content, split into
+thinking and content as Ollama's own parser does, for models whose serving
+stack has no separate reasoning channel.
 """
 
 from __future__ import annotations
 
 _OPEN_TAG = "<think>"
-
 
 _CLOSE_TAG = "</think>"
 _SEEKING, _OPENED, _THINKING, _CLOSED, _PASSING = range(5)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.service.test_config -*-
 """
 The TOML configuration file: several backends, which of their models to
 offer, aliases and per-model overrides, plus any command-line option.

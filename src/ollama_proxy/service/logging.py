@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_jsonlog -*-
+# -*- test-case-name: tests.service.test_logging -*-
 """
 JSON log lines for log shippers (Loki, Vector, Fluent Bit, journald's
 JSON readers): one object per line with the time, level, namespace, the

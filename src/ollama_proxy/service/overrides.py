@@ -1,5 +1,8 @@
+# -*- test-case-name: tests.service.test_overrides -*-
 """
-TODO
+The C{--model-info} file: per-model metadata overrides, read and validated
+at start-up (the validation itself is pure, in
+L{ollama_proxy.protocol.catalog.parseOverrides}).
 """
 
 from __future__ import annotations

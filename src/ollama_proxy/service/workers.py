@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers -*-
+# -*- test-case-name: tests.service.test_workers -*-
 """
 Several proxy processes on one machine, sharing the listening ports.
 

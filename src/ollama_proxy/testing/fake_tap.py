@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.service.test_tap -*-
 """
 C{twistd -n fake-openai}: the built-in fake backend as a service of its own.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.testing.test_harness -*-
+# -*- test-case-name: tests.web.test_chat -*-
 """
 Test doubles, public like C{treq.testing}: a scriptable OpenAI backend and a
 harness that puts the proxy between two C{treq.testing.StubTreq}s.

@@ -56,8 +56,6 @@ HOP_BY_HOP = frozenset(
 
 
 HTTPClient = Any
-
-
 """
 A treq-style client: C{treq.client.HTTPClient} in production,
 C{treq.testing.StubTreq} in tests.  Only its C{request(method, url, **kw)}
@@ -289,8 +287,6 @@ class Backend:
 
 
 DEFAULT_RETRY_DELAY = 1.0
-
-
 """Seconds to wait before retrying a 429 that has no C{Retry-After}."""
 
 

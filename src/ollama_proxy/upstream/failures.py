@@ -1,5 +1,9 @@
+# -*- test-case-name: tests.web.test_relay -*-
 """
-TODO
+Client-side failures (treq, Agent, connection errors) as the proxy's
+errors: a 504 for timeouts, a 502 for everything else, with a message that
+names the upstream.  Its own module so that the body reader and the backend
+client share it without importing each other.
 """
 
 from __future__ import annotations

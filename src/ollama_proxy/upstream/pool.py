@@ -1,5 +1,20 @@
+# -*- test-case-name: tests.upstream.test_pool -*-
 """
-TODO
+The upstream HTTP client, and every use of Twisted's private client API in
+one place: one persistent connection pool, one agent, one treq client, built
+once per process.
+
+treq turns a C{bytes} body into a C{FileBodyProducer}, which writes the body
+from a cooperator task on a later reactor turn.  The request head and body
+then leave in two TCP segments, and Nagle's algorithm holds the second one
+until the backend acknowledges the first: with a delayed ACK that stalled
+every upstream request by about 10 ms on loopback (measured in
+C{bench/RESULTS.md}).  L{BytesProducer} writes the body synchronously, so
+head and body go out in one send.
+
+Private API used here (pinned by C{tests.upstream.test_pool}):
+C{HTTPConnectionPool._putConnection} and C{._factory}, and
+C{twisted.web.client._HTTP11ClientFactory}.
 """
 
 from __future__ import annotations

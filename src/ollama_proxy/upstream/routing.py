@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_models -*-
+# -*- test-case-name: tests.upstream.test_routing -*-
 """
 Which backend serves which model: the per-backend model-list cache and the
 router that maps a client's model name to a backend, a backend model id and

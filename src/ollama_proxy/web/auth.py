@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.web.test_auth -*-
 """
 Inbound authentication and the per-request client key.
 

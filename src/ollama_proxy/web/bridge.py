@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_resources -*-
+# -*- test-case-name: tests.web.test_chat -*-
 """
 The async bridge and the error funnel, shared by every resource.
 
@@ -220,7 +220,7 @@ class ProxyResource(Resource):
                 name[len("handle_") :] for name in dir(self) if name.startswith("handle_")
             )
             request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
-            return jsonError(request, 405, f"method {method} not allowed")
+            return self.errorBody(request, 405, f"method {method} not allowed")
         body = request.content.read() if request.content is not None else b""
         ex = Exchange(request, body, self.ctx.now(), ClientState(request))
         if self.ctx.debug:
@@ -297,7 +297,20 @@ class ProxyResource(Resource):
             # fake done:true.
             request.write(codec.dumpLine({"error": message}))
         else:
-            request.write(jsonError(request, status, message))
+            request.write(self.errorBody(request, status, message))
+
+    def errorBody(self, request: Request, status: int, message: str) -> bytes:
+        """
+        Prepare an error answer in the dialect this resource speaks (before
+        any byte of the response was sent).  Ollama's C{{"error": ...}} by
+        default; a resource of another dialect overrides it.
+
+        @param request: the request to answer.
+        @param status: the HTTP status.
+        @param message: the error text.
+        @return: the body to write.
+        """
+        return jsonError(request, status, message)
 
     def routeLabel(self, request: Request) -> str:
         """

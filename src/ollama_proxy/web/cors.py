@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_surface -*-
+# -*- test-case-name: tests.web.test_cors -*-
 """
 Cross-origin requests, allowed the way Ollama allows them (C{OLLAMA_ORIGINS}
 plus its built-in list), so browser-based clients -- Obsidian

@@ -1,5 +1,8 @@
+# -*- test-case-name: tests.web.test_fallback -*-
 """
-TODO
+The fallback Ollama: everything the proxy cannot answer itself is relayed
+to a real Ollama (method, path, query, headers, body, streamed back); with
+none configured, a JSON 404.
 """
 
 from __future__ import annotations

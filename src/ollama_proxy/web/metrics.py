@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.web.test_routing -*-
 """
 Prometheus metrics, in a registry of their own.
 

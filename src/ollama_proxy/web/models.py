@@ -1,5 +1,9 @@
+# -*- test-case-name: tests.web.test_models -*-
 """
-TODO
+The Ollama dialect's model routes: C{/api/tags}, C{/api/show}, C{/api/ps},
+and the management routes (pull, delete, copy, create, push, blobs), which
+the proxy answers for the models it serves and forwards to the fallback
+Ollama for the rest.
 """
 
 from __future__ import annotations

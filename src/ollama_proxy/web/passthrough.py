@@ -1,5 +1,9 @@
+# -*- test-case-name: tests.web.test_passthrough -*-
 """
-TODO
+OpenAI routes (C{/v1/models}, C{/v1/chat/completions}, ...) relayed to the
+backend as they are, with the backend's key and the model name resolved,
+so that names from C{/api/tags} work there too.  No translation: the
+backend's bytes go to the client as they arrive.
 """
 
 from __future__ import annotations
@@ -14,8 +18,6 @@ from ollama_proxy.web.observe import streaming
 from ollama_proxy.web.relay import relayResponse, requestHeaders
 
 GENERATING = frozenset({"chat/completions", "completions"})
-
-
 """The OpenAI routes that get a model's configured C{extra} fields."""
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_site -*-
+# -*- test-case-name: tests.web.test_site -*-
 """
 The HTTP server side: a request class that enforces a body-size cap and a
 C{Site} without per-request access-log formatting.
@@ -25,7 +25,6 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 """Default request body cap: large enough for several base64 images."""
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
-
 
 _REASONS = {413: b"Payload Too Large", 408: b"Request Timeout"}
 

@@ -1,5 +1,8 @@
+# -*- test-case-name: tests.web.test_chat -*-
 """
-TODO
+The resource tree: which resource serves which path, wrapped in Ollama's
+CORS policy.  Unknown paths under C{/}, C{/api} and C{/v1} go to the
+fallback.
 """
 
 from __future__ import annotations

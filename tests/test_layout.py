@@ -1,0 +1,149 @@
+"""
+The package's shape, checked rather than hoped for: the protocol package
+is pure (no Twisted, no treq, no I/O layer), each layer imports only the
+layers below it, there are no import cycles, no module grows past about 600
+lines, and the README's Layout section names every module.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from typing import Iterator
+
+from twisted.trial.unittest import SynchronousTestCase
+
+import ollama_proxy
+
+PACKAGE = os.path.dirname(os.path.abspath(ollama_proxy.__file__))
+ROOT = os.path.dirname(os.path.dirname(PACKAGE))
+
+
+def modules() -> dict[str, str]:
+    """
+    @return: every module of the package, dotted name to file path.
+    """
+    out = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                rel = os.path.relpath(path, os.path.dirname(PACKAGE))[:-3].replace(os.sep, ".")
+                out[rel.removesuffix(".__init__")] = path
+    return out
+
+
+def imports(path: str, moduleLevelOnly: bool = False) -> Iterator[str]:
+    """
+    @param path: a module's file.
+    @param moduleLevelOnly: only the imports that run when the module is
+        imported (not those in functions or under C{TYPE_CHECKING}).
+    @return: the names of the modules it imports.
+    """
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    nodes = ast.walk(tree) if not moduleLevelOnly else iter(tree.body)
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            for alias in node.names:
+                yield f"{node.module}.{alias.name}"
+
+
+LAYERS = {
+    "ollama_proxy.protocol": ("ollama_proxy.protocol",),
+    "ollama_proxy.upstream": ("ollama_proxy.protocol", "ollama_proxy.upstream",
+                              "ollama_proxy.service.config"),
+    "ollama_proxy.web": ("ollama_proxy.protocol", "ollama_proxy.upstream", "ollama_proxy.web",
+                         "ollama_proxy.service.config"),
+}
+"""What each layer may import from the package: the pure hub below
+everything, the backend client on it, the web layer on both.
+L{ollama_proxy.service.config} is the parsed configuration file, plain
+frozen values that every layer may read."""
+
+
+class LayoutTests(SynchronousTestCase):
+    """
+    The architecture of C{docs}/README, enforced.
+    """
+
+    def test_protocolIsPure(self) -> None:
+        """
+        Nothing in L{ollama_proxy.protocol} imports Twisted, treq or zope
+        (anywhere in the module, not only at its top), so the hub runs and
+        is tested without a reactor.
+        """
+        found = [
+            (name, imported)
+            for name, path in modules().items() if name.startswith("ollama_proxy.protocol")
+            for imported in imports(path)
+            if imported.split(".")[0] in ("twisted", "treq", "zope")
+        ]
+        self.assertEqual(found, [])
+
+    def test_layers(self) -> None:
+        """
+        Each layer imports only from the layers it stands on.
+        """
+        wrong = []
+        for name, path in modules().items():
+            for layer, allowed in LAYERS.items():
+                if name == layer or name.startswith(layer + "."):
+                    for imported in imports(path):
+                        if imported.startswith("ollama_proxy.") and not any(
+                            imported == a or imported.startswith(a + ".") for a in allowed
+                        ):
+                            wrong.append((name, imported))
+        self.assertEqual(wrong, [])
+
+    def test_noImportCycles(self) -> None:
+        """
+        The modules' import-time dependencies form no cycle.
+        """
+        known = modules()
+        graph = {
+            name: {i for i in imports(path, moduleLevelOnly=True) if i in known and i != name}
+            for name, path in known.items()
+        }
+        state: dict[str, int] = {}
+        cycles: list[list[str]] = []
+
+        def visit(name: str, stack: list[str]) -> None:
+            state[name] = 1
+            for other in sorted(graph[name]):
+                if state.get(other) == 1:
+                    cycles.append(stack[stack.index(other):] + [other])
+                elif other not in state:
+                    visit(other, stack + [other])
+            state[name] = 2
+
+        for name in sorted(graph):
+            if name not in state:
+                visit(name, [name])
+        self.assertEqual(cycles, [])
+
+    def test_moduleSize(self) -> None:
+        """
+        No module is over 600 lines.
+        """
+        sizes = {name: sum(1 for _ in open(path, encoding="utf-8")) for name, path in modules().items()}
+        self.assertEqual({name: n for name, n in sizes.items() if n > 600}, {})
+
+    def test_readmeNamesEveryModule(self) -> None:
+        """
+        The README's Layout section names every module (as its path below
+        C{src/ollama_proxy/}), so a reader can find where behaviour lives.
+        """
+        readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+        start = readme.index("## Layout")
+        section = readme[start:readme.index("\n## ", start + 1)]
+        missing = [
+            os.path.relpath(path, PACKAGE)
+            for name, path in sorted(modules().items())
+            if not path.endswith(("__init__.py", "_version.py"))
+            and os.path.relpath(path, PACKAGE) not in section
+        ]
+        self.assertEqual(missing, [])

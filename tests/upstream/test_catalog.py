@@ -1,0 +1,73 @@
+"""
+The model directory: the catalog built from the one TTL cache of lists and
+metadata, never older than the TTL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.protocol.catalog import ModelMeta
+from ollama_proxy.testing.harness import ProxyHarness
+
+
+class CatalogAgeTests(SynchronousTestCase):
+    """
+    Metadata is as fresh as the cache that holds it.
+    """
+
+    def served(self, h: ProxyHarness, name: str) -> Deferred[ModelMeta | None]:
+        return Deferred.fromCoroutine(h.ctx.models.served(name))
+
+    def answer(self, h: ProxyHarness, path: str, status: int, body: Any) -> None:
+        """
+        Answer the pending request for C{path}, which must exist.
+        """
+        [pending] = [r for r in h.backend.received
+                     if r.path == path and not r.request.finished]
+        pending.respond(status, body)
+        h.pump()
+
+    def test_metadataNeverOlderThanTTL(self) -> None:
+        """
+        Regression: the catalog was a second TTL cache on top of the model
+        list cache, so metadata built at t=59 from a list fetched at t=0
+        was served until t=119.  Now a list older than the TTL is fetched
+        again whatever asks for it, and the catalog follows it.
+        """
+        h = ProxyHarness(ttl=60)
+        tags = h.get("/api/tags")
+        self.answer(h, "/v1/models", 200, {"data": [{"id": "a", "max_model_len": 1000}]})
+        self.assertEqual(self.successResultOf(tags).code, 200)
+        h.clock.advance(59)
+        first = self.served(h, "a")
+        self.answer(h, "/v1/model/info", 404, {"error": "not found"})
+        meta = self.successResultOf(first)
+        assert meta is not None
+        self.assertEqual(meta.contextLength, 1000)
+        self.assertEqual(len(h.backend.received), 2)
+        h.clock.advance(2)
+        second = self.served(h, "a")
+        self.answer(h, "/v1/models", 200, {"data": [{"id": "a", "max_model_len": 2000}]})
+        meta = self.successResultOf(second)
+        assert meta is not None
+        self.assertEqual(meta.contextLength, 2000)
+        # The metadata fetched at t=59 is still within its TTL.
+        self.assertEqual([r.path for r in h.backend.received],
+                         ["/v1/models", "/v1/model/info", "/v1/models"])
+
+    def test_catalogReusedWhileNothingChanged(self) -> None:
+        """
+        While the list and the metadata are fresh, the catalog object is
+        the same one (rebuilt only when a source changed).
+        """
+        h = ProxyHarness(ttl=60)
+        first = Deferred.fromCoroutine(h.ctx.models.catalog())
+        self.answer(h, "/v1/models", 200, {"data": [{"id": "a"}]})
+        self.answer(h, "/v1/model/info", 404, {"error": "not found"})
+        catalog = self.successResultOf(first)
+        self.assertEqual(list(catalog), ["a"])
+        self.assertIs(self.successResultOf(Deferred.fromCoroutine(h.ctx.models.catalog())), catalog)
