@@ -98,7 +98,7 @@ C{embedding}, C{insert}.  A missing key means "this source does not know".
 """
 
 
-def _positiveInt(value: Any) -> int | None:
+def _positiveInt(value: object) -> int | None:
     """
     @param value: a decoded JSON value.
     @return: C{value} if it is a positive integer (bools excluded), else
@@ -147,7 +147,7 @@ def factsFromModelEntry(entry: Mapping[str, Any]) -> Facts:
     return facts
 
 
-def factsFromLiteLLM(info: Any) -> dict[str, Facts]:
+def factsFromLiteLLM(info: object) -> dict[str, Facts]:
     """
     Read LiteLLM's C{GET /v1/model/info} listing.
 
@@ -192,7 +192,7 @@ def factsFromLiteLLM(info: Any) -> dict[str, Facts]:
     return result
 
 
-def factsFromOverride(entry: Any, where: str) -> Facts:
+def factsFromOverride(entry: object, where: str) -> Facts:
     """
     Validate one entry of the override file.
 
@@ -237,7 +237,7 @@ def factsFromOverride(entry: Any, where: str) -> Facts:
     return facts
 
 
-def parseOverrides(document: Any) -> dict[str, Facts]:
+def parseOverrides(document: object) -> dict[str, Facts]:
     """
     Validate a whole override document.
 
@@ -321,7 +321,7 @@ def mergeFacts(*sources: Mapping[str, Any] | None) -> Facts:
 
 
 def buildCatalog(
-    models: Any, liteLLM: Any, overrides: Mapping[str, Facts] | None = None
+    models: object, liteLLM: object, overrides: Mapping[str, Facts] | None = None
 ) -> dict[str, ModelMeta]:
     """
     Merge every source into one entry per served model.
@@ -515,7 +515,7 @@ def modelDetails(family: str = "openai") -> JSON:
     }
 
 
-def tagsFromModels(models: Any, nowNs: int, tag: str = DEFAULT_TAG) -> JSON:
+def tagsFromModels(models: object, nowNs: int, tag: str = DEFAULT_TAG) -> JSON:
     """
     Build the C{/api/tags} body from an OpenAI model list.
 

@@ -47,7 +47,7 @@ _LAST_SECOND = 253_402_300_799
 RFC 3339 requires and Go's and pydantic's parsers insist on."""
 
 
-def createdTimestamp(created: Any, nowNs: int) -> str:
+def createdTimestamp(created: object, nowNs: int) -> str:
     """
     C{modified_at} from a backend's C{created} (Unix seconds).
 

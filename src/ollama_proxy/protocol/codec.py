@@ -21,7 +21,7 @@ JSON = dict[str, Any]
 JSONDecodeError = orjson.JSONDecodeError
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: object) -> bytes:
     """
     Encode C{obj} as compact UTF-8 JSON.
 
@@ -31,7 +31,7 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
 
 
-def dumpLine(obj: Any) -> bytes:
+def dumpLine(obj: object) -> bytes:
     """
     Encode C{obj} as one NDJSON line.
 

@@ -86,7 +86,7 @@ def normalise(vector: list[float]) -> list[float]:
     return [x / norm for x in vector]
 
 
-def vectorsFromOpenAI(response: Any, count: int) -> tuple[list[list[float]], int]:
+def vectorsFromOpenAI(response: object, count: int) -> tuple[list[list[float]], int]:
     """
     Extract the vectors, in input order, and the token count.
 
@@ -97,7 +97,7 @@ def vectorsFromOpenAI(response: Any, count: int) -> tuple[list[list[float]], int
         input.
     """
     data = response.get("data") if isinstance(response, dict) else None
-    if not isinstance(data, list):
+    if not isinstance(response, dict) or not isinstance(data, list):
         raise UpstreamError("backend returned embeddings without a data list")
     slots: list[list[float] | None] = [None] * count
     for position, item in enumerate(data):

@@ -173,7 +173,7 @@ def modelDigest(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8")).hexdigest()
 
 
-def modelIds(models: Any) -> list[str]:
+def modelIds(models: object) -> list[str]:
     """
     Extract the ids from an OpenAI C{GET /v1/models} body, in order, without
     duplicates.

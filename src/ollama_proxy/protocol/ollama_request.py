@@ -29,7 +29,7 @@ from ollama_proxy.protocol.requests import (
 )
 
 
-def requireObject(body: Any) -> JSON:
+def requireObject(body: object) -> JSON:
     """
     @param body: a decoded request body.
     @return: C{body} if it is a JSON object.
@@ -96,8 +96,10 @@ def thinkValue(body: JSON) -> Think:
     think = body.get("think")
     if think is None or isinstance(think, bool):
         return think
-    if isinstance(think, str) and think in THINK_LEVELS:
-        return think  # type: ignore[return-value]
+    if isinstance(think, str):
+        for level in THINK_LEVELS:
+            if think == level:
+                return level
     raise BadRequest(
         f"invalid think value: {codec.dumps(think).decode()} "
         '(must be "high", "medium", "low", "max", true, or false)'
@@ -148,7 +150,7 @@ def sniffImageType(raw: bytes) -> str:
     return "image/jpeg"
 
 
-def imageURL(image: Any) -> str:
+def imageURL(image: object) -> str:
     """
     Turn one Ollama C{images} entry (raw base64) into a C{data:} URL.
 
@@ -178,7 +180,7 @@ def imageURL(image: Any) -> str:
     return f"data:{sniffImageType(raw[:16])};base64,{image}"
 
 
-def _argumentsString(arguments: Any) -> str:
+def _argumentsString(arguments: object) -> str:
     """
     Tool-call arguments as JSON text; Ollama sends objects.
 
@@ -192,7 +194,7 @@ def _argumentsString(arguments: Any) -> str:
     return codec.dumps(arguments).decode("utf-8")
 
 
-def parseMessages(messages: Any) -> tuple[Message, ...]:
+def parseMessages(messages: object) -> tuple[Message, ...]:
     """
     Validate an Ollama C{messages} list.
 
@@ -267,7 +269,7 @@ def parseMessages(messages: Any) -> tuple[Message, ...]:
     return tuple(out)
 
 
-def parseOptions(options: Any) -> Sampling:
+def parseOptions(options: object) -> Sampling:
     """
     Validate Ollama's C{options}, as Ollama does: every known option is
     type-checked, even those the backend will not receive.
@@ -308,7 +310,7 @@ def parseOptions(options: Any) -> Sampling:
     )
 
 
-def formatValue(fmt: Any) -> str | JSON | None:
+def formatValue(fmt: object) -> str | JSON | None:
     """
     Validate Ollama's C{format}.
 
@@ -318,8 +320,10 @@ def formatValue(fmt: Any) -> str | JSON | None:
     """
     if fmt is None or fmt == "":
         return None
-    if fmt == "json" or isinstance(fmt, dict):
-        return fmt  # type: ignore[no-any-return]
+    if fmt == "json":
+        return "json"
+    if isinstance(fmt, dict):
+        return fmt
     raise BadRequest('format must be "json" or a JSON schema object')
 
 

@@ -33,7 +33,7 @@ from ollama_proxy.protocol.events import (
 from ollama_proxy.protocol.thinktags import ThinkTagSplitter, splitThinkTags
 
 
-def contentText(content: Any) -> str:
+def contentText(content: object) -> str:
     """
     The text of an OpenAI C{content} that is not a plain string.
 
@@ -55,7 +55,7 @@ def contentText(content: Any) -> str:
     )
 
 
-def toolCallsFromOpenAI(calls: Any) -> tuple[ToolCall, ...]:
+def toolCallsFromOpenAI(calls: object) -> tuple[ToolCall, ...]:
     """
     Read complete OpenAI tool calls, with the arguments as a JSON object.
 
@@ -106,7 +106,7 @@ def toolCallsFromOpenAI(calls: Any) -> tuple[ToolCall, ...]:
     return tuple(out)
 
 
-def _responseCallId(index: int, name: str, arguments: Any) -> str:
+def _responseCallId(index: int, name: str, arguments: object) -> str:
     """
     An id for a tool call the backend sent without one.
 
@@ -175,7 +175,7 @@ def _tokenLogprob(entry: Mapping[str, Any]) -> JSON:
     return out
 
 
-def logprobsFromOpenAI(logprobs: Any) -> list[JSON]:
+def logprobsFromOpenAI(logprobs: object) -> list[JSON]:
     """
     Translate an OpenAI choice's C{logprobs} into Ollama's chunk-level
     C{logprobs} list.
@@ -323,7 +323,7 @@ class ChatStreamReader:
                 else:
                     out.append(Delta(content, thinking))
 
-    def _accumulateTools(self, fragments: Any) -> None:
+    def _accumulateTools(self, fragments: object) -> None:
         """
         Merge streamed tool-call fragments by C{index}.
 
@@ -401,7 +401,7 @@ class ChatStreamReader:
         return out
 
 
-def usageFromOpenAI(usage: Any) -> Usage:
+def usageFromOpenAI(usage: object) -> Usage:
     """
     @param usage: an OpenAI C{usage} object (or anything).
     @return: its prompt and completion token counts, where they are integers.
@@ -417,7 +417,7 @@ def usageFromOpenAI(usage: Any) -> Usage:
 
 
 def readReply(
-    completion: Any,
+    completion: object,
     dropThinking: bool = False,
     thinkTags: bool = True,
     text: bool = False,

@@ -20,7 +20,7 @@ from ollama_proxy.protocol.codec import JSON
 Think = Union[bool, Literal["low", "medium", "high", "max"], None]
 """Reasoning: off, on, a level, or unspecified."""
 
-THINK_LEVELS = ("low", "medium", "high", "max")
+THINK_LEVELS: tuple[Literal["low", "medium", "high", "max"], ...] = ("low", "medium", "high", "max")
 """The reasoning levels a client may ask for."""
 
 

@@ -100,6 +100,8 @@ class TranslatedStream:
             e.output = self.encoder.encode(e.events)
             raise
         last = self.reader.finish()
-        self.finished = last[-1]  # type: ignore[assignment]
+        finish = last[-1]
+        if isinstance(finish, Finish):
+            self.finished = finish
         events.extend(last)
         return self.encoder.encode(events)

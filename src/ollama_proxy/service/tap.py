@@ -11,16 +11,16 @@ arguments.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from ollama_proxy.protocol.flavors import flavorFor
-from ollama_proxy.service.config import BackendConfig
 from ollama_proxy.service.options import DEMO_LISTEN, Options
 from ollama_proxy.service.settings import Settings
 from ollama_proxy.service.workers import (
@@ -29,7 +29,7 @@ from ollama_proxy.service.workers import (
     WorkerPool,
     childArguments,
 )
-from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.upstream.backend import Backend, HTTPClient
 from ollama_proxy.upstream.cache import TTLCache
 from ollama_proxy.upstream.catalog import ModelDirectory
 from ollama_proxy.upstream.pool import ConnectionPool, makeClient
@@ -43,35 +43,32 @@ from ollama_proxy.web.tree import buildRoot
 __all__ = ["Options", "Settings", "makeService"]
 
 def makeRouter(
-    backends: Sequence[BackendConfig],
-    http: Any,
-    reactor: Any,
-    ttl: float,
-    tag: str,
-    flavor: str = "auto",
-    **options: Any,
+    settings: Settings, http: HTTPClient, reactor: IReactorTime
 ) -> Router:
     """
     One L{Backend} and model-list cache per configured backend.
 
-    @param backends: from L{Options}, in order.
+    @param settings: the backends, in order, and what they share (timeouts,
+        retries, C{--backend-flavor} for backends whose table has no
+        C{flavor} key, the cache lifetime and the C{/api/tags} suffix).
     @param http: the shared treq client.
     @param reactor: the reactor.
-    @param ttl: the model-list cache lifetime.
-    @param tag: the C{/api/tags} suffix.
-    @param flavor: C{--backend-flavor}, for backends whose table has no
-        C{flavor} key.
-    @param options: further L{Backend} arguments shared by all backends
-        (timeouts, retries).
     @return: the router.
     """
     entries = []
-    for backend in backends:
-        client = Backend(http, backend.url, reactor, apiKey=backend.apiKey, name=backend.name,
-                         flavor=flavorFor(backend.flavor or flavor, backend.url), **options)
-        cache = TTLCache(makeFetcher(client, backend), reactor, ttl, backend.name)
+    for backend in settings.backends:
+        client = Backend(
+            http, backend.url, reactor, apiKey=backend.apiKey, name=backend.name,
+            flavor=flavorFor(backend.flavor or settings.backendFlavor, backend.url),
+            headerTimeout=settings.headerTimeout,
+            idleTimeout=settings.idleTimeout,
+            retries=settings.retries,
+            maxRetryWait=settings.retryMaxWait,
+            forwardClientKey=settings.forwardClientKey,
+        )
+        cache = TTLCache(makeFetcher(client, backend), reactor, settings.modelsTTL, backend.name)
         entries.append(BackendModels(backend, client, cache))
-    return Router(entries, tag)
+    return Router(entries, settings.tag)
 
 
 class ModelListing(Service):
@@ -156,15 +153,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = globalReactor
     settings = options.settings
     http, pool = makeClient(reactor, settings.poolSize, settings.connectTimeout, ConnectionPool)
-    router = makeRouter(
-        settings.backends, http, reactor, settings.modelsTTL, settings.tag,
-        settings.backendFlavor,
-        headerTimeout=settings.headerTimeout,
-        idleTimeout=settings.idleTimeout,
-        retries=settings.retries,
-        maxRetryWait=settings.retryMaxWait,
-        forwardClientKey=settings.forwardClientKey,
-    )
+    router = makeRouter(settings, http, reactor)
     fallback = (
         Fallback(http, settings.fallback, settings.headerTimeout) if settings.fallback else None
     )

@@ -460,7 +460,8 @@ class FakeOpenAI(Resource):
                 return
             request.write(events[i])
             if i + 1 < len(events):
-                calls.append(self.reactor.callLater(self.delay, step, i + 1))  # type: ignore[union-attr]
+                assert self.reactor is not None  # the constructor insists on it
+                calls.append(self.reactor.callLater(self.delay, step, i + 1))
                 del calls[:-1]
             else:
                 request.finish()

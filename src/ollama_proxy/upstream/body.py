@@ -197,9 +197,9 @@ class BodyReader:
             return
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
-        idle = self._idle
-        if idle is not None and idle.active():
-            idle.reset(self._idleTimeout)  # type: ignore[arg-type]
+        idle, timeout = self._idle, self._idleTimeout
+        if idle is not None and timeout is not None and idle.active():
+            idle.reset(timeout)
         self._collector(data)
 
     def _flushAtEndOfTurn(self) -> None:

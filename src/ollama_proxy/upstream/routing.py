@@ -69,7 +69,7 @@ class BackendModels:
     config: BackendConfig
     backend: Backend
     cache: TTLCache[list[Entry]]
-    info: TTLCache[Any] = attrs.field(
+    info: TTLCache[object] = attrs.field(
         default=attrs.Factory(
             lambda self: TTLCache(
                 makeInfoFetcher(self.backend, self.config), self.cache.clock,
@@ -123,7 +123,7 @@ class BackendModels:
         return self.offered(self.cache.value)
 
 
-def discoveredEntries(models: Any) -> list[Entry]:
+def discoveredEntries(models: object) -> list[Entry]:
     """
     The usable entries of a C{/v1/models} body, in order, one per id.
 
@@ -133,7 +133,8 @@ def discoveredEntries(models: Any) -> list[Entry]:
     """
     ids = set(modelIds(models))
     out: dict[str, Entry] = {}
-    for entry in models.get("data") or []:
+    data = models.get("data") if isinstance(models, dict) else None
+    for entry in data or []:
         if isinstance(entry, dict) and entry.get("id") in ids:
             out.setdefault(entry["id"], entry)
     return list(out.values())
@@ -155,7 +156,7 @@ def makeFetcher(backend: Backend, config: BackendConfig) -> Callable[[], Awaitab
     return fetch
 
 
-def makeInfoFetcher(backend: Backend, config: BackendConfig) -> Callable[[], Awaitable[Any]]:
+def makeInfoFetcher(backend: Backend, config: BackendConfig) -> Callable[[], Awaitable[object]]:
     """
     @param backend: the upstream client.
     @param config: its configuration.
@@ -164,7 +165,7 @@ def makeInfoFetcher(backend: Backend, config: BackendConfig) -> Callable[[], Awa
         failure just means "not LiteLLM") or discovery is off.
     """
 
-    async def fetch() -> Any:
+    async def fetch() -> object:
         if not config.discover:
             return {}
         try:

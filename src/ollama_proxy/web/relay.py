@@ -14,7 +14,7 @@ for nobody).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.web.iweb import IResponse
@@ -81,7 +81,7 @@ def requestHeaders(request: Request, keep: frozenset[bytes] | None = None) -> di
     return out
 
 
-async def relayResponse(ctx: ProxyContext, ex: Exchange, response: Any) -> None:
+async def relayResponse(ctx: ProxyContext, ex: Exchange, response: IResponse) -> None:
     """
     Send an upstream response to the client as it is: status, end-to-end
     headers (but not the upstream's CORS headers, and its C{Vary} added to
