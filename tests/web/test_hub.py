@@ -93,7 +93,7 @@ class ToyResource(ProxyResource):
         response = await route.backend.postChat(
             chatBody(request, route.modelId, route.backend.flavor)
         )
-        return await answer(self.ctx, ex, response, ToyDialect(), request.stream)
+        return await answer(self.ctx, ex, route.backend, response, ToyDialect(), request.stream)
 
     def errorBody(self, request: Request, status: int, message: str) -> bytes:
         request.setResponseCode(status)

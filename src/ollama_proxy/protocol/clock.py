@@ -8,7 +8,7 @@ function, so durations can be asserted exactly.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Callable
 
 Clock = Callable[[], int]
 """A function returning the current wall-clock time in nanoseconds."""

@@ -15,7 +15,6 @@ C{prompt_eval_count}.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest, UpstreamError

@@ -12,7 +12,7 @@ L{NameIndex}, so a name is found everywhere or nowhere.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar
+from typing import Callable, Generic, Iterable, Mapping, Sequence, TypeVar
 
 from ollama_proxy.protocol.errors import UpstreamError
 

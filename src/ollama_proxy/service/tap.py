@@ -155,14 +155,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     http, pool = makeClient(reactor, settings.poolSize, settings.connectTimeout, ConnectionPool)
     router = makeRouter(settings, http, reactor)
     fallback = (
-        Fallback(http, settings.fallback, settings.headerTimeout) if settings.fallback else None
+        Fallback(http, settings.fallback, reactor, settings.headerTimeout, settings.idleTimeout)
+        if settings.fallback else None
     )
     ctx = ProxyContext(
         models=ModelDirectory(router, settings.modelOverrides),
-        clock=reactor,
         fallback=fallback,
         debug=settings.debug,
-        idleTimeout=settings.idleTimeout,
         maxLineLength=settings.maxLine,
         version=settings.version,
         corsOrigins=settings.corsOrigins,

@@ -89,11 +89,13 @@ class ProxyHarness:
         fallback: bool = True,
         ttl: float = DEFAULT_TTL,
         overrides: Mapping[str, Facts] | None = None,
+        idleTimeout: float | None = 300.0,
         **contextArgs: Any,
     ) -> None:
         """
         @param fallback: whether a (scripted) fallback Ollama is configured.
         @param ttl: how long model lists and metadata are reused.
+        @param idleTimeout: the backend's (and the fallback's) idle timeout.
         @param overrides: per-model metadata overrides (C{--model-info}).
         @param contextArgs: further L{ProxyContext} arguments.
         """
@@ -103,13 +105,17 @@ class ProxyHarness:
         self.ollama = ScriptedOpenAI()
         self.fallbackStub: Any = StubTreq(self.ollama)
         self.now = Counter()
-        self.backendClient = Backend(self.upstream, TARGET, self.clock, apiKey="sk-secret")
+        self.backendClient = Backend(
+            self.upstream, TARGET, self.clock, apiKey="sk-secret", idleTimeout=idleTimeout
+        )
         self.router = Router.single(self.backendClient, self.clock, ttl=ttl)
         self.ctx = ProxyContext(
             models=ModelDirectory(self.router, overrides or {}),
-            clock=self.clock,
             now=self.now,
-            fallback=Fallback(self.fallbackStub, FALLBACK) if fallback else None,
+            fallback=(
+                Fallback(self.fallbackStub, FALLBACK, self.clock, idleTimeout=idleTimeout)
+                if fallback else None
+            ),
             **contextArgs,
         )
         self.root = buildRoot(self.ctx)
@@ -253,7 +259,8 @@ class MultiBackendHarness(ProxyHarness):
             stub: Any = StubTreq(fake)
             self.backends[config.name] = fake
             self.stubs.append(stub)
-            client = Backend(stub, config.url, self.clock, apiKey=config.apiKey, name=config.name)
+            client = Backend(stub, config.url, self.clock, apiKey=config.apiKey, name=config.name,
+                             idleTimeout=300.0)
             cache = TTLCache(makeFetcher(client, config), self.clock, ttl, config.name)
             entries.append(BackendModels(config, client, cache))
         self.backend = self.backends[configs[0].name]
@@ -262,9 +269,8 @@ class MultiBackendHarness(ProxyHarness):
         self.backendClient = entries[0].backend
         self.ctx = ProxyContext(
             models=ModelDirectory(self.router, {}),
-            clock=self.clock,
             now=self.now,
-            fallback=Fallback(self.fallbackStub, FALLBACK),
+            fallback=Fallback(self.fallbackStub, FALLBACK, self.clock),
             metrics=Metrics() if metrics else None,
             **contextArgs,
         )
@@ -313,4 +319,4 @@ def contextFor(
     @return: the context.
     """
     router = Router.single(backend, clock, ttl=ttl)
-    return ProxyContext(models=ModelDirectory(router, {}), clock=clock, **contextArgs)
+    return ProxyContext(models=ModelDirectory(router, {}), **contextArgs)

@@ -17,7 +17,7 @@ once, when it is first seen (at start-up for the lists fetched then).
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred

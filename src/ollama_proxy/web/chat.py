@@ -23,6 +23,7 @@ from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.events import Dialect
 from ollama_proxy.protocol.openai import ChatStreamReader, readReply
 from ollama_proxy.protocol.stream import TranslatedStream
+from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.body import readJSON
 from ollama_proxy.web.bridge import Exchange
 from ollama_proxy.web.context import ProxyContext
@@ -60,6 +61,7 @@ def isJSONResponse(response: IResponse) -> bool:
 async def answer(
     ctx: ProxyContext,
     ex: Exchange,
+    backend: Backend,
     response: IResponse,
     dialect: Dialect,
     stream: bool,
@@ -70,6 +72,8 @@ async def answer(
 
     @param ctx: the shared context.
     @param ex: the exchange; C{ex.model} is the client's model name.
+    @param backend: the backend that answered (its clock and idle timeout
+        govern the read).
     @param response: the backend's response, body unread.
     @param dialect: the client's dialect.
     @param stream: whether the client asked for a stream.
@@ -83,7 +87,7 @@ async def answer(
         # A backend that ignores "stream": true (some gateways do) sends
         # one completion: the dialect writes it as a stream of its own.
         reply = readReply(
-            await readJSON(response, ctx.clock, ctx.idleTimeout),
+            await readJSON(response, backend.reactor, backend.idleTimeout),
             options.dropThinking, options.thinkTags, options.text,
         )
         ex.noteUsage(reply.usage)
@@ -103,7 +107,7 @@ async def answer(
     ex.streamError = encoder.error
     with streaming(ctx.metrics):
         collector = _debugWriter(ex, pipeline) if ctx.debug else _writer(ex, pipeline)
-        await relayBody(ex, response, collector, ctx.clock, ctx.idleTimeout)
+        await relayBody(ex, response, collector, backend.reactor, backend.idleTimeout)
         tail = pipeline.end()
         if ctx.debug:
             log.debug("translated {lines}", lines=tail.decode("utf-8", "replace"))

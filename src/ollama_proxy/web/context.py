@@ -31,12 +31,16 @@ class Fallback:
 
     @ivar http: the treq-style client.
     @ivar base: its base URL, e.g. C{http://127.0.0.1:11505}.
+    @ivar reactor: the clock for its timeouts.
     @ivar headerTimeout: seconds to wait for its response headers.
+    @ivar idleTimeout: seconds of silence before its body is given up.
     """
 
     http: HTTPClient
     base: str
+    reactor: IReactorTime
     headerTimeout: float = 600.0
+    idleTimeout: float | None = 300.0
 
 
 @attrs.define
@@ -44,12 +48,11 @@ class ProxyContext:
     """
     Everything the resources share.
 
-    @ivar models: the backends, their routes and the model catalog.
-    @ivar clock: the reactor's clock, for timers.
+    @ivar models: the backends (each with its clock and timeouts), their
+        routes and the model catalog.
     @ivar now: wall-clock nanoseconds, for Ollama's timestamps and durations.
     @ivar fallback: the Ollama for unknown paths, or C{None}.
     @ivar debug: whether to log payloads and chunks.
-    @ivar idleTimeout: seconds of upstream silence before a stream is given up.
     @ivar maxLineLength: the SSE line cap.
     @ivar version: what C{/api/version} reports.
     @ivar corsOrigins: origin globs allowed in addition to Ollama's
@@ -60,11 +63,9 @@ class ProxyContext:
     """
 
     models: ModelDirectory
-    clock: IReactorTime
     now: Clock = wallClock
     fallback: Fallback | None = None
     debug: bool = False
-    idleTimeout: float | None = 300.0
     maxLineLength: int = DEFAULT_MAX_LINE_LENGTH
     version: str = DEFAULT_VERSION
     corsOrigins: tuple[str, ...] = ()

@@ -40,14 +40,14 @@ async def forwardToFallback(ctx: ProxyContext, ex: Exchange) -> None:
             data=ex.body or None,
             headers=requestHeaders(request),
             unbuffered=True,
-            reactor=ctx.clock,
+            reactor=fallback.reactor,
             timeout=fallback.headerTimeout,
         )
     except CancelledError:
         raise
     except Exception as e:
         raise failureToError(e, what) from None
-    await relayResponse(ctx, ex, response)
+    await relayResponse(ex, response, fallback.reactor, fallback.idleTimeout)
 
 
 class FallbackResource(ProxyResource):

@@ -89,7 +89,8 @@ class Completion(ProxyResource):
         self._debugBody(upstreamBody)
         response = await route.backend.postChat(upstreamBody)
         return await answer(
-            self.ctx, ex, response, self.dialect, stream, ReadOptions(dropThinking=think is False)
+            self.ctx, ex, route.backend, response, self.dialect, stream,
+            ReadOptions(dropThinking=think is False),
         )
 
     async def _textCompletion(
@@ -118,7 +119,7 @@ class Completion(ProxyResource):
         # Raw text and code: a leading <think> is the user's, unless the
         # prompt went to a chat model after all.
         options = ReadOptions(thinkTags=isChat, text=not isChat)
-        return await answer(self.ctx, ex, response, self.dialect, stream, options)
+        return await answer(self.ctx, ex, backend, response, self.dialect, stream, options)
 
     def _debugBody(self, upstreamBody: JSON) -> None:
         """
@@ -146,7 +147,7 @@ class Embed(ProxyResource):
             "embeddings", embedRequestToOpenAI(route.modelId, inputs, dimensions)
         )
         vectors, tokens = vectorsFromOpenAI(
-            await readJSON(response, self.ctx.clock, self.ctx.idleTimeout), len(inputs)
+            await readJSON(response, route.backend.reactor, route.backend.idleTimeout), len(inputs)
         )
         ex.tokensIn = tokens
         return embedResponse(model, vectors, tokens, dimensions, ex.start, self.ctx.now())
@@ -170,6 +171,6 @@ class LegacyEmbeddings(ProxyResource):
             "embeddings", embedRequestToOpenAI(route.modelId, [prompt], None)
         )
         [vector], _ = vectorsFromOpenAI(
-            await readJSON(response, self.ctx.clock, self.ctx.idleTimeout), 1
+            await readJSON(response, route.backend.reactor, route.backend.idleTimeout), 1
         )
         return {"embedding": vector}

@@ -74,9 +74,9 @@ class Passthrough(ProxyResource):
         contentType = response.headers.getRawHeaders(b"content-type") or [b""]
         if contentType[0].startswith(b"text/event-stream"):
             with streaming(self.ctx.metrics):
-                await relayResponse(self.ctx, ex, response)
+                await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
         else:
-            await relayResponse(self.ctx, ex, response)
+            await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
         return None
 
     handle_GET = _forward

@@ -25,7 +25,6 @@ from ollama_proxy.protocol.errors import StreamFailed
 from ollama_proxy.upstream.backend import HOP_BY_HOP
 from ollama_proxy.upstream.body import BodyReader
 from ollama_proxy.web.bridge import Exchange
-from ollama_proxy.web.context import ProxyContext
 
 
 @implementer(IPushProducer)
@@ -81,15 +80,18 @@ def requestHeaders(request: Request, keep: frozenset[bytes] | None = None) -> di
     return out
 
 
-async def relayResponse(ctx: ProxyContext, ex: Exchange, response: IResponse) -> None:
+async def relayResponse(
+    ex: Exchange, response: IResponse, clock: IReactorTime, idleTimeout: float | None
+) -> None:
     """
     Send an upstream response to the client as it is: status, end-to-end
     headers (but not the upstream's CORS headers, and its C{Vary} added to
     the proxy's), and the body as it arrives.
 
-    @param ctx: the shared context.
     @param ex: the exchange.
     @param response: the upstream response, body unread.
+    @param clock: the upstream's clock.
+    @param idleTimeout: seconds of upstream silence before giving up.
     """
     request = ex.request
     request.setResponseCode(response.code)
@@ -107,7 +109,7 @@ async def relayResponse(ctx: ProxyContext, ex: Exchange, response: IResponse) ->
                 request.responseHeaders.addRawHeader(name, value)
             continue
         request.responseHeaders.setRawHeaders(name, values)
-    await relayBody(ex, response, ex.write, ctx.clock, ctx.idleTimeout)
+    await relayBody(ex, response, ex.write, clock, idleTimeout)
 
 
 async def relayBody(
