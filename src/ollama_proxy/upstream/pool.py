@@ -31,7 +31,7 @@ C{_start}, C{length} and its C{dataCallback}/C{finishCallback}).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.interfaces import IAddress
 from twisted.web._newclient import HTTP11ClientProtocol, Request
@@ -129,7 +129,7 @@ class BatchingChunkedDecoder(_ChunkedTransferDecoder):
             deliver(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
 
-_TRANSFER_DECODERS: dict[bytes, Callable[..., Any]] = {b"chunked": BatchingChunkedDecoder}
+_TRANSFER_DECODERS: dict[bytes, type[_ChunkedTransferDecoder]] = {b"chunked": BatchingChunkedDecoder}
 
 
 class BatchingClientProtocol(HTTP11ClientProtocol):
