@@ -29,6 +29,7 @@ from ollama_proxy.protocol.errors import UpstreamHTTPError
 from ollama_proxy.protocol.flavors import GENERIC, Flavor, withoutRejectedExtras
 from ollama_proxy.upstream.body import raiseForStatus, readBody, readJSON
 from ollama_proxy.upstream.failures import failureToError
+from ollama_proxy.upstream.pool import NO_COOKIES, ReadyURL
 
 clientKey: ContextVar[bytes | None] = ContextVar("clientKey", default=None)
 """The key the current client request presented, if any (never logged):
@@ -137,6 +138,7 @@ class Backend:
     name: str = "default"
     onResponse: Callable[[str, float], None] | None = attrs.field(default=None, repr=False)
     base: str = attrs.field(init=False)
+    _ready: dict[str, ReadyURL] = attrs.field(init=False, factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.base = apiBase(self.target)
@@ -147,6 +149,19 @@ class Backend:
         @return: the absolute URL.
         """
         return f"{self.base}/{path.lstrip('/')}"
+
+    def readyURL(self, path: str) -> ReadyURL:
+        """
+        L{url}, parsed once per path (the proxy's own few API paths; client
+        paths of the passthrough are not cached).
+
+        @param path: an API path below C{/v1}.
+        @return: the absolute URL, ready for treq.
+        """
+        ready = self._ready.get(path)
+        if ready is None:
+            ready = self._ready[path] = ReadyURL.fromText(self.url(path))
+        return ready
 
     def headers(self, extra: dict[bytes, list[bytes]] | None = None) -> dict[bytes, list[bytes]]:
         """
@@ -168,7 +183,7 @@ class Backend:
     async def request(
         self,
         method: str,
-        url: str,
+        url: str | ReadyURL,
         body: bytes | None = None,
         headers: dict[bytes, list[bytes]] | None = None,
         what: str = "the backend",
@@ -191,6 +206,7 @@ class Backend:
                 unbuffered=True,
                 timeout=self.headerTimeout,
                 reactor=self.reactor,
+                cookies=NO_COOKIES,
             )
         except CancelledError:
             raise
@@ -213,7 +229,7 @@ class Backend:
         data = codec.dumps(body)
         headers = self.headers({b"Content-Type": [b"application/json"]})
         for attempt in range(self.retries + 1):
-            response = await self.request("POST", self.url(path), data, headers)
+            response = await self.request("POST", self.readyURL(path), data, headers)
             if response.code != 429 or attempt == self.retries:
                 break
             wait = retryDelay(response, self.reactor.seconds())
@@ -281,7 +297,7 @@ class Backend:
         @return: the decoded body.
         @raise UpstreamError: on connection problems, non-2xx, or non-JSON.
         """
-        response = await self.request("GET", self.url(path), headers=self.headers())
+        response = await self.request("GET", self.readyURL(path), headers=self.headers())
         await raiseForStatus(response, self.reactor, self.idleTimeout)
         return await readJSON(response, self.reactor, self.idleTimeout)
 
