@@ -510,3 +510,42 @@ class TagsTests(SynchronousTestCase):
         for key in ("parent_model", "format", "family", "parameter_size", "quantization_level"):
             self.assertIsInstance(first["details"][key], str)
         self.assertEqual(first["details"]["families"], [first["details"]["family"]])
+
+
+class TagsCacheTests(SynchronousTestCase):
+    """
+    The C{/api/tags} body is built once per model list, never with a stale
+    list or a frozen "now".
+    """
+
+    def tags(self, h: ProxyHarness, models: list[dict[str, Any]] | None = None) -> Any:
+        d = h.get("/api/tags")
+        if models is not None:
+            [upstream] = [r for r in h.backend.received if r.path == "/v1/models"][-1:]
+            upstream.respond(200, {"data": models})
+        h.pump()
+        return codec.loads(self.successResultOf(h.client.content(self.successResultOf(d))))
+
+    def test_sameListSameBody(self) -> None:
+        """
+        While the list is cached, the body is the same; a new list (after
+        the TTL) gives a new body.
+        """
+        h = ProxyHarness(ttl=10)
+        first = self.tags(h, [{"id": "a", "created": 1700000000}])
+        self.assertEqual(self.tags(h), first)
+        h.clock.advance(11)
+        second = self.tags(h, [{"id": "a", "created": 1700000000}, {"id": "b", "created": 1}])
+        self.assertEqual([m["name"] for m in second["models"]], ["a:proxy", "b:proxy"])
+        self.assertEqual(second["models"][1]["modified_at"], "1970-01-01T00:00:01.000000000Z")
+
+    def test_noCreatedIsNow(self) -> None:
+        """
+        A model without C{created} is reported as modified now, at every
+        request (the harness clock moves 1 ms per reading).
+        """
+        h = ProxyHarness(ttl=10)
+        first = self.tags(h, [{"id": "a"}])
+        second = self.tags(h)
+        self.assertNotEqual(first["models"][0]["modified_at"], second["models"][0]["modified_at"])
+        self.assertFalse(first["models"][0]["modified_at"].startswith("1970"))

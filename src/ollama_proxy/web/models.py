@@ -15,6 +15,7 @@ from ollama_proxy.protocol.catalog import (
     showResponse,
     tagsFromModels,
 )
+from ollama_proxy.protocol.clock import formatTimestamp
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import (
     BadRequest,
@@ -29,21 +30,50 @@ from ollama_proxy.web.fallback import forwardToFallback
 class Tags(ProxyResource):
     """
     C{GET /api/tags}: the backend's C{/v1/models} in Ollama's list shape.
+
+    The body is built once per model list: while the merged list is equal
+    to the last one (the backends' lists are cached for C{--models-ttl}),
+    the last body is answered again.  A list in which some model has no
+    usable C{created} reports the current time as its C{modified_at}, so it
+    is built anew each time.
     """
+
+    _last: tuple[object, str, JSON] | None = None
 
     async def handle_GET(self, ex: Exchange) -> JSON:
         models = await self.ctx.models.listModels()
-        tags = tagsFromModels(models, self.ctx.now(), self.ctx.tag)
-        # Backend ids "x" and "x:proxy" would both be listed as "x:proxy":
-        # list each name once.
-        seen: set[str] = set()
-        unique = []
-        for entry in tags["models"]:
-            if entry["name"] not in seen:
-                seen.add(entry["name"])
-                unique.append(entry)
-        tags["models"] = unique
+        data = models.get("data") if isinstance(models, dict) else None
+        tag = self.ctx.tag
+        last = self._last
+        if last is not None and last[1] == tag and last[0] == data:
+            return last[2]
+        # Built at the epoch first: no usable `created` formats as it, so
+        # a body without it does not depend on the time.
+        tags = _uniqueNames(tagsFromModels(models, 0, tag))
+        epoch = formatTimestamp(0)
+        if any(entry["modified_at"] == epoch for entry in tags["models"]):
+            self._last = None
+            return _uniqueNames(tagsFromModels(models, self.ctx.now(), tag))
+        self._last = (data, tag, tags)
         return tags
+
+
+def _uniqueNames(tags: JSON) -> JSON:
+    """
+    Backend ids "x" and "x:proxy" would both be listed as "x:proxy": list
+    each name once.
+
+    @param tags: a C{/api/tags} body.
+    @return: it, each name once.
+    """
+    seen: set[str] = set()
+    unique = []
+    for entry in tags["models"]:
+        if entry["name"] not in seen:
+            seen.add(entry["name"])
+            unique.append(entry)
+    tags["models"] = unique
+    return tags
 
 
 class Show(ProxyResource):
