@@ -151,7 +151,7 @@ class EquivalenceTests(SynchronousTestCase):
         Sizes Twisted refuses (signs, C{0x}, spaces, non-hex) are refused,
         after the data before them was delivered.
         """
-        for bad in (b"+5", b"-5", b"0x5", b" 5", b"5 ", b"zz", b""):
+        for bad in (b"+5", b"-5", b"0x5", b"0X5", b"x5", b"5_0", b" 5", b"5 ", b"zz", b"", "\u0661".encode()):
             rec, error = decode(BatchingChunkedDecoder, [b"1\r\na\r\n" + bad + b"\r\nhello\r\n"])
             self.assertIsInstance(error, _MalformedChunkedDataError, bad)
             self.assertEqual(rec.calls, [b"a"], bad)

@@ -78,6 +78,29 @@ class BatchingChunkedDecoder(_ChunkedTransferDecoder):
         pieces: list[bytes] = []
         pos, end = 0, len(data)
         state = self.state
+        if state == "CHUNK_LENGTH":
+            # The common case, one iteration per chunk: a size line, the
+            # data and its CRLF all in this read.
+            # A size is hex digits only: isalnum() keeps out the signs,
+            # spaces and underscores int() would take, the prefix test its
+            # "0x", int() the other letters.
+            find, startswith, append = data.find, data.startswith, pieces.append
+            while True:
+                eol = find(b"\r\n", pos, pos + 18)
+                if eol < 0:
+                    break
+                size = data[pos:eol]
+                if not size.isalnum() or size[1:2] in (b"x", b"X"):
+                    break
+                try:
+                    start = eol + 2
+                    stop = start + int(size, 16)
+                except ValueError:
+                    break
+                if stop == start or not startswith(b"\r\n", stop):
+                    break
+                append(data[start:stop])
+                pos = stop + 2
         while pos < end:
             if state == "CHUNK_LENGTH":
                 eol = data.find(b"\r\n", pos, pos + 18)
