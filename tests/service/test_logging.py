@@ -187,19 +187,14 @@ class TextLogTests(SynchronousTestCase):
         Without C{--log-format}, twistd's observer factory becomes the
         plugin's text logger, writing classic lines to C{--logfile}.
         """
-        from twisted.internet.testing import MemoryReactorClock
+        from ollama_proxy.service.logging import textLogger
 
-        from ollama_proxy.service.logging import TurnBufferedFile, textLogger
-
-        clock = MemoryReactorClock()
-        self.patch(proxylogging, "_turnBuffered", lambda out: TurnBufferedFile(out, clock.callLater))
         directory = tempfile.mkdtemp()
         path = os.path.join(directory, "proxy.log")
         config = ServerOptions()
         config.parseOptions(["--logfile", path, "ollama-proxy", "--target", "http://127.0.0.1:1"])
         self.assertIs(config["logger"], textLogger)
         Logger(namespace="t", observer=config["logger"]()).info("{line}", line="to file")
-        clock.advance(0)
         with open(path, encoding="utf-8") as f:
             self.assertRegex(f.readline(), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[t#info\] to file\n$")
 
@@ -212,61 +207,3 @@ class TextLogTests(SynchronousTestCase):
             raise SkipTest("no --syslog on this platform")
         config.parseOptions(["--syslog", "ollama-proxy", "--target", "http://127.0.0.1:1"])
         self.assertIsNone(config["logger"])
-
-
-class TurnBufferedTests(SynchronousTestCase):
-    """
-    L{ollama_proxy.service.logging.TurnBufferedFile}: one write per turn.
-    """
-
-    def test_oneWritePerTurn(self) -> None:
-        """
-        Lines logged in one turn reach the file together at its end, in
-        order; a later turn writes its own.
-        """
-        from twisted.internet.testing import MemoryReactorClock
-        from twisted.logger import FileLogObserver
-
-        from ollama_proxy.service.logging import TurnBufferedFile, classicFormatter
-
-        class Out(io.StringIO):
-            writes = 0
-
-            def write(self, text: str) -> int:
-                self.writes += 1
-                return super().write(text)
-
-        out, clock = Out(), MemoryReactorClock()
-        log = Logger(namespace="t", observer=FileLogObserver(
-            TurnBufferedFile(out, clock.callLater), classicFormatter()))  # type: ignore[arg-type]
-        log.info("{line}", line="one")
-        log.info("{line}", line="two")
-        self.assertEqual(out.getvalue(), "")
-        clock.advance(0)
-        self.assertEqual([line.split("] ")[1] for line in out.getvalue().splitlines()], ["one", "two"])
-        self.assertEqual(out.writes, 1)
-        log.info("{line}", line="three")
-        clock.advance(0)
-        self.assertEqual(out.writes, 2)
-        self.assertTrue(out.getvalue().endswith("three\n"))
-
-    def test_flushNowAtShutdown(self) -> None:
-        """
-        C{flushNow} (run after the reactor's shutdown) writes what is left.
-        """
-        from twisted.internet.testing import MemoryReactorClock
-
-        from ollama_proxy.service.logging import TurnBufferedFile
-
-        out = io.StringIO()
-        running = [True]
-        buffered = TurnBufferedFile(out, MemoryReactorClock().callLater, lambda: running[0])
-        buffered.write("last\n")
-        buffered.flush()
-        buffered.flushNow()
-        self.assertEqual(out.getvalue(), "last\n")
-        # After the reactor stopped ("Main loop terminated"), at once.
-        running[0] = False
-        buffered.write("after\n")
-        buffered.flush()
-        self.assertEqual(out.getvalue(), "last\nafter\n")

@@ -168,73 +168,6 @@ def _destinationFile(logfile: str | None, nodaemon: bool) -> IO[Any]:
     return cast(IO[Any], logFile)
 
 
-class TurnBufferedFile:
-    """
-    A log destination that writes once per reactor turn.
-
-    C{FileLogObserver} writes and flushes every event: one C{write(2)} per
-    request line, about a tenth of the CPU of a cached C{/api/tags}
-    (C{bench/RESULTS.md}).  Here the lines of one reactor turn are joined and
-    written (and flushed) together at the end of the turn, and at shutdown.
-    Nothing waits longer than the turn that logged it.
-
-    @ivar pending: lines not yet written.
-    """
-
-    def __init__(self, out: IO[Any], callLater: Any, running: Any = lambda: True) -> None:
-        """
-        @param out: the real destination.
-        @param callLater: C{reactor.callLater}.
-        @param running: whether the reactor runs; when it does not (start-up,
-            the last lines after it stopped) every flush writes at once.
-        """
-        self._out = out
-        self._callLater = callLater
-        self._running = running
-        self.pending: list[str] = []
-        self._scheduled = False
-
-    def write(self, text: str) -> None:
-        """
-        @param text: one formatted event.
-        """
-        self.pending.append(text)
-
-    def flush(self) -> None:
-        """
-        Write what is pending at the end of this reactor turn.
-        """
-        if not self._running():
-            self.flushNow()
-        elif not self._scheduled and self.pending:
-            self._scheduled = True
-            self._callLater(0, self.flushNow)
-
-    def flushNow(self) -> None:
-        """
-        Write and flush everything pending.
-        """
-        self._scheduled = False
-        if self.pending:
-            text = "".join(self.pending)
-            self.pending.clear()
-            self._out.write(text)
-            self._out.flush()
-
-
-def _turnBuffered(out: IO[Any]) -> IO[Any]:
-    """
-    L{TurnBufferedFile} on the global reactor, flushed at shutdown.
-    """
-    from twisted.internet import reactor
-
-    buffered = TurnBufferedFile(
-        out, reactor.callLater, lambda: reactor.running  # type: ignore[attr-defined]
-    )
-    reactor.addSystemEventTrigger("after", "shutdown", buffered.flushNow)  # type: ignore[attr-defined]
-    return cast(IO[Any], buffered)
-
-
 def textLogger() -> ILogObserver:
     """
     The log observer factory the plugin gives twistd for its default text
@@ -243,7 +176,7 @@ def textLogger() -> ILogObserver:
 
     @return: the observer.
     """
-    return FileLogObserver(_turnBuffered(_destinationFile(*_destination)), classicFormatter())
+    return FileLogObserver(_destinationFile(*_destination), classicFormatter())
 
 
 def jsonObserverFor(logfile: str | None, nodaemon: bool) -> ILogObserver:
