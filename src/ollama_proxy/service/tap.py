@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from ollama_proxy.protocol.flavors import flavorFor
+from ollama_proxy.service.listen import somaxconn, withBacklog
 from ollama_proxy.service.options import DEMO_LISTEN, Options
 from ollama_proxy.service.settings import Settings
 from ollama_proxy.service.workers import (
@@ -166,6 +167,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         version=settings.version,
         corsOrigins=settings.corsOrigins,
         metrics=Metrics() if settings.metrics else None,
+        secrets=tuple(settings.requireKeys),
     )
     root = buildRoot(ctx)
     if settings.requireKeys:
@@ -179,7 +181,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     service = MultiService()
     shared = settings.workers > 1 or settings.workerOf is not None
+    backlog = somaxconn()
     for description in settings.listen:
+        # A burst of connections must wait in the accept queue, not in SYN
+        # retransmits: the kernel's ceiling unless --listen names one.
+        description = withBacklog(description, backlog)
         if shared:
             ReusePortService(reactor, description, site).setServiceParent(service)
         else:

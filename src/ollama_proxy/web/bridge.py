@@ -30,6 +30,7 @@ from ollama_proxy.protocol.errors import (
 )
 from ollama_proxy.protocol.events import Finish, Usage
 from ollama_proxy.protocol.ollama_request import requireObject
+from ollama_proxy.protocol.redact import Redactor
 from ollama_proxy.upstream.backend import clientKey, redactHeaders
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
@@ -79,6 +80,8 @@ class Exchange:
     @ivar streamError: encodes a mid-stream error in the dialect being
         streamed (set by L{ollama_proxy.web.chat.answer}); without it the
         funnel goes by the response's content type.
+    @ivar redactor: the proxy's secrets, replaced in upstream text before
+        it reaches the client (see L{redactText}, L{redactData}).
     """
 
     request: Request
@@ -93,6 +96,26 @@ class Exchange:
     firstToken: int | None = None
     upstreamError: str | None = None
     streamError: Callable[[str], bytes] | None = None
+    redactor: Redactor = attrs.field(factory=Redactor, repr=False)
+
+    def _clientKey(self) -> list[str | None]:
+        key = presentedKey(self.request)
+        return [key.decode("utf-8", "replace")] if key else []
+
+    def redactText(self, text: str) -> str:
+        """
+        @param text: an error message that may quote upstream text.
+        @return: C{text} without any secret the proxy holds, the client's
+            own key included (it may be the one forwarded upstream).
+        """
+        return self.redactor.text(text, self._clientKey())
+
+    def redactData(self, data: bytes) -> bytes:
+        """
+        @param data: a relayed upstream body.
+        @return: C{data} without any secret the proxy holds.
+        """
+        return self.redactor.data(data, self._clientKey())
 
     def noteUsage(self, usage: Usage) -> None:
         """
@@ -222,7 +245,9 @@ class ProxyResource(Resource):
             request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
             return self.errorBody(request, 405, f"method {method} not allowed")
         body = request.content.read() if request.content is not None else b""
-        ex = Exchange(request, body, self.ctx.now(), ClientState(request))
+        ex = Exchange(
+            request, body, self.ctx.now(), ClientState(request), redactor=self.ctx.redactor
+        )
         if self.ctx.debug:
             self.log.debug(
                 "request {method} {uri} headers={headers} body={body}",
@@ -280,6 +305,10 @@ class ProxyResource(Resource):
         """
         if ex.client.gone:
             return
+        # The one place every error passes, whatever the dialect: upstream
+        # text (a gateway that echoes the Authorization header) loses the
+        # proxy's secrets before errorBody or streamError shape it.
+        message = ex.redactText(message)
         request = ex.request
         if request.startedWriting:
             if ex.streamError is not None:

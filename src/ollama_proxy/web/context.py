@@ -13,6 +13,7 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 
 from ollama_proxy.protocol.clock import Clock, wallClock
+from ollama_proxy.protocol.redact import Redactor
 from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.upstream.backend import HTTPClient
 from ollama_proxy.upstream.catalog import ModelDirectory
@@ -60,6 +61,10 @@ class ProxyContext:
     @ivar metrics: the Prometheus metrics, or C{None} for none (and no
         C{/metrics}); when set, every backend reports its header latency to
         them.
+    @ivar secrets: secrets the proxy holds besides the backends' keys (the
+        inbound keys of C{--require-key}).
+    @ivar redactor: replaces every backend key and every one of L{secrets}
+        in upstream text before it reaches a client.
     """
 
     models: ModelDirectory
@@ -70,8 +75,13 @@ class ProxyContext:
     version: str = DEFAULT_VERSION
     corsOrigins: tuple[str, ...] = ()
     metrics: Metrics | None = None
+    secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
+    redactor: Redactor = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        self.redactor = Redactor(
+            [*(entry.backend.apiKey for entry in self.models.router.backends), *self.secrets]
+        )
         if self.metrics is not None:
             watchUpstream(self.metrics, [entry.backend for entry in self.models.router.backends])
 
