@@ -187,6 +187,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["cors-origin"] = []
+        self["allow-host"] = []
         self["backends"] = ()
         self.fileConfig: Config | None = None
         self._fileListen: list[str] = []
@@ -259,6 +260,16 @@ class Options(usage.Options):
         vscode-file:// are always allowed.
         """
         self["cors-origin"].append(pattern)
+
+    def opt_allow_host(self, pattern: str) -> None:
+        """
+        Also serve requests whose Host header is this name (repeatable; globs,
+        e.g. *.example.internal). Only matters when every --listen is on
+        loopback: then other names get a 403 against DNS rebinding, as with
+        Ollama. localhost, *.localhost, *.local, *.internal, this machine's
+        name and private or loopback IP addresses are always served.
+        """
+        self["allow-host"].append(pattern)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -368,6 +379,7 @@ class Options(usage.Options):
             demo=bool(self["demo"]),
             metrics=not self["no-metrics"],
             corsOrigins=tuple(self["cors-origin"]),
+            allowHosts=tuple(self["allow-host"]),
             modelsTTL=self["models-ttl"],
             logFormat=self["log-format"],
             rawArgs=tuple(self.rawArgs),

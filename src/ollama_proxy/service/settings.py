@@ -50,6 +50,8 @@ class Settings:
     @ivar modelsTTL: seconds a model list or its metadata is reused.
     @ivar logFormat: C{text} or C{json}.
     @ivar rawArgs: the arguments as given, for starting extra workers.
+    @ivar allowHosts: C{Host} globs served besides the local names (when
+        every listener is on loopback).
     """
 
     listen: tuple[str, ...]
@@ -81,6 +83,7 @@ class Settings:
     modelsTTL: float
     logFormat: str
     rawArgs: tuple[str, ...] = ()
+    allowHosts: tuple[str, ...] = ()
 
     @property
     def target(self) -> str:

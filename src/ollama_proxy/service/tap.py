@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from ollama_proxy.protocol.flavors import flavorFor
-from ollama_proxy.service.listen import somaxconn, withBacklog
+from ollama_proxy.service.listen import loopbackOnly, somaxconn, withBacklog
 from ollama_proxy.service.options import DEMO_LISTEN, Options
 from ollama_proxy.service.settings import Settings
 from ollama_proxy.service.workers import (
@@ -37,6 +37,7 @@ from ollama_proxy.upstream.pool import ConnectionPool, makeClient
 from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
 from ollama_proxy.web.auth import requireKeys
 from ollama_proxy.web.context import Fallback, ProxyContext
+from ollama_proxy.web.cors import HostPolicy, OriginPolicy
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.site import ProxySite, makeSite
 from ollama_proxy.web.tree import buildRoot
@@ -178,6 +179,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         timeout=settings.clientTimeout,
         maxBody=settings.maxBody,
         bodyTimeout=settings.bodyTimeout,
+        metrics=ctx.metrics,
+        origins=OriginPolicy(settings.corsOrigins),
+        # Ollama's DNS-rebinding guard: only when nothing but loopback
+        # listens (a proxy reachable by other names is meant to be).
+        hosts=HostPolicy(settings.allowHosts) if loopbackOnly(settings.listen) else None,
     )
     service = MultiService()
     shared = settings.workers > 1 or settings.workerOf is not None

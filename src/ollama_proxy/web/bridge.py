@@ -36,7 +36,13 @@ from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.metrics import OTHER
-from ollama_proxy.web.observe import logRequest, modelLabel, upstreamErrorKind
+from ollama_proxy.web.observe import (
+    OBSERVED,
+    logRequest,
+    modelLabel,
+    noteRoute,
+    upstreamErrorKind,
+)
 
 NDJSON = b"application/x-ndjson"
 JSON_TYPE = b"application/json; charset=utf-8"
@@ -243,6 +249,8 @@ class ProxyResource(Resource):
                 name[len("handle_") :] for name in dir(self) if name.startswith("handle_")
             )
             request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
+            # Logged and counted by the site when the answer is finished.
+            noteRoute(request, self.routeLabel(request))
             return self.errorBody(request, 405, f"method {method} not allowed")
         body = request.content.read() if request.content is not None else b""
         ex = Exchange(
@@ -291,6 +299,8 @@ class ProxyResource(Resource):
             self.log.failure("unexpected error handling {uri}", uri=request.uri)
             self._fail(ex, 500, "internal proxy error; see the proxy log")
         finally:
+            # Observed here, with the exchange's details, not by the site.
+            setattr(request, OBSERVED, True)
             if not ex.client.gone:
                 request.finish()
             logRequest(ex, self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
