@@ -258,7 +258,8 @@ class ServiceTests(SynchronousTestCase):
             service = makeService(parse("--target", "http://a", *argv), reactor=reactor)
             service.startService()
             self.addCleanup(service.stopService)
-            found: ProxySite = reactor.tcpServers[0][1]
+            found = reactor.tcpServers[0][1]
+            assert isinstance(found, ProxySite)
             return found
 
         guarded = site("--allow-host", "proxy.lan")
