@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
 
@@ -19,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
 from tests.integration.servers import Twistd, freePort, twistdCommand
+from tests.tempdirs import makeTempDir, removeTempDir, tempDir
 
 _stack: dict[str, object] = {}
 
@@ -37,7 +37,7 @@ class TwoBackends:
                 Twistd("fake-openai", ["--listen", f"tcp:{port}:interface=127.0.0.1"], port)
             )
             ports.append(port)
-        self.dir = tempfile.mkdtemp(prefix="ollama-proxy-ops-")
+        self.dir = makeTempDir("ollama-proxy-ops-")
         self.config = os.path.join(self.dir, "proxy.toml")
         self.jsonLog = os.path.join(self.dir, "proxy.json")
         proxyPort = freePort()
@@ -72,6 +72,7 @@ allow = ["fake-reasoner", "fake-tools"]
         self.proxy.stop()
         for backend in self.backends:
             backend.stop()
+        removeTempDir(self.dir)
 
 
 def stack() -> TwoBackends:
@@ -147,7 +148,7 @@ class BrokenConfigTests(SynchronousTestCase):
         """
         twistd exits non-zero and prints the file, line and key.
         """
-        directory = tempfile.mkdtemp(prefix="ollama-proxy-bad-")
+        directory = tempDir(self, "ollama-proxy-bad-")
         path = os.path.join(directory, "proxy.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write('[[backend]]\nurl = "http://127.0.0.1:1"\ndiscovr = false\n')
@@ -179,7 +180,7 @@ class SocketActivationTests(SynchronousTestCase):
         """
         assert ACTIVATE is not None
         port = freePort()
-        directory = tempfile.mkdtemp(prefix="ollama-proxy-sd-")
+        directory = tempDir(self, "ollama-proxy-sd-")
         process = subprocess.Popen(
             [ACTIVATE, "--fdname=ollama-proxy", "-l", f"127.0.0.1:{port}",
              *twistdCommand(), "-n", "--pidfile=", "--logfile=proxy.log", "ollama-proxy",
