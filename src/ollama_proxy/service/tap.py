@@ -166,6 +166,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         version=settings.version,
         corsOrigins=settings.corsOrigins,
         metrics=Metrics() if settings.metrics else None,
+        maxBody=settings.maxBody,
     )
     root = buildRoot(ctx)
     if settings.requireKeys:
