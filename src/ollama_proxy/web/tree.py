@@ -30,6 +30,7 @@ from ollama_proxy.web.models import (
 )
 from ollama_proxy.web.ollama import Completion, Embed, LegacyEmbeddings, Version
 from ollama_proxy.web.passthrough import Passthrough
+from ollama_proxy.web.responses import Responses
 
 
 class Root(ProxyResource):
@@ -140,6 +141,7 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     messages.isLeaf = False
     messages.putChild(b"count_tokens", CountTokens(ctx))
     v1.putChild(b"messages", messages)
+    v1.putChild(b"responses", Responses(ctx))
     chat = Directory(fallback)
     v1.putChild(b"chat", chat)
     chat.putChild(b"completions", chatCompletions)
