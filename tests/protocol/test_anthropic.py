@@ -393,14 +393,15 @@ class RequestTests(SynchronousTestCase):
         C{thinking} and C{output_config.effort} as the reasoning switch.
         """
         user = [{"role": "user", "content": "hi"}]
-        for fields, think in [
+        cases: list[tuple[dict[str, Any], Any]] = [
             ({}, None),
             ({"thinking": {"type": "adaptive"}}, None),
             ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, True),
             ({"thinking": {"type": "disabled"}, "output_config": {"effort": "high"}}, False),
             ({"output_config": {"effort": "low"}}, "low"),
             ({"thinking": {"type": "adaptive"}, "output_config": {"effort": "max"}}, "max"),
-        ]:
+        ]
+        for fields, think in cases:
             self.assertEqual(parse(messages=user, **fields).think, think, fields)
 
     def test_toolChoices(self) -> None:

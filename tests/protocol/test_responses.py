@@ -28,7 +28,7 @@ from ollama_proxy.protocol.stream import TranslatedStream
 from tests.protocol.helpers import T0, constant, sse
 from tests.protocol.test_anthropic import USAGE, chunk, counterIds, events
 
-ECHO = {"instructions": None, "max_output_tokens": None, "parallel_tool_calls": True,
+ECHO: dict[str, Any] = {"instructions": None, "max_output_tokens": None, "parallel_tool_calls": True,
         "reasoning": None, "temperature": 1, "text": {"format": {"type": "text"}},
         "tool_choice": "auto", "tools": [], "top_p": 1, "metadata": {}}
 NAMES = {"mcp__node__js": ToolName("js", "mcp__node"), "apply_patch": ToolName("apply_patch", custom=True)}
@@ -63,7 +63,7 @@ def flat(out: bytes) -> list[tuple[str, Any]]:
 
 
 RESP = "resp_000000000000000000000001"
-OPENING = [
+OPENING: list[tuple[str, Any]] = [
     ("response.created", {"status": "in_progress", "output": [], "usage": None, "error": None}),
     ("response.in_progress", {"status": "in_progress", "output": [], "usage": None,
                               "error": None}),
@@ -290,7 +290,7 @@ class RequestTests(SynchronousTestCase):
         """
         Precise 400 messages.
         """
-        for fields, message in [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"model": None, "input": "x"}, "model is required"),
             ({"input": [{"type": "zap"}]}, 'input[0]: unknown input item type: "zap"'),
             ({"input": [{"content": "x"}]}, "input[0]: input item missing required 'type' field"),
@@ -305,7 +305,8 @@ class RequestTests(SynchronousTestCase):
             ({"input": []}, "input is required"),
             ({"input": "x", "tools": [{"type": "function"}]},
              "tools[0]: missing required 'name' field"),
-        ]:
+        ]
+        for fields, message in cases:
             with self.assertRaises(BadRequest, msg=repr(fields)) as e:
                 parse(**fields)
             self.assertEqual(e.exception.message, message)
