@@ -302,3 +302,38 @@ class KeyTests(SynchronousTestCase):
             d = client.post(url, data=payload, headers=headers)
             client.flush()
             self.assertEqual(self.successResultOf(d).code, status)
+
+
+class AliasTests(SynchronousTestCase):
+    """
+    Claude Code's own model names, mapped by configuration aliases.
+    """
+
+    def test_claudeNamesAliased(self) -> None:
+        """
+        An alias named like Claude Code's background model routes to the
+        configured backend model, through the one resolver; the reply
+        echoes the client's name.
+        """
+        from ollama_proxy.service.config import BackendConfig
+        from ollama_proxy.testing.harness import MultiBackendHarness
+
+        h = MultiBackendHarness([BackendConfig(
+            name="vllm", url="http://vllm.test:8000/v1", discover=False, models=("qwen3",),
+            aliases={"claude-haiku-4-5-20251001": "qwen3", "claude-sonnet-4-5": "qwen3"})])
+        d = h.post("/v1/messages", {**BASE, "model": "claude-haiku-4-5-20251001"})
+        received = h.backend.received[-1]
+        self.assertEqual((received.path, received.json()["model"]),
+                         ("/v1/chat/completions", "qwen3"))
+        received.respond(200, {"choices": [{"message": {"content": "ok"},
+                                            "finish_reason": "stop"}]})
+        h.pump()
+        self.assertEqual(body(h, self.successResultOf(d))["model"], "claude-haiku-4-5-20251001")
+        # A name nothing maps goes to the (only) backend as it is, which
+        # decides; its 404 is Anthropic's not_found_error.
+        d = h.post("/v1/messages", {**BASE, "model": "claude-opus-4-1"})
+        received = h.backend.received[-1]
+        self.assertEqual(received.json()["model"], "claude-opus-4-1")
+        received.respond(404, {"error": {"message": "no such model"}})
+        h.pump()
+        self.assertEqual(body(h, self.successResultOf(d))["error"]["type"], "not_found_error")
