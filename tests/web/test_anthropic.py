@@ -302,6 +302,48 @@ class KeyTests(SynchronousTestCase):
             d = client.post(url, data=payload, headers=headers)
             client.flush()
             self.assertEqual(self.successResultOf(d).code, status)
+        # The refusal is in each agent dialect's own shape.
+        for path, expected in (
+            ("/v1/messages", {"type": "error", "error": {"type": "authentication_error",
+                                                         "message": "unauthorized"}}),
+            ("/v1/responses", {"error": {"message": "unauthorized",
+                                         "type": "invalid_request_error", "param": None,
+                                         "code": "invalid_api_key"}}),
+        ):
+            d = client.post("http://proxy.test" + path, data=payload)
+            client.flush()
+            response = self.successResultOf(d)
+            self.assertEqual(response.code, 401)
+            self.assertEqual(codec.loads(self.successResultOf(client.content(response))),
+                             expected)
+
+
+class CancellationTests(SynchronousTestCase):
+    """
+    A client that leaves mid-stream.
+    """
+
+    def test_clientGone(self) -> None:
+        """
+        A client leaving a streamed message closes the backend connection
+        at once and stops the pings.
+        """
+        h = ProxyHarness()
+        h.post("/v1/messages", {**BASE, "stream": True})
+        received = h.backend.received[-1]
+        received.startSSE()
+        received.event(delta("par"))
+        h.pump()
+
+        def beats() -> list[Any]:
+            calls: list[Any] = list(h.clock.getDelayedCalls())
+            return [c for c in calls
+                    if getattr(c.func, "__name__", "") == "_beat"]
+
+        self.assertEqual(len(beats()), 1)
+        h.dropClients()
+        self.assertTrue(received.lost)
+        self.assertEqual(beats(), [])
 
 
 class AliasTests(SynchronousTestCase):
