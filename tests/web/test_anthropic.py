@@ -379,3 +379,66 @@ class AliasTests(SynchronousTestCase):
         received.respond(404, {"error": {"message": "no such model"}})
         h.pump()
         self.assertEqual(body(h, self.successResultOf(d))["error"]["type"], "not_found_error")
+
+
+class NativeTests(SynchronousTestCase):
+    """
+    A backend configured C{native = [...]} gets the agent APIs as they are.
+    """
+
+    def harness(self, native: tuple[str, ...]) -> Any:
+        from ollama_proxy.service.config import BackendConfig
+        from ollama_proxy.testing.harness import MultiBackendHarness
+
+        return MultiBackendHarness([BackendConfig(
+            name="litellm", url="http://litellm.test:4000", discover=False, apiKey="sk-lite",
+            models=("anthropic/claude-sonnet-4-5",), native=native,
+            aliases={"claude-sonnet-4-5": "anthropic/claude-sonnet-4-5"})])
+
+    def test_messagesRelayed(self) -> None:
+        """
+        C{/v1/messages} goes to the backend's own C{/v1/messages}: the body
+        as sent but for the mapped model, the Anthropic headers, the
+        backend's key; its event stream is relayed byte for byte.
+        """
+        h = self.harness(("messages",))
+        payload = {**BASE, "model": "claude-sonnet-4-5", "stream": True,
+                   "metadata": {"user_id": "u"}}
+        d = h.post("/v1/messages?beta=true", payload, headers=HEADERS)
+        received = h.backend.received[-1]
+        self.assertEqual((received.path, received.request.uri),
+                         ("/v1/messages", b"/v1/messages?beta=true"))
+        self.assertEqual(received.json(), {**payload, "model": "anthropic/claude-sonnet-4-5"})
+        self.assertEqual((received.headers["anthropic-version"], received.headers["anthropic-beta"],
+                          received.headers["authorization"]),
+                         ("2023-06-01", "tools-2024", "Bearer sk-lite"))
+        self.assertNotIn("x-api-key", received.headers)
+        stream = b'event: message_start\ndata: {"type":"message_start"}\n\n'
+        received.startSSE()
+        received.write(stream)
+        received.finish()
+        h.pump()
+        self.assertEqual(_content(h, self.successResultOf(d)), stream)
+
+    def test_responsesRelayed(self) -> None:
+        """
+        C{/v1/responses} on a native backend keeps its state: a
+        C{previous_response_id} is the backend's business, not a 400.
+        """
+        h = self.harness(("responses",))
+        d = h.post("/v1/responses", {"model": "claude-sonnet-4-5", "input": "hi",
+                                     "previous_response_id": "resp_1"})
+        received = h.backend.received[-1]
+        self.assertEqual((received.path, received.json()["model"]),
+                         ("/v1/responses", "anthropic/claude-sonnet-4-5"))
+        received.respond(200, {"id": "resp_2", "object": "response"})
+        h.pump()
+        self.assertEqual(body(h, self.successResultOf(d)), {"id": "resp_2", "object": "response"})
+
+    def test_translatedOtherwise(self) -> None:
+        """
+        An API the backend is not configured for is still translated.
+        """
+        h = self.harness(("responses",))
+        h.post("/v1/messages", {**BASE, "model": "claude-sonnet-4-5"})
+        self.assertEqual(h.backend.received[-1].path, "/v1/chat/completions")

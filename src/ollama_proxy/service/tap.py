@@ -65,6 +65,7 @@ def makeRouter(
             retries=settings.retries,
             maxRetryWait=settings.retryMaxWait,
             forwardClientKey=settings.forwardClientKey,
+            native=frozenset(backend.native),
         )
         cache = TTLCache(makeFetcher(client, backend), reactor, settings.modelsTTL, backend.name)
         entries.append(BackendModels(backend, client, cache))

@@ -30,8 +30,15 @@ from ollama_proxy.upstream.routing import Route, applyExtra
 from ollama_proxy.web.bridge import Exchange
 from ollama_proxy.web.chat import ReadOptions, answer
 from ollama_proxy.web.context import ProxyContext
+from ollama_proxy.web.observe import streaming
+from ollama_proxy.web.relay import relayResponse, requestHeaders
 
 log = Logger()
+
+NATIVE_HEADERS = frozenset({
+    b"content-type", b"accept", b"user-agent", b"anthropic-version", b"anthropic-beta",
+})
+"""Client headers a native backend gets (its key is the proxy's)."""
 
 
 class PingingEncoder(StreamEncoder, Protocol):
@@ -136,3 +143,40 @@ async def translate(
     finally:
         if heartbeat is not None:
             heartbeat.stop()
+
+
+def nativeRoute(route: Route, api: str) -> bool:
+    """
+    @param api: C{"messages"} or C{"responses"}.
+    @return: whether the routed backend serves C{api} itself (its
+        configuration's C{native} list).
+    """
+    return api in route.backend.native
+
+
+async def relayNative(
+    ctx: ProxyContext, ex: Exchange, route: Route, api: str, body: JSON
+) -> None:
+    """
+    Relay an agent request to a backend that speaks its API (LiteLLM
+    serves both, OpenAI C{/v1/responses}), with the model name mapped and
+    the model's C{extra} fields; the answer, streamed or not, goes to the
+    client as it arrives.
+    """
+    backend = route.backend
+    body = {**body, **route.override.extra, "model": route.modelId}
+    url = backend.url(api)
+    query = ex.request.uri.partition(b"?")[2]
+    if query:
+        url += "?" + query.decode("latin-1")
+    if ctx.debug:
+        log.debug("upstream request {url} {body}", url=url, body=codec.dumps(body).decode())
+    response = await backend.request(
+        "POST", url, codec.dumps(body), backend.headers(requestHeaders(ex.request, NATIVE_HEADERS))
+    )
+    contentType = response.headers.getRawHeaders(b"content-type") or [b""]
+    if contentType[0].startswith(b"text/event-stream"):
+        with streaming(ctx.metrics):
+            await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
+    else:
+        await relayResponse(ex, response, backend.reactor, backend.idleTimeout)

@@ -14,7 +14,7 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic import AnthropicDialect, errorObject
 from ollama_proxy.protocol.anthropic_request import estimateTokens, parseMessagesRequest
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.web.agents import decodedJSON, translate
+from ollama_proxy.web.agents import decodedJSON, nativeRoute, relayNative, translate
 from ollama_proxy.web.bridge import JSON_TYPE, Exchange, ProxyResource
 
 
@@ -32,12 +32,19 @@ class AnthropicResource(ProxyResource):
 
 class Messages(AnthropicResource):
     """
-    C{POST /v1/messages}: a message, whole or as Anthropic's event stream.
+    C{POST /v1/messages}: a message, whole or as Anthropic's event stream
+    (relayed as it is from a backend configured C{native = ["messages"]}).
     """
 
     async def handle_POST(self, ex: Exchange) -> JSON | None:
-        request = parseMessagesRequest(decodedJSON(self.ctx, ex))
-        route = await self.route(ex, request.model)
+        body = decodedJSON(self.ctx, ex)
+        model = body.get("model")
+        route = await self.route(ex, model) if isinstance(model, str) and model else None
+        if route is not None and nativeRoute(route, "messages"):
+            await relayNative(self.ctx, ex, route, "messages", body)
+            return None
+        request = parseMessagesRequest(body)
+        assert route is not None  # the parser insists on a model name
         dialect = AnthropicDialect(estimateTokens(request))
         return await translate(self.ctx, ex, route, request, dialect)
 
