@@ -76,6 +76,10 @@ def usageObject(usage: Usage | None) -> JSON | None:
     }
 
 
+_TEXT_DELTA = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+               b'"sequence_number":')
+
+
 def _text(text: str) -> JSON:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
@@ -109,6 +113,7 @@ class ResponsesEncoder:
         self._output: list[JSON] = []
         self._open: JSON | None = None
         self._buffer: list[str] = []
+        self._textWhere = b""
         self.started = False
         self.response = self._object("in_progress", None)
 
@@ -150,6 +155,8 @@ class ResponsesEncoder:
         out += self._emit("response.output_item.added", output_index=len(self._output), item=item)
         where = {"item_id": item["id"], "output_index": len(self._output)}
         if item["type"] == "message":
+            self._textWhere = (b',"item_id":' + codec.dumps(item["id"]) + b',"output_index":'
+                               + str(len(self._output)).encode() + b',"content_index":0,"delta":')
             out += self._emit("response.content_part.added", **where, content_index=0,
                               part=_text(""))
         elif item["type"] == "reasoning":
@@ -237,13 +244,13 @@ class ResponsesEncoder:
                             "id": self._newId("msg_"), "type": "message",
                             "status": "in_progress", "role": "assistant", "content": [],
                         }))
-                    assert self._open is not None
                     self._buffer.append(event.content)
-                    out.append(self._emit(
-                        "response.output_text.delta", item_id=self._open["id"],
-                        output_index=len(self._output), content_index=0, delta=event.content,
-                        logprobs=[],
-                    ))
+                    # The per-token event, from a template made when the
+                    # message opened: only the sequence number and the text
+                    # are encoded here.
+                    out.append(_TEXT_DELTA + str(self._seq).encode() + self._textWhere
+                               + codec.dumps(event.content) + b',"logprobs":[]}\n\n')
+                    self._seq += 1
             elif type(event) is ToolCalls:
                 out.extend(self._call(call) for call in event.calls)
             elif type(event) is Finish:
