@@ -67,6 +67,7 @@ def makeRouter(
             retries=settings.retries,
             maxRetryWait=settings.retryMaxWait,
             forwardClientKey=settings.forwardClientKey,
+            native=frozenset(backend.native),
         )
         cache = TTLCache(makeFetcher(client, backend), reactor, settings.modelsTTL, backend.name)
         entries.append(BackendModels(backend, client, cache))
@@ -169,6 +170,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         corsOrigins=settings.corsOrigins,
         metrics=Metrics() if settings.metrics else None,
         secrets=tuple(settings.requireKeys),
+        maxBody=settings.maxBody,
     )
     root = buildRoot(ctx)
     if settings.requireKeys:

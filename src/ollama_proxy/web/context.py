@@ -19,6 +19,7 @@ from ollama_proxy.upstream.backend import HTTPClient
 from ollama_proxy.upstream.catalog import ModelDirectory
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.observe import watchUpstream
+from ollama_proxy.web.site import DEFAULT_MAX_BODY
 
 DEFAULT_VERSION = "0.13.5"
 """What C{/api/version} reports: a current-looking Ollama release (Copilot
@@ -65,6 +66,10 @@ class ProxyContext:
         inbound keys of C{--require-key}).
     @ivar redactor: replaces every backend key and every one of L{secrets}
         in upstream text before it reaches a client.
+    @ivar maxBody: the request body cap, applied again to the decompressed
+        size of compressed bodies (the site only sees the wire size).
+    @ivar pingInterval: seconds between keep-alive events on the agent
+        routes' streams (Claude Code gives up after about 20 s of silence).
     """
 
     models: ModelDirectory
@@ -77,6 +82,8 @@ class ProxyContext:
     metrics: Metrics | None = None
     secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
     redactor: Redactor = attrs.field(init=False, repr=False)
+    maxBody: int = DEFAULT_MAX_BODY
+    pingInterval: float = 10.0
 
     def __attrs_post_init__(self) -> None:
         self.redactor = Redactor(
