@@ -23,6 +23,21 @@ class BacklogTests(SynchronousTestCase):
                             "ssl:443:privateKey=k.pem"):
             self.assertEqual(withBacklog(description, 4096), description + ":backlog=4096")
 
+    def test_endpointsTakeIt(self) -> None:
+        """
+        Twisted's endpoint parser reads the added backlog for every kind.
+        """
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.protocol import Factory
+        from twisted.internet.testing import MemoryReactor
+
+        for description in ("tcp:11434:interface=127.0.0.1", r"tcp6:1:interface=\:\:1",
+                            "unix:/run/p.sock"):
+            reactor = MemoryReactor()
+            serverFromString(reactor, withBacklog(description, 1234)).listen(Factory())
+            [server] = reactor.tcpServers or reactor.unixServers
+            self.assertEqual(server[2], 1234, description)
+
     def test_explicitWins(self) -> None:
         """
         A C{backlog=} given is kept; C{systemd:} sockets are left alone.
