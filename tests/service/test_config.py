@@ -431,7 +431,9 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(options, reactor=MemoryReactorClock())
         [site] = [s for s in service if hasattr(s, "endpoint")]  # type: ignore[attr-defined]
         root = site.factory.resource
-        ctx = getattr(root, "wrapped", root).ctx
+        while not hasattr(root, "ctx"):
+            root = root.wrapped  # the CORS and key wrappers
+        ctx = root.ctx
         self.assertIsInstance(ctx, ProxyContext)
         clients = [(b.name, b.backend.target, b.backend.apiKey, b.backend.flavor.name,
                     b.cache.ttl) for b in ctx.models.router.backends]

@@ -104,14 +104,17 @@ class WiringTests(SynchronousTestCase):
 
     def test_keyGate(self) -> None:
         """
-        With C{--require-key} a L{KeyGate} guards the tree, inside the CORS
-        wrapper.
+        A L{KeyGate} guards the tree, inside the CORS wrapper, with the
+        C{--require-key} keys; without any it admits everything (it is
+        there so that a reload can add keys).
         """
         _, site = self.build("--require-key", "k")
         self.assertIsInstance(site.resource, CORSResource)
-        self.assertIsInstance(site.resource.wrapped, KeyGate)  # type: ignore[attr-defined]
+        gate = site.resource.wrapped  # type: ignore[attr-defined]
+        self.assertIsInstance(gate, KeyGate)
+        self.assertEqual(gate.keys, [b"k"])
         _, site = self.build()
-        self.assertNotIsInstance(site.resource.wrapped, KeyGate)  # type: ignore[attr-defined]
+        self.assertEqual(site.resource.wrapped.keys, [])  # type: ignore[attr-defined]
 
     def test_backendOptions(self) -> None:
         """

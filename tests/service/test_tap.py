@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.service.options import API_KEY_ENV
 from ollama_proxy.service.tap import (
+    ModelListing,
     DrainService,
     Options,
     PoolService,
@@ -213,7 +214,8 @@ class ServiceTests(SynchronousTestCase):
         children = list(service)  # type: ignore[call-overload]
         self.assertEqual(
             [type(c) for c in children],
-            [StreamServerEndpointService, StreamServerEndpointService, PoolService, DrainService],
+            [StreamServerEndpointService, StreamServerEndpointService, PoolService, DrainService,
+             ModelListing],
         )
 
     def test_listens(self) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from typing import Any
@@ -23,7 +25,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from ollama_proxy.service.tap import DrainService, Options, PoolService, makeService
+from ollama_proxy.service.tap import DrainService, ModelListing, Options, PoolService, makeService
 from ollama_proxy.service.workers import (
     ParentWatch,
     ReusePortService,
@@ -32,6 +34,7 @@ from ollama_proxy.service.workers import (
     parseTCP,
     reusePortSocket,
 )
+from ollama_proxy.web.metrics import singleProcess
 from tests.integration.servers import Stack, freePort
 
 
@@ -125,7 +128,8 @@ class ServiceShapeTests(SynchronousTestCase):
         """
         service = makeService(parse("--target", "http://h:1"), MemoryReactorClock())
         kinds = [type(s) for s in services(service)]
-        self.assertEqual(kinds, [StreamServerEndpointService, PoolService, DrainService])
+        self.assertEqual(kinds, [StreamServerEndpointService, PoolService, DrainService,
+                                 ModelListing])
 
     def test_parent(self) -> None:
         """
@@ -133,12 +137,16 @@ class ServiceShapeTests(SynchronousTestCase):
         pool, and a L{WorkerPool} that starts 2 more processes with the
         parent's options.
         """
+        metricsDir = tempfile.mkdtemp(prefix="ollama-proxy-test-")
+        self.addCleanup(shutil.rmtree, metricsDir, True)
+        self.addCleanup(singleProcess)
         config = parse("--target", "http://h:1", "--listen", "tcp:1:interface=127.0.0.1",
-                       "--listen", "tcp:2", "--workers", "3")
+                       "--listen", "tcp:2", "--workers", "3", "--metrics-dir", metricsDir)
         service = makeService(config, MemoryReactorClock())
         kinds = [type(s) for s in services(service)]
-        self.assertEqual(kinds, [ReusePortService, ReusePortService, PoolService, DrainService, WorkerPool])
-        pool = services(service)[-1]
+        self.assertEqual(kinds, [ReusePortService, ReusePortService, PoolService, DrainService,
+                                 WorkerPool, ModelListing])
+        pool = services(service)[-2]
         assert isinstance(pool, WorkerPool)
         self.assertEqual(pool.count, 2)
         self.assertEqual(pool.argv[-2:], ["--worker-of", str(os.getpid())])
@@ -150,7 +158,8 @@ class ServiceShapeTests(SynchronousTestCase):
         A worker listens the same way and watches its parent.
         """
         service = makeService(parse("--target", "http://h:1", "--worker-of", "1"), MemoryReactorClock())
-        self.assertEqual([type(s) for s in services(service)], [ReusePortService, PoolService, DrainService, ParentWatch])
+        self.assertEqual([type(s) for s in services(service)],
+                         [ReusePortService, PoolService, DrainService, ParentWatch, ModelListing])
 
 
 class ReusePortServiceTests(SynchronousTestCase):

@@ -179,6 +179,9 @@ class Options(usage.Options):
          "these options in [server]; the command line wins."],
         ["models-ttl", None, 60.0, "Seconds a backend's model list is reused; 0 lists on "
          "every /api/tags call.", _nonNegative],
+        ["metrics-dir", None, None,
+         "With --workers: the directory the workers share their metrics in (emptied at "
+         "start; default: a new temporary directory, removed at stop)."],
         ["log-format", None, "text", "text or json (one JSON object per line, for log "
          "shippers; honours twistd's --logfile).", _logFormat],
     ]
@@ -370,6 +373,7 @@ class Options(usage.Options):
             corsOrigins=tuple(self["cors-origin"]),
             modelsTTL=self["models-ttl"],
             logFormat=self["log-format"],
+            metricsDir=self["metrics-dir"],
             rawArgs=tuple(self.rawArgs),
         )
         if self["log-format"] == "json":
