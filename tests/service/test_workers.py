@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -19,6 +20,8 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.error import ProcessTerminated
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -35,6 +38,7 @@ from ollama_proxy.service.workers import (
     reusePortSocket,
 )
 from ollama_proxy.web.metrics import singleProcess
+from tests.upstream.helpers import LogCapture
 from tests.integration.servers import Stack, freePort
 
 
@@ -199,8 +203,10 @@ class ReusePortServiceTests(SynchronousTestCase):
 
 
 class FakeProcess:
+    pids = iter(range(100, 10_000))
+
     def __init__(self) -> None:
-        self.pid = 99
+        self.pid: int | None = next(self.pids)
         self.signals: list[str] = []
 
     def signalProcess(self, name: str) -> None:
@@ -243,6 +249,93 @@ class WorkerPoolTests(SynchronousTestCase):
         reactor.spawned[1][0].processEnded(Failure(Exception("killed")))
         self.successResultOf(d)
 
+
+    def die(self, reactor: FakeProcessReactor, which: int, **how: Any) -> None:
+        """
+        End spawned process C{which} as the reactor reports it (the
+        transport forgets its pid before the protocol hears of the end).
+        """
+        protocol, _, _, process = reactor.spawned[which]
+        process.pid = None
+        protocol.processEnded(Failure(ProcessTerminated(**how)))
+
+    def test_restartWithBackoff(self) -> None:
+        """
+        A worker that dies is logged with its real pid and exit status and
+        started again after 1 s, then 2 s, 4 s... while it keeps dying
+        quickly; one that ran for C{stableAfter} starts the count afresh.
+        """
+        logs = LogCapture(self)
+        reactor = FakeProcessReactor()
+        pool = WorkerPool(reactor, 1, ["--worker-of", "5"])
+        pool.startService()
+        firstPid = reactor.spawned[0][3].pid
+        self.die(reactor, 0, exitCode=3)
+        [event] = logs.errors()
+        self.assertEqual(formatEvent(event),
+                         f"worker 1 (pid {firstPid}) exited with exit status 3 after 0.0s; "
+                         "restarting it in 1s")
+        reactor.advance(0.9)
+        self.assertEqual(len(reactor.spawned), 1)
+        reactor.advance(0.1)
+        self.assertEqual(len(reactor.spawned), 2)
+        self.die(reactor, 1, signal=9)
+        self.assertIn("exited with signal 9 (SIGKILL) after 0.0s; restarting it in 2s",
+                      formatEvent(logs.errors()[-1]))
+        reactor.advance(2)
+        self.assertEqual(len(reactor.spawned), 3)
+        reactor.advance(pool.stableAfter)
+        self.die(reactor, 2, exitCode=1)
+        self.assertIn("restarting it in 1s", formatEvent(logs.errors()[-1]))
+        pool.stopService()
+
+    def test_crashLoopStops(self) -> None:
+        """
+        After C{crashLimit} quick deaths in a row, the slot is given up with
+        a critical line; nothing is spawned any more.
+        """
+        logs = LogCapture(self)
+        reactor = FakeProcessReactor()
+        pool = WorkerPool(reactor, 1, ["--worker-of", "5"])
+        pool.startService()
+        for attempt in range(pool.crashLimit + 1):
+            self.die(reactor, attempt, exitCode=1)
+            reactor.advance(pool.maxBackoff)
+        self.assertEqual(len(reactor.spawned), pool.crashLimit + 1)
+        critical = [e for e in logs.observer if e["log_level"] == LogLevel.critical]
+        self.assertEqual(len(critical), 1)
+        self.assertIn("died 6 times in a row within 30s of starting: not restarting it",
+                      formatEvent(critical[0]))
+        reactor.advance(600)
+        self.assertEqual(len(reactor.spawned), pool.crashLimit + 1)
+
+    def test_stopCancelsRestart(self) -> None:
+        """
+        Stopping while a restart is pending cancels it, and a worker that
+        ends during the stop is not restarted.
+        """
+        reactor = FakeProcessReactor()
+        pool = WorkerPool(reactor, 2, ["--worker-of", "5"])
+        pool.startService()
+        self.die(reactor, 0, exitCode=1)
+        d = pool.stopService()
+        self.assertEqual(reactor.spawned[1][3].signals, ["TERM"])
+        self.die(reactor, 1, exitCode=0)
+        self.successResultOf(d)
+        reactor.advance(60)
+        self.assertEqual(len(reactor.spawned), 2)
+
+    def test_signalAll(self) -> None:
+        """
+        C{signalAll} passes a signal (C{HUP} for a reload) to every live
+        worker.
+        """
+        reactor = FakeProcessReactor()
+        pool = WorkerPool(reactor, 2, ["--worker-of", "5"])
+        pool.startService()
+        pool.signalAll("HUP")
+        self.assertEqual([entry[3].signals for entry in reactor.spawned], [["HUP"], ["HUP"]])
+        pool.stopService()
 
     def test_parentPidTakenAtStart(self) -> None:
         """
@@ -330,3 +423,120 @@ class RealWorkersTests(SynchronousTestCase):
         else:
             self.fail("the worker outlived its parent")
 
+
+def _children(parent: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _waitFor(condition: Any, timeout: float = 20.0) -> Any:
+    """
+    Poll C{condition} (bounded) until it returns something true.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    return condition()
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+
+
+def _chat(url: str, model: str = "fake-model") -> None:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}],
+                       "stream": False}).encode()
+    request = urllib.request.Request(url + "/api/chat", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+class RealSupervisionTests(SynchronousTestCase):
+    """
+    C{--workers 2} as an operator runs it: one C{/metrics} for both
+    processes, and a worker that is killed comes back.
+    """
+
+    def setUp(self) -> None:
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise SkipTest("no SO_REUSEPORT")
+        self.metricsDir = tempfile.mkdtemp(prefix="ollama-proxy-metrics-test-")
+        self.addCleanup(shutil.rmtree, self.metricsDir, True)
+        self.stack = Stack(["--workers", "2", "--metrics-dir", self.metricsDir])
+        self.addCleanup(self.stack.stop)
+        self.parent = self.stack.proxy.process.pid
+        children = _waitFor(lambda: _children(self.parent))
+        self.assertEqual(len(children), 1, self.stack.proxy.log())
+        self.child = children[0]
+        # Until the worker listens, every connection goes to the parent.
+        self.assertTrue(_waitFor(lambda: self._listening(self.child)))
+
+    def _listening(self, pid: int) -> bool:
+        """
+        Whether process C{pid} holds a socket listening on the proxy's port
+        (an inode that C{/proc/net/tcp} lists in state C{0A}, LISTEN).
+        """
+        port = f"{self.stack.proxy.port:04X}"
+        inodes = set()
+        with open("/proc/net/tcp", encoding="ascii") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(":" + port) and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+        try:
+            return any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+                       for fd in os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return False
+
+    def requestCount(self, samples: dict[Any, float]) -> float:
+        return samples.get(("ollama_proxy_requests_total",
+                            (("model", "fake-model"), ("route", "/api/chat"), ("status", "200"))),
+                           0.0)
+
+    def test_metricsSumAndRestart(self) -> None:
+        """
+        20 chats over 20 connections are spread over both processes, and
+        every scrape, whichever process answers it, counts all 20 under the
+        served model's own name.  A worker killed with C{SIGKILL} is logged
+        with its pid and signal and replaced; its counts stay in the sum.
+        """
+        url = self.stack.url
+        for _ in range(20):
+            _chat(url)
+        # Both processes wrote counters (the kernel spread the connections).
+        counterFiles = [name for name in os.listdir(self.metricsDir)
+                        if name.startswith("counter_")]
+        self.assertEqual(len(counterFiles), 2, counterFiles)
+        for _ in range(10):
+            samples = _scrape(url)
+            self.assertEqual(self.requestCount(samples), 20.0)
+            self.assertEqual(samples[("ollama_proxy_active_streams", ())], 0.0)
+            self.assertNotIn(
+                ("ollama_proxy_requests_total",
+                 (("model", "other"), ("route", "/api/chat"), ("status", "200"))), samples)
+
+        os.kill(self.child, signal.SIGKILL)
+        replaced = _waitFor(lambda: [p for p in _children(self.parent) if p != self.child])
+        self.assertEqual(len(replaced), 1, self.stack.proxy.log())
+        self.assertIn(f"worker 1 (pid {self.child}) exited with signal 9 (SIGKILL)",
+                      self.stack.proxy.log())
+        self.assertTrue(_waitFor(lambda: self._listening(replaced[0])))
+        for _ in range(10):
+            _chat(url)
+        for _ in range(5):
+            self.assertEqual(self.requestCount(_scrape(url)), 30.0)
+        self.stack.proxy.stop()
+        self.assertTrue(_waitFor(lambda: not os.path.exists(f"/proc/{replaced[0]}"), 10))
+        self.assertNotIn("exited with", self.stack.proxy.log().split("SIGKILL", 1)[1])

@@ -310,7 +310,7 @@ class WorkerPool(Service):
                 "worker {index} (pid {pid}) exited with {how}; it died {deaths} times in a row "
                 "within {stable:g}s of starting: not restarting it (the other processes keep "
                 "serving; see the lines above for why it fails, then restart the service)",
-                index=index, pid=protocol.pid, how=how, deaths=deaths - 1,
+                index=index, pid=protocol.pid, how=how, deaths=deaths,
                 stable=self.stableAfter,
             )
             return
