@@ -321,6 +321,9 @@ class Router:
         @param name: the client's model name.
         @return: the route, or C{None} when no listed model has the name.
         """
+        # A background listing may have brought a new list since the last
+        # index (rebuilt only when a list really changed).
+        self._reindex([(backend, backend.known()) for backend in self.backends])
         return self._index.resolve(name)
 
     def _reindex(self, lists: list[tuple[BackendModels, list[Entry] | None]]) -> None:
