@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.service.options import REQUIRE_KEY_ENV
+from ollama_proxy.service.options import REQUIRE_KEY_ENV, FileProblem
 from ollama_proxy.service.tap import DrainService, Options, makeService
 from ollama_proxy.web.auth import KeyGate
 from ollama_proxy.web.cors import CORSResource
@@ -74,8 +74,8 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(parse("--require-key-file", path).settings.requireKeys, ("k1", "k2"))
         with open(path, "w") as f:
             f.write("\n")
-        self.assertRaises(usage.UsageError, parse, "--require-key-file", path)
-        self.assertRaises(usage.UsageError, parse, "--require-key-file", path + ".missing")
+        self.assertRaises(FileProblem, parse, "--require-key-file", path)
+        self.assertRaises(FileProblem, parse, "--require-key-file", path + ".missing")
 
     def test_invalidNumbers(self) -> None:
         """

@@ -15,7 +15,7 @@ from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.service.options import API_KEY_ENV
+from ollama_proxy.service.options import API_KEY_ENV, FileProblem
 from ollama_proxy.service.tap import (
     ModelListing,
     DrainService,
@@ -180,10 +180,10 @@ class OptionsTests(SynchronousTestCase):
 
     def test_keyFileMissing(self) -> None:
         """
-        An unreadable key file is a usage error, not a traceback.
+        An unreadable key file is one line naming it, not a traceback.
         """
         e = self.assertRaises(
-            UsageError, parse, "--target", "http://a", "--api-key-file", "/nonexistent/key"
+            FileProblem, parse, "--target", "http://a", "--api-key-file", "/nonexistent/key"
         )
         self.assertIn("cannot read --api-key-file", str(e))
 

@@ -32,6 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
+from ollama_proxy.service.options import FileProblem, Options
 from ollama_proxy.service.settings import Settings
 from ollama_proxy.upstream.catalog import ModelDirectory
 from ollama_proxy.upstream.routing import BackendModels, Router
@@ -125,8 +126,8 @@ def reload(live: LiveConfig, parse: Callable[[], Settings]) -> bool:
     except usage.UsageError as e:
         log.error("reload refused, the running configuration stays: {error}", error=str(e))
         return False
-    except SystemExit as e:
-        log.error("reload refused, the running configuration stays: {error}", error=e.code)
+    except FileProblem as e:
+        log.error("reload refused, the running configuration stays: {error}", error=e.message)
         return False
     except Exception:
         log.failure("reload failed, the running configuration stays")
@@ -146,8 +147,6 @@ def parser(rawArgs: Sequence[str]) -> Callable[[], Settings]:
     """
 
     def parse() -> Settings:
-        from ollama_proxy.service.options import Options
-
         options = Options()
         options.parseOptions(list(rawArgs))
         settings: Settings = options.settings
