@@ -150,3 +150,43 @@ def sharedStack(proxyArgs: Sequence[str] = (), backendArgs: Sequence[str] = ()) 
         _shared[key] = stack
         atexit.register(stack.stop)
     return _shared[key]
+
+
+def listening(pid: int, port: int) -> bool:
+    """
+    Whether process C{pid} holds a socket listening on TCP C{port} (an
+    inode that C{/proc/net/tcp} lists in state C{0A}, LISTEN): with
+    C{--workers}, a worker serves only once this is true.
+
+    @param pid: the process.
+    @param port: the port.
+    """
+    hexPort = f":{port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp", encoding="ascii") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(hexPort) and fields[3] == "0A":
+                inodes.add(f"socket:[{fields[9]}]")
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def workerPids(parent: int, count: int, port: int, timeout: float = 20.0) -> list[int]:
+    """
+    Wait (bounded) until C{parent} has C{count} children listening on
+    C{port}.
+
+    @return: their pids (fewer if the time ran out).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
+        children = [int(p) for p in out.stdout.split()]
+        ready = [pid for pid in children if listening(pid, port)]
+        if len(ready) >= count or time.monotonic() > deadline:
+            return ready
+        time.sleep(0.1)

@@ -39,7 +39,7 @@ from ollama_proxy.service.workers import (
 )
 from ollama_proxy.web.metrics import singleProcess
 from tests.upstream.helpers import LogCapture
-from tests.integration.servers import Stack, freePort
+from tests.integration.servers import Stack, freePort, listening
 
 
 def services(service: Any) -> list[Any]:
@@ -483,22 +483,7 @@ class RealSupervisionTests(SynchronousTestCase):
         self.assertTrue(_waitFor(lambda: self._listening(self.child)))
 
     def _listening(self, pid: int) -> bool:
-        """
-        Whether process C{pid} holds a socket listening on the proxy's port
-        (an inode that C{/proc/net/tcp} lists in state C{0A}, LISTEN).
-        """
-        port = f"{self.stack.proxy.port:04X}"
-        inodes = set()
-        with open("/proc/net/tcp", encoding="ascii") as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[1].endswith(":" + port) and fields[3] == "0A":
-                    inodes.add(f"socket:[{fields[9]}]")
-        try:
-            return any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
-                       for fd in os.listdir(f"/proc/{pid}/fd"))
-        except OSError:
-            return False
+        return listening(pid, self.stack.proxy.port)
 
     def requestCount(self, samples: dict[Any, float]) -> float:
         return samples.get(("ollama_proxy_requests_total",

@@ -172,6 +172,17 @@ def childArguments(rawArgs: Sequence[str], parentPid: int, target: str | None = 
     return out + ["--worker-of", str(parentPid)]
 
 
+WORKER_MAIN = (
+    "import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "from twisted.application.twist._twist import Twist; sys.exit(Twist.main(sys.argv))"
+)
+"""A worker's program: C{python -m twisted} (C{twist}), but deaf to C{SIGHUP}
+from its first moment until its reload handler is installed.  The parent
+forwards a C{SIGHUP} to every worker, and one that is still starting would
+otherwise die of it (Twisted resets ignored signals in children, so the
+parent cannot pass C{SIG_IGN} on)."""
+
+
 def exitDescription(reason: BaseException) -> str:
     """
     @param reason: what C{processEnded} received.
@@ -267,7 +278,7 @@ class WorkerPool(Service):
         @return: a worker's command line, for the current process as parent.
         """
         args = self.pluginArgs(os.getpid()) if callable(self.pluginArgs) else self.pluginArgs
-        return [sys.executable, "-m", "twisted", "--log-format=text", "ollama-proxy", *args]
+        return [sys.executable, "-c", WORKER_MAIN, "--log-format=text", "ollama-proxy", *args]
 
     def startService(self) -> None:
         super().startService()
