@@ -152,27 +152,32 @@ def sharedStack(proxyArgs: Sequence[str] = (), backendArgs: Sequence[str] = ()) 
     return _shared[key]
 
 
-def listening(pid: int, port: int) -> bool:
+def sockets(pid: int, port: int, state: str) -> int:
     """
-    Whether process C{pid} holds a socket listening on TCP C{port} (an
-    inode that C{/proc/net/tcp} lists in state C{0A}, LISTEN): with
-    C{--workers}, a worker serves only once this is true.
-
-    @param pid: the process.
-    @param port: the port.
+    How many of process C{pid}'s sockets have local TCP port C{port} in
+    C{state} (as C{/proc/net/tcp} spells it: C{0A} LISTEN, C{01}
+    ESTABLISHED).
     """
     hexPort = f":{port:04X}"
     inodes = set()
     with open("/proc/net/tcp", encoding="ascii") as f:
         for line in f.readlines()[1:]:
             fields = line.split()
-            if fields[1].endswith(hexPort) and fields[3] == "0A":
+            if fields[1].endswith(hexPort) and fields[3] == state:
                 inodes.add(f"socket:[{fields[9]}]")
     try:
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+        return sum(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
                    for fd in os.listdir(f"/proc/{pid}/fd"))
     except OSError:
-        return False
+        return 0
+
+
+def listening(pid: int, port: int) -> bool:
+    """
+    Whether process C{pid} listens on TCP C{port}: with C{--workers}, a
+    worker serves only once this is true.
+    """
+    return sockets(pid, port, "0A") > 0
 
 
 def workerPids(parent: int, count: int, port: int, timeout: float = 20.0) -> list[int]:

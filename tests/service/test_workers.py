@@ -6,6 +6,7 @@ C{SO_REUSEPORT}.
 from __future__ import annotations
 
 import errno
+import http.client
 import json
 import os
 import shutil
@@ -39,7 +40,7 @@ from ollama_proxy.service.workers import (
 )
 from ollama_proxy.web.metrics import singleProcess
 from tests.upstream.helpers import LogCapture
-from tests.integration.servers import Stack, freePort, listening
+from tests.integration.servers import Stack, freePort, listening, sockets, workerPids
 
 
 def services(service: Any) -> list[Any]:
@@ -525,3 +526,43 @@ class RealSupervisionTests(SynchronousTestCase):
         self.stack.proxy.stop()
         self.assertTrue(_waitFor(lambda: not os.path.exists(f"/proc/{replaced[0]}"), 10))
         self.assertNotIn("exited with", self.stack.proxy.log().split("SIGKILL", 1)[1])
+
+
+class RealDrainTests(SynchronousTestCase):
+    """
+    C{SIGTERM} to the parent of C{--workers 2} lets the streams of every
+    process finish.
+    """
+
+    def test_everyWorkerDrains(self) -> None:
+        """
+        Streams open on both processes when the parent gets C{SIGTERM} all
+        end with C{done: true}.
+        """
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise SkipTest("no SO_REUSEPORT")
+        stack = Stack(["--workers", "2", "--shutdown-grace", "20"], ["--delay", "0.05"])
+        self.addCleanup(stack.stop)
+        parent = stack.proxy.process.pid
+        [child] = workerPids(parent, 1, stack.proxy.port)
+        body = json.dumps({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}],
+                           "options": {"num_predict": 30}}).encode()
+        streams = []
+        for _ in range(12):
+            connection = http.client.HTTPConnection("127.0.0.1", stack.proxy.port, timeout=30)
+            self.addCleanup(connection.close)
+            connection.request("POST", "/api/chat", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            self.assertEqual(response.status, 200)
+            response.readline()  # the first token: the stream is under way
+            streams.append(response)
+            if min(sockets(pid, stack.proxy.port, "01") for pid in (parent, child)) >= 2:
+                break
+        self.assertGreaterEqual(sockets(child, stack.proxy.port, "01"), 1)
+        self.assertGreaterEqual(sockets(parent, stack.proxy.port, "01"), 1)
+        stack.proxy.process.send_signal(signal.SIGTERM)
+        for response in streams:
+            lines = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+            self.assertTrue(lines[-1]["done"], lines[-1])
+        stack.proxy.process.wait(timeout=30)
+        self.assertTrue(_waitFor(lambda: not os.path.exists(f"/proc/{child}"), 10))
