@@ -668,6 +668,7 @@ class SingleBackendLabelTests(SynchronousTestCase):
         self.assertTrue(listing.path.endswith("/models"))
         self.assertEqual(chat.json()["model"], "new")
         listing.respond(200, models("old", "new"))
+        h.pump()
         chat.respond(200, {"choices": [{"message": {"role": "assistant", "content": "hi"},
                                         "finish_reason": "stop"}]})
         h.pump()

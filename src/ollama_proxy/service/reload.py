@@ -45,7 +45,7 @@ log = Logger()
 
 RESTART_ONLY = (
     "listen", "workers", "poolSize", "connectTimeout", "clientTimeout", "bodyTimeout",
-    "maxBody", "shutdownGrace", "metrics", "logFormat", "demo",
+    "maxBody", "shutdownGrace", "metrics", "metricsDir", "logFormat", "demo",
 )
 """Settings a running process keeps until it is restarted."""
 
