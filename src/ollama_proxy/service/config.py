@@ -239,6 +239,8 @@ class BackendConfig:
     @ivar models: ids always offered, listed or not.
     @ivar aliases: client-visible alias to backend model id.
     @ivar overrides: backend model id to its L{ModelOverride}.
+    @ivar native: the agent APIs (L{NATIVE_APIS}) relayed to the backend as
+        they are, model name mapped, instead of translated.
     @ivar flavor: which non-OpenAI request fields it takes (a name of
         L{ollama_proxy.translate.FLAVOR_NAMES}); C{None} for the
         C{--backend-flavor} option's choice.
@@ -254,6 +256,7 @@ class BackendConfig:
     aliases: Mapping[str, str] = attrs.field(factory=dict)
     overrides: Mapping[str, ModelOverride] = attrs.field(factory=dict)
     flavor: str | None = None
+    native: tuple[str, ...] = ()
 
     def offers(self, modelId: str) -> bool:
         """
@@ -366,8 +369,10 @@ def _typeName(value: Any) -> str:
 
 _BACKEND_KEYS = (
     "name", "url", "api_key", "api_key_file", "api_key_env",
-    "discover", "allow", "deny", "models", "aliases", "overrides", "flavor",
+    "discover", "allow", "deny", "models", "aliases", "overrides", "flavor", "native",
 )
+NATIVE_APIS = ("messages", "responses")
+"""The agent APIs a backend may serve itself (C{native})."""
 _OVERRIDE_KEYS = ("context_length", "capabilities", "extra", "options")
 
 
@@ -469,6 +474,9 @@ def _parseBackend(
             raise check.fail(
                 key + ("flavor",), f"unknown flavor (expected one of: {', '.join(FLAVOR_NAMES)})"
             )
+    native = check.strings(table.get("native", []), key + ("native",))
+    if set(native) - set(NATIVE_APIS):
+        raise check.fail(key + ("native",), f"expected some of: {', '.join(NATIVE_APIS)}")
     discover = check.boolean(table.get("discover", True), key + ("discover",))
     allow = check.strings(table.get("allow", []), key + ("allow",))
     deny = check.strings(table.get("deny", []), key + ("deny",))
@@ -496,6 +504,7 @@ def _parseBackend(
         aliases=aliases,
         overrides=overrides,
         flavor=flavor,
+        native=native,
     )
 
 

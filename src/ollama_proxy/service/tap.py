@@ -72,6 +72,7 @@ def makeRouter(
             retries=settings.retries,
             maxRetryWait=settings.retryMaxWait,
             forwardClientKey=settings.forwardClientKey,
+            native=frozenset(backend.native),
         )
         cache = TTLCache(makeFetcher(client, backend), reactor, settings.modelsTTL, backend.name)
         entries.append(BackendModels(backend, client, cache))
@@ -264,6 +265,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         version=settings.version,
         corsOrigins=settings.corsOrigins,
         metrics=Metrics(shared=metricsDirectory) if settings.metrics else None,
+        maxBody=settings.maxBody,
     )
     root = buildRoot(ctx)
     # Always gated, so that a reload can add the first key (no key: open).

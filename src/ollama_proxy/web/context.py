@@ -18,6 +18,7 @@ from ollama_proxy.upstream.backend import HTTPClient
 from ollama_proxy.upstream.catalog import ModelDirectory
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.observe import watchUpstream
+from ollama_proxy.web.site import DEFAULT_MAX_BODY
 
 DEFAULT_VERSION = "0.13.5"
 """What C{/api/version} reports: a current-looking Ollama release (Copilot
@@ -60,6 +61,10 @@ class ProxyContext:
     @ivar metrics: the Prometheus metrics, or C{None} for none (and no
         C{/metrics}); when set, every backend reports its header latency to
         them.
+    @ivar maxBody: the request body cap, applied again to the decompressed
+        size of compressed bodies (the site only sees the wire size).
+    @ivar pingInterval: seconds between keep-alive events on the agent
+        routes' streams (Claude Code gives up after about 20 s of silence).
     """
 
     models: ModelDirectory
@@ -70,6 +75,8 @@ class ProxyContext:
     version: str = DEFAULT_VERSION
     corsOrigins: tuple[str, ...] = ()
     metrics: Metrics | None = None
+    maxBody: int = DEFAULT_MAX_BODY
+    pingInterval: float = 10.0
 
     def __attrs_post_init__(self) -> None:
         if self.metrics is not None:
