@@ -81,16 +81,29 @@ class ProxyContext:
     corsOrigins: tuple[str, ...] = ()
     metrics: Metrics | None = None
     secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
-    redactor: Redactor = attrs.field(init=False, repr=False)
     maxBody: int = DEFAULT_MAX_BODY
     pingInterval: float = 10.0
+    _redactor: tuple[ModelDirectory, tuple[str, ...], Redactor] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
-        self.redactor = Redactor(
-            [*(entry.backend.apiKey for entry in self.models.router.backends), *self.secrets]
-        )
         if self.metrics is not None:
             watchUpstream(self.metrics, [entry.backend for entry in self.models.router.backends])
+
+    @property
+    def redactor(self) -> Redactor:
+        """
+        Every backend key and every one of L{secrets}, as they are now: a
+        reload (C{SIGHUP}) replaces L{models} and L{secrets}, and the
+        redactor is rebuilt on the next request.
+        """
+        cached = self._redactor
+        if cached is None or cached[0] is not self.models or cached[1] != self.secrets:
+            cached = self._redactor = (self.models, self.secrets, Redactor(
+                [*(entry.backend.apiKey for entry in self.models.router.backends), *self.secrets]
+            ))
+        return cached[2]
 
     @property
     def tag(self) -> str:
