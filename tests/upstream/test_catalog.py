@@ -39,9 +39,9 @@ class CatalogAgeTests(SynchronousTestCase):
         again whatever asks for it, and the catalog follows it.
         """
         h = ProxyHarness(ttl=60)
-        tags = h.get("/api/tags")
+        listing = Deferred.fromCoroutine(h.ctx.models.listModels())
         self.answer(h, "/v1/models", 200, {"data": [{"id": "a", "max_model_len": 1000}]})
-        self.assertEqual(self.successResultOf(tags).code, 200)
+        self.assertEqual(len(self.successResultOf(listing)["data"]), 1)
         h.clock.advance(59)
         first = self.served(h, "a")
         self.answer(h, "/v1/model/info", 404, {"error": "not found"})
@@ -58,6 +58,30 @@ class CatalogAgeTests(SynchronousTestCase):
         # The metadata fetched at t=59 is still within its TTL.
         self.assertEqual([r.path for r in h.backend.received],
                          ["/v1/models", "/v1/model/info", "/v1/models"])
+
+    def test_tagsFetchMetadataOncePerTTL(self) -> None:
+        """
+        A cold C{/api/tags} waits for the list and then one metadata
+        request; warm ones within the TTL ask the backend nothing, and
+        after the TTL both are fetched once more.
+        """
+        h = ProxyHarness(ttl=60)
+        tags = h.get("/api/tags")
+        self.answer(h, "/v1/models", 200, {"data": [{"id": "a", "max_model_len": 1000}]})
+        self.assertNoResult(tags)
+        self.answer(h, "/v1/model/info", 404, {"error": "not found"})
+        self.assertEqual(self.successResultOf(tags).code, 200)
+        for _ in range(3):
+            h.clock.advance(19)
+            self.assertEqual(self.successResultOf(h.get("/api/tags")).code, 200)
+        self.assertEqual([r.path for r in h.backend.received], ["/v1/models", "/v1/model/info"])
+        h.clock.advance(4)
+        tags = h.get("/api/tags")
+        self.answer(h, "/v1/models", 200, {"data": [{"id": "a"}]})
+        self.answer(h, "/v1/model/info", 404, {"error": "not found"})
+        self.assertEqual(self.successResultOf(tags).code, 200)
+        self.assertEqual([r.path for r in h.backend.received],
+                         ["/v1/models", "/v1/model/info"] * 2)
 
     def test_catalogReusedWhileNothingChanged(self) -> None:
         """

@@ -50,6 +50,7 @@ class Settings:
     @ivar modelsTTL: seconds a model list or its metadata is reused.
     @ivar logFormat: C{text} or C{json}.
     @ivar rawArgs: the arguments as given, for starting extra workers.
+    @ivar remoteHost: C{--remote-host}: C{auto}, C{""} or a fixed value.
     """
 
     listen: tuple[str, ...]
@@ -81,6 +82,7 @@ class Settings:
     modelsTTL: float
     logFormat: str
     rawArgs: tuple[str, ...] = ()
+    remoteHost: str = "auto"
 
     @property
     def target(self) -> str:

@@ -159,7 +159,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         if settings.fallback else None
     )
     ctx = ProxyContext(
-        models=ModelDirectory(router, settings.modelOverrides),
+        models=ModelDirectory(router, settings.modelOverrides, settings.remoteHost),
         fallback=fallback,
         debug=settings.debug,
         maxLineLength=settings.maxLine,

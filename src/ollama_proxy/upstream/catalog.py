@@ -19,10 +19,15 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from ollama_proxy.protocol.catalog import Facts, ModelMeta, buildCatalog
+from ollama_proxy.protocol.listing import remoteHost
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import ProxyError
 from ollama_proxy.service.config import CAPABILITIES, ModelOverride
 from ollama_proxy.upstream.routing import BackendModels, Entry, Route, Router
+
+
+AUTO = "auto"
+"""C{--remote-host auto}: each backend's own origin."""
 
 
 def overrideFacts(override: ModelOverride) -> Facts:
@@ -50,10 +55,14 @@ class ModelDirectory:
     @ivar router: the backends and their caches.
     @ivar overrides: the validated C{--model-info} file (model id, or
         C{"*"}, to facts).
+    @ivar remoteHost: C{--remote-host}: L{AUTO} for each backend's own
+        scheme, host and port, C{""} for none, else this value for every
+        model.
     """
 
     router: Router
     overrides: Mapping[str, Facts] = attrs.field(factory=dict)
+    remoteHost: str = "auto"
     _builtFrom: tuple[Any, ...] | None = attrs.field(default=None, init=False)
     _catalog: dict[str, ModelMeta] = attrs.field(factory=dict, init=False)
 
@@ -140,7 +149,23 @@ class ModelDirectory:
                 catalog[entry["id"]] = ModelMeta(
                     entry["id"], {**catalog[target].facts, **overrides.get(entry["id"], {})}
                 )
+        hosts: dict[str, str] = {}
+        for backend, entry in merged:
+            hosts.setdefault(entry["id"], self.hostOf(backend))
+        for modelId, meta in catalog.items():
+            host = hosts.get(modelId, "")
+            if host:
+                catalog[modelId] = attrs.evolve(meta, remoteHost=host)
         return catalog
+
+    def hostOf(self, backend: BackendModels) -> str:
+        """
+        @param backend: a configured backend.
+        @return: the C{remote_host} of its models.
+        """
+        if self.remoteHost == AUTO:
+            return remoteHost(backend.config.url)
+        return self.remoteHost
 
     async def served(self, name: str) -> ModelMeta | None:
         """
