@@ -206,7 +206,8 @@ class ModelOverride:
     """
     Settings for one backend model.
 
-    @ivar contextLength: reported by C{/api/show} as C{<family>.context_length}.
+    @ivar contextLength: reported by C{/api/tags}, C{/api/show}, C{/api/ps}.
+    @ivar maxOutputTokens: reported as C{max_output_tokens} (tags, show).
     @ivar capabilities: reported by C{/api/show}; C{None} leaves the
         proxy's guess.
     @ivar extra: fields merged into every upstream request body for the
@@ -217,6 +218,7 @@ class ModelOverride:
     """
 
     contextLength: int | None = None
+    maxOutputTokens: int | None = None
     capabilities: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
     options: Mapping[str, Any] = attrs.field(factory=dict)
@@ -368,7 +370,7 @@ _BACKEND_KEYS = (
     "name", "url", "api_key", "api_key_file", "api_key_env",
     "discover", "allow", "deny", "models", "aliases", "overrides", "flavor",
 )
-_OVERRIDE_KEYS = ("context_length", "capabilities", "extra", "options")
+_OVERRIDE_KEYS = ("context_length", "max_output_tokens", "capabilities", "extra", "options")
 
 
 def parseConfig(
@@ -511,6 +513,9 @@ def _parseOverride(check: _Checker, raw: Any, key: KeyPath) -> ModelOverride:
     contextLength = None
     if "context_length" in table:
         contextLength = check.positiveInt(table["context_length"], key + ("context_length",))
+    maxOutput = None
+    if "max_output_tokens" in table:
+        maxOutput = check.positiveInt(table["max_output_tokens"], key + ("max_output_tokens",))
     capabilities = None
     if "capabilities" in table:
         capabilities = check.strings(table["capabilities"], key + ("capabilities",))
@@ -527,7 +532,8 @@ def _parseOverride(check: _Checker, raw: Any, key: KeyPath) -> ModelOverride:
             raise check.fail(key + ("extra", field), "the proxy sets this field itself")
     options = check.table(table.get("options", {}), key + ("options",))
     return ModelOverride(
-        contextLength=contextLength, capabilities=capabilities, extra=extra, options=options
+        contextLength=contextLength, maxOutputTokens=maxOutput, capabilities=capabilities,
+        extra=extra, options=options,
     )
 
 

@@ -36,11 +36,14 @@ def overrideFacts(override: ModelOverride) -> Facts:
     configuration file's per-model override.
 
     @param override: the model's settings.
-    @return: C{context_length} and the capability flags it sets.
+    @return: C{context_length}, C{max_output_tokens} and the capability
+        flags it sets.
     """
     facts: Facts = {}
     if override.contextLength is not None:
         facts["context_length"] = override.contextLength
+    if override.maxOutputTokens is not None:
+        facts["max_output_tokens"] = override.maxOutputTokens
     if override.capabilities is not None:
         for flag in sorted(CAPABILITIES - {"completion"}):
             facts[flag] = flag in override.capabilities
