@@ -64,6 +64,44 @@ covers both.)
 """
 
 
+async def sendRequest(
+    http: HTTPClient,
+    reactor: IReactorTime,
+    headerTimeout: float,
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: dict[bytes, list[bytes]] | None,
+    what: str,
+) -> IResponse:
+    """
+    Send one request and wait for its response headers (the body is left
+    for the caller to stream), mapping every client-side failure to a proxy
+    error.
+
+    @param http: the treq-style client.
+    @param reactor: the clock for the header timeout.
+    @param headerTimeout: seconds to wait for the response headers.
+    @param method: the HTTP method.
+    @param url: the absolute URL.
+    @param body: the request body, if any.
+    @param headers: the request headers.
+    @param what: the upstream, for error messages.
+    @return: the response, whatever its status.
+    @raise UpstreamError: if no response arrived.
+    """
+    try:
+        response: IResponse = await http.request(
+            method, url, data=body, headers=headers, unbuffered=True,
+            timeout=headerTimeout, reactor=reactor,
+        )
+    except CancelledError:
+        raise
+    except Exception as e:
+        raise failureToError(e, what) from None
+    return response
+
+
 def apiBase(target: str) -> str:
     """
     The OpenAI API root for a C{--target}.
@@ -182,20 +220,9 @@ class Backend:
         @raise UpstreamError: if no response arrived.
         """
         started = self.reactor.seconds()
-        try:
-            response: IResponse = await self.http.request(
-                method,
-                url,
-                data=body,
-                headers=headers,
-                unbuffered=True,
-                timeout=self.headerTimeout,
-                reactor=self.reactor,
-            )
-        except CancelledError:
-            raise
-        except Exception as e:
-            raise failureToError(e, what) from None
+        response = await sendRequest(
+            self.http, self.reactor, self.headerTimeout, method, url, body, headers, what
+        )
         if self.onResponse is not None:
             self.onResponse(self.name, self.reactor.seconds() - started)
         return response

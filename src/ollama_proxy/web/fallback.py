@@ -7,13 +7,12 @@ none configured, a JSON 404.
 
 from __future__ import annotations
 
-from twisted.internet.defer import CancelledError
 from twisted.web.server import Request
 
 from ollama_proxy.protocol.errors import (
     NotFound,
 )
-from ollama_proxy.upstream.failures import failureToError
+from ollama_proxy.upstream.backend import sendRequest
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.relay import relayResponse, requestHeaders
@@ -33,20 +32,11 @@ async def forwardToFallback(ctx: ProxyContext, ex: Exchange) -> None:
     assert fallback is not None
     path = request.uri.decode("latin-1")
     what = f"the fallback Ollama at {fallback.base}"
-    try:
-        response = await fallback.http.request(
-            (request.method or b"GET").decode("ascii"),
-            fallback.base.rstrip("/") + path,
-            data=ex.body or None,
-            headers=requestHeaders(request),
-            unbuffered=True,
-            reactor=fallback.reactor,
-            timeout=fallback.headerTimeout,
-        )
-    except CancelledError:
-        raise
-    except Exception as e:
-        raise failureToError(e, what) from None
+    response = await sendRequest(
+        fallback.http, fallback.reactor, fallback.headerTimeout,
+        (request.method or b"GET").decode("ascii"), fallback.base.rstrip("/") + path,
+        ex.body or None, requestHeaders(request), what,
+    )
     await relayResponse(ex, response, fallback.reactor, fallback.idleTimeout)
 
 
