@@ -39,6 +39,8 @@ class CatalogAgeTests(SynchronousTestCase):
         again whatever asks for it, and the catalog follows it.
         """
         h = ProxyHarness(ttl=60)
+        # The list alone, without metadata (as the merged /v1/models does;
+        # /api/tags now fetches the metadata too, see below).
         listing = Deferred.fromCoroutine(h.ctx.models.listModels())
         self.answer(h, "/v1/models", 200, {"data": [{"id": "a", "max_model_len": 1000}]})
         self.assertEqual(len(self.successResultOf(listing)["data"]), 1)
