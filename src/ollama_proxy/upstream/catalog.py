@@ -6,8 +6,9 @@ list, the metadata catalog, and the route for a name.
 Everything comes from the per-backend L{ollama_proxy.upstream.cache.TTLCache}s
 held by the L{Router}'s L{BackendModels}: the model lists and LiteLLM's
 C{/v1/model/info}.  The catalog is a pure function of those values and the
-configured overrides (L{ollama_proxy.protocol.catalog.buildCatalog}); it is
-rebuilt only when one of them changed, and is never older than the TTL.
+configured overrides (L{ollama_proxy.protocol.catalog.buildCatalog}), plus
+each model's C{remote_host} (its backend's origin); it is rebuilt only when
+one of them changed, and is never older than the TTL.
 Names are resolved by the router's one L{ollama_proxy.protocol.names.NameIndex}.
 """
 
@@ -19,9 +20,9 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from ollama_proxy.protocol.catalog import Facts, ModelMeta, buildCatalog
-from ollama_proxy.protocol.listing import remoteHost
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import ProxyError
+from ollama_proxy.protocol.listing import remoteHost
 from ollama_proxy.service.config import CAPABILITIES, ModelOverride
 from ollama_proxy.upstream.routing import BackendModels, Entry, Route, Router
 
@@ -65,7 +66,7 @@ class ModelDirectory:
 
     router: Router
     overrides: Mapping[str, Facts] = attrs.field(factory=dict)
-    remoteHost: str = "auto"
+    remoteHost: str = AUTO
     _builtFrom: tuple[Any, ...] | None = attrs.field(default=None, init=False)
     _catalog: dict[str, ModelMeta] = attrs.field(factory=dict, init=False)
 

@@ -10,8 +10,6 @@ Ollama for the rest.
 from __future__ import annotations
 
 from ollama_proxy.protocol import codec
-from typing import Any
-
 from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.listing import (
@@ -42,7 +40,7 @@ class Tags(ProxyResource):
     waits for the lists and then one round of metadata requests.
     """
 
-    _builtFrom: Any = None
+    _builtFrom: dict[str, ModelMeta] | None = None
     _body: JSON | None = None
 
     async def handle_GET(self, ex: Exchange) -> JSON:
