@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 
 from ollama_proxy.protocol.catalog import Facts, ModelMeta, buildCatalog
 from ollama_proxy.protocol.codec import JSON
@@ -29,6 +29,15 @@ from ollama_proxy.upstream.routing import BackendModels, Entry, Route, Router
 
 AUTO = "auto"
 """C{--remote-host auto}: each backend's own origin."""
+
+
+METADATA_WAIT = 5.0
+"""
+Seconds a catalog build waits for the metadata requests before it goes on
+with what is known: C{/api/tags} must not hang on a backend that is slow to
+describe its models (the VS Code extension, Zed and Copilot give up on the
+list).  The request itself runs on and fills the cache for the next call.
+"""
 
 
 def overrideFacts(override: ModelOverride) -> Facts:
@@ -62,11 +71,13 @@ class ModelDirectory:
     @ivar remoteHost: C{--remote-host}: L{AUTO} for each backend's own
         scheme, host and port, C{""} for none, else this value for every
         model.
+    @ivar metadataWait: see L{METADATA_WAIT}.
     """
 
     router: Router
     overrides: Mapping[str, Facts] = attrs.field(factory=dict)
     remoteHost: str = AUTO
+    metadataWait: float = METADATA_WAIT
     _builtFrom: tuple[Any, ...] | None = attrs.field(default=None, init=False)
     _catalog: dict[str, ModelMeta] = attrs.field(factory=dict, init=False)
 
@@ -104,7 +115,9 @@ class ModelDirectory:
         good: one that is down would cost a connect timeout for nothing),
         merged with the overrides: the C{--model-info} file, then the
         configuration file's per-model C{context_length} and
-        C{capabilities}.  An alias gets the metadata of its model.
+        C{capabilities}.  An alias gets the metadata of its model.  A
+        metadata request that fails, or takes longer than C{metadataWait},
+        leaves that backend's last known metadata (or none).
 
         @return: metadata per model id (aliases included), in listing order.
         @raise ProxyError: if no backend's model list can be fetched.
@@ -115,13 +128,17 @@ class ModelDirectory:
             if candidate.config.discover and candidate.cache.error is None
             and candidate.cache.value is not None
         ]
-        asks = [Deferred.fromCoroutine(candidate.info.get()) for candidate in asking]
+        clock = self.router.backends[0].cache.clock
+        asks = [
+            Deferred.fromCoroutine(candidate.info.get()).addTimeout(self.metadataWait, clock)
+            for candidate in asking
+        ]
         infos: list[Any] = []
-        for ask in asks:
+        for candidate, ask in zip(asking, asks):
             try:
                 infos.append(await ask)
-            except ProxyError:
-                infos.append(None)
+            except (ProxyError, TimeoutError):
+                infos.append(candidate.info.value)
         key = (tuple(id(entry) for _, entry in merged), tuple(id(info) for info in infos))
         if key != self._builtFrom:
             self._catalog = self._build(merged, infos)
