@@ -291,6 +291,36 @@ class ShapeTests(SynchronousTestCase):
         self.assertEqual(changed["b:proxy"], first["b:proxy"])
 
 
+    def test_modifiedAtFollowsDigest(self) -> None:
+        """
+        Without a backend C{created}, C{modified_at} is when the proxy first
+        saw the model as it is: the same on tags, show and ps, kept across
+        refetches that change nothing, moved when the metadata (and so the
+        digest) changes.
+        """
+        h = ProxyHarness(ttl=60)
+
+        def stamps(data: list[Any] | None) -> tuple[str, str, str]:
+            d = h.get("/api/tags")
+            if data is not None:
+                serveCatalog(h, data)
+            [tag] = body(h, self.successResultOf(d))["models"]
+            show = body(h, self.successResultOf(h.post("/api/show", {"model": "a"})))
+            [loaded] = body(h, self.successResultOf(h.get("/api/ps")))["models"]
+            self.assertEqual(tag["modified_at"], show["modified_at"])
+            return tag["modified_at"], tag["digest"], loaded["digest"]
+
+        first = stamps([{"id": "a"}])
+        self.assertEqual(first[1], first[2])
+        self.assertEqual(stamps(None), first)
+        h.clock.advance(61)
+        self.assertEqual(stamps([{"id": "a"}]), first)
+        h.clock.advance(61)
+        changed = stamps([{"id": "a", "max_model_len": 4096}])
+        self.assertGreater(changed[0], first[0])
+        self.assertNotEqual(changed[1], first[1])
+
+
 class StartupRouteTests(SynchronousTestCase):
     """
     The other routes clients call at start-up are answered by the proxy,

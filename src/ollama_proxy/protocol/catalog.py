@@ -256,11 +256,14 @@ class ModelMeta:
     @ivar facts: the merged L{Facts}.
     @ivar remoteHost: what C{remote_host} says about where the model runs
         (see L{ollama_proxy.protocol.listing.remoteHost}); empty for none.
+    @ivar seenNs: when the proxy first saw the model as it is now (its
+        C{modified_at} when the backend gives no C{created}), or C{None}.
     """
 
     id: str
     facts: Facts = attrs.field(factory=dict)
     remoteHost: str = ""
+    seenNs: int | None = None
 
     @property
     def isEmbedding(self) -> bool:

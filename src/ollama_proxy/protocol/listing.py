@@ -168,7 +168,14 @@ def _limits(meta: ModelMeta, into: JSON) -> None:
 
 
 def _modifiedAt(meta: ModelMeta, nowNs: int) -> str:
-    return createdTimestamp(meta.facts.get("created"), nowNs)
+    """
+    The backend's C{created}, else when the proxy first saw the model with
+    its current metadata (like Ollama's manifest time, it moves only when
+    the digest does), else now.
+    """
+    return createdTimestamp(
+        meta.facts.get("created"), meta.seenNs if meta.seenNs is not None else nowNs
+    )
 
 
 def tagsEntry(meta: ModelMeta, name: str, nowNs: int) -> JSON:

@@ -20,9 +20,11 @@ import attrs
 from twisted.internet.defer import Deferred, TimeoutError
 
 from ollama_proxy.protocol.catalog import Facts, ModelMeta, buildCatalog
+from ollama_proxy.protocol.clock import Clock, wallClock
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import ProxyError
-from ollama_proxy.protocol.listing import remoteHost
+from ollama_proxy.protocol.listing import modelDigest, remoteHost
+from ollama_proxy.protocol.names import clientModelName
 from ollama_proxy.service.config import CAPABILITIES, ModelOverride
 from ollama_proxy.upstream.routing import BackendModels, Entry, Route, Router
 
@@ -72,12 +74,15 @@ class ModelDirectory:
         scheme, host and port, C{""} for none, else this value for every
         model.
     @ivar metadataWait: see L{METADATA_WAIT}.
+    @ivar now: the wall clock, for when a model was first seen.
     """
 
     router: Router
     overrides: Mapping[str, Facts] = attrs.field(factory=dict)
     remoteHost: str = AUTO
     metadataWait: float = METADATA_WAIT
+    now: Clock = wallClock
+    _seen: dict[str, tuple[str, int]] = attrs.field(factory=dict, init=False)
     _builtFrom: tuple[Any, ...] | None = attrs.field(default=None, init=False)
     _catalog: dict[str, ModelMeta] = attrs.field(factory=dict, init=False)
 
@@ -129,10 +134,10 @@ class ModelDirectory:
             and candidate.cache.value is not None
         ]
         clock = self.router.backends[0].cache.clock
-        asks = [
-            Deferred.fromCoroutine(candidate.info.get()).addTimeout(self.metadataWait, clock)
-            for candidate in asking
-        ]
+        asks = [Deferred.fromCoroutine(candidate.info.get()) for candidate in asking]
+        for ask in asks:
+            if not ask.called:  # a warm cache answers at once: no timer needed
+                ask.addTimeout(self.metadataWait, clock)
         infos: list[Any] = []
         for candidate, ask in zip(asking, asks):
             try:
@@ -149,7 +154,8 @@ class ModelDirectory:
         self, merged: list[tuple[BackendModels, Entry]], infos: list[Any]
     ) -> dict[str, ModelMeta]:
         """
-        The pure merge behind L{catalog}.
+        The merge behind L{catalog}, and when each model was first seen
+        with its current metadata.
         """
         models = {"object": "list", "data": [entry for _, entry in merged]}
         info: Any = None
@@ -173,10 +179,16 @@ class ModelDirectory:
         hosts: dict[str, str] = {}
         for backend, entry in merged:
             hosts.setdefault(entry["id"], self.hostOf(backend))
+        nowNs = self.now()
+        seen: dict[str, tuple[str, int]] = {}
         for modelId, meta in catalog.items():
-            host = hosts.get(modelId, "")
-            if host:
-                catalog[modelId] = attrs.evolve(meta, remoteHost=host)
+            meta = attrs.evolve(meta, remoteHost=hosts.get(modelId, ""))
+            digest = modelDigest(meta, clientModelName(modelId, self.tag))
+            previous = self._seen.get(modelId)
+            seenNs = previous[1] if previous is not None and previous[0] == digest else nowNs
+            seen[modelId] = (digest, seenNs)
+            catalog[modelId] = attrs.evolve(meta, seenNs=seenNs)
+        self._seen = seen
         return catalog
 
     def hostOf(self, backend: BackendModels) -> str:
