@@ -253,6 +253,18 @@ class BadFileTests(SynchronousTestCase):
                                            GOOD.splitlines().index('flavor = "vllm"') + 1))
         self.assertIn("openrouter", e.reason)
 
+    def test_native(self) -> None:
+        """
+        C{native} lists the agent APIs a backend serves itself; anything
+        else is refused, naming the choices.
+        """
+        config = parseConfig('[[backend]]\nurl = "http://a:1"\nnative = ["messages", "responses"]\n')
+        self.assertEqual(config.backends[0].native, ("messages", "responses"))
+        self.assertEqual(parseConfig('[[backend]]\nurl = "http://a:1"\n').backends[0].native, ())
+        e = errorOf('[[backend]]\nurl = "http://a:1"\nnative = ["chat"]\n')
+        self.assertEqual((e.key, e.line, e.reason),
+                         ("backend[0].native", 3, "expected some of: messages, responses"))
+
     def test_unknownCapability(self) -> None:
         """
         A capability Ollama does not know is refused with its index.
@@ -423,9 +435,9 @@ class OptionsTests(SynchronousTestCase):
         from ollama_proxy.web.context import ProxyContext
 
         path = self.writeConfig(
-            '[server]\nmodels-ttl = 12\n'
+            '[server]\nmodels-ttl = 12\nmax-body = 12345\n'
             '[[backend]]\nname = "a"\nurl = "http://127.0.0.1:1"\napi_key = "ka"\n'
-            'flavor = "litellm"\n'
+            'flavor = "litellm"\nnative = ["messages"]\n'
             '[[backend]]\nname = "b"\nurl = "https://api.openai.com/v1"\n'
         )
         options = Options()
@@ -439,6 +451,9 @@ class OptionsTests(SynchronousTestCase):
                     b.cache.ttl) for b in ctx.models.router.backends]
         self.assertEqual(clients, [("a", "http://127.0.0.1:1", "ka", "litellm", 12.0),
                                    ("b", "https://api.openai.com/v1", None, "openai", 12.0)])
+        self.assertEqual([b.backend.native for b in ctx.models.router.backends],
+                         [frozenset({"messages"}), frozenset()])
+        self.assertEqual(ctx.maxBody, 12345)
         self.assertIsNotNone(ctx.metrics)
         from ollama_proxy.service.tap import ModelListing
 

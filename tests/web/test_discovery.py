@@ -440,7 +440,4 @@ class VersionTests(SynchronousTestCase):
         self.assertIs(codexUsesResponses(version), True)
         h.post("/v1/responses", {"model": "m", "input": "hi", "stream": False})
         self.assertEqual(h.ollama.received, [])
-
-    test_responsesServedWhenCodexIsSentThere.todo = (  # type: ignore[attr-defined]
-        "/v1/responses is added by issue 12, not on main yet; remove this todo when it lands"
-    )
+        self.assertEqual([r.path for r in h.backend.received], ["/v1/chat/completions"])

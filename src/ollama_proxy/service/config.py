@@ -241,6 +241,8 @@ class BackendConfig:
     @ivar models: ids always offered, listed or not.
     @ivar aliases: client-visible alias to backend model id.
     @ivar overrides: backend model id to its L{ModelOverride}.
+    @ivar native: the agent APIs (L{NATIVE_APIS}) relayed to the backend as
+        they are, model name mapped, instead of translated.
     @ivar flavor: which non-OpenAI request fields it takes (a name of
         L{ollama_proxy.translate.FLAVOR_NAMES}); C{None} for the
         C{--backend-flavor} option's choice.
@@ -256,6 +258,7 @@ class BackendConfig:
     aliases: Mapping[str, str] = attrs.field(factory=dict)
     overrides: Mapping[str, ModelOverride] = attrs.field(factory=dict)
     flavor: str | None = None
+    native: tuple[str, ...] = ()
 
     def offers(self, modelId: str) -> bool:
         """
@@ -368,8 +371,10 @@ def _typeName(value: Any) -> str:
 
 _BACKEND_KEYS = (
     "name", "url", "api_key", "api_key_file", "api_key_env",
-    "discover", "allow", "deny", "models", "aliases", "overrides", "flavor",
+    "discover", "allow", "deny", "models", "aliases", "overrides", "flavor", "native",
 )
+NATIVE_APIS = ("messages", "responses")
+"""The agent APIs a backend may serve itself (C{native})."""
 _OVERRIDE_KEYS = ("context_length", "max_output_tokens", "capabilities", "extra", "options")
 
 
@@ -471,6 +476,9 @@ def _parseBackend(
             raise check.fail(
                 key + ("flavor",), f"unknown flavor (expected one of: {', '.join(FLAVOR_NAMES)})"
             )
+    native = check.strings(table.get("native", []), key + ("native",))
+    if set(native) - set(NATIVE_APIS):
+        raise check.fail(key + ("native",), f"expected some of: {', '.join(NATIVE_APIS)}")
     discover = check.boolean(table.get("discover", True), key + ("discover",))
     allow = check.strings(table.get("allow", []), key + ("allow",))
     deny = check.strings(table.get("deny", []), key + ("deny",))
@@ -498,6 +506,7 @@ def _parseBackend(
         aliases=aliases,
         overrides=overrides,
         flavor=flavor,
+        native=native,
     )
 
 
@@ -510,12 +519,10 @@ def _parseOverride(check: _Checker, raw: Any, key: KeyPath) -> ModelOverride:
     """
     table = check.table(raw, key)
     check.known(table, key, _OVERRIDE_KEYS)
-    contextLength = None
-    if "context_length" in table:
-        contextLength = check.positiveInt(table["context_length"], key + ("context_length",))
-    maxOutput = None
-    if "max_output_tokens" in table:
-        maxOutput = check.positiveInt(table["max_output_tokens"], key + ("max_output_tokens",))
+    contextLength, maxOutput = (
+        check.positiveInt(table[name], key + (name,)) if name in table else None
+        for name in ("context_length", "max_output_tokens")
+    )
     capabilities = None
     if "capabilities" in table:
         capabilities = check.strings(table["capabilities"], key + ("capabilities",))
@@ -531,10 +538,8 @@ def _parseOverride(check: _Checker, raw: Any, key: KeyPath) -> ModelOverride:
         if field in extra:
             raise check.fail(key + ("extra", field), "the proxy sets this field itself")
     options = check.table(table.get("options", {}), key + ("options",))
-    return ModelOverride(
-        contextLength=contextLength, maxOutputTokens=maxOutput, capabilities=capabilities,
-        extra=extra, options=options,
-    )
+    return ModelOverride(contextLength=contextLength, maxOutputTokens=maxOutput,
+                         capabilities=capabilities, extra=extra, options=options)
 
 
 def _checkUnique(check: _Checker, backends: list[BackendConfig]) -> None:

@@ -65,6 +65,7 @@ def makeRouter(
             retries=settings.retries,
             maxRetryWait=settings.retryMaxWait,
             forwardClientKey=settings.forwardClientKey,
+            native=frozenset(backend.native),
         )
         cache = TTLCache(makeFetcher(client, backend), reactor, settings.modelsTTL, backend.name)
         entries.append(BackendModels(backend, client, cache))
@@ -166,6 +167,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         version=settings.version,
         corsOrigins=settings.corsOrigins,
         metrics=Metrics() if settings.metrics else None,
+        maxBody=settings.maxBody,
     )
     root = buildRoot(ctx)
     if settings.requireKeys:

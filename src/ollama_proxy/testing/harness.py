@@ -260,7 +260,7 @@ class MultiBackendHarness(ProxyHarness):
             self.backends[config.name] = fake
             self.stubs.append(stub)
             client = Backend(stub, config.url, self.clock, apiKey=config.apiKey, name=config.name,
-                             idleTimeout=300.0)
+                             idleTimeout=300.0, native=frozenset(config.native))
             cache = TTLCache(makeFetcher(client, config), self.clock, ttl, config.name)
             entries.append(BackendModels(config, client, cache))
         self.backend = self.backends[configs[0].name]

@@ -160,6 +160,8 @@ class Backend:
     @ivar name: the backend's configured name, for logs and metrics.
     @ivar onResponse: called with C{(name, seconds)} each time response
         headers arrive (the metrics' upstream latency), if set.
+    @ivar native: the agent APIs (C{"messages"}, C{"responses"}) the
+        server speaks itself: requests to them are relayed, not translated.
     """
 
     http: HTTPClient
@@ -174,6 +176,7 @@ class Backend:
     forwardClientKey: bool = False
     name: str = "default"
     onResponse: Callable[[str, float], None] | None = attrs.field(default=None, repr=False)
+    native: frozenset[str] = frozenset()
     base: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:

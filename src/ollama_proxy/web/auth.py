@@ -24,7 +24,7 @@ from typing import Iterable
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from ollama_proxy.protocol import codec
+from ollama_proxy.protocol import anthropic, codec, responses
 
 
 def presentedKey(request: Request) -> bytes | None:
@@ -65,19 +65,26 @@ def readKeys(text: str) -> list[str]:
 
 class Unauthorized(Resource):
     """
-    The answer to a request without a valid key: 401 with Ollama's JSON
-    error shape and a C{WWW-Authenticate} challenge.
+    The answer to a request without a valid key: 401 with the JSON error
+    shape of the route's dialect (Ollama's, or Anthropic's and OpenAI's on
+    the agent routes, whose SDKs read their own) and a C{WWW-Authenticate}
+    challenge.
     """
 
     isLeaf = True
 
     def render(self, request: Request) -> bytes:  # type: ignore[override]
         """
-        @return: C{{"error": "unauthorized"}}.
+        @return: C{{"error": "unauthorized"}}, or the agent dialect's error.
         """
         request.setResponseCode(401)
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"WWW-Authenticate", b'Bearer realm="ollama-proxy"')
+        path = request.path or b""
+        if path.startswith(b"/v1/messages"):
+            return codec.dumps(anthropic.errorObject(401, "unauthorized"))
+        if path.startswith(b"/v1/responses"):
+            return codec.dumps(responses.errorObject(401, "unauthorized"))
         return codec.dumps({"error": "unauthorized"})
 
 

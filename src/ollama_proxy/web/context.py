@@ -18,12 +18,14 @@ from ollama_proxy.upstream.backend import HTTPClient
 from ollama_proxy.upstream.catalog import ModelDirectory
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.observe import watchUpstream
+from ollama_proxy.web.site import DEFAULT_MAX_BODY
 
 DEFAULT_VERSION = "0.32.15"
 """
 What C{/api/version} reports: the newest Ollama release (0.33.0 was still a
-release candidate) whose client-facing model-discovery surface the proxy
-serves -- C{/api/tags} with C{capabilities} and C{details.context_length}
+release candidate) whose client-facing surface the proxy
+serves -- C{/v1/responses} (0.13.3), C{/v1/messages} (0.14),
+C{/api/tags} with C{capabilities} and C{details.context_length}
 (0.30.0), C{/api/status} (0.16.2), C{/api/experimental/model-recommendations}
 (0.22.1), C{model_info} always in show (0.14.3), C{/api/ps}
 C{context_length}.  Clients gate on it: Copilot needs 0.6.4, Codex 0.13.4
@@ -69,6 +71,10 @@ class ProxyContext:
     @ivar metrics: the Prometheus metrics, or C{None} for none (and no
         C{/metrics}); when set, every backend reports its header latency to
         them.
+    @ivar maxBody: the request body cap, applied again to the decompressed
+        size of compressed bodies (the site only sees the wire size).
+    @ivar pingInterval: seconds between keep-alive events on the agent
+        routes' streams (Claude Code gives up after about 20 s of silence).
     """
 
     models: ModelDirectory
@@ -79,6 +85,8 @@ class ProxyContext:
     version: str = DEFAULT_VERSION
     corsOrigins: tuple[str, ...] = ()
     metrics: Metrics | None = None
+    maxBody: int = DEFAULT_MAX_BODY
+    pingInterval: float = 10.0
 
     def __attrs_post_init__(self) -> None:
         if self.metrics is not None:

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from ollama_proxy.web.anthropic import CountTokens, Messages
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.cors import CORSResource, OriginPolicy
@@ -31,6 +32,7 @@ from ollama_proxy.web.models import (
 )
 from ollama_proxy.web.ollama import Completion, Embed, LegacyEmbeddings, Version
 from ollama_proxy.web.passthrough import Passthrough
+from ollama_proxy.web.responses import Responses
 
 
 class Root(ProxyResource):
@@ -140,6 +142,12 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     v1.putChild(b"models", models)
     v1.putChild(b"completions", Passthrough(ctx, "completions"))
     v1.putChild(b"embeddings", Passthrough(ctx, "embeddings"))
+    # The coding agents' dialects, translated (Claude Code, Codex).
+    messages = Messages(ctx)
+    messages.isLeaf = False
+    messages.putChild(b"count_tokens", CountTokens(ctx))
+    v1.putChild(b"messages", messages)
+    v1.putChild(b"responses", Responses(ctx))
     chat = Directory(fallback)
     v1.putChild(b"chat", chat)
     chat.putChild(b"completions", chatCompletions)
