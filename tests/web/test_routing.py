@@ -609,7 +609,7 @@ class ErrorKindTests(SynchronousTestCase):
 
 class StartupListingTests(SynchronousTestCase):
     """
-    L{ollama_proxy.tap.ModelListing}.
+    L{ollama_proxy.service.tap.ModelListing}.
     """
 
     def test_duplicatesAndCountsLogged(self) -> None:
