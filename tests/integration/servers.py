@@ -150,3 +150,48 @@ def sharedStack(proxyArgs: Sequence[str] = (), backendArgs: Sequence[str] = ()) 
         _shared[key] = stack
         atexit.register(stack.stop)
     return _shared[key]
+
+
+def sockets(pid: int, port: int, state: str) -> int:
+    """
+    How many of process C{pid}'s sockets have local TCP port C{port} in
+    C{state} (as C{/proc/net/tcp} spells it: C{0A} LISTEN, C{01}
+    ESTABLISHED).
+    """
+    hexPort = f":{port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp", encoding="ascii") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(hexPort) and fields[3] == state:
+                inodes.add(f"socket:[{fields[9]}]")
+    try:
+        return sum(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def listening(pid: int, port: int) -> bool:
+    """
+    Whether process C{pid} listens on TCP C{port}: with C{--workers}, a
+    worker serves only once this is true.
+    """
+    return sockets(pid, port, "0A") > 0
+
+
+def workerPids(parent: int, count: int, port: int, timeout: float = 20.0) -> list[int]:
+    """
+    Wait (bounded) until C{parent} has C{count} children listening on
+    C{port}.
+
+    @return: their pids (fewer if the time ran out).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
+        children = [int(p) for p in out.stdout.split()]
+        ready = [pid for pid in children if listening(pid, port)]
+        if len(ready) >= count or time.monotonic() > deadline:
+            return ready
+        time.sleep(0.1)

@@ -20,6 +20,7 @@ from ollama_proxy.service.config import (
     loadConfig,
     parseConfig,
 )
+from ollama_proxy.service.options import FileProblem
 from ollama_proxy.service.tap import Options
 
 GOOD = textwrap.dedent(
@@ -397,14 +398,15 @@ class OptionsTests(SynchronousTestCase):
 
     def test_badFileStopsStartup(self) -> None:
         """
-        An invalid file is a usage error (twistd prints it and does not
-        start) carrying the file, line and key.
+        An invalid file stops the start-up with one line (no usage text)
+        carrying the file, line and key, and exit status 1.
         """
         path = self.writeConfig('[[backend]]\nurl = "http://127.0.0.1:2"\ncolour = 1\n')
-        with self.assertRaises(usage.UsageError) as e:
+        with self.assertRaises(FileProblem) as e:
             Options().parseOptions(["--config", path])
-        self.assertEqual(str(e.exception).split(": ")[0], f"{path}:3")
-        self.assertIn("backend[0].colour", str(e.exception))
+        self.assertEqual(e.exception.message.split(": ")[0], f"{path}:3")
+        self.assertIn("backend[0].colour", e.exception.message)
+        self.assertEqual(e.exception.code, f"ollama-proxy: {e.exception.message}")
 
     def test_unknownServerOption(self) -> None:
         """
@@ -413,12 +415,12 @@ class OptionsTests(SynchronousTestCase):
         """
         path = self.writeConfig('[server]\nlisten = "tcp:1"\nlisen = "tcp:2"\n'
                                 '[[backend]]\nurl = "http://127.0.0.1:2"\n')
-        with self.assertRaises(usage.UsageError) as e:
+        with self.assertRaises(FileProblem) as e:
             Options().parseOptions(["--config", path])
         self.assertIn(f"{path}:3: server.lisen: unknown option", str(e.exception))
         path = self.writeConfig('[server]\nidle-timeout = -1\n'
                                 '[[backend]]\nurl = "http://127.0.0.1:2"\n')
-        with self.assertRaises(usage.UsageError) as e:
+        with self.assertRaises(FileProblem) as e:
             Options().parseOptions(["--config", path])
         self.assertIn(f"{path}:2: server.idle-timeout: must be positive", str(e.exception))
 
@@ -445,7 +447,9 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(options, reactor=MemoryReactorClock())
         [site] = [s for s in service if hasattr(s, "endpoint")]  # type: ignore[attr-defined]
         root = site.factory.resource
-        ctx = getattr(root, "wrapped", root).ctx
+        while not hasattr(root, "ctx"):
+            root = root.wrapped  # the CORS and key wrappers
+        ctx = root.ctx
         self.assertIsInstance(ctx, ProxyContext)
         clients = [(b.name, b.backend.target, b.backend.apiKey, b.backend.flavor.name,
                     b.cache.ttl) for b in ctx.models.router.backends]

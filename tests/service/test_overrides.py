@@ -15,6 +15,7 @@ from ollama_proxy.protocol.catalog import (
     parseOverrides,
 )
 from ollama_proxy.service.overrides import loadOverrides
+from ollama_proxy.service.options import FileProblem
 from ollama_proxy.service.tap import Options
 
 
@@ -86,6 +87,6 @@ class OverrideFileTests(SynchronousTestCase):
         self.assertEqual(config.settings.modelOverrides, {"m": {"context_length": 1000}})
         self.assertEqual(config["cors-origin"], ["chrome-extension://*", "https://x.example"])
         bad = self.write("bad.json", '{"m": {"size": 1}}')
-        with self.assertRaises(usage.UsageError) as e:
+        with self.assertRaises(FileProblem) as e:
             Options().parseOptions(["--target", "http://127.0.0.1:1", "--model-info", bad])
         self.assertIn("unknown key 'size'", str(e.exception))

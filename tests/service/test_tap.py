@@ -5,18 +5,24 @@ every changed default shows up), validation and the service shape.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.service.options import API_KEY_ENV
+from ollama_proxy.service.options import API_KEY_ENV, FileProblem
 from ollama_proxy.service.tap import (
+    ModelListing,
+    StartupError,
+    listenFailure,
     DrainService,
     Options,
     PoolService,
@@ -180,10 +186,10 @@ class OptionsTests(SynchronousTestCase):
 
     def test_keyFileMissing(self) -> None:
         """
-        An unreadable key file is a usage error, not a traceback.
+        An unreadable key file is one line naming it, not a traceback.
         """
         e = self.assertRaises(
-            UsageError, parse, "--target", "http://a", "--api-key-file", "/nonexistent/key"
+            FileProblem, parse, "--target", "http://a", "--api-key-file", "/nonexistent/key"
         )
         self.assertIn("cannot read --api-key-file", str(e))
 
@@ -214,7 +220,8 @@ class ServiceTests(SynchronousTestCase):
         children = list(service)  # type: ignore[call-overload]
         self.assertEqual(
             [type(c) for c in children],
-            [StreamServerEndpointService, StreamServerEndpointService, PoolService, DrainService],
+            [StreamServerEndpointService, StreamServerEndpointService, PoolService, DrainService,
+             ModelListing],
         )
 
     def test_listens(self) -> None:
@@ -243,7 +250,10 @@ class ServiceTests(SynchronousTestCase):
             service = makeService(parse("--target", "http://a", *argv), reactor=reactor)
             service.startService()
             site: Any = reactor.tcpServers[0][1]
-            root = site.resource.wrapped
+            root = site.resource
+            for _ in range(5):  # through the CORS and key wrappers
+                if not hasattr(root, "ctx"):
+                    root = root.wrapped
             self.assertEqual(root.ctx.models.remoteHost, host)
             self.assertEqual(root.ctx.version, version)
             self.successResultOf(service.stopService())
@@ -257,3 +267,59 @@ class ServiceTests(SynchronousTestCase):
         service.startService()
         self.assertEqual(sorted(s[0] for s in reactor.tcpServers), [11434, 11435])
         self.successResultOf(service.stopService())
+
+
+class ListenFailureTests(SynchronousTestCase):
+    """
+    L{listenFailure}: the one line for a port that cannot be bound.
+    """
+
+    def test_ollamaPort(self) -> None:
+        """
+        Ollama's own port, taken: probably Ollama, and the two ways out.
+        """
+        error = CannotListenError(
+            "127.0.0.1", 11434, OSError(errno.EADDRINUSE, "Address already in use"))
+        self.assertEqual(
+            listenFailure(error),
+            "ollama-proxy: cannot listen on 127.0.0.1:11434: Address already in use "
+            "(probably Ollama itself, which listens there). Either move Ollama, e.g. to the "
+            "proxy's fallback port: OLLAMA_HOST=127.0.0.1:11505 ollama serve, or run the "
+            "proxy elsewhere: --listen tcp:11435:interface=127.0.0.1",
+        )
+
+    def test_otherPortOrReason(self) -> None:
+        """
+        Another port, or another reason on Ollama's, names the address and
+        the reason only; all interfaces show as C{*}.
+        """
+        self.assertEqual(
+            listenFailure(CannotListenError("", 80, OSError(errno.EACCES, "Permission denied"))),
+            "ollama-proxy: cannot listen on *:80: Permission denied",
+        )
+        self.assertEqual(
+            listenFailure(CannotListenError(
+                "127.0.0.1", 11434, OSError(errno.EACCES, "Permission denied"))),
+            "ollama-proxy: cannot listen on 127.0.0.1:11434: Permission denied",
+        )
+
+    def test_serviceRaisesStartupError(self) -> None:
+        """
+        Starting a service whose port is taken raises L{StartupError} with
+        that line (which twistd's exit then prints alone).
+        """
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        from twisted.internet import reactor
+
+        service = makeService(
+            parse("--target", "http://a", "--listen", f"tcp:{port}:interface=127.0.0.1"),
+            reactor=reactor,
+        )
+        with self.assertRaises(StartupError) as e:
+            service.privilegedStartService()
+        self.assertEqual(str(e.exception),
+                         f"ollama-proxy: cannot listen on 127.0.0.1:{port}: Address already in use")

@@ -359,7 +359,7 @@ def buildCatalog(
         backend has none.
     @param overrides: the validated override file.
     @return: metadata per backend id, in listing order.
-    @raise ollama_proxy.errors.UpstreamError: if C{models} is not a model
+    @raise ollama_proxy.protocol.errors.UpstreamError: if C{models} is not a model
         list.
     """
     overrides = overrides or {}

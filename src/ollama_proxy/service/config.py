@@ -244,7 +244,7 @@ class BackendConfig:
     @ivar native: the agent APIs (L{NATIVE_APIS}) relayed to the backend as
         they are, model name mapped, instead of translated.
     @ivar flavor: which non-OpenAI request fields it takes (a name of
-        L{ollama_proxy.translate.FLAVOR_NAMES}); C{None} for the
+        L{ollama_proxy.protocol.flavors.FLAVOR_NAMES}); C{None} for the
         C{--backend-flavor} option's choice.
     """
 
@@ -547,7 +547,7 @@ def _checkUnique(check: _Checker, backends: list[BackendConfig]) -> None:
     Refuse two backends with one name, and a static model or alias that two
     backends (or an alias and a model) claim: the file says two different
     things about where a name goes.  (Names that only discovery reveals to
-    be shared are reported by L{ollama_proxy.models.Router} instead: the
+    be shared are reported by L{ollama_proxy.upstream.routing.Router} instead: the
     first backend wins.)
 
     @raise ConfigError: naming both places.

@@ -210,3 +210,27 @@ class ModelDirectory:
         if route is None:
             return None
         return catalog.get(route.listed or route.modelId)
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """
+        Whether the proxy can serve: at least one backend answered its model
+        list at its last check (checks are made at most one C{--models-ttl}
+        apart).  Lists older than the TTL are fetched again in the
+        background, so a probe never waits for a backend (a down one would
+        cost it a connect timeout), and the answer follows within one probe.
+
+        @return: C{(ready, state per backend)}; a state is C{"ok"}, the
+            error of the last check, or C{"not listed yet"}.
+        """
+        states: dict[str, str] = {}
+        for entry in self.router.backends:
+            cache = entry.cache
+            if not cache.fresh():
+                Deferred.fromCoroutine(cache.get()).addErrback(lambda _: None)
+            if cache.error is not None:
+                states[entry.name] = cache.error.message
+            elif cache.value is None:
+                states[entry.name] = "not listed yet"
+            else:
+                states[entry.name] = "ok"
+        return any(state == "ok" for state in states.values()), states

@@ -76,6 +76,9 @@ class Exchange:
     @ivar firstToken: ns from arrival to the first generated token (streams).
     @ivar upstreamError: the kind of upstream failure that ended the
         request (see L{ollama_proxy.web.observe.upstreamErrorKind}), if any.
+    @ivar guessed: the model name, when it was sent to the only backend
+        without a listing naming it (its label is looked up again at the
+        end, against the lists known then).
     @ivar streamError: encodes a mid-stream error in the dialect being
         streamed (set by L{ollama_proxy.web.chat.answer}); without it the
         funnel goes by the response's content type.
@@ -92,6 +95,7 @@ class Exchange:
     tokensOut: int | None = None
     firstToken: int | None = None
     upstreamError: str | None = None
+    guessed: str | None = None
     streamError: Callable[[str], bytes] | None = None
 
     def noteUsage(self, usage: Usage) -> None:
@@ -197,6 +201,8 @@ class ProxyResource(Resource):
         route = await self.ctx.models.route(name)
         ex.backend = route.name
         ex.modelLabel = modelLabel(route.known, route.modelId)
+        if not route.known:
+            ex.guessed = name
         return route
 
     def _handler(self, method: str) -> Handler | None:
@@ -268,6 +274,11 @@ class ProxyResource(Resource):
         finally:
             if not ex.client.gone:
                 request.finish()
+            if ex.guessed is not None:
+                # Sent on a guess: a listing made meanwhile may know it.
+                known = self.ctx.models.router.lookup(ex.guessed)
+                if known is not None:
+                    ex.modelLabel = known.modelId
             logRequest(ex, self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
 
     def _fail(self, ex: Exchange, status: int, message: str) -> None:

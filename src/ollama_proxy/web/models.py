@@ -53,7 +53,7 @@ class Tags(ProxyResource):
 
 class Show(ProxyResource):
     """
-    C{POST /api/show}: the model's metadata (see L{ollama_proxy.catalog}).
+    C{POST /api/show}: the model's metadata (see L{ollama_proxy.protocol.catalog}).
     """
 
     async def handle_POST(self, ex: Exchange) -> JSON:

@@ -194,7 +194,7 @@ class ProxySite(Site):
 
     def log(self, request: Any) -> None:
         """
-        Do nothing; see L{ollama_proxy.resources.ProxyResource._logRequest}.
+        Do nothing; see L{ollama_proxy.web.observe.logRequest}.
         """
 
     def buildProtocol(self, addr: Any) -> Any:

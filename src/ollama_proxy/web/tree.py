@@ -17,6 +17,7 @@ from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.cors import CORSResource, OriginPolicy
 from ollama_proxy.web.fallback import FallbackResource
+from ollama_proxy.web.health import healthTree
 from ollama_proxy.web.models import (
     Blobs,
     Copy,
@@ -155,6 +156,7 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     rootChat = Directory(fallback)
     root.putChild(b"chat", rootChat)
     rootChat.putChild(b"completions", chatCompletions)
+    root.putChild(b"health", healthTree(ctx))
     if ctx.metrics is not None:
         root.putChild(b"metrics", MetricsPage(ctx))
     return CORSResource(root, OriginPolicy(ctx.corsOrigins))
