@@ -28,6 +28,7 @@ from ollama_proxy.service.tap import (
     PoolService,
     makeService,
 )
+from ollama_proxy.web.context import DEFAULT_VERSION
 
 DEFAULTS: dict[str, Any] = {
     "listen": ["tcp:11434:interface=127.0.0.1"],
@@ -234,6 +235,28 @@ class ServiceTests(SynchronousTestCase):
         [(port, factory, backlog, interface)] = reactor.tcpServers
         self.assertEqual((port, interface), (11434, "127.0.0.1"))
         self.successResultOf(service.stopService())
+
+    def test_discoverySettings(self) -> None:
+        """
+        C{--remote-host} and C{--ollama-version} reach the served models
+        and C{/api/version}; by default each backend's origin and the
+        newest covered Ollama version.
+        """
+        for argv, host, version in (
+            ((), "auto", DEFAULT_VERSION),
+            (("--remote-host", "", "--ollama-version", "0.9.1"), "", "0.9.1"),
+        ):
+            reactor = MemoryReactorClock()
+            service = makeService(parse("--target", "http://a", *argv), reactor=reactor)
+            service.startService()
+            site: Any = reactor.tcpServers[0][1]
+            root = site.resource
+            for _ in range(5):  # through the CORS and key wrappers
+                if not hasattr(root, "ctx"):
+                    root = root.wrapped
+            self.assertEqual(root.ctx.models.remoteHost, host)
+            self.assertEqual(root.ctx.version, version)
+            self.successResultOf(service.stopService())
 
     def test_demoAddsBackend(self) -> None:
         """

@@ -53,6 +53,7 @@ class Settings:
         temporary directory).
     @ivar rawArgs: the arguments as given, for starting extra workers and
         for reading them again on C{SIGHUP}.
+    @ivar remoteHost: C{--remote-host}: C{auto}, C{""} or a fixed value.
     """
 
     listen: tuple[str, ...]
@@ -85,6 +86,7 @@ class Settings:
     logFormat: str
     metricsDir: str | None = None
     rawArgs: tuple[str, ...] = ()
+    remoteHost: str = "auto"
 
     @property
     def target(self) -> str:
