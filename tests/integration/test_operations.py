@@ -19,6 +19,7 @@ import ollama
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.web.context import DEFAULT_VERSION
 from tests.integration.servers import Stack, Twistd, freePort, twistdCommand, workerPids
 from tests.tempdirs import makeTempDir, removeTempDir, tempDir
 
@@ -206,7 +207,7 @@ class SocketActivationTests(SynchronousTestCase):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version",
                                             timeout=20) as r:
-                    self.assertEqual(codec.loads(r.read()), {"version": "0.13.5"})
+                    self.assertEqual(codec.loads(r.read()), {"version": DEFAULT_VERSION})
                     break
             except OSError:
                 if time.monotonic() > deadline:

@@ -43,6 +43,7 @@ GOOD = textwrap.dedent(
 
     [backend.overrides."gpt-4o"]
     context_length = 128000
+    max_output_tokens = 16384
     capabilities = ["completion", "tools", "vision"]
     options = { temperature = 0.2 }
     extra = { user = "ollama-proxy", reasoning_effort = "low" }
@@ -105,6 +106,7 @@ class GoodFileTests(SynchronousTestCase):
             first.override("gpt-4o"),
             ModelOverride(
                 contextLength=128000,
+                maxOutputTokens=16384,
                 capabilities=("completion", "tools", "vision"),
                 options={"temperature": 0.2},
                 extra={"user": "ollama-proxy", "reasoning_effort": "low"},

@@ -1,6 +1,6 @@
 """
 The reliability and security options of the twistd plugin and how
-L{ollama_proxy.tap.makeService} wires them.
+L{ollama_proxy.service.tap.makeService} wires them.
 """
 
 from __future__ import annotations

@@ -149,6 +149,27 @@ class ReloadTests(SynchronousTestCase):
         self.assertTrue(site.origins.allows("https://app.example"))
         self.assertTrue(site.hosts.allows(b"proxy.lan"))
 
+    def test_discoveryReloaded(self) -> None:
+        """
+        C{remote-host} is read again: the models are listed with their
+        backend's origin, and without C{remote_host} once the file says
+        C{""}.
+        """
+        def hosts() -> list[Any]:
+            tags = self.successResultOf(self.h.client.get(
+                "http://proxy.test/api/tags", headers={"X-API-Key": "key-one"}))
+            self.h.pump()
+            body = self.successResultOf(self.h.client.json_content(tags))
+            return [m.get("remote_host") for m in body["models"]]
+
+        self.write(self.config, NEW.format(keys=self.keys))
+        self.assertTrue(reload(self.live, self.parse))
+        self.assertEqual(hosts(), ["http://new.test:4000"] * 2)
+        self.write(self.config, NEW.format(keys=self.keys).replace(
+            'fallback = ""', 'fallback = ""\nremote-host = ""'))
+        self.assertTrue(reload(self.live, self.parse))
+        self.assertEqual(hosts(), [None, None])
+
     def test_keysReread(self) -> None:
         """
         A changed key file takes effect on reload, though the file naming

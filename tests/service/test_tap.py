@@ -28,6 +28,7 @@ from ollama_proxy.service.tap import (
     PoolService,
     makeService,
 )
+from ollama_proxy.web.context import DEFAULT_VERSION
 
 DEFAULTS: dict[str, Any] = {
     "listen": ["tcp:11434:interface=127.0.0.1"],
@@ -274,6 +275,27 @@ class ServiceTests(SynchronousTestCase):
         self.assertTrue(guarded.hosts.allows(b"proxy.lan:11434"))
         self.assertFalse(guarded.hosts.allows(b"evil.example.com"))
         self.assertIsNone(site("--listen", "tcp:11434").hosts)
+    def test_discoverySettings(self) -> None:
+        """
+        C{--remote-host} and C{--ollama-version} reach the served models
+        and C{/api/version}; by default each backend's origin and the
+        newest covered Ollama version.
+        """
+        for argv, host, version in (
+            ((), "auto", DEFAULT_VERSION),
+            (("--remote-host", "", "--ollama-version", "0.9.1"), "", "0.9.1"),
+        ):
+            reactor = MemoryReactorClock()
+            service = makeService(parse("--target", "http://a", *argv), reactor=reactor)
+            service.startService()
+            site: Any = reactor.tcpServers[0][1]
+            root = site.resource
+            for _ in range(5):  # through the CORS and key wrappers
+                if not hasattr(root, "ctx"):
+                    root = root.wrapped
+            self.assertEqual(root.ctx.models.remoteHost, host)
+            self.assertEqual(root.ctx.version, version)
+            self.successResultOf(service.stopService())
 
     def test_demoAddsBackend(self) -> None:
         """

@@ -1,5 +1,5 @@
 """
-Inbound keys (L{ollama_proxy.auth.KeyGate}), forwarding the client's key,
+Inbound keys (L{ollama_proxy.web.auth.KeyGate}), forwarding the client's key,
 and keeping secrets out of logs and error bodies.
 """
 

@@ -4,7 +4,7 @@ answers with a well-formed response and a client-error status, never a 500
 or a traceback, and never hangs.
 
 The routes are discovered from the resource tree that
-L{ollama_proxy.resources.buildRoot} builds, so endpoints added later are
+L{ollama_proxy.web.tree.buildRoot} builds, so endpoints added later are
 fuzzed without touching this file.  The backend is a canned responder that
 answers every request at once with a valid completion (streamed or not, as
 asked), so the outcome depends only on the generated body.

@@ -280,8 +280,7 @@ class HeadTests(SynchronousTestCase):
         """
         h = ProxyHarness()
         d = h.request("HEAD", "/api/tags")
-        h.backend.received[0].respond(200, {"data": [{"id": "a"}]})
-        h.pump()
+        serveCatalog(h, [{"id": "a"}])
         response = self.successResultOf(d)
         self.assertEqual(response.code, 200)
         self.assertEqual(_content(h, response), b"")
@@ -486,17 +485,14 @@ class NameTests(SynchronousTestCase):
         """
         h = ProxyHarness()
         d = h.get("/api/tags")
-        h.backend.received[0].respond(
-            200, {"data": [{"id": "openrouter/qwen:free"}, {"id": "qwen3:latest"}]}
-        )
-        h.pump()
+        serveCatalog(h, [{"id": "openrouter/qwen:free"}, {"id": "qwen3:latest"}])
         names = [m["name"] for m in body(h, self.successResultOf(d))["models"]]
         self.assertEqual(names, ["openrouter/qwen:free", "qwen3:latest"])
         for name in names:
             h.post("/api/chat", {"model": name, "messages": [{"role": "user", "content": "hi"}]})
             h.post("/api/embed", {"model": name, "input": "x"})
             h.post("/v1/chat/completions", {"model": name, "messages": []})
-        sent = [r.json()["model"] for r in h.backend.received[1:]]
+        sent = [r.json()["model"] for r in h.backend.received[2:]]
         self.assertEqual(sent, ["openrouter/qwen:free"] * 3 + ["qwen3:latest"] * 3)
 
     def test_tagsListEachModelOnce(self) -> None:
@@ -506,8 +502,7 @@ class NameTests(SynchronousTestCase):
         """
         h = ProxyHarness()
         d = h.get("/api/tags")
-        h.backend.received[0].respond(200, {"data": [{"id": "x"}, {"id": "x:proxy"}, {"id": "x"}]})
-        h.pump()
+        serveCatalog(h, [{"id": "x"}, {"id": "x:proxy"}, {"id": "x"}])
         names = [m["name"] for m in body(h, self.successResultOf(d))["models"]]
         self.assertEqual(names, ["x:proxy"])
 
@@ -526,8 +521,7 @@ class TagsTests(SynchronousTestCase):
         d = h.get("/api/tags")
         [upstream] = h.backend.received
         self.assertEqual((upstream.method, upstream.path), ("GET", "/v1/models"))
-        upstream.respond(200, {"data": [{"id": "gpt-4o"}, {"id": "qwen3:8b", "created": 1700000000}]})
-        h.pump()
+        serveCatalog(h, [{"id": "gpt-4o"}, {"id": "qwen3:8b", "created": 1700000000}])
         body = codec.loads(self.successResultOf(h.client.content(self.successResultOf(d))))
         names = [m["name"] for m in body["models"]]
         self.assertEqual(names, ["gpt-4o:proxy", "qwen3:8b"])

@@ -58,6 +58,18 @@ class Harness(MultiBackendHarness):
         self.answerModels("a", "big", "small", "shared")
         self.answerModels("b", "shared", "other")
 
+    def answerInfo(self) -> None:
+        """
+        Answer every backend's pending LiteLLM C{/v1/model/info} with a 404
+        (not LiteLLM), as the catalog behind C{/api/tags} and C{/api/show}
+        asks once per TTL.
+        """
+        for fake in self.backends.values():
+            for received in fake.received:
+                if received.path.endswith("/model/info") and not received.request.finished:
+                    received.respond(404, {"error": "not found"})
+                    self.pump()
+
     def json(self, d: Any) -> Any:
         """
         @return: the decoded body of a finished response.
@@ -180,11 +192,7 @@ class MetadataTests(SynchronousTestCase):
         """
         d = h.post("/api/show", {"model": name})
         h.listModels()
-        for fake in h.backends.values():
-            for received in fake.received:
-                if received.path.endswith("/model/info") and not received.request.finished:
-                    received.respond(404, {"error": "not found"})
-                    h.pump()
+        h.answerInfo()
         return h.result(d)
 
     def test_configuredMetadata(self) -> None:
@@ -288,6 +296,7 @@ class CacheTests(SynchronousTestCase):
     def tags(self, h: Harness) -> list[str]:
         d = h.get("/api/tags")
         h.listModels()
+        h.answerInfo()
         return [m["name"] for m in h.json(d)["models"]]
 
     def modelRequests(self, h: Harness, name: str) -> int:
@@ -321,6 +330,7 @@ class CacheTests(SynchronousTestCase):
         [pending] = [r for r in h.backends["a"].received if not r.request.finished]
         pending.respond(500, {"error": {"message": "down"}})
         h.answerModels("b", "other", "newer")
+        h.answerInfo()
         names = [m["name"] for m in h.json(d)["models"]]
         self.assertEqual(names, ["big:proxy", "small:proxy", "shared:proxy", "fast:proxy",
                                  "other:proxy", "newer:proxy", "static:proxy"])
@@ -330,6 +340,7 @@ class CacheTests(SynchronousTestCase):
         [pending] = fresh.backends["a"].received
         pending.respond(502, b"bad gateway", b"text/plain")
         fresh.answerModels("b", "other")
+        fresh.answerInfo()
         names = [m["name"] for m in fresh.json(d)["models"]]
         self.assertEqual(names, ["other:proxy", "static:proxy"])
 
@@ -609,7 +620,7 @@ class ErrorKindTests(SynchronousTestCase):
 
 class StartupListingTests(SynchronousTestCase):
     """
-    L{ollama_proxy.tap.ModelListing}.
+    L{ollama_proxy.service.tap.ModelListing}.
     """
 
     def test_duplicatesAndCountsLogged(self) -> None:

@@ -11,7 +11,6 @@ L{NameIndex}, so a name is found everywhere or nowhere.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Callable, Generic, Iterable, Mapping, Sequence, TypeVar
 
 from ollama_proxy.protocol.errors import UpstreamError
@@ -184,19 +183,6 @@ def clientModelName(modelId: str, tag: str = DEFAULT_TAG) -> str:
     @return: C{modelId} if it already has a tag, else C{modelId:tag}.
     """
     return modelId if ":" in modelId else f"{modelId}:{tag}"
-
-
-def modelDigest(name: str) -> str:
-    """
-    A stable, distinct 64-hex digest for a model name.
-
-    Clients such as the C{llm} CLI group models by digest, so every model
-    needs its own.
-
-    @param name: the listed model name.
-    @return: the SHA-256 of the name, in hex.
-    """
-    return hashlib.sha256(name.encode("utf-8")).hexdigest()
 
 
 def modelIds(models: object) -> list[str]:

@@ -206,7 +206,8 @@ class ModelOverride:
     """
     Settings for one backend model.
 
-    @ivar contextLength: reported by C{/api/show} as C{<family>.context_length}.
+    @ivar contextLength: reported by C{/api/tags}, C{/api/show}, C{/api/ps}.
+    @ivar maxOutputTokens: reported as C{max_output_tokens} (tags, show).
     @ivar capabilities: reported by C{/api/show}; C{None} leaves the
         proxy's guess.
     @ivar extra: fields merged into every upstream request body for the
@@ -217,6 +218,7 @@ class ModelOverride:
     """
 
     contextLength: int | None = None
+    maxOutputTokens: int | None = None
     capabilities: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
     options: Mapping[str, Any] = attrs.field(factory=dict)
@@ -242,7 +244,7 @@ class BackendConfig:
     @ivar native: the agent APIs (L{NATIVE_APIS}) relayed to the backend as
         they are, model name mapped, instead of translated.
     @ivar flavor: which non-OpenAI request fields it takes (a name of
-        L{ollama_proxy.translate.FLAVOR_NAMES}); C{None} for the
+        L{ollama_proxy.protocol.flavors.FLAVOR_NAMES}); C{None} for the
         C{--backend-flavor} option's choice.
     """
 
@@ -373,7 +375,7 @@ _BACKEND_KEYS = (
 )
 NATIVE_APIS = ("messages", "responses")
 """The agent APIs a backend may serve itself (C{native})."""
-_OVERRIDE_KEYS = ("context_length", "capabilities", "extra", "options")
+_OVERRIDE_KEYS = ("context_length", "max_output_tokens", "capabilities", "extra", "options")
 
 
 def parseConfig(
@@ -517,9 +519,10 @@ def _parseOverride(check: _Checker, raw: Any, key: KeyPath) -> ModelOverride:
     """
     table = check.table(raw, key)
     check.known(table, key, _OVERRIDE_KEYS)
-    contextLength = None
-    if "context_length" in table:
-        contextLength = check.positiveInt(table["context_length"], key + ("context_length",))
+    contextLength, maxOutput = (
+        check.positiveInt(table[name], key + (name,)) if name in table else None
+        for name in ("context_length", "max_output_tokens")
+    )
     capabilities = None
     if "capabilities" in table:
         capabilities = check.strings(table["capabilities"], key + ("capabilities",))
@@ -535,9 +538,8 @@ def _parseOverride(check: _Checker, raw: Any, key: KeyPath) -> ModelOverride:
         if field in extra:
             raise check.fail(key + ("extra", field), "the proxy sets this field itself")
     options = check.table(table.get("options", {}), key + ("options",))
-    return ModelOverride(
-        contextLength=contextLength, capabilities=capabilities, extra=extra, options=options
-    )
+    return ModelOverride(contextLength=contextLength, maxOutputTokens=maxOutput,
+                         capabilities=capabilities, extra=extra, options=options)
 
 
 def _checkUnique(check: _Checker, backends: list[BackendConfig]) -> None:
@@ -545,7 +547,7 @@ def _checkUnique(check: _Checker, backends: list[BackendConfig]) -> None:
     Refuse two backends with one name, and a static model or alias that two
     backends (or an alias and a model) claim: the file says two different
     things about where a name goes.  (Names that only discovery reveals to
-    be shared are reported by L{ollama_proxy.models.Router} instead: the
+    be shared are reported by L{ollama_proxy.upstream.routing.Router} instead: the
     first backend wins.)
 
     @raise ConfigError: naming both places.

@@ -161,6 +161,9 @@ class Options(usage.Options):
          "Base URL of a real Ollama for paths the proxy cannot answer; empty disables it."],
         ["tag", None, "proxy", "Tag appended to backend model ids without one in /api/tags."],
         ["ollama-version", None, DEFAULT_VERSION, "Version reported by /api/version."],
+        ["remote-host", None, "auto",
+         "remote_host of the served models in /api/tags and /api/show: 'auto' for each "
+         "backend's scheme://host:port, '' for none, else this value."],
         ["model-info", None, None,
          "JSON (or .toml) file of per-model metadata overrides for /api/show, e.g. "
          '{"my-model": {"context_length": 131072, "capabilities": ["completion", "tools"]}}; '
@@ -411,6 +414,7 @@ class Options(usage.Options):
             logFormat=self["log-format"],
             metricsDir=self["metrics-dir"],
             rawArgs=tuple(self.rawArgs),
+            remoteHost=self["remote-host"],
         )
         if self["log-format"] == "json":
             self._useJSONLog()

@@ -91,7 +91,7 @@ class LiveConfig:
         if self.ctx.metrics is not None:
             watchUpstream(self.ctx.metrics, [entry.backend for entry in router.backends])
         ctx = self.ctx
-        ctx.models = ModelDirectory(router, new.modelOverrides)
+        ctx.models = ModelDirectory(router, new.modelOverrides, new.remoteHost)
         ctx.fallback = self.makeFallback(new)
         ctx.debug = new.debug
         ctx.version = new.version

@@ -55,6 +55,7 @@ class Settings:
         for reading them again on C{SIGHUP}.
     @ivar allowHosts: C{Host} globs served besides the local names (when
         every listener is on loopback).
+    @ivar remoteHost: C{--remote-host}: C{auto}, C{""} or a fixed value.
     """
 
     listen: tuple[str, ...]
@@ -88,6 +89,7 @@ class Settings:
     metricsDir: str | None = None
     rawArgs: tuple[str, ...] = ()
     allowHosts: tuple[str, ...] = ()
+    remoteHost: str = "auto"
 
     @property
     def target(self) -> str:

@@ -259,7 +259,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     elif settings.metrics and settings.workerOf is not None:
         metricsDirectory = sharedDirectory()
     ctx = ProxyContext(
-        models=ModelDirectory(router, settings.modelOverrides),
+        models=ModelDirectory(router, settings.modelOverrides, settings.remoteHost),
         fallback=makeFallback(settings),
         debug=settings.debug,
         maxLineLength=settings.maxLine,

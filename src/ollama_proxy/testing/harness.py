@@ -110,7 +110,7 @@ class ProxyHarness:
         )
         self.router = Router.single(self.backendClient, self.clock, ttl=ttl)
         self.ctx = ProxyContext(
-            models=ModelDirectory(self.router, overrides or {}),
+            models=ModelDirectory(self.router, overrides or {}, now=self.now),
             now=self.now,
             fallback=(
                 Fallback(self.fallbackStub, FALLBACK, self.clock, idleTimeout=idleTimeout)
@@ -268,7 +268,7 @@ class MultiBackendHarness(ProxyHarness):
         self.router = Router(entries, "proxy")
         self.backendClient = entries[0].backend
         self.ctx = ProxyContext(
-            models=ModelDirectory(self.router, {}),
+            models=ModelDirectory(self.router, {}, now=self.now),
             now=self.now,
             fallback=Fallback(self.fallbackStub, FALLBACK, self.clock),
             metrics=Metrics() if metrics else None,

@@ -146,14 +146,14 @@ class Backend:
     @ivar apiKey: sent as C{Authorization: Bearer}; never logged.
     @ivar headerTimeout: seconds to wait for response headers.
     @ivar flavor: which non-OpenAI request fields the server accepts (see
-        L{ollama_proxy.translate.Flavor}).
+        L{ollama_proxy.protocol.flavors.Flavor}).
     @ivar idleTimeout: seconds of silence after which the bodies that
         L{Backend} reads itself (error bodies, L{getJSON}) are abandoned;
         C{None} for no limit.
     @ivar retries: how many times a C{429 Too Many Requests} is retried by
         L{postJSON} (before any byte reached the client); 0 disables.
     @ivar forwardClientKey: send the client's own key (see
-        L{ollama_proxy.auth.clientKey}) upstream instead of L{apiKey} when the
+        L{ollama_proxy.upstream.backend.clientKey}) upstream instead of L{apiKey} when the
         client presented one.
     @ivar maxRetryWait: the longest C{Retry-After} honoured; a backend that
         asks for a longer pause gets its 429 passed on at once.

@@ -142,11 +142,11 @@ class KeyGate(Resource):
 def requireKeys(root: IResource, keys: Iterable[str]) -> IResource:
     """
     Put a L{KeyGate} in front of C{root}'s resources, but behind a CORS
-    wrapper if there is one (L{ollama_proxy.cors.CORSResource}): preflights
+    wrapper if there is one (L{ollama_proxy.web.cors.CORSResource}): preflights
     are then answered by the CORS layer, and a 401 still carries the CORS
     headers, so a browser sees the real error rather than a CORS failure.
 
-    @param root: what L{ollama_proxy.resources.buildRoot} returned.
+    @param root: what L{ollama_proxy.web.tree.buildRoot} returned.
     @param keys: the accepted keys.
     @return: the root to serve.
     """

@@ -21,9 +21,19 @@ from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.observe import watchUpstream
 from ollama_proxy.web.site import DEFAULT_MAX_BODY
 
-DEFAULT_VERSION = "0.13.5"
-"""What C{/api/version} reports: a current-looking Ollama release (Copilot
-refuses anything below 0.6.4)."""
+DEFAULT_VERSION = "0.32.15"
+"""
+What C{/api/version} reports: the newest Ollama release (0.33.0 was still a
+release candidate) whose client-facing surface the proxy
+serves -- C{/v1/responses} (0.13.3), C{/v1/messages} (0.14),
+C{/api/tags} with C{capabilities} and C{details.context_length}
+(0.30.0), C{/api/status} (0.16.2), C{/api/experimental/model-recommendations}
+(0.22.1), C{model_info} always in show (0.14.3), C{/api/ps}
+C{context_length}.  Clients gate on it: Copilot needs 0.6.4, Codex 0.13.4
+for the Responses API (C{/v1/responses}).  Plain C{MAJOR.MINOR.PATCH}, which
+Codex's semver, Copilot's C{parseInt} split and Open WebUI's C{int} split
+all parse.
+"""
 
 
 @attrs.frozen

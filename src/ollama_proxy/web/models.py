@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.web.test_models -*-
 """
 The Ollama dialect's model routes: C{/api/tags}, C{/api/show}, C{/api/ps},
-and the management routes (pull, delete, copy, create, push, blobs), which
+C{/api/experimental/model-recommendations}, C{/api/status}, and the
+management routes (pull, delete, copy, create, push, blobs), which
 the proxy answers for the models it serves and forwards to the fallback
 Ollama for the rest.
 """
@@ -9,13 +10,15 @@ Ollama for the rest.
 from __future__ import annotations
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.catalog import (
-    ModelMeta,
-    psResponse,
-    showResponse,
-    tagsFromModels,
-)
+from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.listing import (
+    STATUS,
+    psResponse,
+    recommendations,
+    showResponse,
+    tagsResponse,
+)
 from ollama_proxy.protocol.errors import (
     BadRequest,
     NotFound,
@@ -29,27 +32,29 @@ from ollama_proxy.web.fallback import forwardToFallback
 
 class Tags(ProxyResource):
     """
-    C{GET /api/tags}: the backend's C{/v1/models} in Ollama's list shape.
+    C{GET /api/tags}: the served models in Ollama's list shape, with their
+    capabilities and context lengths (Ollama 0.30+).
+
+    The body is built once per catalog (which changes only when a backend's
+    list or metadata was fetched again, at most once per C{--models-ttl}),
+    so a warm call costs what listing the cached models costs; a cold one
+    waits for the lists and then one round of metadata requests.
     """
 
+    _builtFrom: dict[str, ModelMeta] | None = None
+    _body: JSON | None = None
+
     async def handle_GET(self, ex: Exchange) -> JSON:
-        models = await self.ctx.models.listModels()
-        tags = tagsFromModels(models, self.ctx.now(), self.ctx.tag)
-        # Backend ids "x" and "x:proxy" would both be listed as "x:proxy":
-        # list each name once.
-        seen: set[str] = set()
-        unique = []
-        for entry in tags["models"]:
-            if entry["name"] not in seen:
-                seen.add(entry["name"])
-                unique.append(entry)
-        tags["models"] = unique
-        return tags
+        catalog = await self.ctx.models.catalog()
+        if catalog is not self._builtFrom or self._body is None:
+            self._body = tagsResponse(catalog.values(), self.ctx.now(), self.ctx.tag)
+            self._builtFrom = catalog
+        return self._body
 
 
 class Show(ProxyResource):
     """
-    C{POST /api/show}: the model's metadata (see L{ollama_proxy.catalog}).
+    C{POST /api/show}: the model's metadata (see L{ollama_proxy.protocol.catalog}).
     """
 
     async def handle_POST(self, ex: Exchange) -> JSON:
@@ -71,6 +76,27 @@ class Ps(ProxyResource):
     async def handle_GET(self, ex: Exchange) -> JSON:
         models = await self.ctx.models.catalog()
         return psResponse(models.values(), self.ctx.now(), self.ctx.tag)
+
+
+class Recommendations(ProxyResource):
+    """
+    C{GET /api/experimental/model-recommendations}: the served models fit
+    for agents (the VS Code extension and C{ollama launch} ask at start-up).
+    """
+
+    async def handle_GET(self, ex: Exchange) -> JSON:
+        catalog = await self.ctx.models.catalog()
+        return recommendations(catalog.values(), self.ctx.tag)
+
+
+class Status(ProxyResource):
+    """
+    C{GET /api/status}: cloud models are off (see
+    L{ollama_proxy.protocol.listing.STATUS}).
+    """
+
+    async def handle_GET(self, ex: Exchange) -> JSON:
+        return STATUS
 
 
 class ModelManagement(ProxyResource):

@@ -56,7 +56,7 @@ class _IdlePausingProducer:
 
 CLIENT_ONLY = frozenset({b"authorization", b"x-api-key", b"accept-encoding"})
 """Client headers that concern the proxy alone: the client's key for the
-proxy (either spelling L{ollama_proxy.auth.presentedKey} accepts) and the
+proxy (either spelling L{ollama_proxy.web.auth.presentedKey} accepts) and the
 encodings the client can decode."""
 
 

@@ -26,7 +26,9 @@ from ollama_proxy.web.models import (
     Ps,
     Pull,
     Push,
+    Recommendations,
     Show,
+    Status,
     Tags,
 )
 from ollama_proxy.web.ollama import Completion, Embed, LegacyEmbeddings, Version
@@ -128,6 +130,10 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     api.putChild(b"create", Create(ctx))
     api.putChild(b"push", Push(ctx))
     api.putChild(b"blobs", Blobs(ctx))
+    api.putChild(b"status", Status(ctx))
+    experimental = Directory(fallback)
+    api.putChild(b"experimental", experimental)
+    experimental.putChild(b"model-recommendations", Recommendations(ctx))
     # OpenAI routes, under /v1 and (as some Copilot builds and Open WebUI
     # call them) at the root.
     chatCompletions = Passthrough(ctx, "chat/completions")
