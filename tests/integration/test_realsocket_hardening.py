@@ -125,7 +125,8 @@ class RedactionTests(SynchronousTestCase):
         The backend's echoed C{Authorization: Bearer <backend key>} is
         redacted in the JSON error of C{/api/chat} and C{/api/generate}
         (streamed or not), the relayed 401 of C{/v1/chat/completions}, the
-        NDJSON error line and the SSE error event after a stream began.
+        NDJSON error line after a stream began, and an error event inside a
+        relayed (2xx) passthrough stream.
         """
         messages = [{"role": "user", "content": "hi"}]
         cases: list[tuple[str, Any, int]] = [
@@ -136,6 +137,8 @@ class RedactionTests(SynchronousTestCase):
             ("/v1/chat/completions", {"model": "echo", "messages": messages}, 401),
             ("/v1/chat/completions", {"model": "echo", "messages": messages, "stream": True}, 401),
             ("/api/chat", {"model": "stream-error", "messages": messages}, 200),
+            ("/v1/chat/completions",
+             {"model": "stream-error", "messages": messages, "stream": True}, 200),
         ]
         for path, body, status in cases:
             code, data = self.call("POST", path, body)

@@ -30,7 +30,7 @@ from ollama_proxy.protocol.errors import (
 )
 from ollama_proxy.protocol.events import Finish, Usage
 from ollama_proxy.protocol.ollama_request import requireObject
-from ollama_proxy.protocol.redact import Redactor
+from ollama_proxy.protocol.redact import Redactor, StreamRedactor
 from ollama_proxy.upstream.backend import clientKey, redactHeaders
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
@@ -119,6 +119,13 @@ class Exchange:
             own key included (it may be the one forwarded upstream).
         """
         return self.redactor.text(text, self._clientKey())
+
+    def redactStream(self) -> StreamRedactor | None:
+        """
+        @return: a redactor for a body relayed in pieces, or C{None} when
+            the proxy holds no secret to look for.
+        """
+        return self.redactor.stream(self._clientKey())
 
     def redactData(self, data: bytes) -> bytes:
         """

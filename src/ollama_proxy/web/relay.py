@@ -115,7 +115,18 @@ async def relayResponse(
         # replacement) and redact it.
         ex.write(ex.redactData(await readBody(response, clock, idleTimeout)))
         return
-    await relayBody(ex, response, ex.write, clock, idleTimeout)
+    redacting = ex.redactStream()
+    if redacting is None:
+        await relayBody(ex, response, ex.write, clock, idleTimeout)
+        return
+    # A 2xx stream may carry an error event that quotes a key, too.
+    feed, write = redacting.feed, ex.write
+
+    def collect(data: bytes) -> None:
+        write(feed(data))
+
+    await relayBody(ex, response, collect, clock, idleTimeout)
+    ex.write(redacting.end())
 
 
 async def relayBody(
