@@ -175,6 +175,7 @@ class Scenario:
     perConn: int | None = None
     timeout: float = 60.0
     rssInterval: float = 0.05
+    burst: bool = False
 
 
 def scenarios(duration: float, quick: bool) -> list[Scenario]:
@@ -187,6 +188,10 @@ def scenarios(duration: float, quick: bool) -> list[Scenario]:
         Scenario("passthrough stream c=16", "passthrough", 16, duration=duration),
         Scenario("1000 long streams (200 x 20 ms)", "stream", 1000, chunks=200, model="slow-20",
                  perConn=1, timeout=120.0, rssInterval=0.1),
+        # All 1,000 connect in the same instant (the scenario above connects
+        # them one by one first): the listen backlog must hold the burst.
+        Scenario("1000 connections at once (burst, 200 x 20 ms)", "stream", 1000, chunks=200,
+                 model="slow-20", perConn=1, timeout=60.0, rssInterval=0.1, burst=True),
         Scenario("one 20,000-chunk stream (x3)", "stream", 1, chunks=20_000, perConn=3,
                  timeout=120.0, rssInterval=0.02),
     ]
@@ -268,7 +273,7 @@ async def runScenario(sc: Scenario, kind: str, server: Server, say: Callable[[st
     try:
         result = await asyncio.wait_for(
             loadgen.run(spec, sc.concurrency, sc.duration, watchPids=watch, timeout=sc.timeout,
-                        perConn=sc.perConn, rssInterval=sc.rssInterval),
+                        perConn=sc.perConn, rssInterval=sc.rssInterval, burst=sc.burst),
             sc.duration + sc.timeout + 60,
         )
         summary = result.summary()

@@ -14,9 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Sequence
+
+from tests.tempdirs import makeTempDir, removeTempDir
 
 
 def freePort() -> int:
@@ -47,9 +48,11 @@ class Twistd:
     @ivar logPath: where its log goes.
     """
 
+    _finalLog: str | None = None
+
     def __init__(self, plugin: str, args: Sequence[str], port: int) -> None:
         self.port = port
-        self.dir = tempfile.mkdtemp(prefix="ollama-proxy-test-")
+        self.dir = makeTempDir()
         self.logPath = os.path.join(self.dir, "twistd.log")
         self.process = subprocess.Popen(
             [*twistdCommand(), "-n", "--pidfile=", f"--logfile={self.logPath}", plugin, *args],
@@ -64,19 +67,24 @@ class Twistd:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"twistd exited early:\n{self.log()}")
+                log = self.log()
+                removeTempDir(self.dir)
+                raise RuntimeError(f"twistd exited early:\n{log}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.05)
+        log = self.log()
         self.stop()
-        raise RuntimeError(f"twistd did not listen on {self.port}:\n{self.log()}")
+        raise RuntimeError(f"twistd did not listen on {self.port}:\n{log}")
 
     def log(self) -> str:
         """
-        @return: the process's log so far.
+        @return: the process's log so far (all of it once stopped).
         """
+        if self._finalLog is not None:
+            return self._finalLog
         try:
             with open(self.logPath, encoding="utf-8", errors="replace") as f:
                 return f.read()
@@ -85,7 +93,8 @@ class Twistd:
 
     def stop(self) -> None:
         """
-        SIGTERM, then wait (bounded), then SIGKILL.
+        SIGTERM, then wait (bounded), then SIGKILL; then remove its
+        directory (log included).
         """
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -94,6 +103,9 @@ class Twistd:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+        # The log stays readable (L{log}) after its directory is gone.
+        self._finalLog = self.log()
+        removeTempDir(self.dir)
 
 
 class Stack:

@@ -13,9 +13,7 @@ switched off, in a temporary home, with a bounded timeout.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 import urllib.request
 from typing import Any
 
@@ -24,6 +22,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from ollama_proxy.protocol import codec
 from ollama_proxy.testing.fake_openai import REPLY
 from tests.integration.servers import sharedStack
+from tests.tempdirs import tempDir
 
 CLIS = os.environ.get("OLLAMA_PROXY_AGENT_CLIS", "")
 WORDS = len(REPLY.split(" "))
@@ -59,8 +58,7 @@ class AgentCLITests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.stack = sharedStack()
-        self.home = tempfile.mkdtemp(prefix="ollama-proxy-agents-")
-        self.addCleanup(shutil.rmtree, self.home, True)
+        self.home = tempDir(self, "ollama-proxy-agents-")
 
     def runCLI(self, argv: list[str], env: dict[str, str]) -> str:
         """

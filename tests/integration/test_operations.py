@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.request
 
@@ -22,6 +21,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from ollama_proxy.protocol import codec
 from ollama_proxy.web.context import DEFAULT_VERSION
 from tests.integration.servers import Stack, Twistd, freePort, twistdCommand, workerPids
+from tests.tempdirs import makeTempDir, removeTempDir, tempDir
 
 _stack: dict[str, object] = {}
 
@@ -40,7 +40,7 @@ class TwoBackends:
                 Twistd("fake-openai", ["--listen", f"tcp:{port}:interface=127.0.0.1"], port)
             )
             ports.append(port)
-        self.dir = tempfile.mkdtemp(prefix="ollama-proxy-ops-")
+        self.dir = makeTempDir("ollama-proxy-ops-")
         self.config = os.path.join(self.dir, "proxy.toml")
         self.jsonLog = os.path.join(self.dir, "proxy.json")
         proxyPort = freePort()
@@ -75,6 +75,7 @@ allow = ["fake-reasoner", "fake-tools"]
         self.proxy.stop()
         for backend in self.backends:
             backend.stop()
+        removeTempDir(self.dir)
 
 
 def stack() -> TwoBackends:
@@ -150,7 +151,7 @@ class BrokenConfigTests(SynchronousTestCase):
         """
         twistd exits non-zero and prints the file, line and key.
         """
-        directory = tempfile.mkdtemp(prefix="ollama-proxy-bad-")
+        directory = tempDir(self, "ollama-proxy-bad-")
         path = os.path.join(directory, "proxy.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write('[[backend]]\nurl = "http://127.0.0.1:1"\ndiscovr = false\n')
@@ -182,7 +183,7 @@ class SocketActivationTests(SynchronousTestCase):
         """
         assert ACTIVATE is not None
         port = freePort()
-        directory = tempfile.mkdtemp(prefix="ollama-proxy-sd-")
+        directory = tempDir(self, "ollama-proxy-sd-")
         process = subprocess.Popen(
             [ACTIVATE, "--fdname=ollama-proxy", "-l", f"127.0.0.1:{port}",
              *twistdCommand(), "-n", "--pidfile=", "--logfile=proxy.log", "ollama-proxy",
@@ -222,11 +223,13 @@ class StartupFailureTests(SynchronousTestCase):
     """
 
     def twistd(self, *args: str) -> subprocess.CompletedProcess[str]:
-        directory = tempfile.mkdtemp(prefix="ollama-proxy-port-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = tempDir(self, "ollama-proxy-port-")
         return subprocess.run(
             [*twistdCommand(), "-n", "--pidfile=", "--logfile=proxy.log", "ollama-proxy",
              "--target", "http://127.0.0.1:9", *args],
+            # A proxy that fails to start leaves its --workers metrics
+            # directory behind: in this test's own directory.
+            env={**os.environ, "TMPDIR": directory},
             cwd=directory, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
         )
 
@@ -276,8 +279,7 @@ class ReloadedWorkersTests(SynchronousTestCase):
         """
         if not hasattr(socket, "SO_REUSEPORT"):
             raise SkipTest("no SO_REUSEPORT")
-        directory = tempfile.mkdtemp(prefix="ollama-proxy-hup-")
-        self.addCleanup(shutil.rmtree, directory, True)
+        directory = tempDir(self, "ollama-proxy-hup-")
         config = os.path.join(directory, "proxy.toml")
         table = '[[backend]]\nname = "default"\nurl = "http://127.0.0.1:9"\n[backend.aliases]\n'
         with open(config, "w", encoding="utf-8") as f:

@@ -68,3 +68,33 @@ class NameTests(SynchronousTestCase):
         """
         self.assertRaises(UpstreamError, tagsFromModels, {"nope": 1})
         self.assertEqual(tagsFromModels({"data": None}), {"models": []})
+
+
+class CaseTests(SynchronousTestCase):
+    """
+    Names resolve ignoring case when that is unambiguous, as in Ollama.
+    """
+
+    def index(self, *ids: str) -> Any:
+        from ollama_proxy.protocol.names import NameIndex
+
+        return NameIndex.build([("a", ids, {})], lambda position, listed, modelId: modelId)
+
+    def test_caseInsensitive(self) -> None:
+        """
+        C{PLAIN}, C{Plain:Latest} and C{PLAIN:PROXY} find C{plain}.
+        """
+        index = self.index("plain", "Qwen/Qwen3-8B")
+        for name in ("PLAIN", "Plain:Latest", "PLAIN:proxy", "plain"):
+            self.assertEqual(index.resolve(name), "plain", name)
+        self.assertEqual(index.resolve("qwen/qwen3-8b"), "Qwen/Qwen3-8B")
+
+    def test_exactWinsAmbiguousRefused(self) -> None:
+        """
+        An exact match wins; a name that matches two ids only ignoring case
+        is not resolved.
+        """
+        index = self.index("Plain", "plain")
+        self.assertEqual(index.resolve("Plain"), "Plain")
+        self.assertEqual(index.resolve("plain"), "plain")
+        self.assertIsNone(index.resolve("PLAIN"))

@@ -7,7 +7,6 @@ the key; the command line wins over the file's C{[server]} table.
 from __future__ import annotations
 
 import os
-import tempfile
 import textwrap
 
 from twisted.python import usage
@@ -22,6 +21,7 @@ from ollama_proxy.service.config import (
 )
 from ollama_proxy.service.options import FileProblem
 from ollama_proxy.service.tap import Options
+from tests.tempdirs import tempDir
 
 GOOD = textwrap.dedent(
     """\
@@ -137,7 +137,7 @@ class GoodFileTests(SynchronousTestCase):
         C{api_key_file} is read relative to the configuration file, and its
         whitespace is stripped.
         """
-        directory = tempfile.mkdtemp()
+        directory = tempDir(self)
         with open(os.path.join(directory, "key.txt"), "w") as f:
             f.write("sk-from-file\n")
         path = os.path.join(directory, "proxy.toml")
@@ -324,10 +324,9 @@ class OptionsTests(SynchronousTestCase):
         """
         @return: the path of a new file holding C{text}.
         """
-        fd, path = tempfile.mkstemp(suffix=".toml")
-        with os.fdopen(fd, "w") as f:
+        path = os.path.join(tempDir(self), "proxy.toml")
+        with open(path, "w") as f:
             f.write(text)
-        self.addCleanup(os.remove, path)
         return path
 
     def test_fileValuesAreDefaults(self) -> None:

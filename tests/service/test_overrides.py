@@ -5,8 +5,6 @@ The C{--model-info} file: loaded and validated at start-up.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,6 +15,7 @@ from ollama_proxy.protocol.catalog import (
 from ollama_proxy.service.overrides import loadOverrides
 from ollama_proxy.service.options import FileProblem
 from ollama_proxy.service.tap import Options
+from tests.tempdirs import tempDir
 
 
 class OverrideFileTests(SynchronousTestCase):
@@ -25,8 +24,7 @@ class OverrideFileTests(SynchronousTestCase):
     """
 
     def write(self, name: str, text: str) -> str:
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
+        directory = tempDir(self)
         path = os.path.join(directory, name)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)

@@ -7,8 +7,6 @@ file changes nothing.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from typing import Any
 
 from treq.testing import StubTreq
@@ -26,6 +24,7 @@ from ollama_proxy.web.cors import CORSResource
 from ollama_proxy.web.metrics import Metrics
 from tests.upstream.helpers import LogCapture
 from tests.web.helpers import CHAT
+from tests.tempdirs import tempDir
 
 OLD = """\
 [server]
@@ -64,8 +63,7 @@ class ReloadTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="ollama-proxy-reload-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.dir = tempDir(self, "ollama-proxy-reload-")
         self.config = os.path.join(self.dir, "proxy.toml")
         self.keys = os.path.join(self.dir, "keys")
         self.write(self.keys, "key-one\n")
@@ -128,6 +126,28 @@ class ReloadTests(SynchronousTestCase):
         self.h.pump()
         names = [m["name"] for m in self.successResultOf(self.h.client.json_content(tags))["models"]]
         self.assertEqual(names, ["m2:proxy", "fast:proxy"])
+
+    def test_secretsFollowReload(self) -> None:
+        """
+        After a reload, the new inbound key and the new backend's key are
+        redacted from answers, and the site's own answers follow the new
+        CORS origins and C{--allow-host} names.
+        """
+        from ollama_proxy.web.cors import HostPolicy
+        from ollama_proxy.web.site import makeSite
+
+        site = makeSite(self.h.root, self.h.clock, hosts=HostPolicy(hostname="box"))
+        self.live.site = site
+        self.write(self.keys, "key-two-secret\n")
+        self.write(self.config, NEW.format(keys=self.keys).replace(
+            'url = "http://new.test:4000"', 'url = "http://new.test:4000"\napi_key = "sk-new-backend"'
+        ).replace("[server]\n", '[server]\ncors-origin = "https://app.example"\nallow-host = "proxy.lan"\n'))
+        self.assertTrue(reload(self.live, self.parse))
+        redactor = self.h.ctx.redactor
+        self.assertEqual(redactor.text("sk-new-backend key-two-secret"), "<redacted> <redacted>")
+        assert site.origins is not None and site.hosts is not None
+        self.assertTrue(site.origins.allows("https://app.example"))
+        self.assertTrue(site.hosts.allows(b"proxy.lan"))
 
     def test_discoveryReloaded(self) -> None:
         """

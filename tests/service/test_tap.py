@@ -236,6 +236,45 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual((port, interface), (11434, "127.0.0.1"))
         self.successResultOf(service.stopService())
 
+    def test_backlog(self) -> None:
+        """
+        The listeners ask for the kernel's accept-queue ceiling, unless
+        C{--listen} names a backlog.
+        """
+        from ollama_proxy.service.listen import somaxconn
+
+        reactor = MemoryReactorClock()
+        service = makeService(
+            parse("--target", "http://a", "--listen", "tcp:1:interface=127.0.0.1",
+                  "--listen", "tcp:2:interface=127.0.0.1:backlog=7"),
+            reactor=reactor,
+        )
+        service.startService()
+        self.assertEqual(sorted((s[0], s[2]) for s in reactor.tcpServers),
+                         [(1, somaxconn()), (2, 7)])
+        self.successResultOf(service.stopService())
+
+    def test_hostCheckOnLoopbackOnly(self) -> None:
+        """
+        The C{Host} check is on when every listener is on loopback (with the
+        C{--allow-host} names), off when one listens beyond it.
+        """
+        from ollama_proxy.web.site import ProxySite
+
+        def site(*argv: str) -> ProxySite:
+            reactor = MemoryReactorClock()
+            service = makeService(parse("--target", "http://a", *argv), reactor=reactor)
+            service.startService()
+            self.addCleanup(service.stopService)
+            found = reactor.tcpServers[0][1]
+            assert isinstance(found, ProxySite)
+            return found
+
+        guarded = site("--allow-host", "proxy.lan")
+        assert guarded.hosts is not None
+        self.assertTrue(guarded.hosts.allows(b"proxy.lan:11434"))
+        self.assertFalse(guarded.hosts.allows(b"evil.example.com"))
+        self.assertIsNone(site("--listen", "tcp:11434").hosts)
     def test_discoverySettings(self) -> None:
         """
         C{--remote-host} and C{--ollama-version} reach the served models

@@ -9,11 +9,9 @@ import errno
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.request
 from typing import Any
@@ -41,6 +39,7 @@ from ollama_proxy.service.workers import (
 from ollama_proxy.web.metrics import singleProcess
 from tests.upstream.helpers import LogCapture
 from tests.integration.servers import Stack, freePort, listening, sockets, workerPids
+from tests.tempdirs import tempDir
 
 
 def services(service: Any) -> list[Any]:
@@ -142,8 +141,7 @@ class ServiceShapeTests(SynchronousTestCase):
         pool, and a L{WorkerPool} that starts 2 more processes with the
         parent's options.
         """
-        metricsDir = tempfile.mkdtemp(prefix="ollama-proxy-test-")
-        self.addCleanup(shutil.rmtree, metricsDir, True)
+        metricsDir = tempDir(self, "ollama-proxy-test-")
         self.addCleanup(singleProcess)
         config = parse("--target", "http://h:1", "--listen", "tcp:1:interface=127.0.0.1",
                        "--listen", "tcp:2", "--workers", "3", "--metrics-dir", metricsDir)
@@ -472,8 +470,7 @@ class RealSupervisionTests(SynchronousTestCase):
     def setUp(self) -> None:
         if not hasattr(socket, "SO_REUSEPORT"):
             raise SkipTest("no SO_REUSEPORT")
-        self.metricsDir = tempfile.mkdtemp(prefix="ollama-proxy-metrics-test-")
-        self.addCleanup(shutil.rmtree, self.metricsDir, True)
+        self.metricsDir = tempDir(self, "ollama-proxy-metrics-test-")
         self.stack = Stack(["--workers", "2", "--metrics-dir", self.metricsDir])
         self.addCleanup(self.stack.stop)
         self.parent = self.stack.proxy.process.pid

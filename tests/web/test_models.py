@@ -340,6 +340,36 @@ class ManagementTests(SynchronousTestCase):
         h.pump()
         self.assertEqual(_content(h, self.successResultOf(d)), b'{"status":"success"}\n')
 
+    def test_malformedNeverForwarded(self) -> None:
+        """
+        Bodies Ollama would refuse (a field of the wrong type, an invalid
+        name) get a 400 naming the problem and never reach the fallback.
+        """
+        cases = [
+            ("POST", "/api/pull", {"model": "llama3.2", "insecure": "yes"}, "insecure must be a boolean"),
+            ("POST", "/api/pull", {"model": "llama3.2", "stream": 1}, "stream must be a boolean"),
+            ("POST", "/api/pull", {"model": "bad name!"}, "invalid model name"),
+            ("POST", "/api/push", {"model": "u/m", "username": 5}, "username must be a string"),
+            ("POST", "/api/push", {}, "model is required"),
+            ("POST", "/api/create", {"model": "m", "files": ["a"]}, "files must be an object of strings"),
+            ("POST", "/api/create", {"model": "-m"}, "invalid model name"),
+            ("DELETE", "/api/delete", {"model": "a/b/c/d"}, 'name "a/b/c/d" is invalid'),
+            ("POST", "/api/copy", {"source": "llama3.2", "destination": "x y"},
+             'destination "x y" is invalid'),
+            ("POST", "/api/copy", {"source": "llama3.2", "destination": 3},
+             "destination must be a string"),
+        ]
+        h = ProxyHarness()
+        for method, path, payload, message in cases:
+            d = h.request(method, path, data=codec.dumps(payload))
+            pending = [r for r in h.backend.received if not r.request.finished]
+            if pending:
+                serveCatalog(h, [{"id": "gpt-4o"}])
+            response = self.successResultOf(d)
+            self.assertEqual(response.code, 400, (path, payload))
+            self.assertEqual(body(h, response)["error"], message)
+        self.assertEqual(h.ollama.received, [])
+
     def test_pullUnknownWithoutFallback(self) -> None:
         """
         Without a fallback, an unknown model is a 404 JSON error.

@@ -66,7 +66,9 @@ class NameIndex(Generic[T]):
     without a trailing C{:<tag>} or C{:latest} is looked up the same way
     (so C{qwen3:8b:latest} finds C{qwen3:8b}).  The first backend to offer a
     listed name gets it; every other claim is reported once through
-    C{onClash}.
+    C{onClash}.  A name found no way exactly is looked up once more
+    ignoring case, as Ollama does, when that is unambiguous: C{PLAIN}
+    finds C{plain}, but not when C{Plain} is listed too.
     """
 
     def __init__(self, tag: str = DEFAULT_TAG) -> None:
@@ -75,6 +77,7 @@ class NameIndex(Generic[T]):
         """
         self.tag = tag
         self._index: dict[str, T] = {}
+        self._folded: dict[str, T | None] | None = None
 
     @classmethod
     def build(
@@ -130,12 +133,35 @@ class NameIndex(Generic[T]):
         @param name: the client's C{model} string.
         @return: what the name belongs to, or C{None}.
         """
-        found = self._index.get(name)
+        found = self._exact(self._index, name)
+        if found is None:
+            found = self._exact(self._foldedIndex(), name.lower())
+        return found
+
+    def _exact(self, table: Mapping[str, T | None], name: str) -> T | None:
+        found = table.get(name)
         if found is None:
             stripped = stripTag(name, self.tag)
             if stripped != name:
-                found = self._index.get(stripped)
+                found = table.get(stripped)
         return found
+
+    def _foldedIndex(self) -> dict[str, T | None]:
+        """
+        @return: the names in lower case, C{None} for those that two
+            different owners share (ambiguous, so resolved only exactly);
+            built on first use.
+        """
+        if self._folded is None:
+            folded: dict[str, T | None] = {}
+            for key, value in self._index.items():
+                lower = key.lower()
+                if lower in folded and folded[lower] != value:
+                    folded[lower] = None
+                else:
+                    folded.setdefault(lower, value)
+            self._folded = folded
+        return self._folded
 
     def guess(self, name: str) -> str:
         """

@@ -210,6 +210,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["cors-origin"] = []
+        self["allow-host"] = []
         self["backends"] = ()
         self.fileConfig: Config | None = None
         self._fileListen: list[str] = []
@@ -253,6 +254,11 @@ class Options(usage.Options):
                 if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
                     raise config.error(key, "must be a string or a list of strings")
                 self._fileListen = list(items)
+            elif name in ("cors-origin", "allow-host"):
+                items = [value] if isinstance(value, str) else value
+                if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+                    raise config.error(key, "must be a string or a list of strings")
+                self[name] = list(items)
             elif name in SERVER_FORBIDDEN:
                 raise config.error(key, "cannot be set in [server]; use a [[backend]] table"
                                    if name != "config" else "cannot be set in the file")
@@ -269,7 +275,7 @@ class Options(usage.Options):
                 except ValueError as e:
                     raise config.error(key, str(e)) from None
             else:
-                known = sorted([*flags, *coercers, "listen"])
+                known = sorted([*flags, *coercers, "listen", "cors-origin", "allow-host"])
                 raise config.error(
                     key, f"unknown option (expected one of: {', '.join(known)})"
                 )
@@ -282,6 +288,16 @@ class Options(usage.Options):
         vscode-file:// are always allowed.
         """
         self["cors-origin"].append(pattern)
+
+    def opt_allow_host(self, pattern: str) -> None:
+        """
+        Also serve requests whose Host header is this name (repeatable; globs,
+        e.g. *.example.internal). Only matters when every --listen is on
+        loopback: then other names get a 403 against DNS rebinding, as with
+        Ollama. localhost, *.localhost, *.local, *.internal, this machine's
+        name and private or loopback IP addresses are always served.
+        """
+        self["allow-host"].append(pattern)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -393,6 +409,7 @@ class Options(usage.Options):
             demo=bool(self["demo"]),
             metrics=not self["no-metrics"],
             corsOrigins=tuple(self["cors-origin"]),
+            allowHosts=tuple(self["allow-host"]),
             modelsTTL=self["models-ttl"],
             logFormat=self["log-format"],
             metricsDir=self["metrics-dir"],

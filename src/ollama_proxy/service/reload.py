@@ -13,7 +13,8 @@ two requests: the reactor runs one thing at a time, so no request ever sees
 half of each.  A request in flight keeps the L{Route} (and with it the
 upstream client) it chose, so streams that began before the reload finish
 on the old configuration.  The inbound keys and CORS origins are swapped the
-same way.
+same way, and with them the secrets redacted from answers, the CORS
+origins of the site's own answers and the C{--allow-host} names.
 
 What a running process cannot change (its ports, the worker count, the
 connection pool, the site's limits) is compared and, if it differs, logged
@@ -38,8 +39,9 @@ from ollama_proxy.upstream.catalog import ModelDirectory
 from ollama_proxy.upstream.routing import BackendModels, Router
 from ollama_proxy.web.auth import KeyGate
 from ollama_proxy.web.context import Fallback, ProxyContext
-from ollama_proxy.web.cors import CORSResource, OriginPolicy
+from ollama_proxy.web.cors import CORSResource, HostPolicy, OriginPolicy
 from ollama_proxy.web.observe import watchUpstream
+from ollama_proxy.web.site import ProxySite
 
 log = Logger()
 
@@ -61,6 +63,9 @@ class LiveConfig:
     @ivar makeFallback: builds the fallback Ollama client from settings.
     @ivar gate: the inbound key check, if the tree has one.
     @ivar cors: the CORS wrapper, if the tree has one.
+    @ivar site: the site, whose own answers follow the CORS origins and
+        whose C{Host} check (on or off with the listeners, which take a
+        restart) follows C{--allow-host}.
     """
 
     settings: Settings
@@ -69,6 +74,7 @@ class LiveConfig:
     makeFallback: Callable[[Settings], Fallback | None]
     gate: KeyGate | None = None
     cors: CORSResource | None = None
+    site: ProxySite | None = None
 
     def apply(self, new: Settings) -> None:
         """
@@ -91,10 +97,17 @@ class LiveConfig:
         ctx.version = new.version
         ctx.maxLineLength = new.maxLine
         ctx.corsOrigins = new.corsOrigins
+        # The redactor follows: new backend keys and inbound keys are
+        # redacted from the next request on.
+        ctx.secrets = tuple(new.requireKeys)
         if self.gate is not None:
             self.gate.keys = [key.encode("utf-8") for key in new.requireKeys]
         if self.cors is not None:
             self.cors.policy = OriginPolicy(new.corsOrigins)
+        if self.site is not None:
+            self.site.origins = OriginPolicy(new.corsOrigins)
+            if self.site.hosts is not None:
+                self.site.hosts = HostPolicy(new.allowHosts)
         self.settings = new
         log.info(
             "reloaded: {count} backend(s) ({names}), {keys} inbound key(s)",

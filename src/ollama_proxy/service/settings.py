@@ -53,6 +53,8 @@ class Settings:
         temporary directory).
     @ivar rawArgs: the arguments as given, for starting extra workers and
         for reading them again on C{SIGHUP}.
+    @ivar allowHosts: C{Host} globs served besides the local names (when
+        every listener is on loopback).
     @ivar remoteHost: C{--remote-host}: C{auto}, C{""} or a fixed value.
     """
 
@@ -86,6 +88,7 @@ class Settings:
     logFormat: str
     metricsDir: str | None = None
     rawArgs: tuple[str, ...] = ()
+    allowHosts: tuple[str, ...] = ()
     remoteHost: str = "auto"
 
     @property

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from ollama_proxy.protocol.flavors import flavorFor
+from ollama_proxy.service.listen import loopbackOnly, somaxconn, withBacklog
 from ollama_proxy.service.options import DEMO_LISTEN, Options
 from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, reload
 from ollama_proxy.service.settings import Settings
@@ -42,7 +43,7 @@ from ollama_proxy.upstream.pool import ConnectionPool, makeClient
 from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
 from ollama_proxy.web.auth import KeyGate, requireKeys
 from ollama_proxy.web.context import Fallback, ProxyContext
-from ollama_proxy.web.cors import CORSResource
+from ollama_proxy.web.cors import CORSResource, HostPolicy, OriginPolicy
 from ollama_proxy.web.metrics import Metrics, shareAcrossProcesses, sharedDirectory
 from ollama_proxy.web.site import ProxySite, makeSite
 from ollama_proxy.web.tree import buildRoot
@@ -265,24 +266,34 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         version=settings.version,
         corsOrigins=settings.corsOrigins,
         metrics=Metrics(shared=metricsDirectory) if settings.metrics else None,
+        secrets=tuple(settings.requireKeys),
         maxBody=settings.maxBody,
     )
     root = buildRoot(ctx)
     # Always gated, so that a reload can add the first key (no key: open).
     root = requireKeys(root, list(settings.requireKeys))
     assert isinstance(root, CORSResource) and isinstance(root.wrapped, KeyGate)
-    live = LiveConfig(settings, ctx, lambda current: makeRouter(current, http, reactor),
-                      makeFallback, root.wrapped, root)
     site = makeSite(
         root,
         reactor,
         timeout=settings.clientTimeout,
         maxBody=settings.maxBody,
         bodyTimeout=settings.bodyTimeout,
+        metrics=ctx.metrics,
+        origins=OriginPolicy(settings.corsOrigins),
+        # Ollama's DNS-rebinding guard: only when nothing but loopback
+        # listens (a proxy reachable by other names is meant to be).
+        hosts=HostPolicy(settings.allowHosts) if loopbackOnly(settings.listen) else None,
     )
+    live = LiveConfig(settings, ctx, lambda current: makeRouter(current, http, reactor),
+                      makeFallback, root.wrapped, root, site)
     service = ProxyService()
     shared = settings.workers > 1 or settings.workerOf is not None
+    backlog = somaxconn()
     for description in settings.listen:
+        # A burst of connections must wait in the accept queue, not in SYN
+        # retransmits: the kernel's ceiling unless --listen names one.
+        description = withBacklog(description, backlog)
         if shared:
             ReusePortService(reactor, description, site).setServiceParent(service)
         else:

@@ -48,7 +48,8 @@ def parseTCP(description: str) -> tuple[str, int, int]:
     @param description: e.g. C{tcp:11434:interface=127.0.0.1:backlog=1024}
         or C{tcp:port=11434}.
     @return: C{(interface, port, backlog)}; the interface defaults to all
-        IPv4 addresses and the backlog to Twisted's 50.
+        IPv4 addresses and the backlog to Twisted's 50 (L{makeService}
+        always names one: see L{ollama_proxy.service.listen.withBacklog}).
     @raise usage.UsageError: for any other kind of description.
     """
     kind, _, rest = description.partition(":")

@@ -189,17 +189,23 @@ class Backend:
         """
         return f"{self.base}/{path.lstrip('/')}"
 
-    def headers(self, extra: dict[bytes, list[bytes]] | None = None) -> dict[bytes, list[bytes]]:
+    def headers(
+        self, extra: dict[bytes, list[bytes]] | None = None, shared: bool = False
+    ) -> dict[bytes, list[bytes]]:
         """
         The headers for an upstream request.
 
         @param extra: headers to forward (hop-by-hop and auth already removed
             by the caller).
+        @param shared: the answer is cached for every client (model lists,
+            metadata): never the client's key, so that one client's key
+            cannot decide what the others see.
         @return: C{extra} plus C{Authorization} when a key is configured (or
-            the client's key, with L{forwardClientKey}).
+            the client's key, with L{forwardClientKey}, for a request that is
+            not L{shared}).
         """
         headers = dict(extra or {})
-        key = clientKey.get() if self.forwardClientKey else None
+        key = clientKey.get() if self.forwardClientKey and not shared else None
         if key is None and self.apiKey:
             key = self.apiKey.encode("utf-8")
         if key is not None:
@@ -305,13 +311,15 @@ class Backend:
 
     async def getJSON(self, path: str) -> Any:
         """
-        GET a JSON document from the backend.
+        GET a JSON document from the backend: the model lists and metadata
+        that are cached and shared by every client, so always with the
+        configured key (see L{headers}).
 
         @param path: the API path below C{/v1}.
         @return: the decoded body.
         @raise UpstreamError: on connection problems, non-2xx, or non-JSON.
         """
-        response = await self.request("GET", self.url(path), headers=self.headers())
+        response = await self.request("GET", self.url(path), headers=self.headers(shared=True))
         await raiseForStatus(response, self.reactor, self.idleTimeout)
         return await readJSON(response, self.reactor, self.idleTimeout)
 

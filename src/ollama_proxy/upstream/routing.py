@@ -288,6 +288,11 @@ class Router:
             only = self.backends[0]
             self._reindex([(only, only.known())])
             found = self._index.resolve(name)
+            if found is None and name != name.lower() and only.cache.value is None:
+                # Only a listing can tell that "PLAIN" is the backend's
+                # "plain" (names are case-insensitive, as in Ollama).
+                await self.lists()
+                found = self._index.resolve(name)
             if found is not None:
                 return found
             if only.cache.value is not None and not only.cache.fresh():

@@ -13,6 +13,7 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 
 from ollama_proxy.protocol.clock import Clock, wallClock
+from ollama_proxy.protocol.redact import Redactor
 from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.upstream.backend import HTTPClient
 from ollama_proxy.upstream.catalog import ModelDirectory
@@ -71,6 +72,10 @@ class ProxyContext:
     @ivar metrics: the Prometheus metrics, or C{None} for none (and no
         C{/metrics}); when set, every backend reports its header latency to
         them.
+    @ivar secrets: secrets the proxy holds besides the backends' keys (the
+        inbound keys of C{--require-key}).
+    @ivar redactor: replaces every backend key and every one of L{secrets}
+        in upstream text before it reaches a client.
     @ivar maxBody: the request body cap, applied again to the decompressed
         size of compressed bodies (the site only sees the wire size).
     @ivar pingInterval: seconds between keep-alive events on the agent
@@ -85,12 +90,30 @@ class ProxyContext:
     version: str = DEFAULT_VERSION
     corsOrigins: tuple[str, ...] = ()
     metrics: Metrics | None = None
+    secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
     maxBody: int = DEFAULT_MAX_BODY
     pingInterval: float = 10.0
+    _redactor: tuple[ModelDirectory, tuple[str, ...], Redactor] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.metrics is not None:
             watchUpstream(self.metrics, [entry.backend for entry in self.models.router.backends])
+
+    @property
+    def redactor(self) -> Redactor:
+        """
+        Every backend key and every one of L{secrets}, as they are now: a
+        reload (C{SIGHUP}) replaces L{models} and L{secrets}, and the
+        redactor is rebuilt on the next request.
+        """
+        cached = self._redactor
+        if cached is None or cached[0] is not self.models or cached[1] != self.secrets:
+            cached = self._redactor = (self.models, self.secrets, Redactor(
+                [*(entry.backend.apiKey for entry in self.models.router.backends), *self.secrets]
+            ))
+        return cached[2]
 
     @property
     def tag(self) -> str:

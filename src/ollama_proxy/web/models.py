@@ -24,6 +24,7 @@ from ollama_proxy.protocol.errors import (
     NotFound,
     ProxyError,
 )
+from ollama_proxy.protocol.management import Route, checkFields, checkName, modelName
 from ollama_proxy.protocol.ollama_request import requireModel, streamFlag
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.fallback import forwardToFallback
@@ -102,26 +103,33 @@ class ModelManagement(ProxyResource):
     """
     Base for Ollama's model-management routes.  The proxy answers what it
     can for the models it serves; the fallback Ollama (when configured) gets
-    what it cannot; otherwise the client gets a clear JSON error.
+    what it cannot; otherwise the client gets a clear JSON error.  Bodies
+    are checked with Ollama's rules (L{ollama_proxy.protocol.management})
+    first, so the fallback never receives one Ollama would refuse.
     """
 
-    async def _modelOrFallback(self, ex: Exchange, model: str) -> ModelMeta | None:
+    async def _modelOrFallback(
+        self, ex: Exchange, model: str, invalid: str = "invalid model name"
+    ) -> ModelMeta | None:
         """
         @param ex: the exchange.
         @param model: the requested name.
+        @param invalid: Ollama's message for a name it cannot parse.
         @return: the served model, or C{None} after the request was
             forwarded to the fallback.
         @raise NotFound: for a model neither served nor forwardable.
+        @raise BadRequest: for a name Ollama would refuse (not served).
         """
         meta = await self.ctx.models.served(model)
         if meta is not None:
             return meta
+        checkName(model, invalid)
         if self.ctx.fallback is None:
             raise NotFound(f"model '{model}' not found")
         await forwardToFallback(self.ctx, ex)
         return None
 
-    async def _refuseServed(self, ex: Exchange, model: str, done: str) -> None:
+    async def _refuseServed(self, ex: Exchange, model: str, done: str, invalid: str) -> None:
         """
         Forward an operation on a model the proxy does not serve; refuse it
         for one it serves (those live on the backend).
@@ -129,21 +137,31 @@ class ModelManagement(ProxyResource):
         @param ex: the exchange.
         @param model: the requested name.
         @param done: the operation's past participle, for the message.
-        @raise BadRequest: for a served model.
+        @param invalid: Ollama's message for a name it cannot parse.
+        @raise BadRequest: for a served model, or an invalid name.
         @raise NotFound: for a model neither served nor forwardable.
         """
-        if await self._modelOrFallback(ex, model) is not None:
+        if await self._modelOrFallback(ex, model, invalid) is not None:
             raise BadRequest(
                 f"model '{model}' is served by the OpenAI-compatible backend and "
                 f"cannot be {done} through ollama-proxy"
             )
 
-    async def _fallbackOnly(self, ex: Exchange, what: str) -> None:
+    async def _fallbackOnly(self, ex: Exchange, what: str, route: Route | None = None) -> None:
         """
         Forward to the fallback, or explain that nothing can do C{what}.
 
+        @param route: the management route whose JSON body is checked
+            first (C{None} for blob uploads, which are not JSON).
+        @raise BadRequest: for a body Ollama would refuse.
         @raise ProxyError: 501 without a fallback.
         """
+        if route is not None:
+            body = ex.json()
+            checkFields(route, body)
+            model = modelName(body)
+            ex.model = model
+            checkName(model, "invalid model name")
         if self.ctx.fallback is None:
             raise ProxyError(
                 f"{what} is not supported by ollama-proxy: models live on the "
@@ -162,7 +180,8 @@ class Pull(ModelManagement):
 
     async def handle_POST(self, ex: Exchange) -> JSON | None:
         body = ex.json()
-        model = requireModel(body)
+        checkFields("pull", body)
+        model = modelName(body)
         ex.model = model
         stream = streamFlag(body)
         if await self._modelOrFallback(ex, model) is None:
@@ -180,9 +199,11 @@ class Delete(ModelManagement):
     """
 
     async def handle_DELETE(self, ex: Exchange) -> None:
-        model = requireModel(ex.json())
+        body = ex.json()
+        checkFields("delete", body)
+        model = modelName(body)
         ex.model = model
-        await self._refuseServed(ex, model, "deleted")
+        await self._refuseServed(ex, model, "deleted", f'name "{model}" is invalid')
 
 
 class Copy(ModelManagement):
@@ -193,13 +214,15 @@ class Copy(ModelManagement):
 
     async def handle_POST(self, ex: Exchange) -> None:
         body = ex.json()
+        checkFields("copy", body)
         source, destination = body.get("source"), body.get("destination")
         if not isinstance(source, str) or not source:
             raise BadRequest("source is required")
         if not isinstance(destination, str) or not destination:
             raise BadRequest("destination is required")
         ex.model = source
-        await self._refuseServed(ex, source, "copied")
+        checkName(destination, f'destination "{destination}" is invalid')
+        await self._refuseServed(ex, source, "copied", f'source "{source}" is invalid')
 
 
 class Create(ModelManagement):
@@ -208,7 +231,7 @@ class Create(ModelManagement):
     """
 
     async def handle_POST(self, ex: Exchange) -> None:
-        await self._fallbackOnly(ex, "creating models")
+        await self._fallbackOnly(ex, "creating models", "create")
 
 
 class Push(ModelManagement):
@@ -217,7 +240,7 @@ class Push(ModelManagement):
     """
 
     async def handle_POST(self, ex: Exchange) -> None:
-        await self._fallbackOnly(ex, "pushing models")
+        await self._fallbackOnly(ex, "pushing models", "push")
 
 
 class Blobs(ModelManagement):
