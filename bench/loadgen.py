@@ -84,6 +84,20 @@ def verifySSE(body: bytes, chunks: int, exact: bool) -> tuple[str | None, int]:
     return None, content
 
 
+def verifyNamedSSE(body: bytes, delta: bytes, end: bytes, chunks: int) -> tuple[str | None, int]:
+    """
+    A stream of named SSE events (Anthropic Messages, OpenAI Responses):
+    C{chunks} C{delta} events, and C{end} as the last event.
+    """
+    names = [line[7:].strip() for line in body.split(b"\n") if line.startswith(b"event: ")]
+    content = names.count(delta)
+    if not names or names[-1] != end:
+        return f"stream does not end with event {end.decode()}", content
+    if content != chunks:
+        return f"expected {chunks} {delta.decode()} events, got {content}", content
+    return None, content
+
+
 def verifyJSON(body: bytes, key: str) -> tuple[str | None, int]:
     try:
         decoded = json.loads(body)
@@ -315,31 +329,43 @@ async def run(
     timeout: float = 60.0,
     rssInterval: float = 0.05,
     perConn: int | None = None,
+    burst: bool = False,
 ) -> Result:
     """
     Drive C{spec} with C{concurrency} connections for C{duration} seconds
     (plus C{warmup} not counted), at most C{maxRequests} measured requests.
     With C{perConn}, each connection sends exactly that many requests, all
-    measured (no warm-up), and C{duration} is ignored.
+    measured (no warm-up), and C{duration} is ignored.  With C{burst}, the
+    connections are not made beforehand one by one: every worker connects
+    at the same moment and sends at once, and the connect counts in its
+    request's latency, time to first byte and C{timeout} (a SYN dropped by a
+    full accept queue shows up as a retransmit delay or a timeout).
     """
     result = Result()
     pids = watchPids or []
-    conns = await connect(spec.port, concurrency)
+    conns: list[Any] = [None] * concurrency if burst else await connect(spec.port, concurrency)
     loop = asyncio.get_running_loop()
     budget = [maxRequests]
 
-    async def once(conn: Conn) -> tuple[Conn, str | None, int, float | None, float, float]:
-        if conn.closed:
+    async def once(conn: Conn | None) -> tuple[Conn, str | None, int, float | None, float, float]:
+        if conn is not None and conn.closed:
             _, conn = await loop.create_connection(Conn, "127.0.0.1", spec.port)  # type: ignore[assignment]
         t0 = time.perf_counter()
         try:
-            status, body, ttfb, t1 = await asyncio.wait_for(conn.send(spec.raw), timeout)
+            if conn is None:
+                _, conn = await asyncio.wait_for(  # type: ignore[assignment]
+                    loop.create_connection(Conn, "127.0.0.1", spec.port), timeout)
+            assert conn is not None
+            status, body, ttfb, t1 = await asyncio.wait_for(
+                conn.send(spec.raw), timeout - (time.perf_counter() - t0))
             error = None if status == 200 else f"HTTP {status}: {body[:200]!r}"
             n = 0
             if error is None:
                 error, n = spec.check(body)
         except Exception as e:  # noqa: BLE001 - every failure is counted
             error, n, ttfb, t1 = f"{type(e).__name__}: {e}", 0, None, time.perf_counter()
+            if conn is None:
+                conn = Conn()
             if conn.transport is not None:
                 conn.transport.close()
             conn.closed = True

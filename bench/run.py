@@ -166,6 +166,18 @@ def specFor(kind: str, route: str, port: int, chunks: int, model: str) -> loadge
         return loadgen.Spec(route, port, loadgen.buildRequest("GET", "/api/tags"), lambda b: loadgen.verifyJSON(b, "models"))
     if route == "passthrough":
         return loadgen.Spec(route, port, loadgen.buildRequest("POST", "/v1/chat/completions", openaiBody(model, chunks)), sse)
+    if route in ("anthropic", "responses"):
+        # The agent dialects exist only in this proxy.
+        if kind != "ours":
+            return None
+        if route == "anthropic":
+            body = {"model": model, "max_tokens": chunks, "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}]}
+            return loadgen.Spec(route, port, loadgen.buildRequest("POST", "/v1/messages", body),
+                                lambda b: loadgen.verifyNamedSSE(b, b"content_block_delta", b"message_stop", chunks))
+        body = {"model": model, "max_output_tokens": chunks, "stream": True, "input": "hi"}
+        return loadgen.Spec(route, port, loadgen.buildRequest("POST", "/v1/responses", body),
+                            lambda b: loadgen.verifyNamedSSE(b, b"response.output_text.delta", b"response.completed", chunks))
     raise ValueError(route)
 
 
@@ -180,6 +192,7 @@ class Scenario:
     perConn: int | None = None
     timeout: float = 60.0
     rssInterval: float = 0.05
+    burst: bool = False
 
 
 def scenarios(duration: float, quick: bool) -> list[Scenario]:
@@ -190,8 +203,14 @@ def scenarios(duration: float, quick: bool) -> list[Scenario]:
         Scenario("non-stream c=16", "nonstream", 16, duration=duration),
         Scenario("tags c=16", "tags", 16, duration=duration),
         Scenario("passthrough stream c=16", "passthrough", 16, duration=duration),
+        Scenario("Anthropic /v1/messages stream c=16", "anthropic", 16, duration=duration),
+        Scenario("Responses /v1/responses stream c=16", "responses", 16, duration=duration),
         Scenario("1000 long streams (200 x 20 ms)", "stream", 1000, chunks=200, model="slow-20",
                  perConn=1, timeout=120.0, rssInterval=0.1),
+        # All 1,000 connect in the same instant (the scenario above connects
+        # them one by one first): the listen backlog must hold the burst.
+        Scenario("1000 connections at once (burst, 200 x 20 ms)", "stream", 1000, chunks=200,
+                 model="slow-20", perConn=1, timeout=60.0, rssInterval=0.1, burst=True),
         Scenario("one 20,000-chunk stream (x3)", "stream", 1, chunks=20_000, perConn=3,
                  timeout=120.0, rssInterval=0.02),
     ]
@@ -300,7 +319,7 @@ async def runScenario(sc: Scenario, kind: str, server: Server, say: Callable[[st
     try:
         result = await asyncio.wait_for(
             loadgen.run(spec, sc.concurrency, sc.duration, watchPids=watch, timeout=sc.timeout,
-                        perConn=sc.perConn, rssInterval=sc.rssInterval),
+                        perConn=sc.perConn, rssInterval=sc.rssInterval, burst=sc.burst),
             sc.duration + sc.timeout + 60,
         )
         summary = result.summary()

@@ -147,3 +147,24 @@ class LayoutTests(SynchronousTestCase):
             and os.path.relpath(path, PACKAGE) not in section
         ]
         self.assertEqual(missing, [])
+
+    def test_testsCleanUpTempDirs(self) -> None:
+        """
+        Tests make directories outside trial's C{_trial_temp} only through
+        C{tests/tempdirs.py}, which removes them: a bare
+        C{tempfile.mkdtemp}/C{mkstemp} left about 19 directories in the
+        system temp dir per run.
+        """
+        tests = os.path.join(ROOT, "tests")
+        offenders = []
+        for folder, _, files in os.walk(tests):
+            for name in files:
+                path = os.path.join(folder, name)
+                if not name.endswith(".py") or path == os.path.join(tests, "tempdirs.py"):
+                    continue
+                tree = ast.parse(open(path, encoding="utf-8").read())
+                for node in ast.walk(tree):
+                    if (isinstance(node, ast.Attribute) and node.attr in
+                            ("mkdtemp", "mkstemp", "NamedTemporaryFile", "TemporaryDirectory")):
+                        offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
+        self.assertEqual(offenders, [])

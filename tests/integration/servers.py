@@ -14,9 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Sequence
+
+from tests.tempdirs import makeTempDir, removeTempDir
 
 
 def freePort() -> int:
@@ -47,9 +48,11 @@ class Twistd:
     @ivar logPath: where its log goes.
     """
 
+    _finalLog: str | None = None
+
     def __init__(self, plugin: str, args: Sequence[str], port: int) -> None:
         self.port = port
-        self.dir = tempfile.mkdtemp(prefix="ollama-proxy-test-")
+        self.dir = makeTempDir()
         self.logPath = os.path.join(self.dir, "twistd.log")
         self.process = subprocess.Popen(
             [*twistdCommand(), "-n", "--pidfile=", f"--logfile={self.logPath}", plugin, *args],
@@ -64,19 +67,24 @@ class Twistd:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"twistd exited early:\n{self.log()}")
+                log = self.log()
+                removeTempDir(self.dir)
+                raise RuntimeError(f"twistd exited early:\n{log}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.05)
+        log = self.log()
         self.stop()
-        raise RuntimeError(f"twistd did not listen on {self.port}:\n{self.log()}")
+        raise RuntimeError(f"twistd did not listen on {self.port}:\n{log}")
 
     def log(self) -> str:
         """
-        @return: the process's log so far.
+        @return: the process's log so far (all of it once stopped).
         """
+        if self._finalLog is not None:
+            return self._finalLog
         try:
             with open(self.logPath, encoding="utf-8", errors="replace") as f:
                 return f.read()
@@ -85,7 +93,8 @@ class Twistd:
 
     def stop(self) -> None:
         """
-        SIGTERM, then wait (bounded), then SIGKILL.
+        SIGTERM, then wait (bounded), then SIGKILL; then remove its
+        directory (log included).
         """
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -94,6 +103,9 @@ class Twistd:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+        # The log stays readable (L{log}) after its directory is gone.
+        self._finalLog = self.log()
+        removeTempDir(self.dir)
 
 
 class Stack:
@@ -150,3 +162,48 @@ def sharedStack(proxyArgs: Sequence[str] = (), backendArgs: Sequence[str] = ()) 
         _shared[key] = stack
         atexit.register(stack.stop)
     return _shared[key]
+
+
+def sockets(pid: int, port: int, state: str) -> int:
+    """
+    How many of process C{pid}'s sockets have local TCP port C{port} in
+    C{state} (as C{/proc/net/tcp} spells it: C{0A} LISTEN, C{01}
+    ESTABLISHED).
+    """
+    hexPort = f":{port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp", encoding="ascii") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(hexPort) and fields[3] == state:
+                inodes.add(f"socket:[{fields[9]}]")
+    try:
+        return sum(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def listening(pid: int, port: int) -> bool:
+    """
+    Whether process C{pid} listens on TCP C{port}: with C{--workers}, a
+    worker serves only once this is true.
+    """
+    return sockets(pid, port, "0A") > 0
+
+
+def workerPids(parent: int, count: int, port: int, timeout: float = 20.0) -> list[int]:
+    """
+    Wait (bounded) until C{parent} has C{count} children listening on
+    C{port}.
+
+    @return: their pids (fewer if the time ran out).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
+        children = [int(p) for p in out.stdout.split()]
+        ready = [pid for pid in children if listening(pid, port)]
+        if len(ready) >= count or time.monotonic() > deadline:
+            return ready
+        time.sleep(0.1)

@@ -19,6 +19,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.testing.fake_openai import MODEL_INFO, REPLY, embedding
+from ollama_proxy.web.context import DEFAULT_VERSION
 from tests.integration.servers import sharedStack
 
 try:
@@ -70,6 +71,79 @@ class OllamaClientSurfaceTests(SynchronousTestCase):
         embed = self.client.show("fake-embed:proxy")
         self.assertEqual(embed.capabilities, ["embedding"])
         self.assertEqual((embed.modelinfo or {})[f"{arch}.embedding_length"], 8)
+
+    def test_listDiscovery(self) -> None:
+        """
+        Model discovery as Ollama 0.30+ answers it.  C{ollama} 0.6 keeps only
+        the pre-0.30 fields of a tag (it drops C{capabilities},
+        C{details.context_length} and C{remote_host}), so those are read
+        from the raw body of the same route; what the client keeps must
+        agree with it.
+        """
+        kept = {m.model: m for m in self.client.list().models}
+        with urllib.request.urlopen(self.stack.url + "/api/tags", timeout=10) as r:
+            raw = {m["name"]: m for m in codec.loads(r.read())["models"]}
+        self.assertEqual(set(kept), set(raw))
+        for name, model in kept.items():
+            self.assertEqual(model.digest, raw[name]["digest"])
+            assert model.details is not None
+            self.assertEqual(model.details.family, raw[name]["details"]["family"])
+            self.assertEqual(raw[name]["remote_host"], self.stack.backendURL)
+        tools = raw["fake-tools:proxy"]
+        self.assertEqual(tools["capabilities"], ["completion", "tools"])
+        self.assertEqual(tools["details"]["context_length"], 131072)
+        self.assertEqual(tools["max_input_tokens"], 131072)
+        self.assertEqual(tools["max_output_tokens"], 8192)
+        self.assertEqual(raw["fake-model:proxy"]["capabilities"], ["completion", "vision"])
+        self.assertEqual(raw["fake-reasoner:proxy"]["capabilities"], ["completion", "thinking"])
+        embed = raw["fake-embed:proxy"]
+        self.assertEqual(embed["capabilities"], ["embedding"])
+        self.assertEqual(embed["details"]["embedding_length"], 8)
+
+    def test_sameNumbersEverywhere(self) -> None:
+        """
+        For every model, C{show()} and C{ps()} (through the client) report
+        the capabilities and context length the raw tags do, and the raw
+        show carries C{details.context_length} and the token limits.
+        """
+        with urllib.request.urlopen(self.stack.url + "/api/tags", timeout=10) as r:
+            raw = {m["name"]: m for m in codec.loads(r.read())["models"]}
+        loaded = {m.model: m for m in self.client.ps().models}
+        for name, tag in raw.items():
+            context = tag["details"]["context_length"]
+            show = self.client.show(name)
+            self.assertEqual(show.capabilities, tag["capabilities"])
+            info = show.modelinfo or {}
+            self.assertEqual(info[f"{info['general.architecture']}.context_length"], context)
+            self.assertEqual(loaded[name].context_length, context)
+            self.assertEqual(loaded[name].digest, tag["digest"])
+        request = urllib.request.Request(
+            self.stack.url + "/api/show", data=codec.dumps({"model": "fake-tools:proxy"}),
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as r:
+            show = codec.loads(r.read())
+        self.assertEqual(show["details"]["context_length"], 131072)
+        self.assertEqual(show["max_output_tokens"], 8192)
+        self.assertEqual(show["remote_host"], self.stack.backendURL)
+
+    def test_startupRoutes(self) -> None:
+        """
+        C{/api/version}, C{/api/status} and the model recommendations are
+        answered by the proxy (it runs with no fallback Ollama here).
+        """
+        answers = {}
+        for path in ("/api/version", "/api/status", "/api/experimental/model-recommendations"):
+            with urllib.request.urlopen(self.stack.url + path, timeout=10) as r:
+                self.assertEqual(r.status, 200)
+                answers[path] = codec.loads(r.read())
+        self.assertEqual(answers["/api/version"], {"version": DEFAULT_VERSION})
+        self.assertEqual(answers["/api/status"]["cloud"]["disabled"], True)
+        self.assertEqual(
+            [(r["model"], r["context_length"])
+             for r in answers["/api/experimental/model-recommendations"]["recommendations"]],
+            [("fake-tools:proxy", 131072)],
+        )
 
     def test_showUnknown(self) -> None:
         """

@@ -14,7 +14,6 @@ import atexit
 import os
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.request
 
@@ -22,6 +21,7 @@ import ollama
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.integration.servers import Twistd, freePort
+from tests.tempdirs import makeTempDir, removeTempDir
 
 LITELLM = os.environ.get("OLLAMA_PROXY_LITELLM", "")
 MASTER_KEY = "sk-test-master-1234"
@@ -62,7 +62,7 @@ class LiteLLM:
 
     def __init__(self, executable: str, timeout: float = 120.0) -> None:
         self.port = freePort()
-        self.dir = tempfile.mkdtemp(prefix="ollama-proxy-litellm-")
+        self.dir = makeTempDir("ollama-proxy-litellm-")
         config = os.path.join(self.dir, "config.yaml")
         with open(config, "w", encoding="utf-8") as f:
             f.write(CONFIG)
@@ -82,15 +82,18 @@ class LiteLLM:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"litellm exited early:\n{self.log()}")
+                log = self.log()
+                removeTempDir(self.dir)
+                raise RuntimeError(f"litellm exited early:\n{log}")
             try:
                 with urllib.request.urlopen(self.url + "/health/liveliness", timeout=2) as r:
                     if r.status == 200:
                         return
             except OSError:
                 time.sleep(0.25)
+        log = self.log()
         self.stop()
-        raise RuntimeError(f"litellm was not ready after {timeout:g} s:\n{self.log()}")
+        raise RuntimeError(f"litellm was not ready after {timeout:g} s:\n{log}")
 
     def log(self) -> str:
         with open(self.logPath, encoding="utf-8", errors="replace") as f:
@@ -104,6 +107,7 @@ class LiteLLM:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
+        removeTempDir(self.dir)
 
 
 class Stack:

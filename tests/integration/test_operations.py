@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
-import tempfile
 import time
 import urllib.request
 
 import ollama
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ollama_proxy.protocol import codec
-from tests.integration.servers import Twistd, freePort, twistdCommand
+from ollama_proxy.web.context import DEFAULT_VERSION
+from tests.integration.servers import Stack, Twistd, freePort, twistdCommand, workerPids
+from tests.tempdirs import makeTempDir, removeTempDir, tempDir
 
 _stack: dict[str, object] = {}
 
@@ -37,7 +40,7 @@ class TwoBackends:
                 Twistd("fake-openai", ["--listen", f"tcp:{port}:interface=127.0.0.1"], port)
             )
             ports.append(port)
-        self.dir = tempfile.mkdtemp(prefix="ollama-proxy-ops-")
+        self.dir = makeTempDir("ollama-proxy-ops-")
         self.config = os.path.join(self.dir, "proxy.toml")
         self.jsonLog = os.path.join(self.dir, "proxy.json")
         proxyPort = freePort()
@@ -72,6 +75,7 @@ allow = ["fake-reasoner", "fake-tools"]
         self.proxy.stop()
         for backend in self.backends:
             backend.stop()
+        removeTempDir(self.dir)
 
 
 def stack() -> TwoBackends:
@@ -147,7 +151,7 @@ class BrokenConfigTests(SynchronousTestCase):
         """
         twistd exits non-zero and prints the file, line and key.
         """
-        directory = tempfile.mkdtemp(prefix="ollama-proxy-bad-")
+        directory = tempDir(self, "ollama-proxy-bad-")
         path = os.path.join(directory, "proxy.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write('[[backend]]\nurl = "http://127.0.0.1:1"\ndiscovr = false\n')
@@ -179,7 +183,7 @@ class SocketActivationTests(SynchronousTestCase):
         """
         assert ACTIVATE is not None
         port = freePort()
-        directory = tempfile.mkdtemp(prefix="ollama-proxy-sd-")
+        directory = tempDir(self, "ollama-proxy-sd-")
         process = subprocess.Popen(
             [ACTIVATE, "--fdname=ollama-proxy", "-l", f"127.0.0.1:{port}",
              *twistdCommand(), "-n", "--pidfile=", "--logfile=proxy.log", "ollama-proxy",
@@ -203,7 +207,7 @@ class SocketActivationTests(SynchronousTestCase):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version",
                                             timeout=20) as r:
-                    self.assertEqual(codec.loads(r.read()), {"version": "0.13.5"})
+                    self.assertEqual(codec.loads(r.read()), {"version": DEFAULT_VERSION})
                     break
             except OSError:
                 if time.monotonic() > deadline:
@@ -211,3 +215,99 @@ class SocketActivationTests(SynchronousTestCase):
                 time.sleep(0.2)
         with open(os.path.join(directory, "proxy.log"), encoding="utf-8") as f:
             self.assertIn(f"ProxySite starting on {port}", f.read())
+
+
+class StartupFailureTests(SynchronousTestCase):
+    """
+    A port that is taken stops twistd with one line and exit status 1.
+    """
+
+    def twistd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        directory = tempDir(self, "ollama-proxy-port-")
+        return subprocess.run(
+            [*twistdCommand(), "-n", "--pidfile=", "--logfile=proxy.log", "ollama-proxy",
+             "--target", "http://127.0.0.1:9", *args],
+            # A proxy that fails to start leaves its --workers metrics
+            # directory behind: in this test's own directory.
+            env={**os.environ, "TMPDIR": directory},
+            cwd=directory, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+
+    def test_portTaken(self) -> None:
+        """
+        With the port held by another socket, twistd prints which address
+        and why on one line of standard error, and exits with status 1;
+        the same with C{--workers} (C{SO_REUSEPORT} cannot share a socket
+        that did not ask for it).
+        """
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        for extra in ([], ["--workers", "2"]):
+            result = self.twistd("--listen", f"tcp:{port}:interface=127.0.0.1", *extra)
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertEqual(
+                result.stderr,
+                f"ollama-proxy: cannot listen on 127.0.0.1:{port}: Address already in use\n",
+            )
+
+    def test_unreadableKeyFile(self) -> None:
+        """
+        An unreadable key file is one line too, without twistd's usage text.
+        """
+        result = self.twistd("--api-key-file", "/nonexistent/key")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(
+            result.stderr,
+            "ollama-proxy: cannot read --api-key-file /nonexistent/key: No such file or directory\n",
+        )
+        self.assertEqual(result.stdout, "")
+
+
+class ReloadedWorkersTests(SynchronousTestCase):
+    """
+    C{SIGHUP} to the parent of C{--workers 2} reloads every process.
+    """
+
+    def test_everyWorkerReloads(self) -> None:
+        """
+        After the file gains an alias and the parent gets C{SIGHUP}, every
+        connection (the kernel spreads them over both processes) lists the
+        new alias, and the parent's and the worker's logs both say so.
+        """
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise SkipTest("no SO_REUSEPORT")
+        directory = tempDir(self, "ollama-proxy-hup-")
+        config = os.path.join(directory, "proxy.toml")
+        table = '[[backend]]\nname = "default"\nurl = "http://127.0.0.1:9"\n[backend.aliases]\n'
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(table + 'before = "fake-model"\n')
+        stack = Stack(["--workers", "2", "--config", config])
+        self.addCleanup(stack.stop)
+
+        def names() -> set[str]:
+            found: set[str] = set()
+            for _ in range(16):  # new connections, spread over both processes
+                with urllib.request.urlopen(stack.url + "/api/tags", timeout=10) as r:
+                    found.update(m["name"] for m in codec.loads(r.read())["models"])
+            return found
+
+        workers = workerPids(stack.proxy.process.pid, 1, stack.proxy.port)
+        self.assertEqual(len(workers), 1, stack.proxy.log())
+        self.assertIn("before:proxy", names())
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(table + 'after = "fake-model"\n')
+        stack.proxy.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "before:proxy" in names():
+            self.assertLess(time.monotonic(), deadline, stack.proxy.log())
+            time.sleep(0.1)
+        for _ in range(3):
+            found = names()
+            self.assertIn("after:proxy", found)
+            self.assertNotIn("before:proxy", found)
+        self.assertIn("reloaded: 1 backend(s)", stack.proxy.log())
+        # The worker reloaded rather than died and came back.
+        self.assertEqual(workerPids(stack.proxy.process.pid, 1, stack.proxy.port), workers)

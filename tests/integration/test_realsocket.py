@@ -12,6 +12,7 @@ import ollama
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.web.context import DEFAULT_VERSION
 from tests.integration.servers import sharedStack
 
 
@@ -129,7 +130,7 @@ class DaemonTests(SynchronousTestCase):
                 except OSError:
                     time.sleep(0.05)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=10) as r:
-                self.assertEqual(codec.loads(r.read()), {"version": "0.13.5"})
+                self.assertEqual(codec.loads(r.read()), {"version": DEFAULT_VERSION})
         finally:
             os.kill(pid, signal.SIGTERM)
         while os.path.exists(pidfile) and time.monotonic() < deadline + 10:

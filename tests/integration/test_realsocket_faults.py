@@ -96,7 +96,7 @@ class RealSocketFaultTests(SynchronousTestCase):
         backendPort = int(stack.backendURL.rsplit(":", 1)[1])
         client = socket.create_connection(("127.0.0.1", stack.proxy.port), timeout=10)
         client.sendall(
-            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(CHAT) + CHAT
+            b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(CHAT) + CHAT
         )
         self.assertIn(b"200 OK", client.recv(4096))
         self.assertTrue(waitFor(lambda: establishedTo(backendPort) == 1, 5))

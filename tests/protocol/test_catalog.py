@@ -12,8 +12,8 @@ from ollama_proxy.protocol.catalog import (
     ModelMeta,
     buildCatalog,
     factsFromLiteLLM,
-    isoTimestamp,
 )
+from ollama_proxy.protocol.listing import isoTimestamp
 from ollama_proxy.protocol.errors import UpstreamError
 
 
@@ -40,7 +40,9 @@ class FactsTests(SynchronousTestCase):
                 ]
             }
         )
-        self.assertEqual(facts, {"m": {"context_length": 4096, "vision": False}})
+        self.assertEqual(
+            facts, {"m": {"context_length": 4096, "max_input_tokens": 4096, "vision": False}}
+        )
         self.assertEqual(factsFromLiteLLM({"detail": "Not Found"}), {})
         self.assertEqual(factsFromLiteLLM([1, 2]), {})
 

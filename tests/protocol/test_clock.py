@@ -5,12 +5,21 @@ Timestamps: C{modified_at} from a backend's C{created}, however odd.
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.protocol.catalog import buildCatalog, showResponse, tagsFromModels
+from ollama_proxy.protocol.catalog import buildCatalog
+from ollama_proxy.protocol.listing import showResponse, tagsResponse
 
 NOW = 1_750_000_000_123_456_789
+
+
+def tagsBody(models: Any) -> Any:
+    """
+    The C{/api/tags} body for an OpenAI model list, at L{NOW}.
+    """
+    return tagsResponse(buildCatalog(models, None).values(), NOW)
 
 
 def _parseable(stamp: str) -> datetime.datetime:
@@ -32,7 +41,7 @@ class CreatedTimestampTests(SynchronousTestCase):
         A C{created} in milliseconds (some proxies do this) would be a year
         past 9999, which no client parses: C{/api/tags} falls back to now.
         """
-        tags = tagsFromModels({"data": [{"id": "m", "created": 1_700_000_000_000}]}, NOW)
+        tags = tagsBody({"data": [{"id": "m", "created": 1_700_000_000_000}]})
         stamp = tags["models"][0]["modified_at"]
         self.assertEqual(_parseable(stamp).year, 2025)
 
@@ -41,14 +50,14 @@ class CreatedTimestampTests(SynchronousTestCase):
         A C{created} too large for the platform's C{time_t} must not crash
         C{/api/tags} (an C{OverflowError} would be a 500).
         """
-        tags = tagsFromModels({"data": [{"id": "m", "created": 10**20}]}, NOW)
+        tags = tagsBody({"data": [{"id": "m", "created": 10**20}]})
         self.assertEqual(_parseable(tags["models"][0]["modified_at"]).year, 2025)
 
     def test_tagsPlausibleCreatedKept(self) -> None:
         """
         A C{created} in seconds is still used.
         """
-        tags = tagsFromModels({"data": [{"id": "m", "created": 1_700_000_000}]}, NOW)
+        tags = tagsBody({"data": [{"id": "m", "created": 1_700_000_000}]})
         self.assertEqual(tags["models"][0]["modified_at"], "2023-11-14T22:13:20.000000000Z")
 
     def test_showHugeCreated(self) -> None:

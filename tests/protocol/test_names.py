@@ -4,12 +4,22 @@ Model names: the tag and C{:latest} forms, and C{/api/tags} names.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.protocol.catalog import tagsFromModels
+from ollama_proxy.protocol.catalog import buildCatalog
 from ollama_proxy.protocol.errors import UpstreamError
+from ollama_proxy.protocol.listing import tagsResponse
 from ollama_proxy.protocol.names import backendModel, clientModelName
 from tests.protocol.helpers import T0
+
+
+def tagsFromModels(models: Any) -> Any:
+    """
+    The C{/api/tags} body for an OpenAI model list, at L{T0}.
+    """
+    return tagsResponse(buildCatalog(models, None).values(), T0)
 
 
 class NameTests(SynchronousTestCase):
@@ -44,10 +54,11 @@ class NameTests(SynchronousTestCase):
 
     def test_tagsOncePerModel(self) -> None:
         """
-        Duplicate ids from the backend are listed once, with distinct digests
+        Duplicate ids from the backend are listed once (and ids C{b} and
+        C{b:proxy}, both listed as C{b:proxy}, once), with distinct digests
         per model.
         """
-        tags = tagsFromModels({"data": [{"id": "a"}, {"id": "a"}, {"id": "b"}]}, T0)
+        tags = tagsFromModels({"data": [{"id": "a"}, {"id": "a"}, {"id": "b"}, {"id": "b:proxy"}]})
         self.assertEqual([m["name"] for m in tags["models"]], ["a:proxy", "b:proxy"])
         self.assertNotEqual(tags["models"][0]["digest"], tags["models"][1]["digest"])
 
@@ -55,5 +66,35 @@ class NameTests(SynchronousTestCase):
         """
         A backend answer that is not a model list is an upstream error.
         """
-        self.assertRaises(UpstreamError, tagsFromModels, {"nope": 1}, T0)
-        self.assertEqual(tagsFromModels({"data": None}, T0), {"models": []})
+        self.assertRaises(UpstreamError, tagsFromModels, {"nope": 1})
+        self.assertEqual(tagsFromModels({"data": None}), {"models": []})
+
+
+class CaseTests(SynchronousTestCase):
+    """
+    Names resolve ignoring case when that is unambiguous, as in Ollama.
+    """
+
+    def index(self, *ids: str) -> Any:
+        from ollama_proxy.protocol.names import NameIndex
+
+        return NameIndex.build([("a", ids, {})], lambda position, listed, modelId: modelId)
+
+    def test_caseInsensitive(self) -> None:
+        """
+        C{PLAIN}, C{Plain:Latest} and C{PLAIN:PROXY} find C{plain}.
+        """
+        index = self.index("plain", "Qwen/Qwen3-8B")
+        for name in ("PLAIN", "Plain:Latest", "PLAIN:proxy", "plain"):
+            self.assertEqual(index.resolve(name), "plain", name)
+        self.assertEqual(index.resolve("qwen/qwen3-8b"), "Qwen/Qwen3-8B")
+
+    def test_exactWinsAmbiguousRefused(self) -> None:
+        """
+        An exact match wins; a name that matches two ids only ignoring case
+        is not resolved.
+        """
+        index = self.index("Plain", "plain")
+        self.assertEqual(index.resolve("Plain"), "Plain")
+        self.assertEqual(index.resolve("plain"), "plain")
+        self.assertIsNone(index.resolve("PLAIN"))

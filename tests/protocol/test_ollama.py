@@ -317,6 +317,19 @@ class AggregatedResponseTests(SynchronousTestCase):
                 self.assertEqual(generated.get(key), expected.get(key), key)
             self.assertEqual(generated["context"], [])
 
+    def test_wholeDurationsMeasured(self) -> None:
+        """
+        A whole answer reports the measured time from arrival to its last
+        byte for prompt evaluation and evaluation alike (the proxy cannot
+        split it), never a made-up 1 ns that makes clients show billions
+        of tokens per second.
+        """
+        completion = self.completion({"content": "Hi"})
+        result = responseFromOpenAI(completion, "m:proxy", "chat", T0 - 2_000_000_000, T0)
+        for key in ("total_duration", "prompt_eval_duration", "eval_duration"):
+            self.assertEqual(result[key], 2_000_000_000, key)
+        self.assertEqual(result["eval_count"] / (result["eval_duration"] / 1e9), 2.0)
+
     def test_thinkFalse(self) -> None:
         """
         With C{think: false}, no thinking is returned from any source.

@@ -7,7 +7,6 @@ the key; the command line wins over the file's C{[server]} table.
 from __future__ import annotations
 
 import os
-import tempfile
 import textwrap
 
 from twisted.python import usage
@@ -20,7 +19,9 @@ from ollama_proxy.service.config import (
     loadConfig,
     parseConfig,
 )
+from ollama_proxy.service.options import FileProblem
 from ollama_proxy.service.tap import Options
+from tests.tempdirs import tempDir
 
 GOOD = textwrap.dedent(
     """\
@@ -42,6 +43,7 @@ GOOD = textwrap.dedent(
 
     [backend.overrides."gpt-4o"]
     context_length = 128000
+    max_output_tokens = 16384
     capabilities = ["completion", "tools", "vision"]
     options = { temperature = 0.2 }
     extra = { user = "ollama-proxy", reasoning_effort = "low" }
@@ -104,6 +106,7 @@ class GoodFileTests(SynchronousTestCase):
             first.override("gpt-4o"),
             ModelOverride(
                 contextLength=128000,
+                maxOutputTokens=16384,
                 capabilities=("completion", "tools", "vision"),
                 options={"temperature": 0.2},
                 extra={"user": "ollama-proxy", "reasoning_effort": "low"},
@@ -134,7 +137,7 @@ class GoodFileTests(SynchronousTestCase):
         C{api_key_file} is read relative to the configuration file, and its
         whitespace is stripped.
         """
-        directory = tempfile.mkdtemp()
+        directory = tempDir(self)
         with open(os.path.join(directory, "key.txt"), "w") as f:
             f.write("sk-from-file\n")
         path = os.path.join(directory, "proxy.toml")
@@ -251,6 +254,18 @@ class BadFileTests(SynchronousTestCase):
                                            GOOD.splitlines().index('flavor = "vllm"') + 1))
         self.assertIn("openrouter", e.reason)
 
+    def test_native(self) -> None:
+        """
+        C{native} lists the agent APIs a backend serves itself; anything
+        else is refused, naming the choices.
+        """
+        config = parseConfig('[[backend]]\nurl = "http://a:1"\nnative = ["messages", "responses"]\n')
+        self.assertEqual(config.backends[0].native, ("messages", "responses"))
+        self.assertEqual(parseConfig('[[backend]]\nurl = "http://a:1"\n').backends[0].native, ())
+        e = errorOf('[[backend]]\nurl = "http://a:1"\nnative = ["chat"]\n')
+        self.assertEqual((e.key, e.line, e.reason),
+                         ("backend[0].native", 3, "expected some of: messages, responses"))
+
     def test_unknownCapability(self) -> None:
         """
         A capability Ollama does not know is refused with its index.
@@ -309,10 +324,9 @@ class OptionsTests(SynchronousTestCase):
         """
         @return: the path of a new file holding C{text}.
         """
-        fd, path = tempfile.mkstemp(suffix=".toml")
-        with os.fdopen(fd, "w") as f:
+        path = os.path.join(tempDir(self), "proxy.toml")
+        with open(path, "w") as f:
             f.write(text)
-        self.addCleanup(os.remove, path)
         return path
 
     def test_fileValuesAreDefaults(self) -> None:
@@ -383,14 +397,15 @@ class OptionsTests(SynchronousTestCase):
 
     def test_badFileStopsStartup(self) -> None:
         """
-        An invalid file is a usage error (twistd prints it and does not
-        start) carrying the file, line and key.
+        An invalid file stops the start-up with one line (no usage text)
+        carrying the file, line and key, and exit status 1.
         """
         path = self.writeConfig('[[backend]]\nurl = "http://127.0.0.1:2"\ncolour = 1\n')
-        with self.assertRaises(usage.UsageError) as e:
+        with self.assertRaises(FileProblem) as e:
             Options().parseOptions(["--config", path])
-        self.assertEqual(str(e.exception).split(": ")[0], f"{path}:3")
-        self.assertIn("backend[0].colour", str(e.exception))
+        self.assertEqual(e.exception.message.split(": ")[0], f"{path}:3")
+        self.assertIn("backend[0].colour", e.exception.message)
+        self.assertEqual(e.exception.code, f"ollama-proxy: {e.exception.message}")
 
     def test_unknownServerOption(self) -> None:
         """
@@ -399,12 +414,12 @@ class OptionsTests(SynchronousTestCase):
         """
         path = self.writeConfig('[server]\nlisten = "tcp:1"\nlisen = "tcp:2"\n'
                                 '[[backend]]\nurl = "http://127.0.0.1:2"\n')
-        with self.assertRaises(usage.UsageError) as e:
+        with self.assertRaises(FileProblem) as e:
             Options().parseOptions(["--config", path])
         self.assertIn(f"{path}:3: server.lisen: unknown option", str(e.exception))
         path = self.writeConfig('[server]\nidle-timeout = -1\n'
                                 '[[backend]]\nurl = "http://127.0.0.1:2"\n')
-        with self.assertRaises(usage.UsageError) as e:
+        with self.assertRaises(FileProblem) as e:
             Options().parseOptions(["--config", path])
         self.assertIn(f"{path}:2: server.idle-timeout: must be positive", str(e.exception))
 
@@ -421,9 +436,9 @@ class OptionsTests(SynchronousTestCase):
         from ollama_proxy.web.context import ProxyContext
 
         path = self.writeConfig(
-            '[server]\nmodels-ttl = 12\n'
+            '[server]\nmodels-ttl = 12\nmax-body = 12345\n'
             '[[backend]]\nname = "a"\nurl = "http://127.0.0.1:1"\napi_key = "ka"\n'
-            'flavor = "litellm"\n'
+            'flavor = "litellm"\nnative = ["messages"]\n'
             '[[backend]]\nname = "b"\nurl = "https://api.openai.com/v1"\n'
         )
         options = Options()
@@ -431,12 +446,17 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(options, reactor=MemoryReactorClock())
         [site] = [s for s in service if hasattr(s, "endpoint")]  # type: ignore[attr-defined]
         root = site.factory.resource
-        ctx = getattr(root, "wrapped", root).ctx
+        while not hasattr(root, "ctx"):
+            root = root.wrapped  # the CORS and key wrappers
+        ctx = root.ctx
         self.assertIsInstance(ctx, ProxyContext)
         clients = [(b.name, b.backend.target, b.backend.apiKey, b.backend.flavor.name,
                     b.cache.ttl) for b in ctx.models.router.backends]
         self.assertEqual(clients, [("a", "http://127.0.0.1:1", "ka", "litellm", 12.0),
                                    ("b", "https://api.openai.com/v1", None, "openai", 12.0)])
+        self.assertEqual([b.backend.native for b in ctx.models.router.backends],
+                         [frozenset({"messages"}), frozenset()])
+        self.assertEqual(ctx.maxBody, 12345)
         self.assertIsNotNone(ctx.metrics)
         from ollama_proxy.service.tap import ModelListing
 

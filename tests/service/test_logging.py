@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import tempfile
 
 from twisted.application.app import ServerOptions
 from twisted.logger import Logger, LogLevel, LogPublisher
@@ -24,6 +23,7 @@ from ollama_proxy.service.logging import (
     jsonObserver,
     jsonObserverFor,
 )
+from tests.tempdirs import tempDir
 
 
 class JSONLineTests(SynchronousTestCase):
@@ -87,7 +87,7 @@ class FactoryTests(SynchronousTestCase):
         A JSON log file gets twistd's C{SIGUSR1} rotation, as its text log
         would.
         """
-        path = os.path.join(tempfile.mkdtemp(), "proxy.json")
+        path = os.path.join(tempDir(self), "proxy.json")
         jsonObserverFor(path, False)
         self.assertTrue(callable(signal.getsignal(signal.SIGUSR1)))
 
@@ -95,7 +95,7 @@ class FactoryTests(SynchronousTestCase):
         """
         With a log file, L{jsonObserverFor} writes JSON lines into it.
         """
-        directory = tempfile.mkdtemp()
+        directory = tempDir(self)
         path = os.path.join(directory, "proxy.json")
         observer = jsonObserverFor(path, False)
         Logger(namespace="t", observer=observer).info("hello {who}", who="ops")
@@ -118,7 +118,7 @@ class FactoryTests(SynchronousTestCase):
         C{twistd --logfile F ollama-proxy --log-format json} makes twistd's
         log observer factory the JSON one, writing to F.
         """
-        directory = tempfile.mkdtemp()
+        directory = tempDir(self)
         path = os.path.join(directory, "proxy.json")
         config = ServerOptions()
         config.parseOptions(["--logfile", path, "ollama-proxy", "--target",
@@ -189,7 +189,7 @@ class TextLogTests(SynchronousTestCase):
         """
         from ollama_proxy.service.logging import textLogger
 
-        directory = tempfile.mkdtemp()
+        directory = tempDir(self)
         path = os.path.join(directory, "proxy.log")
         config = ServerOptions()
         config.parseOptions(["--logfile", path, "ollama-proxy", "--target", "http://127.0.0.1:1"])

@@ -1,6 +1,6 @@
 """
 The reliability and security options of the twistd plugin and how
-L{ollama_proxy.tap.makeService} wires them.
+L{ollama_proxy.service.tap.makeService} wires them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.service.options import REQUIRE_KEY_ENV
+from ollama_proxy.service.options import REQUIRE_KEY_ENV, FileProblem
 from ollama_proxy.service.tap import DrainService, Options, makeService
 from ollama_proxy.web.auth import KeyGate
 from ollama_proxy.web.cors import CORSResource
@@ -74,8 +74,8 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(parse("--require-key-file", path).settings.requireKeys, ("k1", "k2"))
         with open(path, "w") as f:
             f.write("\n")
-        self.assertRaises(usage.UsageError, parse, "--require-key-file", path)
-        self.assertRaises(usage.UsageError, parse, "--require-key-file", path + ".missing")
+        self.assertRaises(FileProblem, parse, "--require-key-file", path)
+        self.assertRaises(FileProblem, parse, "--require-key-file", path + ".missing")
 
     def test_invalidNumbers(self) -> None:
         """
@@ -104,14 +104,17 @@ class WiringTests(SynchronousTestCase):
 
     def test_keyGate(self) -> None:
         """
-        With C{--require-key} a L{KeyGate} guards the tree, inside the CORS
-        wrapper.
+        A L{KeyGate} guards the tree, inside the CORS wrapper, with the
+        C{--require-key} keys; without any it admits everything (it is
+        there so that a reload can add keys).
         """
         _, site = self.build("--require-key", "k")
         self.assertIsInstance(site.resource, CORSResource)
-        self.assertIsInstance(site.resource.wrapped, KeyGate)  # type: ignore[attr-defined]
+        gate = site.resource.wrapped  # type: ignore[attr-defined]
+        self.assertIsInstance(gate, KeyGate)
+        self.assertEqual(gate.keys, [b"k"])
         _, site = self.build()
-        self.assertNotIsInstance(site.resource.wrapped, KeyGate)  # type: ignore[attr-defined]
+        self.assertEqual(site.resource.wrapped.keys, [])  # type: ignore[attr-defined]
 
     def test_backendOptions(self) -> None:
         """

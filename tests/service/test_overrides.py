@@ -5,8 +5,6 @@ The C{--model-info} file: loaded and validated at start-up.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,7 +13,9 @@ from ollama_proxy.protocol.catalog import (
     parseOverrides,
 )
 from ollama_proxy.service.overrides import loadOverrides
+from ollama_proxy.service.options import FileProblem
 from ollama_proxy.service.tap import Options
+from tests.tempdirs import tempDir
 
 
 class OverrideFileTests(SynchronousTestCase):
@@ -24,8 +24,7 @@ class OverrideFileTests(SynchronousTestCase):
     """
 
     def write(self, name: str, text: str) -> str:
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
+        directory = tempDir(self)
         path = os.path.join(directory, name)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
@@ -86,6 +85,6 @@ class OverrideFileTests(SynchronousTestCase):
         self.assertEqual(config.settings.modelOverrides, {"m": {"context_length": 1000}})
         self.assertEqual(config["cors-origin"], ["chrome-extension://*", "https://x.example"])
         bad = self.write("bad.json", '{"m": {"size": 1}}')
-        with self.assertRaises(usage.UsageError) as e:
+        with self.assertRaises(FileProblem) as e:
             Options().parseOptions(["--target", "http://127.0.0.1:1", "--model-info", bad])
         self.assertIn("unknown key 'size'", str(e.exception))

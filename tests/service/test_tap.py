@@ -5,23 +5,30 @@ every changed default shows up), validation and the service shape.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.service.options import API_KEY_ENV
+from ollama_proxy.service.options import API_KEY_ENV, FileProblem
 from ollama_proxy.service.tap import (
+    ModelListing,
+    StartupError,
+    listenFailure,
     DrainService,
     Options,
     PoolService,
     makeService,
 )
+from ollama_proxy.web.context import DEFAULT_VERSION
 
 DEFAULTS: dict[str, Any] = {
     "listen": ["tcp:11434:interface=127.0.0.1"],
@@ -179,10 +186,10 @@ class OptionsTests(SynchronousTestCase):
 
     def test_keyFileMissing(self) -> None:
         """
-        An unreadable key file is a usage error, not a traceback.
+        An unreadable key file is one line naming it, not a traceback.
         """
         e = self.assertRaises(
-            UsageError, parse, "--target", "http://a", "--api-key-file", "/nonexistent/key"
+            FileProblem, parse, "--target", "http://a", "--api-key-file", "/nonexistent/key"
         )
         self.assertIn("cannot read --api-key-file", str(e))
 
@@ -213,7 +220,8 @@ class ServiceTests(SynchronousTestCase):
         children = list(service)  # type: ignore[call-overload]
         self.assertEqual(
             [type(c) for c in children],
-            [StreamServerEndpointService, StreamServerEndpointService, PoolService, DrainService],
+            [StreamServerEndpointService, StreamServerEndpointService, PoolService, DrainService,
+             ModelListing],
         )
 
     def test_listens(self) -> None:
@@ -228,6 +236,67 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual((port, interface), (11434, "127.0.0.1"))
         self.successResultOf(service.stopService())
 
+    def test_backlog(self) -> None:
+        """
+        The listeners ask for the kernel's accept-queue ceiling, unless
+        C{--listen} names a backlog.
+        """
+        from ollama_proxy.service.listen import somaxconn
+
+        reactor = MemoryReactorClock()
+        service = makeService(
+            parse("--target", "http://a", "--listen", "tcp:1:interface=127.0.0.1",
+                  "--listen", "tcp:2:interface=127.0.0.1:backlog=7"),
+            reactor=reactor,
+        )
+        service.startService()
+        self.assertEqual(sorted((s[0], s[2]) for s in reactor.tcpServers),
+                         [(1, somaxconn()), (2, 7)])
+        self.successResultOf(service.stopService())
+
+    def test_hostCheckOnLoopbackOnly(self) -> None:
+        """
+        The C{Host} check is on when every listener is on loopback (with the
+        C{--allow-host} names), off when one listens beyond it.
+        """
+        from ollama_proxy.web.site import ProxySite
+
+        def site(*argv: str) -> ProxySite:
+            reactor = MemoryReactorClock()
+            service = makeService(parse("--target", "http://a", *argv), reactor=reactor)
+            service.startService()
+            self.addCleanup(service.stopService)
+            found = reactor.tcpServers[0][1]
+            assert isinstance(found, ProxySite)
+            return found
+
+        guarded = site("--allow-host", "proxy.lan")
+        assert guarded.hosts is not None
+        self.assertTrue(guarded.hosts.allows(b"proxy.lan:11434"))
+        self.assertFalse(guarded.hosts.allows(b"evil.example.com"))
+        self.assertIsNone(site("--listen", "tcp:11434").hosts)
+    def test_discoverySettings(self) -> None:
+        """
+        C{--remote-host} and C{--ollama-version} reach the served models
+        and C{/api/version}; by default each backend's origin and the
+        newest covered Ollama version.
+        """
+        for argv, host, version in (
+            ((), "auto", DEFAULT_VERSION),
+            (("--remote-host", "", "--ollama-version", "0.9.1"), "", "0.9.1"),
+        ):
+            reactor = MemoryReactorClock()
+            service = makeService(parse("--target", "http://a", *argv), reactor=reactor)
+            service.startService()
+            site: Any = reactor.tcpServers[0][1]
+            root = site.resource
+            for _ in range(5):  # through the CORS and key wrappers
+                if not hasattr(root, "ctx"):
+                    root = root.wrapped
+            self.assertEqual(root.ctx.models.remoteHost, host)
+            self.assertEqual(root.ctx.version, version)
+            self.successResultOf(service.stopService())
+
     def test_demoAddsBackend(self) -> None:
         """
         C{--demo} also listens for the fake backend.
@@ -237,3 +306,59 @@ class ServiceTests(SynchronousTestCase):
         service.startService()
         self.assertEqual(sorted(s[0] for s in reactor.tcpServers), [11434, 11435])
         self.successResultOf(service.stopService())
+
+
+class ListenFailureTests(SynchronousTestCase):
+    """
+    L{listenFailure}: the one line for a port that cannot be bound.
+    """
+
+    def test_ollamaPort(self) -> None:
+        """
+        Ollama's own port, taken: probably Ollama, and the two ways out.
+        """
+        error = CannotListenError(
+            "127.0.0.1", 11434, OSError(errno.EADDRINUSE, "Address already in use"))
+        self.assertEqual(
+            listenFailure(error),
+            "ollama-proxy: cannot listen on 127.0.0.1:11434: Address already in use "
+            "(probably Ollama itself, which listens there). Either move Ollama, e.g. to the "
+            "proxy's fallback port: OLLAMA_HOST=127.0.0.1:11505 ollama serve, or run the "
+            "proxy elsewhere: --listen tcp:11435:interface=127.0.0.1",
+        )
+
+    def test_otherPortOrReason(self) -> None:
+        """
+        Another port, or another reason on Ollama's, names the address and
+        the reason only; all interfaces show as C{*}.
+        """
+        self.assertEqual(
+            listenFailure(CannotListenError("", 80, OSError(errno.EACCES, "Permission denied"))),
+            "ollama-proxy: cannot listen on *:80: Permission denied",
+        )
+        self.assertEqual(
+            listenFailure(CannotListenError(
+                "127.0.0.1", 11434, OSError(errno.EACCES, "Permission denied"))),
+            "ollama-proxy: cannot listen on 127.0.0.1:11434: Permission denied",
+        )
+
+    def test_serviceRaisesStartupError(self) -> None:
+        """
+        Starting a service whose port is taken raises L{StartupError} with
+        that line (which twistd's exit then prints alone).
+        """
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        from twisted.internet import reactor
+
+        service = makeService(
+            parse("--target", "http://a", "--listen", f"tcp:{port}:interface=127.0.0.1"),
+            reactor=reactor,
+        )
+        with self.assertRaises(StartupError) as e:
+            service.privilegedStartService()
+        self.assertEqual(str(e.exception),
+                         f"ollama-proxy: cannot listen on 127.0.0.1:{port}: Address already in use")

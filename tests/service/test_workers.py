@@ -6,8 +6,10 @@ C{SO_REUSEPORT}.
 from __future__ import annotations
 
 import errno
+import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -17,13 +19,15 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.error import ProcessTerminated
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from ollama_proxy.service.tap import DrainService, Options, PoolService, makeService
+from ollama_proxy.service.tap import DrainService, ModelListing, Options, PoolService, makeService
 from ollama_proxy.service.workers import (
     ParentWatch,
     ReusePortService,
@@ -32,7 +36,10 @@ from ollama_proxy.service.workers import (
     parseTCP,
     reusePortSocket,
 )
-from tests.integration.servers import Stack, freePort
+from ollama_proxy.web.metrics import singleProcess
+from tests.upstream.helpers import LogCapture
+from tests.integration.servers import Stack, freePort, listening, sockets, workerPids
+from tests.tempdirs import tempDir
 
 
 def services(service: Any) -> list[Any]:
@@ -125,7 +132,8 @@ class ServiceShapeTests(SynchronousTestCase):
         """
         service = makeService(parse("--target", "http://h:1"), MemoryReactorClock())
         kinds = [type(s) for s in services(service)]
-        self.assertEqual(kinds, [StreamServerEndpointService, PoolService, DrainService])
+        self.assertEqual(kinds, [StreamServerEndpointService, PoolService, DrainService,
+                                 ModelListing])
 
     def test_parent(self) -> None:
         """
@@ -133,12 +141,15 @@ class ServiceShapeTests(SynchronousTestCase):
         pool, and a L{WorkerPool} that starts 2 more processes with the
         parent's options.
         """
+        metricsDir = tempDir(self, "ollama-proxy-test-")
+        self.addCleanup(singleProcess)
         config = parse("--target", "http://h:1", "--listen", "tcp:1:interface=127.0.0.1",
-                       "--listen", "tcp:2", "--workers", "3")
+                       "--listen", "tcp:2", "--workers", "3", "--metrics-dir", metricsDir)
         service = makeService(config, MemoryReactorClock())
         kinds = [type(s) for s in services(service)]
-        self.assertEqual(kinds, [ReusePortService, ReusePortService, PoolService, DrainService, WorkerPool])
-        pool = services(service)[-1]
+        self.assertEqual(kinds, [ReusePortService, ReusePortService, PoolService, DrainService,
+                                 WorkerPool, ModelListing])
+        pool = services(service)[-2]
         assert isinstance(pool, WorkerPool)
         self.assertEqual(pool.count, 2)
         self.assertEqual(pool.argv[-2:], ["--worker-of", str(os.getpid())])
@@ -150,7 +161,8 @@ class ServiceShapeTests(SynchronousTestCase):
         A worker listens the same way and watches its parent.
         """
         service = makeService(parse("--target", "http://h:1", "--worker-of", "1"), MemoryReactorClock())
-        self.assertEqual([type(s) for s in services(service)], [ReusePortService, PoolService, DrainService, ParentWatch])
+        self.assertEqual([type(s) for s in services(service)],
+                         [ReusePortService, PoolService, DrainService, ParentWatch, ModelListing])
 
 
 class ReusePortServiceTests(SynchronousTestCase):
@@ -190,8 +202,10 @@ class ReusePortServiceTests(SynchronousTestCase):
 
 
 class FakeProcess:
+    pids = iter(range(100, 10_000))
+
     def __init__(self) -> None:
-        self.pid = 99
+        self.pid: int | None = next(self.pids)
         self.signals: list[str] = []
 
     def signalProcess(self, name: str) -> None:
@@ -234,6 +248,93 @@ class WorkerPoolTests(SynchronousTestCase):
         reactor.spawned[1][0].processEnded(Failure(Exception("killed")))
         self.successResultOf(d)
 
+
+    def die(self, reactor: FakeProcessReactor, which: int, **how: Any) -> None:
+        """
+        End spawned process C{which} as the reactor reports it (the
+        transport forgets its pid before the protocol hears of the end).
+        """
+        protocol, _, _, process = reactor.spawned[which]
+        process.pid = None
+        protocol.processEnded(Failure(ProcessTerminated(**how)))
+
+    def test_restartWithBackoff(self) -> None:
+        """
+        A worker that dies is logged with its real pid and exit status and
+        started again after 1 s, then 2 s, 4 s... while it keeps dying
+        quickly; one that ran for C{stableAfter} starts the count afresh.
+        """
+        logs = LogCapture(self)
+        reactor = FakeProcessReactor()
+        pool = WorkerPool(reactor, 1, ["--worker-of", "5"])
+        pool.startService()
+        firstPid = reactor.spawned[0][3].pid
+        self.die(reactor, 0, exitCode=3)
+        [event] = logs.errors()
+        self.assertEqual(formatEvent(event),
+                         f"worker 1 (pid {firstPid}) exited with exit status 3 after 0.0s; "
+                         "restarting it in 1s")
+        reactor.advance(0.9)
+        self.assertEqual(len(reactor.spawned), 1)
+        reactor.advance(0.1)
+        self.assertEqual(len(reactor.spawned), 2)
+        self.die(reactor, 1, signal=9)
+        self.assertIn("exited with signal 9 (SIGKILL) after 0.0s; restarting it in 2s",
+                      formatEvent(logs.errors()[-1]))
+        reactor.advance(2)
+        self.assertEqual(len(reactor.spawned), 3)
+        reactor.advance(pool.stableAfter)
+        self.die(reactor, 2, exitCode=1)
+        self.assertIn("restarting it in 1s", formatEvent(logs.errors()[-1]))
+        pool.stopService()
+
+    def test_crashLoopStops(self) -> None:
+        """
+        After C{crashLimit} quick deaths in a row, the slot is given up with
+        a critical line; nothing is spawned any more.
+        """
+        logs = LogCapture(self)
+        reactor = FakeProcessReactor()
+        pool = WorkerPool(reactor, 1, ["--worker-of", "5"])
+        pool.startService()
+        for attempt in range(pool.crashLimit + 1):
+            self.die(reactor, attempt, exitCode=1)
+            reactor.advance(pool.maxBackoff)
+        self.assertEqual(len(reactor.spawned), pool.crashLimit + 1)
+        critical = [e for e in logs.observer if e["log_level"] == LogLevel.critical]
+        self.assertEqual(len(critical), 1)
+        self.assertIn("died 6 times in a row within 30s of starting: not restarting it",
+                      formatEvent(critical[0]))
+        reactor.advance(600)
+        self.assertEqual(len(reactor.spawned), pool.crashLimit + 1)
+
+    def test_stopCancelsRestart(self) -> None:
+        """
+        Stopping while a restart is pending cancels it, and a worker that
+        ends during the stop is not restarted.
+        """
+        reactor = FakeProcessReactor()
+        pool = WorkerPool(reactor, 2, ["--worker-of", "5"])
+        pool.startService()
+        self.die(reactor, 0, exitCode=1)
+        d = pool.stopService()
+        self.assertEqual(reactor.spawned[1][3].signals, ["TERM"])
+        self.die(reactor, 1, exitCode=0)
+        self.successResultOf(d)
+        reactor.advance(60)
+        self.assertEqual(len(reactor.spawned), 2)
+
+    def test_signalAll(self) -> None:
+        """
+        C{signalAll} passes a signal (C{HUP} for a reload) to every live
+        worker.
+        """
+        reactor = FakeProcessReactor()
+        pool = WorkerPool(reactor, 2, ["--worker-of", "5"])
+        pool.startService()
+        pool.signalAll("HUP")
+        self.assertEqual([entry[3].signals for entry in reactor.spawned], [["HUP"], ["HUP"]])
+        pool.stopService()
 
     def test_parentPidTakenAtStart(self) -> None:
         """
@@ -321,3 +422,144 @@ class RealWorkersTests(SynchronousTestCase):
         else:
             self.fail("the worker outlived its parent")
 
+
+def _children(parent: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _waitFor(condition: Any, timeout: float = 20.0) -> Any:
+    """
+    Poll C{condition} (bounded) until it returns something true.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    return condition()
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+
+
+def _chat(url: str, model: str = "fake-model") -> None:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}],
+                       "stream": False}).encode()
+    request = urllib.request.Request(url + "/api/chat", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+class RealSupervisionTests(SynchronousTestCase):
+    """
+    C{--workers 2} as an operator runs it: one C{/metrics} for both
+    processes, and a worker that is killed comes back.
+    """
+
+    def setUp(self) -> None:
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise SkipTest("no SO_REUSEPORT")
+        self.metricsDir = tempDir(self, "ollama-proxy-metrics-test-")
+        self.stack = Stack(["--workers", "2", "--metrics-dir", self.metricsDir])
+        self.addCleanup(self.stack.stop)
+        self.parent = self.stack.proxy.process.pid
+        children = _waitFor(lambda: _children(self.parent))
+        self.assertEqual(len(children), 1, self.stack.proxy.log())
+        self.child = children[0]
+        # Until the worker listens, every connection goes to the parent.
+        self.assertTrue(_waitFor(lambda: self._listening(self.child)))
+
+    def _listening(self, pid: int) -> bool:
+        return listening(pid, self.stack.proxy.port)
+
+    def requestCount(self, samples: dict[Any, float]) -> float:
+        return samples.get(("ollama_proxy_requests_total",
+                            (("model", "fake-model"), ("route", "/api/chat"), ("status", "200"))),
+                           0.0)
+
+    def test_metricsSumAndRestart(self) -> None:
+        """
+        20 chats over 20 connections are spread over both processes, and
+        every scrape, whichever process answers it, counts all 20 under the
+        served model's own name.  A worker killed with C{SIGKILL} is logged
+        with its pid and signal and replaced; its counts stay in the sum.
+        """
+        url = self.stack.url
+        for _ in range(20):
+            _chat(url)
+        # Both processes wrote counters (the kernel spread the connections).
+        counterFiles = [name for name in os.listdir(self.metricsDir)
+                        if name.startswith("counter_")]
+        self.assertEqual(len(counterFiles), 2, counterFiles)
+        for _ in range(10):
+            samples = _scrape(url)
+            self.assertEqual(self.requestCount(samples), 20.0)
+            self.assertEqual(samples[("ollama_proxy_active_streams", ())], 0.0)
+            self.assertNotIn(
+                ("ollama_proxy_requests_total",
+                 (("model", "other"), ("route", "/api/chat"), ("status", "200"))), samples)
+
+        os.kill(self.child, signal.SIGKILL)
+        replaced = _waitFor(lambda: [p for p in _children(self.parent) if p != self.child])
+        self.assertEqual(len(replaced), 1, self.stack.proxy.log())
+        self.assertIn(f"worker 1 (pid {self.child}) exited with signal 9 (SIGKILL)",
+                      self.stack.proxy.log())
+        self.assertTrue(_waitFor(lambda: self._listening(replaced[0])))
+        for _ in range(10):
+            _chat(url)
+        for _ in range(5):
+            self.assertEqual(self.requestCount(_scrape(url)), 30.0)
+        self.stack.proxy.stop()
+        self.assertTrue(_waitFor(lambda: not os.path.exists(f"/proc/{replaced[0]}"), 10))
+        self.assertNotIn("exited with", self.stack.proxy.log().split("SIGKILL", 1)[1])
+
+
+class RealDrainTests(SynchronousTestCase):
+    """
+    C{SIGTERM} to the parent of C{--workers 2} lets the streams of every
+    process finish.
+    """
+
+    def test_everyWorkerDrains(self) -> None:
+        """
+        Streams open on both processes when the parent gets C{SIGTERM} all
+        end with C{done: true}.
+        """
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise SkipTest("no SO_REUSEPORT")
+        stack = Stack(["--workers", "2", "--shutdown-grace", "20"], ["--delay", "0.05"])
+        self.addCleanup(stack.stop)
+        parent = stack.proxy.process.pid
+        [child] = workerPids(parent, 1, stack.proxy.port)
+        body = json.dumps({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}],
+                           "options": {"num_predict": 30}}).encode()
+        streams = []
+        for _ in range(12):
+            connection = http.client.HTTPConnection("127.0.0.1", stack.proxy.port, timeout=30)
+            self.addCleanup(connection.close)
+            connection.request("POST", "/api/chat", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            self.assertEqual(response.status, 200)
+            response.readline()  # the first token: the stream is under way
+            streams.append(response)
+            if min(sockets(pid, stack.proxy.port, "01") for pid in (parent, child)) >= 2:
+                break
+        self.assertGreaterEqual(sockets(child, stack.proxy.port, "01"), 1)
+        self.assertGreaterEqual(sockets(parent, stack.proxy.port, "01"), 1)
+        stack.proxy.process.send_signal(signal.SIGTERM)
+        for response in streams:
+            lines = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+            self.assertTrue(lines[-1]["done"], lines[-1])
+        stack.proxy.process.wait(timeout=30)
+        self.assertTrue(_waitFor(lambda: not os.path.exists(f"/proc/{child}"), 10))

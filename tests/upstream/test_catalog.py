@@ -10,8 +10,11 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.testing.harness import ProxyHarness
+from ollama_proxy.upstream.catalog import METADATA_WAIT
+from tests.web.helpers import LITELLM_INFO
 
 
 class CatalogAgeTests(SynchronousTestCase):
@@ -39,9 +42,11 @@ class CatalogAgeTests(SynchronousTestCase):
         again whatever asks for it, and the catalog follows it.
         """
         h = ProxyHarness(ttl=60)
-        tags = h.get("/api/tags")
+        # The list alone, without metadata (as the merged /v1/models does;
+        # /api/tags now fetches the metadata too, see below).
+        listing = Deferred.fromCoroutine(h.ctx.models.listModels())
         self.answer(h, "/v1/models", 200, {"data": [{"id": "a", "max_model_len": 1000}]})
-        self.assertEqual(self.successResultOf(tags).code, 200)
+        self.assertEqual(len(self.successResultOf(listing)["data"]), 1)
         h.clock.advance(59)
         first = self.served(h, "a")
         self.answer(h, "/v1/model/info", 404, {"error": "not found"})
@@ -59,6 +64,30 @@ class CatalogAgeTests(SynchronousTestCase):
         self.assertEqual([r.path for r in h.backend.received],
                          ["/v1/models", "/v1/model/info", "/v1/models"])
 
+    def test_tagsFetchMetadataOncePerTTL(self) -> None:
+        """
+        A cold C{/api/tags} waits for the list and then one metadata
+        request; warm ones within the TTL ask the backend nothing, and
+        after the TTL both are fetched once more.
+        """
+        h = ProxyHarness(ttl=60)
+        tags = h.get("/api/tags")
+        self.answer(h, "/v1/models", 200, {"data": [{"id": "a", "max_model_len": 1000}]})
+        self.assertNoResult(tags)
+        self.answer(h, "/v1/model/info", 404, {"error": "not found"})
+        self.assertEqual(self.successResultOf(tags).code, 200)
+        for _ in range(3):
+            h.clock.advance(19)
+            self.assertEqual(self.successResultOf(h.get("/api/tags")).code, 200)
+        self.assertEqual([r.path for r in h.backend.received], ["/v1/models", "/v1/model/info"])
+        h.clock.advance(4)
+        tags = h.get("/api/tags")
+        self.answer(h, "/v1/models", 200, {"data": [{"id": "a"}]})
+        self.answer(h, "/v1/model/info", 404, {"error": "not found"})
+        self.assertEqual(self.successResultOf(tags).code, 200)
+        self.assertEqual([r.path for r in h.backend.received],
+                         ["/v1/models", "/v1/model/info"] * 2)
+
     def test_catalogReusedWhileNothingChanged(self) -> None:
         """
         While the list and the metadata are fresh, the catalog object is
@@ -71,3 +100,30 @@ class CatalogAgeTests(SynchronousTestCase):
         catalog = self.successResultOf(first)
         self.assertEqual(list(catalog), ["a"])
         self.assertIs(self.successResultOf(Deferred.fromCoroutine(h.ctx.models.catalog())), catalog)
+
+    def test_slowMetadataDoesNotHoldTags(self) -> None:
+        """
+        A backend that does not answer its metadata request within
+        C{METADATA_WAIT} seconds: C{/api/tags} answers with what the list
+        says; the request runs on, and the next call (no new request) has
+        its metadata.
+        """
+        h = ProxyHarness(ttl=60)
+        tags = h.get("/api/tags")
+        self.answer(h, "/v1/models", 200, {"data": [{"id": "gpt-4o", "max_model_len": 1000}]})
+        h.clock.advance(METADATA_WAIT - 0.1)
+        self.assertNoResult(tags)
+        h.clock.advance(0.1)
+        h.pump()
+        [entry] = codec.loads(self.successResultOf(h.client.content(self.successResultOf(tags))))[
+            "models"]
+        self.assertEqual((entry["details"]["context_length"], entry["capabilities"]),
+                         (1000, ["completion", "tools"]))
+        self.answer(h, "/v1/model/info", 200, LITELLM_INFO)
+        later = h.get("/api/tags")
+        [entry] = codec.loads(self.successResultOf(h.client.content(self.successResultOf(later))))[
+            "models"]
+        self.assertEqual((entry["details"]["context_length"], entry["capabilities"]),
+                         (128000, ["completion", "tools", "vision"]))
+        self.assertEqual([r.path for r in h.backend.received], ["/v1/models", "/v1/model/info"])
+

@@ -1,5 +1,5 @@
 """
-The upstream HTTP client built by L{ollama_proxy.client}: a body producer
+The upstream HTTP client built by L{ollama_proxy.upstream.pool}: a body producer
 that writes at once (so head and body leave in one send) and endpoints
 built once per host.
 """
@@ -188,7 +188,7 @@ class CookieTests(SynchronousTestCase):
 
 class PoolRaceTests(SynchronousTestCase):
     """
-    L{ollama_proxy.upstream.ConnectionPool} does not cache a connection that
+    L{ollama_proxy.upstream.pool.ConnectionPool} does not cache a connection that
     is already closing (found by the soak: spurious 502s after aborted
     streams).
     """

@@ -1,5 +1,5 @@
 """
-Inbound keys (L{ollama_proxy.auth.KeyGate}), forwarding the client's key,
+Inbound keys (L{ollama_proxy.web.auth.KeyGate}), forwarding the client's key,
 and keeping secrets out of logs and error bodies.
 """
 
@@ -162,6 +162,21 @@ class ForwardClientKeyTests(SynchronousTestCase):
         a, b = h.backend.received
         self.assertEqual(a.headers["authorization"], "Bearer client-a")
         self.assertEqual(b.headers["authorization"], "Bearer client-b")
+
+    def test_sharedCachesUseBackendKey(self) -> None:
+        """
+        The model list and metadata that every client then shares are
+        fetched with the configured key, never with the key of the client
+        whose request happened to refresh them.
+        """
+        h = ProxyHarness()
+        h.backendClient.forwardClientKey = True
+        h.get("/api/tags", headers={b"Authorization": [b"Bearer client-a"]})
+        h.post("/api/show", {"model": "m"}, headers={b"Authorization": [b"Bearer client-a"]})
+        fetched = [r for r in h.backend.received if r.method == "GET"]
+        self.assertTrue(fetched)
+        for received in fetched:
+            self.assertEqual(received.headers["authorization"], "Bearer sk-secret", received.path)
 
     def test_fallsBackToAPIKey(self) -> None:
         """

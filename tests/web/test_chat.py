@@ -382,6 +382,25 @@ class GenerateTests(SynchronousTestCase):
         result = body(h, self.successResultOf(d))
         self.assertEqual((result["response"], result["done"], result["eval_count"]), ("Hello", True, 1))
 
+    def test_nonStreamingDurationsMeasured(self) -> None:
+        """
+        A non-streamed chat reports the time it measured (the harness clock
+        moves 1 ms per reading), not a 1 ns C{eval_duration}.
+        """
+        h = ProxyHarness()
+        d = h.post("/api/chat", {"model": "m", "stream": False,
+                                 "messages": [{"role": "user", "content": "hi"}]})
+        h.backend.received[0].respond(
+            200,
+            {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
+                          "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+        )
+        h.pump()
+        result = body(h, self.successResultOf(d))
+        self.assertGreaterEqual(result["eval_duration"], 1_000_000)
+        self.assertEqual(result["eval_duration"], result["total_duration"])
+        self.assertEqual(result["prompt_eval_duration"], result["total_duration"])
+
     def test_rawStreamsThroughCompletions(self) -> None:
         """
         C{raw: true} sends the prompt untemplated to C{/v1/completions}; the

@@ -37,7 +37,7 @@ class FallbackTests(SynchronousTestCase):
     def test_clientKeysNotForwarded(self) -> None:
         """
         The key a client presents to the proxy (C{Authorization} or its
-        equivalent C{X-API-Key}, see L{ollama_proxy.auth.presentedKey}) is
+        equivalent C{X-API-Key}, see L{ollama_proxy.web.auth.presentedKey}) is
         the proxy's credential and never reaches the fallback Ollama.
         """
         h = ProxyHarness()

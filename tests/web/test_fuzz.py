@@ -4,7 +4,7 @@ answers with a well-formed response and a client-error status, never a 500
 or a traceback, and never hangs.
 
 The routes are discovered from the resource tree that
-L{ollama_proxy.resources.buildRoot} builds, so endpoints added later are
+L{ollama_proxy.web.tree.buildRoot} builds, so endpoints added later are
 fuzzed without touching this file.  The backend is a canned responder that
 answers every request at once with a valid completion (streamed or not, as
 asked), so the outcome depends only on the generated body.
@@ -67,6 +67,11 @@ def makeProxy() -> tuple[Any, Any]:
 
 ROUTES = sorted(path for path, _ in postRoutes(makeProxy()[1]))
 NATIVE = sorted(path for path, r in postRoutes(makeProxy()[1]) if not isinstance(r, Passthrough))
+AGENTS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/responses")
+"""The translated agent dialects: their errors are objects with a
+C{message}, their streams named SSE events."""
+TERMINAL = (b"event: message_stop\n", b"event: error\n", b"event: response.completed\n",
+            b"event: response.incomplete\n", b"event: response.failed\n")
 
 def dumps(value: Any) -> bytes:
     """
@@ -139,6 +144,11 @@ requests = st.fixed_dictionaries(
         "raw": jsonValues,
         "template": jsonValues,
         "input": jsonValues,
+        "max_tokens": st.one_of(st.integers(min_value=1, max_value=50), jsonValues),
+        "tool_choice": jsonValues,
+        "instructions": jsonValues,
+        "reasoning": jsonValues,
+        "thinking": jsonValues,
         "unknown_field": jsonValues,
     },
 )
@@ -193,8 +203,9 @@ class FuzzTests(SynchronousTestCase):
             decoded = codec.loads(data)
             if response.code >= 400:
                 error = decoded.get("error")
-                if path not in NATIVE and isinstance(error, dict):
-                    # An OpenAI route: the backend's error object, relayed.
+                if (path not in NATIVE or path in AGENTS) and isinstance(error, dict):
+                    # An OpenAI route: the backend's error object, relayed;
+                    # an agent dialect: its own error object.
                     error = error.get("message")
                 self.assertIsInstance(error, str, repr((path, body, data)))
                 self.assertTrue(error)
@@ -209,6 +220,11 @@ class FuzzTests(SynchronousTestCase):
                 last.get("done") is True or last.get("status") == "success" or "error" in last,
                 (path, body, data),
             )
+        elif path in AGENTS:
+            # A translated stream ends with the dialect's end or error event.
+            self.assertEqual(contentType, b"text/event-stream; charset=utf-8")
+            last = data.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+            self.assertTrue(last.startswith(TERMINAL), (path, body, data))
         else:
             # Only an OpenAI passthrough relays a non-JSON body (the
             # backend's event stream) as it is.

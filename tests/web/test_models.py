@@ -280,8 +280,7 @@ class HeadTests(SynchronousTestCase):
         """
         h = ProxyHarness()
         d = h.request("HEAD", "/api/tags")
-        h.backend.received[0].respond(200, {"data": [{"id": "a"}]})
-        h.pump()
+        serveCatalog(h, [{"id": "a"}])
         response = self.successResultOf(d)
         self.assertEqual(response.code, 200)
         self.assertEqual(_content(h, response), b"")
@@ -340,6 +339,36 @@ class ManagementTests(SynchronousTestCase):
         forwarded.respond(200, b'{"status":"success"}\n', b"application/x-ndjson")
         h.pump()
         self.assertEqual(_content(h, self.successResultOf(d)), b'{"status":"success"}\n')
+
+    def test_malformedNeverForwarded(self) -> None:
+        """
+        Bodies Ollama would refuse (a field of the wrong type, an invalid
+        name) get a 400 naming the problem and never reach the fallback.
+        """
+        cases = [
+            ("POST", "/api/pull", {"model": "llama3.2", "insecure": "yes"}, "insecure must be a boolean"),
+            ("POST", "/api/pull", {"model": "llama3.2", "stream": 1}, "stream must be a boolean"),
+            ("POST", "/api/pull", {"model": "bad name!"}, "invalid model name"),
+            ("POST", "/api/push", {"model": "u/m", "username": 5}, "username must be a string"),
+            ("POST", "/api/push", {}, "model is required"),
+            ("POST", "/api/create", {"model": "m", "files": ["a"]}, "files must be an object of strings"),
+            ("POST", "/api/create", {"model": "-m"}, "invalid model name"),
+            ("DELETE", "/api/delete", {"model": "a/b/c/d"}, 'name "a/b/c/d" is invalid'),
+            ("POST", "/api/copy", {"source": "llama3.2", "destination": "x y"},
+             'destination "x y" is invalid'),
+            ("POST", "/api/copy", {"source": "llama3.2", "destination": 3},
+             "destination must be a string"),
+        ]
+        h = ProxyHarness()
+        for method, path, payload, message in cases:
+            d = h.request(method, path, data=codec.dumps(payload))
+            pending = [r for r in h.backend.received if not r.request.finished]
+            if pending:
+                serveCatalog(h, [{"id": "gpt-4o"}])
+            response = self.successResultOf(d)
+            self.assertEqual(response.code, 400, (path, payload))
+            self.assertEqual(body(h, response)["error"], message)
+        self.assertEqual(h.ollama.received, [])
 
     def test_pullUnknownWithoutFallback(self) -> None:
         """
@@ -456,17 +485,14 @@ class NameTests(SynchronousTestCase):
         """
         h = ProxyHarness()
         d = h.get("/api/tags")
-        h.backend.received[0].respond(
-            200, {"data": [{"id": "openrouter/qwen:free"}, {"id": "qwen3:latest"}]}
-        )
-        h.pump()
+        serveCatalog(h, [{"id": "openrouter/qwen:free"}, {"id": "qwen3:latest"}])
         names = [m["name"] for m in body(h, self.successResultOf(d))["models"]]
         self.assertEqual(names, ["openrouter/qwen:free", "qwen3:latest"])
         for name in names:
             h.post("/api/chat", {"model": name, "messages": [{"role": "user", "content": "hi"}]})
             h.post("/api/embed", {"model": name, "input": "x"})
             h.post("/v1/chat/completions", {"model": name, "messages": []})
-        sent = [r.json()["model"] for r in h.backend.received[1:]]
+        sent = [r.json()["model"] for r in h.backend.received[2:]]
         self.assertEqual(sent, ["openrouter/qwen:free"] * 3 + ["qwen3:latest"] * 3)
 
     def test_tagsListEachModelOnce(self) -> None:
@@ -476,8 +502,7 @@ class NameTests(SynchronousTestCase):
         """
         h = ProxyHarness()
         d = h.get("/api/tags")
-        h.backend.received[0].respond(200, {"data": [{"id": "x"}, {"id": "x:proxy"}, {"id": "x"}]})
-        h.pump()
+        serveCatalog(h, [{"id": "x"}, {"id": "x:proxy"}, {"id": "x"}])
         names = [m["name"] for m in body(h, self.successResultOf(d))["models"]]
         self.assertEqual(names, ["x:proxy"])
 
@@ -496,8 +521,7 @@ class TagsTests(SynchronousTestCase):
         d = h.get("/api/tags")
         [upstream] = h.backend.received
         self.assertEqual((upstream.method, upstream.path), ("GET", "/v1/models"))
-        upstream.respond(200, {"data": [{"id": "gpt-4o"}, {"id": "qwen3:8b", "created": 1700000000}]})
-        h.pump()
+        serveCatalog(h, [{"id": "gpt-4o"}, {"id": "qwen3:8b", "created": 1700000000}])
         body = codec.loads(self.successResultOf(h.client.content(self.successResultOf(d))))
         names = [m["name"] for m in body["models"]]
         self.assertEqual(names, ["gpt-4o:proxy", "qwen3:8b"])
@@ -511,41 +535,3 @@ class TagsTests(SynchronousTestCase):
             self.assertIsInstance(first["details"][key], str)
         self.assertEqual(first["details"]["families"], [first["details"]["family"]])
 
-
-class TagsCacheTests(SynchronousTestCase):
-    """
-    The C{/api/tags} body is built once per model list, never with a stale
-    list or a frozen "now".
-    """
-
-    def tags(self, h: ProxyHarness, models: list[dict[str, Any]] | None = None) -> Any:
-        d = h.get("/api/tags")
-        if models is not None:
-            [upstream] = [r for r in h.backend.received if r.path == "/v1/models"][-1:]
-            upstream.respond(200, {"data": models})
-        h.pump()
-        return codec.loads(self.successResultOf(h.client.content(self.successResultOf(d))))
-
-    def test_sameListSameBody(self) -> None:
-        """
-        While the list is cached, the body is the same; a new list (after
-        the TTL) gives a new body.
-        """
-        h = ProxyHarness(ttl=10)
-        first = self.tags(h, [{"id": "a", "created": 1700000000}])
-        self.assertEqual(self.tags(h), first)
-        h.clock.advance(11)
-        second = self.tags(h, [{"id": "a", "created": 1700000000}, {"id": "b", "created": 1}])
-        self.assertEqual([m["name"] for m in second["models"]], ["a:proxy", "b:proxy"])
-        self.assertEqual(second["models"][1]["modified_at"], "1970-01-01T00:00:01.000000000Z")
-
-    def test_noCreatedIsNow(self) -> None:
-        """
-        A model without C{created} is reported as modified now, at every
-        request (the harness clock moves 1 ms per reading).
-        """
-        h = ProxyHarness(ttl=10)
-        first = self.tags(h, [{"id": "a"}])
-        second = self.tags(h)
-        self.assertNotEqual(first["models"][0]["modified_at"], second["models"][0]["modified_at"])
-        self.assertFalse(first["models"][0]["modified_at"].startswith("1970"))

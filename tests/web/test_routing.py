@@ -58,6 +58,18 @@ class Harness(MultiBackendHarness):
         self.answerModels("a", "big", "small", "shared")
         self.answerModels("b", "shared", "other")
 
+    def answerInfo(self) -> None:
+        """
+        Answer every backend's pending LiteLLM C{/v1/model/info} with a 404
+        (not LiteLLM), as the catalog behind C{/api/tags} and C{/api/show}
+        asks once per TTL.
+        """
+        for fake in self.backends.values():
+            for received in fake.received:
+                if received.path.endswith("/model/info") and not received.request.finished:
+                    received.respond(404, {"error": "not found"})
+                    self.pump()
+
     def json(self, d: Any) -> Any:
         """
         @return: the decoded body of a finished response.
@@ -180,11 +192,7 @@ class MetadataTests(SynchronousTestCase):
         """
         d = h.post("/api/show", {"model": name})
         h.listModels()
-        for fake in h.backends.values():
-            for received in fake.received:
-                if received.path.endswith("/model/info") and not received.request.finished:
-                    received.respond(404, {"error": "not found"})
-                    h.pump()
+        h.answerInfo()
         return h.result(d)
 
     def test_configuredMetadata(self) -> None:
@@ -288,6 +296,7 @@ class CacheTests(SynchronousTestCase):
     def tags(self, h: Harness) -> list[str]:
         d = h.get("/api/tags")
         h.listModels()
+        h.answerInfo()
         return [m["name"] for m in h.json(d)["models"]]
 
     def modelRequests(self, h: Harness, name: str) -> int:
@@ -321,6 +330,7 @@ class CacheTests(SynchronousTestCase):
         [pending] = [r for r in h.backends["a"].received if not r.request.finished]
         pending.respond(500, {"error": {"message": "down"}})
         h.answerModels("b", "other", "newer")
+        h.answerInfo()
         names = [m["name"] for m in h.json(d)["models"]]
         self.assertEqual(names, ["big:proxy", "small:proxy", "shared:proxy", "fast:proxy",
                                  "other:proxy", "newer:proxy", "static:proxy"])
@@ -330,6 +340,7 @@ class CacheTests(SynchronousTestCase):
         [pending] = fresh.backends["a"].received
         pending.respond(502, b"bad gateway", b"text/plain")
         fresh.answerModels("b", "other")
+        fresh.answerInfo()
         names = [m["name"] for m in fresh.json(d)["models"]]
         self.assertEqual(names, ["other:proxy", "static:proxy"])
 
@@ -609,7 +620,7 @@ class ErrorKindTests(SynchronousTestCase):
 
 class StartupListingTests(SynchronousTestCase):
     """
-    L{ollama_proxy.tap.ModelListing}.
+    L{ollama_proxy.service.tap.ModelListing}.
     """
 
     def test_duplicatesAndCountsLogged(self) -> None:
@@ -636,3 +647,53 @@ class StartupListingTests(SynchronousTestCase):
                          [("shared:proxy", "a", "b")])
         counts = [(e["backend"], e["count"]) for e in events if "count" in e]
         self.assertEqual(counts, [("a", 3), ("b", 3)])
+
+
+class SingleBackendLabelTests(SynchronousTestCase):
+    """
+    With one backend, requests are sent without waiting for a model list;
+    their C{model} label is still the served model's name.
+    """
+
+    def test_guessLabelledByLaterListing(self) -> None:
+        """
+        A name the last (stale) list did not have is sent at once, and
+        starts a listing in the background; when that listing names the
+        model before the request ends, the request is counted under it.
+        A name no list has stays C{other}.
+        """
+        from ollama_proxy.testing.harness import ProxyHarness
+        from ollama_proxy.web.metrics import Metrics
+
+        h = ProxyHarness(ttl=10, metrics=Metrics())
+
+        def models(*ids: str) -> dict[str, Any]:
+            return {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}
+
+        h.get("/api/tags")
+        h.backend.received[-1].respond(200, models("old"))
+        h.pump()
+        h.clock.advance(11)
+        d = h.post("/api/chat", {**CHAT, "model": "new", "stream": False})
+        listing, chat = h.backend.received[-2:]
+        self.assertTrue(listing.path.endswith("/models"))
+        self.assertEqual(chat.json()["model"], "new")
+        listing.respond(200, models("old", "new"))
+        h.pump()
+        chat.respond(200, {"choices": [{"message": {"role": "assistant", "content": "hi"},
+                                        "finish_reason": "stop"}]})
+        h.pump()
+        self.assertEqual(self.successResultOf(d).code, 200)
+        d = h.post("/api/chat", {**CHAT, "model": "bogus", "stream": False})
+        h.backend.received[-1].respond(404, {"error": {"message": "no such model"}})
+        h.pump()
+        self.assertEqual(self.successResultOf(d).code, 404)
+        response = self.successResultOf(h.get("/metrics"))
+        text = self.successResultOf(h.client.content(response)).decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples}
+        requests = "ollama_proxy_requests_total"
+        self.assertEqual(samples[(requests, (("model", "new"), ("route", "/api/chat"),
+                                             ("status", "200")))], 1.0)
+        self.assertEqual(samples[(requests, (("model", "other"), ("route", "/api/chat"),
+                                             ("status", "404")))], 1.0)

@@ -22,28 +22,20 @@ without hand configuration.  Sources, in increasing precedence:
   4. the per-model entries of the override file (C{--model-info FILE}): an
      operator who writes a value for a model means it, so it wins.
 
-Everything here is pure (dicts in, dicts out), including the builders of
-the C{/api/tags}, C{/api/show} and C{/api/ps} answers.  The fetching and the
-one TTL cache live in L{ollama_proxy.upstream.catalog}; the override file is
-read by L{ollama_proxy.service.overrides}.
+Everything here is pure (dicts in, dicts out); the C{/api/tags},
+C{/api/show} and C{/api/ps} answers built from it are in
+L{ollama_proxy.protocol.listing}.  The fetching and the one TTL cache live
+in L{ollama_proxy.upstream.catalog}; the override file is read by
+L{ollama_proxy.service.overrides}.
 """
 
 from __future__ import annotations
 
-import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import attrs
 
-from ollama_proxy.protocol.clock import createdTimestamp
-from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.names import (
-    DEFAULT_TAG,
-    backendModel,
-    clientModelName,
-    modelDigest,
-    modelIds,
-)
+from ollama_proxy.protocol.names import DEFAULT_TAG, backendModel, modelIds
 
 DEFAULT_CONTEXT_LENGTH = 32768
 """
@@ -67,12 +59,6 @@ clients send C{think}, claiming C{insert} makes Continue send C{suffix}.
 """
 
 
-KEEP_ALIVE_NS = 300 * 1_000_000_000
-"""What C{/api/ps} reports as time left before unloading: Ollama's default
-C{keep_alive} of five minutes, counted from now (backend models never
-unload)."""
-
-
 ARCHITECTURE = "openai"
 """C{general.architecture} and C{details.family} when no source names one."""
 
@@ -83,6 +69,7 @@ _CAPABILITY_FLAGS = ("tools", "vision", "thinking", "embedding", "insert")
 _FACT_TYPES: dict[str, type] = {
     "context_length": int,
     "embedding_length": int,
+    "max_output_tokens": int,
     "family": str,
     "parameter_size": str,
     "license": str,
@@ -92,8 +79,8 @@ _FACT_TYPES: dict[str, type] = {
 Facts = dict[str, Any]
 """
 What one source knows about one model: any of C{context_length},
-C{embedding_length}, C{family}, C{parameter_size}, C{license}, C{created}
-and the boolean capability flags C{tools}, C{vision}, C{thinking},
+C{embedding_length}, C{max_input_tokens}, C{max_output_tokens}, C{family},
+C{parameter_size}, C{license}, C{created} and the boolean capability flags C{tools}, C{vision}, C{thinking},
 C{embedding}, C{insert}.  A missing key means "this source does not know".
 """
 
@@ -144,6 +131,11 @@ def factsFromModelEntry(entry: Mapping[str, Any]) -> Facts:
         modalities = architecture.get("input_modalities")
         if isinstance(modalities, list):
             facts["vision"] = "image" in modalities
+    provider = entry.get("top_provider")
+    if isinstance(provider, dict):  # OpenRouter
+        limit = _positiveInt(provider.get("max_completion_tokens"))
+        if limit is not None:
+            facts["max_output_tokens"] = limit
     return facts
 
 
@@ -173,6 +165,10 @@ def factsFromLiteLLM(info: object) -> dict[str, Facts]:
         length = _positiveInt(details.get("max_input_tokens"))
         if length is not None:
             facts["context_length"] = length
+            facts["max_input_tokens"] = length
+        limit = _positiveInt(details.get("max_output_tokens"))
+        if limit is not None:
+            facts["max_output_tokens"] = limit
         for flag, key in (
             ("tools", "supports_function_calling"),
             ("vision", "supports_vision"),
@@ -258,10 +254,16 @@ class ModelMeta:
 
     @ivar id: the backend model id.
     @ivar facts: the merged L{Facts}.
+    @ivar remoteHost: what C{remote_host} says about where the model runs
+        (see L{ollama_proxy.protocol.listing.remoteHost}); empty for none.
+    @ivar seenNs: when the proxy first saw the model as it is now (its
+        C{modified_at} when the backend gives no C{created}), or C{None}.
     """
 
     id: str
     facts: Facts = attrs.field(factory=dict)
+    remoteHost: str = ""
+    seenNs: int | None = None
 
     @property
     def isEmbedding(self) -> bool:
@@ -282,6 +284,32 @@ class ModelMeta:
         """
         value: int = self.facts.get("context_length", DEFAULT_CONTEXT_LENGTH)
         return value
+
+    @property
+    def maxOutputTokens(self) -> int | None:
+        """
+        The most tokens one reply may have, when a source says so and it
+        is at most half the context window.  The VS Code extension
+        subtracts this from the window to get the prompt budget, so a
+        backend that states its whole window here (LiteLLM does for some
+        models) would leave clients no room for a prompt: such a value is
+        not reported, and clients use their own default.
+        """
+        value = self.facts.get("max_output_tokens")
+        if isinstance(value, int) and value * 2 <= self.contextLength:
+            return value
+        return None
+
+    @property
+    def maxInputTokens(self) -> int | None:
+        """
+        The longest prompt, when a source says so and it fits the context
+        window (an override may have made the window smaller).
+        """
+        value = self.facts.get("max_input_tokens")
+        if isinstance(value, int) and value <= self.contextLength:
+            return value
+        return None
 
     @property
     def family(self) -> str:
@@ -331,7 +359,7 @@ def buildCatalog(
         backend has none.
     @param overrides: the validated override file.
     @return: metadata per backend id, in listing order.
-    @raise ollama_proxy.errors.UpstreamError: if C{models} is not a model
+    @raise ollama_proxy.protocol.errors.UpstreamError: if C{models} is not a model
         list.
     """
     overrides = overrides or {}
@@ -371,175 +399,3 @@ def findModel(
     if found is not None:
         return found
     return catalog.get(backendModel(name, catalog, tag))
-
-
-def _modifiedAt(meta: ModelMeta, nowNs: int) -> str:
-    return createdTimestamp(meta.facts.get("created"), nowNs)
-
-
-def details(meta: ModelMeta) -> JSON:
-    """
-    The C{details} object for C{/api/show} and C{/api/ps}.
-
-    @param meta: the model.
-    @return: non-null strings throughout (OllamaKit decodes them strictly).
-    """
-    result = modelDetails(meta.family)
-    result["parameter_size"] = meta.facts.get("parameter_size", "")
-    return result
-
-
-def template(meta: ModelMeta) -> str:
-    """
-    A Go-template-looking C{template}.  The backend applies the real chat
-    template; clients only inspect this text, e.g. Continue enables
-    fill-in-the-middle when it mentions C{.Suffix}, which is therefore only
-    included for models with the C{insert} capability.
-
-    @param meta: the model.
-    @return: the template text.
-    """
-    if "insert" in meta.capabilities():
-        return "{{ if .Suffix }}{{ .Prompt }}{{ .Suffix }}{{ else }}{{ .Prompt }}{{ end }}"
-    return "{{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}"
-
-
-def parametersText(meta: ModelMeta) -> str:
-    """
-    Ollama's C{parameters} string: one C{"%-30s %v"} line per parameter, as
-    Continue and Raycast parse it (C{/^(\\S+)\\s+((?:".*")|\\S+)$/}).
-
-    @param meta: the model.
-    @return: the lines joined with C{\\n}.
-    """
-    return f"{'num_ctx':<30} {meta.contextLength}"
-
-
-def showResponse(meta: ModelMeta, nowNs: int) -> JSON:
-    """
-    The C{POST /api/show} body.
-
-    @param meta: the model.
-    @param nowNs: the time, for C{modified_at} when the backend gave none.
-    @return: the object; C{model_info} is always present because several
-        integrations crash without it.
-    """
-    arch = meta.family
-    modelInfo: JSON = {
-        "general.architecture": arch,
-        "general.basename": meta.id,
-        "general.parameter_count": 0,
-        f"{arch}.context_length": meta.contextLength,
-    }
-    if "embedding_length" in meta.facts:
-        modelInfo[f"{arch}.embedding_length"] = meta.facts["embedding_length"]
-    text = template(meta)
-    parameters = parametersText(meta)
-    modelfile = (
-        '# Modelfile generated by "ollama show"\n'
-        f"# {meta.id} is served by ollama-proxy from an OpenAI-compatible backend.\n"
-        f"FROM {meta.id}\n"
-        f'TEMPLATE """{text}"""\n'
-        + "".join(f"PARAMETER {' '.join(line.split())}\n" for line in parameters.splitlines())
-    )
-    return {
-        "license": meta.facts.get("license", ""),
-        "modelfile": modelfile,
-        "parameters": parameters,
-        "template": text,
-        "details": details(meta),
-        "model_info": modelInfo,
-        "capabilities": meta.capabilities(),
-        "modified_at": _modifiedAt(meta, nowNs),
-    }
-
-
-def isoTimestamp(ns: int) -> str:
-    """
-    An RFC 3339 time with microseconds and an explicit offset, which every
-    Python C{datetime.fromisoformat} (3.7+) parses -- Open WebUI reads
-    C{/api/ps} C{expires_at} with it -- and Go and pydantic parse too.
-
-    @param ns: nanoseconds since the epoch.
-    @return: e.g. C{"2026-11-25T20:05:00.123456+00:00"}.
-    """
-    moment = datetime.datetime.fromtimestamp(ns // 1000 / 1e6, datetime.timezone.utc)
-    return moment.isoformat(timespec="microseconds")
-
-
-def psResponse(catalog: Iterable[ModelMeta], nowNs: int, tag: str = DEFAULT_TAG) -> JSON:
-    """
-    The C{GET /api/ps} body: every served model counts as loaded.
-
-    @param catalog: the served models.
-    @param nowNs: the time.
-    @param tag: the proxy's tag, for names.
-    @return: C{{"models": [...]}}.
-    """
-    expires = isoTimestamp(nowNs + KEEP_ALIVE_NS)
-    models = []
-    for meta in catalog:
-        name = clientModelName(meta.id, tag)
-        models.append(
-            {
-                "name": name,
-                "model": name,
-                "size": 0,
-                "digest": modelDigest(name),
-                "details": details(meta),
-                "expires_at": expires,
-                "size_vram": 0,
-                "context_length": meta.contextLength,
-            }
-        )
-    return {"models": models}
-
-
-def modelDetails(family: str = "openai") -> JSON:
-    """
-    The C{details} object of C{/api/tags} and C{/api/show}.
-
-    Every string is non-null: Swift clients (OllamaKit) decode them as
-    non-optional and fail on C{null}.
-
-    @param family: the model family to report.
-    @return: a fresh dict.
-    """
-    return {
-        "parent_model": "",
-        "format": "openai",
-        "family": family,
-        "families": [family],
-        "parameter_size": "",
-        "quantization_level": "",
-    }
-
-
-def tagsFromModels(models: object, nowNs: int, tag: str = DEFAULT_TAG) -> JSON:
-    """
-    Build the C{/api/tags} body from an OpenAI model list.
-
-    @param models: the decoded C{GET /v1/models} body.
-    @param nowNs: the time to use when the backend gives no C{created}.
-    @param tag: the suffix for untagged ids.
-    @return: C{{"models": [...]}} in Ollama's list shape.
-    """
-    created: dict[str, int] = {}
-    for entry in models.get("data") or [] if isinstance(models, dict) else []:
-        if isinstance(entry, dict) and isinstance(entry.get("created"), int):
-            if entry["created"] > 0:
-                created.setdefault(entry.get("id"), entry["created"])  # type: ignore[arg-type]
-    result = []
-    for modelId in modelIds(models):
-        name = clientModelName(modelId, tag)
-        result.append(
-            {
-                "name": name,
-                "model": name,
-                "modified_at": createdTimestamp(created.get(modelId), nowNs),
-                "size": 0,
-                "digest": modelDigest(name),
-                "details": modelDetails(),
-            }
-        )
-    return {"models": result}

@@ -50,3 +50,14 @@ def loads(data: bytes | str) -> Any:
     @raise JSONDecodeError: if C{data} is not valid JSON.
     """
     return orjson.loads(data)
+
+
+def canonical(obj: object) -> bytes:
+    """
+    Encode C{obj} with sorted keys, so that equal values give equal bytes
+    (for digests).
+
+    @param obj: a JSON-compatible value.
+    @return: the encoded bytes.
+    """
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)

@@ -113,6 +113,24 @@ class Reply(NamedTuple):
     logprobs: list[JSON]
 
 
+def replyEvents(reply: Reply, end: int) -> list[Event]:
+    """
+    A whole answer as the events a stream of it would have carried, for
+    dialects that write a non-streamed backend answer as their own stream.
+
+    @param reply: the answer.
+    @param end: now (ns).
+    @return: its reasoning and text, tool calls, and finish.
+    """
+    events: list[Event] = []
+    if reply.content or reply.thinking:
+        events.append(Delta(reply.content, reply.thinking))
+    if reply.toolCalls:
+        events.append(ToolCalls(reply.toolCalls))
+    events.append(Finish(reply.reason, reply.usage, None, end))
+    return events
+
+
 class StreamEncoder(Protocol):
     """
     A client dialect's writer for one streamed reply.

@@ -11,7 +11,6 @@ L{NameIndex}, so a name is found everywhere or nowhere.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Callable, Generic, Iterable, Mapping, Sequence, TypeVar
 
 from ollama_proxy.protocol.errors import UpstreamError
@@ -67,7 +66,9 @@ class NameIndex(Generic[T]):
     without a trailing C{:<tag>} or C{:latest} is looked up the same way
     (so C{qwen3:8b:latest} finds C{qwen3:8b}).  The first backend to offer a
     listed name gets it; every other claim is reported once through
-    C{onClash}.
+    C{onClash}.  A name found no way exactly is looked up once more
+    ignoring case, as Ollama does, when that is unambiguous: C{PLAIN}
+    finds C{plain}, but not when C{Plain} is listed too.
     """
 
     def __init__(self, tag: str = DEFAULT_TAG) -> None:
@@ -76,6 +77,7 @@ class NameIndex(Generic[T]):
         """
         self.tag = tag
         self._index: dict[str, T] = {}
+        self._folded: dict[str, T | None] | None = None
 
     @classmethod
     def build(
@@ -131,12 +133,35 @@ class NameIndex(Generic[T]):
         @param name: the client's C{model} string.
         @return: what the name belongs to, or C{None}.
         """
-        found = self._index.get(name)
+        found = self._exact(self._index, name)
+        if found is None:
+            found = self._exact(self._foldedIndex(), name.lower())
+        return found
+
+    def _exact(self, table: Mapping[str, T | None], name: str) -> T | None:
+        found = table.get(name)
         if found is None:
             stripped = stripTag(name, self.tag)
             if stripped != name:
-                found = self._index.get(stripped)
+                found = table.get(stripped)
         return found
+
+    def _foldedIndex(self) -> dict[str, T | None]:
+        """
+        @return: the names in lower case, C{None} for those that two
+            different owners share (ambiguous, so resolved only exactly);
+            built on first use.
+        """
+        if self._folded is None:
+            folded: dict[str, T | None] = {}
+            for key, value in self._index.items():
+                lower = key.lower()
+                if lower in folded and folded[lower] != value:
+                    folded[lower] = None
+                else:
+                    folded.setdefault(lower, value)
+            self._folded = folded
+        return self._folded
 
     def guess(self, name: str) -> str:
         """
@@ -158,19 +183,6 @@ def clientModelName(modelId: str, tag: str = DEFAULT_TAG) -> str:
     @return: C{modelId} if it already has a tag, else C{modelId:tag}.
     """
     return modelId if ":" in modelId else f"{modelId}:{tag}"
-
-
-def modelDigest(name: str) -> str:
-    """
-    A stable, distinct 64-hex digest for a model name.
-
-    Clients such as the C{llm} CLI group models by digest, so every model
-    needs its own.
-
-    @param name: the listed model name.
-    @return: the SHA-256 of the name, in hex.
-    """
-    return hashlib.sha256(name.encode("utf-8")).hexdigest()
 
 
 def modelIds(models: object) -> list[str]:

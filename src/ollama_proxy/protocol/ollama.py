@@ -7,8 +7,9 @@ object, and the load/unload answer.
 Streams always end with a C{done: true} object carrying C{done_reason},
 token counts and durations (or, after a failure, an C{{"error"}} line,
 never a fake C{done}).  The backend reports no timings, so they are
-measured by the proxy: prompt evaluation is the time to the first token,
-evaluation the rest.
+measured by the proxy: in a stream, prompt evaluation is the time to the
+first token and evaluation the rest; a whole answer reports the one
+interval measured for both (L{wholeMetrics}).  No duration is made up.
 """
 
 from __future__ import annotations
@@ -67,6 +68,35 @@ def metrics(start: int, firstToken: int | None, end: int, usage: Usage) -> JSON:
         "prompt_eval_duration": max(1, first - start),
         "eval_count": usage.completionTokens if usage.completionTokens is not None else 0,
         "eval_duration": max(1, end - first),
+    }
+
+
+def wholeMetrics(start: int, end: int, usage: Usage) -> JSON:
+    """
+    Ollama's timing and token fields for a whole (non-streamed) answer.
+
+    A backend that answers whole does all its work before its first byte,
+    and the proxy cannot tell prompt evaluation from generation inside
+    that time.  So it reports the one interval it measured, from the
+    request's arrival to the answer's last byte, as both
+    C{prompt_eval_duration} and C{eval_duration}: each rate a client
+    computes from them is an end-to-end lower bound of the real one,
+    never the billions of tokens per second a made-up split (a 1 ns
+    C{eval_duration}) produced.
+
+    @param start: when the request arrived (ns).
+    @param end: when the answer's last byte arrived (ns).
+    @param usage: the backend's token counts.
+    @return: the metric fields.
+    """
+    elapsed = max(1, end - start)
+    return {
+        "total_duration": elapsed,
+        "load_duration": 0,
+        "prompt_eval_count": usage.promptTokens if usage.promptTokens is not None else 0,
+        "prompt_eval_duration": elapsed,
+        "eval_count": usage.completionTokens if usage.completionTokens is not None else 0,
+        "eval_duration": elapsed,
     }
 
 
@@ -247,7 +277,7 @@ def ollamaReply(reply: Reply, model: str, kind: Kind, start: int, end: int) -> J
     @param kind: C{"chat"} or C{"generate"} (text in C{response}, thinking
         and tool calls at the top level).
     @param start: request start (ns).
-    @param end: now (ns).
+    @param end: when the backend's answer was complete (ns).
     @return: the aggregated Ollama response.
     """
     createdAt = formatTimestamp(end)
@@ -269,7 +299,7 @@ def ollamaReply(reply: Reply, model: str, kind: Kind, start: int, end: int) -> J
     result["done_reason"] = doneReason(reply.reason)
     if reply.logprobs:
         result["logprobs"] = reply.logprobs
-    result.update(metrics(start, None, end, reply.usage))
+    result.update(wholeMetrics(start, end, reply.usage))
     if kind == "generate":
         result["context"] = []
     return result

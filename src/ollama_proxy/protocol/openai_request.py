@@ -222,6 +222,8 @@ def chatBody(request: ChatRequest, backendId: str, flavor: Flavor = GENERIC) -> 
         body["tools"] = list(request.tools)
     if request.toolChoice is not None:
         body["tool_choice"] = request.toolChoice
+    if request.parallelToolCalls is not None and request.tools:
+        body["parallel_tool_calls"] = request.parallelToolCalls
     thinkToOpenAI(request.think, body, flavor)
     if request.logprobs:
         # OpenAI rejects top_logprobs without logprobs, and Ollama ignores it

@@ -97,6 +97,9 @@ class ChatRequest:
     @ivar format: C{"json"}, a JSON schema, or C{None} for free text.
     @ivar tools: OpenAI-shaped tool definitions, forwarded as given.
     @ivar toolChoice: OpenAI's C{tool_choice} value, if the client set one.
+    @ivar parallelToolCalls: OpenAI's C{parallel_tool_calls}, if the client
+        set it (Anthropic's C{disable_parallel_tool_use}, Responses'
+        C{parallel_tool_calls}).
     @ivar logprobs: whether token log-probabilities are wanted.
     @ivar topLogprobs: how many alternatives per token (0..20), if any.
     """
@@ -109,6 +112,7 @@ class ChatRequest:
     format: str | JSON | None = None
     tools: tuple[Any, ...] = ()
     toolChoice: str | JSON | None = None
+    parallelToolCalls: bool | None = None
     logprobs: bool = False
     topLogprobs: int | None = None
 

@@ -18,6 +18,18 @@ from __future__ import annotations
 DEFAULT_MAX_LINE_LENGTH = 4 * 1024 * 1024
 
 
+def sseEvent(name: bytes, data: bytes) -> bytes:
+    """
+    Frame one named event, as Anthropic and the Responses API write them
+    (their SDKs dispatch on the C{event:} line).
+
+    @param name: the event type.
+    @param data: the JSON payload (one line).
+    @return: C{event: <name>}, C{data: <data>}, a blank line.
+    """
+    return b"event: " + name + b"\ndata: " + data + b"\n\n"
+
+
 class SSELineTooLong(ValueError):
     """
     An SSE line (or the pending data of one event) exceeded the cap.

@@ -206,7 +206,8 @@ class ModelOverride:
     """
     Settings for one backend model.
 
-    @ivar contextLength: reported by C{/api/show} as C{<family>.context_length}.
+    @ivar contextLength: reported by C{/api/tags}, C{/api/show}, C{/api/ps}.
+    @ivar maxOutputTokens: reported as C{max_output_tokens} (tags, show).
     @ivar capabilities: reported by C{/api/show}; C{None} leaves the
         proxy's guess.
     @ivar extra: fields merged into every upstream request body for the
@@ -217,6 +218,7 @@ class ModelOverride:
     """
 
     contextLength: int | None = None
+    maxOutputTokens: int | None = None
     capabilities: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
     options: Mapping[str, Any] = attrs.field(factory=dict)
@@ -239,8 +241,10 @@ class BackendConfig:
     @ivar models: ids always offered, listed or not.
     @ivar aliases: client-visible alias to backend model id.
     @ivar overrides: backend model id to its L{ModelOverride}.
+    @ivar native: the agent APIs (L{NATIVE_APIS}) relayed to the backend as
+        they are, model name mapped, instead of translated.
     @ivar flavor: which non-OpenAI request fields it takes (a name of
-        L{ollama_proxy.translate.FLAVOR_NAMES}); C{None} for the
+        L{ollama_proxy.protocol.flavors.FLAVOR_NAMES}); C{None} for the
         C{--backend-flavor} option's choice.
     """
 
@@ -254,6 +258,7 @@ class BackendConfig:
     aliases: Mapping[str, str] = attrs.field(factory=dict)
     overrides: Mapping[str, ModelOverride] = attrs.field(factory=dict)
     flavor: str | None = None
+    native: tuple[str, ...] = ()
 
     def offers(self, modelId: str) -> bool:
         """
@@ -366,9 +371,11 @@ def _typeName(value: Any) -> str:
 
 _BACKEND_KEYS = (
     "name", "url", "api_key", "api_key_file", "api_key_env",
-    "discover", "allow", "deny", "models", "aliases", "overrides", "flavor",
+    "discover", "allow", "deny", "models", "aliases", "overrides", "flavor", "native",
 )
-_OVERRIDE_KEYS = ("context_length", "capabilities", "extra", "options")
+NATIVE_APIS = ("messages", "responses")
+"""The agent APIs a backend may serve itself (C{native})."""
+_OVERRIDE_KEYS = ("context_length", "max_output_tokens", "capabilities", "extra", "options")
 
 
 def parseConfig(
@@ -469,6 +476,9 @@ def _parseBackend(
             raise check.fail(
                 key + ("flavor",), f"unknown flavor (expected one of: {', '.join(FLAVOR_NAMES)})"
             )
+    native = check.strings(table.get("native", []), key + ("native",))
+    if set(native) - set(NATIVE_APIS):
+        raise check.fail(key + ("native",), f"expected some of: {', '.join(NATIVE_APIS)}")
     discover = check.boolean(table.get("discover", True), key + ("discover",))
     allow = check.strings(table.get("allow", []), key + ("allow",))
     deny = check.strings(table.get("deny", []), key + ("deny",))
@@ -496,6 +506,7 @@ def _parseBackend(
         aliases=aliases,
         overrides=overrides,
         flavor=flavor,
+        native=native,
     )
 
 
@@ -508,9 +519,10 @@ def _parseOverride(check: _Checker, raw: Any, key: KeyPath) -> ModelOverride:
     """
     table = check.table(raw, key)
     check.known(table, key, _OVERRIDE_KEYS)
-    contextLength = None
-    if "context_length" in table:
-        contextLength = check.positiveInt(table["context_length"], key + ("context_length",))
+    contextLength, maxOutput = (
+        check.positiveInt(table[name], key + (name,)) if name in table else None
+        for name in ("context_length", "max_output_tokens")
+    )
     capabilities = None
     if "capabilities" in table:
         capabilities = check.strings(table["capabilities"], key + ("capabilities",))
@@ -526,9 +538,8 @@ def _parseOverride(check: _Checker, raw: Any, key: KeyPath) -> ModelOverride:
         if field in extra:
             raise check.fail(key + ("extra", field), "the proxy sets this field itself")
     options = check.table(table.get("options", {}), key + ("options",))
-    return ModelOverride(
-        contextLength=contextLength, capabilities=capabilities, extra=extra, options=options
-    )
+    return ModelOverride(contextLength=contextLength, maxOutputTokens=maxOutput,
+                         capabilities=capabilities, extra=extra, options=options)
 
 
 def _checkUnique(check: _Checker, backends: list[BackendConfig]) -> None:
@@ -536,7 +547,7 @@ def _checkUnique(check: _Checker, backends: list[BackendConfig]) -> None:
     Refuse two backends with one name, and a static model or alias that two
     backends (or an alias and a model) claim: the file says two different
     things about where a name goes.  (Names that only discovery reveals to
-    be shared are reported by L{ollama_proxy.models.Router} instead: the
+    be shared are reported by L{ollama_proxy.upstream.routing.Router} instead: the
     first backend wins.)
 
     @raise ConfigError: naming both places.

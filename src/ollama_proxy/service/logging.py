@@ -8,7 +8,7 @@ queried without parsing text.
 
 Two ways to turn it on:
 
-    - C{twistd --logger ollama_proxy.logging.jsonLogger ollama-proxy ...}:
+    - C{twistd --logger ollama_proxy.service.logging.jsonLogger ollama-proxy ...}:
       twistd's own option for a log observer factory.  The factory receives
       no arguments, so it writes to standard output (what systemd and
       container runtimes collect);
@@ -207,7 +207,7 @@ def useJSON(logfile: str | None, nodaemon: bool) -> None:
 def jsonLogger() -> ILogObserver:
     """
     The log observer factory for C{twistd --logger
-    ollama_proxy.logging.jsonLogger}: JSON lines on standard output, or
+    ollama_proxy.service.logging.jsonLogger}: JSON lines on standard output, or
     where L{useJSON} said (the plugin's C{--log-format json} does that).
 
     @return: the observer.

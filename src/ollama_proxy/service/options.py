@@ -93,6 +93,23 @@ SERVER_FORBIDDEN = frozenset(
 C{[[backend]]} tables."""
 
 
+class FileProblem(SystemExit):
+    """
+    A file the options name (C{--config}, a key file, C{--model-info})
+    cannot be used.  Not a C{UsageError}, for which twistd prints its whole
+    usage text: the option was right, the file is not, and one line
+    (C{proxy.toml:12: backend[1].url: ...}) says so; twistd ends with exit
+    status 1.  A reload (L{ollama_proxy.service.reload}) catches it and
+    keeps the running configuration.
+
+    @ivar message: the line, without the program name.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(f"ollama-proxy: {message}")
+
+
 def _positive(value: str) -> float:
     """
     @param value: text from the command line.
@@ -144,6 +161,9 @@ class Options(usage.Options):
          "Base URL of a real Ollama for paths the proxy cannot answer; empty disables it."],
         ["tag", None, "proxy", "Tag appended to backend model ids without one in /api/tags."],
         ["ollama-version", None, DEFAULT_VERSION, "Version reported by /api/version."],
+        ["remote-host", None, "auto",
+         "remote_host of the served models in /api/tags and /api/show: 'auto' for each "
+         "backend's scheme://host:port, '' for none, else this value."],
         ["model-info", None, None,
          "JSON (or .toml) file of per-model metadata overrides for /api/show, e.g. "
          '{"my-model": {"context_length": 131072, "capabilities": ["completion", "tools"]}}; '
@@ -179,6 +199,9 @@ class Options(usage.Options):
          "these options in [server]; the command line wins."],
         ["models-ttl", None, 60.0, "Seconds a backend's model list is reused; 0 lists on "
          "every /api/tags call.", _nonNegative],
+        ["metrics-dir", None, None,
+         "With --workers: the directory the workers share their metrics in (emptied at "
+         "start; default: a new temporary directory, removed at stop)."],
         ["log-format", None, "text", "text or json (one JSON object per line, for log "
          "shippers; honours twistd's --logfile).", _logFormat],
     ]
@@ -187,6 +210,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["cors-origin"] = []
+        self["allow-host"] = []
         self["backends"] = ()
         self.fileConfig: Config | None = None
         self._fileListen: list[str] = []
@@ -197,7 +221,7 @@ class Options(usage.Options):
         defaults, then parse the command line over them.
 
         @param options: the arguments (C{sys.argv[1:]} when C{None}).
-        @raise usage.UsageError: for an invalid file, with its line and key.
+        @raise FileProblem: for an invalid file, with its line and key.
         """
         import sys
 
@@ -210,7 +234,7 @@ class Options(usage.Options):
                 self.fileConfig = loadConfig(path)
                 self._applyServer(self.fileConfig)
             except ConfigError as e:
-                raise usage.UsageError(str(e)) from None
+                raise FileProblem(str(e)) from None
         super().parseOptions(argv)
 
     def _applyServer(self, config: Config) -> None:
@@ -230,6 +254,11 @@ class Options(usage.Options):
                 if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
                     raise config.error(key, "must be a string or a list of strings")
                 self._fileListen = list(items)
+            elif name in ("cors-origin", "allow-host"):
+                items = [value] if isinstance(value, str) else value
+                if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+                    raise config.error(key, "must be a string or a list of strings")
+                self[name] = list(items)
             elif name in SERVER_FORBIDDEN:
                 raise config.error(key, "cannot be set in [server]; use a [[backend]] table"
                                    if name != "config" else "cannot be set in the file")
@@ -246,7 +275,7 @@ class Options(usage.Options):
                 except ValueError as e:
                     raise config.error(key, str(e)) from None
             else:
-                known = sorted([*flags, *coercers, "listen"])
+                known = sorted([*flags, *coercers, "listen", "cors-origin", "allow-host"])
                 raise config.error(
                     key, f"unknown option (expected one of: {', '.join(known)})"
                 )
@@ -259,6 +288,16 @@ class Options(usage.Options):
         vscode-file:// are always allowed.
         """
         self["cors-origin"].append(pattern)
+
+    def opt_allow_host(self, pattern: str) -> None:
+        """
+        Also serve requests whose Host header is this name (repeatable; globs,
+        e.g. *.example.internal). Only matters when every --listen is on
+        loopback: then other names get a 403 against DNS rebinding, as with
+        Ollama. localhost, *.localhost, *.local, *.internal, this machine's
+        name and private or loopback IP addresses are always served.
+        """
+        self["allow-host"].append(pattern)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -280,8 +319,8 @@ class Options(usage.Options):
         Validate, and gather the result in L{settings}.  The parsed values
         themselves are left as given.
 
-        @raise usage.UsageError: for a missing or malformed URL, or an
-            unreadable key file.
+        @raise usage.UsageError: for a missing or malformed URL.
+        @raise FileProblem: for a file that cannot be read or used.
         """
         if self["config"] and self.fileConfig is None:
             # getopt accepted an abbreviation (--conf) that the early scan
@@ -304,7 +343,7 @@ class Options(usage.Options):
             try:
                 overrides = loadOverrides(self["model-info"])
             except ValueError as e:
-                raise usage.UsageError(f"--model-info: {e}")
+                raise FileProblem(f"--model-info {self['model-info']}: {e}") from None
         for name in ("max-body", "max-line", "pool-size", "workers"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
@@ -327,9 +366,11 @@ class Options(usage.Options):
                 with open(self["require-key-file"], encoding="utf-8") as f:
                     keys = readKeys(f.read())
             except OSError as e:
-                raise usage.UsageError(f"cannot read --require-key-file: {e.strerror}")
+                raise FileProblem(
+                    f"cannot read --require-key-file {self['require-key-file']}: {e.strerror}"
+                ) from None
             if not keys:
-                raise usage.UsageError("--require-key-file holds no key")
+                raise FileProblem(f"--require-key-file {self['require-key-file']} holds no key")
         else:
             keys = readKeys(self["require-key"] or os.environ.get(REQUIRE_KEY_ENV) or "")
         apiKey: str | None = None
@@ -368,9 +409,12 @@ class Options(usage.Options):
             demo=bool(self["demo"]),
             metrics=not self["no-metrics"],
             corsOrigins=tuple(self["cors-origin"]),
+            allowHosts=tuple(self["allow-host"]),
             modelsTTL=self["models-ttl"],
             logFormat=self["log-format"],
+            metricsDir=self["metrics-dir"],
             rawArgs=tuple(self.rawArgs),
+            remoteHost=self["remote-host"],
         )
         self._useOwnLog(self["log-format"])
 
@@ -380,14 +424,16 @@ class Options(usage.Options):
         C{--api-key}, then C{$OLLAMA_PROXY_API_KEY}.
 
         @return: the key, or C{None} for none.
-        @raise usage.UsageError: for an unreadable key file.
+        @raise FileProblem: for an unreadable key file.
         """
         if self["api-key-file"]:
             try:
                 with open(self["api-key-file"], encoding="utf-8") as f:
                     return f.read().strip()
             except OSError as e:
-                raise usage.UsageError(f"cannot read --api-key-file: {e.strerror}")
+                raise FileProblem(
+                    f"cannot read --api-key-file {self['api-key-file']}: {e.strerror}"
+                ) from None
         key: str | None = self["api-key"] or os.environ.get(API_KEY_ENV) or None
         return key
 

@@ -49,7 +49,13 @@ class Settings:
     @ivar corsOrigins: extra allowed browser origins.
     @ivar modelsTTL: seconds a model list or its metadata is reused.
     @ivar logFormat: C{text} or C{json}.
-    @ivar rawArgs: the arguments as given, for starting extra workers.
+    @ivar metricsDir: where workers share their metrics (C{None}: a new
+        temporary directory).
+    @ivar rawArgs: the arguments as given, for starting extra workers and
+        for reading them again on C{SIGHUP}.
+    @ivar allowHosts: C{Host} globs served besides the local names (when
+        every listener is on loopback).
+    @ivar remoteHost: C{--remote-host}: C{auto}, C{""} or a fixed value.
     """
 
     listen: tuple[str, ...]
@@ -80,7 +86,10 @@ class Settings:
     corsOrigins: tuple[str, ...]
     modelsTTL: float
     logFormat: str
+    metricsDir: str | None = None
     rawArgs: tuple[str, ...] = ()
+    allowHosts: tuple[str, ...] = ()
+    remoteHost: str = "auto"
 
     @property
     def target(self) -> str:

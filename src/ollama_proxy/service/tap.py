@@ -11,17 +11,24 @@ arguments.
 
 from __future__ import annotations
 
+import errno
+import sys
+import tempfile
+from types import TracebackType
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from ollama_proxy.protocol.flavors import flavorFor
+from ollama_proxy.service.listen import loopbackOnly, somaxconn, withBacklog
 from ollama_proxy.service.options import DEMO_LISTEN, Options
+from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, reload
 from ollama_proxy.service.settings import Settings
 from ollama_proxy.service.workers import (
     ParentWatch,
@@ -34,9 +41,10 @@ from ollama_proxy.upstream.cache import TTLCache
 from ollama_proxy.upstream.catalog import ModelDirectory
 from ollama_proxy.upstream.pool import ConnectionPool, makeClient
 from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
-from ollama_proxy.web.auth import requireKeys
+from ollama_proxy.web.auth import KeyGate, requireKeys
 from ollama_proxy.web.context import Fallback, ProxyContext
-from ollama_proxy.web.metrics import Metrics
+from ollama_proxy.web.cors import CORSResource, HostPolicy, OriginPolicy
+from ollama_proxy.web.metrics import Metrics, shareAcrossProcesses, sharedDirectory
 from ollama_proxy.web.site import ProxySite, makeSite
 from ollama_proxy.web.tree import buildRoot
 
@@ -65,6 +73,7 @@ def makeRouter(
             retries=settings.retries,
             maxRetryWait=settings.retryMaxWait,
             forwardClientKey=settings.forwardClientKey,
+            native=frozenset(backend.native),
         )
         cache = TTLCache(makeFetcher(client, backend), reactor, settings.modelsTTL, backend.name)
         entries.append(BackendModels(backend, client, cache))
@@ -75,8 +84,10 @@ class ModelListing(Service):
     """
     Lists every backend's models once at start-up, so that a backend that
     is down, or a model name that two backends offer, is in the log at once
-    rather than at the first request.  Only used with several backends: a
-    single one has no names to share, and is listed on first use as before.
+    rather than at the first request, the readiness probe has an answer,
+    and the metrics know the served names (a single backend is routed to
+    without waiting for a list, and its requests are labelled with the
+    names it listed).
     """
 
     log = Logger()
@@ -138,64 +149,176 @@ class DrainService(Service):
         return self.site.drain(self.grace)
 
 
+class StartupError(Exception):
+    """
+    The service cannot start, for a reason one line says (a port that is
+    taken).  L{oneLineErrors} prints just that line when it ends twistd.
+    """
+
+
+OLLAMA_PORT = 11434
+
+
+def listenFailure(error: CannotListenError) -> str:
+    """
+    @param error: why a port could not be bound.
+    @return: one line for the operator: which address, why, and for
+        Ollama's own port what to do about it.
+    """
+    reason = error.socketError
+    why = getattr(reason, "strerror", None) or str(reason)
+    where = f"{error.interface or '*'}:{error.port}"
+    line = f"ollama-proxy: cannot listen on {where}: {why}"
+    if error.port == OLLAMA_PORT and getattr(reason, "errno", None) == errno.EADDRINUSE:
+        line += (
+            " (probably Ollama itself, which listens there). Either move Ollama, e.g. to "
+            "the proxy's fallback port: OLLAMA_HOST=127.0.0.1:11505 ollama serve, or run "
+            "the proxy elsewhere: --listen tcp:11435:interface=127.0.0.1"
+        )
+    return line
+
+
+class ProxyService(MultiService):
+    """
+    The proxy's services; a port that cannot be bound becomes a
+    L{StartupError} with one clear line instead of a traceback.
+    """
+
+    log = Logger()
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            self._fail(e)
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except CannotListenError as e:
+            self._fail(e)
+
+    def _fail(self, error: CannotListenError) -> None:
+        line = listenFailure(error)
+        self.log.critical("{line}", line=line)
+        raise StartupError(line) from None
+
+
+def oneLineErrors() -> None:
+    """
+    Make a L{StartupError} that ends the process print its line alone (to
+    the original standard error, which twistd may have redirected into its
+    log) rather than a traceback; the exit status stays 1.  Other errors
+    keep Python's report.
+    """
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if isinstance(value, StartupError):
+            stream = sys.__stderr__ or sys.stderr
+            stream.write(f"{value}\n")
+            stream.flush()
+        else:
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build the proxy: one listening service per C{--listen} plus the pool
-    owner, the drain, and (as configured) workers and the demo backend.
+    owner, the drain, health, reload on C{SIGHUP}, and (as configured)
+    workers and the demo backend.
 
     @param options: parsed L{Options} (their L{Settings}).
-    @param reactor: the reactor; the global one when C{None}.
+    @param reactor: the reactor; the global one when C{None} (which also
+        means a real process: signals are handled and start-up failures
+        are one line).
     @return: a L{MultiService}.
     """
+    real = reactor is None
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
+        oneLineErrors()
     settings = options.settings
     http, pool = makeClient(reactor, settings.poolSize, settings.connectTimeout, ConnectionPool)
     router = makeRouter(settings, http, reactor)
-    fallback = (
-        Fallback(http, settings.fallback, reactor, settings.headerTimeout, settings.idleTimeout)
-        if settings.fallback else None
-    )
+
+    def makeFallback(current: Settings) -> Fallback | None:
+        if not current.fallback:
+            return None
+        return Fallback(http, current.fallback, reactor, current.headerTimeout,
+                        current.idleTimeout)
+
+    metricsDirectory: str | None = None
+    if settings.metrics and settings.workers > 1:
+        metricsDirectory = settings.metricsDir or tempfile.mkdtemp(prefix="ollama-proxy-metrics-")
+        shareAcrossProcesses(metricsDirectory, clean=True)
+    elif settings.metrics and settings.workerOf is not None:
+        metricsDirectory = sharedDirectory()
     ctx = ProxyContext(
-        models=ModelDirectory(router, settings.modelOverrides),
-        fallback=fallback,
+        models=ModelDirectory(router, settings.modelOverrides, settings.remoteHost),
+        fallback=makeFallback(settings),
         debug=settings.debug,
         maxLineLength=settings.maxLine,
         version=settings.version,
         corsOrigins=settings.corsOrigins,
-        metrics=Metrics() if settings.metrics else None,
+        metrics=Metrics(shared=metricsDirectory) if settings.metrics else None,
+        secrets=tuple(settings.requireKeys),
+        maxBody=settings.maxBody,
     )
     root = buildRoot(ctx)
-    if settings.requireKeys:
-        root = requireKeys(root, list(settings.requireKeys))
+    # Always gated, so that a reload can add the first key (no key: open).
+    root = requireKeys(root, list(settings.requireKeys))
+    assert isinstance(root, CORSResource) and isinstance(root.wrapped, KeyGate)
     site = makeSite(
         root,
         reactor,
         timeout=settings.clientTimeout,
         maxBody=settings.maxBody,
         bodyTimeout=settings.bodyTimeout,
+        metrics=ctx.metrics,
+        origins=OriginPolicy(settings.corsOrigins),
+        # Ollama's DNS-rebinding guard: only when nothing but loopback
+        # listens (a proxy reachable by other names is meant to be).
+        hosts=HostPolicy(settings.allowHosts) if loopbackOnly(settings.listen) else None,
     )
-    service = MultiService()
+    live = LiveConfig(settings, ctx, lambda current: makeRouter(current, http, reactor),
+                      makeFallback, root.wrapped, root, site)
+    service = ProxyService()
     shared = settings.workers > 1 or settings.workerOf is not None
+    backlog = somaxconn()
     for description in settings.listen:
+        # A burst of connections must wait in the accept queue, not in SYN
+        # retransmits: the kernel's ceiling unless --listen names one.
+        description = withBacklog(description, backlog)
         if shared:
             ReusePortService(reactor, description, site).setServiceParent(service)
         else:
             strports.service(description, site, reactor=reactor).setServiceParent(service)
     PoolService(pool).setServiceParent(service)
     DrainService(site, settings.shutdownGrace).setServiceParent(service)
+    workers: WorkerPool | None = None
     if settings.workers > 1:
-        WorkerPool(
+        workers = WorkerPool(
             reactor,
             settings.workers - 1,
             lambda parentPid: childArguments(list(settings.rawArgs), parentPid, settings.target),
-        ).setServiceParent(service)
+            stopTimeout=settings.shutdownGrace + 5.0,
+            metricsDirectory=metricsDirectory,
+            removeDirectory=not settings.metricsDir,
+        )
+        workers.setServiceParent(service)
     if settings.workerOf is not None:
         ParentWatch(reactor, settings.workerOf).setServiceParent(service)
-    if len(router.backends) > 1:
-        ModelListing(router).setServiceParent(service)
+    ModelListing(router).setServiceParent(service)
+    if real:
+        ReloadOnHangup(
+            reactor, lambda: reload(live, parser(settings.rawArgs)),
+            workers.signalAll if workers is not None else None,
+        ).setServiceParent(service)
     if settings.demo:
         from ollama_proxy.testing.fake_openai import FakeOpenAI
 

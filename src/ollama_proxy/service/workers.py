@@ -7,9 +7,10 @@ system with C{SO_REUSEPORT}), the twistd process binds each C{tcp:} port
 with C{SO_REUSEPORT} and starts N-1 copies of itself (C{twist ollama-proxy}
 with the same options) that bind the same ports the same way; the kernel
 then spreads new connections over the N listening sockets.  Every worker is
-a complete, independent proxy (its own upstream pool); nothing is shared, so
-nothing needs locking.  The workers stop when the parent stops, and stop on
-their own if the parent dies.
+a complete, independent proxy (its own upstream pool); nothing is shared but
+the metrics directory (see L{ollama_proxy.web.metrics}).  A worker that dies
+is restarted with backoff; the workers stop when the parent stops, and stop
+on their own if the parent dies.
 
 The alternative without this option is C{systemd} socket activation: one
 socket unit and several service instances each listening on
@@ -19,18 +20,23 @@ C{systemd:domain=INET:index=0} (see C{docs/performance.md}).
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import sys
 from typing import Any, Callable, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.error import CannotListenError, ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
+
+from ollama_proxy.web.metrics import processGone
 
 log = Logger()
 
@@ -42,7 +48,8 @@ def parseTCP(description: str) -> tuple[str, int, int]:
     @param description: e.g. C{tcp:11434:interface=127.0.0.1:backlog=1024}
         or C{tcp:port=11434}.
     @return: C{(interface, port, backlog)}; the interface defaults to all
-        IPv4 addresses and the backlog to Twisted's 50.
+        IPv4 addresses and the backlog to Twisted's 50 (L{makeService}
+        always names one: see L{ollama_proxy.service.listen.withBacklog}).
     @raise usage.UsageError: for any other kind of description.
     """
     kind, _, rest = description.partition(":")
@@ -111,9 +118,16 @@ class ReusePortService(Service):
     def startService(self) -> None:
         """
         Bind and hand the socket to the reactor (which keeps its own copy).
+
+        @raise CannotListenError: if the address cannot be bound, as
+            Twisted's own listeners raise it.
         """
         super().startService()
-        sock = reusePortSocket(*self.address)
+        interface, port, backlog = self.address
+        try:
+            sock = reusePortSocket(interface, port, backlog)
+        except OSError as e:
+            raise CannotListenError(interface, port, e) from None
         try:
             self.port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
         finally:
@@ -159,33 +173,83 @@ def childArguments(rawArgs: Sequence[str], parentPid: int, target: str | None = 
     return out + ["--worker-of", str(parentPid)]
 
 
+WORKER_MAIN = (
+    "import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "from twisted.application.twist._twist import Twist; sys.exit(Twist.main(sys.argv))"
+)
+"""A worker's program: C{python -m twisted} (C{twist}), but deaf to C{SIGHUP}
+from its first moment until its reload handler is installed.  The parent
+forwards a C{SIGHUP} to every worker, and one that is still starting would
+otherwise die of it (Twisted resets ignored signals in children, so the
+parent cannot pass C{SIG_IGN} on)."""
+
+
+def exitDescription(reason: BaseException) -> str:
+    """
+    @param reason: what C{processEnded} received.
+    @return: C{"exit status 3"}, C{"signal 9 (SIGKILL)"} or the reason.
+    """
+    if isinstance(reason, (ProcessTerminated, ProcessDone)):
+        if reason.signal is not None:
+            try:
+                name = signal.Signals(reason.signal).name
+            except ValueError:
+                name = "unknown"
+            return f"signal {reason.signal} ({name})"
+        return f"exit status {reason.exitCode}"
+    return str(reason)
+
+
 class _Worker(ProcessProtocol):
     """Watches one worker process."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, started: float) -> None:
         self.index = index
+        self.started = started
+        self.pid: int | None = None
+        self.reason: BaseException | None = None
         self.ended: Deferred[None] = Deferred()
 
     def processEnded(self, reason: Failure) -> None:
+        self.reason = reason.value
         self.ended.callback(None)
 
 
 class WorkerPool(Service):
     """
-    Start the extra workers with the parent, stop them with it.
+    Start the extra workers with the parent, restart any that dies, stop
+    them with the parent.
+
+    A worker that exits while the pool runs is logged with its pid and
+    exit status and started again after a delay that doubles with every
+    quick death (L{backoff}, up to L{maxBackoff}); one that ran for
+    L{stableAfter} seconds starts the count afresh.  After L{crashLimit}
+    quick deaths in a row the slot is given up, with a critical log line:
+    a worker that cannot start (a bad file read after a change, a port
+    conflict) would otherwise restart forever.  The other processes keep
+    serving.
 
     @ivar argv: the command line of a worker.
     @ivar count: how many workers to start.
     @ivar stopTimeout: seconds a worker gets to stop before C{SIGKILL}.
+    @ivar metricsDirectory: the shared metrics directory, whose live
+        gauges of a dead worker are dropped, or C{None}.
     """
 
     stopTimeout = 10.0
+    backoff = 1.0
+    maxBackoff = 30.0
+    stableAfter = 30.0
+    crashLimit = 5
 
     def __init__(
         self,
         reactor: Any,
         count: int,
         pluginArgs: Sequence[str] | Callable[[int], Sequence[str]],
+        stopTimeout: float | None = None,
+        metricsDirectory: str | None = None,
+        removeDirectory: bool = False,
     ) -> None:
         """
         @param pluginArgs: the workers' plugin arguments, or a function of
@@ -193,44 +257,108 @@ class WorkerPool(Service):
             L{startService}: under C{twistd} without C{-n} the service is
             built before twistd forks into the background, so only then is
             the parent's pid the one the workers must watch.
+        @param stopTimeout: seconds a worker gets to drain on stop.
+        @param metricsDirectory: the shared metrics directory, if any.
+        @param removeDirectory: remove that directory once every worker
+            has exited (it is a temporary one of this run).
         """
         self.reactor = reactor
         self.count = count
         self.pluginArgs = pluginArgs
+        if stopTimeout is not None:
+            self.stopTimeout = stopTimeout
+        self.metricsDirectory = metricsDirectory
+        self.removeDirectory = removeDirectory
         self.argv = self._argv()
-        self.processes: list[tuple[Any, _Worker]] = []
+        self.processes: dict[int, tuple[Any, _Worker]] = {}
+        self.quickDeaths: dict[int, int] = {}
+        self.pending: dict[int, Any] = {}
 
     def _argv(self) -> list[str]:
         """
         @return: a worker's command line, for the current process as parent.
         """
         args = self.pluginArgs(os.getpid()) if callable(self.pluginArgs) else self.pluginArgs
-        return [sys.executable, "-m", "twisted", "--log-format=text", "ollama-proxy", *args]
+        return [sys.executable, "-c", WORKER_MAIN, "--log-format=text", "ollama-proxy", *args]
 
     def startService(self) -> None:
         super().startService()
         self.argv = self._argv()
-        for index in range(self.count):
-            protocol = _Worker(index + 1)
-            process = self.reactor.spawnProcess(
-                protocol, self.argv[0], self.argv, env=os.environ.copy(),
-                childFDs={0: "w", 1: 1, 2: 2},
-            )
-            protocol.ended.addCallback(self._ended, protocol, process)
-            self.processes.append((process, protocol))
+        for index in range(1, self.count + 1):
+            self._spawn(index)
         log.info("started {n} extra worker(s)", n=self.count)
 
-    def _ended(self, result: None, protocol: _Worker, process: Any) -> None:
-        if self.running:
-            log.error("worker {index} (pid {pid}) exited", index=protocol.index, pid=process.pid)
+    def _spawn(self, index: int) -> None:
+        """
+        Start the worker of slot C{index}.
+        """
+        self.pending.pop(index, None)
+        protocol = _Worker(index, self.reactor.seconds())
+        process = self.reactor.spawnProcess(
+            protocol, self.argv[0], self.argv, env=os.environ.copy(),
+            childFDs={0: "w", 1: 1, 2: 2},
+        )
+        # Twisted forgets the pid once the process is reaped: keep it.
+        protocol.pid = process.pid
+        protocol.ended.addCallback(self._ended, protocol)
+        self.processes[index] = (process, protocol)
+
+    def _ended(self, result: None, protocol: _Worker) -> None:
+        """
+        A worker exited: forget its live gauges and, while the pool runs,
+        start it again (or give up on a crash loop).
+        """
+        if self.metricsDirectory is not None and protocol.pid is not None:
+            processGone(self.metricsDirectory, protocol.pid)
+        if not self.running:
+            return
+        index = protocol.index
+        lived = self.reactor.seconds() - protocol.started
+        deaths = 1 if lived >= self.stableAfter else self.quickDeaths.get(index, 0) + 1
+        self.quickDeaths[index] = deaths
+        how = exitDescription(protocol.reason or Exception("unknown"))
+        if deaths > self.crashLimit:
+            log.critical(
+                "worker {index} (pid {pid}) exited with {how}; it died {deaths} times in a row "
+                "within {stable:g}s of starting: not restarting it (the other processes keep "
+                "serving; see the lines above for why it fails, then restart the service)",
+                index=index, pid=protocol.pid, how=how, deaths=deaths,
+                stable=self.stableAfter,
+            )
+            return
+        delay = min(self.backoff * 2 ** (deaths - 1), self.maxBackoff)
+        log.error(
+            "worker {index} (pid {pid}) exited with {how} after {lived:.1f}s; "
+            "restarting it in {delay:g}s",
+            index=index, pid=protocol.pid, how=how, lived=lived, delay=delay,
+        )
+        self.pending[index] = self.reactor.callLater(delay, self._spawn, index)
+
+    def signalAll(self, name: str) -> None:
+        """
+        Send a signal to every running worker (C{HUP} to reload).
+
+        @param name: the signal name, e.g. C{"HUP"}.
+        """
+        for process, protocol in self.processes.values():
+            if not protocol.ended.called:
+                try:
+                    process.signalProcess(name)
+                except Exception:  # already gone
+                    pass
 
     def stopService(self) -> Deferred[Any]:  # type: ignore[override]
         """
-        @return: fires when every worker has exited.
+        @return: fires when every worker has exited (each drains its
+            streams for up to C{--shutdown-grace} on C{SIGTERM}).
         """
         super().stopService()
+        for call in self.pending.values():
+            if call.active():
+                call.cancel()
+        self.pending.clear()
         waits = []
-        for process, protocol in self.processes:
+        for process, protocol in self.processes.values():
             if protocol.ended.called:
                 continue
             try:
@@ -240,7 +368,18 @@ class WorkerPool(Service):
             kill = self.reactor.callLater(self.stopTimeout, self._kill, process)
             protocol.ended.addBoth(self._cancel, kill)
             waits.append(protocol.ended)
-        return DeferredList(waits)
+        done: Deferred[Any] = DeferredList(waits)
+        if self.removeDirectory and self.metricsDirectory is not None:
+            done.addCallback(self._removeDirectory)
+        return done
+
+    def _removeDirectory(self, result: object) -> object:
+        """
+        Remove this run's temporary metrics directory.
+        """
+        if self.metricsDirectory is not None:
+            shutil.rmtree(self.metricsDirectory, ignore_errors=True)
+        return result
 
     @staticmethod
     def _cancel(result: object, call: Any) -> object:

@@ -14,7 +14,8 @@ Models:
   - C{fake-model}: echoes a canned sentence word by word.
   - C{fake-reasoner}: streams C{reasoning_content} before its answer.
   - C{fake-tools}: calls the first tool in the request, with its arguments
-    split across chunks as real backends do.
+    split across chunks as real backends do; once the last message is a
+    tool result, it answers in text (so an agent's loop ends).
   - C{fake-thinktags}: reasons inline, C{<think>...</think>} at the start of
     C{content} with the tags split across deltas (as some vLLM set-ups
     stream DeepSeek-R1), then answers.
@@ -47,8 +48,8 @@ MODEL_INFO: dict[str, dict[str, Any]] = {
                    "supports_vision": True, "mode": "chat"},
     "fake-reasoner": {"max_input_tokens": 65536, "supports_function_calling": False,
                       "supports_reasoning": True, "mode": "chat"},
-    "fake-tools": {"max_input_tokens": 131072, "supports_function_calling": True,
-                   "mode": "chat"},
+    "fake-tools": {"max_input_tokens": 131072, "max_output_tokens": 8192,
+                   "supports_function_calling": True, "mode": "chat"},
     "fake-thinktags": {"max_input_tokens": 32768, "supports_function_calling": False,
                        "supports_reasoning": True, "mode": "chat"},
     "fake-embed": {"max_input_tokens": 512, "output_vector_size": 8, "mode": "embedding"},
@@ -323,7 +324,9 @@ class FakeOpenAI(Resource):
         deltas: list[dict[str, Any]] = []
         model = body["model"]
         tools = body.get("tools")
-        if model == "fake-tools" and tools:
+        messages = body.get("messages") or []
+        answered = bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+        if model == "fake-tools" and tools and not answered:
             name = tools[0].get("function", {}).get("name", "tool")
             arguments = codec.dumps({"city": "Paris", "unit": "celsius"}).decode()
             half = len(arguments) // 2

@@ -110,7 +110,7 @@ class ProxyHarness:
         )
         self.router = Router.single(self.backendClient, self.clock, ttl=ttl)
         self.ctx = ProxyContext(
-            models=ModelDirectory(self.router, overrides or {}),
+            models=ModelDirectory(self.router, overrides or {}, now=self.now),
             now=self.now,
             fallback=(
                 Fallback(self.fallbackStub, FALLBACK, self.clock, idleTimeout=idleTimeout)
@@ -260,7 +260,7 @@ class MultiBackendHarness(ProxyHarness):
             self.backends[config.name] = fake
             self.stubs.append(stub)
             client = Backend(stub, config.url, self.clock, apiKey=config.apiKey, name=config.name,
-                             idleTimeout=300.0)
+                             idleTimeout=300.0, native=frozenset(config.native))
             cache = TTLCache(makeFetcher(client, config), self.clock, ttl, config.name)
             entries.append(BackendModels(config, client, cache))
         self.backend = self.backends[configs[0].name]
@@ -268,7 +268,7 @@ class MultiBackendHarness(ProxyHarness):
         self.router = Router(entries, "proxy")
         self.backendClient = entries[0].backend
         self.ctx = ProxyContext(
-            models=ModelDirectory(self.router, {}),
+            models=ModelDirectory(self.router, {}, now=self.now),
             now=self.now,
             fallback=Fallback(self.fallbackStub, FALLBACK, self.clock),
             metrics=Metrics() if metrics else None,

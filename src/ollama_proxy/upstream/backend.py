@@ -148,20 +148,22 @@ class Backend:
     @ivar apiKey: sent as C{Authorization: Bearer}; never logged.
     @ivar headerTimeout: seconds to wait for response headers.
     @ivar flavor: which non-OpenAI request fields the server accepts (see
-        L{ollama_proxy.translate.Flavor}).
+        L{ollama_proxy.protocol.flavors.Flavor}).
     @ivar idleTimeout: seconds of silence after which the bodies that
         L{Backend} reads itself (error bodies, L{getJSON}) are abandoned;
         C{None} for no limit.
     @ivar retries: how many times a C{429 Too Many Requests} is retried by
         L{postJSON} (before any byte reached the client); 0 disables.
     @ivar forwardClientKey: send the client's own key (see
-        L{ollama_proxy.auth.clientKey}) upstream instead of L{apiKey} when the
+        L{ollama_proxy.upstream.backend.clientKey}) upstream instead of L{apiKey} when the
         client presented one.
     @ivar maxRetryWait: the longest C{Retry-After} honoured; a backend that
         asks for a longer pause gets its 429 passed on at once.
     @ivar name: the backend's configured name, for logs and metrics.
     @ivar onResponse: called with C{(name, seconds)} each time response
         headers arrive (the metrics' upstream latency), if set.
+    @ivar native: the agent APIs (C{"messages"}, C{"responses"}) the
+        server speaks itself: requests to them are relayed, not translated.
     """
 
     http: HTTPClient
@@ -176,6 +178,7 @@ class Backend:
     forwardClientKey: bool = False
     name: str = "default"
     onResponse: Callable[[str, float], None] | None = attrs.field(default=None, repr=False)
+    native: frozenset[str] = frozenset()
     base: str = attrs.field(init=False)
     _ready: dict[str, ReadyURL] = attrs.field(init=False, factory=dict, repr=False)
 
@@ -202,17 +205,23 @@ class Backend:
             ready = self._ready[path] = ReadyURL.fromText(self.url(path))
         return ready
 
-    def headers(self, extra: dict[bytes, list[bytes]] | None = None) -> dict[bytes, list[bytes]]:
+    def headers(
+        self, extra: dict[bytes, list[bytes]] | None = None, shared: bool = False
+    ) -> dict[bytes, list[bytes]]:
         """
         The headers for an upstream request.
 
         @param extra: headers to forward (hop-by-hop and auth already removed
             by the caller).
+        @param shared: the answer is cached for every client (model lists,
+            metadata): never the client's key, so that one client's key
+            cannot decide what the others see.
         @return: C{extra} plus C{Authorization} when a key is configured (or
-            the client's key, with L{forwardClientKey}).
+            the client's key, with L{forwardClientKey}, for a request that is
+            not L{shared}).
         """
         headers = dict(extra or {})
-        key = clientKey.get() if self.forwardClientKey else None
+        key = clientKey.get() if self.forwardClientKey and not shared else None
         if key is None and self.apiKey:
             key = self.apiKey.encode("utf-8")
         if key is not None:
@@ -318,13 +327,15 @@ class Backend:
 
     async def getJSON(self, path: str) -> Any:
         """
-        GET a JSON document from the backend.
+        GET a JSON document from the backend: the model lists and metadata
+        that are cached and shared by every client, so always with the
+        configured key (see L{headers}).
 
         @param path: the API path below C{/v1}.
         @return: the decoded body.
         @raise UpstreamError: on connection problems, non-2xx, or non-JSON.
         """
-        response = await self.request("GET", self.readyURL(path), headers=self.headers())
+        response = await self.request("GET", self.readyURL(path), headers=self.headers(shared=True))
         await raiseForStatus(response, self.reactor, self.idleTimeout)
         return await readJSON(response, self.reactor, self.idleTimeout)
 

@@ -6,8 +6,9 @@ list, the metadata catalog, and the route for a name.
 Everything comes from the per-backend L{ollama_proxy.upstream.cache.TTLCache}s
 held by the L{Router}'s L{BackendModels}: the model lists and LiteLLM's
 C{/v1/model/info}.  The catalog is a pure function of those values and the
-configured overrides (L{ollama_proxy.protocol.catalog.buildCatalog}); it is
-rebuilt only when one of them changed, and is never older than the TTL.
+configured overrides (L{ollama_proxy.protocol.catalog.buildCatalog}), plus
+each model's C{remote_host} (its backend's origin); it is rebuilt only when
+one of them changed, and is never older than the TTL.
 Names are resolved by the router's one L{ollama_proxy.protocol.names.NameIndex}.
 """
 
@@ -16,13 +17,29 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 
 from ollama_proxy.protocol.catalog import Facts, ModelMeta, buildCatalog
+from ollama_proxy.protocol.clock import Clock, wallClock
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import ProxyError
+from ollama_proxy.protocol.listing import modelDigest, remoteHost
+from ollama_proxy.protocol.names import clientModelName
 from ollama_proxy.service.config import CAPABILITIES, ModelOverride
 from ollama_proxy.upstream.routing import BackendModels, Entry, Route, Router
+
+
+AUTO = "auto"
+"""C{--remote-host auto}: each backend's own origin."""
+
+
+METADATA_WAIT = 5.0
+"""
+Seconds a catalog build waits for the metadata requests before it goes on
+with what is known: C{/api/tags} must not hang on a backend that is slow to
+describe its models (the VS Code extension, Zed and Copilot give up on the
+list).  The request itself runs on and fills the cache for the next call.
+"""
 
 
 def overrideFacts(override: ModelOverride) -> Facts:
@@ -31,11 +48,14 @@ def overrideFacts(override: ModelOverride) -> Facts:
     configuration file's per-model override.
 
     @param override: the model's settings.
-    @return: C{context_length} and the capability flags it sets.
+    @return: C{context_length}, C{max_output_tokens} and the capability
+        flags it sets.
     """
     facts: Facts = {}
     if override.contextLength is not None:
         facts["context_length"] = override.contextLength
+    if override.maxOutputTokens is not None:
+        facts["max_output_tokens"] = override.maxOutputTokens
     if override.capabilities is not None:
         for flag in sorted(CAPABILITIES - {"completion"}):
             facts[flag] = flag in override.capabilities
@@ -50,10 +70,19 @@ class ModelDirectory:
     @ivar router: the backends and their caches.
     @ivar overrides: the validated C{--model-info} file (model id, or
         C{"*"}, to facts).
+    @ivar remoteHost: C{--remote-host}: L{AUTO} for each backend's own
+        scheme, host and port, C{""} for none, else this value for every
+        model.
+    @ivar metadataWait: see L{METADATA_WAIT}.
+    @ivar now: the wall clock, for when a model was first seen.
     """
 
     router: Router
     overrides: Mapping[str, Facts] = attrs.field(factory=dict)
+    remoteHost: str = AUTO
+    metadataWait: float = METADATA_WAIT
+    now: Clock = wallClock
+    _seen: dict[str, tuple[str, int]] = attrs.field(factory=dict, init=False)
     _builtFrom: tuple[Any, ...] | None = attrs.field(default=None, init=False)
     _catalog: dict[str, ModelMeta] = attrs.field(factory=dict, init=False)
 
@@ -91,7 +120,9 @@ class ModelDirectory:
         good: one that is down would cost a connect timeout for nothing),
         merged with the overrides: the C{--model-info} file, then the
         configuration file's per-model C{context_length} and
-        C{capabilities}.  An alias gets the metadata of its model.
+        C{capabilities}.  An alias gets the metadata of its model.  A
+        metadata request that fails, or takes longer than C{metadataWait},
+        leaves that backend's last known metadata (or none).
 
         @return: metadata per model id (aliases included), in listing order.
         @raise ProxyError: if no backend's model list can be fetched.
@@ -102,13 +133,17 @@ class ModelDirectory:
             if candidate.config.discover and candidate.cache.error is None
             and candidate.cache.value is not None
         ]
+        clock = self.router.backends[0].cache.clock
         asks = [Deferred.fromCoroutine(candidate.info.get()) for candidate in asking]
-        infos: list[Any] = []
         for ask in asks:
+            if not ask.called:  # a warm cache answers at once: no timer needed
+                ask.addTimeout(self.metadataWait, clock)
+        infos: list[Any] = []
+        for candidate, ask in zip(asking, asks):
             try:
                 infos.append(await ask)
-            except ProxyError:
-                infos.append(None)
+            except (ProxyError, TimeoutError):
+                infos.append(candidate.info.value)
         key = (tuple(id(entry) for _, entry in merged), tuple(id(info) for info in infos))
         if key != self._builtFrom:
             self._catalog = self._build(merged, infos)
@@ -119,7 +154,8 @@ class ModelDirectory:
         self, merged: list[tuple[BackendModels, Entry]], infos: list[Any]
     ) -> dict[str, ModelMeta]:
         """
-        The pure merge behind L{catalog}.
+        The merge behind L{catalog}, and when each model was first seen
+        with its current metadata.
         """
         models = {"object": "list", "data": [entry for _, entry in merged]}
         info: Any = None
@@ -140,7 +176,29 @@ class ModelDirectory:
                 catalog[entry["id"]] = ModelMeta(
                     entry["id"], {**catalog[target].facts, **overrides.get(entry["id"], {})}
                 )
+        hosts: dict[str, str] = {}
+        for backend, entry in merged:
+            hosts.setdefault(entry["id"], self.hostOf(backend))
+        nowNs = self.now()
+        seen: dict[str, tuple[str, int]] = {}
+        for modelId, meta in catalog.items():
+            meta = attrs.evolve(meta, remoteHost=hosts.get(modelId, ""))
+            digest = modelDigest(meta, clientModelName(modelId, self.tag))
+            previous = self._seen.get(modelId)
+            seenNs = previous[1] if previous is not None and previous[0] == digest else nowNs
+            seen[modelId] = (digest, seenNs)
+            catalog[modelId] = attrs.evolve(meta, seenNs=seenNs)
+        self._seen = seen
         return catalog
+
+    def hostOf(self, backend: BackendModels) -> str:
+        """
+        @param backend: a configured backend.
+        @return: the C{remote_host} of its models.
+        """
+        if self.remoteHost == AUTO:
+            return remoteHost(backend.config.url)
+        return self.remoteHost
 
     async def served(self, name: str) -> ModelMeta | None:
         """
@@ -152,3 +210,27 @@ class ModelDirectory:
         if route is None:
             return None
         return catalog.get(route.listed or route.modelId)
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """
+        Whether the proxy can serve: at least one backend answered its model
+        list at its last check (checks are made at most one C{--models-ttl}
+        apart).  Lists older than the TTL are fetched again in the
+        background, so a probe never waits for a backend (a down one would
+        cost it a connect timeout), and the answer follows within one probe.
+
+        @return: C{(ready, state per backend)}; a state is C{"ok"}, the
+            error of the last check, or C{"not listed yet"}.
+        """
+        states: dict[str, str] = {}
+        for entry in self.router.backends:
+            cache = entry.cache
+            if not cache.fresh():
+                Deferred.fromCoroutine(cache.get()).addErrback(lambda _: None)
+            if cache.error is not None:
+                states[entry.name] = cache.error.message
+            elif cache.value is None:
+                states[entry.name] = "not listed yet"
+            else:
+                states[entry.name] = "ok"
+        return any(state == "ok" for state in states.values()), states

@@ -350,7 +350,7 @@ def makeClient(
         connect and the pool churns.
     @param connectTimeout: seconds to wait for a TCP connection.
     @param poolFactory: the pool class (the proxy uses
-        L{ollama_proxy.upstream.ConnectionPool}).
+        L{ollama_proxy.upstream.pool.ConnectionPool}).
     @return: the treq client and its pool (the caller closes the pool on
         shutdown).
     """

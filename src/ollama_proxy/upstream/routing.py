@@ -298,8 +298,18 @@ class Router:
             only = self.backends[0]
             self._reindex([(only, only.known())])
             found = self._index.resolve(name)
+            if found is None and name != name.lower() and only.cache.value is None:
+                # Only a listing can tell that "PLAIN" is the backend's
+                # "plain" (names are case-insensitive, as in Ollama).
+                await self.lists()
+                found = self._index.resolve(name)
             if found is not None:
                 return found
+            if only.cache.value is not None and not only.cache.fresh():
+                # A name the last list did not have: list again (in the
+                # background, the request does not wait), so that a model
+                # the backend added gets its own metrics label soon.
+                Deferred.fromCoroutine(only.cache.get()).addErrback(lambda _: None)
             modelId = self._index.guess(name)
             modelId = only.config.aliases.get(modelId, modelId)
             return Route(only.name, only.backend, modelId, only.config.override(modelId), False)
@@ -326,6 +336,9 @@ class Router:
         @param name: the client's model name.
         @return: the route, or C{None} when no listed model has the name.
         """
+        # A background listing may have brought a new list since the last
+        # index (rebuilt only when a list really changed).
+        self._reindex([(backend, backend.known()) for backend in self.backends])
         return self._index.resolve(name)
 
     def _reindex(self, lists: list[tuple[BackendModels, list[Entry] | None]]) -> None:

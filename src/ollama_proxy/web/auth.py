@@ -4,7 +4,8 @@ Inbound authentication and the per-request client key.
 
 L{KeyGate} wraps the root resource: every request must carry one of the
 configured keys as C{Authorization: Bearer <key>} or C{X-API-Key: <key>},
-except C{GET /} and C{HEAD /} (health checks) and C{OPTIONS} (CORS
+except C{GET /}, C{HEAD /} and C{/health/...} (health checks, see
+L{ollama_proxy.web.health}) and C{OPTIONS} (CORS
 preflights, which browsers send without credentials).  Keys are compared
 with L{hmac.compare_digest} against every configured key, so the time taken
 does not reveal how much of a guess was right.
@@ -24,7 +25,7 @@ from typing import Iterable
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from ollama_proxy.protocol import codec
+from ollama_proxy.protocol import anthropic, codec, responses
 
 
 def presentedKey(request: Request) -> bytes | None:
@@ -65,19 +66,26 @@ def readKeys(text: str) -> list[str]:
 
 class Unauthorized(Resource):
     """
-    The answer to a request without a valid key: 401 with Ollama's JSON
-    error shape and a C{WWW-Authenticate} challenge.
+    The answer to a request without a valid key: 401 with the JSON error
+    shape of the route's dialect (Ollama's, or Anthropic's and OpenAI's on
+    the agent routes, whose SDKs read their own) and a C{WWW-Authenticate}
+    challenge.
     """
 
     isLeaf = True
 
     def render(self, request: Request) -> bytes:  # type: ignore[override]
         """
-        @return: C{{"error": "unauthorized"}}.
+        @return: C{{"error": "unauthorized"}}, or the agent dialect's error.
         """
         request.setResponseCode(401)
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"WWW-Authenticate", b'Bearer realm="ollama-proxy"')
+        path = request.path or b""
+        if path.startswith(b"/v1/messages"):
+            return codec.dumps(anthropic.errorObject(401, "unauthorized"))
+        if path.startswith(b"/v1/responses"):
+            return codec.dumps(responses.errorObject(401, "unauthorized"))
         return codec.dumps({"error": "unauthorized"})
 
 
@@ -87,15 +95,14 @@ class KeyGate(Resource):
     otherwise delegates traversal to the wrapped root.
 
     @ivar wrapped: the real root.
-    @ivar keys: the accepted keys (bytes).
+    @ivar keys: the accepted keys (bytes); none admits every request (a
+        reload may remove the last key, or add the first).
     """
 
     def __init__(self, wrapped: IResource, keys: Iterable[str]) -> None:
         super().__init__()
         self.wrapped = wrapped
         self.keys = [key.encode("utf-8") for key in keys]
-        if not self.keys:
-            raise ValueError("KeyGate needs at least one key")
         self._unauthorized = Unauthorized()
 
     def allowed(self, request: Request) -> bool:
@@ -116,8 +123,10 @@ class KeyGate(Resource):
         preflights pass without one.
         """
         method = request.method
-        isHealthCheck = path == b"" and not request.postpath and method in (b"GET", b"HEAD")
-        if method == b"OPTIONS" or isHealthCheck or self.allowed(request):
+        isHealthCheck = method in (b"GET", b"HEAD") and (
+            (path == b"" and not request.postpath) or path == b"health"
+        )
+        if method == b"OPTIONS" or isHealthCheck or not self.keys or self.allowed(request):
             child: IResource = self.wrapped.getChildWithDefault(path, request)
             return child
         return self._unauthorized
@@ -133,11 +142,11 @@ class KeyGate(Resource):
 def requireKeys(root: IResource, keys: Iterable[str]) -> IResource:
     """
     Put a L{KeyGate} in front of C{root}'s resources, but behind a CORS
-    wrapper if there is one (L{ollama_proxy.cors.CORSResource}): preflights
+    wrapper if there is one (L{ollama_proxy.web.cors.CORSResource}): preflights
     are then answered by the CORS layer, and a 401 still carries the CORS
     headers, so a browser sees the real error rather than a CORS failure.
 
-    @param root: what L{ollama_proxy.resources.buildRoot} returned.
+    @param root: what L{ollama_proxy.web.tree.buildRoot} returned.
     @param keys: the accepted keys.
     @return: the root to serve.
     """

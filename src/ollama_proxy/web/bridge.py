@@ -30,12 +30,19 @@ from ollama_proxy.protocol.errors import (
 )
 from ollama_proxy.protocol.events import Finish, Usage
 from ollama_proxy.protocol.ollama_request import requireObject
+from ollama_proxy.protocol.redact import Redactor, StreamRedactor
 from ollama_proxy.upstream.backend import clientKey, redactHeaders
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.metrics import OTHER
-from ollama_proxy.web.observe import logRequest, modelLabel, upstreamErrorKind
+from ollama_proxy.web.observe import (
+    OBSERVED,
+    logRequest,
+    modelLabel,
+    noteRoute,
+    upstreamErrorKind,
+)
 
 NDJSON = b"application/x-ndjson"
 JSON_TYPE = b"application/json; charset=utf-8"
@@ -76,9 +83,14 @@ class Exchange:
     @ivar firstToken: ns from arrival to the first generated token (streams).
     @ivar upstreamError: the kind of upstream failure that ended the
         request (see L{ollama_proxy.web.observe.upstreamErrorKind}), if any.
+    @ivar guessed: the model name, when it was sent to the only backend
+        without a listing naming it (its label is looked up again at the
+        end, against the lists known then).
     @ivar streamError: encodes a mid-stream error in the dialect being
         streamed (set by L{ollama_proxy.web.chat.answer}); without it the
         funnel goes by the response's content type.
+    @ivar redactor: the proxy's secrets, replaced in upstream text before
+        it reaches the client (see L{redactText}, L{redactData}).
     """
 
     request: Request
@@ -92,7 +104,35 @@ class Exchange:
     tokensOut: int | None = None
     firstToken: int | None = None
     upstreamError: str | None = None
+    guessed: str | None = None
     streamError: Callable[[str], bytes] | None = None
+    redactor: Redactor = attrs.field(factory=Redactor, repr=False)
+
+    def _clientKey(self) -> list[str | None]:
+        key = presentedKey(self.request)
+        return [key.decode("utf-8", "replace")] if key else []
+
+    def redactText(self, text: str) -> str:
+        """
+        @param text: an error message that may quote upstream text.
+        @return: C{text} without any secret the proxy holds, the client's
+            own key included (it may be the one forwarded upstream).
+        """
+        return self.redactor.text(text, self._clientKey())
+
+    def redactStream(self) -> StreamRedactor | None:
+        """
+        @return: a redactor for a body relayed in pieces, or C{None} when
+            the proxy holds no secret to look for.
+        """
+        return self.redactor.stream(self._clientKey())
+
+    def redactData(self, data: bytes) -> bytes:
+        """
+        @param data: a relayed upstream body.
+        @return: C{data} without any secret the proxy holds.
+        """
+        return self.redactor.data(data, self._clientKey())
 
     def noteUsage(self, usage: Usage) -> None:
         """
@@ -197,6 +237,8 @@ class ProxyResource(Resource):
         route = await self.ctx.models.route(name)
         ex.backend = route.name
         ex.modelLabel = modelLabel(route.known, route.modelId)
+        if not route.known:
+            ex.guessed = name
         return route
 
     def _handler(self, method: str) -> Handler | None:
@@ -220,9 +262,13 @@ class ProxyResource(Resource):
                 name[len("handle_") :] for name in dir(self) if name.startswith("handle_")
             )
             request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
+            # Logged and counted by the site when the answer is finished.
+            noteRoute(request, self.routeLabel(request))
             return self.errorBody(request, 405, f"method {method} not allowed")
         body = request.content.read() if request.content is not None else b""
-        ex = Exchange(request, body, self.ctx.now(), ClientState(request))
+        ex = Exchange(
+            request, body, self.ctx.now(), ClientState(request), redactor=self.ctx.redactor
+        )
         if self.ctx.debug:
             self.log.debug(
                 "request {method} {uri} headers={headers} body={body}",
@@ -266,8 +312,15 @@ class ProxyResource(Resource):
             self.log.failure("unexpected error handling {uri}", uri=request.uri)
             self._fail(ex, 500, "internal proxy error; see the proxy log")
         finally:
+            # Observed here, with the exchange's details, not by the site.
+            setattr(request, OBSERVED, True)
             if not ex.client.gone:
                 request.finish()
+            if ex.guessed is not None:
+                # Sent on a guess: a listing made meanwhile may know it.
+                known = self.ctx.models.router.lookup(ex.guessed)
+                if known is not None:
+                    ex.modelLabel = known.modelId
             logRequest(ex, self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
 
     def _fail(self, ex: Exchange, status: int, message: str) -> None:
@@ -280,6 +333,10 @@ class ProxyResource(Resource):
         """
         if ex.client.gone:
             return
+        # The one place every error passes, whatever the dialect: upstream
+        # text (a gateway that echoes the Authorization header) loses the
+        # proxy's secrets before errorBody or streamError shape it.
+        message = ex.redactText(message)
         request = ex.request
         if request.startedWriting:
             if ex.streamError is not None:

@@ -13,15 +13,27 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 
 from ollama_proxy.protocol.clock import Clock, wallClock
+from ollama_proxy.protocol.redact import Redactor
 from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.upstream.backend import HTTPClient
 from ollama_proxy.upstream.catalog import ModelDirectory
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.observe import watchUpstream
+from ollama_proxy.web.site import DEFAULT_MAX_BODY
 
-DEFAULT_VERSION = "0.13.5"
-"""What C{/api/version} reports: a current-looking Ollama release (Copilot
-refuses anything below 0.6.4)."""
+DEFAULT_VERSION = "0.32.15"
+"""
+What C{/api/version} reports: the newest Ollama release (0.33.0 was still a
+release candidate) whose client-facing surface the proxy
+serves -- C{/v1/responses} (0.13.3), C{/v1/messages} (0.14),
+C{/api/tags} with C{capabilities} and C{details.context_length}
+(0.30.0), C{/api/status} (0.16.2), C{/api/experimental/model-recommendations}
+(0.22.1), C{model_info} always in show (0.14.3), C{/api/ps}
+C{context_length}.  Clients gate on it: Copilot needs 0.6.4, Codex 0.13.4
+for the Responses API (C{/v1/responses}).  Plain C{MAJOR.MINOR.PATCH}, which
+Codex's semver, Copilot's C{parseInt} split and Open WebUI's C{int} split
+all parse.
+"""
 
 
 @attrs.frozen
@@ -60,6 +72,14 @@ class ProxyContext:
     @ivar metrics: the Prometheus metrics, or C{None} for none (and no
         C{/metrics}); when set, every backend reports its header latency to
         them.
+    @ivar secrets: secrets the proxy holds besides the backends' keys (the
+        inbound keys of C{--require-key}).
+    @ivar redactor: replaces every backend key and every one of L{secrets}
+        in upstream text before it reaches a client.
+    @ivar maxBody: the request body cap, applied again to the decompressed
+        size of compressed bodies (the site only sees the wire size).
+    @ivar pingInterval: seconds between keep-alive events on the agent
+        routes' streams (Claude Code gives up after about 20 s of silence).
     """
 
     models: ModelDirectory
@@ -70,10 +90,30 @@ class ProxyContext:
     version: str = DEFAULT_VERSION
     corsOrigins: tuple[str, ...] = ()
     metrics: Metrics | None = None
+    secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
+    maxBody: int = DEFAULT_MAX_BODY
+    pingInterval: float = 10.0
+    _redactor: tuple[ModelDirectory, tuple[str, ...], Redactor] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.metrics is not None:
             watchUpstream(self.metrics, [entry.backend for entry in self.models.router.backends])
+
+    @property
+    def redactor(self) -> Redactor:
+        """
+        Every backend key and every one of L{secrets}, as they are now: a
+        reload (C{SIGHUP}) replaces L{models} and L{secrets}, and the
+        redactor is rebuilt on the next request.
+        """
+        cached = self._redactor
+        if cached is None or cached[0] is not self.models or cached[1] != self.secrets:
+            cached = self._redactor = (self.models, self.secrets, Redactor(
+                [*(entry.backend.apiKey for entry in self.models.router.backends), *self.secrets]
+            ))
+        return cached[2]
 
     @property
     def tag(self) -> str:

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.web.test_cors -*-
 """
-Cross-origin requests, allowed the way Ollama allows them (C{OLLAMA_ORIGINS}
+Browser protections: cross-origin requests, allowed the way Ollama allows them (C{OLLAMA_ORIGINS}
 plus its built-in list), so browser-based clients -- Obsidian
 (C{app://obsidian.md}), VS Code webviews, Tauri apps, pages on localhost --
 work against the proxy as they do against Ollama.
@@ -10,11 +10,19 @@ headers to responses for allowed origins, answers preflight C{OPTIONS}
 itself, and leaves everything else to the wrapped tree.  A disallowed
 origin simply gets no CORS headers (the browser then blocks the page);
 its preflight is refused with a 403.
+
+L{HostPolicy} is the other browser protection Ollama has: against DNS
+rebinding.  A page on C{evil.example} whose name is re-pointed at
+127.0.0.1 is same-origin with the proxy, so CORS never applies, and it could
+spend the backend key.  When every listener is on loopback, only local
+C{Host} names are served (see L{ollama_proxy.web.site}).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
+import socket
 from typing import Any, Iterable
 
 from twisted.web.resource import IResource, Resource
@@ -78,6 +86,74 @@ class OriginPolicy:
         return any(fnmatch.fnmatchcase(origin, pattern) for pattern in self.patterns)
 
 
+def corsHeaders(policy: OriginPolicy, origin: bytes | None) -> list[tuple[bytes, bytes]]:
+    """
+    The response headers a request's origin is due, for any answer (the
+    site's own 408, 413 and 503 as well as the resources').
+
+    @param policy: the allowed origins.
+    @param origin: the request's C{Origin} header, if any.
+    @return: C{Vary: Origin} for any origin, plus
+        C{Access-Control-Allow-Origin} for an allowed one.
+    """
+    if origin is None:
+        return []
+    headers = [(b"Vary", b"Origin")]
+    if policy.allows(origin.decode("latin-1")):
+        headers.append((b"Access-Control-Allow-Origin", origin))
+    return headers
+
+
+LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
+"""Names that never resolve outside the machine or its network (Ollama's
+list)."""
+
+
+class HostPolicy:
+    """
+    Which C{Host} names a loopback-only proxy serves, as Ollama's
+    C{allowedHostsMiddleware}: C{localhost}, names under C{.localhost},
+    C{.local} and C{.internal}, the machine's own name, IP literals that
+    are loopback, private or unspecified (rebinding needs a name), no
+    C{Host} at all, and the globs of C{--allow-host}.
+
+    @ivar patterns: the extra globs, lower-case.
+    @ivar hostname: the machine's own name, lower-case.
+    """
+
+    def __init__(self, extra: Iterable[str] = (), hostname: str | None = None) -> None:
+        self.patterns = tuple(p.lower() for p in extra if p)
+        self.hostname = (hostname if hostname is not None else socket.gethostname()).lower()
+
+    def allows(self, host: bytes | None) -> bool:
+        """
+        @param host: the request's C{Host} header (with or without a port).
+        @return: whether the request may be served.
+        """
+        if not host:
+            return True
+        name = _hostName(host.decode("latin-1").strip().lower())
+        if name in ("", "localhost", self.hostname) or name.endswith(LOCAL_SUFFIXES):
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.patterns)
+        return address.is_loopback or address.is_private or address.is_unspecified
+
+
+def _hostName(host: str) -> str:
+    """
+    @param host: a C{Host} value: C{name}, C{name:port}, C{[v6]:port}.
+    @return: the name without the port and brackets.
+    """
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host
+
+
 def _forbidden(request: Request) -> bytes:
     request.setResponseCode(403)
     request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
@@ -135,11 +211,10 @@ class CORSResource(Resource):
         origin = request.getHeader(b"Origin")
         if origin is None:
             return None
-        request.responseHeaders.addRawHeader(b"Vary", b"Origin")
-        if not self.policy.allows(origin.decode("latin-1")):
-            return False
-        request.setHeader(b"Access-Control-Allow-Origin", origin)
-        return True
+        headers = corsHeaders(self.policy, origin)
+        for name, value in headers:
+            request.responseHeaders.addRawHeader(name, value)
+        return len(headers) > 1
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
         allowed = self._decorate(request)

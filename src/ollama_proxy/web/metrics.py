@@ -17,14 +17,25 @@ Label values are bounded: C{route} is one of the proxy's own paths, C{model}
 is a model name some backend offers (anything else a client sends is
 counted as C{"other"}), C{backend} a configured name, C{kind} one of a few
 error kinds.
+
+With C{--workers}, every process writes its values to files in one shared
+directory (C{prometheus_client}'s multiprocess mode, L{shareAcrossProcesses})
+and a scrape, whichever process answers it, renders the sum of all of them
+(L{Metrics.render} through C{MultiProcessCollector}).  The library chooses
+its value store from C{PROMETHEUS_MULTIPROC_DIR} when it is imported; the
+parent process learns it runs workers only after that, so the switch sets
+the variable (the workers inherit it) and the store for this process.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0)
@@ -35,6 +46,58 @@ _M = TypeVar("_M", Counter, Histogram)
 OTHER = "other"
 """The C{model} label of names no backend offers."""
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Where C{prometheus_client} keeps the per-process value files."""
+
+
+def shareAcrossProcesses(directory: str, clean: bool = False) -> None:
+    """
+    Put this process's metrics (those created after the call) in files
+    under C{directory}, and have the processes it starts do the same.
+
+    @param directory: the directory every worker shares.
+    @param clean: remove the value files of earlier runs (the parent does,
+        before it starts any worker: counters of a process long gone would
+        otherwise be added to the new ones).
+    """
+    os.makedirs(directory, exist_ok=True)
+    if clean:
+        for stale in glob.glob(os.path.join(directory, "*.db")):
+            os.remove(stale)
+    os.environ[MULTIPROC_ENV] = directory
+    values.ValueClass = values.MultiProcessValue()
+
+
+def sharedDirectory() -> str | None:
+    """
+    @return: the directory of L{shareAcrossProcesses} when this process
+        writes its metrics there (a worker inherits it), else C{None}.
+    """
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory and values.ValueClass is not values.MutexValue:
+        return directory
+    return None
+
+
+def singleProcess() -> None:
+    """
+    Undo L{shareAcrossProcesses} for metrics created after the call (for
+    tests that build a multi-worker service in their own process).
+    """
+    os.environ.pop(MULTIPROC_ENV, None)
+    values.ValueClass = values.MutexValue
+
+
+def processGone(directory: str, pid: int) -> None:
+    """
+    Drop a dead worker's live gauge values (C{active_streams}); its
+    counters and histograms stay in the sum, so totals never go down.
+
+    @param directory: the shared directory.
+    @param pid: the worker's process id.
+    """
+    mark_process_dead(pid, directory)
+
 
 class Metrics:
     """
@@ -43,10 +106,14 @@ class Metrics:
     @ivar registry: the registry they are in, rendered by L{render}.
     """
 
-    def __init__(self, namespace: str = "ollama_proxy") -> None:
+    def __init__(self, namespace: str = "ollama_proxy", shared: str | None = None) -> None:
         """
         @param namespace: the metric name prefix.
+        @param shared: the directory of L{shareAcrossProcesses} when this
+            process is one of several workers: a scrape then renders every
+            worker's values, summed.
         """
+        self.shared = shared
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[Any, ...], Any] = {}
         r = self.registry
@@ -74,7 +141,7 @@ class Metrics:
         )
         self.activeStreams = Gauge(
             "active_streams", "Responses being streamed to clients now.",
-            namespace=namespace, registry=r,
+            namespace=namespace, registry=r, multiprocess_mode="livesum",
         )
         self.upstreamErrors = Counter(
             "upstream_errors", "Upstream failures by backend and kind (connect, "
@@ -109,4 +176,8 @@ class Metrics:
         @return: the body and its content type.
         """
         encoder, contentType = choose_encoder(accept or "")
-        return encoder(self.registry), contentType
+        registry = self.registry
+        if self.shared is not None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, self.shared)
+        return encoder(registry), contentType

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.web.test_models -*-
 """
 The Ollama dialect's model routes: C{/api/tags}, C{/api/show}, C{/api/ps},
-and the management routes (pull, delete, copy, create, push, blobs), which
+C{/api/experimental/model-recommendations}, C{/api/status}, and the
+management routes (pull, delete, copy, create, push, blobs), which
 the proxy answers for the models it serves and forwards to the fallback
 Ollama for the rest.
 """
@@ -9,19 +10,21 @@ Ollama for the rest.
 from __future__ import annotations
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.catalog import (
-    ModelMeta,
-    psResponse,
-    showResponse,
-    tagsFromModels,
-)
-from ollama_proxy.protocol.clock import formatTimestamp
+from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.listing import (
+    STATUS,
+    psResponse,
+    recommendations,
+    showResponse,
+    tagsResponse,
+)
 from ollama_proxy.protocol.errors import (
     BadRequest,
     NotFound,
     ProxyError,
 )
+from ollama_proxy.protocol.management import Route, checkFields, checkName, modelName
 from ollama_proxy.protocol.ollama_request import requireModel, streamFlag
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.fallback import forwardToFallback
@@ -29,56 +32,29 @@ from ollama_proxy.web.fallback import forwardToFallback
 
 class Tags(ProxyResource):
     """
-    C{GET /api/tags}: the backend's C{/v1/models} in Ollama's list shape.
+    C{GET /api/tags}: the served models in Ollama's list shape, with their
+    capabilities and context lengths (Ollama 0.30+).
 
-    The body is built once per model list: while the merged list is equal
-    to the last one (the backends' lists are cached for C{--models-ttl}),
-    the last body is answered again.  A list in which some model has no
-    usable C{created} reports the current time as its C{modified_at}, so it
-    is built anew each time.
+    The body is built once per catalog (which changes only when a backend's
+    list or metadata was fetched again, at most once per C{--models-ttl}),
+    so a warm call costs what listing the cached models costs; a cold one
+    waits for the lists and then one round of metadata requests.
     """
 
-    _last: tuple[object, str, JSON] | None = None
+    _builtFrom: dict[str, ModelMeta] | None = None
+    _body: JSON | None = None
 
     async def handle_GET(self, ex: Exchange) -> JSON:
-        models = await self.ctx.models.listModels()
-        data = models.get("data") if isinstance(models, dict) else None
-        tag = self.ctx.tag
-        last = self._last
-        if last is not None and last[1] == tag and last[0] == data:
-            return last[2]
-        # Built at the epoch first: no usable `created` formats as it, so
-        # a body without it does not depend on the time.
-        tags = _uniqueNames(tagsFromModels(models, 0, tag))
-        epoch = formatTimestamp(0)
-        if any(entry["modified_at"] == epoch for entry in tags["models"]):
-            self._last = None
-            return _uniqueNames(tagsFromModels(models, self.ctx.now(), tag))
-        self._last = (data, tag, tags)
-        return tags
-
-
-def _uniqueNames(tags: JSON) -> JSON:
-    """
-    Backend ids "x" and "x:proxy" would both be listed as "x:proxy": list
-    each name once.
-
-    @param tags: a C{/api/tags} body.
-    @return: it, each name once.
-    """
-    seen: set[str] = set()
-    unique = []
-    for entry in tags["models"]:
-        if entry["name"] not in seen:
-            seen.add(entry["name"])
-            unique.append(entry)
-    tags["models"] = unique
-    return tags
+        catalog = await self.ctx.models.catalog()
+        if catalog is not self._builtFrom or self._body is None:
+            self._body = tagsResponse(catalog.values(), self.ctx.now(), self.ctx.tag)
+            self._builtFrom = catalog
+        return self._body
 
 
 class Show(ProxyResource):
     """
-    C{POST /api/show}: the model's metadata (see L{ollama_proxy.catalog}).
+    C{POST /api/show}: the model's metadata (see L{ollama_proxy.protocol.catalog}).
     """
 
     async def handle_POST(self, ex: Exchange) -> JSON:
@@ -102,30 +78,58 @@ class Ps(ProxyResource):
         return psResponse(models.values(), self.ctx.now(), self.ctx.tag)
 
 
+class Recommendations(ProxyResource):
+    """
+    C{GET /api/experimental/model-recommendations}: the served models fit
+    for agents (the VS Code extension and C{ollama launch} ask at start-up).
+    """
+
+    async def handle_GET(self, ex: Exchange) -> JSON:
+        catalog = await self.ctx.models.catalog()
+        return recommendations(catalog.values(), self.ctx.tag)
+
+
+class Status(ProxyResource):
+    """
+    C{GET /api/status}: cloud models are off (see
+    L{ollama_proxy.protocol.listing.STATUS}).
+    """
+
+    async def handle_GET(self, ex: Exchange) -> JSON:
+        return STATUS
+
+
 class ModelManagement(ProxyResource):
     """
     Base for Ollama's model-management routes.  The proxy answers what it
     can for the models it serves; the fallback Ollama (when configured) gets
-    what it cannot; otherwise the client gets a clear JSON error.
+    what it cannot; otherwise the client gets a clear JSON error.  Bodies
+    are checked with Ollama's rules (L{ollama_proxy.protocol.management})
+    first, so the fallback never receives one Ollama would refuse.
     """
 
-    async def _modelOrFallback(self, ex: Exchange, model: str) -> ModelMeta | None:
+    async def _modelOrFallback(
+        self, ex: Exchange, model: str, invalid: str = "invalid model name"
+    ) -> ModelMeta | None:
         """
         @param ex: the exchange.
         @param model: the requested name.
+        @param invalid: Ollama's message for a name it cannot parse.
         @return: the served model, or C{None} after the request was
             forwarded to the fallback.
         @raise NotFound: for a model neither served nor forwardable.
+        @raise BadRequest: for a name Ollama would refuse (not served).
         """
         meta = await self.ctx.models.served(model)
         if meta is not None:
             return meta
+        checkName(model, invalid)
         if self.ctx.fallback is None:
             raise NotFound(f"model '{model}' not found")
         await forwardToFallback(self.ctx, ex)
         return None
 
-    async def _refuseServed(self, ex: Exchange, model: str, done: str) -> None:
+    async def _refuseServed(self, ex: Exchange, model: str, done: str, invalid: str) -> None:
         """
         Forward an operation on a model the proxy does not serve; refuse it
         for one it serves (those live on the backend).
@@ -133,21 +137,31 @@ class ModelManagement(ProxyResource):
         @param ex: the exchange.
         @param model: the requested name.
         @param done: the operation's past participle, for the message.
-        @raise BadRequest: for a served model.
+        @param invalid: Ollama's message for a name it cannot parse.
+        @raise BadRequest: for a served model, or an invalid name.
         @raise NotFound: for a model neither served nor forwardable.
         """
-        if await self._modelOrFallback(ex, model) is not None:
+        if await self._modelOrFallback(ex, model, invalid) is not None:
             raise BadRequest(
                 f"model '{model}' is served by the OpenAI-compatible backend and "
                 f"cannot be {done} through ollama-proxy"
             )
 
-    async def _fallbackOnly(self, ex: Exchange, what: str) -> None:
+    async def _fallbackOnly(self, ex: Exchange, what: str, route: Route | None = None) -> None:
         """
         Forward to the fallback, or explain that nothing can do C{what}.
 
+        @param route: the management route whose JSON body is checked
+            first (C{None} for blob uploads, which are not JSON).
+        @raise BadRequest: for a body Ollama would refuse.
         @raise ProxyError: 501 without a fallback.
         """
+        if route is not None:
+            body = ex.json()
+            checkFields(route, body)
+            model = modelName(body)
+            ex.model = model
+            checkName(model, "invalid model name")
         if self.ctx.fallback is None:
             raise ProxyError(
                 f"{what} is not supported by ollama-proxy: models live on the "
@@ -166,7 +180,8 @@ class Pull(ModelManagement):
 
     async def handle_POST(self, ex: Exchange) -> JSON | None:
         body = ex.json()
-        model = requireModel(body)
+        checkFields("pull", body)
+        model = modelName(body)
         ex.model = model
         stream = streamFlag(body)
         if await self._modelOrFallback(ex, model) is None:
@@ -184,9 +199,11 @@ class Delete(ModelManagement):
     """
 
     async def handle_DELETE(self, ex: Exchange) -> None:
-        model = requireModel(ex.json())
+        body = ex.json()
+        checkFields("delete", body)
+        model = modelName(body)
         ex.model = model
-        await self._refuseServed(ex, model, "deleted")
+        await self._refuseServed(ex, model, "deleted", f'name "{model}" is invalid')
 
 
 class Copy(ModelManagement):
@@ -197,13 +214,15 @@ class Copy(ModelManagement):
 
     async def handle_POST(self, ex: Exchange) -> None:
         body = ex.json()
+        checkFields("copy", body)
         source, destination = body.get("source"), body.get("destination")
         if not isinstance(source, str) or not source:
             raise BadRequest("source is required")
         if not isinstance(destination, str) or not destination:
             raise BadRequest("destination is required")
         ex.model = source
-        await self._refuseServed(ex, source, "copied")
+        checkName(destination, f'destination "{destination}" is invalid')
+        await self._refuseServed(ex, source, "copied", f'source "{source}" is invalid')
 
 
 class Create(ModelManagement):
@@ -212,7 +231,7 @@ class Create(ModelManagement):
     """
 
     async def handle_POST(self, ex: Exchange) -> None:
-        await self._fallbackOnly(ex, "creating models")
+        await self._fallbackOnly(ex, "creating models", "create")
 
 
 class Push(ModelManagement):
@@ -221,7 +240,7 @@ class Push(ModelManagement):
     """
 
     async def handle_POST(self, ex: Exchange) -> None:
-        await self._fallbackOnly(ex, "pushing models")
+        await self._fallbackOnly(ex, "pushing models", "push")
 
 
 class Blobs(ModelManagement):

@@ -8,7 +8,7 @@ the error funnel), the active-stream gauge and the upstream latency.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from twisted.logger import Logger
 
@@ -90,6 +90,29 @@ def modelLabel(known: bool, modelId: str) -> str:
     return modelId if known else OTHER
 
 
+OBSERVED = "_ollamaProxyObserved"
+"""The request attribute that says its answer was logged and counted."""
+
+ROUTE = "_ollamaProxyRoute"
+"""The request attribute with the route label of a resource that answered
+without an exchange (a 405)."""
+
+SITE_ROUTE = "-"
+"""The route label of answers given before any resource was reached (the
+site's 408, 413, 503 and C{Host} 403, the key gate's 401, the CORS 403):
+the client's path is no label value."""
+
+
+def noteRoute(request: Any, label: str) -> None:
+    """
+    Name the route of an answer that L{logAnswer} will observe.
+
+    @param request: the request.
+    @param label: the resource's route label.
+    """
+    setattr(request, ROUTE, label)
+
+
 def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> None:
     """
     One info line per request, without bodies or secrets, and the
@@ -102,14 +125,51 @@ def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> N
     @param metrics: the metrics, or C{None}.
     """
     request = ex.request
-    durationMs = (now - ex.start) / 1e6
-    ttftMs = ex.firstToken / 1e6 if ex.firstToken is not None else None
-    gone = bool(ex.client.gone and not request.finished)
+    setattr(request, OBSERVED, True)
+    _record(
+        request, route, (now - ex.start) / 1e6, metrics,
+        model=ex.model, backend=ex.backend, modelLabel=ex.modelLabel,
+        tokensIn=ex.tokensIn, tokensOut=ex.tokensOut, firstToken=ex.firstToken,
+        upstreamError=ex.upstreamError, gone=bool(ex.client.gone and not request.finished),
+    )
+
+
+def logAnswer(request: Any, durationMs: float, metrics: Metrics | None) -> None:
+    """
+    The same line and metrics for an answer no L{logRequest} saw: those
+    of the site, the key gate, the CORS layer and a 405.  Called by the
+    site for every finished request; a request already observed is left.
+
+    @param request: the finished request.
+    @param durationMs: since its headers arrived.
+    @param metrics: the metrics, or C{None}.
+    """
+    if getattr(request, OBSERVED, False):
+        return
+    setattr(request, OBSERVED, True)
+    _record(request, getattr(request, ROUTE, SITE_ROUTE), durationMs, metrics)
+
+
+def _record(
+    request: Any,
+    route: str,
+    durationMs: float,
+    metrics: Metrics | None,
+    model: str | None = None,
+    backend: str | None = None,
+    modelLabel: str = "",
+    tokensIn: int | None = None,
+    tokensOut: int | None = None,
+    firstToken: int | None = None,
+    upstreamError: str | None = None,
+    gone: bool = False,
+) -> None:
+    ttftMs = firstToken / 1e6 if firstToken is not None else None
     method = (request.method or b"").decode("ascii", "replace")
-    path = request.path.decode("latin-1")
-    model = ex.model or "-"
-    backend = ex.backend or "-"
-    tokens = f"{ex.tokensIn}/{ex.tokensOut}" if ex.tokensIn is not None else "-"
+    path = (request.path or b"").decode("latin-1")
+    modelText = model or "-"
+    backendText = backend or "-"
+    tokens = f"{tokensIn}/{tokensOut}" if tokensIn is not None else "-"
     ttft = f"{ttftMs:.1f}ms" if ttftMs is not None else "-"
     # The line is formatted here, once, with f-strings: a many-field
     # log_format costs the log observer a string.Formatter pass per field,
@@ -117,18 +177,18 @@ def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> N
     # fields stay event keys for the JSON log.
     log.info(
         "{line}",
-        line=f"{method} {path} model={model} status={request.code} backend={backend} "
+        line=f"{method} {path} model={modelText} status={request.code} backend={backendText} "
         f"tokens={tokens} ttft={ttft} duration={durationMs:.1f}ms"
         + (" (client disconnected)" if gone else ""),
         method=method,
         path=path,
         route=route,
-        model=model,
-        backend=backend,
+        model=modelText,
+        backend=backendText,
         status=request.code,
         tokens=tokens,
-        tokens_in=ex.tokensIn,
-        tokens_out=ex.tokensOut,
+        tokens_in=tokensIn,
+        tokens_out=tokensOut,
         ttft=ttft,
         ttft_ms=ttftMs,
         duration_ms=durationMs,
@@ -136,14 +196,14 @@ def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> N
     )
     if metrics is None:
         return
-    if ex.upstreamError is not None:
-        metrics.upstreamErrors.labels(backend, ex.upstreamError).inc()
+    if upstreamError is not None:
+        metrics.upstreamErrors.labels(backend or "-", upstreamError).inc()
     status = "499" if gone else str(request.code)
-    metrics.child(metrics.requests, route, ex.modelLabel, status).inc()
+    metrics.child(metrics.requests, route, modelLabel, status).inc()
     metrics.child(metrics.requestDuration, route).observe(durationMs / 1000)
-    if ex.tokensIn:
-        metrics.child(metrics.tokens, backend, ex.modelLabel, "in").inc(ex.tokensIn)
-    if ex.tokensOut:
-        metrics.child(metrics.tokens, backend, ex.modelLabel, "out").inc(ex.tokensOut)
-    if ex.firstToken is not None:
-        metrics.child(metrics.firstToken, backend, ex.modelLabel).observe(ex.firstToken / 1e9)
+    if tokensIn:
+        metrics.child(metrics.tokens, backendText, modelLabel, "in").inc(tokensIn)
+    if tokensOut:
+        metrics.child(metrics.tokens, backendText, modelLabel, "out").inc(tokensOut)
+    if firstToken is not None:
+        metrics.child(metrics.firstToken, backendText, modelLabel).observe(firstToken / 1e9)

@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from ollama_proxy.protocol.errors import StreamFailed
 from ollama_proxy.upstream.backend import HOP_BY_HOP
-from ollama_proxy.upstream.body import BodyReader
+from ollama_proxy.upstream.body import BodyReader, readBody
 from ollama_proxy.web.bridge import Exchange
 
 
@@ -56,7 +56,7 @@ class _IdlePausingProducer:
 
 CLIENT_ONLY = frozenset({b"authorization", b"x-api-key", b"accept-encoding"})
 """Client headers that concern the proxy alone: the client's key for the
-proxy (either spelling L{ollama_proxy.auth.presentedKey} accepts) and the
+proxy (either spelling L{ollama_proxy.web.auth.presentedKey} accepts) and the
 encodings the client can decode."""
 
 
@@ -109,7 +109,24 @@ async def relayResponse(
                 request.responseHeaders.addRawHeader(name, value)
             continue
         request.responseHeaders.setRawHeaders(name, values)
-    await relayBody(ex, response, ex.write, clock, idleTimeout)
+    if not 200 <= response.code < 300:
+        # An error page is small, and may echo the request's key: read it
+        # whole (a secret split across reads would escape a per-read
+        # replacement) and redact it.
+        ex.write(ex.redactData(await readBody(response, clock, idleTimeout)))
+        return
+    redacting = ex.redactStream()
+    if redacting is None:
+        await relayBody(ex, response, ex.write, clock, idleTimeout)
+        return
+    # A 2xx stream may carry an error event that quotes a key, too.
+    feed, write = redacting.feed, ex.write
+
+    def collect(data: bytes) -> None:
+        write(feed(data))
+
+    await relayBody(ex, response, collect, clock, idleTimeout)
+    ex.write(redacting.end())
 
 
 async def relayBody(

@@ -6,6 +6,12 @@ C{Site} without per-request access-log formatting.
 twisted.web has no body limit of its own and buffers the whole body before a
 resource runs; L{LimitedRequest} stops reading at the cap and answers 413
 with Ollama's JSON error shape instead of rendering a truncated body.
+
+The answers given here, before any resource runs (408, 413, 503 while
+draining, 403 for a C{Host} a loopback-only proxy does not serve), carry the
+CORS headers their origin is due, and every finished request that no
+resource logged (these, the key gate's 401, the CORS 403, a 405) gets the
+same log line and metrics as the others (L{ProxySite.log}).
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.web.cors import HostPolicy, OriginPolicy, corsHeaders
+from ollama_proxy.web.metrics import Metrics
+from ollama_proxy.web.observe import logAnswer
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 """Default request body cap: large enough for several base64 images."""
@@ -27,6 +36,8 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
 
 _REASONS = {413: b"Payload Too Large", 408: b"Request Timeout"}
+
+JSON_TYPE = b"application/json; charset=utf-8"
 
 
 class LimitedRequest(Request):
@@ -49,6 +60,7 @@ class LimitedRequest(Request):
 
     maxBody: int = DEFAULT_MAX_BODY
     bodyTimeout: float | None = None
+    arrived: float | None = None
     _rejected = False
     _deadline: IDelayedCall | None = None
 
@@ -68,6 +80,9 @@ class LimitedRequest(Request):
         arm the body deadline.
         """
         super().gotLength(length)
+        site = getattr(self.channel, "site", None)
+        if site is not None:
+            self.arrived = site.reactor.seconds()
         if length is not None and length > self.maxBody:
             self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
             return
@@ -110,14 +125,54 @@ class LimitedRequest(Request):
         channel = self.channel
         if channel is None or channel.transport is None:
             return
+        site = getattr(channel, "site", None)
+        cors = b"".join(
+            b"%s: %s\r\n" % header for header in self._corsHeaders(site)
+        )
         channel.transport.write(
             b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: application/json; charset=utf-8\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (status, _REASONS[status], len(body))
+            b"Content-Length: %d\r\n%s"
+            b"Connection: close\r\n\r\n" % (status, _REASONS[status], len(body), cors)
             + body
         )
         channel.loseConnection()
+        self.code = status
+        if isinstance(site, ProxySite):
+            site.log(self)
+
+    def _corsHeaders(self, site: object) -> list[tuple[bytes, bytes]]:
+        """
+        @param site: the channel's site.
+        @return: the CORS headers this request's origin is due from the
+            site's policy (none without one).
+        """
+        if not isinstance(site, ProxySite) or site.origins is None:
+            return []
+        return corsHeaders(site.origins, self.getHeader(b"Origin"))
+
+    def _answer(self, status: int, message: str, close: bool) -> None:
+        """
+        Answer before traversal (draining, a refused C{Host}) with Ollama's
+        JSON error and the CORS headers; the site logs it on finish.
+
+        @param status: the HTTP status.
+        @param message: the C{error} text.
+        @param close: whether to close the connection after it.
+        """
+        body = codec.dumps({"error": message})
+        self.setResponseCode(status)
+        self.setHeader(b"Content-Type", JSON_TYPE)
+        self.setHeader(b"Content-Length", b"%d" % len(body))
+        for name, value in self._corsHeaders(self.channel.site):  # type: ignore[attr-defined]
+            self.responseHeaders.addRawHeader(name, value)
+        if close:
+            self.setHeader(b"Connection", b"close")
+            # twisted.web decides persistence from the request's headers
+            # only: make it close the connection as the header says.
+            self.channel.persistent = False  # type: ignore[attr-defined]
+        self.write(body)
+        self.finish()
 
     def _cancelDeadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -147,16 +202,18 @@ class LimitedRequest(Request):
         site = self.channel.site  # type: ignore[attr-defined]
         if isinstance(site, ProxySite):
             if site.draining:
-                body = codec.dumps({"error": "the proxy is shutting down"})
-                self.setResponseCode(503)
-                self.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-                self.setHeader(b"Content-Length", b"%d" % len(body))
-                self.setHeader(b"Connection", b"close")
-                # twisted.web decides persistence from the request's headers
-                # only: make it close the connection as the header says.
-                self.channel.persistent = False  # type: ignore[attr-defined]
-                self.write(body)
-                self.finish()
+                self._answer(503, "the proxy is shutting down", close=True)
+                return
+            if site.hosts is not None and not site.hosts.allows(self.getHeader(b"Host")):
+                # DNS rebinding: a page on a name that now points at
+                # 127.0.0.1 is same-origin with the proxy; serve only the
+                # names that cannot be re-pointed (Ollama's rule).
+                self._answer(
+                    403,
+                    "host not allowed: the proxy listens on loopback only and serves "
+                    "local names (add others with --allow-host)",
+                    close=False,
+                )
                 return
             site.track(self)
         super().process()
@@ -180,9 +237,17 @@ class ProxySite(Site):
     @ivar inFlight: requests being rendered.
     @ivar connections: open client connections (their protocols).
     @ivar draining: set by L{drain}; new requests get a 503.
+    @ivar metrics: where every answer is counted, or C{None}.
+    @ivar origins: the CORS policy for the answers the site gives itself,
+        or C{None}.
+    @ivar hosts: the C{Host} names served, or C{None} to serve any (a
+        proxy that listens beyond loopback).
     """
 
     draining = False
+    metrics: Metrics | None = None
+    origins: OriginPolicy | None = None
+    hosts: HostPolicy | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -194,8 +259,14 @@ class ProxySite(Site):
 
     def log(self, request: Any) -> None:
         """
-        Do nothing; see L{ollama_proxy.resources.ProxyResource._logRequest}.
+        The one log line and the metrics of an answer that no resource
+        observed (L{ollama_proxy.web.observe.logAnswer}); the others were
+        observed with their details by
+        L{ollama_proxy.web.bridge.ProxyResource}.  No combined-log line.
         """
+        arrived = getattr(request, "arrived", None)
+        now = self.reactor.seconds()
+        logAnswer(request, (now - arrived) * 1000 if arrived is not None else 0.0, self.metrics)
 
     def buildProtocol(self, addr: Any) -> Any:
         """
@@ -288,6 +359,9 @@ def makeSite(
     timeout: float | None = 60.0,
     maxBody: int = DEFAULT_MAX_BODY,
     bodyTimeout: float | None = None,
+    metrics: Metrics | None = None,
+    origins: OriginPolicy | None = None,
+    hosts: HostPolicy | None = None,
 ) -> ProxySite:
     """
     Build the site for the proxy.
@@ -299,6 +373,9 @@ def makeSite(
     @param maxBody: the request body cap in bytes.
     @param bodyTimeout: seconds a client may take to send a whole body
         (bounds slow uploads that the idle C{timeout} cannot), or C{None}.
+    @param metrics: where every answer is counted.
+    @param origins: the CORS policy for the site's own answers.
+    @param hosts: the C{Host} names served, or C{None} for any.
     @return: the site.
     """
     requestFactory = type(
@@ -307,4 +384,5 @@ def makeSite(
         {"maxBody": maxBody, "bodyTimeout": bodyTimeout},
     )
     site = ProxySite(root, requestFactory=requestFactory, timeout=timeout, reactor=reactor)
+    site.metrics, site.origins, site.hosts = metrics, origins, hosts
     return site

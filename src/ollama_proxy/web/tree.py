@@ -12,10 +12,12 @@ from typing import Any
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from ollama_proxy.web.anthropic import CountTokens, Messages
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.cors import CORSResource, OriginPolicy
 from ollama_proxy.web.fallback import FallbackResource
+from ollama_proxy.web.health import healthTree
 from ollama_proxy.web.models import (
     Blobs,
     Copy,
@@ -24,11 +26,14 @@ from ollama_proxy.web.models import (
     Ps,
     Pull,
     Push,
+    Recommendations,
     Show,
+    Status,
     Tags,
 )
 from ollama_proxy.web.ollama import Completion, Embed, LegacyEmbeddings, Version
 from ollama_proxy.web.passthrough import Passthrough
+from ollama_proxy.web.responses import Responses
 
 
 class Root(ProxyResource):
@@ -125,6 +130,10 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     api.putChild(b"create", Create(ctx))
     api.putChild(b"push", Push(ctx))
     api.putChild(b"blobs", Blobs(ctx))
+    api.putChild(b"status", Status(ctx))
+    experimental = Directory(fallback)
+    api.putChild(b"experimental", experimental)
+    experimental.putChild(b"model-recommendations", Recommendations(ctx))
     # OpenAI routes, under /v1 and (as some Copilot builds and Open WebUI
     # call them) at the root.
     chatCompletions = Passthrough(ctx, "chat/completions")
@@ -134,6 +143,12 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     v1.putChild(b"models", models)
     v1.putChild(b"completions", Passthrough(ctx, "completions"))
     v1.putChild(b"embeddings", Passthrough(ctx, "embeddings"))
+    # The coding agents' dialects, translated (Claude Code, Codex).
+    messages = Messages(ctx)
+    messages.isLeaf = False
+    messages.putChild(b"count_tokens", CountTokens(ctx))
+    v1.putChild(b"messages", messages)
+    v1.putChild(b"responses", Responses(ctx))
     chat = Directory(fallback)
     v1.putChild(b"chat", chat)
     chat.putChild(b"completions", chatCompletions)
@@ -141,6 +156,7 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     rootChat = Directory(fallback)
     root.putChild(b"chat", rootChat)
     rootChat.putChild(b"completions", chatCompletions)
+    root.putChild(b"health", healthTree(ctx))
     if ctx.metrics is not None:
         root.putChild(b"metrics", MetricsPage(ctx))
     return CORSResource(root, OriginPolicy(ctx.corsOrigins))

@@ -1,0 +1,283 @@
+# -*- test-case-name: tests.protocol.test_anthropic -*-
+"""
+The Anthropic Messages dialect's reply side: events to the SSE event
+sequence of C{/v1/messages}, a whole reply to the message object, and the
+error objects, before and during a stream.
+
+The sequence is what Anthropic's SDKs accumulate: C{message_start}, then
+per content block (indexed from 0, one open at a time)
+C{content_block_start} / C{content_block_delta} / C{content_block_stop},
+then C{message_delta} (stop reason and cumulative usage) and
+C{message_stop}.  Thinking, text and tool calls are separate blocks, in the
+order they arrive.  A failure after the stream began is an C{event: error},
+never a C{message_stop}.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Callable, Sequence
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.events import (
+    Delta,
+    Event,
+    Finish,
+    Reply,
+    ToolCall,
+    ToolCalls,
+    Usage,
+    replyEvents,
+)
+from ollama_proxy.protocol.sse import sseEvent
+
+SSE = b"text/event-stream; charset=utf-8"
+
+IdMaker = Callable[[str], str]
+"""Makes an id from a prefix (C{msg_}, C{resp_}, ...)."""
+
+
+def randomId(prefix: str) -> str:
+    """
+    @return: C{prefix} and 24 hex digits, as Anthropic's and OpenAI's ids.
+    """
+    return prefix + secrets.token_hex(12)
+
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+"""HTTP statuses as Anthropic's error types (anything else: C{api_error})."""
+
+
+def errorObject(status: int, message: str) -> JSON:
+    """
+    @return: Anthropic's error body for C{status}.
+    """
+    return {
+        "type": "error",
+        "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message},
+    }
+
+
+def stopReason(reason: str | None, toolUse: bool) -> str:
+    """
+    An OpenAI C{finish_reason} as Anthropic's C{stop_reason}.
+
+    @param reason: the backend's finish reason.
+    @param toolUse: whether the reply called tools (which wins, as with
+        Ollama: some backends say C{stop} after tool calls).
+    """
+    if toolUse or reason in ("tool_calls", "function_call"):
+        return "tool_use"
+    if reason == "length":
+        return "max_tokens"
+    if reason == "content_filter":
+        return "refusal"
+    return "end_turn"
+
+
+def usageObject(usage: Usage, inputEstimate: int) -> JSON:
+    """
+    @return: Anthropic's C{usage}: the backend's counts, the estimate for
+        input tokens it did not report.
+    """
+    return {
+        "input_tokens": usage.promptTokens if usage.promptTokens is not None else inputEstimate,
+        "output_tokens": usage.completionTokens if usage.completionTokens is not None else 0,
+    }
+
+
+def _event(kind: bytes, obj: JSON) -> bytes:
+    return sseEvent(kind, codec.dumps(obj))
+
+
+PING = _event(b"ping", {"type": "ping"})
+_TEXT_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+
+
+class AnthropicEncoder:
+    """
+    Events to Anthropic's SSE sequence.
+
+    C{message_start} is written before anything else: with the first
+    events, or with the first L{ping} when the backend is slow to start.
+
+    @ivar started: whether C{message_start} went out.
+    """
+
+    contentType = SSE
+
+    def __init__(self, model: str, messageId: str, inputEstimate: int) -> None:
+        """
+        @param model: the client's model name, echoed.
+        @param messageId: the C{msg_} id.
+        @param inputEstimate: input tokens until the backend reports them.
+        """
+        self.model = model
+        self.messageId = messageId
+        self.inputEstimate = inputEstimate
+        self.started = False
+        self._index = -1
+        self._open: str | None = None
+        self._toolUse = False
+
+    def _start(self) -> bytes:
+        if self.started:
+            return b""
+        self.started = True
+        return _event(b"message_start", {
+            "type": "message_start",
+            "message": {
+                "id": self.messageId, "type": "message", "role": "assistant",
+                "model": self.model, "content": [], "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": self.inputEstimate, "output_tokens": 0},
+            },
+        })
+
+    def ping(self) -> bytes:
+        """
+        @return: a C{ping} event (after C{message_start}, if not sent yet),
+            to show a waiting client that the stream is alive.
+        """
+        return self._start() + PING
+
+    def _close(self) -> bytes:
+        if self._open is None:
+            return b""
+        self._open = None
+        return _event(b"content_block_stop", {"type": "content_block_stop", "index": self._index})
+
+    def _openBlock(self, kind: str, block: JSON) -> bytes:
+        out = self._close()
+        self._index += 1
+        self._open = kind
+        return out + _event(b"content_block_start", {
+            "type": "content_block_start", "index": self._index, "content_block": block,
+        })
+
+    def _tool(self, call: ToolCall) -> bytes:
+        out = self._openBlock("tool_use", {
+            "type": "tool_use", "id": call.id, "name": call.name, "input": {},
+        })
+        out += _event(b"content_block_delta", {
+            "type": "content_block_delta", "index": self._index,
+            "delta": {"type": "input_json_delta", "partial_json": codec.dumps(call.arguments).decode()},
+        })
+        return out + self._close()
+
+    def encode(self, events: Sequence[Event]) -> bytes:
+        """
+        @param events: the events of one read.
+        @return: their SSE events.
+        """
+        out = [self._start()]
+        for event in events:
+            if type(event) is Delta:
+                if event.thinking:
+                    if self._open != "thinking":
+                        out.append(self._openBlock(
+                            "thinking", {"type": "thinking", "thinking": "", "signature": ""}
+                        ))
+                    out.append(_event(b"content_block_delta", {
+                        "type": "content_block_delta", "index": self._index,
+                        "delta": {"type": "thinking_delta", "thinking": event.thinking},
+                    }))
+                if event.content:
+                    if self._open != "text":
+                        out.append(self._openBlock("text", {"type": "text", "text": ""}))
+                    out.append(
+                        _TEXT_DELTA + str(self._index).encode()
+                        + b',"delta":{"type":"text_delta","text":' + codec.dumps(event.content)
+                        + b"}}\n\n"
+                    )
+            elif type(event) is ToolCalls:
+                self._toolUse = True
+                out.extend(self._tool(call) for call in event.calls)
+            elif type(event) is Finish:
+                out.append(self._close())
+                out.append(_event(b"message_delta", {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": stopReason(event.reason, self._toolUse),
+                        "stop_sequence": None,
+                    },
+                    "usage": usageObject(event.usage, self.inputEstimate),
+                }))
+                out.append(_event(b"message_stop", {"type": "message_stop"}))
+        return b"".join(out)
+
+    def error(self, message: str) -> bytes:
+        """
+        @return: C{event: error} (after C{message_start}, so SDKs that
+            insist on it first still read the error).
+        """
+        return self._start() + _event(b"error", errorObject(502, message))
+
+
+class AnthropicDialect:
+    """
+    The Anthropic reply dialect (L{ollama_proxy.protocol.events.Dialect})
+    of one request: it knows the request's input estimate and keeps its
+    stream encoder, so a ping written before the backend answered and the
+    events after it are one stream.
+    """
+
+    def __init__(self, inputEstimate: int, newId: IdMaker = randomId) -> None:
+        """
+        @param inputEstimate: the request's estimated input tokens.
+        @param newId: makes the message id.
+        """
+        self.inputEstimate = inputEstimate
+        self._newId = newId
+        self._encoder: AnthropicEncoder | None = None
+
+    def streamEncoder(self, model: str, start: int) -> AnthropicEncoder:
+        """
+        @return: the request's encoder (the same one on every call).
+        """
+        if self._encoder is None:
+            self._encoder = AnthropicEncoder(model, self._newId("msg_"), self.inputEstimate)
+        return self._encoder
+
+    def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
+        """
+        @return: the message object: thinking, text, then tool_use blocks.
+        """
+        content: list[JSON] = []
+        if reply.thinking:
+            content.append({"type": "thinking", "thinking": reply.thinking, "signature": ""})
+        if reply.content:
+            content.append({"type": "text", "text": reply.content})
+        content.extend(
+            {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+            for call in reply.toolCalls
+        )
+        return {
+            "id": self._newId("msg_"),
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": stopReason(reply.reason, bool(reply.toolCalls)),
+            "stop_sequence": None,
+            "usage": usageObject(reply.usage, self.inputEstimate),
+        }
+
+    def replyAsStream(self, reply: Reply, model: str, start: int, end: int) -> bytes:
+        """
+        @return: the whole answer as the event sequence.
+        """
+        return self.streamEncoder(model, start).encode(replyEvents(reply, end))

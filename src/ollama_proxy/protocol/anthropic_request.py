@@ -1,0 +1,359 @@
+# -*- test-case-name: tests.protocol.test_anthropic -*-
+"""
+The Anthropic Messages dialect's request side: C{/v1/messages} and
+C{/v1/messages/count_tokens} bodies validated, once, into the hub's
+L{ChatRequest}, with the messages real Ollama answers (its
+C{middleware/anthropic.go}) where it has one.
+
+Everything that only Anthropic's own servers understand (C{metadata},
+C{cache_control}, C{context_management}, server tools such as
+C{web_search_*}, C{anthropic-beta} features) is accepted and dropped here:
+the typed request has no place for it, so it can never reach an OpenAI
+backend, which answers 400 to unknown fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.ollama_request import requireObject
+from ollama_proxy.protocol.requests import (
+    ChatRequest,
+    Message,
+    Sampling,
+    Think,
+    ToolCallRequest,
+)
+
+EFFORTS: dict[str, Think] = {
+    "low": "low", "medium": "medium", "high": "high", "xhigh": "max", "max": "max",
+}
+"""C{output_config.effort} as a reasoning level (C{xhigh} and C{max} are
+the backend's top level)."""
+
+
+def _number(body: JSON, key: str, kind: type | tuple[type, ...]) -> Any:
+    """
+    @return: C{body[key]} when it is of C{kind} (bools excluded), C{None}
+        when absent or null.
+    @raise BadRequest: for another type.
+    """
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadRequest(f"{key}: expected {'an integer' if kind is int else 'a number'}")
+    return value
+
+
+def _text(blocks: object, where: str) -> str:
+    """
+    The text of a C{system} value or of a tool result: a string, or text
+    blocks joined with blank lines (C{cache_control} and other block fields
+    dropped).
+
+    @raise BadRequest: for anything else.
+    """
+    if isinstance(blocks, str):
+        return blocks
+    if blocks is None:
+        return ""
+    if not isinstance(blocks, list):
+        raise BadRequest(f"{where}: expected a string or a list of text blocks")
+    texts = []
+    for block in blocks:
+        if not isinstance(block, dict):
+            raise BadRequest(f"{where}: expected a string or a list of text blocks")
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+    return "\n\n".join(texts)
+
+
+def imageSource(block: JSON, where: str) -> str:
+    """
+    An C{image} block's source as a URL for OpenAI's C{image_url}.
+
+    @param block: the block.
+    @param where: the block's position, for messages.
+    @return: a C{data:} URL (base64 sources, strictly decoded) or the
+        source's own URL.
+    @raise BadRequest: without a usable source.
+    """
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise BadRequest(f"{where}: invalid image source")
+    kind = source.get("type")
+    if kind == "url" and isinstance(source.get("url"), str):
+        return str(source["url"])
+    if kind != "base64":
+        raise BadRequest(
+            f"{where}: invalid image source type: {kind}. Only base64 and url images are supported."
+        )
+    data, mediaType = source.get("data"), source.get("media_type")
+    if not isinstance(data, str) or not isinstance(mediaType, str) or not mediaType:
+        raise BadRequest(f"{where}: image source needs media_type and data strings")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadRequest(f"{where}: invalid base64 image data: {e}") from None
+    if not raw:
+        raise BadRequest(f"{where}: invalid base64 image data: image is empty")
+    return f"data:{mediaType};base64,{data}"
+
+
+def _toolResult(block: JSON, where: str) -> tuple[Message, tuple[str, ...]]:
+    """
+    A C{tool_result} block as a C{role: tool} message, and its images (an
+    OpenAI tool message carries text only; the caller adds them as a user
+    turn after the results).  C{is_error} is kept as an C{Error:} prefix so
+    the model still learns that the tool failed.
+    """
+    callId = block.get("tool_use_id")
+    if not isinstance(callId, str) or not callId:
+        raise BadRequest(f"{where}: tool_result block missing required 'tool_use_id' field")
+    content = block.get("content")
+    images: list[str] = []
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "image":
+                images.append(imageSource(part, f"{where}.content[{j}]"))
+    text = _text(content, f"{where}.content")
+    if block.get("is_error") is True and not text.startswith("Error"):
+        text = "Error: " + text if text else "Error"
+    return Message("tool", text, toolCallId=callId), tuple(images)
+
+
+def parseConversation(messages: object) -> tuple[Message, ...]:
+    """
+    Validate C{messages} into typed turns.
+
+    A user turn's C{tool_result} blocks become C{role: tool} messages placed
+    before the turn's own text (OpenAI wants results right after the
+    assistant's calls); an assistant turn's C{tool_use} blocks become its
+    tool calls and its C{thinking} block its reasoning.  C{role: system}
+    turns (Claude Code sends one mid-conversation) are kept as system
+    messages.  Unknown blocks (C{redacted_thinking}, C{server_tool_use},
+    documents) are skipped.
+
+    @raise BadRequest: with the position of what is wrong.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages is required")
+    out: list[Message] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise BadRequest(f"{where}: expected an object")
+        role = message.get("role")
+        if role not in ("user", "assistant", "system"):
+            raise BadRequest(f"{where}.role: expected \"user\" or \"assistant\", got {role!r}")
+        content = message.get("content")
+        if isinstance(content, str):
+            out.append(Message(role, content))
+            continue
+        if not isinstance(content, list):
+            raise BadRequest(f"{where}.content: expected a string or a list of blocks")
+        texts: list[str] = []
+        images: list[str] = []
+        calls: list[ToolCallRequest] = []
+        thinking: list[str] = []
+        results: list[Message] = []
+        resultImages: list[str] = []
+        for j, block in enumerate(content):
+            at = f"{where}.content[{j}]"
+            if not isinstance(block, dict):
+                raise BadRequest(f"{at}: expected an object")
+            kind = block.get("type")
+            if kind == "text":
+                if not isinstance(block.get("text"), str):
+                    raise BadRequest(f"{at}.text: expected a string")
+                texts.append(block["text"])
+            elif kind == "image":
+                images.append(imageSource(block, at))
+            elif kind == "tool_use":
+                callId, name = block.get("id"), block.get("name")
+                if not isinstance(callId, str) or not callId:
+                    raise BadRequest(f"{at}: tool_use block missing required 'id' field")
+                if not isinstance(name, str) or not name:
+                    raise BadRequest(f"{at}: tool_use block missing required 'name' field")
+                arguments = block.get("input")
+                calls.append(ToolCallRequest(
+                    callId, name,
+                    arguments if isinstance(arguments, str)
+                    else codec.dumps(arguments if arguments is not None else {}).decode(),
+                ))
+            elif kind == "tool_result":
+                result, extra = _toolResult(block, at)
+                results.append(result)
+                resultImages.extend(extra)
+            elif kind == "thinking" and isinstance(block.get("thinking"), str):
+                thinking.append(block["thinking"])
+        out.extend(results)
+        if resultImages:
+            out.append(Message("user", "", tuple(resultImages)))
+        text = "".join(texts)
+        if text or images or calls or not results:
+            out.append(Message(
+                role, text, tuple(images), tuple(calls),
+                thinking="".join(thinking) if thinking and role == "assistant" else None,
+            ))
+    return tuple(out)
+
+
+def parseTools(tools: object) -> tuple[JSON, ...]:
+    """
+    Anthropic tools (C{name}, C{description}, C{input_schema}) as OpenAI
+    function tools.  Server tools (a C{type} such as C{web_search_20250305},
+    C{bash_20250124}) run on Anthropic's servers, which the backend is not:
+    they are dropped.
+
+    @raise BadRequest: for a tool without a name or with a bad schema.
+    """
+    if tools is None:
+        return ()
+    if not isinstance(tools, list):
+        raise BadRequest("tools: expected a list")
+    out: list[JSON] = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise BadRequest(f"tools[{i}]: expected an object")
+        if tool.get("type") not in (None, "custom"):
+            continue
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"tools[{i}]: tool missing required 'name' field")
+        schema = tool.get("input_schema")
+        if not isinstance(schema, dict):
+            raise BadRequest(f'invalid input_schema for tool "{name}": expected an object')
+        function: JSON = {"name": name, "parameters": schema}
+        if isinstance(tool.get("description"), str):
+            function["description"] = tool["description"]
+        out.append({"type": "function", "function": function})
+    return tuple(out)
+
+
+def toolChoice(choice: object) -> tuple[str | JSON | None, bool | None]:
+    """
+    Anthropic's C{tool_choice} as OpenAI's C{tool_choice} and
+    C{parallel_tool_calls} (Ollama ignores it; a backend that takes it does
+    better with it).
+
+    @return: C{(tool_choice, parallel_tool_calls)}, C{None} for unset.
+    @raise BadRequest: for an unknown type or a C{tool} without a name.
+    """
+    if choice is None:
+        return None, None
+    if not isinstance(choice, dict):
+        raise BadRequest("tool_choice: expected an object")
+    kind = choice.get("type")
+    parallel = False if choice.get("disable_parallel_tool_use") is True else None
+    if kind == "auto":
+        return "auto", parallel
+    if kind == "any":
+        return "required", parallel
+    if kind == "none":
+        return "none", None
+    if kind == "tool":
+        name = choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("tool_choice: type tool needs a name")
+        return {"type": "function", "function": {"name": name}}, parallel
+    raise BadRequest(f"tool_choice.type: expected auto, any, tool or none, got {kind!r}")
+
+
+def thinkFrom(body: JSON) -> Think:
+    """
+    C{thinking} and C{output_config.effort} as the hub's reasoning switch:
+    C{disabled} is off, an effort is its level, C{enabled} without one is
+    on; C{adaptive} (Claude Code) leaves the backend's default.
+
+    @raise BadRequest: for an unknown type or effort.
+    """
+    thinking = body.get("thinking")
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if thinking is not None and kind not in ("enabled", "disabled", "adaptive"):
+        raise BadRequest('thinking.type: expected "enabled", "disabled" or "adaptive"')
+    if kind == "disabled":
+        return False
+    config = body.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    if effort is not None:
+        level = EFFORTS.get(str(effort).lower())
+        if level is None:
+            raise BadRequest(f"output_config.effort: invalid value {effort!r}")
+        return level
+    return True if kind == "enabled" else None
+
+
+def parseMessagesRequest(body: object, counting: bool = False) -> ChatRequest:
+    """
+    Validate a C{/v1/messages} body into a L{ChatRequest}.
+
+    @param body: the decoded body.
+    @param counting: a C{count_tokens} body, which has no C{max_tokens}.
+    @return: the typed request (C{stream} defaults to false, as Anthropic's).
+    @raise BadRequest: with Ollama's message where it has one.
+    """
+    body = requireObject(body)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model is required")
+    maxTokens = body.get("max_tokens")
+    if not counting and (
+        not isinstance(maxTokens, int) or isinstance(maxTokens, bool) or maxTokens <= 0
+    ):
+        raise BadRequest("max_tokens is required and must be positive")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("stream: expected a boolean")
+    stop = body.get("stop_sequences") or []
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise BadRequest("stop_sequences: expected a list of strings")
+    conversation = parseConversation(body.get("messages"))
+    system = _text(body.get("system"), "system")
+    messages = ((Message("system", system),) if system else ()) + conversation
+    choice, parallel = toolChoice(body.get("tool_choice"))
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    schema = fmt.get("schema") if isinstance(fmt, dict) else None
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        stream=stream is True,
+        think=thinkFrom(body),
+        sampling=Sampling(
+            maxTokens=maxTokens if isinstance(maxTokens, int) else None,
+            temperature=_number(body, "temperature", (int, float)),
+            topP=_number(body, "top_p", (int, float)),
+            topK=_number(body, "top_k", int),
+            stop=tuple(stop),
+        ),
+        format=schema if isinstance(schema, dict) else None,
+        tools=parseTools(body.get("tools")),
+        toolChoice=choice,
+        parallelToolCalls=parallel,
+    )
+
+
+def estimateTokens(request: ChatRequest) -> int:
+    """
+    A rough input token count: characters / 4 over the text, reasoning,
+    tool calls and tool definitions, as Ollama's own estimate does.  Used
+    for C{count_tokens} and the C{message_start} event, where the
+    backend's real count is not known yet.
+
+    @return: at least 1.
+    """
+    chars = 0
+    for message in request.messages:
+        chars += len(message.role) + len(message.content) + len(message.thinking or "")
+        for call in message.toolCalls:
+            chars += len(call.name) + len(call.arguments)
+    if request.tools:
+        chars += len(codec.dumps(list(request.tools)))
+    return max(1, chars // 4)

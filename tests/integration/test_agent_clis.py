@@ -1,0 +1,144 @@
+"""
+The real coding-agent CLIs, end to end and offline: Claude Code (C{claude
+-p}) and Codex (C{codex exec}, with a provider profile and with C{--oss})
+against C{twistd -n ollama-proxy} in front of C{twistd -n fake-openai}.
+
+Opt-in: the CLIs come from npm (C{.ci/agents.sh} installs pinned
+releases); set C{OLLAMA_PROXY_AGENT_CLIS} to the folder holding the
+C{claude} and C{codex} executables (a C{node_modules/.bin}).  Without it
+the tests are skipped, saying so.  Every CLI runs with its phone-home
+switched off, in a temporary home, with a bounded timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.request
+from typing import Any
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.testing.fake_openai import REPLY
+from tests.integration.servers import sharedStack
+from tests.tempdirs import tempDir
+
+CLIS = os.environ.get("OLLAMA_PROXY_AGENT_CLIS", "")
+WORDS = len(REPLY.split(" "))
+
+
+def executable(name: str) -> str:
+    """
+    @return: the path of CLI C{name} in C{OLLAMA_PROXY_AGENT_CLIS}.
+    @raise SkipTest: when the variable is unset or the CLI is missing.
+    """
+    if not CLIS:
+        raise SkipTest("set OLLAMA_PROXY_AGENT_CLIS to a folder with the claude and codex CLIs "
+                       "(.ci/agents.sh installs them from npm)")
+    path = os.path.join(CLIS, name)
+    if not os.access(path, os.X_OK):
+        raise SkipTest(f"{name} not found in OLLAMA_PROXY_AGENT_CLIS={CLIS}")
+    return path
+
+
+def backendRequests(backendURL: str) -> list[Any]:
+    """
+    @return: the chat requests the fake backend received so far.
+    """
+    with urllib.request.urlopen(backendURL + "/_fake/requests", timeout=10) as r:
+        requests = codec.loads(r.read())["requests"]
+    return [q for q in requests if q["path"] == "/chat/completions"]
+
+
+class AgentCLITests(SynchronousTestCase):
+    """
+    Claude Code and Codex through the proxy.
+    """
+
+    def setUp(self) -> None:
+        self.stack = sharedStack()
+        self.home = tempDir(self, "ollama-proxy-agents-")
+
+    def runCLI(self, argv: list[str], env: dict[str, str]) -> str:
+        """
+        Run a CLI to its end (at most two minutes).
+
+        @return: its output.
+        """
+        base = {"PATH": os.environ.get("PATH", ""), "HOME": self.home, "LANG": "C.UTF-8"}
+        done = subprocess.run(argv, env={**base, **env}, cwd=self.home, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=120)
+        output = done.stdout + done.stderr
+        self.assertEqual(done.returncode, 0, output)
+        return output
+
+    def claude(self, model: str, prompt: str) -> str:
+        models = {name: model for name in (
+            "ANTHROPIC_MODEL", "ANTHROPIC_DEFAULT_OPUS_MODEL", "ANTHROPIC_DEFAULT_SONNET_MODEL",
+            "ANTHROPIC_DEFAULT_HAIKU_MODEL", "CLAUDE_CODE_SUBAGENT_MODEL")}
+        return self.runCLI([executable("claude"), "-p", prompt], {
+            "ANTHROPIC_BASE_URL": self.stack.url, "ANTHROPIC_AUTH_TOKEN": "ollama",
+            "ANTHROPIC_API_KEY": "", **models,
+            # The fake backend repeats its reply up to max_tokens words.
+            "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(WORDS),
+            "DISABLE_TELEMETRY": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1", "DISABLE_ERROR_REPORTING": "1",
+        })
+
+    def codexHome(self) -> str:
+        home = os.path.join(self.home, "codex")
+        os.makedirs(home)
+        with open(os.path.join(home, "config.toml"), "w") as f:
+            f.write("check_for_update_on_startup = false\n[analytics]\nenabled = false\n\n"
+                    "[model_providers.ollama-proxy]\nname = \"ollama-proxy\"\n"
+                    f"base_url = \"{self.stack.url}/v1\"\nwire_api = \"responses\"\n")
+        with open(os.path.join(home, "proxy.config.toml"), "w") as f:
+            f.write('model_provider = "ollama-proxy"\nmodel = "fake-tools"\n')
+        return home
+
+    def test_claudeCode(self) -> None:
+        """
+        C{claude -p} prints the fake backend's reply.
+        """
+        self.assertIn(REPLY, self.claude("fake-model", "say hi"))
+
+    def test_claudeCodeToolLoop(self) -> None:
+        """
+        With a model that calls a tool, Claude Code runs the call, sends the
+        result back (a tool message paired with the call's id), and prints
+        the answer that follows.
+        """
+        before = len(backendRequests(self.stack.backendURL))
+        self.assertIn(REPLY, self.claude("fake-tools", "what is the weather"))
+        requests = backendRequests(self.stack.backendURL)[before:]
+        self.assertGreaterEqual(len(requests), 2)
+        last = requests[-1]["body"]["messages"]
+        [call] = last[-2]["tool_calls"]
+        self.assertEqual((last[-1]["role"], last[-1]["tool_call_id"]), ("tool", call["id"]))
+
+    def test_codexProfile(self) -> None:
+        """
+        C{codex exec} with a Responses provider profile: the tool call goes
+        out and back, and the answer is printed.
+        """
+        before = len(backendRequests(self.stack.backendURL))
+        output = self.runCLI([executable("codex"), "exec", "--profile", "proxy",
+                           "--skip-git-repo-check", "--disable", "plugins", "what is the weather"],
+                          {"CODEX_HOME": self.codexHome()})
+        self.assertIn(REPLY, output)
+        requests = backendRequests(self.stack.backendURL)[before:]
+        self.assertGreaterEqual(len(requests), 2)
+        self.assertEqual(requests[-1]["body"]["messages"][-1]["role"], "tool")
+
+    def test_codexOss(self) -> None:
+        """
+        C{codex --oss}: Codex checks C{/api/version} and C{/api/tags}, then
+        talks Responses.
+        """
+        output = self.runCLI([executable("codex"), "exec", "--oss", "--local-provider", "ollama",
+                           "-m", "fake-model:proxy", "--skip-git-repo-check",
+                           "--disable", "plugins", "say hi"],
+                          {"CODEX_HOME": self.codexHome(),
+                           "CODEX_OSS_BASE_URL": self.stack.url + "/v1"})
+        self.assertIn(REPLY, output)

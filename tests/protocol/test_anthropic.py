@@ -1,0 +1,427 @@
+"""
+The Anthropic Messages dialect: the exact SSE event sequences (text,
+thinking, tool calls split across chunks, usage after the finish, a
+failure part-way) at every byte split, the message object, the request
+parser's validation and mapping, and the token estimate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.anthropic import AnthropicDialect, AnthropicEncoder, errorObject
+from ollama_proxy.protocol.anthropic_request import estimateTokens, parseMessagesRequest
+from ollama_proxy.protocol.errors import BadRequest, StreamFailed
+from ollama_proxy.protocol.events import Reply, ToolCall, Usage
+from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.openai_request import chatBody
+from ollama_proxy.protocol.requests import Message, ToolCallRequest
+from ollama_proxy.protocol.stream import TranslatedStream
+from tests.protocol.helpers import T0, b64, constant, PNG, sse
+
+
+def counterIds() -> Callable[[str], str]:
+    """
+    @return: an id maker giving C{prefix} + 24 hex digits counting from 1.
+    """
+    count = [0]
+
+    def make(prefix: str) -> str:
+        count[0] += 1
+        return f"{prefix}{count[0]:024x}"
+
+    return make
+
+
+def events(data: bytes) -> list[tuple[str, Any]]:
+    """
+    Parse named SSE events, checking the framing: C{event:} then C{data:},
+    a blank line after each.
+    """
+    assert data.endswith(b"\n\n"), data
+    out = []
+    for block in data[:-2].split(b"\n\n"):
+        name, payload = block.split(b"\n")
+        assert name.startswith(b"event: ") and payload.startswith(b"data: "), block
+        decoded = codec.loads(payload[len(b"data: "):])
+        out.append((name[len(b"event: "):].decode(), decoded))
+        assert decoded["type"] == out[-1][0]
+    return out
+
+
+def pipeline(estimate: int = 7) -> TranslatedStream:
+    encoder = AnthropicDialect(estimate, counterIds()).streamEncoder("claude-x", T0)
+    return TranslatedStream(ChatStreamReader(constant), encoder)
+
+
+def run(pieces: list[bytes]) -> bytes:
+    stream = pipeline()
+    return b"".join(stream.feed(p) for p in pieces) + stream.end()
+
+
+def chunk(finish: str | None = None, **delta: Any) -> Any:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+USAGE = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 14}}
+
+START = ("message_start", {"type": "message_start", "message": {
+    "id": "msg_000000000000000000000001", "type": "message", "role": "assistant",
+    "model": "claude-x", "content": [], "stop_reason": None, "stop_sequence": None,
+    "usage": {"input_tokens": 7, "output_tokens": 0}}})
+
+
+def block(index: int, kind: str, **fields: Any) -> tuple[str, Any]:
+    return ("content_block_start", {"type": "content_block_start", "index": index,
+                                    "content_block": {"type": kind, **fields}})
+
+
+def delta(index: int, **fields: Any) -> tuple[str, Any]:
+    return ("content_block_delta", {"type": "content_block_delta", "index": index,
+                                    "delta": fields})
+
+
+def stop(index: int) -> tuple[str, Any]:
+    return ("content_block_stop", {"type": "content_block_stop", "index": index})
+
+
+def end(reason: str, inputTokens: int = 9, outputTokens: int = 14) -> list[tuple[str, Any]]:
+    return [
+        ("message_delta", {"type": "message_delta",
+                           "delta": {"stop_reason": reason, "stop_sequence": None},
+                           "usage": {"input_tokens": inputTokens, "output_tokens": outputTokens}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+
+
+THINKING_STREAM = sse(
+    chunk(role="assistant", content=""),
+    chunk(reasoning_content="The user "),
+    chunk(reasoning_content="greets me."),
+    chunk(content="Hi \u00e9t\u00e9 "),
+    chunk(content="\U0001f600!"),
+    chunk("stop"),
+    USAGE,
+) + b"data: [DONE]\n\n"
+
+TOOL_STREAM = sse(
+    chunk(content="Let me check."),
+    chunk(tool_calls=[{"index": 0, "id": "toolu_1", "type": "function",
+                       "function": {"name": "get_weather", "arguments": ""}}]),
+    chunk(tool_calls=[{"index": 0, "function": {"arguments": '{"city": '}}]),
+    chunk(tool_calls=[{"index": 0, "function": {"arguments": '"Paris"}'}}]),
+    chunk(tool_calls=[{"index": 1, "id": "toolu_2", "function": {"name": "now", "arguments": "{}"}}]),
+    chunk("tool_calls"),
+    USAGE,
+) + b"data: [DONE]\n\n"
+
+
+class StreamTests(SynchronousTestCase):
+    """
+    The SSE event sequence, exactly, at every split of the backend's bytes.
+    """
+
+    def assertEverySplit(self, stream: bytes) -> bytes:
+        whole = run([stream])
+        for i in range(len(stream) + 1):
+            self.assertEqual(run([stream[:i], stream[i:]]), whole, f"split at {i}")
+        return whole
+
+    def test_thinkingThenText(self) -> None:
+        """
+        Reasoning is a thinking block (with the empty signature the SDK
+        needs), closed when text begins; usage arriving after the finish
+        chunk is in C{message_delta}.
+        """
+        out = self.assertEverySplit(THINKING_STREAM)
+        self.assertEqual(events(out), [
+            START,
+            block(0, "thinking", thinking="", signature=""),
+            delta(0, type="thinking_delta", thinking="The user "),
+            delta(0, type="thinking_delta", thinking="greets me."),
+            stop(0),
+            block(1, "text", text=""),
+            delta(1, type="text_delta", text="Hi \u00e9t\u00e9 "),
+            delta(1, type="text_delta", text="\U0001f600!"),
+            stop(1),
+            *end("end_turn"),
+        ])
+
+    def test_toolCalls(self) -> None:
+        """
+        Tool calls whose arguments arrive in pieces are tool_use blocks
+        after the text, each with its whole arguments as one
+        C{input_json_delta}; the stop reason is C{tool_use}.
+        """
+        out = self.assertEverySplit(TOOL_STREAM)
+        self.assertEqual(events(out), [
+            START,
+            block(0, "text", text=""),
+            delta(0, type="text_delta", text="Let me check."),
+            stop(0),
+            block(1, "tool_use", id="toolu_1", name="get_weather", input={}),
+            delta(1, type="input_json_delta", partial_json='{"city":"Paris"}'),
+            stop(1),
+            block(2, "tool_use", id="toolu_2", name="now", input={}),
+            delta(2, type="input_json_delta", partial_json="{}"),
+            stop(2),
+            *end("tool_use"),
+        ])
+
+    def test_stopReasons(self) -> None:
+        """
+        C{length} is C{max_tokens}, C{content_filter} C{refusal}; without
+        usage from the backend, input tokens are the estimate.
+        """
+        for finish, reason in (("length", "max_tokens"), ("content_filter", "refusal"),
+                               ("stop", "end_turn")):
+            out = run([sse(chunk(finish, content="x")) + b"data: [DONE]\n\n"])
+            self.assertEqual(events(out)[-2:], end(reason, 7, 0))
+
+    def test_failurePartWay(self) -> None:
+        """
+        A backend error event after some text: the text already read, then
+        C{event: error} in Anthropic's shape, and no C{message_stop}.
+        """
+        stream = pipeline()
+        body = sse(chunk(content="par"), {"error": {"message": "overloaded"}})
+        with self.assertRaises(StreamFailed) as e:
+            stream.feed(body)
+        out = e.exception.output + stream.encoder.error(e.exception.message)
+        self.assertEqual(events(out), [
+            START,
+            block(0, "text", text=""),
+            delta(0, type="text_delta", text="par"),
+            ("error", {"type": "error", "error": {"type": "api_error", "message": "overloaded"}}),
+        ])
+
+    def test_errorFirst(self) -> None:
+        """
+        An error before any event still follows a C{message_start}.
+        """
+        encoder = AnthropicEncoder("m", "msg_1", 3)
+        self.assertEqual([name for name, _ in events(encoder.error("boom"))],
+                         ["message_start", "error"])
+
+    def test_ping(self) -> None:
+        """
+        The first ping opens the message; later ones are bare pings.
+        """
+        encoder = AnthropicEncoder("m", "msg_1", 3)
+        self.assertEqual([n for n, _ in events(encoder.ping())], ["message_start", "ping"])
+        self.assertEqual(events(encoder.ping()), [("ping", {"type": "ping"})])
+        self.assertEqual(encoder.encode([]), b"")
+
+
+class ReplyTests(SynchronousTestCase):
+    """
+    The non-streamed message object.
+    """
+
+    REPLY = Reply("Let me check.", "Weather needed.",
+                  (ToolCall("toolu_1", "get_weather", {"city": "Paris"}, 0),),
+                  "tool_calls", Usage(412, 31), [])
+
+    def test_message(self) -> None:
+        """
+        Thinking, text, then tool_use blocks with object input; the stop
+        reason, a null stop sequence and the backend's usage.
+        """
+        dialect = AnthropicDialect(5, counterIds())
+        self.assertEqual(dialect.reply(self.REPLY, "claude-x", T0, T0), {
+            "id": "msg_000000000000000000000001", "type": "message", "role": "assistant",
+            "model": "claude-x",
+            "content": [
+                {"type": "thinking", "thinking": "Weather needed.", "signature": ""},
+                {"type": "text", "text": "Let me check."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                 "input": {"city": "Paris"}},
+            ],
+            "stop_reason": "tool_use", "stop_sequence": None,
+            "usage": {"input_tokens": 412, "output_tokens": 31},
+        })
+
+    def test_asStream(self) -> None:
+        """
+        A whole answer where a stream was asked for is the same sequence a
+        stream would have been.
+        """
+        dialect = AnthropicDialect(5, counterIds())
+        names = [n for n, _ in events(dialect.replyAsStream(self.REPLY, "m", T0, T0))]
+        self.assertEqual(names, [
+            "message_start", "content_block_start", "content_block_delta", "content_block_stop",
+            "content_block_start", "content_block_delta", "content_block_stop",
+            "content_block_start", "content_block_delta", "content_block_stop",
+            "message_delta", "message_stop",
+        ])
+
+    def test_errorTypes(self) -> None:
+        """
+        Statuses become Anthropic's error types.
+        """
+        for status, kind in ((400, "invalid_request_error"), (401, "authentication_error"),
+                             (404, "not_found_error"), (413, "request_too_large"),
+                             (429, "rate_limit_error"), (502, "api_error"),
+                             (503, "overloaded_error"), (504, "timeout_error")):
+            self.assertEqual(errorObject(status, "m"),
+                             {"type": "error", "error": {"type": kind, "message": "m"}})
+
+
+BASE = {"model": "claude-sonnet-4-5", "max_tokens": 100}
+
+
+def parse(**fields: Any) -> Any:
+    return parseMessagesRequest({**BASE, **fields})
+
+
+class RequestTests(SynchronousTestCase):
+    """
+    The parser: validation messages and the typed request.
+    """
+
+    def test_invalid(self) -> None:
+        """
+        Bad bodies get a precise 400 message (Ollama's wording where it has
+        one).
+        """
+        user = [{"role": "user", "content": "hi"}]
+        for body, message in [
+            ([], "request body must be a JSON object"),
+            ({"max_tokens": 1, "messages": user}, "model is required"),
+            ({"model": "m", "messages": user}, "max_tokens is required and must be positive"),
+            ({"model": "m", "max_tokens": 0, "messages": user},
+             "max_tokens is required and must be positive"),
+            ({**BASE, "messages": []}, "messages is required"),
+            ({**BASE, "messages": [{"role": "tool", "content": "x"}]},
+             "messages[0].role: expected \"user\" or \"assistant\", got 'tool'"),
+            ({**BASE, "messages": [{"role": "user", "content": [{"type": "image"}]}]},
+             "messages[0].content[0]: invalid image source"),
+            ({**BASE, "messages": [{"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                             "data": "!!"}}]}]},
+             "messages[0].content[0]: invalid base64 image data: Only base64 data is allowed"),
+            ({**BASE, "messages": [{"role": "assistant", "content": [
+                {"type": "tool_use", "name": "x", "input": {}}]}]},
+             "messages[0].content[0]: tool_use block missing required 'id' field"),
+            ({**BASE, "messages": user, "tools": [{"name": "t", "input_schema": 3}]},
+             'invalid input_schema for tool "t": expected an object'),
+            ({**BASE, "messages": user, "tool_choice": {"type": "sometimes"}},
+             "tool_choice.type: expected auto, any, tool or none, got 'sometimes'"),
+            ({**BASE, "messages": user, "thinking": {"type": "maybe"}},
+             'thinking.type: expected "enabled", "disabled" or "adaptive"'),
+            ({**BASE, "messages": user, "temperature": "hot"}, "temperature: expected a number"),
+            ({**BASE, "messages": user, "stream": "yes"}, "stream: expected a boolean"),
+        ]:
+            with self.assertRaises(BadRequest, msg=repr(body)) as e:
+                parseMessagesRequest(body)
+            self.assertEqual(e.exception.message, message)
+
+    def test_conversation(self) -> None:
+        """
+        System blocks are joined; tool results come before the user's text
+        as tool messages (errors marked), their images in a user turn after
+        them; assistant tool_use blocks are tool calls with JSON arguments,
+        thinking is the turn's reasoning; images are data URLs.
+        """
+        image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                             "data": b64(PNG)}}
+        request = parse(
+            system=[{"type": "text", "text": "A", "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": "B"}],
+            messages=[
+                {"role": "user", "content": [{"type": "text", "text": "look"}, image]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hm", "signature": "sig"},
+                    {"type": "text", "text": "ok"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "read", "input": {"p": 1}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
+                     "content": [{"type": "text", "text": "no such file"}, image]},
+                    {"type": "text", "text": "go on"}]},
+                {"role": "system", "content": "mid"},
+            ],
+        )
+        url = "data:image/png;base64," + b64(PNG)
+        self.assertEqual(request.messages, (
+            Message("system", "A\n\nB"),
+            Message("user", "look", (url,)),
+            Message("assistant", "ok", toolCalls=(ToolCallRequest("toolu_1", "read", '{"p":1}'),),
+                    thinking="hm"),
+            Message("tool", "Error: no such file", toolCallId="toolu_1"),
+            Message("user", "", (url,)),
+            Message("user", "go on"),
+            Message("system", "mid"),
+        ))
+
+    def test_openAIBody(self) -> None:
+        """
+        What reaches an OpenAI backend: sampling, stops, function tools
+        (server tools and Anthropic-only fields dropped), the tool choice,
+        reasoning, the JSON schema.
+        """
+        request = parse(
+            messages=[{"role": "user", "content": "hi"}],
+            temperature=0.5, top_p=0.9, top_k=40, stop_sequences=["END"], stream=True,
+            tools=[{"name": "get_weather", "description": "Weather",
+                    "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}},
+                   {"type": "web_search_20250305", "name": "web_search"}],
+            tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+            thinking={"type": "enabled", "budget_tokens": 2048},
+            output_config={"effort": "xhigh", "format": {"type": "json_schema",
+                                                         "schema": {"type": "object"}}},
+            metadata={"user_id": "u"}, context_management={"edits": []},
+        )
+        self.assertEqual(chatBody(request, "qwen3"), {
+            "model": "qwen3",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True, "stream_options": {"include_usage": True},
+            "max_tokens": 100, "temperature": 0.5, "top_p": 0.9, "top_k": 40, "stop": ["END"],
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "response", "schema": {"type": "object"}}},
+            "tools": [{"type": "function", "function": {
+                "name": "get_weather", "parameters": {"type": "object"}, "description": "Weather"}}],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "parallel_tool_calls": False,
+            "reasoning_effort": "high",
+        })
+
+    def test_thinking(self) -> None:
+        """
+        C{thinking} and C{output_config.effort} as the reasoning switch.
+        """
+        user = [{"role": "user", "content": "hi"}]
+        cases: list[tuple[dict[str, Any], Any]] = [
+            ({}, None),
+            ({"thinking": {"type": "adaptive"}}, None),
+            ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, True),
+            ({"thinking": {"type": "disabled"}, "output_config": {"effort": "high"}}, False),
+            ({"output_config": {"effort": "low"}}, "low"),
+            ({"thinking": {"type": "adaptive"}, "output_config": {"effort": "max"}}, "max"),
+        ]
+        for fields, think in cases:
+            self.assertEqual(parse(messages=user, **fields).think, think, fields)
+
+    def test_toolChoices(self) -> None:
+        """
+        C{auto}, C{any} and C{none} as OpenAI's strings.
+        """
+        user = [{"role": "user", "content": "hi"}]
+        for kind, choice in (("auto", "auto"), ("any", "required"), ("none", "none")):
+            self.assertEqual(parse(messages=user, tool_choice={"type": kind}).toolChoice, choice)
+
+    def test_countTokens(self) -> None:
+        """
+        A count_tokens body needs no C{max_tokens}; the estimate is about
+        a quarter of the characters, never 0.
+        """
+        request = parseMessagesRequest(
+            {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}, counting=True
+        )
+        self.assertEqual(estimateTokens(request), 101)
+        tiny = parseMessagesRequest(
+            {"model": "m", "messages": [{"role": "user", "content": ""}]}, counting=True
+        )
+        self.assertEqual(estimateTokens(tiny), 1)

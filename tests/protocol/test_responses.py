@@ -1,0 +1,405 @@
+"""
+The OpenAI Responses dialect: the exact event stream (text, reasoning,
+tool calls split across chunks, namespace and custom tools, usage after the
+finish, a failure part-way) at every byte split, the response object, and
+the request parser (stateless, tools flattened, input items mapped).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.protocol.errors import BadRequest, StreamFailed
+from ollama_proxy.protocol.events import Reply, ToolCall, Usage
+from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.openai_request import chatBody
+from ollama_proxy.protocol.requests import Message, ToolCallRequest
+from ollama_proxy.protocol.responses import ResponsesDialect, errorObject
+from ollama_proxy.protocol.responses_request import (
+    ResponsesContext,
+    ToolName,
+    Unsupported,
+    flatName,
+    parseResponsesRequest,
+)
+from ollama_proxy.protocol.stream import TranslatedStream
+from tests.protocol.helpers import T0, constant, sse
+from tests.protocol.test_anthropic import USAGE, chunk, counterIds, events
+
+ECHO: dict[str, Any] = {"instructions": None, "max_output_tokens": None, "parallel_tool_calls": True,
+        "reasoning": None, "temperature": 1, "text": {"format": {"type": "text"}},
+        "tool_choice": "auto", "tools": [], "top_p": 1, "metadata": {}}
+NAMES = {"mcp__node__js": ToolName("js", "mcp__node"), "apply_patch": ToolName("apply_patch", custom=True)}
+
+
+def context(**echo: Any) -> ResponsesContext:
+    return ResponsesContext({**ECHO, **echo}, dict(NAMES))
+
+
+def run(pieces: list[bytes], ctx: ResponsesContext | None = None) -> bytes:
+    encoder = ResponsesDialect(ctx or context(), counterIds()).streamEncoder("gpt-5-codex", T0)
+    stream = TranslatedStream(ChatStreamReader(constant), encoder)
+    return b"".join(stream.feed(p) for p in pieces) + stream.end()
+
+
+def flat(out: bytes) -> list[tuple[str, Any]]:
+    """
+    The events with the sequence numbers checked (0, 1, 2, ...) and
+    removed, and the response objects cut down to status and output.
+    """
+    decoded = events(out)
+    result = []
+    for i, (name, data) in enumerate(decoded):
+        assert data.pop("sequence_number") == i, (i, name)
+        data.pop("type")
+        if "response" in data:
+            response = data["response"]
+            data = {"status": response["status"], "output": response["output"],
+                    "usage": response["usage"], "error": response["error"]}
+        result.append((name, data))
+    return result
+
+
+RESP = "resp_000000000000000000000001"
+OPENING: list[tuple[str, Any]] = [
+    ("response.created", {"status": "in_progress", "output": [], "usage": None, "error": None}),
+    ("response.in_progress", {"status": "in_progress", "output": [], "usage": None,
+                              "error": None}),
+]
+FULL_USAGE = {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 0},
+              "output_tokens": 14, "output_tokens_details": {"reasoning_tokens": 0},
+              "total_tokens": 23}
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": value, "annotations": [], "logprobs": []}
+
+
+class StreamTests(SynchronousTestCase):
+    """
+    The event stream, exactly, at every split of the backend's bytes.
+    """
+
+    def assertEverySplit(self, stream: bytes) -> bytes:
+        whole = run([stream])
+        for i in range(len(stream) + 1):
+            self.assertEqual(run([stream[:i], stream[i:]]), whole, f"split at {i}")
+        return whole
+
+    def test_reasoningThenText(self) -> None:
+        """
+        Reasoning is a reasoning item with summary deltas, closed before
+        the message item opens; the text is closed with its done events;
+        usage arriving after the finish is in C{response.completed}.
+        """
+        stream = sse(chunk(reasoning_content="Need "), chunk(reasoning_content="nothing."),
+                     chunk(content="Hel"), chunk(content="lo \u00e9\U0001f600"), chunk("stop"),
+                     USAGE) + b"data: [DONE]\n\n"
+        out = self.assertEverySplit(stream)
+        rs, msg = "rs_000000000000000000000002", "msg_000000000000000000000003"
+        summary = {"type": "summary_text", "text": "Need nothing."}
+        message = {"id": msg, "type": "message", "status": "completed", "role": "assistant",
+                   "content": [text("Hello \u00e9\U0001f600")]}
+        reasoning = {"id": rs, "type": "reasoning", "summary": [summary]}
+        at = {"output_index": 0}
+        self.assertEqual(flat(out), [
+            *OPENING,
+            ("response.output_item.added", {**at, "item": {"id": rs, "type": "reasoning",
+                                                           "summary": []}}),
+            ("response.reasoning_summary_part.added", {"item_id": rs, **at, "summary_index": 0,
+                                                       "part": {"type": "summary_text", "text": ""}}),
+            ("response.reasoning_summary_text.delta", {"item_id": rs, **at, "summary_index": 0,
+                                                       "delta": "Need "}),
+            ("response.reasoning_summary_text.delta", {"item_id": rs, **at, "summary_index": 0,
+                                                       "delta": "nothing."}),
+            ("response.reasoning_summary_text.done", {"item_id": rs, **at, "summary_index": 0,
+                                                      "text": "Need nothing."}),
+            ("response.reasoning_summary_part.done", {"item_id": rs, **at, "summary_index": 0,
+                                                      "part": summary}),
+            ("response.output_item.done", {**at, "item": reasoning}),
+            ("response.output_item.added", {"output_index": 1, "item": {
+                "id": msg, "type": "message", "status": "in_progress", "role": "assistant",
+                "content": []}}),
+            ("response.content_part.added", {"item_id": msg, "output_index": 1,
+                                             "content_index": 0, "part": text("")}),
+            ("response.output_text.delta", {"item_id": msg, "output_index": 1, "content_index": 0,
+                                            "delta": "Hel", "logprobs": []}),
+            ("response.output_text.delta", {"item_id": msg, "output_index": 1, "content_index": 0,
+                                            "delta": "lo \u00e9\U0001f600", "logprobs": []}),
+            ("response.output_text.done", {"item_id": msg, "output_index": 1, "content_index": 0,
+                                           "text": "Hello \u00e9\U0001f600", "logprobs": []}),
+            ("response.content_part.done", {"item_id": msg, "output_index": 1,
+                                            "content_index": 0, "part": text("Hello \u00e9\U0001f600")}),
+            ("response.output_item.done", {"output_index": 1, "item": message}),
+            ("response.completed", {"status": "completed", "output": [reasoning, message],
+                                    "usage": FULL_USAGE, "error": None}),
+        ])
+
+    def test_toolCalls(self) -> None:
+        """
+        A namespaced call comes back split into C{namespace} and C{name};
+        a custom tool's call is a C{custom_tool_call} with the raw input;
+        arguments split across chunks arrive whole.
+        """
+        stream = sse(
+            chunk(tool_calls=[{"index": 0, "id": "call_1", "function": {"name": "mcp__node__js",
+                                                                        "arguments": '{"co'}}]),
+            chunk(tool_calls=[{"index": 0, "function": {"arguments": 'de": "1+1"}'}}]),
+            chunk(tool_calls=[{"index": 1, "id": "call_2", "function": {
+                "name": "apply_patch", "arguments": '{"input": "*** Begin Patch"}'}}]),
+            chunk("tool_calls"), USAGE,
+        ) + b"data: [DONE]\n\n"
+        out = self.assertEverySplit(stream)
+        fc, ctc = "fc_000000000000000000000002", "ctc_000000000000000000000003"
+        call = {"id": fc, "type": "function_call", "status": "completed", "call_id": "call_1",
+                "name": "js", "arguments": '{"code":"1+1"}', "namespace": "mcp__node"}
+        custom = {"id": ctc, "type": "custom_tool_call", "status": "completed",
+                  "call_id": "call_2", "name": "apply_patch", "input": "*** Begin Patch"}
+        self.assertEqual(flat(out), [
+            *OPENING,
+            ("response.output_item.added", {"output_index": 0, "item": {
+                **call, "status": "in_progress", "arguments": ""}}),
+            ("response.function_call_arguments.delta", {"item_id": fc, "output_index": 0,
+                                                        "delta": '{"code":"1+1"}'}),
+            ("response.function_call_arguments.done", {"item_id": fc, "output_index": 0,
+                                                       "name": "js", "arguments": '{"code":"1+1"}'}),
+            ("response.output_item.done", {"output_index": 0, "item": call}),
+            ("response.output_item.added", {"output_index": 1, "item": {
+                **custom, "status": "in_progress", "input": ""}}),
+            ("response.custom_tool_call_input.delta", {"item_id": ctc, "output_index": 1,
+                                                       "delta": "*** Begin Patch"}),
+            ("response.custom_tool_call_input.done", {"item_id": ctc, "output_index": 1,
+                                                      "input": "*** Begin Patch"}),
+            ("response.output_item.done", {"output_index": 1, "item": custom}),
+            ("response.completed", {"status": "completed", "output": [call, custom],
+                                    "usage": FULL_USAGE, "error": None}),
+        ])
+
+    def test_incomplete(self) -> None:
+        """
+        Cut by C{max_output_tokens}: C{response.incomplete} with the reason;
+        a length finish without that limit is C{completed} (Codex retries
+        incomplete responses).
+        """
+        stream = sse(chunk("length", content="x")) + b"data: [DONE]\n\n"
+        [*_, (name, data)] = events(run([stream], context(max_output_tokens=1)))
+        self.assertEqual((name, data["response"]["status"],
+                          data["response"]["incomplete_details"]),
+                         ("response.incomplete", "incomplete", {"reason": "max_output_tokens"}))
+        [*_, (name, _)] = events(run([stream]))
+        self.assertEqual(name, "response.completed")
+
+    def test_failurePartWay(self) -> None:
+        """
+        A backend error after some text: the text so far, then
+        C{response.failed} with the error and no completed items (the open
+        message was never finished).
+        """
+        encoder = ResponsesDialect(context(), counterIds()).streamEncoder("m", T0)
+        stream = TranslatedStream(ChatStreamReader(constant), encoder)
+        with self.assertRaises(StreamFailed) as e:
+            stream.feed(sse(chunk(content="par"), {"error": {"message": "overloaded"}}))
+        out = e.exception.output + encoder.error(e.exception.message)
+        names = [name for name, _ in flat(out)]
+        self.assertEqual(names[-2:], ["response.output_text.delta", "response.failed"])
+        self.assertEqual(flat(out)[-1][1], {
+            "status": "failed", "output": [], "usage": None,
+            "error": {"code": "server_error", "message": "overloaded"}})
+
+    def test_ping(self) -> None:
+        """
+        The first ping opens the response; later ones are SSE comments.
+        """
+        encoder = ResponsesDialect(context()).streamEncoder("m", T0)
+        self.assertEqual([n for n, _ in events(encoder.ping())],
+                         ["response.created", "response.in_progress"])
+        self.assertEqual(encoder.ping(), b": keep-alive\n\n")
+
+
+class ReplyTests(SynchronousTestCase):
+    """
+    The non-streamed response object.
+    """
+
+    def test_response(self) -> None:
+        """
+        Reasoning, message and function call items (text kept beside the
+        calls), the echoed request fields, usage.
+        """
+        reply = Reply("Checking.", "Need the tool.",
+                      (ToolCall("call_a1", "get_weather", {"city": "Paris"}, 0),),
+                      "tool_calls", Usage(412, 31), [])
+        ctx = context(instructions="terse", reasoning={"effort": "high"})
+        obj = ResponsesDialect(ctx, counterIds()).reply(reply, "plain", T0, T0 + 3_000_000_000)
+        self.assertEqual(obj["output"], [
+            {"id": "rs_000000000000000000000002", "type": "reasoning",
+             "summary": [{"type": "summary_text", "text": "Need the tool."}]},
+            {"id": "msg_000000000000000000000003", "type": "message", "status": "completed",
+             "role": "assistant", "content": [text("Checking.")]},
+            {"id": "fc_000000000000000000000004", "type": "function_call", "status": "completed",
+             "call_id": "call_a1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        ])
+        self.assertEqual(
+            {k: obj[k] for k in ("id", "object", "status", "model", "instructions", "reasoning",
+                                 "created_at", "completed_at", "tool_choice")},
+            {"id": RESP, "object": "response", "status": "completed", "model": "plain",
+             "instructions": "terse", "reasoning": {"effort": "high"},
+             "created_at": T0 // 10**9, "completed_at": T0 // 10**9 + 3, "tool_choice": "auto"})
+        self.assertEqual(obj["usage"]["total_tokens"], 443)
+
+    def test_errors(self) -> None:
+        """
+        OpenAI's error object; a refused field is named as C{param}.
+        """
+        self.assertEqual(errorObject(404, "no"), {"error": {
+            "message": "no", "type": "invalid_request_error", "param": None,
+            "code": "model_not_found"}})
+        self.assertEqual(errorObject(400, "x", "conversation")["error"]["code"],
+                         "unsupported_parameter")
+        self.assertEqual(errorObject(502, "x")["error"]["type"], "server_error")
+
+
+def parse(**fields: Any) -> Any:
+    return parseResponsesRequest({"model": "gpt-5-codex", **fields})
+
+
+class RequestTests(SynchronousTestCase):
+    """
+    The parser.
+    """
+
+    def test_stateful(self) -> None:
+        """
+        Server-side state the proxy does not keep is refused, naming the
+        field; null or empty values are absent.
+        """
+        for field, value in (("previous_response_id", "resp_1"), ("conversation", "conv_1"),
+                             ("conversation", {"id": "c"}), ("background", True)):
+            with self.assertRaises(Unsupported) as e:
+                parse(input="hi", **{field: value})
+            self.assertEqual(e.exception.param, field)
+            self.assertTrue(e.exception.message.startswith(f"{field} is not supported"))
+        parse(input="hi", previous_response_id=None, conversation=None, background=False)
+        with self.assertRaises(Unsupported) as e:
+            parse(input=[{"type": "item_reference", "id": "msg_1"}])
+        self.assertEqual(e.exception.param, "input")
+
+    def test_invalid(self) -> None:
+        """
+        Precise 400 messages.
+        """
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"model": None, "input": "x"}, "model is required"),
+            ({"input": [{"type": "zap"}]}, 'input[0]: unknown input item type: "zap"'),
+            ({"input": [{"content": "x"}]}, "input[0]: input item missing required 'type' field"),
+            ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+             "file inputs are not currently supported"),
+            ({"input": [{"role": "user", "content": [{"type": "audio"}]}]},
+             "input[0]: content[0]: unknown content type: audio"),
+            ({"input": "x", "reasoning": {"effort": "huge"}},
+             'invalid reasoning value: "huge" (must be "minimal", "low", "medium", "high", '
+             '"xhigh", "ultra", "max", or "none")'),
+            ({"input": "x", "max_output_tokens": 0}, "max_output_tokens must be positive"),
+            ({"input": []}, "input is required"),
+            ({"input": "x", "tools": [{"type": "function"}]},
+             "tools[0]: missing required 'name' field"),
+        ]
+        for fields, message in cases:
+            with self.assertRaises(BadRequest, msg=repr(fields)) as e:
+                parse(**fields)
+            self.assertEqual(e.exception.message, message)
+
+    def test_input(self) -> None:
+        """
+        Items as turns: developer is system, calls merge into the assistant
+        turn (with the reasoning before them), outputs are tool messages,
+        namespaced and custom calls re-flattened, hosted-tool history
+        skipped.
+        """
+        request, _ = parse(instructions="Be terse.", input=[
+            {"role": "developer", "content": "rules"},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "see "},
+                {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "hm"}]},
+            {"type": "function_call", "call_id": "c1", "name": "js", "namespace": "mcp__node",
+             "arguments": '{"code":"1"}'},
+            {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "P"},
+            {"type": "web_search_call", "id": "ws_1"},
+            {"type": "function_call_output", "call_id": "c1", "output": "2"},
+            {"type": "custom_tool_call_output", "call_id": "c2",
+             "output": [{"type": "input_text", "text": "done"}]},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
+        ])
+        self.assertEqual(request.messages, (
+            Message("system", "Be terse."),
+            Message("system", "rules"),
+            Message("user", "see ", ("data:image/png;base64,AAAA",)),
+            Message("assistant", "", toolCalls=(
+                ToolCallRequest("c1", "mcp__node__js", '{"code":"1"}'),
+                ToolCallRequest("c2", "apply_patch", '{"input":"P"}'),
+            ), thinking="hm"),
+            Message("tool", "2", toolCallId="c1"),
+            Message("tool", "done", toolCallId="c2"),
+            Message("assistant", "ok"),
+        ))
+
+    def test_openAIBody(self) -> None:
+        """
+        What reaches the backend: function tools (flat, namespace members
+        flattened, custom tools as one-string functions, hosted tools
+        dropped), the tool choice, limits, reasoning, the JSON schema; no
+        Responses-only field.
+        """
+        request, ctx = parse(
+            input="hi", stream=True, max_output_tokens=50, temperature=0.2, top_p=0.5,
+            tools=[{"type": "function", "name": "get_weather", "parameters": {"type": "object"},
+                    "strict": True},
+                   {"type": "namespace", "name": "mcp__node", "tools": [
+                       {"type": "function", "name": "js", "description": "run"}]},
+                   {"type": "custom", "name": "apply_patch", "description": "patch"},
+                   {"type": "web_search"}],
+            tool_choice={"type": "function", "name": "get_weather"}, parallel_tool_calls=False,
+            reasoning={"effort": "minimal", "summary": "auto"},
+            text={"format": {"type": "json_schema", "name": "out", "schema": {"type": "object"}}},
+            store=False, include=["reasoning.encrypted_content"], prompt_cache_key="k",
+            client_metadata={"a": "b"},
+        )
+        self.assertEqual(chatBody(request, "qwen3"), {
+            "model": "qwen3", "messages": [{"role": "user", "content": "hi"}],
+            "stream": True, "stream_options": {"include_usage": True},
+            "max_tokens": 50, "temperature": 0.2, "top_p": 0.5,
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "response", "schema": {"type": "object"}}},
+            "tools": [
+                {"type": "function", "function": {"name": "get_weather",
+                                                  "parameters": {"type": "object"}, "strict": True}},
+                {"type": "function", "function": {"name": "mcp__node__js", "description": "run",
+                                                  "parameters": {"type": "object", "properties": {}}}},
+                {"type": "function", "function": {
+                    "name": "apply_patch", "description": "patch",
+                    "parameters": {"type": "object", "properties": {"input": {
+                        "type": "string", "description": "the raw tool input"}},
+                        "required": ["input"]}}},
+            ],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "parallel_tool_calls": False,
+            "reasoning_effort": "low",
+        })
+        self.assertEqual(ctx.names, {"mcp__node__js": ToolName("js", "mcp__node"),
+                                     "apply_patch": ToolName("apply_patch", custom=True)})
+        self.assertEqual(parse(input="x", reasoning={"effort": "none"})[0].think, False)
+
+    def test_flatName(self) -> None:
+        """
+        Namespaced names join with C{__} (once), are cleaned to OpenAI's
+        alphabet and shortened past 64 characters, distinctly.
+        """
+        self.assertEqual(flatName("mcp__node", "js"), "mcp__node__js")
+        self.assertEqual(flatName("mcp__node__", "js"), "mcp__node__js")
+        self.assertEqual(flatName(None, "node_repl.js"), "node_repl_js")
+        long1, long2 = flatName("n" * 40, "a" * 40), flatName("n" * 40, "b" * 40)
+        self.assertEqual((len(long1), len(long2)), (64, 64))
+        self.assertNotEqual(long1, long2)
