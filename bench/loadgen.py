@@ -84,6 +84,20 @@ def verifySSE(body: bytes, chunks: int, exact: bool) -> tuple[str | None, int]:
     return None, content
 
 
+def verifyNamedSSE(body: bytes, delta: bytes, end: bytes, chunks: int) -> tuple[str | None, int]:
+    """
+    A stream of named SSE events (Anthropic Messages, OpenAI Responses):
+    C{chunks} C{delta} events, and C{end} as the last event.
+    """
+    names = [line[7:].strip() for line in body.split(b"\n") if line.startswith(b"event: ")]
+    content = names.count(delta)
+    if not names or names[-1] != end:
+        return f"stream does not end with event {end.decode()}", content
+    if content != chunks:
+        return f"expected {chunks} {delta.decode()} events, got {content}", content
+    return None, content
+
+
 def verifyJSON(body: bytes, key: str) -> tuple[str | None, int]:
     try:
         decoded = json.loads(body)

@@ -40,13 +40,15 @@ def tables(data: dict[str, Any]) -> str:
         baseTTFB = direct.get("ttfbP50ms", float("nan"))
         out.append(f"### {scenario}")
         out.append("")
-        out.append("| target | ok / errors | req/s | × direct | p50 ms | p99 ms | TTFB p50 ms | TTFB p99 ms | chunks/s | CPU ms/req | peak RSS MB |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        k0in = (results.get("K0IN") or {}).get("rps") or float("nan")
+        floor = (results.get("twisted.web floor") or {}).get("rps") or float("nan")
+        out.append("| target | ok / errors | req/s | × direct | × K0IN | × floor | p50 ms | p99 ms | TTFB p50 ms | TTFB p99 ms | chunks/s | CPU ms/req | peak RSS MB |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name, r in results.items():
             if not isinstance(r, dict):
                 continue
             if "failed" in r:
-                out.append(f"| {name} | failed: {r['failed'][:120]} |  |  |  |  |  |  |  |  |  |")
+                out.append(f"| {name} | failed: {r['failed'][:120]} |  |  |  |  |  |  |  |  |  |  |  |")
                 continue
             ratio = r["rps"] / base if base == base and base else float("nan")
             errors = f"{r['ok']} / {r['errors']}"
@@ -55,8 +57,10 @@ def tables(data: dict[str, Any]) -> str:
             ttfb = fmt(r["ttfbP50ms"], 2)
             if name != "direct" and baseTTFB == baseTTFB and r["ttfbP50ms"] == r["ttfbP50ms"]:
                 ttfb += f" (+{r['ttfbP50ms'] - baseTTFB:.2f})"
+            vsK0IN = f"{r['rps'] / k0in:.2f}" if k0in == k0in else "–"
+            vsFloor = f"{r['rps'] / floor:.2f}" if floor == floor else "–"
             out.append(
-                f"| {name} | {errors} | {fmt(r['rps'])} | {ratio:.3f} | {fmt(r['p50ms'], 1)} | {fmt(r['p99ms'], 1)} "
+                f"| {name} | {errors} | {fmt(r['rps'])} | {ratio:.3f} | {vsK0IN} | {vsFloor} | {fmt(r['p50ms'], 1)} | {fmt(r['p99ms'], 1)} "
                 f"| {ttfb} | {fmt(r['ttfbP99ms'], 2)} | {fmt(r['chunksPerS'])} | {fmt(r['cpuMsPerReq'], 2)} "
                 f"| {fmt(r['peakRSSMB'], 1)} |"
             )
@@ -66,7 +70,7 @@ def tables(data: dict[str, Any]) -> str:
                     values = [v for _, v in samples]
                     out.append(
                         f"|  | RSS over the run (MB): start {values[0]:.1f}, min {min(values):.1f}, "
-                        f"max {max(values):.1f}, end {values[-1]:.1f} ({len(values)} samples) |  |  |  |  |  |  |  |  |  |"
+                        f"max {max(values):.1f}, end {values[-1]:.1f} ({len(values)} samples) |  |  |  |  |  |  |  |  |  |  |  |"
                     )
         out.append("")
     return "\n".join(out)

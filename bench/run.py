@@ -134,11 +134,16 @@ def specFor(kind: str, route: str, port: int, chunks: int, model: str) -> loadge
     The request and check for a scenario route on a target kind, or C{None}
     when the target does not have that route.
 
-    kinds: C{direct} (the OpenAI backend), C{ours} (this proxy), C{peer-chat}
-    (an Ollama-API peer with /api/chat), C{peer-v1} (a peer with only
-    /api/tags and /v1/*).
+    kinds: C{direct} (the OpenAI backend), C{ours} (this proxy), C{k0in}
+    (the Go peer, checked as exactly as ours), C{peer-chat} (an Ollama-API
+    peer with /api/chat), C{peer-v1} (a peer with only /api/tags and
+    /v1/*), C{floor} (a bare twisted.web resource: /api/tags only).
     """
-    exact = kind in ("ours", "direct")
+    if kind == "floor":
+        if route != "tags":
+            return None
+        return loadgen.Spec(route, port, loadgen.buildRequest("GET", "/api/tags"), lambda b: loadgen.verifyJSON(b, "models"))
+    exact = kind in ("ours", "direct", "k0in")
     sse = lambda b: loadgen.verifySSE(b, chunks, True)  # noqa: E731
     if route == "stream":
         if kind == "direct":
@@ -161,6 +166,18 @@ def specFor(kind: str, route: str, port: int, chunks: int, model: str) -> loadge
         return loadgen.Spec(route, port, loadgen.buildRequest("GET", "/api/tags"), lambda b: loadgen.verifyJSON(b, "models"))
     if route == "passthrough":
         return loadgen.Spec(route, port, loadgen.buildRequest("POST", "/v1/chat/completions", openaiBody(model, chunks)), sse)
+    if route in ("anthropic", "responses"):
+        # The agent dialects exist only in this proxy.
+        if kind != "ours":
+            return None
+        if route == "anthropic":
+            body = {"model": model, "max_tokens": chunks, "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}]}
+            return loadgen.Spec(route, port, loadgen.buildRequest("POST", "/v1/messages", body),
+                                lambda b: loadgen.verifyNamedSSE(b, b"content_block_delta", b"message_stop", chunks))
+        body = {"model": model, "max_output_tokens": chunks, "stream": True, "input": "hi"}
+        return loadgen.Spec(route, port, loadgen.buildRequest("POST", "/v1/responses", body),
+                            lambda b: loadgen.verifyNamedSSE(b, b"response.output_text.delta", b"response.completed", chunks))
     raise ValueError(route)
 
 
@@ -186,6 +203,8 @@ def scenarios(duration: float, quick: bool) -> list[Scenario]:
         Scenario("non-stream c=16", "nonstream", 16, duration=duration),
         Scenario("tags c=16", "tags", 16, duration=duration),
         Scenario("passthrough stream c=16", "passthrough", 16, duration=duration),
+        Scenario("Anthropic /v1/messages stream c=16", "anthropic", 16, duration=duration),
+        Scenario("Responses /v1/responses stream c=16", "responses", 16, duration=duration),
         Scenario("1000 long streams (200 x 20 ms)", "stream", 1000, chunks=200, model="slow-20",
                  perConn=1, timeout=120.0, rssInterval=0.1),
         # All 1,000 connect in the same instant (the scenario above connects
@@ -245,6 +264,33 @@ def peerServers(backendPort: int) -> list[tuple[Server, str]]:
         out.append((Server("oai2ollama", [py, "-c", PEER_OAI, str(port)], port, PROXY_CORE, {
             "OPENAI_BASE_URL": f"http://127.0.0.1:{backendPort}/v1", "OPENAI_API_KEY": "sk-bench-0000"}), "peer-v1"))
     return out
+
+
+def k0inServer(binary: str, backendPort: int, models: set[str], logDir: str) -> Server:
+    """
+    The Go peer K0IN/openai-ollama-proxy, pinned like our proxy (so Go runs
+    with GOMAXPROCS=1).  It knows only the models in its TOML file (no
+    discovery), so every model a scenario sends is listed; its C{/api/tags}
+    is answered from that file and never reaches the backend.  It writes an
+    access-log line per request to stderr (no switch), into its log file.
+    """
+    port = freePort()
+    config = os.path.join(logDir, "k0in.toml")
+    with open(config, "w") as f:
+        f.write(f'listen_addr = "127.0.0.1:{port}"\n[[upstream]]\nurl = "http://127.0.0.1:{backendPort}"\n'
+                'api_key = "sk-bench"\n')
+        for model in sorted(models):
+            f.write(f'[[upstream.models]]\nupstream = "{model}"\nlocal = "{model}"\n')
+    return Server("K0IN", [os.path.abspath(binary)], port, PROXY_CORE, {"CONFIG_FILE": config})
+
+
+def floorServer(python: str) -> Server:
+    """
+    A bare twisted.web resource serving a fixed model list: the framework's
+    floor for the warm-tags scenario.
+    """
+    port = freePort()
+    return Server("twisted.web floor", [python, os.path.join(HERE, "floor.py"), str(port)], port, PROXY_CORE)
 
 
 def machine() -> dict[str, Any]:
@@ -321,6 +367,15 @@ async def main(args: argparse.Namespace) -> None:
         repo = os.path.dirname(HERE)
         path = os.pathsep.join([os.path.join(HERE, "pypy_shim"), os.path.join(repo, "src"), repo])
         targets.append((proxyServer("proxy (PyPy)", args.pypy, backendPort, args.proxy_arg, {"PYTHONPATH": path}), "ours"))
+    if args.k0in and os.path.exists(args.k0in):
+        models = {sc.model for sc in scenarios(args.duration, args.quick)}
+        targets.append((k0inServer(args.k0in, backendPort, models, logDir), "k0in"))
+    else:
+        why = f"{args.k0in} does not exist" if args.k0in else "no --k0in PATH given"
+        out["targets"]["K0IN"] = {"kind": "k0in", "failed": f"skipped: {why}"}
+        say(f"!! K0IN skipped: {why} (build it as /work/shared/reference/peer-bench.md says)")
+    if not args.no_floor:
+        targets.append((floorServer(proxyPython), "floor"))
     if not args.no_peers:
         targets += peerServers(backendPort)
     started: list[Server] = []
@@ -372,7 +427,10 @@ if __name__ == "__main__":
     parser.add_argument("--proxy-arg", action="append", default=[], help="extra argument for every proxy")
     parser.add_argument("--workers", type=int, default=0, help="also measure --workers N (not pinned)")
     parser.add_argument("--pypy", help="a PyPy python with ollama-proxy installed, measured as another target")
-    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--no-peers", action="store_true", help="no Python peers (K0IN is --k0in)")
+    parser.add_argument("--k0in", default=os.environ.get("K0IN_BIN"),
+                        help="path to a built K0IN/openai-ollama-proxy binary (or $K0IN_BIN); skipped without")
+    parser.add_argument("--no-floor", action="store_true", help="without the bare twisted.web floor")
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args()
     try:

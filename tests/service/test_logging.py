@@ -13,7 +13,7 @@ import signal
 from twisted.application.app import ServerOptions
 from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.service import logging as proxylogging
@@ -138,3 +138,72 @@ class FactoryTests(SynchronousTestCase):
         from twisted.logger import textFileLogObserver
 
         self.assertIs(config["logger"], textFileLogObserver)
+
+
+class TextLogTests(SynchronousTestCase):
+    """
+    The plugin's text log: twistd's classic lines, formatted more cheaply.
+    """
+
+    events = [
+        {"log_format": "{line}", "line": "GET /api/tags model=- status=200", "status": 200,
+         "log_level": LogLevel.info, "log_namespace": "ollama_proxy.web.observe",
+         "log_time": 1_700_000_000.25},
+        {"log_format": "{line}", "line": "two\nlines", "log_system": "sys",
+         "log_level": LogLevel.info, "log_namespace": "n", "log_time": 1_700_000_000.75},
+        {"log_format": "hello {who}", "who": "ops", "log_level": LogLevel.warn,
+         "log_namespace": "n", "log_time": 1_700_000_001.0},
+        {"log_format": "no time", "log_namespace": "n"},
+    ]
+
+    def test_sameAsTwisted(self) -> None:
+        """
+        Every line is what Twisted's classic formatter writes.
+        """
+        from twisted.logger import formatEventAsClassicLogText
+
+        from ollama_proxy.service.logging import classicFormatter
+
+        fmt = classicFormatter()
+        for event in self.events:
+            self.assertEqual(fmt(dict(event)), formatEventAsClassicLogText(dict(event)), event)
+
+    def test_failureFallsBack(self) -> None:
+        """
+        An event with a failure keeps Twisted's own formatting (traceback).
+        """
+        from ollama_proxy.service.logging import classicFormatter
+
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            failure = Failure()
+        line = classicFormatter()({"log_format": "{line}", "line": "x", "log_failure": failure,
+                                   "log_namespace": "n", "log_time": 0.0})
+        self.assertIn("ZeroDivisionError", line)
+
+    def test_defaultUnderTwistd(self) -> None:
+        """
+        Without C{--log-format}, twistd's observer factory becomes the
+        plugin's text logger, writing classic lines to C{--logfile}.
+        """
+        from ollama_proxy.service.logging import textLogger
+
+        directory = tempDir(self)
+        path = os.path.join(directory, "proxy.log")
+        config = ServerOptions()
+        config.parseOptions(["--logfile", path, "ollama-proxy", "--target", "http://127.0.0.1:1"])
+        self.assertIs(config["logger"], textLogger)
+        Logger(namespace="t", observer=config["logger"]()).info("{line}", line="to file")
+        with open(path, encoding="utf-8") as f:
+            self.assertRegex(f.readline(), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[t#info\] to file\n$")
+
+    def test_syslogLeftAlone(self) -> None:
+        """
+        With twistd's C{--syslog}, its own observer stays.
+        """
+        config = ServerOptions()
+        if "syslog" not in config:
+            raise SkipTest("no --syslog on this platform")
+        config.parseOptions(["--syslog", "ollama-proxy", "--target", "http://127.0.0.1:1"])
+        self.assertIsNone(config["logger"])

@@ -138,6 +138,24 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual([e["id"] for _, e in self.successResultOf(d)],
                          ["big", "fast", "other", "new", "static"])
 
+    def test_mergedListReusedWhileListsUnchanged(self) -> None:
+        """
+        While every backend's cached list is the same, the merged list is
+        the same object (aliases included); a changed list merges anew.
+        """
+        d = Deferred.fromCoroutine(self.router.models())
+        self.fa.answer("big")
+        self.fb.answer("other")
+        first = self.successResultOf(d)
+        again = self.successResultOf(Deferred.fromCoroutine(self.router.models()))
+        self.assertIs(again, first)
+        self.clock.advance(61)
+        d = Deferred.fromCoroutine(self.router.models())
+        self.fa.answer("big", "small")
+        self.fb.answer("other")
+        self.assertEqual([e["id"] for _, e in self.successResultOf(d)],
+                         ["big", "small", "fast", "other", "static"])
+
     def test_allDown(self) -> None:
         """
         When no backend has a list at all, the merged list fails with the

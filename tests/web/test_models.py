@@ -534,3 +534,4 @@ class TagsTests(SynchronousTestCase):
         for key in ("parent_model", "format", "family", "parameter_size", "quantization_level"):
             self.assertIsInstance(first["details"][key], str)
         self.assertEqual(first["details"]["families"], [first["details"]["family"]])
+

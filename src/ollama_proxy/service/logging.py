@@ -23,9 +23,16 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from typing import IO, Any
+from typing import IO, Any, cast
 
-from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogEvent,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+)
 from twisted.python.logfile import LogFile
 
 from ollama_proxy.protocol import codec
@@ -81,6 +88,97 @@ def jsonObserver(outFile: IO[Any]) -> ILogObserver:
     return FileLogObserver(outFile, eventAsJSONLine)
 
 
+class _SecondCache:
+    """
+    Twisted's classic log timestamp (local time, second resolution), formatted
+    once per second.
+    """
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._text = "-"
+
+    def __call__(self, when: float | None) -> str:
+        """
+        @param when: a POSIX time, or C{None}.
+        @return: what L{formatTime} returns for it.
+        """
+        if when is None:
+            return formatTime(None)
+        second = int(when)
+        if second != self._second:
+            self._text = formatTime(second)
+            self._second = second
+        return self._text
+
+
+def _system(event: LogEvent) -> str:
+    """
+    The C{[system]} part of a classic log line, as Twisted writes it.
+    """
+    system = event.get("log_system")
+    if system is None:
+        level = event.get("log_level")
+        return f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
+    try:
+        return str(system)
+    except Exception:
+        return "UNFORMATTABLE"
+
+
+def classicFormatter() -> Any:
+    """
+    A formatter for twistd's classic text lines (C{"time [system] text"}),
+    the same as C{formatEventAsClassicLogText}, with the timestamp formatted
+    once per second and the per-request line (an event whose format is
+    C{"{line}"}, made by L{ollama_proxy.web.observe.logRequest}) written
+    without a C{string.Formatter} pass.  Formatting the access line was a
+    quarter of the CPU of a cached C{/api/tags} (C{bench/RESULTS.md}).
+
+    @return: C{event -> str | None}.
+    """
+    stamp = _SecondCache()
+
+    def format(event: LogEvent) -> str | None:
+        if event.get("log_format") == "{line}" and "log_failure" not in event and "line" in event:
+            text = str(event["line"]).replace("\n", "\n\t")
+            return f"{stamp(event.get('log_time'))} [{_system(event)}] {text}\n"
+        return formatEventAsClassicLogText(event, formatTime=stamp)
+
+    return format
+
+
+def _destinationFile(logfile: str | None, nodaemon: bool) -> IO[Any]:
+    """
+    Where twistd writes its log: standard output for C{-} or for C{-n}
+    without a file, else a L{LogFile} that rotates by size and on
+    C{SIGUSR1}.
+    """
+    if logfile == "-" or (nodaemon and not logfile):
+        return sys.stdout
+    logFile = LogFile.fromFullPath(logfile or "twistd.log")
+    if not signal.getsignal(signal.SIGUSR1):
+
+        def rotate(signum: int, frame: Any) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(logFile.rotate)  # type: ignore[attr-defined]
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return cast(IO[Any], logFile)
+
+
+def textLogger() -> ILogObserver:
+    """
+    The log observer factory the plugin gives twistd for its default text
+    log: twistd's own format and destination (see L{useJSON} for where),
+    formatted by L{classicFormatter}.
+
+    @return: the observer.
+    """
+    return FileLogObserver(_destinationFile(*_destination), classicFormatter())
+
+
 def jsonObserverFor(logfile: str | None, nodaemon: bool) -> ILogObserver:
     """
     An observer for twistd's C{--logfile} / C{--nodaemon} pair, chosen as
@@ -92,18 +190,7 @@ def jsonObserverFor(logfile: str | None, nodaemon: bool) -> ILogObserver:
     @param nodaemon: twistd's C{--nodaemon}.
     @return: the observer.
     """
-    if logfile == "-" or (nodaemon and not logfile):
-        return jsonObserver(sys.stdout)
-    logFile = LogFile.fromFullPath(logfile or "twistd.log")
-    if not signal.getsignal(signal.SIGUSR1):
-
-        def rotate(signum: int, frame: Any) -> None:
-            from twisted.internet import reactor
-
-            reactor.callFromThread(logFile.rotate)  # type: ignore[attr-defined]
-
-        signal.signal(signal.SIGUSR1, rotate)
-    return jsonObserver(logFile)
+    return jsonObserver(_destinationFile(logfile, nodaemon))
 
 
 def useJSON(logfile: str | None, nodaemon: bool) -> None:

@@ -416,8 +416,7 @@ class Options(usage.Options):
             rawArgs=tuple(self.rawArgs),
             remoteHost=self["remote-host"],
         )
-        if self["log-format"] == "json":
-            self._useJSONLog()
+        self._useOwnLog(self["log-format"])
 
     def _readKey(self) -> str | None:
         """
@@ -438,19 +437,29 @@ class Options(usage.Options):
         key: str | None = self["api-key"] or os.environ.get(API_KEY_ENV) or None
         return key
 
-    def _useJSONLog(self) -> None:
+    def _useOwnLog(self, logFormat: str) -> None:
         """
-        Under twistd, make its log observer the JSON one, writing where its
-        C{--logfile} says (twistd builds the observer after this parse).
-        Without twistd (a test, or C{--logger} already given), nothing to do.
+        Under twistd, make its log observer the plugin's, writing where its
+        C{--logfile} says (twistd builds the observer after this parse): the
+        JSON one, or for text twistd's own format made cheaper
+        (L{ollama_proxy.service.logging.textLogger}).  Without twistd (a
+        test), with C{--logger} already given, or with C{--syslog}, nothing
+        to do.
+
+        @param logFormat: C{text} or C{json}.
         """
         parent = self.parent
         if parent is None or "logger" not in parent or parent["logger"] is not None:
             return
+        if parent.get("syslog"):
+            return
         from ollama_proxy.service.logging import useJSON
 
         useJSON(parent.get("logfile"), bool(parent.get("nodaemon")))
-        parent["logger"] = "ollama_proxy.service.logging.jsonLogger"
+        parent["logger"] = (
+            "ollama_proxy.service.logging.jsonLogger" if logFormat == "json"
+            else "ollama_proxy.service.logging.textLogger"
+        )
 
 
 def _backends(

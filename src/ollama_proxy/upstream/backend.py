@@ -29,6 +29,7 @@ from ollama_proxy.protocol.errors import UpstreamHTTPError
 from ollama_proxy.protocol.flavors import GENERIC, Flavor, withoutRejectedExtras
 from ollama_proxy.upstream.body import raiseForStatus, readBody, readJSON
 from ollama_proxy.upstream.failures import failureToError
+from ollama_proxy.upstream.pool import NO_COOKIES, ReadyURL
 
 clientKey: ContextVar[bytes | None] = ContextVar("clientKey", default=None)
 """The key the current client request presented, if any (never logged):
@@ -69,7 +70,7 @@ async def sendRequest(
     reactor: IReactorTime,
     headerTimeout: float,
     method: str,
-    url: str,
+    url: str | ReadyURL,
     body: bytes | None,
     headers: dict[bytes, list[bytes]] | None,
     what: str,
@@ -83,7 +84,8 @@ async def sendRequest(
     @param reactor: the clock for the header timeout.
     @param headerTimeout: seconds to wait for the response headers.
     @param method: the HTTP method.
-    @param url: the absolute URL.
+    @param url: the absolute URL (a L{ReadyURL} for the backend's own
+        paths, parsed once).
     @param body: the request body, if any.
     @param headers: the request headers.
     @param what: the upstream, for error messages.
@@ -93,7 +95,7 @@ async def sendRequest(
     try:
         response: IResponse = await http.request(
             method, url, data=body, headers=headers, unbuffered=True,
-            timeout=headerTimeout, reactor=reactor,
+            timeout=headerTimeout, reactor=reactor, cookies=NO_COOKIES,
         )
     except CancelledError:
         raise
@@ -178,6 +180,7 @@ class Backend:
     onResponse: Callable[[str, float], None] | None = attrs.field(default=None, repr=False)
     native: frozenset[str] = frozenset()
     base: str = attrs.field(init=False)
+    _ready: dict[str, ReadyURL] = attrs.field(init=False, factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.base = apiBase(self.target)
@@ -188,6 +191,19 @@ class Backend:
         @return: the absolute URL.
         """
         return f"{self.base}/{path.lstrip('/')}"
+
+    def readyURL(self, path: str) -> ReadyURL:
+        """
+        L{url}, parsed once per path (the proxy's own few API paths; client
+        paths of the passthrough are not cached).
+
+        @param path: an API path below C{/v1}.
+        @return: the absolute URL, ready for treq.
+        """
+        ready = self._ready.get(path)
+        if ready is None:
+            ready = self._ready[path] = ReadyURL.fromText(self.url(path))
+        return ready
 
     def headers(
         self, extra: dict[bytes, list[bytes]] | None = None, shared: bool = False
@@ -215,7 +231,7 @@ class Backend:
     async def request(
         self,
         method: str,
-        url: str,
+        url: str | ReadyURL,
         body: bytes | None = None,
         headers: dict[bytes, list[bytes]] | None = None,
         what: str = "the backend",
@@ -249,7 +265,7 @@ class Backend:
         data = codec.dumps(body)
         headers = self.headers({b"Content-Type": [b"application/json"]})
         for attempt in range(self.retries + 1):
-            response = await self.request("POST", self.url(path), data, headers)
+            response = await self.request("POST", self.readyURL(path), data, headers)
             if response.code != 429 or attempt == self.retries:
                 break
             wait = retryDelay(response, self.reactor.seconds())
@@ -319,7 +335,7 @@ class Backend:
         @return: the decoded body.
         @raise UpstreamError: on connection problems, non-2xx, or non-JSON.
         """
-        response = await self.request("GET", self.url(path), headers=self.headers(shared=True))
+        response = await self.request("GET", self.readyURL(path), headers=self.headers(shared=True))
         await raiseForStatus(response, self.reactor, self.idleTimeout)
         return await readJSON(response, self.reactor, self.idleTimeout)
 

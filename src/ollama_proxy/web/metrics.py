@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import choose_encoder
@@ -39,6 +40,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0)
 """Seconds: from a local vLLM's first byte to a slow hosted model's answer."""
+
+_M = TypeVar("_M", Counter, Histogram)
 
 OTHER = "other"
 """The C{model} label of names no backend offers."""
@@ -112,6 +115,7 @@ class Metrics:
         """
         self.shared = shared
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[Any, ...], Any] = {}
         r = self.registry
         self.requests = Counter(
             "requests", "Client requests by route, model and final HTTP status.",
@@ -144,6 +148,24 @@ class Metrics:
             "timeout, http_4xx, http_5xx, stream, protocol).",
             ["backend", "kind"], namespace=namespace, registry=r,
         )
+
+    def child(self, metric: _M, *labels: str) -> _M:
+        """
+        C{metric.labels(*labels)}, looked up once per label set.
+
+        C{labels()} validates and locks on every call; a request records
+        three or four labelled values, always the same few sets.  The label
+        values are bounded (see the module docstring), so is this cache.
+
+        @param metric: one of this object's labelled metrics.
+        @param labels: its label values, in order.
+        @return: the child to record on.
+        """
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[no-any-return]
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """
