@@ -7,7 +7,9 @@ JSON-compatible value (sent as C{application/json}), return C{None} after
 streaming the body themselves, or raise a L{ProxyError}.  L{ProxyResource}
 turns all of that into HTTP: statuses and C{{"error": ...}} bodies before the
 first byte, an NDJSON error line after it (an SSE error event in a relayed
-OpenAI stream), cancellation when the client leaves.  What happened is noted
+OpenAI stream), cancellation when the client leaves.  An answer that is
+ready without waiting (L{ProxyResource.ready}) takes the same funnel
+synchronously, without the coroutine.  What happened is noted
 on the exchange and observed afterwards by L{ollama_proxy.web.observe}.
 """
 
@@ -225,7 +227,8 @@ class ProxyResource(Resource):
     Base class for the endpoints: the async bridge and the error funnel.
 
     Subclasses define C{async def handle_GET(self, ex)} (and C{POST}, ...).
-    C{HEAD} uses C{handle_GET}; twisted.web drops the body.
+    C{HEAD} uses C{handle_GET}; twisted.web drops the body.  A subclass
+    whose answer is often known at once also defines L{ready}.
     """
 
     isLeaf = True
@@ -262,7 +265,8 @@ class ProxyResource(Resource):
 
     def render(self, request: Request) -> Any:  # type: ignore[override]
         """
-        Start the handler coroutine and return C{NOT_DONE_YET}.
+        Answer from L{ready} at once if it can; otherwise start the handler
+        coroutine.  Either way, return C{NOT_DONE_YET}.
 
         The body is read synchronously: twisted.web closes it when the client
         disconnects.  A disconnect cancels the coroutine, which closes the
