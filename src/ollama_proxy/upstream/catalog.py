@@ -150,6 +150,29 @@ class ModelDirectory:
             self._builtFrom = key
         return self._catalog
 
+    def readyCatalog(self) -> dict[str, ModelMeta] | None:
+        """
+        L{catalog} without waiting, when it would not wait either: every
+        list and every metadata answer it reads is fresh, and the catalog
+        was already built from them.
+
+        @return: what L{catalog} would return now, or C{None} when it has
+            to fetch or build.
+        """
+        merged = self.router.readyModels()
+        if merged is None:
+            return None
+        infos: list[Any] = []
+        for candidate in self.router.backends:
+            if not candidate.config.discover or candidate.cache.error is not None:
+                continue
+            info = candidate.info
+            if not info.fresh() or (info.value is None and info.error is None):
+                return None
+            infos.append(info.value)
+        key = (tuple(id(entry) for _, entry in merged), tuple(id(info) for info in infos))
+        return self._catalog if key == self._builtFrom else None
+
     def _build(
         self, merged: list[tuple[BackendModels, Entry]], infos: list[Any]
     ) -> dict[str, ModelMeta]:

@@ -279,6 +279,28 @@ class Router:
         self._merged = (current, out)
         return out
 
+    def readyModels(self) -> list[tuple[BackendModels, Entry]] | None:
+        """
+        L{models} without waiting, when it would not wait either: every
+        backend's list is fresh and already merged.
+
+        @return: what L{models} would return now, or C{None} when it has
+            to fetch or merge.
+        """
+        current: list[list[Entry] | None] = []
+        for backend in self.backends:
+            cache = backend.cache
+            if cache.value is None or not cache.fresh():
+                return None
+            current.append(backend.offered(cache.value))
+        last = self._merged
+        if last is None or len(last[0]) != len(current) or not all(
+            a is b for a, b in zip(current, last[0])
+        ):
+            return None
+        self._reindex(list(zip(self.backends, current)))
+        return last[1]
+
     async def route(self, name: str) -> Route:
         """
         Find the backend for a client's model name.

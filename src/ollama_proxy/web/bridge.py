@@ -7,7 +7,9 @@ JSON-compatible value (sent as C{application/json}), return C{None} after
 streaming the body themselves, or raise a L{ProxyError}.  L{ProxyResource}
 turns all of that into HTTP: statuses and C{{"error": ...}} bodies before the
 first byte, an NDJSON error line after it (an SSE error event in a relayed
-OpenAI stream), cancellation when the client leaves.  What happened is noted
+OpenAI stream), cancellation when the client leaves.  An answer that is
+ready without waiting (L{ProxyResource.ready}) takes the same funnel
+synchronously, without the coroutine.  What happened is noted
 on the exchange and observed afterwards by L{ollama_proxy.web.observe}.
 """
 
@@ -55,10 +57,23 @@ class ClientState:
     @ivar gone: set once C{notifyFinish} fired (finished or disconnected).
     """
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, watch: bool = True) -> None:
+        """
+        @param request: the client request.
+        @param watch: whether to start watching at once; an answer given
+            within C{render} (L{ProxyResource.ready}) has no time to lose
+            its client and skips the C{notifyFinish} callbacks.
+        """
         self.gone = False
         self.request = request
-        request.notifyFinish().addBoth(self._finished)
+        if watch:
+            self.watch()
+
+    def watch(self) -> None:
+        """
+        Note when the client leaves (or the answer is finished).
+        """
+        self.request.notifyFinish().addBoth(self._finished)
 
     def _finished(self, result: object) -> None:
         self.gone = True
@@ -212,7 +227,8 @@ class ProxyResource(Resource):
     Base class for the endpoints: the async bridge and the error funnel.
 
     Subclasses define C{async def handle_GET(self, ex)} (and C{POST}, ...).
-    C{HEAD} uses C{handle_GET}; twisted.web drops the body.
+    C{HEAD} uses C{handle_GET}; twisted.web drops the body.  A subclass
+    whose answer is often known at once also defines L{ready}.
     """
 
     isLeaf = True
@@ -249,7 +265,8 @@ class ProxyResource(Resource):
 
     def render(self, request: Request) -> Any:  # type: ignore[override]
         """
-        Start the handler coroutine and return C{NOT_DONE_YET}.
+        Answer from L{ready} at once if it can; otherwise start the handler
+        coroutine.  Either way, return C{NOT_DONE_YET}.
 
         The body is read synchronously: twisted.web closes it when the client
         disconnects.  A disconnect cancels the coroutine, which closes the
@@ -267,7 +284,8 @@ class ProxyResource(Resource):
             return self.errorBody(request, 405, f"method {method} not allowed")
         body = request.content.read() if request.content is not None else b""
         ex = Exchange(
-            request, body, self.ctx.now(), ClientState(request), redactor=self.ctx.redactor
+            request, body, self.ctx.now(), ClientState(request, watch=False),
+            redactor=self.ctx.redactor,
         )
         if self.ctx.debug:
             self.log.debug(
@@ -279,9 +297,47 @@ class ProxyResource(Resource):
                 ),
                 body=body[:4096].decode("utf-8", "replace"),
             )
+        if self._answerReady(ex):
+            return NOT_DONE_YET
+        ex.client.watch()
         d = Deferred.fromCoroutine(self._run(handler, ex))
         request.notifyFinish().addErrback(lambda _: d.cancel())
         return NOT_DONE_YET
+
+    def ready(self, ex: Exchange) -> Any:
+        """
+        The answer to C{ex} when it is known without waiting (a fresh
+        cache, a constant), so that C{render} sends it at once: no
+        coroutine, no Deferred, no cancellation wiring, which are most of
+        what a warm C{/api/tags} costs above twisted.web itself
+        (C{bench/RESULTS.md}, issue 15).  It must give exactly what the
+        C{handle_*} method for C{ex}'s method would; it runs outside the
+        request's own context, so it must not call a backend.
+
+        @param ex: the exchange.
+        @return: the JSON-compatible answer, or C{None} to let the handler
+            answer.
+        @raise ProxyError: an error answer that is already known.
+        """
+        return None
+
+    def _answerReady(self, ex: Exchange) -> bool:
+        """
+        Answer from L{ready} if it can, through the same funnel as
+        L{_run}.
+
+        @param ex: the exchange (its client not yet watched).
+        @return: whether the request was answered (and observed).
+        """
+        try:
+            result = self.ready(ex)
+            if result is None:
+                return False
+            self._send(ex, result)
+        except Exception as e:
+            self._failWith(ex, e)
+        self._close(ex)
+        return True
 
     async def _run(self, handler: Handler, ex: Exchange) -> None:
         """
@@ -290,38 +346,65 @@ class ProxyResource(Resource):
         @param handler: the bound C{handle_*} method.
         @param ex: the exchange.
         """
-        request = ex.request
         # This coroutine runs in its own copy of the context, so the key is
         # seen only by this request's upstream calls.
-        clientKey.set(presentedKey(request))
+        clientKey.set(presentedKey(ex.request))
         try:
-            result = await handler(ex)
-            if result is not None and not ex.client.gone:
-                request.setHeader(b"Content-Type", JSON_TYPE)
-                request.write(codec.dumps(result))
+            self._send(ex, await handler(ex))
         except CancelledError:
             pass
-        except ProxyError as e:
+        except Exception as e:
+            self._failWith(ex, e)
+        finally:
+            self._close(ex)
+
+    def _send(self, ex: Exchange, result: Any) -> None:
+        """
+        Send a handler's JSON result (C{None}: it wrote the body itself).
+
+        @param ex: the exchange.
+        @param result: what the handler returned.
+        """
+        if result is not None and not ex.client.gone:
+            ex.request.setHeader(b"Content-Type", JSON_TYPE)
+            ex.request.write(codec.dumps(result))
+
+    def _failWith(self, ex: Exchange, error: Exception) -> None:
+        """
+        Answer an exception raised by a handler; called while it is being
+        handled (an unexpected one is logged with its traceback).
+
+        @param ex: the exchange.
+        @param error: the exception.
+        """
+        if isinstance(error, ProxyError):
             # A client that leaves before the response headers cancels the
             # upstream request, which then fails with a "timeout" of its
             # own making: not an upstream error.
-            if isinstance(e, UpstreamError) and not ex.client.gone:
-                ex.upstreamError = upstreamErrorKind(e, bool(request.startedWriting))
-            self._fail(ex, e.status, e.message)
-        except Exception:
-            self.log.failure("unexpected error handling {uri}", uri=request.uri)
-            self._fail(ex, 500, "internal proxy error; see the proxy log")
-        finally:
-            # Observed here, with the exchange's details, not by the site.
-            setattr(request, OBSERVED, True)
-            if not ex.client.gone:
-                request.finish()
-            if ex.guessed is not None:
-                # Sent on a guess: a listing made meanwhile may know it.
-                known = self.ctx.models.router.lookup(ex.guessed)
-                if known is not None:
-                    ex.modelLabel = known.modelId
-            logRequest(ex, self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
+            if isinstance(error, UpstreamError) and not ex.client.gone:
+                ex.upstreamError = upstreamErrorKind(error, bool(ex.request.startedWriting))
+            self._fail(ex, error.status, error.message)
+            return
+        self.log.failure("unexpected error handling {uri}", uri=ex.request.uri)
+        self._fail(ex, 500, "internal proxy error; see the proxy log")
+
+    def _close(self, ex: Exchange) -> None:
+        """
+        Finish the answer and observe it: here, with the exchange's
+        details, not by the site.
+
+        @param ex: the exchange.
+        """
+        request = ex.request
+        setattr(request, OBSERVED, True)
+        if not ex.client.gone:
+            request.finish()
+        if ex.guessed is not None:
+            # Sent on a guess: a listing made meanwhile may know it.
+            known = self.ctx.models.router.lookup(ex.guessed)
+            if known is not None:
+                ex.modelLabel = known.modelId
+        logRequest(ex, self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
 
     def _fail(self, ex: Exchange, status: int, message: str) -> None:
         """

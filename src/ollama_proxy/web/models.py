@@ -45,7 +45,16 @@ class Tags(ProxyResource):
     _body: JSON | None = None
 
     async def handle_GET(self, ex: Exchange) -> JSON:
-        catalog = await self.ctx.models.catalog()
+        return self._answer(await self.ctx.models.catalog())
+
+    def ready(self, ex: Exchange) -> JSON | None:
+        """
+        A warm catalog is answered within C{render}.
+        """
+        catalog = self.ctx.models.readyCatalog()
+        return None if catalog is None else self._answer(catalog)
+
+    def _answer(self, catalog: dict[str, ModelMeta]) -> JSON:
         if catalog is not self._builtFrom or self._body is None:
             self._body = tagsResponse(catalog.values(), self.ctx.now(), self.ctx.tag)
             self._builtFrom = catalog
@@ -77,6 +86,13 @@ class Ps(ProxyResource):
         models = await self.ctx.models.catalog()
         return psResponse(models.values(), self.ctx.now(), self.ctx.tag)
 
+    def ready(self, ex: Exchange) -> JSON | None:
+        """
+        A warm catalog is answered within C{render}.
+        """
+        models = self.ctx.models.readyCatalog()
+        return None if models is None else psResponse(models.values(), self.ctx.now(), self.ctx.tag)
+
 
 class Recommendations(ProxyResource):
     """
@@ -88,6 +104,13 @@ class Recommendations(ProxyResource):
         catalog = await self.ctx.models.catalog()
         return recommendations(catalog.values(), self.ctx.tag)
 
+    def ready(self, ex: Exchange) -> JSON | None:
+        """
+        A warm catalog is answered within C{render}.
+        """
+        catalog = self.ctx.models.readyCatalog()
+        return None if catalog is None else recommendations(catalog.values(), self.ctx.tag)
+
 
 class Status(ProxyResource):
     """
@@ -96,6 +119,12 @@ class Status(ProxyResource):
     """
 
     async def handle_GET(self, ex: Exchange) -> JSON:
+        return STATUS
+
+    def ready(self, ex: Exchange) -> JSON:
+        """
+        A constant, answered within C{render}.
+        """
         return STATUS
 
 

@@ -50,6 +50,12 @@ class Version(ProxyResource):
     async def handle_GET(self, ex: Exchange) -> JSON:
         return {"version": self.ctx.version}
 
+    def ready(self, ex: Exchange) -> JSON:
+        """
+        A constant, answered within C{render}.
+        """
+        return {"version": self.ctx.version}
+
 
 class Completion(ProxyResource):
     """
