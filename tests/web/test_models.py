@@ -535,3 +535,25 @@ class TagsTests(SynchronousTestCase):
             self.assertIsInstance(first["details"][key], str)
         self.assertEqual(first["details"]["families"], [first["details"]["family"]])
 
+
+
+class ContentLengthTests(SynchronousTestCase):
+    """
+    A whole JSON answer says its length, as Ollama's does, instead of
+    arriving chunked.
+    """
+
+    def test_jsonAnswerHasContentLength(self) -> None:
+        """
+        C{/api/version} (ready at once) and C{/api/tags} (after the backend
+        answered) carry a C{Content-Length} equal to their body's length.
+        """
+        h = ProxyHarness()
+        version = self.successResultOf(h.get("/api/version"))
+        tags = h.get("/api/tags")
+        serveCatalog(h, [{"id": "a"}])
+        for response in (version, self.successResultOf(tags)):
+            content = self.successResultOf(h.client.content(response))
+            # Twisted's client keeps the length in IResponse.length (it is
+            # UNKNOWN_LENGTH for a chunked body) rather than in the headers.
+            self.assertEqual(response.length, len(content))

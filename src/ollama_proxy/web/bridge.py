@@ -366,8 +366,12 @@ class ProxyResource(Resource):
         @param result: what the handler returned.
         """
         if result is not None and not ex.client.gone:
+            body = codec.dumps(result)
             ex.request.setHeader(b"Content-Type", JSON_TYPE)
-            ex.request.write(codec.dumps(result))
+            # A whole answer says its length, as Ollama's (Go's net/http)
+            # does, rather than arriving chunked.
+            ex.request.setHeader(b"Content-Length", b"%d" % len(body))
+            ex.request.write(body)
 
     def _failWith(self, ex: Exchange, error: Exception) -> None:
         """
