@@ -73,7 +73,7 @@ def watchUpstream(metrics: Metrics, backends: Sequence[Backend]) -> None:
     """
 
     def observe(backend: str, seconds: float) -> None:
-        metrics.upstreamLatency.labels(backend).observe(seconds)
+        metrics.child(metrics.upstreamLatency, backend).observe(seconds)
 
     for backend in backends:
         if backend.onResponse is None:
@@ -197,7 +197,7 @@ def _record(
     if metrics is None:
         return
     if upstreamError is not None:
-        metrics.upstreamErrors.labels(backend or "-", upstreamError).inc()
+        metrics.child(metrics.upstreamErrors, backendText, upstreamError).inc()
     status = "499" if gone else str(request.code)
     metrics.child(metrics.requests, route, modelLabel, status).inc()
     metrics.child(metrics.requestDuration, route).observe(durationMs / 1000)
