@@ -28,7 +28,6 @@ from ollama_proxy.protocol.names import clientModelName
 from ollama_proxy.service.config import CAPABILITIES, ModelOverride
 from ollama_proxy.upstream.routing import BackendModels, Entry, Route, Router
 
-
 AUTO = "auto"
 """C{--remote-host auto}: each backend's own origin."""
 

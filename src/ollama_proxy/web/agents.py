@@ -30,8 +30,7 @@ from ollama_proxy.upstream.routing import Route, applyExtra
 from ollama_proxy.web.bridge import Exchange
 from ollama_proxy.web.chat import ReadOptions, answer
 from ollama_proxy.web.context import ProxyContext
-from ollama_proxy.web.observe import streaming
-from ollama_proxy.web.relay import relayResponse, requestHeaders
+from ollama_proxy.web.passthrough import forwardToBackend
 
 log = Logger()
 
@@ -165,18 +164,7 @@ async def relayNative(
     """
     backend = route.backend
     body = {**body, **route.override.extra, "model": route.modelId}
-    url = backend.url(api)
-    query = ex.request.uri.partition(b"?")[2]
-    if query:
-        url += "?" + query.decode("latin-1")
     if ctx.debug:
-        log.debug("upstream request {url} {body}", url=url, body=codec.dumps(body).decode())
-    response = await backend.request(
-        "POST", url, codec.dumps(body), backend.headers(requestHeaders(ex.request, NATIVE_HEADERS))
-    )
-    contentType = response.headers.getRawHeaders(b"content-type") or [b""]
-    if contentType[0].startswith(b"text/event-stream"):
-        with streaming(ctx.metrics):
-            await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
-    else:
-        await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
+        log.debug("upstream request {url} {body}", url=backend.url(api),
+                  body=codec.dumps(body).decode())
+    await forwardToBackend(ctx, ex, backend, api, codec.dumps(body), NATIVE_HEADERS)

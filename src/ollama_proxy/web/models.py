@@ -12,17 +12,17 @@ from __future__ import annotations
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.errors import (
+    BadRequest,
+    NotFound,
+    ProxyError,
+)
 from ollama_proxy.protocol.listing import (
     STATUS,
     psResponse,
     recommendations,
     showResponse,
     tagsResponse,
-)
-from ollama_proxy.protocol.errors import (
-    BadRequest,
-    NotFound,
-    ProxyError,
 )
 from ollama_proxy.protocol.management import Route, checkFields, checkName, modelName
 from ollama_proxy.protocol.ollama_request import requireModel, streamFlag

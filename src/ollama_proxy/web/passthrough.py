@@ -21,6 +21,47 @@ GENERATING = frozenset({"chat/completions", "completions"})
 """The OpenAI routes that get a model's configured C{extra} fields."""
 
 
+PASSED_HEADERS = frozenset({b"content-type", b"accept", b"user-agent"})
+"""Client headers a relayed OpenAI request takes upstream (the key is the
+backend's)."""
+
+
+async def forwardToBackend(
+    ctx: ProxyContext,
+    ex: Exchange,
+    backend: Backend,
+    path: str,
+    body: bytes | None,
+    keep: frozenset[bytes],
+) -> None:
+    """
+    Relay the client's request to one of the backend's own routes, with the
+    backend's key, and its answer (streamed or not) back as it arrives.
+
+    @param ctx: the shared context.
+    @param ex: the exchange.
+    @param backend: where it goes.
+    @param path: the API path below C{/v1}; the client's query is kept.
+    @param body: the body to send (the client's, with the model mapped).
+    @param keep: the client headers that travel upstream.
+    """
+    request = ex.request
+    url = backend.url(path)
+    query = request.uri.partition(b"?")[2]
+    if query:
+        url += "?" + query.decode("latin-1")
+    response = await backend.request(
+        (request.method or b"GET").decode("ascii"), url, body,
+        backend.headers(requestHeaders(request, keep)),
+    )
+    contentType = response.headers.getRawHeaders(b"content-type") or [b""]
+    if contentType[0].startswith(b"text/event-stream"):
+        with streaming(ctx.metrics):
+            await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
+    else:
+        await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
+
+
 class Passthrough(ProxyResource):
     """
     An OpenAI route (C{/v1/models}, C{/v1/chat/completions}, ...) relayed to
@@ -61,22 +102,9 @@ class Passthrough(ProxyResource):
             else:
                 first = self.ctx.models.router.backends[0]
                 backend, ex.backend = first.backend, first.name
-        url = backend.url("/".join([self.path, *postpath]))
-        query = request.uri.partition(b"?")[2]
-        if query:
-            url += "?" + query.decode("latin-1")
-        headers = backend.headers(
-            requestHeaders(request, frozenset({b"content-type", b"accept", b"user-agent"}))
+        await forwardToBackend(
+            self.ctx, ex, backend, "/".join([self.path, *postpath]), body or None, PASSED_HEADERS
         )
-        response = await backend.request(
-            (request.method or b"GET").decode("ascii"), url, body or None, headers
-        )
-        contentType = response.headers.getRawHeaders(b"content-type") or [b""]
-        if contentType[0].startswith(b"text/event-stream"):
-            with streaming(self.ctx.metrics):
-                await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
-        else:
-            await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
         return None
 
     handle_GET = _forward
