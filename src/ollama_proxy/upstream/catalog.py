@@ -61,6 +61,14 @@ def overrideFacts(override: ModelOverride) -> Facts:
     return facts
 
 
+def _sources(merged: list[tuple[BackendModels, Entry]], infos: list[Any]) -> tuple[Any, ...]:
+    """
+    What a catalog was built from, by identity: the cached list entries and
+    metadata answers (a cache hands out the same objects until it refetches).
+    """
+    return (tuple(id(entry) for _, entry in merged), tuple(id(info) for info in infos))
+
+
 @attrs.define
 class ModelDirectory:
     """
@@ -143,7 +151,7 @@ class ModelDirectory:
                 infos.append(await ask)
             except (ProxyError, TimeoutError):
                 infos.append(candidate.info.value)
-        key = (tuple(id(entry) for _, entry in merged), tuple(id(info) for info in infos))
+        key = _sources(merged, infos)
         if key != self._builtFrom:
             self._catalog = self._build(merged, infos)
             self._builtFrom = key
@@ -169,8 +177,7 @@ class ModelDirectory:
             if not info.fresh() or (info.value is None and info.error is None):
                 return None
             infos.append(info.value)
-        key = (tuple(id(entry) for _, entry in merged), tuple(id(info) for info in infos))
-        return self._catalog if key == self._builtFrom else None
+        return self._catalog if _sources(merged, infos) == self._builtFrom else None
 
     def _build(
         self, merged: list[tuple[BackendModels, Entry]], infos: list[Any]
