@@ -24,11 +24,10 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.compression import decompress
 from ollama_proxy.protocol.events import Dialect, StreamEncoder
-from ollama_proxy.protocol.openai_request import chatBody
 from ollama_proxy.protocol.requests import ChatRequest
-from ollama_proxy.upstream.routing import Route, applyExtra
+from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.bridge import Exchange
-from ollama_proxy.web.chat import ReadOptions, answer
+from ollama_proxy.web.chat import generate
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.passthrough import forwardToBackend
 
@@ -125,20 +124,12 @@ async def translate(
 
     @return: the non-streamed object, or C{None} after streaming.
     """
-    backend = route.backend
-    upstreamBody = applyExtra(chatBody(request, route.modelId, backend.flavor), route.override)
-    if ctx.debug:
-        log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
     heartbeat = None
     if request.stream and ctx.pingInterval > 0:
         encoder = dialect.streamEncoder(request.model, ex.start)
-        heartbeat = Heartbeat(ex, encoder, backend.reactor, ctx.pingInterval)
+        heartbeat = Heartbeat(ex, encoder, route.backend.reactor, ctx.pingInterval)
     try:
-        response = await backend.postChat(upstreamBody)
-        return await answer(
-            ctx, ex, backend, response, dialect, request.stream,
-            ReadOptions(dropThinking=request.think is False),
-        )
+        return await generate(ctx, ex, route, request, dialect)
     finally:
         if heartbeat is not None:
             heartbeat.stop()

@@ -19,12 +19,16 @@ import attrs
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 
+from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.events import Dialect
 from ollama_proxy.protocol.openai import ChatStreamReader, readReply
+from ollama_proxy.protocol.openai_request import chatBody
+from ollama_proxy.protocol.requests import ChatRequest
 from ollama_proxy.protocol.stream import TranslatedStream
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.body import readJSON
+from ollama_proxy.upstream.routing import Route, applyExtra
 from ollama_proxy.web.bridge import Exchange
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.observe import streaming
@@ -46,6 +50,46 @@ class ReadOptions:
     dropThinking: bool = False
     thinkTags: bool = True
     text: bool = False
+
+
+def upstreamBody(ctx: ProxyContext, route: Route, body: JSON) -> JSON:
+    """
+    An OpenAI request body as it goes to the routed backend: the model's
+    configured extra fields added, logged with C{--debug}.
+
+    @param ctx: the shared context.
+    @param route: where it goes.
+    @param body: the body the builder made.
+    @return: C{body}, completed.
+    """
+    applyExtra(body, route.override)
+    if ctx.debug:
+        log.debug("upstream request {body}", body=codec.dumps(body).decode())
+    return body
+
+
+async def generate(
+    ctx: ProxyContext, ex: Exchange, route: Route, request: ChatRequest, dialect: Dialect
+) -> JSON | None:
+    """
+    The hub's path for a parsed chat, whatever the client's dialect: the
+    OpenAI body to the routed backend's chat completions, the reply in
+    C{dialect}.
+
+    @param ctx: the shared context.
+    @param ex: the exchange.
+    @param route: where the request goes.
+    @param request: the parsed request.
+    @param dialect: the client's dialect.
+    @return: the non-streamed object, or C{None} after streaming.
+    """
+    backend = route.backend
+    body = upstreamBody(ctx, route, chatBody(request, route.modelId, backend.flavor))
+    response = await backend.postChat(body)
+    return await answer(
+        ctx, ex, backend, response, dialect, request.stream,
+        ReadOptions(dropThinking=request.think is False),
+    )
 
 
 def isJSONResponse(response: IResponse) -> bool:

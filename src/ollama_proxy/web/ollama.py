@@ -11,9 +11,6 @@ the reply in Ollama's dialect (L{ollama_proxy.protocol.ollama}).
 
 from __future__ import annotations
 
-from twisted.logger import Logger
-
-from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.embeddings import (
     dimensionsValue,
@@ -36,9 +33,9 @@ from ollama_proxy.protocol.ollama_request import (
 )
 from ollama_proxy.protocol.openai_request import chatBody, textBody
 from ollama_proxy.upstream.body import readJSON
-from ollama_proxy.upstream.routing import Route, applyExtra
+from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.bridge import Exchange, ProxyResource
-from ollama_proxy.web.chat import ReadOptions, answer
+from ollama_proxy.web.chat import ReadOptions, answer, generate, upstreamBody
 from ollama_proxy.web.context import ProxyContext
 
 
@@ -64,8 +61,6 @@ class Completion(ProxyResource):
     C{/v1/completions}), streamed back as NDJSON by default.
     """
 
-    log = Logger()
-
     def __init__(self, ctx: ProxyContext, kind: Kind) -> None:
         super().__init__(ctx)
         self.kind = kind
@@ -75,8 +70,10 @@ class Completion(ProxyResource):
         body = ex.json()
         model = requireModel(body)
         ex.model = model
+        # stream and think are checked before routing, as before: a bad
+        # value is a 400 even for a model no backend offers.
         stream = streamFlag(body)
-        think = thinkValue(body)
+        thinkValue(body)
         route = await self.route(ex, model)
         defaults = route.override.options
         if self.kind == "chat":
@@ -91,13 +88,7 @@ class Completion(ProxyResource):
             if wantsCompletion(body):
                 return await self._textCompletion(ex, body, route, stream)
             request = parseGenerate(body, defaults)
-        upstreamBody = applyExtra(chatBody(request, route.modelId, route.backend.flavor), route.override)
-        self._debugBody(upstreamBody)
-        response = await route.backend.postChat(upstreamBody)
-        return await answer(
-            self.ctx, ex, route.backend, response, self.dialect, stream,
-            ReadOptions(dropThinking=think is False),
-        )
+        return await generate(self.ctx, ex, route, request, self.dialect)
 
     async def _textCompletion(
         self, ex: Exchange, body: JSON, route: Route, stream: bool
@@ -112,27 +103,19 @@ class Completion(ProxyResource):
         backend = route.backend
         defaults = route.override.options
         request = parseTextCompletion(body, defaults)
-        upstreamBody = applyExtra(textBody(request, route.modelId, backend.flavor), route.override)
-        self._debugBody(upstreamBody)
+        textRequest = upstreamBody(self.ctx, route, textBody(request, route.modelId, backend.flavor))
 
         def asChat() -> JSON:
             chat = parseGenerate({k: v for k, v in body.items() if k != "raw"}, defaults)
-            return applyExtra(chatBody(chat, route.modelId, backend.flavor), route.override)
+            return upstreamBody(self.ctx, route, chatBody(chat, route.modelId, backend.flavor))
 
         response, isChat = await backend.postText(
-            upstreamBody, None if body.get("suffix") else asChat
+            textRequest, None if body.get("suffix") else asChat
         )
         # Raw text and code: a leading <think> is the user's, unless the
         # prompt went to a chat model after all.
         options = ReadOptions(thinkTags=isChat, text=not isChat)
         return await answer(self.ctx, ex, backend, response, self.dialect, stream, options)
-
-    def _debugBody(self, upstreamBody: JSON) -> None:
-        """
-        With C{--debug}, log the request as it goes upstream.
-        """
-        if self.ctx.debug:
-            self.log.debug("upstream request {body}", body=codec.dumps(upstreamBody).decode())
 
 
 class Embed(ProxyResource):
