@@ -37,8 +37,11 @@ EFFORTS: dict[str, Think] = {
 the backend's top level)."""
 
 
-def _number(body: JSON, key: str, kind: type | tuple[type, ...]) -> Any:
+def numberField(body: JSON, key: str, kind: type | tuple[type, ...]) -> Any:
     """
+    One typed number of an agent request (Anthropic's and OpenAI's
+    Responses wording: C{"<key>: expected a number"}).
+
     @return: C{body[key]} when it is of C{kind} (bools excluded), C{None}
         when absent or null.
     @raise BadRequest: for another type.
@@ -328,9 +331,9 @@ def parseMessagesRequest(body: object, counting: bool = False) -> ChatRequest:
         think=thinkFrom(body),
         sampling=Sampling(
             maxTokens=maxTokens if isinstance(maxTokens, int) else None,
-            temperature=_number(body, "temperature", (int, float)),
-            topP=_number(body, "top_p", (int, float)),
-            topK=_number(body, "top_k", int),
+            temperature=numberField(body, "temperature", (int, float)),
+            topP=numberField(body, "top_p", (int, float)),
+            topK=numberField(body, "top_k", int),
             stop=tuple(stop),
         ),
         format=schema if isinstance(schema, dict) else None,

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
 
 import attrs
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.anthropic_request import numberField
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.ollama_request import requireObject
@@ -297,15 +297,6 @@ def _stateless(body: JSON) -> None:
                           "stored; use stream instead")
 
 
-def _number(body: JSON, key: str, kind: type | tuple[type, ...]) -> Any:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise BadRequest(f"{key}: expected {'an integer' if kind is int else 'a number'}")
-    return value
-
-
 def _think(reasoning: object) -> Think:
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
     if effort is None:
@@ -359,7 +350,7 @@ def parseResponsesRequest(body: object) -> tuple[ChatRequest, ResponsesContext]:
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("stream: expected a boolean")
-    maxTokens = _number(body, "max_output_tokens", int)
+    maxTokens = numberField(body, "max_output_tokens", int)
     if maxTokens is not None and maxTokens <= 0:
         raise BadRequest("max_output_tokens must be positive")
     instructions = body.get("instructions")
@@ -373,8 +364,8 @@ def parseResponsesRequest(body: object) -> tuple[ChatRequest, ResponsesContext]:
     names: dict[str, ToolName] = {}
     tools = parseTools(body.get("tools"), names)
     parallel = body.get("parallel_tool_calls")
-    temperature = _number(body, "temperature", (int, float))
-    topP = _number(body, "top_p", (int, float))
+    temperature = numberField(body, "temperature", (int, float))
+    topP = numberField(body, "top_p", (int, float))
     request = ChatRequest(
         model=model,
         messages=messages,
