@@ -85,6 +85,9 @@ class RedactionTests(SynchronousTestCase):
     key.
     """
 
+    keyOptions: tuple[str, ...] = ("--require-key", INBOUND_KEY)
+    """How clients present keys: an inbound key the proxy checks."""
+
     def setUp(self) -> None:
         self.gateway = ThreadingHTTPServer(("127.0.0.1", 0), EchoingGateway)
         thread = threading.Thread(target=self.gateway.serve_forever, daemon=True)
@@ -97,7 +100,7 @@ class RedactionTests(SynchronousTestCase):
         self.proxy = Twistd(
             "ollama-proxy",
             ["--listen", f"tcp:{self.port}:interface=127.0.0.1", "--target", gatewayURL,
-             "--fallback", gatewayURL, "--api-key", BACKEND_KEY, "--require-key", INBOUND_KEY],
+             "--fallback", gatewayURL, "--api-key", BACKEND_KEY, *self.keyOptions],
             self.port,
         )
         self.addCleanup(self.proxy.stop)
@@ -164,22 +167,8 @@ class ForwardedKeyRedactionTests(RedactionTests):
     is what the gateway echoes: redacted as well.
     """
 
-    def setUp(self) -> None:
-        self.gateway = ThreadingHTTPServer(("127.0.0.1", 0), EchoingGateway)
-        thread = threading.Thread(target=self.gateway.serve_forever, daemon=True)
-        thread.start()
-        self.addCleanup(thread.join, 5)
-        self.addCleanup(self.gateway.server_close)
-        self.addCleanup(self.gateway.shutdown)
-        gatewayURL = f"http://127.0.0.1:{self.gateway.server_address[1]}"
-        self.port = freePort()
-        self.proxy = Twistd(
-            "ollama-proxy",
-            ["--listen", f"tcp:{self.port}:interface=127.0.0.1", "--target", gatewayURL,
-             "--fallback", gatewayURL, "--api-key", BACKEND_KEY, "--forward-client-key"],
-            self.port,
-        )
-        self.addCleanup(self.proxy.stop)
+    keyOptions = ("--forward-client-key",)
+    """The client's own key, sent upstream."""
 
     def call(self, method: str, path: str, body: Any = None, key: str = CLIENT_KEY,
              headers: dict[str, str] | None = None) -> tuple[int, bytes]:
