@@ -7,6 +7,7 @@ the error funnel), the active-stream gauge and the upstream latency.
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -113,6 +114,27 @@ def noteRoute(request: Any, label: str) -> None:
     setattr(request, ROUTE, label)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SHORT = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def _escapeControl(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _SHORT:
+        return _SHORT[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def printable(text: str) -> str:
+    """
+    @param text: a client's or a backend's text (a model name, a path).
+    @return: C{text} with control characters written as escapes (C{\\r},
+        C{\\x1b}), so that it cannot forge a second log line or drive a
+        terminal.
+    """
+    return _CONTROL.sub(_escapeControl, text) if _CONTROL.search(text) else text
+
+
 def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> None:
     """
     One info line per request, without bodies or secrets, and the
@@ -128,7 +150,9 @@ def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> N
     setattr(request, OBSERVED, True)
     _record(
         request, route, (now - ex.start) / 1e6, metrics,
-        model=ex.model, backend=ex.backend, modelLabel=ex.modelLabel,
+        model=ex.redactText(ex.model) if ex.model is not None else None,
+        path=ex.redactText((request.path or b"").decode("latin-1")),
+        backend=ex.backend, modelLabel=ex.modelLabel,
         tokensIn=ex.tokensIn, tokensOut=ex.tokensOut, firstToken=ex.firstToken,
         upstreamError=ex.upstreamError, gone=bool(ex.client.gone and not request.finished),
     )
@@ -156,6 +180,7 @@ def _record(
     durationMs: float,
     metrics: Metrics | None,
     model: str | None = None,
+    path: str | None = None,
     backend: str | None = None,
     modelLabel: str = "",
     tokensIn: int | None = None,
@@ -166,8 +191,8 @@ def _record(
 ) -> None:
     ttftMs = firstToken / 1e6 if firstToken is not None else None
     method = (request.method or b"").decode("ascii", "replace")
-    path = (request.path or b"").decode("latin-1")
-    modelText = model or "-"
+    path = printable(path if path is not None else (request.path or b"").decode("latin-1"))
+    modelText = printable(model) if model else "-"
     backendText = backend or "-"
     tokens = f"{tokensIn}/{tokensOut}" if tokensIn is not None else "-"
     ttft = f"{ttftMs:.1f}ms" if ttftMs is not None else "-"
