@@ -11,8 +11,9 @@ from typing import Any, Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import provider
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.service.logging import eventAsJSONLine
@@ -173,9 +174,14 @@ class OutboundFilterTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.events: list[Any] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events: list[LogEvent] = []
+
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
+            self.events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
 
     def harness(self) -> ProxyHarness:
         h = ProxyHarness(secrets=(INBOUND_KEY,), debug=True, metrics=Metrics())
@@ -187,7 +193,7 @@ class OutboundFilterTests(SynchronousTestCase):
         @return: every log event as the text and the JSON log write it.
         """
         return "\n".join(
-            formatEvent(e) + eventAsJSONLine(e) for e in self.events
+            (formatEvent(e) or "") + eventAsJSONLine(e) for e in self.events
         ).encode("utf-8")
 
     def assertNoSecret(self, data: bytes, where: str) -> None:
@@ -378,7 +384,7 @@ class OutboundFilterTests(SynchronousTestCase):
         h.backend.received[-1].respond(404, {"error": "no such model"})
         h.pump()
         _content(h, self.successResultOf(d))
-        lines = [formatEvent(e) for e in self.events if e.get("log_format") == "{line}"]
+        lines = [formatEvent(e) or "" for e in self.events if e.get("log_format") == "{line}"]
         self.assertEqual(len(lines), 1)
         self.assertNotIn("\r", lines[0])
         self.assertNotIn("\n", lines[0])
