@@ -390,9 +390,12 @@ class EventRedactor:
         @param events: the events of one read.
         @return: the events to encode now.
         """
+        if self._clean(events):
+            return events if isinstance(events, list) else list(events)
         out: list[Event] = []
         for event in events:
             if type(event) is Delta:
+                assert isinstance(event, Delta)
                 content = self._content.feed(event.content)
                 thinking = self._thinking.feed(event.thinking)
                 logprobs = event.logprobs
@@ -412,6 +415,33 @@ class EventRedactor:
                 )
             out.append(event)
         return out
+
+    def _clean(self, events: Sequence[Event]) -> bool:
+        """
+        The common case, checked once per read rather than per delta: no
+        text is held, the read's text and thinking, joined, hold no secret
+        and end in nothing that could begin one, and there are no tool
+        calls or log-probabilities to look into.  The events then pass as
+        they are.
+        """
+        if self._content._carry or self._thinking._carry:
+            return False
+        content: list[str] = []
+        thinking: list[str] = []
+        for event in events:
+            if type(event) is Delta:
+                if event.logprobs:
+                    return False
+                content.append(event.content)
+                if event.thinking:
+                    thinking.append(event.thinking)
+            elif type(event) is not Finish or event.logprobs:
+                return False
+        secrets = self._secrets
+        for text in ("".join(content), "".join(thinking)):
+            if text and (any(secret in text for secret in secrets) or _heldBack(text, secrets)):
+                return False
+        return True
 
     def end(self) -> list[Event]:
         """
