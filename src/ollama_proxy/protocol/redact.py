@@ -308,7 +308,9 @@ class StreamRedactor:
         @return: whether C{data} may spell a secret with JSON escapes
             (C{\\u}, or a short escape of a character some secret has).
         """
-        return b"\\u" in data or (self._short and b"\\" in data)
+        # One byte first: a one-byte search is a memchr, several times
+        # cheaper than a two-byte one, and most writes have no backslash.
+        return b"\\" in data and (self._short or b"\\u" in data)
 
     def _heldEscaped(self, tail: bytes) -> int:
         """
