@@ -231,6 +231,30 @@ class HeaderDeadlineTests(DeadlineTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_closingConnectionNotAnswered(self) -> None:
+        """
+        A connection already being closed (here after twisted.web's 400
+        for a bad request line, whose client does not read) gets no 408
+        after it.
+        """
+        protocol, transport = self.connect(self.site(headerTimeout=3))
+        protocol.dataReceived(b"NONSENSE\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.clock.advance(3.1)
+        self.assertNotIn(b"408", transport.value())
+
+    def test_counted(self) -> None:
+        """
+        The 408 is counted in the requests metric, on the site's route.
+        """
+        from ollama_proxy.web.metrics import Metrics
+
+        metrics = Metrics()
+        self.connect(self.site(headerTimeout=3, metrics=metrics))
+        self.clock.advance(3.1)
+        body, _ = metrics.render(None)
+        self.assertIn(b'ollama_proxy_requests_total{model="",route="-",status="408"} 1.0', body)
+
     def test_manyIdleConnections(self) -> None:
         """
         Fifty connections that send a byte now and then are all answered

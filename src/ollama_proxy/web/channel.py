@@ -33,6 +33,8 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.web.metrics import Metrics
+from ollama_proxy.web.observe import SITE_ROUTE
 
 DEFAULT_HEADER_TIMEOUT = 60.0
 """Seconds for a request line and its headers (nginx's default)."""
@@ -72,6 +74,18 @@ def errorResponse(status: int, reason: bytes, message: str, extra: bytes = b"") 
         b"Connection: close\r\n\r\n" % (status, reason, _JSON, len(body), extra)
         + body
     )
+
+
+def countAnswer(metrics: Metrics | None, status: int) -> None:
+    """
+    Count an answer given before any request was parsed, as the site's
+    own answers are counted (route C{-}, no model).
+
+    @param metrics: the site's metrics, or C{None}.
+    @param status: the HTTP status.
+    """
+    if metrics is not None:
+        metrics.child(metrics.requests, SITE_ROUTE, "", str(status)).inc()
 
 
 class ProxyChannel(HTTPChannel):
@@ -152,7 +166,9 @@ class ProxyChannel(HTTPChannel):
         Answer 408 and close: the request line and headers took too long.
         """
         self._headerDeadline = None
-        if self.transport is None:
+        if self.transport is None or getattr(self.transport, "disconnecting", False):
+            # Already closing (a 400 for a bad request line, the idle
+            # timer, a drain): nothing more is written.
             return
         self._timedOut = True
         self.transport.write(
@@ -167,6 +183,7 @@ class ProxyChannel(HTTPChannel):
             seconds=self.headerTimeout,
             peer=str(self.transport.getPeer()),
         )
+        countAnswer(getattr(getattr(self, "site", None), "metrics", None), 408)
         # twisted.web's own idle-timeout path: close after the write is
         # flushed, abort if the client never reads it.
         self.timeoutConnection()

@@ -32,6 +32,7 @@ from ollama_proxy.web.channel import (
     MAX_LINGERING,
     BusyRefusal,
     ProxyChannel,
+    countAnswer,
 )
 from ollama_proxy.web.cors import HostPolicy, OriginPolicy, corsHeaders
 from ollama_proxy.web.metrics import Metrics
@@ -324,6 +325,7 @@ class ProxySite(Site):
                 "connection cap of {limit} reached: new connections get 503 until one closes",
                 limit=self.maxConnections,
             )
+        countAnswer(self.metrics, 503)
         linger = self._lingering < MAX_LINGERING
         if linger:
             self._lingering += 1
