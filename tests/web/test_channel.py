@@ -12,7 +12,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -22,6 +21,7 @@ from zope.interface import implementer
 from ollama_proxy.protocol import codec
 from ollama_proxy.web.channel import REFUSAL_LINGER, BusyRefusal
 from ollama_proxy.web.site import ProxySite, makeSite
+from tests.upstream.helpers import LogCapture
 from tests.web.test_site import parseResponse
 
 GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -305,9 +305,7 @@ class ConnectionCapTests(DeadlineTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = LogCapture(self).observer
 
     def test_overCap(self) -> None:
         """
