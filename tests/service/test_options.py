@@ -88,6 +88,20 @@ class OptionTests(SynchronousTestCase):
             ("--retry-max-wait", "0"),
         ):
             self.assertRaises(usage.UsageError, parse, *args)
+
+    def test_slowClientOptionsInConfig(self) -> None:
+        """
+        Both go in the configuration file's C{[server]} table; the command
+        line wins.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[server]\nclient-header-timeout = 7\nmax-connections = 12\n'
+                    '[[backend]]\nname = "a"\nurl = "http://127.0.0.1:9"\n')
+        settings = parse("--config", path).settings
+        self.assertEqual((settings.clientHeaderTimeout, settings.maxConnections), (7.0, 12))
+        settings = parse("--config", path, "--max-connections", "3").settings
+        self.assertEqual(settings.maxConnections, 3)
         self.assertEqual(parse("--shutdown-grace", "0")["shutdown-grace"], 0.0)
 
     def test_slowClientOptions(self) -> None:
