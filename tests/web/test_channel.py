@@ -110,6 +110,19 @@ class HeaderDeadlineTests(DeadlineTestCase):
         self.assertEqual(self.resource.bodies, [])
         self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
 
+    def test_unreadAnswerAborted(self) -> None:
+        """
+        A client that never reads its 408 is aborted after twisted.web's
+        C{abortTimeout} (15 s), as for the idle timer.
+        """
+        protocol, transport = self.connect(self.site(headerTimeout=3))
+        protocol.dataReceived(b"GET /")
+        self.clock.advance(3)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(15)
+        self.assertTrue(transport.disconnected)
+
     def test_silentConnection(self) -> None:
         """
         A connection that sends nothing gets the 408 at the deadline,
