@@ -11,7 +11,9 @@ The answers given here, before any resource runs (408, 413, 503 while
 draining, 403 for a C{Host} a loopback-only proxy does not serve), carry the
 CORS headers their origin is due, and every finished request that no
 resource logged (these, the key gate's 401, the CORS 403, a 405) gets the
-same log line and metrics as the others (L{ProxySite.log}).
+same log line and metrics as the others (L{ProxySite.log}).  Slow request
+headers (408) and connections beyond C{--max-connections} (503) are answered
+by the channel module, L{ollama_proxy.web.channel}, before any request exists.
 """
 
 from __future__ import annotations
