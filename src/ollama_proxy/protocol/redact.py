@@ -457,3 +457,24 @@ class EventRedactor:
         content, thinking = self._content.end(), self._thinking.end()
         if content or thinking:
             out.append(Delta(content, thinking))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SHORT = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def _escapeControl(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _SHORT:
+        return _SHORT[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def printable(text: str) -> str:
+    """
+    @param text: a client's or a backend's text (a model name, a path).
+    @return: C{text} with control characters written as escapes (C{\\r},
+        C{\\x1b}), so that it cannot forge a second log line or drive a
+        terminal.
+    """
+    return _CONTROL.sub(_escapeControl, text) if _CONTROL.search(text) else text

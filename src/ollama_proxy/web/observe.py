@@ -7,7 +7,6 @@ the error funnel), the active-stream gauge and the upstream latency.
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -19,6 +18,7 @@ from ollama_proxy.protocol.errors import (
     UpstreamHTTPError,
     UpstreamTimeout,
 )
+from ollama_proxy.protocol.redact import printable
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.web.metrics import OTHER, Metrics
 
@@ -112,27 +112,6 @@ def noteRoute(request: Any, label: str) -> None:
     @param label: the resource's route label.
     """
     setattr(request, ROUTE, label)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_SHORT = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
-
-
-def _escapeControl(match: re.Match[str]) -> str:
-    char = match.group()
-    if char in _SHORT:
-        return _SHORT[char]
-    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
-
-
-def printable(text: str) -> str:
-    """
-    @param text: a client's or a backend's text (a model name, a path).
-    @return: C{text} with control characters written as escapes (C{\\r},
-        C{\\x1b}), so that it cannot forge a second log line or drive a
-        terminal.
-    """
-    return _CONTROL.sub(_escapeControl, text) if _CONTROL.search(text) else text
 
 
 def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> None:
