@@ -26,6 +26,7 @@ from ollama_proxy.service.workers import (
     parseTCP,
 )
 from ollama_proxy.web.auth import readKeys
+from ollama_proxy.web.budget import DEFAULT_BODY_BUDGET
 from ollama_proxy.web.context import DEFAULT_VERSION
 from ollama_proxy.web.site import DEFAULT_MAX_BODY
 
@@ -173,6 +174,9 @@ class Options(usage.Options):
         ["idle-timeout", None, 300.0, "Seconds of upstream silence before a stream is abandoned.", _positive],
         ["client-timeout", None, 60.0, "Seconds an idle client connection is kept open.", _positive],
         ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body in bytes.", int],
+        ["body-budget", None, DEFAULT_BODY_BUDGET,
+         "Bytes of request bodies (raw and decompressed) held at once by all requests "
+         "together; past it, 503 with Retry-After.", int],
         ["max-line", None, DEFAULT_MAX_LINE_LENGTH, "Largest accepted upstream SSE line in bytes.", int],
         ["pool-size", None, 64, "Persistent upstream connections kept per host.", int],
         ["workers", None, 1,
@@ -344,7 +348,7 @@ class Options(usage.Options):
                 overrides = loadOverrides(self["model-info"])
             except ValueError as e:
                 raise FileProblem(f"--model-info {self['model-info']}: {e}") from None
-        for name in ("max-body", "max-line", "pool-size", "workers"):
+        for name in ("max-body", "body-budget", "max-line", "pool-size", "workers"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         # A worker reads the same --config; its "workers" must not make it
@@ -396,6 +400,7 @@ class Options(usage.Options):
             bodyTimeout=self["body-timeout"],
             shutdownGrace=self["shutdown-grace"],
             maxBody=self["max-body"],
+            bodyBudget=self["body-budget"],
             maxLine=self["max-line"],
             poolSize=self["pool-size"],
             workers=workers,

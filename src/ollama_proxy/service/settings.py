@@ -34,6 +34,7 @@ class Settings:
     @ivar bodyTimeout: seconds a client may take to send its body.
     @ivar shutdownGrace: seconds requests may run on after SIGTERM.
     @ivar maxBody: the largest request body accepted.
+    @ivar bodyBudget: bytes of request bodies held at once by all requests.
     @ivar maxLine: the largest upstream SSE line accepted.
     @ivar poolSize: persistent upstream connections per host.
     @ivar workers: processes serving the ports (1: this one alone).
@@ -71,6 +72,7 @@ class Settings:
     bodyTimeout: float
     shutdownGrace: float
     maxBody: int
+    bodyBudget: int
     maxLine: int
     poolSize: int
     workers: int

@@ -42,6 +42,7 @@ from ollama_proxy.upstream.catalog import ModelDirectory
 from ollama_proxy.upstream.pool import ConnectionPool, makeClient
 from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
 from ollama_proxy.web.auth import KeyGate, requireKeys
+from ollama_proxy.web.budget import BodyBudget
 from ollama_proxy.web.context import Fallback, ProxyContext
 from ollama_proxy.web.cors import CORSResource, HostPolicy, OriginPolicy
 from ollama_proxy.web.metrics import Metrics, shareAcrossProcesses, sharedDirectory
@@ -268,6 +269,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         metrics=Metrics(shared=metricsDirectory) if settings.metrics else None,
         secrets=tuple(settings.requireKeys),
         maxBody=settings.maxBody,
+        reactor=reactor,
     )
     root = buildRoot(ctx)
     # Always gated, so that a reload can add the first key (no key: open).
@@ -280,6 +282,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         maxBody=settings.maxBody,
         bodyTimeout=settings.bodyTimeout,
         metrics=ctx.metrics,
+        budget=BodyBudget(settings.bodyBudget),
         origins=OriginPolicy(settings.corsOrigins),
         # Ollama's DNS-rebinding guard: only when nothing but loopback
         # listens (a proxy reachable by other names is meant to be).

@@ -36,6 +36,7 @@ from ollama_proxy.protocol.redact import Redactor, StreamRedactor
 from ollama_proxy.upstream.backend import clientKey, redactHeaders
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
+from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, inflate
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.metrics import OTHER
 from ollama_proxy.web.observe import (
@@ -180,11 +181,7 @@ class Exchange:
         """
         if not self.body.strip():
             raise BadRequest("missing request body")
-        try:
-            decoded = codec.loads(self.body)
-        except codec.JSONDecodeError as e:
-            raise BadRequest(f"invalid JSON in request body: {e}") from None
-        return requireObject(decoded)
+        return requireObject(codec.loadsRequest(self.body))
 
     def startStream(self, contentType: bytes = NDJSON) -> None:
         """
@@ -233,6 +230,10 @@ class ProxyResource(Resource):
 
     isLeaf = True
     log = Logger()
+    decodesBody = True
+    """Whether a C{Content-Encoding} body is decoded before the handler
+    runs (in bounded steps, charged to the body budget); a resource that
+    relays bodies as they are (the fallback) sets it false."""
 
     def __init__(self, ctx: ProxyContext) -> None:
         super().__init__()
@@ -297,7 +298,7 @@ class ProxyResource(Resource):
                 ),
                 body=body[:4096].decode("utf-8", "replace"),
             )
-        if self._answerReady(ex):
+        if not self._encoded(request) and self._answerReady(ex):
             return NOT_DONE_YET
         ex.client.watch()
         d = Deferred.fromCoroutine(self._run(handler, ex))
@@ -350,6 +351,8 @@ class ProxyResource(Resource):
         # seen only by this request's upstream calls.
         clientKey.set(presentedKey(ex.request))
         try:
+            if self._encoded(ex.request):
+                await self._decode(ex)
             self._send(ex, await handler(ex))
         except CancelledError:
             pass
@@ -357,6 +360,31 @@ class ProxyResource(Resource):
             self._failWith(ex, e)
         finally:
             self._close(ex)
+
+    def _encoded(self, request: Request) -> bool:
+        """
+        @return: whether C{request} has a body this resource decodes.
+        """
+        return self.decodesBody and request.requestHeaders.hasHeader(b"content-encoding")
+
+    async def _decode(self, ex: Exchange) -> None:
+        """
+        Replace a compressed body by its decoding, the same way on every
+        route (so that an Ollama route never reads zstd as "not valid
+        UTF-8", and a passthrough request is routed by its model and sent
+        upstream decoded); the header goes with it, so nothing downstream
+        sees a coding the body no longer has.
+
+        @raise ProxyError: 400, 413, 415 or 503 (see
+            L{ollama_proxy.web.budget.inflate}).
+        """
+        request = ex.request
+        encoding = b", ".join(request.requestHeaders.getRawHeaders(b"content-encoding") or [])
+        ex.body = await inflate(
+            ex.body, encoding.decode("latin-1"), self.ctx.maxBody, chargeOf(request),
+            self.ctx.clock,
+        )
+        request.requestHeaders.removeHeader(b"content-encoding")
 
     def _send(self, ex: Exchange, result: Any) -> None:
         """
@@ -382,6 +410,8 @@ class ProxyResource(Resource):
         @param error: the exception.
         """
         if isinstance(error, ProxyError):
+            if isinstance(error, Busy) and not ex.request.startedWriting:
+                ex.request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER)
             # A client that leaves before the response headers cancels the
             # upstream request, which then fails with a "timeout" of its
             # own making: not an upstream error.

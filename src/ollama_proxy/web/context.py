@@ -80,6 +80,9 @@ class ProxyContext:
         size of compressed bodies (the site only sees the wire size).
     @ivar pingInterval: seconds between keep-alive events on the agent
         routes' streams (Claude Code gives up after about 20 s of silence).
+    @ivar reactor: the reactor a compressed body's decoding yields to
+        between steps; C{None} for the first backend's (the same one
+        outside tests).
     """
 
     models: ModelDirectory
@@ -93,6 +96,7 @@ class ProxyContext:
     secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
     maxBody: int = DEFAULT_MAX_BODY
     pingInterval: float = 10.0
+    reactor: IReactorTime | None = None
     _redactor: tuple[ModelDirectory, tuple[str, ...], Redactor] | None = attrs.field(
         default=None, init=False, repr=False
     )
@@ -114,6 +118,15 @@ class ProxyContext:
                 [*(entry.backend.apiKey for entry in self.models.router.backends), *self.secrets]
             ))
         return cached[2]
+
+    @property
+    def clock(self) -> IReactorTime:
+        """
+        The reactor to yield to between steps of work on one request.
+        """
+        if self.reactor is not None:
+            return self.reactor
+        return self.models.router.backends[0].backend.reactor
 
     @property
     def tag(self) -> str:

@@ -53,6 +53,10 @@ class FallbackResource(ProxyResource):
         """
         return "fallback"
 
+    decodesBody = False
+    """Relayed as it is, C{Content-Encoding} included: the fallback Ollama
+    decides what it accepts."""
+
     async def _forward(self, ex: Exchange) -> None:
         ex.backend = "fallback"
         if self.ctx.fallback is None:

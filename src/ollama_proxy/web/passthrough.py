@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.context import ProxyContext
@@ -77,10 +78,17 @@ class Passthrough(ProxyResource):
         body = ex.body
         backend: Backend | None = None
         if body:
+            # Not JSON: relayed as it is, the backend answers it.  JSON
+            # nested too deep: a 400 here, as on every route.
             try:
                 decoded = codec.loads(body)
             except codec.JSONDecodeError:
                 decoded = None
+            else:
+                try:
+                    codec.checkDepth(decoded)
+                except codec.TooDeep as e:
+                    raise BadRequest(str(e)) from None
             if isinstance(decoded, dict) and isinstance(decoded.get("model"), str):
                 route = await self.route(ex, decoded["model"])
                 backend = route.backend

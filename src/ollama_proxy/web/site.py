@@ -26,6 +26,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.web.budget import CHARGE, RETRY_AFTER, BodyBudget
 from ollama_proxy.web.cors import HostPolicy, OriginPolicy, corsHeaders
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.observe import logAnswer
@@ -35,7 +36,11 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
 
-_REASONS = {413: b"Payload Too Large", 408: b"Request Timeout"}
+_REASONS = {
+    413: b"Payload Too Large", 408: b"Request Timeout", 503: b"Service Unavailable",
+}
+
+_BUSY = "the proxy is holding too many request bodies (--body-budget); retry shortly"
 
 JSON_TYPE = b"application/json; charset=utf-8"
 
@@ -60,6 +65,7 @@ class LimitedRequest(Request):
 
     maxBody: int = DEFAULT_MAX_BODY
     bodyTimeout: float | None = None
+    budget: BodyBudget | None = None
     arrived: float | None = None
     _rejected = False
     _deadline: IDelayedCall | None = None
@@ -73,6 +79,10 @@ class LimitedRequest(Request):
         if _CAN_SKIP_FORMS:
             kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(channel, *args, **kwargs)
+        if self.budget is not None:
+            # The body bytes this request holds (raw as they arrive, then
+            # decoded), given back however it ends.
+            setattr(self, CHARGE, self.budget.charge())
 
     def gotLength(self, length: int | None) -> None:
         """
@@ -85,6 +95,12 @@ class LimitedRequest(Request):
             self.arrived = site.reactor.seconds()
         if length is not None and length > self.maxBody:
             self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
+            return
+        charge = getattr(self, CHARGE, None)
+        if length and charge is not None and not charge.take(length):
+            # Declared: reserved whole now, so that a refusal comes before
+            # any byte is read (the chunks then count against it).
+            self._reject(503, _BUSY)
             return
         if self.bodyTimeout is not None and length != 0:
             clock: IReactorTime = self.channel.site.reactor  # type: ignore[attr-defined]
@@ -101,8 +117,15 @@ class LimitedRequest(Request):
         """
         if self._rejected:
             return
-        if self.content is not None and self.content.tell() + len(data) > self.maxBody:
+        held = self.content.tell() if self.content is not None else 0
+        if held + len(data) > self.maxBody:
             self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
+            return
+        charge = getattr(self, CHARGE, None)
+        if charge is not None and held + len(data) > charge.held and not charge.take(
+            held + len(data) - charge.held
+        ):
+            self._reject(503, _BUSY)
             return
         super().handleContentChunk(data)
 
@@ -118,6 +141,7 @@ class LimitedRequest(Request):
             return
         self._rejected = True
         self._cancelDeadline()
+        self._release()
         # Refused from gotLength, the channel would next answer an
         # "Expect: 100-continue" with a 100 after this final response.
         self.requestHeaders.removeHeader(b"expect")
@@ -129,6 +153,8 @@ class LimitedRequest(Request):
         cors = b"".join(
             b"%s: %s\r\n" % header for header in self._corsHeaders(site)
         )
+        if status == 503:
+            cors += b"Retry-After: %d\r\n" % RETRY_AFTER
         channel.transport.write(
             b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: application/json; charset=utf-8\r\n"
@@ -187,11 +213,25 @@ class LimitedRequest(Request):
         if not self._rejected:
             super().requestReceived(command, path, version)
 
+    def _release(self) -> None:
+        charge = getattr(self, CHARGE, None)
+        if charge is not None:
+            charge.release()
+
+    def finish(self) -> None:
+        """
+        Give the body's share of the budget back with the answer.
+        """
+        super().finish()
+        self._release()
+
     def connectionLost(self, reason: Any) -> None:
         """
-        Drop the body deadline with the connection.
+        Drop the body deadline and the body's share of the budget with the
+        connection (a client that hangs up mid-body or mid-answer).
         """
         self._cancelDeadline()
+        self._release()
         super().connectionLost(reason)
 
     def process(self) -> None:
@@ -362,6 +402,7 @@ def makeSite(
     metrics: Metrics | None = None,
     origins: OriginPolicy | None = None,
     hosts: HostPolicy | None = None,
+    budget: BodyBudget | None = None,
 ) -> ProxySite:
     """
     Build the site for the proxy.
@@ -376,12 +417,14 @@ def makeSite(
     @param metrics: where every answer is counted.
     @param origins: the CORS policy for the site's own answers.
     @param hosts: the C{Host} names served, or C{None} for any.
+    @param budget: the memory budget every request body is charged to, or
+        C{None} for none.
     @return: the site.
     """
     requestFactory = type(
         "LimitedRequest",
         (LimitedRequest,),
-        {"maxBody": maxBody, "bodyTimeout": bodyTimeout},
+        {"maxBody": maxBody, "bodyTimeout": bodyTimeout, "budget": budget},
     )
     site = ProxySite(root, requestFactory=requestFactory, timeout=timeout, reactor=reactor)
     site.metrics, site.origins, site.hosts = metrics, origins, hosts

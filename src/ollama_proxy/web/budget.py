@@ -1,0 +1,145 @@
+# -*- test-case-name: tests.web.test_budget -*-
+"""
+The memory budget for request bodies, shared by every request, and the
+stepped decompression that charges it.
+
+C{--max-body} bounds one request; nothing bounded the sum, so a hundred 2 KB
+zstd bodies of 60 MB each (200 KB on the wire) took gigabytes.  Every body
+byte the proxy holds is charged to one L{BodyBudget}: the raw bytes as
+L{ollama_proxy.web.site.LimitedRequest} buffers them, and the decompressed
+bytes as L{inflate} produces them.  A request that does not fit is answered
+503 with C{Retry-After} (in the site's JSON shape before the body is in, in
+the route's dialect after); what a request holds is given back when it
+finishes, fails, or its client hangs up.
+
+L{inflate} decodes in steps of about a megabyte (about a millisecond of
+work) and returns to the reactor between steps, so one bomb never stalls the
+other connections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+
+from ollama_proxy.protocol.compression import Decoder, capped, codings
+from ollama_proxy.protocol.errors import ProxyError
+
+DEFAULT_BODY_BUDGET = 256 * 1024 * 1024
+"""Default budget: four bodies at the default C{--max-body}, or hundreds of
+typical agent requests (tens of KB to a few MB each)."""
+
+RETRY_AFTER = 1
+"""Seconds a refused client is told to wait: bodies are usually released
+within a request's lifetime."""
+
+
+class Busy(ProxyError):
+    """
+    The body budget is spent (503, with C{Retry-After}).
+    """
+
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the proxy is holding too many request bodies (--body-budget); retry shortly"
+        )
+
+
+class BodyBudget:
+    """
+    Bytes of request bodies held by the whole process, against a limit.
+
+    @ivar limit: the most bytes held at once.
+    @ivar used: the bytes held now.
+    """
+
+    def __init__(self, limit: int = DEFAULT_BODY_BUDGET) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def charge(self) -> Charge:
+        """
+        @return: a new, empty charge for one request.
+        """
+        return Charge(self)
+
+
+class Charge:
+    """
+    What one request holds of a L{BodyBudget}; L{release} gives it all back
+    (idempotent, so every way a request can end may call it).
+    """
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """
+        @param size: more bytes this request is about to hold.
+        @return: whether they fit (if not, nothing is charged).
+        """
+        budget = self.budget
+        if budget.used + size > budget.limit:
+            return False
+        budget.used += size
+        self.held += size
+        return True
+
+    def release(self) -> None:
+        """
+        Give back everything this request holds.
+        """
+        self.budget.used -= self.held
+        self.held = 0
+
+
+CHARGE = "ollamaProxyBodyCharge"
+"""The attribute of a twisted.web request that holds its L{Charge}."""
+
+
+def chargeOf(request: Any) -> Charge | None:
+    """
+    @return: the request's charge, or C{None} for a request made outside a
+        L{ollama_proxy.web.site.ProxySite} (tests' in-memory sites).
+    """
+    charge: Charge | None = getattr(request, CHARGE, None)
+    return charge
+
+
+async def inflate(
+    body: bytes, encoding: str | None, limit: int, charge: Charge | None, clock: IReactorTime
+) -> bytes:
+    """
+    Decode a compressed body in bounded steps, yielding to the reactor
+    between them, charging every decoded byte to C{charge} and stopping as
+    soon as the cap is passed.
+
+    @param body: the body as received.
+    @param encoding: the C{Content-Encoding} header value.
+    @param limit: the largest decoded body accepted (C{--max-body}).
+    @param charge: the request's share of the budget, or C{None}.
+    @param clock: the reactor to yield to.
+    @return: the decoded body.
+    @raise ProxyError: 413 over the cap, 415 for an unknown coding, 400 for a
+        corrupt or truncated body, 503 when the budget is spent.
+    """
+    for coding in codings(encoding):
+        decoder = Decoder(coding, body)
+        out = bytearray()
+        while not decoder.done:
+            piece = decoder.step()
+            if len(out) + len(piece) > limit:
+                raise capped(limit)
+            if charge is not None and not charge.take(len(piece)):
+                raise Busy()
+            out += piece
+            if not decoder.done:
+                await deferLater(clock, 0, lambda: None)
+        body = bytes(out)
+        del out
+    return body
