@@ -31,9 +31,9 @@ from ollama_proxy.protocol.errors import BadRequest, ProxyError
 STEP = 1 << 20
 """Decompressed bytes handed out per step: about a millisecond of work."""
 
-_SLICE = 256
+_SLICE = 64
 """zstd input fed per call: zstd's decompressor cannot bound its output, but
-256 input bytes expand to at most a few MB (RLE blocks), so a step stays
+64 input bytes expand to at most about 2 MB (16 RLE blocks of 128 KB), so a step stays
 bounded even for a bomb."""
 
 
@@ -103,7 +103,7 @@ class Decoder:
     def step(self, size: int = STEP) -> bytes:
         """
         Decode about C{size} more bytes (a zstd step may exceed it by the
-        expansion of 256 input bytes).
+        expansion of 64 input bytes).
 
         @return: the next decoded bytes (possibly empty).
         @raise BadRequest: for a corrupt or truncated body.
