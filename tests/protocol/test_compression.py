@@ -87,7 +87,8 @@ class ConsistencyTests(SynchronousTestCase):
         with self.assertRaises(BadRequest) as e:
             decompress(data, encoding, 1 << 20)
         self.assertEqual(e.exception.status, 400)
-        return e.exception.message
+        message: str = e.exception.message
+        return message
 
     def test_zstdTruncated(self) -> None:
         """

@@ -17,9 +17,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.compression import STEP, TooLarge
+from ollama_proxy.protocol.compression import MAX_WINDOW, STEP, TooLarge
 from ollama_proxy.testing.harness import ProxyHarness
-from ollama_proxy.web.budget import BodyBudget, Busy, inflate
+from ollama_proxy.web.budget import BodyBudget, Busy, cooperator, inflate
 from ollama_proxy.web.site import makeSite
 from tests.web.test_site import parseResponse
 
@@ -45,6 +45,7 @@ class ChargeTests(SynchronousTestCase):
         a.release()
         a.release()
         self.assertEqual((budget.used, a.held), (40, 0))
+        self.assertFalse(a.take(1))
         b.release()
         self.assertEqual(budget.used, 0)
 
@@ -70,13 +71,14 @@ class InflateTests(SynchronousTestCase):
         budget = BodyBudget(1 << 30)
         data = b"x" * (5 * STEP)
         d = defer(inflate(zstandard.ZstdCompressor().compress(data), "zstd", 1 << 30,
-                          budget.charge(), clock))
-        # One step decoded, then back to the reactor.
+                          budget.charge(), cooperator(clock)))
+        # Nothing decoded until the reactor runs the cooperator.
         self.assertNoResult(d)
         self.assertEqual(len(clock.getDelayedCalls()), 1)
-        self.assertLessEqual(budget.used, 3 * STEP)
+        self.assertLessEqual(budget.used, 3 * STEP + MAX_WINDOW)
         self.run_(d, clock)
         self.assertEqual(self.successResultOf(d), data)
+        # The output stays charged; the decoder's window is given back.
         self.assertEqual(budget.used, len(data))
 
     def test_bombStopsAtCap(self) -> None:
@@ -88,7 +90,7 @@ class InflateTests(SynchronousTestCase):
                              (gzip.compress(b"a" * 200_000_000, 9), "gzip")):
             clock = MemoryReactorClock()
             budget = BodyBudget(1 << 40)
-            d = defer(inflate(data, coding, 3 * STEP, budget.charge(), clock))
+            d = defer(inflate(data, coding, 3 * STEP, budget.charge(), cooperator(clock)))
             self.assertLess(self.run_(d, clock), 10)
             self.failureResultOf(d, TooLarge)
             self.assertLessEqual(budget.used, 3 * STEP + 10 * STEP)
@@ -100,7 +102,7 @@ class InflateTests(SynchronousTestCase):
         clock = MemoryReactorClock()
         budget = BodyBudget(2 * STEP)
         d = defer(inflate(gzip.compress(b"a" * (4 * STEP)), "gzip", 1 << 30,
-                          budget.charge(), clock))
+                          budget.charge(), cooperator(clock)))
         self.run_(d, clock)
         self.assertEqual(self.failureResultOf(d, Busy).value.status, 503)
 
@@ -120,7 +122,7 @@ class SiteBudgetTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.h = ProxyHarness()
         self.clock: MemoryReactorClock = self.h.clock
-        self.budget = BodyBudget(4 * STEP)
+        self.budget = BodyBudget(16 * STEP)
         self.site = makeSite(self.h.root, self.clock, budget=self.budget)
 
     def connect(self) -> tuple[Any, StringTransport]:
@@ -194,12 +196,29 @@ class SiteBudgetTests(SynchronousTestCase):
         self.pump()
         self.assertEqual(self.budget.used, 0)
 
+    def test_releasedOnHangUpWhileDecoding(self) -> None:
+        """
+        A client that hangs up while its body is being decoded stops the
+        decoding, and its share stays given back.
+        """
+        packed = zstandard.ZstdCompressor().compress(b"a" * (10 * STEP))
+        protocol, _ = self.connect()
+        protocol.dataReceived(
+            b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Encoding: zstd\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(packed) + packed)
+        self.assertGreater(self.budget.used, 0)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.budget.used, 0)
+        self.pump()
+        self.assertEqual(self.budget.used, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_fullIs503(self) -> None:
         """
         While the budget is held, a new body is refused with a JSON 503 and
         C{Retry-After} before it is read; once released, it is served.
         """
-        holder, _ = self.post("/v1/messages", b"{", length=4 * STEP)
+        holder, _ = self.post("/v1/messages", b"{", length=16 * STEP)
         _, transport = self.post("/api/chat", codec.dumps(MESSAGES))
         status, headers, body = parseResponse(transport.value())
         self.assertEqual((status, headers["retry-after"]), (503, "1"))
@@ -219,7 +238,7 @@ class SiteBudgetTests(SynchronousTestCase):
         A small compressed body whose decoding does not fit is a 503 with
         C{Retry-After}, in the route's own dialect.
         """
-        bomb = zstandard.ZstdCompressor().compress(b" " * 6 * STEP)
+        bomb = zstandard.ZstdCompressor().compress(b" " * 20 * STEP)
         _, transport = self.post("/v1/messages", bomb, b"zstd")
         status, headers, body = parseResponse(transport.value())
         self.assertEqual((status, headers["retry-after"]), (503, "1"))

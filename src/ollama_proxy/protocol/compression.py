@@ -37,6 +37,14 @@ _SLICE = 64
 bounded even for a bomb."""
 
 
+MAX_WINDOW = 1 << 23
+"""The largest zstd window accepted (8 MiB, what C{zstd -19} uses and the
+size RFC 8878 asks every decoder to support).  A decoder allocates its
+frame's window up front, and a frame may declare up to 128 MiB (the
+library's default limit): a hundred such 2 KB requests would take 12 GB
+before a byte was decoded."""
+
+
 class TooLarge(ProxyError):
     """
     The decompressed body is over the cap (413).
@@ -100,6 +108,15 @@ class Decoder:
             self._gunzip(body) if coding == "gzip" else self._unzstd(body)
         )
 
+    @property
+    def workspace(self) -> int:
+        """
+        @return: the memory the codec itself holds while decoding (the
+            zstd window, at most L{MAX_WINDOW}; gzip's 32 KiB), to charge
+            to the body budget with the output.
+        """
+        return MAX_WINDOW if self.coding == "zstd" else 1 << 15
+
     def step(self, size: int = STEP) -> bytes:
         """
         Decode about C{size} more bytes (a zstd step may exceed it by the
@@ -108,13 +125,17 @@ class Decoder:
         @return: the next decoded bytes (possibly empty).
         @raise BadRequest: for a corrupt or truncated body.
         """
-        out = bytearray()
-        while not self.done and len(out) < size:
+        out: list[bytes] = []
+        held = 0
+        while not self.done and held < size:
             try:
-                out += next(self._pieces)
+                piece = next(self._pieces)
             except StopIteration:
                 self.done = True
-        return bytes(out)
+                break
+            out.append(piece)
+            held += len(piece)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def _fail(self, why: str) -> BadRequest:
         return BadRequest(f"failed to decompress {self.coding} body: {why}")
@@ -136,7 +157,7 @@ class Decoder:
     def _unzstd(self, data: bytes) -> Iterator[bytes]:
         view = memoryview(data)
         while view:
-            decoder = zstandard.ZstdDecompressor().decompressobj()
+            decoder = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).decompressobj()
             offset = 0
             try:
                 while not decoder.eof and offset < len(view):

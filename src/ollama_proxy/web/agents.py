@@ -69,7 +69,7 @@ def decodedJSON(ctx: ProxyContext, ex: Exchange) -> JSON:
 
     @raise ollama_proxy.protocol.errors.ProxyError: 400.
     """
-    return ex.json()
+    return ex.json(keep=False)
 
 
 class Heartbeat:

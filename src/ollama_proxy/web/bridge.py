@@ -172,16 +172,28 @@ class Exchange:
         first = finish.firstToken if finish.firstToken is not None else finish.end
         self.firstToken = max(1, first - self.start)
 
-    def json(self) -> JSON:
+    def json(self, keep: bool = True) -> JSON:
         """
-        Decode the body as a JSON object.
+        Decode the body as a JSON object, charging the request's share of
+        the body budget for what decoding makes: the decoded tree and its
+        re-encoding for the backend are each about the size of the body.
 
+        @param keep: whether L{body} is still needed (to relay it as it
+            is); a translating route drops it, so that a large body is not
+            held three times while the backend works.
         @return: the object.
         @raise BadRequest: for an empty, malformed or non-object body.
+        @raise Busy: when the budget cannot hold the decoded body (503).
         """
         if not self.body.strip():
             raise BadRequest("missing request body")
-        return requireObject(codec.loadsRequest(self.body))
+        charge = chargeOf(self.request)
+        if charge is not None and not charge.take(2 * len(self.body)):
+            raise Busy()
+        decoded = requireObject(codec.loadsRequest(self.body))
+        if not keep:
+            self.body = b""
+        return decoded
 
     def startStream(self, contentType: bytes = NDJSON) -> None:
         """
@@ -382,7 +394,7 @@ class ProxyResource(Resource):
         encoding = b", ".join(request.requestHeaders.getRawHeaders(b"content-encoding") or [])
         ex.body = await inflate(
             ex.body, encoding.decode("latin-1"), self.ctx.maxBody, chargeOf(request),
-            self.ctx.clock,
+            self.ctx.cooperator,
         )
         request.requestHeaders.removeHeader(b"content-encoding")
 

@@ -12,24 +12,29 @@ bytes as L{inflate} produces them.  A request that does not fit is answered
 the route's dialect after); what a request holds is given back when it
 finishes, fails, or its client hangs up.
 
-L{inflate} decodes in steps of about a megabyte (about a millisecond of
-work) and returns to the reactor between steps, so one bomb never stalls the
-other connections.
+A decoder's own workspace (the zstd window, up to 8 MiB) is charged while
+it works.  L{inflate} decodes in steps of about a megabyte (about a millisecond of
+work), run by one L{Cooperator} shared by all requests, which returns to the
+reactor every 10 ms: neither one bomb nor a hundred at once stall the other
+connections.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
+from twisted.internet.task import Cooperator
 
 from ollama_proxy.protocol.compression import Decoder, capped, codings
 from ollama_proxy.protocol.errors import ProxyError
 
-DEFAULT_BODY_BUDGET = 256 * 1024 * 1024
-"""Default budget: four bodies at the default C{--max-body}, or hundreds of
-typical agent requests (tens of KB to a few MB each)."""
+DEFAULT_BODY_BUDGET = 192 * 1024 * 1024
+"""Default budget: one body at the default C{--max-body} (64 MiB, charged
+three times: as received, decoded into JSON, re-encoded for the backend),
+or hundreds of typical agent requests (tens of KB to a few MB each); with
+it, a hundred 60 MB zstd bombs leave the proxy under 400 MB (bench/RESULTS.md)."""
 
 RETRY_AFTER = 1
 """Seconds a refused client is told to wait: bodies are usually released
@@ -77,6 +82,7 @@ class Charge:
     def __init__(self, budget: BodyBudget) -> None:
         self.budget = budget
         self.held = 0
+        self.closed = False
 
     def take(self, size: int) -> bool:
         """
@@ -84,18 +90,29 @@ class Charge:
         @return: whether they fit (if not, nothing is charged).
         """
         budget = self.budget
-        if budget.used + size > budget.limit:
+        if self.closed or budget.used + size > budget.limit:
             return False
         budget.used += size
         self.held += size
         return True
 
+    def give(self, size: int) -> None:
+        """
+        Give back part of what this request holds (a decoder's workspace
+        once it is done).
+        """
+        size = min(size, self.held)
+        self.budget.used -= size
+        self.held -= size
+
     def release(self) -> None:
         """
-        Give back everything this request holds.
+        Give back everything this request holds; it can take no more (its
+        request is over, whatever may still be running for it).
         """
         self.budget.used -= self.held
         self.held = 0
+        self.closed = True
 
 
 CHARGE = "ollamaProxyBodyCharge"
@@ -111,35 +128,66 @@ def chargeOf(request: Any) -> Charge | None:
     return charge
 
 
+def cooperator(clock: IReactorTime) -> Cooperator:
+    """
+    @return: a cooperator that runs its tasks' steps round-robin for at
+        most 10 ms per reactor turn (Twisted's default slice), scheduled on
+        C{clock}: however many bodies are being decoded at once, the other
+        connections wait at most one slice plus one step.
+    """
+    return Cooperator(scheduler=lambda work: clock.callLater(0, work))
+
+
 async def inflate(
-    body: bytes, encoding: str | None, limit: int, charge: Charge | None, clock: IReactorTime
+    body: bytes, encoding: str | None, limit: int, charge: Charge | None, steps: Cooperator
 ) -> bytes:
     """
-    Decode a compressed body in bounded steps, yielding to the reactor
-    between them, charging every decoded byte to C{charge} and stopping as
+    Decode a compressed body in bounded steps, run by C{steps} between
+    other work, charging every decoded byte to C{charge} and stopping as
     soon as the cap is passed.
 
     @param body: the body as received.
     @param encoding: the C{Content-Encoding} header value.
     @param limit: the largest decoded body accepted (C{--max-body}).
     @param charge: the request's share of the budget, or C{None}.
-    @param clock: the reactor to yield to.
+    @param steps: the cooperator shared by every request.
     @return: the decoded body.
     @raise ProxyError: 413 over the cap, 415 for an unknown coding, 400 for a
         corrupt or truncated body, 503 when the budget is spent.
     """
     for coding in codings(encoding):
         decoder = Decoder(coding, body)
-        out = bytearray()
-        while not decoder.done:
-            piece = decoder.step()
-            if len(out) + len(piece) > limit:
-                raise capped(limit)
-            if charge is not None and not charge.take(len(piece)):
-                raise Busy()
-            out += piece
-            if not decoder.done:
-                await deferLater(clock, 0, lambda: None)
-        body = bytes(out)
-        del out
+        if charge is not None and not charge.take(decoder.workspace):
+            raise Busy()
+        pieces: list[bytes] = []
+        task = steps.cooperate(_decode(decoder, pieces, limit, charge))
+        try:
+            await task.whenDone()
+        except CancelledError:
+            # The client left: no more steps for it.
+            task.stop()
+            raise
+        body = b"".join(pieces)
+        del pieces
+        if charge is not None:
+            charge.give(decoder.workspace)
     return body
+
+
+def _decode(
+    decoder: Decoder, pieces: list[bytes], limit: int, charge: Charge | None
+) -> Iterator[None]:
+    """
+    The steps of one decoding, for a L{Cooperator}: each decodes about a
+    megabyte into C{pieces}.
+    """
+    size = 0
+    while not decoder.done:
+        piece = decoder.step()
+        size += len(piece)
+        if size > limit:
+            raise capped(limit)
+        if charge is not None and not charge.take(len(piece)):
+            raise Busy()
+        pieces.append(piece)
+        yield None

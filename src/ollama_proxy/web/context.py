@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator
 
 from ollama_proxy.protocol.clock import Clock, wallClock
 from ollama_proxy.protocol.redact import Redactor
 from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.upstream.backend import HTTPClient
 from ollama_proxy.upstream.catalog import ModelDirectory
+from ollama_proxy.web.budget import cooperator
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.observe import watchUpstream
 from ollama_proxy.web.site import DEFAULT_MAX_BODY
@@ -100,6 +102,7 @@ class ProxyContext:
     _redactor: tuple[ModelDirectory, tuple[str, ...], Redactor] | None = attrs.field(
         default=None, init=False, repr=False
     )
+    _cooperator: Cooperator | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.metrics is not None:
@@ -127,6 +130,16 @@ class ProxyContext:
         if self.reactor is not None:
             return self.reactor
         return self.models.router.backends[0].backend.reactor
+
+    @property
+    def cooperator(self) -> Cooperator:
+        """
+        The one cooperator that runs every request's decoding steps (see
+        L{ollama_proxy.web.budget.cooperator}).
+        """
+        if self._cooperator is None:
+            self._cooperator = cooperator(self.clock)
+        return self._cooperator
 
     @property
     def tag(self) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.web.budget import Busy, chargeOf
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.observe import streaming
@@ -78,6 +79,9 @@ class Passthrough(ProxyResource):
         body = ex.body
         backend: Backend | None = None
         if body:
+            charge = chargeOf(ex.request)
+            if charge is not None and not charge.take(2 * len(body)):
+                raise Busy()
             # Not JSON: relayed as it is, the backend answers it.  JSON
             # nested too deep: a 400 here, as on every route.
             try:
