@@ -137,6 +137,13 @@ class Decoder:
             held += len(piece)
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def close(self) -> None:
+        """
+        Drop the codec's state (its window) at once; no more steps.
+        """
+        self.done = True
+        self._pieces = iter(())
+
     def _fail(self, why: str) -> BadRequest:
         return BadRequest(f"failed to decompress {self.coding} body: {why}")
 

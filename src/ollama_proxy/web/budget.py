@@ -163,9 +163,15 @@ async def inflate(
         task = steps.cooperate(_decode(decoder, pieces, limit, charge))
         try:
             await task.whenDone()
-        except CancelledError:
-            # The client left: no more steps for it.
-            task.stop()
+        except BaseException as e:
+            if isinstance(e, CancelledError):
+                # The client left: no more steps for it.
+                task.stop()
+            # The exception's traceback keeps this frame (and a cycle
+            # keeps it until the garbage collector runs): drop the decoded
+            # megabytes and the decoder's window now, not then.
+            pieces.clear()
+            decoder.close()
             raise
         body = b"".join(pieces)
         del pieces
