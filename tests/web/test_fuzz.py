@@ -170,20 +170,10 @@ DERANDOMIZE = "OLLAMA_PROXY_FUZZ_EXAMPLES" not in os.environ
 a deep run explores new ones."""
 
 
-class FuzzTests(SynchronousTestCase):
+class ProxyChecks(SynchronousTestCase):
     """
-    Generated bodies against every POST route.
+    A fresh proxy per test, and the check every generated body must pass.
     """
-
-    def test_routesDiscovered(self) -> None:
-        """
-        The route walk finds the core endpoints (so the property below
-        really covers them).
-        """
-        for path in ("/api/chat", "/api/generate", "/v1/chat/completions"):
-            self.assertIn(path, ROUTES)
-        self.assertIn("/api/chat", NATIVE)
-        self.assertNotIn("/v1/chat/completions", NATIVE)
 
     def setUp(self) -> None:
         self.client, _, self.clock = makeProxy()
@@ -238,6 +228,23 @@ class FuzzTests(SynchronousTestCase):
             # backend's event stream) as it is.
             self.assertNotIn(path, NATIVE, (path, body, data, contentType))
             self.assertEqual(contentType, b"text/event-stream")
+
+
+
+class FuzzTests(ProxyChecks):
+    """
+    Generated bodies against every POST route.
+    """
+
+    def test_routesDiscovered(self) -> None:
+        """
+        The route walk finds the core endpoints (so the property below
+        really covers them).
+        """
+        for path in ("/api/chat", "/api/generate", "/v1/chat/completions"):
+            self.assertIn(path, ROUTES)
+        self.assertIn("/api/chat", NATIVE)
+        self.assertNotIn("/v1/chat/completions", NATIVE)
 
     @settings(max_examples=EXAMPLES, derandomize=DERANDOMIZE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(path=st.sampled_from(ROUTES), body=bodies)
@@ -348,14 +355,11 @@ HOSTILE_ROUTES = sorted(set(AGENTS) | {"/v1/chat/completions", "/api/chat", "/ap
                                        "/api/embed", "/api/show"})
 
 
-class HostileBodyTests(SynchronousTestCase):
+class HostileBodyTests(ProxyChecks):
     """
     Issue 19: deep nesting, compressed bodies and odd encodings against the
     agent routes, passthrough and the Ollama routes: never a 5xx.
     """
-
-    setUp = FuzzTests.setUp
-    check = FuzzTests.check
 
     @settings(max_examples=HOSTILE_EXAMPLES, derandomize=DERANDOMIZE, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
