@@ -173,10 +173,15 @@ async def inflate(
             pieces.clear()
             decoder.close()
             raise
+        # Joining holds the pieces and the whole at once: charged too.
+        size = sum(len(piece) for piece in pieces)
+        if charge is not None and not charge.take(size):
+            pieces.clear()
+            raise Busy()
         body = b"".join(pieces)
         del pieces
         if charge is not None:
-            charge.give(decoder.workspace)
+            charge.give(decoder.workspace + size)
     return body
 
 
