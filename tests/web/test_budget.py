@@ -186,7 +186,7 @@ class SiteBudgetTests(SynchronousTestCase):
         backend, gives its share back.
         """
         protocol, _ = self.post("/v1/messages", b'{"model"', length=STEP)
-        self.assertEqual(self.budget.used, STEP)
+        self.assertEqual(self.budget.used, len(b'{"model"'))
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.budget.used, 0)
         protocol, _ = self.post("/v1/messages", codec.dumps(MESSAGES))
@@ -218,7 +218,12 @@ class SiteBudgetTests(SynchronousTestCase):
         While the budget is held, a new body is refused with a JSON 503 and
         C{Retry-After} before it is read; once released, it is served.
         """
-        holder, _ = self.post("/v1/messages", b"{", length=16 * STEP)
+        # A client that declares a large body and sends nothing holds
+        # nothing; one that sent the budget's worth holds it.
+        idle, _ = self.post("/v1/messages", b"", length=16 * STEP)
+        self.assertEqual(self.budget.used, 0)
+        idle.connectionLost(Failure(ConnectionDone()))
+        holder, _ = self.post("/v1/messages", b"x" * 16 * STEP, length=17 * STEP)
         _, transport = self.post("/api/chat", codec.dumps(MESSAGES))
         status, headers, body = parseResponse(transport.value())
         self.assertEqual((status, headers["retry-after"]), (503, "1"))

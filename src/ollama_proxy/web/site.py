@@ -96,12 +96,6 @@ class LimitedRequest(Request):
         if length is not None and length > self.maxBody:
             self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
             return
-        charge = getattr(self, CHARGE, None)
-        if length and charge is not None and not charge.take(length):
-            # Declared: reserved whole now, so that a refusal comes before
-            # any byte is read (the chunks then count against it).
-            self._reject(503, _BUSY)
-            return
         if self.bodyTimeout is not None and length != 0:
             clock: IReactorTime = self.channel.site.reactor  # type: ignore[attr-defined]
             self._deadline = clock.callLater(
@@ -121,10 +115,10 @@ class LimitedRequest(Request):
         if held + len(data) > self.maxBody:
             self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
             return
+        # Charged as the bytes arrive, not as declared: a client that
+        # declares 64 MB and sends nothing must not hold the budget.
         charge = getattr(self, CHARGE, None)
-        if charge is not None and held + len(data) > charge.held and not charge.take(
-            held + len(data) - charge.held
-        ):
+        if charge is not None and not charge.take(len(data)):
             self._reject(503, _BUSY)
             return
         super().handleContentChunk(data)
