@@ -10,6 +10,7 @@ import zstandard
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol.compression import (
+    MAX_WINDOW,
     STEP,
     Decoder,
     TooLarge,
@@ -164,3 +165,14 @@ class ConsistencyTests(SynchronousTestCase):
         bomb = zstandard.ZstdCompressor().compress(gzip.compress(b"a" * 5_000_000))
         with self.assertRaises(TooLarge):
             decompress(bomb, "gzip, zstd", 1000)
+
+    def test_workspace(self) -> None:
+        """
+        The memory charged for a zstd decoder: its frame's window, at most
+        8 MiB, at most the declared content size; gzip's 32 KiB window.
+        """
+        self.assertEqual(Decoder("gzip", gzip.compress(BODY)).workspace, 1 << 15)
+        self.assertEqual(Decoder("zstd", _zstdFrame(BODY)).workspace, 1 << 15)
+        big = zstandard.ZstdCompressor(level=19).compress(b"a" * 60_000_000)
+        self.assertEqual(Decoder("zstd", big).workspace, MAX_WINDOW)
+        self.assertEqual(Decoder("zstd", b"nonsense").workspace, MAX_WINDOW)

@@ -103,6 +103,7 @@ class Decoder:
         @param body: the compressed bytes.
         """
         self.coding = coding
+        self._body = body[:32]
         self.done = not body
         self._pieces: Iterator[bytes] = (
             self._gunzip(body) if coding == "gzip" else self._unzstd(body)
@@ -115,7 +116,17 @@ class Decoder:
             zstd window, at most L{MAX_WINDOW}; gzip's 32 KiB), to charge
             to the body budget with the output.
         """
-        return MAX_WINDOW if self.coding == "zstd" else 1 << 15
+        if self.coding != "zstd":
+            return 1 << 15
+        try:
+            frame = zstandard.get_frame_parameters(self._body)
+        except zstandard.ZstdError:
+            return MAX_WINDOW
+        window = min(frame.window_size, MAX_WINDOW)
+        # A frame that says its size gets a buffer of that size at most.
+        if frame.content_size:
+            window = min(window, frame.content_size)
+        return max(window, 1 << 15)
 
     def step(self, size: int = STEP) -> bytes:
         """
