@@ -254,6 +254,15 @@ class EncodedBodyTests(SynchronousTestCase):
             self.assertIn(b"failed to decompress gzip body", data)
             self.assertNotIn(b"UTF-8", data)
 
+    def test_emptyBodyNotDecoded(self) -> None:
+        """
+        A header on a request without a body (a GET) is not an error.
+        """
+        h = ProxyHarness()
+        response = self.successResultOf(
+            h.get("/api/version", headers={b"Content-Encoding": [b"br"]}))
+        self.assertEqual(response.code, 200)
+
     def test_passthroughDecodesAndRoutes(self) -> None:
         """
         A compressed C{/v1/chat/completions} is decoded, routed by its model

@@ -310,7 +310,7 @@ class ProxyResource(Resource):
                 ),
                 body=body[:4096].decode("utf-8", "replace"),
             )
-        if not self._encoded(request) and self._answerReady(ex):
+        if not (body and self._encoded(request)) and self._answerReady(ex):
             return NOT_DONE_YET
         ex.client.watch()
         d = Deferred.fromCoroutine(self._run(handler, ex))
@@ -363,7 +363,7 @@ class ProxyResource(Resource):
         # seen only by this request's upstream calls.
         clientKey.set(presentedKey(ex.request))
         try:
-            if self._encoded(ex.request):
+            if ex.body and self._encoded(ex.request):
                 await self._decode(ex)
             self._send(ex, await handler(ex))
         except CancelledError:
@@ -375,7 +375,9 @@ class ProxyResource(Resource):
 
     def _encoded(self, request: Request) -> bool:
         """
-        @return: whether C{request} has a body this resource decodes.
+        @return: whether C{request}'s body (if it has one) is one this
+            resource decodes; an empty body has nothing to decode, whatever
+            its header says.
         """
         return self.decodesBody and request.requestHeaders.hasHeader(b"content-encoding")
 
