@@ -296,6 +296,8 @@ class ProxyResource(Resource):
                 name[len("handle_") :] for name in dir(self)
                 if name.startswith("handle_") and getattr(self, name) is not None
             )
+            if "GET" in allowed and "HEAD" not in allowed:
+                allowed.append("HEAD")  # served by handle_GET
             request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
             # Logged and counted by the site when the answer is finished.
             noteRoute(request, self.routeLabel(request))
