@@ -168,7 +168,7 @@ class BadFileTests(SynchronousTestCase):
         """
         e = errorOf('[[backend]]\nurl = "http://u:hunter2@127.0.0.1:1/v1"\n')
         self.assertEqual((e.line, e.key), (2, "backend[0].url"))
-        self.assertIn("must not contain a user name or password", e.reason)
+        self.assertIn("without user:pass@", e.reason)
         self.assertNotIn("hunter2", str(e))
 
     def test_unknownKey(self) -> None:
