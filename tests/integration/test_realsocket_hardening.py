@@ -340,8 +340,8 @@ class RouteTests(SynchronousTestCase):
             self.assertIn(status, (400, 404, 405), target)
             self.assertIn(b'"error"', body, target)
         self.assertEqual(self.fallback.received, [])
-        for method, path in self.backend.received:
-            self.assertIn(path, ALLOWED_UPSTREAM, (method, path))
+        for verb, path in self.backend.received:
+            self.assertIn(path, ALLOWED_UPSTREAM, (verb, path))
             self.assertNotIn("..", path)
             self.assertNotIn("%2", path.lower())
 
