@@ -92,14 +92,13 @@ def _checkSegment(segment: bytes) -> str | None:
     @return: why it is refused, or C{None}.
     """
     for rounds in range(_DECODINGS + 1):
-        if rounds:
-            if b"/" in segment or b"\\" in segment:
-                return "encoded slashes are not allowed in the path"
-            try:
-                segment.decode("utf-8")
-            except UnicodeDecodeError:
-                # Overlong forms (%c0%ae) are a dot to some decoders.
-                return "the path is not valid UTF-8 once decoded"
+        if rounds and (b"/" in segment or b"\\" in segment):
+            return "encoded slashes are not allowed in the path"
+        try:
+            segment.decode("utf-8")
+        except UnicodeDecodeError:
+            # Overlong forms (%c0%ae) are a dot to some decoders.
+            return "the path is not valid UTF-8"
         if any(b < 0x20 or b == 0x7F for b in segment):
             return "control characters are not allowed in the path"
         # Tomcat and Spring read "..;x" as ".." (path parameters).
