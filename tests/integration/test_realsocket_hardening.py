@@ -351,6 +351,9 @@ class RouteTests(SynchronousTestCase):
         fallback, with their paths as sent.
         """
         self.assertEqual(self.raw(b"GET", b"/v1/models/qwen/qwen3-coder")[0], 200)
+        # The openai SDK's models.retrieve("qwen/qwen3"), as it sends it.
+        self.assertEqual(self.raw(b"GET", b"/v1/models/qwen%2Fqwen3")[0], 200)
+        self.assertIn(("GET", "/v1/models/qwen%2Fqwen3"), self.backend.received)
         self.assertEqual(self.raw(b"POST", b"/v1/chat/completions")[0], 200)
         self.assertEqual(self.raw(b"GET", b"/api/unknown?x=1")[0], 200)
         self.assertIn(("GET", "/v1/models/qwen/qwen3-coder"), self.backend.received)

@@ -40,7 +40,9 @@ DOT_SEGMENT_TARGETS = [
 
 SLASH_TARGETS = [
     b"/v1/models/..%2f..%2fadmin%2fkeys",
-    b"/v1/models/a%2Fb",
+    b"/v1/models/a%2Fb/c",
+    b"/v1/chat%2fcompletions",
+    b"/api/a%2fb",
     b"/v1/models/a%5cb",
     b"/v1/models/a%5Cb",
     b"/v1/models/a%252fb",
@@ -73,6 +75,8 @@ class TargetTests(SynchronousTestCase):
             self.assertIn(checkTarget(target), (
                 "encoded slashes are not allowed in the path",
                 "backslashes are not allowed in the path",
+                # In a model id the pieces are segments: the dots show.
+                "dot segments (. and ..) are not allowed in the path",
             ), target)
 
     def test_otherForms(self) -> None:
@@ -111,6 +115,29 @@ class TargetTests(SynchronousTestCase):
             b"/v1/models/caf%C3%A9", b"/api/blobs/sha256:abc", b"/v1/models/a%20b",
         ):
             self.assertIsNone(checkTarget(target), target)
+
+    def test_modelIdSlash(self) -> None:
+        """
+        The C{openai} SDK sends C{models.retrieve("qwen/qwen3")} as
+        C{/v1/models/qwen%2Fqwen3}: one encoded slash in the id of
+        C{/models/{id}} passes, but its pieces are segments, so C{..}
+        hides there no better than elsewhere.
+        """
+        for target in (b"/v1/models/qwen%2Fqwen3-coder", b"/models/a%2fb%2fc",
+                       b"/api/v1/models/openai%2Fgpt-4o"):
+            self.assertIsNone(checkTarget(target), target)
+        for target, reason in [
+            (b"/v1/models/..%2f..%2fadmin%2fkeys", "dot segments (. and ..) are not allowed in the path"),
+            (b"/v1/models/a%2f%2e%2e", "dot segments (. and ..) are not allowed in the path"),
+            (b"/v1/models/a%2f.", "dot segments (. and ..) are not allowed in the path"),
+            (b"/v1/models/a%252fb", "encoded slashes are not allowed in the path"),
+            (b"/v1/models/a%2f%252e%252e", "dot segments (. and ..) are not allowed in the path"),
+            (b"/v1/models/a%2f%252fb", "encoded slashes are not allowed in the path"),
+            (b"/v1/models/%2fa", "empty segment in the model id"),
+            (b"/v1/models/a%2f%2fb", "empty segment in the model id"),
+            (b"/v1/models/a%5cb", "encoded slashes are not allowed in the path"),
+        ]:
+            self.assertEqual(checkTarget(target), reason, target)
 
     def test_decodingBounded(self) -> None:
         """

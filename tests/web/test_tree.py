@@ -140,8 +140,11 @@ class DotSegmentTests(TreeCase):
         self.send(b"GET", b"/v1/models/qwen/qwen3.1-coder:8b")
         self.send(b"GET", b"/v1/models/caf%C3%A9")
         self.send(b"GET", b"//v1/models")
+        # The openai SDK's models.retrieve("qwen/qwen3"), as it sends it.
+        self.send(b"GET", b"/v1/models/qwen%2Fqwen3")
         self.assertEqual(self.upstreamPaths(), [
             "/v1/models/qwen/qwen3.1-coder:8b", "/v1/models/caf%C3%A9", "/v1/models",
+            "/v1/models/qwen%2Fqwen3",
         ])
 
     @settings(max_examples=150, deadline=None)

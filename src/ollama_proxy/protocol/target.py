@@ -38,6 +38,9 @@ dots, one trailing dot (the absolute form of the same name) allowed.
 Stricter than RFC 3986's reg-name, which also takes sub-delims and
 percent-escapes no resolver gives a meaning."""
 
+_MODEL_ID = re.compile(rb"/models/[^/]+\Z")
+"""A path ending in C{/models/{id}}: OpenAI's model retrieval."""
+
 _PORT = re.compile(r"[0-9]{0,5}\Z")
 
 PATH_SAFE = "/:@!$&'()*+,;=-._~%"
@@ -79,20 +82,33 @@ def checkPath(path: bytes) -> str | None:
         return "backslashes are not allowed in the path"
     if _PERCENT.search(path):
         return "malformed percent-encoding in the path"
-    for segment in path.split(b"/")[1:]:
-        reason = _checkSegment(segment)
+    segments = path.split(b"/")[1:]
+    modelId = _MODEL_ID.search(path) is not None
+    for i, segment in enumerate(segments):
+        reason = _checkSegment(segment, modelId and i == len(segments) - 1)
         if reason is not None:
             return reason
     return None
 
 
-def _checkSegment(segment: bytes) -> str | None:
+def _checkSegment(segment: bytes, modelId: bool = False) -> str | None:
     """
     @param segment: one raw path segment.
+    @param modelId: whether it is the C{{id}} of C{/models/{id}}, where one
+        C{%2F} is part of the id: the C{openai} SDK sends
+        C{models.retrieve("qwen/qwen3")} as C{/models/qwen%2Fqwen3}.  Its
+        pieces are then checked as segments of their own (C{..%2F..} is
+        still refused, as is an empty piece or a slash encoded twice).
     @return: why it is refused, or C{None}.
     """
     for rounds in range(_DECODINGS + 1):
         if rounds and (b"/" in segment or b"\\" in segment):
+            if rounds == 1 and modelId and b"\\" not in segment:
+                for piece in segment.split(b"/"):
+                    reason = _checkSegment(piece) if piece else "empty segment in the model id"
+                    if reason is not None:
+                        return reason
+                return None
             return "encoded slashes are not allowed in the path"
         try:
             segment.decode("utf-8")
