@@ -32,8 +32,7 @@ from ollama_proxy.protocol.errors import (
 )
 from ollama_proxy.protocol.events import Finish, Usage
 from ollama_proxy.protocol.ollama_request import requireObject
-from ollama_proxy.protocol.events import Reply
-from ollama_proxy.protocol.redact import EventRedactor, Redactor, StreamRedactor
+from ollama_proxy.protocol.redact import Redactor, StreamRedactor
 from ollama_proxy.upstream.backend import clientKey, redactHeaders
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
@@ -49,11 +48,8 @@ from ollama_proxy.web.observe import (
 )
 
 NDJSON = b"application/x-ndjson"
-MIN_CLIENT_KEY = 8
-"""The shortest forwarded client key treated as a secret."""
-MAX_ERROR_TEXT = 2000
-"""The most characters of upstream text an error answer quotes (cut after
-redaction)."""
+MIN_CLIENT_KEY = 8  # the shortest client key treated as a secret
+MAX_ERROR_TEXT = 2000  # characters of upstream text an error quotes (cut after redaction)
 JSON_TYPE = b"application/json; charset=utf-8"
 
 
@@ -131,7 +127,7 @@ class Exchange:
     redactor: Redactor = attrs.field(factory=Redactor, repr=False)
     _outbound: StreamRedactor | None | bool = attrs.field(default=False, repr=False)
 
-    def _clientKey(self) -> list[str | None]:
+    def clientKey(self) -> list[str | None]:
         """
         @return: the client's own key (it may be the one forwarded
             upstream, C{--forward-client-key}), when it is at least
@@ -149,7 +145,7 @@ class Exchange:
         @return: C{text} without any secret the proxy holds, the client's
             own key included (it may be the one forwarded upstream).
         """
-        return self.redactor.text(text, self._clientKey())
+        return self.redactor.text(text, self.clientKey())
 
     def excerpt(self, text: str, limit: int) -> str:
         """
@@ -157,35 +153,14 @@ class Exchange:
         @param limit: the most characters to keep.
         @return: C{text} redacted, then cut (never the other way round).
         """
-        return self.redactor.excerpt(text, limit, self._clientKey())
+        return self.redactor.excerpt(text, limit, self.clientKey())
 
     def redactData(self, data: bytes) -> bytes:
         """
         @param data: a relayed upstream body (or a chunk for the debug log).
         @return: C{data} without any secret the proxy holds.
         """
-        return self.redactor.data(data, self._clientKey())
-
-    def redactStream(self) -> StreamRedactor | None:
-        """
-        @return: a redactor for bytes logged in pieces, or C{None} when the
-            proxy holds no secret to look for.
-        """
-        return self.redactor.stream(self._clientKey())
-
-    def redactEvents(self) -> EventRedactor | None:
-        """
-        @return: the redactor of a translated stream's events, or C{None}
-            when the proxy holds no secret to look for.
-        """
-        return self.redactor.events(self._clientKey())
-
-    def redactReply(self, reply: Reply) -> Reply:
-        """
-        @param reply: a whole generated answer.
-        @return: C{reply} without any secret the proxy holds.
-        """
-        return self.redactor.reply(reply, self._clientKey())
+        return self.redactor.data(data, self.clientKey())
 
     def noteUsage(self, usage: Usage) -> None:
         """
@@ -244,10 +219,9 @@ class Exchange:
     def write(self, data: bytes) -> None:
         """
         Write to the client if it is still there, through the outbound
-        filter: every byte of every answer of every resource passes here, so
-        no dialect can send a secret the proxy holds, whatever the backend
-        sent (a tail that may begin a secret waits for the next write, or
-        L{flush}).
+        filter: every byte of every answer passes here, so no dialect can
+        send a secret the proxy holds (a tail that may begin one waits for
+        the next write, or L{flush}).
 
         @param data: bytes of the body.
         """
@@ -255,22 +229,18 @@ class Exchange:
             return
         outbound = self._outbound
         if outbound is False:
-            outbound = self._outbound = self.redactor.stream(self._clientKey())
-        if outbound is not None:
-            assert not isinstance(outbound, bool)
+            outbound = self._outbound = self.redactor.stream(self.clientKey())
+        if isinstance(outbound, StreamRedactor):
             data = outbound.feed(data)
-            if not data:
-                return
-        self.request.write(data)
+        if data:
+            self.request.write(data)
 
     def flush(self) -> None:
         """
-        Release what the outbound filter held back (the answer ends, or an
-        error follows): it was no secret.
+        Release what the outbound filter held back (no secret, as it turned out).
         """
-        outbound = self._outbound
-        if isinstance(outbound, StreamRedactor):
-            tail = outbound.end()
+        if isinstance(self._outbound, StreamRedactor):
+            tail = self._outbound.end()
             if tail and not self.client.gone:
                 self.request.write(tail)
 

@@ -132,10 +132,10 @@ async def answer(
     if not stream or isJSONResponse(response):
         # A backend that ignores "stream": true (some gateways do) sends
         # one completion: the dialect writes it as a stream of its own.
-        reply = ex.redactReply(readReply(
+        reply = ex.redactor.reply(readReply(
             await readJSON(response, backend.reactor, backend.idleTimeout),
             options.dropThinking, options.thinkTags, options.text,
-        ))
+        ), ex.clientKey())
         ex.noteUsage(reply.usage)
         if not stream:
             return dialect.reply(reply, model, ex.start, ctx.now())
@@ -148,7 +148,7 @@ async def answer(
         ChatStreamReader(ctx.now, options.dropThinking, options.thinkTags, options.text),
         encoder,
         ctx.maxLineLength,
-        ex.redactEvents(),
+        ex.redactor.events(ex.clientKey()),
     )
     ex.startStream(encoder.contentType)
     ex.streamError = encoder.error
@@ -182,7 +182,7 @@ def _debugWriter(ex: Exchange, pipeline: TranslatedStream) -> Callable[[bytes], 
     both without the proxy's secrets (the raw reads through a stream
     redactor of their own, so a key split across two reads is caught).
     """
-    raw = ex.redactStream()
+    raw = ex.redactor.stream(ex.clientKey())
 
     def collect(data: bytes) -> None:
         log.debug("upstream chunk {raw!r}", raw=raw.feed(data) if raw is not None else data)
