@@ -538,12 +538,12 @@ class RealDrainTests(SynchronousTestCase):
         """
         if not hasattr(socket, "SO_REUSEPORT"):
             raise SkipTest("no SO_REUSEPORT")
-        stack = Stack(["--workers", "2", "--shutdown-grace", "20"], ["--delay", "0.05"])
+        stack = Stack(["--workers", "2", "--shutdown-grace", "20"], ["--delay", "0.1"])
         self.addCleanup(stack.stop)
         parent = stack.proxy.process.pid
         [child] = workerPids(parent, 1, stack.proxy.port)
         body = json.dumps({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}],
-                           "options": {"num_predict": 30}}).encode()
+                           "options": {"num_predict": 30}}).encode()  # the whole sentence, 1.7 s
         streams = []
         for _ in range(12):
             connection = http.client.HTTPConnection("127.0.0.1", stack.proxy.port, timeout=30)
