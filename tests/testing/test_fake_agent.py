@@ -56,7 +56,7 @@ class ShellCallTests(SynchronousTestCase):
         field, and only the required arguments besides it, typed by its
         schema.
         """
-        cases = [
+        cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
             (CLAUDE_BASH, {"command": COMMAND}),
             (COPILOT_BASH, {"command": COMMAND, "description": DESCRIPTION}),
             (CODEX_EXEC, {"cmd": COMMAND}),
