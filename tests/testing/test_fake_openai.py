@@ -114,7 +114,9 @@ class FakeOpenAITests(SynchronousTestCase):
 
     def test_freshToolCallIds(self) -> None:
         """
-        Every tool call gets an id of its own, streamed or not.
+        Every tool call gets an id of its own, streamed or not; with
+        C{toolCallId} (C{twistd fake-openai --tool-call-id}) every call
+        gets that one, as backends that number calls per request do.
         """
         body = {"model": "fake-tools", "messages": [{"role": "user", "content": "hi"}],
                 "tools": [{"type": "function", "function": {"name": "weather"}}]}
@@ -124,6 +126,10 @@ class FakeOpenAITests(SynchronousTestCase):
                 for _ in range(3)]
         self.assertEqual(len(set(ids)), 6, ids)
         self.assertTrue(all(i.startswith("call_") for i in ids))
+        fixed = FakeOpenAI(toolCallId="call_dup")
+        for _ in range(2):
+            _, answer = self.post(fixed, "/v1/chat/completions", body)
+            self.assertEqual(answer["choices"][0]["message"]["tool_calls"][0]["id"], "call_dup")
 
     def test_fakeAgent(self) -> None:
         """

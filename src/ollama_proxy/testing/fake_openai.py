@@ -93,18 +93,20 @@ def replyTokens(maxTokens: Any, text: str = REPLY) -> tuple[list[str], str]:
     return words, "stop"
 
 
-def toolCallDeltas(name: str, arguments: Any) -> list[dict[str, Any]]:
+def toolCallDeltas(name: str, arguments: Any, callId: str | None = None) -> list[dict[str, Any]]:
     """
-    The stream deltas of one tool call with a fresh id, its arguments split
-    in two as real backends split them.
+    The stream deltas of one tool call, its arguments split in two as real
+    backends split them.
 
     @param name: the tool's name.
     @param arguments: its arguments, a JSON object.
+    @param callId: its id (a fresh one when C{None}).
     """
     text = codec.dumps(arguments).decode()
     half = len(text) // 2
+    callId = callId or "call_" + secrets.token_hex(12)
     return [
-        {"tool_calls": [{"index": 0, "id": "call_" + secrets.token_hex(12), "type": "function",
+        {"tool_calls": [{"index": 0, "id": callId, "type": "function",
                          "function": {"name": name, "arguments": ""}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": text[:half]}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": text[half:]}}]},
@@ -230,6 +232,8 @@ class FakeOpenAI(Resource):
         kept open in L{received} for a test to answer step by step (the mode
         L{ollama_proxy.testing.harness.ProxyHarness} uses).
     @ivar received: the requests held open in scripted mode.
+    @ivar toolCallId: the id of every tool call, as backends that number
+        calls per request give (C{None}: a fresh one each time).
     """
 
     isLeaf = True
@@ -240,6 +244,7 @@ class FakeOpenAI(Resource):
         delay: float = 0.0,
         apiKey: str | None = None,
         scripted: bool = False,
+        toolCallId: str | None = None,
     ) -> None:
         super().__init__()
         if delay and reactor is None:
@@ -249,6 +254,7 @@ class FakeOpenAI(Resource):
         self.received: list[Received] = []
         self.delay = delay
         self.apiKey = apiKey
+        self.toolCallId = toolCallId
         self.requests: list[dict[str, Any]] = []
 
     def render(self, request: Request) -> Any:  # type: ignore[override]
@@ -358,12 +364,12 @@ class FakeOpenAI(Resource):
         text = REPLY
         if model == "fake-tools" and tools and not answered:
             name = tools[0].get("function", {}).get("name", "tool")
-            deltas = toolCallDeltas(name, {"city": "Paris", "unit": "celsius"})
+            deltas = toolCallDeltas(name, {"city": "Paris", "unit": "celsius"}, self.toolCallId)
             return deltas, "tool_calls", {"prompt_tokens": 12, "completion_tokens": 3}
         if model == "fake-agent":
             turn = agentTurn(messages, tools or ())
             if isinstance(turn, Call):
-                deltas = toolCallDeltas(turn.name, turn.arguments)
+                deltas = toolCallDeltas(turn.name, turn.arguments, self.toolCallId)
                 return deltas, "tool_calls", {"prompt_tokens": 12, "completion_tokens": 3}
             text = turn
         if model == "fake-reasoner":
