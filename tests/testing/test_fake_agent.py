@@ -40,7 +40,7 @@ CODEX_SHELL = tool("shell", {"command": {"type": "array", "items": STRING},
                              "workdir": STRING, "timeout_ms": {"type": "number"}}, ["command"])
 GEMINI_SHELL = tool("run_shell_command", {"command": STRING, "description": STRING,
                                           "dir_path": STRING, "is_background": {"type": "boolean"}},
-                    ["command", "is_background"])
+                    ["command"])
 OTHER = tool("Read", {"file_path": STRING}, ["file_path"])
 USER = {"role": "user", "content": "what is here?"}
 
@@ -61,7 +61,7 @@ class ShellCallTests(SynchronousTestCase):
             (COPILOT_BASH, {"command": COMMAND, "description": DESCRIPTION}),
             (CODEX_EXEC, {"cmd": COMMAND}),
             (CODEX_SHELL, {"command": ["bash", "-lc", COMMAND]}),
-            (GEMINI_SHELL, {"command": COMMAND, "is_background": False}),
+            (GEMINI_SHELL, {"command": COMMAND}),
         ]
         for shell, arguments in cases:
             name = shell["function"]["name"]
@@ -77,11 +77,11 @@ class ShellCallTests(SynchronousTestCase):
                               "wait": {"type": "integer", "minimum": 5},
                               "count": {"type": ["null", "number"]},
                               "env": {"type": "object"}, "args": {"type": "array"},
-                              "why": {}},
-                     ["command", "mode", "shell", "wait", "count", "env", "args", "why"])
+                              "bg": {"type": "boolean"}, "why": {}},
+                     ["command", "mode", "shell", "wait", "count", "env", "args", "bg", "why"])
         self.assertEqual(agentTurn([USER], [shell]), Call("bash", {
             "command": COMMAND, "mode": "sync", "shell": "sh", "wait": 5, "count": 1,
-            "env": {}, "args": [], "why": DESCRIPTION}))
+            "env": {}, "args": [], "bg": False, "why": DESCRIPTION}))
 
     def test_tableOrder(self) -> None:
         """
