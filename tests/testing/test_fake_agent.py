@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.protocol import codec
 
 from ollama_proxy.testing.fake_agent import (
     COMMAND,
@@ -143,3 +147,43 @@ class AnswerTests(SynchronousTestCase):
         assert isinstance(answer, str)
         self.assertLess(len(answer), OUTPUT_LIMIT + 200)
         self.assertTrue(answer.endswith("x [...]"))
+
+
+json = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=10,
+)
+schemaLike = st.one_of(json, st.fixed_dictionaries({}, optional={
+    "properties": st.dictionaries(st.sampled_from(["command", "cmd", "mode", "x"]), json, max_size=3),
+    "required": st.one_of(json, st.lists(st.one_of(st.sampled_from(["command", "cmd", "mode"]), json),
+                                         max_size=3)),
+}))
+toolsLike = st.lists(st.one_of(json, st.fixed_dictionaries({"type": st.just("function"), "function": (
+    st.fixed_dictionaries({"name": st.sampled_from([s.name for s in SHELL_TOOLS] + ["Read"])},
+                          optional={"parameters": schemaLike}))})), max_size=3)
+messagesLike = st.lists(st.one_of(json, st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "tool", "system"])},
+    optional={"content": json, "tool_calls": json})), max_size=4)
+
+
+class MalformedTests(SynchronousTestCase):
+    """
+    Whatever an agent (or a fuzzer) sends, C{fake-agent} answers.
+    """
+
+    @settings(max_examples=150, deadline=None)
+    @given(messagesLike, toolsLike)
+    def test_alwaysAnswers(self, messages: list[Any], tools: list[Any]) -> None:
+        """
+        It returns text, or a call of a known shell tool whose arguments
+        are a JSON object holding the command.
+        """
+        turn = agentTurn(messages, tools)
+        if isinstance(turn, Call):
+            shell = {s.name: s for s in SHELL_TOOLS}[turn.name]
+            self.assertIn(turn.arguments[shell.field], (COMMAND, ["bash", "-lc", COMMAND]))
+            codec.dumps(turn.arguments)
+        else:
+            self.assertIsInstance(turn, str)
