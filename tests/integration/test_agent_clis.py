@@ -66,8 +66,9 @@ class AgentCLITests(SynchronousTestCase):
     def setUp(self) -> None:
         self.stack = sharedDemo()
         self.home = tempDir(self, "ollama-proxy-agents-")
-        # The agents run in a folder of their own: the directory C{pwd}
-        # prints appears nowhere in the prompt.
+        # The agents run in a folder of their own; fake-agent's answer can
+        # only quote its path from the tool's output (it never repeats the
+        # agent's system prompt, which names the folder too).
         self.work = os.path.realpath(os.path.join(self.home, "project"))
         os.makedirs(self.work)
 
