@@ -33,15 +33,17 @@ from ollama_proxy.web.site import DEFAULT_MAX_BODY
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
 DEFAULT_FALLBACK = "http://127.0.0.1:11505"
+API_KEY_ENV = "OLLAMA_PROXY_API_KEY"
+REQUIRE_KEY_ENV = "OLLAMA_PROXY_REQUIRE_KEY"
+DEFAULT_BACKEND = "default"
+"""The name of the backend that C{--target} defines."""
+
+
 def demoListen(port: int) -> str:
     """
     @return: the fake backend's endpoint for C{--demo}: C{port}, loopback only.
     """
     return f"tcp:{port}:interface=127.0.0.1"
-API_KEY_ENV = "OLLAMA_PROXY_API_KEY"
-REQUIRE_KEY_ENV = "OLLAMA_PROXY_REQUIRE_KEY"
-DEFAULT_BACKEND = "default"
-"""The name of the backend that C{--target} defines."""
 
 
 def _checkURL(value: str, option: str) -> str:
