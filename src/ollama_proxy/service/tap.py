@@ -31,7 +31,7 @@ from twisted.web.client import HTTPConnectionPool
 from ollama_proxy.protocol.flavors import flavorFor
 from ollama_proxy.service.logging import redactLogsWith
 from ollama_proxy.service.listen import loopbackOnly, somaxconn, withBacklog
-from ollama_proxy.service.options import DEMO_LISTEN, Options
+from ollama_proxy.service.options import Options, demoListen
 from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, reload
 from ollama_proxy.service.settings import Settings
 from ollama_proxy.service.workers import (
@@ -363,5 +363,5 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from ollama_proxy.testing.fake_openai import FakeOpenAI
 
         demoSite = makeSite(FakeOpenAI(reactor), reactor)
-        strports.service(DEMO_LISTEN, demoSite, reactor=reactor).setServiceParent(service)
+        strports.service(demoListen(settings.demoPort), demoSite, reactor=reactor).setServiceParent(service)
     return service
