@@ -158,3 +158,32 @@ class EventRedactorTests(SynchronousTestCase):
         self.assertEqual(redacted.arguments,
                          {REDACTED: [f"x {REDACTED}", {"k": REDACTED}]})
         self.assertEqual(redacted.id, f"id-{REDACTED}")
+
+
+class CarriesTests(SynchronousTestCase):
+    """
+    L{Redactor.carries}: the strict test for a relayed header's value.
+    """
+
+    def test_spellings(self) -> None:
+        """
+        The secret literally, JSON-escaped, percent-encoded (once or twice)
+        and its first six characters (a masked echo) all count; other
+        values, and five characters, do not.
+        """
+        key = "sk-live/0123456789"
+        redactor = Redactor([key])
+        encoded = "".join(f"%{b:02X}" for b in key.encode())
+        for value in [key, "".join(f"\\u{ord(c):04x}" for c in key), encoded,
+                      encoded.replace("%", "%25"), "UTF-8''" + encoded,
+                      key[:6] + "****6789", "x" + key[:6]]:
+            self.assertTrue(redactor.carries(value.encode()), value)
+        for value in ["req-7", "100", key[:5], "sk-other", "%zz"]:
+            self.assertFalse(redactor.carries(value.encode()), value)
+
+    def test_clientKey(self) -> None:
+        """
+        A per-request secret counts too.
+        """
+        self.assertTrue(Redactor(["sk-live-0123456789"]).carries(b"in-key-ABC", ["in-key-ABCDEF"]))
+        self.assertFalse(Redactor().carries(b"in-key-ABC"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Iterable, Sequence
+from urllib.parse import unquote_to_bytes
 
 from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCall, ToolCalls
 
@@ -27,6 +28,11 @@ REDACTED = "<redacted>"
 """What a secret becomes (the same word the debug log uses)."""
 
 _MARKER = REDACTED.encode("ascii")
+
+PREFIX = 6
+"""The shortest piece of a secret that L{Redactor.carries} counts as the
+secret: a gateway's masked echo (C{sk-proj-****wxyz}) or a cut value
+gives away a prefix, and a prefix narrows the search for the rest."""
 
 
 def _ordered(secrets: Iterable[str]) -> tuple[str, ...]:
@@ -121,6 +127,30 @@ class Redactor:
         if secrets and b"\\" in data:
             data = self._escaped(secrets)[1].sub(_MARKER, data)
         return data
+
+    def carries(self, data: bytes, extra: Iterable[str | None] = ()) -> bool:
+        """
+        The strict test for a short value that is dropped rather than
+        rewritten (a relayed header's value): whether C{data} holds any
+        secret, or the first L{PREFIX} characters of one, literally,
+        JSON-escaped, or percent-encoded (once or more: C{Content-
+        Disposition}'s C{filename*=UTF-8''%73%6B...}, a C{Link} URL).
+
+        @param data: the value.
+        @param extra: per-request secrets (the client's key).
+        """
+        secrets = self.all(extra)
+        if not secrets:
+            return False
+        prefixes = Redactor(secret[:PREFIX] for secret in secrets)
+        for _ in range(4):
+            if prefixes.data(data) != data:
+                return True
+            decoded = unquote_to_bytes(data)
+            if decoded == data:
+                return False
+            data = decoded
+        return True
 
     def excerpt(self, text: str, limit: int, extra: Iterable[str | None] = ()) -> str:
         """
