@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.protocol.events import Delta, Finish, ToolCall, ToolCalls, Usage
+from ollama_proxy.protocol.events import Delta, Finish, Reply, ToolCall, ToolCalls, Usage
 from ollama_proxy.protocol.redact import REDACTED, Redactor, StreamRedactor
 
 
@@ -158,6 +158,31 @@ class EventRedactorTests(SynchronousTestCase):
         self.assertEqual(redacted.arguments,
                          {REDACTED: [f"x {REDACTED}", {"k": REDACTED}]})
         self.assertEqual(redacted.id, f"id-{REDACTED}")
+
+    def test_escapedTextSplitOverDeltas(self) -> None:
+        """
+        Text that reads as the key JSON-escaped (C{\\u0073\\u006b...}, in
+        either case, or C{\\/}) is replaced in a stream as in a whole reply
+        (L{Redactor.reply}), wherever two deltas split it, in content and in
+        thinking; a non-ASCII neighbour survives the split intact.
+        """
+        key = "sk/abc-é"
+        spellings = ["".join(f"\\u{ord(c):04x}" for c in key),
+                     "".join(f"\\u{ord(c):04X}" for c in key), key.replace("/", "\\/")]
+        for spelled in spellings:
+            text = f"ä {spelled} ü"
+            whole = Redactor([key]).reply(Reply(text, text, (), "stop", Usage(), []))
+            self.assertEqual(whole.content, f"ä {REDACTED} ü")
+            for cut in range(len(text) + 1):
+                events = Redactor([key]).events()
+                assert events is not None
+                out = events.feed([Delta(text[:cut], text[:cut])])
+                out += events.feed([Delta(text[cut:], text[cut:])])
+                out += events.end()
+                for field in ("content", "thinking"):
+                    self.assertEqual(
+                        "".join(getattr(e, field) for e in out if isinstance(e, Delta)),
+                        whole.content, (spelled, cut, field))
 
 
 class CarriesTests(SynchronousTestCase):

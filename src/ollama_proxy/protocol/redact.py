@@ -369,37 +369,35 @@ class StreamRedactor:
 class TextRedactor:
     """
     L{StreamRedactor} for text that arrives in pieces (the content of a
-    stream's deltas): a tail that could begin a secret waits for the next
-    piece.
+    stream's deltas): a tail that could begin a secret, literally or
+    written with JSON escapes (text that reads C{\\u0073\\u006b...}, as
+    L{Redactor.text} replaces in a whole reply), waits for the next piece.
+    The text is searched as UTF-8, where a held tail always starts at a
+    character boundary (the first byte of a secret is).
     """
 
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+    def __init__(self, secrets: tuple[str, ...], escaped: re.Pattern[bytes] | None = None) -> None:
         self.secrets = secrets
-        self._carry = ""
+        self._bytes = StreamRedactor(secrets, escaped)
+
+    @property
+    def _carry(self) -> bytes:
+        return self._bytes._carry
 
     def feed(self, text: str) -> str:
         """
         @param text: the next piece.
         @return: what can be passed on now, secrets replaced.
         """
-        if self._carry:
-            text, self._carry = self._carry + text, ""
-        if not text:
+        if not text and not self._bytes._carry:
             return text
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        held = _heldBack(text, self.secrets)
-        if held:
-            text, self._carry = text[:-held], text[-held:]
-        return text
+        return self._bytes.feed(text.encode("utf-8")).decode("utf-8")
 
     def end(self) -> str:
         """
         @return: the held tail.
         """
-        tail, self._carry = self._carry, ""
-        return tail
+        return self._bytes.end().decode("utf-8")
 
 
 class EventRedactor:
@@ -414,8 +412,9 @@ class EventRedactor:
     def __init__(self, redactor: Redactor, secrets: tuple[str, ...]) -> None:
         self._redactor = redactor
         self._secrets = secrets
-        self._content = TextRedactor(secrets)
-        self._thinking = TextRedactor(secrets)
+        escaped = redactor._escaped(secrets)[1]
+        self._content = TextRedactor(secrets, escaped)
+        self._thinking = TextRedactor(secrets, escaped)
 
     def feed(self, events: Sequence[Event]) -> list[Event]:
         """
@@ -471,7 +470,11 @@ class EventRedactor:
                 return False
         secrets = self._secrets
         for text in ("".join(content), "".join(thinking)):
-            if text and (any(secret in text for secret in secrets) or _heldBack(text, secrets)):
+            if text and (
+                any(secret in text for secret in secrets)
+                or _heldBack(text, secrets)
+                or "\\" in text
+            ):
                 return False
         return True
 
