@@ -389,3 +389,25 @@ class OutboundFilterTests(SynchronousTestCase):
         self.assertNotIn("\r", lines[0])
         self.assertNotIn("\n", lines[0])
         self.assertIn("model=m\\r\\nGET /forged", lines[0])
+
+    def test_debugLinesBounded(self) -> None:
+        """
+        With C{--debug}, a large body is shown as an excerpt in every line
+        (the request line and the upstream request line), never whole: a
+        2 KB compressed body of 60 MB made two 60 MB log lines per request
+        (120 MB of JSON log, the reactor held for seconds).
+        """
+        for path, payload in TRANSLATED[:3]:
+            h = self.harness()
+            big = {**payload, "messages": [{"role": "user", "content": "x" * 300_000}],
+                   "prompt": "y" * 300_000, "stream": False}
+            d = h.post(path, big)
+            serveModels(h, ["m"])
+            h.backend.received[-1].respond(404, {"error": "no such model"})
+            h.pump()
+            _content(h, self.successResultOf(d))
+            lines = [formatEvent(e) or "" for e in self.events] + [
+                eventAsJSONLine(e) for e in self.events]
+            self.assertTrue(any("upstream request" in line for line in lines), path)
+            self.assertLess(max(len(line) for line in lines), 20_000, path)
+

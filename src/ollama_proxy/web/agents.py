@@ -25,7 +25,7 @@ from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.events import Dialect, StreamEncoder
 from ollama_proxy.protocol.requests import ChatRequest
 from ollama_proxy.upstream.routing import Route
-from ollama_proxy.web.bridge import Exchange
+from ollama_proxy.web.bridge import DEBUG_EXCERPT, Exchange
 from ollama_proxy.web.chat import generate
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.passthrough import forwardToBackend
@@ -153,5 +153,5 @@ async def relayNative(
     body = {**body, **route.override.extra, "model": route.modelId}
     if ctx.debug:
         log.debug("upstream request {url} {body}", url=backend.url(api),
-                  body=ex.redactText(codec.dumps(body).decode()))
+                  body=ex.excerpt(codec.dumps(body).decode(), DEBUG_EXCERPT))
     await forwardToBackend(ctx, ex, backend, api, codec.dumps(body), NATIVE_HEADERS)
