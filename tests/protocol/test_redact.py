@@ -76,6 +76,27 @@ class EscapedTests(SynchronousTestCase):
     Issue 19: a key written with JSON escapes is a key.
     """
 
+    def test_escapedAgain(self) -> None:
+        """
+        JSON text inside a JSON string (a relayed body whose text reads as
+        the escaped key, a tool's arguments quoted once more) doubles each
+        escape's backslash, at every level: still the key, in a body, in
+        text, and split across the pieces of a stream.
+        """
+        key = "sk/abc-1"
+        redactor = Redactor([key])
+        for level in (2, 4, 8):
+            spelled = "".join("\\" * (level - 1) + f"\\u{ord(c):04x}" for c in key[:4]) + key[4:]
+            spelled = spelled.replace("sk\\", "sk" + "\\" * level, 0)
+            self.assertEqual(redactor.text(f"a {spelled} b"), f"a {REDACTED} b", level)
+            data = f"a {spelled} b".encode()
+            self.assertEqual(redactor.data(data), f"a {REDACTED} b".encode(), level)
+            for cut in range(len(data) + 1):
+                stream = redactor.stream()
+                assert stream is not None
+                out = stream.feed(data[:cut]) + stream.feed(data[cut:]) + stream.end()
+                self.assertNotIn(b"abc-1", out, (level, cut))
+
     def test_textAndData(self) -> None:
         """
         Any mix of literal characters, C{\\uXXXX} escapes (either case) and

@@ -139,6 +139,10 @@ def streamBody(place: str, secret: str, cut: int) -> bytes:
                 + b"data: [DONE]\n\n")
     if place == "escaped":
         return chunk(f'"content": "{escaped(text)}"') + end
+    if place == "doubleEscaped":
+        # Text that reads as the escaped key: each escape's backslash
+        # escaped again on the wire.
+        return chunk('"content": "' + escaped(text).replace("\\", "\\\\") + '"') + end
     assert place == "errorEvent"
     return chunk('"content": "hi"') + (
         b'data: {"error": {"message": "bad key ' + escaped(secret).encode() + b" "
@@ -199,7 +203,7 @@ class OutboundFilterTests(SynchronousTestCase):
     def assertNoSecret(self, data: bytes, where: str) -> None:
         logged = self.logged()
         for secret in SECRETS:
-            for form in (secret, escaped(secret)):
+            for form in (secret, escaped(secret), escaped(secret).replace("\\", "\\\\")):
                 self.assertNotIn(form.encode(), data, f"{where}: client")
                 self.assertNotIn(form.encode(), logged, f"{where}: log")
             # Every planted secret is whole: a prefix is a cut key.
@@ -256,7 +260,7 @@ class OutboundFilterTests(SynchronousTestCase):
 
     @settings(max_examples=60, deadline=None)
     @given(
-        place=st.sampled_from(("escaped", "errorEvent", "plain")),
+        place=st.sampled_from(("escaped", "doubleEscaped", "errorEvent", "plain")),
         secret=st.sampled_from(SECRETS),
         split=st.integers(0, 2000),
     )

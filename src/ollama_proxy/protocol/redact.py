@@ -47,13 +47,16 @@ def _escapedChar(char: str) -> str:
     """
     code = ord(char)
     forms = [re.escape(char)]
+    # One backslash or more: JSON text inside a JSON string (a tool's
+    # arguments, a body quoted in an error) doubles the backslash of each
+    # escape at each level, and a relayed body is searched as it is.
     if code < 0x10000:
-        forms.append(r"\\u(?i:%04x)" % code)
+        forms.append(r"\\+u(?i:%04x)" % code)
     else:
         high = 0xD800 + ((code - 0x10000) >> 10)
         low = 0xDC00 + ((code - 0x10000) & 0x3FF)
-        forms.append(r"\\u(?i:%04x)\\u(?i:%04x)" % (high, low))
-    short = {"/": r"\\/", '"': r'\\"', "\\": r"\\\\", "\n": r"\\n", "\r": r"\\r", "\t": r"\\t"}
+        forms.append(r"\\+u(?i:%04x)\\+u(?i:%04x)" % (high, low))
+    short = {"/": r"\\+/", '"': r'\\+"', "\\": r"\\\\", "\n": r"\\+n", "\r": r"\\+r", "\t": r"\\+t"}
     if char in short:
         forms.append(short[char])
     return "(?:" + "|".join(forms) + ")"
@@ -269,6 +272,8 @@ def _escapedPrefixAt(data: bytes, index: int, secret: str) -> bool:
             return True
         if data[at] != 0x5C:  # backslash
             return False
+        while data[at + 1 : at + 2] == b"\\":
+            at += 1  # an escape escaped again (JSON text in a JSON string)
         escape = b"\\u%04x" % ord(char) if ord(char) < 0x10000 else b""
         piece = data[at : at + 6]
         if not escape or not escape.lower().startswith(piece.lower()[:2]):
