@@ -87,7 +87,6 @@ class EscapedTests(SynchronousTestCase):
         redactor = Redactor([key])
         for level in (2, 4, 8):
             spelled = "".join("\\" * (level - 1) + f"\\u{ord(c):04x}" for c in key[:4]) + key[4:]
-            spelled = spelled.replace("sk\\", "sk" + "\\" * level, 0)
             self.assertEqual(redactor.text(f"a {spelled} b"), f"a {REDACTED} b", level)
             data = f"a {spelled} b".encode()
             self.assertEqual(redactor.data(data), f"a {REDACTED} b".encode(), level)
