@@ -3,7 +3,8 @@
 Inbound authentication and the per-request client key.
 
 L{KeyGate} wraps the root resource: every request must carry one of the
-configured keys as C{Authorization: Bearer <key>} or C{X-API-Key: <key>},
+configured keys as C{Authorization: Bearer <key>}, C{X-API-Key: <key>} or
+(Google's clients) C{X-Goog-Api-Key: <key>} or C{?key=<key>} on C{/v1beta},
 except C{GET /}, C{HEAD /} and C{/health/...} (health checks, see
 L{ollama_proxy.web.health}) and C{OPTIONS} (CORS
 preflights, which browsers send without credentials).  Keys are compared
@@ -21,11 +22,15 @@ from __future__ import annotations
 
 import hmac
 from typing import Iterable
+from urllib.parse import parse_qs
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from ollama_proxy.protocol import anthropic, codec, responses
+from ollama_proxy.protocol import anthropic, codec, gemini, responses
+
+GEMINI = b"/v1beta/"
+"""The Gemini API's routes (see L{ollama_proxy.web.gemini})."""
 
 
 def presentedKey(request: Request) -> bytes | None:
@@ -34,7 +39,8 @@ def presentedKey(request: Request) -> bytes | None:
 
     @param request: the client request.
     @return: the token of C{Authorization: Bearer <token>}, else the value
-        of C{X-API-Key}, else C{None}.
+        of C{X-API-Key} or C{X-Goog-Api-Key}, else (on the Gemini API's
+        C{/v1beta} routes) the C{key} query parameter, else C{None}.
     """
     headers = request.requestHeaders
     authorization = headers.getRawHeaders(b"authorization")
@@ -42,9 +48,17 @@ def presentedKey(request: Request) -> bytes | None:
         scheme, _, token = authorization[0].strip().partition(b" ")
         if scheme.lower() == b"bearer" and token.strip():
             return token.strip()
-    apiKey = headers.getRawHeaders(b"x-api-key")
-    if apiKey and apiKey[0].strip():
-        return apiKey[0].strip()
+    for name in (b"x-api-key", b"x-goog-api-key"):
+        apiKey = headers.getRawHeaders(name)
+        if apiKey and apiKey[0].strip():
+            return apiKey[0].strip()
+    if (request.path or b"").startswith(GEMINI):
+        # Google's clients may put the key in the query instead; only on
+        # Google's routes, whose query never goes upstream (a relayed
+        # OpenAI route keeps its query).
+        values = parse_qs(request.uri.partition(b"?")[2]).get(b"key")
+        if values and values[0].strip():
+            return values[0].strip()
     return None
 
 
@@ -86,6 +100,8 @@ class Unauthorized(Resource):
             return codec.dumps(anthropic.errorObject(401, "unauthorized"))
         if path.startswith(b"/v1/responses"):
             return codec.dumps(responses.errorObject(401, "unauthorized"))
+        if path.startswith(GEMINI) or path == GEMINI[:-1]:
+            return codec.dumps(gemini.errorObject(401, "unauthorized"))
         return codec.dumps({"error": "unauthorized"})
 
 

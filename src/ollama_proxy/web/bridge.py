@@ -291,7 +291,8 @@ class ProxyResource(Resource):
             self.log.debug(
                 "request {method} {uri} headers={headers} body={body}",
                 method=method,
-                uri=request.uri.decode("latin-1"),
+                # The key may be in the query (Gemini's ?key=).
+                uri=ex.redactText(request.uri.decode("latin-1")),
                 headers=redactHeaders(
                     {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}
                 ),
