@@ -118,7 +118,12 @@ class GeminiAPI(ProxyResource):
     async def handle_POST(self, ex: Exchange) -> JSON | None:
         call = self.call(ex.request)
         if call.model is None or call.action is None:
-            raise ProxyError("this path takes GET; generation is models/{model}:generateContent", 405)
+            # Another method (embedContent, batchGenerateContent, ...) or
+            # none: Google's own answer is a 404 too.
+            raise NotFound(
+                "no such method; served: models/{model}:generateContent, "
+                ":streamGenerateContent, :countTokens"
+            )
         body = decodedJSON(self.ctx, ex)
         if call.action == COUNT:
             # An estimate, as /v1/messages/count_tokens gives: no backend
