@@ -437,6 +437,32 @@ class RequestTests(SynchronousTestCase):
                 {"contents": USER, "generationConfig": {"thinkingConfig": config}}, "m", True)
             self.assertEqual((parsed.chat.think, parsed.thoughts), (think, thoughts), config)
 
+    def test_snakeCase(self) -> None:
+        """
+        Protocol fields by their C{snake_case} names, as Google's servers
+        take them and the Python SDK sends some, are read like the
+        C{lowerCamelCase} ones; what the fields hold (arguments, schema
+        property names) is left as it is.
+        """
+        parsed = parseGenerateRequest({
+            "contents": [{"role": "model", "parts": [{"function_call": {
+                "name": "f", "args": {"city_name": "Paris"}}}]}],
+            "system_instruction": {"parts": [{"text": "S"}]},
+            "generation_config": {"max_output_tokens": 5, "maxOutputTokens": 6,
+                                  "thinking_config": {"include_thoughts": True}},
+            "tools": [{"function_declarations": [{"name": "f", "parameters": {
+                "type": "OBJECT", "properties": {"city_name": {"type": "STRING"}},
+                "property_ordering": ["city_name"]}}]}],
+        }, "m", False)
+        self.assertEqual(parsed.chat.messages, (
+            Message("system", "S"),
+            Message("assistant", "", (), (ToolCallRequest(None, "f", '{"city_name":"Paris"}'),)),
+        ))
+        self.assertEqual((parsed.chat.sampling.maxTokens, parsed.thoughts), (6, True))
+        self.assertEqual(parsed.chat.tools[0]["function"]["parameters"], {
+            "type": "object", "properties": {"city_name": {"type": "string"}}})
+        self.assertEqual(parsed.dropped, ())
+
     def test_count(self) -> None:
         """
         C{countTokens} takes C{contents} or a whole

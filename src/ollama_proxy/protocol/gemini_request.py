@@ -121,7 +121,44 @@ class _Dropped:
         self.paths[path] = None
 
 
+def camelKeys(obj: JSON) -> JSON:
+    """
+    One protocol object's keys in lowerCamelCase.
+
+    Google's servers read protocol-buffer JSON, which takes a field by its
+    C{lowerCamelCase} name or by its original C{snake_case} one, and the
+    Python SDK sends some fields that way (C{thinkingConfig:
+    {"include_thoughts": true}}).  Only the object's own keys change, never
+    what they hold (function arguments, schemas' property names).
+
+    @return: C{obj}, or a copy with C{snake_case} keys renamed (a
+        C{lowerCamelCase} key of the same field wins).
+    """
+    if not any("_" in key for key in obj):
+        return obj
+    out = {key: value for key, value in obj.items() if "_" not in key.lstrip("_")}
+    for key, value in obj.items():
+        if "_" in key.lstrip("_"):
+            head, *rest = key.split("_")
+            out.setdefault(head + "".join(word[:1].upper() + word[1:] for word in rest), value)
+    return out
+
+
 def _object(value: object, where: str) -> JSON:
+    """
+    @return: C{value}, a protocol object, with L{camelKeys}.
+    @raise BadRequest: for anything but an object.
+    """
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where}: expected an object")
+    return camelKeys(value)
+
+
+def _plainObject(value: object, where: str) -> JSON:
+    """
+    @return: C{value}, an object the client owns (a JSON Schema), as it is.
+    @raise BadRequest: for anything but an object.
+    """
     if not isinstance(value, dict):
         raise BadRequest(f"{where}: expected an object")
     return value
@@ -343,7 +380,7 @@ def parseTools(tools: object, dropped: _Dropped) -> tuple[JSON, ...]:
             if not isinstance(name, str) or not name:
                 raise BadRequest(f"{at}.name: expected a non-empty string")
             if declaration.get("parametersJsonSchema") is not None:
-                schema = _object(declaration["parametersJsonSchema"], f"{at}.parametersJsonSchema")
+                schema = _plainObject(declaration["parametersJsonSchema"], f"{at}.parametersJsonSchema")
             elif declaration.get("parameters") is not None:
                 schema = jsonSchema(declaration["parameters"], f"{at}.parameters")
             else:
@@ -468,7 +505,7 @@ def _format(config: JSON, dropped: _Dropped) -> str | JSON | None:
         dropped.add(f"generationConfig.responseMimeType ({mimeType})")
         return None
     if jsonSchemaValue is not None:
-        return _object(jsonSchemaValue, "generationConfig.responseJsonSchema")
+        return _plainObject(jsonSchemaValue, "generationConfig.responseJsonSchema")
     if schema is not None:
         return jsonSchema(schema, "generationConfig.responseSchema")
     return "json"
@@ -519,7 +556,7 @@ def parseGenerateRequest(body: object, model: str, stream: bool) -> GeminiReques
     @return: the typed request and what was dropped.
     @raise BadRequest: for what is malformed.
     """
-    body = requireObject(body)
+    body = camelKeys(requireObject(body))
     dropped = _Dropped()
     for key in body:
         if key not in _TOP_LEVEL:
@@ -553,7 +590,7 @@ def parseCountRequest(body: object, model: str) -> ChatRequest:
 
     @raise BadRequest: when it has neither, or what it has is malformed.
     """
-    body = requireObject(body)
+    body = camelKeys(requireObject(body))
     inner = body.get("generateContentRequest")
     if inner is not None:
         return parseGenerateRequest(inner, model, False).chat
