@@ -258,7 +258,9 @@ class GeminiSDKTests(SynchronousTestCase):
             config=self.types.GenerateContentConfig(
                 max_output_tokens=WORDS,
                 thinking_config=self.types.ThinkingConfig(include_thoughts=True)))
-        text, thoughts, finishes = [], [], []
+        text: list[str] = []
+        thoughts: list[str] = []
+        finishes: list[Any] = []
         for chunk in stream:
             [candidate] = chunk.candidates or []
             for part in (candidate.content.parts if candidate.content else None) or []:
