@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real coding-agent CLIs end to end (tests/integration/test_agent_clis.py):
-# install pinned Claude Code and Codex CLI releases from npm into a folder of
-# their own (~660 MB, ~15 s here; they run offline against the fake backend), then run
+# install pinned Claude Code, Codex CLI and Gemini CLI releases from npm into a
+# folder of their own (~750 MB, ~25 s here; they run offline against the fake backend), then run
 # that test module with the project's test venv.
 #
 # Usage: .ci/agents.sh [PROJECT_VENV]
@@ -15,6 +15,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 CLAUDE_CODE_VERSION=2.1.197
 CODEX_VERSION=0.171.0
+GEMINI_CLI_VERSION=0.61.0
 
 project=${1:-${VIRTUAL_ENV:-}}
 [ -n "$project" ] || { echo "usage: .ci/agents.sh PROJECT_VENV"; exit 2; }
@@ -30,12 +31,15 @@ skip() {
 
 command -v npm >/dev/null || skip "npm is not installed"
 dir=${AGENTS_DIR:-$work/agents}
-if [ ! -x "$dir/node_modules/.bin/claude" ] || [ ! -x "$dir/node_modules/.bin/codex" ]; then
-  echo "== installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION and @openai/codex@$CODEX_VERSION"
+if [ ! -x "$dir/node_modules/.bin/claude" ] || [ ! -x "$dir/node_modules/.bin/codex" ] \
+    || [ ! -x "$dir/node_modules/.bin/gemini" ]; then
+  echo "== installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION, @openai/codex@$CODEX_VERSION" \
+    "and @google/gemini-cli@$GEMINI_CLI_VERSION"
   start=$(date +%s)
   mkdir -p "$dir"
   timeout 600 npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
     "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" "@openai/codex@$CODEX_VERSION" \
+    "@google/gemini-cli@$GEMINI_CLI_VERSION" \
     || skip "the agent CLIs could not be installed"
   echo "installed in $(( $(date +%s) - start )) s, $(du -sh "$dir" | cut -f1)"
 fi

@@ -1,11 +1,11 @@
 """
 The real coding-agent CLIs, end to end and offline: Claude Code (C{claude
--p}) and Codex (C{codex exec}, with a provider profile and with C{--oss})
-against C{twistd -n ollama-proxy} in front of C{twistd -n fake-openai}.
+-p}), Codex (C{codex exec}, with a provider profile and with C{--oss}) and
+Gemini CLI (C{gemini -p}, on the Gemini API) against C{twistd -n ollama-proxy} in front of C{twistd -n fake-openai}.
 
 Opt-in: the CLIs come from npm (C{.ci/agents.sh} installs pinned
 releases); set C{OLLAMA_PROXY_AGENT_CLIS} to the folder holding the
-C{claude} and C{codex} executables (a C{node_modules/.bin}).  Without it
+C{claude}, C{codex} and C{gemini} executables (a C{node_modules/.bin}).  Without it
 the tests are skipped, saying so.  Every CLI runs with its phone-home
 switched off, in a temporary home, with a bounded timeout.
 """
@@ -34,7 +34,7 @@ def executable(name: str) -> str:
     @raise SkipTest: when the variable is unset or the CLI is missing.
     """
     if not CLIS:
-        raise SkipTest("set OLLAMA_PROXY_AGENT_CLIS to a folder with the claude and codex CLIs "
+        raise SkipTest("set OLLAMA_PROXY_AGENT_CLIS to a folder with the claude, codex and gemini CLIs "
                        "(.ci/agents.sh installs them from npm)")
     path = os.path.join(CLIS, name)
     if not os.access(path, os.X_OK):
@@ -53,7 +53,7 @@ def backendRequests(backendURL: str) -> list[Any]:
 
 class AgentCLITests(SynchronousTestCase):
     """
-    Claude Code and Codex through the proxy.
+    Claude Code, Codex and Gemini CLI through the proxy.
     """
 
     def setUp(self) -> None:
@@ -142,3 +142,47 @@ class AgentCLITests(SynchronousTestCase):
                           {"CODEX_HOME": self.codexHome(),
                            "CODEX_OSS_BASE_URL": self.stack.url + "/v1"})
         self.assertIn(REPLY, output)
+
+    def gemini(self, model: str, prompt: str) -> str:
+        """
+        Run C{gemini -p} as the README sets it up: the base URL and any key
+        in the environment, API-key auth, telemetry and updates off in
+        C{~/.gemini/settings.json}; no Google account, no network.
+        """
+        settings = os.path.join(self.home, ".gemini")
+        os.makedirs(settings, exist_ok=True)
+        with open(os.path.join(settings, "settings.json"), "w") as f:
+            f.write(codec.dumps({"security": {"auth": {"selectedType": "gemini-api-key"}},
+                                 "telemetry": {"enabled": False},
+                                 "general": {"disableAutoUpdate": True}}).decode())
+        return self.runCLI([executable("gemini"), "-m", model, "-p", prompt], {
+            "GEMINI_API_KEY": "ollama", "GOOGLE_GEMINI_BASE_URL": self.stack.url,
+            "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        })
+
+    def test_geminiCLI(self) -> None:
+        """
+        C{gemini -p} streams from C{/v1beta/models/{model}:streamGenerateContent}
+        and prints the fake backend's reply.
+        """
+        before = len(backendRequests(self.stack.backendURL))
+        self.assertIn(REPLY, self.gemini("fake-model", "say hi"))
+        [request] = backendRequests(self.stack.backendURL)[before:]
+        self.assertEqual((request["body"]["model"], request["body"]["stream"]), ("fake-model", True))
+        self.assertEqual(request["body"]["messages"][0]["role"], "system")
+
+    def test_geminiCLIToolLoop(self) -> None:
+        """
+        With a model that calls a tool, Gemini CLI runs the call and sends
+        the result back as a C{functionResponse} with the call's id (a tool
+        message paired with the OpenAI call), and prints the answer that
+        follows.
+        """
+        before = len(backendRequests(self.stack.backendURL))
+        self.assertIn(REPLY, self.gemini("fake-tools", "what is the weather"))
+        requests = backendRequests(self.stack.backendURL)[before:]
+        self.assertEqual(len(requests), 2)
+        last = requests[-1]["body"]["messages"]
+        [call] = last[-2]["tool_calls"]
+        self.assertEqual((last[-1]["role"], last[-1]["tool_call_id"]), ("tool", call["id"]))
+        self.assertEqual(call["function"]["name"], requests[0]["body"]["tools"][0]["function"]["name"])
