@@ -20,7 +20,8 @@ class FieldTests(SynchronousTestCase):
         Only an object is a request body.
         """
         self.assertEqual(requireObject({"a": 1}), {"a": 1})
-        for value in ([], "x", None, 1):
+        values: list[object] = [[], "x", None, 1]
+        for value in values:
             with self.assertRaises(BadRequest) as e:
                 requireObject(value)
             self.assertEqual(e.exception.message, "request body must be a JSON object")
