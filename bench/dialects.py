@@ -1,8 +1,8 @@
 """
 The translation cost of each client dialect, in one process, same run:
 a recorded 2,000-token backend stream (SSE, 20 events per socket read)
-through C{TranslatedStream} into Ollama NDJSON, Anthropic SSE and Responses
-SSE.  Pure CPU, no sockets: it isolates what a dialect's encoder adds to the
+through C{TranslatedStream} into Ollama NDJSON, Anthropic SSE, Responses
+SSE and Gemini SSE.  Pure CPU, no sockets: it isolates what a dialect's encoder adds to the
 shared reader.  Ratios matter, not absolute numbers (see RESULTS.md).
 
     python bench/dialects.py [--tokens 2000] [--rounds 30]
@@ -17,6 +17,7 @@ from typing import Callable
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic import AnthropicDialect
+from ollama_proxy.protocol.gemini import GeminiDialect
 from ollama_proxy.protocol.ollama import NDJSONEncoder
 from ollama_proxy.protocol.openai import ChatStreamReader
 from ollama_proxy.protocol.responses import ResponsesDialect
@@ -54,6 +55,7 @@ ENCODERS: dict[str, Callable[[], object]] = {
     "ollama": lambda: NDJSONEncoder("m", "chat", T0, clock),
     "anthropic": lambda: AnthropicDialect(5).streamEncoder("m", T0),
     "responses": lambda: ResponsesDialect(ResponsesContext(ECHO)).streamEncoder("m", T0),
+    "gemini": lambda: GeminiDialect("r", 5, True).streamEncoder("m", T0),
 }
 
 
