@@ -388,8 +388,17 @@ class RequestTests(SynchronousTestCase):
             ({"contents": USER, "systemInstruction": {"parts": [{"text": 2}]}},
              "systemInstruction.parts[0].text"),
         ]
+        deep: Any = {}
+        for _ in range(300):
+            deep = {"a": deep}
+        cases += [
+            ({"contents": [{"parts": [{"functionCall": {"name": "f", "args": deep}}]}]},
+             "contents[0].parts[0].functionCall.args: nested too deeply"),
+            ({"contents": [{"parts": [{"functionResponse": {"name": "f", "response": deep}}]}]},
+             "contents[0].parts[0].functionResponse.response: nested too deeply"),
+        ]
         for body, message in cases:
-            with self.assertRaises(BadRequest, msg=repr(body)) as e:
+            with self.assertRaises(BadRequest, msg=repr(body)[:200]) as e:
                 parseGenerateRequest(body, "m", False)
             self.assertIn(message, e.exception.message)
 

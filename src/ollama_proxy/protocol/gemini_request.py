@@ -207,6 +207,18 @@ def jsonSchema(schema: object, where: str, depth: int = 0) -> JSON:
     return out
 
 
+def _jsonText(value: object, where: str) -> str:
+    """
+    @return: C{value} as JSON text (function arguments, a function's
+        response).
+    @raise BadRequest: for a value nested too deeply to encode.
+    """
+    try:
+        return codec.dumps(value).decode()
+    except TypeError:
+        raise BadRequest(f"{where}: nested too deeply") from None
+
+
 def _text(value: object, where: str) -> str:
     """
     The text of a C{systemInstruction}: a C{Content}'s text parts joined
@@ -296,7 +308,7 @@ def _content(content: JSON, where: str, dropped: _Dropped) -> list[Message]:
                 raise BadRequest(f"{at}.functionCall.args: expected an object")
             calls.append(ToolCallRequest(
                 callId if isinstance(callId, str) and callId else None, name,
-                codec.dumps(args).decode(),
+                _jsonText(args, f"{at}.functionCall.args"),
             ))
         elif "functionResponse" in part:
             response = _object(part["functionResponse"], f"{at}.functionResponse")
@@ -309,7 +321,7 @@ def _content(content: JSON, where: str, dropped: _Dropped) -> list[Message]:
             if "parts" in response:
                 dropped.add("contents.parts.functionResponse.parts")
             results.append(Message(
-                "tool", codec.dumps(value).decode(),
+                "tool", _jsonText(value, f"{at}.functionResponse.response"),
                 toolCallId=callId if isinstance(callId, str) and callId else None,
                 toolName=name,
             ))
