@@ -341,6 +341,27 @@ class GeminiSDKTests(SynchronousTestCase):
         self.assertEqual(count.total_tokens, 101)
 
 
+    def test_defaultVersion(self) -> None:
+        """
+        Without C{api_version}, the SDK (3.x) calls Google's C{v1} API on
+        C{/v1/models}, which the proxy shares with OpenAI's model list.
+        """
+        from google import genai
+
+        client = genai.Client(api_key="ollama", http_options=self.types.HttpOptions(
+            base_url=self.stack.url, timeout=20_000,
+            retry_options=self.types.HttpRetryOptions(attempts=1)))
+        self.assertIn("models/fake-model", [m.name for m in client.models.list()])
+        response = client.models.generate_content(
+            model="fake-model", contents="hi",
+            config=self.types.GenerateContentConfig(max_output_tokens=WORDS))
+        self.assertEqual(response.text, REPLY)
+        streamed = "".join(chunk.text or "" for chunk in client.models.generate_content_stream(
+            model="fake-model", contents="hi",
+            config=self.types.GenerateContentConfig(max_output_tokens=WORDS)))
+        self.assertEqual(streamed, REPLY)
+
+
 class GeminiMidStreamTests(SynchronousTestCase):
     """
     A backend that fails part-way: the SDK's stream raises, never ends as

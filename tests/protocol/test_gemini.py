@@ -278,10 +278,10 @@ class PathTests(SynchronousTestCase):
         """
         The route label never carries the model.
         """
-        self.assertEqual(GeminiCall(None).template, "/v1beta/models")
-        self.assertEqual(GeminiCall("secret-model").template, "/v1beta/models/{model}")
-        self.assertEqual(GeminiCall("x", "streamGenerateContent").template,
-                         "/v1beta/models/{model}:streamGenerateContent")
+        self.assertEqual(GeminiCall(None).template(), "/v1beta/models")
+        self.assertEqual(GeminiCall("secret-model").template(), "/v1beta/models/{model}")
+        self.assertEqual(GeminiCall("x", "streamGenerateContent").template("v1"),
+                         "/v1/models/{model}:streamGenerateContent")
 
 
 USER = [{"role": "user", "parts": [{"text": "hi"}]}]

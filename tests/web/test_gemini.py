@@ -351,6 +351,68 @@ class ModelsTests(SynchronousTestCase):
         self.assertEqual(response.code, 400)
 
 
+class VersionOneTests(SynchronousTestCase):
+    """
+    Google's C{v1} API (the C{google-genai} SDKs' default) on C{/v1/models},
+    beside OpenAI's model routes.
+    """
+
+    def test_sharedModelsRoute(self) -> None:
+        """
+        A Gemini method, or Google's key header or parameter, makes a
+        C{/v1/models} request Google's (answered by the proxy, labelled
+        C{/v1/models/{model}:...}); anything else is still OpenAI's,
+        relayed to the backend.
+        """
+        h = MultiBackendHarness([BackendConfig(name="a", url="http://a.test:4000", discover=False,
+                                               models=("gem",))])
+        d = h.post("/v1/models/gem:generateContent", {"contents": USER})
+        received = h.backend.received[-1]
+        self.assertEqual(received.path, "/v1/chat/completions")
+        answer(received)
+        h.pump()
+        self.assertEqual(body(h, self.successResultOf(d))["modelVersion"], "gem")
+        for path, headers in (("/v1/models", HEADERS), ("/v1/models?key=k", {})):
+            listed = body(h, self.successResultOf(h.get(path, headers=headers)))
+            self.assertEqual([m["name"] for m in listed["models"]], ["models/gem"])
+        one = body(h, self.successResultOf(h.get("/v1/models/gem", headers=HEADERS)))
+        self.assertEqual(one["name"], "models/gem")
+        before = len(h.backend.received)
+        h.get("/v1/models/gem")
+        [relayed] = h.backend.received[before:]
+        self.assertEqual(relayed.path, "/v1/models/gem")
+        response = self.successResultOf(h.get("/v1/models/x:generateContent", headers=HEADERS))
+        self.assertEqual(body(h, response)["error"]["status"], "UNIMPLEMENTED")
+        response = self.successResultOf(h.get("/metrics"))
+        text = self.successResultOf(h.client.content(response)).decode()
+        routes = {s.labels.get("route") for f in text_string_to_metric_families(text)
+                  for s in f.samples if f.name == "ollama_proxy_requests"}
+        self.assertLessEqual({"/v1/models/{model}:generateContent", "/v1/models",
+                              "/v1/models/{model}"}, routes)
+
+    def test_keyQueryNeverRelayed(self) -> None:
+        """
+        With C{--require-key}, C{?key=} on C{/v1/models} is Google's: it is
+        answered by the proxy and never reaches the backend in a relayed
+        query.
+        """
+        h = ProxyHarness()
+        client: Any = StubTreq(requireKeys(h.root, ["client-key"]))
+        d = client.get("http://proxy.test/v1/models?key=client-key")
+        client.flush()
+        h.pump()
+        serveCatalog(h, [{"id": "gem"}])
+        client.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+        self.assertNotIn(b"client-key", b"".join(r.request.uri for r in h.backend.received))
+        d = client.get("http://proxy.test/v1/models?key=wrong")
+        client.flush()
+        self.assertEqual(codec.loads(self.successResultOf(client.content(self.successResultOf(d)))),
+                         {"error": {"code": 401, "message": "unauthorized",
+                                    "status": "UNAUTHENTICATED"}})
+
+
 class CountTokensTests(SynchronousTestCase):
     """
     C{:countTokens}.

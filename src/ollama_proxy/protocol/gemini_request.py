@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.protocol.test_gemini -*-
 """
 The Gemini API dialect's request side (Gemini CLI, the C{google-genai}
-SDKs): the C{/v1beta} path read into what it asks for, and
+SDKs): the C{/v1beta} (or C{/v1}) path read into what it asks for, and
 C{generateContent} / C{countTokens} bodies validated, once, into the hub's
 L{ChatRequest}.
 
@@ -52,15 +52,17 @@ class GeminiCall:
     model: str | None
     action: str | None = None
 
-    @property
-    def template(self) -> str:
+    def template(self, version: str = "v1beta") -> str:
         """
         The route for logs and metrics: the path with the model replaced
         by C{{model}}, so that clients cannot create label values.
+
+        @param version: the API version the path began with (C{v1beta},
+            C{v1}).
         """
         if self.model is None:
-            return "/v1beta/models"
-        return "/v1beta/models/{model}" + (f":{self.action}" if self.action else "")
+            return f"/{version}/models"
+        return f"/{version}/models/{{model}}" + (f":{self.action}" if self.action else "")
 
 
 def parsePath(segments: Sequence[str]) -> GeminiCall | None:
@@ -71,7 +73,8 @@ def parsePath(segments: Sequence[str]) -> GeminiCall | None:
     (C{hf.co/org/model}): the action is what follows the last C{:}, when
     it is one of L{ACTIONS}.
 
-    @param segments: the decoded segments (C{["models", "m:generateContent"]}).
+    @param segments: the decoded segments after the version
+        (C{["models", "m:generateContent"]}).
     @return: the call, or C{None} for a path the API does not have.
     """
     if not segments or segments[0] != "models":

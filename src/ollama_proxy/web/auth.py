@@ -4,7 +4,8 @@ Inbound authentication and the per-request client key.
 
 L{KeyGate} wraps the root resource: every request must carry one of the
 configured keys as C{Authorization: Bearer <key>}, C{X-API-Key: <key>} or
-(Google's clients) C{X-Goog-Api-Key: <key>} or C{?key=<key>} on C{/v1beta},
+(Google's clients) C{X-Goog-Api-Key: <key>} or C{?key=<key>} on the Gemini
+API's routes,
 except C{GET /}, C{HEAD /} and C{/health/...} (health checks, see
 L{ollama_proxy.web.health}) and C{OPTIONS} (CORS
 preflights, which browsers send without credentials).  Keys are compared
@@ -29,8 +30,35 @@ from twisted.web.server import Request
 
 from ollama_proxy.protocol import anthropic, codec, gemini, responses
 
-GEMINI = b"/v1beta/"
-"""The Gemini API's routes (see L{ollama_proxy.web.gemini})."""
+GEMINI = b"/v1beta"
+"""The Gemini API's own tree (see L{ollama_proxy.web.gemini})."""
+GEMINI_V1 = b"/v1/models"
+"""Where Google's C{v1} clients meet the OpenAI model routes."""
+
+
+def queryKey(request: Request) -> bytes | None:
+    """
+    @return: the C{key} query parameter Google's clients may send instead
+        of a header, if any.
+    """
+    values = parse_qs(request.uri.partition(b"?")[2]).get(b"key")
+    return values[0].strip() or None if values else None
+
+
+def googleClient(request: Request) -> bool:
+    """
+    Whether a request comes from one of Google's clients: it carries the
+    key as they do (C{X-Goog-Api-Key}, or C{?key=}).  On C{/v1/models},
+    shared by OpenAI's and Google's C{v1} APIs, this picks the dialect.
+    """
+    return bool(request.requestHeaders.getRawHeaders(b"x-goog-api-key")) or queryKey(request) is not None
+
+
+def geminiPath(path: bytes) -> bool:
+    """
+    @return: whether C{path} is under C{/v1beta}, or C{/v1/models}.
+    """
+    return any(path == root or path.startswith(root + b"/") for root in (GEMINI, GEMINI_V1))
 
 
 def presentedKey(request: Request) -> bytes | None:
@@ -40,7 +68,7 @@ def presentedKey(request: Request) -> bytes | None:
     @param request: the client request.
     @return: the token of C{Authorization: Bearer <token>}, else the value
         of C{X-API-Key} or C{X-Goog-Api-Key}, else (on the Gemini API's
-        C{/v1beta} routes) the C{key} query parameter, else C{None}.
+        routes, L{geminiPath}) the C{key} query parameter, else C{None}.
     """
     headers = request.requestHeaders
     authorization = headers.getRawHeaders(b"authorization")
@@ -52,13 +80,11 @@ def presentedKey(request: Request) -> bytes | None:
         apiKey = headers.getRawHeaders(name)
         if apiKey and apiKey[0].strip():
             return apiKey[0].strip()
-    if (request.path or b"").startswith(GEMINI):
+    if geminiPath(request.path or b""):
         # Google's clients may put the key in the query instead; only on
-        # Google's routes, whose query never goes upstream (a relayed
-        # OpenAI route keeps its query).
-        values = parse_qs(request.uri.partition(b"?")[2]).get(b"key")
-        if values and values[0].strip():
-            return values[0].strip()
+        # the routes where it makes the request Google's, whose query
+        # never goes upstream (a relayed OpenAI route keeps its query).
+        return queryKey(request)
     return None
 
 
@@ -100,7 +126,7 @@ class Unauthorized(Resource):
             return codec.dumps(anthropic.errorObject(401, "unauthorized"))
         if path.startswith(b"/v1/responses"):
             return codec.dumps(responses.errorObject(401, "unauthorized"))
-        if path.startswith(GEMINI) or path == GEMINI[:-1]:
+        if geminiPath(path) and (not path.startswith(GEMINI_V1) or googleClient(request)):
             return codec.dumps(gemini.errorObject(401, "unauthorized"))
         return codec.dumps({"error": "unauthorized"})
 

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.web.test_gemini -*-
 """
 C{/v1beta/...}: Google's Gemini API (Gemini CLI, the C{google-genai} SDKs)
-translated to the backend's chat completions.
+translated to the backend's chat completions; its C{v1} twin below
+C{/v1/models}, which it shares with OpenAI's model list (L{ModelsRoute}).
 
 One resource serves the tree below C{/v1beta}, because the model is in
 the path (C{models/{model}:streamGenerateContent}) and may itself contain
@@ -15,9 +16,11 @@ shape.
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qs
 
 from twisted.logger import Logger
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
@@ -25,6 +28,7 @@ from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest, NotFound, ProxyError
 from ollama_proxy.protocol.gemini import GeminiDialect, errorObject, modelList, modelObject, responseId
 from ollama_proxy.protocol.gemini_request import (
+    ACTIONS,
     COUNT,
     STREAM,
     GeminiCall,
@@ -34,8 +38,10 @@ from ollama_proxy.protocol.gemini_request import (
 )
 from ollama_proxy.protocol.requests import estimateTokens
 from ollama_proxy.web.agents import decodedJSON
+from ollama_proxy.web.auth import googleClient
 from ollama_proxy.web.bridge import JSON_TYPE, Exchange, ProxyResource
 from ollama_proxy.web.chat import generate
+from ollama_proxy.web.context import ProxyContext
 
 log = Logger()
 
@@ -79,12 +85,24 @@ class GeminiAPI(ProxyResource):
     C{:countTokens} (C{POST}).
     """
 
+    def __init__(self, ctx: ProxyContext, version: str = "v1beta") -> None:
+        """
+        @param version: the API version segment this resource is under
+            (C{v1beta} for the whole tree, C{v1} below C{/v1/models}).
+        """
+        super().__init__(ctx)
+        self.version = version
+
+    def _parse(self, request: Request) -> GeminiCall | None:
+        segments = [*(request.prepath or []), *(request.postpath or [])]
+        return parsePath([p.decode("utf-8", "replace") for p in segments[1:]])
+
     def call(self, request: Request) -> GeminiCall:
         """
         @return: what the request's path asks for.
         @raise NotFound: for a path the API does not have.
         """
-        call = parsePath([p.decode("utf-8", "replace") for p in request.postpath or []])
+        call = self._parse(request)
         if call is None:
             raise NotFound(f"{(request.path or b'').decode('latin-1')!r} is not a Gemini API path")
         return call
@@ -94,8 +112,8 @@ class GeminiAPI(ProxyResource):
         @return: the path's template (C{/v1beta/models/{model}:countTokens});
             C{/v1beta} for a path the API does not have.
         """
-        call = parsePath([p.decode("utf-8", "replace") for p in request.postpath or []])
-        return call.template if call is not None else "/v1beta"
+        call = self._parse(request)
+        return call.template(self.version) if call is not None else "/" + self.version
 
     def errorBody(self, request: Request, status: int, message: str) -> bytes:
         request.setResponseCode(status)
@@ -147,3 +165,25 @@ class GeminiAPI(ProxyResource):
             sse=queryValue(ex.request, b"alt") == "sse",
         )
         return await generate(self.ctx, ex, route, parsed.chat, dialect)
+
+
+class ModelsRoute(Resource):
+    """
+    C{/v1/models}, where OpenAI's model list and Google's C{v1} API (the
+    default of the C{google-genai} SDKs) meet: a request carrying the key
+    as Google's clients do (L{googleClient}), or asking for one of the
+    Gemini methods, is Google's; anything else is relayed as OpenAI's.
+    """
+
+    isLeaf = True
+
+    def __init__(self, openai: IResource, gemini: GeminiAPI) -> None:
+        super().__init__()
+        self.openai = openai
+        self.gemini = gemini
+
+    def render(self, request: Request) -> Any:  # type: ignore[override]
+        last = (request.postpath or [b""])[-1].decode("utf-8", "replace")
+        if googleClient(request) or last.rpartition(":")[2] in ACTIONS:
+            return self.gemini.render(request)
+        return self.openai.render(request)

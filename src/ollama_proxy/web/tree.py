@@ -17,7 +17,7 @@ from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.cors import CORSResource, OriginPolicy
 from ollama_proxy.web.fallback import FallbackResource
-from ollama_proxy.web.gemini import GeminiAPI
+from ollama_proxy.web.gemini import GeminiAPI, ModelsRoute
 from ollama_proxy.web.health import healthTree
 from ollama_proxy.web.models import (
     Blobs,
@@ -141,7 +141,8 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     models = Passthrough(ctx, "models")
     v1 = Directory(fallback)
     root.putChild(b"v1", v1)
-    v1.putChild(b"models", models)
+    # Google's v1 API (the google-genai SDKs' default) shares /v1/models.
+    v1.putChild(b"models", ModelsRoute(models, GeminiAPI(ctx, "v1")))
     v1.putChild(b"completions", Passthrough(ctx, "completions"))
     v1.putChild(b"embeddings", Passthrough(ctx, "embeddings"))
     # The coding agents' dialects, translated (Claude Code, Codex).
