@@ -17,13 +17,8 @@ from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.protocol.errors import BadRequest, StreamFailed, UpstreamError
 from ollama_proxy.protocol.events import Reply, ToolCall, Usage
 from ollama_proxy.protocol.gemini import GeminiDialect, errorObject, modelList
-from ollama_proxy.protocol.gemini_request import (
-    GeminiCall,
-    jsonSchema,
-    parseCountRequest,
-    parseGenerateRequest,
-    parsePath,
-)
+from ollama_proxy.protocol.gemini_path import GeminiCall, parsePath
+from ollama_proxy.protocol.gemini_request import jsonSchema, parseCountRequest, parseGenerateRequest
 from ollama_proxy.protocol.openai import ChatStreamReader
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
 from ollama_proxy.protocol.stream import TranslatedStream

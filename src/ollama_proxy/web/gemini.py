@@ -6,7 +6,7 @@ C{/v1/models}, which it shares with OpenAI's model list (L{ModelsRoute}).
 
 One resource serves the tree below C{/v1beta}, because the model is in
 the path (C{models/{model}:streamGenerateContent}) and may itself contain
-C{/} and C{:}; L{ollama_proxy.protocol.gemini_request.parsePath} reads it,
+C{/} and C{:}; L{ollama_proxy.protocol.gemini_path.parsePath} reads it,
 and the route label of the logs and metrics is the path's template, never
 the model.  Generation goes through the hub like every dialect
 (L{ollama_proxy.web.chat.generate}: the model's extra fields, the debug
@@ -27,15 +27,8 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest, NotFound, ProxyError
 from ollama_proxy.protocol.gemini import GeminiDialect, errorObject, modelList, modelObject, responseId
-from ollama_proxy.protocol.gemini_request import (
-    ACTIONS,
-    COUNT,
-    STREAM,
-    GeminiCall,
-    parseCountRequest,
-    parseGenerateRequest,
-    parsePath,
-)
+from ollama_proxy.protocol.gemini_path import ACTIONS, COUNT, STREAM, GeminiCall, parsePath
+from ollama_proxy.protocol.gemini_request import parseCountRequest, parseGenerateRequest
 from ollama_proxy.protocol.requests import estimateTokens
 from ollama_proxy.web.agents import decodedJSON
 from ollama_proxy.web.auth import googleClient
