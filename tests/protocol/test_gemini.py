@@ -349,6 +349,16 @@ class RequestTests(SynchronousTestCase):
             "generationConfig.responseLogprobs", "toolConfig.retrievalConfig",
         })
 
+    def test_droppedBounded(self) -> None:
+        """
+        However many unknown fields a body has, a bounded number of
+        bounded names is kept.
+        """
+        body: Any = {"contents": USER, **{f"k{i}" + "x" * 500: i for i in range(1000)}}
+        dropped = parseGenerateRequest(body, "m", False).dropped
+        self.assertEqual(len(dropped), 64)
+        self.assertEqual(max(len(name) for name in dropped), 200)
+
     def test_invalid(self) -> None:
         """
         Malformed input is a 400 naming the field.

@@ -48,6 +48,11 @@ class GeminiRequest:
     dropped: tuple[str, ...] = ()
 
 
+MAX_DROPPED = 64
+"""How many dropped fields are named (a body of many unknown keys must not
+make a debug line of any length)."""
+
+
 class _Dropped:
     """
     The fields a request carried that go nowhere, each named once.
@@ -57,7 +62,8 @@ class _Dropped:
         self.paths: dict[str, None] = {}
 
     def add(self, path: str) -> None:
-        self.paths[path] = None
+        if len(self.paths) < MAX_DROPPED:
+            self.paths[path[:200]] = None
 
 
 def camelKeys(obj: JSON) -> JSON:
