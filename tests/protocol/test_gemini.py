@@ -129,18 +129,22 @@ class StreamTests(SynchronousTestCase):
 
     def test_failurePartWay(self) -> None:
         """
-        A backend error event after some text: the text already read, then
-        a final C{error} chunk in Google's shape; no C{finishReason}.
+        A backend error event after some text, at every split: the text
+        already read, then a final C{error} chunk in Google's shape; no
+        C{finishReason}.
         """
-        stream = pipeline()
         body = sse(chunk(content="par"), {"error": {"message": "overloaded"}})
-        with self.assertRaises(StreamFailed) as e:
-            stream.feed(body)
-        out = e.exception.output + stream.encoder.error(e.exception.message)
-        self.assertEqual(chunks(out), [
-            response({"text": "par"}),
-            {"error": {"code": 502, "message": "overloaded", "status": "UNAVAILABLE"}},
-        ])
+        for i in range(len(body) + 1):
+            stream = pipeline()
+            out = b""
+            with self.assertRaises(StreamFailed) as e:
+                out += stream.feed(body[:i])
+                out += stream.feed(body[i:])
+            out += e.exception.output + stream.encoder.error(e.exception.message)
+            self.assertEqual(chunks(out), [
+                response({"text": "par"}),
+                {"error": {"code": 502, "message": "overloaded", "status": "UNAVAILABLE"}},
+            ], f"split at {i}")
 
     def test_truncatedAtEverySplit(self) -> None:
         """
