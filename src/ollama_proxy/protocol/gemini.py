@@ -134,6 +134,10 @@ class GeminiEncoder:
         )
         self._first = True
         self._closed = False
+        # The common chunk, one delta's text, in SSE: everything but the
+        # encoded text made once.
+        self._textPrefix = b"data: " + _HEAD + b'{"text":'
+        self._textSuffix = b"}" + self._tail + b"\n\n"
 
     def _frame(self, chunk: bytes) -> bytes:
         if self.sse:
@@ -154,7 +158,9 @@ class GeminiEncoder:
         out = []
         for event in events:
             if type(event) is Delta:
-                if event.thinking and self.thoughts:
+                if self.sse and not event.thinking and event.content:
+                    out.append(self._textPrefix + codec.dumps(event.content) + self._textSuffix)
+                elif event.thinking and self.thoughts:
                     if event.content:
                         out.append(self._chunk(
                             b'{"text":' + codec.dumps(event.thinking) + b',"thought":true},'
