@@ -28,7 +28,8 @@ from urllib.parse import parse_qs
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from ollama_proxy.protocol import anthropic, codec, gemini, responses
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.target import dialectOf, errorObject
 
 GEMINI = b"/v1beta"
 """The Gemini API's own tree (see L{ollama_proxy.web.gemini})."""
@@ -108,7 +109,7 @@ class Unauthorized(Resource):
     """
     The answer to a request without a valid key: 401 with the JSON error
     shape of the route's dialect (Ollama's, or Anthropic's and OpenAI's on
-    the agent routes, whose SDKs read their own) and a C{WWW-Authenticate}
+    the agent and C{/v1} routes, whose SDKs read their own) and a C{WWW-Authenticate}
     challenge.
     """
 
@@ -116,19 +117,17 @@ class Unauthorized(Resource):
 
     def render(self, request: Request) -> bytes:  # type: ignore[override]
         """
-        @return: C{{"error": "unauthorized"}}, or the agent dialect's error.
+        @return: C{{"error": "unauthorized"}}, or the error of the path's
+            dialect (L{dialectOf}: Anthropic's, OpenAI's, Google's).
         """
         request.setResponseCode(401)
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"WWW-Authenticate", b'Bearer realm="ollama-proxy"')
         path = request.path or b""
-        if path.startswith(b"/v1/messages"):
-            return codec.dumps(anthropic.errorObject(401, "unauthorized"))
-        if path.startswith(b"/v1/responses"):
-            return codec.dumps(responses.errorObject(401, "unauthorized"))
-        if geminiPath(path) and (not path.startswith(GEMINI_V1) or googleClient(request)):
-            return codec.dumps(gemini.errorObject(401, "unauthorized"))
-        return codec.dumps({"error": "unauthorized"})
+        # /v1/models is Google's v1 API for Google's clients (ModelsRoute).
+        google = path.startswith(GEMINI_V1) and googleClient(request)
+        dialect = "gemini" if google else dialectOf(path)
+        return codec.dumps(errorObject(dialect, 401, "unauthorized"))
 
 
 class KeyGate(Resource):

@@ -90,6 +90,13 @@ class GeminiAPI(ProxyResource):
         segments = [*(request.prepath or []), *(request.postpath or [])]
         return parsePath([p.decode("utf-8", "replace") for p in segments[1:]])
 
+    def servesSubPath(self, request: Request) -> bool:
+        """
+        @return: whether the path is one of the API's (the model list, a
+            model, a model's method); any other is a 404 in Google's shape.
+        """
+        return self._parse(request) is not None
+
     def call(self, request: Request) -> GeminiCall:
         """
         @return: what the request's path asks for.
@@ -103,10 +110,11 @@ class GeminiAPI(ProxyResource):
     def routeLabel(self, request: Request) -> str:
         """
         @return: the path's template (C{/v1beta/models/{model}:countTokens});
-            C{/v1beta} for a path the API does not have.
+            C{"not served"} for a path the API does not have, as for every
+            other resource's.
         """
         call = self._parse(request)
-        return call.template(self.version) if call is not None else "/" + self.version
+        return call.template(self.version) if call is not None else "not served"
 
     def errorBody(self, request: Request, status: int, message: str) -> bytes:
         request.setResponseCode(status)
