@@ -366,6 +366,11 @@ AGENT_SHAPES = [
     b'"parameters":DEEP}]}',
     b'{"model":"fake-model","messages":[{"role":"user","content":"hi"}],"format":DEEP,'
     b'"tools":[{"type":"function","function":{"name":"t","parameters":DEEP}}]}',
+    b'{"contents":[{"role":"model","parts":[{"functionCall":{"name":"t","args":DEEP}}]},'
+    b'{"parts":[{"functionResponse":{"name":"t","response":DEEP}}]}]}',
+    b'{"contents":[{"parts":[{"text":"hi"}]}],"tools":[{"functionDeclarations":['
+    b'{"name":"t","parametersJsonSchema":DEEP},{"name":"u","parameters":DEEP}]}],'
+    b'"generationConfig":{"responseMimeType":"application/json","responseSchema":DEEP}}',
     b"DEEP",
 ]
 
