@@ -143,7 +143,7 @@ class AgentCLITests(SynchronousTestCase):
                            "CODEX_OSS_BASE_URL": self.stack.url + "/v1"})
         self.assertIn(REPLY, output)
 
-    def gemini(self, model: str, prompt: str) -> str:
+    def gemini(self, model: str, prompt: str, *flags: str) -> str:
         """
         Run C{gemini -p} as the README sets it up: the base URL and any key
         in the environment, API-key auth, telemetry and updates off in
@@ -155,7 +155,7 @@ class AgentCLITests(SynchronousTestCase):
             f.write(codec.dumps({"security": {"auth": {"selectedType": "gemini-api-key"}},
                                  "telemetry": {"enabled": False},
                                  "general": {"disableAutoUpdate": True}}).decode())
-        return self.runCLI([executable("gemini"), "-m", model, "-p", prompt], {
+        return self.runCLI([executable("gemini"), *flags, "-m", model, "-p", prompt], {
             "GEMINI_API_KEY": "ollama", "GOOGLE_GEMINI_BASE_URL": self.stack.url,
             "GEMINI_CLI_TRUST_WORKSPACE": "true",
         })
@@ -186,3 +186,25 @@ class AgentCLITests(SynchronousTestCase):
         [call] = last[-2]["tool_calls"]
         self.assertEqual((last[-1]["role"], last[-1]["tool_call_id"]), ("tool", call["id"]))
         self.assertEqual(call["function"]["name"], requests[0]["body"]["tools"][0]["function"]["name"])
+
+    def test_geminiCLIShellTool(self) -> None:
+        """
+        With the demo's agent model (C{fake-agent}, issue 24), Gemini CLI
+        runs its real shell tool (C{run_shell_command}, offered headless
+        only with C{--yolo}): C{pwd} prints the CLI's working folder, which
+        goes back as the C{functionResponse} and is quoted in the answer.
+        """
+        with urllib.request.urlopen(self.stack.backendURL + "/v1/models", timeout=10) as r:
+            served = [m["id"] for m in codec.loads(r.read())["data"]]
+        if "fake-agent" not in served:
+            raise SkipTest("the fake backend of this build has no fake-agent model (issue 24)")
+        before = len(backendRequests(self.stack.backendURL))
+        output = self.gemini("fake-agent", "where am I", "--yolo")
+        home = os.path.realpath(self.home)
+        self.assertIn(home, output)
+        requests = backendRequests(self.stack.backendURL)[before:]
+        last = requests[-1]["body"]["messages"]
+        [call] = last[-2]["tool_calls"]
+        self.assertEqual(call["function"]["name"], "run_shell_command")
+        self.assertEqual((last[-1]["role"], last[-1]["tool_call_id"]), ("tool", call["id"]))
+        self.assertIn(home, last[-1]["content"])
