@@ -347,8 +347,10 @@ class ModelsTests(SynchronousTestCase):
             self.assertEqual(body(h, response)["name"], "models/gem")
         response = self.successResultOf(h.get("/v1beta/models/nothing-such"))
         self.assertEqual((response.code, body(h, response)["error"]["status"]), (404, "NOT_FOUND"))
-        response = self.successResultOf(h.get("/v1beta/models?pageToken=abc"))
-        self.assertEqual(response.code, 400)
+        for query in ("pageToken=abc", "pageToken=%C2%B2", "pageSize=%C2%B2", "pageSize=-1"):
+            response = self.successResultOf(h.get(f"/v1beta/models?{query}"))
+            self.assertEqual((response.code, body(h, response)["error"]["status"]),
+                             (400, "INVALID_ARGUMENT"), query)
 
 
 class VersionOneTests(SynchronousTestCase):

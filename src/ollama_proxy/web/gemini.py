@@ -56,7 +56,7 @@ def _pageSize(request: Request) -> int:
     text = queryValue(request, b"pageSize")
     if text is None:
         return PAGE_SIZE
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise BadRequest("pageSize: expected a non-negative integer")
     size = int(text[:7])
     return min(size, MAX_PAGE_SIZE) if size else PAGE_SIZE
@@ -66,7 +66,7 @@ def _offset(request: Request) -> int:
     token = queryValue(request, b"pageToken")
     if not token:
         return 0
-    if not token.isdigit() or len(token) > 9:
+    if not (token.isascii() and token.isdigit()) or len(token) > 9:
         raise BadRequest("pageToken: not a token this server gave")
     return int(token)
 
