@@ -126,8 +126,9 @@ class GeminiAPI(ProxyResource):
         if call.action is not None:
             raise ProxyError(f"{call.action} takes POST", 405)
         if call.model is None:
+            size, offset = _pageSize(ex.request), _offset(ex.request)
             catalog = await self.ctx.models.catalog()
-            return modelList(catalog.values(), _pageSize(ex.request), _offset(ex.request))
+            return modelList(catalog.values(), size, offset)
         ex.model = call.model
         meta = await self.ctx.models.served(call.model)
         if meta is None:
