@@ -71,7 +71,7 @@ GEMINI = (
     "/v1beta/models/fake-model:generateContent",
     "/v1beta/models/fake-tools:streamGenerateContent?alt=sse",
     "/v1beta/models/fake-reasoner:streamGenerateContent",
-    "/v1beta/models/fake-model:countTokens",
+    "/v1beta/models/fake-model:countTokens?key=%C2%B2&pageSize=%FF",
 )
 """The Gemini API's model methods: one resource serves C{/v1beta}, so the
 tree walk finds only C{/v1beta} itself."""

@@ -206,6 +206,20 @@ class GenerateTests(SynchronousTestCase):
             "promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5})
         self.assertEqual(len({c["responseId"] for c in out}), 1)
 
+    def test_oddQueries(self) -> None:
+        """
+        Query strings with escapes that are not ASCII or not UTF-8 are
+        answered (the key and C{alt} read from them as bytes).
+        """
+        for query in ("?alt=%C2%B2", "?key=%FF&alt=sse", "?%FF=%FE"):
+            d = self.send({"contents": USER}, "/v1beta/models/gem:streamGenerateContent" + query)
+            received = self.h.backend.received[-1]
+            received.startSSE()
+            received.event(delta("Hi", finish_reason="stop"))
+            received.done()
+            self.h.pump()
+            self.assertEqual(self.successResultOf(d).code, 200, query)
+
     def test_streamedAsJSONArray(self) -> None:
         """
         Without C{alt=sse}, Google's default framing: one JSON array.
@@ -475,6 +489,11 @@ class KeyTests(SynchronousTestCase):
             self.assertEqual(self.status(path, headers), (401, {"error": {
                 "code": 401, "message": "unauthorized", "status": "UNAUTHENTICATED"}}))
         self.assertEqual(self.status("/v1/messages/count_tokens?key=client-key")[0], 401)
+        # Percent-escapes that are not ASCII (or not UTF-8) in the query are
+        # a wrong key like any other, never an error that hangs the request.
+        for query in ("?key=%C2%B2", "?key=%FF%FE", "?key=client-key%00", "?alt=%FF&key=x"):
+            self.assertEqual(self.status(count + query)[0], 401, query)
+        self.assertEqual(self.status(count + "?key=client-key&alt=%FF")[0], 200)
 
     def test_keyNeverUpstreamNorLogged(self) -> None:
         """

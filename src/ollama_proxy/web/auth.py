@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hmac
 from typing import Iterable
-from urllib.parse import parse_qs
 
+from twisted.web.http import parse_qs
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 

@@ -17,9 +17,9 @@ shape.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs
 
 from twisted.logger import Logger
+from twisted.web.http import parse_qs
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
