@@ -156,29 +156,31 @@ class GeminiEncoder:
         @return: their chunks.
         """
         out = []
+        prefix, suffix, dumps = self._textPrefix, self._textSuffix, codec.dumps
+        sse = self.sse
         for event in events:
-            if type(event) is Delta:
-                if self.sse and not event.thinking and event.content:
-                    out.append(self._textPrefix + codec.dumps(event.content) + self._textSuffix)
-                elif event.thinking and self.thoughts:
-                    if event.content:
-                        out.append(self._chunk(
-                            b'{"text":' + codec.dumps(event.thinking) + b',"thought":true},'
-                            b'{"text":' + codec.dumps(event.content) + b"}"
-                        ))
-                        continue
-                    out.append(self._chunk(
-                        b'{"text":' + codec.dumps(event.thinking) + b',"thought":true}'
-                    ))
-                elif event.content:
-                    out.append(self._chunk(b'{"text":' + codec.dumps(event.content) + b"}"))
-            elif type(event) is ToolCalls:
-                out.append(self._chunk(b",".join(
-                    codec.dumps(functionCallPart(call)) for call in event.calls
-                )))
-            elif type(event) is Finish:
-                out.append(self._finish(event))
+            if sse and type(event) is Delta and not event.thinking:
+                # The common case: one delta's text.
+                if event.content:
+                    out.append(prefix + dumps(event.content) + suffix)
+            else:
+                out.append(self._event(event))
         return b"".join(out)
+
+    def _event(self, event: Event) -> bytes:
+        """
+        @return: the chunk of any event but plain text in SSE.
+        """
+        if type(event) is Delta:
+            text = b'{"text":' + codec.dumps(event.content) + b"}" if event.content else b""
+            if event.thinking and self.thoughts:
+                thought = b'{"text":' + codec.dumps(event.thinking) + b',"thought":true}'
+                return self._chunk(thought + b"," + text if text else thought)
+            return self._chunk(text) if text else b""
+        if type(event) is ToolCalls:
+            return self._chunk(b",".join(codec.dumps(functionCallPart(call)) for call in event.calls))
+        assert type(event) is Finish
+        return self._finish(event)
 
     def _finish(self, finish: Finish) -> bytes:
         self._closed = True
