@@ -284,6 +284,33 @@ class GenerateTests(SynchronousTestCase):
                                              "status": "UNAVAILABLE"}})
         self.assertNotIn(b"finishReason", data)
 
+    def test_secretsNeverReachTheClient(self) -> None:
+        """
+        The backend key and the client's own Google key (header or query),
+        echoed by a backend in its text, split across reads, or in an
+        error, reach the Gemini client redacted, streamed or whole.
+        """
+        for path, headers in ((STREAM, HEADERS), (STREAM + "&key=client-key", {}),
+                              (WHOLE, HEADERS)):
+            d = self.send({"contents": USER}, path, headers=headers)
+            received = self.h.backend.received[-1]
+            if path == WHOLE:
+                answer(received, "sk-secret and client-key")
+            else:
+                received.startSSE()
+                received.event(delta("sk-se"))
+                received.event(delta("cret, client-"))
+                received.event(delta("key", finish_reason="stop"))
+                received.done()
+            self.h.pump()
+            data = _content(self.h, self.successResultOf(d))
+            self.assertNotIn(b"sk-secret", data)
+            self.assertNotIn(b"client-key", data)
+        d = self.send({"contents": USER}, STREAM)
+        self.h.backend.received[-1].respond(401, {"error": {"message": "bad key sk-secret"}})
+        self.h.pump()
+        self.assertNotIn(b"sk-secret", _content(self.h, self.successResultOf(d)))
+
     def test_clientGone(self) -> None:
         """
         A client that leaves mid-stream cancels the upstream request.
