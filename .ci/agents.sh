@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The real coding-agent CLIs end to end (tests/integration/test_agent_clis.py):
 # install pinned Claude Code, Codex CLI and Gemini CLI releases from npm into a
-# folder of their own (under 1 GB, well under a minute here; they run offline against the fake
-# backend), then run
-# that test module with the project's test venv.
+# folder of their own (under 1 GB, well under a minute here; they run offline
+# against the fake backend), then run that test module with the project's test
+# venv.
 #
 # Usage: .ci/agents.sh [PROJECT_VENV]
 #   PROJECT_VENV     a venv with this project installed with its [test] extras
