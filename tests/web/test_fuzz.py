@@ -72,9 +72,11 @@ GEMINI = (
     "/v1beta/models/fake-tools:streamGenerateContent?alt=sse",
     "/v1beta/models/fake-reasoner:streamGenerateContent",
     "/v1beta/models/fake-model:countTokens?key=%C2%B2&pageSize=%FF",
+    "/v1/models/fake-model:streamGenerateContent?alt=sse",
 )
-"""The Gemini API's model methods: one resource serves C{/v1beta}, so the
-tree walk finds only C{/v1beta} itself."""
+"""The Gemini API's model methods (C{/v1beta}, and Google's C{v1} on
+C{/v1/models}): one resource serves C{/v1beta}, so the tree walk finds only
+C{/v1beta} itself."""
 ROUTES = sorted([*(path for path, _ in postRoutes(makeProxy()[1])), *GEMINI])
 NATIVE = sorted(path for path, r in postRoutes(makeProxy()[1]) if not isinstance(r, Passthrough))
 AGENTS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/responses", "/v1beta", *GEMINI)
