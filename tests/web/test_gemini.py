@@ -311,6 +311,30 @@ class GenerateTests(SynchronousTestCase):
         self.h.pump()
         self.assertNotIn(b"sk-secret", _content(self.h, self.successResultOf(d)))
 
+    def test_timeouts(self) -> None:
+        """
+        A backend that never answers is Google's 504 C{DEADLINE_EXCEEDED}
+        after the header timeout; one that stops mid-stream ends the stream
+        with the error event after the idle timeout.
+        """
+        self.h.backendClient.headerTimeout = 30.0
+        d = self.send({"contents": USER}, STREAM)
+        self.h.clock.advance(30)
+        self.h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual((response.code, body(self.h, response)["error"]["status"]),
+                         (504, "DEADLINE_EXCEEDED"))
+        d = self.send({"contents": USER}, STREAM)
+        received = self.h.backend.received[-1]
+        received.startSSE()
+        received.event(delta("Hel"))
+        self.h.pump()
+        self.h.clock.advance(301)
+        self.h.pump()
+        out = chunks(_content(self.h, self.successResultOf(d)))
+        self.assertEqual(out[0]["candidates"][0]["content"]["parts"], [{"text": "Hel"}])
+        self.assertEqual(set(out[-1]), {"error"})
+
     def test_clientGone(self) -> None:
         """
         A client that leaves mid-stream cancels the upstream request.
