@@ -125,8 +125,8 @@ def redactHeaders(headers: dict[bytes, list[bytes]]) -> dict[str, list[str]]:
     A loggable copy of headers with secrets replaced.
 
     @param headers: raw header names and values.
-    @return: text headers; C{Authorization}, C{X-API-Key} and cookies are
-        C{"<redacted>"}.
+    @return: text headers; C{Authorization}, C{X-API-Key}, C{X-Goog-Api-Key}
+        and cookies are C{"<redacted>"}.
     """
     secret = {
         b"authorization", b"x-api-key", b"x-goog-api-key", b"proxy-authorization", b"cookie",
