@@ -23,6 +23,7 @@ from ollama_proxy.web.auth import requireKeys
 from tests.protocol.helpers import PNG, b64
 from tests.protocol.test_gemini import chunks
 from tests.web.helpers import _content, body, serveCatalog
+from tests.web.test_tree import TreeCase
 
 USER = [{"role": "user", "parts": [{"text": "hi"}]}]
 STREAM = "/v1beta/models/gem:streamGenerateContent?alt=sse"
@@ -657,3 +658,25 @@ class DebugTests(SynchronousTestCase):
         for name in ("safetySettings", "cachedContent", "tools.googleSearch",
                      "generationConfig.candidateCount"):
             self.assertIn(name, dropped[0])
+
+
+class DoorTests(TreeCase):
+    """
+    The request grammar, checked by the real site before traversal, under
+    C{/v1beta}.
+    """
+
+    def test_refusedInGoogleShape(self) -> None:
+        """
+        A dot segment or an encoded slash under C{/v1beta} is Google's 400,
+        and nothing reaches the backend or the fallback; an unknown path is
+        Google's 404.
+        """
+        for target in (b"/v1beta/models/..%2f..%2fadmin:generateContent",
+                       b"/v1beta/models/%2e%2e/x:generateContent",
+                       b"/v1beta/models/x/../../api/tags"):
+            status, _, answer = self.send(b"POST", target)
+            self.assertEqual((status, answer["error"]["status"]), (400, "INVALID_ARGUMENT"), target)
+        status, _, answer = self.send(b"GET", b"/v1beta/cachedContents")
+        self.assertEqual((status, answer["error"]["status"]), (404, "NOT_FOUND"))
+        self.assertEqual(self.upstreamPaths(), [])
