@@ -250,3 +250,33 @@ class SiteBudgetTests(SynchronousTestCase):
         # Chunked: the dialect's error object is in it.
         self.assertIn(b'"type":"overloaded_error"', body)
         self.assertEqual(self.budget.used, 0)
+
+    def test_tinyContainersCharged(self) -> None:
+        """
+        A body well under the budget made of tiny arrays (C{[[],[],...]},
+        which parses to about 21 times its size) is refused with a 503 in
+        the route's dialect before it is parsed; a body of the same size
+        that is one string (parsing to about its size) is served; the
+        charge is back afterwards either way.
+        """
+        count = STEP // 3
+        tiny = b'{"model":"m","max_tokens":8,"messages":[{"role":"user","content":"hi"}],"x":['
+        tiny += b",".join([b"[]"] * count) + b"]}"
+        self.assertLess(2 * len(tiny), self.budget.limit)
+        for path, marker in (("/v1/messages", b'"type":"overloaded_error"'),
+                             ("/v1/chat/completions", b'"code":"server_is_overloaded"'),
+                             ("/api/chat", b'"error"')):
+            _, transport = self.post(path, tiny)
+            status, headers, body = parseResponse(transport.value())
+            self.assertEqual((status, headers.get("retry-after")), (503, "1"), (path, body[:200]))
+            self.assertIn(marker, body, path)
+            self.assertEqual(self.budget.used, 0)
+        self.assertEqual(self.h.backend.received, [])
+        text = codec.dumps({**MESSAGES, "stream": False, "x": "y" * len(tiny)})
+        self.post("/api/chat", text)
+        [upstream] = self.h.backend.received
+        upstream.respond(200, {"id": "c", "object": "chat.completion", "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"},
+             "finish_reason": "stop"}]})
+        self.pump()
+        self.assertEqual(self.budget.used, 0)
