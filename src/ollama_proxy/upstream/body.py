@@ -99,9 +99,11 @@ async def readJSON(
             f"backend returned a body nested more than {codec.MAX_DEPTH} levels deep"
         ) from None
     except codec.JSONDecodeError:
+        # The whole body: the error funnel redacts it, then cuts it
+        # (L{ollama_proxy.web.bridge.MAX_ERROR_TEXT}); cut here, a key at
+        # the cut would escape as a prefix.
         raise UpstreamError(
-            "backend returned a body that is not JSON: "
-            + body[:200].decode("utf-8", "replace")
+            "backend returned a body that is not JSON: " + body.decode("utf-8", "replace")
         ) from None
 
 
