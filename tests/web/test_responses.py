@@ -236,3 +236,18 @@ class ReplyCapTests(SynchronousTestCase):
         self.h.pump()
         obj = body(self.h, self.successResultOf(d))
         self.assertEqual(obj["output"][0]["content"][0]["text"], "z" * 5000)
+
+    def test_wholeAsStreamOverCap(self) -> None:
+        """
+        A backend that ignores C{stream: true} and answers one completion
+        over the cap: nothing was sent yet, so the answer is a 502 OpenAI
+        error naming the cap, not a 500.
+        """
+        d = self.h.post("/v1/responses", {**BASE, "stream": True})
+        self.h.backend.received[-1].respond(200, {
+            "choices": [{"message": {"content": "z" * 5000}, "finish_reason": "stop"}]})
+        self.h.pump()
+        response = self.successResultOf(d)
+        error = body(self.h, response)["error"]
+        self.assertEqual((response.code, error["type"]), (502, "server_error"))
+        self.assertIn("limit of 1000 characters", error["message"])
