@@ -27,7 +27,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 
-from ollama_proxy.protocol.compression import Decoder, capped, codings
+from ollama_proxy.protocol.compression import Decoder, TooLarge, capped, codings
 from ollama_proxy.protocol.errors import ProxyError
 
 DEFAULT_BODY_BUDGET = 192 * 1024 * 1024
@@ -66,6 +66,26 @@ def parseCost(body: bytes | bytearray) -> int:
     """
     structural = body.count(b"[") + body.count(b"{") + body.count(b",") + body.count(b":")
     return 2 * len(body) + PER_ITEM * structural
+
+
+def chargeParse(charge: Charge | None, body: bytes | bytearray) -> None:
+    """
+    Charge what parsing C{body} may hold (L{parseCost}) before it is parsed.
+
+    @raise TooLarge: (413) if it could never fit, even in an idle budget:
+        waiting would not help, so a 503 asking to retry would be a lie.
+    @raise Busy: (503) if it does not fit now.
+    """
+    if charge is None:
+        return
+    cost = parseCost(body)
+    if cost > charge.budget.limit:
+        raise TooLarge(
+            f"request body would take about {cost} bytes to parse, more than --body-budget "
+            f"({charge.budget.limit}); send fewer, larger JSON values"
+        )
+    if not charge.take(cost):
+        raise Busy()
 
 
 class Busy(ProxyError):
