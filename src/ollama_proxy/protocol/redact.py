@@ -309,7 +309,8 @@ class StreamRedactor:
         self._text = _ordered(secrets)
         self.secrets = tuple(secret.encode("utf-8") for secret in self._text)
         self._escaped = escaped if escaped is not None else _escapedPattern(self._text)[1]
-        self._window = 6 * max(len(s) for s in self._text) if self._text else 0
+        # Six bytes a character (\\u0073), more for escapes escaped again.
+        self._window = 10 * max(len(s) for s in self._text) if self._text else 0
         self._short = any(c in '/"\\\n\r\t' for s in self._text for c in s)
         self._newline = any("\n" in s for s in self._text)
         self._carry = b""
