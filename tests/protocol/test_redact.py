@@ -232,3 +232,52 @@ class CarriesTests(SynchronousTestCase):
         """
         self.assertTrue(Redactor(["sk-live-0123456789"]).carries(b"in-key-ABC", ["in-key-ABCDEF"]))
         self.assertFalse(Redactor().carries(b"in-key-ABC"))
+
+
+class PrefixTests(SynchronousTestCase):
+    """
+    The first L{PREFIX} characters of a secret or more are the secret: a
+    gateway's masked echo (C{sk-proj-abc****wxyz}) or a cut key.
+    """
+
+    key = "sk-live/0123456789abcdef"
+
+    def test_wholeText(self) -> None:
+        """
+        In text and bodies, any run of six characters or more that begins a
+        secret is replaced; five are left.
+        """
+        redactor = Redactor([self.key])
+        masked = f"Incorrect API key provided: {self.key[:11]}****cdef. {self.key[:6]}! {self.key[:5]}"
+        expected = f"Incorrect API key provided: {REDACTED}****cdef. {REDACTED}! {self.key[:5]}"
+        self.assertEqual(redactor.text(masked), expected)
+        self.assertEqual(redactor.data(masked.encode()), expected.encode())
+        self.assertEqual(redactor.excerpt(masked, 40), expected[:40] + "...")
+
+    def test_stream(self) -> None:
+        """
+        In a stream, at every split: a prefix that ends the body, or stops
+        short inside it, is replaced; the whole key split in two is one
+        marker (no suffix escapes).
+        """
+        for body in [f"a {self.key[:9]}", f"a {self.key[:9]}** b", f"a {self.key} b\n"]:
+            data = body.encode()
+            for cut in range(len(data) + 1):
+                stream = Redactor([self.key]).stream()
+                assert stream is not None
+                out = stream.feed(data[:cut]) + stream.feed(data[cut:]) + stream.end()
+                self.assertEqual(out.count(REDACTED.encode()), 1, (body, cut))
+                self.assertNotIn(self.key[:6].encode(), out, (body, cut))
+                self.assertNotIn(self.key[-6:].encode(), out, (body, cut))
+
+    def test_streamedText(self) -> None:
+        """
+        A translated stream's text: a masked echo split over deltas.
+        """
+        text = f"bad key {self.key[:12]}****cdef"
+        for cut in range(len(text) + 1):
+            events = Redactor([self.key]).events()
+            assert events is not None
+            out = events.feed([Delta(text[:cut])]) + events.feed([Delta(text[cut:])]) + events.end()
+            joined = "".join(e.content for e in out if isinstance(e, Delta))
+            self.assertEqual(joined, f"bad key {REDACTED}****cdef", cut)

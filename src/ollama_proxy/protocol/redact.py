@@ -19,7 +19,7 @@ cut inside a key would otherwise escape as a prefix.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, AnyStr, Iterable, Sequence
 from urllib.parse import unquote_to_bytes
 
 from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCall, ToolCalls
@@ -113,7 +113,7 @@ class Redactor:
                 text = text.replace(secret, REDACTED)
         if secrets and "\\" in text:
             text = self._escaped(secrets)[0].sub(REDACTED, text)
-        return text
+        return _cutPrefixes(text, secrets, REDACTED)
 
     def data(self, data: bytes, extra: Iterable[str | None] = ()) -> bytes:
         """
@@ -129,7 +129,7 @@ class Redactor:
                 data = data.replace(raw, _MARKER)
         if secrets and b"\\" in data:
             data = self._escaped(secrets)[1].sub(_MARKER, data)
-        return data
+        return _cutPrefixes(data, tuple(secret.encode("utf-8") for secret in secrets), _MARKER)
 
     def carries(self, data: bytes, extra: Iterable[str | None] = ()) -> bool:
         """
@@ -231,6 +231,30 @@ def _redactCall(redactor: Redactor, call: ToolCall, secrets: tuple[str, ...]) ->
     )
 
 
+def _cutPrefixes(data: AnyStr, secrets: Sequence[AnyStr], marker: AnyStr) -> AnyStr:
+    """
+    @param data: text or bytes whose whole secrets are already replaced.
+    @param secrets: the secrets, of the same type.
+    @param marker: what a secret becomes, of the same type.
+    @return: C{data} with every run of L{PREFIX} or more characters that
+        begins a secret replaced too: a gateway's masked echo
+        (C{sk-proj-abc****wxyz}) or a cut key gives that much away.
+    """
+    for secret in secrets:
+        if len(secret) <= PREFIX:
+            continue  # its prefix is itself, replaced already
+        head = secret[:PREFIX]
+        index = data.find(head)
+        while index != -1:
+            end = index + PREFIX
+            limit = index + min(len(secret), len(data) - index)
+            while end < limit and data[end] == secret[end - index]:
+                end += 1
+            data = data[:index] + marker + data[end:]
+            index = data.find(head, index + len(marker))
+    return data
+
+
 def _heldBack(data: Any, secrets: Sequence[Any]) -> int:
     """
     @param data: text or bytes.
@@ -330,14 +354,17 @@ class StreamRedactor:
         if data[-1:] == b"\n" and not self._newline:
             # The end of an SSE event or an NDJSON line: no secret (in any
             # spelling) can start in it and run on into the next piece.
-            return data
+            return _cutPrefixes(data, self.secrets, _MARKER)
         held = _heldBack(data, self.secrets)
         tail = data[-self._window :]
         if b"\\" in tail:
             held = max(held, self._heldEscaped(tail))
         if held:
             data, self._carry = data[:-held], data[-held:]
-        return data
+        # After the split: a prefix at the very end may still grow into the
+        # whole secret, which must then go as one marker (a prefix replaced
+        # now would let the rest of the key through in the next piece).
+        return _cutPrefixes(data, self.secrets, _MARKER)
 
     def _mayEscape(self, data: bytes) -> bool:
         """
@@ -366,10 +393,11 @@ class StreamRedactor:
 
     def end(self) -> bytes:
         """
-        @return: the held tail, which the body ended without completing.
+        @return: the held tail, which the body ended without completing
+            (replaced if it is L{PREFIX} characters of a secret or more).
         """
         tail, self._carry = self._carry, b""
-        return tail
+        return _cutPrefixes(tail, self.secrets, _MARKER)
 
 
 class TextRedactor:
@@ -457,9 +485,9 @@ class EventRedactor:
         """
         The common case, checked once per read rather than per delta: no
         text is held, the read's text and thinking, joined, hold no secret
-        and end in nothing that could begin one, and there are no tool
-        calls or log-probabilities to look into.  The events then pass as
-        they are.
+        (nor the first L{PREFIX} characters of one) and end in nothing that
+        could begin one, and there are no tool calls or log-probabilities
+        to look into.  The events then pass as they are.
         """
         if self._content._carry or self._thinking._carry:
             return False
@@ -477,7 +505,7 @@ class EventRedactor:
         secrets = self._secrets
         for text in ("".join(content), "".join(thinking)):
             if text and (
-                any(secret in text for secret in secrets)
+                any(secret[:PREFIX] in text for secret in secrets)
                 or _heldBack(text, secrets)
                 or "\\" in text
             ):
