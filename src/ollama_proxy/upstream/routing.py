@@ -10,13 +10,17 @@ not each cost an upstream round trip.  A backend that fails keeps serving
 its last good list (and is retried only after C{ttl}), so one backend that
 is down never empties the list of the others.
 
-The L{Router} merges the lists in configuration order.  A name that two
-backends offer goes to the first one; the clash is logged as a warning
-once, when it is first seen (at start-up for the lists fetched then).
+The L{Router} merges the lists in configuration order.  Every backend that
+offers a name (listed, configured or aliased) is a member of that name's
+pool (L{ollama_proxy.upstream.fleet.Pool}): with several backends the
+router's L{Fleet} balances each request among the members and fails over
+before the first byte.  With one backend there is no fleet and a route is
+what it always was.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Awaitable, Callable, Sequence
 
 import attrs
@@ -24,12 +28,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ollama_proxy.protocol.balance import DEFAULT_ROUTING, RoutingPolicy
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import NotFound, ProxyError, UpstreamError
 from ollama_proxy.protocol.names import NameIndex, clientModelName, modelIds
 from ollama_proxy.service.config import NO_OVERRIDE, BackendConfig, ModelOverride
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache
+from ollama_proxy.upstream.fleet import Fleet, Pool
 
 log = Logger()
 
@@ -50,6 +56,8 @@ class Route:
         model; C{False} when the request is sent on a guess.
     @ivar listed: the id the name resolved to as listed: the alias for an
         alias (whose C{modelId} is its target), else C{modelId}.
+    @ivar pool: every backend that offers the name, when several do (this
+        route is then the first of them); see L{Fleet.send}.
     """
 
     name: str
@@ -58,6 +66,7 @@ class Route:
     override: ModelOverride = NO_OVERRIDE
     known: bool = True
     listed: str = ""
+    pool: Pool | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.define
@@ -122,6 +131,22 @@ class BackendModels:
         """
         return self.offered(self.cache.value)
 
+    def refreshed(self, models: object) -> None:
+        """
+        An active health check read the model list: keep it (a backend
+        that comes back rejoins with what it serves now).
+
+        @param models: the decoded C{/v1/models} body.
+        """
+        if not self.config.discover:
+            return
+        try:
+            entries = discoveredEntries(models)
+        except UpstreamError:
+            return
+        if entries != self.cache.value:
+            self.cache.store(entries)
+
 
 def discoveredEntries(models: object) -> list[Entry]:
     """
@@ -183,18 +208,27 @@ class Router:
     A name is looked up, in this order, among: the names C{/api/tags} lists
     (C{id}, or C{id:tag} for ids without a colon), the bare ids, the ids
     with C{:latest}, and the aliases (bare, C{:latest} or C{:tag}).  The
-    first backend in configuration order that offers a name gets it.
+    backends that offer a name share it (a pool, first one first).
     """
 
-    def __init__(self, backends: Sequence[BackendModels], tag: str = "proxy") -> None:
+    def __init__(
+        self, backends: Sequence[BackendModels], tag: str = "proxy",
+        routing: RoutingPolicy = DEFAULT_ROUTING, rng: random.Random | None = None,
+    ) -> None:
         """
         @param backends: in configuration order; at least one.
         @param tag: the suffix added to untagged ids in C{/api/tags}.
+        @param routing: the C{[routing]} table (used with several backends).
+        @param rng: the fleet's randomness (tests pass a seeded one).
         """
         if not backends:
             raise ValueError("a router needs at least one backend")
         self.backends = list(backends)
         self.tag = tag
+        self.routing = routing
+        self.fleet: Fleet | None = None
+        if len(self.backends) > 1:
+            self.fleet = Fleet(self.backends, routing, self.backends[0].cache.clock, rng)
         self._reported: set[tuple[str, str, str]] = set()
         self._index: NameIndex[Route] = NameIndex(tag)
         self._indexedFrom: list[list[Entry] | None] = []
@@ -385,12 +419,22 @@ class Router:
                 listed=listed,
             )
 
+        def combine(first: Route, other: Route) -> Route:
+            fleet = self.fleet
+            assert fleet is not None
+            pool = first.pool
+            if pool is None:
+                pool = Pool(first.listed, (first,), (fleet.members[first.name],),
+                            self.routing.policyFor(first.listed, first.modelId))
+            pool = attrs.evolve(pool, routes=pool.routes + (other,),
+                                states=pool.states + (fleet.members[other.name],))
+            return attrs.evolve(first, pool=pool)
+
         def clash(name: str, first: str, second: str) -> None:
             if (name, first, second) not in self._reported:
                 self._reported.add((name, first, second))
-                log.warn(
-                    "model {model} is offered by backends {first} and {second}; "
-                    "requests go to {first}",
+                log.info(
+                    "model {model} is offered by backends {first} and {second}: one pool",
                     model=name, first=first, second=second,
                 )
 
@@ -402,7 +446,20 @@ class Router:
             make,
             self.tag,
             clash,
+            combine if self.fleet is not None else None,
         )
+
+    def pools(self) -> list[Pool]:
+        """
+        @return: the pools of the names listed now (each once).
+        """
+        seen: dict[int, Pool] = {}
+        for backend in self.backends:
+            for entry in backend.known() or []:
+                found = self._index.resolve(entry["id"])
+                if found is not None and found.pool is not None:
+                    seen.setdefault(id(found.pool), found.pool)
+        return list(seen.values())
 
 
 def applyOverride(body: JSON, override: ModelOverride) -> JSON:

@@ -15,7 +15,8 @@ on the exchange and observed afterwards by L{ollama_proxy.web.observe}.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+import re
+from typing import Any, Awaitable, Callable, TypeVar
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -29,11 +30,14 @@ from ollama_proxy.protocol.errors import (
     BadRequest,
     ProxyError,
     UpstreamError,
+    UpstreamHTTPError,
 )
 from ollama_proxy.protocol.events import Finish, Usage
 from ollama_proxy.protocol.ollama_request import requireObject
 from ollama_proxy.protocol.redact import Redactor, StreamRedactor
+from ollama_proxy.protocol.sticky import stickyKey
 from ollama_proxy.upstream.backend import clientKey, redactHeaders
+from ollama_proxy.upstream.fleet import Lease
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.context import ProxyContext
@@ -48,6 +52,10 @@ from ollama_proxy.web.observe import (
 
 NDJSON = b"application/x-ndjson"
 JSON_TYPE = b"application/json; charset=utf-8"
+BACKEND_HEADER = b"X-Ollama-Proxy-Backend"
+"""Names the backend that answered (its configured name, never its URL)."""
+
+T = TypeVar("T")
 
 
 class ClientState:
@@ -106,6 +114,9 @@ class Exchange:
         funnel goes by the response's content type.
     @ivar redactor: the proxy's secrets, replaced in upstream text before
         it reaches the client (see L{redactText}, L{redactData}).
+    @ivar stickyKey: the conversation's key when its pool is sticky.
+    @ivar lease: the request's place in flight on its pool member,
+        released when the answer is finished.
     """
 
     request: Request
@@ -122,6 +133,8 @@ class Exchange:
     guessed: str | None = None
     streamError: Callable[[str], bytes] | None = None
     redactor: Redactor = attrs.field(factory=Redactor, repr=False)
+    stickyKey: str = ""
+    lease: Lease | None = None
 
     def _clientKey(self) -> list[str | None]:
         key = presentedKey(self.request)
@@ -238,19 +251,22 @@ class ProxyResource(Resource):
         super().__init__()
         self.ctx = ctx
 
-    async def route(self, ex: Exchange, name: str) -> Route:
+    async def route(self, ex: Exchange, name: str, body: Any = None) -> Route:
         """
         Choose the backend for a request and note it on the exchange (for
         the log line and the metrics).
 
         @param ex: the exchange.
         @param name: the client's model name.
-        @return: the route.
+        @param body: the decoded request body, for a sticky pool's key.
+        @return: the route (the first member of its pool: L{send} picks).
         @raise ProxyError: when no backend offers the name.
         """
         ex.model = name
         ex.modelLabel = OTHER
         route = await self.ctx.models.route(name)
+        if route.pool is not None and route.pool.policy.sticky:
+            ex.stickyKey = stickyKey(ex.request.getHeader, body, route.pool.name)
         ex.backend = route.name
         ex.modelLabel = modelLabel(route.known, route.modelId)
         if not route.known:
@@ -401,6 +417,8 @@ class ProxyResource(Resource):
         """
         request = ex.request
         setattr(request, OBSERVED, True)
+        if ex.lease is not None:
+            ex.lease.release(failed=ex.upstreamError == "stream")
         if not ex.client.gone:
             request.finish()
         if ex.guessed is not None:
@@ -463,3 +481,47 @@ class ProxyResource(Resource):
             (not the client's, which may carry anything after it).
         """
         return "/" + "/".join(p.decode("latin-1") for p in request.prepath or [])
+
+
+def backendHeader(name: str) -> bytes:
+    """
+    @param name: a configured backend name.
+    @return: the L{BACKEND_HEADER} value: the name, control characters
+        replaced (a header cannot carry them).
+    """
+    return re.sub(r"[\x00-\x1f\x7f]", "?", name).encode("utf-8")
+
+
+async def send(
+    ctx: ProxyContext, ex: Exchange, route: Route, call: Callable[[Route], Awaitable[T]]
+) -> tuple[Route, T]:
+    """
+    Send a request to C{route}'s backend, or with several backends to the
+    member of its pool the router's fleet picks (failing over before the
+    first byte), and name the backend that answered: on the exchange (log
+    line, metrics) and in L{BACKEND_HEADER}.
+
+    @param ctx: the shared context.
+    @param ex: the exchange.
+    @param route: what L{ProxyResource.route} resolved.
+    @param call: sends to one member, returns its answer's headers.
+    @return: the member that answered, and its answer.
+    @raise ProxyError: the last member's error (a backend that answered
+        with an error is named too).
+    """
+    fleet = ctx.models.router.fleet
+    try:
+        if fleet is None:
+            answered, result = route, await call(route)
+        else:
+            answered, result, ex.lease = await fleet.send(route, call, ex.stickyKey)
+    except UpstreamError as e:
+        if e.backend is not None:
+            ex.backend = e.backend
+            ex.request.setHeader(BACKEND_HEADER, backendHeader(e.backend))
+        elif fleet is None and isinstance(e, UpstreamHTTPError):
+            ex.request.setHeader(BACKEND_HEADER, backendHeader(route.name))
+        raise
+    ex.backend = answered.name
+    ex.request.setHeader(BACKEND_HEADER, backendHeader(answered.name))
+    return answered, result

@@ -8,11 +8,14 @@ backend's bytes go to the client as they arrive.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
+
+from twisted.web.iweb import IResponse
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.upstream.backend import Backend
-from ollama_proxy.web.bridge import Exchange, ProxyResource
+from ollama_proxy.upstream.routing import Route
+from ollama_proxy.web.bridge import Exchange, ProxyResource, send
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.observe import streaming
 from ollama_proxy.web.relay import relayResponse, requestHeaders
@@ -29,9 +32,9 @@ backend's)."""
 async def forwardToBackend(
     ctx: ProxyContext,
     ex: Exchange,
-    backend: Backend,
-    path: str,
-    body: bytes | None,
+    target: Route | Backend,
+    path: str | Callable[[Route], str],
+    body: bytes | None | Callable[[Route], bytes | None],
     keep: frozenset[bytes],
 ) -> None:
     """
@@ -40,20 +43,31 @@ async def forwardToBackend(
 
     @param ctx: the shared context.
     @param ex: the exchange.
-    @param backend: where it goes.
-    @param path: the API path below C{/v1}; the client's query is kept.
-    @param body: the body to send (the client's, with the model mapped).
+    @param target: where it goes: a route (balanced over its pool, failing
+        over before the first byte) or one backend.
+    @param path: the API path below C{/v1} (per member, for a route); the
+        client's query is kept.
+    @param body: the body to send (the client's, with the model mapped;
+        per member, for a route).
     @param keep: the client headers that travel upstream.
     """
     request = ex.request
-    url = backend.url(path)
     query = request.uri.partition(b"?")[2]
-    if query:
-        url += "?" + query.decode("latin-1")
-    response = await backend.request(
-        (request.method or b"GET").decode("ascii"), url, body,
-        backend.headers(requestHeaders(request, keep)),
-    )
+    method = (request.method or b"GET").decode("ascii")
+    headers = requestHeaders(request, keep)
+
+    def post(member: Route) -> Awaitable[IResponse]:
+        backend = member.backend
+        url = backend.url(path(member) if callable(path) else path)
+        if query:
+            url += "?" + query.decode("latin-1")
+        data = body(member) if callable(body) else body
+        return backend.request(method, url, data, backend.headers(headers))
+
+    if isinstance(target, Backend):
+        target = Route(target.name, target, "")
+    target, response = await send(ctx, ex, target, post)
+    backend = target.backend
     contentType = response.headers.getRawHeaders(b"content-type") or [b""]
     if contentType[0].startswith(b"text/event-stream"):
         with streaming(ctx.metrics):
@@ -74,37 +88,40 @@ class Passthrough(ProxyResource):
         self.path = path
 
     async def _forward(self, ex: Exchange) -> Any:
-        body = ex.body
-        backend: Backend | None = None
-        if body:
+        raw = ex.body
+        request = ex.request
+        postpath = [p.decode("latin-1") for p in request.postpath or []]
+        path = "/".join([self.path, *postpath])
+        if raw:
             try:
-                decoded = codec.loads(body)
+                decoded = codec.loads(raw)
             except codec.JSONDecodeError:
                 decoded = None
             if isinstance(decoded, dict) and isinstance(decoded.get("model"), str):
-                route = await self.route(ex, decoded["model"])
-                backend = route.backend
-                extra = route.override.extra if self.path in GENERATING else {}
-                if route.modelId != ex.model or extra:
-                    decoded.update(extra)
-                    decoded["model"] = route.modelId
-                    body = codec.dumps(decoded)
-        request = ex.request
-        postpath = [p.decode("latin-1") for p in request.postpath or []]
-        if backend is None:
-            if self.path == "models" and len(self.ctx.models.router.backends) > 1:
-                if not postpath:
-                    # Several backends: their merged list, not the first one's.
-                    return await self.ctx.models.listModels()
-                # GET /v1/models/{id}: ask the backend that has the model.
-                route = await self.route(ex, "/".join(postpath))
-                backend, postpath = route.backend, [route.modelId]
-            else:
-                first = self.ctx.models.router.backends[0]
-                backend, ex.backend = first.backend, first.name
-        await forwardToBackend(
-            self.ctx, ex, backend, "/".join([self.path, *postpath]), body or None, PASSED_HEADERS
-        )
+                route = await self.route(ex, decoded["model"], decoded)
+                generating = self.path in GENERATING
+
+                def body(member: Route) -> bytes:
+                    assert isinstance(decoded, dict)
+                    extra = member.override.extra if generating else {}
+                    if member.modelId == ex.model and not extra:
+                        return raw
+                    return codec.dumps({**decoded, **extra, "model": member.modelId})
+
+                await forwardToBackend(self.ctx, ex, route, path, body, PASSED_HEADERS)
+                return None
+        if self.path == "models" and len(self.ctx.models.router.backends) > 1:
+            if not postpath:
+                # Several backends: their merged list, not the first one's.
+                return await self.ctx.models.listModels()
+            # GET /v1/models/{id}: ask a backend that has the model.
+            route = await self.route(ex, "/".join(postpath))
+            await forwardToBackend(self.ctx, ex, route, lambda m: f"models/{m.modelId}",
+                                   raw or None, PASSED_HEADERS)
+            return None
+        first = self.ctx.models.router.backends[0]
+        ex.backend = first.name
+        await forwardToBackend(self.ctx, ex, first.backend, path, raw or None, PASSED_HEADERS)
         return None
 
     handle_GET = _forward
