@@ -143,14 +143,19 @@ class RoutingTests(SynchronousTestCase):
                          ("small", 0.1, 0.5, "proxy-a"))
         self.assertEqual(h.lastChat("a").headers["authorization"], "Bearer sk-a")
 
-    def test_duplicateGoesToFirst(self) -> None:
+    def test_sharedGoesToOneMember(self) -> None:
         """
-        A model both backends list goes to the first one.
+        A model both backends list is one pool: a request goes to exactly
+        one of them.
         """
         h = Harness(self)
         h.post("/api/generate", {"model": "shared", "prompt": "x"})
         h.listModels()
-        self.assertEqual(h.lastChat("a").json()["model"], "shared")
+        h.pump()
+        chats = [name for name, fake in h.backends.items()
+                 if any(r.path.endswith("chat/completions") for r in fake.received)]
+        self.assertEqual(len(chats), 1)
+        self.assertEqual(h.lastChat(chats[0]).json()["model"], "shared")
 
     def test_unknownModel404(self) -> None:
         """

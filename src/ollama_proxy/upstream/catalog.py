@@ -26,6 +26,7 @@ from ollama_proxy.protocol.errors import ProxyError
 from ollama_proxy.protocol.listing import modelDigest, remoteHost
 from ollama_proxy.protocol.names import clientModelName
 from ollama_proxy.service.config import CAPABILITIES, ModelOverride
+from ollama_proxy.upstream.fleet import failureReason
 from ollama_proxy.upstream.routing import BackendModels, Entry, Route, Router
 
 AUTO = "auto"
@@ -244,7 +245,10 @@ class ModelDirectory:
         """
         Whether the proxy can serve: at least one backend answered its model
         list at its last check (checks are made at most one C{--models-ttl}
-        apart).  Lists older than the TTL are fetched again in the
+        apart), and, with several backends, every served model has a
+        routable member (a backend whose circuit is open, that refused the
+        proxy's key or asked for a pause is not "ok"; its state says why, in
+        the proxy's words).  Lists older than the TTL are fetched again in the
         background, so a probe never waits for a backend (a down one would
         cost it a connect timeout), and the answer follows within one probe.
 
@@ -252,14 +256,39 @@ class ModelDirectory:
             error of the last check, or C{"not listed yet"}.
         """
         states: dict[str, str] = {}
+        fleet = self.router.fleet
         for entry in self.router.backends:
             cache = entry.cache
             if not cache.fresh():
                 Deferred.fromCoroutine(cache.get()).addErrback(lambda _: None)
-            if cache.error is not None:
+            why = fleet.members[entry.name].whyNot() if fleet is not None else ""
+            if why:
+                states[entry.name] = why
+            elif cache.error is not None and fleet is not None:
+                states[entry.name] = failureReason(cache.error)[1]
+            elif cache.error is not None:
                 states[entry.name] = cache.error.message
             elif cache.value is None:
                 states[entry.name] = "not listed yet"
             else:
                 states[entry.name] = "ok"
+        if fleet is not None and self.unserved(states):
+            return False, states
         return any(state == "ok" for state in states.values()), states
+
+    def unserved(self, states: dict[str, str]) -> list[str]:
+        """
+        The served models none of whose backends is routable now (several
+        backends: the proxy is ready only while every model has one).
+
+        @param states: from L{readiness}, per backend (C{"ok"} routable).
+        @return: their client names, sorted.
+        """
+        served: set[str] = set()
+        every: set[str] = set()
+        for entry in self.router.backends:
+            names = {clientModelName(e["id"], self.tag) for e in entry.known() or []}
+            every |= names
+            if states.get(entry.name) == "ok":
+                served |= names
+        return sorted(every - served)
