@@ -180,7 +180,7 @@ class Circuit:
         """
         A request goes to the backend now: in half-open, it is the trial.
         """
-        if self._state == HALF_OPEN:
+        if self.state == HALF_OPEN:
             self._trial = True
 
     def success(self) -> None:
