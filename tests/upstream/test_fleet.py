@@ -31,6 +31,15 @@ REPLY = {
 NAMES = ("a", "b", "c")
 
 
+def drop(request: Received) -> None:
+    """
+    Break the backend's connection (as a backend that dies does).
+    """
+    transport = request.request.channel.transport
+    assert transport is not None
+    transport.loseConnection()
+
+
 def chat(text: str = "hi", stream: bool = False) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "system", "content": "sys"},
                                        {"role": "user", "content": text}], "stream": stream}
@@ -134,7 +143,7 @@ class FailoverTests(SynchronousTestCase):
         h = FleetHarness(self)
         d = h.send(chat())
         first, request = h.one()
-        request.request.channel.transport.loseConnection()
+        drop(request)
         h.pump()
         second, request = h.one()
         self.assertNotEqual(first, second)
@@ -187,7 +196,7 @@ class FailoverTests(SynchronousTestCase):
         request.startSSE()
         request.event({"choices": [{"index": 0, "delta": {"content": "par"}}]})
         h.pump()
-        request.request.channel.transport.loseConnection()
+        drop(request)
         h.pump()
         status, lines, header = h.finished(d)
         self.assertEqual((status, header), (200, name))
