@@ -33,6 +33,10 @@ class Settings:
     @ivar idleTimeout: seconds of upstream silence before giving up.
     @ivar clientTimeout: seconds an idle client connection is kept.
     @ivar bodyTimeout: seconds a client may take to send its body.
+    @ivar clientHeaderTimeout: seconds a client may take to send a request
+        line and its headers.
+    @ivar maxConnections: open client connections per process, or C{None}
+        for no cap.
     @ivar shutdownGrace: seconds requests may run on after SIGTERM.
     @ivar maxBody: the largest request body accepted.
     @ivar maxLine: the largest upstream SSE line accepted.
@@ -71,6 +75,8 @@ class Settings:
     idleTimeout: float
     clientTimeout: float
     bodyTimeout: float
+    clientHeaderTimeout: float
+    maxConnections: int | None
     shutdownGrace: float
     maxBody: int
     maxLine: int
