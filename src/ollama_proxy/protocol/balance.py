@@ -173,8 +173,9 @@ class Circuit:
         """
         @return: whether a request may go now (does not take the trial).
         """
-        state = self.state
-        return state == CLOSED or (state == HALF_OPEN and not self._trial)
+        if self._state == CLOSED:
+            return True
+        return self.state == HALF_OPEN and not self._trial
 
     def begin(self) -> None:
         """
@@ -291,8 +292,10 @@ class MemberState:
         """
         if self.misconfigured is not None:
             return False
-        if self.limitedUntil and self.clock() < self.limitedUntil:
-            return False
+        if self.limitedUntil:
+            if self.clock() < self.limitedUntil:
+                return False
+            self.limitedUntil = 0.0
         return self.circuit.allows()
 
     def whyNot(self) -> str:
@@ -363,6 +366,16 @@ def choose(
             if pick < 0:
                 return member
         return tier[-1]
-    lowest = min((m.inFlight + 1) / m.weight for m in tier)
-    ties = [m for m in tier if (m.inFlight + 1) / m.weight == lowest]
-    return ties[0] if len(ties) == 1 else rng.choice(ties)
+    # One pass; ties broken uniformly (reservoir sampling).
+    best = tier[0]
+    lowest = (best.inFlight + 1) / best.weight
+    ties = 1
+    for member in tier[1:]:
+        load = (member.inFlight + 1) / member.weight
+        if load < lowest:
+            best, lowest, ties = member, load, 1
+        elif load == lowest:
+            ties += 1
+            if rng.random() * ties < 1:
+                best = member
+    return best
