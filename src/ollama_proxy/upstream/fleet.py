@@ -248,13 +248,16 @@ class Fleet:
             if self.observer is not None:
                 self.observer.fleetRequest(member.name)
             more = len(tried) < limit
+            member.waiting += 1
             try:
                 result = await call(target)
             except CancelledError:
+                member.waiting -= 1
                 self._settle(member, -1)
                 member.circuit.abandon()
                 raise
             except ProxyError as e:
+                member.waiting -= 1
                 self._settle(member, -1)
                 if isinstance(e, UpstreamHTTPError):
                     e.backend = member.name
@@ -264,6 +267,7 @@ class Fleet:
                     continue
                 member.circuit.abandon()
                 raise
+            member.waiting -= 1
             code = getattr(result, "code", None)
             if isinstance(code, int) and (code in FAILOVER_STATUSES or self._keyRefused(target, code)):
                 error = UpstreamHTTPError(f"backend answered {code}", code)
@@ -439,10 +443,14 @@ class Fleet:
             self._checks[entry.name] = self.clock.callLater(delay, self._startCheck, entry)
 
     def _startCheck(self, entry: BackendModels) -> None:
+        # At a fixed rate (one interval after the last check began), so a
+        # backend that comes back is seen within one interval.
+        began = self.clock.seconds()
         d = Deferred.fromCoroutine(self.check(entry))
         d.addErrback(lambda f: log.failure("checking backend {backend} failed", f,
                                            backend=entry.name))
-        d.addBoth(lambda _: self._schedule(entry, self.policy.healthInterval))
+        d.addBoth(lambda _: self._schedule(
+            entry, max(0.0, began + self.policy.healthInterval - self.clock.seconds())))
 
     async def check(self, entry: BackendModels) -> bool:
         """

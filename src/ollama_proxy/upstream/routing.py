@@ -28,14 +28,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ollama_proxy.protocol.balance import DEFAULT_ROUTING, RoutingPolicy
+from ollama_proxy.protocol.balance import CLOSED, DEFAULT_ROUTING, MemberSnapshot, RoutingPolicy
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import NotFound, ProxyError, UpstreamError
 from ollama_proxy.protocol.names import NameIndex, clientModelName, modelIds
 from ollama_proxy.service.config import NO_OVERRIDE, BackendConfig, ModelOverride
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache
-from ollama_proxy.upstream.fleet import Fleet, Pool
+from ollama_proxy.upstream.fleet import Fleet, Pool, failureReason
 
 log = Logger()
 
@@ -144,8 +144,8 @@ class BackendModels:
             entries = discoveredEntries(models)
         except UpstreamError:
             return
-        if entries != self.cache.value:
-            self.cache.store(entries)
+        # The same list keeps its object, so nothing is re-indexed.
+        self.cache.store(self.cache.value if entries == self.cache.value else entries)
 
 
 def discoveredEntries(models: object) -> list[Entry]:
@@ -369,6 +369,19 @@ class Router:
             modelId = self._index.guess(name)
             modelId = only.config.aliases.get(modelId, modelId)
             return Route(only.name, only.backend, modelId, only.config.override(modelId), False)
+        fresh: list[tuple[BackendModels, list[Entry] | None]] = []
+        for backend in self.backends:
+            cache = backend.cache
+            if cache.value is None or not cache.fresh():
+                break
+            fresh.append((backend, backend.offered(cache.value)))
+        else:
+            # Every list is fresh: what lists() would return, without a
+            # coroutine per backend on every request.
+            self._reindex(fresh)
+            found = self._index.resolve(name)
+            if found is not None:
+                return found
         lists = await self.lists()
         found = self._index.resolve(name)
         if found is not None:
@@ -448,6 +461,25 @@ class Router:
             clash,
             combine if self.fleet is not None else None,
         )
+
+    def snapshot(self) -> list[MemberSnapshot]:
+        """
+        Every backend's state now, read-only, in configuration order: what
+        a status page renders.  With one backend (no fleet: nothing is
+        balanced, so nothing is counted) it is always routable and its
+        reason is its last listing's failure, if any.
+
+        @return: one L{MemberSnapshot} per backend.
+        """
+        if self.fleet is not None:
+            return self.fleet.snapshot()
+        only = self.backends[0]
+        error = only.cache.error
+        return [MemberSnapshot(
+            name=only.name, routable=True, circuit=CLOSED, inFlight=0, lastCheck=None,
+            failures=0, reason=failureReason(error)[1] if error is not None else "",
+            misconfigured=False,
+        )]
 
     def pools(self) -> list[Pool]:
         """
