@@ -464,6 +464,43 @@ class StickyTests(SynchronousTestCase):
         self.assertGreater(len(homes), 1)
 
 
+class PolicyTests(SynchronousTestCase):
+    """
+    Per-model policies and the status snapshot.
+    """
+
+    def test_modelOwnPolicy(self) -> None:
+        """
+        C{[routing.models."m"]} makes only C{m}'s pool sticky.
+        """
+        h = FleetHarness(self, RoutingPolicy(models={"m": PoolPolicy(sticky=True)}))
+        for _ in range(2):
+            h.send(chat(), headers={"X-Session-Id": ["s"]})
+            h.one()[1].respond(200, REPLY)
+            h.pump()
+        route = h.router.lookup("m")
+        assert route is not None and route.pool is not None
+        self.assertEqual(route.pool.policy, PoolPolicy(sticky=True))
+        self.assertEqual(len(h.fleet.sticky), 1)
+
+    def test_snapshot(self) -> None:
+        """
+        C{Router.snapshot()}: one read-only entry per backend, in
+        configuration order, for a status page.
+        """
+        h = FleetHarness(self)
+        h.send(chat(stream=True))
+        name, request = h.one()
+        h.fleet.members["c"].misconfigured = "backend answered 401"
+        snap = {s.name: s for s in h.router.snapshot()}
+        self.assertEqual(list(snap), ["a", "b", "c"])
+        self.assertEqual(snap[name].inFlight, 1)
+        self.assertEqual((snap["c"].routable, snap["c"].reason), (False, "backend answered 401"))
+        single = MultiBackendHarness([BackendConfig(name="only", url="http://only.test:4000")])
+        [only] = single.router.snapshot()
+        self.assertEqual((only.name, only.routable, only.circuit), ("only", True, CLOSED))
+
+
 class SingleBackendTests(SynchronousTestCase):
     """
     One backend: no fleet, today's path, and the header all the same.

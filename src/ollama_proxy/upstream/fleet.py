@@ -274,7 +274,9 @@ class Fleet:
                 error.retryAfter = retryDelay(result, self.clock.seconds())  # type: ignore[arg-type]
                 if self._failedWith(member, target, error) and more and self._another(pool, tried):
                     self._settle(member, -1)
-                    await _discard(result, self.clock)
+                    # Drained on the side (capped, idle-timed): the next
+                    # member is asked at once.
+                    Deferred.fromCoroutine(_discard(result, self.clock))
                     last = error
                     self._failover(member)
                     continue
