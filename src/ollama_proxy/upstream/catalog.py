@@ -264,10 +264,10 @@ class ModelDirectory:
             why = fleet.members[entry.name].whyNot() if fleet is not None else ""
             if why:
                 states[entry.name] = why
-            elif cache.error is not None and fleet is not None:
-                states[entry.name] = failureReason(cache.error)[1]
             elif cache.error is not None:
-                states[entry.name] = cache.error.message
+                # The proxy's words ("connection refused", "backend
+                # answered 401"), never the backend's text.
+                states[entry.name] = failureReason(cache.error)[1]
             elif cache.value is None:
                 states[entry.name] = "not listed yet"
             else:

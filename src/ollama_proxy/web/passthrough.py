@@ -9,13 +9,17 @@ backend's bytes go to the client as they arrive.
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
+from urllib.parse import quote, urlsplit
 
 from twisted.web.iweb import IResponse
+from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.target import QUERY_SAFE, checkPath, errorObject, reencode
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.routing import Route
-from ollama_proxy.web.bridge import Exchange, ProxyResource, send
+from ollama_proxy.web.bridge import JSON_TYPE, Exchange, ProxyResource, send
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.observe import streaming
 from ollama_proxy.web.relay import relayResponse, requestHeaders
@@ -53,19 +57,27 @@ async def forwardToBackend(
     """
     request = ex.request
     query = request.uri.partition(b"?")[2]
+    suffix = "?" + reencode(query.decode("latin-1"), QUERY_SAFE) if query else ""
     method = (request.method or b"GET").decode("ascii")
     headers = requestHeaders(request, keep)
 
+    def url(member: Route) -> str:
+        url = member.backend.url(path(member) if callable(path) else path) + suffix
+        # The last lock before the backend's key goes with it: whatever built
+        # the path, no dot segment or encoded slash leaves.
+        refused = checkPath(urlsplit(url).path.encode("latin-1"))
+        if refused is not None:
+            raise BadRequest(refused)
+        return url
+
     def post(member: Route) -> Awaitable[IResponse]:
         backend = member.backend
-        url = backend.url(path(member) if callable(path) else path)
-        if query:
-            url += "?" + query.decode("latin-1")
         data = body(member) if callable(body) else body
-        return backend.request(method, url, data, backend.headers(headers))
+        return backend.request(method, url(member), data, backend.headers(headers))
 
     if isinstance(target, Backend):
         target = Route(target.name, target, "")
+    url(target)  # a refused path is the client's 400 before any backend is asked
     target, response = await send(ctx, ex, target, post)
     backend = target.backend
     contentType = response.headers.getRawHeaders(b"content-type") or [b""]
@@ -76,22 +88,50 @@ async def forwardToBackend(
         await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
 
 
+SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+"""What stays as it is in a path segment re-encoded for upstream (RFC
+3986's C{pchar} without C{%}: the segment is already decoded)."""
+
+
+def segmentPath(segments: list[str]) -> str:
+    """
+    @param segments: decoded path segments (the client's, or a backend's
+        model id split at C{/}).
+    @return: them joined with C{/}, each percent-encoded again, so that a
+        decoded C{%2f} or C{%} cannot become a separator or an escape.
+    """
+    return "/".join(quote(s.encode("utf-8", "surrogateescape"), safe=SEGMENT_SAFE)
+                    for s in segments)
+
+
 class Passthrough(ProxyResource):
     """
-    An OpenAI route (C{/v1/models}, C{/v1/chat/completions}, ...) relayed to
-    the backend as it is, with the configured API key, and with C{:proxy} /
-    C{:latest} stripped from C{model} so that names from C{/api/tags} work.
+    An OpenAI route (C{/v1/completions}, C{/v1/chat/completions},
+    C{/v1/embeddings}) relayed to the backend as it is, with the configured
+    API key, and with C{:proxy} / C{:latest} stripped from C{model} so that
+    names from C{/api/tags} work.
+
+    C{POST} only, and no sub-path: with the operator's key, C{GET
+    /v1/chat/completions} lists OpenAI's stored completions of everyone on
+    that key, and C{/v1/chat/completions/{id}} reads or deletes them.
+    Errors are OpenAI's C{{"error": {...}}}, as Ollama's own C{/v1} routes
+    answer.
     """
 
     def __init__(self, ctx: ProxyContext, path: str) -> None:
         super().__init__(ctx)
         self.path = path
 
+    def errorBody(self, request: Request, status: int, message: str) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        return codec.dumps(errorObject("openai", status, message))
+
     async def _forward(self, ex: Exchange) -> Any:
         raw = ex.body
         request = ex.request
-        postpath = [p.decode("latin-1") for p in request.postpath or []]
-        path = "/".join([self.path, *postpath])
+        postpath = [p.decode("utf-8", "surrogateescape") for p in request.postpath or []]
+        path = segmentPath([*self.path.split("/"), *postpath])
         if raw:
             try:
                 decoded = codec.loads(raw)
@@ -116,13 +156,36 @@ class Passthrough(ProxyResource):
                 return await self.ctx.models.listModels()
             # GET /v1/models/{id}: ask a backend that has the model.
             route = await self.route(ex, "/".join(postpath))
-            await forwardToBackend(self.ctx, ex, route, lambda m: f"models/{m.modelId}",
-                                   raw or None, PASSED_HEADERS)
+            await forwardToBackend(
+                self.ctx, ex, route,
+                lambda member: segmentPath(["models", *member.modelId.split("/")]),
+                raw or None, PASSED_HEADERS,
+            )
             return None
         first = self.ctx.models.router.backends[0]
         ex.backend = first.name
         await forwardToBackend(self.ctx, ex, first.backend, path, raw or None, PASSED_HEADERS)
         return None
 
-    handle_GET = _forward
     handle_POST = _forward
+
+
+class Models(Passthrough):
+    """
+    C{GET /v1/models} and C{GET /v1/models/{id}} (OpenAI's model
+    retrieval; an id may contain C{/}, as C{qwen/qwen3-coder} does): the
+    one relayed route with a sub-path, and C{GET} (and C{HEAD}) only.
+    """
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        super().__init__(ctx, "models")
+
+    def servesSubPath(self, request: Request) -> bool:
+        """
+        @return: whether the sub-path is a model id: no empty segment
+            (C{/v1/models/}, C{/v1/models//x}).
+        """
+        return all(request.postpath or [b""])
+
+    handle_GET = Passthrough._forward
+    handle_POST = None  # type: ignore[assignment]
