@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The real coding-agent CLIs end to end (tests/integration/test_agent_clis.py):
-# install pinned Claude Code and Codex CLI releases from npm into a folder of
-# their own (~660 MB, ~15 s here; they run offline against the fake backend), then run
-# that test module with the project's test venv.
+# The real coding-agent CLIs end to end (tests/integration/test_agent_clis.py, and
+# test_fleet_agents.py: one sticky session per CLI on one of three backends):
+# install pinned Claude Code, Codex CLI and Copilot CLI releases from npm into a folder
+# of their own (~700 MB, ~20 s here; they run offline against the fake backend), then
+# run those test modules with the project's test venv.
 #
 # Usage: .ci/agents.sh [PROJECT_VENV]
 #   PROJECT_VENV     a venv with this project installed with its [test] extras
@@ -15,6 +16,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 CLAUDE_CODE_VERSION=2.1.197
 CODEX_VERSION=0.171.0
+COPILOT_VERSION=1.0.102
 
 project=${1:-${VIRTUAL_ENV:-}}
 [ -n "$project" ] || { echo "usage: .ci/agents.sh PROJECT_VENV"; exit 2; }
@@ -30,16 +32,19 @@ skip() {
 
 command -v npm >/dev/null || skip "npm is not installed"
 dir=${AGENTS_DIR:-$work/agents}
-if [ ! -x "$dir/node_modules/.bin/claude" ] || [ ! -x "$dir/node_modules/.bin/codex" ]; then
-  echo "== installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION and @openai/codex@$CODEX_VERSION"
+if [ ! -x "$dir/node_modules/.bin/claude" ] || [ ! -x "$dir/node_modules/.bin/codex" ] \
+    || [ ! -x "$dir/node_modules/.bin/copilot" ]; then
+  echo "== installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION, @openai/codex@$CODEX_VERSION" \
+    "and @github/copilot@$COPILOT_VERSION"
   start=$(date +%s)
   mkdir -p "$dir"
   timeout 600 npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
     "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" "@openai/codex@$CODEX_VERSION" \
+    "@github/copilot@$COPILOT_VERSION" \
     || skip "the agent CLIs could not be installed"
   echo "installed in $(( $(date +%s) - start )) s, $(du -sh "$dir" | cut -f1)"
 fi
 
-echo "== tests with the real CLIs (python -m twisted.trial tests.integration.test_agent_clis)"
+echo "== tests with the real CLIs (tests.integration.test_agent_clis, test_fleet_agents)"
 OLLAMA_PROXY_AGENT_CLIS="$dir/node_modules/.bin" "$project/bin/python" -m twisted.trial \
-  tests.integration.test_agent_clis
+  tests.integration.test_agent_clis tests.integration.test_fleet_agents

@@ -299,18 +299,22 @@ async def costScenario(workdir: str, quick: bool) -> dict[str, Any]:
     ports = [freePort() for _ in range(3)]
     backs = [backend(p, workdir, 0.0) for p in ports]
     pool = proxy(workdir, ports, "")
+    # The pool's machinery alone: three members that are one backend
+    # process, so the backend side is the single case's.
+    same = proxy(workdir, [ports[0]] * 3, "")
     single = proxy(workdir, ports, "", single=True)
     rounds = 2 if quick else 4
     seconds = 3.0 if quick else 5.0
-    per: dict[str, list[float]] = {"pool": [], "single": []}
-    counts: dict[str, int] = {"pool": 0, "single": 0}
+    configs = (("single", single), ("pool", pool), ("poolOneProcess", same))
+    per: dict[str, list[float]] = {name: [] for name, _ in configs}
+    counts: dict[str, int] = {name: 0 for name, _ in configs}
     errors = 0
     try:
         await asyncio.sleep(1.0)
-        for name, px in (("single", single), ("pool", pool)):
+        for name, px in configs:
             await load(px.port, 1.0, 16, words=100)  # warm up
         for _ in range(rounds):
-            for name, px in (("single", single), ("pool", pool)):
+            for name, px in configs:
                 before = cpuSeconds(px.p.pid)
                 outcomes = await load(px.port, seconds, 16, words=100)
                 cpu = cpuSeconds(px.p.pid) - before
@@ -323,8 +327,11 @@ async def costScenario(workdir: str, quick: bool) -> dict[str, Any]:
             "cpuMsPerRequest": {k: [round(v, 3) for v in vs] for k, vs in per.items()},
             "medianCpuMs": {k: round(statistics.median(vs), 3) for k, vs in per.items()},
             "poolOverSingle": statistics.median(per["pool"]) / statistics.median(per["single"]),
+            "poolOneProcessOverSingle":
+                statistics.median(per["poolOneProcess"]) / statistics.median(per["single"]),
         }
     finally:
+        same.stop()
         pool.stop()
         single.stop()
         for b in backs:
