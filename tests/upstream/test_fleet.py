@@ -258,6 +258,23 @@ class StateTests(SynchronousTestCase):
         h.clock.advance(30)
         self.assertTrue(member.routable())
 
+    def test_429WaitCapped(self) -> None:
+        """
+        A C{Retry-After} longer than C{backoff_max} keeps the member out
+        for C{backoff_max} only.
+        """
+        h = FleetHarness(self, RoutingPolicy(backoffMax=20))
+        h.send(chat())
+        limited, request = h.one()
+        request.request.setHeader(b"Retry-After", b"86400")
+        request.respond(429, {"error": {"message": "come back tomorrow"}})
+        h.pump()
+        member = h.fleet.members[limited]
+        h.clock.advance(19)
+        self.assertFalse(member.routable())
+        h.clock.advance(1)
+        self.assertTrue(member.routable())
+
     def test_401Misconfigured(self) -> None:
         """
         A 401 to the proxy's key fails over, marks the member misconfigured

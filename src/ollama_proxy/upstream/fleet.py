@@ -375,9 +375,12 @@ class Fleet:
 
     def limited(self, member: MemberState, seconds: float) -> None:
         """
-        C{member} answered 429: no request before C{seconds} have passed.
+        C{member} answered 429: no request before C{seconds} have passed
+        (at most C{backoff_max}: a backend cannot take itself out for a
+        day with one header).
         """
-        member.limitedUntil = self.clock.seconds() + max(0.0, seconds)
+        seconds = min(max(0.0, seconds), self.policy.backoffMax)
+        member.limitedUntil = self.clock.seconds() + seconds
         member.reason = "backend answered 429"
         if self.observer is not None:
             self.observer.fleetFailure(member.name, "http_429")
