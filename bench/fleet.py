@@ -365,7 +365,7 @@ def selectScenario() -> dict[str, Any]:
                                    discover=False)
             client = Backend(None, config.url, clock, name=config.name)
             entries.append(BackendModels(config, client, TTLCache(makeFetcher(client, config), clock, 60)))
-        router = Router(entries, "proxy", RoutingPolicy(pool=policy), random.Random(1))
+        router = Router(entries, "proxy", routing=RoutingPolicy(pool=policy), rng=random.Random(1))
         route = router.lookup("m")
         fleet = router.fleet
         assert route is not None and route.pool is not None and fleet is not None

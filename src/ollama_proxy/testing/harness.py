@@ -272,7 +272,8 @@ class MultiBackendHarness(ProxyHarness):
             entries.append(BackendModels(config, client, cache))
         self.backend = self.backends[configs[0].name]
         self.upstream = self.stubs[0]
-        self.router = Router(entries, "proxy", routing or DEFAULT_ROUTING, random.Random(seed))
+        self.router = Router(entries, "proxy", routing=routing or DEFAULT_ROUTING,
+                             rng=random.Random(seed))
         self.backendClient = entries[0].backend
         self.ctx = ProxyContext(
             models=ModelDirectory(self.router, {}, now=self.now),

@@ -14,7 +14,7 @@ Names are resolved by the router's one L{ollama_proxy.protocol.names.NameIndex}.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError
@@ -22,11 +22,11 @@ from twisted.internet.defer import Deferred, TimeoutError
 from ollama_proxy.protocol.catalog import Facts, ModelMeta, buildCatalog
 from ollama_proxy.protocol.clock import Clock, wallClock
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import ProxyError
+from ollama_proxy.protocol.errors import ProxyError, describe
 from ollama_proxy.protocol.listing import modelDigest, remoteHost
 from ollama_proxy.protocol.names import clientModelName
+from ollama_proxy.protocol.sticky import stickyKey
 from ollama_proxy.service.config import CAPABILITIES, ModelOverride
-from ollama_proxy.upstream.fleet import failureReason
 from ollama_proxy.upstream.routing import BackendModels, Entry, Route, Router
 
 AUTO = "auto"
@@ -101,13 +101,22 @@ class ModelDirectory:
         """
         return self.router.tag
 
-    async def route(self, name: str) -> Route:
+    async def route(
+        self, name: str, header: Callable[[bytes], bytes | None] | None = None, body: Any = None
+    ) -> Route:
         """
         @param name: the client's model name.
+        @param header: the request's headers by name (for the conversation's
+            key when the name's pool is sticky: L{ollama_proxy.protocol.sticky}).
+        @param body: the request's decoded body (the same).
         @return: where a request for it goes.
         @raise ProxyError: when no backend offers the name.
         """
-        return await self.router.route(name)
+        route = await self.router.route(name)
+        pool = route.pool
+        if pool is not None and pool.policy.sticky and header is not None:
+            route = attrs.evolve(route, key=stickyKey(header, body, pool.name))
+        return route
 
     async def listModels(self) -> JSON:
         """
@@ -252,8 +261,9 @@ class ModelDirectory:
         background, so a probe never waits for a backend (a down one would
         cost it a connect timeout), and the answer follows within one probe.
 
-        @return: C{(ready, state per backend)}; a state is C{"ok"}, the
-            error of the last check, or C{"not listed yet"}.
+        @return: C{(ready, state per backend)}; a state is C{"ok"}, what
+            went wrong at the last check (L{describe}: a status code,
+            C{"connection refused"}, C{"timeout"}), or C{"not listed yet"}.
         """
         states: dict[str, str] = {}
         fleet = self.router.fleet
@@ -265,9 +275,9 @@ class ModelDirectory:
             if why:
                 states[entry.name] = why
             elif cache.error is not None:
-                # The proxy's words ("connection refused", "backend
-                # answered 401"), never the backend's text.
-                states[entry.name] = failureReason(cache.error)[1]
+                # Never the backend's own words: this answer is open to
+                # anyone, and a gateway's 401 body may quote the key.
+                states[entry.name] = describe(cache.error)
             elif cache.value is None:
                 states[entry.name] = "not listed yet"
             else:

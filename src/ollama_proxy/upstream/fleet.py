@@ -49,6 +49,7 @@ from ollama_proxy.protocol.errors import (
     UpstreamError,
     UpstreamHTTPError,
     UpstreamTimeout,
+    describe,
 )
 from ollama_proxy.protocol.sticky import StickyTable
 from ollama_proxy.upstream.backend import DEFAULT_RETRY_DELAY, clientKey, retryDelay
@@ -143,22 +144,23 @@ def failureReason(error: Exception) -> tuple[str, str]:
     An upstream failure in the proxy's own words.
 
     @param error: the failure.
-    @return: C{(kind, reason)}: the metrics' kind and a reason with no
-        upstream text.
+    @return: C{(kind, reason)}: the metrics' kind and the reason
+        L{describe} gives (no upstream text).
     """
-    if isinstance(error, UpstreamTimeout):
-        return "timeout", "timeout"
-    if isinstance(error, UpstreamConnectError):
-        refused = "refused" in error.message.lower()
-        return "connection", "connection refused" if refused else "connection failed"
-    if isinstance(error, UpstreamHTTPError):
-        if error.status in MISCONFIGURED_STATUSES:
-            return "misconfigured", f"backend answered {error.status}"
-        kind = "http_429" if error.status == 429 else f"http_{error.status // 100}xx"
-        return kind, f"backend answered {error.status}"
     if isinstance(error, DeferredTimeout):
         return "timeout", "timeout"
-    return "protocol", "unusable answer"
+    if not isinstance(error, ProxyError):
+        return "protocol", "error"
+    reason = describe(error)
+    if isinstance(error, UpstreamTimeout):
+        return "timeout", reason
+    if isinstance(error, UpstreamConnectError):
+        return "connection", reason
+    if isinstance(error, UpstreamHTTPError):
+        if error.status in MISCONFIGURED_STATUSES:
+            return "misconfigured", reason
+        return ("http_429" if error.status == 429 else f"http_{error.status // 100}xx"), reason
+    return "protocol", reason
 
 
 class Fleet:

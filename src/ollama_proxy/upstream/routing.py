@@ -32,6 +32,7 @@ from ollama_proxy.protocol.balance import CLOSED, DEFAULT_ROUTING, MemberSnapsho
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import NotFound, ProxyError, UpstreamError
 from ollama_proxy.protocol.names import NameIndex, clientModelName, modelIds
+from ollama_proxy.protocol.redact import Redactor, printable
 from ollama_proxy.service.config import NO_OVERRIDE, BackendConfig, ModelOverride
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache
@@ -58,6 +59,7 @@ class Route:
         alias (whose C{modelId} is its target), else C{modelId}.
     @ivar pool: every backend that offers the name, when several do (this
         route is then the first of them); see L{Fleet.send}.
+    @ivar key: the request's conversation key, when its pool is sticky.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Route:
     known: bool = True
     listed: str = ""
     pool: Pool | None = attrs.field(default=None, eq=False, repr=False)
+    key: str = ""
 
 
 @attrs.define
@@ -212,7 +215,7 @@ class Router:
     """
 
     def __init__(
-        self, backends: Sequence[BackendModels], tag: str = "proxy",
+        self, backends: Sequence[BackendModels], tag: str = "proxy", secrets: Sequence[str] = (),
         routing: RoutingPolicy = DEFAULT_ROUTING, rng: random.Random | None = None,
     ) -> None:
         """
@@ -225,6 +228,10 @@ class Router:
             raise ValueError("a router needs at least one backend")
         self.backends = list(backends)
         self.tag = tag
+        # Backend ids are upstream text: the clash warning names them
+        # without any key the proxy holds (backend keys, C{secrets}: the
+        # inbound keys), and without control characters.
+        self._redactor = Redactor([*(b.backend.apiKey for b in self.backends), *secrets])
         self.routing = routing
         self.fleet: Fleet | None = None
         if len(self.backends) > 1:
@@ -448,7 +455,7 @@ class Router:
                 self._reported.add((name, first, second))
                 log.info(
                     "model {model} is offered by backends {first} and {second}: one pool",
-                    model=name, first=first, second=second,
+                    model=printable(self._redactor.text(name)), first=first, second=second,
                 )
 
         self._index = NameIndex.build(

@@ -15,8 +15,7 @@ on the exchange and observed afterwards by L{ollama_proxy.web.observe}.
 
 from __future__ import annotations
 
-import re
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -30,16 +29,14 @@ from ollama_proxy.protocol.errors import (
     BadRequest,
     ProxyError,
     UpstreamError,
-    UpstreamHTTPError,
 )
 from ollama_proxy.protocol.events import Finish, Usage
 from ollama_proxy.protocol.ollama_request import requireObject
 from ollama_proxy.protocol.redact import Redactor, StreamRedactor
-from ollama_proxy.protocol.sticky import stickyKey
 from ollama_proxy.upstream.backend import clientKey, redactHeaders
-from ollama_proxy.upstream.fleet import Lease
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
+from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, inflate
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.metrics import OTHER
 from ollama_proxy.web.observe import (
@@ -51,11 +48,9 @@ from ollama_proxy.web.observe import (
 )
 
 NDJSON = b"application/x-ndjson"
+MIN_CLIENT_KEY = 8  # the shortest client key treated as a secret
+MAX_ERROR_TEXT = 2000  # characters of upstream text an error quotes (cut after redaction)
 JSON_TYPE = b"application/json; charset=utf-8"
-BACKEND_HEADER = b"X-Ollama-Proxy-Backend"
-"""Names the backend that answered (its configured name, never its URL)."""
-
-T = TypeVar("T")
 
 
 class ClientState:
@@ -114,9 +109,6 @@ class Exchange:
         funnel goes by the response's content type.
     @ivar redactor: the proxy's secrets, replaced in upstream text before
         it reaches the client (see L{redactText}, L{redactData}).
-    @ivar stickyKey: the conversation's key when its pool is sticky.
-    @ivar lease: the request's place in flight on its pool member,
-        released when the answer is finished.
     """
 
     request: Request
@@ -133,34 +125,42 @@ class Exchange:
     guessed: str | None = None
     streamError: Callable[[str], bytes] | None = None
     redactor: Redactor = attrs.field(factory=Redactor, repr=False)
-    stickyKey: str = ""
-    lease: Lease | None = None
+    _outbound: StreamRedactor | None | bool = attrs.field(default=False, repr=False)
 
-    def _clientKey(self) -> list[str | None]:
+    def clientKey(self) -> list[str | None]:
+        """
+        @return: the client's own key (it may be the one forwarded
+            upstream, C{--forward-client-key}), when it is at least
+            L{MIN_CLIENT_KEY} long: a shorter one is no gateway key (Claude
+            Code's usual token is C{ollama}), and redacting it would garble
+            the text.
+        """
         key = presentedKey(self.request)
-        return [key.decode("utf-8", "replace")] if key else []
+        return [key.decode("utf-8", "replace")] if key and len(key) >= MIN_CLIENT_KEY else []
 
     def redactText(self, text: str) -> str:
         """
-        @param text: an error message that may quote upstream text.
+        @param text: an error message that may quote upstream text, a
+            model id, a log field.
         @return: C{text} without any secret the proxy holds, the client's
             own key included (it may be the one forwarded upstream).
         """
-        return self.redactor.text(text, self._clientKey())
+        return self.redactor.text(text, self.clientKey())
 
-    def redactStream(self) -> StreamRedactor | None:
+    def excerpt(self, text: str, limit: int) -> str:
         """
-        @return: a redactor for a body relayed in pieces, or C{None} when
-            the proxy holds no secret to look for.
+        @param text: upstream text to show in part.
+        @param limit: the most characters to keep.
+        @return: C{text} redacted, then cut (never the other way round).
         """
-        return self.redactor.stream(self._clientKey())
+        return self.redactor.excerpt(text, limit, self.clientKey())
 
     def redactData(self, data: bytes) -> bytes:
         """
-        @param data: a relayed upstream body.
+        @param data: a relayed upstream body (or a chunk for the debug log).
         @return: C{data} without any secret the proxy holds.
         """
-        return self.redactor.data(data, self._clientKey())
+        return self.redactor.data(data, self.clientKey())
 
     def noteUsage(self, usage: Usage) -> None:
         """
@@ -184,20 +184,28 @@ class Exchange:
         first = finish.firstToken if finish.firstToken is not None else finish.end
         self.firstToken = max(1, first - self.start)
 
-    def json(self) -> JSON:
+    def json(self, keep: bool = True) -> JSON:
         """
-        Decode the body as a JSON object.
+        Decode the body as a JSON object, charging the request's share of
+        the body budget for what decoding makes: the decoded tree and its
+        re-encoding for the backend are each about the size of the body.
 
+        @param keep: whether L{body} is still needed (to relay it as it
+            is); a translating route drops it, so that a large body is not
+            held three times while the backend works.
         @return: the object.
         @raise BadRequest: for an empty, malformed or non-object body.
+        @raise Busy: when the budget cannot hold the decoded body (503).
         """
         if not self.body.strip():
             raise BadRequest("missing request body")
-        try:
-            decoded = codec.loads(self.body)
-        except codec.JSONDecodeError as e:
-            raise BadRequest(f"invalid JSON in request body: {e}") from None
-        return requireObject(decoded)
+        charge = chargeOf(self.request)
+        if charge is not None and not charge.take(2 * len(self.body)):
+            raise Busy()
+        decoded = requireObject(codec.loadsRequest(self.body))
+        if not keep:
+            self.body = b""
+        return decoded
 
     def startStream(self, contentType: bytes = NDJSON) -> None:
         """
@@ -210,12 +218,31 @@ class Exchange:
 
     def write(self, data: bytes) -> None:
         """
-        Write to the client if it is still there.
+        Write to the client if it is still there, through the outbound
+        filter: every byte of every answer passes here, so no dialect can
+        send a secret the proxy holds (a tail that may begin one waits for
+        the next write, or L{flush}).
 
         @param data: bytes of the body.
         """
-        if data and not self.client.gone:
+        if not data or self.client.gone:
+            return
+        outbound = self._outbound
+        if outbound is False:
+            outbound = self._outbound = self.redactor.stream(self.clientKey())
+        if isinstance(outbound, StreamRedactor):
+            data = outbound.feed(data)
+        if data:
             self.request.write(data)
+
+    def flush(self) -> None:
+        """
+        Release what the outbound filter held back (no secret, as it turned out).
+        """
+        if isinstance(self._outbound, StreamRedactor):
+            tail = self._outbound.end()
+            if tail and not self.client.gone:
+                self.request.write(tail)
 
 
 Handler = Callable[[Exchange], Awaitable[Any]]
@@ -246,6 +273,10 @@ class ProxyResource(Resource):
 
     isLeaf = True
     log = Logger()
+    decodesBody = True
+    """Whether a C{Content-Encoding} body is decoded before the handler
+    runs (in bounded steps, charged to the body budget); a resource that
+    relays bodies as they are (the fallback) sets it false."""
 
     def __init__(self, ctx: ProxyContext) -> None:
         super().__init__()
@@ -272,16 +303,16 @@ class ProxyResource(Resource):
         @param ex: the exchange.
         @param name: the client's model name.
         @param body: the decoded request body, for a sticky pool's key.
-        @return: the route (the first member of its pool: L{send} picks).
+        @return: the route (the first member of its pool: L{ollama_proxy.web.fleet.send} picks).
         @raise ProxyError: when no backend offers the name.
         """
         ex.model = name
         ex.modelLabel = OTHER
-        route = await self.ctx.models.route(name)
-        if route.pool is not None and route.pool.policy.sticky:
-            ex.stickyKey = stickyKey(ex.request.getHeader, body, route.pool.name)
+        route = await self.ctx.models.route(name, ex.request.getHeader, body)
         ex.backend = route.name
-        ex.modelLabel = modelLabel(route.known, route.modelId)
+        # A backend id is upstream text: it may carry a key, and it becomes
+        # a metrics label.
+        ex.modelLabel = ex.redactText(modelLabel(route.known, route.modelId))
         if not route.known:
             ex.guessed = name
         return route
@@ -327,13 +358,16 @@ class ProxyResource(Resource):
             self.log.debug(
                 "request {method} {uri} headers={headers} body={body}",
                 method=method,
-                uri=request.uri.decode("latin-1"),
-                headers=redactHeaders(
-                    {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}
-                ),
-                body=body[:4096].decode("utf-8", "replace"),
+                uri=ex.redactText(request.uri.decode("latin-1")),
+                headers={
+                    name: [ex.redactText(value) for value in values]
+                    for name, values in redactHeaders(
+                        {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}
+                    ).items()
+                },
+                body=ex.excerpt(body.decode("utf-8", "replace"), 4096),
             )
-        if self._answerReady(ex):
+        if not (body and self._encoded(request)) and self._answerReady(ex):
             return NOT_DONE_YET
         ex.client.watch()
         d = Deferred.fromCoroutine(self._run(handler, ex))
@@ -386,6 +420,8 @@ class ProxyResource(Resource):
         # seen only by this request's upstream calls.
         clientKey.set(presentedKey(ex.request))
         try:
+            if ex.body and self._encoded(ex.request):
+                await self._decode(ex)
             self._send(ex, await handler(ex))
         except CancelledError:
             pass
@@ -393,6 +429,33 @@ class ProxyResource(Resource):
             self._failWith(ex, e)
         finally:
             self._close(ex)
+
+    def _encoded(self, request: Request) -> bool:
+        """
+        @return: whether C{request}'s body (if it has one) is one this
+            resource decodes; an empty body has nothing to decode, whatever
+            its header says.
+        """
+        return self.decodesBody and request.requestHeaders.hasHeader(b"content-encoding")
+
+    async def _decode(self, ex: Exchange) -> None:
+        """
+        Replace a compressed body by its decoding, the same way on every
+        route (so that an Ollama route never reads zstd as "not valid
+        UTF-8", and a passthrough request is routed by its model and sent
+        upstream decoded); the header goes with it, so nothing downstream
+        sees a coding the body no longer has.
+
+        @raise ProxyError: 400, 413, 415 or 503 (see
+            L{ollama_proxy.web.budget.inflate}).
+        """
+        request = ex.request
+        encoding = b", ".join(request.requestHeaders.getRawHeaders(b"content-encoding") or [])
+        ex.body = await inflate(
+            ex.body, encoding.decode("latin-1"), self.ctx.maxBody, chargeOf(request),
+            self.ctx.cooperator,
+        )
+        request.requestHeaders.removeHeader(b"content-encoding")
 
     def _send(self, ex: Exchange, result: Any) -> None:
         """
@@ -406,8 +469,9 @@ class ProxyResource(Resource):
             ex.request.setHeader(b"Content-Type", JSON_TYPE)
             # A whole answer says its length, as Ollama's (Go's net/http)
             # does, rather than arriving chunked.
+            body = ex.redactData(body)
             ex.request.setHeader(b"Content-Length", b"%d" % len(body))
-            ex.request.write(body)
+            ex.write(body)
 
     def _failWith(self, ex: Exchange, error: Exception) -> None:
         """
@@ -418,6 +482,8 @@ class ProxyResource(Resource):
         @param error: the exception.
         """
         if isinstance(error, ProxyError):
+            if isinstance(error, Busy) and not ex.request.startedWriting:
+                ex.request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER)
             # A client that leaves before the response headers cancels the
             # upstream request, which then fails with a "timeout" of its
             # own making: not an upstream error.
@@ -437,15 +503,14 @@ class ProxyResource(Resource):
         """
         request = ex.request
         setattr(request, OBSERVED, True)
-        if ex.lease is not None:
-            ex.lease.release(failed=ex.upstreamError == "stream")
         if not ex.client.gone:
+            ex.flush()
             request.finish()
         if ex.guessed is not None:
             # Sent on a guess: a listing made meanwhile may know it.
             known = self.ctx.models.router.lookup(ex.guessed)
             if known is not None:
-                ex.modelLabel = known.modelId
+                ex.modelLabel = ex.redactText(known.modelId)
         logRequest(ex, self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
 
     def _fail(self, ex: Exchange, status: int, message: str) -> None:
@@ -461,11 +526,13 @@ class ProxyResource(Resource):
         # The one place every error passes, whatever the dialect: upstream
         # text (a gateway that echoes the Authorization header) loses the
         # proxy's secrets before errorBody or streamError shape it.
-        message = ex.redactText(message)
+        # Redacted before it is cut, so that no cut key escapes as a prefix.
+        message = ex.excerpt(message, MAX_ERROR_TEXT)
+        ex.flush()
         request = ex.request
         if request.startedWriting:
             if ex.streamError is not None:
-                request.write(ex.streamError(message))
+                ex.write(ex.streamError(message))
                 return
             contentType = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
             if contentType[0].startswith(b"text/event-stream"):
@@ -473,13 +540,13 @@ class ProxyResource(Resource):
                 # /v1 routes send it (OpenAI SDKs raise on it), after a
                 # blank line that ends any event the backend left unfinished.
                 error = {"message": message, "type": "api_error", "param": None, "code": None}
-                request.write(b"\n\ndata: " + codec.dumps({"error": error}) + b"\n\n")
+                ex.write(b"\n\ndata: " + codec.dumps({"error": error}) + b"\n\n")
                 return
             # Mid-stream: Ollama ends the NDJSON with an error line, never a
             # fake done:true.
-            request.write(codec.dumpLine({"error": message}))
+            ex.write(codec.dumpLine({"error": message}))
         else:
-            request.write(self.errorBody(request, status, message))
+            ex.write(self.errorBody(request, status, message))
 
     def errorBody(self, request: Request, status: int, message: str) -> bytes:
         """
@@ -501,50 +568,6 @@ class ProxyResource(Resource):
             (not the client's, which may carry anything after it).
         """
         return "/" + "/".join(p.decode("latin-1") for p in request.prepath or [])
-
-
-def backendHeader(name: str) -> bytes:
-    """
-    @param name: a configured backend name.
-    @return: the L{BACKEND_HEADER} value: the name, control characters
-        replaced (a header cannot carry them).
-    """
-    return re.sub(r"[\x00-\x1f\x7f]", "?", name).encode("utf-8")
-
-
-async def send(
-    ctx: ProxyContext, ex: Exchange, route: Route, call: Callable[[Route], Awaitable[T]]
-) -> tuple[Route, T]:
-    """
-    Send a request to C{route}'s backend, or with several backends to the
-    member of its pool the router's fleet picks (failing over before the
-    first byte), and name the backend that answered: on the exchange (log
-    line, metrics) and in L{BACKEND_HEADER}.
-
-    @param ctx: the shared context.
-    @param ex: the exchange.
-    @param route: what L{ProxyResource.route} resolved.
-    @param call: sends to one member, returns its answer's headers.
-    @return: the member that answered, and its answer.
-    @raise ProxyError: the last member's error (a backend that answered
-        with an error is named too).
-    """
-    fleet = ctx.models.router.fleet
-    try:
-        if fleet is None:
-            answered, result = route, await call(route)
-        else:
-            answered, result, ex.lease = await fleet.send(route, call, ex.stickyKey)
-    except UpstreamError as e:
-        if e.backend is not None:
-            ex.backend = e.backend
-            ex.request.setHeader(BACKEND_HEADER, backendHeader(e.backend))
-        elif fleet is None and isinstance(e, UpstreamHTTPError):
-            ex.request.setHeader(BACKEND_HEADER, backendHeader(route.name))
-        raise
-    ex.backend = answered.name
-    ex.request.setHeader(BACKEND_HEADER, backendHeader(answered.name))
-    return answered, result
 
 
 class NotServed(ProxyResource):

@@ -38,7 +38,8 @@ from ollama_proxy.protocol.ollama_request import (
 from ollama_proxy.protocol.openai_request import chatBody, textBody
 from ollama_proxy.upstream.body import readJSON
 from ollama_proxy.upstream.routing import Route
-from ollama_proxy.web.bridge import Exchange, ProxyResource, send
+from ollama_proxy.web.bridge import Exchange, ProxyResource
+from ollama_proxy.web.fleet import send
 from ollama_proxy.web.chat import ReadOptions, answer, generate, upstreamBody
 from ollama_proxy.web.context import ProxyContext
 
@@ -71,7 +72,7 @@ class Completion(ProxyResource):
         self.dialect = OllamaDialect(kind, ctx.now)
 
     async def handle_POST(self, ex: Exchange) -> JSON | None:
-        body = ex.json()
+        body = ex.json(keep=False)
         model = requireModel(body)
         ex.model = model
         # stream and think are checked before routing, as before: a bad
@@ -109,11 +110,11 @@ class Completion(ProxyResource):
 
         def post(member: Route) -> Awaitable[tuple[IResponse, bool]]:
             flavor = member.backend.flavor
-            textRequest = upstreamBody(self.ctx, member, textBody(request, member.modelId, flavor))
+            textRequest = upstreamBody(self.ctx, member, textBody(request, member.modelId, flavor), ex)
 
             def asChat() -> JSON:
                 chat = parseGenerate({k: v for k, v in body.items() if k != "raw"}, defaults)
-                return upstreamBody(self.ctx, member, chatBody(chat, member.modelId, flavor))
+                return upstreamBody(self.ctx, member, chatBody(chat, member.modelId, flavor), ex)
 
             return member.backend.postText(textRequest, None if body.get("suffix") else asChat)
 
@@ -131,7 +132,7 @@ class Embed(ProxyResource):
     """
 
     async def handle_POST(self, ex: Exchange) -> JSON:
-        body = ex.json()
+        body = ex.json(keep=False)
         model = requireModel(body)
         ex.model = model
         inputs = embedInputs(body)
@@ -156,7 +157,7 @@ class LegacyEmbeddings(ProxyResource):
     """
 
     async def handle_POST(self, ex: Exchange) -> JSON:
-        body = ex.json()
+        body = ex.json(keep=False)
         model = requireModel(body)
         ex.model = model
         prompt = legacyPrompt(body)

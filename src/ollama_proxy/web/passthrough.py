@@ -19,7 +19,9 @@ from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.target import QUERY_SAFE, checkPath, errorObject, reencode
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.routing import Route
-from ollama_proxy.web.bridge import JSON_TYPE, Exchange, ProxyResource, send
+from ollama_proxy.web.bridge import JSON_TYPE, Exchange, ProxyResource
+from ollama_proxy.web.fleet import send
+from ollama_proxy.web.budget import Busy, chargeOf
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.observe import streaming
 from ollama_proxy.web.relay import relayResponse, requestHeaders
@@ -128,27 +130,38 @@ class Passthrough(ProxyResource):
         return codec.dumps(errorObject("openai", status, message))
 
     async def _forward(self, ex: Exchange) -> Any:
-        raw = ex.body
+        body = ex.body
         request = ex.request
         postpath = [p.decode("utf-8", "surrogateescape") for p in request.postpath or []]
         path = segmentPath([*self.path.split("/"), *postpath])
-        if raw:
+        if body:
+            charge = chargeOf(ex.request)
+            if charge is not None and not charge.take(2 * len(body)):
+                raise Busy()
+            # Not JSON: relayed as it is, the backend answers it.  JSON
+            # nested too deep: a 400 here, as on every route.
             try:
-                decoded = codec.loads(raw)
+                decoded = codec.loads(body)
             except codec.JSONDecodeError:
                 decoded = None
+            else:
+                try:
+                    codec.checkDepth(decoded)
+                except codec.TooDeep as e:
+                    raise BadRequest(str(e)) from None
             if isinstance(decoded, dict) and isinstance(decoded.get("model"), str):
                 route = await self.route(ex, decoded["model"], decoded)
                 generating = self.path in GENERATING
+                raw = body
 
-                def body(member: Route) -> bytes:
+                def bodyFor(member: Route) -> bytes:
                     assert isinstance(decoded, dict)
                     extra = member.override.extra if generating else {}
                     if member.modelId == ex.model and not extra:
                         return raw
                     return codec.dumps({**decoded, **extra, "model": member.modelId})
 
-                await forwardToBackend(self.ctx, ex, route, path, body, PASSED_HEADERS)
+                await forwardToBackend(self.ctx, ex, route, path, bodyFor, PASSED_HEADERS)
                 return None
         if self.path == "models" and len(self.ctx.models.router.backends) > 1:
             if not postpath:
@@ -159,12 +172,12 @@ class Passthrough(ProxyResource):
             await forwardToBackend(
                 self.ctx, ex, route,
                 lambda member: segmentPath(["models", *member.modelId.split("/")]),
-                raw or None, PASSED_HEADERS,
+                body or None, PASSED_HEADERS,
             )
             return None
         first = self.ctx.models.router.backends[0]
         ex.backend = first.name
-        await forwardToBackend(self.ctx, ex, first.backend, path, raw or None, PASSED_HEADERS)
+        await forwardToBackend(self.ctx, ex, first.backend, path, body or None, PASSED_HEADERS)
         return None
 
     handle_POST = _forward
