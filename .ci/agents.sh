@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The real coding-agent CLIs end to end (tests/integration/test_agent_clis.py, and
-# test_fleet_agents.py: one sticky session per CLI on one of three backends):
-# install pinned Claude Code, Codex CLI and Copilot CLI releases from npm into a folder
-# of their own (~700 MB, ~20 s here; they run offline against the fake backend), then
-# run those test modules with the project's test venv.
+# The real coding-agent CLIs end to end (tests/integration/test_agent_clis.py):
+# install pinned Claude Code, Codex CLI and GitHub Copilot CLI releases from npm
+# into a folder of their own (~850 MB, ~45 s here; they run offline against
+# `ollama-proxy --demo`, Copilot without a GitHub login), then run that test
+# module with the project's test venv: each CLI answers a prompt and completes a
+# real tool run with the fake-agent demo model; and test_fleet_agents.py: one
+# sticky session per CLI stays on one of three backends.
 #
 # Usage: .ci/agents.sh [PROJECT_VENV]
 #   PROJECT_VENV     a venv with this project installed with its [test] extras
@@ -32,8 +34,12 @@ skip() {
 
 command -v npm >/dev/null || skip "npm is not installed"
 dir=${AGENTS_DIR:-$work/agents}
-if [ ! -x "$dir/node_modules/.bin/claude" ] || [ ! -x "$dir/node_modules/.bin/codex" ] \
-    || [ ! -x "$dir/node_modules/.bin/copilot" ]; then
+installed() {
+  for cli in claude codex copilot; do
+    [ -x "$dir/node_modules/.bin/$cli" ] || return 1
+  done
+}
+if ! installed; then
   echo "== installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION, @openai/codex@$CODEX_VERSION" \
     "and @github/copilot@$COPILOT_VERSION"
   start=$(date +%s)
@@ -42,6 +48,7 @@ if [ ! -x "$dir/node_modules/.bin/claude" ] || [ ! -x "$dir/node_modules/.bin/co
     "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" "@openai/codex@$CODEX_VERSION" \
     "@github/copilot@$COPILOT_VERSION" \
     || skip "the agent CLIs could not be installed"
+  installed || skip "npm finished but claude, codex or copilot is missing from $dir/node_modules/.bin"
   echo "installed in $(( $(date +%s) - start )) s, $(du -sh "$dir" | cut -f1)"
 fi
 

@@ -126,12 +126,12 @@ class KilledBackendTests(SynchronousTestCase):
         others; the dead backend's circuit opens within a second; started
         again, it is back within one check interval.
         """
-        fleet = Fleet(self, delay=0.05)
+        fleet = Fleet(self, delay=0.2)
         conn = fleet.connection()
         self.addCleanup(conn.close)
         conn.request("POST", "/api/chat", codec.dumps(
             {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}],
-             "options": {"num_predict": 400}}))
+             "stream": True}))
         response = conn.getresponse()
         victim = response.getheader("X-Ollama-Proxy-Backend") or ""
         self.assertTrue(victim.startswith("b"), victim)

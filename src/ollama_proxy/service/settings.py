@@ -15,6 +15,9 @@ from ollama_proxy.protocol.catalog import Facts
 from ollama_proxy.protocol.balance import DEFAULT_ROUTING, RoutingPolicy
 from ollama_proxy.service.config import BackendConfig
 
+DEMO_PORT = 11435
+"""Where C{--demo} runs the fake backend unless C{--demo-port} says."""
+
 
 @attrs.frozen
 class Settings:
@@ -51,6 +54,7 @@ class Settings:
     @ivar forwardClientKey: send the client's key upstream.
     @ivar debug: log payloads and chunks.
     @ivar demo: also run the built-in fake backend.
+    @ivar demoPort: its port on 127.0.0.1.
     @ivar metrics: serve C{/metrics}.
     @ivar corsOrigins: extra allowed browser origins.
     @ivar modelsTTL: seconds a model list or its metadata is reused.
@@ -100,6 +104,7 @@ class Settings:
     rawArgs: tuple[str, ...] = ()
     allowHosts: tuple[str, ...] = ()
     remoteHost: str = "auto"
+    demoPort: int = DEMO_PORT
     routing: RoutingPolicy = DEFAULT_ROUTING
 
     @property
