@@ -184,6 +184,26 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(sum(h.chats(n) for n in NAMES), 1)
         self.assertEqual(h.fleet.members[name].circuit.failures, 0)
 
+    def test_500CountsWithoutFailover(self) -> None:
+        """
+        A 500 is passed on (it may be this request's doing) but counts
+        against the member's circuit: a backend that fails everything is
+        ejected.
+        """
+        h = FleetHarness(self, RoutingPolicy(failures=2))
+        name = None
+        for _ in range(2):
+            d = h.send(chat())
+            name, request = h.one()
+            request.respond(500, {"error": {"message": "model crashed"}})
+            h.pump()
+            self.assertEqual(h.finished(d)[0], 500)
+            for other in NAMES:
+                if other != name:
+                    h.fleet.members[other].inFlight = 100  # keep least-busy on it
+        assert name is not None
+        self.assertEqual(h.fleet.members[name].circuit.state, OPEN)
+
     def test_noFailoverAfterFirstByte(self) -> None:
         """
         A stream that breaks after its first byte ends with the dialect's

@@ -346,6 +346,11 @@ class Fleet:
                     return False
                 self.misconfigured(member, f"backend answered {status}")
                 return True
+            if status >= 500 and status not in TRIP_STATUSES:
+                # A backend failing every request is ejected, but a 500 may
+                # be this request's doing: no failover.
+                self.failed(member, "http_5xx", describe(error))
+                return False
             if status not in TRIP_STATUSES:
                 member.circuit.success()  # it answered: the client's problem
                 return False
@@ -383,6 +388,7 @@ class Fleet:
         """
         seconds = min(max(0.0, seconds), self.policy.backoffMax)
         member.limitedUntil = self.clock.seconds() + seconds
+        member.circuit.abandon()  # not a verdict on a half-open trial
         member.reason = "backend answered 429"
         if self.observer is not None:
             self.observer.fleetFailure(member.name, "http_429")
@@ -396,6 +402,7 @@ class Fleet:
         """
         if self.observer is not None:
             self.observer.fleetFailure(member.name, "misconfigured")
+        member.circuit.abandon()
         if member.misconfigured != reason:
             member.misconfigured = reason
             log.error("backend {backend} is misconfigured ({reason}): not routable until a "
