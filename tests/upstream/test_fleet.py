@@ -184,6 +184,45 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(sum(h.chats(n) for n in NAMES), 1)
         self.assertEqual(h.fleet.members[name].circuit.failures, 0)
 
+    def test_passthroughFailsOverOnStatus(self) -> None:
+        """
+        The relayed OpenAI routes fail over on a 503 answer too (its body
+        drained, not relayed); the client gets the next member's answer as
+        it is, with the model id mapped, named in the header.
+        """
+        h = FleetHarness(self)
+        d = h.post("/v1/chat/completions", {"model": "m:proxy", "messages": [
+            {"role": "user", "content": "hi"}]})
+        h.listAll()
+        first, request = h.one()
+        request.respond(503, {"error": {"message": "warming up"}})
+        h.pump()
+        second, request = h.one()
+        self.assertNotEqual(first, second)
+        self.assertEqual(request.json()["model"], "m")
+        request.respond(200, REPLY)
+        h.pump()
+        response = self.successResultOf(d)
+        body = codec.loads(self.successResultOf(h.client.content(response)))
+        self.assertEqual((response.code, body["choices"][0]["message"]["content"]), (200, "hello"))
+        self.assertEqual(response.headers.getRawHeaders(b"x-ollama-proxy-backend"),
+                         [second.encode()])
+
+    def test_spoofedHeaderDropped(self) -> None:
+        """
+        A backend cannot name another: its own C{X-Ollama-Proxy-Backend}
+        is not relayed, the proxy's is.
+        """
+        h = FleetHarness(self)
+        d = h.post("/v1/chat/completions", {"model": "m", "messages": []})
+        h.listAll()
+        name, request = h.one()
+        request.request.setHeader(b"X-Ollama-Proxy-Backend", b"someone-else")
+        request.respond(200, REPLY)
+        h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.headers.getRawHeaders(b"x-ollama-proxy-backend"), [name.encode()])
+
     def test_500CountsWithoutFailover(self) -> None:
         """
         A 500 is passed on (it may be this request's doing) but counts
