@@ -20,8 +20,8 @@ from ollama_proxy.protocol.target import QUERY_SAFE, checkPath, errorObject, ree
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.bridge import JSON_TYPE, Exchange, ProxyResource
+from ollama_proxy.web.budget import chargeOf, chargeParse
 from ollama_proxy.web.fleet import send
-from ollama_proxy.web.budget import Busy, chargeOf
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.observe import streaming
 from ollama_proxy.web.relay import relayResponse, requestHeaders
@@ -135,20 +135,15 @@ class Passthrough(ProxyResource):
         postpath = [p.decode("utf-8", "surrogateescape") for p in request.postpath or []]
         path = segmentPath([*self.path.split("/"), *postpath])
         if body:
-            charge = chargeOf(ex.request)
-            if charge is not None and not charge.take(2 * len(body)):
-                raise Busy()
+            chargeParse(chargeOf(ex.request), body)
             # Not JSON: relayed as it is, the backend answers it.  JSON
             # nested too deep: a 400 here, as on every route.
             try:
-                decoded = codec.loads(body)
+                decoded = codec.loadsBounded(body)
+            except codec.TooDeep as e:
+                raise BadRequest(str(e)) from None
             except codec.JSONDecodeError:
                 decoded = None
-            else:
-                try:
-                    codec.checkDepth(decoded)
-                except codec.TooDeep as e:
-                    raise BadRequest(str(e)) from None
             if isinstance(decoded, dict) and isinstance(decoded.get("model"), str):
                 route = await self.route(ex, decoded["model"], decoded)
                 generating = self.path in GENERATING
