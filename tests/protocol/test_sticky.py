@@ -60,8 +60,9 @@ class KeyTests(SynchronousTestCase):
 
     def test_prefixDialects(self) -> None:
         """
-        Anthropic's C{system} with content blocks and the Responses
-        C{instructions}/C{input} hash the same opening alike.
+        Anthropic's C{system} with content blocks, the Responses
+        C{instructions}/C{input} and Gemini's C{systemInstruction}/C{contents}
+        hash the same opening alike.
         """
         anthropic = {"system": [{"type": "text", "text": "sys"}],
                      "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
@@ -70,6 +71,9 @@ class KeyTests(SynchronousTestCase):
         chat = {"messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]}
         self.assertEqual(prefixKey(anthropic), prefixKey(chat))
         self.assertEqual(prefixKey(responses), prefixKey(chat))
+        gemini = {"systemInstruction": {"parts": [{"text": "sys"}]},
+                  "contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+        self.assertEqual(prefixKey(gemini), prefixKey(chat))
 
     def test_nothingToStickBy(self) -> None:
         """

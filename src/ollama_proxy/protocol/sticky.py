@@ -14,8 +14,8 @@ real CLIs, see docs/operations.md):
      per conversation on C{/v1/responses}; OpenAI chat clients may too);
   3. a hash of the conversation's first turns: the system prompt and the
      first user message (C{messages}, Anthropic's C{system}, Responses'
-     C{instructions} and C{input}), which stay the same on every later
-     turn.
+     C{instructions} and C{input}, Gemini's C{systemInstruction} and
+     C{contents}), which stay the same on every later turn.
 
 Keys are scoped by model (one conversation may switch models; each model's
 pool pins on its own).  Pure: the clock is passed in.
@@ -45,6 +45,8 @@ def _text(content: Any) -> Any:
     @return: what identifies a message's content: the text of a string or
         of text parts, else the content as it is.
     """
+    if isinstance(content, dict) and isinstance(content.get("parts"), list):
+        content = content["parts"]  # Gemini's systemInstruction
     if isinstance(content, list):
         parts: list[str] = [
             p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
@@ -64,8 +66,8 @@ def prefixKey(body: Any) -> str | None:
     """
     if not isinstance(body, dict):
         return None
-    system: Any = body.get("system", body.get("instructions"))
-    turns = body.get("messages", body.get("input"))
+    system: Any = body.get("system", body.get("instructions", body.get("systemInstruction")))
+    turns = body.get("messages", body.get("input", body.get("contents")))
     first: Any = None
     if isinstance(turns, str):
         first = turns
@@ -77,7 +79,7 @@ def prefixKey(body: Any) -> str | None:
             if role in ("system", "developer") and system is None:
                 system = _text(turn.get("content"))
             elif role == "user":
-                first = _text(turn.get("content"))
+                first = _text(turn.get("content", turn.get("parts")))
                 break
     if first is None:
         return None
