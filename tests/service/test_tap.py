@@ -218,10 +218,11 @@ class ServiceTests(SynchronousTestCase):
         service = makeService(options, reactor=MemoryReactorClock())
         self.assertIsInstance(service, MultiService)
         children = list(service)  # type: ignore[call-overload]
+        self.assertEqual([type(c) for c in children], [DrainService, ModelListing])
+        drain = children[0]
         self.assertEqual(
-            [type(c) for c in children],
-            [StreamServerEndpointService, StreamServerEndpointService, PoolService, DrainService,
-             ModelListing],
+            [type(c) for c in [*drain, *drain.after]],
+            [StreamServerEndpointService, StreamServerEndpointService, PoolService],
         )
 
     def test_listens(self) -> None:
@@ -230,7 +231,8 @@ class ServiceTests(SynchronousTestCase):
         default, and stopping it closes the pool.
         """
         reactor = MemoryReactorClock()
-        service = makeService(parse("--target", "http://a"), reactor=reactor)
+        service = makeService(parse("--target", "http://a", "--drain-delay", "0"),
+                              reactor=reactor)
         service.startService()
         [(port, factory, backlog, interface)] = reactor.tcpServers
         self.assertEqual((port, interface), (11434, "127.0.0.1"))
@@ -246,7 +248,7 @@ class ServiceTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         service = makeService(
             parse("--target", "http://a", "--listen", "tcp:1:interface=127.0.0.1",
-                  "--listen", "tcp:2:interface=127.0.0.1:backlog=7"),
+                  "--listen", "tcp:2:interface=127.0.0.1:backlog=7", "--drain-delay", "0"),
             reactor=reactor,
         )
         service.startService()
@@ -286,7 +288,8 @@ class ServiceTests(SynchronousTestCase):
             (("--remote-host", "", "--ollama-version", "0.9.1"), "", "0.9.1"),
         ):
             reactor = MemoryReactorClock()
-            service = makeService(parse("--target", "http://a", *argv), reactor=reactor)
+            service = makeService(parse("--target", "http://a", "--drain-delay", "0", *argv),
+                                  reactor=reactor)
             service.startService()
             site: Any = reactor.tcpServers[0][1]
             root = site.resource
@@ -305,7 +308,9 @@ class ServiceTests(SynchronousTestCase):
         service = makeService(parse("--demo"), reactor=reactor)
         service.startService()
         self.assertEqual(sorted(s[0] for s in reactor.tcpServers), [11434, 11435])
-        self.successResultOf(service.stopService())
+        stopped = service.stopService()
+        reactor.advance(5)  # the default --drain-delay
+        self.successResultOf(stopped)
 
 
 class ListenFailureTests(SynchronousTestCase):

@@ -43,9 +43,18 @@ from tests.tempdirs import tempDir
 
 
 def services(service: Any) -> list[Any]:
-    """The children of a L{MultiService}, in order."""
+    """
+    The children of a L{MultiService}, in order, with a L{DrainService}'s
+    listeners and the services it stops after the drain in its place
+    (followed by itself).
+    """
     assert isinstance(service, MultiService)
-    return list(service)
+    out: list[Any] = []
+    for child in service:
+        if isinstance(child, DrainService):
+            out += [*child, *child.after]
+        out.append(child)
+    return out
 
 
 def parse(*argv: str) -> Options:

@@ -33,6 +33,8 @@ class Settings:
     @ivar clientTimeout: seconds an idle client connection is kept.
     @ivar bodyTimeout: seconds a client may take to send its body.
     @ivar shutdownGrace: seconds requests may run on after SIGTERM.
+    @ivar drainDelay: seconds between SIGTERM (readiness 503) and closing
+        the listeners.
     @ivar maxBody: the largest request body accepted.
     @ivar maxLine: the largest upstream SSE line accepted.
     @ivar poolSize: persistent upstream connections per host.
@@ -70,6 +72,7 @@ class Settings:
     clientTimeout: float
     bodyTimeout: float
     shutdownGrace: float
+    drainDelay: float
     maxBody: int
     maxLine: int
     poolSize: int

@@ -25,7 +25,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
+from ollama_proxy.protocol.clock import wallClock
 from ollama_proxy.protocol.flavors import flavorFor
+from ollama_proxy.service.drain import DrainService
 from ollama_proxy.service.listen import loopbackOnly, somaxconn, withBacklog
 from ollama_proxy.service.options import DEMO_LISTEN, Options
 from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, reload
@@ -42,13 +44,13 @@ from ollama_proxy.upstream.catalog import ModelDirectory
 from ollama_proxy.upstream.pool import ConnectionPool, makeClient
 from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
 from ollama_proxy.web.auth import KeyGate, requireKeys
-from ollama_proxy.web.context import Fallback, ProxyContext
+from ollama_proxy.web.context import Fallback, Lifecycle, ProxyContext
 from ollama_proxy.web.cors import CORSResource, HostPolicy, OriginPolicy
 from ollama_proxy.web.metrics import Metrics, shareAcrossProcesses, sharedDirectory
 from ollama_proxy.web.site import ProxySite, makeSite
 from ollama_proxy.web.tree import buildRoot
 
-__all__ = ["Options", "Settings", "makeService"]
+__all__ = ["DrainService", "Options", "Settings", "makeService"]
 
 def makeRouter(
     settings: Settings, http: HTTPClient, reactor: IReactorTime
@@ -127,26 +129,6 @@ class PoolService(Service):
         super().stopService()
         closed: Deferred[None] = self.pool.closeCachedConnections()
         return closed
-
-
-class DrainService(Service):
-    """
-    Lets requests in flight finish when twistd stops (SIGTERM): the
-    listening ports close at once (their services stop alongside), this
-    service's C{stopService} waits up to the grace period for the site to
-    drain, then cuts what is left, which closes the upstream connections.
-    """
-
-    def __init__(self, site: ProxySite, grace: float) -> None:
-        self.site = site
-        self.grace = grace
-
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
-        """
-        @return: fires when no request is in flight.
-        """
-        super().stopService()
-        return self.site.drain(self.grace)
 
 
 class StartupError(Exception):
@@ -259,6 +241,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     elif settings.metrics and settings.workerOf is not None:
         metricsDirectory = sharedDirectory()
     ctx = ProxyContext(
+        lifecycle=Lifecycle(started=wallClock(), workers=settings.workers),
         models=ModelDirectory(router, settings.modelOverrides, settings.remoteHost),
         fallback=makeFallback(settings),
         debug=settings.debug,
@@ -290,23 +273,27 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     service = ProxyService()
     shared = settings.workers > 1 or settings.workerOf is not None
     backlog = somaxconn()
+    # The listeners stop through the drain: readiness 503, --drain-delay,
+    # close, --shutdown-grace for what is in flight, then the pool.
+    drain = DrainService(site, settings.shutdownGrace, reactor, ctx.lifecycle,
+                         settings.drainDelay)
+    drain.setServiceParent(service)
     for description in settings.listen:
         # A burst of connections must wait in the accept queue, not in SYN
         # retransmits: the kernel's ceiling unless --listen names one.
         description = withBacklog(description, backlog)
         if shared:
-            ReusePortService(reactor, description, site).setServiceParent(service)
+            ReusePortService(reactor, description, site).setServiceParent(drain)
         else:
-            strports.service(description, site, reactor=reactor).setServiceParent(service)
-    PoolService(pool).setServiceParent(service)
-    DrainService(site, settings.shutdownGrace).setServiceParent(service)
+            strports.service(description, site, reactor=reactor).setServiceParent(drain)
+    drain.stopAfter(PoolService(pool))
     workers: WorkerPool | None = None
     if settings.workers > 1:
         workers = WorkerPool(
             reactor,
             settings.workers - 1,
             lambda parentPid: childArguments(list(settings.rawArgs), parentPid, settings.target),
-            stopTimeout=settings.shutdownGrace + 5.0,
+            stopTimeout=settings.drainDelay + settings.shutdownGrace + 5.0,
             metricsDirectory=metricsDirectory,
             removeDirectory=not settings.metricsDir,
         )

@@ -56,6 +56,24 @@ class Fallback:
 
 
 @attrs.define
+class Lifecycle:
+    """
+    The process's place in its life, shared by the readiness probe, the
+    status page and the shutdown sequence (L{ollama_proxy.service.drain}).
+
+    @ivar started: wall-clock ns when the service was built, or C{None}.
+    @ivar draining: set on C{SIGTERM}: the readiness probe answers 503 so
+        that load balancers stop sending, while requests are still served
+        until C{--drain-delay} has passed.
+    @ivar workers: the processes serving the ports (C{--workers}).
+    """
+
+    started: int | None = None
+    draining: bool = False
+    workers: int = 1
+
+
+@attrs.define
 class ProxyContext:
     """
     Everything the resources share.
@@ -80,6 +98,7 @@ class ProxyContext:
         size of compressed bodies (the site only sees the wire size).
     @ivar pingInterval: seconds between keep-alive events on the agent
         routes' streams (Claude Code gives up after about 20 s of silence).
+    @ivar lifecycle: start time, draining state and worker count.
     """
 
     models: ModelDirectory
@@ -93,6 +112,7 @@ class ProxyContext:
     secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
     maxBody: int = DEFAULT_MAX_BODY
     pingInterval: float = 10.0
+    lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
     _redactor: tuple[ModelDirectory, tuple[str, ...], Redactor] | None = attrs.field(
         default=None, init=False, repr=False
     )

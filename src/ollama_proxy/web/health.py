@@ -43,7 +43,9 @@ class Live(Resource):
 class Ready(Resource):
     """
     C{GET /health/ready}: 200 C{{"status": "ready", "backends": {...}}}, or
-    503 C{{"status": "not ready", "reason": ..., "backends": {...}}}.
+    503 C{{"status": "not ready", "reason": ..., "backends": {...}}}, or
+    from C{SIGTERM} on 503 C{{"status": "draining", ...}} (see
+    L{ollama_proxy.service.drain}).
     """
 
     isLeaf = True
@@ -57,6 +59,12 @@ class Ready(Resource):
         ready, states = self.ctx.models.readiness()
         request.setHeader(b"Content-Type", JSON_TYPE)
         request.setHeader(b"Cache-Control", b"no-store")
+        if self.ctx.lifecycle.draining:
+            # SIGTERM: the balancer must stop sending before the listener
+            # closes (--drain-delay), whatever the backends say.
+            request.setResponseCode(503)
+            return codec.dumps({"status": "draining", "reason": "the proxy is shutting down",
+                                "backends": states})
         if ready:
             return codec.dumps({"status": "ready", "backends": states})
         request.setResponseCode(503)
