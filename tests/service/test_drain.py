@@ -33,11 +33,11 @@ class RecordingService(Service):
     def __init__(self, clock: Any, log: list[tuple[str, float]], name: str) -> None:
         self.clock = clock
         self.log = log
-        self.name = name
+        self.label = name
 
     def stopService(self) -> Deferred[None] | None:  # type: ignore[override]
         super().stopService()
-        self.log.append((self.name, self.clock.seconds()))
+        self.log.append((self.label, self.clock.seconds()))
         return None
 
 

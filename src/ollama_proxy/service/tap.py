@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -25,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
+from ollama_proxy import __version__
 from ollama_proxy.protocol.clock import wallClock
 from ollama_proxy.protocol.flavors import flavorFor
 from ollama_proxy.service.drain import DrainService
@@ -46,7 +48,13 @@ from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
 from ollama_proxy.web.auth import KeyGate, requireKeys
 from ollama_proxy.web.context import Fallback, Lifecycle, ProxyContext
 from ollama_proxy.web.cors import CORSResource, HostPolicy, OriginPolicy
-from ollama_proxy.web.metrics import Metrics, shareAcrossProcesses, sharedDirectory
+from ollama_proxy.web.metrics import (
+    Metrics,
+    RateHistory,
+    sampleHistory,
+    shareAcrossProcesses,
+    sharedDirectory,
+)
 from ollama_proxy.web.site import ProxySite, makeSite
 from ollama_proxy.web.tree import buildRoot
 
@@ -241,7 +249,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     elif settings.metrics and settings.workerOf is not None:
         metricsDirectory = sharedDirectory()
     ctx = ProxyContext(
-        lifecycle=Lifecycle(started=wallClock(), workers=settings.workers),
+        lifecycle=Lifecycle(started=wallClock(), workers=settings.workers,
+                            version=__version__.public()),
         models=ModelDirectory(router, settings.modelOverrides, settings.remoteHost),
         fallback=makeFallback(settings),
         debug=settings.debug,
@@ -301,6 +310,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if settings.workerOf is not None:
         ParentWatch(reactor, settings.workerOf).setServiceParent(service)
     ModelListing(router).setServiceParent(service)
+    metrics = ctx.metrics
+    if metrics is not None:
+        # The status page's rates of the last minutes.
+        sampler = TimerService(RateHistory.interval,
+                               lambda: sampleHistory(metrics, reactor.seconds()))
+        sampler.clock = reactor
+        sampler.setServiceParent(service)
     if real:
         ReloadOnHangup(
             reactor, lambda: reload(live, parser(settings.rawArgs)),

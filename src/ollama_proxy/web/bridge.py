@@ -43,6 +43,7 @@ from ollama_proxy.web.observe import (
     logRequest,
     modelLabel,
     noteRoute,
+    routed,
     upstreamErrorKind,
 )
 
@@ -106,6 +107,8 @@ class Exchange:
         funnel goes by the response's content type.
     @ivar redactor: the proxy's secrets, replaced in upstream text before
         it reaches the client (see L{redactText}, L{redactData}).
+    @ivar counted: the backend whose in-flight gauge counts this request
+        (L{ollama_proxy.web.observe.routed}), until it ends.
     """
 
     request: Request
@@ -122,6 +125,7 @@ class Exchange:
     guessed: str | None = None
     streamError: Callable[[str], bytes] | None = None
     redactor: Redactor = attrs.field(factory=Redactor, repr=False)
+    counted: str | None = None
 
     def _clientKey(self) -> list[str | None]:
         key = presentedKey(self.request)
@@ -252,6 +256,7 @@ class ProxyResource(Resource):
         ex.modelLabel = OTHER
         route = await self.ctx.models.route(name)
         ex.backend = route.name
+        routed(ex, self.ctx.metrics)
         ex.modelLabel = modelLabel(route.known, route.modelId)
         if not route.known:
             ex.guessed = name

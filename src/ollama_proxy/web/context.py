@@ -66,11 +66,13 @@ class Lifecycle:
         that load balancers stop sending, while requests are still served
         until C{--drain-delay} has passed.
     @ivar workers: the processes serving the ports (C{--workers}).
+    @ivar version: the proxy's own version, for the status page.
     """
 
     started: int | None = None
     draining: bool = False
     workers: int = 1
+    version: str = "unknown"
 
 
 @attrs.define

@@ -113,6 +113,22 @@ def noteRoute(request: Any, label: str) -> None:
     setattr(request, ROUTE, label)
 
 
+def routed(ex: Exchange, metrics: Metrics | None) -> None:
+    """
+    Count C{ex} as in flight on the backend it was just routed to (the
+    status page's per-backend column); L{logRequest} ends it.
+
+    @param ex: the exchange, its C{backend} set.
+    @param metrics: the metrics, or C{None}.
+    """
+    if metrics is None or ex.backend is None or ex.counted == ex.backend:
+        return
+    if ex.counted is not None:
+        metrics.child(metrics.backendInFlight, ex.counted).dec()
+    ex.counted = ex.backend
+    metrics.child(metrics.backendInFlight, ex.backend).inc()
+
+
 def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> None:
     """
     One info line per request, without bodies or secrets, and the
@@ -126,6 +142,10 @@ def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> N
     """
     request = ex.request
     setattr(request, OBSERVED, True)
+    if metrics is not None and ex.counted is not None:
+        metrics.child(metrics.backendInFlight, ex.counted).dec()
+        metrics.child(metrics.backendRequests, ex.counted).inc()
+        ex.counted = None
     _record(
         request, route, (now - ex.start) / 1e6, metrics,
         model=ex.model, backend=ex.backend, modelLabel=ex.modelLabel,

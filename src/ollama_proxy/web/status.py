@@ -1,0 +1,225 @@
+# -*- test-case-name: tests.web.test_status -*-
+"""
+The status page: the running service at a glance, without Prometheus or a
+dashboard elsewhere.
+
+C{GET /status} is a small HTML page, C{GET /status.js} the few lines of
+plain JavaScript that poll C{GET /status.json} every two seconds and draw
+it (L{ollama_proxy.web.statuspage} holds both): version, uptime, workers,
+each backend's reachability, last model-list check, recent latency,
+requests, errors, requests in flight and models, and the request and error
+rates of the last ten minutes as inline SVG charts.  No external asset, no
+inline script (the page sends a C{Content-Security-Policy} that forbids
+both), so it works offline and behind a strict CSP.
+
+The numbers come from the metrics (L{ollama_proxy.web.metrics.totals}),
+which with C{--workers} are the sum over every process, so whichever
+worker answers, the page shows the whole service.  Backend states are the
+answering process's own (each worker lists the backends itself).
+
+The three paths sit behind the inbound key like C{/metrics} (the key gate
+guards everything but C{/} and C{/health}); with C{--require-key} a browser
+is asked for it (HTTP Basic, the key as the password, see
+L{ollama_proxy.web.auth}).  They are exempt from the request log and the
+request metrics, so a page left open does not move the counters it shows.
+Everything that came from a backend (error text, model ids) passes the
+proxy's redactor first: no byte of the page carries a secret the proxy
+holds.
+
+A backend's C{circuit} is C{null} until backends carry a circuit state;
+the page adds the column when one does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.listing import remoteHost
+from ollama_proxy.web.context import ProxyContext
+from ollama_proxy.web.metrics import BackendTotals, Metrics, totals
+from ollama_proxy.web.observe import OBSERVED
+from ollama_proxy.web.statuspage import CSP, PAGE, SCRIPT
+
+JSON_TYPE = b"application/json; charset=utf-8"
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def backendReport(ctx: ProxyContext, entry: Any, now: float, current: BackendTotals,
+                  old: BackendTotals | None) -> JSON:
+    """
+    One backend's row.
+
+    @param ctx: the context (for the redactor).
+    @param entry: the router's L{ollama_proxy.upstream.routing.BackendModels}.
+    @param now: the clock's seconds (that of the model-list cache).
+    @param current: its totals now.
+    @param old: its totals at the start of the history window, if any.
+    @return: the row.
+    """
+    redact = ctx.redactor.text
+    cache = entry.cache
+    if cache.error is not None:
+        reachable: bool | None = False
+        state = redact(cache.error.message)
+    elif cache.value is None:
+        reachable, state = None, "not listed yet"
+    else:
+        reachable, state = True, "ok"
+    count, total = current.latencyCount, current.latencySum
+    if old is not None and count > old.latencyCount:
+        count, total = count - old.latencyCount, total - old.latencySum
+    known = entry.known() or []
+    return {
+        "name": redact(entry.name),
+        "host": redact(remoteHost(entry.config.url)),
+        "reachable": reachable,
+        "state": state,
+        "checked_seconds_ago": (
+            round(max(now - cache.lastCheck, 0.0), 1) if cache.lastCheck is not None else None
+        ),
+        "latency_ms": round(total / count * 1000, 1) if count else None,
+        "requests": int(current.requests),
+        "errors": int(current.errors),
+        "in_flight": int(current.inFlight),
+        "models": [redact(str(model.get("id", ""))) for model in known],
+        "circuit": None,
+    }
+
+
+def statusReport(ctx: ProxyContext, metrics: Metrics) -> JSON:
+    """
+    What C{/status.json} answers.
+
+    @param ctx: the context.
+    @param metrics: its metrics.
+    @return: the report.
+    """
+    router = ctx.models.router
+    nowNs = ctx.now()
+    lifecycle = ctx.lifecycle
+    started = lifecycle.started if lifecycle.started is not None else nowNs
+    current = totals(metrics)
+    oldest = metrics.history.oldest()
+    ready, _ = ctx.models.readiness()
+    rows = []
+    for entry in router.backends:
+        clock = entry.cache.clock.seconds()
+        rows.append(backendReport(
+            ctx, entry, clock, current.backends.get(entry.name, BackendTotals()),
+            oldest.backends.get(entry.name) if oldest is not None else None,
+        ))
+    requests, errors = metrics.history.rates()
+    return {
+        "service": "ollama-proxy",
+        "version": lifecycle.version,
+        "ollama_version": ctx.version,
+        "pid": os.getpid(),
+        "workers": lifecycle.workers,
+        "started": _iso(started / 1e9),
+        "uptime_seconds": round(max(nowNs - started, 0) / 1e9, 1),
+        "ready": bool(ready) and not lifecycle.draining,
+        "draining": lifecycle.draining,
+        "totals": {
+            "requests": int(current.requests),
+            "errors": int(current.errors),
+            "active_streams": int(current.activeStreams),
+        },
+        "history": {
+            "interval_seconds": metrics.history.interval,
+            "requests_per_minute": [round(v, 2) for v in requests],
+            "errors_per_minute": [round(v, 2) for v in errors],
+        },
+        "backends": rows,
+    }
+
+
+class _StatusResource(Resource):
+    """
+    What the three status paths share: C{GET}/C{HEAD} only (a JSON 405
+    otherwise), no caching, no log line or request metric.
+    """
+
+    isLeaf = True
+    contentType = b""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def render(self, request: Request) -> bytes:  # type: ignore[override]
+        # The page polls; its requests are not the traffic it reports.
+        setattr(request, OBSERVED, True)
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"Allow", b"GET, HEAD")
+            request.setHeader(b"Content-Type", JSON_TYPE)
+            method = (request.method or b"").decode("ascii", "replace")
+            return codec.dumps({"error": f"method {method} not allowed"})
+        request.setHeader(b"Content-Type", self.contentType)
+        return self.body(request)
+
+    def body(self, request: Request) -> bytes:
+        raise NotImplementedError
+
+
+class StatusPage(_StatusResource):
+    """
+    C{GET /status}: the HTML shell, with a CSP that allows only this
+    origin's script and data and the page's own inline style (by hash).
+    """
+
+    contentType = b"text/html; charset=utf-8"
+
+    def body(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Security-Policy", CSP)
+        request.setHeader(b"X-Frame-Options", b"DENY")
+        request.setHeader(b"Referrer-Policy", b"no-referrer")
+        return PAGE
+
+
+class StatusScript(_StatusResource):
+    """
+    C{GET /status.js}: the page's script.
+    """
+
+    contentType = b"text/javascript; charset=utf-8"
+
+    def body(self, request: Request) -> bytes:
+        return SCRIPT
+
+
+class StatusJSON(_StatusResource):
+    """
+    C{GET /status.json}: L{statusReport}.
+    """
+
+    contentType = JSON_TYPE
+
+    def body(self, request: Request) -> bytes:
+        metrics = self.ctx.metrics
+        assert metrics is not None
+        return codec.dumps(statusReport(self.ctx, metrics))
+
+
+def statusResources(ctx: ProxyContext) -> dict[bytes, Resource]:
+    """
+    @param ctx: the shared context (with metrics).
+    @return: the root's children for the status page.
+    """
+    return {
+        b"status": StatusPage(ctx),
+        b"status.json": StatusJSON(ctx),
+        b"status.js": StatusScript(ctx),
+    }
