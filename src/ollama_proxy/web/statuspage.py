@@ -41,7 +41,7 @@ font-weight:600;border:1px solid currentColor}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
 th,td{text-align:left;padding:.45rem .6rem;border-bottom:1px solid var(--line);vertical-align:top}
 th{font-size:.8rem;color:var(--muted);font-weight:600;white-space:nowrap}
-td.num{text-align:right}
+td.num{text-align:right;white-space:nowrap}
 .models{font-size:.85rem;color:var(--muted);max-width:24rem}
 .reason{font-size:.8rem;color:var(--muted);max-width:18rem;overflow-wrap:anywhere}
 #error{color:var(--bad)}
@@ -53,7 +53,7 @@ _STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode("utf-8")).digest()).d
 
 CSP = (
     "default-src 'none'; script-src 'self'; connect-src 'self'; "
-    f"style-src 'sha256-{_STYLE_HASH}'; img-src 'self'; base-uri 'none'; "
+    f"style-src 'sha256-{_STYLE_HASH}'; img-src 'self' data:; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'"
 ).encode("ascii")
 """Only this origin's script and data, and the page's own style by hash."""
@@ -63,6 +63,7 @@ PAGE = f"""<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>ollama-proxy status</title>
 <style>{STYLE}</style>
 <script src="status.js" defer></script>
@@ -85,10 +86,10 @@ PAGE = f"""<!doctype html>
 <h2>Last minutes</h2>
 <section class="charts">
 <div class="card chart"><span class="muted">requests / min</span>
-<span id="rate-now"></span><svg id="rate" viewBox="0 0 300 70" preserveAspectRatio="none"
+<span class="muted" id="rate-now"></span><svg id="rate" viewBox="0 0 300 70" preserveAspectRatio="none"
 role="img" aria-label="requests per minute"></svg></div>
 <div class="card chart"><span class="muted">errors / min</span>
-<span id="errors-now"></span><svg id="error-rate" viewBox="0 0 300 70"
+<span class="muted" id="errors-now"></span><svg id="error-rate" viewBox="0 0 300 70"
 preserveAspectRatio="none" role="img" aria-label="errors per minute"></svg></div>
 </section>
 <h2>Backends</h2>
@@ -130,6 +131,13 @@ SCRIPT = b"""\
     return Math.floor(s / 86400) + " d " + Math.floor(s % 86400 / 3600) + " h";
   }
 
+  function summary(values) {
+    if (!values.length) { return " \u2013 (collecting)"; }
+    var max = Math.max.apply(null, values);
+    var now = values[values.length - 1];
+    return " now " + (Math.round(now * 10) / 10) + " \u00b7 max " + (Math.round(max * 10) / 10);
+  }
+
   function chart(svg, values, color) {
     while (svg.firstChild) { svg.removeChild(svg.firstChild); }
     var max = 1;
@@ -153,12 +161,6 @@ SCRIPT = b"""\
     line.setAttribute("fill", "none"); line.setAttribute("stroke", color);
     line.setAttribute("stroke-width", "2"); line.setAttribute("vector-effect", "non-scaling-stroke");
     svg.appendChild(line);
-    var label = document.createElementNS(SVG, "text");
-    label.setAttribute("x", "298"); label.setAttribute("y", "12");
-    label.setAttribute("text-anchor", "end"); label.setAttribute("font-size", "11");
-    label.setAttribute("fill", "currentColor"); label.setAttribute("fill-opacity", "0.6");
-    label.textContent = "max " + (Math.round(max * 10) / 10);
-    svg.appendChild(label);
   }
 
   function stateOf(b) {
@@ -207,9 +209,8 @@ SCRIPT = b"""\
     var h = s.history;
     chart($("rate"), h.requests_per_minute, "#0969da");
     chart($("error-rate"), h.errors_per_minute, "#cf222e");
-    var last = function (a) { return a.length ? " " + a[a.length - 1] : ""; };
-    $("rate-now").textContent = last(h.requests_per_minute);
-    $("errors-now").textContent = last(h.errors_per_minute);
+    $("rate-now").textContent = summary(h.requests_per_minute);
+    $("errors-now").textContent = summary(h.errors_per_minute);
     var circuits = s.backends.some(function (b) { return b.circuit !== null; });
     $("circuit-head").hidden = !circuits;
     var body = $("backends");
