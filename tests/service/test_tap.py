@@ -10,7 +10,7 @@ import os
 import socket
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
@@ -218,7 +218,7 @@ class ServiceTests(SynchronousTestCase):
         service = makeService(options, reactor=MemoryReactorClock())
         self.assertIsInstance(service, MultiService)
         children = list(service)  # type: ignore[call-overload]
-        self.assertEqual([type(c) for c in children], [DrainService, ModelListing])
+        self.assertEqual([type(c) for c in children], [DrainService, ModelListing, TimerService])
         drain = children[0]
         self.assertEqual(
             [type(c) for c in [*drain, *drain.after]],
@@ -299,6 +299,25 @@ class ServiceTests(SynchronousTestCase):
             self.assertEqual(root.ctx.models.remoteHost, host)
             self.assertEqual(root.ctx.version, version)
             self.successResultOf(service.stopService())
+
+    def test_statusSampler(self) -> None:
+        """
+        The status page's history is sampled at start and every interval
+        after, on the injected clock.
+        """
+        reactor = MemoryReactorClock()
+        service = makeService(parse("--target", "http://a", "--drain-delay", "0"),
+                              reactor=reactor)
+        service.startService()
+        site: Any = reactor.tcpServers[0][1]
+        root = site.resource
+        while not hasattr(root, "ctx"):
+            root = root.wrapped
+        history = root.ctx.metrics.history
+        reactor.advance(10)
+        reactor.advance(10)
+        self.assertEqual([when for when, _ in history.samples], [0.0, 10.0, 20.0])
+        self.successResultOf(service.stopService())
 
     def test_demoAddsBackend(self) -> None:
         """

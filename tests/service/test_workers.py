@@ -16,7 +16,7 @@ import time
 import urllib.request
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.error import ProcessTerminated
@@ -142,7 +142,7 @@ class ServiceShapeTests(SynchronousTestCase):
         service = makeService(parse("--target", "http://h:1"), MemoryReactorClock())
         kinds = [type(s) for s in services(service)]
         self.assertEqual(kinds, [StreamServerEndpointService, PoolService, DrainService,
-                                 ModelListing])
+                                 ModelListing, TimerService])
 
     def test_parent(self) -> None:
         """
@@ -157,8 +157,8 @@ class ServiceShapeTests(SynchronousTestCase):
         service = makeService(config, MemoryReactorClock())
         kinds = [type(s) for s in services(service)]
         self.assertEqual(kinds, [ReusePortService, ReusePortService, PoolService, DrainService,
-                                 WorkerPool, ModelListing])
-        pool = services(service)[-2]
+                                 WorkerPool, ModelListing, TimerService])
+        pool = services(service)[-3]
         assert isinstance(pool, WorkerPool)
         self.assertEqual(pool.count, 2)
         self.assertEqual(pool.argv[-2:], ["--worker-of", str(os.getpid())])
@@ -171,7 +171,8 @@ class ServiceShapeTests(SynchronousTestCase):
         """
         service = makeService(parse("--target", "http://h:1", "--worker-of", "1"), MemoryReactorClock())
         self.assertEqual([type(s) for s in services(service)],
-                         [ReusePortService, PoolService, DrainService, ParentWatch, ModelListing])
+                         [ReusePortService, PoolService, DrainService, ParentWatch, ModelListing,
+                          TimerService])
 
 
 class ReusePortServiceTests(SynchronousTestCase):
