@@ -56,7 +56,7 @@ def recipe(language: str) -> str:
     with open(DOC, encoding="utf-8") as f:
         text = f.read()
     [block] = re.findall(rf"```{language}\n(.*?)```", text, re.S)
-    return block
+    return str(block)
 
 
 @attrs.define
@@ -181,7 +181,7 @@ class BalancerMixin:
         self.backendURL = f"http://127.0.0.1:{backendPort}"
         self.ports = [freePort(), freePort()]
         self.proxies = [self.startProxy(port) for port in self.ports]
-        case.addCleanup(lambda: [p.stop() for p in self.proxies])
+        case.addCleanup(self.stopProxies)
         self.dir = makeTempDir(f"ollama-proxy-{self.language}-")
         case.addCleanup(removeTempDir, self.dir)
         self.port = freePort()
@@ -194,6 +194,10 @@ class BalancerMixin:
         while not accepts(self.port) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.waitHealthy()
+
+    def stopProxies(self) -> None:
+        for proxy in self.proxies:
+            proxy.stop()
 
     def startProxy(self, port: int) -> Twistd:
         # The documented default drain delay, said explicitly: the test

@@ -88,7 +88,38 @@ class OptionTests(SynchronousTestCase):
             ("--retry-max-wait", "0"),
         ):
             self.assertRaises(usage.UsageError, parse, *args)
+
+    def test_slowClientOptionsInConfig(self) -> None:
+        """
+        Both go in the configuration file's C{[server]} table; the command
+        line wins.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[server]\nclient-header-timeout = 7\nmax-connections = 12\n'
+                    '[[backend]]\nname = "a"\nurl = "http://127.0.0.1:9"\n')
+        settings = parse("--config", path).settings
+        self.assertEqual((settings.clientHeaderTimeout, settings.maxConnections), (7.0, 12))
+        settings = parse("--config", path, "--max-connections", "3").settings
+        self.assertEqual(settings.maxConnections, 3)
         self.assertEqual(parse("--shutdown-grace", "0")["shutdown-grace"], 0.0)
+
+    def test_slowClientOptions(self) -> None:
+        """
+        C{--client-header-timeout} defaults to nginx's 60 s and must be
+        positive; C{--max-connections} is off by default (0), and a
+        negative or fractional count is refused.
+        """
+        settings = parse().settings
+        self.assertEqual((settings.clientHeaderTimeout, settings.maxConnections), (60.0, None))
+        settings = parse("--client-header-timeout", "2.5", "--max-connections", "5").settings
+        self.assertEqual((settings.clientHeaderTimeout, settings.maxConnections), (2.5, 5))
+        for args in (
+            ("--client-header-timeout", "0"),
+            ("--max-connections", "-1"),
+            ("--max-connections", "1.5"),
+        ):
+            self.assertRaises(usage.UsageError, parse, *args)
 
 
 class WiringTests(SynchronousTestCase):
@@ -127,6 +158,17 @@ class WiringTests(SynchronousTestCase):
         backend = resource.ctx.models.router.backends[0].backend
         self.assertEqual((backend.retries, backend.maxRetryWait, backend.forwardClientKey), (2, 5.0, True))
         self.assertEqual(backend.idleTimeout, 300.0)
+
+    def test_slowClientWiring(self) -> None:
+        """
+        The header deadline and the connection cap reach the site's
+        channels.
+        """
+        _, site = self.build("--client-header-timeout", "7", "--max-connections", "3")
+        self.assertEqual(site.protocol.headerTimeout, 7.0)  # type: ignore[attr-defined]
+        self.assertEqual(site.maxConnections, 3)
+        _, site = self.build()
+        self.assertIsNone(site.maxConnections)
 
     def test_drainOnStop(self) -> None:
         """

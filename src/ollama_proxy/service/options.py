@@ -27,6 +27,7 @@ from ollama_proxy.service.workers import (
 )
 from ollama_proxy.web.auth import readKeys
 from ollama_proxy.web.context import DEFAULT_VERSION
+from ollama_proxy.web.channel import DEFAULT_HEADER_TIMEOUT
 from ollama_proxy.web.site import DEFAULT_MAX_BODY
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
@@ -122,6 +123,18 @@ def _positive(value: str) -> float:
     return number
 
 
+def _count(value: str) -> int:
+    """
+    @param value: text from the command line.
+    @return: the whole number.
+    @raise ValueError: unless it is a whole number of zero or more.
+    """
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    return number
+
+
 def _nonNegative(value: str) -> float:
     """
     @param value: text from the command line.
@@ -172,6 +185,10 @@ class Options(usage.Options):
         ["header-timeout", None, 600.0, "Seconds to wait for upstream response headers.", _positive],
         ["idle-timeout", None, 300.0, "Seconds of upstream silence before a stream is abandoned.", _positive],
         ["client-timeout", None, 60.0, "Seconds an idle client connection is kept open.", _positive],
+        ["client-header-timeout", None, DEFAULT_HEADER_TIMEOUT,
+         "Seconds a client may take to send a request line and headers (408 after).", _positive],
+        ["max-connections", None, 0,
+         "Open client connections per process; more get a 503 (0: no cap).", _count],
         ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body in bytes.", int],
         ["max-line", None, DEFAULT_MAX_LINE_LENGTH, "Largest accepted upstream SSE line in bytes.", int],
         ["pool-size", None, 64, "Persistent upstream connections kept per host.", int],
@@ -399,6 +416,8 @@ class Options(usage.Options):
             idleTimeout=self["idle-timeout"],
             clientTimeout=self["client-timeout"],
             bodyTimeout=self["body-timeout"],
+            clientHeaderTimeout=self["client-header-timeout"],
+            maxConnections=self["max-connections"] or None,
             shutdownGrace=self["shutdown-grace"],
             drainDelay=self["drain-delay"],
             maxBody=self["max-body"],

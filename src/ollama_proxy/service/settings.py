@@ -32,6 +32,10 @@ class Settings:
     @ivar idleTimeout: seconds of upstream silence before giving up.
     @ivar clientTimeout: seconds an idle client connection is kept.
     @ivar bodyTimeout: seconds a client may take to send its body.
+    @ivar clientHeaderTimeout: seconds a client may take to send a request
+        line and its headers.
+    @ivar maxConnections: open client connections per process, or C{None}
+        for no cap.
     @ivar shutdownGrace: seconds requests may run on after SIGTERM.
     @ivar drainDelay: seconds between SIGTERM (readiness 503) and closing
         the listeners.
@@ -71,6 +75,8 @@ class Settings:
     idleTimeout: float
     clientTimeout: float
     bodyTimeout: float
+    clientHeaderTimeout: float
+    maxConnections: int | None
     shutdownGrace: float
     drainDelay: float
     maxBody: int

@@ -271,6 +271,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         timeout=settings.clientTimeout,
         maxBody=settings.maxBody,
         bodyTimeout=settings.bodyTimeout,
+        headerTimeout=settings.clientHeaderTimeout,
+        maxConnections=settings.maxConnections,
         metrics=ctx.metrics,
         origins=OriginPolicy(settings.corsOrigins),
         # Ollama's DNS-rebinding guard: only when nothing but loopback

@@ -11,7 +11,9 @@ The answers given here, before any resource runs (408, 413, 503 while
 draining, 403 for a C{Host} a loopback-only proxy does not serve), carry the
 CORS headers their origin is due, and every finished request that no
 resource logged (these, the key gate's 401, the CORS 403, a 405) gets the
-same log line and metrics as the others (L{ProxySite.log}).
+same log line and metrics as the others (L{ProxySite.log}).  Slow request
+headers (408) and connections beyond C{--max-connections} (503) are answered
+by the channel module, L{ollama_proxy.web.channel}, before any request exists.
 """
 
 from __future__ import annotations
@@ -21,11 +23,19 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.web.channel import (
+    DEFAULT_HEADER_TIMEOUT,
+    MAX_LINGERING,
+    BusyRefusal,
+    ProxyChannel,
+    countAnswer,
+)
 from ollama_proxy.web.cors import HostPolicy, OriginPolicy, corsHeaders
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.observe import logAnswer
@@ -38,6 +48,8 @@ _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__
 _REASONS = {413: b"Payload Too Large", 408: b"Request Timeout"}
 
 JSON_TYPE = b"application/json; charset=utf-8"
+
+_log = Logger()
 
 
 class LimitedRequest(Request):
@@ -242,9 +254,16 @@ class ProxySite(Site):
         or C{None}.
     @ivar hosts: the C{Host} names served, or C{None} to serve any (a
         proxy that listens beyond loopback).
+    @ivar maxConnections: open client connections served at once, or
+        C{None} for no cap; a connection beyond it gets L{BusyRefusal}.
     """
 
+    # Twisted's stubs type this as its HTTP/2-switching wrapper, which
+    # L{ProxyChannel} replaces (see L{ollama_proxy.web.channel}).
+    protocol = ProxyChannel  # type: ignore[assignment]
     draining = False
+    maxConnections: int | None = None
+    _refusing = False
     metrics: Metrics | None = None
     origins: OriginPolicy | None = None
     hosts: HostPolicy | None = None
@@ -256,6 +275,7 @@ class ProxySite(Site):
         self._busy: dict[Any, int] = {}
         self._drained: list[Deferred[None]] = []
         self._graceTimer: IDelayedCall | None = None
+        self._lingering = 0
 
     def log(self, request: Any) -> None:
         """
@@ -271,8 +291,16 @@ class ProxySite(Site):
     def buildProtocol(self, addr: Any) -> Any:
         """
         Build a channel and keep track of it until its connection is lost,
-        so that L{drain} knows when every response has been flushed.
+        so that L{drain} knows when every response has been flushed; beyond
+        L{maxConnections}, answer 503 instead (L{BusyRefusal}).
         """
+        if self.maxConnections is not None and len(self.connections) >= self.maxConnections:
+            return self._refuse()
+        if self._refusing:
+            self._refusing = False
+            _log.info(
+                "below the connection cap of {limit} again", limit=self.maxConnections
+            )
         protocol = super().buildProtocol(addr)
         if protocol is None:
             return None
@@ -286,6 +314,30 @@ class ProxySite(Site):
 
         protocol.connectionLost = connectionLost
         return protocol
+
+    def _refuse(self) -> BusyRefusal:
+        """
+        @return: the 503 answer for a connection over the cap; the first
+            one after the count was below the cap is logged (not each, so
+            that a flood does not flood the log).
+        """
+        if not self._refusing:
+            self._refusing = True
+            _log.warn(
+                "connection cap of {limit} reached: new connections get 503 until one closes",
+                limit=self.maxConnections,
+            )
+        countAnswer(self.metrics, 503)
+        linger = self._lingering < MAX_LINGERING
+        if linger:
+            self._lingering += 1
+
+        def closed() -> None:
+            if linger:
+                self._lingering -= 1
+
+        assert self.maxConnections is not None
+        return BusyRefusal(self.maxConnections, self.reactor.callLater, linger, closed)
 
     def track(self, request: Request) -> None:
         """
@@ -362,6 +414,8 @@ def makeSite(
     metrics: Metrics | None = None,
     origins: OriginPolicy | None = None,
     hosts: HostPolicy | None = None,
+    headerTimeout: float | None = DEFAULT_HEADER_TIMEOUT,
+    maxConnections: int | None = None,
 ) -> ProxySite:
     """
     Build the site for the proxy.
@@ -376,6 +430,9 @@ def makeSite(
     @param metrics: where every answer is counted.
     @param origins: the CORS policy for the site's own answers.
     @param hosts: the C{Host} names served, or C{None} for any.
+    @param headerTimeout: seconds for a request line and its headers
+        (L{ProxyChannel}), or C{None} for no deadline.
+    @param maxConnections: open client connections at once, or C{None}.
     @return: the site.
     """
     requestFactory = type(
@@ -385,4 +442,8 @@ def makeSite(
     )
     site = ProxySite(root, requestFactory=requestFactory, timeout=timeout, reactor=reactor)
     site.metrics, site.origins, site.hosts = metrics, origins, hosts
+    site.maxConnections = maxConnections
+    site.protocol = type(  # type: ignore[assignment]
+        "ProxyChannel", (ProxyChannel,), {"headerTimeout": headerTimeout}
+    )
     return site

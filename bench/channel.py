@@ -1,0 +1,116 @@
+"""
+What the header deadline costs per request: one process, no sockets, CPU
+time per keep-alive request through the proxy's site (C{web/site.py}) with
+a trivial resource, in three configurations of the same run:
+
+- C{twisted}: twisted.web's own channel (its HTTP/2-switching wrapper),
+  as before issue 19;
+- C{no-deadline}: the proxy's C{ProxyChannel} with C{--client-header-timeout}
+  off;
+- C{deadline}: C{ProxyChannel} with the 60 s deadline (a timer armed at each
+  request's first byte and cancelled at the end of its headers, on the real
+  epoll reactor's timer heap, which is run between rounds).
+
+Rounds alternate the configurations so that noise from other processes is
+spread over all three; function calls per request (C{sys.setprofile}) are
+printed too, as the steady measure on a loaded machine.
+
+    python bench/channel.py [REQUESTS_PER_ROUND] [ROUNDS]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from twisted.internet import epollreactor
+
+epollreactor.install()
+
+from twisted.internet import reactor  # noqa: E402
+from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.error import ConnectionDone  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
+from twisted.web.http import _genericHTTPChannelProtocolFactory  # noqa: E402
+from twisted.web.resource import Resource  # noqa: E402
+from twisted.web.server import Request  # noqa: E402
+
+from ollama_proxy.web.site import makeSite  # noqa: E402
+
+REQUEST = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
+
+
+class Version(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        return b'{"version":"0.0.0"}'
+
+
+def build(name: str) -> object:
+    site = makeSite(Version(), reactor, timeout=60.0,
+                    headerTimeout=None if name == "no-deadline" else 60.0)
+    if name == "twisted":
+        site.protocol = lambda: _genericHTTPChannelProtocolFactory(None)  # type: ignore[assignment]
+    return site
+
+
+def round_(name: str, requests: int) -> float:
+    """
+    @return: CPU seconds per request for C{requests} keep-alive requests on
+        one connection.
+    """
+    site = build(name)
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))  # type: ignore[attr-defined]
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    started = time.process_time()
+    for _ in range(requests):
+        protocol.dataReceived(REQUEST)
+        transport.clear()
+    reactor.runUntilCurrent()  # type: ignore[attr-defined]
+    spent = time.process_time() - started
+    protocol.connectionLost(Failure(ConnectionDone()))
+    return spent / requests
+
+
+def calls(name: str, requests: int = 2000) -> float:
+    """
+    @return: Python and C function calls per request, counted with
+        C{sys.setprofile}: a steady measure where CPU time is noisy.
+    """
+    count = 0
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        round_(name, requests)
+    finally:
+        sys.setprofile(None)
+    return count / requests
+
+
+def main() -> None:
+    requests = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    names = ["twisted", "no-deadline", "deadline"]
+    results: dict[str, list[float]] = {name: [] for name in names}
+    round_("deadline", 2000)  # warm-up
+    for _ in range(rounds):
+        for name in names:
+            results[name].append(round_(name, requests))
+    best = {name: min(values) for name, values in results.items()}
+    counted = {name: calls(name) for name in names}
+    for name in names:
+        print(f"{name:12s} {best[name] * 1e6:7.1f} µs/request (best of {rounds}), "
+              f"{best[name] / best['twisted']:.3f}× twisted; "
+              f"{counted[name]:.1f} calls/request, {counted[name] / counted['twisted']:.3f}×")
+
+
+if __name__ == "__main__":
+    main()
