@@ -248,6 +248,7 @@ class BalancerMixin:
         stopping.send_signal(signal.SIGTERM)
         stopping.wait(timeout=30)
         drained = time.monotonic() - sent
+        self.proxies[0].stop()  # gone already: removes its directory
         self.proxies[0] = self.startProxy(self.ports[0])
         self.waitHealthy()
         time.sleep(1)
