@@ -12,6 +12,7 @@ arguments.
 from __future__ import annotations
 
 import errno
+import shutil
 import sys
 import tempfile
 from types import TracebackType
@@ -172,21 +173,41 @@ class ProxyService(MultiService):
     """
     The proxy's services; a port that cannot be bound becomes a
     L{StartupError} with one clear line instead of a traceback.
+
+    @ivar temporary: directories of this run (the workers' metrics) to
+        remove when the start fails: the stop that would remove them never
+        comes.
     """
 
     log = Logger()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temporary: list[str] = []
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except CannotListenError as e:
+            self._removeTemporary()
             self._fail(e)
+        except BaseException:
+            self._removeTemporary()
+            raise
 
     def startService(self) -> None:
         try:
             super().startService()
         except CannotListenError as e:
+            self._removeTemporary()
             self._fail(e)
+        except BaseException:
+            self._removeTemporary()
+            raise
+
+    def _removeTemporary(self) -> None:
+        for directory in self.temporary:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def _fail(self, error: CannotListenError) -> None:
         line = listenFailure(error)
@@ -282,6 +303,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     live = LiveConfig(settings, ctx, lambda current: makeRouter(current, http, reactor),
                       makeFallback, root.wrapped, root, site)
     service = ProxyService()
+    if metricsDirectory is not None and settings.workers > 1 and not settings.metricsDir:
+        service.temporary.append(metricsDirectory)
     shared = settings.workers > 1 or settings.workerOf is not None
     backlog = somaxconn()
     # The listeners stop through the drain: readiness 503, --drain-delay,
