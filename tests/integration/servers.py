@@ -9,13 +9,16 @@ Everything listens on 127.0.0.1 and every wait is bounded.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from typing import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Sequence
 
 from tests.tempdirs import makeTempDir, removeTempDir
 
@@ -210,3 +213,69 @@ def workerPids(parent: int, count: int, port: int, timeout: float = 20.0) -> lis
         if len(ready) >= count or time.monotonic() > deadline:
             return ready
         time.sleep(0.1)
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """
+    Answers every method on every path with a small JSON body (a model list
+    on C{/v1/models}) and records what it was asked.
+    """
+
+    protocol_version = "HTTP/1.1"
+    server: "RecordingBackend"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        with self.server.lock:
+            self.server.received.append((self.command, self.path))
+        if self.path == "/v1/models":
+            body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]})
+        else:
+            body = json.dumps({"ok": True, "path": self.path})
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _answer
+
+
+class RecordingBackend(ThreadingHTTPServer):
+    """
+    A hostile backend on 127.0.0.1 that serves every path (an admin route
+    included) and records the method and raw path of each request it
+    receives, so a test can assert what never reached it.
+
+    @ivar received: C{(method, path)} in arrival order.
+    """
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Recorder)
+        self.lock = threading.Lock()
+        self.received: list[tuple[str, str]] = []
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """
+        @return: its base URL.
+        """
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        """
+        Stop serving and close the socket.
+        """
+        self.shutdown()
+        self.server_close()
+        self._thread.join(5)

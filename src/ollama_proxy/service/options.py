@@ -46,9 +46,19 @@ def _checkURL(value: str, option: str) -> str:
     @param value: the URL.
     @param option: the option name, for the message.
     @return: C{value} without a trailing slash.
-    @raise usage.UsageError: unless the scheme is http/https and a host is set.
+    @raise usage.UsageError: unless the scheme is http/https and a host is
+        set, and no user-info (C{user:pass@}) is given.
     """
     parts = urlsplit(value)
+    if "@" in parts.netloc:
+        # Never echoed: the value holds a password.  Refused rather than
+        # sent as Basic auth: the backend key already is the one
+        # Authorization header, and a URL's password ends up in logs,
+        # ps and error messages.
+        raise usage.UsageError(
+            f"{option} must not contain a user name or password (user:pass@host); "
+            "give the backend key with --api-key-file or OLLAMA_PROXY_API_KEY"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise usage.UsageError(
             f"{option} must be an http:// or https:// URL with a host, got {value!r}"

@@ -242,6 +242,19 @@ class ProxyResource(Resource):
         super().__init__()
         self.ctx = ctx
 
+    def servesSubPath(self, request: Request) -> bool:
+        """
+        Whether this resource answers a path that goes on below its own
+        (C{request.postpath} not empty).  No by default: each route serves
+        exactly the path the README names, so C{/api/chat/x} or
+        C{/v1/chat/completions/x} is a 404 rather than the route itself
+        (or a relayed sub-path the operator never meant to expose).
+
+        @param request: the request, traversed to this resource.
+        @return: C{False} unless a subclass serves sub-paths.
+        """
+        return False
+
     async def route(self, ex: Exchange, name: str) -> Route:
         """
         Choose the backend for a request and note it on the exchange (for
@@ -278,11 +291,18 @@ class ProxyResource(Resource):
         upstream connection.
         """
         method = (request.method or b"GET").decode("ascii", "replace")
+        if request.postpath and not self.servesSubPath(request):
+            noteRoute(request, self.routeLabel(request))
+            path = (request.path or b"").decode("latin-1")
+            return self.errorBody(request, 404, f"{path} is not served by this proxy")
         handler = self._handler(method)
         if handler is None:
             allowed = sorted(
-                name[len("handle_") :] for name in dir(self) if name.startswith("handle_")
+                name[len("handle_") :] for name in dir(self)
+                if name.startswith("handle_") and getattr(self, name) is not None
             )
+            if "GET" in allowed and "HEAD" not in allowed:
+                allowed.append("HEAD")  # served by handle_GET
             request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
             # Logged and counted by the site when the answer is finished.
             noteRoute(request, self.routeLabel(request))
@@ -468,3 +488,33 @@ class ProxyResource(Resource):
             (not the client's, which may carry anything after it).
         """
         return "/" + "/".join(p.decode("latin-1") for p in request.prepath or [])
+
+
+class NotServed(ProxyResource):
+    """
+    A 404 for any method, in the error shape of the resource it stands
+    under (C{/v1/messages/x} answers Anthropic's error, not twisted.web's
+    HTML page).
+    """
+
+    def __init__(self, ctx: ProxyContext, parent: ProxyResource) -> None:
+        super().__init__(ctx)
+        self.parent = parent
+
+    def servesSubPath(self, request: Request) -> bool:
+        return False
+
+    def routeLabel(self, request: Request) -> str:
+        """
+        @return: C{"not served"}: the paths that end here are the client's
+            choice, not label values.
+        """
+        return "not served"
+
+    def render(self, request: Request) -> Any:  # type: ignore[override]
+        noteRoute(request, self.routeLabel(request))
+        path = (request.path or b"").decode("latin-1")
+        return self.errorBody(request, 404, f"{path} is not served by this proxy")
+
+    def errorBody(self, request: Request, status: int, message: str) -> bytes:
+        return self.parent.errorBody(request, status, message)

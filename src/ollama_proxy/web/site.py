@@ -29,6 +29,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.target import checkTarget, dialectOf, errorObject, parseAuthority
 from ollama_proxy.web.channel import (
     DEFAULT_HEADER_TIMEOUT,
     MAX_LINGERING,
@@ -44,6 +45,8 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 """Default request body cap: large enough for several base64 images."""
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
+
+_log = Logger()
 
 _REASONS = {413: b"Payload Too Large", 408: b"Request Timeout"}
 
@@ -165,14 +168,15 @@ class LimitedRequest(Request):
 
     def _answer(self, status: int, message: str, close: bool) -> None:
         """
-        Answer before traversal (draining, a refused C{Host}) with Ollama's
-        JSON error and the CORS headers; the site logs it on finish.
+        Answer before traversal (draining, a refused target or C{Host}) with
+        the JSON error of the path's dialect (L{dialectOf}) and the CORS
+        headers; the site logs it on finish.
 
         @param status: the HTTP status.
         @param message: the C{error} text.
         @param close: whether to close the connection after it.
         """
-        body = codec.dumps({"error": message})
+        body = codec.dumps(errorObject(dialectOf(self.path or b""), status, message))
         self.setResponseCode(status)
         self.setHeader(b"Content-Type", JSON_TYPE)
         self.setHeader(b"Content-Length", b"%d" % len(body))
@@ -206,6 +210,47 @@ class LimitedRequest(Request):
         self._cancelDeadline()
         super().connectionLost(reason)
 
+    def _refusedGrammar(self) -> str | None:
+        """
+        The request-target and C{Host} grammar, checked before traversal so
+        that no resource, relayed route or fallback sees a dot segment, an
+        encoded slash, an absolute-form target or an ambiguous C{Host}
+        (see L{ollama_proxy.protocol.target}).
+
+        @return: why the request is refused (a 400), or C{None}.
+        """
+        refused = checkTarget(self.uri)
+        if refused is not None:
+            return refused
+        hosts = self.requestHeaders.getRawHeaders(b"host") or []
+        if len(hosts) > 1:
+            # twisted.web would take the last; a front proxy may have
+            # checked the first.
+            return "more than one Host header"
+        if hosts and hosts[0].strip() and parseAuthority(hosts[0].strip()) is None:
+            return "malformed Host header: expected host or host:port (RFC 3986)"
+        return None
+
+    def processingFailed(self, reason: Any) -> None:
+        """
+        A resource that raised while rendering: logged, and answered with
+        a JSON 500 in the path's dialect instead of twisted.web's HTML page.
+        """
+        _log.failure("rendering {uri} failed", reason, uri=self.uri)
+        if self.finished or self._disconnected:
+            return
+        if self.startedWriting:
+            self.finish()
+            return
+        body = codec.dumps(
+            errorObject(dialectOf(self.path or b""), 500, "internal proxy error; see the proxy log")
+        )
+        self.setResponseCode(500)
+        self.setHeader(b"Content-Type", JSON_TYPE)
+        self.setHeader(b"Content-Length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
     def process(self) -> None:
         """
         Track the request as in flight until it finishes (for a graceful
@@ -215,6 +260,10 @@ class LimitedRequest(Request):
         if isinstance(site, ProxySite):
             if site.draining:
                 self._answer(503, "the proxy is shutting down", close=True)
+                return
+            refused = self._refusedGrammar()
+            if refused is not None:
+                self._answer(400, refused, close=True)
                 return
             if site.hosts is not None and not site.hosts.allows(self.getHeader(b"Host")):
                 # DNS rebinding: a page on a name that now points at

@@ -145,8 +145,9 @@ def statusReport(ctx: ProxyContext, metrics: Metrics) -> JSON:
 
 class _StatusResource(Resource):
     """
-    What the three status paths share: C{GET}/C{HEAD} only (a JSON 405
-    otherwise), no caching, no log line or request metric.
+    What the three status paths share: exactly their own path (a JSON 404
+    for a sub-path), C{GET}/C{HEAD} only (a JSON 405 otherwise), no
+    caching, no log line or request metric.
     """
 
     isLeaf = True
@@ -161,6 +162,11 @@ class _StatusResource(Resource):
         setattr(request, OBSERVED, True)
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if request.postpath:
+            request.setResponseCode(404)
+            request.setHeader(b"Content-Type", JSON_TYPE)
+            path = (request.path or b"").decode("latin-1")
+            return codec.dumps({"error": f"{path} is not served"})
         if request.method not in (b"GET", b"HEAD"):
             request.setResponseCode(405)
             request.setHeader(b"Allow", b"GET, HEAD")
