@@ -28,6 +28,7 @@ from tests.integration.servers import Twistd, freePort
 from tests.tempdirs import makeTempDir, removeTempDir
 
 CHROMIUM = os.environ.get("OLLAMA_PROXY_CHROMIUM", "")
+KEY = "k-status-page"
 SCREENSHOT = os.environ.get("OLLAMA_PROXY_SCREENSHOT", "")
 
 ARGS = [
@@ -66,6 +67,7 @@ fallback = ""
 listen = "tcp:{proxyPort}:interface=127.0.0.1"
 models-ttl = 5
 connect-timeout = 1
+require-key = "{KEY}"
 
 [[backend]]
 name = "litellm"
@@ -82,7 +84,8 @@ url = "http://127.0.0.1:{downPort}/v1"
     def chat(self, predict: int = 20) -> None:
         data = codec.dumps({"model": "fake-model", "options": {"num_predict": predict},
                             "messages": [{"role": "user", "content": "hi"}]})
-        request = urllib.request.Request(self.url + "/api/chat", data=data, method="POST")
+        request = urllib.request.Request(self.url + "/api/chat", data=data, method="POST",
+                                         headers={"Authorization": f"Bearer {KEY}"})
         with urllib.request.urlopen(request, timeout=20) as response:
             response.read()
 
@@ -92,15 +95,19 @@ url = "http://127.0.0.1:{downPort}/v1"
         """
         profile = makeTempDir("ollama-proxy-chromium-")
         self.addCleanup(shutil.rmtree, profile, True)
+        # The key as HTTP Basic credentials, as a person types it at the
+        # browser's prompt (the page is behind --require-key).
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=ARGS, **options)
+            profile, executable_path=CHROMIUM, headless=True, args=ARGS,
+            http_credentials={"username": "operator", "password": KEY}, **options)
         self.contexts.append(context)
         return context
 
     def test_statusPage(self) -> None:
         """
-        The down backend is shown as down and the live one as up with its
-        models; the request counter moves after a request without a
+        Behind C{--require-key}, with the key given as the browser's
+        credentials: the down backend is shown as down and the live one as
+        up with its models; the request counter moves after a request without a
         reload; no console error (a CSP violation would be one); on a
         phone-sized screen nothing overflows the page's width.
         """

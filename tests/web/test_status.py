@@ -261,9 +261,39 @@ class GateTests(SynchronousTestCase):
         for path in ("/status", "/status.json", "/status.js"):
             response = self.successResultOf(client.get("http://proxy.test" + path))
             self.assertEqual(response.code, 401, path)
+            self.assertEqual(response.headers.getRawHeaders("www-authenticate"),
+                             ['Basic realm="ollama-proxy", charset="UTF-8"'])
             response = self.successResultOf(client.get(
                 "http://proxy.test" + path, headers={"Authorization": "Bearer k1"}))
             self.assertEqual(response.code, 200, path)
+
+    def test_browserBasic(self) -> None:
+        """
+        A browser sends the key as the password of HTTP Basic credentials
+        (it asks for them on the challenge above): accepted on the status
+        paths only, and only the right key.
+        """
+        from treq.testing import StubTreq
+
+        h = Harness()
+        client: Any = StubTreq(requireKeys(h.root, ["k1"]))
+
+        def basic(credentials: bytes) -> dict[str, str]:
+            return {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
+
+        for credentials, status in ((b"admin:k1", 200), (b":k1", 200), (b"admin:k2", 401),
+                                    (b"k1", 401), (b"k1:", 401)):
+            response = self.successResultOf(client.get(
+                "http://proxy.test/status.json", headers=basic(credentials)))
+            self.assertEqual(response.code, status, credentials)
+        response = self.successResultOf(client.get(
+            "http://proxy.test/status.json", headers={"Authorization": "Basic !!!"}))
+        self.assertEqual(response.code, 401)
+        response = self.successResultOf(client.get(
+            "http://proxy.test/api/version", headers=basic(b"admin:k1")))
+        self.assertEqual(response.code, 401)
+        self.assertEqual(response.headers.getRawHeaders("www-authenticate"),
+                         ['Bearer realm="ollama-proxy"'])
 
 
 class PollTests(SynchronousTestCase):

@@ -20,7 +20,7 @@ answering process's own (each worker lists the backends itself).
 The three paths sit behind the inbound key like C{/metrics} (the key gate
 guards everything but C{/} and C{/health}); with C{--require-key} a browser
 is asked for it (HTTP Basic, the key as the password, see
-L{ollama_proxy.web.auth}).  They are exempt from the request log and the
+L{ollama_proxy.web.auth.BROWSER_PATHS}).  They are exempt from the request log and the
 request metrics, so a page left open does not move the counters it shows.
 Everything that came from a backend (error text, model ids) passes the
 proxy's redactor first: no byte of the page carries a secret the proxy
