@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -727,4 +728,39 @@ class RealDrainTests(SynchronousTestCase):
             lines = [json.loads(line) for line in response.read().splitlines() if line.strip()]
             self.assertTrue(lines[-1]["done"], lines[-1])
         stack.proxy.process.wait(timeout=30)
+        self.assertTrue(_waitFor(lambda: not os.path.exists(f"/proc/{child}"), 10))
+
+    def test_everyWorkerAnnouncesDraining(self) -> None:
+        """
+        With C{--drain-delay}, both processes answer C{/health/ready} with
+        503 and report C{draining} at once after C{SIGTERM}, and both keep
+        listening until the delay is over.
+        """
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise SkipTest("no SO_REUSEPORT")
+        stack = Stack(["--workers", "2", "--drain-delay", "2"])
+        self.addCleanup(stack.stop)
+        port = stack.proxy.port
+        parent = stack.proxy.process.pid
+        [child] = workerPids(parent, 1, port)
+        sent = time.monotonic()
+        stack.proxy.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the parent passes the signal on
+        answered: set[int] = set()
+        deadline = sent + 1.5
+        while answered != {parent, child} and time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=5) as r:
+                report = json.loads(r.read())
+            self.assertTrue(report["draining"], report)
+            answered.add(report["pid"])
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=5)
+                self.fail("ready while draining")
+            except urllib.error.HTTPError as e:
+                self.assertEqual((e.code, json.loads(e.read())["status"]), (503, "draining"))
+        self.assertEqual(answered, {parent, child})
+        self.assertTrue(listening(parent, port) and listening(child, port))
+        self.assertLess(time.monotonic() - sent, 2.0)
+        stack.proxy.process.wait(timeout=20)
+        self.assertGreaterEqual(time.monotonic() - sent, 2.0)
         self.assertTrue(_waitFor(lambda: not os.path.exists(f"/proc/{child}"), 10))
