@@ -22,7 +22,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.service.listen import somaxconn
-from tests.integration.servers import RecordingBackend, Twistd, freePort
+from tests.integration.servers import (
+    RecordingBackend,
+    Twistd,
+    bomb,
+    freePort,
+    rss,
+    startGateway,
+)
 
 BACKEND_KEY = "sk-backend-0123456789abcdef"
 INBOUND_KEY = "inbound-key-fedcba9876543210"
@@ -369,3 +376,66 @@ class RouteTests(SynchronousTestCase):
             self.assertEqual(self.raw(b"GET", b"/api/version", host)[0], 400, host)
         for host in (b"localhost.", b"foo.localhost.", b"127.0.0.1."):
             self.assertEqual(self.raw(b"GET", b"/api/version", host)[0], 200, host)
+
+
+class BombTests(SynchronousTestCase):
+    """
+    Issue 19, finding 3, over real sockets: concurrent 2 KB zstd bodies
+    that each inflate to 60 MB of valid JSON, against a backend that holds
+    every request.  On dcc94b3 ten of them took the proxy from 58 MB to
+    2.5 GB; now the body budget refuses what does not fit (503 with
+    C{Retry-After}), the process stays small, and what was held is given
+    back afterwards.
+    """
+
+    COUNT = 10
+
+    def setUp(self) -> None:
+        self.gateway, url = startGateway(hold=1.0)
+        self.addCleanup(self.gateway.server_close)
+        self.addCleanup(self.gateway.shutdown)
+        self.port = freePort()
+        self.proxy = Twistd("ollama-proxy", [
+            "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--target", url,
+            "--fallback", ""], self.port)
+        self.addCleanup(self.proxy.stop)
+
+    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            connection.request("POST", "/v1/messages", body=body, headers=headers)
+            response = connection.getresponse()
+            return (response.status, {k.lower(): v for k, v in response.getheaders()},
+                    response.read())
+        finally:
+            connection.close()
+
+    def test_concurrentBombs(self) -> None:
+        """
+        Ten concurrent bombs: each answered (200, or 503 with
+        C{Retry-After} in Anthropic's shape), peak RSS under 400 MB, and an
+        ordinary request served afterwards.
+        """
+        ordinary = codec.dumps({"model": "m", "max_tokens": 8,
+                                "messages": [{"role": "user", "content": "hi"}]})
+        plain = {"Content-Type": "application/json"}
+        self.assertEqual(self.post(ordinary, plain)[0], 200)
+        data = bomb(60_000_000)
+        self.assertLess(len(data), 4096)
+        answers: list[tuple[int, dict[str, str], bytes]] = []
+        threads = [threading.Thread(target=lambda: answers.append(self.post(
+            data, {**plain, "Content-Encoding": "zstd"}))) for _ in range(self.COUNT)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        self.assertEqual(len(answers), self.COUNT)
+        for status, headers, body in answers:
+            self.assertIn(status, (200, 503), body[:200])
+            if status == 503:
+                self.assertEqual(headers["retry-after"], "1")
+                self.assertEqual(json.loads(body)["error"]["type"], "overloaded_error")
+        self.assertIn(503, [status for status, _, _ in answers])
+        peak = rss(self.proxy.process.pid)[1]
+        self.assertLess(peak, 400 * 2**20)
+        self.assertEqual(self.post(ordinary, plain)[0], 200)

@@ -17,6 +17,7 @@ far: Codex reads no other error event.
 
 from __future__ import annotations
 
+import io
 from typing import Any, Sequence
 
 from ollama_proxy.protocol import codec
@@ -112,7 +113,10 @@ class ResponsesEncoder:
         self._seq = 0
         self._output: list[JSON] = []
         self._open: JSON | None = None
-        self._buffer: list[str] = []
+        # The open item's whole text, repeated by its closing events (the
+        # protocol's): one growing string, not a list of every delta (a
+        # 50 MB reply in 10-byte deltas was 300 MB of small strings).
+        self._buffer = io.StringIO()
         self._textWhere = b""
         self.started = False
         self.response = self._object("in_progress", None)
@@ -151,7 +155,7 @@ class ResponsesEncoder:
     def _openItem(self, item: JSON) -> bytes:
         out = self._close()
         self._open = item
-        self._buffer = []
+        self._buffer = io.StringIO()
         out += self._emit("response.output_item.added", output_index=len(self._output), item=item)
         where = {"item_id": item["id"], "output_index": len(self._output)}
         if item["type"] == "message":
@@ -169,23 +173,25 @@ class ResponsesEncoder:
         if item is None:
             return b""
         self._open = None
-        text = "".join(self._buffer)
+        text = self._buffer.getvalue()
+        self._buffer = io.StringIO()
         where = {"item_id": item["id"], "output_index": len(self._output)}
-        out = b""
+        out: list[bytes] = []
         if item["type"] == "message":
-            out += self._emit("response.output_text.done", **where, content_index=0, text=text,
-                              logprobs=[])
-            out += self._emit("response.content_part.done", **where, content_index=0,
-                              part=_text(text))
+            out.append(self._emit("response.output_text.done", **where, content_index=0,
+                                  text=text, logprobs=[]))
+            out.append(self._emit("response.content_part.done", **where, content_index=0,
+                                  part=_text(text)))
             item = {**item, "status": "completed", "content": [_text(text)]}
         else:
             part = {"type": "summary_text", "text": text}
-            out += self._emit("response.reasoning_summary_text.done", **where, summary_index=0,
-                              text=text)
-            out += self._emit("response.reasoning_summary_part.done", **where, summary_index=0,
-                              part=part)
+            out.append(self._emit("response.reasoning_summary_text.done", **where,
+                                  summary_index=0, text=text))
+            out.append(self._emit("response.reasoning_summary_part.done", **where,
+                                  summary_index=0, part=part))
             item = {**item, "summary": [part]}
-        return out + self._done(item)
+        out.append(self._done(item))
+        return b"".join(out)
 
     def _done(self, item: JSON) -> bytes:
         out = self._emit("response.output_item.done", output_index=len(self._output), item=item)
@@ -233,7 +239,7 @@ class ResponsesEncoder:
                             {"id": self._newId("rs_"), "type": "reasoning", "summary": []}
                         ))
                     assert self._open is not None
-                    self._buffer.append(event.thinking)
+                    self._buffer.write(event.thinking)
                     out.append(self._emit(
                         "response.reasoning_summary_text.delta", item_id=self._open["id"],
                         output_index=len(self._output), summary_index=0, delta=event.thinking,
@@ -244,7 +250,7 @@ class ResponsesEncoder:
                             "id": self._newId("msg_"), "type": "message",
                             "status": "in_progress", "role": "assistant", "content": [],
                         }))
-                    self._buffer.append(event.content)
+                    self._buffer.write(event.content)
                     # The per-token event, from a template made when the
                     # message opened: only the sequence number and the text
                     # are encoded here.

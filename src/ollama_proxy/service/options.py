@@ -26,6 +26,7 @@ from ollama_proxy.service.workers import (
     parseTCP,
 )
 from ollama_proxy.web.auth import readKeys
+from ollama_proxy.web.budget import DEFAULT_BODY_BUDGET
 from ollama_proxy.web.context import DEFAULT_VERSION
 from ollama_proxy.web.channel import DEFAULT_HEADER_TIMEOUT
 from ollama_proxy.web.site import DEFAULT_MAX_BODY
@@ -200,6 +201,9 @@ class Options(usage.Options):
         ["max-connections", None, 0,
          "Open client connections per process; more get a 503 (0: no cap).", _count],
         ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body in bytes.", int],
+        ["body-budget", None, DEFAULT_BODY_BUDGET,
+         "Bytes of request bodies (raw and decompressed) held at once by all requests "
+         "together; past it, 503 with Retry-After.", int],
         ["max-line", None, DEFAULT_MAX_LINE_LENGTH, "Largest accepted upstream SSE line in bytes.", int],
         ["pool-size", None, 64, "Persistent upstream connections kept per host.", int],
         ["workers", None, 1,
@@ -376,7 +380,7 @@ class Options(usage.Options):
                 overrides = loadOverrides(self["model-info"])
             except ValueError as e:
                 raise FileProblem(f"--model-info {self['model-info']}: {e}") from None
-        for name in ("max-body", "max-line", "pool-size", "workers"):
+        for name in ("max-body", "body-budget", "max-line", "pool-size", "workers"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         # A worker reads the same --config; its "workers" must not make it
@@ -431,6 +435,7 @@ class Options(usage.Options):
             shutdownGrace=self["shutdown-grace"],
             drainDelay=self["drain-delay"],
             maxBody=self["max-body"],
+            bodyBudget=self["body-budget"],
             maxLine=self["max-line"],
             poolSize=self["pool-size"],
             workers=workers,

@@ -48,7 +48,8 @@ log = Logger()
 RESTART_ONLY = (
     "listen", "workers", "poolSize", "connectTimeout", "clientTimeout", "bodyTimeout",
     "clientHeaderTimeout", "maxConnections",
-    "maxBody", "shutdownGrace", "drainDelay", "metrics", "metricsDir", "logFormat", "demo",
+    "maxBody", "bodyBudget", "shutdownGrace", "drainDelay", "metrics", "metricsDir",
+    "logFormat", "demo",
 )
 """Settings a running process keeps until it is restarted."""
 

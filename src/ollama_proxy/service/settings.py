@@ -40,6 +40,7 @@ class Settings:
     @ivar drainDelay: seconds between SIGTERM (readiness 503) and closing
         the listeners.
     @ivar maxBody: the largest request body accepted.
+    @ivar bodyBudget: bytes of request bodies held at once by all requests.
     @ivar maxLine: the largest upstream SSE line accepted.
     @ivar poolSize: persistent upstream connections per host.
     @ivar workers: processes serving the ports (1: this one alone).
@@ -80,6 +81,7 @@ class Settings:
     shutdownGrace: float
     drainDelay: float
     maxBody: int
+    bodyBudget: int
     maxLine: int
     poolSize: int
     workers: int

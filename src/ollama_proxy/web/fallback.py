@@ -84,6 +84,10 @@ class FallbackResource(ProxyResource):
         """
         return "fallback"
 
+    decodesBody = False
+    """Relayed as it is, C{Content-Encoding} included: the fallback Ollama
+    decides what it accepts."""
+
     def servesSubPath(self, request: Request) -> bool:
         """
         @return: C{True}: whatever path reached the fallback is Ollama's to
