@@ -22,9 +22,10 @@ guards everything but C{/} and C{/health}); with C{--require-key} a browser
 is asked for it (HTTP Basic, the key as the password, see
 L{ollama_proxy.web.auth.BROWSER_PATHS}).  They are exempt from the request log and the
 request metrics, so a page left open does not move the counters it shows.
-Everything that came from a backend (error text, model ids) passes the
-proxy's redactor first: no byte of the page carries a secret the proxy
-holds.
+A backend's state is the readiness probe's own words for it (what went
+wrong at its last listing), and everything that came from a backend (model
+ids, any text) passes the proxy's redactor first: no byte of the page
+carries a secret the proxy holds.
 
 A backend's C{circuit} is C{null} until backends carry a circuit state;
 the page adds the column when one does.
@@ -54,13 +55,15 @@ def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def backendReport(ctx: ProxyContext, entry: Any, now: float, current: BackendTotals,
-                  old: BackendTotals | None) -> JSON:
+def backendReport(ctx: ProxyContext, entry: Any, state: str, now: float,
+                  current: BackendTotals, old: BackendTotals | None) -> JSON:
     """
     One backend's row.
 
     @param ctx: the context (for the redactor).
     @param entry: the router's L{ollama_proxy.upstream.routing.BackendModels}.
+    @param state: its state in the readiness probe's words (C{"ok"}, why
+        its last listing failed, C{"not listed yet"}).
     @param now: the clock's seconds (that of the model-list cache).
     @param current: its totals now.
     @param old: its totals at the start of the history window, if any.
@@ -68,13 +71,11 @@ def backendReport(ctx: ProxyContext, entry: Any, now: float, current: BackendTot
     """
     redact = ctx.redactor.text
     cache = entry.cache
+    reachable: bool | None = True
     if cache.error is not None:
-        reachable: bool | None = False
-        state = redact(cache.error.message)
+        reachable = False
     elif cache.value is None:
-        reachable, state = None, "not listed yet"
-    else:
-        reachable, state = True, "ok"
+        reachable = None
     count, total = current.latencyCount, current.latencySum
     if old is not None and count > old.latencyCount:
         count, total = count - old.latencyCount, total - old.latencySum
@@ -83,7 +84,7 @@ def backendReport(ctx: ProxyContext, entry: Any, now: float, current: BackendTot
         "name": redact(entry.name),
         "host": redact(remoteHost(entry.config.url)),
         "reachable": reachable,
-        "state": state,
+        "state": redact(state),
         "checked_seconds_ago": (
             round(max(now - cache.lastCheck, 0.0), 1) if cache.lastCheck is not None else None
         ),
@@ -110,12 +111,13 @@ def statusReport(ctx: ProxyContext, metrics: Metrics) -> JSON:
     started = lifecycle.started if lifecycle.started is not None else nowNs
     current = totals(metrics)
     oldest = metrics.history.oldest()
-    ready, _ = ctx.models.readiness()
+    ready, states = ctx.models.readiness()
     rows = []
     for entry in router.backends:
         clock = entry.cache.clock.seconds()
         rows.append(backendReport(
-            ctx, entry, clock, current.backends.get(entry.name, BackendTotals()),
+            ctx, entry, states.get(entry.name, ""), clock,
+            current.backends.get(entry.name, BackendTotals()),
             oldest.backends.get(entry.name) if oldest is not None else None,
         ))
     requests, errors = metrics.history.rates()
