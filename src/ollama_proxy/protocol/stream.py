@@ -13,8 +13,11 @@ tokens costs one write, while each token is still its own line or event.
 from __future__ import annotations
 
 from ollama_proxy.protocol.errors import StreamFailed
-from ollama_proxy.protocol.events import Finish, StreamEncoder, Usage
+from typing import Sequence
+
+from ollama_proxy.protocol.events import Event, Finish, StreamEncoder, Usage
 from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.redact import EventRedactor
 from ollama_proxy.protocol.sse import (
     DEFAULT_MAX_LINE_LENGTH,
     SSEDecoder,
@@ -29,6 +32,9 @@ class TranslatedStream:
     @ivar reader: reads the backend's events.
     @ivar encoder: writes the client's dialect.
     @ivar finished: the reply's L{Finish}, once the stream ended cleanly.
+    @ivar redactor: takes the proxy's secrets out of the events before any
+        dialect encodes them (a key spread over several deltas included), or
+        C{None} when there is no secret to look for.
     """
 
     def __init__(
@@ -36,9 +42,11 @@ class TranslatedStream:
         reader: ChatStreamReader,
         encoder: StreamEncoder,
         maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
+        redactor: EventRedactor | None = None,
     ) -> None:
         self.reader = reader
         self.encoder = encoder
+        self.redactor = redactor
         self.decoder = SSEDecoder(maxLineLength)
         self.finished: Finish | None = None
 
@@ -83,9 +91,20 @@ class TranslatedStream:
         try:
             events = self.reader.feed(payloads)
         except StreamFailed as e:
-            e.output = self.encoder.encode(e.events)
+            e.output = self.encoder.encode(self._redactLast(e.events))
             raise
+        if self.redactor is not None:
+            events = self.redactor.feed(events)
         return self.encoder.encode(events)
+
+    def _redactLast(self, events: Sequence[Event]) -> Sequence[Event]:
+        """
+        @return: the last events of the stream, redacted, with any text the
+            redactor held back released.
+        """
+        if self.redactor is None:
+            return events
+        return [*self.redactor.feed(events), *self.redactor.end()]
 
     def end(self) -> bytes:
         """
@@ -97,11 +116,11 @@ class TranslatedStream:
         try:
             events = self.reader.feed(self.decoder.close())
         except StreamFailed as e:
-            e.output = self.encoder.encode(e.events)
+            e.output = self.encoder.encode(self._redactLast(e.events))
             raise
         last = self.reader.finish()
         finish = last[-1]
         if isinstance(finish, Finish):
             self.finished = finish
         events.extend(last)
-        return self.encoder.encode(events)
+        return self.encoder.encode(self._redactLast(events))

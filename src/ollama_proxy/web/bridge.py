@@ -39,16 +39,12 @@ from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, inflate
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.metrics import OTHER
-from ollama_proxy.web.observe import (
-    OBSERVED,
-    logRequest,
-    modelLabel,
-    noteRoute,
-    routed,
-    upstreamErrorKind,
-)
+from ollama_proxy.web.observe import (OBSERVED, logRequest, modelLabel, noteRoute, routed,
+                                      upstreamErrorKind)
 
 NDJSON = b"application/x-ndjson"
+MIN_CLIENT_KEY = 8  # the shortest client key treated as a secret
+MAX_ERROR_TEXT = 2000  # characters of upstream text an error quotes (cut after redaction)
 JSON_TYPE = b"application/json; charset=utf-8"
 
 
@@ -108,8 +104,6 @@ class Exchange:
         funnel goes by the response's content type.
     @ivar redactor: the proxy's secrets, replaced in upstream text before
         it reaches the client (see L{redactText}, L{redactData}).
-    @ivar counted: the backend whose in-flight gauge counts this request
-        (L{ollama_proxy.web.observe.routed}), until it ends.
     """
 
     request: Request
@@ -126,33 +120,42 @@ class Exchange:
     guessed: str | None = None
     streamError: Callable[[str], bytes] | None = None
     redactor: Redactor = attrs.field(factory=Redactor, repr=False)
-    counted: str | None = None
+    _outbound: StreamRedactor | None | bool = attrs.field(default=False, repr=False)
 
-    def _clientKey(self) -> list[str | None]:
+    def clientKey(self) -> list[str | None]:
+        """
+        @return: the client's own key (it may be the one forwarded
+            upstream, C{--forward-client-key}), when it is at least
+            L{MIN_CLIENT_KEY} long: a shorter one is no gateway key (Claude
+            Code's usual token is C{ollama}), and redacting it would garble
+            the text.
+        """
         key = presentedKey(self.request)
-        return [key.decode("utf-8", "replace")] if key else []
+        return [key.decode("utf-8", "replace")] if key and len(key) >= MIN_CLIENT_KEY else []
 
     def redactText(self, text: str) -> str:
         """
-        @param text: an error message that may quote upstream text.
+        @param text: an error message that may quote upstream text, a
+            model id, a log field.
         @return: C{text} without any secret the proxy holds, the client's
             own key included (it may be the one forwarded upstream).
         """
-        return self.redactor.text(text, self._clientKey())
+        return self.redactor.text(text, self.clientKey())
 
-    def redactStream(self) -> StreamRedactor | None:
+    def excerpt(self, text: str, limit: int) -> str:
         """
-        @return: a redactor for a body relayed in pieces, or C{None} when
-            the proxy holds no secret to look for.
+        @param text: upstream text to show in part.
+        @param limit: the most characters to keep.
+        @return: C{text} redacted, then cut (never the other way round).
         """
-        return self.redactor.stream(self._clientKey())
+        return self.redactor.excerpt(text, limit, self.clientKey())
 
     def redactData(self, data: bytes) -> bytes:
         """
-        @param data: a relayed upstream body.
+        @param data: a relayed upstream body (or a chunk for the debug log).
         @return: C{data} without any secret the proxy holds.
         """
-        return self.redactor.data(data, self._clientKey())
+        return self.redactor.data(data, self.clientKey())
 
     def noteUsage(self, usage: Usage) -> None:
         """
@@ -210,12 +213,31 @@ class Exchange:
 
     def write(self, data: bytes) -> None:
         """
-        Write to the client if it is still there.
+        Write to the client if it is still there, through the outbound
+        filter: every byte of every answer passes here, so no dialect can
+        send a secret the proxy holds (a tail that may begin one waits for
+        the next write, or L{flush}).
 
         @param data: bytes of the body.
         """
-        if data and not self.client.gone:
+        if not data or self.client.gone:
+            return
+        outbound = self._outbound
+        if outbound is False:
+            outbound = self._outbound = self.redactor.stream(self.clientKey())
+        if isinstance(outbound, StreamRedactor):
+            data = outbound.feed(data)
+        if data:
             self.request.write(data)
+
+    def flush(self) -> None:
+        """
+        Release what the outbound filter held back (no secret, as it turned out).
+        """
+        if isinstance(self._outbound, StreamRedactor):
+            tail = self._outbound.end()
+            if tail and not self.client.gone:
+                self.request.write(tail)
 
 
 Handler = Callable[[Exchange], Awaitable[Any]]
@@ -283,7 +305,9 @@ class ProxyResource(Resource):
         route = await self.ctx.models.route(name)
         ex.backend = route.name
         routed(ex, self.ctx.metrics)
-        ex.modelLabel = modelLabel(route.known, route.modelId)
+        # A backend id is upstream text: it may carry a key, and it becomes
+        # a metrics label.
+        ex.modelLabel = ex.redactText(modelLabel(route.known, route.modelId))
         if not route.known:
             ex.guessed = name
         return route
@@ -329,11 +353,14 @@ class ProxyResource(Resource):
             self.log.debug(
                 "request {method} {uri} headers={headers} body={body}",
                 method=method,
-                uri=request.uri.decode("latin-1"),
-                headers=redactHeaders(
-                    {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}
-                ),
-                body=body[:4096].decode("utf-8", "replace"),
+                uri=ex.redactText(request.uri.decode("latin-1")),
+                headers={
+                    name: [ex.redactText(value) for value in values]
+                    for name, values in redactHeaders(
+                        {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}
+                    ).items()
+                },
+                body=ex.excerpt(body.decode("utf-8", "replace"), 4096),
             )
         if not (body and self._encoded(request)) and self._answerReady(ex):
             return NOT_DONE_YET
@@ -437,8 +464,9 @@ class ProxyResource(Resource):
             ex.request.setHeader(b"Content-Type", JSON_TYPE)
             # A whole answer says its length, as Ollama's (Go's net/http)
             # does, rather than arriving chunked.
+            body = ex.redactData(body)
             ex.request.setHeader(b"Content-Length", b"%d" % len(body))
-            ex.request.write(body)
+            ex.write(body)
 
     def _failWith(self, ex: Exchange, error: Exception) -> None:
         """
@@ -471,12 +499,13 @@ class ProxyResource(Resource):
         request = ex.request
         setattr(request, OBSERVED, True)
         if not ex.client.gone:
+            ex.flush()
             request.finish()
         if ex.guessed is not None:
             # Sent on a guess: a listing made meanwhile may know it.
             known = self.ctx.models.router.lookup(ex.guessed)
             if known is not None:
-                ex.modelLabel = known.modelId
+                ex.modelLabel = ex.redactText(known.modelId)
         logRequest(ex, self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
 
     def _fail(self, ex: Exchange, status: int, message: str) -> None:
@@ -492,11 +521,13 @@ class ProxyResource(Resource):
         # The one place every error passes, whatever the dialect: upstream
         # text (a gateway that echoes the Authorization header) loses the
         # proxy's secrets before errorBody or streamError shape it.
-        message = ex.redactText(message)
+        # Redacted before it is cut, so that no cut key escapes as a prefix.
+        message = ex.excerpt(message, MAX_ERROR_TEXT)
+        ex.flush()
         request = ex.request
         if request.startedWriting:
             if ex.streamError is not None:
-                request.write(ex.streamError(message))
+                ex.write(ex.streamError(message))
                 return
             contentType = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
             if contentType[0].startswith(b"text/event-stream"):
@@ -504,13 +535,13 @@ class ProxyResource(Resource):
                 # /v1 routes send it (OpenAI SDKs raise on it), after a
                 # blank line that ends any event the backend left unfinished.
                 error = {"message": message, "type": "api_error", "param": None, "code": None}
-                request.write(b"\n\ndata: " + codec.dumps({"error": error}) + b"\n\n")
+                ex.write(b"\n\ndata: " + codec.dumps({"error": error}) + b"\n\n")
                 return
             # Mid-stream: Ollama ends the NDJSON with an error line, never a
             # fake done:true.
-            request.write(codec.dumpLine({"error": message}))
+            ex.write(codec.dumpLine({"error": message}))
         else:
-            request.write(self.errorBody(request, status, message))
+            ex.write(self.errorBody(request, status, message))
 
     def errorBody(self, request: Request, status: int, message: str) -> bytes:
         """

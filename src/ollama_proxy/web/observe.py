@@ -18,6 +18,7 @@ from ollama_proxy.protocol.errors import (
     UpstreamHTTPError,
     UpstreamTimeout,
 )
+from ollama_proxy.protocol.redact import printable
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.web.metrics import OTHER, Metrics
 
@@ -113,6 +114,11 @@ def noteRoute(request: Any, label: str) -> None:
     setattr(request, ROUTE, label)
 
 
+COUNTED = "_ollamaProxyCounted"
+"""The request attribute naming the backend whose in-flight gauge counts
+the request (L{routed}) until it ends (L{logRequest})."""
+
+
 def routed(ex: Exchange, metrics: Metrics | None) -> None:
     """
     Count C{ex} as in flight on the backend it was just routed to (the
@@ -121,11 +127,12 @@ def routed(ex: Exchange, metrics: Metrics | None) -> None:
     @param ex: the exchange, its C{backend} set.
     @param metrics: the metrics, or C{None}.
     """
-    if metrics is None or ex.backend is None or ex.counted == ex.backend:
+    counted = getattr(ex.request, COUNTED, None)
+    if metrics is None or ex.backend is None or counted == ex.backend:
         return
-    if ex.counted is not None:
-        metrics.child(metrics.backendInFlight, ex.counted).dec()
-    ex.counted = ex.backend
+    if counted is not None:
+        metrics.child(metrics.backendInFlight, counted).dec()
+    setattr(ex.request, COUNTED, ex.backend)
     metrics.child(metrics.backendInFlight, ex.backend).inc()
 
 
@@ -142,13 +149,16 @@ def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> N
     """
     request = ex.request
     setattr(request, OBSERVED, True)
-    if metrics is not None and ex.counted is not None:
-        metrics.child(metrics.backendInFlight, ex.counted).dec()
-        metrics.child(metrics.backendRequests, ex.counted).inc()
-        ex.counted = None
+    counted = getattr(request, COUNTED, None)
+    if metrics is not None and counted is not None:
+        metrics.child(metrics.backendInFlight, counted).dec()
+        metrics.child(metrics.backendRequests, counted).inc()
+        setattr(request, COUNTED, None)
     _record(
         request, route, (now - ex.start) / 1e6, metrics,
-        model=ex.model, backend=ex.backend, modelLabel=ex.modelLabel,
+        model=ex.redactText(ex.model) if ex.model is not None else None,
+        path=ex.redactText((request.path or b"").decode("latin-1")),
+        backend=ex.backend, modelLabel=ex.modelLabel,
         tokensIn=ex.tokensIn, tokensOut=ex.tokensOut, firstToken=ex.firstToken,
         upstreamError=ex.upstreamError, gone=bool(ex.client.gone and not request.finished),
     )
@@ -176,6 +186,7 @@ def _record(
     durationMs: float,
     metrics: Metrics | None,
     model: str | None = None,
+    path: str | None = None,
     backend: str | None = None,
     modelLabel: str = "",
     tokensIn: int | None = None,
@@ -186,8 +197,8 @@ def _record(
 ) -> None:
     ttftMs = firstToken / 1e6 if firstToken is not None else None
     method = (request.method or b"").decode("ascii", "replace")
-    path = (request.path or b"").decode("latin-1")
-    modelText = model or "-"
+    path = printable(path if path is not None else (request.path or b"").decode("latin-1"))
+    modelText = printable(model) if model else "-"
     backendText = backend or "-"
     tokens = f"{tokensIn}/{tokensOut}" if tokensIn is not None else "-"
     ttft = f"{ttftMs:.1f}ms" if ttftMs is not None else "-"
