@@ -153,12 +153,12 @@ class Metrics:
             "timeout, http_4xx, http_5xx, stream, protocol).",
             ["backend", "kind"], namespace=namespace, registry=r,
         )
-        self.backendRequests = Counter(
-            "backend_requests", "Client requests routed to each backend, when they end.",
+        self.routedRequests = Counter(
+            "routed_requests", "Client requests routed to each backend, when they end.",
             ["backend"], namespace=namespace, registry=r,
         )
-        self.backendInFlight = Gauge(
-            "backend_in_flight", "Client requests routed to each backend and not yet "
+        self.routedInFlight = Gauge(
+            "routed_in_flight", "Client requests routed to each backend and not yet "
             "ended (streams included).", ["backend"], namespace=namespace, registry=r,
             multiprocess_mode="livesum",
         )
@@ -273,9 +273,9 @@ def totals(metrics: Metrics) -> Totals:
                     errors += value
             elif name == "active_streams":
                 streams += value
-            elif name == "backend_requests_total":
+            elif name == "routed_requests_total":
                 add(labels["backend"], "requests", value)
-            elif name == "backend_in_flight":
+            elif name == "routed_in_flight":
                 add(labels["backend"], "inFlight", value)
             elif name == "upstream_errors_total":
                 add(labels["backend"], "errors", value)

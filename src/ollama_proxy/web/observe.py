@@ -131,9 +131,9 @@ def routed(ex: Exchange, metrics: Metrics | None) -> None:
     if metrics is None or ex.backend is None or counted == ex.backend:
         return
     if counted is not None:
-        metrics.child(metrics.backendInFlight, counted).dec()
+        metrics.child(metrics.routedInFlight, counted).dec()
     setattr(ex.request, COUNTED, ex.backend)
-    metrics.child(metrics.backendInFlight, ex.backend).inc()
+    metrics.child(metrics.routedInFlight, ex.backend).inc()
 
 
 def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> None:
@@ -151,8 +151,8 @@ def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> N
     setattr(request, OBSERVED, True)
     counted = getattr(request, COUNTED, None)
     if metrics is not None and counted is not None:
-        metrics.child(metrics.backendInFlight, counted).dec()
-        metrics.child(metrics.backendRequests, counted).inc()
+        metrics.child(metrics.routedInFlight, counted).dec()
+        metrics.child(metrics.routedRequests, counted).inc()
         setattr(request, COUNTED, None)
     _record(
         request, route, (now - ex.start) / 1e6, metrics,
