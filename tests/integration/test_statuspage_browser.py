@@ -126,7 +126,7 @@ url = "http://127.0.0.1:{downPort}/v1"
         The checks of L{test_statusPage}, with Playwright running.
         """
         if True:
-            context = self.browser(p, viewport={"width": 1000, "height": 640})
+            context = self.browser(p, viewport={"width": 1000, "height": 570})
             page = context.new_page()
             problems: list[str] = []
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)

@@ -102,7 +102,7 @@ preserveAspectRatio="none" role="img" aria-label="errors per minute"></svg></div
 </table>
 </div>
 <p class="muted">Updated every 2 s from <a href="status.json">status.json</a>.
-Prometheus: <a href="metrics">/metrics</a>.</p>
+Prometheus: <code>/metrics</code>.</p>
 </main>
 </body>
 </html>
