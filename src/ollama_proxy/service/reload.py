@@ -49,7 +49,7 @@ RESTART_ONLY = (
     "listen", "workers", "poolSize", "connectTimeout", "clientTimeout", "bodyTimeout",
     "clientHeaderTimeout", "maxConnections",
     "maxBody", "bodyBudget", "shutdownGrace", "drainDelay", "metrics", "metricsDir",
-    "logFormat", "demo",
+    "logFormat", "demo", "demoPort",
 )
 """Settings a running process keeps until it is restarted."""
 

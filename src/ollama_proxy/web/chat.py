@@ -26,6 +26,7 @@ from ollama_proxy.protocol.openai import ChatStreamReader, readReply
 from ollama_proxy.protocol.openai_request import chatBody
 from ollama_proxy.protocol.requests import ChatRequest
 from ollama_proxy.protocol.stream import TranslatedStream
+from ollama_proxy.protocol.toolids import uniqueToolIds
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.body import readJSON
 from ollama_proxy.upstream.routing import Route, applyExtra
@@ -76,7 +77,8 @@ async def generate(
     """
     The hub's path for a parsed chat, whatever the client's dialect: the
     OpenAI body to the routed backend's chat completions, the reply in
-    C{dialect}.
+    C{dialect}, its tool-call ids unique within the conversation
+    (L{ollama_proxy.protocol.toolids}).
 
     @param ctx: the shared context.
     @param ex: the exchange.
@@ -89,7 +91,7 @@ async def generate(
     body = upstreamBody(ctx, route, chatBody(request, route.modelId, backend.flavor), ex)
     response = await backend.postChat(body)
     return await answer(
-        ctx, ex, backend, response, dialect, request.stream,
+        ctx, ex, backend, response, uniqueToolIds(dialect, request), request.stream,
         ReadOptions(dropThinking=request.think is False),
     )
 
