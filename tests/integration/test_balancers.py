@@ -3,7 +3,7 @@ The scale-out recipes of C{docs/operations.md}, run on the real engines:
 the HAProxy and nginx configurations are read from the document itself
 (only the ports are changed) and put in front of two proxy instances with
 the default C{--drain-delay}, under a streamed C{/api/chat} load of 16
-clients (50 lines 10 ms apart each).
+clients (the fake backend's 17-word reply, 30 ms apart: half a second each).
 
     - first line: through the balancer within a few ms of the proxy alone
       (HAProxy without C{option http-no-delay} adds ~175 ms);
@@ -43,9 +43,7 @@ HAPROXY = os.environ.get("OLLAMA_PROXY_HAPROXY", "")
 NGINX = os.environ.get("OLLAMA_PROXY_NGINX", "")
 DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "operations.md")
 CLIENTS = 16
-LINES = 50
-BODY = codec.dumps({"model": "fake-model", "options": {"num_predict": LINES},
-                    "messages": [{"role": "user", "content": "hi"}]})
+BODY = codec.dumps({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]})
 
 
 def recipe(language: str) -> str:
@@ -64,9 +62,9 @@ class Result:
     """
     One streamed chat through the balancer.
 
-    @ivar outcome: C{ok} (all lines, then C{done}), C{error} (an error
-        line), C{cut} (the connection ended early), C{fake} (C{done} after
-        fewer lines), or C{status N}.
+    @ivar outcome: C{ok} (every line, then C{done} counting them),
+        C{error} (an error line), C{cut} (the connection ended early),
+        C{fake} (C{done} after fewer lines than it counts), or C{status N}.
     """
 
     start: float
@@ -101,7 +99,8 @@ def chat(port: int) -> Result:
                 result.outcome = "error"
                 break
             if item.get("done"):
-                result.outcome = "ok" if result.lines == LINES else "fake"
+                whole = result.lines == item.get("eval_count") and result.lines > 10
+                result.outcome = "ok" if whole else "fake"
                 break
             result.lines += 1
     except (OSError, http.client.HTTPException, ValueError):
@@ -176,7 +175,7 @@ class BalancerMixin:
         case: Any = self
         backendPort = freePort()
         self.backend = Twistd("fake-openai", ["--listen", f"tcp:{backendPort}:interface=127.0.0.1",
-                                              "--delay", "0.01"], backendPort)
+                                              "--delay", "0.03"], backendPort)
         case.addCleanup(self.backend.stop)
         self.backendURL = f"http://127.0.0.1:{backendPort}"
         self.ports = [freePort(), freePort()]
@@ -267,7 +266,8 @@ class BalancerMixin:
               f"{drained:.1f} s); SIGKILL: {len(failedKill)} of {len(afterKill)} failed "
               f"({dict(collections.Counter(r.outcome for r in failedKill))})")
         case.assertLess(through - alone, 15.0, (alone, through))
-        case.assertEqual(collections.Counter(r.outcome for r in failedTerm), {})
+        case.assertEqual(
+            [(r.outcome, round(r.start - sent, 2), round(r.end - sent, 2)) for r in failedTerm], [])
         case.assertGreaterEqual(drained, 5.0)
         # Only streams running on p2 when it died: started before, cut
         # after, at most one per client, each visibly failed.
@@ -277,7 +277,6 @@ class BalancerMixin:
             case.assertIn(r.outcome, ("cut", "error"))
             case.assertLess(r.start, killed)
             case.assertGreater(r.end, killed - 0.05)
-            case.assertLess(r.lines, LINES)
         later = [r for r in afterKill if r.start > killed + 0.05]
         case.assertTrue(later)
         case.assertEqual({r.outcome for r in later}, {"ok"})
