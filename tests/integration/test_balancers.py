@@ -10,8 +10,9 @@ clients (the fake backend's 17-word reply, 30 ms apart: half a second each).
     - C{SIGTERM} to one instance, then its restart (a rolling restart):
       no request fails;
     - C{SIGKILL} to one instance: only streams it carried fail, each with
-      an error line or a cut connection, never a C{done} after a cut
-      reply; every request that starts after the kill succeeds.
+      an error line or a cut connection (or the balancer's 502 for one
+      that had no answer byte yet), never a C{done} after a cut reply;
+      every request that starts after the kill succeeds.
 
 Opt-in: set C{OLLAMA_PROXY_HAPROXY} and/or C{OLLAMA_PROXY_NGINX} to the
 executables (C{.ci/balancers.sh} installs Debian's C{haproxy} and
@@ -274,7 +275,11 @@ class BalancerMixin:
         case.assertTrue(failedKill, "the killed instance carried no stream?")
         case.assertLessEqual(len(failedKill), CLIENTS)
         for r in failedKill:
-            case.assertIn(r.outcome, ("cut", "error"))
+            # A stream cut or ended by an error line; or, now and then, a
+            # request that had no answer byte yet when the instance died
+            # comes back as the balancer's 502 instead of being retried:
+            # an honest error too, never a done.
+            case.assertIn(r.outcome, ("cut", "error", "status 502"))
             case.assertLess(r.start, killed)
             case.assertGreater(r.end, killed - 0.05)
         later = [r for r in afterKill if r.start > killed + 0.05]
