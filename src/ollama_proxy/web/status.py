@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -43,6 +42,7 @@ from twisted.web.server import Request
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.listing import remoteHost
+from ollama_proxy.upstream.routing import BackendModels
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.metrics import BackendTotals, Metrics, totals
 from ollama_proxy.web.observe import OBSERVED
@@ -55,13 +55,13 @@ def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def backendReport(ctx: ProxyContext, entry: Any, state: str, now: float,
+def backendReport(ctx: ProxyContext, entry: BackendModels, state: str, now: float,
                   current: BackendTotals, old: BackendTotals | None) -> JSON:
     """
     One backend's row.
 
     @param ctx: the context (for the redactor).
-    @param entry: the router's L{ollama_proxy.upstream.routing.BackendModels}.
+    @param entry: the backend, its client and its model-list cache.
     @param state: its state in the readiness probe's words (C{"ok"}, why
         its last listing failed, C{"not listed yet"}).
     @param now: the clock's seconds (that of the model-list cache).
