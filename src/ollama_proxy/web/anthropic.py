@@ -13,8 +13,9 @@ from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic import AnthropicDialect, errorObject
-from ollama_proxy.protocol.anthropic_request import estimateTokens, parseMessagesRequest
+from ollama_proxy.protocol.anthropic_request import parseMessagesRequest
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.requests import estimateTokens
 from ollama_proxy.web.agents import decodedJSON, nativeRoute, relayNative, translate
 from ollama_proxy.web.bridge import JSON_TYPE, Exchange, NotServed, ProxyResource
 

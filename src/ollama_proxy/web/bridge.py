@@ -31,7 +31,7 @@ from ollama_proxy.protocol.errors import (
     UpstreamError,
 )
 from ollama_proxy.protocol.events import Finish, Usage
-from ollama_proxy.protocol.ollama_request import requireObject
+from ollama_proxy.protocol.fields import requireObject
 from ollama_proxy.protocol.redact import Redactor, StreamRedactor
 from ollama_proxy.upstream.backend import clientKey, redactHeaders
 from ollama_proxy.upstream.routing import Route
