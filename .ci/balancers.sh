@@ -41,8 +41,8 @@ if [ ! -x /usr/sbin/haproxy ] || [ ! -x /usr/sbin/nginx ]; then
     fi
   done
 fi
-/usr/sbin/haproxy -v | head -1
-/usr/sbin/nginx -v 2>&1
+/usr/sbin/haproxy -v | head -1 || true   # head closes the pipe early
+/usr/sbin/nginx -v 2>&1 || true
 
 echo "== the HAProxy and nginx recipes under load (python -m twisted.trial tests.integration.test_balancers)"
 OLLAMA_PROXY_HAPROXY=/usr/sbin/haproxy OLLAMA_PROXY_NGINX=/usr/sbin/nginx \
