@@ -93,7 +93,7 @@ def makeRouter(
         )
         cache = TTLCache(makeFetcher(client, backend), reactor, settings.modelsTTL, backend.name)
         entries.append(BackendModels(backend, client, cache))
-    return Router(entries, settings.tag, settings.requireKeys)
+    return Router(entries, settings.tag, settings.requireKeys, settings.routing)
 
 
 class ModelListing(Service):
@@ -108,17 +108,35 @@ class ModelListing(Service):
 
     log = Logger()
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, live: LiveConfig | None = None) -> None:
         self.router = router
+        self.live = live
 
     def startService(self) -> None:
         """
-        Start the listing; the service does not wait for it.
+        Start the listing and, with several backends, their active health
+        checks; the service does not wait for them.
         """
         super().startService()
+        if self.live is not None:
+            self.live.checks = True
+            self.router = self.live.ctx.models.router
+        if self.router.fleet is not None:
+            self.router.fleet.start()
         d = Deferred.fromCoroutine(self.router.lists())
         d.addCallback(self._report)
         d.addErrback(lambda f: self.log.failure("listing models at start-up failed", f))
+
+    def stopService(self) -> None:  # type: ignore[override]
+        """
+        Stop the health checks.
+        """
+        super().stopService()
+        if self.live is not None:
+            self.live.checks = False
+            self.router = self.live.ctx.models.router
+        if self.router.fleet is not None:
+            self.router.fleet.stop()
 
     def _report(self, lists: list[tuple[BackendModels, list[Any] | None]]) -> None:
         for backend, entries in lists:
@@ -372,7 +390,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         workers.setServiceParent(service)
     if settings.workerOf is not None:
         ParentWatch(reactor, settings.workerOf).setServiceParent(service)
-    ModelListing(router).setServiceParent(service)
+    ModelListing(router, live).setServiceParent(service)
     metrics = ctx.metrics
     if metrics is not None:
         # The status page's rates of the last minutes.

@@ -149,9 +149,12 @@ async def relayNative(
     the model's C{extra} fields; the answer, streamed or not, goes to the
     client as it arrives.
     """
-    backend = route.backend
-    body = {**body, **route.override.extra, "model": route.modelId}
-    if ctx.debug:
-        log.debug("upstream request {url} {body}", url=backend.url(api),
-                  body=ex.redactText(codec.dumps(body).decode()))
-    await forwardToBackend(ctx, ex, backend, api, codec.dumps(body), NATIVE_HEADERS)
+
+    def bodyFor(member: Route) -> bytes:
+        data = {**body, **member.override.extra, "model": member.modelId}
+        if ctx.debug:
+            log.debug("upstream request {url} {body}", url=member.backend.url(api),
+                      body=ex.redactText(codec.dumps(data).decode()))
+        return codec.dumps(data)
+
+    await forwardToBackend(ctx, ex, route, api, bodyFor, NATIVE_HEADERS)

@@ -48,7 +48,7 @@ class Messages(AnthropicResource):
     async def handle_POST(self, ex: Exchange) -> JSON | None:
         body = decodedJSON(self.ctx, ex)
         model = body.get("model")
-        route = await self.route(ex, model) if isinstance(model, str) and model else None
+        route = await self.route(ex, model, body) if isinstance(model, str) and model else None
         if route is not None and nativeRoute(route, "messages"):
             await relayNative(self.ctx, ex, route, "messages", body)
             return None

@@ -148,6 +148,31 @@ class Metrics:
             "active_streams", "Responses being streamed to clients now.",
             namespace=namespace, registry=r, multiprocess_mode="livesum",
         )
+        self.backendRequests = Counter(
+            "backend_requests", "Requests sent to each backend of a pool (failovers "
+            "included).", ["backend"], namespace=namespace, registry=r,
+        )
+        self.backendFailures = Counter(
+            "backend_failures", "Pool member failures by kind (connection, timeout, "
+            "http_429, http_5xx, misconfigured, stream, check).", ["backend", "kind"],
+            namespace=namespace, registry=r,
+        )
+        self.backendFailovers = Counter(
+            "backend_failovers", "Requests that left a backend for another member before "
+            "their first byte.", ["backend"], namespace=namespace, registry=r,
+        )
+        self.backendInFlight = Gauge(
+            "backend_in_flight", "Requests in flight on each pool member.", ["backend"],
+            namespace=namespace, registry=r, multiprocess_mode="livesum",
+        )
+        self.backendCircuit = Gauge(
+            "backend_circuit", "Each pool member's circuit: 0 closed, 1 half-open, 2 open.",
+            ["backend"], namespace=namespace, registry=r, multiprocess_mode="livemax",
+        )
+        self.sticky = Counter(
+            "sticky", "Sticky conversation lookups: hit, miss or repin, by the backend chosen.",
+            ["backend", "outcome"], namespace=namespace, registry=r,
+        )
         self.upstreamErrors = Counter(
             "upstream_errors", "Upstream failures by backend and kind (connect, "
             "timeout, http_4xx, http_5xx, stream, protocol).",

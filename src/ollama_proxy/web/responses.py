@@ -27,7 +27,7 @@ class Responses(ProxyResource):
     async def handle_POST(self, ex: Exchange) -> JSON | None:
         body = decodedJSON(self.ctx, ex)
         model = body.get("model")
-        route = await self.route(ex, model) if isinstance(model, str) and model else None
+        route = await self.route(ex, model, body) if isinstance(model, str) and model else None
         if route is not None and nativeRoute(route, "responses"):
             # The backend keeps its own state: previous_response_id and
             # friends are its business.
