@@ -75,8 +75,8 @@ class StatusJSONTests(SynchronousTestCase):
     def test_backends(self) -> None:
         """
         Each backend with its reachability, host (no user or password),
-        models, and the reason of a failed check; the circuit is null
-        until backends have one.
+        models, the reason of a failed check, and (two backends: a fleet)
+        its circuit.
         """
         self.h.clock.advance(2)
         report = self.status()
@@ -85,7 +85,7 @@ class StatusJSONTests(SynchronousTestCase):
             {k: alpha[k] for k in ("name", "host", "reachable", "state", "models", "circuit",
                                    "checked_seconds_ago", "requests", "errors", "in_flight")},
             {"name": "alpha", "host": "http://alpha.test:4000", "reachable": True, "state": "ok",
-             "models": ["small", "big"], "circuit": None, "checked_seconds_ago": 7.0,
+             "models": ["small", "big"], "circuit": "closed", "checked_seconds_ago": 7.0,
              "requests": 0, "errors": 0, "in_flight": 0},
         )
         self.assertEqual((beta["name"], beta["host"], beta["reachable"], beta["models"]),
@@ -166,6 +166,35 @@ class StatusJSONTests(SynchronousTestCase):
         self.assertEqual(history["requests_per_minute"], [18.0, 0.0])
         self.assertEqual(history["errors_per_minute"], [0.0, 0.0])
         self.assertEqual(history["interval_seconds"], 10.0)
+
+    def test_circuitOpen(self) -> None:
+        """
+        A backend whose circuit opened after failures is shown down, with
+        the circuit's state and the reason in the proxy's words.
+        """
+        fleet = self.h.router.fleet
+        assert fleet is not None
+        circuit = fleet.members["alpha"].circuit
+        for _ in range(10):  # the default policy opens it after 3
+            circuit.failure()
+        self.assertEqual(circuit.state, "open")
+        alpha = self.status()["backends"][0]
+        self.assertEqual((alpha["circuit"], alpha["reachable"]), ("open", False))
+        self.assertIn("circuit open", alpha["state"])
+
+    def test_oneBackendNoCircuit(self) -> None:
+        """
+        With one backend there is no fleet, hence no circuit.
+        """
+        h = MultiBackendHarness([BackendConfig(name="only", url="http://only.test:4000")],
+                                metrics=True)
+        h.get("/api/tags")
+        h.answerModels("only", "m")
+        h.clock.advance(5)
+        response = self.successResultOf(h.get("/status.json"))
+        [only] = body(h, response)["backends"]
+        self.assertEqual((only["circuit"], only["reachable"], only["models"]),
+                         (None, True, ["m"]))
 
     def test_draining(self) -> None:
         """

@@ -27,8 +27,12 @@ wrong at its last listing), and everything that came from a backend (model
 ids, any text) passes the proxy's redactor first: no byte of the page
 carries a secret the proxy holds.
 
-A backend's C{circuit} is C{null} until backends carry a circuit state;
-the page adds the column when one does.
+With several backends (a fleet, where one model may be served by several
+of them) each backend's C{circuit} is its breaker's state (C{closed},
+C{half-open}, C{open}) and a backend no request could go to now (circuit
+open, key refused, paused by a 429) is shown down with the reason; with
+one backend there is no circuit (C{null}) and the page leaves the column
+out.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.balance import MemberSnapshot
 from ollama_proxy.protocol.listing import remoteHost
 from ollama_proxy.upstream.routing import BackendModels
 from ollama_proxy.web.context import ProxyContext
@@ -56,7 +61,8 @@ def _iso(seconds: float) -> str:
 
 
 def backendReport(ctx: ProxyContext, entry: BackendModels, state: str, now: float,
-                  current: BackendTotals, old: BackendTotals | None) -> JSON:
+                  current: BackendTotals, old: BackendTotals | None,
+                  member: MemberSnapshot | None = None) -> JSON:
     """
     One backend's row.
 
@@ -67,12 +73,14 @@ def backendReport(ctx: ProxyContext, entry: BackendModels, state: str, now: floa
     @param now: the clock's seconds (that of the model-list cache).
     @param current: its totals now.
     @param old: its totals at the start of the history window, if any.
+    @param member: its state in the fleet (several backends): circuit and
+        whether a request could go to it now; C{None} with one backend.
     @return: the row.
     """
     redact = ctx.redactor.text
     cache = entry.cache
     reachable: bool | None = True
-    if cache.error is not None:
+    if cache.error is not None or (member is not None and not member.routable):
         reachable = False
     elif cache.value is None:
         reachable = None
@@ -93,7 +101,7 @@ def backendReport(ctx: ProxyContext, entry: BackendModels, state: str, now: floa
         "errors": int(current.errors),
         "in_flight": int(current.inFlight),
         "models": [redact(str(model.get("id", ""))) for model in known],
-        "circuit": None,
+        "circuit": member.circuit if member is not None else None,
     }
 
 
@@ -112,6 +120,8 @@ def statusReport(ctx: ProxyContext, metrics: Metrics) -> JSON:
     current = totals(metrics)
     oldest = metrics.history.oldest()
     ready, states = ctx.models.readiness()
+    # Circuits exist only in a fleet (several backends); one backend has none.
+    members = {m.name: m for m in router.snapshot()} if router.fleet is not None else {}
     rows = []
     for entry in router.backends:
         clock = entry.cache.clock.seconds()
@@ -119,6 +129,7 @@ def statusReport(ctx: ProxyContext, metrics: Metrics) -> JSON:
             ctx, entry, states.get(entry.name, ""), clock,
             current.backends.get(entry.name, BackendTotals()),
             oldest.backends.get(entry.name) if oldest is not None else None,
+            members.get(entry.name),
         ))
     requests, errors = metrics.history.rates()
     return {

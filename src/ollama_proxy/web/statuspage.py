@@ -43,6 +43,7 @@ th,td{text-align:left;padding:.45rem .6rem;border-bottom:1px solid var(--line);v
 th{font-size:.8rem;color:var(--muted);font-weight:600;white-space:nowrap}
 td.num{text-align:right;white-space:nowrap}
 .models{font-size:.85rem;color:var(--muted);max-width:24rem}
+.models span{white-space:nowrap}.when{white-space:nowrap}
 .reason{font-size:.8rem;color:var(--muted);max-width:18rem;overflow-wrap:anywhere}
 #error{color:var(--bad)}
 @media (max-width:40rem){body{font-size:14px}.card b{font-size:1.2rem}
@@ -184,13 +185,18 @@ SCRIPT = b"""\
     if (b.state !== "ok") { state.appendChild(el("div", "reason", b.state)); }
     tr.appendChild(state);
     if (circuits) { tr.appendChild(el("td", "", b.circuit === null ? "\\u2013" : b.circuit)); }
-    tr.appendChild(el("td", "", b.checked_seconds_ago === null ? "never"
-                                 : duration(b.checked_seconds_ago) + " ago"));
+    tr.appendChild(el("td", "when", b.checked_seconds_ago === null ? "never"
+                                     : duration(b.checked_seconds_ago) + " ago"));
     tr.appendChild(el("td", "num", b.latency_ms === null ? "\\u2013" : b.latency_ms + " ms"));
     tr.appendChild(el("td", "num", b.requests));
     tr.appendChild(el("td", "num", b.errors));
     tr.appendChild(el("td", "num", b.in_flight));
-    tr.appendChild(el("td", "models", b.models.length ? b.models.join(", ") : "none"));
+    var models = el("td", "models", b.models.length ? "" : "none");
+    b.models.forEach(function (m, i) {
+      models.appendChild(el("span", "", m + (i < b.models.length - 1 ? ", " : "")));
+      models.appendChild(document.createTextNode(" "));
+    });
+    tr.appendChild(models);
     return tr;
   }
 
