@@ -274,17 +274,21 @@ class BalancerMixin:
         # after, at most one per client, each visibly failed.
         case.assertTrue(failedKill, "the killed instance carried no stream?")
         case.assertLessEqual(len(failedKill), CLIENTS)
+        detail = [(r.outcome, round(r.start - killed, 3), round(r.end - killed, 3))
+                  for r in failedKill]
         for r in failedKill:
             # A stream cut or ended by an error line; or, now and then, a
             # request that had no answer byte yet when the instance died
             # comes back as the balancer's 502 instead of being retried:
             # an honest error too, never a done.
-            case.assertIn(r.outcome, ("cut", "error", "status 502"))
-            case.assertLess(r.start, killed)
-            case.assertGreater(r.end, killed - 0.05)
+            case.assertIn(r.outcome, ("cut", "error", "status 502"), detail)
+            # (or it raced the kill: sent to the dying instance within a few
+            # ms of its death, before anything could notice)
+            case.assertLess(r.start, killed + 0.05, detail)
+            case.assertGreater(r.end, killed - 0.05, detail)
         later = [r for r in afterKill if r.start > killed + 0.05]
         case.assertTrue(later)
-        case.assertEqual({r.outcome for r in later}, {"ok"})
+        case.assertEqual({r.outcome for r in later}, {"ok"}, detail)
 
 
 class HAProxyTests(BalancerMixin, SynchronousTestCase):
