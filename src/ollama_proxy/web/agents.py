@@ -25,7 +25,7 @@ from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.events import Dialect, StreamEncoder
 from ollama_proxy.protocol.requests import ChatRequest
 from ollama_proxy.upstream.routing import Route
-from ollama_proxy.web.bridge import Exchange
+from ollama_proxy.web.bridge import DEBUG_EXCERPT, Exchange
 from ollama_proxy.web.chat import generate
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.passthrough import forwardToBackend
@@ -154,7 +154,7 @@ async def relayNative(
         data = {**body, **member.override.extra, "model": member.modelId}
         if ctx.debug:
             log.debug("upstream request {url} {body}", url=member.backend.url(api),
-                      body=ex.redactText(codec.dumps(data).decode()))
+                      body=ex.excerpt(codec.dumps(data).decode(), DEBUG_EXCERPT))
         return codec.dumps(data)
 
     await forwardToBackend(ctx, ex, route, api, bodyFor, NATIVE_HEADERS)

@@ -45,6 +45,7 @@ from ollama_proxy.web.observe import (OBSERVED, logRequest, modelLabel, noteRout
 NDJSON = b"application/x-ndjson"
 MIN_CLIENT_KEY = 8  # the shortest client key treated as a secret
 MAX_ERROR_TEXT = 2000  # characters of upstream text an error quotes (cut after redaction)
+DEBUG_EXCERPT = 4096  # characters of a body a --debug line shows (cut after redaction)
 JSON_TYPE = b"application/json; charset=utf-8"
 
 
@@ -359,7 +360,7 @@ class ProxyResource(Resource):
                         {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}
                     ).items()
                 },
-                body=ex.excerpt(body.decode("utf-8", "replace"), 4096),
+                body=ex.excerpt(body.decode("utf-8", "replace"), DEBUG_EXCERPT),
             )
         if not (body and self._encoded(request)) and self._answerReady(ex):
             return NOT_DONE_YET
