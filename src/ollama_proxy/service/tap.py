@@ -15,12 +15,14 @@ import ctypes
 import ctypes.util
 
 import errno
+import shutil
 import sys
 import tempfile
 from types import TracebackType
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -28,9 +30,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
+from ollama_proxy import __version__
+from ollama_proxy.protocol.clock import wallClock
 from ollama_proxy.protocol.flavors import flavorFor
-from ollama_proxy.service.logging import redactLogsWith
+from ollama_proxy.service.drain import DrainService
 from ollama_proxy.service.listen import loopbackOnly, somaxconn, withBacklog
+from ollama_proxy.service.logging import redactLogsWith
 from ollama_proxy.service.options import Options, demoListen
 from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, reload
 from ollama_proxy.service.settings import Settings
@@ -47,13 +52,19 @@ from ollama_proxy.upstream.pool import ConnectionPool, makeClient
 from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
 from ollama_proxy.web.auth import KeyGate, requireKeys
 from ollama_proxy.web.budget import BodyBudget
-from ollama_proxy.web.context import Fallback, ProxyContext
+from ollama_proxy.web.context import Fallback, Lifecycle, ProxyContext
 from ollama_proxy.web.cors import CORSResource, HostPolicy, OriginPolicy
-from ollama_proxy.web.metrics import Metrics, shareAcrossProcesses, sharedDirectory
+from ollama_proxy.web.metrics import (
+    Metrics,
+    RateHistory,
+    sampleHistory,
+    shareAcrossProcesses,
+    sharedDirectory,
+)
 from ollama_proxy.web.site import ProxySite, makeSite
 from ollama_proxy.web.tree import buildRoot
 
-__all__ = ["Options", "Settings", "makeService"]
+__all__ = ["DrainService", "Options", "Settings", "makeService"]
 
 def makeRouter(
     settings: Settings, http: HTTPClient, reactor: IReactorTime
@@ -152,26 +163,6 @@ class PoolService(Service):
         return closed
 
 
-class DrainService(Service):
-    """
-    Lets requests in flight finish when twistd stops (SIGTERM): the
-    listening ports close at once (their services stop alongside), this
-    service's C{stopService} waits up to the grace period for the site to
-    drain, then cuts what is left, which closes the upstream connections.
-    """
-
-    def __init__(self, site: ProxySite, grace: float) -> None:
-        self.site = site
-        self.grace = grace
-
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
-        """
-        @return: fires when no request is in flight.
-        """
-        super().stopService()
-        return self.site.drain(self.grace)
-
-
 class StartupError(Exception):
     """
     The service cannot start, for a reason one line says (a port that is
@@ -205,21 +196,41 @@ class ProxyService(MultiService):
     """
     The proxy's services; a port that cannot be bound becomes a
     L{StartupError} with one clear line instead of a traceback.
+
+    @ivar temporary: directories of this run (the workers' metrics) to
+        remove when the start fails: the stop that would remove them never
+        comes.
     """
 
     log = Logger()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temporary: list[str] = []
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except CannotListenError as e:
+            self._removeTemporary()
             self._fail(e)
+        except BaseException:
+            self._removeTemporary()
+            raise
 
     def startService(self) -> None:
         try:
             super().startService()
         except CannotListenError as e:
+            self._removeTemporary()
             self._fail(e)
+        except BaseException:
+            self._removeTemporary()
+            raise
+
+    def _removeTemporary(self) -> None:
+        for directory in self.temporary:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def _fail(self, error: CannotListenError) -> None:
         line = listenFailure(error)
@@ -311,6 +322,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     elif settings.metrics and settings.workerOf is not None:
         metricsDirectory = sharedDirectory()
     ctx = ProxyContext(
+        lifecycle=Lifecycle(started=wallClock(), workers=settings.workers,
+                            version=__version__.public()),
         models=ModelDirectory(router, settings.modelOverrides, settings.remoteHost),
         fallback=makeFallback(settings),
         debug=settings.debug,
@@ -346,25 +359,31 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     live = LiveConfig(settings, ctx, lambda current: makeRouter(current, http, reactor),
                       makeFallback, root.wrapped, root, site)
     service = ProxyService()
+    if metricsDirectory is not None and settings.workers > 1 and not settings.metricsDir:
+        service.temporary.append(metricsDirectory)
     shared = settings.workers > 1 or settings.workerOf is not None
     backlog = somaxconn()
+    # The listeners stop through the drain: readiness 503, --drain-delay,
+    # close, --shutdown-grace for what is in flight, then the pool.
+    drain = DrainService(site, settings.shutdownGrace, reactor, ctx.lifecycle,
+                         settings.drainDelay)
+    drain.setServiceParent(service)
     for description in settings.listen:
         # A burst of connections must wait in the accept queue, not in SYN
         # retransmits: the kernel's ceiling unless --listen names one.
         description = withBacklog(description, backlog)
         if shared:
-            ReusePortService(reactor, description, site).setServiceParent(service)
+            ReusePortService(reactor, description, site).setServiceParent(drain)
         else:
-            strports.service(description, site, reactor=reactor).setServiceParent(service)
-    PoolService(pool).setServiceParent(service)
-    DrainService(site, settings.shutdownGrace).setServiceParent(service)
+            strports.service(description, site, reactor=reactor).setServiceParent(drain)
+    drain.stopAfter(PoolService(pool))
     workers: WorkerPool | None = None
     if settings.workers > 1:
         workers = WorkerPool(
             reactor,
             settings.workers - 1,
             lambda parentPid: childArguments(list(settings.rawArgs), parentPid, settings.target),
-            stopTimeout=settings.shutdownGrace + 5.0,
+            stopTimeout=settings.drainDelay + settings.shutdownGrace + 5.0,
             metricsDirectory=metricsDirectory,
             removeDirectory=not settings.metricsDir,
         )
@@ -372,6 +391,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if settings.workerOf is not None:
         ParentWatch(reactor, settings.workerOf).setServiceParent(service)
     ModelListing(router, live).setServiceParent(service)
+    metrics = ctx.metrics
+    if metrics is not None:
+        # The status page's rates of the last minutes.
+        sampler = TimerService(RateHistory.interval,
+                               lambda: sampleHistory(metrics, reactor.seconds()))
+        sampler.clock = reactor
+        sampler.setServiceParent(service)
     if real:
         ReloadOnHangup(
             reactor, lambda: reload(live, parser(settings.rawArgs)),

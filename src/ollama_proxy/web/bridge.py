@@ -37,13 +37,8 @@ from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, chargeParse, inflate
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.metrics import OTHER
-from ollama_proxy.web.observe import (
-    OBSERVED,
-    logRequest,
-    modelLabel,
-    noteRoute,
-    upstreamErrorKind,
-)
+from ollama_proxy.web.observe import (OBSERVED, logRequest, modelLabel, noteRoute, routed,
+                                      upstreamErrorKind)
 
 NDJSON = b"application/x-ndjson"
 MIN_CLIENT_KEY = 8  # the shortest client key treated as a secret
@@ -305,6 +300,7 @@ class ProxyResource(Resource):
         ex.modelLabel = OTHER
         route = await self.ctx.models.route(name, ex.request.getHeader, body)
         ex.backend = route.name
+        routed(ex, self.ctx.metrics)
         # A backend id is upstream text: it may carry a key, and it becomes
         # a metrics label.
         ex.modelLabel = ex.redactText(modelLabel(route.known, route.modelId))
