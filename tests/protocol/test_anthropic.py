@@ -250,7 +250,7 @@ class ReplyTests(SynchronousTestCase):
         stream would have been.
         """
         dialect = AnthropicDialect(5, counterIds())
-        names = [n for n, _ in events(dialect.replyAsStream(self.REPLY, "m", T0, T0))]
+        names = [n for n, _ in events(dialect.streamEncoder("m", T0).whole(self.REPLY, T0))]
         self.assertEqual(names, [
             "message_start", "content_block_start", "content_block_delta", "content_block_stop",
             "content_block_start", "content_block_delta", "content_block_stop",

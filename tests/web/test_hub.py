@@ -16,6 +16,7 @@ from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.dialect import DONE, EncodedErrors, Encoder
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCalls
 from ollama_proxy.protocol.openai_request import chatBody
@@ -45,14 +46,18 @@ def parseToy(body: JSON) -> ChatRequest:
     )
 
 
-class ToyEncoder:
+class ToyEncoder(Encoder):
     """
-    The toy dialect's event encoder: one text line per event.
+    The toy dialect's event encoder: one text line per event (the
+    lifecycle, START -> OPEN -> DONE, is the base's).
     """
 
     contentType = b"text/x-toy"
 
-    def encode(self, events: Sequence[Event]) -> bytes:
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def _encode(self, events: Sequence[Event]) -> bytes:
         out = []
         for event in events:
             if isinstance(event, Delta):
@@ -60,26 +65,50 @@ class ToyEncoder:
             elif isinstance(event, ToolCalls):
                 out.extend(f"call {c.name} {codec.dumps(c.arguments).decode()}\n" for c in event.calls)
             elif isinstance(event, Finish):
+                self._ended(event, events)
                 out.append(f"end {event.reason} {event.usage.completionTokens}\n")
         return "".join(out).encode("utf-8")
 
-    def error(self, message: str) -> bytes:
+    def _failure(self, message: str) -> bytes:
         return f"oops {message}\n".encode("utf-8")
+
+    def whole(self, reply: Reply, end: int) -> bytes:
+        self._open()
+        self.state = DONE
+        return codec.dumpLine(toyReply(reply, self.model))
+
+
+def toyReply(reply: Reply, model: str) -> JSON:
+    """
+    The toy dialect's whole answer.
+    """
+    return {"who": model, "said": reply.content, "why": reply.reason}
+
+
+class ToyErrors(EncodedErrors):
+    """
+    The toy dialect's errors: C{no <message>} before the stream, the
+    encoder's C{oops} line in it.
+    """
+
+    contentType = b"text/x-toy"
+
+    def body(self, status: int, message: str, param: str | None = None) -> bytes:
+        return f"no {message}\n".encode("utf-8")
 
 
 class ToyDialect:
     """
-    The toy dialect's side of L{ollama_proxy.protocol.events.Dialect}.
+    The toy dialect's side of L{ollama_proxy.protocol.dialect.Dialect}.
     """
 
+    errors = ToyErrors()
+
     def streamEncoder(self, model: str, start: int) -> ToyEncoder:
-        return ToyEncoder()
+        return ToyEncoder(model)
 
     def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
-        return {"who": model, "said": reply.content, "why": reply.reason}
-
-    def replyAsStream(self, reply: Reply, model: str, start: int, end: int) -> bytes:
-        return codec.dumpLine(self.reply(reply, model, start, end))
+        return toyReply(reply, model)
 
 
 class ToyResource(ProxyResource):

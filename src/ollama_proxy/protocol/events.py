@@ -4,7 +4,8 @@ The events of a generated reply, whatever dialect the client speaks.
 
 The OpenAI reader (L{ollama_proxy.protocol.openai}) turns a backend's
 stream into these; each client dialect's encoder turns them into its own
-wire format (L{ollama_proxy.protocol.ollama} for Ollama NDJSON).  A
+wire format (L{ollama_proxy.protocol.ollama} for Ollama NDJSON), with the
+lifecycle L{ollama_proxy.protocol.dialect} defines.  A
 non-streamed answer is one L{Reply}, the same content aggregated.
 
 Events are C{NamedTuple}s: typed, immutable, and as cheap to build as a
@@ -14,7 +15,7 @@ apart with C{type(event) is Delta} (the common case) or C{isinstance}.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, Sequence, Union
+from typing import NamedTuple, Union
 
 from ollama_proxy.protocol.codec import JSON
 
@@ -129,56 +130,3 @@ def replyEvents(reply: Reply, end: int) -> list[Event]:
         events.append(ToolCalls(reply.toolCalls))
     events.append(Finish(reply.reason, reply.usage, None, end))
     return events
-
-
-class StreamEncoder(Protocol):
-    """
-    A client dialect's writer for one streamed reply.
-    """
-
-    contentType: bytes
-    """The response's C{Content-Type}."""
-
-    def encode(self, events: Sequence[Event]) -> bytes:
-        """
-        @param events: the events of one upstream read, in order.
-        @return: the bytes to write to the client now.
-        """
-
-    def error(self, message: str) -> bytes:
-        """
-        @param message: why the stream failed after it began.
-        @return: the dialect's mid-stream error (never a fake success).
-        """
-
-
-class Dialect(Protocol):
-    """
-    A client dialect's side of the hub: how a reply is written to it.
-    (Its request side is a parser that returns a
-    L{ollama_proxy.protocol.requests.ChatRequest}.)
-    """
-
-    def streamEncoder(self, model: str, start: int) -> StreamEncoder:
-        """
-        @param model: the model name as the client sent it.
-        @param start: when the request arrived (ns).
-        @return: a fresh encoder for one stream.
-        """
-
-    def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
-        """
-        @param reply: the whole answer.
-        @param model: the model name as the client sent it.
-        @param start: when the request arrived (ns).
-        @param end: now (ns).
-        @return: the non-streamed answer object.
-        """
-
-    def replyAsStream(self, reply: Reply, model: str, start: int, end: int) -> bytes:
-        """
-        A whole answer where the client asked for a stream (the backend
-        ignored C{"stream": true}).
-
-        @return: the complete stream's bytes, success included.
-        """

@@ -17,21 +17,15 @@ far: Codex reads no other error event.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import io
+from typing import Any
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.anthropic import SSE, IdMaker, randomId
+from ollama_proxy.protocol.anthropic import IdMaker, randomId
+from ollama_proxy.protocol.blocks import THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.events import (
-    Delta,
-    Event,
-    Finish,
-    Reply,
-    ToolCall,
-    ToolCalls,
-    Usage,
-    replyEvents,
-)
+from ollama_proxy.protocol.dialect import EncodedErrors
+from ollama_proxy.protocol.events import Finish, Reply, ToolCall, Usage, replyEvents
 from ollama_proxy.protocol.responses_request import ResponsesContext, ToolName
 from ollama_proxy.protocol.sse import sseEvent
 
@@ -84,16 +78,15 @@ def _text(text: str) -> JSON:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-class ResponsesEncoder:
+class ResponsesEncoder(BlockEncoder):
     """
-    Events to the Responses event stream, and the response object they
-    make (L{response}, complete after the L{Finish}).
+    Events to the Responses event stream (the shared block lifecycle,
+    L{ollama_proxy.protocol.blocks.BlockEncoder}, with output items as the
+    blocks), and the response object they make (L{response}, complete
+    after the L{Finish}).
 
-    @ivar started: whether C{response.created} went out.
     @ivar response: the latest response object.
     """
-
-    contentType = SSE
 
     def __init__(
         self, model: str, start: int, context: ResponsesContext, newId: IdMaker = randomId
@@ -111,10 +104,12 @@ class ResponsesEncoder:
         self._id = newId("resp_")
         self._seq = 0
         self._output: list[JSON] = []
-        self._open: JSON | None = None
-        self._buffer: list[str] = []
+        self._item: JSON = {}
+        # The open item's whole text, repeated by its closing events (the
+        # protocol's): one growing string, not a list of every delta (a
+        # 50 MB reply in 10-byte deltas was 300 MB of small strings).
+        self._buffer = io.StringIO()
         self._textWhere = b""
-        self.started = False
         self.response = self._object("in_progress", None)
 
     def _object(self, status: str, usage: Usage | None, **fields: Any) -> JSON:
@@ -135,66 +130,74 @@ class ResponsesEncoder:
         self._seq += 1
         return sseEvent(kind.encode(), codec.dumps(data))
 
-    def _start(self) -> bytes:
-        if self.started:
-            return b""
-        self.started = True
+    def _opening(self) -> bytes:
         return (self._emit("response.created", response=self.response)
                 + self._emit("response.in_progress", response=self.response))
 
-    def ping(self) -> bytes:
-        """
-        @return: the opening events if not sent yet, else an SSE comment.
-        """
-        return self._start() if not self.started else KEEPALIVE
+    def _ping(self) -> bytes:
+        return KEEPALIVE
 
-    def _openItem(self, item: JSON) -> bytes:
-        out = self._close()
-        self._open = item
-        self._buffer = []
-        out += self._emit("response.output_item.added", output_index=len(self._output), item=item)
+    def _startBlock(self, kind: str) -> bytes:
+        if kind == THINKING:
+            item: JSON = {"id": self._newId("rs_"), "type": "reasoning", "summary": []}
+        else:
+            item = {"id": self._newId("msg_"), "type": "message", "status": "in_progress",
+                    "role": "assistant", "content": []}
+        self._item = item
+        self._buffer = io.StringIO()
+        out = self._emit("response.output_item.added", output_index=len(self._output), item=item)
         where = {"item_id": item["id"], "output_index": len(self._output)}
-        if item["type"] == "message":
-            self._textWhere = (b',"item_id":' + codec.dumps(item["id"]) + b',"output_index":'
-                               + str(len(self._output)).encode() + b',"content_index":0,"delta":')
-            out += self._emit("response.content_part.added", **where, content_index=0,
-                              part=_text(""))
-        elif item["type"] == "reasoning":
-            out += self._emit("response.reasoning_summary_part.added", **where, summary_index=0,
-                              part={"type": "summary_text", "text": ""})
+        if kind == THINKING:
+            return out + self._emit("response.reasoning_summary_part.added", **where,
+                                    summary_index=0, part={"type": "summary_text", "text": ""})
+        self._textWhere = (b',"item_id":' + codec.dumps(item["id"]) + b',"output_index":'
+                           + str(len(self._output)).encode() + b',"content_index":0,"delta":')
+        return out + self._emit("response.content_part.added", **where, content_index=0,
+                                part=_text(""))
+
+    def _thinking(self, text: str) -> bytes:
+        self._buffer.write(text)
+        return self._emit("response.reasoning_summary_text.delta", item_id=self._item["id"],
+                          output_index=len(self._output), summary_index=0, delta=text)
+
+    def _text(self, text: str) -> bytes:
+        self._buffer.write(text)
+        # The per-token event, from a template made when the message
+        # opened: only the sequence number and the text are encoded here.
+        out = (_TEXT_DELTA + str(self._seq).encode() + self._textWhere
+               + codec.dumps(text) + b',"logprobs":[]}\n\n')
+        self._seq += 1
         return out
 
-    def _close(self) -> bytes:
-        item = self._open
-        if item is None:
-            return b""
-        self._open = None
-        text = "".join(self._buffer)
+    def _stopBlock(self) -> bytes:
+        item = self._item
+        text = self._buffer.getvalue()
+        self._buffer = io.StringIO()
         where = {"item_id": item["id"], "output_index": len(self._output)}
-        out = b""
+        out: list[bytes] = []
         if item["type"] == "message":
-            out += self._emit("response.output_text.done", **where, content_index=0, text=text,
-                              logprobs=[])
-            out += self._emit("response.content_part.done", **where, content_index=0,
-                              part=_text(text))
+            out.append(self._emit("response.output_text.done", **where, content_index=0,
+                                  text=text, logprobs=[]))
+            out.append(self._emit("response.content_part.done", **where, content_index=0,
+                                  part=_text(text)))
             item = {**item, "status": "completed", "content": [_text(text)]}
         else:
             part = {"type": "summary_text", "text": text}
-            out += self._emit("response.reasoning_summary_text.done", **where, summary_index=0,
-                              text=text)
-            out += self._emit("response.reasoning_summary_part.done", **where, summary_index=0,
-                              part=part)
+            out.append(self._emit("response.reasoning_summary_text.done", **where,
+                                  summary_index=0, text=text))
+            out.append(self._emit("response.reasoning_summary_part.done", **where,
+                                  summary_index=0, part=part))
             item = {**item, "summary": [part]}
-        return out + self._done(item)
+        out.append(self._done(item))
+        return b"".join(out)
 
     def _done(self, item: JSON) -> bytes:
         out = self._emit("response.output_item.done", output_index=len(self._output), item=item)
         self._output.append(item)
         return out
 
-    def _call(self, call: ToolCall) -> bytes:
+    def _toolCall(self, call: ToolCall) -> bytes:
         name = self._context.names.get(call.name, ToolName(call.name))
-        out = self._close()
         index = len(self._output)
         if name.custom:
             raw = call.arguments.get("input")
@@ -203,7 +206,7 @@ class ResponsesEncoder:
                           "status": "in_progress", "call_id": call.id, "name": name.name,
                           "input": ""}
             where = {"item_id": item["id"], "output_index": index}
-            out += self._emit("response.output_item.added", output_index=index, item=item)
+            out = self._emit("response.output_item.added", output_index=index, item=item)
             out += self._emit("response.custom_tool_call_input.delta", **where, delta=text)
             out += self._emit("response.custom_tool_call_input.done", **where, input=text)
             return out + self._done({**item, "status": "completed", "input": text})
@@ -213,50 +216,11 @@ class ResponsesEncoder:
         if name.namespace:
             item["namespace"] = name.namespace
         where = {"item_id": item["id"], "output_index": index}
-        out += self._emit("response.output_item.added", output_index=index, item=item)
+        out = self._emit("response.output_item.added", output_index=index, item=item)
         out += self._emit("response.function_call_arguments.delta", **where, delta=arguments)
         out += self._emit("response.function_call_arguments.done", **where, name=name.name,
                           arguments=arguments)
         return out + self._done({**item, "status": "completed", "arguments": arguments})
-
-    def encode(self, events: Sequence[Event]) -> bytes:
-        """
-        @param events: the events of one read.
-        @return: their SSE events.
-        """
-        out = [self._start()]
-        for event in events:
-            if type(event) is Delta:
-                if event.thinking:
-                    if self._open is None or self._open["type"] != "reasoning":
-                        out.append(self._openItem(
-                            {"id": self._newId("rs_"), "type": "reasoning", "summary": []}
-                        ))
-                    assert self._open is not None
-                    self._buffer.append(event.thinking)
-                    out.append(self._emit(
-                        "response.reasoning_summary_text.delta", item_id=self._open["id"],
-                        output_index=len(self._output), summary_index=0, delta=event.thinking,
-                    ))
-                if event.content:
-                    if self._open is None or self._open["type"] != "message":
-                        out.append(self._openItem({
-                            "id": self._newId("msg_"), "type": "message",
-                            "status": "in_progress", "role": "assistant", "content": [],
-                        }))
-                    self._buffer.append(event.content)
-                    # The per-token event, from a template made when the
-                    # message opened: only the sequence number and the text
-                    # are encoded here.
-                    out.append(_TEXT_DELTA + str(self._seq).encode() + self._textWhere
-                               + codec.dumps(event.content) + b',"logprobs":[]}\n\n')
-                    self._seq += 1
-            elif type(event) is ToolCalls:
-                out.extend(self._call(call) for call in event.calls)
-            elif type(event) is Finish:
-                out.append(self._close())
-                out.append(self._finish(event))
-        return b"".join(out)
 
     def _finish(self, finish: Finish) -> bytes:
         if finish.reason == "length" and self._context.echo.get("max_output_tokens"):
@@ -269,36 +233,47 @@ class ResponsesEncoder:
         )
         return self._emit("response.completed", response=self.response)
 
-    def error(self, message: str) -> bytes:
+    def _failure(self, message: str) -> bytes:
         """
         @return: C{response.failed} with the items completed so far.
         """
-        start = self._start()
         self.response = self._object(
             "failed", None, error={"code": "server_error", "message": message}
         )
-        return start + self._emit("response.failed", response=self.response)
+        return self._emit("response.failed", response=self.response)
+
+
+class ResponsesErrors(EncodedErrors):
+    """
+    OpenAI's errors: C{{"error": {"message", "type", "param", "code"}}}
+    before the stream (the refused field as C{param}), C{response.failed}
+    in it.
+    """
+
+    def _object(self, status: int, message: str, param: str | None) -> JSON:
+        return errorObject(status, message, param)
+
+
+ERRORS = ResponsesErrors()
 
 
 class ResponsesDialect:
     """
-    The Responses reply dialect (L{ollama_proxy.protocol.events.Dialect})
-    of one request, keeping its stream encoder (see
-    L{ollama_proxy.protocol.anthropic.AnthropicDialect}).
+    The Responses reply dialect (L{ollama_proxy.protocol.dialect.Dialect})
+    of one request: it knows the request's echoed fields and tool names.
     """
+
+    errors = ERRORS
 
     def __init__(self, context: ResponsesContext, newId: IdMaker = randomId) -> None:
         self.context = context
         self._newId = newId
-        self._encoder: ResponsesEncoder | None = None
 
     def streamEncoder(self, model: str, start: int) -> ResponsesEncoder:
         """
-        @return: the request's encoder (the same one on every call).
+        @return: a fresh encoder for one stream.
         """
-        if self._encoder is None:
-            self._encoder = ResponsesEncoder(model, start, self.context, self._newId)
-        return self._encoder
+        return ResponsesEncoder(model, start, self.context, self._newId)
 
     def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
         """
@@ -307,9 +282,3 @@ class ResponsesDialect:
         encoder = ResponsesEncoder(model, start, self.context, self._newId)
         encoder.encode(replyEvents(reply, end))
         return encoder.response
-
-    def replyAsStream(self, reply: Reply, model: str, start: int, end: int) -> bytes:
-        """
-        @return: the whole answer as the event stream.
-        """
-        return self.streamEncoder(model, start).encode(replyEvents(reply, end))

@@ -13,7 +13,8 @@ tokens costs one write, while each token is still its own line or event.
 from __future__ import annotations
 
 from ollama_proxy.protocol.errors import StreamFailed
-from ollama_proxy.protocol.events import Finish, StreamEncoder, Usage
+from ollama_proxy.protocol.dialect import Encoder
+from ollama_proxy.protocol.events import Finish, Usage
 from ollama_proxy.protocol.openai import ChatStreamReader
 from ollama_proxy.protocol.sse import (
     DEFAULT_MAX_LINE_LENGTH,
@@ -34,7 +35,7 @@ class TranslatedStream:
     def __init__(
         self,
         reader: ChatStreamReader,
-        encoder: StreamEncoder,
+        encoder: Encoder,
         maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
     ) -> None:
         self.reader = reader

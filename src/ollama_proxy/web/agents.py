@@ -15,6 +15,7 @@ failure becomes the dialect's mid-stream error instead of an HTTP status.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -23,7 +24,8 @@ from twisted.logger import Logger
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.compression import decompress
-from ollama_proxy.protocol.events import Dialect, StreamEncoder
+from ollama_proxy.protocol.blocks import BlockEncoder
+from ollama_proxy.protocol.dialect import DONE, Dialect
 from ollama_proxy.protocol.requests import ChatRequest
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.bridge import Exchange
@@ -39,26 +41,14 @@ NATIVE_HEADERS = frozenset({
 """Client headers a native backend gets (its key is the proxy's)."""
 
 
-class PingingEncoder(StreamEncoder, Protocol):
-    """
-    A stream encoder with a keep-alive event.
-    """
-
-    def ping(self) -> bytes:
-        """
-        @return: the keep-alive event, preceded by the stream's opening
-            events if they were not written yet.
-        """
-
-
 class PingingDialect(Dialect, Protocol):
     """
-    A dialect whose (per-request) stream encoder can ping.
+    A dialect whose stream encoder can ping (a block dialect's).
     """
 
-    def streamEncoder(self, model: str, start: int) -> PingingEncoder:
+    def streamEncoder(self, model: str, start: int) -> BlockEncoder:
         """
-        @return: the request's encoder, the same one on every call.
+        @return: a fresh encoder for one stream.
         """
 
 
@@ -83,9 +73,15 @@ class Heartbeat:
     """
 
     def __init__(
-        self, ex: Exchange, encoder: PingingEncoder, clock: IReactorTime, interval: float
+        self,
+        ex: Exchange,
+        dialect: Dialect,
+        encoder: BlockEncoder,
+        clock: IReactorTime,
+        interval: float,
     ) -> None:
         self._ex = ex
+        self._dialect = dialect
         self._encoder = encoder
         self._clock = clock
         self._interval = interval
@@ -93,12 +89,12 @@ class Heartbeat:
 
     def _beat(self) -> None:
         ex = self._ex
-        if ex.client.gone:
+        if ex.client.gone or self._encoder.state is DONE:
             self._call = None
             return
         if not ex.request.startedWriting:
             ex.startStream(self._encoder.contentType)
-            ex.streamError = self._encoder.error
+            ex.streamError = partial(self._dialect.errors.midStream, self._encoder)
         ex.write(self._encoder.ping())
         self._call = self._clock.callLater(self._interval, self._beat)
 
@@ -124,12 +120,13 @@ async def translate(
 
     @return: the non-streamed object, or C{None} after streaming.
     """
-    heartbeat = None
+    heartbeat = encoder = None
     if request.stream and ctx.pingInterval > 0:
+        # One encoder for the stream: the keep-alives and the reply.
         encoder = dialect.streamEncoder(request.model, ex.start)
-        heartbeat = Heartbeat(ex, encoder, route.backend.reactor, ctx.pingInterval)
+        heartbeat = Heartbeat(ex, dialect, encoder, route.backend.reactor, ctx.pingInterval)
     try:
-        return await generate(ctx, ex, route, request, dialect)
+        return await generate(ctx, ex, route, request, dialect, encoder)
     finally:
         if heartbeat is not None:
             heartbeat.stop()

@@ -13,6 +13,7 @@ here.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import attrs
@@ -21,7 +22,7 @@ from twisted.web.iweb import IResponse
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.events import Dialect
+from ollama_proxy.protocol.dialect import Dialect, Encoder
 from ollama_proxy.protocol.openai import ChatStreamReader, readReply
 from ollama_proxy.protocol.openai_request import chatBody
 from ollama_proxy.protocol.requests import ChatRequest
@@ -69,7 +70,12 @@ def upstreamBody(ctx: ProxyContext, route: Route, body: JSON) -> JSON:
 
 
 async def generate(
-    ctx: ProxyContext, ex: Exchange, route: Route, request: ChatRequest, dialect: Dialect
+    ctx: ProxyContext,
+    ex: Exchange,
+    route: Route,
+    request: ChatRequest,
+    dialect: Dialect,
+    encoder: Encoder | None = None,
 ) -> JSON | None:
     """
     The hub's path for a parsed chat, whatever the client's dialect: the
@@ -81,6 +87,8 @@ async def generate(
     @param route: where the request goes.
     @param request: the parsed request.
     @param dialect: the client's dialect.
+    @param encoder: the stream's encoder, if the caller made it already
+        (to write keep-alives while the backend is silent).
     @return: the non-streamed object, or C{None} after streaming.
     """
     backend = route.backend
@@ -88,7 +96,7 @@ async def generate(
     response = await backend.postChat(body)
     return await answer(
         ctx, ex, backend, response, dialect, request.stream,
-        ReadOptions(dropThinking=request.think is False),
+        ReadOptions(dropThinking=request.think is False), encoder,
     )
 
 
@@ -110,6 +118,7 @@ async def answer(
     dialect: Dialect,
     stream: bool,
     options: ReadOptions = ReadOptions(),
+    encoder: Encoder | None = None,
 ) -> JSON | None:
     """
     Answer the client from the backend's (2xx) response, in its dialect.
@@ -122,6 +131,10 @@ async def answer(
     @param dialect: the client's dialect.
     @param stream: whether the client asked for a stream.
     @param options: how to read the reply.
+    @param encoder: the stream's encoder, if one was made already (one
+        encoder per stream: the keep-alives written while the backend was
+        silent and the reply are one stream); else a fresh one from
+        C{dialect}.
     @return: the object to send, or C{None} after streaming.
     @raise ollama_proxy.protocol.errors.UpstreamError: if the backend's
         answer is unusable (before or after the stream began).
@@ -137,18 +150,20 @@ async def answer(
         ex.noteUsage(reply.usage)
         if not stream:
             return dialect.reply(reply, model, ex.start, ctx.now())
-        encoder = dialect.streamEncoder(model, ex.start)
+        if encoder is None:
+            encoder = dialect.streamEncoder(model, ex.start)
         ex.startStream(encoder.contentType)
-        ex.write(dialect.replyAsStream(reply, model, ex.start, ctx.now()))
+        ex.write(encoder.whole(reply, ctx.now()))
         return None
-    encoder = dialect.streamEncoder(model, ex.start)
+    if encoder is None:
+        encoder = dialect.streamEncoder(model, ex.start)
     pipeline = TranslatedStream(
         ChatStreamReader(ctx.now, options.dropThinking, options.thinkTags, options.text),
         encoder,
         ctx.maxLineLength,
     )
     ex.startStream(encoder.contentType)
-    ex.streamError = encoder.error
+    ex.streamError = partial(dialect.errors.midStream, encoder)
     with streaming(ctx.metrics):
         collector = _debugWriter(ex, pipeline) if ctx.debug else _writer(ex, pipeline)
         await relayBody(ex, response, collector, backend.reactor, backend.idleTimeout)

@@ -1,0 +1,262 @@
+# -*- test-case-name: tests.protocol.test_dialect -*-
+"""
+What a client dialect is, as one object with one lifecycle.
+
+A dialect (L{Dialect}) makes a fresh L{Encoder} for every stream and the
+whole reply object for a non-streamed answer, and has one L{ErrorShape}
+that writes its errors, before the stream began (a status and a body) and
+after it (the dialect's own error event, never a fake success).  The web
+funnel asks the dialect; it never guesses from a content type.
+
+An encoder's life is C{START -> OPEN -> DONE}, as h11's connection states
+are: the first bytes it writes open the stream (the dialect's opening
+events, if it has any), a L{Finish} or an error ends it, and anything asked
+of it after the end raises L{EncoderMisuse} instead of writing bytes a
+client would read as a second reply.  Subclasses supply the bytes; this
+module owns the states.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol, Sequence
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.events import Event, Finish, Reply, replyEvents
+
+
+class EncoderState(enum.Enum):
+    """
+    Where an encoder is in its one stream.
+    """
+
+    START = "start"
+    """Nothing written yet."""
+    OPEN = "open"
+    """The stream began (its opening, if any, is written)."""
+    DONE = "done"
+    """The reply ended, with its L{Finish} or an error; nothing may follow."""
+
+
+START = EncoderState.START
+OPEN = EncoderState.OPEN
+DONE = EncoderState.DONE
+
+
+class EncoderMisuse(Exception):
+    """
+    An encoder was asked for bytes its stream can no longer carry (events
+    after the end, a second end).  A programming error, as h11's
+    C{LocalProtocolError}: it is raised rather than written.
+    """
+
+
+class Encoder:
+    """
+    The lifecycle of one streamed reply in a client dialect.
+
+    Subclasses set L{contentType} and implement L{_encode} (their own loop
+    over one read's events, calling L{_ended} at the L{Finish}) and
+    L{_failure}; a dialect with opening events overrides L{_opening}.
+
+    @ivar state: the L{EncoderState}.
+    """
+
+    contentType: bytes = b""
+    """The response's C{Content-Type}."""
+
+    state: EncoderState = START
+
+    def _opening(self) -> bytes:
+        """
+        @return: the events that open the stream (none by default).
+        """
+        return b""
+
+    def _encode(self, events: Sequence[Event]) -> bytes:
+        """
+        @param events: one read's events, the stream already open.
+        @return: their bytes.
+        """
+        raise NotImplementedError
+
+    def _failure(self, message: str) -> bytes:
+        """
+        @param message: why the stream failed.
+        @return: the dialect's mid-stream error event.
+        """
+        raise NotImplementedError
+
+    def _open(self) -> bytes:
+        """
+        Move from C{START} to C{OPEN}.
+
+        @return: the opening events, if they were not written yet.
+        @raise EncoderMisuse: after the end.
+        """
+        state = self.state
+        if state is OPEN:
+            return b""
+        if state is DONE:
+            raise EncoderMisuse(f"{type(self).__name__}: the stream already ended")
+        self.state = OPEN
+        return self._opening()
+
+    def _ended(self, event: Finish, events: Sequence[Event]) -> None:
+        """
+        Called by L{_encode} at the L{Finish}: the stream is over.
+
+        @param event: the finish.
+        @param events: the batch it came in, which it must end.
+        @raise EncoderMisuse: if events follow it.
+        """
+        if event is not events[-1]:
+            raise EncoderMisuse(f"{type(self).__name__}: events after the Finish")
+        self.state = DONE
+
+    def encode(self, events: Sequence[Event]) -> bytes:
+        """
+        @param events: the events of one upstream read, in order.
+        @return: the bytes to write to the client now (with the stream's
+            opening, the first time).
+        @raise EncoderMisuse: after the end, or for events after a
+            L{Finish}.
+        """
+        head = self._open() if self.state is not OPEN else b""
+        return head + self._encode(events)
+
+    def error(self, message: str) -> bytes:
+        """
+        @param message: why the stream failed after it began.
+        @return: the dialect's mid-stream error (after the opening, if it
+            was not written yet); the stream is over.
+        @raise EncoderMisuse: if the stream already ended.
+        """
+        head = self._open()
+        self.state = DONE
+        return head + self._failure(message)
+
+    def whole(self, reply: Reply, end: int) -> bytes:
+        """
+        A whole answer where the client asked for a stream (the backend
+        ignored C{"stream": true}).
+
+        @param reply: the answer.
+        @param end: now (ns).
+        @return: the complete stream's bytes, success included.
+        """
+        return self.encode(replyEvents(reply, end))
+
+
+class ErrorShape(Protocol):
+    """
+    How a dialect writes an error, before and after its stream began.
+    """
+
+    contentType: bytes
+    """The C{Content-Type} of an error answered before the stream."""
+
+    def body(self, status: int, message: str, param: str | None = None) -> bytes:
+        """
+        @param status: the HTTP status.
+        @param message: the error text (already without secrets).
+        @param param: the request field at fault, for dialects that name it.
+        @return: the error answer's body.
+        """
+
+    def midStream(self, encoder: Encoder | None, message: str) -> bytes:
+        """
+        @param encoder: the stream's encoder, or C{None} when the proxy
+            relays a stream it did not encode.
+        @param message: the error text (already without secrets).
+        @return: the error event that ends the stream.
+        """
+
+
+JSON_TYPE = b"application/json; charset=utf-8"
+
+
+class EncodedErrors:
+    """
+    An L{ErrorShape} whose mid-stream error is the encoder's own; its
+    pre-stream body is a JSON object made by a function of the status and
+    the message.
+    """
+
+    contentType = JSON_TYPE
+
+    def _object(self, status: int, message: str, param: str | None) -> JSON:
+        raise NotImplementedError
+
+    def body(self, status: int, message: str, param: str | None = None) -> bytes:
+        return codec.dumps(self._object(status, message, param))
+
+    def _relayed(self, message: str) -> bytes:
+        """
+        @return: the error event for a relayed stream (no encoder of ours).
+        """
+        return RELAYED_OPENAI.midStream(None, message)
+
+    def midStream(self, encoder: Encoder | None, message: str) -> bytes:
+        if encoder is None:
+            return self._relayed(message)
+        if encoder.state is DONE:
+            # The reply is complete on the client's side: a second ending
+            # would be read as a broken stream.
+            return b""
+        return encoder.error(message)
+
+
+class RelayedOpenAIErrors:
+    """
+    Errors of a route that relays the backend's OpenAI answers as they
+    are: Ollama's C{{"error": text}} before the stream, an OpenAI error
+    event in it (as Ollama's own C{/v1} routes send it; OpenAI SDKs raise
+    on it), after a blank line that ends any event the backend left
+    unfinished.
+    """
+
+    contentType = JSON_TYPE
+
+    def body(self, status: int, message: str, param: str | None = None) -> bytes:
+        return codec.dumps({"error": message})
+
+    def midStream(self, encoder: Encoder | None, message: str) -> bytes:
+        if encoder is not None:
+            return encoder.error(message) if encoder.state is not DONE else b""
+        error = {"message": message, "type": "api_error", "param": None, "code": None}
+        return b"\n\ndata: " + codec.dumps({"error": error}) + b"\n\n"
+
+
+RELAYED_OPENAI = RelayedOpenAIErrors()
+
+
+class Dialect(Protocol):
+    """
+    A client dialect's reply side: a fresh encoder per stream, the whole
+    reply object, and its error shape.  (Its request side is a parser that
+    returns a L{ollama_proxy.protocol.requests.ChatRequest}.)
+    """
+
+    @property
+    def errors(self) -> ErrorShape:
+        """
+        The dialect's errors, before and after its stream began.
+        """
+
+    def streamEncoder(self, model: str, start: int) -> Encoder:
+        """
+        @param model: the model name as the client sent it.
+        @param start: when the request arrived (ns).
+        @return: a fresh encoder for one stream.
+        """
+
+    def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
+        """
+        @param reply: the whole answer.
+        @param model: the model name as the client sent it.
+        @param start: when the request arrived (ns).
+        @param end: now (ns).
+        @return: the non-streamed answer object.
+        """
