@@ -9,13 +9,18 @@ Everything listens on 127.0.0.1 and every wait is bounded.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from typing import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Sequence
+
+import zstandard
 
 from tests.tempdirs import makeTempDir, removeTempDir
 
@@ -207,3 +212,142 @@ def workerPids(parent: int, count: int, port: int, timeout: float = 20.0) -> lis
         if len(ready) >= count or time.monotonic() > deadline:
             return ready
         time.sleep(0.1)
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """
+    Answers every method on every path with a small JSON body (a model list
+    on C{/v1/models}) and records what it was asked.
+    """
+
+    protocol_version = "HTTP/1.1"
+    server: "RecordingBackend"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        with self.server.lock:
+            self.server.received.append((self.command, self.path))
+        if self.path == "/v1/models":
+            body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]})
+        else:
+            body = json.dumps({"ok": True, "path": self.path})
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _answer
+
+
+class RecordingBackend(ThreadingHTTPServer):
+    """
+    A hostile backend on 127.0.0.1 that serves every path (an admin route
+    included) and records the method and raw path of each request it
+    receives, so a test can assert what never reached it.
+
+    @ivar received: C{(method, path)} in arrival order.
+    """
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Recorder)
+        self.lock = threading.Lock()
+        self.received: list[tuple[str, str]] = []
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """
+        @return: its base URL.
+        """
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        """
+        Stop serving and close the socket.
+        """
+        self.shutdown()
+        self.server_close()
+        self._thread.join(5)
+
+
+COMPLETION = json.dumps({
+    "id": "c", "object": "chat.completion", "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}).encode()
+
+
+class SlowGateway(BaseHTTPRequestHandler):
+    """
+    Lists one model at once; holds every POST C{server.hold} seconds
+    (reading its body as it comes) before answering a completion.
+    """
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._send(json.dumps({"object": "list", "data": [
+            {"id": "m", "object": "model", "created": 0, "owned_by": "x"}]}).encode())
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        while length > 0:
+            length -= len(self.rfile.read(min(length, 1 << 20)) or b"x" * length)
+        time.sleep(self.server.hold)  # type: ignore[attr-defined]
+        self._send(COMPLETION)
+
+
+def startGateway(hold: float) -> tuple[ThreadingHTTPServer, str]:
+    """
+    @return: the running slow gateway and its URL (stop it with
+        C{shutdown()} and C{server_close()}).
+    """
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowGateway)
+    server.hold = hold  # type: ignore[attr-defined]
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def bomb(size: int) -> bytes:
+    """
+    @return: a zstd frame (about 2 KB) that inflates to C{size} bytes of a
+        valid C{/v1/messages} body.
+    """
+    head = b'{"model":"m","max_tokens":8,"messages":[{"role":"user","content":"'
+    tail = b'"}]}'
+    raw = head + b"a" * (size - len(head) - len(tail)) + tail
+    return zstandard.ZstdCompressor(level=19).compress(raw)
+
+
+def rss(pid: int) -> tuple[int, int]:
+    """
+    @return: the process's RSS now and its peak (VmHWM), in bytes.
+    """
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            fields[name] = value.strip()
+    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024

@@ -22,7 +22,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.service.listen import somaxconn
-from tests.integration.servers import Twistd, freePort
+from tests.integration.servers import (
+    RecordingBackend,
+    Twistd,
+    bomb,
+    freePort,
+    rss,
+    startGateway,
+)
 
 BACKEND_KEY = "sk-backend-0123456789abcdef"
 INBOUND_KEY = "inbound-key-fedcba9876543210"
@@ -261,3 +268,174 @@ class BurstTests(SynchronousTestCase):
             sockets.append(sock)
         # The kernel queues backlog + 1 completed handshakes.
         self.assertLess(connectedWithin(sockets, 0.5), 20)
+
+
+ALLOWED_UPSTREAM = {"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+"""The backend paths the relayed routes may reach (and C{/v1/models/{id}})."""
+
+ATTACKS = [
+    (b"GET", b"/v1/models/../../admin/keys"),
+    (b"GET", b"/v1/models/%2e%2e/%2e%2e/admin/keys"),
+    (b"GET", b"/v1/models/..%2f..%2fadmin%2fkeys"),
+    (b"POST", b"/v1/chat/completions/../../key/generate"),
+    (b"GET", b"/v1/models/%2E%2e/%2e./spend/logs"),
+    (b"GET", b"/v1/models/%252e%252e/%252e%252e/admin"),
+    (b"GET", b"/v1/models/..;/..;/admin"),
+    (b"GET", b"/v1/models/..%5c..%5cadmin"),
+    (b"GET", b"/v1/models/..\\..\\admin"),
+    (b"GET", b"/v1/models/%c0%ae%c0%ae/admin"),
+    (b"POST", b"/v1/chat/completions/x"),
+    (b"GET", b"/v1/chat/completions"),
+    (b"POST", b"/chat/completions/../../key/generate"),
+    (b"GET", b"http://evil/v1/models"),
+    (b"CONNECT", b"127.0.0.1:1"),
+    (b"GET", b"@127.0.0.1:1/x"),
+    (b"GET", b"/api/../../admin"),
+]
+
+
+class RouteTests(SynchronousTestCase):
+    """
+    Finding 2 over real sockets: a hostile backend on 127.0.0.1 that serves
+    every path records what it receives; the proxy in front of it (as
+    backend and as fallback), sent hand-made request lines, never lets a
+    dot segment, an encoded slash or an unnamed route through.
+    """
+
+    def setUp(self) -> None:
+        self.backend = RecordingBackend()
+        self.addCleanup(self.backend.close)
+        self.fallback = RecordingBackend()
+        self.addCleanup(self.fallback.close)
+        self.port = freePort()
+        self.proxy = Twistd(
+            "ollama-proxy",
+            ["--listen", f"tcp:{self.port}:interface=127.0.0.1", "--target", self.backend.url,
+             "--fallback", self.fallback.url, "--api-key", BACKEND_KEY],
+            self.port,
+        )
+        self.addCleanup(self.proxy.stop)
+
+    def raw(self, method: bytes, target: bytes, host: bytes = b"127.0.0.1") -> tuple[int, bytes]:
+        """
+        Send one request line as it is; read the answer to the end.
+        """
+        body = b'{"model": "m", "messages": []}'
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(
+                b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (method, target, host, len(body), body)
+            )
+            data = b""
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        return int(head.split(b" ")[1]), rest
+
+    def test_attacksNeverReachUpstream(self) -> None:
+        """
+        Every attack is answered with a JSON 4xx, and neither the backend
+        nor the fallback received anything but the proxy's own model list.
+        """
+        for method, target in ATTACKS:
+            status, body = self.raw(method, target)
+            self.assertIn(status, (400, 404, 405), target)
+            self.assertIn(b'"error"', body, target)
+        self.assertEqual(self.fallback.received, [])
+        for verb, path in self.backend.received:
+            self.assertIn(path, ALLOWED_UPSTREAM, (verb, path))
+            self.assertNotIn("..", path)
+            self.assertNotIn("%2", path.lower())
+
+    def test_namedRoutesStillRelayed(self) -> None:
+        """
+        The named routes still reach the backend, and an unknown path the
+        fallback, with their paths as sent.
+        """
+        self.assertEqual(self.raw(b"GET", b"/v1/models/qwen/qwen3-coder")[0], 200)
+        # The openai SDK's models.retrieve("qwen/qwen3"), as it sends it.
+        self.assertEqual(self.raw(b"GET", b"/v1/models/qwen%2Fqwen3")[0], 200)
+        self.assertIn(("GET", "/v1/models/qwen%2Fqwen3"), self.backend.received)
+        self.assertEqual(self.raw(b"POST", b"/v1/chat/completions")[0], 200)
+        self.assertEqual(self.raw(b"GET", b"/api/unknown?x=1")[0], 200)
+        self.assertIn(("GET", "/v1/models/qwen/qwen3-coder"), self.backend.received)
+        self.assertIn(("POST", "/v1/chat/completions"), self.backend.received)
+        self.assertEqual(self.fallback.received, [("GET", "/api/unknown?x=1")])
+
+    def test_hostGrammar(self) -> None:
+        """
+        Malformed C{Host} values are a 400, local trailing-dot names are
+        served.
+        """
+        for host in (b"[::1]evil.com", b"[::1].evil.com", b"[localhost]:1", b"localhost:evil"):
+            self.assertEqual(self.raw(b"GET", b"/api/version", host)[0], 400, host)
+        for host in (b"localhost.", b"foo.localhost.", b"127.0.0.1."):
+            self.assertEqual(self.raw(b"GET", b"/api/version", host)[0], 200, host)
+
+
+class BombTests(SynchronousTestCase):
+    """
+    Issue 19, finding 3, over real sockets: concurrent 2 KB zstd bodies
+    that each inflate to 60 MB of valid JSON, against a backend that holds
+    every request.  On dcc94b3 ten of them took the proxy from 58 MB to
+    2.5 GB; now the body budget refuses what does not fit (503 with
+    C{Retry-After}), the process stays small, and what was held is given
+    back afterwards.
+    """
+
+    COUNT = 10
+
+    def setUp(self) -> None:
+        self.gateway, url = startGateway(hold=1.0)
+        self.addCleanup(self.gateway.server_close)
+        self.addCleanup(self.gateway.shutdown)
+        self.port = freePort()
+        self.proxy = Twistd("ollama-proxy", [
+            "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--target", url,
+            "--fallback", ""], self.port)
+        self.addCleanup(self.proxy.stop)
+
+    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            connection.request("POST", "/v1/messages", body=body, headers=headers)
+            response = connection.getresponse()
+            return (response.status, {k.lower(): v for k, v in response.getheaders()},
+                    response.read())
+        finally:
+            connection.close()
+
+    def test_concurrentBombs(self) -> None:
+        """
+        Ten concurrent bombs: each answered (200, or 503 with
+        C{Retry-After} in Anthropic's shape), peak RSS under 400 MB, and an
+        ordinary request served afterwards.
+        """
+        ordinary = codec.dumps({"model": "m", "max_tokens": 8,
+                                "messages": [{"role": "user", "content": "hi"}]})
+        plain = {"Content-Type": "application/json"}
+        self.assertEqual(self.post(ordinary, plain)[0], 200)
+        data = bomb(60_000_000)
+        self.assertLess(len(data), 4096)
+        answers: list[tuple[int, dict[str, str], bytes]] = []
+        threads = [threading.Thread(target=lambda: answers.append(self.post(
+            data, {**plain, "Content-Encoding": "zstd"}))) for _ in range(self.COUNT)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        self.assertEqual(len(answers), self.COUNT)
+        for status, headers, body in answers:
+            self.assertIn(status, (200, 503), body[:200])
+            if status == 503:
+                self.assertEqual(headers["retry-after"], "1")
+                self.assertEqual(json.loads(body)["error"]["type"], "overloaded_error")
+        self.assertIn(503, [status for status, _, _ in answers])
+        peak = rss(self.proxy.process.pid)[1]
+        self.assertLess(peak, 400 * 2**20)
+        self.assertEqual(self.post(ordinary, plain)[0], 200)

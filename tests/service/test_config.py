@@ -161,6 +161,16 @@ class BadFileTests(SynchronousTestCase):
         self.assertEqual((e.path, e.line, e.key), ("proxy.toml", 3, None))
         self.assertTrue(str(e).startswith("proxy.toml:3: invalid TOML: "), str(e))
 
+    def test_userInfoRefused(self) -> None:
+        """
+        A backend C{url} with C{user:pass@} is refused on its line, without
+        the password in the message.
+        """
+        e = errorOf('[[backend]]\nurl = "http://u:hunter2@127.0.0.1:1/v1"\n')
+        self.assertEqual((e.line, e.key), (2, "backend[0].url"))
+        self.assertIn("without user:pass@", e.reason)
+        self.assertNotIn("hunter2", str(e))
+
     def test_unknownKey(self) -> None:
         """
         A misspelt key is refused on its own line, with the keys that exist.

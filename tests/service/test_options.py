@@ -104,6 +104,21 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(settings.maxConnections, 3)
         self.assertEqual(parse("--shutdown-grace", "0")["shutdown-grace"], 0.0)
 
+    def test_userInfoRefused(self) -> None:
+        """
+        C{--target http://user:pass@host} (which started, then failed every
+        request with "invalid hostname") is refused at start-up in one line
+        that does not repeat the password; so is C{--fallback}'s.
+        """
+        for option in ("--target", "--fallback"):
+            for url in ("http://user:hunter2@127.0.0.1:4000", "http://hunter2@127.0.0.1:4000/v1"):
+                with self.assertRaises(usage.UsageError) as e:
+                    parse(option, url)
+                message = str(e.exception)
+                self.assertIn(f"{option} must not contain a user name or password", message)
+                self.assertNotIn("hunter2", message)
+                self.assertNotIn("\n", message)
+
     def test_slowClientOptions(self) -> None:
         """
         C{--client-header-timeout} defaults to nginx's 60 s and must be

@@ -362,3 +362,20 @@ class ListenFailureTests(SynchronousTestCase):
             service.privilegedStartService()
         self.assertEqual(str(e.exception),
                          f"ollama-proxy: cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+class LargeAllocationTests(SynchronousTestCase):
+    """
+    L{returnLargeAllocations}: glibc's mmap threshold fixed (issue 19: the
+    pieces of refused decoded bodies otherwise fragment the heap).
+    """
+
+    def test_setOnGlibc(self) -> None:
+        """
+        On glibc the threshold is set; elsewhere the call says it was not.
+        """
+        import platform
+
+        from ollama_proxy.service.tap import returnLargeAllocations
+        expected = platform.libc_ver()[0] == "glibc"
+        self.assertEqual(returnLargeAllocations(), expected)

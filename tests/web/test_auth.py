@@ -61,6 +61,18 @@ class KeyGateTests(SynchronousTestCase):
         )
         self.assertEqual(self.h.backend.received, [])
 
+    def test_missingKeyInDialect(self) -> None:
+        """
+        The 401 takes the path's dialect: OpenAI's on the relayed C{/v1}
+        routes (whose SDKs read C{error.message}), Anthropic's under
+        C{/v1/messages}.
+        """
+        code, body = self.answer(self.h.post("/v1/chat/completions", CHAT))
+        self.assertEqual(code, 401)
+        self.assertEqual(codec.loads(body)["error"]["message"], "unauthorized")
+        code, body = self.answer(self.h.post("/v1/messages", CHAT))
+        self.assertEqual(codec.loads(body)["error"]["type"], "authentication_error")
+
     def test_wrongKey(self) -> None:
         """
         A wrong key (even a prefix of the right one) is refused.

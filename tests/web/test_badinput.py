@@ -123,3 +123,157 @@ class ToleratedInputTests(SynchronousTestCase):
         h.post("/api/chat", {"model": "m", "messages": [{"role": "user", "content": content}]})
         [upstream] = h.backend.received
         self.assertEqual(upstream.json()["messages"][0]["content"], content)
+
+
+def nested(depth: int, mixed: bool = True) -> str:
+    """
+    @return: JSON text of arrays and objects (alternating when C{mixed})
+        C{depth} deep (as text: orjson cannot encode past 254).
+    """
+    text = '"x"'
+    for i in range(depth):
+        text = '{"a":' + text + "}" if mixed and i % 2 else "[" + text + "]"
+    return text
+
+
+def withDeep(make: Any, deep: str) -> bytes:
+    """
+    @return: the body C{make} builds, with C{deep} in its marked place.
+    """
+    return codec.dumps(make("DEEP")).replace(b'"DEEP"', deep.encode())
+
+
+ANTHROPIC = {"model": "m", "max_tokens": 8, "messages": M}
+ROUTES: list[tuple[str, Any]] = [
+    ("/v1/messages", lambda deep: {**ANTHROPIC, "tools": [
+        {"name": "t", "input_schema": {"type": "object", "properties": {"p": deep}}}]}),
+    ("/v1/messages/count_tokens", lambda deep: {**ANTHROPIC, "tools": [
+        {"name": "t", "input_schema": {"type": "object", "properties": {"p": deep}}}]}),
+    ("/v1/responses", lambda deep: {"model": "m", "input": "hi", "tools": [
+        {"type": "function", "name": "t", "parameters": {"properties": {"p": deep}}}]}),
+    ("/api/chat", lambda deep: {"model": "m", "messages": M, "stream": False, "format": deep}),
+    ("/api/chat", lambda deep: {"model": "m", "messages": M, "stream": False, "tools": [
+        {"type": "function", "function": {"name": "t", "parameters": deep}}]}),
+    ("/api/generate", lambda deep: {"model": "m", "prompt": "x", "stream": False,
+                                    "format": deep}),
+    ("/v1/chat/completions", lambda deep: {"model": "m", "messages": M, "x": deep}),
+]
+
+
+class NestingTests(SynchronousTestCase):
+    """
+    Issue 19: one nesting limit (L{codec.MAX_DEPTH}) at parse time on every
+    route, so a body between 128 and orjson's encoding limit (254) is a 400
+    in the route's dialect, never a 500 when it is re-encoded.
+    """
+
+    def answer(self, path: str, body: Any) -> tuple[int, bytes, Any]:
+        h = ProxyHarness()
+        d = h.post(path, body)
+        h.pump()
+        response = self.successResultOf(d)
+        return response.code, self.successResultOf(h.client.content(response)), h
+
+    def test_tooDeep(self) -> None:
+        """
+        200 and 300 levels (arrays, objects, mixed) are a 400 naming the
+        limit, in each route's error shape, and nothing goes upstream.
+        """
+        for path, make in ROUTES:
+            for depth, mixed in ((200, True), (200, False), (300, True), (1000, True)):
+                code, data, h = self.answer(path, withDeep(make, nested(depth, mixed)))
+                self.assertEqual(code, 400, (path, depth, data[:200]))
+                self.assertIn(b"nested more than 128 levels", data, path)
+                self.assertEqual(h.backend.received, [], path)
+                error = codec.loads(data)
+                if path.startswith("/v1/messages"):
+                    self.assertEqual(error["type"], "error")
+                elif path == "/v1/responses":
+                    self.assertEqual(error["error"]["type"], "invalid_request_error", path)
+                else:
+                    self.assertEqual(list(error), ["error"])
+
+    def test_realSchemasPass(self) -> None:
+        """
+        A tool schema 100 levels deep (far past any real client's) is
+        accepted and reaches the backend.
+        """
+        for path, make in ROUTES:
+            if path.endswith("count_tokens"):
+                continue
+            h = ProxyHarness()
+            h.post(path, withDeep(make, nested(100)))
+            self.assertEqual(len(h.backend.received), 1, path)
+
+
+class EncodedBodyTests(SynchronousTestCase):
+    """
+    Issue 19: C{Content-Encoding} is decoded the same way on every route
+    that reads a body (it was ignored on the Ollama routes, and dropped on
+    passthrough with the body still compressed).
+    """
+
+    def test_ollamaRoutesDecode(self) -> None:
+        """
+        zstd and gzip bodies on C{/api/chat}, C{/api/generate},
+        C{/api/embed} reach the backend decoded.
+        """
+        import gzip
+
+        import zstandard
+        for path, payload in [
+            ("/api/chat", {"model": "m", "messages": M, "stream": False}),
+            ("/api/generate", {"model": "m", "prompt": "x", "stream": False}),
+            ("/api/embed", {"model": "m", "input": "x"}),
+        ]:
+            raw = codec.dumps(payload)
+            for data, coding in ((zstandard.ZstdCompressor().compress(raw), b"zstd"),
+                                 (gzip.compress(raw), b"gzip")):
+                h = ProxyHarness()
+                h.post(path, data, headers={b"Content-Encoding": [coding]})
+                [upstream] = h.backend.received
+                self.assertEqual(upstream.json()["model"], "m", (path, coding))
+                self.assertNotIn("content-encoding", upstream.headers)
+
+    def test_showAndUnknownCoding(self) -> None:
+        """
+        An unknown coding is a 415 JSON error (never "not valid UTF-8"); a
+        corrupt body a 400 naming the codec.
+        """
+        for path in ("/api/chat", "/api/show", "/api/embed", "/v1/chat/completions"):
+            h = ProxyHarness()
+            response = self.successResultOf(
+                h.post(path, b"\x1f\x8b junk", headers={b"Content-Encoding": [b"br"]}))
+            self.assertEqual(response.code, 415, path)
+            data = self.successResultOf(h.client.content(response))
+            self.assertIn(b"unsupported Content-Encoding", data)
+            response = self.successResultOf(
+                h.post(path, b"\x1f\x8b junk", headers={b"Content-Encoding": [b"gzip"]}))
+            self.assertEqual(response.code, 400, path)
+            data = self.successResultOf(h.client.content(response))
+            self.assertIn(b"failed to decompress gzip body", data)
+            self.assertNotIn(b"UTF-8", data)
+
+    def test_emptyBodyNotDecoded(self) -> None:
+        """
+        A header on a request without a body (a GET) is not an error.
+        """
+        h = ProxyHarness()
+        response = self.successResultOf(
+            h.get("/api/version", headers={b"Content-Encoding": [b"br"]}))
+        self.assertEqual(response.code, 200)
+
+    def test_passthroughDecodesAndRoutes(self) -> None:
+        """
+        A compressed C{/v1/chat/completions} is decoded, routed by its model
+        (the name mapped), and sent upstream as identity: its coding is
+        never lost with the bytes still compressed.
+        """
+        import zstandard
+        h = ProxyHarness()
+        raw = codec.dumps({"model": "m:latest", "messages": M})
+        h.post("/v1/chat/completions", zstandard.ZstdCompressor().compress(raw),
+               headers={b"Content-Encoding": [b"zstd"], b"Content-Type": [b"application/json"]})
+        [upstream] = h.backend.received
+        self.assertEqual(upstream.json()["model"], "m")
+        self.assertNotIn("content-encoding", upstream.headers)

@@ -13,10 +13,12 @@ asked), so the outcome depends only on the generated body.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 from typing import Any, Iterator
 
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
@@ -51,10 +53,10 @@ def postRoutes(resource: IResource, prefix: bytes = b"") -> Iterator[tuple[str, 
         yield from postRoutes(child, path)
 
 
-def makeProxy() -> tuple[Any, Any]:
+def makeProxy() -> tuple[Any, Any, MemoryReactorClock]:
     """
     @return: a client for a fresh proxy in front of the built-in fake backend
-        (L{FakeOpenAI}, the one every test uses), and its root.
+        (L{FakeOpenAI}, the one every test uses), its root, and its clock.
     """
     clock = MemoryReactorClock()
     ctx = contextFor(Backend(StubTreq(FakeOpenAI(clock)), TARGET, clock, apiKey="sk-secret"),
@@ -62,7 +64,7 @@ def makeProxy() -> tuple[Any, Any]:
         now=Counter(),
     )
     root = buildRoot(ctx)
-    return StubTreq(root), root
+    return StubTreq(root), root, clock
 
 
 ROUTES = sorted(path for path, _ in postRoutes(makeProxy()[1]))
@@ -168,34 +170,30 @@ DERANDOMIZE = "OLLAMA_PROXY_FUZZ_EXAMPLES" not in os.environ
 a deep run explores new ones."""
 
 
-class FuzzTests(SynchronousTestCase):
+class ProxyChecks(SynchronousTestCase):
     """
-    Generated bodies against every POST route.
+    A fresh proxy per test, and the check every generated body must pass.
     """
-
-    def test_routesDiscovered(self) -> None:
-        """
-        The route walk finds the core endpoints (so the property below
-        really covers them).
-        """
-        for path in ("/api/chat", "/api/generate", "/v1/chat/completions"):
-            self.assertIn(path, ROUTES)
-        self.assertIn("/api/chat", NATIVE)
-        self.assertNotIn("/v1/chat/completions", NATIVE)
 
     def setUp(self) -> None:
-        self.client, _ = makeProxy()
+        self.client, _, self.clock = makeProxy()
 
-    def check(self, path: str, body: bytes) -> None:
+    def check(self, path: str, body: bytes, encoding: bytes | None = None) -> None:
         client = self.client
-        d = client.post("http://proxy.test" + path, data=body, headers={b"Content-Type": [b"application/json"]})
+        headers = {b"Content-Type": [b"application/json"]}
+        if encoding is not None:
+            headers[b"Content-Encoding"] = [encoding]
+        d = client.post("http://proxy.test" + path, data=body, headers=headers)
         for _ in range(10):
             client.flush()
+            # A compressed body is decoded in steps between reactor turns.
+            for _ in range(20):
+                self.clock.advance(0)
         response = self.successResultOf(d)
         data = self.successResultOf(client.content(response))
         # 501 is a deliberate answer (management routes the proxy does not
         # serve without --fallback); anything else 5xx is a proxy failure.
-        self.assertTrue(response.code < 500 or response.code == 501, (path, body, data))
+        self.assertTrue(response.code < 500 or response.code == 501, (path, body[:300], data))
         self.assertNotIn(b"Traceback", data)
         self.assertNotIn(b"sk-secret", data)
         [contentType] = response.headers.getRawHeaders(b"content-type", [b""])
@@ -231,6 +229,23 @@ class FuzzTests(SynchronousTestCase):
             self.assertNotIn(path, NATIVE, (path, body, data, contentType))
             self.assertEqual(contentType, b"text/event-stream")
 
+
+
+class FuzzTests(ProxyChecks):
+    """
+    Generated bodies against every POST route.
+    """
+
+    def test_routesDiscovered(self) -> None:
+        """
+        The route walk finds the core endpoints (so the property below
+        really covers them).
+        """
+        for path in ("/api/chat", "/api/generate", "/v1/chat/completions"):
+            self.assertIn(path, ROUTES)
+        self.assertIn("/api/chat", NATIVE)
+        self.assertNotIn("/v1/chat/completions", NATIVE)
+
     @settings(max_examples=EXAMPLES, derandomize=DERANDOMIZE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(path=st.sampled_from(ROUTES), body=bodies)
     def test_neverServerError(self, path: str, body: bytes) -> None:
@@ -249,5 +264,127 @@ class FuzzTests(SynchronousTestCase):
         """
         Near-valid Ollama requests (right keys, any value types) against the
         native routes: a 4xx with a precise message, or a real answer.
+        """
+        self.check(path, body)
+
+
+def nestedText(depth: int, kinds: list[bool]) -> bytes:
+    """
+    @return: JSON text nested C{depth} deep, arrays or objects level by
+        level as C{kinds} says (cycled), written by hand: orjson encodes no
+        deeper than 254.
+    """
+    opening, closing = [], []
+    for i in range(depth):
+        if kinds[i % len(kinds)]:
+            opening.append(b'{"k":')
+            closing.append(b"}")
+        else:
+            opening.append(b"[")
+            closing.append(b"]")
+    return b"".join(opening) + b"1" + b"".join(reversed(closing))
+
+
+AGENT_SHAPES = [
+    b'{"model":"fake-model","max_tokens":8,"messages":[{"role":"user","content":"hi"}],'
+    b'"tools":[{"name":"t","input_schema":DEEP}]}',
+    b'{"model":"fake-model","input":"hi","tools":[{"type":"function","name":"t",'
+    b'"parameters":DEEP}]}',
+    b'{"model":"fake-model","messages":[{"role":"user","content":"hi"}],"format":DEEP,'
+    b'"tools":[{"type":"function","function":{"name":"t","parameters":DEEP}}]}',
+    b"DEEP",
+]
+
+deepBodies = st.builds(
+    lambda shape, depth, kinds: shape.replace(b"DEEP", nestedText(depth, kinds)),
+    st.sampled_from(AGENT_SHAPES),
+    st.one_of(st.integers(min_value=1, max_value=140), st.integers(min_value=120, max_value=1100)),
+    st.lists(st.booleans(), min_size=1, max_size=4),
+)
+"""Arrays and objects mixed, around the nesting limit and past orjson's
+encoding (254) and parsing (1024) limits, where real requests put them."""
+
+
+def _zstd(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(write_checksum=True).compress(data)
+
+
+def _damage(data: bytes, how: str) -> bytes:
+    if how == "truncated":
+        return data[: max(0, len(data) - 3)]
+    if how == "trailing":
+        return data + b"\x00junk"
+    if how == "twice":
+        return data + data
+    return data
+
+
+compressed = st.builds(
+    lambda body, coding, how: (
+        _damage((_zstd if coding == b"zstd" else gzip.compress)(body), how), coding),
+    st.one_of(requests.map(dumps), deepBodies, st.binary(max_size=32),
+              st.just(b"[" * 100_000), st.just(b" " * 3_000_000)),
+    st.sampled_from([b"zstd", b"gzip", b"x-gzip", b"gzip, zstd", b"identity", b"br", b"ZSTD"]),
+    st.sampled_from(["whole", "truncated", "trailing", "twice"]),
+)
+"""Compressed bodies: valid, truncated, with trailing bytes, concatenated
+frames, a 100,000-deep bracket bomb, a 3 MB whitespace bomb, unknown and
+chained codings (C{gzip, zstd} applied to a single-coded body is corrupt)."""
+
+oddText = st.builds(
+    lambda body, codec_: codec_(body),
+    requests.map(lambda r: json.dumps(r)),
+    st.sampled_from([
+        lambda t: t.encode("utf-16"),
+        lambda t: t.encode("utf-16-le"),
+        lambda t: t.encode("utf-32"),
+        lambda t: b"\xef\xbb\xbf" + t.encode("utf-8"),
+        lambda t: t.encode("utf-8").replace(b'"', b'"\xff', 1),
+        lambda t: t.encode("utf-8") + b"\xc3",
+        lambda t: t.encode("utf-8").replace(b":", b":\xed\xa0\x80", 1),
+    ]),
+)
+"""Odd encodings: UTF-16/32 (with and without a BOM), a UTF-8 BOM, invalid
+UTF-8 (a stray byte, a cut sequence, a surrogate)."""
+
+HOSTILE_EXAMPLES = max(EXAMPLES // 3, 20)
+"""Hostile bodies are larger (bombs, deep text): a third as many examples
+per property, scaled by the same setting."""
+
+HOSTILE_ROUTES = sorted(set(AGENTS) | {"/v1/chat/completions", "/api/chat", "/api/generate",
+                                       "/api/embed", "/api/show"})
+
+
+class HostileBodyTests(ProxyChecks):
+    """
+    Issue 19: deep nesting, compressed bodies and odd encodings against the
+    agent routes, passthrough and the Ollama routes: never a 5xx.
+    """
+
+    @settings(max_examples=HOSTILE_EXAMPLES, derandomize=DERANDOMIZE, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(path=st.sampled_from(HOSTILE_ROUTES), body=deepBodies)
+    def test_deepNesting(self, path: str, body: bytes) -> None:
+        """
+        Any nesting depth, any mix: an answer or a 400, never a 500.
+        """
+        self.check(path, body)
+
+    @settings(max_examples=HOSTILE_EXAMPLES, derandomize=DERANDOMIZE, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(path=st.sampled_from(HOSTILE_ROUTES), sent=compressed)
+    def test_compressed(self, path: str, sent: tuple[bytes, bytes]) -> None:
+        """
+        Any compressed body (valid, cut, trailing bytes, several frames,
+        bombs, unknown codings): an answer, a 400, 413 or 415.
+        """
+        self.check(path, sent[0], sent[1])
+
+    @settings(max_examples=HOSTILE_EXAMPLES, derandomize=DERANDOMIZE, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(path=st.sampled_from(HOSTILE_ROUTES), body=oddText)
+    def test_oddEncodings(self, path: str, body: bytes) -> None:
+        """
+        UTF-16, BOMs, invalid UTF-8: an answer or a 400, never a 500.
         """
         self.check(path, body)

@@ -15,10 +15,49 @@ from typing import Any
 
 import orjson
 
+from ollama_proxy.protocol.errors import BadRequest
+
 JSON = dict[str, Any]
 """A decoded JSON object."""
 
 JSONDecodeError = orjson.JSONDecodeError
+
+MAX_DEPTH = 128
+"""
+The deepest nesting of arrays and objects a request body may have.  orjson
+parses up to 1024 levels but encodes at most 254, so a body between the two
+was parsed and then failed to re-encode (a 500); one limit checked at parse
+time, below both, makes every route refuse it with a 400 instead.  128 is
+far above what real clients send: a coding agent's deepest tool schema is
+about 20 levels, inside a request envelope of about 6.
+"""
+
+
+class TooDeep(ValueError):
+    """
+    A request body nested deeper than L{MAX_DEPTH}.
+    """
+
+
+def checkDepth(value: object, limit: int = MAX_DEPTH) -> None:
+    """
+    Walk the containers of a decoded value (breadth first, no recursion).
+
+    @raise TooDeep: if arrays and objects nest deeper than C{limit}.
+    """
+    level: list[object] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise TooDeep(f"request body is nested more than {limit} levels deep")
+        children: list[object] = []
+        for item in level:
+            if isinstance(item, dict):
+                children.extend(v for v in item.values() if isinstance(v, (dict, list)))
+            elif isinstance(item, list):
+                children.extend(v for v in item if isinstance(v, (dict, list)))
+        level = children
 
 
 def dumps(obj: object) -> bytes:
@@ -50,6 +89,28 @@ def loads(data: bytes | str) -> Any:
     @raise JSONDecodeError: if C{data} is not valid JSON.
     """
     return orjson.loads(data)
+
+
+def loadsRequest(data: bytes | bytearray) -> Any:
+    """
+    Decode a client's request body: JSON, nested at most L{MAX_DEPTH} deep,
+    so that whatever parses also re-encodes.
+
+    @raise ollama_proxy.protocol.errors.BadRequest: for invalid JSON or
+        deeper nesting (the route shapes it in its dialect).
+    """
+    try:
+        decoded = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        if "recursion" in str(e):
+            raise BadRequest(
+                f"request body is nested more than {MAX_DEPTH} levels deep") from None
+        raise BadRequest(f"invalid JSON in request body: {e}") from None
+    try:
+        checkDepth(decoded)
+    except TooDeep as e:
+        raise BadRequest(str(e)) from None
+    return decoded
 
 
 def canonical(obj: object) -> bytes:

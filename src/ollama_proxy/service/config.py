@@ -443,8 +443,9 @@ def _parseBackend(
     if "url" not in table:
         raise check.fail(key, "missing required key 'url'")
     url = check.string(table["url"], key + ("url",))
-    if not re.match(r"^https?://[^/:]+", url):
-        raise check.fail(key + ("url",), f"must be an http:// or https:// URL, not {url!r}")
+    if not re.match(r"^https?://[^/:]+", url) or "@" in url.partition("://")[2].split("/")[0]:
+        shown = "one (give the key with api_key_file or api_key_env)" if "@" in url else repr(url)
+        raise check.fail(key + ("url",), f"must be an http(s):// URL without user:pass@, not {shown}")
     name = check.string(table.get("name", f"backend{key[1]}"), key + ("name",))
     sources = [k for k in ("api_key", "api_key_file", "api_key_env") if k in table]
     if len(sources) > 1:

@@ -26,6 +26,7 @@ from ollama_proxy.service.workers import (
     parseTCP,
 )
 from ollama_proxy.web.auth import readKeys
+from ollama_proxy.web.budget import DEFAULT_BODY_BUDGET
 from ollama_proxy.web.context import DEFAULT_VERSION
 from ollama_proxy.web.channel import DEFAULT_HEADER_TIMEOUT
 from ollama_proxy.web.site import DEFAULT_MAX_BODY
@@ -46,9 +47,19 @@ def _checkURL(value: str, option: str) -> str:
     @param value: the URL.
     @param option: the option name, for the message.
     @return: C{value} without a trailing slash.
-    @raise usage.UsageError: unless the scheme is http/https and a host is set.
+    @raise usage.UsageError: unless the scheme is http/https and a host is
+        set, and no user-info (C{user:pass@}) is given.
     """
     parts = urlsplit(value)
+    if "@" in parts.netloc:
+        # Never echoed: the value holds a password.  Refused rather than
+        # sent as Basic auth: the backend key already is the one
+        # Authorization header, and a URL's password ends up in logs,
+        # ps and error messages.
+        raise usage.UsageError(
+            f"{option} must not contain a user name or password (user:pass@host); "
+            "give the backend key with --api-key-file or OLLAMA_PROXY_API_KEY"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise usage.UsageError(
             f"{option} must be an http:// or https:// URL with a host, got {value!r}"
@@ -190,6 +201,9 @@ class Options(usage.Options):
         ["max-connections", None, 0,
          "Open client connections per process; more get a 503 (0: no cap).", _count],
         ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body in bytes.", int],
+        ["body-budget", None, DEFAULT_BODY_BUDGET,
+         "Bytes of request bodies (raw and decompressed) held at once by all requests "
+         "together; past it, 503 with Retry-After.", int],
         ["max-line", None, DEFAULT_MAX_LINE_LENGTH, "Largest accepted upstream SSE line in bytes.", int],
         ["pool-size", None, 64, "Persistent upstream connections kept per host.", int],
         ["workers", None, 1,
@@ -361,7 +375,7 @@ class Options(usage.Options):
                 overrides = loadOverrides(self["model-info"])
             except ValueError as e:
                 raise FileProblem(f"--model-info {self['model-info']}: {e}") from None
-        for name in ("max-body", "max-line", "pool-size", "workers"):
+        for name in ("max-body", "body-budget", "max-line", "pool-size", "workers"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         # A worker reads the same --config; its "workers" must not make it
@@ -415,6 +429,7 @@ class Options(usage.Options):
             maxConnections=self["max-connections"] or None,
             shutdownGrace=self["shutdown-grace"],
             maxBody=self["max-body"],
+            bodyBudget=self["body-budget"],
             maxLine=self["max-line"],
             poolSize=self["pool-size"],
             workers=workers,

@@ -48,7 +48,7 @@ log = Logger()
 RESTART_ONLY = (
     "listen", "workers", "poolSize", "connectTimeout", "clientTimeout", "bodyTimeout",
     "clientHeaderTimeout", "maxConnections",
-    "maxBody", "shutdownGrace", "metrics", "metricsDir", "logFormat", "demo",
+    "maxBody", "bodyBudget", "shutdownGrace", "metrics", "metricsDir", "logFormat", "demo",
 )
 """Settings a running process keeps until it is restarted."""
 

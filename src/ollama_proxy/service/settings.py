@@ -38,6 +38,7 @@ class Settings:
         for no cap.
     @ivar shutdownGrace: seconds requests may run on after SIGTERM.
     @ivar maxBody: the largest request body accepted.
+    @ivar bodyBudget: bytes of request bodies held at once by all requests.
     @ivar maxLine: the largest upstream SSE line accepted.
     @ivar poolSize: persistent upstream connections per host.
     @ivar workers: processes serving the ports (1: this one alone).
@@ -77,6 +78,7 @@ class Settings:
     maxConnections: int | None
     shutdownGrace: float
     maxBody: int
+    bodyBudget: int
     maxLine: int
     poolSize: int
     workers: int

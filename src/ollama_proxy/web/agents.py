@@ -23,7 +23,6 @@ from twisted.logger import Logger
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.compression import decompress
 from ollama_proxy.protocol.blocks import BlockEncoder
 from ollama_proxy.protocol.dialect import DONE, Dialect
 from ollama_proxy.protocol.requests import ChatRequest
@@ -54,16 +53,13 @@ class PingingDialect(Dialect, Protocol):
 
 def decodedJSON(ctx: ProxyContext, ex: Exchange) -> JSON:
     """
-    The request body as a JSON object, decompressed first if the client
-    sent C{Content-Encoding: zstd} or C{gzip} (the cap applied to the
-    decompressed size).
+    The request body as a JSON object (a compressed body was decoded by
+    L{ollama_proxy.web.bridge.ProxyResource} before the handler ran, as
+    on every route).
 
-    @raise ollama_proxy.protocol.errors.ProxyError: 413, 415 or 400.
+    @raise ollama_proxy.protocol.errors.ProxyError: 400.
     """
-    encoding = ex.request.getHeader(b"content-encoding")
-    if encoding:
-        ex.body = decompress(ex.body, encoding.decode("latin-1"), ctx.maxBody)
-    return ex.json()
+    return ex.json(keep=False)
 
 
 class Heartbeat:

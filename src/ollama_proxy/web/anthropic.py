@@ -8,6 +8,7 @@ Anthropic's shape.
 
 from __future__ import annotations
 
+from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
@@ -15,7 +16,7 @@ from ollama_proxy.protocol.anthropic import AnthropicDialect, errorObject
 from ollama_proxy.protocol.anthropic_request import estimateTokens, parseMessagesRequest
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.web.agents import decodedJSON, nativeRoute, relayNative, translate
-from ollama_proxy.web.bridge import JSON_TYPE, Exchange, ProxyResource
+from ollama_proxy.web.bridge import JSON_TYPE, Exchange, NotServed, ProxyResource
 
 
 class AnthropicResource(ProxyResource):
@@ -34,7 +35,14 @@ class Messages(AnthropicResource):
     """
     C{POST /v1/messages}: a message, whole or as Anthropic's event stream
     (relayed as it is from a backend configured C{native = ["messages"]}).
+    Its one child is C{count_tokens}; any other path below it is a 404 in
+    Anthropic's shape.
     """
+
+    isLeaf = False
+
+    def getChild(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+        return NotServed(self.ctx, self)
 
     async def handle_POST(self, ex: Exchange) -> JSON | None:
         body = decodedJSON(self.ctx, ex)

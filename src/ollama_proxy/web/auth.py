@@ -25,7 +25,8 @@ from typing import Iterable
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from ollama_proxy.protocol import anthropic, codec, responses
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.target import dialectOf, errorObject
 
 
 def presentedKey(request: Request) -> bytes | None:
@@ -68,7 +69,7 @@ class Unauthorized(Resource):
     """
     The answer to a request without a valid key: 401 with the JSON error
     shape of the route's dialect (Ollama's, or Anthropic's and OpenAI's on
-    the agent routes, whose SDKs read their own) and a C{WWW-Authenticate}
+    the agent and C{/v1} routes, whose SDKs read their own) and a C{WWW-Authenticate}
     challenge.
     """
 
@@ -76,17 +77,13 @@ class Unauthorized(Resource):
 
     def render(self, request: Request) -> bytes:  # type: ignore[override]
         """
-        @return: C{{"error": "unauthorized"}}, or the agent dialect's error.
+        @return: C{{"error": "unauthorized"}}, or the error of the path's
+            dialect (L{dialectOf}: Anthropic's, OpenAI's).
         """
         request.setResponseCode(401)
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"WWW-Authenticate", b'Bearer realm="ollama-proxy"')
-        path = request.path or b""
-        if path.startswith(b"/v1/messages"):
-            return codec.dumps(anthropic.errorObject(401, "unauthorized"))
-        if path.startswith(b"/v1/responses"):
-            return codec.dumps(responses.errorObject(401, "unauthorized"))
-        return codec.dumps({"error": "unauthorized"})
+        return codec.dumps(errorObject(dialectOf(request.path or b""), 401, "unauthorized"))
 
 
 class KeyGate(Resource):

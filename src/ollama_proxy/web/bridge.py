@@ -36,6 +36,7 @@ from ollama_proxy.protocol.redact import Redactor, StreamRedactor
 from ollama_proxy.upstream.backend import clientKey, redactHeaders
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
+from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, inflate
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.metrics import OTHER
 from ollama_proxy.web.observe import (
@@ -171,20 +172,28 @@ class Exchange:
         first = finish.firstToken if finish.firstToken is not None else finish.end
         self.firstToken = max(1, first - self.start)
 
-    def json(self) -> JSON:
+    def json(self, keep: bool = True) -> JSON:
         """
-        Decode the body as a JSON object.
+        Decode the body as a JSON object, charging the request's share of
+        the body budget for what decoding makes: the decoded tree and its
+        re-encoding for the backend are each about the size of the body.
 
+        @param keep: whether L{body} is still needed (to relay it as it
+            is); a translating route drops it, so that a large body is not
+            held three times while the backend works.
         @return: the object.
         @raise BadRequest: for an empty, malformed or non-object body.
+        @raise Busy: when the budget cannot hold the decoded body (503).
         """
         if not self.body.strip():
             raise BadRequest("missing request body")
-        try:
-            decoded = codec.loads(self.body)
-        except codec.JSONDecodeError as e:
-            raise BadRequest(f"invalid JSON in request body: {e}") from None
-        return requireObject(decoded)
+        charge = chargeOf(self.request)
+        if charge is not None and not charge.take(2 * len(self.body)):
+            raise Busy()
+        decoded = requireObject(codec.loadsRequest(self.body))
+        if not keep:
+            self.body = b""
+        return decoded
 
     def startStream(self, contentType: bytes = NDJSON) -> None:
         """
@@ -233,10 +242,27 @@ class ProxyResource(Resource):
 
     isLeaf = True
     log = Logger()
+    decodesBody = True
+    """Whether a C{Content-Encoding} body is decoded before the handler
+    runs (in bounded steps, charged to the body budget); a resource that
+    relays bodies as they are (the fallback) sets it false."""
 
     def __init__(self, ctx: ProxyContext) -> None:
         super().__init__()
         self.ctx = ctx
+
+    def servesSubPath(self, request: Request) -> bool:
+        """
+        Whether this resource answers a path that goes on below its own
+        (C{request.postpath} not empty).  No by default: each route serves
+        exactly the path the README names, so C{/api/chat/x} or
+        C{/v1/chat/completions/x} is a 404 rather than the route itself
+        (or a relayed sub-path the operator never meant to expose).
+
+        @param request: the request, traversed to this resource.
+        @return: C{False} unless a subclass serves sub-paths.
+        """
+        return False
 
     async def route(self, ex: Exchange, name: str) -> Route:
         """
@@ -273,11 +299,18 @@ class ProxyResource(Resource):
         upstream connection.
         """
         method = (request.method or b"GET").decode("ascii", "replace")
+        if request.postpath and not self.servesSubPath(request):
+            noteRoute(request, self.routeLabel(request))
+            path = (request.path or b"").decode("latin-1")
+            return self.errorBody(request, 404, f"{path} is not served by this proxy")
         handler = self._handler(method)
         if handler is None:
             allowed = sorted(
-                name[len("handle_") :] for name in dir(self) if name.startswith("handle_")
+                name[len("handle_") :] for name in dir(self)
+                if name.startswith("handle_") and getattr(self, name) is not None
             )
+            if "GET" in allowed and "HEAD" not in allowed:
+                allowed.append("HEAD")  # served by handle_GET
             request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
             # Logged and counted by the site when the answer is finished.
             noteRoute(request, self.routeLabel(request))
@@ -297,7 +330,7 @@ class ProxyResource(Resource):
                 ),
                 body=body[:4096].decode("utf-8", "replace"),
             )
-        if self._answerReady(ex):
+        if not (body and self._encoded(request)) and self._answerReady(ex):
             return NOT_DONE_YET
         ex.client.watch()
         d = Deferred.fromCoroutine(self._run(handler, ex))
@@ -350,6 +383,8 @@ class ProxyResource(Resource):
         # seen only by this request's upstream calls.
         clientKey.set(presentedKey(ex.request))
         try:
+            if ex.body and self._encoded(ex.request):
+                await self._decode(ex)
             self._send(ex, await handler(ex))
         except CancelledError:
             pass
@@ -357,6 +392,33 @@ class ProxyResource(Resource):
             self._failWith(ex, e)
         finally:
             self._close(ex)
+
+    def _encoded(self, request: Request) -> bool:
+        """
+        @return: whether C{request}'s body (if it has one) is one this
+            resource decodes; an empty body has nothing to decode, whatever
+            its header says.
+        """
+        return self.decodesBody and request.requestHeaders.hasHeader(b"content-encoding")
+
+    async def _decode(self, ex: Exchange) -> None:
+        """
+        Replace a compressed body by its decoding, the same way on every
+        route (so that an Ollama route never reads zstd as "not valid
+        UTF-8", and a passthrough request is routed by its model and sent
+        upstream decoded); the header goes with it, so nothing downstream
+        sees a coding the body no longer has.
+
+        @raise ProxyError: 400, 413, 415 or 503 (see
+            L{ollama_proxy.web.budget.inflate}).
+        """
+        request = ex.request
+        encoding = b", ".join(request.requestHeaders.getRawHeaders(b"content-encoding") or [])
+        ex.body = await inflate(
+            ex.body, encoding.decode("latin-1"), self.ctx.maxBody, chargeOf(request),
+            self.ctx.cooperator,
+        )
+        request.requestHeaders.removeHeader(b"content-encoding")
 
     def _send(self, ex: Exchange, result: Any) -> None:
         """
@@ -382,6 +444,8 @@ class ProxyResource(Resource):
         @param error: the exception.
         """
         if isinstance(error, ProxyError):
+            if isinstance(error, Busy) and not ex.request.startedWriting:
+                ex.request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER)
             # A client that leaves before the response headers cancels the
             # upstream request, which then fails with a "timeout" of its
             # own making: not an upstream error.
@@ -463,3 +527,33 @@ class ProxyResource(Resource):
             (not the client's, which may carry anything after it).
         """
         return "/" + "/".join(p.decode("latin-1") for p in request.prepath or [])
+
+
+class NotServed(ProxyResource):
+    """
+    A 404 for any method, in the error shape of the resource it stands
+    under (C{/v1/messages/x} answers Anthropic's error, not twisted.web's
+    HTML page).
+    """
+
+    def __init__(self, ctx: ProxyContext, parent: ProxyResource) -> None:
+        super().__init__(ctx)
+        self.parent = parent
+
+    def servesSubPath(self, request: Request) -> bool:
+        return False
+
+    def routeLabel(self, request: Request) -> str:
+        """
+        @return: C{"not served"}: the paths that end here are the client's
+            choice, not label values.
+        """
+        return "not served"
+
+    def render(self, request: Request) -> Any:  # type: ignore[override]
+        noteRoute(request, self.routeLabel(request))
+        path = (request.path or b"").decode("latin-1")
+        return self.errorBody(request, 404, f"{path} is not served by this proxy")
+
+    def errorBody(self, request: Request, status: int, message: str) -> bytes:
+        return self.parent.errorBody(request, status, message)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator
 
 from ollama_proxy.protocol.clock import Clock, wallClock
 from ollama_proxy.protocol.redact import Redactor
 from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.upstream.backend import HTTPClient
 from ollama_proxy.upstream.catalog import ModelDirectory
+from ollama_proxy.web.budget import cooperator
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.observe import watchUpstream
 from ollama_proxy.web.site import DEFAULT_MAX_BODY
@@ -80,6 +82,9 @@ class ProxyContext:
         size of compressed bodies (the site only sees the wire size).
     @ivar pingInterval: seconds between keep-alive events on the agent
         routes' streams (Claude Code gives up after about 20 s of silence).
+    @ivar reactor: the reactor a compressed body's decoding yields to
+        between steps; C{None} for the first backend's (the same one
+        outside tests).
     """
 
     models: ModelDirectory
@@ -93,9 +98,11 @@ class ProxyContext:
     secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
     maxBody: int = DEFAULT_MAX_BODY
     pingInterval: float = 10.0
+    reactor: IReactorTime | None = None
     _redactor: tuple[ModelDirectory, tuple[str, ...], Redactor] | None = attrs.field(
         default=None, init=False, repr=False
     )
+    _cooperator: Cooperator | None = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.metrics is not None:
@@ -114,6 +121,25 @@ class ProxyContext:
                 [*(entry.backend.apiKey for entry in self.models.router.backends), *self.secrets]
             ))
         return cached[2]
+
+    @property
+    def clock(self) -> IReactorTime:
+        """
+        The reactor to yield to between steps of work on one request.
+        """
+        if self.reactor is not None:
+            return self.reactor
+        return self.models.router.backends[0].backend.reactor
+
+    @property
+    def cooperator(self) -> Cooperator:
+        """
+        The one cooperator that runs every request's decoding steps (see
+        L{ollama_proxy.web.budget.cooperator}).
+        """
+        if self._cooperator is None:
+            self._cooperator = cooperator(self.clock)
+        return self._cooperator
 
     @property
     def tag(self) -> str:

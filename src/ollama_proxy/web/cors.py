@@ -29,6 +29,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.target import parseAuthority
 
 DEFAULT_ORIGINS: tuple[str, ...] = tuple(
     origin
@@ -135,7 +136,11 @@ class HostPolicy:
     def allows(self, host: bytes | None) -> bool:
         """
         @param host: the request's C{Host} header (with or without a port).
-        @return: whether the request may be served.
+        @return: whether the request may be served: never for a value that
+            is not RFC 3986's C{host[:port]} (the site answers those 400
+            before asking), and C{localhost.} is C{localhost} (the absolute
+            form of the same name; C{127.0.0.1.} is what a browser's URL
+            parser makes C{127.0.0.1} of, and no DNS zone can hold it).
         """
         if not host:
             return True
@@ -151,7 +156,10 @@ class HostPolicy:
         """
         L{allows}, uncached.
         """
-        name = _hostName(host.decode("latin-1").strip().lower())
+        authority = parseAuthority(host.strip())
+        if authority is None:
+            return False
+        name = authority[0]
         if name in ("", "localhost", self.hostname) or name.endswith(LOCAL_SUFFIXES):
             return True
         try:
@@ -159,18 +167,6 @@ class HostPolicy:
         except ValueError:
             return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.patterns)
         return address.is_loopback or address.is_private or address.is_unspecified
-
-
-def _hostName(host: str) -> str:
-    """
-    @param host: a C{Host} value: C{name}, C{name:port}, C{[v6]:port}.
-    @return: the name without the port and brackets.
-    """
-    if host.startswith("["):
-        return host[1:].partition("]")[0]
-    if host.count(":") == 1:
-        return host.partition(":")[0]
-    return host
 
 
 def _forbidden(request: Request) -> bytes:

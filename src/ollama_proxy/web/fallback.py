@@ -7,15 +7,47 @@ none configured, a JSON 404.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from twisted.web.server import Request
 
-from ollama_proxy.protocol.errors import (
-    NotFound,
-)
+from ollama_proxy.protocol.errors import BadRequest, NotFound
+from ollama_proxy.protocol.target import QUERY_SAFE, checkTarget, reencode
 from ollama_proxy.upstream.backend import sendRequest
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.relay import relayResponse, requestHeaders
+
+
+def fallbackURL(base: str, target: bytes) -> str:
+    """
+    The fallback's URL for a client's request-target, built from parts:
+    scheme and authority from C{--fallback}, path and query from the
+    target (checked again, re-encoded), never by gluing strings, so that
+    no target (C{@127.0.0.1:18001/x}, C{//evil/x}) can change where the
+    request goes.
+
+    @param base: the C{--fallback} URL (its path, if any, is a prefix).
+    @param target: the client's request-target.
+    @return: the absolute URL.
+    @raise BadRequest: for a target that is not a clean origin-form path
+        (the site refuses those before; this is the second lock).
+    """
+    refused = checkTarget(target)
+    if refused is not None:
+        raise BadRequest(refused)
+    parts = urlsplit(base)
+    path, _, query = target.partition(b"?")
+    url = urlunsplit((
+        parts.scheme,
+        parts.netloc,
+        parts.path.rstrip("/") + reencode(path.decode("latin-1")),
+        reencode(query.decode("latin-1"), QUERY_SAFE),
+        "",
+    ))
+    if urlsplit(url).netloc != parts.netloc:  # pragma: no cover - checked above
+        raise BadRequest("the request target would change the fallback's address")
+    return url
 
 
 async def forwardToFallback(ctx: ProxyContext, ex: Exchange) -> None:
@@ -30,11 +62,10 @@ async def forwardToFallback(ctx: ProxyContext, ex: Exchange) -> None:
     request = ex.request
     fallback = ctx.fallback
     assert fallback is not None
-    path = request.uri.decode("latin-1")
     what = f"the fallback Ollama at {fallback.base}"
     response = await sendRequest(
         fallback.http, fallback.reactor, fallback.headerTimeout,
-        (request.method or b"GET").decode("ascii"), fallback.base.rstrip("/") + path,
+        (request.method or b"GET").decode("ascii"), fallbackURL(fallback.base, request.uri),
         ex.body or None, requestHeaders(request), what,
     )
     await relayResponse(ex, response, fallback.reactor, fallback.idleTimeout)
@@ -52,6 +83,18 @@ class FallbackResource(ProxyResource):
             clients ask for, too many for a label.
         """
         return "fallback"
+
+    decodesBody = False
+    """Relayed as it is, C{Content-Encoding} included: the fallback Ollama
+    decides what it accepts."""
+
+    def servesSubPath(self, request: Request) -> bool:
+        """
+        @return: C{True}: whatever path reached the fallback is Ollama's to
+            answer (the site already refused dot segments and encoded
+            slashes; the fallback gets no backend key).
+        """
+        return True
 
     async def _forward(self, ex: Exchange) -> None:
         ex.backend = "fallback"

@@ -27,36 +27,61 @@ from ollama_proxy.web.context import ProxyContext
 JSON_TYPE = b"application/json; charset=utf-8"
 
 
-class Live(Resource):
+def _error(request: Request, status: int, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_TYPE)
+    return codec.dumps({"error": message})
+
+
+class Probe(Resource):
     """
-    C{GET /health/live}: 200 C{{"status": "ok"}}.
+    A health endpoint: C{GET} and C{HEAD} on exactly its path; any other
+    method is a 405 JSON with C{Allow}, a sub-path a 404 JSON (never
+    twisted.web's HTML pages).
     """
 
     isLeaf = True
 
-    def render_GET(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes:  # type: ignore[override]
+        if request.postpath:
+            return _error(request, 404, f"{(request.path or b'').decode('latin-1')} is not served")
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            method = (request.method or b"").decode("latin-1")
+            return _error(request, 405, f"method {method} not allowed")
         request.setHeader(b"Content-Type", JSON_TYPE)
         request.setHeader(b"Cache-Control", b"no-store")
+        return self.answer(request)
+
+    def answer(self, request: Request) -> bytes:
+        """
+        @return: the probe's body (its status set on C{request}).
+        """
+        raise NotImplementedError
+
+
+class Live(Probe):
+    """
+    C{GET /health/live}: 200 C{{"status": "ok"}}.
+    """
+
+    def answer(self, request: Request) -> bytes:
         return codec.dumps({"status": "ok"})
 
 
-class Ready(Resource):
+class Ready(Probe):
     """
     C{GET /health/ready}: 200 C{{"status": "ready", "backends": {...}}}, or
     503 C{{"status": "not ready", "reason": ..., "backends": {...}}}.
     """
 
-    isLeaf = True
-
     def __init__(self, ctx: ProxyContext) -> None:
         super().__init__()
         self.ctx = ctx
 
-    def render_GET(self, request: Request) -> bytes:
+    def answer(self, request: Request) -> bytes:
         # Read at each probe: a reload swaps the directory.
         ready, states = self.ctx.models.readiness()
-        request.setHeader(b"Content-Type", JSON_TYPE)
-        request.setHeader(b"Cache-Control", b"no-store")
         if ready:
             return codec.dumps({"status": "ready", "backends": states})
         request.setResponseCode(503)
@@ -66,12 +91,33 @@ class Ready(Resource):
         return codec.dumps({"status": "not ready", "reason": reason, "backends": states})
 
 
+class HealthDirectory(Resource):
+    """
+    C{/health}: C{live} and C{ready}; the directory itself and any other
+    child are a 404 JSON.
+    """
+
+    def getChild(self, path: bytes, request: Request) -> Resource:  # type: ignore[override]
+        return _NotFound()
+
+    def render(self, request: Request) -> bytes:  # type: ignore[override]
+        return _NotFound().render(request)
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:  # type: ignore[override]
+        path = (request.path or b"").decode("latin-1")
+        return _error(request, 404, f"{path} is not served (try /health/live or /health/ready)")
+
+
 def healthTree(ctx: ProxyContext) -> Resource:
     """
     @param ctx: the shared context.
     @return: the C{/health} directory with C{live} and C{ready}.
     """
-    health = Resource()
+    health = HealthDirectory()
     health.putChild(b"live", Live())
     health.putChild(b"ready", Ready(ctx))
     return health

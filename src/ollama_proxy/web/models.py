@@ -9,6 +9,8 @@ Ollama for the rest.
 
 from __future__ import annotations
 
+from twisted.web.server import Request
+
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.protocol.codec import JSON
@@ -276,6 +278,12 @@ class Blobs(ModelManagement):
     """
     C{HEAD}/C{POST /api/blobs/<digest>}: blob uploads for C{/api/create}.
     """
+
+    def servesSubPath(self, request: Request) -> bool:
+        """
+        @return: C{True}: the digest is the sub-path (for the fallback).
+        """
+        return True
 
     async def handle_POST(self, ex: Exchange) -> None:
         await self._fallbackOnly(ex, "uploading blobs")

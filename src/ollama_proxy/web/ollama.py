@@ -67,7 +67,7 @@ class Completion(ProxyResource):
         self.dialect = OllamaDialect(kind, ctx.now)
 
     async def handle_POST(self, ex: Exchange) -> JSON | None:
-        body = ex.json()
+        body = ex.json(keep=False)
         model = requireModel(body)
         ex.model = model
         # stream and think are checked before routing, as before: a bad
@@ -124,7 +124,7 @@ class Embed(ProxyResource):
     """
 
     async def handle_POST(self, ex: Exchange) -> JSON:
-        body = ex.json()
+        body = ex.json(keep=False)
         model = requireModel(body)
         ex.model = model
         inputs = embedInputs(body)
@@ -149,7 +149,7 @@ class LegacyEmbeddings(ProxyResource):
     """
 
     async def handle_POST(self, ex: Exchange) -> JSON:
-        body = ex.json()
+        body = ex.json(keep=False)
         model = requireModel(body)
         ex.model = model
         prompt = legacyPrompt(body)

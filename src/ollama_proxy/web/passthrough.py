@@ -9,10 +9,16 @@ backend's bytes go to the client as they arrive.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote, urlsplit
+
+from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.target import QUERY_SAFE, checkPath, errorObject, reencode
 from ollama_proxy.upstream.backend import Backend
-from ollama_proxy.web.bridge import Exchange, ProxyResource
+from ollama_proxy.web.bridge import JSON_TYPE, Exchange, ProxyResource
+from ollama_proxy.web.budget import Busy, chargeOf
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.observe import streaming
 from ollama_proxy.web.relay import relayResponse, requestHeaders
@@ -49,7 +55,12 @@ async def forwardToBackend(
     url = backend.url(path)
     query = request.uri.partition(b"?")[2]
     if query:
-        url += "?" + query.decode("latin-1")
+        url += "?" + reencode(query.decode("latin-1"), QUERY_SAFE)
+    # The last lock before the backend's key goes with it: whatever built
+    # the path, no dot segment or encoded slash leaves.
+    refused = checkPath(urlsplit(url).path.encode("latin-1"))
+    if refused is not None:
+        raise BadRequest(refused)
     response = await backend.request(
         (request.method or b"GET").decode("ascii"), url, body,
         backend.headers(requestHeaders(request, keep)),
@@ -62,25 +73,63 @@ async def forwardToBackend(
         await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
 
 
+SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+"""What stays as it is in a path segment re-encoded for upstream (RFC
+3986's C{pchar} without C{%}: the segment is already decoded)."""
+
+
+def segmentPath(segments: list[str]) -> str:
+    """
+    @param segments: decoded path segments (the client's, or a backend's
+        model id split at C{/}).
+    @return: them joined with C{/}, each percent-encoded again, so that a
+        decoded C{%2f} or C{%} cannot become a separator or an escape.
+    """
+    return "/".join(quote(s.encode("utf-8", "surrogateescape"), safe=SEGMENT_SAFE)
+                    for s in segments)
+
+
 class Passthrough(ProxyResource):
     """
-    An OpenAI route (C{/v1/models}, C{/v1/chat/completions}, ...) relayed to
-    the backend as it is, with the configured API key, and with C{:proxy} /
-    C{:latest} stripped from C{model} so that names from C{/api/tags} work.
+    An OpenAI route (C{/v1/completions}, C{/v1/chat/completions},
+    C{/v1/embeddings}) relayed to the backend as it is, with the configured
+    API key, and with C{:proxy} / C{:latest} stripped from C{model} so that
+    names from C{/api/tags} work.
+
+    C{POST} only, and no sub-path: with the operator's key, C{GET
+    /v1/chat/completions} lists OpenAI's stored completions of everyone on
+    that key, and C{/v1/chat/completions/{id}} reads or deletes them.
+    Errors are OpenAI's C{{"error": {...}}}, as Ollama's own C{/v1} routes
+    answer.
     """
 
     def __init__(self, ctx: ProxyContext, path: str) -> None:
         super().__init__(ctx)
         self.path = path
 
+    def errorBody(self, request: Request, status: int, message: str) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        return codec.dumps(errorObject("openai", status, message))
+
     async def _forward(self, ex: Exchange) -> Any:
         body = ex.body
         backend: Backend | None = None
         if body:
+            charge = chargeOf(ex.request)
+            if charge is not None and not charge.take(2 * len(body)):
+                raise Busy()
+            # Not JSON: relayed as it is, the backend answers it.  JSON
+            # nested too deep: a 400 here, as on every route.
             try:
                 decoded = codec.loads(body)
             except codec.JSONDecodeError:
                 decoded = None
+            else:
+                try:
+                    codec.checkDepth(decoded)
+                except codec.TooDeep as e:
+                    raise BadRequest(str(e)) from None
             if isinstance(decoded, dict) and isinstance(decoded.get("model"), str):
                 route = await self.route(ex, decoded["model"])
                 backend = route.backend
@@ -90,7 +139,7 @@ class Passthrough(ProxyResource):
                     decoded["model"] = route.modelId
                     body = codec.dumps(decoded)
         request = ex.request
-        postpath = [p.decode("latin-1") for p in request.postpath or []]
+        postpath = [p.decode("utf-8", "surrogateescape") for p in request.postpath or []]
         if backend is None:
             if self.path == "models" and len(self.ctx.models.router.backends) > 1:
                 if not postpath:
@@ -98,14 +147,35 @@ class Passthrough(ProxyResource):
                     return await self.ctx.models.listModels()
                 # GET /v1/models/{id}: ask the backend that has the model.
                 route = await self.route(ex, "/".join(postpath))
-                backend, postpath = route.backend, [route.modelId]
+                backend, postpath = route.backend, route.modelId.split("/")
             else:
                 first = self.ctx.models.router.backends[0]
                 backend, ex.backend = first.backend, first.name
         await forwardToBackend(
-            self.ctx, ex, backend, "/".join([self.path, *postpath]), body or None, PASSED_HEADERS
+            self.ctx, ex, backend, segmentPath([*self.path.split("/"), *postpath]), body or None,
+            PASSED_HEADERS,
         )
         return None
 
-    handle_GET = _forward
     handle_POST = _forward
+
+
+class Models(Passthrough):
+    """
+    C{GET /v1/models} and C{GET /v1/models/{id}} (OpenAI's model
+    retrieval; an id may contain C{/}, as C{qwen/qwen3-coder} does): the
+    one relayed route with a sub-path, and C{GET} (and C{HEAD}) only.
+    """
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        super().__init__(ctx, "models")
+
+    def servesSubPath(self, request: Request) -> bool:
+        """
+        @return: whether the sub-path is a model id: no empty segment
+            (C{/v1/models/}, C{/v1/models//x}).
+        """
+        return all(request.postpath or [b""])
+
+    handle_GET = Passthrough._forward
+    handle_POST = None  # type: ignore[assignment]

@@ -29,6 +29,8 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.target import checkTarget, dialectOf, errorObject, parseAuthority
+from ollama_proxy.web.budget import CHARGE, RETRY_AFTER, BodyBudget
 from ollama_proxy.web.channel import (
     DEFAULT_HEADER_TIMEOUT,
     MAX_LINGERING,
@@ -45,7 +47,13 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
 
-_REASONS = {413: b"Payload Too Large", 408: b"Request Timeout"}
+_log = Logger()
+
+_REASONS = {
+    413: b"Payload Too Large", 408: b"Request Timeout", 503: b"Service Unavailable",
+}
+
+_BUSY = "the proxy is holding too many request bodies (--body-budget); retry shortly"
 
 JSON_TYPE = b"application/json; charset=utf-8"
 
@@ -72,6 +80,7 @@ class LimitedRequest(Request):
 
     maxBody: int = DEFAULT_MAX_BODY
     bodyTimeout: float | None = None
+    budget: BodyBudget | None = None
     arrived: float | None = None
     _rejected = False
     _deadline: IDelayedCall | None = None
@@ -85,6 +94,10 @@ class LimitedRequest(Request):
         if _CAN_SKIP_FORMS:
             kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(channel, *args, **kwargs)
+        if self.budget is not None:
+            # The body bytes this request holds (raw as they arrive, then
+            # decoded), given back however it ends.
+            setattr(self, CHARGE, self.budget.charge())
 
     def gotLength(self, length: int | None) -> None:
         """
@@ -113,8 +126,15 @@ class LimitedRequest(Request):
         """
         if self._rejected:
             return
-        if self.content is not None and self.content.tell() + len(data) > self.maxBody:
+        held = self.content.tell() if self.content is not None else 0
+        if held + len(data) > self.maxBody:
             self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
+            return
+        # Charged as the bytes arrive, not as declared: a client that
+        # declares 64 MB and sends nothing must not hold the budget.
+        charge = getattr(self, CHARGE, None)
+        if charge is not None and not charge.take(len(data)):
+            self._reject(503, _BUSY)
             return
         super().handleContentChunk(data)
 
@@ -123,13 +143,14 @@ class LimitedRequest(Request):
         Answer C{status} with Ollama's JSON error and close the connection;
         the body is never rendered.
 
-        @param status: 413 or 408.
+        @param status: 413, 408, or 503 (the body budget is spent).
         @param message: the C{error} text.
         """
         if self._rejected:
             return
         self._rejected = True
         self._cancelDeadline()
+        self._release()
         # Refused from gotLength, the channel would next answer an
         # "Expect: 100-continue" with a 100 after this final response.
         self.requestHeaders.removeHeader(b"expect")
@@ -141,6 +162,8 @@ class LimitedRequest(Request):
         cors = b"".join(
             b"%s: %s\r\n" % header for header in self._corsHeaders(site)
         )
+        if status == 503:
+            cors += b"Retry-After: %d\r\n" % RETRY_AFTER
         channel.transport.write(
             b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: application/json; charset=utf-8\r\n"
@@ -165,14 +188,15 @@ class LimitedRequest(Request):
 
     def _answer(self, status: int, message: str, close: bool) -> None:
         """
-        Answer before traversal (draining, a refused C{Host}) with Ollama's
-        JSON error and the CORS headers; the site logs it on finish.
+        Answer before traversal (draining, a refused target or C{Host}) with
+        the JSON error of the path's dialect (L{dialectOf}) and the CORS
+        headers; the site logs it on finish.
 
         @param status: the HTTP status.
         @param message: the C{error} text.
         @param close: whether to close the connection after it.
         """
-        body = codec.dumps({"error": message})
+        body = codec.dumps(errorObject(dialectOf(self.path or b""), status, message))
         self.setResponseCode(status)
         self.setHeader(b"Content-Type", JSON_TYPE)
         self.setHeader(b"Content-Length", b"%d" % len(body))
@@ -199,12 +223,67 @@ class LimitedRequest(Request):
         if not self._rejected:
             super().requestReceived(command, path, version)
 
+    def _release(self) -> None:
+        charge = getattr(self, CHARGE, None)
+        if charge is not None:
+            charge.release()
+
+    def finish(self) -> None:
+        """
+        Give the body's share of the budget back with the answer.
+        """
+        super().finish()
+        self._release()
+
     def connectionLost(self, reason: Any) -> None:
         """
-        Drop the body deadline with the connection.
+        Drop the body deadline and the body's share of the budget with the
+        connection (a client that hangs up mid-body or mid-answer).
         """
         self._cancelDeadline()
+        self._release()
         super().connectionLost(reason)
+
+    def _refusedGrammar(self) -> str | None:
+        """
+        The request-target and C{Host} grammar, checked before traversal so
+        that no resource, relayed route or fallback sees a dot segment, an
+        encoded slash, an absolute-form target or an ambiguous C{Host}
+        (see L{ollama_proxy.protocol.target}).
+
+        @return: why the request is refused (a 400), or C{None}.
+        """
+        refused = checkTarget(self.uri)
+        if refused is not None:
+            return refused
+        hosts = self.requestHeaders.getRawHeaders(b"host") or []
+        if len(hosts) > 1:
+            # twisted.web would take the last; a front proxy may have
+            # checked the first.
+            return "more than one Host header"
+        if hosts and hosts[0].strip() and parseAuthority(hosts[0].strip()) is None:
+            return "malformed Host header: expected host or host:port (RFC 3986)"
+        return None
+
+    def processingFailed(self, reason: Any) -> None:
+        """
+        A resource that raised while rendering: logged, and answered with
+        a JSON 500 in the path's dialect instead of twisted.web's HTML page.
+        """
+        _log.failure("rendering {uri} failed", reason, uri=self.uri)
+        if self.finished or self._disconnected:
+            return
+        if self.startedWriting:
+            self.finish()
+            return
+        body = codec.dumps(
+            errorObject(dialectOf(self.path or b""), 500, "internal proxy error; see the proxy log")
+        )
+        self.setResponseCode(500)
+        self.setHeader(b"Content-Type", JSON_TYPE)
+        self.setHeader(b"Content-Length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
 
     def process(self) -> None:
         """
@@ -215,6 +294,10 @@ class LimitedRequest(Request):
         if isinstance(site, ProxySite):
             if site.draining:
                 self._answer(503, "the proxy is shutting down", close=True)
+                return
+            refused = self._refusedGrammar()
+            if refused is not None:
+                self._answer(400, refused, close=True)
                 return
             if site.hosts is not None and not site.hosts.allows(self.getHeader(b"Host")):
                 # DNS rebinding: a page on a name that now points at
@@ -414,6 +497,7 @@ def makeSite(
     metrics: Metrics | None = None,
     origins: OriginPolicy | None = None,
     hosts: HostPolicy | None = None,
+    budget: BodyBudget | None = None,
     headerTimeout: float | None = DEFAULT_HEADER_TIMEOUT,
     maxConnections: int | None = None,
 ) -> ProxySite:
@@ -430,6 +514,8 @@ def makeSite(
     @param metrics: where every answer is counted.
     @param origins: the CORS policy for the site's own answers.
     @param hosts: the C{Host} names served, or C{None} for any.
+    @param budget: the memory budget every request body is charged to, or
+        C{None} for none.
     @param headerTimeout: seconds for a request line and its headers
         (L{ProxyChannel}), or C{None} for no deadline.
     @param maxConnections: open client connections at once, or C{None}.
@@ -438,7 +524,7 @@ def makeSite(
     requestFactory = type(
         "LimitedRequest",
         (LimitedRequest,),
-        {"maxBody": maxBody, "bodyTimeout": bodyTimeout},
+        {"maxBody": maxBody, "bodyTimeout": bodyTimeout, "budget": budget},
     )
     site = ProxySite(root, requestFactory=requestFactory, timeout=timeout, reactor=reactor)
     site.metrics, site.origins, site.hosts = metrics, origins, hosts

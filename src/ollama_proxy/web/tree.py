@@ -32,7 +32,7 @@ from ollama_proxy.web.models import (
     Tags,
 )
 from ollama_proxy.web.ollama import Completion, Embed, LegacyEmbeddings, Version
-from ollama_proxy.web.passthrough import Passthrough
+from ollama_proxy.web.passthrough import Models, Passthrough
 from ollama_proxy.web.responses import Responses
 
 
@@ -137,7 +137,7 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     # OpenAI routes, under /v1 and (as some Copilot builds and Open WebUI
     # call them) at the root.
     chatCompletions = Passthrough(ctx, "chat/completions")
-    models = Passthrough(ctx, "models")
+    models = Models(ctx)
     v1 = Directory(fallback)
     root.putChild(b"v1", v1)
     v1.putChild(b"models", models)
@@ -145,7 +145,6 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     v1.putChild(b"embeddings", Passthrough(ctx, "embeddings"))
     # The coding agents' dialects, translated (Claude Code, Codex).
     messages = Messages(ctx)
-    messages.isLeaf = False
     messages.putChild(b"count_tokens", CountTokens(ctx))
     v1.putChild(b"messages", messages)
     v1.putChild(b"responses", Responses(ctx))
