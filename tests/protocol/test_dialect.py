@@ -16,10 +16,10 @@ from ollama_proxy.protocol.anthropic import AnthropicDialect
 from ollama_proxy.protocol.dialect import (
     DONE,
     OPEN,
-    RELAYED_OPENAI,
     START,
     Encoder,
     EncoderMisuse,
+    openAIErrorEvent,
 )
 from ollama_proxy.protocol.events import Delta, Finish, Reply, Usage
 from ollama_proxy.protocol.ollama import ERRORS as OLLAMA_ERRORS
@@ -117,7 +117,6 @@ class ErrorShapeTests(SynchronousTestCase):
         self.assertEqual(codec.loads(RESPONSES_ERRORS.body(400, "no", "store")), {"error": {
             "message": "no", "type": "invalid_request_error", "param": "store",
             "code": "unsupported_parameter"}})
-        self.assertEqual(codec.loads(RELAYED_OPENAI.body(502, "no")), {"error": "no"})
 
     def test_midStream(self) -> None:
         """
@@ -138,9 +137,8 @@ class ErrorShapeTests(SynchronousTestCase):
         """
         self.assertEqual(OLLAMA_ERRORS.midStream(None, "boom"), b'{"error":"boom"}\n')
         self.assertEqual(
-            RELAYED_OPENAI.midStream(None, "boom"),
+            RESPONSES_ERRORS.midStream(None, "boom"),
             b'\n\ndata: {"error":{"message":"boom","type":"api_error","param":null,'
             b'"code":null}}\n\n',
         )
-        self.assertEqual(ANTHROPIC_ERRORS.midStream(None, "boom"),
-                         RELAYED_OPENAI.midStream(None, "boom"))
+        self.assertEqual(ANTHROPIC_ERRORS.midStream(None, "boom"), openAIErrorEvent("boom"))

@@ -12,7 +12,6 @@ from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
@@ -124,10 +123,7 @@ class ToyResource(ProxyResource):
         )
         return await answer(self.ctx, ex, route.backend, response, ToyDialect(), request.stream)
 
-    def errorBody(self, request: Request, status: int, message: str) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"text/x-toy")
-        return f"no {message}\n".encode("utf-8")
+    errors = ToyDialect.errors
 
 
 class HubTests(SynchronousTestCase):

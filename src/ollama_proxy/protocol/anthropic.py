@@ -19,7 +19,7 @@ import secrets
 from typing import Callable
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.blocks import SSE, THINKING, BlockEncoder
+from ollama_proxy.protocol.blocks import THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.dialect import EncodedErrors
 from ollama_proxy.protocol.events import Finish, Reply, ToolCall, Usage

@@ -196,7 +196,7 @@ class EncodedErrors:
         """
         @return: the error event for a relayed stream (no encoder of ours).
         """
-        return RELAYED_OPENAI.midStream(None, message)
+        return openAIErrorEvent(message)
 
     def midStream(self, encoder: Encoder | None, message: str) -> bytes:
         if encoder is None:
@@ -208,28 +208,17 @@ class EncodedErrors:
         return encoder.error(message)
 
 
-class RelayedOpenAIErrors:
+def openAIErrorEvent(message: str) -> bytes:
     """
-    Errors of a route that relays the backend's OpenAI answers as they
-    are: Ollama's C{{"error": text}} before the stream, an OpenAI error
-    event in it (as Ollama's own C{/v1} routes send it; OpenAI SDKs raise
-    on it), after a blank line that ends any event the backend left
-    unfinished.
+    The error event of a stream the proxy relays as the backend sent it
+    (no encoder of its own): OpenAI's error object, as Ollama's own C{/v1}
+    routes send it (OpenAI SDKs raise on it), after a blank line that ends
+    any event the backend left unfinished.
+
+    @param message: the error text.
     """
-
-    contentType = JSON_TYPE
-
-    def body(self, status: int, message: str, param: str | None = None) -> bytes:
-        return codec.dumps({"error": message})
-
-    def midStream(self, encoder: Encoder | None, message: str) -> bytes:
-        if encoder is not None:
-            return encoder.error(message) if encoder.state is not DONE else b""
-        error = {"message": message, "type": "api_error", "param": None, "code": None}
-        return b"\n\ndata: " + codec.dumps({"error": error}) + b"\n\n"
-
-
-RELAYED_OPENAI = RelayedOpenAIErrors()
+    error = {"message": message, "type": "api_error", "param": None, "code": None}
+    return b"\n\ndata: " + codec.dumps({"error": error}) + b"\n\n"
 
 
 class Dialect(Protocol):

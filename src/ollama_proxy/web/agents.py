@@ -15,7 +15,6 @@ failure becomes the dialect's mid-stream error instead of an HTTP status.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -71,13 +70,11 @@ class Heartbeat:
     def __init__(
         self,
         ex: Exchange,
-        dialect: Dialect,
         encoder: BlockEncoder,
         clock: IReactorTime,
         interval: float,
     ) -> None:
         self._ex = ex
-        self._dialect = dialect
         self._encoder = encoder
         self._clock = clock
         self._interval = interval
@@ -89,8 +86,7 @@ class Heartbeat:
             self._call = None
             return
         if not ex.request.startedWriting:
-            ex.startStream(self._encoder.contentType)
-            ex.streamError = partial(self._dialect.errors.midStream, self._encoder)
+            ex.startEncoded(self._encoder)
         ex.write(self._encoder.ping())
         self._call = self._clock.callLater(self._interval, self._beat)
 
@@ -120,7 +116,7 @@ async def translate(
     if request.stream and ctx.pingInterval > 0:
         # One encoder for the stream: the keep-alives and the reply.
         encoder = dialect.streamEncoder(request.model, ex.start)
-        heartbeat = Heartbeat(ex, dialect, encoder, route.backend.reactor, ctx.pingInterval)
+        heartbeat = Heartbeat(ex, encoder, route.backend.reactor, ctx.pingInterval)
     try:
         return await generate(ctx, ex, route, request, dialect, encoder)
     finally:

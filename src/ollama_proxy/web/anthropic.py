@@ -11,12 +11,11 @@ from __future__ import annotations
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
-from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.anthropic import AnthropicDialect, errorObject
+from ollama_proxy.protocol.anthropic import ERRORS, AnthropicDialect
 from ollama_proxy.protocol.anthropic_request import estimateTokens, parseMessagesRequest
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.web.agents import decodedJSON, nativeRoute, relayNative, translate
-from ollama_proxy.web.bridge import JSON_TYPE, Exchange, NotServed, ProxyResource
+from ollama_proxy.web.bridge import Exchange, NotServed, ProxyResource
 
 
 class AnthropicResource(ProxyResource):
@@ -25,10 +24,7 @@ class AnthropicResource(ProxyResource):
     {"type", "message"}}}.
     """
 
-    def errorBody(self, request: Request, status: int, message: str) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", JSON_TYPE)
-        return codec.dumps(errorObject(status, message))
+    errors = ERRORS
 
 
 class Messages(AnthropicResource):

@@ -13,7 +13,6 @@ here.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable
 
 import attrs
@@ -140,6 +139,7 @@ async def answer(
         answer is unusable (before or after the stream began).
     """
     model = ex.model or ""
+    ex.errors = dialect.errors
     if not stream or isJSONResponse(response):
         # A backend that ignores "stream": true (some gateways do) sends
         # one completion: the dialect writes it as a stream of its own.
@@ -152,7 +152,7 @@ async def answer(
             return dialect.reply(reply, model, ex.start, ctx.now())
         if encoder is None:
             encoder = dialect.streamEncoder(model, ex.start)
-        ex.startStream(encoder.contentType)
+        ex.startEncoded(encoder)
         ex.write(encoder.whole(reply, ctx.now()))
         return None
     if encoder is None:
@@ -162,8 +162,7 @@ async def answer(
         encoder,
         ctx.maxLineLength,
     )
-    ex.startStream(encoder.contentType)
-    ex.streamError = partial(dialect.errors.midStream, encoder)
+    ex.startEncoded(encoder)
     with streaming(ctx.metrics):
         collector = _debugWriter(ex, pipeline) if ctx.debug else _writer(ex, pipeline)
         await relayBody(ex, response, collector, backend.reactor, backend.idleTimeout)

@@ -8,14 +8,11 @@ the stream and C{response.failed} after it began.
 
 from __future__ import annotations
 
-from twisted.web.server import Request
-
-from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.responses import ResponsesDialect, errorObject
-from ollama_proxy.protocol.responses_request import Unsupported, parseResponsesRequest
+from ollama_proxy.protocol.responses import ERRORS, ResponsesDialect
+from ollama_proxy.protocol.responses_request import parseResponsesRequest
 from ollama_proxy.web.agents import decodedJSON, nativeRoute, relayNative, translate
-from ollama_proxy.web.bridge import JSON_TYPE, Exchange, ProxyResource
+from ollama_proxy.web.bridge import Exchange, ProxyResource
 
 
 class Responses(ProxyResource):
@@ -23,6 +20,8 @@ class Responses(ProxyResource):
     C{POST /v1/responses}: a response, whole or as its event stream
     (relayed as it is from a backend configured C{native = ["responses"]}).
     """
+
+    errors = ERRORS
 
     async def handle_POST(self, ex: Exchange) -> JSON | None:
         body = decodedJSON(self.ctx, ex)
@@ -33,17 +32,8 @@ class Responses(ProxyResource):
             # friends are its business.
             await relayNative(self.ctx, ex, route, "responses", body)
             return None
-        try:
-            request, context = parseResponsesRequest(body)
-        except Unsupported as e:
-            # The field goes in "param", which the funnel's errorBody has
-            # no place for.
-            ex.request.setResponseCode(e.status)
-            return errorObject(e.status, e.message, e.param)
+        # A refused field (Unsupported) is named in the error's "param" by
+        # the dialect's error shape.
+        request, context = parseResponsesRequest(body)
         assert route is not None  # the parser insists on a model name
         return await translate(self.ctx, ex, route, request, ResponsesDialect(context))
-
-    def errorBody(self, request: Request, status: int, message: str) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", JSON_TYPE)
-        return codec.dumps(errorObject(status, message))
