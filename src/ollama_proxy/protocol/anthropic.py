@@ -16,13 +16,15 @@ never a C{message_stop}.
 from __future__ import annotations
 
 import secrets
-from typing import Callable
+from typing import Callable, Mapping
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.anthropic_request import estimateTokens, parseMessagesRequest
 from ollama_proxy.protocol.blocks import THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.dialect import EncodedErrors
 from ollama_proxy.protocol.events import Finish, Reply, ToolCall, Usage
+from ollama_proxy.protocol.requests import ChatRequest
 from ollama_proxy.protocol.sse import sseEvent
 
 IdMaker = Callable[[str], str]
@@ -242,3 +244,28 @@ class AnthropicDialect:
             "stop_sequence": None,
             "usage": usageObject(reply.usage, self.inputEstimate),
         }
+
+
+class MessagesRoute:
+    """
+    C{/v1/messages} as a route speaks it
+    (L{ollama_proxy.protocol.dialect.RouteDialect}): the model in the
+    body, Anthropic's parser and errors, a reply side that knows the
+    request's input estimate.
+    """
+
+    errors = ERRORS
+    native = "messages"
+
+    def __init__(self, newId: IdMaker = randomId) -> None:
+        self._newId = newId
+
+    def model(self, body: JSON, params: Mapping[str, str]) -> object:
+        return body.get("model")
+
+    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, AnthropicDialect]:
+        request = parseMessagesRequest(body)
+        return request, AnthropicDialect(estimateTokens(request), self._newId)
+
+
+MESSAGES = MessagesRoute()

@@ -19,11 +19,13 @@ module owns the states.
 from __future__ import annotations
 
 import enum
-from typing import Protocol, Sequence
+import re
+from typing import Mapping, Protocol, Sequence
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.events import Event, Finish, Reply, replyEvents
+from ollama_proxy.protocol.requests import ChatRequest
 
 
 class EncoderState(enum.Enum):
@@ -249,3 +251,101 @@ class Dialect(Protocol):
         @param end: now (ns).
         @return: the non-streamed answer object.
         """
+
+
+class RouteDialect(Protocol):
+    """
+    A client dialect as one route speaks it, made once for the route: where
+    the model is named (the routing hook: the body, or the URL), the
+    parser, and the error shape.  Parsing a request gives the typed request
+    and the reply side (L{Dialect}) bound to it.  The web layer's generic
+    generation resource runs every such dialect the same way.
+    """
+
+    @property
+    def errors(self) -> ErrorShape:
+        """
+        The dialect's errors, before and after its stream began.
+        """
+
+    @property
+    def native(self) -> str | None:
+        """
+        The backend API that serves this dialect as it is (C{"messages"},
+        C{"responses"}: a backend listing it in C{native} gets the request
+        relayed), or C{None}.
+        """
+
+    def model(self, body: JSON, params: Mapping[str, str]) -> object:
+        """
+        The routing hook.
+
+        @param body: the decoded request body.
+        @param params: the route template's parameters, from the URL.
+        @return: the model name as the client gave it (not checked yet:
+            anything but a non-empty string is left to L{parse} to refuse).
+        """
+
+    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, Dialect]:
+        """
+        @param body: the decoded request body.
+        @param params: the route template's parameters, from the URL.
+        @return: the typed request and its reply side.
+        @raise ollama_proxy.protocol.errors.BadRequest: for a malformed
+            request.
+        """
+
+
+class RouteTemplate:
+    """
+    A route's path with parameters (C{/v1beta/models/{model}:{method}}):
+    the fixed segments it is mounted at, and the rest matched against the
+    request's remaining path.  The template itself, not the path, is the
+    route's label in logs and metrics, so a URL-borne model never becomes a
+    label value.
+
+    @ivar template: the template as written.
+    @ivar prefix: the fixed segments before the first parameter.
+    """
+
+    _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+    def __init__(self, template: str) -> None:
+        if not template.startswith("/"):
+            raise ValueError(f"route template {template!r} must start with /")
+        self.template = template
+        segments = template.strip("/").split("/")
+        fixed: list[str] = []
+        for segment in segments:
+            if "{" in segment:
+                break
+            fixed.append(segment)
+        self.prefix = tuple(fixed)
+        rest = "/".join(segments[len(fixed):])
+        pattern, at = [], 0
+        for found in self._PARAM.finditer(rest):
+            pattern.append(re.escape(rest[at:found.start()]))
+            # A parameter is within one path segment, never empty; greedy,
+            # so that in {model}:{method} a model named qwen3:8b keeps its
+            # colon and the method is what follows the last one.
+            pattern.append(f"(?P<{found.group(1)}>[^/]+)")
+            at = found.end()
+        pattern.append(re.escape(rest[at:]))
+        self._rest = re.compile("".join(pattern)) if rest else None
+
+    @property
+    def parameters(self) -> bool:
+        """
+        Whether the template has parameters (paths below its prefix).
+        """
+        return self._rest is not None
+
+    def match(self, rest: Sequence[str]) -> dict[str, str] | None:
+        """
+        @param rest: the request's decoded path segments after L{prefix}.
+        @return: the parameters, or C{None} if the path is not this route.
+        """
+        if self._rest is None:
+            return {} if not rest else None
+        found = self._rest.fullmatch("/".join(rest))
+        return found.groupdict() if found is not None else None

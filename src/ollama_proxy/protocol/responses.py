@@ -18,7 +18,7 @@ far: Codex reads no other error event.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Mapping
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic import IdMaker, randomId
@@ -26,7 +26,8 @@ from ollama_proxy.protocol.blocks import THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.dialect import EncodedErrors
 from ollama_proxy.protocol.events import Finish, Reply, ToolCall, Usage, replyEvents
-from ollama_proxy.protocol.responses_request import ResponsesContext, ToolName
+from ollama_proxy.protocol.requests import ChatRequest
+from ollama_proxy.protocol.responses_request import ResponsesContext, ToolName, parseResponsesRequest
 from ollama_proxy.protocol.sse import sseEvent
 
 KEEPALIVE = b": keep-alive\n\n"
@@ -282,3 +283,28 @@ class ResponsesDialect:
         encoder = ResponsesEncoder(model, start, self.context, self._newId)
         encoder.encode(replyEvents(reply, end))
         return encoder.response
+
+
+class ResponsesRoute:
+    """
+    C{/v1/responses} as a route speaks it
+    (L{ollama_proxy.protocol.dialect.RouteDialect}): the model in the
+    body, the stateless parser (a refused field is an error naming it as
+    C{param}), OpenAI's errors, a reply side that knows the echoed fields.
+    """
+
+    errors = ERRORS
+    native = "responses"
+
+    def __init__(self, newId: IdMaker = randomId) -> None:
+        self._newId = newId
+
+    def model(self, body: JSON, params: Mapping[str, str]) -> object:
+        return body.get("model")
+
+    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, ResponsesDialect]:
+        request, context = parseResponsesRequest(body)
+        return request, ResponsesDialect(context, self._newId)
+
+
+RESPONSES = ResponsesRoute()
