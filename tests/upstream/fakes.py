@@ -48,6 +48,7 @@ class FakeRequest:
         self.written: list[bytes] = []
         self.producer: Any = None
         self.finished: Deferred[None] = Deferred()
+        self.requestHeaders = Headers()
 
     def notifyFinish(self) -> Deferred[None]:
         return self.finished

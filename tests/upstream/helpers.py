@@ -12,7 +12,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.protocol.errors import UpstreamError
+from ollama_proxy.protocol.errors import UpstreamConnectError, UpstreamError
 from ollama_proxy.upstream.cache import TTLCache
 
 
@@ -39,7 +39,7 @@ class ScriptedFetch:
         """
         Fail the latest call.
         """
-        self.calls[-1].errback(UpstreamError(message))
+        self.calls[-1].errback(UpstreamConnectError(message))
 
 
 def get(cache: TTLCache[list[dict[str, Any]]]) -> Deferred[list[dict[str, Any]]]:

@@ -96,6 +96,20 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual((warnings[0]["model"], warnings[0]["first"], warnings[0]["second"]),
                          ("shared:proxy", "a", "b"))
 
+    def test_duplicateWarningWithoutSecrets(self) -> None:
+        """
+        Issue 19: the warning names a backend id without any key the proxy
+        holds (an inbound key here) and with its control characters escaped.
+        """
+        router = Router([self.a, self.b], tag="proxy", secrets=["inbound-key-12345"])
+        d = Deferred.fromCoroutine(router.route("x"))
+        evil = "evil-inbound-key-12345\r\nforged"
+        self.fa.answer(evil)
+        self.fb.answer(evil)
+        self.failureResultOf(d, NotFound)
+        [warning] = [e for e in self.logs.errors() if "offered by backends" in e["log_format"]]
+        self.assertEqual(warning["model"], "evil-<redacted>\\r\\nforged:proxy")
+
     def test_deniedAndUnknown(self) -> None:
         """
         A model hidden by a deny glob, or listed nowhere, is a 404 naming it.

@@ -97,3 +97,30 @@ class StreamFailed(UpstreamError):
         super().__init__(message)
         self.events = list(events)
         self.output = output
+
+
+def describe(error: ProxyError) -> str:
+    """
+    What went wrong with a backend, in the proxy's own words only: for the
+    answers anyone may read (C{/health/ready}) and the error lines of
+    background refreshes.  Upstream text (a body, a reason phrase, a
+    header that a parse error quotes) may carry a key, so none is used.
+
+    @param error: the failure.
+    @return: C{"backend answered 401"}, C{"connection refused"},
+        C{"timeout"}, ...
+    """
+    if isinstance(error, UpstreamHTTPError):
+        return f"backend answered {error.status}"
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamConnectError):
+        message = error.message.lower()
+        if "refused" in message:
+            return "connection refused"
+        if message.startswith("cannot resolve"):
+            return "host name not resolved"
+        return "connection failed"
+    if isinstance(error, UpstreamError):
+        return "unusable answer"
+    return "error"

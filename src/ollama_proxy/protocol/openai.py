@@ -156,8 +156,10 @@ def errorFromBody(body: bytes, status: int) -> str:
             return _errorMessage(decoded)
         detail = decoded["detail"]
         return detail if isinstance(detail, str) else codec.dumps(detail).decode()
+    # Not cut here: the web layer redacts the proxy's secrets first and
+    # cuts after, so that no key cut in two escapes as a prefix.
     text = body.decode("utf-8", "replace").strip()
-    return text[:2000] or f"backend returned HTTP {status}"
+    return text or f"backend returned HTTP {status}"
 
 
 def _tokenLogprob(entry: Mapping[str, Any]) -> JSON:

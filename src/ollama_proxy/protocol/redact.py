@@ -1,26 +1,70 @@
 # -*- test-case-name: tests.protocol.test_redact -*-
 """
-Secrets out of everything the proxy passes on from upstream text.
+Secrets out of everything the proxy passes on from upstream.
 
-Some gateways and debugging proxies echo the request's C{Authorization}
-header in their error bodies; the proxy relays those bodies (as a JSON
-error, an NDJSON error line, an SSE error event, or a relayed non-2xx
-passthrough or fallback answer).  L{Redactor} replaces every secret the
-proxy holds (backend keys, inbound keys, the client's own key) before any
-of that text reaches a client, whatever the dialect.
+A hostile or careless backend may echo the request's C{Authorization}
+header anywhere: in an error body (raw, or written with JSON escapes such
+as C{\\u0073\\u006b...}), in generated text split over many deltas, in tool
+arguments, in a model id, in a response header.  L{Redactor} replaces every
+secret the proxy holds (backend keys, inbound keys, the client's own key)
+in all of those forms; the web layer runs every outbound byte through it
+(L{ollama_proxy.web.bridge.Exchange.write}), and the translated streams
+through L{EventRedactor} as well, so a secret spread over several deltas
+is caught before the client's dialect splits it into several lines.
+
+Redaction always comes before truncation (L{Redactor.excerpt}): an excerpt
+cut inside a key would otherwise escape as a prefix.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import re
+from typing import Any, Iterable, Sequence
+
+from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCall, ToolCalls
 
 REDACTED = "<redacted>"
 """What a secret becomes (the same word the debug log uses)."""
 
+_MARKER = REDACTED.encode("ascii")
+
+
+def _ordered(secrets: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(secrets), key=len, reverse=True))
+
+
+def _escapedChar(char: str) -> str:
+    """
+    @return: a regular expression for C{char} as it may appear inside a
+        JSON string: itself, or any C{\\uXXXX} escape of it (either case of
+        hex digit), or its short escape.
+    """
+    code = ord(char)
+    forms = [re.escape(char)]
+    if code < 0x10000:
+        forms.append(r"\\u(?i:%04x)" % code)
+    else:
+        high = 0xD800 + ((code - 0x10000) >> 10)
+        low = 0xDC00 + ((code - 0x10000) & 0x3FF)
+        forms.append(r"\\u(?i:%04x)\\u(?i:%04x)" % (high, low))
+    short = {"/": r"\\/", '"': r'\\"', "\\": r"\\\\", "\n": r"\\n", "\r": r"\\r", "\t": r"\\t"}
+    if char in short:
+        forms.append(short[char])
+    return "(?:" + "|".join(forms) + ")"
+
+
+def _escapedPattern(secrets: Sequence[str]) -> tuple[re.Pattern[str], re.Pattern[bytes]]:
+    """
+    @return: one pattern (text, and UTF-8 bytes) matching any of C{secrets}
+        with any of its characters JSON-escaped, longest first.
+    """
+    text = "|".join("".join(_escapedChar(c) for c in secret) for secret in secrets)
+    return re.compile(text), re.compile(text.encode("utf-8"))
+
 
 class Redactor:
     """
-    Replaces known secrets in text and bytes.
+    Replaces known secrets in text, bytes, JSON values and replies.
 
     @ivar secrets: the fixed secrets, longest first (so that a key that
         contains another is replaced whole).
@@ -28,66 +72,211 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         self.secrets: tuple[str, ...] = _ordered(s for s in secrets if s)
+        self._patterns: dict[tuple[str, ...], tuple[re.Pattern[str], re.Pattern[bytes]]] = {}
+
+    def _escaped(self, secrets: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[bytes]]:
+        patterns = self._patterns.get(secrets)
+        if patterns is None:
+            if len(self._patterns) > 64:
+                # Per-request client keys would otherwise pile up.
+                self._patterns.clear()
+            patterns = self._patterns[secrets] = _escapedPattern(secrets)
+        return patterns
+
+    def all(self, extra: Iterable[str | None] = ()) -> tuple[str, ...]:
+        """
+        @param extra: per-request secrets (the client's key).
+        @return: every secret to look for, longest first.
+        """
+        more = [s for s in extra if s and s not in self.secrets]
+        return _ordered([*self.secrets, *more]) if more else self.secrets
 
     def text(self, text: str, extra: Iterable[str | None] = ()) -> str:
         """
-        @param text: an error message or body from upstream.
+        @param text: an error message, a model id, a log field.
         @param extra: per-request secrets (the client's key).
-        @return: C{text} with every secret replaced by L{REDACTED}.
+        @return: C{text} with every secret, literal or JSON-escaped,
+            replaced by L{REDACTED}.
         """
-        for secret in self._all(extra):
+        secrets = self.all(extra)
+        for secret in secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        if secrets and "\\" in text:
+            text = self._escaped(secrets)[0].sub(REDACTED, text)
         return text
 
     def data(self, data: bytes, extra: Iterable[str | None] = ()) -> bytes:
         """
         @param data: a relayed body.
         @param extra: per-request secrets (the client's key).
-        @return: C{data} with every secret (as UTF-8) replaced.
+        @return: C{data} with every secret (as UTF-8, or JSON-escaped)
+            replaced.
         """
-        marker = REDACTED.encode("ascii")
-        for secret in self._all(extra):
+        secrets = self.all(extra)
+        for secret in secrets:
             raw = secret.encode("utf-8")
             if raw in data:
-                data = data.replace(raw, marker)
+                data = data.replace(raw, _MARKER)
+        if secrets and b"\\" in data:
+            data = self._escaped(secrets)[1].sub(_MARKER, data)
         return data
+
+    def excerpt(self, text: str, limit: int, extra: Iterable[str | None] = ()) -> str:
+        """
+        @param text: upstream text to show in part.
+        @param limit: the most characters to keep.
+        @return: C{text} redacted, then cut to C{limit} characters (in this
+            order, so that no cut key escapes as a prefix).
+        """
+        text = self.text(text, extra)
+        return text if len(text) <= limit else text[:limit] + "..."
+
+    def value(self, value: Any, extra: Iterable[str | None] = ()) -> Any:
+        """
+        @param value: a decoded JSON value (tool arguments, a model entry).
+        @param extra: per-request secrets.
+        @return: C{value} with every string (keys included) redacted; the
+            same object when nothing needed replacing.
+        """
+        secrets = self.all(extra)
+        return _redactValue(self, value, secrets) if secrets else value
+
+    def reply(self, reply: Reply, extra: Iterable[str | None] = ()) -> Reply:
+        """
+        @param reply: a whole generated answer.
+        @param extra: per-request secrets.
+        @return: C{reply} with its text, thinking and tool calls redacted.
+        """
+        secrets = self.all(extra)
+        if not secrets:
+            return reply
+        return reply._replace(
+            content=self.text(reply.content, secrets),
+            thinking=self.text(reply.thinking, secrets),
+            toolCalls=tuple(_redactCall(self, call, secrets) for call in reply.toolCalls),
+            logprobs=_redactValue(self, reply.logprobs, secrets),
+        )
 
     def stream(self, extra: Iterable[str | None] = ()) -> StreamRedactor | None:
         """
         @param extra: per-request secrets (the client's key).
-        @return: a redactor for a body relayed in pieces, or C{None} when
-            there is no secret to look for.
+        @return: a redactor for bytes sent in pieces, or C{None} when there
+            is no secret to look for.
         """
-        secrets = self._all(extra)
-        return StreamRedactor(secrets) if secrets else None
+        secrets = self.all(extra)
+        return StreamRedactor(secrets, self._escaped(secrets)[1]) if secrets else None
 
-    def _all(self, extra: Iterable[str | None]) -> tuple[str, ...]:
-        more = [s for s in extra if s and s not in self.secrets]
-        return _ordered([*self.secrets, *more]) if more else self.secrets
+    def events(self, extra: Iterable[str | None] = ()) -> EventRedactor | None:
+        """
+        @param extra: per-request secrets (the client's key).
+        @return: a redactor for a translated stream's events, or C{None}
+            when there is no secret to look for.
+        """
+        secrets = self.all(extra)
+        return EventRedactor(self, secrets) if secrets else None
 
 
-def _ordered(secrets: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted(set(secrets), key=len, reverse=True))
+def _redactValue(redactor: Redactor, value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return redactor.text(value, secrets)
+    if isinstance(value, dict):
+        return {
+            redactor.text(k, secrets) if isinstance(k, str) else k: _redactValue(redactor, v, secrets)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redactValue(redactor, v, secrets) for v in value]
+    return value
+
+
+def _redactCall(redactor: Redactor, call: ToolCall, secrets: tuple[str, ...]) -> ToolCall:
+    return call._replace(
+        id=redactor.text(call.id, secrets),
+        name=redactor.text(call.name, secrets),
+        arguments=_redactValue(redactor, call.arguments, secrets),
+    )
+
+
+def _heldBack(data: Any, secrets: Sequence[Any]) -> int:
+    """
+    @param data: text or bytes.
+    @param secrets: the secrets, of the same type.
+    @return: the length of the longest tail of C{data} that is a proper
+        prefix of a secret (literally).
+    """
+    longest = 0
+    size = len(data)
+    for secret in secrets:
+        first = secret[:1]
+        index = data.find(first, max(0, size - len(secret) + 1))
+        while index != -1:
+            if secret.startswith(data[index:]):
+                longest = max(longest, size - index)
+                break
+            index = data.find(first, index + 1)
+    return longest
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _escapedPrefixAt(data: bytes, index: int, secret: str) -> bool:
+    """
+    @return: whether C{data[index:]} is a proper prefix of C{secret} as a
+        JSON string may spell it (any character C{\\uXXXX}-escaped, possibly
+        cut inside the escape).
+    """
+    at = index
+    for char in secret:
+        if at == len(data):
+            return True
+        raw = char.encode("utf-8")
+        if data.startswith(raw, at):
+            at += len(raw)
+            continue
+        if len(data) - at < len(raw) and raw.startswith(data[at:]):
+            return True
+        if data[at] != 0x5C:  # backslash
+            return False
+        escape = b"\\u%04x" % ord(char) if ord(char) < 0x10000 else b""
+        piece = data[at : at + 6]
+        if not escape or not escape.lower().startswith(piece.lower()[:2]):
+            short = {"/": b"\\/", '"': b'\\"', "\\": b"\\\\"}.get(char)
+            if short is not None and short.startswith(data[at : at + 2]):
+                at += 2
+                continue
+            return False
+        if piece.lower() != escape[: len(piece)]:
+            return False
+        at += len(piece)
+        if len(piece) < 6:
+            return at == len(data)
+    return False
 
 
 class StreamRedactor:
     """
-    Secrets out of a body relayed as it arrives (a 2xx passthrough stream,
-    whose error event may quote a key), whatever the read boundaries.
+    Secrets out of bytes sent in pieces (a relayed stream, every write of an
+    answer), whatever the read boundaries.
 
     Each piece is passed on at once, except a tail that could be the start
-    of a secret split across two reads: that is held until the next piece
-    (or the end) shows what it is.  SSE events end with a blank line, which
-    no key starts with, so in practice nothing is held and no event is
-    delayed.
+    of a secret split across two pieces (literally, or JSON-escaped): that
+    is held until the next piece (or the end) shows what it is.  SSE events
+    and NDJSON lines end with a newline, which no key starts with, so in
+    practice nothing is held and no event is delayed; the check per piece
+    is one substring search per secret.
 
     @ivar secrets: the secrets as UTF-8, longest first.
     """
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self.secrets = tuple(secret.encode("utf-8") for secret in _ordered(secrets))
-        self._marker = REDACTED.encode("ascii")
+    def __init__(self, secrets: Iterable[str], escaped: re.Pattern[bytes] | None = None) -> None:
+        self._text = _ordered(secrets)
+        self.secrets = tuple(secret.encode("utf-8") for secret in self._text)
+        self._escaped = escaped if escaped is not None else _escapedPattern(self._text)[1]
+        self._window = 6 * max(len(s) for s in self._text) if self._text else 0
+        self._short = any(c in '/"\\\n\r\t' for s in self._text for c in s)
+        self._newline = any("\n" in s for s in self._text)
         self._carry = b""
 
     def feed(self, data: bytes) -> bytes:
@@ -99,11 +288,45 @@ class StreamRedactor:
             data, self._carry = self._carry + data, b""
         for secret in self.secrets:
             if secret in data:
-                data = data.replace(secret, self._marker)
-        held = self._heldBack(data)
+                data = data.replace(secret, _MARKER)
+        if self._mayEscape(data):
+            data = self._escaped.sub(_MARKER, data)
+        if data[-1:] == b"\n" and not self._newline:
+            # The end of an SSE event or an NDJSON line: no secret (in any
+            # spelling) can start in it and run on into the next piece.
+            return data
+        held = _heldBack(data, self.secrets)
+        tail = data[-self._window :]
+        if b"\\" in tail:
+            held = max(held, self._heldEscaped(tail))
         if held:
             data, self._carry = data[:-held], data[-held:]
         return data
+
+    def _mayEscape(self, data: bytes) -> bool:
+        """
+        @return: whether C{data} may spell a secret with JSON escapes
+            (C{\\u}, or a short escape of a character some secret has).
+        """
+        # One byte first: a one-byte search is a memchr, several times
+        # cheaper than a two-byte one, and most writes have no backslash.
+        return b"\\" in data and (self._short or b"\\u" in data)
+
+    def _heldEscaped(self, tail: bytes) -> int:
+        """
+        @return: the length of the longest tail of C{tail} that may begin a
+            JSON-escaped secret.
+        """
+        starts = {i for i in range(len(tail)) if tail[i] == 0x5C}
+        for raw in self.secrets:
+            index = tail.find(raw[:1])
+            while index != -1:
+                starts.add(index)
+                index = tail.find(raw[:1], index + 1)
+        for index in sorted(starts):
+            if any(_escapedPrefixAt(tail, index, secret) for secret in self._text):
+                return len(tail) - index
+        return 0
 
     def end(self) -> bytes:
         """
@@ -112,18 +335,146 @@ class StreamRedactor:
         tail, self._carry = self._carry, b""
         return tail
 
-    def _heldBack(self, data: bytes) -> int:
+
+class TextRedactor:
+    """
+    L{StreamRedactor} for text that arrives in pieces (the content of a
+    stream's deltas): a tail that could begin a secret waits for the next
+    piece.
+    """
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self.secrets = secrets
+        self._carry = ""
+
+    def feed(self, text: str) -> str:
         """
-        @return: the length of the longest tail of C{data} that is a proper
-            prefix of a secret.
+        @param text: the next piece.
+        @return: what can be passed on now, secrets replaced.
         """
-        longest = 0
+        if self._carry:
+            text, self._carry = self._carry + text, ""
+        if not text:
+            return text
         for secret in self.secrets:
-            start = max(0, len(data) - len(secret) + 1)
-            index = data.find(secret[:1], start)
-            while index != -1:
-                if secret.startswith(data[index:]):
-                    longest = max(longest, len(data) - index)
-                    break
-                index = data.find(secret[:1], index + 1)
-        return longest
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        held = _heldBack(text, self.secrets)
+        if held:
+            text, self._carry = text[:-held], text[-held:]
+        return text
+
+    def end(self) -> str:
+        """
+        @return: the held tail.
+        """
+        tail, self._carry = self._carry, ""
+        return tail
+
+
+class EventRedactor:
+    """
+    Secrets out of a translated stream's events: the text and thinking of
+    consecutive deltas are watched as one text each (a key split over
+    deltas is caught), tool calls and log-probabilities are redacted whole,
+    and whatever is held back is released before anything that ends the
+    text (tool calls, the finish, a failure).
+    """
+
+    def __init__(self, redactor: Redactor, secrets: tuple[str, ...]) -> None:
+        self._redactor = redactor
+        self._secrets = secrets
+        self._content = TextRedactor(secrets)
+        self._thinking = TextRedactor(secrets)
+
+    def feed(self, events: Sequence[Event]) -> list[Event]:
+        """
+        @param events: the events of one read.
+        @return: the events to encode now.
+        """
+        if self._clean(events):
+            return events if isinstance(events, list) else list(events)
+        out: list[Event] = []
+        for event in events:
+            if type(event) is Delta:
+                assert isinstance(event, Delta)
+                content = self._content.feed(event.content)
+                thinking = self._thinking.feed(event.thinking)
+                logprobs = event.logprobs
+                if logprobs:
+                    logprobs = _redactValue(self._redactor, logprobs, self._secrets)
+                if content or thinking or logprobs:
+                    out.append(Delta(content, thinking, logprobs))
+                continue
+            self._flush(out)
+            if isinstance(event, ToolCalls):
+                event = ToolCalls(
+                    tuple(_redactCall(self._redactor, c, self._secrets) for c in event.calls)
+                )
+            elif isinstance(event, Finish) and event.logprobs:
+                event = event._replace(
+                    logprobs=_redactValue(self._redactor, event.logprobs, self._secrets)
+                )
+            out.append(event)
+        return out
+
+    def _clean(self, events: Sequence[Event]) -> bool:
+        """
+        The common case, checked once per read rather than per delta: no
+        text is held, the read's text and thinking, joined, hold no secret
+        and end in nothing that could begin one, and there are no tool
+        calls or log-probabilities to look into.  The events then pass as
+        they are.
+        """
+        if self._content._carry or self._thinking._carry:
+            return False
+        content: list[str] = []
+        thinking: list[str] = []
+        for event in events:
+            if type(event) is Delta:
+                if event.logprobs:
+                    return False
+                content.append(event.content)
+                if event.thinking:
+                    thinking.append(event.thinking)
+            elif type(event) is not Finish or event.logprobs:
+                return False
+        secrets = self._secrets
+        for text in ("".join(content), "".join(thinking)):
+            if text and (any(secret in text for secret in secrets) or _heldBack(text, secrets)):
+                return False
+        return True
+
+    def end(self) -> list[Event]:
+        """
+        @return: the held text, as a last delta (the stream ended or failed).
+        """
+        out: list[Event] = []
+        self._flush(out)
+        return out
+
+    def _flush(self, out: list[Event]) -> None:
+        content, thinking = self._content.end(), self._thinking.end()
+        if content or thinking:
+            out.append(Delta(content, thinking))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SHORT = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def _escapeControl(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _SHORT:
+        return _SHORT[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def printable(text: str) -> str:
+    """
+    @param text: a client's or a backend's text (a model name, a path).
+    @return: C{text} with control characters written as escapes (C{\\r},
+        C{\\x1b}), so that it cannot forge a second log line or drive a
+        terminal.
+    """
+    return _CONTROL.sub(_escapeControl, text) if _CONTROL.search(text) else text

@@ -12,10 +12,13 @@ tokens costs one write, while each token is still its own line or event.
 
 from __future__ import annotations
 
-from ollama_proxy.protocol.errors import StreamFailed
+from typing import Sequence
+
 from ollama_proxy.protocol.dialect import Encoder
-from ollama_proxy.protocol.events import Finish, Usage
+from ollama_proxy.protocol.errors import StreamFailed
+from ollama_proxy.protocol.events import Event, Finish, Usage
 from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.redact import EventRedactor
 from ollama_proxy.protocol.sse import (
     DEFAULT_MAX_LINE_LENGTH,
     SSEDecoder,
@@ -30,6 +33,9 @@ class TranslatedStream:
     @ivar reader: reads the backend's events.
     @ivar encoder: writes the client's dialect.
     @ivar finished: the reply's L{Finish}, once the stream ended cleanly.
+    @ivar redactor: takes the proxy's secrets out of the events before any
+        dialect encodes them (a key spread over several deltas included), or
+        C{None} when there is no secret to look for.
     """
 
     def __init__(
@@ -37,9 +43,11 @@ class TranslatedStream:
         reader: ChatStreamReader,
         encoder: Encoder,
         maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
+        redactor: EventRedactor | None = None,
     ) -> None:
         self.reader = reader
         self.encoder = encoder
+        self.redactor = redactor
         self.decoder = SSEDecoder(maxLineLength)
         self.finished: Finish | None = None
 
@@ -84,9 +92,20 @@ class TranslatedStream:
         try:
             events = self.reader.feed(payloads)
         except StreamFailed as e:
-            e.output = self.encoder.encode(e.events)
+            e.output = self.encoder.encode(self._redactLast(e.events))
             raise
+        if self.redactor is not None:
+            events = self.redactor.feed(events)
         return self.encoder.encode(events)
+
+    def _redactLast(self, events: Sequence[Event]) -> Sequence[Event]:
+        """
+        @return: the last events of the stream, redacted, with any text the
+            redactor held back released.
+        """
+        if self.redactor is None:
+            return events
+        return [*self.redactor.feed(events), *self.redactor.end()]
 
     def end(self) -> bytes:
         """
@@ -98,11 +117,11 @@ class TranslatedStream:
         try:
             events = self.reader.feed(self.decoder.close())
         except StreamFailed as e:
-            e.output = self.encoder.encode(e.events)
+            e.output = self.encoder.encode(self._redactLast(e.events))
             raise
         last = self.reader.finish()
         finish = last[-1]
         if isinstance(finish, Finish):
             self.finished = finish
         events.extend(last)
-        return self.encoder.encode(events)
+        return self.encoder.encode(self._redactLast(events))

@@ -81,7 +81,7 @@ def makeRouter(
         )
         cache = TTLCache(makeFetcher(client, backend), reactor, settings.modelsTTL, backend.name)
         entries.append(BackendModels(backend, client, cache))
-    return Router(entries, settings.tag)
+    return Router(entries, settings.tag, settings.requireKeys)
 
 
 class ModelListing(Service):

@@ -294,8 +294,8 @@ class Backend:
             if retryBody is None:
                 raise
             log.info(
-                "backend rejected sampling extras ({error}); retrying without them",
-                error=e.message,
+                "backend rejected sampling extras (HTTP {status}); retrying without them",
+                status=e.status,
             )
             return await self.postJSON(path, retryBody)
 

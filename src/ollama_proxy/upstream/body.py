@@ -94,9 +94,11 @@ async def readJSON(
     try:
         return codec.loads(body)
     except codec.JSONDecodeError:
+        # The whole body: the error funnel redacts it, then cuts it
+        # (L{ollama_proxy.web.bridge.MAX_ERROR_TEXT}); cut here, a key at
+        # the cut would escape as a prefix.
         raise UpstreamError(
-            "backend returned a body that is not JSON: "
-            + body[:200].decode("utf-8", "replace")
+            "backend returned a body that is not JSON: " + body.decode("utf-8", "replace")
         ) from None
 
 

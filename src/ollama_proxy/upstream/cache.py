@@ -14,7 +14,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ollama_proxy.protocol.errors import ProxyError, UpstreamError
+from ollama_proxy.protocol.errors import ProxyError, UpstreamError, describe
 
 T = TypeVar("T")
 
@@ -116,7 +116,7 @@ class TTLCache(Generic[T]):
                 "cannot get {what} of backend {backend}: {error}; {action}",
                 what=self.what,
                 backend=self.name,
-                error=result.message,
+                error=describe(result),
                 action="keeping the last one" if self.value is not None else "none known",
             )
             if self.value is None:

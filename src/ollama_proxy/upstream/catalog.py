@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, TimeoutError
 from ollama_proxy.protocol.catalog import Facts, ModelMeta, buildCatalog
 from ollama_proxy.protocol.clock import Clock, wallClock
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import ProxyError
+from ollama_proxy.protocol.errors import ProxyError, describe
 from ollama_proxy.protocol.listing import modelDigest, remoteHost
 from ollama_proxy.protocol.names import clientModelName
 from ollama_proxy.service.config import CAPABILITIES, ModelOverride
@@ -248,8 +248,9 @@ class ModelDirectory:
         background, so a probe never waits for a backend (a down one would
         cost it a connect timeout), and the answer follows within one probe.
 
-        @return: C{(ready, state per backend)}; a state is C{"ok"}, the
-            error of the last check, or C{"not listed yet"}.
+        @return: C{(ready, state per backend)}; a state is C{"ok"}, what
+            went wrong at the last check (L{describe}: a status code,
+            C{"connection refused"}, C{"timeout"}), or C{"not listed yet"}.
         """
         states: dict[str, str] = {}
         for entry in self.router.backends:
@@ -257,7 +258,9 @@ class ModelDirectory:
             if not cache.fresh():
                 Deferred.fromCoroutine(cache.get()).addErrback(lambda _: None)
             if cache.error is not None:
-                states[entry.name] = cache.error.message
+                # Never the backend's own words: this answer is open to
+                # anyone, and a gateway's 401 body may quote the key.
+                states[entry.name] = describe(cache.error)
             elif cache.value is None:
                 states[entry.name] = "not listed yet"
             else:

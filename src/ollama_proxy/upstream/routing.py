@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import NotFound, ProxyError, UpstreamError
 from ollama_proxy.protocol.names import NameIndex, clientModelName, modelIds
+from ollama_proxy.protocol.redact import Redactor, printable
 from ollama_proxy.service.config import NO_OVERRIDE, BackendConfig, ModelOverride
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache
@@ -186,7 +187,9 @@ class Router:
     first backend in configuration order that offers a name gets it.
     """
 
-    def __init__(self, backends: Sequence[BackendModels], tag: str = "proxy") -> None:
+    def __init__(
+        self, backends: Sequence[BackendModels], tag: str = "proxy", secrets: Sequence[str] = ()
+    ) -> None:
         """
         @param backends: in configuration order; at least one.
         @param tag: the suffix added to untagged ids in C{/api/tags}.
@@ -195,6 +198,10 @@ class Router:
             raise ValueError("a router needs at least one backend")
         self.backends = list(backends)
         self.tag = tag
+        # Backend ids are upstream text: the clash warning names them
+        # without any key the proxy holds (backend keys, C{secrets}: the
+        # inbound keys), and without control characters.
+        self._redactor = Redactor([*(b.backend.apiKey for b in self.backends), *secrets])
         self._reported: set[tuple[str, str, str]] = set()
         self._index: NameIndex[Route] = NameIndex(tag)
         self._indexedFrom: list[list[Entry] | None] = []
@@ -391,7 +398,8 @@ class Router:
                 log.warn(
                     "model {model} is offered by backends {first} and {second}; "
                     "requests go to {first}",
-                    model=name, first=first, second=second,
+                    model=printable(self._redactor.text(name)),
+                    first=first, second=second,
                 )
 
         self._index = NameIndex.build(

@@ -30,9 +30,10 @@ from ollama_proxy.protocol.errors import (
     ProxyError,
     UpstreamError,
 )
-from ollama_proxy.protocol.dialect import Encoder, ErrorShape
+from ollama_proxy.protocol.dialect import JSON_TYPE, Encoder, ErrorShape
 from ollama_proxy.protocol.events import Finish, Usage
 from ollama_proxy.protocol.ollama import ERRORS as OLLAMA_ERRORS
+from ollama_proxy.protocol.ollama import NDJSON
 from ollama_proxy.protocol.ollama_request import requireObject
 from ollama_proxy.protocol.redact import Redactor, StreamRedactor
 from ollama_proxy.upstream.backend import clientKey, redactHeaders
@@ -49,8 +50,8 @@ from ollama_proxy.web.observe import (
     upstreamErrorKind,
 )
 
-NDJSON = b"application/x-ndjson"
-JSON_TYPE = b"application/json; charset=utf-8"
+MIN_CLIENT_KEY = 8  # the shortest client key treated as a secret
+MAX_ERROR_TEXT = 2000  # characters of upstream text an error quotes (cut after redaction)
 
 
 class ClientState:
@@ -128,32 +129,42 @@ class Exchange:
     errors: ErrorShape = OLLAMA_ERRORS
     encoder: Encoder | None = None
     redactor: Redactor = attrs.field(factory=Redactor, repr=False)
+    _outbound: StreamRedactor | None | bool = attrs.field(default=False, repr=False)
 
-    def _clientKey(self) -> list[str | None]:
+    def clientKey(self) -> list[str | None]:
+        """
+        @return: the client's own key (it may be the one forwarded
+            upstream, C{--forward-client-key}), when it is at least
+            L{MIN_CLIENT_KEY} long: a shorter one is no gateway key (Claude
+            Code's usual token is C{ollama}), and redacting it would garble
+            the text.
+        """
         key = presentedKey(self.request)
-        return [key.decode("utf-8", "replace")] if key else []
+        return [key.decode("utf-8", "replace")] if key and len(key) >= MIN_CLIENT_KEY else []
 
     def redactText(self, text: str) -> str:
         """
-        @param text: an error message that may quote upstream text.
+        @param text: an error message that may quote upstream text, a
+            model id, a log field.
         @return: C{text} without any secret the proxy holds, the client's
             own key included (it may be the one forwarded upstream).
         """
-        return self.redactor.text(text, self._clientKey())
+        return self.redactor.text(text, self.clientKey())
 
-    def redactStream(self) -> StreamRedactor | None:
+    def excerpt(self, text: str, limit: int) -> str:
         """
-        @return: a redactor for a body relayed in pieces, or C{None} when
-            the proxy holds no secret to look for.
+        @param text: upstream text to show in part.
+        @param limit: the most characters to keep.
+        @return: C{text} redacted, then cut (never the other way round).
         """
-        return self.redactor.stream(self._clientKey())
+        return self.redactor.excerpt(text, limit, self.clientKey())
 
     def redactData(self, data: bytes) -> bytes:
         """
-        @param data: a relayed upstream body.
+        @param data: a relayed upstream body (or a chunk for the debug log).
         @return: C{data} without any secret the proxy holds.
         """
-        return self.redactor.data(data, self._clientKey())
+        return self.redactor.data(data, self.clientKey())
 
     def noteUsage(self, usage: Usage) -> None:
         """
@@ -221,12 +232,31 @@ class Exchange:
 
     def write(self, data: bytes) -> None:
         """
-        Write to the client if it is still there.
+        Write to the client if it is still there, through the outbound
+        filter: every byte of every answer passes here, so no dialect can
+        send a secret the proxy holds (a tail that may begin one waits for
+        the next write, or L{flush}).
 
         @param data: bytes of the body.
         """
-        if data and not self.client.gone:
+        if not data or self.client.gone:
+            return
+        outbound = self._outbound
+        if outbound is False:
+            outbound = self._outbound = self.redactor.stream(self.clientKey())
+        if isinstance(outbound, StreamRedactor):
+            data = outbound.feed(data)
+        if data:
             self.request.write(data)
+
+    def flush(self) -> None:
+        """
+        Release what the outbound filter held back (no secret, as it turned out).
+        """
+        if isinstance(self._outbound, StreamRedactor):
+            tail = self._outbound.end()
+            if tail and not self.client.gone:
+                self.request.write(tail)
 
 
 Handler = Callable[[Exchange], Awaitable[Any]]
@@ -301,7 +331,9 @@ class ProxyResource(Resource):
         ex.modelLabel = OTHER
         route = await self.ctx.models.route(name)
         ex.backend = route.name
-        ex.modelLabel = modelLabel(route.known, route.modelId)
+        # A backend id is upstream text: it may carry a key, and it becomes
+        # a metrics label.
+        ex.modelLabel = ex.redactText(modelLabel(route.known, route.modelId))
         if not route.known:
             ex.guessed = name
         return route
@@ -347,11 +379,14 @@ class ProxyResource(Resource):
             self.log.debug(
                 "request {method} {uri} headers={headers} body={body}",
                 method=method,
-                uri=request.uri.decode("latin-1"),
-                headers=redactHeaders(
-                    {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}
-                ),
-                body=body[:4096].decode("utf-8", "replace"),
+                uri=ex.redactText(request.uri.decode("latin-1")),
+                headers={
+                    name: [ex.redactText(value) for value in values]
+                    for name, values in redactHeaders(
+                        {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}
+                    ).items()
+                },
+                body=ex.excerpt(body.decode("utf-8", "replace"), 4096),
             )
         if not (body and self._encoded(request)) and self._answerReady(ex):
             return NOT_DONE_YET
@@ -455,8 +490,9 @@ class ProxyResource(Resource):
             ex.request.setHeader(b"Content-Type", JSON_TYPE)
             # A whole answer says its length, as Ollama's (Go's net/http)
             # does, rather than arriving chunked.
+            body = ex.redactData(body)
             ex.request.setHeader(b"Content-Length", b"%d" % len(body))
-            ex.request.write(body)
+            ex.write(body)
 
     def _failWith(self, ex: Exchange, error: Exception) -> None:
         """
@@ -489,12 +525,13 @@ class ProxyResource(Resource):
         request = ex.request
         setattr(request, OBSERVED, True)
         if not ex.client.gone:
+            ex.flush()
             request.finish()
         if ex.guessed is not None:
             # Sent on a guess: a listing made meanwhile may know it.
             known = self.ctx.models.router.lookup(ex.guessed)
             if known is not None:
-                ex.modelLabel = known.modelId
+                ex.modelLabel = ex.redactText(known.modelId)
         logRequest(ex, self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
 
     def _fail(
@@ -515,13 +552,16 @@ class ProxyResource(Resource):
             return
         # The one place every error passes, whatever the dialect: upstream
         # text (a gateway that echoes the Authorization header) loses the
-        # proxy's secrets before the error shape writes it.
-        message = ex.redactText(message)
+        # proxy's secrets before the error shape writes it (redacted before
+        # it is cut, so that no cut key escapes as a prefix), and every
+        # byte goes through the exchange's outbound filter.
+        message = ex.excerpt(message, MAX_ERROR_TEXT)
+        ex.flush()
         request = ex.request
         if request.startedWriting:
-            request.write(ex.errors.midStream(ex.encoder, message))
+            ex.write(ex.errors.midStream(ex.encoder, message))
         else:
-            request.write(errorAnswer(request, ex.errors, status, message, param))
+            ex.write(errorAnswer(request, ex.errors, status, message, param))
 
     def routeLabel(self, request: Request) -> str:
         """

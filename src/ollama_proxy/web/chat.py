@@ -52,7 +52,7 @@ class ReadOptions:
     text: bool = False
 
 
-def upstreamBody(ctx: ProxyContext, route: Route, body: JSON) -> JSON:
+def upstreamBody(ctx: ProxyContext, route: Route, body: JSON, ex: Exchange) -> JSON:
     """
     An OpenAI request body as it goes to the routed backend: the model's
     configured extra fields added, logged with C{--debug}.
@@ -60,11 +60,13 @@ def upstreamBody(ctx: ProxyContext, route: Route, body: JSON) -> JSON:
     @param ctx: the shared context.
     @param route: where it goes.
     @param body: the body the builder made.
+    @param ex: the exchange it is for (whose client's key is redacted from
+        the debug log, with the proxy's own secrets).
     @return: C{body}, completed.
     """
     applyExtra(body, route.override)
     if ctx.debug:
-        log.debug("upstream request {body}", body=codec.dumps(body).decode())
+        log.debug("upstream request {body}", body=ex.redactText(codec.dumps(body).decode()))
     return body
 
 
@@ -91,7 +93,7 @@ async def generate(
     @return: the non-streamed object, or C{None} after streaming.
     """
     backend = route.backend
-    body = upstreamBody(ctx, route, chatBody(request, route.modelId, backend.flavor))
+    body = upstreamBody(ctx, route, chatBody(request, route.modelId, backend.flavor), ex)
     response = await backend.postChat(body)
     return await answer(
         ctx, ex, backend, response, dialect, request.stream,
@@ -143,10 +145,10 @@ async def answer(
     if not stream or isJSONResponse(response):
         # A backend that ignores "stream": true (some gateways do) sends
         # one completion: the dialect writes it as a stream of its own.
-        reply = readReply(
+        reply = ex.redactor.reply(readReply(
             await readJSON(response, backend.reactor, backend.idleTimeout),
             options.dropThinking, options.thinkTags, options.text,
-        )
+        ), ex.clientKey())
         ex.noteUsage(reply.usage)
         if not stream:
             return dialect.reply(reply, model, ex.start, ctx.now())
@@ -161,6 +163,7 @@ async def answer(
         ChatStreamReader(ctx.now, options.dropThinking, options.thinkTags, options.text),
         encoder,
         ctx.maxLineLength,
+        ex.redactor.events(ex.clientKey()),
     )
     ex.startEncoded(encoder)
     with streaming(ctx.metrics):
@@ -168,7 +171,7 @@ async def answer(
         await relayBody(ex, response, collector, backend.reactor, backend.idleTimeout)
         tail = pipeline.end()
         if ctx.debug:
-            log.debug("translated {lines}", lines=tail.decode("utf-8", "replace"))
+            log.debug("translated {lines}", lines=ex.redactData(tail).decode("utf-8", "replace"))
         ex.write(tail)
     if pipeline.finished is not None:
         ex.noteFinish(pipeline.finished)
@@ -189,14 +192,17 @@ def _writer(ex: Exchange, pipeline: TranslatedStream) -> Callable[[bytes], None]
 
 def _debugWriter(ex: Exchange, pipeline: TranslatedStream) -> Callable[[bytes], None]:
     """
-    A collector that also logs each raw upstream read and what it became.
+    A collector that also logs each raw upstream read and what it became,
+    both without the proxy's secrets (the raw reads through a stream
+    redactor of their own, so a key split across two reads is caught).
     """
+    raw = ex.redactor.stream(ex.clientKey())
 
     def collect(data: bytes) -> None:
-        log.debug("upstream chunk {raw!r}", raw=data)
+        log.debug("upstream chunk {raw!r}", raw=raw.feed(data) if raw is not None else data)
         out = pipeline.feed(data)
         if out:
-            log.debug("translated {lines}", lines=out.decode("utf-8", "replace"))
+            log.debug("translated {lines}", lines=ex.redactData(out).decode("utf-8", "replace"))
         ex.write(out)
 
     return collect

@@ -138,7 +138,7 @@ async def relayNative(
     body = {**body, **route.override.extra, "model": route.modelId}
     if ctx.debug:
         log.debug("upstream request {url} {body}", url=backend.url(api),
-                  body=codec.dumps(body).decode())
+                  body=ex.redactText(codec.dumps(body).decode()))
     await forwardToBackend(ctx, ex, backend, api, codec.dumps(body), NATIVE_HEADERS)
 
 

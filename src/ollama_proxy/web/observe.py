@@ -18,6 +18,7 @@ from ollama_proxy.protocol.errors import (
     UpstreamHTTPError,
     UpstreamTimeout,
 )
+from ollama_proxy.protocol.redact import printable
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.web.metrics import OTHER, Metrics
 
@@ -128,7 +129,9 @@ def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> N
     setattr(request, OBSERVED, True)
     _record(
         request, route, (now - ex.start) / 1e6, metrics,
-        model=ex.model, backend=ex.backend, modelLabel=ex.modelLabel,
+        model=ex.redactText(ex.model) if ex.model is not None else None,
+        path=ex.redactText((request.path or b"").decode("latin-1")),
+        backend=ex.backend, modelLabel=ex.modelLabel,
         tokensIn=ex.tokensIn, tokensOut=ex.tokensOut, firstToken=ex.firstToken,
         upstreamError=ex.upstreamError, gone=bool(ex.client.gone and not request.finished),
     )
@@ -156,6 +159,7 @@ def _record(
     durationMs: float,
     metrics: Metrics | None,
     model: str | None = None,
+    path: str | None = None,
     backend: str | None = None,
     modelLabel: str = "",
     tokensIn: int | None = None,
@@ -166,8 +170,8 @@ def _record(
 ) -> None:
     ttftMs = firstToken / 1e6 if firstToken is not None else None
     method = (request.method or b"").decode("ascii", "replace")
-    path = (request.path or b"").decode("latin-1")
-    modelText = model or "-"
+    path = printable(path if path is not None else (request.path or b"").decode("latin-1"))
+    modelText = printable(model) if model else "-"
     backendText = backend or "-"
     tokens = f"{tokensIn}/{tokensOut}" if tokensIn is not None else "-"
     ttft = f"{ttftMs:.1f}ms" if ttftMs is not None else "-"

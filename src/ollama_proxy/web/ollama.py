@@ -103,11 +103,11 @@ class Completion(ProxyResource):
         backend = route.backend
         defaults = route.override.options
         request = parseTextCompletion(body, defaults)
-        textRequest = upstreamBody(self.ctx, route, textBody(request, route.modelId, backend.flavor))
+        textRequest = upstreamBody(self.ctx, route, textBody(request, route.modelId, backend.flavor), ex)
 
         def asChat() -> JSON:
             chat = parseGenerate({k: v for k, v in body.items() if k != "raw"}, defaults)
-            return upstreamBody(self.ctx, route, chatBody(chat, route.modelId, backend.flavor))
+            return upstreamBody(self.ctx, route, chatBody(chat, route.modelId, backend.flavor), ex)
 
         response, isChat = await backend.postText(
             textRequest, None if body.get("suffix") else asChat

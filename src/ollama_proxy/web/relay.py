@@ -80,13 +80,59 @@ def requestHeaders(request: Request, keep: frozenset[bytes] | None = None) -> di
     return out
 
 
+RELAYED_HEADERS = frozenset(
+    {
+        b"content-type",
+        b"retry-after",
+        b"x-request-id",
+        b"request-id",
+        b"openai-processing-ms",
+        b"x-litellm-call-id",
+        b"openai-version",
+        b"cache-control",
+        b"content-disposition",
+        b"last-modified",
+        b"etag",
+        b"vary",
+    }
+)
+"""The backend's response headers a relayed answer keeps (besides the
+C{x-ratelimit-*} family): what a client acts on (the body's type, when to
+retry, which request it was, its rate limits).  Everything else stays
+behind: C{Set-Cookie} (browsers share C{localhost} cookies across ports),
+C{Server}, hop-by-hop headers, the backend's CORS headers (the proxy's own
+policy answers), and whatever a hostile backend invents."""
+
+
+def relayedHeaders(ex: Exchange, response: IResponse) -> list[tuple[bytes, list[bytes]]]:
+    """
+    The backend's response headers that may reach the client: the
+    L{RELAYED_HEADERS} allow-list and C{x-ratelimit-*}, and of those only
+    the values that carry no secret the proxy holds.
+
+    @param ex: the exchange (its redactor knows the secrets).
+    @param response: the upstream response.
+    @return: raw names and values.
+    """
+    out = []
+    for name, values in response.headers.getAllRawHeaders():
+        lower = name.lower()
+        if lower not in RELAYED_HEADERS and not lower.startswith(b"x-ratelimit-"):
+            continue
+        kept = [value for value in values if ex.redactData(value) == value]
+        if kept:
+            out.append((name, kept))
+    return out
+
+
 async def relayResponse(
     ex: Exchange, response: IResponse, clock: IReactorTime, idleTimeout: float | None
 ) -> None:
     """
-    Send an upstream response to the client as it is: status, end-to-end
-    headers (but not the upstream's CORS headers, and its C{Vary} added to
-    the proxy's), and the body as it arrives.
+    Send an upstream response to the client: its status, the headers of
+    L{relayedHeaders}, and the body as it arrives.  Every byte goes through
+    the exchange's outbound filter (L{Exchange.write}), which replaces the
+    proxy's secrets, split across reads or JSON-escaped included.
 
     @param ex: the exchange.
     @param response: the upstream response, body unread.
@@ -94,39 +140,22 @@ async def relayResponse(
     @param idleTimeout: seconds of upstream silence before giving up.
     """
     request = ex.request
+    # The code only: twisted.web writes its own reason phrase, never the
+    # backend's (which is upstream text, too).
     request.setResponseCode(response.code)
-    for name, values in response.headers.getAllRawHeaders():
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower == b"content-encoding":
-            continue
-        if lower.startswith(b"access-control-"):
-            # The proxy's CORS policy (L{CORSResource}) answers for the
-            # proxy; an upstream's own (say C{*}) must not widen it.
-            continue
-        if lower == b"vary":
+    for name, values in relayedHeaders(ex, response):
+        if name.lower() == b"vary":
             # Added to, not replaced: C{Vary: Origin} is the CORS layer's.
             for value in values:
                 request.responseHeaders.addRawHeader(name, value)
-            continue
-        request.responseHeaders.setRawHeaders(name, values)
+        else:
+            request.responseHeaders.setRawHeaders(name, values)
     if not 200 <= response.code < 300:
         # An error page is small, and may echo the request's key: read it
-        # whole (a secret split across reads would escape a per-read
-        # replacement) and redact it.
-        ex.write(ex.redactData(await readBody(response, clock, idleTimeout)))
+        # whole, so that the filter sees it in one piece.
+        ex.write(await readBody(response, clock, idleTimeout))
         return
-    redacting = ex.redactStream()
-    if redacting is None:
-        await relayBody(ex, response, ex.write, clock, idleTimeout)
-        return
-    # A 2xx stream may carry an error event that quotes a key, too.
-    feed, write = redacting.feed, ex.write
-
-    def collect(data: bytes) -> None:
-        write(feed(data))
-
-    await relayBody(ex, response, collect, clock, idleTimeout)
-    ex.write(redacting.end())
+    await relayBody(ex, response, ex.write, clock, idleTimeout)
 
 
 async def relayBody(
@@ -163,8 +192,8 @@ async def relayBody(
     try:
         await reader.read(response, started)
     except StreamFailed as e:
-        if e.output and not ex.client.gone:
-            ex.request.write(e.output)
+        if e.output:
+            ex.write(e.output)
         raise
     finally:
         if registered and not ex.client.gone:
