@@ -192,7 +192,7 @@ class ReloadOnHangup(Service):
         super().startService()
         self._previous = signal.signal(signal.SIGHUP, self._signalled)
 
-    def stopService(self) -> None:  # type: ignore[override]
+    def stopService(self) -> None:
         super().stopService()
         if self._previous is not None:
             signal.signal(signal.SIGHUP, self._previous)

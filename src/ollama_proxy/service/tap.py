@@ -124,7 +124,7 @@ class PoolService(Service):
     def __init__(self, pool: HTTPConnectionPool) -> None:
         self.pool = pool
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """
         @return: fires when every cached connection is closed.
         """
@@ -145,7 +145,7 @@ class DrainService(Service):
         self.site = site
         self.grace = grace
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """
         @return: fires when no request is in flight.
         """

@@ -222,7 +222,7 @@ class FakeOpenAI(Resource):
         self.apiKey = apiKey
         self.requests: list[dict[str, Any]] = []
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         if self.scripted:
             return self._hold(request)
         path = request.path.decode("latin-1").rstrip("/")

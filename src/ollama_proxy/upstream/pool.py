@@ -385,7 +385,7 @@ new jar (a lock and a policy) for every request.  treq only reads it (it
 copies its cookies into the client's jar), so it stays empty."""
 
 
-class ReadyURL(EncodedURL):  # type: ignore[misc]
+class ReadyURL(EncodedURL):
     """
     An upstream URL parsed and converted to a URI once.
 
@@ -427,6 +427,6 @@ class ReadyURL(EncodedURL):  # type: ignore[misc]
         @return: the text computed once (a derived copy formats anew).
         """
         if self._texts is None:
-            return super().to_text(with_password)  # type: ignore[no-any-return]
+            return super().to_text(with_password)
         return self._texts[1 if with_password else 0]
 

@@ -75,7 +75,7 @@ class Unauthorized(Resource):
 
     isLeaf = True
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         """
         @return: C{{"error": "unauthorized"}}, or the error of the path's
             dialect (L{dialectOf}: Anthropic's, OpenAI's).
@@ -114,7 +114,7 @@ class KeyGate(Resource):
         matches = [hmac.compare_digest(presented, key) for key in self.keys]
         return any(matches)
 
-    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         """
         Check the key at the first path segment; health checks and CORS
         preflights pass without one.
@@ -128,7 +128,7 @@ class KeyGate(Resource):
             return child
         return self._unauthorized
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         """
         Not reached through a L{twisted.web.server.Site} (traversal always
         has at least one segment); refuse to be safe.

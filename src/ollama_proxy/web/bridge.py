@@ -344,7 +344,7 @@ class ProxyResource(Resource):
             handler = getattr(self, "handle_GET", None)
         return handler
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         """
         Answer from L{ready} at once if it can; otherwise start the handler
         coroutine.  Either way, return C{NOT_DONE_YET}.
@@ -594,7 +594,7 @@ class NotServed(ProxyResource):
         """
         return "not served"
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         noteRoute(request, self.routeLabel(request))
         path = (request.path or b"").decode("latin-1")
         return errorAnswer(request, self.errors, 404, f"{path} is not served by this proxy")

@@ -164,7 +164,7 @@ class GenerationResource(ProxyResource):
         self.template = RouteTemplate(template)
         self.errors = dialect.errors
 
-    def getChild(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+    def getChild(self, path: bytes, request: Request) -> IResource:
         """
         Any path below the route that is not a registered child is a 404
         in the dialect's shape (when the resource has children and so is

@@ -206,7 +206,7 @@ class LimitedRequest(Request):
             self.setHeader(b"Connection", b"close")
             # twisted.web decides persistence from the request's headers
             # only: make it close the connection as the header says.
-            self.channel.persistent = False  # type: ignore[attr-defined]
+            self.channel.persistent = False
         self.write(body)
         self.finish()
 

@@ -50,7 +50,7 @@ class Root(ProxyResource):
         super().__init__(ctx)
         self.fallback = fallback
 
-    def getChild(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+    def getChild(self, path: bytes, request: Request) -> IResource:
         """
         Anything not registered goes to the fallback.
         """
@@ -83,10 +83,10 @@ class Directory(Resource):
         super().__init__()
         self.fallback = fallback
 
-    def getChild(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return self.fallback
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         return self.fallback.render(request)
 
 
