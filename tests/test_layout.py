@@ -33,15 +33,42 @@ def modules() -> dict[str, str]:
     return out
 
 
-def imports(path: str, moduleLevelOnly: bool = False) -> Iterator[str]:
+def _typeChecking(node: ast.stmt) -> bool:
+    """
+    @return: whether C{node} is an C{if TYPE_CHECKING:} block.
+    """
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def imports(
+    path: str, moduleLevelOnly: bool = False, typeChecking: bool = False
+) -> Iterator[str]:
     """
     @param path: a module's file.
     @param moduleLevelOnly: only the imports that run when the module is
         imported (not those in functions or under C{TYPE_CHECKING}).
+    @param typeChecking: with C{moduleLevelOnly}, also those under
+        C{TYPE_CHECKING} (what the type checker reads as the module's
+        dependencies).
     @return: the names of the modules it imports.
     """
     tree = ast.parse(open(path, encoding="utf-8").read())
-    nodes = ast.walk(tree) if not moduleLevelOnly else iter(tree.body)
+    if not moduleLevelOnly:
+        nodes: Iterator[ast.AST] = ast.walk(tree)
+    else:
+        top: list[ast.AST] = []
+        for statement in tree.body:
+            if typeChecking and _typeChecking(statement):
+                assert isinstance(statement, ast.If)
+                top.extend(statement.body)
+            else:
+                top.append(statement)
+        nodes = iter(top)
     for node in nodes:
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -103,9 +130,26 @@ class LayoutTests(SynchronousTestCase):
         """
         The modules' import-time dependencies form no cycle.
         """
+        self.assertEqual(self._cycles(typeChecking=False), [])
+
+    def test_noTypeCheckingCycles(self) -> None:
+        """
+        Nor do they with the imports made only for the type checker: a
+        cycle hidden under C{TYPE_CHECKING} is still two modules that
+        cannot be understood apart.
+        """
+        self.assertEqual(self._cycles(typeChecking=True), [])
+
+    def _cycles(self, typeChecking: bool) -> list[list[str]]:
+        """
+        @return: the import cycles among the package's modules.
+        """
         known = modules()
         graph = {
-            name: {i for i in imports(path, moduleLevelOnly=True) if i in known and i != name}
+            name: {
+                i for i in imports(path, moduleLevelOnly=True, typeChecking=typeChecking)
+                if i in known and i != name
+            }
             for name, path in known.items()
         }
         state: dict[str, int] = {}
@@ -123,7 +167,7 @@ class LayoutTests(SynchronousTestCase):
         for name in sorted(graph):
             if name not in state:
                 visit(name, [name])
-        self.assertEqual(cycles, [])
+        return cycles
 
     def test_moduleSize(self) -> None:
         """

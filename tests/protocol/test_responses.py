@@ -11,7 +11,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.protocol.errors import BadRequest, StreamFailed
+from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.events import Reply, ToolCall, Usage
 from ollama_proxy.protocol.openai import ChatStreamReader
 from ollama_proxy.protocol.openai_request import chatBody

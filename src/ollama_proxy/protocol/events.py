@@ -15,9 +15,10 @@ apart with C{type(event) is Delta} (the common case) or C{isinstance}.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import NamedTuple, Sequence, Union
 
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.errors import UpstreamError
 
 
 class Delta(NamedTuple):
@@ -130,3 +131,22 @@ def replyEvents(reply: Reply, end: int) -> list[Event]:
         events.append(ToolCalls(reply.toolCalls))
     events.append(Finish(reply.reason, reply.usage, None, end))
     return events
+
+
+class StreamFailed(UpstreamError):
+    """
+    The upstream stream failed part-way through one read.
+
+    The relay joins the reads of one reactor turn, so a read can hold good
+    events before the failing one; what they encode to still belongs to the
+    client, before the error.
+
+    @ivar events: the events read before the failing one.
+    @ivar output: the same, encoded for the client (filled in by the
+        pipeline, L{ollama_proxy.protocol.stream.TranslatedStream}).
+    """
+
+    def __init__(self, message: str, events: Sequence[Event] = (), output: bytes = b"") -> None:
+        super().__init__(message)
+        self.events = list(events)
+        self.output = output

@@ -20,7 +20,8 @@ from typing import Any, Mapping
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.clock import Clock, wallClock
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import StreamFailed, UpstreamError
+from ollama_proxy.protocol.errors import UpstreamError
+from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.events import (
     Delta,
     Event,

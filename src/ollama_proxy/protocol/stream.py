@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ollama_proxy.protocol.dialect import Encoder
-from ollama_proxy.protocol.errors import StreamFailed
+from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.events import Event, Finish, Usage
 from ollama_proxy.protocol.openai import ChatStreamReader
 from ollama_proxy.protocol.redact import EventRedactor

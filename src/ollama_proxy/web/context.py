@@ -21,7 +21,6 @@ from ollama_proxy.upstream.catalog import ModelDirectory
 from ollama_proxy.web.budget import cooperator
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.observe import watchUpstream
-from ollama_proxy.web.site import DEFAULT_MAX_BODY
 
 DEFAULT_VERSION = "0.32.15"
 """
@@ -36,6 +35,9 @@ for the Responses API (C{/v1/responses}).  Plain C{MAJOR.MINOR.PATCH}, which
 Codex's semver, Copilot's C{parseInt} split and Open WebUI's C{int} split
 all parse.
 """
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+"""Default request body cap: large enough for several base64 images."""
 
 
 @attrs.frozen

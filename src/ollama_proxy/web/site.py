@@ -40,10 +40,9 @@ from ollama_proxy.web.channel import (
 )
 from ollama_proxy.web.cors import HostPolicy, OriginPolicy, corsHeaders
 from ollama_proxy.web.metrics import Metrics
+from ollama_proxy.web.context import DEFAULT_MAX_BODY
 from ollama_proxy.web.observe import logAnswer
 
-DEFAULT_MAX_BODY = 64 * 1024 * 1024
-"""Default request body cap: large enough for several base64 images."""
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
 
