@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The real coding-agent CLIs end to end (tests/integration/test_agent_clis.py):
-# install pinned Claude Code and Codex CLI releases from npm into a folder of
-# their own (~660 MB, ~15 s here; they run offline against the fake backend), then run
-# that test module with the project's test venv.
+# install pinned Claude Code, Codex CLI and GitHub Copilot CLI releases from npm
+# into a folder of their own (~850 MB, ~45 s here; they run offline against
+# `ollama-proxy --demo`, Copilot without a GitHub login), then run that test
+# module with the project's test venv: each CLI answers a prompt and completes a
+# real tool run with the fake-agent demo model.
 #
 # Usage: .ci/agents.sh [PROJECT_VENV]
 #   PROJECT_VENV     a venv with this project installed with its [test] extras
@@ -15,6 +17,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 CLAUDE_CODE_VERSION=2.1.197
 CODEX_VERSION=0.171.0
+COPILOT_VERSION=1.0.102
 
 project=${1:-${VIRTUAL_ENV:-}}
 [ -n "$project" ] || { echo "usage: .ci/agents.sh PROJECT_VENV"; exit 2; }
@@ -30,13 +33,21 @@ skip() {
 
 command -v npm >/dev/null || skip "npm is not installed"
 dir=${AGENTS_DIR:-$work/agents}
-if [ ! -x "$dir/node_modules/.bin/claude" ] || [ ! -x "$dir/node_modules/.bin/codex" ]; then
-  echo "== installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION and @openai/codex@$CODEX_VERSION"
+installed() {
+  for cli in claude codex copilot; do
+    [ -x "$dir/node_modules/.bin/$cli" ] || return 1
+  done
+}
+if ! installed; then
+  echo "== installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION, @openai/codex@$CODEX_VERSION" \
+    "and @github/copilot@$COPILOT_VERSION"
   start=$(date +%s)
   mkdir -p "$dir"
   timeout 600 npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
     "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" "@openai/codex@$CODEX_VERSION" \
+    "@github/copilot@$COPILOT_VERSION" \
     || skip "the agent CLIs could not be installed"
+  installed || skip "npm finished but claude, codex or copilot is missing from $dir/node_modules/.bin"
   echo "installed in $(( $(date +%s) - start )) s, $(du -sh "$dir" | cut -f1)"
 fi
 

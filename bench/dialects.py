@@ -3,7 +3,9 @@ The translation cost of each client dialect, in one process, same run:
 a recorded 2,000-token backend stream (SSE, 20 events per socket read)
 through C{TranslatedStream} into Ollama NDJSON, Anthropic SSE and Responses
 SSE.  Pure CPU, no sockets: it isolates what a dialect's encoder adds to the
-shared reader.  Ratios matter, not absolute numbers (see RESULTS.md).
+shared reader.  Each dialect also runs behind the tool-call id rewriter
+every generation goes through (C{+ids}, L{ollama_proxy.protocol.toolids}),
+to show its cost.  Ratios matter, not absolute numbers (see RESULTS.md).
 
     python bench/dialects.py [--tokens 2000] [--rounds 30]
 """
@@ -17,11 +19,13 @@ from typing import Callable
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic import AnthropicDialect
-from ollama_proxy.protocol.ollama import NDJSONEncoder
+from ollama_proxy.protocol.ollama import NDJSONEncoder, OllamaDialect
 from ollama_proxy.protocol.openai import ChatStreamReader
 from ollama_proxy.protocol.responses import ResponsesDialect
 from ollama_proxy.protocol.responses_request import ResponsesContext
+from ollama_proxy.protocol.requests import ChatRequest, Message
 from ollama_proxy.protocol.stream import TranslatedStream
+from ollama_proxy.protocol.toolids import uniqueToolIds
 
 T0 = 1_750_000_000_000_000_000
 
@@ -50,10 +54,16 @@ ECHO = {"instructions": None, "max_output_tokens": None, "parallel_tool_calls": 
         "reasoning": None, "temperature": 1, "text": {"format": {"type": "text"}},
         "tool_choice": "auto", "tools": [], "top_p": 1, "metadata": {}}
 
+REQUEST = ChatRequest("m", (Message("user", "hi"),))
+
 ENCODERS: dict[str, Callable[[], object]] = {
     "ollama": lambda: NDJSONEncoder("m", "chat", T0, clock),
     "anthropic": lambda: AnthropicDialect(5).streamEncoder("m", T0),
     "responses": lambda: ResponsesDialect(ResponsesContext(ECHO)).streamEncoder("m", T0),
+    "ollama+ids": lambda: uniqueToolIds(OllamaDialect("chat", clock), REQUEST).streamEncoder("m", T0),
+    "anthropic+ids": lambda: uniqueToolIds(AnthropicDialect(5), REQUEST).streamEncoder("m", T0),
+    "responses+ids": lambda: uniqueToolIds(
+        ResponsesDialect(ResponsesContext(ECHO)), REQUEST).streamEncoder("m", T0),
 }
 
 
@@ -80,8 +90,9 @@ def main() -> None:
     print(f"{args.tokens} tokens, {args.rounds} rounds, median")
     for name in ENCODERS:
         median = statistics.median(times[name])
-        print(f"{name:10} {median * 1e9 / args.tokens:7.0f} ns/token  {median / base:4.2f}x  "
-              f"{sizes[name] / args.tokens:6.1f} bytes/token")
+        plain = statistics.median(times[name.removesuffix("+ids")])
+        print(f"{name:14} {median * 1e9 / args.tokens:7.0f} ns/token  {median / base:4.2f}x  "
+              f"{median / plain:4.2f}x without ids  {sizes[name] / args.tokens:6.1f} bytes/token")
 
 
 if __name__ == "__main__":

@@ -150,6 +150,49 @@ class Stack:
         self.backend.stop()
 
 
+class DemoStack:
+    """
+    The proxy as the README starts it for a try-out: one C{twistd -n
+    ollama-proxy --demo} process, its fake backend inside it (on a free
+    C{--demo-port}).
+
+    @ivar proxy: the process.
+    @ivar url: the proxy's base URL.
+    @ivar backendURL: the demo backend's base URL.
+    """
+
+    def __init__(self, proxyArgs: Sequence[str] = ()) -> None:
+        backendPort, proxyPort = freePort(), freePort()
+        self.proxy = Twistd(
+            "ollama-proxy",
+            ["--demo", "--demo-port", str(backendPort),
+             "--listen", f"tcp:{proxyPort}:interface=127.0.0.1", "--fallback", "", *proxyArgs],
+            proxyPort,
+        )
+        self.url = f"http://127.0.0.1:{proxyPort}"
+        self.backendURL = f"http://127.0.0.1:{backendPort}"
+
+    def stop(self) -> None:
+        """
+        Stop the process.
+        """
+        self.proxy.stop()
+
+
+_demo: list[DemoStack] = []
+
+
+def sharedDemo() -> DemoStack:
+    """
+    One L{DemoStack} for every test that asks, stopped when the test
+    process exits.
+    """
+    if not _demo:
+        _demo.append(DemoStack())
+        atexit.register(_demo[0].stop)
+    return _demo[0]
+
+
 _shared: dict[tuple[tuple[str, ...], tuple[str, ...]], Stack] = {}
 
 

@@ -23,8 +23,10 @@ from tests.integration.servers import sharedStack
 
 ARGUMENTS = {"city": "Paris", "unit": "celsius"}
 WORDS = len(REPLY.split(" "))
-"""The fake backend repeats its reply up to C{max_tokens} words: exactly
-this many give the reply once, ending with C{stop}."""
+"""The fake backend's reply, in words (and output tokens)."""
+MAX_TOKENS = 1024
+"""What the SDK calls ask for: more than the reply, which the fake answers
+once, never padded, ending with C{stop}."""
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
 
@@ -53,7 +55,7 @@ class AnthropicSDKTests(SynchronousTestCase):
         client's model name echoed.
         """
         message = self.client.messages.create(
-            model="fake-model:proxy", max_tokens=WORDS,
+            model="fake-model:proxy", max_tokens=MAX_TOKENS,
             messages=[{"role": "user", "content": "hi"}])
         self.assertEqual(message.content[0].type, "text")
         self.assertEqual(message.content[0].text, REPLY)  # type: ignore[union-attr]
@@ -66,7 +68,7 @@ class AnthropicSDKTests(SynchronousTestCase):
         thinking block, the final message accumulated by the SDK.
         """
         with self.client.messages.stream(
-            model="fake-reasoner", max_tokens=WORDS,
+            model="fake-reasoner", max_tokens=MAX_TOKENS,
             messages=[{"role": "user", "content": "hi"}],
             thinking={"type": "enabled", "budget_tokens": 1024},
         ) as stream:
@@ -87,18 +89,18 @@ class AnthropicSDKTests(SynchronousTestCase):
         tools: Any = [{"name": "get_weather", "description": "Weather",
                        "input_schema": SCHEMA}]
         question: Any = {"role": "user", "content": "Weather in Paris?"}
-        first = self.client.messages.create(model="fake-tools", max_tokens=WORDS,
+        first = self.client.messages.create(model="fake-tools", max_tokens=MAX_TOKENS,
                                             messages=[question], tools=tools)
         self.assertEqual(first.stop_reason, "tool_use")
         [call] = first.content
         assert call.type == "tool_use"
         self.assertEqual((call.name, call.input), ("get_weather", ARGUMENTS))
-        with self.client.messages.stream(model="fake-tools", max_tokens=WORDS,
+        with self.client.messages.stream(model="fake-tools", max_tokens=MAX_TOKENS,
                                          messages=[question], tools=tools) as stream:
             streamed = stream.get_final_message()
         self.assertEqual(streamed.content[0].input, ARGUMENTS)  # type: ignore[union-attr]
         second = self.client.messages.create(
-            model="fake-tools", max_tokens=WORDS, tools=tools,
+            model="fake-tools", max_tokens=MAX_TOKENS, tools=tools,
             messages=[question, {"role": "assistant", "content": first.content},
                       {"role": "user", "content": [{"type": "tool_result",
                                                     "tool_use_id": call.id,

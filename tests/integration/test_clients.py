@@ -142,7 +142,7 @@ class OllamaClientSurfaceTests(SynchronousTestCase):
         self.assertEqual(
             [(r["model"], r["context_length"])
              for r in answers["/api/experimental/model-recommendations"]["recommendations"]],
-            [("fake-tools:proxy", 131072)],
+            [("fake-tools:proxy", 131072), ("fake-agent:proxy", 131072)],
         )
 
     def test_showUnknown(self) -> None:

@@ -207,3 +207,85 @@ class TextLogTests(SynchronousTestCase):
             raise SkipTest("no --syslog on this platform")
         config.parseOptions(["--syslog", "ollama-proxy", "--target", "http://127.0.0.1:1"])
         self.assertIsNone(config["logger"])
+
+
+class RedactedLogTests(SynchronousTestCase):
+    """
+    The last filter before the log file: every line the text and JSON
+    formatters write, tracebacks included, has every secret the service
+    holds replaced (issue 19: "every log line").
+    """
+
+    def setUp(self) -> None:
+        self.addCleanup(proxylogging.redactLogsWith, None)
+
+    def serviceWithKey(self) -> None:
+        """
+        Make a service whose backend key and inbound key are secrets: its
+        wiring installs the log filter.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ollama_proxy.service.options import Options
+        from ollama_proxy.service.tap import makeService
+
+        options = Options()
+        options.parseOptions([
+            "--target", "http://127.0.0.1:1", "--api-key", "sk-backend-secret-0001",
+            "--require-key", "inbound-secret-0002",
+        ])
+        makeService(options, reactor=MemoryReactorClock())
+
+    def failureQuoting(self, text: str) -> Failure:
+        try:
+            raise ValueError(f"the backend said: {text}")
+        except ValueError:
+            return Failure()
+
+    def test_tracebackRedactedInBothFormats(self) -> None:
+        """
+        An exception whose text quotes a secret (a traceback no call site
+        redacted) reaches neither the text nor the JSON log with it, plain
+        or JSON-escaped.
+        """
+        from ollama_proxy.service.logging import classicFormatter
+
+        self.serviceWithKey()
+        for secret in ("sk-backend-secret-0001", "inbound-secret-0002"):
+            event = {
+                "log_format": "refresh failed: {why}", "why": secret,
+                "log_failure": self.failureQuoting(secret), "log_time": 0.0,
+                "log_level": LogLevel.error, "log_namespace": "test",
+            }
+            text = classicFormatter()(event)
+            line = eventAsJSONLine(event)
+            assert text is not None
+            self.assertIn("the backend said", text)
+            self.assertIn("the backend said", line)
+            for written in (text, line):
+                self.assertNotIn(secret, written)
+                self.assertNotIn(secret[:-1], written)
+
+    def test_accessLineRedacted(self) -> None:
+        """
+        The per-request line's fast path is filtered too.
+        """
+        from ollama_proxy.service.logging import classicFormatter
+
+        self.serviceWithKey()
+        text = classicFormatter()({"log_format": "{line}", "line": "GET /x sk-backend-secret-0001",
+                                   "log_time": 0.0})
+        assert text is not None
+        self.assertNotIn("sk-backend-secret-0001", text)
+        self.assertIn("GET /x", text)
+
+    def test_unfilteredWithoutService(self) -> None:
+        """
+        Without a service (a tool formatting lines on its own) the lines
+        are written as they are.
+        """
+        from ollama_proxy.service.logging import classicFormatter
+
+        text = classicFormatter()({"log_format": "{line}", "line": "plain", "log_time": 0.0})
+        assert text is not None
+        self.assertIn("plain", text)

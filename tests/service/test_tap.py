@@ -165,6 +165,17 @@ class OptionsTests(SynchronousTestCase):
         """
         self.assertEqual(parse("--demo").settings.target, "http://127.0.0.1:11435")
 
+    def test_demoPort(self) -> None:
+        """
+        C{--demo-port} moves the demo's fake backend (and the target with
+        it); it must be a TCP port.
+        """
+        self.assertEqual(parse("--demo", "--demo-port", "24680").settings.target,
+                         "http://127.0.0.1:24680")
+        for bad in ("0", "65536", "-1"):
+            e = self.assertRaises(UsageError, parse, "--demo", "--demo-port", bad)
+            self.assertIn("--demo-port", str(e))
+
     def test_keyFromEnvironment(self) -> None:
         """
         The API key can come from C{$OLLAMA_PROXY_API_KEY}, so it is not in
@@ -305,6 +316,12 @@ class ServiceTests(SynchronousTestCase):
         service = makeService(parse("--demo"), reactor=reactor)
         service.startService()
         self.assertEqual(sorted(s[0] for s in reactor.tcpServers), [11434, 11435])
+        self.successResultOf(service.stopService())
+        reactor = MemoryReactorClock()
+        service = makeService(parse("--demo", "--demo-port", "24680"), reactor=reactor)
+        service.startService()
+        self.assertEqual(sorted((s[0], s[3]) for s in reactor.tcpServers),
+                         [(11434, "127.0.0.1"), (24680, "127.0.0.1")])
         self.successResultOf(service.stopService())
 
 

@@ -109,7 +109,8 @@ class OptionsTests(SynchronousTestCase):
     def test_childArguments(self) -> None:
         """
         A worker gets the parent's options without C{--workers} (either
-        spelling) and C{--demo}, with the demo's target, and the parent pid.
+        spelling), C{--demo} and C{--demo-port}, with the demo's target, and
+        the parent pid.
         """
         self.assertEqual(
             childArguments(["--workers", "3", "--tag", "x", "--workers=3", "--fallback", ""], 42),
@@ -118,6 +119,11 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(
             childArguments(["--demo", "--workers", "2"], 7, "http://127.0.0.1:11435"),
             ["--target", "http://127.0.0.1:11435", "--worker-of", "7"],
+        )
+        self.assertEqual(
+            childArguments(["--demo", "--demo-port", "9", "--demo-port=9", "--tag", "x"], 7,
+                           "http://127.0.0.1:9"),
+            ["--tag", "x", "--target", "http://127.0.0.1:9", "--worker-of", "7"],
         )
 
 
@@ -538,12 +544,12 @@ class RealDrainTests(SynchronousTestCase):
         """
         if not hasattr(socket, "SO_REUSEPORT"):
             raise SkipTest("no SO_REUSEPORT")
-        stack = Stack(["--workers", "2", "--shutdown-grace", "20"], ["--delay", "0.05"])
+        stack = Stack(["--workers", "2", "--shutdown-grace", "20"], ["--delay", "0.1"])
         self.addCleanup(stack.stop)
         parent = stack.proxy.process.pid
         [child] = workerPids(parent, 1, stack.proxy.port)
         body = json.dumps({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}],
-                           "options": {"num_predict": 30}}).encode()
+                           "options": {"num_predict": 30}}).encode()  # the whole sentence, 1.7 s
         streams = []
         for _ in range(12):
             connection = http.client.HTTPConnection("127.0.0.1", stack.proxy.port, timeout=30)

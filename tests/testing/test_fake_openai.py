@@ -82,3 +82,78 @@ class FakeOpenAITests(SynchronousTestCase):
         Streaming with pauses needs a clock.
         """
         self.assertRaises(ValueError, FakeOpenAI, None, 0.5)
+
+    def stream(self, body: Any) -> list[Any]:
+        """
+        @return: the chunks of a streamed chat.
+        """
+        client: Any = StubTreq(FakeOpenAI())
+        d = client.post("http://fake.test/v1/chat/completions",
+                        data=codec.dumps({**body, "stream": True}))
+        client.flush()
+        data = self.successResultOf(client.content(self.successResultOf(d)))
+        return [codec.loads(line[len(b"data: "):]) for line in data.split(b"\n\n")
+                if line.startswith(b"data: {")]
+
+    def test_neverPads(self) -> None:
+        """
+        A large C{max_tokens} (Claude Code asks for 32,000) gets the
+        sentence once and C{stop}; a small one cuts it and says C{length}.
+        """
+        for maxTokens, text, finish in ((32000, REPLY, "stop"), (3, "Hello! I am", "length"),
+                                        (None, REPLY, "stop")):
+            _, answer = self.post(FakeOpenAI(), "/v1/chat/completions", {
+                "model": "fake-model", "max_tokens": maxTokens,
+                "messages": [{"role": "user", "content": "hi"}]})
+            self.assertEqual((answer["choices"][0]["message"]["content"],
+                              answer["choices"][0]["finish_reason"]), (text, finish))
+        chunks = self.stream({"model": "fake-model", "max_tokens": 32000, "messages": []})
+        self.assertEqual("".join(c["choices"][0]["delta"].get("content", "") for c in chunks),
+                         REPLY)
+        self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "stop")
+
+    def test_freshToolCallIds(self) -> None:
+        """
+        Every tool call gets an id of its own, streamed or not; with
+        C{toolCallId} (C{twistd fake-openai --tool-call-id}) every call
+        gets that one, as backends that number calls per request do.
+        """
+        body = {"model": "fake-tools", "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "weather"}}]}
+        ids = [self.post(FakeOpenAI(), "/v1/chat/completions", body)[1]
+               ["choices"][0]["message"]["tool_calls"][0]["id"] for _ in range(3)]
+        ids += [self.stream(body)[0]["choices"][0]["delta"]["tool_calls"][0]["id"]
+                for _ in range(3)]
+        self.assertEqual(len(set(ids)), 6, ids)
+        self.assertTrue(all(i.startswith("call_") for i in ids))
+        fixed = FakeOpenAI(toolCallId="call_dup")
+        for _ in range(2):
+            _, answer = self.post(fixed, "/v1/chat/completions", body)
+            self.assertEqual(answer["choices"][0]["message"]["tool_calls"][0]["id"], "call_dup")
+
+    def test_fakeAgent(self) -> None:
+        """
+        C{fake-agent} streams one call of the offered shell tool, in its
+        schema, then answers with the result it is sent.
+        """
+        bash = {"type": "function", "function": {"name": "Bash", "parameters": {
+            "type": "object", "properties": {"command": {"type": "string"}},
+            "required": ["command"]}}}
+        user = {"role": "user", "content": "where am I?"}
+        chunks = self.stream({"model": "fake-agent", "messages": [user], "tools": [bash]})
+        fragments = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks
+                     if c["choices"] and c["choices"][0]["delta"].get("tool_calls")]
+        self.assertEqual(fragments[0]["function"]["name"], "Bash")
+        arguments = "".join(f["function"]["arguments"] for f in fragments)
+        self.assertEqual(codec.loads(arguments), {"command": "pwd"})
+        self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "tool_calls")
+        call = {"id": fragments[0]["id"], "type": "function",
+                "function": {"name": "Bash", "arguments": arguments}}
+        _, answer = self.post(FakeOpenAI(), "/v1/chat/completions", {
+            "model": "fake-agent", "tools": [bash], "messages": [
+                user, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": call["id"], "content": "/srv/project"}]})
+        message = answer["choices"][0]["message"]
+        self.assertTrue(message["content"].endswith("returned:\n\n/srv/project"), message)
+        self.assertEqual(answer["choices"][0]["finish_reason"], "stop")
+        self.assertIn("fake-agent", MODELS)

@@ -124,7 +124,7 @@ messages = st.one_of(
 requests = st.fixed_dictionaries(
     {},
     optional={
-        "model": st.one_of(st.sampled_from(["fake-model", "fake-model:proxy", "fake-tools:latest", "fake-reasoner", ""]), jsonValues),
+        "model": st.one_of(st.sampled_from(["fake-model", "fake-model:proxy", "fake-tools:latest", "fake-agent", "fake-reasoner", ""]), jsonValues),
         "messages": messages,
         "prompt": st.one_of(st.text(max_size=30), jsonValues),
         "system": jsonValues,

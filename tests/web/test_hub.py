@@ -24,7 +24,7 @@ from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCalls
 from ollama_proxy.protocol.requests import ChatRequest, Message, Sampling
 from ollama_proxy.testing.fake_openai import REPLY, FakeOpenAI
 from ollama_proxy.service.config import BackendConfig, ModelOverride
-from ollama_proxy.testing.harness import Counter, contextFor
+from ollama_proxy.testing.harness import Counter, ProxyHarness, contextFor, delta
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache
 from ollama_proxy.upstream.catalog import ModelDirectory
@@ -33,6 +33,7 @@ from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.generation import GenerationResource
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.tree import mount
+from tests.web.helpers import _content
 
 
 def parseToy(body: JSON) -> ChatRequest:
@@ -441,3 +442,101 @@ class URLModelTests(SynchronousTestCase):
         status, _ = self.post("/v1beta/models", {"contents": []})
         self.assertEqual(status, 404)
         self.assertEqual(len(self.fake.requests), before)
+
+
+DUPLICATE_CALL = {"index": 0, "id": "call_0", "type": "function",
+                  "function": {"name": "ls", "arguments": '{"path": "."}'}}
+"""A backend's tool call reusing an id the conversation already holds."""
+
+HISTORIES: dict[str, Any] = {
+    "/api/chat": {"model": "m", "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_0", "function": {"name": "ls", "arguments": {"path": "."}}}]},
+        {"role": "tool", "content": "a.txt", "tool_call_id": "call_0"}]},
+    "/v1/messages": {"model": "m", "max_tokens": 50, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "call_0", "name": "ls", "input": {"path": "."}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "call_0", "content": "a.txt"}]}]},
+    "/v1/responses": {"model": "m", "input": [
+        {"role": "user", "content": "hi"},
+        {"type": "function_call", "call_id": "call_0", "name": "ls", "arguments": '{"path": "."}'},
+        {"type": "function_call_output", "call_id": "call_0", "output": "a.txt"}]},
+}
+"""The same conversation in each dialect: one call, C{call_0}, answered."""
+
+
+def returnedIds(path: str, data: bytes) -> set[str]:
+    """
+    Every tool-call id in a dialect's answer, streamed or whole.
+    """
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("call_id", "id") and isinstance(item, str) and item.startswith("call_"):
+                    found.add(item)
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for line in data.splitlines():
+        line = line.removeprefix(b"data: ")
+        if line.startswith(b"{"):
+            walk(codec.loads(line))
+    return found
+
+
+class UniqueToolIdTests(SynchronousTestCase):
+    """
+    Every dialect's generation returns tool-call ids unique within the
+    conversation: a backend that numbers its calls per request (C{call_0}
+    every turn) gets a fresh id in its place, the same in every event.
+    """
+
+    def ask(self, path: str, stream: bool) -> set[str]:
+        h = ProxyHarness()
+        d = h.post(path, {**HISTORIES[path], "stream": stream})
+        upstream = h.backend.received[-1]
+        if stream:
+            upstream.startSSE()
+            upstream.event(delta(tool_calls=[DUPLICATE_CALL]))
+            upstream.event(delta(finish_reason="tool_calls"))
+            upstream.done()
+        else:
+            upstream.respond(200, {"choices": [{"index": 0, "finish_reason": "tool_calls",
+                                                "message": {"role": "assistant", "content": None,
+                                                            "tool_calls": [DUPLICATE_CALL]}}]})
+        h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+        return returnedIds(path, _content(h, response))
+
+    def test_freshIds(self) -> None:
+        """
+        On C{/api/chat}, C{/v1/messages} and C{/v1/responses}, streamed and
+        whole, the call comes back with one id, not C{call_0}.
+        """
+        for path in HISTORIES:
+            for stream in (True, False):
+                ids = self.ask(path, stream)
+                self.assertEqual(len(ids), 1, (path, stream, ids))
+                self.assertNotIn("call_0", ids, (path, stream))
+
+    def test_uniqueIdsKept(self) -> None:
+        """
+        An id the conversation does not hold comes back as the backend
+        sent it.
+        """
+        h = ProxyHarness()
+        d = h.post("/v1/messages", {**HISTORIES["/v1/messages"], "stream": False})
+        h.backend.received[-1].respond(200, {"choices": [{"index": 0, "finish_reason": "tool_calls",
+                                                          "message": {"tool_calls": [
+                                                              {**DUPLICATE_CALL, "id": "call_9"}]}}]})
+        h.pump()
+        self.assertEqual(returnedIds("/v1/messages", _content(h, self.successResultOf(d))),
+                         {"call_9"})

@@ -54,6 +54,23 @@ class EncoderMisuse(Exception):
     """
 
 
+class ReplyFilter(Protocol):
+    """
+    Rewrites a reply before any dialect encodes it (the tool-call ids made
+    unique, L{ollama_proxy.protocol.toolids.ToolIds}).
+    """
+
+    def events(self, events: Sequence[Event]) -> Sequence[Event]:
+        """
+        @return: C{events}, rewritten (the same sequence if unchanged).
+        """
+
+    def reply(self, reply: Reply) -> Reply:
+        """
+        @return: C{reply}, rewritten.
+        """
+
+
 class Encoder:
     """
     The lifecycle of one streamed reply in a client dialect.
@@ -63,12 +80,15 @@ class Encoder:
     L{_failure}; a dialect with opening events overrides L{_opening}.
 
     @ivar state: the L{EncoderState}.
+    @ivar filter: what rewrites the reply's events before this encoder
+        writes them, if anything.
     """
 
     contentType: bytes = b""
     """The response's C{Content-Type}."""
 
     state: EncoderState = START
+    filter: ReplyFilter | None = None
 
     def _opening(self) -> bytes:
         """
@@ -125,6 +145,11 @@ class Encoder:
         @raise EncoderMisuse: after the end, or for events after a
             L{Finish}.
         """
+        if self.filter is not None:
+            events = self.filter.events(events)
+        return self._write(events)
+
+    def _write(self, events: Sequence[Event]) -> bytes:
         head = self._open() if self.state is not OPEN else b""
         return head + self._encode(events)
 
@@ -146,9 +171,20 @@ class Encoder:
 
         @param reply: the answer.
         @param end: now (ns).
-        @return: the complete stream's bytes, success included.
+        @return: the complete stream's bytes, success included (after the
+            opening, if keep-alives did not write it already).
+        @raise EncoderMisuse: if the stream already ended.
         """
-        return self.encode(replyEvents(reply, end))
+        if self.filter is not None:
+            reply = self.filter.reply(reply)
+        return self._whole(reply, end)
+
+    def _whole(self, reply: Reply, end: int) -> bytes:
+        """
+        @return: the whole reply (already filtered) as this dialect writes
+            it: by default, the stream its events would have made.
+        """
+        return self._write(replyEvents(reply, end))
 
 
 class ErrorShape(Protocol):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from typing import IO, Any, cast
+from typing import IO, Any, Callable, cast
 
 from twisted.logger import (
     FileLogObserver,
@@ -39,6 +39,43 @@ from ollama_proxy.protocol import codec
 
 _destination: tuple[str | None, bool] = (None, True)
 """Where L{jsonLogger} writes: (twistd's C{--logfile}, C{--nodaemon})."""
+
+_redact: Callable[[str], str] | None = None
+"""
+What every formatted line passes through before it is written: the
+service's redactor (L{redactLogsWith}).  twistd makes its log observer
+before the plugin makes the service, so the secrets reach the formatters
+through this one setter rather than as an argument.
+"""
+
+
+def redactLogsWith(redact: Callable[[str], str] | None) -> None:
+    """
+    Pass every line the text and JSON formatters write through C{redact}.
+
+    The call sites already redact what they log, but a line no one thought
+    of (a traceback whose exception text quotes a backend's answer, a
+    library's own message) must not carry a secret either: this is the
+    last filter before the log file, the same for every line.
+
+    @param redact: C{text -> text} with every secret the proxy holds
+        replaced (L{ollama_proxy.protocol.redact.Redactor.text} of the
+        service's context, which follows C{SIGHUP} reloads), or C{None} to
+        write lines as they are.
+    """
+    global _redact
+    _redact = redact
+
+
+def _clean(line: str | None) -> str | None:
+    """
+    @param line: a formatted log line, or C{None} (nothing to write).
+    @return: the line with every secret replaced.
+    """
+    redact = _redact
+    if redact is None or line is None:
+        return line
+    return redact(line)
 
 
 def _jsonable(value: Any) -> Any:
@@ -77,7 +114,9 @@ def eventAsJSONLine(event: LogEvent) -> str:
     for key, value in event.items():
         if not key.startswith("log_") and key not in out and not key.startswith("_"):
             out[key] = _jsonable(value)
-    return codec.dumps(out).decode("utf-8") + "\n"
+    line = codec.dumps(out).decode("utf-8") + "\n"
+    redact = _redact
+    return line if redact is None else redact(line)
 
 
 def jsonObserver(outFile: IO[Any]) -> ILogObserver:
@@ -142,8 +181,8 @@ def classicFormatter() -> Any:
     def format(event: LogEvent) -> str | None:
         if event.get("log_format") == "{line}" and "log_failure" not in event and "line" in event:
             text = str(event["line"]).replace("\n", "\n\t")
-            return f"{stamp(event.get('log_time'))} [{_system(event)}] {text}\n"
-        return formatEventAsClassicLogText(event, formatTime=stamp)
+            return _clean(f"{stamp(event.get('log_time'))} [{_system(event)}] {text}\n")
+        return _clean(formatEventAsClassicLogText(event, formatTime=stamp))
 
     return format
 

@@ -21,7 +21,7 @@ from ollama_proxy.protocol.flavors import FLAVOR_NAMES, flavorFor
 from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.service.config import BackendConfig, Config, ConfigError, loadConfig
 from ollama_proxy.service.overrides import loadOverrides
-from ollama_proxy.service.settings import Settings
+from ollama_proxy.service.settings import DEMO_PORT, Settings
 from ollama_proxy.service.workers import (
     parseTCP,
 )
@@ -33,11 +33,17 @@ from ollama_proxy.web.context import DEFAULT_MAX_BODY
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
 DEFAULT_FALLBACK = "http://127.0.0.1:11505"
-DEMO_LISTEN = "tcp:11435:interface=127.0.0.1"
 API_KEY_ENV = "OLLAMA_PROXY_API_KEY"
 REQUIRE_KEY_ENV = "OLLAMA_PROXY_REQUIRE_KEY"
 DEFAULT_BACKEND = "default"
 """The name of the backend that C{--target} defines."""
+
+
+def demoListen(port: int) -> str:
+    """
+    @return: the fake backend's endpoint for C{--demo}: C{port}, loopback only.
+    """
+    return f"tcp:{port}:interface=127.0.0.1"
 
 
 def _checkURL(value: str, option: str) -> str:
@@ -171,7 +177,8 @@ class Options(usage.Options):
 
     optFlags = [
         ["debug", None, "Log requests, upstream payloads and chunks (secrets redacted)."],
-        ["demo", None, f"Start the built-in fake OpenAI backend on {DEMO_LISTEN} and target it."],
+        ["demo", None,
+         "Start the built-in fake OpenAI backend on 127.0.0.1 (--demo-port) and target it."],
         ["forward-client-key", None,
          "Send the client's own bearer token (or X-API-Key) upstream instead of --api-key."],
         ["no-metrics", None, "Do not serve GET /metrics (Prometheus)."],
@@ -206,6 +213,7 @@ class Options(usage.Options):
          "together; past it, 503 with Retry-After.", int],
         ["max-line", None, DEFAULT_MAX_LINE_LENGTH, "Largest accepted upstream SSE line in bytes.", int],
         ["pool-size", None, 64, "Persistent upstream connections kept per host.", int],
+        ["demo-port", None, DEMO_PORT, "The TCP port of --demo's fake backend on 127.0.0.1.", int],
         ["workers", None, 1,
          "Processes serving the tcp: ports together (SO_REUSEPORT; one per core).", int],
         ["worker-of", None, None, "(internal) run as an extra worker of this parent pid.", int],
@@ -359,9 +367,10 @@ class Options(usage.Options):
             raise usage.UsageError("spell the option --config in full")
         listen = tuple(self["listen"] or self._fileListen or [DEFAULT_LISTEN])
         target: str | None = self["target"]
+        if not 0 < self["demo-port"] < 65536:
+            raise usage.UsageError("--demo-port must be a TCP port (1-65535)")
         if self["demo"] and not target:
-            port = DEMO_LISTEN.split(":")[1]
-            target = f"http://127.0.0.1:{port}"
+            target = f"http://127.0.0.1:{self['demo-port']}"
         fileBackends = self.fileConfig.backends if self.fileConfig is not None else ()
         if not target and not fileBackends:
             raise usage.UsageError(
@@ -441,6 +450,7 @@ class Options(usage.Options):
             forwardClientKey=bool(self["forward-client-key"]),
             debug=bool(self["debug"]),
             demo=bool(self["demo"]),
+            demoPort=self["demo-port"],
             metrics=not self["no-metrics"],
             corsOrigins=tuple(self["cors-origin"]),
             allowHosts=tuple(self["allow-host"]),

@@ -49,6 +49,7 @@ RESTART_ONLY = (
     "listen", "workers", "poolSize", "connectTimeout", "clientTimeout", "bodyTimeout",
     "clientHeaderTimeout", "maxConnections",
     "maxBody", "bodyBudget", "shutdownGrace", "metrics", "metricsDir", "logFormat", "demo",
+    "demoPort",
 )
 """Settings a running process keeps until it is restarted."""
 

@@ -14,6 +14,9 @@ import attrs
 from ollama_proxy.protocol.catalog import Facts
 from ollama_proxy.service.config import BackendConfig
 
+DEMO_PORT = 11435
+"""Where C{--demo} runs the fake backend unless C{--demo-port} says."""
+
 
 @attrs.frozen
 class Settings:
@@ -50,6 +53,7 @@ class Settings:
     @ivar forwardClientKey: send the client's key upstream.
     @ivar debug: log payloads and chunks.
     @ivar demo: also run the built-in fake backend.
+    @ivar demoPort: its port on 127.0.0.1.
     @ivar metrics: serve C{/metrics}.
     @ivar corsOrigins: extra allowed browser origins.
     @ivar modelsTTL: seconds a model list or its metadata is reused.
@@ -98,6 +102,7 @@ class Settings:
     rawArgs: tuple[str, ...] = ()
     allowHosts: tuple[str, ...] = ()
     remoteHost: str = "auto"
+    demoPort: int = DEMO_PORT
 
     @property
     def target(self) -> str:

@@ -29,8 +29,9 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from ollama_proxy.protocol.flavors import flavorFor
+from ollama_proxy.service.logging import redactLogsWith
 from ollama_proxy.service.listen import loopbackOnly, somaxconn, withBacklog
-from ollama_proxy.service.options import DEMO_LISTEN, Options
+from ollama_proxy.service.options import Options, demoListen
 from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, reload
 from ollama_proxy.service.settings import Settings
 from ollama_proxy.service.workers import (
@@ -303,6 +304,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         maxBody=settings.maxBody,
         reactor=reactor,
     )
+    # The last filter before the log file: every line, tracebacks included.
+    redactLogsWith(lambda line: ctx.redactor.text(line))
     root = buildRoot(ctx)
     # Always gated, so that a reload can add the first key (no key: open).
     root = requireKeys(root, list(settings.requireKeys))
@@ -360,5 +363,5 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from ollama_proxy.testing.fake_openai import FakeOpenAI
 
         demoSite = makeSite(FakeOpenAI(reactor), reactor)
-        strports.service(DEMO_LISTEN, demoSite, reactor=reactor).setServiceParent(service)
+        strports.service(demoListen(settings.demoPort), demoSite, reactor=reactor).setServiceParent(service)
     return service

@@ -147,9 +147,9 @@ class ReusePortService(Service):
 
 def childArguments(rawArgs: Sequence[str], parentPid: int, target: str | None = None) -> list[str]:
     """
-    The plugin options for a worker: the parent's, without C{--workers}
-    and C{--demo} (only the parent runs the demo backend), with
-    C{--worker-of} naming the parent.
+    The plugin options for a worker: the parent's, without C{--workers},
+    C{--demo} and C{--demo-port} (only the parent runs the demo backend),
+    with C{--worker-of} naming the parent.
 
     @param rawArgs: the parent's plugin arguments as given.
     @param parentPid: the parent's process id.
@@ -162,10 +162,10 @@ def childArguments(rawArgs: Sequence[str], parentPid: int, target: str | None = 
         if skip:
             skip = False
             continue
-        if arg == "--workers":
+        if arg in ("--workers", "--demo-port"):
             skip = True
             continue
-        if arg.startswith("--workers=") or arg == "--demo":
+        if arg.startswith(("--workers=", "--demo-port=")) or arg == "--demo":
             continue
         out.append(arg)
     if target is not None and "--demo" in rawArgs:

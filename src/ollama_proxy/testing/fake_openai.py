@@ -16,20 +16,25 @@ Models:
   - C{fake-tools}: calls the first tool in the request, with its arguments
     split across chunks as real backends do; once the last message is a
     tool result, it answers in text (so an agent's loop ends).
+  - C{fake-agent}: a coding agent's demo: calls the agent's shell tool once
+    with a harmless command in that tool's own schema, then answers with
+    what it returned (L{ollama_proxy.testing.fake_agent}).
   - C{fake-thinktags}: reasons inline, C{<think>...</think>} at the start of
     C{content} with the tags split across deltas (as some vLLM set-ups
     stream DeepSeek-R1), then answers.
   - C{fake-embed}: for C{/v1/embeddings}.
 With C{logprobs: true}, every content delta carries
 C{choices[0].logprobs.content} (and C{top_logprobs} alternatives when asked).
-C{max_tokens} limits the reply to that many words (cycling the sentence), and
-ends it with C{finish_reason: "length"} when it cut something.
+A reply is its sentence, never padded: C{max_tokens} smaller than it cuts it
+to that many words and ends it with C{finish_reason: "length"}.  Every tool
+call gets a fresh id.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 import time
 from typing import Any
 
@@ -39,8 +44,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.testing.fake_agent import Call, agentTurn
 
-MODELS = ("fake-model", "fake-reasoner", "fake-tools", "fake-thinktags", "fake-embed")
+MODELS = ("fake-model", "fake-reasoner", "fake-tools", "fake-agent", "fake-thinktags", "fake-embed")
 REPLY = "Hello! I am the ollama-proxy fake backend, and this reply was streamed to you word by word."
 REASONING = "The user greeted me. I should answer politely."
 MODEL_INFO: dict[str, dict[str, Any]] = {
@@ -49,6 +55,8 @@ MODEL_INFO: dict[str, dict[str, Any]] = {
     "fake-reasoner": {"max_input_tokens": 65536, "supports_function_calling": False,
                       "supports_reasoning": True, "mode": "chat"},
     "fake-tools": {"max_input_tokens": 131072, "max_output_tokens": 8192,
+                   "supports_function_calling": True, "mode": "chat"},
+    "fake-agent": {"max_input_tokens": 131072, "max_output_tokens": 8192,
                    "supports_function_calling": True, "mode": "chat"},
     "fake-thinktags": {"max_input_tokens": 32768, "supports_function_calling": False,
                        "supports_reasoning": True, "mode": "chat"},
@@ -68,18 +76,41 @@ def _words(text: str) -> list[str]:
     return [p if i == 0 else " " + p for i, p in enumerate(parts)]
 
 
-def replyTokens(maxTokens: Any) -> tuple[list[str], str]:
+def replyTokens(maxTokens: Any, text: str = REPLY) -> tuple[list[str], str]:
     """
-    The deltas of a canned reply and its finish reason.
+    The deltas of a reply and its finish reason: the whole text, one word
+    per delta, or its first C{max_tokens} words and C{length} when that is
+    fewer.  Never padded: agents ask for 32,000 tokens and must get an
+    answer, not a sentence repeated to the limit.
 
     @param maxTokens: the request's C{max_tokens}, if any.
+    @param text: the reply.
     @return: C{(deltas, finish_reason)}.
     """
-    words = _words(REPLY)
-    if isinstance(maxTokens, int) and not isinstance(maxTokens, bool) and maxTokens > 0:
-        tokens = [words[i % len(words)] for i in range(maxTokens)]
-        return tokens, "length" if maxTokens != len(words) else "stop"
+    words = _words(text)
+    if isinstance(maxTokens, int) and not isinstance(maxTokens, bool) and 0 < maxTokens < len(words):
+        return words[:maxTokens], "length"
     return words, "stop"
+
+
+def toolCallDeltas(name: str, arguments: Any, callId: str | None = None) -> list[dict[str, Any]]:
+    """
+    The stream deltas of one tool call, its arguments split in two as real
+    backends split them.
+
+    @param name: the tool's name.
+    @param arguments: its arguments, a JSON object.
+    @param callId: its id (a fresh one when C{None}).
+    """
+    text = codec.dumps(arguments).decode()
+    half = len(text) // 2
+    callId = callId or "call_" + secrets.token_hex(12)
+    return [
+        {"tool_calls": [{"index": 0, "id": callId, "type": "function",
+                         "function": {"name": name, "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": text[:half]}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": text[half:]}}]},
+    ]
 
 
 def embedding(text: str, dimensions: int = 8) -> list[float]:
@@ -201,6 +232,8 @@ class FakeOpenAI(Resource):
         kept open in L{received} for a test to answer step by step (the mode
         L{ollama_proxy.testing.harness.ProxyHarness} uses).
     @ivar received: the requests held open in scripted mode.
+    @ivar toolCallId: the id of every tool call, as backends that number
+        calls per request give (C{None}: a fresh one each time).
     """
 
     isLeaf = True
@@ -211,6 +244,7 @@ class FakeOpenAI(Resource):
         delay: float = 0.0,
         apiKey: str | None = None,
         scripted: bool = False,
+        toolCallId: str | None = None,
     ) -> None:
         super().__init__()
         if delay and reactor is None:
@@ -220,6 +254,7 @@ class FakeOpenAI(Resource):
         self.received: list[Received] = []
         self.delay = delay
         self.apiKey = apiKey
+        self.toolCallId = toolCallId
         self.requests: list[dict[str, Any]] = []
 
     def render(self, request: Request) -> Any:
@@ -326,22 +361,22 @@ class FakeOpenAI(Resource):
         tools = body.get("tools")
         messages = body.get("messages") or []
         answered = bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+        text = REPLY
         if model == "fake-tools" and tools and not answered:
             name = tools[0].get("function", {}).get("name", "tool")
-            arguments = codec.dumps({"city": "Paris", "unit": "celsius"}).decode()
-            half = len(arguments) // 2
-            deltas.append(
-                {"tool_calls": [{"index": 0, "id": "call_fake_0", "type": "function",
-                                 "function": {"name": name, "arguments": ""}}]}
-            )
-            deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]})
-            deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]})
+            deltas = toolCallDeltas(name, {"city": "Paris", "unit": "celsius"}, self.toolCallId)
             return deltas, "tool_calls", {"prompt_tokens": 12, "completion_tokens": 3}
+        if model == "fake-agent":
+            turn = agentTurn(messages, tools or ())
+            if isinstance(turn, Call):
+                deltas = toolCallDeltas(turn.name, turn.arguments, self.toolCallId)
+                return deltas, "tool_calls", {"prompt_tokens": 12, "completion_tokens": 3}
+            text = turn
         if model == "fake-reasoner":
             deltas.extend({"reasoning_content": w} for w in _words(REASONING))
         if model == "fake-thinktags":
             deltas.extend({"content": piece} for piece in THINK_TAG_DELTAS)
-        tokens, finish = replyTokens(body.get("max_tokens"))
+        tokens, finish = replyTokens(body.get("max_tokens"), text)
         deltas.extend({"content": t} for t in tokens)
         prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
         return deltas, finish, {"prompt_tokens": prompt, "completion_tokens": len(tokens)}

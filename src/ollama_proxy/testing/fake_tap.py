@@ -24,6 +24,9 @@ class Options(usage.Options):
         ["listen", None, "tcp:4000:interface=127.0.0.1", "strports description to listen on."],
         ["delay", None, 0.0, "Seconds between streamed chunks.", float],
         ["api-key", None, None, "Require this bearer token."],
+        ["tool-call-id", None, None,
+         "Give every tool call this id, as backends that number calls per request do "
+         "(default: a fresh id per call)."],
     ]
 
 
@@ -38,6 +41,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
 
         reactor = globalReactor
     service = MultiService()
-    site = makeSite(FakeOpenAI(reactor, config["delay"], config["api-key"]), reactor)
+    site = makeSite(FakeOpenAI(reactor, config["delay"], config["api-key"],
+                                 toolCallId=config["tool-call-id"]), reactor)
     strports.service(config["listen"], site, reactor=reactor).setServiceParent(service)
     return service

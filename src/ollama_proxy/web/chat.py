@@ -26,6 +26,7 @@ from ollama_proxy.protocol.openai import ChatStreamReader, readReply
 from ollama_proxy.protocol.openai_request import chatBody
 from ollama_proxy.protocol.requests import ChatRequest
 from ollama_proxy.protocol.stream import TranslatedStream
+from ollama_proxy.protocol.toolids import uniqueToolIds
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.body import readJSON
 from ollama_proxy.upstream.routing import Route, applyExtra
@@ -81,7 +82,8 @@ async def generate(
     """
     The hub's path for a parsed chat, whatever the client's dialect: the
     OpenAI body to the routed backend's chat completions, the reply in
-    C{dialect}.
+    C{dialect}, its tool-call ids unique within the conversation
+    (L{ollama_proxy.protocol.toolids}).
 
     @param ctx: the shared context.
     @param ex: the exchange.
@@ -95,8 +97,11 @@ async def generate(
     backend = route.backend
     body = upstreamBody(ctx, route, chatBody(request, route.modelId, backend.flavor), ex)
     response = await backend.postChat(body)
+    unique = uniqueToolIds(dialect, request)
+    if encoder is not None:
+        unique.adopt(encoder)
     return await answer(
-        ctx, ex, backend, response, dialect, request.stream,
+        ctx, ex, backend, response, unique, request.stream,
         ReadOptions(dropThinking=request.think is False), encoder,
     )
 
