@@ -169,6 +169,24 @@ class LayoutTests(SynchronousTestCase):
                 visit(name, [name])
         return cycles
 
+    def test_privateTwistedFenced(self) -> None:
+        """
+        Only L{ollama_proxy.upstream.compat} imports Twisted's or treq's
+        private names (a module or a name with a leading underscore): one
+        fence, checked at import, to look at when Twisted changes.
+        """
+        found = []
+        for name, path in modules().items():
+            for imported in imports(path):
+                if not imported.startswith(("twisted.", "treq.")):
+                    continue
+                if any(part.startswith("_") and part != "__init__"
+                       for part in imported.split(".")):
+                    found.append((name, imported))
+        self.assertEqual(
+            sorted({n for n, _ in found}), ["ollama_proxy.upstream.compat"], found
+        )
+
     def test_moduleSize(self) -> None:
         """
         No module is over 600 lines.

@@ -28,10 +28,10 @@ from twisted.web.client import URI, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 
+from ollama_proxy.upstream.compat import ConnectionPool
 from ollama_proxy.upstream.pool import (
     BytesProducer,
     CachingEndpointFactory,
-    ConnectionPool,
     bodyProducer,
     makeClient,
 )
@@ -198,7 +198,7 @@ class CookieTests(SynchronousTestCase):
 
 class PoolRaceTests(SynchronousTestCase):
     """
-    L{ollama_proxy.upstream.pool.ConnectionPool} does not cache a connection that
+    L{ollama_proxy.upstream.compat.ConnectionPool} does not cache a connection that
     is already closing (found by the soak: spurious 502s after aborted
     streams).
     """

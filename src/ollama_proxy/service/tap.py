@@ -43,7 +43,8 @@ from ollama_proxy.service.workers import (
 from ollama_proxy.upstream.backend import Backend, HTTPClient
 from ollama_proxy.upstream.cache import TTLCache
 from ollama_proxy.upstream.catalog import ModelDirectory
-from ollama_proxy.upstream.pool import ConnectionPool, makeClient
+from ollama_proxy.upstream.compat import ConnectionPool
+from ollama_proxy.upstream.pool import makeClient
 from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
 from ollama_proxy.web.auth import KeyGate, requireKeys
 from ollama_proxy.web.budget import BodyBudget
