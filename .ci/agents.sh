@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The real coding-agent CLIs end to end (tests/integration/test_agent_clis.py):
-# install pinned Claude Code, Codex CLI and GitHub Copilot CLI releases from npm
-# into a folder of their own (~850 MB, ~45 s here; they run offline against
-# `ollama-proxy --demo`, Copilot without a GitHub login), then run that test
-# module with the project's test venv: each CLI answers a prompt and completes a
-# real tool run with the fake-agent demo model.
+# install pinned Claude Code, Codex CLI, GitHub Copilot CLI and Gemini CLI
+# releases from npm into a folder of their own (~950 MB, ~1 min here; they run
+# offline against `ollama-proxy --demo`, Copilot without a GitHub login, Gemini
+# CLI without a Google account), then run that test module with the project's
+# test venv: each CLI answers a prompt and completes a real tool run with the
+# fake-agent demo model.
 #
 # Usage: .ci/agents.sh [PROJECT_VENV]
 #   PROJECT_VENV     a venv with this project installed with its [test] extras
@@ -18,6 +19,7 @@ trap 'rm -rf "$work"' EXIT
 CLAUDE_CODE_VERSION=2.1.197
 CODEX_VERSION=0.171.0
 COPILOT_VERSION=1.0.102
+GEMINI_CLI_VERSION=0.61.0
 
 project=${1:-${VIRTUAL_ENV:-}}
 [ -n "$project" ] || { echo "usage: .ci/agents.sh PROJECT_VENV"; exit 2; }
@@ -34,20 +36,21 @@ skip() {
 command -v npm >/dev/null || skip "npm is not installed"
 dir=${AGENTS_DIR:-$work/agents}
 installed() {
-  for cli in claude codex copilot; do
+  for cli in claude codex copilot gemini; do
     [ -x "$dir/node_modules/.bin/$cli" ] || return 1
   done
 }
 if ! installed; then
   echo "== installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION, @openai/codex@$CODEX_VERSION" \
-    "and @github/copilot@$COPILOT_VERSION"
+    "@github/copilot@$COPILOT_VERSION and @google/gemini-cli@$GEMINI_CLI_VERSION"
   start=$(date +%s)
   mkdir -p "$dir"
   timeout 600 npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
     "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" "@openai/codex@$CODEX_VERSION" \
     "@github/copilot@$COPILOT_VERSION" \
+    "@google/gemini-cli@$GEMINI_CLI_VERSION" \
     || skip "the agent CLIs could not be installed"
-  installed || skip "npm finished but claude, codex or copilot is missing from $dir/node_modules/.bin"
+  installed || skip "npm finished but claude, codex, copilot or gemini is missing from $dir/node_modules/.bin"
   echo "installed in $(( $(date +%s) - start )) s, $(du -sh "$dir" | cut -f1)"
 fi
 

@@ -1,8 +1,8 @@
 """
 The translation cost of each client dialect, in one process, same run:
 a recorded 2,000-token backend stream (SSE, 20 events per socket read)
-through C{TranslatedStream} into Ollama NDJSON, Anthropic SSE and Responses
-SSE.  Pure CPU, no sockets: it isolates what a dialect's encoder adds to the
+through C{TranslatedStream} into Ollama NDJSON, Anthropic SSE, Responses
+SSE and Gemini SSE.  Pure CPU, no sockets: it isolates what a dialect's encoder adds to the
 shared reader.  Each dialect also runs behind the tool-call id rewriter
 every generation goes through (C{+ids}, L{ollama_proxy.protocol.toolids}),
 to show its cost.  Ratios matter, not absolute numbers (see RESULTS.md).
@@ -19,6 +19,7 @@ from typing import Callable
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic import AnthropicDialect
+from ollama_proxy.protocol.gemini import GeminiDialect
 from ollama_proxy.protocol.ollama import NDJSONEncoder, OllamaDialect
 from ollama_proxy.protocol.openai import ChatStreamReader
 from ollama_proxy.protocol.responses import ResponsesDialect
@@ -64,6 +65,8 @@ ENCODERS: dict[str, Callable[[], object]] = {
     "anthropic+ids": lambda: uniqueToolIds(AnthropicDialect(5), REQUEST).streamEncoder("m", T0),
     "responses+ids": lambda: uniqueToolIds(
         ResponsesDialect(ResponsesContext(ECHO)), REQUEST).streamEncoder("m", T0),
+    "gemini": lambda: GeminiDialect("r", 5, True).streamEncoder("m", T0),
+    "gemini+ids": lambda: uniqueToolIds(GeminiDialect("r", 5, True), REQUEST).streamEncoder("m", T0),
 }
 
 

@@ -98,6 +98,22 @@ def verifyNamedSSE(body: bytes, delta: bytes, end: bytes, chunks: int) -> tuple[
     return None, content
 
 
+def verifyGeminiSSE(body: bytes, chunks: int) -> tuple[str | None, int]:
+    """
+    A Gemini API stream (C{alt=sse}): C{data:} events only, C{chunks} with
+    text, and a last one with the C{finishReason}.
+    """
+    events = [e for e in body.split(b"\n\n") if e.strip()]
+    if not events or b'"finishReason"' not in events[-1]:
+        return "stream does not end with a finishReason", 0
+    if any(not e.startswith(b"data: ") or b'"error"' in e for e in events):
+        return "stream has a non-data or error event", 0
+    content = len(events) - 1
+    if content != chunks:
+        return f"expected {chunks} text events, got {content}", content
+    return None, content
+
+
 def verifyJSON(body: bytes, key: str) -> tuple[str | None, int]:
     try:
         decoded = json.loads(body)

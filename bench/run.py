@@ -166,6 +166,14 @@ def specFor(kind: str, route: str, port: int, chunks: int, model: str) -> loadge
         return loadgen.Spec(route, port, loadgen.buildRequest("GET", "/api/tags"), lambda b: loadgen.verifyJSON(b, "models"))
     if route == "passthrough":
         return loadgen.Spec(route, port, loadgen.buildRequest("POST", "/v1/chat/completions", openaiBody(model, chunks)), sse)
+    if route == "gemini":
+        if kind != "ours":
+            return None
+        body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                "generationConfig": {"maxOutputTokens": chunks}}
+        return loadgen.Spec(route, port, loadgen.buildRequest(
+            "POST", f"/v1beta/models/{model}:streamGenerateContent?alt=sse", body),
+            lambda b: loadgen.verifyGeminiSSE(b, chunks))
     if route in ("anthropic", "responses"):
         # The agent dialects exist only in this proxy.
         if kind != "ours":
@@ -205,6 +213,7 @@ def scenarios(duration: float, quick: bool) -> list[Scenario]:
         Scenario("passthrough stream c=16", "passthrough", 16, duration=duration),
         Scenario("Anthropic /v1/messages stream c=16", "anthropic", 16, duration=duration),
         Scenario("Responses /v1/responses stream c=16", "responses", 16, duration=duration),
+        Scenario("Gemini /v1beta streamGenerateContent c=16", "gemini", 16, duration=duration),
         Scenario("1000 long streams (200 x 20 ms)", "stream", 1000, chunks=200, model="slow-20",
                  perConn=1, timeout=120.0, rssInterval=0.1),
         # All 1,000 connect in the same instant (the scenario above connects

@@ -2,15 +2,17 @@
 The real coding-agent CLIs, end to end and offline, set up as the README's
 "Coding agents" section says, against C{twistd -n ollama-proxy --demo}:
 Claude Code (C{claude -p}), Codex (C{codex exec}, with a provider profile
-and with C{--oss}) and GitHub Copilot CLI (C{copilot -p}, bring-your-own
-provider, no GitHub login).  Each answers a plain prompt, and each completes
+and with C{--oss}), GitHub Copilot CLI (C{copilot -p}, bring-your-own
+provider, no GitHub login) and Gemini CLI (C{gemini -p} on the Gemini API,
+no Google account).  Each answers a plain prompt, and each completes
 a real tool run with the C{fake-agent} model: the model calls the agent's
 own shell tool, the agent runs C{pwd}, and the directory it printed is in
 the answer.  No output-token cap or other crutch is set.
 
 Opt-in: the CLIs come from npm (C{.ci/agents.sh} installs pinned
 releases); set C{OLLAMA_PROXY_AGENT_CLIS} to the folder holding the
-C{claude}, C{codex} and C{copilot} executables (a C{node_modules/.bin}).
+C{claude}, C{codex}, C{copilot} and C{gemini} executables (a
+C{node_modules/.bin}).
 Without it the tests are skipped, saying so.  Every CLI runs with its
 phone-home switched off, in a temporary home, with a bounded timeout.
 """
@@ -41,8 +43,8 @@ def executable(name: str) -> str:
     @raise SkipTest: when the variable is unset or the CLI is missing.
     """
     if not CLIS:
-        raise SkipTest("set OLLAMA_PROXY_AGENT_CLIS to a folder with the claude, codex and "
-                       "copilot CLIs (.ci/agents.sh installs them from npm)")
+        raise SkipTest("set OLLAMA_PROXY_AGENT_CLIS to a folder with the claude, codex, "
+                       "copilot and gemini CLIs (.ci/agents.sh installs them from npm)")
     path = os.path.join(CLIS, name)
     if not os.access(path, os.X_OK):
         raise SkipTest(f"{name} not found in OLLAMA_PROXY_AGENT_CLIS={CLIS}")
@@ -60,7 +62,7 @@ def backendRequests(backendURL: str) -> list[Any]:
 
 class AgentCLITests(SynchronousTestCase):
     """
-    Claude Code, Codex and Copilot CLI through the proxy's demo.
+    Claude Code, Codex, Copilot CLI and Gemini CLI through the proxy's demo.
     """
 
     def setUp(self) -> None:
@@ -221,3 +223,46 @@ class AgentCLITests(SynchronousTestCase):
         """
         before = len(backendRequests(self.stack.backendURL))
         self.assertToolRun(self.copilot("fake-agent", "Where am I?"), before)
+
+    def gemini(self, model: str, prompt: str, *flags: str) -> str:
+        """
+        Run C{gemini -p} as the README sets it up: the base URL and any key
+        in the environment, API-key auth, telemetry and updates off in
+        C{~/.gemini/settings.json}; no Google account, no network.
+        """
+        settings = os.path.join(self.home, ".gemini")
+        os.makedirs(settings, exist_ok=True)
+        with open(os.path.join(settings, "settings.json"), "w") as f:
+            f.write(codec.dumps({"security": {"auth": {"selectedType": "gemini-api-key"}},
+                                 "telemetry": {"enabled": False},
+                                 "general": {"disableAutoUpdate": True}}).decode())
+        return self.runCLI([executable("gemini"), *flags, "-m", model, "-p", prompt], {
+            "GEMINI_API_KEY": "ollama", "GOOGLE_GEMINI_BASE_URL": self.stack.url,
+            "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        })
+
+    def test_gemini(self) -> None:
+        """
+        C{gemini -p} streams from C{/v1beta/models/{model}:streamGenerateContent}
+        and prints the fake backend's reply; the backend got one streamed
+        chat with Gemini CLI's system instruction first.
+        """
+        before = len(backendRequests(self.stack.backendURL))
+        self.assertIn(REPLY, self.gemini("fake-model", "say hi"))
+        [request] = backendRequests(self.stack.backendURL)[before:]
+        self.assertEqual((request["body"]["model"], request["body"]["stream"]), ("fake-model", True))
+        self.assertEqual(request["body"]["messages"][0]["role"], "system")
+
+    def test_geminiToolRun(self) -> None:
+        """
+        With C{fake-agent}, Gemini CLI runs C{pwd} through its
+        C{run_shell_command} tool (offered headless only with C{--yolo}),
+        sends the output back as a C{functionResponse} with the call's id,
+        and prints the answer quoting the directory.
+        """
+        before = len(backendRequests(self.stack.backendURL))
+        self.assertToolRun(self.gemini("fake-agent", "Where am I?", "--yolo"), before)
+        requests = backendRequests(self.stack.backendURL)[before:]
+        calls = [c["function"]["name"] for r in requests for m in r["body"]["messages"]
+                 if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+        self.assertIn("run_shell_command", calls)

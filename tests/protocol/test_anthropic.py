@@ -13,9 +13,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic import AnthropicDialect, AnthropicEncoder, errorObject
-from ollama_proxy.protocol.anthropic_request import estimateTokens, parseMessagesRequest
+from ollama_proxy.protocol.anthropic_request import parseMessagesRequest
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.events import StreamFailed
+from ollama_proxy.protocol.requests import estimateTokens
 from ollama_proxy.protocol.events import Reply, ToolCall, Usage
 from ollama_proxy.protocol.openai import ChatStreamReader
 from ollama_proxy.protocol.openai_request import chatBody

@@ -34,8 +34,8 @@ class Tags(BlockEncoder):
         self.kinds.append(kind)
         return f"<{kind}>".encode()
 
-    def _stopBlock(self) -> bytes:
-        return f"</{self.kinds[-1]}>".encode()
+    def _stopBlock(self) -> list[bytes]:
+        return [f"</{self.kinds[-1]}>".encode()]
 
     def _thinking(self, text: str) -> bytes:
         return f"~{text}".encode()
@@ -46,8 +46,8 @@ class Tags(BlockEncoder):
     def _toolCall(self, call: ToolCall) -> bytes:
         return f"<call {call.name}/>".encode()
 
-    def _finish(self, finish: Finish) -> bytes:
-        return f"[end {finish.reason}]".encode()
+    def _finish(self, finish: Finish) -> list[bytes]:
+        return [f"[end {finish.reason}]".encode()]
 
     def _failure(self, message: str) -> bytes:
         return f"[error {message}]".encode()

@@ -12,8 +12,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.events import StreamFailed
-from ollama_proxy.protocol.events import Reply, ToolCall, Usage
+from ollama_proxy.protocol.events import Reply, StreamFailed, ToolCall, Usage, replyEvents
 from ollama_proxy.protocol.openai import ChatStreamReader
 from ollama_proxy.protocol.openai_request import chatBody
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
@@ -404,3 +403,44 @@ class RequestTests(SynchronousTestCase):
         long1, long2 = flatName("n" * 40, "a" * 40), flatName("n" * 40, "b" * 40)
         self.assertEqual((len(long1), len(long2)), (64, 64))
         self.assertNotEqual(long1, long2)
+
+
+class SplicedTextTests(SynchronousTestCase):
+    """
+    The closing events are built around each item's text encoded once: what
+    a client decodes is the same as if every event had been encoded whole.
+    """
+
+    def test_sameAsWhole(self) -> None:
+        """
+        A reasoning item and a message with quotes, escapes, non-ASCII,
+        NULs and a forged hole (a NUL-wrapped index, as the encoder's
+        holes look without their random nonce), then a failure and the
+        completed object: every text the closing events and the response
+        objects carry is the streamed text, and the streamed response
+        object equals the C{stream: false} one.
+        """
+        thinking = 'a "quoted" \\ think\x00:0\x00 ' * 3
+        content = "h\u00e9llo \u2603 \"\x00:1\x00\" \U0001f600\n" * 3
+        reply = Reply(content, thinking, (ToolCall("c1", "get_weather", {"q": '"x"'}, 0),),
+                      "tool_calls", Usage(1, 2), [])
+        dialect = ResponsesDialect(context(), counterIds())
+        streamed = events(dialect.streamEncoder("m", T0).whole(reply, T0))
+        whole = ResponsesDialect(context(), counterIds()).reply(reply, "m", T0, T0)
+        byName = {name: data for name, data in streamed}
+        self.assertEqual(byName["response.reasoning_summary_text.done"]["text"], thinking)
+        self.assertEqual(byName["response.reasoning_summary_part.done"]["part"]["text"],
+                         thinking)
+        self.assertEqual(byName["response.output_text.done"]["text"], content)
+        self.assertEqual(byName["response.content_part.done"]["part"]["text"], content)
+        items = [data["item"] for name, data in streamed if name == "response.output_item.done"]
+        self.assertEqual(items, whole["output"])
+        completed = byName["response.completed"]["response"]
+        self.assertEqual(completed["output"], whole["output"])
+        self.assertEqual(completed, {**whole, "id": completed["id"]})
+        # A stream that fails after every item closed (the Finish never
+        # came): response.failed carries the same items.
+        failing = ResponsesDialect(context(), counterIds()).streamEncoder("m", T0)
+        failing.encode(replyEvents(reply, T0)[:-1])
+        failed = events(failing.error("boom"))[-1][1]["response"]
+        self.assertEqual(failed["output"], whole["output"])

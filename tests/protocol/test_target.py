@@ -229,11 +229,16 @@ class DialectTests(SynchronousTestCase):
         self.assertEqual(dialectOf(b"/api/tags"), "ollama")
         self.assertEqual(dialectOf(b"/v1x"), "ollama")
         self.assertEqual(dialectOf(b"/health"), "ollama")
+        self.assertEqual(dialectOf(b"/v1beta"), "gemini")
+        self.assertEqual(dialectOf(b"/v1beta/models/m:generateContent"), "gemini")
+        self.assertEqual(dialectOf(b"/v1betax"), "ollama")
 
     def test_shapes(self) -> None:
         self.assertEqual(errorObject("ollama", 400, "no"), {"error": "no"})
         self.assertEqual(errorObject("anthropic", 404, "no"),
                          {"type": "error", "error": {"type": "not_found_error", "message": "no"}})
+        self.assertEqual(errorObject("gemini", 400, "no"),
+                         {"error": {"code": 400, "message": "no", "status": "INVALID_ARGUMENT"}})
         openai = errorObject("openai", 400, "no")
         assert isinstance(openai, dict)
         self.assertEqual(openai["error"]["message"], "no")

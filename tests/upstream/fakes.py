@@ -49,6 +49,10 @@ class FakeRequest:
         self.producer: Any = None
         self.finished: Deferred[None] = Deferred()
         self.requestHeaders = Headers()
+        # The client's key may be in the query on Google's routes
+        # (ollama_proxy.web.auth.presentedKey reads the path and the URI).
+        self.path = b"/api/chat"
+        self.uri = b"/api/chat"
 
     def notifyFinish(self) -> Deferred[None]:
         return self.finished

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.testing.harness import ProxyHarness
+from ollama_proxy.testing.harness import ProxyHarness, delta
 
 M = [{"role": "user", "content": "hi"}]
 
@@ -37,17 +37,19 @@ class BadInputTests(SynchronousTestCase):
 
     def test_malformedJSON(self) -> None:
         """
-        Truncated JSON, invalid UTF-8 and absurd nesting are 400s that say
-        the JSON is invalid (never a recursion error or a 500).
+        Truncated JSON and invalid UTF-8 are 400s that say the JSON is
+        invalid; absurd nesting (past orjson's own 1024 levels) is a 400
+        naming the nesting limit (never a recursion error or a 500).
         """
         for body in (
             b'{"model": "m", "messages": [',
             b'{"model":"m","messages":[{"role":"user","content":"\xff\xfe"}]}',
-            b"[" * 5000 + b"]" * 5000,
             b"\x00\x01",
         ):
             self.reject("/api/chat", body, "invalid JSON")
             self.reject("/api/generate", body, "invalid JSON")
+        for path in ("/api/chat", "/api/generate"):
+            self.reject(path, b"[" * 5000 + b"]" * 5000, "nested more than 128 levels")
 
     def test_notAnObject(self) -> None:
         """
@@ -277,3 +279,151 @@ class EncodedBodyTests(SynchronousTestCase):
         [upstream] = h.backend.received
         self.assertEqual(upstream.json()["model"], "m")
         self.assertNotIn("content-encoding", upstream.headers)
+
+
+def _toolReply(arguments: str) -> bytes:
+    """
+    @return: a whole completion calling tool C{t} with C{arguments} (JSON
+        text spliced in as it is, since orjson cannot encode past 254).
+    """
+    return codec.dumps({"choices": [{"message": {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "t", "arguments": "ARGS"}}]},
+        "finish_reason": "tool_calls"}]}).replace(b'"ARGS"', arguments.encode())
+
+
+BACKEND_ROUTES: list[tuple[str, dict[str, Any]]] = [
+    ("/api/chat", {"model": "m", "messages": M}),
+    ("/v1/messages", ANTHROPIC),
+    ("/v1/responses", {"model": "m", "input": "hi"}),
+]
+
+
+class BackendNestingTests(SynchronousTestCase):
+    """
+    A hostile backend's reply nested deeper than L{codec.MAX_DEPTH} (its
+    tool-call arguments, or the whole body) is the backend's fault: a 502 in
+    the route's dialect, or the stream ended with the dialect's error, never
+    a 500 "internal proxy error" when the proxy re-encodes it.
+    """
+
+    def roundTrip(self, path: str, request: dict[str, Any], stream: bool,
+                  reply: bytes) -> tuple[int, bytes]:
+        h = ProxyHarness()
+        d = h.post(path, {**request, "stream": stream})
+        [upstream] = h.backend.received
+        if stream:
+            upstream.startSSE()
+            upstream.write(reply)
+            upstream.done()
+        else:
+            upstream.respond(200, reply)
+        h.pump()
+        response = self.successResultOf(d)
+        data = self.successResultOf(h.client.content(response))
+        return response.code, data
+
+    def assertDialectError(self, path: str, stream: bool, code: int, data: bytes) -> None:
+        self.assertNotIn(b"internal proxy error", data, (path, stream))
+        self.assertIn(b"nested more than 128 levels", data, (path, stream))
+        if not stream:
+            self.assertEqual(code, 502, (path, data[:300]))
+            error = codec.loads(data)
+            if path == "/v1/messages":
+                self.assertEqual((error["type"], error["error"]["type"]), ("error", "api_error"))
+            elif path == "/v1/responses":
+                self.assertEqual(error["error"]["type"], "server_error")
+            else:
+                self.assertEqual(list(error), ["error"])
+            return
+        if path == "/api/chat":
+            last = codec.loads(data.strip().split(b"\n")[-1])
+            self.assertIn("nested more than", last["error"])
+        elif path == "/v1/messages":
+            self.assertIn(b"event: error\n", data)
+            self.assertNotIn(b"message_stop", data)
+        else:
+            self.assertIn(b"event: response.failed\n", data)
+            self.assertNotIn(b"response.completed", data)
+
+    def test_deepToolArguments(self) -> None:
+        """
+        Tool-call arguments nested 300 deep (as a JSON string, and as an
+        object in a whole reply).
+        """
+        arguments = '{"a":' + nested(299) + "}"
+        for path, request in BACKEND_ROUTES:
+            code, data = self.roundTrip(path, request, False, _toolReply(codec.dumps(
+                arguments).decode()))
+            self.assertDialectError(path, False, code, data)
+            code, data = self.roundTrip(path, request, False, _toolReply(arguments))
+            self.assertDialectError(path, False, code, data)
+            chunk = codec.dumps(delta(tool_calls=[{"index": 0, "id": "c1", "type": "function",
+                                                   "function": {"name": "t", "arguments": "A"}}],
+                                      finish_reason="tool_calls"))
+            code, data = self.roundTrip(path, request, True, b"data: " + chunk.replace(
+                b'"A"', codec.dumps(arguments)) + b"\n\n")
+            self.assertDialectError(path, True, code, data)
+
+    def test_deepBody(self) -> None:
+        """
+        A whole reply, or one stream event, nested 300 deep anywhere.
+        """
+        deep = nested(300)
+        whole = codec.dumps({"choices": [{"message": {"content": "hi"},
+                                          "finish_reason": "stop"}], "x": "D"})
+        event = codec.dumps({**delta("hi"), "x": "D"})
+        for path, request in BACKEND_ROUTES:
+            code, data = self.roundTrip(path, request, False,
+                                        whole.replace(b'"D"', deep.encode()))
+            self.assertDialectError(path, False, code, data)
+            code, data = self.roundTrip(path, request, True, b"data: " + event.replace(
+                b'"D"', deep.encode()) + b"\n\n")
+            self.assertDialectError(path, True, code, data)
+
+
+class PassthroughErrorShapeTests(SynchronousTestCase):
+    """
+    The proxy's own refusals on the relayed OpenAI routes are in OpenAI's
+    error shape, like the backend's answers relayed there.
+    """
+
+    def test_openAIShape(self) -> None:
+        """
+        Too deep (under orjson's limit and past it), a corrupt or unknown
+        C{Content-Encoding}: a 4xx C{{"error": {"message", "type", "param",
+        "code"}}} and nothing relayed.
+        """
+        import zstandard
+
+        deep = b'{"model":"m","x":' + nested(300).encode() + b"}"
+        cases: list[tuple[bytes, dict[bytes, list[bytes]], int, str]] = [
+            (deep, {}, 400, "nested more than 128"),
+            (b"[" * 5000 + b"]" * 5000, {}, 400, "nested more than 128"),
+            (b"nonsense", {b"Content-Encoding": [b"zstd"]}, 400, "zstd"),
+            (zstandard.ZstdCompressor().compress(deep), {b"Content-Encoding": [b"zstd"]}, 400,
+             "nested more than 128"),
+            (b"x", {b"Content-Encoding": [b"br"]}, 415, "Content-Encoding"),
+        ]
+        for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+            for data, headers, status, mentions in cases:
+                h = ProxyHarness()
+                response = self.successResultOf(h.post(path, data, headers=headers))
+                error = codec.loads(self.successResultOf(h.client.content(response)))
+                self.assertEqual(response.code, status, (path, data[:20], error))
+                self.assertEqual(sorted(error["error"]), ["code", "message", "param", "type"])
+                self.assertEqual(error["error"]["type"], "invalid_request_error")
+                self.assertIn(mentions, error["error"]["message"])
+                self.assertEqual(h.backend.received, [], path)
+
+    def test_invalidJSONRelayed(self) -> None:
+        """
+        JSON the proxy cannot read is the backend's to judge (as it would
+        be without the proxy): relayed, and its answer relayed.
+        """
+        h = ProxyHarness()
+        d = h.post("/v1/chat/completions", b'{"model":')
+        [upstream] = h.backend.received
+        self.assertEqual(upstream.body, b'{"model":')
+        upstream.respond(400, {"error": {"message": "bad", "type": "invalid_request_error"}})
+        h.pump()
+        self.assertEqual(self.successResultOf(d).code, 400)

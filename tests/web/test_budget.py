@@ -250,3 +250,44 @@ class SiteBudgetTests(SynchronousTestCase):
         # Chunked: the dialect's error object is in it.
         self.assertIn(b'"type":"overloaded_error"', body)
         self.assertEqual(self.budget.used, 0)
+
+    def test_tinyContainersCharged(self) -> None:
+        """
+        Tiny arrays (C{[[],[],...]}, which parse to about 21 times their
+        size) are charged for what they parse to, before they are parsed: a
+        body whose parse could never fit the budget is a 413 naming
+        C{--body-budget}; one that fits an idle budget but not the rest of
+        a held one is a 503 in the route's dialect, while a string body of
+        the same size is served; the charge is back afterwards.
+        """
+        def tiny(count: int) -> bytes:
+            return (b'{"model":"m","max_tokens":8,"messages":[{"role":"user","content":"hi"}],'
+                    b'"x":[' + b",".join([b"[]"] * count) + b"]}")
+
+        never = tiny(STEP // 3)
+        self.assertLess(2 * len(never), self.budget.limit)
+        for path in ("/v1/messages", "/v1/chat/completions", "/api/chat"):
+            _, transport = self.post(path, never)
+            status, _, body = parseResponse(transport.value())
+            self.assertEqual(status, 413, (path, body[:200]))
+            self.assertIn(b"--body-budget", body, path)
+            self.assertEqual(self.budget.used, 0)
+        now = tiny(60_000)
+        holder, _ = self.post("/v1/messages", b"x" * 8 * STEP, length=9 * STEP)
+        for path, marker in (("/v1/messages", b'"type":"overloaded_error"'),
+                             ("/v1/chat/completions", b'"code":"server_is_overloaded"'),
+                             ("/api/chat", b'"error"')):
+            _, transport = self.post(path, now)
+            status, headers, body = parseResponse(transport.value())
+            self.assertEqual((status, headers.get("retry-after")), (503, "1"), (path, body[:200]))
+            self.assertIn(marker, body, path)
+        self.assertEqual(self.h.backend.received, [])
+        text = codec.dumps({**MESSAGES, "stream": False, "x": "y" * len(now)})
+        self.post("/api/chat", text)
+        [upstream] = self.h.backend.received
+        upstream.respond(200, {"id": "c", "object": "chat.completion", "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"},
+             "finish_reason": "stop"}]})
+        self.pump()
+        holder.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.budget.used, 0)

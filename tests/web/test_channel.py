@@ -379,3 +379,73 @@ class ConnectionCapTests(DeadlineTestCase):
         self.assertTrue(transport.disconnecting)
         refused.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class BadRequestTests(DeadlineTestCase):
+    """
+    What twisted.web cannot parse gets a JSON 400, not Twisted's bare
+    status line with no body (C{ProxyChannel._respondToBadRequestAndDisconnect}).
+    """
+
+    def assert400(self, transport: StringTransport) -> None:
+        status, headers, body = parseResponse(transport.value())
+        self.assertEqual(status, 400)
+        self.assertEqual(headers["connection"], "close")
+        self.assertEqual(headers["content-type"], "application/json; charset=utf-8")
+        self.assertEqual(int(headers["content-length"]), len(body))
+        self.assertEqual(codec.loads(body), {"error": "bad request"})
+        self.assertTrue(transport.disconnecting)
+
+    def test_malformedRequestLine(self) -> None:
+        """
+        A request line that is not C{METHOD target version} is a JSON 400;
+        nothing reaches a resource and no 408 follows.
+        """
+        for line in (b"NONSENSE\r\n", b"GET /x\r\n", b"GET /x HTTP/1.1 extra\r\n"):
+            protocol, transport = self.connect(self.site(headerTimeout=3))
+            protocol.dataReceived(line)
+            self.assert400(transport)
+            self.clock.advance(3.1)
+            self.assertEqual(transport.value().count(b"HTTP/1.1 "), 1, line)
+        self.assertEqual(self.resource.bodies, [])
+
+    def test_oversizedHeaderLine(self) -> None:
+        """
+        A header line over twisted.web's C{totalHeadersSize} (16 KiB) is a
+        JSON 400, as is a malformed header line.
+        """
+        protocol, transport = self.connect(self.site())
+        protocol.dataReceived(b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n")
+        self.assert400(transport)
+        protocol, transport = self.connect(self.site())
+        protocol.dataReceived(b"GET /x HTTP/1.1\r\nno colon here\r\n\r\n")
+        self.assert400(transport)
+
+    def test_counted(self) -> None:
+        """
+        The 400 is counted on the site's route.
+        """
+        from ollama_proxy.web.metrics import Metrics
+
+        metrics = Metrics()
+        protocol, _ = self.connect(self.site(metrics=metrics))
+        protocol.dataReceived(b"NONSENSE\r\n")
+        body, _ = metrics.render(None)
+        self.assertIn(b'ollama_proxy_requests_total{model="",route="-",status="400"} 1.0', body)
+
+    def test_privateHookPinned(self) -> None:
+        """
+        The overridden method is private Twisted API: it must still exist
+        on C{HTTPChannel} and be the one C{ProxyChannel} overrides, or the
+        bare answer would come back silently with a Twisted upgrade.
+        """
+        from twisted.web.http import HTTPChannel
+
+        from ollama_proxy.web import channel
+
+        self.assertEqual(channel._BAD_REQUEST_HOOK, "_respondToBadRequestAndDisconnect")
+        self.assertTrue(callable(getattr(HTTPChannel, channel._BAD_REQUEST_HOOK)))
+        self.assertIsNot(
+            getattr(channel.ProxyChannel, channel._BAD_REQUEST_HOOK),
+            getattr(HTTPChannel, channel._BAD_REQUEST_HOOK),
+        )

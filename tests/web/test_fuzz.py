@@ -67,9 +67,19 @@ def makeProxy() -> tuple[Any, Any, MemoryReactorClock]:
     return StubTreq(root), root, clock
 
 
-ROUTES = sorted(path for path, _ in postRoutes(makeProxy()[1]))
+GEMINI = (
+    "/v1beta/models/fake-model:generateContent",
+    "/v1beta/models/fake-tools:streamGenerateContent?alt=sse",
+    "/v1beta/models/fake-reasoner:streamGenerateContent",
+    "/v1beta/models/fake-model:countTokens?key=%C2%B2&pageSize=%FF",
+    "/v1/models/fake-model:streamGenerateContent?alt=sse",
+)
+"""The Gemini API's model methods (C{/v1beta}, and Google's C{v1} on
+C{/v1/models}): one resource serves C{/v1beta}, so the tree walk finds only
+C{/v1beta} itself."""
+ROUTES = sorted([*(path for path, _ in postRoutes(makeProxy()[1])), *GEMINI])
 NATIVE = sorted(path for path, r in postRoutes(makeProxy()[1]) if not isinstance(r, Passthrough))
-AGENTS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/responses")
+AGENTS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/responses", "/v1beta", *GEMINI)
 """The translated agent dialects: their errors are objects with a
 C{message}, their streams named SSE events."""
 TERMINAL = (b"event: message_stop\n", b"event: error\n", b"event: response.completed\n",
@@ -154,8 +164,57 @@ requests = st.fixed_dictionaries(
         "unknown_field": jsonValues,
     },
 )
+parts = st.lists(
+    st.one_of(
+        jsonValues,
+        st.fixed_dictionaries({}, optional={
+            "text": st.one_of(st.text(max_size=20), jsonValues),
+            "thought": jsonValues,
+            "inlineData": st.one_of(st.fixed_dictionaries({
+                "mimeType": st.one_of(st.sampled_from(["image/png", "audio/wav"]), jsonValues),
+                "data": images}), jsonValues),
+            "functionCall": st.one_of(st.fixed_dictionaries(
+                {"name": st.one_of(st.just("get_weather"), jsonValues)},
+                optional={"args": jsonValues, "id": jsonValues}), jsonValues),
+            "functionResponse": st.one_of(st.fixed_dictionaries(
+                {"name": st.one_of(st.just("get_weather"), jsonValues)},
+                optional={"response": jsonValues, "id": jsonValues}), jsonValues),
+            "thoughtSignature": jsonValues,
+        }),
+    ),
+    max_size=3,
+)
+geminiRequests = st.fixed_dictionaries(
+    {},
+    optional={
+        "contents": st.one_of(jsonValues, st.lists(st.one_of(jsonValues, st.fixed_dictionaries(
+            {"parts": st.one_of(parts, jsonValues)},
+            optional={"role": st.one_of(st.sampled_from(["user", "model", "function"]), jsonValues)},
+        )), max_size=3)),
+        "systemInstruction": st.one_of(st.fixed_dictionaries({"parts": parts}), jsonValues),
+        "tools": st.one_of(jsonValues, st.lists(st.fixed_dictionaries({}, optional={
+            "functionDeclarations": st.one_of(jsonValues, st.lists(st.fixed_dictionaries(
+                {"name": st.one_of(st.just("get_weather"), jsonValues)},
+                optional={"parameters": jsonValues, "parametersJsonSchema": jsonValues}),
+                max_size=2)),
+            "googleSearch": jsonValues}), max_size=2)),
+        "toolConfig": st.one_of(jsonValues, st.fixed_dictionaries({"functionCallingConfig": st.one_of(
+            jsonValues, st.fixed_dictionaries({}, optional={
+                "mode": st.one_of(st.sampled_from(["AUTO", "ANY", "NONE"]), jsonValues),
+                "allowedFunctionNames": jsonValues}))})),
+        "generationConfig": st.one_of(jsonValues, st.dictionaries(st.sampled_from([
+            "temperature", "topP", "topK", "maxOutputTokens", "stopSequences", "candidateCount",
+            "responseMimeType", "responseSchema", "responseJsonSchema", "seed",
+            "max_output_tokens"]), jsonValues, max_size=4).flatmap(
+            lambda config: st.fixed_dictionaries({**{k: st.just(v) for k, v in config.items()}},
+                                                 optional={"thinkingConfig": jsonValues}))),
+        "generateContentRequest": jsonValues,
+        "safetySettings": jsonValues,
+    },
+)
 bodies = st.one_of(
     requests.map(dumps),
+    geminiRequests.map(dumps),
     jsonValues.map(dumps),
     st.binary(max_size=64),
     st.text(max_size=64).map(lambda t: t.encode("utf-8")),
@@ -218,6 +277,13 @@ class ProxyChecks(SynchronousTestCase):
                 last.get("done") is True or last.get("status") == "success" or "error" in last,
                 (path, body, data),
             )
+        elif path in GEMINI:
+            # Gemini's data-only events end with the finish or an error.
+            self.assertEqual(response.code, 200)
+            self.assertEqual(contentType, b"text/event-stream")
+            last = codec.loads(data.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: "))
+            self.assertTrue("error" in last or last["candidates"][0].get("finishReason"),
+                            (path, body, data))
         elif path in AGENTS:
             # A translated stream ends with the dialect's end or error event.
             self.assertEqual(contentType, b"text/event-stream; charset=utf-8")
@@ -259,6 +325,16 @@ class FuzzTests(ProxyChecks):
         self.check(path, body)
 
     @settings(max_examples=EXAMPLES, derandomize=DERANDOMIZE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(path=st.sampled_from(GEMINI), body=geminiRequests.map(dumps))
+    def test_geminiStructured(self, path: str, body: bytes) -> None:
+        """
+        Near-valid Gemini requests (Google's keys, any value types) against
+        the Gemini API's methods: a 4xx in Google's shape with a precise
+        message, or a real answer ending with its finish or an error.
+        """
+        self.check(path, body)
+
+    @settings(max_examples=EXAMPLES, derandomize=DERANDOMIZE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(path=st.sampled_from(NATIVE), body=requests.map(dumps))
     def test_nativeRoutesStructured(self, path: str, body: bytes) -> None:
         """
@@ -292,6 +368,11 @@ AGENT_SHAPES = [
     b'"parameters":DEEP}]}',
     b'{"model":"fake-model","messages":[{"role":"user","content":"hi"}],"format":DEEP,'
     b'"tools":[{"type":"function","function":{"name":"t","parameters":DEEP}}]}',
+    b'{"contents":[{"role":"model","parts":[{"functionCall":{"name":"t","args":DEEP}}]},'
+    b'{"parts":[{"functionResponse":{"name":"t","response":DEEP}}]}]}',
+    b'{"contents":[{"parts":[{"text":"hi"}]}],"tools":[{"functionDeclarations":['
+    b'{"name":"t","parametersJsonSchema":DEEP},{"name":"u","parameters":DEEP}]}],'
+    b'"generationConfig":{"responseMimeType":"application/json","responseSchema":DEEP}}',
     b"DEEP",
 ]
 

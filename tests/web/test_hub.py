@@ -80,7 +80,7 @@ class ToyEncoder(Encoder):
     def _failure(self, message: str) -> bytes:
         return f"oops {message}\n".encode("utf-8")
 
-    def whole(self, reply: Reply, end: int) -> bytes:
+    def _wholeReply(self, reply: Reply, end: int) -> bytes:
         self._open()
         self.state = DONE
         return codec.dumpLine(toyReply(reply, self.model))

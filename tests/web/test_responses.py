@@ -169,3 +169,85 @@ class ResponsesTests(SynchronousTestCase):
         self.assertEqual(names[:2], ["response.created", "response.in_progress"])
         self.assertEqual(names.count("response.created"), 1)
         self.assertEqual(names[-1], "response.completed")
+
+
+class ReplyCapTests(SynchronousTestCase):
+    """
+    The text a streamed reply's item may keep for its closing events is
+    capped (C{ResponsesEncoder.maxText}); past it the stream ends with
+    C{response.failed} naming the cap, and the backend is let go.
+    """
+
+    def setUp(self) -> None:
+        from ollama_proxy.protocol.responses import ResponsesEncoder
+
+        self.patch(ResponsesEncoder, "maxText", 1000)
+        self.h = ProxyHarness()
+
+    def test_overCapFails(self) -> None:
+        """
+        Past the cap: the deltas sent so far, then C{response.failed} with
+        the limit in its message; no closing events, no C{completed}.
+        """
+        d = self.h.post("/v1/responses", {**BASE, "stream": True})
+        upstream = self.h.backend.received[-1]
+        upstream.startSSE()
+        for _ in range(15):
+            upstream.event(delta("x" * 100))
+        self.h.pump()
+        out = events(_content(self.h, self.successResultOf(d)))
+        names = [n for n, _ in out]
+        self.assertEqual(names[-1], "response.failed")
+        self.assertNotIn("response.output_text.done", names)
+        self.assertNotIn("response.completed", names)
+        self.assertEqual(names.count("response.output_text.delta"), 10)
+        failed = out[-1][1]["response"]
+        self.assertEqual(failed["status"], "failed")
+        self.assertIn("limit of 1000 characters", failed["error"]["message"])
+        self.assertEqual(failed["output"], [])
+        self.assertTrue(upstream.lost)
+
+    def test_atCapCompletes(self) -> None:
+        """
+        Exactly the cap is a whole reply, its text repeated in the closing
+        events and the response object.
+        """
+        d = self.h.post("/v1/responses", {**BASE, "stream": True})
+        streamSSE(self.h.backend.received[-1], *[delta("y" * 100) for _ in range(10)],
+                  delta(finish_reason="stop"))
+        self.h.pump()
+        out = events(_content(self.h, self.successResultOf(d)))
+        self.assertEqual(out[-1][0], "response.completed")
+        done = dict(out)
+        self.assertEqual(done["response.output_text.done"]["text"], "y" * 1000)
+        self.assertEqual(done["response.content_part.done"]["part"]["text"], "y" * 1000)
+        self.assertEqual(done["response.output_item.done"]["item"]["content"][0]["text"],
+                         "y" * 1000)
+        self.assertEqual(out[-1][1]["response"]["output"][0]["content"][0]["text"], "y" * 1000)
+
+    def test_wholeNotCapped(self) -> None:
+        """
+        C{stream: false} repeats nothing: a reply over the stream cap is
+        the response object.
+        """
+        d = self.h.post("/v1/responses", BASE)
+        self.h.backend.received[-1].respond(200, {
+            "choices": [{"message": {"content": "z" * 5000}, "finish_reason": "stop"}]})
+        self.h.pump()
+        obj = body(self.h, self.successResultOf(d))
+        self.assertEqual(obj["output"][0]["content"][0]["text"], "z" * 5000)
+
+    def test_wholeAsStreamOverCap(self) -> None:
+        """
+        A backend that ignores C{stream: true} and answers one completion
+        over the cap: nothing was sent yet, so the answer is a 502 OpenAI
+        error naming the cap, not a 500.
+        """
+        d = self.h.post("/v1/responses", {**BASE, "stream": True})
+        self.h.backend.received[-1].respond(200, {
+            "choices": [{"message": {"content": "z" * 5000}, "finish_reason": "stop"}]})
+        self.h.pump()
+        response = self.successResultOf(d)
+        error = body(self.h, response)["error"]
+        self.assertEqual((response.code, error["type"]), (502, "server_error"))
+        self.assertIn("limit of 1000 characters", error["message"])

@@ -19,12 +19,12 @@ import secrets
 from typing import Callable, Mapping
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.anthropic_request import estimateTokens, parseMessagesRequest
+from ollama_proxy.protocol.anthropic_request import parseMessagesRequest
 from ollama_proxy.protocol.blocks import THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.dialect import EncodedErrors
 from ollama_proxy.protocol.events import Finish, Reply, ToolCall, Usage
-from ollama_proxy.protocol.requests import ChatRequest
+from ollama_proxy.protocol.requests import ChatRequest, estimateTokens
 from ollama_proxy.protocol.sse import sseEvent
 
 IdMaker = Callable[[str], str]
@@ -149,7 +149,10 @@ class AnthropicEncoder(BlockEncoder):
             return self._blockStart({"type": "thinking", "thinking": "", "signature": ""})
         return self._blockStart({"type": "text", "text": ""})
 
-    def _stopBlock(self) -> bytes:
+    def _stopBlock(self) -> list[bytes]:
+        return [self._blockStop()]
+
+    def _blockStop(self) -> bytes:
         return _event(b"content_block_stop", {"type": "content_block_stop", "index": self._index})
 
     def _thinking(self, text: str) -> bytes:
@@ -169,14 +172,14 @@ class AnthropicEncoder(BlockEncoder):
             "type": "content_block_delta", "index": self._index,
             "delta": {"type": "input_json_delta", "partial_json": codec.dumps(call.arguments).decode()},
         })
-        return out + self._stopBlock()
+        return out + self._blockStop()
 
-    def _finish(self, finish: Finish) -> bytes:
-        return _event(b"message_delta", {
+    def _finish(self, finish: Finish) -> list[bytes]:
+        return [_event(b"message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": stopReason(finish.reason, self._toolUse), "stop_sequence": None},
             "usage": usageObject(finish.usage, self.inputEstimate),
-        }) + _event(b"message_stop", {"type": "message_stop"})
+        }), _event(b"message_stop", {"type": "message_stop"})]
 
     def _failure(self, message: str) -> bytes:
         """

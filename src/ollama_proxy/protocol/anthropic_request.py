@@ -14,20 +14,17 @@ backend, which answers 400 to unknown fields.
 
 from __future__ import annotations
 
-import base64
-import binascii
-from typing import Any
-
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.ollama_request import requireObject
+from ollama_proxy.protocol.fields import base64Data, numberField, requireObject
 from ollama_proxy.protocol.requests import (
     ChatRequest,
     Message,
     Sampling,
     Think,
     ToolCallRequest,
+    estimateTokens,
 )
 
 EFFORTS: dict[str, Think] = {
@@ -35,23 +32,6 @@ EFFORTS: dict[str, Think] = {
 }
 """C{output_config.effort} as a reasoning level (C{xhigh} and C{max} are
 the backend's top level)."""
-
-
-def numberField(body: JSON, key: str, kind: type | tuple[type, ...]) -> Any:
-    """
-    One typed number of an agent request (Anthropic's and OpenAI's
-    Responses wording: C{"<key>: expected a number"}).
-
-    @return: C{body[key]} when it is of C{kind} (bools excluded), C{None}
-        when absent or null.
-    @raise BadRequest: for another type.
-    """
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise BadRequest(f"{key}: expected {'an integer' if kind is int else 'a number'}")
-    return value
 
 
 def _text(blocks: object, where: str) -> str:
@@ -100,12 +80,7 @@ def imageSource(block: JSON, where: str) -> str:
     data, mediaType = source.get("data"), source.get("media_type")
     if not isinstance(data, str) or not isinstance(mediaType, str) or not mediaType:
         raise BadRequest(f"{where}: image source needs media_type and data strings")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise BadRequest(f"{where}: invalid base64 image data: {e}") from None
-    if not raw:
-        raise BadRequest(f"{where}: invalid base64 image data: image is empty")
+    base64Data(data, where)
     return f"data:{mediaType};base64,{data}"
 
 
@@ -341,22 +316,3 @@ def parseMessagesRequest(body: object, counting: bool = False) -> ChatRequest:
         toolChoice=choice,
         parallelToolCalls=parallel,
     )
-
-
-def estimateTokens(request: ChatRequest) -> int:
-    """
-    A rough input token count: characters / 4 over the text, reasoning,
-    tool calls and tool definitions, as Ollama's own estimate does.  Used
-    for C{count_tokens} and the C{message_start} event, where the
-    backend's real count is not known yet.
-
-    @return: at least 1.
-    """
-    chars = 0
-    for message in request.messages:
-        chars += len(message.role) + len(message.content) + len(message.thinking or "")
-        for call in message.toolCalls:
-            chars += len(call.name) + len(call.arguments)
-    if request.tools:
-        chars += len(codec.dumps(list(request.tools)))
-    return max(1, chars // 4)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ollama_proxy.protocol.dialect import OPEN, Encoder
-from ollama_proxy.protocol.events import Delta, Event, Finish, ToolCall, ToolCalls
+from ollama_proxy.protocol.events import Delta, Event, Finish, StreamFailed, ToolCall, ToolCalls
 
 SSE = b"text/event-stream; charset=utf-8"
 
@@ -33,6 +33,9 @@ class BlockEncoder(Encoder):
     L{_text}, L{_toolCall} and L{_finish}, and the base's L{_opening} and
     L{_failure}.
 
+    A hook may raise L{StreamFailed} (a dialect's own limit): the events
+    of the read before it go out in its C{output}, before the error.
+
     @ivar openKind: the kind of the open block (L{THINKING}, L{TEXT}), or
         C{None}.
     """
@@ -46,9 +49,11 @@ class BlockEncoder(Encoder):
         """
         raise NotImplementedError
 
-    def _stopBlock(self) -> bytes:
+    def _stopBlock(self) -> list[bytes]:
         """
-        @return: the events that close the open block.
+        @return: the events that close the open block, as pieces joined
+            once with the read's other events (a long text repeated by the
+            closing events is not copied on the way).
         """
         raise NotImplementedError
 
@@ -70,9 +75,9 @@ class BlockEncoder(Encoder):
         """
         raise NotImplementedError
 
-    def _finish(self, finish: Finish) -> bytes:
+    def _finish(self, finish: Finish) -> list[bytes]:
         """
-        @return: the reply's last events (no block is open).
+        @return: the reply's last events (no block is open), as pieces.
         """
         raise NotImplementedError
 
@@ -88,17 +93,17 @@ class BlockEncoder(Encoder):
         """
         raise NotImplementedError
 
-    def _close(self) -> bytes:
+    def _close(self) -> list[bytes]:
         if self.openKind is None:
-            return b""
+            return []
         out = self._stopBlock()
         self.openKind = None
         return out
 
-    def _switch(self, kind: str) -> bytes:
-        out = self._close()
+    def _switch(self, kind: str, out: list[bytes]) -> None:
+        out.extend(self._close())
         self.openKind = kind
-        return out + self._startBlock(kind)
+        out.append(self._startBlock(kind))
 
     def ping(self) -> bytes:
         """
@@ -112,23 +117,29 @@ class BlockEncoder(Encoder):
         return self._open() + self._firstPing()
 
     def _encode(self, events: Sequence[Event]) -> bytes:
-        out = []
-        for event in events:
-            if type(event) is Delta:
-                if event.thinking:
-                    if self.openKind != THINKING:
-                        out.append(self._switch(THINKING))
-                    out.append(self._thinking(event.thinking))
-                if event.content:
-                    if self.openKind != TEXT:
-                        out.append(self._switch(TEXT))
-                    out.append(self._text(event.content))
-            elif type(event) is ToolCalls:
-                for call in event.calls:
-                    out.append(self._close())
-                    out.append(self._toolCall(call))
-            elif type(event) is Finish:
-                self._ended(event, events)
-                out.append(self._close())
-                out.append(self._finish(event))
+        out: list[bytes] = []
+        try:
+            for event in events:
+                if type(event) is Delta:
+                    if event.thinking:
+                        if self.openKind != THINKING:
+                            self._switch(THINKING, out)
+                        out.append(self._thinking(event.thinking))
+                    if event.content:
+                        if self.openKind != TEXT:
+                            self._switch(TEXT, out)
+                        out.append(self._text(event.content))
+                elif type(event) is ToolCalls:
+                    for call in event.calls:
+                        out.extend(self._close())
+                        out.append(self._toolCall(call))
+                elif type(event) is Finish:
+                    self._ended(event, events)
+                    out.extend(self._close())
+                    out.extend(self._finish(event))
+        except StreamFailed as e:
+            # A dialect's own limit, part-way through the read: the events
+            # before it still belong to the client, before the error.
+            e.output = b"".join(out) + e.output
+            raise
         return b"".join(out)

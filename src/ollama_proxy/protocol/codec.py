@@ -91,6 +91,30 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
+def loadsBounded(data: bytes | bytearray | str) -> Any:
+    """
+    Decode JSON nested at most L{MAX_DEPTH} deep, so that whatever parses
+    also re-encodes: for client bodies (L{loadsRequest}, the passthrough)
+    and the backend's replies alike (a hostile backend's reply or tool-call
+    arguments nested deeper would parse and then fail to re-encode into the
+    client's dialect, a 500 instead of the backend's fault).
+
+    @raise TooDeep: if it nests deeper than L{MAX_DEPTH} (orjson's own
+        recursion limit of 1024 included).
+    @raise JSONDecodeError: if C{data} is not valid JSON.
+    """
+    try:
+        decoded = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        # orjson's own limit (1024): "depth limit exceeded" today,
+        # "recursion limit" in older releases.
+        if "depth limit" in str(e) or "recursion" in str(e):
+            raise TooDeep(f"request body is nested more than {MAX_DEPTH} levels deep") from None
+        raise
+    checkDepth(decoded, MAX_DEPTH)
+    return decoded
+
+
 def loadsRequest(data: bytes | bytearray) -> Any:
     """
     Decode a client's request body: JSON, nested at most L{MAX_DEPTH} deep,
@@ -100,17 +124,11 @@ def loadsRequest(data: bytes | bytearray) -> Any:
         deeper nesting (the route shapes it in its dialect).
     """
     try:
-        decoded = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        if "recursion" in str(e):
-            raise BadRequest(
-                f"request body is nested more than {MAX_DEPTH} levels deep") from None
-        raise BadRequest(f"invalid JSON in request body: {e}") from None
-    try:
-        checkDepth(decoded)
+        return loadsBounded(data)
     except TooDeep as e:
         raise BadRequest(str(e)) from None
-    return decoded
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"invalid JSON in request body: {e}") from None
 
 
 def canonical(obj: object) -> bytes:

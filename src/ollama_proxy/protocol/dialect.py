@@ -177,9 +177,9 @@ class Encoder:
         """
         if self.filter is not None:
             reply = self.filter.reply(reply)
-        return self._whole(reply, end)
+        return self._wholeReply(reply, end)
 
-    def _whole(self, reply: Reply, end: int) -> bytes:
+    def _wholeReply(self, reply: Reply, end: int) -> bytes:
         """
         @return: the whole reply (already filtered) as this dialect writes
             it: by default, the stream its events would have made.

@@ -229,7 +229,7 @@ class NDJSONEncoder(Encoder):
         """
         return errorLine(message)
 
-    def _whole(self, reply: Reply, end: int) -> bytes:
+    def _wholeReply(self, reply: Reply, end: int) -> bytes:
         """
         A whole reply where a stream was asked for (a backend that ignored
         C{"stream": true}): the aggregated object as the only line.

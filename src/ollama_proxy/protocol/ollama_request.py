@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.fields import requireObject
 from ollama_proxy.protocol.requests import (
     THINK_LEVELS,
     ChatRequest,
@@ -27,17 +28,6 @@ from ollama_proxy.protocol.requests import (
     Think,
     ToolCallRequest,
 )
-
-
-def requireObject(body: object) -> JSON:
-    """
-    @param body: a decoded request body.
-    @return: C{body} if it is a JSON object.
-    @raise BadRequest: otherwise.
-    """
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
 
 
 def requireModel(body: JSON) -> str:

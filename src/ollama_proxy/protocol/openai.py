@@ -86,7 +86,12 @@ def toolCallsFromOpenAI(calls: object) -> tuple[ToolCall, ...]:
             arguments = {}
         else:
             try:
-                decoded = codec.loads(raw)
+                decoded = codec.loadsBounded(raw)
+            except codec.TooDeep:
+                raise UpstreamError(
+                    f"backend returned tool call {function.get('name')!r} with arguments "
+                    f"nested more than {codec.MAX_DEPTH} levels deep"
+                ) from None
             except codec.JSONDecodeError:
                 decoded = None
             if not isinstance(decoded, dict):
@@ -269,7 +274,11 @@ class ChatStreamReader:
                 self.sawDone = True
                 continue
             try:
-                event = codec.loads(payload)
+                event = codec.loadsBounded(payload)
+            except codec.TooDeep:
+                raise UpstreamError(
+                    f"backend sent a stream event nested more than {codec.MAX_DEPTH} levels deep"
+                ) from None
             except codec.JSONDecodeError:
                 raise UpstreamError(
                     "backend sent a stream event that is not JSON: "

@@ -15,6 +15,7 @@ from typing import Any, Literal, Union
 
 import attrs
 
+from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 
 Think = Union[bool, Literal["low", "medium", "high", "max"], None]
@@ -134,3 +135,23 @@ class TextRequest:
     suffix: str | None
     stream: bool = True
     sampling: Sampling = Sampling()
+
+
+def estimateTokens(request: ChatRequest) -> int:
+    """
+    A rough input token count: characters / 4 over the text, reasoning,
+    tool calls and tool definitions, as Ollama's own estimate does.  Used
+    for Anthropic's C{count_tokens} and C{message_start} event and for
+    Gemini's C{countTokens}, where the backend's real count is not known
+    yet: one estimate, so every dialect counts alike.
+
+    @return: at least 1.
+    """
+    chars = 0
+    for message in request.messages:
+        chars += len(message.role) + len(message.content) + len(message.thinking or "")
+        for call in message.toolCalls:
+            chars += len(call.name) + len(call.arguments)
+    if request.tools:
+        chars += len(codec.dumps(list(request.tools)))
+    return max(1, chars // 4)

@@ -13,11 +13,23 @@ C{output_item.done} items); it ends with C{response.completed} (or
 C{response.incomplete} when C{max_output_tokens} cut the reply).  A failure
 after the stream began is C{response.failed} with the items completed so
 far: Codex reads no other error event.
+
+Memory: the protocol repeats an item's whole text in three closing events
+and the response object in C{response.completed}, so the text is kept until
+the item closes.  It is JSON-encoded once, and the closing events are built
+around it (each event's JSON has a hole where the text goes, filled by
+reference when the pieces are joined once), so a streamed reply peaks at
+about six times its text instead of re-encoding it four times and joining
+the copies.  The text one item keeps is capped (L{MAX_REPLY_TEXT}); past it
+the stream ends with C{response.failed} naming the cap.  The C{stream:
+false} object repeats nothing and is built without encoding any event.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import re
 from typing import Any, Mapping
 
 from ollama_proxy.protocol import codec
@@ -25,10 +37,19 @@ from ollama_proxy.protocol.anthropic import IdMaker, randomId
 from ollama_proxy.protocol.blocks import THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.dialect import EncodedErrors
-from ollama_proxy.protocol.events import Finish, Reply, ToolCall, Usage, replyEvents
+from ollama_proxy.protocol.events import Finish, Reply, StreamFailed, ToolCall, Usage, replyEvents
 from ollama_proxy.protocol.requests import ChatRequest
 from ollama_proxy.protocol.responses_request import ResponsesContext, ToolName, parseResponsesRequest
 from ollama_proxy.protocol.sse import sseEvent
+
+MAX_REPLY_TEXT = 16 * 1024 * 1024
+"""
+The most characters of text one output item of a streamed reply may have
+(16 Mi: thirty times the longest reply a 128k-token model writes).  The
+closing events repeat the whole text, so the proxy must keep it; past this
+the stream ends with C{response.failed} (see docs/reliability.md for why
+not C{response.incomplete}).
+"""
 
 KEEPALIVE = b": keep-alive\n\n"
 """An SSE comment: bytes on the wire that no client treats as an event."""
@@ -89,15 +110,29 @@ class ResponsesEncoder(BlockEncoder):
     @ivar response: the latest response object.
     """
 
+    maxText = MAX_REPLY_TEXT
+
     def __init__(
-        self, model: str, start: int, context: ResponsesContext, newId: IdMaker = randomId
+        self, model: str, start: int, context: ResponsesContext, newId: IdMaker = randomId,
+        whole: bool = False,
     ) -> None:
         """
         @param model: the client's model name, echoed.
         @param start: when the request arrived (ns), for C{created_at}.
         @param context: the request's echoed fields and tool names.
         @param newId: makes the response's and the items' ids.
+        @param whole: only build L{response} (the C{stream: false} object):
+            no event is encoded, the texts stay strings, nothing is capped.
         """
+        self._whole = whole
+        # Closed items' texts, JSON-encoded once; events carry a hole
+        # string in their place (a random nonce, so no client or backend
+        # text can forge one) that _pieces fills by reference.
+        nonce = os.urandom(8).hex()
+        self._holeText = "\x00" + nonce + ":{}\x00"
+        self._holes = re.compile(rb'"\\u0000' + nonce.encode() + rb':(\d+)\\u0000"')
+        self._texts: list[bytes] = []
+        self._kept = 0
         self._model = model
         self._context = context
         self._newId = newId
@@ -127,9 +162,26 @@ class ResponsesEncoder(BlockEncoder):
         return obj
 
     def _emit(self, kind: str, **fields: Any) -> bytes:
-        data = {"type": kind, "sequence_number": self._seq, **fields}
+        return b"".join(self._pieces(kind, **fields))
+
+    def _pieces(self, kind: str, **fields: Any) -> list[bytes]:
+        """
+        @return: one event as pieces to join, the held texts in their holes
+            by reference (no copy until the one join).
+        """
+        seq = self._seq
         self._seq += 1
-        return sseEvent(kind.encode(), codec.dumps(data))
+        if self._whole:
+            return []
+        data = codec.dumps({"type": kind, "sequence_number": seq, **fields})
+        if not self._texts:
+            return [sseEvent(kind.encode(), data)]
+        parts = self._holes.split(data)
+        pieces = [b"event: " + kind.encode() + b"\ndata: "]
+        for i, part in enumerate(parts):
+            pieces.append(self._texts[int(part)] if i % 2 else part)
+        pieces.append(b"\n\n")
+        return pieces
 
     def _opening(self) -> bytes:
         return (self._emit("response.created", response=self.response)
@@ -156,13 +208,33 @@ class ResponsesEncoder(BlockEncoder):
         return out + self._emit("response.content_part.added", **where, content_index=0,
                                 part=_text(""))
 
-    def _thinking(self, text: str) -> bytes:
+    def _keep(self, text: str) -> None:
+        """
+        Keep C{text} for the open item's closing events, within L{maxText}.
+
+        @raise StreamFailed: past the cap (the block machine adds this
+            read's events so far to its output).
+        """
+        self._kept += len(text)
+        if self._kept > self.maxText and not self._whole:
+            self._buffer = io.StringIO()
+            self.openKind = None
+            raise StreamFailed(
+                f"the reply's text passed the proxy's limit of {self.maxText} characters per "
+                "output item of a /v1/responses stream (its closing events repeat the whole "
+                "text); ask for a shorter reply",
+            )
         self._buffer.write(text)
+
+    def _thinking(self, text: str) -> bytes:
+        self._keep(text)
         return self._emit("response.reasoning_summary_text.delta", item_id=self._item["id"],
                           output_index=len(self._output), summary_index=0, delta=text)
 
     def _text(self, text: str) -> bytes:
-        self._buffer.write(text)
+        self._keep(text)
+        if self._whole:
+            return b""
         # The per-token event, from a template made when the message
         # opened: only the sequence number and the text are encoded here.
         out = (_TEXT_DELTA + str(self._seq).encode() + self._textWhere
@@ -170,27 +242,33 @@ class ResponsesEncoder(BlockEncoder):
         self._seq += 1
         return out
 
-    def _stopBlock(self) -> bytes:
+    def _stopBlock(self) -> list[bytes]:
         item = self._item
         text = self._buffer.getvalue()
         self._buffer = io.StringIO()
+        self._kept = 0
+        if not self._whole:
+            self._texts.append(codec.dumps(text))
+            text = self._holeText.format(len(self._texts) - 1)
         where = {"item_id": item["id"], "output_index": len(self._output)}
         out: list[bytes] = []
         if item["type"] == "message":
-            out.append(self._emit("response.output_text.done", **where, content_index=0,
-                                  text=text, logprobs=[]))
-            out.append(self._emit("response.content_part.done", **where, content_index=0,
-                                  part=_text(text)))
+            out += self._pieces("response.output_text.done", **where, content_index=0,
+                                text=text, logprobs=[])
+            out += self._pieces("response.content_part.done", **where, content_index=0,
+                                part=_text(text))
             item = {**item, "status": "completed", "content": [_text(text)]}
         else:
             part = {"type": "summary_text", "text": text}
-            out.append(self._emit("response.reasoning_summary_text.done", **where,
-                                  summary_index=0, text=text))
-            out.append(self._emit("response.reasoning_summary_part.done", **where,
-                                  summary_index=0, part=part))
+            out += self._pieces("response.reasoning_summary_text.done", **where,
+                                summary_index=0, text=text)
+            out += self._pieces("response.reasoning_summary_part.done", **where,
+                                summary_index=0, part=part)
             item = {**item, "summary": [part]}
-        out.append(self._done(item))
-        return b"".join(out)
+        out += self._pieces("response.output_item.done", output_index=len(self._output),
+                            item=item)
+        self._output.append(item)
+        return out
 
     def _done(self, item: JSON) -> bytes:
         out = self._emit("response.output_item.done", output_index=len(self._output), item=item)
@@ -223,16 +301,16 @@ class ResponsesEncoder(BlockEncoder):
                           arguments=arguments)
         return out + self._done({**item, "status": "completed", "arguments": arguments})
 
-    def _finish(self, finish: Finish) -> bytes:
+    def _finish(self, finish: Finish) -> list[bytes]:
         if finish.reason == "length" and self._context.echo.get("max_output_tokens"):
             self.response = self._object(
                 "incomplete", finish.usage, incomplete_details={"reason": "max_output_tokens"}
             )
-            return self._emit("response.incomplete", response=self.response)
+            return self._pieces("response.incomplete", response=self.response)
         self.response = self._object(
             "completed", finish.usage, completed_at=finish.end // 1_000_000_000
         )
-        return self._emit("response.completed", response=self.response)
+        return self._pieces("response.completed", response=self.response)
 
     def _failure(self, message: str) -> bytes:
         """
@@ -278,9 +356,10 @@ class ResponsesDialect:
 
     def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
         """
-        @return: the response object the stream would have ended with.
+        @return: the response object the stream would have ended with
+            (built without encoding any event).
         """
-        encoder = ResponsesEncoder(model, start, self.context, self._newId)
+        encoder = ResponsesEncoder(model, start, self.context, self._newId, whole=True)
         encoder.encode(replyEvents(reply, end))
         return encoder.response
 

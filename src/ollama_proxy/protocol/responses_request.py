@@ -26,10 +26,9 @@ import re
 import attrs
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.anthropic_request import numberField
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.ollama_request import requireObject
+from ollama_proxy.protocol.fields import numberField, requireObject
 from ollama_proxy.protocol.requests import (
     ChatRequest,
     Message,

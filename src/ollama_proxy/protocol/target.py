@@ -20,10 +20,10 @@ import re
 from typing import Literal
 from urllib.parse import quote, unquote_to_bytes
 
-from ollama_proxy.protocol import anthropic, responses
+from ollama_proxy.protocol import anthropic, gemini, responses
 from ollama_proxy.protocol.codec import JSON
 
-Dialect = Literal["ollama", "openai", "anthropic"]
+Dialect = Literal["ollama", "openai", "anthropic", "gemini"]
 
 _PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 """A C{%} not followed by two hex digits: malformed (C{%u002e} is IIS's)."""
@@ -177,11 +177,13 @@ def dialectOf(path: bytes) -> Dialect:
     """
     @param path: a request path.
     @return: whose error shape an answer to it takes: Anthropic's under
-        C{/v1/messages}, OpenAI's elsewhere under C{/v1} and on the root
-        OpenAI routes, Ollama's otherwise.
+        C{/v1/messages}, Google's under C{/v1beta}, OpenAI's elsewhere
+        under C{/v1} and on the root OpenAI routes, Ollama's otherwise.
     """
     if path == b"/v1/messages" or path.startswith(b"/v1/messages/"):
         return "anthropic"
+    if path == b"/v1beta" or path.startswith(b"/v1beta/"):
+        return "gemini"
     for prefix in (b"/v1", b"/models", b"/chat/completions"):
         if path == prefix or path.startswith(prefix + b"/"):
             return "openai"
@@ -199,4 +201,6 @@ def errorObject(dialect: Dialect, status: int, message: str) -> JSON:
         return anthropic.errorObject(status, message)
     if dialect == "openai":
         return responses.errorObject(status, message)
+    if dialect == "gemini":
+        return gemini.errorObject(status, message)
     return {"error": message}

@@ -125,10 +125,13 @@ def redactHeaders(headers: dict[bytes, list[bytes]]) -> dict[str, list[str]]:
     A loggable copy of headers with secrets replaced.
 
     @param headers: raw header names and values.
-    @return: text headers; C{Authorization}, C{X-API-Key} and cookies are
-        C{"<redacted>"}.
+    @return: text headers; C{Authorization}, C{X-API-Key}, C{X-Goog-Api-Key}
+        and cookies are C{"<redacted>"}.
     """
-    secret = {b"authorization", b"x-api-key", b"proxy-authorization", b"cookie", b"api-key"}
+    secret = {
+        b"authorization", b"x-api-key", b"x-goog-api-key", b"proxy-authorization", b"cookie",
+        b"api-key",
+    }
     return {
         name.decode("latin-1"): (
             ["<redacted>"] if name.lower() in secret else [v.decode("latin-1") for v in values]

@@ -89,11 +89,16 @@ async def readJSON(
     @param clock: see L{readBody}.
     @param idleTimeout: see L{readBody}.
     @return: the decoded value.
-    @raise UpstreamError: if the body is not JSON.
+    @raise UpstreamError: if the body is not JSON, or nests deeper than
+        L{codec.MAX_DEPTH}.
     """
     body = await readBody(response, clock, idleTimeout)
     try:
-        return codec.loads(body)
+        return codec.loadsBounded(body)
+    except codec.TooDeep:
+        raise UpstreamError(
+            f"backend returned a body nested more than {codec.MAX_DEPTH} levels deep"
+        ) from None
     except codec.JSONDecodeError:
         # The whole body: the error funnel redacts it, then cuts it
         # (L{ollama_proxy.web.bridge.MAX_ERROR_TEXT}); cut here, a key at

@@ -8,8 +8,9 @@ speaking L{ollama_proxy.protocol.anthropic.MESSAGES}.)
 from __future__ import annotations
 
 from ollama_proxy.protocol.anthropic import ERRORS
-from ollama_proxy.protocol.anthropic_request import estimateTokens, parseMessagesRequest
+from ollama_proxy.protocol.anthropic_request import parseMessagesRequest
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.requests import estimateTokens
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 
 

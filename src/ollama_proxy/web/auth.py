@@ -3,7 +3,9 @@
 Inbound authentication and the per-request client key.
 
 L{KeyGate} wraps the root resource: every request must carry one of the
-configured keys as C{Authorization: Bearer <key>} or C{X-API-Key: <key>},
+configured keys as C{Authorization: Bearer <key>}, C{X-API-Key: <key>} or
+(Google's clients) C{X-Goog-Api-Key: <key>} or C{?key=<key>} on the Gemini
+API's routes,
 except C{GET /}, C{HEAD /} and C{/health/...} (health checks, see
 L{ollama_proxy.web.health}) and C{OPTIONS} (CORS
 preflights, which browsers send without credentials).  Keys are compared
@@ -22,11 +24,42 @@ from __future__ import annotations
 import hmac
 from typing import Iterable
 
+from twisted.web.http import parse_qs
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.target import dialectOf, errorObject
+
+GEMINI = b"/v1beta"
+"""The Gemini API's own tree (see L{ollama_proxy.web.gemini})."""
+GEMINI_V1 = b"/v1/models"
+"""Where Google's C{v1} clients meet the OpenAI model routes."""
+
+
+def queryKey(request: Request) -> bytes | None:
+    """
+    @return: the C{key} query parameter Google's clients may send instead
+        of a header, if any.
+    """
+    values = parse_qs(request.uri.partition(b"?")[2]).get(b"key")
+    return values[0].strip() or None if values else None
+
+
+def googleClient(request: Request) -> bool:
+    """
+    Whether a request comes from one of Google's clients: it carries the
+    key as they do (C{X-Goog-Api-Key}, or C{?key=}).  On C{/v1/models},
+    shared by OpenAI's and Google's C{v1} APIs, this picks the dialect.
+    """
+    return bool(request.requestHeaders.getRawHeaders(b"x-goog-api-key")) or queryKey(request) is not None
+
+
+def geminiPath(path: bytes) -> bool:
+    """
+    @return: whether C{path} is under C{/v1beta}, or C{/v1/models}.
+    """
+    return any(path == root or path.startswith(root + b"/") for root in (GEMINI, GEMINI_V1))
 
 
 def presentedKey(request: Request) -> bytes | None:
@@ -35,7 +68,8 @@ def presentedKey(request: Request) -> bytes | None:
 
     @param request: the client request.
     @return: the token of C{Authorization: Bearer <token>}, else the value
-        of C{X-API-Key}, else C{None}.
+        of C{X-API-Key} or C{X-Goog-Api-Key}, else (on the Gemini API's
+        routes, L{geminiPath}) the C{key} query parameter, else C{None}.
     """
     headers = request.requestHeaders
     authorization = headers.getRawHeaders(b"authorization")
@@ -43,9 +77,15 @@ def presentedKey(request: Request) -> bytes | None:
         scheme, _, token = authorization[0].strip().partition(b" ")
         if scheme.lower() == b"bearer" and token.strip():
             return token.strip()
-    apiKey = headers.getRawHeaders(b"x-api-key")
-    if apiKey and apiKey[0].strip():
-        return apiKey[0].strip()
+    for name in (b"x-api-key", b"x-goog-api-key"):
+        apiKey = headers.getRawHeaders(name)
+        if apiKey and apiKey[0].strip():
+            return apiKey[0].strip()
+    if geminiPath(request.path or b""):
+        # Google's clients may put the key in the query instead; only on
+        # the routes where it makes the request Google's, whose query
+        # never goes upstream (a relayed OpenAI route keeps its query).
+        return queryKey(request)
     return None
 
 
@@ -78,12 +118,16 @@ class Unauthorized(Resource):
     def render(self, request: Request) -> bytes:
         """
         @return: C{{"error": "unauthorized"}}, or the error of the path's
-            dialect (L{dialectOf}: Anthropic's, OpenAI's).
+            dialect (L{dialectOf}: Anthropic's, OpenAI's, Google's).
         """
         request.setResponseCode(401)
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"WWW-Authenticate", b'Bearer realm="ollama-proxy"')
-        return codec.dumps(errorObject(dialectOf(request.path or b""), 401, "unauthorized"))
+        path = request.path or b""
+        # /v1/models is Google's v1 API for Google's clients (ModelsRoute).
+        google = path.startswith(GEMINI_V1) and googleClient(request)
+        dialect = "gemini" if google else dialectOf(path)
+        return codec.dumps(errorObject(dialect, 401, "unauthorized"))
 
 
 class KeyGate(Resource):

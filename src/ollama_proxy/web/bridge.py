@@ -32,14 +32,14 @@ from ollama_proxy.protocol.errors import (
 )
 from ollama_proxy.protocol.dialect import JSON_TYPE, Encoder, ErrorShape
 from ollama_proxy.protocol.events import Finish, Usage
+from ollama_proxy.protocol.fields import requireObject
 from ollama_proxy.protocol.ollama import ERRORS as OLLAMA_ERRORS
 from ollama_proxy.protocol.ollama import NDJSON
-from ollama_proxy.protocol.ollama_request import requireObject
 from ollama_proxy.protocol.redact import Redactor, StreamRedactor
 from ollama_proxy.upstream.backend import clientKey, redactHeaders
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
-from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, inflate
+from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, chargeParse, inflate
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.metrics import OTHER
 from ollama_proxy.web.observe import (
@@ -203,9 +203,7 @@ class Exchange:
         """
         if not self.body.strip():
             raise BadRequest("missing request body")
-        charge = chargeOf(self.request)
-        if charge is not None and not charge.take(2 * len(self.body)):
-            raise Busy()
+        chargeParse(chargeOf(self.request), self.body)
         decoded = requireObject(codec.loadsRequest(self.body))
         if not keep:
             self.body = b""

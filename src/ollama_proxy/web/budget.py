@@ -27,7 +27,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 
-from ollama_proxy.protocol.compression import Decoder, capped, codings
+from ollama_proxy.protocol.compression import Decoder, TooLarge, capped, codings
 from ollama_proxy.protocol.errors import ProxyError
 
 DEFAULT_BODY_BUDGET = 192 * 1024 * 1024
@@ -39,6 +39,53 @@ it, a hundred 60 MB zstd bombs leave the proxy under 400 MB (bench/RESULTS.md)."
 RETRY_AFTER = 1
 """Seconds a refused client is told to wait: bodies are usually released
 within a request's lifetime."""
+
+
+PER_ITEM = 96
+"""
+Bytes charged per C{[}, C{{}, C{,} and C{:} of a body about to be parsed,
+on top of twice its length (see L{parseCost})."""
+
+
+def parseCost(body: bytes | bytearray) -> int:
+    """
+    What parsing C{body} may hold, charged before orjson allocates it.
+
+    Twice the body covers ordinary JSON (the decoded values and their
+    re-encoding for the backend are each about its size), but not JSON made
+    of tiny values: C{[[],[],...]} is a 56-byte list plus an 8-byte slot per
+    3 body bytes, 21 times its size (C{[[[]]],...} 27 times, C{{"k1":"v1",...}}
+    8 times).  Every container and every item after the first in a
+    container costs one of those bytes, so L{PER_ITEM} bytes for each (the
+    worst measured is 77: a dict's slots, key and value strings) bounds the
+    Python objects whatever the shape.  Counting is four C-speed scans
+    without a copy; bytes inside strings are counted too, which only
+    over-charges text full of commas (a few MB for a megabyte of code).
+
+    @return: the bytes to charge before parsing C{body}.
+    """
+    structural = body.count(b"[") + body.count(b"{") + body.count(b",") + body.count(b":")
+    return 2 * len(body) + PER_ITEM * structural
+
+
+def chargeParse(charge: Charge | None, body: bytes | bytearray) -> None:
+    """
+    Charge what parsing C{body} may hold (L{parseCost}) before it is parsed.
+
+    @raise TooLarge: (413) if it could never fit, even in an idle budget:
+        waiting would not help, so a 503 asking to retry would be a lie.
+    @raise Busy: (503) if it does not fit now.
+    """
+    if charge is None:
+        return
+    cost = parseCost(body)
+    if cost > charge.budget.limit:
+        raise TooLarge(
+            f"request body would take about {cost} bytes to parse, more than --body-budget "
+            f"({charge.budget.limit}); send fewer, larger JSON values"
+        )
+    if not charge.take(cost):
+        raise Busy()
 
 
 class Busy(ProxyError):

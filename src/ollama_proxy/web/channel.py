@@ -14,9 +14,20 @@ with nginx's C{keepalive_timeout}).  It is off from the end of the headers
 until the response is finished, so it never cuts a body being received
 (that is C{--body-timeout}'s) or a response being streamed.
 
-Only C{HTTPChannel}'s public hooks are used (C{connectionMade},
+C{HTTPChannel}'s public hooks are used (C{connectionMade},
 C{dataReceived}, C{allHeadersReceived}, C{requestDone}, C{connectionLost},
-C{timeoutConnection}); no private Twisted API.  The channel replaces the
+C{timeoutConnection}), and one private method, fenced:
+C{_respondToBadRequestAndDisconnect}, which twisted.web calls for a
+malformed request line, a malformed header line, headers over
+C{totalHeadersSize}, too many headers or a bad chunked body (and, through
+the public C{lineLengthExceeded}, a line over 16 KiB, which
+C{LineReceiver} closed without a word), and which writes a bare C{400} with no body
+or headers.  L{ProxyChannel} overrides it to answer Ollama's JSON error
+like every other answer of the proxy.  Because the name is private, this
+module checks at import that C{HTTPChannel} still has it
+(L{_BAD_REQUEST_HOOK}), so a Twisted release that renames it stops the
+proxy from starting (and C{tests.web.test_channel} fails) instead of
+silently bringing back the bare answer.  The channel replaces the
 C{_GenericHTTPChannelProtocol} wrapper of L{twisted.web.server.Site}, whose
 only job is to switch to HTTP/2 after a TLS ALPN negotiation: that needs the
 C{h2} package and a TLS listener, neither of which the proxy offers.
@@ -56,6 +67,18 @@ RETRY_AFTER = 1
 _JSON = b"application/json; charset=utf-8"
 
 log = Logger()
+
+_BAD_REQUEST_HOOK = "_respondToBadRequestAndDisconnect"
+"""
+The private C{HTTPChannel} method twisted.web calls for a request it cannot
+parse; overridden by L{ProxyChannel}, and checked here at import.
+"""
+
+if not callable(getattr(HTTPChannel, _BAD_REQUEST_HOOK, None)):  # pragma: no cover
+    raise ImportError(
+        f"twisted.web.http.HTTPChannel has no {_BAD_REQUEST_HOOK}: this Twisted release "
+        "changed its private API; ollama_proxy.web.channel must be updated"
+    )
 
 
 def errorResponse(status: int, reason: bytes, message: str, extra: bytes = b"") -> bytes:
@@ -149,6 +172,26 @@ class ProxyChannel(HTTPChannel):
         """
         self._cancelHeaderDeadline()
         super().connectionLost(reason)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """
+        Answer a request twisted.web could not parse (request line, header
+        line over C{totalHeadersSize}, too many headers, bad chunking) with
+        a 400 JSON error and close, instead of Twisted's bare status line.
+        The deadline is dropped: this request is answered.
+        """
+        self._cancelHeaderDeadline()
+        if self.transport is not None:
+            self.transport.write(errorResponse(400, b"Bad Request", "bad request"))
+        countAnswer(getattr(getattr(self, "site", None), "metrics", None), 400)
+        self.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A request or header line over C{MAX_LENGTH} (16 KiB): the same 400
+        JSON (C{LineReceiver}'s default closes without a word).
+        """
+        self._respondToBadRequestAndDisconnect()
 
     def _armHeaderDeadline(self) -> None:
         self._cancelHeaderDeadline()

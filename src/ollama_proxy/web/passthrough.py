@@ -19,7 +19,7 @@ from ollama_proxy.protocol.responses import ERRORS as OPENAI_ERRORS
 from ollama_proxy.protocol.target import QUERY_SAFE, checkPath, reencode
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.web.bridge import Exchange, ProxyResource
-from ollama_proxy.web.budget import Busy, chargeOf
+from ollama_proxy.web.budget import chargeOf, chargeParse
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.observe import streaming
 from ollama_proxy.web.relay import relayResponse, requestHeaders
@@ -116,20 +116,15 @@ class Passthrough(ProxyResource):
         body = ex.body
         backend: Backend | None = None
         if body:
-            charge = chargeOf(ex.request)
-            if charge is not None and not charge.take(2 * len(body)):
-                raise Busy()
+            chargeParse(chargeOf(ex.request), body)
             # Not JSON: relayed as it is, the backend answers it.  JSON
             # nested too deep: a 400 here, as on every route.
             try:
-                decoded = codec.loads(body)
+                decoded = codec.loadsBounded(body)
+            except codec.TooDeep as e:
+                raise BadRequest(str(e)) from None
             except codec.JSONDecodeError:
                 decoded = None
-            else:
-                try:
-                    codec.checkDepth(decoded)
-                except codec.TooDeep as e:
-                    raise BadRequest(str(e)) from None
             if isinstance(decoded, dict) and isinstance(decoded.get("model"), str):
                 route = await self.route(ex, decoded["model"])
                 backend = route.backend

@@ -18,6 +18,7 @@ from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.cors import CORSResource, OriginPolicy
 from ollama_proxy.web.fallback import FallbackResource
+from ollama_proxy.web.gemini import GeminiAPI, ModelsRoute
 from ollama_proxy.web.health import healthTree
 from ollama_proxy.web.models import (
     Blobs,
@@ -165,7 +166,8 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     models = Models(ctx)
     v1 = Directory(fallback)
     root.putChild(b"v1", v1)
-    v1.putChild(b"models", models)
+    # Google's v1 API (the google-genai SDKs' default) shares /v1/models.
+    v1.putChild(b"models", ModelsRoute(models, GeminiAPI(ctx, "v1")))
     v1.putChild(b"completions", Passthrough(ctx, "completions"))
     v1.putChild(b"embeddings", Passthrough(ctx, "embeddings"))
     # The coding agents' dialects, translated (Claude Code, Codex): one
@@ -181,6 +183,9 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     rootChat = Directory(fallback)
     root.putChild(b"chat", rootChat)
     rootChat.putChild(b"completions", chatCompletions)
+    # Google's Gemini API (Gemini CLI): the whole /v1beta tree is one
+    # resource, since the model (with its own "/" and ":") is in the path.
+    root.putChild(b"v1beta", GeminiAPI(ctx))
     root.putChild(b"health", healthTree(ctx))
     if ctx.metrics is not None:
         root.putChild(b"metrics", MetricsPage(ctx))
