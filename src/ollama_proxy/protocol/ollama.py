@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_stream -*-
+# -*- test-case-name: tests.protocol.test_ollama -*-
 """
 The Ollama dialect's reply side: events to C{/api/chat} and
 C{/api/generate} NDJSON, a whole reply to the aggregated C{stream: false}

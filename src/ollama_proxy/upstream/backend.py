@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_relay -*-
+# -*- test-case-name: tests.upstream.test_backend -*-
 """
 The OpenAI-compatible backend as seen from the proxy.
 

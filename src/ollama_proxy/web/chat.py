@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_hub -*-
+# -*- test-case-name: tests.web.test_chat -*-
 """
 The web side of the translation hub: one way to answer a generation
 request in any client dialect.

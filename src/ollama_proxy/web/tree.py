@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_chat -*-
+# -*- test-case-name: tests.web.test_tree -*-
 """
 The resource tree: which resource serves which path, wrapped in Ollama's
 CORS policy.  Unknown paths under C{/}, C{/api} and C{/v1} go to the
