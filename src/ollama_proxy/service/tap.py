@@ -31,7 +31,8 @@ from twisted.web.client import HTTPConnectionPool
 from ollama_proxy.protocol.flavors import flavorFor
 from ollama_proxy.service.logging import redactLogsWith
 from ollama_proxy.service.listen import loopbackOnly, somaxconn, withBacklog
-from ollama_proxy.service.options import Options, demoListen
+from ollama_proxy.service.demo import demoService
+from ollama_proxy.service.options import Options
 from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, reload
 from ollama_proxy.service.settings import Settings
 from ollama_proxy.service.workers import (
@@ -258,11 +259,116 @@ def returnLargeAllocations(threshold: int = 128 * 1024) -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, threshold))
 
 
+def metricsDirectory(settings: Settings) -> str | None:
+    """
+    Where the processes share their metrics (C{--workers}), made ready.
+
+    @return: the directory, or C{None} when one process counts alone.
+    """
+    if settings.metrics and settings.workers > 1:
+        directory = settings.metricsDir or tempfile.mkdtemp(prefix="ollama-proxy-metrics-")
+        shareAcrossProcesses(directory, clean=True)
+        return directory
+    if settings.metrics and settings.workerOf is not None:
+        return sharedDirectory()
+    return None
+
+
+def makeContext(
+    settings: Settings, router: Router, fallback: Fallback | None, metricsDir: str | None,
+    reactor: Any,
+) -> ProxyContext:
+    """
+    @return: the context the resources share, from C{settings}.
+    """
+    return ProxyContext(
+        models=ModelDirectory(router, settings.modelOverrides, settings.remoteHost),
+        fallback=fallback,
+        debug=settings.debug,
+        maxLineLength=settings.maxLine,
+        version=settings.version,
+        corsOrigins=settings.corsOrigins,
+        metrics=Metrics(shared=metricsDir) if settings.metrics else None,
+        secrets=tuple(settings.requireKeys),
+        maxBody=settings.maxBody,
+        reactor=reactor,
+    )
+
+
+def makeProxySite(settings: Settings, ctx: ProxyContext, reactor: Any) -> ProxySite:
+    """
+    @return: the site: the resource tree behind the key gate, with the
+        door's limits from C{settings}.
+    """
+    root = buildRoot(ctx)
+    # Always gated, so that a reload can add the first key (no key: open).
+    root = requireKeys(root, list(settings.requireKeys))
+    assert isinstance(root, CORSResource) and isinstance(root.wrapped, KeyGate)
+    return makeSite(
+        root,
+        reactor,
+        timeout=settings.clientTimeout,
+        maxBody=settings.maxBody,
+        bodyTimeout=settings.bodyTimeout,
+        headerTimeout=settings.clientHeaderTimeout,
+        maxConnections=settings.maxConnections,
+        metrics=ctx.metrics,
+        budget=BodyBudget(settings.bodyBudget),
+        origins=OriginPolicy(settings.corsOrigins),
+        # Ollama's DNS-rebinding guard: only when nothing but loopback
+        # listens (a proxy reachable by other names is meant to be).
+        hosts=HostPolicy(settings.allowHosts) if loopbackOnly(settings.listen) else None,
+    )
+
+
+def addListeners(service: MultiService, settings: Settings, site: ProxySite, reactor: Any) -> None:
+    """
+    One listening service per C{--listen} (sharing the port with the other
+    workers under C{--workers}).
+    """
+    shared = settings.workers > 1 or settings.workerOf is not None
+    backlog = somaxconn()
+    for description in settings.listen:
+        # A burst of connections must wait in the accept queue, not in SYN
+        # retransmits: the kernel's ceiling unless --listen names one.
+        description = withBacklog(description, backlog)
+        if shared:
+            ReusePortService(reactor, description, site).setServiceParent(service)
+        else:
+            strports.service(description, site, reactor=reactor).setServiceParent(service)
+
+
+def addWorkers(
+    service: MultiService, settings: Settings, metricsDir: str | None, reactor: Any
+) -> WorkerPool | None:
+    """
+    The worker processes of C{--workers}, or the watch on the parent of a
+    worker.
+
+    @return: the pool, if this process supervises one.
+    """
+    workers: WorkerPool | None = None
+    if settings.workers > 1:
+        workers = WorkerPool(
+            reactor,
+            settings.workers - 1,
+            lambda parentPid: childArguments(list(settings.rawArgs), parentPid, settings.target),
+            stopTimeout=settings.shutdownGrace + 5.0,
+            metricsDirectory=metricsDir,
+            removeDirectory=not settings.metricsDir,
+        )
+        workers.setServiceParent(service)
+    if settings.workerOf is not None:
+        ParentWatch(reactor, settings.workerOf).setServiceParent(service)
+    return workers
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
-    Build the proxy: one listening service per C{--listen} plus the pool
-    owner, the drain, health, reload on C{SIGHUP}, and (as configured)
-    workers and the demo backend.
+    Build the proxy from small named builders: the upstream client and
+    router, the shared context, the site, one listening service per
+    C{--listen}, the pool owner, the drain, workers, the model listing,
+    reload on C{SIGHUP}, and the demo backend.
 
     @param options: parsed L{Options} (their L{Settings}).
     @param reactor: the reactor; the global one when C{None} (which also
@@ -287,82 +393,26 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         return Fallback(http, current.fallback, reactor, current.headerTimeout,
                         current.idleTimeout)
 
-    metricsDirectory: str | None = None
-    if settings.metrics and settings.workers > 1:
-        metricsDirectory = settings.metricsDir or tempfile.mkdtemp(prefix="ollama-proxy-metrics-")
-        shareAcrossProcesses(metricsDirectory, clean=True)
-    elif settings.metrics and settings.workerOf is not None:
-        metricsDirectory = sharedDirectory()
-    ctx = ProxyContext(
-        models=ModelDirectory(router, settings.modelOverrides, settings.remoteHost),
-        fallback=makeFallback(settings),
-        debug=settings.debug,
-        maxLineLength=settings.maxLine,
-        version=settings.version,
-        corsOrigins=settings.corsOrigins,
-        metrics=Metrics(shared=metricsDirectory) if settings.metrics else None,
-        secrets=tuple(settings.requireKeys),
-        maxBody=settings.maxBody,
-        reactor=reactor,
-    )
+    metricsDir = metricsDirectory(settings)
+    ctx = makeContext(settings, router, makeFallback(settings), metricsDir, reactor)
     # The last filter before the log file: every line, tracebacks included.
     redactLogsWith(lambda line: ctx.redactor.text(line))
-    root = buildRoot(ctx)
-    # Always gated, so that a reload can add the first key (no key: open).
-    root = requireKeys(root, list(settings.requireKeys))
-    assert isinstance(root, CORSResource) and isinstance(root.wrapped, KeyGate)
-    site = makeSite(
-        root,
-        reactor,
-        timeout=settings.clientTimeout,
-        maxBody=settings.maxBody,
-        bodyTimeout=settings.bodyTimeout,
-        headerTimeout=settings.clientHeaderTimeout,
-        maxConnections=settings.maxConnections,
-        metrics=ctx.metrics,
-        budget=BodyBudget(settings.bodyBudget),
-        origins=OriginPolicy(settings.corsOrigins),
-        # Ollama's DNS-rebinding guard: only when nothing but loopback
-        # listens (a proxy reachable by other names is meant to be).
-        hosts=HostPolicy(settings.allowHosts) if loopbackOnly(settings.listen) else None,
-    )
+    site = makeProxySite(settings, ctx, reactor)
+    root = site.resource
     live = LiveConfig(settings, ctx, lambda current: makeRouter(current, http, reactor),
                       makeFallback, root.wrapped, root, site)
     service = ProxyService()
-    shared = settings.workers > 1 or settings.workerOf is not None
-    backlog = somaxconn()
-    for description in settings.listen:
-        # A burst of connections must wait in the accept queue, not in SYN
-        # retransmits: the kernel's ceiling unless --listen names one.
-        description = withBacklog(description, backlog)
-        if shared:
-            ReusePortService(reactor, description, site).setServiceParent(service)
-        else:
-            strports.service(description, site, reactor=reactor).setServiceParent(service)
+    addListeners(service, settings, site, reactor)
     PoolService(pool).setServiceParent(service)
     DrainService(site, settings.shutdownGrace).setServiceParent(service)
-    workers: WorkerPool | None = None
-    if settings.workers > 1:
-        workers = WorkerPool(
-            reactor,
-            settings.workers - 1,
-            lambda parentPid: childArguments(list(settings.rawArgs), parentPid, settings.target),
-            stopTimeout=settings.shutdownGrace + 5.0,
-            metricsDirectory=metricsDirectory,
-            removeDirectory=not settings.metricsDir,
-        )
-        workers.setServiceParent(service)
-    if settings.workerOf is not None:
-        ParentWatch(reactor, settings.workerOf).setServiceParent(service)
+    workers = addWorkers(service, settings, metricsDir, reactor)
     ModelListing(router).setServiceParent(service)
     if real:
         ReloadOnHangup(
             reactor, lambda: reload(live, parser(settings.rawArgs)),
             workers.signalAll if workers is not None else None,
         ).setServiceParent(service)
-    if settings.demo:
-        from ollama_proxy.testing.fake_openai import FakeOpenAI
-
-        demoSite = makeSite(FakeOpenAI(reactor), reactor)
-        strports.service(demoListen(settings.demoPort), demoSite, reactor=reactor).setServiceParent(service)
+    demo = demoService(settings, reactor)
+    if demo is not None:
+        demo.setServiceParent(service)
     return service
