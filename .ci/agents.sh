@@ -5,7 +5,8 @@
 # offline against `ollama-proxy --demo`, Copilot without a GitHub login, Gemini
 # CLI without a Google account), then run that test module with the project's
 # test venv: each CLI answers a prompt and completes a real tool run with the
-# fake-agent demo model.
+# fake-agent demo model; and test_fleet_agents.py: one sticky session per
+# CLI stays on one of three backends.
 #
 # Usage: .ci/agents.sh [PROJECT_VENV]
 #   PROJECT_VENV     a venv with this project installed with its [test] extras
@@ -54,6 +55,6 @@ if ! installed; then
   echo "installed in $(( $(date +%s) - start )) s, $(du -sh "$dir" | cut -f1)"
 fi
 
-echo "== tests with the real CLIs (python -m twisted.trial tests.integration.test_agent_clis)"
+echo "== tests with the real CLIs (tests.integration.test_agent_clis, test_fleet_agents)"
 OLLAMA_PROXY_AGENT_CLIS="$dir/node_modules/.bin" "$project/bin/python" -m twisted.trial \
-  tests.integration.test_agent_clis
+  tests.integration.test_agent_clis tests.integration.test_fleet_agents

@@ -216,19 +216,15 @@ class BadFileTests(SynchronousTestCase):
         e = errorOf('[[backend]]\nurl = "127.0.0.1:4000"\n')
         self.assertEqual((e.line, e.key), (2, "backend[0].url"))
 
-    def test_duplicateModels(self) -> None:
+    def test_sharedModelsArePools(self) -> None:
         """
-        A static model two backends list is refused at the second, naming
-        the first backend and its line.
+        A static model or alias two backends offer is accepted: the
+        backends are that name's pool (issue 21), not a conflict.
         """
         source = GOOD.replace('"qwen3-32b"]', '"qwen3-32b", "fast"]')
-        e = errorOf(source)
-        self.assertEqual(e.key, "backend[1].models[2]")
-        self.assertEqual(e.line, GOOD.splitlines().index('models = ["qwen3-8b", "qwen3-32b"]') + 1)
-        self.assertIn("'fast'", e.reason)
-        self.assertIn("'litellm'", e.reason)
-        aliasLine = GOOD.splitlines().index('fast = "gpt-4o-mini"') + 1
-        self.assertIn(f"line {aliasLine}", e.reason)
+        config = parseConfig(source, "proxy.toml", {"LITELLM_KEY": "sk-lite"})
+        self.assertIn("fast", config.backends[0].aliases)
+        self.assertIn("fast", config.backends[1].models)
 
     def test_duplicateBackendNames(self) -> None:
         """

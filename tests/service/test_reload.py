@@ -203,6 +203,38 @@ class ReloadTests(SynchronousTestCase):
         self.assertIn("--require-key-file", formatEvent(logs.errors()[-1]))
         self.assertEqual(self.live.settings.backends[0].name, "old")
 
+    def test_fleetChecksFollowReload(self) -> None:
+        """
+        With the checks running, a reload to two backends starts the new
+        fleet's checks (each backend's model list, at once), and a reload
+        back to one backend stops them: no timer of the replaced fleet
+        stays on the reactor.
+        """
+        self.live.checks = True
+        two = NEW + """
+[[backend]]
+name = "new2"
+url = "http://new2.test:4000"
+discover = false
+models = ["m2"]
+"""
+        self.write(self.config, two.format(keys=self.keys))
+        self.assertTrue(reload(self.live, self.parse))
+        fleet = self.h.ctx.models.router.fleet
+        assert fleet is not None
+        self.h.clock.advance(0)
+        self.h.pump()
+        hosts = {r.headers["host"] for r in self.h.backend.received if r.path == "/v1/models"}
+        self.assertEqual(hosts, {"new.test:4000", "new2.test:4000"})
+        self.write(self.config, NEW.format(keys=self.keys))
+        self.assertTrue(reload(self.live, self.parse))
+        self.assertIsNone(self.h.ctx.models.router.fleet)
+        for r in self.h.backend.received:
+            if not r.request.finished:
+                r.respond(200, {"object": "list", "data": []})
+        self.h.pump()
+        self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
     def test_restartOnlyWarned(self) -> None:
         """
         Settings a running process cannot change are named in a warning.

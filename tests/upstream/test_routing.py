@@ -83,15 +83,21 @@ class RouterTests(SynchronousTestCase):
         route = self.successResultOf(Deferred.fromCoroutine(self.router.route("big:proxy")))
         self.assertEqual(route.override.contextLength, 8192)
 
-    def test_duplicateFirstWinsAndWarnsOnce(self) -> None:
+    def test_sharedNameIsOnePool(self) -> None:
         """
-        A name both backends list goes to the first; one warning names both
-        backends, however often the lists are read.
+        A name both backends list is one pool: the route is the first
+        backend's, its pool holds both in configuration order; one log line
+        names both backends, however often the lists are read.
         """
         self.assertEqual(self.route("shared"), ("a", "shared"))
         self.clock.advance(61)
         self.assertEqual(self.route("shared:proxy"), ("a", "shared"))
-        warnings = [e for e in self.logs.errors() if "offered by backends" in e["log_format"]]
+        d = Deferred.fromCoroutine(self.router.route("shared:latest"))
+        pool = self.successResultOf(d).pool
+        assert pool is not None
+        self.assertEqual([(r.name, r.modelId) for r in pool.routes], [("a", "shared"), ("b", "shared")])
+        self.assertEqual([s.name for s in pool.states], ["a", "b"])
+        warnings = [e for e in self.logs.observer if "offered by backends" in e["log_format"]]
         self.assertEqual(len(warnings), 1)
         self.assertEqual((warnings[0]["model"], warnings[0]["first"], warnings[0]["second"]),
                          ("shared:proxy", "a", "b"))
@@ -107,7 +113,7 @@ class RouterTests(SynchronousTestCase):
         self.fa.answer(evil)
         self.fb.answer(evil)
         self.failureResultOf(d, NotFound)
-        [warning] = [e for e in self.logs.errors() if "offered by backends" in e["log_format"]]
+        [warning] = [e for e in self.logs.observer if "offered by backends" in e["log_format"]]
         self.assertEqual(warning["model"], "evil-<redacted>\\r\\nforged:proxy")
 
     def test_deniedAndUnknown(self) -> None:

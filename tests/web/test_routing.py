@@ -143,14 +143,19 @@ class RoutingTests(SynchronousTestCase):
                          ("small", 0.1, 0.5, "proxy-a"))
         self.assertEqual(h.lastChat("a").headers["authorization"], "Bearer sk-a")
 
-    def test_duplicateGoesToFirst(self) -> None:
+    def test_sharedGoesToOneMember(self) -> None:
         """
-        A model both backends list goes to the first one.
+        A model both backends list is one pool: a request goes to exactly
+        one of them.
         """
         h = Harness(self)
         h.post("/api/generate", {"model": "shared", "prompt": "x"})
         h.listModels()
-        self.assertEqual(h.lastChat("a").json()["model"], "shared")
+        h.pump()
+        chats = [name for name, fake in h.backends.items()
+                 if any(r.path.endswith("chat/completions") for r in fake.received)]
+        self.assertEqual(len(chats), 1)
+        self.assertEqual(h.lastChat(chats[0]).json()["model"], "shared")
 
     def test_unknownModel404(self) -> None:
         """
@@ -626,11 +631,9 @@ class StartupListingTests(SynchronousTestCase):
     def test_duplicatesAndCountsLogged(self) -> None:
         """
         Starting the service lists every backend: the log says how many
-        models each offers and warns, naming both backends, about a model
-        that both list.
+        models each offers and, naming both backends, that a model both
+        list is one pool.
         """
-        from twisted.logger import LogLevel
-
         from ollama_proxy.service.tap import ModelListing
 
         events = EventLoggingObserver()
@@ -642,7 +645,7 @@ class StartupListingTests(SynchronousTestCase):
         self.addCleanup(service.stopService)
         h.pump()
         h.listModels()
-        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        warnings = [e for e in events if "one pool" in e.get("log_format", "")]
         self.assertEqual([(e["model"], e["first"], e["second"]) for e in warnings],
                          [("shared:proxy", "a", "b")])
         counts = [(e["backend"], e["count"]) for e in events if "count" in e]

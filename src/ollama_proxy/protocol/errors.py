@@ -47,9 +47,13 @@ class NotFound(ProxyError):
 class UpstreamError(ProxyError):
     """
     The backend could not be reached or answered garbage (502).
+
+    @ivar backend: the name of the pool member that answered with it, when
+        a backend did answer (set by the fleet).
     """
 
     status = 502
+    backend: str | None = None
 
 
 class UpstreamConnectError(UpstreamError):
@@ -72,7 +76,12 @@ class UpstreamHTTPError(UpstreamError):
     """
     The backend answered with a non-2xx status; we keep its status and
     message so the client sees the real reason.
+
+    @ivar retryAfter: for a 429, the seconds its C{Retry-After} asked for
+        (C{None}: not given or not understood).
     """
+
+    retryAfter: float | None = None
 
 
 

@@ -86,6 +86,7 @@ class NameIndex(Generic[T]):
         make: Callable[[int, str, str], T],
         tag: str = DEFAULT_TAG,
         onClash: Callable[[str, str, str], None] | None = None,
+        combine: Callable[[T, T], T] | None = None,
     ) -> NameIndex[T]:
         """
         @param offers: per backend, in configuration order: its name, its
@@ -95,37 +96,50 @@ class NameIndex(Generic[T]):
         @param tag: the C{/api/tags} suffix.
         @param onClash: called with C{(name, first owner, other owner)} for a
             listed name two backends offer.
+        @param combine: joins the values of two owners of one name (a pool
+            of backends, first owner first); without it the first owner
+            keeps the name.
         @return: the index.
         """
         index: NameIndex[T] = cls(tag)
         table = index._index
-        owners: dict[str, str] = {}
+        # Per key: its owners and its rank (0: a listed name, 1: a bare id
+        # or alias, 2: a ":latest" form).  A better rank replaces the entry;
+        # an equal one from another owner is combined (or reported).
+        owners: dict[str, tuple[list[str], int]] = {}
 
-        def claim(key: str, owner: str, value: T) -> None:
-            first = owners.get(key)
-            if first is None:
-                owners[key] = owner
+        def claim(key: str, rank: int, owner: str, value: T) -> None:
+            found = owners.get(key)
+            if found is None or rank < found[1]:
+                owners[key] = ([owner], rank)
                 table[key] = value
-            elif first != owner and onClash is not None:
-                onClash(key, first, owner)
+                return
+            have, haveRank = found
+            if rank > haveRank or owner in have:
+                return
+            have.append(owner)
+            if combine is not None:
+                table[key] = combine(table[key], value)
+            if onClash is not None and rank == 0:
+                onClash(key, have[0], owner)
 
         # Listed names, bare ids and aliases first, over every backend, then
         # the ":latest" forms, so that one backend's "x:latest" cannot shadow
         # another's listed "x:latest".
         for position, (owner, ids, aliases) in enumerate(offers):
             for modelId in ids:
-                claim(clientModelName(modelId, tag), owner, make(position, modelId, modelId))
-                table.setdefault(modelId, make(position, modelId, modelId))
+                claim(clientModelName(modelId, tag), 0, owner, make(position, modelId, modelId))
+                claim(modelId, 1, owner, make(position, modelId, modelId))
             for alias, target in aliases.items():
-                claim(clientModelName(alias, tag), owner, make(position, alias, target))
-                table.setdefault(alias, make(position, alias, target))
+                claim(clientModelName(alias, tag), 0, owner, make(position, alias, target))
+                claim(alias, 1, owner, make(position, alias, target))
         for position, (owner, ids, aliases) in enumerate(offers):
             for modelId in ids:
                 if ":" not in modelId:
-                    table.setdefault(f"{modelId}:latest", make(position, modelId, modelId))
+                    claim(f"{modelId}:latest", 2, owner, make(position, modelId, modelId))
             for alias, target in aliases.items():
                 if ":" not in alias:
-                    table.setdefault(f"{alias}:latest", make(position, alias, target))
+                    claim(f"{alias}:latest", 2, owner, make(position, alias, target))
         return index
 
     def resolve(self, name: str) -> T | None:

@@ -47,7 +47,9 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 
+from ollama_proxy.protocol.balance import DEFAULT_ROUTING, RoutingPolicy
 from ollama_proxy.protocol.flavors import FLAVOR_NAMES
+from ollama_proxy.service.fleetconfig import MEMBER_KEYS, KeyPath, parseMember, parseRouting
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,8 +59,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 CAPABILITIES = frozenset({"completion", "tools", "vision", "thinking", "embedding", "insert"})
 """The capability names Ollama's C{/api/show} knows."""
 
-KeyPath = tuple[str | int, ...]
-"""Where a value lives in the file: C{("backend", 1, "url")}."""
 
 
 class ConfigError(Exception):
@@ -246,6 +246,8 @@ class BackendConfig:
     @ivar flavor: which non-OpenAI request fields it takes (a name of
         L{ollama_proxy.protocol.flavors.FLAVOR_NAMES}); C{None} for the
         C{--backend-flavor} option's choice.
+    @ivar priority: pools try higher tiers first.
+    @ivar weight: its share of its tier.
     """
 
     name: str
@@ -259,6 +261,8 @@ class BackendConfig:
     overrides: Mapping[str, ModelOverride] = attrs.field(factory=dict)
     flavor: str | None = None
     native: tuple[str, ...] = ()
+    priority: int = 0
+    weight: float = 1.0
 
     def offers(self, modelId: str) -> bool:
         """
@@ -285,8 +289,9 @@ class Config:
     A parsed configuration file.
 
     @ivar path: the file name, for messages.
-    @ivar backends: in file order; the first wins a name that several offer.
+    @ivar backends: in file order; those that offer one name are its pool.
     @ivar server: C{[server]} keys (long option names) to their values.
+    @ivar routing: the C{[routing]} table.
     @ivar lines: key paths to lines, for later messages (L{error}).
     """
 
@@ -294,6 +299,7 @@ class Config:
     backends: tuple[BackendConfig, ...] = ()
     server: Mapping[str, Any] = attrs.field(factory=dict)
     lines: Mapping[KeyPath, int] = attrs.field(factory=dict, repr=False)
+    routing: RoutingPolicy = DEFAULT_ROUTING
 
     def error(self, key: KeyPath, reason: str) -> ConfigError:
         """
@@ -372,6 +378,7 @@ def _typeName(value: Any) -> str:
 _BACKEND_KEYS = (
     "name", "url", "api_key", "api_key_file", "api_key_env",
     "discover", "allow", "deny", "models", "aliases", "overrides", "flavor", "native",
+    *MEMBER_KEYS,
 )
 NATIVE_APIS = ("messages", "responses")
 """The agent APIs a backend may serve itself (C{native})."""
@@ -410,7 +417,7 @@ def parseConfig(
         raise ConfigError(path, line, None, f"invalid TOML: {reason}") from None
     lines = keyLines(source)
     check = _Checker(path, lines)
-    check.known(data, (), ("server", "backend"))
+    check.known(data, (), ("server", "backend", "routing"))
     server = check.table(data.get("server", {}), ("server",))
     rawBackends = data.get("backend", [])
     if not isinstance(rawBackends, list):
@@ -421,7 +428,8 @@ def parseConfig(
         for i, raw in enumerate(rawBackends)
     ]
     _checkUnique(check, backends)
-    return Config(path=path, backends=tuple(backends), server=dict(server), lines=lines)
+    return Config(path=path, backends=tuple(backends), server=dict(server), lines=lines,
+                  routing=parseRouting(check, data.get("routing", {})))
 
 
 def _parseBackend(
@@ -496,7 +504,10 @@ def _parseBackend(
         modelId: _parseOverride(check, value, key + ("overrides", modelId))
         for modelId, value in overrideTable.items()
     }
+    priority, weight = parseMember(check, table, key)
     return BackendConfig(
+        priority=priority,
+        weight=weight,
         name=name,
         url=url.rstrip("/"),
         apiKey=apiKey,
@@ -545,16 +556,12 @@ def _parseOverride(check: _Checker, raw: Any, key: KeyPath) -> ModelOverride:
 
 def _checkUnique(check: _Checker, backends: list[BackendConfig]) -> None:
     """
-    Refuse two backends with one name, and a static model or alias that two
-    backends (or an alias and a model) claim: the file says two different
-    things about where a name goes.  (Names that only discovery reveals to
-    be shared are reported by L{ollama_proxy.upstream.routing.Router} instead: the
-    first backend wins.)
+    Refuse two backends with one name.  (Two backends that offer one model
+    are that model's pool: L{ollama_proxy.upstream.routing.Router}.)
 
     @raise ConfigError: naming both places.
     """
     names: dict[str, int] = {}
-    claimed: dict[str, tuple[int, KeyPath]] = {}
     for i, backend in enumerate(backends):
         if backend.name in names:
             raise check.fail(
@@ -562,21 +569,6 @@ def _checkUnique(check: _Checker, backends: list[BackendConfig]) -> None:
                 f"backend name {backend.name!r} is already used by backend[{names[backend.name]}]",
             )
         names[backend.name] = i
-        here: list[tuple[str, KeyPath]] = [
-            (model, ("backend", i, "models", j)) for j, model in enumerate(backend.models)
-        ]
-        here += [(alias, ("backend", i, "aliases", alias)) for alias in backend.aliases]
-        for name, key in here:
-            if name in claimed:
-                otherIndex, otherKey = claimed[name]
-                otherLine = lineOf(check.lines, otherKey)
-                where = f" (line {otherLine})" if otherLine is not None else ""
-                raise check.fail(
-                    key,
-                    f"duplicate model name {name!r}: also offered by backend "
-                    f"{backends[otherIndex].name!r} as {formatKey(otherKey)}{where}",
-                )
-            claimed[name] = (i, key)
 
 
 def loadConfig(path: str, environ: Mapping[str, str] | None = None) -> Config:

@@ -16,6 +16,7 @@ import attrs
 from twisted.python import usage
 
 from ollama_proxy import __version__
+from ollama_proxy.protocol.balance import DEFAULT_ROUTING
 from ollama_proxy.protocol.catalog import Facts
 from ollama_proxy.protocol.flavors import FLAVOR_NAMES, flavorFor
 from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
@@ -425,6 +426,7 @@ class Options(usage.Options):
         self.settings = Settings(
             listen=listen,
             backends=_backends(fileBackends, target, apiKey),
+            routing=self.fileConfig.routing if self.fileConfig is not None else DEFAULT_ROUTING,
             fallback=fallback,
             tag=self["tag"],
             version=self["ollama-version"],

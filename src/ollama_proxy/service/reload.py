@@ -40,7 +40,7 @@ from ollama_proxy.upstream.routing import BackendModels, Router
 from ollama_proxy.web.auth import KeyGate
 from ollama_proxy.web.context import Fallback, ProxyContext
 from ollama_proxy.web.cors import CORSResource, HostPolicy, OriginPolicy
-from ollama_proxy.web.observe import watchUpstream
+from ollama_proxy.web.observe import watchFleet, watchUpstream
 from ollama_proxy.web.site import ProxySite
 
 log = Logger()
@@ -68,6 +68,8 @@ class LiveConfig:
     @ivar site: the site, whose own answers follow the CORS origins and
         whose C{Host} check (on or off with the listeners, which take a
         restart) follows C{--allow-host}.
+    @ivar checks: whether the routers' active health checks run (the
+        service is started).
     """
 
     settings: Settings
@@ -77,6 +79,7 @@ class LiveConfig:
     gate: KeyGate | None = None
     cors: CORSResource | None = None
     site: ProxySite | None = None
+    checks: bool = False
 
     def apply(self, new: Settings) -> None:
         """
@@ -92,7 +95,15 @@ class LiveConfig:
         router = self.makeRouter(new)
         if self.ctx.metrics is not None:
             watchUpstream(self.ctx.metrics, [entry.backend for entry in router.backends])
+            watchFleet(self.ctx.metrics, router.fleet)
         ctx = self.ctx
+        # The old fleet's checks stop; the new one's start (its circuits
+        # start closed: a reload is an operator's "try again").
+        old = ctx.models.router.fleet
+        if old is not None:
+            old.stop()
+        if router.fleet is not None and self.checks:
+            router.fleet.start()
         ctx.models = ModelDirectory(router, new.modelOverrides, new.remoteHost)
         ctx.fallback = self.makeFallback(new)
         ctx.debug = new.debug

@@ -12,6 +12,7 @@ from typing import Mapping
 import attrs
 
 from ollama_proxy.protocol.catalog import Facts
+from ollama_proxy.protocol.balance import DEFAULT_ROUTING, RoutingPolicy
 from ollama_proxy.service.config import BackendConfig
 
 DEMO_PORT = 11435
@@ -65,6 +66,7 @@ class Settings:
     @ivar allowHosts: C{Host} globs served besides the local names (when
         every listener is on loopback).
     @ivar remoteHost: C{--remote-host}: C{auto}, C{""} or a fixed value.
+    @ivar routing: the configuration file's C{[routing]} table.
     """
 
     listen: tuple[str, ...]
@@ -103,6 +105,7 @@ class Settings:
     allowHosts: tuple[str, ...] = ()
     remoteHost: str = "auto"
     demoPort: int = DEMO_PORT
+    routing: RoutingPolicy = DEFAULT_ROUTING
 
     @property
     def target(self) -> str:

@@ -84,7 +84,7 @@ def makeRouter(
         )
         cache = TTLCache(makeFetcher(client, backend), reactor, settings.modelsTTL, backend.name)
         entries.append(BackendModels(backend, client, cache))
-    return Router(entries, settings.tag, settings.requireKeys)
+    return Router(entries, settings.tag, settings.requireKeys, settings.routing)
 
 
 class ModelListing(Service):
@@ -99,17 +99,35 @@ class ModelListing(Service):
 
     log = Logger()
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, live: LiveConfig | None = None) -> None:
         self.router = router
+        self.live = live
 
     def startService(self) -> None:
         """
-        Start the listing; the service does not wait for it.
+        Start the listing and, with several backends, their active health
+        checks; the service does not wait for them.
         """
         super().startService()
+        if self.live is not None:
+            self.live.checks = True
+            self.router = self.live.ctx.models.router
+        if self.router.fleet is not None:
+            self.router.fleet.start()
         d = Deferred.fromCoroutine(self.router.lists())
         d.addCallback(self._report)
         d.addErrback(lambda f: self.log.failure("listing models at start-up failed", f))
+
+    def stopService(self) -> None:
+        """
+        Stop the health checks.
+        """
+        super().stopService()
+        if self.live is not None:
+            self.live.checks = False
+            self.router = self.live.ctx.models.router
+        if self.router.fleet is not None:
+            self.router.fleet.stop()
 
     def _report(self, lists: list[tuple[BackendModels, list[Any] | None]]) -> None:
         for backend, entries in lists:
@@ -406,7 +424,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     PoolService(pool).setServiceParent(service)
     DrainService(site, settings.shutdownGrace).setServiceParent(service)
     workers = addWorkers(service, settings, metricsDir, reactor)
-    ModelListing(router).setServiceParent(service)
+    ModelListing(router, live).setServiceParent(service)
     if real:
         ReloadOnHangup(
             reactor, lambda: reload(live, parser(settings.rawArgs)),

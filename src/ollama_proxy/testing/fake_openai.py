@@ -234,6 +234,8 @@ class FakeOpenAI(Resource):
     @ivar received: the requests held open in scripted mode.
     @ivar toolCallId: the id of every tool call, as backends that number
         calls per request give (C{None}: a fresh one each time).
+    @ivar headerDelay: seconds a C{POST} waits before its answer starts
+        (a slow backend: the time to its response headers).
     """
 
     isLeaf = True
@@ -245,14 +247,16 @@ class FakeOpenAI(Resource):
         apiKey: str | None = None,
         scripted: bool = False,
         toolCallId: str | None = None,
+        headerDelay: float = 0.0,
     ) -> None:
         super().__init__()
-        if delay and reactor is None:
+        if (delay or headerDelay) and reactor is None:
             raise ValueError("a delay needs a reactor")
         self.reactor = reactor
         self.scripted = scripted
         self.received: list[Received] = []
         self.delay = delay
+        self.headerDelay = headerDelay
         self.apiKey = apiKey
         self.toolCallId = toolCallId
         self.requests: list[dict[str, Any]] = []
@@ -260,6 +264,27 @@ class FakeOpenAI(Resource):
     def render(self, request: Request) -> Any:
         if self.scripted:
             return self._hold(request)
+        if self.headerDelay and request.method == b"POST":
+            assert self.reactor is not None
+            gone: list[object] = []
+            request.notifyFinish().addErrback(gone.append)
+
+            def later() -> None:
+                if gone:
+                    return
+                result = self._answer(request)
+                if result is not NOT_DONE_YET:
+                    request.write(result)
+                    request.finish()
+
+            self.reactor.callLater(self.headerDelay, later)
+            return NOT_DONE_YET
+        return self._answer(request)
+
+    def _answer(self, request: Request) -> Any:
+        """
+        The answer to C{request} (bytes, or C{NOT_DONE_YET} for a stream).
+        """
         path = request.path.decode("latin-1").rstrip("/")
         if path.startswith("/v1"):
             path = path[3:]

@@ -27,6 +27,8 @@ class Options(usage.Options):
         ["tool-call-id", None, None,
          "Give every tool call this id, as backends that number calls per request do "
          "(default: a fresh id per call)."],
+        ["header-delay", None, 0.0, "Seconds before the answer to a POST starts (a slow "
+         "backend).", float],
     ]
 
 
@@ -42,6 +44,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         reactor = globalReactor
     service = MultiService()
     site = makeSite(FakeOpenAI(reactor, config["delay"], config["api-key"],
-                                 toolCallId=config["tool-call-id"]), reactor)
+                                  toolCallId=config["tool-call-id"],
+                                  headerDelay=config["header-delay"]), reactor)
     strports.service(config["listen"], site, reactor=reactor).setServiceParent(service)
     return service

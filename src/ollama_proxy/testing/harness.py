@@ -32,6 +32,7 @@ from ollama_proxy.web.tree import buildRoot
 
 if TYPE_CHECKING:
     from ollama_proxy.service.config import BackendConfig
+    from ollama_proxy.protocol.balance import RoutingPolicy
 
 TARGET = "http://backend.test:4000"
 FALLBACK = "http://ollama.test:11505"
@@ -226,7 +227,8 @@ class MultiBackendHarness(ProxyHarness):
     """
     The proxy routing between two L{ScriptedOpenAI} backends, C{a} (also
     L{ProxyHarness.backend}) and C{b}, through a L{Router} whose model lists
-    are cached for C{ttl} seconds of L{ProxyHarness.clock}.
+    are cached for C{ttl} seconds of L{ProxyHarness.clock}; its fleet's
+    C{routing} policy and its randomness (C{seed}) are the test's.
 
     @ivar backends: the fake backends by name.
     """
@@ -236,8 +238,13 @@ class MultiBackendHarness(ProxyHarness):
         configs: Sequence[BackendConfig] | None = None,
         ttl: float = 60.0,
         metrics: bool = True,
+        routing: RoutingPolicy | None = None,
+        seed: int = 0,
         **contextArgs: Any,
     ) -> None:
+        import random
+
+        from ollama_proxy.protocol.balance import DEFAULT_ROUTING
         from ollama_proxy.service.config import BackendConfig
         from ollama_proxy.upstream.routing import BackendModels, makeFetcher
         from ollama_proxy.web.metrics import Metrics
@@ -265,7 +272,8 @@ class MultiBackendHarness(ProxyHarness):
             entries.append(BackendModels(config, client, cache))
         self.backend = self.backends[configs[0].name]
         self.upstream = self.stubs[0]
-        self.router = Router(entries, "proxy")
+        self.router = Router(entries, "proxy", routing=routing or DEFAULT_ROUTING,
+                             rng=random.Random(seed))
         self.backendClient = entries[0].backend
         self.ctx = ProxyContext(
             models=ModelDirectory(self.router, {}, now=self.now),

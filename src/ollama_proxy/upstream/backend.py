@@ -276,7 +276,13 @@ class Backend:
                 break
             await readBody(response, self.reactor, self.idleTimeout)
             await deferLater(self.reactor, wait)
-        await raiseForStatus(response, self.reactor, self.idleTimeout)
+        try:
+            await raiseForStatus(response, self.reactor, self.idleTimeout)
+        except UpstreamHTTPError as e:
+            if e.status == 429:
+                # A pool honours it for this member (ollama_proxy.upstream.fleet).
+                e.retryAfter = retryDelay(response, self.reactor.seconds())
+            raise
         return response
 
     async def postChat(self, body: JSON, path: str = "chat/completions") -> IResponse:

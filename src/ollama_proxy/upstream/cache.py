@@ -75,6 +75,17 @@ class TTLCache(Generic[T]):
             and self.clock.seconds() - self._checked < self.ttl
         )
 
+    def store(self, value: T) -> None:
+        """
+        Take a value fetched by someone else (an active health check):
+        fresh from now.
+
+        @param value: the new value.
+        """
+        self.value = value
+        self.error = None
+        self._checked = self.clock.seconds()
+
     async def get(self) -> T:
         """
         @return: the value, fresh or cached.

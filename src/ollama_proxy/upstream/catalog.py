@@ -14,7 +14,7 @@ Names are resolved by the router's one L{ollama_proxy.protocol.names.NameIndex}.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError
@@ -25,6 +25,7 @@ from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import ProxyError, describe
 from ollama_proxy.protocol.listing import modelDigest, remoteHost
 from ollama_proxy.protocol.names import clientModelName
+from ollama_proxy.protocol.sticky import stickyKey
 from ollama_proxy.service.config import CAPABILITIES, ModelOverride
 from ollama_proxy.upstream.routing import BackendModels, Entry, Route, Router
 
@@ -100,13 +101,22 @@ class ModelDirectory:
         """
         return self.router.tag
 
-    async def route(self, name: str) -> Route:
+    async def route(
+        self, name: str, header: Callable[[bytes], bytes | None] | None = None, body: Any = None
+    ) -> Route:
         """
         @param name: the client's model name.
+        @param header: the request's headers by name (for the conversation's
+            key when the name's pool is sticky: L{ollama_proxy.protocol.sticky}).
+        @param body: the request's decoded body (the same).
         @return: where a request for it goes.
         @raise ProxyError: when no backend offers the name.
         """
-        return await self.router.route(name)
+        route = await self.router.route(name)
+        pool = route.pool
+        if pool is not None and pool.policy.sticky and header is not None:
+            route = attrs.evolve(route, key=stickyKey(header, body, pool.name))
+        return route
 
     async def listModels(self) -> JSON:
         """
@@ -244,7 +254,10 @@ class ModelDirectory:
         """
         Whether the proxy can serve: at least one backend answered its model
         list at its last check (checks are made at most one C{--models-ttl}
-        apart).  Lists older than the TTL are fetched again in the
+        apart), and, with several backends, every served model has a
+        routable member (a backend whose circuit is open, that refused the
+        proxy's key or asked for a pause is not "ok"; its state says why, in
+        the proxy's words).  Lists older than the TTL are fetched again in the
         background, so a probe never waits for a backend (a down one would
         cost it a connect timeout), and the answer follows within one probe.
 
@@ -253,11 +266,15 @@ class ModelDirectory:
             C{"connection refused"}, C{"timeout"}), or C{"not listed yet"}.
         """
         states: dict[str, str] = {}
+        fleet = self.router.fleet
         for entry in self.router.backends:
             cache = entry.cache
             if not cache.fresh():
                 Deferred.fromCoroutine(cache.get()).addErrback(lambda _: None)
-            if cache.error is not None:
+            why = fleet.members[entry.name].whyNot() if fleet is not None else ""
+            if why:
+                states[entry.name] = why
+            elif cache.error is not None:
                 # Never the backend's own words: this answer is open to
                 # anyone, and a gateway's 401 body may quote the key.
                 states[entry.name] = describe(cache.error)
@@ -265,4 +282,23 @@ class ModelDirectory:
                 states[entry.name] = "not listed yet"
             else:
                 states[entry.name] = "ok"
+        if fleet is not None and self.unserved(states):
+            return False, states
         return any(state == "ok" for state in states.values()), states
+
+    def unserved(self, states: dict[str, str]) -> list[str]:
+        """
+        The served models none of whose backends is routable now (several
+        backends: the proxy is ready only while every model has one).
+
+        @param states: from L{readiness}, per backend (C{"ok"} routable).
+        @return: their client names, sorted.
+        """
+        served: set[str] = set()
+        every: set[str] = set()
+        for entry in self.router.backends:
+            names = {clientModelName(e["id"], self.tag) for e in entry.known() or []}
+            every |= names
+            if states.get(entry.name) == "ok":
+                served |= names
+        return sorted(every - served)

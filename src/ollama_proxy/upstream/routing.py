@@ -10,13 +10,17 @@ not each cost an upstream round trip.  A backend that fails keeps serving
 its last good list (and is retried only after C{ttl}), so one backend that
 is down never empties the list of the others.
 
-The L{Router} merges the lists in configuration order.  A name that two
-backends offer goes to the first one; the clash is logged as a warning
-once, when it is first seen (at start-up for the lists fetched then).
+The L{Router} merges the lists in configuration order.  Every backend that
+offers a name (listed, configured or aliased) is a member of that name's
+pool (L{ollama_proxy.upstream.fleet.Pool}): with several backends the
+router's L{Fleet} balances each request among the members and fails over
+before the first byte.  With one backend there is no fleet and a route is
+what it always was.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Awaitable, Callable, Sequence
 
 import attrs
@@ -24,41 +28,20 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ollama_proxy.protocol.balance import CLOSED, DEFAULT_ROUTING, MemberSnapshot, RoutingPolicy
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import NotFound, ProxyError, UpstreamError
 from ollama_proxy.protocol.names import NameIndex, clientModelName, modelIds
 from ollama_proxy.protocol.redact import Redactor, printable
-from ollama_proxy.service.config import NO_OVERRIDE, BackendConfig, ModelOverride
+from ollama_proxy.service.config import BackendConfig, ModelOverride
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache
+from ollama_proxy.upstream.fleet import Fleet, Pool, Route, failureReason
 
 log = Logger()
 
 Entry = JSON
 """One entry of an OpenAI model list: C{{"id": ..., "created": ..., ...}}."""
-
-
-@attrs.frozen
-class Route:
-    """
-    Where one request goes.
-
-    @ivar name: the backend's name (for logs and metrics).
-    @ivar backend: the upstream client.
-    @ivar modelId: the id to send upstream.
-    @ivar override: the configured settings of that model.
-    @ivar known: whether a model list (or the configuration) named the
-        model; C{False} when the request is sent on a guess.
-    @ivar listed: the id the name resolved to as listed: the alias for an
-        alias (whose C{modelId} is its target), else C{modelId}.
-    """
-
-    name: str
-    backend: Backend
-    modelId: str
-    override: ModelOverride = NO_OVERRIDE
-    known: bool = True
-    listed: str = ""
 
 
 @attrs.define
@@ -123,6 +106,22 @@ class BackendModels:
         """
         return self.offered(self.cache.value)
 
+    def refreshed(self, models: object) -> None:
+        """
+        An active health check read the model list: keep it (a backend
+        that comes back rejoins with what it serves now).
+
+        @param models: the decoded C{/v1/models} body.
+        """
+        if not self.config.discover:
+            return
+        try:
+            entries = discoveredEntries(models)
+        except UpstreamError:
+            return
+        # The same list keeps its object, so nothing is re-indexed.
+        self.cache.store(self.cache.value if entries == self.cache.value else entries)
+
 
 def discoveredEntries(models: object) -> list[Entry]:
     """
@@ -184,15 +183,18 @@ class Router:
     A name is looked up, in this order, among: the names C{/api/tags} lists
     (C{id}, or C{id:tag} for ids without a colon), the bare ids, the ids
     with C{:latest}, and the aliases (bare, C{:latest} or C{:tag}).  The
-    first backend in configuration order that offers a name gets it.
+    backends that offer a name share it (a pool, first one first).
     """
 
     def __init__(
-        self, backends: Sequence[BackendModels], tag: str = "proxy", secrets: Sequence[str] = ()
+        self, backends: Sequence[BackendModels], tag: str = "proxy", secrets: Sequence[str] = (),
+        routing: RoutingPolicy = DEFAULT_ROUTING, rng: random.Random | None = None,
     ) -> None:
         """
         @param backends: in configuration order; at least one.
         @param tag: the suffix added to untagged ids in C{/api/tags}.
+        @param routing: the C{[routing]} table (used with several backends).
+        @param rng: the fleet's randomness (tests pass a seeded one).
         """
         if not backends:
             raise ValueError("a router needs at least one backend")
@@ -202,6 +204,10 @@ class Router:
         # without any key the proxy holds (backend keys, C{secrets}: the
         # inbound keys), and without control characters.
         self._redactor = Redactor([*(b.backend.apiKey for b in self.backends), *secrets])
+        self.routing = routing
+        self.fleet: Fleet | None = None
+        if len(self.backends) > 1:
+            self.fleet = Fleet(self.backends, routing, self.backends[0].cache.clock, rng)
         self._reported: set[tuple[str, str, str]] = set()
         self._index: NameIndex[Route] = NameIndex(tag)
         self._indexedFrom: list[list[Entry] | None] = []
@@ -342,6 +348,19 @@ class Router:
             modelId = self._index.guess(name)
             modelId = only.config.aliases.get(modelId, modelId)
             return Route(only.name, only.backend, modelId, only.config.override(modelId), False)
+        fresh: list[tuple[BackendModels, list[Entry] | None]] = []
+        for backend in self.backends:
+            cache = backend.cache
+            if cache.value is None or not cache.fresh():
+                break
+            fresh.append((backend, backend.offered(cache.value)))
+        else:
+            # Every list is fresh: what lists() would return, without a
+            # coroutine per backend on every request.
+            self._reindex(fresh)
+            found = self._index.resolve(name)
+            if found is not None:
+                return found
         lists = await self.lists()
         found = self._index.resolve(name)
         if found is not None:
@@ -392,14 +411,23 @@ class Router:
                 listed=listed,
             )
 
+        def combine(first: Route, other: Route) -> Route:
+            fleet = self.fleet
+            assert fleet is not None
+            pool = first.pool
+            if pool is None:
+                pool = Pool(first.listed, (first,), (fleet.members[first.name],),
+                            self.routing.policyFor(first.listed, first.modelId))
+            pool = attrs.evolve(pool, routes=pool.routes + (other,),
+                                states=pool.states + (fleet.members[other.name],))
+            return attrs.evolve(first, pool=pool)
+
         def clash(name: str, first: str, second: str) -> None:
             if (name, first, second) not in self._reported:
                 self._reported.add((name, first, second))
-                log.warn(
-                    "model {model} is offered by backends {first} and {second}; "
-                    "requests go to {first}",
-                    model=printable(self._redactor.text(name)),
-                    first=first, second=second,
+                log.info(
+                    "model {model} is offered by backends {first} and {second}: one pool",
+                    model=printable(self._redactor.text(name)), first=first, second=second,
                 )
 
         self._index = NameIndex.build(
@@ -410,7 +438,39 @@ class Router:
             make,
             self.tag,
             clash,
+            combine if self.fleet is not None else None,
         )
+
+    def snapshot(self) -> list[MemberSnapshot]:
+        """
+        Every backend's state now, read-only, in configuration order: what
+        a status page renders.  With one backend (no fleet: nothing is
+        balanced, so nothing is counted) it is always routable and its
+        reason is its last listing's failure, if any.
+
+        @return: one L{MemberSnapshot} per backend.
+        """
+        if self.fleet is not None:
+            return self.fleet.snapshot()
+        only = self.backends[0]
+        error = only.cache.error
+        return [MemberSnapshot(
+            name=only.name, routable=True, circuit=CLOSED, inFlight=0, lastCheck=None,
+            failures=0, reason=failureReason(error)[1] if error is not None else "",
+            misconfigured=False,
+        )]
+
+    def pools(self) -> list[Pool]:
+        """
+        @return: the pools of the names listed now (each once).
+        """
+        seen: dict[int, Pool] = {}
+        for backend in self.backends:
+            for entry in backend.known() or []:
+                found = self._index.resolve(entry["id"])
+                if found is not None and found.pool is not None:
+                    seen.setdefault(id(found.pool), found.pool)
+        return list(seen.values())
 
 
 def applyOverride(body: JSON, override: ModelOverride) -> JSON:

@@ -315,19 +315,20 @@ class ProxyResource(Resource):
         """
         return False
 
-    async def route(self, ex: Exchange, name: str) -> Route:
+    async def route(self, ex: Exchange, name: str, body: Any = None) -> Route:
         """
         Choose the backend for a request and note it on the exchange (for
         the log line and the metrics).
 
         @param ex: the exchange.
         @param name: the client's model name.
-        @return: the route.
+        @param body: the decoded request body, for a sticky pool's key.
+        @return: the route (the first member of its pool: L{ollama_proxy.web.fleet.send} picks).
         @raise ProxyError: when no backend offers the name.
         """
         ex.model = name
         ex.modelLabel = OTHER
-        route = await self.ctx.models.route(name)
+        route = await self.ctx.models.route(name, ex.request.getHeader, body)
         ex.backend = route.name
         # A backend id is upstream text: it may carry a key, and it becomes
         # a metrics label.

@@ -31,6 +31,7 @@ from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.body import readJSON
 from ollama_proxy.upstream.routing import Route, applyExtra
 from ollama_proxy.web.bridge import Exchange
+from ollama_proxy.web.fleet import send
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.observe import streaming
 from ollama_proxy.web.relay import relayBody
@@ -94,14 +95,14 @@ async def generate(
         (to write keep-alives while the backend is silent).
     @return: the non-streamed object, or C{None} after streaming.
     """
-    backend = route.backend
-    body = upstreamBody(ctx, route, chatBody(request, route.modelId, backend.flavor), ex)
-    response = await backend.postChat(body)
+    route, response = await send(ctx, ex, route, lambda member: member.backend.postChat(
+        upstreamBody(ctx, member, chatBody(request, member.modelId, member.backend.flavor), ex)
+    ))
     unique = uniqueToolIds(dialect, request)
     if encoder is not None:
         unique.adopt(encoder)
     return await answer(
-        ctx, ex, backend, response, unique, request.stream,
+        ctx, ex, route.backend, response, unique, request.stream,
         ReadOptions(dropThinking=request.think is False), encoder,
     )
 

@@ -20,7 +20,7 @@ from ollama_proxy.upstream.backend import HTTPClient
 from ollama_proxy.upstream.catalog import ModelDirectory
 from ollama_proxy.web.budget import cooperator
 from ollama_proxy.web.metrics import Metrics
-from ollama_proxy.web.observe import watchUpstream
+from ollama_proxy.web.observe import watchFleet, watchUpstream
 
 DEFAULT_VERSION = "0.32.15"
 """
@@ -109,6 +109,7 @@ class ProxyContext:
     def __attrs_post_init__(self) -> None:
         if self.metrics is not None:
             watchUpstream(self.metrics, [entry.backend for entry in self.models.router.backends])
+            watchFleet(self.metrics, self.models.router.fleet)
 
     @property
     def redactor(self) -> Redactor:

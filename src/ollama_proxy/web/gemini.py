@@ -149,7 +149,7 @@ class GeminiAPI(ProxyResource):
             return {"totalTokens": estimateTokens(request)}
         stream = call.action == STREAM
         parsed = parseGenerateRequest(body, call.model, stream)
-        route = await self.route(ex, call.model)
+        route = await self.route(ex, call.model, body)
         if self.ctx.debug:
             dropped = list(parsed.dropped)
             if parsed.chat.sampling.topK is not None and not route.backend.flavor.samplingExtras:

@@ -134,12 +134,15 @@ async def relayNative(
     the model's C{extra} fields; the answer, streamed or not, goes to the
     client as it arrives.
     """
-    backend = route.backend
-    body = {**body, **route.override.extra, "model": route.modelId}
-    if ctx.debug:
-        log.debug("upstream request {url} {body}", url=backend.url(api),
-                  body=ex.redactText(codec.dumps(body).decode()))
-    await forwardToBackend(ctx, ex, backend, api, codec.dumps(body), NATIVE_HEADERS)
+
+    def bodyFor(member: Route) -> bytes:
+        data = {**body, **member.override.extra, "model": member.modelId}
+        if ctx.debug:
+            log.debug("upstream request {url} {body}", url=member.backend.url(api),
+                      body=ex.redactText(codec.dumps(data).decode()))
+        return codec.dumps(data)
+
+    await forwardToBackend(ctx, ex, route, api, bodyFor, NATIVE_HEADERS)
 
 
 class GenerationResource(ProxyResource):
@@ -197,7 +200,7 @@ class GenerationResource(ProxyResource):
         body = ex.json(keep=False)
         dialect = self.dialect
         model = dialect.model(body, params)
-        route = await self.route(ex, model) if isinstance(model, str) and model else None
+        route = await self.route(ex, model, body) if isinstance(model, str) and model else None
         native = dialect.native
         if route is not None and native is not None and nativeRoute(route, native):
             # The backend keeps its own state (previous_response_id and

@@ -85,9 +85,15 @@ class Ready(Probe):
         if ready:
             return codec.dumps({"status": "ready", "backends": states})
         request.setResponseCode(503)
-        reason = "no backend answered its model list: " + "; ".join(
-            f"{name}: {state}" for name, state in states.items()
-        )
+        unserved = self.ctx.models.unserved(states) if self.ctx.models.router.fleet else []
+        if unserved and any(state == "ok" for state in states.values()):
+            reason = "no routable backend for " + ", ".join(unserved[:10]) + "; " + "; ".join(
+                f"{name}: {state}" for name, state in states.items()
+            )
+        else:
+            reason = "no backend answered its model list: " + "; ".join(
+                f"{name}: {state}" for name, state in states.items()
+            )
         return codec.dumps({"status": "not ready", "reason": reason, "backends": states})
 
 

@@ -41,7 +41,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
                    120.0, 300.0)
 """Seconds: from a local vLLM's first byte to a slow hosted model's answer."""
 
-_M = TypeVar("_M", Counter, Histogram)
+_M = TypeVar("_M", Counter, Histogram, Gauge)
 
 OTHER = "other"
 """The C{model} label of names no backend offers."""
@@ -142,6 +142,31 @@ class Metrics:
         self.activeStreams = Gauge(
             "active_streams", "Responses being streamed to clients now.",
             namespace=namespace, registry=r, multiprocess_mode="livesum",
+        )
+        self.backendRequests = Counter(
+            "backend_requests", "Requests sent to each backend of a pool (failovers "
+            "included).", ["backend"], namespace=namespace, registry=r,
+        )
+        self.backendFailures = Counter(
+            "backend_failures", "Pool member failures by kind (connection, timeout, "
+            "http_429, http_5xx, misconfigured, stream, check).", ["backend", "kind"],
+            namespace=namespace, registry=r,
+        )
+        self.backendFailovers = Counter(
+            "backend_failovers", "Requests that left a backend for another member before "
+            "their first byte.", ["backend"], namespace=namespace, registry=r,
+        )
+        self.backendInFlight = Gauge(
+            "backend_in_flight", "Requests in flight on each pool member.", ["backend"],
+            namespace=namespace, registry=r, multiprocess_mode="livesum",
+        )
+        self.backendCircuit = Gauge(
+            "backend_circuit", "Each pool member's circuit: 0 closed, 1 half-open, 2 open.",
+            ["backend"], namespace=namespace, registry=r, multiprocess_mode="livemax",
+        )
+        self.sticky = Counter(
+            "sticky", "Sticky conversation lookups: hit, miss or repin, by the backend chosen.",
+            ["backend", "outcome"], namespace=namespace, registry=r,
         )
         self.upstreamErrors = Counter(
             "upstream_errors", "Upstream failures by backend and kind (connect, "

@@ -10,7 +10,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator, Protocol, Sequence
 
+import attrs
 from twisted.logger import Logger
+
+from ollama_proxy.protocol.balance import CLOSED, HALF_OPEN, OPEN
 
 from ollama_proxy.protocol.errors import (
     UpstreamConnectError,
@@ -20,6 +23,7 @@ from ollama_proxy.protocol.errors import (
 )
 from ollama_proxy.protocol.redact import printable
 from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.upstream.fleet import Fleet
 from ollama_proxy.web.metrics import OTHER, Metrics
 
 log = Logger()
@@ -107,6 +111,52 @@ def watchUpstream(metrics: Metrics, backends: Sequence[Backend]) -> None:
     for backend in backends:
         if backend.onResponse is None:
             backend.onResponse = observe
+
+
+CIRCUIT_VALUES = {CLOSED: 0.0, HALF_OPEN: 1.0, OPEN: 2.0}
+
+
+@attrs.define
+class FleetMetrics:
+    """
+    A fleet's reports as Prometheus values (an
+    L{ollama_proxy.upstream.fleet.FleetObserver}).
+    """
+
+    metrics: Metrics
+
+    def fleetRequest(self, backend: str) -> None:
+        self.metrics.child(self.metrics.backendRequests, backend).inc()
+
+    def fleetFailure(self, backend: str, kind: str) -> None:
+        self.metrics.child(self.metrics.backendFailures, backend, kind).inc()
+
+    def fleetFailover(self, backend: str) -> None:
+        self.metrics.child(self.metrics.backendFailovers, backend).inc()
+
+    def fleetInFlight(self, backend: str, delta: int) -> None:
+        self.metrics.child(self.metrics.backendInFlight, backend).inc(delta)
+
+    def fleetCircuit(self, backend: str, state: str) -> None:
+        self.metrics.child(self.metrics.backendCircuit, backend).set(CIRCUIT_VALUES[state])
+
+    def fleetSticky(self, backend: str, outcome: str) -> None:
+        self.metrics.child(self.metrics.sticky, backend, outcome).inc()
+
+
+def watchFleet(metrics: Metrics, fleet: Fleet | None) -> None:
+    """
+    Have a router's fleet (if it has one) report to C{metrics}; every
+    member's circuit starts at closed.
+
+    @param metrics: where to record.
+    @param fleet: the router's fleet.
+    """
+    if fleet is None:
+        return
+    fleet.observer = FleetMetrics(metrics)
+    for name, member in fleet.members.items():
+        FleetMetrics(metrics).fleetCircuit(name, member.circuit.state)
 
 
 def modelLabel(known: bool, modelId: str) -> str:

@@ -11,6 +11,10 @@ the reply in Ollama's dialect (L{ollama_proxy.protocol.ollama}).
 
 from __future__ import annotations
 
+from typing import Awaitable
+
+from twisted.web.iweb import IResponse
+
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.embeddings import (
     dimensionsValue,
@@ -35,6 +39,7 @@ from ollama_proxy.protocol.openai_request import chatBody, textBody
 from ollama_proxy.upstream.body import readJSON
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.bridge import Exchange, ProxyResource
+from ollama_proxy.web.fleet import send
 from ollama_proxy.web.chat import ReadOptions, answer, generate, upstreamBody
 from ollama_proxy.web.context import ProxyContext
 
@@ -74,7 +79,7 @@ class Completion(ProxyResource):
         # value is a 400 even for a model no backend offers.
         stream = streamFlag(body)
         thinkValue(body)
-        route = await self.route(ex, model)
+        route = await self.route(ex, model, body)
         defaults = route.override.options
         if self.kind == "chat":
             if not body.get("messages"):
@@ -100,18 +105,21 @@ class Completion(ProxyResource):
 
         @return: the generate object, or C{None} after streaming.
         """
-        backend = route.backend
         defaults = route.override.options
         request = parseTextCompletion(body, defaults)
-        textRequest = upstreamBody(self.ctx, route, textBody(request, route.modelId, backend.flavor), ex)
 
-        def asChat() -> JSON:
-            chat = parseGenerate({k: v for k, v in body.items() if k != "raw"}, defaults)
-            return upstreamBody(self.ctx, route, chatBody(chat, route.modelId, backend.flavor), ex)
+        def post(member: Route) -> Awaitable[tuple[IResponse, bool]]:
+            flavor = member.backend.flavor
+            textRequest = upstreamBody(self.ctx, member, textBody(request, member.modelId, flavor), ex)
 
-        response, isChat = await backend.postText(
-            textRequest, None if body.get("suffix") else asChat
-        )
+            def asChat() -> JSON:
+                chat = parseGenerate({k: v for k, v in body.items() if k != "raw"}, defaults)
+                return upstreamBody(self.ctx, member, chatBody(chat, member.modelId, flavor), ex)
+
+            return member.backend.postText(textRequest, None if body.get("suffix") else asChat)
+
+        route, (response, isChat) = await send(self.ctx, ex, route, post)
+        backend = route.backend
         # Raw text and code: a leading <think> is the user's, unless the
         # prompt went to a chat model after all.
         options = ReadOptions(thinkTags=isChat, text=not isChat)
@@ -132,9 +140,9 @@ class Embed(ProxyResource):
         if not inputs:
             return emptyEmbedResponse(model)
         route = await self.route(ex, model)
-        response = await route.backend.postJSON(
-            "embeddings", embedRequestToOpenAI(route.modelId, inputs, dimensions)
-        )
+        route, response = await send(self.ctx, ex, route, lambda member: member.backend.postJSON(
+            "embeddings", embedRequestToOpenAI(member.modelId, inputs, dimensions)
+        ))
         vectors, tokens = vectorsFromOpenAI(
             await readJSON(response, route.backend.reactor, route.backend.idleTimeout), len(inputs)
         )
@@ -156,9 +164,9 @@ class LegacyEmbeddings(ProxyResource):
         if not prompt:
             return {"embedding": []}
         route = await self.route(ex, model)
-        response = await route.backend.postJSON(
-            "embeddings", embedRequestToOpenAI(route.modelId, [prompt], None)
-        )
+        route, response = await send(self.ctx, ex, route, lambda member: member.backend.postJSON(
+            "embeddings", embedRequestToOpenAI(member.modelId, [prompt], None)
+        ))
         [vector], _ = vectorsFromOpenAI(
             await readJSON(response, route.backend.reactor, route.backend.idleTimeout), 1
         )

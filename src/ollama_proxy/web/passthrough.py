@@ -8,9 +8,10 @@ backend's bytes go to the client as they arrive.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
+from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
@@ -18,8 +19,10 @@ from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.responses import ERRORS as OPENAI_ERRORS
 from ollama_proxy.protocol.target import QUERY_SAFE, checkPath, reencode
 from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.budget import chargeOf, chargeParse
+from ollama_proxy.web.fleet import send
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.observe import streaming
 from ollama_proxy.web.relay import relayResponse, requestHeaders
@@ -36,9 +39,9 @@ backend's)."""
 async def forwardToBackend(
     ctx: ProxyContext,
     ex: Exchange,
-    backend: Backend,
-    path: str,
-    body: bytes | None,
+    target: Route | Backend,
+    path: str | Callable[[Route], str],
+    body: bytes | None | Callable[[Route], bytes | None],
     keep: frozenset[bytes],
 ) -> None:
     """
@@ -47,25 +50,39 @@ async def forwardToBackend(
 
     @param ctx: the shared context.
     @param ex: the exchange.
-    @param backend: where it goes.
-    @param path: the API path below C{/v1}; the client's query is kept.
-    @param body: the body to send (the client's, with the model mapped).
+    @param target: where it goes: a route (balanced over its pool, failing
+        over before the first byte) or one backend.
+    @param path: the API path below C{/v1} (per member, for a route); the
+        client's query is kept.
+    @param body: the body to send (the client's, with the model mapped;
+        per member, for a route).
     @param keep: the client headers that travel upstream.
     """
     request = ex.request
-    url = backend.url(path)
     query = request.uri.partition(b"?")[2]
-    if query:
-        url += "?" + reencode(query.decode("latin-1"), QUERY_SAFE)
-    # The last lock before the backend's key goes with it: whatever built
-    # the path, no dot segment or encoded slash leaves.
-    refused = checkPath(urlsplit(url).path.encode("latin-1"))
-    if refused is not None:
-        raise BadRequest(refused)
-    response = await backend.request(
-        (request.method or b"GET").decode("ascii"), url, body,
-        backend.headers(requestHeaders(request, keep)),
-    )
+    suffix = "?" + reencode(query.decode("latin-1"), QUERY_SAFE) if query else ""
+    method = (request.method or b"GET").decode("ascii")
+    headers = requestHeaders(request, keep)
+
+    def url(member: Route) -> str:
+        url = member.backend.url(path(member) if callable(path) else path) + suffix
+        # The last lock before the backend's key goes with it: whatever built
+        # the path, no dot segment or encoded slash leaves.
+        refused = checkPath(urlsplit(url).path.encode("latin-1"))
+        if refused is not None:
+            raise BadRequest(refused)
+        return url
+
+    def post(member: Route) -> Awaitable[IResponse]:
+        backend = member.backend
+        data = body(member) if callable(body) else body
+        return backend.request(method, url(member), data, backend.headers(headers))
+
+    if isinstance(target, Backend):
+        target = Route(target.name, target, "")
+    url(target)  # a refused path is the client's 400 before any backend is asked
+    target, response = await send(ctx, ex, target, post)
+    backend = target.backend
     contentType = response.headers.getRawHeaders(b"content-type") or [b""]
     if contentType[0].startswith(b"text/event-stream"):
         with streaming(ctx.metrics):
@@ -114,7 +131,9 @@ class Passthrough(ProxyResource):
 
     async def _forward(self, ex: Exchange) -> Any:
         body = ex.body
-        backend: Backend | None = None
+        request = ex.request
+        postpath = [p.decode("utf-8", "surrogateescape") for p in request.postpath or []]
+        path = segmentPath([*self.path.split("/"), *postpath])
         if body:
             chargeParse(chargeOf(ex.request), body)
             # Not JSON: relayed as it is, the backend answers it.  JSON
@@ -126,30 +145,34 @@ class Passthrough(ProxyResource):
             except codec.JSONDecodeError:
                 decoded = None
             if isinstance(decoded, dict) and isinstance(decoded.get("model"), str):
-                route = await self.route(ex, decoded["model"])
-                backend = route.backend
-                extra = route.override.extra if self.path in GENERATING else {}
-                if route.modelId != ex.model or extra:
-                    decoded.update(extra)
-                    decoded["model"] = route.modelId
-                    body = codec.dumps(decoded)
-        request = ex.request
-        postpath = [p.decode("utf-8", "surrogateescape") for p in request.postpath or []]
-        if backend is None:
-            if self.path == "models" and len(self.ctx.models.router.backends) > 1:
-                if not postpath:
-                    # Several backends: their merged list, not the first one's.
-                    return await self.ctx.models.listModels()
-                # GET /v1/models/{id}: ask the backend that has the model.
-                route = await self.route(ex, "/".join(postpath))
-                backend, postpath = route.backend, route.modelId.split("/")
-            else:
-                first = self.ctx.models.router.backends[0]
-                backend, ex.backend = first.backend, first.name
-        await forwardToBackend(
-            self.ctx, ex, backend, segmentPath([*self.path.split("/"), *postpath]), body or None,
-            PASSED_HEADERS,
-        )
+                route = await self.route(ex, decoded["model"], decoded)
+                generating = self.path in GENERATING
+                raw = body
+
+                def bodyFor(member: Route) -> bytes:
+                    assert isinstance(decoded, dict)
+                    extra = member.override.extra if generating else {}
+                    if member.modelId == ex.model and not extra:
+                        return raw
+                    return codec.dumps({**decoded, **extra, "model": member.modelId})
+
+                await forwardToBackend(self.ctx, ex, route, path, bodyFor, PASSED_HEADERS)
+                return None
+        if self.path == "models" and len(self.ctx.models.router.backends) > 1:
+            if not postpath:
+                # Several backends: their merged list, not the first one's.
+                return await self.ctx.models.listModels()
+            # GET /v1/models/{id}: ask a backend that has the model.
+            route = await self.route(ex, "/".join(postpath))
+            await forwardToBackend(
+                self.ctx, ex, route,
+                lambda member: segmentPath(["models", *member.modelId.split("/")]),
+                body or None, PASSED_HEADERS,
+            )
+            return None
+        first = self.ctx.models.router.backends[0]
+        ex.backend = first.name
+        await forwardToBackend(self.ctx, ex, first.backend, path, body or None, PASSED_HEADERS)
         return None
 
     handle_POST = _forward
