@@ -18,7 +18,7 @@ from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.requests import estimateTokens
 from ollama_proxy.protocol.events import Reply, ToolCall, Usage
-from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.openai_request import chatBody
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
 from ollama_proxy.protocol.stream import TranslatedStream

@@ -19,7 +19,7 @@ from ollama_proxy.protocol.events import Reply, StreamFailed, ToolCall, Usage
 from ollama_proxy.protocol.gemini import GeminiDialect, errorObject, modelList
 from ollama_proxy.protocol.gemini_path import GeminiCall, parsePath
 from ollama_proxy.protocol.gemini_request import jsonSchema, parseCountRequest, parseGenerateRequest
-from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
 from ollama_proxy.protocol.stream import TranslatedStream
 from tests.protocol.helpers import PNG, T0, b64, constant, sse

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.events import Reply, StreamFailed, ToolCall, Usage, replyEvents
-from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.openai_request import chatBody
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
 from ollama_proxy.protocol.responses import ResponsesDialect, errorObject

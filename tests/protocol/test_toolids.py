@@ -16,7 +16,7 @@ from ollama_proxy.protocol.anthropic_request import parseMessagesRequest
 from ollama_proxy.protocol.events import Delta, Finish, Reply, ToolCall, ToolCalls, Usage
 from ollama_proxy.protocol.ollama import OllamaDialect
 from ollama_proxy.protocol.ollama_request import parseChat
-from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.requests import ChatRequest, Message, ToolCallRequest
 from ollama_proxy.protocol.responses import ResponsesDialect
 from ollama_proxy.protocol.responses_request import parseResponsesRequest

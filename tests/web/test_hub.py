@@ -27,7 +27,7 @@ from ollama_proxy.service.config import BackendConfig, ModelOverride
 from ollama_proxy.testing.harness import Counter, ProxyHarness, contextFor, delta
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache
-from ollama_proxy.upstream.catalog import ModelDirectory
+from ollama_proxy.upstream.directory import ModelDirectory
 from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.generation import GenerationResource

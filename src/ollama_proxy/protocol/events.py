@@ -2,7 +2,7 @@
 """
 The events of a generated reply, whatever dialect the client speaks.
 
-The OpenAI reader (L{ollama_proxy.protocol.openai}) turns a backend's
+The OpenAI reader (L{ollama_proxy.protocol.backend_reader}) turns a backend's
 stream into these; each client dialect's encoder turns them into its own
 wire format (L{ollama_proxy.protocol.ollama} for Ollama NDJSON), with the
 lifecycle L{ollama_proxy.protocol.dialect} defines.  A

@@ -17,7 +17,7 @@ from typing import Sequence
 from ollama_proxy.protocol.dialect import Encoder
 from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.events import Event, Finish, Usage
-from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.redact import EventRedactor
 from ollama_proxy.protocol.sse import (
     DEFAULT_MAX_LINE_LENGTH,

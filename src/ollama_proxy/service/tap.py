@@ -43,7 +43,7 @@ from ollama_proxy.service.workers import (
 )
 from ollama_proxy.upstream.backend import Backend, HTTPClient
 from ollama_proxy.upstream.cache import TTLCache
-from ollama_proxy.upstream.catalog import ModelDirectory
+from ollama_proxy.upstream.directory import ModelDirectory
 from ollama_proxy.upstream.compat import ConnectionPool
 from ollama_proxy.upstream.pool import makeClient
 from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher

@@ -29,7 +29,7 @@ from ollama_proxy.protocol.errors import (
     UpstreamHTTPError,
     UpstreamTimeout,
 )
-from ollama_proxy.protocol.openai import errorFromBody
+from ollama_proxy.protocol.backend_reader import errorFromBody
 from ollama_proxy.protocol.sse import SSELineTooLong
 from ollama_proxy.upstream.failures import failureToError
 

@@ -22,7 +22,7 @@ from twisted.web.iweb import IResponse
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.dialect import Dialect, Encoder
-from ollama_proxy.protocol.openai import ChatStreamReader, readReply
+from ollama_proxy.protocol.backend_reader import ChatStreamReader, readReply
 from ollama_proxy.protocol.openai_request import chatBody
 from ollama_proxy.protocol.requests import ChatRequest
 from ollama_proxy.protocol.stream import TranslatedStream

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.upstream.test_catalog -*-
+# -*- test-case-name: tests.upstream.test_directory -*-
 """
 What the backends serve, as the resources ask for it: the merged model
 list, the metadata catalog, and the route for a name.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_openai -*-
+# -*- test-case-name: tests.protocol.test_backend_reader -*-
 """
 The backend's side of the hub: reading OpenAI chat (and legacy text)
 completions, streamed or not, into the dialect-neutral events of
