@@ -12,6 +12,7 @@ import http.client
 import json
 import threading
 import time
+from urllib.parse import quote, unquote
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -52,6 +53,12 @@ class HostileGateway(BaseHTTPRequestHandler):
         self.send_header("X-Api-Key", key)
         self.send_header("X-Request-Id", "req-7")
         self.send_header("Server", f"hostile/{key}")
+        # Allow-listed names carrying the key percent-encoded, or a prefix
+        # of it (a gateway's masked echo).
+        self.send_header("Content-Disposition",
+                         "attachment; filename*=UTF-8''" + quote(key, safe=""))
+        self.send_header("X-Ratelimit-Remaining-Key", key[:8] + "****" + key[-4:])
+        self.send_header("X-Ratelimit-Limit-Requests", "100")
         if length is None:
             self.send_header("Connection", "close")
         else:
@@ -180,7 +187,13 @@ class TranslatedTests(SecretsTests):
             for name in ("set-cookie", "x-api-key"):
                 self.assertNotIn(name, headers, path)
             self.assertNotIn("hostile", headers.get("server", ""), path)
+            self.assertEqual(headers.get("x-ratelimit-limit-requests"), "100", path)
+            if path != "/api/create":  # the fallback is sent no key to echo
+                for name in ("content-disposition", "x-ratelimit-remaining-key"):
+                    self.assertNotIn(name, headers, path)
             self.assertNoKey(data + json.dumps(headers).encode())
+            for secret in (BACKEND_KEY, INBOUND_KEY):
+                self.assertNotIn(secret[:6], unquote(json.dumps(headers)), path)
 
 
 class HealthTests(SecretsTests):

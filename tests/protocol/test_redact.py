@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.protocol.events import Delta, Finish, ToolCall, ToolCalls, Usage
+from ollama_proxy.protocol.events import Delta, Finish, Reply, ToolCall, ToolCalls, Usage
 from ollama_proxy.protocol.redact import REDACTED, Redactor, StreamRedactor
 
 
@@ -75,6 +75,26 @@ class EscapedTests(SynchronousTestCase):
     """
     Issue 19: a key written with JSON escapes is a key.
     """
+
+    def test_escapedAgain(self) -> None:
+        """
+        JSON text inside a JSON string (a relayed body whose text reads as
+        the escaped key, a tool's arguments quoted once more) doubles each
+        escape's backslash, at every level: still the key, in a body, in
+        text, and split across the pieces of a stream.
+        """
+        key = "sk/abc-1"
+        redactor = Redactor([key])
+        for level in (2, 4, 8):
+            spelled = "".join("\\" * (level - 1) + f"\\u{ord(c):04x}" for c in key[:4]) + key[4:]
+            self.assertEqual(redactor.text(f"a {spelled} b"), f"a {REDACTED} b", level)
+            data = f"a {spelled} b".encode()
+            self.assertEqual(redactor.data(data), f"a {REDACTED} b".encode(), level)
+            for cut in range(len(data) + 1):
+                stream = redactor.stream()
+                assert stream is not None
+                out = stream.feed(data[:cut]) + stream.feed(data[cut:]) + stream.end()
+                self.assertNotIn(b"abc-1", out, (level, cut))
 
     def test_textAndData(self) -> None:
         """
@@ -158,3 +178,106 @@ class EventRedactorTests(SynchronousTestCase):
         self.assertEqual(redacted.arguments,
                          {REDACTED: [f"x {REDACTED}", {"k": REDACTED}]})
         self.assertEqual(redacted.id, f"id-{REDACTED}")
+
+    def test_escapedTextSplitOverDeltas(self) -> None:
+        """
+        Text that reads as the key JSON-escaped (C{\\u0073\\u006b...}, in
+        either case, or C{\\/}) is replaced in a stream as in a whole reply
+        (L{Redactor.reply}), wherever two deltas split it, in content and in
+        thinking; a non-ASCII neighbour survives the split intact.
+        """
+        key = "sk/abc-é"
+        spellings = ["".join(f"\\u{ord(c):04x}" for c in key),
+                     "".join(f"\\u{ord(c):04X}" for c in key), key.replace("/", "\\/")]
+        for spelled in spellings:
+            text = f"ä {spelled} ü"
+            whole = Redactor([key]).reply(Reply(text, text, (), "stop", Usage(), []))
+            self.assertEqual(whole.content, f"ä {REDACTED} ü")
+            for cut in range(len(text) + 1):
+                events = Redactor([key]).events()
+                assert events is not None
+                out = events.feed([Delta(text[:cut], text[:cut])])
+                out += events.feed([Delta(text[cut:], text[cut:])])
+                out += events.end()
+                for field in ("content", "thinking"):
+                    self.assertEqual(
+                        "".join(getattr(e, field) for e in out if isinstance(e, Delta)),
+                        whole.content, (spelled, cut, field))
+
+
+class CarriesTests(SynchronousTestCase):
+    """
+    L{Redactor.carries}: the strict test for a relayed header's value.
+    """
+
+    def test_spellings(self) -> None:
+        """
+        The secret literally, JSON-escaped, percent-encoded (once or twice)
+        and its first six characters (a masked echo) all count; other
+        values, and five characters, do not.
+        """
+        key = "sk-live/0123456789"
+        redactor = Redactor([key])
+        encoded = "".join(f"%{b:02X}" for b in key.encode())
+        for value in [key, "".join(f"\\u{ord(c):04x}" for c in key), encoded,
+                      encoded.replace("%", "%25"), "UTF-8''" + encoded,
+                      key[:6] + "****6789", "x" + key[:6]]:
+            self.assertTrue(redactor.carries(value.encode()), value)
+        for value in ["req-7", "100", key[:5], "sk-other", "%zz"]:
+            self.assertFalse(redactor.carries(value.encode()), value)
+
+    def test_clientKey(self) -> None:
+        """
+        A per-request secret counts too.
+        """
+        self.assertTrue(Redactor(["sk-live-0123456789"]).carries(b"in-key-ABC", ["in-key-ABCDEF"]))
+        self.assertFalse(Redactor().carries(b"in-key-ABC"))
+
+
+class PrefixTests(SynchronousTestCase):
+    """
+    The first L{PREFIX} characters of a secret or more are the secret: a
+    gateway's masked echo (C{sk-proj-abc****wxyz}) or a cut key.
+    """
+
+    key = "sk-live/0123456789abcdef"
+
+    def test_wholeText(self) -> None:
+        """
+        In text and bodies, any run of six characters or more that begins a
+        secret is replaced; five are left.
+        """
+        redactor = Redactor([self.key])
+        masked = f"Incorrect API key provided: {self.key[:11]}****cdef. {self.key[:6]}! {self.key[:5]}"
+        expected = f"Incorrect API key provided: {REDACTED}****cdef. {REDACTED}! {self.key[:5]}"
+        self.assertEqual(redactor.text(masked), expected)
+        self.assertEqual(redactor.data(masked.encode()), expected.encode())
+        self.assertEqual(redactor.excerpt(masked, 40), expected[:40] + "...")
+
+    def test_stream(self) -> None:
+        """
+        In a stream, at every split: a prefix that ends the body, or stops
+        short inside it, is replaced; the whole key split in two is one
+        marker (no suffix escapes).
+        """
+        for body in [f"a {self.key[:9]}", f"a {self.key[:9]}** b", f"a {self.key} b\n"]:
+            data = body.encode()
+            for cut in range(len(data) + 1):
+                stream = Redactor([self.key]).stream()
+                assert stream is not None
+                out = stream.feed(data[:cut]) + stream.feed(data[cut:]) + stream.end()
+                self.assertEqual(out.count(REDACTED.encode()), 1, (body, cut))
+                self.assertNotIn(self.key[:6].encode(), out, (body, cut))
+                self.assertNotIn(self.key[-6:].encode(), out, (body, cut))
+
+    def test_streamedText(self) -> None:
+        """
+        A translated stream's text: a masked echo split over deltas.
+        """
+        text = f"bad key {self.key[:12]}****cdef"
+        for cut in range(len(text) + 1):
+            events = Redactor([self.key]).events()
+            assert events is not None
+            out = events.feed([Delta(text[:cut])]) + events.feed([Delta(text[cut:])]) + events.end()
+            joined = "".join(e.content for e in out if isinstance(e, Delta))
+            self.assertEqual(joined, f"bad key {REDACTED}****cdef", cut)

@@ -139,6 +139,10 @@ def streamBody(place: str, secret: str, cut: int) -> bytes:
                 + b"data: [DONE]\n\n")
     if place == "escaped":
         return chunk(f'"content": "{escaped(text)}"') + end
+    if place == "doubleEscaped":
+        # Text that reads as the escaped key: each escape's backslash
+        # escaped again on the wire.
+        return chunk('"content": "' + escaped(text).replace("\\", "\\\\") + '"') + end
     assert place == "errorEvent"
     return chunk('"content": "hi"') + (
         b'data: {"error": {"message": "bad key ' + escaped(secret).encode() + b" "
@@ -199,7 +203,7 @@ class OutboundFilterTests(SynchronousTestCase):
     def assertNoSecret(self, data: bytes, where: str) -> None:
         logged = self.logged()
         for secret in SECRETS:
-            for form in (secret, escaped(secret)):
+            for form in (secret, escaped(secret), escaped(secret).replace("\\", "\\\\")):
                 self.assertNotIn(form.encode(), data, f"{where}: client")
                 self.assertNotIn(form.encode(), logged, f"{where}: log")
             # Every planted secret is whole: a prefix is a cut key.
@@ -256,7 +260,7 @@ class OutboundFilterTests(SynchronousTestCase):
 
     @settings(max_examples=60, deadline=None)
     @given(
-        place=st.sampled_from(("escaped", "errorEvent", "plain")),
+        place=st.sampled_from(("escaped", "doubleEscaped", "errorEvent", "plain")),
         secret=st.sampled_from(SECRETS),
         split=st.integers(0, 2000),
     )
@@ -389,3 +393,25 @@ class OutboundFilterTests(SynchronousTestCase):
         self.assertNotIn("\r", lines[0])
         self.assertNotIn("\n", lines[0])
         self.assertIn("model=m\\r\\nGET /forged", lines[0])
+
+    def test_debugLinesBounded(self) -> None:
+        """
+        With C{--debug}, a large body is shown as an excerpt in every line
+        (the request line and the upstream request line), never whole: a
+        2 KB compressed body of 60 MB made two 60 MB log lines per request
+        (120 MB of JSON log, the reactor held for seconds).
+        """
+        for path, payload in TRANSLATED[:3]:
+            h = self.harness()
+            big = {**payload, "messages": [{"role": "user", "content": "x" * 300_000}],
+                   "prompt": "y" * 300_000, "stream": False}
+            d = h.post(path, big)
+            serveModels(h, ["m"])
+            h.backend.received[-1].respond(404, {"error": "no such model"})
+            h.pump()
+            _content(h, self.successResultOf(d))
+            lines = [formatEvent(e) or "" for e in self.events] + [
+                eventAsJSONLine(e) for e in self.events]
+            self.assertTrue(any("upstream request" in line for line in lines), path)
+            self.assertLess(max(len(line) for line in lines), 20_000, path)
+

@@ -19,7 +19,8 @@ cut inside a key would otherwise escape as a prefix.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, AnyStr, Iterable, Sequence
+from urllib.parse import unquote_to_bytes
 
 from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCall, ToolCalls
 
@@ -27,6 +28,11 @@ REDACTED = "<redacted>"
 """What a secret becomes (the same word the debug log uses)."""
 
 _MARKER = REDACTED.encode("ascii")
+
+PREFIX = 6
+"""The shortest piece of a secret that L{Redactor.carries} counts as the
+secret: a gateway's masked echo (C{sk-proj-****wxyz}) or a cut value
+gives away a prefix, and a prefix narrows the search for the rest."""
 
 
 def _ordered(secrets: Iterable[str]) -> tuple[str, ...]:
@@ -41,13 +47,16 @@ def _escapedChar(char: str) -> str:
     """
     code = ord(char)
     forms = [re.escape(char)]
+    # One backslash or more: JSON text inside a JSON string (a tool's
+    # arguments, a body quoted in an error) doubles the backslash of each
+    # escape at each level, and a relayed body is searched as it is.
     if code < 0x10000:
-        forms.append(r"\\u(?i:%04x)" % code)
+        forms.append(r"\\+u(?i:%04x)" % code)
     else:
         high = 0xD800 + ((code - 0x10000) >> 10)
         low = 0xDC00 + ((code - 0x10000) & 0x3FF)
-        forms.append(r"\\u(?i:%04x)\\u(?i:%04x)" % (high, low))
-    short = {"/": r"\\/", '"': r'\\"', "\\": r"\\\\", "\n": r"\\n", "\r": r"\\r", "\t": r"\\t"}
+        forms.append(r"\\+u(?i:%04x)\\+u(?i:%04x)" % (high, low))
+    short = {"/": r"\\+/", '"': r'\\+"', "\\": r"\\\\", "\n": r"\\+n", "\r": r"\\+r", "\t": r"\\+t"}
     if char in short:
         forms.append(short[char])
     return "(?:" + "|".join(forms) + ")"
@@ -104,7 +113,7 @@ class Redactor:
                 text = text.replace(secret, REDACTED)
         if secrets and "\\" in text:
             text = self._escaped(secrets)[0].sub(REDACTED, text)
-        return text
+        return _cutPrefixes(text, secrets, REDACTED)
 
     def data(self, data: bytes, extra: Iterable[str | None] = ()) -> bytes:
         """
@@ -120,7 +129,31 @@ class Redactor:
                 data = data.replace(raw, _MARKER)
         if secrets and b"\\" in data:
             data = self._escaped(secrets)[1].sub(_MARKER, data)
-        return data
+        return _cutPrefixes(data, tuple(secret.encode("utf-8") for secret in secrets), _MARKER)
+
+    def carries(self, data: bytes, extra: Iterable[str | None] = ()) -> bool:
+        """
+        The strict test for a short value that is dropped rather than
+        rewritten (a relayed header's value): whether C{data} holds any
+        secret, or the first L{PREFIX} characters of one, literally,
+        JSON-escaped, or percent-encoded (once or more: C{Content-
+        Disposition}'s C{filename*=UTF-8''%73%6B...}, a C{Link} URL).
+
+        @param data: the value.
+        @param extra: per-request secrets (the client's key).
+        """
+        secrets = self.all(extra)
+        if not secrets:
+            return False
+        prefixes = Redactor(secret[:PREFIX] for secret in secrets)
+        for _ in range(4):
+            if prefixes.data(data) != data:
+                return True
+            decoded = unquote_to_bytes(data)
+            if decoded == data:
+                return False
+            data = decoded
+        return True
 
     def excerpt(self, text: str, limit: int, extra: Iterable[str | None] = ()) -> str:
         """
@@ -198,6 +231,30 @@ def _redactCall(redactor: Redactor, call: ToolCall, secrets: tuple[str, ...]) ->
     )
 
 
+def _cutPrefixes(data: AnyStr, secrets: Sequence[AnyStr], marker: AnyStr) -> AnyStr:
+    """
+    @param data: text or bytes whose whole secrets are already replaced.
+    @param secrets: the secrets, of the same type.
+    @param marker: what a secret becomes, of the same type.
+    @return: C{data} with every run of L{PREFIX} or more characters that
+        begins a secret replaced too: a gateway's masked echo
+        (C{sk-proj-abc****wxyz}) or a cut key gives that much away.
+    """
+    for secret in secrets:
+        if len(secret) <= PREFIX:
+            continue  # its prefix is itself, replaced already
+        head = secret[:PREFIX]
+        index = data.find(head)
+        while index != -1:
+            end = index + PREFIX
+            limit = index + min(len(secret), len(data) - index)
+            while end < limit and data[end] == secret[end - index]:
+                end += 1
+            data = data[:index] + marker + data[end:]
+            index = data.find(head, index + len(marker))
+    return data
+
+
 def _heldBack(data: Any, secrets: Sequence[Any]) -> int:
     """
     @param data: text or bytes.
@@ -239,6 +296,8 @@ def _escapedPrefixAt(data: bytes, index: int, secret: str) -> bool:
             return True
         if data[at] != 0x5C:  # backslash
             return False
+        while data[at + 1 : at + 2] == b"\\":
+            at += 1  # an escape escaped again (JSON text in a JSON string)
         escape = b"\\u%04x" % ord(char) if ord(char) < 0x10000 else b""
         piece = data[at : at + 6]
         if not escape or not escape.lower().startswith(piece.lower()[:2]):
@@ -274,7 +333,8 @@ class StreamRedactor:
         self._text = _ordered(secrets)
         self.secrets = tuple(secret.encode("utf-8") for secret in self._text)
         self._escaped = escaped if escaped is not None else _escapedPattern(self._text)[1]
-        self._window = 6 * max(len(s) for s in self._text) if self._text else 0
+        # Six bytes a character (\\u0073), more for escapes escaped again.
+        self._window = 10 * max(len(s) for s in self._text) if self._text else 0
         self._short = any(c in '/"\\\n\r\t' for s in self._text for c in s)
         self._newline = any("\n" in s for s in self._text)
         self._carry = b""
@@ -294,14 +354,17 @@ class StreamRedactor:
         if data[-1:] == b"\n" and not self._newline:
             # The end of an SSE event or an NDJSON line: no secret (in any
             # spelling) can start in it and run on into the next piece.
-            return data
+            return _cutPrefixes(data, self.secrets, _MARKER)
         held = _heldBack(data, self.secrets)
         tail = data[-self._window :]
         if b"\\" in tail:
             held = max(held, self._heldEscaped(tail))
         if held:
             data, self._carry = data[:-held], data[-held:]
-        return data
+        # After the split: a prefix at the very end may still grow into the
+        # whole secret, which must then go as one marker (a prefix replaced
+        # now would let the rest of the key through in the next piece).
+        return _cutPrefixes(data, self.secrets, _MARKER)
 
     def _mayEscape(self, data: bytes) -> bool:
         """
@@ -330,46 +393,45 @@ class StreamRedactor:
 
     def end(self) -> bytes:
         """
-        @return: the held tail, which the body ended without completing.
+        @return: the held tail, which the body ended without completing
+            (replaced if it is L{PREFIX} characters of a secret or more).
         """
         tail, self._carry = self._carry, b""
-        return tail
+        return _cutPrefixes(tail, self.secrets, _MARKER)
 
 
 class TextRedactor:
     """
     L{StreamRedactor} for text that arrives in pieces (the content of a
-    stream's deltas): a tail that could begin a secret waits for the next
-    piece.
+    stream's deltas): a tail that could begin a secret, literally or
+    written with JSON escapes (text that reads C{\\u0073\\u006b...}, as
+    L{Redactor.text} replaces in a whole reply), waits for the next piece.
+    The text is searched as UTF-8, where a held tail always starts at a
+    character boundary (the first byte of a secret is).
     """
 
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+    def __init__(self, secrets: tuple[str, ...], escaped: re.Pattern[bytes] | None = None) -> None:
         self.secrets = secrets
-        self._carry = ""
+        self._bytes = StreamRedactor(secrets, escaped)
+
+    @property
+    def _carry(self) -> bytes:
+        return self._bytes._carry
 
     def feed(self, text: str) -> str:
         """
         @param text: the next piece.
         @return: what can be passed on now, secrets replaced.
         """
-        if self._carry:
-            text, self._carry = self._carry + text, ""
-        if not text:
+        if not text and not self._bytes._carry:
             return text
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        held = _heldBack(text, self.secrets)
-        if held:
-            text, self._carry = text[:-held], text[-held:]
-        return text
+        return self._bytes.feed(text.encode("utf-8")).decode("utf-8")
 
     def end(self) -> str:
         """
         @return: the held tail.
         """
-        tail, self._carry = self._carry, ""
-        return tail
+        return self._bytes.end().decode("utf-8")
 
 
 class EventRedactor:
@@ -384,8 +446,9 @@ class EventRedactor:
     def __init__(self, redactor: Redactor, secrets: tuple[str, ...]) -> None:
         self._redactor = redactor
         self._secrets = secrets
-        self._content = TextRedactor(secrets)
-        self._thinking = TextRedactor(secrets)
+        escaped = redactor._escaped(secrets)[1]
+        self._content = TextRedactor(secrets, escaped)
+        self._thinking = TextRedactor(secrets, escaped)
 
     def feed(self, events: Sequence[Event]) -> list[Event]:
         """
@@ -422,9 +485,9 @@ class EventRedactor:
         """
         The common case, checked once per read rather than per delta: no
         text is held, the read's text and thinking, joined, hold no secret
-        and end in nothing that could begin one, and there are no tool
-        calls or log-probabilities to look into.  The events then pass as
-        they are.
+        (nor the first L{PREFIX} characters of one) and end in nothing that
+        could begin one, and there are no tool calls or log-probabilities
+        to look into.  The events then pass as they are.
         """
         if self._content._carry or self._thinking._carry:
             return False
@@ -441,7 +504,11 @@ class EventRedactor:
                 return False
         secrets = self._secrets
         for text in ("".join(content), "".join(thinking)):
-            if text and (any(secret in text for secret in secrets) or _heldBack(text, secrets)):
+            if text and (
+                any(secret[:PREFIX] in text for secret in secrets)
+                or _heldBack(text, secrets)
+                or "\\" in text
+            ):
                 return False
         return True
 

@@ -52,6 +52,7 @@ from ollama_proxy.web.observe import (
 
 MIN_CLIENT_KEY = 8  # the shortest client key treated as a secret
 MAX_ERROR_TEXT = 2000  # characters of upstream text an error quotes (cut after redaction)
+DEBUG_EXCERPT = 4096  # characters of a body a --debug line shows (cut after redaction)
 
 
 class ClientState:
@@ -385,7 +386,7 @@ class ProxyResource(Resource):
                         {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}
                     ).items()
                 },
-                body=ex.excerpt(body.decode("utf-8", "replace"), 4096),
+                body=ex.excerpt(body.decode("utf-8", "replace"), DEBUG_EXCERPT),
             )
         if not (body and self._encoded(request)) and self._answerReady(ex):
             return NOT_DONE_YET

@@ -30,7 +30,7 @@ from ollama_proxy.protocol.toolids import uniqueToolIds
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.body import readJSON
 from ollama_proxy.upstream.routing import Route, applyExtra
-from ollama_proxy.web.bridge import Exchange
+from ollama_proxy.web.bridge import DEBUG_EXCERPT, Exchange
 from ollama_proxy.web.fleet import send
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.observe import streaming
@@ -68,7 +68,9 @@ def upstreamBody(ctx: ProxyContext, route: Route, body: JSON, ex: Exchange) -> J
     """
     applyExtra(body, route.override)
     if ctx.debug:
-        log.debug("upstream request {body}", body=ex.redactText(codec.dumps(body).decode()))
+        # An excerpt, as the request line's: a 60 MB body must not become a
+        # 60 MB log line (written twice by the JSON log) per request.
+        log.debug("upstream request {body}", body=ex.excerpt(codec.dumps(body).decode(), DEBUG_EXCERPT))
     return body
 
 

@@ -39,7 +39,7 @@ from ollama_proxy.protocol.errors import NotFound
 from ollama_proxy.protocol.dialect import DONE, Dialect, RouteDialect, RouteTemplate
 from ollama_proxy.protocol.requests import ChatRequest
 from ollama_proxy.upstream.routing import Route
-from ollama_proxy.web.bridge import Exchange, NotServed, ProxyResource
+from ollama_proxy.web.bridge import DEBUG_EXCERPT, Exchange, NotServed, ProxyResource
 from ollama_proxy.web.chat import generate
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.passthrough import forwardToBackend
@@ -139,7 +139,7 @@ async def relayNative(
         data = {**body, **member.override.extra, "model": member.modelId}
         if ctx.debug:
             log.debug("upstream request {url} {body}", url=member.backend.url(api),
-                      body=ex.redactText(codec.dumps(data).decode()))
+                      body=ex.excerpt(codec.dumps(data).decode(), DEBUG_EXCERPT))
         return codec.dumps(data)
 
     await forwardToBackend(ctx, ex, route, api, bodyFor, NATIVE_HEADERS)

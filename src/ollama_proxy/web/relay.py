@@ -110,6 +110,10 @@ def relayedHeaders(ex: Exchange, response: IResponse) -> list[tuple[bytes, list[
     L{RELAYED_HEADERS} allow-list and C{x-ratelimit-*}, and of those only
     the values that carry no secret the proxy holds.
 
+    A value is dropped, not rewritten, when it carries a secret in any
+    spelling or a prefix of one (L{Redactor.carries}): a header is small
+    and a client decodes it (percent-encoding included) as it likes.
+
     @param ex: the exchange (its redactor knows the secrets).
     @param response: the upstream response.
     @return: raw names and values.
@@ -119,7 +123,8 @@ def relayedHeaders(ex: Exchange, response: IResponse) -> list[tuple[bytes, list[
         lower = name.lower()
         if lower not in RELAYED_HEADERS and not lower.startswith(b"x-ratelimit-"):
             continue
-        kept = [value for value in values if ex.redactData(value) == value]
+        secrets = ex.clientKey()
+        kept = [value for value in values if not ex.redactor.carries(value, secrets)]
         if kept:
             out.append((name, kept))
     return out
