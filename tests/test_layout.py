@@ -81,15 +81,13 @@ def imports(
 
 LAYERS = {
     "ollama_proxy.protocol": ("ollama_proxy.protocol",),
-    "ollama_proxy.upstream": ("ollama_proxy.protocol", "ollama_proxy.upstream",
-                              "ollama_proxy.service.config"),
-    "ollama_proxy.web": ("ollama_proxy.protocol", "ollama_proxy.upstream", "ollama_proxy.web",
-                         "ollama_proxy.service.config"),
+    "ollama_proxy.upstream": ("ollama_proxy.protocol", "ollama_proxy.upstream"),
+    "ollama_proxy.web": ("ollama_proxy.protocol", "ollama_proxy.upstream", "ollama_proxy.web"),
 }
 """What each layer may import from the package: the pure hub below
-everything, the backend client on it, the web layer on both.
-L{ollama_proxy.service.config} is the parsed configuration file, plain
-frozen values that every layer may read."""
+everything, the backend client on it, the web layer on both.  The
+configuration's value types live in L{ollama_proxy.protocol.backends}, so
+no layer below C{service/} imports it."""
 
 
 class LayoutTests(SynchronousTestCase):

@@ -52,7 +52,7 @@ from ollama_proxy.protocol.errors import (
     describe,
 )
 from ollama_proxy.protocol.sticky import StickyTable
-from ollama_proxy.service.config import NO_OVERRIDE, BackendConfig, ModelOverride
+from ollama_proxy.protocol.backends import NO_OVERRIDE, BackendConfig, ModelOverride
 from ollama_proxy.upstream.backend import DEFAULT_RETRY_DELAY, Backend, clientKey, retryDelay
 from ollama_proxy.upstream.body import readBody
 

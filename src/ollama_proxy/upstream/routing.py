@@ -33,7 +33,7 @@ from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import NotFound, ProxyError, UpstreamError
 from ollama_proxy.protocol.names import NameIndex, clientModelName, modelIds
 from ollama_proxy.protocol.redact import Redactor, printable
-from ollama_proxy.service.config import BackendConfig, ModelOverride
+from ollama_proxy.protocol.backends import BackendConfig, ModelOverride
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache
 from ollama_proxy.upstream.fleet import Fleet, Pool, Route, failureReason
