@@ -53,7 +53,12 @@ from ollama_proxy.protocol.errors import (
 )
 from ollama_proxy.protocol.sticky import StickyTable
 from ollama_proxy.protocol.backends import NO_OVERRIDE, BackendConfig, ModelOverride
-from ollama_proxy.upstream.backend import DEFAULT_RETRY_DELAY, Backend, clientKey, retryDelay
+from ollama_proxy.upstream.backend import (
+    DEFAULT_RETRY_DELAY,
+    Backend,
+    currentClientKey,
+    retryDelay,
+)
 from ollama_proxy.upstream.body import readBody
 
 log = Logger()
@@ -370,7 +375,7 @@ class Fleet:
             client's forwarded one, which is the client's business).
         """
         return code in MISCONFIGURED_STATUSES and not (
-            target.backend.forwardClientKey and clientKey.get() is not None
+            target.backend.forwardClientKey and currentClientKey() is not None
         )
 
     def _failedWith(self, member: MemberState, target: Route, error: ProxyError) -> bool:

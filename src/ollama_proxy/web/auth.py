@@ -12,11 +12,12 @@ preflights, which browsers send without credentials).  Keys are compared
 with L{hmac.compare_digest} against every configured key, so the time taken
 does not reveal how much of a guess was right.
 
-L{clientKey} carries the key a client presented to the code that builds the
-upstream request (see L{ollama_proxy.upstream.backend.Backend.headers}) without
-threading it through every handler: it is set once per request inside the
-request's own coroutine context, so concurrent requests never see each
-other's keys.
+The key a client presented reaches the code that builds the upstream
+request (see L{ollama_proxy.upstream.backend.Backend.headers}) without
+threading it through every handler: the bridge hands it to
+L{ollama_proxy.upstream.backend.forwardingClientKey}, the one owner of that
+context variable, once per request inside the request's own coroutine
+context, so concurrent requests never see each other's keys.
 """
 
 from __future__ import annotations
