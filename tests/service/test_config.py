@@ -20,7 +20,7 @@ from ollama_proxy.service.config import (
     parseConfig,
 )
 from ollama_proxy.service.options import FileProblem
-from ollama_proxy.service.tap import Options
+from ollama_proxy.service.tap import DrainService, Options
 from tests.tempdirs import tempDir
 
 GOOD = textwrap.dedent(
@@ -450,7 +450,8 @@ class OptionsTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--config", path])
         service = makeService(options, reactor=MemoryReactorClock())
-        [site] = [s for s in service if hasattr(s, "endpoint")]  # type: ignore[attr-defined]
+        [drain] = [s for s in service if isinstance(s, DrainService)]  # type: ignore[attr-defined]
+        [site] = [s for s in drain if hasattr(s, "endpoint")]
         root = site.factory.resource
         while not hasattr(root, "ctx"):
             root = root.wrapped  # the CORS and key wrappers

@@ -189,10 +189,17 @@ class WiringTests(SynchronousTestCase):
         """
         Stopping the service drains the site with the configured grace.
         """
-        service, site = self.build("--shutdown-grace", "3", "--body-timeout", "7")
+        service, site = self.build("--shutdown-grace", "3", "--body-timeout", "7",
+                                   "--drain-delay", "2")
         bodyTimeout = site.requestFactory.bodyTimeout  # type: ignore[attr-defined]
         self.assertEqual(bodyTimeout, 7.0)
+        [drain] = [s for s in service if isinstance(s, DrainService)]
+        self.assertEqual((drain.grace, drain.delay), (3.0, 2.0))
         service.startService()
         d = service.stopService()
+        # Announced at once; the listeners and the site follow the delay.
+        self.assertTrue(drain.lifecycle.draining)
+        self.assertFalse(site.draining)
+        drain.reactor.advance(2)  # type: ignore[attr-defined]
         self.assertTrue(site.draining)
         self.successResultOf(d)

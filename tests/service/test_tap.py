@@ -10,7 +10,7 @@ import os
 import socket
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
@@ -229,10 +229,11 @@ class ServiceTests(SynchronousTestCase):
         service = makeService(options, reactor=MemoryReactorClock())
         self.assertIsInstance(service, MultiService)
         children = list(service)  # type: ignore[call-overload]
+        self.assertEqual([type(c) for c in children], [DrainService, ModelListing, TimerService])
+        drain = children[0]
         self.assertEqual(
-            [type(c) for c in children],
-            [StreamServerEndpointService, StreamServerEndpointService, PoolService, DrainService,
-             ModelListing],
+            [type(c) for c in [*drain, *drain.after]],
+            [StreamServerEndpointService, StreamServerEndpointService, PoolService],
         )
 
     def test_listens(self) -> None:
@@ -241,7 +242,8 @@ class ServiceTests(SynchronousTestCase):
         default, and stopping it closes the pool.
         """
         reactor = MemoryReactorClock()
-        service = makeService(parse("--target", "http://a"), reactor=reactor)
+        service = makeService(parse("--target", "http://a", "--drain-delay", "0"),
+                              reactor=reactor)
         service.startService()
         [(port, factory, backlog, interface)] = reactor.tcpServers
         self.assertEqual((port, interface), (11434, "127.0.0.1"))
@@ -257,7 +259,7 @@ class ServiceTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         service = makeService(
             parse("--target", "http://a", "--listen", "tcp:1:interface=127.0.0.1",
-                  "--listen", "tcp:2:interface=127.0.0.1:backlog=7"),
+                  "--listen", "tcp:2:interface=127.0.0.1:backlog=7", "--drain-delay", "0"),
             reactor=reactor,
         )
         service.startService()
@@ -297,7 +299,8 @@ class ServiceTests(SynchronousTestCase):
             (("--remote-host", "", "--ollama-version", "0.9.1"), "", "0.9.1"),
         ):
             reactor = MemoryReactorClock()
-            service = makeService(parse("--target", "http://a", *argv), reactor=reactor)
+            service = makeService(parse("--target", "http://a", "--drain-delay", "0", *argv),
+                                  reactor=reactor)
             service.startService()
             site: Any = reactor.tcpServers[0][1]
             root = site.resource
@@ -308,6 +311,25 @@ class ServiceTests(SynchronousTestCase):
             self.assertEqual(root.ctx.version, version)
             self.successResultOf(service.stopService())
 
+    def test_statusSampler(self) -> None:
+        """
+        The status page's history is sampled at start and every interval
+        after, on the injected clock.
+        """
+        reactor = MemoryReactorClock()
+        service = makeService(parse("--target", "http://a", "--drain-delay", "0"),
+                              reactor=reactor)
+        service.startService()
+        site: Any = reactor.tcpServers[0][1]
+        root = site.resource
+        while not hasattr(root, "ctx"):
+            root = root.wrapped
+        history = root.ctx.metrics.history
+        reactor.advance(10)
+        reactor.advance(10)
+        self.assertEqual([when for when, _ in history.samples], [0.0, 10.0, 20.0])
+        self.successResultOf(service.stopService())
+
     def test_demoAddsBackend(self) -> None:
         """
         C{--demo} also listens for the fake backend.
@@ -316,9 +338,12 @@ class ServiceTests(SynchronousTestCase):
         service = makeService(parse("--demo"), reactor=reactor)
         service.startService()
         self.assertEqual(sorted(s[0] for s in reactor.tcpServers), [11434, 11435])
-        self.successResultOf(service.stopService())
+        stopped = service.stopService()
+        reactor.advance(5)  # the default --drain-delay
+        self.successResultOf(stopped)
         reactor = MemoryReactorClock()
-        service = makeService(parse("--demo", "--demo-port", "24680"), reactor=reactor)
+        service = makeService(parse("--demo", "--demo-port", "24680", "--drain-delay", "0"),
+                              reactor=reactor)
         service.startService()
         self.assertEqual(sorted((s[0], s[3]) for s in reactor.tcpServers),
                          [(11434, "127.0.0.1"), (24680, "127.0.0.1")])

@@ -13,10 +13,11 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.error import ProcessTerminated
@@ -27,6 +28,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from ollama_proxy.protocol import codec
 from ollama_proxy.service.tap import DrainService, ModelListing, Options, PoolService, makeService
 from ollama_proxy.service.workers import (
     ParentWatch,
@@ -43,9 +45,18 @@ from tests.tempdirs import tempDir
 
 
 def services(service: Any) -> list[Any]:
-    """The children of a L{MultiService}, in order."""
+    """
+    The children of a L{MultiService}, in order, with a L{DrainService}'s
+    listeners and the services it stops after the drain in its place
+    (followed by itself).
+    """
     assert isinstance(service, MultiService)
-    return list(service)
+    out: list[Any] = []
+    for child in service:
+        if isinstance(child, DrainService):
+            out += [*child, *child.after]
+        out.append(child)
+    return out
 
 
 def parse(*argv: str) -> Options:
@@ -139,7 +150,7 @@ class ServiceShapeTests(SynchronousTestCase):
         service = makeService(parse("--target", "http://h:1"), MemoryReactorClock())
         kinds = [type(s) for s in services(service)]
         self.assertEqual(kinds, [StreamServerEndpointService, PoolService, DrainService,
-                                 ModelListing])
+                                 ModelListing, TimerService])
 
     def test_parent(self) -> None:
         """
@@ -154,13 +165,38 @@ class ServiceShapeTests(SynchronousTestCase):
         service = makeService(config, MemoryReactorClock())
         kinds = [type(s) for s in services(service)]
         self.assertEqual(kinds, [ReusePortService, ReusePortService, PoolService, DrainService,
-                                 WorkerPool, ModelListing])
-        pool = services(service)[-2]
+                                 WorkerPool, ModelListing, TimerService])
+        pool = services(service)[-3]
         assert isinstance(pool, WorkerPool)
         self.assertEqual(pool.count, 2)
         self.assertEqual(pool.argv[-2:], ["--worker-of", str(os.getpid())])
         self.assertIn("ollama-proxy", pool.argv)
         self.assertNotIn("--workers", pool.argv)
+
+    def test_failedStartRemovesTemporaryDirectory(self) -> None:
+        """
+        When the parent cannot listen, the temporary metrics directory it
+        made is removed: the stop that removes it otherwise never comes.
+        A C{--metrics-dir} of the operator's is left alone.
+        """
+        from ollama_proxy.service.tap import StartupError
+
+        self.addCleanup(singleProcess)
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for extra in ([], ["--metrics-dir", tempDir(self, "ollama-proxy-test-")]):
+            service: Any = makeService(parse(
+                "--target", "http://h:1", "--workers", "2",
+                "--listen", f"tcp:{port}:interface=127.0.0.1", *extra), MemoryReactorClock())
+            [pool] = [s for s in services(service) if isinstance(s, WorkerPool)]
+            directory = pool.metricsDirectory
+            assert directory is not None
+            self.assertTrue(os.path.isdir(directory))
+            self.assertRaises(StartupError, service.startService)
+            self.assertEqual(os.path.isdir(directory), bool(extra))
 
     def test_child(self) -> None:
         """
@@ -168,7 +204,8 @@ class ServiceShapeTests(SynchronousTestCase):
         """
         service = makeService(parse("--target", "http://h:1", "--worker-of", "1"), MemoryReactorClock())
         self.assertEqual([type(s) for s in services(service)],
-                         [ReusePortService, PoolService, DrainService, ParentWatch, ModelListing])
+                         [ReusePortService, PoolService, DrainService, ParentWatch, ModelListing,
+                          TimerService])
 
 
 class ReusePortServiceTests(SynchronousTestCase):
@@ -222,10 +259,12 @@ class FakeProcessReactor(MemoryReactorClock):
     def __init__(self) -> None:
         super().__init__()
         self.spawned: list[tuple[Any, str, list[str], FakeProcess]] = []
+        self.childFDs: list[Any] = []
 
     def spawnProcess(self, protocol: Any, executable: str, args: list[str], **kwargs: Any) -> FakeProcess:
         process = FakeProcess()
         self.spawned.append((protocol, executable, args, process))
+        self.childFDs.append(kwargs.get("childFDs"))
         return process
 
 
@@ -361,6 +400,133 @@ class WorkerPoolTests(SynchronousTestCase):
         self.assertEqual(pids, [os.getpid(), os.getpid()])
         self.assertEqual(reactor.spawned[0][2][-1], str(os.getpid() + 2))
         pool.stopService()
+
+
+class WorkerLogTests(SynchronousTestCase):
+    """
+    A worker's log, relayed into the parent's with its number.
+    """
+
+    def setUp(self) -> None:
+        from ollama_proxy.service.workers import _Worker
+
+        self.events: list[dict[str, Any]] = []
+        self.worker = _Worker(2, 0.0, self.events.append)
+        self.worker.pid = 4242
+
+    def test_jsonEventsRelayed(self) -> None:
+        """
+        Twisted JSON events from the worker's standard output, however the
+        pipe splits them, are published whole, with C{worker} and the
+        system C{worker N}; the text and JSON log formats show them so.
+        """
+        from twisted.logger import LogLevel, eventAsJSON, formatEvent
+
+        from ollama_proxy.service.logging import classicFormatter, eventAsJSONLine
+
+        record = ("\x1e" + eventAsJSON({
+            "log_format": "{line}", "line": "POST /api/chat status=200", "log_level": LogLevel.info,
+            "log_namespace": "ollama_proxy.web.observe", "log_time": 1700000000.0, "status": 200,
+        }) + "\n").encode()
+        self.worker.childDataReceived(1, record[:10])
+        self.assertEqual(self.events, [])
+        self.worker.childDataReceived(1, record[10:] + record)
+        self.assertEqual(len(self.events), 2)
+        event = self.events[0]
+        self.assertEqual((event["worker"], event["worker_pid"], event["status"]), (2, 4242, 200))
+        self.assertEqual(formatEvent(event), "POST /api/chat status=200")
+        self.assertIn("[worker 2] POST /api/chat status=200", classicFormatter()(event))
+        line = codec.loads(eventAsJSONLine(event))
+        self.assertEqual((line["worker"], line["level"], line["message"], line["status"]),
+                         (2, "info", "POST /api/chat status=200", 200))
+
+    def test_stderrRelayed(self) -> None:
+        """
+        What the worker writes to standard error (a start-up failure)
+        becomes error lines with its number; a last line without a newline
+        is relayed when the process ends.
+        """
+        self.worker.childDataReceived(2, b"ollama-proxy: cannot listen\nTraceback")
+        self.worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.assertEqual([(e["line"], e["log_level"].name, e["worker"]) for e in self.events],
+                         [("ollama-proxy: cannot listen", "error", 2), ("Traceback", "error", 2)])
+
+    def test_spawnedWithPipes(self) -> None:
+        """
+        The workers log Twisted's JSON events to a pipe the parent reads,
+        not to the parent's standard output (nowhere, once daemonized).
+        """
+        reactor = FakeProcessReactor()
+        pool = WorkerPool(reactor, 1, ["--target", "http://h:1"])
+        self.assertIn("--log-format=json", pool.argv)
+        pool.startService()
+        self.assertEqual(reactor.childFDs, [{0: "w", 1: "r", 2: "r"}])
+        d = pool.stopService()
+        reactor.spawned[0][0].processEnded(Failure(Exception("done")))
+        self.successResultOf(d)
+
+
+class RealDaemonLogTests(SynchronousTestCase):
+    """
+    C{twistd --logfile=F ollama-proxy --workers 2 --log-format json},
+    daemonized: the worker's lines are in F, with its number.
+    """
+
+    def test_workerLinesInLogFile(self) -> None:
+        """
+        The worker's start-up lines and its request lines are JSON lines of
+        the parent's log file with C{"worker": 1}; nothing is lost to the
+        daemon's closed standard output.
+        """
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise SkipTest("no SO_REUSEPORT")
+        from tests.integration.servers import Twistd, twistdCommand
+
+        backendPort = freePort()
+        backend = Twistd("fake-openai", ["--listen", f"tcp:{backendPort}:interface=127.0.0.1"],
+                         backendPort)
+        self.addCleanup(backend.stop)
+        base = tempDir(self, "ollama-proxy-daemon-")
+        pidfile, logfile = os.path.join(base, "proxy.pid"), os.path.join(base, "proxy.json")
+        port = freePort()
+        subprocess.run(
+            [*twistdCommand(), f"--pidfile={pidfile}", f"--logfile={logfile}", "ollama-proxy",
+             "--target", f"http://127.0.0.1:{backendPort}", "--fallback", "", "--workers", "2",
+             "--listen", f"tcp:{port}:interface=127.0.0.1", "--log-format", "json",
+             "--drain-delay", "0"],
+            cwd=base, check=True, timeout=30, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while not os.path.exists(pidfile) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+
+        def lines() -> list[dict[str, Any]]:
+            with open(logfile, encoding="utf-8") as f:
+                return [json.loads(line) for line in f if line.startswith("{")]
+
+        try:
+            [child] = workerPids(pid, 1, port)
+            # Connections spread over both processes: one reaches the worker.
+            while time.monotonic() < deadline and not any(
+                    line.get("worker") == 1 and line.get("route") for line in lines()):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version",
+                                            timeout=10) as r:
+                    r.read()
+        finally:
+            os.kill(pid, signal.SIGTERM)
+        while os.path.exists(pidfile) and time.monotonic() < deadline + 15:
+            time.sleep(0.05)
+        records = lines()
+        fromWorker = [line for line in records if line.get("worker") == 1]
+        self.assertTrue(any("offers" in line["message"] for line in fromWorker), records[-10:])
+        served = [line for line in fromWorker if line.get("route") == "/api/version"]
+        self.assertTrue(served)
+        self.assertEqual({line["worker_pid"] for line in served}, {child})
+        self.assertEqual(served[0]["status"], 200)
+        self.assertFalse(any("worker" in line for line in records
+                             if line.get("route") and line not in fromWorker))
 
 
 class ParentWatchTests(SynchronousTestCase):
@@ -568,4 +734,39 @@ class RealDrainTests(SynchronousTestCase):
             lines = [json.loads(line) for line in response.read().splitlines() if line.strip()]
             self.assertTrue(lines[-1]["done"], lines[-1])
         stack.proxy.process.wait(timeout=30)
+        self.assertTrue(_waitFor(lambda: not os.path.exists(f"/proc/{child}"), 10))
+
+    def test_everyWorkerAnnouncesDraining(self) -> None:
+        """
+        With C{--drain-delay}, both processes answer C{/health/ready} with
+        503 and report C{draining} at once after C{SIGTERM}, and both keep
+        listening until the delay is over.
+        """
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise SkipTest("no SO_REUSEPORT")
+        stack = Stack(["--workers", "2", "--drain-delay", "2"])
+        self.addCleanup(stack.stop)
+        port = stack.proxy.port
+        parent = stack.proxy.process.pid
+        [child] = workerPids(parent, 1, port)
+        sent = time.monotonic()
+        stack.proxy.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the parent passes the signal on
+        answered: set[int] = set()
+        deadline = sent + 1.5
+        while answered != {parent, child} and time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=5) as r:
+                report = json.loads(r.read())
+            self.assertTrue(report["draining"], report)
+            answered.add(report["pid"])
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=5)
+                self.fail("ready while draining")
+            except urllib.error.HTTPError as e:
+                self.assertEqual((e.code, json.loads(e.read())["status"]), (503, "draining"))
+        self.assertEqual(answered, {parent, child})
+        self.assertTrue(listening(parent, port) and listening(child, port))
+        self.assertLess(time.monotonic() - sent, 2.0)
+        stack.proxy.process.wait(timeout=20)
+        self.assertGreaterEqual(time.monotonic() - sent, 2.0)
         self.assertTrue(_waitFor(lambda: not os.path.exists(f"/proc/{child}"), 10))

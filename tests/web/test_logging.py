@@ -82,3 +82,43 @@ class LoggingTests(SynchronousTestCase):
         self.assertNotIn("sk-secret", text)
         self.assertNotIn("client-token-123", text)
         self.assertIn("<redacted>", text)
+
+
+class CollectedExchangeTests(SynchronousTestCase):
+    """
+    A request whose handler is collected while suspended (whatever it
+    awaited was dropped, as when a test or a library abandons a Deferred)
+    writes no log line and finishes nothing from the garbage collector:
+    such a line used to land in whatever test was running when the
+    collector ran.
+    """
+
+    def test_noLineFromTheCollector(self) -> None:
+        import gc
+
+        from twisted.internet.defer import Deferred
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from ollama_proxy.web.bridge import Exchange, ProxyResource
+
+        class Waiting(ProxyResource):
+            async def handle_GET(self, ex: Exchange) -> object:
+                return await Deferred()
+
+        events = EventLoggingObserver()
+        globalLogPublisher.addObserver(events)
+        self.addCleanup(globalLogPublisher.removeObserver, events)
+        harness = ProxyHarness()
+        import io
+
+        from typing import Any
+
+        request: Any = DummyRequest([])
+        request.path = b"/waiting"
+        request.content = io.BytesIO(b"")
+        request.code = 200
+        Waiting(harness.ctx).render(request)
+        self.assertEqual(request.finished, 0)
+        del request
+        gc.collect()
+        self.assertEqual([formatEvent(e) for e in events if "status=" in formatEvent(e)], [])

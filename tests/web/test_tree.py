@@ -252,6 +252,27 @@ class JSONEverywhereTests(TreeCase):
                 self.assertEqual(headers["allow"], "GET, HEAD")
         self.assertEqual(self.send(b"GET", b"/health/live")[:3:2], (200, {"status": "ok"}))
 
+    def test_status(self) -> None:
+        """
+        The status page's three paths: exactly themselves, GET and HEAD.
+        """
+        from ollama_proxy.web.metrics import Metrics
+
+        self.harness = ProxyHarness(metrics=Metrics())
+        self.site = makeSite(buildRoot(self.harness.ctx), self.harness.clock,
+                             origins=OriginPolicy(), hosts=HostPolicy(hostname="box"))
+        for method, target, status in [
+            (b"GET", b"/status/x", 404), (b"GET", b"/status.json/", 404),
+            (b"GET", b"/status.js/x", 404), (b"POST", b"/status", 405),
+            (b"DELETE", b"/status.json", 405),
+        ]:
+            code, headers, body = self.send(method, target)
+            self.assertEqual(code, status, target)
+            self.assertIn("error", body)
+            if status == 405:
+                self.assertEqual(headers["allow"], "GET, HEAD")
+        self.assertEqual(self.send(b"GET", b"/status.json")[0], 200)
+
     def test_unknownMethods(self) -> None:
         """
         C{PATCH} (or any made-up method) is a 405 JSON with C{Allow}.

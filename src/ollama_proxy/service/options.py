@@ -226,6 +226,11 @@ class Options(usage.Options):
          "Seconds a client may take to send a whole request body (408 after).", _positive],
         ["shutdown-grace", None, 10.0,
          "Seconds in-flight requests may run after SIGTERM before they are cut.", _nonNegative],
+        ["drain-delay", None, 5.0,
+         "Seconds between SIGTERM and closing the listeners: /health/ready answers 503 at "
+         "once and requests are still served, so that a load balancer's probes take the "
+         "instance out first (at least HAProxy's inter x fall, or Kubernetes' endpoint "
+         "update); 0 closes at once.", _nonNegative],
         ["retry-429", None, 0,
          "Retry a backend 429 this many times (before any byte is sent; 0 disables).", int],
         ["retry-max-wait", None, 10.0,
@@ -439,6 +444,7 @@ class Options(usage.Options):
             clientHeaderTimeout=self["client-header-timeout"],
             maxConnections=self["max-connections"] or None,
             shutdownGrace=self["shutdown-grace"],
+            drainDelay=self["drain-delay"],
             maxBody=self["max-body"],
             bodyBudget=self["body-budget"],
             maxLine=self["max-line"],

@@ -48,8 +48,8 @@ log = Logger()
 RESTART_ONLY = (
     "listen", "workers", "poolSize", "connectTimeout", "clientTimeout", "bodyTimeout",
     "clientHeaderTimeout", "maxConnections",
-    "maxBody", "bodyBudget", "shutdownGrace", "metrics", "metricsDir", "logFormat", "demo",
-    "demoPort",
+    "maxBody", "bodyBudget", "shutdownGrace", "drainDelay", "metrics", "metricsDir",
+    "logFormat", "demo", "demoPort",
 )
 """Settings a running process keeps until it is restarted."""
 

@@ -41,6 +41,8 @@ class Settings:
     @ivar maxConnections: open client connections per process, or C{None}
         for no cap.
     @ivar shutdownGrace: seconds requests may run on after SIGTERM.
+    @ivar drainDelay: seconds between SIGTERM (readiness 503) and closing
+        the listeners.
     @ivar maxBody: the largest request body accepted.
     @ivar bodyBudget: bytes of request bodies held at once by all requests.
     @ivar maxLine: the largest upstream SSE line accepted.
@@ -83,6 +85,7 @@ class Settings:
     clientHeaderTimeout: float
     maxConnections: int | None
     shutdownGrace: float
+    drainDelay: float
     maxBody: int
     bodyBudget: int
     maxLine: int

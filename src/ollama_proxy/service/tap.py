@@ -15,12 +15,14 @@ import ctypes
 import ctypes.util
 
 import errno
+import shutil
 import sys
 import tempfile
 from types import TracebackType
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -28,10 +30,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
+from ollama_proxy import __version__
+from ollama_proxy.protocol.clock import wallClock
 from ollama_proxy.protocol.flavors import flavorFor
-from ollama_proxy.service.logging import redactLogsWith
+from ollama_proxy.service.drain import DrainService
 from ollama_proxy.service.listen import loopbackOnly, somaxconn, withBacklog
 from ollama_proxy.service.demo import demoService
+from ollama_proxy.service.logging import redactLogsWith
 from ollama_proxy.service.options import Options
 from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, reload
 from ollama_proxy.service.settings import Settings
@@ -49,13 +54,19 @@ from ollama_proxy.upstream.pool import makeClient
 from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
 from ollama_proxy.web.auth import KeyGate, requireKeys
 from ollama_proxy.web.budget import BodyBudget
-from ollama_proxy.web.context import Fallback, ProxyContext
+from ollama_proxy.web.context import Fallback, Lifecycle, ProxyContext
 from ollama_proxy.web.cors import CORSResource, HostPolicy, OriginPolicy
-from ollama_proxy.web.metrics import Metrics, shareAcrossProcesses, sharedDirectory
+from ollama_proxy.web.metrics import (
+    Metrics,
+    RateHistory,
+    sampleHistory,
+    shareAcrossProcesses,
+    sharedDirectory,
+)
 from ollama_proxy.web.site import ProxySite, makeSite
 from ollama_proxy.web.tree import buildRoot
 
-__all__ = ["Options", "Settings", "makeService"]
+__all__ = ["DrainService", "Options", "Settings", "makeService"]
 
 def makeRouter(
     settings: Settings, http: HTTPClient, reactor: IReactorTime
@@ -154,26 +165,6 @@ class PoolService(Service):
         return closed
 
 
-class DrainService(Service):
-    """
-    Lets requests in flight finish when twistd stops (SIGTERM): the
-    listening ports close at once (their services stop alongside), this
-    service's C{stopService} waits up to the grace period for the site to
-    drain, then cuts what is left, which closes the upstream connections.
-    """
-
-    def __init__(self, site: ProxySite, grace: float) -> None:
-        self.site = site
-        self.grace = grace
-
-    def stopService(self) -> Deferred[None]:
-        """
-        @return: fires when no request is in flight.
-        """
-        super().stopService()
-        return self.site.drain(self.grace)
-
-
 class StartupError(Exception):
     """
     The service cannot start, for a reason one line says (a port that is
@@ -207,21 +198,41 @@ class ProxyService(MultiService):
     """
     The proxy's services; a port that cannot be bound becomes a
     L{StartupError} with one clear line instead of a traceback.
+
+    @ivar temporary: directories of this run (the workers' metrics) to
+        remove when the start fails: the stop that would remove them never
+        comes.
     """
 
     log = Logger()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temporary: list[str] = []
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except CannotListenError as e:
+            self._removeTemporary()
             self._fail(e)
+        except BaseException:
+            self._removeTemporary()
+            raise
 
     def startService(self) -> None:
         try:
             super().startService()
         except CannotListenError as e:
+            self._removeTemporary()
             self._fail(e)
+        except BaseException:
+            self._removeTemporary()
+            raise
+
+    def _removeTemporary(self) -> None:
+        for directory in self.temporary:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def _fail(self, error: CannotListenError) -> None:
         line = listenFailure(error)
@@ -300,6 +311,8 @@ def makeContext(
     @return: the context the resources share, from C{settings}.
     """
     return ProxyContext(
+        lifecycle=Lifecycle(started=wallClock(), workers=settings.workers,
+                            version=__version__.public()),
         models=ModelDirectory(router, settings.modelOverrides, settings.remoteHost),
         fallback=fallback,
         debug=settings.debug,
@@ -339,11 +352,21 @@ def makeProxySite(settings: Settings, ctx: ProxyContext, reactor: Any) -> ProxyS
     )
 
 
-def addListeners(service: MultiService, settings: Settings, site: ProxySite, reactor: Any) -> None:
+def addListeners(
+    service: MultiService, settings: Settings, ctx: ProxyContext, site: ProxySite, reactor: Any
+) -> DrainService:
     """
-    One listening service per C{--listen} (sharing the port with the other
-    workers under C{--workers}).
+    The drain, and under it one listening service per C{--listen} (sharing
+    the port with the other workers under C{--workers}): they stop through
+    the drain, readiness 503, C{--drain-delay}, close, C{--shutdown-grace}
+    for what is in flight.
+
+    @return: the drain (what must stop after the listeners, the pool, is
+        added to it by the caller).
     """
+    drain = DrainService(site, settings.shutdownGrace, reactor, ctx.lifecycle,
+                         settings.drainDelay)
+    drain.setServiceParent(service)
     shared = settings.workers > 1 or settings.workerOf is not None
     backlog = somaxconn()
     for description in settings.listen:
@@ -351,9 +374,10 @@ def addListeners(service: MultiService, settings: Settings, site: ProxySite, rea
         # retransmits: the kernel's ceiling unless --listen names one.
         description = withBacklog(description, backlog)
         if shared:
-            ReusePortService(reactor, description, site).setServiceParent(service)
+            ReusePortService(reactor, description, site).setServiceParent(drain)
         else:
-            strports.service(description, site, reactor=reactor).setServiceParent(service)
+            strports.service(description, site, reactor=reactor).setServiceParent(drain)
+    return drain
 
 
 def addWorkers(
@@ -371,7 +395,7 @@ def addWorkers(
             reactor,
             settings.workers - 1,
             lambda parentPid: childArguments(list(settings.rawArgs), parentPid, settings.target),
-            stopTimeout=settings.shutdownGrace + 5.0,
+            stopTimeout=settings.drainDelay + settings.shutdownGrace + 5.0,
             metricsDirectory=metricsDir,
             removeDirectory=not settings.metricsDir,
         )
@@ -379,6 +403,19 @@ def addWorkers(
     if settings.workerOf is not None:
         ParentWatch(reactor, settings.workerOf).setServiceParent(service)
     return workers
+
+
+def addSampler(service: MultiService, metrics: Metrics | None, reactor: Any) -> None:
+    """
+    The status page's rates of the last minutes: a sample of the metrics
+    every L{RateHistory.interval} (nothing without metrics).
+    """
+    if metrics is None:
+        return
+    sampler = TimerService(RateHistory.interval,
+                           lambda: sampleHistory(metrics, reactor.seconds()))
+    sampler.clock = reactor
+    sampler.setServiceParent(service)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -420,11 +457,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     live = LiveConfig(settings, ctx, lambda current: makeRouter(current, http, reactor),
                       makeFallback, root.wrapped, root, site)
     service = ProxyService()
-    addListeners(service, settings, site, reactor)
-    PoolService(pool).setServiceParent(service)
-    DrainService(site, settings.shutdownGrace).setServiceParent(service)
+    if metricsDir is not None and settings.workers > 1 and not settings.metricsDir:
+        service.temporary.append(metricsDir)
+    drain = addListeners(service, settings, ctx, site, reactor)
+    drain.stopAfter(PoolService(pool))
     workers = addWorkers(service, settings, metricsDir, reactor)
     ModelListing(router, live).setServiceParent(service)
+    addSampler(service, ctx.metrics, reactor)
     if real:
         ReloadOnHangup(
             reactor, lambda: reload(live, parser(settings.rawArgs)),

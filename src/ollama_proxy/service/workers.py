@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from typing import Any, Callable, Sequence
 
 from twisted.application.service import Service
@@ -32,7 +33,7 @@ from twisted.internet.error import CannotListenError, ProcessDone, ProcessTermin
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -200,17 +201,73 @@ def exitDescription(reason: BaseException) -> str:
     return str(reason)
 
 
-class _Worker(ProcessProtocol):
-    """Watches one worker process."""
+MAX_LOG_LINE = 1024 * 1024
+"""The longest log record relayed from a worker; longer ones are cut."""
 
-    def __init__(self, index: int, started: float) -> None:
+
+class _Worker(ProcessProtocol):
+    """
+    Watches one worker process and relays its log into the parent's.
+
+    The worker logs Twisted's JSON events to its standard output (C{twist
+    --log-format=json}); each is published again here, with C{worker} (its
+    slot number) as a field and C{worker N} as its system, so that it goes
+    where the parent's log goes (twistd's C{--logfile}, text or C{--log-
+    format json}), even in daemon mode, where a worker's own standard
+    output leads nowhere.  Its standard error (a Python traceback, the
+    one-line start-up error) becomes error lines the same way.
+    """
+
+    def __init__(self, index: int, started: float,
+                 publish: Callable[[dict[str, Any]], None] = globalLogPublisher) -> None:
         self.index = index
         self.started = started
+        self.publish = publish
         self.pid: int | None = None
         self.reason: BaseException | None = None
         self.ended: Deferred[None] = Deferred()
+        self._buffers = {1: b"", 2: b""}
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """
+        Split the worker's output into records and relay each.
+        """
+        if childFD not in self._buffers:
+            return
+        buffered = self._buffers[childFD] + data
+        *records, rest = buffered.split(b"\n")
+        if len(rest) > MAX_LOG_LINE:
+            records.append(rest[:MAX_LOG_LINE])
+            rest = b""
+        self._buffers[childFD] = rest
+        for record in records:
+            self._relay(childFD, record)
+
+    def _relay(self, childFD: int, record: bytes) -> None:
+        record = record.strip(b"\x1e\r\n ")
+        if not record:
+            return
+        text = record.decode("utf-8", "replace")
+        event: dict[str, Any] | None = None
+        if childFD == 1 and text.startswith("{"):
+            try:
+                event = dict(eventFromJSON(text))
+            except ValueError:
+                event = None
+        if event is None:
+            event = {"log_format": "{line}", "line": text, "log_namespace": "ollama_proxy.worker",
+                     "log_level": LogLevel.error if childFD == 2 else LogLevel.info,
+                     "log_time": time.time()}
+        event["worker"] = self.index
+        event["worker_pid"] = self.pid
+        event["log_system"] = f"worker {self.index}"
+        self.publish(event)
 
     def processEnded(self, reason: Failure) -> None:
+        for childFD, rest in self._buffers.items():
+            if rest:
+                self._relay(childFD, rest)
+        self._buffers = {1: b"", 2: b""}
         self.reason = reason.value
         self.ended.callback(None)
 
@@ -250,6 +307,7 @@ class WorkerPool(Service):
         stopTimeout: float | None = None,
         metricsDirectory: str | None = None,
         removeDirectory: bool = False,
+        publish: Callable[[dict[str, Any]], None] = globalLogPublisher,
     ) -> None:
         """
         @param pluginArgs: the workers' plugin arguments, or a function of
@@ -261,6 +319,7 @@ class WorkerPool(Service):
         @param metricsDirectory: the shared metrics directory, if any.
         @param removeDirectory: remove that directory once every worker
             has exited (it is a temporary one of this run).
+        @param publish: where the workers' log events go (the parent's log).
         """
         self.reactor = reactor
         self.count = count
@@ -269,6 +328,7 @@ class WorkerPool(Service):
             self.stopTimeout = stopTimeout
         self.metricsDirectory = metricsDirectory
         self.removeDirectory = removeDirectory
+        self.publish = publish
         self.argv = self._argv()
         self.processes: dict[int, tuple[Any, _Worker]] = {}
         self.quickDeaths: dict[int, int] = {}
@@ -279,7 +339,7 @@ class WorkerPool(Service):
         @return: a worker's command line, for the current process as parent.
         """
         args = self.pluginArgs(os.getpid()) if callable(self.pluginArgs) else self.pluginArgs
-        return [sys.executable, "-c", WORKER_MAIN, "--log-format=text", "ollama-proxy", *args]
+        return [sys.executable, "-c", WORKER_MAIN, "--log-format=json", "ollama-proxy", *args]
 
     def startService(self) -> None:
         super().startService()
@@ -293,10 +353,10 @@ class WorkerPool(Service):
         Start the worker of slot C{index}.
         """
         self.pending.pop(index, None)
-        protocol = _Worker(index, self.reactor.seconds())
+        protocol = _Worker(index, self.reactor.seconds(), self.publish)
         process = self.reactor.spawnProcess(
             protocol, self.argv[0], self.argv, env=os.environ.copy(),
-            childFDs={0: "w", 1: 1, 2: 2},
+            childFDs={0: "w", 1: "r", 2: "r"},
         )
         # Twisted forgets the pid once the process is reaped: keep it.
         protocol.pid = process.pid

@@ -36,6 +36,8 @@ class TTLCache(Generic[T]):
     @ivar value: the last good value, or C{None} before the first success.
     @ivar clock: the clock that times it.
     @ivar error: the error of the last fetch, or C{None} if it worked.
+    @ivar lastCheck: the clock's seconds when the last fetch ended, or
+        C{None} before the first (shown by the status page).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class TTLCache(Generic[T]):
         self.what = what
         self.value: T | None = None
         self.error: ProxyError | None = None
+        self.lastCheck: float | None = None
         self._checked: float | None = None
         self._waiting: list[Deferred[T]] | None = None
 
@@ -119,7 +122,7 @@ class TTLCache(Generic[T]):
         except Exception as e:
             log.failure("asking backend {backend} for {what} failed", backend=self.name, what=self.what)
             result = UpstreamError(f"asking backend {self.name} for {self.what} failed: {e}")
-        self._checked = self.clock.seconds()
+        self._checked = self.lastCheck = self.clock.seconds()
         waiting, self._waiting = self._waiting or [], None
         if isinstance(result, ProxyError):
             self.error = result

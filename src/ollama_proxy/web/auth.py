@@ -22,6 +22,8 @@ context, so concurrent requests never see each other's keys.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from typing import Iterable
 
@@ -116,6 +118,14 @@ class Unauthorized(Resource):
 
     isLeaf = True
 
+    def __init__(self, challenge: bytes = b'Bearer realm="ollama-proxy"') -> None:
+        """
+        @param challenge: the C{WWW-Authenticate} value (C{Basic} makes a
+            browser ask for the key).
+        """
+        super().__init__()
+        self.challenge = challenge
+
     def render(self, request: Request) -> bytes:
         """
         @return: C{{"error": "unauthorized"}}, or the error of the path's
@@ -123,12 +133,37 @@ class Unauthorized(Resource):
         """
         request.setResponseCode(401)
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        request.setHeader(b"WWW-Authenticate", b'Bearer realm="ollama-proxy"')
+        request.setHeader(b"WWW-Authenticate", self.challenge)
         path = request.path or b""
         # /v1/models is Google's v1 API for Google's clients (ModelsRoute).
         google = path.startswith(GEMINI_V1) and googleClient(request)
         dialect = "gemini" if google else dialectOf(path)
         return codec.dumps(errorObject(dialect, 401, "unauthorized"))
+
+
+BROWSER_PATHS = frozenset({b"status", b"status.json", b"status.js"})
+"""The status page's paths: a browser opens them, and can send a key only
+as HTTP Basic credentials (the key as the password), which it asks the
+user for on a C{WWW-Authenticate: Basic} challenge."""
+
+
+def basicPassword(request: Request) -> bytes | None:
+    """
+    @param request: the client request.
+    @return: the password of C{Authorization: Basic ...}, or C{None}.
+    """
+    authorization = request.requestHeaders.getRawHeaders(b"authorization")
+    if not authorization:
+        return None
+    scheme, _, token = authorization[0].strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    _, colon, password = decoded.partition(b":")
+    return password if colon and password else None
 
 
 class KeyGate(Resource):
@@ -146,13 +181,18 @@ class KeyGate(Resource):
         self.wrapped = wrapped
         self.keys = [key.encode("utf-8") for key in keys]
         self._unauthorized = Unauthorized()
+        self._browserUnauthorized = Unauthorized(b'Basic realm="ollama-proxy", charset="UTF-8"')
 
-    def allowed(self, request: Request) -> bool:
+    def allowed(self, request: Request, basic: bool = False) -> bool:
         """
         @param request: the client request.
+        @param basic: also take the key as an HTTP Basic password (the
+            status page's paths only).
         @return: whether it carries one of L{keys}.
         """
         presented = presentedKey(request)
+        if presented is None and basic:
+            presented = basicPassword(request)
         if presented is None:
             return False
         # Compare against every key, without short-circuiting.
@@ -168,10 +208,12 @@ class KeyGate(Resource):
         isHealthCheck = method in (b"GET", b"HEAD") and (
             (path == b"" and not request.postpath) or path == b"health"
         )
-        if method == b"OPTIONS" or isHealthCheck or not self.keys or self.allowed(request):
+        browser = path in BROWSER_PATHS
+        if (method == b"OPTIONS" or isHealthCheck or not self.keys
+                or self.allowed(request, basic=browser)):
             child: IResource = self.wrapped.getChildWithDefault(path, request)
             return child
-        return self._unauthorized
+        return self._browserUnauthorized if browser else self._unauthorized
 
     def render(self, request: Request) -> bytes:
         """

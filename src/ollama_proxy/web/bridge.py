@@ -2,15 +2,14 @@
 """
 The async bridge and the error funnel, shared by every resource.
 
-Handlers are coroutines that receive an L{Exchange} and either return a
-JSON-compatible value (sent as C{application/json}), return C{None} after
-streaming the body themselves, or raise a L{ProxyError}.  L{ProxyResource}
-turns all of that into HTTP: statuses and C{{"error": ...}} bodies before the
+Handlers are coroutines that receive an L{Exchange} and return a JSON value,
+C{None} after streaming the body themselves, or raise a L{ProxyError}.
+L{ProxyResource} turns that into HTTP: statuses and error bodies before the
 first byte, the dialect's error event after it (both written by the
-dialect's L{ollama_proxy.protocol.dialect.ErrorShape}), cancellation when the client leaves.  An answer that is
-ready without waiting (L{ProxyResource.ready}) takes the same funnel
-synchronously, without the coroutine.  What happened is noted
-on the exchange and observed afterwards by L{ollama_proxy.web.observe}.
+dialect's L{ollama_proxy.protocol.dialect.ErrorShape}), cancellation when
+the client leaves.  A ready answer (L{ProxyResource.ready}) takes the same
+funnel synchronously.  What happened is noted on the exchange and observed
+afterwards by L{ollama_proxy.web.observe}.
 """
 
 from __future__ import annotations
@@ -42,13 +41,8 @@ from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, chargeParse, inflate
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.metrics import OTHER
-from ollama_proxy.web.observe import (
-    OBSERVED,
-    logRequest,
-    modelLabel,
-    noteRoute,
-    upstreamErrorKind,
-)
+from ollama_proxy.web.observe import (OBSERVED, logRequest, modelLabel, noteRoute, routed,
+                                      upstreamErrorKind)
 
 MIN_CLIENT_KEY = 8  # the shortest client key treated as a secret
 MAX_ERROR_TEXT = 2000  # characters of upstream text an error quotes (cut after redaction)
@@ -95,17 +89,15 @@ class Exchange:
     @ivar client: whether the client is still connected.
     @ivar model: the model named by the request, for the log line.
     @ivar backend: the name of the backend it went to.
-    @ivar modelLabel: the model's metrics label: a model some backend offers,
-        C{"other"} for any other name (so that clients cannot create label
-        values at will), empty for requests that name no model.
-    @ivar tokensIn: prompt tokens reported by the backend.
-    @ivar tokensOut: completion tokens reported by the backend.
+    @ivar modelLabel: the metrics label: a model some backend offers, else
+        C{"other"} (clients cannot create label values), or empty.
+    @ivar tokensIn: prompt tokens (as the backend reports them).
+    @ivar tokensOut: completion tokens (likewise).
     @ivar firstToken: ns from arrival to the first generated token (streams).
     @ivar upstreamError: the kind of upstream failure that ended the
         request (see L{ollama_proxy.web.observe.upstreamErrorKind}), if any.
-    @ivar guessed: the model name, when it was sent to the only backend
-        without a listing naming it (its label is looked up again at the
-        end, against the lists known then).
+    @ivar guessed: the model name, when sent to the only backend unlisted
+        (its label is looked up again at the end).
     @ivar errors: the error shape of the dialect being answered in (the
         resource's, or the dialect's once a generation chose one): the
         funnel asks it, before the stream and after it began.
@@ -331,6 +323,7 @@ class ProxyResource(Resource):
         ex.modelLabel = OTHER
         route = await self.ctx.models.route(name, ex.request.getHeader, body)
         ex.backend = route.name
+        routed(ex, self.ctx.metrics)
         # A backend id is upstream text: it may carry a key, and it becomes
         # a metrics label.
         ex.modelLabel = ex.redactText(modelLabel(route.known, route.modelId))
@@ -397,13 +390,10 @@ class ProxyResource(Resource):
 
     def ready(self, ex: Exchange) -> Any:
         """
-        The answer to C{ex} when it is known without waiting (a fresh
-        cache, a constant), so that C{render} sends it at once: no
-        coroutine, no Deferred, no cancellation wiring, which are most of
-        what a warm C{/api/tags} costs above twisted.web itself
-        (C{bench/RESULTS.md}, issue 15).  It must give exactly what the
-        C{handle_*} method for C{ex}'s method would; it runs outside the
-        request's own context, so it must not call a backend.
+        The answer to C{ex} when known without waiting (a fresh cache, a
+        constant), sent at once with no coroutine or Deferred: most of
+        what a warm C{/api/tags} costs (C{bench/RESULTS.md}, issue 15).  It
+        must equal the C{handle_*} answer and must not call a backend.
 
         @param ex: the exchange.
         @return: the JSON-compatible answer, or C{None} to let the handler
@@ -440,16 +430,23 @@ class ProxyResource(Resource):
         # This coroutine runs in its own copy of the context, so the key is
         # seen only by this request's upstream calls.
         forwardingClientKey(presentedKey(ex.request))
+        collected = False
         try:
             if ex.body and self._encoded(ex.request):
                 await self._decode(ex)
             self._send(ex, await handler(ex))
         except CancelledError:
             pass
+        except GeneratorExit:
+            # Collected while suspended: no one waits for this answer, and
+            # a log line written by the garbage collector lands anywhere.
+            collected = True
+            raise
         except Exception as e:
             self._failWith(ex, e)
         finally:
-            self._close(ex)
+            if not collected:
+                self._close(ex)
 
     def _encoded(self, request: Request) -> bool:
         """

@@ -60,6 +60,26 @@ class Fallback:
 
 
 @attrs.define
+class Lifecycle:
+    """
+    The process's place in its life, shared by the readiness probe, the
+    status page and the shutdown sequence (L{ollama_proxy.service.drain}).
+
+    @ivar started: wall-clock ns when the service was built, or C{None}.
+    @ivar draining: set on C{SIGTERM}: the readiness probe answers 503 so
+        that load balancers stop sending, while requests are still served
+        until C{--drain-delay} has passed.
+    @ivar workers: the processes serving the ports (C{--workers}).
+    @ivar version: the proxy's own version, for the status page.
+    """
+
+    started: int | None = None
+    draining: bool = False
+    workers: int = 1
+    version: str = "unknown"
+
+
+@attrs.define
 class ProxyContext:
     """
     Everything the resources share.
@@ -87,6 +107,7 @@ class ProxyContext:
     @ivar reactor: the reactor a compressed body's decoding yields to
         between steps; C{None} for the first backend's (the same one
         outside tests).
+    @ivar lifecycle: start time, draining state and worker count.
     """
 
     models: ModelDirectory
@@ -101,6 +122,7 @@ class ProxyContext:
     maxBody: int = DEFAULT_MAX_BODY
     pingInterval: float = 10.0
     reactor: IReactorTime | None = None
+    lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
     _redactor: tuple[ModelDirectory, tuple[str, ...], Redactor] | None = attrs.field(
         default=None, init=False, repr=False
     )

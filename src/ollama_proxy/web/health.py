@@ -72,7 +72,9 @@ class Live(Probe):
 class Ready(Probe):
     """
     C{GET /health/ready}: 200 C{{"status": "ready", "backends": {...}}}, or
-    503 C{{"status": "not ready", "reason": ..., "backends": {...}}}.
+    503 C{{"status": "not ready", "reason": ..., "backends": {...}}}, or
+    from C{SIGTERM} on 503 C{{"status": "draining", ...}} (see
+    L{ollama_proxy.service.drain}).
     """
 
     def __init__(self, ctx: ProxyContext) -> None:
@@ -82,6 +84,12 @@ class Ready(Probe):
     def answer(self, request: Request) -> bytes:
         # Read at each probe: a reload swaps the directory.
         ready, states = self.ctx.models.readiness()
+        if self.ctx.lifecycle.draining:
+            # SIGTERM: the balancer must stop sending before the listener
+            # closes (--drain-delay), whatever the backends say.
+            request.setResponseCode(503)
+            return codec.dumps({"status": "draining", "reason": "the proxy is shutting down",
+                                "backends": states})
         if ready:
             return codec.dumps({"status": "ready", "backends": states})
         request.setResponseCode(503)

@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, TypeVar
+from collections import deque
+from typing import Any, Iterable, Mapping, TypeVar
 
+import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.metrics_core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
@@ -104,6 +107,8 @@ class Metrics:
     The proxy's counters, gauges and histograms.
 
     @ivar registry: the registry they are in, rendered by L{render}.
+    @ivar history: their totals over the last minutes, for the status page
+        (sampled by the service, see L{ollama_proxy.service.tap}).
     """
 
     def __init__(self, namespace: str = "ollama_proxy", shared: str | None = None) -> None:
@@ -173,6 +178,17 @@ class Metrics:
             "timeout, http_4xx, http_5xx, stream, protocol).",
             ["backend", "kind"], namespace=namespace, registry=r,
         )
+        self.routedRequests = Counter(
+            "routed_requests", "Client requests routed to each backend, when they end.",
+            ["backend"], namespace=namespace, registry=r,
+        )
+        self.routedInFlight = Gauge(
+            "routed_in_flight", "Client requests routed to each backend and not yet "
+            "ended (streams included).", ["backend"], namespace=namespace, registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.namespace = namespace
+        self.history = RateHistory()
 
     def child(self, metric: _M, *labels: str) -> _M:
         """
@@ -192,6 +208,19 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
+    def collect(self) -> Iterable[Metric]:
+        """
+        The metric families as a scrape sees them: this process's, or with
+        workers the sum over all of them (what L{render} renders).
+
+        @return: the families.
+        """
+        registry = self.registry
+        if self.shared is not None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, self.shared)
+        return registry.collect()
+
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """
         The exposition for a scrape.
@@ -206,3 +235,134 @@ class Metrics:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, self.shared)
         return encoder(registry), contentType
+
+
+@attrs.frozen
+class BackendTotals:
+    """
+    One backend's counters as a scrape would sum them.
+
+    @ivar requests: client requests routed to it that ended.
+    @ivar errors: its upstream failures, every kind.
+    @ivar inFlight: requests routed to it and running now.
+    @ivar latencySum: seconds of response-header latency, summed.
+    @ivar latencyCount: responses those seconds are over.
+    """
+
+    requests: float = 0.0
+    errors: float = 0.0
+    inFlight: float = 0.0
+    latencySum: float = 0.0
+    latencyCount: float = 0.0
+
+
+@attrs.frozen
+class Totals:
+    """
+    The counters the status page shows, summed over every label (and,
+    with workers, over every process).
+
+    @ivar requests: client requests answered.
+    @ivar errors: of those, answered with a 5xx status.
+    @ivar activeStreams: responses being streamed now.
+    @ivar backends: per backend name.
+    """
+
+    requests: float = 0.0
+    errors: float = 0.0
+    activeStreams: float = 0.0
+    backends: Mapping[str, BackendTotals] = attrs.field(factory=dict)
+
+
+def totals(metrics: Metrics) -> Totals:
+    """
+    Read L{Totals} off the families a scrape would render.
+
+    @param metrics: the metrics.
+    @return: the sums.
+    """
+    prefix = metrics.namespace + "_"
+    requests = errors = streams = 0.0
+    backends: dict[str, dict[str, float]] = {}
+
+    def add(name: str, field: str, value: float) -> None:
+        entry = backends.setdefault(name, {})
+        entry[field] = entry.get(field, 0.0) + value
+
+    for family in metrics.collect():
+        for sample in family.samples:
+            name, labels, value = sample.name[len(prefix):], sample.labels, sample.value
+            if name == "requests_total":
+                requests += value
+                if labels.get("status", "").startswith("5"):
+                    errors += value
+            elif name == "active_streams":
+                streams += value
+            elif name == "routed_requests_total":
+                add(labels["backend"], "requests", value)
+            elif name == "routed_in_flight":
+                add(labels["backend"], "inFlight", value)
+            elif name == "upstream_errors_total":
+                add(labels["backend"], "errors", value)
+            elif name == "upstream_latency_seconds_sum":
+                add(labels["backend"], "latencySum", value)
+            elif name == "upstream_latency_seconds_count":
+                add(labels["backend"], "latencyCount", value)
+    return Totals(requests, errors, streams,
+                  {name: BackendTotals(**fields) for name, fields in backends.items()})
+
+
+class RateHistory:
+    """
+    L{Totals} sampled every L{interval} seconds for the last L{size}
+    samples, from which the status page draws its request and error rates
+    (and recent per-backend latency).  With workers the totals are the
+    sum of all of them, so every process's history shows the whole service
+    (since that process started sampling).
+
+    @ivar samples: C{(seconds, totals)}, oldest first.
+    """
+
+    interval = 10.0
+    size = 61
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, Totals]] = deque(maxlen=self.size)
+
+    def sample(self, now: float, current: Totals) -> None:
+        """
+        @param now: the clock's seconds.
+        @param current: the totals now.
+        """
+        self.samples.append((now, current))
+
+    def rates(self) -> tuple[list[float], list[float]]:
+        """
+        @return: requests and errors per minute over each interval between
+            two samples, oldest first.
+        """
+        requests: list[float] = []
+        errors: list[float] = []
+        pairs = list(self.samples)
+        for (then, old), (now, new) in zip(pairs, pairs[1:]):
+            span = max(now - then, 1e-9)
+            requests.append(max(new.requests - old.requests, 0.0) * 60 / span)
+            errors.append(max(new.errors - old.errors, 0.0) * 60 / span)
+        return requests, errors
+
+    def oldest(self) -> Totals | None:
+        """
+        @return: the first sample in the window, or C{None}.
+        """
+        return self.samples[0][1] if self.samples else None
+
+
+def sampleHistory(metrics: Metrics, now: float) -> None:
+    """
+    Add the current totals to C{metrics.history} (every
+    L{RateHistory.interval} seconds, by the service).
+
+    @param metrics: the metrics.
+    @param now: the clock's seconds.
+    """
+    metrics.history.sample(now, totals(metrics))

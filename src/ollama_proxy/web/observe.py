@@ -192,6 +192,28 @@ def noteRoute(request: Any, label: str) -> None:
     setattr(request, ROUTE, label)
 
 
+COUNTED = "_ollamaProxyCounted"
+"""The request attribute naming the backend whose in-flight gauge counts
+the request (L{routed}) until it ends (L{logRequest})."""
+
+
+def routed(ex: Observed, metrics: Metrics | None) -> None:
+    """
+    Count C{ex} as in flight on the backend it was just routed to (the
+    status page's per-backend column); L{logRequest} ends it.
+
+    @param ex: the exchange, its C{backend} set.
+    @param metrics: the metrics, or C{None}.
+    """
+    counted = getattr(ex.request, COUNTED, None)
+    if metrics is None or ex.backend is None or counted == ex.backend:
+        return
+    if counted is not None:
+        metrics.child(metrics.routedInFlight, counted).dec()
+    setattr(ex.request, COUNTED, ex.backend)
+    metrics.child(metrics.routedInFlight, ex.backend).inc()
+
+
 def logRequest(ex: Observed, route: str, now: int, metrics: Metrics | None) -> None:
     """
     One info line per request, without bodies or secrets, and the
@@ -205,6 +227,11 @@ def logRequest(ex: Observed, route: str, now: int, metrics: Metrics | None) -> N
     """
     request = ex.request
     setattr(request, OBSERVED, True)
+    counted = getattr(request, COUNTED, None)
+    if metrics is not None and counted is not None:
+        metrics.child(metrics.routedInFlight, counted).dec()
+        metrics.child(metrics.routedRequests, counted).inc()
+        setattr(request, COUNTED, None)
     _record(
         request, route, (now - ex.start) / 1e6, metrics,
         model=ex.redactText(ex.model) if ex.model is not None else None,

@@ -37,6 +37,7 @@ from ollama_proxy.web.ollama import Completion, Embed, LegacyEmbeddings, Version
 from ollama_proxy.web.passthrough import Models, Passthrough
 from ollama_proxy.protocol.responses import RESPONSES
 from ollama_proxy.web.generation import GenerationResource
+from ollama_proxy.web.status import statusResources
 
 
 class Root(ProxyResource):
@@ -189,4 +190,6 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     root.putChild(b"health", healthTree(ctx))
     if ctx.metrics is not None:
         root.putChild(b"metrics", MetricsPage(ctx))
+        for name, resource in statusResources(ctx).items():
+            root.putChild(name, resource)
     return CORSResource(root, OriginPolicy(ctx.corsOrigins))
