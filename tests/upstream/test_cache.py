@@ -47,6 +47,17 @@ class TTLCacheSharingTests(SynchronousTestCase):
     def get(self) -> Deferred[dict[str, ModelMeta]]:
         return Deferred.fromCoroutine(self.catalog.get())
 
+    def test_storedValueIsACheck(self) -> None:
+        """
+        A value an active health check stored counts as the last check
+        (the status page shows its age), not only as fresh.
+        """
+        self.clock.advance(100)
+        self.catalog.store({"a": ModelMeta("a")})
+        self.assertEqual(self.catalog.lastCheck, 100)
+        self.assertEqual(self.successResultOf(self.get()), {"a": ModelMeta("a")})
+        self.assertEqual(self.fetches, [])
+
     def test_waiterCancelledOthersServed(self) -> None:
         """
         A caller that goes away (its request was cancelled) does not cancel

@@ -87,7 +87,7 @@ class TTLCache(Generic[T]):
         """
         self.value = value
         self.error = None
-        self._checked = self.clock.seconds()
+        self._checked = self.lastCheck = self.clock.seconds()
 
     async def get(self) -> T:
         """
