@@ -21,7 +21,7 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic import AnthropicDialect
 from ollama_proxy.protocol.gemini import GeminiDialect
 from ollama_proxy.protocol.ollama import NDJSONEncoder, OllamaDialect
-from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.responses import ResponsesDialect
 from ollama_proxy.protocol.responses_request import ResponsesContext
 from ollama_proxy.protocol.requests import ChatRequest, Message

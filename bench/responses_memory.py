@@ -41,7 +41,7 @@ def rss() -> tuple[int, int]:
 
 def child(mode: str, size: int, piece: int) -> None:
     from ollama_proxy.protocol import codec
-    from ollama_proxy.protocol.openai import ChatStreamReader, readReply
+    from ollama_proxy.protocol.backend_reader import ChatStreamReader, readReply
     from ollama_proxy.protocol import responses
     from ollama_proxy.protocol.errors import StreamFailed
     from ollama_proxy.protocol.responses import ResponsesDialect

@@ -23,7 +23,7 @@ from ollama_proxy.protocol.ollama_request import (
     parseMessages,
     parseTextCompletion,
 )
-from ollama_proxy.protocol.openai import (
+from ollama_proxy.protocol.backend_reader import (
     ChatStreamReader,
     readReply,
     toolCallsFromOpenAI,

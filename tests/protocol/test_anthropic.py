@@ -14,10 +14,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic import AnthropicDialect, AnthropicEncoder, errorObject
 from ollama_proxy.protocol.anthropic_request import parseMessagesRequest
+from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.requests import estimateTokens
-from ollama_proxy.protocol.errors import BadRequest, StreamFailed
 from ollama_proxy.protocol.events import Reply, ToolCall, Usage
-from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.openai_request import chatBody
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
 from ollama_proxy.protocol.stream import TranslatedStream
@@ -251,7 +252,7 @@ class ReplyTests(SynchronousTestCase):
         stream would have been.
         """
         dialect = AnthropicDialect(5, counterIds())
-        names = [n for n, _ in events(dialect.replyAsStream(self.REPLY, "m", T0, T0))]
+        names = [n for n, _ in events(dialect.streamEncoder("m", T0).whole(self.REPLY, T0))]
         self.assertEqual(names, [
             "message_start", "content_block_start", "content_block_delta", "content_block_stop",
             "content_block_start", "content_block_delta", "content_block_stop",

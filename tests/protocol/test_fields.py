@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.fields import base64Data, numberField, requireObject
+from ollama_proxy.protocol.fields import Base64Wording, base64Data, numberField, requireObject
 
 
 class FieldTests(SynchronousTestCase):
@@ -52,3 +52,32 @@ class FieldTests(SynchronousTestCase):
             with self.assertRaises(BadRequest) as e:
                 base64Data(value, "img")
             self.assertTrue(e.exception.message.startswith("img: "), e.exception.message)
+
+    def test_numberWording(self) -> None:
+        """
+        The dialect words the message: its template gets the field's path,
+        key, kind and article.
+        """
+        with self.assertRaises(BadRequest) as e:
+            numberField({"k": "1"}, "k", int, "p.", wording="{where}{key} {article} {kind}")
+        self.assertEqual(e.exception.message, "p.k an integer")
+        with self.assertRaises(BadRequest) as e:
+            numberField({"k": False}, "k", (int, float), wording='"{key}": {kind}')
+        self.assertEqual(e.exception.message, '"k": number')
+
+    def test_base64Wording(self) -> None:
+        """
+        Each failure takes its own message from the dialect's wording; the
+        check itself does not change.
+        """
+        wording = Base64Wording(notString="ns {where}", invalid="bad {where} {error}",
+                                empty="empty {where}")
+        self.assertEqual(base64Data("aGk=", "f", wording), b"hi")
+        cases: list[tuple[object, str]] = [(3, "ns f"), ("", "empty f")]
+        for value, message in cases:
+            with self.assertRaises(BadRequest) as e:
+                base64Data(value, "f", wording)
+            self.assertEqual(e.exception.message, message)
+        with self.assertRaises(BadRequest) as e:
+            base64Data("aGk", "f", wording)
+        self.assertTrue(e.exception.message.startswith("bad f "), e.exception.message)

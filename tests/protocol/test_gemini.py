@@ -14,12 +14,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import ModelMeta
-from ollama_proxy.protocol.errors import BadRequest, StreamFailed, UpstreamError
-from ollama_proxy.protocol.events import Reply, ToolCall, Usage
+from ollama_proxy.protocol.errors import BadRequest, UpstreamError
+from ollama_proxy.protocol.events import Reply, StreamFailed, ToolCall, Usage
 from ollama_proxy.protocol.gemini import GeminiDialect, errorObject, modelList
 from ollama_proxy.protocol.gemini_path import GeminiCall, parsePath
 from ollama_proxy.protocol.gemini_request import jsonSchema, parseCountRequest, parseGenerateRequest
-from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
 from ollama_proxy.protocol.stream import TranslatedStream
 from tests.protocol.helpers import PNG, T0, b64, constant, sse
@@ -206,7 +206,7 @@ class ReplyTests(SynchronousTestCase):
         A whole answer where a stream was asked for is the same chunks.
         """
         reply = Reply("Hello", "", (), "stop", Usage(9, 14), [])
-        out = GeminiDialect("r-1", 7, True).replyAsStream(reply, "gem-x", T0, T0)
+        out = GeminiDialect("r-1", 7, True).streamEncoder("gem-x", T0).whole(reply, T0)
         self.assertEqual(chunks(out), [response({"text": "Hello"}), end()])
 
     def test_errorObject(self) -> None:

@@ -17,7 +17,7 @@ from ollama_proxy.protocol.clock import formatTimestamp
 from ollama_proxy.protocol.errors import UpstreamError
 from ollama_proxy.protocol.events import Delta
 from ollama_proxy.protocol.ollama import Kind, NDJSONEncoder, doneReason
-from ollama_proxy.protocol.openai import logprobsFromOpenAI
+from ollama_proxy.protocol.backend_reader import logprobsFromOpenAI
 from ollama_proxy.protocol.requests import JSON
 from tests.protocol.helpers import (
     LP_A,

@@ -11,9 +11,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.protocol.errors import BadRequest, StreamFailed
-from ollama_proxy.protocol.events import Reply, ToolCall, Usage
-from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.events import Reply, StreamFailed, ToolCall, Usage, replyEvents
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.openai_request import chatBody
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
 from ollama_proxy.protocol.responses import ResponsesDialect, errorObject
@@ -425,7 +425,7 @@ class SplicedTextTests(SynchronousTestCase):
         reply = Reply(content, thinking, (ToolCall("c1", "get_weather", {"q": '"x"'}, 0),),
                       "tool_calls", Usage(1, 2), [])
         dialect = ResponsesDialect(context(), counterIds())
-        streamed = events(dialect.replyAsStream(reply, "m", T0, T0))
+        streamed = events(dialect.streamEncoder("m", T0).whole(reply, T0))
         whole = ResponsesDialect(context(), counterIds()).reply(reply, "m", T0, T0)
         byName = {name: data for name, data in streamed}
         self.assertEqual(byName["response.reasoning_summary_text.done"]["text"], thinking)
@@ -438,5 +438,9 @@ class SplicedTextTests(SynchronousTestCase):
         completed = byName["response.completed"]["response"]
         self.assertEqual(completed["output"], whole["output"])
         self.assertEqual(completed, {**whole, "id": completed["id"]})
-        failed = events(dialect.streamEncoder("m", T0).error("boom"))[-1][1]["response"]
+        # A stream that fails after every item closed (the Finish never
+        # came): response.failed carries the same items.
+        failing = ResponsesDialect(context(), counterIds()).streamEncoder("m", T0)
+        failing.encode(replyEvents(reply, T0)[:-1])
+        failed = events(failing.error("boom"))[-1][1]["response"]
         self.assertEqual(failed["output"], whole["output"])

@@ -12,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.clock import formatTimestamp
-from ollama_proxy.protocol.errors import StreamFailed, UpstreamError
+from ollama_proxy.protocol.errors import UpstreamError
+from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.stream import TranslatedStream
 from ollama_proxy.web.bridge import ClientState, Exchange
 from ollama_proxy.web.relay import relayBody

@@ -16,7 +16,7 @@ from ollama_proxy.protocol.anthropic_request import parseMessagesRequest
 from ollama_proxy.protocol.events import Delta, Finish, Reply, ToolCall, ToolCalls, Usage
 from ollama_proxy.protocol.ollama import OllamaDialect
 from ollama_proxy.protocol.ollama_request import parseChat
-from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.requests import ChatRequest, Message, ToolCallRequest
 from ollama_proxy.protocol.responses import ResponsesDialect
 from ollama_proxy.protocol.responses_request import parseResponsesRequest
@@ -195,7 +195,7 @@ class DialectTests(SynchronousTestCase):
         whole = uniqueToolIds(AnthropicDialect(1), taking("call_0"), numbered())
         message: Any = whole.reply(reply, "m", T0, T0)
         self.assertEqual(message["content"][0]["id"], "new_1")
-        streamed = events(whole.replyAsStream(reply, "m", T0, T0))
+        streamed = events(whole.streamEncoder("m", T0).whole(reply, T0))
         self.assertIn("new_2", [data["content_block"]["id"] for name, data in streamed
                                 if name == "content_block_start"])
 

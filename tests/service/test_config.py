@@ -64,7 +64,7 @@ def errorOf(source: str, **kwargs: object) -> ConfigError:
     @return: the error that parsing C{source} as C{proxy.toml} raises.
     """
     try:
-        parseConfig(source, "proxy.toml", environ={"LITELLM_KEY": "sk-env"}, **kwargs)  # type: ignore[arg-type]
+        parseConfig(source, "proxy.toml", environ={"LITELLM_KEY": "sk-env"}, **kwargs)
     except ConfigError as e:
         return e
     raise AssertionError("no ConfigError raised")

@@ -35,7 +35,7 @@ class RecordingService(Service):
         self.log = log
         self.label = name
 
-    def stopService(self) -> Deferred[None] | None:  # type: ignore[override]
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         self.log.append((self.label, self.clock.seconds()))
         return None

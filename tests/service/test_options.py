@@ -156,11 +156,11 @@ class WiringTests(SynchronousTestCase):
         """
         _, site = self.build("--require-key", "k")
         self.assertIsInstance(site.resource, CORSResource)
-        gate = site.resource.wrapped  # type: ignore[attr-defined]
+        gate = site.resource.wrapped
         self.assertIsInstance(gate, KeyGate)
         self.assertEqual(gate.keys, [b"k"])
         _, site = self.build()
-        self.assertEqual(site.resource.wrapped.keys, [])  # type: ignore[attr-defined]
+        self.assertEqual(site.resource.wrapped.keys, [])
 
     def test_backendOptions(self) -> None:
         """
@@ -180,7 +180,7 @@ class WiringTests(SynchronousTestCase):
         channels.
         """
         _, site = self.build("--client-header-timeout", "7", "--max-connections", "3")
-        self.assertEqual(site.protocol.headerTimeout, 7.0)  # type: ignore[attr-defined]
+        self.assertEqual(site.protocol.headerTimeout, 7.0)
         self.assertEqual(site.maxConnections, 3)
         _, site = self.build()
         self.assertIsNone(site.maxConnections)

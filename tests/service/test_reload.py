@@ -18,7 +18,7 @@ from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, relo
 from ollama_proxy.service.settings import Settings
 from ollama_proxy.service.tap import makeRouter
 from ollama_proxy.testing.harness import BodyCollector, ProxyHarness, delta
-from ollama_proxy.upstream.catalog import ModelDirectory
+from ollama_proxy.upstream.directory import ModelDirectory
 from ollama_proxy.web.auth import KeyGate, requireKeys
 from ollama_proxy.web.cors import CORSResource
 from ollama_proxy.web.metrics import Metrics

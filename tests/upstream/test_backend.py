@@ -134,3 +134,26 @@ class RetryTests(SynchronousTestCase):
         h.clock.advance(10)
         h.pump()
         self.assertEqual(len(h.backend.received), 1)
+
+
+class ClientKeyOwnerTests(SynchronousTestCase):
+    """
+    The forwarded client key is owned by L{ollama_proxy.upstream.backend}:
+    set through L{forwardingClientKey}, read through L{currentClientKey},
+    per context.
+    """
+
+    def test_perContext(self) -> None:
+        """
+        A key set in one context is not seen in another.
+        """
+        import contextvars
+
+        from ollama_proxy.upstream.backend import currentClientKey, forwardingClientKey
+
+        def inRequest(key: bytes) -> bytes | None:
+            forwardingClientKey(key)
+            return currentClientKey()
+
+        self.assertEqual(contextvars.copy_context().run(inRequest, b"k-one"), b"k-one")
+        self.assertEqual(contextvars.copy_context().run(currentClientKey), None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -166,3 +167,45 @@ class BackendBodyTests(SynchronousTestCase):
             {"error": "backend response is larger than 1000 bytes"},
         )
         self.assertEqual(len(upstream.lost), 1)
+
+
+class BodyProtocolTests(SynchronousTestCase):
+    """
+    L{BodyReader} is the protocol Twisted delivers the body to: the
+    transport arrives in C{makeConnection}, no wrapper captures it.
+    """
+
+    def test_isTheBodyProtocol(self) -> None:
+        """
+        C{deliverBody} gets the reader itself; its producer is the
+        transport it was connected to.
+        """
+        response = FakeResponse()
+        calls: list[bytes] = []
+        reader = BodyReader(calls.append, None)
+        started: list[Any] = []
+        d = ensureDeferred(reader.read(response, started.append))  # type: ignore[arg-type]
+        self.assertTrue(IProtocol.providedBy(reader))
+        self.assertIs(response.protocol, reader)
+        self.assertIs(reader.producer, response.transport)
+        self.assertEqual(started, [response.transport])
+        response.piece(b"x")
+        response.end()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(calls, [b"x"])
+
+    def test_collectorFailureClosesTheConnection(self) -> None:
+        """
+        Without a clock the collector runs within C{dataReceived}: its
+        failure closes the upstream connection and ends the read with it.
+        """
+        response = FakeResponse()
+
+        def fail(data: bytes) -> None:
+            raise UpstreamError("bad bytes")
+
+        d = ensureDeferred(BodyReader(fail, None).read(response))  # type: ignore[arg-type]
+        response.piece(b"x")
+        self.assertTrue(response.transport.disconnecting)
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.message, "bad bytes")
+        response.end()  # the connection's own end afterwards changes nothing

@@ -7,8 +7,18 @@ built once per host.
 from __future__ import annotations
 
 import io
+import os
+import sys
 from http.cookiejar import CookieJar
+from importlib.metadata import version
 from typing import Any
+
+from packaging.requirements import Requirement
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -18,10 +28,10 @@ from twisted.web.client import URI, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 
+from ollama_proxy.upstream.compat import ConnectionPool
 from ollama_proxy.upstream.pool import (
     BytesProducer,
     CachingEndpointFactory,
-    ConnectionPool,
     bodyProducer,
     makeClient,
 )
@@ -188,7 +198,7 @@ class CookieTests(SynchronousTestCase):
 
 class PoolRaceTests(SynchronousTestCase):
     """
-    L{ollama_proxy.upstream.pool.ConnectionPool} does not cache a connection that
+    L{ollama_proxy.upstream.compat.ConnectionPool} does not cache a connection that
     is already closing (found by the soak: spurious 502s after aborted
     streams).
     """
@@ -304,3 +314,38 @@ class ReadyURLTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         self.assertTrue(transport.value().startswith(b"POST /v1/chat/completions HTTP/1.1\r\n"))
         self.assertEqual(list(NO_COOKIES), [])
+
+
+class PinnedDependencyTests(SynchronousTestCase):
+    """
+    The private Twisted API the pool relies on, and treq's collector shape
+    the body reader follows, are only known for the releases tried: both
+    dependencies have an upper bound, and the installed ones are within it.
+    """
+
+    def requirements(self) -> dict[str, Requirement]:
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+            project = tomllib.load(f)["project"]
+        found = [Requirement(line) for line in project["dependencies"]]
+        return {r.name.lower(): r for r in found}
+
+    def test_upperBounds(self) -> None:
+        """
+        C{twisted} and C{treq} are bounded above (C{<N}).
+        """
+        requirements = self.requirements()
+        for name in ("twisted", "treq"):
+            bounds = [s for s in requirements[name].specifier if s.operator in ("<", "<=")]
+            self.assertEqual(len(bounds), 1, (name, str(requirements[name].specifier)))
+
+    def test_installedWithin(self) -> None:
+        """
+        The installed releases satisfy the bounds (a newer one is a failing
+        test, not a silent fallback).
+        """
+        requirements = self.requirements()
+        for name in ("twisted", "treq"):
+            installed = version(name)
+            self.assertTrue(requirements[name].specifier.contains(installed, prereleases=True),
+                            (name, installed, str(requirements[name].specifier)))

@@ -188,7 +188,7 @@ class ReadyErrorTests(SiteCase):
 
     def mount(self, error: Exception) -> None:
         # The site's tree: CORS, then the key gate, then the root.
-        root = self.site.resource.wrapped.wrapped  # type: ignore[attr-defined]
+        root = self.site.resource.wrapped.wrapped
         root.putChild(b"refusing", Refusing(self.harness.ctx, error))
 
     def test_proxyError(self) -> None:

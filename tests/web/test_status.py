@@ -1,5 +1,5 @@
 """
-Tests for L{ollama_proxy.web.status} and L{ollama_proxy.web.statuspage}:
+Tests for L{ollama_proxy.web.status}:
 C{/status.json} for two backends (one down), its counters and rates on the
 memory clock, redaction of what came from a backend, the page's strict CSP,
 the key gate, and that the page's own polls are not counted.
@@ -8,8 +8,6 @@ the key gate, and that the page's own polls are not counted.
 from __future__ import annotations
 
 import base64
-import hashlib
-import re
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -23,7 +21,7 @@ from ollama_proxy.web.auth import requireKeys
 from ollama_proxy.web.context import Lifecycle
 from ollama_proxy.web.metrics import sampleHistory
 from ollama_proxy.web.site import makeSite
-from ollama_proxy.web.statuspage import CSP, PAGE, SCRIPT, STYLE
+from ollama_proxy.web.statuspage import CSP, PAGE, SCRIPT
 from tests.web.helpers import body
 
 SECRET = "sk-beta-secret-123"
@@ -238,40 +236,24 @@ class PageTests(SynchronousTestCase):
 
     def test_page(self) -> None:
         """
-        The HTML has no inline script and no external asset, loads its
-        script from its own origin, and its CSP allows exactly its inline
-        style (by hash) and nothing else inline.
+        The HTML is served as built, under its CSP (what both allow:
+        L{tests.web.test_statuspage}).
         """
         headers, html = self.fetch("/status")
         self.assertEqual(headers.getRawHeaders("content-type"), ["text/html; charset=utf-8"])
         [csp] = headers.getRawHeaders("content-security-policy")
         self.assertEqual(csp.encode(), CSP)
-        digest = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
-        self.assertIn(f"style-src 'sha256-{digest}'", csp)
-        self.assertIn("script-src 'self'", csp)
-        self.assertNotIn("unsafe", csp)
-        self.assertIn(b"<style>" + STYLE.encode() + b"</style>", html)
-        scripts = re.findall(rb"<script[^>]*>", html)
-        self.assertEqual(scripts, [b'<script src="status.js" defer>'])
-        self.assertNotRegex(html, rb"(src|href)=\"(https?:)?//")
-        self.assertNotRegex(html, rb"\son[a-z]+=")  # no inline event handlers
-        self.assertIn(b'name="viewport"', html)
         self.assertEqual(html, PAGE)
 
     def test_script(self) -> None:
         """
-        The script is served as JavaScript; it fetches only C{status.json}
-        and never parses text as markup.
+        The script is served as built, as JavaScript (what it does:
+        L{tests.web.test_statuspage}).
         """
         headers, js = self.fetch("/status.js")
         self.assertEqual(headers.getRawHeaders("content-type"),
                          ["text/javascript; charset=utf-8"])
         self.assertEqual(js, SCRIPT)
-        self.assertEqual(re.findall(rb'fetch\("([^"]+)"', js), [b"status.json"])
-        self.assertNotIn(b"innerHTML", js)
-        self.assertNotIn(b"eval(", js)
-        urls = set(re.findall(rb"https?://[^\"' ]+", js))
-        self.assertEqual(urls, {b"http://www.w3.org/2000/svg"})  # a namespace, not a fetch
 
 
 class GateTests(SynchronousTestCase):

@@ -293,7 +293,7 @@ class JSONEverywhereTests(TreeCase):
         class Broken(Resource):
             isLeaf = True
 
-            def render(self, request: Request) -> bytes:  # type: ignore[override]
+            def render(self, request: Request) -> bytes:
                 raise RuntimeError("boom")
 
         self.site = makeSite(Broken(), MemoryReactorClock())

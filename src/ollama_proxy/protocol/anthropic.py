@@ -16,23 +16,16 @@ never a C{message_stop}.
 from __future__ import annotations
 
 import secrets
-from typing import Callable, Sequence
+from typing import Callable, Mapping
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.anthropic_request import parseMessagesRequest
+from ollama_proxy.protocol.blocks import THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.events import (
-    Delta,
-    Event,
-    Finish,
-    Reply,
-    ToolCall,
-    ToolCalls,
-    Usage,
-    replyEvents,
-)
+from ollama_proxy.protocol.dialect import EncodedErrors
+from ollama_proxy.protocol.events import Finish, Reply, ToolCall, Usage
+from ollama_proxy.protocol.requests import ChatRequest, estimateTokens
 from ollama_proxy.protocol.sse import sseEvent
-
-SSE = b"text/event-stream; charset=utf-8"
 
 IdMaker = Callable[[str], str]
 """Makes an id from a prefix (C{msg_}, C{resp_}, ...)."""
@@ -107,17 +100,14 @@ PING = _event(b"ping", {"type": "ping"})
 _TEXT_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
 
 
-class AnthropicEncoder:
+class AnthropicEncoder(BlockEncoder):
     """
-    Events to Anthropic's SSE sequence.
+    Events to Anthropic's SSE sequence: the shared block lifecycle
+    (L{ollama_proxy.protocol.blocks.BlockEncoder}) with Anthropic's events.
 
     C{message_start} is written before anything else: with the first
     events, or with the first L{ping} when the backend is slow to start.
-
-    @ivar started: whether C{message_start} went out.
     """
-
-    contentType = SSE
 
     def __init__(self, model: str, messageId: str, inputEstimate: int) -> None:
         """
@@ -128,15 +118,10 @@ class AnthropicEncoder:
         self.model = model
         self.messageId = messageId
         self.inputEstimate = inputEstimate
-        self.started = False
         self._index = -1
-        self._open: str | None = None
         self._toolUse = False
 
-    def _start(self) -> bytes:
-        if self.started:
-            return b""
-        self.started = True
+    def _opening(self) -> bytes:
         return _event(b"message_start", {
             "type": "message_start",
             "message": {
@@ -147,93 +132,83 @@ class AnthropicEncoder:
             },
         })
 
-    def ping(self) -> bytes:
-        """
-        @return: a C{ping} event (after C{message_start}, if not sent yet),
-            to show a waiting client that the stream is alive.
-        """
-        return self._start() + PING
+    def _firstPing(self) -> bytes:
+        return PING
 
-    def _close(self) -> bytes:
-        if self._open is None:
-            return b""
-        self._open = None
-        return _event(b"content_block_stop", {"type": "content_block_stop", "index": self._index})
+    def _ping(self) -> bytes:
+        return PING
 
-    def _openBlock(self, kind: str, block: JSON) -> bytes:
-        out = self._close()
+    def _blockStart(self, block: JSON) -> bytes:
         self._index += 1
-        self._open = kind
-        return out + _event(b"content_block_start", {
+        return _event(b"content_block_start", {
             "type": "content_block_start", "index": self._index, "content_block": block,
         })
 
-    def _tool(self, call: ToolCall) -> bytes:
-        out = self._openBlock("tool_use", {
-            "type": "tool_use", "id": call.id, "name": call.name, "input": {},
+    def _startBlock(self, kind: str) -> bytes:
+        if kind == THINKING:
+            return self._blockStart({"type": "thinking", "thinking": "", "signature": ""})
+        return self._blockStart({"type": "text", "text": ""})
+
+    def _stopBlock(self) -> list[bytes]:
+        return [self._blockStop()]
+
+    def _blockStop(self) -> bytes:
+        return _event(b"content_block_stop", {"type": "content_block_stop", "index": self._index})
+
+    def _thinking(self, text: str) -> bytes:
+        return _event(b"content_block_delta", {
+            "type": "content_block_delta", "index": self._index,
+            "delta": {"type": "thinking_delta", "thinking": text},
         })
+
+    def _text(self, text: str) -> bytes:
+        return (_TEXT_DELTA + str(self._index).encode()
+                + b',"delta":{"type":"text_delta","text":' + codec.dumps(text) + b"}}\n\n")
+
+    def _toolCall(self, call: ToolCall) -> bytes:
+        self._toolUse = True
+        out = self._blockStart({"type": "tool_use", "id": call.id, "name": call.name, "input": {}})
         out += _event(b"content_block_delta", {
             "type": "content_block_delta", "index": self._index,
             "delta": {"type": "input_json_delta", "partial_json": codec.dumps(call.arguments).decode()},
         })
-        return out + self._close()
+        return out + self._blockStop()
 
-    def encode(self, events: Sequence[Event]) -> bytes:
-        """
-        @param events: the events of one read.
-        @return: their SSE events.
-        """
-        out = [self._start()]
-        for event in events:
-            if type(event) is Delta:
-                if event.thinking:
-                    if self._open != "thinking":
-                        out.append(self._openBlock(
-                            "thinking", {"type": "thinking", "thinking": "", "signature": ""}
-                        ))
-                    out.append(_event(b"content_block_delta", {
-                        "type": "content_block_delta", "index": self._index,
-                        "delta": {"type": "thinking_delta", "thinking": event.thinking},
-                    }))
-                if event.content:
-                    if self._open != "text":
-                        out.append(self._openBlock("text", {"type": "text", "text": ""}))
-                    out.append(
-                        _TEXT_DELTA + str(self._index).encode()
-                        + b',"delta":{"type":"text_delta","text":' + codec.dumps(event.content)
-                        + b"}}\n\n"
-                    )
-            elif type(event) is ToolCalls:
-                self._toolUse = True
-                out.extend(self._tool(call) for call in event.calls)
-            elif type(event) is Finish:
-                out.append(self._close())
-                out.append(_event(b"message_delta", {
-                    "type": "message_delta",
-                    "delta": {
-                        "stop_reason": stopReason(event.reason, self._toolUse),
-                        "stop_sequence": None,
-                    },
-                    "usage": usageObject(event.usage, self.inputEstimate),
-                }))
-                out.append(_event(b"message_stop", {"type": "message_stop"}))
-        return b"".join(out)
+    def _finish(self, finish: Finish) -> list[bytes]:
+        return [_event(b"message_delta", {
+            "type": "message_delta",
+            "delta": {"stop_reason": stopReason(finish.reason, self._toolUse), "stop_sequence": None},
+            "usage": usageObject(finish.usage, self.inputEstimate),
+        }), _event(b"message_stop", {"type": "message_stop"})]
 
-    def error(self, message: str) -> bytes:
+    def _failure(self, message: str) -> bytes:
         """
         @return: C{event: error} (after C{message_start}, so SDKs that
             insist on it first still read the error).
         """
-        return self._start() + _event(b"error", errorObject(502, message))
+        return _event(b"error", errorObject(502, message))
+
+
+class AnthropicErrors(EncodedErrors):
+    """
+    Anthropic's errors: C{{"type": "error", "error": {"type", "message"}}}
+    before the stream, C{event: error} in it.
+    """
+
+    def _object(self, status: int, message: str, param: str | None) -> JSON:
+        return errorObject(status, message)
+
+
+ERRORS = AnthropicErrors()
 
 
 class AnthropicDialect:
     """
-    The Anthropic reply dialect (L{ollama_proxy.protocol.events.Dialect})
-    of one request: it knows the request's input estimate and keeps its
-    stream encoder, so a ping written before the backend answered and the
-    events after it are one stream.
+    The Anthropic reply dialect (L{ollama_proxy.protocol.dialect.Dialect})
+    of one request: it knows the request's input estimate.
     """
+
+    errors = ERRORS
 
     def __init__(self, inputEstimate: int, newId: IdMaker = randomId) -> None:
         """
@@ -242,15 +217,12 @@ class AnthropicDialect:
         """
         self.inputEstimate = inputEstimate
         self._newId = newId
-        self._encoder: AnthropicEncoder | None = None
 
     def streamEncoder(self, model: str, start: int) -> AnthropicEncoder:
         """
-        @return: the request's encoder (the same one on every call).
+        @return: a fresh encoder for one stream.
         """
-        if self._encoder is None:
-            self._encoder = AnthropicEncoder(model, self._newId("msg_"), self.inputEstimate)
-        return self._encoder
+        return AnthropicEncoder(model, self._newId("msg_"), self.inputEstimate)
 
     def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
         """
@@ -276,8 +248,27 @@ class AnthropicDialect:
             "usage": usageObject(reply.usage, self.inputEstimate),
         }
 
-    def replyAsStream(self, reply: Reply, model: str, start: int, end: int) -> bytes:
-        """
-        @return: the whole answer as the event sequence.
-        """
-        return self.streamEncoder(model, start).encode(replyEvents(reply, end))
+
+class MessagesRoute:
+    """
+    C{/v1/messages} as a route speaks it
+    (L{ollama_proxy.protocol.dialect.RouteDialect}): the model in the
+    body, Anthropic's parser and errors, a reply side that knows the
+    request's input estimate.
+    """
+
+    errors = ERRORS
+    native = "messages"
+
+    def __init__(self, newId: IdMaker = randomId) -> None:
+        self._newId = newId
+
+    def model(self, body: JSON, params: Mapping[str, str]) -> object:
+        return body.get("model")
+
+    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, AnthropicDialect]:
+        request = parseMessagesRequest(body)
+        return request, AnthropicDialect(estimateTokens(request), self._newId)
+
+
+MESSAGES = MessagesRoute()

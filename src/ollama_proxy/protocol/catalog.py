@@ -25,7 +25,7 @@ without hand configuration.  Sources, in increasing precedence:
 Everything here is pure (dicts in, dicts out); the C{/api/tags},
 C{/api/show} and C{/api/ps} answers built from it are in
 L{ollama_proxy.protocol.listing}.  The fetching and the one TTL cache live
-in L{ollama_proxy.upstream.catalog}; the override file is read by
+in L{ollama_proxy.upstream.directory}; the override file is read by
 L{ollama_proxy.service.overrides}.
 """
 

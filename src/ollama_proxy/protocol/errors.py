@@ -10,11 +10,6 @@ mapping lives next to the place that knows what went wrong.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
-
-if TYPE_CHECKING:
-    from ollama_proxy.protocol.events import Event
-
 
 class ProxyError(Exception):
     """
@@ -88,24 +83,6 @@ class UpstreamHTTPError(UpstreamError):
 
     retryAfter: float | None = None
 
-
-class StreamFailed(UpstreamError):
-    """
-    The upstream stream failed part-way through one read.
-
-    The relay joins the reads of one reactor turn, so a read can hold good
-    events before the failing one; what they encode to still belongs to the
-    client, before the error.
-
-    @ivar events: the events read before the failing one.
-    @ivar output: the same, encoded for the client (filled in by the
-        pipeline, L{ollama_proxy.protocol.stream.TranslatedStream}).
-    """
-
-    def __init__(self, message: str, events: Sequence[Event] = (), output: bytes = b"") -> None:
-        super().__init__(message)
-        self.events = list(events)
-        self.output = output
 
 
 def describe(error: ProxyError) -> str:

@@ -2,9 +2,10 @@
 """
 The events of a generated reply, whatever dialect the client speaks.
 
-The OpenAI reader (L{ollama_proxy.protocol.openai}) turns a backend's
+The OpenAI reader (L{ollama_proxy.protocol.backend_reader}) turns a backend's
 stream into these; each client dialect's encoder turns them into its own
-wire format (L{ollama_proxy.protocol.ollama} for Ollama NDJSON).  A
+wire format (L{ollama_proxy.protocol.ollama} for Ollama NDJSON), with the
+lifecycle L{ollama_proxy.protocol.dialect} defines.  A
 non-streamed answer is one L{Reply}, the same content aggregated.
 
 Events are C{NamedTuple}s: typed, immutable, and as cheap to build as a
@@ -14,9 +15,10 @@ apart with C{type(event) is Delta} (the common case) or C{isinstance}.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, Sequence, Union
+from typing import NamedTuple, Sequence, Union
 
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.errors import UpstreamError
 
 
 class Delta(NamedTuple):
@@ -131,54 +133,20 @@ def replyEvents(reply: Reply, end: int) -> list[Event]:
     return events
 
 
-class StreamEncoder(Protocol):
+class StreamFailed(UpstreamError):
     """
-    A client dialect's writer for one streamed reply.
-    """
+    The upstream stream failed part-way through one read.
 
-    contentType: bytes
-    """The response's C{Content-Type}."""
+    The relay joins the reads of one reactor turn, so a read can hold good
+    events before the failing one; what they encode to still belongs to the
+    client, before the error.
 
-    def encode(self, events: Sequence[Event]) -> bytes:
-        """
-        @param events: the events of one upstream read, in order.
-        @return: the bytes to write to the client now.
-        """
-
-    def error(self, message: str) -> bytes:
-        """
-        @param message: why the stream failed after it began.
-        @return: the dialect's mid-stream error (never a fake success).
-        """
-
-
-class Dialect(Protocol):
-    """
-    A client dialect's side of the hub: how a reply is written to it.
-    (Its request side is a parser that returns a
-    L{ollama_proxy.protocol.requests.ChatRequest}.)
+    @ivar events: the events read before the failing one.
+    @ivar output: the same, encoded for the client (filled in by the
+        pipeline, L{ollama_proxy.protocol.stream.TranslatedStream}).
     """
 
-    def streamEncoder(self, model: str, start: int) -> StreamEncoder:
-        """
-        @param model: the model name as the client sent it.
-        @param start: when the request arrived (ns).
-        @return: a fresh encoder for one stream.
-        """
-
-    def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
-        """
-        @param reply: the whole answer.
-        @param model: the model name as the client sent it.
-        @param start: when the request arrived (ns).
-        @param end: now (ns).
-        @return: the non-streamed answer object.
-        """
-
-    def replyAsStream(self, reply: Reply, model: str, start: int, end: int) -> bytes:
-        """
-        A whole answer where the client asked for a stream (the backend
-        ignored C{"stream": true}).
-
-        @return: the complete stream's bytes, success included.
-        """
+    def __init__(self, message: str, events: Sequence[Event] = (), output: bytes = b"") -> None:
+        super().__init__(message)
+        self.events = list(events)
+        self.output = output

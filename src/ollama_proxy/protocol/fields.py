@@ -2,14 +2,16 @@
 """
 Field validators every dialect's parser shares, so that no dialect imports
 another's parser for them: a body that must be an object, a typed number,
-an image given as base64.
+an image given as base64.  The checks are one; the words are the dialect's
+(Ollama answers as Ollama does, the agents' dialects name the field's
+path), given as templates.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Any, NamedTuple
 
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest
@@ -26,14 +28,21 @@ def requireObject(body: object) -> JSON:
     return body
 
 
-def numberField(body: JSON, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+AGENT_NUMBER = "{where}{key}: expected {article} {kind}"
+"""The agents' dialects' wording of a wrong number (the field's path)."""
+
+
+def numberField(body: JSON, key: str, kind: type | tuple[type, ...], where: str = "",
+                wording: str = AGENT_NUMBER) -> Any:
     """
-    One typed number of an agent request (C{"<key>: expected a number"}).
+    One typed number of a request.
 
     @param body: the object holding it.
     @param key: its key.
     @param kind: C{int}, or C{(int, float)} for any number.
     @param where: the object's path (C{generationConfig.}), for the message.
+    @param wording: the message's template: C{{where}}, C{{key}},
+        C{{kind}} (C{integer} or C{number}) and its C{{article}}.
     @return: C{body[key]} when it is of C{kind} (bools excluded), C{None}
         when absent or null.
     @raise BadRequest: for another type.
@@ -42,25 +51,50 @@ def numberField(body: JSON, key: str, kind: type | tuple[type, ...], where: str 
     if value is None:
         return None
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise BadRequest(f"{where}{key}: expected {'an integer' if kind is int else 'a number'}")
+        integer = kind is int
+        raise BadRequest(wording.format(where=where, key=key,
+                                        kind="integer" if integer else "number",
+                                        article="an" if integer else "a"))
     return value
 
 
-def base64Data(data: object, where: str) -> bytes:
+class Base64Wording(NamedTuple):
     """
-    Strictly decoded base64 (an image a client sent inline).
+    The messages of a bad inline image, as templates of C{{where}} (the
+    field's path) and C{{error}} (what the decoder said).
+    """
+
+    notString: str
+    invalid: str
+    empty: str
+
+
+AGENT_BASE64 = Base64Wording(
+    notString="{where}: expected a base64 string",
+    invalid="{where}: invalid base64 image data: {error}",
+    empty="{where}: invalid base64 image data: image is empty",
+)
+"""The agents' dialects' wording (the field's path and the reason)."""
+
+
+def base64Data(data: object, where: str = "", wording: Base64Wording = AGENT_BASE64) -> bytes:
+    """
+    Strictly decoded base64 (an image a client sent inline): standard
+    alphabet, padding required, as Go's decoder for C{[]byte} (Ollama's)
+    and the agent APIs require.
 
     @param data: the encoded value.
     @param where: the field's path, for the message.
+    @param wording: the messages.
     @return: the decoded bytes, never empty.
     @raise BadRequest: for a non-string, invalid base64, or nothing.
     """
     if not isinstance(data, str):
-        raise BadRequest(f"{where}: expected a base64 string")
+        raise BadRequest(wording.notString.format(where=where))
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise BadRequest(f"{where}: invalid base64 image data: {e}") from None
+        raise BadRequest(wording.invalid.format(where=where, error=e)) from None
     if not raw:
-        raise BadRequest(f"{where}: invalid base64 image data: image is empty")
+        raise BadRequest(wording.empty.format(where=where))
     return raw

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.dialect import EncodedErrors, Encoder
 from ollama_proxy.protocol.events import (
     Delta,
     Event,
@@ -29,7 +30,6 @@ from ollama_proxy.protocol.events import (
     ToolCall,
     ToolCalls,
     Usage,
-    replyEvents,
 )
 
 SSE = b"text/event-stream"
@@ -106,9 +106,10 @@ def functionCallPart(call: ToolCall) -> JSON:
 _HEAD = b'{"candidates":[{"content":{"parts":['
 
 
-class GeminiEncoder:
+class GeminiEncoder(Encoder):
     """
-    Events to C{GenerateContentResponse} chunks, one per backend delta.
+    Events to C{GenerateContentResponse} chunks, one per backend delta (the
+    lifecycle is L{ollama_proxy.protocol.dialect.Encoder}'s).
 
     The common chunk (text of one delta) is a byte template around the
     encoded text, so only the text is encoded per token.
@@ -133,7 +134,6 @@ class GeminiEncoder:
             + b',"responseId":' + codec.dumps(responseId) + b"}"
         )
         self._first = True
-        self._closed = False
         # The common chunk, one delta's text, in SSE: everything but the
         # encoded text made once.
         self._textPrefix = b"data: " + _HEAD + b'{"text":'
@@ -150,7 +150,7 @@ class GeminiEncoder:
     def _chunk(self, parts: bytes) -> bytes:
         return self._frame(_HEAD + parts + self._tail)
 
-    def encode(self, events: Sequence[Event]) -> bytes:
+    def _encode(self, events: Sequence[Event]) -> bytes:
         """
         @param events: the events of one read.
         @return: their chunks.
@@ -164,6 +164,8 @@ class GeminiEncoder:
                 if event.content:
                     out.append(prefix + dumps(event.content) + suffix)
             else:
+                if type(event) is Finish:
+                    self._ended(event, events)
                 out.append(self._event(event))
         return b"".join(out)
 
@@ -183,7 +185,6 @@ class GeminiEncoder:
         return self._finish(event)
 
     def _finish(self, finish: Finish) -> bytes:
-        self._closed = True
         chunk = codec.dumps({
             "candidates": [{
                 "content": {"parts": [{"text": ""}], "role": "model"},
@@ -196,20 +197,35 @@ class GeminiEncoder:
         chunk = chunk[:-1] + self._tail[self._tail.index(b',"modelVersion"'):]
         return self._frame(chunk) + (b"" if self.sse else b"]")
 
-    def error(self, message: str) -> bytes:
+    def _failure(self, message: str) -> bytes:
         """
         @return: a final C{{"error": ...}} chunk (a 502: the backend
             failed), closing the array in array mode.
         """
         chunk = self._frame(codec.dumps(errorObject(502, message)))
-        return chunk if self.sse or self._closed else chunk + b"]"
+        return chunk if self.sse else chunk + b"]"
+
+
+class GeminiErrors(EncodedErrors):
+    """
+    Google's errors: C{{"error": {"code", "message", "status"}}} before the
+    stream, a final error chunk in it.
+    """
+
+    def _object(self, status: int, message: str, param: str | None) -> JSON:
+        return errorObject(status, message)
+
+
+ERRORS = GeminiErrors()
 
 
 class GeminiDialect:
     """
-    The Gemini reply dialect (L{ollama_proxy.protocol.events.Dialect}) of
+    The Gemini reply dialect (L{ollama_proxy.protocol.dialect.Dialect}) of
     one request.
     """
+
+    errors = ERRORS
 
     def __init__(
         self, responseId: str, promptEstimate: int, thoughts: bool, sse: bool = True
@@ -252,12 +268,6 @@ class GeminiDialect:
             "modelVersion": model,
             "responseId": self.responseId,
         }
-
-    def replyAsStream(self, reply: Reply, model: str, start: int, end: int) -> bytes:
-        """
-        @return: the whole answer as the chunk sequence.
-        """
-        return self.streamEncoder(model, start).encode(replyEvents(reply, end))
 
 
 METHODS = ["generateContent", "streamGenerateContent", "countTokens"]

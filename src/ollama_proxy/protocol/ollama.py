@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_stream -*-
+# -*- test-case-name: tests.protocol.test_ollama -*-
 """
 The Ollama dialect's reply side: events to C{/api/chat} and
 C{/api/generate} NDJSON, a whole reply to the aggregated C{stream: false}
@@ -19,6 +19,7 @@ from typing import Literal, Sequence
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.clock import Clock, formatTimestamp, wallClock
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.dialect import DONE, EncodedErrors, Encoder
 from ollama_proxy.protocol.events import (
     Delta,
     Event,
@@ -114,7 +115,7 @@ def toolCallsJSON(calls: Sequence[ToolCall]) -> list[JSON]:
     ]
 
 
-class NDJSONEncoder:
+class NDJSONEncoder(Encoder):
     """
     Events to Ollama NDJSON lines, one line per event.
 
@@ -173,7 +174,7 @@ class NDJSONEncoder:
             line["thinking"] = thinking
         return line
 
-    def encode(self, events: Sequence[Event]) -> bytes:
+    def _encode(self, events: Sequence[Event]) -> bytes:
         """
         @param events: the events of one read.
         @return: one line per event.
@@ -203,6 +204,7 @@ class NDJSONEncoder:
                     line["tool_calls"] = toolCallsJSON(event.calls)
                 out.append(codec.dumpLine(line))
             elif type(event) is Finish:
+                self._ended(event, events)
                 out.append(codec.dumpLine(self._final(createdAt, event)))
         return b"".join(out)
 
@@ -220,21 +222,57 @@ class NDJSONEncoder:
             final["context"] = []
         return final
 
-    def error(self, message: str) -> bytes:
+    def _failure(self, message: str) -> bytes:
         """
         @param message: why the stream failed.
         @return: Ollama's mid-stream error line.
         """
-        return codec.dumpLine({"error": message})
+        return errorLine(message)
+
+    def _wholeReply(self, reply: Reply, end: int) -> bytes:
+        """
+        A whole reply where a stream was asked for (a backend that ignored
+        C{"stream": true}): the aggregated object as the only line.
+
+        @return: the bytes of the stream.
+        """
+        self._open()
+        self.state = DONE
+        return codec.dumpLine(ollamaReply(reply, self.model, self.kind, self.start, end))
+
+
+def errorLine(message: str) -> bytes:
+    """
+    @return: Ollama's error line, which ends a stream after a failure
+        (never a fake C{done: true}).
+    """
+    return codec.dumpLine({"error": message})
+
+
+class OllamaErrors(EncodedErrors):
+    """
+    Ollama's errors: C{{"error": text}} before the stream, an C{{"error"}}
+    line in it (in its own NDJSON or in one the proxy relays).
+    """
+
+    def _object(self, status: int, message: str, param: str | None) -> JSON:
+        return {"error": message}
+
+    def _relayed(self, message: str) -> bytes:
+        return errorLine(message)
+
+
+ERRORS = OllamaErrors()
 
 
 class OllamaDialect:
     """
     The Ollama reply dialect of C{/api/chat} or C{/api/generate}
-    (L{ollama_proxy.protocol.events.Dialect}).
+    (L{ollama_proxy.protocol.dialect.Dialect}).
     """
 
     contentType = NDJSON
+    errors = ERRORS
 
     def __init__(self, kind: Kind, now: Clock = wallClock) -> None:
         """
@@ -255,15 +293,6 @@ class OllamaDialect:
         @return: the aggregated C{stream: false} object.
         """
         return ollamaReply(reply, model, self.kind, start, end)
-
-    def replyAsStream(self, reply: Reply, model: str, start: int, end: int) -> bytes:
-        """
-        A whole reply where a stream was asked for (a backend that ignored
-        C{"stream": true}): the aggregated object as the only line.
-
-        @return: the bytes of the stream.
-        """
-        return codec.dumpLine(self.reply(reply, model, start, end))
 
 
 def ollamaReply(reply: Reply, model: str, kind: Kind, start: int, end: int) -> JSON:

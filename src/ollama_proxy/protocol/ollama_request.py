@@ -11,14 +11,12 @@ are accepted and not carried.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any, Mapping
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.fields import requireObject
+from ollama_proxy.protocol.fields import Base64Wording, base64Data, numberField, requireObject
 from ollama_proxy.protocol.requests import (
     THINK_LEVELS,
     ChatRequest,
@@ -96,23 +94,28 @@ def thinkValue(body: JSON) -> Think:
     )
 
 
+OPTION_NUMBER = 'option "{key}" must be of type {kind}'
+"""Ollama's wording of an option of the wrong type."""
+
+OLLAMA_IMAGES = Base64Wording(
+    notString="images must be base64 strings",
+    invalid="invalid image input: images must be base64 encoded",
+    empty="invalid image input: image is empty",
+)
+"""Ollama's wording of a bad C{images} entry."""
+
+
 def _number(options: JSON, key: str, kind: type | tuple[type, ...]) -> Any:
     """
-    Read one typed option.
+    Read one typed option (L{numberField}, in Ollama's words).
 
     @param options: the C{options} object.
     @param key: the option name.
     @param kind: C{int}, or C{(int, float)} for numbers.
     @return: the value, or C{None} when absent.
-    @raise BadRequest: for a value of the wrong type, with Ollama's wording.
+    @raise BadRequest: for a value of the wrong type.
     """
-    value = options.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        typeName = "integer" if kind is int else "number"
-        raise BadRequest(f'option "{key}" must be of type {typeName}')
-    return value
+    return numberField(options, key, kind, wording=OPTION_NUMBER)
 
 
 _IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -154,19 +157,13 @@ def imageURL(image: object) -> str:
     @return: the C{data:} URL, with the type sniffed from the bytes.
     @raise BadRequest: if C{image} is empty or not valid base64.
     """
-    if not isinstance(image, str):
-        raise BadRequest("images must be base64 strings")
-    if image.startswith("data:"):
-        # Lenient: some clients send data URLs although Ollama does not.
-        return image
-    if "\n" in image or "\r" in image:
-        image = image.replace("\r", "").replace("\n", "")
-    try:
-        raw = base64.b64decode(image, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest("invalid image input: images must be base64 encoded") from None
-    if not raw:
-        raise BadRequest("invalid image input: image is empty")
+    if isinstance(image, str):
+        if image.startswith("data:"):
+            # Lenient: some clients send data URLs although Ollama does not.
+            return image
+        if "\n" in image or "\r" in image:
+            image = image.replace("\r", "").replace("\n", "")
+    raw = base64Data(image, wording=OLLAMA_IMAGES)
     return f"data:{sniffImageType(raw[:16])};base64,{image}"
 
 

@@ -30,23 +30,16 @@ from __future__ import annotations
 import io
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.anthropic import SSE, IdMaker, randomId
+from ollama_proxy.protocol.anthropic import IdMaker, randomId
+from ollama_proxy.protocol.blocks import THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import StreamFailed
-from ollama_proxy.protocol.events import (
-    Delta,
-    Event,
-    Finish,
-    Reply,
-    ToolCall,
-    ToolCalls,
-    Usage,
-    replyEvents,
-)
-from ollama_proxy.protocol.responses_request import ResponsesContext, ToolName
+from ollama_proxy.protocol.dialect import EncodedErrors
+from ollama_proxy.protocol.events import Finish, Reply, StreamFailed, ToolCall, Usage, replyEvents
+from ollama_proxy.protocol.requests import ChatRequest
+from ollama_proxy.protocol.responses_request import ResponsesContext, ToolName, parseResponsesRequest
 from ollama_proxy.protocol.sse import sseEvent
 
 MAX_REPLY_TEXT = 16 * 1024 * 1024
@@ -107,16 +100,16 @@ def _text(text: str) -> JSON:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-class ResponsesEncoder:
+class ResponsesEncoder(BlockEncoder):
     """
-    Events to the Responses event stream, and the response object they
-    make (L{response}, complete after the L{Finish}).
+    Events to the Responses event stream (the shared block lifecycle,
+    L{ollama_proxy.protocol.blocks.BlockEncoder}, with output items as the
+    blocks), and the response object they make (L{response}, complete
+    after the L{Finish}).
 
-    @ivar started: whether C{response.created} went out.
     @ivar response: the latest response object.
     """
 
-    contentType = SSE
     maxText = MAX_REPLY_TEXT
 
     def __init__(
@@ -147,13 +140,12 @@ class ResponsesEncoder:
         self._id = newId("resp_")
         self._seq = 0
         self._output: list[JSON] = []
-        self._open: JSON | None = None
+        self._item: JSON = {}
         # The open item's whole text, repeated by its closing events (the
         # protocol's): one growing string, not a list of every delta (a
         # 50 MB reply in 10-byte deltas was 300 MB of small strings).
         self._buffer = io.StringIO()
         self._textWhere = b""
-        self.started = False
         self.response = self._object("in_progress", None)
 
     def _object(self, status: str, usage: Usage | None, **fields: Any) -> JSON:
@@ -191,40 +183,67 @@ class ResponsesEncoder:
         pieces.append(b"\n\n")
         return pieces
 
-    def _start(self) -> bytes:
-        if self.started:
-            return b""
-        self.started = True
+    def _opening(self) -> bytes:
         return (self._emit("response.created", response=self.response)
                 + self._emit("response.in_progress", response=self.response))
 
-    def ping(self) -> bytes:
-        """
-        @return: the opening events if not sent yet, else an SSE comment.
-        """
-        return self._start() if not self.started else KEEPALIVE
+    def _ping(self) -> bytes:
+        return KEEPALIVE
 
-    def _openItem(self, item: JSON) -> bytes:
-        out = b"".join(self._close())
-        self._open = item
+    def _startBlock(self, kind: str) -> bytes:
+        if kind == THINKING:
+            item: JSON = {"id": self._newId("rs_"), "type": "reasoning", "summary": []}
+        else:
+            item = {"id": self._newId("msg_"), "type": "message", "status": "in_progress",
+                    "role": "assistant", "content": []}
+        self._item = item
         self._buffer = io.StringIO()
-        out += self._emit("response.output_item.added", output_index=len(self._output), item=item)
+        out = self._emit("response.output_item.added", output_index=len(self._output), item=item)
         where = {"item_id": item["id"], "output_index": len(self._output)}
-        if item["type"] == "message":
-            self._textWhere = (b',"item_id":' + codec.dumps(item["id"]) + b',"output_index":'
-                               + str(len(self._output)).encode() + b',"content_index":0,"delta":')
-            out += self._emit("response.content_part.added", **where, content_index=0,
-                              part=_text(""))
-        elif item["type"] == "reasoning":
-            out += self._emit("response.reasoning_summary_part.added", **where, summary_index=0,
-                              part={"type": "summary_text", "text": ""})
+        if kind == THINKING:
+            return out + self._emit("response.reasoning_summary_part.added", **where,
+                                    summary_index=0, part={"type": "summary_text", "text": ""})
+        self._textWhere = (b',"item_id":' + codec.dumps(item["id"]) + b',"output_index":'
+                           + str(len(self._output)).encode() + b',"content_index":0,"delta":')
+        return out + self._emit("response.content_part.added", **where, content_index=0,
+                                part=_text(""))
+
+    def _keep(self, text: str) -> None:
+        """
+        Keep C{text} for the open item's closing events, within L{maxText}.
+
+        @raise StreamFailed: past the cap (the block machine adds this
+            read's events so far to its output).
+        """
+        self._kept += len(text)
+        if self._kept > self.maxText and not self._whole:
+            self._buffer = io.StringIO()
+            self.openKind = None
+            raise StreamFailed(
+                f"the reply's text passed the proxy's limit of {self.maxText} characters per "
+                "output item of a /v1/responses stream (its closing events repeat the whole "
+                "text); ask for a shorter reply",
+            )
+        self._buffer.write(text)
+
+    def _thinking(self, text: str) -> bytes:
+        self._keep(text)
+        return self._emit("response.reasoning_summary_text.delta", item_id=self._item["id"],
+                          output_index=len(self._output), summary_index=0, delta=text)
+
+    def _text(self, text: str) -> bytes:
+        self._keep(text)
+        if self._whole:
+            return b""
+        # The per-token event, from a template made when the message
+        # opened: only the sequence number and the text are encoded here.
+        out = (_TEXT_DELTA + str(self._seq).encode() + self._textWhere
+               + codec.dumps(text) + b',"logprobs":[]}\n\n')
+        self._seq += 1
         return out
 
-    def _close(self) -> list[bytes]:
-        item = self._open
-        if item is None:
-            return []
-        self._open = None
+    def _stopBlock(self) -> list[bytes]:
+        item = self._item
         text = self._buffer.getvalue()
         self._buffer = io.StringIO()
         self._kept = 0
@@ -256,27 +275,8 @@ class ResponsesEncoder:
         self._output.append(item)
         return out
 
-    def _keep(self, text: str, out: list[bytes]) -> None:
-        """
-        Keep C{text} for the open item's closing events, within L{maxText}.
-
-        @raise StreamFailed: past the cap, with this read's events so far.
-        """
-        self._kept += len(text)
-        if self._kept > self.maxText and not self._whole:
-            self._buffer = io.StringIO()
-            self._open = None
-            raise StreamFailed(
-                f"the reply's text passed the proxy's limit of {self.maxText} characters per "
-                "output item of a /v1/responses stream (its closing events repeat the whole "
-                "text); ask for a shorter reply",
-                output=b"".join(out),
-            )
-        self._buffer.write(text)
-
-    def _call(self, call: ToolCall) -> bytes:
+    def _toolCall(self, call: ToolCall) -> bytes:
         name = self._context.names.get(call.name, ToolName(call.name))
-        out = b"".join(self._close())
         index = len(self._output)
         if name.custom:
             raw = call.arguments.get("input")
@@ -285,7 +285,7 @@ class ResponsesEncoder:
                           "status": "in_progress", "call_id": call.id, "name": name.name,
                           "input": ""}
             where = {"item_id": item["id"], "output_index": index}
-            out += self._emit("response.output_item.added", output_index=index, item=item)
+            out = self._emit("response.output_item.added", output_index=index, item=item)
             out += self._emit("response.custom_tool_call_input.delta", **where, delta=text)
             out += self._emit("response.custom_tool_call_input.done", **where, input=text)
             return out + self._done({**item, "status": "completed", "input": text})
@@ -295,52 +295,11 @@ class ResponsesEncoder:
         if name.namespace:
             item["namespace"] = name.namespace
         where = {"item_id": item["id"], "output_index": index}
-        out += self._emit("response.output_item.added", output_index=index, item=item)
+        out = self._emit("response.output_item.added", output_index=index, item=item)
         out += self._emit("response.function_call_arguments.delta", **where, delta=arguments)
         out += self._emit("response.function_call_arguments.done", **where, name=name.name,
                           arguments=arguments)
         return out + self._done({**item, "status": "completed", "arguments": arguments})
-
-    def encode(self, events: Sequence[Event]) -> bytes:
-        """
-        @param events: the events of one read.
-        @return: their SSE events.
-        """
-        out = [self._start()]
-        for event in events:
-            if type(event) is Delta:
-                if event.thinking:
-                    if self._open is None or self._open["type"] != "reasoning":
-                        out.append(self._openItem(
-                            {"id": self._newId("rs_"), "type": "reasoning", "summary": []}
-                        ))
-                    assert self._open is not None
-                    self._keep(event.thinking, out)
-                    out.append(self._emit(
-                        "response.reasoning_summary_text.delta", item_id=self._open["id"],
-                        output_index=len(self._output), summary_index=0, delta=event.thinking,
-                    ))
-                if event.content:
-                    if self._open is None or self._open["type"] != "message":
-                        out.append(self._openItem({
-                            "id": self._newId("msg_"), "type": "message",
-                            "status": "in_progress", "role": "assistant", "content": [],
-                        }))
-                    self._keep(event.content, out)
-                    if self._whole:
-                        continue
-                    # The per-token event, from a template made when the
-                    # message opened: only the sequence number and the text
-                    # are encoded here.
-                    out.append(_TEXT_DELTA + str(self._seq).encode() + self._textWhere
-                               + codec.dumps(event.content) + b',"logprobs":[]}\n\n')
-                    self._seq += 1
-            elif type(event) is ToolCalls:
-                out.extend(self._call(call) for call in event.calls)
-            elif type(event) is Finish:
-                out.extend(self._close())
-                out.extend(self._finish(event))
-        return b"".join(out)
 
     def _finish(self, finish: Finish) -> list[bytes]:
         if finish.reason == "length" and self._context.echo.get("max_output_tokens"):
@@ -353,47 +312,78 @@ class ResponsesEncoder:
         )
         return self._pieces("response.completed", response=self.response)
 
-    def error(self, message: str) -> bytes:
+    def _failure(self, message: str) -> bytes:
         """
         @return: C{response.failed} with the items completed so far.
         """
-        start = self._start()
         self.response = self._object(
             "failed", None, error={"code": "server_error", "message": message}
         )
-        return start + self._emit("response.failed", response=self.response)
+        return self._emit("response.failed", response=self.response)
+
+
+class ResponsesErrors(EncodedErrors):
+    """
+    OpenAI's errors: C{{"error": {"message", "type", "param", "code"}}}
+    before the stream (the refused field as C{param}), C{response.failed}
+    in it.
+    """
+
+    def _object(self, status: int, message: str, param: str | None) -> JSON:
+        return errorObject(status, message, param)
+
+
+ERRORS = ResponsesErrors()
 
 
 class ResponsesDialect:
     """
-    The Responses reply dialect (L{ollama_proxy.protocol.events.Dialect})
-    of one request, keeping its stream encoder (see
-    L{ollama_proxy.protocol.anthropic.AnthropicDialect}).
+    The Responses reply dialect (L{ollama_proxy.protocol.dialect.Dialect})
+    of one request: it knows the request's echoed fields and tool names.
     """
+
+    errors = ERRORS
 
     def __init__(self, context: ResponsesContext, newId: IdMaker = randomId) -> None:
         self.context = context
         self._newId = newId
-        self._encoder: ResponsesEncoder | None = None
 
     def streamEncoder(self, model: str, start: int) -> ResponsesEncoder:
         """
-        @return: the request's encoder (the same one on every call).
+        @return: a fresh encoder for one stream.
         """
-        if self._encoder is None:
-            self._encoder = ResponsesEncoder(model, start, self.context, self._newId)
-        return self._encoder
+        return ResponsesEncoder(model, start, self.context, self._newId)
 
     def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
         """
-        @return: the response object the stream would have ended with.
+        @return: the response object the stream would have ended with
+            (built without encoding any event).
         """
         encoder = ResponsesEncoder(model, start, self.context, self._newId, whole=True)
         encoder.encode(replyEvents(reply, end))
         return encoder.response
 
-    def replyAsStream(self, reply: Reply, model: str, start: int, end: int) -> bytes:
-        """
-        @return: the whole answer as the event stream.
-        """
-        return self.streamEncoder(model, start).encode(replyEvents(reply, end))
+
+class ResponsesRoute:
+    """
+    C{/v1/responses} as a route speaks it
+    (L{ollama_proxy.protocol.dialect.RouteDialect}): the model in the
+    body, the stateless parser (a refused field is an error naming it as
+    C{param}), OpenAI's errors, a reply side that knows the echoed fields.
+    """
+
+    errors = ERRORS
+    native = "responses"
+
+    def __init__(self, newId: IdMaker = randomId) -> None:
+        self._newId = newId
+
+    def model(self, body: JSON, params: Mapping[str, str]) -> object:
+        return body.get("model")
+
+    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, ResponsesDialect]:
+        request, context = parseResponsesRequest(body)
+        return request, ResponsesDialect(context, self._newId)
+
+
+RESPONSES = ResponsesRoute()

@@ -12,11 +12,12 @@ tokens costs one write, while each token is still its own line or event.
 
 from __future__ import annotations
 
-from ollama_proxy.protocol.errors import StreamFailed
 from typing import Sequence
 
-from ollama_proxy.protocol.events import Event, Finish, StreamEncoder, Usage
-from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.dialect import Encoder
+from ollama_proxy.protocol.events import StreamFailed
+from ollama_proxy.protocol.events import Event, Finish, Usage
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.redact import EventRedactor
 from ollama_proxy.protocol.sse import (
     DEFAULT_MAX_LINE_LENGTH,
@@ -40,7 +41,7 @@ class TranslatedStream:
     def __init__(
         self,
         reader: ChatStreamReader,
-        encoder: StreamEncoder,
+        encoder: Encoder,
         maxLineLength: int = DEFAULT_MAX_LINE_LENGTH,
         redactor: EventRedactor | None = None,
     ) -> None:

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.protocol.test_target -*-
 """
 The request grammar the proxy accepts before any resource runs: the
 request-target (origin-form paths only, no dot segments, no encoded

@@ -13,8 +13,9 @@ the same reply, is replaced by a fresh one; every other id is kept as the
 backend sent it.
 
 Every dialect gets this from one hook: L{uniqueToolIds} wraps the
-dialect's reply side (L{ollama_proxy.protocol.events.Dialect}) and rewrites
-the L{ToolCalls} events and L{Reply} tool calls before the dialect encodes
+dialect's reply side (L{ollama_proxy.protocol.dialect.Dialect}): its
+encoders get the request's L{ToolIds} as their filter, which rewrites the
+L{ToolCalls} events and L{Reply} tool calls before the dialect encodes
 them.  A dialect writes each call (its id included) from that one event, so
 the id is the same in every stream event that names it.
 """
@@ -25,7 +26,8 @@ import secrets
 from typing import Callable, Iterable, Sequence
 
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.events import Dialect, Event, Reply, StreamEncoder, ToolCall, ToolCalls
+from ollama_proxy.protocol.dialect import Dialect, Encoder, ErrorShape
+from ollama_proxy.protocol.events import Event, Reply, ToolCall, ToolCalls
 from ollama_proxy.protocol.requests import ChatRequest, Message
 
 
@@ -108,23 +110,6 @@ class ToolIds:
         return reply._replace(toolCalls=self.calls(reply.toolCalls))
 
 
-class _Encoder:
-    """
-    A stream encoder whose events pass through L{ToolIds} first.
-    """
-
-    def __init__(self, encoder: StreamEncoder, ids: ToolIds) -> None:
-        self._encoder = encoder
-        self._ids = ids
-        self.contentType = encoder.contentType
-
-    def encode(self, events: Sequence[Event]) -> bytes:
-        return self._encoder.encode(self._ids.events(events))
-
-    def error(self, message: str) -> bytes:
-        return self._encoder.error(message)
-
-
 class UniqueToolIds:
     """
     A dialect's reply side (L{Dialect}), with the tool-call ids of the
@@ -139,23 +124,34 @@ class UniqueToolIds:
         self.dialect = dialect
         self.ids = ids
 
-    def streamEncoder(self, model: str, start: int) -> StreamEncoder:
+    @property
+    def errors(self) -> ErrorShape:
         """
-        @return: the dialect's encoder, behind the id rewriter.
+        The dialect's own errors.
         """
-        return _Encoder(self.dialect.streamEncoder(model, start), self.ids)
+        return self.dialect.errors
+
+    def streamEncoder(self, model: str, start: int) -> Encoder:
+        """
+        @return: a fresh encoder of the dialect, rewriting this reply's ids.
+        """
+        return self.adopt(self.dialect.streamEncoder(model, start))
+
+    def adopt(self, encoder: Encoder) -> Encoder:
+        """
+        Have an encoder made before this wrapper (the one the keep-alives
+        already write to) rewrite this reply's ids.
+
+        @return: C{encoder}.
+        """
+        encoder.filter = self.ids
+        return encoder
 
     def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
         """
         @return: the dialect's answer object, with unique ids.
         """
         return self.dialect.reply(self.ids.reply(reply), model, start, end)
-
-    def replyAsStream(self, reply: Reply, model: str, start: int, end: int) -> bytes:
-        """
-        @return: the dialect's whole stream, with unique ids.
-        """
-        return self.dialect.replyAsStream(self.ids.reply(reply), model, start, end)
 
 
 def uniqueToolIds(

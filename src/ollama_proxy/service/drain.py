@@ -88,7 +88,7 @@ class DrainService(MultiService):
         for service in self.after:
             service.privilegedStartService()
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """
         Announce, wait L{delay}, close the listeners, drain, then stop
         L{after}.

@@ -24,12 +24,38 @@ into the pure L{RoutingPolicy}.  Its own module so that the file parser
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Iterable, Mapping, Protocol
 
 from ollama_proxy.protocol.balance import STRATEGIES, PoolPolicy, RoutingPolicy
 
-if TYPE_CHECKING:
-    from ollama_proxy.service.config import KeyPath, _Checker
+KeyPath = tuple[str | int, ...]
+"""Where a value lives in the file: C{("backend", 1, "url")}."""
+
+
+class _Checker(Protocol):
+    """
+    The type checks of L{ollama_proxy.service.config} these parsers use
+    (named here, so that this module does not import the one that calls
+    it).
+    """
+
+    def fail(self, key: KeyPath, reason: str) -> Exception:
+        """@return: the error naming the key's line."""
+
+    def table(self, value: Any, key: KeyPath) -> dict[str, Any]:
+        """@return: C{value}, a table."""
+
+    def known(self, table: Mapping[str, Any], key: KeyPath, allowed: Iterable[str]) -> None:
+        """@raise Exception: for a key not in C{allowed}."""
+
+    def string(self, value: Any, key: KeyPath) -> str:
+        """@return: C{value}, a string."""
+
+    def boolean(self, value: Any, key: KeyPath) -> bool:
+        """@return: C{value}, a boolean."""
+
+    def positiveInt(self, value: Any, key: KeyPath) -> int:
+        """@return: C{value}, a positive integer."""
 
 ROUTING_KEYS = (
     "strategy", "attempts", "failures", "backoff", "backoff_max", "health_interval",

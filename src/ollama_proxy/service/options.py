@@ -30,7 +30,7 @@ from ollama_proxy.web.auth import readKeys
 from ollama_proxy.web.budget import DEFAULT_BODY_BUDGET
 from ollama_proxy.web.context import DEFAULT_VERSION
 from ollama_proxy.web.channel import DEFAULT_HEADER_TIMEOUT
-from ollama_proxy.web.site import DEFAULT_MAX_BODY
+from ollama_proxy.web.context import DEFAULT_MAX_BODY
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
 DEFAULT_FALLBACK = "http://127.0.0.1:11505"

@@ -35,7 +35,7 @@ from twisted.python import usage
 
 from ollama_proxy.service.options import FileProblem, Options
 from ollama_proxy.service.settings import Settings
-from ollama_proxy.upstream.catalog import ModelDirectory
+from ollama_proxy.upstream.directory import ModelDirectory
 from ollama_proxy.upstream.routing import BackendModels, Router
 from ollama_proxy.web.auth import KeyGate
 from ollama_proxy.web.context import Fallback, ProxyContext
@@ -204,7 +204,7 @@ class ReloadOnHangup(Service):
         super().startService()
         self._previous = signal.signal(signal.SIGHUP, self._signalled)
 
-    def stopService(self) -> None:  # type: ignore[override]
+    def stopService(self) -> None:
         super().stopService()
         if self._previous is not None:
             signal.signal(signal.SIGHUP, self._previous)

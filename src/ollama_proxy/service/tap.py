@@ -35,8 +35,9 @@ from ollama_proxy.protocol.clock import wallClock
 from ollama_proxy.protocol.flavors import flavorFor
 from ollama_proxy.service.drain import DrainService
 from ollama_proxy.service.listen import loopbackOnly, somaxconn, withBacklog
+from ollama_proxy.service.demo import demoService
 from ollama_proxy.service.logging import redactLogsWith
-from ollama_proxy.service.options import Options, demoListen
+from ollama_proxy.service.options import Options
 from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, reload
 from ollama_proxy.service.settings import Settings
 from ollama_proxy.service.workers import (
@@ -47,8 +48,9 @@ from ollama_proxy.service.workers import (
 )
 from ollama_proxy.upstream.backend import Backend, HTTPClient
 from ollama_proxy.upstream.cache import TTLCache
-from ollama_proxy.upstream.catalog import ModelDirectory
-from ollama_proxy.upstream.pool import ConnectionPool, makeClient
+from ollama_proxy.upstream.directory import ModelDirectory
+from ollama_proxy.upstream.compat import ConnectionPool
+from ollama_proxy.upstream.pool import makeClient
 from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
 from ollama_proxy.web.auth import KeyGate, requireKeys
 from ollama_proxy.web.budget import BodyBudget
@@ -127,7 +129,7 @@ class ModelListing(Service):
         d.addCallback(self._report)
         d.addErrback(lambda f: self.log.failure("listing models at start-up failed", f))
 
-    def stopService(self) -> None:  # type: ignore[override]
+    def stopService(self) -> None:
         """
         Stop the health checks.
         """
@@ -154,7 +156,7 @@ class PoolService(Service):
     def __init__(self, pool: HTTPConnectionPool) -> None:
         self.pool = pool
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """
         @return: fires when every cached connection is closed.
         """
@@ -286,11 +288,142 @@ def returnLargeAllocations(threshold: int = 128 * 1024) -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, threshold))
 
 
+def metricsDirectory(settings: Settings) -> str | None:
+    """
+    Where the processes share their metrics (C{--workers}), made ready.
+
+    @return: the directory, or C{None} when one process counts alone.
+    """
+    if settings.metrics and settings.workers > 1:
+        directory = settings.metricsDir or tempfile.mkdtemp(prefix="ollama-proxy-metrics-")
+        shareAcrossProcesses(directory, clean=True)
+        return directory
+    if settings.metrics and settings.workerOf is not None:
+        return sharedDirectory()
+    return None
+
+
+def makeContext(
+    settings: Settings, router: Router, fallback: Fallback | None, metricsDir: str | None,
+    reactor: Any,
+) -> ProxyContext:
+    """
+    @return: the context the resources share, from C{settings}.
+    """
+    return ProxyContext(
+        lifecycle=Lifecycle(started=wallClock(), workers=settings.workers,
+                            version=__version__.public()),
+        models=ModelDirectory(router, settings.modelOverrides, settings.remoteHost),
+        fallback=fallback,
+        debug=settings.debug,
+        maxLineLength=settings.maxLine,
+        version=settings.version,
+        corsOrigins=settings.corsOrigins,
+        metrics=Metrics(shared=metricsDir) if settings.metrics else None,
+        secrets=tuple(settings.requireKeys),
+        maxBody=settings.maxBody,
+        reactor=reactor,
+    )
+
+
+def makeProxySite(settings: Settings, ctx: ProxyContext, reactor: Any) -> ProxySite:
+    """
+    @return: the site: the resource tree behind the key gate, with the
+        door's limits from C{settings}.
+    """
+    root = buildRoot(ctx)
+    # Always gated, so that a reload can add the first key (no key: open).
+    root = requireKeys(root, list(settings.requireKeys))
+    assert isinstance(root, CORSResource) and isinstance(root.wrapped, KeyGate)
+    return makeSite(
+        root,
+        reactor,
+        timeout=settings.clientTimeout,
+        maxBody=settings.maxBody,
+        bodyTimeout=settings.bodyTimeout,
+        headerTimeout=settings.clientHeaderTimeout,
+        maxConnections=settings.maxConnections,
+        metrics=ctx.metrics,
+        budget=BodyBudget(settings.bodyBudget),
+        origins=OriginPolicy(settings.corsOrigins),
+        # Ollama's DNS-rebinding guard: only when nothing but loopback
+        # listens (a proxy reachable by other names is meant to be).
+        hosts=HostPolicy(settings.allowHosts) if loopbackOnly(settings.listen) else None,
+    )
+
+
+def addListeners(
+    service: MultiService, settings: Settings, ctx: ProxyContext, site: ProxySite, reactor: Any
+) -> DrainService:
+    """
+    The drain, and under it one listening service per C{--listen} (sharing
+    the port with the other workers under C{--workers}): they stop through
+    the drain, readiness 503, C{--drain-delay}, close, C{--shutdown-grace}
+    for what is in flight.
+
+    @return: the drain (what must stop after the listeners, the pool, is
+        added to it by the caller).
+    """
+    drain = DrainService(site, settings.shutdownGrace, reactor, ctx.lifecycle,
+                         settings.drainDelay)
+    drain.setServiceParent(service)
+    shared = settings.workers > 1 or settings.workerOf is not None
+    backlog = somaxconn()
+    for description in settings.listen:
+        # A burst of connections must wait in the accept queue, not in SYN
+        # retransmits: the kernel's ceiling unless --listen names one.
+        description = withBacklog(description, backlog)
+        if shared:
+            ReusePortService(reactor, description, site).setServiceParent(drain)
+        else:
+            strports.service(description, site, reactor=reactor).setServiceParent(drain)
+    return drain
+
+
+def addWorkers(
+    service: MultiService, settings: Settings, metricsDir: str | None, reactor: Any
+) -> WorkerPool | None:
+    """
+    The worker processes of C{--workers}, or the watch on the parent of a
+    worker.
+
+    @return: the pool, if this process supervises one.
+    """
+    workers: WorkerPool | None = None
+    if settings.workers > 1:
+        workers = WorkerPool(
+            reactor,
+            settings.workers - 1,
+            lambda parentPid: childArguments(list(settings.rawArgs), parentPid, settings.target),
+            stopTimeout=settings.drainDelay + settings.shutdownGrace + 5.0,
+            metricsDirectory=metricsDir,
+            removeDirectory=not settings.metricsDir,
+        )
+        workers.setServiceParent(service)
+    if settings.workerOf is not None:
+        ParentWatch(reactor, settings.workerOf).setServiceParent(service)
+    return workers
+
+
+def addSampler(service: MultiService, metrics: Metrics | None, reactor: Any) -> None:
+    """
+    The status page's rates of the last minutes: a sample of the metrics
+    every L{RateHistory.interval} (nothing without metrics).
+    """
+    if metrics is None:
+        return
+    sampler = TimerService(RateHistory.interval,
+                           lambda: sampleHistory(metrics, reactor.seconds()))
+    sampler.clock = reactor
+    sampler.setServiceParent(service)
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
-    Build the proxy: one listening service per C{--listen} plus the pool
-    owner, the drain, health, reload on C{SIGHUP}, and (as configured)
-    workers and the demo backend.
+    Build the proxy from small named builders: the upstream client and
+    router, the shared context, the site, one listening service per
+    C{--listen}, the pool owner, the drain, workers, the model listing,
+    reload on C{SIGHUP}, and the demo backend.
 
     @param options: parsed L{Options} (their L{Settings}).
     @param reactor: the reactor; the global one when C{None} (which also
@@ -315,97 +448,28 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         return Fallback(http, current.fallback, reactor, current.headerTimeout,
                         current.idleTimeout)
 
-    metricsDirectory: str | None = None
-    if settings.metrics and settings.workers > 1:
-        metricsDirectory = settings.metricsDir or tempfile.mkdtemp(prefix="ollama-proxy-metrics-")
-        shareAcrossProcesses(metricsDirectory, clean=True)
-    elif settings.metrics and settings.workerOf is not None:
-        metricsDirectory = sharedDirectory()
-    ctx = ProxyContext(
-        lifecycle=Lifecycle(started=wallClock(), workers=settings.workers,
-                            version=__version__.public()),
-        models=ModelDirectory(router, settings.modelOverrides, settings.remoteHost),
-        fallback=makeFallback(settings),
-        debug=settings.debug,
-        maxLineLength=settings.maxLine,
-        version=settings.version,
-        corsOrigins=settings.corsOrigins,
-        metrics=Metrics(shared=metricsDirectory) if settings.metrics else None,
-        secrets=tuple(settings.requireKeys),
-        maxBody=settings.maxBody,
-        reactor=reactor,
-    )
+    metricsDir = metricsDirectory(settings)
+    ctx = makeContext(settings, router, makeFallback(settings), metricsDir, reactor)
     # The last filter before the log file: every line, tracebacks included.
     redactLogsWith(lambda line: ctx.redactor.text(line))
-    root = buildRoot(ctx)
-    # Always gated, so that a reload can add the first key (no key: open).
-    root = requireKeys(root, list(settings.requireKeys))
-    assert isinstance(root, CORSResource) and isinstance(root.wrapped, KeyGate)
-    site = makeSite(
-        root,
-        reactor,
-        timeout=settings.clientTimeout,
-        maxBody=settings.maxBody,
-        bodyTimeout=settings.bodyTimeout,
-        headerTimeout=settings.clientHeaderTimeout,
-        maxConnections=settings.maxConnections,
-        metrics=ctx.metrics,
-        budget=BodyBudget(settings.bodyBudget),
-        origins=OriginPolicy(settings.corsOrigins),
-        # Ollama's DNS-rebinding guard: only when nothing but loopback
-        # listens (a proxy reachable by other names is meant to be).
-        hosts=HostPolicy(settings.allowHosts) if loopbackOnly(settings.listen) else None,
-    )
+    site = makeProxySite(settings, ctx, reactor)
+    root = site.resource
     live = LiveConfig(settings, ctx, lambda current: makeRouter(current, http, reactor),
                       makeFallback, root.wrapped, root, site)
     service = ProxyService()
-    if metricsDirectory is not None and settings.workers > 1 and not settings.metricsDir:
-        service.temporary.append(metricsDirectory)
-    shared = settings.workers > 1 or settings.workerOf is not None
-    backlog = somaxconn()
-    # The listeners stop through the drain: readiness 503, --drain-delay,
-    # close, --shutdown-grace for what is in flight, then the pool.
-    drain = DrainService(site, settings.shutdownGrace, reactor, ctx.lifecycle,
-                         settings.drainDelay)
-    drain.setServiceParent(service)
-    for description in settings.listen:
-        # A burst of connections must wait in the accept queue, not in SYN
-        # retransmits: the kernel's ceiling unless --listen names one.
-        description = withBacklog(description, backlog)
-        if shared:
-            ReusePortService(reactor, description, site).setServiceParent(drain)
-        else:
-            strports.service(description, site, reactor=reactor).setServiceParent(drain)
+    if metricsDir is not None and settings.workers > 1 and not settings.metricsDir:
+        service.temporary.append(metricsDir)
+    drain = addListeners(service, settings, ctx, site, reactor)
     drain.stopAfter(PoolService(pool))
-    workers: WorkerPool | None = None
-    if settings.workers > 1:
-        workers = WorkerPool(
-            reactor,
-            settings.workers - 1,
-            lambda parentPid: childArguments(list(settings.rawArgs), parentPid, settings.target),
-            stopTimeout=settings.drainDelay + settings.shutdownGrace + 5.0,
-            metricsDirectory=metricsDirectory,
-            removeDirectory=not settings.metricsDir,
-        )
-        workers.setServiceParent(service)
-    if settings.workerOf is not None:
-        ParentWatch(reactor, settings.workerOf).setServiceParent(service)
+    workers = addWorkers(service, settings, metricsDir, reactor)
     ModelListing(router, live).setServiceParent(service)
-    metrics = ctx.metrics
-    if metrics is not None:
-        # The status page's rates of the last minutes.
-        sampler = TimerService(RateHistory.interval,
-                               lambda: sampleHistory(metrics, reactor.seconds()))
-        sampler.clock = reactor
-        sampler.setServiceParent(service)
+    addSampler(service, ctx.metrics, reactor)
     if real:
         ReloadOnHangup(
             reactor, lambda: reload(live, parser(settings.rawArgs)),
             workers.signalAll if workers is not None else None,
         ).setServiceParent(service)
-    if settings.demo:
-        from ollama_proxy.testing.fake_openai import FakeOpenAI
-
-        demoSite = makeSite(FakeOpenAI(reactor), reactor)
-        strports.service(demoListen(settings.demoPort), demoSite, reactor=reactor).setServiceParent(service)
+    demo = demoService(settings, reactor)
+    if demo is not None:
+        demo.setServiceParent(service)
     return service

@@ -134,7 +134,7 @@ class ReusePortService(Service):
         finally:
             sock.close()
 
-    def stopService(self) -> Deferred[None] | None:  # type: ignore[override]
+    def stopService(self) -> Deferred[None] | None:
         """
         @return: fires when the port is closed.
         """
@@ -407,7 +407,7 @@ class WorkerPool(Service):
                 except Exception:  # already gone
                     pass
 
-    def stopService(self) -> Deferred[Any]:  # type: ignore[override]
+    def stopService(self) -> Deferred[Any]:
         """
         @return: fires when every worker has exited (each drains its
             streams for up to C{--shutdown-grace} on C{SIGTERM}).
@@ -473,7 +473,7 @@ class ParentWatch(Service):
         super().startService()
         self._loop.start(self.interval, now=False)
 
-    def stopService(self) -> None:  # type: ignore[override]
+    def stopService(self) -> None:
         super().stopService()
         if self._loop.running:
             self._loop.stop()

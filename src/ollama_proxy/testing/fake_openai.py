@@ -261,7 +261,7 @@ class FakeOpenAI(Resource):
         self.toolCallId = toolCallId
         self.requests: list[dict[str, Any]] = []
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         if self.scripted:
             return self._hold(request)
         if self.headerDelay and request.method == b"POST":

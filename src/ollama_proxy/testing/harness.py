@@ -25,7 +25,7 @@ from ollama_proxy.protocol.catalog import Facts
 from ollama_proxy.testing.fake_openai import FakeOpenAI
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import DEFAULT_TTL, TTLCache
-from ollama_proxy.upstream.catalog import ModelDirectory
+from ollama_proxy.upstream.directory import ModelDirectory
 from ollama_proxy.upstream.routing import Router
 from ollama_proxy.web.context import Fallback, ProxyContext
 from ollama_proxy.web.tree import buildRoot

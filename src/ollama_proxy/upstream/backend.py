@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_relay -*-
+# -*- test-case-name: tests.upstream.test_backend -*-
 """
 The OpenAI-compatible backend as seen from the proxy.
 
@@ -31,10 +31,30 @@ from ollama_proxy.upstream.body import raiseForStatus, readBody, readJSON
 from ollama_proxy.upstream.failures import failureToError
 from ollama_proxy.upstream.pool import NO_COOKIES, ReadyURL
 
-clientKey: ContextVar[bytes | None] = ContextVar("clientKey", default=None)
-"""The key the current client request presented, if any (never logged):
-set by the web layer in each request's own coroutine context, read by
-L{Backend.headers} for C{--forward-client-key}."""
+_clientKey: ContextVar[bytes | None] = ContextVar("clientKey", default=None)
+"""The key the current client request presented, if any (never logged),
+for C{--forward-client-key}.  Owned here: set only through
+L{forwardingClientKey}, read only through L{currentClientKey}, by the
+upstream modules."""
+
+
+def forwardingClientKey(key: bytes | None) -> None:
+    """
+    The key the client request being handled presented, for the upstream
+    calls made on its behalf: call it in the request's own coroutine (its
+    own copy of the context), so no other request's calls see it.
+
+    @param key: the presented key, or C{None}.
+    """
+    _clientKey.set(key)
+
+
+def currentClientKey() -> bytes | None:
+    """
+    @return: the key the current request presented (see
+        L{forwardingClientKey}), if any.
+    """
+    return _clientKey.get()
 
 log = Logger()
 
@@ -158,7 +178,7 @@ class Backend:
     @ivar retries: how many times a C{429 Too Many Requests} is retried by
         L{postJSON} (before any byte reached the client); 0 disables.
     @ivar forwardClientKey: send the client's own key (see
-        L{ollama_proxy.upstream.backend.clientKey}) upstream instead of L{apiKey} when the
+        L{ollama_proxy.upstream.backend.currentClientKey}) upstream instead of L{apiKey} when the
         client presented one.
     @ivar maxRetryWait: the longest C{Retry-After} honoured; a backend that
         asks for a longer pause gets its 429 passed on at once.
@@ -224,7 +244,7 @@ class Backend:
             not L{shared}).
         """
         headers = dict(extra or {})
-        key = clientKey.get() if self.forwardClientKey and not shared else None
+        key = currentClientKey() if self.forwardClientKey and not shared else None
         if key is None and self.apiKey:
             key = self.apiKey.encode("utf-8")
         if key is not None:

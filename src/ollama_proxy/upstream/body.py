@@ -2,9 +2,10 @@
 """
 Reading an upstream body as it arrives.
 
-L{BodyReader} is the one place that reads a response body: it feeds treq's
-C{collect()} callbacks, joined per reactor turn (one delivery per socket
-read), to a collector, runs the idle timer, and exposes the upstream
+L{BodyReader} is the one place that reads a response body: it is the
+protocol handed to C{deliverBody} (treq's C{_BodyCollector} shape: the
+transport arrives in C{makeConnection}), joins the body's deliveries per
+reactor turn (one delivery per socket read) for a collector, runs the idle timer, and exposes the upstream
 transport as a push producer so the web layer can register it on the client
 request (back-pressure, and closing the upstream when the client leaves).
 L{readBody}, L{readJSON} and L{raiseForStatus} are the small-body helpers
@@ -15,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import treq
-from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
-from twisted.python.components import proxyForInterface
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.iweb import IResponse
 
 from ollama_proxy.protocol import codec
@@ -28,7 +29,7 @@ from ollama_proxy.protocol.errors import (
     UpstreamHTTPError,
     UpstreamTimeout,
 )
-from ollama_proxy.protocol.openai import errorFromBody
+from ollama_proxy.protocol.backend_reader import errorFromBody
 from ollama_proxy.protocol.sse import SSELineTooLong
 from ollama_proxy.upstream.failures import failureToError
 
@@ -127,31 +128,16 @@ async def raiseForStatus(
     raise UpstreamHTTPError(errorFromBody(body, response.code), response.code)
 
 
-class _TransportCapture(proxyForInterface(IResponse)):  # type: ignore[misc]
-    """
-    The response as treq's C{collect()} sees it, remembering the transport
-    that Twisted hands the body protocol: the handle that pauses, resumes
-    and closes the upstream connection (treq keeps its protocol private).
-
-    @ivar producer: that transport, once C{deliverBody} was called.
-    """
-
-    producer: IPushProducer | None = None
-
-    def deliverBody(self, protocol: Protocol) -> None:
-        """
-        Deliver to C{protocol} and keep its transport.
-        """
-        self.original.deliverBody(protocol)
-        self.producer = protocol.transport  # type: ignore[assignment]
-
-
-class BodyReader:
+class BodyReader(Protocol):
     """
     Read one upstream body to its end, one C{collector} call per socket read.
 
-    Twisted's chunked-encoding decoder hands C{treq.collect} one callback per
-    HTTP chunk, and OpenAI-style servers send one chunk per SSE event, so a
+    It is the protocol Twisted delivers the body to (as treq's
+    C{collect()} collector is): the transport it gets in C{makeConnection}
+    is the handle that pauses, resumes and closes the upstream connection.
+
+    Twisted's chunked-encoding decoder hands the body protocol one
+    C{dataReceived} per HTTP chunk, and OpenAI-style servers send one chunk per SSE event, so a
     single socket read can carry a hundred callbacks.  They are joined and
     passed to C{collector} once, at the end of the reactor turn
     (C{clock.callLater(0)}), so the pipeline translates and the client gets
@@ -190,7 +176,43 @@ class BodyReader:
         self._flushCall: IDelayedCall | None = None
         self._failed: list[BaseException] = []
         self._ended = False
+        self._finished: Deferred[None] | None = None
         self.producer: IPushProducer | None = None
+
+    def makeConnection(self, transport: ITransport) -> None:
+        """
+        The body's transport: the upstream connection, as a producer.
+        """
+        super().makeConnection(transport)
+        self.producer = IPushProducer(transport, None)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        One delivery of the body (an HTTP chunk); a collector that fails on
+        it (without a clock, at once) closes the connection and ends L{read}
+        with its error, as treq's collector does.
+        """
+        try:
+            self._onData(data)
+        except BaseException:
+            if self.transport is not None:
+                self.transport.loseConnection()
+            finished, self._finished = self._finished, None
+            if finished is not None:
+                finished.errback(Failure())
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        The body ended: whole (or without a length, as a connection close
+        says), or broken.
+        """
+        finished, self._finished = self._finished, None
+        if finished is None:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            finished.callback(None)
+        else:
+            finished.errback(reason)
 
     def _expire(self) -> None:
         self._timedOut = True
@@ -260,9 +282,11 @@ class BodyReader:
         @raise CancelledError: if the caller was cancelled (or the client
             left); the upstream connection is closed first.
         """
-        capture = _TransportCapture(response)
-        d = treq.collect(capture, self._onData)
-        self.producer = capture.producer
+        if response.length == 0:
+            d: Deferred[None] = succeed(None)
+        else:
+            d = self._finished = Deferred()
+            response.deliverBody(self)
         if started is not None and self.producer is not None:
             started(self.producer)
         clock, idleTimeout = self._clock, self._idleTimeout

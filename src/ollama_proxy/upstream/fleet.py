@@ -27,7 +27,7 @@ proxy's own words ("connection refused", "timeout", "backend answered
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Awaitable, Callable, Protocol, TypeVar
+from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -52,11 +52,14 @@ from ollama_proxy.protocol.errors import (
     describe,
 )
 from ollama_proxy.protocol.sticky import StickyTable
-from ollama_proxy.upstream.backend import DEFAULT_RETRY_DELAY, clientKey, retryDelay
+from ollama_proxy.protocol.backends import NO_OVERRIDE, BackendConfig, ModelOverride
+from ollama_proxy.upstream.backend import (
+    DEFAULT_RETRY_DELAY,
+    Backend,
+    currentClientKey,
+    retryDelay,
+)
 from ollama_proxy.upstream.body import readBody
-
-if TYPE_CHECKING:
-    from ollama_proxy.upstream.routing import BackendModels, Route
 
 log = Logger()
 
@@ -70,6 +73,52 @@ TRIP_STATUSES = frozenset({502, 503, 504})
 
 MISCONFIGURED_STATUSES = frozenset({401, 403})
 """Statuses that say the proxy's key for that member is wrong."""
+
+
+@attrs.frozen
+class Route:
+    """
+    Where one request goes.
+
+    @ivar name: the backend's name (for logs and metrics).
+    @ivar backend: the upstream client.
+    @ivar modelId: the id to send upstream.
+    @ivar override: the configured settings of that model.
+    @ivar known: whether a model list (or the configuration) named the
+        model; C{False} when the request is sent on a guess.
+    @ivar listed: the id the name resolved to as listed: the alias for an
+        alias (whose C{modelId} is its target), else C{modelId}.
+    @ivar pool: every backend that offers the name, when several do (this
+        route is then the first of them); see L{Fleet.send}.
+    @ivar key: the request's conversation key, when its pool is sticky.
+    """
+
+    name: str
+    backend: Backend
+    modelId: str
+    override: ModelOverride = NO_OVERRIDE
+    known: bool = True
+    listed: str = ""
+    pool: Pool | None = attrs.field(default=None, eq=False, repr=False)
+    key: str = ""
+
+
+class Listed(Protocol):
+    """
+    A configured backend as the fleet sees it (the router's
+    L{ollama_proxy.upstream.routing.BackendModels}, named here so that this
+    module does not import the router that builds it).
+    """
+
+    config: BackendConfig
+    backend: Backend
+
+    @property
+    def name(self) -> str:
+        """The configured name."""
+
+    def refreshed(self, models: object) -> None:
+        """Keep the model list a health check read."""
 
 
 class FleetObserver(Protocol):
@@ -174,7 +223,7 @@ class Fleet:
 
     def __init__(
         self,
-        backends: list[BackendModels],
+        backends: Sequence[Listed],
         policy: RoutingPolicy,
         clock: IReactorTime,
         rng: random.Random | None = None,
@@ -326,7 +375,7 @@ class Fleet:
             client's forwarded one, which is the client's business).
         """
         return code in MISCONFIGURED_STATUSES and not (
-            target.backend.forwardClientKey and clientKey.get() is not None
+            target.backend.forwardClientKey and currentClientKey() is not None
         )
 
     def _failedWith(self, member: MemberState, target: Route, error: ProxyError) -> bool:
@@ -452,11 +501,11 @@ class Fleet:
                 call.cancel()
         self._checks.clear()
 
-    def _schedule(self, entry: BackendModels, delay: float) -> None:
+    def _schedule(self, entry: Listed, delay: float) -> None:
         if self._running:
             self._checks[entry.name] = self.clock.callLater(delay, self._startCheck, entry)
 
-    def _startCheck(self, entry: BackendModels) -> None:
+    def _startCheck(self, entry: Listed) -> None:
         # At a fixed rate (one interval after the last check began), so a
         # backend that comes back is seen within one interval.
         began = self.clock.seconds()
@@ -466,7 +515,7 @@ class Fleet:
         d.addBoth(lambda _: self._schedule(
             entry, max(0.0, began + self.policy.healthInterval - self.clock.seconds())))
 
-    async def check(self, entry: BackendModels) -> bool:
+    async def check(self, entry: Listed) -> bool:
         """
         One active check: C{GET /v1/models} within C{healthTimeout}.  A
         success closes the circuit, clears a misconfiguration and refreshes

@@ -33,43 +33,15 @@ from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import NotFound, ProxyError, UpstreamError
 from ollama_proxy.protocol.names import NameIndex, clientModelName, modelIds
 from ollama_proxy.protocol.redact import Redactor, printable
-from ollama_proxy.service.config import NO_OVERRIDE, BackendConfig, ModelOverride
+from ollama_proxy.protocol.backends import BackendConfig, ModelOverride
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache
-from ollama_proxy.upstream.fleet import Fleet, Pool, failureReason
+from ollama_proxy.upstream.fleet import Fleet, Pool, Route, failureReason
 
 log = Logger()
 
 Entry = JSON
 """One entry of an OpenAI model list: C{{"id": ..., "created": ..., ...}}."""
-
-
-@attrs.frozen
-class Route:
-    """
-    Where one request goes.
-
-    @ivar name: the backend's name (for logs and metrics).
-    @ivar backend: the upstream client.
-    @ivar modelId: the id to send upstream.
-    @ivar override: the configured settings of that model.
-    @ivar known: whether a model list (or the configuration) named the
-        model; C{False} when the request is sent on a guess.
-    @ivar listed: the id the name resolved to as listed: the alias for an
-        alias (whose C{modelId} is its target), else C{modelId}.
-    @ivar pool: every backend that offers the name, when several do (this
-        route is then the first of them); see L{Fleet.send}.
-    @ivar key: the request's conversation key, when its pool is sticky.
-    """
-
-    name: str
-    backend: Backend
-    modelId: str
-    override: ModelOverride = NO_OVERRIDE
-    known: bool = True
-    listed: str = ""
-    pool: Pool | None = attrs.field(default=None, eq=False, repr=False)
-    key: str = ""
 
 
 @attrs.define

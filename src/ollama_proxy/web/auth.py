@@ -12,11 +12,12 @@ preflights, which browsers send without credentials).  Keys are compared
 with L{hmac.compare_digest} against every configured key, so the time taken
 does not reveal how much of a guess was right.
 
-L{clientKey} carries the key a client presented to the code that builds the
-upstream request (see L{ollama_proxy.upstream.backend.Backend.headers}) without
-threading it through every handler: it is set once per request inside the
-request's own coroutine context, so concurrent requests never see each
-other's keys.
+The key a client presented reaches the code that builds the upstream
+request (see L{ollama_proxy.upstream.backend.Backend.headers}) without
+threading it through every handler: the bridge hands it to
+L{ollama_proxy.upstream.backend.forwardingClientKey}, the one owner of that
+context variable, once per request inside the request's own coroutine
+context, so concurrent requests never see each other's keys.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class Unauthorized(Resource):
         super().__init__()
         self.challenge = challenge
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         """
         @return: C{{"error": "unauthorized"}}, or the error of the path's
             dialect (L{dialectOf}: Anthropic's, OpenAI's, Google's).
@@ -198,7 +199,7 @@ class KeyGate(Resource):
         matches = [hmac.compare_digest(presented, key) for key in self.keys]
         return any(matches)
 
-    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         """
         Check the key at the first path segment; health checks and CORS
         preflights pass without one.
@@ -214,7 +215,7 @@ class KeyGate(Resource):
             return child
         return self._browserUnauthorized if browser else self._unauthorized
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         """
         Not reached through a L{twisted.web.server.Site} (traversal always
         has at least one segment); refuse to be safe.

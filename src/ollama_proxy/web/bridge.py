@@ -5,9 +5,10 @@ The async bridge and the error funnel, shared by every resource.
 Handlers are coroutines that receive an L{Exchange} and return a JSON value,
 C{None} after streaming the body themselves, or raise a L{ProxyError}.
 L{ProxyResource} turns that into HTTP: statuses and error bodies before the
-first byte, the dialect's error line after it, cancellation when the client
-leaves.  A ready answer (L{ProxyResource.ready}) takes the same funnel
-synchronously.  What happened is noted on the exchange and observed
+first byte, the dialect's error event after it (both written by the
+dialect's L{ollama_proxy.protocol.dialect.ErrorShape}), cancellation when
+the client leaves.  A ready answer (L{ProxyResource.ready}) takes the same
+funnel synchronously.  What happened is noted on the exchange and observed
 afterwards by L{ollama_proxy.web.observe}.
 """
 
@@ -28,10 +29,13 @@ from ollama_proxy.protocol.errors import (
     ProxyError,
     UpstreamError,
 )
+from ollama_proxy.protocol.dialect import JSON_TYPE, Encoder, ErrorShape
 from ollama_proxy.protocol.events import Finish, Usage
 from ollama_proxy.protocol.fields import requireObject
+from ollama_proxy.protocol.ollama import ERRORS as OLLAMA_ERRORS
+from ollama_proxy.protocol.ollama import NDJSON
 from ollama_proxy.protocol.redact import Redactor, StreamRedactor
-from ollama_proxy.upstream.backend import clientKey, redactHeaders
+from ollama_proxy.upstream.backend import forwardingClientKey, redactHeaders
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, chargeParse, inflate
@@ -40,11 +44,9 @@ from ollama_proxy.web.metrics import OTHER
 from ollama_proxy.web.observe import (OBSERVED, logRequest, modelLabel, noteRoute, routed,
                                       upstreamErrorKind)
 
-NDJSON = b"application/x-ndjson"
 MIN_CLIENT_KEY = 8  # the shortest client key treated as a secret
 MAX_ERROR_TEXT = 2000  # characters of upstream text an error quotes (cut after redaction)
 DEBUG_EXCERPT = 4096  # characters of a body a --debug line shows (cut after redaction)
-JSON_TYPE = b"application/json; charset=utf-8"
 
 
 class ClientState:
@@ -96,9 +98,11 @@ class Exchange:
         request (see L{ollama_proxy.web.observe.upstreamErrorKind}), if any.
     @ivar guessed: the model name, when sent to the only backend unlisted
         (its label is looked up again at the end).
-    @ivar streamError: encodes a mid-stream error in the dialect being
-        streamed (set by L{ollama_proxy.web.chat.answer}); without it the
-        funnel goes by the response's content type.
+    @ivar errors: the error shape of the dialect being answered in (the
+        resource's, or the dialect's once a generation chose one): the
+        funnel asks it, before the stream and after it began.
+    @ivar encoder: the encoder of the stream being written, if the proxy
+        encodes it (not a relayed one): a mid-stream error ends it.
     @ivar redactor: the proxy's secrets, replaced in upstream text before
         it reaches the client (see L{redactText}, L{redactData}).
     """
@@ -115,7 +119,8 @@ class Exchange:
     firstToken: int | None = None
     upstreamError: str | None = None
     guessed: str | None = None
-    streamError: Callable[[str], bytes] | None = None
+    errors: ErrorShape = OLLAMA_ERRORS
+    encoder: Encoder | None = None
     redactor: Redactor = attrs.field(factory=Redactor, repr=False)
     _outbound: StreamRedactor | None | bool = attrs.field(default=False, repr=False)
 
@@ -197,6 +202,16 @@ class Exchange:
             self.body = b""
         return decoded
 
+    def startEncoded(self, encoder: Encoder) -> None:
+        """
+        Send a 200 for a stream C{encoder} writes; an error after this is
+        the encoder's own.
+
+        @param encoder: the stream's encoder.
+        """
+        self.encoder = encoder
+        self.startStream(encoder.contentType)
+
     def startStream(self, contentType: bytes = NDJSON) -> None:
         """
         Send a 200 with C{contentType}; the body follows in pieces.
@@ -238,18 +253,23 @@ class Exchange:
 Handler = Callable[[Exchange], Awaitable[Any]]
 
 
-def jsonError(request: Request, status: int, message: str) -> bytes:
+def errorAnswer(
+    request: Request, errors: ErrorShape, status: int, message: str, param: str | None = None
+) -> bytes:
     """
-    Prepare an Ollama-style error response.
+    Prepare an error answer in a dialect's shape, before any byte of the
+    response was sent.
 
     @param request: the request to answer.
+    @param errors: the dialect's error shape.
     @param status: the HTTP status.
-    @param message: the C{error} text.
+    @param message: the error text.
+    @param param: the request field at fault, if the error names one.
     @return: the body to write.
     """
     request.setResponseCode(status)
-    request.setHeader(b"Content-Type", JSON_TYPE)
-    return codec.dumps({"error": message})
+    request.setHeader(b"Content-Type", errors.contentType)
+    return errors.body(status, message, param)
 
 
 class ProxyResource(Resource):
@@ -263,6 +283,9 @@ class ProxyResource(Resource):
 
     isLeaf = True
     log = Logger()
+    errors: ErrorShape = OLLAMA_ERRORS
+    """The error shape of the dialect this resource speaks (Ollama's by
+    default): the funnel writes every error with it."""
     decodesBody = True
     """Whether a C{Content-Encoding} body is decoded before the handler
     runs (in bounded steps, charged to the body budget); a resource that
@@ -314,7 +337,7 @@ class ProxyResource(Resource):
             handler = getattr(self, "handle_GET", None)
         return handler
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         """
         Answer from L{ready} at once if it can; otherwise start the handler
         coroutine.  Either way, return C{NOT_DONE_YET}.
@@ -327,7 +350,7 @@ class ProxyResource(Resource):
         if request.postpath and not self.servesSubPath(request):
             noteRoute(request, self.routeLabel(request))
             path = (request.path or b"").decode("latin-1")
-            return self.errorBody(request, 404, f"{path} is not served by this proxy")
+            return errorAnswer(request, self.errors, 404, f"{path} is not served by this proxy")
         handler = self._handler(method)
         if handler is None:
             allowed = sorted(
@@ -339,11 +362,11 @@ class ProxyResource(Resource):
             request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
             # Logged and counted by the site when the answer is finished.
             noteRoute(request, self.routeLabel(request))
-            return self.errorBody(request, 405, f"method {method} not allowed")
+            return errorAnswer(request, self.errors, 405, f"method {method} not allowed")
         body = request.content.read() if request.content is not None else b""
         ex = Exchange(
             request, body, self.ctx.now(), ClientState(request, watch=False),
-            redactor=self.ctx.redactor,
+            redactor=self.ctx.redactor, errors=self.errors,
         )
         if self.ctx.debug:
             self.log.debug(
@@ -406,7 +429,7 @@ class ProxyResource(Resource):
         """
         # This coroutine runs in its own copy of the context, so the key is
         # seen only by this request's upstream calls.
-        clientKey.set(presentedKey(ex.request))
+        forwardingClientKey(presentedKey(ex.request))
         collected = False
         try:
             if ex.body and self._encoded(ex.request):
@@ -484,7 +507,7 @@ class ProxyResource(Resource):
             # own making: not an upstream error.
             if isinstance(error, UpstreamError) and not ex.client.gone:
                 ex.upstreamError = upstreamErrorKind(error, bool(ex.request.startedWriting))
-            self._fail(ex, error.status, error.message)
+            self._fail(ex, error.status, error.message, getattr(error, "param", None))
             return
         self.log.failure("unexpected error handling {uri}", uri=ex.request.uri)
         self._fail(ex, 500, "internal proxy error; see the proxy log")
@@ -508,53 +531,34 @@ class ProxyResource(Resource):
                 ex.modelLabel = ex.redactText(known.modelId)
         logRequest(ex, self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
 
-    def _fail(self, ex: Exchange, status: int, message: str) -> None:
+    def _fail(
+        self, ex: Exchange, status: int, message: str, param: str | None = None
+    ) -> None:
         """
-        Report an error in the only way still possible.
+        Report an error in the only way still possible, in the shape of
+        the dialect being answered (L{Exchange.errors}): its error answer
+        before the stream, its error event after it began (the encoder's,
+        or, for a relayed stream, the shape's own; never a fake success).
 
         @param ex: the exchange.
         @param status: the status to use if nothing was sent yet.
         @param message: the error text.
+        @param param: the request field at fault, if the error names one.
         """
         if ex.client.gone:
             return
         # The one place every error passes, whatever the dialect: upstream
         # text (a gateway that echoes the Authorization header) loses the
-        # proxy's secrets before errorBody or streamError shape it.
-        # Redacted before it is cut, so that no cut key escapes as a prefix.
+        # proxy's secrets before the error shape writes it (redacted before
+        # it is cut, so that no cut key escapes as a prefix), and every
+        # byte goes through the exchange's outbound filter.
         message = ex.excerpt(message, MAX_ERROR_TEXT)
         ex.flush()
         request = ex.request
         if request.startedWriting:
-            if ex.streamError is not None:
-                ex.write(ex.streamError(message))
-                return
-            contentType = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
-            if contentType[0].startswith(b"text/event-stream"):
-                # A relayed OpenAI stream: an error event, as Ollama's own
-                # /v1 routes send it (OpenAI SDKs raise on it), after a
-                # blank line that ends any event the backend left unfinished.
-                error = {"message": message, "type": "api_error", "param": None, "code": None}
-                ex.write(b"\n\ndata: " + codec.dumps({"error": error}) + b"\n\n")
-                return
-            # Mid-stream: Ollama ends the NDJSON with an error line, never a
-            # fake done:true.
-            ex.write(codec.dumpLine({"error": message}))
+            ex.write(ex.errors.midStream(ex.encoder, message))
         else:
-            ex.write(self.errorBody(request, status, message))
-
-    def errorBody(self, request: Request, status: int, message: str) -> bytes:
-        """
-        Prepare an error answer in the dialect this resource speaks (before
-        any byte of the response was sent).  Ollama's C{{"error": ...}} by
-        default; a resource of another dialect overrides it.
-
-        @param request: the request to answer.
-        @param status: the HTTP status.
-        @param message: the error text.
-        @return: the body to write.
-        """
-        return jsonError(request, status, message)
+            ex.write(errorAnswer(request, ex.errors, status, message, param))
 
     def routeLabel(self, request: Request) -> str:
         """
@@ -575,6 +579,7 @@ class NotServed(ProxyResource):
     def __init__(self, ctx: ProxyContext, parent: ProxyResource) -> None:
         super().__init__(ctx)
         self.parent = parent
+        self.errors = parent.errors
 
     def servesSubPath(self, request: Request) -> bool:
         return False
@@ -586,10 +591,7 @@ class NotServed(ProxyResource):
         """
         return "not served"
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         noteRoute(request, self.routeLabel(request))
         path = (request.path or b"").decode("latin-1")
-        return self.errorBody(request, 404, f"{path} is not served by this proxy")
-
-    def errorBody(self, request: Request, status: int, message: str) -> bytes:
-        return self.parent.errorBody(request, status, message)
+        return errorAnswer(request, self.errors, 404, f"{path} is not served by this proxy")

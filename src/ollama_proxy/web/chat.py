@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_hub -*-
+# -*- test-case-name: tests.web.test_chat -*-
 """
 The web side of the translation hub: one way to answer a generation
 request in any client dialect.
@@ -21,8 +21,8 @@ from twisted.web.iweb import IResponse
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.events import Dialect
-from ollama_proxy.protocol.openai import ChatStreamReader, readReply
+from ollama_proxy.protocol.dialect import Dialect, Encoder
+from ollama_proxy.protocol.backend_reader import ChatStreamReader, readReply
 from ollama_proxy.protocol.openai_request import chatBody
 from ollama_proxy.protocol.requests import ChatRequest
 from ollama_proxy.protocol.stream import TranslatedStream
@@ -75,7 +75,12 @@ def upstreamBody(ctx: ProxyContext, route: Route, body: JSON, ex: Exchange) -> J
 
 
 async def generate(
-    ctx: ProxyContext, ex: Exchange, route: Route, request: ChatRequest, dialect: Dialect
+    ctx: ProxyContext,
+    ex: Exchange,
+    route: Route,
+    request: ChatRequest,
+    dialect: Dialect,
+    encoder: Encoder | None = None,
 ) -> JSON | None:
     """
     The hub's path for a parsed chat, whatever the client's dialect: the
@@ -88,14 +93,19 @@ async def generate(
     @param route: where the request goes.
     @param request: the parsed request.
     @param dialect: the client's dialect.
+    @param encoder: the stream's encoder, if the caller made it already
+        (to write keep-alives while the backend is silent).
     @return: the non-streamed object, or C{None} after streaming.
     """
     route, response = await send(ctx, ex, route, lambda member: member.backend.postChat(
         upstreamBody(ctx, member, chatBody(request, member.modelId, member.backend.flavor), ex)
     ))
+    unique = uniqueToolIds(dialect, request)
+    if encoder is not None:
+        unique.adopt(encoder)
     return await answer(
-        ctx, ex, route.backend, response, uniqueToolIds(dialect, request), request.stream,
-        ReadOptions(dropThinking=request.think is False),
+        ctx, ex, route.backend, response, unique, request.stream,
+        ReadOptions(dropThinking=request.think is False), encoder,
     )
 
 
@@ -117,6 +127,7 @@ async def answer(
     dialect: Dialect,
     stream: bool,
     options: ReadOptions = ReadOptions(),
+    encoder: Encoder | None = None,
 ) -> JSON | None:
     """
     Answer the client from the backend's (2xx) response, in its dialect.
@@ -129,11 +140,16 @@ async def answer(
     @param dialect: the client's dialect.
     @param stream: whether the client asked for a stream.
     @param options: how to read the reply.
+    @param encoder: the stream's encoder, if one was made already (one
+        encoder per stream: the keep-alives written while the backend was
+        silent and the reply are one stream); else a fresh one from
+        C{dialect}.
     @return: the object to send, or C{None} after streaming.
     @raise ollama_proxy.protocol.errors.UpstreamError: if the backend's
         answer is unusable (before or after the stream began).
     """
     model = ex.model or ""
+    ex.errors = dialect.errors
     if not stream or isJSONResponse(response):
         # A backend that ignores "stream": true (some gateways do) sends
         # one completion: the dialect writes it as a stream of its own.
@@ -144,19 +160,20 @@ async def answer(
         ex.noteUsage(reply.usage)
         if not stream:
             return dialect.reply(reply, model, ex.start, ctx.now())
-        encoder = dialect.streamEncoder(model, ex.start)
-        ex.startStream(encoder.contentType)
-        ex.write(dialect.replyAsStream(reply, model, ex.start, ctx.now()))
+        if encoder is None:
+            encoder = dialect.streamEncoder(model, ex.start)
+        ex.startEncoded(encoder)
+        ex.write(encoder.whole(reply, ctx.now()))
         return None
-    encoder = dialect.streamEncoder(model, ex.start)
+    if encoder is None:
+        encoder = dialect.streamEncoder(model, ex.start)
     pipeline = TranslatedStream(
         ChatStreamReader(ctx.now, options.dropThinking, options.thinkTags, options.text),
         encoder,
         ctx.maxLineLength,
         ex.redactor.events(ex.clientKey()),
     )
-    ex.startStream(encoder.contentType)
-    ex.streamError = encoder.error
+    ex.startEncoded(encoder)
     with streaming(ctx.metrics):
         collector = _debugWriter(ex, pipeline) if ctx.debug else _writer(ex, pipeline)
         await relayBody(ex, response, collector, backend.reactor, backend.idleTimeout)

@@ -3,7 +3,7 @@
 What the resources share: a plain container, built once by
 L{ollama_proxy.service.tap.makeService} (or a test harness) and handed to
 L{ollama_proxy.web.tree.buildRoot}.  It holds values and collaborators, no
-behaviour: model lookups live in L{ollama_proxy.upstream.catalog}, request
+behaviour: model lookups live in L{ollama_proxy.upstream.directory}, request
 observation in L{ollama_proxy.web.observe}.
 """
 
@@ -17,11 +17,10 @@ from ollama_proxy.protocol.clock import Clock, wallClock
 from ollama_proxy.protocol.redact import Redactor
 from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.upstream.backend import HTTPClient
-from ollama_proxy.upstream.catalog import ModelDirectory
+from ollama_proxy.upstream.directory import ModelDirectory
 from ollama_proxy.web.budget import cooperator
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.observe import watchFleet, watchUpstream
-from ollama_proxy.web.site import DEFAULT_MAX_BODY
 
 DEFAULT_VERSION = "0.32.15"
 """
@@ -36,6 +35,9 @@ for the Responses API (C{/v1/responses}).  Plain C{MAJOR.MINOR.PATCH}, which
 Codex's semver, Copilot's C{parseInt} split and Open WebUI's C{int} split
 all parse.
 """
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+"""Default request body cap: large enough for several base64 images."""
 
 
 @attrs.frozen

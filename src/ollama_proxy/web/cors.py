@@ -188,7 +188,7 @@ class Preflight(Resource):
         super().__init__()
         self.allowed = allowed
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         if self.allowed is False:
             return _forbidden(request)
         request.setResponseCode(204)
@@ -231,7 +231,7 @@ class CORSResource(Resource):
             request.responseHeaders.addRawHeader(name, value)
         return len(headers) > 1
 
-    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         allowed = self._decorate(request)
         if request.method == b"OPTIONS" or allowed is False:
             # Like Ollama, refuse any request from a disallowed origin, not
@@ -242,7 +242,7 @@ class CORSResource(Resource):
         child: IResource = self.wrapped.getChildWithDefault(path, request)
         return child
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         # Only reached for a request with an empty path list, which HTTP
         # cannot produce; delegate all the same.
         return self.wrapped.render(request)

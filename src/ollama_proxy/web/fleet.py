@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.upstream.test_fleet -*-
+# -*- test-case-name: tests.web.test_fleet -*-
 """
 The web side of several backends for one model: a request sent through the
 router's fleet (L{ollama_proxy.upstream.fleet}), and the backend that

@@ -23,16 +23,14 @@ from twisted.web.http import parse_qs
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest, NotFound, ProxyError
-from ollama_proxy.protocol.gemini import GeminiDialect, errorObject, modelList, modelObject, responseId
+from ollama_proxy.protocol.gemini import ERRORS, GeminiDialect, modelList, modelObject, responseId
 from ollama_proxy.protocol.gemini_path import ACTIONS, COUNT, STREAM, GeminiCall, parsePath
 from ollama_proxy.protocol.gemini_request import parseCountRequest, parseGenerateRequest
 from ollama_proxy.protocol.requests import estimateTokens
-from ollama_proxy.web.agents import decodedJSON
 from ollama_proxy.web.auth import googleClient
-from ollama_proxy.web.bridge import JSON_TYPE, Exchange, ProxyResource
+from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.chat import generate
 from ollama_proxy.web.context import ProxyContext
 
@@ -116,10 +114,7 @@ class GeminiAPI(ProxyResource):
         call = self._parse(request)
         return call.template(self.version) if call is not None else "not served"
 
-    def errorBody(self, request: Request, status: int, message: str) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", JSON_TYPE)
-        return codec.dumps(errorObject(status, message))
+    errors = ERRORS
 
     async def handle_GET(self, ex: Exchange) -> JSON:
         call = self.call(ex.request)
@@ -144,7 +139,7 @@ class GeminiAPI(ProxyResource):
                 "no such method; served: models/{model}:generateContent, "
                 ":streamGenerateContent, :countTokens"
             )
-        body = decodedJSON(self.ctx, ex)
+        body = ex.json(keep=False)
         if call.action == COUNT:
             # An estimate, as /v1/messages/count_tokens gives: no backend
             # is asked, so no route is taken.
@@ -184,7 +179,7 @@ class ModelsRoute(Resource):
         self.openai = openai
         self.gemini = gemini
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         last = (request.postpath or [b""])[-1].decode("utf-8", "replace")
         if googleClient(request) or last.rpartition(":")[2] in ACTIONS:
             return self.gemini.render(request)

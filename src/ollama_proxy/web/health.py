@@ -42,7 +42,7 @@ class Probe(Resource):
 
     isLeaf = True
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         if request.postpath:
             return _error(request, 404, f"{(request.path or b'').decode('latin-1')} is not served")
         if request.method not in (b"GET", b"HEAD"):
@@ -111,17 +111,17 @@ class HealthDirectory(Resource):
     child are a 404 JSON.
     """
 
-    def getChild(self, path: bytes, request: Request) -> Resource:  # type: ignore[override]
+    def getChild(self, path: bytes, request: Request) -> Resource:
         return _NotFound()
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         return _NotFound().render(request)
 
 
 class _NotFound(Resource):
     isLeaf = True
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         path = (request.path or b"").decode("latin-1")
         return _error(request, 404, f"{path} is not served (try /health/live or /health/ready)")
 

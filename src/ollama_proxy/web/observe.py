@@ -8,7 +8,7 @@ the error funnel), the active-stream gauge and the upstream latency.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import attrs
 from twisted.logger import Logger
@@ -26,10 +26,38 @@ from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.fleet import Fleet
 from ollama_proxy.web.metrics import OTHER, Metrics
 
-if TYPE_CHECKING:
-    from ollama_proxy.web.bridge import Exchange
-
 log = Logger()
+
+
+class _Client(Protocol):
+    @property
+    def gone(self) -> bool:
+        """Whether the client left (or the answer finished)."""
+
+
+class Observed(Protocol):
+    """
+    What the log line and the metrics read off a finished request: the
+    fields of L{ollama_proxy.web.bridge.Exchange} they need, named here so
+    that this module does not import the bridge that calls it.
+    """
+
+    request: Any
+    start: int
+    model: str | None
+    backend: str | None
+    modelLabel: str
+    tokensIn: int | None
+    tokensOut: int | None
+    firstToken: int | None
+    upstreamError: str | None
+
+    @property
+    def client(self) -> _Client:
+        """Whether the client is still there."""
+
+    def redactText(self, text: str) -> str:
+        """@return: C{text} without the proxy's secrets."""
 
 
 def upstreamErrorKind(error: UpstreamError, midStream: bool) -> str:
@@ -169,7 +197,7 @@ COUNTED = "_ollamaProxyCounted"
 the request (L{routed}) until it ends (L{logRequest})."""
 
 
-def routed(ex: Exchange, metrics: Metrics | None) -> None:
+def routed(ex: Observed, metrics: Metrics | None) -> None:
     """
     Count C{ex} as in flight on the backend it was just routed to (the
     status page's per-backend column); L{logRequest} ends it.
@@ -186,7 +214,7 @@ def routed(ex: Exchange, metrics: Metrics | None) -> None:
     metrics.child(metrics.routedInFlight, ex.backend).inc()
 
 
-def logRequest(ex: Exchange, route: str, now: int, metrics: Metrics | None) -> None:
+def logRequest(ex: Observed, route: str, now: int, metrics: Metrics | None) -> None:
     """
     One info line per request, without bodies or secrets, and the
     request metrics.  The fields are also event keys, so that a JSON log

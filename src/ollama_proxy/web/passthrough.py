@@ -16,10 +16,11 @@ from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.target import QUERY_SAFE, checkPath, errorObject, reencode
+from ollama_proxy.protocol.responses import ERRORS as OPENAI_ERRORS
+from ollama_proxy.protocol.target import QUERY_SAFE, checkPath, reencode
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.routing import Route
-from ollama_proxy.web.bridge import JSON_TYPE, Exchange, ProxyResource
+from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.budget import chargeOf, chargeParse
 from ollama_proxy.web.fleet import send
 from ollama_proxy.web.context import ProxyContext
@@ -124,10 +125,9 @@ class Passthrough(ProxyResource):
         super().__init__(ctx)
         self.path = path
 
-    def errorBody(self, request: Request, status: int, message: str) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", JSON_TYPE)
-        return codec.dumps(errorObject("openai", status, message))
+    errors = OPENAI_ERRORS
+    """OpenAI's error objects before the stream; in a relayed stream, an
+    OpenAI error event."""
 
     async def _forward(self, ex: Exchange) -> Any:
         body = ex.body

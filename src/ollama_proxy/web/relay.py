@@ -21,7 +21,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ollama_proxy.protocol.errors import StreamFailed
+from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.upstream.backend import HOP_BY_HOP
 from ollama_proxy.upstream.body import BodyReader, readBody
 from ollama_proxy.web.bridge import Exchange

@@ -40,10 +40,9 @@ from ollama_proxy.web.channel import (
 )
 from ollama_proxy.web.cors import HostPolicy, OriginPolicy, corsHeaders
 from ollama_proxy.web.metrics import Metrics
+from ollama_proxy.web.context import DEFAULT_MAX_BODY
 from ollama_proxy.web.observe import logAnswer
 
-DEFAULT_MAX_BODY = 64 * 1024 * 1024
-"""Default request body cap: large enough for several base64 images."""
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
 
@@ -206,7 +205,7 @@ class LimitedRequest(Request):
             self.setHeader(b"Connection", b"close")
             # twisted.web decides persistence from the request's headers
             # only: make it close the connection as the header says.
-            self.channel.persistent = False  # type: ignore[attr-defined]
+            self.channel.persistent = False
         self.write(body)
         self.finish()
 

@@ -170,7 +170,7 @@ class _StatusResource(Resource):
         super().__init__()
         self.ctx = ctx
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         # The page polls; its requests are not the traffic it reports.
         setattr(request, OBSERVED, True)
         request.setHeader(b"Cache-Control", b"no-store")

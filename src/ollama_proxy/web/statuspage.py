@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_status -*-
+# -*- test-case-name: tests.web.test_statuspage -*-
 """
 The status page's two static assets, served by L{ollama_proxy.web.status}:
 the HTML shell (with its stylesheet inline, allowed by hash in L{CSP}) and

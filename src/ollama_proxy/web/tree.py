@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_chat -*-
+# -*- test-case-name: tests.web.test_tree -*-
 """
 The resource tree: which resource serves which path, wrapped in Ollama's
 CORS policy.  Unknown paths under C{/}, C{/api} and C{/v1} go to the
@@ -12,7 +12,8 @@ from typing import Any
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from ollama_proxy.web.anthropic import CountTokens, Messages
+from ollama_proxy.protocol.anthropic import MESSAGES
+from ollama_proxy.web.anthropic import CountTokens
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.cors import CORSResource, OriginPolicy
@@ -34,7 +35,8 @@ from ollama_proxy.web.models import (
 )
 from ollama_proxy.web.ollama import Completion, Embed, LegacyEmbeddings, Version
 from ollama_proxy.web.passthrough import Models, Passthrough
-from ollama_proxy.web.responses import Responses
+from ollama_proxy.protocol.responses import RESPONSES
+from ollama_proxy.web.generation import GenerationResource
 from ollama_proxy.web.status import statusResources
 
 
@@ -50,7 +52,7 @@ class Root(ProxyResource):
         super().__init__(ctx)
         self.fallback = fallback
 
-    def getChild(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+    def getChild(self, path: bytes, request: Request) -> IResource:
         """
         Anything not registered goes to the fallback.
         """
@@ -83,10 +85,10 @@ class Directory(Resource):
         super().__init__()
         self.fallback = fallback
 
-    def getChild(self, path: bytes, request: Request) -> IResource:  # type: ignore[override]
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return self.fallback
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         return self.fallback.render(request)
 
 
@@ -105,6 +107,29 @@ class MetricsPage(ProxyResource):
         body, contentType = metrics.render(accept.decode("latin-1") if accept else None)
         ex.request.setHeader(b"Content-Type", contentType.encode("ascii"))
         ex.write(body)
+
+
+def mount(root: Resource, fallback: IResource, resource: GenerationResource) -> GenerationResource:
+    """
+    Put a generation route at its template's fixed segments, making the
+    directories on the way (whose other children go to the fallback).
+
+    @param root: the tree's root.
+    @param fallback: where unknown paths go.
+    @param resource: the route.
+    @return: C{resource}.
+    """
+    parent = root
+    *directories, last = resource.template.prefix
+    for segment in directories:
+        name = segment.encode("utf-8")
+        child = parent.children.get(name)
+        if child is None:
+            child = Directory(fallback)
+            parent.putChild(name, child)
+        parent = child
+    parent.putChild(last.encode("utf-8"), resource)
+    return resource
 
 
 def buildRoot(ctx: ProxyContext) -> IResource:
@@ -146,11 +171,12 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     v1.putChild(b"models", ModelsRoute(models, GeminiAPI(ctx, "v1")))
     v1.putChild(b"completions", Passthrough(ctx, "completions"))
     v1.putChild(b"embeddings", Passthrough(ctx, "embeddings"))
-    # The coding agents' dialects, translated (Claude Code, Codex).
-    messages = Messages(ctx)
+    # The coding agents' dialects, translated (Claude Code, Codex): one
+    # generation resource each, at its route template.
+    messages = mount(root, fallback, GenerationResource(ctx, MESSAGES, "/v1/messages"))
+    messages.isLeaf = False
     messages.putChild(b"count_tokens", CountTokens(ctx))
-    v1.putChild(b"messages", messages)
-    v1.putChild(b"responses", Responses(ctx))
+    mount(root, fallback, GenerationResource(ctx, RESPONSES, "/v1/responses"))
     chat = Directory(fallback)
     v1.putChild(b"chat", chat)
     chat.putChild(b"completions", chatCompletions)

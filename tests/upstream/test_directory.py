@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.testing.harness import ProxyHarness
-from ollama_proxy.upstream.catalog import METADATA_WAIT
+from ollama_proxy.upstream.directory import METADATA_WAIT
 from tests.web.helpers import LITELLM_INFO
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.upstream.test_catalog -*-
+# -*- test-case-name: tests.upstream.test_directory -*-
 """
 What the backends serve, as the resources ask for it: the merged model
 list, the metadata catalog, and the route for a name.
@@ -26,7 +26,7 @@ from ollama_proxy.protocol.errors import ProxyError, describe
 from ollama_proxy.protocol.listing import modelDigest, remoteHost
 from ollama_proxy.protocol.names import clientModelName
 from ollama_proxy.protocol.sticky import stickyKey
-from ollama_proxy.service.config import CAPABILITIES, ModelOverride
+from ollama_proxy.protocol.backends import CAPABILITIES, ModelOverride
 from ollama_proxy.upstream.routing import BackendModels, Entry, Route, Router
 
 AUTO = "auto"

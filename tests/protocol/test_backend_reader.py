@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.errors import UpstreamError
 from ollama_proxy.protocol.ollama import Kind
-from ollama_proxy.protocol.openai import ChatStreamReader
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from tests.protocol.helpers import ollamaChunks, responseFromOpenAI
 
 

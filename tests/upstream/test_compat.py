@@ -1,5 +1,5 @@
 """
-L{ollama_proxy.upstream.pool.BatchingChunkedDecoder}: Twisted's chunked
+L{ollama_proxy.upstream.compat.BatchingChunkedDecoder}: Twisted's chunked
 decoder, one delivery per read.  It must decode exactly what Twisted's own
 decoder decodes, with its errors, at any split; these tests also pin the
 private Twisted API the pool module hooks into.
@@ -17,7 +17,7 @@ from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, Reque
 from twisted.web.http import _ChunkedTransferDecoder, _DataLoss, _MalformedChunkedDataError
 from twisted.web.http_headers import Headers
 
-from ollama_proxy.upstream.pool import (
+from ollama_proxy.upstream.compat import (
     BatchingChunkedDecoder,
     BatchingClientProtocol,
     ConnectionPool,
@@ -251,3 +251,44 @@ class ProtocolTests(SynchronousTestCase):
         protocol.dataReceived(encode(events[50:]))
         self.assertEqual(body.reads, [b"".join(events[:50]), b"".join(events[50:])])
         self.assertEqual(protocol.state, "QUIESCENT")
+
+
+class FenceTests(SynchronousTestCase):
+    """
+    The fence checks the private names it relies on at import, and falls
+    back to Twisted's stock pool and decoder without them.
+    """
+
+    def test_installedTwistedHasEveryName(self) -> None:
+        """
+        On the Twisted releases C{pyproject.toml} allows, nothing is missing
+        and the batching pool is in use.
+        """
+        from ollama_proxy.upstream import compat
+
+        self.assertEqual(compat._check(), [])
+        self.assertTrue(compat.COMPATIBLE)
+        self.assertIs(compat.ConnectionPool, compat.BatchingConnectionPool)
+
+    def test_missingNameFallsBack(self) -> None:
+        """
+        A Twisted without one of the names: the check names it, and the
+        pool chosen is the stock one (whose protocol keeps Twisted's own
+        chunked decoder), with a warning that says what is missing.
+        """
+        from twisted.logger import capturedLogs
+        from twisted.web.client import HTTPConnectionPool
+
+        from ollama_proxy.upstream import compat
+
+        saved = HTTPClientParser.__dict__["_transferDecoders"]
+        del HTTPClientParser._transferDecoders
+        try:
+            missing = compat._check()
+        finally:
+            HTTPClientParser._transferDecoders = saved
+        self.assertEqual(missing, ["HTTPClientParser._transferDecoders"])
+        with capturedLogs() as logged:
+            self.assertIs(compat.choosePool(missing), HTTPConnectionPool)
+        self.assertIn("HTTPClientParser._transferDecoders", logged[-1]["missing"])
+        self.assertIs(compat.choosePool([]), compat.BatchingConnectionPool)

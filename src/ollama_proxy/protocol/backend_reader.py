@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_stream -*-
+# -*- test-case-name: tests.protocol.test_backend_reader -*-
 """
 The backend's side of the hub: reading OpenAI chat (and legacy text)
 completions, streamed or not, into the dialect-neutral events of
@@ -20,7 +20,8 @@ from typing import Any, Mapping
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.clock import Clock, wallClock
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import StreamFailed, UpstreamError
+from ollama_proxy.protocol.errors import UpstreamError
+from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.events import (
     Delta,
     Event,

@@ -1,0 +1,387 @@
+# -*- test-case-name: tests.protocol.test_dialect -*-
+"""
+What a client dialect is, as one object with one lifecycle.
+
+A dialect (L{Dialect}) makes a fresh L{Encoder} for every stream and the
+whole reply object for a non-streamed answer, and has one L{ErrorShape}
+that writes its errors, before the stream began (a status and a body) and
+after it (the dialect's own error event, never a fake success).  The web
+funnel asks the dialect; it never guesses from a content type.
+
+An encoder's life is C{START -> OPEN -> DONE}, as h11's connection states
+are: the first bytes it writes open the stream (the dialect's opening
+events, if it has any), a L{Finish} or an error ends it, and anything asked
+of it after the end raises L{EncoderMisuse} instead of writing bytes a
+client would read as a second reply.  Subclasses supply the bytes; this
+module owns the states.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Mapping, Protocol, Sequence
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.events import Event, Finish, Reply, replyEvents
+from ollama_proxy.protocol.requests import ChatRequest
+
+
+class EncoderState(enum.Enum):
+    """
+    Where an encoder is in its one stream.
+    """
+
+    START = "start"
+    """Nothing written yet."""
+    OPEN = "open"
+    """The stream began (its opening, if any, is written)."""
+    DONE = "done"
+    """The reply ended, with its L{Finish} or an error; nothing may follow."""
+
+
+START = EncoderState.START
+OPEN = EncoderState.OPEN
+DONE = EncoderState.DONE
+
+
+class EncoderMisuse(Exception):
+    """
+    An encoder was asked for bytes its stream can no longer carry (events
+    after the end, a second end).  A programming error, as h11's
+    C{LocalProtocolError}: it is raised rather than written.
+    """
+
+
+class ReplyFilter(Protocol):
+    """
+    Rewrites a reply before any dialect encodes it (the tool-call ids made
+    unique, L{ollama_proxy.protocol.toolids.ToolIds}).
+    """
+
+    def events(self, events: Sequence[Event]) -> Sequence[Event]:
+        """
+        @return: C{events}, rewritten (the same sequence if unchanged).
+        """
+
+    def reply(self, reply: Reply) -> Reply:
+        """
+        @return: C{reply}, rewritten.
+        """
+
+
+class Encoder:
+    """
+    The lifecycle of one streamed reply in a client dialect.
+
+    Subclasses set L{contentType} and implement L{_encode} (their own loop
+    over one read's events, calling L{_ended} at the L{Finish}) and
+    L{_failure}; a dialect with opening events overrides L{_opening}.
+
+    @ivar state: the L{EncoderState}.
+    @ivar filter: what rewrites the reply's events before this encoder
+        writes them, if anything.
+    """
+
+    contentType: bytes = b""
+    """The response's C{Content-Type}."""
+
+    state: EncoderState = START
+    filter: ReplyFilter | None = None
+
+    def _opening(self) -> bytes:
+        """
+        @return: the events that open the stream (none by default).
+        """
+        return b""
+
+    def _encode(self, events: Sequence[Event]) -> bytes:
+        """
+        @param events: one read's events, the stream already open.
+        @return: their bytes.
+        """
+        raise NotImplementedError
+
+    def _failure(self, message: str) -> bytes:
+        """
+        @param message: why the stream failed.
+        @return: the dialect's mid-stream error event.
+        """
+        raise NotImplementedError
+
+    def _open(self) -> bytes:
+        """
+        Move from C{START} to C{OPEN}.
+
+        @return: the opening events, if they were not written yet.
+        @raise EncoderMisuse: after the end.
+        """
+        state = self.state
+        if state is OPEN:
+            return b""
+        if state is DONE:
+            raise EncoderMisuse(f"{type(self).__name__}: the stream already ended")
+        self.state = OPEN
+        return self._opening()
+
+    def _ended(self, event: Finish, events: Sequence[Event]) -> None:
+        """
+        Called by L{_encode} at the L{Finish}: the stream is over.
+
+        @param event: the finish.
+        @param events: the batch it came in, which it must end.
+        @raise EncoderMisuse: if events follow it.
+        """
+        if event is not events[-1]:
+            raise EncoderMisuse(f"{type(self).__name__}: events after the Finish")
+        self.state = DONE
+
+    def encode(self, events: Sequence[Event]) -> bytes:
+        """
+        @param events: the events of one upstream read, in order.
+        @return: the bytes to write to the client now (with the stream's
+            opening, the first time).
+        @raise EncoderMisuse: after the end, or for events after a
+            L{Finish}.
+        """
+        if self.filter is not None:
+            events = self.filter.events(events)
+        return self._write(events)
+
+    def _write(self, events: Sequence[Event]) -> bytes:
+        head = self._open() if self.state is not OPEN else b""
+        return head + self._encode(events)
+
+    def error(self, message: str) -> bytes:
+        """
+        @param message: why the stream failed after it began.
+        @return: the dialect's mid-stream error (after the opening, if it
+            was not written yet); the stream is over.
+        @raise EncoderMisuse: if the stream already ended.
+        """
+        head = self._open()
+        self.state = DONE
+        return head + self._failure(message)
+
+    def whole(self, reply: Reply, end: int) -> bytes:
+        """
+        A whole answer where the client asked for a stream (the backend
+        ignored C{"stream": true}).
+
+        @param reply: the answer.
+        @param end: now (ns).
+        @return: the complete stream's bytes, success included (after the
+            opening, if keep-alives did not write it already).
+        @raise EncoderMisuse: if the stream already ended.
+        """
+        if self.filter is not None:
+            reply = self.filter.reply(reply)
+        return self._wholeReply(reply, end)
+
+    def _wholeReply(self, reply: Reply, end: int) -> bytes:
+        """
+        @return: the whole reply (already filtered) as this dialect writes
+            it: by default, the stream its events would have made.
+        """
+        return self._write(replyEvents(reply, end))
+
+
+class ErrorShape(Protocol):
+    """
+    How a dialect writes an error, before and after its stream began.
+    """
+
+    contentType: bytes
+    """The C{Content-Type} of an error answered before the stream."""
+
+    def body(self, status: int, message: str, param: str | None = None) -> bytes:
+        """
+        @param status: the HTTP status.
+        @param message: the error text (already without secrets).
+        @param param: the request field at fault, for dialects that name it.
+        @return: the error answer's body.
+        """
+
+    def midStream(self, encoder: Encoder | None, message: str) -> bytes:
+        """
+        @param encoder: the stream's encoder, or C{None} when the proxy
+            relays a stream it did not encode.
+        @param message: the error text (already without secrets).
+        @return: the error event that ends the stream.
+        """
+
+
+JSON_TYPE = b"application/json; charset=utf-8"
+
+
+class EncodedErrors:
+    """
+    An L{ErrorShape} whose mid-stream error is the encoder's own; its
+    pre-stream body is a JSON object made by a function of the status and
+    the message.
+    """
+
+    contentType = JSON_TYPE
+
+    def _object(self, status: int, message: str, param: str | None) -> JSON:
+        raise NotImplementedError
+
+    def body(self, status: int, message: str, param: str | None = None) -> bytes:
+        return codec.dumps(self._object(status, message, param))
+
+    def _relayed(self, message: str) -> bytes:
+        """
+        @return: the error event for a relayed stream (no encoder of ours).
+        """
+        return openAIErrorEvent(message)
+
+    def midStream(self, encoder: Encoder | None, message: str) -> bytes:
+        if encoder is None:
+            return self._relayed(message)
+        if encoder.state is DONE:
+            # The reply is complete on the client's side: a second ending
+            # would be read as a broken stream.
+            return b""
+        return encoder.error(message)
+
+
+def openAIErrorEvent(message: str) -> bytes:
+    """
+    The error event of a stream the proxy relays as the backend sent it
+    (no encoder of its own): OpenAI's error object, as Ollama's own C{/v1}
+    routes send it (OpenAI SDKs raise on it), after a blank line that ends
+    any event the backend left unfinished.
+
+    @param message: the error text.
+    """
+    error = {"message": message, "type": "api_error", "param": None, "code": None}
+    return b"\n\ndata: " + codec.dumps({"error": error}) + b"\n\n"
+
+
+class Dialect(Protocol):
+    """
+    A client dialect's reply side: a fresh encoder per stream, the whole
+    reply object, and its error shape.  (Its request side is a parser that
+    returns a L{ollama_proxy.protocol.requests.ChatRequest}.)
+    """
+
+    @property
+    def errors(self) -> ErrorShape:
+        """
+        The dialect's errors, before and after its stream began.
+        """
+
+    def streamEncoder(self, model: str, start: int) -> Encoder:
+        """
+        @param model: the model name as the client sent it.
+        @param start: when the request arrived (ns).
+        @return: a fresh encoder for one stream.
+        """
+
+    def reply(self, reply: Reply, model: str, start: int, end: int) -> JSON:
+        """
+        @param reply: the whole answer.
+        @param model: the model name as the client sent it.
+        @param start: when the request arrived (ns).
+        @param end: now (ns).
+        @return: the non-streamed answer object.
+        """
+
+
+class RouteDialect(Protocol):
+    """
+    A client dialect as one route speaks it, made once for the route: where
+    the model is named (the routing hook: the body, or the URL), the
+    parser, and the error shape.  Parsing a request gives the typed request
+    and the reply side (L{Dialect}) bound to it.  The web layer's generic
+    generation resource runs every such dialect the same way.
+    """
+
+    @property
+    def errors(self) -> ErrorShape:
+        """
+        The dialect's errors, before and after its stream began.
+        """
+
+    @property
+    def native(self) -> str | None:
+        """
+        The backend API that serves this dialect as it is (C{"messages"},
+        C{"responses"}: a backend listing it in C{native} gets the request
+        relayed), or C{None}.
+        """
+
+    def model(self, body: JSON, params: Mapping[str, str]) -> object:
+        """
+        The routing hook.
+
+        @param body: the decoded request body.
+        @param params: the route template's parameters, from the URL.
+        @return: the model name as the client gave it (not checked yet:
+            anything but a non-empty string is left to L{parse} to refuse).
+        """
+
+    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, Dialect]:
+        """
+        @param body: the decoded request body.
+        @param params: the route template's parameters, from the URL.
+        @return: the typed request and its reply side.
+        @raise ollama_proxy.protocol.errors.BadRequest: for a malformed
+            request.
+        """
+
+
+class RouteTemplate:
+    """
+    A route's path with parameters (C{/v1beta/models/{model}:{method}}):
+    the fixed segments it is mounted at, and the rest matched against the
+    request's remaining path.  The template itself, not the path, is the
+    route's label in logs and metrics, so a URL-borne model never becomes a
+    label value.
+
+    @ivar template: the template as written.
+    @ivar prefix: the fixed segments before the first parameter.
+    """
+
+    _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+    def __init__(self, template: str) -> None:
+        if not template.startswith("/"):
+            raise ValueError(f"route template {template!r} must start with /")
+        self.template = template
+        segments = template.strip("/").split("/")
+        fixed: list[str] = []
+        for segment in segments:
+            if "{" in segment:
+                break
+            fixed.append(segment)
+        self.prefix = tuple(fixed)
+        rest = "/".join(segments[len(fixed):])
+        pattern, at = [], 0
+        for found in self._PARAM.finditer(rest):
+            pattern.append(re.escape(rest[at:found.start()]))
+            # A parameter is within one path segment, never empty; greedy,
+            # so that in {model}:{method} a model named qwen3:8b keeps its
+            # colon and the method is what follows the last one.
+            pattern.append(f"(?P<{found.group(1)}>[^/]+)")
+            at = found.end()
+        pattern.append(re.escape(rest[at:]))
+        self._rest = re.compile("".join(pattern)) if rest else None
+
+    @property
+    def parameters(self) -> bool:
+        """
+        Whether the template has parameters (paths below its prefix).
+        """
+        return self._rest is not None
+
+    def match(self, rest: Sequence[str]) -> dict[str, str] | None:
+        """
+        @param rest: the request's decoded path segments after L{prefix}.
+        @return: the parameters, or C{None} if the path is not this route.
+        """
+        if self._rest is None:
+            return {} if not rest else None
+        found = self._rest.fullmatch("/".join(rest))
+        return found.groupdict() if found is not None else None

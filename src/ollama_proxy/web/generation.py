@@ -1,0 +1,213 @@
+# -*- test-case-name: tests.web.test_generation -*-
+"""
+One resource for every JSON generation dialect: parse, route, generate.
+
+L{GenerationResource} serves a L{RouteDialect} at a route template
+(C{/v1/messages}, C{/v1beta/models/{model}:{method}}): the dialect names
+the model (in the body, or in the URL through the template's parameters),
+parses the body into the hub's typed request and its reply side, and the
+request goes the one way to a backend, L{ollama_proxy.web.chat.generate}
+(the model's configured C{extra} fields added by C{upstreamBody}).  A
+backend that serves the dialect itself (its C{native} list) gets the body
+relayed instead.  The route's label in logs and metrics is the template,
+not the path.  Adding a dialect is its protocol module and one line in
+L{ollama_proxy.web.tree}.
+
+Claude Code gives up on a stream after about 20 seconds without a byte, and
+a local backend can spend minutes evaluating a long prompt before its
+first token (or even its response headers).  L{Heartbeat} writes the
+dialect's keep-alive event every C{pingInterval} seconds while a streamed
+request is in flight (for dialects whose encoders can ping, the block
+dialects); if the backend has not answered yet, the first one commits the
+stream (200 and the dialect's opening events), and any later failure
+becomes the dialect's mid-stream error instead of an HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+from twisted.web.server import Request
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.blocks import BlockEncoder
+from ollama_proxy.protocol.errors import NotFound
+from ollama_proxy.protocol.dialect import DONE, Dialect, RouteDialect, RouteTemplate
+from ollama_proxy.protocol.requests import ChatRequest
+from ollama_proxy.upstream.routing import Route
+from ollama_proxy.web.bridge import DEBUG_EXCERPT, Exchange, NotServed, ProxyResource
+from ollama_proxy.web.chat import generate
+from ollama_proxy.web.context import ProxyContext
+from ollama_proxy.web.passthrough import forwardToBackend
+
+log = Logger()
+
+NATIVE_HEADERS = frozenset({
+    b"content-type", b"accept", b"user-agent", b"anthropic-version", b"anthropic-beta",
+})
+"""Client headers a native backend gets (its key is the proxy's)."""
+
+
+class Heartbeat:
+    """
+    Keep-alive events on one streamed request, every C{interval} seconds,
+    until L{stop}.
+    """
+
+    def __init__(
+        self,
+        ex: Exchange,
+        encoder: BlockEncoder,
+        clock: IReactorTime,
+        interval: float,
+    ) -> None:
+        self._ex = ex
+        self._encoder = encoder
+        self._clock = clock
+        self._interval = interval
+        self._call: IDelayedCall | None = clock.callLater(interval, self._beat)
+
+    def _beat(self) -> None:
+        ex = self._ex
+        if ex.client.gone or self._encoder.state is DONE:
+            self._call = None
+            return
+        if not ex.request.startedWriting:
+            ex.startEncoded(self._encoder)
+        ex.write(self._encoder.ping())
+        self._call = self._clock.callLater(self._interval, self._beat)
+
+    def stop(self) -> None:
+        """
+        No more keep-alives (the reply is complete or failed).
+        """
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+async def translate(
+    ctx: ProxyContext,
+    ex: Exchange,
+    route: Route,
+    request: ChatRequest,
+    dialect: Dialect,
+) -> JSON | None:
+    """
+    Send a parsed request to the routed backend's chat completions and
+    answer in C{dialect}, with keep-alives on a stream if its encoder can
+    ping.
+
+    @return: the non-streamed object, or C{None} after streaming.
+    """
+    heartbeat = None
+    encoder = dialect.streamEncoder(request.model, ex.start) if request.stream else None
+    if isinstance(encoder, BlockEncoder) and ctx.pingInterval > 0:
+        # One encoder for the stream: the keep-alives and the reply.
+        heartbeat = Heartbeat(ex, encoder, route.backend.reactor, ctx.pingInterval)
+    try:
+        return await generate(ctx, ex, route, request, dialect, encoder)
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+
+
+def nativeRoute(route: Route, api: str) -> bool:
+    """
+    @param api: C{"messages"} or C{"responses"}.
+    @return: whether the routed backend serves C{api} itself (its
+        configuration's C{native} list).
+    """
+    return api in route.backend.native
+
+
+async def relayNative(
+    ctx: ProxyContext, ex: Exchange, route: Route, api: str, body: JSON
+) -> None:
+    """
+    Relay an agent request to a backend that speaks its API (LiteLLM
+    serves both, OpenAI C{/v1/responses}), with the model name mapped and
+    the model's C{extra} fields; the answer, streamed or not, goes to the
+    client as it arrives.
+    """
+
+    def bodyFor(member: Route) -> bytes:
+        data = {**body, **member.override.extra, "model": member.modelId}
+        if ctx.debug:
+            log.debug("upstream request {url} {body}", url=member.backend.url(api),
+                      body=ex.excerpt(codec.dumps(data).decode(), DEBUG_EXCERPT))
+        return codec.dumps(data)
+
+    await forwardToBackend(ctx, ex, route, api, bodyFor, NATIVE_HEADERS)
+
+
+class GenerationResource(ProxyResource):
+    """
+    C{POST} at a route template, in a L{RouteDialect}: whole or streamed,
+    with the dialect's errors before and during the stream.
+
+    @ivar dialect: the route's dialect.
+    @ivar template: the route's template.
+    """
+
+    def __init__(self, ctx: ProxyContext, dialect: RouteDialect, template: str) -> None:
+        """
+        @param ctx: the shared context.
+        @param dialect: the dialect the route speaks.
+        @param template: the route's path, with C{{name}} parameters after
+            its fixed segments (see L{RouteTemplate}); the resource is
+            mounted at its fixed segments.
+        """
+        super().__init__(ctx)
+        self.dialect = dialect
+        self.template = RouteTemplate(template)
+        self.errors = dialect.errors
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        """
+        Any path below the route that is not a registered child is a 404
+        in the dialect's shape (when the resource has children and so is
+        not a leaf).
+        """
+        return NotServed(self.ctx, self)
+
+    def _params(self, request: Request) -> dict[str, str] | None:
+        rest = [s.decode("utf-8", "surrogateescape") for s in request.postpath or []]
+        return self.template.match(rest)
+
+    def servesSubPath(self, request: Request) -> bool:
+        """
+        @return: whether the path below the mount point fills the
+            template's parameters.
+        """
+        return self._params(request) is not None
+
+    def routeLabel(self, request: Request) -> str:
+        """
+        @return: the template: a model in the URL is no label value.
+        """
+        return self.template.template
+
+    async def handle_POST(self, ex: Exchange) -> JSON | None:
+        params: Mapping[str, str] | None = self._params(ex.request)
+        if params is None:
+            path = (ex.request.path or b"").decode("latin-1")
+            raise NotFound(f"{path} is not served by this proxy")
+        body = ex.json(keep=False)
+        dialect = self.dialect
+        model = dialect.model(body, params)
+        route = await self.route(ex, model, body) if isinstance(model, str) and model else None
+        native = dialect.native
+        if route is not None and native is not None and nativeRoute(route, native):
+            # The backend keeps its own state (previous_response_id and
+            # friends are its business).
+            await relayNative(self.ctx, ex, route, native, body)
+            return None
+        request, reply = dialect.parse(body, params)
+        assert route is not None  # every parser insists on a model name
+        return await translate(self.ctx, ex, route, request, reply)
+

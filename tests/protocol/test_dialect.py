@@ -1,0 +1,184 @@
+"""
+The encoder lifecycle every dialect shares (START -> OPEN -> DONE, misuse
+refused as h11 refuses it) and the error shapes, checked on each of the
+proxy's dialects through their public encoders.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.anthropic import ERRORS as ANTHROPIC_ERRORS
+from ollama_proxy.protocol.anthropic import AnthropicDialect
+from ollama_proxy.protocol.dialect import (
+    DONE,
+    OPEN,
+    START,
+    Encoder,
+    EncoderMisuse,
+    RouteTemplate,
+    openAIErrorEvent,
+)
+from ollama_proxy.protocol.events import Delta, Finish, Reply, Usage
+from ollama_proxy.protocol.ollama import ERRORS as OLLAMA_ERRORS
+from ollama_proxy.protocol.ollama import OllamaDialect
+from ollama_proxy.protocol.responses import ERRORS as RESPONSES_ERRORS
+from ollama_proxy.protocol.responses import ResponsesDialect
+from ollama_proxy.protocol.responses_request import ResponsesContext
+from tests.protocol.helpers import T0
+
+FINISH = Finish("stop", Usage(3, 2), None, T0 + 1)
+REPLY = Reply("hi", "", (), "stop", Usage(3, 2), [])
+
+ENCODERS: dict[str, Callable[[], Encoder]] = {
+    "ollama": lambda: OllamaDialect("chat", lambda: T0).streamEncoder("m", T0),
+    "anthropic": lambda: AnthropicDialect(5).streamEncoder("m", T0),
+    "responses": lambda: ResponsesDialect(ResponsesContext({})).streamEncoder("m", T0),
+}
+
+
+class LifecycleTests(SynchronousTestCase):
+    """
+    Each dialect's encoder goes START -> OPEN -> DONE and refuses what
+    its stream can no longer carry.
+    """
+
+    def test_states(self) -> None:
+        """
+        A fresh encoder is at START; its first bytes open it; the Finish
+        ends it.
+        """
+        for name, make in ENCODERS.items():
+            encoder = make()
+            self.assertIs(encoder.state, START, name)
+            encoder.encode([Delta("a")])
+            self.assertIs(encoder.state, OPEN, name)
+            self.assertTrue(encoder.encode([Delta("b"), FINISH]), name)
+            self.assertIs(encoder.state, DONE, name)
+
+    def test_nothingAfterTheEnd(self) -> None:
+        """
+        After the Finish, more events, an error or a whole reply raise
+        L{EncoderMisuse} rather than write a second ending.
+        """
+        for name, make in ENCODERS.items():
+            encoder = make()
+            encoder.encode([Delta("a"), FINISH])
+            self.assertRaises(EncoderMisuse, encoder.encode, [Delta("late")])
+            self.assertRaises(EncoderMisuse, encoder.encode, [])
+            self.assertRaises(EncoderMisuse, encoder.error, "late")
+            self.assertRaises(EncoderMisuse, encoder.whole, REPLY, T0)
+
+    def test_eventsAfterFinishInOneRead(self) -> None:
+        """
+        A Finish that is not the last event of its read is refused.
+        """
+        for name, make in ENCODERS.items():
+            self.assertRaises(EncoderMisuse, make().encode, [FINISH, Delta("late")])
+
+    def test_errorEnds(self) -> None:
+        """
+        A mid-stream error ends the stream: nothing may follow it.
+        """
+        for name, make in ENCODERS.items():
+            encoder = make()
+            self.assertTrue(encoder.error("boom"), name)
+            self.assertIs(encoder.state, DONE, name)
+            self.assertRaises(EncoderMisuse, encoder.error, "again")
+            self.assertRaises(EncoderMisuse, encoder.encode, [FINISH])
+
+    def test_freshPerStream(self) -> None:
+        """
+        Every call of C{streamEncoder} is a new stream, even on one
+        per-request dialect object.
+        """
+        dialect = AnthropicDialect(5)
+        first = dialect.streamEncoder("m", T0)
+        first.encode([FINISH])
+        second = dialect.streamEncoder("m", T0)
+        self.assertIsNot(first, second)
+        self.assertIs(second.state, START)
+
+
+class ErrorShapeTests(SynchronousTestCase):
+    """
+    One object per dialect writes both its errors.
+    """
+
+    def test_bodies(self) -> None:
+        """
+        Before the stream: each dialect's own JSON object.
+        """
+        self.assertEqual(codec.loads(OLLAMA_ERRORS.body(404, "no")), {"error": "no"})
+        self.assertEqual(codec.loads(ANTHROPIC_ERRORS.body(404, "no")),
+                         {"type": "error", "error": {"type": "not_found_error", "message": "no"}})
+        self.assertEqual(codec.loads(RESPONSES_ERRORS.body(400, "no", "store")), {"error": {
+            "message": "no", "type": "invalid_request_error", "param": "store",
+            "code": "unsupported_parameter"}})
+
+    def test_midStream(self) -> None:
+        """
+        In the stream: the encoder's own error event, nothing once the
+        reply is complete on the client's side.
+        """
+        encoder = ENCODERS["anthropic"]()
+        encoder.encode([Delta("a")])
+        self.assertIn(b"event: error\n", ANTHROPIC_ERRORS.midStream(encoder, "boom"))
+        self.assertIs(encoder.state, DONE)
+        self.assertEqual(ANTHROPIC_ERRORS.midStream(encoder, "late"), b"")
+
+    def test_relayedStreams(self) -> None:
+        """
+        A stream the proxy relays without an encoder ends with Ollama's
+        error line on the Ollama routes and an OpenAI error event
+        elsewhere.
+        """
+        self.assertEqual(OLLAMA_ERRORS.midStream(None, "boom"), b'{"error":"boom"}\n')
+        self.assertEqual(
+            RESPONSES_ERRORS.midStream(None, "boom"),
+            b'\n\ndata: {"error":{"message":"boom","type":"api_error","param":null,'
+            b'"code":null}}\n\n',
+        )
+        self.assertEqual(ANTHROPIC_ERRORS.midStream(None, "boom"), openAIErrorEvent("boom"))
+
+
+class RouteTemplateTests(SynchronousTestCase):
+    """
+    Route templates: the fixed segments to mount at, the rest matched.
+    """
+
+    def test_fixed(self) -> None:
+        """
+        A template without parameters matches exactly its own path.
+        """
+        template = RouteTemplate("/v1/messages")
+        self.assertEqual(template.prefix, ("v1", "messages"))
+        self.assertFalse(template.parameters)
+        self.assertEqual(template.match([]), {})
+        self.assertIsNone(template.match(["x"]))
+
+    def test_parameters(self) -> None:
+        """
+        Parameters fill one segment each, never empty; a model name with a
+        colon keeps it, the method is what follows the last one.
+        """
+        template = RouteTemplate("/v1beta/models/{model}:{method}")
+        self.assertEqual(template.prefix, ("v1beta", "models"))
+        self.assertEqual(template.match(["qwen3:8b:streamGenerateContent"]),
+                         {"model": "qwen3:8b", "method": "streamGenerateContent"})
+        self.assertEqual(template.match(["g:generateContent"]),
+                         {"model": "g", "method": "generateContent"})
+        for rest in ([], [""], ["nomethod"], [":generateContent"], ["a", "b:c"], ["a/b:c"]):
+            self.assertIsNone(template.match(rest), rest)
+
+    def test_literalSuffix(self) -> None:
+        """
+        Text after a parameter is matched literally.
+        """
+        template = RouteTemplate("/v1beta/models/{model}:streamGenerateContent")
+        self.assertEqual(template.match(["m:streamGenerateContent"]), {"model": "m"})
+        self.assertIsNone(template.match(["m:generateContent"]))
+        self.assertRaises(ValueError, RouteTemplate, "no/slash")

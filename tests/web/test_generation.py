@@ -1,0 +1,102 @@
+"""
+L{ollama_proxy.web.generation.GenerationResource}, the one resource every
+JSON generation dialect is served by: the dialect's errors on paths below
+its route, the template as its metrics label, keep-alives only for
+encoders that can ping, and the one generation path to the backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import NoResource
+
+from ollama_proxy.protocol import codec
+from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.requests import ChatRequest, Message
+from ollama_proxy.testing.harness import BodyCollector, ProxyHarness, delta
+from ollama_proxy.web.generation import GenerationResource
+from ollama_proxy.web.metrics import Metrics
+from ollama_proxy.web.tree import mount
+from tests.web.test_hub import ToyDialect
+
+
+class ToyRoute:
+    """
+    A dialect whose encoder cannot ping (the toy's line encoder).
+    """
+
+    errors = ToyDialect.errors
+    native = None
+
+    def model(self, body: JSON, params: Mapping[str, str]) -> object:
+        return body.get("model")
+
+    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, ToyDialect]:
+        return ChatRequest(model=str(body["model"]), messages=(Message("user", "hi"),),
+                           stream=True), ToyDialect()
+
+
+class GenerationResourceTests(SynchronousTestCase):
+    """
+    The generic resource, through the proxy's real tree.
+    """
+
+    def setUp(self) -> None:
+        self.h = ProxyHarness(metrics=Metrics())
+
+    def test_subPathIsTheDialectsNotFound(self) -> None:
+        """
+        A path below C{/v1/messages} that is no child of it is a 404 in
+        Anthropic's shape (the resource's dialect), and no backend is asked.
+        """
+        before = len(self.h.backend.received)
+        d = self.h.post("/v1/messages/nothing", {"model": "m"})
+        self.h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 404)
+        body = codec.loads(self.successResultOf(response.content()))
+        self.assertEqual(body["type"], "error")
+        self.assertEqual(body["error"]["type"], "not_found_error")
+        self.assertEqual(len(self.h.backend.received), before)
+
+    def test_labelIsTheTemplate(self) -> None:
+        """
+        C{/v1/responses} is counted under its template, whatever query the
+        client added.
+        """
+        d = self.h.post("/v1/responses?x=1", {"model": "m", "input": "hi"})
+        self.h.backend.received[-1].respond(200, {"choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"content": "ok"}}]})
+        self.h.pump()
+        self.assertEqual(self.successResultOf(d).code, 200)
+        metrics = self.h.ctx.metrics
+        assert metrics is not None
+        routes = {s.labels["route"] for m in metrics.registry.collect()
+                  if m.name == "ollama_proxy_requests" for s in m.samples
+                  if s.name == "ollama_proxy_requests_total"}
+        self.assertEqual(routes, {"/v1/responses"})
+
+    def test_noKeepAliveWithoutPing(self) -> None:
+        """
+        A dialect whose encoder cannot ping gets no keep-alive: the stream
+        is not committed while the backend is silent, so a late failure is
+        still an HTTP error in its shape.
+        """
+        cors: Any = self.h.root
+        mount(cors.wrapped, NoResource(), GenerationResource(self.h.ctx, ToyRoute(), "/toy"))
+        d = self.h.post("/toy", {"model": "m"})
+        self.h.clock.advance(30)
+        self.h.pump()
+        self.assertNoResult(d)
+        upstream = self.h.backend.received[-1]
+        upstream.startSSE()
+        upstream.event(delta("Hi", finish_reason="stop"))
+        upstream.done()
+        self.h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+        collector: Any = BodyCollector(self.h, response)
+        self.h.pump()
+        self.assertEqual(collector.data.decode().splitlines(), ["say Hi", "end stop None"])
