@@ -295,7 +295,7 @@ async def stickyScenario(workdir: str, quick: bool) -> dict[str, Any]:
             b.stop()
 
 
-async def costScenario(workdir: str, quick: bool) -> dict[str, Any]:
+async def costScenario(workdir: str, quick: bool, rounds: int = 0) -> dict[str, Any]:
     ports = [freePort() for _ in range(3)]
     backs = [backend(p, workdir, 0.0) for p in ports]
     pool = proxy(workdir, ports, "")
@@ -303,12 +303,20 @@ async def costScenario(workdir: str, quick: bool) -> dict[str, Any]:
     # process, so the backend side is the single case's.
     same = proxy(workdir, [ports[0]] * 3, "")
     single = proxy(workdir, ports, "", single=True)
-    rounds = 2 if quick else 4
+    rounds = rounds or (2 if quick else 4)
     seconds = 3.0 if quick else 5.0
     configs = (("single", single), ("pool", pool), ("poolOneProcess", same))
     per: dict[str, list[float]] = {name: [] for name, _ in configs}
     counts: dict[str, int] = {name: 0 for name, _ in configs}
     errors = 0
+    # As bench/run.py does: the proxies on one core, the backends and the
+    # load generator on the other, so that the backends' and the load's
+    # scheduling does not land in the proxy's CPU time per request.
+    os.sched_setaffinity(0, {1})
+    for b in backs:
+        os.sched_setaffinity(b.p.pid, {1})
+    for _, px in configs:
+        os.sched_setaffinity(px.p.pid, {0})
     try:
         await asyncio.sleep(1.0)
         for name, px in configs:
@@ -471,7 +479,10 @@ async def main(args: argparse.Namespace) -> None:
             if args.only and name not in args.only:
                 continue
             print(f"== {name}", flush=True)
-            results[name] = await scenario(workdir, args.quick)
+            if name == "cost":
+                results[name] = await costScenario(workdir, args.quick, args.rounds)
+            else:
+                results[name] = await scenario(workdir, args.quick)
             print(json.dumps(results[name], indent=1), flush=True)
     if not args.only or "calls" in args.only:
         print("== calls", flush=True)
@@ -492,5 +503,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="*")
+    parser.add_argument("--rounds", type=int, default=0, help="cost rounds (default 4, 2 quick)")
     parser.add_argument("--out", default="")
     asyncio.run(main(parser.parse_args()))
