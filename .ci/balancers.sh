@@ -24,12 +24,7 @@ skip() {
   exit 1
 }
 
-aptInstall() {
-  command -v apt-get >/dev/null || return 1
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null \
-    || { apt-get update -q >/dev/null && \
-         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
-}
+. .ci/apt.sh
 
 if [ ! -x /usr/sbin/haproxy ] || [ ! -x /usr/sbin/nginx ]; then
   echo "== installing haproxy and nginx-light (apt)"

@@ -26,12 +26,7 @@ skip() {
   exit 1
 }
 
-aptInstall() {
-  command -v apt-get >/dev/null || return 1
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null \
-    || { apt-get update -q >/dev/null && \
-         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
-}
+. .ci/apt.sh
 
 if [ ! -x "$CHROMIUM" ]; then
   echo "== installing chromium (apt)"
