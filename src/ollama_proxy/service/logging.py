@@ -67,15 +67,13 @@ def redactLogsWith(redact: Callable[[str], str] | None) -> None:
     _redact = redact
 
 
-def _clean(line: str | None) -> str | None:
+def _clean(line: str) -> str:
     """
-    @param line: a formatted log line, or C{None} (nothing to write).
+    @param line: a formatted log line.
     @return: the line with every secret replaced.
     """
     redact = _redact
-    if redact is None or line is None:
-        return line
-    return redact(line)
+    return line if redact is None else redact(line)
 
 
 def _jsonable(value: Any) -> Any:
@@ -114,9 +112,7 @@ def eventAsJSONLine(event: LogEvent) -> str:
     for key, value in event.items():
         if not key.startswith("log_") and key not in out and not key.startswith("_"):
             out[key] = _jsonable(value)
-    line = codec.dumps(out).decode("utf-8") + "\n"
-    redact = _redact
-    return line if redact is None else redact(line)
+    return _clean(codec.dumps(out).decode("utf-8") + "\n")
 
 
 def jsonObserver(outFile: IO[Any]) -> ILogObserver:
@@ -182,7 +178,8 @@ def classicFormatter() -> Any:
         if event.get("log_format") == "{line}" and "log_failure" not in event and "line" in event:
             text = str(event["line"]).replace("\n", "\n\t")
             return _clean(f"{stamp(event.get('log_time'))} [{_system(event)}] {text}\n")
-        return _clean(formatEventAsClassicLogText(event, formatTime=stamp))
+        classic = formatEventAsClassicLogText(event, formatTime=stamp)
+        return None if classic is None else _clean(classic)
 
     return format
 
