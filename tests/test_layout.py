@@ -186,7 +186,7 @@ class LayoutTests(SynchronousTestCase):
         )
 
     UNMIRRORED = frozenset({
-        "_version", "testing/harness", "testing/fake_tap",
+        "_version", "testing/fake_tap",
         "upstream/failures", "web/observe", "web/metrics", "web/bridge", "web/context",
         "web/ollama", "protocol/codec", "protocol/errors", "protocol/events",
         "protocol/responses_request", "protocol/embeddings", "protocol/ollama_request",
