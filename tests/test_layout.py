@@ -186,11 +186,10 @@ class LayoutTests(SynchronousTestCase):
         )
 
     UNMIRRORED = frozenset({
-        "_version", "testing/fake_tap",
-        "upstream/failures", "web/observe", "web/metrics", "web/bridge", "web/context",
-        "web/ollama", "protocol/codec", "protocol/errors", "protocol/events",
+        "web/observe", "web/metrics", "web/bridge", "web/context",
+        "web/ollama",
         "protocol/responses_request", "protocol/embeddings", "protocol/ollama_request",
-        "protocol/openai_request", "protocol/gemini_path", "protocol/anthropic_request",
+        "protocol/openai_request", "protocol/anthropic_request",
         "protocol/gemini_request",
     })
     """Modules whose tests live in another module's test file (the debt
@@ -218,6 +217,10 @@ class LayoutTests(SynchronousTestCase):
                 paid.append(key)
         self.assertEqual((sorted(missing), sorted(paid)), ([], []))
 
+    GENERATED = frozenset({"_version"})
+    """Modules a tool writes whole (C{incremental} rewrites C{_version.py}
+    on every version bump), which cannot keep a C{test-case-name} header."""
+
     def test_testCaseNames(self) -> None:
         """
         A module with a mirrored test file names it in its C{test-case-name}
@@ -235,6 +238,8 @@ class LayoutTests(SynchronousTestCase):
             expected = ".".join(["tests", *folder.split(os.sep), f"test_{module}"]).replace("..", ".")
             with open(path, encoding="utf-8") as f:
                 first = f.readline()
+            if rel in self.GENERATED:
+                continue
             if f"test-case-name: {expected} " not in first:
                 wrong.append((rel, first.strip()))
         self.assertEqual(wrong, [])

@@ -2,8 +2,8 @@
 The Gemini API dialect: the exact chunk sequences (text, thinking, tool
 calls split across chunks, usage after the finish, a failure part-way) at
 every byte split, SSE and JSON-array framing, the response object, the
-path parser, the request parser's validation and what it drops, and the
-model list.
+request parser's validation and what it drops, and the model list.  (The
+path parser's tests are in L{tests.protocol.test_gemini_path}.)
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.protocol.errors import BadRequest, UpstreamError
 from ollama_proxy.protocol.events import Reply, StreamFailed, ToolCall, Usage
 from ollama_proxy.protocol.gemini import GeminiDialect, errorObject, modelList
-from ollama_proxy.protocol.gemini_path import GeminiCall, parsePath
 from ollama_proxy.protocol.gemini_request import jsonSchema, parseCountRequest, parseGenerateRequest
 from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
@@ -244,43 +243,6 @@ class ReplyTests(SynchronousTestCase):
         self.assertNotIn("nextPageToken", last)
         self.assertEqual([(m["name"], m["inputTokenLimit"], m["outputTokenLimit"])
                           for m in last["models"]], [("models/b", 32768, 32768)])
-
-
-class PathTests(SynchronousTestCase):
-    """
-    L{parsePath}.
-    """
-
-    def test_paths(self) -> None:
-        """
-        The model may carry C{:} and C{/}; the action follows the last
-        C{:}; anything else is not a path of the API.
-        """
-        cases: list[tuple[list[str], GeminiCall | None]] = [
-            (["models"], GeminiCall(None)),
-            (["models", ""], GeminiCall(None)),
-            (["models", "gemini-2.5-pro"], GeminiCall("gemini-2.5-pro")),
-            (["models", "m:streamGenerateContent"], GeminiCall("m", "streamGenerateContent")),
-            (["models", "qwen3:8b:generateContent"], GeminiCall("qwen3:8b", "generateContent")),
-            (["models", "hf.co", "org", "m:Q4:countTokens"], GeminiCall("hf.co/org/m:Q4", "countTokens")),
-            (["models", "m:proxy"], GeminiCall("m:proxy")),
-            (["models", ":generateContent"], None),
-            (["models", "..", "x:generateContent"], None),
-            (["tunedModels", "m"], None),
-            ([], None),
-            (["files"], None),
-        ]
-        for segments, expected in cases:
-            self.assertEqual(parsePath(segments), expected, segments)
-
-    def test_templates(self) -> None:
-        """
-        The route label never carries the model.
-        """
-        self.assertEqual(GeminiCall(None).template(), "/v1beta/models")
-        self.assertEqual(GeminiCall("secret-model").template(), "/v1beta/models/{model}")
-        self.assertEqual(GeminiCall("x", "streamGenerateContent").template("v1"),
-                         "/v1/models/{model}:streamGenerateContent")
 
 
 USER = [{"role": "user", "parts": [{"text": "hi"}]}]
