@@ -92,6 +92,20 @@ class FromOptionsTests(SynchronousTestCase):
         settings = Settings.fromOptions(values(target=TARGET), reads)
         self.assertEqual((settings.backends[0].apiKey, settings.requireKeys), ("sk-env", ("a", "b")))
 
+    def test_noSecretInRepr(self) -> None:
+        """
+        Neither what was read nor the settings show a key in their repr (a
+        traceback's locals, a log line, a test failure).
+        """
+        reads = Reads(environ={API_KEY_ENV: "sk-env-secret", REQUIRE_KEY_ENV: "k-env-secret"},
+                      apiKeyFile="sk-file-secret", requireKeyFile="k-file-secret")
+        given = values(target=TARGET, api_key_file="/k", require_key_file="/r")
+        settings = Settings.fromOptions(given, reads)
+        self.assertEqual((settings.backends[0].apiKey, settings.requireKeys),
+                         ("sk-file-secret", ("k-file-secret",)))
+        for text in (repr(reads), repr(settings)):
+            self.assertNotIn("secret", text)
+
     def test_targetRequired(self) -> None:
         """
         Without C{--target}, C{--demo} or a file's backends there is

@@ -85,10 +85,11 @@ class Reads:
         C{--workers} needs).
     """
 
+    # Keys, never in a repr (a traceback, a log line, a test failure).
     config: Config | None = None
-    environ: Mapping[str, str] = attrs.field(factory=dict)
-    apiKeyFile: str | Unreadable | None = None
-    requireKeyFile: str | Unreadable | None = None
+    environ: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    apiKeyFile: str | Unreadable | None = attrs.field(default=None, repr=False)
+    requireKeyFile: str | Unreadable | None = attrs.field(default=None, repr=False)
     modelInfo: bytes | Unreadable | None = None
     reusePort: bool = True
 
@@ -169,7 +170,7 @@ class Settings:
     backendFlavor: str
     retries: int
     retryMaxWait: float
-    requireKeys: tuple[str, ...]
+    requireKeys: tuple[str, ...] = attrs.field(repr=False)
     forwardClientKey: bool
     debug: bool
     demo: bool
