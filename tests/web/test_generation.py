@@ -14,6 +14,8 @@ from twisted.web.resource import NoResource
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.backends import ModelOverride
+from ollama_proxy.protocol.dialect import Generation
 from ollama_proxy.protocol.requests import ChatRequest, Message
 from ollama_proxy.testing.harness import BodyCollector, ProxyHarness, delta
 from ollama_proxy.web.generation import GenerationResource
@@ -33,9 +35,11 @@ class ToyRoute:
     def model(self, body: JSON, params: Mapping[str, str]) -> object:
         return body.get("model")
 
-    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, ToyDialect]:
-        return ChatRequest(model=str(body["model"]), messages=(Message("user", "hi"),),
-                           stream=True), ToyDialect()
+    def parse(
+        self, body: JSON, params: Mapping[str, str], override: ModelOverride
+    ) -> Generation:
+        return Generation(ChatRequest(model=str(body["model"]), messages=(Message("user", "hi"),),
+                                      stream=True), ToyDialect())
 
 
 class GenerationResourceTests(SynchronousTestCase):
