@@ -123,6 +123,18 @@ class Exchange:
     encoder: Encoder | None = None
     redactor: Redactor = attrs.field(factory=Redactor, repr=False)
     _outbound: StreamRedactor | None | bool = attrs.field(default=False, repr=False)
+    _clientKey: list[str | None] | None = attrs.field(default=None, repr=False)
+    _presented: bytes | None | bool = attrs.field(default=False, repr=False)
+
+    def presented(self) -> bytes | None:
+        """
+        @return: the key the client presented, if any (read once).
+        """
+        key = self._presented
+        if key is False:
+            key = self._presented = presentedKey(self.request)
+        assert not isinstance(key, bool)
+        return key
 
     def clientKey(self) -> list[str | None]:
         """
@@ -130,10 +142,15 @@ class Exchange:
             upstream, C{--forward-client-key}), when it is at least
             L{MIN_CLIENT_KEY} long: a shorter one is no gateway key (Claude
             Code's usual token is C{ollama}), and redacting it would garble
-            the text.
+            the text.  Read once per request: every redaction asks.
         """
-        key = presentedKey(self.request)
-        return [key.decode("utf-8", "replace")] if key and len(key) >= MIN_CLIENT_KEY else []
+        keys = self._clientKey
+        if keys is None:
+            key = self.presented()
+            keys = self._clientKey = (
+                [key.decode("utf-8", "replace")] if key and len(key) >= MIN_CLIENT_KEY else []
+            )
+        return keys
 
     def redactText(self, text: str) -> str:
         """
@@ -429,7 +446,7 @@ class ProxyResource(Resource):
         """
         # This coroutine runs in its own copy of the context, so the key is
         # seen only by this request's upstream calls.
-        forwardingClientKey(presentedKey(ex.request))
+        forwardingClientKey(ex.presented())
         collected = False
         try:
             if ex.body and self._encoded(ex.request):
