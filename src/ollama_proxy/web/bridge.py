@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_chat -*-
+# -*- test-case-name: tests.web.test_bridge -*-
 """
 The async bridge and the error funnel, shared by every resource.
 
