@@ -61,7 +61,7 @@ class FunnelTests(SynchronousTestCase):
         self.resource = Answering(self.h.ctx)
         root = Resource()
         root.putChild(b"x", self.resource)
-        self.client = StubTreq(root)
+        self.client: Any = StubTreq(root)
 
     def call(self, method: str, path: str = "/x") -> tuple[Any, bytes]:
         d = self.client.request(method, "http://proxy.test" + path)
@@ -147,7 +147,7 @@ class ExchangeTests(SynchronousTestCase):
                       redactor=h.ctx.redactor)
         self.assertEqual(ex.redactText(f"echo {KEY}").count(KEY), 0)
         self.assertEqual(ex.clientKey(), [KEY])
-        self.assertEqual(ex.presented(), KEY.encode())
+        self.assertEqual(ex.presented, KEY.encode())
         self.assertEqual(len(reads), 1)
         short = dummy(b"/x")
         short.requestHeaders.setRawHeaders(b"authorization", [b"Bearer ollama"])

@@ -5,7 +5,7 @@ and the few things it derives (the redactor, the clock, the cooperator).
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
@@ -22,7 +22,7 @@ BACKEND_KEY = "sk-backend-key-0123456789"
 INBOUND_KEY = "inbound-key-abcdefghij"
 
 
-def context(clock: MemoryReactorClock, **kwargs: object) -> ProxyContext:
+def context(clock: MemoryReactorClock, **kwargs: Any) -> ProxyContext:
     backend = Backend(StubTreq(Resource()), TARGET, clock, apiKey=BACKEND_KEY)
     return contextFor(backend, clock, **kwargs)
 

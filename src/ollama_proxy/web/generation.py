@@ -25,7 +25,7 @@ becomes the dialect's mid-stream error instead of an HTTP status.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -41,9 +41,10 @@ from ollama_proxy.protocol.backends import NO_OVERRIDE
 from ollama_proxy.protocol.dialect import (DONE, Answer, Generation, RouteDialect, RouteTemplate,
                                            Template)
 from ollama_proxy.upstream.routing import Route
-from ollama_proxy.web.bridge import DEBUG_EXCERPT, Exchange, NotServed, ProxyResource
+from ollama_proxy.web.bridge import DEBUG_EXCERPT, Exchange, ProxyResource, errorAnswer
 from ollama_proxy.web.chat import generate
 from ollama_proxy.web.context import ProxyContext
+from ollama_proxy.web.observe import noteRoute
 from ollama_proxy.web.passthrough import forwardToBackend
 
 log = Logger()
@@ -159,6 +160,34 @@ async def relayNative(
         return codec.dumps(data)
 
     await forwardToBackend(ctx, ex, route, api, bodyFor, NATIVE_HEADERS)
+
+
+class NotServed(ProxyResource):
+    """
+    A 404 for any method, in the error shape of the resource it stands
+    under (C{/v1/messages/x} answers Anthropic's error, not twisted.web's
+    HTML page).
+    """
+
+    def __init__(self, ctx: ProxyContext, parent: ProxyResource) -> None:
+        super().__init__(ctx)
+        self.parent = parent
+        self.errors = parent.errors
+
+    def servesSubPath(self, request: Request) -> bool:
+        return False
+
+    def routeLabel(self, request: Request) -> str:
+        """
+        @return: C{"not served"}: the paths that end here are the client's
+            choice, not label values.
+        """
+        return "not served"
+
+    def render(self, request: Request) -> Any:
+        noteRoute(request, self.routeLabel(request))
+        path = (request.path or b"").decode("latin-1")
+        return errorAnswer(request, self.errors, 404, f"{path} is not served by this proxy")
 
 
 class GenerationResource(ProxyResource):
