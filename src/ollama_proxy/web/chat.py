@@ -3,12 +3,13 @@
 The web side of the translation hub: one way to answer a generation
 request in any client dialect.
 
-A dialect's resource parses its request into the hub's typed request, posts
-the OpenAI body the builder makes, and hands the backend's response here
-with its L{Dialect}.  L{answer} then reads the reply (streamed through the
-relay, or whole), has the dialect encode it, and notes the token counts on
-the exchange for the log line and the metrics.  A new dialect adds nothing
-here.
+The generation resource (L{ollama_proxy.web.generation}) parses a request
+in its route's dialect into the hub's typed request and hands it to
+L{generate}, which posts the OpenAI body the builder makes (a chat, or a
+raw text completion) with the model's C{extra} fields, and L{answer} reads
+the reply (streamed through the relay, or whole), has the dialect encode
+it, and notes the token counts on the exchange for the log line and the
+metrics.  A new dialect adds nothing here.
 """
 
 from __future__ import annotations
