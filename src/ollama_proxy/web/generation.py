@@ -1,13 +1,16 @@
 # -*- test-case-name: tests.web.test_generation -*-
 """
-One resource for every JSON generation dialect: parse, route, generate.
+One resource for every generation dialect: name the model, route, parse,
+generate.
 
 L{GenerationResource} serves a L{RouteDialect} at a route template
-(C{/v1/messages}, C{/v1beta/models/{model}:{method}}): the dialect names
-the model (in the body, or in the URL through the template's parameters),
-parses the body into the hub's typed request and its reply side, and the
-request goes the one way to a backend, L{ollama_proxy.web.chat.generate}
-(the model's configured C{extra} fields added by C{upstreamBody}).  A
+(C{/api/chat}, C{/v1/messages}, C{/v1beta/models/{model}:{method}}): the
+dialect names the model (in the body, or in the URL through the
+template's parameters), the route is chosen, the dialect parses the body
+(with the routed model's configuration) into the hub's typed request and
+its reply side, or answers by itself, and the request goes the one way to
+a backend, L{ollama_proxy.web.chat.generate} (the model's configured
+C{extra} fields added by C{upstreamBody}).  A
 backend that serves the dialect itself (its C{native} list) gets the body
 relayed instead.  The route's label in logs and metrics is the template,
 not the path.  Adding a dialect is its protocol module and one line in
@@ -118,7 +121,7 @@ async def translate(
             heartbeat.stop()
 
 
-def logDropped(ex: Exchange, route: Route, generation: Generation, label: str) -> None:
+def logDropped(route: Route, generation: Generation, label: str) -> None:
     """
     Name, in the debug log, what of a request the backend gets nothing
     for: the fields its dialect's parser dropped, and a C{top_k} the
@@ -265,5 +268,5 @@ class GenerationResource(ProxyResource):
             return parsed.body
         assert route is not None  # every parser insists on a model name
         if self.ctx.debug:
-            logDropped(ex, route, parsed, self.template.label)
+            logDropped(route, parsed, self.template.label)
         return await translate(self.ctx, ex, route, parsed)
