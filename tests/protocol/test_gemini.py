@@ -3,7 +3,8 @@ The Gemini API dialect: the exact chunk sequences (text, thinking, tool
 calls split across chunks, usage after the finish, a failure part-way) at
 every byte split, SSE and JSON-array framing, the response object, the
 request parser's validation and what it drops, and the model list.  (The
-path parser's tests are in L{tests.protocol.test_gemini_path}.)
+path parser's and the route template's tests are in
+L{tests.protocol.test_gemini_path}.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.protocol.errors import BadRequest, UpstreamError
 from ollama_proxy.protocol.events import Reply, StreamFailed, ToolCall, Usage
-from ollama_proxy.protocol.gemini import GeminiDialect, errorObject, modelList
+from ollama_proxy.protocol.backends import NO_OVERRIDE
+from ollama_proxy.protocol.gemini import GEMINI, GeminiDialect, errorObject, modelList
+from ollama_proxy.protocol.gemini_path import GENERATE, STREAM
 from ollama_proxy.protocol.gemini_request import jsonSchema, parseCountRequest, parseGenerateRequest
 from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
@@ -454,3 +457,38 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual(whole.messages, (Message("system", "S"), Message("user", "hi")))
         with self.assertRaises(BadRequest):
             parseCountRequest({}, "m")
+
+
+class GeminiRouteTests(SynchronousTestCase):
+    """
+    L{GEMINI}: the Gemini API's generation as the generic resource runs it.
+    """
+
+    BODY = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+            "safetySettings": [], "generationConfig": {"candidateCount": 2}}
+
+    def test_modelFromTheURL(self) -> None:
+        """
+        The model is the URL's, whatever the body says.
+        """
+        self.assertEqual(GEMINI.model({"model": "other"}, {"model": "m", "method": GENERATE}), "m")
+
+    def test_parse(self) -> None:
+        """
+        The method says whether to stream, C{alt=sse} how; the fields the
+        backend gets nothing for are named.
+        """
+        streamed = GEMINI.parse(self.BODY, {"model": "m", "method": STREAM, "alt": "sse"},
+                                NO_OVERRIDE)
+        self.assertTrue(streamed.request.stream)
+        self.assertEqual(streamed.request.model, "m")
+        self.assertEqual(streamed.reply.streamEncoder("m", 0).contentType, b"text/event-stream")
+        self.assertIn("safetySettings", streamed.dropped)
+        self.assertIn("generationConfig.candidateCount (one candidate)", streamed.dropped)
+        array = GEMINI.parse(self.BODY, {"model": "m", "method": STREAM}, NO_OVERRIDE)
+        self.assertEqual(array.reply.streamEncoder("m", 0).contentType,
+                         b"application/json; charset=utf-8")
+        whole = GEMINI.parse(self.BODY, {"model": "m", "method": GENERATE}, NO_OVERRIDE)
+        self.assertFalse(whole.request.stream)
+        self.assertRaises(BadRequest, GEMINI.parse, {"contents": "no"},
+                          {"model": "m", "method": GENERATE}, NO_OVERRIDE)

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.protocol.gemini_path import ACTIONS, COUNT, GENERATE, STREAM, GeminiCall, parsePath
+from ollama_proxy.protocol.gemini_path import (
+    ACTIONS,
+    COUNT,
+    GENERATE,
+    STREAM,
+    GeminiCall,
+    GeminiTemplate,
+    parsePath,
+)
 
 
 class PathTests(SynchronousTestCase):
@@ -56,3 +64,32 @@ class PathTests(SynchronousTestCase):
         for action in ACTIONS:
             self.assertEqual(parsePath(["models", f"m:{action}"]), GeminiCall("m", action))
         self.assertEqual(parsePath(["models", "m:embedContent"]), GeminiCall("m:embedContent"))
+
+
+class GeminiTemplateTests(SynchronousTestCase):
+    """
+    L{GeminiTemplate}: a generation method's route, read by L{parsePath}.
+    """
+
+    def test_matches(self) -> None:
+        """
+        The model may hold C{/} and C{:}; the method is what follows the
+        last C{:}; the label is the template, never the model.
+        """
+        template = GeminiTemplate("v1beta", STREAM)
+        self.assertEqual(template.prefix, ("v1beta", "models"))
+        self.assertEqual(template.label, "/v1beta/models/{model}:streamGenerateContent")
+        self.assertEqual(template.match(["hf.co", "org", "qwen3:8b:streamGenerateContent"]),
+                         {"model": "hf.co/org/qwen3:8b", "method": STREAM})
+        self.assertEqual(GeminiTemplate("v1", GENERATE).label, "/v1/models/{model}:generateContent")
+
+    def test_otherPaths(self) -> None:
+        """
+        Another method, no model, or an empty segment is not this route.
+        """
+        template = GeminiTemplate("v1beta", GENERATE)
+        self.assertIsNone(template.match(["m:streamGenerateContent"]))
+        self.assertIsNone(template.match(["m:countTokens"]))
+        self.assertIsNone(template.match([":generateContent"]))
+        self.assertIsNone(template.match(["a", "", "b:generateContent"]))
+        self.assertIsNone(template.match([]))
