@@ -85,6 +85,59 @@ def delta(content: str | None = None, **fields: Any) -> dict[str, Any]:
     }
 
 
+def dueCalls(clock: MemoryReactorClock) -> list[Any]:
+    """
+    @param clock: a memory clock.
+    @return: its calls due now (not cancelled, not yet run).
+    """
+    now = clock.seconds()
+    return [call for call in clock.getDelayedCalls() if call.getTime() <= now]
+
+
+def pumpUntilQuiet(
+    clock: MemoryReactorClock, sides: Sequence[Any], bound: int = PUMP_BOUND
+) -> None:
+    """
+    The one pump: flush every in-memory client and run the clock's due
+    calls until nothing moves: no byte or disconnect left to deliver, no
+    call due now.  (The relay joins the reads of one reactor turn and
+    flushes them at the end of the turn, with C{callLater(0)}; a body
+    decoder works in steps between turns.)  Time does not pass.
+
+    @param clock: the proxy's clock.
+    @param sides: the L{MemoryTreq}s: the client's, each backend's.
+    @param bound: rounds before giving up.
+    @raise AssertionError: naming what is still pending after C{bound}
+        rounds (a call that keeps rescheduling itself, a connection that
+        keeps talking), or when a side cannot say whether anything moved
+        (a C{StubTreq} put in a L{MemoryTreq}'s place).
+    """
+    for side in sides:
+        if not isinstance(side, MemoryTreq):
+            raise AssertionError(
+                f"pump() needs MemoryTreq sides (whose flush says whether anything "
+                f"moved), got {side!r}"
+            )
+    for _ in range(bound):
+        moved = False
+        for side in sides:
+            moved = side.flush() or moved
+        if dueCalls(clock):
+            clock.advance(0)
+            moved = True
+        # A pull producer resumed by the last flush may have written
+        # bytes no flush has delivered yet.
+        if not moved and not any(side.agent.pending() for side in sides):
+            return
+    pending = [f"due: {call!r}" for call in dueCalls(clock)]
+    for side in sides:
+        pending.extend(side.agent.pending())
+    raise AssertionError(
+        f"pump() still not quiet after {bound} rounds; pending: "
+        + ("; ".join(pending) or "nothing buffered, but every round moved something")
+    )
+
+
 class ProxyHarness:
     """
     The proxy wired to a L{ScriptedOpenAI} backend (and optionally a
@@ -132,49 +185,20 @@ class ProxyHarness:
     def pump(self, bound: int = PUMP_BOUND) -> None:
         """
         Move bytes on every side (the client's, each backend's, the
-        fallback's) and run the clock's due calls until nothing moves: no
-        byte or disconnect left to deliver, no call due now.  (The relay
-        joins the reads of one reactor turn and flushes them at the end of
-        the turn, with C{callLater(0)}.)  Time does not pass.
+        fallback's) and run the clock's due calls until quiet
+        (L{pumpUntilQuiet}).
 
         @param bound: rounds before giving up.
         @raise AssertionError: naming what is still pending after C{bound}
-            rounds (a call that keeps rescheduling itself, a connection
-            that keeps talking), or when a side cannot say whether
-            anything moved (a C{StubTreq} put in a L{MemoryTreq}'s place).
+            rounds.
         """
-        sides = [self.client, *self.stubs, self.fallbackStub]
-        for side in sides:
-            if not isinstance(side, MemoryTreq):
-                raise AssertionError(
-                    f"pump() needs MemoryTreq sides (whose flush says whether anything "
-                    f"moved), got {side!r}"
-                )
-        for _ in range(bound):
-            moved = False
-            for side in sides:
-                moved = side.flush() or moved
-            if self.dueCalls():
-                self.clock.advance(0)
-                moved = True
-            # A pull producer resumed by the last flush may have written
-            # bytes no flush has delivered yet.
-            if not moved and not any(side.agent.pending() for side in sides):
-                return
-        pending = [f"due: {call!r}" for call in self.dueCalls()]
-        for side in sides:
-            pending.extend(side.agent.pending())
-        raise AssertionError(
-            f"pump() still not quiet after {bound} rounds; pending: "
-            + ("; ".join(pending) or "nothing buffered, but every round moved something")
-        )
+        pumpUntilQuiet(self.clock, [self.client, *self.stubs, self.fallbackStub], bound)
 
     def dueCalls(self) -> list[Any]:
         """
         @return: the clock's calls due now (not cancelled, not yet run).
         """
-        now = self.clock.seconds()
-        return [call for call in self.clock.getDelayedCalls() if call.getTime() <= now]
+        return dueCalls(self.clock)
 
     def post(self, path: str, body: Any, **kwargs: Any) -> Deferred[Any]:
         """
