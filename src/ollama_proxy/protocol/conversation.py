@@ -1,0 +1,225 @@
+# -*- test-case-name: tests.protocol.test_conversation -*-
+"""
+The one conversation walker: a client's list of turns (Anthropic's
+C{messages}, Gemini's C{contents}, Responses' C{input}, Ollama's
+C{messages}) read into the hub's typed L{Message}s.
+
+Every dialect's conversation is the same walk: a list whose entries must
+be objects, each a turn of parts (or, in Responses, an item standing for
+one part of a turn); the parts are text, reasoning, images, tool calls and
+tool results; a turn's tool results go before its own text (OpenAI wants
+them right after the assistant's calls), images that came with a result
+follow as a user turn, and what is left is the turn's own message.  The
+walk, the positions in the messages (C{messages[2].content[1]}) and the
+assembly live here once; a dialect supplies only its L{Shape}: how its
+list, its entries and its parts read, and in its own words.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.fields import Obj, objectAt
+from ollama_proxy.protocol.requests import Message, ToolCallRequest
+
+
+class Turn:
+    """
+    One turn's parts as they are read, before they become messages.
+
+    A dialect's L{Shape.part} appends to these lists; the walker joins
+    them.
+
+    @ivar role: the hub's role (C{user}, C{assistant}, C{system}, C{tool}).
+    @ivar texts: the text parts.
+    @ivar thinking: the reasoning parts.
+    @ivar images: image URLs.
+    @ivar calls: the tool calls.
+    @ivar results: tool results, as C{role: tool} messages.
+    @ivar resultImages: images that came with the results (an OpenAI tool
+        message carries text only; they follow the results as a user turn).
+    """
+
+    __slots__ = ("role", "texts", "thinking", "images", "calls", "results", "resultImages")
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.texts: list[str] = []
+        self.thinking: list[str] = []
+        self.images: list[str] = []
+        self.calls: list[ToolCallRequest] = []
+        self.results: list[Message] = []
+        self.resultImages: list[str] = []
+
+
+class Shape:
+    """
+    A dialect's conversation, as the walker reads it: the list's name and
+    wording, how one entry reads (L{entry}), and how one part reads
+    (L{part}).  The defaults are the agents' dialects' wording (the path of
+    what is wrong, then what was expected).
+
+    @cvar name: the list's field (C{messages}); an entry's path is
+        C{name[i]}.
+    @cvar missing: the message when the list is absent, empty or not a list.
+    """
+
+    name = "messages"
+    missing = "messages is required"
+
+    def entries(self, value: object) -> list[object]:
+        """
+        @return: the list of entries.
+        @raise BadRequest: when there is no non-empty list.
+        """
+        if not isinstance(value, list) or not value:
+            raise BadRequest(self.missing)
+        return value
+
+    def entryObject(self, value: object, where: str) -> Obj:
+        """
+        @return: one entry, which must be an object.
+        """
+        return objectAt(value, where)
+
+    def entry(self, entry: Obj, where: str, walker: Walker) -> None:
+        """
+        Read one entry, telling C{walker} what it is (L{Walker.turn},
+        L{Walker.call}, L{Walker.append}, L{Walker.thought}).
+        """
+        raise NotImplementedError
+
+    def parts(self, content: object, where: str) -> str | list[object]:
+        """
+        @return: a turn's content: plain text, or its list of parts.
+        @raise BadRequest: for anything else.
+        """
+        raise NotImplementedError
+
+    def partPath(self, where: str, index: int) -> str:
+        """
+        @return: the path of a turn's part, for messages.
+        """
+        return f"{where}.content[{index}]"
+
+    def partObject(self, value: object, at: str) -> Obj:
+        """
+        @return: one part, which must be an object.
+        """
+        return objectAt(value, at)
+
+    def part(self, part: Obj, at: str, turn: Turn) -> None:
+        """
+        Read one part into C{turn} (or skip it).
+        """
+        raise NotImplementedError
+
+    def keeps(self, turn: Turn, text: str) -> bool:
+        """
+        Whether what is left of a turn after its results is a message: when
+        it says something, or when there were no results (an empty turn is
+        the client's to send).
+
+        @param text: the turn's text, joined.
+        """
+        return bool(text or turn.images or turn.calls or not turn.results)
+
+
+class Walker:
+    """
+    The walk's state: the messages so far, and reasoning waiting for the
+    assistant turn it belongs to (Responses sends it as an item of its
+    own, before the turn).
+    """
+
+    __slots__ = ("shape", "messages", "pending")
+
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
+        self.messages: list[Message] = []
+        self.pending: list[str] = []
+
+    def read(self, role: str, content: object, where: str) -> Turn:
+        """
+        Read a turn's content without making it a message (Responses'
+        tool output and reasoning items take only its text).
+        """
+        shape = self.shape
+        turn = Turn(role)
+        parts = shape.parts(content, where)
+        if isinstance(parts, str):
+            turn.texts.append(parts)
+            return turn
+        for index, part in enumerate(parts):
+            at = shape.partPath(where, index)
+            shape.part(shape.partObject(part, at), at, turn)
+        return turn
+
+    def turn(self, role: str, content: object, where: str) -> None:
+        """
+        Read a turn and add its messages: its tool results, their images,
+        then its own message if the shape keeps it (an assistant turn
+        takes the reasoning that was waiting).
+        """
+        turn = self.read(role, content, where)
+        messages = self.messages
+        messages.extend(turn.results)
+        if turn.resultImages:
+            messages.append(Message("user", "", tuple(turn.resultImages)))
+        text = "".join(turn.texts)
+        if not self.shape.keeps(turn, text):
+            return
+        thinking = None
+        if role == "assistant":
+            if turn.thinking:
+                thinking = "".join(self.pending + turn.thinking)
+            elif self.pending:
+                thinking = "".join(self.pending) or None
+            self.pending.clear()
+        messages.append(Message(role, text, tuple(turn.images), tuple(turn.calls), thinking=thinking))
+
+    def call(self, call: ToolCallRequest) -> None:
+        """
+        A tool call sent as an entry of its own: it joins the assistant
+        turn just before it, or opens one (with the waiting reasoning).
+        """
+        messages = self.messages
+        if messages and messages[-1].role == "assistant":
+            last = messages[-1]
+            messages[-1] = attrs.evolve(last, toolCalls=(*last.toolCalls, call))
+        else:
+            messages.append(Message("assistant", "", toolCalls=(call,),
+                                    thinking="".join(self.pending) or None))
+            self.pending.clear()
+
+    def thought(self, text: str) -> None:
+        """
+        Reasoning sent as an entry of its own: the next assistant turn's.
+        """
+        self.pending.append(text)
+
+    def append(self, message: Message) -> None:
+        """
+        A message the shape read whole (a tool result entry, an Ollama
+        message).
+        """
+        self.messages.append(message)
+
+
+def walk(value: object, shape: Shape) -> tuple[Message, ...]:
+    """
+    Read a conversation.
+
+    @param value: the decoded list (C{messages}, C{contents}, C{input}).
+    @param shape: the dialect's shape.
+    @return: the typed turns.
+    @raise BadRequest: with the position of what is wrong, in the
+        dialect's words.
+    """
+    walker = Walker(shape)
+    name = shape.name
+    for index, entry in enumerate(shape.entries(value)):
+        where = f"{name}[{index}]"
+        shape.entry(shape.entryObject(entry, where), where, walker)
+    return tuple(walker.messages)
