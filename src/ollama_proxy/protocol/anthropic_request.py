@@ -17,7 +17,8 @@ from __future__ import annotations
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.fields import base64Data, numberField, requireObject
+from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
+from ollama_proxy.protocol.fields import Obj, base64Data, numberField, requireObject, stringAt
 from ollama_proxy.protocol.requests import (
     ChatRequest,
     Message,
@@ -52,12 +53,13 @@ def _text(blocks: object, where: str) -> str:
     for block in blocks:
         if not isinstance(block, dict):
             raise BadRequest(f"{where}: expected a string or a list of text blocks")
-        if block.get("type") == "text" and isinstance(block.get("text"), str):
-            texts.append(block["text"])
+        text = block.get("text")
+        if block.get("type") == "text" and isinstance(text, str):
+            texts.append(text)
     return "\n\n".join(texts)
 
 
-def imageSource(block: JSON, where: str) -> str:
+def imageSource(block: Obj, where: str) -> str:
     """
     An C{image} block's source as a URL for OpenAI's C{image_url}.
 
@@ -71,8 +73,9 @@ def imageSource(block: JSON, where: str) -> str:
     if not isinstance(source, dict):
         raise BadRequest(f"{where}: invalid image source")
     kind = source.get("type")
-    if kind == "url" and isinstance(source.get("url"), str):
-        return str(source["url"])
+    url = source.get("url")
+    if kind == "url" and isinstance(url, str):
+        return url
     if kind != "base64":
         raise BadRequest(
             f"{where}: invalid image source type: {kind}. Only base64 and url images are supported."
@@ -84,10 +87,10 @@ def imageSource(block: JSON, where: str) -> str:
     return f"data:{mediaType};base64,{data}"
 
 
-def _toolResult(block: JSON, where: str) -> tuple[Message, tuple[str, ...]]:
+def _toolResult(block: Obj, where: str, turn: Turn) -> None:
     """
     A C{tool_result} block as a C{role: tool} message, and its images (an
-    OpenAI tool message carries text only; the caller adds them as a user
+    OpenAI tool message carries text only; the walker adds them as a user
     turn after the results).  C{is_error} is kept as an C{Error:} prefix so
     the model still learns that the tool failed.
     """
@@ -95,92 +98,75 @@ def _toolResult(block: JSON, where: str) -> tuple[Message, tuple[str, ...]]:
     if not isinstance(callId, str) or not callId:
         raise BadRequest(f"{where}: tool_result block missing required 'tool_use_id' field")
     content = block.get("content")
-    images: list[str] = []
     if isinstance(content, list):
         for j, part in enumerate(content):
             if isinstance(part, dict) and part.get("type") == "image":
-                images.append(imageSource(part, f"{where}.content[{j}]"))
+                turn.resultImages.append(imageSource(part, f"{where}.content[{j}]"))
     text = _text(content, f"{where}.content")
     if block.get("is_error") is True and not text.startswith("Error"):
         text = "Error: " + text if text else "Error"
-    return Message("tool", text, toolCallId=callId), tuple(images)
+    turn.results.append(Message("tool", text, toolCallId=callId))
+
+
+class _Messages(Shape):
+    """
+    Anthropic's C{messages}: a user turn's C{tool_result} blocks become
+    C{role: tool} messages placed before the turn's own text; an assistant
+    turn's C{tool_use} blocks become its tool calls and its C{thinking}
+    block its reasoning.  C{role: system} turns (Claude Code sends one
+    mid-conversation) are kept as system messages.  Unknown blocks
+    (C{redacted_thinking}, C{server_tool_use}, documents) are skipped.
+    """
+
+    def entry(self, entry: Obj, where: str, walker: Walker) -> None:
+        role = entry.get("role")
+        if role not in ("user", "assistant", "system"):
+            raise BadRequest(f"{where}.role: expected \"user\" or \"assistant\", got {role!r}")
+        assert isinstance(role, str)
+        walker.turn(role, entry.get("content"), where)
+
+    def parts(self, content: object, where: str) -> str | list[object]:
+        if not isinstance(content, (str, list)):
+            raise BadRequest(f"{where}.content: expected a string or a list of blocks")
+        return content
+
+    def part(self, part: Obj, at: str, turn: Turn) -> None:
+        kind = part.get("type")
+        if kind == "text":
+            turn.texts.append(stringAt(part.get("text"), f"{at}.text"))
+        elif kind == "image":
+            turn.images.append(imageSource(part, at))
+        elif kind == "tool_use":
+            callId, name = part.get("id"), part.get("name")
+            if not isinstance(callId, str) or not callId:
+                raise BadRequest(f"{at}: tool_use block missing required 'id' field")
+            if not isinstance(name, str) or not name:
+                raise BadRequest(f"{at}: tool_use block missing required 'name' field")
+            arguments = part.get("input")
+            turn.calls.append(ToolCallRequest(
+                callId, name,
+                arguments if isinstance(arguments, str)
+                else codec.dumps(arguments if arguments is not None else {}).decode(),
+            ))
+        elif kind == "tool_result":
+            _toolResult(part, at, turn)
+        elif kind == "thinking":
+            thinking = part.get("thinking")
+            if isinstance(thinking, str):
+                turn.thinking.append(thinking)
+
+
+_MESSAGES = _Messages()
 
 
 def parseConversation(messages: object) -> tuple[Message, ...]:
     """
-    Validate C{messages} into typed turns.
-
-    A user turn's C{tool_result} blocks become C{role: tool} messages placed
-    before the turn's own text (OpenAI wants results right after the
-    assistant's calls); an assistant turn's C{tool_use} blocks become its
-    tool calls and its C{thinking} block its reasoning.  C{role: system}
-    turns (Claude Code sends one mid-conversation) are kept as system
-    messages.  Unknown blocks (C{redacted_thinking}, C{server_tool_use},
-    documents) are skipped.
+    Validate C{messages} into typed turns (L{_Messages}: the dialect's
+    shape for the one walker).
 
     @raise BadRequest: with the position of what is wrong.
     """
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages is required")
-    out: list[Message] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise BadRequest(f"{where}: expected an object")
-        role = message.get("role")
-        if role not in ("user", "assistant", "system"):
-            raise BadRequest(f"{where}.role: expected \"user\" or \"assistant\", got {role!r}")
-        content = message.get("content")
-        if isinstance(content, str):
-            out.append(Message(role, content))
-            continue
-        if not isinstance(content, list):
-            raise BadRequest(f"{where}.content: expected a string or a list of blocks")
-        texts: list[str] = []
-        images: list[str] = []
-        calls: list[ToolCallRequest] = []
-        thinking: list[str] = []
-        results: list[Message] = []
-        resultImages: list[str] = []
-        for j, block in enumerate(content):
-            at = f"{where}.content[{j}]"
-            if not isinstance(block, dict):
-                raise BadRequest(f"{at}: expected an object")
-            kind = block.get("type")
-            if kind == "text":
-                if not isinstance(block.get("text"), str):
-                    raise BadRequest(f"{at}.text: expected a string")
-                texts.append(block["text"])
-            elif kind == "image":
-                images.append(imageSource(block, at))
-            elif kind == "tool_use":
-                callId, name = block.get("id"), block.get("name")
-                if not isinstance(callId, str) or not callId:
-                    raise BadRequest(f"{at}: tool_use block missing required 'id' field")
-                if not isinstance(name, str) or not name:
-                    raise BadRequest(f"{at}: tool_use block missing required 'name' field")
-                arguments = block.get("input")
-                calls.append(ToolCallRequest(
-                    callId, name,
-                    arguments if isinstance(arguments, str)
-                    else codec.dumps(arguments if arguments is not None else {}).decode(),
-                ))
-            elif kind == "tool_result":
-                result, extra = _toolResult(block, at)
-                results.append(result)
-                resultImages.extend(extra)
-            elif kind == "thinking" and isinstance(block.get("thinking"), str):
-                thinking.append(block["thinking"])
-        out.extend(results)
-        if resultImages:
-            out.append(Message("user", "", tuple(resultImages)))
-        text = "".join(texts)
-        if text or images or calls or not results:
-            out.append(Message(
-                role, text, tuple(images), tuple(calls),
-                thinking="".join(thinking) if thinking and role == "assistant" else None,
-            ))
-    return tuple(out)
+    return walk(messages, _MESSAGES)
 
 
 def parseTools(tools: object) -> tuple[JSON, ...]:

@@ -22,7 +22,8 @@ import attrs
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.fields import base64Data, numberField, requireObject
+from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
+from ollama_proxy.protocol.fields import Obj, base64Data, numberField, requireObject, stringAt
 from ollama_proxy.protocol.requests import (
     ChatRequest,
     Message,
@@ -184,7 +185,7 @@ def _text(value: object, where: str) -> str:
     return "\n".join(texts)
 
 
-def _image(part: JSON, key: str, where: str, dropped: _Dropped) -> str | None:
+def _image(part: Obj, key: str, where: str, dropped: _Dropped) -> str | None:
     """
     An C{inlineData} (base64) or C{fileData} (URL) part as an image URL;
     other media (audio, video, PDF) have no place in a chat message and
@@ -196,8 +197,9 @@ def _image(part: JSON, key: str, where: str, dropped: _Dropped) -> str | None:
         dropped.add(f"contents.parts.{key} ({mimeType if isinstance(mimeType, str) else 'no'} media)")
         return None
     if key == "inlineData":
-        base64Data(blob.get("data"), f"{where}.inlineData.data")
-        return f"data:{mimeType};base64,{blob['data']}"
+        data = blob.get("data")
+        base64Data(data, f"{where}.inlineData.data")
+        return f"data:{mimeType};base64,{data}"
     uri = blob.get("fileUri")
     if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
         dropped.add("contents.parts.fileData (not an http(s) URL)")
@@ -207,65 +209,81 @@ def _image(part: JSON, key: str, where: str, dropped: _Dropped) -> str | None:
 
 _PART_METADATA = ("thoughtSignature", "partMetadata", "videoMetadata", "mediaResolution")
 
+_ROLES = {"user": "user", "function": "user", "model": "assistant"}
 
-def _content(content: JSON, where: str, dropped: _Dropped) -> list[Message]:
+
+class _Contents(Shape):
     """
-    One C{Content} as the hub's messages: a C{model} turn is an assistant
-    message (thought parts its reasoning, C{functionCall} parts its tool
-    calls); a C{user} (or C{function}) turn's C{functionResponse} parts are
-    C{tool} messages, placed before its own text, as OpenAI wants results
-    right after the calls.
+    Gemini's C{contents}: a C{model} turn is an assistant message (thought
+    parts its reasoning, C{functionCall} parts its tool calls); a C{user}
+    (or C{function}) turn's C{functionResponse} parts are C{tool}
+    messages, placed before its own text.  What has no place in a chat
+    message is dropped and named.
     """
-    role = content.get("role") or "user"
-    if role not in ("user", "model", "function"):
-        raise BadRequest(f"{where}.role: expected \"user\" or \"model\", got {role!r}")
-    parts = content.get("parts")
-    if not isinstance(parts, list):
-        raise BadRequest(f"{where}.parts: expected a list")
-    texts: list[str] = []
-    thinking: list[str] = []
-    images: list[str] = []
-    calls: list[ToolCallRequest] = []
-    results: list[Message] = []
-    for j, part in enumerate(parts):
-        at = f"{where}.parts[{j}]"
-        part = _object(part, at)
+
+    name = "contents"
+    missing = "contents is required: a non-empty list"
+
+    def __init__(self, dropped: _Dropped) -> None:
+        self.dropped = dropped
+
+    def entryObject(self, value: object, where: str) -> Obj:
+        return _object(value, where)
+
+    def entry(self, entry: Obj, where: str, walker: Walker) -> None:
+        role = entry.get("role") or "user"
+        if role not in ("user", "model", "function"):
+            raise BadRequest(f"{where}.role: expected \"user\" or \"model\", got {role!r}")
+        walker.turn(_ROLES[str(role)], entry.get("parts"), where)
+
+    def parts(self, content: object, where: str) -> str | list[object]:
+        if not isinstance(content, list):
+            raise BadRequest(f"{where}.parts: expected a list")
+        return content
+
+    def partPath(self, where: str, index: int) -> str:
+        return f"{where}.parts[{index}]"
+
+    def partObject(self, value: object, at: str) -> Obj:
+        return _object(value, at)
+
+    def part(self, part: Obj, at: str, turn: Turn) -> None:
+        dropped = self.dropped
         for key in _PART_METADATA:
             if key in part:
                 dropped.add(f"contents.parts.{key}")
         if "text" in part:
-            text = part["text"]
-            if not isinstance(text, str):
-                raise BadRequest(f"{at}.text: expected a string")
-            (thinking if part.get("thought") is True and role == "model" else texts).append(text)
+            text = stringAt(part["text"], f"{at}.text")
+            if part.get("thought") is True and turn.role == "assistant":
+                turn.thinking.append(text)
+            else:
+                turn.texts.append(text)
         elif "inlineData" in part or "fileData" in part:
             image = _image(part, "inlineData" if "inlineData" in part else "fileData", at, dropped)
             if image is not None:
-                images.append(image)
+                turn.images.append(image)
         elif "functionCall" in part:
             call = _object(part["functionCall"], f"{at}.functionCall")
             name, callId, args = call.get("name"), call.get("id"), call.get("args", {})
-            if not isinstance(name, str) or not name:
-                raise BadRequest(f"{at}.functionCall.name: expected a non-empty string")
+            name = stringAt(name, f"{at}.functionCall.name", nonEmpty=True)
             if args is None:
                 args = {}
             if not isinstance(args, dict):
                 raise BadRequest(f"{at}.functionCall.args: expected an object")
-            calls.append(ToolCallRequest(
+            turn.calls.append(ToolCallRequest(
                 callId if isinstance(callId, str) and callId else None, name,
                 _jsonText(args, f"{at}.functionCall.args"),
             ))
         elif "functionResponse" in part:
             response = _object(part["functionResponse"], f"{at}.functionResponse")
             name, callId = response.get("name"), response.get("id")
-            if not isinstance(name, str) or not name:
-                raise BadRequest(f"{at}.functionResponse.name: expected a non-empty string")
+            name = stringAt(name, f"{at}.functionResponse.name", nonEmpty=True)
             value = response.get("response", {})
             if not isinstance(value, dict):
                 raise BadRequest(f"{at}.functionResponse.response: expected an object")
             if "parts" in response:
                 dropped.add("contents.parts.functionResponse.parts")
-            results.append(Message(
+            turn.results.append(Message(
                 "tool", _jsonText(value, f"{at}.functionResponse.response"),
                 toolCallId=callId if isinstance(callId, str) and callId else None,
                 toolName=name,
@@ -274,19 +292,19 @@ def _content(content: JSON, where: str, dropped: _Dropped) -> list[Message]:
             for key in part:
                 if key not in _PART_METADATA and key != "thought":
                     dropped.add(f"contents.parts.{key}")
-    out = list(results)
-    text = "".join(texts)
-    if calls and role != "model":
-        dropped.add("contents.parts.functionCall (in a user turn)")
-    if role == "model":
-        if text or calls or thinking or images:
-            out.append(Message(
-                "assistant", text, tuple(images), tuple(calls),
-                thinking="".join(thinking) if thinking else None,
-            ))
-    elif text or images or not results:
-        out.append(Message("user", text, tuple(images)))
-    return out
+
+    def keeps(self, turn: Turn, text: str) -> bool:
+        """
+        A model turn is kept when it says anything; a user turn's tool
+        calls are dropped (and named), and it is kept as the other
+        dialects' turns are.
+        """
+        if turn.role == "assistant":
+            return bool(text or turn.calls or turn.thinking or turn.images)
+        if turn.calls:
+            self.dropped.add("contents.parts.functionCall (in a user turn)")
+            turn.calls.clear()
+        return bool(text or turn.images or not turn.results)
 
 
 def parseContents(contents: object) -> tuple[Message, ...]:
@@ -296,16 +314,7 @@ def parseContents(contents: object) -> tuple[Message, ...]:
 
     @raise BadRequest: with the position of what is wrong.
     """
-    return _contents(contents, _Dropped())
-
-
-def _contents(contents: object, dropped: _Dropped) -> tuple[Message, ...]:
-    if not isinstance(contents, list) or not contents:
-        raise BadRequest("contents is required: a non-empty list")
-    out: list[Message] = []
-    for i, content in enumerate(contents):
-        out.extend(_content(_object(content, f"contents[{i}]"), f"contents[{i}]", dropped))
-    return tuple(out)
+    return walk(contents, _Contents(_Dropped()))
 
 
 def parseTools(tools: object, dropped: _Dropped) -> tuple[JSON, ...]:
@@ -518,7 +527,7 @@ def parseGenerateRequest(body: object, model: str, stream: bool) -> GeminiReques
     for key in body:
         if key not in _TOP_LEVEL:
             dropped.add(key)
-    conversation = _contents(body.get("contents"), dropped)
+    conversation = walk(body.get("contents"), _Contents(dropped))
     system = body.get("systemInstruction")
     systemText = _text(system, "systemInstruction") if system is not None else ""
     config = body.get("generationConfig")
