@@ -281,7 +281,8 @@ class WalkerTests(SynchronousTestCase):
         """
         No list, or an empty one, is the shape's C{missing} message.
         """
-        for value in (None, [], "x"):
+        values: list[object] = [None, [], "x"]
+        for value in values:
             with self.assertRaises(BadRequest) as e:
                 walk(value, _Lines())
             self.assertEqual(str(e.exception), "lines is required")
