@@ -18,7 +18,16 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
-from ollama_proxy.protocol.fields import Obj, base64Data, numberField, requireObject, stringAt
+from ollama_proxy.protocol.fields import (
+    Obj,
+    base64Data,
+    booleanAt,
+    listAt,
+    numberField,
+    requireObject,
+    stringAt,
+    stringList,
+)
 from ollama_proxy.protocol.requests import (
     ChatRequest,
     Message,
@@ -178,12 +187,8 @@ def parseTools(tools: object) -> tuple[JSON, ...]:
 
     @raise BadRequest: for a tool without a name or with a bad schema.
     """
-    if tools is None:
-        return ()
-    if not isinstance(tools, list):
-        raise BadRequest("tools: expected a list")
     out: list[JSON] = []
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(listAt(tools, "tools")):
         if not isinstance(tool, dict):
             raise BadRequest(f"tools[{i}]: expected an object")
         if tool.get("type") not in (None, "custom"):
@@ -272,12 +277,8 @@ def parseMessagesRequest(body: object, counting: bool = False) -> ChatRequest:
         not isinstance(maxTokens, int) or isinstance(maxTokens, bool) or maxTokens <= 0
     ):
         raise BadRequest("max_tokens is required and must be positive")
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise BadRequest("stream: expected a boolean")
-    stop = body.get("stop_sequences") or []
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise BadRequest("stop_sequences: expected a list of strings")
+    stream = booleanAt(body.get("stream", False), "stream")
+    stop = stringList(body.get("stop_sequences"), "stop_sequences")
     conversation = parseConversation(body.get("messages"))
     system = _text(body.get("system"), "system")
     messages = ((Message("system", system),) if system else ()) + conversation
@@ -295,7 +296,7 @@ def parseMessagesRequest(body: object, counting: bool = False) -> ChatRequest:
             temperature=numberField(body, "temperature", (int, float)),
             topP=numberField(body, "top_p", (int, float)),
             topK=numberField(body, "top_k", int),
-            stop=tuple(stop),
+            stop=stop,
         ),
         format=schema if isinstance(schema, dict) else None,
         tools=parseTools(body.get("tools")),

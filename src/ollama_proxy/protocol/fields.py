@@ -72,6 +72,20 @@ def stringList(value: object, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def listAt(value: object, where: str) -> list[object]:
+    """
+    @param value: a field that may be a list, absent or null.
+    @param where: its path, for the message.
+    @return: C{value}, or an empty list for absent or null.
+    @raise BadRequest: C{<where>: expected a list} for another type.
+    """
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f"{where}: expected a list")
+    return value
+
+
 def booleanAt(value: object, where: str) -> bool | None:
     """
     @param value: a field that may be a boolean, absent or null.

@@ -23,7 +23,17 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
-from ollama_proxy.protocol.fields import Obj, base64Data, numberField, requireObject, stringAt
+from ollama_proxy.protocol.fields import (
+    Obj,
+    base64Data,
+    booleanAt,
+    listAt,
+    numberField,
+    objectAt,
+    requireObject,
+    stringAt,
+    stringList,
+)
 from ollama_proxy.protocol.requests import (
     ChatRequest,
     Message,
@@ -67,7 +77,7 @@ class _Dropped:
             self.paths[path[:200]] = None
 
 
-def camelKeys(obj: JSON) -> JSON:
+def camelKeys(obj: Obj) -> Obj:
     """
     One protocol object's keys in lowerCamelCase.
 
@@ -90,24 +100,12 @@ def camelKeys(obj: JSON) -> JSON:
     return out
 
 
-def _object(value: object, where: str) -> JSON:
+def _object(value: object, where: str) -> Obj:
     """
     @return: C{value}, a protocol object, with L{camelKeys}.
     @raise BadRequest: for anything but an object.
     """
-    if not isinstance(value, dict):
-        raise BadRequest(f"{where}: expected an object")
-    return camelKeys(value)
-
-
-def _plainObject(value: object, where: str) -> JSON:
-    """
-    @return: C{value}, an object the client owns (a JSON Schema), as it is.
-    @raise BadRequest: for anything but an object.
-    """
-    if not isinstance(value, dict):
-        raise BadRequest(f"{where}: expected an object")
-    return value
+    return camelKeys(objectAt(value, where))
 
 
 MAX_SCHEMA_DEPTH = 64
@@ -326,12 +324,8 @@ def parseTools(tools: object, dropped: _Dropped) -> tuple[JSON, ...]:
 
     @raise BadRequest: for a declaration without a name, a bad schema.
     """
-    if tools is None:
-        return ()
-    if not isinstance(tools, list):
-        raise BadRequest("tools: expected a list")
     out: list[JSON] = []
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(listAt(tools, "tools")):
         tool = _object(tool, f"tools[{i}]")
         for key in tool:
             if key != "functionDeclarations":
@@ -346,7 +340,7 @@ def parseTools(tools: object, dropped: _Dropped) -> tuple[JSON, ...]:
             if not isinstance(name, str) or not name:
                 raise BadRequest(f"{at}.name: expected a non-empty string")
             if declaration.get("parametersJsonSchema") is not None:
-                schema = _plainObject(declaration["parametersJsonSchema"], f"{at}.parametersJsonSchema")
+                schema = objectAt(declaration["parametersJsonSchema"], f"{at}.parametersJsonSchema")
             elif declaration.get("parameters") is not None:
                 schema = jsonSchema(declaration["parameters"], f"{at}.parameters")
             else:
@@ -426,9 +420,7 @@ def thinking(config: object) -> tuple[Think, bool]:
     if config is None:
         return None, False
     config = _object(config, "generationConfig.thinkingConfig")
-    include = config.get("includeThoughts")
-    if include is not None and not isinstance(include, bool):
-        raise BadRequest("generationConfig.thinkingConfig.includeThoughts: expected a boolean")
+    include = booleanAt(config.get("includeThoughts"), "generationConfig.thinkingConfig.includeThoughts")
     think: Think = None
     budget = numberField(config, "thinkingBudget", int, "generationConfig.thinkingConfig.")
     if budget is not None:
@@ -471,7 +463,7 @@ def _format(config: JSON, dropped: _Dropped) -> str | JSON | None:
         dropped.add(f"generationConfig.responseMimeType ({mimeType})")
         return None
     if jsonSchemaValue is not None:
-        return _plainObject(jsonSchemaValue, "generationConfig.responseJsonSchema")
+        return objectAt(jsonSchemaValue, "generationConfig.responseJsonSchema")
     if schema is not None:
         return jsonSchema(schema, "generationConfig.responseSchema")
     return "json"
@@ -479,9 +471,7 @@ def _format(config: JSON, dropped: _Dropped) -> str | JSON | None:
 
 def _sampling(config: JSON, dropped: _Dropped) -> Sampling:
     where = "generationConfig."
-    stop = config.get("stopSequences") or []
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise BadRequest("generationConfig.stopSequences: expected a list of strings")
+    stop = stringList(config.get("stopSequences"), "generationConfig.stopSequences")
     maxTokens = numberField(config, "maxOutputTokens", int, where)
     if maxTokens is not None and maxTokens <= 0:
         raise BadRequest("generationConfig.maxOutputTokens: must be positive")
@@ -503,7 +493,7 @@ def _sampling(config: JSON, dropped: _Dropped) -> Sampling:
         presencePenalty=numberField(config, "presencePenalty", (int, float), where),
         frequencyPenalty=numberField(config, "frequencyPenalty", (int, float), where),
         seed=numberField(config, "seed", int, where),
-        stop=tuple(stop),
+        stop=stop,
     )
 
 

@@ -29,7 +29,7 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
-from ollama_proxy.protocol.fields import Obj, numberField, requireObject, stringAt
+from ollama_proxy.protocol.fields import Obj, booleanAt, listAt, numberField, requireObject, stringAt
 from ollama_proxy.protocol.requests import (
     ChatRequest,
     Message,
@@ -125,10 +125,7 @@ def parseTools(tools: object, names: dict[str, ToolName]) -> tuple[JSON, ...]:
 
     @raise BadRequest: for a function tool without a name.
     """
-    if tools is None:
-        return ()
-    if not isinstance(tools, list):
-        raise BadRequest("tools: expected a list")
+    tools = listAt(tools, "tools")
     out: list[JSON] = []
     plain = {flatName(None, t["name"]) for t in tools if isinstance(t, dict)
              and t.get("type") in ("function", "custom") and isinstance(t.get("name"), str)}
@@ -334,15 +331,13 @@ def parseResponsesRequest(body: object) -> tuple[ChatRequest, ResponsesContext]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model is required")
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise BadRequest("stream: expected a boolean")
+    stream = booleanAt(body.get("stream", False), "stream")
     maxTokens = numberField(body, "max_output_tokens", int)
     if maxTokens is not None and maxTokens <= 0:
         raise BadRequest("max_output_tokens must be positive")
     instructions = body.get("instructions")
-    if instructions is not None and not isinstance(instructions, str):
-        raise BadRequest("instructions: expected a string")
+    if instructions is not None:
+        instructions = stringAt(instructions, "instructions")
     messages = parseInput(body.get("input"))
     if instructions:
         messages = (Message("system", instructions), *messages)
