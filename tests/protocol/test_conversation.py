@@ -16,9 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import gemini_request
 from ollama_proxy.protocol.anthropic_request import parseConversation
+from ollama_proxy.protocol.codec import Obj
 from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.fields import Obj
 from ollama_proxy.protocol.ollama_request import parseMessages
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
 from ollama_proxy.protocol.responses_request import parseInput

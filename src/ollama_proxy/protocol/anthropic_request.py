@@ -15,11 +15,10 @@ backend, which answers 400 to unknown fields.
 from __future__ import annotations
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.codec import JSON, Obj
 from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
+from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.fields import (
-    Obj,
     base64Data,
     booleanAt,
     listAt,

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import attrs
 
+from ollama_proxy.protocol.codec import Obj
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.fields import Obj, objectAt
+from ollama_proxy.protocol.fields import objectAt
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
 
 

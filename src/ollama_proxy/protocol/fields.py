@@ -14,12 +14,8 @@ import base64
 import binascii
 from typing import Mapping, NamedTuple, overload
 
-from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.codec import JSON, Obj
 from ollama_proxy.protocol.errors import BadRequest
-
-Obj = dict[str, object]
-"""A decoded JSON object the client sent: nothing in it is trusted until
-an C{isinstance} check (or one of the validators here) says what it is."""
 
 
 def requireObject(body: object) -> JSON:

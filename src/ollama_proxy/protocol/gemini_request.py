@@ -20,11 +20,10 @@ from __future__ import annotations
 import attrs
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.codec import JSON, Obj
 from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
+from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.fields import (
-    Obj,
     base64Data,
     booleanAt,
     listAt,

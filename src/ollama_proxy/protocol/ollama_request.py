@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.codec import JSON, Obj
 from ollama_proxy.protocol.conversation import Shape, Walker, walk
-from ollama_proxy.protocol.fields import Base64Wording, Obj, base64Data, numberField
+from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.fields import Base64Wording, base64Data, numberField
 from ollama_proxy.protocol.requests import (
     THINK_LEVELS,
     ChatRequest,

@@ -26,10 +26,10 @@ import re
 import attrs
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.codec import JSON, Obj
 from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
-from ollama_proxy.protocol.fields import Obj, booleanAt, listAt, numberField, requireObject, stringAt
+from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.fields import booleanAt, listAt, numberField, requireObject, stringAt
 from ollama_proxy.protocol.requests import (
     ChatRequest,
     Message,
