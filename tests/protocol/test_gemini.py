@@ -477,7 +477,8 @@ class RequestTests(SynchronousTestCase):
             Message("assistant", "", (), (ToolCallRequest(None, "f", '{"city_name":"Paris"}'),)),
         ))
         self.assertEqual((parsed.chat.sampling.maxTokens, parsed.thoughts), (6, True))
-        self.assertEqual(parsed.chat.tools[0]["function"]["parameters"], {
+        tool: Any = parsed.chat.tools[0]
+        self.assertEqual(tool["function"]["parameters"], {
             "type": "object", "properties": {"city_name": {"type": "string"}}})
         self.assertEqual(parsed.dropped, ())
 

@@ -11,7 +11,7 @@ are accepted and not carried.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON, Obj
@@ -29,7 +29,7 @@ from ollama_proxy.protocol.requests import (
 )
 
 
-def requireModel(body: JSON) -> str:
+def requireModel(body: Mapping[str, object]) -> str:
     """
     @param body: a request object.
     @return: its non-empty C{model} (or legacy C{name}) string.
@@ -43,7 +43,7 @@ def requireModel(body: JSON) -> str:
     return model
 
 
-def optionalString(body: JSON, key: str) -> str | None:
+def optionalString(body: Mapping[str, object], key: str) -> str | None:
     """
     @param body: a request object.
     @param key: a field that may be absent or null.
@@ -56,7 +56,7 @@ def optionalString(body: JSON, key: str) -> str | None:
     return value
 
 
-def streamFlag(body: JSON) -> bool:
+def streamFlag(body: Mapping[str, object]) -> bool:
     """
     Ollama's C{stream} defaults to true when absent.
 
@@ -74,7 +74,7 @@ def streamFlag(body: JSON) -> bool:
 
 
 
-def thinkValue(body: JSON) -> Think:
+def thinkValue(body: Mapping[str, object]) -> Think:
     """
     Validate Ollama's C{think} field.
 
@@ -320,7 +320,7 @@ def formatValue(fmt: object) -> str | JSON | None:
     raise BadRequest('format must be "json" or a JSON schema object')
 
 
-def logprobsValue(body: JSON) -> tuple[bool, int | None]:
+def logprobsValue(body: Mapping[str, object]) -> tuple[bool, int | None]:
     """
     Validate Ollama's C{logprobs}/C{top_logprobs}.
 
@@ -342,15 +342,15 @@ def logprobsValue(body: JSON) -> tuple[bool, int | None]:
     return bool(logprobs), top
 
 
-def _chat(body: JSON, messages: tuple[Message, ...], stream: bool) -> ChatRequest:
+def _chat(body: Mapping[str, object], messages: tuple[Message, ...], stream: bool) -> ChatRequest:
     """
     The fields chat and generate share: options, format, tools, think,
     logprobs.
     """
     sampling = parseOptions(body.get("options"))
     fmt = formatValue(body.get("format"))
-    tools = body.get("tools")
-    if tools and not isinstance(tools, list):
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
         raise BadRequest("tools must be a list")
     think = thinkValue(body)
     logprobs, top = logprobsValue(body)
@@ -361,13 +361,13 @@ def _chat(body: JSON, messages: tuple[Message, ...], stream: bool) -> ChatReques
         think=think,
         sampling=sampling,
         format=fmt,
-        tools=tuple(tools or ()),
+        tools=tuple(tools),
         logprobs=logprobs,
         topLogprobs=top,
     )
 
 
-def withDefaults(body: JSON, defaults: Mapping[str, Any]) -> JSON:
+def withDefaults(body: Mapping[str, object], defaults: Mapping[str, object]) -> Mapping[str, object]:
     """
     Merge a model's configured default options into a request (the
     client's own options win).
@@ -385,7 +385,7 @@ def withDefaults(body: JSON, defaults: Mapping[str, Any]) -> JSON:
     return {**body, "options": merged}
 
 
-def parseChat(body: JSON, defaults: Mapping[str, Any] = {}) -> ChatRequest:
+def parseChat(body: Mapping[str, object], defaults: Mapping[str, object] = {}) -> ChatRequest:
     """
     Validate an Ollama C{/api/chat} body.
 
@@ -398,7 +398,7 @@ def parseChat(body: JSON, defaults: Mapping[str, Any] = {}) -> ChatRequest:
     return _chat(body, parseMessages(body.get("messages")), streamFlag(body))
 
 
-def parseGenerate(body: JSON, defaults: Mapping[str, Any] = {}) -> ChatRequest:
+def parseGenerate(body: Mapping[str, object], defaults: Mapping[str, object] = {}) -> ChatRequest:
     """
     Validate an Ollama C{/api/generate} body as a one-turn chat: C{system}
     and C{prompt} (with C{images}).
@@ -411,7 +411,7 @@ def parseGenerate(body: JSON, defaults: Mapping[str, Any] = {}) -> ChatRequest:
     body = withDefaults(body, defaults)
     prompt = optionalString(body, "prompt")
     system = optionalString(body, "system")
-    user: JSON = {"role": "user", "content": prompt or ""}
+    user: Obj = {"role": "user", "content": prompt or ""}
     if body.get("images"):
         if not isinstance(body["images"], list):
             # Checked here so the message names the generate field, not the
@@ -422,7 +422,7 @@ def parseGenerate(body: JSON, defaults: Mapping[str, Any] = {}) -> ChatRequest:
     return _chat(body, parseMessages(messages), streamFlag(body))
 
 
-def wantsCompletion(body: JSON) -> bool:
+def wantsCompletion(body: Mapping[str, object]) -> bool:
     """
     @param body: a C{/api/generate} request object.
     @return: whether it needs C{/v1/completions} (C{raw: true} or a
@@ -431,7 +431,7 @@ def wantsCompletion(body: JSON) -> bool:
     return body.get("raw") is True or bool(body.get("suffix"))
 
 
-def parseTextCompletion(body: JSON, defaults: Mapping[str, Any] = {}) -> TextRequest:
+def parseTextCompletion(body: Mapping[str, object], defaults: Mapping[str, object] = {}) -> TextRequest:
     """
     Validate a raw or fill-in-the-middle C{/api/generate} body.
 

@@ -11,7 +11,7 @@ send and other dialects convert to; they are forwarded as given.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Literal, Union
 
 import attrs
 
@@ -111,7 +111,7 @@ class ChatRequest:
     think: Think = None
     sampling: Sampling = Sampling()
     format: str | JSON | None = None
-    tools: tuple[Any, ...] = ()
+    tools: tuple[object, ...] = ()
     toolChoice: str | JSON | None = None
     parallelToolCalls: bool | None = None
     logprobs: bool = False
