@@ -29,11 +29,15 @@ from ollama_proxy.protocol.fields import (
 )
 from ollama_proxy.protocol.requests import (
     ChatRequest,
+    FunctionTool,
     Message,
     Sampling,
     Think,
     ToolCallRequest,
+    ToolChoice,
     estimateTokens,
+    functionTool,
+    namedChoice,
 )
 
 EFFORTS: dict[str, Think] = {
@@ -177,7 +181,7 @@ def parseConversation(messages: object) -> tuple[Message, ...]:
     return walk(messages, _MESSAGES)
 
 
-def parseTools(tools: object) -> tuple[JSON, ...]:
+def parseTools(tools: object) -> tuple[FunctionTool, ...]:
     """
     Anthropic tools (C{name}, C{description}, C{input_schema}) as OpenAI
     function tools.  Server tools (a C{type} such as C{web_search_20250305},
@@ -186,7 +190,7 @@ def parseTools(tools: object) -> tuple[JSON, ...]:
 
     @raise BadRequest: for a tool without a name or with a bad schema.
     """
-    out: list[JSON] = []
+    out: list[FunctionTool] = []
     for i, tool in enumerate(listAt(tools, "tools")):
         if not isinstance(tool, dict):
             raise BadRequest(f"tools[{i}]: expected an object")
@@ -198,14 +202,11 @@ def parseTools(tools: object) -> tuple[JSON, ...]:
         schema = tool.get("input_schema")
         if not isinstance(schema, dict):
             raise BadRequest(f'invalid input_schema for tool "{name}": expected an object')
-        function: JSON = {"name": name, "parameters": schema}
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
-        out.append({"type": "function", "function": function})
+        out.append(functionTool(name, schema, tool.get("description")))
     return tuple(out)
 
 
-def toolChoice(choice: object) -> tuple[str | JSON | None, bool | None]:
+def toolChoice(choice: object) -> tuple[ToolChoice | None, bool | None]:
     """
     Anthropic's C{tool_choice} as OpenAI's C{tool_choice} and
     C{parallel_tool_calls} (Ollama ignores it; a backend that takes it does
@@ -230,7 +231,7 @@ def toolChoice(choice: object) -> tuple[str | JSON | None, bool | None]:
         name = choice.get("name")
         if not isinstance(name, str) or not name:
             raise BadRequest("tool_choice: type tool needs a name")
-        return {"type": "function", "function": {"name": name}}, parallel
+        return namedChoice(name), parallel
     raise BadRequest(f"tool_choice.type: expected auto, any, tool or none, got {kind!r}")
 
 

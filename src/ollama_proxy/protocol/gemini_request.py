@@ -35,10 +35,14 @@ from ollama_proxy.protocol.fields import (
 )
 from ollama_proxy.protocol.requests import (
     ChatRequest,
+    FunctionTool,
     Message,
     Sampling,
     Think,
     ToolCallRequest,
+    ToolChoice,
+    functionTool,
+    namedChoice,
 )
 
 @attrs.frozen
@@ -314,7 +318,7 @@ def parseContents(contents: object) -> tuple[Message, ...]:
     return walk(contents, _Contents(_Dropped()))
 
 
-def parseTools(tools: object, dropped: _Dropped) -> tuple[JSON, ...]:
+def parseTools(tools: object, dropped: _Dropped) -> tuple[FunctionTool, ...]:
     """
     C{tools[].functionDeclarations} as OpenAI function tools: the plain
     JSON Schema of C{parametersJsonSchema}, else C{parameters} converted
@@ -323,7 +327,7 @@ def parseTools(tools: object, dropped: _Dropped) -> tuple[JSON, ...]:
 
     @raise BadRequest: for a declaration without a name, a bad schema.
     """
-    out: list[JSON] = []
+    out: list[FunctionTool] = []
     for i, tool in enumerate(listAt(tools, "tools")):
         tool = _object(tool, f"tools[{i}]")
         for key in tool:
@@ -347,10 +351,7 @@ def parseTools(tools: object, dropped: _Dropped) -> tuple[JSON, ...]:
             for key in ("response", "responseJsonSchema", "behavior"):
                 if key in declaration:
                     dropped.add(f"tools.functionDeclarations.{key}")
-            function: JSON = {"name": name, "parameters": schema}
-            if isinstance(declaration.get("description"), str):
-                function["description"] = declaration["description"]
-            out.append({"type": "function", "function": function})
+            out.append(functionTool(name, schema, declaration.get("description")))
     return tuple(out)
 
 
@@ -360,8 +361,8 @@ calls checked against the schema, is the backend's ordinary C{auto})."""
 
 
 def toolChoice(
-    config: object, tools: tuple[JSON, ...], dropped: _Dropped
-) -> tuple[str | JSON | None, tuple[JSON, ...]]:
+    config: object, tools: tuple[FunctionTool, ...], dropped: _Dropped
+) -> tuple[ToolChoice | None, tuple[FunctionTool, ...]]:
     """
     C{toolConfig.functionCallingConfig} as OpenAI's C{tool_choice}: C{ANY}
     with one allowed name is that function, with several it is
@@ -398,7 +399,7 @@ def toolChoice(
         dropped.add("toolConfig.functionCallingConfig.allowedFunctionNames (only with mode ANY)")
         return choice, tools
     if len(names) == 1:
-        return {"type": "function", "function": {"name": names[0]}}, tools
+        return namedChoice(names[0]), tools
     return choice, tuple(tool for tool in tools if tool["function"]["name"] in names)
 
 

@@ -23,6 +23,7 @@ from ollama_proxy.protocol.requests import (
     Sampling,
     TextRequest,
     Think,
+    ToolChoice,
 )
 
 class FunctionCall(TypedDict):
@@ -112,7 +113,7 @@ class ChatBody(Options, total=False):
     stream_options: StreamOptions
     response_format: JSON
     tools: list[object]
-    tool_choice: Union[str, JSON]
+    tool_choice: ToolChoice
     parallel_tool_calls: bool
     logprobs: bool
     top_logprobs: int

@@ -32,10 +32,14 @@ from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.fields import booleanAt, listAt, numberField, requireObject, stringAt
 from ollama_proxy.protocol.requests import (
     ChatRequest,
+    FunctionTool,
     Message,
     Sampling,
     Think,
     ToolCallRequest,
+    ToolChoice,
+    functionTool,
+    namedChoice,
 )
 
 EFFORTS: dict[str, Think] = {
@@ -108,17 +112,13 @@ def flatName(namespace: str | None, name: str) -> str:
     return name
 
 
-def _function(name: str, tool: JSON, parameters: object) -> JSON:
-    function: JSON = {"name": name, "parameters": parameters if isinstance(parameters, dict)
-                      else {"type": "object", "properties": {}}}
-    if isinstance(tool.get("description"), str):
-        function["description"] = tool["description"]
-    if isinstance(tool.get("strict"), bool):
-        function["strict"] = tool["strict"]
-    return {"type": "function", "function": function}
+def _function(name: str, tool: Obj, parameters: object) -> FunctionTool:
+    return functionTool(name, parameters if isinstance(parameters, dict)
+                        else {"type": "object", "properties": {}},
+                        tool.get("description"), tool.get("strict"))
 
 
-def parseTools(tools: object, names: dict[str, ToolName]) -> tuple[JSON, ...]:
+def parseTools(tools: object, names: dict[str, ToolName]) -> tuple[FunctionTool, ...]:
     """
     Responses tools as OpenAI chat function tools, noting in C{names} the
     ones that read differently in the reply.
@@ -126,7 +126,7 @@ def parseTools(tools: object, names: dict[str, ToolName]) -> tuple[JSON, ...]:
     @raise BadRequest: for a function tool without a name.
     """
     tools = listAt(tools, "tools")
-    out: list[JSON] = []
+    out: list[FunctionTool] = []
     plain = {flatName(None, t["name"]) for t in tools if isinstance(t, dict)
              and t.get("type") in ("function", "custom") and isinstance(t.get("name"), str)}
     for i, tool in enumerate(tools):
@@ -306,13 +306,13 @@ def _format(text: object) -> str | JSON | None:
     return None
 
 
-def _toolChoice(choice: object, names: dict[str, ToolName]) -> str | JSON | None:
+def _toolChoice(choice: object, names: dict[str, ToolName]) -> ToolChoice | None:
     if choice in ("auto", "none", "required"):
         return str(choice)
     if isinstance(choice, dict) and choice.get("type") in ("function", "custom"):
         name = choice.get("name")
         if isinstance(name, str) and name:
-            return {"type": "function", "function": {"name": flatName(None, name)}}
+            return namedChoice(flatName(None, name))
     return None
 
 
