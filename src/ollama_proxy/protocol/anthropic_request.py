@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_anthropic -*-
+# -*- test-case-name: tests.protocol.test_anthropic_request -*-
 """
 The Anthropic Messages dialect's request side: C{/v1/messages} and
 C{/v1/messages/count_tokens} bodies validated, once, into the hub's

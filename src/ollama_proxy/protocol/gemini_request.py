@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_gemini -*-
+# -*- test-case-name: tests.protocol.test_gemini_request -*-
 """
 The Gemini API dialect's request side (Gemini CLI, the C{google-genai}
 SDKs): C{generateContent} / C{countTokens} bodies validated, once, into the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_requests -*-
+# -*- test-case-name: tests.protocol.test_ollama_request -*-
 """
 The Ollama dialect's request side: C{/api/chat} and C{/api/generate}
 bodies validated, once, into the hub's typed requests

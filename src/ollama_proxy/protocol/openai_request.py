@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_requests -*-
+# -*- test-case-name: tests.protocol.test_openai_request -*-
 """
 The hub's typed requests as OpenAI request bodies: C{/v1/chat/completions}
 for L{ChatRequest}s, C{/v1/completions} for L{TextRequest}s, spelled for

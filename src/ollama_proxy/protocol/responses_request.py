@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_responses -*-
+# -*- test-case-name: tests.protocol.test_responses_request -*-
 """
 The OpenAI Responses dialect's request side: C{/v1/responses} bodies
 validated, once, into the hub's L{ChatRequest}, plus what the reply needs
