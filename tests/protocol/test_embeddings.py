@@ -35,7 +35,8 @@ class RequestTests(SynchronousTestCase):
         """
         self.assertEqual(embedInputs({"input": "a"}), ["a"])
         self.assertEqual(embedInputs({"input": ["a", "b"]}), ["a", "b"])
-        for body in ({}, {"input": None}, {"input": ""}, {"input": []}):
+        empties: list[dict[str, object]] = [{}, {"input": None}, {"input": ""}, {"input": []}]
+        for body in empties:
             self.assertEqual(embedInputs(body), [])
         for bad in (1, ["a", 2], {"text": "a"}, True):
             e = self.assertRaises(BadRequest, embedInputs, {"input": bad})
