@@ -229,17 +229,16 @@ class SameAsBeforeTests(SynchronousTestCase):
 
 class _Lines(Shape):
     """
-    A toy dialect: a list of C{"role: text"} strings and C{"call: name"}
-    entries, to check the walker's rules without any real dialect.
+    A toy dialect: entries C{{"line": "role: text|text"}}, C{"call: name"}
+    and C{"think: text"}, parts C{{"p": ...}}, to check the walker's rules
+    without any real dialect.
     """
 
     name = "lines"
     missing = "lines is required"
-
-    def entryObject(self, value: object, where: str) -> Obj:
-        if not isinstance(value, str):
-            raise BadRequest(f"{where}: expected a line")
-        return {"line": value}
+    notEntry = "{where}: expected a line"
+    partKey = "/"
+    notPart = "{at}: expected a part"
 
     def entry(self, entry: Obj, where: str, walker: Walker) -> None:
         role, _, rest = str(entry["line"]).partition(": ")
@@ -247,21 +246,14 @@ class _Lines(Shape):
             walker.call(ToolCallRequest(None, rest, "{}"))
         elif role == "think":
             walker.thought(rest)
+        elif "|" in rest:
+            parts: list[object] = [{"p": p} if p != "junk" else p for p in rest.split("|")]
+            walker.turn(role, parts, where)
         else:
-            walker.turn(role, rest.split("|") if "|" in rest else rest, where)
-
-    def parts(self, content: object, where: str) -> str | list[object]:
-        assert isinstance(content, (str, list))
-        return content
-
-    def partPath(self, where: str, index: int) -> str:
-        return f"{where}/{index}"
-
-    def partObject(self, value: object, at: str) -> Obj:
-        return {"part": value}
+            walker.turn(role, rest, where)
 
     def part(self, part: Obj, at: str, turn: Turn) -> None:
-        value = str(part["part"])
+        value = str(part["p"])
         if value.startswith("result "):
             turn.results.append(Message("tool", value[7:]))
         elif value.startswith("img "):
@@ -270,6 +262,11 @@ class _Lines(Shape):
             raise BadRequest(f"{at}: bad part")
         elif value:
             turn.texts.append(value)
+
+
+def lines(*values: object) -> list[object]:
+    """Toy entries: strings as lines, anything else as it is."""
+    return [{"line": v} if isinstance(v, str) else v for v in values]
 
 
 class WalkerTests(SynchronousTestCase):
@@ -292,18 +289,21 @@ class WalkerTests(SynchronousTestCase):
         An entry's path is C{name[i]}, a part's the shape's C{partPath}.
         """
         with self.assertRaises(BadRequest) as e:
-            walk(["user: a", 3], _Lines())
+            walk(lines("user: a", 3), _Lines())
         self.assertEqual(str(e.exception), "lines[1]: expected a line")
         with self.assertRaises(BadRequest) as e:
-            walk(["user: a", "user: x|bad"], _Lines())
-        self.assertEqual(str(e.exception), "lines[1]/1: bad part")
+            walk(lines("user: a", "user: x|bad"), _Lines())
+        self.assertEqual(str(e.exception), "lines[1]/[1]: bad part")
+        with self.assertRaises(BadRequest) as e:
+            walk(lines("user: x|junk"), _Lines())
+        self.assertEqual(str(e.exception), "lines[0]/[1]: expected a part")
 
     def test_resultsFirst(self) -> None:
         """
         A turn's results go before its own message, the results' images
         after them as a user turn; a turn of results only has no message.
         """
-        self.assertEqual(walk(["user: result r1|img u|hi", "user: result r2|"], _Lines()), (
+        self.assertEqual(walk(lines("user: result r1|img u|hi", "user: result r2|"), _Lines()), (
             Message("tool", "r1"), Message("user", "", ("u",)), Message("user", "hi"),
             Message("tool", "r2"),
         ))
@@ -314,8 +314,8 @@ class WalkerTests(SynchronousTestCase):
         the reasoning that was waiting; a later assistant turn takes the
         rest.
         """
-        self.assertEqual(walk(["assistant: a", "call: f", "call: g", "user: u", "think: t",
-                               "call: h", "think: s", "assistant: b"], _Lines()), (
+        self.assertEqual(walk(lines("assistant: a", "call: f", "call: g", "user: u", "think: t",
+                                    "call: h", "think: s", "assistant: b"), _Lines()), (
             Message("assistant", "a", toolCalls=(ToolCallRequest(None, "f", "{}"),
                                                  ToolCallRequest(None, "g", "{}"))),
             Message("user", "u"),
@@ -327,6 +327,6 @@ class WalkerTests(SynchronousTestCase):
         """
         Waiting reasoning is not a user turn's; it waits for the assistant.
         """
-        self.assertEqual(walk(["think: t", "user: u", "assistant: a"], _Lines()), (
+        self.assertEqual(walk(lines("think: t", "user: u", "assistant: a"), _Lines()), (
             Message("user", "u"), Message("assistant", "a", thinking="t"),
         ))

@@ -24,7 +24,6 @@ from ollama_proxy.protocol.fields import (
     listAt,
     numberField,
     requireObject,
-    stringAt,
     stringList,
 )
 from ollama_proxy.protocol.requests import (
@@ -135,17 +134,18 @@ class _Messages(Shape):
         if role not in ("user", "assistant", "system"):
             raise BadRequest(f"{where}.role: expected \"user\" or \"assistant\", got {role!r}")
         assert isinstance(role, str)
-        walker.turn(role, entry.get("content"), where)
-
-    def parts(self, content: object, where: str) -> str | list[object]:
+        content = entry.get("content")
         if not isinstance(content, (str, list)):
             raise BadRequest(f"{where}.content: expected a string or a list of blocks")
-        return content
+        walker.turn(role, content, where)
 
     def part(self, part: Obj, at: str, turn: Turn) -> None:
         kind = part.get("type")
         if kind == "text":
-            turn.texts.append(stringAt(part.get("text"), f"{at}.text"))
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise BadRequest(f"{at}.text: expected a string")
+            turn.texts.append(text)
         elif kind == "image":
             turn.images.append(imageSource(part, at))
         elif kind == "tool_use":

@@ -17,11 +17,12 @@ list, its entries and its parts read, and in its own words.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import attrs
 
 from ollama_proxy.protocol.codec import Obj
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.fields import objectAt
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
 
 
@@ -30,7 +31,9 @@ class Turn:
     One turn's parts as they are read, before they become messages.
 
     A dialect's L{Shape.part} appends to these lists; the walker joins
-    them.
+    them.  (Filled by the walker, without an C{__init__}: a turn is made
+    per entry of every request, and a call each would be a tenth of the
+    walk.)
 
     @ivar role: the hub's role (C{user}, C{assistant}, C{system}, C{tool}).
     @ivar texts: the text parts.
@@ -44,14 +47,13 @@ class Turn:
 
     __slots__ = ("role", "texts", "thinking", "images", "calls", "results", "resultImages")
 
-    def __init__(self, role: str) -> None:
-        self.role = role
-        self.texts: list[str] = []
-        self.thinking: list[str] = []
-        self.images: list[str] = []
-        self.calls: list[ToolCallRequest] = []
-        self.results: list[Message] = []
-        self.resultImages: list[str] = []
+    role: str
+    texts: list[str]
+    thinking: list[str]
+    images: list[str]
+    calls: list[ToolCallRequest]
+    results: list[Message]
+    resultImages: list[str]
 
 
 class Shape:
@@ -64,10 +66,23 @@ class Shape:
     @cvar name: the list's field (C{messages}); an entry's path is
         C{name[i]}.
     @cvar missing: the message when the list is absent, empty or not a list.
+    @cvar notEntry: the message when an entry is not an object, a template
+        of C{{where}}.
+    @cvar partKey: what a part's path adds to its entry's before the index
+        (C{.content}: C{messages[2].content[1]}).
+    @cvar notPart: the message when a part is not an object (C{{at}}).
+    @cvar keeps: C{keeps(turn, text)}, whether what is left of a turn after
+        its results is a message, when the dialect has its own rule; C{None}
+        for the common one: when it says something, or when there were no
+        results (an empty turn is the client's to send).
     """
 
     name = "messages"
     missing = "messages is required"
+    notEntry = "{where}: expected an object"
+    partKey = ".content"
+    notPart = "{at}: expected an object"
+    keeps: Callable[[Turn, str], bool] | None = None
 
     def entries(self, value: object) -> list[object]:
         """
@@ -78,12 +93,6 @@ class Shape:
             raise BadRequest(self.missing)
         return value
 
-    def entryObject(self, value: object, where: str) -> Obj:
-        """
-        @return: one entry, which must be an object.
-        """
-        return objectAt(value, where)
-
     def entry(self, entry: Obj, where: str, walker: Walker) -> None:
         """
         Read one entry, telling C{walker} what it is (L{Walker.turn},
@@ -91,40 +100,11 @@ class Shape:
         """
         raise NotImplementedError
 
-    def parts(self, content: object, where: str) -> str | list[object]:
-        """
-        @return: a turn's content: plain text, or its list of parts.
-        @raise BadRequest: for anything else.
-        """
-        raise NotImplementedError
-
-    def partPath(self, where: str, index: int) -> str:
-        """
-        @return: the path of a turn's part, for messages.
-        """
-        return f"{where}.content[{index}]"
-
-    def partObject(self, value: object, at: str) -> Obj:
-        """
-        @return: one part, which must be an object.
-        """
-        return objectAt(value, at)
-
     def part(self, part: Obj, at: str, turn: Turn) -> None:
         """
         Read one part into C{turn} (or skip it).
         """
         raise NotImplementedError
-
-    def keeps(self, turn: Turn, text: str) -> bool:
-        """
-        Whether what is left of a turn after its results is a message: when
-        it says something, or when there were no results (an empty turn is
-        the client's to send).
-
-        @param text: the turn's text, joined.
-        """
-        return bool(text or turn.images or turn.calls or not turn.results)
 
 
 class Walker:
@@ -141,44 +121,55 @@ class Walker:
         self.messages: list[Message] = []
         self.pending: list[str] = []
 
-    def read(self, role: str, content: object, where: str) -> Turn:
-        """
-        Read a turn's content without making it a message (Responses'
-        tool output and reasoning items take only its text).
-        """
-        shape = self.shape
-        turn = Turn(role)
-        parts = shape.parts(content, where)
-        if isinstance(parts, str):
-            turn.texts.append(parts)
-            return turn
-        for index, part in enumerate(parts):
-            at = shape.partPath(where, index)
-            shape.part(shape.partObject(part, at), at, turn)
-        return turn
-
-    def turn(self, role: str, content: object, where: str) -> None:
+    def turn(self, role: str, content: str | list[object], where: str, add: bool = True) -> Turn:
         """
         Read a turn and add its messages: its tool results, their images,
         then its own message if the shape keeps it (an assistant turn
         takes the reasoning that was waiting).
+
+        @param content: plain text, or the list of parts (the shape's
+            L{Shape.entry} checked which).
+        @param add: C{False} to only read it (Responses' tool output and
+            reasoning items take its text).
+        @return: the turn as read.
         """
-        turn = self.read(role, content, where)
+        shape = self.shape
+        turn = Turn()
+        turn.role = role
+        turn.texts, turn.thinking, turn.images = [], [], []
+        turn.calls, turn.results, turn.resultImages = [], [], []
+        if isinstance(content, str):
+            turn.texts.append(content)
+        else:
+            part, key = shape.part, shape.partKey
+            for index, value in enumerate(content):
+                at = f"{where}{key}[{index}]"
+                if not isinstance(value, dict):
+                    raise BadRequest(shape.notPart.format(at=at))
+                part(value, at, turn)
+        if not add:
+            return turn
         messages = self.messages
-        messages.extend(turn.results)
+        if turn.results:
+            messages.extend(turn.results)
         if turn.resultImages:
             messages.append(Message("user", "", tuple(turn.resultImages)))
         text = "".join(turn.texts)
-        if not self.shape.keeps(turn, text):
-            return
+        keeps = shape.keeps
+        if not (keeps(turn, text) if keeps is not None
+                else text or turn.images or turn.calls or not turn.results):
+            return turn
         thinking = None
         if role == "assistant":
+            pending = self.pending
             if turn.thinking:
-                thinking = "".join(self.pending + turn.thinking)
-            elif self.pending:
-                thinking = "".join(self.pending) or None
-            self.pending.clear()
+                thinking = "".join(pending + turn.thinking)
+            elif pending:
+                thinking = "".join(pending) or None
+            if pending:
+                self.pending = []
         messages.append(Message(role, text, tuple(turn.images), tuple(turn.calls), thinking=thinking))
+        return turn
 
     def call(self, call: ToolCallRequest) -> None:
         """
@@ -192,7 +183,7 @@ class Walker:
         else:
             messages.append(Message("assistant", "", toolCalls=(call,),
                                     thinking="".join(self.pending) or None))
-            self.pending.clear()
+            self.pending = []
 
     def thought(self, text: str) -> None:
         """
@@ -219,8 +210,10 @@ def walk(value: object, shape: Shape) -> tuple[Message, ...]:
         dialect's words.
     """
     walker = Walker(shape)
-    name = shape.name
+    name, read = shape.name, shape.entry
     for index, entry in enumerate(shape.entries(value)):
         where = f"{name}[{index}]"
-        shape.entry(shape.entryObject(entry, where), where, walker)
+        if not isinstance(entry, dict):
+            raise BadRequest(shape.notEntry.format(where=where))
+        read(entry, where, walker)
     return tuple(walker.messages)

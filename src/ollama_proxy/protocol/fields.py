@@ -41,16 +41,15 @@ def objectAt(value: object, where: str) -> Obj:
     return value
 
 
-def stringAt(value: object, where: str, nonEmpty: bool = False) -> str:
+def stringAt(value: object, where: str) -> str:
     """
     @param value: a field that must be a string.
     @param where: its path, for the message.
-    @param nonEmpty: whether the empty string is refused too.
     @return: C{value}.
-    @raise BadRequest: C{<where>: expected a (non-empty) string} otherwise.
+    @raise BadRequest: C{<where>: expected a string} otherwise.
     """
-    if not isinstance(value, str) or (nonEmpty and not value):
-        raise BadRequest(f"{where}: expected a {'non-empty ' if nonEmpty else ''}string")
+    if not isinstance(value, str):
+        raise BadRequest(f"{where}: expected a string")
     return value
 
 

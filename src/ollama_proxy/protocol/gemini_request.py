@@ -30,7 +30,6 @@ from ollama_proxy.protocol.fields import (
     numberField,
     objectAt,
     requireObject,
-    stringAt,
     stringList,
 )
 from ollama_proxy.protocol.requests import (
@@ -108,7 +107,9 @@ def _object(value: object, where: str) -> Obj:
     @return: C{value}, a protocol object, with L{camelKeys}.
     @raise BadRequest: for anything but an object.
     """
-    return camelKeys(objectAt(value, where))
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where}: expected an object")
+    return camelKeys(value)
 
 
 MAX_SCHEMA_DEPTH = 64
@@ -228,33 +229,28 @@ class _Contents(Shape):
     def __init__(self, dropped: _Dropped) -> None:
         self.dropped = dropped
 
-    def entryObject(self, value: object, where: str) -> Obj:
-        return _object(value, where)
+    partKey = ".parts"
 
     def entry(self, entry: Obj, where: str, walker: Walker) -> None:
+        entry = camelKeys(entry)
         role = entry.get("role") or "user"
         if role not in ("user", "model", "function"):
             raise BadRequest(f"{where}.role: expected \"user\" or \"model\", got {role!r}")
-        walker.turn(_ROLES[str(role)], entry.get("parts"), where)
-
-    def parts(self, content: object, where: str) -> str | list[object]:
-        if not isinstance(content, list):
+        parts = entry.get("parts")
+        if not isinstance(parts, list):
             raise BadRequest(f"{where}.parts: expected a list")
-        return content
-
-    def partPath(self, where: str, index: int) -> str:
-        return f"{where}.parts[{index}]"
-
-    def partObject(self, value: object, at: str) -> Obj:
-        return _object(value, at)
+        walker.turn(_ROLES[str(role)], parts, where)
 
     def part(self, part: Obj, at: str, turn: Turn) -> None:
+        part = camelKeys(part)
         dropped = self.dropped
         for key in _PART_METADATA:
             if key in part:
                 dropped.add(f"contents.parts.{key}")
         if "text" in part:
-            text = stringAt(part["text"], f"{at}.text")
+            text = part["text"]
+            if not isinstance(text, str):
+                raise BadRequest(f"{at}.text: expected a string")
             if part.get("thought") is True and turn.role == "assistant":
                 turn.thinking.append(text)
             else:
@@ -266,7 +262,8 @@ class _Contents(Shape):
         elif "functionCall" in part:
             call = _object(part["functionCall"], f"{at}.functionCall")
             name, callId, args = call.get("name"), call.get("id"), call.get("args", {})
-            name = stringAt(name, f"{at}.functionCall.name", nonEmpty=True)
+            if not isinstance(name, str) or not name:
+                raise BadRequest(f"{at}.functionCall.name: expected a non-empty string")
             if args is None:
                 args = {}
             if not isinstance(args, dict):
@@ -278,7 +275,8 @@ class _Contents(Shape):
         elif "functionResponse" in part:
             response = _object(part["functionResponse"], f"{at}.functionResponse")
             name, callId = response.get("name"), response.get("id")
-            name = stringAt(name, f"{at}.functionResponse.name", nonEmpty=True)
+            if not isinstance(name, str) or not name:
+                raise BadRequest(f"{at}.functionResponse.name: expected a non-empty string")
             value = response.get("response", {})
             if not isinstance(value, dict):
                 raise BadRequest(f"{at}.functionResponse.response: expected an object")
@@ -304,7 +302,7 @@ class _Contents(Shape):
             return bool(text or turn.calls or turn.thinking or turn.images)
         if turn.calls:
             self.dropped.add("contents.parts.functionCall (in a user turn)")
-            turn.calls.clear()
+            turn.calls = []
         return bool(text or turn.images or not turn.results)
 
 

@@ -176,16 +176,13 @@ class _Messages(Shape):
     shape with object arguments; Ollama's own words for what is wrong.
     """
 
+    notEntry = "{where} must be an object"
+
     def entries(self, value: object) -> list[object]:
         if value is None:
             return []
         if not isinstance(value, list):
             raise BadRequest("messages must be a list")
-        return value
-
-    def entryObject(self, value: object, where: str) -> Obj:
-        if not isinstance(value, dict):
-            raise BadRequest(f"{where} must be an object")
         return value
 
     def entry(self, entry: Obj, where: str, walker: Walker) -> None:
@@ -209,7 +206,7 @@ class _Messages(Shape):
         toolCallId = entry.get("tool_call_id")
         toolName = entry.get("tool_name") or entry.get("name")
         thinking = entry.get("thinking")
-        walker.append(Message(
+        walker.messages.append(Message(
             role,
             content,
             images,

@@ -172,6 +172,7 @@ class _Input(Shape):
     """
 
     name = "input"
+    partKey = ": content"
 
     def entries(self, value: object) -> list[object]:
         if not isinstance(value, list):
@@ -186,7 +187,8 @@ class _Input(Shape):
             role = entry.get("role")
             if role not in ("user", "system", "developer", "assistant"):
                 raise BadRequest(f"{where}: unknown role {role!r}")
-            walker.turn("system" if role == "developer" else str(role), entry.get("content"), where)
+            walker.turn("system" if role == "developer" else str(role),
+                        _content(entry.get("content"), where), where)
         elif kind == "function_call":
             namespace = entry.get("namespace")
             name = flatName(namespace if isinstance(namespace, str) else None,
@@ -204,14 +206,15 @@ class _Input(Shape):
             ))
         elif kind in ("function_call_output", "custom_tool_call_output"):
             output = entry.get("output")
-            text = output if isinstance(output, str) else "".join(walker.read("tool", output, where).texts)
+            text = output if isinstance(output, str) else "".join(
+                walker.turn("tool", _content(output, where), where, add=False).texts)
             walker.append(Message("tool", text,
                                   toolCallId=stringAt(entry.get("call_id"), f"{where}.call_id")))
         elif kind == "reasoning":
             for key in ("content", "summary"):
                 parts = entry.get(key)
                 if isinstance(parts, list) and parts:
-                    walker.thought("".join(walker.read("assistant", parts, where).texts))
+                    walker.thought("".join(walker.turn("assistant", parts, where, add=False).texts))
                     break
         elif kind == "item_reference":
             raise Unsupported("input", f"{where}: item_reference is not supported: this server "
@@ -222,14 +225,6 @@ class _Input(Shape):
             raise BadRequest(f"{where}: input item missing required 'type' field")
         else:
             raise BadRequest(f"{where}: unknown input item type: {codec.dumps(kind).decode()}")
-
-    def parts(self, content: object, where: str) -> str | list[object]:
-        if not isinstance(content, (str, list)):
-            raise BadRequest(f"{where}: content must be a string or a list of parts")
-        return content
-
-    def partPath(self, where: str, index: int) -> str:
-        return f"{where}: content[{index}]"
 
     def part(self, part: Obj, at: str, turn: Turn) -> None:
         kind = part.get("type")
@@ -251,6 +246,16 @@ class _Input(Shape):
             raise BadRequest("file inputs are not currently supported")
         else:
             raise BadRequest(f"{at}: unknown content type: {kind}")
+
+
+def _content(content: object, where: str) -> str | list[object]:
+    """
+    @return: a message's content: plain text or a list of parts.
+    @raise BadRequest: for anything else (Ollama's message).
+    """
+    if not isinstance(content, (str, list)):
+        raise BadRequest(f"{where}: content must be a string or a list of parts")
+    return content
 
 
 _INPUT = _Input()
