@@ -34,7 +34,6 @@ from ollama_proxy.protocol.requests import (
     Think,
     ToolCallRequest,
     ToolChoice,
-    estimateTokens,
     functionTool,
     namedChoice,
 )
