@@ -18,7 +18,7 @@ from ollama_proxy.protocol.codec import JSON, Obj
 from ollama_proxy.protocol.errors import BadRequest
 
 
-def requireObject(body: object) -> JSON:
+def requireObject(body: object) -> Obj:
     """
     @param body: a decoded request body.
     @return: C{body} if it is a JSON object.
