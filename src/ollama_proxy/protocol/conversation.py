@@ -32,8 +32,8 @@ class Turn:
 
     A dialect's L{Shape.part} appends to these lists; the walker joins
     them.  (Filled by the walker, without an C{__init__}: a turn is made
-    per entry of every request, and a call each would be a tenth of the
-    walk.)
+    per entry of every request, and the walk is kept to the calls the
+    dialects' own walks made, or near: C{bench/RESULTS.md}.)
 
     @ivar role: the hub's role (C{user}, C{assistant}, C{system}, C{tool}).
     @ivar texts: the text parts.
@@ -193,8 +193,8 @@ class Walker:
 
     def append(self, message: Message) -> None:
         """
-        A message the shape read whole (a tool result entry, an Ollama
-        message).
+        A message the shape read whole (a Responses tool output; Ollama's
+        shape, one message per entry, appends to L{messages} itself).
         """
         self.messages.append(message)
 
