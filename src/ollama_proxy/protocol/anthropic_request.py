@@ -19,8 +19,8 @@ from ollama_proxy.protocol.codec import JSON, Obj
 from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.fields import (
-    base64Data,
     booleanAt,
+    inlineImage,
     listAt,
     numberField,
     requireObject,
@@ -93,8 +93,7 @@ def imageSource(block: Obj, where: str) -> str:
     data, mediaType = source.get("data"), source.get("media_type")
     if not isinstance(data, str) or not isinstance(mediaType, str) or not mediaType:
         raise BadRequest(f"{where}: image source needs media_type and data strings")
-    base64Data(data, where)
-    return f"data:{mediaType};base64,{data}"
+    return inlineImage(mediaType, data, where)
 
 
 def _toolResult(block: Obj, where: str, turn: Turn) -> None:
@@ -132,11 +131,10 @@ class _Messages(Shape):
         role = entry.get("role")
         if role not in ("user", "assistant", "system"):
             raise BadRequest(f"{where}.role: expected \"user\" or \"assistant\", got {role!r}")
-        assert isinstance(role, str)
         content = entry.get("content")
         if not isinstance(content, (str, list)):
             raise BadRequest(f"{where}.content: expected a string or a list of blocks")
-        walker.turn(role, content, where)
+        walker.turn(str(role), content, where)
 
     def part(self, part: Obj, at: str, turn: Turn) -> None:
         kind = part.get("type")

@@ -14,7 +14,7 @@ import base64
 import binascii
 from typing import Mapping, NamedTuple, overload
 
-from ollama_proxy.protocol.codec import JSON, Obj
+from ollama_proxy.protocol.codec import Obj
 from ollama_proxy.protocol.errors import BadRequest
 
 
@@ -177,3 +177,18 @@ def base64Data(data: object, where: str = "", wording: Base64Wording = AGENT_BAS
     if not raw:
         raise BadRequest(wording.empty.format(where=where))
     return raw
+
+
+def inlineImage(mediaType: str, data: object, where: str) -> str:
+    """
+    An image a client sent inline (Anthropic's base64 source, Gemini's
+    C{inlineData}) as the C{data:} URL the backend gets, its base64 checked
+    strictly first (L{base64Data}).
+
+    @param mediaType: its MIME type, as the client named it.
+    @param data: the base64 text.
+    @param where: the field's path, for the message.
+    @raise BadRequest: for bad base64.
+    """
+    base64Data(data, where)
+    return f"data:{mediaType};base64,{data}"

@@ -24,8 +24,8 @@ from ollama_proxy.protocol.codec import JSON, Obj
 from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.fields import (
-    base64Data,
     booleanAt,
+    inlineImage,
     listAt,
     numberField,
     objectAt,
@@ -199,9 +199,7 @@ def _image(part: Obj, key: str, where: str, dropped: _Dropped) -> str | None:
         dropped.add(f"contents.parts.{key} ({mimeType if isinstance(mimeType, str) else 'no'} media)")
         return None
     if key == "inlineData":
-        data = blob.get("data")
-        base64Data(data, f"{where}.inlineData.data")
-        return f"data:{mimeType};base64,{data}"
+        return inlineImage(mimeType, blob.get("data"), f"{where}.inlineData.data")
     uri = blob.get("fileUri")
     if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
         dropped.add("contents.parts.fileData (not an http(s) URL)")
