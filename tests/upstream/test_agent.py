@@ -79,9 +79,10 @@ class Server(Resource):
         self.lost: list[Request] = []
 
     def render(self, request: Request) -> Any:
-        self.peers.append(request.getClientAddress().port)  # type: ignore[attr-defined]
+        self.peers.append(getattr(request.getClientAddress(), "port", 0))
         path = request.path
         if path == b"/echo":
+            assert request.content is not None
             return b"echo:" + request.content.read()
         if path == b"/stream":
             for i in range(100):
@@ -149,9 +150,10 @@ class AgentTests(TestCase):
             def dataReceived(self, data: bytes) -> None:
                 got.append(len(data))
                 if len(got) == 1:
-                    self.transport.pauseProducing()  # type: ignore[attr-defined]
+                    transport: Any = self.transport
+                    transport.pauseProducing()
 
-            def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # type: ignore[assignment]
+            def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
                 done.callback(None)
 
         slow = Slow()
@@ -162,7 +164,8 @@ class AgentTests(TestCase):
         self.assertTrue(flood.paused)
         self.assertGreater(flood.left, 0)
         self.assertLess(sum(got), 8 * 1024 * 1024)
-        slow.transport.resumeProducing()  # type: ignore[attr-defined]
+        slowTransport: Any = slow.transport
+        slowTransport.resumeProducing()
         await done
         self.assertEqual(sum(got), 8 * 1024 * 1024)
 
@@ -233,7 +236,10 @@ class PoolTests(TestCase):
 
             c = ClientConnection(lambda c: None, lambda c: None)
             c.makeConnection(StringTransport())
-            c.abandon = lambda c=c: closed.append(c)  # type: ignore[method-assign]
+            def abandon() -> None:
+                closed.append(c)
+
+            c.abandon = abandon  # type: ignore[method-assign]
             return c
 
         a, b, c = make(), make(), make()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
@@ -20,6 +20,8 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
 
 from ollama_proxy.upstream.connection import ClientConnection, HTTPResponse
 from ollama_proxy.upstream.pool import BytesProducer
@@ -70,6 +72,59 @@ class ConnectionTests(SynchronousTestCase):
             self.transport.value(),
             b"POST /p?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
         )
+
+    def test_chunkedBody(self) -> None:
+        """
+        A producer without a length is sent chunked: what it writes at once
+        leaves with the head, later writes as they come, then the last
+        chunk.
+        """
+        later: Deferred[None] = Deferred()
+        consumers: list[Any] = []
+
+        @implementer(IBodyProducer)
+        class Streamed:
+            length = UNKNOWN_LENGTH
+
+            def startProducing(self, consumer: Any) -> Deferred[None]:
+                consumer.write(b"abc")
+                consumers.append(consumer)
+                return later
+
+            def pauseProducing(self) -> None: ...
+            def resumeProducing(self) -> None: ...
+            def stopProducing(self) -> None: ...
+
+        self.conn.request(b"POST", b"http://h/p", b"/p", Headers({b"host": [b"h"]}), Streamed())
+        self.assertEqual(self.transport.value(),
+                         b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        self.transport.clear()
+        consumers[0].write(b"defgh")
+        later.callback(None)
+        self.assertEqual(self.transport.value(), b"5\r\ndefgh\r\n0\r\n\r\n")
+
+    def test_wrongLength(self) -> None:
+        """
+        A producer that writes more than its length fails the request and
+        closes the connection.
+        """
+        @implementer(IBodyProducer)
+        class Liar:
+            length = 2
+
+            def startProducing(self, consumer: Any) -> Deferred[None]:
+                consumer.write(b"abc")
+                return succeed(None)
+
+            def pauseProducing(self) -> None: ...
+            def resumeProducing(self) -> None: ...
+            def stopProducing(self) -> None: ...
+
+        results: list[Any] = []
+        self.conn.request(b"POST", b"http://h/p", b"/p", Headers(), Liar()).addBoth(results.append)
+        self.assertTrue(results[0].check(ResponseFailed))
+        self.assertTrue(self.transport.disconnecting)
+        self.assertNotIn(b"abc", self.transport.value())
 
     def test_emptyPost(self) -> None:
         """

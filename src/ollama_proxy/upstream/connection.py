@@ -25,7 +25,7 @@ other body with C{ResponseFailed}.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, cast
+from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
@@ -102,14 +102,14 @@ class BodyTransport:
         Stop reading the upstream socket (the client is slow).
         """
         if self._connection is not None and self._connection.transport is not None:
-            cast(Any, self._connection.transport).pauseProducing()
+            self._connection.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
         """
         Read the upstream socket again.
         """
         if self._connection is not None and self._connection.transport is not None:
-            cast(Any, self._connection.transport).resumeProducing()
+            self._connection.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def stopProducing(self) -> None:
         """
@@ -207,11 +207,22 @@ class _BodyConsumer:
     it declared enforced, or chunked when it declared none.
     """
 
-    def __init__(self, transport: Any, length: Any) -> None:
+    def __init__(self, transport: Any, length: Any, head: list[bytes]) -> None:
         self._transport = transport
         self._chunked = length is UNKNOWN_LENGTH
         self._left = 0 if self._chunked else int(length)
         self.failed: Exception | None = None
+        self._held: list[bytes] | None = head
+
+    def release(self) -> None:
+        """
+        Write the head and what the producer wrote so far in one
+        C{write} (one segment for a small body, as C{BytesProducer} means
+        it); later writes go straight to the transport.
+        """
+        held, self._held = self._held, None
+        if held:
+            self._transport.write(b"".join(held))
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._transport.registerProducer(producer, streaming)
@@ -223,17 +234,23 @@ class _BodyConsumer:
         if not data:
             return
         if self._chunked:
-            self._transport.writeSequence([b"%x\r\n" % len(data), data, b"\r\n"])
-            return
-        self._left -= len(data)
-        if self._left < 0:
-            self.failed = ValueError("the body producer wrote more than its length")
-            return
-        self._transport.write(data)
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        else:
+            self._left -= len(data)
+            if self._left < 0:
+                self.failed = ValueError("the body producer wrote more than its length")
+                return
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self._transport.write(data)
 
     def finish(self) -> None:
         if self._chunked:
-            self._transport.write(b"0\r\n\r\n")
+            if self._held is not None:
+                self._held.append(b"0\r\n\r\n")
+            else:
+                self._transport.write(b"0\r\n\r\n")
         elif self._left != 0 and self.failed is None:
             self.failed = ValueError("the body producer wrote less than its length")
 
@@ -299,18 +316,20 @@ class ClientConnection(Protocol):
             if method in (b"PUT", b"POST"):
                 head.append(b"Content-Length: 0\r\n")
             head.append(b"\r\n")
-            transport.writeSequence(head)
+            transport.write(b"".join(head))
             return d
         length = bodyProducer.length
         if length is UNKNOWN_LENGTH:
             head.append(b"Transfer-Encoding: chunked\r\n\r\n")
         else:
             head.append(b"Content-Length: %d\r\n\r\n" % length)
-        transport.writeSequence(head)
-        consumer = _BodyConsumer(transport, length)
+        consumer = _BodyConsumer(transport, length, head)
         self._producer = bodyProducer
         self._writing = True
-        written = bodyProducer.startProducing(consumer)
+        try:
+            written = bodyProducer.startProducing(consumer)
+        finally:
+            consumer.release()
 
         def done(_: object) -> None:
             self._writing = False
@@ -334,7 +353,7 @@ class ClientConnection(Protocol):
         self._stopWriting()
         self._abandoned = True
         if self.transport is not None:
-            cast(Any, self.transport).abortConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]
         d.errback(Failure(ResponseNeverReceived([Failure(CancelledError())])))
 
     def _stopWriting(self) -> None:
@@ -390,7 +409,7 @@ class ClientConnection(Protocol):
         waiting, self._waiting = self._waiting, None
         if head.length != 0:
             # Nothing is read until someone reads the body.
-            cast(Any, self.transport).pauseProducing()
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
         if waiting is not None:
             waiting.callback(response)
 
@@ -402,7 +421,7 @@ class ClientConnection(Protocol):
             self._stopWriting()
         if reusable and self.usable:
             assert self.transport is not None
-            cast(Any, self.transport).resumeProducing()
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
             if response is not None:
                 response._transport.detach()
             self.onIdle(self)
