@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IDelayedCall
 from twisted.web.client import URI
@@ -148,10 +149,12 @@ class FastAgent:
         if known is not None:
             return known
         parsed = URI.fromBytes(uri)
-        if (parsed.scheme, parsed.port) in ((b"http", 80), (b"https", 443)):
-            host = parsed.host
-        else:
-            host = b"%b:%d" % (parsed.host, parsed.port)
+        # The Host value as Twisted's Agent computes it.
+        host = parsed.host
+        if isIPv6Address(host.decode("ascii")):
+            host = b"[" + host + b"]"
+        if (parsed.scheme, parsed.port) not in ((b"http", 80), (b"https", 443)):
+            host = b"%b:%d" % (host, parsed.port)
         known = (parsed, (parsed.scheme, parsed.host, parsed.port), host)
         if len(self._uris) < self.maxURIs:
             self._uris[uri] = known
