@@ -25,6 +25,7 @@ from ollama_proxy.protocol.llhttp import (
     MAX_HEAD,
     MAX_HEADERS,
     MAX_LINE,
+    MAX_QUIET,
     ResponseBody,
     ResponseEnd,
     ResponseHead,
@@ -272,13 +273,18 @@ class ResponseParserEquivalenceTests(SynchronousTestCase):
         """
         The one documented looser case: a chunk extension past Twisted's
         1,024-byte size-line bound is skipped by llhttp without holding it,
-        and the body is the same.
+        and the body is the same; past L{MAX_QUIET} bytes without chunk data
+        (fed in reads) it is refused, as Twisted refuses it.
         """
-        data = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;a=" + b"x" * 200000
-                + b"\r\nabc\r\n0\r\n\r\n")
-        self.assertEqual(twistedOutcome([data]), ("reject",))
-        self.assertEqual(ourOutcome(split(data, list(range(0, len(data), 1000)))),
-                         ("accept", 200, b"abc"))
+        def chunked(extension: int) -> bytes:
+            return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;a=" + b"x" * extension
+                    + b"\r\nabc\r\n0\r\n\r\n")
+
+        self.assertEqual(twistedOutcome([chunked(2000)]), ("reject",))
+        self.assertEqual(ourOutcome(split(chunked(2000), [60, 600, 1200])), ("accept", 200, b"abc"))
+        long = chunked(200000)
+        self.assertEqual(twistedOutcome([long]), ("reject",))
+        self.assertEqual(ourOutcome(split(long, list(range(0, len(long), 4096)))), ("reject",))
 
     def test_tooManyHeaders(self) -> None:
         """
@@ -306,6 +312,24 @@ class ResponseParserEquivalenceTests(SynchronousTestCase):
             fed += 1024
         self.assertIsInstance(events[-1], ResponseRejected)
         self.assertLessEqual(fed, MAX_HEAD + MAX_LINE)
+
+    def test_trailerBounded(self) -> None:
+        """
+        A trailer line that never ends (dripped after the last chunk) is
+        refused within L{MAX_QUIET} bytes, as Twisted refuses it past its
+        64 KiB, so the parser never holds more.
+        """
+        parser = ResponseParser(b"GET")
+        parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        events = parser.feed(b"2\r\nok\r\n0\r\nX-T: ")
+        fed = 0
+        while not any(isinstance(e, ResponseRejected) for e in events):
+            events = parser.feed(b"v" * 4096)
+            fed += 4096
+        self.assertLessEqual(fed, MAX_QUIET + 4096)
+        data = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: "
+                + b"v" * (MAX_QUIET + 10) + b"\r\n\r\n")
+        self.assertEqual(twistedOutcome([data]), ("reject",))
 
     def test_switchingProtocols(self) -> None:
         """

@@ -33,10 +33,12 @@ that differ are made the same here or are documented as the safer one
  - Reuse: bytes after a complete response in the same read make the
    connection unusable (Twisted drops them and reuses the connection).
  - The one looser decision: a chunk-size line over 1,024 bytes (a long
-   chunk extension) is accepted.  Twisted's bound is on its own buffer for
-   that line; llhttp does not buffer extensions (nothing is held), the
-   framing decision is the same, and C{httptools} reports no position to
-   measure the line with.
+   chunk extension) is accepted, up to L{MAX_QUIET} bytes of framing fed
+   without chunk data.  Twisted's bound is on its own buffer for that
+   line; llhttp does not buffer extensions (nothing is held), the framing
+   decision is the same, and C{httptools} reports no position to measure
+   the line with.  L{MAX_QUIET} also bounds trailers, whose values
+   C{httptools} does hold.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ MAX_HEAD = 256 * 1024
 
 MAX_TRAILERS = 2**16
 """Most bytes of trailer lines after a chunked body (Twisted's limit)."""
+
+MAX_QUIET = MAX_TRAILERS + 4096
+"""Most bytes of a chunked body fed without any chunk data: the framing
+between two chunks (a size line, Twisted bounds at 1,024 bytes) or the
+trailers.  httptools holds a trailer's value until its line ends; this
+bounds what it can hold."""
 
 NO_BODY_CODES = frozenset({204, 304})
 
@@ -148,6 +156,7 @@ class ResponseParser:
         self._phrase = b""
         self._headBytes = 0
         self._trailerBytes = 0
+        self._quiet = 0
         self._inHead = True
         self._done = False
         self._failed = False
@@ -254,6 +263,7 @@ class ResponseParser:
                 self._failed = True
                 return [ResponseRejected(f"response head larger than {MAX_HEAD} bytes")]
         events = self._events = []
+        chunked = self._chunked
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
@@ -270,6 +280,13 @@ class ResponseParser:
             return self._reject(events, str(e) or type(e).__name__)
         if self._inHead and self._headBytes > MAX_HEAD:
             return self._reject(events, f"response head larger than {MAX_HEAD} bytes")
+        if chunked and not self._done:
+            if self._body:
+                self._quiet = 0
+            else:
+                self._quiet += len(data)
+                if self._quiet > MAX_QUIET:
+                    return self._reject(events, "chunk framing or trailers too long")
         self._flushBody()
         return events
 
