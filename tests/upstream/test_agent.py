@@ -210,6 +210,85 @@ class AgentTests(TestCase):
         self.assertEqual(self.pool._idle.get((b"http", b"127.0.0.1", self.port.getHost().port), []), [])
 
 
+def selfSigned() -> tuple[bytes, bytes]:
+    """
+    @return: a self-signed certificate for C{localhost} and its key, PEM.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    keyPEM = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), keyPEM
+
+
+class TLSTests(TestCase):
+    """
+    C{https} upstreams: the endpoint factory's TLS under L{FastAgent}.
+    """
+
+    async def test_https(self) -> None:
+        """
+        Over TLS, verified against the server's certificate: a keep-alive
+        pair of requests on one connection, a chunked stream, and a stopped
+        reader that closes the connection.
+        """
+        from twisted.internet import ssl
+        from twisted.web.iweb import IPolicyForHTTPS
+
+        from ollama_proxy.upstream.pool import CachingEndpointFactory, clientFor
+
+        certPEM, keyPEM = selfSigned()
+        server = Server()
+        site = Site(server)
+        site.noisy = False
+        options = ssl.PrivateCertificate.loadPEM(certPEM + keyPEM).options()
+        port = reactor.listenSSL(0, site, options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        trust = ssl.Certificate.loadPEM(certPEM)
+
+        @implementer(IPolicyForHTTPS)
+        class TrustOurs:
+            def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+                return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=trust)
+
+        pool = KeepAlivePool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        http = clientFor(FastAgent(reactor, CachingEndpointFactory(reactor, 5.0, TrustOurs()), pool))
+        base = f"https://localhost:{port.getHost().port}"
+        first = await http.request("POST", base + "/echo", data=b"tls", unbuffered=True)
+        self.assertEqual(await readBody(first), b"echo:tls")
+        second = await http.request("GET", base + "/stream", unbuffered=True)
+        self.assertEqual(await readBody(second), b"".join(b"data: %d\n\n" % i for i in range(100)))
+        self.assertEqual(len(set(server.peers)), 1)
+        flood = await http.request("GET", base + "/flood", unbuffered=True)
+        seen: list[bytes] = []
+        reading = Deferred.fromCoroutine(BodyReader(seen.append, reactor, 5.0).read(flood))
+        while not seen:
+            await deferLater(reactor, 0.01, lambda: None)
+        reading.cancel()
+        with self.assertRaises(CancelledError):
+            await reading
+        while not server.floods[0].gone:
+            await deferLater(reactor, 0.01, lambda: None)
+
+
 class PoolTests(TestCase):
     """
     L{KeepAlivePool}'s limits.

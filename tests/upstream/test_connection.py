@@ -55,6 +55,14 @@ class ConnectionTests(SynchronousTestCase):
         self.transport = StringTransport()
         self.conn.makeConnection(self.transport)
 
+    def closed(self) -> bool:
+        """
+        Whether the connection was told to close (C{loseConnection},
+        C{abortConnection}, or C{stopProducing}, which is how TCP and TLS
+        transports are stopped at once).
+        """
+        return bool(self.transport.disconnecting) or self.transport.producerState == "stopped"
+
     def send(self, method: bytes = b"GET", body: bytes | None = None) -> list[Any]:
         results: list[Any] = []
         producer = BytesProducer(body) if body is not None else None
@@ -123,7 +131,7 @@ class ConnectionTests(SynchronousTestCase):
         results: list[Any] = []
         self.conn.request(b"POST", b"http://h/p", b"/p", Headers(), Liar()).addBoth(results.append)
         self.assertTrue(results[0].check(ResponseFailed))
-        self.assertTrue(self.transport.disconnecting)
+        self.assertTrue(self.closed())
         self.assertNotIn(b"abc", self.transport.value())
 
     def test_emptyPost(self) -> None:
@@ -163,7 +171,7 @@ class ConnectionTests(SynchronousTestCase):
         assert body.reason is not None
         self.assertTrue(body.reason.check(ResponseDone))
         self.assertEqual(self.idle, [self.conn])
-        self.assertFalse(self.transport.disconnecting)
+        self.assertFalse(self.closed())
 
     def test_pauseReachesTheSocket(self) -> None:
         """
@@ -181,7 +189,7 @@ class ConnectionTests(SynchronousTestCase):
         self.conn.dataReceived(b"2\r\nok\r\n0\r\n\r\n")
         self.assertEqual(body.data, [b"ok"])
         body.transport.stopProducing()  # type: ignore[union-attr]
-        self.assertFalse(self.transport.disconnecting)
+        self.assertFalse(self.closed())
         self.assertEqual(self.idle, [self.conn])
 
     def test_stopClosesAndNeverPools(self) -> None:
@@ -194,7 +202,7 @@ class ConnectionTests(SynchronousTestCase):
         body = Body()
         results[0].deliverBody(body)
         body.transport.stopProducing()  # type: ignore[union-attr]
-        self.assertTrue(self.transport.disconnecting)
+        self.assertTrue(self.closed())
         self.conn.dataReceived(b"cd")
         self.assertEqual(self.idle, [])
 
@@ -209,7 +217,7 @@ class ConnectionTests(SynchronousTestCase):
         results[0].deliverBody(body)
         self.assertEqual(body.data, [b"ok"])
         self.assertEqual(self.idle, [])
-        self.assertTrue(self.transport.disconnecting)
+        self.assertTrue(self.closed())
 
     def test_earlyEOF(self) -> None:
         """
@@ -247,7 +255,7 @@ class ConnectionTests(SynchronousTestCase):
         self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
         [failure] = results
         self.assertTrue(failure.check(ResponseFailed))
-        self.assertTrue(self.transport.disconnecting)
+        self.assertTrue(self.closed())
 
     def test_badChunk(self) -> None:
         """
@@ -262,7 +270,7 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(body.data, [b"ok"])
         assert body.reason is not None
         self.assertTrue(body.reason.check(ResponseFailed))
-        self.assertTrue(self.transport.disconnecting)
+        self.assertTrue(self.closed())
 
     def test_cancelBeforeHead(self) -> None:
         """
@@ -274,7 +282,7 @@ class ConnectionTests(SynchronousTestCase):
         [failure] = results
         self.assertTrue(failure.check(ResponseNeverReceived))
         self.assertTrue(failure.value.reasons[0].check(CancelledError))
-        self.assertTrue(self.transport.disconnecting)
+        self.assertTrue(self.closed())
 
     def test_neverReceived(self) -> None:
         """
@@ -308,5 +316,5 @@ class ConnectionTests(SynchronousTestCase):
         Bytes on an idle connection make it unusable.
         """
         self.conn.dataReceived(b"HTTP/1.1 200 OK\r\n")
-        self.assertTrue(self.transport.disconnecting)
+        self.assertTrue(self.closed())
         self.assertFalse(self.conn.usable)

@@ -374,11 +374,16 @@ class ClientConnection(Protocol):
     def abandon(self) -> None:
         """
         The body's reader stopped: close the connection, never reuse it.
+
+        C{stopProducing}, as Twisted's client stops a body: on TCP it is
+        C{loseConnection}; on TLS it closes the socket under the TLS layer
+        at once, where C{loseConnection} would wait for the backend's
+        C{close_notify} (which a backend busy streaming may never send).
         """
         self._abandoned = True
         self._stopWriting()
         if self.transport is not None:
-            self.transport.loseConnection()
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         """
