@@ -22,9 +22,9 @@ from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 
 from ollama_proxy.protocol.llhttp import (
-    MAX_HEAD,
-    MAX_HEADERS,
-    MAX_LINE,
+    MAX_RESPONSE_HEAD,
+    MAX_RESPONSE_HEADERS,
+    MAX_RESPONSE_LINE,
     MAX_QUIET,
     ResponseBody,
     ResponseEnd,
@@ -288,16 +288,16 @@ class ResponseParserEquivalenceTests(SynchronousTestCase):
 
     def test_tooManyHeaders(self) -> None:
         """
-        More than L{MAX_HEADERS} header lines are refused (Twisted's client
+        More than L{MAX_RESPONSE_HEADERS} header lines are refused (Twisted's client
         has no count limit; its server's is the same number).
         """
-        many = b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_HEADERS + 1))
+        many = b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_RESPONSE_HEADERS + 1))
         data = b"HTTP/1.1 200 OK\r\n" + many + b"Content-Length: 0\r\n\r\n"
         self.assertEqual(ourOutcome([data]), ("reject",))
 
     def test_headBounded(self) -> None:
         """
-        A head larger than L{MAX_HEAD} is refused as it arrives, in lines
+        A head larger than L{MAX_RESPONSE_HEAD} is refused as it arrives, in lines
         under the line limit or one value dripped in small reads, so
         nothing past the bound is held.
         """
@@ -311,7 +311,7 @@ class ResponseParserEquivalenceTests(SynchronousTestCase):
             events = parser.feed(b"v" * 1024)
             fed += 1024
         self.assertIsInstance(events[-1], ResponseRejected)
-        self.assertLessEqual(fed, MAX_HEAD + MAX_LINE)
+        self.assertLessEqual(fed, MAX_RESPONSE_HEAD + MAX_RESPONSE_LINE)
 
     def test_trailerBounded(self) -> None:
         """

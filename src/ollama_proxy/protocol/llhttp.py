@@ -12,7 +12,7 @@ that differ are made the same here or are documented as the safer one
 (C{tests.protocol.test_llhttp} feeds both parsers the same bytes):
 
  - Checks added to match Twisted: a header line longer than
-   L{MAX_LINE} bytes (Twisted's C{LineReceiver} limit) and any
+   L{MAX_RESPONSE_LINE} bytes (Twisted's C{LineReceiver} limit) and any
    C{Transfer-Encoding} other than exactly C{chunked} are rejected; a bare
    LF ends a head line, as Twisted allows (but not a chunk-size line,
    which both require to end in CRLF).
@@ -27,8 +27,8 @@ that differ are made the same here or are documented as the safer one
    header names that are not tokens (Twisted keeps C{"Content-Length "}
    as another header), control characters in header values, a 101
    response (never asked for).
- - Limits Twisted lacks: at most L{MAX_HEADERS} header lines and
-   L{MAX_HEAD} bytes of head (Twisted's client buffers any number of
+ - Limits Twisted lacks: at most L{MAX_RESPONSE_HEADERS} header lines and
+   L{MAX_RESPONSE_HEAD} bytes of head (Twisted's client buffers any number of
    16 KiB lines).
  - Reuse: bytes after a complete response in the same read make the
    connection unusable (Twisted drops them and reuses the connection).
@@ -48,14 +48,14 @@ from typing import Union
 
 import httptools
 
-MAX_LINE = 16384
+MAX_RESPONSE_LINE = 16384
 """Longest head line (status or header, without its LF), as Twisted's
 client (C{LineReceiver.MAX_LENGTH})."""
 
-MAX_HEADERS = 500
+MAX_RESPONSE_HEADERS = 500
 """Most header lines in one response head (Twisted's server limit)."""
 
-MAX_HEAD = 256 * 1024
+MAX_RESPONSE_HEAD = 256 * 1024
 """Most bytes of one response head (status line and headers)."""
 
 MAX_TRAILERS = 2**16
@@ -67,7 +67,7 @@ between two chunks (a size line, Twisted bounds at 1,024 bytes) or the
 trailers.  httptools holds a trailer's value until its line ends; this
 bounds what it can hold."""
 
-NO_BODY_CODES = frozenset({204, 304})
+RESPONSE_NO_BODY_CODES = frozenset({204, 304})
 
 
 class ResponseParseError(ValueError):
@@ -167,7 +167,7 @@ class ResponseParser:
     # llhttp callbacks
 
     def on_status(self, status: bytes) -> None:
-        if len(status) + len(b"HTTP/1.1 200 \r") > MAX_LINE:
+        if len(status) + len(b"HTTP/1.1 200 \r") > MAX_RESPONSE_LINE:
             raise ResponseParseError("status line too long")
         self._phrase = status
 
@@ -179,10 +179,10 @@ class ResponseParser:
                 raise ResponseParseError("trailer headers too long")
             return
         headers = self._headers
-        if len(name) + len(value) + 3 > MAX_LINE:
+        if len(name) + len(value) + 3 > MAX_RESPONSE_LINE:
             raise ResponseParseError("header line too long")
-        if len(headers) >= MAX_HEADERS:
-            raise ResponseParseError(f"more than {MAX_HEADERS} header lines")
+        if len(headers) >= MAX_RESPONSE_HEADERS:
+            raise ResponseParseError(f"more than {MAX_RESPONSE_HEADERS} header lines")
         headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -200,7 +200,7 @@ class ResponseParser:
         # needs CRLF (as Twisted's decoder does).
         parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=False)
         length: int | None = None
-        if code in NO_BODY_CODES or self._head:
+        if code in RESPONSE_NO_BODY_CODES or self._head:
             # No body, whatever the framing headers say (Twisted looks at
             # none of them here either).
             length = 0
@@ -259,9 +259,9 @@ class ResponseParser:
         self.everReceived = True
         if self._inHead:
             self._headBytes += len(data)
-            if self._headBytes > MAX_HEAD + MAX_LINE:
+            if self._headBytes > MAX_RESPONSE_HEAD + MAX_RESPONSE_LINE:
                 self._failed = True
-                return [ResponseRejected(f"response head larger than {MAX_HEAD} bytes")]
+                return [ResponseRejected(f"response head larger than {MAX_RESPONSE_HEAD} bytes")]
         events = self._events = []
         chunked = self._chunked
         try:
@@ -278,8 +278,8 @@ class ResponseParser:
             if isinstance(cause, ResponseParseError):
                 return self._reject(events, str(cause))
             return self._reject(events, str(e) or type(e).__name__)
-        if self._inHead and self._headBytes > MAX_HEAD:
-            return self._reject(events, f"response head larger than {MAX_HEAD} bytes")
+        if self._inHead and self._headBytes > MAX_RESPONSE_HEAD:
+            return self._reject(events, f"response head larger than {MAX_RESPONSE_HEAD} bytes")
         if chunked and not self._done:
             if self._body:
                 self._quiet = 0
