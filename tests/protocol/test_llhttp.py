@@ -131,7 +131,10 @@ STRICTER_STATUS = [b"FOO/1.1 200 OK", b"HTTP/1.1 +200 OK", b"HTTP/1.1 2_00 OK", 
 
 PLAIN_HEADERS = [b"Content-Type: application/json", b"X-Request-Id: abc",
                  b"Server: fake", b"Date: Sun, 06 Dec 2026 10:00:00 GMT",
-                 b"X-Big: " + b"v" * 10000, b"Connection: keep-alive"]
+                 b"X-Big: " + b"v" * 10000, b"Connection: keep-alive", b"X-A:1",
+                 b"X-A:   1   ", b"X-A: caf\xc3\xa9", b"X-A: a\tb", b"X-A:", b"X Y: 1", b": x",
+                 b"NoColon", b"X-A\t: 1", b"Connection: close, keep-alive"]
+CONTROL = [b"X-A: a\x00b", b"X-A: a\x01b", b"X-A: a\x7fb"]
 OVERSIZED = [b"X-Huge: " + b"v" * 20000]
 
 CHUNK_LINES = [b"%x", b"%X", b"%x;a=b", b"%x;name", b"0%x", b"%x;a=\"q\""]
@@ -155,6 +158,10 @@ def responses(draw: Any) -> tuple[bytes, bool, bytes]:
     else:
         status = draw(st.sampled_from(STATUS))
     headers = draw(st.lists(st.sampled_from(PLAIN_HEADERS + OVERSIZED), max_size=3))
+    if draw(st.integers(0, 19)) == 0:
+        # Control characters in a value: llhttp refuses them.
+        headers.append(draw(st.sampled_from(CONTROL)))
+        stricter = True
     body = draw(st.binary(max_size=48))
     framing = draw(st.sampled_from(["length", "chunked", "close", "none"]))
     noBody = method == b"HEAD" or b" 204 " in status or b" 304 " in status
@@ -175,14 +182,19 @@ def responses(draw: Any) -> tuple[bytes, bool, bytes]:
             cl = [b"Content-Length: %d, %d" % (length, length)]
             stricter = True
         elif how == 4:
-            cl = [b"Content-Length: x%d" % length]
+            cl = [draw(st.sampled_from([b"Content-Length: x%d", b"Content-Length: +%d",
+                                        b"Content-Length: %d ", b"Content-Length: 0%d",
+                                        b"Content-Length: %d\t"])) % length]
             stricter = stricter or noBody
         headers += cl
         encoded = body
     elif framing == "chunked":
         headers.append(draw(st.sampled_from(
             [b"Transfer-Encoding: chunked"] * 10 + [b"Transfer-Encoding: gzip, chunked",
-                                                  b"Transfer-Encoding: gzip"])))
+                                                  b"Transfer-Encoding: gzip",
+                                                  b"Transfer-Encoding: Chunked",
+                                                  b"Transfer-Encoding:  chunked ",
+                                                  b"Transfer-Encoding: chunked, chunked"])))
         if draw(st.integers(0, 9)) == 0:
             headers.append(b"Content-Length: %d" % len(body))
             stricter = True

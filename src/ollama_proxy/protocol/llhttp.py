@@ -207,7 +207,7 @@ class ResponseParser:
         else:
             transfer = [v for n, v in self._headers if n.lower() == b"transfer-encoding"]
             if transfer:
-                if len(transfer) != 1 or transfer[0].lower() != b"chunked":
+                if len(transfer) != 1 or transfer[0].strip(b" \t").lower() != b"chunked":
                     # The value itself stays out of the message: it is the
                     # backend's, and messages reach clients and logs.
                     raise ResponseParseError("unsupported Transfer-Encoding")
