@@ -12,8 +12,10 @@ that differ are made the same here or are documented as the safer one
 (C{tests.protocol.test_llhttp} feeds both parsers the same bytes):
 
  - Checks added to match Twisted: a header line longer than
-   L{MAX_RESPONSE_LINE} bytes (Twisted's C{LineReceiver} limit) and any
-   C{Transfer-Encoding} other than exactly C{chunked} are rejected; a bare
+   L{MAX_RESPONSE_LINE} bytes (Twisted's C{LineReceiver} limit; counted
+   as C{Name: value CR}, exact for one space after the colon, a byte or
+   two stricter for more whitespace) and any C{Transfer-Encoding} other
+   than exactly C{chunked} are rejected; 1xx answers are skipped; a bare
    LF ends a head line, as Twisted allows (but not a chunk-size line,
    which both require to end in CRLF).
  - Kept stricter than Twisted (each is a smuggling or desync vector a
@@ -24,9 +26,9 @@ that differ are made the same here or are documented as the safer one
    obs-fold continuation lines (deprecated, RFC 9112 5.2), a status line
    that is not C{HTTP/<digit>.<digit> <3 digits>} (Twisted accepts any
    protocol name and whatever C{int()} takes, C{+200} or C{2_00}),
-   header names that are not tokens (Twisted keeps C{"Content-Length "}
-   as another header), control characters in header values, a 101
-   response (never asked for).
+   a malformed or conflicting C{Content-Length} on a 204, 304 or HEAD
+   answer (Twisted reads no framing header there), control characters in
+   header values, a 101 response (never asked for).
  - Limits Twisted lacks: at most L{MAX_RESPONSE_HEADERS} header lines and
    L{MAX_RESPONSE_HEAD} bytes of head (Twisted's client buffers any number of
    16 KiB lines).
