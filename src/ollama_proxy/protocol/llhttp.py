@@ -13,8 +13,9 @@ that differ are made the same here or are documented as the safer one
 
  - Checks added to match Twisted: a header line longer than
    L{MAX_RESPONSE_LINE} bytes (Twisted's C{LineReceiver} limit; counted
-   as C{Name: value CR}, exact for one space after the colon, a byte or
-   two stricter for more whitespace) and any C{Transfer-Encoding} other
+   as C{Name: value CR}, exact for one space after the colon and a CRLF;
+   llhttp hands over no other whitespace, so at the boundary the decision
+   may differ by those few bytes) and any C{Transfer-Encoding} other
    than exactly C{chunked} are rejected; 1xx answers are skipped; a bare
    LF ends a head line, as Twisted allows (but not a chunk-size line,
    which both require to end in CRLF).
