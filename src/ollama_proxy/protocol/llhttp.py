@@ -74,9 +74,7 @@ RESPONSE_NO_BODY_CODES = frozenset({204, 304})
 
 
 class ResponseParseError(ValueError):
-    """
-    The bytes are not a response this client accepts.
-    """
+    """The bytes are not a response this client accepts."""
 
 
 @dataclass(slots=True)
@@ -101,32 +99,23 @@ class ResponseHead:
 
 @dataclass(slots=True)
 class ResponseBody:
-    """
-    Body bytes: everything one read carried, chunks joined.
-    """
+    """Body bytes: everything one read carried, chunks joined."""
 
     data: bytes
 
 
 @dataclass(slots=True)
 class ResponseEnd:
-    """
-    The response is complete and well framed.
-
-    @ivar reusable: whether the connection may carry another request
-        (keep-alive, nothing after the response, not a HEAD answer).
-    """
+    """The response is complete and well framed; C{reusable}: the connection
+    may carry another request (keep-alive, nothing after it, not HEAD)."""
 
     reusable: bool
 
 
 @dataclass(slots=True)
 class ResponseRejected:
-    """
-    The bytes broke the framing or a limit; nothing more is parsed.
-
-    @ivar reason: why, for the error message.
-    """
+    """The bytes broke the framing or a limit (C{reason}: why); nothing more
+    is parsed."""
 
     reason: str
 
