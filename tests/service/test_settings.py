@@ -240,7 +240,7 @@ class FromOptionsTests(SynchronousTestCase):
     def test_numbers(self) -> None:
         """
         Sizes must be positive, the retry count not negative, the flavor
-        known; C{--max-connections 0} means no cap.
+        and the HTTP parser known; C{--max-connections 0} means no cap.
         """
         for name in ("max_body", "body_budget", "max_line", "pool_size", "workers"):
             with self.assertRaises(usage.UsageError) as e:
@@ -250,6 +250,11 @@ class FromOptionsTests(SynchronousTestCase):
                           values(target=TARGET, retry_429=-1), Reads())
         self.assertRaises(usage.UsageError, Settings.fromOptions,
                           values(target=TARGET, backend_flavor="nope"), Reads())
+        self.assertRaises(usage.UsageError, Settings.fromOptions,
+                          values(target=TARGET, http_parser="h11"), Reads())
+        self.assertEqual(
+            Settings.fromOptions(values(target=TARGET, http_parser="twisted"), Reads()).httpParser,
+            "twisted")
         self.assertEqual(
             Settings.fromOptions(values(target=TARGET, max_connections=5), Reads()).maxConnections,
             5)

@@ -22,6 +22,7 @@ from ollama_proxy.service.settings import (
     DEFAULT_BACKEND,
     DEFAULT_LISTEN,
     DEMO_PORT,
+    HTTP_PARSERS,
     REQUIRE_KEY_ENV,
     FileProblem,
     Reads,
@@ -33,8 +34,8 @@ from ollama_proxy.web.context import DEFAULT_VERSION
 from ollama_proxy.web.channel import DEFAULT_HEADER_TIMEOUT
 from ollama_proxy.web.context import DEFAULT_MAX_BODY
 
-__all__ = ["API_KEY_ENV", "DEFAULT_BACKEND", "DEFAULT_LISTEN", "REQUIRE_KEY_ENV",
-           "FileProblem", "Options", "readInputs"]
+__all__ = ["API_KEY_ENV", "DEFAULT_BACKEND", "DEFAULT_LISTEN", "HTTP_PARSERS",
+           "REQUIRE_KEY_ENV", "FileProblem", "Options", "readInputs"]
 
 DEFAULT_FALLBACK = "http://127.0.0.1:11505"
 
@@ -169,6 +170,8 @@ class Options(usage.Options):
          "together; past it, 503 with Retry-After.", int],
         ["max-line", None, DEFAULT_MAX_LINE_LENGTH, "Largest accepted upstream SSE line in bytes.", int],
         ["pool-size", None, 64, "Persistent upstream connections kept per host.", int],
+        ["http-parser", None, "httptools",
+         "HTTP/1.1 parser: httptools (llhttp) or twisted (Twisted's own)."],
         ["demo-port", None, DEMO_PORT, "The TCP port of --demo's fake backend on 127.0.0.1.", int],
         ["workers", None, 1,
          "Processes serving the tcp: ports together (SO_REUSEPORT; one per core).", int],

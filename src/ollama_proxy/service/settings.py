@@ -36,6 +36,8 @@ API_KEY_ENV = "OLLAMA_PROXY_API_KEY"
 REQUIRE_KEY_ENV = "OLLAMA_PROXY_REQUIRE_KEY"
 DEFAULT_BACKEND = "default"
 """The name of the backend that C{--target} defines."""
+HTTP_PARSERS = ("httptools", "twisted")
+"""C{--http-parser} values: llhttp (the default) or Twisted's own parser."""
 
 
 class FileProblem(SystemExit):
@@ -122,6 +124,7 @@ class Settings:
     @ivar bodyBudget: bytes of request bodies held at once by all requests.
     @ivar maxLine: the largest upstream SSE line accepted.
     @ivar poolSize: persistent upstream connections per host.
+    @ivar httpParser: C{--http-parser}: C{httptools} (llhttp) or C{twisted}.
     @ivar workers: processes serving the ports (1: this one alone).
     @ivar workerOf: the parent's pid when this process is an extra worker.
     @ivar backendFlavor: C{--backend-flavor}, for backends without their own.
@@ -184,6 +187,7 @@ class Settings:
     remoteHost: str = "auto"
     demoPort: int = DEMO_PORT
     routing: RoutingPolicy = DEFAULT_ROUTING
+    httpParser: str = "httptools"
 
     @property
     def target(self) -> str:
@@ -244,6 +248,9 @@ class Settings:
             flavorFor(values["backend-flavor"], "http://localhost")
         except ValueError as e:
             raise usage.UsageError(f"--backend-flavor: {e}")
+        if values["http-parser"] not in HTTP_PARSERS:
+            raise usage.UsageError(
+                f"--http-parser must be one of {', '.join(HTTP_PARSERS)}")
         if values["retry-429"] < 0:
             raise usage.UsageError("--retry-429 must not be negative")
         keys = _requireKeys(values, reads)
@@ -277,6 +284,7 @@ class Settings:
             bodyBudget=values["body-budget"],
             maxLine=values["max-line"],
             poolSize=values["pool-size"],
+            httpParser=values["http-parser"],
             workers=workers,
             workerOf=values["worker-of"],
             backendFlavor=values["backend-flavor"],
