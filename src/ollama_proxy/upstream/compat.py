@@ -268,3 +268,34 @@ def choosePool(missing: list[str]) -> type[HTTPConnectionPool]:
 
 ConnectionPool = choosePool(MISSING)
 """The pool the proxy uses: L{BatchingConnectionPool}, or Twisted's own."""
+
+
+# The server side (C{ollama_proxy.web.fastchannel}): a chunked request body
+# is decoded by twisted.web's own decoder, and a pull producer registered on
+# a request is driven by twisted.web's own adapter, exactly as
+# C{HTTPChannel} does, so that llhttp's channel accepts and refuses chunked
+# bodies as twisted.web does (C{tests.web.test_fastchannel}).
+
+from twisted.internet._producer_helpers import _PullToPush  # noqa: E402
+from twisted.web.http import _MalformedChunkedDataError  # noqa: E402
+
+ChunkedRequestDecoder = _ChunkedTransferDecoder
+"""twisted.web's C{Transfer-Encoding: chunked} decoder:
+C{(dataCallback, finishCallback)}, C{dataReceived(bytes)}, raising
+L{MalformedChunkedData}."""
+
+MalformedChunkedData = _MalformedChunkedDataError
+"""What L{ChunkedRequestDecoder} raises for a malformed chunked body."""
+
+PullToPush = _PullToPush
+"""twisted.web's adapter that drives an C{IPullProducer} as a push
+producer: C{(producer, consumer)}, C{startStreaming()},
+C{stopStreaming()}."""
+
+SERVER_MISSING = [
+    f"_PullToPush.{name}"
+    for name in ("startStreaming", "stopStreaming", "pauseProducing", "resumeProducing")
+    if not hasattr(_PullToPush, name)
+] + [name for name in MISSING if name.startswith("_ChunkedTransferDecoder")]
+"""The private names the llhttp channel needs that the installed Twisted
+lacks; with any missing, the site falls back to twisted.web's channel."""
