@@ -31,6 +31,7 @@ from ollama_proxy.web.budget import DEFAULT_BODY_BUDGET
 from ollama_proxy.web.context import DEFAULT_VERSION
 from ollama_proxy.web.channel import DEFAULT_HEADER_TIMEOUT
 from ollama_proxy.web.context import DEFAULT_MAX_BODY
+from ollama_proxy.web.site import HTTP_PARSERS
 
 DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
 DEFAULT_FALLBACK = "http://127.0.0.1:11505"
@@ -141,6 +142,17 @@ def _positive(value: str) -> float:
     return number
 
 
+def _httpParser(value: str) -> str:
+    """
+    @param value: text from the command line.
+    @return: the parser's name.
+    @raise ValueError: unless it is one of L{HTTP_PARSERS}.
+    """
+    if value not in HTTP_PARSERS:
+        raise ValueError(f"expected one of {', '.join(HTTP_PARSERS)}, got {value!r}")
+    return value
+
+
 def _count(value: str) -> int:
     """
     @param value: text from the command line.
@@ -208,6 +220,9 @@ class Options(usage.Options):
          "Seconds a client may take to send a request line and headers (408 after).", _positive],
         ["max-connections", None, 0,
          "Open client connections per process; more get a 503 (0: no cap).", _count],
+        ["http-parser", None, "httptools",
+         "HTTP/1.1 parser: 'httptools' (llhttp, the default) or 'twisted' (twisted.web's).",
+         _httpParser],
         ["max-body", None, DEFAULT_MAX_BODY, "Largest accepted request body in bytes.", int],
         ["body-budget", None, DEFAULT_BODY_BUDGET,
          "Bytes of request bodies (raw and decompressed) held at once by all requests "
@@ -443,6 +458,7 @@ class Options(usage.Options):
             bodyTimeout=self["body-timeout"],
             clientHeaderTimeout=self["client-header-timeout"],
             maxConnections=self["max-connections"] or None,
+            httpParser=self["http-parser"],
             shutdownGrace=self["shutdown-grace"],
             drainDelay=self["drain-delay"],
             maxBody=self["max-body"],

@@ -40,6 +40,8 @@ class Settings:
         line and its headers.
     @ivar maxConnections: open client connections per process, or C{None}
         for no cap.
+    @ivar httpParser: the HTTP/1.1 parser (C{--http-parser}): C{"httptools"}
+        or C{"twisted"}.
     @ivar shutdownGrace: seconds requests may run on after SIGTERM.
     @ivar drainDelay: seconds between SIGTERM (readiness 503) and closing
         the listeners.
@@ -109,6 +111,7 @@ class Settings:
     remoteHost: str = "auto"
     demoPort: int = DEMO_PORT
     routing: RoutingPolicy = DEFAULT_ROUTING
+    httpParser: str = "httptools"
 
     @property
     def target(self) -> str:

@@ -223,9 +223,12 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
                     return
             else:
                 self._bodyReceived()
-        if self._handlingRequest and self._input:
+        if self._input:
+            # A request is being answered: what follows waits for it
+            # (unless the answer already closed the connection).
             data, self._input = self._input, b""
-            self._hold(data)
+            if not self._closing():
+                self._hold(data)
 
     def _startRequest(self, head: RequestHead) -> None:
         """
