@@ -136,6 +136,21 @@ class OptionTests(SynchronousTestCase):
         ):
             self.assertRaises(usage.UsageError, parse, *args)
 
+    def test_httpParser(self) -> None:
+        """
+        C{--http-parser} is C{httptools} by default, C{twisted} on request
+        (also from the configuration file's C{[server]} table), and nothing
+        else.
+        """
+        self.assertEqual(parse().settings.httpParser, "httptools")
+        self.assertEqual(parse("--http-parser", "twisted").settings.httpParser, "twisted")
+        self.assertRaises(usage.UsageError, parse, "--http-parser", "h11")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[server]\nhttp-parser = "twisted"\n'
+                    '[[backend]]\nname = "a"\nurl = "http://127.0.0.1:9"\n')
+        self.assertEqual(parse("--config", path).settings.httpParser, "twisted")
+
 
 class WiringTests(SynchronousTestCase):
     """

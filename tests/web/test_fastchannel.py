@@ -67,7 +67,7 @@ class Recording(Resource):
         self.seen: list[tuple[Any, ...]] = []
         self.pending: list[Request] = []
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         assert request.content is not None
         headers = sorted(
             (name, tuple(values)) for name, values in request.requestHeaders.getAllRawHeaders()
@@ -171,7 +171,7 @@ def chunkedBody(draw: Any, body: bytes) -> bytes:
         out += sizeLine + ext + b"\r\n" + piece + end
     trailer = draw(st.sampled_from([b""] * 6 + [b"X-T: 1\r\n", b"not a header\r\n",
                                     b"X-Big: " + b"t" * 70000 + b"\r\n"]))
-    return out + b"0\r\n" + trailer + b"\r\n"
+    return bytes(out + b"0\r\n" + trailer + b"\r\n")
 
 
 @st.composite

@@ -36,7 +36,7 @@ on both.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from twisted.internet.interfaces import (
     IConsumer,
@@ -144,7 +144,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         transport's producer; and the first request's header deadline.
         """
         if ITCPTransport.providedBy(self.transport):
-            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+            self.transport.setTcpNoDelay(True)
         self.setTimeout(self.timeOut)
         self._networkProducer = IPushProducer(self.transport, _NoPushProducer())
         self._networkProducer.registerProducer(self, True)
@@ -414,7 +414,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         assert self.transport is not None
         self.transport.write(data)
 
-    def writeSequence(self, iovec: list[bytes]) -> None:
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
         assert self.transport is not None
         self.transport.writeSequence(iovec)
 
