@@ -278,6 +278,7 @@ ConnectionPool = choosePool(MISSING)
 
 from twisted.internet._producer_helpers import _PullToPush  # noqa: E402
 from twisted.web.http import _MalformedChunkedDataError  # noqa: E402
+from twisted.web.http_headers import Headers, _nameEncoder  # noqa: E402
 
 ChunkedRequestDecoder = _ChunkedTransferDecoder
 """twisted.web's C{Transfer-Encoding: chunked} decoder:
@@ -292,10 +293,45 @@ PullToPush = _PullToPush
 producer: C{(producer, consumer)}, C{startStreaming()},
 C{stopStreaming()}."""
 
-SERVER_MISSING = [
-    f"_PullToPush.{name}"
-    for name in ("startStreaming", "stopStreaming", "pauseProducing", "resumeProducing")
-    if not hasattr(_PullToPush, name)
-] + [name for name in MISSING if name.startswith("_ChunkedTransferDecoder")]
+
+def addRequestHeaders(headers: Headers, fields: list[tuple[bytes, bytes]]) -> None:
+    """
+    C{headers.addRawHeader(name, value)} for each field, without its
+    per-value check for CR and LF (llhttp has refused any) and its per-call
+    dispatch: the names are canonicalised by twisted.web's own encoder, the
+    values appended to C{Headers._rawHeaders} as C{addRawHeader} does.
+
+    @param headers: a request's (empty) C{requestHeaders}.
+    @param fields: C{(name, value)} as llhttp parsed them.
+    """
+    raw = headers._rawHeaders
+    encode = _nameEncoder.encode
+    for name, value in fields:
+        key = encode(name)
+        values = raw.get(key)
+        if values is None:
+            raw[key] = [value]
+        else:
+            values.append(value)
+
+
+def _serverMissing() -> list[str]:
+    """
+    @return: the private names the llhttp channel needs that the installed
+        Twisted lacks.
+    """
+    missing = [
+        f"_PullToPush.{name}"
+        for name in ("startStreaming", "stopStreaming", "pauseProducing", "resumeProducing")
+        if not hasattr(_PullToPush, name)
+    ]
+    if not isinstance(getattr(Headers(), "_rawHeaders", None), dict):
+        missing.append("Headers._rawHeaders")
+    if not callable(getattr(_nameEncoder, "encode", None)):
+        missing.append("_nameEncoder.encode")
+    return missing + [name for name in MISSING if name.startswith("_ChunkedTransferDecoder")]
+
+
+SERVER_MISSING = _serverMissing()
 """The private names the llhttp channel needs that the installed Twisted
 lacks; with any missing, the site falls back to twisted.web's channel."""

@@ -59,6 +59,7 @@ from ollama_proxy.upstream.compat import (
     ChunkedRequestDecoder,
     MalformedChunkedData,
     PullToPush,
+    addRequestHeaders,
 )
 from ollama_proxy.web.channel import HeaderDeadline
 
@@ -242,9 +243,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         else:
             request = factory(self, len(self.requests))
         self.requests.append(request)
-        headers = request.requestHeaders
-        for name, value in head.headers:
-            headers.addRawHeader(name, value)
+        addRequestHeaders(request.requestHeaders, head.headers)
         self.length = head.length
         if head.length is None:
             self._chunked = ChunkedRequestDecoder(request.handleContentChunk, self._chunkedDone)
