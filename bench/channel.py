@@ -23,6 +23,15 @@ spread over all three; function calls per request (C{sys.setprofile}) are
 printed too, as the steady measure on a loaded machine.
 
     python bench/channel.py [REQUESTS_PER_ROUND] [ROUNDS]
+
+C{--proxy}: the whole proxy in one process instead (the real resource tree,
+the in-process fake backend, treq's in-memory client, one connection per
+request), a non-streamed C{/api/chat} and a warm C{/api/tags}, served by
+each channel in interleaved rounds: CPU per request (the client and the fake
+backend included, so the channel's share is diluted) and function calls
+per request (cProfile, steady).
+
+    python bench/channel.py --proxy [REQUESTS_PER_ROUND] [ROUNDS]
 """
 
 from __future__ import annotations
@@ -135,5 +144,78 @@ def main() -> None:
                   f"{counted[name]:.1f} calls/request, {counted[name] / counted['deadline']:.3f}×")
 
 
+def throughProxy(requests: int, rounds: int) -> None:
+    """
+    The whole proxy, both channels, non-streamed chat and warm tags.
+    """
+    import cProfile
+    import pstats
+    import statistics
+
+    from treq.testing import StubTreq
+    from twisted.internet.testing import MemoryReactorClock
+
+    from ollama_proxy.protocol import codec
+    from ollama_proxy.testing.fake_openai import FakeOpenAI
+    from ollama_proxy.testing.harness import TARGET, Counter, contextFor
+    from ollama_proxy.upstream.backend import Backend
+    from ollama_proxy.web.tree import buildRoot
+
+    clock = MemoryReactorClock()
+    root = buildRoot(contextFor(Backend(StubTreq(FakeOpenAI(clock)), TARGET, clock),
+                                clock=clock, now=Counter()))
+    clients: dict[str, Any] = {}
+    for parser in ("twisted", "httptools"):
+        client: Any = StubTreq(root)
+        client._agent._serverFactory = makeSite(root, clock, timeout=None, httpParser=parser)
+        clients[parser] = client
+    chat = codec.dumps({"model": "fake-model", "stream": False,
+                        "messages": [{"role": "user", "content": "hi"}]})
+
+    def one(parser: str, kind: str) -> None:
+        client = clients[parser]
+        if kind == "chat":
+            d = client.post("http://proxy.test/api/chat", data=chat)
+        else:
+            d = client.get("http://proxy.test/api/tags")
+        for _ in range(6):
+            client.flush()
+        out: list[bytes] = []
+        d.addCallback(client.content).addCallback(out.append)
+        for _ in range(6):
+            client.flush()
+        assert out and out[0].startswith(b"{"), (parser, kind, out)
+
+    for kind in ("chat", "tags"):
+        for parser in clients:
+            one(parser, kind)  # warm: the model list is cached from here on
+        calls = {}
+        for parser in clients:
+            profile = cProfile.Profile()
+            profile.enable()
+            for _ in range(200):
+                one(parser, kind)
+            profile.disable()
+            calls[parser] = pstats.Stats(profile).total_calls / 200  # type: ignore[attr-defined]
+        cpu: dict[str, list[float]] = {parser: [] for parser in clients}
+        for _ in range(rounds):
+            for parser in clients:
+                start = time.process_time()
+                for _ in range(requests):
+                    one(parser, kind)
+                cpu[parser].append((time.process_time() - start) / requests * 1e6)
+        ratio = statistics.median(h / t for h, t in zip(cpu["httptools"], cpu["twisted"]))
+        print(f"{kind}: twisted {statistics.median(cpu['twisted']):.1f} µs/request, "
+              f"httptools {statistics.median(cpu['httptools']):.1f} µs/request "
+              f"(median ratio per round {ratio:.3f}×); calls/request twisted "
+              f"{calls['twisted']:.0f}, httptools {calls['httptools']:.0f} "
+              f"({calls['httptools'] / calls['twisted']:.3f}×)")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--proxy"]:
+        del sys.argv[1]
+        throughProxy(int(sys.argv[1]) if len(sys.argv) > 1 else 1000,
+                     int(sys.argv[2]) if len(sys.argv) > 2 else 9)
+    else:
+        main()
