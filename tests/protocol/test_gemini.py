@@ -16,8 +16,9 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.protocol.errors import BadRequest, UpstreamError
 from ollama_proxy.protocol.events import Reply, StreamFailed, ToolCall, Usage
-from ollama_proxy.protocol.gemini import GeminiDialect, errorObject, modelList
-from ollama_proxy.protocol.gemini_path import GeminiCall, parsePath
+from ollama_proxy.protocol.backends import NO_OVERRIDE
+from ollama_proxy.protocol.gemini import GEMINI, GeminiDialect, errorObject, modelList
+from ollama_proxy.protocol.gemini_path import GENERATE, STREAM, GeminiCall, GeminiTemplate, parsePath
 from ollama_proxy.protocol.gemini_request import jsonSchema, parseCountRequest, parseGenerateRequest
 from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.requests import Message, ToolCallRequest
@@ -492,3 +493,67 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual(whole.messages, (Message("system", "S"), Message("user", "hi")))
         with self.assertRaises(BadRequest):
             parseCountRequest({}, "m")
+
+
+class GeminiTemplateTests(SynchronousTestCase):
+    """
+    L{GeminiTemplate}: a generation method's route, read by L{parsePath}.
+    """
+
+    def test_matches(self) -> None:
+        """
+        The model may hold C{/} and C{:}; the method is what follows the
+        last C{:}; the label is the template, never the model.
+        """
+        template = GeminiTemplate("v1beta", STREAM)
+        self.assertEqual(template.prefix, ("v1beta", "models"))
+        self.assertEqual(template.label, "/v1beta/models/{model}:streamGenerateContent")
+        self.assertEqual(template.match(["hf.co", "org", "qwen3:8b:streamGenerateContent"]),
+                         {"model": "hf.co/org/qwen3:8b", "method": STREAM})
+        self.assertEqual(GeminiTemplate("v1", GENERATE).label, "/v1/models/{model}:generateContent")
+
+    def test_otherPaths(self) -> None:
+        """
+        Another method, no model, or an empty segment is not this route.
+        """
+        template = GeminiTemplate("v1beta", GENERATE)
+        self.assertIsNone(template.match(["m:streamGenerateContent"]))
+        self.assertIsNone(template.match(["m:countTokens"]))
+        self.assertIsNone(template.match([":generateContent"]))
+        self.assertIsNone(template.match(["a", "", "b:generateContent"]))
+        self.assertIsNone(template.match([]))
+
+
+class GeminiRouteTests(SynchronousTestCase):
+    """
+    L{GEMINI}: the Gemini API's generation as the generic resource runs it.
+    """
+
+    BODY = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+            "safetySettings": [], "generationConfig": {"candidateCount": 2}}
+
+    def test_modelFromTheURL(self) -> None:
+        """
+        The model is the URL's, whatever the body says.
+        """
+        self.assertEqual(GEMINI.model({"model": "other"}, {"model": "m", "method": GENERATE}), "m")
+
+    def test_parse(self) -> None:
+        """
+        The method says whether to stream, C{alt=sse} how; the fields the
+        backend gets nothing for are named.
+        """
+        streamed = GEMINI.parse(self.BODY, {"model": "m", "method": STREAM, "alt": "sse"},
+                                NO_OVERRIDE)
+        self.assertTrue(streamed.request.stream)
+        self.assertEqual(streamed.request.model, "m")
+        self.assertEqual(streamed.reply.streamEncoder("m", 0).contentType, b"text/event-stream")
+        self.assertIn("safetySettings", streamed.dropped)
+        self.assertIn("generationConfig.candidateCount (one candidate)", streamed.dropped)
+        array = GEMINI.parse(self.BODY, {"model": "m", "method": STREAM}, NO_OVERRIDE)
+        self.assertEqual(array.reply.streamEncoder("m", 0).contentType,
+                         b"application/json; charset=utf-8")
+        whole = GEMINI.parse(self.BODY, {"model": "m", "method": GENERATE}, NO_OVERRIDE)
+        self.assertFalse(whole.request.stream)
+        self.assertRaises(BadRequest, GEMINI.parse, {"contents": "no"},
+                          {"model": "m", "method": GENERATE}, NO_OVERRIDE)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_embed -*-
+# -*- test-case-name: tests.web.test_ollama -*-
 """
 Pure translation of Ollama's embedding routes to OpenAI's
 C{POST /v1/embeddings}.

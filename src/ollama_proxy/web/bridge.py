@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_chat -*-
+# -*- test-case-name: tests.web.test_bridge -*-
 """
 The async bridge and the error funnel, shared by every resource.
 
@@ -123,6 +123,9 @@ class Exchange:
     encoder: Encoder | None = None
     redactor: Redactor = attrs.field(factory=Redactor, repr=False)
     _outbound: StreamRedactor | None | bool = attrs.field(default=False, repr=False)
+    _clientKey: list[str | None] | None = attrs.field(default=None, repr=False)
+    presented: bytes | None = attrs.field(  # the client's key, read once
+        default=attrs.Factory(lambda self: presentedKey(self.request), takes_self=True), repr=False)
 
     def clientKey(self) -> list[str | None]:
         """
@@ -130,10 +133,15 @@ class Exchange:
             upstream, C{--forward-client-key}), when it is at least
             L{MIN_CLIENT_KEY} long: a shorter one is no gateway key (Claude
             Code's usual token is C{ollama}), and redacting it would garble
-            the text.
+            the text.  Read once per request: every redaction asks.
         """
-        key = presentedKey(self.request)
-        return [key.decode("utf-8", "replace")] if key and len(key) >= MIN_CLIENT_KEY else []
+        keys = self._clientKey
+        if keys is None:
+            key = self.presented
+            keys = self._clientKey = (
+                [key.decode("utf-8", "replace")] if key and len(key) >= MIN_CLIENT_KEY else []
+            )
+        return keys
 
     def redactText(self, text: str) -> str:
         """
@@ -429,7 +437,7 @@ class ProxyResource(Resource):
         """
         # This coroutine runs in its own copy of the context, so the key is
         # seen only by this request's upstream calls.
-        forwardingClientKey(presentedKey(ex.request))
+        forwardingClientKey(ex.presented)
         collected = False
         try:
             if ex.body and self._encoded(ex.request):
@@ -568,30 +576,3 @@ class ProxyResource(Resource):
         """
         return "/" + "/".join(p.decode("latin-1") for p in request.prepath or [])
 
-
-class NotServed(ProxyResource):
-    """
-    A 404 for any method, in the error shape of the resource it stands
-    under (C{/v1/messages/x} answers Anthropic's error, not twisted.web's
-    HTML page).
-    """
-
-    def __init__(self, ctx: ProxyContext, parent: ProxyResource) -> None:
-        super().__init__(ctx)
-        self.parent = parent
-        self.errors = parent.errors
-
-    def servesSubPath(self, request: Request) -> bool:
-        return False
-
-    def routeLabel(self, request: Request) -> str:
-        """
-        @return: C{"not served"}: the paths that end here are the client's
-            choice, not label values.
-        """
-        return "not served"
-
-    def render(self, request: Request) -> Any:
-        noteRoute(request, self.routeLabel(request))
-        path = (request.path or b"").decode("latin-1")
-        return errorAnswer(request, self.errors, 404, f"{path} is not served by this proxy")
