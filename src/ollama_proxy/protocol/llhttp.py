@@ -144,6 +144,7 @@ class RequestHeadParser:
         self._dirty = False
 
     _dirty = False
+    _lineFed = True
 
     # llhttp's callbacks (httptools looks them up by name).
 
@@ -190,19 +191,21 @@ class RequestHeadParser:
             self._lineEnd = lineEnd
             self._fed = lineEnd + 2
             self._dirty = True
-            self._llhttp(_LINE)
+            self._lineFed = False
         lineEnd = self._lineEnd
-        found = buffer.find(b"\r\n\r\n", lineEnd)
+        # Look for the empty line only in what is new (and the three bytes
+        # before it), not again from the start for a dribbled head.
+        found = buffer.find(b"\r\n\r\n", max(lineEnd, self._fed - 3))
         if found < 0:
             self._sizeSoFar(buffer)
-            self._llhttp(memoryview(buffer)[self._fed:])
+            self._llhttp(buffer[self._fed:])
             self._fed = len(buffer)
             self._buffer = buffer
             return None
         end = found + 4
         if end - 2 * buffer.count(b"\r\n", 0, end) > MAX_HEAD:
             raise BadRequest("request head too large")
-        self._llhttp(memoryview(buffer)[self._fed:end])
+        self._llhttp(buffer[self._fed:end])
         if not self._complete:  # pragma: no cover - llhttp ends heads at CRLF CRLF
             raise BadRequest("incomplete head")
         assert self._request is not None
@@ -210,7 +213,12 @@ class RequestHeadParser:
         head = RequestHead(method, target, version, self._headers, self._framing())
         return head, buffer[end:]
 
-    def _llhttp(self, data: bytes | memoryview) -> None:
+    def _llhttp(self, data: bytes) -> None:
+        if not self._lineFed:
+            # The fixed request line goes with the first header bytes: one
+            # call into llhttp for a head that arrived in one read.
+            data = _LINE + data
+            self._lineFed = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:

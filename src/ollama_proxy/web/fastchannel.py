@@ -126,6 +126,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
     _waitingForTransport = False
     _handlingRequest = False
     _busy = False
+    _nonQueued: bool | None = None
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
@@ -193,7 +194,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         is being answered, or the connection is closing.
         """
         while self._input and not self._handlingRequest:
-            if self._closing():
+            if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
                 self._input = b""
                 return
             if self._head is None:
@@ -201,9 +202,12 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
                     # twisted.web drops what follows a last request.
                     self._input = b""
                     return
-                if self._betweenRequests:
-                    self._betweenRequests = False
-                    self._armHeaderDeadline()
+                # The next request's first byte starts its header deadline;
+                # a head that is complete in this same read is never timed
+                # (no time passes within it), so the timer is only armed
+                # for a head still incomplete: a keep-alive request in one
+                # read costs no timer at all.
+                starting, self._betweenRequests = self._betweenRequests, False
                 data, self._input = self._input, b""
                 try:
                     parsed = self._parser.feed(data)
@@ -211,6 +215,8 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
                     self._respondToBadRequestAndDisconnect()
                     return
                 if parsed is None:
+                    if starting:
+                        self._armHeaderDeadline()
                     return
                 head, rest = parsed
                 self._input = rest + self._input if self._input else rest
@@ -238,10 +244,9 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         """
         self._head = head
         factory = self.requestFactory
-        if INonQueuedRequestFactory.providedBy(factory):
-            request = factory(self)
-        else:
-            request = factory(self, len(self.requests))
+        if self._nonQueued is None:
+            self._nonQueued = INonQueuedRequestFactory.providedBy(factory)
+        request = factory(self) if self._nonQueued else factory(self, len(self.requests))
         self.requests.append(request)
         addRequestHeaders(request.requestHeaders, head.headers)
         self.length = head.length
