@@ -157,13 +157,6 @@ class RequestHeadParser:
     def on_headers_complete(self) -> None:
         self._complete = True
 
-    @property
-    def started(self) -> bool:
-        """
-        Whether any byte of this request has arrived.
-        """
-        return bool(self._buffer) or self._skipped or self._lineEnd >= 0
-
     def feed(self, data: bytes) -> tuple[RequestHead, bytes] | None:
         """
         @param data: the next bytes from the connection.
