@@ -362,9 +362,9 @@ class EquivalenceTests(SynchronousTestCase):
 def onFastChannel(h: ProxyHarness) -> None:
     """
     Serve the harness's client through L{makeSite}'s llhttp channel
-    instead of treq's stock C{Site}.
+    instead of the memory agent's plain C{Site}.
     """
-    h.client._agent._serverFactory = makeSite(h.root, h.clock, timeout=None)
+    h.client.agent.site = makeSite(h.root, h.clock, timeout=None)
 
 
 class FastCancellationTests(test_relay.CancellationTests):
