@@ -147,15 +147,11 @@ class OptionTests(SynchronousTestCase):
         ):
             self.assertRaises(usage.UsageError, parse, *args)
 
-    def test_httpParser(self) -> None:
+    def test_httpParserInConfig(self) -> None:
         """
-        C{--http-parser} is C{httptools} by default, C{twisted} on request
-        (also from the configuration file's C{[server]} table), and nothing
-        else.
+        C{--http-parser} may also be set in the configuration file's
+        C{[server]} table.
         """
-        self.assertEqual(parse().settings.httpParser, "httptools")
-        self.assertEqual(parse("--http-parser", "twisted").settings.httpParser, "twisted")
-        self.assertRaises(usage.UsageError, parse, "--http-parser", "h11")
         path = self.mktemp()
         with open(path, "w") as f:
             f.write('[server]\nhttp-parser = "twisted"\n'
@@ -257,6 +253,20 @@ class WiringTests(SynchronousTestCase):
         backend = resource.ctx.models.router.backends[0].backend
         self.assertEqual((backend.retries, backend.maxRetryWait, backend.forwardClientKey), (2, 5.0, True))
         self.assertEqual(backend.idleTimeout, 300.0)
+
+    def test_httpParserServerChannel(self) -> None:
+        """
+        C{--http-parser} also picks the server channel: llhttp's
+        L{FastChannel} by default, twisted.web's (L{ProxyChannel}) with
+        C{twisted}.
+        """
+        from ollama_proxy.web.channel import ProxyChannel
+        from ollama_proxy.web.fastchannel import FastChannel
+
+        _, site = self.build()
+        self.assertTrue(issubclass(site.protocol, FastChannel))
+        _, site = self.build("--http-parser", "twisted")
+        self.assertTrue(issubclass(site.protocol, ProxyChannel))
 
     def test_httpParser(self) -> None:
         """
