@@ -204,7 +204,7 @@ class Exchange:
         """
         if not self.body.strip():
             raise BadRequest("missing request body")
-        chargeParse(chargeOf(self.request), self.body)
+        chargeParse(self.request, self.body)
         decoded = requireObject(codec.loadsRequest(self.body))
         if not keep:
             self.body = b""
