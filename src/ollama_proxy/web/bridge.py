@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.codec import JSON, Obj
 from ollama_proxy.protocol.errors import (
     BadRequest,
     ProxyError,
@@ -189,7 +189,7 @@ class Exchange:
         first = finish.firstToken if finish.firstToken is not None else finish.end
         self.firstToken = max(1, first - self.start)
 
-    def json(self, keep: bool = True) -> JSON:
+    def json(self, keep: bool = True) -> Obj:
         """
         Decode the body as a JSON object, charging the request's share of
         the body budget for what decoding makes: the decoded tree and its

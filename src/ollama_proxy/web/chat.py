@@ -24,7 +24,7 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.dialect import Dialect, Encoder
 from ollama_proxy.protocol.backend_reader import ChatStreamReader, readReply
-from ollama_proxy.protocol.openai_request import chatBody, textBody
+from ollama_proxy.protocol.openai_request import ChatBody, TextBody, chatBody, textBody
 from ollama_proxy.protocol.requests import ChatRequest, TextRequest
 from ollama_proxy.protocol.stream import TranslatedStream
 from ollama_proxy.protocol.toolids import uniqueToolIds
@@ -55,18 +55,20 @@ class ReadOptions:
     text: bool = False
 
 
-def upstreamBody(ctx: ProxyContext, route: Route, body: JSON, ex: Exchange) -> JSON:
+def upstreamBody(ctx: ProxyContext, route: Route, built: ChatBody | TextBody, ex: Exchange) -> JSON:
     """
     An OpenAI request body as it goes to the routed backend: the model's
     configured extra fields added, logged with C{--debug}.
 
     @param ctx: the shared context.
     @param route: where it goes.
-    @param body: the body the builder made.
+    @param built: the body the builder made, every field named; from here
+        on an open object, as the configuration may add any field.
     @param ex: the exchange it is for (whose client's key is redacted from
         the debug log, with the proxy's own secrets).
-    @return: C{body}, completed.
+    @return: the body, completed.
     """
+    body: JSON = dict(built)
     applyExtra(body, route.override)
     if ctx.debug:
         # An excerpt, as the request line's: a 60 MB body must not become a

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.embeddings import (
+    EmbedResponse,
     dimensionsValue,
     embedInputs,
     embedRequestToOpenAI,
@@ -44,7 +45,7 @@ class Embed(ProxyResource):
     C{POST /api/embed}: batch embeddings through C{/v1/embeddings}.
     """
 
-    async def handle_POST(self, ex: Exchange) -> JSON:
+    async def handle_POST(self, ex: Exchange) -> EmbedResponse:
         body = ex.json(keep=False)
         model = requireModel(body)
         ex.model = model
