@@ -298,6 +298,9 @@ class ProxyResource(Resource):
     """Whether a C{Content-Encoding} body is decoded before the handler
     runs (in bounded steps, charged to the body budget); a resource that
     relays bodies as they are (the fallback) sets it false."""
+    label: str | None = None
+    """The route label, when it is one constant (a route template's): read
+    at the end of each request instead of asking L{routeLabel}."""
 
     def __init__(self, ctx: ProxyContext) -> None:
         super().__init__()
@@ -537,7 +540,8 @@ class ProxyResource(Resource):
             known = self.ctx.models.router.lookup(ex.guessed)
             if known is not None:
                 ex.modelLabel = ex.redactText(known.modelId)
-        logRequest(ex, self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
+        label = self.label if self.label is not None else self.routeLabel(request)
+        logRequest(ex, label, self.ctx.now(), self.ctx.metrics)
 
     def _fail(
         self, ex: Exchange, status: int, message: str, param: str | None = None

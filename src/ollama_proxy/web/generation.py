@@ -216,6 +216,7 @@ class GenerationResource(ProxyResource):
         self.dialect = dialect
         self.template = RouteTemplate(template) if isinstance(template, str) else template
         self.errors = dialect.errors
+        self.label = self.template.label
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         """
