@@ -19,7 +19,7 @@ from ollama_proxy import __version__
 from ollama_proxy.protocol.balance import DEFAULT_ROUTING
 from ollama_proxy.protocol.catalog import Facts
 from ollama_proxy.protocol.flavors import FLAVOR_NAMES, flavorFor
-from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
+from ollama_proxy.protocol.stream import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.service.config import BackendConfig, Config, ConfigError, loadConfig
 from ollama_proxy.service.overrides import loadOverrides
 from ollama_proxy.service.settings import DEMO_PORT, Settings

@@ -30,7 +30,7 @@ from ollama_proxy.protocol.errors import (
     UpstreamTimeout,
 )
 from ollama_proxy.protocol.backend_reader import errorFromBody
-from ollama_proxy.protocol.sse import SSELineTooLong
+from ollama_proxy.protocol.stream import SSELineTooLong
 from ollama_proxy.upstream.failures import failureToError
 
 MAX_RESPONSE_BODY = 64 * 1024 * 1024
