@@ -119,6 +119,15 @@ class OptionTests(SynchronousTestCase):
                 self.assertNotIn("hunter2", message)
                 self.assertNotIn("\n", message)
 
+    def test_httpParserValues(self) -> None:
+        """
+        C{--http-parser} is C{httptools} unless set, and only the two
+        parsers are accepted.
+        """
+        self.assertEqual(parse().settings.httpParser, "httptools")
+        self.assertEqual(parse("--http-parser", "twisted").settings.httpParser, "twisted")
+        self.assertRaises(usage.UsageError, parse, "--http-parser", "h11")
+
     def test_slowClientOptions(self) -> None:
         """
         C{--client-header-timeout} defaults to nginx's 60 s and must be
@@ -173,6 +182,27 @@ class WiringTests(SynchronousTestCase):
         backend = resource.ctx.models.router.backends[0].backend
         self.assertEqual((backend.retries, backend.maxRetryWait, backend.forwardClientKey), (2, 5.0, True))
         self.assertEqual(backend.idleTimeout, 300.0)
+
+    def test_httpParser(self) -> None:
+        """
+        C{--http-parser} picks the upstream client under treq: the llhttp
+        agent by default, Twisted's own C{Agent} (and the fenced pool) with
+        C{twisted}.
+        """
+        from twisted.web.client import Agent
+
+        from ollama_proxy.upstream.agent import FastAgent
+
+        def agent(*args: str) -> Any:
+            _, site = self.build(*args)
+            resource: Any = site.resource
+            while not hasattr(resource, "ctx"):
+                resource = resource.wrapped
+            return resource.ctx.models.router.backends[0].backend.http._agent
+
+        self.assertIsInstance(agent(), FastAgent)
+        self.assertIsInstance(agent("--http-parser", "httptools"), FastAgent)
+        self.assertIsInstance(agent("--http-parser", "twisted"), Agent)
 
     def test_slowClientWiring(self) -> None:
         """

@@ -112,6 +112,10 @@ SERVER_FORBIDDEN = frozenset(
 C{[[backend]]} tables."""
 
 
+HTTP_PARSERS = ("httptools", "twisted")
+"""C{--http-parser} values: llhttp (the default) or Twisted's own parser."""
+
+
 class FileProblem(SystemExit):
     """
     A file the options name (C{--config}, a key file, C{--model-info})
@@ -214,6 +218,8 @@ class Options(usage.Options):
          "together; past it, 503 with Retry-After.", int],
         ["max-line", None, DEFAULT_MAX_LINE_LENGTH, "Largest accepted upstream SSE line in bytes.", int],
         ["pool-size", None, 64, "Persistent upstream connections kept per host.", int],
+        ["http-parser", None, "httptools",
+         "HTTP/1.1 parser: httptools (llhttp) or twisted (Twisted's own)."],
         ["demo-port", None, DEMO_PORT, "The TCP port of --demo's fake backend on 127.0.0.1.", int],
         ["workers", None, 1,
          "Processes serving the tcp: ports together (SO_REUSEPORT; one per core).", int],
@@ -405,6 +411,9 @@ class Options(usage.Options):
             flavorFor(self["backend-flavor"], "http://localhost")
         except ValueError as e:
             raise usage.UsageError(f"--backend-flavor: {e}")
+        if self["http-parser"] not in HTTP_PARSERS:
+            raise usage.UsageError(
+                f"--http-parser must be one of {', '.join(HTTP_PARSERS)}")
         if self["retry-429"] < 0:
             raise usage.UsageError("--retry-429 must not be negative")
         if self["require-key-file"]:
@@ -449,6 +458,7 @@ class Options(usage.Options):
             bodyBudget=self["body-budget"],
             maxLine=self["max-line"],
             poolSize=self["pool-size"],
+            httpParser=self["http-parser"],
             workers=workers,
             workerOf=self["worker-of"],
             backendFlavor=self["backend-flavor"],

@@ -47,6 +47,7 @@ class Settings:
     @ivar bodyBudget: bytes of request bodies held at once by all requests.
     @ivar maxLine: the largest upstream SSE line accepted.
     @ivar poolSize: persistent upstream connections per host.
+    @ivar httpParser: C{--http-parser}: C{httptools} (llhttp) or C{twisted}.
     @ivar workers: processes serving the ports (1: this one alone).
     @ivar workerOf: the parent's pid when this process is an extra worker.
     @ivar backendFlavor: C{--backend-flavor}, for backends without their own.
@@ -109,6 +110,7 @@ class Settings:
     remoteHost: str = "auto"
     demoPort: int = DEMO_PORT
     routing: RoutingPolicy = DEFAULT_ROUTING
+    httpParser: str = "httptools"
 
     @property
     def target(self) -> str:
