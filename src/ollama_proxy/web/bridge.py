@@ -299,8 +299,7 @@ class ProxyResource(Resource):
     runs (in bounded steps, charged to the body budget); a resource that
     relays bodies as they are (the fallback) sets it false."""
     label: str | None = None
-    """The route label, when it is one constant (a route template's): read
-    at the end of each request instead of asking L{routeLabel}."""
+    """A constant route label (a template's), read instead of L{routeLabel}."""
 
     def __init__(self, ctx: ProxyContext) -> None:
         super().__init__()
@@ -540,8 +539,7 @@ class ProxyResource(Resource):
             known = self.ctx.models.router.lookup(ex.guessed)
             if known is not None:
                 ex.modelLabel = ex.redactText(known.modelId)
-        label = self.label if self.label is not None else self.routeLabel(request)
-        logRequest(ex, label, self.ctx.now(), self.ctx.metrics)
+        logRequest(ex, self.label or self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
 
     def _fail(
         self, ex: Exchange, status: int, message: str, param: str | None = None
