@@ -18,7 +18,6 @@ from ollama_proxy.upstream.cache import TTLCache
 from ollama_proxy.upstream.routing import (
     BackendModels,
     Router,
-    applyExtra,
     applyOverride,
 )
 from tests.upstream.helpers import LogCapture, ScriptedFetch
@@ -211,7 +210,7 @@ class RouterTests(SynchronousTestCase):
 
 class OverrideTests(SynchronousTestCase):
     """
-    L{applyOverride} and L{applyExtra}.
+    L{applyOverride}.
     """
 
     def test_defaultOptionsLoseToClient(self) -> None:
@@ -223,11 +222,3 @@ class OverrideTests(SynchronousTestCase):
         self.assertEqual(body["options"], {"temperature": 0.9, "num_ctx": 8192})
         self.assertEqual(applyOverride({"model": "m"}, override)["options"],
                          {"temperature": 0.2, "num_ctx": 8192})
-
-    def test_extraWins(self) -> None:
-        """
-        Extra fields are set on the upstream body over the translated ones.
-        """
-        upstream = applyExtra({"model": "m", "user": "x"},
-                              ModelOverride(extra={"user": "proxy", "seed": 1}))
-        self.assertEqual(upstream, {"model": "m", "user": "proxy", "seed": 1})

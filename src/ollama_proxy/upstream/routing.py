@@ -489,16 +489,3 @@ def applyOverride(body: JSON, override: ModelOverride) -> JSON:
     if isinstance(options, dict):
         merged.update(options)
     return {**body, "options": merged}
-
-
-def applyExtra(upstream: JSON, override: ModelOverride) -> JSON:
-    """
-    Merge a model's extra request fields into the OpenAI body (the
-    configuration wins: these are fields the operator wants on every call).
-
-    @param upstream: the translated request body.
-    @param override: the model's settings.
-    @return: C{upstream}, updated in place.
-    """
-    upstream.update(override.extra)
-    return upstream

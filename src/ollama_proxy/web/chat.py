@@ -30,7 +30,7 @@ from ollama_proxy.protocol.stream import TranslatedStream
 from ollama_proxy.protocol.toolids import uniqueToolIds
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.body import readJSON
-from ollama_proxy.upstream.routing import Route, applyExtra
+from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.bridge import DEBUG_EXCERPT, Exchange
 from ollama_proxy.web.fleet import send
 from ollama_proxy.web.context import ProxyContext
@@ -58,7 +58,10 @@ class ReadOptions:
 def upstreamBody(ctx: ProxyContext, route: Route, built: ChatBody | TextBody, ex: Exchange) -> JSON:
     """
     An OpenAI request body as it goes to the routed backend: the model's
-    configured extra fields added, logged with C{--debug}.
+    configured extra fields added over the translated ones (the
+    configuration wins: these are fields the operator wants on every call;
+    the route carries them, so nothing is asked of the router again),
+    logged with C{--debug}.
 
     @param ctx: the shared context.
     @param route: where it goes.
@@ -69,7 +72,7 @@ def upstreamBody(ctx: ProxyContext, route: Route, built: ChatBody | TextBody, ex
     @return: the body, completed.
     """
     body: JSON = dict(built)
-    applyExtra(body, route.override)
+    body.update(route.override.extra)
     if ctx.debug:
         # An excerpt, as the request line's: a 60 MB body must not become a
         # 60 MB log line (written twice by the JSON log) per request.
