@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -206,6 +207,26 @@ class RouterTests(SynchronousTestCase):
         route = self.successResultOf(Deferred.fromCoroutine(router.route("qwen3:8b")))
         self.assertEqual((route.modelId, route.known), ("qwen3:8b", True))
         self.assertEqual(len(self.fa.calls), 1)
+
+    def test_guessRemembersItsListing(self) -> None:
+        """
+        A route sent on a guess carries the model list it was guessed
+        without and that list's value then, so that the caller can tell
+        whether a newer list arrived meanwhile (and only then ask again);
+        a route a list named carries none.
+        """
+        router = Router([self.a])
+        guess = self.successResultOf(Deferred.fromCoroutine(router.route("qwen3:8b")))
+        self.assertIs(guess.listing, self.a.cache)
+        self.assertIsNone(guess.listingSeen)
+        d = Deferred.fromCoroutine(router.models())
+        self.fa.answer("qwen3:8b")
+        self.successResultOf(d)
+        assert guess.listing is not None
+        self.assertIsNot(guess.listing.value, guess.listingSeen)
+        self.assertEqual(router.lookup("qwen3:8b"), attrs.evolve(guess, known=True, listed="qwen3:8b"))
+        named = self.successResultOf(Deferred.fromCoroutine(router.route("qwen3:8b")))
+        self.assertIsNone(named.listing)
 
 
 class OverrideTests(SynchronousTestCase):

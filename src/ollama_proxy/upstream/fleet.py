@@ -27,7 +27,7 @@ proxy's own words ("connection refused", "timeout", "backend answered
 from __future__ import annotations
 
 import random
-from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -60,6 +60,7 @@ from ollama_proxy.upstream.backend import (
     retryDelay,
 )
 from ollama_proxy.upstream.body import readBody
+from ollama_proxy.upstream.cache import TTLCache
 
 log = Logger()
 
@@ -91,6 +92,11 @@ class Route:
     @ivar pool: every backend that offers the name, when several do (this
         route is then the first of them); see L{Fleet.send}.
     @ivar key: the request's conversation key, when its pool is sticky.
+    @ivar listing: for a route sent on a guess, the model list it was
+        guessed without; C{None} for a route a list or the configuration
+        named.
+    @ivar listingSeen: that list's value when the guess was made: a label
+        is worth looking up again only once a newer list has arrived.
     """
 
     name: str
@@ -101,6 +107,8 @@ class Route:
     listed: str = ""
     pool: Pool | None = attrs.field(default=None, eq=False, repr=False)
     key: str = ""
+    listing: TTLCache[Any] | None = attrs.field(default=None, eq=False, repr=False)
+    listingSeen: object = attrs.field(default=None, eq=False, repr=False)
 
 
 class Listed(Protocol):

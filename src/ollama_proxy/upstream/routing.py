@@ -347,7 +347,8 @@ class Router:
                 Deferred.fromCoroutine(only.cache.get()).addErrback(lambda _: None)
             modelId = self._index.guess(name)
             modelId = only.config.aliases.get(modelId, modelId)
-            return Route(only.name, only.backend, modelId, only.config.override(modelId), False)
+            return Route(only.name, only.backend, modelId, only.config.override(modelId), False,
+                         listing=only.cache, listingSeen=only.cache.value)
         fresh: list[tuple[BackendModels, list[Entry] | None]] = []
         for backend in self.backends:
             cache = backend.cache
