@@ -35,7 +35,7 @@ from ollama_proxy.protocol.fields import requireObject
 from ollama_proxy.protocol.ollama import ERRORS as OLLAMA_ERRORS
 from ollama_proxy.protocol.ollama import NDJSON
 from ollama_proxy.protocol.redact import Redactor, StreamRedactor
-from ollama_proxy.upstream.backend import forwardingClientKey, redactHeaders
+from ollama_proxy.upstream.backend import redactHeaders
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, chargeParse, inflate
@@ -438,9 +438,6 @@ class ProxyResource(Resource):
         @param handler: the bound C{handle_*} method.
         @param ex: the exchange.
         """
-        # This coroutine runs in its own copy of the context, so the key is
-        # seen only by this request's upstream calls.
-        forwardingClientKey(ex.presented)
         collected = False
         try:
             if ex.body and self._encoded(ex.request):

@@ -110,7 +110,8 @@ async def generate(
     if isinstance(request, TextRequest):
         return await _complete(ctx, ex, route, request, dialect, encoder, asChat)
     route, response = await send(ctx, ex, route, lambda member: member.backend.postChat(
-        upstreamBody(ctx, member, chatBody(request, member.modelId, member.backend.flavor), ex)
+        upstreamBody(ctx, member, chatBody(request, member.modelId, member.backend.flavor), ex),
+        clientKey=ex.presented,
     ))
     unique = uniqueToolIds(dialect, request, encoder=encoder)
     return await answer(
@@ -137,13 +138,13 @@ async def _complete(
         flavor = member.backend.flavor
         textRequest = upstreamBody(ctx, member, textBody(request, member.modelId, flavor), ex)
         if asChat is None:
-            return member.backend.postText(textRequest, None)
+            return member.backend.postText(textRequest, None, clientKey=ex.presented)
         chat = asChat
 
         def chatRequest() -> JSON:
             return upstreamBody(ctx, member, chatBody(chat(), member.modelId, flavor), ex)
 
-        return member.backend.postText(textRequest, chatRequest)
+        return member.backend.postText(textRequest, chatRequest, clientKey=ex.presented)
 
     route, (response, isChat) = await send(ctx, ex, route, post)
     # Raw text and code: a leading <think> is the user's, unless the
