@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic_request import parseMessagesRequest
-from ollama_proxy.protocol.blocks import THINKING, BlockEncoder
+from ollama_proxy.protocol.blocks import TEXT, THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.dialect import EncodedErrors
 from ollama_proxy.protocol.events import Finish, Reply, ToolCall, Usage
@@ -98,6 +98,7 @@ def _event(kind: bytes, obj: JSON) -> bytes:
 
 PING = _event(b"ping", {"type": "ping"})
 _TEXT_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+_TEXT_FRAMING = _TEXT_DELTA + b'\n,"delta":{"type":"text_delta","text":\n}}\n\n'
 
 
 class AnthropicEncoder(BlockEncoder):
@@ -160,6 +161,13 @@ class AnthropicEncoder(BlockEncoder):
             "type": "content_block_delta", "index": self._index,
             "delta": {"type": "thinking_delta", "thinking": text},
         })
+
+    def _framing(self) -> bytes | None:
+        """
+        The text delta's pieces, while a text block is open (its index is
+        the varying part).
+        """
+        return _TEXT_FRAMING if self.openKind == TEXT else None
 
     def _text(self, text: str) -> bytes:
         return (_TEXT_DELTA + str(self._index).encode()

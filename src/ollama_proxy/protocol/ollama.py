@@ -148,6 +148,14 @@ class NDJSONEncoder(Encoder):
         else:
             self._middle = b',"response":'
             self._suffix = b',"done":false}\n'
+        self._pieces = (b'{"model":' + self._modelJSON + b',"created_at":\n' + self._middle
+                        + b"\n" + self._suffix)
+
+    def _framing(self) -> bytes:
+        """
+        The common line's pieces; its timestamp is the varying part.
+        """
+        return self._pieces
 
     def _prefixFor(self, createdAt: str) -> bytes:
         if createdAt != self._stamp:

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic import IdMaker, randomId
-from ollama_proxy.protocol.blocks import THINKING, BlockEncoder
+from ollama_proxy.protocol.blocks import TEXT, THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.dialect import EncodedErrors
 from ollama_proxy.protocol.events import Finish, Reply, StreamFailed, ToolCall, Usage, replyEvents
@@ -146,6 +146,7 @@ class ResponsesEncoder(BlockEncoder):
         # 50 MB reply in 10-byte deltas was 300 MB of small strings).
         self._buffer = io.StringIO()
         self._textWhere = b""
+        self._textFraming = b""
         self.response = self._object("in_progress", None)
 
     def _object(self, status: str, usage: Usage | None, **fields: Any) -> JSON:
@@ -205,6 +206,7 @@ class ResponsesEncoder(BlockEncoder):
                                     summary_index=0, part={"type": "summary_text", "text": ""})
         self._textWhere = (b',"item_id":' + codec.dumps(item["id"]) + b',"output_index":'
                            + str(len(self._output)).encode() + b',"content_index":0,"delta":')
+        self._textFraming = _TEXT_DELTA + b"\n" + self._textWhere + b'\n,"logprobs":[]}\n\n'
         return out + self._emit("response.content_part.added", **where, content_index=0,
                                 part=_text(""))
 
@@ -230,6 +232,15 @@ class ResponsesEncoder(BlockEncoder):
         self._keep(text)
         return self._emit("response.reasoning_summary_text.delta", item_id=self._item["id"],
                           output_index=len(self._output), summary_index=0, delta=text)
+
+    def _framing(self) -> bytes | None:
+        """
+        The text delta's pieces, while a message is open (its sequence
+        number is the varying part).
+        """
+        if self.openKind != TEXT or self._whole:
+            return None
+        return self._textFraming
 
     def _text(self, text: str) -> bytes:
         self._keep(text)

@@ -36,6 +36,10 @@ class TranslatedStream:
     @ivar redactor: takes the proxy's secrets out of the events before any
         dialect encodes them (a key spread over several deltas included), or
         C{None} when there is no secret to look for.
+    @ivar redacted: whether the output of the last L{feed} is known to
+        hold no secret in any spelling (plain text the redactor passed, in
+        framing it certified: L{EventRedactor.certifies}), so that the
+        outbound byte filter has nothing to do for it.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class TranslatedStream:
         self.redactor = redactor
         self.decoder = SSEDecoder(maxLineLength)
         self.finished: Finish | None = None
+        self.redacted = False
 
     @property
     def usage(self) -> Usage:
@@ -79,24 +84,34 @@ class TranslatedStream:
             # reads of a turn): translate the events before the decoder can
             # refuse the tail as too long, so their output is not lost.
             head = self.feed(data[:cut])
+            redacted = self.redacted
             try:
-                return head + self.feed(data[cut:])
+                tail = self.feed(data[cut:])
+                self.redacted = redacted and (self.redacted or not tail)
+                return head + tail
             except SSELineTooLong as e:
                 raise StreamFailed(str(e), output=head) from None
             except StreamFailed as e:
                 e.output = head + e.output
                 raise
+        self.redacted = False
         payloads = self.decoder.feed(data)
         if not payloads:
+            self.redacted = True
             return b""
         try:
             events = self.reader.feed(payloads)
         except StreamFailed as e:
             e.output = self.encoder.encode(self._redactLast(e.events))
             raise
-        if self.redactor is not None:
-            events = self.redactor.feed(events)
-        return self.encoder.encode(events)
+        redactor = self.redactor
+        if redactor is None:
+            return self.encoder.encode(events)
+        framing = self.encoder.framing()
+        events = redactor.feed(events)
+        out = self.encoder.encode(events)
+        self.redacted = framing is not None and redactor.plain and redactor.certifies(framing)
+        return out
 
     def _redactLast(self, events: Sequence[Event]) -> Sequence[Event]:
         """
@@ -114,6 +129,7 @@ class TranslatedStream:
         @return: the remaining output, ending with the dialect's end of reply.
         @raise UpstreamError: if the stream was truncated.
         """
+        self.redacted = False
         try:
             events = self.reader.feed(self.decoder.close())
         except StreamFailed as e:

@@ -240,6 +240,24 @@ class Exchange:
         if data:
             self.request.write(data)
 
+    def writeRedacted(self, data: bytes) -> None:
+        """
+        Write bytes already known to hold no secret in any spelling (a
+        translated stream's plain text, its framing certified by the
+        stream's event redactor), skipping the outbound filter's search;
+        through it after all while it holds a tail back, which these bytes
+        may complete.
+
+        @param data: bytes of the body.
+        """
+        outbound = self._outbound
+        if outbound is False:
+            outbound = self._outbound = self.redactor.stream(self.clientKey())
+        if isinstance(outbound, StreamRedactor) and outbound.holding:
+            self.write(data)
+        elif data and not self.client.gone:
+            self.request.write(data)
+
     def flush(self) -> None:
         """
         Release what the outbound filter held back (no secret, as it turned out).
