@@ -419,6 +419,27 @@ class StreamRedactor:
         return _cutPrefixes(tail, self.secrets, _MARKER)
 
 
+def _suspect(secrets: Sequence[str]) -> re.Pattern[str]:
+    """
+    @return: one pattern for text that L{EventRedactor} cannot pass as it
+        is: a backslash (an escaped spelling), the first L{PREFIX}
+        characters of a secret, or a tail that is a proper prefix of one
+        (L{_heldBack}); one search instead of a loop per secret.  A tail of
+        L{PREFIX} characters or more holds the first L{PREFIX}, so only the
+        shorter tails need a form of their own.
+    """
+    forms = [re.escape("\\")]
+    for secret in secrets:
+        forms.append(re.escape(secret[:PREFIX]))
+        short = secret[: min(len(secret) - 1, PREFIX - 1)]
+        if short:
+            tail = re.escape(short[-1])
+            for char in reversed(short[:-1]):
+                tail = re.escape(char) + "(?:" + tail + ")?"
+            forms.append(tail + r"\Z")
+    return re.compile("|".join(forms))
+
+
 class TextRedactor:
     """
     L{StreamRedactor} for text that arrives in pieces (the content of a
@@ -477,6 +498,7 @@ class EventRedactor:
             for secret, head in zip(secrets, heads)
         )
         self._heads = tuple(head.encode("utf-8") for head in heads)
+        self._suspect = _suspect(secrets)
         self._certified: tuple[bytes, bool] = (b"", False)
         self.plain = False
 
@@ -563,15 +585,10 @@ class EventRedactor:
                 return False
             else:
                 plain = False
-        secrets = self._secrets
-        joined = "".join(content)
-        for text in (joined, "".join(thinking)):
-            if text and (
-                any(secret[:PREFIX] in text for secret in secrets)
-                or _heldBack(text, secrets)
-                or "\\" in text
-            ):
-                return False
+        joined = content[0] if len(content) == 1 else "".join(content)
+        search = self._suspect.search
+        if search(joined) or (thinking and search("".join(thinking))):
+            return False
         self.plain = plain and not thinking and not _ESCAPED.search(joined)
         return True
 
