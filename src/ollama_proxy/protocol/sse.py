@@ -83,8 +83,27 @@ class SSEDecoder:
             )
         self._buffer = tail + held
         events: list[bytes] = []
+        # _line's work, inlined: a read of a stream is mostly "data:" lines
+        # and the blank lines that end them, two per token.
+        pending, size, limit = self._data, self._dataSize, self.maxLineLength
         for line in lines:
-            self._line(line, events)
+            if not line:
+                if pending:
+                    events.append(pending[0] if len(pending) == 1 else b"\n".join(pending))
+                    pending = []
+                    size = 0
+            elif line[:5] == b"data:":
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                size += len(value)
+                if size > limit:
+                    self._data = []
+                    self._dataSize = 0
+                    raise SSELineTooLong(f"upstream SSE event longer than {limit} bytes")
+                pending.append(value)
+            elif len(line) > limit:
+                self._data, self._dataSize = pending, size
+                raise SSELineTooLong(f"upstream SSE line longer than {limit} bytes")
+        self._data, self._dataSize = pending, size
         return events
 
     def close(self) -> list[bytes]:
