@@ -123,6 +123,7 @@ class Exchange:
     encoder: Encoder | None = None
     redactor: Redactor = attrs.field(factory=Redactor, repr=False)
     _outbound: StreamRedactor | None | bool = attrs.field(default=False, repr=False)
+    _clientKey: list[str | None] | None = attrs.field(default=None, repr=False)
 
     def clientKey(self) -> list[str | None]:
         """
@@ -132,8 +133,13 @@ class Exchange:
             Code's usual token is C{ollama}), and redacting it would garble
             the text.
         """
-        key = presentedKey(self.request)
-        return [key.decode("utf-8", "replace")] if key and len(key) >= MIN_CLIENT_KEY else []
+        known = self._clientKey
+        if known is None:
+            key = presentedKey(self.request)
+            known = self._clientKey = (
+                [key.decode("utf-8", "replace")] if key and len(key) >= MIN_CLIENT_KEY else []
+            )
+        return known
 
     def redactText(self, text: str) -> str:
         """
@@ -266,6 +272,40 @@ class Exchange:
             tail = self._outbound.end()
             if tail and not self.client.gone:
                 self.request.write(tail)
+
+
+@attrs.frozen
+class Encoded:
+    """
+    A whole JSON answer encoded once and redacted of the proxy's own
+    secrets, for answers many requests share (a warm model list): sent as
+    it is to a request that presents no key of its own, re-encoded from
+    L{value} for one that does (its key is a secret too).
+
+    @ivar value: the answer.
+    @ivar body: its bytes, as L{ProxyResource} would send them to a
+        request without a client key of its own.
+    @ivar redactor: the redactor L{body} was made with (a reload makes a
+        new one, and a stale body is not used with it).
+    """
+
+    value: Any
+    body: bytes
+    redactor: Redactor
+
+
+def encoded(value: Any, redactor: Redactor) -> Encoded:
+    """
+    @param value: a JSON answer.
+    @param redactor: the proxy's secrets.
+    @return: C{value} encoded and redacted as L{ProxyResource._send} and
+        the outbound filter would: the same bytes.
+    """
+    body = redactor.data(codec.dumps(value))
+    outbound = redactor.stream()
+    if outbound is not None:
+        body = outbound.feed(body) + outbound.end()
+    return Encoded(value, body, redactor)
 
 
 Handler = Callable[[Exchange], Awaitable[Any]]
@@ -500,14 +540,22 @@ class ProxyResource(Resource):
         @param ex: the exchange.
         @param result: what the handler returned.
         """
-        if result is not None and not ex.client.gone:
-            body = codec.dumps(result)
-            ex.request.setHeader(b"Content-Type", JSON_TYPE)
-            # A whole answer says its length, as Ollama's (Go's net/http)
-            # does, rather than arriving chunked.
-            body = ex.redactData(body)
-            ex.request.setHeader(b"Content-Length", b"%d" % len(body))
-            ex.write(body)
+        if result is None or ex.client.gone:
+            return
+        if isinstance(result, Encoded):
+            if result.redactor is ex.redactor and not ex.clientKey():
+                ex.request.setHeader(b"Content-Type", JSON_TYPE)
+                ex.request.setHeader(b"Content-Length", b"%d" % len(result.body))
+                ex.writeRedacted(result.body)
+                return
+            result = result.value
+        body = codec.dumps(result)
+        ex.request.setHeader(b"Content-Type", JSON_TYPE)
+        # A whole answer says its length, as Ollama's (Go's net/http)
+        # does, rather than arriving chunked.
+        body = ex.redactData(body)
+        ex.request.setHeader(b"Content-Length", b"%d" % len(body))
+        ex.write(body)
 
     def _failWith(self, ex: Exchange, error: Exception) -> None:
         """
