@@ -96,6 +96,13 @@ _TEXT_DELTA = (b'event: response.output_text.delta\ndata: {"type":"response.outp
                b'"sequence_number":')
 
 
+_HOLES = re.compile(rb'"\\u0000([0-9a-f]{16}):(\d+)\\u0000"')
+"""A held text's place in an encoded event (L{ResponsesEncoder._holeText});
+compiled once, the stream's own nonce compared per hole (a pattern per
+stream was compiled anew for every request: the cache misses on the
+random nonce)."""
+
+
 def _text(text: str) -> JSON:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
@@ -130,7 +137,7 @@ class ResponsesEncoder(BlockEncoder):
         # text can forge one) that _pieces fills by reference.
         nonce = os.urandom(8).hex()
         self._holeText = "\x00" + nonce + ":{}\x00"
-        self._holes = re.compile(rb'"\\u0000' + nonce.encode() + rb':(\d+)\\u0000"')
+        self._nonce = nonce.encode()
         self._texts: list[bytes] = []
         self._kept = 0
         self._model = model
@@ -177,10 +184,15 @@ class ResponsesEncoder(BlockEncoder):
         data = codec.dumps({"type": kind, "sequence_number": seq, **fields})
         if not self._texts:
             return [sseEvent(kind.encode(), data)]
-        parts = self._holes.split(data)
-        pieces = [b"event: " + kind.encode() + b"\ndata: "]
-        for i, part in enumerate(parts):
-            pieces.append(self._texts[int(part)] if i % 2 else part)
+        parts = _HOLES.split(data)
+        pieces = [b"event: " + kind.encode() + b"\ndata: ", parts[0]]
+        for i in range(1, len(parts), 3):
+            nonce, index = parts[i], parts[i + 1]
+            if nonce == self._nonce:
+                pieces.append(self._texts[int(index)])
+            else:  # another stream's hole, in text: as it was
+                pieces.append(b'"\\u0000' + nonce + b":" + index + b'\\u0000"')
+            pieces.append(parts[i + 2])
         pieces.append(b"\n\n")
         return pieces
 
