@@ -98,7 +98,6 @@ def _event(kind: bytes, obj: JSON) -> bytes:
 
 PING = _event(b"ping", {"type": "ping"})
 _TEXT_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
-_TEXT_FRAMING = _TEXT_DELTA + b'\n,"delta":{"type":"text_delta","text":\n}}\n\n'
 
 
 class AnthropicEncoder(BlockEncoder):
@@ -121,6 +120,8 @@ class AnthropicEncoder(BlockEncoder):
         self.inputEstimate = inputEstimate
         self._index = -1
         self._toolUse = False
+        self._textPrefix = b""
+        self._textFraming = b""
 
     def _opening(self) -> bytes:
         return _event(b"message_start", {
@@ -148,7 +149,12 @@ class AnthropicEncoder(BlockEncoder):
     def _startBlock(self, kind: str) -> bytes:
         if kind == THINKING:
             return self._blockStart({"type": "thinking", "thinking": "", "signature": ""})
-        return self._blockStart({"type": "text", "text": ""})
+        out = self._blockStart({"type": "text", "text": ""})
+        # The per-token event around the text, made once per text block.
+        self._textPrefix = (_TEXT_DELTA + str(self._index).encode()
+                            + b',"delta":{"type":"text_delta","text":')
+        self._textFraming = self._textPrefix + b"\n}}\n\n"
+        return out
 
     def _stopBlock(self) -> list[bytes]:
         return [self._blockStop()]
@@ -164,14 +170,12 @@ class AnthropicEncoder(BlockEncoder):
 
     def _framing(self) -> bytes | None:
         """
-        The text delta's pieces, while a text block is open (its index is
-        the varying part).
+        The text delta's pieces, while a text block is open.
         """
-        return _TEXT_FRAMING if self.openKind == TEXT else None
+        return self._textFraming if self.openKind == TEXT else None
 
     def _text(self, text: str) -> bytes:
-        return (_TEXT_DELTA + str(self._index).encode()
-                + b',"delta":{"type":"text_delta","text":' + codec.dumps(text) + b"}}\n\n")
+        return self._textPrefix + codec.dumps(text) + b"}}\n\n"
 
     def _toolCall(self, call: ToolCall) -> bytes:
         self._toolUse = True
