@@ -208,7 +208,7 @@ def ollamaChunks(
 
 def chatRequestToOpenAI(
     body: JSON, backendId: str, stream: bool, flavor: Flavor = GENERIC
-) -> JSON:
+) -> Any:
     """
     An Ollama C{/api/chat} body as the OpenAI request the proxy sends.
     """
@@ -217,7 +217,7 @@ def chatRequestToOpenAI(
 
 def generateRequestToOpenAI(
     body: JSON, backendId: str, stream: bool, flavor: Flavor = GENERIC
-) -> JSON:
+) -> Any:
     """
     An Ollama C{/api/generate} body as the OpenAI chat request.
     """
@@ -228,7 +228,7 @@ def generateRequestToOpenAI(
 
 def completionRequestToOpenAI(
     body: JSON, backendId: str, stream: bool, flavor: Flavor = GENERIC
-) -> JSON:
+) -> Any:
     """
     A raw or fill-in-the-middle C{/api/generate} body as C{/v1/completions}.
     """
@@ -237,7 +237,7 @@ def completionRequestToOpenAI(
     )
 
 
-def messagesToOpenAI(messages: Any, flavor: Flavor = GENERIC) -> list[JSON]:
+def messagesToOpenAI(messages: Any, flavor: Flavor = GENERIC) -> list[Any]:
     """
     Ollama C{messages} as OpenAI messages.
     """

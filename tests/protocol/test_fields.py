@@ -4,10 +4,23 @@ The field validators the dialects' parsers share.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.fields import Base64Wording, base64Data, numberField, requireObject
+from ollama_proxy.protocol.fields import (
+    Base64Wording,
+    base64Data,
+    booleanAt,
+    inlineImage,
+    listAt,
+    numberField,
+    objectAt,
+    requireObject,
+    stringAt,
+    stringList,
+)
 
 
 class FieldTests(SynchronousTestCase):
@@ -81,3 +94,69 @@ class FieldTests(SynchronousTestCase):
         with self.assertRaises(BadRequest) as e:
             base64Data("aGk", "f", wording)
         self.assertTrue(e.exception.message.startswith("bad f "), e.exception.message)
+
+
+class PathWordingTests(SynchronousTestCase):
+    """
+    The validators that name the field's path, in the agents' dialects'
+    words: C{<where>: expected ...}.
+    """
+
+    def assertRefused(self, message: str, check: Callable[..., object], *args: object) -> None:
+        """
+        C{check(*args)} raises a L{BadRequest} with exactly C{message}.
+        """
+        with self.assertRaises(BadRequest) as e:
+            check(*args)
+        self.assertEqual(e.exception.message, message)
+
+    def test_objectAt(self) -> None:
+        """
+        An object, as it is.
+        """
+        value = {"a": 1}
+        self.assertIs(objectAt(value, "x"), value)
+        self.assertRefused("tools[0]: expected an object", objectAt, ["a"], "tools[0]")
+
+    def test_stringAt(self) -> None:
+        """
+        A string, the empty one included.
+        """
+        self.assertEqual(stringAt("", "x"), "")
+        self.assertRefused("input[2].call_id: expected a string", stringAt, 3, "input[2].call_id")
+
+    def test_stringList(self) -> None:
+        """
+        Stop sequences: a list of strings; nothing for any empty value.
+        """
+        self.assertEqual(stringList(["a", "b"], "stop"), ("a", "b"))
+        empties: list[object] = [None, [], "", 0, False]
+        for empty in empties:
+            self.assertEqual(stringList(empty, "stop"), ())
+        for bad in ("a", ["a", 1], {"a": 1}):
+            self.assertRefused("stop: expected a list of strings", stringList, bad, "stop")
+
+    def test_booleanAt(self) -> None:
+        """
+        A boolean, or nothing.
+        """
+        self.assertIs(booleanAt(True, "stream"), True)
+        self.assertIsNone(booleanAt(None, "stream"))
+        self.assertRefused("stream: expected a boolean", booleanAt, "true", "stream")
+
+    def test_listAt(self) -> None:
+        """
+        A list, or an empty one for nothing.
+        """
+        self.assertEqual(listAt(None, "tools"), [])
+        self.assertEqual(listAt([1], "tools"), [1])
+        self.assertRefused("tools: expected a list", listAt, {}, "tools")
+
+    def test_inlineImage(self) -> None:
+        """
+        Strict base64 as a C{data:} URL of the named type.
+        """
+        self.assertEqual(inlineImage("image/png", "iVBO", "x"), "data:image/png;base64,iVBO")
+        self.assertRefused("m[0].source: invalid base64 image data: image is empty",
+                           inlineImage, "image/png", "", "m[0].source")
+        self.assertRefused("d: expected a base64 string", inlineImage, "image/png", None, "d")

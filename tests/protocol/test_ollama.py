@@ -16,7 +16,11 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.clock import formatTimestamp
 from ollama_proxy.protocol.errors import UpstreamError
 from ollama_proxy.protocol.events import Delta
-from ollama_proxy.protocol.ollama import Kind, NDJSONEncoder, doneReason
+from ollama_proxy.protocol.backends import NO_OVERRIDE, ModelOverride
+from ollama_proxy.protocol.dialect import Answer, Generation
+from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.ollama import Kind, NDJSONEncoder, OllamaRoute, doneReason
+from ollama_proxy.protocol.requests import ChatRequest, TextRequest
 from ollama_proxy.protocol.backend_reader import logprobsFromOpenAI
 from ollama_proxy.protocol.requests import JSON
 from tests.protocol.helpers import (
@@ -439,3 +443,76 @@ class TemplateEncodingTests(SynchronousTestCase):
             [{"role": "assistant", "content": "", "thinking": "hmm"},
              {"role": "assistant", "content": "Hi \"there\"\n"}],
         )
+
+
+class OllamaRouteTests(SynchronousTestCase):
+    """
+    L{OllamaRoute}: C{/api/chat} and C{/api/generate} as the generic
+    generation resource runs them.
+    """
+
+    def test_modelCheckedWithStreamAndThink(self) -> None:
+        """
+        Before routing: the model is named, and a bad C{stream} or C{think}
+        is refused (a 400 even for a model no backend offers).
+        """
+        route = OllamaRoute("chat")
+        self.assertEqual(route.model({"model": "m", "stream": False, "think": True}, {}), "m")
+        self.assertRaises(BadRequest, route.model, {}, {})
+        self.assertRaises(BadRequest, route.model, {"model": "m", "stream": "yes"}, {})
+        self.assertRaises(BadRequest, route.model, {"model": "m", "think": "loud"}, {})
+
+    def test_loadAnswers(self) -> None:
+        """
+        A chat without messages, or a generate without prompt or images, is
+        Ollama's load answer (unload with C{keep_alive: 0}), no backend.
+        """
+        route = OllamaRoute("chat", constant)
+        load = route.parse({"model": "m"}, {}, NO_OVERRIDE)
+        assert isinstance(load, Answer)
+        self.assertEqual((load.body["model"], load.body["done_reason"]), ("m", "load"))
+        self.assertEqual(load.body["created_at"], formatTimestamp(T0))
+        generate = OllamaRoute("generate", constant)
+        unload = generate.parse({"model": "m", "keep_alive": 0}, {}, NO_OVERRIDE)
+        assert isinstance(unload, Answer)
+        self.assertEqual(unload.body["done_reason"], "unload")
+
+    def test_chatWithTheModelsDefaults(self) -> None:
+        """
+        A chat is parsed with the routed model's default options (the
+        client's own win); the reply side writes Ollama's NDJSON, a fresh
+        encoder per stream.
+        """
+        route = OllamaRoute("chat")
+        override = ModelOverride(options={"temperature": 0.1, "top_p": 0.5})
+        parsed = route.parse({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                              "options": {"temperature": 0.9}}, {}, override)
+        assert isinstance(parsed, Generation)
+        assert isinstance(parsed.request, ChatRequest)
+        self.assertEqual((parsed.request.sampling.temperature, parsed.request.sampling.topP),
+                         (0.9, 0.5))
+        self.assertIsNone(parsed.asChat)
+        first = parsed.reply.streamEncoder("m", T0)
+        self.assertIsNot(parsed.reply.streamEncoder("m", T0), first)
+        self.assertEqual(first.contentType, b"application/x-ndjson")
+
+    def test_rawIsATextCompletion(self) -> None:
+        """
+        A raw generate is a text completion whose chat equivalent (for a
+        backend without C{/v1/completions}) is made only when asked; with
+        a C{suffix} it has none.
+        """
+        route = OllamaRoute("generate")
+        raw = route.parse({"model": "m", "prompt": "1, 2,", "raw": True}, {}, NO_OVERRIDE)
+        assert isinstance(raw, Generation)
+        self.assertIsInstance(raw.request, TextRequest)
+        assert raw.asChat is not None
+        chat = raw.asChat()
+        self.assertEqual([(m.role, m.content) for m in chat.messages], [("user", "1, 2,")])
+        fim = route.parse({"model": "m", "prompt": "def f(", "suffix": "):"}, {}, NO_OVERRIDE)
+        assert isinstance(fim, Generation)
+        self.assertIsInstance(fim.request, TextRequest)
+        self.assertIsNone(fim.asChat)
+        self.assertRaises(BadRequest, route.parse,
+                          {"model": "m", "prompt": "x", "raw": True, "system": "s"}, {},
+                          NO_OVERRIDE)

@@ -1,546 +1,96 @@
 """
-Requests: Ollama bodies parsed into the typed request and built into
-OpenAI bodies: tools, images, thinking, options, formats.
+Tests for L{ollama_proxy.protocol.requests}: the typed requests every
+dialect parses into, the OpenAI tool shapes the agent dialects build, and
+the one input-token estimate.
 """
 
 from __future__ import annotations
 
-import base64
-from typing import Any
-
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.flavors import (
-    FLAVORS,
-)
-from ollama_proxy.protocol.ollama_request import sniffImageType
-from tests.protocol.helpers import (
-    BMP,
-    GIF,
-    JPEG,
-    PNG,
-    USER,
-    WEATHER_TOOL,
-    WEBP,
-    b64,
-    chat,
-    chatRequestToOpenAI,
-    generateRequestToOpenAI,
-    imagePart,
-    messagesToOpenAI,
+from ollama_proxy.protocol.requests import (
+    ChatRequest,
+    Message,
+    Sampling,
+    ToolCallRequest,
+    estimateTokens,
+    functionTool,
+    namedChoice,
 )
 
 
-class ToolRequestTests(SynchronousTestCase):
+class TypedRequestTests(SynchronousTestCase):
     """
-    C{tools}, assistant C{tool_calls} and C{role: tool} results on the way
-    to the backend.
-    """
-
-    def test_toolsPassthrough(self) -> None:
-        """
-        C{tools} are forwarded byte-for-byte (Ollama's own decoder would
-        drop C{strict}, C{minLength}, C{additionalProperties}); an empty or
-        absent list is not sent at all (ollama-python always sends C{[]}).
-        """
-        cases: list[tuple[Any, Any]] = [
-            ([WEATHER_TOOL], [WEATHER_TOOL]),
-            ([], None),
-            (None, None),
-        ]
-        for tools, expected in cases:
-            body = chat() if tools is None else chat(tools=tools)
-            request = chatRequestToOpenAI(body, "m", False)
-            self.assertEqual(request.get("tools"), expected, tools)
-            self.assertEqual("tools" in request, expected is not None, tools)
-        self.assertRaises(BadRequest, chatRequestToOpenAI, chat(tools={"a": 1}), "m", False)
-
-    def test_assistantToolCalls(self) -> None:
-        """
-        Each history tool call gets C{type: function}, its id (given or a
-        stable synthetic one) and its arguments as a JSON string, whatever
-        form they came in; an assistant turn with only calls has C{null}
-        content.
-        """
-        cases: list[tuple[JSON, JSON]] = [
-            (
-                {"id": "call_abc", "function": {"name": "f", "arguments": {"city": "Paris", "n": 1}}},
-                {"id": "call_abc", "type": "function",
-                 "function": {"name": "f", "arguments": '{"city":"Paris","n":1}'}},
-            ),
-            (
-                {"function": {"name": "f", "arguments": {}}},
-                {"id": "call_1_0", "type": "function", "function": {"name": "f", "arguments": "{}"}},
-            ),
-            (
-                {"function": {"name": "f"}},
-                {"id": "call_1_0", "type": "function", "function": {"name": "f", "arguments": "{}"}},
-            ),
-            (
-                {"function": {"name": "f", "arguments": '{"already":"a string"}'}},
-                {"id": "call_1_0", "type": "function",
-                 "function": {"name": "f", "arguments": '{"already":"a string"}'}},
-            ),
-            (
-                {"function": {"index": 0, "name": "f", "arguments": {"nested": {"a": [1, "\u00e9"]}}}},
-                {"id": "call_1_0", "type": "function",
-                 "function": {"name": "f", "arguments": '{"nested":{"a":[1,"\u00e9"]}}'}},
-            ),
-        ]
-        for call, expected in cases:
-            [_, assistant] = messagesToOpenAI(
-                [USER, {"role": "assistant", "content": "", "tool_calls": [call]}]
-            )
-            self.assertEqual(
-                assistant, {"role": "assistant", "content": None, "tool_calls": [expected]}, call
-            )
-            self.assertIsInstance(codec.loads(expected["function"]["arguments"]), dict)
-
-    def test_badToolCalls(self) -> None:
-        """
-        Malformed history tool calls are a 400, not a 500 or a silent drop.
-        """
-        badCalls: list[Any] = ["x", [{"name": "f"}], [{"function": {"arguments": {}}}], [3]]
-        for calls in badCalls:
-            self.assertRaises(
-                BadRequest,
-                messagesToOpenAI,
-                [{"role": "assistant", "content": "", "tool_calls": calls}],
-            )
-
-    def test_toolResultPairing(self) -> None:
-        """
-        A tool result gets the given C{tool_call_id}; else the id of the
-        unanswered call with the same C{tool_name}; else the next unanswered
-        call in order; else a synthetic id.
-        """
-        calls = {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [
-                {"id": "a", "function": {"name": "weather", "arguments": {}}},
-                {"id": "b", "function": {"name": "time", "arguments": {}}},
-                {"id": "c", "function": {"name": "weather", "arguments": {}}},
-            ],
-        }
-        cases: list[tuple[list[JSON], list[str]]] = [
-            # Given ids win.
-            ([{"tool_call_id": "c"}, {"tool_call_id": "a"}], ["c", "a"]),
-            # By name, out of order, same name twice in call order.
-            ([{"tool_name": "time"}, {"tool_name": "weather"}, {"tool_name": "weather"}],
-             ["b", "a", "c"]),
-            # The older OpenAI-ish "name" key works like tool_name.
-            ([{"name": "time"}], ["b"]),
-            # No hint: in order, skipping the ones already answered.
-            ([{"tool_call_id": "b"}, {}, {}], ["b", "a", "c"]),
-            # Unknown name: next in order.
-            ([{"tool_name": "nope"}], ["a"]),
-            # More results than calls: a synthetic id.
-            ([{}, {}, {}, {}], ["a", "b", "c", "call_5"]),
-        ]
-        for results, expected in cases:
-            messages = [USER, calls] + [{"role": "tool", "content": "r", **r} for r in results]
-            out = messagesToOpenAI(messages)
-            self.assertEqual([m["tool_call_id"] for m in out[2:]], expected, results)
-            self.assertTrue(all(m["role"] == "tool" and m["content"] == "r" for m in out[2:]))
-
-    def test_pairingIsPerTurn(self) -> None:
-        """
-        Results pair with the calls of the latest assistant turn, and
-        synthetic ids differ between turns, so a second round of the same tool
-        is not answered with the first round's id.
-        """
-        turn = {"role": "assistant", "content": "", "tool_calls": [
-            {"function": {"name": "f", "arguments": {"x": 1}}}]}
-        out = messagesToOpenAI([
-            USER, turn, {"role": "tool", "content": "1", "tool_name": "f"},
-            turn, {"role": "tool", "content": "2", "tool_name": "f"},
-        ])
-        self.assertEqual(out[1]["tool_calls"][0]["id"], out[2]["tool_call_id"])
-        self.assertEqual(out[3]["tool_calls"][0]["id"], out[4]["tool_call_id"])
-        self.assertNotEqual(out[2]["tool_call_id"], out[4]["tool_call_id"])
-
-
-class ImageRequestTests(SynchronousTestCase):
-    """
-    C{images} (raw base64) to OpenAI C{image_url} parts.
+    The requests are values: frozen, equal when their fields are.
     """
 
-    def test_sniffing(self) -> None:
+    def test_frozen(self) -> None:
         """
-        The data URL's MIME type comes from the magic bytes; unknown bytes
-        are labelled JPEG.
+        A parsed request cannot be changed on its way to the builder.
         """
-        cases = [
-            (PNG, "image/png"),
-            (JPEG, "image/jpeg"),
-            (GIF, "image/gif"),
-            (b"GIF87a" + b"\x00" * 4, "image/gif"),
-            (WEBP, "image/webp"),
-            (BMP, "image/bmp"),
-            (b"\x00\x01\x02\x03", "image/jpeg"),
-        ]
-        for raw, mime in cases:
-            self.assertEqual(sniffImageType(raw), mime, raw)
-            self.assertEqual(
-                imagePart(b64(raw)),
-                {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{b64(raw)}"}},
-            )
+        request = ChatRequest("m", (Message("user", "hi"),))
+        self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, request, "model", "x")
+        self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, request.messages[0],
+                          "content", "x")
 
-    def test_parts(self) -> None:
+    def test_defaults(self) -> None:
         """
-        A message with text and images becomes a text part followed by one
-        image part per image; without text, only image parts.
+        Unset means unset: no sampling option, no tools, streaming on.
         """
-        [withText] = messagesToOpenAI([{"role": "user", "content": "what?", "images": [b64(PNG), b64(GIF)]}])
-        self.assertEqual(
-            withText["content"],
-            [
-                {"type": "text", "text": "what?"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(PNG)}},
-                {"type": "image_url", "image_url": {"url": "data:image/gif;base64," + b64(GIF)}},
-            ],
-        )
-        [alone] = messagesToOpenAI([{"role": "user", "content": "", "images": [b64(JPEG)]}])
-        self.assertEqual([p["type"] for p in alone["content"]], ["image_url"])
-
-    def test_lineBreaksTolerated(self) -> None:
-        """
-        Base64 wrapped at 76 columns (MIME style) is accepted, as Go's
-        decoder accepts it, and sent unwrapped.
-        """
-        raw = PNG * 10
-        wrapped = base64.encodebytes(raw).decode("ascii")
-        self.assertIn("\n", wrapped)
-        self.assertEqual(
-            imagePart(wrapped)["image_url"]["url"], "data:image/png;base64," + b64(raw)
-        )
-
-    def test_invalid(self) -> None:
-        """
-        Anything that is not non-empty, padded, standard base64 is a 400 that
-        says so.
-        """
-        for bad in ("not base64!!", "abc", "YWJ", "====", "", "YW Jj", "a-_b", "\u00e9\u00e9\u00e9\u00e9"):
-            e = self.assertRaises(BadRequest, imagePart, bad)
-            self.assertIn("invalid image input", e.message, bad)
-        for notString in (123, None, {"data": "x"}):
-            self.assertRaises(BadRequest, imagePart, notString)
-        self.assertRaises(
-            BadRequest, chatRequestToOpenAI,
-            chat(messages=[{"role": "user", "content": "x", "images": "YWJj"}]), "m", True,
-        )
-
-    def test_dataURLPassedThrough(self) -> None:
-        """
-        A data URL (not Ollama's format, but sent by some clients) is used as
-        it is.
-        """
-        url = "data:image/png;base64," + b64(PNG)
-        self.assertEqual(imagePart(url), {"type": "image_url", "image_url": {"url": url}})
+        request = ChatRequest("m", ())
+        self.assertEqual((request.stream, request.think, request.sampling, request.tools,
+                          request.toolChoice, request.parallelToolCalls, request.logprobs),
+                         (True, None, Sampling(), (), None, None, False))
+        self.assertEqual(Sampling().stop, ())
 
 
-class ThinkRequestTests(SynchronousTestCase):
+class ToolShapeTests(SynchronousTestCase):
     """
-    C{think} per backend flavor, and assistant C{thinking} in history.
+    L{functionTool} and L{namedChoice}: OpenAI's shapes, written once.
     """
 
-    def test_table(self) -> None:
+    def test_functionTool(self) -> None:
         """
-        Each flavor gets its own spelling of each C{think} value, and nothing
-        else: generic backends get no switch for C{false} (non-reasoning
-        models reject C{reasoning_effort: none}), vLLM the chat-template
-        argument, OpenRouter its C{reasoning} object, DeepSeek its
-        C{thinking} type.  C{"max"} is C{"high"}.
+        The description is kept when it is a string, C{strict} when it is a
+        boolean; anything else a client sent there is left out.
         """
-        fields = ("reasoning_effort", "chat_template_kwargs", "reasoning", "thinking")
-        cases: list[tuple[str, Any, JSON]] = [
-            ("generic", None, {}),
-            ("generic", True, {"reasoning_effort": "medium"}),
-            ("generic", False, {}),
-            ("generic", "low", {"reasoning_effort": "low"}),
-            ("generic", "high", {"reasoning_effort": "high"}),
-            ("generic", "max", {"reasoning_effort": "high"}),
-            ("openai", True, {"reasoning_effort": "medium"}),
-            ("openai", False, {}),
-            ("litellm", "medium", {"reasoning_effort": "medium"}),
-            ("deepseek", None, {}),
-            ("deepseek", False, {"thinking": {"type": "disabled"}}),
-            ("deepseek", True, {"thinking": {"type": "enabled"}}),
-            ("deepseek", "max", {"thinking": {"type": "enabled"}, "reasoning_effort": "high"}),
-            ("vllm", None, {}),
-            ("vllm", True, {"chat_template_kwargs": {"enable_thinking": True}}),
-            ("vllm", False, {"chat_template_kwargs": {"enable_thinking": False}}),
-            ("vllm", "high", {"chat_template_kwargs": {"enable_thinking": True},
-                              "reasoning_effort": "high"}),
-            ("openrouter", None, {}),
-            ("openrouter", True, {"reasoning": {"enabled": True}}),
-            ("openrouter", False, {"reasoning": {"enabled": False}}),
-            ("openrouter", "low", {"reasoning": {"effort": "low"}}),
-            ("openrouter", "max", {"reasoning": {"effort": "high"}}),
-        ]
-        for flavor, think, expected in cases:
-            body = chat() if think is None else chat(think=think)
-            for build in (chatRequestToOpenAI, generateRequestToOpenAI):
-                if build is generateRequestToOpenAI:
-                    body = {**body, "prompt": "hi"}
-                request = build(body, "m", True, FLAVORS[flavor])
-                self.assertEqual(
-                    {k: request[k] for k in fields if k in request}, expected, (flavor, think, build)
-                )
+        schema = {"type": "object", "properties": {}}
+        self.assertEqual(functionTool("f", schema),
+                         {"type": "function", "function": {"name": "f", "parameters": schema}})
+        self.assertEqual(functionTool("f", schema, "does f", True), {"type": "function", "function": {
+            "name": "f", "parameters": schema, "description": "does f", "strict": True}})
+        self.assertEqual(functionTool("f", schema, 3, "yes"),
+                         {"type": "function", "function": {"name": "f", "parameters": schema}})
 
-    def test_invalid(self) -> None:
+    def test_namedChoice(self) -> None:
         """
-        Any other value is a 400 with Ollama's message.
+        A choice naming one function.
         """
-        for think in ("extreme", 1, "", ["high"]):
-            e = self.assertRaises(BadRequest, chatRequestToOpenAI, chat(think=think), "m", True)
-            self.assertIn("invalid think value", e.message)
-
-    def test_historyThinking(self) -> None:
-        """
-        Assistant C{thinking} in history is dropped, except for DeepSeek,
-        whose thinking mode requires it back as C{reasoning_content}.
-        """
-        history = [USER, {"role": "assistant", "content": "Hello", "thinking": "greet back"}, USER]
-        for flavor, expected in [
-            ("generic", {"role": "assistant", "content": "Hello"}),
-            ("openai", {"role": "assistant", "content": "Hello"}),
-            ("vllm", {"role": "assistant", "content": "Hello"}),
-            ("openrouter", {"role": "assistant", "content": "Hello"}),
-            ("deepseek", {"role": "assistant", "content": "Hello", "reasoning_content": "greet back"}),
-        ]:
-            self.assertEqual(messagesToOpenAI(history, FLAVORS[flavor])[1], expected, flavor)
-        toolTurn = {"role": "assistant", "content": "", "thinking": "call it",
-                    "tool_calls": [{"id": "x", "function": {"name": "f", "arguments": {}}}]}
-        out = messagesToOpenAI([USER, toolTurn], FLAVORS["deepseek"])[1]
-        self.assertEqual(out["reasoning_content"], "call it")
-        self.assertEqual(out["tool_calls"][0]["id"], "x")
+        self.assertEqual(namedChoice("f"), {"type": "function", "function": {"name": "f"}})
 
 
-class OptionRequestTests(SynchronousTestCase):
+class EstimateTests(SynchronousTestCase):
     """
-    C{options}, C{format}, C{logprobs} and the fields that are accepted but
-    not forwarded.
+    L{estimateTokens}: characters / 4 over everything the model reads.
     """
 
-    def fieldsFor(self, options: JSON, flavor: str = "generic") -> JSON:
+    def test_counts(self) -> None:
         """
-        The request fields produced by C{options} alone.
+        Roles, text, reasoning, tool calls and the tools' JSON all count.
         """
-        request = chatRequestToOpenAI(chat(options=options), "m", False, FLAVORS[flavor])
-        base = chatRequestToOpenAI(chat(), "m", False, FLAVORS[flavor])
-        return {k: v for k, v in request.items() if k not in base}
+        tool = functionTool("f", {"type": "object"})
+        request = ChatRequest("m", (
+            Message("user", "a" * 40),
+            Message("assistant", "", toolCalls=(ToolCallRequest("c", "name", "{}"),),
+                    thinking="t" * 20),
+        ), tools=(tool,))
+        chars = 4 + 40 + 9 + 20 + 4 + 2 + len(codec.dumps([tool]))
+        self.assertEqual(estimateTokens(request), chars // 4)
 
-    def test_table(self) -> None:
+    def test_atLeastOne(self) -> None:
         """
-        Options with an OpenAI equivalent are renamed or copied; C{-1}/C{-2}
-        limits and a negative seed (Ollama's "unset") are omitted; a bare
-        C{stop} string becomes a list; the sampling extras go only to
-        flavors that take them; OpenAI gets C{max_completion_tokens}.
+        An empty conversation still costs a token.
         """
-        cases: list[tuple[JSON, str, JSON]] = [
-            ({"num_predict": 64}, "generic", {"max_tokens": 64}),
-            ({"num_predict": 64}, "openai", {"max_completion_tokens": 64}),
-            ({"num_predict": -1}, "generic", {}),
-            ({"num_predict": -2}, "generic", {}),
-            ({"num_predict": 0}, "generic", {}),
-            ({"temperature": 0}, "generic", {"temperature": 0}),
-            ({"temperature": 0.7, "top_p": 0.9}, "openai", {"temperature": 0.7, "top_p": 0.9}),
-            ({"seed": 42}, "generic", {"seed": 42}),
-            ({"seed": -1}, "generic", {}),
-            ({"stop": ["a", "b"]}, "generic", {"stop": ["a", "b"]}),
-            ({"stop": "a"}, "generic", {"stop": ["a"]}),
-            ({"stop": []}, "generic", {}),
-            ({"presence_penalty": 0.5, "frequency_penalty": -0.5}, "generic",
-             {"presence_penalty": 0.5, "frequency_penalty": -0.5}),
-            ({"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}, "generic",
-             {"top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1}),
-            ({"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}, "vllm",
-             {"top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1}),
-            ({"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}, "openrouter",
-             {"top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1}),
-            ({"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}, "litellm",
-             {"top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1}),
-            ({"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}, "openai", {}),
-            ({"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1}, "deepseek", {}),
-            ({"num_ctx": 32768, "num_gpu": 99, "num_thread": 8, "num_batch": 512, "num_keep": 4,
-              "main_gpu": 0, "use_mmap": True, "typical_p": 0.9, "repeat_last_n": 64,
-              "mirostat": 2, "tfs_z": 1.0, "low_vram": False, "penalize_newline": True}, "vllm", {}),
-            ({}, "generic", {}),
-        ]
-        for options, flavor, expected in cases:
-            self.assertEqual(self.fieldsFor(options, flavor), expected, (options, flavor))
-
-    def test_badTypes(self) -> None:
-        """
-        A wrongly typed option is a 400 naming the option and the type, as
-        Ollama does, also for options the flavor does not forward.
-        """
-        cases: list[tuple[JSON, str, str]] = [
-            ({"num_predict": "10"}, "generic", 'option "num_predict" must be of type integer'),
-            ({"num_predict": 1.5}, "generic", 'option "num_predict" must be of type integer'),
-            ({"temperature": "hot"}, "generic", 'option "temperature" must be of type number'),
-            ({"top_p": True}, "generic", 'option "top_p" must be of type number'),
-            ({"seed": 1.5}, "generic", 'option "seed" must be of type integer'),
-            ({"stop": [1]}, "generic", 'option "stop" must be of type array of strings'),
-            ({"top_k": 0.5}, "openai", 'option "top_k" must be of type integer'),
-            ({"min_p": "x"}, "vllm", 'option "min_p" must be of type number'),
-            ({"repeat_penalty": []}, "generic", 'option "repeat_penalty" must be of type number'),
-        ]
-        for options, flavor, message in cases:
-            e = self.assertRaises(
-                BadRequest, chatRequestToOpenAI, chat(options=options), "m", True, FLAVORS[flavor]
-            )
-            self.assertEqual(e.message, message)
-        self.assertRaises(BadRequest, chatRequestToOpenAI, chat(options=[1]), "m", True)
-
-    def test_acceptedNotForwarded(self) -> None:
-        """
-        C{keep_alive}, C{truncate}, C{shift}, C{template}, C{context} and
-        C{_debug_render_only} are accepted and the backend request is exactly
-        what it would be without them.
-        """
-        ignored = {"keep_alive": "30m", "truncate": False, "shift": False, "template": "{{ .Prompt }}",
-                   "context": [1, 2, 3], "_debug_render_only": False}
-        for build, body in ((chatRequestToOpenAI, chat()),
-                            (generateRequestToOpenAI, {"model": "m", "prompt": "hi"})):
-            self.assertEqual(build({**body, **ignored}, "m", True), build(body, "m", True))
-
-    def test_format(self) -> None:
-        """
-        C{"json"} is JSON mode, a schema is C{json_schema} with the name
-        OpenAI requires (no C{strict}: Ollama's constraint is not strict
-        either), empty is free text, anything else is a 400.
-        """
-        schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
-        cases: list[tuple[Any, Any]] = [
-            ("json", {"type": "json_object"}),
-            (schema, {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}),
-            ("", None),
-            (None, None),
-        ]
-        for fmt, expected in cases:
-            for build, body in ((chatRequestToOpenAI, chat(format=fmt)),
-                                (generateRequestToOpenAI, {"model": "m", "prompt": "x", "format": fmt})):
-                self.assertEqual(build(body, "m", True).get("response_format"), expected, fmt)
-        for bad in ("yaml", 3, ["json"]):
-            self.assertRaises(BadRequest, chatRequestToOpenAI, chat(format=bad), "m", True)
-
-    def test_logprobs(self) -> None:
-        """
-        C{logprobs} and C{top_logprobs} are forwarded together; C{top_logprobs}
-        alone means nothing (OpenAI would reject it), as in Ollama.
-        """
-        cases: list[tuple[JSON, JSON]] = [
-            ({"logprobs": True}, {"logprobs": True}),
-            ({"logprobs": True, "top_logprobs": 5}, {"logprobs": True, "top_logprobs": 5}),
-            ({"logprobs": True, "top_logprobs": 20}, {"logprobs": True, "top_logprobs": 20}),
-            ({"logprobs": True, "top_logprobs": 0}, {"logprobs": True}),
-            ({"logprobs": False, "top_logprobs": 3}, {}),
-            ({"top_logprobs": 3}, {}),
-            ({}, {}),
-        ]
-        for fields, expected in cases:
-            request = chatRequestToOpenAI(chat(**fields), "m", True)
-            self.assertEqual(
-                {k: request[k] for k in ("logprobs", "top_logprobs") if k in request}, expected, fields
-            )
-
-    def test_topLogprobsRange(self) -> None:
-        """
-        C{top_logprobs} outside 0..20 is a 400 with Ollama's message, on chat
-        and generate; wrong types are 400s too.
-        """
-        for top in (-1, 21, 1000):
-            for build, body in ((chatRequestToOpenAI, chat(logprobs=True, top_logprobs=top)),
-                                (generateRequestToOpenAI, {"model": "m", "prompt": "x", "top_logprobs": top})):
-                e = self.assertRaises(BadRequest, build, body, "m", True)
-                self.assertEqual(e.message, "top_logprobs must be between 0 and 20")
-        self.assertRaises(BadRequest, chatRequestToOpenAI, chat(top_logprobs="5"), "m", True)
-        self.assertRaises(BadRequest, chatRequestToOpenAI, chat(logprobs="yes"), "m", True)
-
-    def test_generate(self) -> None:
-        """
-        C{/api/generate} is a one-turn chat (system, then the prompt with its
-        images) with the same options, format, think and logprobs handling.
-        """
-        body = {
-            "model": "m:proxy", "prompt": "describe", "system": "be brief", "images": [b64(PNG)],
-            "options": {"num_predict": 5, "top_k": 3}, "format": "json", "think": "low",
-            "logprobs": True, "top_logprobs": 2, "keep_alive": 0,
-        }
-        self.assertEqual(
-            generateRequestToOpenAI(body, "m", True, FLAVORS["vllm"]),
-            {
-                "model": "m",
-                "messages": [
-                    {"role": "system", "content": "be brief"},
-                    {"role": "user", "content": [
-                        {"type": "text", "text": "describe"},
-                        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(PNG)}},
-                    ]},
-                ],
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                "max_tokens": 5,
-                "top_k": 3,
-                "response_format": {"type": "json_object"},
-                "chat_template_kwargs": {"enable_thinking": True},
-                "reasoning_effort": "low",
-                "logprobs": True,
-                "top_logprobs": 2,
-            },
-        )
-
-
-class RequestTests(SynchronousTestCase):
-    """
-    The chat request Ollama -> OpenAI.
-    """
-
-    def test_basic(self) -> None:
-        """
-        Messages, streaming with usage, and options with an OpenAI equivalent.
-        """
-        body = {
-            "model": "m:proxy",
-            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
-            "options": {"temperature": 0.2, "num_predict": 64, "num_ctx": 8192, "stop": ["\n"]},
-            "keep_alive": "5m",
-            "tools": [],
-        }
-        self.assertEqual(
-            chatRequestToOpenAI(body, "m", True),
-            {
-                "model": "m",
-                "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                "temperature": 0.2,
-                "max_tokens": 64,
-                "stop": ["\n"],
-            },
-        )
-
-    def test_generateImagesNotAList(self) -> None:
-        """
-        A generate request's C{images} of the wrong type is a 400 naming
-        C{images}, not the chat message it is turned into.
-        """
-        e = self.assertRaises(
-            BadRequest, generateRequestToOpenAI, {"prompt": "x", "images": "abc"}, "m", True
-        )
-        self.assertEqual(e.message, "images must be a list of base64 strings")
-
-    def test_badOptions(self) -> None:
-        """
-        Wrongly typed options are a 400 naming the option.
-        """
-        e = self.assertRaises(
-            BadRequest, chatRequestToOpenAI, {"messages": [], "options": {"temperature": "hot"}}, "m", True
-        )
-        self.assertIn('"temperature"', e.message)
+        self.assertEqual(estimateTokens(ChatRequest("m", ())), 1)

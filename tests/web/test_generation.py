@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import NoResource
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.requests import ChatRequest, Message
+from ollama_proxy.protocol.backends import ModelOverride
+from ollama_proxy.protocol.dialect import Answer, Generation
+from ollama_proxy.protocol.flavors import FLAVORS
+from ollama_proxy.protocol.requests import ChatRequest, Message, Sampling
 from ollama_proxy.testing.harness import BodyCollector, ProxyHarness, delta
 from ollama_proxy.web.generation import GenerationResource
 from ollama_proxy.web.metrics import Metrics
@@ -33,9 +38,11 @@ class ToyRoute:
     def model(self, body: JSON, params: Mapping[str, str]) -> object:
         return body.get("model")
 
-    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, ToyDialect]:
-        return ChatRequest(model=str(body["model"]), messages=(Message("user", "hi"),),
-                           stream=True), ToyDialect()
+    def parse(
+        self, body: JSON, params: Mapping[str, str], override: ModelOverride
+    ) -> Generation:
+        return Generation(ChatRequest(model=str(body["model"]), messages=(Message("user", "hi"),),
+                                      stream=True), ToyDialect())
 
 
 class GenerationResourceTests(SynchronousTestCase):
@@ -100,3 +107,80 @@ class GenerationResourceTests(SynchronousTestCase):
         collector: Any = BodyCollector(self.h, response)
         self.h.pump()
         self.assertEqual(collector.data.decode().splitlines(), ["say Hi", "end stop None"])
+
+
+class ParamsRoute:
+    """
+    A dialect that answers without a backend, with the parameters it got.
+    """
+
+    errors = ToyDialect.errors
+    native = None
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+
+    def model(self, body: JSON, params: Mapping[str, str]) -> object:
+        self.seen.append(dict(params))
+        return params["model"]
+
+    def parse(
+        self, body: JSON, params: Mapping[str, str], override: ModelOverride
+    ) -> Generation | Answer:
+        if body.get("answer"):
+            return Answer({"params": dict(params), "temperature": override.options.get("t")})
+        return Generation(ChatRequest(model=params["model"], messages=(Message("user", "hi"),),
+                                      stream=False, sampling=Sampling(topK=3)),
+                          ToyDialect(), dropped=("body.secretSauce",))
+
+
+class GenericPathTests(SynchronousTestCase):
+    """
+    What the generic resource hands a dialect, and what a dialect may
+    answer itself.
+    """
+
+    def setUp(self) -> None:
+        self.h = ProxyHarness()
+        self.route = ParamsRoute()
+        cors: Any = self.h.root
+        mount(cors.wrapped, NoResource(), GenerationResource(self.h.ctx, self.route, "/q/{model}"))
+
+    def test_queryParameters(self) -> None:
+        """
+        The query string's parameters join the template's, which win; a
+        dialect's own answer is sent as it is, and no backend is asked.
+        """
+        d = self.h.post("/q/m?alt=sse&model=evil&model=worse", {"answer": True})
+        self.h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(codec.loads(self.successResultOf(response.content())),
+                         {"params": {"model": "m", "alt": "sse"}, "temperature": None})
+        self.assertEqual(self.route.seen, [{"model": "m", "alt": "sse"}])
+        self.assertEqual([r for r in self.h.backend.received if "chat" in r.path], [])
+
+    def test_droppedNamedInTheDebugLog(self) -> None:
+        """
+        With C{--debug}, what the dialect's parser dropped and a C{top_k}
+        the backend's flavor cannot take are named under the route's
+        template; without it, nothing is.
+        """
+        events = EventLoggingObserver()
+        globalLogPublisher.addObserver(events)
+        self.addCleanup(globalLogPublisher.removeObserver, events)
+        for debug in (False, True):
+            h = ProxyHarness(debug=debug)
+            h.backendClient.flavor = FLAVORS["openai"]  # no top_k
+            cors: Any = h.root
+            mount(cors.wrapped, NoResource(), GenerationResource(h.ctx, ParamsRoute(), "/q/{model}"))
+            d = h.post("/q/m", {})
+            h.backend.received[-1].respond(200, {"choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"content": "ok"}}]})
+            h.pump()
+            self.assertEqual(self.successResultOf(d).code, 200)
+        lines = [formatEvent(e) for e in events if "cannot take" in formatEvent(e)]
+        self.assertEqual(len(lines), 1)
+        self.assertIn("/q/{model}", lines[0])
+        self.assertIn("body.secretSauce", lines[0])
+        self.assertIn("top_k (", lines[0])

@@ -18,7 +18,7 @@ from twisted.web.resource import NoResource, Resource
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.dialect import DONE, EncodedErrors, Encoder
+from ollama_proxy.protocol.dialect import DONE, EncodedErrors, Encoder, Generation
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCalls
 from ollama_proxy.protocol.requests import ChatRequest, Message, Sampling
@@ -132,8 +132,10 @@ class ToyRoute:
     def model(self, body: JSON, params: Mapping[str, str]) -> object:
         return body.get("who")
 
-    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, ToyDialect]:
-        return parseToy(body), ToyDialect()
+    def parse(
+        self, body: JSON, params: Mapping[str, str], override: ModelOverride
+    ) -> Generation:
+        return Generation(parseToy(body), ToyDialect())
 
 
 def toyRoot(ctx: ProxyContext) -> Resource:
@@ -308,7 +310,9 @@ class GeminiishRoute:
     def model(self, body: JSON, params: Mapping[str, str]) -> object:
         return params["model"]
 
-    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, GeminiishDialect]:
+    def parse(
+        self, body: JSON, params: Mapping[str, str], override: ModelOverride
+    ) -> Generation:
         method = params["method"]
         if method not in ("generateContent", "streamGenerateContent"):
             raise BadRequest(f"unknown method {method}")
@@ -322,8 +326,9 @@ class GeminiishRoute:
                 raise BadRequest("each content needs parts")
             role = "assistant" if content.get("role") == "model" else "user"
             messages.append(Message(role, "".join(str(p.get("text", "")) for p in parts)))
-        return ChatRequest(model=params["model"], messages=tuple(messages),
-                           stream=method == "streamGenerateContent"), GeminiishDialect()
+        return Generation(ChatRequest(model=params["model"], messages=tuple(messages),
+                                      stream=method == "streamGenerateContent"),
+                          GeminiishDialect())
 
 
 TEMPLATE = "/v1beta/models/{model}:{method}"

@@ -22,9 +22,10 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic_request import parseMessagesRequest
 from ollama_proxy.protocol.blocks import TEXT, THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.dialect import EncodedErrors
+from ollama_proxy.protocol.backends import ModelOverride
+from ollama_proxy.protocol.dialect import EncodedErrors, Generation
 from ollama_proxy.protocol.events import Finish, Reply, ToolCall, Usage
-from ollama_proxy.protocol.requests import ChatRequest, estimateTokens
+from ollama_proxy.protocol.requests import estimateTokens
 from ollama_proxy.protocol.sse import sseEvent
 
 IdMaker = Callable[[str], str]
@@ -278,9 +279,11 @@ class MessagesRoute:
     def model(self, body: JSON, params: Mapping[str, str]) -> object:
         return body.get("model")
 
-    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, AnthropicDialect]:
+    def parse(
+        self, body: JSON, params: Mapping[str, str], override: ModelOverride
+    ) -> Generation:
         request = parseMessagesRequest(body)
-        return request, AnthropicDialect(estimateTokens(request), self._newId)
+        return Generation(request, AnthropicDialect(estimateTokens(request), self._newId))
 
 
 MESSAGES = MessagesRoute()

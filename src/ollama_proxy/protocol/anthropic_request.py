@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_anthropic -*-
+# -*- test-case-name: tests.protocol.test_anthropic_request -*-
 """
 The Anthropic Messages dialect's request side: C{/v1/messages} and
 C{/v1/messages/count_tokens} bodies validated, once, into the hub's
@@ -15,16 +15,27 @@ backend, which answers 400 to unknown fields.
 from __future__ import annotations
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.codec import JSON, Obj
+from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.fields import base64Data, numberField, requireObject
+from ollama_proxy.protocol.fields import (
+    booleanAt,
+    inlineImage,
+    listAt,
+    numberField,
+    requireObject,
+    stringList,
+)
 from ollama_proxy.protocol.requests import (
     ChatRequest,
+    FunctionTool,
     Message,
     Sampling,
     Think,
     ToolCallRequest,
-    estimateTokens,
+    ToolChoice,
+    functionTool,
+    namedChoice,
 )
 
 EFFORTS: dict[str, Think] = {
@@ -52,12 +63,13 @@ def _text(blocks: object, where: str) -> str:
     for block in blocks:
         if not isinstance(block, dict):
             raise BadRequest(f"{where}: expected a string or a list of text blocks")
-        if block.get("type") == "text" and isinstance(block.get("text"), str):
-            texts.append(block["text"])
+        text = block.get("text")
+        if block.get("type") == "text" and isinstance(text, str):
+            texts.append(text)
     return "\n\n".join(texts)
 
 
-def imageSource(block: JSON, where: str) -> str:
+def imageSource(block: Obj, where: str) -> str:
     """
     An C{image} block's source as a URL for OpenAI's C{image_url}.
 
@@ -71,8 +83,9 @@ def imageSource(block: JSON, where: str) -> str:
     if not isinstance(source, dict):
         raise BadRequest(f"{where}: invalid image source")
     kind = source.get("type")
-    if kind == "url" and isinstance(source.get("url"), str):
-        return str(source["url"])
+    url = source.get("url")
+    if kind == "url" and isinstance(url, str):
+        return url
     if kind != "base64":
         raise BadRequest(
             f"{where}: invalid image source type: {kind}. Only base64 and url images are supported."
@@ -80,14 +93,13 @@ def imageSource(block: JSON, where: str) -> str:
     data, mediaType = source.get("data"), source.get("media_type")
     if not isinstance(data, str) or not isinstance(mediaType, str) or not mediaType:
         raise BadRequest(f"{where}: image source needs media_type and data strings")
-    base64Data(data, where)
-    return f"data:{mediaType};base64,{data}"
+    return inlineImage(mediaType, data, where)
 
 
-def _toolResult(block: JSON, where: str) -> tuple[Message, tuple[str, ...]]:
+def _toolResult(block: Obj, where: str, turn: Turn) -> None:
     """
     A C{tool_result} block as a C{role: tool} message, and its images (an
-    OpenAI tool message carries text only; the caller adds them as a user
+    OpenAI tool message carries text only; the walker adds them as a user
     turn after the results).  C{is_error} is kept as an C{Error:} prefix so
     the model still learns that the tool failed.
     """
@@ -95,95 +107,78 @@ def _toolResult(block: JSON, where: str) -> tuple[Message, tuple[str, ...]]:
     if not isinstance(callId, str) or not callId:
         raise BadRequest(f"{where}: tool_result block missing required 'tool_use_id' field")
     content = block.get("content")
-    images: list[str] = []
     if isinstance(content, list):
         for j, part in enumerate(content):
             if isinstance(part, dict) and part.get("type") == "image":
-                images.append(imageSource(part, f"{where}.content[{j}]"))
+                turn.resultImages.append(imageSource(part, f"{where}.content[{j}]"))
     text = _text(content, f"{where}.content")
     if block.get("is_error") is True and not text.startswith("Error"):
         text = "Error: " + text if text else "Error"
-    return Message("tool", text, toolCallId=callId), tuple(images)
+    turn.results.append(Message("tool", text, toolCallId=callId))
+
+
+class _Messages(Shape):
+    """
+    Anthropic's C{messages}: a user turn's C{tool_result} blocks become
+    C{role: tool} messages placed before the turn's own text; an assistant
+    turn's C{tool_use} blocks become its tool calls and its C{thinking}
+    block its reasoning.  C{role: system} turns (Claude Code sends one
+    mid-conversation) are kept as system messages.  Unknown blocks
+    (C{redacted_thinking}, C{server_tool_use}, documents) are skipped.
+    """
+
+    def entry(self, entry: Obj, where: str, walker: Walker) -> None:
+        role = entry.get("role")
+        if role not in ("user", "assistant", "system"):
+            raise BadRequest(f"{where}.role: expected \"user\" or \"assistant\", got {role!r}")
+        content = entry.get("content")
+        if not isinstance(content, (str, list)):
+            raise BadRequest(f"{where}.content: expected a string or a list of blocks")
+        walker.turn(str(role), content, where)
+
+    def part(self, part: Obj, at: str, turn: Turn) -> None:
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise BadRequest(f"{at}.text: expected a string")
+            turn.texts.append(text)
+        elif kind == "image":
+            turn.images.append(imageSource(part, at))
+        elif kind == "tool_use":
+            callId, name = part.get("id"), part.get("name")
+            if not isinstance(callId, str) or not callId:
+                raise BadRequest(f"{at}: tool_use block missing required 'id' field")
+            if not isinstance(name, str) or not name:
+                raise BadRequest(f"{at}: tool_use block missing required 'name' field")
+            arguments = part.get("input")
+            turn.calls.append(ToolCallRequest(
+                callId, name,
+                arguments if isinstance(arguments, str)
+                else codec.dumps(arguments if arguments is not None else {}).decode(),
+            ))
+        elif kind == "tool_result":
+            _toolResult(part, at, turn)
+        elif kind == "thinking":
+            thinking = part.get("thinking")
+            if isinstance(thinking, str):
+                turn.thinking.append(thinking)
+
+
+_MESSAGES = _Messages()
 
 
 def parseConversation(messages: object) -> tuple[Message, ...]:
     """
-    Validate C{messages} into typed turns.
-
-    A user turn's C{tool_result} blocks become C{role: tool} messages placed
-    before the turn's own text (OpenAI wants results right after the
-    assistant's calls); an assistant turn's C{tool_use} blocks become its
-    tool calls and its C{thinking} block its reasoning.  C{role: system}
-    turns (Claude Code sends one mid-conversation) are kept as system
-    messages.  Unknown blocks (C{redacted_thinking}, C{server_tool_use},
-    documents) are skipped.
+    Validate C{messages} into typed turns (L{_Messages}: the dialect's
+    shape for the one walker).
 
     @raise BadRequest: with the position of what is wrong.
     """
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages is required")
-    out: list[Message] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise BadRequest(f"{where}: expected an object")
-        role = message.get("role")
-        if role not in ("user", "assistant", "system"):
-            raise BadRequest(f"{where}.role: expected \"user\" or \"assistant\", got {role!r}")
-        content = message.get("content")
-        if isinstance(content, str):
-            out.append(Message(role, content))
-            continue
-        if not isinstance(content, list):
-            raise BadRequest(f"{where}.content: expected a string or a list of blocks")
-        texts: list[str] = []
-        images: list[str] = []
-        calls: list[ToolCallRequest] = []
-        thinking: list[str] = []
-        results: list[Message] = []
-        resultImages: list[str] = []
-        for j, block in enumerate(content):
-            at = f"{where}.content[{j}]"
-            if not isinstance(block, dict):
-                raise BadRequest(f"{at}: expected an object")
-            kind = block.get("type")
-            if kind == "text":
-                if not isinstance(block.get("text"), str):
-                    raise BadRequest(f"{at}.text: expected a string")
-                texts.append(block["text"])
-            elif kind == "image":
-                images.append(imageSource(block, at))
-            elif kind == "tool_use":
-                callId, name = block.get("id"), block.get("name")
-                if not isinstance(callId, str) or not callId:
-                    raise BadRequest(f"{at}: tool_use block missing required 'id' field")
-                if not isinstance(name, str) or not name:
-                    raise BadRequest(f"{at}: tool_use block missing required 'name' field")
-                arguments = block.get("input")
-                calls.append(ToolCallRequest(
-                    callId, name,
-                    arguments if isinstance(arguments, str)
-                    else codec.dumps(arguments if arguments is not None else {}).decode(),
-                ))
-            elif kind == "tool_result":
-                result, extra = _toolResult(block, at)
-                results.append(result)
-                resultImages.extend(extra)
-            elif kind == "thinking" and isinstance(block.get("thinking"), str):
-                thinking.append(block["thinking"])
-        out.extend(results)
-        if resultImages:
-            out.append(Message("user", "", tuple(resultImages)))
-        text = "".join(texts)
-        if text or images or calls or not results:
-            out.append(Message(
-                role, text, tuple(images), tuple(calls),
-                thinking="".join(thinking) if thinking and role == "assistant" else None,
-            ))
-    return tuple(out)
+    return walk(messages, _MESSAGES)
 
 
-def parseTools(tools: object) -> tuple[JSON, ...]:
+def parseTools(tools: object) -> tuple[FunctionTool, ...]:
     """
     Anthropic tools (C{name}, C{description}, C{input_schema}) as OpenAI
     function tools.  Server tools (a C{type} such as C{web_search_20250305},
@@ -192,12 +187,8 @@ def parseTools(tools: object) -> tuple[JSON, ...]:
 
     @raise BadRequest: for a tool without a name or with a bad schema.
     """
-    if tools is None:
-        return ()
-    if not isinstance(tools, list):
-        raise BadRequest("tools: expected a list")
-    out: list[JSON] = []
-    for i, tool in enumerate(tools):
+    out: list[FunctionTool] = []
+    for i, tool in enumerate(listAt(tools, "tools")):
         if not isinstance(tool, dict):
             raise BadRequest(f"tools[{i}]: expected an object")
         if tool.get("type") not in (None, "custom"):
@@ -208,14 +199,11 @@ def parseTools(tools: object) -> tuple[JSON, ...]:
         schema = tool.get("input_schema")
         if not isinstance(schema, dict):
             raise BadRequest(f'invalid input_schema for tool "{name}": expected an object')
-        function: JSON = {"name": name, "parameters": schema}
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
-        out.append({"type": "function", "function": function})
+        out.append(functionTool(name, schema, tool.get("description")))
     return tuple(out)
 
 
-def toolChoice(choice: object) -> tuple[str | JSON | None, bool | None]:
+def toolChoice(choice: object) -> tuple[ToolChoice | None, bool | None]:
     """
     Anthropic's C{tool_choice} as OpenAI's C{tool_choice} and
     C{parallel_tool_calls} (Ollama ignores it; a backend that takes it does
@@ -240,7 +228,7 @@ def toolChoice(choice: object) -> tuple[str | JSON | None, bool | None]:
         name = choice.get("name")
         if not isinstance(name, str) or not name:
             raise BadRequest("tool_choice: type tool needs a name")
-        return {"type": "function", "function": {"name": name}}, parallel
+        return namedChoice(name), parallel
     raise BadRequest(f"tool_choice.type: expected auto, any, tool or none, got {kind!r}")
 
 
@@ -286,12 +274,8 @@ def parseMessagesRequest(body: object, counting: bool = False) -> ChatRequest:
         not isinstance(maxTokens, int) or isinstance(maxTokens, bool) or maxTokens <= 0
     ):
         raise BadRequest("max_tokens is required and must be positive")
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise BadRequest("stream: expected a boolean")
-    stop = body.get("stop_sequences") or []
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise BadRequest("stop_sequences: expected a list of strings")
+    stream = booleanAt(body.get("stream", False), "stream")
+    stop = stringList(body.get("stop_sequences"), "stop_sequences")
     conversation = parseConversation(body.get("messages"))
     system = _text(body.get("system"), "system")
     messages = ((Message("system", system),) if system else ()) + conversation
@@ -309,7 +293,7 @@ def parseMessagesRequest(body: object, counting: bool = False) -> ChatRequest:
             temperature=numberField(body, "temperature", (int, float)),
             topP=numberField(body, "top_p", (int, float)),
             topK=numberField(body, "top_k", int),
-            stop=tuple(stop),
+            stop=stop,
         ),
         format=schema if isinstance(schema, dict) else None,
         tools=parseTools(body.get("tools")),

@@ -15,11 +15,11 @@ released as one L{ToolCalls} at the end; C{finish_reason} and C{usage}
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping
+from typing import Mapping
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.clock import Clock, wallClock
-from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.codec import JSON, Obj
 from ollama_proxy.protocol.errors import UpstreamError
 from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.events import (
@@ -129,7 +129,7 @@ def _responseCallId(index: int, name: str, arguments: object) -> str:
     return "call_" + digest.hexdigest()[:8]
 
 
-def _errorMessage(payload: JSON) -> str:
+def _errorMessage(payload: Mapping[str, object]) -> str:
     """
     Extract a message from an OpenAI-style error object.
 
@@ -168,7 +168,7 @@ def errorFromBody(body: bytes, status: int) -> str:
     return text or f"backend returned HTTP {status}"
 
 
-def _tokenLogprob(entry: Mapping[str, Any]) -> JSON:
+def _tokenLogprob(entry: Mapping[str, object]) -> JSON:
     """
     One OpenAI token log-probability in Ollama's shape.
 
@@ -307,11 +307,12 @@ class ChatStreamReader:
             if logprobs:
                 self._logprobs.extend(logprobsFromOpenAI(logprobs))
             if self._text and "text" in choice:
-                delta: Any = {"content": choice.get("text")}
+                delta: Obj = {"content": choice.get("text")}
             else:
-                delta = choice.get("delta")
-                if not isinstance(delta, dict):
+                given = choice.get("delta")
+                if not isinstance(given, dict):
                     continue
+                delta = given
             content = delta.get("content")
             thinking = delta.get("reasoning_content") or delta.get("reasoning")
             if self._dropThinking or not isinstance(thinking, str):
@@ -461,11 +462,10 @@ def readReply(
         raise UpstreamError("backend returned a completion without choices")
     choice = choices[0]
     if text and "text" in choice:
-        message: Any = {"content": choice.get("text")}
+        message: Obj = {"content": choice.get("text")}
     else:
-        message = choice.get("message")
-    if not isinstance(message, dict):
-        message = {}
+        given = choice.get("message")
+        message = given if isinstance(given, dict) else {}
     content = message.get("content")
     if not isinstance(content, str):
         content = contentText(content)
@@ -477,7 +477,8 @@ def readReply(
         thinking += tagged
     if dropThinking:
         thinking = ""
-    toolCalls = toolCallsFromOpenAI(message["tool_calls"]) if message.get("tool_calls") else ()
+    calls = message.get("tool_calls")
+    toolCalls = toolCallsFromOpenAI(calls) if calls else ()
     finish = choice.get("finish_reason")
     return Reply(
         content,

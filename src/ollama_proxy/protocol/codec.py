@@ -18,7 +18,14 @@ import orjson
 from ollama_proxy.protocol.errors import BadRequest
 
 JSON = dict[str, Any]
-"""A decoded JSON object."""
+"""A JSON object the proxy built or already checked (its values are
+whatever the code put there)."""
+
+Obj = dict[str, object]
+"""A decoded JSON object from outside (a client's body, a backend's
+reply): nothing in it is trusted until an C{isinstance} check says what it
+is.  What a seam takes in, where L{JSON} would let any use through
+unchecked."""
 
 JSONDecodeError = orjson.JSONDecodeError
 
@@ -91,7 +98,7 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
-def loadsBounded(data: bytes | bytearray | str) -> Any:
+def loadsBounded(data: bytes | bytearray | str) -> object:
     """
     Decode JSON nested at most L{MAX_DEPTH} deep, so that whatever parses
     also re-encodes: for client bodies (L{loadsRequest}, the passthrough)
@@ -123,7 +130,7 @@ def loadsBounded(data: bytes | bytearray | str) -> Any:
     return decoded
 
 
-def loadsRequest(data: bytes | bytearray) -> Any:
+def loadsRequest(data: bytes | bytearray) -> object:
     """
     Decode a client's request body: JSON, nested at most L{MAX_DEPTH} deep,
     so that whatever parses also re-encodes.

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Mapping, NamedTuple, Protocol, Sequence
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.backends import ModelOverride
 from ollama_proxy.protocol.events import Event, Finish, Reply, replyEvents
-from ollama_proxy.protocol.requests import ChatRequest
+from ollama_proxy.protocol.requests import ChatRequest, TextRequest
 
 
 class EncoderState(enum.Enum):
@@ -323,13 +324,45 @@ class Dialect(Protocol):
         """
 
 
+class Generation(NamedTuple):
+    """
+    A parsed generation request: what goes to the backend and the reply
+    side bound to it.
+
+    @ivar request: the typed request (a chat, or a raw text completion).
+    @ivar reply: the reply side (L{Dialect}).
+    @ivar dropped: the request's fields the backend gets nothing for,
+        named in the debug log.
+    @ivar asChat: for a text completion, the same prompt as a one-turn
+        chat, made only for a backend without C{/v1/completions}
+        (C{None}: it has no chat equivalent, as fill-in-the-middle).
+    """
+
+    request: ChatRequest | TextRequest
+    reply: Dialect
+    dropped: tuple[str, ...] = ()
+    asChat: Callable[[], ChatRequest] | None = None
+
+
+class Answer(NamedTuple):
+    """
+    An answer a dialect gives without asking a backend (Ollama's load and
+    unload replies to a request with nothing to generate).
+
+    @ivar body: the answer object.
+    """
+
+    body: JSON
+
+
 class RouteDialect(Protocol):
     """
     A client dialect as one route speaks it, made once for the route: where
     the model is named (the routing hook: the body, or the URL), the
     parser, and the error shape.  Parsing a request gives the typed request
     and the reply side (L{Dialect}) bound to it.  The web layer's generic
-    generation resource runs every such dialect the same way.
+    generation resource runs every such dialect the same way: C{model},
+    then the route, then C{parse}.
     """
 
     @property
@@ -348,21 +381,56 @@ class RouteDialect(Protocol):
 
     def model(self, body: JSON, params: Mapping[str, str]) -> object:
         """
-        The routing hook.
+        The routing hook, run before a backend is chosen.
 
         @param body: the decoded request body.
-        @param params: the route template's parameters, from the URL.
+        @param params: the route's parameters from the URL: the template's,
+            and the query string's (first value; the template's win).
         @return: the model name as the client gave it (not checked yet:
             anything but a non-empty string is left to L{parse} to refuse).
+        @raise ollama_proxy.protocol.errors.BadRequest: for what the
+            dialect refuses before routing.
         """
 
-    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, Dialect]:
+    def parse(
+        self, body: JSON, params: Mapping[str, str], override: ModelOverride
+    ) -> Generation | Answer:
         """
         @param body: the decoded request body.
-        @param params: the route template's parameters, from the URL.
-        @return: the typed request and its reply side.
+        @param params: the route's parameters from the URL (as for
+            L{model}).
+        @param override: the routed model's configuration (its default
+            options).
+        @return: the typed request and its reply side, or an answer that
+            needs no backend.
         @raise ollama_proxy.protocol.errors.BadRequest: for a malformed
             request.
+        """
+
+
+class Template(Protocol):
+    """
+    Where a route is mounted and which paths below it it serves: a
+    L{RouteTemplate}, or a dialect's own URL grammar (Gemini's, whose model
+    may hold C{/}).
+    """
+
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        """
+        The fixed segments the route is mounted at.
+        """
+
+    @property
+    def label(self) -> str:
+        """
+        The route's label in logs and metrics (never a value from the URL).
+        """
+
+    def match(self, rest: Sequence[str]) -> dict[str, str] | None:
+        """
+        @param rest: the request's decoded path segments after L{prefix}.
+        @return: the parameters, or C{None} if the path is not this route.
         """
 
 
@@ -375,6 +443,7 @@ class RouteTemplate:
     label value.
 
     @ivar template: the template as written.
+    @ivar label: the template, the route's label.
     @ivar prefix: the fixed segments before the first parameter.
     """
 
@@ -384,6 +453,7 @@ class RouteTemplate:
         if not template.startswith("/"):
             raise ValueError(f"route template {template!r} must start with /")
         self.template = template
+        self.label = template
         segments = template.strip("/").split("/")
         fixed: list[str] = []
         for segment in segments:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_embed -*-
+# -*- test-case-name: tests.protocol.test_embeddings -*-
 """
 Pure translation of Ollama's embedding routes to OpenAI's
 C{POST /v1/embeddings}.
@@ -15,12 +15,37 @@ C{prompt_eval_count}.
 from __future__ import annotations
 
 import math
+from typing import Mapping, TypedDict
 
-from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest, UpstreamError
 
 
-def embedInputs(body: JSON) -> list[str]:
+class _EmbeddingsBody(TypedDict):
+    model: str
+    input: list[str]
+    encoding_format: str
+
+
+class EmbeddingsBody(_EmbeddingsBody, total=False):
+    """The C{/v1/embeddings} body the backend gets."""
+
+    dimensions: int
+
+
+class _EmbedResponse(TypedDict):
+    model: str
+    embeddings: list[list[float]]
+
+
+class EmbedResponse(_EmbedResponse, total=False):
+    """Ollama's C{/api/embed} answer (counts absent when nothing was embedded)."""
+
+    total_duration: int
+    load_duration: int
+    prompt_eval_count: int
+
+
+def embedInputs(body: Mapping[str, object]) -> list[str]:
     """
     Validate C{input} of C{/api/embed}.
 
@@ -40,7 +65,7 @@ def embedInputs(body: JSON) -> list[str]:
     raise BadRequest("invalid input type")
 
 
-def dimensionsValue(body: JSON) -> int | None:
+def dimensionsValue(body: Mapping[str, object]) -> int | None:
     """
     Validate C{dimensions}.
 
@@ -56,7 +81,7 @@ def dimensionsValue(body: JSON) -> int | None:
     return value
 
 
-def embedRequestToOpenAI(backendId: str, inputs: list[str], dimensions: int | None) -> JSON:
+def embedRequestToOpenAI(backendId: str, inputs: list[str], dimensions: int | None) -> EmbeddingsBody:
     """
     The C{/v1/embeddings} body.  C{truncate}, C{options} and C{keep_alive}
     have no OpenAI equivalent and are accepted and dropped (backends
@@ -68,7 +93,7 @@ def embedRequestToOpenAI(backendId: str, inputs: list[str], dimensions: int | No
     @return: the request object, asking for float vectors explicitly (the
         OpenAI SDK default is base64).
     """
-    request: JSON = {"model": backendId, "input": inputs, "encoding_format": "float"}
+    request: EmbeddingsBody = {"model": backendId, "input": inputs, "encoding_format": "float"}
     if dimensions is not None:
         request["dimensions"] = dimensions
     return request
@@ -131,7 +156,7 @@ def embedResponse(
     dimensions: int | None,
     start: int,
     end: int,
-) -> JSON:
+) -> EmbedResponse:
     """
     The C{/api/embed} body.
 
@@ -155,7 +180,7 @@ def embedResponse(
     }
 
 
-def emptyEmbedResponse(model: str) -> JSON:
+def emptyEmbedResponse(model: str) -> EmbedResponse:
     """
     Ollama's answer to an empty C{input}: the model is loaded, nothing is
     embedded.
@@ -166,7 +191,7 @@ def emptyEmbedResponse(model: str) -> JSON:
     return {"model": model, "embeddings": []}
 
 
-def legacyPrompt(body: JSON) -> str:
+def legacyPrompt(body: Mapping[str, object]) -> str:
     """
     Validate C{prompt} of the legacy C{/api/embeddings}.
 

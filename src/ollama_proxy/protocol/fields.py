@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.protocol.test_fields -*-
 """
 Field validators every dialect's parser shares, so that no dialect imports
-another's parser for them: a body that must be an object, a typed number,
-an image given as base64.  The checks are one; the words are the dialect's
+another's parser for them: a body or a field that must be an object, a
+string, a list of strings, a boolean, a typed number, an image given as
+base64.  The checks are one; the words are the dialect's
 (Ollama answers as Ollama does, the agents' dialects name the field's
 path), given as templates.
 """
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, NamedTuple
+from typing import Mapping, NamedTuple, overload
 
-from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.codec import Obj
 from ollama_proxy.protocol.errors import BadRequest
 
 
-def requireObject(body: object) -> JSON:
+def requireObject(body: object) -> Obj:
     """
     @param body: a decoded request body.
     @return: C{body} if it is a JSON object.
@@ -28,12 +29,90 @@ def requireObject(body: object) -> JSON:
     return body
 
 
+def objectAt(value: object, where: str) -> Obj:
+    """
+    @param value: a field that must be an object.
+    @param where: its path, for the message.
+    @return: C{value}.
+    @raise BadRequest: C{<where>: expected an object} otherwise.
+    """
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where}: expected an object")
+    return value
+
+
+def stringAt(value: object, where: str) -> str:
+    """
+    @param value: a field that must be a string.
+    @param where: its path, for the message.
+    @return: C{value}.
+    @raise BadRequest: C{<where>: expected a string} otherwise.
+    """
+    if not isinstance(value, str):
+        raise BadRequest(f"{where}: expected a string")
+    return value
+
+
+def stringList(value: object, where: str) -> tuple[str, ...]:
+    """
+    @param value: a list of strings (stop sequences), or nothing.
+    @param where: its path, for the message.
+    @return: the strings; none for an absent, null or empty value.
+    @raise BadRequest: C{<where>: expected a list of strings} otherwise.
+    """
+    if not value:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise BadRequest(f"{where}: expected a list of strings")
+    return tuple(value)
+
+
+def listAt(value: object, where: str) -> list[object]:
+    """
+    @param value: a field that may be a list, absent or null.
+    @param where: its path, for the message.
+    @return: C{value}, or an empty list for absent or null.
+    @raise BadRequest: C{<where>: expected a list} for another type.
+    """
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f"{where}: expected a list")
+    return value
+
+
+def booleanAt(value: object, where: str) -> bool | None:
+    """
+    @param value: a field that may be a boolean, absent or null.
+    @param where: its path, for the message.
+    @return: C{value}.
+    @raise BadRequest: C{<where>: expected a boolean} for another type.
+    """
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"{where}: expected a boolean")
+    return value
+
+
 AGENT_NUMBER = "{where}{key}: expected {article} {kind}"
 """The agents' dialects' wording of a wrong number (the field's path)."""
 
 
-def numberField(body: JSON, key: str, kind: type | tuple[type, ...], where: str = "",
-                wording: str = AGENT_NUMBER) -> Any:
+Kind = type[int] | tuple[type[int], type[float]]
+"""What L{numberField} takes: C{int}, or C{(int, float)} for any number."""
+
+
+@overload
+def numberField(body: Mapping[str, object], key: str, kind: type[int], where: str = "",
+                wording: str = AGENT_NUMBER) -> int | None: ...
+
+
+@overload
+def numberField(body: Mapping[str, object], key: str, kind: tuple[type[int], type[float]],
+                where: str = "", wording: str = AGENT_NUMBER) -> float | None: ...
+
+
+def numberField(body: Mapping[str, object], key: str, kind: Kind, where: str = "",
+                wording: str = AGENT_NUMBER) -> float | None:
     """
     One typed number of a request.
 
@@ -98,3 +177,18 @@ def base64Data(data: object, where: str = "", wording: Base64Wording = AGENT_BAS
     if not raw:
         raise BadRequest(wording.empty.format(where=where))
     return raw
+
+
+def inlineImage(mediaType: str, data: object, where: str) -> str:
+    """
+    An image a client sent inline (Anthropic's base64 source, Gemini's
+    C{inlineData}) as the C{data:} URL the backend gets, its base64 checked
+    strictly first (L{base64Data}).
+
+    @param mediaType: its MIME type, as the client named it.
+    @param data: the base64 text.
+    @param where: the field's path, for the message.
+    @raise BadRequest: for bad base64.
+    """
+    base64Data(data, where)
+    return f"data:{mediaType};base64,{data}"

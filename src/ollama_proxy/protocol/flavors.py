@@ -48,8 +48,8 @@ class Flavor:
     name: str
     samplingExtras: bool = True
     thinkStyle: ThinkStyle = "effort"
-    historyThinking: str | None = None
-    maxTokensKey: str = "max_tokens"
+    historyThinking: Literal["reasoning_content"] | None = None
+    maxTokensKey: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
 
 FLAVORS: dict[str, Flavor] = {

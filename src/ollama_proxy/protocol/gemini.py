@@ -16,12 +16,13 @@ C{{"error": {...}}} chunk, which the SDKs raise on; never a C{STOP}.
 from __future__ import annotations
 
 import secrets
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.dialect import EncodedErrors, Encoder
+from ollama_proxy.protocol.backends import ModelOverride
+from ollama_proxy.protocol.dialect import EncodedErrors, Encoder, Generation
 from ollama_proxy.protocol.events import (
     Delta,
     Event,
@@ -31,6 +32,9 @@ from ollama_proxy.protocol.events import (
     ToolCalls,
     Usage,
 )
+from ollama_proxy.protocol.gemini_path import STREAM
+from ollama_proxy.protocol.gemini_request import parseGenerateRequest
+from ollama_proxy.protocol.requests import estimateTokens
 
 SSE = b"text/event-stream"
 ARRAY = b"application/json; charset=utf-8"
@@ -275,6 +279,35 @@ class GeminiDialect:
             "modelVersion": model,
             "responseId": self.responseId,
         }
+
+
+class GeminiRoute:
+    """
+    C{models/{model}:generateContent} and C{:streamGenerateContent} as a
+    route speaks them (L{ollama_proxy.protocol.dialect.RouteDialect}):
+    the model and the method in the URL (L{ollama_proxy.protocol.gemini_path.GeminiTemplate}),
+    the stream's framing in its query (C{alt=sse}), Google's parser (what
+    a chat backend cannot take dropped and named) and errors.
+    """
+
+    errors = ERRORS
+    native = None
+
+    def model(self, body: JSON, params: Mapping[str, str]) -> object:
+        return params["model"]
+
+    def parse(
+        self, body: JSON, params: Mapping[str, str], override: ModelOverride
+    ) -> Generation:
+        parsed = parseGenerateRequest(body, params["model"], params["method"] == STREAM)
+        dialect = GeminiDialect(
+            responseId(), estimateTokens(parsed.chat), parsed.thoughts,
+            sse=params.get("alt") == "sse",
+        )
+        return Generation(parsed.chat, dialect, parsed.dropped)
+
+
+GEMINI = GeminiRoute()
 
 
 METHODS = ["generateContent", "streamGenerateContent", "countTokens"]

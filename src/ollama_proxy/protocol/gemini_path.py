@@ -72,3 +72,32 @@ def parsePath(segments: Sequence[str]) -> GeminiCall | None:
     if not name or any(part in ("", ".", "..") for part in name.split("/")):
         return None
     return GeminiCall(name, found)
+
+
+class GeminiTemplate:
+    """
+    One generation method's route under one API version, read by
+    L{parsePath} (the model may hold C{/} and C{:}, which no one-segment
+    template parameter can): the L{ollama_proxy.protocol.dialect.Template}
+    of a Gemini generation route.
+
+    @ivar prefix: C{(version, "models")}.
+    @ivar label: the path's template (C{/v1beta/models/{model}:generateContent}).
+    @ivar action: the method (L{GENERATE} or L{STREAM}).
+    """
+
+    def __init__(self, version: str, action: str) -> None:
+        self.prefix = (version, "models")
+        self.action = action
+        self.label = GeminiCall("", action).template(version)
+
+    def match(self, rest: Sequence[str]) -> dict[str, str] | None:
+        """
+        @param rest: the segments after C{models}.
+        @return: C{model} and C{method}, when the path asks this route's
+            method of a model.
+        """
+        call = parsePath(["models", *rest])
+        if call is None or call.model is None or call.action != self.action:
+            return None
+        return {"model": call.model, "method": self.action}

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_gemini -*-
+# -*- test-case-name: tests.protocol.test_gemini_request -*-
 """
 The Gemini API dialect's request side (Gemini CLI, the C{google-genai}
 SDKs): C{generateContent} / C{countTokens} bodies validated, once, into the
@@ -20,15 +20,28 @@ from __future__ import annotations
 import attrs
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.codec import JSON, Obj
+from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.fields import base64Data, numberField, requireObject
+from ollama_proxy.protocol.fields import (
+    booleanAt,
+    inlineImage,
+    listAt,
+    numberField,
+    objectAt,
+    requireObject,
+    stringList,
+)
 from ollama_proxy.protocol.requests import (
     ChatRequest,
+    FunctionTool,
     Message,
     Sampling,
     Think,
     ToolCallRequest,
+    ToolChoice,
+    functionTool,
+    namedChoice,
 )
 
 @attrs.frozen
@@ -66,7 +79,7 @@ class _Dropped:
             self.paths[path[:200]] = None
 
 
-def camelKeys(obj: JSON) -> JSON:
+def camelKeys(obj: Obj) -> Obj:
     """
     One protocol object's keys in lowerCamelCase.
 
@@ -89,7 +102,7 @@ def camelKeys(obj: JSON) -> JSON:
     return out
 
 
-def _object(value: object, where: str) -> JSON:
+def _object(value: object, where: str) -> Obj:
     """
     @return: C{value}, a protocol object, with L{camelKeys}.
     @raise BadRequest: for anything but an object.
@@ -97,16 +110,6 @@ def _object(value: object, where: str) -> JSON:
     if not isinstance(value, dict):
         raise BadRequest(f"{where}: expected an object")
     return camelKeys(value)
-
-
-def _plainObject(value: object, where: str) -> JSON:
-    """
-    @return: C{value}, an object the client owns (a JSON Schema), as it is.
-    @raise BadRequest: for anything but an object.
-    """
-    if not isinstance(value, dict):
-        raise BadRequest(f"{where}: expected an object")
-    return value
 
 
 MAX_SCHEMA_DEPTH = 64
@@ -184,7 +187,7 @@ def _text(value: object, where: str) -> str:
     return "\n".join(texts)
 
 
-def _image(part: JSON, key: str, where: str, dropped: _Dropped) -> str | None:
+def _image(part: Obj, key: str, where: str, dropped: _Dropped) -> str | None:
     """
     An C{inlineData} (base64) or C{fileData} (URL) part as an image URL;
     other media (audio, video, PDF) have no place in a chat message and
@@ -196,8 +199,7 @@ def _image(part: JSON, key: str, where: str, dropped: _Dropped) -> str | None:
         dropped.add(f"contents.parts.{key} ({mimeType if isinstance(mimeType, str) else 'no'} media)")
         return None
     if key == "inlineData":
-        base64Data(blob.get("data"), f"{where}.inlineData.data")
-        return f"data:{mimeType};base64,{blob['data']}"
+        return inlineImage(mimeType, blob.get("data"), f"{where}.inlineData.data")
     uri = blob.get("fileUri")
     if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
         dropped.add("contents.parts.fileData (not an http(s) URL)")
@@ -207,29 +209,39 @@ def _image(part: JSON, key: str, where: str, dropped: _Dropped) -> str | None:
 
 _PART_METADATA = ("thoughtSignature", "partMetadata", "videoMetadata", "mediaResolution")
 
+_ROLES = {"user": "user", "function": "user", "model": "assistant"}
 
-def _content(content: JSON, where: str, dropped: _Dropped) -> list[Message]:
+
+class _Contents(Shape):
     """
-    One C{Content} as the hub's messages: a C{model} turn is an assistant
-    message (thought parts its reasoning, C{functionCall} parts its tool
-    calls); a C{user} (or C{function}) turn's C{functionResponse} parts are
-    C{tool} messages, placed before its own text, as OpenAI wants results
-    right after the calls.
+    Gemini's C{contents}: a C{model} turn is an assistant message (thought
+    parts its reasoning, C{functionCall} parts its tool calls); a C{user}
+    (or C{function}) turn's C{functionResponse} parts are C{tool}
+    messages, placed before its own text.  What has no place in a chat
+    message is dropped and named.
     """
-    role = content.get("role") or "user"
-    if role not in ("user", "model", "function"):
-        raise BadRequest(f"{where}.role: expected \"user\" or \"model\", got {role!r}")
-    parts = content.get("parts")
-    if not isinstance(parts, list):
-        raise BadRequest(f"{where}.parts: expected a list")
-    texts: list[str] = []
-    thinking: list[str] = []
-    images: list[str] = []
-    calls: list[ToolCallRequest] = []
-    results: list[Message] = []
-    for j, part in enumerate(parts):
-        at = f"{where}.parts[{j}]"
-        part = _object(part, at)
+
+    name = "contents"
+    missing = "contents is required: a non-empty list"
+
+    def __init__(self, dropped: _Dropped) -> None:
+        self.dropped = dropped
+
+    partKey = ".parts"
+
+    def entry(self, entry: Obj, where: str, walker: Walker) -> None:
+        entry = camelKeys(entry)
+        role = entry.get("role") or "user"
+        if role not in ("user", "model", "function"):
+            raise BadRequest(f"{where}.role: expected \"user\" or \"model\", got {role!r}")
+        parts = entry.get("parts")
+        if not isinstance(parts, list):
+            raise BadRequest(f"{where}.parts: expected a list")
+        walker.turn(_ROLES[str(role)], parts, where)
+
+    def part(self, part: Obj, at: str, turn: Turn) -> None:
+        part = camelKeys(part)
+        dropped = self.dropped
         for key in _PART_METADATA:
             if key in part:
                 dropped.add(f"contents.parts.{key}")
@@ -237,11 +249,14 @@ def _content(content: JSON, where: str, dropped: _Dropped) -> list[Message]:
             text = part["text"]
             if not isinstance(text, str):
                 raise BadRequest(f"{at}.text: expected a string")
-            (thinking if part.get("thought") is True and role == "model" else texts).append(text)
+            if part.get("thought") is True and turn.role == "assistant":
+                turn.thinking.append(text)
+            else:
+                turn.texts.append(text)
         elif "inlineData" in part or "fileData" in part:
             image = _image(part, "inlineData" if "inlineData" in part else "fileData", at, dropped)
             if image is not None:
-                images.append(image)
+                turn.images.append(image)
         elif "functionCall" in part:
             call = _object(part["functionCall"], f"{at}.functionCall")
             name, callId, args = call.get("name"), call.get("id"), call.get("args", {})
@@ -251,7 +266,7 @@ def _content(content: JSON, where: str, dropped: _Dropped) -> list[Message]:
                 args = {}
             if not isinstance(args, dict):
                 raise BadRequest(f"{at}.functionCall.args: expected an object")
-            calls.append(ToolCallRequest(
+            turn.calls.append(ToolCallRequest(
                 callId if isinstance(callId, str) and callId else None, name,
                 _jsonText(args, f"{at}.functionCall.args"),
             ))
@@ -265,7 +280,7 @@ def _content(content: JSON, where: str, dropped: _Dropped) -> list[Message]:
                 raise BadRequest(f"{at}.functionResponse.response: expected an object")
             if "parts" in response:
                 dropped.add("contents.parts.functionResponse.parts")
-            results.append(Message(
+            turn.results.append(Message(
                 "tool", _jsonText(value, f"{at}.functionResponse.response"),
                 toolCallId=callId if isinstance(callId, str) and callId else None,
                 toolName=name,
@@ -274,19 +289,19 @@ def _content(content: JSON, where: str, dropped: _Dropped) -> list[Message]:
             for key in part:
                 if key not in _PART_METADATA and key != "thought":
                     dropped.add(f"contents.parts.{key}")
-    out = list(results)
-    text = "".join(texts)
-    if calls and role != "model":
-        dropped.add("contents.parts.functionCall (in a user turn)")
-    if role == "model":
-        if text or calls or thinking or images:
-            out.append(Message(
-                "assistant", text, tuple(images), tuple(calls),
-                thinking="".join(thinking) if thinking else None,
-            ))
-    elif text or images or not results:
-        out.append(Message("user", text, tuple(images)))
-    return out
+
+    def keeps(self, turn: Turn, text: str) -> bool:
+        """
+        A model turn is kept when it says anything; a user turn's tool
+        calls are dropped (and named), and it is kept as the other
+        dialects' turns are.
+        """
+        if turn.role == "assistant":
+            return bool(text or turn.calls or turn.thinking or turn.images)
+        if turn.calls:
+            self.dropped.add("contents.parts.functionCall (in a user turn)")
+            turn.calls = []
+        return bool(text or turn.images or not turn.results)
 
 
 def parseContents(contents: object) -> tuple[Message, ...]:
@@ -296,19 +311,10 @@ def parseContents(contents: object) -> tuple[Message, ...]:
 
     @raise BadRequest: with the position of what is wrong.
     """
-    return _contents(contents, _Dropped())
+    return walk(contents, _Contents(_Dropped()))
 
 
-def _contents(contents: object, dropped: _Dropped) -> tuple[Message, ...]:
-    if not isinstance(contents, list) or not contents:
-        raise BadRequest("contents is required: a non-empty list")
-    out: list[Message] = []
-    for i, content in enumerate(contents):
-        out.extend(_content(_object(content, f"contents[{i}]"), f"contents[{i}]", dropped))
-    return tuple(out)
-
-
-def parseTools(tools: object, dropped: _Dropped) -> tuple[JSON, ...]:
+def parseTools(tools: object, dropped: _Dropped) -> tuple[FunctionTool, ...]:
     """
     C{tools[].functionDeclarations} as OpenAI function tools: the plain
     JSON Schema of C{parametersJsonSchema}, else C{parameters} converted
@@ -317,12 +323,8 @@ def parseTools(tools: object, dropped: _Dropped) -> tuple[JSON, ...]:
 
     @raise BadRequest: for a declaration without a name, a bad schema.
     """
-    if tools is None:
-        return ()
-    if not isinstance(tools, list):
-        raise BadRequest("tools: expected a list")
-    out: list[JSON] = []
-    for i, tool in enumerate(tools):
+    out: list[FunctionTool] = []
+    for i, tool in enumerate(listAt(tools, "tools")):
         tool = _object(tool, f"tools[{i}]")
         for key in tool:
             if key != "functionDeclarations":
@@ -337,7 +339,7 @@ def parseTools(tools: object, dropped: _Dropped) -> tuple[JSON, ...]:
             if not isinstance(name, str) or not name:
                 raise BadRequest(f"{at}.name: expected a non-empty string")
             if declaration.get("parametersJsonSchema") is not None:
-                schema = _plainObject(declaration["parametersJsonSchema"], f"{at}.parametersJsonSchema")
+                schema = objectAt(declaration["parametersJsonSchema"], f"{at}.parametersJsonSchema")
             elif declaration.get("parameters") is not None:
                 schema = jsonSchema(declaration["parameters"], f"{at}.parameters")
             else:
@@ -345,10 +347,7 @@ def parseTools(tools: object, dropped: _Dropped) -> tuple[JSON, ...]:
             for key in ("response", "responseJsonSchema", "behavior"):
                 if key in declaration:
                     dropped.add(f"tools.functionDeclarations.{key}")
-            function: JSON = {"name": name, "parameters": schema}
-            if isinstance(declaration.get("description"), str):
-                function["description"] = declaration["description"]
-            out.append({"type": "function", "function": function})
+            out.append(functionTool(name, schema, declaration.get("description")))
     return tuple(out)
 
 
@@ -358,8 +357,8 @@ calls checked against the schema, is the backend's ordinary C{auto})."""
 
 
 def toolChoice(
-    config: object, tools: tuple[JSON, ...], dropped: _Dropped
-) -> tuple[str | JSON | None, tuple[JSON, ...]]:
+    config: object, tools: tuple[FunctionTool, ...], dropped: _Dropped
+) -> tuple[ToolChoice | None, tuple[FunctionTool, ...]]:
     """
     C{toolConfig.functionCallingConfig} as OpenAI's C{tool_choice}: C{ANY}
     with one allowed name is that function, with several it is
@@ -396,7 +395,7 @@ def toolChoice(
         dropped.add("toolConfig.functionCallingConfig.allowedFunctionNames (only with mode ANY)")
         return choice, tools
     if len(names) == 1:
-        return {"type": "function", "function": {"name": names[0]}}, tools
+        return namedChoice(names[0]), tools
     return choice, tuple(tool for tool in tools if tool["function"]["name"] in names)
 
 
@@ -417,9 +416,7 @@ def thinking(config: object) -> tuple[Think, bool]:
     if config is None:
         return None, False
     config = _object(config, "generationConfig.thinkingConfig")
-    include = config.get("includeThoughts")
-    if include is not None and not isinstance(include, bool):
-        raise BadRequest("generationConfig.thinkingConfig.includeThoughts: expected a boolean")
+    include = booleanAt(config.get("includeThoughts"), "generationConfig.thinkingConfig.includeThoughts")
     think: Think = None
     budget = numberField(config, "thinkingBudget", int, "generationConfig.thinkingConfig.")
     if budget is not None:
@@ -462,7 +459,7 @@ def _format(config: JSON, dropped: _Dropped) -> str | JSON | None:
         dropped.add(f"generationConfig.responseMimeType ({mimeType})")
         return None
     if jsonSchemaValue is not None:
-        return _plainObject(jsonSchemaValue, "generationConfig.responseJsonSchema")
+        return objectAt(jsonSchemaValue, "generationConfig.responseJsonSchema")
     if schema is not None:
         return jsonSchema(schema, "generationConfig.responseSchema")
     return "json"
@@ -470,9 +467,7 @@ def _format(config: JSON, dropped: _Dropped) -> str | JSON | None:
 
 def _sampling(config: JSON, dropped: _Dropped) -> Sampling:
     where = "generationConfig."
-    stop = config.get("stopSequences") or []
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise BadRequest("generationConfig.stopSequences: expected a list of strings")
+    stop = stringList(config.get("stopSequences"), "generationConfig.stopSequences")
     maxTokens = numberField(config, "maxOutputTokens", int, where)
     if maxTokens is not None and maxTokens <= 0:
         raise BadRequest("generationConfig.maxOutputTokens: must be positive")
@@ -494,7 +489,7 @@ def _sampling(config: JSON, dropped: _Dropped) -> Sampling:
         presencePenalty=numberField(config, "presencePenalty", (int, float), where),
         frequencyPenalty=numberField(config, "frequencyPenalty", (int, float), where),
         seed=numberField(config, "seed", int, where),
-        stop=tuple(stop),
+        stop=stop,
     )
 
 
@@ -518,7 +513,7 @@ def parseGenerateRequest(body: object, model: str, stream: bool) -> GeminiReques
     for key in body:
         if key not in _TOP_LEVEL:
             dropped.add(key)
-    conversation = _contents(body.get("contents"), dropped)
+    conversation = walk(body.get("contents"), _Contents(dropped))
     system = body.get("systemInstruction")
     systemText = _text(system, "systemInstruction") if system is not None else ""
     config = body.get("generationConfig")

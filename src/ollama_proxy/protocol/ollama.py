@@ -14,12 +14,13 @@ interval measured for both (L{wholeMetrics}).  No duration is made up.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.clock import Clock, formatTimestamp, wallClock
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.dialect import DONE, EncodedErrors, Encoder
+from ollama_proxy.protocol.backends import ModelOverride
+from ollama_proxy.protocol.dialect import DONE, Answer, EncodedErrors, Encoder, Generation
 from ollama_proxy.protocol.events import (
     Delta,
     Event,
@@ -28,6 +29,15 @@ from ollama_proxy.protocol.events import (
     ToolCall,
     ToolCalls,
     Usage,
+)
+from ollama_proxy.protocol.ollama_request import (
+    parseChat,
+    parseGenerate,
+    parseTextCompletion,
+    requireModel,
+    streamFlag,
+    thinkValue,
+    wantsCompletion,
 )
 
 Kind = Literal["chat", "generate"]
@@ -299,6 +309,64 @@ class OllamaDialect:
         @return: the aggregated C{stream: false} object.
         """
         return ollamaReply(reply, model, self.kind, start, end)
+
+
+class OllamaRoute:
+    """
+    C{/api/chat} or C{/api/generate} as a route speaks it
+    (L{ollama_proxy.protocol.dialect.RouteDialect}): the model in the
+    body, Ollama's parser with the model's default options, its errors,
+    one reply side for every request (it needs nothing from the request).
+
+    A request with nothing to generate is Ollama's load (or, with
+    C{keep_alive: 0}, unload) answer, given without a backend; a raw or
+    fill-in-the-middle C{/api/generate} is a text completion.
+    """
+
+    errors = ERRORS
+    native = None
+
+    def __init__(self, kind: Kind, now: Clock = wallClock) -> None:
+        """
+        @param kind: C{"chat"} or C{"generate"}.
+        @param now: the wall clock (ns).
+        """
+        self.kind = kind
+        self._now = now
+        self._reply = OllamaDialect(kind, now)
+
+    def model(self, body: JSON, params: Mapping[str, str]) -> object:
+        """
+        @return: the model name; C{stream} and C{think} are checked too,
+            before routing, so that a bad value is a 400 even for a model
+            no backend offers.
+        """
+        model = requireModel(body)
+        streamFlag(body)
+        thinkValue(body)
+        return model
+
+    def parse(
+        self, body: JSON, params: Mapping[str, str], override: ModelOverride
+    ) -> Generation | Answer:
+        defaults = override.options
+        if self.kind == "chat":
+            if not body.get("messages"):
+                return self._load(body)
+            return Generation(parseChat(body, defaults), self._reply)
+        if not body.get("prompt") and not body.get("images"):
+            return self._load(body)
+        if wantsCompletion(body):
+            asChat = None if body.get("suffix") else (
+                lambda: parseGenerate({k: v for k, v in body.items() if k != "raw"}, defaults)
+            )
+            return Generation(parseTextCompletion(body, defaults), self._reply, asChat=asChat)
+        return Generation(parseGenerate(body, defaults), self._reply)
+
+    def _load(self, body: JSON) -> Answer:
+        return Answer(loadResponse(
+            requireModel(body), self.kind, body.get("keep_alive") == 0, self._now()
+        ))
 
 
 def ollamaReply(reply: Reply, model: str, kind: Kind, start: int, end: int) -> JSON:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_requests -*-
+# -*- test-case-name: tests.protocol.test_ollama_request -*-
 """
 The Ollama dialect's request side: C{/api/chat} and C{/api/generate}
 bodies validated, once, into the hub's typed requests
@@ -11,12 +11,13 @@ are accepted and not carried.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.codec import JSON, Obj
+from ollama_proxy.protocol.conversation import Shape, Walker, walk
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.fields import Base64Wording, base64Data, numberField, requireObject
+from ollama_proxy.protocol.fields import Base64Wording, base64Data, numberField
 from ollama_proxy.protocol.requests import (
     THINK_LEVELS,
     ChatRequest,
@@ -28,7 +29,7 @@ from ollama_proxy.protocol.requests import (
 )
 
 
-def requireModel(body: JSON) -> str:
+def requireModel(body: Mapping[str, object]) -> str:
     """
     @param body: a request object.
     @return: its non-empty C{model} (or legacy C{name}) string.
@@ -42,7 +43,7 @@ def requireModel(body: JSON) -> str:
     return model
 
 
-def optionalString(body: JSON, key: str) -> str | None:
+def optionalString(body: Mapping[str, object], key: str) -> str | None:
     """
     @param body: a request object.
     @param key: a field that may be absent or null.
@@ -55,7 +56,7 @@ def optionalString(body: JSON, key: str) -> str | None:
     return value
 
 
-def streamFlag(body: JSON) -> bool:
+def streamFlag(body: Mapping[str, object]) -> bool:
     """
     Ollama's C{stream} defaults to true when absent.
 
@@ -73,7 +74,7 @@ def streamFlag(body: JSON) -> bool:
 
 
 
-def thinkValue(body: JSON) -> Think:
+def thinkValue(body: Mapping[str, object]) -> Think:
     """
     Validate Ollama's C{think} field.
 
@@ -103,19 +104,6 @@ OLLAMA_IMAGES = Base64Wording(
     empty="invalid image input: image is empty",
 )
 """Ollama's wording of a bad C{images} entry."""
-
-
-def _number(options: JSON, key: str, kind: type | tuple[type, ...]) -> Any:
-    """
-    Read one typed option (L{numberField}, in Ollama's words).
-
-    @param options: the C{options} object.
-    @param key: the option name.
-    @param kind: C{int}, or C{(int, float)} for numbers.
-    @return: the value, or C{None} when absent.
-    @raise BadRequest: for a value of the wrong type.
-    """
-    return numberField(options, key, kind, wording=OPTION_NUMBER)
 
 
 _IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -181,79 +169,94 @@ def _argumentsString(arguments: object) -> str:
     return codec.dumps(arguments).decode("utf-8")
 
 
+class _Messages(Shape):
+    """
+    Ollama's C{messages}: each entry one message, its text a string, its
+    images a list of raw base64, an assistant's tool calls in OpenAI's
+    shape with object arguments; Ollama's own words for what is wrong.
+    """
+
+    notEntry = "{where} must be an object"
+
+    def entries(self, value: object) -> list[object]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise BadRequest("messages must be a list")
+        return value
+
+    def entry(self, entry: Obj, where: str, walker: Walker) -> None:
+        role = entry.get("role")
+        if not isinstance(role, str) or not role:
+            raise BadRequest(f"{where}.role must be a non-empty string")
+        role = role.lower()
+        content = entry.get("content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise BadRequest(f"{where}.content must be a string")
+        images: tuple[str, ...] = ()
+        raw = entry.get("images")
+        if raw:
+            if not isinstance(raw, list):
+                raise BadRequest(f"{where}.images must be a list")
+            images = tuple(imageURL(image) for image in raw)
+        toolCalls = entry.get("tool_calls")
+        calls = _toolCalls(toolCalls, where) if role == "assistant" and toolCalls else ()
+        toolCallId = entry.get("tool_call_id")
+        toolName = entry.get("tool_name") or entry.get("name")
+        thinking = entry.get("thinking")
+        walker.messages.append(Message(
+            role,
+            content,
+            images,
+            calls,
+            toolCallId if role == "tool" and isinstance(toolCallId, str) and toolCallId else None,
+            toolName if role == "tool" and isinstance(toolName, str) else None,
+            thinking if role == "assistant" and isinstance(thinking, str) and thinking else None,
+        ))
+
+
+def _toolCalls(toolCalls: object, where: str) -> tuple[ToolCallRequest, ...]:
+    """
+    An assistant message's C{tool_calls}.
+
+    @raise BadRequest: for anything but a list of calls with a function
+        and its name.
+    """
+    if not isinstance(toolCalls, list):
+        raise BadRequest(f"{where}.tool_calls must be a list")
+    calls = []
+    for callIndex, call in enumerate(toolCalls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(call, dict) or not isinstance(function, dict):
+            raise BadRequest(f"{where}.tool_calls[{callIndex}] must have a function")
+        name = function.get("name")
+        if not isinstance(name, str):
+            raise BadRequest(f"{where}.tool_calls[{callIndex}].function.name must be a string")
+        callId = call.get("id")
+        calls.append(ToolCallRequest(
+            callId if isinstance(callId, str) and callId else None,
+            name,
+            _argumentsString(function.get("arguments")),
+        ))
+    return tuple(calls)
+
+
+_MESSAGES = _Messages()
+
+
 def parseMessages(messages: object) -> tuple[Message, ...]:
     """
-    Validate an Ollama C{messages} list.
+    Validate an Ollama C{messages} list (L{_Messages}: the dialect's shape
+    for the one walker).
 
     @param messages: the decoded C{messages} value.
     @return: the typed messages.
     @raise BadRequest: for anything that is not a list of message objects,
         naming the offending field.
     """
-    if messages is None:
-        return ()
-    if not isinstance(messages, list):
-        raise BadRequest("messages must be a list")
-    out: list[Message] = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise BadRequest(f"messages[{index}] must be an object")
-        role = message.get("role")
-        if not isinstance(role, str) or not role:
-            raise BadRequest(f"messages[{index}].role must be a non-empty string")
-        role = role.lower()
-        content = message.get("content")
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise BadRequest(f"messages[{index}].content must be a string")
-        images: tuple[str, ...] = ()
-        raw = message.get("images")
-        if raw:
-            if not isinstance(raw, list):
-                raise BadRequest(f"messages[{index}].images must be a list")
-            images = tuple(imageURL(image) for image in raw)
-        calls: list[ToolCallRequest] = []
-        toolCalls = message.get("tool_calls")
-        if role == "assistant" and toolCalls:
-            if not isinstance(toolCalls, list):
-                raise BadRequest(f"messages[{index}].tool_calls must be a list")
-            for callIndex, call in enumerate(toolCalls):
-                if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
-                    raise BadRequest(
-                        f"messages[{index}].tool_calls[{callIndex}] must have a function"
-                    )
-                function = call["function"]
-                name = function.get("name")
-                if not isinstance(name, str):
-                    raise BadRequest(
-                        f"messages[{index}].tool_calls[{callIndex}].function.name must be a string"
-                    )
-                callId = call.get("id")
-                calls.append(
-                    ToolCallRequest(
-                        callId if isinstance(callId, str) and callId else None,
-                        name,
-                        _argumentsString(function.get("arguments")),
-                    )
-                )
-        toolCallId = message.get("tool_call_id")
-        toolName = message.get("tool_name") or message.get("name")
-        thinking = message.get("thinking")
-        out.append(
-            Message(
-                role,
-                content,
-                images,
-                tuple(calls),
-                toolCallId if role == "tool" and isinstance(toolCallId, str) and toolCallId
-                else None,
-                toolName if role == "tool" and isinstance(toolName, str) else None,
-                thinking if role == "assistant" and isinstance(thinking, str) and thinking
-                else None,
-            )
-        )
-    return tuple(out)
+    return walk(messages, _MESSAGES)
 
 
 def parseOptions(options: object) -> Sampling:
@@ -270,12 +273,12 @@ def parseOptions(options: object) -> Sampling:
         return Sampling()
     if not isinstance(options, dict):
         raise BadRequest("options must be an object")
-    numPredict = _number(options, "num_predict", int)
+    numPredict = numberField(options, "num_predict", int, wording=OPTION_NUMBER)
     numbers = {
-        key: _number(options, key, (int, float))
+        key: numberField(options, key, (int, float), wording=OPTION_NUMBER)
         for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty")
     }
-    seed = _number(options, "seed", int)
+    seed = numberField(options, "seed", int, wording=OPTION_NUMBER)
     stop = options.get("stop")
     if stop is not None:
         if isinstance(stop, str):
@@ -291,9 +294,9 @@ def parseOptions(options: object) -> Sampling:
         frequencyPenalty=numbers["frequency_penalty"],
         seed=seed if seed is not None and seed >= 0 else None,
         stop=tuple(stop or ()),
-        topK=_number(options, "top_k", int),
-        minP=_number(options, "min_p", (int, float)),
-        repeatPenalty=_number(options, "repeat_penalty", (int, float)),
+        topK=numberField(options, "top_k", int, wording=OPTION_NUMBER),
+        minP=numberField(options, "min_p", (int, float), wording=OPTION_NUMBER),
+        repeatPenalty=numberField(options, "repeat_penalty", (int, float), wording=OPTION_NUMBER),
     )
 
 
@@ -314,7 +317,7 @@ def formatValue(fmt: object) -> str | JSON | None:
     raise BadRequest('format must be "json" or a JSON schema object')
 
 
-def logprobsValue(body: JSON) -> tuple[bool, int | None]:
+def logprobsValue(body: Mapping[str, object]) -> tuple[bool, int | None]:
     """
     Validate Ollama's C{logprobs}/C{top_logprobs}.
 
@@ -336,15 +339,15 @@ def logprobsValue(body: JSON) -> tuple[bool, int | None]:
     return bool(logprobs), top
 
 
-def _chat(body: JSON, messages: tuple[Message, ...], stream: bool) -> ChatRequest:
+def _chat(body: Mapping[str, object], messages: tuple[Message, ...], stream: bool) -> ChatRequest:
     """
     The fields chat and generate share: options, format, tools, think,
     logprobs.
     """
     sampling = parseOptions(body.get("options"))
     fmt = formatValue(body.get("format"))
-    tools = body.get("tools")
-    if tools and not isinstance(tools, list):
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
         raise BadRequest("tools must be a list")
     think = thinkValue(body)
     logprobs, top = logprobsValue(body)
@@ -355,13 +358,13 @@ def _chat(body: JSON, messages: tuple[Message, ...], stream: bool) -> ChatReques
         think=think,
         sampling=sampling,
         format=fmt,
-        tools=tuple(tools or ()),
+        tools=tuple(tools),
         logprobs=logprobs,
         topLogprobs=top,
     )
 
 
-def withDefaults(body: JSON, defaults: Mapping[str, Any]) -> JSON:
+def withDefaults(body: Mapping[str, object], defaults: Mapping[str, object]) -> Mapping[str, object]:
     """
     Merge a model's configured default options into a request (the
     client's own options win).
@@ -379,7 +382,7 @@ def withDefaults(body: JSON, defaults: Mapping[str, Any]) -> JSON:
     return {**body, "options": merged}
 
 
-def parseChat(body: JSON, defaults: Mapping[str, Any] = {}) -> ChatRequest:
+def parseChat(body: Mapping[str, object], defaults: Mapping[str, object] = {}) -> ChatRequest:
     """
     Validate an Ollama C{/api/chat} body.
 
@@ -392,7 +395,7 @@ def parseChat(body: JSON, defaults: Mapping[str, Any] = {}) -> ChatRequest:
     return _chat(body, parseMessages(body.get("messages")), streamFlag(body))
 
 
-def parseGenerate(body: JSON, defaults: Mapping[str, Any] = {}) -> ChatRequest:
+def parseGenerate(body: Mapping[str, object], defaults: Mapping[str, object] = {}) -> ChatRequest:
     """
     Validate an Ollama C{/api/generate} body as a one-turn chat: C{system}
     and C{prompt} (with C{images}).
@@ -405,7 +408,7 @@ def parseGenerate(body: JSON, defaults: Mapping[str, Any] = {}) -> ChatRequest:
     body = withDefaults(body, defaults)
     prompt = optionalString(body, "prompt")
     system = optionalString(body, "system")
-    user: JSON = {"role": "user", "content": prompt or ""}
+    user: Obj = {"role": "user", "content": prompt or ""}
     if body.get("images"):
         if not isinstance(body["images"], list):
             # Checked here so the message names the generate field, not the
@@ -416,7 +419,7 @@ def parseGenerate(body: JSON, defaults: Mapping[str, Any] = {}) -> ChatRequest:
     return _chat(body, parseMessages(messages), streamFlag(body))
 
 
-def wantsCompletion(body: JSON) -> bool:
+def wantsCompletion(body: Mapping[str, object]) -> bool:
     """
     @param body: a C{/api/generate} request object.
     @return: whether it needs C{/v1/completions} (C{raw: true} or a
@@ -425,7 +428,7 @@ def wantsCompletion(body: JSON) -> bool:
     return body.get("raw") is True or bool(body.get("suffix"))
 
 
-def parseTextCompletion(body: JSON, defaults: Mapping[str, Any] = {}) -> TextRequest:
+def parseTextCompletion(body: Mapping[str, object], defaults: Mapping[str, object] = {}) -> TextRequest:
     """
     Validate a raw or fill-in-the-middle C{/api/generate} body.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_requests -*-
+# -*- test-case-name: tests.protocol.test_openai_request -*-
 """
 The hub's typed requests as OpenAI request bodies: C{/v1/chat/completions}
 for L{ChatRequest}s, C{/v1/completions} for L{TextRequest}s, spelled for
@@ -11,7 +11,7 @@ meaning there.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence, TypedDict, Union
 
 import attrs
 
@@ -23,7 +23,111 @@ from ollama_proxy.protocol.requests import (
     Sampling,
     TextRequest,
     Think,
+    ToolChoice,
 )
+
+class FunctionCall(TypedDict):
+    """An assistant message's call: the function and its JSON arguments."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(TypedDict):
+    """One of an assistant message's C{tool_calls}."""
+
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class ImageURL(TypedDict):
+    """Where an C{image_url} part's image is."""
+
+    url: str
+
+
+class TextPart(TypedDict):
+    """A C{text} content part."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(TypedDict):
+    """An C{image_url} content part."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class ChatMessage(TypedDict, total=False):
+    """One OpenAI chat message, as the builder writes it."""
+
+    role: str
+    content: Union[str, list[Union[TextPart, ImagePart]], None]
+    tool_calls: list[ToolCall]
+    tool_call_id: str
+    reasoning_content: str
+
+
+class StreamOptions(TypedDict):
+    """A stream's options: the usage in its last chunk."""
+
+    include_usage: bool
+
+
+class Options(TypedDict, total=False):
+    """
+    The fields sampling and reasoning add to either body, each spelled for
+    the backend's flavor.
+    """
+
+    max_tokens: int
+    max_completion_tokens: int
+    temperature: float
+    top_p: float
+    presence_penalty: float
+    frequency_penalty: float
+    seed: int
+    stop: list[str]
+    top_k: int
+    min_p: float
+    repetition_penalty: float
+    reasoning_effort: str
+    chat_template_kwargs: dict[str, bool]
+    reasoning: dict[str, Union[str, bool]]
+    thinking: dict[str, str]
+
+
+class ChatBody(Options, total=False):
+    """
+    A C{/v1/chat/completions} body: what L{chatBody} hands the web layer,
+    every field named (the model's configured C{extra} fields are added
+    there, as an open object).
+    """
+
+    model: str
+    messages: list[ChatMessage]
+    stream: bool
+    stream_options: StreamOptions
+    response_format: JSON
+    tools: list[object]
+    tool_choice: ToolChoice
+    parallel_tool_calls: bool
+    logprobs: bool
+    top_logprobs: int
+
+
+class TextBody(Options, total=False):
+    """A C{/v1/completions} body (L{textBody})."""
+
+    model: str
+    prompt: str
+    suffix: str
+    stream: bool
+    stream_options: StreamOptions
+
 
 EFFORT = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
 """Reasoning levels as C{reasoning_effort}: C{max} is C{high}, the highest
@@ -40,7 +144,7 @@ def _toolCallId(messageIndex: int, callIndex: int) -> str:
     return f"call_{messageIndex}_{callIndex}"
 
 
-def messagesToOpenAI(messages: Sequence[Message], flavor: Flavor = GENERIC) -> list[JSON]:
+def messagesToOpenAI(messages: Sequence[Message], flavor: Flavor = GENERIC) -> list[ChatMessage]:
     """
     The conversation as OpenAI chat messages.
 
@@ -55,18 +159,20 @@ def messagesToOpenAI(messages: Sequence[Message], flavor: Flavor = GENERIC) -> l
     @param flavor: the backend's flavor.
     @return: the OpenAI messages.
     """
-    out: list[JSON] = []
+    out: list[ChatMessage] = []
     pending: list[tuple[str, str]] = []  # (id, name) of unanswered tool calls
     for index, message in enumerate(messages):
-        translated: JSON = {"role": message.role}
+        translated: ChatMessage = {"role": message.role}
         if message.images:
-            parts: list[JSON] = [{"type": "text", "text": message.content}] if message.content else []
+            parts: list[TextPart | ImagePart] = (
+                [{"type": "text", "text": message.content}] if message.content else []
+            )
             parts.extend({"type": "image_url", "image_url": {"url": url}} for url in message.images)
             translated["content"] = parts
         else:
             translated["content"] = message.content
         if message.toolCalls:
-            calls = []
+            calls: list[ToolCall] = []
             pending = []
             for callIndex, call in enumerate(message.toolCalls):
                 callId = call.id or _toolCallId(index, callIndex)
@@ -115,7 +221,7 @@ def _pairToolResult(message: Message, pending: list[tuple[str, str]], index: int
     return f"call_{index}"
 
 
-def samplingToOpenAI(sampling: Sampling, target: JSON, flavor: Flavor = GENERIC) -> None:
+def samplingToOpenAI(sampling: Sampling, target: Options, flavor: Flavor = GENERIC) -> None:
     """
     Copy the generation options into C{target}.
 
@@ -128,28 +234,28 @@ def samplingToOpenAI(sampling: Sampling, target: JSON, flavor: Flavor = GENERIC)
     """
     if sampling.maxTokens is not None:
         target[flavor.maxTokensKey] = sampling.maxTokens
-    for key, value in (
-        ("temperature", sampling.temperature),
-        ("top_p", sampling.topP),
-        ("presence_penalty", sampling.presencePenalty),
-        ("frequency_penalty", sampling.frequencyPenalty),
-        ("seed", sampling.seed),
-    ):
-        if value is not None:
-            target[key] = value
+    if sampling.temperature is not None:
+        target["temperature"] = sampling.temperature
+    if sampling.topP is not None:
+        target["top_p"] = sampling.topP
+    if sampling.presencePenalty is not None:
+        target["presence_penalty"] = sampling.presencePenalty
+    if sampling.frequencyPenalty is not None:
+        target["frequency_penalty"] = sampling.frequencyPenalty
+    if sampling.seed is not None:
+        target["seed"] = sampling.seed
     if sampling.stop:
         target["stop"] = list(sampling.stop)
     if flavor.samplingExtras:
-        for key, value in (
-            ("top_k", sampling.topK),
-            ("min_p", sampling.minP),
-            ("repetition_penalty", sampling.repeatPenalty),
-        ):
-            if value is not None:
-                target[key] = value
+        if sampling.topK is not None:
+            target["top_k"] = sampling.topK
+        if sampling.minP is not None:
+            target["min_p"] = sampling.minP
+        if sampling.repeatPenalty is not None:
+            target["repetition_penalty"] = sampling.repeatPenalty
 
 
-def thinkToOpenAI(think: Think, target: JSON, flavor: Flavor = GENERIC) -> None:
+def thinkToOpenAI(think: Think, target: Options, flavor: Flavor = GENERIC) -> None:
     """
     Spell Ollama's C{think} the way the backend understands it.
 
@@ -198,7 +304,7 @@ def formatToOpenAI(fmt: str | JSON | None) -> JSON | None:
     return {"type": "json_schema", "json_schema": {"name": "response", "schema": fmt}}
 
 
-def chatBody(request: ChatRequest, backendId: str, flavor: Flavor = GENERIC) -> JSON:
+def chatBody(request: ChatRequest, backendId: str, flavor: Flavor = GENERIC) -> ChatBody:
     """
     The C{/v1/chat/completions} body for a chat.
 
@@ -207,7 +313,7 @@ def chatBody(request: ChatRequest, backendId: str, flavor: Flavor = GENERIC) -> 
     @param flavor: the backend's flavor.
     @return: the body; a stream asks for usage in its last chunk.
     """
-    body: JSON = {
+    body: ChatBody = {
         "model": backendId,
         "messages": messagesToOpenAI(request.messages, flavor),
         "stream": request.stream,
@@ -234,7 +340,7 @@ def chatBody(request: ChatRequest, backendId: str, flavor: Flavor = GENERIC) -> 
     return body
 
 
-def textBody(request: TextRequest, backendId: str, flavor: Flavor = GENERIC) -> JSON:
+def textBody(request: TextRequest, backendId: str, flavor: Flavor = GENERIC) -> TextBody:
     """
     The C{/v1/completions} body for a raw or fill-in-the-middle prompt.
 
@@ -244,7 +350,7 @@ def textBody(request: TextRequest, backendId: str, flavor: Flavor = GENERIC) -> 
         only knows C{max_tokens}, whatever the flavor uses for chat.
     @return: the body.
     """
-    body: JSON = {"model": backendId, "prompt": request.prompt, "stream": request.stream}
+    body: TextBody = {"model": backendId, "prompt": request.prompt, "stream": request.stream}
     if request.suffix:
         body["suffix"] = request.suffix
     if request.stream:

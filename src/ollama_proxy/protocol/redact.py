@@ -22,7 +22,7 @@ import re
 from typing import Any, AnyStr, Iterable, Sequence
 from urllib.parse import unquote_to_bytes
 
-from ollama_proxy.protocol.dialect import VARYING
+from ollama_proxy.protocol.certify import ESCAPED, framable, suspect
 from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCall, ToolCalls
 
 REDACTED = "<redacted>"
@@ -419,27 +419,6 @@ class StreamRedactor:
         return _cutPrefixes(tail, self.secrets, _MARKER)
 
 
-def _suspect(secrets: Sequence[str]) -> re.Pattern[str]:
-    """
-    @return: one pattern for text that L{EventRedactor} cannot pass as it
-        is: a backslash (an escaped spelling), the first L{PREFIX}
-        characters of a secret, or a tail that is a proper prefix of one
-        (L{_heldBack}); one search instead of a loop per secret.  A tail of
-        L{PREFIX} characters or more holds the first L{PREFIX}, so only the
-        shorter tails need a form of their own.
-    """
-    forms = [re.escape("\\")]
-    for secret in secrets:
-        forms.append(re.escape(secret[:PREFIX]))
-        short = secret[: min(len(secret) - 1, PREFIX - 1)]
-        if short:
-            tail = re.escape(short[-1])
-            for char in reversed(short[:-1]):
-                tail = re.escape(char) + "(?:" + tail + ")?"
-            forms.append(tail + r"\Z")
-    return re.compile("|".join(forms))
-
-
 class TextRedactor:
     """
     L{StreamRedactor} for text that arrives in pieces (the content of a
@@ -489,16 +468,9 @@ class EventRedactor:
         escaped = redactor._escaped(secrets)[1]
         self._content = TextRedactor(secrets, escaped)
         self._thinking = TextRedactor(secrets, escaped)
-        heads = [secret[:PREFIX] for secret in secrets]
-        # A secret that a dialect's framing could help spell: one with a
-        # quote, backslash or control character (the framing's delimiters
-        # and escapes), or whose head could sit in a number or timestamp.
-        self._framable = not any(
-            _DELIMITERS.search(secret) or VARYING.issuperset(head)
-            for secret, head in zip(secrets, heads)
-        )
-        self._heads = tuple(head.encode("utf-8") for head in heads)
-        self._suspect = _suspect(secrets)
+        self._framable = framable(secrets, PREFIX)
+        self._heads = tuple(secret[:PREFIX].encode("utf-8") for secret in secrets)
+        self._suspect = suspect(secrets, PREFIX)
         self._certified: tuple[bytes, bool] = (b"", False)
         self.plain = False
 
@@ -589,7 +561,7 @@ class EventRedactor:
         search = self._suspect.search
         if search(joined) or (thinking and search("".join(thinking))):
             return False
-        self.plain = plain and not thinking and not _ESCAPED.search(joined)
+        self.plain = plain and not thinking and not ESCAPED.search(joined)
         return True
 
     def end(self) -> list[Event]:
@@ -604,12 +576,6 @@ class EventRedactor:
         content, thinking = self._content.end(), self._thinking.end()
         if content or thinking:
             out.append(Delta(content, thinking))
-
-
-_ESCAPED = re.compile(r'["\\\x00-\x1f]')
-"""What JSON writes as an escape (codec.dumps: nothing else)."""
-
-_DELIMITERS = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")

@@ -11,7 +11,7 @@ send and other dialects convert to; they are forwarded as given.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Literal, TypedDict, Union
 
 import attrs
 
@@ -23,6 +23,63 @@ Think = Union[bool, Literal["low", "medium", "high", "max"], None]
 
 THINK_LEVELS: tuple[Literal["low", "medium", "high", "max"], ...] = ("low", "medium", "high", "max")
 """The reasoning levels a client may ask for."""
+
+
+class Function(TypedDict, total=False):
+    """A function tool's declaration, in OpenAI's shape."""
+
+    name: str
+    parameters: object
+    description: str
+    strict: bool
+
+
+class FunctionTool(TypedDict):
+    """A tool the agent dialects declare, in OpenAI's shape."""
+
+    type: Literal["function"]
+    function: Function
+
+
+class ChoiceName(TypedDict):
+    """The function a named C{tool_choice} names."""
+
+    name: str
+
+
+class NamedChoice(TypedDict):
+    """OpenAI's C{tool_choice} naming one function."""
+
+    type: Literal["function"]
+    function: ChoiceName
+
+
+ToolChoice = Union[str, NamedChoice]
+"""OpenAI's C{tool_choice}: C{auto}, C{none}, C{required}, or one function."""
+
+
+def functionTool(name: str, parameters: object, description: object = None,
+                 strict: object = None) -> FunctionTool:
+    """
+    A function tool in OpenAI's shape, as every agent dialect declares its
+    tools to the backend.
+
+    @param description: kept when a string.
+    @param strict: kept when a boolean.
+    """
+    function: Function = {"name": name, "parameters": parameters}
+    if isinstance(description, str):
+        function["description"] = description
+    if isinstance(strict, bool):
+        function["strict"] = strict
+    return {"type": "function", "function": function}
+
+
+def namedChoice(name: str) -> NamedChoice:
+    """
+    @return: the C{tool_choice} that names function C{name}.
+    """
+    return {"type": "function", "function": {"name": name}}
 
 
 @attrs.frozen
@@ -111,8 +168,8 @@ class ChatRequest:
     think: Think = None
     sampling: Sampling = Sampling()
     format: str | JSON | None = None
-    tools: tuple[Any, ...] = ()
-    toolChoice: str | JSON | None = None
+    tools: tuple[object, ...] = ()
+    toolChoice: ToolChoice | None = None
     parallelToolCalls: bool | None = None
     logprobs: bool = False
     topLogprobs: int | None = None

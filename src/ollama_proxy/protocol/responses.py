@@ -36,9 +36,9 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic import IdMaker, randomId
 from ollama_proxy.protocol.blocks import TEXT, THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.dialect import EncodedErrors
+from ollama_proxy.protocol.backends import ModelOverride
+from ollama_proxy.protocol.dialect import EncodedErrors, Generation
 from ollama_proxy.protocol.events import Finish, Reply, StreamFailed, ToolCall, Usage, replyEvents
-from ollama_proxy.protocol.requests import ChatRequest
 from ollama_proxy.protocol.responses_request import ResponsesContext, ToolName, parseResponsesRequest
 from ollama_proxy.protocol.sse import sseEvent
 
@@ -404,9 +404,11 @@ class ResponsesRoute:
     def model(self, body: JSON, params: Mapping[str, str]) -> object:
         return body.get("model")
 
-    def parse(self, body: JSON, params: Mapping[str, str]) -> tuple[ChatRequest, ResponsesDialect]:
+    def parse(
+        self, body: JSON, params: Mapping[str, str], override: ModelOverride
+    ) -> Generation:
         request, context = parseResponsesRequest(body)
-        return request, ResponsesDialect(context, self._newId)
+        return Generation(request, ResponsesDialect(context, self._newId))
 
 
 RESPONSES = ResponsesRoute()

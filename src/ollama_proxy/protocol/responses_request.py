@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_responses -*-
+# -*- test-case-name: tests.protocol.test_responses_request -*-
 """
 The OpenAI Responses dialect's request side: C{/v1/responses} bodies
 validated, once, into the hub's L{ChatRequest}, plus what the reply needs
@@ -26,15 +26,20 @@ import re
 import attrs
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.codec import JSON, Obj
+from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
 from ollama_proxy.protocol.errors import BadRequest
-from ollama_proxy.protocol.fields import numberField, requireObject
+from ollama_proxy.protocol.fields import booleanAt, listAt, numberField, requireObject, stringAt
 from ollama_proxy.protocol.requests import (
     ChatRequest,
+    FunctionTool,
     Message,
     Sampling,
     Think,
     ToolCallRequest,
+    ToolChoice,
+    functionTool,
+    namedChoice,
 )
 
 EFFORTS: dict[str, Think] = {
@@ -107,28 +112,21 @@ def flatName(namespace: str | None, name: str) -> str:
     return name
 
 
-def _function(name: str, tool: JSON, parameters: object) -> JSON:
-    function: JSON = {"name": name, "parameters": parameters if isinstance(parameters, dict)
-                      else {"type": "object", "properties": {}}}
-    if isinstance(tool.get("description"), str):
-        function["description"] = tool["description"]
-    if isinstance(tool.get("strict"), bool):
-        function["strict"] = tool["strict"]
-    return {"type": "function", "function": function}
+def _function(name: str, tool: Obj, parameters: object) -> FunctionTool:
+    return functionTool(name, parameters if isinstance(parameters, dict)
+                        else {"type": "object", "properties": {}},
+                        tool.get("description"), tool.get("strict"))
 
 
-def parseTools(tools: object, names: dict[str, ToolName]) -> tuple[JSON, ...]:
+def parseTools(tools: object, names: dict[str, ToolName]) -> tuple[FunctionTool, ...]:
     """
     Responses tools as OpenAI chat function tools, noting in C{names} the
     ones that read differently in the reply.
 
     @raise BadRequest: for a function tool without a name.
     """
-    if tools is None:
-        return ()
-    if not isinstance(tools, list):
-        raise BadRequest("tools: expected a list")
-    out: list[JSON] = []
+    tools = listAt(tools, "tools")
+    out: list[FunctionTool] = []
     plain = {flatName(None, t["name"]) for t in tools if isinstance(t, dict)
              and t.get("type") in ("function", "custom") and isinstance(t.get("name"), str)}
     for i, tool in enumerate(tools):
@@ -161,126 +159,118 @@ def parseTools(tools: object, names: dict[str, ToolName]) -> tuple[JSON, ...]:
     return tuple(out)
 
 
-def _parts(content: object, where: str) -> tuple[str, tuple[str, ...]]:
+_TEXTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
+
+
+class _Input(Shape):
     """
-    A message's content: its text and image URLs.
-
-    @raise BadRequest: for file inputs and unknown part types (Ollama's
-        messages).
+    Responses' C{input}: messages (C{developer} is C{system}), function and
+    custom tool calls merged into the assistant turn before them, their
+    outputs as C{role: tool} messages, reasoning items as the next
+    assistant turn's thinking.  File inputs and unknown part types are
+    refused (Ollama's messages).
     """
-    if isinstance(content, str):
-        return content, ()
-    if not isinstance(content, list):
-        raise BadRequest(f"{where}: content must be a string or a list of parts")
-    texts: list[str] = []
-    images: list[str] = []
-    for j, part in enumerate(content):
-        if not isinstance(part, dict):
-            raise BadRequest(f"{where}: content[{j}]: expected an object")
-        kind = part.get("type")
-        if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
-            if isinstance(part.get("text"), str):
-                texts.append(part["text"])
-        elif kind == "refusal":
-            if isinstance(part.get("refusal"), str):
-                texts.append(part["refusal"])
-        elif kind == "input_image":
-            url = part.get("image_url")
-            if isinstance(url, dict):
-                url = url.get("url")
-            if isinstance(url, str) and url:
-                images.append(url)
-        elif kind == "input_file":
-            raise BadRequest("file inputs are not currently supported")
-        else:
-            raise BadRequest(f"{where}: content[{j}]: unknown content type: {kind}")
-    return "".join(texts), tuple(images)
 
+    name = "input"
+    partKey = ": content"
 
-def _string(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise BadRequest(f"{where}: expected a string")
-    return value
+    def entries(self, value: object) -> list[object]:
+        if not isinstance(value, list):
+            raise BadRequest("input: expected a string or a list of items")
+        return value
 
-
-def parseInput(value: object) -> tuple[Message, ...]:
-    """
-    C{input} as typed turns: messages (C{developer} is C{system}),
-    function and custom tool calls merged into the assistant turn before
-    them, their outputs as C{role: tool} messages, reasoning items as the
-    next assistant turn's thinking.
-
-    @raise BadRequest: with the item's position.
-    """
-    if isinstance(value, str):
-        return (Message("user", value),)
-    if not isinstance(value, list):
-        raise BadRequest("input: expected a string or a list of items")
-    out: list[Message] = []
-    thinking: list[str] = []
-
-    def assistantWith(call: ToolCallRequest) -> None:
-        if out and out[-1].role == "assistant":
-            last = out[-1]
-            out[-1] = attrs.evolve(last, toolCalls=(*last.toolCalls, call))
-        else:
-            out.append(Message("assistant", "", toolCalls=(call,),
-                               thinking="".join(thinking) or None))
-            thinking.clear()
-
-    for i, item in enumerate(value):
-        where = f"input[{i}]"
-        if not isinstance(item, dict):
-            raise BadRequest(f"{where}: expected an object")
-        kind = item.get("type")
-        if kind is None and "role" in item:
+    def entry(self, entry: Obj, where: str, walker: Walker) -> None:
+        kind = entry.get("type")
+        if kind is None and "role" in entry:
             kind = "message"
         if kind == "message":
-            role = item.get("role")
+            role = entry.get("role")
             if role not in ("user", "system", "developer", "assistant"):
                 raise BadRequest(f"{where}: unknown role {role!r}")
-            text, images = _parts(item.get("content"), where)
-            if role == "assistant":
-                out.append(Message("assistant", text, images, thinking="".join(thinking) or None))
-                thinking.clear()
-            else:
-                out.append(Message("system" if role == "developer" else role, text, images))
+            walker.turn("system" if role == "developer" else str(role),
+                        _content(entry.get("content"), where), where)
         elif kind == "function_call":
-            namespace = item.get("namespace")
+            namespace = entry.get("namespace")
             name = flatName(namespace if isinstance(namespace, str) else None,
-                            _string(item.get("name"), f"{where}.name"))
-            arguments = item.get("arguments")
-            assistantWith(ToolCallRequest(
-                _string(item.get("call_id"), f"{where}.call_id"), name,
+                            stringAt(entry.get("name"), f"{where}.name"))
+            arguments = entry.get("arguments")
+            walker.call(ToolCallRequest(
+                stringAt(entry.get("call_id"), f"{where}.call_id"), name,
                 arguments if isinstance(arguments, str) and arguments else "{}",
             ))
         elif kind == "custom_tool_call":
-            assistantWith(ToolCallRequest(
-                _string(item.get("call_id"), f"{where}.call_id"),
-                flatName(None, _string(item.get("name"), f"{where}.name")),
-                codec.dumps({"input": _string(item.get("input"), f"{where}.input")}).decode(),
+            walker.call(ToolCallRequest(
+                stringAt(entry.get("call_id"), f"{where}.call_id"),
+                flatName(None, stringAt(entry.get("name"), f"{where}.name")),
+                codec.dumps({"input": stringAt(entry.get("input"), f"{where}.input")}).decode(),
             ))
         elif kind in ("function_call_output", "custom_tool_call_output"):
-            output = item.get("output")
-            text = output if isinstance(output, str) else _parts(output, where)[0]
-            out.append(Message("tool", text,
-                               toolCallId=_string(item.get("call_id"), f"{where}.call_id")))
+            output = entry.get("output")
+            text = output if isinstance(output, str) else "".join(
+                walker.turn("tool", _content(output, where), where, add=False).texts)
+            walker.append(Message("tool", text,
+                                  toolCallId=stringAt(entry.get("call_id"), f"{where}.call_id")))
         elif kind == "reasoning":
             for key in ("content", "summary"):
-                parts = item.get(key)
+                parts = entry.get(key)
                 if isinstance(parts, list) and parts:
-                    thinking.append(_parts(parts, where)[0])
+                    walker.thought("".join(walker.turn("assistant", parts, where, add=False).texts))
                     break
         elif kind == "item_reference":
             raise Unsupported("input", f"{where}: item_reference is not supported: this server "
                               "keeps no responses; send the items themselves")
         elif kind in SKIPPED_ITEMS:
-            continue
+            return
         elif kind is None:
             raise BadRequest(f"{where}: input item missing required 'type' field")
         else:
             raise BadRequest(f"{where}: unknown input item type: {codec.dumps(kind).decode()}")
-    return tuple(out)
+
+    def part(self, part: Obj, at: str, turn: Turn) -> None:
+        kind = part.get("type")
+        if kind in _TEXTS:
+            text = part.get("text")
+            if isinstance(text, str):
+                turn.texts.append(text)
+        elif kind == "refusal":
+            refusal = part.get("refusal")
+            if isinstance(refusal, str):
+                turn.texts.append(refusal)
+        elif kind == "input_image":
+            url = part.get("image_url")
+            if isinstance(url, dict):
+                url = url.get("url")
+            if isinstance(url, str) and url:
+                turn.images.append(url)
+        elif kind == "input_file":
+            raise BadRequest("file inputs are not currently supported")
+        else:
+            raise BadRequest(f"{at}: unknown content type: {kind}")
+
+
+def _content(content: object, where: str) -> str | list[object]:
+    """
+    @return: a message's content: plain text or a list of parts.
+    @raise BadRequest: for anything else (Ollama's message).
+    """
+    if not isinstance(content, (str, list)):
+        raise BadRequest(f"{where}: content must be a string or a list of parts")
+    return content
+
+
+_INPUT = _Input()
+
+
+def parseInput(value: object) -> tuple[Message, ...]:
+    """
+    C{input} as typed turns (L{_Input}: the dialect's shape for the one
+    walker); a string is one user turn.
+
+    @raise BadRequest: with the item's position.
+    """
+    if isinstance(value, str):
+        return (Message("user", value),)
+    return walk(value, _INPUT)
 
 
 def _stateless(body: JSON) -> None:
@@ -321,13 +311,13 @@ def _format(text: object) -> str | JSON | None:
     return None
 
 
-def _toolChoice(choice: object, names: dict[str, ToolName]) -> str | JSON | None:
+def _toolChoice(choice: object, names: dict[str, ToolName]) -> ToolChoice | None:
     if choice in ("auto", "none", "required"):
         return str(choice)
     if isinstance(choice, dict) and choice.get("type") in ("function", "custom"):
         name = choice.get("name")
         if isinstance(name, str) and name:
-            return {"type": "function", "function": {"name": flatName(None, name)}}
+            return namedChoice(flatName(None, name))
     return None
 
 
@@ -346,15 +336,13 @@ def parseResponsesRequest(body: object) -> tuple[ChatRequest, ResponsesContext]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model is required")
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise BadRequest("stream: expected a boolean")
+    stream = booleanAt(body.get("stream", False), "stream")
     maxTokens = numberField(body, "max_output_tokens", int)
     if maxTokens is not None and maxTokens <= 0:
         raise BadRequest("max_output_tokens must be positive")
     instructions = body.get("instructions")
-    if instructions is not None and not isinstance(instructions, str):
-        raise BadRequest("instructions: expected a string")
+    if instructions is not None:
+        instructions = stringAt(instructions, "instructions")
     messages = parseInput(body.get("input"))
     if instructions:
         messages = (Message("system", instructions), *messages)

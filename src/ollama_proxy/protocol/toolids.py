@@ -123,13 +123,8 @@ class UniqueToolIds:
         """
         self.dialect = dialect
         self.ids = ids
-
-    @property
-    def errors(self) -> ErrorShape:
-        """
-        The dialect's own errors.
-        """
-        return self.dialect.errors
+        self.errors: ErrorShape = dialect.errors
+        """The dialect's own errors."""
 
     def streamEncoder(self, model: str, start: int) -> Encoder:
         """

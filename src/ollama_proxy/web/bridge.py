@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_chat -*-
+# -*- test-case-name: tests.web.test_bridge -*-
 """
 The async bridge and the error funnel, shared by every resource.
 
@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.codec import JSON
+from ollama_proxy.protocol.codec import JSON, Obj
 from ollama_proxy.protocol.errors import (
     BadRequest,
     ProxyError,
@@ -40,6 +40,7 @@ from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, chargeParse, inflate
 from ollama_proxy.web.context import ProxyContext
+from ollama_proxy.web.encoded import Encoded
 from ollama_proxy.web.metrics import OTHER
 from ollama_proxy.web.observe import (OBSERVED, logRequest, modelLabel, noteRoute, routed,
                                       upstreamErrorKind)
@@ -124,6 +125,8 @@ class Exchange:
     redactor: Redactor = attrs.field(factory=Redactor, repr=False)
     _outbound: StreamRedactor | None | bool = attrs.field(default=False, repr=False)
     _clientKey: list[str | None] | None = attrs.field(default=None, repr=False)
+    presented: bytes | None = attrs.field(  # the client's key, read once
+        default=attrs.Factory(lambda self: presentedKey(self.request), takes_self=True), repr=False)
 
     def clientKey(self) -> list[str | None]:
         """
@@ -131,15 +134,15 @@ class Exchange:
             upstream, C{--forward-client-key}), when it is at least
             L{MIN_CLIENT_KEY} long: a shorter one is no gateway key (Claude
             Code's usual token is C{ollama}), and redacting it would garble
-            the text.
+            the text.  Read once per request: every redaction asks.
         """
-        known = self._clientKey
-        if known is None:
-            key = presentedKey(self.request)
-            known = self._clientKey = (
+        keys = self._clientKey
+        if keys is None:
+            key = self.presented
+            keys = self._clientKey = (
                 [key.decode("utf-8", "replace")] if key and len(key) >= MIN_CLIENT_KEY else []
             )
-        return known
+        return keys
 
     def redactText(self, text: str) -> str:
         """
@@ -187,7 +190,7 @@ class Exchange:
         first = finish.firstToken if finish.firstToken is not None else finish.end
         self.firstToken = max(1, first - self.start)
 
-    def json(self, keep: bool = True) -> JSON:
+    def json(self, keep: bool = True) -> Obj:
         """
         Decode the body as a JSON object, charging the request's share of
         the body budget for what decoding makes: the decoded tree and its
@@ -248,13 +251,9 @@ class Exchange:
 
     def writeRedacted(self, data: bytes) -> None:
         """
-        Write bytes already known to hold no secret in any spelling (a
-        translated stream's plain text, its framing certified by the
-        stream's event redactor), skipping the outbound filter's search;
-        through it after all while it holds a tail back, which these bytes
-        may complete.
-
-        @param data: bytes of the body.
+        Write bytes known to hold no secret in any spelling (certified by
+        the stream's event redactor, or L{Encoded}) past the outbound
+        filter; through it after all while it holds a tail back.
         """
         outbound = self._outbound
         if outbound is False:
@@ -272,40 +271,6 @@ class Exchange:
             tail = self._outbound.end()
             if tail and not self.client.gone:
                 self.request.write(tail)
-
-
-@attrs.frozen
-class Encoded:
-    """
-    A whole JSON answer encoded once and redacted of the proxy's own
-    secrets, for answers many requests share (a warm model list): sent as
-    it is to a request that presents no key of its own, re-encoded from
-    L{value} for one that does (its key is a secret too).
-
-    @ivar value: the answer.
-    @ivar body: its bytes, as L{ProxyResource} would send them to a
-        request without a client key of its own.
-    @ivar redactor: the redactor L{body} was made with (a reload makes a
-        new one, and a stale body is not used with it).
-    """
-
-    value: Any
-    body: bytes
-    redactor: Redactor
-
-
-def encoded(value: Any, redactor: Redactor) -> Encoded:
-    """
-    @param value: a JSON answer.
-    @param redactor: the proxy's secrets.
-    @return: C{value} encoded and redacted as L{ProxyResource._send} and
-        the outbound filter would: the same bytes.
-    """
-    body = redactor.data(codec.dumps(value))
-    outbound = redactor.stream()
-    if outbound is not None:
-        body = outbound.feed(body) + outbound.end()
-    return Encoded(value, body, redactor)
 
 
 Handler = Callable[[Exchange], Awaitable[Any]]
@@ -487,7 +452,7 @@ class ProxyResource(Resource):
         """
         # This coroutine runs in its own copy of the context, so the key is
         # seen only by this request's upstream calls.
-        forwardingClientKey(presentedKey(ex.request))
+        forwardingClientKey(ex.presented)
         collected = False
         try:
             if ex.body and self._encoded(ex.request):
@@ -542,20 +507,17 @@ class ProxyResource(Resource):
         """
         if result is None or ex.client.gone:
             return
-        if isinstance(result, Encoded):
-            if result.redactor is ex.redactor and not ex.clientKey():
-                ex.request.setHeader(b"Content-Type", JSON_TYPE)
-                ex.request.setHeader(b"Content-Length", b"%d" % len(result.body))
-                ex.writeRedacted(result.body)
-                return
-            result = result.value
-        body = codec.dumps(result)
-        ex.request.setHeader(b"Content-Type", JSON_TYPE)
+        shared = isinstance(result, Encoded)
+        ready = shared and result.redactor is ex.redactor and not ex.clientKey()
         # A whole answer says its length, as Ollama's (Go's net/http)
         # does, rather than arriving chunked.
-        body = ex.redactData(body)
+        if ready:
+            body = result.body
+        else:
+            body = ex.redactData(codec.dumps(result.value if shared else result))
+        ex.request.setHeader(b"Content-Type", JSON_TYPE)
         ex.request.setHeader(b"Content-Length", b"%d" % len(body))
-        ex.write(body)
+        (ex.writeRedacted if ready else ex.write)(body)
 
     def _failWith(self, ex: Exchange, error: Exception) -> None:
         """
@@ -634,30 +596,3 @@ class ProxyResource(Resource):
         """
         return "/" + "/".join(p.decode("latin-1") for p in request.prepath or [])
 
-
-class NotServed(ProxyResource):
-    """
-    A 404 for any method, in the error shape of the resource it stands
-    under (C{/v1/messages/x} answers Anthropic's error, not twisted.web's
-    HTML page).
-    """
-
-    def __init__(self, ctx: ProxyContext, parent: ProxyResource) -> None:
-        super().__init__(ctx)
-        self.parent = parent
-        self.errors = parent.errors
-
-    def servesSubPath(self, request: Request) -> bool:
-        return False
-
-    def routeLabel(self, request: Request) -> str:
-        """
-        @return: C{"not served"}: the paths that end here are the client's
-            choice, not label values.
-        """
-        return "not served"
-
-    def render(self, request: Request) -> Any:
-        noteRoute(request, self.routeLabel(request))
-        path = (request.path or b"").decode("latin-1")
-        return errorAnswer(request, self.errors, 404, f"{path} is not served by this proxy")

@@ -3,17 +3,18 @@
 The web side of the translation hub: one way to answer a generation
 request in any client dialect.
 
-A dialect's resource parses its request into the hub's typed request, posts
-the OpenAI body the builder makes, and hands the backend's response here
-with its L{Dialect}.  L{answer} then reads the reply (streamed through the
-relay, or whole), has the dialect encode it, and notes the token counts on
-the exchange for the log line and the metrics.  A new dialect adds nothing
-here.
+The generation resource (L{ollama_proxy.web.generation}) parses a request
+in its route's dialect into the hub's typed request and hands it to
+L{generate}, which posts the OpenAI body the builder makes (a chat, or a
+raw text completion) with the model's C{extra} fields, and L{answer} reads
+the reply (streamed through the relay, or whole), has the dialect encode
+it, and notes the token counts on the exchange for the log line and the
+metrics.  A new dialect adds nothing here.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Awaitable, Callable
 
 import attrs
 from twisted.logger import Logger
@@ -23,8 +24,8 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.dialect import Dialect, Encoder
 from ollama_proxy.protocol.backend_reader import ChatStreamReader, readReply
-from ollama_proxy.protocol.openai_request import chatBody
-from ollama_proxy.protocol.requests import ChatRequest
+from ollama_proxy.protocol.openai_request import ChatBody, TextBody, chatBody, textBody
+from ollama_proxy.protocol.requests import ChatRequest, TextRequest
 from ollama_proxy.protocol.stream import TranslatedStream
 from ollama_proxy.protocol.toolids import uniqueToolIds
 from ollama_proxy.upstream.backend import Backend
@@ -54,18 +55,20 @@ class ReadOptions:
     text: bool = False
 
 
-def upstreamBody(ctx: ProxyContext, route: Route, body: JSON, ex: Exchange) -> JSON:
+def upstreamBody(ctx: ProxyContext, route: Route, built: ChatBody | TextBody, ex: Exchange) -> JSON:
     """
     An OpenAI request body as it goes to the routed backend: the model's
     configured extra fields added, logged with C{--debug}.
 
     @param ctx: the shared context.
     @param route: where it goes.
-    @param body: the body the builder made.
+    @param built: the body the builder made, every field named; from here
+        on an open object, as the configuration may add any field.
     @param ex: the exchange it is for (whose client's key is redacted from
         the debug log, with the proxy's own secrets).
-    @return: C{body}, completed.
+    @return: the body, completed.
     """
+    body: JSON = dict(built)
     applyExtra(body, route.override)
     if ctx.debug:
         # An excerpt, as the request line's: a 60 MB body must not become a
@@ -78,25 +81,31 @@ async def generate(
     ctx: ProxyContext,
     ex: Exchange,
     route: Route,
-    request: ChatRequest,
+    request: ChatRequest | TextRequest,
     dialect: Dialect,
     encoder: Encoder | None = None,
+    asChat: Callable[[], ChatRequest] | None = None,
 ) -> JSON | None:
     """
-    The hub's path for a parsed chat, whatever the client's dialect: the
-    OpenAI body to the routed backend's chat completions, the reply in
-    C{dialect}, its tool-call ids unique within the conversation
-    (L{ollama_proxy.protocol.toolids}).
+    The hub's path for a parsed request, whatever the client's dialect:
+    the OpenAI body (the model's C{extra} fields added by L{upstreamBody})
+    to the routed backend, the reply in C{dialect}, its tool-call ids
+    unique within the conversation (L{ollama_proxy.protocol.toolids}).
 
     @param ctx: the shared context.
     @param ex: the exchange.
     @param route: where the request goes.
-    @param request: the parsed request.
+    @param request: the parsed request: a chat, or a raw text completion
+        (to C{/v1/completions}; a backend without that route gets it as
+        C{asChat}, see L{ollama_proxy.upstream.backend.Backend.postText}).
     @param dialect: the client's dialect.
     @param encoder: the stream's encoder, if the caller made it already
         (to write keep-alives while the backend is silent).
+    @param asChat: for a text completion, the same prompt as a chat.
     @return: the non-streamed object, or C{None} after streaming.
     """
+    if isinstance(request, TextRequest):
+        return await _complete(ctx, ex, route, request, dialect, encoder, asChat)
     route, response = await send(ctx, ex, route, lambda member: member.backend.postChat(
         upstreamBody(ctx, member, chatBody(request, member.modelId, member.backend.flavor), ex)
     ))
@@ -107,6 +116,39 @@ async def generate(
         ctx, ex, route.backend, response, unique, request.stream,
         ReadOptions(dropThinking=request.think is False), encoder,
     )
+
+
+async def _complete(
+    ctx: ProxyContext,
+    ex: Exchange,
+    route: Route,
+    request: TextRequest,
+    dialect: Dialect,
+    encoder: Encoder | None,
+    asChat: Callable[[], ChatRequest] | None,
+) -> JSON | None:
+    """
+    L{generate} for a raw text completion: C{/v1/completions}, or the chat
+    C{asChat} makes for a backend without that route.
+    """
+
+    def post(member: Route) -> Awaitable[tuple[IResponse, bool]]:
+        flavor = member.backend.flavor
+        textRequest = upstreamBody(ctx, member, textBody(request, member.modelId, flavor), ex)
+        if asChat is None:
+            return member.backend.postText(textRequest, None)
+        chat = asChat
+
+        def chatRequest() -> JSON:
+            return upstreamBody(ctx, member, chatBody(chat(), member.modelId, flavor), ex)
+
+        return member.backend.postText(textRequest, chatRequest)
+
+    route, (response, isChat) = await send(ctx, ex, route, post)
+    # Raw text and code: a leading <think> is the user's, unless the
+    # prompt went to a chat model after all.
+    options = ReadOptions(thinkTags=isChat, text=not isChat)
+    return await answer(ctx, ex, route.backend, response, dialect, request.stream, options, encoder)
 
 
 def isJSONResponse(response: IResponse) -> bool:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_chat -*-
+# -*- test-case-name: tests.web.test_context -*-
 """
 What the resources share: a plain container, built once by
 L{ollama_proxy.service.tap.makeService} (or a test harness) and handed to

@@ -8,33 +8,33 @@ One resource serves the tree below C{/v1beta}, because the model is in
 the path (C{models/{model}:streamGenerateContent}) and may itself contain
 C{/} and C{:}; L{ollama_proxy.protocol.gemini_path.parsePath} reads it,
 and the route label of the logs and metrics is the path's template, never
-the model.  Generation goes through the hub like every dialect
-(L{ollama_proxy.web.chat.generate}: the model's extra fields, the debug
-log, the relay); errors, before and during a stream, are in Google's
-shape.
+the model.  It answers the model list, a model and C{countTokens} itself;
+a generation it hands to the generic
+L{ollama_proxy.web.generation.GenerationResource} of that method, which
+speaks L{ollama_proxy.protocol.gemini.GEMINI} like every dialect (the
+model's extra fields, the debug log, the relay).  Errors, before and
+during a stream, are in Google's shape.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.web.http import parse_qs
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import BadRequest, NotFound, ProxyError
-from ollama_proxy.protocol.gemini import ERRORS, GeminiDialect, modelList, modelObject, responseId
-from ollama_proxy.protocol.gemini_path import ACTIONS, COUNT, STREAM, GeminiCall, parsePath
-from ollama_proxy.protocol.gemini_request import parseCountRequest, parseGenerateRequest
+from ollama_proxy.protocol.gemini import ERRORS, GEMINI, modelList, modelObject
+from ollama_proxy.protocol.gemini_path import (ACTIONS, COUNT, GENERATE, STREAM, GeminiCall,
+                                               GeminiTemplate, parsePath)
+from ollama_proxy.protocol.gemini_request import parseCountRequest
 from ollama_proxy.protocol.requests import estimateTokens
 from ollama_proxy.web.auth import googleClient
 from ollama_proxy.web.bridge import Exchange, ProxyResource
-from ollama_proxy.web.chat import generate
 from ollama_proxy.web.context import ProxyContext
-
-log = Logger()
+from ollama_proxy.web.generation import GenerationResource
 
 PAGE_SIZE = 50
 """Models per page of C{models.list} when the client names no size
@@ -83,6 +83,21 @@ class GeminiAPI(ProxyResource):
         """
         super().__init__(ctx)
         self.version = version
+        self.generation = {
+            action: GenerationResource(ctx, GEMINI, GeminiTemplate(version, action))
+            for action in (GENERATE, STREAM)
+        }
+
+    def render(self, request: Request) -> Any:
+        """
+        A C{POST} of a generation method is the generic generation
+        resource's; everything else is this one's.
+        """
+        if request.method == b"POST":
+            call = self._parse(request)
+            if call is not None and call.model is not None and call.action in self.generation:
+                return self.generation[call.action].render(request)
+        return super().render(request)
 
     def _parse(self, request: Request) -> GeminiCall | None:
         segments = [*(request.prepath or []), *(request.postpath or [])]
@@ -132,36 +147,20 @@ class GeminiAPI(ProxyResource):
 
     async def handle_POST(self, ex: Exchange) -> JSON | None:
         call = self.call(ex.request)
-        if call.model is None or call.action is None:
+        if call.model is None or call.action != COUNT:
             # Another method (embedContent, batchGenerateContent, ...) or
-            # none: Google's own answer is a 404 too.
+            # none: Google's own answer is a 404 too.  (The generation
+            # methods never get here: see render.)
             raise NotFound(
                 "no such method; served: models/{model}:generateContent, "
                 ":streamGenerateContent, :countTokens"
             )
-        body = ex.json(keep=False)
-        if call.action == COUNT:
-            # An estimate, as /v1/messages/count_tokens gives: no backend
-            # is asked, so no route is taken.
-            request = parseCountRequest(body, call.model)
-            ex.model = call.model
-            ex.request.setHeader(b"X-Token-Count", b"estimate")
-            return {"totalTokens": estimateTokens(request)}
-        stream = call.action == STREAM
-        parsed = parseGenerateRequest(body, call.model, stream)
-        route = await self.route(ex, call.model, body)
-        if self.ctx.debug:
-            dropped = list(parsed.dropped)
-            if parsed.chat.sampling.topK is not None and not route.backend.flavor.samplingExtras:
-                dropped.append(f"generationConfig.topK ({route.backend.flavor.name} takes no top_k)")
-            if dropped:
-                log.debug("gemini fields the backend cannot take, dropped: {fields}",
-                          fields=", ".join(dropped))
-        dialect = GeminiDialect(
-            responseId(), estimateTokens(parsed.chat), parsed.thoughts,
-            sse=queryValue(ex.request, b"alt") == "sse",
-        )
-        return await generate(self.ctx, ex, route, parsed.chat, dialect)
+        # An estimate, as /v1/messages/count_tokens gives: no backend is
+        # asked, so no route is taken.
+        request = parseCountRequest(ex.json(keep=False), call.model)
+        ex.model = call.model
+        ex.request.setHeader(b"X-Token-Count", b"estimate")
+        return {"totalTokens": estimateTokens(request)}
 
 
 class ModelsRoute(Resource):

@@ -1,13 +1,16 @@
 # -*- test-case-name: tests.web.test_generation -*-
 """
-One resource for every JSON generation dialect: parse, route, generate.
+One resource for every generation dialect: name the model, route, parse,
+generate.
 
 L{GenerationResource} serves a L{RouteDialect} at a route template
-(C{/v1/messages}, C{/v1beta/models/{model}:{method}}): the dialect names
-the model (in the body, or in the URL through the template's parameters),
-parses the body into the hub's typed request and its reply side, and the
-request goes the one way to a backend, L{ollama_proxy.web.chat.generate}
-(the model's configured C{extra} fields added by C{upstreamBody}).  A
+(C{/api/chat}, C{/v1/messages}, C{/v1beta/models/{model}:{method}}): the
+dialect names the model (in the body, or in the URL through the
+template's parameters), the route is chosen, the dialect parses the body
+(with the routed model's configuration) into the hub's typed request and
+its reply side, or answers by itself, and the request goes the one way to
+a backend, L{ollama_proxy.web.chat.generate} (the model's configured
+C{extra} fields added by C{upstreamBody}).  A
 backend that serves the dialect itself (its C{native} list) gets the body
 relayed instead.  The route's label in logs and metrics is the template,
 not the path.  Adding a dialect is its protocol module and one line in
@@ -25,10 +28,11 @@ becomes the dialect's mid-stream error instead of an HTTP status.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.web.http import parse_qs
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
@@ -36,12 +40,14 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.blocks import BlockEncoder
 from ollama_proxy.protocol.errors import NotFound
-from ollama_proxy.protocol.dialect import DONE, Dialect, RouteDialect, RouteTemplate
-from ollama_proxy.protocol.requests import ChatRequest
+from ollama_proxy.protocol.backends import NO_OVERRIDE
+from ollama_proxy.protocol.dialect import (DONE, Answer, Generation, RouteDialect, RouteTemplate,
+                                           Template)
 from ollama_proxy.upstream.routing import Route
-from ollama_proxy.web.bridge import DEBUG_EXCERPT, Exchange, NotServed, ProxyResource
+from ollama_proxy.web.bridge import DEBUG_EXCERPT, Exchange, ProxyResource, errorAnswer
 from ollama_proxy.web.chat import generate
 from ollama_proxy.web.context import ProxyContext
+from ollama_proxy.web.observe import noteRoute
 from ollama_proxy.web.passthrough import forwardToBackend
 
 log = Logger()
@@ -94,26 +100,40 @@ async def translate(
     ctx: ProxyContext,
     ex: Exchange,
     route: Route,
-    request: ChatRequest,
-    dialect: Dialect,
+    generation: Generation,
 ) -> JSON | None:
     """
-    Send a parsed request to the routed backend's chat completions and
-    answer in C{dialect}, with keep-alives on a stream if its encoder can
-    ping.
+    Send a parsed request to the routed backend and answer in its
+    dialect, with keep-alives on a stream if its encoder can ping.
 
     @return: the non-streamed object, or C{None} after streaming.
     """
     heartbeat = None
+    request, dialect = generation.request, generation.reply
     encoder = dialect.streamEncoder(request.model, ex.start) if request.stream else None
     if isinstance(encoder, BlockEncoder) and ctx.pingInterval > 0:
         # One encoder for the stream: the keep-alives and the reply.
         heartbeat = Heartbeat(ex, encoder, route.backend.reactor, ctx.pingInterval)
     try:
-        return await generate(ctx, ex, route, request, dialect, encoder)
+        return await generate(ctx, ex, route, request, dialect, encoder, generation.asChat)
     finally:
         if heartbeat is not None:
             heartbeat.stop()
+
+
+def logDropped(route: Route, generation: Generation, label: str) -> None:
+    """
+    Name, in the debug log, what of a request the backend gets nothing
+    for: the fields its dialect's parser dropped, and a C{top_k} the
+    backend's flavor does not take.
+    """
+    dropped = list(generation.dropped)
+    flavor = route.backend.flavor
+    if generation.request.sampling.topK is not None and not flavor.samplingExtras:
+        dropped.append(f"top_k ({flavor.name} takes no top_k)")
+    if dropped:
+        log.debug("{route}: fields the backend cannot take, dropped: {fields}",
+                  route=label, fields=", ".join(dropped))
 
 
 def nativeRoute(route: Route, api: str) -> bool:
@@ -145,6 +165,34 @@ async def relayNative(
     await forwardToBackend(ctx, ex, route, api, bodyFor, NATIVE_HEADERS)
 
 
+class NotServed(ProxyResource):
+    """
+    A 404 for any method, in the error shape of the resource it stands
+    under (C{/v1/messages/x} answers Anthropic's error, not twisted.web's
+    HTML page).
+    """
+
+    def __init__(self, ctx: ProxyContext, parent: ProxyResource) -> None:
+        super().__init__(ctx)
+        self.parent = parent
+        self.errors = parent.errors
+
+    def servesSubPath(self, request: Request) -> bool:
+        return False
+
+    def routeLabel(self, request: Request) -> str:
+        """
+        @return: C{"not served"}: the paths that end here are the client's
+            choice, not label values.
+        """
+        return "not served"
+
+    def render(self, request: Request) -> Any:
+        noteRoute(request, self.routeLabel(request))
+        path = (request.path or b"").decode("latin-1")
+        return errorAnswer(request, self.errors, 404, f"{path} is not served by this proxy")
+
+
 class GenerationResource(ProxyResource):
     """
     C{POST} at a route template, in a L{RouteDialect}: whole or streamed,
@@ -154,17 +202,19 @@ class GenerationResource(ProxyResource):
     @ivar template: the route's template.
     """
 
-    def __init__(self, ctx: ProxyContext, dialect: RouteDialect, template: str) -> None:
+    def __init__(
+        self, ctx: ProxyContext, dialect: RouteDialect, template: str | Template
+    ) -> None:
         """
         @param ctx: the shared context.
         @param dialect: the dialect the route speaks.
         @param template: the route's path, with C{{name}} parameters after
-            its fixed segments (see L{RouteTemplate}); the resource is
-            mounted at its fixed segments.
+            its fixed segments (see L{RouteTemplate}), or a dialect's own
+            L{Template}; the resource is mounted at its fixed segments.
         """
         super().__init__(ctx)
         self.dialect = dialect
-        self.template = RouteTemplate(template)
+        self.template = RouteTemplate(template) if isinstance(template, str) else template
         self.errors = dialect.errors
 
     def getChild(self, path: bytes, request: Request) -> IResource:
@@ -176,7 +226,8 @@ class GenerationResource(ProxyResource):
         return NotServed(self.ctx, self)
 
     def _params(self, request: Request) -> dict[str, str] | None:
-        rest = [s.decode("utf-8", "surrogateescape") for s in request.postpath or []]
+        segments = [*(request.prepath or []), *(request.postpath or [])]
+        rest = [s.decode("utf-8", "surrogateescape") for s in segments[len(self.template.prefix):]]
         return self.template.match(rest)
 
     def servesSubPath(self, request: Request) -> bool:
@@ -190,13 +241,18 @@ class GenerationResource(ProxyResource):
         """
         @return: the template: a model in the URL is no label value.
         """
-        return self.template.template
+        return self.template.label
 
     async def handle_POST(self, ex: Exchange) -> JSON | None:
-        params: Mapping[str, str] | None = self._params(ex.request)
+        request = ex.request
+        params: Mapping[str, str] | None = self._params(request)
         if params is None:
-            path = (ex.request.path or b"").decode("latin-1")
+            path = (request.path or b"").decode("latin-1")
             raise NotFound(f"{path} is not served by this proxy")
+        query = request.uri.partition(b"?")[2]
+        if query:
+            params = {**{k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
+                         for k, v in parse_qs(query).items()}, **params}
         body = ex.json(keep=False)
         dialect = self.dialect
         model = dialect.model(body, params)
@@ -207,7 +263,10 @@ class GenerationResource(ProxyResource):
             # friends are its business).
             await relayNative(self.ctx, ex, route, native, body)
             return None
-        request, reply = dialect.parse(body, params)
+        parsed = dialect.parse(body, params, route.override if route is not None else NO_OVERRIDE)
+        if isinstance(parsed, Answer):
+            return parsed.body
         assert route is not None  # every parser insists on a model name
-        return await translate(self.ctx, ex, route, request, reply)
-
+        if self.ctx.debug:
+            logDropped(route, parsed, self.template.label)
+        return await translate(self.ctx, ex, route, parsed)

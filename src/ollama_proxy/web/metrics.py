@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_routing -*-
+# -*- test-case-name: tests.web.test_metrics -*-
 """
 Prometheus metrics, in a registry of their own.
 

@@ -28,7 +28,8 @@ from ollama_proxy.protocol.listing import (
 )
 from ollama_proxy.protocol.management import Route, checkFields, checkName, modelName
 from ollama_proxy.protocol.ollama_request import requireModel, streamFlag
-from ollama_proxy.web.bridge import Encoded, Exchange, ProxyResource, encoded
+from ollama_proxy.web.bridge import Exchange, ProxyResource
+from ollama_proxy.web.encoded import Encoded, encoded
 from ollama_proxy.web.fallback import forwardToFallback
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_routing -*-
+# -*- test-case-name: tests.web.test_observe -*-
 """
 Watching requests: the one log line per request and the request metrics,
 read off the finished L{ollama_proxy.web.bridge.Exchange} (not computed in

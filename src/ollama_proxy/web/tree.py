@@ -13,6 +13,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from ollama_proxy.protocol.anthropic import MESSAGES
+from ollama_proxy.protocol.ollama import OllamaRoute
 from ollama_proxy.web.anthropic import CountTokens
 from ollama_proxy.web.bridge import Exchange, ProxyResource
 from ollama_proxy.web.context import ProxyContext
@@ -33,7 +34,7 @@ from ollama_proxy.web.models import (
     Status,
     Tags,
 )
-from ollama_proxy.web.ollama import Completion, Embed, LegacyEmbeddings, Version
+from ollama_proxy.web.ollama import Embed, LegacyEmbeddings, Version
 from ollama_proxy.web.passthrough import Models, Passthrough
 from ollama_proxy.protocol.responses import RESPONSES
 from ollama_proxy.web.generation import GenerationResource
@@ -120,7 +121,8 @@ def mount(root: Resource, fallback: IResource, resource: GenerationResource) -> 
     @return: C{resource}.
     """
     parent = root
-    *directories, last = resource.template.prefix
+    prefix = resource.template.prefix
+    *directories, last = prefix
     for segment in directories:
         name = segment.encode("utf-8")
         child = parent.children.get(name)
@@ -143,8 +145,9 @@ def buildRoot(ctx: ProxyContext) -> IResource:
     root = Root(ctx, fallback)
     api = Directory(fallback)
     root.putChild(b"api", api)
-    api.putChild(b"chat", Completion(ctx, "chat"))
-    api.putChild(b"generate", Completion(ctx, "generate"))
+    # Ollama's generations: the generation resource, as every dialect's.
+    mount(root, fallback, GenerationResource(ctx, OllamaRoute("chat", ctx.now), "/api/chat"))
+    mount(root, fallback, GenerationResource(ctx, OllamaRoute("generate", ctx.now), "/api/generate"))
     api.putChild(b"tags", Tags(ctx))
     api.putChild(b"version", Version(ctx))
     api.putChild(b"show", Show(ctx))

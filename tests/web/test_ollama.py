@@ -1,5 +1,7 @@
 """
-C{/api/embed} and C{/api/embeddings}.
+L{ollama_proxy.web.ollama}: C{/api/embed}, C{/api/embeddings} and
+C{/api/version}.  (C{/api/chat} and C{/api/generate} are generation
+resources: C{tests.web.test_chat}.)
 """
 
 from __future__ import annotations
@@ -130,3 +132,33 @@ class EmbedTests(SynchronousTestCase):
         response = self.successResultOf(h.post("/api/embeddings", {"model": "emb", "prompt": ""}))
         self.assertEqual(body(h, response), {"embedding": []})
         self.assertEqual(h.backend.received, [])
+
+
+class VersionTests(SynchronousTestCase):
+    """
+    C{GET /api/version}: the configured version, answered at once.
+    """
+
+    def test_configured(self) -> None:
+        """
+        The context's version is the answer (C{--ollama-version}), with no
+        backend asked.
+        """
+        h = ProxyHarness(version="9.8.7")
+        response = self.successResultOf(h.get("/api/version"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(body(h, response), {"version": "9.8.7"})
+        self.assertEqual(h.backend.received, [])
+
+    def test_head(self) -> None:
+        """
+        C{HEAD} is served like C{GET}, without a body; other methods are
+        a 405 in Ollama's shape.
+        """
+        h = ProxyHarness()
+        response = self.successResultOf(h.request("HEAD", "/api/version"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.successResultOf(response.content()), b"")
+        refused = self.successResultOf(h.post("/api/version", {}))
+        self.assertEqual(refused.code, 405)
+        self.assertIn("error", body(h, refused))

@@ -1,0 +1,183 @@
+"""
+L{ollama_proxy.web.metrics}: C{GET /metrics} after known requests, through
+the proxy in front of two scripted backends (L{tests.web.test_routing}'s).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.testing.harness import BodyCollector, delta
+from tests.web.test_routing import CHAT, Harness
+
+
+class MetricsTests(SynchronousTestCase):
+    """
+    C{GET /metrics} after known requests.
+    """
+
+    def test_valuesAfterRequests(self) -> None:
+        """
+        One streamed chat with usage, one upstream 429 and one unknown
+        model leave exact counts: requests by route, model and status,
+        tokens in and out, one time-to-first-token and latency observations
+        with the seconds the clock moved, the upstream error by kind, and
+        no stream still active.
+        """
+        h = Harness(self)
+        d = h.post("/api/chat", {**CHAT, "model": "big"})
+        h.listModels()
+        upstream = h.lastChat("a")
+        h.clock.advance(0.25)
+        upstream.startSSE()
+        upstream.event(delta("Hel", role="assistant"))
+        h.pump()
+        reader = BodyCollector(h, self.successResultOf(d))
+        h.pump()
+        self.assertEqual(h.samples()[("ollama_proxy_active_streams", ())], 1.0)
+        upstream.event(delta("lo", finish_reason="stop"))
+        upstream.event({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7}})
+        upstream.done()
+        h.pump()
+        self.successResultOf(reader.done)
+        self.assertEqual(reader.lines()[-1]["eval_count"], 7)
+
+        d = h.post("/api/chat", {**CHAT, "model": "other", "stream": False})
+        h.lastChat("b").respond(429, {"error": {"message": "slow down"}})
+        h.pump()
+        self.assertEqual(self.successResultOf(d).code, 429)
+        d = h.post("/api/chat", {**CHAT, "model": "nope"})
+        self.assertEqual(self.successResultOf(d).code, 404)
+
+        samples = h.samples()
+        requests = "ollama_proxy_requests_total"
+        self.assertEqual(samples[(requests, (("model", "big"), ("route", "/api/chat"),
+                                             ("status", "200")))], 1.0)
+        self.assertEqual(samples[(requests, (("model", "other"), ("route", "/api/chat"),
+                                             ("status", "429")))], 1.0)
+        self.assertEqual(samples[(requests, (("model", "other"), ("route", "/api/chat"),
+                                             ("status", "404")))], 1.0)
+        tokens = "ollama_proxy_tokens_total"
+        self.assertEqual(samples[(tokens, (("backend", "a"), ("direction", "in"),
+                                           ("model", "big")))], 11.0)
+        self.assertEqual(samples[(tokens, (("backend", "a"), ("direction", "out"),
+                                           ("model", "big")))], 7.0)
+        ttft = "ollama_proxy_time_to_first_token_seconds"
+        self.assertEqual(samples[(ttft + "_count", (("backend", "a"), ("model", "big")))], 1.0)
+        self.assertGreater(samples[(ttft + "_sum", (("backend", "a"), ("model", "big")))], 0)
+        latency = "ollama_proxy_upstream_latency_seconds"
+        # Backend a: its model list (no time passed) and the chat (0.25 s).
+        self.assertEqual(samples[(latency + "_count", (("backend", "a"),))], 2.0)
+        self.assertEqual(samples[(latency + "_sum", (("backend", "a"),))], 0.25)
+        self.assertEqual(samples[(latency + "_bucket", (("backend", "a"), ("le", "0.1")))], 1.0)
+        self.assertEqual(samples[(latency + "_bucket", (("backend", "a"), ("le", "0.25")))], 2.0)
+        errors = "ollama_proxy_upstream_errors_total"
+        self.assertEqual(samples[(errors, (("backend", "b"), ("kind", "http_4xx")))], 1.0)
+        self.assertEqual(samples[("ollama_proxy_active_streams", ())], 0.0)
+
+    def test_midStreamErrorKind(self) -> None:
+        """
+        A stream that breaks after bytes reached the client counts as a
+        C{stream} error of its backend.
+        """
+        h = Harness(self)
+        d = h.post("/api/chat", {**CHAT, "model": "big"})
+        h.listModels()
+        upstream = h.lastChat("a")
+        upstream.startSSE()
+        upstream.event(delta("Hel"))
+        upstream.request.loseConnection()
+        h.pump()
+        reader = BodyCollector(h, self.successResultOf(d))
+        h.pump()
+        self.assertIn("error", reader.lines()[-1])
+        samples = h.samples()
+        self.assertEqual(samples[("ollama_proxy_upstream_errors_total",
+                                  (("backend", "a"), ("kind", "stream")))], 1.0)
+
+    def test_openMetricsNegotiated(self) -> None:
+        """
+        A scraper that asks for OpenMetrics gets it.
+        """
+        h = Harness(self)
+        d = h.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        response = self.successResultOf(d)
+        self.assertTrue(response.headers.getRawHeaders(b"content-type")[0]
+                        .startswith(b"application/openmetrics-text"))
+        self.assertTrue(self.successResultOf(h.client.content(response)).endswith(b"# EOF\n"))
+
+    def test_clientLeavingIsNoUpstreamError(self) -> None:
+        """
+        A client that leaves before the backend's response headers cancels
+        the upstream request; that is no upstream failure (no
+        C{upstream_errors} sample, in particular no C{timeout}), and the
+        request counts as 499.
+        """
+        h = Harness(self)
+        d = h.post("/api/chat", {**CHAT, "model": "big"})
+        h.listModels()
+        upstream = h.lastChat("a")
+        h.dropClients()
+        self.failureResultOf(d)
+        self.assertEqual(len(upstream.lost), 1)
+        samples = h.samples()
+        errors = {labels for (name, labels) in samples
+                  if name == "ollama_proxy_upstream_errors_total"}
+        self.assertEqual(errors, set())
+        self.assertEqual(samples[("ollama_proxy_requests_total", (
+            ("model", "big"), ("route", "/api/chat"), ("status", "499")))], 1.0)
+
+    def test_rootRouteLabelBounded(self) -> None:
+        """
+        Extra slashes (C{//}, C{///}, ...) reach the root resource again and
+        again; they are all counted under the route C{/}, so that clients
+        cannot mint C{route} label values (one series set per count of
+        slashes).
+        """
+        h = Harness(self)
+        for path in ("/", "//", "///", "/////"):
+            self.successResultOf(h.get(path))
+        routes = {dict(labels).get("route") for (name, labels) in h.samples()
+                  if name == "ollama_proxy_requests_total"}
+        self.assertEqual(routes, {"/"})
+
+    def test_registriesAreSeparate(self) -> None:
+        """
+        Two proxies in one process do not share counters.
+        """
+        first, second = Harness(self), Harness(self)
+        first.get("/api/version")
+        key = ("ollama_proxy_requests_total",
+               (("model", ""), ("route", "/api/version"), ("status", "200")))
+        self.assertEqual(first.samples()[key], 1.0)
+        self.assertNotIn(key, second.samples())
+
+    def test_guardedByInboundKey(self) -> None:
+        """
+        With an inbound key required (C{--require-key}), C{/metrics} needs
+        it too: 401 without, 200 with.
+        """
+        from treq.testing import StubTreq
+
+        from ollama_proxy.web.auth import requireKeys
+
+        h = Harness(self)
+        client: Any = StubTreq(requireKeys(h.root, ["sk-inbound"]))
+        response = self.successResultOf(client.get("http://proxy.test/metrics"))
+        self.assertEqual(response.code, 401)
+        response = self.successResultOf(client.get(
+            "http://proxy.test/metrics", headers={"Authorization": "Bearer sk-inbound"}))
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"ollama_proxy_requests_total",
+                      self.successResultOf(client.content(response)))
+
+    def test_disabled(self) -> None:
+        """
+        Without metrics, C{/metrics} is not served by the proxy (it goes to
+        the fallback like any unknown path).
+        """
+        h = Harness(self, metrics=False)
+        h.get("/metrics")
+        self.assertEqual([r.path for r in h.ollama.received], ["/metrics"])

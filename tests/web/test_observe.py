@@ -1,0 +1,169 @@
+"""
+L{ollama_proxy.web.observe}: the log line of a request, the kind of
+upstream error it is counted as, and the model label the metrics use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from ollama_proxy.protocol import codec
+from tests.web.test_routing import CHAT, Harness
+
+
+class LogLineTests(SynchronousTestCase):
+    """
+    The per-request log line.
+    """
+
+    def test_fields(self) -> None:
+        """
+        The line of a non-streamed chat names the route, model, backend,
+        status and tokens, as text and as event fields.
+        """
+        events = EventLoggingObserver()
+        globalLogPublisher.addObserver(events)
+        self.addCleanup(globalLogPublisher.removeObserver, events)
+        h = Harness(self)
+        d = h.post("/api/chat", {**CHAT, "model": "other:proxy", "stream": False})
+        h.listModels()
+        h.lastChat("b").respond(200, {
+            "choices": [{"message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+        h.pump()
+        self.successResultOf(d)
+        [event] = [e for e in events if e.get("route") == "/api/chat"]
+        self.assertEqual(
+            (event["model"], event["backend"], event["status"], event["tokens_in"],
+             event["tokens_out"], event["ttft_ms"]),
+            ("other:proxy", "b", 200, 3, 2, None),
+        )
+        from twisted.logger import formatEvent
+
+        self.assertIn("model=other:proxy status=200 backend=b tokens=3/2", formatEvent(event))
+
+
+class ErrorKindTests(SynchronousTestCase):
+    """
+    Upstream failures that never produced a response.
+    """
+
+    def proxy(self, client: Any) -> Any:
+        """
+        @return: a proxy with metrics whose only backend uses C{client}.
+        """
+        from treq.testing import StubTreq
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ollama_proxy.testing.harness import contextFor
+        from ollama_proxy.upstream.backend import Backend
+        from ollama_proxy.web.metrics import Metrics
+        from ollama_proxy.web.tree import buildRoot
+
+        self.clock = MemoryReactorClock()
+        self.ctx = contextFor(Backend(client, "http://backend.test", self.clock,
+                                                headerTimeout=5),
+                                clock=self.clock, metrics=Metrics())
+        return StubTreq(buildRoot(self.ctx))
+
+    def errors(self) -> dict[str, float]:
+        """
+        @return: C{upstream_errors_total} by kind.
+        """
+        out = {}
+        assert self.ctx.metrics is not None
+        for family in self.ctx.metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name == "ollama_proxy_upstream_errors_total":
+                    out[sample.labels["kind"]] = sample.value
+        return out
+
+    def test_connectionRefused(self) -> None:
+        """
+        A refused connection is a 502 counted as C{connection}.
+        """
+        from twisted.internet.defer import fail
+        from twisted.internet.error import ConnectionRefusedError
+
+        class Refusing:
+            def request(self, method: str, url: str, **kwargs: Any) -> Any:
+                return fail(ConnectionRefusedError("127.0.0.1"))
+
+        client = self.proxy(Refusing())
+        d = client.post("http://proxy.test/api/chat", data=codec.dumps({**CHAT, "stream": False}))
+        client.flush()
+        self.assertEqual(self.successResultOf(d).code, 502)
+        self.assertEqual(self.errors(), {"connection": 1.0})
+
+    def test_headerTimeout(self) -> None:
+        """
+        A backend that never answers is a 504 counted as C{timeout} once the
+        header timeout passes.
+        """
+        from treq.testing import StubTreq
+
+        from ollama_proxy.testing.harness import ScriptedOpenAI
+
+        client = self.proxy(StubTreq(ScriptedOpenAI()))
+        d = client.post("http://proxy.test/api/chat", data=codec.dumps({**CHAT, "stream": False}))
+        client.flush()
+        self.clock.advance(6)
+        client.flush()
+        self.assertEqual(self.successResultOf(d).code, 504)
+        self.assertEqual(self.errors(), {"timeout": 1.0})
+
+
+class SingleBackendLabelTests(SynchronousTestCase):
+    """
+    With one backend, requests are sent without waiting for a model list;
+    their C{model} label is still the served model's name.
+    """
+
+    def test_guessLabelledByLaterListing(self) -> None:
+        """
+        A name the last (stale) list did not have is sent at once, and
+        starts a listing in the background; when that listing names the
+        model before the request ends, the request is counted under it.
+        A name no list has stays C{other}.
+        """
+        from ollama_proxy.testing.harness import ProxyHarness
+        from ollama_proxy.web.metrics import Metrics
+
+        h = ProxyHarness(ttl=10, metrics=Metrics())
+
+        def models(*ids: str) -> dict[str, Any]:
+            return {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}
+
+        h.get("/api/tags")
+        h.backend.received[-1].respond(200, models("old"))
+        h.pump()
+        h.clock.advance(11)
+        d = h.post("/api/chat", {**CHAT, "model": "new", "stream": False})
+        listing, chat = h.backend.received[-2:]
+        self.assertTrue(listing.path.endswith("/models"))
+        self.assertEqual(chat.json()["model"], "new")
+        listing.respond(200, models("old", "new"))
+        h.pump()
+        chat.respond(200, {"choices": [{"message": {"role": "assistant", "content": "hi"},
+                                        "finish_reason": "stop"}]})
+        h.pump()
+        self.assertEqual(self.successResultOf(d).code, 200)
+        d = h.post("/api/chat", {**CHAT, "model": "bogus", "stream": False})
+        h.backend.received[-1].respond(404, {"error": {"message": "no such model"}})
+        h.pump()
+        self.assertEqual(self.successResultOf(d).code, 404)
+        response = self.successResultOf(h.get("/metrics"))
+        text = self.successResultOf(h.client.content(response)).decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples}
+        requests = "ollama_proxy_requests_total"
+        self.assertEqual(samples[(requests, (("model", "new"), ("route", "/api/chat"),
+                                             ("status", "200")))], 1.0)
+        self.assertEqual(samples[(requests, (("model", "other"), ("route", "/api/chat"),
+                                             ("status", "404")))], 1.0)
