@@ -356,16 +356,18 @@ async def main(args: argparse.Namespace) -> None:
     proxyPython = os.path.abspath(args.proxy_python)
     if args.pypy:
         args.pypy = os.path.abspath(args.pypy)
+    perProxy = {n: a.split() for n, _, a in (spec.partition("=") for spec in args.proxy_args)}
     for spec in args.proxy or ["proxy="]:
         name, _, pythonpath = spec.partition("=")
+        extra = [*args.proxy_arg, *perProxy.get(name, [])]
         if pythonpath.startswith("@"):
             # Another venv's interpreter, with that build installed: needed
             # when the builds' twistd dropins name different modules.
             targets.append((proxyServer(name, os.path.abspath(pythonpath[1:]), backendPort,
-                                        args.proxy_arg), "ours"))
+                                        extra), "ours"))
             continue
         env = {"PYTHONPATH": pythonpath} if pythonpath else {}
-        targets.append((proxyServer(name, proxyPython, backendPort, args.proxy_arg, env), "ours"))
+        targets.append((proxyServer(name, proxyPython, backendPort, extra, env), "ours"))
     if args.workers:
         targets.append((proxyServer(f"proxy --workers {args.workers}", proxyPython, backendPort,
                                     [*args.proxy_arg, "--workers", str(args.workers)], core="0-1"), "ours"))
@@ -434,6 +436,9 @@ if __name__ == "__main__":
                         help="NAME=PYTHONPATH or NAME=@PYTHON (a venv with that build installed): a proxy "
                              "build to measure (repeatable); default: the installed one")
     parser.add_argument("--proxy-arg", action="append", default=[], help="extra argument for every proxy")
+    parser.add_argument("--proxy-args", action="append", default=[],
+                        help='NAME=ARGS: extra arguments for the --proxy named NAME only, e.g. '
+                             '"twisted=--http-parser twisted"')
     parser.add_argument("--workers", type=int, default=0, help="also measure --workers N (not pinned)")
     parser.add_argument("--pypy", help="a PyPy python with ollama-proxy installed, measured as another target")
     parser.add_argument("--no-peers", action="store_true", help="no Python peers (K0IN is --k0in)")

@@ -24,6 +24,18 @@ import zstandard
 
 from tests.tempdirs import makeTempDir, removeTempDir
 
+PARSER_ENV = "OLLAMA_PROXY_TEST_HTTP_PARSER"
+"""Set to C{twisted} (or C{httptools}) to run every proxy these tests start
+with that C{--http-parser}: the real-socket modules run once per parser."""
+
+
+def parserArgs() -> list[str]:
+    """
+    @return: the C{--http-parser} arguments L{PARSER_ENV} asks for.
+    """
+    parser = os.environ.get(PARSER_ENV)
+    return ["--http-parser", parser] if parser else []
+
 
 def freePort() -> int:
     """
@@ -59,6 +71,8 @@ class Twistd:
         if plugin == "ollama-proxy" and not any(a.startswith("--drain-delay") for a in args):
             # Tests stop the proxy with SIGTERM: no balancer to wait for.
             args = [*args, "--drain-delay", "0"]
+        if plugin == "ollama-proxy" and "--http-parser" not in args:
+            args = [*args, *parserArgs()]
         self.port = port
         self.dir = makeTempDir()
         self.logPath = os.path.join(self.dir, "twistd.log")

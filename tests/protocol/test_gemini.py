@@ -1,9 +1,10 @@
 """
 The Gemini API dialect: the exact chunk sequences (text, thinking, tool
 calls split across chunks, usage after the finish, a failure part-way) at
-every byte split, SSE and JSON-array framing, the response object, the
-path parser, and the model list (the request parser's tests are in
-L{tests.protocol.test_gemini_request}).
+every byte split, SSE and JSON-array framing, the response object and
+the model list (the request parser's tests are in
+L{tests.protocol.test_gemini_request}, the path parser's and the route
+template's in L{tests.protocol.test_gemini_path}).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ollama_proxy.protocol.errors import BadRequest, UpstreamError
 from ollama_proxy.protocol.events import Reply, StreamFailed, ToolCall, Usage
 from ollama_proxy.protocol.backends import NO_OVERRIDE
 from ollama_proxy.protocol.gemini import GEMINI, GeminiDialect, errorObject, modelList
-from ollama_proxy.protocol.gemini_path import GENERATE, STREAM, GeminiCall, GeminiTemplate, parsePath
+from ollama_proxy.protocol.gemini_path import GENERATE, STREAM
 from ollama_proxy.protocol.backend_reader import ChatStreamReader
 from ollama_proxy.protocol.stream import TranslatedStream
 from tests.protocol.helpers import T0, constant, sse
@@ -243,72 +244,6 @@ class ReplyTests(SynchronousTestCase):
         self.assertNotIn("nextPageToken", last)
         self.assertEqual([(m["name"], m["inputTokenLimit"], m["outputTokenLimit"])
                           for m in last["models"]], [("models/b", 32768, 32768)])
-
-
-class PathTests(SynchronousTestCase):
-    """
-    L{parsePath}.
-    """
-
-    def test_paths(self) -> None:
-        """
-        The model may carry C{:} and C{/}; the action follows the last
-        C{:}; anything else is not a path of the API.
-        """
-        cases: list[tuple[list[str], GeminiCall | None]] = [
-            (["models"], GeminiCall(None)),
-            (["models", ""], GeminiCall(None)),
-            (["models", "gemini-2.5-pro"], GeminiCall("gemini-2.5-pro")),
-            (["models", "m:streamGenerateContent"], GeminiCall("m", "streamGenerateContent")),
-            (["models", "qwen3:8b:generateContent"], GeminiCall("qwen3:8b", "generateContent")),
-            (["models", "hf.co", "org", "m:Q4:countTokens"], GeminiCall("hf.co/org/m:Q4", "countTokens")),
-            (["models", "m:proxy"], GeminiCall("m:proxy")),
-            (["models", ":generateContent"], None),
-            (["models", "..", "x:generateContent"], None),
-            (["tunedModels", "m"], None),
-            ([], None),
-            (["files"], None),
-        ]
-        for segments, expected in cases:
-            self.assertEqual(parsePath(segments), expected, segments)
-
-    def test_templates(self) -> None:
-        """
-        The route label never carries the model.
-        """
-        self.assertEqual(GeminiCall(None).template(), "/v1beta/models")
-        self.assertEqual(GeminiCall("secret-model").template(), "/v1beta/models/{model}")
-        self.assertEqual(GeminiCall("x", "streamGenerateContent").template("v1"),
-                         "/v1/models/{model}:streamGenerateContent")
-
-
-class GeminiTemplateTests(SynchronousTestCase):
-    """
-    L{GeminiTemplate}: a generation method's route, read by L{parsePath}.
-    """
-
-    def test_matches(self) -> None:
-        """
-        The model may hold C{/} and C{:}; the method is what follows the
-        last C{:}; the label is the template, never the model.
-        """
-        template = GeminiTemplate("v1beta", STREAM)
-        self.assertEqual(template.prefix, ("v1beta", "models"))
-        self.assertEqual(template.label, "/v1beta/models/{model}:streamGenerateContent")
-        self.assertEqual(template.match(["hf.co", "org", "qwen3:8b:streamGenerateContent"]),
-                         {"model": "hf.co/org/qwen3:8b", "method": STREAM})
-        self.assertEqual(GeminiTemplate("v1", GENERATE).label, "/v1/models/{model}:generateContent")
-
-    def test_otherPaths(self) -> None:
-        """
-        Another method, no model, or an empty segment is not this route.
-        """
-        template = GeminiTemplate("v1beta", GENERATE)
-        self.assertIsNone(template.match(["m:streamGenerateContent"]))
-        self.assertIsNone(template.match(["m:countTokens"]))
-        self.assertIsNone(template.match([":generateContent"]))
-        self.assertIsNone(template.match(["a", "", "b:generateContent"]))
-        self.assertIsNone(template.match([]))
 
 
 class GeminiRouteTests(SynchronousTestCase):

@@ -12,7 +12,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.service.options import REQUIRE_KEY_ENV, FileProblem
+from ollama_proxy.service.config import parseConfig
+from ollama_proxy.service.options import API_KEY_ENV, REQUIRE_KEY_ENV, FileProblem, readInputs
+from ollama_proxy.service.settings import Reads, Unreadable
 from ollama_proxy.service.tap import DrainService, Options, makeService
 from ollama_proxy.web.auth import KeyGate
 from ollama_proxy.web.cors import CORSResource
@@ -119,6 +121,15 @@ class OptionTests(SynchronousTestCase):
                 self.assertNotIn("hunter2", message)
                 self.assertNotIn("\n", message)
 
+    def test_httpParserValues(self) -> None:
+        """
+        C{--http-parser} is C{httptools} unless set, and only the two
+        parsers are accepted.
+        """
+        self.assertEqual(parse().settings.httpParser, "httptools")
+        self.assertEqual(parse("--http-parser", "twisted").settings.httpParser, "twisted")
+        self.assertRaises(usage.UsageError, parse, "--http-parser", "h11")
+
     def test_slowClientOptions(self) -> None:
         """
         C{--client-header-timeout} defaults to nginx's 60 s and must be
@@ -135,6 +146,64 @@ class OptionTests(SynchronousTestCase):
             ("--max-connections", "1.5"),
         ):
             self.assertRaises(usage.UsageError, parse, *args)
+
+
+class ReadInputsTests(SynchronousTestCase):
+    """
+    L{readInputs}, the one step that reads what the options name.
+    """
+
+    def test_nothingNamed(self) -> None:
+        """
+        Without file options nothing is read, and of the environment only
+        the two variables the options fall back to are kept.
+        """
+        options = parse()
+        environ = {API_KEY_ENV: "sk", REQUIRE_KEY_ENV: "k", "HOME": "/root", "AWS_SECRET": "x"}
+        reads = readInputs(options, None, environ)
+        self.assertEqual(reads, Reads(environ={API_KEY_ENV: "sk", REQUIRE_KEY_ENV: "k"},
+                                      reusePort=reads.reusePort))
+
+    def test_files(self) -> None:
+        """
+        The key files are read as text, C{--model-info} as bytes, and the
+        parsed C{--config} is passed on.
+        """
+        paths = {}
+        for name, content in (("api", "sk-file\n"), ("require", "k1\n"), ("info", '{"m": {}}')):
+            paths[name] = self.mktemp()
+            with open(paths[name], "w", encoding="utf-8") as f:
+                f.write(content)
+        values = {"api-key-file": paths["api"], "require-key-file": paths["require"],
+                  "model-info": paths["info"]}
+        config = parseConfig("", "p.toml", environ={})
+        reads = readInputs(values, config, {})
+        self.assertEqual((reads.apiKeyFile, reads.requireKeyFile, reads.modelInfo),
+                         ("sk-file\n", "k1\n", b'{"m": {}}'))
+        self.assertIs(reads.config, config)
+
+    def test_unreadable(self) -> None:
+        """
+        A file that cannot be read is recorded with the reason, not raised:
+        L{Settings.fromOptions} reports it where the file is used.
+        """
+        missing = self.mktemp()
+        values = {"api-key-file": missing, "require-key-file": missing, "model-info": missing}
+        reads = readInputs(values, None, {})
+        gone = Unreadable("No such file or directory")
+        self.assertEqual((reads.apiKeyFile, reads.requireKeyFile, reads.modelInfo),
+                         (gone, gone, gone))
+
+    def test_postOptionsReads(self) -> None:
+        """
+        Through the options, an unreadable key file is the same one-line
+        L{FileProblem} as before the split.
+        """
+        missing = self.mktemp()
+        with self.assertRaises(FileProblem) as e:
+            parse("--api-key-file", missing)
+        self.assertEqual(e.exception.message,
+                         f"cannot read --api-key-file {missing}: No such file or directory")
 
 
 class WiringTests(SynchronousTestCase):
@@ -173,6 +242,27 @@ class WiringTests(SynchronousTestCase):
         backend = resource.ctx.models.router.backends[0].backend
         self.assertEqual((backend.retries, backend.maxRetryWait, backend.forwardClientKey), (2, 5.0, True))
         self.assertEqual(backend.idleTimeout, 300.0)
+
+    def test_httpParser(self) -> None:
+        """
+        C{--http-parser} picks the upstream client under treq: the llhttp
+        agent by default, Twisted's own C{Agent} (and the fenced pool) with
+        C{twisted}.
+        """
+        from twisted.web.client import Agent
+
+        from ollama_proxy.upstream.agent import FastAgent
+
+        def agent(*args: str) -> Any:
+            _, site = self.build(*args)
+            resource: Any = site.resource
+            while not hasattr(resource, "ctx"):
+                resource = resource.wrapped
+            return resource.ctx.models.router.backends[0].backend.http._agent
+
+        self.assertIsInstance(agent(), FastAgent)
+        self.assertIsInstance(agent("--http-parser", "httptools"), FastAgent)
+        self.assertIsInstance(agent("--http-parser", "twisted"), Agent)
 
     def test_slowClientWiring(self) -> None:
         """

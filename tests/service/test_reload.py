@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,6 +17,7 @@ from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, relo
 from ollama_proxy.service.settings import Settings
 from ollama_proxy.service.tap import makeRouter
 from ollama_proxy.testing.harness import BodyCollector, ProxyHarness, delta
+from ollama_proxy.testing.memory import MemoryTreq
 from ollama_proxy.upstream.directory import ModelDirectory
 from ollama_proxy.web.auth import KeyGate, requireKeys
 from ollama_proxy.web.cors import CORSResource
@@ -78,7 +78,7 @@ class ReloadTests(SynchronousTestCase):
         h.ctx.models = ModelDirectory(build(settings), settings.modelOverrides)
         root = requireKeys(h.root, settings.requireKeys)
         assert isinstance(root, CORSResource) and isinstance(root.wrapped, KeyGate)
-        h.client = StubTreq(root)
+        h.client = MemoryTreq(root)
         self.live = LiveConfig(settings, h.ctx, build, lambda current: None, root.wrapped, root)
 
     def write(self, path: str, text: str) -> None:

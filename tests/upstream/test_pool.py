@@ -131,7 +131,7 @@ class MakeClientTests(SynchronousTestCase):
         on its own (a retried POST would be sent to the model twice).
         """
         http, pool = makeClient(MemoryReactorClock(), 128, 5.0)
-        self.assertIsInstance(pool, HTTPConnectionPool)
+        assert isinstance(pool, HTTPConnectionPool)
         self.assertTrue(pool.persistent)
         self.assertEqual(pool.maxPersistentPerHost, 128)
         self.assertFalse(pool.retryAutomatically)

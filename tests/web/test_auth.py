@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from treq.testing import StubTreq
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.testing.harness import ProxyHarness, delta
+from ollama_proxy.testing.memory import MemoryTreq
 from ollama_proxy.web.auth import KeyGate, readKeys, requireKeys
 from ollama_proxy.web.tree import buildRoot
 from tests.web.helpers import CHAT
@@ -28,7 +28,7 @@ class GatedHarness(ProxyHarness):
 
     def __init__(self, keys: list[str] = [KEY], **contextArgs: Any) -> None:
         super().__init__(**contextArgs)
-        self.client = StubTreq(KeyGate(self.root, keys))
+        self.client = MemoryTreq(KeyGate(self.root, keys))
 
 
 class KeyGateTests(SynchronousTestCase):
@@ -284,7 +284,7 @@ class CORSOrderTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.h = ProxyHarness(corsOrigins=("https://app.example",))
-        self.h.client = StubTreq(requireKeys(buildRoot(self.h.ctx), [KEY]))
+        self.h.client = MemoryTreq(requireKeys(buildRoot(self.h.ctx), [KEY]))
 
     def test_unauthorizedCarriesCORS(self) -> None:
         """

@@ -21,14 +21,14 @@ from typing import Any, Iterator
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import IResource
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.testing.fake_openai import FakeOpenAI
-from ollama_proxy.testing.harness import TARGET, Counter, contextFor
+from ollama_proxy.testing.harness import TARGET, Counter, contextFor, pumpUntilQuiet
+from ollama_proxy.testing.memory import MemoryTreq
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.web.bridge import ProxyResource
 from ollama_proxy.web.passthrough import Passthrough
@@ -53,18 +53,20 @@ def postRoutes(resource: IResource, prefix: bytes = b"") -> Iterator[tuple[str, 
         yield from postRoutes(child, path)
 
 
-def makeProxy() -> tuple[Any, Any, MemoryReactorClock]:
+def makeProxy() -> tuple[Any, Any, MemoryReactorClock, Any]:
     """
     @return: a client for a fresh proxy in front of the built-in fake backend
-        (L{FakeOpenAI}, the one every test uses), its root, and its clock.
+        (L{FakeOpenAI}, the one every test uses), its root, its clock, and
+        the proxy's client to the backend.
     """
     clock = MemoryReactorClock()
-    ctx = contextFor(Backend(StubTreq(FakeOpenAI(clock)), TARGET, clock, apiKey="sk-secret"),
+    upstream = MemoryTreq(FakeOpenAI(clock))
+    ctx = contextFor(Backend(upstream, TARGET, clock, apiKey="sk-secret"),
         clock=clock,
         now=Counter(),
     )
     root = buildRoot(ctx)
-    return StubTreq(root), root, clock
+    return MemoryTreq(root), root, clock, upstream
 
 
 GEMINI = (
@@ -235,7 +237,7 @@ class ProxyChecks(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.client, _, self.clock = makeProxy()
+        self.client, _, self.clock, self.upstream = makeProxy()
 
     def check(self, path: str, body: bytes, encoding: bytes | None = None) -> None:
         client = self.client
@@ -243,11 +245,8 @@ class ProxyChecks(SynchronousTestCase):
         if encoding is not None:
             headers[b"Content-Encoding"] = [encoding]
         d = client.post("http://proxy.test" + path, data=body, headers=headers)
-        for _ in range(10):
-            client.flush()
-            # A compressed body is decoded in steps between reactor turns.
-            for _ in range(20):
-                self.clock.advance(0)
+        # A compressed body is decoded in steps between reactor turns.
+        pumpUntilQuiet(self.clock, [client, self.upstream])
         response = self.successResultOf(d)
         data = self.successResultOf(client.content(response))
         # 501 is a deliberate answer (management routes the proxy does not

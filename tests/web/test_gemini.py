@@ -355,21 +355,22 @@ class GenerateTests(SynchronousTestCase):
         C{functionResponse} sent with that id gets the text answer.
         """
         from ollama_proxy.testing.fake_openai import REPLY, FakeOpenAI
-        from ollama_proxy.testing.harness import TARGET, Counter, contextFor
+        from ollama_proxy.testing.harness import TARGET, Counter, contextFor, pumpUntilQuiet
+        from ollama_proxy.testing.memory import MemoryTreq
         from ollama_proxy.upstream.backend import Backend
         from ollama_proxy.web.tree import buildRoot
         from twisted.internet.testing import MemoryReactorClock
 
         clock = MemoryReactorClock()
-        root = buildRoot(contextFor(Backend(StubTreq(FakeOpenAI(clock)), TARGET, clock),
+        upstream = MemoryTreq(FakeOpenAI(clock))
+        root = buildRoot(contextFor(Backend(upstream, TARGET, clock),
                                     clock=clock, now=Counter()))
-        client: Any = StubTreq(root)
+        client: Any = MemoryTreq(root)
 
         def post(payload: Any) -> Any:
             d = client.post("http://proxy.test/v1beta/models/fake-tools:generateContent",
                             data=codec.dumps(payload))
-            for _ in range(10):
-                client.flush()
+            pumpUntilQuiet(clock, [client, upstream])
             return codec.loads(self.successResultOf(client.content(self.successResultOf(d))))
 
         tools = [{"functionDeclarations": [TOOL]}]

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.service.config import BackendConfig
 from ollama_proxy.testing.harness import MultiBackendHarness, ProxyHarness
+from ollama_proxy.testing.memory import MemoryTreq
 from ollama_proxy.web.auth import requireKeys
 
 MODELS = {"object": "list", "data": [{"id": "m", "object": "model"}]}
@@ -109,7 +109,7 @@ class HealthTests(SynchronousTestCase):
         API refuses requests without one.
         """
         h = ProxyHarness()
-        h.client = StubTreq(requireKeys(h.root, ["secret-key"]))
+        h.client = MemoryTreq(requireKeys(h.root, ["secret-key"]))
         self.assertEqual(answer(h, h.get("/health/live"))[0], 200)
         self.assertEqual(answer(h, h.get("/health/ready"))[0], 503)
         self.assertEqual(answer(h, h.get("/api/tags"))[0], 401)

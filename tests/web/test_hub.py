@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import NoResource, Resource
@@ -24,7 +23,8 @@ from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCalls
 from ollama_proxy.protocol.requests import ChatRequest, Message, Sampling
 from ollama_proxy.testing.fake_openai import REPLY, FakeOpenAI
 from ollama_proxy.service.config import BackendConfig, ModelOverride
-from ollama_proxy.testing.harness import Counter, ProxyHarness, contextFor, delta
+from ollama_proxy.testing.harness import Counter, ProxyHarness, contextFor, delta, pumpUntilQuiet
+from ollama_proxy.testing.memory import MemoryTreq
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache
 from ollama_proxy.upstream.directory import ModelDirectory
@@ -155,16 +155,15 @@ class HubTests(SynchronousTestCase):
     def setUp(self) -> None:
         clock = MemoryReactorClock()
         self.fake = FakeOpenAI()
-        backend = Backend(StubTreq(self.fake), "http://backend.test:4000", clock)
+        self.upstream = MemoryTreq(self.fake)
+        backend = Backend(self.upstream, "http://backend.test:4000", clock)
         ctx = contextFor(backend, clock, now=Counter())
-        self.client: Any = StubTreq(toyRoot(ctx))
+        self.client: Any = MemoryTreq(toyRoot(ctx))
         self.clock = clock
 
     def post(self, body: Any) -> tuple[int, bytes, bytes]:
         d = self.client.post("http://proxy.test/toy", data=codec.dumps(body))
-        for _ in range(10):
-            self.client.flush()
-            self.clock.advance(0)
+        pumpUntilQuiet(self.clock, [self.client, self.upstream])
         response = self.successResultOf(d)
         content = self.successResultOf(self.client.content(response))
         [contentType] = response.headers.getRawHeaders(b"content-type", [b""])
@@ -221,20 +220,17 @@ class HubTests(SynchronousTestCase):
         own error, never a fake success.
         """
         scripted = FakeOpenAI(scripted=True)
-        upstreamStub: Any = StubTreq(scripted)
+        upstreamStub: Any = MemoryTreq(scripted)
         backend = Backend(upstreamStub, "http://backend.test:4000", self.clock)
-        client: Any = StubTreq(toyRoot(contextFor(backend, self.clock, now=Counter())))
+        client: Any = MemoryTreq(toyRoot(contextFor(backend, self.clock, now=Counter())))
         d = client.post("http://proxy.test/toy", data=codec.dumps({"who": "m", "say": "hi", "live": True}))
-        client.flush()
+        pumpUntilQuiet(self.clock, [client, upstreamStub])
         [upstream] = scripted.received
         upstream.startSSE()
         upstream.event({"choices": [{"index": 0, "delta": {"content": "par"}}]})
         upstream.event({"error": {"message": "overloaded"}})
         upstream.finish()
-        for _ in range(10):
-            upstreamStub.flush()
-            client.flush()
-            self.clock.advance(0)
+        pumpUntilQuiet(self.clock, [client, upstreamStub])
         response = self.successResultOf(d)
         content = self.successResultOf(client.content(response))
         self.assertEqual(content, b"say par\noops overloaded\n")
@@ -345,7 +341,8 @@ class URLModelTests(SynchronousTestCase):
     def setUp(self) -> None:
         clock = MemoryReactorClock()
         self.fake = FakeOpenAI()
-        backend = Backend(StubTreq(self.fake), "http://backend.test:4000", clock)
+        self.upstream = MemoryTreq(self.fake)
+        backend = Backend(self.upstream, "http://backend.test:4000", clock)
         config = BackendConfig(name="default", url=backend.target, overrides={
             "fake-model": ModelOverride(extra={"user": "operator-set", "seed": 7}),
         })
@@ -356,14 +353,12 @@ class URLModelTests(SynchronousTestCase):
                            now=Counter(), metrics=self.metrics)
         root = Resource()
         mount(root, NoResource(), GenerationResource(ctx, GeminiishRoute(), TEMPLATE))
-        self.client: Any = StubTreq(root)
+        self.client: Any = MemoryTreq(root)
         self.clock = clock
 
     def post(self, path: str, body: Any) -> tuple[int, bytes]:
         d = self.client.post("http://proxy.test" + path, data=codec.dumps(body))
-        for _ in range(10):
-            self.client.flush()
-            self.clock.advance(0)
+        pumpUntilQuiet(self.clock, [self.client, self.upstream])
         response = self.successResultOf(d)
         return response.code, self.successResultOf(self.client.content(response))
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_ollama -*-
+# -*- test-case-name: tests.protocol.test_codec -*-
 """
 One place that encodes and decodes JSON.
 

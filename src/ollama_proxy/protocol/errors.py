@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_chat -*-
+# -*- test-case-name: tests.protocol.test_errors -*-
 """
 The exceptions that become error answers in the client's dialect.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_stream -*-
+# -*- test-case-name: tests.protocol.test_events -*-
 """
 The events of a generated reply, whatever dialect the client speaks.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocol.test_gemini -*-
+# -*- test-case-name: tests.protocol.test_gemini_path -*-
 """
 The Gemini API's paths: C{models}, C{models/{model}} and
 C{models/{model}:<method>} below the version (C{/v1beta}, C{/v1}), read

@@ -9,35 +9,35 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Sequence
-from urllib.parse import urlsplit
+from typing import Any, Mapping, Sequence
 
-import attrs
 from twisted.python import usage
 
 from ollama_proxy import __version__
-from ollama_proxy.protocol.balance import DEFAULT_ROUTING
-from ollama_proxy.protocol.catalog import Facts
-from ollama_proxy.protocol.flavors import FLAVOR_NAMES, flavorFor
+from ollama_proxy.protocol.flavors import FLAVOR_NAMES
 from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
-from ollama_proxy.service.config import BackendConfig, Config, ConfigError, loadConfig
-from ollama_proxy.service.overrides import loadOverrides
-from ollama_proxy.service.settings import DEMO_PORT, Settings
-from ollama_proxy.service.workers import (
-    parseTCP,
+from ollama_proxy.service.config import Config, ConfigError, loadConfig
+from ollama_proxy.service.settings import (
+    API_KEY_ENV,
+    DEFAULT_BACKEND,
+    DEFAULT_LISTEN,
+    DEMO_PORT,
+    HTTP_PARSERS,
+    REQUIRE_KEY_ENV,
+    FileProblem,
+    Reads,
+    Settings,
+    Unreadable,
 )
-from ollama_proxy.web.auth import readKeys
 from ollama_proxy.web.budget import DEFAULT_BODY_BUDGET
 from ollama_proxy.web.context import DEFAULT_VERSION
 from ollama_proxy.web.channel import DEFAULT_HEADER_TIMEOUT
 from ollama_proxy.web.context import DEFAULT_MAX_BODY
 
-DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
+__all__ = ["API_KEY_ENV", "DEFAULT_BACKEND", "DEFAULT_LISTEN", "HTTP_PARSERS",
+           "REQUIRE_KEY_ENV", "FileProblem", "Options", "readInputs"]
+
 DEFAULT_FALLBACK = "http://127.0.0.1:11505"
-API_KEY_ENV = "OLLAMA_PROXY_API_KEY"
-REQUIRE_KEY_ENV = "OLLAMA_PROXY_REQUIRE_KEY"
-DEFAULT_BACKEND = "default"
-"""The name of the backend that C{--target} defines."""
 
 
 def demoListen(port: int) -> str:
@@ -45,33 +45,6 @@ def demoListen(port: int) -> str:
     @return: the fake backend's endpoint for C{--demo}: C{port}, loopback only.
     """
     return f"tcp:{port}:interface=127.0.0.1"
-
-
-def _checkURL(value: str, option: str) -> str:
-    """
-    Validate a base URL option.
-
-    @param value: the URL.
-    @param option: the option name, for the message.
-    @return: C{value} without a trailing slash.
-    @raise usage.UsageError: unless the scheme is http/https and a host is
-        set, and no user-info (C{user:pass@}) is given.
-    """
-    parts = urlsplit(value)
-    if "@" in parts.netloc:
-        # Never echoed: the value holds a password.  Refused rather than
-        # sent as Basic auth: the backend key already is the one
-        # Authorization header, and a URL's password ends up in logs,
-        # ps and error messages.
-        raise usage.UsageError(
-            f"{option} must not contain a user name or password (user:pass@host); "
-            "give the backend key with --api-key-file or OLLAMA_PROXY_API_KEY"
-        )
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise usage.UsageError(
-            f"{option} must be an http:// or https:// URL with a host, got {value!r}"
-        )
-    return value.rstrip("/")
 
 
 def _logFormat(value: str) -> str:
@@ -110,23 +83,6 @@ SERVER_FORBIDDEN = frozenset(
 )
 """Options a file's C{[server]} table may not set: backends go in
 C{[[backend]]} tables."""
-
-
-class FileProblem(SystemExit):
-    """
-    A file the options name (C{--config}, a key file, C{--model-info})
-    cannot be used.  Not a C{UsageError}, for which twistd prints its whole
-    usage text: the option was right, the file is not, and one line
-    (C{proxy.toml:12: backend[1].url: ...}) says so; twistd ends with exit
-    status 1.  A reload (L{ollama_proxy.service.reload}) catches it and
-    keeps the running configuration.
-
-    @ivar message: the line, without the program name.
-    """
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(f"ollama-proxy: {message}")
 
 
 def _positive(value: str) -> float:
@@ -214,6 +170,8 @@ class Options(usage.Options):
          "together; past it, 503 with Retry-After.", int],
         ["max-line", None, DEFAULT_MAX_LINE_LENGTH, "Largest accepted upstream SSE line in bytes.", int],
         ["pool-size", None, 64, "Persistent upstream connections kept per host.", int],
+        ["http-parser", None, "httptools",
+         "HTTP/1.1 parser: httptools (llhttp) or twisted (Twisted's own)."],
         ["demo-port", None, DEMO_PORT, "The TCP port of --demo's fake backend on 127.0.0.1.", int],
         ["workers", None, 1,
          "Processes serving the tcp: ports together (SO_REUSEPORT; one per core).", int],
@@ -258,7 +216,6 @@ class Options(usage.Options):
         self["allow-host"] = []
         self["backends"] = ()
         self.fileConfig: Config | None = None
-        self._fileListen: list[str] = []
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """
@@ -298,7 +255,7 @@ class Options(usage.Options):
                 items = [value] if isinstance(value, str) else value
                 if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
                     raise config.error(key, "must be a string or a list of strings")
-                self._fileListen = list(items)
+                # Used by Settings.fromOptions when no --listen is given.
             elif name in ("cors-origin", "allow-host"):
                 items = [value] if isinstance(value, str) else value
                 if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
@@ -361,133 +318,16 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Validate, and gather the result in L{settings}.  The parsed values
-        themselves are left as given.
+        Read what the options name (L{readInputs}), validate it all into
+        L{settings} (L{Settings.fromOptions}, pure), and make twistd log
+        the plugin's way.  The parsed values themselves are left as given.
 
-        @raise usage.UsageError: for a missing or malformed URL.
+        @raise usage.UsageError: for a missing or malformed option.
         @raise FileProblem: for a file that cannot be read or used.
         """
-        if self["config"] and self.fileConfig is None:
-            # getopt accepted an abbreviation (--conf) that the early scan
-            # for --config did not see.
-            raise usage.UsageError("spell the option --config in full")
-        listen = tuple(self["listen"] or self._fileListen or [DEFAULT_LISTEN])
-        target: str | None = self["target"]
-        if not 0 < self["demo-port"] < 65536:
-            raise usage.UsageError("--demo-port must be a TCP port (1-65535)")
-        if self["demo"] and not target:
-            target = f"http://127.0.0.1:{self['demo-port']}"
-        fileBackends = self.fileConfig.backends if self.fileConfig is not None else ()
-        if not target and not fileBackends:
-            raise usage.UsageError(
-                "--target is required (the OpenAI-compatible server, e.g. "
-                "http://127.0.0.1:4000), or --config with [[backend]] tables, or --demo"
-            )
-        fallback = _checkURL(self["fallback"], "--fallback") if self["fallback"] else None
-        overrides: dict[str, Facts] = {}
-        if self["model-info"]:
-            try:
-                overrides = loadOverrides(self["model-info"])
-            except ValueError as e:
-                raise FileProblem(f"--model-info {self['model-info']}: {e}") from None
-        for name in ("max-body", "body-budget", "max-line", "pool-size", "workers"):
-            if self[name] <= 0:
-                raise usage.UsageError(f"--{name} must be positive")
-        # A worker reads the same --config; its "workers" must not make it
-        # start workers of its own.
-        workers = 1 if self["worker-of"] is not None else self["workers"]
-        if workers > 1 or self["worker-of"] is not None:
-            if not hasattr(socket, "SO_REUSEPORT"):
-                raise usage.UsageError("--workers needs SO_REUSEPORT (Linux, BSD, macOS)")
-            for description in listen:
-                parseTCP(description)
-        try:
-            flavorFor(self["backend-flavor"], "http://localhost")
-        except ValueError as e:
-            raise usage.UsageError(f"--backend-flavor: {e}")
-        if self["retry-429"] < 0:
-            raise usage.UsageError("--retry-429 must not be negative")
-        if self["require-key-file"]:
-            try:
-                with open(self["require-key-file"], encoding="utf-8") as f:
-                    keys = readKeys(f.read())
-            except OSError as e:
-                raise FileProblem(
-                    f"cannot read --require-key-file {self['require-key-file']}: {e.strerror}"
-                ) from None
-            if not keys:
-                raise FileProblem(f"--require-key-file {self['require-key-file']} holds no key")
-        else:
-            keys = readKeys(self["require-key"] or os.environ.get(REQUIRE_KEY_ENV) or "")
-        apiKey: str | None = None
-        if target:
-            target = _checkURL(target, "--target")
-            apiKey = self._readKey()
-        elif self["api-key"] or self["api-key-file"]:
-            raise usage.UsageError(
-                "--api-key and --api-key-file go with --target; with --config, set "
-                "api_key, api_key_file or api_key_env in the [[backend]] table"
-            )
-        self.settings = Settings(
-            listen=listen,
-            backends=_backends(fileBackends, target, apiKey),
-            routing=self.fileConfig.routing if self.fileConfig is not None else DEFAULT_ROUTING,
-            fallback=fallback,
-            tag=self["tag"],
-            version=self["ollama-version"],
-            modelOverrides=overrides,
-            connectTimeout=self["connect-timeout"],
-            headerTimeout=self["header-timeout"],
-            idleTimeout=self["idle-timeout"],
-            clientTimeout=self["client-timeout"],
-            bodyTimeout=self["body-timeout"],
-            clientHeaderTimeout=self["client-header-timeout"],
-            maxConnections=self["max-connections"] or None,
-            shutdownGrace=self["shutdown-grace"],
-            drainDelay=self["drain-delay"],
-            maxBody=self["max-body"],
-            bodyBudget=self["body-budget"],
-            maxLine=self["max-line"],
-            poolSize=self["pool-size"],
-            workers=workers,
-            workerOf=self["worker-of"],
-            backendFlavor=self["backend-flavor"],
-            retries=self["retry-429"],
-            retryMaxWait=self["retry-max-wait"],
-            requireKeys=tuple(keys),
-            forwardClientKey=bool(self["forward-client-key"]),
-            debug=bool(self["debug"]),
-            demo=bool(self["demo"]),
-            demoPort=self["demo-port"],
-            metrics=not self["no-metrics"],
-            corsOrigins=tuple(self["cors-origin"]),
-            allowHosts=tuple(self["allow-host"]),
-            modelsTTL=self["models-ttl"],
-            logFormat=self["log-format"],
-            metricsDir=self["metrics-dir"],
-            rawArgs=tuple(self.rawArgs),
-            remoteHost=self["remote-host"],
-        )
+        reads = readInputs(self, self.fileConfig)
+        self.settings = Settings.fromOptions(self, reads, self.rawArgs)
         self._useOwnLog(self["log-format"])
-
-    def _readKey(self) -> str | None:
-        """
-        Resolve the C{--target} backend's key: C{--api-key-file}, then
-        C{--api-key}, then C{$OLLAMA_PROXY_API_KEY}.
-
-        @return: the key, or C{None} for none.
-        @raise FileProblem: for an unreadable key file.
-        """
-        if self["api-key-file"]:
-            try:
-                with open(self["api-key-file"], encoding="utf-8") as f:
-                    return f.read().strip()
-            except OSError as e:
-                raise FileProblem(
-                    f"cannot read --api-key-file {self['api-key-file']}: {e.strerror}"
-                ) from None
-        key: str | None = self["api-key"] or os.environ.get(API_KEY_ENV) or None
-        return key
 
     def _useOwnLog(self, logFormat: str) -> None:
         """
@@ -514,26 +354,57 @@ class Options(usage.Options):
         )
 
 
-def _backends(
-    fileBackends: Sequence[BackendConfig], target: str | None, apiKey: str | None
-) -> tuple[BackendConfig, ...]:
+def readInputs(
+    values: Mapping[str, Any], config: Config | None,
+    environ: Mapping[str, str] | None = None,
+) -> Reads:
     """
-    The backends to serve: the file's, with C{--target} (and its key) as the
-    backend named C{default}: it replaces the URL and key of a file backend
-    of that name, or comes first.
+    The one step that reads what the options name: the key files and the
+    C{--model-info} file, and the environment variables the options fall
+    back to.  (The C{--config} file is read earlier, by
+    L{Options.parseOptions}, because its C{[server]} values are the
+    command line's defaults.)  A file that cannot be read is recorded as
+    L{Unreadable}, for L{Settings.fromOptions} to report in its place.
 
-    @param fileBackends: from the file, in order.
-    @param target: the C{--target} URL, if any.
-    @param apiKey: its key.
-    @return: at least one backend.
+    @param values: the option values.
+    @param config: the parsed C{--config} file, if any.
+    @param environ: the environment (the process's when C{None}).
+    @return: what L{Settings.fromOptions} needs besides the values.
     """
-    if not target:
-        return tuple(fileBackends)
-    out = list(fileBackends)
-    for i, backend in enumerate(out):
-        if backend.name == DEFAULT_BACKEND:
-            out[i] = attrs.evolve(backend, url=target, apiKey=apiKey or backend.apiKey)
-            return tuple(out)
-    return (BackendConfig(DEFAULT_BACKEND, target, apiKey), *out)
+    env = os.environ if environ is None else environ
+    return Reads(
+        config=config,
+        environ={name: env[name] for name in (API_KEY_ENV, REQUIRE_KEY_ENV) if name in env},
+        apiKeyFile=_readText(values["api-key-file"]),
+        requireKeyFile=_readText(values["require-key-file"]),
+        modelInfo=_readBytes(values["model-info"]),
+        reusePort=hasattr(socket, "SO_REUSEPORT"),
+    )
 
 
+def _readText(path: str | None) -> str | Unreadable | None:
+    """
+    @param path: a key file an option names, if any.
+    @return: its UTF-8 text, L{Unreadable}, or C{None} without a path.
+    """
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        return Unreadable(e.strerror or str(e))
+
+
+def _readBytes(path: str | None) -> bytes | Unreadable | None:
+    """
+    @param path: a file an option names, if any.
+    @return: its bytes, L{Unreadable}, or C{None} without a path.
+    """
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        return Unreadable(e.strerror or str(e))

@@ -27,6 +27,20 @@ def loadOverrides(path: str) -> dict[str, Facts]:
             raw = f.read()
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    return parseOverridesFile(path, raw)
+
+
+def parseOverridesFile(path: str, raw: bytes) -> dict[str, Facts]:
+    """
+    Parse the C{--model-info} file's bytes (pure: the read is the
+    caller's).
+
+    @param path: the file name: C{.toml} means TOML, anything else JSON;
+        also for messages.
+    @param raw: the file's content.
+    @return: the validated overrides.
+    @raise ValueError: for a malformed file.
+    """
     if path.endswith(".toml"):
         if sys.version_info < (3, 11):
             raise ValueError("TOML model-info files need Python 3.11; use JSON")

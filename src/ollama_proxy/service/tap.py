@@ -50,6 +50,7 @@ from ollama_proxy.upstream.backend import Backend, HTTPClient
 from ollama_proxy.upstream.cache import TTLCache
 from ollama_proxy.upstream.directory import ModelDirectory
 from ollama_proxy.upstream.compat import ConnectionPool
+from ollama_proxy.upstream.agent import KeepAlivePool
 from ollama_proxy.upstream.pool import makeClient
 from ollama_proxy.upstream.routing import BackendModels, Router, makeFetcher
 from ollama_proxy.web.auth import KeyGate, requireKeys
@@ -153,7 +154,7 @@ class PoolService(Service):
     twistd exits without dangling sockets.
     """
 
-    def __init__(self, pool: HTTPConnectionPool) -> None:
+    def __init__(self, pool: HTTPConnectionPool | KeepAlivePool) -> None:
         self.pool = pool
 
     def stopService(self) -> Deferred[None]:
@@ -439,7 +440,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         oneLineErrors()
         returnLargeAllocations()
     settings = options.settings
-    http, pool = makeClient(reactor, settings.poolSize, settings.connectTimeout, ConnectionPool)
+    http, pool = makeClient(reactor, settings.poolSize, settings.connectTimeout, ConnectionPool,
+                            settings.httpParser)
     router = makeRouter(settings, http, reactor)
 
     def makeFallback(current: Settings) -> Fallback | None:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.service.test_tap -*-
+# -*- test-case-name: tests.testing.test_fake_tap -*-
 """
 C{twistd -n fake-openai}: the built-in fake backend as a service of its own.
 """

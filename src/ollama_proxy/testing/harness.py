@@ -1,13 +1,16 @@
-# -*- test-case-name: tests.web.test_chat -*-
+# -*- test-case-name: tests.testing.test_harness -*-
 """
 Test doubles, public like C{treq.testing}: a scriptable OpenAI backend and a
-harness that puts the proxy between two C{treq.testing.StubTreq}s.
+harness that puts the proxy between two in-memory treq clients
+(L{ollama_proxy.testing.memory.MemoryTreq}, C{StubTreq}'s shape).
 
 How the pumping works: L{ProxyHarness.client} drives the proxy's resource
 tree and L{ProxyHarness.upstream} drives L{ScriptedOpenAI}; both run over
 C{iosim} on in-memory transports.  After anything happens on one side (a
 request sent, a chunk written by the fake backend) call
-L{ProxyHarness.pump}, which flushes both stubs until nothing moves.  Time
+L{ProxyHarness.pump}, which flushes every side and runs the clock's due
+calls (the relay's end-of-turn C{callLater(0)}) until nothing moves, and
+fails loudly, naming what is still pending, if that never happens.  Time
 only passes when a test advances L{ProxyHarness.clock}.
 """
 
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.testing import MemoryReactorClock
@@ -23,6 +25,7 @@ from twisted.internet.testing import MemoryReactorClock
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import Facts
 from ollama_proxy.testing.fake_openai import FakeOpenAI
+from ollama_proxy.testing.memory import MemoryTreq
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import DEFAULT_TTL, TTLCache
 from ollama_proxy.upstream.directory import ModelDirectory
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
     from ollama_proxy.protocol.balance import RoutingPolicy
 
 TARGET = "http://backend.test:4000"
+PUMP_BOUND = 1000
+"""Rounds L{ProxyHarness.pump} runs before it calls the system stuck (a
+streamed answer needs a handful)."""
 FALLBACK = "http://ollama.test:11505"
 
 
@@ -79,6 +85,59 @@ def delta(content: str | None = None, **fields: Any) -> dict[str, Any]:
     }
 
 
+def dueCalls(clock: MemoryReactorClock) -> list[Any]:
+    """
+    @param clock: a memory clock.
+    @return: its calls due now (not cancelled, not yet run).
+    """
+    now = clock.seconds()
+    return [call for call in clock.getDelayedCalls() if call.getTime() <= now]
+
+
+def pumpUntilQuiet(
+    clock: MemoryReactorClock, sides: Sequence[Any], bound: int = PUMP_BOUND
+) -> None:
+    """
+    The one pump: flush every in-memory client and run the clock's due
+    calls until nothing moves: no byte or disconnect left to deliver, no
+    call due now.  (The relay joins the reads of one reactor turn and
+    flushes them at the end of the turn, with C{callLater(0)}; a body
+    decoder works in steps between turns.)  Time does not pass.
+
+    @param clock: the proxy's clock.
+    @param sides: the L{MemoryTreq}s: the client's, each backend's.
+    @param bound: rounds before giving up.
+    @raise AssertionError: naming what is still pending after C{bound}
+        rounds (a call that keeps rescheduling itself, a connection that
+        keeps talking), or when a side cannot say whether anything moved
+        (a C{StubTreq} put in a L{MemoryTreq}'s place).
+    """
+    for side in sides:
+        if not isinstance(side, MemoryTreq):
+            raise AssertionError(
+                f"pump() needs MemoryTreq sides (whose flush says whether anything "
+                f"moved), got {side!r}"
+            )
+    for _ in range(bound):
+        moved = False
+        for side in sides:
+            moved = side.flush() or moved
+        if dueCalls(clock):
+            clock.advance(0)
+            moved = True
+        # A pull producer resumed by the last flush may have written
+        # bytes no flush has delivered yet.
+        if not moved and not any(side.agent.pending() for side in sides):
+            return
+    pending = [f"due: {call!r}" for call in dueCalls(clock)]
+    for side in sides:
+        pending.extend(side.agent.pending())
+    raise AssertionError(
+        f"pump() still not quiet after {bound} rounds; pending: "
+        + ("; ".join(pending) or "nothing buffered, but every round moved something")
+    )
+
+
 class ProxyHarness:
     """
     The proxy wired to a L{ScriptedOpenAI} backend (and optionally a
@@ -102,9 +161,10 @@ class ProxyHarness:
         """
         self.clock = MemoryReactorClock()
         self.backend = ScriptedOpenAI()
-        self.upstream: Any = StubTreq(self.backend)
+        self.upstream: Any = MemoryTreq(self.backend)
+        self.stubs: list[Any] = [self.upstream]
         self.ollama = ScriptedOpenAI()
-        self.fallbackStub: Any = StubTreq(self.ollama)
+        self.fallbackStub: Any = MemoryTreq(self.ollama)
         self.now = Counter()
         self.backendClient = Backend(
             self.upstream, TARGET, self.clock, apiKey="sk-secret", idleTimeout=idleTimeout
@@ -120,20 +180,25 @@ class ProxyHarness:
             **contextArgs,
         )
         self.root = buildRoot(self.ctx)
-        self.client: Any = StubTreq(self.root)
+        self.client: Any = MemoryTreq(self.root)
 
-    def pump(self) -> None:
+    def pump(self, bound: int = PUMP_BOUND) -> None:
         """
-        Move bytes on both sides until nothing is left to deliver.
+        Move bytes on every side (the client's, each backend's, the
+        fallback's) and run the clock's due calls until quiet
+        (L{pumpUntilQuiet}).
+
+        @param bound: rounds before giving up.
+        @raise AssertionError: naming what is still pending after C{bound}
+            rounds.
         """
-        for _ in range(20):
-            self.client.flush()
-            self.upstream.flush()
-            self.fallbackStub.flush()
-            # The relay joins the reads of one reactor turn and flushes
-            # them at the end of the turn (callLater(0)).
-            self.clock.advance(0)
-        self.client.flush()
+        pumpUntilQuiet(self.clock, [self.client, *self.stubs, self.fallbackStub], bound)
+
+    def dueCalls(self) -> list[Any]:
+        """
+        @return: the clock's calls due now (not cancelled, not yet run).
+        """
+        return dueCalls(self.clock)
 
     def post(self, path: str, body: Any, **kwargs: Any) -> Deferred[Any]:
         """
@@ -175,8 +240,8 @@ class ProxyHarness:
         Disconnect every client connection to the proxy, as a client that
         closes its socket mid-request does, and deliver the disconnect.
         """
-        for pump in list(self.client._agent._pumps):
-            pump.clientIO.abortConnection()
+        for connection in list(self.client.agent.connections):
+            connection.clientIO.abortConnection()
         self.pump()
 
     def proxyChannels(self) -> list[Any]:
@@ -185,17 +250,14 @@ class ProxyHarness:
             connection still open (to simulate a slow client's full socket
             buffer with C{pauseProducing}).
         """
-        return [
-            getattr(pump.server, "_channel", pump.server)
-            for pump in self.client._agent._pumps
-        ]
+        return [connection.server for connection in self.client.agent.connections]
 
     def upstreamTransports(self) -> list[Any]:
         """
         @return: the proxy's client-side transports to the backend, one per
             upstream connection still open.
         """
-        return [pump.clientIO for pump in self.upstream._agent._pumps]
+        return [connection.clientIO for connection in self.upstream.agent.connections]
 
 
 class BodyCollector:
@@ -252,7 +314,7 @@ class MultiBackendHarness(ProxyHarness):
         self.clock = MemoryReactorClock()
         self.now = Counter()
         self.ollama = ScriptedOpenAI()
-        self.fallbackStub = StubTreq(self.ollama)
+        self.fallbackStub = MemoryTreq(self.ollama)
         if configs is None:
             configs = [
                 BackendConfig(name="a", url="http://a.test:4000"),
@@ -263,7 +325,7 @@ class MultiBackendHarness(ProxyHarness):
         entries = []
         for config in configs:
             fake = ScriptedOpenAI()
-            stub: Any = StubTreq(fake)
+            stub: Any = MemoryTreq(fake)
             self.backends[config.name] = fake
             self.stubs.append(stub)
             client = Backend(stub, config.url, self.clock, apiKey=config.apiKey, name=config.name,
@@ -283,21 +345,7 @@ class MultiBackendHarness(ProxyHarness):
             **contextArgs,
         )
         self.root = buildRoot(self.ctx)
-        self.client = StubTreq(self.root)
-
-    def pump(self) -> None:
-        """
-        Move bytes on every side until nothing is left to deliver.
-        """
-        for _ in range(20):
-            self.client.flush()
-            for stub in self.stubs:
-                stub.flush()
-            self.fallbackStub.flush()
-            # As in ProxyHarness.pump: the relay flushes a turn's reads with
-            # callLater(0).
-            self.clock.advance(0)
-        self.client.flush()
+        self.client = MemoryTreq(self.root)
 
     def answerModels(self, name: str, *ids: str) -> None:
         """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_relay -*-
+# -*- test-case-name: tests.upstream.test_failures -*-
 """
 Client-side failures (treq, Agent, connection errors) as the proxy's
 errors: a 504 for timeouts, a 502 for everything else, with a message that

@@ -25,8 +25,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
+
+from ollama_proxy.upstream.agent import FastAgent, KeepAlivePool
 
 
 @implementer(IBodyProducer)
@@ -139,7 +141,8 @@ def makeClient(
     poolSize: int,
     connectTimeout: float,
     poolFactory: type[HTTPConnectionPool] = HTTPConnectionPool,
-) -> tuple[treq.client.HTTPClient, HTTPConnectionPool]:
+    httpParser: str = "twisted",
+) -> tuple[treq.client.HTTPClient, HTTPConnectionPool | KeepAlivePool]:
     """
     Build the process's upstream client.
 
@@ -150,19 +153,33 @@ def makeClient(
     @param connectTimeout: seconds to wait for a TCP connection.
     @param poolFactory: the pool class (the proxy uses
         L{ollama_proxy.upstream.pool.ConnectionPool}).
+    @param httpParser: C{"httptools"} for L{FastAgent} and its
+        L{KeepAlivePool} (the same limits), C{"twisted"} for Twisted's
+        C{Agent} over C{poolFactory}.
     @return: the treq client and its pool (the caller closes the pool on
         shutdown).
     """
+    endpoints = CachingEndpointFactory(reactor, connectTimeout)
+    if httpParser == "httptools":
+        fast = KeepAlivePool(reactor)
+        fast.maxPersistentPerHost = poolSize
+        return clientFor(FastAgent(reactor, endpoints, fast)), fast
     pool = poolFactory(reactor, persistent=True)
     pool.maxPersistentPerHost = poolSize
     pool.retryAutomatically = False
-    agent = Agent.usingEndpointFactory(
-        reactor, CachingEndpointFactory(reactor, connectTimeout), pool=pool
-    )
-    client = treq.client.HTTPClient(
+    agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+    return clientFor(agent), pool
+
+
+def clientFor(agent: IAgent) -> treq.client.HTTPClient:
+    """
+    @param agent: the agent treq drives.
+    @return: the treq client: no cookies kept, in-memory bodies written at
+        once.
+    """
+    return treq.client.HTTPClient(
         agent, cookiejar=refusingCookieJar(), data_to_body_producer=bodyProducer
     )
-    return client, pool
 
 
 def refusingCookieJar() -> IndexableCookieJar:

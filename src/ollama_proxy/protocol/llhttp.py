@@ -1,0 +1,308 @@
+# -*- test-case-name: tests.protocol.test_llhttp -*-
+"""
+HTTP/1.1 parsing on llhttp (C{httptools}): the one module that imports it.
+
+Pure: bytes in, typed events out, no Twisted.  The upstream client
+(L{ollama_proxy.upstream.agent}) feeds L{ResponseParser} the reads of one
+backend connection and acts on its events; the parsing of one socket read,
+status line, headers and every chunk of a chunked body, is one C call.
+
+llhttp is stricter than Twisted's client parser in places, and decisions
+that differ are made the same here or are documented as the safer one
+(C{tests.protocol.test_llhttp} feeds both parsers the same bytes):
+
+ - Checks added to match Twisted: a header line longer than
+   L{MAX_RESPONSE_LINE} bytes (Twisted's C{LineReceiver} limit; counted
+   as C{Name: value CR}, exact for one space after the colon and a CRLF;
+   llhttp hands over no other whitespace, so at the boundary the decision
+   may differ by those few bytes) and any C{Transfer-Encoding} other
+   than exactly C{chunked} are rejected; 1xx answers are skipped; a bare
+   LF ends a head line, as Twisted allows (but not a chunk-size line,
+   which both require to end in CRLF).
+ - Kept stricter than Twisted (each is a smuggling or desync vector a
+   client gains nothing by accepting): a response with both
+   C{Content-Length} and C{Transfer-Encoding} (RFC 9112 6.3: "ought to be
+   handled as an error"; Twisted lets chunked win), a repeated
+   C{Content-Length} even with equal values (Twisted accepts C{3, 3}),
+   obs-fold continuation lines (deprecated, RFC 9112 5.2), a status line
+   that is not C{HTTP/<digit>.<digit> <3 digits>} (Twisted accepts any
+   protocol name and whatever C{int()} takes, C{+200} or C{2_00}),
+   a malformed or conflicting C{Content-Length} on a 204, 304 or HEAD
+   answer (Twisted reads no framing header there), control characters in
+   header values, a 101 response (never asked for).
+ - Limits Twisted lacks: at most L{MAX_RESPONSE_HEADERS} header lines and
+   L{MAX_RESPONSE_HEAD} bytes of head (Twisted's client buffers any number of
+   16 KiB lines).
+ - Reuse: bytes after a complete response in the same read make the
+   connection unusable (Twisted drops them and reuses the connection).
+ - The one looser decision: a chunk-size line over 1,024 bytes (a long
+   chunk extension) is accepted, up to L{MAX_QUIET} bytes of framing fed
+   without chunk data.  Twisted's bound is on its own buffer for that
+   line; llhttp does not buffer extensions (nothing is held), the framing
+   decision is the same, and C{httptools} reports no position to measure
+   the line with.  L{MAX_QUIET} also bounds trailers, whose values
+   C{httptools} does hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import httptools
+
+MAX_RESPONSE_LINE = 16384
+"""Longest head line (status or header, without its LF), as Twisted's
+client (C{LineReceiver.MAX_LENGTH})."""
+
+MAX_RESPONSE_HEADERS = 500
+"""Most header lines in one response head (Twisted's server limit)."""
+
+MAX_RESPONSE_HEAD = 256 * 1024
+"""Most bytes of one response head (status line and headers)."""
+
+MAX_TRAILERS = 2**16
+"""Most bytes of trailer lines after a chunked body (Twisted's limit)."""
+
+MAX_QUIET = MAX_TRAILERS + 4096
+"""Most bytes of a chunked body fed without any chunk data: the framing
+between two chunks (a size line, Twisted bounds at 1,024 bytes) or the
+trailers.  httptools holds a trailer's value until its line ends; this
+bounds what it can hold."""
+
+RESPONSE_NO_BODY_CODES = frozenset({204, 304})
+
+
+class ResponseParseError(ValueError):
+    """The bytes are not a response this client accepts."""
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    """
+    A response's status line and headers.
+
+    @ivar version: the protocol version, as Twisted's response has it.
+    @ivar code: the status code.
+    @ivar phrase: the reason phrase.
+    @ivar headers: the header lines in order, names as sent.
+    @ivar length: the body length if known (C{Content-Length}, or 0 when the
+        response has no body), else C{None} (chunked or until close).
+    """
+
+    version: tuple[bytes, int, int]
+    code: int
+    phrase: bytes
+    headers: list[tuple[bytes, bytes]]
+    length: int | None
+
+
+@dataclass(slots=True)
+class ResponseBody:
+    """Body bytes: everything one read carried, chunks joined."""
+
+    data: bytes
+
+
+@dataclass(slots=True)
+class ResponseEnd:
+    """The response is complete and well framed; C{reusable}: the connection
+    may carry another request (keep-alive, nothing after it, not HEAD)."""
+
+    reusable: bool
+
+
+@dataclass(slots=True)
+class ResponseRejected:
+    """The bytes broke the framing or a limit (C{reason}: why); nothing more
+    is parsed."""
+
+    reason: str
+
+
+ResponseEvent = Union[ResponseHead, ResponseBody, ResponseEnd, ResponseRejected]
+
+
+class _Stop(Exception):
+    """Raised inside a callback to stop llhttp (HEAD: no body follows)."""
+
+
+class ResponseParser:
+    """
+    Parse one response to one request, fed the connection's reads.
+
+    @ivar untilClose: the body ends when the connection does (no length, not
+        chunked), so an EOF is its normal end.
+    """
+
+    def __init__(self, method: bytes) -> None:
+        """
+        @param method: the request's method (a C{HEAD} answer has no body).
+        """
+        self._head = method == b"HEAD"
+        self._parser = httptools.HttpResponseParser(self)
+        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self._events: list[ResponseEvent] = []
+        self._body: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._phrase = b""
+        self._headBytes = 0
+        self._trailerBytes = 0
+        self._quiet = 0
+        self._inHead = True
+        self._done = False
+        self._failed = False
+        self._chunked = False
+        self.untilClose = False
+        self.everReceived = False
+
+    # llhttp callbacks
+
+    def on_status(self, status: bytes) -> None:
+        if len(status) + len(b"HTTP/1.1 200 \r") > MAX_RESPONSE_LINE:
+            raise ResponseParseError("status line too long")
+        self._phrase = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._inHead:
+            # A trailer: ignored, as Twisted does, within its 64 KiB.
+            self._trailerBytes += len(name) + len(value) + 4
+            if self._trailerBytes > MAX_TRAILERS:
+                raise ResponseParseError("trailer headers too long")
+            return
+        headers = self._headers
+        if len(name) + len(value) + 3 > MAX_RESPONSE_LINE:
+            raise ResponseParseError("header line too long")
+        if len(headers) >= MAX_RESPONSE_HEADERS:
+            raise ResponseParseError(f"more than {MAX_RESPONSE_HEADERS} header lines")
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        code = parser.get_status_code()
+        if 100 <= code < 200:
+            if code == 101:
+                raise ResponseParseError("unexpected 101 Switching Protocols")
+            # Ignored, as Twisted does; the real response follows.
+            self._headers = []
+            self._phrase = b""
+            return
+        self._inHead = False
+        # A bare LF ended head lines (as Twisted allows); chunk framing
+        # needs CRLF (as Twisted's decoder does).
+        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=False)
+        length: int | None = None
+        if code in RESPONSE_NO_BODY_CODES or self._head:
+            # No body, whatever the framing headers say (Twisted looks at
+            # none of them here either).
+            length = 0
+        else:
+            transfer = [v for n, v in self._headers if n.lower() == b"transfer-encoding"]
+            if transfer:
+                if len(transfer) != 1 or transfer[0].strip(b" \t").lower() != b"chunked":
+                    # The value itself stays out of the message: it is the
+                    # backend's, and messages reach clients and logs.
+                    raise ResponseParseError("unsupported Transfer-Encoding")
+                self._chunked = True
+            else:
+                for n, v in self._headers:
+                    if n.lower() == b"content-length":
+                        length = int(v)
+                if length is None:
+                    self.untilClose = True
+        major, _, minor = parser.get_http_version().partition(".")
+        self._events.append(ResponseHead(
+            (b"HTTP", int(major), int(minor)), code, self._phrase, self._headers, length))
+        if self._head:
+            self._done = True
+            self._events.append(ResponseEnd(False))
+            raise _Stop()  # llhttp would read a body after the head
+
+    def on_body(self, data: bytes) -> None:
+        self._body.append(data)
+
+    def on_message_complete(self) -> None:
+        if self._inHead:
+            # A 1xx answer ended: the real response follows.
+            return
+        self._flushBody()
+        self._done = True
+        self._events.append(ResponseEnd(bool(self._parser.should_keep_alive())))
+
+    def _flushBody(self) -> None:
+        body = self._body
+        if body:
+            self._events.append(ResponseBody(body[0] if len(body) == 1 else b"".join(body)))
+            body.clear()
+
+    def feed(self, data: bytes) -> list[ResponseEvent]:
+        """
+        Parse one read.
+
+        @param data: the bytes.
+        @return: what they completed, in order; after a L{ResponseEnd} or a
+            L{ResponseRejected}, nothing more.
+        """
+        if self._done or self._failed:
+            if data and self._done:
+                # Bytes after a complete response: never reuse.
+                return [ResponseRejected("data after the response")]
+            return []
+        self.everReceived = True
+        if self._inHead:
+            self._headBytes += len(data)
+            if self._headBytes > MAX_RESPONSE_HEAD + MAX_RESPONSE_LINE:
+                self._failed = True
+                return [ResponseRejected(f"response head larger than {MAX_RESPONSE_HEAD} bytes")]
+        events = self._events = []
+        chunked = self._chunked
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None
+            if self._done:
+                # A HEAD answer's end, or llhttp began a next message on
+                # bytes that followed the response: never reuse.
+                for event in events:
+                    if isinstance(event, ResponseEnd):
+                        event.reusable = False
+                return events
+            if isinstance(cause, ResponseParseError):
+                return self._reject(events, str(cause))
+            return self._reject(events, str(e) or type(e).__name__)
+        if self._inHead and self._headBytes > MAX_RESPONSE_HEAD:
+            return self._reject(events, f"response head larger than {MAX_RESPONSE_HEAD} bytes")
+        if chunked and not self._done:
+            if self._body:
+                self._quiet = 0
+            else:
+                self._quiet += len(data)
+                if self._quiet > MAX_QUIET:
+                    return self._reject(events, "chunk framing or trailers too long")
+        self._flushBody()
+        return events
+
+    def on_message_begin(self) -> None:
+        if self._done:
+            raise _Stop()
+
+    def _reject(self, events: list[ResponseEvent], reason: str) -> list[ResponseEvent]:
+        self._failed = True
+        self._flushBody()
+        events.append(ResponseRejected(reason))
+        return events
+
+    def eof(self) -> ResponseEnd | ResponseRejected | None:
+        """
+        The connection closed.
+
+        @return: the end of a body that runs until close
+            (C{ResponseEnd(False)}), a L{ResponseRejected} for a response cut
+            short, or C{None} if the response had already ended or failed.
+        """
+        if self._done or self._failed:
+            return None
+        self._failed = True
+        if self.untilClose:
+            return ResponseEnd(False)
+        return ResponseRejected("the connection closed before the response ended")

@@ -1,0 +1,493 @@
+# -*- test-case-name: tests.upstream.test_connection -*-
+"""
+One upstream HTTP/1.1 connection on llhttp: it writes a request, parses
+the response with L{ollama_proxy.protocol.llhttp.ResponseParser}, and hands
+treq an L{IResponse} whose body goes to the protocol given to
+C{deliverBody} with this connection's transport as its push producer.
+
+Why not Twisted's C{HTTP11ClientProtocol}: its response side parses the
+head one line at a time in Python (C{LineReceiver}, a state dispatcher per
+line, C{Headers} per header) and a chunked body one chunk at a time; a
+non-streamed request spent 13 % of its CPU there (C{bench/RESULTS.md}).
+Here one C call parses a whole read.
+
+Kept as Twisted does it: the transport is paused from the head until a
+body protocol is attached; a body protocol that pauses the transport
+pauses the socket read (back-pressure); C{stopProducing} closes the
+connection, and a connection goes back to the pool only after a complete,
+well-framed response with nothing after it, its request fully written and
+nobody having asked it to stop; cancelling before the head aborts the
+connection (C{ResponseNeverReceived([CancelledError])}, as Twisted); an
+early EOF ends a read-until-close body with C{PotentialDataLoss} and any
+other body with C{ResponseFailed}.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IConsumer, IProtocol, IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    PotentialDataLoss,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IClientRequest, IResponse
+from zope.interface import implementer
+
+from ollama_proxy.protocol.llhttp import (
+    ResponseBody,
+    ResponseEnd,
+    ResponseHead,
+    ResponseParser,
+    ResponseRejected,
+)
+
+CONNECTION_HEADERS = frozenset({
+    b"content-length", b"connection", b"keep-alive", b"te", b"trailers",
+    b"transfer-encoding", b"upgrade", b"proxy-connection",
+})
+"""Headers Twisted's client keeps out of C{response.headers} (its
+C{connHeaders}); C{Content-Length} stays in for a C{HEAD} answer."""
+
+_TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_VALID_URI = re.compile(rb"\A[\x21-\x7e]+\Z")
+
+
+class ResponseParseFailed(Exception):
+    """
+    The backend's bytes are not a response this client accepts (the
+    reason is in the message).
+    """
+
+
+@implementer(IClientRequest)
+class ClientRequest:
+    """
+    What a response says about its request (C{IResponse.request}).
+    """
+
+    def __init__(self, method: bytes, absoluteURI: bytes, headers: Headers) -> None:
+        self.method = method
+        self.absoluteURI = absoluteURI
+        self.headers = headers
+
+
+@implementer(IPushProducer)
+class BodyTransport:
+    """
+    The body protocol's transport: the upstream connection while its
+    response lasts, inert after (the connection may be serving another
+    request by then).
+    """
+
+    def __init__(self, connection: "ClientConnection") -> None:
+        self._connection: ClientConnection | None = connection
+
+    def detach(self) -> None:
+        """
+        The response is over: nothing here reaches the connection any more.
+        """
+        self._connection = None
+
+    def pauseProducing(self) -> None:
+        """
+        Stop reading the upstream socket (the client is slow).
+        """
+        if self._connection is not None and self._connection.transport is not None:
+            self._connection.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        """
+        Read the upstream socket again.
+        """
+        if self._connection is not None and self._connection.transport is not None:
+            self._connection.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        """
+        Nobody wants the rest: close the connection (never pooled).
+        """
+        if self._connection is not None:
+            self._connection.abandon()
+
+    def loseConnection(self) -> None:
+        """
+        The same as L{stopProducing} (treq's collector calls this).
+        """
+        self.stopProducing()
+
+
+@implementer(IResponse)
+class HTTPResponse:
+    """
+    A response whose body is buffered until a protocol is attached, then
+    delivered as it arrives.
+    """
+
+    previousResponse: IResponse | None = None
+
+    def __init__(self, head: ResponseHead, request: ClientRequest, transport: BodyTransport) -> None:
+        self.version = head.version
+        self.code = head.code
+        self.phrase = head.phrase
+        headers = self.headers = Headers()
+        keepLength = request.method == b"HEAD"
+        for name, value in head.headers:
+            lower = name.lower()
+            if lower in CONNECTION_HEADERS and not (keepLength and lower == b"content-length"):
+                continue
+            headers.addRawHeader(lower, value)
+        self.length: int | object = UNKNOWN_LENGTH if head.length is None else head.length
+        self.request = request
+        self._transport = transport
+        self._protocol: IProtocol | None = None
+        self._buffer: list[bytes] = []
+        self._end: Failure | None = None
+
+    def setPreviousResponse(self, response: IResponse) -> None:
+        """
+        @param response: the response this one follows (a redirect).
+        """
+        self.previousResponse = response
+
+    def deliverBody(self, protocol: IProtocol) -> None:
+        """
+        Deliver the body to C{protocol}: what arrived so far at once, the
+        rest as it arrives, then C{connectionLost} with C{ResponseDone},
+        C{PotentialDataLoss} or C{ResponseFailed}.
+
+        @param protocol: the body's protocol.
+        @raise RuntimeError: if a protocol is already attached.
+        """
+        if self._protocol is not None:
+            raise RuntimeError("Response already has protocol")
+        self._protocol = protocol
+        protocol.makeConnection(self._transport)  # type: ignore[arg-type]
+        buffered, self._buffer = self._buffer, []
+        for data in buffered:
+            protocol.dataReceived(data)
+        if self._end is not None:
+            end, self._end = self._end, None
+            protocol.connectionLost(end)
+        else:
+            self._transport.resumeProducing()
+
+    def bodyReceived(self, data: bytes) -> None:
+        """
+        @param data: body bytes from the connection.
+        """
+        if self._protocol is None:
+            self._buffer.append(data)
+        else:
+            self._protocol.dataReceived(data)
+
+    def bodyEnded(self, reason: Failure) -> None:
+        """
+        @param reason: how the body ended.
+        """
+        self._transport.detach()
+        if self._protocol is None:
+            self._end = reason
+        else:
+            self._protocol.connectionLost(reason)
+
+
+@implementer(IConsumer)
+class _BodyConsumer:
+    """
+    Where a request body producer writes: the transport, with the length
+    it declared enforced, or chunked when it declared none.
+    """
+
+    def __init__(self, transport: Any, length: Any, head: list[bytes]) -> None:
+        self._transport = transport
+        self._chunked = length is UNKNOWN_LENGTH
+        self._left = 0 if self._chunked else int(length)
+        self.failed: Exception | None = None
+        self._held: list[bytes] | None = head
+
+    def release(self) -> None:
+        """
+        Write the head and what the producer wrote so far in one
+        C{write} (one segment for a small body, as C{BytesProducer} means
+        it); later writes go straight to the transport.
+        """
+        held, self._held = self._held, None
+        if held:
+            self._transport.write(b"".join(held))
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._transport.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        else:
+            self._left -= len(data)
+            if self._left < 0:
+                self.failed = ValueError("the body producer wrote more than its length")
+                return
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self._transport.write(data)
+
+    def finish(self) -> None:
+        if self._chunked:
+            if self._held is not None:
+                self._held.append(b"0\r\n\r\n")
+            else:
+                self._transport.write(b"0\r\n\r\n")
+        elif self._left != 0 and self.failed is None:
+            self.failed = ValueError("the body producer wrote less than its length")
+
+
+class ClientConnection(Protocol):
+    """
+    One keep-alive connection to one upstream, one request at a time.
+
+    @ivar onIdle: called with this connection when it can carry another
+        request (the pool keeps it).
+    @ivar onLost: called with this connection when it closed.
+    """
+
+    def __init__(
+        self,
+        onIdle: Callable[["ClientConnection"], None],
+        onLost: Callable[["ClientConnection"], None],
+    ) -> None:
+        self.onIdle = onIdle
+        self.onLost = onLost
+        self._parser: ResponseParser | None = None
+        self._waiting: Deferred[IResponse] | None = None
+        self._request: ClientRequest | None = None
+        self._response: HTTPResponse | None = None
+        self._bodyTransport: BodyTransport | None = None
+        self._producer: IBodyProducer | None = None
+        self._writing = False
+        self._abandoned = False
+        self._lost = False
+        self._closed: list[Deferred[None]] = []
+
+    @property
+    def usable(self) -> bool:
+        """
+        Whether the connection is open and not closing.
+        """
+        return not self._lost and not self._abandoned and self.transport is not None and not getattr(
+            self.transport, "disconnecting", False)
+
+    def request(
+        self, method: bytes, absoluteURI: bytes, path: bytes, headers: Headers,
+        bodyProducer: IBodyProducer | None,
+    ) -> Deferred[IResponse]:
+        """
+        Send one request.
+
+        @return: fires with the response once its head arrived.
+        """
+        if not _TOKEN.match(method):
+            raise ValueError(f"Invalid method {method!r}")
+        if not _VALID_URI.match(path):
+            raise ValueError(f"Invalid URI {path!r}")
+        self._parser = ResponseParser(method)
+        self._request = ClientRequest(method, absoluteURI, headers)
+        d = self._waiting = Deferred(self._cancel)
+        head = [method, b" ", path, b" HTTP/1.1\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        transport = self.transport
+        assert transport is not None
+        if bodyProducer is None:
+            if method in (b"PUT", b"POST"):
+                head.append(b"Content-Length: 0\r\n")
+            head.append(b"\r\n")
+            transport.write(b"".join(head))
+            return d
+        length = bodyProducer.length
+        if length is UNKNOWN_LENGTH:
+            head.append(b"Transfer-Encoding: chunked\r\n\r\n")
+        else:
+            head.append(b"Content-Length: %d\r\n\r\n" % length)
+        consumer = _BodyConsumer(transport, length, head)
+        self._producer = bodyProducer
+        self._writing = True
+        try:
+            written = bodyProducer.startProducing(consumer)
+        finally:
+            consumer.release()
+
+        def done(_: object) -> None:
+            self._writing = False
+            self._producer = None
+            consumer.finish()
+            if consumer.failed is not None:
+                self._giveUp(Failure(consumer.failed))
+
+        def failed(reason: Failure) -> None:
+            self._writing = False
+            self._producer = None
+            if not reason.check(CancelledError):
+                self._giveUp(reason)
+
+        written.addCallbacks(done, failed)
+        return d
+
+    def _cancel(self, d: Deferred[IResponse]) -> None:
+        # Before the head: the connection is dropped, as Twisted does.
+        self._waiting = None
+        self._stopWriting()
+        self._abandoned = True
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+        d.errback(Failure(ResponseNeverReceived([Failure(CancelledError())])))
+
+    def _stopWriting(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None and self._writing:
+            self._writing = False
+            producer.stopProducing()
+
+    def _giveUp(self, reason: Failure) -> None:
+        # The request could not be written: fail whatever waits.
+        self._abandoned = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.errback(Failure(ResponseFailed([reason])))
+
+    def abandon(self) -> None:
+        """
+        The body's reader stopped: close the connection, never reuse it.
+
+        C{stopProducing}, as Twisted's client stops a body: on TCP it is
+        C{loseConnection}; on TLS it closes the socket under the TLS layer
+        at once, where C{loseConnection} would wait for the backend's
+        C{close_notify} (which a backend busy streaming may never send).
+        """
+        self._abandoned = True
+        self._stopWriting()
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Parse one read and act on what it completed.
+        """
+        parser = self._parser
+        if parser is None:
+            # Bytes nobody asked for, on an idle connection: it is unusable.
+            self.abandon()
+            return
+        for event in parser.feed(data):
+            if isinstance(event, ResponseBody):
+                response = self._response
+                if response is not None:
+                    response.bodyReceived(event.data)
+            elif isinstance(event, ResponseHead):
+                self._head(event)
+            elif isinstance(event, ResponseEnd):
+                self._end(event.reusable)
+            else:
+                self._rejected(event)
+
+    def _head(self, head: ResponseHead) -> None:
+        request = self._request
+        assert request is not None and self.transport is not None
+        bodyTransport = self._bodyTransport = BodyTransport(self)
+        response = self._response = HTTPResponse(head, request, bodyTransport)
+        waiting, self._waiting = self._waiting, None
+        if head.length != 0:
+            # Nothing is read until someone reads the body.
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        if waiting is not None:
+            waiting.callback(response)
+
+    def _end(self, reusable: bool) -> None:
+        response = self._response
+        self._parser = self._response = self._request = None
+        if self._writing:
+            reusable = False
+            self._stopWriting()
+        if reusable and self.usable:
+            assert self.transport is not None
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            if response is not None:
+                response._transport.detach()
+            self.onIdle(self)
+        else:
+            self.abandon()
+        if response is not None:
+            response.bodyEnded(Failure(ResponseDone("Response body fully received")))
+
+    def _rejected(self, event: ResponseRejected) -> None:
+        self._parser = None
+        self.abandon()
+        failure = Failure(ResponseParseFailed(event.reason))
+        self._fail(failure)
+
+    def _fail(self, failure: Failure) -> None:
+        waiting, self._waiting = self._waiting, None
+        response, self._response = self._response, None
+        if waiting is not None:
+            waiting.errback(Failure(ResponseFailed([failure])))
+        elif response is not None:
+            response.bodyEnded(Failure(ResponseFailed([failure])))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        The connection closed: end or fail what was in progress.
+        """
+        self._lost = True
+        self._stopWriting()
+        self.onLost(self)
+        closed, self._closed = self._closed, []
+        for d in closed:
+            d.callback(None)
+        parser, self._parser = self._parser, None
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            received = parser is not None and parser.everReceived
+            cls = ResponseFailed if received else ResponseNeverReceived
+            waiting.errback(Failure(cls([reason])))
+            return
+        response, self._response = self._response, None
+        if response is None or parser is None:
+            return
+        end = parser.eof()
+        if isinstance(end, ResponseEnd):
+            response.bodyEnded(Failure(PotentialDataLoss()))
+        elif end is not None:
+            response.bodyEnded(Failure(ResponseFailed([reason, Failure(ResponseParseFailed(end.reason))])))
+
+    def close(self) -> Deferred[None]:
+        """
+        Close an idle connection.
+
+        @return: fires once it is closed.
+        """
+        d: Deferred[None] = Deferred()
+        if self._lost or self.transport is None:
+            d.callback(None)
+            return d
+        self._closed.append(d)
+        self.abandon()
+        return d
+
+
+__all__ = ["ClientConnection", "HTTPResponse", "ResponseParseFailed", "ConnectionDone"]

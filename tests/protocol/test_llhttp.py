@@ -1,0 +1,402 @@
+"""
+Tests for L{ollama_proxy.protocol.llhttp}: the response parser against
+Twisted's own client parser (C{HTTP11ClientProtocol} over a
+C{StringTransport}, as Twisted's tests drive it), fed the same bytes at any
+split.  Where the two may differ is the module docstring's list (llhttp rejects,
+Twisted accepts; each is a smuggling or desync vector, see the module's
+docstring); everywhere else the decision and the body bytes are the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+
+from ollama_proxy.protocol.llhttp import (
+    MAX_RESPONSE_HEAD,
+    MAX_RESPONSE_HEADERS,
+    MAX_RESPONSE_LINE,
+    MAX_QUIET,
+    ResponseBody,
+    ResponseEnd,
+    ResponseHead,
+    ResponseParser,
+    ResponseRejected,
+)
+
+Outcome = tuple[Any, ...]
+
+
+def twistedOutcome(parts: list[bytes], method: bytes = b"GET") -> Outcome:
+    """
+    Feed Twisted's client protocol C{parts}, then close the connection.
+
+    @return: C{("accept", code, body)} or C{("reject",)}.
+    """
+    from twisted.web._newclient import HTTP11ClientProtocol, Request
+
+    transport = StringTransport()
+    quiet: list[object] = []
+    proto = HTTP11ClientProtocol(quiet.append)
+    proto.makeConnection(transport)
+    d = proto.request(Request(method, b"/", Headers({b"host": [b"x"]}), None, persistent=True))
+    out: dict[str, Any] = {"code": None, "body": [], "end": None, "failed": False}
+
+    class Body(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            out["body"].append(data)
+
+        def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # type: ignore[assignment]
+            out["end"] = reason
+
+    def got(response: Any) -> None:
+        out["code"] = response.code
+        response.deliverBody(Body())
+
+    def bad(reason: Failure) -> None:
+        out["failed"] = True
+
+    d.addCallbacks(got, bad)
+    for part in parts:
+        if quiet or transport.disconnecting:
+            break
+        proto.dataReceived(part)
+    if not quiet:
+        proto.connectionLost(Failure(ConnectionDone()))
+    end = out["end"]
+    if out["failed"] or end is None or not end.check(ResponseDone, _potential()):
+        return ("reject",)
+    return ("accept", out["code"], b"".join(out["body"]))
+
+
+def _potential() -> type[Exception]:
+    from twisted.web.client import PotentialDataLoss
+
+    return PotentialDataLoss
+
+
+def ourOutcome(parts: list[bytes], method: bytes = b"GET") -> Outcome:
+    """
+    Feed L{ResponseParser} C{parts}, then the end of the connection.
+
+    @return: as L{twistedOutcome}.
+    """
+    parser = ResponseParser(method)
+    code, body, ended = None, [], None
+    for part in parts:
+        for event in parser.feed(part):
+            if isinstance(event, ResponseHead):
+                code = event.code
+            elif isinstance(event, ResponseBody):
+                body.append(event.data)
+            elif isinstance(event, ResponseEnd):
+                ended = True
+            elif isinstance(event, ResponseRejected):
+                return ("reject",)
+        if ended:
+            break
+    if not ended:
+        end = parser.eof()
+        if not isinstance(end, ResponseEnd):
+            return ("reject",)
+    return ("accept", code, b"".join(body))
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    """
+    @return: C{data} cut at the given offsets.
+    """
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for p in points:
+        pieces.append(data[last:p])
+        last = p
+    pieces.append(data[last:])
+    return [p for p in pieces if p]
+
+
+STATUS = [b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 404 Not Found", b"HTTP/1.1 200",
+          b"HTTP/1.1 500 Internal Server Error", b"HTTP/1.1 204 No Content",
+          b"HTTP/1.1 304 Not Modified"]
+STRICTER_STATUS = [b"FOO/1.1 200 OK", b"HTTP/1.1 +200 OK", b"HTTP/1.1 2_00 OK", b"HTTP/11 200 OK"]
+
+PLAIN_HEADERS = [b"Content-Type: application/json", b"X-Request-Id: abc",
+                 b"Server: fake", b"Date: Sun, 06 Dec 2026 10:00:00 GMT",
+                 b"X-Big: " + b"v" * 10000, b"Connection: keep-alive", b"X-A:1",
+                 b"X-A:   1   ", b"X-A: caf\xc3\xa9", b"X-A: a\tb", b"X-A:", b"X Y: 1", b": x",
+                 b"NoColon", b"X-A\t: 1", b"Connection: close, keep-alive"]
+CONTROL = [b"X-A: a\x00b", b"X-A: a\x01b", b"X-A: a\x7fb"]
+OVERSIZED = [b"X-Huge: " + b"v" * 20000]
+
+CHUNK_LINES = [b"%x", b"%X", b"%x;a=b", b"%x;name", b"0%x", b"%x;a=\"q\""]
+BAD_CHUNK_LINES = [b"%x ", b" %x", b"-%x", b"0x%x", b"%xg", b"%x\n"]
+
+
+@st.composite
+def responses(draw: Any) -> tuple[bytes, bool, bytes]:
+    """
+    A response from the pieces that matter for framing, with hazards.
+
+    @return: the bytes, whether they hold a construct llhttp is documented
+        to refuse where Twisted accepts, and the request's method.
+    """
+    stricter = False
+    method = draw(st.sampled_from([b"GET"] * 5 + [b"POST"] * 4 + [b"HEAD"]))
+    eol = draw(st.sampled_from([b"\r\n", b"\n"]))
+    if draw(st.integers(0, 9)) == 0:
+        status = draw(st.sampled_from(STRICTER_STATUS))
+        stricter = True
+    else:
+        status = draw(st.sampled_from(STATUS))
+    headers = draw(st.lists(st.sampled_from(PLAIN_HEADERS + OVERSIZED), max_size=3))
+    if draw(st.integers(0, 19)) == 0:
+        # Control characters in a value: llhttp refuses them.
+        headers.append(draw(st.sampled_from(CONTROL)))
+        stricter = True
+    body = draw(st.binary(max_size=48))
+    framing = draw(st.sampled_from(["length", "chunked", "close", "none"]))
+    noBody = method == b"HEAD" or b" 204 " in status or b" 304 " in status
+    tail = b""
+    if framing == "length":
+        length = len(body) + draw(st.sampled_from([0, 0, 0, 2, -1]) if body else st.just(0))
+        cl = [b"Content-Length: %d" % length]
+        how = draw(st.integers(0, 5))
+        if how == 1:
+            cl.append(cl[0])
+            stricter = True
+        elif how == 2:
+            cl.append(b"Content-Length: %d" % (length + 1))
+            # Twisted reads no framing header of a response without a
+            # body; a conflicting length is refused all the same.
+            stricter = stricter or noBody
+        elif how == 3:
+            cl = [b"Content-Length: %d, %d" % (length, length)]
+            stricter = True
+        elif how == 4:
+            cl = [draw(st.sampled_from([b"Content-Length: x%d", b"Content-Length: +%d",
+                                        b"Content-Length: %d ", b"Content-Length: 0%d",
+                                        b"Content-Length: %d\t"])) % length]
+            stricter = stricter or noBody
+        headers += cl
+        encoded = body
+    elif framing == "chunked":
+        headers.append(draw(st.sampled_from(
+            [b"Transfer-Encoding: chunked"] * 10 + [b"Transfer-Encoding: gzip, chunked",
+                                                  b"Transfer-Encoding: gzip",
+                                                  b"Transfer-Encoding: Chunked",
+                                                  b"Transfer-Encoding:  chunked ",
+                                                  b"Transfer-Encoding: chunked, chunked"])))
+        if draw(st.integers(0, 9)) == 0:
+            headers.append(b"Content-Length: %d" % len(body))
+            stricter = True
+        pieces, pos = [], 0
+        while pos < len(body):
+            n = draw(st.integers(1, len(body) - pos))
+            if draw(st.integers(0, 19)) == 0:
+                line = draw(st.sampled_from(BAD_CHUNK_LINES)) % n
+            else:
+                line = draw(st.sampled_from(CHUNK_LINES)) % n
+            crlf = b"\r\n" if draw(st.integers(0, 29)) else draw(st.sampled_from([b"\n", b"xx", b""]))
+            pieces.append(line + b"\r\n" + body[pos:pos + n] + crlf)
+            pos += n
+        trailer = draw(st.sampled_from([b"", b"X-Trailer: 1\r\n", b"X-T: a\r\nY-T: b\r\n"]))
+        last = draw(st.sampled_from([b"0", b"000", b"0;ext=1"]))
+        encoded = b"".join(pieces) + last + b"\r\n" + trailer + b"\r\n"
+    elif framing == "close":
+        encoded = body
+    else:
+        encoded = b""
+    if draw(st.integers(0, 9)) == 0:
+        # obs-fold: a continuation line.
+        headers.insert(0, b"X-Folded: a" + eol + b" b")
+        stricter = True
+    head = status + eol + b"".join(h + eol for h in headers) + eol
+    if draw(st.integers(0, 9)) == 0:
+        head = b"HTTP/1.1 100 Continue" + eol + eol + head
+    data = head + encoded + tail
+    if draw(st.integers(0, 4)) == 0:
+        data = data[:draw(st.integers(0, len(data)))]
+    return data, stricter, method
+
+
+class ResponseParserEquivalenceTests(SynchronousTestCase):
+    """
+    L{ResponseParser} decides as Twisted's client parser does.
+    """
+
+    @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(responses(), st.lists(st.integers(0, 1 << 20), max_size=6))
+    def test_sameDecisionAnySplit(self, case: tuple[bytes, bool, bytes], cuts: list[int]) -> None:
+        """
+        Same accept/reject decision, status and body bytes, whatever the
+        split; where a construct from the documented list is present, llhttp may only
+        be the stricter one.
+        """
+        data, stricter, method = case
+        parts = split(data, cuts)
+        theirs = twistedOutcome(parts, method)
+        ours = ourOutcome(parts, method)
+        if stricter and ours == ("reject",):
+            return
+        self.assertEqual(ours, theirs, data[:400])
+
+    def test_headHasNoBody(self) -> None:
+        """
+        The answer to a C{HEAD} ends after its head, whatever its
+        C{Content-Length} says.
+        """
+        data = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+        self.assertEqual(ourOutcome([data], b"HEAD"), twistedOutcome([data], b"HEAD"))
+        self.assertEqual(ourOutcome([data], b"HEAD"), ("accept", 200, b""))
+
+    def test_noBodyCodes(self) -> None:
+        """
+        204 and 304 have no body; a 1xx is skipped, as Twisted does.
+        """
+        for data in (b"HTTP/1.1 204 No Content\r\n\r\n",
+                     b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+                     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"):
+            self.assertEqual(ourOutcome([data]), twistedOutcome([data]), data)
+
+    def test_stricterCases(self) -> None:
+        """
+        Each documented stricter case: Twisted accepts, llhttp rejects.
+        """
+        for data in (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 3\r\n\r\nabc",
+            b"FOO/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+        ):
+            self.assertEqual(twistedOutcome([data])[0], "accept", data)
+            self.assertEqual(ourOutcome([data]), ("reject",), data)
+
+    def test_longChunkExtension(self) -> None:
+        """
+        The one documented looser case: a chunk extension past Twisted's
+        1,024-byte size-line bound is skipped by llhttp without holding it,
+        and the body is the same; past L{MAX_QUIET} bytes without chunk data
+        (fed in reads) it is refused, as Twisted refuses it.
+        """
+        def chunked(extension: int) -> bytes:
+            return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;a=" + b"x" * extension
+                    + b"\r\nabc\r\n0\r\n\r\n")
+
+        self.assertEqual(twistedOutcome([chunked(2000)]), ("reject",))
+        self.assertEqual(ourOutcome(split(chunked(2000), [60, 600, 1200])), ("accept", 200, b"abc"))
+        long = chunked(200000)
+        self.assertEqual(twistedOutcome([long]), ("reject",))
+        self.assertEqual(ourOutcome(split(long, list(range(0, len(long), 4096)))), ("reject",))
+
+    def test_tooManyHeaders(self) -> None:
+        """
+        More than L{MAX_RESPONSE_HEADERS} header lines are refused (Twisted's client
+        has no count limit; its server's is the same number).
+        """
+        many = b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_RESPONSE_HEADERS + 1))
+        data = b"HTTP/1.1 200 OK\r\n" + many + b"Content-Length: 0\r\n\r\n"
+        self.assertEqual(ourOutcome([data]), ("reject",))
+
+    def test_headBounded(self) -> None:
+        """
+        A head larger than L{MAX_RESPONSE_HEAD} is refused as it arrives, in lines
+        under the line limit or one value dripped in small reads, so
+        nothing past the bound is held.
+        """
+        lines = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 15000) for i in range(20))
+        data = b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 0\r\n\r\n"
+        self.assertEqual(ourOutcome(split(data, list(range(0, len(data), 4096)))), ("reject",))
+        parser = ResponseParser(b"GET")
+        events = parser.feed(b"HTTP/1.1 200 OK\r\nX: ")
+        fed = 0
+        while not events:
+            events = parser.feed(b"v" * 1024)
+            fed += 1024
+        self.assertIsInstance(events[-1], ResponseRejected)
+        self.assertLessEqual(fed, MAX_RESPONSE_HEAD + MAX_RESPONSE_LINE)
+
+    def test_trailerBounded(self) -> None:
+        """
+        A trailer line that never ends (dripped after the last chunk) is
+        refused within L{MAX_QUIET} bytes, as Twisted refuses it past its
+        64 KiB, so the parser never holds more.
+        """
+        parser = ResponseParser(b"GET")
+        parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        events = parser.feed(b"2\r\nok\r\n0\r\nX-T: ")
+        fed = 0
+        while not any(isinstance(e, ResponseRejected) for e in events):
+            events = parser.feed(b"v" * 4096)
+            fed += 4096
+        self.assertLessEqual(fed, MAX_QUIET + 4096)
+        data = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: "
+                + b"v" * (MAX_QUIET + 10) + b"\r\n\r\n")
+        self.assertEqual(twistedOutcome([data]), ("reject",))
+
+    def test_switchingProtocols(self) -> None:
+        """
+        A 101 (never asked for) is refused, not taken for another protocol.
+        """
+        data = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\nabc"
+        self.assertEqual(ourOutcome([data]), ("reject",))
+
+    def test_bareLineFeeds(self) -> None:
+        """
+        A head in bare LFs is read, as Twisted reads it; a chunk whose
+        data ends in a bare LF is refused, as Twisted refuses it.
+        """
+        good = b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\r\nok\r\n0\r\n\r\n"
+        bad = b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\r\nok\n0\r\n\r\n"
+        self.assertEqual(ourOutcome([good]), ("accept", 200, b"ok"))
+        self.assertEqual(twistedOutcome([good]), ("accept", 200, b"ok"))
+        self.assertEqual(ourOutcome([bad]), ("reject",))
+        self.assertEqual(twistedOutcome([bad]), ("reject",))
+
+    def test_oversizedLine(self) -> None:
+        """
+        A header line over 16 KiB is refused, by both, even split.
+        """
+        data = b"HTTP/1.1 200 OK\r\nX: " + b"a" * 20000 + b"\r\nContent-Length: 0\r\n\r\n"
+        for parts in ([data], split(data, [30, 100, 17000])):
+            self.assertEqual(ourOutcome(parts), ("reject",))
+            self.assertEqual(twistedOutcome(parts), ("reject",))
+
+    def test_reuse(self) -> None:
+        """
+        A keep-alive response may be followed by another request; bytes
+        after it, an HTTP/1.0 answer or C{Connection: close} end the
+        connection's use.
+        """
+        def reusable(data: bytes) -> bool:
+            events = ResponseParser(b"GET").feed(data)
+            end = events[-1]
+            assert isinstance(end, ResponseEnd), events
+            return end.reusable
+
+        self.assertTrue(reusable(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        self.assertFalse(reusable(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n"))
+        self.assertFalse(reusable(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokjunk"))
+        self.assertFalse(reusable(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        self.assertFalse(reusable(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"))
+
+    def test_chunksJoinedPerRead(self) -> None:
+        """
+        All the chunks of one read come out as one body event.
+        """
+        data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+            b"3\r\nab%d\r\n" % (i % 10) for i in range(100))
+        events = ResponseParser(b"GET").feed(data)
+        self.assertEqual([type(e) for e in events], [ResponseHead, ResponseBody])
+        body = events[1]
+        assert isinstance(body, ResponseBody)
+        self.assertEqual(body.data, b"".join(b"ab%d" % (i % 10) for i in range(100)))

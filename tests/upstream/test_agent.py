@@ -1,0 +1,341 @@
+"""
+Tests for L{ollama_proxy.upstream.agent}: treq driving L{FastAgent} over
+real loopback sockets to a C{twisted.web} server (keep-alive, chunked
+streams, back-pressure, cancellation), and the pool's limits on a
+L{MemoryReactorClock}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import ResponseDone
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
+
+from ollama_proxy.upstream.agent import FastAgent, KeepAlivePool
+from ollama_proxy.upstream.body import BodyReader, readBody
+from ollama_proxy.upstream.pool import makeClient
+
+reactor: Any = _reactor
+
+
+@implementer(IPushProducer)
+class Flood:
+    """
+    A server-side push producer writing 64 KiB blocks until paused, up to a
+    total; it records pauses and whether the client went away.
+    """
+
+    def __init__(self, request: Request, total: int) -> None:
+        self.request = request
+        self.left = total
+        self.pauses = 0
+        self.paused = False
+        self.gone = False
+        request.notifyFinish().addErrback(self._gone)
+
+    def _gone(self, _: Failure) -> None:
+        self.gone = True
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and self.left > 0 and not self.gone:
+            block = min(self.left, 65536)
+            self.left -= block
+            self.request.write(b"x" * block)
+        if self.left == 0 and not self.gone:
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def stopProducing(self) -> None:
+        self.gone = True
+
+
+class Server(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.floods: list[Flood] = []
+        self.held: list[Request] = []
+        self.peers: list[int] = []
+        self.lost: list[Request] = []
+
+    def render(self, request: Request) -> Any:
+        self.peers.append(getattr(request.getClientAddress(), "port", 0))
+        path = request.path
+        if path == b"/echo":
+            assert request.content is not None
+            return b"echo:" + request.content.read()
+        if path == b"/stream":
+            for i in range(100):
+                request.write(b"data: %d\n\n" % i)
+            request.finish()
+            return NOT_DONE_YET
+        if path == b"/flood":
+            flood = Flood(request, 8 * 1024 * 1024)
+            self.floods.append(flood)
+            flood.start()
+            return NOT_DONE_YET
+        if path == b"/hold":
+            self.held.append(request)
+            request.notifyFinish().addErrback(lambda _: self.lost.append(request))
+            return NOT_DONE_YET
+        return b"ok"
+
+
+class AgentTests(TestCase):
+    """
+    treq over L{FastAgent}, against a real server on 127.0.0.1.
+    """
+
+    def setUp(self) -> None:
+        self.server = Server()
+        site = Site(self.server)
+        site.noisy = False
+        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.http, pool = makeClient(reactor, 4, 5.0, httpParser="httptools")
+        assert isinstance(pool, KeepAlivePool)
+        self.pool = pool
+        self.addCleanup(pool.closeCachedConnections)
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+
+    async def test_keepAlive(self) -> None:
+        """
+        Two requests in a row share one connection; a POST body arrives.
+        """
+        r1 = await self.http.request("POST", self.base + "/echo", data=b"hi", unbuffered=True)
+        self.assertEqual(await readBody(r1), b"echo:hi")
+        r2 = await self.http.request("GET", self.base + "/x", unbuffered=True)
+        self.assertEqual(await readBody(r2), b"ok")
+        self.assertEqual(len(set(self.server.peers)), 1)
+
+    async def test_chunkedStream(self) -> None:
+        """
+        A chunked response arrives whole through the body reader.
+        """
+        response = await self.http.request("GET", self.base + "/stream", unbuffered=True)
+        body = await readBody(response, reactor, 5.0)
+        self.assertEqual(body, b"".join(b"data: %d\n\n" % i for i in range(100)))
+
+    async def test_backPressure(self) -> None:
+        """
+        A reader that pauses the upstream transport stops the socket read:
+        the server sees its writes paused and does not finish while the
+        reader waits; resumed, everything arrives.
+        """
+        response = await self.http.request("GET", self.base + "/flood", unbuffered=True)
+        got: list[int] = []
+        done: Deferred[None] = Deferred()
+
+        class Slow(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                got.append(len(data))
+                if len(got) == 1:
+                    transport: Any = self.transport
+                    transport.pauseProducing()
+
+            def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+                done.callback(None)
+
+        slow = Slow()
+        response.deliverBody(slow)
+        await deferLater(reactor, 0.5, lambda: None)
+        [flood] = self.server.floods
+        self.assertGreater(flood.pauses, 0)
+        self.assertTrue(flood.paused)
+        self.assertGreater(flood.left, 0)
+        self.assertLess(sum(got), 8 * 1024 * 1024)
+        slowTransport: Any = slow.transport
+        slowTransport.resumeProducing()
+        await done
+        self.assertEqual(sum(got), 8 * 1024 * 1024)
+
+    async def test_cancelBeforeHead(self) -> None:
+        """
+        Cancelling a request the server holds closes the upstream
+        connection (the server sees its client leave) and pools nothing.
+        """
+        d = self.http.request("GET", self.base + "/hold", unbuffered=True)
+        while not self.server.held:
+            await deferLater(reactor, 0.01, lambda: None)
+        d.cancel()
+        with self.assertRaises(Exception) as caught:
+            await d
+        self.assertTrue(isinstance(caught.exception, CancelledError)
+                        or "Cancelled" in repr(caught.exception))
+        while not self.server.lost:
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(self.pool._idle.get((b"http", b"127.0.0.1", self.port.getHost().port), []), [])
+
+    async def test_readerStops(self) -> None:
+        """
+        A body reader cancelled mid-stream (the client hung up) closes the
+        upstream connection: the server's producer is stopped.
+        """
+        response = await self.http.request("GET", self.base + "/flood", unbuffered=True)
+        seen: list[bytes] = []
+
+        def collect(data: bytes) -> None:
+            seen.append(data)
+
+        reading = Deferred.fromCoroutine(BodyReader(collect, reactor, 5.0).read(response))
+        while not seen:
+            await deferLater(reactor, 0.01, lambda: None)
+        reading.cancel()
+        with self.assertRaises(CancelledError):
+            await reading
+        [flood] = self.server.floods
+        while not flood.gone:
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertGreater(flood.left, 0)
+        self.assertEqual(self.pool._idle.get((b"http", b"127.0.0.1", self.port.getHost().port), []), [])
+
+
+def selfSigned() -> tuple[bytes, bytes]:
+    """
+    @return: a self-signed certificate for C{localhost} and its key, PEM.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    keyPEM = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), keyPEM
+
+
+class TLSTests(TestCase):
+    """
+    C{https} upstreams: the endpoint factory's TLS under L{FastAgent}.
+    """
+
+    async def test_https(self) -> None:
+        """
+        Over TLS, verified against the server's certificate: a keep-alive
+        pair of requests on one connection, a chunked stream, and a stopped
+        reader that closes the connection.
+        """
+        from twisted.internet import ssl
+        from twisted.web.iweb import IPolicyForHTTPS
+
+        from ollama_proxy.upstream.pool import CachingEndpointFactory, clientFor
+
+        certPEM, keyPEM = selfSigned()
+        server = Server()
+        site = Site(server)
+        site.noisy = False
+        options = ssl.PrivateCertificate.loadPEM(certPEM + keyPEM).options()
+        port = reactor.listenSSL(0, site, options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        trust = ssl.Certificate.loadPEM(certPEM)
+
+        @implementer(IPolicyForHTTPS)
+        class TrustOurs:
+            def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+                return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=trust)
+
+        pool = KeepAlivePool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        http = clientFor(FastAgent(reactor, CachingEndpointFactory(reactor, 5.0, TrustOurs()), pool))
+        base = f"https://localhost:{port.getHost().port}"
+        first = await http.request("POST", base + "/echo", data=b"tls", unbuffered=True)
+        self.assertEqual(await readBody(first), b"echo:tls")
+        second = await http.request("GET", base + "/stream", unbuffered=True)
+        self.assertEqual(await readBody(second), b"".join(b"data: %d\n\n" % i for i in range(100)))
+        self.assertEqual(len(set(server.peers)), 1)
+        flood = await http.request("GET", base + "/flood", unbuffered=True)
+        seen: list[bytes] = []
+        reading = Deferred.fromCoroutine(BodyReader(seen.append, reactor, 5.0).read(flood))
+        while not seen:
+            await deferLater(reactor, 0.01, lambda: None)
+        reading.cancel()
+        with self.assertRaises(CancelledError):
+            await reading
+        while not server.floods[0].gone:
+            await deferLater(reactor, 0.01, lambda: None)
+
+
+class PoolTests(TestCase):
+    """
+    L{KeepAlivePool}'s limits.
+    """
+
+    def test_limits(self) -> None:
+        """
+        At most C{maxPersistentPerHost} idle connections per upstream (the
+        oldest is closed); an idle one is closed after
+        C{cachedConnectionTimeout}; C{closeCachedConnections} closes all.
+        """
+        from twisted.internet.task import Clock
+
+        from ollama_proxy.upstream.connection import ClientConnection
+
+        clock = Clock()
+        pool = KeepAlivePool(clock)
+        pool.maxPersistentPerHost = 2
+        key = (b"http", b"h", 80)
+        closed: list[ClientConnection] = []
+
+        def make() -> ClientConnection:
+            from twisted.internet.testing import StringTransport
+
+            c = ClientConnection(lambda c: None, lambda c: None)
+            c.makeConnection(StringTransport())
+            def abandon() -> None:
+                closed.append(c)
+
+            c.abandon = abandon  # type: ignore[method-assign]
+            return c
+
+        a, b, c = make(), make(), make()
+        for conn in (a, b, c):
+            pool.put(key, conn)
+        self.assertEqual(closed, [a])
+        self.assertIs(pool.take(key), c)
+        clock.advance(pool.cachedConnectionTimeout + 1)
+        self.assertEqual(closed, [a, b])
+        self.assertIsNone(pool.take(key))
+
+    def test_agentIsTreqs(self) -> None:
+        """
+        C{makeClient(httpParser="httptools")} gives treq a L{FastAgent}.
+        """
+        http, pool = makeClient(reactor, 8, 1.0, httpParser="httptools")
+        self.assertIsInstance(http._agent, FastAgent)
+        self.assertIsInstance(pool, KeepAlivePool)
+        self.assertEqual(pool.maxPersistentPerHost, 8)
+        self.assertFalse(pool.retryAutomatically)

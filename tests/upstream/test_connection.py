@@ -1,0 +1,320 @@
+"""
+Tests for L{ollama_proxy.upstream.connection}: one connection driven over
+a C{StringTransport}, as Twisted's own client tests drive theirs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import (
+    PotentialDataLoss,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+from ollama_proxy.upstream.connection import ClientConnection, HTTPResponse
+from ollama_proxy.upstream.pool import BytesProducer
+
+
+class Body(Protocol):
+    """
+    A body protocol that records what it gets.
+    """
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.reason: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.reason = reason
+
+
+class ConnectionTests(SynchronousTestCase):
+    """
+    L{ClientConnection}: writing, framing, reuse, back-pressure, cancel.
+    """
+
+    def setUp(self) -> None:
+        self.idle: list[ClientConnection] = []
+        self.lost: list[ClientConnection] = []
+        self.conn = ClientConnection(self.idle.append, self.lost.append)
+        self.transport = StringTransport()
+        self.conn.makeConnection(self.transport)
+
+    def closed(self) -> bool:
+        """
+        Whether the connection was told to close (C{loseConnection},
+        C{abortConnection}, or C{stopProducing}, which is how TCP and TLS
+        transports are stopped at once).
+        """
+        return bool(self.transport.disconnecting) or self.transport.producerState == "stopped"
+
+    def send(self, method: bytes = b"GET", body: bytes | None = None) -> list[Any]:
+        results: list[Any] = []
+        producer = BytesProducer(body) if body is not None else None
+        d = self.conn.request(method, b"http://h/p", b"/p?q=1", Headers({b"host": [b"h"]}), producer)
+        d.addBoth(results.append)
+        self.requestDeferred = d
+        return results
+
+    def test_requestBytes(self) -> None:
+        """
+        The head and a known-length body leave in order, with its length.
+        """
+        self.send(b"POST", b'{"a":1}')
+        self.assertEqual(
+            self.transport.value(),
+            b"POST /p?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+        )
+
+    def test_chunkedBody(self) -> None:
+        """
+        A producer without a length is sent chunked: what it writes at once
+        leaves with the head, later writes as they come, then the last
+        chunk.
+        """
+        later: Deferred[None] = Deferred()
+        consumers: list[Any] = []
+
+        @implementer(IBodyProducer)
+        class Streamed:
+            length = UNKNOWN_LENGTH
+
+            def startProducing(self, consumer: Any) -> Deferred[None]:
+                consumer.write(b"abc")
+                consumers.append(consumer)
+                return later
+
+            def pauseProducing(self) -> None: ...
+            def resumeProducing(self) -> None: ...
+            def stopProducing(self) -> None: ...
+
+        self.conn.request(b"POST", b"http://h/p", b"/p", Headers({b"host": [b"h"]}), Streamed())
+        self.assertEqual(self.transport.value(),
+                         b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        self.transport.clear()
+        consumers[0].write(b"defgh")
+        later.callback(None)
+        self.assertEqual(self.transport.value(), b"5\r\ndefgh\r\n0\r\n\r\n")
+
+    def test_wrongLength(self) -> None:
+        """
+        A producer that writes more than its length fails the request and
+        closes the connection.
+        """
+        @implementer(IBodyProducer)
+        class Liar:
+            length = 2
+
+            def startProducing(self, consumer: Any) -> Deferred[None]:
+                consumer.write(b"abc")
+                return succeed(None)
+
+            def pauseProducing(self) -> None: ...
+            def resumeProducing(self) -> None: ...
+            def stopProducing(self) -> None: ...
+
+        results: list[Any] = []
+        self.conn.request(b"POST", b"http://h/p", b"/p", Headers(), Liar()).addBoth(results.append)
+        self.assertTrue(results[0].check(ResponseFailed))
+        self.assertTrue(self.closed())
+        self.assertNotIn(b"abc", self.transport.value())
+
+    def test_emptyPost(self) -> None:
+        """
+        A POST without a body says C{Content-Length: 0}, as Twisted's does.
+        """
+        self.send(b"POST")
+        self.assertIn(b"Content-Length: 0\r\n", self.transport.value())
+
+    def test_badMethod(self) -> None:
+        """
+        A method that is not a token is refused before anything is sent.
+        """
+        self.assertRaises(ValueError, self.send, b"GET /x")
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_responseAndReuse(self) -> None:
+        """
+        A complete keep-alive response: the response, its body, then the
+        connection is idle again (and read again).
+        """
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                               b"Content-Length: 5\r\n\r\nhel")
+        [response] = results
+        assert isinstance(response, HTTPResponse)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.length, 5)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/plain"])
+        self.assertFalse(response.headers.hasHeader(b"content-length"))
+        self.assertEqual(self.transport.producerState, "paused")
+        body = Body()
+        response.deliverBody(body)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.conn.dataReceived(b"lo")
+        self.assertEqual(b"".join(body.data), b"hello")
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseDone))
+        self.assertEqual(self.idle, [self.conn])
+        self.assertFalse(self.closed())
+
+    def test_pauseReachesTheSocket(self) -> None:
+        """
+        The body protocol's transport pauses and resumes the connection;
+        once the response is over it no longer reaches it.
+        """
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        body = Body()
+        results[0].deliverBody(body)
+        body.transport.pauseProducing()  # type: ignore[union-attr]
+        self.assertEqual(self.transport.producerState, "paused")
+        body.transport.resumeProducing()  # type: ignore[union-attr]
+        self.assertEqual(self.transport.producerState, "producing")
+        self.conn.dataReceived(b"2\r\nok\r\n0\r\n\r\n")
+        self.assertEqual(body.data, [b"ok"])
+        body.transport.stopProducing()  # type: ignore[union-attr]
+        self.assertFalse(self.closed())
+        self.assertEqual(self.idle, [self.conn])
+
+    def test_stopClosesAndNeverPools(self) -> None:
+        """
+        A reader that stops closes the connection; the rest of the
+        response, arriving in the same turn, does not pool it.
+        """
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        body = Body()
+        results[0].deliverBody(body)
+        body.transport.stopProducing()  # type: ignore[union-attr]
+        self.assertTrue(self.closed())
+        self.conn.dataReceived(b"cd")
+        self.assertEqual(self.idle, [])
+
+    def test_bytesAfterResponse(self) -> None:
+        """
+        Bytes after a complete response: it is delivered, the connection
+        is closed, not pooled.
+        """
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n")
+        body = Body()
+        results[0].deliverBody(body)
+        self.assertEqual(body.data, [b"ok"])
+        self.assertEqual(self.idle, [])
+        self.assertTrue(self.closed())
+
+    def test_earlyEOF(self) -> None:
+        """
+        A body cut short by the connection ends in C{ResponseFailed}.
+        """
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab")
+        body = Body()
+        results[0].deliverBody(body)
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseFailed))
+        self.assertEqual(self.lost, [self.conn])
+
+    def test_untilClose(self) -> None:
+        """
+        A body without a length ends with the connection, as
+        C{PotentialDataLoss} (what treq and the body reader accept).
+        """
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nabc")
+        body = Body()
+        results[0].deliverBody(body)
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(PotentialDataLoss))
+        self.assertEqual(body.data, [b"abc"])
+
+    def test_badResponse(self) -> None:
+        """
+        A malformed head fails the request with C{ResponseFailed} and
+        closes the connection.
+        """
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+        [failure] = results
+        self.assertTrue(failure.check(ResponseFailed))
+        self.assertTrue(self.closed())
+
+    def test_badChunk(self) -> None:
+        """
+        A bad chunk after some body: what came before is delivered, then
+        C{ResponseFailed}.
+        """
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        body = Body()
+        results[0].deliverBody(body)
+        self.conn.dataReceived(b"2\r\nok\r\nzz\r\n")
+        self.assertEqual(body.data, [b"ok"])
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseFailed))
+        self.assertTrue(self.closed())
+
+    def test_cancelBeforeHead(self) -> None:
+        """
+        Cancelling before the head aborts the connection and fails with
+        C{ResponseNeverReceived([CancelledError])}, as Twisted's client.
+        """
+        results = self.send()
+        self.requestDeferred.cancel()
+        [failure] = results
+        self.assertTrue(failure.check(ResponseNeverReceived))
+        self.assertTrue(failure.value.reasons[0].check(CancelledError))
+        self.assertTrue(self.closed())
+
+    def test_neverReceived(self) -> None:
+        """
+        A connection that closes before any byte of the answer fails with
+        C{ResponseNeverReceived}; after some, with C{ResponseFailed}.
+        """
+        results = self.send()
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(results[0].check(ResponseNeverReceived))
+        self.setUp()
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200")
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(results[0].check(ResponseFailed))
+        self.assertFalse(results[0].check(ResponseNeverReceived))
+
+    def test_head(self) -> None:
+        """
+        A HEAD answer has no body, keeps its C{Content-Length} header, and
+        its connection is not reused.
+        """
+        results = self.send(b"HEAD")
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        response = results[0]
+        self.assertEqual(response.length, 0)
+        self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"10"])
+        self.assertEqual(self.idle, [])
+
+    def test_idleBytesClose(self) -> None:
+        """
+        Bytes on an idle connection make it unusable.
+        """
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\n")
+        self.assertTrue(self.closed())
+        self.assertFalse(self.conn.usable)
