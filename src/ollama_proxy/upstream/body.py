@@ -15,7 +15,7 @@ built on it.  Nothing here knows about C{twisted.web} server requests.
 from __future__ import annotations
 
 from typing import Any, Callable
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, ref
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
@@ -137,12 +137,15 @@ class _EndOfTurn:
     """
 
     def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
+        # Weakly: the registry's key must be able to die (a test's clock).
+        self._clock = ref(clock)
         self._due: list[Callable[[], None]] = []
 
     def add(self, call: Callable[[], None]) -> None:
         if not self._due:
-            self._clock.callLater(0, self._run)
+            clock = self._clock()
+            assert clock is not None  # a reader holds its clock
+            clock.callLater(0, self._run)
         self._due.append(call)
 
     def _run(self) -> None:
@@ -154,18 +157,17 @@ class _EndOfTurn:
 _turns: WeakKeyDictionary[IReactorTime, _EndOfTurn] = WeakKeyDictionary()
 
 
-def endOfTurn(clock: IReactorTime, call: Callable[[], None]) -> None:
+def endOfTurn(clock: IReactorTime) -> Callable[[Callable[[], None]], None]:
     """
-    Call C{call} at the end of the current reactor turn (after the reads
-    of this turn), with every other call due then.
-
     @param clock: the reactor.
-    @param call: what to call; it must not raise.
+    @return: a function that calls its argument (which must not raise) at
+        the end of the current reactor turn, after the reads of this turn,
+        with every other call due then.
     """
     turn = _turns.get(clock)
     if turn is None:
         turn = _turns[clock] = _EndOfTurn(clock)
-    turn.add(call)
+    return turn.add
 
 
 class BodyReader(Protocol):
@@ -214,6 +216,8 @@ class BodyReader(Protocol):
         self._timedOut = False
         self._pending: list[bytes] = []
         self._due = False
+        self._later = endOfTurn(clock) if clock is not None else None
+        self._flushLater = self._flushAtEndOfTurn
         self._failed: list[BaseException] = []
         self._ended = False
         self._finished: Deferred[None] | None = None
@@ -285,11 +289,12 @@ class BodyReader(Protocol):
         if self._failed:
             return
         self._pending.append(data)
-        if self._clock is None:
+        later = self._later
+        if later is None:
             self._flush()
         elif not self._due:
             self._due = True
-            endOfTurn(self._clock, self._flushAtEndOfTurn)
+            later(self._flushLater)
 
     def pauseIdle(self) -> None:
         """
