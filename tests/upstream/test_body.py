@@ -81,6 +81,27 @@ class ConsumeBatchingTests(SynchronousTestCase):
         for d in ds:
             self.assertIsNone(self.successResultOf(d))
 
+    def test_turnCancelledElsewhere(self) -> None:
+        """
+        The shared end-of-turn call cancelled by someone else (trial cancels
+        the delayed calls a test leaves on the global reactor) is made
+        again by the next read: no stream waits forever.
+        """
+        d = self.consume()
+        self.response.piece(b"a")
+        [call] = self.clock.getDelayedCalls()
+        call.cancel()
+        other = FakeResponse()
+        got: list[bytes] = []
+        d2 = ensureDeferred(BodyReader(got.append, self.clock).read(other))  # type: ignore[arg-type]
+        other.piece(b"b")
+        self.clock.advance(0)
+        self.assertEqual((self.calls, got), ([b"a"], [b"b"]))
+        self.response.end()
+        other.end()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertIsNone(self.successResultOf(d2))
+
     def test_lastPiecesDeliveredBeforeTheEnd(self) -> None:
         """
         Pieces that arrive in the same turn as the end of the body are

@@ -140,15 +140,20 @@ class _EndOfTurn:
         # Weakly: the registry's key must be able to die (a test's clock).
         self._clock = ref(clock)
         self._due: list[Callable[[], None]] = []
+        self._call: IDelayedCall | None = None
 
     def add(self, call: Callable[[], None]) -> None:
-        if not self._due:
+        self._due.append(call)
+        scheduled = self._call
+        if scheduled is None or not scheduled.active():
+            # None due yet, or the call was cancelled by someone else (trial
+            # cancels what a test leaves): the calls due must still run.
             clock = self._clock()
             assert clock is not None  # a reader holds its clock
-            clock.callLater(0, self._run)
-        self._due.append(call)
+            self._call = clock.callLater(0, self._run)
 
     def _run(self) -> None:
+        self._call = None
         due, self._due = self._due, []
         for call in due:
             call()
