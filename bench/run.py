@@ -208,7 +208,7 @@ def scenarios(duration: float, quick: bool) -> list[Scenario]:
            for c in ((1, 16, 128) if quick else (1, 4, 16, 64, 128))]
     out += [
         Scenario("TTFB c=1 (20 chunks, 5 ms apart)", "stream", 1, chunks=20, model="slow-5", duration=duration),
-        Scenario("non-stream c=16", "nonstream", 16, duration=duration),
+        *(Scenario(f"non-stream c={c}", "nonstream", c, duration=duration) for c in (1, 16, 128)),
         Scenario("tags c=16", "tags", 16, duration=duration),
         Scenario("passthrough stream c=16", "passthrough", 16, duration=duration),
         Scenario("Anthropic /v1/messages stream c=16", "anthropic", 16, duration=duration),

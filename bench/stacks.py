@@ -7,7 +7,7 @@ incl: collections.Counter[str] = collections.Counter()
 total = 0
 AREAS = {
     "translate (TranslatedStream.feed/end)": ("feed (ollama_proxy/protocol/stream.py", "end (ollama_proxy/protocol/stream.py", "(ollama_proxy/protocol/backend_reader.py", "(ollama_proxy/protocol/ollama.py"),
-    "SSE decoder": ("(ollama_proxy/protocol/sse.py",),
+    "SSE decoder": ("feed (ollama_proxy/protocol/stream.py:", "close (ollama_proxy/protocol/stream.py:"),
     "chunked decoding (client)": ("_ChunkedTransferDecoder", "_dataReceived_CHUNK", "_dataReceived_BODY", "_dataReceived_CRLF"),
     "treq.request (URL, agent, pool, write request)": ("request (treq/client.py",),
     "server request parsing + render": ("requestReceived (twisted/web/http.py",),

@@ -109,6 +109,20 @@ class LayoutTests(SynchronousTestCase):
         ]
         self.assertEqual(found, [])
 
+    def test_httptoolsFenced(self) -> None:
+        """
+        Only L{ollama_proxy.protocol.llhttp} imports C{httptools}: one
+        module to look at when llhttp changes (its version bounds are
+        pinned by C{tests.protocol.test_llhttp}).
+        """
+        found = sorted({
+            name
+            for name, path in modules().items()
+            for imported in imports(path)
+            if imported.split(".")[0] == "httptools"
+        })
+        self.assertEqual(found, ["ollama_proxy.protocol.llhttp"])
+
     def test_layers(self) -> None:
         """
         Each layer imports only from the layers it stands on.

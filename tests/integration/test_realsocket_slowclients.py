@@ -304,3 +304,14 @@ def cpuSeconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class HeaderDeadlineTwistedTests(HeaderDeadlineTests):
+    """
+    L{HeaderDeadlineTests} with C{--http-parser twisted} (the others run on
+    the default, llhttp).
+    """
+
+    def setUp(self) -> None:
+        self.port = startProxy(self, "--client-header-timeout", "1", "--client-timeout", "4",
+                               "--http-parser", "twisted")

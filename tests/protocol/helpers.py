@@ -29,7 +29,7 @@ from ollama_proxy.protocol.backend_reader import (
     toolCallsFromOpenAI,
 )
 from ollama_proxy.protocol.requests import JSON
-from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
+from ollama_proxy.protocol.stream import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.protocol.stream import TranslatedStream
 
 T0 = 1_750_000_000_123_456_789

@@ -19,7 +19,6 @@ from ollama_proxy.protocol.dialect import (
     START,
     Encoder,
     EncoderMisuse,
-    RouteTemplate,
     openAIErrorEvent,
 )
 from ollama_proxy.protocol.events import Delta, Finish, Reply, Usage
@@ -143,42 +142,3 @@ class ErrorShapeTests(SynchronousTestCase):
             b'"code":null}}\n\n',
         )
         self.assertEqual(ANTHROPIC_ERRORS.midStream(None, "boom"), openAIErrorEvent("boom"))
-
-
-class RouteTemplateTests(SynchronousTestCase):
-    """
-    Route templates: the fixed segments to mount at, the rest matched.
-    """
-
-    def test_fixed(self) -> None:
-        """
-        A template without parameters matches exactly its own path.
-        """
-        template = RouteTemplate("/v1/messages")
-        self.assertEqual(template.prefix, ("v1", "messages"))
-        self.assertFalse(template.parameters)
-        self.assertEqual(template.match([]), {})
-        self.assertIsNone(template.match(["x"]))
-
-    def test_parameters(self) -> None:
-        """
-        Parameters fill one segment each, never empty; a model name with a
-        colon keeps it, the method is what follows the last one.
-        """
-        template = RouteTemplate("/v1beta/models/{model}:{method}")
-        self.assertEqual(template.prefix, ("v1beta", "models"))
-        self.assertEqual(template.match(["qwen3:8b:streamGenerateContent"]),
-                         {"model": "qwen3:8b", "method": "streamGenerateContent"})
-        self.assertEqual(template.match(["g:generateContent"]),
-                         {"model": "g", "method": "generateContent"})
-        for rest in ([], [""], ["nomethod"], [":generateContent"], ["a", "b:c"], ["a/b:c"]):
-            self.assertIsNone(template.match(rest), rest)
-
-    def test_literalSuffix(self) -> None:
-        """
-        Text after a parameter is matched literally.
-        """
-        template = RouteTemplate("/v1beta/models/{model}:streamGenerateContent")
-        self.assertEqual(template.match(["m:streamGenerateContent"]), {"model": "m"})
-        self.assertIsNone(template.match(["m:generateContent"]))
-        self.assertRaises(ValueError, RouteTemplate, "no/slash")

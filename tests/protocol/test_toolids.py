@@ -230,6 +230,20 @@ class DialectTests(SynchronousTestCase):
                                   "m", T0, T0)
         self.assertEqual(answer["message"]["tool_calls"][0]["id"], "new_1")
 
+    def test_encoderMadeBefore(self) -> None:
+        """
+        An encoder made before the hook (the keep-alives' own) and handed
+        to it rewrites the reply's ids as a fresh one from the wrapper
+        does: it is the same stream.
+        """
+        dialect = AnthropicDialect(1, counterIds())
+        early = dialect.streamEncoder("m", T0)
+        unique = uniqueToolIds(dialect, taking("call_0"), numbered(), encoder=early)
+        self.assertIs(early.filter, unique.ids)
+        out = events(early.encode([ToolCalls((call("call_0"),))]))
+        starts = [data for kind, data in out if kind == "content_block_start"]
+        self.assertEqual(starts[0]["content_block"]["id"], "new_1")
+
     def test_errorPassesThrough(self) -> None:
         """
         The wrapped encoder's content type and mid-stream error are the

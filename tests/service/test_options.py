@@ -147,6 +147,17 @@ class OptionTests(SynchronousTestCase):
         ):
             self.assertRaises(usage.UsageError, parse, *args)
 
+    def test_httpParserInConfig(self) -> None:
+        """
+        C{--http-parser} may also be set in the configuration file's
+        C{[server]} table.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[server]\nhttp-parser = "twisted"\n'
+                    '[[backend]]\nname = "a"\nurl = "http://127.0.0.1:9"\n')
+        self.assertEqual(parse("--config", path).settings.httpParser, "twisted")
+
 
 class ReadInputsTests(SynchronousTestCase):
     """
@@ -242,6 +253,20 @@ class WiringTests(SynchronousTestCase):
         backend = resource.ctx.models.router.backends[0].backend
         self.assertEqual((backend.retries, backend.maxRetryWait, backend.forwardClientKey), (2, 5.0, True))
         self.assertEqual(backend.idleTimeout, 300.0)
+
+    def test_httpParserServerChannel(self) -> None:
+        """
+        C{--http-parser} also picks the server channel: llhttp's
+        L{FastChannel} by default, twisted.web's (L{ProxyChannel}) with
+        C{twisted}.
+        """
+        from ollama_proxy.web.channel import ProxyChannel
+        from ollama_proxy.web.fastchannel import FastChannel
+
+        _, site = self.build()
+        self.assertTrue(issubclass(site.protocol, FastChannel))
+        _, site = self.build("--http-parser", "twisted")
+        self.assertTrue(issubclass(site.protocol, ProxyChannel))
 
     def test_httpParser(self) -> None:
         """

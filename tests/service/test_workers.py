@@ -674,6 +674,7 @@ class RealSupervisionTests(SynchronousTestCase):
         counterFiles = [name for name in os.listdir(self.metricsDir)
                         if name.startswith("counter_")]
         self.assertEqual(len(counterFiles), 2, counterFiles)
+        _waitFor(lambda: self.requestCount(_scrape(url)) == 20.0, 5)
         for _ in range(10):
             samples = _scrape(url)
             self.assertEqual(self.requestCount(samples), 20.0)
@@ -690,6 +691,10 @@ class RealSupervisionTests(SynchronousTestCase):
         self.assertTrue(_waitFor(lambda: self._listening(replaced[0])))
         for _ in range(10):
             _chat(url)
+        # A request is counted when its exchange ends, which may be a
+        # reactor turn after the client read its last byte: wait (bounded)
+        # for the count, then every scrape must agree.
+        _waitFor(lambda: self.requestCount(_scrape(url)) == 30.0, 5)
         for _ in range(5):
             self.assertEqual(self.requestCount(_scrape(url)), 30.0)
         self.stack.proxy.stop()

@@ -7,7 +7,7 @@ L{MemoryReactorClock}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import CancelledError, Deferred
@@ -28,19 +28,43 @@ from ollama_proxy.upstream.pool import makeClient
 reactor: Any = _reactor
 
 
+ENDLESS_BUDGET = 16 * 1024 * 1024
+"""Bytes an endless flood writes at most before it only holds the stream open."""
+
+
+async def waitFor(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """
+    Let the reactor run until C{condition()} is true, or fail after
+    C{timeout} seconds: a wait on what the test needs, never a guess at
+    how long it takes on a loaded machine.
+    """
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        await deferLater(reactor, 0.01, lambda: None)
+
+
 @implementer(IPushProducer)
 class Flood:
     """
     A server-side push producer writing 64 KiB blocks until paused, up to a
     total; it records pauses and whether the client went away.
+
+    An C{endless} flood never ends the response itself: after its total
+    (a byte budget, so a client that never leaves cannot fill memory) it
+    holds the stream open until the client leaves, so a test that stops
+    reading mid-stream is mid-stream however slowly the machine runs.
     """
 
-    def __init__(self, request: Request, total: int) -> None:
+    def __init__(self, request: Request, total: int, endless: bool = False) -> None:
         self.request = request
         self.left = total
+        self.endless = endless
         self.pauses = 0
         self.paused = False
         self.gone = False
+        self.finished = False
         request.notifyFinish().addErrback(self._gone)
 
     def _gone(self, _: Failure) -> None:
@@ -56,7 +80,8 @@ class Flood:
             block = min(self.left, 65536)
             self.left -= block
             self.request.write(b"x" * block)
-        if self.left == 0 and not self.gone:
+        if self.left == 0 and not self.gone and not self.endless and not self.finished:
+            self.finished = True
             self.request.unregisterProducer()
             self.request.finish()
 
@@ -89,8 +114,11 @@ class Server(Resource):
                 request.write(b"data: %d\n\n" % i)
             request.finish()
             return NOT_DONE_YET
-        if path == b"/flood":
-            flood = Flood(request, 8 * 1024 * 1024)
+        if path in (b"/flood", b"/endless"):
+            if path == b"/flood":
+                flood = Flood(request, 8 * 1024 * 1024)
+            else:
+                flood = Flood(request, ENDLESS_BUDGET, endless=True)
             self.floods.append(flood)
             flood.start()
             return NOT_DONE_YET
@@ -158,8 +186,16 @@ class AgentTests(TestCase):
 
         slow = Slow()
         response.deliverBody(slow)
-        await deferLater(reactor, 0.5, lambda: None)
         [flood] = self.server.floods
+        left: list[int] = []
+
+        def stalled() -> bool:
+            # Paused, and not one byte more written over the last 20 turns
+            # of the reactor: the socket is full because nobody reads it.
+            left.append(flood.left)
+            return flood.paused and len(left) > 20 and left[-21] == flood.left
+
+        await waitFor(stalled, "the server's writes to stall")
         self.assertGreater(flood.pauses, 0)
         self.assertTrue(flood.paused)
         self.assertGreater(flood.left, 0)
@@ -175,38 +211,37 @@ class AgentTests(TestCase):
         connection (the server sees its client leave) and pools nothing.
         """
         d = self.http.request("GET", self.base + "/hold", unbuffered=True)
-        while not self.server.held:
-            await deferLater(reactor, 0.01, lambda: None)
+        await waitFor(lambda: self.server.held, "the server to hold the request")
         d.cancel()
         with self.assertRaises(Exception) as caught:
             await d
         self.assertTrue(isinstance(caught.exception, CancelledError)
                         or "Cancelled" in repr(caught.exception))
-        while not self.server.lost:
-            await deferLater(reactor, 0.01, lambda: None)
+        await waitFor(lambda: self.server.lost, "the server to see its client leave")
         self.assertEqual(self.pool._idle.get((b"http", b"127.0.0.1", self.port.getHost().port), []), [])
 
     async def test_readerStops(self) -> None:
         """
         A body reader cancelled mid-stream (the client hung up) closes the
-        upstream connection: the server's producer is stopped.
+        upstream connection: the server, whose stream never ends by itself,
+        sees its client leave, and nothing more reaches the collector.
         """
-        response = await self.http.request("GET", self.base + "/flood", unbuffered=True)
+        response = await self.http.request("GET", self.base + "/endless", unbuffered=True)
         seen: list[bytes] = []
 
         def collect(data: bytes) -> None:
             seen.append(data)
 
         reading = Deferred.fromCoroutine(BodyReader(collect, reactor, 5.0).read(response))
-        while not seen:
-            await deferLater(reactor, 0.01, lambda: None)
+        await waitFor(lambda: seen, "the first bytes")
         reading.cancel()
         with self.assertRaises(CancelledError):
             await reading
+        delivered = len(seen)
         [flood] = self.server.floods
-        while not flood.gone:
-            await deferLater(reactor, 0.01, lambda: None)
-        self.assertGreater(flood.left, 0)
+        await waitFor(lambda: flood.gone, "the server to see its client leave")
+        self.assertFalse(flood.finished)
+        self.assertEqual(len(seen), delivered)
         self.assertEqual(self.pool._idle.get((b"http", b"127.0.0.1", self.port.getHost().port), []), [])
 
 
@@ -277,16 +312,15 @@ class TLSTests(TestCase):
         second = await http.request("GET", base + "/stream", unbuffered=True)
         self.assertEqual(await readBody(second), b"".join(b"data: %d\n\n" % i for i in range(100)))
         self.assertEqual(len(set(server.peers)), 1)
-        flood = await http.request("GET", base + "/flood", unbuffered=True)
+        flood = await http.request("GET", base + "/endless", unbuffered=True)
         seen: list[bytes] = []
         reading = Deferred.fromCoroutine(BodyReader(seen.append, reactor, 5.0).read(flood))
-        while not seen:
-            await deferLater(reactor, 0.01, lambda: None)
+        await waitFor(lambda: seen, "the first bytes")
         reading.cancel()
         with self.assertRaises(CancelledError):
             await reading
-        while not server.floods[0].gone:
-            await deferLater(reactor, 0.01, lambda: None)
+        await waitFor(lambda: server.floods[0].gone, "the server to see its client leave")
+        self.assertFalse(server.floods[0].finished)
 
 
 class PoolTests(TestCase):

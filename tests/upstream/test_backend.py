@@ -157,3 +157,73 @@ class ClientKeyOwnerTests(SynchronousTestCase):
 
         self.assertEqual(contextvars.copy_context().run(inRequest, b"k-one"), b"k-one")
         self.assertEqual(contextvars.copy_context().run(currentClientKey), None)
+
+
+class ReadyURLTests(SynchronousTestCase):
+    """
+    L{ollama_proxy.upstream.backend.ReadyURL}: parsed once, the same bytes on
+    the wire as treq's own parsing of the string.
+    """
+
+    urls = [
+        "http://127.0.0.1:8000/v1/chat/completions",
+        "https://api.example.com/v1/models",
+        "http://user:secret@backend:9000/openai/v1/embeddings",
+        "http://bücher.example/v1/chat/completions?api-version=2024-01-01",
+        "http://backend/v1/models/a%2Fb",
+    ]
+
+    def test_sameTextAsTreq(self) -> None:
+        """
+        C{to_uri().to_text()} (what treq sends) matches a fresh parse, with
+        and without the password.
+        """
+        from hyperlink import EncodedURL
+
+        from ollama_proxy.upstream.backend import ReadyURL
+
+        for url in self.urls:
+            fresh = EncodedURL.from_text(url).to_uri()
+            ready = ReadyURL.fromText(url)
+            self.assertEqual(ready.to_uri().to_text(), fresh.to_text(), url)
+            self.assertEqual(
+                ready.to_uri().to_text(with_password=True), fresh.to_text(with_password=True), url
+            )
+            self.assertEqual((ready.host, ready.port, ready.scheme), (fresh.host, fresh.port, fresh.scheme))
+
+    def test_derivedCopyFormatsAnew(self) -> None:
+        """
+        A copy made by C{replace} (treq does it to add C{params}) is not
+        stuck with the original's cached text.
+        """
+        from ollama_proxy.upstream.backend import ReadyURL
+
+        ready = ReadyURL.fromText("http://backend/v1/models")
+        copy = ready.replace(query=(("a", "1"),))
+        self.assertEqual(copy.to_uri().to_text(), "http://backend/v1/models?a=1")
+
+    def test_requestThroughTreq(self) -> None:
+        """
+        A request made with a ready URL goes to the same host, port and path.
+        """
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+        from ollama_proxy.upstream.backend import ReadyURL
+        from ollama_proxy.upstream.pool import NO_COOKIES, makeClient
+
+        reactor = MemoryReactorClock()
+        http, _ = makeClient(reactor, 4, 5.0)
+        http.request(
+            "POST", ReadyURL.fromText("http://127.0.0.1:4000/v1/chat/completions"),
+            data=b"{}", cookies=NO_COOKIES,
+        )
+        for _ in range(5):
+            reactor.advance(0.01)
+        host, port, factory, _, _ = reactor.tcpClients[0]
+        self.assertEqual((host, port), ("127.0.0.1", 4000))
+        protocol = factory.buildProtocol(None)
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.value().startswith(b"POST /v1/chat/completions HTTP/1.1\r\n"))
+        self.assertEqual(list(NO_COOKIES), [])

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IProtocol
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -225,17 +225,26 @@ class BodyProtocolTests(SynchronousTestCase):
     def test_isTheBodyProtocol(self) -> None:
         """
         C{deliverBody} gets the reader itself; its producer is the
-        transport it was connected to.
+        transport it was connected to, registered on the consumer as a
+        streaming producer before any data (pausing it pauses the
+        transport).
         """
         response = FakeResponse()
         calls: list[bytes] = []
         reader = BodyReader(calls.append, None)
-        started: list[Any] = []
-        d = ensureDeferred(reader.read(response, started.append))  # type: ignore[arg-type]
+        consumer = StringTransport()
+        d = ensureDeferred(reader.read(response, consumer))  # type: ignore[arg-type]
         self.assertTrue(IProtocol.providedBy(reader))
         self.assertIs(response.protocol, reader)
         self.assertIs(reader.producer, response.transport)
-        self.assertEqual(started, [response.transport])
+        self.assertTrue(reader.registered)
+        self.assertTrue(consumer.streaming)
+        registered = consumer.producer
+        assert registered is not None
+        registered.pauseProducing()
+        self.assertEqual(response.transport.producerState, "paused")
+        registered.resumeProducing()
+        self.assertEqual(response.transport.producerState, "producing")
         response.piece(b"x")
         response.end()
         self.assertIsNone(self.successResultOf(d))

@@ -292,3 +292,43 @@ class FenceTests(SynchronousTestCase):
             self.assertIs(compat.choosePool(missing), HTTPConnectionPool)
         self.assertIn("HTTPClientParser._transferDecoders", logged[-1]["missing"])
         self.assertIs(compat.choosePool([]), compat.BatchingConnectionPool)
+
+
+class ServerSideTests(SynchronousTestCase):
+    """
+    What the llhttp server channel borrows from twisted.web (a chunked
+    request body's decoder and the pull-producer adapter), pinned.
+    """
+
+    def test_present(self) -> None:
+        """
+        On the installed Twisted nothing is missing, and the decoder
+        delivers the body, the bytes after the terminal chunk, and raises
+        the named error for garbage.
+        """
+        from ollama_proxy.upstream import compat
+
+        self.assertEqual(compat.SERVER_MISSING, [])
+        body: list[bytes] = []
+        rest: list[bytes] = []
+        decoder = compat.ChunkedRequestDecoder(body.append, rest.append)
+        decoder.dataReceived(b"2;x=y\r\nok\r\n0\r\nX-T: 1\r\n\r\nNEXT")
+        self.assertEqual((b"".join(body), rest), (b"ok", [b"NEXT"]))
+        bad = compat.ChunkedRequestDecoder(body.append, rest.append)
+        self.assertRaises(compat.MalformedChunkedData, bad.dataReceived, b"zz\r\n")
+
+    def test_missingFallsBack(self) -> None:
+        """
+        Without them, C{--http-parser httptools} serves on twisted.web's
+        channel, with a warning naming what is missing.
+        """
+        from twisted.logger import capturedLogs
+
+        from ollama_proxy.web import site
+        from ollama_proxy.web.channel import ProxyChannel
+
+        self.patch(site, "AVAILABLE", False)
+        self.patch(site, "SERVER_MISSING", ["_PullToPush.startStreaming"])
+        with capturedLogs() as logged:
+            self.assertIs(site.channelClass("httptools"), ProxyChannel)
+        self.assertIn("_PullToPush.startStreaming", logged[-1]["missing"])

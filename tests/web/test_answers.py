@@ -30,6 +30,9 @@ class SiteCase(SynchronousTestCase):
     C{Host} policy, as C{makeService} wires it.
     """
 
+    httpParser = "httptools"
+    """C{--http-parser}: every test here runs on both."""
+
     def setUp(self) -> None:
         self.events = EventLoggingObserver()
         globalLogPublisher.addObserver(self.events)
@@ -41,6 +44,7 @@ class SiteCase(SynchronousTestCase):
             root, self.harness.clock, maxBody=100, bodyTimeout=5.0, metrics=self.metrics,
             origins=OriginPolicy(), hosts=HostPolicy(["*.example.internal", "proxy.lan"],
                                                      hostname="box"),
+            httpParser=self.httpParser,
         )
 
     def connect(self, data: bytes) -> StringTransport:
@@ -194,3 +198,19 @@ class HostCheckTests(SiteCase):
         """
         self.site.hosts = None
         self.assertEqual(self.status(b"evil.example.com"), 200)
+
+
+class SiteAnswerTwistedTests(SiteAnswerTests):
+    """
+    L{SiteAnswerTests} on twisted.web's parser (C{--http-parser twisted}).
+    """
+
+    httpParser = "twisted"
+
+
+class HostCheckTwistedTests(HostCheckTests):
+    """
+    L{HostCheckTests} on twisted.web's parser.
+    """
+
+    httpParser = "twisted"

@@ -119,11 +119,15 @@ class SiteBudgetTests(SynchronousTestCase):
     back.
     """
 
+    httpParser = "httptools"
+    """C{--http-parser}: every test here runs on both."""
+
     def setUp(self) -> None:
         self.h = ProxyHarness()
         self.clock: MemoryReactorClock = self.h.clock
         self.budget = BodyBudget(16 * STEP)
-        self.site = makeSite(self.h.root, self.clock, budget=self.budget)
+        self.site = makeSite(self.h.root, self.clock, budget=self.budget,
+                             httpParser=self.httpParser)
 
     def connect(self) -> tuple[Any, StringTransport]:
         protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -292,3 +296,11 @@ class SiteBudgetTests(SynchronousTestCase):
         self.pump()
         holder.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.budget.used, 0)
+
+
+class SiteBudgetTwistedTests(SiteBudgetTests):
+    """
+    L{SiteBudgetTests} on twisted.web's parser (C{--http-parser twisted}).
+    """
+
+    httpParser = "twisted"

@@ -59,13 +59,17 @@ class DeadlineTestCase(SynchronousTestCase):
     Helpers: connections to a L{makeSite} site on a fake clock.
     """
 
+    httpParser = "httptools"
+    """C{--http-parser}: every test here runs on both (the C{Twisted}
+    classes at the end)."""
+
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.resource = Slow()
 
     def site(self, **siteArgs: Any) -> ProxySite:
         siteArgs.setdefault("timeout", None)
-        return makeSite(self.resource, self.clock, **siteArgs)
+        return makeSite(self.resource, self.clock, httpParser=self.httpParser, **siteArgs)
 
     def connect(self, site: ProxySite) -> tuple[Any, StringTransport]:
         protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -449,3 +453,27 @@ class BadRequestTests(DeadlineTestCase):
             getattr(channel.ProxyChannel, channel._BAD_REQUEST_HOOK),
             getattr(HTTPChannel, channel._BAD_REQUEST_HOOK),
         )
+
+
+class HeaderDeadlineTwistedTests(HeaderDeadlineTests):
+    """
+    L{HeaderDeadlineTests} on twisted.web's parser (C{--http-parser twisted}).
+    """
+
+    httpParser = "twisted"
+
+
+class ConnectionCapTwistedTests(ConnectionCapTests):
+    """
+    L{ConnectionCapTests} on twisted.web's parser.
+    """
+
+    httpParser = "twisted"
+
+
+class BadRequestTwistedTests(BadRequestTests):
+    """
+    L{BadRequestTests} on twisted.web's parser.
+    """
+
+    httpParser = "twisted"

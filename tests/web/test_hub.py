@@ -17,7 +17,7 @@ from twisted.web.resource import NoResource, Resource
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.dialect import DONE, EncodedErrors, Encoder, Generation
+from ollama_proxy.protocol.dialect import DONE, EncodedErrors, Encoder, EncoderMisuse, Generation
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCalls
 from ollama_proxy.protocol.requests import ChatRequest, Message, Sampling
@@ -73,7 +73,9 @@ class ToyEncoder(Encoder):
             elif isinstance(event, ToolCalls):
                 out.extend(f"call {c.name} {codec.dumps(c.arguments).decode()}\n" for c in event.calls)
             elif isinstance(event, Finish):
-                self._ended(event, events)
+                if event is not events[-1]:
+                    raise EncoderMisuse(f"{type(self).__name__}: events after the Finish")
+                self.state = DONE
                 out.append(f"end {event.reason} {event.usage.completionTokens}\n")
         return "".join(out).encode("utf-8")
 
@@ -258,7 +260,9 @@ class GeminiishEncoder(Encoder):
                 out.append(sseData({"candidates": [
                     {"content": {"role": "model", "parts": [{"text": event.content}]}}]}))
             elif type(event) is Finish:
-                self._ended(event, events)
+                if event is not events[-1]:
+                    raise EncoderMisuse(f"{type(self).__name__}: events after the Finish")
+                self.state = DONE
                 out.append(sseData({
                     "candidates": [{"content": {"role": "model", "parts": []},
                                     "finishReason": (event.reason or "stop").upper()}],

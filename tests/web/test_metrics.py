@@ -5,11 +5,16 @@ the proxy in front of two scripted backends (L{tests.web.test_routing}'s).
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.testing.harness import BodyCollector, delta
+from ollama_proxy.web import metrics as metricsModule
+from ollama_proxy.web.metrics import Metrics, processGone, shareAcrossProcesses, singleProcess, totals
 from tests.web.test_routing import CHAT, Harness
 
 
@@ -181,3 +186,74 @@ class MetricsTests(SynchronousTestCase):
         h = Harness(self, metrics=False)
         h.get("/metrics")
         self.assertEqual([r.path for r in h.ollama.received], ["/metrics"])
+
+
+class SharedFilesTests(SynchronousTestCase):
+    """
+    With C{--workers}, a scrape (C{/metrics}) or the status page
+    (L{totals}) read every worker's value files while the other workers
+    create and remove them: a file caught mid-creation or gone mid-read is
+    left out of that one reading, never a failure (it was a 500).
+    """
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        shareAcrossProcesses(self.directory)
+        self.addCleanup(singleProcess)
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.metrics = Metrics(shared=self.directory)
+        self.metrics.child(self.metrics.requests, "/api/chat", "m", "200").inc()
+        self.metrics.activeStreams.inc()
+        self.pid = os.getpid()
+
+    def other(self, kind: str, pid: int = 999999) -> str:
+        """
+        @return: the path another worker's C{kind} file has.
+        """
+        return os.path.join(self.directory, f"{kind}_{pid}.db")
+
+    def test_workerCreatingItsFile(self) -> None:
+        """
+        Another worker's counter file that exists but is still empty (it
+        has opened it and not yet sized it, as C{prometheus_client} does
+        on a worker's first value) is not read; once written, its values
+        are in the sum.
+        """
+        open(self.other("counter"), "wb").close()
+        self.assertEqual((totals(self.metrics).requests, totals(self.metrics).activeStreams),
+                         (1.0, 1.0))
+        body, _ = self.metrics.render(None)
+        self.assertIn(b'ollama_proxy_requests_total{model="m",route="/api/chat",status="200"} 1.0',
+                      body)
+        shutil.copyfile(os.path.join(self.directory, f"counter_{self.pid}.db"),
+                        self.other("counter"))
+        self.assertEqual(totals(self.metrics).requests, 2.0)
+
+    def test_workerLeavingMidRead(self) -> None:
+        """
+        A worker that leaves between the listing of the files and their
+        reading (its live gauges removed by L{processGone}) takes its
+        gauge out of the sum; its counters stay, and nothing fails.
+        """
+        for kind in ("counter", "gauge_livesum"):
+            shutil.copyfile(os.path.join(self.directory, f"{kind}_{self.pid}.db"),
+                            self.other(kind))
+        self.assertEqual((totals(self.metrics).requests, totals(self.metrics).activeStreams),
+                         (2.0, 2.0))
+        listed: list[list[str]] = []
+        realGlob = glob.glob
+
+        def listThenLeave(pattern: str) -> list[str]:
+            found = sorted(realGlob(pattern))
+            if not listed:  # processGone lists the directory too
+                listed.append(found)
+                processGone(self.directory, 999999)
+            return found
+
+        self.patch(metricsModule.glob, "glob", listThenLeave)
+        current = totals(self.metrics)
+        self.assertIn(self.other("gauge_livesum"), listed[0])
+        self.assertFalse(os.path.exists(self.other("gauge_livesum")))
+        self.assertEqual((current.requests, current.activeStreams), (2.0, 1.0))
+        body, _ = self.metrics.render(None)
+        self.assertIn(b"ollama_proxy_active_streams 1.0", body)

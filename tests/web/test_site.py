@@ -56,10 +56,14 @@ class SiteTestCase(SynchronousTestCase):
     Helpers: one connection to a L{makeSite} site on a fake clock.
     """
 
+    httpParser = "httptools"
+    """C{--http-parser}: every test here runs on both (the C{Twisted}
+    classes at the end)."""
+
     def connect(self, **siteArgs: Any) -> tuple[Any, StringTransport]:
         self.clock = MemoryReactorClock()
         self.resource = Recording()
-        site = makeSite(self.resource, self.clock, **siteArgs)
+        site = makeSite(self.resource, self.clock, httpParser=self.httpParser, **siteArgs)
         protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         assert protocol is not None
         transport = StringTransport()
@@ -265,11 +269,13 @@ class DrainTests(SynchronousTestCase):
     in-flight streams finish, then disconnects what is left.
     """
 
+    httpParser = "httptools"
+
     def setUp(self) -> None:
         from ollama_proxy.testing.harness import ProxyHarness
 
         self.h = ProxyHarness()
-        self.site = makeSite(self.h.root, self.h.clock, timeout=None)
+        self.site = makeSite(self.h.root, self.h.clock, timeout=None, httpParser=self.httpParser)
 
     def startChat(self) -> tuple[Any, StringTransport]:
         protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
@@ -420,3 +426,35 @@ class FormParsingTests(SynchronousTestCase):
         )
         self.assertEqual(resource.seen, [({}, b"a=b")])
         self.assertIn(b"200 OK", transport.value())
+
+
+class BodyLimitTwistedTests(BodyLimitTests):
+    """
+    L{BodyLimitTests} on twisted.web's parser (C{--http-parser twisted}).
+    """
+
+    httpParser = "twisted"
+
+
+class ClientTimeoutTwistedTests(ClientTimeoutTests):
+    """
+    L{ClientTimeoutTests} on twisted.web's parser.
+    """
+
+    httpParser = "twisted"
+
+
+class BodyDeadlineTwistedTests(BodyDeadlineTests):
+    """
+    L{BodyDeadlineTests} on twisted.web's parser.
+    """
+
+    httpParser = "twisted"
+
+
+class DrainTwistedTests(DrainTests):
+    """
+    L{DrainTests} on twisted.web's parser.
+    """
+
+    httpParser = "twisted"

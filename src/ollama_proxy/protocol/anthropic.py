@@ -26,7 +26,6 @@ from ollama_proxy.protocol.backends import ModelOverride
 from ollama_proxy.protocol.dialect import EncodedErrors, Generation
 from ollama_proxy.protocol.events import Finish, Reply, ToolCall, Usage
 from ollama_proxy.protocol.requests import estimateTokens
-from ollama_proxy.protocol.sse import sseEvent
 
 IdMaker = Callable[[str], str]
 """Makes an id from a prefix (C{msg_}, C{resp_}, ...)."""
@@ -94,7 +93,11 @@ def usageObject(usage: Usage, inputEstimate: int) -> JSON:
 
 
 def _event(kind: bytes, obj: JSON) -> bytes:
-    return sseEvent(kind, codec.dumps(obj))
+    """
+    @return: one named event (Anthropic's SDKs dispatch on the C{event:}
+        line): C{event: <kind>}, C{data: <obj>}, a blank line.
+    """
+    return b"event: " + kind + b"\ndata: " + codec.dumps(obj) + b"\n\n"
 
 
 PING = _event(b"ping", {"type": "ping"})

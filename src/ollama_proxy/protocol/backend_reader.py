@@ -401,7 +401,8 @@ class ChatStreamReader:
             raise UpstreamError("backend closed the stream before it was complete")
         now = self._clock()
         out: list[Event] = []
-        thinking, content = self._tags.flush()
+        # A splitter that decided (or never saw content) holds nothing.
+        thinking, content = self._tags.flush() if self._seekingTags else ("", "")
         if self._dropThinking:
             thinking = ""
         if content or thinking:

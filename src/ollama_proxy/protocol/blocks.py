@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ollama_proxy.protocol.dialect import OPEN, Encoder
+from ollama_proxy.protocol.dialect import DONE, OPEN, Encoder, EncoderMisuse
 from ollama_proxy.protocol.events import Delta, Event, Finish, StreamFailed, ToolCall, ToolCalls
 
 SSE = b"text/event-stream; charset=utf-8"
@@ -134,7 +134,9 @@ class BlockEncoder(Encoder):
                         out.extend(self._close())
                         out.append(self._toolCall(call))
                 elif type(event) is Finish:
-                    self._ended(event, events)
+                    if event is not events[-1]:
+                        raise EncoderMisuse(f"{type(self).__name__}: events after the Finish")
+                    self.state = DONE
                     out.extend(self._close())
                     out.extend(self._finish(event))
         except StreamFailed as e:

@@ -19,7 +19,6 @@ module owns the states.
 from __future__ import annotations
 
 import enum
-import re
 from typing import Callable, Mapping, NamedTuple, Protocol, Sequence
 
 from ollama_proxy.protocol import codec
@@ -82,8 +81,11 @@ class Encoder:
     The lifecycle of one streamed reply in a client dialect.
 
     Subclasses set L{contentType} and implement L{_encode} (their own loop
-    over one read's events, calling L{_ended} at the L{Finish}) and
-    L{_failure}; a dialect with opening events overrides L{_opening}.
+    over one read's events, which at the L{Finish} raises L{EncoderMisuse}
+    if events follow it and sets C{state} to L{DONE}: written in the loop,
+    not called back here, so that a read's encoding runs in the dialect's
+    own module) and L{_failure}; a dialect with opening events overrides
+    L{_opening}.
 
     @ivar state: the L{EncoderState}.
     @ivar filter: what rewrites the reply's events before this encoder
@@ -159,18 +161,6 @@ class Encoder:
             raise EncoderMisuse(f"{type(self).__name__}: the stream already ended")
         self.state = OPEN
         return self._opening()
-
-    def _ended(self, event: Finish, events: Sequence[Event]) -> None:
-        """
-        Called by L{_encode} at the L{Finish}: the stream is over.
-
-        @param event: the finish.
-        @param events: the batch it came in, which it must end.
-        @raise EncoderMisuse: if events follow it.
-        """
-        if event is not events[-1]:
-            raise EncoderMisuse(f"{type(self).__name__}: events after the Finish")
-        self.state = DONE
 
     def encode(self, events: Sequence[Event]) -> bytes:
         """
@@ -411,8 +401,8 @@ class RouteDialect(Protocol):
 class Template(Protocol):
     """
     Where a route is mounted and which paths below it it serves: a
-    L{RouteTemplate}, or a dialect's own URL grammar (Gemini's, whose model
-    may hold C{/}).
+    L{ollama_proxy.web.generation.RouteTemplate}, or a dialect's own URL
+    grammar (Gemini's, whose model may hold C{/}).
     """
 
     @property
@@ -432,60 +422,3 @@ class Template(Protocol):
         @param rest: the request's decoded path segments after L{prefix}.
         @return: the parameters, or C{None} if the path is not this route.
         """
-
-
-class RouteTemplate:
-    """
-    A route's path with parameters (C{/v1beta/models/{model}:{method}}):
-    the fixed segments it is mounted at, and the rest matched against the
-    request's remaining path.  The template itself, not the path, is the
-    route's label in logs and metrics, so a URL-borne model never becomes a
-    label value.
-
-    @ivar template: the template as written.
-    @ivar label: the template, the route's label.
-    @ivar prefix: the fixed segments before the first parameter.
-    """
-
-    _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-    def __init__(self, template: str) -> None:
-        if not template.startswith("/"):
-            raise ValueError(f"route template {template!r} must start with /")
-        self.template = template
-        self.label = template
-        segments = template.strip("/").split("/")
-        fixed: list[str] = []
-        for segment in segments:
-            if "{" in segment:
-                break
-            fixed.append(segment)
-        self.prefix = tuple(fixed)
-        rest = "/".join(segments[len(fixed):])
-        pattern, at = [], 0
-        for found in self._PARAM.finditer(rest):
-            pattern.append(re.escape(rest[at:found.start()]))
-            # A parameter is within one path segment, never empty; greedy,
-            # so that in {model}:{method} a model named qwen3:8b keeps its
-            # colon and the method is what follows the last one.
-            pattern.append(f"(?P<{found.group(1)}>[^/]+)")
-            at = found.end()
-        pattern.append(re.escape(rest[at:]))
-        self._rest = re.compile("".join(pattern)) if rest else None
-
-    @property
-    def parameters(self) -> bool:
-        """
-        Whether the template has parameters (paths below its prefix).
-        """
-        return self._rest is not None
-
-    def match(self, rest: Sequence[str]) -> dict[str, str] | None:
-        """
-        @param rest: the request's decoded path segments after L{prefix}.
-        @return: the parameters, or C{None} if the path is not this route.
-        """
-        if self._rest is None:
-            return {} if not rest else None
-        found = self._rest.fullmatch("/".join(rest))
-        return found.groupdict() if found is not None else None

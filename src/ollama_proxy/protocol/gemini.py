@@ -22,7 +22,7 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import ModelMeta
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.backends import ModelOverride
-from ollama_proxy.protocol.dialect import EncodedErrors, Encoder, Generation
+from ollama_proxy.protocol.dialect import DONE, EncodedErrors, Encoder, EncoderMisuse, Generation
 from ollama_proxy.protocol.events import (
     Delta,
     Event,
@@ -176,7 +176,9 @@ class GeminiEncoder(Encoder):
                     out.append(prefix + dumps(event.content) + suffix)
             else:
                 if type(event) is Finish:
-                    self._ended(event, events)
+                    if event is not events[-1]:
+                        raise EncoderMisuse(f"{type(self).__name__}: events after the Finish")
+                    self.state = DONE
                 out.append(self._event(event))
         return b"".join(out)
 

@@ -20,7 +20,7 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.clock import Clock, formatTimestamp, wallClock
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.backends import ModelOverride
-from ollama_proxy.protocol.dialect import DONE, Answer, EncodedErrors, Encoder, Generation
+from ollama_proxy.protocol.dialect import DONE, Answer, EncodedErrors, Encoder, EncoderMisuse, Generation
 from ollama_proxy.protocol.events import (
     Delta,
     Event,
@@ -220,7 +220,9 @@ class NDJSONEncoder(Encoder):
                     line["tool_calls"] = toolCallsJSON(event.calls)
                 out.append(codec.dumpLine(line))
             elif type(event) is Finish:
-                self._ended(event, events)
+                if event is not events[-1]:
+                    raise EncoderMisuse(f"{type(self).__name__}: events after the Finish")
+                self.state = DONE
                 out.append(codec.dumpLine(self._final(createdAt, event)))
         return b"".join(out)
 

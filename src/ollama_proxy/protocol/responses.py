@@ -40,7 +40,6 @@ from ollama_proxy.protocol.backends import ModelOverride
 from ollama_proxy.protocol.dialect import EncodedErrors, Generation
 from ollama_proxy.protocol.events import Finish, Reply, StreamFailed, ToolCall, Usage, replyEvents
 from ollama_proxy.protocol.responses_request import ResponsesContext, ToolName, parseResponsesRequest
-from ollama_proxy.protocol.sse import sseEvent
 
 MAX_REPLY_TEXT = 16 * 1024 * 1024
 """
@@ -183,7 +182,7 @@ class ResponsesEncoder(BlockEncoder):
             return []
         data = codec.dumps({"type": kind, "sequence_number": seq, **fields})
         if not self._texts:
-            return [sseEvent(kind.encode(), data)]
+            return [b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"]
         parts = _HOLES.split(data)
         pieces = [b"event: " + kind.encode() + b"\ndata: ", parts[0]]
         for i in range(1, len(parts), 3):

@@ -7,12 +7,15 @@ stack has no separate reasoning channel.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 _OPEN_TAG = "<think>"
 
 _CLOSE_TAG = "</think>"
 _SEEKING, _OPENED, _THINKING, _CLOSED, _PASSING = range(5)
 
 
+@dataclass(slots=True)
 class ThinkTagSplitter:
     """
     Split inline C{<think>...</think>} at the start of a reply's content into
@@ -27,18 +30,17 @@ class ThinkTagSplitter:
     very start (after whitespace) counts; once real content has been seen
     the splitter only passes text through, at the cost of one comparison per
     delta.
+
+    A dataclass: making one stores three fields and runs nothing of this
+    module (the reader makes one per stream, and asks it only per delta).
+
+    @ivar passing: whether the decision is made and all further text is
+        content (an attribute, read per delta without a call).
     """
 
-    def __init__(self) -> None:
-        self._state = _SEEKING
-        self._held = ""
-
-    @property
-    def passing(self) -> bool:
-        """
-        Whether the decision is made and all further text is content.
-        """
-        return self._state == _PASSING
+    _state: int = _SEEKING
+    _held: str = ""
+    passing: bool = False
 
     def feed(self, text: str) -> tuple[str, str]:
         """
@@ -60,6 +62,7 @@ class ThinkTagSplitter:
                 return "", ""
             else:
                 self._state = _PASSING
+                self.passing = True
                 self._held = ""
                 return "", held
         if state == _OPENED:
@@ -83,7 +86,11 @@ class ThinkTagSplitter:
             thinking = ""
         content = held.lstrip()
         self._held = ""
-        self._state = _PASSING if content else _CLOSED
+        if content:
+            self._state = _PASSING
+            self.passing = True
+        else:
+            self._state = _CLOSED
         return thinking, content
 
     def flush(self) -> tuple[str, str]:
@@ -96,6 +103,7 @@ class ThinkTagSplitter:
         held, state = self._held, self._state
         self._held = ""
         self._state = _PASSING
+        self.passing = True
         if state == _SEEKING:
             return "", held
         if state == _THINKING:

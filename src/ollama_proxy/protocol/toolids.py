@@ -150,14 +150,25 @@ class UniqueToolIds:
 
 
 def uniqueToolIds(
-    dialect: Dialect, request: ChatRequest, newId: Callable[[], str] = freshId
+    dialect: Dialect,
+    request: ChatRequest,
+    newId: Callable[[], str] = freshId,
+    encoder: Encoder | None = None,
 ) -> UniqueToolIds:
     """
-    The hook every dialect's generation goes through.
+    The hook every dialect's generation goes through: one call, the
+    encoder made before it included, so the walk of a request enters this
+    module once before the stream (and then only from the encoder).
 
     @param dialect: the client's dialect for this request.
     @param request: the parsed request, whose history holds the taken ids.
     @param newId: makes a fresh id.
+    @param encoder: the stream's encoder, if it was made already (the
+        keep-alives write to it): it rewrites this reply's ids too
+        (L{UniqueToolIds.adopt}).
     @return: C{dialect}, returning ids unique within the conversation.
     """
-    return UniqueToolIds(dialect, ToolIds(historyIds(request.messages), newId))
+    unique = UniqueToolIds(dialect, ToolIds(historyIds(request.messages), newId))
+    if encoder is not None:
+        unique.adopt(encoder)
+    return unique

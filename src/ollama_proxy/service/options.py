@@ -15,7 +15,7 @@ from twisted.python import usage
 
 from ollama_proxy import __version__
 from ollama_proxy.protocol.flavors import FLAVOR_NAMES
-from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
+from ollama_proxy.protocol.stream import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.service.config import Config, ConfigError, loadConfig
 from ollama_proxy.service.settings import (
     API_KEY_ENV,

@@ -47,7 +47,7 @@ log = Logger()
 
 RESTART_ONLY = (
     "listen", "workers", "poolSize", "connectTimeout", "clientTimeout", "bodyTimeout",
-    "clientHeaderTimeout", "maxConnections",
+    "clientHeaderTimeout", "maxConnections", "httpParser",
     "maxBody", "bodyBudget", "shutdownGrace", "drainDelay", "metrics", "metricsDir",
     "logFormat", "demo", "demoPort",
 )

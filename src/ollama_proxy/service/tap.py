@@ -344,6 +344,7 @@ def makeProxySite(settings: Settings, ctx: ProxyContext, reactor: Any) -> ProxyS
         bodyTimeout=settings.bodyTimeout,
         headerTimeout=settings.clientHeaderTimeout,
         maxConnections=settings.maxConnections,
+        httpParser=settings.httpParser,
         metrics=ctx.metrics,
         budget=BodyBudget(settings.bodyBudget),
         origins=OriginPolicy(settings.corsOrigins),

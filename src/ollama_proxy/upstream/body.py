@@ -18,11 +18,18 @@ from typing import Any, Callable
 from weakref import WeakKeyDictionary, ref
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.iweb import IResponse
+from zope.interface import implementer
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.errors import (
@@ -31,7 +38,7 @@ from ollama_proxy.protocol.errors import (
     UpstreamTimeout,
 )
 from ollama_proxy.protocol.backend_reader import errorFromBody
-from ollama_proxy.protocol.sse import SSELineTooLong
+from ollama_proxy.protocol.stream import SSELineTooLong
 from ollama_proxy.upstream.failures import failureToError
 
 MAX_RESPONSE_BODY = 64 * 1024 * 1024
@@ -175,6 +182,33 @@ def endOfTurn(clock: IReactorTime) -> Callable[[Callable[[], None]], None]:
     return turn.add
 
 
+@implementer(IPushProducer)
+class _IdlePausingProducer:
+    """
+    The upstream transport as the consumer's producer, telling the
+    idle timer when the consumer pauses and resumes the stream, so a slow
+    consumer is never reported as a silent backend.
+    """
+
+    def __init__(
+        self, producer: IPushProducer, paused: Callable[[], None], resumed: Callable[[], None]
+    ) -> None:
+        self._producer = producer
+        self._paused = paused
+        self._resumed = resumed
+
+    def pauseProducing(self) -> None:
+        self._producer.pauseProducing()
+        self._paused()
+
+    def resumeProducing(self) -> None:
+        self._producer.resumeProducing()
+        self._resumed()
+
+    def stopProducing(self) -> None:
+        self._producer.stopProducing()
+
+
 class BodyReader(Protocol):
     """
     Read one upstream body to its end, one C{collector} call per socket read.
@@ -227,6 +261,7 @@ class BodyReader(Protocol):
         self._ended = False
         self._finished: Deferred[None] | None = None
         self.producer: IPushProducer | None = None
+        self.registered = False
 
     def makeConnection(self, transport: ITransport) -> None:
         """
@@ -320,16 +355,16 @@ class BodyReader(Protocol):
         ):
             self._idle = self._clock.callLater(self._idleTimeout, self._expire)
 
-    async def read(
-        self, response: IResponse, started: Callable[[IPushProducer], None] | None = None
-    ) -> None:
+    async def read(self, response: IResponse, consumer: IConsumer | None = None) -> None:
         """
         Read C{response}'s body to its end.
 
         @param response: the upstream response (unbuffered).
-        @param started: called with the upstream transport once the body is
-            being read, before any data is delivered (to register it as the
-            client's producer).
+        @param consumer: what the body is for (the client's request): once
+            the body is being read, before any data is delivered, the
+            upstream transport is registered on it as a streaming producer
+            that also pauses the idle timer while the consumer pauses it
+            (L{registered} says so; the caller unregisters it).
         @raise UpstreamError: if the connection broke or went idle; a
             L{StreamFailed} raised by the collector as it is.
         @raise CancelledError: if the caller was cancelled (or the client
@@ -340,8 +375,11 @@ class BodyReader(Protocol):
         else:
             d = self._finished = Deferred()
             response.deliverBody(self)
-        if started is not None and self.producer is not None:
-            started(self.producer)
+        if consumer is not None and self.producer is not None:
+            consumer.registerProducer(
+                _IdlePausingProducer(self.producer, self.pauseIdle, self.resumeIdle), True
+            )
+            self.registered = True
         clock, idleTimeout = self._clock, self._idleTimeout
         if idleTimeout is not None and clock is not None and not d.called:
             self._idle = clock.callLater(idleTimeout, self._expire)

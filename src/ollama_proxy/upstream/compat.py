@@ -268,3 +268,70 @@ def choosePool(missing: list[str]) -> type[HTTPConnectionPool]:
 
 ConnectionPool = choosePool(MISSING)
 """The pool the proxy uses: L{BatchingConnectionPool}, or Twisted's own."""
+
+
+# The server side (C{ollama_proxy.web.fastchannel}): a chunked request body
+# is decoded by twisted.web's own decoder, and a pull producer registered on
+# a request is driven by twisted.web's own adapter, exactly as
+# C{HTTPChannel} does, so that llhttp's channel accepts and refuses chunked
+# bodies as twisted.web does (C{tests.web.test_fastchannel}).
+
+from twisted.internet._producer_helpers import _PullToPush  # noqa: E402
+from twisted.web.http import _MalformedChunkedDataError  # noqa: E402
+from twisted.web.http_headers import Headers, _nameEncoder  # noqa: E402
+
+ChunkedRequestDecoder = _ChunkedTransferDecoder
+"""twisted.web's C{Transfer-Encoding: chunked} decoder:
+C{(dataCallback, finishCallback)}, C{dataReceived(bytes)}, raising
+L{MalformedChunkedData}."""
+
+MalformedChunkedData = _MalformedChunkedDataError
+"""What L{ChunkedRequestDecoder} raises for a malformed chunked body."""
+
+PullToPush = _PullToPush
+"""twisted.web's adapter that drives an C{IPullProducer} as a push
+producer: C{(producer, consumer)}, C{startStreaming()},
+C{stopStreaming()}."""
+
+
+def addRequestHeaders(headers: Headers, fields: list[tuple[bytes, bytes]]) -> None:
+    """
+    C{headers.addRawHeader(name, value)} for each field, without its
+    per-value check for CR and LF (llhttp has refused any) and its per-call
+    dispatch: the names are canonicalised by twisted.web's own encoder, the
+    values appended to C{Headers._rawHeaders} as C{addRawHeader} does.
+
+    @param headers: a request's (empty) C{requestHeaders}.
+    @param fields: C{(name, value)} as llhttp parsed them.
+    """
+    raw = headers._rawHeaders
+    encode = _nameEncoder.encode
+    for name, value in fields:
+        key = encode(name)
+        values = raw.get(key)
+        if values is None:
+            raw[key] = [value]
+        else:
+            values.append(value)
+
+
+def _serverMissing() -> list[str]:
+    """
+    @return: the private names the llhttp channel needs that the installed
+        Twisted lacks.
+    """
+    missing = [
+        f"_PullToPush.{name}"
+        for name in ("startStreaming", "stopStreaming", "pauseProducing", "resumeProducing")
+        if not hasattr(_PullToPush, name)
+    ]
+    if not isinstance(getattr(Headers(), "_rawHeaders", None), dict):
+        missing.append("Headers._rawHeaders")
+    if not callable(getattr(_nameEncoder, "encode", None)):
+        missing.append("_nameEncoder.encode")
+    return missing + [name for name in MISSING if name.startswith("_ChunkedTransferDecoder")]
+
+
+SERVER_MISSING = _serverMissing()
+"""The private names the llhttp channel needs that the installed Twisted
+lacks; with any missing, the site falls back to twisted.web's channel."""

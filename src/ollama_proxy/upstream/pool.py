@@ -19,7 +19,6 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import treq.client
-from hyperlink import EncodedURL
 from treq.cookies import IndexableCookieJar
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -199,50 +198,3 @@ NO_COOKIES = CookieJar()
 """An empty jar to pass as treq's C{cookies=}: without one, treq builds a
 new jar (a lock and a policy) for every request.  treq only reads it (it
 copies its cookies into the client's jar), so it stays empty."""
-
-
-class ReadyURL(EncodedURL):
-    """
-    An upstream URL parsed and converted to a URI once.
-
-    treq parses a C{str} URL with hyperlink and converts it to a URI
-    (IDNA-encoding the host) for every request; for the backend's own fixed
-    URLs that was about a tenth of a non-streamed request.  This is the same
-    hyperlink URL whose C{to_uri()} is itself and whose C{to_text()} is the
-    text computed once, so treq sends exactly the bytes it would have.
-    """
-
-    _texts: tuple[str, str] | None = None
-
-    @classmethod
-    def fromText(cls, url: str) -> "ReadyURL":
-        """
-        @param url: an absolute URL.
-        @return: it, ready for treq.
-        """
-        uri = EncodedURL.from_text(url).to_uri()
-        ready = cls(
-            scheme=uri.scheme, host=uri.host, path=uri.path, query=uri.query,
-            fragment=uri.fragment, port=uri.port, rooted=uri.rooted,
-            userinfo=uri.userinfo, uses_netloc=uri.uses_netloc,
-        )
-        ready._texts = (uri.to_text(), uri.to_text(with_password=True))
-        return ready
-
-    def to_uri(self) -> EncodedURL:
-        """
-        @return: this URL, already a URI (a derived copy converts anew).
-        """
-        if self._texts is None:
-            return super().to_uri()
-        return self
-
-    def to_text(self, with_password: bool = False) -> str:
-        """
-        @param with_password: include the password of the user info.
-        @return: the text computed once (a derived copy formats anew).
-        """
-        if self._texts is None:
-            return super().to_text(with_password)
-        return self._texts[1 if with_password else 0]
-

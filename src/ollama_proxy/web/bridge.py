@@ -205,7 +205,7 @@ class Exchange:
         """
         if not self.body.strip():
             raise BadRequest("missing request body")
-        chargeParse(chargeOf(self.request), self.body)
+        chargeParse(self.request, self.body)
         decoded = requireObject(codec.loadsRequest(self.body))
         if not keep:
             self.body = b""
@@ -313,6 +313,8 @@ class ProxyResource(Resource):
     """Whether a C{Content-Encoding} body is decoded before the handler
     runs (in bounded steps, charged to the body budget); a resource that
     relays bodies as they are (the fallback) sets it false."""
+    label: str | None = None
+    """A constant route label (a template's), read instead of L{routeLabel}."""
 
     def __init__(self, ctx: ProxyContext) -> None:
         super().__init__()
@@ -557,7 +559,7 @@ class ProxyResource(Resource):
             known = self.ctx.models.router.lookup(ex.guessed)
             if known is not None:
                 ex.modelLabel = ex.redactText(known.modelId)
-        logRequest(ex, self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
+        logRequest(ex, self.label or self.routeLabel(request), self.ctx.now(), self.ctx.metrics)
 
     def _fail(
         self, ex: Exchange, status: int, message: str, param: str | None = None

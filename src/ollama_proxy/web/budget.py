@@ -68,14 +68,17 @@ def parseCost(body: bytes | bytearray) -> int:
     return 2 * len(body) + PER_ITEM * structural
 
 
-def chargeParse(charge: Charge | None, body: bytes | bytearray) -> None:
+def chargeParse(request: Any, body: bytes | bytearray) -> None:
     """
-    Charge what parsing C{body} may hold (L{parseCost}) before it is parsed.
+    Charge what parsing C{body} may hold (L{parseCost}) before it is
+    parsed, to the request's charge (L{chargeOf}): one call from the
+    funnel, not one to find the charge and another to use it.
 
     @raise TooLarge: (413) if it could never fit, even in an idle budget:
         waiting would not help, so a 503 asking to retry would be a lie.
     @raise Busy: (503) if it does not fit now.
     """
+    charge = chargeOf(request)
     if charge is None:
         return
     cost = parseCost(body)

@@ -111,14 +111,16 @@ def countAnswer(metrics: Metrics | None, status: int) -> None:
         metrics.child(metrics.requests, SITE_ROUTE, "", str(status)).inc()
 
 
-class ProxyChannel(HTTPChannel):
+class HeaderDeadline:
     """
-    An C{HTTPChannel} with a deadline for each request's line and headers.
+    The deadline for each request's line and headers, and the JSON 400 for
+    a request that cannot be parsed: shared by L{ProxyChannel} (twisted.web's
+    parser) and L{ollama_proxy.web.fastchannel.FastChannel} (llhttp's).
 
     The deadline runs in the I{headers} phase: from C{connectionMade}, and
     from the first byte after a finished response (a pipelined request's
     bytes, buffered while the previous one was answered, count as arriving
-    when that answer ends).  C{allHeadersReceived} ends the phase.  When the
+    when that answer ends).  The end of the headers ends the phase.  When the
     deadline passes, nothing of this request has been answered, so a 408
     JSON error is written and the connection closed (aborted after
     C{abortTimeout} if the client does not read, as for the idle timer).
@@ -131,6 +133,65 @@ class ProxyChannel(HTTPChannel):
     _headerDeadline: IDelayedCall | None = None
     _betweenRequests = False
     _timedOut = False
+
+    def _answerBadRequest(self) -> None:
+        """
+        Answer a request that could not be parsed with a 400 JSON error and
+        close, instead of Twisted's bare status line.  The deadline is
+        dropped: this request is answered.
+        """
+        this: Any = self
+        self._cancelHeaderDeadline()
+        if this.transport is not None:
+            this.transport.write(errorResponse(400, b"Bad Request", "bad request"))
+        countAnswer(getattr(getattr(this, "site", None), "metrics", None), 400)
+        this.loseConnection()
+
+    def _armHeaderDeadline(self) -> None:
+        self._cancelHeaderDeadline()
+        if self.headerTimeout is not None:
+            callLater: Callable[..., IDelayedCall] = getattr(self, "callLater")
+            self._headerDeadline = callLater(self.headerTimeout, self._headerDeadlinePassed)
+
+    def _cancelHeaderDeadline(self) -> None:
+        if self._headerDeadline is not None and self._headerDeadline.active():
+            self._headerDeadline.cancel()
+        self._headerDeadline = None
+
+    def _headerDeadlinePassed(self) -> None:
+        """
+        Answer 408 and close: the request line and headers took too long.
+        """
+        this: Any = self
+        self._headerDeadline = None
+        if this.transport is None or getattr(this.transport, "disconnecting", False):
+            # Already closing (a 400 for a bad request line, the idle
+            # timer, a drain): nothing more is written.
+            return
+        self._timedOut = True
+        this.transport.write(
+            errorResponse(
+                408,
+                b"Request Timeout",
+                f"request headers not received within {self.headerTimeout:g} seconds",
+            )
+        )
+        log.info(
+            "client header deadline passed ({seconds:g} s): 408 to {peer}",
+            seconds=self.headerTimeout,
+            peer=str(this.transport.getPeer()),
+        )
+        countAnswer(getattr(getattr(this, "site", None), "metrics", None), 408)
+        # twisted.web's own idle-timeout path: close after the write is
+        # flushed, abort if the client never reads it.
+        this.timeoutConnection()
+
+
+class ProxyChannel(HeaderDeadline, HTTPChannel):
+    """
+    twisted.web's C{HTTPChannel} with the L{HeaderDeadline} (C{allHeadersReceived}
+    ends its phase) and the JSON 400 (C{--http-parser twisted}).
+    """
 
     def connectionMade(self) -> None:
         """
@@ -178,13 +239,8 @@ class ProxyChannel(HTTPChannel):
         Answer a request twisted.web could not parse (request line, header
         line over C{totalHeadersSize}, too many headers, bad chunking) with
         a 400 JSON error and close, instead of Twisted's bare status line.
-        The deadline is dropped: this request is answered.
         """
-        self._cancelHeaderDeadline()
-        if self.transport is not None:
-            self.transport.write(errorResponse(400, b"Bad Request", "bad request"))
-        countAnswer(getattr(getattr(self, "site", None), "metrics", None), 400)
-        self.loseConnection()
+        self._answerBadRequest()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """
@@ -192,44 +248,6 @@ class ProxyChannel(HTTPChannel):
         JSON (C{LineReceiver}'s default closes without a word).
         """
         self._respondToBadRequestAndDisconnect()
-
-    def _armHeaderDeadline(self) -> None:
-        self._cancelHeaderDeadline()
-        if self.headerTimeout is not None:
-            callLater: Callable[..., IDelayedCall] = self.callLater
-            self._headerDeadline = callLater(self.headerTimeout, self._headerDeadlinePassed)
-
-    def _cancelHeaderDeadline(self) -> None:
-        if self._headerDeadline is not None and self._headerDeadline.active():
-            self._headerDeadline.cancel()
-        self._headerDeadline = None
-
-    def _headerDeadlinePassed(self) -> None:
-        """
-        Answer 408 and close: the request line and headers took too long.
-        """
-        self._headerDeadline = None
-        if self.transport is None or getattr(self.transport, "disconnecting", False):
-            # Already closing (a 400 for a bad request line, the idle
-            # timer, a drain): nothing more is written.
-            return
-        self._timedOut = True
-        self.transport.write(
-            errorResponse(
-                408,
-                b"Request Timeout",
-                f"request headers not received within {self.headerTimeout:g} seconds",
-            )
-        )
-        log.info(
-            "client header deadline passed ({seconds:g} s): 408 to {peer}",
-            seconds=self.headerTimeout,
-            peer=str(self.transport.getPeer()),
-        )
-        countAnswer(getattr(getattr(self, "site", None), "metrics", None), 408)
-        # twisted.web's own idle-timeout path: close after the write is
-        # flushed, abort if the client never reads it.
-        self.timeoutConnection()
 
 
 class BusyRefusal(Protocol):

@@ -109,9 +109,7 @@ async def generate(
     route, response = await send(ctx, ex, route, lambda member: member.backend.postChat(
         upstreamBody(ctx, member, chatBody(request, member.modelId, member.backend.flavor), ex)
     ))
-    unique = uniqueToolIds(dialect, request)
-    if encoder is not None:
-        unique.adopt(encoder)
+    unique = uniqueToolIds(dialect, request, encoder=encoder)
     return await answer(
         ctx, ex, route.backend, response, unique, request.stream,
         ReadOptions(dropThinking=request.think is False), encoder,

@@ -15,7 +15,7 @@ from twisted.internet.task import Cooperator
 
 from ollama_proxy.protocol.clock import Clock, wallClock
 from ollama_proxy.protocol.redact import Redactor
-from ollama_proxy.protocol.sse import DEFAULT_MAX_LINE_LENGTH
+from ollama_proxy.protocol.stream import DEFAULT_MAX_LINE_LENGTH
 from ollama_proxy.upstream.backend import HTTPClient
 from ollama_proxy.upstream.directory import ModelDirectory
 from ollama_proxy.web.budget import cooperator

@@ -28,7 +28,8 @@ becomes the dialect's mid-stream error instead of an HTTP status.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import re
+from typing import Any, Mapping, Sequence
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -41,7 +42,7 @@ from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.blocks import BlockEncoder
 from ollama_proxy.protocol.errors import NotFound
 from ollama_proxy.protocol.backends import NO_OVERRIDE
-from ollama_proxy.protocol.dialect import (DONE, Answer, Generation, RouteDialect, RouteTemplate,
+from ollama_proxy.protocol.dialect import (DONE, Answer, Generation, RouteDialect,
                                            Template)
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.bridge import DEBUG_EXCERPT, Exchange, ProxyResource, errorAnswer
@@ -193,6 +194,63 @@ class NotServed(ProxyResource):
         return errorAnswer(request, self.errors, 404, f"{path} is not served by this proxy")
 
 
+class RouteTemplate:
+    """
+    A route's path with parameters (C{/v1beta/models/{model}:{method}}):
+    the fixed segments it is mounted at, and the rest matched against the
+    request's remaining path.  The template itself, not the path, is the
+    route's label in logs and metrics, so a URL-borne model never becomes a
+    label value.
+
+    @ivar template: the template as written.
+    @ivar label: the template, the route's label.
+    @ivar prefix: the fixed segments before the first parameter.
+    """
+
+    _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+    def __init__(self, template: str) -> None:
+        if not template.startswith("/"):
+            raise ValueError(f"route template {template!r} must start with /")
+        self.template = template
+        self.label = template
+        segments = template.strip("/").split("/")
+        fixed: list[str] = []
+        for segment in segments:
+            if "{" in segment:
+                break
+            fixed.append(segment)
+        self.prefix = tuple(fixed)
+        rest = "/".join(segments[len(fixed):])
+        pattern, at = [], 0
+        for found in self._PARAM.finditer(rest):
+            pattern.append(re.escape(rest[at:found.start()]))
+            # A parameter is within one path segment, never empty; greedy,
+            # so that in {model}:{method} a model named qwen3:8b keeps its
+            # colon and the method is what follows the last one.
+            pattern.append(f"(?P<{found.group(1)}>[^/]+)")
+            at = found.end()
+        pattern.append(re.escape(rest[at:]))
+        self._rest = re.compile("".join(pattern)) if rest else None
+
+    @property
+    def parameters(self) -> bool:
+        """
+        Whether the template has parameters (paths below its prefix).
+        """
+        return self._rest is not None
+
+    def match(self, rest: Sequence[str]) -> dict[str, str] | None:
+        """
+        @param rest: the request's decoded path segments after L{prefix}.
+        @return: the parameters, or C{None} if the path is not this route.
+        """
+        if self._rest is None:
+            return {} if not rest else None
+        found = self._rest.fullmatch("/".join(rest))
+        return found.groupdict() if found is not None else None
+
+
 class GenerationResource(ProxyResource):
     """
     C{POST} at a route template, in a L{RouteDialect}: whole or streamed,
@@ -216,6 +274,7 @@ class GenerationResource(ProxyResource):
         self.dialect = dialect
         self.template = RouteTemplate(template) if isinstance(template, str) else template
         self.errors = dialect.errors
+        self.label = self.template.label
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         """

@@ -21,7 +21,7 @@ error kinds.
 With C{--workers}, every process writes its values to files in one shared
 directory (C{prometheus_client}'s multiprocess mode, L{shareAcrossProcesses})
 and a scrape, whichever process answers it, renders the sum of all of them
-(L{Metrics.render} through C{MultiProcessCollector}).  The library chooses
+(L{Metrics.render} through L{SharedFilesCollector}).  The library chooses
 its value store from C{PROMETHEUS_MULTIPROC_DIR} when it is imported; the
 parent process learns it runs workers only after that, so the switch sets
 the variable (the workers inherit it) and the store for this process.
@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, valu
 from prometheus_client.metrics_core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0)
@@ -100,6 +101,50 @@ def processGone(directory: str, pid: int) -> None:
     @param pid: the worker's process id.
     """
     mark_process_dead(pid, directory)
+
+
+class SharedFilesCollector(Collector):
+    """
+    C{MultiProcessCollector}'s sum over every worker's value files, minus
+    the files a worker is creating at this moment.
+
+    C{prometheus_client} creates a value file (C{MmapedDict}) in two
+    steps: C{open} (empty) then C{truncate} to its size, and a worker does
+    so whenever it records its first value of a kind (its first request
+    counts, its first latency).  The library's collector reads every file
+    the directory lists and fails on an empty one (C{struct.error}), so a
+    scrape or status page answered by another worker in that instant was a
+    500.  A file shorter than its 8-byte header holds no value yet and is
+    left out of this scrape; value files only grow, so one this check
+    passes cannot turn unreadable later.  A file that vanishes between the
+    listing and the check (a live gauge of a worker that left, removed by
+    L{processGone}) is left out too; between the check and the read the
+    library itself skips it.
+    """
+
+    HEADER = 8
+    """Bytes before a value file's first entry (its used size, padding)."""
+
+    def __init__(self, directory: str) -> None:
+        """
+        @param directory: the shared directory of L{shareAcrossProcesses}.
+        """
+        self.directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        """
+        @return: the families summed over every worker's initialised files.
+        """
+        ready = []
+        for path in glob.glob(os.path.join(self.directory, "*.db")):
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                continue
+            if size >= self.HEADER:
+                ready.append(path)
+        families: Iterable[Metric] = MultiProcessCollector.merge(ready, accumulate=True)
+        return families
 
 
 class Metrics:
@@ -215,11 +260,7 @@ class Metrics:
 
         @return: the families.
         """
-        registry = self.registry
-        if self.shared is not None:
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, self.shared)
-        return registry.collect()
+        return self._scraped().collect()
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """
@@ -230,11 +271,18 @@ class Metrics:
         @return: the body and its content type.
         """
         encoder, contentType = choose_encoder(accept or "")
-        registry = self.registry
-        if self.shared is not None:
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, self.shared)
-        return encoder(registry), contentType
+        return encoder(self._scraped()), contentType
+
+    def _scraped(self) -> CollectorRegistry:
+        """
+        @return: the registry a scrape reads: this process's own, or with
+            workers one holding a L{SharedFilesCollector} over them all.
+        """
+        if self.shared is None:
+            return self.registry
+        registry = CollectorRegistry()
+        registry.register(SharedFilesCollector(self.shared))
+        return registry
 
 
 @attrs.frozen

@@ -21,7 +21,7 @@ from ollama_proxy.protocol.target import QUERY_SAFE, checkPath, reencode
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.bridge import Exchange, ProxyResource
-from ollama_proxy.web.budget import chargeOf, chargeParse
+from ollama_proxy.web.budget import chargeParse
 from ollama_proxy.web.fleet import send
 from ollama_proxy.web.context import ProxyContext
 from ollama_proxy.web.observe import streaming
@@ -135,7 +135,7 @@ class Passthrough(ProxyResource):
         postpath = [p.decode("utf-8", "surrogateescape") for p in request.postpath or []]
         path = segmentPath([*self.path.split("/"), *postpath])
         if body:
-            chargeParse(chargeOf(ex.request), body)
+            chargeParse(ex.request, body)
             # Not JSON: relayed as it is, the backend answers it.  JSON
             # nested too deep: a 400 here, as on every route.
             try:

@@ -27,33 +27,6 @@ from ollama_proxy.upstream.body import BodyReader, readBody
 from ollama_proxy.web.bridge import Exchange
 
 
-@implementer(IPushProducer)
-class _IdlePausingProducer:
-    """
-    The upstream transport as the client request's producer, telling the
-    idle timer when the client pauses and resumes the stream, so a slow
-    client is never reported as a silent backend.
-    """
-
-    def __init__(
-        self, producer: IPushProducer, paused: Callable[[], None], resumed: Callable[[], None]
-    ) -> None:
-        self._producer = producer
-        self._paused = paused
-        self._resumed = resumed
-
-    def pauseProducing(self) -> None:
-        self._producer.pauseProducing()
-        self._paused()
-
-    def resumeProducing(self) -> None:
-        self._producer.resumeProducing()
-        self._resumed()
-
-    def stopProducing(self) -> None:
-        self._producer.stopProducing()
-
-
 CLIENT_ONLY = frozenset({b"authorization", b"x-api-key", b"accept-encoding"})
 """Client headers that concern the proxy alone: the client's key for the
 proxy (either spelling L{ollama_proxy.web.auth.presentedKey} accepts) and the
@@ -184,22 +157,14 @@ async def relayBody(
         written).
     """
     reader = BodyReader(collector, clock, idleTimeout, isGone=lambda: ex.client.gone)
-    registered = False
-
-    def started(producer: IPushProducer) -> None:
-        nonlocal registered
-        if not ex.client.gone:
-            ex.request.registerProducer(
-                _IdlePausingProducer(producer, reader.pauseIdle, reader.resumeIdle), True
-            )
-            registered = True
-
     try:
-        await reader.read(response, started)
+        # The reader registers the upstream transport itself, before any
+        # data is delivered (no call back into this module per stream).
+        await reader.read(response, None if ex.client.gone else ex.request)
     except StreamFailed as e:
         if e.output:
             ex.write(e.output)
         raise
     finally:
-        if registered and not ex.client.gone:
+        if reader.registered and not ex.client.gone:
             ex.request.unregisterProducer()

@@ -30,6 +30,7 @@ from twisted.web.server import Request, Site
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.target import checkTarget, dialectOf, errorObject, parseAuthority
+from ollama_proxy.upstream.compat import SERVER_MISSING
 from ollama_proxy.web.budget import CHARGE, RETRY_AFTER, BodyBudget
 from ollama_proxy.web.channel import (
     DEFAULT_HEADER_TIMEOUT,
@@ -41,6 +42,7 @@ from ollama_proxy.web.channel import (
 from ollama_proxy.web.cors import HostPolicy, OriginPolicy, corsHeaders
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.context import DEFAULT_MAX_BODY
+from ollama_proxy.web.fastchannel import AVAILABLE, FastChannel
 from ollama_proxy.web.observe import logAnswer
 
 
@@ -499,6 +501,7 @@ def makeSite(
     budget: BodyBudget | None = None,
     headerTimeout: float | None = DEFAULT_HEADER_TIMEOUT,
     maxConnections: int | None = None,
+    httpParser: str = "httptools",
 ) -> ProxySite:
     """
     Build the site for the proxy.
@@ -518,6 +521,10 @@ def makeSite(
     @param headerTimeout: seconds for a request line and its headers
         (L{ProxyChannel}), or C{None} for no deadline.
     @param maxConnections: open client connections at once, or C{None}.
+    @param httpParser: C{"httptools"} for L{FastChannel} (llhttp), or
+        C{"twisted"} for L{ProxyChannel} (twisted.web's parser); the first
+        falls back to the second when the installed Twisted lacks what it
+        borrows (L{ollama_proxy.web.fastchannel.AVAILABLE}).
     @return: the site.
     """
     requestFactory = type(
@@ -528,7 +535,30 @@ def makeSite(
     site = ProxySite(root, requestFactory=requestFactory, timeout=timeout, reactor=reactor)
     site.metrics, site.origins, site.hosts = metrics, origins, hosts
     site.maxConnections = maxConnections
+    channel = channelClass(httpParser)
     site.protocol = type(  # type: ignore[assignment]
-        "ProxyChannel", (ProxyChannel,), {"headerTimeout": headerTimeout}
+        channel.__name__, (channel,), {"headerTimeout": headerTimeout}
     )
     return site
+
+
+HTTP_PARSERS = ("httptools", "twisted")
+"""The values of C{--http-parser}."""
+
+
+def channelClass(httpParser: str) -> type[FastChannel] | type[ProxyChannel]:
+    """
+    @param httpParser: one of L{HTTP_PARSERS}.
+    @return: the server channel class it names.
+    """
+    if httpParser not in HTTP_PARSERS:
+        raise ValueError(f"unknown HTTP parser {httpParser!r}; expected one of {HTTP_PARSERS}")
+    if httpParser == "httptools":
+        if AVAILABLE:
+            return FastChannel
+        _log.warn(
+            "--http-parser httptools: this Twisted release lacks {missing}; "
+            "using twisted.web's parser",
+            missing=", ".join(SERVER_MISSING),
+        )
+    return ProxyChannel

@@ -1,0 +1,488 @@
+# -*- test-case-name: tests.web.test_fastchannel -*-
+"""
+The server channel on llhttp (C{--http-parser httptools}, the default): the
+same twisted.web C{Request}s for the same bytes, parsed in C.
+
+twisted.web's C{HTTPChannel} reads a request head line by line in Python
+(C{LineReceiver} splits, then per line a split, strip, name check and
+C{Headers} call): about 15 function calls per header and the larger part
+of a bare request's parsing cost.  L{FastChannel} hands each head to
+L{ollama_proxy.protocol.llhttp.RequestHeadParser} (one C pass over the
+header section, checked to accept and refuse what twisted.web does) and
+does everything after the head as C{HTTPChannel} does, in the same order:
+
+  - one request at a time: bytes that arrive while a request is being
+    answered are buffered (the transport is paused beyond 16 KiB, twisted.web's
+    C{_optimisticEagerReadSize}) and parsed when its response is finished,
+    so pipelined requests are answered in order;
+  - C{Content-Length} bodies are counted here, chunked bodies decoded by
+    twisted.web's own decoder (L{ollama_proxy.upstream.compat}), both
+    through C{Request.gotLength} / C{handleContentChunk} (so
+    L{ollama_proxy.web.site.LimitedRequest}'s 413, C{--body-timeout} and
+    C{--body-budget} apply unchanged);
+  - persistence (C{Connection: close}, HTTP/1.0), C{Expect: 100-continue},
+    the idle timer (C{timeOut}, suspended while a request is answered) and
+    C{abortTimeout}, producer/consumer in both directions (a client that
+    does not read pauses the request's producer, i.e. the upstream read),
+    and C{connectionLost} reaching every request (C{notifyFinish} errbacks,
+    which cancel the upstream call);
+  - the L{HeaderDeadline} and the JSON 400 of L{ProxyChannel}.
+
+C{tests.web.test_fastchannel} feeds this channel and L{ProxyChannel} the
+same byte streams at random splits (hypothesis) and compares what reaches
+the resource and what is answered; the existing channel and site tests run
+on both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from twisted.internet.interfaces import (
+    IConsumer,
+    IPushProducer,
+    ISSLTransport,
+    ITCPTransport,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from twisted.web.iweb import INonQueuedRequestFactory
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from ollama_proxy.protocol.llhttp import BadRequest, RequestHead, RequestHeadParser
+from ollama_proxy.upstream.compat import (
+    SERVER_MISSING,
+    ChunkedRequestDecoder,
+    MalformedChunkedData,
+    PullToPush,
+    addRequestHeaders,
+)
+from ollama_proxy.web.channel import HeaderDeadline
+
+AVAILABLE = not SERVER_MISSING
+"""Whether the Twisted release has what L{FastChannel} borrows; if not, the
+site uses L{ollama_proxy.web.channel.ProxyChannel}."""
+
+EAGER_READ = 0x4000
+"""Bytes buffered while a request is answered before the transport is
+paused (twisted.web's C{HTTPChannel._optimisticEagerReadSize})."""
+
+
+@implementer(IPushProducer)
+class _NoPushProducer:
+    """
+    The transport's producer side when it has none (as twisted.web's).
+    """
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(ITransport, IPushProducer, IConsumer)
+class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
+    """
+    An HTTP/1.1 server channel that parses heads with llhttp and hands
+    twisted.web C{Request}s to the site.
+
+    Attributes set by the site (as for C{HTTPChannel}): C{site},
+    C{requestFactory}, C{factory}, C{timeOut}, C{callLater},
+    C{headerTimeout}.
+
+    @ivar requests: the requests received and not yet finished (at most
+        one: the next is parsed only when it is finished).
+    @ivar persistent: whether the connection stays open after the current
+        response (C{Connection: close} and HTTP/1.0 clear it, as may the
+        site).
+    """
+
+    requestFactory: Any = Request
+    site: Any = None
+    factory: Any = None
+    abortTimeout: float | None = 15
+    persistent = True
+    length: int | None = 0
+
+    _log = Logger()
+    _savedTimeOut: float | None = None
+    _abortingCall: Any = None
+    _requestProducer: Any = None
+    _requestProducerStreaming: bool | None = None
+    _waitingForTransport = False
+    _handlingRequest = False
+    _busy = False
+    _nonQueued: bool | None = None
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self._dataBuffer: list[bytes] = []
+        self._input = b""
+        self._parser = RequestHeadParser()
+        self._head: RequestHead | None = None
+        self._remaining = 0
+        self._chunked: Any = None
+        self._networkProducer: Any = _NoPushProducer()
+
+    # The connection.
+
+    def connectionMade(self) -> None:
+        """
+        As twisted.web: no Nagle delay, the idle timer, this channel as the
+        transport's producer; and the first request's header deadline.
+        """
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
+        self.setTimeout(self.timeOut)
+        self._networkProducer = IPushProducer(self.transport, _NoPushProducer())
+        self._networkProducer.registerProducer(self, True)
+        self._armHeaderDeadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Parse what can be parsed now; buffer what arrives while a request
+        is answered; drop anything after a 408 or once closing.
+        """
+        if self._timedOut:
+            return
+        self.resetTimeout()
+        if self._handlingRequest:
+            self._hold(data)
+            return
+        if self._busy:
+            # Replayed by requestDone while this read is being parsed.
+            self._input += data
+            return
+        self._busy = True
+        try:
+            self._input = self._input + data if self._input else data
+            self._consume()
+        finally:
+            self._busy = False
+
+    def _hold(self, data: bytes) -> None:
+        """
+        Keep bytes for after the current response; beyond L{EAGER_READ},
+        stop reading the client until then (twisted.web's back-pressure on
+        a client that pipelines without reading).
+        """
+        self._dataBuffer.append(data)
+        if (sum(map(len, self._dataBuffer)) > EAGER_READ
+                and not self._waitingForTransport):
+            self._networkProducer.pauseProducing()
+
+    def _closing(self) -> bool:
+        return self.transport is None or bool(getattr(self.transport, "disconnecting", False))
+
+    def _consume(self) -> None:
+        """
+        Parse heads and bodies from C{_input} until it is empty, a request
+        is being answered, or the connection is closing.
+        """
+        while self._input and not self._handlingRequest:
+            if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
+                self._input = b""
+                return
+            if self._head is None:
+                if not self.persistent:
+                    # twisted.web drops what follows a last request.
+                    self._input = b""
+                    return
+                # The next request's first byte starts its header deadline;
+                # a head that is complete in this same read is never timed
+                # (no time passes within it), so the timer is only armed
+                # for a head still incomplete: a keep-alive request in one
+                # read costs no timer at all.
+                starting, self._betweenRequests = self._betweenRequests, False
+                data, self._input = self._input, b""
+                try:
+                    parsed = self._parser.feed(data)
+                except BadRequest:
+                    self._respondToBadRequestAndDisconnect()
+                    return
+                if parsed is None:
+                    if starting:
+                        self._armHeaderDeadline()
+                    return
+                head, rest = parsed
+                self._input = rest + self._input if self._input else rest
+                self._startRequest(head)
+            elif self._chunked is not None:
+                data, self._input = self._input, b""
+                try:
+                    self._chunked.dataReceived(data)
+                except MalformedChunkedData:
+                    self._respondToBadRequestAndDisconnect()
+                    return
+            else:
+                self._bodyReceived()
+        if self._input:
+            # A request is being answered: what follows waits for it
+            # (unless the answer already closed the connection).
+            data, self._input = self._input, b""
+            if not self._closing():
+                self._hold(data)
+
+    def _startRequest(self, head: RequestHead) -> None:
+        """
+        Build the request from its head, as twisted.web does at the end of
+        the headers; a body-less request is handed to the site at once.
+        """
+        self._head = head
+        factory = self.requestFactory
+        if self._nonQueued is None:
+            self._nonQueued = INonQueuedRequestFactory.providedBy(factory)
+        request = factory(self) if self._nonQueued else factory(self, len(self.requests))
+        self.requests.append(request)
+        addRequestHeaders(request.requestHeaders, head.headers)
+        self.length = head.length
+        if head.length is None:
+            self._chunked = ChunkedRequestDecoder(request.handleContentChunk, self._chunkedDone)
+        else:
+            self._remaining = head.length
+        self.allHeadersReceived()
+        if head.length == 0 and not self._closing():
+            self._allContentReceived()
+
+    def _bodyReceived(self) -> None:
+        """
+        The next bytes of a C{Content-Length} body.
+        """
+        data = self._input
+        request = self.requests[-1]
+        if len(data) < self._remaining:
+            self._remaining -= len(data)
+            self._input = b""
+            request.handleContentChunk(data)
+            return
+        remaining, self._remaining = self._remaining, 0
+        self._input = data[remaining:]
+        request.handleContentChunk(data[:remaining] if len(data) > remaining else data)
+        self._allContentReceived()
+
+    def _chunkedDone(self, rest: bytes) -> None:
+        """
+        The terminal chunk and trailers are in: C{rest} is the next
+        request's.
+        """
+        self._chunked = None
+        self._input = rest + self._input if self._input else rest
+        self._allContentReceived()
+
+    def allHeadersReceived(self) -> None:
+        """
+        twisted.web's end of the headers: cookies, persistence, the body
+        length (where the site refuses an oversized one), C{Expect:
+        100-continue}; the header deadline is over.
+        """
+        self._cancelHeaderDeadline()
+        request = self.requests[-1]
+        head = self._head
+        assert head is not None
+        request.parseCookies()
+        self.persistent = self.checkPersistence(request, head.version)
+        request.gotLength(self.length)
+        expect = request.requestHeaders.getRawHeaders(b"Expect")
+        if expect and expect[0].lower() == b"100-continue" and head.version == b"HTTP/1.1":
+            self._send100Continue()
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        """
+        twisted.web's rule: HTTP/1.1 without C{Connection: close} stays open.
+        """
+        connection = request.requestHeaders.getRawHeaders(b"Connection")
+        tokens = [t.lower() for t in connection[0].split(b" ")] if connection else []
+        if version == b"HTTP/1.1":
+            if b"close" in tokens:
+                request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+                return False
+            return True
+        return False
+
+    def _allContentReceived(self) -> None:
+        """
+        Hand the complete request to the site, with the idle timer
+        suspended until its response is finished.
+        """
+        head = self._head
+        assert head is not None
+        self._head = None
+        self.length = 0
+        self._remaining = 0
+        self._chunked = None
+        self._parser.reset()
+        if self.timeOut:
+            self._savedTimeOut = self.setTimeout(None)
+        self._handlingRequest = True
+        self.requests[-1].requestReceived(head.method, head.target, head.version)
+
+    def requestDone(self, request: Any) -> None:
+        """
+        The first request's response is finished: parse what was buffered
+        behind it, or close if it was the last.
+        """
+        if request != self.requests[0]:
+            raise TypeError
+        del self.requests[0]
+        self._betweenRequests = True
+        if not self._waitingForTransport:
+            self._networkProducer.resumeProducing()
+        if self.persistent:
+            self._handlingRequest = False
+            if self._savedTimeOut:
+                self.setTimeout(self._savedTimeOut)
+            data = b"".join(self._dataBuffer)
+            self._dataBuffer = []
+            if data:
+                self.dataReceived(data)
+        else:
+            self.loseConnection()
+
+    def timeoutConnection(self) -> None:
+        """
+        The idle timer (or the header deadline) fired: close, and abort
+        after C{abortTimeout} if the client does not read.
+        """
+        assert self.transport is not None
+        self._log.info("Timing out client: {peer}", peer=str(self.transport.getPeer()))
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
+    def forceAbortClient(self) -> None:
+        """
+        C{abortTimeout} passed after a timeout and the connection is still
+        open.
+        """
+        assert self.transport is not None
+        self._log.info("Forcibly timing out client: {peer}", peer=str(self.transport.getPeer()))
+        self._abortingCall = None
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Every request still open learns it (C{notifyFinish} errbacks, which
+        cancel their upstream calls); timers go with the connection.
+        """
+        self._cancelHeaderDeadline()
+        self.setTimeout(None)
+        for request in self.requests:
+            request.connectionLost(reason)
+        if self._abortingCall is not None:
+            self._abortingCall.cancel()
+            self._abortingCall = None
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """
+        A head or chunked body that cannot be accepted: the JSON 400
+        (the name is twisted.web's, which C{Request} may call).
+        """
+        self._answerBadRequest()
+
+    def _send100Continue(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    # What a Request uses of its channel.
+
+    def isSecure(self) -> bool:
+        return ISSLTransport(self.transport, None) is not None
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """
+        Write a response head (C{headers} is a C{Headers}).
+        """
+        sequence = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                sequence.extend((name, b": ", value, b"\r\n"))
+        sequence.append(b"\r\n")
+        assert self.transport is not None
+        self.transport.writeSequence(sequence)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        assert self.transport is not None
+        self.transport.writeSequence(iovec)
+
+    def getPeer(self) -> Any:
+        assert self.transport is not None
+        return self.transport.getPeer()
+
+    def getHost(self) -> Any:
+        assert self.transport is not None
+        return self.transport.getHost()
+
+    def loseConnection(self) -> None:
+        """
+        Close after what is written is sent.
+        """
+        self._networkProducer.unregisterProducer()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # Producer and consumer, as twisted.web's.
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """
+        A request's producer (the upstream body): paused and resumed with
+        the client's transport.
+        """
+        if self._requestProducer is not None:
+            raise RuntimeError(
+                f"Cannot register producer {producer}, because producer "
+                f"{self._requestProducer} was never unregistered."
+            )
+        if not streaming:
+            producer = PullToPush(producer, self)
+        self._requestProducer = producer
+        self._requestProducerStreaming = streaming
+        if not streaming:
+            producer.startStreaming()
+
+    def unregisterProducer(self) -> None:
+        if self._requestProducer is None:
+            return
+        if not self._requestProducerStreaming:
+            self._requestProducer.stopStreaming()
+        self._requestProducer = None
+        self._requestProducerStreaming = None
+
+    def stopProducing(self) -> None:
+        if self._requestProducer is not None:
+            self._requestProducer.stopProducing()
+
+    def pauseProducing(self) -> None:
+        """
+        The client's send buffer is full: pause the request's producer,
+        and stop reading the client unless a request is being answered.
+        """
+        self._waitingForTransport = True
+        if self._requestProducer is not None:
+            self._requestProducer.pauseProducing()
+        if not self._handlingRequest:
+            self._networkProducer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._waitingForTransport = False
+        if self._requestProducer is not None:
+            self._requestProducer.resumeProducing()
+        if not self._handlingRequest:
+            self._networkProducer.resumeProducing()
