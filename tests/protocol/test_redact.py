@@ -281,3 +281,4 @@ class PrefixTests(SynchronousTestCase):
             out = events.feed([Delta(text[:cut])]) + events.feed([Delta(text[cut:])]) + events.end()
             joined = "".join(e.content for e in out if isinstance(e, Delta))
             self.assertEqual(joined, f"bad key {REDACTED}****cdef", cut)
+

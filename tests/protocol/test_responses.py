@@ -285,6 +285,13 @@ class SplicedTextTests(SynchronousTestCase):
         completed = byName["response.completed"]["response"]
         self.assertEqual(completed["output"], whole["output"])
         self.assertEqual(completed, {**whole, "id": completed["id"]})
+        # A client's text that looks like a hole of another stream (its
+        # nonce is not this stream's) is echoed as it was.
+        forged = "\x000123456789abcdef:0\x00"
+        echoing = ResponsesDialect(context(instructions=forged), counterIds())
+        done = events(echoing.streamEncoder("m", T0).whole(reply, T0))
+        self.assertEqual(done[-1][1]["response"]["instructions"], forged)
+        self.assertEqual(done[-1][1]["response"]["output"], whole["output"])
         # A stream that fails after every item closed (the Finish never
         # came): response.failed carries the same items.
         failing = ResponsesDialect(context(), counterIds()).streamEncoder("m", T0)

@@ -5,6 +5,10 @@ every split of the input; what a read that fails part-way still delivers.
 
 from __future__ import annotations
 
+import re
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -14,6 +18,14 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.clock import formatTimestamp
 from ollama_proxy.protocol.errors import UpstreamError
 from ollama_proxy.protocol.events import StreamFailed
+from ollama_proxy.protocol.anthropic import AnthropicDialect
+from ollama_proxy.protocol.backend_reader import ChatStreamReader
+from ollama_proxy.protocol.dialect import Encoder
+from ollama_proxy.protocol.gemini import GeminiDialect
+from ollama_proxy.protocol.ollama import NDJSONEncoder
+from ollama_proxy.protocol.redact import PREFIX, Redactor
+from ollama_proxy.protocol.responses import ResponsesDialect
+from ollama_proxy.protocol.responses_request import ResponsesContext
 from ollama_proxy.protocol.stream import SSEDecoder, SSELineTooLong, TranslatedStream
 from ollama_proxy.web.bridge import ClientState, Exchange
 from ollama_proxy.web.relay import relayBody
@@ -299,3 +311,168 @@ class FramingTests(SynchronousTestCase):
         """
         payload = b"x" * 200_000
         self.assertEqual(decodeInPieces([b"data: " + payload[:70_000], payload[70_000:] + b"\n\n"]), [payload])
+
+
+# The outbound byte filter's skip (issue 23): a read the event redactor
+# certified is one the byte filter would not change.
+
+PIECES = ["sk-", "secret", "key", "123456", "2025", "06-15", "content", "text_delta", "assistant",
+          "model", "m-x", "msg_", "output_text", "data: ", "index", "ab", "é", ":", ",", "-",
+          "{", "}", "Z", "T", ".", '"', "\\", "\n", "\x01", "u0073", "0", "vapi-key1", "ab", "he"]
+TRICKY = ["123456", "2025-06-15", "15:06:40.1", ":0,", "0,\"item", '"},"done"', '"text":"he',
+          "nvapi-key1", "u0001ab", "u0073k-x", "text_delta", "output_text", "assistant", "m-x-key",
+          "sk-bench-secret-key", "n\\x"]
+"""Secrets that only the framing, a number, a timestamp, a JSON quote or an
+escape can complete."""
+pieces = st.sampled_from(PIECES)
+words = st.lists(pieces, min_size=1, max_size=4).map("".join)
+texts = st.one_of(words, st.text(max_size=6), st.just(" w"), st.just("hello there"),
+                  st.sampled_from(["\nvapi-key1", "\x01ab", "\ttext_delta", '"},"done"']))
+thinking = st.one_of(st.just(""), st.just(""), st.just(""), texts)
+
+
+def dialectEncoder(name: str, model: str) -> Encoder:
+    """
+    @return: a fresh stream encoder of the dialect C{name}.
+    """
+    if name == "ollama":
+        return NDJSONEncoder(model, "chat", T0, constant)
+    if name == "generate":
+        return NDJSONEncoder(model, "generate", T0, constant)
+    if name == "anthropic":
+        return AnthropicDialect(5).streamEncoder(model, T0)
+    if name == "responses":
+        return ResponsesDialect(ResponsesContext({"tools": []})).streamEncoder(model, T0)
+    return GeminiDialect("r", 5, True).streamEncoder(model, T0)
+
+
+IDS = re.compile(rb"(msg|resp)_[0-9a-f]+")
+"""The random ids of a stream, the same in two runs once replaced."""
+
+DIALECTS = ["ollama", "generate", "anthropic", "responses", "gemini"]
+
+
+def sseDeltas(deltas: list[tuple[str, str]]) -> bytes:
+    """
+    @return: the backend's SSE for C{(content, reasoning)} deltas and the end.
+    """
+    events = [
+        {"choices": [{"index": 0, "delta": {"content": content, "reasoning_content": thinking}}]}
+        if thinking else {"choices": [{"index": 0, "delta": {"content": content}}]}
+        for content, thinking in deltas
+    ]
+    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    return b"".join(b"data: " + codec.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+FIRST = len(sseDeltas([("a", "")]).split(b"\n\n")[0]) + 2
+"""The length of the first delta's event: a read boundary after it."""
+
+
+def filtered(name: str, model: str, secrets: list[str], reads: list[bytes]) -> tuple[bytes, int]:
+    """
+    Run a stream as the web layer does: every read through the event
+    redactor, its output through the outbound byte filter unless the
+    pipeline certified it (and the filter holds nothing back).  Fails if a
+    certified read is one the byte filter would have changed.
+
+    @return: what the client received, and how many reads skipped the filter.
+    """
+    redactor = Redactor(secrets)
+    pipeline = TranslatedStream(ChatStreamReader(constant), dialectEncoder(name, model),
+                                redactor=redactor.events())
+    outbound = redactor.stream()
+    assert outbound is not None
+    sent, skipped = [], 0
+    for read in reads:
+        out = pipeline.feed(read)
+        if pipeline.redacted and not outbound.holding:
+            skipped += 1
+            checked = outbound.feed(out)
+            if checked != out or outbound.holding:
+                raise AssertionError(f"certified {out!r}, the filter makes {checked!r}")
+            sent.append(out)
+        else:
+            sent.append(outbound.feed(out))
+    sent.append(outbound.feed(pipeline.end()))
+    sent.append(outbound.end())
+    return b"".join(sent), skipped
+
+
+class CertifiedTests(SynchronousTestCase):
+    """
+    L{TranslatedStream.redacted}: the reads whose output the web layer
+    writes past the outbound byte filter are exactly ones the filter would
+    pass unchanged, whatever the secrets, the model name and the text.
+    """
+
+    @settings(max_examples=600, deadline=None)
+    @example("ollama", "m", ["nvapi-key1"], [("a", ""), ("\nvapi-key1", "")], [FIRST])
+    @example("anthropic", "m", ["u0001ab"], [("a", ""), ("\x01ab", "")], [FIRST])
+    @example("ollama", "m", ['"},"done"'], [("a", ""), ("x", "")], [FIRST])
+    @example("gemini", "m", ['"}],"role'], [("a", ""), ("x", "")], [FIRST])
+    @example("ollama", "m", ["123456"], [("a", ""), ("x", "")], [FIRST])
+    @example("responses", "m", ["0,\"item"], [("a", ""), ("x", "")], [FIRST])
+    @example("ollama", "m-x-key", ["m-x-key"], [("a", ""), ("x", "")], [FIRST])
+    @given(
+        name=st.sampled_from(DIALECTS),
+        model=st.one_of(st.just("m"), words),
+        secrets=st.lists(st.one_of(st.sampled_from(TRICKY), words), min_size=1, max_size=3),
+        deltas=st.lists(st.tuples(texts, thinking), min_size=1, max_size=8),
+        cuts=st.lists(st.integers(0, 2000), max_size=6),
+    )
+    def test_skipChangesNothing(
+        self, name: str, model: str, secrets: list[str], deltas: list[tuple[str, str]],
+        cuts: list[int],
+    ) -> None:
+        """
+        Secrets made of the dialects' framing words, digits, timestamps,
+        quotes, backslashes, escapes and control characters; the model
+        name and the text made of the same: at any read boundaries, no
+        certified read is one the filter would change, and no secret
+        reaches the client.
+        """
+        body = sseDeltas(deltas)
+        bounds = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
+        reads = [body[a:b] for a, b in zip(bounds, bounds[1:])]
+        sent, _ = filtered(name, model, secrets, reads)
+        for secret in secrets:
+            if len(secret) >= PREFIX:
+                self.assertNotIn(secret[:PREFIX].encode(), sent)
+            elif "\\" not in secret:
+                self.assertNotIn(secret.encode(), sent)
+
+    def test_plainTextSkips(self) -> None:
+        """
+        The common stream, ordinary keys: every read after the one that
+        opens the text skips the filter, in every dialect; the client gets
+        the bytes it got through the filter.
+        """
+        body = sseDeltas([(f" w{i}", "") for i in range(6)])
+        cuts = [body.index(b"data: ", i) for i in range(1, len(body) - 20, 60)]
+        bounds = sorted({0, len(body), *cuts})
+        reads = [body[a:b] for a, b in zip(bounds, bounds[1:])]
+        secrets = ["sk-bench-secret-key", "client-key-999999"]
+        for name in DIALECTS:
+            sent, skipped = filtered(name, "m", secrets, reads)
+            plain = TranslatedStream(ChatStreamReader(constant), dialectEncoder(name, "m"))
+            expected = b"".join(plain.feed(r) for r in reads) + plain.end()
+            self.assertEqual(IDS.sub(b"ID", sent), IDS.sub(b"ID", expected), name)
+            self.assertGreaterEqual(skipped, len(reads) - 3, name)
+
+    def test_framingWithSecretNotCertified(self) -> None:
+        """
+        A secret the framing helps spell is never certified: one the model
+        name carries, one that is a dialect's own word, a number or a
+        timestamp; the filter then replaces it.
+        """
+        body = sseDeltas([(" w1", ""), (" w2", ""), (" w3", "")])
+        reads = [body[: body.index(b"data: ", 10)], body[body.index(b"data: ", 10):]]
+        for name, model, secret in [
+            ("ollama", "sk-abcdef-model", "sk-abcdef"), ("gemini", "sk-abcdef", "sk-abcdef"),
+            ("anthropic", "m", "text_delta"), ("responses", "m", "output_text"),
+            ("ollama", "m", "assistant"), ("ollama", "m", "2025-06"), ("responses", "m", "123456"),
+        ]:
+            sent, skipped = filtered(name, model, [secret], reads)
+            self.assertEqual(skipped, 0, (name, secret))
+            self.assertNotIn(secret.encode(), sent, (name, secret))

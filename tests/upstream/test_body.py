@@ -55,6 +55,53 @@ class ConsumeBatchingTests(SynchronousTestCase):
         self.response.end()
         self.assertIsNone(self.successResultOf(d))
 
+    def test_oneDelayedCallPerTurn(self) -> None:
+        """
+        Several streams read in the same turn share one delayed call (the
+        thousand-stream case, issue 23); each collector gets its own bytes,
+        and a stream that ends before the turn does is not delivered twice.
+        """
+        responses = [FakeResponse() for _ in range(3)]
+        calls: list[list[bytes]] = [[] for _ in responses]
+        ds = [ensureDeferred(BodyReader(c.append, self.clock).read(r))  # type: ignore[arg-type]
+              for c, r in zip(calls, responses)]
+        for i, response in enumerate(responses):
+            response.piece(b"%d" % i)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        responses[2].end()
+        self.assertEqual(calls[2], [b"2"])
+        self.clock.advance(0)
+        self.assertEqual(calls, [[b"0"], [b"1"], [b"2"]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        responses[0].piece(b"x")
+        self.clock.advance(0)
+        self.assertEqual(calls[0], [b"0", b"x"])
+        for response in responses[:2]:
+            response.end()
+        for d in ds:
+            self.assertIsNone(self.successResultOf(d))
+
+    def test_turnCancelledElsewhere(self) -> None:
+        """
+        The shared end-of-turn call cancelled by someone else (trial cancels
+        the delayed calls a test leaves on the global reactor) is made
+        again by the next read: no stream waits forever.
+        """
+        d = self.consume()
+        self.response.piece(b"a")
+        [call] = self.clock.getDelayedCalls()
+        call.cancel()
+        other = FakeResponse()
+        got: list[bytes] = []
+        d2 = ensureDeferred(BodyReader(got.append, self.clock).read(other))  # type: ignore[arg-type]
+        other.piece(b"b")
+        self.clock.advance(0)
+        self.assertEqual((self.calls, got), ([b"a"], [b"b"]))
+        self.response.end()
+        other.end()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertIsNone(self.successResultOf(d2))
+
     def test_lastPiecesDeliveredBeforeTheEnd(self) -> None:
         """
         Pieces that arrive in the same turn as the end of the body are

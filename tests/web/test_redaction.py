@@ -18,6 +18,7 @@ from zope.interface import provider
 from ollama_proxy.protocol import codec
 from ollama_proxy.service.logging import eventAsJSONLine
 from ollama_proxy.testing.harness import ProxyHarness
+from ollama_proxy.web import models
 from ollama_proxy.web.metrics import Metrics
 from tests.web.helpers import _content
 
@@ -375,6 +376,34 @@ class OutboundFilterTests(SynchronousTestCase):
         self.assertIn(b"evil-<redacted>", data)
         self.assertIn(b"modelfile", data)
         self.assertNoSecret(data, "model ids")
+
+    def test_warmTagsPreEncoded(self) -> None:
+        """
+        A warm C{/api/tags} is sent from bytes encoded and redacted once
+        (issue 23): the same bytes to every request without a key of its
+        own; a client whose key an id carries still gets it redacted, and
+        one whose key is no secret (shorter than 8) gets the shared bytes.
+        """
+        h = self.harness()
+        ids = [f"evil-{BACKEND_KEY}", f"evil-{CLIENT_KEY}"]
+        d = h.get("/api/tags")
+        serveModels(h, ids)
+        first = _content(h, self.successResultOf(d))
+        again = [first]
+        self.patch(models, "encoded", lambda *a: self.fail("encoded again"))
+        for headers in ({}, {b"Authorization": [b"Bearer ollama"]}):
+            d = h.get("/api/tags", headers=headers)
+            h.pump()
+            again.append(_content(h, self.successResultOf(d)))
+        self.assertEqual(again, [first] * 3)
+        self.assertIn(b"evil-<redacted>", first)
+        self.assertNotIn(BACKEND_KEY.encode(), first)
+        self.assertIn(CLIENT_KEY.encode(), first)  # no secret for these clients
+        d = h.get("/api/tags", headers={b"Authorization": [b"Bearer " + CLIENT_KEY.encode()]})
+        h.pump()
+        keyed = _content(h, self.successResultOf(d))
+        self.assertNoSecret(keyed, "tags for the client whose key an id carries")
+        self.assertEqual(keyed.count(b"evil-<redacted>"), 2 * first.count(b"evil-<redacted>"))
 
     def test_controlCharactersInLogLine(self) -> None:
         """

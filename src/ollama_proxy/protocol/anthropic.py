@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic_request import parseMessagesRequest
-from ollama_proxy.protocol.blocks import THINKING, BlockEncoder
+from ollama_proxy.protocol.blocks import TEXT, THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.backends import ModelOverride
 from ollama_proxy.protocol.dialect import EncodedErrors, Generation
@@ -124,6 +124,8 @@ class AnthropicEncoder(BlockEncoder):
         self.inputEstimate = inputEstimate
         self._index = -1
         self._toolUse = False
+        self._textPrefix = b""
+        self._textFraming = b""
 
     def _opening(self) -> bytes:
         return _event(b"message_start", {
@@ -151,7 +153,12 @@ class AnthropicEncoder(BlockEncoder):
     def _startBlock(self, kind: str) -> bytes:
         if kind == THINKING:
             return self._blockStart({"type": "thinking", "thinking": "", "signature": ""})
-        return self._blockStart({"type": "text", "text": ""})
+        out = self._blockStart({"type": "text", "text": ""})
+        # The per-token event around the text, made once per text block.
+        self._textPrefix = (_TEXT_DELTA + str(self._index).encode()
+                            + b',"delta":{"type":"text_delta","text":')
+        self._textFraming = self._textPrefix + b"\n}}\n\n"
+        return out
 
     def _stopBlock(self) -> list[bytes]:
         return [self._blockStop()]
@@ -165,9 +172,14 @@ class AnthropicEncoder(BlockEncoder):
             "delta": {"type": "thinking_delta", "thinking": text},
         })
 
+    def _framing(self) -> bytes | None:
+        """
+        The text delta's pieces, while a text block is open.
+        """
+        return self._textFraming if self.openKind == TEXT else None
+
     def _text(self, text: str) -> bytes:
-        return (_TEXT_DELTA + str(self._index).encode()
-                + b',"delta":{"type":"text_delta","text":' + codec.dumps(text) + b"}}\n\n")
+        return self._textPrefix + codec.dumps(text) + b"}}\n\n"
 
     def _toolCall(self, call: ToolCall) -> bytes:
         self._toolUse = True

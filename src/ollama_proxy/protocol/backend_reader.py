@@ -269,12 +269,13 @@ class ChatStreamReader:
         """
         L{feed}'s work: append the events to C{out} as they are made.
         """
+        loads = codec.loadsBounded
         for payload in payloads:
             if payload == b"[DONE]":
                 self.sawDone = True
                 continue
             try:
-                event = codec.loadsBounded(payload)
+                event = loads(payload)
             except codec.TooDeep:
                 raise UpstreamError(
                     f"backend sent a stream event nested more than {codec.MAX_DEPTH} levels deep"
@@ -286,12 +287,13 @@ class ChatStreamReader:
                 )
             if not isinstance(event, dict):
                 raise UpstreamError("backend sent a stream event that is not an object")
-            if event.get("error") is not None:
+            get = event.get
+            if get("error") is not None:
                 raise UpstreamError(_errorMessage(event))
-            usage = event.get("usage")
-            if isinstance(usage, dict):
+            usage = get("usage")
+            if usage is not None and isinstance(usage, dict):
                 self.usage = usageFromOpenAI(usage)
-            choices = event.get("choices")
+            choices = get("choices")
             if not choices or not isinstance(choices, list):
                 continue
             choice = choices[0]

@@ -117,7 +117,15 @@ def loadsBounded(data: bytes | bytearray | str) -> object:
         if "depth limit" in str(e) or "recursion" in str(e):
             raise TooDeep(f"request body is nested more than {MAX_DEPTH} levels deep") from None
         raise
-    checkDepth(decoded, MAX_DEPTH)
+    if isinstance(data, str):
+        opened = data.count("{") + data.count("[")
+    else:
+        opened = data.count(b"{") + data.count(b"[")
+    if opened > MAX_DEPTH:
+        # Each level opens with a bracket, so only text with more than
+        # MAX_DEPTH of them (counted in strings too) can nest that deep:
+        # the walk is skipped for a stream's every event.
+        checkDepth(decoded, MAX_DEPTH)
     return decoded
 
 

@@ -71,6 +71,11 @@ class ReplyFilter(Protocol):
         """
 
 
+VARYING = frozenset("0123456789-+.:,TZ{}[] ")
+"""The characters of an encoder's varying framing (numbers, RFC 3339
+timestamps) and of the JSON punctuation around them (L{Encoder.framing})."""
+
+
 class Encoder:
     """
     The lifecycle of one streamed reply in a client dialect.
@@ -112,6 +117,35 @@ class Encoder:
         @return: the dialect's mid-stream error event.
         """
         raise NotImplementedError
+
+    def framing(self) -> bytes | None:
+        """
+        What the next L{encode} of plain text deltas (content only: no
+        thinking, no log-probabilities, no other event) writes besides the
+        texts, for the outbound filter to check once instead of on every
+        write (L{ollama_proxy.protocol.redact.EventRedactor.certifies}).
+
+        The contract, for the bytes such an C{encode} returns: each delta
+        is one chunk ending in a newline, made of its text as
+        L{codec.dumps} writes it, the constant pieces returned here (in any
+        order, several times; the returned value joins them with
+        newlines), and varying parts (numbers, timestamps) that sit between
+        JSON punctuation: every run of the output without a quote or a
+        newline that holds a varying byte consists of L{VARYING} characters
+        only.  C{tests/protocol/test_stream.py} checks it for every dialect.
+
+        @return: the constant pieces, or C{None} when the next plain text
+            may be written otherwise (the stream not yet open, a block to
+            open first, no template).
+        """
+        return self._framing() if self.state is OPEN else None
+
+    def _framing(self) -> bytes | None:
+        """
+        @return: see L{framing}; the stream is open.  C{None} (no
+            template) by default.
+        """
+        return None
 
     def _open(self) -> bytes:
         """

@@ -142,6 +142,13 @@ class GeminiEncoder(Encoder):
         # encoded text made once.
         self._textPrefix = b"data: " + _HEAD + b'{"text":'
         self._textSuffix = b"}" + self._tail + b"\n\n"
+        self._pieces = self._textPrefix + b"\n" + self._textSuffix
+
+    def _framing(self) -> bytes | None:
+        """
+        The common chunk's pieces (SSE only; nothing in it varies).
+        """
+        return self._pieces if self.sse else None
 
     def _frame(self, chunk: bytes) -> bytes:
         if self.sse:

@@ -158,6 +158,14 @@ class NDJSONEncoder(Encoder):
         else:
             self._middle = b',"response":'
             self._suffix = b',"done":false}\n'
+        self._pieces = (b'{"model":' + self._modelJSON + b',"created_at":\n' + self._middle
+                        + b"\n" + self._suffix)
+
+    def _framing(self) -> bytes:
+        """
+        The common line's pieces; its timestamp is the varying part.
+        """
+        return self._pieces
 
     def _prefixFor(self, createdAt: str) -> bytes:
         if createdAt != self._stamp:
@@ -192,15 +200,13 @@ class NDJSONEncoder(Encoder):
         if not events:
             return b""
         last = events[-1]
-        createdAt = formatTimestamp(last.end) if type(last) is Finish else None
+        createdAt = formatTimestamp(last.end if type(last) is Finish else self._now())
+        prefix, suffix, dumps = self._prefixFor(createdAt), self._suffix, codec.dumps
         out = []
         for event in events:
-            if createdAt is None:
-                createdAt = formatTimestamp(self._now())
             if type(event) is Delta:
                 if not event.thinking and event.logprobs is None:
-                    out.append(self._prefixFor(createdAt) + codec.dumps(event.content)
-                               + self._suffix)
+                    out.append(prefix + dumps(event.content) + suffix)
                     continue
                 line = self._line(createdAt, event.content, event.thinking)
                 if event.logprobs:

@@ -22,6 +22,7 @@ import re
 from typing import Any, AnyStr, Iterable, Sequence
 from urllib.parse import unquote_to_bytes
 
+from ollama_proxy.protocol.certify import ESCAPED, framable, suspect
 from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCall, ToolCalls
 
 REDACTED = "<redacted>"
@@ -337,7 +338,15 @@ class StreamRedactor:
         self._window = 10 * max(len(s) for s in self._text) if self._text else 0
         self._short = any(c in '/"\\\n\r\t' for s in self._text for c in s)
         self._newline = any("\n" in s for s in self._text)
+        self._heads = tuple(secret[:PREFIX] for secret in self.secrets)
         self._carry = b""
+
+    @property
+    def holding(self) -> bool:
+        """
+        Whether a tail that may begin a secret waits for the next piece.
+        """
+        return bool(self._carry)
 
     def feed(self, data: bytes) -> bytes:
         """
@@ -346,6 +355,16 @@ class StreamRedactor:
         """
         if self._carry:
             data, self._carry = self._carry + data, b""
+        elif data[-1:] == b"\n" and b"\\" not in data and not self._newline:
+            # The common write, one search per secret: without a backslash
+            # no escaped spelling can match, and a whole secret, a prefix
+            # to cut and a tail to hold all begin with the secret's first
+            # PREFIX bytes (or are the whole of a shorter one).
+            for head in self._heads:
+                if head in data:
+                    break
+            else:
+                return data
         for secret in self.secrets:
             if secret in data:
                 data = data.replace(secret, _MARKER)
@@ -449,12 +468,45 @@ class EventRedactor:
         escaped = redactor._escaped(secrets)[1]
         self._content = TextRedactor(secrets, escaped)
         self._thinking = TextRedactor(secrets, escaped)
+        self._framable = framable(secrets, PREFIX)
+        self._heads = tuple(secret[:PREFIX].encode("utf-8") for secret in secrets)
+        self._suspect = suspect(secrets, PREFIX)
+        self._certified: tuple[bytes, bool] = (b"", False)
+        self.plain = False
+
+    def certifies(self, framing: bytes) -> bool:
+        """
+        Whether the outbound byte filter may skip what an encoder writes
+        for the read just fed, L{plain} text in C{framing}: the filter
+        would change nothing.  Its bytes are the texts as JSON strings and
+        the framing (L{ollama_proxy.protocol.dialect.Encoder.framing}).
+        Any match of the filter (a secret in any spelling, a prefix to
+        cut) holds a secret's first L{PREFIX} characters, and, as no secret
+        here holds a quote, backslash, newline or control character, lies
+        inside one run without quotes or newlines: inside a text (where
+        L{feed} found none, and a plain text is written as it is), inside
+        a piece of C{framing} (checked here, once per framing), or inside
+        a run holding numbers or a timestamp (which no head fits).
+
+        @param framing: the encoder's constant pieces for plain text.
+        """
+        known, verdict = self._certified
+        if framing is known:
+            return verdict
+        verdict = self._framable and b"\\" not in framing and not any(
+            head in framing for head in self._heads
+        )
+        self._certified = (framing, verdict)
+        return verdict
 
     def feed(self, events: Sequence[Event]) -> list[Event]:
         """
         @param events: the events of one read.
-        @return: the events to encode now.
+        @return: the events to encode now; L{plain} says whether they were
+            only deltas of content, passed as they were, whose text holds
+            no character JSON escapes.
         """
+        self.plain = False
         if self._clean(events):
             return events if isinstance(events, list) else list(events)
         out: list[Event] = []
@@ -493,6 +545,7 @@ class EventRedactor:
             return False
         content: list[str] = []
         thinking: list[str] = []
+        plain = True
         for event in events:
             if type(event) is Delta:
                 if event.logprobs:
@@ -502,14 +555,13 @@ class EventRedactor:
                     thinking.append(event.thinking)
             elif type(event) is not Finish or event.logprobs:
                 return False
-        secrets = self._secrets
-        for text in ("".join(content), "".join(thinking)):
-            if text and (
-                any(secret[:PREFIX] in text for secret in secrets)
-                or _heldBack(text, secrets)
-                or "\\" in text
-            ):
-                return False
+            else:
+                plain = False
+        joined = content[0] if len(content) == 1 else "".join(content)
+        search = self._suspect.search
+        if search(joined) or (thinking and search("".join(thinking))):
+            return False
+        self.plain = plain and not thinking and not ESCAPED.search(joined)
         return True
 
     def end(self) -> list[Event]:

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.anthropic import IdMaker, randomId
-from ollama_proxy.protocol.blocks import THINKING, BlockEncoder
+from ollama_proxy.protocol.blocks import TEXT, THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.backends import ModelOverride
 from ollama_proxy.protocol.dialect import EncodedErrors, Generation
@@ -95,6 +95,13 @@ _TEXT_DELTA = (b'event: response.output_text.delta\ndata: {"type":"response.outp
                b'"sequence_number":')
 
 
+_HOLES = re.compile(rb'"\\u0000([0-9a-f]{16}):(\d+)\\u0000"')
+"""A held text's place in an encoded event (L{ResponsesEncoder._holeText});
+compiled once, the stream's own nonce compared per hole (a pattern per
+stream was compiled anew for every request: the cache misses on the
+random nonce)."""
+
+
 def _text(text: str) -> JSON:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
@@ -129,7 +136,7 @@ class ResponsesEncoder(BlockEncoder):
         # text can forge one) that _pieces fills by reference.
         nonce = os.urandom(8).hex()
         self._holeText = "\x00" + nonce + ":{}\x00"
-        self._holes = re.compile(rb'"\\u0000' + nonce.encode() + rb':(\d+)\\u0000"')
+        self._nonce = nonce.encode()
         self._texts: list[bytes] = []
         self._kept = 0
         self._model = model
@@ -145,6 +152,7 @@ class ResponsesEncoder(BlockEncoder):
         # 50 MB reply in 10-byte deltas was 300 MB of small strings).
         self._buffer = io.StringIO()
         self._textWhere = b""
+        self._textFraming = b""
         self.response = self._object("in_progress", None)
 
     def _object(self, status: str, usage: Usage | None, **fields: Any) -> JSON:
@@ -175,10 +183,15 @@ class ResponsesEncoder(BlockEncoder):
         data = codec.dumps({"type": kind, "sequence_number": seq, **fields})
         if not self._texts:
             return [b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"]
-        parts = self._holes.split(data)
-        pieces = [b"event: " + kind.encode() + b"\ndata: "]
-        for i, part in enumerate(parts):
-            pieces.append(self._texts[int(part)] if i % 2 else part)
+        parts = _HOLES.split(data)
+        pieces = [b"event: " + kind.encode() + b"\ndata: ", parts[0]]
+        for i in range(1, len(parts), 3):
+            nonce, index = parts[i], parts[i + 1]
+            if nonce == self._nonce:
+                pieces.append(self._texts[int(index)])
+            else:  # another stream's hole, in text: as it was
+                pieces.append(b'"\\u0000' + nonce + b":" + index + b'\\u0000"')
+            pieces.append(parts[i + 2])
         pieces.append(b"\n\n")
         return pieces
 
@@ -204,6 +217,7 @@ class ResponsesEncoder(BlockEncoder):
                                     summary_index=0, part={"type": "summary_text", "text": ""})
         self._textWhere = (b',"item_id":' + codec.dumps(item["id"]) + b',"output_index":'
                            + str(len(self._output)).encode() + b',"content_index":0,"delta":')
+        self._textFraming = _TEXT_DELTA + b"\n" + self._textWhere + b'\n,"logprobs":[]}\n\n'
         return out + self._emit("response.content_part.added", **where, content_index=0,
                                 part=_text(""))
 
@@ -229,6 +243,15 @@ class ResponsesEncoder(BlockEncoder):
         self._keep(text)
         return self._emit("response.reasoning_summary_text.delta", item_id=self._item["id"],
                           output_index=len(self._output), summary_index=0, delta=text)
+
+    def _framing(self) -> bytes | None:
+        """
+        The text delta's pieces, while a message is open (its sequence
+        number is the varying part).
+        """
+        if self.openKind != TEXT or self._whole:
+            return None
+        return self._textFraming
 
     def _text(self, text: str) -> bytes:
         self._keep(text)

@@ -87,8 +87,27 @@ class SSEDecoder:
             )
         self._buffer = tail + held
         events: list[bytes] = []
+        # _line's work, inlined: a read of a stream is mostly "data:" lines
+        # and the blank lines that end them, two per token.
+        pending, size, limit = self._data, self._dataSize, self.maxLineLength
         for line in lines:
-            self._line(line, events)
+            if not line:
+                if pending:
+                    events.append(pending[0] if len(pending) == 1 else b"\n".join(pending))
+                    pending = []
+                    size = 0
+            elif line[:5] == b"data:":
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                size += len(value)
+                if size > limit:
+                    self._data = []
+                    self._dataSize = 0
+                    raise SSELineTooLong(f"upstream SSE event longer than {limit} bytes")
+                pending.append(value)
+            elif len(line) > limit:
+                self._data, self._dataSize = pending, size
+                raise SSELineTooLong(f"upstream SSE line longer than {limit} bytes")
+        self._data, self._dataSize = pending, size
         return events
 
     def close(self) -> list[bytes]:
@@ -149,6 +168,10 @@ class TranslatedStream:
     @ivar redactor: takes the proxy's secrets out of the events before any
         dialect encodes them (a key spread over several deltas included), or
         C{None} when there is no secret to look for.
+    @ivar redacted: whether the output of the last L{feed} is known to
+        hold no secret in any spelling (plain text the redactor passed, in
+        framing it certified: L{EventRedactor.certifies}), so that the
+        outbound byte filter has nothing to do for it.
     """
 
     def __init__(
@@ -163,6 +186,7 @@ class TranslatedStream:
         self.redactor = redactor
         self.decoder = SSEDecoder(maxLineLength)
         self.finished: Finish | None = None
+        self.redacted = False
 
     @property
     def usage(self) -> Usage:
@@ -192,24 +216,34 @@ class TranslatedStream:
             # reads of a turn): translate the events before the decoder can
             # refuse the tail as too long, so their output is not lost.
             head = self.feed(data[:cut])
+            redacted = self.redacted
             try:
-                return head + self.feed(data[cut:])
+                tail = self.feed(data[cut:])
+                self.redacted = redacted and (self.redacted or not tail)
+                return head + tail
             except SSELineTooLong as e:
                 raise StreamFailed(str(e), output=head) from None
             except StreamFailed as e:
                 e.output = head + e.output
                 raise
+        self.redacted = False
         payloads = self.decoder.feed(data)
         if not payloads:
+            self.redacted = True
             return b""
         try:
             events = self.reader.feed(payloads)
         except StreamFailed as e:
             e.output = self.encoder.encode(self._redactLast(e.events))
             raise
-        if self.redactor is not None:
-            events = self.redactor.feed(events)
-        return self.encoder.encode(events)
+        redactor = self.redactor
+        if redactor is None:
+            return self.encoder.encode(events)
+        framing = self.encoder.framing()
+        events = redactor.feed(events)
+        out = self.encoder.encode(events)
+        self.redacted = framing is not None and redactor.plain and redactor.certifies(framing)
+        return out
 
     def _redactLast(self, events: Sequence[Event]) -> Sequence[Event]:
         """
@@ -227,6 +261,7 @@ class TranslatedStream:
         @return: the remaining output, ending with the dialect's end of reply.
         @raise UpstreamError: if the stream was truncated.
         """
+        self.redacted = False
         try:
             events = self.reader.feed(self.decoder.close())
         except StreamFailed as e:

@@ -15,6 +15,7 @@ built on it.  Nothing here knows about C{twisted.web} server requests.
 from __future__ import annotations
 
 from typing import Any, Callable
+from weakref import WeakKeyDictionary, ref
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import (
@@ -135,6 +136,52 @@ async def raiseForStatus(
     raise UpstreamHTTPError(errorFromBody(body, response.code), response.code)
 
 
+class _EndOfTurn:
+    """
+    The calls due at the end of one reactor turn, made by one delayed call:
+    with a thousand streams each read at every turn, one C{callLater(0)}
+    per turn instead of one per stream and read.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        # Weakly: the registry's key must be able to die (a test's clock).
+        self._clock = ref(clock)
+        self._due: list[Callable[[], None]] = []
+        self._call: IDelayedCall | None = None
+
+    def add(self, call: Callable[[], None]) -> None:
+        self._due.append(call)
+        scheduled = self._call
+        if scheduled is None or not scheduled.active():
+            # None due yet, or the call was cancelled by someone else (trial
+            # cancels what a test leaves): the calls due must still run.
+            clock = self._clock()
+            assert clock is not None  # a reader holds its clock
+            self._call = clock.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self._call = None
+        due, self._due = self._due, []
+        for call in due:
+            call()
+
+
+_turns: WeakKeyDictionary[IReactorTime, _EndOfTurn] = WeakKeyDictionary()
+
+
+def endOfTurn(clock: IReactorTime) -> Callable[[Callable[[], None]], None]:
+    """
+    @param clock: the reactor.
+    @return: a function that calls its argument (which must not raise) at
+        the end of the current reactor turn, after the reads of this turn,
+        with every other call due then.
+    """
+    turn = _turns.get(clock)
+    if turn is None:
+        turn = _turns[clock] = _EndOfTurn(clock)
+    return turn.add
+
+
 @implementer(IPushProducer)
 class _IdlePausingProducer:
     """
@@ -173,8 +220,8 @@ class BodyReader(Protocol):
     Twisted's chunked-encoding decoder hands the body protocol one
     C{dataReceived} per HTTP chunk, and OpenAI-style servers send one chunk per SSE event, so a
     single socket read can carry a hundred callbacks.  They are joined and
-    passed to C{collector} once, at the end of the reactor turn
-    (C{clock.callLater(0)}), so the pipeline translates and the client gets
+    passed to C{collector} once, at the end of the reactor turn (one
+    C{clock.callLater(0)} for every stream read in that turn, L{endOfTurn}), so the pipeline translates and the client gets
     one write per read, not one per token.  Nothing is held across turns:
     the last piece is delivered before L{read} returns.
 
@@ -207,7 +254,9 @@ class BodyReader(Protocol):
         self._idle: IDelayedCall | None = None
         self._timedOut = False
         self._pending: list[bytes] = []
-        self._flushCall: IDelayedCall | None = None
+        self._due = False
+        self._later = endOfTurn(clock) if clock is not None else None
+        self._flushLater = self._flushAtEndOfTurn
         self._failed: list[BaseException] = []
         self._ended = False
         self._finished: Deferred[None] | None = None
@@ -255,7 +304,7 @@ class BodyReader(Protocol):
             self.producer.stopProducing()
 
     def _flush(self) -> None:
-        self._flushCall = None
+        self._due = False
         pending = self._pending
         if not pending:
             return
@@ -267,6 +316,8 @@ class BodyReader(Protocol):
         self._collector(data)
 
     def _flushAtEndOfTurn(self) -> None:
+        if not self._due:
+            return  # read() flushed it already
         try:
             self._flush()
         except BaseException as e:
@@ -278,10 +329,12 @@ class BodyReader(Protocol):
         if self._failed:
             return
         self._pending.append(data)
-        if self._clock is None:
+        later = self._later
+        if later is None:
             self._flush()
-        elif self._flushCall is None:
-            self._flushCall = self._clock.callLater(0, self._flushAtEndOfTurn)
+        elif not self._due:
+            self._due = True
+            later(self._flushLater)
 
     def pauseIdle(self) -> None:
         """
@@ -336,9 +389,7 @@ class BodyReader(Protocol):
                 await d
             except BaseException as e:
                 error = e
-            if self._flushCall is not None and self._flushCall.active():
-                self._flushCall.cancel()
-            self._flushCall = None
+            self._due = False
             if not self._failed and not isinstance(error, CancelledError):
                 # What arrived before the end (or the failure) still goes out.
                 try:

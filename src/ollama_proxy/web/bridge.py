@@ -40,6 +40,7 @@ from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, chargeParse, inflate
 from ollama_proxy.web.context import ProxyContext
+from ollama_proxy.web.encoded import Encoded
 from ollama_proxy.web.metrics import OTHER
 from ollama_proxy.web.observe import (OBSERVED, logRequest, modelLabel, noteRoute, routed,
                                       upstreamErrorKind)
@@ -247,6 +248,20 @@ class Exchange:
         if isinstance(outbound, StreamRedactor):
             data = outbound.feed(data)
         if data:
+            self.request.write(data)
+
+    def writeRedacted(self, data: bytes) -> None:
+        """
+        Write bytes known to hold no secret in any spelling (certified by
+        the stream's event redactor, or L{Encoded}) past the outbound
+        filter; through it after all while it holds a tail back.
+        """
+        outbound = self._outbound
+        if outbound is False:
+            outbound = self._outbound = self.redactor.stream(self.clientKey())
+        if isinstance(outbound, StreamRedactor) and outbound.holding:
+            self.write(data)
+        elif data and not self.client.gone:
             self.request.write(data)
 
     def flush(self) -> None:
@@ -490,14 +505,19 @@ class ProxyResource(Resource):
         @param ex: the exchange.
         @param result: what the handler returned.
         """
-        if result is not None and not ex.client.gone:
-            body = codec.dumps(result)
-            ex.request.setHeader(b"Content-Type", JSON_TYPE)
-            # A whole answer says its length, as Ollama's (Go's net/http)
-            # does, rather than arriving chunked.
-            body = ex.redactData(body)
-            ex.request.setHeader(b"Content-Length", b"%d" % len(body))
-            ex.write(body)
+        if result is None or ex.client.gone:
+            return
+        shared = isinstance(result, Encoded)
+        ready = shared and result.redactor is ex.redactor and not ex.clientKey()
+        # A whole answer says its length, as Ollama's (Go's net/http)
+        # does, rather than arriving chunked.
+        if ready:
+            body = result.body
+        else:
+            body = ex.redactData(codec.dumps(result.value if shared else result))
+        ex.request.setHeader(b"Content-Type", JSON_TYPE)
+        ex.request.setHeader(b"Content-Length", b"%d" % len(body))
+        (ex.writeRedacted if ready else ex.write)(body)
 
     def _failWith(self, ex: Exchange, error: Exception) -> None:
         """

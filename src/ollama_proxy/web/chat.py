@@ -232,12 +232,19 @@ async def answer(
 
 def _writer(ex: Exchange, pipeline: TranslatedStream) -> Callable[[bytes], None]:
     """
-    A collector that translates each upstream read and writes the result.
+    A collector that translates each upstream read and writes the result,
+    past the outbound byte filter when the pipeline's event redactor
+    certified it (the common read: plain text deltas, see
+    L{ollama_proxy.protocol.redact.EventRedactor.certifies}).
     """
-    feed, write = pipeline.feed, ex.write
+    feed, write, writeRedacted = pipeline.feed, ex.write, ex.writeRedacted
 
     def collect(data: bytes) -> None:
-        write(feed(data))
+        out = feed(data)
+        if pipeline.redacted:
+            writeRedacted(out)
+        else:
+            write(out)
 
     return collect
 

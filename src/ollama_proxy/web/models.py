@@ -29,6 +29,7 @@ from ollama_proxy.protocol.listing import (
 from ollama_proxy.protocol.management import Route, checkFields, checkName, modelName
 from ollama_proxy.protocol.ollama_request import requireModel, streamFlag
 from ollama_proxy.web.bridge import Exchange, ProxyResource
+from ollama_proxy.web.encoded import Encoded, encoded
 from ollama_proxy.web.fallback import forwardToFallback
 
 
@@ -44,23 +45,31 @@ class Tags(ProxyResource):
     """
 
     _builtFrom: dict[str, ModelMeta] | None = None
-    _body: JSON | None = None
+    _body: Encoded | None = None
 
-    async def handle_GET(self, ex: Exchange) -> JSON:
+    async def handle_GET(self, ex: Exchange) -> Encoded:
         return self._answer(await self.ctx.models.catalog())
 
-    def ready(self, ex: Exchange) -> JSON | None:
+    def ready(self, ex: Exchange) -> Encoded | None:
         """
         A warm catalog is answered within C{render}.
         """
         catalog = self.ctx.models.readyCatalog()
         return None if catalog is None else self._answer(catalog)
 
-    def _answer(self, catalog: dict[str, ModelMeta]) -> JSON:
-        if catalog is not self._builtFrom or self._body is None:
-            self._body = tagsResponse(catalog.values(), self.ctx.now(), self.ctx.tag)
+    def _answer(self, catalog: dict[str, ModelMeta]) -> Encoded:
+        """
+        The answer, encoded and redacted once per catalog (and per set of
+        secrets): a warm request sends those bytes.
+        """
+        body, redactor = self._body, self.ctx.redactor
+        if catalog is not self._builtFrom or body is None:
+            value = tagsResponse(catalog.values(), self.ctx.now(), self.ctx.tag)
+            body = self._body = encoded(value, redactor)
             self._builtFrom = catalog
-        return self._body
+        elif body.redactor is not redactor:
+            body = self._body = encoded(body.value, redactor)
+        return body
 
 
 class Show(ProxyResource):
