@@ -555,8 +555,7 @@ class ProxyResource(Resource):
         guessed = ex.guessed
         if (guessed is not None and guessed.listing is not None
                 and guessed.listing.value is not guessed.listingSeen and ex.model is not None):
-            # Sent on a guess, and a listing arrived meanwhile: it may know
-            # the name.  (Without a newer list the answer is the guess's.)
+            # Sent on a guess, and a newer list arrived: it may know the name.
             known = self.ctx.models.router.lookup(ex.model)
             if known is not None:
                 ex.modelLabel = ex.redactText(known.modelId)
