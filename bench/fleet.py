@@ -390,7 +390,8 @@ def selectScenario() -> dict[str, Any]:
         n = 20000
 
         def one(i: int = 0) -> None:
-            d = Deferred.fromCoroutine(fleet.send(route, call, keys[i % 1000] if policy.sticky else ""))
+            d = Deferred.fromCoroutine(fleet.send(route, call, keys[i % 1000] if policy.sticky else "",
+                                                      clientKey=None))
             d.result[2].release()
 
         def many() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from ollama_proxy.protocol.certify import ESCAPED, framable, suspect
+from ollama_proxy.protocol.certify import ESCAPED, checks, framable, suspect
 from ollama_proxy.protocol.codec import dumps
 from ollama_proxy.protocol.redact import PREFIX, _heldBack
 
@@ -70,3 +70,22 @@ class FramableTests(SynchronousTestCase):
         for secret in ['sk-"x', "sk-\\x", "sk-\nx", "sk-\x7fx", "123456789", "2025-06-15T",
                        "0,:{}[]x", "12"]:
             self.assertFalse(framable(["sk-bench-secret-key", secret], PREFIX), secret)
+
+
+class ChecksTests(SynchronousTestCase):
+    """
+    L{checks}: the three answers for a request's secrets in one.
+    """
+
+    def test_checks(self) -> None:
+        """
+        The checks are L{framable}'s and L{suspect}'s answers and each
+        secret's first C{prefix} characters as bytes.
+        """
+        secrets = ["sk-live-abcdefgh", "tok\\x"]
+        made = checks(secrets, PREFIX)
+        self.assertEqual(made.framable, framable(secrets, PREFIX))
+        self.assertFalse(made.framable)
+        self.assertEqual(made.heads, tuple(s[:PREFIX].encode("utf-8") for s in secrets))
+        self.assertEqual(made.suspect.pattern, suspect(secrets, PREFIX).pattern)
+        self.assertTrue(checks(["sk-live-abcdefgh"], PREFIX).framable)

@@ -264,6 +264,25 @@ class _Lines(Shape):
             turn.texts.append(value)
 
 
+class _Turns(Shape):
+    """
+    A toy dialect whose entries are turns, read by the shape's data alone
+    (no C{entry} of its own): roles C{q} and C{a}, a missing role is C{q},
+    content at C{c} and only as parts C{{"p": ...}}.
+    """
+
+    name = "turns"
+    roles = {"q": "user", "a": "assistant"}
+    defaultRole = "q"
+    badRole = "{where}: no role {role!r}"
+    contentKey = "c"
+    textContent = False
+    badContent = "{where}.c: parts, please"
+
+    def part(self, part: Obj, at: str, turn: Turn) -> None:
+        turn.texts.append(str(part["p"]))
+
+
 def lines(*values: object) -> list[object]:
     """Toy entries: strings as lines, anything else as it is."""
     return [{"line": v} if isinstance(v, str) else v for v in values]
@@ -283,6 +302,32 @@ class WalkerTests(SynchronousTestCase):
             with self.assertRaises(BadRequest) as e:
                 walk(value, _Lines())
             self.assertEqual(str(e.exception), "lines is required")
+
+    def test_turnsAsData(self) -> None:
+        """
+        A shape that names its roles, its content's field and its words
+        reads its turns without an C{entry} of its own: each role becomes
+        the hub's, a missing (or empty) role is the default, and a role or
+        content it does not take is refused in its words.
+        """
+        self.assertEqual(
+            walk([{"role": "q", "c": [{"p": "x"}, {"p": "y"}]}, {"role": "a", "c": [{"p": "z"}]},
+                  {"c": [{"p": "w"}]}, {"role": "", "c": []}], _Turns()),
+            (Message("user", "xy"), Message("assistant", "z"), Message("user", "w"),
+             Message("user", "")))
+        for entries, message in [
+            ([{"role": "user", "c": []}], "turns[0]: no role 'user'"),
+            ([{"c": []}, {"role": ["q"], "c": []}], "turns[1]: no role ['q']"),
+            ([{"role": "a", "c": "text"}], "turns[0].c: parts, please"),
+            ([{"role": "a"}], "turns[0].c: parts, please"),
+        ]:
+            with self.assertRaises(BadRequest) as e:
+                walk(entries, _Turns())
+            self.assertEqual(str(e.exception), message)
+        # The default shape takes plain text as a turn's content.
+        default = Shape()
+        self.assertEqual(walk([{"role": "system", "content": "s"}], default),
+                         (Message("system", "s"),))
 
     def test_positions(self) -> None:
         """

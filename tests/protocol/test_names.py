@@ -98,3 +98,15 @@ class CaseTests(SynchronousTestCase):
         self.assertEqual(index.resolve("Plain"), "Plain")
         self.assertEqual(index.resolve("plain"), "plain")
         self.assertIsNone(index.resolve("PLAIN"))
+
+    def test_findAnswersOwnerAndGuess(self) -> None:
+        """
+        L{NameIndex.find} answers in one question who owns a name (as
+        L{NameIndex.resolve}) and the backend id to try when no one does:
+        the name without C{:proxy} or C{:latest}, an id with its own tag
+        kept.
+        """
+        index = self.index("plain")
+        self.assertEqual(index.find("PLAIN:proxy"), ("plain", "PLAIN"))
+        self.assertEqual(index.find("other:latest"), (None, "other"))
+        self.assertEqual(index.find("qwen3:8b"), (None, "qwen3:8b"))

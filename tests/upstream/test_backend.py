@@ -136,27 +136,32 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(len(h.backend.received), 1)
 
 
-class ClientKeyOwnerTests(SynchronousTestCase):
+class ClientKeyTests(SynchronousTestCase):
     """
-    The forwarded client key is owned by L{ollama_proxy.upstream.backend}:
-    set through L{forwardingClientKey}, read through L{currentClientKey},
-    per context.
+    The client's key is passed with each request made on its behalf
+    (L{ollama_proxy.upstream.backend.Backend.headers}): nothing outside the
+    request carries it.
     """
 
-    def test_perContext(self) -> None:
+    def test_explicit(self) -> None:
         """
-        A key set in one context is not seen in another.
+        With C{forwardClientKey} the key passed is the one sent; C{None}
+        (a shared fetch, or a client without a key) sends the configured
+        key; without the switch the client's key is never sent.
         """
-        import contextvars
-
-        from ollama_proxy.upstream.backend import currentClientKey, forwardingClientKey
-
-        def inRequest(key: bytes) -> bytes | None:
-            forwardingClientKey(key)
-            return currentClientKey()
-
-        self.assertEqual(contextvars.copy_context().run(inRequest, b"k-one"), b"k-one")
-        self.assertEqual(contextvars.copy_context().run(currentClientKey), None)
+        h = ProxyHarness()
+        backend = h.backendClient
+        extra = {b"Content-Type": [b"application/json"]}
+        self.assertEqual(backend.headers(extra, clientKey=b"client-a")[b"Authorization"],
+                         [b"Bearer sk-secret"])
+        backend.forwardClientKey = True
+        self.assertEqual(backend.headers(extra, clientKey=b"client-a"),
+                         {**extra, b"Authorization": [b"Bearer client-a"]})
+        self.assertEqual(backend.headers(None, clientKey=b"client-b")[b"Authorization"],
+                         [b"Bearer client-b"])
+        self.assertEqual(backend.headers(None, clientKey=None)[b"Authorization"],
+                         [b"Bearer sk-secret"])
+        self.assertEqual(extra, {b"Content-Type": [b"application/json"]})
 
 
 class ReadyURLTests(SynchronousTestCase):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,7 +19,6 @@ from ollama_proxy.upstream.cache import TTLCache
 from ollama_proxy.upstream.routing import (
     BackendModels,
     Router,
-    applyExtra,
     applyOverride,
 )
 from tests.upstream.helpers import LogCapture, ScriptedFetch
@@ -208,10 +208,30 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual((route.modelId, route.known), ("qwen3:8b", True))
         self.assertEqual(len(self.fa.calls), 1)
 
+    def test_guessRemembersItsListing(self) -> None:
+        """
+        A route sent on a guess carries the model list it was guessed
+        without and that list's value then, so that the caller can tell
+        whether a newer list arrived meanwhile (and only then ask again);
+        a route a list named carries none.
+        """
+        router = Router([self.a])
+        guess = self.successResultOf(Deferred.fromCoroutine(router.route("qwen3:8b")))
+        self.assertIs(guess.listing, self.a.cache)
+        self.assertIsNone(guess.listingSeen)
+        d = Deferred.fromCoroutine(router.models())
+        self.fa.answer("qwen3:8b")
+        self.successResultOf(d)
+        assert guess.listing is not None
+        self.assertIsNot(guess.listing.value, guess.listingSeen)
+        self.assertEqual(router.lookup("qwen3:8b"), attrs.evolve(guess, known=True, listed="qwen3:8b"))
+        named = self.successResultOf(Deferred.fromCoroutine(router.route("qwen3:8b")))
+        self.assertIsNone(named.listing)
+
 
 class OverrideTests(SynchronousTestCase):
     """
-    L{applyOverride} and L{applyExtra}.
+    L{applyOverride}.
     """
 
     def test_defaultOptionsLoseToClient(self) -> None:
@@ -223,11 +243,3 @@ class OverrideTests(SynchronousTestCase):
         self.assertEqual(body["options"], {"temperature": 0.9, "num_ctx": 8192})
         self.assertEqual(applyOverride({"model": "m"}, override)["options"],
                          {"temperature": 0.2, "num_ctx": 8192})
-
-    def test_extraWins(self) -> None:
-        """
-        Extra fields are set on the upstream body over the translated ones.
-        """
-        upstream = applyExtra({"model": "m", "user": "x"},
-                              ModelOverride(extra={"user": "proxy", "seed": 1}))
-        self.assertEqual(upstream, {"model": "m", "user": "proxy", "seed": 1})

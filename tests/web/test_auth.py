@@ -175,6 +175,25 @@ class ForwardClientKeyTests(SynchronousTestCase):
         self.assertEqual(a.headers["authorization"], "Bearer client-a")
         self.assertEqual(b.headers["authorization"], "Bearer client-b")
 
+    def test_forwardedOnEveryRoute(self) -> None:
+        """
+        The key is passed with the upstream call of every kind of route:
+        an Anthropic stream, embeddings (new and legacy), a raw text
+        completion.
+        """
+        h = ProxyHarness()
+        h.backendClient.forwardClientKey = True
+        key = {b"Authorization": [b"Bearer client-c"]}
+        h.post("/v1/messages", {"model": "m", "max_tokens": 5, "stream": True,
+                                "messages": [{"role": "user", "content": "hi"}]}, headers=key)
+        h.post("/api/embed", {"model": "m", "input": "x"}, headers=key)
+        h.post("/api/embeddings", {"model": "m", "prompt": "x"}, headers=key)
+        h.post("/api/generate", {"model": "m", "prompt": "x", "raw": True}, headers=key)
+        paths = [r.path.rsplit("/", 1)[-1] for r in h.backend.received]
+        self.assertEqual(paths, ["completions", "embeddings", "embeddings", "completions"])
+        for received in h.backend.received:
+            self.assertEqual(received.headers["authorization"], "Bearer client-c", received.path)
+
     def test_sharedCachesUseBackendKey(self) -> None:
         """
         The model list and metadata that every client then shares are

@@ -25,7 +25,10 @@ from ollama_proxy.testing.harness import (
     contextFor,
     delta,
 )
+from ollama_proxy.protocol.backends import ModelOverride
 from ollama_proxy.upstream.backend import Backend
+from ollama_proxy.upstream.fleet import Route
+from ollama_proxy.web.chat import upstreamBody
 from ollama_proxy.web.tree import buildRoot
 from tests.protocol.helpers import (
     LP_B,
@@ -232,6 +235,27 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(received["repetition_penalty"], 1.2)
         for absent in ("reasoning_effort", "chat_template_kwargs", "reasoning"):
             self.assertNotIn(absent, received)
+
+
+class UpstreamBodyTests(SynchronousTestCase):
+    """
+    L{upstreamBody}: the one place a body bound for the backend is completed.
+    """
+
+    def test_extraWins(self) -> None:
+        """
+        The model's configured C{extra} fields are set over the translated
+        ones (the operator's choice wins), and the builder's body is not
+        changed.
+        """
+        h = ProxyHarness()
+        route = Route("default", h.backendClient, "m",
+                      ModelOverride(extra={"user": "proxy", "seed": 1}))
+        built: Any = {"model": "m", "user": "x"}
+        noExchange: Any = None  # consulted only for the --debug log line
+        body = upstreamBody(h.ctx, route, built, noExchange)
+        self.assertEqual(body, {"model": "m", "user": "proxy", "seed": 1})
+        self.assertEqual(built, {"model": "m", "user": "x"})
 
 
 class TextCompletionInterplayTests(SynchronousTestCase):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON, Obj
-from ollama_proxy.protocol.conversation import Shape, Turn, Walker, walk
+from ollama_proxy.protocol.conversation import Shape, Turn, walk
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.protocol.fields import (
     booleanAt,
@@ -125,16 +125,9 @@ class _Messages(Shape):
     block its reasoning.  C{role: system} turns (Claude Code sends one
     mid-conversation) are kept as system messages.  Unknown blocks
     (C{redacted_thinking}, C{server_tool_use}, documents) are skipped.
+    An entry is one turn, read by the shape's defaults (the walker's
+    L{Shape.entry}: C{user}, C{assistant}, C{system}; text or blocks).
     """
-
-    def entry(self, entry: Obj, where: str, walker: Walker) -> None:
-        role = entry.get("role")
-        if role not in ("user", "assistant", "system"):
-            raise BadRequest(f"{where}.role: expected \"user\" or \"assistant\", got {role!r}")
-        content = entry.get("content")
-        if not isinstance(content, (str, list)):
-            raise BadRequest(f"{where}.content: expected a string or a list of blocks")
-        walker.turn(str(role), content, where)
 
     def part(self, part: Obj, at: str, turn: Turn) -> None:
         kind = part.get("type")

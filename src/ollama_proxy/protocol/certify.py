@@ -11,7 +11,7 @@ C{docs/reliability.md}, "The one skip".
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from ollama_proxy.protocol.dialect import VARYING
 
@@ -55,4 +55,37 @@ def framable(secrets: Sequence[str], prefix: int) -> bool:
     """
     return not any(
         _DELIMITERS.search(secret) or VARYING.issuperset(secret[:prefix]) for secret in secrets
+    )
+
+
+class SecretChecks(NamedTuple):
+    """
+    What the event redactor checks a request's reads against, made once
+    for its secrets (L{checks}).
+
+    @ivar framable: L{framable}.
+    @ivar heads: each secret's first C{prefix} characters, encoded: a
+        framing that holds one could help spell a secret.
+    @ivar suspect: L{suspect}.
+    """
+
+    framable: bool
+    heads: tuple[bytes, ...]
+    suspect: re.Pattern[str]
+
+
+def checks(secrets: Sequence[str], prefix: int) -> SecretChecks:
+    """
+    Everything the certified skip needs to know of a request's secrets, in
+    one question (the event redactor asks once, when it is made).
+
+    @param secrets: the secrets.
+    @param prefix: how many leading characters of a secret count as the
+        secret (L{ollama_proxy.protocol.redact.PREFIX}).
+    @return: the checks.
+    """
+    return SecretChecks(
+        framable(secrets, prefix),
+        tuple(secret[:prefix].encode("utf-8") for secret in secrets),
+        suspect(secrets, prefix),
     )

@@ -17,7 +17,7 @@ list, its entries and its parts read, and in its own words.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import attrs
 
@@ -63,6 +63,13 @@ class Shape:
     (L{part}).  The defaults are the agents' dialects' wording (the path of
     what is wrong, then what was expected).
 
+    An entry that is one turn (a role and its content) is data: the
+    dialect names its roles (L{roles}), its content's field and whether
+    plain text is one, and its words for what is wrong, and the default
+    L{entry} reads it, so the walk calls the dialect back only for its
+    parts.  A dialect whose entries are more than a turn (Responses' items,
+    Ollama's whole messages) reads them itself.
+
     @cvar name: the list's field (C{messages}); an entry's path is
         C{name[i]}.
     @cvar missing: the message when the list is absent, empty or not a list.
@@ -83,6 +90,18 @@ class Shape:
     partKey = ".content"
     notPart = "{at}: expected an object"
     keeps: Callable[[Turn, str], bool] | None = None
+    roles: Mapping[str, str] = {"user": "user", "assistant": "assistant", "system": "system"}
+    """The dialect's role names, each to the hub's (L{entry})."""
+    defaultRole: str | None = None
+    """The role of an entry that names none (C{None}: it must)."""
+    badRole = '{where}.role: expected "user" or "assistant", got {role!r}'
+    """The message for a role not in L{roles} (C{{where}}, C{{role}})."""
+    contentKey = "content"
+    """The field of an entry's content (its parts, or its text)."""
+    textContent = True
+    """Whether the content may be plain text instead of a list of parts."""
+    badContent = "{where}.content: expected a string or a list of blocks"
+    """The message for content of another type (C{{where}})."""
 
     def entries(self, value: object) -> list[object]:
         """
@@ -96,9 +115,21 @@ class Shape:
     def entry(self, entry: Obj, where: str, walker: Walker) -> None:
         """
         Read one entry, telling C{walker} what it is (L{Walker.turn},
-        L{Walker.call}, L{Walker.append}, L{Walker.thought}).
+        L{Walker.call}, L{Walker.append}, L{Walker.thought}).  By default
+        the entry is one turn, read by the shape's data: its role (one of
+        L{roles}, or L{defaultRole} when it names none) and its content (at
+        L{contentKey}: a list of parts, or text when L{textContent}).
         """
-        raise NotImplementedError
+        role = entry.get("role")
+        if not role and self.defaultRole is not None:
+            role = self.defaultRole
+        hub = self.roles.get(role) if isinstance(role, str) else None
+        if hub is None:
+            raise BadRequest(self.badRole.format(where=where, role=role))
+        content = entry.get(self.contentKey)
+        if not (isinstance(content, list) or self.textContent and isinstance(content, str)):
+            raise BadRequest(self.badContent.format(where=where))
+        walker.turn(hub, content, where)
 
     def part(self, part: Obj, at: str, turn: Turn) -> None:
         """

@@ -229,15 +229,16 @@ class _Contents(Shape):
 
     partKey = ".parts"
 
+    roles = _ROLES
+    defaultRole = "user"
+    badRole = '{where}.role: expected "user" or "model", got {role!r}'
+    contentKey = "parts"
+    textContent = False
+    badContent = "{where}.parts: expected a list"
+
     def entry(self, entry: Obj, where: str, walker: Walker) -> None:
-        entry = camelKeys(entry)
-        role = entry.get("role") or "user"
-        if role not in ("user", "model", "function"):
-            raise BadRequest(f"{where}.role: expected \"user\" or \"model\", got {role!r}")
-        parts = entry.get("parts")
-        if not isinstance(parts, list):
-            raise BadRequest(f"{where}.parts: expected a list")
-        walker.turn(_ROLES[str(role)], parts, where)
+        # A turn, read by the shape's data above, once its keys are camelCase.
+        super().entry(camelKeys(entry), where, walker)
 
     def part(self, part: Obj, at: str, turn: Turn) -> None:
         part = camelKeys(part)

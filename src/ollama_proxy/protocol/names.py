@@ -42,7 +42,7 @@ def backendModel(
 ) -> str:
     """
     The backend id to try for a name no listing resolves (see
-    L{NameIndex.guess}).
+    L{NameIndex.find}).
 
     @param name: the client's C{model} string.
     @param known: the backend's ids, when the proxy has a recent list; a name
@@ -177,12 +177,18 @@ class NameIndex(Generic[T]):
             self._folded = folded
         return self._folded
 
-    def guess(self, name: str) -> str:
+    def find(self, name: str) -> tuple[T | None, str]:
         """
-        @param name: a name L{resolve} does not know.
-        @return: the backend id to try for it.
+        One question for a caller that sends an unknown name on a guess
+        (the single backend): who owns the name, and what to try if no one
+        does.
+
+        @param name: the client's C{model} string.
+        @return: what L{resolve} returns, and the backend id to try when
+            that is C{None} (the name without the proxy's tag or
+            C{:latest}).
         """
-        return stripTag(name, self.tag)
+        return self.resolve(name), stripTag(name, self.tag)
 
     def __len__(self) -> int:
         return len(self._index)

@@ -22,7 +22,7 @@ import re
 from typing import Any, AnyStr, Iterable, Sequence
 from urllib.parse import unquote_to_bytes
 
-from ollama_proxy.protocol.certify import ESCAPED, framable, suspect
+from ollama_proxy.protocol.certify import ESCAPED, checks
 from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCall, ToolCalls
 
 REDACTED = "<redacted>"
@@ -468,9 +468,7 @@ class EventRedactor:
         escaped = redactor._escaped(secrets)[1]
         self._content = TextRedactor(secrets, escaped)
         self._thinking = TextRedactor(secrets, escaped)
-        self._framable = framable(secrets, PREFIX)
-        self._heads = tuple(secret[:PREFIX].encode("utf-8") for secret in secrets)
-        self._suspect = suspect(secrets, PREFIX)
+        self._framable, self._heads, self._suspect = checks(secrets, PREFIX)
         self._certified: tuple[bytes, bool] = (b"", False)
         self.plain = False
 

@@ -12,7 +12,6 @@ about the client's request or dialect.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from typing import Any, Callable
 
 import attrs
@@ -77,31 +76,6 @@ class ReadyURL(EncodedURL):
             return super().to_text(with_password)
         return self._texts[1 if with_password else 0]
 
-
-_clientKey: ContextVar[bytes | None] = ContextVar("clientKey", default=None)
-"""The key the current client request presented, if any (never logged),
-for C{--forward-client-key}.  Owned here: set only through
-L{forwardingClientKey}, read only through L{currentClientKey}, by the
-upstream modules."""
-
-
-def forwardingClientKey(key: bytes | None) -> None:
-    """
-    The key the client request being handled presented, for the upstream
-    calls made on its behalf: call it in the request's own coroutine (its
-    own copy of the context), so no other request's calls see it.
-
-    @param key: the presented key, or C{None}.
-    """
-    _clientKey.set(key)
-
-
-def currentClientKey() -> bytes | None:
-    """
-    @return: the key the current request presented (see
-        L{forwardingClientKey}), if any.
-    """
-    return _clientKey.get()
 
 log = Logger()
 
@@ -224,9 +198,9 @@ class Backend:
         C{None} for no limit.
     @ivar retries: how many times a C{429 Too Many Requests} is retried by
         L{postJSON} (before any byte reached the client); 0 disables.
-    @ivar forwardClientKey: send the client's own key (see
-        L{ollama_proxy.upstream.backend.currentClientKey}) upstream instead of L{apiKey} when the
-        client presented one.
+    @ivar forwardClientKey: send the client's own key (the C{clientKey}
+        its request passes to L{headers}) upstream instead of L{apiKey} when
+        the client presented one.
     @ivar maxRetryWait: the longest C{Retry-After} honoured; a backend that
         asks for a longer pause gets its 429 passed on at once.
     @ivar name: the backend's configured name, for logs and metrics.
@@ -276,22 +250,25 @@ class Backend:
         return ready
 
     def headers(
-        self, extra: dict[bytes, list[bytes]] | None = None, shared: bool = False
+        self, extra: dict[bytes, list[bytes]] | None, *, clientKey: bytes | None
     ) -> dict[bytes, list[bytes]]:
         """
         The headers for an upstream request.
 
         @param extra: headers to forward (hop-by-hop and auth already removed
             by the caller).
-        @param shared: the answer is cached for every client (model lists,
-            metadata): never the client's key, so that one client's key
-            cannot decide what the others see.
+        @param clientKey: the key the client presented, for a request made
+            on its behalf (sent instead of L{apiKey} with
+            L{forwardClientKey}); C{None} for one whose answer is shared by
+            every client (model lists, metadata), so that one client's key
+            cannot decide what the others see.  Required, so that every
+            caller says which it is: the key travels with the request that
+            presented it, never through state another request could see.
         @return: C{extra} plus C{Authorization} when a key is configured (or
-            the client's key, with L{forwardClientKey}, for a request that is
-            not L{shared}).
+            the client's key, with L{forwardClientKey}).
         """
         headers = dict(extra or {})
-        key = currentClientKey() if self.forwardClientKey and not shared else None
+        key = clientKey if self.forwardClientKey else None
         if key is None and self.apiKey:
             key = self.apiKey.encode("utf-8")
         if key is not None:
@@ -322,18 +299,19 @@ class Backend:
             self.onResponse(self.name, self.reactor.seconds() - started)
         return response
 
-    async def postJSON(self, path: str, body: Any) -> IResponse:
+    async def postJSON(self, path: str, body: Any, *, clientKey: bytes | None) -> IResponse:
         """
         POST a JSON body to the backend and check the status.
 
         @param path: the API path below C{/v1}.
         @param body: the JSON-compatible request body.
+        @param clientKey: the client's key (see L{headers}).
         @return: a 2xx response with its body unread.
         @raise UpstreamHTTPError: for a non-2xx answer, with the backend's
             status and message.
         """
         data = codec.dumps(body)
-        headers = self.headers({b"Content-Type": [b"application/json"]})
+        headers = self.headers({b"Content-Type": [b"application/json"]}, clientKey=clientKey)
         for attempt in range(self.retries + 1):
             response = await self.request("POST", self.readyURL(path), data, headers)
             if response.code != 429 or attempt == self.retries:
@@ -352,7 +330,9 @@ class Backend:
             raise
         return response
 
-    async def postChat(self, body: JSON, path: str = "chat/completions") -> IResponse:
+    async def postChat(
+        self, body: JSON, path: str = "chat/completions", *, clientKey: bytes | None
+    ) -> IResponse:
         """
         POST a generation request; if the backend refuses the sampling
         extras by name, once more without them (see
@@ -360,11 +340,12 @@ class Backend:
 
         @param body: the OpenAI request.
         @param path: the API path below C{/v1}.
+        @param clientKey: the client's key (see L{headers}).
         @return: a 2xx response, body unread.
         @raise UpstreamHTTPError: for any other non-2xx answer.
         """
         try:
-            return await self.postJSON(path, body)
+            return await self.postJSON(path, body, clientKey=clientKey)
         except UpstreamHTTPError as e:
             retryBody = withoutRejectedExtras(body, e.status, e.message)
             if retryBody is None:
@@ -373,10 +354,10 @@ class Backend:
                 "backend rejected sampling extras (HTTP {status}); retrying without them",
                 status=e.status,
             )
-            return await self.postJSON(path, retryBody)
+            return await self.postJSON(path, retryBody, clientKey=clientKey)
 
     async def postText(
-        self, body: JSON, chatFallback: Callable[[], JSON] | None = None
+        self, body: JSON, chatFallback: Callable[[], JSON] | None, *, clientKey: bytes | None
     ) -> tuple[IResponse, bool]:
         """
         POST a legacy text completion (raw prompt, fill-in-the-middle).
@@ -387,11 +368,12 @@ class Backend:
 
         @param body: the C{/v1/completions} request.
         @param chatFallback: builds the equivalent chat request, if any.
+        @param clientKey: the client's key (see L{headers}).
         @return: a 2xx response, body unread, and whether it is a chat.
         @raise UpstreamHTTPError: for a non-2xx answer.
         """
         try:
-            return await self.postChat(body, "completions"), False
+            return await self.postChat(body, "completions", clientKey=clientKey), False
         except UpstreamHTTPError as e:
             if e.status not in (404, 405, 501) or chatFallback is None:
                 raise
@@ -399,7 +381,7 @@ class Backend:
                 "backend refused /v1/completions ({status}); sending the raw prompt as a chat",
                 status=e.status,
             )
-            return await self.postChat(chatFallback()), True
+            return await self.postChat(chatFallback(), clientKey=clientKey), True
 
     async def getJSON(self, path: str) -> Any:
         """
@@ -411,7 +393,7 @@ class Backend:
         @return: the decoded body.
         @raise UpstreamError: on connection problems, non-2xx, or non-JSON.
         """
-        response = await self.request("GET", self.readyURL(path), headers=self.headers(shared=True))
+        response = await self.request("GET", self.readyURL(path), headers=self.headers(None, clientKey=None))
         await raiseForStatus(response, self.reactor, self.idleTimeout)
         return await readJSON(response, self.reactor, self.idleTimeout)
 

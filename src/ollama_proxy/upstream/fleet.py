@@ -27,7 +27,7 @@ proxy's own words ("connection refused", "timeout", "backend answered
 from __future__ import annotations
 
 import random
-from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -56,10 +56,10 @@ from ollama_proxy.protocol.backends import NO_OVERRIDE, BackendConfig, ModelOver
 from ollama_proxy.upstream.backend import (
     DEFAULT_RETRY_DELAY,
     Backend,
-    currentClientKey,
     retryDelay,
 )
 from ollama_proxy.upstream.body import readBody
+from ollama_proxy.upstream.cache import TTLCache
 
 log = Logger()
 
@@ -91,6 +91,11 @@ class Route:
     @ivar pool: every backend that offers the name, when several do (this
         route is then the first of them); see L{Fleet.send}.
     @ivar key: the request's conversation key, when its pool is sticky.
+    @ivar listing: for a route sent on a guess, the model list it was
+        guessed without; C{None} for a route a list or the configuration
+        named.
+    @ivar listingSeen: that list's value when the guess was made: a label
+        is worth looking up again only once a newer list has arrived.
     """
 
     name: str
@@ -101,6 +106,8 @@ class Route:
     listed: str = ""
     pool: Pool | None = attrs.field(default=None, eq=False, repr=False)
     key: str = ""
+    listing: TTLCache[Any] | None = attrs.field(default=None, eq=False, repr=False)
+    listingSeen: object = attrs.field(default=None, eq=False, repr=False)
 
 
 class Listed(Protocol):
@@ -255,7 +262,8 @@ class Fleet:
     # -- selection and failover ---------------------------------------
 
     async def send(
-        self, route: Route, call: Callable[[Route], Awaitable[T]], key: str = "",
+        self, route: Route, call: Callable[[Route], Awaitable[T]], key: str = "", *,
+        clientKey: bytes | None,
     ) -> tuple[Route, T, Lease | None]:
         """
         Send a request to the best member of C{route}'s pool, failing over
@@ -265,6 +273,9 @@ class Fleet:
         @param call: sends the request to one member and returns its
             answer (its response headers: nothing has reached the client).
         @param key: the conversation's sticky key (C{""}: none).
+        @param clientKey: the key the client presented (C{call} sends it
+            to a backend that forwards client keys): a backend refusing a
+            client's own key is the client's business, not the member's.
         @return: the member that answered, its answer, and the lease to
             release when the answer is finished.
         @raise ProxyError: the last member's error when every attempt
@@ -312,7 +323,7 @@ class Fleet:
                 self._settle(member, -1)
                 if isinstance(e, UpstreamHTTPError):
                     e.backend = member.name
-                if self._failedWith(member, target, e) and more:
+                if self._failedWith(member, target, e, clientKey) and more:
                     last = e
                     self._failover(member)
                     continue
@@ -320,10 +331,10 @@ class Fleet:
                 raise
             member.waiting -= 1
             code = getattr(result, "code", None)
-            if isinstance(code, int) and (code in FAILOVER_STATUSES or self._keyRefused(target, code)):
+            if isinstance(code, int) and (code in FAILOVER_STATUSES or self._keyRefused(target, code, clientKey)):
                 error = UpstreamHTTPError(f"backend answered {code}", code)
                 error.retryAfter = retryDelay(result, self.clock.seconds())  # type: ignore[arg-type]
-                if self._failedWith(member, target, error) and more and self._another(pool, tried):
+                if self._failedWith(member, target, error, clientKey) and more and self._another(pool, tried):
                     self._settle(member, -1)
                     # Drained on the side (capped, idle-timed): the next
                     # member is asked at once.
@@ -369,16 +380,18 @@ class Fleet:
         if self.observer is not None:
             self.observer.fleetFailover(member.name)
 
-    def _keyRefused(self, target: Route, code: int) -> bool:
+    def _keyRefused(self, target: Route, code: int, clientKey: bytes | None) -> bool:
         """
         @return: whether C{code} says the proxy's own key is refused (not a
             client's forwarded one, which is the client's business).
         """
         return code in MISCONFIGURED_STATUSES and not (
-            target.backend.forwardClientKey and currentClientKey() is not None
+            target.backend.forwardClientKey and clientKey is not None
         )
 
-    def _failedWith(self, member: MemberState, target: Route, error: ProxyError) -> bool:
+    def _failedWith(
+        self, member: MemberState, target: Route, error: ProxyError, clientKey: bytes | None
+    ) -> bool:
         """
         Record a failure before the first byte.
 
@@ -391,7 +404,7 @@ class Fleet:
                 self.limited(member, DEFAULT_RETRY_DELAY if wait is None else wait)
                 return True
             if status in MISCONFIGURED_STATUSES:
-                if not self._keyRefused(target, status):
+                if not self._keyRefused(target, status, clientKey):
                     return False
                 self.misconfigured(member, f"backend answered {status}")
                 return True

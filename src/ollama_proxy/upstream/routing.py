@@ -212,6 +212,10 @@ class Router:
         self._index: NameIndex[Route] = NameIndex(tag)
         self._indexedFrom: list[list[Entry] | None] = []
         self._merged: tuple[list[list[Entry] | None], list[tuple[BackendModels, Entry]]] | None = None
+        # The names the configuration gives (aliases, static models) and
+        # any list already known are indexed now, with the router: a
+        # request re-indexes only when a list changed since.
+        self._reindex([(backend, backend.known()) for backend in self.backends])
 
     @classmethod
     def single(cls, backend: Backend, clock: IReactorTime, ttl: float = 0.0, tag: str = "proxy",
@@ -332,12 +336,12 @@ class Router:
             # names such as "x:proxy" or an id that contains a colon.
             only = self.backends[0]
             self._reindex([(only, only.known())])
-            found = self._index.resolve(name)
+            found, modelId = self._index.find(name)
             if found is None and name != name.lower() and only.cache.value is None:
                 # Only a listing can tell that "PLAIN" is the backend's
                 # "plain" (names are case-insensitive, as in Ollama).
                 await self.lists()
-                found = self._index.resolve(name)
+                found, modelId = self._index.find(name)
             if found is not None:
                 return found
             if only.cache.value is not None and not only.cache.fresh():
@@ -345,9 +349,9 @@ class Router:
                 # background, the request does not wait), so that a model
                 # the backend added gets its own metrics label soon.
                 Deferred.fromCoroutine(only.cache.get()).addErrback(lambda _: None)
-            modelId = self._index.guess(name)
             modelId = only.config.aliases.get(modelId, modelId)
-            return Route(only.name, only.backend, modelId, only.config.override(modelId), False)
+            return Route(only.name, only.backend, modelId, only.config.override(modelId), False,
+                         listing=only.cache, listingSeen=only.cache.value)
         fresh: list[tuple[BackendModels, list[Entry] | None]] = []
         for backend in self.backends:
             cache = backend.cache
@@ -489,16 +493,3 @@ def applyOverride(body: JSON, override: ModelOverride) -> JSON:
     if isinstance(options, dict):
         merged.update(options)
     return {**body, "options": merged}
-
-
-def applyExtra(upstream: JSON, override: ModelOverride) -> JSON:
-    """
-    Merge a model's extra request fields into the OpenAI body (the
-    configuration wins: these are fields the operator wants on every call).
-
-    @param upstream: the translated request body.
-    @param override: the model's settings.
-    @return: C{upstream}, updated in place.
-    """
-    upstream.update(override.extra)
-    return upstream

@@ -12,12 +12,12 @@ preflights, which browsers send without credentials).  Keys are compared
 with L{hmac.compare_digest} against every configured key, so the time taken
 does not reveal how much of a guess was right.
 
-The key a client presented reaches the code that builds the upstream
-request (see L{ollama_proxy.upstream.backend.Backend.headers}) without
-threading it through every handler: the bridge hands it to
-L{ollama_proxy.upstream.backend.forwardingClientKey}, the one owner of that
-context variable, once per request inside the request's own coroutine
-context, so concurrent requests never see each other's keys.
+The key a client presented is read once per request (L{presentedKey}, kept
+on the exchange) and passed explicitly with each upstream call made on the
+request's behalf (the C{clientKey} of
+L{ollama_proxy.upstream.backend.Backend.headers}, required there): no state
+outside the request carries it, so concurrent requests never see each
+other's keys.
 """
 
 from __future__ import annotations

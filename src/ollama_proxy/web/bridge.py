@@ -35,7 +35,7 @@ from ollama_proxy.protocol.fields import requireObject
 from ollama_proxy.protocol.ollama import ERRORS as OLLAMA_ERRORS
 from ollama_proxy.protocol.ollama import NDJSON
 from ollama_proxy.protocol.redact import Redactor, StreamRedactor
-from ollama_proxy.upstream.backend import forwardingClientKey, redactHeaders
+from ollama_proxy.upstream.backend import redactHeaders
 from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.budget import RETRY_AFTER, Busy, chargeOf, chargeParse, inflate
@@ -97,8 +97,9 @@ class Exchange:
     @ivar firstToken: ns from arrival to the first generated token (streams).
     @ivar upstreamError: the kind of upstream failure that ended the
         request (see L{ollama_proxy.web.observe.upstreamErrorKind}), if any.
-    @ivar guessed: the model name, when sent to the only backend unlisted
-        (its label is looked up again at the end).
+    @ivar guessed: the route, when the model was sent to the only backend
+        unlisted (its label is looked up again at the end if a newer list
+        arrived meanwhile).
     @ivar errors: the error shape of the dialect being answered in (the
         resource's, or the dialect's once a generation chose one): the
         funnel asks it, before the stream and after it began.
@@ -119,7 +120,7 @@ class Exchange:
     tokensOut: int | None = None
     firstToken: int | None = None
     upstreamError: str | None = None
-    guessed: str | None = None
+    guessed: Route | None = None
     errors: ErrorShape = OLLAMA_ERRORS
     encoder: Encoder | None = None
     redactor: Redactor = attrs.field(factory=Redactor, repr=False)
@@ -353,7 +354,7 @@ class ProxyResource(Resource):
         # a metrics label.
         ex.modelLabel = ex.redactText(modelLabel(route.known, route.modelId))
         if not route.known:
-            ex.guessed = name
+            ex.guessed = route
         return route
 
     def _handler(self, method: str) -> Handler | None:
@@ -452,9 +453,6 @@ class ProxyResource(Resource):
         @param handler: the bound C{handle_*} method.
         @param ex: the exchange.
         """
-        # This coroutine runs in its own copy of the context, so the key is
-        # seen only by this request's upstream calls.
-        forwardingClientKey(ex.presented)
         collected = False
         try:
             if ex.body and self._encoded(ex.request):
@@ -554,9 +552,11 @@ class ProxyResource(Resource):
         if not ex.client.gone:
             ex.flush()
             request.finish()
-        if ex.guessed is not None:
-            # Sent on a guess: a listing made meanwhile may know it.
-            known = self.ctx.models.router.lookup(ex.guessed)
+        guessed = ex.guessed
+        if (guessed is not None and guessed.listing is not None
+                and guessed.listing.value is not guessed.listingSeen and ex.model is not None):
+            # Sent on a guess, and a newer list arrived: it may know the name.
+            known = self.ctx.models.router.lookup(ex.model)
             if known is not None:
                 ex.modelLabel = ex.redactText(known.modelId)
         logRequest(ex, self.label or self.routeLabel(request), self.ctx.now(), self.ctx.metrics)

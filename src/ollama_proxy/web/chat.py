@@ -30,7 +30,7 @@ from ollama_proxy.protocol.stream import TranslatedStream
 from ollama_proxy.protocol.toolids import uniqueToolIds
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.body import readJSON
-from ollama_proxy.upstream.routing import Route, applyExtra
+from ollama_proxy.upstream.routing import Route
 from ollama_proxy.web.bridge import DEBUG_EXCERPT, Exchange
 from ollama_proxy.web.fleet import send
 from ollama_proxy.web.context import ProxyContext
@@ -58,7 +58,10 @@ class ReadOptions:
 def upstreamBody(ctx: ProxyContext, route: Route, built: ChatBody | TextBody, ex: Exchange) -> JSON:
     """
     An OpenAI request body as it goes to the routed backend: the model's
-    configured extra fields added, logged with C{--debug}.
+    configured extra fields added over the translated ones (the
+    configuration wins: these are fields the operator wants on every call;
+    the route carries them, so nothing is asked of the router again),
+    logged with C{--debug}.
 
     @param ctx: the shared context.
     @param route: where it goes.
@@ -69,7 +72,7 @@ def upstreamBody(ctx: ProxyContext, route: Route, built: ChatBody | TextBody, ex
     @return: the body, completed.
     """
     body: JSON = dict(built)
-    applyExtra(body, route.override)
+    body.update(route.override.extra)
     if ctx.debug:
         # An excerpt, as the request line's: a 60 MB body must not become a
         # 60 MB log line (written twice by the JSON log) per request.
@@ -107,7 +110,8 @@ async def generate(
     if isinstance(request, TextRequest):
         return await _complete(ctx, ex, route, request, dialect, encoder, asChat)
     route, response = await send(ctx, ex, route, lambda member: member.backend.postChat(
-        upstreamBody(ctx, member, chatBody(request, member.modelId, member.backend.flavor), ex)
+        upstreamBody(ctx, member, chatBody(request, member.modelId, member.backend.flavor), ex),
+        clientKey=ex.presented,
     ))
     unique = uniqueToolIds(dialect, request, encoder=encoder)
     return await answer(
@@ -134,13 +138,13 @@ async def _complete(
         flavor = member.backend.flavor
         textRequest = upstreamBody(ctx, member, textBody(request, member.modelId, flavor), ex)
         if asChat is None:
-            return member.backend.postText(textRequest, None)
+            return member.backend.postText(textRequest, None, clientKey=ex.presented)
         chat = asChat
 
         def chatRequest() -> JSON:
             return upstreamBody(ctx, member, chatBody(chat(), member.modelId, flavor), ex)
 
-        return member.backend.postText(textRequest, chatRequest)
+        return member.backend.postText(textRequest, chatRequest, clientKey=ex.presented)
 
     route, (response, isChat) = await send(ctx, ex, route, post)
     # Raw text and code: a leading <think> is the user's, unless the

@@ -50,7 +50,8 @@ async def send(
         if fleet is None:
             answered, result = route, await call(route)
         else:
-            answered, result, lease = await fleet.send(route, call, route.key)
+            answered, result, lease = await fleet.send(route, call, route.key,
+                                                        clientKey=ex.presented)
             if lease is not None:
                 # Finished (or the client gone): a stream the backend broke
                 # after its first byte counts against it.

@@ -55,7 +55,7 @@ class Embed(ProxyResource):
             return emptyEmbedResponse(model)
         route = await self.route(ex, model)
         route, response = await send(self.ctx, ex, route, lambda member: member.backend.postJSON(
-            "embeddings", embedRequestToOpenAI(member.modelId, inputs, dimensions)
+            "embeddings", embedRequestToOpenAI(member.modelId, inputs, dimensions), clientKey=ex.presented,
         ))
         vectors, tokens = vectorsFromOpenAI(
             await readJSON(response, route.backend.reactor, route.backend.idleTimeout), len(inputs)
@@ -79,7 +79,7 @@ class LegacyEmbeddings(ProxyResource):
             return {"embedding": []}
         route = await self.route(ex, model)
         route, response = await send(self.ctx, ex, route, lambda member: member.backend.postJSON(
-            "embeddings", embedRequestToOpenAI(member.modelId, [prompt], None)
+            "embeddings", embedRequestToOpenAI(member.modelId, [prompt], None), clientKey=ex.presented,
         ))
         [vector], _ = vectorsFromOpenAI(
             await readJSON(response, route.backend.reactor, route.backend.idleTimeout), 1

@@ -76,7 +76,8 @@ async def forwardToBackend(
     def post(member: Route) -> Awaitable[IResponse]:
         backend = member.backend
         data = body(member) if callable(body) else body
-        return backend.request(method, url(member), data, backend.headers(headers))
+        return backend.request(method, url(member), data,
+                               backend.headers(headers, clientKey=ex.presented))
 
     if isinstance(target, Backend):
         target = Route(target.name, target, "")
