@@ -234,14 +234,16 @@ class TranslatedStream:
         try:
             events = self.reader.feed(payloads)
         except StreamFailed as e:
-            e.output = self.encoder.encode(self._redactLast(e.events))
+            e.output = self.encoder.encodeRead(self._redactLast(e.events))[0]
             raise
         redactor = self.redactor
         if redactor is None:
-            return self.encoder.encode(events)
-        framing = self.encoder.framing()
-        events = redactor.feed(events)
-        out = self.encoder.encode(events)
+            return self.encoder.encodeRead(events)[0]
+        out, framing = self.encoder.encodeRead(redactor.feed(events))
+        # The skip's invariant: the output is certified only once the
+        # framing it was written in passed the check, here, before the
+        # caller writes it; no framing, or one that fails, sends the read
+        # through the outbound byte filter.
         self.redacted = framing is not None and redactor.plain and redactor.certifies(framing)
         return out
 
@@ -265,11 +267,11 @@ class TranslatedStream:
         try:
             events = self.reader.feed(self.decoder.close())
         except StreamFailed as e:
-            e.output = self.encoder.encode(self._redactLast(e.events))
+            e.output = self.encoder.encodeRead(self._redactLast(e.events))[0]
             raise
         last = self.reader.finish()
         finish = last[-1]
         if isinstance(finish, Finish):
             self.finished = finish
         events.extend(last)
-        return self.encoder.encode(self._redactLast(events))
+        return self.encoder.encodeRead(self._redactLast(events))[0]
