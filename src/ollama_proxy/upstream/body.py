@@ -9,7 +9,9 @@ reactor turn (one delivery per socket read) for a collector, runs the idle timer
 transport as a push producer so the web layer can register it on the client
 request (back-pressure, and closing the upstream when the client leaves).
 L{readInto} builds one and reads a body with it (one call: the relay's);
-L{readBody} and L{readJSON} are the small-body helpers built on it.  Nothing here knows about C{twisted.web} server requests.
+L{readBody} and L{readJSON} are the small-body helpers built on it.  The
+status check is the backend's (L{ollama_proxy.upstream.backend}).  Nothing
+here knows about C{twisted.web} server requests.
 """
 
 from __future__ import annotations
