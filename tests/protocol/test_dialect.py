@@ -6,6 +6,7 @@ proxy's dialects through their public encoders.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -100,6 +101,58 @@ class LifecycleTests(SynchronousTestCase):
         second = dialect.streamEncoder("m", T0)
         self.assertIsNot(first, second)
         self.assertIs(second.state, START)
+
+
+class EncodeReadTests(SynchronousTestCase):
+    """
+    L{Encoder.encodeRead}: one read's bytes, and the framing of the
+    template that wrote them, as it was before the read.
+    """
+
+    def test_sameBytesAsEncode(self) -> None:
+        """
+        The bytes are L{Encoder.encode}'s, read for read (the random
+        message ids aside).
+        """
+        ids = re.compile(rb"(msg|resp)_[0-9a-f]+")
+        for name, make in ENCODERS.items():
+            one, other = make(), make()
+            for events in ([Delta("a")], [Delta("b"), Delta("c")], [FINISH]):
+                self.assertEqual(ids.sub(b"ID", one.encodeRead(events)[0]),
+                                 ids.sub(b"ID", other.encode(events)), name)
+
+    def test_framingBeforeTheRead(self) -> None:
+        """
+        The read that opens the stream (or its text block) was not written
+        by the template alone: its framing is C{None}, though the encoder
+        has one afterwards; the next plain read gets the template it used,
+        which holds the constant bytes around its text.
+        """
+        for name, make in ENCODERS.items():
+            encoder = make()
+            out, framing = encoder.encodeRead([Delta("a")])
+            self.assertTrue(out, name)
+            self.assertIsNone(framing, name)
+            after = encoder.framing()
+            self.assertIsNotNone(after, name)
+            out, framing = encoder.encodeRead([Delta("b")])
+            self.assertIs(framing, after, name)
+            assert framing is not None
+            self.assertIn(b'"b"', out, name)
+            for piece in framing.split(b"\n"):
+                self.assertIn(piece, out, (name, piece))
+
+    def test_noFramingAfterTheEnd(self) -> None:
+        """
+        The read that ends the stream reports the framing it began in;
+        nothing is framed once the stream is over, and a read after it
+        raises.
+        """
+        encoder = ENCODERS["ollama"]()
+        encoder.encodeRead([Delta("a")])
+        self.assertIsNotNone(encoder.encodeRead([Delta("b"), FINISH])[1])
+        self.assertIsNone(encoder.framing())
+        self.assertRaises(EncoderMisuse, encoder.encodeRead, [Delta("late")])
 
 
 class ErrorShapeTests(SynchronousTestCase):

@@ -6,6 +6,7 @@ every split of the input; what a read that fails part-way still delivers.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -476,3 +477,35 @@ class CertifiedTests(SynchronousTestCase):
             sent, skipped = filtered(name, model, [secret], reads)
             self.assertEqual(skipped, 0, (name, secret))
             self.assertNotIn(secret.encode(), sent, (name, secret))
+
+    def test_framingFailingTheCheckIsFiltered(self) -> None:
+        """
+        The skip never vouches for bytes whose framing failed the check: an
+        encoder whose template holds a secret's head (or a backslash) has
+        every read of plain, secret-free text sent through the byte
+        filter, which removes the secret the framing spells.
+        """
+        for piece in [b"sk-abcdef", b"\\"]:
+
+            class Spelling(NDJSONEncoder):
+                def _framing(self) -> bytes:
+                    return piece + b"\n" + super()._framing()
+
+                def _encode(self, events: Any) -> bytes:
+                    return super()._encode(events).replace(b'"created_at"', b'"' + piece + b'"')
+
+            redactor = Redactor(["sk-abcdef"])
+            pipeline = TranslatedStream(ChatStreamReader(constant), Spelling("m", "chat", T0, constant),
+                                        redactor=redactor.events())
+            outbound = redactor.stream()
+            assert outbound is not None
+            body = sseDeltas([(" w1", ""), (" w2", ""), (" w3", "")])
+            cut = body.index(b"data: ", 10)
+            sent = []
+            for read in (body[:cut], body[cut:]):
+                out = pipeline.feed(read)
+                self.assertFalse(pipeline.redacted, piece)
+                sent.append(outbound.feed(out))
+            if piece == b"sk-abcdef":
+                self.assertIn(b"sk-abcdef", out)
+                self.assertNotIn(b"sk-abcdef", b"".join(sent))

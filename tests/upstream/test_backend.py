@@ -1,6 +1,6 @@
 """
 The backend client's own decisions: 429 retries before any byte reached
-the client.
+the client, a non-2xx answer turned into an error with its status.
 """
 
 from __future__ import annotations
@@ -232,3 +232,51 @@ class ReadyURLTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         self.assertTrue(transport.value().startswith(b"POST /v1/chat/completions HTTP/1.1\r\n"))
         self.assertEqual(list(NO_COOKIES), [])
+
+
+class StatusTests(SynchronousTestCase):
+    """
+    L{ollama_proxy.upstream.backend.raiseForStatus}: a non-2xx answer is an
+    error carrying the backend's status and message, its body read within
+    the idle timeout.
+    """
+
+    def stall(self, h: ProxyHarness, upstream: Any, status: int) -> None:
+        upstream.request.setResponseCode(status)
+        upstream.request.setHeader(b"Content-Type", b"application/json")
+        upstream.write(b'{"partial": ')
+        h.pump()
+
+    def test_statusAndMessage(self) -> None:
+        """
+        The backend's status and its error message reach the client in
+        the client's dialect.
+        """
+        h = ProxyHarness()
+        d = h.post("/api/chat", CHAT)
+        [upstream] = h.backend.received
+        upstream.request.setResponseCode(404)
+        upstream.request.setHeader(b"Content-Type", b"application/json")
+        upstream.write(codec.dumps({"error": {"message": "no such model"}}))
+        upstream.finish()
+        h.pump()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 404)
+        body = codec.loads(self.successResultOf(h.client.content(response)))
+        self.assertIn("no such model", body["error"])
+
+    def test_errorBodyStalls(self) -> None:
+        """
+        A 500 whose error body never ends: 504 after the idle timeout rather
+        than a request that hangs.
+        """
+        h = ProxyHarness()
+        h.backendClient.idleTimeout = 5.0
+        d = h.post("/api/chat", CHAT)
+        [upstream] = h.backend.received
+        self.stall(h, upstream, 500)
+        h.clock.advance(5)
+        h.pump()
+        self.assertEqual(self.successResultOf(d).code, 504)
+        self.assertEqual(len(upstream.lost), 1)
+

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.errors import UpstreamError
 from ollama_proxy.testing.harness import ProxyHarness
-from ollama_proxy.upstream.body import BodyReader
+from ollama_proxy.upstream.body import BodyReader, readInto
 from tests.upstream.fakes import FakeResponse
 from tests.web.helpers import CHAT
 
@@ -177,21 +178,6 @@ class BackendBodyTests(SynchronousTestCase):
         self.assertEqual(response.code, 504)
         self.assertEqual(len(upstream.lost), 1)
 
-    def test_errorBodyStalls(self) -> None:
-        """
-        A 500 whose error body never ends: 504 after the idle timeout rather
-        than a request that hangs.
-        """
-        h = ProxyHarness()
-        h.backendClient.idleTimeout = 5.0
-        d = h.post("/api/chat", CHAT)
-        [upstream] = h.backend.received
-        self.stall(h, upstream, 500)
-        h.clock.advance(5)
-        h.pump()
-        self.assertEqual(self.successResultOf(d).code, 504)
-        self.assertEqual(len(upstream.lost), 1)
-
     def test_oversizedBody(self) -> None:
         """
         A non-streamed answer larger than C{MAX_RESPONSE_BODY} is a 502 and
@@ -265,3 +251,68 @@ class BodyProtocolTests(SynchronousTestCase):
         self.assertTrue(response.transport.disconnecting)
         self.assertEqual(self.failureResultOf(d, UpstreamError).value.message, "bad bytes")
         response.end()  # the connection's own end afterwards changes nothing
+
+
+class ReadIntoTests(SynchronousTestCase):
+    """
+    L{readInto}: starting a read is one call; the producer the reader
+    registered on the consumer is taken off when the read ends.
+    """
+
+    def setUp(self) -> None:
+        self.response = FakeResponse()
+        self.consumer = StringTransport()
+        self.calls: list[bytes] = []
+
+    def test_unregisteredAtTheEnd(self) -> None:
+        """
+        The upstream transport is the consumer's streaming producer while
+        the body is read, and no longer once it ended.
+        """
+        d = ensureDeferred(readInto(self.response, self.calls.append, None,  # type: ignore[arg-type]
+                                    consumer=self.consumer))
+        self.assertIsNotNone(self.consumer.producer)
+        self.assertTrue(self.consumer.streaming)
+        self.response.piece(b"x")
+        self.response.end()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.calls, [b"x"])
+        self.assertIsNone(self.consumer.producer)
+
+    def test_unregisteredOnFailure(self) -> None:
+        """
+        A collector failure ends the read with its error, the producer
+        unregistered.
+        """
+        def fail(data: bytes) -> None:
+            raise UpstreamError("bad bytes")
+
+        d = ensureDeferred(readInto(self.response, fail, None,  # type: ignore[arg-type]
+                                    consumer=self.consumer))
+        self.response.piece(b"x")
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.message, "bad bytes")
+        self.assertIsNone(self.consumer.producer)
+
+    def test_goneClientNotUnregistered(self) -> None:
+        """
+        When the client left, its request has nothing to unregister from:
+        the reader leaves it alone, and a broken upstream is the client's
+        doing (a cancellation), not a backend error.
+        """
+        client = ClientGone()
+        d = ensureDeferred(readInto(self.response, self.calls.append, None,  # type: ignore[arg-type]
+                                    consumer=self.consumer, client=client))
+        registered = self.consumer.producer
+        self.assertIsNotNone(registered)
+        client.gone = True
+        self.response.protocol.connectionLost(Failure(ConnectionLost()))
+        self.failureResultOf(d, CancelledError)
+        self.assertIs(self.consumer.producer, registered)
+
+
+class ClientGone:
+    """
+    The client as the reader sees it.
+    """
+
+    gone = False

@@ -120,7 +120,7 @@ class Encoder:
 
     def framing(self) -> bytes | None:
         """
-        What the next L{encode} of plain text deltas (content only: no
+        What the next L{encode} (or L{encodeRead}) of plain text deltas (content only: no
         thinking, no log-probabilities, no other event) writes besides the
         texts, for the outbound filter to check once instead of on every
         write (L{ollama_proxy.protocol.redact.EventRedactor.certifies}).
@@ -173,6 +173,29 @@ class Encoder:
         if self.filter is not None:
             events = self.filter.events(events)
         return self._write(events)
+
+    def encodeRead(self, events: Sequence[Event]) -> tuple[bytes, bytes | None]:
+        """
+        L{encode} one upstream read, and say which template wrote it: the
+        one call a stream makes per read.
+
+        The framing is the encoder's before this read (L{framing}): the
+        pieces of the template that writes plain text deltas in the state
+        the read began in.  A read that opens the stream or a text block
+        first writes bytes no template holds, and gets C{None}.  The
+        caller checks the framing before it writes or certifies the output
+        (L{ollama_proxy.protocol.stream.TranslatedStream.feed}); a framing
+        that fails the check sends the read through the byte filter.
+
+        @param events: the events of one upstream read, in order.
+        @return: the bytes to write to the client now, and the framing
+            they were written in (C{None}: not one template's).
+        @raise EncoderMisuse: as L{encode}.
+        """
+        framing = self.framing()
+        if self.filter is not None:
+            events = self.filter.events(events)
+        return self._write(events), framing
 
     def _write(self, events: Sequence[Event]) -> bytes:
         head = self._open() if self.state is not OPEN else b""

@@ -231,28 +231,32 @@ class TranslatedStream:
         if not payloads:
             self.redacted = True
             return b""
+        redactor = self.redactor
         try:
             events = self.reader.feed(payloads)
         except StreamFailed as e:
-            e.output = self.encoder.encode(self._redactLast(e.events))
+            e.output = self._last(e.events)
             raise
-        redactor = self.redactor
         if redactor is None:
             return self.encoder.encode(events)
-        framing = self.encoder.framing()
-        events = redactor.feed(events)
-        out = self.encoder.encode(events)
+        out, framing = self.encoder.encodeRead(redactor.feed(events))
+        # The skip's invariant: the output is certified only once the
+        # framing it was written in passed the check, here, before the
+        # caller writes it; no framing, or one that fails, sends the read
+        # through the outbound byte filter.
         self.redacted = framing is not None and redactor.plain and redactor.certifies(framing)
         return out
 
-    def _redactLast(self, events: Sequence[Event]) -> Sequence[Event]:
+    def _last(self, events: Sequence[Event]) -> bytes:
         """
         @return: the last events of the stream, redacted, with any text the
-            redactor held back released.
+            redactor held back released, encoded.  (Asked of the encoder as
+            every read is: the bytes alone without a redactor, with their
+            framing, not needed at the end, with one.)
         """
         if self.redactor is None:
-            return events
-        return [*self.redactor.feed(events), *self.redactor.end()]
+            return self.encoder.encode(events)
+        return self.encoder.encodeRead([*self.redactor.feed(events), *self.redactor.end()])[0]
 
     def end(self) -> bytes:
         """
@@ -265,11 +269,11 @@ class TranslatedStream:
         try:
             events = self.reader.feed(self.decoder.close())
         except StreamFailed as e:
-            e.output = self.encoder.encode(self._redactLast(e.events))
+            e.output = self._last(e.events)
             raise
         last = self.reader.finish()
         finish = last[-1]
         if isinstance(finish, Finish):
             self.finished = finish
         events.extend(last)
-        return self.encoder.encode(self._redactLast(events))
+        return self._last(events)

@@ -26,10 +26,33 @@ from twisted.web.iweb import IResponse
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.errors import UpstreamHTTPError
+from ollama_proxy.protocol.backend_reader import errorFromBody
 from ollama_proxy.protocol.flavors import GENERIC, Flavor, withoutRejectedExtras
-from ollama_proxy.upstream.body import raiseForStatus, readBody, readJSON
+from ollama_proxy.upstream.body import readBody, readJSON
 from ollama_proxy.upstream.failures import failureToError
 from ollama_proxy.upstream.pool import NO_COOKIES
+
+async def raiseForStatus(
+    response: IResponse,
+    clock: IReactorTime | None = None,
+    idleTimeout: float | None = None,
+) -> None:
+    """
+    Turn a non-2xx upstream answer into an error carrying its status and
+    message (read from the body).  It lives with the requests that check
+    the status (L{Backend.postJSON}, L{Backend.getJSON}): a 2xx answer
+    never leaves this module for it.
+
+    @param response: the upstream response.
+    @param clock: see L{ollama_proxy.upstream.body.readBody}.
+    @param idleTimeout: see L{ollama_proxy.upstream.body.readBody}.
+    @raise UpstreamHTTPError: if the status is not 2xx.
+    """
+    if 200 <= response.code < 300:
+        return
+    body = await readBody(response, clock, idleTimeout)
+    raise UpstreamHTTPError(errorFromBody(body, response.code), response.code)
+
 
 class ReadyURL(EncodedURL):
     """

@@ -8,12 +8,15 @@ transport arrives in C{makeConnection}), joins the body's deliveries per
 reactor turn (one delivery per socket read) for a collector, runs the idle timer, and exposes the upstream
 transport as a push producer so the web layer can register it on the client
 request (back-pressure, and closing the upstream when the client leaves).
-L{readBody}, L{readJSON} and L{raiseForStatus} are the small-body helpers
-built on it.  Nothing here knows about C{twisted.web} server requests.
+L{readInto} builds one and reads a body with it (one call: the relay's);
+L{readBody} and L{readJSON} are the small-body helpers built on it.  The
+status check is the backend's (L{ollama_proxy.upstream.backend}).  Nothing
+here knows about C{twisted.web} server requests.
 """
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Callable
 from weakref import WeakKeyDictionary, ref
 
@@ -32,18 +35,42 @@ from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.errors import (
-    UpstreamError,
-    UpstreamHTTPError,
-    UpstreamTimeout,
-)
-from ollama_proxy.protocol.backend_reader import errorFromBody
+from ollama_proxy.protocol.errors import UpstreamError, UpstreamTimeout
 from ollama_proxy.protocol.stream import SSELineTooLong
 from ollama_proxy.upstream.failures import failureToError
 
 MAX_RESPONSE_BODY = 64 * 1024 * 1024
 """The largest non-streamed upstream body read into memory (a completion,
 an embedding list, an error page); a larger one is a 502."""
+
+
+class Client(typing.Protocol):
+    """
+    The client a body is read for, as the reader sees it (the web layer's
+    C{ClientState}): an attribute, read where it matters, so that the
+    reader never calls back into the web layer to ask.
+    """
+
+    gone: bool
+    """Whether the client has left (or its answer finished)."""
+
+
+async def readInto(
+    response: IResponse,
+    collector: Callable[[bytes], None],
+    clock: IReactorTime | None,
+    idleTimeout: float | None = None,
+    consumer: IConsumer | None = None,
+    client: Client | None = None,
+) -> None:
+    """
+    Read C{response}'s body to its end with a new L{BodyReader}: its
+    arguments, then L{BodyReader.read}'s.  Starting a read is one call.
+
+    @raise UpstreamError: see L{BodyReader.read}.
+    @raise CancelledError: see L{BodyReader.read}.
+    """
+    await BodyReader(collector, clock, idleTimeout, client).read(response, consumer)
 
 
 async def readBody(
@@ -81,7 +108,7 @@ async def readBody(
             )
         chunks.append(data)
 
-    await BodyReader(collect, clock, idleTimeout).read(response)
+    await readInto(response, collect, clock, idleTimeout)
     return b"".join(chunks)
 
 
@@ -114,26 +141,6 @@ async def readJSON(
         raise UpstreamError(
             "backend returned a body that is not JSON: " + body.decode("utf-8", "replace")
         ) from None
-
-
-async def raiseForStatus(
-    response: IResponse,
-    clock: IReactorTime | None = None,
-    idleTimeout: float | None = None,
-) -> None:
-    """
-    Turn a non-2xx upstream answer into an error carrying its status and
-    message (read from the body).
-
-    @param response: the upstream response.
-    @param clock: see L{readBody}.
-    @param idleTimeout: see L{readBody}.
-    @raise UpstreamHTTPError: if the status is not 2xx.
-    """
-    if 200 <= response.code < 300:
-        return
-    body = await readBody(response, clock, idleTimeout)
-    raise UpstreamHTTPError(errorFromBody(body, response.code), response.code)
 
 
 class _EndOfTurn:
@@ -234,7 +241,7 @@ class BodyReader(Protocol):
         collector: Callable[[bytes], None],
         clock: IReactorTime | None,
         idleTimeout: float | None = None,
-        isGone: Callable[[], bool] | None = None,
+        client: Client | None = None,
     ) -> None:
         """
         @param collector: called with the bytes of each read; an exception it
@@ -244,13 +251,13 @@ class BodyReader(Protocol):
             idle timer.
         @param idleTimeout: seconds of upstream silence after which the body is
             abandoned with L{UpstreamTimeout}; C{None} for no limit.
-        @param isGone: whether the client this body is for has left (a
+        @param client: the client this body is for, if it may leave (a
             broken upstream is then the client's doing, not the backend's).
         """
         self._collector = collector
         self._clock = clock
         self._idleTimeout = idleTimeout
-        self._isGone = isGone
+        self._client = client
         self._idle: IDelayedCall | None = None
         self._timedOut = False
         self._pending: list[bytes] = []
@@ -364,7 +371,8 @@ class BodyReader(Protocol):
             the body is being read, before any data is delivered, the
             upstream transport is registered on it as a streaming producer
             that also pauses the idle timer while the consumer pauses it
-            (L{registered} says so; the caller unregisters it).
+            (L{registered} says so), and unregistered when the read ends,
+            whatever its end, unless the client is gone (C{client}).
         @raise UpstreamError: if the connection broke or went idle; a
             L{StreamFailed} raised by the collector as it is.
         @raise CancelledError: if the caller was cancelled (or the client
@@ -412,7 +420,7 @@ class BodyReader(Protocol):
                 raise UpstreamTimeout(
                     f"backend sent nothing for {idleTimeout:g} seconds"
                 ) from None
-            if self._isGone is not None and self._isGone():
+            if self._client is not None and self._client.gone:
                 raise CancelledError() from None
             if isinstance(e, SSELineTooLong):
                 raise UpstreamError(str(e)) from None
@@ -421,3 +429,10 @@ class BodyReader(Protocol):
             self._ended = True
             if self._idle is not None and self._idle.active():
                 self._idle.cancel()
+            if self.registered and consumer is not None:
+                # Who registered the producer takes it back off (the
+                # channel refuses a second one otherwise); a gone client's
+                # request has nothing to unregister from.
+                self.registered = False
+                if self._client is None or not self._client.gone:
+                    consumer.unregisterProducer()

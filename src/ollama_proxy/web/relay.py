@@ -3,7 +3,7 @@
 Moving an upstream body to the client as it arrives.
 
 This is the only module that sees both sides of a stream.  It reads the
-upstream body with L{ollama_proxy.upstream.body.BodyReader}, hands each
+upstream body with L{ollama_proxy.upstream.body.readInto}, hands each
 socket read to a transform (the hub's pipeline for translated routes, the
 identity for passthrough and fallback) and writes the result once per read.
 The upstream transport is registered as the client request's push producer,
@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.upstream.backend import HOP_BY_HOP
-from ollama_proxy.upstream.body import BodyReader, readBody
+from ollama_proxy.upstream.body import readBody, readInto
 from ollama_proxy.web.bridge import Exchange
 
 
@@ -156,15 +156,13 @@ async def relayBody(
         (a L{StreamFailed} after the lines translated before it are
         written).
     """
-    reader = BodyReader(collector, clock, idleTimeout, isGone=lambda: ex.client.gone)
     try:
         # The reader registers the upstream transport itself, before any
-        # data is delivered (no call back into this module per stream).
-        await reader.read(response, None if ex.client.gone else ex.request)
+        # data is delivered, and unregisters it at the end (no call back
+        # into this module per stream).
+        await readInto(response, collector, clock, idleTimeout,
+                       None if ex.client.gone else ex.request, ex.client)
     except StreamFailed as e:
         if e.output:
             ex.write(e.output)
         raise
-    finally:
-        if reader.registered and not ex.client.gone:
-            ex.request.unregisterProducer()
