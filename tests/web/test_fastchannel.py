@@ -466,3 +466,103 @@ class ChannelTests(SynchronousTestCase):
         self.assertIsInstance(site.buildProtocol(None), ProxyChannel)
         self.assertRaises(ValueError, makeSite, Recording(), MemoryReactorClock(),
                           httpParser="h11")
+
+
+class Sends(StringTransport):
+    """
+    A transport recording each C{write}/C{writeSequence} call: on a
+    write-through transport, each is one send (one TCP segment).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sends: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sends.append(data)
+        super().write(data)
+
+    def writeSequence(self, seq: Any) -> None:
+        self.sends.append(b"".join(seq))
+        super().write(b"".join(seq))
+
+
+class OneSendTests(SynchronousTestCase):
+    """
+    A response's head leaves with its first body bytes, in one send.
+    """
+
+    def connect(self) -> tuple[Any, Sends, Recording]:
+        resource = Recording(sync=False)
+        channel = makeSite(resource, MemoryReactorClock(), timeout=None).buildProtocol(None)
+        transport = Sends()
+        channel.makeConnection(transport)
+        return channel, transport, resource
+
+    def test_headWithBody(self) -> None:
+        """
+        A body written in pieces: the head and the first piece are one
+        send, every later piece its own, in order.
+        """
+        channel, transport, resource = self.connect()
+        channel.dataReceived(b"GET /x HTTP/1.1\r\n\r\n")
+        request = resource.pending.pop()
+        request.write(b"first")
+        self.assertEqual(len(transport.sends), 1)
+        self.assertTrue(transport.sends[0].startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(transport.sends[0].endswith(b"\r\n\r\n5\r\nfirst\r\n"))
+        request.write(b"second")
+        request.finish()
+        self.assertEqual(transport.sends[1:], [b"6\r\nsecond\r\n", b"0\r\n\r\n"])
+
+    def test_emptyAnswer(self) -> None:
+        """
+        An answer without a body: its head goes out with C{finish}, before
+        the next request is read.
+        """
+        channel, transport, resource = self.connect()
+        channel.dataReceived(b"GET /x HTTP/1.1\r\n\r\n")
+        request = resource.pending.pop()
+        request.setHeader(b"content-length", b"0")
+        request.finish()
+        self.assertEqual(len(transport.sends), 1)
+        self.assertTrue(transport.sends[0].startswith(b"HTTP/1.1 200 OK\r\n"))
+        channel.dataReceived(b"GET /y HTTP/1.1\r\nConnection: close\r\n\r\n")
+        last = resource.pending.pop()
+        last.finish()
+        self.assertEqual(len(transport.sends), 2)
+        self.assertTrue(transport.sends[1].endswith(b"\r\n\r\n0\r\n\r\n"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_noBodyFollows(self) -> None:
+        """
+        A C{HEAD} answer's head, and a 204's, leave at once: no body write
+        would take them along, and the answer may end much later.
+        """
+        channel, transport, resource = self.connect()
+        channel.dataReceived(b"HEAD /x HTTP/1.1\r\n\r\n")
+        request = resource.pending.pop()
+        request.write(b"ignored")
+        self.assertEqual(len(transport.sends), 1)
+        self.assertNotIn(b"ignored", transport.value())
+        request.finish()
+        channel.dataReceived(b"GET /x HTTP/1.1\r\n\r\n")
+        request = resource.pending.pop()
+        request.setResponseCode(204)
+        request.write(b"")
+        self.assertEqual(len(transport.sends), 2)
+        self.assertTrue(transport.sends[1].startswith(b"HTTP/1.1 204 No Content\r\n"))
+        request.finish()
+
+    def test_lostWhileHeld(self) -> None:
+        """
+        A client gone between a head and its body: nothing is written
+        after the loss.
+        """
+        channel, transport, resource = self.connect()
+        channel.dataReceived(b"GET /x HTTP/1.1\r\n\r\n")
+        request = resource.pending.pop()
+        request.setHeader(b"content-length", b"0")
+        request.write(b"")
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(transport.sends, [])
