@@ -660,3 +660,40 @@ class WriteThroughTests(TestCase):
         self.assertFalse(transport.connected)  # type: ignore[attr-defined]
         transport.write(b"after")
         self.assertEqual(bytes(client.received), b"first")
+
+    async def test_startTLSGoesThroughTLS(self) -> None:
+        """
+        TLS started on a swapped connection: writes go through the TLS
+        layer (never raw to the socket), and the peer reads them decrypted.
+        """
+        from twisted.internet import ssl
+
+        from tests.upstream.test_agent import selfSigned
+
+        server, client = await self.pair()
+        assert server.transport is not None and client.transport is not None
+        certPEM, keyPEM = selfSigned()
+        server.transport.startTLS(  # type: ignore[attr-defined]
+            ssl.PrivateCertificate.loadPEM(certPEM + keyPEM).options())
+        client.transport.startTLS(  # type: ignore[attr-defined]
+            ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(certPEM)))
+        self.assertTrue(server.transport.TLS)  # type: ignore[attr-defined]
+        raw: list[bytes] = []
+        handle = server.transport.socket  # type: ignore[attr-defined]
+        original = handle.send
+
+        class Spy:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(handle, name)
+
+            def send(self, data: Any) -> int:
+                raw.append(bytes(data))
+                sent: int = original(data)
+                return sent
+
+        server.transport.socket = Spy()  # type: ignore[attr-defined]
+        server.transport.write(b"plain words")
+        server.transport.writeSequence([b" and ", b"more"])
+        await waitFor(lambda: client.received == b"plain words and more", "the decrypted bytes")
+        self.assertTrue(raw)
+        self.assertFalse(any(b"plain" in chunk or b"more" in chunk for chunk in raw))
