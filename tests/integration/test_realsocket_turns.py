@@ -153,13 +153,13 @@ class TurnsTests(TestCase):
     The proxy's hops each take the two iterations a byte needs.
     """
 
-    async def hops(self, httpParser: str) -> tuple[int, int]:
+    async def hops(self, httpParser: str, poolSize: int = 4) -> tuple[int, int]:
         turns = Turns(self)
         log: dict[str, Any] = {}
         backendPort = reactor.listenTCP(
             0, Factory.forProtocol(lambda: RawBackend(turns, log)), interface="127.0.0.1")
         self.addCleanup(backendPort.stopListening)
-        http, pool = makeClient(reactor, 4, 5.0, ConnectionPool, httpParser=httpParser)
+        http, pool = makeClient(reactor, poolSize, 5.0, ConnectionPool, httpParser=httpParser)
         self.addCleanup(pool.closeCachedConnections)
         target = f"http://127.0.0.1:{backendPort.getHost().port}"
         root = buildRoot(contextFor(Backend(http, target, reactor), clock=reactor))
@@ -183,15 +183,20 @@ class TurnsTests(TestCase):
         await first
         log.pop("finish")()
         await done
-        first, done = client.send()
-        await first
-        finish: Callable[[], None] = log.pop("finish")
-        requestTurns = log["requestAt"] - client.sentAt
-        assert client.lineAt is not None
-        chunkTurns = client.lineAt - log["chunkAt"]
-        finish()
-        await done
-        return requestTurns, chunkTurns
+        # The fewest of three: a loaded kernel may hand a loopback segment
+        # over an iteration late, but nothing makes a hop shorter than the
+        # proxy's own iterations.
+        requestTurns, chunkTurns = [], []
+        for _ in range(3):
+            first, done = client.send()
+            await first
+            finish: Callable[[], None] = log.pop("finish")
+            requestTurns.append(log["requestAt"] - client.sentAt)
+            assert client.lineAt is not None
+            chunkTurns.append(client.lineAt - log["chunkAt"])
+            finish()
+            await done
+        return min(requestTurns), min(chunkTurns)
 
     async def test_fastChannel(self) -> None:
         """
@@ -206,3 +211,11 @@ class TurnsTests(TestCase):
         C{--http-parser twisted} (Twisted's channel and client): the same.
         """
         self.assertEqual(await self.hops("twisted"), (2, 2))
+
+    async def test_newConnection(self) -> None:
+        """
+        Without a pooled connection the request waits one more iteration,
+        the connect's own: no thread-pool resolution of the backend's IP
+        address, no buffered write after it.
+        """
+        self.assertEqual(await self.hops("httptools", poolSize=0), (3, 2))
