@@ -492,9 +492,12 @@ class OneSendTests(SynchronousTestCase):
     A response's head leaves with its first body bytes, in one send.
     """
 
+    httpParser = "httptools"
+
     def connect(self) -> tuple[Any, Sends, Recording]:
         resource = Recording(sync=False)
-        channel = makeSite(resource, MemoryReactorClock(), timeout=None).buildProtocol(None)
+        channel = makeSite(resource, MemoryReactorClock(), timeout=None,
+                           httpParser=self.httpParser).buildProtocol(None)
         transport = Sends()
         channel.makeConnection(transport)
         return channel, transport, resource
@@ -566,3 +569,11 @@ class OneSendTests(SynchronousTestCase):
         request.write(b"")
         channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(transport.sends, [])
+
+
+class TwistedChannelOneSendTests(OneSendTests):
+    """
+    The same on twisted.web's channel (C{--http-parser twisted}).
+    """
+
+    httpParser = "twisted"

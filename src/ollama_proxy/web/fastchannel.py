@@ -49,7 +49,6 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
-from twisted.web.http import NO_BODY_CODES
 from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -63,14 +62,11 @@ from ollama_proxy.upstream.compat import (
     addRequestHeaders,
     writeThrough,
 )
-from ollama_proxy.web.channel import HeaderDeadline
+from ollama_proxy.web.channel import HeadWithBody, HeaderDeadline
 
 AVAILABLE = not SERVER_MISSING
 """Whether the Twisted release has what L{FastChannel} borrows; if not, the
 site uses L{ollama_proxy.web.channel.ProxyChannel}."""
-
-_NO_BODY = frozenset(b"%d" % code for code in NO_BODY_CODES)
-"""The statuses (as written) after whose head twisted.web writes no body."""
 
 EAGER_READ = 0x4000
 """Bytes buffered while a request is answered before the transport is
@@ -100,7 +96,7 @@ class _NoPushProducer:
 
 
 @implementer(ITransport, IPushProducer, IConsumer)
-class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
+class FastChannel(HeadWithBody, HeaderDeadline, Protocol, TimeoutMixin):
     """
     An HTTP/1.1 server channel that parses heads with llhttp and hands
     twisted.web C{Request}s to the site.
@@ -132,7 +128,6 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
     _handlingRequest = False
     _busy = False
     _nonQueued: bool | None = None
-    _heldHead: list[bytes] | None = None
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
@@ -412,64 +407,6 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
 
     def isSecure(self) -> bool:
         return ISSLTransport(self.transport, None) is not None
-
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
-        """
-        Write a response head (C{headers} is a C{Headers}).
-
-        With a write-through transport (L{writeThrough}) every write is a
-        send and a TCP segment of its own, so the head is held for the
-        body bytes twisted.web's C{Request.write} passes next, in the same
-        call: head and first bytes leave in one send.  A head no body
-        follows goes at once (C{HEAD}, 204, 304); one whose
-        C{Request.write} had no bytes (C{finish} of an empty answer) goes
-        with C{finish}'s own writes, or at L{requestDone} or
-        L{loseConnection}, in the same call still.  (twisted.web writes a
-        head only from C{Request.write}, and this proxy's writers never
-        pass it empty bytes: L{ollama_proxy.web.bridge.Exchange.write}.)
-        """
-        sequence = [version, b" ", code, b" ", reason, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                sequence.extend((name, b": ", value, b"\r\n"))
-        sequence.append(b"\r\n")
-        assert self.transport is not None
-        request = self.requests[0] if self.requests else None
-        if request is None or request.method == b"HEAD" or code in _NO_BODY:
-            # No body write follows: the head goes now.
-            self.transport.writeSequence(sequence)
-        else:
-            self._heldHead = sequence
-
-    def _releaseHead(self) -> None:
-        """
-        Send a head L{writeHeaders} held that no body write took along.
-        """
-        held = self._heldHead
-        if held is not None:
-            self._heldHead = None
-            if self.transport is not None:
-                self.transport.writeSequence(held)
-
-    def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        held = self._heldHead
-        if held is None:
-            self.transport.write(data)
-        else:
-            self._heldHead = None
-            held.append(data)
-            self.transport.writeSequence(held)
-
-    def writeSequence(self, iovec: Iterable[bytes]) -> None:
-        assert self.transport is not None
-        held = self._heldHead
-        if held is None:
-            self.transport.writeSequence(iovec)
-        else:
-            self._heldHead = None
-            held.extend(iovec)
-            self.transport.writeSequence(held)
 
     def getPeer(self) -> Any:
         assert self.transport is not None
