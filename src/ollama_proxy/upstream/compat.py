@@ -23,6 +23,13 @@ C{_start}, C{length} and its C{dataCallback}/C{finishCallback}).  If any of
 them is missing, L{COMPATIBLE} is false, a warning is logged, and
 L{ConnectionPool} is Twisted's own pool with its own decoder: slower on
 streams, never broken.
+
+L{writeThrough} (both sides' TCP transports send at once when nothing is
+buffered) reads C{FileDescriptor}'s buffers and flags (C{dataBuffer},
+C{_tempDataLen}, C{_writeDisconnecting}, the producer state) and
+C{tcp.Connection}'s C{_aborting}, C{TLS} and C{socket}, checked by
+L{_writeThroughMissing} (L{WRITE_THROUGH_MISSING}); if any is missing,
+transports keep Twisted's buffered writes.
 """
 
 from __future__ import annotations
