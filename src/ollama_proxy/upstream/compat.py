@@ -490,6 +490,9 @@ def _writeThroughMissing() -> list[str]:
 WRITE_THROUGH_MISSING = _writeThroughMissing()
 """The private names write-through needs that the installed Twisted lacks;
 with any missing, L{writeThrough} leaves every transport as it is."""
+if WRITE_THROUGH_MISSING:
+    log.warn("this Twisted lacks {missing}: transports keep buffered writes (a reactor turn "
+             "per write)", missing=", ".join(WRITE_THROUGH_MISSING))
 
 
 def writeThrough(transport: object) -> bool:
