@@ -349,6 +349,7 @@ from twisted.trial.unittest import TestCase  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
 from ollama_proxy.upstream.compat import (  # noqa: E402
+    WRITE_THROUGH_MAX,
     WRITE_THROUGH_MISSING,
     WriteThroughClient,
     WriteThroughServer,
@@ -459,6 +460,21 @@ class WriteThroughTests(TestCase):
             self.assertNotIn(transport, reactor.getWriters())
         await waitFor(lambda: client.received == b"hello world" and server.received == b"back", "the bytes")
 
+    async def test_largeWriteBuffered(self) -> None:
+        """
+        A write over L{WRITE_THROUGH_MAX} is buffered as Twisted does (a
+        partial send would copy its remainder), and still arrives.
+        """
+        server, client = await self.pair()
+        assert server.transport is not None
+        big = b"z" * (WRITE_THROUGH_MAX + 1)
+        server.transport.write(big)
+        self.assertEqual(buffered(server.transport), len(big))
+        server.transport.writeSequence([big, b"!"])
+        self.assertEqual(buffered(server.transport), 2 * len(big) + 1)
+        await waitFor(lambda: len(client.received) == 2 * len(big) + 1, "the bytes")
+        self.assertEqual(bytes(client.received), big + big + b"!")
+
     async def test_unswappedStaysBuffered(self) -> None:
         """
         Without L{writeThrough}, a transport is Twisted's own: a write is
@@ -526,24 +542,48 @@ class WriteThroughTests(TestCase):
 
     async def test_orderWithSlowReader(self) -> None:
         """
-        Small writes, sequences and blocks larger than the socket buffers,
-        written while the reader does not read: what the kernel does not
-        take is buffered, later writes queue behind it (not sent around
-        it), and the reader, once it reads, gets every byte in order.
+        Small writes and sequences, more in all than the socket buffers
+        hold, written while the reader does not read: the kernel takes the
+        first at once, then part of one (or none), the rest is buffered,
+        later writes queue behind it (never sent around it), and the
+        reader, once it reads, gets every byte in order.
         """
         server, client = await self.pair()
         assert server.transport is not None and client.transport is not None
         client.transport.pauseProducing()  # type: ignore[attr-defined]
+        transport: Any = server.transport
+        handle = transport.socket
+        sends: list[tuple[int, int]] = []
+
+        class Spy:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(handle, name)
+
+            def send(self, data: Any) -> int:
+                try:
+                    sent: int = handle.send(data)
+                except BlockingIOError:
+                    sent = 0
+                    sends.append((len(data), 0))
+                    raise
+                sends.append((len(data), sent))
+                return sent
+
+        transport.socket = Spy()
         expected = bytearray()
-        fellBack = False
-        for i in range(40):
+        for i in range(2 * BIG // 65536):
             small = b"<%d>" % i
-            block = bytes([65 + i % 26]) * (BIG // 8)
+            block = bytes([65 + i % 26]) * 65000
             server.transport.write(small)
             server.transport.writeSequence([block, b"|"])
             expected += small + block + b"|"
-            fellBack = fellBack or buffered(server.transport) > 0
-        self.assertTrue(fellBack)
+        transport.socket = handle
+        # Sent at once while the kernel took it all; then one it did not
+        # take whole; nothing sent at once after that.
+        whole = [sent == size for size, sent in sends]
+        self.assertTrue(whole[0])
+        self.assertIn(False, whole)
+        self.assertNotIn(True, whole[whole.index(False):])
         self.assertGreater(buffered(server.transport), 0)
         self.assertEqual(len(client.received), 0)
         client.transport.resumeProducing()  # type: ignore[attr-defined]

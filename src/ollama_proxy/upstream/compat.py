@@ -365,6 +365,12 @@ from twisted.internet import abstract as _abstract  # noqa: E402
 from twisted.internet import tcp as _tcp  # noqa: E402
 
 
+WRITE_THROUGH_MAX = 128 * 1024
+"""The largest write sent at once (Twisted's C{SEND_LIMIT}).  A larger one
+(a whole large answer, rare) is buffered as Twisted does: a partial send
+would copy its remainder, which Twisted's buffer avoids."""
+
+
 class _WriteThrough:
     """
     C{write} and C{writeSequence} for a plain TCP transport: with nothing
@@ -429,7 +435,7 @@ class _WriteThrough:
 
         @param data: the bytes (anything else is Twisted's C{TypeError}).
         """
-        if data.__class__ is bytes and data and self._sendable():
+        if data.__class__ is bytes and 0 < len(data) <= WRITE_THROUGH_MAX and self._sendable():
             data = self._sendNow(data)
             if not data:
                 return
@@ -447,7 +453,7 @@ class _WriteThrough:
             except TypeError:
                 data = b""  # Twisted's own writeSequence raises it
             if data:
-                rest = self._sendNow(data)
+                rest = self._sendNow(data) if len(data) <= WRITE_THROUGH_MAX else data
                 if rest:
                     super().write(rest)  # type: ignore[misc]
                 return
