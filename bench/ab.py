@@ -29,6 +29,9 @@ SCENARIOS = {
     "stream c=1": ("stream", 1, 100, "fake-model", {}),
     "TTFB c=1": ("stream", 1, 20, "slow-5", {}),
     "1000 long streams": ("stream", 1000, 200, "slow-20", {"perConn": 1, "timeout": 120.0}),
+    # The same chunk pattern (one event per read) below saturation: CPU per
+    # relayed chunk without a queue.
+    "200 long streams": ("stream", 200, 200, "slow-20", {"perConn": 1, "timeout": 120.0}),
 }
 
 
