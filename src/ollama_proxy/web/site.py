@@ -48,7 +48,7 @@ from ollama_proxy.web.observe import logAnswer
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
 
-_log = Logger()
+_HOLD_HEAD = FastChannel.holdHead
 
 _REASONS = {
     413: b"Payload Too Large", 408: b"Request Timeout", 503: b"Service Unavailable",
@@ -85,6 +85,8 @@ class LimitedRequest(Request):
     arrived: float | None = None
     _rejected = False
     _deadline: IDelayedCall | None = None
+    _trackedBy: ProxySite | None = None
+    _trackedChannel: Any = None
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         """
@@ -211,6 +213,24 @@ class LimitedRequest(Request):
         self.write(body)
         self.finish()
 
+    def write(self, data: bytes) -> None:
+        """
+        The first write of a body on L{FastChannel}: its head and these
+        bytes leave in one C{transport.write} (one send, one C{bytes}), not
+        a head of ~30 pieces and then the body.  A head that no body
+        follows (C{HEAD}, 204, 304, an empty first write) is sent before
+        this returns, so holding never delays a byte.
+        """
+        channel: Any = getattr(self, "channel", None)
+        if self.startedWriting or not data or getattr(type(channel), "holdHead", None) is not _HOLD_HEAD:
+            super().write(data)
+            return
+        channel.holdHead()
+        try:
+            super().write(data)
+        finally:
+            channel.releaseHead()
+
     def _cancelDeadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
@@ -231,10 +251,21 @@ class LimitedRequest(Request):
 
     def finish(self) -> None:
         """
-        Give the body's share of the budget back with the answer.
+        Give the body's share of the budget back with the answer, and end
+        the site's tracking of it (L{ProxySite.track}).
         """
         super().finish()
         self._release()
+        self._untrack()
+
+    def _untrack(self) -> None:
+        """
+        Tell the site this request is over (finished, or its client gone),
+        once: what a C{notifyFinish} Deferred per request did, without one.
+        """
+        site, self._trackedBy = self._trackedBy, None
+        if site is not None:
+            site._done(None, self, self._trackedChannel)
 
     def connectionLost(self, reason: Any) -> None:
         """
@@ -244,6 +275,7 @@ class LimitedRequest(Request):
         self._cancelDeadline()
         self._release()
         super().connectionLost(reason)
+        self._untrack()
 
     def _refusedGrammar(self) -> str | None:
         """
@@ -254,17 +286,21 @@ class LimitedRequest(Request):
 
         @return: why the request is refused (a 400), or C{None}.
         """
-        refused = checkTarget(self.uri)
-        if refused is not None:
-            return refused
-        hosts = self.requestHeaders.getRawHeaders(b"host") or []
+        hosts = self.requestHeaders.getRawHeaders(b"host") or ()
         if len(hosts) > 1:
+            refused = checkTarget(self.uri)
             # twisted.web would take the last; a front proxy may have
             # checked the first.
-            return "more than one Host header"
-        if hosts and hosts[0].strip() and parseAuthority(hosts[0].strip()) is None:
-            return "malformed Host header: expected host or host:port (RFC 3986)"
-        return None
+            return refused if refused is not None else "more than one Host header"
+        key = (self.uri, hosts[0] if hosts else None)
+        verdict = _grammarVerdicts.get(key, _UNKNOWN)
+        if verdict is _UNKNOWN:
+            verdict = _checkGrammar(*key)
+            if len(key[0]) + len(key[1] or b"") <= GRAMMAR_CACHE_KEY:
+                if len(_grammarVerdicts) >= GRAMMAR_CACHE_SIZE:
+                    _grammarVerdicts.clear()
+                _grammarVerdicts[key] = verdict
+        return verdict  # type: ignore[return-value]
 
     def processingFailed(self, reason: Any) -> None:
         """
@@ -313,6 +349,36 @@ class LimitedRequest(Request):
                 return
             site.track(self)
         super().process()
+
+
+GRAMMAR_CACHE_SIZE = 512
+"""Targets and C{Host} values whose verdict is remembered (a client uses
+the same few; a flood of new ones clears the table, so it stays small)."""
+
+GRAMMAR_CACHE_KEY = 512
+"""The longest target and C{Host} remembered, in bytes together."""
+
+_UNKNOWN = object()
+
+_grammarVerdicts: dict[tuple[bytes, bytes | None], str | None] = {}
+"""L{_checkGrammar}'s verdicts: a pure function of its two arguments, and
+the same few requests (C{POST /api/chat}, C{Host: localhost:11434}) are
+most of a proxy's traffic, so each is checked once."""
+
+
+def _checkGrammar(target: bytes, host: bytes | None) -> str | None:
+    """
+    @param target: the request-target.
+    @param host: the one C{Host} value, or C{None} without one.
+    @return: why the request is refused (L{LimitedRequest._refusedGrammar}),
+        or C{None}.
+    """
+    refused = checkTarget(target)
+    if refused is not None:
+        return refused
+    if host is not None and host.strip() and parseAuthority(host.strip()) is None:
+        return "malformed Host header: expected host or host:port (RFC 3986)"
+    return None
 
 
 def _channelOf(protocol: Any) -> Any:
@@ -432,7 +498,12 @@ class ProxySite(Site):
         self.inFlight.add(request)
         channel = request.channel
         self._busy[channel] = self._busy.get(channel, 0) + 1
-        request.notifyFinish().addBoth(self._done, request, channel)
+        if isinstance(request, LimitedRequest):
+            # Told by the request itself when it finishes or loses its
+            # client (no Deferred per request).
+            request._trackedBy, request._trackedChannel = self, channel
+        else:
+            request.notifyFinish().addBoth(self._done, request, channel)
 
     def _done(self, result: object, request: Request, channel: Any) -> None:
         self.inFlight.discard(request)
