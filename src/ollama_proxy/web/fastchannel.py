@@ -131,6 +131,8 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
     _busy = False
     _nonQueued: bool | None = None
     _holding = False
+    _peer: Any = None
+    _host: Any = None
     _heldHead: bytes | None = None
 
     def __init__(self) -> None:
@@ -470,12 +472,27 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         self.transport.writeSequence(iovec)
 
     def getPeer(self) -> Any:
-        assert self.transport is not None
-        return self.transport.getPeer()
+        """
+        The client's address, asked of the transport once per connection
+        (it cannot change; a TCP transport builds a new address object,
+        and C{getHost} makes a system call, at each ask, and every
+        C{Request} asks both).
+        """
+        peer = self._peer
+        if peer is None:
+            assert self.transport is not None
+            peer = self._peer = self.transport.getPeer()
+        return peer
 
     def getHost(self) -> Any:
-        assert self.transport is not None
-        return self.transport.getHost()
+        """
+        The listening address, once per connection (see L{getPeer}).
+        """
+        host = self._host
+        if host is None:
+            assert self.transport is not None
+            host = self._host = self.transport.getHost()
+        return host
 
     def loseConnection(self) -> None:
         """
