@@ -35,7 +35,7 @@ from ollama_proxy.protocol.dialect import JSON_TYPE
 from ollama_proxy.protocol.redact import Redactor
 from ollama_proxy.web.auth import presentedKey
 from ollama_proxy.web.bridge import MIN_CLIENT_KEY, Exchange, ProxyResource
-from ollama_proxy.web.observe import logRequest
+from ollama_proxy.web.observe import OBSERVED, logRequest
 from ollama_proxy.web.encoded import Encoded, encoded
 from ollama_proxy.web.fallback import forwardToFallback
 
@@ -80,6 +80,8 @@ class Tags(ProxyResource):
         request.setHeader(b"Content-Type", JSON_TYPE)
         request.setHeader(b"Content-Length", b"%d" % len(body))
         request.write(body)
+        # Observed here, with the route, not again by the site on finish.
+        setattr(request, OBSERVED, True)
         request.finish()
         logRequest(_Answered(request, start, ctx.redactor), self.label or self.routeLabel(request),
                    ctx.now(), ctx.metrics)
