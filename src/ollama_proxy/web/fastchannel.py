@@ -131,6 +131,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
     _busy = False
     _nonQueued: bool | None = None
     _holding = False
+    _readingPaused = False
     _peer: Any = None
     _host: Any = None
     _heldHead: bytes | None = None
@@ -190,7 +191,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         self._dataBuffer.append(data)
         if (sum(map(len, self._dataBuffer)) > EAGER_READ
                 and not self._waitingForTransport):
-            self._networkProducer.pauseProducing()
+            self._pauseReading()
 
     def _closing(self) -> bool:
         return self.transport is None or bool(getattr(self.transport, "disconnecting", False))
@@ -344,12 +345,12 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         The first request's response is finished: parse what was buffered
         behind it, or close if it was the last.
         """
-        if request != self.requests[0]:
+        if request is not self.requests[0]:
             raise TypeError
         del self.requests[0]
         self._betweenRequests = True
         if not self._waitingForTransport:
-            self._networkProducer.resumeProducing()
+            self._resumeReading()
         if self.persistent:
             self._handlingRequest = False
             self.resetTimeout()
@@ -359,6 +360,19 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
                 self.dataReceived(data)
         else:
             self.loseConnection()
+
+    def _pauseReading(self) -> None:
+        self._readingPaused = True
+        self._networkProducer.pauseProducing()
+
+    def _resumeReading(self) -> None:
+        """
+        Read the client again if this channel stopped reading it (not at
+        every request's end: a resumed transport costs a reactor call).
+        """
+        if self._readingPaused:
+            self._readingPaused = False
+            self._networkProducer.resumeProducing()
 
     def timeoutConnection(self) -> None:
         """
@@ -542,11 +556,11 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         if self._requestProducer is not None:
             self._requestProducer.pauseProducing()
         if not self._handlingRequest:
-            self._networkProducer.pauseProducing()
+            self._pauseReading()
 
     def resumeProducing(self) -> None:
         self._waitingForTransport = False
         if self._requestProducer is not None:
             self._requestProducer.resumeProducing()
         if not self._handlingRequest:
-            self._networkProducer.resumeProducing()
+            self._resumeReading()
