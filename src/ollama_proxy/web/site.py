@@ -48,8 +48,6 @@ from ollama_proxy.web.observe import logAnswer
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
 
-_HOLD_HEAD = FastChannel.holdHead
-
 _REASONS = {
     413: b"Payload Too Large", 408: b"Request Timeout", 503: b"Service Unavailable",
 }
@@ -221,8 +219,11 @@ class LimitedRequest(Request):
         follows (C{HEAD}, 204, 304, an empty first write) is sent before
         this returns, so holding never delays a byte.
         """
-        channel: Any = getattr(self, "channel", None)
-        if self.startedWriting or not data or getattr(type(channel), "holdHead", None) is not _HOLD_HEAD:
+        if self.startedWriting or not data:
+            super().write(data)
+            return
+        channel = getattr(self, "channel", None)
+        if not isinstance(channel, FastChannel):
             super().write(data)
             return
         channel.holdHead()
