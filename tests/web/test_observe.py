@@ -181,13 +181,13 @@ class AccessLoggerTests(SynchronousTestCase):
         An info event, and another level (which takes C{Logger.emit}
         itself), are the events a plain C{Logger} makes.
         """
-        seen: list[dict[str, Any]] = []
-        ours = type(observe.log)("ollama_proxy.web.observe", observer=seen.append)
-        plain = Logger("ollama_proxy.web.observe", observer=seen.append)
+        seen = EventLoggingObserver()
+        ours = type(observe.log)("ollama_proxy.web.observe", observer=seen)
+        plain = Logger("ollama_proxy.web.observe", observer=seen)
         for logger in (ours, plain):
             logger.info("{line}", line="GET /api/tags", status=200)
             logger.warn("w {x}", x=1)
-        mine, mineWarn, theirs, theirsWarn = seen
+        mine, mineWarn, theirs, theirsWarn = (seen[i] for i in range(4))
         for a, b in ((mine, theirs), (mineWarn, theirsWarn)):
             self.assertEqual(set(a), set(b))
             for key in a:
@@ -202,9 +202,10 @@ class AccessLoggerTests(SynchronousTestCase):
         """
         An unknown level is refused as C{Logger.emit} refuses it.
         """
-        seen: list[dict[str, Any]] = []
-        ours = type(observe.log)("x", observer=seen.append)
+        seen = EventLoggingObserver()
+        ours = type(observe.log)("x", observer=seen)
         ours.emit("nonsense", "x")  # type: ignore[arg-type]
-        [event] = seen
+        self.assertEqual(len(seen), 1)
+        event = seen[0]
         self.assertIs(event["log_level"], LogLevel.critical)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
