@@ -254,6 +254,27 @@ class BodyDeadlineTests(SiteTestCase):
         status, _, _ = parseResponse(transport.value())
         self.assertEqual(status, 200)
 
+    def test_wholeBodyInOneReadNoTimer(self) -> None:
+        """
+        A body that arrives with its head is never late: on the llhttp
+        channel no body timer is armed for it at all; on either, none is
+        left.
+        """
+        protocol, transport = self.connect(timeout=None, bodyTimeout=10, headerTimeout=None)
+        armed: list[float] = []
+        callLater = self.clock.callLater
+
+        def watch(delay: float, *args: Any, **kwargs: Any) -> Any:
+            armed.append(delay)
+            return callLater(delay, *args, **kwargs)
+
+        self.patch(self.clock, "callLater", watch)
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(self.resource.bodies, [b"ok"])
+        self.assertEqual(parseResponse(transport.value())[0], 200)
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+        self.assertEqual(armed, [] if self.httpParser == "httptools" else [10])
+
     def test_disconnectDisarms(self) -> None:
         """
         A client that leaves mid-body takes the deadline with it.

@@ -244,6 +244,10 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
             data, self._input = self._input, b""
             if not self._closing():
                 self._hold(data)
+        elif self._head is not None and getattr(self.requests[-1], "_deadlineWanted", False):
+            # A body still incomplete at the end of this read: its
+            # deadline starts now (LimitedRequest.gotLength left it to us).
+            self.requests[-1].armBodyDeadline()  # type: ignore[attr-defined]
 
     def _startRequest(self, head: RequestHead) -> None:
         """

@@ -84,6 +84,7 @@ class LimitedRequest(Request):
     _rejected = False
     _deadline: IDelayedCall | None = None
     _trackedBy: ProxySite | None = None
+    _deadlineWanted = False
     _trackedChannel: Any = None
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
@@ -113,13 +114,29 @@ class LimitedRequest(Request):
             self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
             return
         if self.bodyTimeout is not None and length != 0:
-            clock: IReactorTime = self.channel.site.reactor  # type: ignore[attr-defined]
-            self._deadline = clock.callLater(
-                self.bodyTimeout,
-                self._reject,
-                408,
-                f"request body not received within {self.bodyTimeout:g} seconds",
-            )
+            if isinstance(self.channel, FastChannel):
+                # Armed by the channel at the end of the read if the body
+                # is still incomplete then (no time passes within one
+                # read, so a body that arrives with its head is never
+                # late): most requests cost no timer.
+                self._deadlineWanted = True
+            else:
+                self.armBodyDeadline()
+
+    def armBodyDeadline(self) -> None:
+        """
+        Start the C{bodyTimeout} for a body still being received (once).
+        """
+        if self._deadline is not None or self._rejected or self.bodyTimeout is None:
+            return
+        self._deadlineWanted = False
+        clock: IReactorTime = self.channel.site.reactor  # type: ignore[attr-defined]
+        self._deadline = clock.callLater(
+            self.bodyTimeout,
+            self._reject,
+            408,
+            f"request body not received within {self.bodyTimeout:g} seconds",
+        )
 
     def handleContentChunk(self, data: bytes) -> None:
         """
@@ -233,6 +250,7 @@ class LimitedRequest(Request):
             channel.releaseHead()
 
     def _cancelDeadline(self) -> None:
+        self._deadlineWanted = False
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
