@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.web import site
+from ollama_proxy.protocol import target
 from ollama_proxy.web.site import makeSite
 
 
@@ -485,7 +485,7 @@ class DrainTwistedTests(DrainTests):
 class GrammarCacheTests(SiteTestCase):
     """
     The target and C{Host} checks remember their verdicts
-    (L{site._grammarVerdicts}): the same answer every time, in a bounded
+    (L{ollama_proxy.protocol.target.refusedGrammar}): the same answer every time, in a bounded
     table.
     """
 
@@ -501,8 +501,8 @@ class GrammarCacheTests(SiteTestCase):
         return status, body
 
     def setUp(self) -> None:
-        site._grammarVerdicts.clear()
-        self.addCleanup(site._grammarVerdicts.clear)
+        target._verdicts.clear()
+        self.addCleanup(target._verdicts.clear)
 
     def test_sameVerdictTwice(self) -> None:
         """
@@ -511,7 +511,7 @@ class GrammarCacheTests(SiteTestCase):
         """
         cases = [(b"/a/%2e%2e/b", b"a", 400), (b"/ok", b"a b", 400), (b"/ok", b"a:1", 200)]
         first = [self.answer(target, host) for target, host, _ in cases]
-        self.assertEqual(len(site._grammarVerdicts), 3)
+        self.assertEqual(len(target._verdicts), 3)
         again = [self.answer(target, host) for target, host, _ in cases]
         self.assertEqual(first, again)
         self.assertEqual([status for status, _ in first], [status for _, _, status in cases])
@@ -534,14 +534,14 @@ class GrammarCacheTests(SiteTestCase):
     def test_bounded(self) -> None:
         """
         A flood of distinct targets never grows the table past
-        L{site.GRAMMAR_CACHE_SIZE}; long ones are not kept at all.
+        L{target.GRAMMAR_CACHE_SIZE}; long ones are not kept at all.
         """
-        for i in range(site.GRAMMAR_CACHE_SIZE + 20):
+        for i in range(target.GRAMMAR_CACHE_SIZE + 20):
             self.answer(b"/t%d" % i)
-            self.assertLessEqual(len(site._grammarVerdicts), site.GRAMMAR_CACHE_SIZE)
-        site._grammarVerdicts.clear()
-        self.assertEqual(self.answer(b"/" + b"x" * site.GRAMMAR_CACHE_KEY)[0], 200)
-        self.assertEqual(site._grammarVerdicts, {})
+            self.assertLessEqual(len(target._verdicts), target.GRAMMAR_CACHE_SIZE)
+        target._verdicts.clear()
+        self.assertEqual(self.answer(b"/" + b"x" * target.GRAMMAR_CACHE_KEY)[0], 200)
+        self.assertEqual(target._verdicts, {})
 
 
 class TrackingTests(SiteTestCase):

@@ -29,22 +29,16 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.target import checkTarget, dialectOf, errorObject, parseAuthority
+from ollama_proxy.protocol.target import dialectOf, errorObject, refusedGrammar
 from ollama_proxy.upstream.compat import SERVER_MISSING
 from ollama_proxy.web.budget import CHARGE, RETRY_AFTER, BodyBudget
-from ollama_proxy.web.channel import (
-    DEFAULT_HEADER_TIMEOUT,
-    MAX_LINGERING,
-    BusyRefusal,
-    ProxyChannel,
-    countAnswer,
-)
+from ollama_proxy.web.channel import (DEFAULT_HEADER_TIMEOUT, MAX_LINGERING, BusyRefusal,
+                                      ProxyChannel, countAnswer)
 from ollama_proxy.web.cors import HostPolicy, OriginPolicy, corsHeaders
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.context import DEFAULT_MAX_BODY
 from ollama_proxy.web.fastchannel import AVAILABLE, FastChannel
 from ollama_proxy.web.observe import logAnswer
-
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
 
@@ -114,13 +108,11 @@ class LimitedRequest(Request):
             self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
             return
         if self.bodyTimeout is not None and length != 0:
-            if isinstance(self.channel, FastChannel):
-                # Armed by the channel at the end of the read if the body
-                # is still incomplete then (no time passes within one
-                # read, so a body that arrives with its head is never
-                # late): most requests cost no timer.
-                self._deadlineWanted = True
-            else:
+            # FastChannel arms it at the end of a read that left the body
+            # incomplete (no time passes within one read, so a body that
+            # came with its head is never late): most requests, no timer.
+            self._deadlineWanted = isinstance(self.channel, FastChannel)
+            if not self._deadlineWanted:
                 self.armBodyDeadline()
 
     def armBodyDeadline(self) -> None:
@@ -236,11 +228,8 @@ class LimitedRequest(Request):
         follows (C{HEAD}, 204, 304, an empty first write) is sent before
         this returns, so holding never delays a byte.
         """
-        if self.startedWriting or not data:
-            super().write(data)
-            return
         channel = getattr(self, "channel", None)
-        if not isinstance(channel, FastChannel):
+        if self.startedWriting or not data or not isinstance(channel, FastChannel):
             super().write(data)
             return
         channel.holdHead()
@@ -305,21 +294,7 @@ class LimitedRequest(Request):
 
         @return: why the request is refused (a 400), or C{None}.
         """
-        hosts = self.requestHeaders.getRawHeaders(b"host") or ()
-        if len(hosts) > 1:
-            refused = checkTarget(self.uri)
-            # twisted.web would take the last; a front proxy may have
-            # checked the first.
-            return refused if refused is not None else "more than one Host header"
-        key = (self.uri, hosts[0] if hosts else None)
-        verdict = _grammarVerdicts.get(key, _UNKNOWN)
-        if verdict is _UNKNOWN:
-            verdict = _checkGrammar(*key)
-            if len(key[0]) + len(key[1] or b"") <= GRAMMAR_CACHE_KEY:
-                if len(_grammarVerdicts) >= GRAMMAR_CACHE_SIZE:
-                    _grammarVerdicts.clear()
-                _grammarVerdicts[key] = verdict
-        return verdict  # type: ignore[return-value]
+        return refusedGrammar(self.uri, self.requestHeaders.getRawHeaders(b"host") or ())
 
     def processingFailed(self, reason: Any) -> None:
         """
@@ -368,36 +343,6 @@ class LimitedRequest(Request):
                 return
             site.track(self)
         super().process()
-
-
-GRAMMAR_CACHE_SIZE = 512
-"""Targets and C{Host} values whose verdict is remembered (a client uses
-the same few; a flood of new ones clears the table, so it stays small)."""
-
-GRAMMAR_CACHE_KEY = 512
-"""The longest target and C{Host} remembered, in bytes together."""
-
-_UNKNOWN = object()
-
-_grammarVerdicts: dict[tuple[bytes, bytes | None], str | None] = {}
-"""L{_checkGrammar}'s verdicts: a pure function of its two arguments, and
-the same few requests (C{POST /api/chat}, C{Host: localhost:11434}) are
-most of a proxy's traffic, so each is checked once."""
-
-
-def _checkGrammar(target: bytes, host: bytes | None) -> str | None:
-    """
-    @param target: the request-target.
-    @param host: the one C{Host} value, or C{None} without one.
-    @return: why the request is refused (L{LimitedRequest._refusedGrammar}),
-        or C{None}.
-    """
-    refused = checkTarget(target)
-    if refused is not None:
-        return refused
-    if host is not None and host.strip() and parseAuthority(host.strip()) is None:
-        return "malformed Host header: expected host or host:port (RFC 3986)"
-    return None
 
 
 def _channelOf(protocol: Any) -> Any:
