@@ -358,9 +358,9 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         if self.persistent:
             self._handlingRequest = False
             self.resetTimeout()
-            data = b"".join(self._dataBuffer)
-            self._dataBuffer = []
-            if data:
+            if self._dataBuffer:
+                data = b"".join(self._dataBuffer)
+                self._dataBuffer = []
                 self.dataReceived(data)
         else:
             self.loseConnection()
