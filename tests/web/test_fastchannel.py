@@ -402,6 +402,18 @@ class FastBackPressureTests(test_relay.BackPressureTests):
         self.successResultOf(d)
 
 
+class AbortRecording(StringTransport):
+    """
+    A transport that notes whether it was aborted.
+    """
+
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
 class ChannelTests(SynchronousTestCase):
     """
     The channel's own behaviour on a fake transport.
@@ -480,6 +492,24 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(len(clock.getDelayedCalls()), 1)
         clock.advance(0.2)
         self.assertTrue(transport.disconnecting)
+
+    def test_unreadLastAnswerAborted(self) -> None:
+        """
+        A client that never reads the last answer of its connection
+        (C{Connection: close}) is closed and then aborted by the idle
+        timer, not kept forever.
+        """
+        clock = MemoryReactorClock()
+        channel = makeSite(Recording(), clock, timeout=5, headerTimeout=None).buildProtocol(None)
+        transport = AbortRecording()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+        self.assertIn(b"200 OK", transport.value())
+        self.assertTrue(transport.disconnecting)
+        clock.advance(5)
+        self.assertFalse(transport.aborted)
+        clock.advance(channel.abortTimeout or 0)
+        self.assertTrue(transport.aborted)
 
     def test_twistedParserOption(self) -> None:
         """

@@ -363,6 +363,10 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
                 self._dataBuffer = []
                 self.dataReceived(data)
         else:
+            # The idle timer goes on: a client that never reads the last
+            # answer is closed, then aborted, as an idle one.
+            self._handlingRequest = False
+            self.resetTimeout()
             self.loseConnection()
 
     def _pauseReading(self) -> None:
@@ -392,7 +396,8 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         self._log.info("Timing out client: {peer}", peer=str(self.transport.getPeer()))
         if self.abortTimeout is not None:
             self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
-        self.loseConnection()
+        if not self._closing():
+            self.loseConnection()
 
     def forceAbortClient(self) -> None:
         """
