@@ -38,7 +38,7 @@ from ollama_proxy.web.cors import HostPolicy, OriginPolicy, corsHeaders
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.context import DEFAULT_MAX_BODY
 from ollama_proxy.web.fastchannel import AVAILABLE, FastChannel
-from ollama_proxy.web.observe import logAnswer
+from ollama_proxy.web.observe import OBSERVED, logAnswer
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
 
@@ -223,10 +223,9 @@ class LimitedRequest(Request):
     def write(self, data: bytes) -> None:
         """
         The first write of a body on L{FastChannel}: its head and these
-        bytes leave in one C{transport.write} (one send, one C{bytes}), not
-        a head of ~30 pieces and then the body.  A head that no body
-        follows (C{HEAD}, 204, 304, an empty first write) is sent before
-        this returns, so holding never delays a byte.
+        bytes leave in one C{transport.write}, not a head of ~30 pieces and
+        then the body.  A head no body follows (C{HEAD}, 204, 304) is sent
+        before this returns, so holding never delays a byte.
         """
         channel = getattr(self, "channel", None)
         if self.startedWriting or not data or not isinstance(channel, FastChannel):
@@ -398,6 +397,8 @@ class ProxySite(Site):
         observed with their details by
         L{ollama_proxy.web.bridge.ProxyResource}.  No combined-log line.
         """
+        if getattr(request, OBSERVED, False):
+            return
         arrived = getattr(request, "arrived", None)
         now = self.reactor.seconds()
         logAnswer(request, (now - arrived) * 1000 if arrived is not None else 0.0, self.metrics)
