@@ -327,8 +327,8 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
 
     def _allContentReceived(self) -> None:
         """
-        Hand the complete request to the site, with the idle timer
-        suspended until its response is finished.
+        Hand the complete request to the site; the idle timer cannot
+        close the connection until its response is finished.
         """
         head = self._head
         assert head is not None
