@@ -35,14 +35,13 @@ C{h2} package and a TLS listener, neither of which the proxy offers.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import NO_BODY_CODES, HTTPChannel
-from twisted.web.http_headers import Headers
+from twisted.web.http import HTTPChannel
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.upstream.compat import writeThrough
@@ -189,94 +188,7 @@ class HeaderDeadline:
         this.timeoutConnection()
 
 
-_NO_BODY = frozenset(b"%d" % code for code in NO_BODY_CODES)
-"""The statuses (as written) after whose head twisted.web writes no body."""
-
-
-class HeadWithBody:
-    """
-    A channel's response writes, with the head held for the body bytes
-    that follow it (both channels).
-
-    With a write-through transport (L{writeThrough}) every write is a send
-    and a TCP segment of its own, so the head is held for the body bytes
-    twisted.web's C{Request.write} passes next, in the same call: head and
-    first bytes leave in one send.  A head no body follows goes at once
-    (C{HEAD}, 204, 304); one whose C{Request.write} had no bytes (C{finish}
-    of an empty answer) goes with C{finish}'s own writes, or at
-    C{requestDone} or C{loseConnection} (the channel calls
-    L{_releaseHead}), in the same call still.  (twisted.web writes a head
-    only from C{Request.write}, and this proxy's writers never pass it
-    empty bytes: L{ollama_proxy.web.bridge.Exchange.write}.)
-    """
-
-    _heldHead: list[bytes] | None = None
-
-    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
-        """
-        Write (or hold) a response head.
-
-        @param headers: a C{Headers} (or, as twisted.web still accepts,
-            pairs of bytes, checked by C{Headers}).
-        """
-        this: Any = self
-        if not isinstance(headers, Headers):
-            checked = Headers()
-            for name, value in headers:
-                checked.addRawHeader(name, value)
-            headers = checked
-        sequence = [version, b" ", code, b" ", reason, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                sequence.extend((name, b": ", value, b"\r\n"))
-        sequence.append(b"\r\n")
-        requests = this.requests
-        request = requests[0] if requests else None
-        if request is None or request.method == b"HEAD" or code in _NO_BODY:
-            # No body write follows: the head goes now.
-            this.transport.writeSequence(sequence)
-        else:
-            self._heldHead = sequence
-
-    def _releaseHead(self) -> None:
-        """
-        Send a head L{writeHeaders} held that no body write took along.
-        """
-        held = self._heldHead
-        if held is not None:
-            self._heldHead = None
-            transport = getattr(self, "transport", None)
-            if transport is not None:
-                transport.writeSequence(held)
-
-    def write(self, data: bytes) -> None:
-        """
-        Write body bytes (after a held head, in one send).
-        """
-        this: Any = self
-        held = self._heldHead
-        if held is None:
-            this.transport.write(data)
-        else:
-            self._heldHead = None
-            held.append(data)
-            this.transport.writeSequence(held)
-
-    def writeSequence(self, iovec: Iterable[bytes]) -> None:
-        """
-        Write body bytes (after a held head, in one send).
-        """
-        this: Any = self
-        held = self._heldHead
-        if held is None:
-            this.transport.writeSequence(iovec)
-        else:
-            self._heldHead = None
-            held.extend(iovec)
-            this.transport.writeSequence(held)
-
-
-class ProxyChannel(HeadWithBody, HeaderDeadline, HTTPChannel):
+class ProxyChannel(HeaderDeadline, HTTPChannel):
     """
     twisted.web's C{HTTPChannel} with the L{HeaderDeadline} (C{allHeadersReceived}
     ends its phase) and the JSON 400 (C{--http-parser twisted}).
@@ -316,22 +228,13 @@ class ProxyChannel(HeadWithBody, HeaderDeadline, HTTPChannel):
         first byte (replayed from the buffer here when it was pipelined).
         """
         self._betweenRequests = True
-        self._releaseHead()
         super().requestDone(request)
-
-    def loseConnection(self) -> None:
-        """
-        Close after what is written (a held head included) is sent.
-        """
-        self._releaseHead()
-        super().loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
-        Drop the deadline (and a held head) with the connection.
+        Drop the deadline with the connection.
         """
         self._cancelHeaderDeadline()
-        self._heldHead = None
         super().connectionLost(reason)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
