@@ -280,3 +280,105 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).code, 504)
         self.assertEqual(len(upstream.lost), 1)
 
+
+
+class RequestBytesTests(SynchronousTestCase):
+    """
+    The bytes a generation request puts on the wire to the backend, through
+    the production client (treq over the chosen C{--http-parser} agent):
+    pinned as they were before the exchange path was trimmed (issue 23), so
+    that no header is added, dropped, reordered or re-cased.
+    """
+
+    BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    SENT_BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":false}'
+
+    def sent(self, apiKey: str | None, forward: bool, clientKey: bytes | None,
+             parser: str = "httptools", calls: int = 1) -> list[bytes]:
+        """
+        Post L{BODY} C{calls} times (each after the previous answer) and
+        return what each request wrote.
+        """
+        from twisted.internet.defer import Deferred
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+        from ollama_proxy.upstream.backend import Backend
+        from ollama_proxy.upstream.body import readBody
+        from ollama_proxy.upstream.pool import makeClient
+
+        reactor = MemoryReactorClock()
+        http, _ = makeClient(reactor, 4, 5.0, httpParser=parser)
+        backend = Backend(http, "http://127.0.0.1:4000", reactor, apiKey=apiKey,
+                          forwardClientKey=forward)
+        transport = StringTransport()
+        written = []
+        for call in range(calls):
+            d = Deferred.fromCoroutine(backend.postChat(self.BODY, clientKey=clientKey))
+            if call == 0:
+                reactor.advance(0)
+                protocol = reactor.tcpClients[0][2].buildProtocol(None)
+                assert protocol is not None
+                protocol.makeConnection(transport)
+            reactor.advance(0)
+            written.append(transport.value())
+            transport.clear()
+            protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            response = self.successResultOf(d)
+            self.assertEqual(self.successResultOf(Deferred.fromCoroutine(readBody(response))), b"{}")
+        self.assertEqual(len(reactor.tcpClients), 1)  # one keep-alive connection
+        return written
+
+    def test_configuredKey(self) -> None:
+        """
+        The configured key as C{Authorization}, in the same place on every
+        request of a connection; the client's key is not sent.
+        """
+        self.assertEqual(
+            self.sent("sk-backend-1234", False, b"client-key-99", calls=2),
+            [b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+             b"Authorization: Bearer sk-backend-1234\r\nAccept-Encoding: gzip\r\n"
+             b"Host: 127.0.0.1:4000\r\nContent-Length: 72\r\n\r\n" + self.SENT_BODY] * 2,
+        )
+
+    def test_noKey(self) -> None:
+        """
+        Without a key, no C{Authorization} at all.
+        """
+        self.assertEqual(
+            self.sent(None, False, None),
+            [b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+             b"Accept-Encoding: gzip\r\nHost: 127.0.0.1:4000\r\nContent-Length: 72\r\n\r\n"
+             + self.SENT_BODY],
+        )
+
+    def test_forwardedClientKey(self) -> None:
+        """
+        C{--forward-client-key}: each request carries its own client's key
+        (a second client's request never the first's), the configured one
+        for a client without a key.
+        """
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+        tail = b"Accept-Encoding: gzip\r\nHost: 127.0.0.1:4000\r\nContent-Length: 72\r\n\r\n"
+        self.assertEqual(
+            self.sent("sk-backend-1234", True, b"client-key-99"),
+            [head + b"Authorization: Bearer client-key-99\r\n" + tail + self.SENT_BODY],
+        )
+        self.assertEqual(
+            self.sent("sk-backend-1234", True, b"other-client-key"),
+            [head + b"Authorization: Bearer other-client-key\r\n" + tail + self.SENT_BODY],
+        )
+        self.assertEqual(
+            self.sent("sk-backend-1234", True, None),
+            [head + b"Authorization: Bearer sk-backend-1234\r\n" + tail + self.SENT_BODY],
+        )
+
+    def test_twistedAgent(self) -> None:
+        """
+        C{--http-parser twisted}: Twisted's own agent, its own header order.
+        """
+        self.assertEqual(
+            self.sent("sk-backend-1234", False, None, parser="twisted"),
+            [b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 72\r\n"
+             b"Content-Type: application/json\r\nAuthorization: Bearer sk-backend-1234\r\n"
+             b"Accept-Encoding: gzip\r\nHost: 127.0.0.1:4000\r\n\r\n" + self.SENT_BODY],
+        )
