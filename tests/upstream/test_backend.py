@@ -281,6 +281,35 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(len(upstream.lost), 1)
 
 
+class RedirectTests(SynchronousTestCase):
+    """
+    A generation is posted to the backend's own route only: a redirect is
+    not followed (Twisted's C{RedirectAgent} turned a C{303} into a C{GET}
+    of wherever it pointed), whatever its status.
+    """
+
+    def redirected(self, status: int) -> tuple[int, Any, ProxyHarness]:
+        h = ProxyHarness()
+        d = h.post("/api/chat", {**CHAT, "stream": False})
+        [upstream] = h.backend.received
+        upstream.request.setHeader(b"Location", b"http://elsewhere.test/v1/chat/completions")
+        upstream.respond(status, b"moved", b"text/plain")
+        h.pump()
+        response = self.successResultOf(d)
+        return response.code, codec.loads(self.successResultOf(h.client.content(response))), h
+
+    def test_notFollowed(self) -> None:
+        """
+        Every redirect status is a 502 naming it; the backend got one
+        request, nothing went elsewhere.
+        """
+        for status in (301, 302, 303, 307, 308):
+            code, body, h = self.redirected(status)
+            self.assertEqual(code, 502, status)
+            self.assertIn(f"{status} ", body["error"])
+            self.assertIn("redirects are not followed", body["error"])
+            self.assertEqual(len(h.backend.received), 1)
+
 
 class RequestBytesTests(SynchronousTestCase):
     """
@@ -312,17 +341,20 @@ class RequestBytesTests(SynchronousTestCase):
                           forwardClientKey=forward)
         transport = StringTransport()
         written = []
+        protocol: Any = None
         for call in range(calls):
             d = Deferred.fromCoroutine(backend.postChat(self.BODY, clientKey=clientKey))
             if call == 0:
                 reactor.advance(0)
                 protocol = reactor.tcpClients[0][2].buildProtocol(None)
-                assert protocol is not None
                 protocol.makeConnection(transport)
             reactor.advance(0)
             written.append(transport.value())
             transport.clear()
-            protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            # A cookie the backend sets is never sent back (one client
+            # serves every user).
+            protocol.dataReceived(b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=abc; Path=/\r\n"
+                                  b"Content-Length: 2\r\n\r\n{}")
             response = self.successResultOf(d)
             self.assertEqual(self.successResultOf(Deferred.fromCoroutine(readBody(response))), b"{}")
         self.assertEqual(len(reactor.tcpClients), 1)  # one keep-alive connection
