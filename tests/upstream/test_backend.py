@@ -414,3 +414,23 @@ class RequestBytesTests(SynchronousTestCase):
              b"Content-Type: application/json\r\nAuthorization: Bearer sk-backend-1234\r\n"
              b"Accept-Encoding: gzip\r\nHost: 127.0.0.1:4000\r\n\r\n" + self.SENT_BODY],
         )
+
+    def test_givenHost(self) -> None:
+        """
+        A C{Host} among the caller's headers is the one sent, once.
+        """
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+        from twisted.web.http_headers import Headers
+
+        from ollama_proxy.upstream.pool import NO_COOKIES, makeClient
+
+        reactor = MemoryReactorClock()
+        http, _ = makeClient(reactor, 4, 5.0, httpParser="httptools")
+        http.request("GET", "http://127.0.0.1:4000/v1/models", cookies=NO_COOKIES,
+                     headers=Headers({b"Host": [b"models.test"]}))
+        reactor.advance(0)
+        protocol: Any = reactor.tcpClients[0][2].buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertEqual(transport.value(), b"GET /v1/models HTTP/1.1\r\nHost: models.test\r\n"
+                         b"Accept-Encoding: gzip\r\n\r\n")

@@ -173,6 +173,66 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(self.idle, [self.conn])
         self.assertFalse(self.closed())
 
+    def countPauses(self) -> list[None]:
+        """
+        @return: a list that gets an entry each time the connection pauses
+            its transport.
+        """
+        pauses: list[None] = []
+        pause = self.transport.pauseProducing
+
+        def counted() -> None:
+            pauses.append(None)
+            pause()
+
+        self.transport.pauseProducing = counted  # type: ignore[method-assign]
+        return pauses
+
+    def test_wholeAnswerInOneRead(self) -> None:
+        """
+        Head and body in one read (a small non-streamed answer): the
+        response is handed over once the read is parsed, so its reader gets
+        the whole body within the same call, with no pause and resume of
+        the socket and nothing left scheduled (no idle timer, no
+        end-of-turn call); the connection is idle again.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ollama_proxy.upstream.body import readBody
+
+        pauses = self.countPauses()
+        clock = MemoryReactorClock()
+        read: list[bytes] = []
+        d: Deferred[Any] = self.conn.request(b"POST", b"http://h/p", b"/p", Headers({b"host": [b"h"]}), None)
+        d.addCallback(lambda r: Deferred.fromCoroutine(readBody(r, clock, 30.0)))
+        d.addCallback(read.append)
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        self.assertEqual(read, [b"hello"])
+        self.assertEqual(pauses, [])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(self.idle, [self.conn])
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_readerAttachedAtOnce(self) -> None:
+        """
+        A stream's head and first chunk in one read, its reader attached as
+        soon as the response is handed over: the chunk reaches it, the
+        socket is never paused, and the rest follows as it arrives.
+        """
+        pauses = self.countPauses()
+        body = Body()
+        d = self.conn.request(b"GET", b"http://h/p", b"/p", Headers({b"host": [b"h"]}), None)
+        d.addCallback(lambda r: r.deliverBody(body))
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
+        self.assertEqual(body.data, [b"ok"])
+        self.assertEqual(pauses, [])
+        self.assertIsNone(body.reason)
+        self.conn.dataReceived(b"1\r\n!\r\n0\r\n\r\n")
+        self.assertEqual(body.data, [b"ok", b"!"])
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseDone))
+        self.assertEqual(self.idle, [self.conn])
+
     def test_pauseReachesTheSocket(self) -> None:
         """
         The body protocol's transport pauses and resumes the connection;

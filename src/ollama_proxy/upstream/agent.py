@@ -180,14 +180,14 @@ class FastAgent:
             return fail()
         if headers is None:
             headers = Headers()
-        if not headers.hasHeader(b"host"):
-            headers = headers.copy()
-            headers.addRawHeader(b"host", host)
+        # Twisted's Agent adds Host to a copy of the headers, last; the
+        # connection writes it last instead, with no copy.
+        hostHeader: bytes | None = None if headers.hasHeader(b"host") else host
         path = parsed.originForm
         connection = self.pool.take(key)
         if connection is not None:
             try:
-                return connection.request(method, uri, path, headers, bodyProducer)
+                return connection.request(method, uri, path, headers, bodyProducer, hostHeader)
             except Exception:
                 connection.abandon()
                 return fail()
@@ -199,7 +199,7 @@ class FastAgent:
 
         def connected(connection: ClientConnection) -> Deferred[IResponse]:
             try:
-                return connection.request(method, uri, path, headers, bodyProducer)
+                return connection.request(method, uri, path, headers, bodyProducer, hostHeader)
             except Exception:
                 connection.abandon()
                 raise

@@ -382,7 +382,18 @@ class BodyReader(Protocol):
             d: Deferred[None] = succeed(None)
         else:
             d = self._finished = Deferred()
+            # What arrived with the head is delivered inside deliverBody,
+            # held without asking for an end-of-turn call: a body that
+            # ended there too (a small answer in one read) is passed on
+            # below, after the end, and never needs one.
+            self._due = True
             response.deliverBody(self)
+            if not d.called:
+                later = self._later
+                if self._pending and later is not None:
+                    later(self._flushLater)
+                else:
+                    self._due = False
         if consumer is not None and self.producer is not None:
             consumer.registerProducer(
                 _IdlePausingProducer(self.producer, self.pauseIdle, self.resumeIdle), True

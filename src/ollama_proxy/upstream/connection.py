@@ -151,6 +151,9 @@ class HTTPResponse:
         self._protocol: IProtocol | None = None
         self._buffer: list[bytes] = []
         self._end: Failure | None = None
+        self.paused = False
+        """Whether the connection paused its read for want of a body
+        protocol (L{deliverBody} resumes it)."""
 
     def setPreviousResponse(self, response: IResponse) -> None:
         """
@@ -177,7 +180,8 @@ class HTTPResponse:
         if self._end is not None:
             end, self._end = self._end, None
             protocol.connectionLost(end)
-        else:
+        elif self.paused:
+            self.paused = False
             self._transport.resumeProducing()
 
     def bodyReceived(self, data: bytes) -> None:
@@ -292,11 +296,13 @@ class ClientConnection(Protocol):
 
     def request(
         self, method: bytes, absoluteURI: bytes, path: bytes, headers: Headers,
-        bodyProducer: IBodyProducer | None,
+        bodyProducer: IBodyProducer | None, host: bytes | None = None,
     ) -> Deferred[IResponse]:
         """
         Send one request.
 
+        @param host: a C{Host} value to write after C{headers} (the agent's,
+            when they have none: written, rather than added to a copy).
         @return: fires with the response once its head arrived.
         """
         if not _TOKEN.match(method):
@@ -310,6 +316,8 @@ class ClientConnection(Protocol):
         for name, values in headers.getAllRawHeaders():
             for value in values:
                 head += (name, b": ", value, b"\r\n")
+        if host is not None:
+            head += (b"Host: ", host, b"\r\n")
         transport = self.transport
         assert transport is not None
         if bodyProducer is None:
@@ -394,29 +402,45 @@ class ClientConnection(Protocol):
             # Bytes nobody asked for, on an idle connection: it is unusable.
             self.abandon()
             return
+        arrived: tuple[Deferred[IResponse] | None, HTTPResponse] | None = None
         for event in parser.feed(data):
             if isinstance(event, ResponseBody):
                 response = self._response
                 if response is not None:
                     response.bodyReceived(event.data)
             elif isinstance(event, ResponseHead):
-                self._head(event)
+                arrived = self._head(event)
             elif isinstance(event, ResponseEnd):
                 self._end(event.reusable)
             else:
                 self._rejected(event)
+        if arrived is not None:
+            self._deliver(*arrived)
 
-    def _head(self, head: ResponseHead) -> None:
+    def _head(self, head: ResponseHead) -> tuple[Deferred[IResponse] | None, HTTPResponse]:
+        """
+        A response began: it is handed over by L{_deliver} once this read's
+        events are all taken, so that a whole small answer (the usual
+        non-streamed completion, head and body in one read) reaches its
+        reader complete, read in the same call rather than after another
+        round through every caller waiting for the end.
+        """
         request = self._request
-        assert request is not None and self.transport is not None
+        assert request is not None
         bodyTransport = self._bodyTransport = BodyTransport(self)
         response = self._response = HTTPResponse(head, request, bodyTransport)
         waiting, self._waiting = self._waiting, None
-        if head.length != 0:
-            # Nothing is read until someone reads the body.
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        return waiting, response
+
+    def _deliver(self, waiting: Deferred[IResponse] | None, response: HTTPResponse) -> None:
         if waiting is not None:
             waiting.callback(response)
+        if (response is self._response and response._protocol is None
+                and self.transport is not None):
+            # Nobody reads the body yet: nothing more is read until
+            # someone does (deliverBody resumes), so it cannot pile up.
+            response.paused = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def _end(self, reusable: bool) -> None:
         response = self._response
