@@ -213,6 +213,73 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(self.idle, [self.conn])
         self.assertEqual(self.transport.producerState, "producing")
 
+    def readWith(self, answer: bytes, wrap: bool = False) -> list[Any]:
+        """
+        Send a request, answer it with C{answer}, read the body with
+        L{readBody} (of the response as treq wraps it, with C{wrap}).
+
+        @return: the body read, or the failure.
+        """
+        from treq.response import _Response
+
+        from ollama_proxy.upstream.body import readBody
+
+        read: list[Any] = []
+        d: Deferred[Any] = self.conn.request(b"GET", b"http://h/p", b"/p", Headers({b"host": [b"h"]}), None)
+        if wrap:
+            d.addCallback(lambda r: _Response(r, None))  # type: ignore[call-overload]
+        d.addCallback(lambda r: Deferred.fromCoroutine(readBody(r)))
+        d.addBoth(read.append)
+        self.conn.dataReceived(answer)
+        return read
+
+    def test_wholeBodyTaken(self) -> None:
+        """
+        A body that arrived whole with its head is taken as it is, through
+        treq's wrapper too; the response cannot be read a second time.
+        """
+        from ollama_proxy.upstream.connection import wholeBody
+
+        self.assertEqual(self.readWith(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", wrap=True),
+                         [b"hello"])
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        [response] = results
+        self.assertEqual(wholeBody(response), b"ok")
+        self.assertRaises(RuntimeError, response.deliverBody, Body())
+        self.assertIsNone(wholeBody(response))
+
+    def test_wholeBodyTooLarge(self) -> None:
+        """
+        The size cap holds for a body taken whole.
+        """
+        from ollama_proxy.protocol.errors import UpstreamError
+        from ollama_proxy.upstream import body
+
+        self.patch(body, "MAX_RESPONSE_BODY", 4)
+        [failure] = self.readWith(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        self.assertIsInstance(failure, Failure)
+        self.assertIsInstance(failure.value, UpstreamError)
+        self.assertIn("larger than 4 bytes", str(failure.value))
+
+    def test_brokenBodyNotTaken(self) -> None:
+        """
+        A body that ended short, or without a length at the close, is read
+        as before: the first an error, the second whole.
+        """
+        from ollama_proxy.protocol.errors import UpstreamError
+
+        read = self.readWith(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello")
+        self.assertEqual(read, [])
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        [failure] = read
+        self.assertIsInstance(failure.value, UpstreamError)
+        self.setUp()
+        read = self.readWith(b"HTTP/1.1 200 OK\r\n\r\nhello")
+        self.assertEqual(read, [])
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(read, [b"hello"])
+
     def test_readerAttachedAtOnce(self) -> None:
         """
         A stream's head and first chunk in one read, its reader attached as

@@ -125,6 +125,24 @@ class BodyTransport:
         self.stopProducing()
 
 
+_TAKEN = Protocol()
+"""The body protocol of a response whose whole body was taken."""
+
+
+def wholeBody(response: IResponse) -> bytes | None:
+    """
+    @param response: a response from this module's connection, as treq
+        gives it (its C{_Response} wrapper, whose C{original} it is), or any
+        other (decoded, or from another agent).
+    @return: its body if it arrived whole with its head (see
+        L{HTTPResponse.takeWholeBody}), else C{None}: read it as usual.
+    """
+    original = getattr(response, "original", response)
+    if type(original) is not HTTPResponse:
+        return None
+    return original.takeWholeBody()
+
+
 @implementer(IResponse)
 class HTTPResponse:
     """
@@ -183,6 +201,24 @@ class HTTPResponse:
         elif self.paused:
             self.paused = False
             self._transport.resumeProducing()
+
+    def takeWholeBody(self) -> bytes | None:
+        """
+        The body, if it arrived whole before anyone asked for it (a small
+        answer, read with its head): taken at once, with no body protocol,
+        and this response is then read (a later L{deliverBody} fails).
+
+        @return: the body, or C{None} when it did not arrive whole yet (or
+            ended otherwise than complete, or is being read already): read
+            it with L{deliverBody}.
+        """
+        end = self._end
+        if self._protocol is not None or end is None or not end.check(ResponseDone):
+            return None
+        self._protocol = _TAKEN
+        self._end = None
+        buffered, self._buffer = self._buffer, []
+        return buffered[0] if len(buffered) == 1 else b"".join(buffered)
 
     def bodyReceived(self, data: bytes) -> None:
         """
@@ -514,4 +550,4 @@ class ClientConnection(Protocol):
         return d
 
 
-__all__ = ["ClientConnection", "HTTPResponse", "ResponseParseFailed", "ConnectionDone"]
+__all__ = ["ClientConnection", "HTTPResponse", "ResponseParseFailed", "ConnectionDone", "wholeBody"]
