@@ -223,11 +223,12 @@ class ConnectionTests(SynchronousTestCase):
         from treq.response import _Response
 
         from ollama_proxy.upstream.body import readBody
+        from ollama_proxy.upstream.pool import NO_COOKIES
 
         read: list[Any] = []
         d: Deferred[Any] = self.conn.request(b"GET", b"http://h/p", b"/p", Headers({b"host": [b"h"]}), None)
         if wrap:
-            d.addCallback(lambda r: _Response(r, None))  # type: ignore[call-overload]
+            d.addCallback(lambda r: _Response(r, NO_COOKIES))
         d.addCallback(lambda r: Deferred.fromCoroutine(readBody(r)))
         d.addBoth(read.append)
         self.conn.dataReceived(answer)
