@@ -125,6 +125,13 @@ class BodyTransport:
         self.stopProducing()
 
 
+def _done() -> Failure:
+    """
+    @return: how a complete body ends, as Twisted's client says it.
+    """
+    return Failure(ResponseDone("Response body fully received"))
+
+
 _TAKEN = Protocol()
 """The body protocol of a response whose whole body was taken."""
 
@@ -169,6 +176,7 @@ class HTTPResponse:
         self._protocol: IProtocol | None = None
         self._buffer: list[bytes] = []
         self._end: Failure | None = None
+        self._complete = False
         self.paused = False
         """Whether the connection paused its read for want of a body
         protocol (L{deliverBody} resumes it)."""
@@ -195,7 +203,10 @@ class HTTPResponse:
         buffered, self._buffer = self._buffer, []
         for data in buffered:
             protocol.dataReceived(data)
-        if self._end is not None:
+        if self._complete:
+            self._complete = False
+            protocol.connectionLost(_done())
+        elif self._end is not None:
             end, self._end = self._end, None
             protocol.connectionLost(end)
         elif self.paused:
@@ -212,11 +223,10 @@ class HTTPResponse:
             ended otherwise than complete, or is being read already): read
             it with L{deliverBody}.
         """
-        end = self._end
-        if self._protocol is not None or end is None or not end.check(ResponseDone):
+        if self._protocol is not None or not self._complete:
             return None
         self._protocol = _TAKEN
-        self._end = None
+        self._complete = False
         buffered, self._buffer = self._buffer, []
         return buffered[0] if len(buffered) == 1 else b"".join(buffered)
 
@@ -238,6 +248,18 @@ class HTTPResponse:
             self._end = reason
         else:
             self._protocol.connectionLost(reason)
+
+    def bodyComplete(self) -> None:
+        """
+        The body ended whole: L{bodyEnded} with C{ResponseDone}, whose
+        L{Failure} is made only for a protocol that reads it (a body taken
+        whole needs none: a Failure walks its exception's classes).
+        """
+        self._transport.detach()
+        if self._protocol is None:
+            self._complete = True
+        else:
+            self._protocol.connectionLost(_done())
 
 
 @implementer(IConsumer)
@@ -493,7 +515,7 @@ class ClientConnection(Protocol):
         else:
             self.abandon()
         if response is not None:
-            response.bodyEnded(Failure(ResponseDone("Response body fully received")))
+            response.bodyComplete()
 
     def _rejected(self, event: ResponseRejected) -> None:
         self._parser = None
