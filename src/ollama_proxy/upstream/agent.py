@@ -59,9 +59,13 @@ class KeepAlivePool:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
-            self._forget(connection)
+            # Its timer stays (moved on when it is put back, ignored if it
+            # fires while the connection is busy): a callLater and a cancel
+            # fewer per request.
+            self._keys.pop(connection, None)
             if connection.usable:
                 return connection
+            self._forget(connection)
         return None
 
     def connect(self, key: Key, endpoint: Any) -> Deferred[ClientConnection]:
@@ -84,8 +88,12 @@ class KeepAlivePool:
         idle = self._idle.setdefault(key, [])
         idle.append(connection)
         self._keys[connection] = key
-        self._timers[connection] = self._reactor.callLater(
-            self.cachedConnectionTimeout, self._expire, connection)
+        timer = self._timers.get(connection)
+        if timer is not None and timer.active():
+            timer.reset(self.cachedConnectionTimeout)
+        else:
+            self._timers[connection] = self._reactor.callLater(
+                self.cachedConnectionTimeout, self._expire, connection)
         if len(idle) > self.maxPersistentPerHost:
             oldest = idle.pop(0)
             self._forget(oldest)
@@ -93,6 +101,8 @@ class KeepAlivePool:
 
     def _expire(self, connection: ClientConnection) -> None:
         self._timers.pop(connection, None)
+        if connection not in self._keys:
+            return  # busy with a request since it was idle last
         self._remove(connection)
         connection.abandon()
 
