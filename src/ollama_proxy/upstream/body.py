@@ -37,7 +37,7 @@ from zope.interface import implementer
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.errors import UpstreamError, UpstreamTimeout
 from ollama_proxy.protocol.stream import SSELineTooLong
-from ollama_proxy.upstream.connection import wholeBody
+from ollama_proxy.upstream.message import wholeBody
 from ollama_proxy.upstream.failures import failureToError
 
 MAX_RESPONSE_BODY = 64 * 1024 * 1024

@@ -20,53 +20,16 @@ from typing import Any, Iterator
 
 import treq.client
 from treq.cookies import IndexableCookieJar
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from ollama_proxy.upstream.agent import FastAgent, KeepAlivePool
+from ollama_proxy.upstream.message import BytesProducer
 
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """
-    An L{IBodyProducer} for a body already in memory: it writes everything
-    in L{startProducing}, before the reactor runs again.
-
-    @ivar length: the body length, so the agent sends C{Content-Length}.
-    """
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        """
-        Write the whole body.
-
-        @param consumer: the request's body consumer.
-        @return: an already-fired L{Deferred}.
-        """
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        """
-        Nothing to pause: the body was written at once.
-        """
-
-    def resumeProducing(self) -> None:
-        """
-        Nothing to resume.
-        """
-
-    def stopProducing(self) -> None:
-        """
-        Nothing to stop.
-        """
+__all__ = ["BytesProducer", "CachingEndpointFactory", "NoCookies", "bodyProducer", "clientFor", "makeClient"]
 
 
 def bodyProducer(data: Any) -> IBodyProducer:
