@@ -131,12 +131,19 @@ class ConfiguredProxyTests(SynchronousTestCase):
     def test_jsonLog(self) -> None:
         """
         C{--log-format json} writes the proxy's log, request lines included,
-        as one JSON object per line into twistd's C{--logfile}.
+        as one JSON object per line into twistd's C{--logfile}.  The line
+        is written after the answer's last byte leaves, by another process
+        than the client: it is waited for (at most 10 s).
         """
         self.client.chat(model="quick", messages=[{"role": "user", "content": "log me"}])
-        with open(self.stack.proxy.logPath, encoding="utf-8") as f:
-            records = [codec.loads(line) for line in f if line.strip()]
-        requests = [r for r in records if r.get("route") == "/api/chat"]
+        deadline = time.monotonic() + 10
+        while True:
+            with open(self.stack.proxy.logPath, encoding="utf-8") as f:
+                records = [codec.loads(line) for line in f if line.strip()]
+            requests = [r for r in records if r.get("route") == "/api/chat"]
+            if requests or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         self.assertTrue(requests)
         self.assertEqual((requests[-1]["backend"], requests[-1]["model"], requests[-1]["status"]),
                          ("alpha", "quick", 200))
