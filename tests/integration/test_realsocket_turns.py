@@ -219,7 +219,7 @@ class TurnsTests(TestCase):
                     type(transport).write(transport, data)
 
                 transport.write = write
-                self.addCleanup(lambda t=transport: t.__dict__.pop("write", None))
+                self.addCleanup(transport.__dict__.pop, "write", None)
             finish()
             await done
             if endWrites is not None:
