@@ -496,11 +496,12 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         Every response byte goes out here.  While an upstream read is
         processed (L{oneRead}) they are kept and leave in one write when it
         returns, at the request's end, before closing, or beyond
-        L{COALESCE}: a stream's last line and terminator are one send.
+        L{COALESCE}: a stream's last line and terminator are one send (a
+        body of known length has no terminator: it is never kept).
         """
         kept = self._kept
         if kept is None:
-            if not oneRead.depth:
+            if not (oneRead.depth and self.requests and self.requests[0].chunked):
                 self.transport.write(data)  # type: ignore[union-attr]
                 return
             kept = self._kept = []
