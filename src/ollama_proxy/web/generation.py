@@ -285,6 +285,11 @@ class GenerationResource(ProxyResource):
         return NotServed(self.ctx, self)
 
     def _params(self, request: Request) -> dict[str, str] | None:
+        if (not request.postpath and not self.template.parameters
+                and len(request.prepath or ()) == len(self.template.prefix)):
+            # The route's own path (every request to a fixed route): no
+            # segments to decode and match.
+            return {}
         segments = [*(request.prepath or []), *(request.postpath or [])]
         rest = [s.decode("utf-8", "surrogateescape") for s in segments[len(self.template.prefix):]]
         return self.template.match(rest)
