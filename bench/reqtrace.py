@@ -153,15 +153,21 @@ def main() -> None:
         return
     out = f"/tmp/reqtrace-{os.getpid()}.json"
     env = {**os.environ, "REQTRACE_OUT": out, "PYTHONPATH": args.src}
+    # As bench/run.py pins: the proxy alone on core 0, the backend and the
+    # load generator on core 1 (on one core, the backend woken by the
+    # request would run inside the proxy's send).
+    def pin(core: int) -> Callable[[], None]:
+        return lambda: os.sched_setaffinity(0, {core})
     backend = subprocess.Popen([sys.executable, os.path.join(HERE, "leanbackend.py"),
-                                "--port", str(args.backend_port)], stderr=subprocess.DEVNULL)
+                                "--port", str(args.backend_port)], stderr=subprocess.DEVNULL,
+                               preexec_fn=pin(1))
     proxy = subprocess.Popen([sys.executable, __file__, args.src, "--child", "--port", str(args.port),
-                              "--backend-port", str(args.backend_port)], env=env)
+                              "--backend-port", str(args.backend_port)], env=env, preexec_fn=pin(0))
     try:
         time.sleep(2.5)
         subprocess.run([sys.executable, os.path.join(HERE, "loadgen.py"), "--port", str(args.port),
                         "--chunks", str(args.chunks), "-c", "1", "-d", str(args.duration)],
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, preexec_fn=pin(1))
     finally:
         proxy.terminate()
         proxy.wait()
