@@ -101,3 +101,35 @@ class LoggingTests(SynchronousTestCase):
         self.assertIn("/v1/models/m-<redacted>", text)
         for fragment in ["cr%2Bet", "cr%252Bet", "cr%2bet", "0123456789"]:
             self.assertNotIn(fragment, text)
+
+    def test_keyEchoedTokenByTokenNeverLogged(self) -> None:
+        """
+        With debug on, a backend that echoes the key a piece per delta (as
+        a model writes it, token by token) does not get the pieces into
+        the raw chunk lines: those reads are logged by size only, and the
+        client gets the key replaced.  A read with nothing to hide is still
+        logged raw.
+        """
+        key = "sk-se/cr+et-0123456789"
+        harness = ProxyHarness(debug=True, apiKey=key)
+        d = harness.post("/api/chat", CHAT)
+        [upstream] = harness.backend.received
+        upstream.startSSE()
+        upstream.event(delta("Hello "))
+        harness.pump()
+        for piece in ["s", "k-se/", "cr+et-01", "23456789", " bye"]:
+            upstream.event(delta(piece))
+            harness.pump()
+        upstream.event(delta(finish_reason="stop"))
+        upstream.done()
+        harness.pump()
+        reader = BodyCollector(harness, d.result)
+        harness.pump()
+        said = "".join(line["message"]["content"] for line in reader.lines())
+        self.assertEqual(said, "Hello <redacted> bye")
+        chunks = [formatEvent(e) for e in self.events if "upstream chunk" in formatEvent(e)]
+        self.assertTrue(any("Hello " in c for c in chunks), chunks)
+        self.assertTrue(any("text that spelled a secret" in c for c in chunks), chunks)
+        text = "\n".join(self.texts()) + "\n".join(repr(e) for e in self.events)
+        for fragment in ["k-se", "cr+et", "cr\\\\u002bet", "23456789"]:
+            self.assertNotIn(fragment, text)

@@ -12,8 +12,7 @@ in all of those forms; the web layer runs every outbound byte through it
 through L{EventRedactor} as well, so a secret spread over several deltas
 is caught before the client's dialect splits it into several lines.
 
-Redaction always comes before truncation (L{Redactor.excerpt}): an excerpt
-cut inside a key would otherwise escape as a prefix.
+Redaction comes before truncation (L{Redactor.excerpt}), or a cut key escapes.
 """
 
 from __future__ import annotations
@@ -473,7 +472,7 @@ class EventRedactor:
         self._thinking = TextRedactor(secrets, escaped)
         self._framable, self._heads, self._suspect = checks(secrets, PREFIX)
         self._certified: tuple[bytes, bool] = (b"", False)
-        self.plain = False
+        self.plain = self.touched = False  # touched: the last read's text was changed or held
 
     def certifies(self, framing: bytes) -> bool:
         """
@@ -507,7 +506,7 @@ class EventRedactor:
             only deltas of content, passed as they were, whose text holds
             no character JSON escapes.
         """
-        self.plain = False
+        self.plain = self.touched = False
         if self._clean(events):
             return events if isinstance(events, list) else list(events)
         out: list[Event] = []
@@ -516,6 +515,7 @@ class EventRedactor:
                 assert isinstance(event, Delta)
                 content = self._content.feed(event.content)
                 thinking = self._thinking.feed(event.thinking)
+                self.touched |= content != event.content or thinking != event.thinking
                 logprobs = event.logprobs
                 if logprobs:
                     logprobs = _redactValue(self._redactor, logprobs, self._secrets)
