@@ -192,16 +192,14 @@ def pair(dialect: str, model: str, limit: int | None, maxOutput: int | None) -> 
     @return: the current encoder of C{dialect} and the frozen one, alike.
     """
     if dialect == "anthropic":
-        made = (AnthropicEncoder(model, "msg_01", 7), frozen.AnthropicEncoder(model, "msg_01", 7))
-    else:
-        context = ResponsesContext({"instructions": "i", "max_output_tokens": maxOutput,
-                                    "tools": []}, dict(NAMES))
-        made = (ResponsesEncoder(model, T0, context, counter()),
-                frozen.ResponsesEncoder(model, T0, context, counter()))
-        if limit is not None:
-            for encoder in made:
-                encoder.maxText = limit
-    return made
+        return AnthropicEncoder(model, "msg_01", 7), frozen.AnthropicEncoder(model, "msg_01", 7)
+    context = ResponsesContext({"instructions": "i", "max_output_tokens": maxOutput,
+                                "tools": []}, dict(NAMES))
+    new = ResponsesEncoder(model, T0, context, counter())
+    old = frozen.ResponsesEncoder(model, T0, context, counter())
+    if limit is not None:
+        new.maxText = old.maxText = limit
+    return new, old
 
 
 def outcome(call: Callable[[], bytes]) -> tuple[str, object]:
