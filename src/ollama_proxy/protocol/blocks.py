@@ -30,8 +30,8 @@ class BlockEncoder(Encoder):
     backend is silent.
 
     Subclasses implement L{_startBlock}, L{_stopBlock}, L{_thinking},
-    L{_text}, L{_toolCall} and L{_finish}, and the base's L{_opening} and
-    L{_failure}.
+    L{_text} (or L{_textRun}, a run of them), L{_toolCall} and L{_finish},
+    and the base's L{_opening} and L{_failure}.
 
     A hook may raise L{StreamFailed} (a dialect's own limit): the events
     of the read before it go out in its C{output}, before the error.
@@ -68,6 +68,24 @@ class BlockEncoder(Encoder):
         @return: a text delta in the open text block.
         """
         raise NotImplementedError
+
+    def _textRun(self, texts: list[str]) -> bytes:
+        """
+        @param texts: the texts of consecutive deltas in the open text
+            block (at least one, none empty).
+        @return: their text deltas: by default L{_text} of each; a
+            dialect writes the run from its template in one call instead.
+        @raise StreamFailed: from L{_text}, its C{output} the deltas of
+            the run before it.
+        """
+        out: list[bytes] = []
+        try:
+            for text in texts:
+                out.append(self._text(text))
+        except StreamFailed as e:
+            e.output = b"".join(out) + e.output
+            raise
+        return b"".join(out)
 
     def _toolCall(self, call: ToolCall) -> bytes:
         """
@@ -118,18 +136,31 @@ class BlockEncoder(Encoder):
 
     def _encode(self, events: Sequence[Event]) -> bytes:
         out: list[bytes] = []
+        # Plain text deltas in the open text block, gathered into one
+        # _textRun call per run (a read is mostly one run): the dialect
+        # writes the run from its template without a call per token.
+        # While the run is not empty the open block is the text block and
+        # everything in out comes before it.
+        run: list[str] = []
         try:
             for event in events:
                 if type(event) is Delta:
                     if event.thinking:
+                        if run:
+                            out.append(self._textRun(run))
+                            run = []
                         if self.openKind != THINKING:
                             self._switch(THINKING, out)
                         out.append(self._thinking(event.thinking))
                     if event.content:
                         if self.openKind != TEXT:
                             self._switch(TEXT, out)
-                        out.append(self._text(event.content))
-                elif type(event) is ToolCalls:
+                        run.append(event.content)
+                    continue
+                if run:
+                    out.append(self._textRun(run))
+                    run = []
+                if type(event) is ToolCalls:
                     for call in event.calls:
                         out.extend(self._close())
                         out.append(self._toolCall(call))
@@ -139,6 +170,8 @@ class BlockEncoder(Encoder):
                     self.state = DONE
                     out.extend(self._close())
                     out.extend(self._finish(event))
+            if run:
+                out.append(self._textRun(run))
         except StreamFailed as e:
             # A dialect's own limit, part-way through the read: the events
             # before it still belong to the client, before the error.

@@ -93,6 +93,7 @@ def usageObject(usage: Usage | None) -> JSON | None:
 
 _TEXT_DELTA = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
                b'"sequence_number":')
+_TEXT_END = b',"logprobs":[]}\n\n'
 
 
 _HOLES = re.compile(rb'"\\u0000([0-9a-f]{16}):(\d+)\\u0000"')
@@ -153,6 +154,7 @@ class ResponsesEncoder(BlockEncoder):
         self._buffer = io.StringIO()
         self._textWhere = b""
         self._textFraming = b""
+        self._textTemplate = b""
         self.response = self._object("in_progress", None)
 
     def _object(self, status: str, usage: Usage | None, **fields: Any) -> JSON:
@@ -217,7 +219,10 @@ class ResponsesEncoder(BlockEncoder):
                                     summary_index=0, part={"type": "summary_text", "text": ""})
         self._textWhere = (b',"item_id":' + codec.dumps(item["id"]) + b',"output_index":'
                            + str(len(self._output)).encode() + b',"content_index":0,"delta":')
-        self._textFraming = _TEXT_DELTA + b"\n" + self._textWhere + b'\n,"logprobs":[]}\n\n'
+        self._textFraming = _TEXT_DELTA + b"\n" + self._textWhere + b"\n" + _TEXT_END
+        # The same event as one %-template: the sequence number, the text.
+        self._textTemplate = (_TEXT_DELTA + b"%d" + self._textWhere.replace(b"%", b"%%")
+                              + b"%s" + _TEXT_END)
         return out + self._emit("response.content_part.added", **where, content_index=0,
                                 part=_text(""))
 
@@ -260,9 +265,28 @@ class ResponsesEncoder(BlockEncoder):
         # The per-token event, from a template made when the message
         # opened: only the sequence number and the text are encoded here.
         out = (_TEXT_DELTA + str(self._seq).encode() + self._textWhere
-               + codec.dumps(text) + b',"logprobs":[]}\n\n')
+               + codec.dumps(text) + _TEXT_END)
         self._seq += 1
         return out
+
+    def _textRun(self, texts: list[str]) -> bytes:
+        """
+        A run of text deltas, kept in one write and written from the
+        message's template (the sequence numbers counted along), no call
+        per token.  A run that passes the cap, or a whole reply, goes delta
+        by delta (L{_text}), so that the failure comes at the delta it
+        always came at.
+        """
+        joined = texts[0] if len(texts) == 1 else "".join(texts)
+        kept = self._kept + len(joined)
+        if kept > self.maxText or self._whole:
+            return super()._textRun(texts)
+        self._kept = kept
+        self._buffer.write(joined)
+        seq = self._seq
+        self._seq = seq + len(texts)
+        template, dumps = self._textTemplate, codec.dumps
+        return b"".join([template % (n, dumps(text)) for n, text in enumerate(texts, seq)])
 
     def _stopBlock(self) -> list[bytes]:
         item = self._item
