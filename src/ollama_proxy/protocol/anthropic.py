@@ -181,13 +181,13 @@ class AnthropicEncoder(BlockEncoder):
         """
         return self._textFraming if self.openKind == TEXT else None
 
-    def _textRun(self, texts: list[str]) -> bytes:
+    def _textRun(self, texts: list[str], out: list[bytes]) -> None:
         """
         A run of text deltas: the texts encoded and joined by the bytes
         between two of them (one delta's end, the next one's start), with
         no Python step per token.
         """
-        return self._textPrefix + self._textJoin.join(map(codec.dumps, texts)) + _TEXT_END
+        out += (self._textPrefix, self._textJoin.join(map(codec.dumps, texts)), _TEXT_END)
 
     def _toolCall(self, call: ToolCall) -> bytes:
         self._toolUse = True

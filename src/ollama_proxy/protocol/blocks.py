@@ -69,23 +69,20 @@ class BlockEncoder(Encoder):
         """
         raise NotImplementedError
 
-    def _textRun(self, texts: list[str]) -> bytes:
+    def _textRun(self, texts: list[str], out: list[bytes]) -> None:
         """
+        Add a run of text deltas to the read's pieces: by default L{_text}
+        of each; a dialect writes the run from its template in one call
+        instead (a read is mostly one run).
+
         @param texts: the texts of consecutive deltas in the open text
             block (at least one, none empty).
-        @return: their text deltas: by default L{_text} of each; a
-            dialect writes the run from its template in one call instead.
-        @raise StreamFailed: from L{_text}, its C{output} the deltas of
-            the run before it.
+        @param out: the read's pieces so far, joined once at its end.
+        @raise StreamFailed: from L{_text}; the deltas before it are in
+            C{out}, and so go out before the error.
         """
-        out: list[bytes] = []
-        try:
-            for text in texts:
-                out.append(self._text(text))
-        except StreamFailed as e:
-            e.output = b"".join(out) + e.output
-            raise
-        return b"".join(out)
+        for text in texts:
+            out.append(self._text(text))
 
     def _toolCall(self, call: ToolCall) -> bytes:
         """
@@ -147,7 +144,7 @@ class BlockEncoder(Encoder):
                 if type(event) is Delta:
                     if event.thinking:
                         if run:
-                            out.append(self._textRun(run))
+                            self._textRun(run, out)
                             run = []
                         if self.openKind != THINKING:
                             self._switch(THINKING, out)
@@ -158,7 +155,7 @@ class BlockEncoder(Encoder):
                         run.append(event.content)
                     continue
                 if run:
-                    out.append(self._textRun(run))
+                    self._textRun(run, out)
                     run = []
                 if type(event) is ToolCalls:
                     for call in event.calls:
@@ -171,7 +168,7 @@ class BlockEncoder(Encoder):
                     out.extend(self._close())
                     out.extend(self._finish(event))
             if run:
-                out.append(self._textRun(run))
+                self._textRun(run, out)
         except StreamFailed as e:
             # A dialect's own limit, part-way through the read: the events
             # before it still belong to the client, before the error.
