@@ -181,6 +181,9 @@ class AnthropicEncoder(BlockEncoder):
         """
         return self._textFraming if self.openKind == TEXT else None
 
+    def _text(self, text: str) -> bytes:
+        return self._textPrefix + codec.dumps(text) + _TEXT_END
+
     def _textRun(self, texts: list[str], out: list[bytes]) -> None:
         """
         A run of text deltas: the texts encoded and joined by the bytes

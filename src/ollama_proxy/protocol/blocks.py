@@ -108,6 +108,12 @@ class BlockEncoder(Encoder):
         """
         raise NotImplementedError
 
+    def _run(self, run: list[str], out: list[bytes]) -> None:
+        if len(run) == 1:
+            out.append(self._text(run[0]))
+        else:
+            self._textRun(run, out)
+
     def _close(self) -> list[bytes]:
         if self.openKind is None:
             return []
@@ -132,6 +138,12 @@ class BlockEncoder(Encoder):
         return self._open() + self._firstPing()
 
     def _encode(self, events: Sequence[Event]) -> bytes:
+        if len(events) == 1 and self.openKind == TEXT:
+            event = events[0]
+            if type(event) is Delta and event.content and not event.thinking:
+                # One token in the open text block: the read of a backend
+                # that streams token by token, as it comes.
+                return self._text(event.content)
         out: list[bytes] = []
         # Plain text deltas in the open text block, gathered into one
         # _textRun call per run (a read is mostly one run): the dialect
@@ -144,7 +156,7 @@ class BlockEncoder(Encoder):
                 if type(event) is Delta:
                     if event.thinking:
                         if run:
-                            self._textRun(run, out)
+                            self._run(run, out)
                             run = []
                         if self.openKind != THINKING:
                             self._switch(THINKING, out)
@@ -155,7 +167,7 @@ class BlockEncoder(Encoder):
                         run.append(event.content)
                     continue
                 if run:
-                    self._textRun(run, out)
+                    self._run(run, out)
                     run = []
                 if type(event) is ToolCalls:
                     for call in event.calls:
@@ -168,7 +180,7 @@ class BlockEncoder(Encoder):
                     out.extend(self._close())
                     out.extend(self._finish(event))
             if run:
-                self._textRun(run, out)
+                self._run(run, out)
         except StreamFailed as e:
             # A dialect's own limit, part-way through the read: the events
             # before it still belong to the client, before the error.

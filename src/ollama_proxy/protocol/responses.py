@@ -285,15 +285,18 @@ class ResponsesEncoder(BlockEncoder):
         return self._textFraming
 
     def _text(self, text: str) -> bytes:
-        self._keep(text)
-        if self._whole:
+        kept = self._kept + len(text)
+        if kept > self.maxText or self._whole:
+            self._keep(text)  # past the cap: the failure
             return b""
-        # The per-token event, from a template made when the message
-        # opened: only the sequence number and the text are encoded here.
-        out = (_TEXT_DELTA + str(self._seq).encode() + self._textWhere
-               + codec.dumps(text) + _TEXT_END)
-        self._seq += 1
-        return out
+        self._kept = kept
+        self._buffer.write(text)
+        # The per-token event, from the pieces made when the message
+        # opened: only the text is encoded here.
+        seq = self._seq
+        self._seq = seq + 1
+        return (_TEXT_DELTA + (_NUMBERS[seq] if seq < len(_NUMBERS) else str(seq).encode())
+                + self._textWhere + codec.dumps(text) + _TEXT_END)
 
     def _textRun(self, texts: list[str], out: list[bytes]) -> None:
         """
