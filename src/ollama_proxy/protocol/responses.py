@@ -16,11 +16,18 @@ far: Codex reads no other error event.
 
 Memory: the protocol repeats an item's whole text in three closing events
 and the response object in C{response.completed}, so the text is kept until
-the item closes.  It is JSON-encoded once, and the closing events are built
-around it (each event's JSON has a hole where the text goes, filled by
-reference when the pieces are joined once), so a streamed reply peaks at
-about six times its text instead of re-encoding it four times and joining
-the copies.  The text one item keeps is capped (L{MAX_REPLY_TEXT}); past it
+the item closes.  It is JSON-encoded once: the closing events are written
+around it as byte pieces, and the response objects that repeat it carry a
+hole where it goes, filled by reference; the pieces are joined once, so a
+streamed reply peaks at about six times its text instead of re-encoding it
+four times and joining the copies.
+
+Speed (issue 23): every event is written from byte pieces made when its
+item opens (no object built and encoded per event but the response
+object); a read's run of text deltas is one call that joins their encoded
+texts and sequence numbers (L{ResponsesEncoder._textRun}).  The wire is
+pinned byte for byte against the encoder before this
+(C{tests/protocol/frozen_encoders.py}).  The text one item keeps is capped (L{MAX_REPLY_TEXT}); past it
 the stream ends with C{response.failed} naming the cap.  The C{stream:
 false} object repeats nothing and is built without encoding any event.
 """
@@ -29,7 +36,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from typing import Any, Mapping
 
 from ollama_proxy.protocol import codec
@@ -104,11 +110,8 @@ is looked up, not formatted (formatting an integer cost a third of what
 the rest of a delta's event did).  Longer streams format the rest."""
 
 
-_HOLES = re.compile(rb'"\\u0000([0-9a-f]{16}):(\d+)\\u0000"')
-"""A held text's place in an encoded event (L{ResponsesEncoder._holeText});
-compiled once, the stream's own nonce compared per hole (a pattern per
-stream was compiled anew for every request: the cache misses on the
-random nonce)."""
+_HOLE_END = b'\\u0000"'
+"""How a held text's hole ends in an encoded event, after its index."""
 
 
 def _text(text: str) -> JSON:
@@ -193,15 +196,14 @@ class ResponsesEncoder(BlockEncoder):
         data = codec.dumps({"type": kind, "sequence_number": seq, **fields})
         if not self._texts:
             return [b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"]
-        parts = _HOLES.split(data)
+        # Cut at this stream's holes (C{"\\u0000<nonce>:}: a whole JSON
+        # string, the nonce no text can hold); anything like a hole with
+        # another nonce is text, and stays as it is.
+        parts = data.split(b'"\\u0000' + self._nonce + b":")
         pieces = [b"event: " + kind.encode() + b"\ndata: ", parts[0]]
-        for i in range(1, len(parts), 3):
-            nonce, index = parts[i], parts[i + 1]
-            if nonce == self._nonce:
-                pieces.append(self._texts[int(index)])
-            else:  # another stream's hole, in text: as it was
-                pieces.append(b'"\\u0000' + nonce + b":" + index + b'\\u0000"')
-            pieces.append(parts[i + 2])
+        for part in parts[1:]:
+            end = part.index(_HOLE_END)
+            pieces += (self._texts[int(part[:end])], part[end + len(_HOLE_END):])
         pieces.append(b"\n\n")
         return pieces
 
