@@ -41,7 +41,8 @@ from ollama_proxy.upstream import pool as poolModule  # noqa: E402
 from ollama_proxy.upstream.agent import FastAgent, KeepAlivePool  # noqa: E402
 from ollama_proxy.upstream.body import readBody  # noqa: E402
 from ollama_proxy.upstream.compat import ConnectionPool  # noqa: E402
-from ollama_proxy.upstream.pool import NO_COOKIES, ReadyURL, clientFor  # noqa: E402
+from ollama_proxy.upstream.backend import ReadyURL  # noqa: E402
+from ollama_proxy.upstream.pool import NO_COOKIES, clientFor  # noqa: E402
 
 BODY = (b'{"model":"fake-model","messages":[{"role":"user","content":"hi"}],'
         b'"stream":false,"max_tokens":100}')

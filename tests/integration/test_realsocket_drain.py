@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ollama_proxy.protocol import codec
 from tests.integration.servers import Stack
 
-DELAY = 1.5
+DELAY = 2.5
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -48,9 +48,9 @@ class DrainTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.stack = Stack(
             proxyArgs=["--drain-delay", str(DELAY), "--shutdown-grace", "30"],
-            # The fake's 17-word reply 0.3 s apart: a 5 s stream, well past
-            # the delay even on a loaded machine.
-            backendArgs=["--delay", "0.3"],
+            # The fake's 17-word reply 0.4 s apart: a 6.8 s stream, well
+            # past the delay even on a loaded machine.
+            backendArgs=["--delay", "0.4"],
         )
         self.addCleanup(self.stack.stop)
         self.port = self.stack.proxy.port
@@ -80,14 +80,15 @@ class DrainTests(SynchronousTestCase):
         process = self.stack.proxy.process
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        deadline = sent + 1.0
+        # "At once": well before the delay ends, with room for a loaded machine.
+        deadline = sent + DELAY - 1.0
         status, answer = get(self.port, "/health/ready")
         while status != 503 and time.monotonic() < deadline:
             time.sleep(0.02)
             status, answer = get(self.port, "/health/ready")
         self.assertEqual(status, 503)
         self.assertEqual(codec.loads(answer)["status"], "draining")
-        self.assertLess(time.monotonic() - sent, 1.0)
+        self.assertLess(time.monotonic() - sent, DELAY - 1.0)
         # Still served during the delay, on a new connection.
         status, tags = get(self.port, "/api/tags")
         self.assertEqual(status, 200)

@@ -363,6 +363,24 @@ class PoolTests(TestCase):
         clock.advance(pool.cachedConnectionTimeout + 1)
         self.assertEqual(closed, [a, b])
         self.assertIsNone(pool.take(key))
+        # A connection back from a request is kept for the whole timeout
+        # from then on, not from when it was idle before; a busy one is
+        # never closed by the timeout.
+        pool.put(key, c)
+        clock.advance(pool.cachedConnectionTimeout - 1)
+        self.assertIs(pool.take(key), c)
+        clock.advance(pool.cachedConnectionTimeout * 2)
+        self.assertEqual(closed, [a, b])
+        pool.put(key, c)
+        clock.advance(pool.cachedConnectionTimeout - 1)
+        self.assertIs(pool.take(key), c)
+        pool.put(key, c)
+        clock.advance(pool.cachedConnectionTimeout - 1)
+        self.assertEqual(closed, [a, b])
+        clock.advance(1)
+        self.assertEqual(closed, [a, b, c])
+        self.assertIsNone(pool.take(key))
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_agentIsTreqs(self) -> None:
         """

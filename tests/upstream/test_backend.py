@@ -280,3 +280,157 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).code, 504)
         self.assertEqual(len(upstream.lost), 1)
 
+
+class RedirectTests(SynchronousTestCase):
+    """
+    A generation is posted to the backend's own route only: a redirect is
+    not followed (Twisted's C{RedirectAgent} turned a C{303} into a C{GET}
+    of wherever it pointed), whatever its status.
+    """
+
+    def redirected(self, status: int) -> tuple[int, Any, ProxyHarness]:
+        h = ProxyHarness()
+        d = h.post("/api/chat", {**CHAT, "stream": False})
+        [upstream] = h.backend.received
+        upstream.request.setHeader(b"Location", b"http://elsewhere.test/v1/chat/completions")
+        upstream.respond(status, b"moved", b"text/plain")
+        h.pump()
+        response = self.successResultOf(d)
+        return response.code, codec.loads(self.successResultOf(h.client.content(response))), h
+
+    def test_notFollowed(self) -> None:
+        """
+        Every redirect status is a 502 naming it; the backend got one
+        request, nothing went elsewhere.
+        """
+        for status in (301, 302, 303, 307, 308):
+            code, body, h = self.redirected(status)
+            self.assertEqual(code, 502, status)
+            self.assertIn(f"{status} ", body["error"])
+            self.assertIn("redirects are not followed", body["error"])
+            self.assertEqual(len(h.backend.received), 1)
+
+
+class RequestBytesTests(SynchronousTestCase):
+    """
+    The bytes a generation request puts on the wire to the backend, through
+    the production client (treq over the chosen C{--http-parser} agent):
+    pinned as they were before the exchange path was trimmed (issue 23), so
+    that no header is added, dropped, reordered or re-cased.
+    """
+
+    BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    SENT_BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":false}'
+
+    def sent(self, apiKey: str | None, forward: bool, clientKey: bytes | None,
+             parser: str = "httptools", calls: int = 1) -> list[bytes]:
+        """
+        Post L{BODY} C{calls} times (each after the previous answer) and
+        return what each request wrote.
+        """
+        from twisted.internet.defer import Deferred
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+        from ollama_proxy.upstream.backend import Backend
+        from ollama_proxy.upstream.body import readBody
+        from ollama_proxy.upstream.pool import makeClient
+
+        reactor = MemoryReactorClock()
+        http, _ = makeClient(reactor, 4, 5.0, httpParser=parser)
+        backend = Backend(http, "http://127.0.0.1:4000", reactor, apiKey=apiKey,
+                          forwardClientKey=forward)
+        transport = StringTransport()
+        written = []
+        protocol: Any = None
+        for call in range(calls):
+            d = Deferred.fromCoroutine(backend.postChat(self.BODY, clientKey=clientKey))
+            if call == 0:
+                reactor.advance(0)
+                protocol = reactor.tcpClients[0][2].buildProtocol(None)
+                protocol.makeConnection(transport)
+            reactor.advance(0)
+            written.append(transport.value())
+            transport.clear()
+            # A cookie the backend sets is never sent back (one client
+            # serves every user).
+            protocol.dataReceived(b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=abc; Path=/\r\n"
+                                  b"Content-Length: 2\r\n\r\n{}")
+            response = self.successResultOf(d)
+            self.assertEqual(self.successResultOf(Deferred.fromCoroutine(readBody(response))), b"{}")
+        self.assertEqual(len(reactor.tcpClients), 1)  # one keep-alive connection
+        return written
+
+    def test_configuredKey(self) -> None:
+        """
+        The configured key as C{Authorization}, in the same place on every
+        request of a connection; the client's key is not sent.
+        """
+        self.assertEqual(
+            self.sent("sk-backend-1234", False, b"client-key-99", calls=2),
+            [b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+             b"Authorization: Bearer sk-backend-1234\r\nAccept-Encoding: gzip\r\n"
+             b"Host: 127.0.0.1:4000\r\nContent-Length: 72\r\n\r\n" + self.SENT_BODY] * 2,
+        )
+
+    def test_noKey(self) -> None:
+        """
+        Without a key, no C{Authorization} at all.
+        """
+        self.assertEqual(
+            self.sent(None, False, None),
+            [b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+             b"Accept-Encoding: gzip\r\nHost: 127.0.0.1:4000\r\nContent-Length: 72\r\n\r\n"
+             + self.SENT_BODY],
+        )
+
+    def test_forwardedClientKey(self) -> None:
+        """
+        C{--forward-client-key}: each request carries its own client's key
+        (a second client's request never the first's), the configured one
+        for a client without a key.
+        """
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+        tail = b"Accept-Encoding: gzip\r\nHost: 127.0.0.1:4000\r\nContent-Length: 72\r\n\r\n"
+        self.assertEqual(
+            self.sent("sk-backend-1234", True, b"client-key-99"),
+            [head + b"Authorization: Bearer client-key-99\r\n" + tail + self.SENT_BODY],
+        )
+        self.assertEqual(
+            self.sent("sk-backend-1234", True, b"other-client-key"),
+            [head + b"Authorization: Bearer other-client-key\r\n" + tail + self.SENT_BODY],
+        )
+        self.assertEqual(
+            self.sent("sk-backend-1234", True, None),
+            [head + b"Authorization: Bearer sk-backend-1234\r\n" + tail + self.SENT_BODY],
+        )
+
+    def test_twistedAgent(self) -> None:
+        """
+        C{--http-parser twisted}: Twisted's own agent, its own header order.
+        """
+        self.assertEqual(
+            self.sent("sk-backend-1234", False, None, parser="twisted"),
+            [b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 72\r\n"
+             b"Content-Type: application/json\r\nAuthorization: Bearer sk-backend-1234\r\n"
+             b"Accept-Encoding: gzip\r\nHost: 127.0.0.1:4000\r\n\r\n" + self.SENT_BODY],
+        )
+
+    def test_givenHost(self) -> None:
+        """
+        A C{Host} among the caller's headers is the one sent, once.
+        """
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+        from twisted.web.http_headers import Headers
+
+        from ollama_proxy.upstream.pool import NO_COOKIES, makeClient
+
+        reactor = MemoryReactorClock()
+        http, _ = makeClient(reactor, 4, 5.0, httpParser="httptools")
+        http.request("GET", "http://127.0.0.1:4000/v1/models", cookies=NO_COOKIES,
+                     headers=Headers({b"Host": [b"models.test"]}))
+        reactor.advance(0)
+        protocol: Any = reactor.tcpClients[0][2].buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertEqual(transport.value(), b"GET /v1/models HTTP/1.1\r\nHost: models.test\r\n"
+                         b"Accept-Encoding: gzip\r\n\r\n")

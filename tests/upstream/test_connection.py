@@ -173,6 +173,134 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(self.idle, [self.conn])
         self.assertFalse(self.closed())
 
+    def countPauses(self) -> list[None]:
+        """
+        @return: a list that gets an entry each time the connection pauses
+            its transport.
+        """
+        pauses: list[None] = []
+        pause = self.transport.pauseProducing
+
+        def counted() -> None:
+            pauses.append(None)
+            pause()
+
+        self.transport.pauseProducing = counted  # type: ignore[method-assign]
+        return pauses
+
+    def test_wholeAnswerInOneRead(self) -> None:
+        """
+        Head and body in one read (a small non-streamed answer): the
+        response is handed over once the read is parsed, so its reader gets
+        the whole body within the same call, with no pause and resume of
+        the socket and nothing left scheduled (no idle timer, no
+        end-of-turn call); the connection is idle again.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ollama_proxy.upstream.body import readBody
+
+        pauses = self.countPauses()
+        clock = MemoryReactorClock()
+        read: list[bytes] = []
+        d: Deferred[Any] = self.conn.request(b"POST", b"http://h/p", b"/p", Headers({b"host": [b"h"]}), None)
+        d.addCallback(lambda r: Deferred.fromCoroutine(readBody(r, clock, 30.0)))
+        d.addCallback(read.append)
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        self.assertEqual(read, [b"hello"])
+        self.assertEqual(pauses, [])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(self.idle, [self.conn])
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def readWith(self, answer: bytes, wrap: bool = False) -> list[Any]:
+        """
+        Send a request, answer it with C{answer}, read the body with
+        L{readBody} (of the response as treq wraps it, with C{wrap}).
+
+        @return: the body read, or the failure.
+        """
+        from treq.response import _Response
+
+        from ollama_proxy.upstream.body import readBody
+        from ollama_proxy.upstream.pool import NO_COOKIES
+
+        read: list[Any] = []
+        d: Deferred[Any] = self.conn.request(b"GET", b"http://h/p", b"/p", Headers({b"host": [b"h"]}), None)
+        if wrap:
+            d.addCallback(lambda r: _Response(r, NO_COOKIES))
+        d.addCallback(lambda r: Deferred.fromCoroutine(readBody(r)))
+        d.addBoth(read.append)
+        self.conn.dataReceived(answer)
+        return read
+
+    def test_wholeBodyTaken(self) -> None:
+        """
+        A body that arrived whole with its head is taken as it is, through
+        treq's wrapper too; the response cannot be read a second time.
+        """
+        from ollama_proxy.upstream.connection import wholeBody
+
+        self.assertEqual(self.readWith(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", wrap=True),
+                         [b"hello"])
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        [response] = results
+        self.assertEqual(wholeBody(response), b"ok")
+        self.assertRaises(RuntimeError, response.deliverBody, Body())
+        self.assertIsNone(wholeBody(response))
+
+    def test_wholeBodyTooLarge(self) -> None:
+        """
+        The size cap holds for a body taken whole.
+        """
+        from ollama_proxy.protocol.errors import UpstreamError
+        from ollama_proxy.upstream import body
+
+        self.patch(body, "MAX_RESPONSE_BODY", 4)
+        [failure] = self.readWith(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        self.assertIsInstance(failure, Failure)
+        self.assertIsInstance(failure.value, UpstreamError)
+        self.assertIn("larger than 4 bytes", str(failure.value))
+
+    def test_brokenBodyNotTaken(self) -> None:
+        """
+        A body that ended short, or without a length at the close, is read
+        as before: the first an error, the second whole.
+        """
+        from ollama_proxy.protocol.errors import UpstreamError
+
+        read = self.readWith(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello")
+        self.assertEqual(read, [])
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        [failure] = read
+        self.assertIsInstance(failure.value, UpstreamError)
+        self.setUp()
+        read = self.readWith(b"HTTP/1.1 200 OK\r\n\r\nhello")
+        self.assertEqual(read, [])
+        self.conn.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(read, [b"hello"])
+
+    def test_readerAttachedAtOnce(self) -> None:
+        """
+        A stream's head and first chunk in one read, its reader attached as
+        soon as the response is handed over: the chunk reaches it, the
+        socket is never paused, and the rest follows as it arrives.
+        """
+        pauses = self.countPauses()
+        body = Body()
+        d = self.conn.request(b"GET", b"http://h/p", b"/p", Headers({b"host": [b"h"]}), None)
+        d.addCallback(lambda r: r.deliverBody(body))
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
+        self.assertEqual(body.data, [b"ok"])
+        self.assertEqual(pauses, [])
+        self.assertIsNone(body.reason)
+        self.conn.dataReceived(b"1\r\n!\r\n0\r\n\r\n")
+        self.assertEqual(body.data, [b"ok", b"!"])
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseDone))
+        self.assertEqual(self.idle, [self.conn])
+
     def test_pauseReachesTheSocket(self) -> None:
         """
         The body protocol's transport pauses and resumes the connection;

@@ -101,6 +101,37 @@ class CatalogAgeTests(SynchronousTestCase):
         self.assertEqual(list(catalog), ["a"])
         self.assertIs(self.successResultOf(Deferred.fromCoroutine(h.ctx.models.catalog())), catalog)
 
+    def test_readyCatalogFollowsNewLists(self) -> None:
+        """
+        L{readyCatalog} answers while the sources are the ones it was
+        built from (asked repeatedly, it keeps answering the same
+        catalog), and not once a new list arrived that the catalog was
+        not built from, nor once the list is stale; after the rebuild it
+        answers the new catalog.
+        """
+        h = ProxyHarness(ttl=60)
+        models = h.ctx.models
+        self.assertIsNone(models.readyCatalog())
+        first = Deferred.fromCoroutine(models.catalog())
+        self.answer(h, "/v1/models", 200, {"data": [{"id": "a"}]})
+        self.answer(h, "/v1/model/info", 404, {"error": "not found"})
+        catalog = self.successResultOf(first)
+        for _ in range(3):
+            self.assertIs(models.readyCatalog(), catalog)
+        h.clock.advance(61)
+        self.assertIsNone(models.readyCatalog())
+        listing = Deferred.fromCoroutine(models.listModels())
+        self.answer(h, "/v1/models", 200, {"data": [{"id": "a"}, {"id": "b"}]})
+        self.successResultOf(listing)
+        # A fresh list the catalog was not built from: no warm answer.
+        self.assertIsNone(models.readyCatalog())
+        second = Deferred.fromCoroutine(models.catalog())
+        self.answer(h, "/v1/model/info", 404, {"error": "not found"})
+        rebuilt = self.successResultOf(second)
+        self.assertEqual(list(rebuilt), ["a", "b"])
+        self.assertIs(models.readyCatalog(), rebuilt)
+        self.assertIs(models.readyCatalog(), rebuilt)
+
     def test_slowMetadataDoesNotHoldTags(self) -> None:
         """
         A backend that does not answer its metadata request within

@@ -40,13 +40,14 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from ollama_proxy.testing.harness import ProxyHarness
 from ollama_proxy.web.channel import ProxyChannel
-from ollama_proxy.web.fastchannel import EAGER_READ, FastChannel
+from ollama_proxy.web.fastchannel import COALESCE, EAGER_READ, FastChannel
 from ollama_proxy.web.site import ProxySite, makeSite
 from tests.web import test_relay
+from tests.web.test_ready import withoutDate
 
 MAX_BODY = 64
 """The site's body cap in the comparisons: small, so that 413s happen."""
@@ -401,6 +402,18 @@ class FastBackPressureTests(test_relay.BackPressureTests):
         self.successResultOf(d)
 
 
+class AbortRecording(StringTransport):
+    """
+    A transport that notes whether it was aborted.
+    """
+
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
 class ChannelTests(SynchronousTestCase):
     """
     The channel's own behaviour on a fake transport.
@@ -458,6 +471,46 @@ class ChannelTests(SynchronousTestCase):
         clock.advance(5)
         self.assertTrue(transport.disconnecting)
 
+    def test_idlePeriodRestartsAfterAnswer(self) -> None:
+        """
+        The idle timer stays armed while a request is answered (one timer
+        per connection): however long the answer, the client gets the
+        whole idle period after it, and a kept-alive request resets it.
+        """
+        clock = MemoryReactorClock()
+        resource = Recording(sync=False)
+        channel = makeSite(resource, clock, timeout=5, headerTimeout=None).buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        for _ in range(3):
+            channel.dataReceived(b"GET /x HTTP/1.1\r\n\r\n")
+            clock.advance(12.5)
+            self.assertFalse(transport.disconnecting)
+            resource.pending.pop().finish()
+            clock.advance(4.9)
+            self.assertFalse(transport.disconnecting)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_unreadLastAnswerAborted(self) -> None:
+        """
+        A client that never reads the last answer of its connection
+        (C{Connection: close}) is closed and then aborted by the idle
+        timer, not kept forever.
+        """
+        clock = MemoryReactorClock()
+        channel = makeSite(Recording(), clock, timeout=5, headerTimeout=None).buildProtocol(None)
+        transport = AbortRecording()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+        self.assertIn(b"200 OK", transport.value())
+        self.assertTrue(transport.disconnecting)
+        clock.advance(5)
+        self.assertFalse(transport.aborted)
+        clock.advance(channel.abortTimeout or 0)
+        self.assertTrue(transport.aborted)
+
     def test_twistedParserOption(self) -> None:
         """
         C{httpParser="twisted"} is today's L{ProxyChannel}, unchanged.
@@ -466,3 +519,165 @@ class ChannelTests(SynchronousTestCase):
         self.assertIsInstance(site.buildProtocol(None), ProxyChannel)
         self.assertRaises(ValueError, makeSite, Recording(), MemoryReactorClock(),
                           httpParser="h11")
+
+
+class Answering(Resource):
+    """
+    A leaf that answers as the proxy's resources do, one way per path:
+    whole JSON with its length, a chunked stream, nothing, 204, 304, a
+    header with several values and a cookie, a body larger than
+    L{COALESCE}, bytes returned from C{render}, a 404.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> Any:
+        kind = (request.path or b"/").strip(b"/")
+        if kind == b"render":
+            request.setHeader(b"Content-Type", b"text/plain")
+            return b"rendered"
+        if kind in (b"204", b"304"):
+            request.setResponseCode(int(kind))
+            request.finish()
+            return NOT_DONE_YET
+        if kind == b"empty":
+            request.finish()
+            return NOT_DONE_YET
+        if kind == b"stream":
+            request.setHeader(b"Content-Type", b"application/x-ndjson")
+            for line in (b'{"a":1}\n', b'{"b":2}\n', b'{"done":true}\n'):
+                request.write(line)
+            request.finish()
+            return NOT_DONE_YET
+        body = b"x" * (COALESCE + 1) if kind == b"large" else b'{"models":[]}'
+        if kind == b"missing":
+            request.setResponseCode(404)
+            body = b'{"error":"not found"}'
+        if kind == b"headers":
+            request.responseHeaders.addRawHeader(b"X-Multi", b"one")
+            request.responseHeaders.addRawHeader(b"X-Multi", b"two")
+            request.addCookie(b"k", b"v")
+            request.setHeader(b"Access-Control-Allow-Origin", b"http://app.example")
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+        return NOT_DONE_YET
+
+
+class CountingTransport(StringTransport):
+    """
+    A transport that counts the calls that wrote to it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.writes += 1
+        super().writeSequence(data)
+
+
+_PATHS = [b"/json", b"/stream", b"/empty", b"/204", b"/304", b"/headers", b"/large",
+          b"/render", b"/missing"]
+
+
+def answerOn(site: Any, data: bytes) -> CountingTransport:
+    """
+    @return: the transport after C{data} was received on a new connection
+        of C{site}.
+    """
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = CountingTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(data)
+    return transport
+
+
+class HeadTests(SynchronousTestCase):
+    """
+    The response heads L{FastChannel} writes (one C{bytes}, held for the
+    first body write) are twisted.web's own, byte for byte.
+    """
+
+    def sites(self) -> tuple[Any, Any]:
+        twistedSite = Site(Answering())
+        twistedSite.log = lambda request: None  # type: ignore[method-assign]
+        fast = makeSite(Answering(), MemoryReactorClock(), headerTimeout=None)
+        return twistedSite, fast
+
+    def test_sameBytesAsTwistedWeb(self) -> None:
+        """
+        Every kind of answer, to C{GET} and C{HEAD}, kept alive, closing,
+        and HTTP/1.0: the same bytes as twisted.web's C{HTTPChannel} writes
+        (but for the C{Date}).
+        """
+        twistedSite, fast = self.sites()
+        for path in _PATHS:
+            for method in (b"GET", b"HEAD"):
+                for tail in (b"HTTP/1.1\r\nHost: a\r\n\r\n",
+                             b"HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                             b"HTTP/1.0\r\nHost: a\r\n\r\n"):
+                    data = method + b" " + path + b" " + tail
+                    expected = answerOn(twistedSite, data)
+                    got = answerOn(fast, data)
+                    self.assertEqual(withoutDate(got.value()), withoutDate(expected.value()),
+                                     data)
+                    self.assertEqual(got.disconnecting, expected.disconnecting, data)
+                    self.assertRegex(got.value(), rb"\AHTTP/1\.[01] \d{3} ", data)
+
+    def test_pipelinedSameBytes(self) -> None:
+        """
+        Every kind of answer pipelined in one read, in order, as twisted.web
+        answers them.
+        """
+        twistedSite, fast = self.sites()
+        data = b"".join(
+            method + b" " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+            for path in _PATHS for method in (b"GET", b"HEAD")
+        )
+        expected = answerOn(twistedSite, data).value()
+        got = answerOn(fast, data).value()
+        self.assertEqual(withoutDate(got), withoutDate(expected))
+        self.assertEqual(got.count(b"HTTP/1.1 "), 2 * len(_PATHS))
+
+    def test_wholeAnswerInOneWrite(self) -> None:
+        """
+        A whole answer (head and body) leaves in one transport write; a
+        body over L{COALESCE} is written after its head, not copied into
+        it; a body-less answer's head is written at once.
+        """
+        _, fast = self.sites()
+        for path, writes in [(b"/json", 1), (b"/missing", 1), (b"/render", 1),
+                             (b"/large", 2), (b"/204", 1)]:
+            transport = answerOn(fast, b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+            self.assertEqual(transport.writes, writes, path)
+        transport = answerOn(fast, b"HEAD /json HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(transport.writes, 1)
+        self.assertIn(b"Content-Length: 13\r\n", transport.value())
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n"))
+
+    def test_headSentBeforeStreamWaits(self) -> None:
+        """
+        A resource that sends its head with an empty write and answers
+        later: the head is on the wire at once (holding never delays it).
+        """
+        resource = Recording(sync=False)
+        site = makeSite(resource, MemoryReactorClock(), headerTimeout=None)
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        request = resource.pending[0]
+        request.setHeader(b"Content-Type", b"application/x-ndjson")
+        request.write(b"")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(transport.value().endswith(b"Transfer-Encoding: chunked\r\n\r\n"))
+        request.write(b"line\n")
+        self.assertTrue(transport.value().endswith(b"5\r\nline\n\r\n"))
+        request.finish()

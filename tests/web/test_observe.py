@@ -9,10 +9,11 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.web import observe
 from tests.web.test_routing import CHAT, Harness
 
 
@@ -167,3 +168,44 @@ class SingleBackendLabelTests(SynchronousTestCase):
                                              ("status", "200")))], 1.0)
         self.assertEqual(samples[(requests, (("model", "other"), ("route", "/api/chat"),
                                              ("status", "404")))], 1.0)
+
+
+class AccessLoggerTests(SynchronousTestCase):
+    """
+    The access line's logger (L{observe.log}) emits what C{Logger.emit}
+    emits: the same keys and values but the time, to the same observer.
+    """
+
+    def test_sameEventAsLogger(self) -> None:
+        """
+        An info event, and another level (which takes C{Logger.emit}
+        itself), are the events a plain C{Logger} makes.
+        """
+        seen = EventLoggingObserver()
+        ours = type(observe.log)("ollama_proxy.web.observe", observer=seen)
+        plain = Logger("ollama_proxy.web.observe", observer=seen)
+        for logger in (ours, plain):
+            logger.info("{line}", line="GET /api/tags", status=200)
+            logger.warn("w {x}", x=1)
+        mine, mineWarn, theirs, theirsWarn = (seen[i] for i in range(4))
+        for a, b in ((mine, theirs), (mineWarn, theirsWarn)):
+            self.assertEqual(set(a), set(b))
+            for key in a:
+                if key not in ("log_time", "log_logger"):
+                    self.assertEqual(a[key], b[key], key)
+            self.assertIsInstance(a["log_time"], float)
+        self.assertIs(mine["log_logger"], ours)
+        self.assertIs(mine["log_level"], LogLevel.info)
+        self.assertEqual(formatEvent(mine), "GET /api/tags")
+
+    def test_badLevelRefused(self) -> None:
+        """
+        An unknown level is refused as C{Logger.emit} refuses it.
+        """
+        seen = EventLoggingObserver()
+        ours = type(observe.log)("x", observer=seen)
+        ours.emit("nonsense", "x")  # type: ignore[arg-type]
+        self.assertEqual(len(seen), 1)
+        event = seen[0]
+        self.assertIs(event["log_level"], LogLevel.critical)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)

@@ -14,7 +14,9 @@ from typing import Any
 
 from ollama_proxy.protocol.errors import BadRequest
 from ollama_proxy.web.bridge import Exchange, ProxyResource
-from ollama_proxy.web.cors import HostPolicy
+from ollama_proxy.web.cors import HostPolicy, OriginPolicy
+from ollama_proxy.web.site import makeSite
+from ollama_proxy.web.tree import buildRoot
 from ollama_proxy.web.models import Ps, Recommendations, Status, Tags
 from ollama_proxy.web.ollama import Version
 from tests.web.helpers import serveCatalog
@@ -36,9 +38,9 @@ def withoutDate(raw: bytes) -> bytes:
     return re.sub(rb"\r\nDate: [^\r]*", b"", raw)
 
 
-class ReadyTests(SiteCase):
+class ReadyCase(SiteCase):
     """
-    The synchronous answers against the async ones.
+    The site, with every C{ready} answer noted.
     """
 
     def setUp(self) -> None:
@@ -84,6 +86,13 @@ class ReadyTests(SiteCase):
         """
         raw: bytes = self.connect(self.request(method, path, extra=KEY)).value()
         return raw
+
+
+
+class ReadyTests(ReadyCase):
+    """
+    The synchronous answers against the async ones.
+    """
 
     def test_sameBytes(self) -> None:
         """
@@ -245,3 +254,118 @@ class HostCacheTests(SiteCase):
             self.assertFalse(policy.allows(b"h%d.example" % n))
         self.assertLessEqual(len(policy._answers), HostPolicy.CACHED)
         self.assertTrue(policy.allows(b"localhost"))
+
+
+class WarmTagsTests(ReadyCase):
+    """
+    A warm C{/api/tags} for a client without a key of its own is written
+    by L{Tags.render} at once (no exchange): the same bytes as the common
+    path, one log line and one count, the site's checks still first.  A
+    proxy without a key gate here, so that the client presents none.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        root = buildRoot(self.harness.ctx)
+        self.site = makeSite(
+            root, self.harness.clock, maxBody=100, bodyTimeout=5.0, metrics=self.metrics,
+            origins=OriginPolicy(), hosts=HostPolicy(["*.example.internal", "proxy.lan"],
+                                                     hostname="box"),
+        )
+
+    def viaCommonPath(self) -> None:
+        """
+        Send every later request down L{ProxyResource.render}.
+        """
+        self.patch(Tags, "render", ProxyResource.render)
+
+    def test_sameBytesAsCommonPath(self) -> None:
+        """
+        GET and HEAD, with and without a short key (no secret) and a query:
+        the fast path answers without asking C{ready}, with the bytes the
+        common path sends (CORS headers and C{Content-Length} included).
+        """
+        self.warm()
+        asked = len(self.harness.backend.received)
+        cases = [(m, p, k) for m in (b"GET", b"HEAD") for p in (b"/api/tags", b"/api/tags?x=1")
+                 for k in (b"", b"Authorization: Bearer ollama\r\n")]
+        fast = {case: self.connect(self.request(case[0], case[1], extra=case[2])).value()
+                for case in cases}
+        self.assertEqual(self.answered, [])
+        self.viaCommonPath()
+        for (method, path, key), answer in fast.items():
+            slow = self.connect(self.request(method, path, extra=key)).value()
+            self.assertEqual(withoutDate(answer), withoutDate(slow), (method, path, key))
+            status, headers, body = parseResponse(answer)
+            self.assertEqual(status, 200)
+            self.assertEqual(headers["access-control-allow-origin"], ORIGIN.decode())
+            self.assertEqual(body, b"" if method == b"HEAD" else slow.partition(b"\r\n\r\n")[2])
+        self.assertEqual(len(self.answered), len(cases))
+        self.assertEqual(len(self.harness.backend.received), asked)
+
+    def test_oneLineOneCount(self) -> None:
+        """
+        Each fast answer is logged once and counted once, under its route.
+        """
+        self.warm()
+        before = self.count("/api/tags", 200)
+        for _ in range(3):
+            self.assertEqual(parseResponse(self.raw(b"GET", b"/api/tags"))[0], 200)
+        self.assertEqual(self.answered, [])
+        self.assertEqual(self.count("/api/tags", 200), before + 3)
+        lines = self.lines()
+        self.assertEqual(len(lines), 3)
+        for line in lines:
+            self.assertIn("GET /api/tags model=- status=200 backend=- tokens=- ttft=-", line)
+        events = [e for e in self.events if e.get("route") == "/api/tags"][-3:]
+        self.assertEqual([e["status"] for e in events], [200] * 3)
+        self.assertEqual({e["client_gone"] for e in events}, {False})
+        self.assertEqual(self.metrics.registry.get_sample_value(
+            "ollama_proxy_request_duration_seconds_count", {"route": "/api/tags"}), before + 3)
+
+    def test_otherCasesTakeCommonPath(self) -> None:
+        """
+        A client key that is a secret (the body must be redacted of it), a
+        compressed body, a sub-path, another method, C{--debug}, or a
+        stale catalog: the common path answers.
+        """
+        self.warm()
+        long = b"Authorization: Bearer client-key-0123456789\r\n"
+        self.assertEqual(parseResponse(self.raw(b"GET", b"/api/tags", long))[0], 200)
+        self.assertEqual(self.answered, ["Tags"])
+        encoded = self.request(b"GET", b"/api/tags", body=b"{}", extra=b"Content-Encoding: x\r\n")
+        self.assertEqual(parseResponse(self.connect(encoded).value())[0], 415)
+        self.assertEqual(parseResponse(self.raw(b"GET", b"/api/tags/x"))[0], 404)
+        self.assertEqual(parseResponse(self.raw(b"POST", b"/api/tags"))[0], 405)
+        self.harness.ctx.debug = True
+        self.assertEqual(parseResponse(self.raw(b"GET", b"/api/tags"))[0], 200)
+        self.assertEqual(self.answered, ["Tags", "Tags"])
+
+    def raw(self, method: bytes, path: bytes, extra: bytes = b"") -> bytes:
+        """
+        @return: the raw response to one request (no key unless C{extra}).
+        """
+        raw: bytes = self.connect(self.request(method, path, extra=extra)).value()
+        return raw
+
+    def test_staleCatalogWaits(self) -> None:
+        """
+        A stale catalog is not served from the fast path: the request
+        waits for the backend's list.
+        """
+        self.warm()
+        self.harness.clock.advance(3600)
+        asked = len(self.harness.backend.received)
+        transport = self.connect(self.request(b"GET", b"/api/tags"))
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.harness.backend.received[asked].path, "/v1/models")
+        serveCatalog(self.harness, [{"id": "gpt-4o"}])
+        self.assertEqual(parseResponse(transport.value())[0], 200)
+
+    def test_hostStillChecked(self) -> None:
+        """
+        The C{Host} check comes first.
+        """
+        self.warm()
+        _, (status, _, _) = self.send(self.request(b"GET", b"/api/tags", host=b"evil.example"))
+        self.assertEqual(status, 403)

@@ -311,6 +311,63 @@ class OutboundFilterTests(SynchronousTestCase):
         data = self.exchange(*route, answer)
         self.assertNoSecret(data, f"{route[0]} {place}")
 
+    @settings(max_examples=120, deadline=None)
+    @given(
+        route=st.sampled_from([
+            ("/api/chat", {"model": "m", "messages": USER, "stream": False}),
+            ("/api/generate", {"model": "m", "prompt": "hi", "stream": False}),
+            ("/v1/messages", {"model": "m", "max_tokens": 8, "messages": USER}),
+            ("/v1/responses", {"model": "m", "input": "hi"}),
+            ("/v1beta/models/m:generateContent", {"contents": [{"parts": [{"text": "hi"}]}]}),
+        ]),
+        place=st.sampled_from(("content", "reasoning", "tool", "escaped", "doubleEscaped",
+                               "thinkTag", "ids")),
+        secret=st.sampled_from(SECRETS),
+        split=st.integers(0, 2000),
+    )
+    def test_wholeReply(
+        self, route: tuple[str, dict[str, Any]], place: str, secret: str, split: int
+    ) -> None:
+        """
+        A non-streamed answer (redacted whole, in one pass, issue 23): the
+        secret in the text, the reasoning, tool arguments, JSON-escaped (once
+        or twice), in a leading C{<think>} block, or in the reply's own id,
+        model and fingerprint, the body at any split of the reads.
+        """
+        text = f"key {secret} end"
+        message: dict[str, Any] = {"role": "assistant", "content": "ok"}
+        if place == "content":
+            message["content"] = text
+        elif place == "reasoning":
+            message["reasoning_content"] = text
+        elif place == "thinkTag":
+            message["content"] = f"<think>{text}</think>answer"
+        elif place == "tool":
+            message["tool_calls"] = [{"id": "c1", "type": "function", "function": {
+                "name": "run", "arguments": codec.dumps({"cmd": text}).decode()}}]
+        reply = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+                 "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 1, "completion_tokens": 2}}
+        if place == "ids":
+            reply.update(id=text, model=text, system_fingerprint=text)
+        body = codec.dumps(reply)
+        if place in ("escaped", "doubleEscaped"):
+            spelled = escaped(text)
+            if place == "doubleEscaped":
+                spelled = spelled.replace("\\", "\\\\")
+            body = body.replace(b'"content":"ok"', b'"content":"' + spelled.encode() + b'"')
+
+        def answer(received: Any) -> list[bytes]:
+            received.request.setResponseCode(200)
+            received.request.setHeader(b"Content-Type", b"application/json")
+            cut = split % (len(body) + 1)
+            return [body[:cut], body[cut:]]
+
+        data = self.exchange(*route, answer)
+        if place in ("content", "tool", "escaped", "doubleEscaped"):  # (not dropped)
+            self.assertIn(b"<redacted>", data, f"{route[0]} {place}: an answer, redacted")
+        self.assertNoSecret(data, f"{route[0]} {place}")
+
     def test_passthroughHeaders(self) -> None:
         """
         Relayed headers come from an allow-list: the content type, retry

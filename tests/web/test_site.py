@@ -13,9 +13,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.protocol import target
 from ollama_proxy.web.site import makeSite
 
 
@@ -253,6 +254,27 @@ class BodyDeadlineTests(SiteTestCase):
         status, _, _ = parseResponse(transport.value())
         self.assertEqual(status, 200)
 
+    def test_wholeBodyInOneReadNoTimer(self) -> None:
+        """
+        A body that arrives with its head is never late: on the llhttp
+        channel no body timer is armed for it at all; on either, none is
+        left.
+        """
+        protocol, transport = self.connect(timeout=None, bodyTimeout=10, headerTimeout=None)
+        armed: list[float] = []
+        callLater = self.clock.callLater
+
+        def watch(delay: float, *args: Any, **kwargs: Any) -> Any:
+            armed.append(delay)
+            return callLater(delay, *args, **kwargs)
+
+        self.patch(self.clock, "callLater", watch)
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(self.resource.bodies, [b"ok"])
+        self.assertEqual(parseResponse(transport.value())[0], 200)
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+        self.assertEqual(armed, [] if self.httpParser == "httptools" else [10])
+
     def test_disconnectDisarms(self) -> None:
         """
         A client that leaves mid-body takes the deadline with it.
@@ -457,4 +479,117 @@ class DrainTwistedTests(DrainTests):
     L{DrainTests} on twisted.web's parser.
     """
 
+    httpParser = "twisted"
+
+
+class GrammarCacheTests(SiteTestCase):
+    """
+    The target and C{Host} checks remember their verdicts
+    (L{ollama_proxy.protocol.target.refusedGrammar}): the same answer every time, in a bounded
+    table.
+    """
+
+    def answer(self, target: bytes, host: bytes = b"a") -> tuple[int, bytes]:
+        """
+        @return: the status and body of one request to a new site.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 2\r\n\r\n{}" % (target, host)
+        )
+        status, _, body = parseResponse(transport.value())
+        return status, body
+
+    def setUp(self) -> None:
+        target._verdicts.clear()
+        self.addCleanup(target._verdicts.clear)
+
+    def test_sameVerdictTwice(self) -> None:
+        """
+        A refused target, a refused C{Host} and an accepted pair: the same
+        answer the second time, from the table.
+        """
+        cases = [(b"/a/%2e%2e/b", b"a", 400), (b"/ok", b"a b", 400), (b"/ok", b"a:1", 200)]
+        first = [self.answer(target, host) for target, host, _ in cases]
+        self.assertEqual(len(target._verdicts), 3)
+        again = [self.answer(target, host) for target, host, _ in cases]
+        self.assertEqual(first, again)
+        self.assertEqual([status for status, _ in first], [status for _, _, status in cases])
+        self.assertIn(b"dot segments", first[0][1])
+        self.assertIn(b"malformed Host header", first[1][1])
+
+    def test_twoHostsNeverCached(self) -> None:
+        """
+        Two C{Host} headers are refused however the first was judged.
+        """
+        self.answer(b"/ok", b"a")
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /ok HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        status, _, body = parseResponse(transport.value())
+        self.assertEqual(status, 400)
+        self.assertIn(b"more than one Host header", body)
+
+    def test_bounded(self) -> None:
+        """
+        A flood of distinct targets never grows the table past
+        L{target.GRAMMAR_CACHE_SIZE}; long ones are not kept at all.
+        """
+        for i in range(target.GRAMMAR_CACHE_SIZE + 20):
+            self.answer(b"/t%d" % i)
+            self.assertLessEqual(len(target._verdicts), target.GRAMMAR_CACHE_SIZE)
+        target._verdicts.clear()
+        self.assertEqual(self.answer(b"/" + b"x" * target.GRAMMAR_CACHE_KEY)[0], 200)
+        self.assertEqual(target._verdicts, {})
+
+
+class TrackingTests(SiteTestCase):
+    """
+    The site counts a request in flight until it finishes or its client
+    leaves (L{ProxySite.track}, told by the request itself).
+    """
+
+    def test_finishedAndLost(self) -> None:
+        """
+        Finished or lost, a request leaves the site's count once.
+        """
+        protocol, transport = self.connect()
+        siteOf = protocol.site
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual(siteOf.inFlight, set())
+        self.assertEqual(siteOf._busy, {})
+
+        class Slow(Resource):
+            isLeaf = True
+            def __init__(self) -> None:
+                super().__init__()
+                self.pending: list[Request] = []
+
+            def render_POST(self, request: Request) -> Any:
+                self.pending.append(request)
+                return NOT_DONE_YET
+
+        slow = Slow()
+        siteOf.resource = slow
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}")
+        [request] = slow.pending
+        self.assertEqual(siteOf.inFlight, {request})
+        request.finish()
+        self.assertEqual(siteOf.inFlight, set())
+        self.assertEqual(siteOf._busy, {})
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual(siteOf.inFlight, {slow.pending[1]})
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(siteOf.inFlight, set())
+        self.assertEqual(siteOf._busy, {})
+        slow.pending[1].connectionLost(Failure(ConnectionLost()))  # no second count
+        self.assertEqual(siteOf._busy, {})
+
+
+class GrammarCacheTwistedTests(GrammarCacheTests):
+    httpParser = "twisted"
+
+
+class TrackingTwistedTests(TrackingTests):
     httpParser = "twisted"

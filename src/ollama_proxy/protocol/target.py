@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
+from typing import Literal, Sequence
 from urllib.parse import quote, unquote_to_bytes
 
 from ollama_proxy.protocol import anthropic, gemini, responses
@@ -69,6 +69,48 @@ def checkTarget(target: bytes) -> str | None:
     if b"#" in path:
         return "the request target must not contain a fragment (#)"
     return checkPath(path)
+
+
+GRAMMAR_CACHE_SIZE = 512
+"""Targets and C{Host} values whose verdict L{refusedGrammar} remembers (a
+client uses the same few; a flood of new ones clears the table, so it
+stays small)."""
+
+GRAMMAR_CACHE_KEY = 512
+"""The longest target and C{Host} remembered, in bytes together."""
+
+_verdicts: dict[tuple[bytes, bytes | None], str | None] = {}
+"""L{refusedGrammar}'s verdicts for one C{Host}: a pure function of the two,
+and the same few requests (C{POST /api/chat}, C{Host: localhost:11434})
+are most of a proxy's traffic, so each is checked once."""
+
+
+def refusedGrammar(target: bytes, hosts: Sequence[bytes]) -> str | None:
+    """
+    Check a request's target (L{checkTarget}) and its C{Host} headers.
+
+    @param target: the request line's target, as sent.
+    @param hosts: the values of its C{Host} headers.
+    @return: why the request is refused, or C{None}.
+    """
+    if len(hosts) > 1:
+        # twisted.web would take the last; a front proxy may have checked
+        # the first.
+        return checkTarget(target) or "more than one Host header"
+    key = (target, hosts[0] if hosts else None)
+    try:
+        return _verdicts[key]
+    except KeyError:
+        pass
+    verdict = checkTarget(target)
+    host = key[1].strip() if key[1] is not None else b""
+    if verdict is None and host and parseAuthority(host) is None:
+        verdict = "malformed Host header: expected host or host:port (RFC 3986)"
+    if len(target) + len(key[1] or b"") <= GRAMMAR_CACHE_KEY:
+        if len(_verdicts) >= GRAMMAR_CACHE_SIZE:
+            _verdicts.clear()
+        _verdicts[key] = verdict
+    return verdict
 
 
 def checkPath(path: bytes) -> str | None:

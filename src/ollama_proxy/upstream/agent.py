@@ -59,9 +59,13 @@ class KeepAlivePool:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
-            self._forget(connection)
+            # Its timer stays (moved on when it is put back, ignored if it
+            # fires while the connection is busy): a callLater and a cancel
+            # fewer per request.
+            self._keys.pop(connection, None)
             if connection.usable:
                 return connection
+            self._forget(connection)
         return None
 
     def connect(self, key: Key, endpoint: Any) -> Deferred[ClientConnection]:
@@ -84,8 +88,12 @@ class KeepAlivePool:
         idle = self._idle.setdefault(key, [])
         idle.append(connection)
         self._keys[connection] = key
-        self._timers[connection] = self._reactor.callLater(
-            self.cachedConnectionTimeout, self._expire, connection)
+        timer = self._timers.get(connection)
+        if timer is not None and timer.active():
+            timer.reset(self.cachedConnectionTimeout)
+        else:
+            self._timers[connection] = self._reactor.callLater(
+                self.cachedConnectionTimeout, self._expire, connection)
         if len(idle) > self.maxPersistentPerHost:
             oldest = idle.pop(0)
             self._forget(oldest)
@@ -93,6 +101,8 @@ class KeepAlivePool:
 
     def _expire(self, connection: ClientConnection) -> None:
         self._timers.pop(connection, None)
+        if connection not in self._keys:
+            return  # busy with a request since it was idle last
         self._remove(connection)
         connection.abandon()
 
@@ -180,14 +190,14 @@ class FastAgent:
             return fail()
         if headers is None:
             headers = Headers()
-        if not headers.hasHeader(b"host"):
-            headers = headers.copy()
-            headers.addRawHeader(b"host", host)
+        # Twisted's Agent adds Host to a copy of the headers, last; the
+        # connection writes it last instead, with no copy.
+        hostHeader: bytes | None = None if headers.hasHeader(b"host") else host
         path = parsed.originForm
         connection = self.pool.take(key)
         if connection is not None:
             try:
-                return connection.request(method, uri, path, headers, bodyProducer)
+                return connection.request(method, uri, path, headers, bodyProducer, hostHeader)
             except Exception:
                 connection.abandon()
                 return fail()
@@ -199,7 +209,7 @@ class FastAgent:
 
         def connected(connection: ClientConnection) -> Deferred[IResponse]:
             try:
-                return connection.request(method, uri, path, headers, bodyProducer)
+                return connection.request(method, uri, path, headers, bodyProducer, hostHeader)
             except Exception:
                 connection.abandon()
                 raise

@@ -20,12 +20,13 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.http import stringToDatetime
+from twisted.web.http import RESPONSES, stringToDatetime
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
-from ollama_proxy.protocol.errors import UpstreamHTTPError
+from ollama_proxy.protocol.errors import UpstreamConnectError, UpstreamHTTPError
 from ollama_proxy.protocol.backend_reader import errorFromBody
 from ollama_proxy.protocol.flavors import GENERIC, Flavor, withoutRejectedExtras
 from ollama_proxy.upstream.body import readBody, readJSON
@@ -52,6 +53,24 @@ async def raiseForStatus(
         return
     body = await readBody(response, clock, idleTimeout)
     raise UpstreamHTTPError(errorFromBody(body, response.code), response.code)
+
+
+def refusedRedirect(response: IResponse, what: str = "the backend") -> UpstreamConnectError:
+    """
+    The error for a redirect the proxy does not follow: a generation is
+    only ever posted to the backend's own C{/v1} route (a redirect would
+    send the prompt, and its key, wherever the backend points).  A 502
+    naming the status, as Twisted's C{RedirectAgent} reported a redirected
+    C{POST} (a failed connection, so that a pool fails over as before).
+
+    @param response: the 3xx answer (its body already read).
+    @param what: the upstream, for the message.
+    @return: the error to raise.
+    """
+    phrase = RESPONSES.get(response.code, b"").decode("latin-1")
+    return UpstreamConnectError(
+        f"connection to {what} failed: {response.code} {phrase} (redirects are not followed)"
+    )
 
 
 class ReadyURL(EncodedURL):
@@ -136,8 +155,9 @@ async def sendRequest(
     method: str,
     url: str | ReadyURL,
     body: bytes | None,
-    headers: dict[bytes, list[bytes]] | None,
+    headers: dict[bytes, list[bytes]] | Headers | None,
     what: str,
+    follow: bool = True,
 ) -> IResponse:
     """
     Send one request and wait for its response headers (the body is left
@@ -151,8 +171,11 @@ async def sendRequest(
     @param url: the absolute URL (a L{ReadyURL} for the backend's own
         paths, parsed once).
     @param body: the request body, if any.
-    @param headers: the request headers.
+    @param headers: the request headers (a L{Headers} is sent as it is,
+        not converted again).
     @param what: the upstream, for error messages.
+    @param follow: whether treq follows a redirect (its C{RedirectAgent});
+        C{False} answers with the 3xx itself, for the caller to refuse.
     @return: the response, whatever its status.
     @raise UpstreamError: if no response arrived.
     """
@@ -160,6 +183,7 @@ async def sendRequest(
         response: IResponse = await http.request(
             method, url, data=body, headers=headers, unbuffered=True,
             timeout=headerTimeout, reactor=reactor, cookies=NO_COOKIES,
+            allow_redirects=follow,
         )
     except CancelledError:
         raise
@@ -248,6 +272,7 @@ class Backend:
     native: frozenset[str] = frozenset()
     base: str = attrs.field(init=False)
     _ready: dict[str, ReadyURL] = attrs.field(init=False, factory=dict, repr=False)
+    _jsonHeaders: Headers | None = attrs.field(init=False, default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.base = apiBase(self.target)
@@ -298,25 +323,45 @@ class Backend:
             headers[b"Authorization"] = [b"Bearer " + key]
         return headers
 
+    def jsonHeaders(self, clientKey: bytes | None) -> Headers:
+        """
+        L{headers} for a JSON body, as the L{Headers} treq sends as they
+        are: built once and shared when they hold no client's key (treq,
+        its agents and the connection only read them, copying to add), else
+        built for this request alone.
+
+        @param clientKey: the client's key (see L{headers}).
+        @return: the headers.
+        """
+        if clientKey is not None and self.forwardClientKey:
+            return Headers(self.headers({b"Content-Type": [b"application/json"]}, clientKey=clientKey))
+        shared = self._jsonHeaders
+        if shared is None:
+            shared = self._jsonHeaders = Headers(
+                self.headers({b"Content-Type": [b"application/json"]}, clientKey=None))
+        return shared
+
     async def request(
         self,
         method: str,
         url: str | ReadyURL,
         body: bytes | None = None,
-        headers: dict[bytes, list[bytes]] | None = None,
+        headers: dict[bytes, list[bytes]] | Headers | None = None,
         what: str = "the backend",
+        follow: bool = True,
     ) -> IResponse:
         """
         Send a request and wait for the response headers.
 
         The response body is not read: the caller streams it.
 
+        @param follow: see L{sendRequest}.
         @return: the response, whatever its status.
         @raise UpstreamError: if no response arrived.
         """
         started = self.reactor.seconds()
         response = await sendRequest(
-            self.http, self.reactor, self.headerTimeout, method, url, body, headers, what
+            self.http, self.reactor, self.headerTimeout, method, url, body, headers, what, follow
         )
         if self.onResponse is not None:
             self.onResponse(self.name, self.reactor.seconds() - started)
@@ -332,11 +377,15 @@ class Backend:
         @return: a 2xx response with its body unread.
         @raise UpstreamHTTPError: for a non-2xx answer, with the backend's
             status and message.
+        @raise UpstreamConnectError: for a redirect (see L{refusedRedirect}).
         """
         data = codec.dumps(body)
-        headers = self.headers({b"Content-Type": [b"application/json"]}, clientKey=clientKey)
+        headers = self.jsonHeaders(clientKey)
         for attempt in range(self.retries + 1):
-            response = await self.request("POST", self.readyURL(path), data, headers)
+            response = await self.request("POST", self.readyURL(path), data, headers, follow=False)
+            if 200 <= response.code < 300:
+                # The common answer: no status to check, no coroutine for it.
+                return response
             if response.code != 429 or attempt == self.retries:
                 break
             wait = retryDelay(response, self.reactor.seconds())
@@ -344,6 +393,9 @@ class Backend:
                 break
             await readBody(response, self.reactor, self.idleTimeout)
             await deferLater(self.reactor, wait)
+        if 300 <= response.code < 400:
+            await readBody(response, self.reactor, self.idleTimeout)
+            raise refusedRedirect(response)
         try:
             await raiseForStatus(response, self.reactor, self.idleTimeout)
         except UpstreamHTTPError as e:

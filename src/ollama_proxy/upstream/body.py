@@ -37,6 +37,7 @@ from zope.interface import implementer
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.errors import UpstreamError, UpstreamTimeout
 from ollama_proxy.protocol.stream import SSELineTooLong
+from ollama_proxy.upstream.message import wholeBody
 from ollama_proxy.upstream.failures import failureToError
 
 MAX_RESPONSE_BODY = 64 * 1024 * 1024
@@ -93,8 +94,13 @@ async def readBody(
     @raise UpstreamError: if the connection broke or went idle, or the body
         is larger than L{MAX_RESPONSE_BODY}.
     """
-    # relay imports this module for failureToError, hence the late import.
-
+    whole = wholeBody(response)
+    if whole is not None:
+        # It came with the head (a small answer): nothing to wait for, no
+        # reader to build.  The connection went back to its pool already.
+        if len(whole) > MAX_RESPONSE_BODY:
+            raise UpstreamError(f"backend response is larger than {MAX_RESPONSE_BODY} bytes")
+        return whole
     chunks: list[bytes] = []
     size = 0
 
@@ -382,7 +388,18 @@ class BodyReader(Protocol):
             d: Deferred[None] = succeed(None)
         else:
             d = self._finished = Deferred()
+            # What arrived with the head is delivered inside deliverBody,
+            # held without asking for an end-of-turn call: a body that
+            # ended there too (a small answer in one read) is passed on
+            # below, after the end, and never needs one.
+            self._due = True
             response.deliverBody(self)
+            if not d.called:
+                later = self._later
+                if self._pending and later is not None:
+                    later(self._flushLater)
+                else:
+                    self._due = False
         if consumer is not None and self.producer is not None:
             consumer.registerProducer(
                 _IdlePausingProducer(self.producer, self.pauseIdle, self.resumeIdle), True

@@ -29,17 +29,16 @@ from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IConsumer, IProtocol, IPushProducer
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import (
     PotentialDataLoss,
-    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IClientRequest, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ollama_proxy.protocol.llhttp import (
@@ -49,13 +48,13 @@ from ollama_proxy.protocol.llhttp import (
     ResponseParser,
     ResponseRejected,
 )
-
-CONNECTION_HEADERS = frozenset({
-    b"content-length", b"connection", b"keep-alive", b"te", b"trailers",
-    b"transfer-encoding", b"upgrade", b"proxy-connection",
-})
-"""Headers Twisted's client keeps out of C{response.headers} (its
-C{connHeaders}); C{Content-Length} stays in for a C{HEAD} answer."""
+from ollama_proxy.upstream.message import (
+    BodyTransport,
+    BytesProducer,
+    ClientRequest,
+    HTTPResponse,
+    wholeBody,
+)
 
 _TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VALID_URI = re.compile(rb"\A[\x21-\x7e]+\Z")
@@ -66,138 +65,6 @@ class ResponseParseFailed(Exception):
     The backend's bytes are not a response this client accepts (the
     reason is in the message).
     """
-
-
-@implementer(IClientRequest)
-class ClientRequest:
-    """
-    What a response says about its request (C{IResponse.request}).
-    """
-
-    def __init__(self, method: bytes, absoluteURI: bytes, headers: Headers) -> None:
-        self.method = method
-        self.absoluteURI = absoluteURI
-        self.headers = headers
-
-
-@implementer(IPushProducer)
-class BodyTransport:
-    """
-    The body protocol's transport: the upstream connection while its
-    response lasts, inert after (the connection may be serving another
-    request by then).
-    """
-
-    def __init__(self, connection: "ClientConnection") -> None:
-        self._connection: ClientConnection | None = connection
-
-    def detach(self) -> None:
-        """
-        The response is over: nothing here reaches the connection any more.
-        """
-        self._connection = None
-
-    def pauseProducing(self) -> None:
-        """
-        Stop reading the upstream socket (the client is slow).
-        """
-        if self._connection is not None and self._connection.transport is not None:
-            self._connection.transport.pauseProducing()  # type: ignore[attr-defined]
-
-    def resumeProducing(self) -> None:
-        """
-        Read the upstream socket again.
-        """
-        if self._connection is not None and self._connection.transport is not None:
-            self._connection.transport.resumeProducing()  # type: ignore[attr-defined]
-
-    def stopProducing(self) -> None:
-        """
-        Nobody wants the rest: close the connection (never pooled).
-        """
-        if self._connection is not None:
-            self._connection.abandon()
-
-    def loseConnection(self) -> None:
-        """
-        The same as L{stopProducing} (treq's collector calls this).
-        """
-        self.stopProducing()
-
-
-@implementer(IResponse)
-class HTTPResponse:
-    """
-    A response whose body is buffered until a protocol is attached, then
-    delivered as it arrives.
-    """
-
-    previousResponse: IResponse | None = None
-
-    def __init__(self, head: ResponseHead, request: ClientRequest, transport: BodyTransport) -> None:
-        self.version = head.version
-        self.code = head.code
-        self.phrase = head.phrase
-        headers = self.headers = Headers()
-        keepLength = request.method == b"HEAD"
-        for name, value in head.headers:
-            lower = name.lower()
-            if lower in CONNECTION_HEADERS and not (keepLength and lower == b"content-length"):
-                continue
-            headers.addRawHeader(lower, value)
-        self.length: int | object = UNKNOWN_LENGTH if head.length is None else head.length
-        self.request = request
-        self._transport = transport
-        self._protocol: IProtocol | None = None
-        self._buffer: list[bytes] = []
-        self._end: Failure | None = None
-
-    def setPreviousResponse(self, response: IResponse) -> None:
-        """
-        @param response: the response this one follows (a redirect).
-        """
-        self.previousResponse = response
-
-    def deliverBody(self, protocol: IProtocol) -> None:
-        """
-        Deliver the body to C{protocol}: what arrived so far at once, the
-        rest as it arrives, then C{connectionLost} with C{ResponseDone},
-        C{PotentialDataLoss} or C{ResponseFailed}.
-
-        @param protocol: the body's protocol.
-        @raise RuntimeError: if a protocol is already attached.
-        """
-        if self._protocol is not None:
-            raise RuntimeError("Response already has protocol")
-        self._protocol = protocol
-        protocol.makeConnection(self._transport)  # type: ignore[arg-type]
-        buffered, self._buffer = self._buffer, []
-        for data in buffered:
-            protocol.dataReceived(data)
-        if self._end is not None:
-            end, self._end = self._end, None
-            protocol.connectionLost(end)
-        else:
-            self._transport.resumeProducing()
-
-    def bodyReceived(self, data: bytes) -> None:
-        """
-        @param data: body bytes from the connection.
-        """
-        if self._protocol is None:
-            self._buffer.append(data)
-        else:
-            self._protocol.dataReceived(data)
-
-    def bodyEnded(self, reason: Failure) -> None:
-        """
-        @param reason: how the body ended.
-        """
-        self._transport.detach()
-        if self._protocol is None:
-            self._end = reason
-        else:
-            self._protocol.connectionLost(reason)
 
 
 @implementer(IConsumer)
@@ -292,11 +159,13 @@ class ClientConnection(Protocol):
 
     def request(
         self, method: bytes, absoluteURI: bytes, path: bytes, headers: Headers,
-        bodyProducer: IBodyProducer | None,
+        bodyProducer: IBodyProducer | None, host: bytes | None = None,
     ) -> Deferred[IResponse]:
         """
         Send one request.
 
+        @param host: a C{Host} value to write after C{headers} (the agent's,
+            when they have none: written, rather than added to a copy).
         @return: fires with the response once its head arrived.
         """
         if not _TOKEN.match(method):
@@ -310,12 +179,25 @@ class ClientConnection(Protocol):
         for name, values in headers.getAllRawHeaders():
             for value in values:
                 head += (name, b": ", value, b"\r\n")
+        if host is not None:
+            head += (b"Host: ", host, b"\r\n")
         transport = self.transport
         assert transport is not None
         if bodyProducer is None:
             if method in (b"PUT", b"POST"):
                 head.append(b"Content-Length: 0\r\n")
             head.append(b"\r\n")
+            transport.write(b"".join(head))
+            return d
+        if type(bodyProducer) is BytesProducer:
+            # A body in memory (every request the proxy makes itself): head
+            # and body in one write, as its producer would have written
+            # them, without a consumer or a Deferred for the writing.
+            body = bodyProducer.body
+            if body:
+                head += (b"Content-Length: %d\r\n\r\n" % len(body), body)
+            else:
+                head.append(b"Content-Length: 0\r\n\r\n")
             transport.write(b"".join(head))
             return d
         length = bodyProducer.length
@@ -394,29 +276,45 @@ class ClientConnection(Protocol):
             # Bytes nobody asked for, on an idle connection: it is unusable.
             self.abandon()
             return
+        arrived: tuple[Deferred[IResponse] | None, HTTPResponse] | None = None
         for event in parser.feed(data):
             if isinstance(event, ResponseBody):
                 response = self._response
                 if response is not None:
                     response.bodyReceived(event.data)
             elif isinstance(event, ResponseHead):
-                self._head(event)
+                arrived = self._head(event)
             elif isinstance(event, ResponseEnd):
                 self._end(event.reusable)
             else:
                 self._rejected(event)
+        if arrived is not None:
+            self._deliver(*arrived)
 
-    def _head(self, head: ResponseHead) -> None:
+    def _head(self, head: ResponseHead) -> tuple[Deferred[IResponse] | None, HTTPResponse]:
+        """
+        A response began: it is handed over by L{_deliver} once this read's
+        events are all taken, so that a whole small answer (the usual
+        non-streamed completion, head and body in one read) reaches its
+        reader complete, read in the same call rather than after another
+        round through every caller waiting for the end.
+        """
         request = self._request
-        assert request is not None and self.transport is not None
+        assert request is not None
         bodyTransport = self._bodyTransport = BodyTransport(self)
         response = self._response = HTTPResponse(head, request, bodyTransport)
         waiting, self._waiting = self._waiting, None
-        if head.length != 0:
-            # Nothing is read until someone reads the body.
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        return waiting, response
+
+    def _deliver(self, waiting: Deferred[IResponse] | None, response: HTTPResponse) -> None:
         if waiting is not None:
             waiting.callback(response)
+        if (response is self._response and response._protocol is None
+                and self.transport is not None):
+            # Nobody reads the body yet: nothing more is read until
+            # someone does (deliverBody resumes), so it cannot pile up.
+            response.paused = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def _end(self, reusable: bool) -> None:
         response = self._response
@@ -433,7 +331,7 @@ class ClientConnection(Protocol):
         else:
             self.abandon()
         if response is not None:
-            response.bodyEnded(Failure(ResponseDone("Response body fully received")))
+            response.bodyComplete()
 
     def _rejected(self, event: ResponseRejected) -> None:
         self._parser = None
@@ -490,4 +388,4 @@ class ClientConnection(Protocol):
         return d
 
 
-__all__ = ["ClientConnection", "HTTPResponse", "ResponseParseFailed", "ConnectionDone"]
+__all__ = ["BytesProducer", "ClientConnection", "HTTPResponse", "ResponseParseFailed", "ConnectionDone", "wholeBody"]

@@ -93,6 +93,8 @@ class ModelDirectory:
     _seen: dict[str, tuple[str, int]] = attrs.field(factory=dict, init=False)
     _builtFrom: tuple[Any, ...] | None = attrs.field(default=None, init=False)
     _catalog: dict[str, ModelMeta] = attrs.field(factory=dict, init=False)
+    _ready: tuple[Any, list[Any], dict[str, ModelMeta]] | None = attrs.field(
+        default=None, init=False)
 
     @property
     def tag(self) -> str:
@@ -187,7 +189,17 @@ class ModelDirectory:
             if not info.fresh() or (info.value is None and info.error is None):
                 return None
             infos.append(info.value)
-        return self._catalog if _sources(merged, infos) == self._builtFrom else None
+        ready = self._ready
+        if (ready is not None and ready[0] is merged and ready[2] is self._catalog
+                and len(ready[1]) == len(infos) and all(a is b for a, b in zip(ready[1], infos))):
+            # The very objects the last warm answer was checked against: a
+            # merged list is never changed in place, so its entries are
+            # too (no id per model on every warm request).
+            return self._catalog
+        if _sources(merged, infos) != self._builtFrom:
+            return None
+        self._ready = (merged, infos, self._catalog)
+        return self._catalog
 
     def _build(
         self, merged: list[tuple[BackendModels, Entry]], infos: list[Any]

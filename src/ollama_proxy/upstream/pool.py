@@ -15,58 +15,21 @@ head and body go out in one send.
 
 from __future__ import annotations
 
-from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
+from http.cookiejar import Cookie, DefaultCookiePolicy
+from typing import Any, Iterator
 
 import treq.client
 from treq.cookies import IndexableCookieJar
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from ollama_proxy.upstream.agent import FastAgent, KeepAlivePool
+from ollama_proxy.upstream.message import BytesProducer
 
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """
-    An L{IBodyProducer} for a body already in memory: it writes everything
-    in L{startProducing}, before the reactor runs again.
-
-    @ivar length: the body length, so the agent sends C{Content-Length}.
-    """
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        """
-        Write the whole body.
-
-        @param consumer: the request's body consumer.
-        @return: an already-fired L{Deferred}.
-        """
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        """
-        Nothing to pause: the body was written at once.
-        """
-
-    def resumeProducing(self) -> None:
-        """
-        Nothing to resume.
-        """
-
-    def stopProducing(self) -> None:
-        """
-        Nothing to stop.
-        """
+__all__ = ["BytesProducer", "CachingEndpointFactory", "NoCookies", "bodyProducer", "clientFor", "makeClient"]
 
 
 def bodyProducer(data: Any) -> IBodyProducer:
@@ -181,6 +144,48 @@ def clientFor(agent: IAgent) -> treq.client.HTTPClient:
     )
 
 
+class NoCookies(IndexableCookieJar):
+    """
+    A cookie jar that never holds a cookie, at no cost per request.
+
+    treq wraps every request in Twisted's C{CookieAgent}, which asks the jar
+    for a C{Cookie} header (the stdlib jar takes its lock, expires cookies
+    and walks its policy) and offers it every response's C{Set-Cookie}
+    (parsed, then refused by the policy).  A jar that stores nothing has
+    nothing to add and nothing to keep: the same answers, without the work.
+    The refusing policy stays, for any caller of the stdlib's own methods.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+    def add_cookie_header(self, request: Any) -> None:
+        """
+        Nothing stored, so no C{Cookie} header to add.
+        """
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """
+        A backend's C{Set-Cookie} is not kept.
+        """
+
+    def set_cookie(self, cookie: Any) -> None:
+        """
+        Nor is any other cookie (treq merges a request's C{cookies=} here).
+        """
+
+    def set_cookie_if_ok(self, cookie: Any, request: Any) -> None:
+        """
+        Nor one that a policy would allow.
+        """
+
+    def __iter__(self) -> Iterator[Cookie]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
 def refusingCookieJar() -> IndexableCookieJar:
     """
     A cookie jar that stores nothing.
@@ -191,10 +196,10 @@ def refusingCookieJar() -> IndexableCookieJar:
 
     @return: the jar for the upstream client.
     """
-    return IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return NoCookies()
 
 
-NO_COOKIES = CookieJar()
+NO_COOKIES = NoCookies()
 """An empty jar to pass as treq's C{cookies=}: without one, treq builds a
 new jar (a lock and a policy) for every request.  treq only reads it (it
-copies its cookies into the client's jar), so it stays empty."""
+copies its cookies into the client's jar), and it cannot hold any."""

@@ -62,7 +62,11 @@ def geminiPath(path: bytes) -> bool:
     """
     @return: whether C{path} is under C{/v1beta}, or C{/v1/models}.
     """
-    return any(path == root or path.startswith(root + b"/") for root in (GEMINI, GEMINI_V1))
+    return path in _GEMINI_ROOTS or path.startswith(_GEMINI_PREFIXES)
+
+
+_GEMINI_ROOTS = (GEMINI, GEMINI_V1)
+_GEMINI_PREFIXES = tuple(root + b"/" for root in _GEMINI_ROOTS)
 
 
 def presentedKey(request: Request) -> bytes | None:

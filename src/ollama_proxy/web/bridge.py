@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -55,6 +56,8 @@ class ClientState:
     Whether the downstream client is still there.
 
     @ivar gone: set once C{notifyFinish} fired (finished or disconnected).
+    @ivar onLeave: called when the client left before its answer was
+        finished (the handler's cancel: the same notification, no second).
     """
 
     def __init__(self, request: Request, watch: bool = True) -> None:
@@ -66,17 +69,18 @@ class ClientState:
         """
         self.gone = False
         self.request = request
+        self.onLeave: Callable[[], object] | None = None
         if watch:
             self.watch()
 
     def watch(self) -> None:
-        """
-        Note when the client leaves (or the answer is finished).
-        """
+        """Note when the client leaves (or the answer is finished)."""
         self.request.notifyFinish().addBoth(self._finished)
 
     def _finished(self, result: object) -> None:
         self.gone = True
+        if self.onLeave is not None and isinstance(result, Failure):
+            self.onLeave()
 
 
 @attrs.define
@@ -257,8 +261,6 @@ class Exchange:
         filter; through it after all while it holds a tail back.
         """
         outbound = self._outbound
-        if outbound is False:
-            outbound = self._outbound = self.redactor.stream(self.clientKey())
         if isinstance(outbound, StreamRedactor) and outbound.holding:
             self.write(data)
         elif data and not self.client.gone:
@@ -399,19 +401,15 @@ class ProxyResource(Resource):
                 "request {method} {uri} headers={headers} body={body}",
                 method=method,
                 uri=ex.redactText(request.uri.decode("latin-1")),
-                headers={
-                    name: [ex.redactText(value) for value in values]
-                    for name, values in redactHeaders(
-                        {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}
-                    ).items()
-                },
+                headers={name: [ex.redactText(value) for value in values] for name, values in redactHeaders(
+                    {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}).items()},
                 body=ex.excerpt(body.decode("utf-8", "replace"), DEBUG_EXCERPT),
             )
         if not (body and self._encoded(request)) and self._answerReady(ex):
             return NOT_DONE_YET
         ex.client.watch()
         d = Deferred.fromCoroutine(self._run(handler, ex))
-        request.notifyFinish().addErrback(lambda _: d.cancel())
+        ex.client.onLeave = d.cancel
         return NOT_DONE_YET
 
     def ready(self, ex: Exchange) -> Any:
@@ -514,10 +512,12 @@ class ProxyResource(Resource):
         if ready:
             body = result.body
         else:
+            # Redacted whole, in one pass: the outbound filter (for bytes
+            # sent in pieces) would find nothing more, so it is skipped.
             body = ex.redactData(codec.dumps(result.value if shared else result))
         ex.request.setHeader(b"Content-Type", JSON_TYPE)
         ex.request.setHeader(b"Content-Length", b"%d" % len(body))
-        (ex.writeRedacted if ready else ex.write)(body)
+        ex.writeRedacted(body)
 
     def _failWith(self, ex: Exchange, error: Exception) -> None:
         """

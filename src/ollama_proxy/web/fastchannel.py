@@ -21,7 +21,7 @@ does everything after the head as C{HTTPChannel} does, in the same order:
     L{ollama_proxy.web.site.LimitedRequest}'s 413, C{--body-timeout} and
     C{--body-budget} apply unchanged);
   - persistence (C{Connection: close}, HTTP/1.0), C{Expect: 100-continue},
-    the idle timer (C{timeOut}, suspended while a request is answered) and
+    the idle timer (C{timeOut}, never closing while a request is answered) and
     C{abortTimeout}, producer/consumer in both directions (a client that
     does not read pauses the request's producer, i.e. the upstream read),
     and C{connectionLost} reaching every request (C{notifyFinish} errbacks,
@@ -66,6 +66,10 @@ from ollama_proxy.web.channel import HeaderDeadline
 AVAILABLE = not SERVER_MISSING
 """Whether the Twisted release has what L{FastChannel} borrows; if not, the
 site uses L{ollama_proxy.web.channel.ProxyChannel}."""
+
+COALESCE = 0x10000
+"""The largest first body write sent in one C{bytes} with its head (a
+larger one is written after it, not copied)."""
 
 EAGER_READ = 0x4000
 """Bytes buffered while a request is answered before the transport is
@@ -119,7 +123,6 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
     length: int | None = 0
 
     _log = Logger()
-    _savedTimeOut: float | None = None
     _abortingCall: Any = None
     _requestProducer: Any = None
     _requestProducerStreaming: bool | None = None
@@ -127,6 +130,11 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
     _handlingRequest = False
     _busy = False
     _nonQueued: bool | None = None
+    _holding = False
+    _readingPaused = False
+    _peer: Any = None
+    _host: Any = None
+    _heldHead: bytes | None = None
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
@@ -183,7 +191,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         self._dataBuffer.append(data)
         if (sum(map(len, self._dataBuffer)) > EAGER_READ
                 and not self._waitingForTransport):
-            self._networkProducer.pauseProducing()
+            self._pauseReading()
 
     def _closing(self) -> bool:
         return self.transport is None or bool(getattr(self.transport, "disconnecting", False))
@@ -236,6 +244,10 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
             data, self._input = self._input, b""
             if not self._closing():
                 self._hold(data)
+        elif self._head is not None and getattr(self.requests[-1], "_deadlineWanted", False):
+            # A body still incomplete at the end of this read: its
+            # deadline starts now (LimitedRequest.gotLength left it to us).
+            self.requests[-1].armBodyDeadline()  # type: ignore[attr-defined]
 
     def _startRequest(self, head: RequestHead) -> None:
         """
@@ -315,8 +327,8 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
 
     def _allContentReceived(self) -> None:
         """
-        Hand the complete request to the site, with the idle timer
-        suspended until its response is finished.
+        Hand the complete request to the site; the idle timer cannot
+        close the connection until its response is finished.
         """
         head = self._head
         assert head is not None
@@ -325,8 +337,10 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         self._remaining = 0
         self._chunked = None
         self._parser.reset()
-        if self.timeOut:
-            self._savedTimeOut = self.setTimeout(None)
+        # The idle timer stays armed while the request is answered (one
+        # timer per connection, not a cancel and a new one per request):
+        # L{timeoutConnection} re-arms it instead of closing while
+        # C{_handlingRequest}, and L{requestDone} restarts its period.
         self._handlingRequest = True
         self.requests[-1].requestReceived(head.method, head.target, head.version)
 
@@ -335,33 +349,55 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         The first request's response is finished: parse what was buffered
         behind it, or close if it was the last.
         """
-        if request != self.requests[0]:
+        if request is not self.requests[0]:
             raise TypeError
         del self.requests[0]
         self._betweenRequests = True
         if not self._waitingForTransport:
-            self._networkProducer.resumeProducing()
+            self._resumeReading()
         if self.persistent:
             self._handlingRequest = False
-            if self._savedTimeOut:
-                self.setTimeout(self._savedTimeOut)
-            data = b"".join(self._dataBuffer)
-            self._dataBuffer = []
-            if data:
+            self.resetTimeout()
+            if self._dataBuffer:
+                data = b"".join(self._dataBuffer)
+                self._dataBuffer = []
                 self.dataReceived(data)
         else:
+            # The idle timer goes on: a client that never reads the last
+            # answer is closed, then aborted, as an idle one.
+            self._handlingRequest = False
+            self.resetTimeout()
             self.loseConnection()
+
+    def _pauseReading(self) -> None:
+        self._readingPaused = True
+        self._networkProducer.pauseProducing()
+
+    def _resumeReading(self) -> None:
+        """
+        Read the client again if this channel stopped reading it (not at
+        every request's end: a resumed transport costs a reactor call).
+        """
+        if self._readingPaused:
+            self._readingPaused = False
+            self._networkProducer.resumeProducing()
 
     def timeoutConnection(self) -> None:
         """
         The idle timer (or the header deadline) fired: close, and abort
-        after C{abortTimeout} if the client does not read.
+        after C{abortTimeout} if the client does not read.  Not while a
+        request is being answered (a long stream, a slow backend): the idle
+        timer is then re-armed, as twisted.web suspends it.
         """
+        if self._handlingRequest and not self._timedOut:
+            self.setTimeout(self.timeOut)
+            return
         assert self.transport is not None
         self._log.info("Timing out client: {peer}", peer=str(self.transport.getPeer()))
         if self.abortTimeout is not None:
             self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
-        self.loseConnection()
+        if not self._closing():
+            self.loseConnection()
 
     def forceAbortClient(self) -> None:
         """
@@ -404,31 +440,82 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         """
-        Write a response head (C{headers} is a C{Headers}).
+        Write a response head (C{headers} is a C{Headers}), the same bytes
+        as twisted.web's C{HTTPChannel.writeHeaders}, as one C{bytes}: the
+        transport's C{writeSequence} checks and counts each of the ~30
+        pieces of a head in Python.  Inside L{holdHead} the head waits for
+        the first body bytes, so that a whole answer leaves in one write.
         """
-        sequence = [version, b" ", code, b" ", reason, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                sequence.extend((name, b": ", value, b"\r\n"))
-        sequence.append(b"\r\n")
+        head = b"%s %s %s\r\n%s\r\n" % (
+            version, code, reason,
+            b"".join([b"%s: %s\r\n" % (name, value)
+                      for name, values in headers.getAllRawHeaders() for value in values]),
+        )
+        if self._holding:
+            self._heldHead = head
+            return
         assert self.transport is not None
-        self.transport.writeSequence(sequence)
+        self.transport.write(head)
+
+    def holdHead(self) -> None:
+        """
+        Keep the next head until the body's first bytes follow it (see
+        L{ollama_proxy.web.site.LimitedRequest.write}); L{releaseHead}
+        ends this, within the same call.
+        """
+        self._holding = True
+
+    def releaseHead(self) -> None:
+        """
+        Send a head still held (no body followed it: a C{HEAD}, a 204 or
+        304) and stop holding.
+        """
+        self._holding = False
+        head, self._heldHead = self._heldHead, None
+        if head is not None and self.transport is not None:
+            self.transport.write(head)
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
+        head = self._heldHead
+        if head is not None:
+            self._heldHead = None
+            if len(data) <= COALESCE:
+                self.transport.write(head + data)
+                return
+            self.transport.write(head)
         self.transport.write(data)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         assert self.transport is not None
+        head = self._heldHead
+        if head is not None:
+            self._heldHead = None
+            iovec = [head, *iovec]
         self.transport.writeSequence(iovec)
 
     def getPeer(self) -> Any:
-        assert self.transport is not None
-        return self.transport.getPeer()
+        """
+        The client's address, asked of the transport once per connection
+        (it cannot change; a TCP transport builds a new address object,
+        and C{getHost} makes a system call, at each ask, and every
+        C{Request} asks both).
+        """
+        peer = self._peer
+        if peer is None:
+            assert self.transport is not None
+            peer = self._peer = self.transport.getPeer()
+        return peer
 
     def getHost(self) -> Any:
-        assert self.transport is not None
-        return self.transport.getHost()
+        """
+        The listening address, once per connection (see L{getPeer}).
+        """
+        host = self._host
+        if host is None:
+            assert self.transport is not None
+            host = self._host = self.transport.getHost()
+        return host
 
     def loseConnection(self) -> None:
         """
@@ -478,11 +565,11 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         if self._requestProducer is not None:
             self._requestProducer.pauseProducing()
         if not self._handlingRequest:
-            self._networkProducer.pauseProducing()
+            self._pauseReading()
 
     def resumeProducing(self) -> None:
         self._waitingForTransport = False
         if self._requestProducer is not None:
             self._requestProducer.resumeProducing()
         if not self._handlingRequest:
-            self._networkProducer.resumeProducing()
+            self._resumeReading()

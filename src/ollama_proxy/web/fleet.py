@@ -8,6 +8,7 @@ answered named in C{X-Ollama-Proxy-Backend} and on the exchange.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Awaitable, Callable, TypeVar
 
 from ollama_proxy.protocol.errors import UpstreamError, UpstreamHTTPError
@@ -19,13 +20,18 @@ BACKEND_HEADER = b"X-Ollama-Proxy-Backend"
 """Names the backend that answered (its configured name, never its URL)."""
 
 T = TypeVar("T")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@lru_cache(maxsize=256)
 def backendHeader(name: str) -> bytes:
     """
-    @param name: a configured backend name.
+    @param name: a configured backend name (one of a few: each is made
+        once, not on every request).
     @return: the L{BACKEND_HEADER} value: the name, control characters
         replaced (a header cannot carry them).
     """
-    return re.sub(r"[\x00-\x1f\x7f]", "?", name).encode("utf-8")
+    return _CONTROL.sub("?", name).encode("utf-8")
 
 
 async def send(

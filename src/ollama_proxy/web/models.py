@@ -9,7 +9,10 @@ Ollama for the rest.
 
 from __future__ import annotations
 
-from twisted.web.server import Request
+from typing import Any
+
+import attrs
+from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.catalog import ModelMeta
@@ -28,7 +31,11 @@ from ollama_proxy.protocol.listing import (
 )
 from ollama_proxy.protocol.management import Route, checkFields, checkName, modelName
 from ollama_proxy.protocol.ollama_request import requireModel, streamFlag
-from ollama_proxy.web.bridge import Exchange, ProxyResource
+from ollama_proxy.protocol.dialect import JSON_TYPE
+from ollama_proxy.protocol.redact import Redactor
+from ollama_proxy.web.auth import presentedKey
+from ollama_proxy.web.bridge import MIN_CLIENT_KEY, Exchange, ProxyResource
+from ollama_proxy.web.observe import OBSERVED, logRequest
 from ollama_proxy.web.encoded import Encoded, encoded
 from ollama_proxy.web.fallback import forwardToFallback
 
@@ -46,6 +53,39 @@ class Tags(ProxyResource):
 
     _builtFrom: dict[str, ModelMeta] | None = None
     _body: Encoded | None = None
+    _WARM = (b"GET", b"HEAD")
+
+    def render(self, request: Request) -> Any:
+        """
+        A warm list for a client without a key of its own: the encoded
+        bytes, written and logged at once (no exchange, no funnel: nothing
+        in this answer can fail or wait).  Everything else (a cold
+        catalog, a client key the body must be redacted of, a compressed
+        body, C{--debug}, a sub-path or another method) takes the common
+        path, whose answer these bytes equal.  The key gate, the CORS and
+        C{Host} checks ran before this resource was reached.
+        """
+        ctx = self.ctx
+        if (request.method not in self._WARM or request.postpath or ctx.debug
+                or request.requestHeaders.hasHeader(b"content-encoding")):
+            return super().render(request)
+        key = presentedKey(request)
+        if key and len(key) >= MIN_CLIENT_KEY:
+            return super().render(request)
+        catalog = ctx.models.readyCatalog()
+        if catalog is None:
+            return super().render(request)
+        start = ctx.now()
+        body = self._answer(catalog).body
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
+        # Observed here, with the route, not again by the site on finish.
+        setattr(request, OBSERVED, True)
+        request.finish()
+        logRequest(_Answered(request, start, ctx.redactor), self.label or self.routeLabel(request),
+                   ctx.now(), ctx.metrics)
+        return NOT_DONE_YET
 
     async def handle_GET(self, ex: Exchange) -> Encoded:
         return self._answer(await self.ctx.models.catalog())
@@ -70,6 +110,39 @@ class Tags(ProxyResource):
         elif body.redactor is not redactor:
             body = self._body = encoded(body.value, redactor)
         return body
+
+
+@attrs.define
+class _Answered:
+    """
+    What the log line and the metrics read off a warm list answered by
+    L{Tags.render} (an L{ollama_proxy.web.observe.Observed}): no model, no
+    backend, no tokens; the client was there (the answer was written in
+    the same call).
+    """
+
+    request: Any
+    start: int
+    redactor: Redactor
+    model: str | None = None
+    backend: str | None = None
+    modelLabel: str = ""
+    tokensIn: int | None = None
+    tokensOut: int | None = None
+    firstToken: int | None = None
+    upstreamError: str | None = None
+    gone: bool = False
+
+    @property
+    def client(self) -> "_Answered":
+        return self
+
+    def redactText(self, text: str) -> str:
+        """
+        @return: C{text} without the proxy's secrets (the client presented
+            no key that is one).
+        """
+        return self.redactor.text(text, [])
 
 
 class Show(ProxyResource):

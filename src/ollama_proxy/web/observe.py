@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Protocol, Sequence
 
 import attrs
-from twisted.logger import Logger
+from time import time
+
+from twisted.logger import Logger, LogLevel
 
 from ollama_proxy.protocol.balance import CLOSED, HALF_OPEN, OPEN
 
@@ -26,7 +28,27 @@ from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.fleet import Fleet
 from ollama_proxy.web.metrics import OTHER, Metrics
 
-log = Logger()
+class _AccessLogger(Logger):
+    """
+    A C{Logger} whose C{info} events skip C{emit}'s check that the level
+    is one of C{LogLevel}'s (a walk over the constants' generator per
+    event: a tenth of what logging the access line cost): the same event,
+    the same keys, to the same observer.  Other levels, and traced events,
+    take C{Logger.emit} itself.
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        if level is not LogLevel.info or "log_trace" in kwargs:
+            super().emit(level, format, **kwargs)
+            return
+        kwargs.update(
+            log_logger=self, log_level=level, log_namespace=self.namespace,
+            log_source=self.source, log_format=format, log_time=time(),
+        )
+        self.observer(kwargs)
+
+
+log = _AccessLogger(__name__)
 
 
 class _Client(Protocol):

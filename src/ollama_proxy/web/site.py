@@ -29,26 +29,18 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.target import checkTarget, dialectOf, errorObject, parseAuthority
+from ollama_proxy.protocol.target import dialectOf, errorObject, refusedGrammar
 from ollama_proxy.upstream.compat import SERVER_MISSING
 from ollama_proxy.web.budget import CHARGE, RETRY_AFTER, BodyBudget
-from ollama_proxy.web.channel import (
-    DEFAULT_HEADER_TIMEOUT,
-    MAX_LINGERING,
-    BusyRefusal,
-    ProxyChannel,
-    countAnswer,
-)
+from ollama_proxy.web.channel import (DEFAULT_HEADER_TIMEOUT, MAX_LINGERING, BusyRefusal,
+                                      ProxyChannel, countAnswer)
 from ollama_proxy.web.cors import HostPolicy, OriginPolicy, corsHeaders
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.context import DEFAULT_MAX_BODY
 from ollama_proxy.web.fastchannel import AVAILABLE, FastChannel
-from ollama_proxy.web.observe import logAnswer
-
+from ollama_proxy.web.observe import OBSERVED, logAnswer
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
-
-_log = Logger()
 
 _REASONS = {
     413: b"Payload Too Large", 408: b"Request Timeout", 503: b"Service Unavailable",
@@ -85,6 +77,9 @@ class LimitedRequest(Request):
     arrived: float | None = None
     _rejected = False
     _deadline: IDelayedCall | None = None
+    _trackedBy: ProxySite | None = None
+    _deadlineWanted = False
+    _trackedChannel: Any = None
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         """
@@ -113,13 +108,27 @@ class LimitedRequest(Request):
             self._reject(413, f"request body is larger than the limit of {self.maxBody} bytes")
             return
         if self.bodyTimeout is not None and length != 0:
-            clock: IReactorTime = self.channel.site.reactor  # type: ignore[attr-defined]
-            self._deadline = clock.callLater(
-                self.bodyTimeout,
-                self._reject,
-                408,
-                f"request body not received within {self.bodyTimeout:g} seconds",
-            )
+            # FastChannel arms it at the end of a read that left the body
+            # incomplete (no time passes within one read, so a body that
+            # came with its head is never late): most requests, no timer.
+            self._deadlineWanted = isinstance(self.channel, FastChannel)
+            if not self._deadlineWanted:
+                self.armBodyDeadline()
+
+    def armBodyDeadline(self) -> None:
+        """
+        Start the C{bodyTimeout} for a body still being received (once).
+        """
+        if self._deadline is not None or self._rejected or self.bodyTimeout is None:
+            return
+        self._deadlineWanted = False
+        clock: IReactorTime = self.channel.site.reactor  # type: ignore[attr-defined]
+        self._deadline = clock.callLater(
+            self.bodyTimeout,
+            self._reject,
+            408,
+            f"request body not received within {self.bodyTimeout:g} seconds",
+        )
 
     def handleContentChunk(self, data: bytes) -> None:
         """
@@ -211,7 +220,25 @@ class LimitedRequest(Request):
         self.write(body)
         self.finish()
 
+    def write(self, data: bytes) -> None:
+        """
+        The first write of a body on L{FastChannel}: its head and these
+        bytes leave in one C{transport.write}, not a head of ~30 pieces and
+        then the body.  A head no body follows (C{HEAD}, 204, 304) is sent
+        before this returns, so holding never delays a byte.
+        """
+        channel = getattr(self, "channel", None)
+        if self.startedWriting or not data or not isinstance(channel, FastChannel):
+            super().write(data)
+            return
+        channel.holdHead()
+        try:
+            super().write(data)
+        finally:
+            channel.releaseHead()
+
     def _cancelDeadline(self) -> None:
+        self._deadlineWanted = False
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
@@ -231,10 +258,21 @@ class LimitedRequest(Request):
 
     def finish(self) -> None:
         """
-        Give the body's share of the budget back with the answer.
+        Give the body's share of the budget back with the answer, and end
+        the site's tracking of it (L{ProxySite.track}).
         """
         super().finish()
         self._release()
+        self._untrack()
+
+    def _untrack(self) -> None:
+        """
+        Tell the site this request is over (finished, or its client gone),
+        once: what a C{notifyFinish} Deferred per request did, without one.
+        """
+        site, self._trackedBy = self._trackedBy, None
+        if site is not None:
+            site._done(None, self, self._trackedChannel)
 
     def connectionLost(self, reason: Any) -> None:
         """
@@ -244,6 +282,7 @@ class LimitedRequest(Request):
         self._cancelDeadline()
         self._release()
         super().connectionLost(reason)
+        self._untrack()
 
     def _refusedGrammar(self) -> str | None:
         """
@@ -254,17 +293,7 @@ class LimitedRequest(Request):
 
         @return: why the request is refused (a 400), or C{None}.
         """
-        refused = checkTarget(self.uri)
-        if refused is not None:
-            return refused
-        hosts = self.requestHeaders.getRawHeaders(b"host") or []
-        if len(hosts) > 1:
-            # twisted.web would take the last; a front proxy may have
-            # checked the first.
-            return "more than one Host header"
-        if hosts and hosts[0].strip() and parseAuthority(hosts[0].strip()) is None:
-            return "malformed Host header: expected host or host:port (RFC 3986)"
-        return None
+        return refusedGrammar(self.uri, self.requestHeaders.getRawHeaders(b"host") or ())
 
     def processingFailed(self, reason: Any) -> None:
         """
@@ -368,6 +397,8 @@ class ProxySite(Site):
         observed with their details by
         L{ollama_proxy.web.bridge.ProxyResource}.  No combined-log line.
         """
+        if getattr(request, OBSERVED, False):
+            return
         arrived = getattr(request, "arrived", None)
         now = self.reactor.seconds()
         logAnswer(request, (now - arrived) * 1000 if arrived is not None else 0.0, self.metrics)
@@ -432,7 +463,12 @@ class ProxySite(Site):
         self.inFlight.add(request)
         channel = request.channel
         self._busy[channel] = self._busy.get(channel, 0) + 1
-        request.notifyFinish().addBoth(self._done, request, channel)
+        if isinstance(request, LimitedRequest):
+            # Told by the request itself when it finishes or loses its
+            # client (no Deferred per request).
+            request._trackedBy, request._trackedChannel = self, channel
+        else:
+            request.notifyFinish().addBoth(self._done, request, channel)
 
     def _done(self, result: object, request: Request, channel: Any) -> None:
         self.inFlight.discard(request)
