@@ -111,7 +111,7 @@ def sockets(args: argparse.Namespace) -> None:
 
     def control(*what: str) -> None:
         subprocess.run(["callgrind_control", *what, str(proxy.pid)], stdout=subprocess.DEVNULL,
-                       check=True)
+                       stderr=subprocess.DEVNULL, check=True)
 
     def dumped() -> int:
         newest = max(glob.glob(f"{out}/cg.{proxy.pid}.*"), key=os.path.getmtime)
