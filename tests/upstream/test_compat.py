@@ -332,3 +332,408 @@ class ServerSideTests(SynchronousTestCase):
         with capturedLogs() as logged:
             self.assertIs(site.channelClass("httptools"), ProxyChannel)
         self.assertIn("_PullToPush.startStreaming", logged[-1]["missing"])
+
+
+# Write-through transports, over real loopback sockets (the point is the
+# kernel: what it takes at once, what it refuses while the reader is slow).
+
+from twisted.internet import reactor as _reactor  # noqa: E402
+from twisted.internet import tcp  # noqa: E402
+from twisted.internet.defer import Deferred  # noqa: E402
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol  # noqa: E402
+from twisted.internet.interfaces import IPullProducer, IPushProducer  # noqa: E402
+from twisted.internet.protocol import Factory, Protocol  # noqa: E402
+from twisted.internet.task import deferLater  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
+from twisted.trial.unittest import TestCase  # noqa: E402
+from zope.interface import implementer  # noqa: E402
+
+from ollama_proxy.upstream.compat import (  # noqa: E402
+    WRITE_THROUGH_MAX,
+    WRITE_THROUGH_MISSING,
+    WriteThroughClient,
+    WriteThroughServer,
+    writeThrough,
+)
+
+reactor: Any = _reactor
+
+BIG = 8 * 1024 * 1024
+"""More than loopback's socket buffers hold (a few MiB both ways)."""
+
+
+async def waitFor(condition: Any, what: str, timeout: float = 10.0) -> None:
+    """
+    Run the reactor until C{condition()} is true, or fail after C{timeout}
+    seconds.
+    """
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        await deferLater(reactor, 0.005, lambda: None)
+
+
+class Peer(Protocol):
+    """
+    One end: writes through if asked, records what arrives and how it ended.
+    """
+
+    def __init__(self, through: bool = True) -> None:
+        self.through = through
+        self.swapped: bool | None = None
+        self.received = bytearray()
+        self.reason: Failure | None = None
+        self.made: Deferred[Peer] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.through:
+            self.swapped = writeThrough(self.transport)
+        self.made.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.reason = reason
+
+
+def buffered(transport: Any) -> int:
+    """
+    @return: the bytes the transport holds (Twisted's two buffers).
+    """
+    held: int = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return held
+
+
+class WriteThroughTests(TestCase):
+    """
+    L{writeThrough}: plain TCP transports send at once when nothing is
+    buffered, and behave as Twisted's buffered ones otherwise.
+    """
+
+    async def pair(self, serverThrough: bool = True, clientThrough: bool = True) -> tuple[Peer, Peer]:
+        servers: list[Peer] = []
+
+        def build() -> Peer:
+            servers.append(Peer(serverThrough))
+            return servers[-1]
+
+        port = reactor.listenTCP(0, Factory.forProtocol(build), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = Peer(clientThrough)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client)
+        await waitFor(lambda: servers, "the accept")
+        server = servers[0]
+
+        def close() -> Deferred[None] | None:
+            for peer in (client, server):
+                if peer.transport is not None and peer.reason is None:
+                    peer.transport.abortConnection()  # type: ignore[attr-defined]
+            return deferLater(reactor, 0.01, lambda: None)
+
+        self.addCleanup(close)
+        return server, client
+
+    def test_privateStatePresent(self) -> None:
+        """
+        The installed Twisted has the state write-through reads.
+        """
+        self.assertEqual(WRITE_THROUGH_MISSING, [])
+
+    async def test_sentAtOnce(self) -> None:
+        """
+        Both sides' plain TCP transports are swapped; a write, and a
+        C{writeSequence}, leave in the call (nothing buffered, no writer
+        registered with the reactor) and arrive.
+        """
+        server, client = await self.pair()
+        self.assertEqual((server.swapped, client.swapped), (True, True))
+        self.assertIs(type(server.transport), WriteThroughServer)
+        self.assertIs(type(client.transport), WriteThroughClient)
+        assert server.transport is not None and client.transport is not None
+        server.transport.write(b"hello ")
+        server.transport.writeSequence([b"wor", b"ld"])
+        client.transport.write(b"back")
+        for transport in (server.transport, client.transport):
+            self.assertEqual(buffered(transport), 0)
+            self.assertNotIn(transport, reactor.getWriters())
+        await waitFor(lambda: client.received == b"hello world" and server.received == b"back", "the bytes")
+
+    async def test_largeWriteBuffered(self) -> None:
+        """
+        A write over L{WRITE_THROUGH_MAX} is buffered as Twisted does (a
+        partial send would copy its remainder), and still arrives.
+        """
+        server, client = await self.pair()
+        assert server.transport is not None
+        big = b"z" * (WRITE_THROUGH_MAX + 1)
+        server.transport.write(big)
+        self.assertEqual(buffered(server.transport), len(big))
+        server.transport.writeSequence([big, b"!"])
+        self.assertEqual(buffered(server.transport), 2 * len(big) + 1)
+        await waitFor(lambda: len(client.received) == 2 * len(big) + 1, "the bytes")
+        self.assertEqual(bytes(client.received), big + big + b"!")
+
+    async def test_unswappedStaysBuffered(self) -> None:
+        """
+        Without L{writeThrough}, a transport is Twisted's own: a write is
+        buffered for the next iteration (what the swap removes).
+        """
+        server, client = await self.pair(serverThrough=False)
+        self.assertIs(type(server.transport), tcp.Server)
+        assert server.transport is not None
+        server.transport.write(b"later")
+        self.assertEqual(buffered(server.transport), 5)
+        await waitFor(lambda: client.received == b"later", "the bytes")
+
+    def test_otherTransportsUntouched(self) -> None:
+        """
+        Only exactly C{tcp.Server} and C{tcp.Client} are swapped: not a
+        test transport, not a subclass.
+        """
+        memory = StringTransport()
+        self.assertFalse(writeThrough(memory))
+        self.assertIs(type(memory), StringTransport)
+
+        class Special(tcp.Server):
+            pass
+
+        special = Special.__new__(Special)
+        self.assertFalse(writeThrough(special))
+        self.assertIs(type(special), Special)
+
+    async def test_tlsUntouched(self) -> None:
+        """
+        Behind TLS the protocol's transport is the TLS layer: nothing is
+        swapped, and the TCP transport under it stays Twisted's.
+        """
+        from twisted.internet import ssl
+
+        from tests.upstream.test_agent import selfSigned
+
+        certPEM, keyPEM = selfSigned()
+        options = ssl.PrivateCertificate.loadPEM(certPEM + keyPEM).options()
+        servers: list[Peer] = []
+
+        def build() -> Peer:
+            servers.append(Peer())
+            return servers[-1]
+
+        port = reactor.listenSSL(0, Factory.forProtocol(build), options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        trust = ssl.Certificate.loadPEM(certPEM)
+        endpoint = ssl.optionsForClientTLS("localhost", trustRoot=trust)
+        from twisted.internet.endpoints import wrapClientTLS
+
+        client = Peer()
+        await connectProtocol(
+            wrapClientTLS(endpoint, TCP4ClientEndpoint(reactor, "localhost", port.getHost().port)), client)
+        await waitFor(lambda: servers, "the accept")
+        server = servers[0]
+        self.assertEqual((server.swapped, client.swapped), (False, False))
+        assert server.transport is not None and client.transport is not None
+        self.assertIs(type(server.transport.transport), tcp.Server)  # type: ignore[attr-defined]
+        self.assertIs(type(client.transport.transport), tcp.Client)  # type: ignore[attr-defined]
+        server.transport.write(b"secret hello")
+        await waitFor(lambda: client.received == b"secret hello", "the bytes through TLS")
+        client.transport.loseConnection()
+        await waitFor(lambda: server.reason is not None, "the close")
+
+    async def test_orderWithSlowReader(self) -> None:
+        """
+        Small writes and sequences, more in all than the socket buffers
+        hold, written while the reader does not read: the kernel takes the
+        first at once, then part of one (or none), the rest is buffered,
+        later writes queue behind it (never sent around it), and the
+        reader, once it reads, gets every byte in order.
+        """
+        server, client = await self.pair()
+        assert server.transport is not None and client.transport is not None
+        client.transport.pauseProducing()  # type: ignore[attr-defined]
+        transport: Any = server.transport
+        handle = transport.socket
+        sends: list[tuple[int, int]] = []
+
+        class Spy:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(handle, name)
+
+            def send(self, data: Any) -> int:
+                try:
+                    sent: int = handle.send(data)
+                except BlockingIOError:
+                    sent = 0
+                    sends.append((len(data), 0))
+                    raise
+                sends.append((len(data), sent))
+                return sent
+
+        transport.socket = Spy()
+        expected = bytearray()
+        for i in range(2 * BIG // 65536):
+            small = b"<%d>" % i
+            block = bytes([65 + i % 26]) * 65000
+            server.transport.write(small)
+            server.transport.writeSequence([block, b"|"])
+            expected += small + block + b"|"
+        transport.socket = handle
+        # Sent at once while the kernel took it all; then one it did not
+        # take whole; nothing sent at once after that.
+        whole = [sent == size for size, sent in sends]
+        self.assertTrue(whole[0])
+        self.assertIn(False, whole)
+        self.assertNotIn(True, whole[whole.index(False):])
+        self.assertGreater(buffered(server.transport), 0)
+        self.assertEqual(len(client.received), 0)
+        client.transport.resumeProducing()  # type: ignore[attr-defined]
+        await waitFor(lambda: len(client.received) >= len(expected), "every byte", timeout=30)
+        self.assertEqual(bytes(client.received), bytes(expected))
+        self.assertEqual(buffered(server.transport), 0)
+
+    async def test_streamingProducerPaused(self) -> None:
+        """
+        A streaming producer on a write-through transport is paused when
+        the reader stops reading and the kernel's buffer and Twisted's fill,
+        and resumed once the reader drained them.
+        """
+        server, client = await self.pair()
+        assert server.transport is not None and client.transport is not None
+
+        @implementer(IPushProducer)
+        class Producer:
+            paused = False
+            pauses = resumes = 0
+
+            def pauseProducing(self) -> None:
+                self.paused = True
+                self.pauses += 1
+
+            def resumeProducing(self) -> None:
+                self.paused = False
+                self.resumes += 1
+
+            def stopProducing(self) -> None:
+                pass
+
+        producer = Producer()
+        server.transport.registerProducer(producer, True)  # type: ignore[attr-defined]
+        client.transport.pauseProducing()  # type: ignore[attr-defined]
+        written = 0
+        while not producer.paused and written < 4 * BIG:
+            server.transport.write(b"x" * 65536)
+            written += 65536
+        self.assertTrue(producer.paused)
+        self.assertEqual(producer.pauses, 1)
+        client.transport.resumeProducing()  # type: ignore[attr-defined]
+        await waitFor(lambda: producer.resumes == 1, "the resume")
+        await waitFor(lambda: len(client.received) == written, "every byte")
+        server.transport.unregisterProducer()  # type: ignore[attr-defined]
+
+    async def test_pullProducerDriven(self) -> None:
+        """
+        A pull producer is still asked for more by Twisted's C{doWrite}:
+        its writes are buffered, never sent around it.
+        """
+        server, client = await self.pair()
+        assert server.transport is not None
+        transport: Any = server.transport
+
+        @implementer(IPullProducer)
+        class Pull:
+            count = 0
+
+            def resumeProducing(self) -> None:
+                self.count += 1
+                transport.write(b"%04d" % self.count)
+                if self.count == 50:
+                    transport.unregisterProducer()
+
+            def stopProducing(self) -> None:
+                pass
+
+        transport.registerProducer(Pull(), False)
+        expected = b"".join(b"%04d" % i for i in range(1, 51))
+        await waitFor(lambda: client.received == expected, "fifty pulls")
+
+    async def test_loseConnectionAfterWrite(self) -> None:
+        """
+        C{loseConnection} after writes (some sent at once, some buffered
+        behind a slow reader) closes only after every byte is delivered.
+        """
+        server, client = await self.pair()
+        assert server.transport is not None and client.transport is not None
+        client.transport.pauseProducing()  # type: ignore[attr-defined]
+        server.transport.write(b"a" * BIG)
+        server.transport.write(b"end")
+        server.transport.loseConnection()
+        client.transport.resumeProducing()  # type: ignore[attr-defined]
+        await waitFor(lambda: client.reason is not None, "the close", timeout=30)
+        self.assertEqual(bytes(client.received), b"a" * BIG + b"end")
+
+    async def test_peerHangsUpMidSend(self) -> None:
+        """
+        A reader that resets the connection while the writer is sending:
+        the next writes fail inside the kernel, fall back to the buffered
+        write, and Twisted's own C{doWrite} reports the loss: the writer's
+        protocol gets C{connectionLost}, nothing is logged as an error, and
+        later writes are dropped.
+        """
+        import socket
+        import struct
+
+        server, client = await self.pair()
+        assert server.transport is not None and client.transport is not None
+        server.transport.write(b"first")
+        await waitFor(lambda: client.received == b"first", "the first bytes")
+        handle = client.transport.getHandle()  # type: ignore[attr-defined]
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.transport.abortConnection()  # type: ignore[attr-defined]
+        await waitFor(lambda: client.reason is not None, "the reset")
+        transport = server.transport
+        for _ in range(1000):
+            if server.reason is not None:
+                break
+            transport.write(b"y" * 1024)
+            await deferLater(reactor, 0.001, lambda: None)
+        await waitFor(lambda: server.reason is not None, "the writer to see the loss")
+        self.assertFalse(transport.connected)  # type: ignore[attr-defined]
+        transport.write(b"after")
+        self.assertEqual(bytes(client.received), b"first")
+
+    async def test_startTLSGoesThroughTLS(self) -> None:
+        """
+        TLS started on a swapped connection: writes go through the TLS
+        layer (never raw to the socket), and the peer reads them decrypted.
+        """
+        from twisted.internet import ssl
+
+        from tests.upstream.test_agent import selfSigned
+
+        server, client = await self.pair()
+        assert server.transport is not None and client.transport is not None
+        certPEM, keyPEM = selfSigned()
+        server.transport.startTLS(  # type: ignore[attr-defined]
+            ssl.PrivateCertificate.loadPEM(certPEM + keyPEM).options())
+        client.transport.startTLS(  # type: ignore[attr-defined]
+            ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(certPEM)))
+        self.assertTrue(server.transport.TLS)  # type: ignore[attr-defined]
+        raw: list[bytes] = []
+        handle = server.transport.socket  # type: ignore[attr-defined]
+        original = handle.send
+
+        class Spy:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(handle, name)
+
+            def send(self, data: Any) -> int:
+                raw.append(bytes(data))
+                sent: int = original(data)
+                return sent
+
+        server.transport.socket = Spy()  # type: ignore[attr-defined]
+        server.transport.write(b"plain words")
+        server.transport.writeSequence([b" and ", b"more"])
+        await waitFor(lambda: client.received == b"plain words and more", "the decrypted bytes")
+        self.assertTrue(raw)
+        self.assertFalse(any(b"plain" in chunk or b"more" in chunk for chunk in raw))

@@ -20,7 +20,8 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._newclient import HTTP11ClientProtocol, Request
@@ -83,10 +84,29 @@ class CachingEndpointFactoryTests(SynchronousTestCase):
         """
         Two requests to one host and port use one endpoint object.
         """
-        first = self.factory.endpointForURI(URI.fromBytes(b"http://127.0.0.1:4000/v1/models"))
-        second = self.factory.endpointForURI(URI.fromBytes(b"http://127.0.0.1:4000/v1/chat/completions"))
+        first = self.factory.endpointForURI(URI.fromBytes(b"http://backend.test:4000/v1/models"))
+        second = self.factory.endpointForURI(URI.fromBytes(b"http://backend.test:4000/v1/chat/completions"))
         self.assertIs(first, second)
         self.assertIsInstance(first, HostnameEndpoint)
+
+    def test_addressConnectedDirectly(self) -> None:
+        """
+        A host that is an IPv4 or IPv6 address gets a TCP endpoint of its
+        family, connecting without a resolver (no thread, no turn), with
+        the connect timeout; a name still gets C{HostnameEndpoint}.
+        """
+        reactor = MemoryReactorClock()
+        factory = CachingEndpointFactory(reactor, connectTimeout=3)
+        v4 = factory.endpointForURI(URI.fromBytes(b"http://127.0.0.1:4000/v1/models"))
+        v6 = factory.endpointForURI(URI.fromBytes(b"http://[::1]:4001/v1/models"))
+        name = factory.endpointForURI(URI.fromBytes(b"http://localhost:4002/v1/models"))
+        self.assertIsInstance(v4, TCP4ClientEndpoint)
+        self.assertIsInstance(v6, TCP6ClientEndpoint)
+        self.assertIsInstance(name, HostnameEndpoint)
+        v4.connect(Factory.forProtocol(Protocol))
+        v6.connect(Factory.forProtocol(Protocol))
+        self.assertEqual([(host, port, timeout) for host, port, _, timeout, _ in reactor.tcpClients],
+                         [("127.0.0.1", 4000, 3), ("::1", 4001, 3)])
 
     def test_differentPortOrSchemeDifferentEndpoint(self) -> None:
         """

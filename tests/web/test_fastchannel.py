@@ -606,7 +606,9 @@ class HeadTests(SynchronousTestCase):
     """
 
     def sites(self) -> tuple[Any, Any]:
-        twistedSite = Site(Answering())
+        # Its channels' idle timers on a fake clock, not the global reactor
+        # (where they would outlive the test).
+        twistedSite = Site(Answering(), reactor=MemoryReactorClock())
         twistedSite.log = lambda request: None  # type: ignore[method-assign]
         fast = makeSite(Answering(), MemoryReactorClock(), headerTimeout=None)
         return twistedSite, fast

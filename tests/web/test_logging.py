@@ -82,3 +82,22 @@ class LoggingTests(SynchronousTestCase):
         self.assertNotIn("sk-secret", text)
         self.assertNotIn("client-token-123", text)
         self.assertIn("<redacted>", text)
+
+    def test_percentEncodedSecretsNeverLogged(self) -> None:
+        """
+        A client that sends a secret in its request path, percent-encoded
+        (as any URL with a C{/} or C{+} in it must be), does not get it
+        written to the log: not the access line, not the debug request
+        line, not the fallback's.  The secret here has the characters a
+        URL encodes.
+        """
+        harness = ProxyHarness(debug=True, apiKey="sk-se/cr+et-0123456789")
+        for path in ["/v1/models/m-sk-se%2Fcr%2Bet-0123456789",
+                     "/v1/models/m-sk-se%252fcr%252Bet-0123456789",
+                     "/api/show?name=sk%2Dse%2fcr%2bet%2D0123456789"]:
+            harness.get(path)
+            harness.pump()
+        text = "\n".join(self.texts()) + "\n".join(repr(e) for e in self.events)
+        self.assertIn("/v1/models/m-<redacted>", text)
+        for fragment in ["cr%2Bet", "cr%252Bet", "cr%2bet", "0123456789"]:
+            self.assertNotIn(fragment, text)

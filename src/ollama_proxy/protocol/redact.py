@@ -60,13 +60,16 @@ def _escapedChar(char: str) -> str:
     short = {"/": r"\\+/", '"': r'\\+"', "\\": r"\\\\", "\n": r"\\+n", "\r": r"\\+r", "\t": r"\\+t"}
     if char in short:
         forms.append(short[char])
+    # Percent-encoded once or more (%2F, %252f): a key in a URL, as logged.
+    forms.append("".join(f"%(?:25)*(?i:{byte:02x})" for byte in char.encode("utf-8")))
     return "(?:" + "|".join(forms) + ")"
 
 
 def _escapedPattern(secrets: Sequence[str]) -> tuple[re.Pattern[str], re.Pattern[bytes]]:
     """
     @return: one pattern (text, and UTF-8 bytes) matching any of C{secrets}
-        with any of its characters JSON-escaped, longest first.
+        with any of its characters JSON-escaped or percent-encoded, longest
+        first.
     """
     text = "|".join("".join(_escapedChar(c) for c in secret) for secret in secrets)
     return re.compile(text), re.compile(text.encode("utf-8"))
@@ -105,14 +108,14 @@ class Redactor:
         """
         @param text: an error message, a model id, a log field.
         @param extra: per-request secrets (the client's key).
-        @return: C{text} with every secret, literal or JSON-escaped,
-            replaced by L{REDACTED}.
+        @return: C{text} with every secret, literal, JSON-escaped or
+            percent-encoded, replaced by L{REDACTED}.
         """
         secrets = self.all(extra)
         for secret in secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        if secrets and "\\" in text:
+        if secrets and ("\\" in text or "%" in text):
             text = self._escaped(secrets)[0].sub(REDACTED, text)
         return _cutPrefixes(text, secrets, REDACTED)
 
@@ -120,15 +123,15 @@ class Redactor:
         """
         @param data: a relayed body.
         @param extra: per-request secrets (the client's key).
-        @return: C{data} with every secret (as UTF-8, or JSON-escaped)
-            replaced.
+        @return: C{data} with every secret (as UTF-8, JSON-escaped or
+            percent-encoded) replaced.
         """
         secrets = self.all(extra)
         for secret in secrets:
             raw = secret.encode("utf-8")
             if raw in data:
                 data = data.replace(raw, _MARKER)
-        if secrets and b"\\" in data:
+        if secrets and (b"\\" in data or b"%" in data):
             data = self._escaped(secrets)[1].sub(_MARKER, data)
         return _cutPrefixes(data, tuple(secret.encode("utf-8") for secret in secrets), _MARKER)
 

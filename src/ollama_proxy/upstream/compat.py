@@ -23,6 +23,13 @@ C{_start}, C{length} and its C{dataCallback}/C{finishCallback}).  If any of
 them is missing, L{COMPATIBLE} is false, a warning is logged, and
 L{ConnectionPool} is Twisted's own pool with its own decoder: slower on
 streams, never broken.
+
+L{writeThrough} (both sides' TCP transports send at once when nothing is
+buffered) reads C{FileDescriptor}'s buffers and flags (C{dataBuffer},
+C{_tempDataLen}, C{_writeDisconnecting}, the producer state) and
+C{tcp.Connection}'s C{_aborting}, C{TLS} and C{socket}, checked by
+L{_writeThroughMissing} (L{WRITE_THROUGH_MISSING}); if any is missing,
+transports keep Twisted's buffered writes.
 """
 
 from __future__ import annotations
@@ -194,6 +201,13 @@ class BatchingClientProtocol(HTTP11ClientProtocol):
     chunked bodies with L{BatchingChunkedDecoder}.
     """
 
+    def connectionMade(self) -> None:
+        """
+        A plain TCP transport writes through (L{writeThrough}).
+        """
+        writeThrough(self.transport)
+        super().connectionMade()
+
     def request(self, request: Request) -> Any:
         """
         Send C{request}; its response's chunked body is decoded per read.
@@ -335,3 +349,174 @@ def _serverMissing() -> list[str]:
 SERVER_MISSING = _serverMissing()
 """The private names the llhttp channel needs that the installed Twisted
 lacks; with any missing, the site falls back to twisted.web's channel."""
+
+
+# Write-through TCP transports (both sides: the client's connection and the
+# backend's).  Twisted's C{FileDescriptor.write} only buffers and calls
+# C{startWriting} (an C{epoll_ctl}); the bytes leave in C{doWrite} on the
+# next reactor iteration, which then calls C{stopWriting} (another
+# C{epoll_ctl}).  So every relayed chunk cost two system calls and the
+# C{doWrite} path, and under load every hop (the request to the backend,
+# the first line to the client) waited a whole reactor turn in which every
+# other ready stream was served first.  asyncio's selector transports try
+# C{send()} at once when nothing is buffered; these do the same.
+
+from twisted.internet import abstract as _abstract  # noqa: E402
+from twisted.internet import tcp as _tcp  # noqa: E402
+
+
+WRITE_THROUGH_MAX = 128 * 1024
+"""The largest write sent at once (Twisted's C{SEND_LIMIT}).  A larger one
+(a whole large answer, rare) is buffered as Twisted does: a partial send
+would copy its remainder, which Twisted's buffer avoids."""
+
+
+class _WriteThrough:
+    """
+    C{write} and C{writeSequence} for a plain TCP transport: with nothing
+    buffered, the bytes are sent at once; what the kernel does not take
+    (C{EAGAIN}, a partial send) goes to Twisted's own buffered write, as
+    does everything while anything is buffered (so the order holds), a
+    pull producer (it is driven by C{doWrite}), a paused producer, a
+    closing, half-closed or aborted connection, and TLS started on the
+    connection.  A socket error other than C{EAGAIN} leaves the bytes to
+    the buffered write too, whose C{doWrite} reports the loss as Twisted
+    always did (no protocol callback from inside C{write}).
+
+    Mixed in before C{tcp.Server}/C{tcp.Client} (L{writeThrough} swaps a
+    transport's class to the subclass); the attributes are Twisted's
+    private C{FileDescriptor} state, checked by L{_writeThroughMissing}.
+    """
+
+    # Declared for mypy: the state of twisted.internet.abstract.FileDescriptor
+    # and tcp.Connection this mixin reads.
+    socket: Any
+    connected: int
+    disconnecting: int
+    _writeDisconnecting: bool
+    _aborting: bool
+    TLS: bool
+    dataBuffer: bytes
+    _tempDataLen: int
+    producer: Any
+    streamingProducer: bool
+    producerPaused: bool
+
+    def _sendable(self) -> bool:
+        """
+        @return: whether bytes written now may be sent at once: nothing
+            buffered, connected, not closing, not TLS, no producer that
+            only C{doWrite} would drive or resume.
+        """
+        producer = self.producer
+        return (
+            not self._tempDataLen and not self.dataBuffer and bool(self.connected)
+            and not (self.disconnecting or self._writeDisconnecting or self._aborting or self.TLS)
+            and (producer is None or (self.streamingProducer and not self.producerPaused))
+        )
+
+    def _sendNow(self, data: bytes) -> bytes:
+        """
+        @param data: bytes to send, with L{_sendable} true.
+        @return: what the kernel did not take (empty if it took all).
+        """
+        try:
+            sent: int = self.socket.send(data)
+        except OSError:
+            # EAGAIN: the kernel's buffer is full; anything else: the
+            # connection is broken, which the buffered write's doWrite
+            # reports.
+            return data
+        return data[sent:] if sent < len(data) else b""
+
+    def write(self, data: bytes) -> None:
+        """
+        Send C{data} now if nothing is buffered; buffer what is left.
+
+        @param data: the bytes (anything else is Twisted's C{TypeError}).
+        """
+        if data.__class__ is bytes and 0 < len(data) <= WRITE_THROUGH_MAX and self._sendable():
+            data = self._sendNow(data)
+            if not data:
+                return
+        super().write(data)  # type: ignore[misc]
+
+    def writeSequence(self, iovec: Any) -> None:
+        """
+        The same for a sequence of byte strings, joined into one send.
+
+        @param iovec: byte strings.
+        """
+        if self._sendable():
+            try:
+                data = b"".join(iovec)
+            except TypeError:
+                data = b""  # Twisted's own writeSequence raises it
+            if data:
+                rest = self._sendNow(data) if len(data) <= WRITE_THROUGH_MAX else data
+                if rest:
+                    super().write(rest)  # type: ignore[misc]
+                return
+        super().writeSequence(iovec)  # type: ignore[misc]
+
+
+class WriteThroughServer(_WriteThrough, _tcp.Server):
+    """A client's connection whose writes go out at once (L{_WriteThrough})."""
+
+
+class WriteThroughClient(_WriteThrough, _tcp.Client):
+    """A backend connection whose writes go out at once (L{_WriteThrough})."""
+
+
+_WRITE_THROUGH: dict[type, type] = {_tcp.Server: WriteThroughServer, _tcp.Client: WriteThroughClient}
+
+
+def _writeThroughMissing() -> list[str]:
+    """
+    @return: the private C{FileDescriptor}/C{tcp.Connection} state
+        L{_WriteThrough} reads that the installed Twisted lacks.
+    """
+    class _Reactor:
+        pass
+
+    descriptor = _abstract.FileDescriptor(_Reactor())  # type: ignore[arg-type]
+    missing = [
+        f"FileDescriptor.{name}" for name in (
+            "dataBuffer", "_tempDataLen", "_tempDataBuffer", "offset", "connected", "disconnecting",
+            "_writeDisconnecting", "producer", "streamingProducer", "producerPaused",
+        ) if not hasattr(descriptor, name)
+    ]
+    missing += [
+        f"tcp.Connection.{name}" for name in ("_aborting", "TLS", "writeSomeData")
+        if not hasattr(_tcp.Connection, name)
+    ]
+    return missing
+
+
+WRITE_THROUGH_MISSING = _writeThroughMissing()
+"""The private names write-through needs that the installed Twisted lacks;
+with any missing, L{writeThrough} leaves every transport as it is."""
+if WRITE_THROUGH_MISSING:
+    log.warn("this Twisted lacks {missing}: transports keep buffered writes (a reactor turn "
+             "per write)", missing=", ".join(WRITE_THROUGH_MISSING))
+
+
+def writeThrough(transport: object) -> bool:
+    """
+    Make a plain TCP transport (exactly C{tcp.Server} or C{tcp.Client})
+    send its writes at once when nothing is buffered, by swapping its class
+    to L{WriteThroughServer}/L{WriteThroughClient} (same state, two
+    methods overridden).  Anything else (TLS, which wraps the socket in a
+    protocol; UNIX sockets; test transports; a subclass) is left as it is.
+
+    Called from a protocol's C{connectionMade}: the one point every
+    connection passes through, whatever endpoint or port made it.
+
+    @param transport: the protocol's transport.
+    @return: whether it now writes through.
+    """
+    cls = _WRITE_THROUGH.get(type(transport))
+    if cls is None or WRITE_THROUGH_MISSING:
+        return False
+    transport.__class__ = cls
+    return True

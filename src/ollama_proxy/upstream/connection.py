@@ -48,6 +48,7 @@ from ollama_proxy.protocol.llhttp import (
     ResponseParser,
     ResponseRejected,
 )
+from ollama_proxy.upstream.compat import writeThrough
 from ollama_proxy.upstream.message import (
     BodyTransport,
     BytesProducer,
@@ -148,6 +149,13 @@ class ClientConnection(Protocol):
         self._abandoned = False
         self._lost = False
         self._closed: list[Deferred[None]] = []
+
+    def connectionMade(self) -> None:
+        """
+        A plain TCP transport writes through (L{writeThrough}): a request
+        leaves in the call that writes it, not a reactor turn later.
+        """
+        writeThrough(self.transport)
 
     @property
     def usable(self) -> bool:

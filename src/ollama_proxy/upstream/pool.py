@@ -20,7 +20,13 @@ from typing import Any, Iterator
 
 import treq.client
 from treq.cookies import IndexableCookieJar
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
@@ -75,6 +81,14 @@ class CachingEndpointFactory:
         """
         TCP for C{http}, TLS over TCP for C{https}, like L{Agent}'s own.
 
+        A host that is an IP address is connected to directly: a
+        C{HostnameEndpoint} would still "resolve" it with C{getaddrinfo} in
+        the reactor's thread pool (ten threads) for every new connection,
+        a round trip through a thread and a reactor turn before the
+        connect even starts; with a thousand streams opening at once that
+        queue was in front of every first byte.  A name is resolved by
+        C{HostnameEndpoint} as before (its addresses can change).
+
         @param uri: the request URI.
         @return: the (cached) endpoint.
         @raise ValueError: for another scheme.
@@ -89,7 +103,12 @@ class CachingEndpointFactory:
         kwargs: dict[str, Any] = {}
         if self._connectTimeout is not None:
             kwargs["timeout"] = self._connectTimeout
-        endpoint = HostnameEndpoint(self._reactor, host, uri.port, **kwargs)
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self._reactor, host, uri.port, **kwargs)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self._reactor, host, uri.port, **kwargs)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port, **kwargs)
         if uri.scheme == b"https":
             creator = self._policy.creatorForNetloc(uri.host, uri.port)
             endpoint = wrapClientTLS(creator, endpoint)

@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from ollama_proxy.protocol import codec
+from ollama_proxy.upstream.compat import writeThrough
 from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.observe import SITE_ROUTE
 
@@ -195,8 +196,10 @@ class ProxyChannel(HeaderDeadline, HTTPChannel):
 
     def connectionMade(self) -> None:
         """
-        Start the first request's deadline at the accept.
+        Start the first request's deadline at the accept; a plain TCP
+        transport writes through (L{writeThrough}).
         """
+        writeThrough(self.transport)
         super().connectionMade()
         self._armHeaderDeadline()
 

@@ -60,6 +60,7 @@ from ollama_proxy.upstream.compat import (
     MalformedChunkedData,
     PullToPush,
     addRequestHeaders,
+    writeThrough,
 )
 from ollama_proxy.web.channel import HeaderDeadline
 
@@ -151,8 +152,11 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         """
         As twisted.web: no Nagle delay, the idle timer, this channel as the
-        transport's producer; and the first request's header deadline.
+        transport's producer; and the first request's header deadline.  A
+        plain TCP transport writes through (L{writeThrough}): a response's
+        bytes leave in the call that writes them, not a reactor turn later.
         """
+        writeThrough(self.transport)
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
         self.setTimeout(self.timeOut)
