@@ -279,13 +279,20 @@ class ReleaseTests(SynchronousTestCase):
         self.assertEqual([json.loads(e).get("error") for e in events(out)],
                          [None, {"message": "boom"}])
 
-    def test_failedDropsPartial(self) -> None:
+    def test_partialGuarded(self) -> None:
         """
-        A failed body: the unfinished event is not passed on, held text is.
+        An unfinished last event (the relay ends it after a failure, so a
+        client reads it) is guarded as a whole one, before the held text.
         """
         g = guard()
-        g.feed(event(0, "content", "s") + b'data: {"choices": [')
-        self.assertEqual(joined(g.end(failed=True)), {(0, "content"): "s"})
+        g.feed(event(0, "content", "s"))
+        out = g.feed(b'data: {"choices": [{"index": 0, "delta": {"content": "k-host/I"}}]}')
+        self.assertEqual(out, b"")
+        self.assertEqual(joined(g.end()), {(0, "content"): REDACTED})
+        g.feed(event(0, "content", "s") + b'data: {"trunc')
+        out = g.end()
+        self.assertTrue(out.startswith(b'data: {"trunc\n\ndata: {'), out)
+        self.assertEqual(joined(out.replace(b'data: {"trunc\n\n', b"")), {(0, "content"): "s"})
 
     def test_otherFields(self) -> None:
         """

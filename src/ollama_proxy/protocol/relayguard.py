@@ -161,18 +161,18 @@ class RelayGuard:
                 raise
         return out[0] if len(out) == 1 else b"".join(out)
 
-    def end(self, failed: bool = False) -> bytes:
+    def end(self) -> bytes:
         """
-        @param failed: whether the body failed (then an unfinished event is
-            not passed on: it is what broke, and a client drops it anyway).
-        @return: an unfinished last event (guarded as a whole one) and every
-            held tail, in one last chunk (the body ended, or failed).
+        @return: an unfinished last event (guarded as a whole one: after a
+            failure the relay ends it, so a client reads it) and every held
+            tail, in one last chunk (the body ended, or failed).
         """
         partial, self._partial = self._partial, b""
-        if failed:
-            partial = b""
         out = self._event(partial) if partial.strip() else partial
-        return out + self._release()
+        held = self._release()
+        if held and out and not out.endswith(b"\n\n"):
+            out += b"\n\n"  # or the held text would join its last line
+        return out + held
 
     def _event(self, raw: bytes) -> bytes:
         data = _data(raw)

@@ -144,7 +144,7 @@ async def relayResponse(
     try:
         await relayBody(ex, response, lambda data: write(feed(data)), clock, idleTimeout)
     except BaseException:
-        write(guard.end(failed=True))  # held text first, then the error
+        write(guard.end())  # held text first, then the error
         raise
     write(guard.end())
 
