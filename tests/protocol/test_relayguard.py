@@ -310,6 +310,7 @@ class HostileTests(SynchronousTestCase):
         g = RelayGuard(SECRETS, maxEvent=100)
         g.feed(b"data: " + b"x" * 90)
         self.assertRaises(SSELineTooLong, g.feed, b"x" * 20)
+        self.assertEqual(g.end(), b"")
 
     def test_manyHeldTexts(self) -> None:
         """

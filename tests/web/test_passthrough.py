@@ -264,3 +264,25 @@ class SplitKeyTests(SynchronousTestCase):
         h.pump()
         self.successResultOf(reader.done)
         self.assertEqual(reader.data, data)
+
+    def test_streamWithOtherContentType(self) -> None:
+        """
+        A streamed request answered as SSE under another content type (an
+        SDK reads it as SSE all the same) is watched too.
+        """
+        h = ProxyHarness(apiKey=BACKEND_KEY, secrets=(INBOUND_KEY,))
+        d = h.post("/v1/chat/completions", {"model": "m", "stream": True, "messages": []},
+                   headers={b"Authorization": [b"Bearer " + INBOUND_KEY.encode()]})
+        [upstream] = h.backend.received
+        upstream.request.setResponseCode(200)
+        upstream.request.setHeader(b"content-type", b"text/plain")
+        for piece in ("s", BACKEND_KEY[1:]):
+            upstream.write(b'data: {"choices": [{"index": 0, "delta": {"content": "'
+                           + piece.encode() + b'"}}]}\n\n')
+        h.pump()
+        reader = BodyCollector(h, self.successResultOf(d))
+        upstream.finish()
+        h.pump()
+        self.successResultOf(reader.done)
+        self.assertNotIn(BACKEND_KEY[1:].encode(), reader.data)
+        self.assertIn(b"<redacted>", reader.data)

@@ -149,6 +149,7 @@ class RelayGuard:
         buf = self._partial + data if self._partial else data
         events, self._partial = _split(buf)
         if len(self._partial) > self._maxEvent:
+            self._partial = b""  # what broke: not passed on at the end
             raise SSELineTooLong(f"upstream SSE event longer than {self._maxEvent} bytes")
         if not events:
             return b""

@@ -45,6 +45,7 @@ async def forwardToBackend(
     body: bytes | None | Callable[[Route], bytes | None],
     keep: frozenset[bytes],
     texts: bool = False,
+    streamed: bool = False,
 ) -> None:
     """
     Relay the client's request to one of the backend's own routes, with the
@@ -62,6 +63,9 @@ async def forwardToBackend(
     @param texts: whether a streamed answer is an OpenAI stream whose texts
         a client joins across events (then watched across them, see
         L{ollama_proxy.protocol.relayguard}).
+    @param streamed: whether the client asked for a stream: its SDK reads
+        the answer as SSE whatever content type the backend claims, so the
+        texts are watched then too.
     """
     request = ex.request
     query = request.uri.partition(b"?")[2]
@@ -90,12 +94,13 @@ async def forwardToBackend(
     target, response = await send(ctx, ex, target, post)
     backend = target.backend
     contentType = response.headers.getRawHeaders(b"content-type") or [b""]
-    if contentType[0].startswith(b"text/event-stream"):
-        guard = relayGuard(ex.redactor, ex.clientKey()) if texts else None
+    sse = contentType[0].startswith(b"text/event-stream")
+    guard = relayGuard(ex.redactor, ex.clientKey()) if texts and (sse or streamed) else None
+    if sse:
         with streaming(ctx.metrics):
             await relayResponse(ex, response, backend.reactor, backend.idleTimeout, guard)
     else:
-        await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
+        await relayResponse(ex, response, backend.reactor, backend.idleTimeout, guard)
 
 
 SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
@@ -164,7 +169,7 @@ class Passthrough(ProxyResource):
                     return codec.dumps({**decoded, **extra, "model": member.modelId})
 
                 await forwardToBackend(self.ctx, ex, route, path, bodyFor, PASSED_HEADERS,
-                                       generating)
+                                       generating, decoded.get("stream") is True)
                 return None
         if self.path == "models" and len(self.ctx.models.router.backends) > 1:
             if not postpath:
