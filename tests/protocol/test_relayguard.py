@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol.events import StreamFailed
-from ollama_proxy.protocol.redact import PREFIX, REDACTED, Redactor
+from ollama_proxy.protocol.redact import PREFIX, REDACTED, Redactor, TextRedactor
 from ollama_proxy.protocol.relayguard import MAX_HELD, RelayGuard, relayGuard
 from ollama_proxy.protocol.stream import SSELineTooLong
 
@@ -350,3 +350,36 @@ class HostileTests(SynchronousTestCase):
         body = (b'data: {"choices": [{"index": 0,\ndata: "delta": {"content": "s"}}]}\n\n'
                 + event(0, "content", BACKEND_KEY[1:]))
         self.assertEqual(joined(run(body, [])), {(0, "content"): REDACTED})
+
+
+class ReferenceTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(
+        parts=st.lists(st.tuples(st.integers(0, 1), st.sampled_from(FIELDS),
+                                 st.sampled_from(["s", "sk", "sk-ho", "in-k", "i", "-", "\\", '"', "/",
+                                                  "x", " ", BACKEND_KEY, INBOUND_KEY, "\u00e9"])),
+                       max_size=30),
+        cuts=st.lists(st.integers(0, 4000), max_size=4),
+        done=st.booleans(),
+    )
+    def test_sameAsTextRedactor(self, parts: list[tuple[int, str, str]], cuts: list[int],
+                                done: bool) -> None:
+        """
+        Pieces made of the keys' own characters (quotes and backslashes
+        too), any split of the reads: each text the client joins is what a
+        L{TextRedactor} fed that text's pieces makes of it (as the
+        translated streams do), whole keys replaced; so the events that
+        pass undecoded are exactly those whose texts would pass unchanged.
+        """
+        body = b"".join(event(i, f, p) for i, f, p in parts) + (b"data: [DONE]\n\n" if done else b"")
+        reference: dict[Key, TextRedactor] = {}
+        meant: dict[Key, str] = {}
+        for index, field, piece in parts:
+            redactor = reference.setdefault((index, field), TextRedactor(SECRETS))
+            meant[index, field] = meant.get((index, field), "") + redactor.feed(piece)
+        texts = joined(run(body, cuts))
+        for key, redactor in reference.items():
+            got = texts.get(key, "")
+            self.assertEqual(got, meant[key] + redactor.end(), key)
+            for secret in SECRETS:
+                self.assertNotIn(secret, got)
