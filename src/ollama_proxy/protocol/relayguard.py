@@ -150,6 +150,7 @@ class RelayGuard:
         self._maxEvent = maxEvent
         self._partial = b""
         self._held: dict[Key, TextRedactor] = {}
+        self._spare: TextRedactor | None = None
         self._last: dict[str, Any] = {}
 
     @property
@@ -300,7 +301,9 @@ class RelayGuard:
         if redactor is None:
             if not self._suspect.search(value):
                 return value
-            redactor = TextRedactor(self._secrets, self._escaped)
+            # A redactor holding nothing has no state: one is kept for the
+            # next text (making one costs more than the text's search).
+            redactor, self._spare = self._spare or TextRedactor(self._secrets, self._escaped), None
         try:
             new = redactor.feed(value)
         except UnicodeEncodeError:
@@ -313,6 +316,7 @@ class RelayGuard:
             self._held[key] = redactor
         else:
             self._held.pop(key, None)
+            self._spare = redactor
         return value if new == value else new
 
     def _tails(self, index: int | None) -> dict[Key, str]:
