@@ -16,6 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, Request
 from twisted.web.http import _ChunkedTransferDecoder, _DataLoss, _MalformedChunkedDataError
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
+from zope.interface import implementer
 
 from ollama_proxy.upstream.compat import (
     BatchingChunkedDecoder,
@@ -737,3 +739,112 @@ class WriteThroughTests(TestCase):
         await waitFor(lambda: client.received == b"plain words and more", "the decrypted bytes")
         self.assertTrue(raw)
         self.assertFalse(any(b"plain" in chunk or b"more" in chunk for chunk in raw))
+
+
+@implementer(IAgent)
+class _AnswerWith:
+    """
+    An C{IAgent} that records each request's headers and answers with a
+    response carrying C{setCookie}.
+    """
+
+    def __init__(self, setCookie: list[bytes]) -> None:
+        self.setCookie = setCookie
+        self.sent: list[Headers] = []
+
+    def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
+                bodyProducer: Any = None) -> Any:
+        from twisted.internet.defer import succeed
+
+        self.sent.append(headers if headers is not None else Headers())
+        response = type("R", (), {})()
+        response.headers = Headers({b"Set-Cookie": self.setCookie} if self.setCookie else {})
+        return succeed(response)
+
+
+class LazyStdlibRequestTests(SynchronousTestCase):
+    """
+    C{CookieAgent}'s stand-in urllib request (what treq's every request
+    makes) parses its URI only when a cookie jar asks, with Twisted's own
+    answers.
+    """
+
+    URIS = [
+        b"http://127.0.0.1:4000/v1/chat/completions", b"https://api.example.com/v1/models",
+        b"http://h:80/a?b=1", b"https://[::1]:8443/x", b"http://example.com", b"https://h:443/",
+    ]
+
+    def test_installed(self) -> None:
+        """
+        On the Twisted releases C{pyproject.toml} allows, C{CookieAgent}
+        makes L{LazyStdlibRequest}s.
+        """
+        from twisted.web import client
+
+        from ollama_proxy.upstream import compat
+
+        self.assertEqual(compat.LAZY_REQUEST_MISSING, [])
+        self.assertIs(client._FakeStdlibRequest, compat.LazyStdlibRequest)
+        self.assertTrue(issubclass(compat.LazyStdlibRequest, compat.STOCK_STDLIB_REQUEST))
+
+    def test_sameAnswers(self) -> None:
+        """
+        Every field and method a C{CookieJar} reads gives Twisted's answer,
+        and a field set is kept.
+        """
+        from ollama_proxy.upstream.compat import STOCK_STDLIB_REQUEST, LazyStdlibRequest
+
+        for uri in self.URIS:
+            stock, lazy = STOCK_STDLIB_REQUEST(uri), LazyStdlibRequest(uri)
+            for name in ("uri", "type", "host", "origin_req_host", "unverifiable"):
+                self.assertEqual(getattr(lazy, name), getattr(stock, name), (uri, name))
+            for method in ("get_full_url", "get_host", "get_type", "is_unverifiable"):
+                self.assertEqual(getattr(lazy, method)(), getattr(stock, method)(), (uri, method))
+            lazy.add_unredirected_header("Cookie", "a=b")
+            self.assertTrue(lazy.has_header("Cookie"))
+            self.assertEqual(lazy.get_header("Cookie"), "a=b")
+            lazy.host = "other:1"
+            self.assertEqual((lazy.host, lazy.type), ("other:1", stock.type))
+
+    def test_noParseWithoutAJarThatAsks(self) -> None:
+        """
+        A request through treq with the proxy's L{NoCookies} jar never
+        parses the URI for the jar (the agent is given it as it is).
+        """
+        import treq.client
+        from twisted.web import client
+
+        from ollama_proxy.upstream.pool import NO_COOKIES
+
+        parsed: list[bytes] = []
+        stock = client.URI.fromBytes
+
+        def counting(uri: bytes, defaultPort: int | None = None) -> Any:
+            parsed.append(uri)
+            return stock(uri, defaultPort)
+
+        self.patch(client.URI, "fromBytes", counting)
+        agent = _AnswerWith([b"k=v; Path=/"])
+        http = treq.client.HTTPClient(agent, cookiejar=NO_COOKIES)
+        self.successResultOf(http.request("POST", self.URIS[0], data=b"{}", cookies=NO_COOKIES,
+                                          allow_redirects=False))
+        self.assertEqual((len(agent.sent), parsed), (1, []))
+
+    def test_realJarStillWorks(self) -> None:
+        """
+        With a stdlib jar that keeps cookies (a treq client other than the
+        proxy's), a C{Set-Cookie} is stored for the request's host and sent
+        back on the next request to it, and not to another host: the jar
+        reads the lazily parsed fields.
+        """
+        from http.cookiejar import CookieJar
+
+        from twisted.web.client import CookieAgent
+
+        agent = _AnswerWith([b"k=v; Path=/"])
+        cookies = CookieAgent(agent, CookieJar())
+        self.successResultOf(cookies.request(b"GET", b"http://127.0.0.1:4000/a"))
+        agent.setCookie = []
+        self.successResultOf(cookies.request(b"GET", b"http://127.0.0.1:4000/b"))
+        self.successResultOf(cookies.request(b"GET", b"http://other.example:4000/b"))
+        self.assertEqual([h.getRawHeaders(b"cookie") for h in agent.sent], [None, [b"k=v"], None])
