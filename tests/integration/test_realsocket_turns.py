@@ -153,7 +153,14 @@ class TurnsTests(TestCase):
     The proxy's hops each take the two iterations a byte needs.
     """
 
-    async def hops(self, httpParser: str, poolSize: int = 4) -> tuple[int, int]:
+    async def hops(
+        self, httpParser: str, poolSize: int = 4, endWrites: list[list[bytes]] | None = None
+    ) -> tuple[int, int]:
+        """
+        @param endWrites: if given, gets the proxy's client transport's
+            C{write}s for each stream's end (one backend read: the last
+            event, C{[DONE]} and the terminator).
+        """
         turns = Turns(self)
         log: dict[str, Any] = {}
         backendPort = reactor.listenTCP(
@@ -164,6 +171,14 @@ class TurnsTests(TestCase):
         target = f"http://127.0.0.1:{backendPort.getHost().port}"
         root = buildRoot(contextFor(Backend(http, target, reactor), clock=reactor))
         site = makeSite(root, reactor, timeout=None, httpParser=httpParser)
+        channels: list[Any] = []
+        build = site.buildProtocol
+
+        def buildProtocol(addr: Any) -> Any:
+            channels.append(build(addr))
+            return channels[-1]
+
+        site.buildProtocol = buildProtocol  # type: ignore[method-assign]
         proxyPort = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(proxyPort.stopListening)
         connected: Deferred[RawClient] = Deferred()
@@ -194,8 +209,21 @@ class TurnsTests(TestCase):
             requestTurns.append(log["requestAt"] - client.sentAt)
             assert client.lineAt is not None
             chunkTurns.append(client.lineAt - log["chunkAt"])
+            if endWrites is not None:
+                transport = channels[0].transport
+                writes: list[bytes] = []
+                endWrites.append(writes)
+
+                def write(data: bytes, writes: list[bytes] = writes) -> None:
+                    writes.append(data)
+                    type(transport).write(transport, data)
+
+                transport.write = write
+                self.addCleanup(transport.__dict__.pop, "write", None)
             finish()
             await done
+            if endWrites is not None:
+                del transport.write
         return min(requestTurns), min(chunkTurns)
 
     async def test_fastChannel(self) -> None:
@@ -205,6 +233,20 @@ class TurnsTests(TestCase):
         the client's first line two iterations later.
         """
         self.assertEqual(await self.hops("httptools"), (2, 2))
+
+    async def test_endInOneWrite(self) -> None:
+        """
+        A stream's end that arrives in one read (its last event, C{[DONE]}
+        and the chunked terminator) leaves the proxy in one write, one
+        send: the last line and the terminator are not sends of their own.
+        """
+        endWrites: list[list[bytes]] = []
+        await self.hops("httptools", endWrites=endWrites)
+        self.assertEqual(len(endWrites), 3)
+        for writes in endWrites:
+            self.assertEqual(len(writes), 1, writes)
+            self.assertTrue(writes[0].endswith(b"\r\n0\r\n\r\n"), writes)
+            self.assertIn(b'"done":true', writes[0])
 
     async def test_twistedChannel(self) -> None:
         """

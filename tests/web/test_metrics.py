@@ -82,6 +82,32 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(samples[(errors, (("backend", "b"), ("kind", "http_4xx")))], 1.0)
         self.assertEqual(samples[("ollama_proxy_active_streams", ())], 0.0)
 
+    def test_repeatedAnswersAccumulate(self) -> None:
+        """
+        Answers with the same route, model and status add to one series
+        each (requests, durations, routed requests), a new status gets its
+        own, and the routed in-flight gauge is back at zero after each.
+        """
+        h = Harness(self)
+        answer = {"choices": [{"message": {"role": "assistant", "content": "x"},
+                               "finish_reason": "stop"}]}
+        for i, (status, code) in enumerate([(200, 200), (200, 200), (200, 200), (500, 500)]):
+            d = h.post("/api/chat", {**CHAT, "model": "big", "stream": False})
+            if i == 0:
+                h.listModels()
+            h.lastChat("a").respond(status, answer if status == 200 else {"error": "x"})
+            h.pump()
+            self.assertEqual(self.successResultOf(d).code, code)
+            inFlight = h.samples()[("ollama_proxy_routed_in_flight", (("backend", "a"),))]
+            self.assertEqual(inFlight, 0.0)
+        samples = h.samples()
+        labels = (("model", "big"), ("route", "/api/chat"))
+        self.assertEqual(samples[("ollama_proxy_requests_total", labels + (("status", "200"),))], 3.0)
+        self.assertEqual(samples[("ollama_proxy_requests_total", labels + (("status", "500"),))], 1.0)
+        duration = "ollama_proxy_request_duration_seconds_count"
+        self.assertEqual(samples[(duration, (("route", "/api/chat"),))], 4.0)
+        self.assertEqual(samples[("ollama_proxy_routed_requests_total", (("backend", "a"),))], 4.0)
+
     def test_midStreamErrorKind(self) -> None:
         """
         A stream that breaks after bytes reached the client counts as a

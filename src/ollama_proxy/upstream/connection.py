@@ -61,6 +61,53 @@ _TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VALID_URI = re.compile(rb"\A[\x21-\x7e]+\Z")
 
 
+
+class ReadScope:
+    """
+    The span of one upstream read's processing, for the client channels
+    that join what they write in it (L{ollama_proxy.web.fastchannel}).
+
+    A read that carries a stream's last events and its end makes the
+    client's last line and the chunked terminator in the same call, as
+    two writes; with the transport writing through, two sends (Twisted's
+    next-turn C{doWrite} used to join them).  A channel written to while
+    L{depth} is positive keeps its bytes and asks L{after} to be told
+    when the outermost read returns (or it releases them itself sooner:
+    at its request's end, before closing, beyond a size); nothing waits
+    for a later reactor turn, so a stream's lines still leave as their
+    reads arrive.
+
+    @ivar depth: how many reads are being processed (nested, they are
+        only where a read makes another connection read at once).
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self._waiting: list[Callable[[], None]] = []
+
+    def after(self, release: Callable[[], None]) -> None:
+        """
+        @param release: called (once) when the outermost read returns; it
+            must not raise.
+        """
+        self._waiting.append(release)
+
+    def end(self) -> None:
+        """
+        One read is done; after the outermost, release what was kept.
+        """
+        self.depth -= 1
+        if self.depth == 0 and self._waiting:
+            waiting, self._waiting = self._waiting, []
+            for release in waiting:
+                release()
+
+
+oneRead = ReadScope()
+"""The one scope: every upstream connection of the process reads in the
+reactor's thread, one read at a time."""
+
+
 class ResponseParseFailed(Exception):
     """
     The backend's bytes are not a response this client accepts (the
@@ -277,8 +324,17 @@ class ClientConnection(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Parse one read and act on what it completed.
+        Parse one read and act on what it completed, inside L{oneRead}: a
+        client's bytes this read caused (the answer, or a stream's last
+        line and its end) leave together when it returns.
         """
+        oneRead.depth += 1
+        try:
+            self._parse(data)
+        finally:
+            oneRead.end()
+
+    def _parse(self, data: bytes) -> None:
         parser = self._parser
         if parser is None:
             # Bytes nobody asked for, on an idle connection: it is unusable.

@@ -62,6 +62,7 @@ from ollama_proxy.upstream.compat import (
     addRequestHeaders,
     writeThrough,
 )
+from ollama_proxy.upstream.connection import oneRead
 from ollama_proxy.web.channel import HeaderDeadline
 
 AVAILABLE = not SERVER_MISSING
@@ -79,9 +80,7 @@ paused (twisted.web's C{HTTPChannel._optimisticEagerReadSize})."""
 
 @implementer(IPushProducer)
 class _NoPushProducer:
-    """
-    The transport's producer side when it has none (as twisted.web's).
-    """
+    """The transport's producer side when it has none (as twisted.web's)."""
 
     def pauseProducing(self) -> None:
         pass
@@ -136,6 +135,8 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
     _peer: Any = None
     _host: Any = None
     _heldHead: bytes | None = None
+    _kept: list[bytes] | None = None
+    _keptSize = 0
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
@@ -355,6 +356,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         """
         if request is not self.requests[0]:
             raise TypeError
+        self._release()
         del self.requests[0]
         self._betweenRequests = True
         if not self._waitingForTransport:
@@ -420,6 +422,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         """
         self._cancelHeaderDeadline()
         self.setTimeout(None)
+        self._kept = None
         for request in self.requests:
             request.connectionLost(reason)
         if self._abortingCall is not None:
@@ -434,8 +437,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         self._answerBadRequest()
 
     def _send100Continue(self) -> None:
-        assert self.transport is not None
-        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._out(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     # What a Request uses of its channel.
 
@@ -458,45 +460,62 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         if self._holding:
             self._heldHead = head
             return
-        assert self.transport is not None
-        self.transport.write(head)
+        self._out(head)
 
     def holdHead(self) -> None:
-        """
-        Keep the next head until the body's first bytes follow it (see
-        L{ollama_proxy.web.site.LimitedRequest.write}); L{releaseHead}
-        ends this, within the same call.
-        """
+        """Keep the next head for the body's first bytes (see
+        L{ollama_proxy.web.site.LimitedRequest.write}) until L{releaseHead}."""
         self._holding = True
 
     def releaseHead(self) -> None:
-        """
-        Send a head still held (no body followed it: a C{HEAD}, a 204 or
-        304) and stop holding.
-        """
+        """Send a head no body followed (C{HEAD}, 204, 304); stop holding."""
         self._holding = False
         head, self._heldHead = self._heldHead, None
-        if head is not None and self.transport is not None:
-            self.transport.write(head)
+        if head is not None:
+            self._out(head)
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
         head = self._heldHead
         if head is not None:
             self._heldHead = None
             if len(data) <= COALESCE:
-                self.transport.write(head + data)
-                return
-            self.transport.write(head)
-        self.transport.write(data)
+                data = head + data
+            else:
+                self._out(head)
+        self._out(data)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
-        assert self.transport is not None
         head = self._heldHead
         if head is not None:
             self._heldHead = None
             iovec = [head, *iovec]
-        self.transport.writeSequence(iovec)
+        self._out(b"".join(iovec))
+
+    def _out(self, data: bytes) -> None:
+        """
+        Every response byte goes out here.  While an upstream read is
+        processed (L{oneRead}) they are kept and leave in one write when it
+        returns, at the request's end, before closing, or beyond
+        L{COALESCE}: a stream's last line and terminator are one send (a
+        body of known length has no terminator: it is never kept).
+        """
+        kept = self._kept
+        if kept is None:
+            if not (oneRead.depth and self.requests and self.requests[0].chunked):
+                self.transport.write(data)  # type: ignore[union-attr]
+                return
+            kept = self._kept = []
+            self._keptSize = 0
+            oneRead.after(self._release)
+        kept.append(data)
+        self._keptSize += len(data)
+        if self._keptSize > COALESCE:
+            self._release()
+
+    def _release(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept and self.transport is not None:
+            self.transport.write(b"".join(kept))
 
     def getPeer(self) -> Any:
         """
@@ -526,6 +545,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         Close after what is written is sent.
         """
         self._networkProducer.unregisterProducer()
+        self._release()
         if self.transport is not None:
             self.transport.loseConnection()
 

@@ -166,6 +166,8 @@ class Metrics:
         self.shared = shared
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._answered: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._routed: dict[str, tuple[Any, Any]] = {}
         r = self.registry
         self.requests = Counter(
             "requests", "Client requests by route, model and final HTTP status.",
@@ -251,6 +253,38 @@ class Metrics:
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def answered(self, route: str, model: str, status: str) -> tuple[Any, Any]:
+        """
+        The C{requests} and C{request_duration_seconds} children every
+        answer records, found with one key (the same children as
+        L{child}'s: the same values, the same series).
+
+        @return: C{(requests child, requestDuration child)}.
+        """
+        key = (route, model, status)
+        found = self._answered.get(key)
+        if found is None:
+            found = self._answered[key] = (
+                self.child(self.requests, route, model, status),
+                self.child(self.requestDuration, route),
+            )
+        return found
+
+    def routedEnd(self, backend: str) -> tuple[Any, Any]:
+        """
+        The C{routed_in_flight} and C{routed_requests} children a routed
+        request's end records (both at once: no series is made early).
+
+        @return: C{(routedInFlight child, routedRequests child)}.
+        """
+        found = self._routed.get(backend)
+        if found is None:
+            found = self._routed[backend] = (
+                self.child(self.routedInFlight, backend),
+                self.child(self.routedRequests, backend),
+            )
         return found
 
     def collect(self) -> Iterable[Metric]:

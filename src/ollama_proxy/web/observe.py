@@ -251,8 +251,9 @@ def logRequest(ex: Observed, route: str, now: int, metrics: Metrics | None) -> N
     setattr(request, OBSERVED, True)
     counted = getattr(request, COUNTED, None)
     if metrics is not None and counted is not None:
-        metrics.child(metrics.routedInFlight, counted).dec()
-        metrics.child(metrics.routedRequests, counted).inc()
+        inFlight, ended = metrics.routedEnd(counted)
+        inFlight.dec()
+        ended.inc()
         setattr(request, COUNTED, None)
     _record(
         request, route, (now - ex.start) / 1e6, metrics,
@@ -329,9 +330,9 @@ def _record(
         return
     if upstreamError is not None:
         metrics.child(metrics.upstreamErrors, backendText, upstreamError).inc()
-    status = "499" if gone else str(request.code)
-    metrics.child(metrics.requests, route, modelLabel, status).inc()
-    metrics.child(metrics.requestDuration, route).observe(durationMs / 1000)
+    requests, duration = metrics.answered(route, modelLabel, "499" if gone else str(request.code))
+    requests.inc()
+    duration.observe(durationMs / 1000)
     if tokensIn:
         metrics.child(metrics.tokens, backendText, modelLabel, "in").inc(tokensIn)
     if tokensOut:
