@@ -97,19 +97,21 @@ def event(index: int, field: str, value: str, escape: bool = False, finish: str 
     @return: one chunk carrying C{value} as choice C{index}'s C{field}
         (C{escape}: every character written as C{\\uXXXX} on the wire).
     """
+    # A placeholder no value can spell, replaced once by the value's JSON
+    # (a value such as C{", "} must not be found between the fields).
+    hole = "\x00hole\x00"
     if field == "text":
-        choice: dict[str, Any] = {"index": index, "text": value}
+        choice: dict[str, Any] = {"index": index, "text": hole}
     elif field in ("arguments", "name"):
         choice = {"index": index, "delta": {"tool_calls": [
-            {"index": 0, "function": {field: value}}]}}
+            {"index": 0, "function": {field: hole}}]}}
     else:
-        choice = {"index": index, "delta": {field: value}}
+        choice = {"index": index, "delta": {field: hole}}
     choice["finish_reason"] = finish
     data = json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 7,
                        "model": "m", "choices": [choice]})
-    if escape:
-        encoded = json.dumps(value)
-        data = data.replace(encoded, '"' + "".join(f"\\u{ord(c):04x}" for c in value) + '"')
+    spelled = ('"' + "".join(f"\\u{ord(c):04x}" for c in value) + '"') if escape else json.dumps(value)
+    data = data.replace(json.dumps(hole), spelled, 1)
     return b"data: " + data.encode("utf-8") + b"\n\n"
 
 
