@@ -349,6 +349,8 @@ from twisted.trial.unittest import TestCase  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
 from ollama_proxy.upstream.compat import (  # noqa: E402
+    ACCEPT_FLOOR,
+    EagerAcceptPort,
     WRITE_THROUGH_MAX,
     WRITE_THROUGH_MISSING,
     WriteThroughClient,
@@ -737,3 +739,70 @@ class WriteThroughTests(TestCase):
         await waitFor(lambda: client.received == b"plain words and more", "the decrypted bytes")
         self.assertTrue(raw)
         self.assertFalse(any(b"plain" in chunk or b"more" in chunk for chunk in raw))
+
+
+class EagerAcceptTests(TestCase):
+    """
+    L{EagerAcceptPort}: a listening port whose connections write through
+    accepts a burst waiting in its queue in few turns, whatever the turns
+    before it found.
+    """
+
+    async def test_burstAcceptedInOneTurn(self) -> None:
+        """
+        After a turn that accepted one connection (Twisted then accepts at
+        most one per turn), the port is an L{EagerAcceptPort} and one
+        C{doRead} accepts L{ACCEPT_FLOOR} of the 150 connections waiting;
+        the rest come in the next turns.
+        """
+        import socket
+
+        servers: list[Peer] = []
+
+        def build() -> Peer:
+            servers.append(Peer())
+            return servers[-1]
+
+        port = reactor.listenTCP(0, Factory.forProtocol(build), backlog=512, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        address = ("127.0.0.1", port.getHost().port)
+        clients: list[socket.socket] = []
+
+        def close() -> Deferred[None]:
+            for c in clients:
+                c.close()
+            for server in servers:
+                if server.transport is not None and server.reason is None:
+                    server.transport.abortConnection()  # type: ignore[attr-defined]
+            return deferLater(reactor, 0.01, lambda: None)
+
+        self.addCleanup(close)
+        first = socket.create_connection(address)
+        clients.append(first)
+        await waitFor(lambda: servers, "the first accept")
+        self.assertIs(type(port), EagerAcceptPort)
+        self.assertIs(type(servers[0].transport), WriteThroughServer)
+        self.assertEqual(port.numberAccepts, ACCEPT_FLOOR)
+        for _ in range(150):
+            clients.append(socket.create_connection(address))
+        before = len(servers)
+        port.doRead()
+        self.assertEqual(len(servers) - before, ACCEPT_FLOOR)
+        self.assertEqual(port.numberAccepts, ACCEPT_FLOOR + 20)
+        await waitFor(lambda: len(servers) == 151, "the rest")
+        port.doRead()
+        self.assertEqual(port.numberAccepts, ACCEPT_FLOOR)
+
+    def test_otherPortsUntouched(self) -> None:
+        """
+        Only a plain C{tcp.Port} changes class: anything else (a UNIX
+        port, a test double) is left as it is.
+        """
+        from ollama_proxy.upstream.compat import acceptEagerly
+
+        class NotAPort:
+            numberAccepts = 1
+
+        other = NotAPort()
+        self.assertFalse(acceptEagerly(other))
+        self.assertIs(type(other), NotAPort)

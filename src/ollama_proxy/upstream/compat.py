@@ -29,7 +29,9 @@ buffered) reads C{FileDescriptor}'s buffers and flags (C{dataBuffer},
 C{_tempDataLen}, C{_writeDisconnecting}, the producer state) and
 C{tcp.Connection}'s C{_aborting}, C{TLS} and C{socket}, checked by
 L{_writeThroughMissing} (L{WRITE_THROUGH_MISSING}); if any is missing,
-transports keep Twisted's buffered writes.
+transports keep Twisted's buffered writes.  L{EagerAcceptPort} (a
+listening port whose accepts per turn keep a floor) overrides
+C{tcp.Port.numberAccepts}, the attribute C{Port.doRead} reads and lowers.
 """
 
 from __future__ import annotations
@@ -501,6 +503,49 @@ if WRITE_THROUGH_MISSING:
              "per write)", missing=", ".join(WRITE_THROUGH_MISSING))
 
 
+ACCEPT_FLOOR = 100
+"""The fewest connections a listening port accepts in one reactor turn
+(Twisted's own starting C{numberAccepts})."""
+
+
+class EagerAcceptPort(_tcp.Port):
+    """
+    A listening TCP port whose accepts per reactor turn never fall below
+    L{ACCEPT_FLOOR}.  Twisted's C{Port.doRead} accepts at most
+    C{numberAccepts} connections per turn and, after a turn that found
+    fewer waiting, lowers it to that number (down to 1), raising it by 20
+    per full turn after.  When a thousand clients connect at once after a
+    quiet moment, the queue was drained one, then 21, 41 ... per turn,
+    each turn long with the relaying of the streams already started: the
+    later clients' first bytes waited for many turns (issue 23).  An
+    C{accept} that finds nothing ends the loop at once, so a higher floor
+    costs nothing when few are waiting.
+    """
+
+    @property
+    def numberAccepts(self) -> int:
+        value: int = self.__dict__.get("numberAccepts", ACCEPT_FLOOR)
+        return value
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        self.__dict__["numberAccepts"] = max(value, ACCEPT_FLOOR)
+
+
+def acceptEagerly(port: object) -> bool:
+    """
+    Make a plain listening TCP port (exactly C{tcp.Port}) an
+    L{EagerAcceptPort} (same state, its C{numberAccepts} floored).
+
+    @param port: a connection's listening port (C{tcp.Server.server}).
+    @return: whether it now accepts eagerly.
+    """
+    if type(port) is _tcp.Port and hasattr(port, "numberAccepts"):
+        port.__class__ = EagerAcceptPort
+        return True
+    return type(port) is EagerAcceptPort
+
+
 def writeThrough(transport: object) -> bool:
     """
     Make a plain TCP transport (exactly C{tcp.Server} or C{tcp.Client})
@@ -519,4 +564,8 @@ def writeThrough(transport: object) -> bool:
     if cls is None or WRITE_THROUGH_MISSING:
         return False
     transport.__class__ = cls
+    if cls is WriteThroughServer:
+        # The one point every accepted connection passes through: its
+        # port, too, keeps accepting a burst in few turns.
+        acceptEagerly(transport.server)  # type: ignore[attr-defined]
     return True
