@@ -107,6 +107,22 @@ class EscapedTests(SynchronousTestCase):
             self.assertEqual(redactor.text(f"key {form}!"), f"key {REDACTED}!", form)
             self.assertEqual(redactor.data(f"key {form}!".encode()), f"key {REDACTED}!".encode())
 
+    def test_percentEncoded(self) -> None:
+        """
+        A secret percent-encoded, whole or a character at a time, once or
+        more (C{%2F}, C{%252f}), either case of hex digit, is replaced in
+        text and bytes; a C{%} that spells nothing is left alone.
+        """
+        key = "sk-ab/cd+é"
+        redactor = Redactor([key])
+        whole = "".join(f"%{b:02X}" for b in key.encode())
+        for form in (whole, whole.lower(), whole.replace("%", "%25"),
+                     "sk-ab%2Fcd%2B%C3%A9", "sk-ab%252fcd+%c3%a9", "%73k-ab/cd+é"):
+            self.assertEqual(redactor.text(f"/m-{form}?x"), f"/m-{REDACTED}?x", form)
+            self.assertEqual(redactor.data(f"/m-{form}?x".encode()), f"/m-{REDACTED}?x".encode(), form)
+        for text in ["100% sk-ab", "sk-ab%2Fce", "%zz"]:
+            self.assertEqual(redactor.text(text), text)
+
     def test_excerptRedactsFirst(self) -> None:
         """
         An excerpt is redacted before it is cut: a key across the cut does

@@ -82,3 +82,54 @@ class LoggingTests(SynchronousTestCase):
         self.assertNotIn("sk-secret", text)
         self.assertNotIn("client-token-123", text)
         self.assertIn("<redacted>", text)
+
+    def test_percentEncodedSecretsNeverLogged(self) -> None:
+        """
+        A client that sends a secret in its request path, percent-encoded
+        (as any URL with a C{/} or C{+} in it must be), does not get it
+        written to the log: not the access line, not the debug request
+        line, not the fallback's.  The secret here has the characters a
+        URL encodes.
+        """
+        harness = ProxyHarness(debug=True, apiKey="sk-se/cr+et-0123456789")
+        for path in ["/v1/models/m-sk-se%2Fcr%2Bet-0123456789",
+                     "/v1/models/m-sk-se%252fcr%252Bet-0123456789",
+                     "/api/show?name=sk%2Dse%2fcr%2bet%2D0123456789"]:
+            harness.get(path)
+            harness.pump()
+        text = "\n".join(self.texts()) + "\n".join(repr(e) for e in self.events)
+        self.assertIn("/v1/models/m-<redacted>", text)
+        for fragment in ["cr%2Bet", "cr%252Bet", "cr%2bet", "0123456789"]:
+            self.assertNotIn(fragment, text)
+
+    def test_keyEchoedTokenByTokenNeverLogged(self) -> None:
+        """
+        With debug on, a backend that echoes the key a piece per delta (as
+        a model writes it, token by token) does not get the pieces into
+        the raw chunk lines: those reads are logged by size only, and the
+        client gets the key replaced.  A read with nothing to hide is still
+        logged raw.
+        """
+        key = "sk-se/cr+et-0123456789"
+        harness = ProxyHarness(debug=True, apiKey=key)
+        d = harness.post("/api/chat", CHAT)
+        [upstream] = harness.backend.received
+        upstream.startSSE()
+        upstream.event(delta("Hello "))
+        harness.pump()
+        for piece in ["s", "k-se/", "cr+et-01", "23456789", " bye"]:
+            upstream.event(delta(piece))
+            harness.pump()
+        upstream.event(delta(finish_reason="stop"))
+        upstream.done()
+        harness.pump()
+        reader = BodyCollector(harness, d.result)
+        harness.pump()
+        said = "".join(line["message"]["content"] for line in reader.lines())
+        self.assertEqual(said, "Hello <redacted> bye")
+        chunks = [formatEvent(e) for e in self.events if "upstream chunk" in formatEvent(e)]
+        self.assertTrue(any("Hello " in c for c in chunks), chunks)
+        self.assertTrue(any("text that spelled a secret" in c for c in chunks), chunks)
+        text = "\n".join(self.texts()) + "\n".join(repr(e) for e in self.events)
+        for fragment in ["k-se", "cr+et", "cr\\\\u002bet", "23456789"]:
+            self.assertNotIn(fragment, text)

@@ -12,8 +12,7 @@ in all of those forms; the web layer runs every outbound byte through it
 through L{EventRedactor} as well, so a secret spread over several deltas
 is caught before the client's dialect splits it into several lines.
 
-Redaction always comes before truncation (L{Redactor.excerpt}): an excerpt
-cut inside a key would otherwise escape as a prefix.
+Redaction comes before truncation (L{Redactor.excerpt}), or a cut key escapes.
 """
 
 from __future__ import annotations
@@ -60,13 +59,16 @@ def _escapedChar(char: str) -> str:
     short = {"/": r"\\+/", '"': r'\\+"', "\\": r"\\\\", "\n": r"\\+n", "\r": r"\\+r", "\t": r"\\+t"}
     if char in short:
         forms.append(short[char])
+    # Percent-encoded once or more (%2F, %252f): a key in a URL, as logged.
+    forms.append("".join(f"%(?:25)*(?i:{byte:02x})" for byte in char.encode("utf-8")))
     return "(?:" + "|".join(forms) + ")"
 
 
 def _escapedPattern(secrets: Sequence[str]) -> tuple[re.Pattern[str], re.Pattern[bytes]]:
     """
     @return: one pattern (text, and UTF-8 bytes) matching any of C{secrets}
-        with any of its characters JSON-escaped, longest first.
+        with any of its characters JSON-escaped or percent-encoded, longest
+        first.
     """
     text = "|".join("".join(_escapedChar(c) for c in secret) for secret in secrets)
     return re.compile(text), re.compile(text.encode("utf-8"))
@@ -105,14 +107,14 @@ class Redactor:
         """
         @param text: an error message, a model id, a log field.
         @param extra: per-request secrets (the client's key).
-        @return: C{text} with every secret, literal or JSON-escaped,
-            replaced by L{REDACTED}.
+        @return: C{text} with every secret, literal, JSON-escaped or
+            percent-encoded, replaced by L{REDACTED}.
         """
         secrets = self.all(extra)
         for secret in secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        if secrets and "\\" in text:
+        if secrets and ("\\" in text or "%" in text):
             text = self._escaped(secrets)[0].sub(REDACTED, text)
         return _cutPrefixes(text, secrets, REDACTED)
 
@@ -120,15 +122,15 @@ class Redactor:
         """
         @param data: a relayed body.
         @param extra: per-request secrets (the client's key).
-        @return: C{data} with every secret (as UTF-8, or JSON-escaped)
-            replaced.
+        @return: C{data} with every secret (as UTF-8, JSON-escaped or
+            percent-encoded) replaced.
         """
         secrets = self.all(extra)
         for secret in secrets:
             raw = secret.encode("utf-8")
             if raw in data:
                 data = data.replace(raw, _MARKER)
-        if secrets and b"\\" in data:
+        if secrets and (b"\\" in data or b"%" in data):
             data = self._escaped(secrets)[1].sub(_MARKER, data)
         return _cutPrefixes(data, tuple(secret.encode("utf-8") for secret in secrets), _MARKER)
 
@@ -470,7 +472,7 @@ class EventRedactor:
         self._thinking = TextRedactor(secrets, escaped)
         self._framable, self._heads, self._suspect = checks(secrets, PREFIX)
         self._certified: tuple[bytes, bool] = (b"", False)
-        self.plain = False
+        self.plain = self.touched = False  # touched: the last read's text was changed or held
 
     def certifies(self, framing: bytes) -> bool:
         """
@@ -504,7 +506,7 @@ class EventRedactor:
             only deltas of content, passed as they were, whose text holds
             no character JSON escapes.
         """
-        self.plain = False
+        self.plain = self.touched = False
         if self._clean(events):
             return events if isinstance(events, list) else list(events)
         out: list[Event] = []
@@ -513,6 +515,7 @@ class EventRedactor:
                 assert isinstance(event, Delta)
                 content = self._content.feed(event.content)
                 thinking = self._thinking.feed(event.thinking)
+                self.touched |= content != event.content or thinking != event.thinking
                 logprobs = event.logprobs
                 if logprobs:
                     logprobs = _redactValue(self._redactor, logprobs, self._secrets)

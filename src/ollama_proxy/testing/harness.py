@@ -150,10 +150,12 @@ class ProxyHarness:
         ttl: float = DEFAULT_TTL,
         overrides: Mapping[str, Facts] | None = None,
         idleTimeout: float | None = 300.0,
+        apiKey: str = "sk-secret",
         **contextArgs: Any,
     ) -> None:
         """
         @param fallback: whether a (scripted) fallback Ollama is configured.
+        @param apiKey: the backend's key (a secret the proxy must keep).
         @param ttl: how long model lists and metadata are reused.
         @param idleTimeout: the backend's (and the fallback's) idle timeout.
         @param overrides: per-model metadata overrides (C{--model-info}).
@@ -167,7 +169,7 @@ class ProxyHarness:
         self.fallbackStub: Any = MemoryTreq(self.ollama)
         self.now = Counter()
         self.backendClient = Backend(
-            self.upstream, TARGET, self.clock, apiKey="sk-secret", idleTimeout=idleTimeout
+            self.upstream, TARGET, self.clock, apiKey=apiKey, idleTimeout=idleTimeout
         )
         self.router = Router.single(self.backendClient, self.clock, ttl=ttl)
         self.ctx = ProxyContext(

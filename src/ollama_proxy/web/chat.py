@@ -253,13 +253,21 @@ def _debugWriter(ex: Exchange, pipeline: TranslatedStream) -> Callable[[bytes], 
     """
     A collector that also logs each raw upstream read and what it became,
     both without the proxy's secrets (the raw reads through a stream
-    redactor of their own, so a key split across two reads is caught).
+    redactor of their own, so a key split across two reads is caught).  A
+    read whose text the event redactor changed or held back is not shown
+    raw: a key a model echoes token by token lies in it in pieces, each
+    too short to find, between the JSON of its deltas.
     """
     raw = ex.redactor.stream(ex.clientKey())
 
     def collect(data: bytes) -> None:
-        log.debug("upstream chunk {raw!r}", raw=raw.feed(data) if raw is not None else data)
-        out = pipeline.feed(data)
+        try:
+            out = pipeline.feed(data)
+        finally:
+            shown = raw.feed(data) if raw is not None else data
+            if pipeline.redactor is not None and pipeline.redactor.touched:
+                shown = b"<%d bytes: text that spelled a secret>" % len(data)
+            log.debug("upstream chunk {raw!r}", raw=shown)
         if out:
             log.debug("translated {lines}", lines=ex.redactData(out).decode("utf-8", "replace"))
         ex.write(out)
