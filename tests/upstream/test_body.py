@@ -89,6 +89,31 @@ class ConsumeBatchingTests(SynchronousTestCase):
         response.end()
         self.assertIsNone(self.successResultOf(d))
 
+    def test_collectorFailureOnBytesWithTheHead(self) -> None:
+        """
+        An exception from the collector on the bytes that came with the
+        head (passed on at once inside L{BodyReader.read}) stops the
+        upstream connection and is what L{BodyReader.read} raises once the
+        connection is gone.
+        """
+        response = FakeResponse()
+        deliver = response.deliverBody
+
+        def deliverWithHead(protocol: Any) -> None:
+            deliver(protocol)
+            response.piece(b"with-head")
+
+        response.deliverBody = deliverWithHead  # type: ignore[method-assign]
+
+        def collector(data: bytes) -> None:
+            raise UpstreamError("bad first read")
+
+        d = ensureDeferred(BodyReader(collector, self.clock).read(response))  # type: ignore[arg-type]
+        self.assertEqual(response.transport.producerState, "stopped")
+        self.assertNoResult(d)
+        response.protocol.connectionLost(Failure(ConnectionError("closed")))
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.message, "bad first read")
+
     def test_piecesOfOneTurnJoined(self) -> None:
         """
         After the first piece, three pieces delivered in one turn reach the
