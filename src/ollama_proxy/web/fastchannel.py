@@ -62,6 +62,7 @@ from ollama_proxy.upstream.compat import (
     addRequestHeaders,
     writeThrough,
 )
+from ollama_proxy.web.admission import Admission, admissionFor
 from ollama_proxy.web.channel import HeaderDeadline
 
 AVAILABLE = not SERVER_MISSING
@@ -136,6 +137,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
     _peer: Any = None
     _host: Any = None
     _heldHead: bytes | None = None
+    _admission: Admission | None = None
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
@@ -346,7 +348,19 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         # L{timeoutConnection} re-arms it instead of closing while
         # C{_handlingRequest}, and L{requestDone} restarts its period.
         self._handlingRequest = True
-        self.requests[-1].requestReceived(head.method, head.target, head.version)
+        request = self.requests[-1]
+        admission = self._admission
+        if admission is None:
+            admission = self._admission = admissionFor(self.site, self.callLater)
+        if admission is None:
+            request.requestReceived(head.method, head.target, head.version)
+            return
+        # A burst's requests start a hundred per turn (L{Admission}); one
+        # whose client left while it waited is dropped.
+        admission.admit(
+            lambda: request.requestReceived(head.method, head.target, head.version),
+            # (twisted.web's Request drops its channel when the connection goes.)
+            lambda: request.channel is not None and not self._closing())
 
     def requestDone(self, request: Any) -> None:
         """
