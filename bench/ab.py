@@ -25,6 +25,7 @@ import run  # noqa: E402
 
 SCENARIOS = {
     "non-stream c=16": ("nonstream", 16, 1, "fake-model", {}),
+    "non-stream c=1": ("nonstream", 1, 1, "fake-model", {}),
     "stream c=16": ("stream", 16, 100, "fake-model", {}),
     "stream c=1": ("stream", 1, 100, "fake-model", {}),
     "TTFB c=1": ("stream", 1, 20, "slow-5", {}),

@@ -3,7 +3,8 @@ Reactor turns a listening port needs to accept a burst of connections that
 wait in its queue after a quiet moment (the port last found one waiting):
 Twisted's C{Port.doRead} accepts C{numberAccepts} per turn and sets it to
 what the last turn found, raising it by 20 after a full turn;
-C{compat.EagerAcceptPort} (issue 23) keeps it at 100 or more.  The count
+C{web.admission.EagerAcceptPort} (issue 23; the proxy's channel swaps its
+port to it) keeps it at 100 or more.  The count
 does not depend on the machine's load.
 
     PYTHONPATH=TREE/src python bench/acceptturns.py [N]
@@ -19,9 +20,9 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import Factory, Protocol
 
 try:
-    from ollama_proxy.upstream.compat import writeThrough
+    from ollama_proxy.web.admission import acceptEagerly
 except ImportError:  # an older build
-    def writeThrough(transport: object) -> bool:
+    def acceptEagerly(port: object) -> bool:
         return False
 
 reactor: Any = _reactor
@@ -31,7 +32,7 @@ class Accepted(Protocol):
     count = 0
 
     def connectionMade(self) -> None:
-        writeThrough(self.transport)  # what the proxy's channels do
+        acceptEagerly(getattr(self.transport, "server", None))  # what FastChannel does
         Accepted.count += 1
 
 

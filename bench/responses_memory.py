@@ -43,7 +43,7 @@ def child(mode: str, size: int, piece: int) -> None:
     from ollama_proxy.protocol import codec
     from ollama_proxy.protocol.backend_reader import ChatStreamReader, readReply
     from ollama_proxy.protocol import responses
-    from ollama_proxy.protocol.errors import StreamFailed
+    from ollama_proxy.protocol.events import StreamFailed
     from ollama_proxy.protocol.responses import ResponsesDialect
     from ollama_proxy.protocol.responses_request import ResponsesContext
     from ollama_proxy.protocol.stream import TranslatedStream

@@ -134,16 +134,16 @@ class ConfiguredProxyTests(SynchronousTestCase):
         as one JSON object per line into twistd's C{--logfile}.
         """
         self.client.chat(model="quick", messages=[{"role": "user", "content": "log me"}])
-        # The answer leaves before its access line is written (write-through
-        # sends it in the call that writes it): wait a bounded while.
+        # The answer leaves before its access line is written (the line
+        # times the whole answer): wait, boundedly, for the line.
         deadline = time.monotonic() + 10
         while True:
             with open(self.stack.proxy.logPath, encoding="utf-8") as f:
-                records = [codec.loads(line) for line in f if line.strip()]
+                records = [codec.loads(line) for line in f if line.endswith("\n")]
             requests = [r for r in records if r.get("route") == "/api/chat"]
             if requests or time.monotonic() > deadline:
                 break
-            time.sleep(0.02)
+            time.sleep(0.05)
         self.assertTrue(requests)
         self.assertEqual((requests[-1]["backend"], requests[-1]["model"], requests[-1]["status"]),
                          ("alpha", "quick", 200))

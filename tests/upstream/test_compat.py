@@ -16,6 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, Request
 from twisted.web.http import _ChunkedTransferDecoder, _DataLoss, _MalformedChunkedDataError
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
+from zope.interface import implementer
 
 from ollama_proxy.upstream.compat import (
     BatchingChunkedDecoder,
@@ -349,8 +351,6 @@ from twisted.trial.unittest import TestCase  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
 from ollama_proxy.upstream.compat import (  # noqa: E402
-    ACCEPT_FLOOR,
-    EagerAcceptPort,
     WRITE_THROUGH_MAX,
     WRITE_THROUGH_MISSING,
     WriteThroughClient,
@@ -741,68 +741,110 @@ class WriteThroughTests(TestCase):
         self.assertFalse(any(b"plain" in chunk or b"more" in chunk for chunk in raw))
 
 
-class EagerAcceptTests(TestCase):
+@implementer(IAgent)
+class _AnswerWith:
     """
-    L{EagerAcceptPort}: a listening port whose connections write through
-    accepts a burst waiting in its queue in few turns, whatever the turns
-    before it found.
+    An C{IAgent} that records each request's headers and answers with a
+    response carrying C{setCookie}.
     """
 
-    async def test_burstAcceptedInOneTurn(self) -> None:
+    def __init__(self, setCookie: list[bytes]) -> None:
+        self.setCookie = setCookie
+        self.sent: list[Headers] = []
+
+    def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
+                bodyProducer: Any = None) -> Any:
+        from twisted.internet.defer import succeed
+
+        self.sent.append(headers if headers is not None else Headers())
+        response = type("R", (), {})()
+        response.headers = Headers({b"Set-Cookie": self.setCookie} if self.setCookie else {})
+        return succeed(response)
+
+
+class LazyStdlibRequestTests(SynchronousTestCase):
+    """
+    C{CookieAgent}'s stand-in urllib request (what treq's every request
+    makes) parses its URI only when a cookie jar asks, with Twisted's own
+    answers.
+    """
+
+    URIS = [
+        b"http://127.0.0.1:4000/v1/chat/completions", b"https://api.example.com/v1/models",
+        b"http://h:80/a?b=1", b"https://[::1]:8443/x", b"http://example.com", b"https://h:443/",
+    ]
+
+    def test_installed(self) -> None:
         """
-        After a turn that accepted one connection (Twisted then accepts at
-        most one per turn), the port is an L{EagerAcceptPort} and one
-        C{doRead} accepts L{ACCEPT_FLOOR} of the 150 connections waiting;
-        the rest come in the next turns.
+        On the Twisted releases C{pyproject.toml} allows, C{CookieAgent}
+        makes L{LazyStdlibRequest}s.
         """
-        import socket
+        from twisted.web import client
 
-        servers: list[Peer] = []
+        from ollama_proxy.upstream import compat
 
-        def build() -> Peer:
-            servers.append(Peer())
-            return servers[-1]
+        self.assertEqual(compat.LAZY_REQUEST_MISSING, [])
+        self.assertIs(client._FakeStdlibRequest, compat.LazyStdlibRequest)
+        self.assertTrue(issubclass(compat.LazyStdlibRequest, compat.STOCK_STDLIB_REQUEST))
 
-        port = reactor.listenTCP(0, Factory.forProtocol(build), backlog=512, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        address = ("127.0.0.1", port.getHost().port)
-        clients: list[socket.socket] = []
-
-        def close() -> Deferred[None]:
-            for c in clients:
-                c.close()
-            for server in servers:
-                if server.transport is not None and server.reason is None:
-                    server.transport.abortConnection()  # type: ignore[attr-defined]
-            return deferLater(reactor, 0.01, lambda: None)
-
-        self.addCleanup(close)
-        first = socket.create_connection(address)
-        clients.append(first)
-        await waitFor(lambda: servers, "the first accept")
-        self.assertIs(type(port), EagerAcceptPort)
-        self.assertIs(type(servers[0].transport), WriteThroughServer)
-        self.assertEqual(port.numberAccepts, ACCEPT_FLOOR)
-        for _ in range(150):
-            clients.append(socket.create_connection(address))
-        before = len(servers)
-        port.doRead()
-        self.assertEqual(len(servers) - before, ACCEPT_FLOOR)
-        self.assertEqual(port.numberAccepts, ACCEPT_FLOOR + 20)
-        await waitFor(lambda: len(servers) == 151, "the rest")
-        port.doRead()
-        self.assertEqual(port.numberAccepts, ACCEPT_FLOOR)
-
-    def test_otherPortsUntouched(self) -> None:
+    def test_sameAnswers(self) -> None:
         """
-        Only a plain C{tcp.Port} changes class: anything else (a UNIX
-        port, a test double) is left as it is.
+        Every field and method a C{CookieJar} reads gives Twisted's answer,
+        and a field set is kept.
         """
-        from ollama_proxy.upstream.compat import acceptEagerly
+        from ollama_proxy.upstream.compat import STOCK_STDLIB_REQUEST, LazyStdlibRequest
 
-        class NotAPort:
-            numberAccepts = 1
+        for uri in self.URIS:
+            stock, lazy = STOCK_STDLIB_REQUEST(uri), LazyStdlibRequest(uri)
+            for name in ("uri", "type", "host", "origin_req_host", "unverifiable"):
+                self.assertEqual(getattr(lazy, name), getattr(stock, name), (uri, name))
+            for method in ("get_full_url", "get_host", "get_type", "is_unverifiable"):
+                self.assertEqual(getattr(lazy, method)(), getattr(stock, method)(), (uri, method))
+            lazy.add_unredirected_header("Cookie", "a=b")
+            self.assertTrue(lazy.has_header("Cookie"))
+            self.assertEqual(lazy.get_header("Cookie"), "a=b")
+            lazy.host = "other:1"
+            self.assertEqual((lazy.host, lazy.type), ("other:1", stock.type))
 
-        other = NotAPort()
-        self.assertFalse(acceptEagerly(other))
-        self.assertIs(type(other), NotAPort)
+    def test_noParseWithoutAJarThatAsks(self) -> None:
+        """
+        A request through treq with the proxy's L{NoCookies} jar never
+        parses the URI for the jar (the agent is given it as it is).
+        """
+        import treq.client
+        from twisted.web import client
+
+        from ollama_proxy.upstream.pool import NO_COOKIES
+
+        parsed: list[bytes] = []
+        stock = client.URI.fromBytes
+
+        def counting(uri: bytes, defaultPort: int | None = None) -> Any:
+            parsed.append(uri)
+            return stock(uri, defaultPort)
+
+        self.patch(client.URI, "fromBytes", counting)
+        agent = _AnswerWith([b"k=v; Path=/"])
+        http = treq.client.HTTPClient(agent, cookiejar=NO_COOKIES)
+        self.successResultOf(http.request("POST", self.URIS[0], data=b"{}", cookies=NO_COOKIES,
+                                          allow_redirects=False))
+        self.assertEqual((len(agent.sent), parsed), (1, []))
+
+    def test_realJarStillWorks(self) -> None:
+        """
+        With a stdlib jar that keeps cookies (a treq client other than the
+        proxy's), a C{Set-Cookie} is stored for the request's host and sent
+        back on the next request to it, and not to another host: the jar
+        reads the lazily parsed fields.
+        """
+        from http.cookiejar import CookieJar
+
+        from twisted.web.client import CookieAgent
+
+        agent = _AnswerWith([b"k=v; Path=/"])
+        cookies = CookieAgent(agent, CookieJar())
+        self.successResultOf(cookies.request(b"GET", b"http://127.0.0.1:4000/a"))
+        agent.setCookie = []
+        self.successResultOf(cookies.request(b"GET", b"http://127.0.0.1:4000/b"))
+        self.successResultOf(cookies.request(b"GET", b"http://other.example:4000/b"))
+        self.assertEqual([h.getRawHeaders(b"cookie") for h in agent.sent], [None, [b"k=v"], None])

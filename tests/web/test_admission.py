@@ -5,17 +5,30 @@ next polls, in arrival order; fewer start at once, as before (issue 23).
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable
 
+from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ollama_proxy.web.admission import PER_TURN, Admission
+from ollama_proxy.web.admission import (
+    ACCEPT_FLOOR,
+    PER_TURN,
+    Admission,
+    EagerAcceptPort,
+    acceptEagerly,
+)
 from ollama_proxy.web.site import makeSite
+from tests.upstream.test_compat import waitFor
 from tests.web.test_fastchannel import MAX_BODY, Recording
+
+reactor: Any = _reactor
 
 
 class Turns:
@@ -147,3 +160,60 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual(transports[120].value(), b"")
         for channel in channels:
             channel.connectionLost(Failure(ConnectionDone()))
+
+
+class EagerAcceptTests(TestCase):
+    """
+    L{EagerAcceptPort}: the port a L{FastChannel} connection came in on
+    accepts a burst waiting in its queue in few turns, whatever the turns
+    before it found.
+    """
+
+    async def test_burstAcceptedInOneTurn(self) -> None:
+        """
+        After a turn that accepted one connection (Twisted then accepts at
+        most one per turn), the site's port is an L{EagerAcceptPort} and one
+        C{doRead} accepts L{ACCEPT_FLOOR} of the 150 connections waiting;
+        the rest come in the next turns.
+        """
+        site = makeSite(Recording(), reactor, timeout=None, headerTimeout=None,
+                        maxBody=MAX_BODY, httpParser="httptools")
+        port = reactor.listenTCP(0, site, backlog=512, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        address = ("127.0.0.1", port.getHost().port)
+        clients: list[socket.socket] = []
+
+        def close() -> Deferred[None]:
+            for c in clients:
+                c.close()
+            for channel in list(site.connections):
+                channel.transport.abortConnection()
+            return deferLater(reactor, 0.05, lambda: None)
+
+        self.addCleanup(close)
+        clients.append(socket.create_connection(address))
+        await waitFor(lambda: site.connections, "the first accept")
+        self.assertIs(type(port), EagerAcceptPort)
+        self.assertEqual(port.numberAccepts, ACCEPT_FLOOR)
+        for _ in range(150):
+            clients.append(socket.create_connection(address))
+        port.doRead()
+        self.assertEqual(len(site.connections), 1 + ACCEPT_FLOOR)
+        self.assertEqual(port.numberAccepts, ACCEPT_FLOOR + 20)
+        await waitFor(lambda: len(site.connections) == 151, "the rest")
+        port.doRead()
+        self.assertEqual(port.numberAccepts, ACCEPT_FLOOR)
+
+    def test_otherPortsUntouched(self) -> None:
+        """
+        Only a plain listening C{tcp.Port} changes class: no port (a test
+        transport), or anything else, is left as it is.
+        """
+
+        class NotAPort:
+            numberAccepts = 1
+
+        other = NotAPort()
+        self.assertFalse(acceptEagerly(other))
+        self.assertFalse(acceptEagerly(None))
+        self.assertIs(type(other), NotAPort)

@@ -30,8 +30,8 @@ class BlockEncoder(Encoder):
     backend is silent.
 
     Subclasses implement L{_startBlock}, L{_stopBlock}, L{_thinking},
-    L{_text}, L{_toolCall} and L{_finish}, and the base's L{_opening} and
-    L{_failure}.
+    L{_text} (or L{_textRun}, a run of them), L{_toolCall} and L{_finish},
+    and the base's L{_opening} and L{_failure}.
 
     A hook may raise L{StreamFailed} (a dialect's own limit): the events
     of the read before it go out in its C{output}, before the error.
@@ -69,6 +69,21 @@ class BlockEncoder(Encoder):
         """
         raise NotImplementedError
 
+    def _textRun(self, texts: list[str], out: list[bytes]) -> None:
+        """
+        Add a run of text deltas to the read's pieces: by default L{_text}
+        of each; a dialect writes the run from its template in one call
+        instead (a read is mostly one run).
+
+        @param texts: the texts of consecutive deltas in the open text
+            block (at least one, none empty).
+        @param out: the read's pieces so far, joined once at its end.
+        @raise StreamFailed: from L{_text}; the deltas before it are in
+            C{out}, and so go out before the error.
+        """
+        for text in texts:
+            out.append(self._text(text))
+
     def _toolCall(self, call: ToolCall) -> bytes:
         """
         @return: one complete tool call as its own block (none is open).
@@ -92,6 +107,12 @@ class BlockEncoder(Encoder):
         @return: the keep-alive once the stream is open.
         """
         raise NotImplementedError
+
+    def _run(self, run: list[str], out: list[bytes]) -> None:
+        if len(run) == 1:
+            out.append(self._text(run[0]))
+        else:
+            self._textRun(run, out)
 
     def _close(self) -> list[bytes]:
         if self.openKind is None:
@@ -117,19 +138,38 @@ class BlockEncoder(Encoder):
         return self._open() + self._firstPing()
 
     def _encode(self, events: Sequence[Event]) -> bytes:
+        if len(events) == 1 and self.openKind == TEXT:
+            event = events[0]
+            if type(event) is Delta and event.content and not event.thinking:
+                # One token in the open text block: the read of a backend
+                # that streams token by token, as it comes.
+                return self._text(event.content)
         out: list[bytes] = []
+        # Plain text deltas in the open text block, gathered into one
+        # _textRun call per run (a read is mostly one run): the dialect
+        # writes the run from its template without a call per token.
+        # While the run is not empty the open block is the text block and
+        # everything in out comes before it.
+        run: list[str] = []
         try:
             for event in events:
                 if type(event) is Delta:
                     if event.thinking:
+                        if run:
+                            self._run(run, out)
+                            run = []
                         if self.openKind != THINKING:
                             self._switch(THINKING, out)
                         out.append(self._thinking(event.thinking))
                     if event.content:
                         if self.openKind != TEXT:
                             self._switch(TEXT, out)
-                        out.append(self._text(event.content))
-                elif type(event) is ToolCalls:
+                        run.append(event.content)
+                    continue
+                if run:
+                    self._run(run, out)
+                    run = []
+                if type(event) is ToolCalls:
                     for call in event.calls:
                         out.extend(self._close())
                         out.append(self._toolCall(call))
@@ -139,6 +179,8 @@ class BlockEncoder(Encoder):
                     self.state = DONE
                     out.extend(self._close())
                     out.extend(self._finish(event))
+            if run:
+                self._run(run, out)
         except StreamFailed as e:
             # A dialect's own limit, part-way through the read: the events
             # before it still belong to the client, before the error.

@@ -16,11 +16,18 @@ far: Codex reads no other error event.
 
 Memory: the protocol repeats an item's whole text in three closing events
 and the response object in C{response.completed}, so the text is kept until
-the item closes.  It is JSON-encoded once, and the closing events are built
-around it (each event's JSON has a hole where the text goes, filled by
-reference when the pieces are joined once), so a streamed reply peaks at
-about six times its text instead of re-encoding it four times and joining
-the copies.  The text one item keeps is capped (L{MAX_REPLY_TEXT}); past it
+the item closes.  It is JSON-encoded once: the closing events are written
+around it as byte pieces, and the response objects that repeat it carry a
+hole where it goes, filled by reference; the pieces are joined once, so a
+streamed reply peaks at about six times its text instead of re-encoding it
+four times and joining the copies.
+
+Speed (issue 23): every event is written from byte pieces made when its
+item opens (no object built and encoded per event but the response
+object); a read's run of text deltas is one call that joins their encoded
+texts and sequence numbers (L{ResponsesEncoder._textRun}).  The wire is
+pinned byte for byte against the encoder before this
+(C{tests/protocol/frozen_encoders.py}).  The text one item keeps is capped (L{MAX_REPLY_TEXT}); past it
 the stream ends with C{response.failed} naming the cap.  The C{stream:
 false} object repeats nothing and is built without encoding any event.
 """
@@ -29,7 +36,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from typing import Any, Mapping
 
 from ollama_proxy.protocol import codec
@@ -93,13 +99,19 @@ def usageObject(usage: Usage | None) -> JSON | None:
 
 _TEXT_DELTA = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
                b'"sequence_number":')
+_TEXT_END = b',"logprobs":[]}\n\n'
+_TEXT_BETWEEN = _TEXT_END + _TEXT_DELTA
+_EMPTY_TEXT = b'"part":{"type":"output_text","text":"","annotations":[],"logprobs":[]}}\n\n'
+_EMPTY_SUMMARY = b'"summary_index":0,"part":{"type":"summary_text","text":""}}\n\n'
+
+_NUMBERS = tuple(str(n).encode() for n in range(4096))
+"""The first sequence numbers as they are written: a text delta's number
+is looked up, not formatted (formatting an integer cost a third of what
+the rest of a delta's event did).  Longer streams format the rest."""
 
 
-_HOLES = re.compile(rb'"\\u0000([0-9a-f]{16}):(\d+)\\u0000"')
-"""A held text's place in an encoded event (L{ResponsesEncoder._holeText});
-compiled once, the stream's own nonce compared per hole (a pattern per
-stream was compiled anew for every request: the cache misses on the
-random nonce)."""
+_HOLE_END = b'\\u0000"'
+"""How a held text's hole ends in an encoded event, after its index."""
 
 
 def _text(text: str) -> JSON:
@@ -131,12 +143,12 @@ class ResponsesEncoder(BlockEncoder):
             no event is encoded, the texts stay strings, nothing is capped.
         """
         self._whole = whole
-        # Closed items' texts, JSON-encoded once; events carry a hole
-        # string in their place (a random nonce, so no client or backend
-        # text can forge one) that _pieces fills by reference.
-        nonce = os.urandom(8).hex()
-        self._holeText = "\x00" + nonce + ":{}\x00"
-        self._nonce = nonce.encode()
+        # Closed items' texts, JSON-encoded once; the response object
+        # carries a hole string in their place (a random nonce, drawn when
+        # the first item closes, so no client or backend text can forge
+        # one) that _pieces fills by reference.
+        self._holeText = ""
+        self._nonce = b""
         self._texts: list[bytes] = []
         self._kept = 0
         self._model = model
@@ -153,6 +165,7 @@ class ResponsesEncoder(BlockEncoder):
         self._buffer = io.StringIO()
         self._textWhere = b""
         self._textFraming = b""
+        self._where = b""
         self.response = self._object("in_progress", None)
 
     def _object(self, status: str, usage: Usage | None, **fields: Any) -> JSON:
@@ -183,21 +196,35 @@ class ResponsesEncoder(BlockEncoder):
         data = codec.dumps({"type": kind, "sequence_number": seq, **fields})
         if not self._texts:
             return [b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"]
-        parts = _HOLES.split(data)
+        # Cut at this stream's holes (C{"\\u0000<nonce>:}: a whole JSON
+        # string, the nonce no text can hold); anything like a hole with
+        # another nonce is text, and stays as it is.
+        parts = data.split(b'"\\u0000' + self._nonce + b":")
         pieces = [b"event: " + kind.encode() + b"\ndata: ", parts[0]]
-        for i in range(1, len(parts), 3):
-            nonce, index = parts[i], parts[i + 1]
-            if nonce == self._nonce:
-                pieces.append(self._texts[int(index)])
-            else:  # another stream's hole, in text: as it was
-                pieces.append(b'"\\u0000' + nonce + b":" + index + b'\\u0000"')
-            pieces.append(parts[i + 2])
+        for part in parts[1:]:
+            end = part.index(_HOLE_END)
+            pieces += (self._texts[int(part[:end])], part[end + len(_HOLE_END):])
         pieces.append(b"\n\n")
         return pieces
 
+    def _head(self, kind: bytes) -> bytes:
+        """
+        @return: an event's start, up to the comma before its fields: its
+            name, its type and its sequence number (counted).
+        """
+        seq = self._seq
+        self._seq = seq + 1
+        return (b"event: " + kind + b'\ndata: {"type":"' + kind + b'","sequence_number":'
+                + (_NUMBERS[seq] if seq < len(_NUMBERS) else str(seq).encode()) + b",")
+
     def _opening(self) -> bytes:
-        return (self._emit("response.created", response=self.response)
-                + self._emit("response.in_progress", response=self.response))
+        if self._whole:
+            self._seq += 2
+            return b""
+        # No item is closed yet: the object holds no hole, encoded once.
+        response = b'"response":' + codec.dumps(self.response) + b"}\n\n"
+        return (self._head(b"response.created") + response
+                + self._head(b"response.in_progress") + response)
 
     def _ping(self) -> bytes:
         return KEEPALIVE
@@ -210,16 +237,22 @@ class ResponsesEncoder(BlockEncoder):
                     "role": "assistant", "content": []}
         self._item = item
         self._buffer = io.StringIO()
-        out = self._emit("response.output_item.added", output_index=len(self._output), item=item)
-        where = {"item_id": item["id"], "output_index": len(self._output)}
+        if self._whole:
+            self._seq += 2
+            return b""
+        # The item's place, written once for its events: no object is
+        # built or encoded per event (the closing ones included).
+        index = str(len(self._output)).encode()
+        self._where = where = (b'"item_id":' + codec.dumps(item["id"]) + b',"output_index":'
+                               + index + b",")
+        out = (self._head(b"response.output_item.added") + b'"output_index":' + index
+               + b',"item":' + codec.dumps(item) + b"}\n\n")
         if kind == THINKING:
-            return out + self._emit("response.reasoning_summary_part.added", **where,
-                                    summary_index=0, part={"type": "summary_text", "text": ""})
-        self._textWhere = (b',"item_id":' + codec.dumps(item["id"]) + b',"output_index":'
-                           + str(len(self._output)).encode() + b',"content_index":0,"delta":')
-        self._textFraming = _TEXT_DELTA + b"\n" + self._textWhere + b'\n,"logprobs":[]}\n\n'
-        return out + self._emit("response.content_part.added", **where, content_index=0,
-                                part=_text(""))
+            return out + self._head(b"response.reasoning_summary_part.added") + where + _EMPTY_SUMMARY
+        self._textWhere = b"," + where + b'"content_index":0,"delta":'
+        self._textFraming = _TEXT_DELTA + b"\n" + self._textWhere + b"\n" + _TEXT_END
+        return (out + self._head(b"response.content_part.added") + where
+                + b'"content_index":0,' + _EMPTY_TEXT)
 
     def _keep(self, text: str) -> None:
         """
@@ -254,43 +287,87 @@ class ResponsesEncoder(BlockEncoder):
         return self._textFraming
 
     def _text(self, text: str) -> bytes:
-        self._keep(text)
-        if self._whole:
+        kept = self._kept + len(text)
+        if kept > self.maxText or self._whole:
+            self._keep(text)  # past the cap: the failure
             return b""
-        # The per-token event, from a template made when the message
-        # opened: only the sequence number and the text are encoded here.
-        out = (_TEXT_DELTA + str(self._seq).encode() + self._textWhere
-               + codec.dumps(text) + b',"logprobs":[]}\n\n')
-        self._seq += 1
-        return out
+        self._kept = kept
+        self._buffer.write(text)
+        # The per-token event, from the pieces made when the message
+        # opened: only the text is encoded here.
+        seq = self._seq
+        self._seq = seq + 1
+        return (_TEXT_DELTA + (_NUMBERS[seq] if seq < len(_NUMBERS) else str(seq).encode())
+                + self._textWhere + codec.dumps(text) + _TEXT_END)
+
+    def _textRun(self, texts: list[str], out: list[bytes]) -> None:
+        """
+        A run of text deltas, kept in one write and written from the
+        message's pieces: each event's sequence number and the message's
+        place joined, the events joined by the bytes between two (one's
+        end, the next one's start), no Python step per token.  A run that
+        passes the cap, or a whole reply, goes delta by delta (L{_text}),
+        so that the failure comes at the delta it always came at.
+        """
+        joined = texts[0] if len(texts) == 1 else "".join(texts)
+        kept = self._kept + len(joined)
+        if kept > self.maxText or self._whole:
+            return super()._textRun(texts, out)
+        self._kept = kept
+        self._buffer.write(joined)
+        seq = self._seq
+        end = self._seq = seq + len(texts)
+        numbers = _NUMBERS[seq:end] if end <= len(_NUMBERS) else [
+            str(n).encode() for n in range(seq, end)]
+        out += (_TEXT_DELTA, _TEXT_BETWEEN.join(
+            map(self._textWhere.join, zip(numbers, map(codec.dumps, texts)))), _TEXT_END)
 
     def _stopBlock(self) -> list[bytes]:
         item = self._item
         text = self._buffer.getvalue()
         self._buffer = io.StringIO()
         self._kept = 0
-        if not self._whole:
-            self._texts.append(codec.dumps(text))
-            text = self._holeText.format(len(self._texts) - 1)
-        where = {"item_id": item["id"], "output_index": len(self._output)}
-        out: list[bytes] = []
-        if item["type"] == "message":
-            out += self._pieces("response.output_text.done", **where, content_index=0,
-                                text=text, logprobs=[])
-            out += self._pieces("response.content_part.done", **where, content_index=0,
-                                part=_text(text))
-            item = {**item, "status": "completed", "content": [_text(text)]}
-        else:
-            part = {"type": "summary_text", "text": text}
-            out += self._pieces("response.reasoning_summary_text.done", **where,
-                                summary_index=0, text=text)
-            out += self._pieces("response.reasoning_summary_part.done", **where,
-                                summary_index=0, part=part)
-            item = {**item, "summary": [part]}
-        out += self._pieces("response.output_item.done", output_index=len(self._output),
-                            item=item)
-        self._output.append(item)
-        return out
+        message = item["type"] == "message"
+        if self._whole:
+            self._seq += 3
+            part = _text(text) if message else {"type": "summary_text", "text": text}
+            self._output.append({**item, "status": "completed", "content": [part]} if message
+                                else {**item, "summary": [part]})
+            return []
+        if not self._texts:
+            nonce = os.urandom(8).hex()
+            self._holeText = "\x00" + nonce + ":{}\x00"
+            self._nonce = nonce.encode()
+        # The text encoded once, its three closing events built around it
+        # by reference; the response object gets its hole.
+        encoded = codec.dumps(text)
+        self._texts.append(encoded)
+        hole = self._holeText.format(len(self._texts) - 1)
+        where, index = self._where, str(len(self._output)).encode()
+        ident = codec.dumps(item["id"])
+        if message:
+            self._output.append({**item, "status": "completed", "content": [_text(hole)]})
+            return [
+                self._head(b"response.output_text.done") + where + b'"content_index":0,"text":',
+                encoded, _TEXT_END,
+                self._head(b"response.content_part.done") + where
+                + b'"content_index":0,"part":{"type":"output_text","text":', encoded,
+                b',"annotations":[],"logprobs":[]}}\n\n',
+                self._head(b"response.output_item.done") + b'"output_index":' + index
+                + b',"item":{"id":' + ident + b',"type":"message","status":"completed",'
+                b'"role":"assistant","content":[{"type":"output_text","text":', encoded,
+                b',"annotations":[],"logprobs":[]}]}}\n\n',
+            ]
+        self._output.append({**item, "summary": [{"type": "summary_text", "text": hole}]})
+        return [
+            self._head(b"response.reasoning_summary_text.done") + where
+            + b'"summary_index":0,"text":', encoded, b"}\n\n",
+            self._head(b"response.reasoning_summary_part.done") + where
+            + b'"summary_index":0,"part":{"type":"summary_text","text":', encoded, b"}}\n\n",
+            self._head(b"response.output_item.done") + b'"output_index":' + index
+            + b',"item":{"id":' + ident + b',"type":"reasoning","summary":[{"type":"summary_text",'
+            b'"text":', encoded, b"}]}}\n\n",
+        ]
 
     def _done(self, item: JSON) -> bytes:
         out = self._emit("response.output_item.done", output_index=len(self._output), item=item)

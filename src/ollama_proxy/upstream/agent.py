@@ -152,9 +152,12 @@ class FastAgent:
         self._reactor = reactor
         self._endpoints = endpointFactory
         self.pool = pool
-        self._uris: dict[bytes, tuple[URI, Key, bytes]] = {}
+        self._uris: dict[bytes, tuple[URI, Key, bytes, bytes]] = {}
 
-    def _parse(self, uri: bytes) -> tuple[URI, Key, bytes]:
+    def _parse(self, uri: bytes) -> tuple[URI, Key, bytes, bytes]:
+        # The URI, its pool key, its Host value and its origin form (the
+        # request line's path: C{URI.originForm} joins it anew at each ask),
+        # computed once per URI.
         known = self._uris.get(uri)
         if known is not None:
             return known
@@ -165,7 +168,7 @@ class FastAgent:
             host = b"[" + host + b"]"
         if (parsed.scheme, parsed.port) not in ((b"http", 80), (b"https", 443)):
             host = b"%b:%d" % (host, parsed.port)
-        known = (parsed, (parsed.scheme, parsed.host, parsed.port), host)
+        known = (parsed, (parsed.scheme, parsed.host, parsed.port), host, parsed.originForm)
         if len(self._uris) < self.maxURIs:
             self._uris[uri] = known
         return known
@@ -183,7 +186,7 @@ class FastAgent:
         @return: fires with the response once its head arrived.
         """
         try:
-            parsed, key, host = self._parse(uri)
+            parsed, key, host, path = self._parse(uri)
             if parsed.scheme not in (b"http", b"https"):
                 raise ValueError(f"unsupported scheme {parsed.scheme!r}")
         except Exception:
@@ -193,7 +196,6 @@ class FastAgent:
         # Twisted's Agent adds Host to a copy of the headers, last; the
         # connection writes it last instead, with no copy.
         hostHeader: bytes | None = None if headers.hasHeader(b"host") else host
-        path = parsed.originForm
         connection = self.pool.take(key)
         if connection is not None:
             try:

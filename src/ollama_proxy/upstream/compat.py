@@ -29,9 +29,12 @@ buffered) reads C{FileDescriptor}'s buffers and flags (C{dataBuffer},
 C{_tempDataLen}, C{_writeDisconnecting}, the producer state) and
 C{tcp.Connection}'s C{_aborting}, C{TLS} and C{socket}, checked by
 L{_writeThroughMissing} (L{WRITE_THROUGH_MISSING}); if any is missing,
-transports keep Twisted's buffered writes.  L{EagerAcceptPort} (a
-listening port whose accepts per turn keep a floor) overrides
-C{tcp.Port.numberAccepts}, the attribute C{Port.doRead} reads and lowers.
+transports keep Twisted's buffered writes.
+
+L{LazyStdlibRequest} replaces C{twisted.web.client._FakeStdlibRequest}
+(which C{CookieAgent.request} makes by that name, checked by
+L{_lazyRequestMissing}): the same request for a cookie jar, its URI parsed
+only when the jar asks; without the name, Twisted's own is left in place.
 """
 
 from __future__ import annotations
@@ -503,49 +506,6 @@ if WRITE_THROUGH_MISSING:
              "per write)", missing=", ".join(WRITE_THROUGH_MISSING))
 
 
-ACCEPT_FLOOR = 100
-"""The fewest connections a listening port accepts in one reactor turn
-(Twisted's own starting C{numberAccepts})."""
-
-
-class EagerAcceptPort(_tcp.Port):
-    """
-    A listening TCP port whose accepts per reactor turn never fall below
-    L{ACCEPT_FLOOR}.  Twisted's C{Port.doRead} accepts at most
-    C{numberAccepts} connections per turn and, after a turn that found
-    fewer waiting, lowers it to that number (down to 1), raising it by 20
-    per full turn after.  When a thousand clients connect at once after a
-    quiet moment, the queue was drained one, then 21, 41 ... per turn,
-    each turn long with the relaying of the streams already started: the
-    later clients' first bytes waited for many turns (issue 23).  An
-    C{accept} that finds nothing ends the loop at once, so a higher floor
-    costs nothing when few are waiting.
-    """
-
-    @property
-    def numberAccepts(self) -> int:
-        value: int = self.__dict__.get("numberAccepts", ACCEPT_FLOOR)
-        return value
-
-    @numberAccepts.setter
-    def numberAccepts(self, value: int) -> None:
-        self.__dict__["numberAccepts"] = max(value, ACCEPT_FLOOR)
-
-
-def acceptEagerly(port: object) -> bool:
-    """
-    Make a plain listening TCP port (exactly C{tcp.Port}) an
-    L{EagerAcceptPort} (same state, its C{numberAccepts} floored).
-
-    @param port: a connection's listening port (C{tcp.Server.server}).
-    @return: whether it now accepts eagerly.
-    """
-    if type(port) is _tcp.Port and hasattr(port, "numberAccepts"):
-        port.__class__ = EagerAcceptPort
-        return True
-    return type(port) is EagerAcceptPort
-
-
 def writeThrough(transport: object) -> bool:
     """
     Make a plain TCP transport (exactly C{tcp.Server} or C{tcp.Client})
@@ -564,8 +524,74 @@ def writeThrough(transport: object) -> bool:
     if cls is None or WRITE_THROUGH_MISSING:
         return False
     transport.__class__ = cls
-    if cls is WriteThroughServer:
-        # The one point every accepted connection passes through: its
-        # port, too, keeps accepting a burst in few turns.
-        acceptEagerly(transport.server)  # type: ignore[attr-defined]
     return True
+
+
+# treq wraps every request in Twisted's CookieAgent, which makes a
+# _FakeStdlibRequest for the cookie jar, and that parsed the URL again
+# (URI.fromBytes: urllib's parse, bytes to str and back) on every request
+# for a jar (pool.NoCookies) that never looks at it: the largest single
+# cost between treq's call and the agent (bench/RESULTS.md, "The request's
+# way in").  LazyStdlibRequest parses when a jar first asks.
+
+from twisted.web import client as _client  # noqa: E402
+from twisted.python.compat import nativeString as _nativeString  # noqa: E402
+
+STOCK_STDLIB_REQUEST: Any = getattr(_client, "_FakeStdlibRequest", None)
+"""Twisted's own C{_FakeStdlibRequest} (C{None} if this Twisted lacks it)."""
+
+
+class LazyStdlibRequest(STOCK_STDLIB_REQUEST or object):  # type: ignore[misc]
+    """
+    Twisted's C{_FakeStdlibRequest} (what C{CookieAgent} hands a
+    C{http.cookiejar.CookieJar}) with its URI parsed on the first ask for
+    C{type}, C{host} or C{origin_req_host}, with Twisted's own computation:
+    the same answers, and no parse for a jar that asks nothing.
+    """
+
+    def __init__(self, uri: bytes) -> None:
+        self.uri = _nativeString(uri)
+        self._twistedHeaders = Headers()
+        self.unverifiable = False
+        self._raw = uri
+        self._fields: dict[str, str] | None = None
+
+    def _field(self, name: str) -> str:
+        fields = self._fields
+        if fields is None:
+            parsed = _client.URI.fromBytes(self._raw)
+            host = _nativeString(parsed.host)
+            if (parsed.scheme, parsed.port) not in ((b"http", 80), (b"https", 443)):
+                host += ":" + str(parsed.port)
+            fields = self._fields = {
+                "type": _nativeString(parsed.scheme), "host": host,
+                "origin_req_host": _nativeString(parsed.host),
+            }
+        return fields[name]
+
+    def _set(self, name: str, value: str) -> None:
+        self._field(name)
+        assert self._fields is not None
+        self._fields[name] = value
+
+    type = property(lambda self: self._field("type"), lambda self, v: self._set("type", v))
+    host = property(lambda self: self._field("host"), lambda self, v: self._set("host", v))
+    origin_req_host = property(lambda self: self._field("origin_req_host"),
+                               lambda self, v: self._set("origin_req_host", v))
+
+
+def _lazyRequestMissing() -> list[str]:
+    """
+    @return: what installing L{LazyStdlibRequest} needs that the installed
+        Twisted lacks: the class, and C{CookieAgent.request} making it by
+        that module-level name.
+    """
+    if STOCK_STDLIB_REQUEST is None:
+        return ["_FakeStdlibRequest"]
+    names = getattr(getattr(_client.CookieAgent.request, "__code__", None), "co_names", ())
+    return [] if "_FakeStdlibRequest" in names else ["CookieAgent.request's _FakeStdlibRequest"]
+
+
+LAZY_REQUEST_MISSING = _lazyRequestMissing()
+if not LAZY_REQUEST_MISSING:
+    _client._FakeStdlibRequest = LazyStdlibRequest  # type: ignore[misc]

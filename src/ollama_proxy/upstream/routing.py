@@ -335,7 +335,10 @@ class Router:
             # made; what is known from earlier listings still resolves
             # names such as "x:proxy" or an id that contains a colon.
             only = self.backends[0]
-            self._reindex([(only, only.known())])
+            known = only.known()
+            indexed = self._indexedFrom
+            if len(indexed) != 1 or indexed[0] is not known:
+                self._reindex([(only, known)])
             found, modelId = self._index.find(name)
             if found is None and name != name.lower() and only.cache.value is None:
                 # Only a listing can tell that "PLAIN" is the backend's

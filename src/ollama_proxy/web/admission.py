@@ -22,10 +22,53 @@ from collections import deque
 from typing import Any, Callable
 from weakref import WeakKeyDictionary
 
+from twisted.internet import tcp
+
 PER_TURN = 100
 """The most requests started in one reactor turn before the rest wait for
-the next turns (the listening port's own accept floor,
-L{ollama_proxy.upstream.compat.ACCEPT_FLOOR})."""
+the next turns (the listening port's accept floor, L{ACCEPT_FLOOR})."""
+
+ACCEPT_FLOOR = 100
+"""The fewest connections a listening port accepts in one reactor turn
+(Twisted's own starting C{numberAccepts})."""
+
+
+class EagerAcceptPort(tcp.Port):
+    """
+    A listening TCP port whose accepts per reactor turn never fall below
+    L{ACCEPT_FLOOR}.  Twisted's C{Port.doRead} accepts at most
+    C{numberAccepts} connections per turn and, after a turn that found
+    fewer waiting, lowers it to that number (down to 1), raising it by 20
+    per full turn after.  When a thousand clients connect at once after a
+    quiet moment, the queue was drained one, then 21, 41 ... per turn,
+    each turn long with the relaying of the streams already started
+    (issue 23).  An C{accept} that finds nothing ends the loop at once, so
+    the floor costs nothing when few are waiting.
+    """
+
+    @property
+    def numberAccepts(self) -> int:
+        value: int = self.__dict__.get("numberAccepts", ACCEPT_FLOOR)
+        return value
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        self.__dict__["numberAccepts"] = max(value, ACCEPT_FLOOR)
+
+
+def acceptEagerly(port: object) -> bool:
+    """
+    Make a plain listening TCP port (exactly C{tcp.Port}, the one an
+    accepted C{tcp.Server} names as its C{server}) an L{EagerAcceptPort}:
+    same state, C{numberAccepts} floored.  Anything else is left as it is.
+
+    @param port: a connection's listening port, if any.
+    @return: whether it now accepts eagerly.
+    """
+    if type(port) is tcp.Port and "numberAccepts" in port.__dict__:
+        port.__class__ = EagerAcceptPort
+        return True
+    return type(port) is EagerAcceptPort
 
 
 RESET_AFTER = 10

@@ -62,7 +62,7 @@ from ollama_proxy.upstream.compat import (
     addRequestHeaders,
     writeThrough,
 )
-from ollama_proxy.web.admission import Admission, admissionFor
+from ollama_proxy.web.admission import Admission, acceptEagerly, admissionFor
 from ollama_proxy.web.channel import HeaderDeadline
 
 AVAILABLE = not SERVER_MISSING
@@ -159,6 +159,9 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         bytes leave in the call that writes them, not a reactor turn later.
         """
         writeThrough(self.transport)
+        # The port this connection came in on keeps accepting a burst in
+        # few turns (L{acceptEagerly}).
+        acceptEagerly(getattr(self.transport, "server", None))
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
         self.setTimeout(self.timeOut)

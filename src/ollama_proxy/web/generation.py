@@ -273,6 +273,8 @@ class GenerationResource(ProxyResource):
         super().__init__(ctx)
         self.dialect = dialect
         self.template = RouteTemplate(template) if isinstance(template, str) else template
+        # A fixed path (no parameters): its own path needs no matching.
+        self._fixed = isinstance(self.template, RouteTemplate) and not self.template.parameters
         self.errors = dialect.errors
         self.label = self.template.label
 
@@ -285,6 +287,10 @@ class GenerationResource(ProxyResource):
         return NotServed(self.ctx, self)
 
     def _params(self, request: Request) -> dict[str, str] | None:
+        if self._fixed and not request.postpath and len(request.prepath or ()) == len(self.template.prefix):
+            # The route's own path (every request to a fixed route): no
+            # segments to decode and match.
+            return {}
         segments = [*(request.prepath or []), *(request.postpath or [])]
         rest = [s.decode("utf-8", "surrogateescape") for s in segments[len(self.template.prefix):]]
         return self.template.match(rest)
