@@ -16,6 +16,7 @@ from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.relayguard import relayGuard
 from ollama_proxy.protocol.responses import ERRORS as OPENAI_ERRORS
 from ollama_proxy.protocol.target import QUERY_SAFE, checkPath, reencode
 from ollama_proxy.upstream.backend import Backend
@@ -43,6 +44,8 @@ async def forwardToBackend(
     path: str | Callable[[Route], str],
     body: bytes | None | Callable[[Route], bytes | None],
     keep: frozenset[bytes],
+    texts: bool = False,
+    streamed: bool = False,
 ) -> None:
     """
     Relay the client's request to one of the backend's own routes, with the
@@ -57,6 +60,12 @@ async def forwardToBackend(
     @param body: the body to send (the client's, with the model mapped;
         per member, for a route).
     @param keep: the client headers that travel upstream.
+    @param texts: whether a streamed answer is an OpenAI stream whose texts
+        a client joins across events (then watched across them, see
+        L{ollama_proxy.protocol.relayguard}).
+    @param streamed: whether the client asked for a stream: its SDK reads
+        the answer as SSE whatever content type the backend claims, so the
+        texts are watched then too.
     """
     request = ex.request
     query = request.uri.partition(b"?")[2]
@@ -85,11 +94,13 @@ async def forwardToBackend(
     target, response = await send(ctx, ex, target, post)
     backend = target.backend
     contentType = response.headers.getRawHeaders(b"content-type") or [b""]
-    if contentType[0].startswith(b"text/event-stream"):
+    sse = contentType[0].startswith(b"text/event-stream")
+    guard = relayGuard(ex.redactor, ex.clientKey()) if texts and (sse or streamed) else None
+    if sse:
         with streaming(ctx.metrics):
-            await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
+            await relayResponse(ex, response, backend.reactor, backend.idleTimeout, guard)
     else:
-        await relayResponse(ex, response, backend.reactor, backend.idleTimeout)
+        await relayResponse(ex, response, backend.reactor, backend.idleTimeout, guard)
 
 
 SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
@@ -157,7 +168,8 @@ class Passthrough(ProxyResource):
                         return raw
                     return codec.dumps({**decoded, **extra, "model": member.modelId})
 
-                await forwardToBackend(self.ctx, ex, route, path, bodyFor, PASSED_HEADERS)
+                await forwardToBackend(self.ctx, ex, route, path, bodyFor, PASSED_HEADERS,
+                                       generating, decoded.get("stream") is True)
                 return None
         if self.path == "models" and len(self.ctx.models.router.backends) > 1:
             if not postpath:
@@ -173,7 +185,8 @@ class Passthrough(ProxyResource):
             return None
         first = self.ctx.models.router.backends[0]
         ex.backend = first.name
-        await forwardToBackend(self.ctx, ex, first.backend, path, body or None, PASSED_HEADERS)
+        await forwardToBackend(self.ctx, ex, first.backend, path, body or None, PASSED_HEADERS,
+                               self.path in GENERATING)
         return None
 
     handle_POST = _forward

@@ -22,6 +22,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ollama_proxy.protocol.events import StreamFailed
+from ollama_proxy.protocol.relayguard import RelayGuard
 from ollama_proxy.upstream.backend import HOP_BY_HOP
 from ollama_proxy.upstream.body import readBody, readInto
 from ollama_proxy.web.bridge import Exchange
@@ -104,7 +105,8 @@ def relayedHeaders(ex: Exchange, response: IResponse) -> list[tuple[bytes, list[
 
 
 async def relayResponse(
-    ex: Exchange, response: IResponse, clock: IReactorTime, idleTimeout: float | None
+    ex: Exchange, response: IResponse, clock: IReactorTime, idleTimeout: float | None,
+    guard: RelayGuard | None = None,
 ) -> None:
     """
     Send an upstream response to the client: its status, the headers of
@@ -116,6 +118,8 @@ async def relayResponse(
     @param response: the upstream response, body unread.
     @param clock: the upstream's clock.
     @param idleTimeout: seconds of upstream silence before giving up.
+    @param guard: for a relayed OpenAI stream, what watches its texts across
+        events (a key a model echoes token by token), before the filter.
     """
     request = ex.request
     # The code only: twisted.web writes its own reason phrase, never the
@@ -133,7 +137,16 @@ async def relayResponse(
         # whole, so that the filter sees it in one piece.
         ex.write(await readBody(response, clock, idleTimeout))
         return
-    await relayBody(ex, response, ex.write, clock, idleTimeout)
+    if guard is None:
+        await relayBody(ex, response, ex.write, clock, idleTimeout)
+        return
+    write, feed = ex.write, guard.feed
+    try:
+        await relayBody(ex, response, lambda data: write(feed(data)), clock, idleTimeout)
+    except BaseException:
+        write(guard.end())  # held text first, then the error
+        raise
+    write(guard.end())
 
 
 async def relayBody(
