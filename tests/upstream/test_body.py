@@ -18,13 +18,14 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.errors import UpstreamError
 from ollama_proxy.testing.harness import ProxyHarness
 from ollama_proxy.upstream.body import BodyReader, readInto
-from tests.upstream.fakes import FakeResponse
+from tests.upstream.fakes import FakeRequest, FakeResponse
 from tests.web.helpers import CHAT
 
 
 class ConsumeBatchingTests(SynchronousTestCase):
     """
-    L{BodyReader} hands the collector one call per reactor turn.
+    L{BodyReader} hands the collector a body's first bytes at once, in the
+    read that brought them, and after them one call per reactor turn.
     """
 
     def setUp(self) -> None:
@@ -39,20 +40,110 @@ class ConsumeBatchingTests(SynchronousTestCase):
             )
         )
 
-    def test_piecesOfOneTurnJoined(self) -> None:
+    def test_firstPieceAtOnce(self) -> None:
         """
-        Three pieces delivered in one turn reach the collector as one call,
-        at the end of the turn, in order.
+        The body's first piece reaches the collector in the call that
+        delivered it, without waiting for the end of the turn (a new
+        stream's first line under load, issue 23), and asks for no
+        end-of-turn call.
         """
         d = self.consume()
+        self.response.piece(b"first")
+        self.assertEqual(self.calls, [b"first"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.response.end()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.calls, [b"first"])
+
+    def test_firstBytesWithTheHeadAtOnce(self) -> None:
+        """
+        Bytes that arrive inside C{deliverBody} (they came in the read of
+        the head) reach the collector before L{BodyReader.read} first
+        waits, after the producer is registered on the consumer; the next
+        read's pieces are joined per turn again.
+        """
+        seen: list[tuple[bytes, object]] = []
+        request = FakeRequest()
+        response = FakeResponse()
+        deliver = response.deliverBody
+
+        def deliverWithHead(protocol: Any) -> None:
+            deliver(protocol)
+            response.piece(b"with-head")
+
+        response.deliverBody = deliverWithHead  # type: ignore[method-assign]
+
+        def collect(data: bytes) -> None:
+            seen.append((data, request.producer))
+
+        d = ensureDeferred(BodyReader(collect, self.clock).read(
+            response, request))  # type: ignore[arg-type]
+        self.assertEqual([data for data, _ in seen], [b"with-head"])
+        self.assertIsNotNone(seen[0][1])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        response.piece(b"a")
+        response.piece(b"b")
+        self.assertEqual(len(seen), 1)
+        self.clock.advance(0)
+        self.assertEqual([data for data, _ in seen], [b"with-head", b"ab"])
+        response.end()
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_collectorFailureOnBytesWithTheHead(self) -> None:
+        """
+        An exception from the collector on the bytes that came with the
+        head (passed on at once inside L{BodyReader.read}) stops the
+        upstream connection and is what L{BodyReader.read} raises once the
+        connection is gone.
+        """
+        response = FakeResponse()
+        deliver = response.deliverBody
+
+        def deliverWithHead(protocol: Any) -> None:
+            deliver(protocol)
+            response.piece(b"with-head")
+
+        response.deliverBody = deliverWithHead  # type: ignore[method-assign]
+
+        def collector(data: bytes) -> None:
+            raise UpstreamError("bad first read")
+
+        d = ensureDeferred(BodyReader(collector, self.clock).read(response))  # type: ignore[arg-type]
+        self.assertEqual(response.transport.producerState, "stopped")
+        self.assertNoResult(d)
+        response.protocol.connectionLost(Failure(ConnectionError("closed")))
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.message, "bad first read")
+
+    def test_piecesOfOneTurnJoined(self) -> None:
+        """
+        After the first piece, three pieces delivered in one turn reach the
+        collector as one call, at the end of the turn, in order.
+        """
+        d = self.consume()
+        self.response.piece(b"0")
         for piece in (b"a", b"b", b"c"):
             self.response.piece(piece)
-        self.assertEqual(self.calls, [])
+        self.assertEqual(self.calls, [b"0"])
         self.clock.advance(0)
-        self.assertEqual(self.calls, [b"abc"])
+        self.assertEqual(self.calls, [b"0", b"abc"])
         self.response.piece(b"d")
         self.clock.advance(0)
-        self.assertEqual(self.calls, [b"abc", b"d"])
+        self.assertEqual(self.calls, [b"0", b"abc", b"d"])
+        self.response.end()
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_firstPieceThenSameTurnJoined(self) -> None:
+        """
+        Pieces that follow the first one in its own turn are joined and
+        delivered at the end of that turn: one more call, not one per piece.
+        """
+        d = self.consume()
+        for piece in (b"0", b"a", b"b"):
+            self.response.piece(piece)
+        self.assertEqual(self.calls, [b"0"])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        self.assertEqual(self.calls, [b"0", b"ab"])
         self.response.end()
         self.assertIsNone(self.successResultOf(d))
 
@@ -66,17 +157,21 @@ class ConsumeBatchingTests(SynchronousTestCase):
         calls: list[list[bytes]] = [[] for _ in responses]
         ds = [ensureDeferred(BodyReader(c.append, self.clock).read(r))  # type: ignore[arg-type]
               for c, r in zip(calls, responses)]
+        for response in responses:
+            response.piece(b"first")
+        self.assertEqual(calls, [[b"first"]] * 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         for i, response in enumerate(responses):
             response.piece(b"%d" % i)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         responses[2].end()
-        self.assertEqual(calls[2], [b"2"])
+        self.assertEqual(calls[2], [b"first", b"2"])
         self.clock.advance(0)
-        self.assertEqual(calls, [[b"0"], [b"1"], [b"2"]])
+        self.assertEqual(calls, [[b"first", b"0"], [b"first", b"1"], [b"first", b"2"]])
         self.assertEqual(self.clock.getDelayedCalls(), [])
         responses[0].piece(b"x")
         self.clock.advance(0)
-        self.assertEqual(calls[0], [b"0", b"x"])
+        self.assertEqual(calls[0], [b"first", b"0", b"x"])
         for response in responses[:2]:
             response.end()
         for d in ds:
@@ -89,15 +184,17 @@ class ConsumeBatchingTests(SynchronousTestCase):
         again by the next read: no stream waits forever.
         """
         d = self.consume()
-        self.response.piece(b"a")
-        [call] = self.clock.getDelayedCalls()
-        call.cancel()
         other = FakeResponse()
         got: list[bytes] = []
         d2 = ensureDeferred(BodyReader(got.append, self.clock).read(other))  # type: ignore[arg-type]
+        self.response.piece(b"0")
+        other.piece(b"0")
+        self.response.piece(b"a")
+        [call] = self.clock.getDelayedCalls()
+        call.cancel()
         other.piece(b"b")
         self.clock.advance(0)
-        self.assertEqual((self.calls, got), ([b"a"], [b"b"]))
+        self.assertEqual((self.calls, got), ([b"0", b"a"], [b"0", b"b"]))
         self.response.end()
         other.end()
         self.assertIsNone(self.successResultOf(d))
@@ -109,11 +206,27 @@ class ConsumeBatchingTests(SynchronousTestCase):
         delivered before L{BodyReader} returns, without waiting for the turn.
         """
         d = self.consume()
+        self.response.piece(b"0")
         self.response.piece(b"x")
         self.response.piece(b"y")
         self.response.end()
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(self.calls, [b"xy"])
+        self.assertEqual(self.calls, [b"0", b"xy"])
+
+    def test_collectorFailureOnFirstPieceClosesUpstream(self) -> None:
+        """
+        An exception from the collector on the first piece (delivered at
+        once) closes the upstream connection and is what L{BodyReader}
+        raises.
+        """
+
+        def collector(data: bytes) -> None:
+            raise UpstreamError("bad first event")
+
+        d = self.consume(collector)
+        self.response.piece(b"data: x\n\n")
+        self.assertTrue(self.response.transport.disconnecting)
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.message, "bad first event")
 
     def test_collectorFailureAtEndOfTurnClosesUpstream(self) -> None:
         """
@@ -122,9 +235,11 @@ class ConsumeBatchingTests(SynchronousTestCase):
         """
 
         def collector(data: bytes) -> None:
-            raise UpstreamError("bad event")
+            if data != b"first":
+                raise UpstreamError("bad event")
 
         d = self.consume(collector)
+        self.response.piece(b"first")
         self.response.piece(b"data: x\n\n")
         self.clock.advance(0)
         self.assertEqual(self.response.transport.producerState, "stopped")

@@ -643,3 +643,46 @@ class ContentTypeTests(SynchronousTestCase):
         response = self.successResultOf(d)
         self.assertEqual(response.code, 502)
         self.assertEqual(list(codec.loads(self.successResultOf(h.client.content(response)))), ["error"])
+
+
+class FirstBytesTests(SynchronousTestCase):
+    """
+    A stream's first line leaves in the turn its upstream read arrives,
+    not at the end of that turn; later reads are joined per turn (issue 23).
+    """
+
+    def flushWithoutTurnEnd(self, h: ProxyHarness) -> None:
+        """
+        Move bytes both ways, as reads within one reactor turn do, without
+        running the calls due at the end of the turn.
+        """
+        for _ in range(20):
+            h.client.flush()
+            h.upstream.flush()
+
+    def test_firstLineInTheTurn(self) -> None:
+        """
+        The backend's first event reaches the client as its first line
+        before any end-of-turn call runs; two more events in a later turn
+        reach it only when that turn ends, in order.
+        """
+        h = ProxyHarness()
+        d = h.post("/api/chat", CHAT)
+        [upstream] = h.backend.received
+        upstream.startSSE()
+        upstream.event(delta("a"))
+        self.flushWithoutTurnEnd(h)
+        reader = BodyCollector(h, self.successResultOf(d))
+        self.flushWithoutTurnEnd(h)
+        self.assertEqual([line["message"]["content"] for line in reader.lines()], ["a"])
+        upstream.event(delta("b"))
+        upstream.event(delta("c"))
+        self.flushWithoutTurnEnd(h)
+        self.assertEqual(len(reader.lines()), 1)
+        self.assertTrue(h.dueCalls())
+        h.pump()
+        self.assertEqual([line["message"]["content"] for line in reader.lines()], ["a", "b", "c"])
+        upstream.done()
+        h.pump()
+        self.successResultOf(reader.done)
+        self.assertTrue(reader.lines()[-1]["done"])

@@ -236,7 +236,12 @@ class BodyReader(Protocol):
     passed to C{collector} once, at the end of the reactor turn (one
     C{clock.callLater(0)} for every stream read in that turn, L{endOfTurn}), so the pipeline translates and the client gets
     one write per read, not one per token.  Nothing is held across turns:
-    the last piece is delivered before L{read} returns.
+    the last piece is delivered before L{read} returns.  The body's first
+    bytes are the exception: they go to C{collector} at once, in the read
+    that brought them (with the head, once the producer is registered), so
+    that a new stream's first line is not queued behind the end of a turn
+    that relays a thousand other streams (issue 23); the end-of-turn
+    joining starts after them.
 
     @ivar producer: the upstream transport, set by L{read} before its first
         C{await}; the web layer registers it on the client request.
@@ -268,8 +273,9 @@ class BodyReader(Protocol):
         self._timedOut = False
         self._pending: list[bytes] = []
         self._due = False
+        self._delivered = False
         self._later = endOfTurn(clock) if clock is not None else None
-        self._flushLater = self._flushAtEndOfTurn
+        self._flushLater = self._flushHeld
         self._failed: list[BaseException] = []
         self._ended = False
         self._finished: Deferred[None] | None = None
@@ -323,12 +329,13 @@ class BodyReader(Protocol):
             return
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
+        self._delivered = True
         idle, timeout = self._idle, self._idleTimeout
         if idle is not None and timeout is not None and idle.active():
             idle.reset(timeout)
         self._collector(data)
 
-    def _flushAtEndOfTurn(self) -> None:
+    def _flushHeld(self) -> None:
         if not self._due:
             return  # read() flushed it already
         try:
@@ -343,7 +350,11 @@ class BodyReader(Protocol):
             return
         self._pending.append(data)
         later = self._later
-        if later is None:
+        if later is None or not (self._delivered or self._due):
+            # The body's first bytes go at once (issue 23): a stream's first
+            # line does not wait behind the end of a turn in which a
+            # thousand other streams are read and relayed.  There is
+            # nothing of this stream to join it with yet.
             self._flush()
         elif not self._due:
             self._due = True
@@ -391,15 +402,13 @@ class BodyReader(Protocol):
             # What arrived with the head is delivered inside deliverBody,
             # held without asking for an end-of-turn call: a body that
             # ended there too (a small answer in one read) is passed on
-            # below, after the end, and never needs one.
+            # below, after the end, and never needs one; a body still
+            # open has it passed on below, at once, once the producer is
+            # registered.
             self._due = True
             response.deliverBody(self)
-            if not d.called:
-                later = self._later
-                if self._pending and later is not None:
-                    later(self._flushLater)
-                else:
-                    self._due = False
+            if not d.called and not self._pending:
+                self._due = False
         if consumer is not None and self.producer is not None:
             consumer.registerProducer(
                 _IdlePausingProducer(self.producer, self.pauseIdle, self.resumeIdle), True
@@ -408,6 +417,10 @@ class BodyReader(Protocol):
         clock, idleTimeout = self._clock, self._idleTimeout
         if idleTimeout is not None and clock is not None and not d.called:
             self._idle = clock.callLater(idleTimeout, self._expire)
+        if self._due and not d.called:
+            # The first bytes, which came with the head: sent now, not at
+            # the end of this turn (see L{_onData}).
+            self._flushHeld()
         try:
             error: BaseException | None = None
             try:

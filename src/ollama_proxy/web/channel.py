@@ -37,11 +37,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from zope.interface import implementer
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.upstream.compat import writeThrough
@@ -297,3 +298,23 @@ class BusyRefusal(Protocol):
             self._timer.cancel()
         self._timer = None
         self.onClose()
+
+
+@implementer(IPushProducer)
+class NoPushProducer:
+    """The transport's producer side when it has none (as twisted.web's)."""
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass

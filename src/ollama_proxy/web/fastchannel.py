@@ -63,7 +63,8 @@ from ollama_proxy.upstream.compat import (
     writeThrough,
 )
 from ollama_proxy.upstream.connection import oneRead
-from ollama_proxy.web.channel import HeaderDeadline
+from ollama_proxy.web.admission import Admission, acceptEagerly, admissionFor
+from ollama_proxy.web.channel import HeaderDeadline, NoPushProducer
 
 AVAILABLE = not SERVER_MISSING
 """Whether the Twisted release has what L{FastChannel} borrows; if not, the
@@ -76,26 +77,6 @@ larger one is written after it, not copied)."""
 EAGER_READ = 0x4000
 """Bytes buffered while a request is answered before the transport is
 paused (twisted.web's C{HTTPChannel._optimisticEagerReadSize})."""
-
-
-@implementer(IPushProducer)
-class _NoPushProducer:
-    """The transport's producer side when it has none (as twisted.web's)."""
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        pass
-
-    def unregisterProducer(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 @implementer(ITransport, IPushProducer, IConsumer)
@@ -137,6 +118,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
     _heldHead: bytes | None = None
     _kept: list[bytes] | None = None
     _keptSize = 0
+    _admission: Admission | None = None
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
@@ -146,7 +128,7 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         self._head: RequestHead | None = None
         self._remaining = 0
         self._chunked: Any = None
-        self._networkProducer: Any = _NoPushProducer()
+        self._networkProducer: Any = NoPushProducer()
 
     # The connection.
 
@@ -158,10 +140,13 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         bytes leave in the call that writes them, not a reactor turn later.
         """
         writeThrough(self.transport)
+        # The port this connection came in on keeps accepting a burst in
+        # few turns (L{acceptEagerly}).
+        acceptEagerly(getattr(self.transport, "server", None))
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
         self.setTimeout(self.timeOut)
-        self._networkProducer = IPushProducer(self.transport, _NoPushProducer())
+        self._networkProducer = IPushProducer(self.transport, NoPushProducer())
         self._networkProducer.registerProducer(self, True)
         self._armHeaderDeadline()
 
@@ -347,7 +332,19 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         # L{timeoutConnection} re-arms it instead of closing while
         # C{_handlingRequest}, and L{requestDone} restarts its period.
         self._handlingRequest = True
-        self.requests[-1].requestReceived(head.method, head.target, head.version)
+        request = self.requests[-1]
+        admission = self._admission
+        if admission is None:
+            admission = self._admission = admissionFor(self.site, self.callLater)
+        if admission is None:
+            request.requestReceived(head.method, head.target, head.version)
+            return
+        # A burst's requests start a hundred per turn (L{Admission}); one
+        # whose client left while it waited is dropped.
+        admission.admit(
+            lambda: request.requestReceived(head.method, head.target, head.version),
+            # (twisted.web's Request drops its channel when the connection goes.)
+            lambda: request.channel is not None and not self._closing())
 
     def requestDone(self, request: Any) -> None:
         """
