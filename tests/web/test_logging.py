@@ -106,9 +106,9 @@ class LoggingTests(SynchronousTestCase):
         """
         With debug on, a backend that echoes the key a piece per delta (as
         a model writes it, token by token) does not get the pieces into
-        the raw chunk lines: those reads are logged by size only, and the
-        client gets the key replaced.  A read with nothing to hide is still
-        logged raw.
+        the raw chunk lines (they show C{<redacted>}), nor one that streams
+        a tool call's arguments in pieces, and the client gets the key
+        replaced.  A read with nothing to hide is still logged raw.
         """
         key = "sk-se/cr+et-0123456789"
         harness = ProxyHarness(debug=True, apiKey=key)
@@ -120,6 +120,13 @@ class LoggingTests(SynchronousTestCase):
         for piece in ["s", "k-se/", "cr+et-01", "23456789", " bye"]:
             upstream.event(delta(piece))
             harness.pump()
+        arguments = '{"k": "' + key + '"}'
+        for i in range(0, len(arguments), 5):
+            upstream.event({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {
+                    **({"name": "read"} if i == 0 else {}), "arguments": arguments[i:i + 5]}}]},
+                 "finish_reason": None}]})
+            harness.pump()
         upstream.event(delta(finish_reason="stop"))
         upstream.done()
         harness.pump()
@@ -129,7 +136,7 @@ class LoggingTests(SynchronousTestCase):
         self.assertEqual(said, "Hello <redacted> bye")
         chunks = [formatEvent(e) for e in self.events if "upstream chunk" in formatEvent(e)]
         self.assertTrue(any("Hello " in c for c in chunks), chunks)
-        self.assertTrue(any("text that spelled a secret" in c for c in chunks), chunks)
+        self.assertTrue(any("<redacted>" in c for c in chunks), chunks)
         text = "\n".join(self.texts()) + "\n".join(repr(e) for e in self.events)
-        for fragment in ["k-se", "cr+et", "cr\\\\u002bet", "23456789"]:
+        for fragment in ["k-se", "cr+et", "cr\\\\u002bet", "23456789", "se/cr", "+et-0", "12345"]:
             self.assertNotIn(fragment, text)

@@ -472,7 +472,7 @@ class EventRedactor:
         self._thinking = TextRedactor(secrets, escaped)
         self._framable, self._heads, self._suspect = checks(secrets, PREFIX)
         self._certified: tuple[bytes, bool] = (b"", False)
-        self.plain = self.touched = False  # touched: the last read's text was changed or held
+        self.plain = False
 
     def certifies(self, framing: bytes) -> bool:
         """
@@ -506,7 +506,7 @@ class EventRedactor:
             only deltas of content, passed as they were, whose text holds
             no character JSON escapes.
         """
-        self.plain = self.touched = False
+        self.plain = False
         if self._clean(events):
             return events if isinstance(events, list) else list(events)
         out: list[Event] = []
@@ -515,7 +515,6 @@ class EventRedactor:
                 assert isinstance(event, Delta)
                 content = self._content.feed(event.content)
                 thinking = self._thinking.feed(event.thinking)
-                self.touched |= content != event.content or thinking != event.thinking
                 logprobs = event.logprobs
                 if logprobs:
                     logprobs = _redactValue(self._redactor, logprobs, self._secrets)

@@ -24,9 +24,11 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.dialect import Dialect, Encoder
 from ollama_proxy.protocol.backend_reader import ChatStreamReader, readReply
+from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.openai_request import ChatBody, TextBody, chatBody, textBody
+from ollama_proxy.protocol.relayguard import relayGuard
 from ollama_proxy.protocol.requests import ChatRequest, TextRequest
-from ollama_proxy.protocol.stream import TranslatedStream
+from ollama_proxy.protocol.stream import SSELineTooLong, TranslatedStream
 from ollama_proxy.protocol.toolids import uniqueToolIds
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.body import readJSON
@@ -252,22 +254,33 @@ def _writer(ex: Exchange, pipeline: TranslatedStream) -> Callable[[bytes], None]
 def _debugWriter(ex: Exchange, pipeline: TranslatedStream) -> Callable[[bytes], None]:
     """
     A collector that also logs each raw upstream read and what it became,
-    both without the proxy's secrets (the raw reads through a stream
-    redactor of their own, so a key split across two reads is caught).  A
-    read whose text the event redactor changed or held back is not shown
-    raw: a key a model echoes token by token lies in it in pieces, each
-    too short to find, between the JSON of its deltas.
+    both without the proxy's secrets.  The raw reads go through the relayed
+    routes' guard (a key a model echoes token by token, or a tool call's
+    arguments in pieces, lies in them between the JSON of its events) and a
+    stream redactor of their own (a key split across two reads), as a
+    relayed stream does.
     """
+    guard = relayGuard(ex.redactor, ex.clientKey())
     raw = ex.redactor.stream(ex.clientKey())
+
+    failed = False
+
+    def shown(data: bytes) -> bytes:
+        nonlocal failed
+        if guard is not None and not failed:
+            try:
+                data = guard.feed(data)
+            except (SSELineTooLong, StreamFailed):
+                failed = True  # unguarded from here: sizes only
+        if failed:
+            return b"<%d bytes>" % len(data)
+        return raw.feed(data) if raw is not None else data
 
     def collect(data: bytes) -> None:
         try:
             out = pipeline.feed(data)
         finally:
-            shown = raw.feed(data) if raw is not None else data
-            if pipeline.redactor is not None and pipeline.redactor.touched:
-                shown = b"<%d bytes: text that spelled a secret>" % len(data)
-            log.debug("upstream chunk {raw!r}", raw=shown)
+            log.debug("upstream chunk {raw!r}", raw=shown(data))
         if out:
             log.debug("translated {lines}", lines=ex.redactData(out).decode("utf-8", "replace"))
         ex.write(out)
