@@ -205,11 +205,12 @@ class RelayGuard:
         """
         @return: whether no text in C{data} (events' JSON) could change or
             hold: no backslash (no escape, so every text is written as it
-            is) and no form L{_quick} looks for.  Such events pass without
+            is), no percent sign (no percent-encoded spelling) and no form
+            L{_quick} looks for.  Such events pass without
             being split or decoded; the id and model the released chunk
             reuses come from the event that began a hold, decoded.
         """
-        if b"\\" in data:
+        if b"\\" in data or b"%" in data:
             return False
         for quick in self._quicks:
             if quick.search(data):
