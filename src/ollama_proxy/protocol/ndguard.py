@@ -1,0 +1,266 @@
+# -*- test-case-name: tests.protocol.test_ndguard -*-
+"""
+Secrets out of a relayed Ollama NDJSON stream's texts, across lines.
+
+The fallback Ollama's answers (and anything else relayed without the hub)
+go to the client through the outbound byte filter
+(L{ollama_proxy.protocol.redact.StreamRedactor}), which sees a secret whole
+or split across reads.  It cannot see one split across I{lines}: an Ollama
+client joins C{message.content} (and C{message.thinking}, C{response},
+C{thinking}) over the lines of a stream, so a fallback that sends C{"s"} in
+one line and C{"k-host..."} in the next gets the key to it; each line alone
+is no secret.  The fallback may be the very host the backend is (it knows
+the backend's key), and the client's C{--require-key} is a secret too.
+
+L{NDJSONGuard} is L{ollama_proxy.protocol.relayguard.RelayGuard}'s
+counterpart for NDJSON: the body is split into lines (C{\\n}, C{\\r\\n} or a
+bare C{\\r}, as an httpx client splits them), and every text a client joins
+goes into a L{TextRedactor} of its own: a tail that could begin a secret
+waits for the next piece of the same text, and the secret, once whole,
+becomes C{<redacted>}.  A line whose texts pass as they are goes out byte
+for byte; only a line whose text changed (or held a tail) is encoded
+again.  A held tail is released into the next piece of its text, into the
+C{done} line (appended to its texts), before an C{error} line, or at the
+body's end in one line like the last one: never dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Protocol
+
+from ollama_proxy.protocol.certify import suspect
+from ollama_proxy.protocol.redact import PREFIX, Redactor, TextRedactor
+from ollama_proxy.protocol.relayguard import _decode, _dump, _quick
+from ollama_proxy.protocol.stream import DEFAULT_MAX_LINE_LENGTH, SSELineTooLong
+
+TEXTS: tuple[tuple[str, ...], ...] = (
+    ("message", "content"),
+    ("message", "thinking"),
+    ("response",),
+    ("thinking",),
+)
+"""The texts of an Ollama stream line a client joins across lines:
+C{/api/chat}'s message content and thinking, C{/api/generate}'s response
+and thinking.  A fixed set, so the texts that may hold a tail at once are
+bounded by it (tool calls come whole in one line, filtered there)."""
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+_LAST = ("model", "created_at")
+
+
+class StreamGuard(Protocol):
+    """
+    What the relay asks of a guard over a stream's texts (this module's,
+    or L{ollama_proxy.protocol.relayguard.RelayGuard}).
+    """
+
+    def feed(self, data: bytes) -> bytes:
+        """
+        @return: what of the body read so far can go now.
+        """
+
+    def end(self) -> bytes:
+        """
+        @return: what was held, at the body's end.
+        """
+
+
+def ndjsonGuard(redactor: Redactor, extra: Iterable[str | None] = ()) -> NDJSONGuard | None:
+    """
+    @param redactor: the proxy's secrets.
+    @param extra: per-request secrets (the client's key).
+    @return: a guard for one relayed NDJSON stream, or C{None} when there
+        is no secret to look for.
+    """
+    secrets = redactor.all(extra)
+    return NDJSONGuard(secrets) if secrets else None
+
+
+class NDJSONGuard:
+    """
+    A relayed NDJSON body in, the same body out with every secret split
+    across lines replaced (see the module docstring).  One per stream;
+    L{feed} once per read, L{end} once at the end.
+    """
+
+    def __init__(self, secrets: tuple[str, ...], maxLine: int = DEFAULT_MAX_LINE_LENGTH) -> None:
+        self._secrets = secrets
+        self._suspect = suspect(secrets, PREFIX)
+        self._quicks = tuple(_quick(secret) for secret in secrets)
+        self._maxLine = maxLine
+        self._partial = b""
+        self._held: dict[tuple[str, ...], TextRedactor] = {}
+        self._last: dict[str, Any] = {}
+
+    @property
+    def holding(self) -> bool:
+        """
+        Whether some text holds a tail, or a partial line waits.
+        """
+        return bool(self._held or self._partial)
+
+    def feed(self, data: bytes) -> bytes:
+        """
+        @param data: the next read of the body.
+        @return: the whole lines it completed, as they came or with their
+            texts redacted.
+        @raise SSELineTooLong: if an unfinished line outgrows the line limit
+            (the stream cannot be guarded: it ends, with an error).
+        """
+        if not self._partial and not self._held and data[-1:] == b"\n" and self._clean(data):
+            return data  # whole lines, none with a text to change or hold
+        buf = self._partial + data if self._partial else data
+        lines, self._partial = _split(buf)
+        if len(self._partial) > self._maxLine:
+            self._partial = b""  # what broke: not passed on at the end
+            raise SSELineTooLong(f"fallback NDJSON line longer than {self._maxLine} bytes")
+        if not lines:
+            return b""
+        out = [self._line(raw) for raw in lines]
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def end(self) -> bytes:
+        """
+        @return: an unfinished last line (guarded as a whole one; a client
+            reads it) and every held tail, in one last line (the body
+            ended, or failed).
+        """
+        partial, self._partial = self._partial, b""
+        out = self._line(partial) if partial.strip() else partial
+        held = self._release()
+        if held and out and out[-1:] not in (b"\n", b"\r"):
+            out += b"\n"  # or the held text would join its last line
+        return out + held
+
+    def _clean(self, data: bytes) -> bool:
+        """
+        @return: whether no text in C{data} could change or hold: no
+            backslash or percent sign (no escaped or percent-encoded
+            spelling) and no form L{_quick} looks for.
+        """
+        if b"\\" in data or b"%" in data:
+            return False
+        for quick in self._quicks:
+            if quick.search(data):
+                return False
+        return True
+
+    def _line(self, raw: bytes) -> bytes:
+        body = raw.rstrip(b"\r\n")
+        if not self._held and self._clean(body):
+            return raw
+        obj = _decode(body) if body.strip() else None
+        if not isinstance(obj, dict):
+            return raw
+        last = self._last
+        for name in _LAST:
+            if name in obj:
+                last[name] = obj[name]
+        changed = False
+        for path in TEXTS:
+            value = _get(obj, path)
+            if isinstance(value, str):
+                new = self._text(path, value)
+                if new is not value:
+                    _set(obj, path, new)
+                    changed = True
+        before = b""
+        if self._held:
+            if obj.get("done") is True:
+                for path, tail in self._tails().items():
+                    value = _get(obj, path)
+                    _set(obj, path, value + tail if isinstance(value, str) else tail)
+                    changed = True
+            elif "error" in obj:
+                before = self._release()  # the texts end here
+        if not changed:
+            return before + raw
+        return before + _dump(obj) + raw[len(body):]
+
+    def _text(self, path: tuple[str, ...], value: str) -> str:
+        """
+        @return: C{value} itself when it passes as it is (the common case:
+            nothing held, nothing suspect), otherwise what may go now.
+        """
+        redactor = self._held.get(path)
+        if redactor is None:
+            if not self._suspect.search(value):
+                return value
+            redactor = TextRedactor(self._secrets)
+        try:
+            new = redactor.feed(value)
+        except UnicodeEncodeError:
+            # A lone surrogate (Python's decoder takes one) has no UTF-8.
+            value = value.encode("utf-8", "replace").decode("utf-8")
+            new = redactor.feed(value)
+        if redactor._carry:
+            self._held[path] = redactor
+        else:
+            self._held.pop(path, None)
+        return value if new == value else new
+
+    def _tails(self) -> dict[tuple[str, ...], str]:
+        """
+        @return: every held tail, released.
+        """
+        out = {}
+        for path in list(self._held):
+            tail = self._held.pop(path).end()
+            if tail:
+                out[path] = tail
+        return out
+
+    def _release(self) -> bytes:
+        """
+        @return: every held tail, in one line like the last one (not done).
+        """
+        tails = self._tails() if self._held else {}
+        if not tails:
+            return b""
+        line: dict[str, Any] = {name: self._last[name] for name in _LAST if name in self._last}
+        for path, tail in tails.items():
+            if path[0] == "message" and "message" not in line:
+                line["message"] = {"role": "assistant"}
+            _set(line, path, tail)
+        line["done"] = False
+        return _dump(line) + b"\n"
+
+
+def _get(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = obj
+    for name in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(name)
+    return value
+
+
+def _set(obj: dict[str, Any], path: tuple[str, ...], value: str) -> None:
+    for name in path[:-1]:
+        inner = obj.get(name)
+        if not isinstance(inner, dict):
+            inner = obj[name] = {}
+        obj = inner
+    obj[path[-1]] = value
+
+
+def _split(buf: bytes) -> tuple[list[bytes], bytes]:
+    """
+    @return: the whole lines in C{buf} (each with its line end, bytes as
+        they came) and the unfinished rest.
+    """
+    if b"\r" not in buf:
+        end = buf.rfind(b"\n") + 1
+        if not end:
+            return [], buf
+        return buf[:end].splitlines(keepends=True), buf[end:]
+    lines = []
+    start = 0
+    size = len(buf)
+    for match in _EOL.finditer(buf):
+        if match.end() == size and match.group() == b"\r":
+            break  # may be the first half of a CRLF
+        lines.append(buf[start : match.end()])
+        start = match.end()
+    return lines, buf[start:]
