@@ -227,3 +227,20 @@ class GuardsTests(SynchronousTestCase):
                     args += call["function"].get("arguments", "")
         self.assertEqual(heads(decoded(json.loads(args)["k"]) if args.endswith("}") else decoded(args)), [])
         self.assertIn(REDACTED, args)
+
+
+class MixedSpellingTests(SynchronousTestCase):
+    """
+    A run of the key's start in mixed spellings is one run.
+    """
+
+    def test_literalThenEscaped(self) -> None:
+        """
+        C{sk-hos} then C{t\\/ILE+backend...} (the red team's run: the
+        literal start was cut on its own as it could not grow literally,
+        and the escaped rest reached the client after the marker).
+        """
+        key = BACKEND_KEY.replace("/", "\\/")
+        for cut in range(1, len(key)):
+            joined = textRun([key[:cut], key[cut:] + " x"])
+            self.assertEqual(joined, f"{REDACTED} x", cut)

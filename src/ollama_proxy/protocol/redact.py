@@ -261,9 +261,11 @@ class StreamRedactor:
         # the sixth would otherwise meet in what the client joins.  A run
         # reaching the end may still grow into the whole secret, which must
         # then go as one marker: it is held, whole.
-        data = cutPrefixes(data, self.secrets, _MARKER, keepEnd=True)
         if escapes:
+            # First: a run in mixed spellings (sk-host\\/ILE+) is one run.
             data = cutFinal(data, self._prefix, _MARKER, self._text)
+        data = cutPrefixes(data, self.secrets, _MARKER, keepEnd=True,
+                           spelled=self._text if escapes else ())
         held = _heldBack(data, self.secrets)
         tail = data[-self._window :]
         if b"\\" in tail or b"%" in tail:
@@ -277,8 +279,9 @@ class StreamRedactor:
         @return: C{data}, to be sent now, with every run of a secret's
             start cut, in any spelling when C{escapes}.
         """
-        data = cutPrefixes(data, self.secrets, _MARKER)
-        return cutEscaped(data, self._prefix, _MARKER) if escapes else data
+        if escapes:
+            data = cutEscaped(data, self._prefix, _MARKER)
+        return cutPrefixes(data, self.secrets, _MARKER)
 
     def _mayEscape(self, data: bytes) -> bool:
         """

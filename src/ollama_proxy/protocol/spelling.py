@@ -101,7 +101,8 @@ def patterns(secrets: tuple[str, ...]) -> Patterns:
     return Patterns(*escapedPattern(secrets), *prefixPattern(secrets))
 
 
-def cutPrefixes(data: AnyStr, secrets: Sequence[AnyStr], marker: AnyStr, keepEnd: bool = False) -> AnyStr:
+def cutPrefixes(data: AnyStr, secrets: Sequence[AnyStr], marker: AnyStr, keepEnd: bool = False,
+                spelled: Sequence[str] = ()) -> AnyStr:
     """
     @param data: text or bytes whose whole secrets are already replaced.
     @param secrets: the secrets, of the same type.
@@ -109,6 +110,9 @@ def cutPrefixes(data: AnyStr, secrets: Sequence[AnyStr], marker: AnyStr, keepEnd
     @param keepEnd: leave a run that reaches the end of C{data} (it may
         grow into the whole secret with what comes next; the caller holds
         it).
+    @param spelled: with C{keepEnd}, for bytes: the secrets as text, so
+        that a run going on to the end in another spelling (C{sk-host}
+        then C{\\/ILE+b}) is left too.
     @return: C{data} with every run of L{PREFIX} or more characters that
         begins a secret replaced too: a gateway's masked echo
         (C{sk-proj-abc****wxyz}) or a cut key gives that much away.
@@ -123,8 +127,11 @@ def cutPrefixes(data: AnyStr, secrets: Sequence[AnyStr], marker: AnyStr, keepEnd
             limit = index + min(len(secret), len(data) - index)
             while end < limit and data[end] == secret[end - index]:
                 end += 1
-            if keepEnd and end == len(data):
-                break  # the last run: held, and found again next time
+            if keepEnd and (end == len(data) or (
+                    spelled and isinstance(data, bytes)
+                    and any(escapedPrefixAt(data, index, text) for text in spelled))):
+                index = data.find(head, end)  # may still grow: held
+                continue
             data = data[:index] + marker + data[end:]
             index = data.find(head, index + len(marker))
     return data
