@@ -223,3 +223,40 @@ class CleanTests(SynchronousTestCase):
         Nothing to look for: no guard.
         """
         self.assertIsNone(ndjsonGuard(Redactor([])))
+
+
+class LongLineTests(SynchronousTestCase):
+    """
+    A fallback's whole answer is one line: megabytes of it are read whole
+    (C{/api/show} with C{verbose}), in linear time.
+    """
+
+    def test_longLineInPieces(self) -> None:
+        """
+        A line of many reads, its texts split the key with the next line:
+        guarded as one line, whatever the reads.
+        """
+        pad = "v" * 200_000
+        body = (json.dumps({"pad": pad, "response": "s"}).encode() + b"\n"
+                + generateLine("k-host/ILE+backend-0123456789abcdef x"))
+        g = guard()
+        out = [g.feed(body[i:i + 4096]) for i in range(0, len(body), 4096)]
+        self.assertEqual(b"".join(out[:-1]), b"")  # nothing before the line ends
+        joined = b"".join(out) + g.end()
+        self.assertEqual(joined.count(b"\n"), 2)
+        self.assertEqual(globals()["joined"](joined)[("response",)],
+                         f"{REDACTED} x")
+
+    def test_defaultCap(self) -> None:
+        """
+        The default limit takes a line of several megabytes, and refuses
+        one beyond it.
+        """
+        g = guard()
+        big = b'{"model_info":{"tokens":[' + b'"s",' * 1_500_000 + b'"x"]}}\n'
+        out = b"".join(g.feed(big[i:i + 65536]) for i in range(0, len(big), 65536)) + g.end()
+        self.assertEqual(out, big)
+        g = guard()
+        with self.assertRaises(SSELineTooLong):
+            for i in range(0, 17 * 1024 * 1024, 65536):
+                g.feed(b"y" * 65536)

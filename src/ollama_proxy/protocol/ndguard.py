@@ -32,7 +32,7 @@ from typing import Any, Iterable, Protocol
 from ollama_proxy.protocol.certify import suspect
 from ollama_proxy.protocol.redact import PREFIX, Redactor, TextRedactor
 from ollama_proxy.protocol.relayguard import _decode, _dump, _quick
-from ollama_proxy.protocol.stream import DEFAULT_MAX_LINE_LENGTH, SSELineTooLong
+from ollama_proxy.protocol.stream import SSELineTooLong
 
 TEXTS: tuple[tuple[str, ...], ...] = (
     ("message", "content"),
@@ -44,6 +44,13 @@ TEXTS: tuple[tuple[str, ...], ...] = (
 C{/api/chat}'s message content and thinking, C{/api/generate}'s response
 and thinking.  A fixed set, so the texts that may hold a tail at once are
 bounded by it (tool calls come whole in one line, filtered there)."""
+
+MAX_LINE = 16 * 1024 * 1024
+"""The longest line the guard holds to read whole: larger than a stream's
+line (Ollama's are small), as a fallback's whole answer is one line too
+(C{/api/show} with C{verbose} lists a model's vocabulary, megabytes of it),
+and bounded, as the byte count a hostile fallback may make the proxy hold
+per request (the whole-body reads allow 64 MiB)."""
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 _LAST = ("model", "created_at")
@@ -84,12 +91,15 @@ class NDJSONGuard:
     L{feed} once per read, L{end} once at the end.
     """
 
-    def __init__(self, secrets: tuple[str, ...], maxLine: int = DEFAULT_MAX_LINE_LENGTH) -> None:
+    def __init__(self, secrets: tuple[str, ...], maxLine: int = MAX_LINE) -> None:
         self._secrets = secrets
         self._suspect = suspect(secrets, PREFIX)
         self._quicks = tuple(_quick(secret) for secret in secrets)
         self._maxLine = maxLine
         self._partial = b""
+        # An unfinished line longer than one read, in pieces.
+        self._pieces: list[bytes] = []
+        self._size = 0
         self._held: dict[tuple[str, ...], TextRedactor] = {}
         self._last: dict[str, Any] = {}
 
@@ -98,7 +108,7 @@ class NDJSONGuard:
         """
         Whether some text holds a tail, or a partial line waits.
         """
-        return bool(self._held or self._partial)
+        return bool(self._held or self._partial or self._pieces)
 
     def feed(self, data: bytes) -> bytes:
         """
@@ -108,7 +118,7 @@ class NDJSONGuard:
         @raise SSELineTooLong: if an unfinished line outgrows the line limit
             (the stream cannot be guarded: it ends, with an error).
         """
-        if (not self._partial and not self._held and data[-1:] == b"\n"
+        if (not self._partial and not self._held and not self._pieces and data[-1:] == b"\n"
                 and b"\\" not in data and b"%" not in data):
             # Whole lines: L{_clean}, inlined (this is every read of a
             # clean stream).
@@ -117,15 +127,34 @@ class NDJSONGuard:
                     break
             else:
                 return data  # none with a text to change or hold
+        if self._pieces and b"\n" not in data and b"\r" not in data:
+            # A long line goes on: kept in pieces, joined once it ends
+            # (joining at every read would copy it again each time).
+            self._pieces.append(data)
+            self._size += len(data)
+            self._check()
+            return b""
+        if self._pieces:
+            self._pieces.append(data)
+            data, self._pieces, self._size = b"".join(self._pieces), [], 0
         buf = self._partial + data if self._partial else data
         lines, self._partial = _split(buf)
-        if len(self._partial) > self._maxLine:
-            self._partial = b""  # what broke: not passed on at the end
-            raise SSELineTooLong(f"fallback NDJSON line longer than {self._maxLine} bytes")
+        if not lines and self._partial:
+            # No line ended in this read: the next ones join the pieces.
+            self._pieces, self._size, self._partial = [self._partial], len(self._partial), b""
+        self._check()
         if not lines:
             return b""
         out = [self._line(raw) for raw in lines]
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _check(self) -> None:
+        """
+        @raise SSELineTooLong: if the unfinished line outgrew the limit.
+        """
+        if self._size + len(self._partial) > self._maxLine:
+            self._partial, self._pieces, self._size = b"", [], 0  # not passed on at the end
+            raise SSELineTooLong(f"fallback NDJSON line longer than {self._maxLine} bytes")
 
     def end(self) -> bytes:
         """
@@ -133,6 +162,8 @@ class NDJSONGuard:
             reads it) and every held tail, in one last line (the body
             ended, or failed).
         """
+        if self._pieces:
+            self._partial, self._pieces, self._size = b"".join(self._pieces), [], 0
         partial, self._partial = self._partial, b""
         out = self._line(partial) if partial.strip() else partial
         held = self._release()
