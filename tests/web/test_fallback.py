@@ -165,3 +165,15 @@ class SplitKeyTests(SynchronousTestCase):
         joined = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "")
                          for e in re.split(rb"\n\n", out) if e.startswith(b"data: {"))
         self.assertEqual(joined, f"{REDACTED}!")
+
+    def test_wholeAnswerOverTheLineLimit(self) -> None:
+        """
+        A fallback's whole answer is one JSON line, megabytes long for
+        C{/api/show} with C{verbose}: relayed as it is (the guard holds no
+        more than a line's limit; nothing after it could join its texts).
+        """
+        big = b'{"model_info":{"tokenizer.ggml.tokens":[' + b'"s","k",' * 600_000 + b'"x"]}}'
+        self.assertGreater(len(big), 4 * 1024 * 1024)
+        out = self.relayed("/api/experimental/show", b"application/json",
+                           [big[i:i + 65536] for i in range(0, len(big), 65536)])
+        self.assertEqual(out, big)

@@ -32,7 +32,8 @@ from typing import Any, Iterable, Protocol
 from ollama_proxy.protocol.certify import suspect
 from ollama_proxy.protocol.redact import PREFIX, Redactor, TextRedactor
 from ollama_proxy.protocol.relayguard import _decode, _dump, _quick
-from ollama_proxy.protocol.stream import SSELineTooLong
+from ollama_proxy.protocol.events import StreamFailed
+from ollama_proxy.protocol.stream import DEFAULT_MAX_LINE_LENGTH, SSELineTooLong
 
 TEXTS: tuple[tuple[str, ...], ...] = (
     ("message", "content"),
@@ -45,12 +46,12 @@ C{/api/chat}'s message content and thinking, C{/api/generate}'s response
 and thinking.  A fixed set, so the texts that may hold a tail at once are
 bounded by it (tool calls come whole in one line, filtered there)."""
 
-MAX_LINE = 16 * 1024 * 1024
-"""The longest line the guard holds to read whole: larger than a stream's
-line (Ollama's are small), as a fallback's whole answer is one line too
-(C{/api/show} with C{verbose} lists a model's vocabulary, megabytes of it),
-and bounded, as the byte count a hostile fallback may make the proxy hold
-per request (the whole-body reads allow 64 MiB)."""
+MAX_LINE = DEFAULT_MAX_LINE_LENGTH
+"""The longest line the guard holds to read whole (every relayed line or
+event has this limit).  A longer one is relayed as it comes, through the
+byte filter, when no text holds a tail: a fallback's whole answer is one
+line (C{/api/show} with C{verbose} lists megabytes of vocabulary), with
+nothing after it to join; a line after it ends the stream with an error."""
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 _LAST = ("model", "created_at")
@@ -100,6 +101,8 @@ class NDJSONGuard:
         # An unfinished line longer than one read, in pieces.
         self._pieces: list[bytes] = []
         self._size = 0
+        # Relaying a line over the limit (1), or after it (2).
+        self._over = 0
         self._held: dict[tuple[str, ...], TextRedactor] = {}
         self._last: dict[str, Any] = {}
 
@@ -118,7 +121,8 @@ class NDJSONGuard:
         @raise SSELineTooLong: if an unfinished line outgrows the line limit
             (the stream cannot be guarded: it ends, with an error).
         """
-        if (not self._partial and not self._held and not self._pieces and data[-1:] == b"\n"
+        if (not self._partial and not self._held and not self._pieces and not self._over
+                and data[-1:] == b"\n"
                 and b"\\" not in data and b"%" not in data):
             # Whole lines: L{_clean}, inlined (this is every read of a
             # clean stream).
@@ -127,34 +131,62 @@ class NDJSONGuard:
                     break
             else:
                 return data  # none with a text to change or hold
+        if self._over:
+            return self._overLine(data)
         if self._pieces and b"\n" not in data and b"\r" not in data:
             # A long line goes on: kept in pieces, joined once it ends
             # (joining at every read would copy it again each time).
             self._pieces.append(data)
             self._size += len(data)
-            self._check()
-            return b""
+            return self._check()
         if self._pieces:
             self._pieces.append(data)
             data, self._pieces, self._size = b"".join(self._pieces), [], 0
         buf = self._partial + data if self._partial else data
         lines, self._partial = _split(buf)
+        out = [self._line(raw) for raw in lines]
         if not lines and self._partial:
             # No line ended in this read: the next ones join the pieces.
             self._pieces, self._size, self._partial = [self._partial], len(self._partial), b""
-        self._check()
-        if not lines:
-            return b""
-        out = [self._line(raw) for raw in lines]
-        return out[0] if len(out) == 1 else b"".join(out)
+        out.append(self._check())
+        return b"".join(out)
 
-    def _check(self) -> None:
+    def _check(self) -> bytes:
         """
-        @raise SSELineTooLong: if the unfinished line outgrew the limit.
+        What an unfinished line longer than the limit becomes: relayed as it
+        comes when no text holds a tail (L{MAX_LINE}).
+
+        @return: what of it goes now.
+        @raise SSELineTooLong: if a text holds a tail (the line may go on
+            with it, and cannot be read whole).
         """
-        if self._size + len(self._partial) > self._maxLine:
+        if self._size + len(self._partial) <= self._maxLine:
+            return b""
+        if self._held:
             self._partial, self._pieces, self._size = b"", [], 0  # not passed on at the end
             raise SSELineTooLong(f"fallback NDJSON line longer than {self._maxLine} bytes")
+        out = b"".join(self._pieces) + self._partial
+        self._partial, self._pieces, self._size, self._over = b"", [], 0, 1
+        return out
+
+    def _overLine(self, data: bytes) -> bytes:
+        """
+        @return: C{data}, of a line over the limit or after it: the rest of
+            that line as it comes, then nothing but white space.
+        @raise StreamFailed: for anything after that line (its C{output} the
+            line's last bytes): a text there could join one of the line's.
+        """
+        out = b""
+        if self._over == 1:
+            found = _EOL.search(data)
+            if found is None:
+                return data
+            self._over = 2
+            out, data = data[: found.end()], data[found.end():]
+        if data.strip():
+            raise StreamFailed("the fallback sent more after a line longer than "
+                               f"{self._maxLine} bytes", output=out)
+        return out + data
 
     def end(self) -> bytes:
         """
@@ -162,6 +194,8 @@ class NDJSONGuard:
             reads it) and every held tail, in one last line (the body
             ended, or failed).
         """
+        if self._over:
+            return b""
         if self._pieces:
             self._partial, self._pieces, self._size = b"".join(self._pieces), [], 0
         partial, self._partial = self._partial, b""
