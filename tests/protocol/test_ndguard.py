@@ -283,3 +283,48 @@ class LongLineTests(SynchronousTestCase):
         self.assertGreater(len(bigger), 4 * 1024 * 1024)
         out = b"".join(g.feed(bigger[i:i + 65536]) for i in range(0, len(bigger), 65536)) + g.end()
         self.assertEqual(out, bigger)
+
+
+class CertifiedTests(SynchronousTestCase):
+    """
+    A read a guard certifies (its clean pass) is one the outbound byte
+    filter passes as it is, holding nothing: the relay writes it past the
+    filter, so the guard's search stands in for the filter's.
+    """
+
+    ALPHABET = 'sk-a"\\%\n{}:,é \r'
+
+    @settings(max_examples=500, deadline=None)
+    @given(secrets=st.lists(st.text(alphabet=ALPHABET, min_size=1, max_size=9), min_size=1, max_size=3),
+           data=st.text(alphabet=ALPHABET, min_size=1, max_size=40), sse=st.booleans())
+    @example(["sk-abc"], '{"response":"sk-a"}\n', False)
+    @example(["ék-abc"], "x ék-ab\n", False)
+    @example(["s\nk-abc"], "x s\n", False)
+    def test_certifiedIsUnchanged(self, secrets: list[str], data: str, sse: bool) -> None:
+        from ollama_proxy.protocol.redact import StreamRedactor
+        from ollama_proxy.protocol.relayguard import relayGuard
+
+        raw = data.encode("utf-8")
+        if sse:
+            raw += b"\n"  # an SSE read ends an event
+        made = (relayGuard if sse else ndjsonGuard)(Redactor(secrets))
+        assert made is not None
+        made.feed(raw)
+        if made.certified:
+            flt = StreamRedactor(Redactor(secrets).all())
+            self.assertEqual(flt.feed(raw), raw)
+            self.assertFalse(flt.holding)
+
+    def test_cleanReadCertified(self) -> None:
+        """
+        The common read is certified; one with a key's start, or after a
+        hold, is not.
+        """
+        g = guard()
+        g.feed(chatLine("hello"))
+        self.assertTrue(g.certified)
+        g.feed(chatLine("a s"))
+        self.assertFalse(g.certified)
+        g.feed(chatLine("hello"))
+        self.assertFalse(g.certified)
+        self.assertFalse(NDJSONGuard(("sk\nabc",)).certified)

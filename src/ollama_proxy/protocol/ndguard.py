@@ -31,7 +31,7 @@ from typing import Any, Iterable, Protocol
 
 from ollama_proxy.protocol.certify import suspect
 from ollama_proxy.protocol.redact import PREFIX, Redactor, TextRedactor
-from ollama_proxy.protocol.relayguard import _decode, _dump, _quick
+from ollama_proxy.protocol.relayguard import _decode, _dump, _quick, certifiable
 from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.stream import DEFAULT_MAX_LINE_LENGTH, SSELineTooLong
 
@@ -62,6 +62,10 @@ class StreamGuard(Protocol):
     What the relay asks of a guard over a stream's texts (this module's,
     or L{ollama_proxy.protocol.relayguard.RelayGuard}).
     """
+
+    certified: bool
+    """Whether what the last L{feed} returned needs no outbound filter
+    (L{ollama_proxy.protocol.relayguard.certifiable})."""
 
     def feed(self, data: bytes) -> bytes:
         """
@@ -97,6 +101,10 @@ class NDJSONGuard:
         self._suspect = suspect(secrets, PREFIX)
         self._quicks = tuple(_quick(secret) for secret in secrets)
         self._maxLine = maxLine
+        self._certifies = certifiable(secrets)
+        self.certified = False
+        """Whether the last L{feed} passed its read as it came after the
+        outbound filter's own search (L{certifiable})."""
         self._partial = b""
         # An unfinished line longer than one read, in pieces.
         self._pieces: list[bytes] = []
@@ -130,7 +138,9 @@ class NDJSONGuard:
                 if quick.search(data):
                     break
             else:
+                self.certified = self._certifies
                 return data  # none with a text to change or hold
+        self.certified = False
         if self._over:
             return self._overLine(data)
         if self._pieces and b"\n" not in data and b"\r" not in data:

@@ -66,6 +66,20 @@ def relayGuard(redactor: Redactor, extra: Iterable[str | None] = ()) -> RelayGua
     return RelayGuard(secrets, redactor._escaped(secrets)[1]) if secrets else None
 
 
+def certifiable(secrets: tuple[str, ...]) -> bool:
+    """
+    Whether a guard's clean read may skip the outbound byte filter
+    (L{ollama_proxy.protocol.redact.StreamRedactor}): a read of whole lines
+    or events, with no backslash, no percent sign and none of a secret's
+    first L{PREFIX} characters (the guard's one search, L{_quick}, looks for
+    them) is one the filter passes as it is, holding nothing, after the
+    same search, when the filter's heads are these (every secret ASCII: a
+    head is then 6 bytes as the filter counts them) and no secret has a
+    line end (a read ending in one could otherwise end a secret's start).
+    """
+    return all(secret.isascii() and "\n" not in secret and "\r" not in secret for secret in secrets)
+
+
 def _quick(secret: str) -> re.Pattern[bytes]:
     """
     @return: one search over an event's JSON for anything of C{secret} that
@@ -148,6 +162,10 @@ class RelayGuard:
         self._suspect = suspect(secrets, PREFIX)
         self._quicks = tuple(_quick(secret) for secret in secrets)
         self._maxEvent = maxEvent
+        self._certifies = certifiable(secrets)
+        self.certified = False
+        """Whether the last L{feed} passed its read as it came after the
+        outbound filter's own search (see L{certifiable})."""
         self._partial = b""
         self._held: dict[Key, TextRedactor] = {}
         self._spare: TextRedactor | None = None
@@ -171,7 +189,9 @@ class RelayGuard:
         """
         if (not self._partial and not self._held and data[-2:] == b"\n\n"
                 and b"\r" not in data and self._clean(data)):
+            self.certified = self._certifies
             return data  # whole events, none with a text to change or hold
+        self.certified = False
         buf = self._partial + data if self._partial else data
         events, self._partial = _split(buf)
         if len(self._partial) > self._maxEvent:

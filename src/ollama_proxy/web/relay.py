@@ -141,9 +141,19 @@ async def relayResponse(
     if guard is None:
         await relayBody(ex, response, ex.write, clock, idleTimeout)
         return
-    write, feed = ex.write, guard.feed
+    write, writeRedacted, feed = ex.write, ex.writeRedacted, guard.feed
+
+    def collect(data: bytes) -> None:
+        out = feed(data)
+        # A clean read the guard searched as the filter would: past it
+        # (through it after all while it holds a tail back).
+        if guard.certified:
+            writeRedacted(out)
+        else:
+            write(out)
+
     try:
-        await relayBody(ex, response, lambda data: write(feed(data)), clock, idleTimeout)
+        await relayBody(ex, response, collect, clock, idleTimeout)
     except BaseException:
         write(guard.end())  # held text first, then the error
         raise
