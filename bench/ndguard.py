@@ -12,6 +12,12 @@ that there are secrets to guard.
 
     bench/.venvs/bench/bin/python bench/ndguard.py --proxy-python PY A=TREE/src B=TREE/src \\
         [--rounds 5] [--duration 3] [--concurrency 16] [--lines 100]
+
+C{--micro} times the guard alone; C{--calls} counts the Python calls of one
+relayed stream in-process (the proxy's harness, one read per line or event:
+the steady figure on a shared machine), for the tree on C{PYTHONPATH}:
+
+    PYTHONPATH=TREE/src PY bench/ndguard.py --calls
 """
 
 from __future__ import annotations
@@ -140,10 +146,53 @@ def micro(count: int) -> None:
         print(f"guard alone, {name}: {best * 1e6:.0f} us / {calls} Python calls for {len(body)} lines")
 
 
+def calls(count: int) -> None:
+    """Python calls per relayed stream, fallback NDJSON and passthrough SSE."""
+    import cProfile
+    import pstats
+
+    from ollama_proxy.testing.harness import BodyCollector, ProxyHarness
+
+    ndjson = lines(count)
+    sse = [b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1,
+                                   "model": "m", "choices": [{"index": 0, "delta": {
+                                       "content": WORDS[i % len(WORDS)]}, "finish_reason": None}]},
+                                  separators=(",", ":")).encode() + b"\n\n" for i in range(count)]
+    sse.append(b"data: [DONE]\n\n")
+
+    def once(path: str, body: list[bytes], contentType: bytes, fallback: bool) -> None:
+        h = ProxyHarness(apiKey=KEY, secrets=(INBOUND,))
+        d = h.post(path, {"model": "m", "stream": True},
+                   headers={b"Authorization": [b"Bearer " + INBOUND.encode()]})
+        [upstream] = (h.ollama if fallback else h.backend).received
+        upstream.request.setResponseCode(200)
+        upstream.request.setHeader(b"Content-Type", contentType)
+        got: list[BodyCollector] = []
+        d.addCallback(lambda response: got.append(BodyCollector(h, response)))
+        for piece in body:
+            upstream.write(piece)
+            h.pump()
+        upstream.finish()
+        h.pump()
+        assert got[0].data == b"".join(body), got[0].data[-300:]
+
+    for name, args in (("fallback NDJSON", ("/api/x-chat", ndjson, b"application/x-ndjson", True)),
+                       ("passthrough SSE", ("/v1/chat/completions", sse, b"text/event-stream", False))):
+        once(*args)
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(5):
+            once(*args)
+        profile.disable()
+        total = pstats.Stats(profile).total_calls  # type: ignore[attr-defined]
+        print(f"{name}: {total // 5} Python calls per stream ({count} pieces, one read each)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--micro", action="store_true", help="the guard alone (this interpreter's tree)")
+    parser.add_argument("--calls", action="store_true", help="calls per relayed stream (this tree)")
     parser.add_argument("--proxy-python")
     parser.add_argument("builds", nargs="*", help="NAME=PYTHONPATH")
     parser.add_argument("--rounds", type=int, default=5)
@@ -157,6 +206,9 @@ def main() -> None:
         return
     if args.micro:
         micro(args.lines)
+        return
+    if args.calls:
+        calls(args.lines)
         return
     os.sched_setaffinity(0, {int(run.BENCH_CORE)})
     logDir = tempfile.mkdtemp(prefix="ndguard-")
