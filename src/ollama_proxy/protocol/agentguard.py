@@ -26,7 +26,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ollama_proxy.protocol.redact import Redactor
-from ollama_proxy.protocol.relayguard import Key, RelayGuard, _data, _decode, _dump, _rewrite
+from ollama_proxy.protocol.relayguard import (Key, RelayGuard, decodeLenient, dumpLenient, eventData,
+                                              rewriteEvent)
 
 ANTHROPIC_TEXTS = ("text", "thinking", "partial_json")
 """The texts of an Anthropic C{content_block_delta}'s C{delta} a client joins."""
@@ -73,12 +74,12 @@ class AgentGuard(RelayGuard):
         self._templates: dict[Key, tuple[bytes, dict[str, Any]]] = {}
 
     def _event(self, raw: bytes) -> bytes:
-        data = _data(raw)
+        data = eventData(raw)
         if data is None:
             return raw
         if not self._held and self._clean(data):
             return raw
-        obj = _decode(data)
+        obj = decodeLenient(data)
         if not isinstance(obj, dict):
             return raw
         kind = obj.get("type")
@@ -131,7 +132,7 @@ class AgentGuard(RelayGuard):
             if new is not value:
                 holder[field] = new
                 changed = True
-        return _rewrite(raw, _dump(obj)) if changed else raw
+        return rewriteEvent(raw, dumpLenient(obj)) if changed else raw
 
     def _releaseWhere(self, chosen: Any, sequence: Any) -> bytes:
         """
@@ -153,7 +154,7 @@ class AgentGuard(RelayGuard):
                     event["sequence_number"] = sequence
             else:
                 event["delta"][field] = tail
-            out.append(b"event: " + name + b"\ndata: " + _dump(event) + b"\n\n")
+            out.append(b"event: " + name + b"\ndata: " + dumpLenient(event) + b"\n\n")
         return b"".join(out)
 
     def _release(self) -> bytes:

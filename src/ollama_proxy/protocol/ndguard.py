@@ -31,7 +31,7 @@ from typing import Any, Iterable, Protocol
 
 from ollama_proxy.protocol.certify import suspect
 from ollama_proxy.protocol.redact import PREFIX, Redactor, TextRedactor
-from ollama_proxy.protocol.relayguard import _decode, _dump, _quick, certifiable
+from ollama_proxy.protocol.relayguard import certifiable, decodeLenient, dumpLenient, quickSearch
 from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.stream import DEFAULT_MAX_LINE_LENGTH, SSELineTooLong
 
@@ -99,7 +99,7 @@ class NDJSONGuard:
     def __init__(self, secrets: tuple[str, ...], maxLine: int = MAX_LINE) -> None:
         self._secrets = secrets
         self._suspect = suspect(secrets, PREFIX)
-        self._quicks = tuple(_quick(secret) for secret in secrets)
+        self._quicks = tuple(quickSearch(secret) for secret in secrets)
         self._maxLine = maxLine
         self._certifies = certifiable(secrets)
         self.certified = False
@@ -219,7 +219,7 @@ class NDJSONGuard:
         """
         @return: whether no text in C{data} could change or hold: no
             backslash or percent sign (no escaped or percent-encoded
-            spelling) and no form L{_quick} looks for.
+            spelling) and no form L{quickSearch} looks for.
         """
         if b"\\" in data or b"%" in data:
             return False
@@ -232,7 +232,7 @@ class NDJSONGuard:
         body = raw.rstrip(b"\r\n")
         if not self._held and self._clean(body):
             return raw
-        obj = _decode(body) if body.strip() else None
+        obj = decodeLenient(body) if body.strip() else None
         if not isinstance(obj, dict):
             return raw
         last = self._last
@@ -258,7 +258,7 @@ class NDJSONGuard:
                 before = self._release()  # the texts end here
         if not changed:
             return before + raw
-        return before + _dump(obj) + raw[len(body):]
+        return before + dumpLenient(obj) + raw[len(body):]
 
     def _text(self, path: tuple[str, ...], value: str) -> str:
         """
@@ -306,7 +306,7 @@ class NDJSONGuard:
                 line["message"] = {"role": "assistant"}
             _set(line, path, tail)
         line["done"] = False
-        return _dump(line) + b"\n"
+        return dumpLenient(line) + b"\n"
 
 
 def _get(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
