@@ -176,3 +176,29 @@ class ResponsesTests(SynchronousTestCase):
     def test_clean(self) -> None:
         body = responses(["hello", " world"], "response.output_text.delta")
         self.assertEqual(run(body, [7, 100]), body)
+
+
+class BoundsTests(SynchronousTestCase):
+    """
+    A hostile stream inventing indexes grows nothing without bound.
+    """
+
+    def test_manyTexts(self) -> None:
+        """
+        Texts that hold a tail and then release it leave nothing behind;
+        more than L{MAX_HELD} holding at once end the stream.
+        """
+        from ollama_proxy.protocol.events import StreamFailed
+        from ollama_proxy.protocol.relayguard import MAX_HELD
+
+        g = guard()
+        for i in range(3000):
+            for text in ("s", "x"):
+                g.feed(sse("content_block_delta", {"type": "content_block_delta", "index": i,
+                                                   "delta": {"type": "text_delta", "text": text}}))
+        self.assertFalse(g.holding)
+        self.assertEqual(g._templates, {})
+        with self.assertRaises(StreamFailed):
+            for i in range(MAX_HELD + 1):
+                g.feed(sse("content_block_delta", {"type": "content_block_delta", "index": i,
+                                                   "delta": {"type": "text_delta", "text": "s"}}))

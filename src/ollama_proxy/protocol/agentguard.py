@@ -129,6 +129,8 @@ class AgentGuard(RelayGuard):
             new = self._text(key, value)
             if key in self._held:
                 self._templates[key] = (kind.encode("utf-8", "replace"), template(field))
+            else:
+                self._templates.pop(key, None)  # as bounded as what is held
             if new is not value:
                 holder[field] = new
                 changed = True
