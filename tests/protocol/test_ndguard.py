@@ -328,3 +328,36 @@ class CertifiedTests(SynchronousTestCase):
         g.feed(chatLine("hello"))
         self.assertFalse(g.certified)
         self.assertFalse(NDJSONGuard(("sk\nabc",)).certified)
+
+
+class SniffedTests(SynchronousTestCase):
+    """
+    L{SniffedGuard}: the body's first bytes choose the guard.
+    """
+
+    def sniffed(self) -> Any:
+        from ollama_proxy.protocol.ndguard import SniffedGuard
+        from ollama_proxy.protocol.relayguard import relayGuard
+
+        sse = relayGuard(Redactor(SECRETS))
+        assert sse is not None
+        return SniffedGuard(guard(), sse)
+
+    def test_ndjson(self) -> None:
+        g = self.sniffed()
+        out = g.feed(b"\n") + g.feed(generateLine("s")) + g.feed(generateLine("k-host/ILE+backend-0123456789abcdef"))
+        self.assertEqual(joined(out + g.end())[("response",)], REDACTED)
+
+    def test_sse(self) -> None:
+        g = self.sniffed()
+        body = b"".join(b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": t}}]}).encode()
+                        + b"\n\n" for t in ("s", "k-host/ILE+backend-0123456789abcdef"))
+        out = g.feed(b"  ") + g.feed(body) + g.end()
+        self.assertNotIn(b"k-host", out)
+        self.assertIn(REDACTED.encode(), out)
+
+    def test_nothing(self) -> None:
+        g = self.sniffed()
+        self.assertEqual(g.feed(b" \n"), b" \n")
+        self.assertFalse(g.certified)
+        self.assertEqual(g.end(), b"")

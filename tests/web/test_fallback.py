@@ -156,15 +156,18 @@ class SplitKeyTests(SynchronousTestCase):
     def test_sseEvents(self) -> None:
         """
         A fallback answering SSE (an OpenAI client on a path the fallback
-        serves): the relayed routes' guard watches its deltas.
+        serves): the relayed routes' guard watches its deltas, whether the
+        content type says SSE or (an SDK reads SSE regardless) not.
         """
         events = [{"choices": [{"index": 0, "delta": {"content": t}}]}
                   for t in ["s", "k-host/ILE+backend-0123456789abcdef", "!"]]
         data = b"".join(b"data: " + codec.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
-        out = self.relayed("/v1/other", b"text/event-stream", [data])
-        joined = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "")
-                         for e in re.split(rb"\n\n", out) if e.startswith(b"data: {"))
-        self.assertEqual(joined, f"{REDACTED}!")
+        for contentType, lead in [(b"text/event-stream", b""), (b"application/x-ndjson", b"\n"),
+                                  (b"application/json", b": hi\n\n")]:
+            out = self.relayed("/v1/other", contentType, [lead, data[:9], data[9:]])
+            joined = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "")
+                             for e in re.split(rb"\n\n", out) if e.startswith(b"data: {"))
+            self.assertEqual(joined, f"{REDACTED}!", contentType)
 
     def test_wholeAnswerOverTheLineLimit(self) -> None:
         """

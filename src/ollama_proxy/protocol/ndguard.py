@@ -78,6 +78,46 @@ class StreamGuard(Protocol):
         """
 
 
+_SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
+class SniffedGuard:
+    """
+    The guard for a body whose shape its content type does not say (a
+    fallback may claim anything): an SSE body (its first bytes a field,
+    C{data:} or C{event:}, or a comment) gets the SSE guard, anything else
+    the NDJSON one, chosen at the first bytes that are not white space.
+    """
+
+    def __init__(self, ndjson: StreamGuard, sse: StreamGuard) -> None:
+        self._choices: tuple[StreamGuard, StreamGuard] | None = (ndjson, sse)
+        self._chosen: StreamGuard | None = None
+        self.certified = False
+
+    def feed(self, data: bytes) -> bytes:
+        """
+        @return: what the chosen guard lets go of C{data}.
+        """
+        chosen = self._chosen
+        if chosen is None:
+            start = data.lstrip()
+            if not start:
+                self.certified = False
+                return data  # white space: nothing to guard yet
+            assert self._choices is not None
+            chosen = self._chosen = self._choices[start.startswith(_SSE_FIELDS)]
+            self._choices = None
+        out = chosen.feed(data)
+        self.certified = chosen.certified
+        return out
+
+    def end(self) -> bytes:
+        """
+        @return: what the chosen guard held.
+        """
+        return self._chosen.end() if self._chosen is not None else b""
+
+
 def ndjsonGuard(redactor: Redactor, extra: Iterable[str | None] = ()) -> NDJSONGuard | None:
     """
     @param redactor: the proxy's secrets.

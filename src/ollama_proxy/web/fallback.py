@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 from twisted.web.server import Request
 
 from ollama_proxy.protocol.errors import BadRequest, NotFound
-from ollama_proxy.protocol.ndguard import StreamGuard, ndjsonGuard
+from ollama_proxy.protocol.ndguard import SniffedGuard, StreamGuard, ndjsonGuard
 from ollama_proxy.protocol.relayguard import relayGuard
 from ollama_proxy.protocol.target import QUERY_SAFE, checkTarget, reencode
 from ollama_proxy.upstream.backend import sendRequest
@@ -82,17 +82,21 @@ def guardFor(ex: Exchange, contentType: bytes) -> StreamGuard | None:
     own host (it knows the backend's key) and may answer any path, so what
     a client joins across its lines or events is watched, whatever the
     path.  An SSE answer gets the relayed OpenAI routes' guard (an OpenAI
-    client on a path the fallback serves); anything else is read as Ollama
-    NDJSON (Ollama's clients read lines whatever the content type; a body
-    that is one JSON object is one line).
+    client on a path the fallback serves), by its content type or, as an
+    SDK reads SSE whatever the type says, by its first bytes; anything else
+    is read as Ollama NDJSON (Ollama's clients read lines whatever the
+    content type; a body that is one JSON object is one line).
 
     @param ex: the exchange (its redactor knows the secrets).
     @param contentType: the answer's C{Content-Type}.
     @return: the guard, or C{None} when there is no secret to look for.
     """
-    if contentType.lower().startswith(b"text/event-stream"):
-        return relayGuard(ex.redactor, ex.clientKey())
-    return ndjsonGuard(ex.redactor, ex.clientKey())
+    sse = relayGuard(ex.redactor, ex.clientKey())
+    if sse is None or contentType.lower().startswith(b"text/event-stream"):
+        return sse
+    ndjson = ndjsonGuard(ex.redactor, ex.clientKey())
+    assert ndjson is not None  # the same secrets
+    return SniffedGuard(ndjson, sse)
 
 
 class FallbackResource(ProxyResource):
