@@ -177,6 +177,55 @@ class ResponsesTests(SynchronousTestCase):
         body = responses(["hello", " world"], "response.output_text.delta")
         self.assertEqual(run(body, [7, 100]), body)
 
+    @settings(max_examples=200, deadline=None)
+    @given(first=st.lists(st.sampled_from(["yes", " ask", "s", "sk-h", "in-", "ok", BACKEND_KEY[:9]]),
+                          min_size=1, max_size=4),
+           second=st.lists(st.sampled_from(['{"a":', ' "s', 'k', '"}', "in-ke"]), min_size=1, max_size=4),
+           cuts=st.lists(st.integers(0, 3000), max_size=4), atEnd=st.booleans(),
+           perEvent=st.booleans())
+    @example(["it is yes"], ["s"], [], False, False)
+    @example(["it is yes"], ["{}"], [], False, True)
+    def test_sequenceNumbers(self, first: list[str], second: list[str], cuts: list[int],
+                             atEnd: bool, perEvent: bool) -> None:
+        """
+        A text that ends in what could begin a key (an innocent C{yes}
+        holds its C{s}) has that tail released in an event of its own: it
+        takes the next C{sequence_number} and every later event's moves up,
+        so the numbers stay 0, 1, 2... with none twice, and both texts
+        come out whole.  With C{atEnd} the body ends before the texts do;
+        with C{perEvent} each read is one whole event (the clean read's
+        fast path).
+        """
+        body, seq = b"", 0
+
+        def add(name: str, **fields: Any) -> None:
+            nonlocal body, seq
+            body += sse(name, {"type": name, "sequence_number": seq, **fields})
+            seq += 1
+
+        ids = {"item_id": "it", "output_index": 0, "content_index": 0}
+        add("response.created")
+        for piece in first:
+            add("response.output_text.delta", delta=piece, **ids)
+        add("response.output_text.done", text="".join(first), **ids)
+        add("response.output_item.done", output_index=0)
+        call = {"item_id": "fc", "output_index": 1}
+        for piece in second:
+            add("response.function_call_arguments.delta", delta=piece, **call)
+        if not atEnd:
+            add("response.function_call_arguments.done", arguments="".join(second), **call)
+            add("response.completed")
+        if perEvent:
+            cuts = [m.end() for m in re.finditer(rb"\n\n", body)]
+        out = events(run(body, cuts))
+        self.assertEqual([o["sequence_number"] for _, o in out], list(range(len(out))))
+        texts = {kind: "".join(o["delta"] for k, o in out if k == kind)
+                 for kind in ("response.output_text.delta", "response.function_call_arguments.delta")}
+        for kind, pieces in [("response.output_text.delta", first),
+                             ("response.function_call_arguments.delta", second)]:
+            if BACKEND_KEY[:9] not in "".join(pieces):
+                self.assertEqual(texts[kind], "".join(pieces))
+
 
 class BoundsTests(SynchronousTestCase):
     """

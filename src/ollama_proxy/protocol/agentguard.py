@@ -72,6 +72,19 @@ class AgentGuard(RelayGuard):
         super().__init__(*args, **kwargs)
         # What a released tail's own delta event looks like, per text.
         self._templates: dict[Key, tuple[bytes, dict[str, Any]]] = {}
+        # How many events the guard added to a Responses stream so far: a
+        # released tail's event takes the next sequence number and every
+        # later event's number moves up by one, so they stay one apart and
+        # unique, as the Responses API promises.
+        self._shift = 0
+        self._lastSequence = -1
+
+    def _clean(self, data: bytes) -> bool:
+        """
+        Once an event was added, no read is clean: every later sequence
+        number moves (see L{_event}).
+        """
+        return not self._shift and super()._clean(data)
 
     def _event(self, raw: bytes) -> bytes:
         data = eventData(raw)
@@ -82,6 +95,12 @@ class AgentGuard(RelayGuard):
         obj = decodeLenient(data)
         if not isinstance(obj, dict):
             return raw
+        sequence = obj.get("sequence_number")
+        if type(sequence) is int:
+            if self._shift:
+                obj["sequence_number"] = sequence = sequence + self._shift
+                raw = rewriteEvent(raw, dumpLenient(obj))
+            self._lastSequence = sequence
         kind = obj.get("type")
         if kind == "content_block_delta" and isinstance(obj.get("delta"), dict):
             return self._delta(raw, obj, obj["delta"], ANTHROPIC_TEXTS, _int(obj.get("index")), -1,
@@ -96,18 +115,35 @@ class AgentGuard(RelayGuard):
             return raw
         if kind == "content_block_stop":
             index = _int(obj.get("index"))
-            return self._releaseWhere(lambda key: key[0] == index, None) + raw
+            return self._releaseWhere(lambda key: key[0] == index, None)[0] + raw
         if kind.startswith("response.") and kind.endswith(".done"):
             output = _int(obj.get("output_index"))
             inner = _int(obj.get("content_index", obj.get("summary_index")))
             delta = kind[: -len(".done")] + ".delta"
             whole = kind == "response.output_item.done"
-            return self._releaseWhere(
-                lambda key: key[0] == output and (whole or (key[1] == delta and key[2] == inner)),
-                obj.get("sequence_number")) + raw
+            return self._before(raw, obj, lambda key: key[0] == output and (
+                whole or (key[1] == delta and key[2] == inner)))
         if kind in _ANTHROPIC_ENDS or kind in _RESPONSES_ENDS:
-            return self._release() + raw
+            return self._before(raw, obj, lambda key: True)
         return raw
+
+    def _before(self, raw: bytes, obj: dict[str, Any], chosen: Any) -> bytes:
+        """
+        The held tails of the texts an event ends, released before it.
+
+        @param raw: the ending event, as it goes out.
+        @param obj: its decoded object.
+        @param chosen: which held texts it ends.
+        @return: the released delta events, then the ending event (its
+            C{sequence_number}, if any, moved past theirs).
+        """
+        sequence = obj.get("sequence_number")
+        released, count = self._releaseWhere(chosen, sequence if type(sequence) is int else None)
+        if count and type(sequence) is int:
+            self._shift += count
+            obj["sequence_number"] = self._lastSequence = sequence + count
+            raw = rewriteEvent(raw, dumpLenient(obj))
+        return released + raw
 
     def _delta(self, raw: bytes, obj: dict[str, Any], holder: dict[str, Any], fields: tuple[str, ...],
                outer: int, inner: int, template: Any) -> bytes:
@@ -136,14 +172,15 @@ class AgentGuard(RelayGuard):
                 changed = True
         return rewriteEvent(raw, dumpLenient(obj)) if changed else raw
 
-    def _releaseWhere(self, chosen: Any, sequence: Any) -> bytes:
+    def _releaseWhere(self, chosen: Any, sequence: int | None) -> tuple[bytes, int]:
         """
         @param chosen: which held texts end here.
-        @param sequence: the ending event's C{sequence_number}, which the
-            released events take (they come just before it), if any.
-        @return: their tails, one delta event each.
+        @param sequence: the ending event's C{sequence_number}, if any: the
+            released Responses events take it and the numbers after it
+            (they come just before that event, which moves up).
+        @return: their tails, one delta event each, and how many.
         """
-        out = []
+        out: list[bytes] = []
         for key in [k for k in self._held if chosen(k)]:
             tail = self._held.pop(key).end()
             name, event = self._templates.pop(key, (b"", {}))
@@ -153,14 +190,21 @@ class AgentGuard(RelayGuard):
             if field == "delta":
                 event["delta"] = tail
                 if sequence is not None:
-                    event["sequence_number"] = sequence
+                    event["sequence_number"] = sequence + len(out)
             else:
                 event["delta"][field] = tail
             out.append(b"event: " + name + b"\ndata: " + dumpLenient(event) + b"\n\n")
-        return b"".join(out)
+        return b"".join(out), len(out)
 
     def _release(self) -> bytes:
         """
         @return: every held tail, each in a delta event of its text.
         """
-        return self._releaseWhere(lambda key: True, None) if self._held else b""
+        if not self._held:
+            return b""
+        last = self._lastSequence
+        released, count = self._releaseWhere(lambda key: True, last + 1 if last >= 0 else None)
+        if last >= 0:
+            self._shift += count
+            self._lastSequence += count
+        return released
