@@ -173,6 +173,65 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(self.idle, [self.conn])
         self.assertFalse(self.closed())
 
+    def test_parserReusedOnKeepAlive(self) -> None:
+        """
+        A keep-alive connection's second and third responses (other
+        framings, split reads, a body read later) are parsed right by the
+        first response's parser, reset: one llhttp parser per connection.
+        """
+        answers = [
+            (b"GET", [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"], 200, b"hello"),
+            (b"POST", [b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n3\r\nab",
+                       b"c\r\n0\r\n\r\n"], 201, b"abc"),
+            (b"GET", [b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno"], 404, b"no"),
+        ]
+        parsers = []
+        for method, reads, code, body in answers:
+            self.idle.clear()
+            results = self.send(method, b"x" if method == b"POST" else None)
+            parsers.append(self.conn._parser)
+            for data in reads:
+                self.conn.dataReceived(data)
+            [response] = results
+            self.assertEqual(response.code, code)
+            reader = Body()
+            response.deliverBody(reader)
+            self.assertEqual(b"".join(reader.data), body)
+            assert reader.reason is not None
+            self.assertTrue(reader.reason.check(ResponseDone))
+            self.assertEqual(self.idle, [self.conn])
+            self.assertFalse(self.closed())
+        self.assertIs(parsers[1], parsers[0])
+        self.assertIs(parsers[2], parsers[0])
+        self.assertEqual(self.conn._parser, None)
+
+    def test_refusedThenFresh(self) -> None:
+        """
+        A refused response (after a good one on the same connection) fails
+        its request and closes the connection, whose parser is not kept;
+        the pool's next request goes on a new connection with a new parser.
+        """
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(self.idle, [self.conn])
+        first = self.conn._spare
+        results = self.send()
+        self.assertIs(self.conn._parser, first)
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok")
+        [failure] = results
+        self.assertTrue(failure.check(ResponseFailed))
+        self.assertTrue(self.closed())
+        self.assertFalse(self.conn.usable)
+        self.assertIsNone(self.conn._spare)
+        self.assertEqual(self.idle, [self.conn])  # from the first answer only
+        old = self.conn
+        self.setUp()
+        results = self.send()
+        self.assertIsNot(self.conn, old)
+        self.assertIsNot(self.conn._parser, first)
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(results[0].code, 200)
+
     def countPauses(self) -> list[None]:
         """
         @return: a list that gets an entry each time the connection pauses

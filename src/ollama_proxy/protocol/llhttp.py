@@ -153,9 +153,41 @@ class ResponseParser:
         """
         @param method: the request's method (a C{HEAD} answer has no body).
         """
-        self._head = method == b"HEAD"
         self._parser = httptools.HttpResponseParser(self)
+        self._begin(method)
+
+    @property
+    def reusable(self) -> bool:
+        """
+        Whether the response ended complete and keep-alive with nothing
+        after it (a L{ResponseEnd} whose C{reusable} is true): llhttp is
+        then back at the start of a message, and L{reset} may parse the
+        connection's next response with it.
+        """
+        end = self._end
+        return end is not None and end.reusable and not self._failed
+
+    def reset(self, method: bytes) -> None:
+        """
+        Parse the next response on the same keep-alive connection, with the
+        same llhttp parser (a new one per response was about a microsecond
+        and a half of each exchange): every field of this object starts
+        again as for a new parser.  Only after a L{reusable} response; any
+        other end (refused, cut short, a C{HEAD} answer stopped after its
+        head, bytes after it, C{Connection: close}) leaves llhttp in a state
+        no next response may be parsed in, and the connection is closed.
+
+        @param method: the next request's method.
+        @raise ValueError: if the last response is not L{reusable}.
+        """
+        if not self.reusable:
+            raise ValueError("only a complete keep-alive response's parser is reused")
+        self._begin(method)
+
+    def _begin(self, method: bytes) -> None:
+        self._head = method == b"HEAD"
         self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self._end: ResponseEnd | None = None
         self._events: list[ResponseEvent] = []
         self._body: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
@@ -241,7 +273,8 @@ class ResponseParser:
             return
         self._flushBody()
         self._done = True
-        self._events.append(ResponseEnd(bool(self._parser.should_keep_alive())))
+        end = self._end = ResponseEnd(bool(self._parser.should_keep_alive()))
+        self._events.append(end)
 
     def _flushBody(self) -> None:
         body = self._body

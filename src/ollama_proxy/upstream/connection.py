@@ -187,6 +187,9 @@ class ClientConnection(Protocol):
         self.onIdle = onIdle
         self.onLost = onLost
         self._parser: ResponseParser | None = None
+        self._spare: ResponseParser | None = None
+        """The last response's parser, when it ended reusable: the next
+        request's response is parsed with it (L{ResponseParser.reset})."""
         self._waiting: Deferred[IResponse] | None = None
         self._request: ClientRequest | None = None
         self._response: HTTPResponse | None = None
@@ -227,7 +230,12 @@ class ClientConnection(Protocol):
             raise ValueError(f"Invalid method {method!r}")
         if not _VALID_URI.match(path):
             raise ValueError(f"Invalid URI {path!r}")
-        self._parser = ResponseParser(method)
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.reset(method)
+            self._parser = spare
+        else:
+            self._parser = ResponseParser(method)
         self._request = ClientRequest(method, absoluteURI, headers)
         d = self._waiting = Deferred(self._cancel)
         head = [method, b" ", path, b" HTTP/1.1\r\n"]
@@ -382,12 +390,15 @@ class ClientConnection(Protocol):
 
     def _end(self, reusable: bool) -> None:
         response = self._response
+        parser = self._parser
         self._parser = self._response = self._request = None
         if self._writing:
             reusable = False
             self._stopWriting()
         if reusable and self.usable:
             assert self.transport is not None
+            if parser is not None and parser.reusable:
+                self._spare = parser
             self.transport.resumeProducing()  # type: ignore[attr-defined]
             if response is not None:
                 response._transport.detach()
