@@ -158,26 +158,20 @@ class ResponseParser:
 
     @property
     def reusable(self) -> bool:
-        """
-        Whether the response ended complete and keep-alive with nothing
-        after it (a L{ResponseEnd} whose C{reusable} is true): llhttp is
-        then back at the start of a message, and L{reset} may parse the
-        connection's next response with it.
-        """
+        """Whether the response ended complete and keep-alive with nothing
+        after it (llhttp is back at a message's start): L{reset} may follow."""
         end = self._end
         return end is not None and end.reusable and not self._failed
 
     def reset(self, method: bytes) -> None:
         """
-        Parse the next response on the same keep-alive connection, with the
-        same llhttp parser (a new one per response was about a microsecond
-        and a half of each exchange): every field of this object starts
-        again as for a new parser.  Only after a L{reusable} response; any
-        other end (refused, cut short, a C{HEAD} answer stopped after its
-        head, bytes after it, C{Connection: close}) leaves llhttp in a state
-        no next response may be parsed in, and the connection is closed.
+        Parse the next response on the same keep-alive connection with the
+        same llhttp parser (a new one per response cost more than a
+        microsecond), every field started again.  Any other end (refused,
+        cut short, a C{HEAD} answer stopped after its head, bytes after it,
+        C{Connection: close}) leaves llhttp where no next response may be
+        parsed: the connection is closed instead.
 
-        @param method: the next request's method.
         @raise ValueError: if the last response is not L{reusable}.
         """
         if not self.reusable:
