@@ -26,12 +26,6 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IClientRequest, IRes
 from zope.interface import implementer
 
 from ollama_proxy.protocol.llhttp import ResponseHead
-from ollama_proxy.upstream.compat import SERVER_MISSING, addRequestHeaders
-
-FAST_HEADERS = not {"Headers._rawHeaders", "_nameEncoder.encode"} & set(SERVER_MISSING)
-"""Whether a response's fields go into its C{Headers} as the server's
-request fields do (L{addRequestHeaders}: the same canonical names and
-values as C{addRawHeader}, without its per-value check)."""
 
 
 class Connection(typing.Protocol):
@@ -193,16 +187,11 @@ class HTTPResponse:
         self.phrase = head.phrase
         headers = self.headers = Headers()
         keepLength = request.method == b"HEAD"
-        fields = [
-            (name, value) for name, value in head.headers
-            if name.lower() not in CONNECTION_HEADERS or (keepLength and name.lower() == b"content-length")
-        ]
-        if FAST_HEADERS:
-            # llhttp refused any CR or LF in a value: no per-value check.
-            addRequestHeaders(headers, fields)
-        else:
-            for name, value in fields:
-                headers.addRawHeader(name, value)
+        for name, value in head.headers:
+            lower = name.lower()
+            if lower in CONNECTION_HEADERS and not (keepLength and lower == b"content-length"):
+                continue
+            headers.addRawHeader(lower, value)
         self.length: int | object = UNKNOWN_LENGTH if head.length is None else head.length
         self.request = request
         self._transport = transport
