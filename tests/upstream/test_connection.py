@@ -148,6 +148,25 @@ class ConnectionTests(SynchronousTestCase):
         self.assertRaises(ValueError, self.send, b"GET /x")
         self.assertEqual(self.transport.value(), b"")
 
+    def test_badPathEveryTime(self) -> None:
+        """
+        A path with a space or a control character is refused before
+        anything is sent, every time; a valid line asked again (found valid
+        once, remembered) is still sent, with the same bytes.
+        """
+        for _ in range(2):
+            for path in (b"/p HTTP/1.1\r\nX-Injected: 1", b"/p\r\n", b"/a b", b""):
+                self.assertRaises(ValueError, self.conn.request, b"GET", b"http://h/p", path,
+                                  Headers(), None)
+                self.assertEqual(self.transport.value(), b"")
+            self.assertRaises(ValueError, self.conn.request, b"G T", b"http://h/p", b"/p", Headers(), None)
+        for _ in range(2):
+            self.send(b"POST", b"{}")
+            self.assertEqual(self.transport.value(),
+                             b"POST /p?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}")
+            self.transport.clear()
+            self.conn.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+
     def test_responseAndReuse(self) -> None:
         """
         A complete keep-alive response: the response, its body, then the

@@ -60,6 +60,11 @@ from ollama_proxy.upstream.message import (
 _TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VALID_URI = re.compile(rb"\A[\x21-\x7e]+\Z")
 
+MAX_CHECKED = 1024
+_checked: set[tuple[bytes, bytes]] = set()
+"""Request lines' methods and paths found valid (the proxy's own few routes
+come back at every request: two regular-expression matches fewer each)."""
+
 
 
 class ReadScope:
@@ -226,10 +231,13 @@ class ClientConnection(Protocol):
             when they have none: written, rather than added to a copy).
         @return: fires with the response once its head arrived.
         """
-        if not _TOKEN.match(method):
-            raise ValueError(f"Invalid method {method!r}")
-        if not _VALID_URI.match(path):
-            raise ValueError(f"Invalid URI {path!r}")
+        if (method, path) not in _checked:
+            if not _TOKEN.match(method):
+                raise ValueError(f"Invalid method {method!r}")
+            if not _VALID_URI.match(path):
+                raise ValueError(f"Invalid URI {path!r}")
+            if len(_checked) < MAX_CHECKED:
+                _checked.add((method, path))
         spare, self._spare = self._spare, None
         if spare is not None:
             spare.reset(method)
