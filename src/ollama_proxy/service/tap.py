@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application import strports
 from twisted.application.internet import TimerService
@@ -212,18 +212,19 @@ class ProxyService(MultiService):
         self.temporary: list[str] = []
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            self._removeTemporary()
-            self._fail(e)
-        except BaseException:
-            self._removeTemporary()
-            raise
+        self._starting(super().privilegedStartService)
 
     def startService(self) -> None:
+        self._starting(super().startService)
+
+    def _starting(self, start: Callable[[], None]) -> None:
+        """
+        Run one of the start steps (a privileged port binds in the first);
+        whatever it raises first removes the temporary directories, and a
+        port that cannot be bound becomes one clear line.
+        """
         try:
-            super().startService()
+            start()
         except CannotListenError as e:
             self._removeTemporary()
             self._fail(e)
