@@ -464,6 +464,14 @@ class ResponseParserEquivalenceTests(SynchronousTestCase):
         cut.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
         cut.eof()
         self.assertRaises(ValueError, cut.reset, b"GET")
+        # Complete, then bytes in a later read; complete, then closed.
+        for after in (lambda p: p.feed(b"H"), lambda p: p.eof()):
+            parser = ResponseParser(b"GET")
+            parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            self.assertTrue(parser.reusable)
+            after(parser)
+            self.assertFalse(parser.reusable)
+            self.assertRaises(ValueError, parser.reset, b"GET")
 
     def test_resetThreeTimes(self) -> None:
         """

@@ -147,6 +147,8 @@ class ResponseParser:
 
     @ivar untilClose: the body ends when the connection does (no length, not
         chunked), so an EOF is its normal end.
+    @ivar reusable: the response ended complete and keep-alive with nothing
+        after it (llhttp is back at a message's start): L{reset} may follow.
     """
 
     def __init__(self, method: bytes) -> None:
@@ -155,13 +157,6 @@ class ResponseParser:
         """
         self._parser = httptools.HttpResponseParser(self)
         self._begin(method)
-
-    @property
-    def reusable(self) -> bool:
-        """Whether the response ended complete and keep-alive with nothing
-        after it (llhttp is back at a message's start): L{reset} may follow."""
-        end = self._end
-        return end is not None and end.reusable and not self._failed
 
     def reset(self, method: bytes) -> None:
         """
@@ -181,7 +176,7 @@ class ResponseParser:
     def _begin(self, method: bytes) -> None:
         self._head = method == b"HEAD"
         self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
-        self._end: ResponseEnd | None = None
+        self.reusable = False
         self._events: list[ResponseEvent] = []
         self._body: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
@@ -267,8 +262,8 @@ class ResponseParser:
             return
         self._flushBody()
         self._done = True
-        end = self._end = ResponseEnd(bool(self._parser.should_keep_alive()))
-        self._events.append(end)
+        self.reusable = bool(self._parser.should_keep_alive())
+        self._events.append(ResponseEnd(self.reusable))
 
     def _flushBody(self) -> None:
         body = self._body
@@ -287,6 +282,7 @@ class ResponseParser:
         if self._done or self._failed:
             if data and self._done:
                 # Bytes after a complete response: never reuse.
+                self.reusable = False
                 return [ResponseRejected("data after the response")]
             return []
         self.everReceived = True
@@ -304,6 +300,7 @@ class ResponseParser:
             if self._done:
                 # A HEAD answer's end, or llhttp began a next message on
                 # bytes that followed the response: never reuse.
+                self.reusable = False
                 for event in events:
                     if isinstance(event, ResponseEnd):
                         event.reusable = False
@@ -341,6 +338,7 @@ class ResponseParser:
             (C{ResponseEnd(False)}), a L{ResponseRejected} for a response cut
             short, or C{None} if the response had already ended or failed.
         """
+        self.reusable = False
         if self._done or self._failed:
             return None
         self._failed = True

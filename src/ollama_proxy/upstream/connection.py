@@ -239,7 +239,7 @@ class ClientConnection(Protocol):
             if len(_checked) < MAX_CHECKED:
                 _checked.add((method, path))
         spare, self._spare = self._spare, None
-        if spare is not None:
+        if spare is not None and spare.reusable:
             spare.reset(method)
             self._parser = spare
         else:
@@ -405,8 +405,7 @@ class ClientConnection(Protocol):
             self._stopWriting()
         if reusable and self.usable:
             assert self.transport is not None
-            if parser is not None and parser.reusable:
-                self._spare = parser
+            self._spare = parser  # its response ended reusable: llhttp is at a start
             self.transport.resumeProducing()  # type: ignore[attr-defined]
             if response is not None:
                 response._transport.detach()
