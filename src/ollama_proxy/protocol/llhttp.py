@@ -156,6 +156,7 @@ class ResponseParser:
         @param method: the request's method (a C{HEAD} answer has no body).
         """
         self._parser = httptools.HttpResponseParser(self)
+        self._strict = True
         self._begin(method)
 
     def reset(self, method: bytes) -> None:
@@ -175,7 +176,9 @@ class ResponseParser:
 
     def _begin(self, method: bytes) -> None:
         self._head = method == b"HEAD"
-        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        if self._strict:
+            self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+            self._strict = False
         self.reusable = False
         self._events: list[ResponseEvent] = []
         self._body: list[bytes] = []
@@ -223,9 +226,6 @@ class ResponseParser:
             self._phrase = b""
             return
         self._inHead = False
-        # A bare LF ended head lines (as Twisted allows); chunk framing
-        # needs CRLF (as Twisted's decoder does).
-        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=False)
         length: int | None = None
         if code in RESPONSE_NO_BODY_CODES or self._head:
             # No body, whatever the framing headers say (Twisted looks at
@@ -239,6 +239,10 @@ class ResponseParser:
                     # backend's, and messages reach clients and logs.
                     raise ResponseParseError("unsupported Transfer-Encoding")
                 self._chunked = True
+                # A bare LF ended head lines (as Twisted allows); chunk
+                # framing needs CRLF (as Twisted's decoder does).
+                parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=False)
+                self._strict = True
             else:
                 for n, v in self._headers:
                     if n.lower() == b"content-length":
