@@ -398,6 +398,54 @@ class ConnectionTests(SynchronousTestCase):
         self.assertFalse(self.closed())
         self.assertEqual(self.idle, [self.conn])
 
+    def countResumes(self) -> list[None]:
+        """
+        @return: a list that gets an entry each time the connection resumes
+            its transport.
+        """
+        resumes: list[None] = []
+        resume = self.transport.resumeProducing
+
+        def counted() -> None:
+            resumes.append(None)
+            resume()
+
+        self.transport.resumeProducing = counted  # type: ignore[method-assign]
+        return resumes
+
+    def test_pausedAtTheEndResumed(self) -> None:
+        """
+        A response whose reader paused the read (back-pressure) and whose
+        end came in that same read leaves the connection idle and reading
+        again; one that was never paused is not resumed (a reactor call per
+        answer for nothing), and a response read later (the read paused for
+        want of a reader, resumed by it) is resumed once, by its reader.
+        """
+        resumes = self.countResumes()
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.assertEqual(self.transport.producerState, "paused")
+
+        class Pausing(Body):
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+
+        body = Pausing()
+        results[0].deliverBody(body)
+        self.assertEqual(len(resumes), 1)
+        self.conn.dataReceived(b"2\r\nok\r\n0\r\n\r\n")
+        self.assertEqual(body.data, [b"ok"])
+        self.assertEqual(self.idle, [self.conn])
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(len(resumes), 2)
+        self.idle.clear()
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(self.idle, [self.conn])
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(len(resumes), 2)
+
     def test_stopClosesAndNeverPools(self) -> None:
         """
         A reader that stops closes the connection; the rest of the

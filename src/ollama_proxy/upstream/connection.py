@@ -406,7 +406,11 @@ class ClientConnection(Protocol):
         if reusable and self.usable:
             assert self.transport is not None
             self._spare = parser  # its response ended reusable: llhttp is at a start
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            if response is None or response.paused or response._transport.paused:
+                # Read again when idle (bytes or a close from the backend),
+                # if the read was paused: a resume is a reactor call, not
+                # made for the common answer that never paused it.
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
             if response is not None:
                 response._transport.detach()
             self.onIdle(self)
