@@ -36,7 +36,7 @@ from ollama_proxy.protocol.flavors import flavorFor
 from ollama_proxy.service.drain import DrainService
 from ollama_proxy.service.listen import loopbackOnly, somaxconn, withBacklog
 from ollama_proxy.service.demo import demoService
-from ollama_proxy.service.logging import redactLogsWith
+from ollama_proxy.service.logging import bufferPerTurn, redactLogsWith
 from ollama_proxy.service.options import Options
 from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, reload
 from ollama_proxy.service.settings import Settings
@@ -441,6 +441,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = globalReactor
         oneLineErrors()
         returnLargeAllocations()
+        # The log's info lines (one access line per request) are written
+        # once per reactor turn from here to the reactor's shutdown.
+        bufferPerTurn(reactor)
     settings = options.settings
     http, pool = makeClient(reactor, settings.poolSize, settings.connectTimeout, ConnectionPool,
                             settings.httpParser)
