@@ -63,7 +63,9 @@ _VALID_URI = re.compile(rb"\A[\x21-\x7e]+\Z")
 MAX_CHECKED = 1024
 _checked: set[tuple[bytes, bytes]] = set()
 """Request lines' methods and paths found valid (the proxy's own few routes
-come back at every request: two regular-expression matches fewer each)."""
+come back at every request: two regular-expression matches fewer each); at
+most L{MAX_CHECKED} of them, none longer than 512 bytes (a relayed client's
+path may be long: it is checked each time)."""
 
 
 
@@ -236,7 +238,7 @@ class ClientConnection(Protocol):
                 raise ValueError(f"Invalid method {method!r}")
             if not _VALID_URI.match(path):
                 raise ValueError(f"Invalid URI {path!r}")
-            if len(_checked) < MAX_CHECKED:
+            if len(_checked) < MAX_CHECKED and len(path) <= 512:
                 _checked.add((method, path))
         spare, self._spare = self._spare, None
         if spare is not None and spare.reusable:
