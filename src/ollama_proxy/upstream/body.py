@@ -159,30 +159,43 @@ class _EndOfTurn:
     def __init__(self, clock: IReactorTime) -> None:
         # Weakly: the registry's key must be able to die (a test's clock).
         self._clock = ref(clock)
-        self._due: list[Callable[[], None]] = []
-        self._call: Any = None
+        self.due: list[Callable[[], None]] = []
+        """The calls due (L{BodyReader} appends to it itself, then asks
+        L{pending})."""
+        self.call: Any = None
 
     def add(self, call: Callable[[], None]) -> None:
-        self._due.append(call)
-        scheduled = self._call
+        self.due.append(call)
+        self.pending()
+
+    def pending(self) -> None:
+        """
+        Make sure the turn's call is made: none due yet, or it was cancelled
+        by someone else (trial cancels what a test leaves); the calls due
+        must still run.  (C{cancelled}, Twisted's C{DelayedCall} attribute,
+        not C{active()}: a call made is C{None} here, L{_run} says so first.)
+        """
+        scheduled = self.call
         if scheduled is None or scheduled.cancelled:
-            # None due yet, or the call was cancelled by someone else (trial
-            # cancels what a test leaves): the calls due must still run.
-            # (C{cancelled}, Twisted's C{DelayedCall} attribute, not
-            # C{active()}: this runs for every stream read in a turn; a
-            # call made is C{None} here, L{_run} says so first.)
             clock = self._clock()
             assert clock is not None  # a reader holds its clock
-            self._call = clock.callLater(0, self._run)
+            self.call = clock.callLater(0, self._run)
 
     def _run(self) -> None:
-        self._call = None
-        due, self._due = self._due, []
+        self.call = None
+        due, self.due = self.due, []
         for call in due:
             call()
 
 
 _turns: WeakKeyDictionary[IReactorTime, _EndOfTurn] = WeakKeyDictionary()
+
+
+def _turnOf(clock: IReactorTime) -> _EndOfTurn:
+    turn = _turns.get(clock)
+    if turn is None:
+        turn = _turns[clock] = _EndOfTurn(clock)
+    return turn
 
 
 def endOfTurn(clock: IReactorTime) -> Callable[[Callable[[], None]], None]:
@@ -192,10 +205,7 @@ def endOfTurn(clock: IReactorTime) -> Callable[[Callable[[], None]], None]:
         the end of the current reactor turn, after the reads of this turn,
         with every other call due then.
     """
-    turn = _turns.get(clock)
-    if turn is None:
-        turn = _turns[clock] = _EndOfTurn(clock)
-    return turn.add
+    return _turnOf(clock).add
 
 
 @implementer(IPushProducer)
@@ -281,7 +291,7 @@ class BodyReader(Protocol):
         self._pending: list[bytes] = []
         self._due = False
         self._delivered = False
-        self._later = endOfTurn(clock) if clock is not None else None
+        self._turn = _turnOf(clock) if clock is not None else None
         self._flushLater = self._flushHeld
         self._failed: list[BaseException] = []
         self._ended = False
@@ -306,12 +316,16 @@ class BodyReader(Protocol):
         if self._failed:
             return
         self._pending.append(data)
-        later = self._later
-        if later is not None and (self._delivered or self._due):
-            # Joined per turn: one end-of-turn call for every stream read.
+        turn = self._turn
+        if turn is not None and (self._delivered or self._due):
+            # Joined per turn: one end-of-turn call for every stream read
+            # (L{_EndOfTurn.add}, written out: this is every read's way).
             if not self._due:
                 self._due = True
-                later(self._flushLater)
+                turn.due.append(self._flushLater)
+                scheduled = turn.call
+                if scheduled is None or scheduled.cancelled:
+                    turn.pending()
             return
         # The body's first bytes go at once (issue 23): a stream's first
         # line does not wait behind the end of a turn in which a thousand
