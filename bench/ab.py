@@ -28,6 +28,7 @@ SCENARIOS = {
     "non-stream c=16": ("nonstream", 16, 1, "fake-model", {}),
     "non-stream c=1": ("nonstream", 1, 1, "fake-model", {}),
     "stream c=16": ("stream", 16, 100, "fake-model", {}),
+    "tags c=16": ("tags", 16, 1, "fake-model", {}),
     "stream c=1": ("stream", 1, 100, "fake-model", {}),
     "TTFB c=1": ("stream", 1, 20, "slow-5", {}),
     "1000 long streams": ("stream", 1000, 200, "slow-20", {"perConn": 1, "timeout": 120.0}),

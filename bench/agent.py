@@ -31,12 +31,9 @@ from twisted.internet import epollreactor
 epollreactor.install()
 
 from twisted.internet import reactor  # noqa: E402
-from twisted.internet.address import IPv4Address  # noqa: E402
-from twisted.internet.defer import Deferred, succeed  # noqa: E402
-from twisted.internet.testing import StringTransport  # noqa: E402
-from twisted.web.iweb import IAgentEndpointFactory  # noqa: E402
-from zope.interface import implementer  # noqa: E402
+from twisted.internet.defer import Deferred  # noqa: E402
 
+from memory import Endpoints  # noqa: E402
 from ollama_proxy.upstream import pool as poolModule  # noqa: E402
 from ollama_proxy.upstream.agent import FastAgent, KeepAlivePool  # noqa: E402
 from ollama_proxy.upstream.body import readBody  # noqa: E402
@@ -58,42 +55,6 @@ HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nDate: Sun, 06 De
         b"10:00:00 GMT\r\nServer: lean\r\nTransfer-Encoding: chunked\r\n\r\n")
 CHUNKS = [b"%x\r\n%s\r\n" % (len(EVENT), EVENT) for _ in range(100)]
 DONE = b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
-
-
-class Loop(StringTransport):
-    """
-    An in-memory transport; the bench feeds the answer once the request
-    was written.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
-        self.protocol: Any = None
-
-    def abortConnection(self) -> None:
-        self.loseConnection()
-
-
-class Endpoint:
-    def __init__(self, loops: list[Loop]) -> None:
-        self.loops = loops
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        transport = Loop()
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
-        self.loops.append(transport)
-        return succeed(protocol)
-
-
-@implementer(IAgentEndpointFactory)
-class Endpoints:
-    def __init__(self) -> None:
-        self.loops: list[Loop] = []
-
-    def endpointForURI(self, uri: Any) -> Any:
-        return Endpoint(self.loops)
 
 
 def client(parser: str) -> tuple[Any, Endpoints]:
@@ -118,7 +79,7 @@ def one(http: Any, endpoints: Endpoints, reads: list[bytes]) -> bytes:
     """
     d = http.request("POST", URL, data=BODY, unbuffered=True, cookies=NO_COOKIES,
                      headers={b"Content-Type": [b"application/json"]})
-    loop = endpoints.loops[-1]
+    loop = endpoints.upstreams[-1]
     loop.clear()
     for data in reads:
         loop.protocol.dataReceived(data)

@@ -28,11 +28,9 @@ epollreactor.install()
 
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
-from twisted.internet.defer import Deferred, succeed  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
-from twisted.web.iweb import IAgentEndpointFactory  # noqa: E402
-from zope.interface import implementer  # noqa: E402
 
+from memory import Endpoints  # noqa: E402
 from ollama_proxy.protocol import codec  # noqa: E402
 from ollama_proxy.testing.harness import contextFor  # noqa: E402
 from ollama_proxy.upstream import pool as poolModule  # noqa: E402
@@ -57,42 +55,6 @@ POST = (
 def answer(body: bytes, contentType: bytes = b"application/json") -> bytes:
     return (b"HTTP/1.1 200 OK\r\nContent-Type: " + contentType + b"\r\nDate: Sun, 06 Dec 2026 12:00:00 GMT\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body) + body)
-
-
-class Upstream(StringTransport):
-    """
-    An in-memory upstream connection: what the proxy wrote is answered by
-    L{Bench.serve}.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
-        self.protocol: Any = None
-
-    def abortConnection(self) -> None:
-        self.loseConnection()
-
-
-class Endpoint:
-    def __init__(self, upstreams: list[Upstream]) -> None:
-        self.upstreams = upstreams
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        transport = Upstream()
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
-        self.upstreams.append(transport)
-        return succeed(protocol)
-
-
-@implementer(IAgentEndpointFactory)
-class Endpoints:
-    def __init__(self) -> None:
-        self.upstreams: list[Upstream] = []
-
-    def endpointForURI(self, uri: Any) -> Any:
-        return Endpoint(self.upstreams)
 
 
 class Bench:

@@ -7,11 +7,14 @@ configuration file that stops twistd before it listens.
 
 from __future__ import annotations
 
+import http.client
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -318,3 +321,47 @@ class ReloadedWorkersTests(SynchronousTestCase):
         self.assertIn("reloaded: 1 backend(s)", stack.proxy.log())
         # The worker reloaded rather than died and came back.
         self.assertEqual(workerPids(stack.proxy.process.pid, 1, stack.proxy.port), workers)
+
+
+class AccessLogTests(SynchronousTestCase):
+    """
+    The access lines of a burst of requests, written a reactor turn at a
+    time (L{ollama_proxy.service.logging.TurnBufferedLogObserver}), all
+    reach twistd's log file, in each connection's order, when the proxy is
+    stopped with C{SIGTERM} right after the last answer.
+    """
+
+    def test_burstThenSigterm(self) -> None:
+        """
+        16 keep-alive connections x 40 requests, then C{SIGTERM}: 640 access
+        lines, each connection's in the order it sent them.
+        """
+        running = Stack()
+        self.addCleanup(running.stop)
+        host, port = "127.0.0.1", running.proxy.port
+        errors: list[BaseException] = []
+
+        def client(n: int) -> None:
+            try:
+                connection = http.client.HTTPConnection(host, port, timeout=20)
+                for i in range(40):
+                    connection.request("GET", f"/api/burst/c{n}/r{i}")
+                    answer = connection.getresponse()
+                    answer.read()
+                    if answer.status != 404:
+                        raise AssertionError(answer.status)
+                connection.close()
+            except BaseException as e:  # reported by the test below
+                errors.append(e)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        self.assertEqual(errors, [])
+        running.proxy.stop()
+        seen: dict[int, list[int]] = {}
+        for match in re.finditer(r"GET /api/burst/c(\d+)/r(\d+) model=- status=404 ", running.proxy.log()):
+            seen.setdefault(int(match.group(1)), []).append(int(match.group(2)))
+        self.assertEqual(seen, {n: list(range(40)) for n in range(16)})

@@ -9,10 +9,15 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
+import threading
 
 from twisted.application.app import ServerOptions
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
+from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ollama_proxy.protocol import codec
@@ -289,3 +294,157 @@ class RedactedLogTests(SynchronousTestCase):
         text = classicFormatter()({"log_format": "{line}", "line": "plain", "log_time": 0.0})
         assert text is not None
         self.assertIn("plain", text)
+
+
+class _CountingFile(io.StringIO):
+    """
+    A text file that counts its writes.
+    """
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+class TurnBufferTests(SynchronousTestCase):
+    """
+    L{proxylogging.TurnBufferedLogObserver}: the info lines of one reactor
+    turn in one write, nothing lost and nothing reordered.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.out = _CountingFile()
+        self.observer = proxylogging.TurnBufferedLogObserver(self.out, lambda e: e["line"] + "\n")
+        self.log = Logger(namespace="ollama_proxy.test", observer=self.observer)
+        self.addCleanup(self._shutDown)
+
+    def _shutDown(self) -> None:
+        for trigger, args, kwargs in self.clock.triggers.get("after", {}).get("shutdown", []):
+            trigger(*args, **kwargs)
+        self.clock.triggers.clear()
+        self.assertIsNone(proxylogging._turns)
+
+    def _lines(self) -> list[str]:
+        return self.out.getvalue().splitlines()
+
+    def test_atOnceUntilBuffering(self) -> None:
+        """
+        Before L{proxylogging.bufferPerTurn} (start-up), each line is
+        written and flushed when logged, as C{FileLogObserver} does.
+        """
+        self.log.info("{line}", line="one")
+        self.log.info("{line}", line="two")
+        self.assertEqual((self._lines(), self.out.writes), (["one", "two"], 2))
+
+    def test_oneWritePerTurn(self) -> None:
+        """
+        The info lines of a turn are written together at its end, in order;
+        the next turn's lines in the next write.
+        """
+        proxylogging.bufferPerTurn(self.clock)
+        for i in range(50):
+            self.log.info("{line}", line=f"GET /{i}")
+        self.assertEqual((self._lines(), self.out.writes), ([], 0))
+        self.clock.advance(0)
+        self.assertEqual(self._lines(), [f"GET /{i}" for i in range(50)])
+        self.assertEqual(self.out.writes, 1)
+        self.log.info("{line}", line="later")
+        self.clock.advance(0)
+        self.assertEqual((self._lines()[-1], self.out.writes), ("later", 2))
+        self.clock.advance(0)
+        self.assertEqual(self.out.writes, 2)
+
+    def test_warningWritesHeldFirst(self) -> None:
+        """
+        A line that is not C{info} (a warning, an error's traceback) is
+        written at once, after the lines held before it.
+        """
+        proxylogging.bufferPerTurn(self.clock)
+        self.log.info("{line}", line="first")
+        self.log.info("{line}", line="second")
+        self.log.warn("{line}", line="careful")
+        self.assertEqual(self._lines(), ["first", "second", "careful"])
+        self.assertEqual(self.out.writes, 1)
+
+    def test_limit(self) -> None:
+        """
+        A turn that logs more than L{proxylogging.BUFFER_LIMIT} bytes
+        writes them without waiting for its end.
+        """
+        proxylogging.bufferPerTurn(self.clock)
+        line = "x" * 999
+        count = proxylogging.BUFFER_LIMIT // 1000 + 1
+        for _ in range(count):
+            self.log.info("{line}", line=line)
+        self.assertEqual(len(self._lines()), count)
+        self.assertEqual(self.out.writes, 1)
+
+    def test_shutdownWritesAndStops(self) -> None:
+        """
+        The reactor's shutdown writes what is held; from then on every line
+        is written at once (twistd logs after the reactor stops).
+        """
+        proxylogging.bufferPerTurn(self.clock)
+        self.log.info("{line}", line="held")
+        self._shutDown()
+        self.assertEqual(self._lines(), ["held"])
+        self.log.info("{line}", line="after")
+        self.assertEqual(self._lines(), ["held", "after"])
+
+    def test_otherThreadAtOnce(self) -> None:
+        """
+        A line logged from another thread than the reactor's is written at
+        once, after what the reactor's thread held.
+        """
+        proxylogging.bufferPerTurn(self.clock)
+        self.log.info("{line}", line="reactor")
+        thread = threading.Thread(target=lambda: self.log.info("{line}", line="thread"))
+        thread.start()
+        thread.join(10)
+        self.assertEqual(self._lines(), ["reactor", "thread"])
+
+    def test_rotationTakesHeldLines(self) -> None:
+        """
+        A rotation (C{SIGUSR1}) writes the held lines into the file being
+        rotated, then opens the new one.
+        """
+        directory = tempDir(self, "ollama-proxy-log-")
+        logFile = LogFile.fromFullPath(os.path.join(directory, "proxy.log"))
+        self.addCleanup(logFile.close)
+        observer = proxylogging.TurnBufferedLogObserver(logFile, lambda e: e["line"] + "\n")
+        log = Logger(observer=observer)
+        proxylogging.bufferPerTurn(self.clock)
+        log.info("{line}", line="before")
+        proxylogging.rotate(logFile)
+        log.info("{line}", line="after")
+        self.clock.advance(0)
+        with open(os.path.join(directory, "proxy.log.1"), encoding="utf-8") as f:
+            self.assertEqual(f.read(), "before\n")
+        with open(os.path.join(directory, "proxy.log"), encoding="utf-8") as f:
+            self.assertEqual(f.read(), "after\n")
+
+    def test_exitWritesHeld(self) -> None:
+        """
+        A process that exits with lines held (a reactor turn that never
+        ended) writes them at exit.
+        """
+        directory = tempDir(self, "ollama-proxy-log-")
+        path = os.path.join(directory, "proxy.log")
+        program = (
+            "import sys\n"
+            "from twisted.internet.testing import MemoryReactorClock\n"
+            "from twisted.logger import Logger\n"
+            "from twisted.python.logfile import LogFile\n"
+            "from ollama_proxy.service import logging\n"
+            "observer = logging.TurnBufferedLogObserver(LogFile.fromFullPath(sys.argv[1]),"
+            " lambda e: e['line'] + '\\n')\n"
+            "logging.bufferPerTurn(MemoryReactorClock())\n"
+            "for i in range(3):\n"
+            "    Logger(observer=observer).info('{line}', line=f'line {i}')\n"
+        )
+        subprocess.run([sys.executable, "-c", program, path], check=True, timeout=60)
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(f.read(), "line 0\nline 1\nline 2\n")

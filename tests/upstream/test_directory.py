@@ -132,6 +132,48 @@ class CatalogAgeTests(SynchronousTestCase):
         self.assertIs(models.readyCatalog(), rebuilt)
         self.assertIs(models.readyCatalog(), rebuilt)
 
+    def test_readyCatalogFollowsAListReplacedWithinTTL(self) -> None:
+        """
+        A list replaced while fresh (an active health check's read, which
+        keeps what the backend serves now) ends the warm answers at once,
+        even right after warm ones; the same list read again does not.
+        """
+        h = ProxyHarness(ttl=60)
+        models = h.ctx.models
+        first = Deferred.fromCoroutine(models.catalog())
+        self.answer(h, "/v1/models", 200, {"data": [{"id": "a"}]})
+        self.answer(h, "/v1/model/info", 404, {"error": "not found"})
+        catalog = self.successResultOf(first)
+        [backend] = h.router.backends
+        for _ in range(2):
+            self.assertIs(models.readyCatalog(), catalog)
+        backend.refreshed({"data": [{"id": "a"}]})
+        self.assertIs(models.readyCatalog(), catalog)
+        h.clock.advance(30)
+        backend.refreshed({"data": [{"id": "a"}, {"id": "c"}]})
+        self.assertIsNone(models.readyCatalog())
+        # The metadata is still fresh: the catalog is rebuilt from it.
+        second = Deferred.fromCoroutine(models.catalog())
+        rebuilt: dict[str, ModelMeta] = self.successResultOf(second)
+        self.assertEqual(list(rebuilt), ["a", "c"])
+        self.assertEqual(list(models.readyCatalog() or {}), ["a", "c"])
+
+    def test_readyCatalogEndsWithItsTTL(self) -> None:
+        """
+        Warm answers end when the list they were read from is older than
+        the TTL, though nothing else changed.
+        """
+        h = ProxyHarness(ttl=60)
+        models = h.ctx.models
+        first = Deferred.fromCoroutine(models.catalog())
+        self.answer(h, "/v1/models", 200, {"data": [{"id": "a"}]})
+        self.answer(h, "/v1/model/info", 404, {"error": "not found"})
+        catalog = self.successResultOf(first)
+        h.clock.advance(59)
+        self.assertIs(models.readyCatalog(), catalog)
+        h.clock.advance(1)
+        self.assertIsNone(models.readyCatalog())
+
     def test_slowMetadataDoesNotHoldTags(self) -> None:
         """
         A backend that does not answer its metadata request within

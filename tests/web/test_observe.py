@@ -198,6 +198,23 @@ class AccessLoggerTests(SynchronousTestCase):
         self.assertIs(mine["log_level"], LogLevel.info)
         self.assertEqual(formatEvent(mine), "GET /api/tags")
 
+    def test_accessIsInfo(self) -> None:
+        """
+        L{observe.log}'s C{access} emits the event C{info("{line}", ...)}
+        emits with the same fields (the access line's way in).
+        """
+        seen = EventLoggingObserver()
+        ours = type(observe.log)("ollama_proxy.web.observe", observer=seen)
+        ours.access({"line": "GET /api/tags", "status": 200, "path": "/api/tags"})
+        ours.info("{line}", line="GET /api/tags", status=200, path="/api/tags")
+        mine, theirs = seen[0], seen[1]
+        self.assertEqual(set(mine), set(theirs))
+        for key in mine:
+            if key != "log_time":
+                self.assertEqual(mine[key], theirs[key], key)
+        self.assertIs(mine["log_logger"], ours)
+        self.assertEqual(formatEvent(mine), "GET /api/tags")
+
     def test_badLevelRefused(self) -> None:
         """
         An unknown level is refused as C{Logger.emit} refuses it.

@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application import strports
 from twisted.application.internet import TimerService
@@ -36,7 +36,7 @@ from ollama_proxy.protocol.flavors import flavorFor
 from ollama_proxy.service.drain import DrainService
 from ollama_proxy.service.listen import loopbackOnly, somaxconn, withBacklog
 from ollama_proxy.service.demo import demoService
-from ollama_proxy.service.logging import redactLogsWith
+from ollama_proxy.service.logging import bufferPerTurn, redactLogsWith
 from ollama_proxy.service.options import Options
 from ollama_proxy.service.reload import LiveConfig, ReloadOnHangup, parser, reload
 from ollama_proxy.service.settings import Settings
@@ -212,18 +212,19 @@ class ProxyService(MultiService):
         self.temporary: list[str] = []
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            self._removeTemporary()
-            self._fail(e)
-        except BaseException:
-            self._removeTemporary()
-            raise
+        self._starting(super().privilegedStartService)
 
     def startService(self) -> None:
+        self._starting(super().startService)
+
+    def _starting(self, start: Callable[[], None]) -> None:
+        """
+        Run one of the start steps (a privileged port binds in the first);
+        whatever it raises first removes the temporary directories, and a
+        port that cannot be bound becomes one clear line.
+        """
         try:
-            super().startService()
+            start()
         except CannotListenError as e:
             self._removeTemporary()
             self._fail(e)
@@ -440,6 +441,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = globalReactor
         oneLineErrors()
         returnLargeAllocations()
+        # The log's info lines (one access line per request) are written
+        # once per reactor turn from here to the reactor's shutdown.
+        bufferPerTurn(reactor)
     settings = options.settings
     http, pool = makeClient(reactor, settings.poolSize, settings.connectTimeout, ConnectionPool,
                             settings.httpParser)

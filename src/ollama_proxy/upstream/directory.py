@@ -70,6 +70,19 @@ def _sources(merged: list[tuple[BackendModels, Entry]], infos: list[Any]) -> tup
     return (tuple(id(entry) for _, entry in merged), tuple(id(info) for info in infos))
 
 
+def _unchanged(watched: tuple[tuple[Any, Any, Any], ...]) -> bool:
+    """
+    @param watched: from L{ModelDirectory._watched}.
+    @return: whether every cache still holds the same value and error (the
+        same objects: a cache hands out what it fetched until it fetches
+        again) and is still fresh.
+    """
+    for cache, value, error in watched:
+        if cache.value is not value or cache.error is not error or not cache.fresh():
+            return False
+    return True
+
+
 @attrs.define
 class ModelDirectory:
     """
@@ -95,6 +108,8 @@ class ModelDirectory:
     _catalog: dict[str, ModelMeta] = attrs.field(factory=dict, init=False)
     _ready: tuple[Any, list[Any], dict[str, ModelMeta]] | None = attrs.field(
         default=None, init=False)
+    _warm: tuple[Any, dict[str, ModelMeta], tuple[tuple[Any, Any, Any], ...]] | None = (
+        attrs.field(default=None, init=False))
 
     @property
     def tag(self) -> str:
@@ -178,6 +193,13 @@ class ModelDirectory:
         @return: what L{catalog} would return now, or C{None} when it has
             to fetch or build.
         """
+        warm = self._warm
+        if warm is not None and warm[0] is self.router and warm[1] is self._catalog and _unchanged(warm[2]):
+            # Every cache the last warm answer read still holds the value
+            # and error it held then, and is still fresh: the same answer,
+            # without merging the lists again (a third of a warm
+            # C{/api/tags}'s own work, bench/RESULTS.md "srvfloor2").
+            return self._catalog
         merged = self.router.readyModels()
         if merged is None:
             return None
@@ -195,11 +217,28 @@ class ModelDirectory:
             # The very objects the last warm answer was checked against: a
             # merged list is never changed in place, so its entries are
             # too (no id per model on every warm request).
+            self._warm = (self.router, self._catalog, self._watched())
             return self._catalog
         if _sources(merged, infos) != self._builtFrom:
             return None
         self._ready = (merged, infos, self._catalog)
+        self._warm = (self.router, self._catalog, self._watched())
         return self._catalog
+
+    def _watched(self) -> tuple[tuple[Any, Any, Any], ...]:
+        """
+        @return: every cache a warm answer reads (each backend's list, and
+            the metadata of those whose list is good and that discover),
+            with the value and the error it holds now.
+        """
+        watched: list[tuple[Any, Any, Any]] = []
+        for candidate in self.router.backends:
+            cache = candidate.cache
+            watched.append((cache, cache.value, cache.error))
+            if candidate.config.discover and cache.error is None:
+                info = candidate.info
+                watched.append((info, info.value, info.error))
+        return tuple(watched)
 
     def _build(
         self, merged: list[tuple[BackendModels, Entry]], infos: list[Any]

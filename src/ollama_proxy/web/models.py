@@ -83,9 +83,24 @@ class Tags(ProxyResource):
         # Observed here, with the route, not again by the site on finish.
         setattr(request, OBSERVED, True)
         request.finish()
-        logRequest(_Answered(request, start, ctx.redactor), self.label or self.routeLabel(request),
-                   ctx.now(), ctx.metrics)
+        logRequest(_Answered(request, start, ctx.redactor), self._route(request), ctx.now(),
+                   ctx.metrics)
         return NOT_DONE_YET
+
+    _routeFor: tuple[list[bytes], str] | None = None
+
+    def _route(self, request: Request) -> str:
+        """
+        The route label of a warm answer (the resource's own path, which
+        C{request.prepath} is here: no sub-path), joined once per path
+        rather than per request.
+        """
+        if self.label:
+            return self.label
+        found = self._routeFor
+        if found is None or found[0] != request.prepath:
+            found = self._routeFor = (list(request.prepath or []), self.routeLabel(request))
+        return found[1]
 
     async def handle_GET(self, ex: Exchange) -> Encoded:
         return self._answer(await self.ctx.models.catalog())
