@@ -223,3 +223,61 @@ class RouteTemplateTests(SynchronousTestCase):
         self.assertEqual(template.match(["m:streamGenerateContent"]), {"model": "m"})
         self.assertIsNone(template.match(["m:generateContent"]))
         self.assertRaises(ValueError, RouteTemplate, "no/slash")
+
+
+class NativeSplitKeyTests(SynchronousTestCase):
+    """
+    A backend that serves the agent APIs natively (its answer relayed
+    without the hub) and splits a key the proxy holds over the delta
+    events a client joins: the client never reads it.
+    """
+
+    KEY = "sk-host/ILE+backend-0123456789abcdef"
+
+    def relayed(self, path: str, payload: dict[str, Any], events: list[tuple[str, Any]]) -> bytes:
+        from ollama_proxy.service.config import BackendConfig
+        from ollama_proxy.testing.harness import MultiBackendHarness
+
+        h = MultiBackendHarness([BackendConfig(
+            name="litellm", url="http://litellm.test:4000", discover=False, apiKey=self.KEY,
+            models=("claude",), native=("messages", "responses"))])
+        d = h.post(path, {**payload, "model": "claude", "stream": True},
+                   headers={b"anthropic-version": [b"2023-06-01"]})
+        received = h.backend.received[-1]
+        self.assertEqual(received.path, path)
+        received.startSSE()
+        for name, obj in events:
+            received.write(b"event: " + name.encode() + b"\ndata: " + codec.dumps(obj) + b"\n\n")
+            h.pump()
+        reader = BodyCollector(h, self.successResultOf(d))
+        received.finish()
+        h.pump()
+        self.successResultOf(reader.done)
+        self.assertNotIn(self.KEY[1:].encode(), reader.data)
+        return reader.data
+
+    def test_messages(self) -> None:
+        """
+        C{/v1/messages}: C{"s"} in one C{text_delta}, the rest in the next.
+        """
+        deltas = [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                           "delta": {"type": "text_delta", "text": t}})
+                  for t in ["s", self.KEY[1:], "!"]]
+        out = self.relayed("/v1/messages", {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+                           [*deltas, ("message_stop", {"type": "message_stop"})])
+        joined = "".join(codec.loads(e.split(b"data: ", 1)[1])["delta"]["text"]
+                         for e in out.split(b"\n\n") if e.startswith(b"event: content_block_delta"))
+        self.assertEqual(joined, "<redacted>!")
+
+    def test_responses(self) -> None:
+        """
+        C{/v1/responses}: a function call's arguments over two deltas.
+        """
+        kind = "response.function_call_arguments.delta"
+        deltas = [(kind, {"type": kind, "item_id": "fc", "output_index": 0, "delta": t,
+                          "sequence_number": i}) for i, t in enumerate(['{"k":"s', self.KEY[1:] + '"}'])]
+        out = self.relayed("/v1/responses", {"input": "x"},
+                           [*deltas, ("response.completed", {"type": "response.completed"})])
+        joined = "".join(codec.loads(e.split(b"data: ", 1)[1])["delta"]
+                         for e in out.split(b"\n\n") if e.startswith(b"event: " + kind.encode()))
+        self.assertEqual(codec.loads(joined), {"k": "<redacted>"})

@@ -28,13 +28,15 @@ def suspect(secrets: Sequence[str], prefix: int) -> re.Pattern[str]:
     @param prefix: how many leading characters of a secret count as the
         secret (L{ollama_proxy.protocol.redact.PREFIX}).
     @return: one pattern for text that cannot pass as it is: a backslash
-        (an escaped spelling), the first C{prefix} characters of a secret,
+        or a percent sign (an escaped or percent-encoded spelling, which
+        a client decoding the text reads as the secret), the first
+        C{prefix} characters of a secret,
         or a tail that is a proper prefix of one; one search instead of a
         loop per secret.  A tail of C{prefix} characters or more holds the
         first C{prefix}, so only the shorter tails need a form of their own
         (and a secret of thousands of characters makes a small pattern).
     """
-    forms = [re.escape("\\")]
+    forms = [re.escape("\\"), "%"]
     for secret in secrets:
         forms.append(re.escape(secret[:prefix]))
         short = secret[: min(len(secret) - 1, prefix - 1)]

@@ -18,10 +18,14 @@ Redaction comes before truncation (L{Redactor.excerpt}), or a cut key escapes.
 from __future__ import annotations
 
 import re
-from typing import Any, AnyStr, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 from urllib.parse import unquote_to_bytes
 
 from ollama_proxy.protocol.certify import ESCAPED, checks
+from ollama_proxy.protocol.spelling import PREFIX as PREFIX
+from ollama_proxy.protocol.spelling import (cutEscaped, cutFinal, cutPrefixes, escapedPrefixAt,
+                                             patterns)
+from ollama_proxy.protocol.spelling import heldBack as _heldBack
 from ollama_proxy.protocol.events import Delta, Event, Finish, Reply, ToolCall, ToolCalls
 
 REDACTED = "<redacted>"
@@ -29,49 +33,8 @@ REDACTED = "<redacted>"
 
 _MARKER = REDACTED.encode("ascii")
 
-PREFIX = 6
-"""The shortest piece of a secret that L{Redactor.carries} counts as the
-secret: a gateway's masked echo (C{sk-proj-****wxyz}) or a cut value
-gives away a prefix, and a prefix narrows the search for the rest."""
-
-
 def _ordered(secrets: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(set(secrets), key=len, reverse=True))
-
-
-def _escapedChar(char: str) -> str:
-    """
-    @return: a regular expression for C{char} as it may appear inside a
-        JSON string: itself, or any C{\\uXXXX} escape of it (either case of
-        hex digit), or its short escape.
-    """
-    code = ord(char)
-    forms = [re.escape(char)]
-    # One backslash or more: JSON text inside a JSON string (a tool's
-    # arguments, a body quoted in an error) doubles the backslash of each
-    # escape at each level, and a relayed body is searched as it is.
-    if code < 0x10000:
-        forms.append(r"\\+u(?i:%04x)" % code)
-    else:
-        high = 0xD800 + ((code - 0x10000) >> 10)
-        low = 0xDC00 + ((code - 0x10000) & 0x3FF)
-        forms.append(r"\\+u(?i:%04x)\\+u(?i:%04x)" % (high, low))
-    short = {"/": r"\\+/", '"': r'\\+"', "\\": r"\\\\", "\n": r"\\+n", "\r": r"\\+r", "\t": r"\\+t"}
-    if char in short:
-        forms.append(short[char])
-    # Percent-encoded once or more (%2F, %252f): a key in a URL, as logged.
-    forms.append("".join(f"%(?:25)*(?i:{byte:02x})" for byte in char.encode("utf-8")))
-    return "(?:" + "|".join(forms) + ")"
-
-
-def _escapedPattern(secrets: Sequence[str]) -> tuple[re.Pattern[str], re.Pattern[bytes]]:
-    """
-    @return: one pattern (text, and UTF-8 bytes) matching any of C{secrets}
-        with any of its characters JSON-escaped or percent-encoded, longest
-        first.
-    """
-    text = "|".join("".join(_escapedChar(c) for c in secret) for secret in secrets)
-    return re.compile(text), re.compile(text.encode("utf-8"))
 
 
 class Redactor:
@@ -84,16 +47,10 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         self.secrets: tuple[str, ...] = _ordered(s for s in secrets if s)
-        self._patterns: dict[tuple[str, ...], tuple[re.Pattern[str], re.Pattern[bytes]]] = {}
 
     def _escaped(self, secrets: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[bytes]]:
-        patterns = self._patterns.get(secrets)
-        if patterns is None:
-            if len(self._patterns) > 64:
-                # Per-request client keys would otherwise pile up.
-                self._patterns.clear()
-            patterns = self._patterns[secrets] = _escapedPattern(secrets)
-        return patterns
+        found = patterns(secrets)
+        return found.whole, found.wholeBytes
 
     def all(self, extra: Iterable[str | None] = ()) -> tuple[str, ...]:
         """
@@ -115,8 +72,9 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         if secrets and ("\\" in text or "%" in text):
-            text = self._escaped(secrets)[0].sub(REDACTED, text)
-        return _cutPrefixes(text, secrets, REDACTED)
+            found = patterns(secrets)
+            text = cutEscaped(found.whole.sub(REDACTED, text), found.prefix, REDACTED)
+        return cutPrefixes(text, secrets, REDACTED)
 
     def data(self, data: bytes, extra: Iterable[str | None] = ()) -> bytes:
         """
@@ -131,8 +89,9 @@ class Redactor:
             if raw in data:
                 data = data.replace(raw, _MARKER)
         if secrets and (b"\\" in data or b"%" in data):
-            data = self._escaped(secrets)[1].sub(_MARKER, data)
-        return _cutPrefixes(data, tuple(secret.encode("utf-8") for secret in secrets), _MARKER)
+            found = patterns(secrets)
+            data = cutEscaped(found.wholeBytes.sub(_MARKER, data), found.prefixBytes, _MARKER)
+        return cutPrefixes(data, tuple(secret.encode("utf-8") for secret in secrets), _MARKER)
 
     def carries(self, data: bytes, extra: Iterable[str | None] = ()) -> bool:
         """
@@ -234,89 +193,6 @@ def _redactCall(redactor: Redactor, call: ToolCall, secrets: tuple[str, ...]) ->
     )
 
 
-def _cutPrefixes(data: AnyStr, secrets: Sequence[AnyStr], marker: AnyStr) -> AnyStr:
-    """
-    @param data: text or bytes whose whole secrets are already replaced.
-    @param secrets: the secrets, of the same type.
-    @param marker: what a secret becomes, of the same type.
-    @return: C{data} with every run of L{PREFIX} or more characters that
-        begins a secret replaced too: a gateway's masked echo
-        (C{sk-proj-abc****wxyz}) or a cut key gives that much away.
-    """
-    for secret in secrets:
-        if len(secret) <= PREFIX:
-            continue  # its prefix is itself, replaced already
-        head = secret[:PREFIX]
-        index = data.find(head)
-        while index != -1:
-            end = index + PREFIX
-            limit = index + min(len(secret), len(data) - index)
-            while end < limit and data[end] == secret[end - index]:
-                end += 1
-            data = data[:index] + marker + data[end:]
-            index = data.find(head, index + len(marker))
-    return data
-
-
-def _heldBack(data: Any, secrets: Sequence[Any]) -> int:
-    """
-    @param data: text or bytes.
-    @param secrets: the secrets, of the same type.
-    @return: the length of the longest tail of C{data} that is a proper
-        prefix of a secret (literally).
-    """
-    longest = 0
-    size = len(data)
-    for secret in secrets:
-        first = secret[:1]
-        index = data.find(first, max(0, size - len(secret) + 1))
-        while index != -1:
-            if secret.startswith(data[index:]):
-                longest = max(longest, size - index)
-                break
-            index = data.find(first, index + 1)
-    return longest
-
-
-_HEX = frozenset(b"0123456789abcdefABCDEF")
-
-
-def _escapedPrefixAt(data: bytes, index: int, secret: str) -> bool:
-    """
-    @return: whether C{data[index:]} is a proper prefix of C{secret} as a
-        JSON string may spell it (any character C{\\uXXXX}-escaped, possibly
-        cut inside the escape).
-    """
-    at = index
-    for char in secret:
-        if at == len(data):
-            return True
-        raw = char.encode("utf-8")
-        if data.startswith(raw, at):
-            at += len(raw)
-            continue
-        if len(data) - at < len(raw) and raw.startswith(data[at:]):
-            return True
-        if data[at] != 0x5C:  # backslash
-            return False
-        while data[at + 1 : at + 2] == b"\\":
-            at += 1  # an escape escaped again (JSON text in a JSON string)
-        escape = b"\\u%04x" % ord(char) if ord(char) < 0x10000 else b""
-        piece = data[at : at + 6]
-        if not escape or not escape.lower().startswith(piece.lower()[:2]):
-            short = {"/": b"\\/", '"': b'\\"', "\\": b"\\\\"}.get(char)
-            if short is not None and short.startswith(data[at : at + 2]):
-                at += 2
-                continue
-            return False
-        if piece.lower() != escape[: len(piece)]:
-            return False
-        at += len(piece)
-        if len(piece) < 6:
-            return at == len(data)
-    return False
-
-
 class StreamRedactor:
     """
     Secrets out of bytes sent in pieces (a relayed stream, every write of an
@@ -335,7 +211,9 @@ class StreamRedactor:
     def __init__(self, secrets: Iterable[str], escaped: re.Pattern[bytes] | None = None) -> None:
         self._text = _ordered(secrets)
         self.secrets = tuple(secret.encode("utf-8") for secret in self._text)
-        self._escaped = escaped if escaped is not None else _escapedPattern(self._text)[1]
+        found = patterns(self._text)
+        self._escaped = escaped if escaped is not None else found.wholeBytes
+        self._prefix = found.prefixBytes
         # Six bytes a character (\\u0073), more for escapes escaped again.
         self._window = 10 * max(len(s) for s in self._text) if self._text else 0
         self._short = any(c in '/"\\\n\r\t' for s in self._text for c in s)
@@ -357,11 +235,11 @@ class StreamRedactor:
         """
         if self._carry:
             data, self._carry = self._carry + data, b""
-        elif data[-1:] == b"\n" and b"\\" not in data and not self._newline:
+        elif data[-1:] == b"\n" and b"\\" not in data and b"%" not in data and not self._newline:
             # The common write, one search per secret: without a backslash
-            # no escaped spelling can match, and a whole secret, a prefix
-            # to cut and a tail to hold all begin with the secret's first
-            # PREFIX bytes (or are the whole of a shorter one).
+            # or a percent sign no escaped spelling can match, and a whole
+            # secret, a prefix to cut and a tail to hold all begin with the
+            # secret's first PREFIX bytes (or are the whole of a shorter one).
             for head in self._heads:
                 if head in data:
                     break
@@ -370,45 +248,64 @@ class StreamRedactor:
         for secret in self.secrets:
             if secret in data:
                 data = data.replace(secret, _MARKER)
-        if self._mayEscape(data):
+        escapes = self._mayEscape(data)
+        if escapes:
             data = self._escaped.sub(_MARKER, data)
         if data[-1:] == b"\n" and not self._newline:
             # The end of an SSE event or an NDJSON line: no secret (in any
             # spelling) can start in it and run on into the next piece.
-            return _cutPrefixes(data, self.secrets, _MARKER)
+            return self._cut(data, escapes)
+        # A run of a secret's start that cannot grow (the next character is
+        # no part of it) is cut before the tail is chosen: a released piece
+        # ending in five characters of a key and a held tail beginning with
+        # the sixth would otherwise meet in what the client joins.  A run
+        # reaching the end may still grow into the whole secret, which must
+        # then go as one marker: it is held, whole.
+        if escapes:
+            # First: a run in mixed spellings (sk-host\\/ILE+) is one run.
+            data = cutFinal(data, self._prefix, _MARKER, self._text)
+        data = cutPrefixes(data, self.secrets, _MARKER, keepEnd=True,
+                           spelled=self._text if escapes else ())
         held = _heldBack(data, self.secrets)
         tail = data[-self._window :]
-        if b"\\" in tail:
+        if b"\\" in tail or b"%" in tail:
             held = max(held, self._heldEscaped(tail))
         if held:
             data, self._carry = data[:-held], data[-held:]
-        # After the split: a prefix at the very end may still grow into the
-        # whole secret, which must then go as one marker (a prefix replaced
-        # now would let the rest of the key through in the next piece).
-        return _cutPrefixes(data, self.secrets, _MARKER)
+        return self._cut(data, escapes)
+
+    def _cut(self, data: bytes, escapes: bool) -> bytes:
+        """
+        @return: C{data}, to be sent now, with every run of a secret's
+            start cut, in any spelling when C{escapes}.
+        """
+        if escapes:
+            data = cutEscaped(data, self._prefix, _MARKER)
+        return cutPrefixes(data, self.secrets, _MARKER)
 
     def _mayEscape(self, data: bytes) -> bool:
         """
         @return: whether C{data} may spell a secret with JSON escapes
-            (C{\\u}, or a short escape of a character some secret has).
+            (C{\\u}, or a short escape of a character some secret has) or
+            percent-encoding.
         """
         # One byte first: a one-byte search is a memchr, several times
         # cheaper than a two-byte one, and most writes have no backslash.
-        return b"\\" in data and (self._short or b"\\u" in data)
+        return (b"\\" in data and (self._short or b"\\u" in data)) or b"%" in data
 
     def _heldEscaped(self, tail: bytes) -> int:
         """
         @return: the length of the longest tail of C{tail} that may begin a
-            JSON-escaped secret.
+            JSON-escaped or percent-encoded secret.
         """
-        starts = {i for i in range(len(tail)) if tail[i] == 0x5C}
+        starts = {i for i in range(len(tail)) if tail[i] == 0x5C or tail[i] == 0x25}
         for raw in self.secrets:
             index = tail.find(raw[:1])
             while index != -1:
                 starts.add(index)
                 index = tail.find(raw[:1], index + 1)
         for index in sorted(starts):
-            if any(_escapedPrefixAt(tail, index, secret) for secret in self._text):
+            if any(escapedPrefixAt(tail, index, secret) for secret in self._text):
                 return len(tail) - index
         return 0
 
@@ -418,7 +315,7 @@ class StreamRedactor:
             (replaced if it is L{PREFIX} characters of a secret or more).
         """
         tail, self._carry = self._carry, b""
-        return _cutPrefixes(tail, self.secrets, _MARKER)
+        return self._cut(tail, b"\\" in tail or b"%" in tail)
 
 
 class TextRedactor:

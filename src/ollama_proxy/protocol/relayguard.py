@@ -66,7 +66,21 @@ def relayGuard(redactor: Redactor, extra: Iterable[str | None] = ()) -> RelayGua
     return RelayGuard(secrets, redactor._escaped(secrets)[1]) if secrets else None
 
 
-def _quick(secret: str) -> re.Pattern[bytes]:
+def certifiable(secrets: tuple[str, ...]) -> bool:
+    """
+    Whether a guard's clean read may skip the outbound byte filter
+    (L{ollama_proxy.protocol.redact.StreamRedactor}): a read of whole lines
+    or events, with no backslash, no percent sign and none of a secret's
+    first L{PREFIX} characters (the guard's one search, L{quickSearch}, looks for
+    them) is one the filter passes as it is, holding nothing, after the
+    same search, when the filter's heads are these (every secret ASCII: a
+    head is then 6 bytes as the filter counts them) and no secret has a
+    line end (a read ending in one could otherwise end a secret's start).
+    """
+    return all(secret.isascii() and "\n" not in secret and "\r" not in secret for secret in secrets)
+
+
+def quickSearch(secret: str) -> re.Pattern[bytes]:
     """
     @return: one search over an event's JSON for anything of C{secret} that
         could make a text change or hold (L{ollama_proxy.protocol.certify.suspect}
@@ -87,7 +101,7 @@ def _quick(secret: str) -> re.Pattern[bytes]:
     return re.compile(first + b"(?:" + re.escape(head[1:]) + b"|(?:" + tails + rb')"[\s,}\]])')
 
 
-def _data(raw: bytes) -> bytes | None:
+def eventData(raw: bytes) -> bytes | None:
     """
     @param raw: one whole SSE event, its blank line included.
     @return: its C{data} field (several lines joined with C{\\n}, as a
@@ -105,7 +119,7 @@ def _data(raw: bytes) -> bytes | None:
     return b"\n".join(parts) if parts else None
 
 
-def _decode(data: bytes) -> Any:
+def decodeLenient(data: bytes) -> Any:
     """
     @return: the event's JSON as a lenient client reads it (orjson first;
         Python's C{json}, which takes C{NaN} and lone surrogates, after),
@@ -121,7 +135,10 @@ def _decode(data: bytes) -> Any:
         return None
 
 
-def _dump(obj: Any) -> bytes:
+def dumpLenient(obj: Any) -> bytes:
+    """
+    @return: C{obj} (from L{decodeLenient}) as compact JSON again.
+    """
     try:
         return codec.dumps(obj)
     except TypeError:  # an integer beyond 64 bits, from the lenient decoder
@@ -146,8 +163,12 @@ class RelayGuard:
         self._secrets = secrets
         self._escaped = escaped
         self._suspect = suspect(secrets, PREFIX)
-        self._quicks = tuple(_quick(secret) for secret in secrets)
+        self._quicks = tuple(quickSearch(secret) for secret in secrets)
         self._maxEvent = maxEvent
+        self._certifies = certifiable(secrets)
+        self.certified = False
+        """Whether the last L{feed} passed its read as it came after the
+        outbound filter's own search (see L{certifiable})."""
         self._partial = b""
         self._held: dict[Key, TextRedactor] = {}
         self._spare: TextRedactor | None = None
@@ -171,7 +192,9 @@ class RelayGuard:
         """
         if (not self._partial and not self._held and data[-2:] == b"\n\n"
                 and b"\r" not in data and self._clean(data)):
+            self.certified = self._certifies
             return data  # whole events, none with a text to change or hold
+        self.certified = False
         buf = self._partial + data if self._partial else data
         events, self._partial = _split(buf)
         if len(self._partial) > self._maxEvent:
@@ -205,11 +228,12 @@ class RelayGuard:
         """
         @return: whether no text in C{data} (events' JSON) could change or
             hold: no backslash (no escape, so every text is written as it
-            is) and no form L{_quick} looks for.  Such events pass without
+            is), no percent sign (no percent-encoded spelling) and no form
+            L{quickSearch} looks for.  Such events pass without
             being split or decoded; the id and model the released chunk
             reuses come from the event that began a hold, decoded.
         """
-        if b"\\" in data:
+        if b"\\" in data or b"%" in data:
             return False
         for quick in self._quicks:
             if quick.search(data):
@@ -217,14 +241,14 @@ class RelayGuard:
         return True
 
     def _event(self, raw: bytes) -> bytes:
-        data = _data(raw)
+        data = eventData(raw)
         if data is None:
             return raw
         if not self._held and self._clean(data):
             return raw
         if data.strip() == b"[DONE]":
             return self._release() + raw
-        obj = _decode(data)
+        obj = decodeLenient(data)
         if not isinstance(obj, dict):
             return raw
         choices = obj.get("choices")
@@ -242,7 +266,7 @@ class RelayGuard:
                 changed |= self._choice(choice, position)
         if not changed:
             return raw
-        return _rewrite(raw, _dump(obj))
+        return rewriteEvent(raw, dumpLenient(obj))
 
     def _choice(self, choice: dict[str, Any], position: int) -> bool:
         """
@@ -348,7 +372,7 @@ class RelayGuard:
             choice["finish_reason"] = None
         chunk = {name: self._last[name] for name in _LAST if name in self._last}
         chunk["choices"] = list(choices.values())
-        return b"data: " + _dump(chunk) + b"\n\n"
+        return b"data: " + dumpLenient(chunk) + b"\n\n"
 
 
 def _place(choice: dict[str, Any], tails: dict[Key, str], append: bool) -> None:
@@ -409,7 +433,7 @@ def _split(buf: bytes) -> tuple[list[bytes], bytes]:
     return events, buf[start:]
 
 
-def _rewrite(raw: bytes, data: bytes) -> bytes:
+def rewriteEvent(raw: bytes, data: bytes) -> bytes:
     """
     @return: the event C{raw} with its data replaced by C{data}; its other
         fields (C{event}, C{id}) kept, in order.

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 from twisted.web.server import Request
 
 from ollama_proxy.protocol.errors import BadRequest, NotFound
+from ollama_proxy.protocol.ndguard import SniffedGuard, StreamGuard, ndjsonGuard
+from ollama_proxy.protocol.relayguard import relayGuard
 from ollama_proxy.protocol.target import QUERY_SAFE, checkTarget, reencode
 from ollama_proxy.upstream.backend import sendRequest
 from ollama_proxy.web.bridge import Exchange, ProxyResource
@@ -53,7 +55,8 @@ def fallbackURL(base: str, target: bytes) -> str:
 async def forwardToFallback(ctx: ProxyContext, ex: Exchange) -> None:
     """
     Relay a request to the fallback Ollama as it is (method, path, query,
-    headers, body), streaming its answer back.
+    headers, body), streaming its answer back, its texts watched across
+    lines or events (L{guardFor}).
 
     @param ctx: the shared context; C{ctx.fallback} must not be C{None}.
     @param ex: the exchange, body already read.
@@ -68,7 +71,32 @@ async def forwardToFallback(ctx: ProxyContext, ex: Exchange) -> None:
         (request.method or b"GET").decode("ascii"), fallbackURL(fallback.base, request.uri),
         ex.body or None, requestHeaders(request), what,
     )
-    await relayResponse(ex, response, fallback.reactor, fallback.idleTimeout)
+    contentType = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+    await relayResponse(ex, response, fallback.reactor, fallback.idleTimeout,
+                        guardFor(ex, contentType))
+
+
+def guardFor(ex: Exchange, contentType: bytes) -> StreamGuard | None:
+    """
+    The guard for a fallback's answer: the fallback may be the backend's
+    own host (it knows the backend's key) and may answer any path, so what
+    a client joins across its lines or events is watched, whatever the
+    path.  An SSE answer gets the relayed OpenAI routes' guard (an OpenAI
+    client on a path the fallback serves), by its content type or, as an
+    SDK reads SSE whatever the type says, by its first bytes; anything else
+    is read as Ollama NDJSON (Ollama's clients read lines whatever the
+    content type; a body that is one JSON object is one line).
+
+    @param ex: the exchange (its redactor knows the secrets).
+    @param contentType: the answer's C{Content-Type}.
+    @return: the guard, or C{None} when there is no secret to look for.
+    """
+    sse = relayGuard(ex.redactor, ex.clientKey())
+    if sse is None or contentType.lower().startswith(b"text/event-stream"):
+        return sse
+    ndjson = ndjsonGuard(ex.redactor, ex.clientKey())
+    assert ndjson is not None  # the same secrets
+    return SniffedGuard(ndjson, sse)
 
 
 class FallbackResource(ProxyResource):

@@ -41,6 +41,7 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.blocks import BlockEncoder
 from ollama_proxy.protocol.errors import NotFound
+from ollama_proxy.protocol.agentguard import agentGuard
 from ollama_proxy.protocol.backends import NO_OVERRIDE
 from ollama_proxy.protocol.dialect import (DONE, Answer, Generation, RouteDialect,
                                            Template)
@@ -163,7 +164,11 @@ async def relayNative(
                       body=ex.excerpt(codec.dumps(data).decode(), DEBUG_EXCERPT))
         return codec.dumps(data)
 
-    await forwardToBackend(ctx, ex, route, api, bodyFor, NATIVE_HEADERS)
+    # The texts a client joins across the answer's delta events are
+    # watched (a key split over them), as on the relayed OpenAI routes.
+    await forwardToBackend(ctx, ex, route, api, bodyFor, NATIVE_HEADERS, texts=True,
+                           streamed=isinstance(body, dict) and body.get("stream") is True,
+                           guard=agentGuard)
 
 
 class NotServed(ProxyResource):

@@ -8,7 +8,7 @@ backend's bytes go to the client as they arrive.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 from urllib.parse import quote, urlsplit
 
 from twisted.web.iweb import IResponse
@@ -16,6 +16,8 @@ from twisted.web.server import Request
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.errors import BadRequest
+from ollama_proxy.protocol.ndguard import StreamGuard
+from ollama_proxy.protocol.redact import Redactor
 from ollama_proxy.protocol.relayguard import relayGuard
 from ollama_proxy.protocol.responses import ERRORS as OPENAI_ERRORS
 from ollama_proxy.protocol.target import QUERY_SAFE, checkPath, reencode
@@ -46,6 +48,7 @@ async def forwardToBackend(
     keep: frozenset[bytes],
     texts: bool = False,
     streamed: bool = False,
+    guard: Callable[[Redactor, Iterable[str | None]], StreamGuard | None] = relayGuard,
 ) -> None:
     """
     Relay the client's request to one of the backend's own routes, with the
@@ -66,6 +69,8 @@ async def forwardToBackend(
     @param streamed: whether the client asked for a stream: its SDK reads
         the answer as SSE whatever content type the backend claims, so the
         texts are watched then too.
+    @param guard: makes the watch for the stream's shape (OpenAI chat and
+        completions by default; the agent APIs' for a native relay).
     """
     request = ex.request
     query = request.uri.partition(b"?")[2]
@@ -95,12 +100,12 @@ async def forwardToBackend(
     backend = target.backend
     contentType = response.headers.getRawHeaders(b"content-type") or [b""]
     sse = contentType[0].startswith(b"text/event-stream")
-    guard = relayGuard(ex.redactor, ex.clientKey()) if texts and (sse or streamed) else None
+    watch = guard(ex.redactor, ex.clientKey()) if texts and (sse or streamed) else None
     if sse:
         with streaming(ctx.metrics):
-            await relayResponse(ex, response, backend.reactor, backend.idleTimeout, guard)
+            await relayResponse(ex, response, backend.reactor, backend.idleTimeout, watch)
     else:
-        await relayResponse(ex, response, backend.reactor, backend.idleTimeout, guard)
+        await relayResponse(ex, response, backend.reactor, backend.idleTimeout, watch)
 
 
 SEGMENT_SAFE = "!$&'()*+,;=:@-._~"

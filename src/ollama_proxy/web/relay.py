@@ -22,7 +22,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ollama_proxy.protocol.events import StreamFailed
-from ollama_proxy.protocol.relayguard import RelayGuard
+from ollama_proxy.protocol.ndguard import StreamGuard
 from ollama_proxy.upstream.backend import HOP_BY_HOP
 from ollama_proxy.upstream.body import readBody, readInto
 from ollama_proxy.web.bridge import Exchange
@@ -106,7 +106,7 @@ def relayedHeaders(ex: Exchange, response: IResponse) -> list[tuple[bytes, list[
 
 async def relayResponse(
     ex: Exchange, response: IResponse, clock: IReactorTime, idleTimeout: float | None,
-    guard: RelayGuard | None = None,
+    guard: StreamGuard | None = None,
 ) -> None:
     """
     Send an upstream response to the client: its status, the headers of
@@ -118,8 +118,9 @@ async def relayResponse(
     @param response: the upstream response, body unread.
     @param clock: the upstream's clock.
     @param idleTimeout: seconds of upstream silence before giving up.
-    @param guard: for a relayed OpenAI stream, what watches its texts across
-        events (a key a model echoes token by token), before the filter.
+    @param guard: for a relayed stream, what watches its texts across
+        events or lines (a key a model echoes token by token), before the
+        filter.
     """
     request = ex.request
     # The code only: twisted.web writes its own reason phrase, never the
@@ -140,9 +141,19 @@ async def relayResponse(
     if guard is None:
         await relayBody(ex, response, ex.write, clock, idleTimeout)
         return
-    write, feed = ex.write, guard.feed
+    write, writeRedacted, feed = ex.write, ex.writeRedacted, guard.feed
+
+    def collect(data: bytes) -> None:
+        out = feed(data)
+        # A clean read the guard searched as the filter would: past it
+        # (through it after all while it holds a tail back).
+        if guard.certified:
+            writeRedacted(out)
+        else:
+            write(out)
+
     try:
-        await relayBody(ex, response, lambda data: write(feed(data)), clock, idleTimeout)
+        await relayBody(ex, response, collect, clock, idleTimeout)
     except BaseException:
         write(guard.end())  # held text first, then the error
         raise
