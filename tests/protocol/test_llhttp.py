@@ -243,6 +243,16 @@ def responses(draw: Any) -> tuple[bytes, bool, bytes]:
     return data, stricter, method
 
 
+REUSABLE = [
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nok\r\n0\r\nX-T: 1\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\nContent-Length: 0\n\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n",
+]
+"""Complete keep-alive responses, after which a parser may be reset."""
+
+
 class ResponseParserEquivalenceTests(SynchronousTestCase):
     """
     L{ResponseParser} decides as Twisted's client parser does.
@@ -403,6 +413,95 @@ class ResponseParserEquivalenceTests(SynchronousTestCase):
         self.assertFalse(reusable(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokjunk"))
         self.assertFalse(reusable(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"))
         self.assertFalse(reusable(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"))
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(REUSABLE), responses(), st.lists(st.integers(0, 1 << 20), max_size=4),
+           st.lists(st.integers(0, 1 << 20), max_size=6))
+    def test_resetIsFresh(self, first: bytes, case: tuple[bytes, bool, bytes],
+                          firstCuts: list[int], cuts: list[int]) -> None:
+        """
+        A parser L{ResponseParser.reset} after a complete keep-alive
+        response (any split) parses the next response exactly as a new
+        parser does: the same events (head, headers, length, body, end and
+        its reuse) and the same end of connection, for every response the
+        equivalence test draws.
+        """
+        data, _, method = case
+        reused = ResponseParser(b"POST")
+        firstEvents = [e for part in split(first, firstCuts) for e in reused.feed(part)]
+        self.assertTrue(reused.reusable, firstEvents)
+        reused.reset(method)
+        fresh = ResponseParser(method)
+        parts = split(data, cuts)
+        for part in parts:
+            self.assertEqual(reused.feed(part), fresh.feed(part), data[:400])
+        self.assertEqual(reused.eof(), fresh.eof())
+        self.assertEqual(reused.untilClose, fresh.untilClose)
+        self.assertEqual(reused.everReceived, fresh.everReceived)
+
+    def test_resetOnlyAfterReusable(self) -> None:
+        """
+        Only a complete keep-alive response's parser may be reset: not one
+        mid-response, refused, cut short, followed by bytes, closing the
+        connection, or answering a C{HEAD} (llhttp stopped after its head).
+        """
+        cases = [
+            (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok"),
+            (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok"),
+            (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n"),
+            (b"GET", b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"),
+            (b"GET", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            (b"GET", b"HTTP/1.1 200 OK\r\n\r\nuntil close"),
+            (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"),
+            (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokzz"),
+        ]
+        for method, data in cases:
+            parser = ResponseParser(method)
+            parser.feed(data)
+            self.assertFalse(parser.reusable, data)
+            self.assertRaises(ValueError, parser.reset, b"GET")
+        cut = ResponseParser(b"GET")
+        cut.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
+        cut.eof()
+        self.assertRaises(ValueError, cut.reset, b"GET")
+        # Complete, then bytes in a later read; complete, then closed.
+        for after in (lambda p: p.feed(b"H"), lambda p: p.eof()):
+            parser = ResponseParser(b"GET")
+            parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            self.assertTrue(parser.reusable)
+            after(parser)
+            self.assertFalse(parser.reusable)
+            self.assertRaises(ValueError, parser.reset, b"GET")
+
+    def test_resetThreeTimes(self) -> None:
+        """
+        One parser for a keep-alive connection's responses in turn, of
+        every framing, each read whole or byte by byte.
+        """
+        parser = ResponseParser(b"GET")
+        answers = [
+            (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 200, b"hello"),
+            (b"POST", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n", 201, b"abc"),
+            (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n", 204, b""),
+            (b"POST", b"HTTP/1.1 500 Oops\nContent-Length: 2\n\nno", 500, b"no"),
+            (b"GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", 304, b""),
+            (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, b"ok"),
+        ]
+        for i, (method, data, code, body) in enumerate(answers * 2):
+            if i:
+                parser.reset(method)
+            parts = [data[j:j + 1] for j in range(len(data))] if i % 2 else [data]
+            events = [e for part in parts for e in parser.feed(part)]
+            heads = [e for e in events if isinstance(e, ResponseHead)]
+            self.assertEqual([h.code for h in heads], [code], events)
+            self.assertEqual(b"".join(e.data for e in events if isinstance(e, ResponseBody)), body)
+            self.assertEqual(events[-1], ResponseEnd(True))
+        # A chunk line with a bare LF is refused after a head that ended
+        # with bare LFs, on a reused parser too (the leniency is the head's).
+        parser.reset(b"GET")
+        events = parser.feed(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\nok\n0\n\n")
+        self.assertIsInstance(events[-1], ResponseRejected)
 
     def test_chunksJoinedPerRead(self) -> None:
         """

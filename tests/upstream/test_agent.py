@@ -323,6 +323,68 @@ class TLSTests(TestCase):
         self.assertFalse(server.floods[0].finished)
 
 
+class Scripted(Protocol):
+    """
+    A raw server connection answering each request head with the next of
+    its factory's scripted answers (bytes no twisted.web server would send).
+    """
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            answers: list[bytes] = self.factory.answers
+            assert self.transport is not None
+            self.transport.write(answers.pop(0))
+
+
+class ParserReuseTests(TestCase):
+    """
+    treq over L{FastAgent} on one keep-alive connection whose parser is
+    reused, against a server that answers as scripted.
+    """
+
+    async def test_refusedThenFresh(self) -> None:
+        """
+        Three answers on one connection (its parser reset between them),
+        then a refused one (two lengths): that request fails and its
+        connection is closed; the next request gets a new connection and
+        is answered right.
+        """
+        from twisted.internet.protocol import ServerFactory
+
+        factory = ServerFactory.forProtocol(Scripted)
+        factory.connections = 0  # type: ignore[attr-defined]
+        factory.answers = [  # type: ignore[attr-defined]
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ntwo\r\n0\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nthree",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nno",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfive",
+        ]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        http, pool = makeClient(reactor, 4, 5.0, httpParser="httptools")
+        self.addCleanup(pool.closeCachedConnections)
+        url = f"http://127.0.0.1:{port.getHost().port}/x"
+        bodies = []
+        for _ in range(3):
+            response = await http.request("GET", url, unbuffered=True)
+            bodies.append((response.code, await readBody(response, reactor, 5.0)))
+        self.assertEqual(bodies, [(200, b"one"), (200, b"two"), (404, b"three")])
+        self.assertEqual(factory.connections, 1)  # type: ignore[attr-defined]
+        with self.assertRaises(Exception) as caught:
+            await http.request("GET", url, unbuffered=True)
+        self.assertIn("ResponseFailed", repr(caught.exception))
+        response = await http.request("GET", url, unbuffered=True)
+        self.assertEqual(await readBody(response, reactor, 5.0), b"five")
+        self.assertEqual(factory.connections, 2)  # type: ignore[attr-defined]
+
+
 class PoolTests(TestCase):
     """
     L{KeepAlivePool}'s limits.

@@ -148,6 +148,25 @@ class ConnectionTests(SynchronousTestCase):
         self.assertRaises(ValueError, self.send, b"GET /x")
         self.assertEqual(self.transport.value(), b"")
 
+    def test_badPathEveryTime(self) -> None:
+        """
+        A path with a space or a control character is refused before
+        anything is sent, every time; a valid line asked again (found valid
+        once, remembered) is still sent, with the same bytes.
+        """
+        for _ in range(2):
+            for path in (b"/p HTTP/1.1\r\nX-Injected: 1", b"/p\r\n", b"/a b", b""):
+                self.assertRaises(ValueError, self.conn.request, b"GET", b"http://h/p", path,
+                                  Headers(), None)
+                self.assertEqual(self.transport.value(), b"")
+            self.assertRaises(ValueError, self.conn.request, b"G T", b"http://h/p", b"/p", Headers(), None)
+        for _ in range(2):
+            self.send(b"POST", b"{}")
+            self.assertEqual(self.transport.value(),
+                             b"POST /p?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}")
+            self.transport.clear()
+            self.conn.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+
     def test_responseAndReuse(self) -> None:
         """
         A complete keep-alive response: the response, its body, then the
@@ -172,6 +191,65 @@ class ConnectionTests(SynchronousTestCase):
         self.assertTrue(body.reason.check(ResponseDone))
         self.assertEqual(self.idle, [self.conn])
         self.assertFalse(self.closed())
+
+    def test_parserReusedOnKeepAlive(self) -> None:
+        """
+        A keep-alive connection's second and third responses (other
+        framings, split reads, a body read later) are parsed right by the
+        first response's parser, reset: one llhttp parser per connection.
+        """
+        answers = [
+            (b"GET", [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"], 200, b"hello"),
+            (b"POST", [b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n3\r\nab",
+                       b"c\r\n0\r\n\r\n"], 201, b"abc"),
+            (b"GET", [b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno"], 404, b"no"),
+        ]
+        parsers = []
+        for method, reads, code, body in answers:
+            self.idle.clear()
+            results = self.send(method, b"x" if method == b"POST" else None)
+            parsers.append(self.conn._parser)
+            for data in reads:
+                self.conn.dataReceived(data)
+            [response] = results
+            self.assertEqual(response.code, code)
+            reader = Body()
+            response.deliverBody(reader)
+            self.assertEqual(b"".join(reader.data), body)
+            assert reader.reason is not None
+            self.assertTrue(reader.reason.check(ResponseDone))
+            self.assertEqual(self.idle, [self.conn])
+            self.assertFalse(self.closed())
+        self.assertIs(parsers[1], parsers[0])
+        self.assertIs(parsers[2], parsers[0])
+        self.assertEqual(self.conn._parser, None)
+
+    def test_refusedThenFresh(self) -> None:
+        """
+        A refused response (after a good one on the same connection) fails
+        its request and closes the connection, whose parser is not kept;
+        the pool's next request goes on a new connection with a new parser.
+        """
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(self.idle, [self.conn])
+        first = self.conn._spare
+        results = self.send()
+        self.assertIs(self.conn._parser, first)
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok")
+        [failure] = results
+        self.assertTrue(failure.check(ResponseFailed))
+        self.assertTrue(self.closed())
+        self.assertFalse(self.conn.usable)
+        self.assertIsNone(self.conn._spare)
+        self.assertEqual(self.idle, [self.conn])  # from the first answer only
+        old = self.conn
+        self.setUp()
+        results = self.send()
+        self.assertIsNot(self.conn, old)
+        self.assertIsNot(self.conn._parser, first)
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(results[0].code, 200)
 
     def countPauses(self) -> list[None]:
         """
@@ -319,6 +397,54 @@ class ConnectionTests(SynchronousTestCase):
         body.transport.stopProducing()  # type: ignore[union-attr]
         self.assertFalse(self.closed())
         self.assertEqual(self.idle, [self.conn])
+
+    def countResumes(self) -> list[None]:
+        """
+        @return: a list that gets an entry each time the connection resumes
+            its transport.
+        """
+        resumes: list[None] = []
+        resume = self.transport.resumeProducing
+
+        def counted() -> None:
+            resumes.append(None)
+            resume()
+
+        self.transport.resumeProducing = counted  # type: ignore[method-assign]
+        return resumes
+
+    def test_pausedAtTheEndResumed(self) -> None:
+        """
+        A response whose reader paused the read (back-pressure) and whose
+        end came in that same read leaves the connection idle and reading
+        again; one that was never paused is not resumed (a reactor call per
+        answer for nothing), and a response read later (the read paused for
+        want of a reader, resumed by it) is resumed once, by its reader.
+        """
+        resumes = self.countResumes()
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.assertEqual(self.transport.producerState, "paused")
+
+        class Pausing(Body):
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+
+        body = Pausing()
+        results[0].deliverBody(body)
+        self.assertEqual(len(resumes), 1)
+        self.conn.dataReceived(b"2\r\nok\r\n0\r\n\r\n")
+        self.assertEqual(body.data, [b"ok"])
+        self.assertEqual(self.idle, [self.conn])
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(len(resumes), 2)
+        self.idle.clear()
+        results = self.send()
+        self.conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(self.idle, [self.conn])
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(len(resumes), 2)
 
     def test_stopClosesAndNeverPools(self) -> None:
         """

@@ -68,6 +68,36 @@ class ResponseTests(SynchronousTestCase):
         self.assertEqual(self.response.headers.getRawHeaders(b"content-type"), [b"text/plain"])
         self.assertFalse(self.response.headers.hasHeader(b"content-length"))
 
+    def test_headersAsTwistedAddsThem(self) -> None:
+        """
+        A response's headers are what C{addRawHeader} of each field would
+        make (canonical names, repeated fields in order, values as sent),
+        without the connection's own fields; a C{HEAD} answer keeps its
+        C{Content-Length}.
+        """
+        from ollama_proxy.protocol.llhttp import ResponseParser
+
+        data = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nX-Request-ID: a b\r\n"
+                b"set-cookie: a=1\r\nSet-Cookie: b=2\r\nETAG: \"x\"\r\nx-a: caf\xc3\xa9\t!\r\n"
+                b"Content-Encoding: gzip\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+                b"Content-Length: 0\r\n\r\n")
+        for method, keptLength in ((b"GET", False), (b"HEAD", True)):
+            head = ResponseParser(method).feed(data)[0]
+            assert isinstance(head, ResponseHead)
+            response = HTTPResponse(head, ClientRequest(method, b"http://h/", Headers()),
+                                    BodyTransport(self.connection))
+            expected = Headers()
+            for name, value in head.headers:
+                if name.lower() not in (b"connection", b"keep-alive", b"content-length") or (
+                        keptLength and name.lower() == b"content-length"):
+                    expected.addRawHeader(name, value)
+            self.assertEqual(list(response.headers.getAllRawHeaders()),
+                             list(expected.getAllRawHeaders()))
+            self.assertEqual(response.headers.getRawHeaders(b"set-cookie"), [b"a=1", b"b=2"])
+            self.assertEqual(response.headers.getRawHeaders(b"ETag"), [b'"x"'])
+            self.assertEqual(response.headers.hasHeader(b"content-length"), keptLength)
+            self.assertFalse(response.headers.hasHeader(b"connection"))
+
     def test_takenWhole(self) -> None:
         """
         A complete body is taken as it is (through treq's wrapper too),

@@ -147,15 +147,39 @@ class ResponseParser:
 
     @ivar untilClose: the body ends when the connection does (no length, not
         chunked), so an EOF is its normal end.
+    @ivar reusable: the response ended complete and keep-alive with nothing
+        after it (llhttp is back at a message's start): L{reset} may follow.
     """
 
     def __init__(self, method: bytes) -> None:
         """
         @param method: the request's method (a C{HEAD} answer has no body).
         """
-        self._head = method == b"HEAD"
         self._parser = httptools.HttpResponseParser(self)
-        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self._strict = True
+        self._begin(method)
+
+    def reset(self, method: bytes) -> None:
+        """
+        Parse the next response on the same keep-alive connection with the
+        same llhttp parser (a new one per response cost more than a
+        microsecond), every field started again.  Any other end (refused,
+        cut short, a C{HEAD} answer stopped after its head, bytes after it,
+        C{Connection: close}) leaves llhttp where no next response may be
+        parsed: the connection is closed instead.
+
+        @raise ValueError: if the last response is not L{reusable}.
+        """
+        if not self.reusable:
+            raise ValueError("only a complete keep-alive response's parser is reused")
+        self._begin(method)
+
+    def _begin(self, method: bytes) -> None:
+        self._head = method == b"HEAD"
+        if self._strict:
+            self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+            self._strict = False
+        self.reusable = False
         self._events: list[ResponseEvent] = []
         self._body: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
@@ -202,9 +226,6 @@ class ResponseParser:
             self._phrase = b""
             return
         self._inHead = False
-        # A bare LF ended head lines (as Twisted allows); chunk framing
-        # needs CRLF (as Twisted's decoder does).
-        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=False)
         length: int | None = None
         if code in RESPONSE_NO_BODY_CODES or self._head:
             # No body, whatever the framing headers say (Twisted looks at
@@ -218,6 +239,10 @@ class ResponseParser:
                     # backend's, and messages reach clients and logs.
                     raise ResponseParseError("unsupported Transfer-Encoding")
                 self._chunked = True
+                # A bare LF ended head lines (as Twisted allows); chunk
+                # framing needs CRLF (as Twisted's decoder does).
+                parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=False)
+                self._strict = True
             else:
                 for n, v in self._headers:
                     if n.lower() == b"content-length":
@@ -241,7 +266,8 @@ class ResponseParser:
             return
         self._flushBody()
         self._done = True
-        self._events.append(ResponseEnd(bool(self._parser.should_keep_alive())))
+        self.reusable = bool(self._parser.should_keep_alive())
+        self._events.append(ResponseEnd(self.reusable))
 
     def _flushBody(self) -> None:
         body = self._body
@@ -260,6 +286,7 @@ class ResponseParser:
         if self._done or self._failed:
             if data and self._done:
                 # Bytes after a complete response: never reuse.
+                self.reusable = False
                 return [ResponseRejected("data after the response")]
             return []
         self.everReceived = True
@@ -277,6 +304,7 @@ class ResponseParser:
             if self._done:
                 # A HEAD answer's end, or llhttp began a next message on
                 # bytes that followed the response: never reuse.
+                self.reusable = False
                 for event in events:
                     if isinstance(event, ResponseEnd):
                         event.reusable = False
@@ -314,6 +342,7 @@ class ResponseParser:
             (C{ResponseEnd(False)}), a L{ResponseRejected} for a response cut
             short, or C{None} if the response had already ended or failed.
         """
+        self.reusable = False
         if self._done or self._failed:
             return None
         self._failed = True

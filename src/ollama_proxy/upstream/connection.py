@@ -60,6 +60,13 @@ from ollama_proxy.upstream.message import (
 _TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VALID_URI = re.compile(rb"\A[\x21-\x7e]+\Z")
 
+MAX_CHECKED = 1024
+_checked: set[tuple[bytes, bytes]] = set()
+"""Request lines' methods and paths found valid (the proxy's own few routes
+come back at every request: two regular-expression matches fewer each); at
+most L{MAX_CHECKED} of them, none longer than 512 bytes (a relayed client's
+path may be long: it is checked each time)."""
+
 
 
 class ReadScope:
@@ -188,6 +195,9 @@ class ClientConnection(Protocol):
         self.onIdle = onIdle
         self.onLost = onLost
         self._parser: ResponseParser | None = None
+        self._spare: ResponseParser | None = None
+        """The last response's parser, when it ended reusable: the next
+        request's response is parsed with it (L{ResponseParser.reset})."""
         self._waiting: Deferred[IResponse] | None = None
         self._request: ClientRequest | None = None
         self._response: HTTPResponse | None = None
@@ -225,11 +235,19 @@ class ClientConnection(Protocol):
             when they have none: written, rather than added to a copy).
         @return: fires with the response once its head arrived.
         """
-        if not _TOKEN.match(method):
-            raise ValueError(f"Invalid method {method!r}")
-        if not _VALID_URI.match(path):
-            raise ValueError(f"Invalid URI {path!r}")
-        self._parser = ResponseParser(method)
+        if (method, path) not in _checked:
+            if not _TOKEN.match(method):
+                raise ValueError(f"Invalid method {method!r}")
+            if not _VALID_URI.match(path):
+                raise ValueError(f"Invalid URI {path!r}")
+            if len(_checked) < MAX_CHECKED and len(path) <= 512:
+                _checked.add((method, path))
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.reusable:
+            spare.reset(method)
+            self._parser = spare
+        else:
+            self._parser = ResponseParser(method)
         self._request = ClientRequest(method, absoluteURI, headers)
         d = self._waiting = Deferred(self._cancel)
         head = [method, b" ", path, b" HTTP/1.1\r\n"]
@@ -393,13 +411,19 @@ class ClientConnection(Protocol):
 
     def _end(self, reusable: bool) -> None:
         response = self._response
+        parser = self._parser
         self._parser = self._response = self._request = None
         if self._writing:
             reusable = False
             self._stopWriting()
         if reusable and self.usable:
             assert self.transport is not None
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self._spare = parser  # its response ended reusable: llhttp is at a start
+            if response is None or response.paused or response._transport.paused:
+                # Read again when idle (bytes or a close from the backend),
+                # if the read was paused: a resume is a reactor call, not
+                # made for the common answer that never paused it.
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
             if response is not None:
                 response._transport.detach()
             self.onIdle(self)

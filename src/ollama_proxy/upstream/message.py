@@ -71,6 +71,9 @@ class BodyTransport:
 
     def __init__(self, connection: Connection) -> None:
         self._connection: Connection | None = connection
+        self.paused = False
+        """Whether the body's reader paused the connection's read (and did
+        not resume it): the connection resumes it when the response ends."""
 
     def detach(self) -> None:
         """
@@ -82,6 +85,7 @@ class BodyTransport:
         """
         Stop reading the upstream socket (the client is slow).
         """
+        self.paused = True
         if self._connection is not None and self._connection.transport is not None:
             self._connection.transport.pauseProducing()
 
@@ -89,6 +93,7 @@ class BodyTransport:
         """
         Read the upstream socket again.
         """
+        self.paused = False
         if self._connection is not None and self._connection.transport is not None:
             self._connection.transport.resumeProducing()
 
