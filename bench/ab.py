@@ -1,7 +1,8 @@
 """
 Two builds of the proxy, measured in alternating rounds against one backend
 (same pinning as C{run.py}: proxies on core 0, backend and load generator on
-core 1), so that load from other processes hits both alike; prints CPU ms
+core 1), so that load from other processes hits both alike (each round's
+order is the last one's reversed); prints CPU ms
 per request and req/s per round and the median ratio B/A per scenario.
 
     bench/.venvs/bench/bin/python bench/ab.py --proxy-python PY A=TREE/src B=TREE/src \
@@ -68,8 +69,10 @@ def main() -> None:
         for scenario in args.scenario or ["non-stream c=16", "stream c=16"]:
             route, c, chunks, model, extra = SCENARIOS[scenario]
             rows: dict[str, list[tuple[float, float, float]]] = {s.name: [] for s in builds}
-            for _ in range(args.rounds):
-                for server in builds:
+            for n in range(args.rounds):
+                # A then B, B then A: the second of a pair ran measurably
+                # slower (stream c=16, 6 rounds: +9 % as B, -13 % as A).
+                for server in builds if n % 2 == 0 else builds[::-1]:
                     spec = run.specFor("ours", route, server.port, chunks, model)
                     assert spec is not None and server.proc is not None
                     result = asyncio.run(loadgen.run(spec, c, args.duration, watchPids=[server.proc.pid],

@@ -110,6 +110,84 @@ def contentEvent(content: str) -> bytes:
     return b"data: " + codec.dumps({"choices": [{"delta": {"content": content}}]}) + b"\n\n"
 
 
+@st.composite
+def sseEvent(draw: Any) -> bytes:
+    """
+    One OpenAI content event in any of the framings SSE allows: one data
+    line with or without its space, CRLF or CR line ends, a comment or an
+    C{event:} line with it, its JSON over two data lines, or an empty one.
+    """
+    text = draw(st.text(alphabet=st.sampled_from("ab \n\r:\\\"é😀"), max_size=6))
+    body = codec.dumps({"choices": [{"delta": {"content": text}}]})
+    shape = draw(st.sampled_from(["space", "bare", "crlf", "cr", "comment", "named", "split",
+                                  "empty", "keepalive"]))
+    if shape == "bare":
+        return b"data:" + body + b"\n\n"
+    if shape == "crlf":
+        return b"data: " + body + b"\r\n\r\n"
+    if shape == "cr":
+        return b"data: " + body + b"\r\r"
+    if shape == "comment":
+        return b": ping\ndata: " + body + b"\n\n"
+    if shape == "named":
+        return b"event: delta\ndata: " + body + b"\n\n"
+    if shape == "split":
+        return b'data: {"choices":\ndata: [{"delta":{"content":' + codec.dumps(text) + b"}}]}\n\n"
+    if shape == "empty":
+        return b"data: {}\n\n"
+    if shape == "keepalive":
+        return b": keep-alive\n\n"
+    return b"data: " + body + b"\n\n"
+
+
+class OneEventReadTests(SynchronousTestCase):
+    """
+    A read that is one whole event of one data line, nothing pending (the
+    relay's common read) is taken in one pass; any read is translated as
+    the decoder would.
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(sseEvent(), min_size=1, max_size=8), st.data())
+    @example([b"data: {}\n\n", b"data: " + codec.dumps({"choices": [{"delta": {"content": "x"}}]})
+              + b"\r\n\r\n"], None)
+    def test_sameAsOneRead(self, events: list[bytes], data: Any) -> None:
+        """
+        One event per read, or the stream cut anywhere: the bytes of the
+        whole stream given in one read.
+        """
+        whole = b"".join(events) + STREAM
+        expected = run([whole])
+        self.assertEqual(run([*events, STREAM]), expected)
+        if data is not None:
+            cuts = sorted(data.draw(st.lists(st.integers(0, len(whole)), max_size=4)))
+            reads = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)])]
+            self.assertEqual(run(reads), expected)
+
+    def test_afterPendingPiece(self) -> None:
+        """
+        A whole event after a piece of one: the piece's event first.
+        """
+        pipeline = ollamaStream("m:proxy", "chat", T0, constant)
+        self.assertEqual(pipeline.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}'), b"")
+        out = pipeline.feed(b"\n\n" + contentEvent("b")[:-2])
+        self.assertEqual([line["message"]["content"] for line in map(codec.loads, out.splitlines())],
+                         ["a"])
+        out = pipeline.feed(b"\n\n")
+        self.assertEqual(codec.loads(out)["message"]["content"], "b")
+
+    def test_oversizedEventRefused(self) -> None:
+        """
+        One whole event over the line cap is refused as the decoder refuses
+        it; one at the cap passes.
+        """
+        event = contentEvent("x" * 40)
+        pipeline = ollamaStream("m:proxy", "chat", T0, constant, maxLineLength=len(event) - 9)
+        self.assertRaises(SSELineTooLong, pipeline.feed, event)
+        pipeline = ollamaStream("m:proxy", "chat", T0, constant, maxLineLength=len(event) - 8)
+        self.assertEqual(codec.loads(pipeline.feed(event))["message"]["content"], "x" * 40)
+
+
 class PartialFailureTests(SynchronousTestCase):
     """
     A stream that fails within one read keeps the lines before the failure.

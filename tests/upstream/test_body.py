@@ -261,6 +261,49 @@ class ConsumeBatchingTests(SynchronousTestCase):
         self.response.protocol.connectionLost(Failure(ConnectionError("closed")))
         self.assertEqual(self.failureResultOf(d, UpstreamError).value.status, 504)
 
+    def test_idleTimerCountsFromLastDelivery(self) -> None:
+        """
+        The stream is stopped exactly the idle timeout after the last
+        delivery, however many came before (the timer is not moved per
+        read but measured from the last one when it runs out), with one
+        timer pending at a time.
+        """
+        d = self.consume(idleTimeout=5.0)
+        for _ in range(4):
+            self.clock.advance(3)
+            self.response.piece(b"a")
+            self.clock.advance(0)
+            self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        # The last delivery was at 12: stopped at 17, not before.
+        self.clock.advance(4.9)
+        self.assertNotEqual(self.response.transport.producerState, "stopped")
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertEqual(self.response.transport.producerState, "stopped")
+        self.response.protocol.connectionLost(Failure(ConnectionError("closed")))
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.status, 504)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_idleTimerAfterResumeCountsFromResume(self) -> None:
+        """
+        A client that paused the stream and resumed it: the backend's
+        silence is counted from the resume, not from the last delivery
+        before the pause.
+        """
+        reader = BodyReader(self.calls.append, self.clock, idleTimeout=5.0)
+        d = ensureDeferred(reader.read(self.response))  # type: ignore[arg-type]
+        self.response.piece(b"a")
+        self.clock.advance(1)
+        reader.pauseIdle()
+        self.clock.advance(10)
+        reader.resumeIdle()
+        self.clock.advance(4.9)
+        self.assertNotEqual(self.response.transport.producerState, "stopped")
+        self.clock.advance(0.1)
+        self.assertEqual(self.response.transport.producerState, "stopped")
+        self.response.protocol.connectionLost(Failure(ConnectionError("closed")))
+        self.assertEqual(self.failureResultOf(d, UpstreamError).value.status, 504)
+
 
 
 

@@ -341,6 +341,7 @@ class ServerSideTests(SynchronousTestCase):
 
 from twisted.internet import reactor as _reactor  # noqa: E402
 from twisted.internet import tcp  # noqa: E402
+from twisted.internet.error import ConnectionDone  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol  # noqa: E402
 from twisted.internet.interfaces import IPullProducer, IPushProducer  # noqa: E402
@@ -381,8 +382,9 @@ class Peer(Protocol):
     One end: writes through if asked, records what arrives and how it ended.
     """
 
-    def __init__(self, through: bool = True) -> None:
+    def __init__(self, through: bool = True, direct: bool = True) -> None:
         self.through = through
+        self.direct = direct
         self.swapped: bool | None = None
         self.received = bytearray()
         self.reason: Failure | None = None
@@ -390,7 +392,7 @@ class Peer(Protocol):
 
     def connectionMade(self) -> None:
         if self.through:
-            self.swapped = writeThrough(self.transport)
+            self.swapped = writeThrough(self.transport, self if self.direct else None)
         self.made.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -414,7 +416,8 @@ class WriteThroughTests(TestCase):
     buffered, and behave as Twisted's buffered ones otherwise.
     """
 
-    async def pair(self, serverThrough: bool = True, clientThrough: bool = True) -> tuple[Peer, Peer]:
+    async def pair(self, serverThrough: bool = True, clientThrough: bool = True,
+                   direct: bool = True) -> tuple[Peer, Peer]:
         servers: list[Peer] = []
 
         def build() -> Peer:
@@ -423,7 +426,7 @@ class WriteThroughTests(TestCase):
 
         port = reactor.listenTCP(0, Factory.forProtocol(build), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        client = Peer(clientThrough)
+        client = Peer(clientThrough, direct)
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client)
         await waitFor(lambda: servers, "the accept")
         server = servers[0]
@@ -461,6 +464,29 @@ class WriteThroughTests(TestCase):
             self.assertEqual(buffered(transport), 0)
             self.assertNotIn(transport, reactor.getWriters())
         await waitFor(lambda: client.received == b"hello world" and server.received == b"back", "the bytes")
+
+    async def test_readsDirect(self) -> None:
+        """
+        A client connection made through an endpoint reads into its protocol
+        itself, not the endpoint's wrapper, when the protocol asks: its
+        bytes arrive, and the peer's close ends it as Twisted reports it;
+        without the ask, the wrapper stays.
+        """
+        server, client = await self.pair()
+        assert server.transport is not None and client.transport is not None
+        self.assertIs(client.transport.protocol, client)  # type: ignore[attr-defined]
+        self.assertIs(server.transport.protocol, server)  # type: ignore[attr-defined]
+        server.transport.write(b"to the client")
+        await waitFor(lambda: client.received == b"to the client", "the bytes")
+        server.transport.loseConnection()
+        await waitFor(lambda: client.reason is not None, "the close")
+        assert client.reason is not None
+        self.assertTrue(client.reason.check(ConnectionDone))
+        server, client = await self.pair(direct=False)
+        assert client.transport is not None
+        self.assertIsNot(client.transport.protocol, client)  # type: ignore[attr-defined]
+        server.transport.write(b"wrapped")  # type: ignore[union-attr]
+        await waitFor(lambda: client.received == b"wrapped", "the bytes through the wrapper")
 
     async def test_largeWriteBuffered(self) -> None:
         """

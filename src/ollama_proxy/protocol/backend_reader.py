@@ -260,83 +260,77 @@ class ChatStreamReader:
         """
         out: list[Event] = []
         try:
-            self._feedInto(payloads, out)
+            loads = codec.loadsBounded
+            for payload in payloads:
+                if payload == b"[DONE]":
+                    self.sawDone = True
+                    continue
+                try:
+                    event = loads(payload)
+                except codec.TooDeep:
+                    raise UpstreamError(
+                        f"backend sent a stream event nested more than {codec.MAX_DEPTH} levels deep"
+                    ) from None
+                except codec.JSONDecodeError:
+                    raise UpstreamError(
+                        "backend sent a stream event that is not JSON: "
+                        + payload[:200].decode("utf-8", "replace")
+                    )
+                if not isinstance(event, dict):
+                    raise UpstreamError("backend sent a stream event that is not an object")
+                get = event.get
+                if get("error") is not None:
+                    raise UpstreamError(_errorMessage(event))
+                usage = get("usage")
+                if usage is not None and isinstance(usage, dict):
+                    self.usage = usageFromOpenAI(usage)
+                choices = get("choices")
+                if not choices or not isinstance(choices, list):
+                    continue
+                choice = choices[0]
+                if not isinstance(choice, dict):
+                    continue
+                finish = choice.get("finish_reason")
+                if finish:
+                    self._finishReason = finish if isinstance(finish, str) else str(finish)
+                    self.sawFinish = True
+                logprobs = choice.get("logprobs")
+                if logprobs:
+                    self._logprobs.extend(logprobsFromOpenAI(logprobs))
+                if self._text and "text" in choice:
+                    delta: Obj = {"content": choice.get("text")}
+                else:
+                    given = choice.get("delta")
+                    if not isinstance(given, dict):
+                        continue
+                    delta = given
+                content = delta.get("content")
+                thinking = delta.get("reasoning_content") or delta.get("reasoning")
+                if self._dropThinking or not isinstance(thinking, str):
+                    thinking = ""
+                fragments = delta.get("tool_calls")
+                if fragments:
+                    self._accumulateTools(fragments)
+                if not isinstance(content, str):
+                    content = contentText(content)
+                if self._seekingTags and content:
+                    if self.firstToken is None:
+                        self.firstToken = self._clock()
+                    tagged, content = self._tags.feed(content)
+                    self._seekingTags = not self._tags.passing
+                    if not self._dropThinking:
+                        thinking += tagged
+                if content or thinking:
+                    if self.firstToken is None:
+                        self.firstToken = self._clock()
+                    if self._logprobs:
+                        out.append(Delta(content, thinking, self._logprobs))
+                        self._logprobs = []
+                    else:
+                        out.append(Delta(content, thinking))
         except UpstreamError as e:
             raise StreamFailed(e.message, out) from None
         return out
-
-    def _feedInto(self, payloads: list[bytes], out: list[Event]) -> None:
-        """
-        L{feed}'s work: append the events to C{out} as they are made.
-        """
-        loads = codec.loadsBounded
-        for payload in payloads:
-            if payload == b"[DONE]":
-                self.sawDone = True
-                continue
-            try:
-                event = loads(payload)
-            except codec.TooDeep:
-                raise UpstreamError(
-                    f"backend sent a stream event nested more than {codec.MAX_DEPTH} levels deep"
-                ) from None
-            except codec.JSONDecodeError:
-                raise UpstreamError(
-                    "backend sent a stream event that is not JSON: "
-                    + payload[:200].decode("utf-8", "replace")
-                )
-            if not isinstance(event, dict):
-                raise UpstreamError("backend sent a stream event that is not an object")
-            get = event.get
-            if get("error") is not None:
-                raise UpstreamError(_errorMessage(event))
-            usage = get("usage")
-            if usage is not None and isinstance(usage, dict):
-                self.usage = usageFromOpenAI(usage)
-            choices = get("choices")
-            if not choices or not isinstance(choices, list):
-                continue
-            choice = choices[0]
-            if not isinstance(choice, dict):
-                continue
-            finish = choice.get("finish_reason")
-            if finish:
-                self._finishReason = finish if isinstance(finish, str) else str(finish)
-                self.sawFinish = True
-            logprobs = choice.get("logprobs")
-            if logprobs:
-                self._logprobs.extend(logprobsFromOpenAI(logprobs))
-            if self._text and "text" in choice:
-                delta: Obj = {"content": choice.get("text")}
-            else:
-                given = choice.get("delta")
-                if not isinstance(given, dict):
-                    continue
-                delta = given
-            content = delta.get("content")
-            thinking = delta.get("reasoning_content") or delta.get("reasoning")
-            if self._dropThinking or not isinstance(thinking, str):
-                thinking = ""
-            fragments = delta.get("tool_calls")
-            if fragments:
-                self._accumulateTools(fragments)
-            if not isinstance(content, str):
-                content = contentText(content)
-            if self._seekingTags and content:
-                if self.firstToken is None:
-                    self.firstToken = self._clock()
-                tagged, content = self._tags.feed(content)
-                self._seekingTags = not self._tags.passing
-                if not self._dropThinking:
-                    thinking += tagged
-            if content or thinking:
-                if self.firstToken is None:
-                    self.firstToken = self._clock()
-                if self._logprobs:
-                    out.append(Delta(content, thinking, self._logprobs))
-                    self._logprobs = []
-                else:
-                    out.append(Delta(content, thinking))
 
     def _accumulateTools(self, fragments: object) -> None:
         """

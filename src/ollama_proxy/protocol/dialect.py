@@ -172,7 +172,9 @@ class Encoder:
         """
         if self.filter is not None:
             events = self.filter.events(events)
-        return self._write(events)
+        if self.state is not OPEN:
+            return self._open() + self._encode(events)
+        return self._encode(events)
 
     def encodeRead(self, events: Sequence[Event]) -> tuple[bytes, bytes | None]:
         """
@@ -195,7 +197,9 @@ class Encoder:
         framing = self.framing()
         if self.filter is not None:
             events = self.filter.events(events)
-        return self._write(events), framing
+        if self.state is not OPEN:
+            return self._open() + self._encode(events), framing
+        return self._encode(events), framing
 
     def _write(self, events: Sequence[Event]) -> bytes:
         head = self._open() if self.state is not OPEN else b""

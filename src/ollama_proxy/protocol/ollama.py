@@ -167,15 +167,6 @@ class NDJSONEncoder(Encoder):
         """
         return self._pieces
 
-    def _prefixFor(self, createdAt: str) -> bytes:
-        if createdAt != self._stamp:
-            self._stamp = createdAt
-            self._prefix = (
-                b'{"model":' + self._modelJSON + b',"created_at":'
-                + codec.dumps(createdAt) + self._middle
-            )
-        return self._prefix
-
     def _line(self, createdAt: str, content: str, thinking: str = "") -> JSON:
         """
         One C{done: false} object.
@@ -201,7 +192,12 @@ class NDJSONEncoder(Encoder):
             return b""
         last = events[-1]
         createdAt = formatTimestamp(last.end if type(last) is Finish else self._now())
-        prefix, suffix, dumps = self._prefixFor(createdAt), self._suffix, codec.dumps
+        if createdAt != self._stamp:
+            # The line template of this timestamp (one per read).
+            self._stamp = createdAt
+            self._prefix = (b'{"model":' + self._modelJSON + b',"created_at":'
+                            + codec.dumps(createdAt) + self._middle)
+        prefix, suffix, dumps = self._prefix, self._suffix, codec.dumps
         out = []
         for event in events:
             if type(event) is Delta:

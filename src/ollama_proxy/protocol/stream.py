@@ -227,7 +227,17 @@ class TranslatedStream:
                 e.output = head + e.output
                 raise
         self.redacted = False
-        payloads = self.decoder.feed(data)
+        decoder = self.decoder
+        if (
+            data[:5] == b"data:" and data[-2:] == b"\n\n" and data.find(b"\n") == len(data) - 2
+            and not decoder._buffer and not decoder._data and b"\r" not in data
+            and len(data) <= decoder.maxLineLength
+        ):
+            # The common read: one whole event of one data line, nothing
+            # pending (the decoder's own loop, in one pass).
+            payloads = [data[6:-2] if data[5:6] == b" " else data[5:-2]]
+        else:
+            payloads = decoder.feed(data)
         if not payloads:
             self.redacted = True
             return b""

@@ -159,27 +159,43 @@ class _EndOfTurn:
     def __init__(self, clock: IReactorTime) -> None:
         # Weakly: the registry's key must be able to die (a test's clock).
         self._clock = ref(clock)
-        self._due: list[Callable[[], None]] = []
-        self._call: IDelayedCall | None = None
+        self.due: list[Callable[[], None]] = []
+        """The calls due (L{BodyReader} appends to it itself, then asks
+        L{pending})."""
+        self.call: Any = None
 
     def add(self, call: Callable[[], None]) -> None:
-        self._due.append(call)
-        scheduled = self._call
-        if scheduled is None or not scheduled.active():
-            # None due yet, or the call was cancelled by someone else (trial
-            # cancels what a test leaves): the calls due must still run.
+        self.due.append(call)
+        self.pending()
+
+    def pending(self) -> None:
+        """
+        Make sure the turn's call is made: none due yet, or it was cancelled
+        by someone else (trial cancels what a test leaves); the calls due
+        must still run.  (C{cancelled}, Twisted's C{DelayedCall} attribute,
+        not C{active()}: a call made is C{None} here, L{_run} says so first.)
+        """
+        scheduled = self.call
+        if scheduled is None or scheduled.cancelled:
             clock = self._clock()
             assert clock is not None  # a reader holds its clock
-            self._call = clock.callLater(0, self._run)
+            self.call = clock.callLater(0, self._run)
 
     def _run(self) -> None:
-        self._call = None
-        due, self._due = self._due, []
+        self.call = None
+        due, self.due = self.due, []
         for call in due:
             call()
 
 
 _turns: WeakKeyDictionary[IReactorTime, _EndOfTurn] = WeakKeyDictionary()
+
+
+def _turnOf(clock: IReactorTime) -> _EndOfTurn:
+    turn = _turns.get(clock)
+    if turn is None:
+        turn = _turns[clock] = _EndOfTurn(clock)
+    return turn
 
 
 def endOfTurn(clock: IReactorTime) -> Callable[[Callable[[], None]], None]:
@@ -189,10 +205,7 @@ def endOfTurn(clock: IReactorTime) -> Callable[[Callable[[], None]], None]:
         the end of the current reactor turn, after the reads of this turn,
         with every other call due then.
     """
-    turn = _turns.get(clock)
-    if turn is None:
-        turn = _turns[clock] = _EndOfTurn(clock)
-    return turn.add
+    return _turnOf(clock).add
 
 
 @implementer(IPushProducer)
@@ -270,11 +283,15 @@ class BodyReader(Protocol):
         self._idleTimeout = idleTimeout
         self._client = client
         self._idle: IDelayedCall | None = None
+        # When the collector was last given data (the idle timer's start);
+        # read per delivery only with an idle timeout to keep.
+        self._lastData = float("-inf")
+        self._seconds = clock.seconds if clock is not None and idleTimeout is not None else None
         self._timedOut = False
         self._pending: list[bytes] = []
         self._due = False
         self._delivered = False
-        self._later = endOfTurn(clock) if clock is not None else None
+        self._turn = _turnOf(clock) if clock is not None else None
         self._flushLater = self._flushHeld
         self._failed: list[BaseException] = []
         self._ended = False
@@ -291,12 +308,31 @@ class BodyReader(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """
-        One delivery of the body (an HTTP chunk); a collector that fails on
-        it (without a clock, at once) closes the connection and ends L{read}
-        with its error, as treq's collector does.
+        One delivery of the body (one socket read's chunks); a collector
+        that fails on it (when it runs at once: the first bytes, or without
+        a clock) closes the connection and ends L{read} with its error, as
+        treq's collector does.
         """
+        if self._failed:
+            return
+        self._pending.append(data)
+        turn = self._turn
+        if turn is not None and (self._delivered or self._due):
+            # Joined per turn: one end-of-turn call for every stream read
+            # (L{_EndOfTurn.add}, written out: this is every read's way).
+            if not self._due:
+                self._due = True
+                turn.due.append(self._flushLater)
+                scheduled = turn.call
+                if scheduled is None or scheduled.cancelled:
+                    turn.pending()
+            return
+        # The body's first bytes go at once (issue 23): a stream's first
+        # line does not wait behind the end of a turn in which a thousand
+        # other streams are read and relayed.  There is nothing of this
+        # stream to join it with yet.
         try:
-            self._onData(data)
+            self._flush()
         except BaseException:
             if self.transport is not None:
                 self.transport.loseConnection()
@@ -318,6 +354,18 @@ class BodyReader(Protocol):
             finished.errback(reason)
 
     def _expire(self) -> None:
+        """
+        The idle timer ran out, or the data since it was armed moved its
+        end on: it is armed again for what is left of the timeout after
+        the last delivery.  (Each delivery stamps the time, L{_flush}; the
+        timer is not moved per delivery, which cost two calls per read.)
+        """
+        clock, timeout = self._clock, self._idleTimeout
+        if clock is not None and timeout is not None:
+            left = self._lastData + timeout - clock.seconds()
+            if left > 0:
+                self._idle = clock.callLater(left, self._expire)
+                return
         self._timedOut = True
         if self.producer is not None:
             self.producer.stopProducing()
@@ -330,35 +378,33 @@ class BodyReader(Protocol):
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
         self._delivered = True
-        idle, timeout = self._idle, self._idleTimeout
-        if idle is not None and timeout is not None and idle.active():
-            idle.reset(timeout)
+        if self._seconds is not None:
+            self._lastData = self._seconds()
         self._collector(data)
 
     def _flushHeld(self) -> None:
+        """
+        The end of the turn: the reads of this turn to the collector
+        (L{_flush}'s work, in the one call the turn makes per stream); a
+        collector that fails stops the upstream and L{read} raises it.
+        """
         if not self._due:
             return  # read() flushed it already
+        self._due = False
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self._delivered = True
+        if self._seconds is not None:
+            self._lastData = self._seconds()
         try:
-            self._flush()
+            self._collector(data)
         except BaseException as e:
             self._failed.append(e)
             if self.producer is not None:
                 self.producer.stopProducing()
-
-    def _onData(self, data: bytes) -> None:
-        if self._failed:
-            return
-        self._pending.append(data)
-        later = self._later
-        if later is None or not (self._delivered or self._due):
-            # The body's first bytes go at once (issue 23): a stream's first
-            # line does not wait behind the end of a turn in which a
-            # thousand other streams are read and relayed.  There is
-            # nothing of this stream to join it with yet.
-            self._flush()
-        elif not self._due:
-            self._due = True
-            later(self._flushLater)
 
     def pauseIdle(self) -> None:
         """
@@ -419,7 +465,7 @@ class BodyReader(Protocol):
             self._idle = clock.callLater(idleTimeout, self._expire)
         if self._due and not d.called:
             # The first bytes, which came with the head: sent now, not at
-            # the end of this turn (see L{_onData}).
+            # the end of this turn (see L{dataReceived}).
             self._flushHeld()
         try:
             error: BaseException | None = None

@@ -368,6 +368,8 @@ lacks; with any missing, the site falls back to twisted.web's channel."""
 
 from twisted.internet import abstract as _abstract  # noqa: E402
 from twisted.internet import tcp as _tcp  # noqa: E402
+from twisted.internet import main as _main  # noqa: E402
+from twisted.internet.endpoints import _WrappingProtocol  # noqa: E402
 
 
 WRITE_THROUGH_MAX = 128 * 1024
@@ -378,23 +380,20 @@ would copy its remainder, which Twisted's buffer avoids."""
 
 class _WriteThrough:
     """
-    C{write} and C{writeSequence} for a plain TCP transport: with nothing
-    buffered, the bytes are sent at once; what the kernel does not take
-    (C{EAGAIN}, a partial send) goes to Twisted's own buffered write, as
-    does everything while anything is buffered (so the order holds), a
-    pull producer (it is driven by C{doWrite}), a paused producer, a
-    closing, half-closed or aborted connection, and TLS started on the
-    connection.  A socket error other than C{EAGAIN} leaves the bytes to
-    the buffered write too, whose C{doWrite} reports the loss as Twisted
-    always did (no protocol callback from inside C{write}).
+    C{write} and C{writeSequence} for a plain TCP transport: with nothing buffered, the bytes
+    are sent at once; what the kernel does not take (C{EAGAIN}, a partial send) goes to
+    Twisted's own buffered write, as does everything while anything is buffered (so the order
+    holds), a pull producer (it is driven by C{doWrite}), a paused producer, a closing,
+    half-closed or aborted connection, and TLS started on the connection.  A socket error other
+    than C{EAGAIN} leaves the bytes to the buffered write too, whose C{doWrite} reports the loss
+    as Twisted always did (no protocol callback from inside C{write}).  C{doRead} is Twisted's.
 
     Mixed in before C{tcp.Server}/C{tcp.Client} (L{writeThrough} swaps a
     transport's class to the subclass); the attributes are Twisted's
     private C{FileDescriptor} state, checked by L{_writeThroughMissing}.
     """
 
-    # Declared for mypy: the state of twisted.internet.abstract.FileDescriptor
-    # and tcp.Connection this mixin reads.
+    # Declared for mypy: the FileDescriptor and tcp.Connection state read here.
     socket: Any
     connected: int
     disconnecting: int
@@ -406,45 +405,46 @@ class _WriteThrough:
     producer: Any
     streamingProducer: bool
     producerPaused: bool
-
-    def _sendable(self) -> bool:
-        """
-        @return: whether bytes written now may be sent at once: nothing
-            buffered, connected, not closing, not TLS, no producer that
-            only C{doWrite} would drive or resume.
-        """
-        producer = self.producer
-        return (
-            not self._tempDataLen and not self.dataBuffer and bool(self.connected)
-            and not (self.disconnecting or self._writeDisconnecting or self._aborting or self.TLS)
-            and (producer is None or (self.streamingProducer and not self.producerPaused))
-        )
-
-    def _sendNow(self, data: bytes) -> bytes:
-        """
-        @param data: bytes to send, with L{_sendable} true.
-        @return: what the kernel did not take (empty if it took all).
-        """
-        try:
-            sent: int = self.socket.send(data)
-        except OSError:
-            # EAGAIN: the kernel's buffer is full; anything else: the
-            # connection is broken, which the buffered write's doWrite
-            # reports.
-            return data
-        return data[sent:] if sent < len(data) else b""
+    protocol: Any
+    bufferSize: int
 
     def write(self, data: bytes) -> None:
         """
-        Send C{data} now if nothing is buffered; buffer what is left.
+        Send C{data} now when the class's conditions hold; buffer what the
+        kernel did not take.
 
         @param data: the bytes (anything else is Twisted's C{TypeError}).
         """
-        if data.__class__ is bytes and 0 < len(data) <= WRITE_THROUGH_MAX and self._sendable():
-            data = self._sendNow(data)
-            if not data:
-                return
+        if data.__class__ is bytes and 0 < len(data) <= WRITE_THROUGH_MAX:
+            producer = self.producer
+            if (
+                not self._tempDataLen and not self.dataBuffer and self.connected
+                and not (self.disconnecting or self._writeDisconnecting or self._aborting
+                         or self.TLS)
+                and (producer is None or (self.streamingProducer and not self.producerPaused))
+            ):
+                try:
+                    sent: int = self.socket.send(data)
+                except OSError:
+                    pass
+                else:
+                    if sent >= len(data):
+                        return
+                    data = data[sent:]
         super().write(data)  # type: ignore[misc]
+
+    def doRead(self) -> Any:
+        """Twisted's C{tcp.Connection.doRead}, its C{_dataReceived} written out."""
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as se:
+            if se.args[0] == _tcp.EWOULDBLOCK:
+                return None
+            return _main.CONNECTION_LOST
+        if not data:
+            return _main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
 
     def writeSequence(self, iovec: Any) -> None:
         """
@@ -452,17 +452,12 @@ class _WriteThrough:
 
         @param iovec: byte strings.
         """
-        if self._sendable():
-            try:
-                data = b"".join(iovec)
-            except TypeError:
-                data = b""  # Twisted's own writeSequence raises it
-            if data:
-                rest = self._sendNow(data) if len(data) <= WRITE_THROUGH_MAX else data
-                if rest:
-                    super().write(rest)  # type: ignore[misc]
-                return
-        super().writeSequence(iovec)  # type: ignore[misc]
+        try:
+            data = b"".join(iovec)
+        except TypeError:
+            super().writeSequence(iovec)  # type: ignore[misc]  # raises as Twisted does
+            return
+        self.write(data)
 
 
 class WriteThroughServer(_WriteThrough, _tcp.Server):
@@ -492,9 +487,10 @@ def _writeThroughMissing() -> list[str]:
         ) if not hasattr(descriptor, name)
     ]
     missing += [
-        f"tcp.Connection.{name}" for name in ("_aborting", "TLS", "writeSomeData")
+        f"tcp.Connection.{name}" for name in ("_aborting", "TLS", "writeSomeData", "bufferSize")
         if not hasattr(_tcp.Connection, name)
     ]
+    missing += [] if hasattr(_tcp, "EWOULDBLOCK") else ["tcp.EWOULDBLOCK"]
     return missing
 
 
@@ -506,7 +502,7 @@ if WRITE_THROUGH_MISSING:
              "per write)", missing=", ".join(WRITE_THROUGH_MISSING))
 
 
-def writeThrough(transport: object) -> bool:
+def writeThrough(transport: object, reader: object = None) -> bool:
     """
     Make a plain TCP transport (exactly C{tcp.Server} or C{tcp.Client})
     send its writes at once when nothing is buffered, by swapping its class
@@ -518,12 +514,19 @@ def writeThrough(transport: object) -> bool:
     connection passes through, whatever endpoint or port made it.
 
     @param transport: the protocol's transport.
+    @param reader: the protocol, if the transport may read into the endpoint's
+        C{_WrappingProtocol} around it, which only forwards (a call per read of every
+        stream): its reads then go to C{reader} itself.  Not for a protocol that is
+        half-closeable or takes file descriptors or TLS handshakes (the wrapper's duties).
     @return: whether it now writes through.
     """
     cls = _WRITE_THROUGH.get(type(transport))
     if cls is None or WRITE_THROUGH_MISSING:
         return False
     transport.__class__ = cls
+    wrapper = getattr(transport, "protocol", None)
+    if reader is not None and type(wrapper) is _WrappingProtocol and wrapper._wrappedProtocol is reader:
+        transport.protocol = reader  # type: ignore[attr-defined]
     return True
 
 

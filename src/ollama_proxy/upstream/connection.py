@@ -90,22 +90,23 @@ class ReadScope:
 
     def __init__(self) -> None:
         self.depth = 0
-        self._waiting: list[Callable[[], None]] = []
+        self.waiting: list[Callable[[], None]] = []
+        """What L{after} was given, to be called at the outermost end."""
 
     def after(self, release: Callable[[], None]) -> None:
         """
         @param release: called (once) when the outermost read returns; it
             must not raise.
         """
-        self._waiting.append(release)
+        self.waiting.append(release)
 
     def end(self) -> None:
         """
         One read is done; after the outermost, release what was kept.
         """
         self.depth -= 1
-        if self.depth == 0 and self._waiting:
-            waiting, self._waiting = self._waiting, []
+        if self.depth == 0 and self.waiting:
+            waiting, self.waiting = self.waiting, []
             for release in waiting:
                 release()
 
@@ -210,9 +211,10 @@ class ClientConnection(Protocol):
     def connectionMade(self) -> None:
         """
         A plain TCP transport writes through (L{writeThrough}): a request
-        leaves in the call that writes it, not a reactor turn later.
+        leaves in the call that writes it, not a reactor turn later; and
+        its reads come here, not through the endpoint's wrapper.
         """
-        writeThrough(self.transport)
+        writeThrough(self.transport, self)
 
     @property
     def usable(self) -> bool:
@@ -345,33 +347,42 @@ class ClientConnection(Protocol):
         Parse one read and act on what it completed, inside L{oneRead}: a
         client's bytes this read caused (the answer, or a stream's last
         line and its end) leave together when it returns.
-        """
-        oneRead.depth += 1
-        try:
-            self._parse(data)
-        finally:
-            oneRead.end()
 
-    def _parse(self, data: bytes) -> None:
-        parser = self._parser
-        if parser is None:
-            # Bytes nobody asked for, on an idle connection: it is unusable.
-            self.abandon()
-            return
-        arrived: tuple[Deferred[IResponse] | None, HTTPResponse] | None = None
-        for event in parser.feed(data):
-            if isinstance(event, ResponseBody):
-                response = self._response
-                if response is not None:
-                    response.bodyReceived(event.data)
-            elif isinstance(event, ResponseHead):
-                arrived = self._head(event)
-            elif isinstance(event, ResponseEnd):
-                self._end(event.reusable)
+        A stream's every read comes here, so the parse is in this method
+        and a body's bytes go to its reader's C{dataReceived} directly
+        (the response's C{bodyReceived} only when none reads it yet).
+        """
+        scope = oneRead
+        scope.depth += 1
+        try:
+            parser = self._parser
+            if parser is None:
+                # Bytes nobody asked for, on an idle connection: it is unusable.
+                self.abandon()
+                return
+            arrived: tuple[Deferred[IResponse] | None, HTTPResponse] | None = None
+            for event in parser.feed(data):
+                if isinstance(event, ResponseBody):
+                    response = self._response
+                    if response is not None:
+                        protocol = response._protocol
+                        if protocol is not None:
+                            protocol.dataReceived(event.data)
+                        else:
+                            response.bodyReceived(event.data)
+                elif isinstance(event, ResponseHead):
+                    arrived = self._head(event)
+                elif isinstance(event, ResponseEnd):
+                    self._end(event.reusable)
+                else:
+                    self._rejected(event)
+            if arrived is not None:
+                self._deliver(*arrived)
+        finally:
+            if scope.depth > 1 or not scope.waiting:
+                scope.depth -= 1
             else:
-                self._rejected(event)
-        if arrived is not None:
-            self._deliver(*arrived)
+                scope.end()
 
     def _head(self, head: ResponseHead) -> tuple[Deferred[IResponse] | None, HTTPResponse]:
         """

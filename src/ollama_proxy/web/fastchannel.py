@@ -509,6 +509,8 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         if self._keptSize > COALESCE:
             self._release()
 
+    writeBody = _out  # a started chunked answer's framed bytes (web/writes.py)
+
     def _release(self) -> None:
         kept, self._kept = self._kept, None
         if kept and self.transport is not None:

@@ -39,6 +39,7 @@ from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.context import DEFAULT_MAX_BODY
 from ollama_proxy.web.fastchannel import AVAILABLE, FastChannel
 from ollama_proxy.web.observe import OBSERVED, logAnswer
+from ollama_proxy.web.writes import FastWriteRequest
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
 
@@ -53,7 +54,7 @@ JSON_TYPE = b"application/json; charset=utf-8"
 _log = Logger()
 
 
-class LimitedRequest(Request):
+class LimitedRequest(FastWriteRequest):
     """
     A request that refuses bodies larger than L{maxBody} bytes with 413, and
     (optionally) bodies that take longer than L{bodyTimeout} seconds with 408.
@@ -63,7 +64,8 @@ class LimitedRequest(Request):
     So a rejection is written straight to the transport as a complete
     C{Connection: close} response, the connection is closed, and
     L{requestReceived} never renders the (truncated) body, even when the
-    rest of it, or a pipelined request, sits in the same read buffer.
+    rest of it, or a pipelined request, sits in the same read buffer.  Its
+    body writes are L{FastWriteRequest}'s.
 
     @ivar maxBody: the cap in bytes, set per site by L{makeSite}.
     @ivar bodyTimeout: seconds from the end of the headers to the end of the
@@ -219,23 +221,6 @@ class LimitedRequest(Request):
             self.channel.persistent = False
         self.write(body)
         self.finish()
-
-    def write(self, data: bytes) -> None:
-        """
-        The first write of a body on L{FastChannel}: its head and these
-        bytes leave in one C{transport.write}, not a head of ~30 pieces and
-        then the body.  A head no body follows (C{HEAD}, 204, 304) is sent
-        before this returns, so holding never delays a byte.
-        """
-        channel = getattr(self, "channel", None)
-        if self.startedWriting or not data or not isinstance(channel, FastChannel):
-            super().write(data)
-            return
-        channel.holdHead()
-        try:
-            super().write(data)
-        finally:
-            channel.releaseHead()
 
     def _cancelDeadline(self) -> None:
         self._deadlineWanted = False

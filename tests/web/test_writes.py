@@ -1,0 +1,210 @@
+"""
+Tests for L{ollama_proxy.web.writes}: a body's later writes on
+L{FastChannel} are one channel call each, with twisted.web's bytes, counts
+and checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from ollama_proxy.web.site import makeSite
+from ollama_proxy.web.writes import FastWriteRequest
+from tests.web.test_fastchannel import CountingTransport
+from tests.web.test_ready import withoutDate
+
+
+class Held(Resource):
+    """
+    A leaf that keeps each request for the test to answer.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[Request] = []
+
+    def render(self, request: Request) -> Any:
+        request.setHeader(b"Content-Type", b"application/x-ndjson")
+        self.pending.append(request)
+        return NOT_DONE_YET
+
+
+def connect(site: Any, resource: Held, head: bytes) -> tuple[Any, CountingTransport, Request]:
+    """
+    @return: a new connection's channel, its transport and the request
+        C{head} (one request's head) made on it.
+    """
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = CountingTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(head)
+    return channel, transport, resource.pending.pop()
+
+
+def answer(site: Any, resource: Held, head: bytes, pieces: list[bytes]) -> tuple[bytes, int]:
+    """
+    @return: the bytes a request got for C{pieces} written one by one and
+        finished (without the C{Date}), and the request's C{sentLength}.
+    """
+    _, transport, request = connect(site, resource, head)
+    for piece in pieces:
+        request.write(piece)
+    request.finish()
+    return withoutDate(transport.value()), request.sentLength
+
+
+HEADS = [
+    b"GET /s HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET /s HTTP/1.0\r\nHost: a\r\n\r\n",
+    b"HEAD /s HTTP/1.1\r\nHost: a\r\n\r\n",
+]
+
+
+class SameAsTwistedWebTests(SynchronousTestCase):
+    """
+    Whatever is written, the client gets twisted.web's bytes and the
+    access line its size.
+    """
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.one_of(st.binary(max_size=40), st.sampled_from([b"", b"\r\n0\r\n\r\n",
+                                                                     b"x" * 70_000])),
+                    max_size=6),
+           st.sampled_from(HEADS))
+    def test_sameBytes(self, pieces: list[bytes], head: bytes) -> None:
+        """
+        Any writes (empty ones, one that spells a chunk terminator, one over
+        the channel's joining size), chunked (HTTP/1.1), by length
+        (HTTP/1.0, closed) or none (C{HEAD}): the same bytes and
+        C{sentLength} as twisted.web's own site and channel, and as the
+        proxy's site on twisted.web's channel.
+        """
+        twisted, theirs = Held(), Held()
+        twistedSite = Site(twisted, reactor=MemoryReactorClock())
+        twistedSite.log = lambda request: None  # type: ignore[method-assign]
+        expected = answer(twistedSite, twisted, head, pieces)
+        fast = Held()
+        self.assertEqual(answer(makeSite(fast, MemoryReactorClock(), headerTimeout=None),
+                                fast, head, pieces), expected)
+        self.assertEqual(
+            answer(makeSite(theirs, MemoryReactorClock(), headerTimeout=None,
+                            httpParser="twisted"), theirs, head, pieces), expected)
+
+
+class LaterWritesTests(SynchronousTestCase):
+    """
+    A started chunked answer's writes on L{FastChannel}.
+    """
+
+    def setUp(self) -> None:
+        self.resource = Held()
+        self.site = makeSite(self.resource, MemoryReactorClock(), headerTimeout=None)
+        self.channel, self.transport, self.request = connect(self.site, self.resource, HEADS[0])
+        self.assertIsInstance(self.request, FastWriteRequest)
+        self.request.write(b"first\n")
+
+    def test_oneTransportWriteEach(self) -> None:
+        """
+        Each later write is one transport write: its chunk, framed.
+        """
+        before = self.transport.writes
+        for line in (b"a\n", b"bb\n", b"c" * 300):
+            start = len(self.transport.value())
+            self.request.write(line)
+            self.assertEqual(self.transport.value()[start:], b"%x\r\n%s\r\n" % (len(line), line))
+        self.assertEqual(self.transport.writes, before + 3)
+        self.assertEqual(self.request.sentLength, len(b"first\n") + 2 + 3 + 300)
+
+    def test_emptyWriteNothing(self) -> None:
+        """
+        An empty write sends nothing (an empty chunk would end the body).
+        """
+        sent = self.transport.value()
+        self.request.write(b"")
+        self.assertEqual(self.transport.value(), sent)
+
+    def test_afterFinishRaises(self) -> None:
+        """
+        A write after C{finish} raises twisted.web's C{RuntimeError} and
+        sends nothing.
+        """
+        self.request.finish()
+        sent = self.transport.value()
+        self.assertRaises(RuntimeError, self.request.write, b"late\n")
+        self.assertEqual(self.transport.value(), sent)
+
+    def test_goneClientDropped(self) -> None:
+        """
+        After the client hung up, writes are dropped without an error and
+        not counted.
+        """
+        sent, length = self.transport.value(), self.request.sentLength
+        self.channel.connectionLost(Failure(ConnectionDone()))
+        self.request.write(b"after\n")
+        self.assertEqual(self.transport.value(), sent)
+        self.assertEqual(self.request.sentLength, length)
+
+    def test_pausedClientKeepsOrder(self) -> None:
+        """
+        A client that stopped reading (its transport paused the channel):
+        the writes are still handed over in order, and the channel pauses
+        the request's producer (the upstream read), as before.
+        """
+        paused: list[str] = []
+
+        class Producer:
+            def pauseProducing(self) -> None:
+                paused.append("pause")
+
+            def resumeProducing(self) -> None:
+                paused.append("resume")
+
+            def stopProducing(self) -> None:
+                paused.append("stop")
+
+        self.request.registerProducer(Producer(), True)
+        self.channel.pauseProducing()
+        self.assertEqual(paused, ["pause"])
+        self.request.write(b"one\n")
+        self.request.write(b"two\n")
+        self.assertTrue(self.transport.value().endswith(b"4\r\none\n\r\n4\r\ntwo\n\r\n"))
+        self.channel.resumeProducing()
+        self.assertEqual(paused, ["pause", "resume"])
+        self.request.unregisterProducer()
+        self.request.finish()
+        self.assertTrue(self.transport.value().endswith(b"0\r\n\r\n"))
+
+
+class FirstWriteTests(SynchronousTestCase):
+    """
+    The first write of a chunked answer, then the next.
+    """
+
+    def test_headWithFirstBytes(self) -> None:
+        """
+        The head and the first bytes leave in one write, the next in one more.
+        """
+        resource = Held()
+        site = makeSite(resource, MemoryReactorClock(), headerTimeout=None)
+        _, transport, request = connect(site, resource, HEADS[0])
+        request.write(b"first\n")
+        self.assertEqual(transport.writes, 1)
+        self.assertTrue(transport.value().endswith(b"Transfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n"))
+        request.write(b"next\n")
+        self.assertEqual(transport.writes, 2)
+        request.finish()
+        self.assertEqual(transport.writes, 3)
+        self.assertTrue(transport.value().endswith(b"5\r\nnext\n\r\n0\r\n\r\n"))
