@@ -14,6 +14,7 @@ call that writes them.
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable
 
 from twisted.internet import reactor as _reactor
@@ -25,6 +26,7 @@ from ollama_proxy.protocol import codec
 from ollama_proxy.testing.harness import contextFor
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.compat import ConnectionPool, writeThrough
+from ollama_proxy.upstream.connection import ClientConnection
 from ollama_proxy.upstream.pool import makeClient
 from ollama_proxy.web.site import makeSite
 from ollama_proxy.web.tree import buildRoot
@@ -154,12 +156,15 @@ class TurnsTests(TestCase):
     """
 
     async def hops(
-        self, httpParser: str, poolSize: int = 4, endWrites: list[list[bytes]] | None = None
+        self, httpParser: str, poolSize: int = 4, endWrites: list[list[bytes]] | None = None,
+        sockets: list[Any] | None = None,
     ) -> tuple[int, int]:
         """
         @param endWrites: if given, gets the proxy's client transport's
             C{write}s for each stream's end (one backend read: the last
             event, C{[DONE]} and the terminator).
+        @param sockets: if given, gets the proxy's sockets: the client's
+            connection's, then the upstream connection's.
         """
         turns = Turns(self)
         log: dict[str, Any] = {}
@@ -193,6 +198,15 @@ class TurnsTests(TestCase):
         await TCP4ClientEndpoint(reactor, "127.0.0.1", proxyPort.getHost().port).connect(ClientFactory())
         await connected
         self.addCleanup(lambda: client.transport.loseConnection() if client.transport else None)
+        if sockets is not None:
+            upstream: list[Any] = []
+            made = ClientConnection.connectionMade
+
+            def connectionMade(connection: ClientConnection) -> None:
+                upstream.append(connection)
+                made(connection)
+
+            self.patch(ClientConnection, "connectionMade", connectionMade)
         # Warm: the model list is fetched and the upstream connection pooled.
         first, done = client.send()
         await first
@@ -224,6 +238,8 @@ class TurnsTests(TestCase):
             await done
             if endWrites is not None:
                 del transport.write
+        if sockets is not None:
+            sockets += [channels[0].transport.getHandle(), *(c.transport.getHandle() for c in upstream)]
         return min(requestTurns), min(chunkTurns)
 
     async def test_fastChannel(self) -> None:
@@ -247,6 +263,20 @@ class TurnsTests(TestCase):
             self.assertEqual(len(writes), 1, writes)
             self.assertTrue(writes[0].endswith(b"\r\n0\r\n\r\n"), writes)
             self.assertIn(b'"done":true', writes[0])
+
+    async def test_noDelay(self) -> None:
+        """
+        Both of the proxy's sockets of a stream send without Nagle's delay
+        (C{TCP_NODELAY}): the client's (as twisted.web sets it) and the
+        upstream connection's (Twisted's client leaves Nagle on; the
+        proxy's endpoints turn it off), so no small write waits for the
+        peer's delayed ACK.
+        """
+        sockets: list[Any] = []
+        await self.hops("httptools", sockets=sockets)
+        self.assertEqual(len(sockets), 2)
+        for handle in sockets:
+            self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), handle)
 
     async def test_twistedChannel(self) -> None:
         """

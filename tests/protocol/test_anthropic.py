@@ -7,12 +7,15 @@ parser's tests are in L{tests.protocol.test_anthropic_request}).
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.anthropic import AnthropicDialect, AnthropicEncoder, errorObject
+from ollama_proxy.protocol.anthropic import (AnthropicDialect, AnthropicEncoder, RandomHex,
+                                             errorObject, randomId)
 from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.events import Reply, ToolCall, Usage
 from ollama_proxy.protocol.backend_reader import ChatStreamReader
@@ -267,3 +270,65 @@ class ReplyTests(SynchronousTestCase):
                              {"type": "error", "error": {"type": kind, "message": "m"}})
 
 
+
+
+class RandomHexTests(SynchronousTestCase):
+    """
+    L{RandomHex}: ids from the OS's random source, drawn in blocks.
+    """
+
+    def test_ids(self) -> None:
+        """
+        An id is its prefix and 24 hex digits; a thousand (several draws'
+        worth) are all different.
+        """
+        ids = [randomId("msg_") for _ in range(1000)]
+        for value in ids:
+            self.assertRegex(value, r"\Amsg_[0-9a-f]{24}\Z")
+        self.assertEqual(len(set(ids)), 1000)
+
+    def test_eachDigitOnce(self) -> None:
+        """
+        Every digit drawn is handed out once, in order; a draw is made only
+        when the block cannot fill an ask (no syscall per id).
+        """
+        draws: list[bytes] = []
+
+        def urandom(n: int) -> bytes:
+            draws.append(bytes(range(len(draws) * n, len(draws) * n + n)))
+            return draws[-1]
+
+        self.patch(os, "urandom", urandom)
+        pool = RandomHex()
+        pool.size = 4  # 8 digits a block
+        taken = [pool.take(3), pool.take(3)]
+        self.assertEqual(taken, ["000", "102"])
+        self.assertEqual(len(draws), 1)
+        taken += [pool.take(3), pool.take(3)]  # 2 digits left: a new block
+        self.assertEqual(len(draws), 2)
+        self.assertEqual(taken[2:], ["040", "506"])
+
+    def test_forgetAfterFork(self) -> None:
+        """
+        A forked child does not hand out digits its parent still holds:
+        what the two take next differs.
+        """
+        if not hasattr(os, "fork") or not hasattr(os, "register_at_fork"):
+            raise self.skipTest("no fork")
+        pool = RandomHex()
+        pool.take(2)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.write(write, pool.take(24).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        try:
+            child = os.read(read, 100).decode()
+        finally:
+            os.close(read)
+            os.waitpid(pid, 0)
+        self.assertTrue(re.fullmatch(r"[0-9a-f]{24}", child), child)
+        self.assertNotEqual(child, pool.take(24))

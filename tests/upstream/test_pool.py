@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import sys
 from http.cookiejar import CookieJar
 from importlib.metadata import version
@@ -20,10 +21,11 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
+from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web._newclient import HTTP11ClientProtocol, Request
 from twisted.web.client import URI, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -138,6 +140,57 @@ class CachingEndpointFactoryTests(SynchronousTestCase):
             self.factory.endpointForURI(URI.fromBytes(b"http://h:9000/")),
             self.factory.endpointForURI(URI.fromBytes(b"http://h:9000/")),
         )
+
+
+def nagleOff(protocol: Protocol) -> bool:
+    """
+    @return: whether C{protocol}'s TCP socket has C{TCP_NODELAY} set.
+    """
+    assert protocol.transport is not None
+    handle = protocol.transport.getHandle()  # type: ignore[attr-defined]
+    return bool(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+class NoDelayTests(TestCase):
+    """
+    Upstream connections send without Nagle's delay, over real sockets.
+    """
+
+    async def connected(self, url: bytes | None = None, endpoint: Any = None) -> Protocol:
+        reactor: Any = _reactor
+        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        if endpoint is None:
+            assert url is not None
+            uri = URI.fromBytes(url % port.getHost().port)
+            endpoint = CachingEndpointFactory(reactor, connectTimeout=5).endpointForURI(uri)
+        else:
+            endpoint = endpoint(reactor, "127.0.0.1", port.getHost().port)
+        protocol: Protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+        assert protocol.transport is not None
+        self.addCleanup(protocol.transport.loseConnection)
+        return protocol
+
+    async def test_address(self) -> None:
+        """
+        A backend given by IP address: C{TCP_NODELAY} is set by the time
+        the connection is handed to the agent (before its first write).
+        """
+        self.assertTrue(nagleOff(await self.connected(b"http://127.0.0.1:%d/v1")))
+
+    async def test_name(self) -> None:
+        """
+        A backend given by name (C{HostnameEndpoint}, which may race
+        several addresses): the same.
+        """
+        self.assertTrue(nagleOff(await self.connected(b"http://localhost:%d/v1")))
+
+    async def test_twistedDefault(self) -> None:
+        """
+        What the option changes: Twisted's own client endpoint leaves
+        Nagle's algorithm on.
+        """
+        self.assertFalse(nagleOff(await self.connected(endpoint=TCP4ClientEndpoint)))
 
 
 class MakeClientTests(SynchronousTestCase):

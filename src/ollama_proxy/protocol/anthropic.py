@@ -15,7 +15,7 @@ never a C{message_stop}.
 
 from __future__ import annotations
 
-import secrets
+import os
 from typing import Callable, Mapping
 
 from ollama_proxy.protocol import codec
@@ -31,11 +31,54 @@ IdMaker = Callable[[str], str]
 """Makes an id from a prefix (C{msg_}, C{resp_}, ...)."""
 
 
+class RandomHex:
+    """
+    Hex digits from the operating system's random source (C{os.urandom},
+    as C{secrets} draws them), drawn 4 KiB at a time and each digit handed
+    out once: a stream's ids (and the Responses stream's nonce) cost a
+    slice, not a C{getrandom} system call each (three per Responses
+    stream).  The digits are as unpredictable as C{secrets.token_hex}'s;
+    one id shown to a client says nothing of the next.  A forked child
+    draws afresh (it must not hand out its parent's digits again).
+
+    Not for threads: the reactor's thread is the one caller.
+    """
+
+    size = 4096
+
+    def __init__(self) -> None:
+        self._digits = ""
+        self._at = 0
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self.forget)
+
+    def forget(self) -> None:
+        """Drop what is left: the next ask draws anew."""
+        self._digits, self._at = "", 0
+
+    def take(self, n: int) -> str:
+        """
+        @param n: how many digits (at most L{size} * 2).
+        @return: C{n} random hex digits never handed out before.
+        """
+        at = self._at
+        end = at + n
+        if end > len(self._digits):
+            self._digits, at, end = os.urandom(self.size).hex(), 0, n
+        self._at = end
+        return self._digits[at:end]
+
+
+randomHex = RandomHex().take
+"""C{n} random hex digits (L{RandomHex})."""
+
+
 def randomId(prefix: str) -> str:
     """
-    @return: C{prefix} and 24 hex digits, as Anthropic's and OpenAI's ids.
+    @return: C{prefix} and 24 random hex digits, as Anthropic's and OpenAI's
+        ids.
     """
-    return prefix + secrets.token_hex(12)
+    return prefix + randomHex(24)
 
 
 ERROR_TYPES = {

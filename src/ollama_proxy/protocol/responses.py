@@ -35,11 +35,10 @@ false} object repeats nothing and is built without encoding any event.
 from __future__ import annotations
 
 import io
-import os
 from typing import Any, Mapping
 
 from ollama_proxy.protocol import codec
-from ollama_proxy.protocol.anthropic import IdMaker, randomId
+from ollama_proxy.protocol.anthropic import IdMaker, randomHex, randomId
 from ollama_proxy.protocol.blocks import TEXT, THINKING, BlockEncoder
 from ollama_proxy.protocol.codec import JSON
 from ollama_proxy.protocol.backends import ModelOverride
@@ -335,7 +334,7 @@ class ResponsesEncoder(BlockEncoder):
                                 else {**item, "summary": [part]})
             return []
         if not self._texts:
-            nonce = os.urandom(8).hex()
+            nonce = randomHex(16)
             self._holeText = "\x00" + nonce + ":{}\x00"
             self._nonce = nonce.encode()
         # The text encoded once, its three closing events built around it
