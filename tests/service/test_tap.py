@@ -459,3 +459,49 @@ class FreezeStartupTests(SynchronousTestCase):
         del later
         gc.collect()
         self.assertIsNone(lost())
+
+
+class StartupFreezerTests(SynchronousTestCase):
+    """
+    L{StartupFreezer}: a reload thaws what start-up froze, so what the old
+    configuration leaves in cycles is collected, and freezes again later.
+    """
+
+    def test_thawCollectsWhatAReloadLeft(self) -> None:
+        """
+        A cycle frozen at start-up and let go by a reload is collected
+        after the thaw (frozen, it was not); the freeze comes back after
+        C{settle} seconds, once however many reloads come first.
+        """
+        import gc
+        import weakref
+
+        from twisted.internet.task import Clock
+
+        from ollama_proxy.service.tap import StartupFreezer
+
+        class Node:
+            other: object = None
+
+        self.addCleanup(gc.unfreeze)
+        clock = Clock()
+        freezer = StartupFreezer(clock)
+        old = Node()
+        old.other = old
+        gone = weakref.ref(old)
+        self.assertGreater(freezer.freeze(), 0)
+        del old
+        gc.collect()
+        self.assertIsNotNone(gone())  # frozen: never collected
+        freezer.thaw()
+        self.assertEqual(gc.get_freeze_count(), 0)
+        gc.collect()
+        self.assertIsNone(gone())
+        clock.advance(freezer.settle / 2)
+        freezer.thaw()  # a second reload: one freeze, settle seconds after it
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(freezer.settle / 2)
+        self.assertEqual(gc.get_freeze_count(), 0)
+        clock.advance(freezer.settle / 2)
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertEqual(clock.getDelayedCalls(), [])

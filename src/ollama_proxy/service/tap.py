@@ -301,15 +301,66 @@ def freezeStartup() -> int:
     Every full collection walked all of them: about one per thousand
     streams, each a pause of tens of milliseconds in which no stream got a
     byte (C{bench/RESULTS.md}, "firstline"), and its share of every
-    request's CPU.  What requests make is collected as before; only a
-    cycle among the start-up objects that breaks later stays (none is
-    expected: they live as long as the process).
+    request's CPU.  What requests make is collected as before; a cycle
+    among the start-up objects that breaks later would stay, so a reload,
+    which replaces some of them, thaws them for a while
+    (L{StartupFreezer}).
 
     @return: how many objects are now exempt.
     """
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+class StartupFreezer:
+    """
+    L{freezeStartup} at start-up, undone by a reload for a while.
+
+    A reload replaces objects start-up made (the router, the fallback, the
+    context's parts); frozen, any cycle among them would never be
+    collected, a little more memory held at every C{SIGHUP}.  So a reload
+    thaws everything at once (full collections walk it again, and collect
+    what the old configuration leaves) and freezes again once requests
+    that began under the old configuration had time to end.
+
+    @ivar settle: seconds from a reload to the next freeze.
+    """
+
+    settle = 60.0
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._pending: Any = None
+
+    def freeze(self) -> int:
+        """
+        @return: how many objects are now exempt (L{freezeStartup}).
+        """
+        self._pending = None
+        return freezeStartup()
+
+    def thaw(self) -> None:
+        """
+        After a reload: nothing frozen now, a freeze in L{settle} seconds
+        (one, however many reloads come before it).
+        """
+        gc.unfreeze()
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = self.reactor.callLater(self.settle, self.freeze)
+
+
+def reloadAndThaw(live: LiveConfig, parse: Callable[[], Settings], freezer: StartupFreezer) -> bool:
+    """
+    L{reload}, and after one that took effect, L{StartupFreezer.thaw}.
+
+    @return: whether the new configuration is being served.
+    """
+    if not reload(live, parse):
+        return False
+    freezer.thaw()
+    return True
 
 
 def metricsDirectory(settings: Settings) -> str | None:
@@ -466,9 +517,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         # The log's info lines (one access line per request) are written
         # once per reactor turn from here to the reactor's shutdown.
         bufferPerTurn(reactor)
+    freezer = StartupFreezer(reactor)
+    if real:
         # Once the services have started: what start-up made is never
-        # walked by a full collection again.
-        reactor.callWhenRunning(freezeStartup)
+        # walked by a full collection again (until a reload).
+        reactor.callWhenRunning(freezer.freeze)
     settings = options.settings
     http, pool = makeClient(reactor, settings.poolSize, settings.connectTimeout, ConnectionPool,
                             settings.httpParser)
@@ -498,7 +551,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     addSampler(service, ctx.metrics, reactor)
     if real:
         ReloadOnHangup(
-            reactor, lambda: reload(live, parser(settings.rawArgs)),
+            reactor, lambda: reloadAndThaw(live, parser(settings.rawArgs), freezer),
             workers.signalAll if workers is not None else None,
         ).setServiceParent(service)
     demo = demoService(settings, reactor)
