@@ -208,3 +208,156 @@ class FirstWriteTests(SynchronousTestCase):
         request.finish()
         self.assertEqual(transport.writes, 3)
         self.assertTrue(transport.value().endswith(b"5\r\nnext\n\r\n0\r\n\r\n"))
+
+
+def setCode(request: Request) -> None:
+    request.setResponseCode(500)
+
+
+def setReason(request: Request) -> None:
+    request.setResponseCode(200, b"Fine")
+
+
+def addHeader(request: Request) -> None:
+    request.setHeader(b"X-Ollama-Proxy-Backend", b"b")
+
+
+def appendValue(request: Request) -> None:
+    # In place: the same list, one more value.
+    request.responseHeaders.addRawHeader(b"Content-Type", b"text/plain")
+
+
+def replaceType(request: Request) -> None:
+    request.setHeader(b"Content-Type", b"application/json")
+
+
+def setLength(request: Request) -> None:
+    request.setHeader(b"Content-Length", b"6")
+
+
+def removeType(request: Request) -> None:
+    request.responseHeaders.removeHeader(b"Content-Type")
+
+
+def setETag(request: Request) -> None:
+    request.setETag(b"e")
+
+
+def addCookie(request: Request) -> None:
+    request.addCookie(b"k", b"v")
+
+
+def setModified(request: Request) -> None:
+    request.setLastModified(1_700_000_000)
+
+
+def unchanged(request: Request) -> None:
+    pass
+
+
+CHANGES = [unchanged, setCode, setReason, addHeader, appendValue, replaceType, setLength,
+           removeType, setETag, addCookie, setModified]
+
+
+def prepared(site: Any, resource: Held, head: bytes, change: Any, pieces: list[bytes],
+             prepare: bool) -> tuple[bytes, int, list[tuple[bytes, list[bytes]]]]:
+    """
+    @return: what L{answer} returns, and the response headers after, for a
+        request whose head was prepared (C{prepare}), then changed by
+        C{change} before C{pieces} were written.
+    """
+    _, transport, request = connect(site, resource, head)
+    if prepare:
+        assert isinstance(request, FastWriteRequest)
+        request.prepareHead()
+    change(request)
+    for piece in pieces:
+        request.write(piece)
+    headers = [(name, list(values)) for name, values in request.responseHeaders.getAllRawHeaders()
+               if name != b"Date"]
+    request.finish()
+    return withoutDate(transport.value()), request.sentLength, headers
+
+
+class PreparedHeadTests(SynchronousTestCase):
+    """
+    L{FastWriteRequest.prepareHead}: a stream's head rendered when the
+    backend's head arrives, used by the first write only if nothing it was
+    made from changed; the client gets twisted.web's bytes either way.
+    """
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.one_of(st.binary(max_size=40), st.sampled_from([b"", b"x" * 70_000])),
+                    max_size=4),
+           st.sampled_from(HEADS), st.sampled_from(CHANGES))
+    def test_sameBytes(self, pieces: list[bytes], head: bytes, change: Any) -> None:
+        """
+        Prepared, then any change to the status, the reason or the headers
+        (in place too), twisted.web's C{etag}, cookies, C{lastModified}, or
+        none, then any writes: the same bytes, C{sentLength} and headers
+        as twisted.web's own site, which prepares nothing.
+        """
+        twisted = Held()
+        twistedSite = Site(twisted, reactor=MemoryReactorClock())
+        twistedSite.log = lambda request: None  # type: ignore[method-assign]
+        expected = prepared(twistedSite, twisted, head, change, pieces, prepare=False)
+        fast = Held()
+        self.assertEqual(prepared(makeSite(fast, MemoryReactorClock(), headerTimeout=None),
+                                  fast, head, change, pieces, prepare=True), expected)
+
+    def connect(self) -> tuple[Any, CountingTransport, FastWriteRequest]:
+        resource = Held()
+        channel, transport, request = connect(
+            makeSite(resource, MemoryReactorClock(), headerTimeout=None), resource, HEADS[0])
+        assert isinstance(request, FastWriteRequest)
+        return channel, transport, request
+
+    def test_used(self) -> None:
+        """
+        Unchanged, the prepared head is the one sent: the channel renders
+        none, the head and the first bytes leave in one write, and nothing
+        is sent or committed before it.
+        """
+        channel, transport, request = self.connect()
+        request.prepareHead()
+        self.assertEqual((transport.value(), request.startedWriting, request.chunked), (b"", 0, 0))
+        self.assertFalse(request.responseHeaders.hasHeader(b"Transfer-Encoding"))
+        rendered: list[bytes] = []
+        channel.writeHeaders = lambda *a: rendered.append(a[1])
+        request.write(b"first\n")
+        self.assertEqual((rendered, transport.writes), ([], 1))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(transport.value().endswith(b"Transfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n"))
+
+    def test_errorBeforeFirstByte(self) -> None:
+        """
+        An error status set after the head was prepared is the one sent.
+        """
+        _, transport, request = self.connect()
+        request.prepareHead()
+        request.setResponseCode(502)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"2")
+        request.write(b"{}")
+        request.finish()
+        value = transport.value()
+        self.assertTrue(value.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"))
+        self.assertNotIn(b"chunked", value)
+        self.assertTrue(value.endswith(b"\r\n\r\n{}"))
+
+    def test_notPrepared(self) -> None:
+        """
+        Nothing is prepared for an answer twisted.web would not chunk, or
+        one already started.
+        """
+        for head in HEADS[2:]:
+            resource = Held()
+            _, _, request = connect(makeSite(resource, MemoryReactorClock(), headerTimeout=None),
+                                    resource, head)
+            assert isinstance(request, FastWriteRequest)
+            request.prepareHead()
+            self.assertIsNone(request._prepared)
+        _, _, request = self.connect()
+        request.write(b"a")
+        request.prepareHead()
+        self.assertIsNone(request._prepared)

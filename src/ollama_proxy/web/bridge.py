@@ -45,6 +45,7 @@ from ollama_proxy.web.encoded import Encoded
 from ollama_proxy.web.metrics import OTHER
 from ollama_proxy.web.observe import (OBSERVED, logRequest, modelLabel, noteRoute, routed,
                                       upstreamErrorKind)
+from ollama_proxy.web.writes import FastWriteRequest
 
 MIN_CLIENT_KEY = 8  # the shortest client key treated as a secret
 MAX_ERROR_TEXT = 2000  # characters of upstream text an error quotes (cut after redaction)
@@ -63,9 +64,8 @@ class ClientState:
     def __init__(self, request: Request, watch: bool = True) -> None:
         """
         @param request: the client request.
-        @param watch: whether to start watching at once; an answer given
-            within C{render} (L{ProxyResource.ready}) has no time to lose
-            its client and skips the C{notifyFinish} callbacks.
+        @param watch: whether to start watching at once (an answer given in
+            C{render}, L{ProxyResource.ready}, cannot lose its client).
         """
         self.gone = False
         self.request = request
@@ -218,8 +218,7 @@ class Exchange:
 
     def startEncoded(self, encoder: Encoder) -> None:
         """
-        Send a 200 for a stream C{encoder} writes; an error after this is
-        the encoder's own.
+        Send a 200 for a stream C{encoder} writes (its own error after this).
 
         @param encoder: the stream's encoder.
         """
@@ -228,12 +227,18 @@ class Exchange:
 
     def startStream(self, contentType: bytes = NDJSON) -> None:
         """
-        Send a 200 with C{contentType}; the body follows in pieces.
+        Send a 200 with C{contentType}; the body follows in pieces.  The
+        outbound filter and the head (not sent: an error still gets its
+        own) are made while the backend is silent, off the first line's wait.
 
         @param contentType: the media type of the stream.
         """
         self.request.setResponseCode(200)
         self.request.setHeader(b"Content-Type", contentType)
+        if self._outbound is False:
+            self._outbound = self.redactor.stream(self.clientKey())
+        if isinstance(self.request, FastWriteRequest):
+            self.request.prepareHead()
 
     def write(self, data: bytes) -> None:
         """
@@ -267,9 +272,7 @@ class Exchange:
             self.request.write(data)
 
     def flush(self) -> None:
-        """
-        Release what the outbound filter held back (no secret, as it turned out).
-        """
+        """Release what the outbound filter held back (no secret, as it turned out)."""
         if isinstance(self._outbound, StreamRedactor):
             tail = self._outbound.end()
             if tail and not self.client.gone:
@@ -392,10 +395,8 @@ class ProxyResource(Resource):
             noteRoute(request, self.routeLabel(request))
             return errorAnswer(request, self.errors, 405, f"method {method} not allowed")
         body = request.content.read() if request.content is not None else b""
-        ex = Exchange(
-            request, body, self.ctx.now(), ClientState(request, watch=False),
-            redactor=self.ctx.redactor, errors=self.errors,
-        )
+        ex = Exchange(request, body, self.ctx.now(), ClientState(request, watch=False),
+                      redactor=self.ctx.redactor, errors=self.errors)
         if self.ctx.debug:
             self.log.debug(
                 "request {method} {uri} headers={headers} body={body}",
@@ -428,8 +429,7 @@ class ProxyResource(Resource):
 
     def _answerReady(self, ex: Exchange) -> bool:
         """
-        Answer from L{ready} if it can, through the same funnel as
-        L{_run}.
+        Answer from L{ready} if it can, through the same funnel as L{_run}.
 
         @param ex: the exchange (its client not yet watched).
         @return: whether the request was answered (and observed).

@@ -26,8 +26,9 @@ twisted.web's.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
+from twisted.web.http import NO_BODY_CODES
 from twisted.web.server import Request
 
 from ollama_proxy.web.fastchannel import FastChannel
@@ -41,6 +42,45 @@ class FastWriteRequest(Request):
 
     _chunkOut: Callable[[bytes], None] | None = None
     """The channel's way out, once the head of a chunked answer is sent."""
+
+    _prepared: tuple[int, bytes, list[tuple[bytes, tuple[bytes, ...]]], bytes] | None = None
+    """L{prepareHead}'s head: the status, reason and headers it was made
+    from, and its bytes."""
+
+    def prepareHead(self) -> None:
+        """
+        Render now the head the first L{write} of a chunked answer would
+        send, without sending it or committing to it: a stream calls this
+        when the backend's head arrives, while the backend is silent until
+        its first token, so the first line does not wait for the head's
+        ~40 calls of rendering.  Nothing is committed: C{startedWriting}
+        stays false, the headers unchanged, and the first write uses these
+        bytes only if the status, reason and every header are still the
+        ones they were made from (an error before the first byte, with
+        its own status and headers, is rendered by twisted.web as before).
+        Only the common case is prepared (HTTP/1.1 on L{FastChannel}, a
+        body that will be chunked, none of twisted.web's C{lastModified},
+        C{etag} or cookies); any other answer is written as it was.
+        """
+        channel = getattr(self, "channel", None)
+        headers = self.responseHeaders
+        if (self.startedWriting or not isinstance(channel, FastChannel)
+                or self.clientproto != b"HTTP/1.1" or self.method == b"HEAD"
+                or self.code in NO_BODY_CODES or self.lastModified is not None
+                or self.etag is not None or self.cookies or self._inFakeHead
+                or not headers.hasHeader(b"Content-Type")
+                or headers.hasHeader(b"Content-Length")
+                or headers.hasHeader(b"Transfer-Encoding")):
+            self._prepared = None
+            return
+        snapshot = _snapshot(headers.getAllRawHeaders())
+        # twisted.web's Request.write and HTTPChannel.writeHeaders, for
+        # this case: the headers in order, then the chunked framing's.
+        head = b"HTTP/1.1 %d %s\r\n%sTransfer-Encoding: chunked\r\n\r\n" % (
+            self.code, self.code_message,
+            b"".join([b"%s: %s\r\n" % (name, value) for name, values in snapshot for value in values]),
+        )
+        self._prepared = (self.code, self.code_message, snapshot, head)
 
     def write(self, data: bytes) -> None:
         """
@@ -58,6 +98,22 @@ class FastWriteRequest(Request):
         if self.startedWriting or not data or not isinstance(channel, FastChannel):
             super().write(data)
             return
+        prepared = self._prepared
+        if prepared is not None:
+            self._prepared = None
+            if (not self.finished and not self._disconnected and prepared[0] == self.code
+                    and prepared[1] == self.code_message and self.lastModified is None
+                    and self.etag is None and not self.cookies
+                    and prepared[2] == _snapshot(self.responseHeaders.getAllRawHeaders())):
+                # What twisted.web's first write does for this answer,
+                # with the head rendered already (see prepareHead).
+                self.startedWriting = 1
+                self.responseHeaders.setRawHeaders(b"Transfer-Encoding", [b"chunked"])
+                self.chunked = 1
+                self.sentLength += len(data)
+                out = self._chunkOut = channel.writeBody
+                out(b"%s%x\r\n%b\r\n" % (prepared[3], len(data), data))
+                return
         channel.holdHead()
         try:
             super().write(data)
@@ -65,3 +121,13 @@ class FastWriteRequest(Request):
             channel.releaseHead()
         if self.chunked:
             self._chunkOut = channel.writeBody
+
+
+def _snapshot(
+    headers: Iterable[tuple[bytes, Sequence[bytes]]],
+) -> list[tuple[bytes, tuple[bytes, ...]]]:
+    """
+    @return: C{headers} as they are now (a header's list of values may
+        change in place: each is copied).
+    """
+    return [(name, tuple(values)) for name, values in headers]
