@@ -31,7 +31,8 @@ from typing import Any, Iterable, Protocol
 
 from ollama_proxy.protocol.certify import suspect
 from ollama_proxy.protocol.redact import PREFIX, Redactor, TextRedactor
-from ollama_proxy.protocol.relayguard import certifiable, decodeLenient, dumpLenient, quickSearch
+from ollama_proxy.protocol.relayguard import (certifiable, cleanOf, decodeLenient, dumpLenient,
+                                              quickSearch)
 from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.stream import DEFAULT_MAX_LINE_LENGTH, SSELineTooLong
 
@@ -257,16 +258,10 @@ class NDJSONGuard:
 
     def _clean(self, data: bytes) -> bool:
         """
-        @return: whether no text in C{data} could change or hold: no
-            backslash or percent sign (no escaped or percent-encoded
-            spelling) and no form L{quickSearch} looks for.
+        @return: whether no text in C{data} could change or hold
+            (L{cleanOf}).
         """
-        if b"\\" in data or b"%" in data:
-            return False
-        for quick in self._quicks:
-            if quick.search(data):
-                return False
-        return True
+        return cleanOf(self._quicks, data)
 
     def _line(self, raw: bytes) -> bytes:
         body = raw.rstrip(b"\r\n")

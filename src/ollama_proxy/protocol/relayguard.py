@@ -101,6 +101,22 @@ def quickSearch(secret: str) -> re.Pattern[bytes]:
     return re.compile(first + b"(?:" + re.escape(head[1:]) + b"|(?:" + tails + rb')"[\s,}\]])')
 
 
+def cleanOf(quicks: tuple[re.Pattern[bytes], ...], data: bytes) -> bool:
+    """
+    @param quicks: the L{quickSearch} of every secret.
+    @return: whether no text in C{data} (JSON: events or lines) could
+        change or hold: no backslash (no escape, so every text is written
+        as it is), no percent sign (no percent-encoded spelling) and no form
+        a search in C{quicks} finds.
+    """
+    if b"\\" in data or b"%" in data:
+        return False
+    for quick in quicks:
+        if quick.search(data):
+            return False
+    return True
+
+
 def eventData(raw: bytes) -> bytes | None:
     """
     @param raw: one whole SSE event, its blank line included.
@@ -227,18 +243,11 @@ class RelayGuard:
     def _clean(self, data: bytes) -> bool:
         """
         @return: whether no text in C{data} (events' JSON) could change or
-            hold: no backslash (no escape, so every text is written as it
-            is), no percent sign (no percent-encoded spelling) and no form
-            L{quickSearch} looks for.  Such events pass without
-            being split or decoded; the id and model the released chunk
-            reuses come from the event that began a hold, decoded.
+            hold (L{cleanOf}).  Such events pass without being split or
+            decoded; the id and model the released chunk reuses come from
+            the event that began a hold, decoded.
         """
-        if b"\\" in data or b"%" in data:
-            return False
-        for quick in self._quicks:
-            if quick.search(data):
-                return False
-        return True
+        return cleanOf(self._quicks, data)
 
     def _event(self, raw: bytes) -> bytes:
         data = eventData(raw)
