@@ -26,8 +26,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ollama_proxy.protocol.redact import Redactor
-from ollama_proxy.protocol.relayguard import (Key, RelayGuard, decodeLenient, dumpLenient, eventData,
-                                              rewriteEvent)
+from ollama_proxy.protocol.relayguard import (Key, RelayGuard, decodeLenient, dumpLenient, endHeld,
+                                              eventData, rewriteEvent)
 
 ANTHROPIC_TEXTS = ("text", "thinking", "partial_json")
 """The texts of an Anthropic C{content_block_delta}'s C{delta} a client joins."""
@@ -181,8 +181,10 @@ class AgentGuard(RelayGuard):
         @return: their tails, one delta event each, and how many.
         """
         out: list[bytes] = []
-        for key in [k for k in self._held if chosen(k)]:
-            tail = self._held.pop(key).end()
+        keys = [k for k in self._held if chosen(k)]
+        tails = endHeld(self._held, keys)
+        for key in keys:
+            tail = tails.get(key)
             name, event = self._templates.pop(key, (b"", {}))
             if not tail or not name:
                 continue

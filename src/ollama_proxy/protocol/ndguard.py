@@ -32,7 +32,7 @@ from typing import Any, Iterable, Protocol
 from ollama_proxy.protocol.certify import suspect
 from ollama_proxy.protocol.redact import PREFIX, Redactor, TextRedactor
 from ollama_proxy.protocol.relayguard import (certifiable, cleanOf, decodeLenient, dumpLenient,
-                                              quickSearch)
+                                              endHeld, feedHeld, quickSearch)
 from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.stream import DEFAULT_MAX_LINE_LENGTH, SSELineTooLong
 
@@ -305,28 +305,13 @@ class NDJSONGuard:
             if not self._suspect.search(value):
                 return value
             redactor = TextRedactor(self._secrets)
-        try:
-            new = redactor.feed(value)
-        except UnicodeEncodeError:
-            # A lone surrogate (Python's decoder takes one) has no UTF-8.
-            value = value.encode("utf-8", "replace").decode("utf-8")
-            new = redactor.feed(value)
-        if redactor._carry:
-            self._held[path] = redactor
-        else:
-            self._held.pop(path, None)
-        return value if new == value else new
+        return feedHeld(self._held, path, value, redactor)
 
     def _tails(self) -> dict[tuple[str, ...], str]:
         """
         @return: every held tail, released.
         """
-        out = {}
-        for path in list(self._held):
-            tail = self._held.pop(path).end()
-            if tail:
-                out[path] = tail
-        return out
+        return endHeld(self._held, self._held)
 
     def _release(self) -> bytes:
         """

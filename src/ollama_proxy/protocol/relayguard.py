@@ -117,6 +117,45 @@ def cleanOf(quicks: tuple[re.Pattern[bytes], ...], data: bytes) -> bool:
     return True
 
 
+def feedHeld(held: dict[Any, TextRedactor], key: Any, value: str, redactor: TextRedactor) -> str:
+    """
+    One piece of a text a client joins, through its redactor: the one
+    C{held} keeps for C{key}, or a fresh one.  The guards' one way to feed
+    a text (L{RelayGuard}, the NDJSON and agent guards).
+
+    @param held: the redactors holding a tail, by text; C{key}'s is kept
+        there while it holds one, and removed once it does not.
+    @return: C{value} itself when it passes as it is, otherwise what may go
+        now.
+    """
+    try:
+        new = redactor.feed(value)
+    except UnicodeEncodeError:
+        # A lone surrogate (Python's decoder takes one) has no UTF-8.
+        value = value.encode("utf-8", "replace").decode("utf-8")
+        new = redactor.feed(value)
+    if redactor._carry:
+        held[key] = redactor
+    else:
+        held.pop(key, None)
+    return value if new == value else new
+
+
+def endHeld(held: dict[Any, TextRedactor], keys: Iterable[Any]) -> dict[Any, str]:
+    """
+    The texts C{keys} name end: their held tails released.
+
+    @param held: the redactors holding a tail, by text; C{keys}' are removed.
+    @return: each non-empty tail, by text.
+    """
+    out = {}
+    for key in list(keys):
+        tail = held.pop(key).end()
+        if tail:
+            out[key] = tail
+    return out
+
+
 def eventData(raw: bytes) -> bytes | None:
     """
     @param raw: one whole SSE event, its blank line included.
@@ -337,32 +376,20 @@ class RelayGuard:
             # A redactor holding nothing has no state: one is kept for the
             # next text (making one costs more than the text's search).
             redactor, self._spare = self._spare or TextRedactor(self._secrets, self._escaped), None
-        try:
-            new = redactor.feed(value)
-        except UnicodeEncodeError:
-            # A lone surrogate (Python's decoder takes one) has no UTF-8.
-            value = value.encode("utf-8", "replace").decode("utf-8")
-            new = redactor.feed(value)
-        if redactor._carry:
-            if key not in self._held and len(self._held) >= MAX_HELD:
-                raise StreamFailed(f"backend stream holds more than {MAX_HELD} texts at once")
-            self._held[key] = redactor
-        else:
-            self._held.pop(key, None)
+        new = feedHeld(self._held, key, value, redactor)
+        if key not in self._held:
             self._spare = redactor
-        return value if new == value else new
+        elif len(self._held) > MAX_HELD:
+            del self._held[key]
+            raise StreamFailed(f"backend stream holds more than {MAX_HELD} texts at once")
+        return new
 
     def _tails(self, index: int | None) -> dict[Key, str]:
         """
         @param index: a choice's index, or C{None} for every choice.
         @return: the held tails of that choice, released.
         """
-        out = {}
-        for key in [k for k in self._held if index is None or k[0] == index]:
-            tail = self._held.pop(key).end()
-            if tail:
-                out[key] = tail
-        return out
+        return endHeld(self._held, [k for k in self._held if index is None or k[0] == index])
 
     def _release(self) -> bytes:
         """
