@@ -137,13 +137,16 @@ def specFor(kind: str, route: str, port: int, chunks: int, model: str) -> loadge
     kinds: C{direct} (the OpenAI backend), C{ours} (this proxy), C{k0in}
     (the Go peer, checked as exactly as ours), C{peer-chat} (an Ollama-API
     peer with /api/chat), C{peer-v1} (a peer with only /api/tags and
-    /v1/*), C{floor} (a bare twisted.web resource: /api/tags only).
+    /v1/*), C{floor} (a bare twisted.web resource: /api/tags only),
+    C{relayfloor} (L{bench.relayfloor}: C{/api/chat} only, checked exactly).
     """
+    if kind == "relayfloor" and route not in ("stream", "nonstream"):
+        return None
     if kind == "floor":
         if route != "tags":
             return None
         return loadgen.Spec(route, port, loadgen.buildRequest("GET", "/api/tags"), lambda b: loadgen.verifyJSON(b, "models"))
-    exact = kind in ("ours", "direct", "k0in")
+    exact = kind in ("ours", "direct", "k0in", "relayfloor")
     sse = lambda b: loadgen.verifySSE(b, chunks, True)  # noqa: E731
     if route == "stream":
         if kind == "direct":
@@ -293,6 +296,18 @@ def k0inServer(binary: str, backendPort: int, models: set[str], logDir: str) -> 
     return Server("K0IN", [os.path.abspath(binary)], port, PROXY_CORE, {"CONFIG_FILE": config})
 
 
+def relayFloorServer(python: str, backendPort: int, build: str, env: dict[str, str]) -> Server:
+    """
+    The design card's floor for a chat relay (L{bench.relayfloor}), pinned
+    like the proxy: twisted.web and treq with the least translation, in the
+    C{fast} build (the proxy's own server parser and agent) or C{stock}.
+    """
+    port = freePort()
+    return Server(f"relay floor ({build})", [python, os.path.join(HERE, "relayfloor.py"), str(port),
+                                             f"http://127.0.0.1:{backendPort}", build],
+                  port, PROXY_CORE, env)
+
+
 def floorServer(python: str) -> Server:
     """
     A bare twisted.web resource serving a fixed model list: the framework's
@@ -387,6 +402,12 @@ async def main(args: argparse.Namespace) -> None:
         say(f"!! K0IN skipped: {why} (build it as /work/shared/reference/peer-bench.md says)")
     if not args.no_floor:
         targets.append((floorServer(proxyPython), "floor"))
+    for build in args.relay_floor:
+        # The floor imports the proxy's agent and channel from the last
+        # --proxy source tree (or the installed package).
+        last = (args.proxy or ["proxy="])[-1].partition("=")[2]
+        env = {"PYTHONPATH": last} if last and not last.startswith("@") else {}
+        targets.append((relayFloorServer(proxyPython, backendPort, build, env), "relayfloor"))
     if not args.no_peers:
         targets += peerServers(backendPort)
     started: list[Server] = []
@@ -445,6 +466,8 @@ if __name__ == "__main__":
     parser.add_argument("--k0in", default=os.environ.get("K0IN_BIN"),
                         help="path to a built K0IN/openai-ollama-proxy binary (or $K0IN_BIN); skipped without")
     parser.add_argument("--no-floor", action="store_true", help="without the bare twisted.web floor")
+    parser.add_argument("--relay-floor", action="append", default=[], choices=("fast", "stock"),
+                        help="also measure bench/relayfloor.py in this build (chat routes only)")
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args()
     try:
