@@ -76,6 +76,15 @@ walk into this module).
 """
 
 
+loadsFlat: Callable[[bytes], object] = orjson.loads
+"""
+orjson's own C{loads}, for text the caller then accepts only as a value
+that cannot nest (a string): no depth to check, and no Python frame around
+it (the stream reader calls it once per token, L{ollama_proxy.protocol.
+backend_reader.ChatStreamReader}).  Anything else decodes with L{loadsBounded}.
+"""
+
+
 def dumpLine(obj: object) -> bytes:
     """
     Encode C{obj} as one NDJSON line.
