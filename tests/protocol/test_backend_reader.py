@@ -187,7 +187,7 @@ def _encodings() -> st.SearchStrategy[Callable[[Any], bytes]]:
 
 TEXT = st.lists(st.sampled_from(['a', ' ', '"', '\\', '{', '}', '<think>', '</think>', 'é', '\u2028',
                                  '"content":', 'content', '\n', '\x00', '😀']), max_size=6).map("".join)
-ENVELOPES = st.sampled_from([
+ENVELOPES: st.SearchStrategy[dict[str, Any]] = st.sampled_from([
     {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"},
     {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "usage": None},
     {"id": "chatcmpl-2", "model": "m", "system_fingerprint": '"content":"x"'},
