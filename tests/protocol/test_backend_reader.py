@@ -297,13 +297,7 @@ class TemplateTests(SynchronousTestCase):
         A stream of tokens in one envelope decodes its first event and
         one probe whole; every later token is read from its string.
         """
-        decoded: list[object] = []
-
-        def counting(data: bytes) -> object:
-            decoded.append(data)
-            return codec.loads(data)
-
-        self.patch(codec, "loadsBounded", counting)
+        decoded = self.counted()
         envelope = {"id": "chatcmpl-1", "model": "m", "created": 1}
         words = [f"w{i} \"q\" \\ é" for i in range(50)]
         reader = ChatStreamReader()
@@ -316,13 +310,7 @@ class TemplateTests(SynchronousTestCase):
         Events that differ outside their text every time (a random padding
         field) are each decoded whole, with at most L{LESSONS} probes.
         """
-        decoded: list[object] = []
-
-        def counting(data: bytes) -> object:
-            decoded.append(data)
-            return codec.loads(data)
-
-        self.patch(codec, "loadsBounded", counting)
+        decoded = self.counted()
         reader = ChatStreamReader()
         events = reader.feed([
             codec.dumps({**_event({"content": f"w{i}"}, {}), "obfuscation": "x" * i}) for i in range(40)
@@ -333,11 +321,26 @@ class TemplateTests(SynchronousTestCase):
     def test_longEventNoTemplate(self) -> None:
         """
         An event over L{TEMPLATE_MAX} bytes is no template: a stream does
-        not hold a backend's large event for its whole life.
+        not hold a backend's large event for its whole life.  A shorter one
+        after it is.
         """
-        envelope = {"id": "x" * TEMPLATE_MAX}
+        decoded = self.counted()
         reader = ChatStreamReader()
+        envelope = {"id": "x" * TEMPLATE_MAX}
         reader.feed([codec.dumps(_event({"content": "a"}, envelope)) for _ in range(3)])
-        self.assertIsNone(reader._template)
-        reader.feed([codec.dumps(_event({"content": "a"}, {"id": "short"}))])
-        self.assertIsNotNone(reader._template)
+        self.assertEqual(len(decoded), 3)
+        reader.feed([codec.dumps(_event({"content": "a"}, {"id": "short"})) for _ in range(3)])
+        self.assertEqual(len(decoded), 3 + 2)
+
+    def counted(self) -> list[object]:
+        """
+        @return: the payloads the readers decode whole (and probe) from now.
+        """
+        decoded: list[object] = []
+
+        def counting(data: bytes) -> object:
+            decoded.append(data)
+            return codec.loads(data)
+
+        self.patch(codec, "loadsBounded", counting)
+        return decoded

@@ -220,6 +220,11 @@ where it lands."""
 LESSONS = 3
 """How many templates one stream may try (L{ChatStreamReader._learn})."""
 
+_UNLEARNT = (b"\xff", b"\xff", 0, -1)
+"""No template yet: no JSON text starts with that byte."""
+
+newTuple = tuple.__new__
+
 TEMPLATE_MAX = 4096
 """The longest event a template is made of (held for the stream's life:
 a token's envelope is a few hundred bytes)."""
@@ -268,7 +273,7 @@ class ChatStreamReader:
         self.usage = Usage()
         self.sawDone = False
         self.sawFinish = False
-        self._template: tuple[bytes, bytes, int] | None = None
+        self._template = _UNLEARNT
         self._lessons = lessons
 
     def feed(self, payloads: list[bytes]) -> list[Event]:
@@ -286,16 +291,15 @@ class ChatStreamReader:
             or non-JSON data, with the events read before it.
         """
         out: list[Event] = []
-        template = self._template
+        head, tail, start, end = self._template
         try:
             for payload in payloads:
                 content: object = None
-                if (
-                    template is not None and payload.startswith(template[0])
-                    and payload.endswith(template[1]) and len(payload) >= template[2]
-                ):
+                if payload.startswith(head) and payload.endswith(tail):
+                    # (A payload shorter than the two pieces leaves nothing
+                    # between them: not JSON.)
                     try:
-                        content = loadsFlat(payload[len(template[0]):len(payload) - len(template[1])])
+                        content = loadsFlat(payload[start:end])
                     except codec.JSONDecodeError:
                         content = None
                 if type(content) is str:
@@ -305,7 +309,7 @@ class ChatStreamReader:
                         self.sawDone = True
                         continue
                     read = self._event(payload)
-                    template = self._template  # it may have learnt one
+                    head, tail, start, end = self._template  # it may have learnt one
                     if read is None:
                         continue
                     content, thinking = read
@@ -323,7 +327,9 @@ class ChatStreamReader:
                         out.append(Delta(content, thinking, self._logprobs))
                         self._logprobs = []
                     else:
-                        out.append(Delta(content, thinking))
+                        # The tuple made directly: Delta(...) is a Python
+                        # function around this, once per token.
+                        out.append(newTuple(Delta, (content, thinking, None)))
         except UpstreamError as e:
             raise StreamFailed(e.message, out) from None
         return out
@@ -424,6 +430,8 @@ class ChatStreamReader:
             return
         start, end = token.span(1)
         head, tail = payload[:start], payload[end:]
+        if not head or not tail:
+            return  # (not an object's member; and the pieces' ends are sliced by length)
         try:
             probe = codec.loadsBounded(head + _PROBE_TOKEN + tail)
             delta = probe["choices"][0]["delta"]  # type: ignore[index]
@@ -433,7 +441,7 @@ class ChatStreamReader:
         except (codec.JSONDecodeError, codec.TooDeep, LookupError, TypeError):
             return
         if probe == event:
-            self._template = (head, tail, len(head) + len(tail) + 2)
+            self._template = (head, tail, len(head), -len(tail))
 
     def _accumulateTools(self, fragments: object) -> None:
         """
