@@ -80,7 +80,12 @@ class BodiesTests(SynchronousTestCase):
         """
         calls: list[object] = []
         real = codec.orjson.dumps
-        self.patch(codec.orjson, "dumps", lambda value: calls.append(value) or real(value))
+
+        def counting(value: object) -> bytes:
+            calls.append(value)
+            return real(value)
+
+        self.patch(codec.orjson, "dumps", counting)
         self.assertEqual(codec.dumpsBodies(["a\nb", 'say "hi" now', "é"]),
                          [b"a\\nb", b'say \\"hi\\" now', "é".encode()])
         self.assertEqual(len(calls), 1)
