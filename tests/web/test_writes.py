@@ -469,3 +469,4 @@ class WholeAnswerTests(SynchronousTestCase):
         request.writeWhole(b"application/json", b"bc")
         request.finish()
         self.assertEqual(withoutDate(transport.value()).split(b"\r\n\r\n", 1)[1], b"1\r\na\r\n2\r\nbc\r\n0\r\n\r\n")
+
