@@ -39,6 +39,7 @@ from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.context import DEFAULT_MAX_BODY
 from ollama_proxy.web.fastchannel import AVAILABLE, FastChannel
 from ollama_proxy.web.observe import OBSERVED, logAnswer
+from ollama_proxy.web.traverse import traverse
 from ollama_proxy.web.writes import FastWriteRequest
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
@@ -326,7 +327,7 @@ class LimitedRequest(FastWriteRequest):
                 )
                 return
             site.track(self)
-        super().process()
+        traverse(self)
 
 
 def _channelOf(protocol: Any) -> Any:
