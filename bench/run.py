@@ -39,7 +39,23 @@ PROXY_CORE = "0"
 BENCH_CORE = "1"
 
 
+_PORTS = os.environ.get("BENCH_PORTS")  # "LOW-HIGH": listen only there (off the ephemeral range)
+_nextPort = [0]
+
+
 def freePort() -> int:
+    if _PORTS:
+        low, high = map(int, _PORTS.split("-"))
+        for _ in range(high - low + 1):
+            port = low + _nextPort[0] % (high - low + 1)
+            _nextPort[0] += 1
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+        raise RuntimeError(f"no free port in {_PORTS}")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -121,6 +121,7 @@ class TraverseTests(SynchronousTestCase):
         transport = StringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        protocol.connectionLost(Exception("done"))  # its idle timer is the global reactor's
         self.assertIn(b"\r\nDate: " + datetimeToString(1_700_000_000) + b"\r\n", transport.value())
 
 
