@@ -77,7 +77,9 @@ def traverse(request: Request) -> None:
     headers.setRawHeaders(b"Server", SERVER)
     headers.setRawHeaders(b"Date", [httpDate()])
     request.prepath = []
-    request.postpath = list(map(unquote_to_bytes, request.path[1:].split(b"/")))
+    # (A segment without "%" is its own decoding: no call for it.)
+    request.postpath = [unquote_to_bytes(segment) if b"%" in segment else segment
+                        for segment in request.path[1:].split(b"/")]
     try:
         resource = site.getResourceFor(request)
         if isinstance(resource, EncodingResourceWrapper):
