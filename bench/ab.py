@@ -6,12 +6,12 @@ order is the last one's reversed); prints CPU ms
 per request and req/s per round and the median ratio B/A per scenario.
 
     bench/.venvs/bench/bin/python bench/ab.py --proxy-python PY A=TREE/src B=TREE/src \
-        [floor=relayfloor:TREE/src] [--rounds 5] [--duration 3] [--scenario NAME ...]
+        [floor=relayfloor:TREE/src] [K0IN=k0in:BINARY] [--rounds 5] [--duration 3] [--scenario NAME ...]
 
 More than two builds are measured in the same rounds (each round's order the
 last one's reversed) and compared with the first; C{NAME=relayfloor:PATH} is
 C{bench/relayfloor.py} (the C{fast} build) on that source tree, for chat
-scenarios only.
+scenarios only; C{NAME=k0in:BINARY} is the Go peer (C{run.k0inServer}).
 """
 
 from __future__ import annotations
@@ -67,7 +67,11 @@ def main() -> None:
     kinds: dict[str, str] = {}
     for spec in args.builds:
         name, _, path = spec.partition("=")
-        if path.startswith("relayfloor:"):
+        if path.startswith("k0in:"):
+            server = run.k0inServer(path[len("k0in:"):], backendPort,
+                                    {m for _, _, _, m, _ in SCENARIOS.values()}, logDir)
+            server.name, kinds[name] = name, "k0in"
+        elif path.startswith("relayfloor:"):
             server = run.relayFloorServer(args.proxy_python, backendPort, "fast",
                                           {"PYTHONPATH": path[len("relayfloor:"):]})
             server.name, kinds[name] = name, "relayfloor"
