@@ -17,6 +17,7 @@ from ollama_proxy.service.config import BackendConfig, ModelOverride
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache
 from ollama_proxy.upstream.routing import (
+    MAX_GUESSED_NAME,
     MAX_GUESSES,
     BackendModels,
     Router,
@@ -277,13 +278,18 @@ class RouterTests(SynchronousTestCase):
     def test_guessesBounded(self) -> None:
         """
         Clients choose the names: the kept guesses never pass
-        L{MAX_GUESSES}, and every name is still routed.
+        L{MAX_GUESSES}, a name longer than L{MAX_GUESSED_NAME} is never
+        kept, and every name is still routed.
         """
         router = Router([self.a])
         for n in range(MAX_GUESSES + 5):
             self.assertEqual(self.routeNow(router, f"m{n}").modelId, f"m{n}")
         self.assertLessEqual(len(router._guesses), MAX_GUESSES)
         self.assertEqual(self.fa.calls, [])
+        long = "x" * (MAX_GUESSED_NAME + 1)
+        router._guesses.clear()
+        self.assertEqual(self.routeNow(router, long).modelId, long)
+        self.assertEqual(router._guesses, {})
 
 
 class OverrideTests(SynchronousTestCase):

@@ -304,7 +304,7 @@ PullToPush = _PullToPush
 C{(producer, consumer)}, C{startStreaming()}, C{stopStreaming()}."""
 
 _canonical: dict[bytes, bytes] = {}
-"""Header names as clients spell them -> twisted.web's canonical names (at most 1,000)."""
+"""Header names as clients spell them -> twisted.web's names (at most 1,000, of <= 64 bytes)."""
 
 
 def addRequestHeaders(headers: Headers, fields: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
@@ -324,7 +324,7 @@ def addRequestHeaders(headers: Headers, fields: list[tuple[bytes, bytes]]) -> di
         key = _canonical.get(name)
         if key is None:
             key = _nameEncoder.encode(name)
-            if len(_canonical) < 1000:
+            if len(_canonical) < 1000 and len(name) <= 64:
                 _canonical[name] = key
         values = raw.get(key)
         if values is None:

@@ -48,6 +48,10 @@ MAX_GUESSES = 1024
 clients' text: beyond this the table starts again, so no sequence of names
 can grow it)."""
 
+MAX_GUESSED_NAME = 256
+"""The longest name whose guess is kept (a body may name a megabyte-long
+model: such a guess is made per request and never held)."""
+
 
 @attrs.define
 class BackendModels:
@@ -367,7 +371,8 @@ class Router:
                 modelId = only.config.aliases.get(modelId, modelId)
                 guess = Route(only.name, only.backend, modelId, only.config.override(modelId), False,
                               listing=only.cache, listingSeen=only.cache.value)
-                if not listing and self._index is index and only.cache.value is value:
+                if (not listing and len(name) <= MAX_GUESSED_NAME and self._index is index
+                        and only.cache.value is value):
                     # The same name, index and list give the same guess
                     # (a Route is immutable): the next request for it is
                     # one lookup, not the index's misses and a new Route.
