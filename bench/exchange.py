@@ -12,6 +12,8 @@ steady on a shared machine), for A/B between source trees:
 
 C{--key} configures a backend key (the redaction then has a secret to look
 for, as in most deployments; the bench's socket runs have none).
+C{--metrics} turns the Prometheus metrics on, as the service (and so the
+socket runs) has them by default.
 """
 
 from __future__ import annotations
@@ -58,14 +60,21 @@ def answer(body: bytes, contentType: bytes = b"application/json") -> bytes:
 
 
 class Bench:
-    def __init__(self, key: bool) -> None:
+    def __init__(self, key: bool, metrics: bool = False) -> None:
         self.endpoints = Endpoints()
         fast = poolModule.KeepAlivePool(reactor)
         fast.maxPersistentPerHost = 1024
         http = poolModule.clientFor(poolModule.FastAgent(reactor, self.endpoints, fast))
         backend = Backend(http, "http://127.0.0.1:4000", reactor,
                           apiKey="sk-bench-key-0123456789" if key else None)
-        site = makeSite(buildRoot(contextFor(backend, clock=reactor)), reactor)
+        extra: dict[str, Any] = {}
+        if metrics:
+            from ollama_proxy.web.metrics import Metrics
+            from ollama_proxy.web.observe import watchUpstream
+
+            extra["metrics"] = Metrics()
+            watchUpstream(extra["metrics"], [backend])
+        site = makeSite(buildRoot(contextFor(backend, clock=reactor, **extra)), reactor)
         self.server = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         self.client = StringTransport()
         self.server.makeConnection(self.client)
@@ -122,8 +131,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--key", action="store_true")
+    parser.add_argument("--metrics", action="store_true",
+                        help="the Prometheus metrics on, as the service runs by default")
     args = parser.parse_args()
-    bench = Bench(args.key)
+    bench = Bench(args.key, args.metrics)
     first = bench.one()
     assert first.startswith(b"HTTP/1.1 200 OK"), first[:300]
     assert b'"done":true' in first and b"tok tok" in first, first

@@ -39,23 +39,26 @@ PROXY_CORE = "0"
 BENCH_CORE = "1"
 
 
-_PORTS = os.environ.get("BENCH_PORTS")  # "LOW-HIGH": listen only there (off the ephemeral range)
-_nextPort = [0]
+_PORTS = os.environ.get("BENCH_PORTS")
+"""C{LOW-HIGH}: listen only on these ports (a port the kernel picks is in
+its ephemeral range, which the load generator's own connections use too)."""
+_tried = 0
 
 
 def freePort() -> int:
+    global _tried
     if _PORTS:
-        low, high = map(int, _PORTS.split("-"))
+        low, high = (int(p) for p in _PORTS.split("-"))
         for _ in range(high - low + 1):
-            port = low + _nextPort[0] % (high - low + 1)
-            _nextPort[0] += 1
+            port = low + _tried % (high - low + 1)
+            _tried += 1
             with socket.socket() as s:
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError:
                     continue
                 return port
-        raise RuntimeError(f"no free port in {_PORTS}")
+        raise RuntimeError(f"no free port in BENCH_PORTS={_PORTS}")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -61,6 +61,20 @@ class ThinkTagSplitterTests(SynchronousTestCase):
         t, c = splitter.flush()
         self.assertEqual((thinking + t, content + c), splitThinkTags(text))
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from(["<think>", "</think>", "<", "<th", "think>", " ", "\n", "a", "\u00e9"]),
+                    max_size=8).map("".join))
+    def test_wholeIsTheSplitters(self, text: str) -> None:
+        """
+        L{splitThinkTags} (which answers a text without C{<think>} in one
+        search) gives what the splitter gives for the whole text, whether
+        the text holds a tag or not.
+        """
+        splitter = ThinkTagSplitter()
+        thinking, content = splitter.feed(text)
+        moreThinking, moreContent = splitter.flush()
+        self.assertEqual(splitThinkTags(text), (thinking + moreThinking, content + moreContent))
+
     def test_passing(self) -> None:
         """
         Once real content is seen the splitter says so, so the stream stops

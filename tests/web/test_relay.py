@@ -17,6 +17,10 @@ from twisted.internet.error import (
 from twisted.internet.error import (
     TimeoutError as ConnectTimeoutError,
 )
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
@@ -30,7 +34,9 @@ from ollama_proxy.testing.harness import (
 )
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.web.tree import buildRoot
+from ollama_proxy.web.site import makeSite
 from tests.web.helpers import CHAT
+from tests.web.test_site import parseResponse
 
 
 class Recorder:
@@ -686,3 +692,67 @@ class FirstBytesTests(SynchronousTestCase):
         h.pump()
         self.successResultOf(reader.done)
         self.assertTrue(reader.lines()[-1]["done"])
+
+
+class SiteCancellationTests(SynchronousTestCase):
+    """
+    The same on the proxy's own site (L{makeSite}: L{FastChannel},
+    L{ollama_proxy.web.site.LimitedRequest}, a whole answer written by
+    L{FastWriteRequest.writeWhole}), on both channels (the harness above
+    answers on twisted.web's own C{Request}).
+    """
+
+    httpParser = "httptools"
+
+    def setUp(self) -> None:
+        self.h = ProxyHarness()
+        self.site = makeSite(self.h.root, self.h.clock, timeout=None, httpParser=self.httpParser)
+        self.protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        body = codec.dumps({**CHAT, "stream": False})
+        self.protocol.dataReceived(
+            b"POST /api/chat HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        self.h.pump()
+        [self.upstream] = self.h.backend.received
+        self.upstream.request.setResponseCode(200)
+        self.upstream.request.setHeader(b"Content-Type", b"application/json")
+
+    def test_disconnectDuringNonStreamingBody(self) -> None:
+        """
+        A client that leaves while the whole answer is read closes the
+        upstream connection; nothing is written to it.
+        """
+        self.upstream.write(b'{"id": "x", "choices": [')
+        self.h.pump()
+        self.assertEqual(self.upstream.lost, [])
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.h.pump()
+        self.assertEqual(len(self.upstream.lost), 1)
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_answeredThenLeaves(self) -> None:
+        """
+        An answer finished before the client leaves is whole, and its
+        leaving cancels nothing more (the upstream connection went back to
+        the pool, or closed, with the answer, not with the client).
+        """
+        self.upstream.write(codec.dumps({"id": "x", "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}))
+        self.upstream.finish()
+        self.h.pump()
+        status, headers, body = parseResponse(self.transport.value())
+        self.assertEqual((status, codec.loads(body)["message"]["content"]), (200, "hi"))
+        self.assertEqual(headers["content-length"], str(len(body)))
+        lost = len(self.upstream.lost)
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.h.pump()
+        self.assertEqual(len(self.upstream.lost), lost)
+
+
+class SiteCancellationTwistedChannelTests(SiteCancellationTests):
+    """
+    The same on twisted.web's channel (C{--http-parser twisted}).
+    """
+
+    httpParser = "twisted"

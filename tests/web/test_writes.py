@@ -361,3 +361,112 @@ class PreparedHeadTests(SynchronousTestCase):
         request.write(b"a")
         request.prepareHead()
         self.assertIsNone(request._prepared)
+
+
+def whole(site: Any, resource: Held, head: bytes, body: bytes, change: Any, fast: bool) -> tuple[bytes, int, int]:
+    """
+    @return: the bytes a request got for C{body} as its whole answer (with
+        L{FastWriteRequest.writeWhole} if C{fast}, else by setting the two
+        headers and writing, as twisted.web does) and finished, without the
+        C{Date}; its C{sentLength}; and how many transport writes it took.
+    """
+    _, transport, request = connect(site, resource, head)
+    change(request)
+    if fast:
+        assert isinstance(request, FastWriteRequest)
+        request.writeWhole(b"application/json; charset=utf-8", body)
+    else:
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
+    request.finish()
+    return withoutDate(transport.value()), request.sentLength, transport.writes
+
+
+def _noChange(request: Request) -> None:
+    pass
+
+
+def _cookie(request: Request) -> None:
+    request.addCookie(b"a", b"b")
+
+
+def _status(code: int) -> Any:
+    def change(request: Request) -> None:
+        request.setResponseCode(code)
+    return change
+
+
+def _header(request: Request) -> None:
+    request.setHeader(b"X-Other", b"1")
+
+
+class WholeAnswerTests(SynchronousTestCase):
+    """
+    L{FastWriteRequest.writeWhole}: a whole answer of known length.
+    """
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.one_of(st.binary(max_size=60), st.sampled_from([b"", b"x" * 70_000])),
+           st.sampled_from(HEADS),
+           st.sampled_from([_noChange, _cookie, _status(404), _status(204), _status(304), _header]))
+    def test_sameBytes(self, body: bytes, head: bytes, change: Any) -> None:
+        """
+        Any body (empty, over the channel's joining size), any request
+        (HTTP/1.1, C{Connection: close}, HTTP/1.0, C{HEAD}), any status
+        (one without a body included), a cookie, another header: the same
+        bytes and C{sentLength} as setting the headers and writing through
+        twisted.web's own site and channel.
+        """
+        twisted = Held()
+        twistedSite = Site(twisted, reactor=MemoryReactorClock())
+        twistedSite.log = lambda request: None  # type: ignore[method-assign]
+        expected = whole(twistedSite, twisted, head, body, change, False)[:2]
+        fast = Held()
+        self.assertEqual(whole(makeSite(fast, MemoryReactorClock(), headerTimeout=None),
+                               fast, head, body, change, True)[:2], expected)
+
+    def test_oneWrite(self) -> None:
+        """
+        The usual answer (HTTP/1.1, keep-alive, a JSON body) leaves in one
+        transport write, head and body together; the request then counts as
+        started and its size as sent.
+        """
+        resource = Held()
+        site = makeSite(resource, MemoryReactorClock(), headerTimeout=None)
+        out, sent, writes = whole(site, resource, HEADS[0], b'{"a":1}', _noChange, True)
+        self.assertEqual(writes, 1)
+        self.assertEqual(sent, 7)
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"), out)
+        self.assertIn(b"Content-Length: 7\r\n", out)
+        self.assertTrue(out.endswith(b'\r\n\r\n{"a":1}'), out)
+
+    def test_goneClientNothing(self) -> None:
+        """
+        A client gone before the answer gets nothing, as with twisted.web's
+        C{write}.
+        """
+        resource = Held()
+        site = makeSite(resource, MemoryReactorClock(), headerTimeout=None)
+        channel, transport, request = connect(site, resource, HEADS[0])
+        before = transport.value()
+        channel.connectionLost(Failure(ConnectionDone()))
+        assert isinstance(request, FastWriteRequest)
+        request.writeWhole(b"application/json", b"{}")
+        self.assertEqual(transport.value(), before)
+        self.assertEqual(request.sentLength, 0)
+
+    def test_afterWritingTwisted(self) -> None:
+        """
+        After a first write, the rest goes as twisted.web's C{write} sends
+        it (the headers then set are not sent: they cannot be).
+        """
+        resource = Held()
+        site = makeSite(resource, MemoryReactorClock(), headerTimeout=None)
+        _, transport, request = connect(site, resource, HEADS[0])
+        request.write(b"a")
+        assert isinstance(request, FastWriteRequest)
+        request.writeWhole(b"application/json", b"bc")
+        request.finish()
+        self.assertEqual(withoutDate(transport.value()).split(b"\r\n\r\n", 1)[1], b"1\r\na\r\n2\r\nbc\r\n0\r\n\r\n")
+

@@ -68,6 +68,8 @@ class Redactor:
             percent-encoded, replaced by L{REDACTED}.
         """
         secrets = self.all(extra)
+        if not secrets:
+            return text  # a proxy without keys: the access line's fields, every reply
         for secret in secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
@@ -84,6 +86,8 @@ class Redactor:
             percent-encoded) replaced.
         """
         secrets = self.all(extra)
+        if not secrets:
+            return data
         for secret in secrets:
             raw = secret.encode("utf-8")
             if raw in data:

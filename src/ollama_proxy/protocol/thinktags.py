@@ -136,6 +136,11 @@ def splitThinkTags(text: str) -> tuple[str, str]:
     @param text: the complete content.
     @return: C{(thinking, content)}.
     """
+    if _OPEN_TAG not in text:
+        # Only a leading <think> changes anything (the splitter passes any
+        # other text on whole, whitespace included): the usual reply is
+        # one search, no splitter.
+        return "", text
     splitter = ThinkTagSplitter()
     thinking, content = splitter.feed(text)
     moreThinking, moreContent = splitter.flush()

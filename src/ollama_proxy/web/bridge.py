@@ -260,16 +260,25 @@ class Exchange:
             self.request.write(data)
 
     def writeRedacted(self, data: bytes) -> None:
-        """
-        Write bytes known to hold no secret in any spelling (certified by
-        the stream's event redactor, or L{Encoded}) past the outbound
-        filter; through it after all while it holds a tail back.
-        """
+        """Write bytes known to hold no secret in any spelling (certified by the stream's event
+        redactor, or L{Encoded}) past the outbound filter; through it while it holds a tail back."""
         outbound = self._outbound
         if isinstance(outbound, StreamRedactor) and outbound.holding:
             self.write(data)
         elif data and not self.client.gone:
             self.request.write(data)
+
+    def writeWhole(self, body: bytes) -> None:
+        """L{writeRedacted} for a whole answer that says its length, as Ollama's (Go's net/http)
+        does: head and body in one call (L{FastWriteRequest.writeWhole})."""
+        request, outbound = self.request, self._outbound
+        if (isinstance(outbound, StreamRedactor) and outbound.holding
+                or not isinstance(request, FastWriteRequest)):
+            request.setHeader(b"Content-Type", JSON_TYPE)
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            self.writeRedacted(body)
+        elif not self.client.gone:
+            request.writeWhole(JSON_TYPE, body)
 
     def flush(self) -> None:
         """Release what the outbound filter held back (no secret, as it turned out)."""
@@ -507,17 +516,13 @@ class ProxyResource(Resource):
             return
         shared = isinstance(result, Encoded)
         ready = shared and result.redactor is ex.redactor and not ex.clientKey()
-        # A whole answer says its length, as Ollama's (Go's net/http)
-        # does, rather than arriving chunked.
         if ready:
             body = result.body
         else:
             # Redacted whole, in one pass: the outbound filter (for bytes
             # sent in pieces) would find nothing more, so it is skipped.
             body = ex.redactData(codec.dumps(result.value if shared else result))
-        ex.request.setHeader(b"Content-Type", JSON_TYPE)
-        ex.request.setHeader(b"Content-Length", b"%d" % len(body))
-        ex.writeRedacted(body)
+        ex.writeWhole(body)
 
     def _failWith(self, ex: Exchange, error: Exception) -> None:
         """
@@ -541,12 +546,7 @@ class ProxyResource(Resource):
         self._fail(ex, 500, "internal proxy error; see the proxy log")
 
     def _close(self, ex: Exchange) -> None:
-        """
-        Finish the answer and observe it: here, with the exchange's
-        details, not by the site.
-
-        @param ex: the exchange.
-        """
+        """Finish the answer and observe it: here, with the exchange's details, not by the site."""
         request = ex.request
         setattr(request, OBSERVED, True)
         if not ex.client.gone:

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 from twisted.web.http import NO_BODY_CODES
 from twisted.web.server import Request
 
-from ollama_proxy.web.fastchannel import FastChannel
+from ollama_proxy.web.fastchannel import COALESCE, FastChannel
 
 
 class FastWriteRequest(Request):
@@ -81,6 +81,48 @@ class FastWriteRequest(Request):
             b"".join([b"%s: %s\r\n" % (name, value) for name, values in snapshot for value in values]),
         )
         self._prepared = (self.code, self.code_message, snapshot, head)
+
+    def writeWhole(self, contentType: bytes, body: bytes) -> None:
+        """
+        The whole answer in one call: its C{Content-Type} and
+        C{Content-Length} set, its head rendered with the body in one
+        C{bytes} and written (a non-streamed reply, a JSON error).
+        twisted.web's first C{write} looks the framing headers up three
+        times, renders the head through the channel and then writes the
+        body: for an answer whose length is known the bytes are those
+        computed here (the status line, every header in order, the body;
+        no chunked framing).  Any other case (not L{FastChannel}, not
+        HTTP/1.1, C{HEAD}, a status without a body, C{lastModified},
+        C{etag}, cookies, an encoder, writing started, finished or the
+        client gone) takes twisted.web's C{write} as before, with the same
+        two headers set.
+
+        @param contentType: the C{Content-Type} value.
+        @param body: the whole body.
+        """
+        headers = self.responseHeaders
+        headers.setRawHeaders(b"Content-Type", [contentType])
+        headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        channel = getattr(self, "channel", None)
+        if (self.startedWriting or not body or not isinstance(channel, FastChannel)
+                or self.finished or self._disconnected or self.clientproto != b"HTTP/1.1"
+                or self.method == b"HEAD" or self.code in NO_BODY_CODES or self._inFakeHead
+                or self._encoder is not None or self.lastModified is not None
+                or self.etag is not None or self.cookies):
+            self.write(body)
+            return
+        self.startedWriting = 1
+        self.sentLength += len(body)
+        head = b"HTTP/1.1 %d %s\r\n%s\r\n" % (
+            self.code, self.code_message,
+            b"".join([b"%s: %s\r\n" % (name, value)
+                      for name, values in headers.getAllRawHeaders() for value in values]),
+        )
+        if len(body) <= COALESCE:
+            channel.write(head + body)
+        else:
+            channel.write(head)
+            channel.write(body)
 
     def write(self, data: bytes) -> None:
         """
