@@ -62,9 +62,11 @@ def traverse(request: Request) -> None:
     L{httpDate}; the asterisk-form target (C{OPTIONS *}) is left to
     twisted.web's own.
 
-    An encoding resource (Twisted's C{_IEncodingResource}, whose one
-    implementation is the public C{EncodingResourceWrapper}) sets the
-    request's encoder as twisted.web does; the proxy's tree has none.
+    An encoding resource (C{EncodingResourceWrapper}, the one
+    implementation of Twisted's private C{_IEncodingResource}) is handed to
+    twisted.web's own C{process} whole, which traverses again and sets the
+    request's private encoder itself: the proxy's tree has none, so no
+    private name is set here for it.
 
     @param request: a request whose body is complete.
     """
@@ -83,9 +85,8 @@ def traverse(request: Request) -> None:
     try:
         resource = site.getResourceFor(request)
         if isinstance(resource, EncodingResourceWrapper):
-            encoder = resource.getEncoder(request)
-            if encoder is not None:
-                request._encoder = encoder
+            Request.process(request)
+            return
         request.render(resource)
     except BaseException:
         request.processingFailed(Failure())
