@@ -6,7 +6,12 @@ order is the last one's reversed); prints CPU ms
 per request and req/s per round and the median ratio B/A per scenario.
 
     bench/.venvs/bench/bin/python bench/ab.py --proxy-python PY A=TREE/src B=TREE/src \
-        [--rounds 5] [--duration 3] [--scenario NAME ...]
+        [floor=relayfloor:TREE/src] [K0IN=k0in:BINARY] [--rounds 5] [--duration 3] [--scenario NAME ...]
+
+More than two builds are measured in the same rounds (each round's order the
+last one's reversed) and compared with the first; C{NAME=relayfloor:PATH} is
+C{bench/relayfloor.py} (the C{fast} build) on that source tree, for chat
+scenarios only; C{NAME=k0in:BINARY} is the Go peer (C{run.k0inServer}).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import run  # noqa: E402
 SCENARIOS = {
     "non-stream c=16": ("nonstream", 16, 1, "fake-model", {}),
     "non-stream c=1": ("nonstream", 1, 1, "fake-model", {}),
+    "non-stream c=128": ("nonstream", 128, 1, "fake-model", {}),
     "stream c=16": ("stream", 16, 100, "fake-model", {}),
     "tags c=16": ("tags", 16, 1, "fake-model", {}),
     "stream c=1": ("stream", 1, 100, "fake-model", {}),
@@ -41,7 +47,7 @@ SCENARIOS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--proxy-python", required=True)
-    parser.add_argument("builds", nargs=2, help="NAME=PYTHONPATH")
+    parser.add_argument("builds", nargs="+", help="NAME=PYTHONPATH or NAME=relayfloor:PYTHONPATH")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
@@ -58,9 +64,20 @@ def main() -> None:
     backend = run.Server("direct", [sys.executable, os.path.join(HERE, "leanbackend.py"), "--port",
                                     str(backendPort)], backendPort, run.BENCH_CORE)
     builds = []
+    kinds: dict[str, str] = {}
     for spec in args.builds:
         name, _, path = spec.partition("=")
-        server = run.proxyServer(name, args.proxy_python, backendPort, [], {"PYTHONPATH": path})
+        if path.startswith("k0in:"):
+            server = run.k0inServer(path[len("k0in:"):], backendPort,
+                                    {m for _, _, _, m, _ in SCENARIOS.values()}, logDir)
+            server.name, kinds[name] = name, "k0in"
+        elif path.startswith("relayfloor:"):
+            server = run.relayFloorServer(args.proxy_python, backendPort, "fast",
+                                          {"PYTHONPATH": path[len("relayfloor:"):]})
+            server.name, kinds[name] = name, "relayfloor"
+        else:
+            server = run.proxyServer(name, args.proxy_python, backendPort, [], {"PYTHONPATH": path})
+            kinds[name] = "ours"
         builds.append(server)
     backend.start(logDir)
     try:
@@ -73,14 +90,14 @@ def main() -> None:
                 # A then B, B then A: the second of a pair ran measurably
                 # slower (stream c=16, 6 rounds: +9 % as B, -13 % as A).
                 for server in builds if n % 2 == 0 else builds[::-1]:
-                    spec = run.specFor("ours", route, server.port, chunks, model)
+                    spec = run.specFor(kinds[server.name], route, server.port, chunks, model)
                     assert spec is not None and server.proc is not None
                     result = asyncio.run(loadgen.run(spec, c, args.duration, watchPids=[server.proc.pid],
                                                      **extra))
                     s = result.summary()
                     rows[server.name].append((s["cpuMsPerReq"], s["rps"], s["ttfbP50ms"]))
                     assert s["errors"] == 0, s["errorSamples"]
-            a, b = (rows[s.name] for s in builds)
+            a = rows[builds[0].name]
             print(f"== {scenario}")
             for server in builds:
                 r = rows[server.name]
@@ -88,8 +105,10 @@ def main() -> None:
                       + f" | median {statistics.median(x[0] for x in r):.3f}; req/s median "
                       f"{statistics.median(x[1] for x in r):.0f}; TTFB p50 median "
                       f"{statistics.median(x[2] for x in r):.2f} ms")
-            print(f"  CPU ratio {builds[1].name}/{builds[0].name}: median per round "
-                  f"{statistics.median(y[0] / x[0] for x, y in zip(a, b)):.3f}")
+            for other in builds[1:]:
+                b = rows[other.name]
+                print(f"  CPU ratio {other.name}/{builds[0].name}: median per round "
+                      f"{statistics.median(y[0] / x[0] for x, y in zip(a, b)):.3f}")
             sys.stdout.flush()
     finally:
         for server in [*builds, backend]:

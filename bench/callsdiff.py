@@ -2,8 +2,10 @@
 Function calls per request of two C{bench/calls.sh} profiles, and the
 functions whose calls per request differ most.
 
-A request is one call of twisted.web's C{Request.process}, so the count
-leaves out start-up and the requests the load generator cut at its end.
+A request is one call of twisted.web's C{Request.process}, or of
+C{web/traverse.py}'s C{traverse} (which does its work since issue 23's
+fourth round), so the count leaves out start-up and the requests the load
+generator cut at its end.
 
     python bench/callsdiff.py A.prof B.prof [N]
 """
@@ -22,7 +24,8 @@ def perRequest(path: str) -> dict[tuple[str, str], float]:
         if name.startswith("<built-in method __new__"):
             key = ("~", "__new__")  # the type's address differs between processes
         calls[key] = calls.get(key, 0) + count
-    requests = calls[("twisted/web/server.py", "process")]
+    requests = calls.get(("twisted/web/server.py", "process"), 0) + calls.get(
+        ("ollama_proxy/web/traverse.py", "traverse"), 0)
     return {key: count / requests for key, count in calls.items()}
 
 

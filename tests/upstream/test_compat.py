@@ -319,6 +319,27 @@ class ServerSideTests(SynchronousTestCase):
         bad = compat.ChunkedRequestDecoder(body.append, rest.append)
         self.assertRaises(compat.MalformedChunkedData, bad.dataReceived, b"zz\r\n")
 
+    def test_headerNamesCanonical(self) -> None:
+        """
+        C{addRequestHeaders} names every field as twisted.web's
+        C{addRawHeader} does (any spelling, repeated names in order) and
+        returns the request's table; the spellings it remembers stay
+        bounded whatever names clients send.
+        """
+        from ollama_proxy.upstream import compat
+
+        fields = [(b"content-TYPE", b"a"), (b"X-Many", b"1"), (b"x-many", b"2"), (b"Etag", b"e"),
+                  (b"X-" + b"l" * 100, b"long"), *((b"X-Name-%d" % n, b"v") for n in range(1500))]
+        ours, theirs = Headers(), Headers()
+        for name, value in fields:
+            theirs.addRawHeader(name, value)
+        table = compat.addRequestHeaders(ours, fields)
+        self.assertEqual(list(ours.getAllRawHeaders()), list(theirs.getAllRawHeaders()))
+        self.assertEqual(table[b"X-Many"], [b"1", b"2"])
+        self.assertIn(b"ETag", table)
+        self.assertLessEqual(len(compat._canonical), 1000)
+        self.assertNotIn(b"X-" + b"l" * 100, compat._canonical)
+
     def test_missingFallsBack(self) -> None:
         """
         Without them, C{--http-parser httptools} serves on twisted.web's

@@ -17,6 +17,8 @@ from ollama_proxy.service.config import BackendConfig, ModelOverride
 from ollama_proxy.upstream.backend import Backend
 from ollama_proxy.upstream.cache import TTLCache
 from ollama_proxy.upstream.routing import (
+    MAX_GUESSED_NAME,
+    MAX_GUESSES,
     BackendModels,
     Router,
     applyOverride,
@@ -227,6 +229,67 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual(router.lookup("qwen3:8b"), attrs.evolve(guess, known=True, listed="qwen3:8b"))
         named = self.successResultOf(Deferred.fromCoroutine(router.route("qwen3:8b")))
         self.assertIsNone(named.listing)
+
+    def routeNow(self, router: Router, name: str) -> Any:
+        return self.successResultOf(Deferred.fromCoroutine(router.route(name)))
+
+    def test_guessKeptPerNameWhileNothingChanges(self) -> None:
+        """
+        A single backend's guess for a name is made once while the index
+        and the list are the same (the same route for the same name); a
+        new list makes it anew (carrying that list), a name the list then
+        has is known, and a stale list is still fetched again in the
+        background by a request that guessed from the kept table.
+        """
+        router = Router([self.a])
+        first = self.routeNow(router, "x:proxy")
+        self.assertIs(self.routeNow(router, "x:proxy"), first)
+        self.assertEqual((first.modelId, first.known), ("x", False))
+        self.assertEqual(self.routeNow(router, "fast:latest").modelId, "small")
+        self.assertIsNot(self.routeNow(router, "y"), first)
+        d = Deferred.fromCoroutine(router.models())
+        self.fa.answer("x", "other")
+        self.successResultOf(d)
+        named = self.routeNow(router, "x:proxy")
+        self.assertEqual((named.modelId, named.known), ("x", True))
+        guess = self.routeNow(router, "new")
+        self.assertIs(guess.listingSeen, self.a.cache.value)
+        self.assertEqual(len(self.fa.calls), 1)
+        self.clock.advance(61)
+        self.assertIs(self.routeNow(router, "new"), guess)
+        self.assertEqual(len(self.fa.calls), 2)
+
+    def test_guessThatListedIsNotKept(self) -> None:
+        """
+        A name only a listing could resolve (upper case, nothing listed
+        yet) asks for the list again on the next request when the listing
+        failed, as it did before guesses were kept.
+        """
+        router = Router([self.a])
+        d = Deferred.fromCoroutine(router.route("PLAIN"))
+        self.fa.fail()
+        self.assertEqual(self.successResultOf(d).modelId, "PLAIN")
+        self.clock.advance(61)
+        d = Deferred.fromCoroutine(router.route("PLAIN"))
+        self.assertEqual(len(self.fa.calls), 2)
+        self.fa.answer("plain")
+        self.assertEqual(self.successResultOf(d).modelId, "plain")
+
+    def test_guessesBounded(self) -> None:
+        """
+        Clients choose the names: the kept guesses never pass
+        L{MAX_GUESSES}, a name longer than L{MAX_GUESSED_NAME} is never
+        kept, and every name is still routed.
+        """
+        router = Router([self.a])
+        for n in range(MAX_GUESSES + 5):
+            self.assertEqual(self.routeNow(router, f"m{n}").modelId, f"m{n}")
+        self.assertLessEqual(len(router._guesses), MAX_GUESSES)
+        self.assertEqual(self.fa.calls, [])
+        long = "x" * (MAX_GUESSED_NAME + 1)
+        router._guesses.clear()
+        self.assertEqual(self.routeNow(router, long).modelId, long)
+        self.assertEqual(router._guesses, {})
 
 
 class OverrideTests(SynchronousTestCase):

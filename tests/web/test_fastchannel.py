@@ -74,7 +74,8 @@ class Recording(Resource):
             (name, tuple(values)) for name, values in request.requestHeaders.getAllRawHeaders()
         )
         self.seen.append((request.method, request.uri, request.clientproto,
-                          tuple(headers), request.content.read()))
+                          tuple(headers), request.content.read(),
+                          tuple(sorted(request.received_cookies.items()))))
         if self.sync:
             return b"ok"
         self.pending.append(request)

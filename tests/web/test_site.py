@@ -5,6 +5,7 @@ byte by byte through a C{StringTransport} and a C{MemoryReactorClock}.
 
 from __future__ import annotations
 
+from io import BytesIO
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -179,6 +180,35 @@ class BodyLimitTests(SiteTestCase):
         )
         self.assert413(transport, 10)
         self.assertEqual(transport.value().count(b"HTTP/1.1 "), 1)
+
+
+class ContentFileTests(SiteTestCase):
+    """
+    The site's C{getContentFile}: twisted.web's choice of body file (in
+    memory under 100,000 declared bytes, a temporary file otherwise or for
+    a chunked body), the body intact either way.
+    """
+
+    def test_fileByLength(self) -> None:
+        protocol, transport = self.connect(maxBody=1_000_000)
+        files: list[bool] = []
+        render = self.resource.render_POST
+
+        def recording(request: Request) -> bytes:
+            files.append(isinstance(request.content, BytesIO))
+            return render(request)
+
+        self.patch(self.resource, "render_POST", recording)
+        small, large = b"s" * 99_999, b"L" * 150_000
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+                              % (len(small), small))
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+                              % (len(large), large))
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              b"3\r\nabc\r\n0\r\n\r\n")
+        self.assertEqual(self.resource.bodies, [small, large, b"abc"])
+        self.assertEqual(files, [True, False, False])
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 3)
 
 
 class ClientTimeoutTests(SiteTestCase):
@@ -448,6 +478,10 @@ class FormParsingTests(SynchronousTestCase):
         )
         self.assertEqual(resource.seen, [({}, b"a=b")])
         self.assertIn(b"200 OK", transport.value())
+
+
+class ContentFileTwistedTests(ContentFileTests):
+    httpParser = "twisted"
 
 
 class BodyLimitTwistedTests(BodyLimitTests):

@@ -1,40 +1,33 @@
 # -*- test-case-name: tests.upstream.test_compat -*-
 """
-The fence around Twisted's private client API: every use of it is here,
-checked when the module is imported, with a fallback to the stock client.
+The fence around Twisted's private client API: every use of it is here, checked when the module is
+imported, with a fallback to the stock client.
 
-Twisted's client decodes C{Transfer-Encoding: chunked} one chunk at a time
-and hands every chunk to the response's body protocol through a callback
-chain (response state dispatcher, the body reader).  An OpenAI-style
-backend sends one chunk per SSE event, i.e. per token, so that chain ran a
-hundred times per socket read and was the largest single cost of a relayed
-stream (C{bench/RESULTS.md}).  L{BatchingChunkedDecoder} decodes every
-complete chunk of one read in one pass and delivers them in one call.
-L{ConnectionPool} never keeps a connection that is already closing.
+Twisted's client decodes C{Transfer-Encoding: chunked} one chunk at a time and hands every chunk to
+the response's body protocol through a callback chain (response state dispatcher, the body reader).
+An OpenAI-style backend sends one chunk per SSE event, i.e. per token, so that chain ran a hundred
+times per socket read and was the largest single cost of a relayed stream (C{bench/RESULTS.md}).
+L{BatchingChunkedDecoder} decodes every complete chunk of one read in one pass and delivers them in
+one call. L{ConnectionPool} never keeps a connection that is already closing.
 
-Private API used here (checked by L{_check} at import, pinned by
-C{tests.upstream.test_compat}; C{pyproject.toml} bounds the Twisted
-releases it was tried on): C{HTTPConnectionPool._putConnection} and
-C{._factory}, C{twisted.web.client._HTTP11ClientFactory} (its
-C{_quiescentCallback}), C{HTTP11ClientProtocol._parser},
-C{HTTPClientParser._transferDecoders} and
-C{twisted.web.http._ChunkedTransferDecoder} (its states, C{_buffer},
-C{_start}, C{length} and its C{dataCallback}/C{finishCallback}).  If any of
-them is missing, L{COMPATIBLE} is false, a warning is logged, and
-L{ConnectionPool} is Twisted's own pool with its own decoder: slower on
-streams, never broken.
+Private API used here (checked by L{_check} at import, pinned by C{tests.upstream.test_compat};
+C{pyproject.toml} bounds the Twisted releases it was tried on): C{HTTPConnectionPool._putConnection}
+and C{._factory}, C{twisted.web.client._HTTP11ClientFactory} (its C{_quiescentCallback}),
+C{HTTP11ClientProtocol._parser}, C{HTTPClientParser._transferDecoders} and
+C{twisted.web.http._ChunkedTransferDecoder} (its states, C{_buffer}, C{_start}, C{length} and its
+C{dataCallback}/C{finishCallback}). If any of them is missing, L{COMPATIBLE} is false, a warning is
+logged, and L{ConnectionPool} is Twisted's own pool with its own decoder: slower on streams, never
+broken.
 
-L{writeThrough} (both sides' TCP transports send at once when nothing is
-buffered) reads C{FileDescriptor}'s buffers and flags (C{dataBuffer},
-C{_tempDataLen}, C{_writeDisconnecting}, the producer state) and
-C{tcp.Connection}'s C{_aborting}, C{TLS} and C{socket}, checked by
-L{_writeThroughMissing} (L{WRITE_THROUGH_MISSING}); if any is missing,
-transports keep Twisted's buffered writes.
+L{writeThrough} (both sides' TCP transports send at once when nothing is buffered) reads
+C{FileDescriptor}'s buffers and flags (C{dataBuffer}, C{_tempDataLen}, C{_writeDisconnecting}, the
+producer state) and C{tcp.Connection}'s C{_aborting}, C{TLS} and C{socket}, checked by
+L{_writeThroughMissing} (L{WRITE_THROUGH_MISSING}); if any is missing, transports keep Twisted's
+buffered writes.
 
-L{LazyStdlibRequest} replaces C{twisted.web.client._FakeStdlibRequest}
-(which C{CookieAgent.request} makes by that name, checked by
-L{_lazyRequestMissing}): the same request for a cookie jar, its URI parsed
-only when the jar asks; without the name, Twisted's own is left in place.
+L{LazyStdlibRequest} replaces C{twisted.web.client._FakeStdlibRequest} (which C{CookieAgent.request}
+makes by that name, checked by L{_lazyRequestMissing}): the same request for a cookie jar, its URI
+parsed only when the jar asks; without the name, Twisted's own is left in place.
 """
 
 from __future__ import annotations
@@ -300,38 +293,45 @@ from twisted.web.http import _MalformedChunkedDataError  # noqa: E402
 from twisted.web.http_headers import Headers, _nameEncoder  # noqa: E402
 
 ChunkedRequestDecoder = _ChunkedTransferDecoder
-"""twisted.web's C{Transfer-Encoding: chunked} decoder:
-C{(dataCallback, finishCallback)}, C{dataReceived(bytes)}, raising
-L{MalformedChunkedData}."""
+"""twisted.web's C{Transfer-Encoding: chunked} decoder: C{(dataCallback, finishCallback)},
+C{dataReceived(bytes)}, raising L{MalformedChunkedData}."""
 
 MalformedChunkedData = _MalformedChunkedDataError
 """What L{ChunkedRequestDecoder} raises for a malformed chunked body."""
 
 PullToPush = _PullToPush
-"""twisted.web's adapter that drives an C{IPullProducer} as a push
-producer: C{(producer, consumer)}, C{startStreaming()},
-C{stopStreaming()}."""
+"""twisted.web's adapter that drives an C{IPullProducer} as a push producer:
+C{(producer, consumer)}, C{startStreaming()}, C{stopStreaming()}."""
+
+_canonical: dict[bytes, bytes] = {}
+"""Header names as clients spell them -> twisted.web's names (at most 1,000, of <= 64 bytes)."""
 
 
-def addRequestHeaders(headers: Headers, fields: list[tuple[bytes, bytes]]) -> None:
+def addRequestHeaders(headers: Headers, fields: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
     """
     C{headers.addRawHeader(name, value)} for each field, without its
     per-value check for CR and LF (llhttp has refused any) and its per-call
-    dispatch: the names are canonicalised by twisted.web's own encoder, the
-    values appended to C{Headers._rawHeaders} as C{addRawHeader} does.
+    dispatch: the names are canonicalised by twisted.web's own encoder (each
+    spelling once), the values appended to C{Headers._rawHeaders} as
+    C{addRawHeader} does.
 
     @param headers: a request's (empty) C{requestHeaders}.
     @param fields: C{(name, value)} as llhttp parsed them.
+    @return: the canonical table, for the channel's own look-ups (read only).
     """
-    raw = headers._rawHeaders
-    encode = _nameEncoder.encode
+    raw: dict[bytes, list[bytes]] = headers._rawHeaders
     for name, value in fields:
-        key = encode(name)
+        key = _canonical.get(name)
+        if key is None:
+            key = _nameEncoder.encode(name)
+            if len(_canonical) < 1000 and len(name) <= 64:
+                _canonical[name] = key
         values = raw.get(key)
         if values is None:
             raw[key] = [value]
         else:
             values.append(value)
+    return raw
 
 
 def _serverMissing() -> list[str]:

@@ -43,6 +43,15 @@ log = Logger()
 Entry = JSON
 """One entry of an OpenAI model list: C{{"id": ..., "created": ..., ...}}."""
 
+MAX_GUESSES = 1024
+"""The most guessed routes a single backend's router keeps (names are the
+clients' text: beyond this the table starts again, so no sequence of names
+can grow it)."""
+
+MAX_GUESSED_NAME = 256
+"""The longest name whose guess is kept (a body may name a megabyte-long
+model: such a guess is made per request and never held)."""
+
 
 @attrs.define
 class BackendModels:
@@ -212,6 +221,11 @@ class Router:
         self._index: NameIndex[Route] = NameIndex(tag)
         self._indexedFrom: list[list[Entry] | None] = []
         self._merged: tuple[list[list[Entry] | None], list[tuple[BackendModels, Entry]]] | None = None
+        # A single backend's guesses (names no list has), per name, for the
+        # index and the list value they were made with (L{route}).
+        self._guesses: dict[str, Route] = {}
+        self._guessesOf: NameIndex[Route] | None = None
+        self._guessesSeen: object = None
         # The names the configuration gives (aliases, static models) and
         # any list already known are indexed now, with the router: a
         # request re-indexes only when a list changed since.
@@ -339,22 +353,36 @@ class Router:
             indexed = self._indexedFrom
             if len(indexed) != 1 or indexed[0] is not known:
                 self._reindex([(only, known)])
-            found, modelId = self._index.find(name)
-            if found is None and name != name.lower() and only.cache.value is None:
-                # Only a listing can tell that "PLAIN" is the backend's
-                # "plain" (names are case-insensitive, as in Ollama).
-                await self.lists()
-                found, modelId = self._index.find(name)
-            if found is not None:
-                return found
-            if only.cache.value is not None and not only.cache.fresh():
-                # A name the last list did not have: list again (in the
-                # background, the request does not wait), so that a model
-                # the backend added gets its own metrics label soon.
-                Deferred.fromCoroutine(only.cache.get()).addErrback(lambda _: None)
-            modelId = only.config.aliases.get(modelId, modelId)
-            return Route(only.name, only.backend, modelId, only.config.override(modelId), False,
-                         listing=only.cache, listingSeen=only.cache.value)
+            index, value = self._index, only.cache.value
+            if self._guessesOf is not index or self._guessesSeen is not value:
+                self._guesses, self._guessesOf, self._guessesSeen = {}, index, value
+            guess = self._guesses.get(name)
+            if guess is None:
+                found, modelId = index.find(name)
+                listing = value is None and name != name.lower()
+                if found is None and listing:
+                    # Only a listing can tell that "PLAIN" is the backend's
+                    # "plain" (names are case-insensitive, as in Ollama).
+                    await self.lists()
+                    found, modelId = self._index.find(name)
+                if found is not None:
+                    return found
+                self._relist(only)
+                modelId = only.config.aliases.get(modelId, modelId)
+                guess = Route(only.name, only.backend, modelId, only.config.override(modelId), False,
+                              listing=only.cache, listingSeen=only.cache.value)
+                if (not listing and len(name) <= MAX_GUESSED_NAME and self._index is index
+                        and only.cache.value is value):
+                    # The same name, index and list give the same guess
+                    # (a Route is immutable): the next request for it is
+                    # one lookup, not the index's misses and a new Route.
+                    # (A name that asked for a listing asks again.)
+                    if len(self._guesses) >= MAX_GUESSES:
+                        self._guesses.clear()
+                    self._guesses[name] = guess
+            else:
+                self._relist(only)
+            return guess
         fresh: list[tuple[BackendModels, list[Entry] | None]] = []
         for backend in self.backends:
             cache = backend.cache
@@ -383,6 +411,16 @@ class Router:
                 + " could not be listed"
             )
         raise NotFound(f'model "{name}" not found')
+
+    @staticmethod
+    def _relist(only: BackendModels) -> None:
+        """
+        A name the last list did not have: list again (in the background,
+        the request does not wait), so that a model the backend added gets
+        its own metrics label soon.
+        """
+        if only.cache.value is not None and not only.cache.fresh():
+            Deferred.fromCoroutine(only.cache.get()).addErrback(lambda _: None)
 
     def lookup(self, name: str) -> Route | None:
         """

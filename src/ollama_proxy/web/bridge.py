@@ -409,25 +409,25 @@ class ProxyResource(Resource):
         if self.ctx.debug:
             self.log.debug(
                 "request {method} {uri} headers={headers} body={body}",
-                method=method,
-                uri=ex.redactText(request.uri.decode("latin-1")),
+                method=method, uri=ex.redactText(request.uri.decode("latin-1")),
                 headers={name: [ex.redactText(value) for value in values] for name, values in redactHeaders(
                     {k: list(v) for k, v in request.requestHeaders.getAllRawHeaders()}).items()},
                 body=ex.excerpt(body.decode("utf-8", "replace"), DEBUG_EXCERPT),
             )
-        if not (body and self._encoded(request)) and self._answerReady(ex):
+        encoded = bool(body) and self._encoded(request)
+        if not encoded and type(self).ready is not ProxyResource.ready and self._answerReady(ex):
             return NOT_DONE_YET
         ex.client.watch()
-        d = Deferred.fromCoroutine(self._run(handler, ex))
+        d = Deferred.fromCoroutine(self._run(handler, ex, encoded))
         ex.client.onLeave = d.cancel
         return NOT_DONE_YET
 
     def ready(self, ex: Exchange) -> Any:
         """
         The answer to C{ex} when known without waiting (a fresh cache, a
-        constant), sent at once with no coroutine or Deferred: most of
-        what a warm C{/api/tags} costs (C{bench/RESULTS.md}, issue 15).  It
-        must equal the C{handle_*} answer and must not call a backend.
+        constant), sent at once with no coroutine or Deferred: most of what a
+        warm C{/api/tags} costs (C{bench/RESULTS.md}, issue 15).  It must equal
+        the C{handle_*} answer and must not call a backend (asked if overridden).
 
         @param ex: the exchange.
         @return: the JSON-compatible answer, or C{None} to let the handler
@@ -453,16 +453,16 @@ class ProxyResource(Resource):
         self._close(ex)
         return True
 
-    async def _run(self, handler: Handler, ex: Exchange) -> None:
+    async def _run(self, handler: Handler, ex: Exchange, encoded: bool) -> None:
         """
         Run C{handler} and turn its outcome into a response.
 
         @param handler: the bound C{handle_*} method.
-        @param ex: the exchange.
+        @param ex: the exchange; C{encoded}: whether its body is to be decoded first.
         """
         collected = False
         try:
-            if ex.body and self._encoded(ex.request):
+            if encoded:
                 await self._decode(ex)
             self._send(ex, await handler(ex))
         except CancelledError:

@@ -250,7 +250,6 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
             self._nonQueued = INonQueuedRequestFactory.providedBy(factory)
         request = factory(self) if self._nonQueued else factory(self, len(self.requests))
         self.requests.append(request)
-        addRequestHeaders(request.requestHeaders, head.headers)
         self.length = head.length
         if head.length is None:
             self._chunked = ChunkedRequestDecoder(request.handleContentChunk, self._chunkedDone)
@@ -295,10 +294,12 @@ class FastChannel(HeaderDeadline, Protocol, TimeoutMixin):
         request = self.requests[-1]
         head = self._head
         assert head is not None
-        request.parseCookies()
+        raw = addRequestHeaders(request.requestHeaders, head.headers)
+        if b"Cookie" in raw:  # all twisted.web's parseCookies reads
+            request.parseCookies()
         self.persistent = self.checkPersistence(request, head.version)
         request.gotLength(self.length)
-        expect = request.requestHeaders.getRawHeaders(b"Expect")
+        expect = raw.get(b"Expect")
         if expect and expect[0].lower() == b"100-continue" and head.version == b"HTTP/1.1":
             self._send100Continue()
 

@@ -19,7 +19,9 @@ by the channel module, L{ollama_proxy.web.channel}, before any request exists.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+import tempfile
+from io import BytesIO
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -39,6 +41,7 @@ from ollama_proxy.web.metrics import Metrics
 from ollama_proxy.web.context import DEFAULT_MAX_BODY
 from ollama_proxy.web.fastchannel import AVAILABLE, FastChannel
 from ollama_proxy.web.observe import OBSERVED, logAnswer
+from ollama_proxy.web.traverse import traverse
 from ollama_proxy.web.writes import FastWriteRequest
 
 _CAN_SKIP_FORMS = "parsePOSTFormSubmission" in inspect.signature(http.Request.__init__).parameters
@@ -326,7 +329,7 @@ class LimitedRequest(FastWriteRequest):
                 )
                 return
             site.track(self)
-        super().process()
+        traverse(self)
 
 
 def _channelOf(protocol: Any) -> Any:
@@ -374,6 +377,15 @@ class ProxySite(Site):
         self._drained: list[Deferred[None]] = []
         self._graceTimer: IDelayedCall | None = None
         self._lingering = 0
+
+    @staticmethod
+    def getContentFile(length: int | None) -> IO[bytes]:
+        """
+        twisted.web's file for a request body (C{http._getContentFile}), from
+        the site's hook: without one, C{server.Request.gotLength} raised and
+        caught an C{AttributeError} per request to reach the same choice.
+        """
+        return BytesIO() if length is not None and length < 100000 else tempfile.TemporaryFile()
 
     def log(self, request: Any) -> None:
         """
