@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol import codec
@@ -49,6 +51,44 @@ class EncodeTests(SynchronousTestCase):
         self.assertEqual(codec.canonical({"b": 1, "a": {"d": 2, "c": 3}}),
                          codec.canonical({"a": {"c": 3, "d": 2}, "b": 1}))
         self.assertEqual(codec.canonical({"b": 1, "a": 2}), b'{"a":2,"b":1}')
+
+
+class BodiesTests(SynchronousTestCase):
+    """
+    L{codec.dumpsBodies}: a run of texts encoded in one call.
+    """
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(st.lists(st.sampled_from(['"', ",", "\\", "a", "\n", "\x00", "é", "😀", '","', "]"]),
+                             max_size=5).map("".join), max_size=8))
+    @example(['x",', "y"])
+    @example(["x\\", "y"])
+    @example(['",', '","', ""])
+    @example([])
+    def test_eachAsAlone(self, texts: list[str]) -> None:
+        """
+        Any texts (quotes, commas, backslashes, the separator itself in
+        them, at their ends) give what each one's own encoding gives
+        inside its quotes.
+        """
+        self.assertEqual(codec.dumpsBodies(texts), [codec.dumps(text)[1:-1] for text in texts])
+
+    def test_oneEncoding(self) -> None:
+        """
+        Texts with no quote or backslash at their end are cut from the
+        list's one encoding (each a piece of it, no encoding of their own).
+        """
+        calls: list[object] = []
+        real = codec.orjson.dumps
+
+        def counting(value: object) -> bytes:
+            calls.append(value)
+            return real(value)
+
+        self.patch(codec.orjson, "dumps", counting)
+        self.assertEqual(codec.dumpsBodies(["a\nb", 'say "hi" now', "é"]),
+                         [b"a\\nb", b'say \\"hi\\" now', "é".encode()])
+        self.assertEqual(len(calls), 1)
 
 
 class DecodeTests(SynchronousTestCase):

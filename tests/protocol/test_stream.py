@@ -164,6 +164,33 @@ class OneEventReadTests(SynchronousTestCase):
             reads = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)])]
             self.assertEqual(run(reads), expected)
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.one_of(sseEvent(), st.sampled_from([
+        b"\n", b"data: {}\n\n\n", b"\n\ndata: {}\n\n", b"data: {}\n\ndata:{}\n\n",
+        b'data: {"choices":[{"delta":{"content":"a\\n\\ndata: b"}}]}\n\n',
+    ])), min_size=1, max_size=12))
+    @example([b"data: {}\n\n"] * 3)
+    def test_manyEventsOneRead(self, events: list[bytes]) -> None:
+        """
+        Many events in one read (whole events of one C{data: } line each
+        are cut in a few passes) give the bytes of the same stream read one
+        byte at a time (the decoder's line loop), whatever else the read
+        holds: other fields, stray blank lines, bare C{data:}, line ends.
+        """
+        whole = b"".join(events) + STREAM
+        self.assertEqual(run([whole]), run([whole[i:i + 1] for i in range(len(whole))]))
+
+    def test_manyEventsOverCapTogether(self) -> None:
+        """
+        Events each under the line cap, longer than it together, in one
+        read: each passes.
+        """
+        events = [contentEvent(c * 40) for c in "abc"]
+        pipeline = ollamaStream("m:proxy", "chat", T0, constant, maxLineLength=len(events[0]))
+        out = pipeline.feed(b"".join(events))
+        self.assertEqual([line["message"]["content"] for line in map(codec.loads, out.splitlines())],
+                         [c * 40 for c in "abc"])
+
     def test_afterPendingPiece(self) -> None:
         """
         A whole event after a piece of one: the piece's event first.

@@ -146,6 +146,7 @@ def _event(kind: bytes, obj: JSON) -> bytes:
 PING = _event(b"ping", {"type": "ping"})
 _TEXT_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
 _TEXT_END = b"}}\n\n"
+_QUOTED_END = b'"' + _TEXT_END
 
 
 class AnthropicEncoder(BlockEncoder):
@@ -233,7 +234,9 @@ class AnthropicEncoder(BlockEncoder):
         between two of them (one delta's end, the next one's start), with
         no Python step per token.
         """
-        out += (self._textPrefix, self._textJoin.join(map(codec.dumps, texts)), _TEXT_END)
+        # The texts' quotes are the framing's: the texts encoded in one call.
+        out += (self._textPrefix + b'"', (b'"' + self._textJoin + b'"').join(codec.dumpsBodies(texts)),
+                _QUOTED_END)
 
     def _toolCall(self, call: ToolCall) -> bytes:
         self._toolUse = True

@@ -15,11 +15,12 @@ released as one L{ToolCalls} at the end; C{finish_reason} and C{usage}
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Mapping
 
 from ollama_proxy.protocol import codec
 from ollama_proxy.protocol.clock import Clock, wallClock
-from ollama_proxy.protocol.codec import JSON, Obj
+from ollama_proxy.protocol.codec import JSON, Obj, loadsFlat
 from ollama_proxy.protocol.errors import UpstreamError
 from ollama_proxy.protocol.events import StreamFailed
 from ollama_proxy.protocol.events import (
@@ -208,6 +209,27 @@ def logprobsFromOpenAI(logprobs: object) -> list[JSON]:
     return out
 
 
+_CONTENT_TOKEN = re.compile(rb'"content"[ \t\r\n]*:[ \t\r\n]*("(?:[^"\\]|\\.)*")', re.DOTALL)
+"""A C{"content":} key and the string after it, lexed as JSON does."""
+
+_PROBE = "\x00probe\x01"
+_PROBE_TOKEN = b'"\\u0000probe\\u0001"'
+"""A string no model writes, put where the template's text goes to see
+where it lands."""
+
+LESSONS = 3
+"""How many templates one stream may try (L{ChatStreamReader._learn})."""
+
+_UNLEARNT = (b"\xff", b"\xff", 0, -1)
+"""No template yet: no JSON text starts with that byte."""
+
+newTuple = tuple.__new__
+
+TEMPLATE_MAX = 4096
+"""The longest event a template is made of (held for the stream's life:
+a token's envelope is a few hundred bytes)."""
+
+
 class ChatStreamReader:
     """
     Read the SSE payloads of an OpenAI chat (or text) completion stream as
@@ -226,6 +248,7 @@ class ChatStreamReader:
         dropThinking: bool = False,
         thinkTags: bool = True,
         text: bool = False,
+        lessons: int = LESSONS,
     ) -> None:
         """
         @param clock: the wall clock (ns), for the first token and the end.
@@ -234,6 +257,8 @@ class ChatStreamReader:
             thinking (off for raw and fill-in-the-middle text completions).
         @param text: whether the backend streams legacy C{/v1/completions}
             events (C{choices[0].text}) rather than chat deltas.
+        @param lessons: how many templates the stream may try (L{_learn});
+            0: every event is decoded whole.
         """
         self._clock = clock
         self._dropThinking = dropThinking
@@ -248,10 +273,17 @@ class ChatStreamReader:
         self.usage = Usage()
         self.sawDone = False
         self.sawFinish = False
+        self._template = _UNLEARNT
+        self._lessons = lessons
 
     def feed(self, payloads: list[bytes]) -> list[Event]:
         """
         Read the SSE payloads of one socket read.
+
+        A payload that is the stream's last plain text event with other
+        text (L{_learn}: the same bytes before and after its C{content}
+        string) is read from that string alone: the rest of the event is
+        known to be what it was, so nothing else in it needs looking at.
 
         @param payloads: C{data:} payloads from L{SSEDecoder.feed}.
         @return: the events to deliver now, in order.
@@ -259,60 +291,28 @@ class ChatStreamReader:
             or non-JSON data, with the events read before it.
         """
         out: list[Event] = []
+        head, tail, start, end = self._template
         try:
-            loads = codec.loadsBounded
             for payload in payloads:
-                if payload == b"[DONE]":
-                    self.sawDone = True
-                    continue
-                try:
-                    event = loads(payload)
-                except codec.TooDeep:
-                    raise UpstreamError(
-                        f"backend sent a stream event nested more than {codec.MAX_DEPTH} levels deep"
-                    ) from None
-                except codec.JSONDecodeError:
-                    raise UpstreamError(
-                        "backend sent a stream event that is not JSON: "
-                        + payload[:200].decode("utf-8", "replace")
-                    )
-                if not isinstance(event, dict):
-                    raise UpstreamError("backend sent a stream event that is not an object")
-                get = event.get
-                if get("error") is not None:
-                    raise UpstreamError(_errorMessage(event))
-                usage = get("usage")
-                if usage is not None and isinstance(usage, dict):
-                    self.usage = usageFromOpenAI(usage)
-                choices = get("choices")
-                if not choices or not isinstance(choices, list):
-                    continue
-                choice = choices[0]
-                if not isinstance(choice, dict):
-                    continue
-                finish = choice.get("finish_reason")
-                if finish:
-                    self._finishReason = finish if isinstance(finish, str) else str(finish)
-                    self.sawFinish = True
-                logprobs = choice.get("logprobs")
-                if logprobs:
-                    self._logprobs.extend(logprobsFromOpenAI(logprobs))
-                if self._text and "text" in choice:
-                    delta: Obj = {"content": choice.get("text")}
-                else:
-                    given = choice.get("delta")
-                    if not isinstance(given, dict):
-                        continue
-                    delta = given
-                content = delta.get("content")
-                thinking = delta.get("reasoning_content") or delta.get("reasoning")
-                if self._dropThinking or not isinstance(thinking, str):
+                content: object = None
+                if payload.startswith(head) and payload.endswith(tail):
+                    # (A payload shorter than the two pieces leaves nothing
+                    # between them: not JSON.)
+                    try:
+                        content = loadsFlat(payload[start:end])
+                    except codec.JSONDecodeError:
+                        content = None
+                if type(content) is str:
                     thinking = ""
-                fragments = delta.get("tool_calls")
-                if fragments:
-                    self._accumulateTools(fragments)
-                if not isinstance(content, str):
-                    content = contentText(content)
+                else:
+                    if payload == b"[DONE]":
+                        self.sawDone = True
+                        continue
+                    read = self._event(payload)
+                    head, tail, start, end = self._template  # it may have learnt one
+                    if read is None:
+                        continue
+                    content, thinking = read
                 if self._seekingTags and content:
                     if self.firstToken is None:
                         self.firstToken = self._clock()
@@ -327,10 +327,121 @@ class ChatStreamReader:
                         out.append(Delta(content, thinking, self._logprobs))
                         self._logprobs = []
                     else:
-                        out.append(Delta(content, thinking))
+                        # The tuple made directly: Delta(...) is a Python
+                        # function around this, once per token.
+                        out.append(newTuple(Delta, (content, thinking, None)))
         except UpstreamError as e:
             raise StreamFailed(e.message, out) from None
         return out
+
+    def _event(self, payload: bytes) -> tuple[str, str] | None:
+        """
+        Read one event whole.
+
+        @param payload: its C{data}.
+        @return: its text and reasoning (before the C{<think>} split), or
+            C{None} for an event with neither to give.
+        @raise UpstreamError: on an error event or a payload that is not a
+            JSON object.
+        """
+        try:
+            event = codec.loadsBounded(payload)
+        except codec.TooDeep:
+            raise UpstreamError(
+                f"backend sent a stream event nested more than {codec.MAX_DEPTH} levels deep"
+            ) from None
+        except codec.JSONDecodeError:
+            raise UpstreamError(
+                "backend sent a stream event that is not JSON: "
+                + payload[:200].decode("utf-8", "replace")
+            )
+        if not isinstance(event, dict):
+            raise UpstreamError("backend sent a stream event that is not an object")
+        get = event.get
+        if get("error") is not None:
+            raise UpstreamError(_errorMessage(event))
+        usage = get("usage")
+        if usage is not None and isinstance(usage, dict):
+            self.usage = usageFromOpenAI(usage)
+        choices = get("choices")
+        if not choices or not isinstance(choices, list):
+            return None
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            return None
+        finish = choice.get("finish_reason")
+        if finish:
+            self._finishReason = finish if isinstance(finish, str) else str(finish)
+            self.sawFinish = True
+        logprobs = choice.get("logprobs")
+        if logprobs:
+            self._logprobs.extend(logprobsFromOpenAI(logprobs))
+        if self._text and "text" in choice:
+            delta: Obj = {"content": choice.get("text")}
+        else:
+            given = choice.get("delta")
+            if not isinstance(given, dict):
+                return None
+            delta = given
+        content = delta.get("content")
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        thinking = "" if self._dropThinking or not isinstance(reasoning, str) else reasoning
+        fragments = delta.get("tool_calls")
+        if fragments:
+            self._accumulateTools(fragments)
+        if isinstance(content, str):
+            if not (usage is not None or finish or logprobs or reasoning or fragments or self._text):
+                # Plain text, and no more: the template of the next ones.
+                self._learn(payload, event, content)
+            return content, thinking
+        return contentText(content), thinking
+
+    def _learn(self, payload: bytes, event: Obj, content: str) -> None:
+        """
+        Keep a plain text event's bytes around its C{content} string as the
+        template of the events after it (a backend streams every token in
+        the same envelope: the same id, model, index and nulls).
+
+        The template is the payload cut at the one string the lexer finds
+        after the last C{"content":}, and it is kept only if that string is
+        C{delta.content} and nothing else: the payload with another string
+        in its place decodes to C{event} with that C{content} and no other
+        difference.  A JSON parser is in the same state after the same
+        bytes, and a string token moves it to the same next state whatever
+        the string holds, so every payload made of the template's two
+        pieces around any one JSON string decodes to C{event} with that
+        string for C{content}: reading the string alone gives what the
+        whole decode would have (L{feed} decodes anything else whole).  A
+        few lessons per stream, so that a backend whose every event differs
+        elsewhere (a random padding field) costs a few decodes, not one per
+        event.
+
+        @param payload: the event's C{data}.
+        @param event: the same, decoded.
+        @param content: its C{delta.content}.
+        """
+        if self._lessons <= 0 or len(payload) > TEMPLATE_MAX or content == _PROBE:
+            return
+        self._lessons -= 1
+        token = None
+        for token in _CONTENT_TOKEN.finditer(payload):
+            pass
+        if token is None:
+            return
+        start, end = token.span(1)
+        head, tail = payload[:start], payload[end:]
+        if not head or not tail:
+            return  # (not an object's member; and the pieces' ends are sliced by length)
+        try:
+            probe = codec.loadsBounded(head + _PROBE_TOKEN + tail)
+            delta = probe["choices"][0]["delta"]  # type: ignore[index]
+            if delta["content"] != _PROBE:
+                return
+            delta["content"] = content
+        except (codec.JSONDecodeError, codec.TooDeep, LookupError, TypeError):
+            return
+        if probe == event:
+            self._template = (head, tail, len(head), -len(tail))
 
     def _accumulateTools(self, fragments: object) -> None:
         """

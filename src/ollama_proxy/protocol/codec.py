@@ -76,6 +76,37 @@ walk into this module).
 """
 
 
+loadsFlat: Callable[[bytes], object] = orjson.loads
+"""
+orjson's own C{loads}, for text the caller then accepts only as a value
+that cannot nest (a string): no depth to check, and no Python frame around
+it (the stream reader calls it once per token, L{ollama_proxy.protocol.
+backend_reader.ChatStreamReader}).  Anything else decodes with L{loadsBounded}.
+"""
+
+
+def dumpsBodies(texts: list[str]) -> list[bytes]:
+    """
+    Each string's JSON encoding without its quotes, as C{dumps(text)[1:-1]}
+    but in one encoding of the list for a run of a stream's texts: a call
+    of orjson costs as much as a token's text.
+
+    The list's encoding is cut at its separators (C{","}).  Only a quote
+    that a backslash escapes can make C{","} that is no separator (a text
+    ending with C{",}), so an encoding with C{\\","} anywhere (that, or a
+    text ending with a backslash) is not cut: each text is encoded alone.
+
+    @param texts: the texts.
+    @return: their encodings' insides, in order.
+    """
+    encoded = orjson.dumps(texts)
+    if b'\\","' not in encoded:
+        bodies = encoded[2:-2].split(b'","')
+        if len(bodies) == len(texts):
+            return bodies
+    return [orjson.dumps(text)[1:-1] for text in texts]
+
+
 def dumpLine(obj: object) -> bytes:
     """
     Encode C{obj} as one NDJSON line.

@@ -100,6 +100,8 @@ _TEXT_DELTA = (b'event: response.output_text.delta\ndata: {"type":"response.outp
                b'"sequence_number":')
 _TEXT_END = b',"logprobs":[]}\n\n'
 _TEXT_BETWEEN = _TEXT_END + _TEXT_DELTA
+_QUOTED_END = b'"' + _TEXT_END
+_QUOTED_BETWEEN = b'"' + _TEXT_BETWEEN
 _EMPTY_TEXT = b'"part":{"type":"output_text","text":"","annotations":[],"logprobs":[]}}\n\n'
 _EMPTY_SUMMARY = b'"summary_index":0,"part":{"type":"summary_text","text":""}}\n\n'
 
@@ -162,7 +164,7 @@ class ResponsesEncoder(BlockEncoder):
         # protocol's): one growing string, not a list of every delta (a
         # 50 MB reply in 10-byte deltas was 300 MB of small strings).
         self._buffer = io.StringIO()
-        self._textWhere = b""
+        self._textWhere = self._textWhereQuoted = b""
         self._textFraming = b""
         self._where = b""
         self.response = self._object("in_progress", None)
@@ -249,6 +251,7 @@ class ResponsesEncoder(BlockEncoder):
         if kind == THINKING:
             return out + self._head(b"response.reasoning_summary_part.added") + where + _EMPTY_SUMMARY
         self._textWhere = b"," + where + b'"content_index":0,"delta":'
+        self._textWhereQuoted = self._textWhere + b'"'
         self._textFraming = _TEXT_DELTA + b"\n" + self._textWhere + b"\n" + _TEXT_END
         return (out + self._head(b"response.content_part.added") + where
                 + b'"content_index":0,' + _EMPTY_TEXT)
@@ -318,8 +321,10 @@ class ResponsesEncoder(BlockEncoder):
         end = self._seq = seq + len(texts)
         numbers = _NUMBERS[seq:end] if end <= len(_NUMBERS) else [
             str(n).encode() for n in range(seq, end)]
-        out += (_TEXT_DELTA, _TEXT_BETWEEN.join(
-            map(self._textWhere.join, zip(numbers, map(codec.dumps, texts)))), _TEXT_END)
+        # The texts' quotes are the framing's: the texts encoded in one call.
+        out += (_TEXT_DELTA, _QUOTED_BETWEEN.join(
+            map(self._textWhereQuoted.join, zip(numbers, codec.dumpsBodies(texts)))),
+            _QUOTED_END)
 
     def _stopBlock(self) -> list[bytes]:
         item = self._item

@@ -229,13 +229,24 @@ class TranslatedStream:
         self.redacted = False
         decoder = self.decoder
         if (
-            data[:5] == b"data:" and data[-2:] == b"\n\n" and data.find(b"\n") == len(data) - 2
-            and not decoder._buffer and not decoder._data and b"\r" not in data
-            and len(data) <= decoder.maxLineLength
+            data[:6] == b"data: " and data[-2:] == b"\n\n" and not decoder._buffer
+            and not decoder._data and b"\r" not in data and len(data) <= decoder.maxLineLength
         ):
-            # The common read: one whole event of one data line, nothing
-            # pending (the decoder's own loop, in one pass).
-            payloads = [data[6:-2] if data[5:6] == b" " else data[5:-2]]
+            # The common read: whole events of one "data: " line each,
+            # nothing pending, no other line and no line end but each
+            # event's "\n\n" (the newlines counted, and every separator
+            # followed by "data: "), none over the cap (the read is not):
+            # the decoder's own loop, in a few passes of C.
+            newlines = data.count(b"\n")
+            if newlines == 2:
+                payloads = [data[6:-2]]
+            else:
+                pieces = data.split(b"\n\n")
+                if newlines == 2 * len(pieces) - 2 and data.count(b"\n\ndata: ") == len(pieces) - 2:
+                    pieces.pop()
+                    payloads = [piece[6:] for piece in pieces]
+                else:
+                    payloads = decoder.feed(data)
         else:
             payloads = decoder.feed(data)
         if not payloads:
