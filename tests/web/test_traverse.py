@@ -56,10 +56,10 @@ def tree() -> Resource:
     return root
 
 
-def answer(requestFactory: type[Request], raw: bytes) -> bytes:
+def serve(requestFactory: type[Request], raw: bytes) -> bytes:
     """
     @return: what a site over L{tree} with C{requestFactory} writes for
-        C{raw}, its C{Date} value blanked.
+        C{raw}.
     """
     site = Site(tree())
     site.requestFactory = requestFactory
@@ -69,8 +69,15 @@ def answer(requestFactory: type[Request], raw: bytes) -> bytes:
     protocol.makeConnection(transport)
     protocol.dataReceived(raw)
     out: bytes = transport.value()
-    protocol.connectionLost(Exception("done"))
-    return re.sub(rb"(?m)^Date: [^\r]*", b"Date: -", out)
+    protocol.connectionLost(Exception("done"))  # its idle timer is the global reactor's
+    return out
+
+
+def answer(requestFactory: type[Request], raw: bytes) -> bytes:
+    """
+    @return: L{serve}'s bytes, their C{Date} value blanked.
+    """
+    return re.sub(rb"(?m)^Date: [^\r]*", b"Date: -", serve(requestFactory, raw))
 
 
 class TraverseTests(SynchronousTestCase):
@@ -114,15 +121,8 @@ class TraverseTests(SynchronousTestCase):
         """
         seconds = [1_700_000_000.25]
         self.patch(traverseModule, "httpDate", HTTPDate(lambda: seconds[0]))
-        site = Site(tree())
-        site.requestFactory = Traversed
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        assert protocol is not None
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        protocol.dataReceived(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
-        protocol.connectionLost(Exception("done"))  # its idle timer is the global reactor's
-        self.assertIn(b"\r\nDate: " + datetimeToString(1_700_000_000) + b"\r\n", transport.value())
+        out = serve(Traversed, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"\r\nDate: " + datetimeToString(1_700_000_000) + b"\r\n", out)
 
 
 class HTTPDateTests(SynchronousTestCase):
