@@ -8,7 +8,7 @@ encoder), as the web layer composes them.
 from __future__ import annotations
 
 import base64
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import attrs
 
@@ -272,3 +272,39 @@ def ollamaToolCalls(calls: Any) -> list[JSON]:
     Complete OpenAI tool calls in Ollama's shape.
     """
     return toolCallsJSON(toolCallsFromOpenAI(calls))
+
+
+BACKEND_KEY = "sk-host/ILE+backend-0123456789abcdef"
+"""The backend key the stream guards' tests hide (its start has a C{/} and
+a C{+}, which JSON and percent-encoding spell otherwise)."""
+
+INBOUND_KEY = "in-key-ABCDEFGH12345678"
+"""The key clients present, which the guards hide too."""
+
+SECRETS = (BACKEND_KEY, INBOUND_KEY)
+
+
+class Guard(Protocol):
+    """
+    A relayed stream's guard (the SSE, NDJSON and agent guards): bytes in,
+    what may go to the client out.
+    """
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def end(self) -> bytes: ...
+
+
+def feedInPieces(guard: Guard, body: bytes, cuts: list[int]) -> bytes:
+    """
+    @return: what C{guard} sends for C{body} read in pieces at C{cuts}
+        (any integers: taken modulo the body's length, in order), then its
+        end.
+    """
+    out = []
+    start = 0
+    for cut in sorted(set(c % (len(body) + 1) for c in cuts)) + [len(body)]:
+        out.append(guard.feed(body[start:cut]))
+        start = cut
+    out.append(guard.end())
+    return b"".join(out)

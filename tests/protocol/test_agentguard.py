@@ -18,9 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from ollama_proxy.protocol.agentguard import AgentGuard, agentGuard
 from ollama_proxy.protocol.redact import PREFIX, REDACTED, Redactor
 
-BACKEND_KEY = "sk-host/ILE+backend-0123456789abcdef"
-INBOUND_KEY = "in-key-ABCDEFGH12345678"
-SECRETS = (BACKEND_KEY, INBOUND_KEY)
+from tests.protocol.helpers import BACKEND_KEY, INBOUND_KEY, SECRETS, feedInPieces
 
 
 def guard() -> AgentGuard:
@@ -30,14 +28,7 @@ def guard() -> AgentGuard:
 
 
 def run(body: bytes, cuts: list[int]) -> bytes:
-    g = guard()
-    out = []
-    start = 0
-    for cut in sorted(set(c % (len(body) + 1) for c in cuts)) + [len(body)]:
-        out.append(g.feed(body[start:cut]))
-        start = cut
-    out.append(g.end())
-    return b"".join(out)
+    return feedInPieces(guard(), body, cuts)
 
 
 def sse(name: str, obj: dict[str, Any]) -> bytes:

@@ -19,9 +19,7 @@ from ollama_proxy.protocol.ndguard import TEXTS, NDJSONGuard, ndjsonGuard
 from ollama_proxy.protocol.redact import PREFIX, REDACTED, Redactor
 from ollama_proxy.protocol.stream import SSELineTooLong
 
-BACKEND_KEY = "sk-host/ILE+backend-0123456789abcdef"
-INBOUND_KEY = "in-key-ABCDEFGH12345678"
-SECRETS = (BACKEND_KEY, INBOUND_KEY)
+from tests.protocol.helpers import BACKEND_KEY, INBOUND_KEY, SECRETS, feedInPieces
 
 
 def guard() -> NDJSONGuard:
@@ -34,14 +32,7 @@ def run(body: bytes, cuts: list[int], g: NDJSONGuard | None = None) -> bytes:
     """
     @return: what the guard sends for C{body} read in pieces at C{cuts}.
     """
-    g = g or guard()
-    out = []
-    start = 0
-    for cut in sorted(set(c % (len(body) + 1) for c in cuts)) + [len(body)]:
-        out.append(g.feed(body[start:cut]))
-        start = cut
-    out.append(g.end())
-    return b"".join(out)
+    return feedInPieces(g or guard(), body, cuts)
 
 
 def lines(body: bytes) -> list[Any]:

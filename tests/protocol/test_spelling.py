@@ -17,9 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ollama_proxy.protocol.redact import PREFIX, REDACTED, Redactor, StreamRedactor, TextRedactor
 
-BACKEND_KEY = "sk-host/ILE+backend-0123456789abcdef"
-INBOUND_KEY = "in-key-ABCDEFGH12345678"
-SECRETS = (BACKEND_KEY, INBOUND_KEY)
+from tests.protocol.helpers import BACKEND_KEY, INBOUND_KEY, SECRETS
 
 
 def heads(text: str) -> list[str]:
